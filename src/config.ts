@@ -1,0 +1,119 @@
+/**
+ * The one configuration schema of Settle and its PSP mock. Every setting comes from the
+ * environment, is validated here once, and the frozen result is passed down; nothing else reads
+ * process.env. Every problem is reported at once (not just the first one).
+ */
+import { z } from 'zod';
+
+const hostPort = z
+  .string()
+  .regex(/^[^:\s]+:\d{1,5}$/, 'must be host:port, for example 127.0.0.1:50051')
+  .transform((value) => {
+    const index = value.lastIndexOf(':');
+    return { host: value.slice(0, index), port: Number(value.slice(index + 1)) };
+  });
+
+const mysqlUrl = z
+  .string()
+  .regex(/^mysql:\/\/[^/]+\/[A-Za-z0-9_]+(\?.*)?$/, 'must be mysql://user[:password]@host:port/database');
+
+const natsUrl = z.string().regex(/^(nats|tls):\/\/\S+$/, 'must be nats://host:port');
+
+const fraction = z.coerce.number().min(0).max(1);
+const positiveInt = z.coerce.number().int().positive();
+const nonNegativeInt = z.coerce.number().int().nonnegative();
+const csv = z
+  .string()
+  .transform((value) =>
+    value
+      .split(',')
+      .map((item) => item.trim())
+      .filter((item) => item.length > 0),
+  );
+
+export const configSchema = z.object({
+  SETTLE_GRPC_ADDR: hostPort.prefault('127.0.0.1:50051'),
+  SETTLE_HTTP_ADDR: hostPort.prefault('127.0.0.1:8080'),
+  /** Base URL the PSP uses to reach Settle's webhook endpoint; derived from SETTLE_HTTP_ADDR when unset. */
+  SETTLE_PUBLIC_URL: z.url().optional(),
+  SETTLE_NAMESPACE: z
+    .string()
+    .regex(/^[a-z0-9_]{1,32}$/, 'must be 1-32 characters of a-z, 0-9 and _')
+    .default('dev'),
+  MYSQL_URL: mysqlUrl.default('mysql://root@127.0.0.1:3306/settle'),
+  MYSQL_POOL_SIZE: positiveInt.max(256).default(16),
+  NATS_URL: natsUrl.default('nats://127.0.0.1:4222'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+
+  PSP_GRPC_ADDR: hostPort.prefault('127.0.0.1:50052'),
+  PSP_HTTP_ADDR: hostPort.prefault('127.0.0.1:8081'),
+  /** Base URL of the PSP mock's hosted pages; derived from PSP_HTTP_ADDR when unset. */
+  PSP_PUBLIC_URL: z.url().optional(),
+  PSP_MYSQL_URL: mysqlUrl.default('mysql://root@127.0.0.1:3306/settle_psp'),
+  /** Shared secret of the webhook signatures (HMAC-SHA256). The default is for local use only. */
+  PSP_WEBHOOK_SECRET: z.string().min(16).default('whsec_settle_local_development'),
+  PSP_WEBHOOK_TOLERANCE_S: positiveInt.max(3600).default(300),
+  PSP_SUCCESS_RATE: fraction.default(0.9),
+  PSP_LATENCY_MS: nonNegativeInt.max(60_000).default(0),
+  PSP_ERROR_RATE: fraction.default(0),
+  PSP_CALL_TIMEOUT_MS: positiveInt.max(60_000).default(3_000),
+  PSP_BREAKER_RESET_MS: positiveInt.max(600_000).default(5_000),
+  PSP_BREAKER_ERROR_PERCENT: positiveInt.max(100).default(50),
+  PSP_BREAKER_VOLUME_THRESHOLD: positiveInt.max(1_000).default(5),
+  PSP_IN_FLIGHT_MAX: positiveInt.max(10_000).default(256),
+
+  RISK_MAX_PAYMENT_AMOUNT_MINOR: z.coerce.bigint().positive().default(100_000_000n),
+  RISK_BLOCKED_BUYERS: csv.prefault(''),
+
+  CMD_PARTITIONS: positiveInt.max(256).default(16),
+  CONSUMER_ACK_WAIT_MS: positiveInt.min(1_000).max(600_000).default(30_000),
+  CONSUMER_MAX_ACK_PENDING: positiveInt.max(100_000).default(2_048),
+  /** Redelivery delays of a failed command; its length is the number of retries (at most 5). */
+  RETRY_BACKOFF_MS: csv
+    .transform((items) => items.map(Number))
+    .pipe(z.array(z.number().int().positive().max(3_600_000)).min(1).max(5))
+    .prefault('1000,2000,4000,8000,16000'),
+  ACTOR_MAILBOX_CAPACITY: positiveInt.max(100_000).default(64),
+  ACTOR_IDLE_MS: positiveInt.max(3_600_000).default(10_000),
+  ACTORS_MAX: positiveInt.max(10_000_000).default(100_000),
+  OUTBOX_BATCH_MAX: positiveInt.max(10_000).default(500),
+  OUTBOX_POLL_MS: positiveInt.max(60_000).default(250),
+  /** How long CreatePayment waits for the PSP to register the orders before it answers. */
+  CREATE_WAIT_MS: nonNegativeInt.max(30_000).default(2_000),
+  IDEMPOTENCY_TTL_MS: positiveInt.default(24 * 3_600_000),
+  GRPC_MESSAGE_BYTES_MAX: positiveInt.max(64 * 1024 * 1024).default(1024 * 1024),
+  SHUTDOWN_GRACE_MS: positiveInt.max(120_000).default(10_000),
+});
+
+export type Config = Readonly<z.infer<typeof configSchema>>;
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  constructor(readonly problems: readonly string[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+  }
+}
+
+/** Parses the environment; throws ConfigError listing every problem. */
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  const known = Object.fromEntries(
+    Object.keys(configSchema.shape)
+      .filter((key) => env[key] !== undefined && env[key] !== '')
+      .map((key) => [key, env[key]]),
+  );
+  const result = configSchema.safeParse(known);
+  if (!result.success) {
+    throw new ConfigError(
+      result.error.issues.map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`),
+    );
+  }
+  return Object.freeze(result.data);
+}
+
+export function settlePublicUrl(config: Config): string {
+  return config.SETTLE_PUBLIC_URL ?? `http://${config.SETTLE_HTTP_ADDR.host}:${config.SETTLE_HTTP_ADDR.port}`;
+}
+
+export function pspPublicUrl(config: Config): string {
+  return config.PSP_PUBLIC_URL ?? `http://${config.PSP_HTTP_ADDR.host}:${config.PSP_HTTP_ADDR.port}`;
+}

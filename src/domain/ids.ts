@@ -1,0 +1,37 @@
+/**
+ * Identifiers: a prefix naming the kind and 26 characters of a ULID (48 bits of milliseconds and
+ * 80 random bits, Crockford base32), so ids sort by creation time and are safe to expose.
+ */
+import { randomBytes } from 'node:crypto';
+
+const ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
+
+export const ID_PREFIX = {
+  payment: 'pay_',
+  order: 'ord_',
+  ledgerTransaction: 'ltx_',
+} as const;
+export type IdKind = keyof typeof ID_PREFIX;
+
+export function ulid(nowMs: number = Date.now()): string {
+  let time = '';
+  let ms = nowMs;
+  for (let i = 0; i < 10; i += 1) {
+    time = ALPHABET[ms % 32] + time;
+    ms = Math.floor(ms / 32);
+  }
+  const bytes = randomBytes(16);
+  let random = '';
+  for (let i = 0; i < 16; i += 1) random += ALPHABET[(bytes[i] ?? 0) % 32];
+  return time + random;
+}
+
+export function newId(kind: IdKind, nowMs?: number): string {
+  return ID_PREFIX[kind] + ulid(nowMs);
+}
+
+const ID_PATTERN = /^[a-z]{3}_[0-9A-HJKMNP-TV-Z]{26}$/;
+
+export function isId(kind: IdKind, value: string): boolean {
+  return value.startsWith(ID_PREFIX[kind]) && ID_PATTERN.test(value);
+}

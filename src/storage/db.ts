@@ -1,0 +1,129 @@
+/**
+ * Connection pool, Kysely instance, database creation and migrations. mysql2 is told to return
+ * BIGINT as exact decimal strings and to use UTC, so money and time never lose precision.
+ */
+import { createPool, type Pool } from 'mysql2';
+import { createConnection } from 'mysql2/promise';
+import {
+  Kysely,
+  Migrator,
+  MysqlAdapter,
+  MysqlDialect,
+  type DialectAdapter,
+} from 'kysely';
+import { UnavailableError } from '../domain/errors.js';
+import { migrationProvider } from './migrations/index.js';
+import type { Database } from './schema.js';
+
+/** MariaDB supports INSERT ... RETURNING; Kysely's MySQL adapter would drop the rows silently. */
+class MariaDbAdapter extends MysqlAdapter {
+  override get supportsReturning(): boolean {
+    return true;
+  }
+}
+
+class SettleMysqlDialect extends MysqlDialect {
+  override createAdapter(): DialectAdapter {
+    return new MariaDbAdapter();
+  }
+}
+
+export type DatabaseUrl = Readonly<{
+  host: string;
+  port: number;
+  user: string;
+  password: string;
+  database: string;
+}>;
+
+export function parseMysqlUrl(url: string): DatabaseUrl {
+  const parsed = new URL(url);
+  return {
+    host: parsed.hostname,
+    port: parsed.port ? Number(parsed.port) : 3306,
+    user: decodeURIComponent(parsed.username || 'root'),
+    password: decodeURIComponent(parsed.password),
+    database: parsed.pathname.replace(/^\//, ''),
+  };
+}
+
+export type Db = Kysely<Database>;
+
+export type OpenedDatabase = Readonly<{ db: Db; pool: Pool; close: () => Promise<void> }>;
+
+/**
+ * Creates the database if it is missing. Fails with UnavailableError naming the address when the
+ * server cannot be reached.
+ */
+export async function ensureDatabase(url: string, connectTimeoutMs = 5_000): Promise<void> {
+  const target = parseMysqlUrl(url);
+  let connection;
+  try {
+    connection = await createConnection({
+      host: target.host,
+      port: target.port,
+      user: target.user,
+      password: target.password,
+      connectTimeout: connectTimeoutMs,
+    });
+  } catch (error) {
+    throw new UnavailableError(
+      `MySQL is unreachable at ${target.host}:${target.port} (${describe(error)}); start it ` +
+        `(start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd) or set MYSQL_URL`,
+      { cause: error },
+    );
+  }
+  try {
+    await connection.query(
+      `CREATE DATABASE IF NOT EXISTS \`${target.database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
+    );
+  } finally {
+    await connection.end();
+  }
+}
+
+export function openDatabase<DB = Database>(
+  url: string,
+  options: { poolSize: number },
+): { db: Kysely<DB>; pool: Pool; close: () => Promise<void> } {
+  const target = parseMysqlUrl(url);
+  const pool = createPool({
+    host: target.host,
+    port: target.port,
+    user: target.user,
+    password: target.password,
+    database: target.database,
+    connectionLimit: options.poolSize,
+    // A request that cannot get a connection fails instead of waiting forever.
+    queueLimit: options.poolSize * 64,
+    connectTimeout: 5_000,
+    supportBigNumbers: true,
+    bigNumberStrings: true,
+    dateStrings: false,
+    timezone: 'Z',
+    charset: 'utf8mb4',
+    enableKeepAlive: true,
+  });
+  const db = new Kysely<DB>({ dialect: new SettleMysqlDialect({ pool }) });
+  return { db, pool, close: () => db.destroy() };
+}
+
+/** Applies every pending migration; throws with the failing migration's name. */
+export async function migrateToLatest(db: Kysely<unknown>): Promise<void> {
+  const migrator = new Migrator({ db, provider: migrationProvider });
+  const { error, results } = await migrator.migrateToLatest();
+  const failed = results?.find((result) => result.status === 'Error');
+  if (error !== undefined) {
+    throw new Error(`migration ${failed?.migrationName ?? '(unknown)'} failed: ${describe(error)}`, {
+      cause: error,
+    });
+  }
+}
+
+function describe(error: unknown): string {
+  if (error instanceof Error) {
+    const code = (error as { code?: unknown }).code;
+    return typeof code === 'string' ? `${code}: ${error.message}` : error.message;
+  }
+  return String(error);
+}

@@ -1,0 +1,52 @@
+/**
+ * Classifies driver errors by errno (mysql2's `code` strings are wrong for some MariaDB errnos).
+ */
+const ERRNO = {
+  duplicateEntry: 1062,
+  lockWaitTimeout: 1205,
+  deadlock: 1213,
+  checkFailedMariaDb: 4025,
+  checkFailedMySql: 3819,
+} as const;
+
+const CONNECTION_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'PROTOCOL_CONNECTION_LOST',
+  'PROTOCOL_SEQUENCE_TIMEOUT',
+  'ER_CON_COUNT_ERROR',
+  'POOL_CLOSED',
+  'ENOTFOUND',
+  'EHOSTUNREACH',
+]);
+
+function errnoOf(error: unknown): number | undefined {
+  const errno = (error as { errno?: unknown } | null)?.errno;
+  return typeof errno === 'number' ? errno : undefined;
+}
+
+export function isDuplicateKey(error: unknown): boolean {
+  return errnoOf(error) === ERRNO.duplicateEntry;
+}
+
+export function isCheckViolation(error: unknown): boolean {
+  const errno = errnoOf(error);
+  return errno === ERRNO.checkFailedMariaDb || errno === ERRNO.checkFailedMySql;
+}
+
+/** Deadlocks and lock wait timeouts: the whole unit of work may be retried. */
+export function isTransientLockError(error: unknown): boolean {
+  const errno = errnoOf(error);
+  return errno === ERRNO.deadlock || errno === ERRNO.lockWaitTimeout;
+}
+
+export function isConnectionError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && CONNECTION_CODES.has(code)) return true;
+  const message = error instanceof Error ? error.message : '';
+  return /Pool is closed|Connection lost|connect ETIMEDOUT|Queue limit reached|closed state/i.test(
+    message,
+  );
+}
