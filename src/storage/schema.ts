@@ -58,7 +58,7 @@ export interface PaymentOrderTable {
 }
 
 export interface PaymentOrderTransitionTable {
-  id: Generated<BigIntColumn>;
+  id: Generated<string>;
   order_id: string;
   payment_id: string;
   version: BigIntColumn;
@@ -80,7 +80,7 @@ export interface LedgerTransactionTable {
 }
 
 export interface LedgerEntryTable {
-  id: Generated<BigIntColumn>;
+  id: Generated<string>;
   transaction_id: string;
   account: string;
   order_id: string;
@@ -100,7 +100,7 @@ export interface WalletTable {
 }
 
 export interface OutboxTable {
-  id: Generated<BigIntColumn>;
+  id: Generated<string>;
   subject: string;
   /** The JetStream Nats-Msg-Id: relaying the same row twice is deduplicated by the stream. */
   msg_id: string;

@@ -1,0 +1,174 @@
+/**
+ * The payment-order actor: one per order, driven by its mailbox one message at a time. For each
+ * event it loads the order (or uses its cached copy), asks the pure machine for the transition,
+ * persists it in one transaction guarded by the version column (with the ledger and wallet
+ * effects), and only after the commit runs the outside effects (PSP calls), whose results come
+ * back as further events in the same turn. A stale version means another writer got there first:
+ * the actor reloads and decides again.
+ */
+import { inTransaction } from '../../storage/transaction.js';
+import type { Db } from '../../storage/db.js';
+import {
+  findPaymentOrder,
+  persistTransition,
+} from '../../storage/repositories/payment-order.repository.js';
+import type { HandleOutcome } from '../../messaging/command-consumer.js';
+import type { ActorLogic } from '../runtime/registry.js';
+import { transition, type Effect, type OrderEvent, type PaymentOrder } from './machine.js';
+import { describeError, isRetryable, persistEffects, type PspPort } from './effects.js';
+
+export type OrderActorDeps = Readonly<{
+  db: Db;
+  psp: PspPort;
+  /** Where the PSP sends this order's webhooks. */
+  notificationUrl: string;
+  now: () => Date;
+  /** Called after every committed transition (watch notifications, logs, metrics). */
+  onTransition: (previous: PaymentOrder, next: PaymentOrder, event: OrderEvent) => void;
+  onIllegal?: (order: PaymentOrder, event: OrderEvent, message: string) => void;
+  onPspCall?: (call: { orderId: string; op: string; ok: boolean; ms: number; error?: string }) => void;
+}>;
+
+export type OrderMessage = Readonly<{ event: OrderEvent }>;
+
+/** Events one message may cause in one turn (the event plus the results of its effects). */
+const EVENTS_PER_TURN_MAX = 8;
+/** Reloads after a stale version before the message is handed back for a retry. */
+const STALE_RELOADS_MAX = 3;
+
+type Applied =
+  | { kind: 'applied'; effects: readonly Effect[] }
+  | { kind: 'illegal'; message: string }
+  | { kind: 'missing' }
+  | { kind: 'contended' };
+
+export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome> {
+  private cached: PaymentOrder | undefined;
+
+  constructor(
+    readonly orderId: string,
+    private readonly deps: OrderActorDeps,
+  ) {}
+
+  async handle(message: OrderMessage): Promise<HandleOutcome> {
+    const pending: OrderEvent[] = [message.event];
+    let outcome: HandleOutcome = { kind: 'done' };
+    for (let step = 0; step < EVENTS_PER_TURN_MAX; step += 1) {
+      const event = pending.shift();
+      if (event === undefined) break;
+      const applied = await this.apply(event);
+      switch (applied.kind) {
+        case 'missing':
+          return { kind: 'reject', reason: `payment order ${this.orderId} does not exist` };
+        case 'illegal':
+          return { kind: 'reject', reason: applied.message };
+        case 'contended':
+          return { kind: 'retry', reason: 'the order kept changing under this actor' };
+        case 'applied':
+          break;
+      }
+      for (const effect of applied.effects) {
+        const next = await this.runEffect(effect);
+        if (next === 'retry') outcome = { kind: 'retry', reason: retryReason(effect) };
+        else if (next !== undefined) pending.push(next);
+      }
+    }
+    return outcome;
+  }
+
+  /** The current order as this actor knows it (for tests and debugging). */
+  get snapshot(): PaymentOrder | undefined {
+    return this.cached;
+  }
+
+  private async apply(event: OrderEvent): Promise<Applied> {
+    for (let reload = 0; reload <= STALE_RELOADS_MAX; reload += 1) {
+      const fromCache = this.cached !== undefined;
+      const order = this.cached ?? (await findPaymentOrder(this.deps.db, this.orderId));
+      if (order === undefined) return { kind: 'missing' };
+      const now = this.deps.now();
+      const result = transition(order, event, now);
+      if (!result.ok) {
+        if (fromCache) {
+          // The cache may be behind another node's writes: decide again on fresh data.
+          this.cached = undefined;
+          continue;
+        }
+        this.deps.onIllegal?.(order, event, result.error.message);
+        return { kind: 'illegal', message: `${result.error.state} + ${event.type}: ${result.error.message}` };
+      }
+      if (!result.changed) {
+        this.cached = order;
+        return { kind: 'applied', effects: result.effects };
+      }
+      const persisted = await inTransaction(this.deps.db, async (trx) => {
+        const written = await persistTransition(trx, { previous: order, next: result.order, event, now });
+        if (written === 'stale') return false;
+        await persistEffects(trx, result.effects, now);
+        return true;
+      });
+      if (!persisted) {
+        this.cached = undefined;
+        continue;
+      }
+      const next: PaymentOrder = { ...result.order, version: order.version + 1n };
+      this.cached = next;
+      this.deps.onTransition(order, next, event);
+      return { kind: 'applied', effects: result.effects };
+    }
+    return { kind: 'contended' };
+  }
+
+  /** Runs an effect that lives outside the transaction; returns the event it produced. */
+  private async runEffect(effect: Effect): Promise<OrderEvent | 'retry' | undefined> {
+    switch (effect.type) {
+      case 'CreditSeller':
+        return undefined; // persisted with the transition
+      case 'RetryLater':
+        return 'retry';
+      case 'RegisterWithPsp': {
+        const started = Date.now();
+        try {
+          const registered = await this.deps.psp.register({
+            nonce: effect.orderId,
+            amountMinor: effect.amountMinor,
+            currency: effect.currency,
+            notificationUrl: this.deps.notificationUrl,
+          });
+          this.deps.onPspCall?.({ orderId: effect.orderId, op: 'register', ok: true, ms: Date.now() - started });
+          return { type: 'PspRegistered', token: registered.token, checkoutUrl: registered.checkoutUrl };
+        } catch (error) {
+          this.deps.onPspCall?.({
+            orderId: effect.orderId,
+            op: 'register',
+            ok: false,
+            ms: Date.now() - started,
+            error: describeError(error),
+          });
+          return { type: 'PspRegistrationFailed', retryable: isRetryable(error), reason: describeError(error) };
+        }
+      }
+      case 'CancelAtPsp': {
+        const started = Date.now();
+        try {
+          await this.deps.psp.cancel(effect.orderId);
+          this.deps.onPspCall?.({ orderId: effect.orderId, op: 'cancel', ok: true, ms: Date.now() - started });
+        } catch (error) {
+          // The order is already EXPIRED; a charge that still comes in is flagged for review.
+          this.deps.onPspCall?.({
+            orderId: effect.orderId,
+            op: 'cancel',
+            ok: false,
+            ms: Date.now() - started,
+            error: describeError(error),
+          });
+        }
+        return undefined;
+      }
+    }
+  }
+}
+
+function retryReason(effect: Effect): string {
+  return effect.type === 'RetryLater' ? effect.reason : effect.type;
+}

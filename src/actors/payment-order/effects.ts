@@ -1,0 +1,73 @@
+/**
+ * How the payment-order actor reaches the outside: the PSP port (implemented by src/psp/client.ts)
+ * and the effects persisted inside a transition's transaction (ledger entries, wallet credit).
+ */
+import { newId } from '../../domain/ids.js';
+import type { CurrencyCode } from '../../domain/money.js';
+import {
+  ACCOUNT,
+  creditWallet,
+  postLedgerTransaction,
+} from '../../storage/repositories/ledger.repository.js';
+import type { Trx } from '../../storage/transaction.js';
+import type { Effect } from './machine.js';
+
+/** What the actor needs from a PSP. Errors carry `retryable`. */
+export interface PspPort {
+  register(input: {
+    nonce: string;
+    amountMinor: bigint;
+    currency: CurrencyCode;
+    notificationUrl: string;
+  }): Promise<{ token: string; checkoutUrl: string }>;
+  cancel(nonce: string): Promise<unknown>;
+}
+
+export const LEDGER_KIND = {
+  payment: 'PAYMENT',
+  paymentReceivable: 'PAYMENT_RECEIVABLE',
+  paymentPayable: 'PAYMENT_PAYABLE',
+} as const;
+
+/** Effects that are part of the transition's own transaction. */
+export async function persistEffects(trx: Trx, effects: readonly Effect[], now: Date): Promise<void> {
+  for (const effect of effects) {
+    if (effect.type !== 'CreditSeller') continue;
+    await postLedgerTransaction(trx, {
+      id: newId('ledgerTransaction', now.getTime()),
+      orderId: effect.orderId,
+      kind: LEDGER_KIND.payment,
+      currency: effect.currency,
+      now,
+      entries: [
+        {
+          account: ACCOUNT.pspReceivable,
+          kind: LEDGER_KIND.paymentReceivable,
+          debitMinor: effect.amountMinor,
+          creditMinor: 0n,
+        },
+        {
+          account: ACCOUNT.sellerPayable(effect.sellerId),
+          kind: LEDGER_KIND.paymentPayable,
+          debitMinor: 0n,
+          creditMinor: effect.amountMinor,
+        },
+      ],
+    });
+    await creditWallet(trx, {
+      sellerId: effect.sellerId,
+      currency: effect.currency,
+      amountMinor: effect.amountMinor,
+      now,
+    });
+  }
+}
+
+export function describeError(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+export function isRetryable(error: unknown): boolean {
+  const retryable = (error as { retryable?: unknown } | null)?.retryable;
+  return typeof retryable === 'boolean' ? retryable : true;
+}

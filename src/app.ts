@@ -1,0 +1,325 @@
+/**
+ * Wires one Settle node: MySQL (migrated), JetStream topology, the PSP client, the outbox relay,
+ * the payment-order actor runtime fed by the command consumer, the gRPC API and the HTTP port.
+ * `startSettle` is used by main.ts and by the tests; `stop()` undoes it in reverse order.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { jetstream } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { settlePublicUrl, type Config } from './config.js';
+import { ActorRegistry } from './actors/runtime/registry.js';
+import { PaymentOrderActor, type OrderMessage } from './actors/payment-order/actor.js';
+import type { OrderEvent } from './actors/payment-order/machine.js';
+import type { PspPort } from './actors/payment-order/effects.js';
+import { CommandConsumer, type HandleOutcome } from './messaging/command-consumer.js';
+import type { Command } from './messaging/commands.js';
+import { connectNats, ensureTopology } from './messaging/nats.js';
+import { OutboxRelay } from './messaging/outbox-relay.js';
+import { names as topologyNames, type Names } from './messaging/subjects.js';
+import { PaymentEvents } from './payments/payment-events.js';
+import { PaymentService } from './payments/payment.service.js';
+import { createPspClient, type PspClient } from './psp/client.js';
+import { ensureDatabase, migrateToLatest, openDatabase, type Db } from './storage/db.js';
+import { purgeIdempotencyKeys } from './storage/repositories/payment.repository.js';
+import { createGrpcServer, listen } from './grpc/server.js';
+import { createHealth, HEALTH_SERVICE_NAME, type Health } from './grpc/health.js';
+import { addReflection } from './grpc/reflection/index.js';
+import { PaymentServiceService } from './grpc/generated/settle/v1/payment.js';
+import { LedgerServiceService, WalletServiceService } from './grpc/generated/settle/v1/wallet.js';
+import { paymentHandlers } from './grpc/handlers/payment.handlers.js';
+import { ledgerHandlers, walletHandlers } from './grpc/handlers/ledger.handlers.js';
+import { createHttpServer, json, listenHttp, type Route } from './http/router.js';
+import { WEBHOOK_PATH, webhookRoute } from './http/webhook.route.js';
+import { createLogger, type Logger } from './observability/logger.js';
+
+export const SETTLE_SERVICES = [
+  'settle.v1.PaymentService',
+  'settle.v1.WalletService',
+  'settle.v1.LedgerService',
+] as const;
+
+export type SettleOverrides = Partial<{
+  /** 0 picks a free port. */
+  grpcPort: number;
+  httpPort: number;
+  logger: Logger;
+  /** Replaces the real PSP client (tests of the actor runtime only). */
+  psp: PspPort & { close?: () => void };
+  /** A name for this node in logs and NATS connection names. */
+  nodeName: string;
+}>;
+
+export type SettleNode = Readonly<{
+  config: Config;
+  grpcPort: number;
+  httpPort: number;
+  db: Db;
+  nc: NatsConnection;
+  names: Names;
+  payments: PaymentService;
+  relay: OutboxRelay;
+  consumer: CommandConsumer;
+  registry: ActorRegistry<OrderMessage, HandleOutcome>;
+  psp: PspPort;
+  health: Health;
+  logger: Logger;
+  /** Extra HTTP routes may be added before requests arrive (admin, REST, metrics). */
+  routes: Route[];
+  /** Delivers a command to its order's actor, as the consumer does. */
+  dispatch: (command: Command) => Promise<HandleOutcome>;
+  stop: () => Promise<void>;
+}>;
+
+export async function startSettle(config: Config, overrides: SettleOverrides = {}): Promise<SettleNode> {
+  const nodeName = overrides.nodeName ?? `settle-${process.pid}`;
+  const logger = overrides.logger ?? createLogger({ level: config.LOG_LEVEL, name: 'settle' });
+  const cleanups: Array<() => Promise<unknown> | unknown> = [];
+  const stopAll = async () => {
+    for (const cleanup of cleanups.reverse()) {
+      try {
+        await cleanup();
+      } catch (error) {
+        logger.warn({ err: error }, 'error while stopping');
+      }
+    }
+  };
+  try {
+    await ensureDatabase(config.MYSQL_URL);
+    const { db, close: closeDb } = openDatabase(config.MYSQL_URL, { poolSize: config.MYSQL_POOL_SIZE });
+    cleanups.push(closeDb);
+    await migrateToLatest(db);
+
+    const nc = await connectNats(config.NATS_URL, nodeName);
+    cleanups.push(() => nc.drain().catch(() => nc.close()));
+    const names = topologyNames(config.SETTLE_NAMESPACE, config.CMD_PARTITIONS);
+    await ensureTopology(nc, names, {
+      ackWaitMs: config.CONSUMER_ACK_WAIT_MS,
+      maxDeliver: config.RETRY_BACKOFF_MS.length + 1,
+      maxAckPending: config.CONSUMER_MAX_ACK_PENDING,
+    });
+    const js = jetstream(nc, { timeout: 5_000 });
+
+    let psp: PspPort & { close?: () => void };
+    if (overrides.psp !== undefined) {
+      psp = overrides.psp;
+    } else {
+      const client: PspClient = createPspClient({
+        address: `${config.PSP_GRPC_ADDR.host}:${config.PSP_GRPC_ADDR.port}`,
+        callTimeoutMs: config.PSP_CALL_TIMEOUT_MS,
+        breaker: {
+          resetTimeoutMs: config.PSP_BREAKER_RESET_MS,
+          errorThresholdPercentage: config.PSP_BREAKER_ERROR_PERCENT,
+          volumeThreshold: config.PSP_BREAKER_VOLUME_THRESHOLD,
+        },
+        inFlightMax: config.PSP_IN_FLIGHT_MAX,
+      });
+      client.onStateChange((state) => logger.warn({ breaker: state }, `PSP circuit breaker ${state}`));
+      psp = client;
+    }
+    cleanups.push(() => psp.close?.());
+
+    const events = new PaymentEvents(nc, names, 10_000);
+    events.start();
+    cleanups.push(() => events.stop());
+
+    const relay = new OutboxRelay(db, js, {
+      batchMax: config.OUTBOX_BATCH_MAX,
+      pollMs: config.OUTBOX_POLL_MS,
+      publishTimeoutMs: 5_000,
+      onError: (error) => logger.warn({ err: error }, 'outbox relay pass failed; retrying'),
+    });
+
+    const now = () => new Date();
+    const notificationUrl = `${settlePublicUrl(config)}${WEBHOOK_PATH}`;
+    const registry = new ActorRegistry<OrderMessage, HandleOutcome>(
+      'payment-order',
+      (orderId) =>
+        new PaymentOrderActor(orderId, {
+          db,
+          psp,
+          notificationUrl,
+          now,
+          onTransition: (previous, next, event) => {
+            events.publish(next.paymentId);
+            logger.info(
+              {
+                paymentId: next.paymentId,
+                orderId: next.id,
+                from: previous.state,
+                to: next.state,
+                event: event.type,
+                version: next.version.toString(),
+              },
+              `order ${previous.state} -> ${next.state} on ${event.type}`,
+            );
+          },
+          onIllegal: (order, event, message) =>
+            logger.warn({ orderId: order.id, state: order.state, event: event.type }, `illegal transition: ${message}`),
+          onPspCall: (call) =>
+            call.ok
+              ? logger.debug(call, `PSP ${call.op} ok in ${call.ms} ms`)
+              : logger.warn(call, `PSP ${call.op} failed: ${call.error ?? ''}`),
+        }),
+      {
+        mailboxCapacity: config.ACTOR_MAILBOX_CAPACITY,
+        idleMsMax: config.ACTOR_IDLE_MS,
+        actorsMax: config.ACTORS_MAX,
+      },
+    );
+    cleanups.push(() => registry.stop());
+
+    const dispatch = (command: Command): Promise<HandleOutcome> =>
+      registry.send(command.orderId, { event: commandToEvent(command) });
+    const consumer = new CommandConsumer(js, names, (command) => dispatch(command), {
+      inFlightMax: Math.min(config.CONSUMER_MAX_ACK_PENDING, 1_024),
+      backoffMs: config.RETRY_BACKOFF_MS,
+      jitter: 0.2,
+      onError: (error, context) => logger.error({ err: error, ...context }, 'command handling failed'),
+      onRetry: (retry) => logger.warn(retry, `retrying order ${retry.orderId} in ${retry.delayMs} ms`),
+      onDeadLetter: (entry) =>
+        logger.error({ orderId: entry.orderId, reason: entry.reason, attempts: entry.attempts }, `dead-lettered: ${entry.lastError}`),
+    });
+
+    const payments = new PaymentService({
+      db,
+      names,
+      risk: {
+        maxPaymentAmountMinor: config.RISK_MAX_PAYMENT_AMOUNT_MINOR,
+        blockedBuyerIds: new Set(config.RISK_BLOCKED_BUYERS),
+      },
+      events,
+      wakeRelay: () => relay.wake(),
+      createWaitMs: config.CREATE_WAIT_MS,
+      now,
+    });
+
+    // gRPC
+    const health = createHealth([...SETTLE_SERVICES]);
+    const grpcServer = createGrpcServer({ maxMessageBytes: config.GRPC_MESSAGE_BYTES_MAX });
+    const adapterOptions = {
+      log: (error: unknown, context: Record<string, unknown>) =>
+        logger.error({ err: error, ...context }, 'internal error in gRPC handler'),
+    };
+    grpcServer.addService(PaymentServiceService, paymentHandlers(payments, adapterOptions));
+    grpcServer.addService(WalletServiceService, walletHandlers(db, adapterOptions));
+    grpcServer.addService(LedgerServiceService, ledgerHandlers(db, adapterOptions));
+    health.addToServer(grpcServer);
+    addReflection(grpcServer, { services: [...SETTLE_SERVICES, HEALTH_SERVICE_NAME] });
+    const grpcPort = await listen(
+      grpcServer,
+      config.SETTLE_GRPC_ADDR.host,
+      overrides.grpcPort ?? config.SETTLE_GRPC_ADDR.port,
+    );
+    cleanups.push(() => shutdownGrpc(grpcServer, config.SHUTDOWN_GRACE_MS));
+
+    // HTTP: webhooks in, health; other modules add routes to `routes`.
+    const routes: Route[] = [
+      webhookRoute({
+        db,
+        names,
+        secret: config.PSP_WEBHOOK_SECRET,
+        toleranceS: config.PSP_WEBHOOK_TOLERANCE_S,
+        wakeRelay: () => relay.wake(),
+        now,
+        onRejected: (reason) => logger.warn({ reason }, 'webhook rejected'),
+        onAccepted: (event) => logger.info(event, 'webhook accepted'),
+      }),
+      {
+        method: 'GET',
+        path: '/healthz',
+        handle: async () => json(200, { status: 'ok', node: nodeName }),
+      },
+    ];
+    const httpServer = createHttpServer(
+      () => routes,
+      (error, context) => logger.error({ err: error, ...context }, 'internal error in HTTP handler'),
+    );
+    const httpPort = await listenHttp(
+      httpServer,
+      config.SETTLE_HTTP_ADDR.host,
+      overrides.httpPort ?? config.SETTLE_HTTP_ADDR.port,
+    );
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          httpServer.close(() => resolve());
+          httpServer.closeAllConnections();
+        }),
+    );
+
+    // Work: relay and consumer start last, stop first (cleanups run in reverse).
+    relay.start();
+    cleanups.push(() => relay.stop());
+    await consumer.start();
+    cleanups.push(() => consumer.stop(config.SHUTDOWN_GRACE_MS));
+
+    const purge = setInterval(() => {
+      const cutoff = new Date(Date.now() - config.IDEMPOTENCY_TTL_MS);
+      purgeIdempotencyKeys(db, cutoff, 10_000).then(
+        (count) => count > 0 && logger.info({ count }, 'purged expired idempotency keys'),
+        (error: unknown) => logger.warn({ err: error }, 'idempotency key purge failed'),
+      );
+    }, 10 * 60_000);
+    purge.unref();
+    cleanups.push(() => clearInterval(purge));
+
+    health.setServing(true);
+    cleanups.push(() => health.setServing(false));
+    logger.info(
+      { grpc: `${config.SETTLE_GRPC_ADDR.host}:${grpcPort}`, http: `${config.SETTLE_HTTP_ADDR.host}:${httpPort}`, namespace: config.SETTLE_NAMESPACE },
+      'settle node ready',
+    );
+    return {
+      config,
+      grpcPort,
+      httpPort,
+      db,
+      nc,
+      names,
+      payments,
+      relay,
+      consumer,
+      registry,
+      psp,
+      health,
+      logger,
+      routes,
+      dispatch,
+      stop: stopAll,
+    };
+  } catch (error) {
+    await stopAll();
+    throw error;
+  }
+}
+
+export function commandToEvent(command: Command): OrderEvent {
+  switch (command.type) {
+    case 'ExecuteOrder':
+      return { type: 'ExecuteOrder' };
+    case 'ExpireOrder':
+      return { type: 'Expire' };
+    case 'PspResult':
+      return command.outcome === 'SUCCEEDED'
+        ? {
+            type: 'PspSucceeded',
+            eventId: command.eventId,
+            pspReference: command.pspReference ?? '',
+            amountMinor: BigInt(command.amountMinor),
+          }
+        : { type: 'PspDeclined', eventId: command.eventId, declineCode: command.declineCode ?? 'declined' };
+  }
+}
+
+function shutdownGrpc(server: grpc.Server, graceMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      server.forceShutdown();
+      resolve();
+    }, graceMs);
+    server.tryShutdown(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}

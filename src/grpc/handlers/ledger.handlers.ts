@@ -1,0 +1,113 @@
+/**
+ * settle.v1.WalletService and settle.v1.LedgerService: read-only views of wallets and the ledger.
+ */
+import { InvalidArgumentError, NotFoundError } from '../../domain/errors.js';
+import type { Db } from '../../storage/db.js';
+import {
+  findWallet,
+  listLedgerEntries,
+  trialBalance,
+  type AccountBalance,
+} from '../../storage/repositories/ledger.repository.js';
+import { toUnavailable } from '../../storage/transaction.js';
+import type { LedgerServiceServer, WalletServiceServer, AccountBalance as AccountBalanceMessage } from '../generated/settle/v1/wallet.js';
+import { unary, type AdapterOptions } from '../adapters.js';
+
+const PARTY_ID = /^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$/;
+
+export function walletHandlers(db: Db, options: AdapterOptions): WalletServiceServer {
+  return {
+    getWallet: unary(async (request) => {
+      if (request.sellerId === '') throw new InvalidArgumentError('seller_id', 'seller_id is required');
+      if (!PARTY_ID.test(request.sellerId)) {
+        throw new InvalidArgumentError('seller_id', 'must be 1-64 characters of letters, digits and _.:@-');
+      }
+      const wallet = await findWallet(db, request.sellerId).catch(rethrow);
+      if (wallet === undefined) throw new NotFoundError('wallet of seller', request.sellerId);
+      return {
+        wallet: {
+          sellerId: wallet.sellerId,
+          currencyCode: wallet.currency,
+          balanceMinor: wallet.balanceMinor,
+          updateTime: wallet.updatedAt,
+        },
+      };
+    }, options),
+  };
+}
+
+export function ledgerHandlers(db: Db, options: AdapterOptions): LedgerServiceServer {
+  return {
+    listEntries: unary(async (request) => {
+      if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
+      const limit = Math.min(request.pageSize === 0 ? 100 : request.pageSize, 500);
+      let afterId: bigint | undefined;
+      if (request.pageToken !== '') {
+        if (!/^\d{1,19}$/.test(request.pageToken)) {
+          throw new InvalidArgumentError('page_token', 'invalid; start again without page_token');
+        }
+        afterId = BigInt(request.pageToken);
+      }
+      const rows = await listLedgerEntries(db, {
+        ...(request.account !== '' ? { account: request.account } : {}),
+        ...(request.orderId !== '' ? { orderId: request.orderId } : {}),
+        ...(afterId !== undefined ? { afterId } : {}),
+        limit: limit + 1,
+      }).catch(rethrow);
+      const entries = rows.slice(0, limit);
+      const last = entries[entries.length - 1];
+      return {
+        entries: entries.map((entry) => ({
+          entryId: entry.id.toString(),
+          transactionId: entry.transactionId,
+          account: entry.account,
+          orderId: entry.orderId,
+          kind: entry.kind,
+          currencyCode: entry.currency,
+          debitMinor: entry.debitMinor,
+          creditMinor: entry.creditMinor,
+          createTime: entry.createdAt,
+        })),
+        nextPageToken: rows.length > limit && last !== undefined ? last.id.toString() : '',
+      };
+    }, options),
+    getTrialBalance: unary(async () => {
+      const accounts = await trialBalance(db).catch(rethrow);
+      const totals = new Map<string, { debit: bigint; credit: bigint }>();
+      for (const account of accounts) {
+        const total = totals.get(account.currency) ?? { debit: 0n, credit: 0n };
+        total.debit += account.debitMinor;
+        total.credit += account.creditMinor;
+        totals.set(account.currency, total);
+      }
+      const totalMessages = [...totals].map(([currency, total]) =>
+        balanceMessage({
+          account: '*',
+          currency,
+          debitMinor: total.debit,
+          creditMinor: total.credit,
+          balanceMinor: total.debit - total.credit,
+        }),
+      );
+      return {
+        accounts: accounts.map(balanceMessage),
+        totals: totalMessages,
+        balanced: totalMessages.every((total) => total.balanceMinor === 0n),
+      };
+    }, options),
+  };
+}
+
+function balanceMessage(balance: AccountBalance): AccountBalanceMessage {
+  return {
+    account: balance.account,
+    currencyCode: balance.currency,
+    debitMinor: balance.debitMinor,
+    creditMinor: balance.creditMinor,
+    balanceMinor: balance.balanceMinor,
+  };
+}
+
+function rethrow(error: unknown): never {
+  throw toUnavailable(error);
+}

@@ -1,0 +1,149 @@
+/**
+ * A minimal HTTP router on node:http for Settle's HTTP port (webhooks in, health, and later the
+ * REST twin, admin pages and metrics). Bodies are read with a size limit; a handler that throws
+ * answers 500 with a generic message, never a stack.
+ */
+import http from 'node:http';
+
+export type HttpRequest = Readonly<{
+  method: string;
+  path: string;
+  query: URLSearchParams;
+  headers: http.IncomingHttpHeaders;
+  /** Path parameters captured by `:name` segments. */
+  params: Readonly<Record<string, string>>;
+  /** Reads the raw body; rejects with HttpError 413 beyond `limitBytes`. */
+  body: (limitBytes: number) => Promise<Buffer>;
+}>;
+
+export type HttpResponse = Readonly<{
+  status: number;
+  headers?: Readonly<Record<string, string>>;
+  body?: string | Buffer;
+}>;
+
+export type Route = Readonly<{
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE';
+  /** Literal segments and `:param` segments, e.g. /v1/payments/:id */
+  path: string;
+  handle: (request: HttpRequest) => Promise<HttpResponse>;
+}>;
+
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export function json(status: number, value: unknown, headers: Record<string, string> = {}): HttpResponse {
+  return {
+    status,
+    headers: { 'content-type': 'application/json; charset=utf-8', ...headers },
+    body: JSON.stringify(value, (_key, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)),
+  };
+}
+
+function match(pattern: string, path: string): Record<string, string> | undefined {
+  const want = pattern.split('/').filter(Boolean);
+  const got = path.split('/').filter(Boolean);
+  if (want.length !== got.length) return undefined;
+  const params: Record<string, string> = {};
+  for (let i = 0; i < want.length; i += 1) {
+    const segment = want[i] ?? '';
+    const actual = got[i] ?? '';
+    if (segment.startsWith(':')) {
+      try {
+        params[segment.slice(1)] = decodeURIComponent(actual);
+      } catch {
+        return undefined;
+      }
+    } else if (segment !== actual) return undefined;
+  }
+  return params;
+}
+
+function readBody(req: http.IncomingMessage, limitBytes: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const declared = Number(req.headers['content-length'] ?? '0');
+    if (declared > limitBytes) {
+      reject(new HttpError(413, `body larger than ${limitBytes} bytes`));
+      req.resume();
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limitBytes) {
+        reject(new HttpError(413, `body larger than ${limitBytes} bytes`));
+        req.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+export function createHttpServer(
+  routes: () => readonly Route[],
+  onError: (error: unknown, context: Record<string, unknown>) => void,
+): http.Server {
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const method = req.method ?? 'GET';
+    let params: Record<string, string> | undefined;
+    const route = routes().find(
+      (candidate) => candidate.method === method && (params = match(candidate.path, url.pathname)) !== undefined,
+    );
+    const send = (response: HttpResponse) => {
+      if (res.headersSent) return;
+      res.writeHead(response.status, response.headers ?? {});
+      res.end(response.body ?? '');
+    };
+    if (route === undefined || params === undefined) {
+      send(json(404, { error: { code: 'NOT_FOUND', message: `no route for ${method} ${url.pathname}` } }));
+      return;
+    }
+    const request: HttpRequest = {
+      method,
+      path: url.pathname,
+      query: url.searchParams,
+      headers: req.headers,
+      params,
+      body: (limitBytes) => readBody(req, limitBytes),
+    };
+    route.handle(request).then(send, (error: unknown) => {
+      if (error instanceof HttpError) {
+        send(json(error.status, { error: { code: String(error.status), message: error.message } }));
+        return;
+      }
+      onError(error, { method, path: url.pathname });
+      send(json(500, { error: { code: 'INTERNAL', message: 'internal error' } }));
+    });
+  });
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 30_000;
+  server.keepAliveTimeout = 5_000;
+  return server;
+}
+
+export function listenHttp(server: http.Server, host: string, port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', (error: NodeJS.ErrnoException) => {
+      reject(
+        error.code === 'EADDRINUSE'
+          ? new Error(`HTTP address ${host}:${port} is in use; choose another port in the config`)
+          : error,
+      );
+    });
+    server.listen(port, host, () => {
+      const address = server.address();
+      resolve(typeof address === 'object' && address !== null ? address.port : port);
+    });
+  });
+}

@@ -1,0 +1,100 @@
+/**
+ * POST /webhooks/psp: the PSP's signed payment results. The signature is checked on the raw body
+ * (HMAC-SHA256 over "timestamp.body", bounded clock skew) before anything is parsed. Then ONE
+ * transaction records the event id in the inbox (a duplicate ends there with 200) and writes the
+ * PspResult command to the outbox; the order's actor applies it. Answers: 200 accepted or
+ * duplicate, 400 unsigned/forged/stale/malformed, 404 unknown order, 413 too large, 503 when the
+ * database is down (the PSP retries).
+ */
+import { UnavailableError } from '../domain/errors.js';
+import { pspResultMessage } from '../messaging/commands.js';
+import type { Names } from '../messaging/subjects.js';
+import { pspWebhookEventSchema, verifyWebhook } from '../psp/webhook.js';
+import type { Db } from '../storage/db.js';
+import { findPaymentOrder } from '../storage/repositories/payment-order.repository.js';
+import { enqueueOutbox, recordInbox } from '../storage/repositories/outbox.repository.js';
+import { inTransaction, toUnavailable } from '../storage/transaction.js';
+import { json, type Route } from './router.js';
+
+export const WEBHOOK_PATH = '/webhooks/psp';
+const WEBHOOK_BODY_BYTES_MAX = 64 * 1024;
+const ORDER_ID_PATTERN = /^ord_[0-9A-HJKMNP-TV-Z]{26}$/;
+
+export type WebhookRouteDeps = Readonly<{
+  db: Db;
+  names: Names;
+  secret: string;
+  toleranceS: number;
+  wakeRelay: () => void;
+  now: () => Date;
+  onRejected?: (reason: string) => void;
+  onAccepted?: (event: { eventId: string; orderId: string; duplicate: boolean }) => void;
+}>;
+
+export function webhookRoute(deps: WebhookRouteDeps): Route {
+  const reject = (status: number, code: string, message: string) => {
+    deps.onRejected?.(`${code}: ${message}`);
+    return json(status, { error: { code, message } });
+  };
+  return {
+    method: 'POST',
+    path: WEBHOOK_PATH,
+    handle: async (request) => {
+      const raw = (await request.body(WEBHOOK_BODY_BYTES_MAX)).toString('utf8');
+      const header = request.headers['psp-signature'];
+      const verdict = verifyWebhook({
+        secret: deps.secret,
+        rawBody: raw,
+        header: typeof header === 'string' ? header : undefined,
+        nowS: Math.floor(deps.now().getTime() / 1000),
+        toleranceS: deps.toleranceS,
+      });
+      if (!verdict.ok) return reject(400, 'UNAUTHENTICATED', `webhook signature rejected: ${verdict.reason}`);
+      let body: unknown;
+      try {
+        body = JSON.parse(raw);
+      } catch {
+        return reject(400, 'INVALID_ARGUMENT', 'webhook body is not JSON');
+      }
+      const parsed = pspWebhookEventSchema.safeParse(body);
+      if (!parsed.success) {
+        return reject(400, 'INVALID_ARGUMENT', `webhook body is not a PSP event: ${parsed.error.issues[0]?.message ?? ''}`);
+      }
+      const event = parsed.data;
+      const orderId = event.data.nonce;
+      try {
+        if (!ORDER_ID_PATTERN.test(orderId) || (await findPaymentOrder(deps.db, orderId)) === undefined) {
+          return reject(404, 'NOT_FOUND', `no payment order '${orderId.slice(0, 64)}'`);
+        }
+        const now = deps.now();
+        const fresh = await inTransaction(deps.db, async (trx) => {
+          if (!(await recordInbox(trx, { source: 'psp', eventId: event.id, orderId, now }))) return false;
+          await enqueueOutbox(
+            trx,
+            [
+              pspResultMessage(deps.names, {
+                orderId,
+                eventId: event.id,
+                outcome: event.type === 'payment.succeeded' ? 'SUCCEEDED' : 'DECLINED',
+                pspReference: event.data.psp_reference ?? null,
+                amountMinor: event.data.amount_minor.toString(),
+                declineCode: event.data.decline_code ?? null,
+              }),
+            ],
+            now,
+          );
+          return true;
+        });
+        if (fresh) deps.wakeRelay();
+        deps.onAccepted?.({ eventId: event.id, orderId, duplicate: !fresh });
+        return json(200, { received: true, duplicate: !fresh });
+      } catch (error) {
+        const mapped = toUnavailable(error);
+        if (mapped instanceof UnavailableError) {
+          return json(503, { error: { code: 'UNAVAILABLE', message: 'database unavailable; retry' } });
+        }
+        throw mapped;
+      }
+    },
+  };
+}

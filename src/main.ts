@@ -1,0 +1,71 @@
+/**
+ * Composition root: `npm start` runs the PSP mock and one Settle node on the defaults;
+ * `--settle-only` runs just Settle (the PSP mock then runs elsewhere: `npm run start:psp`).
+ * SIGTERM/SIGINT stop everything in reverse order; a second signal, or the grace period running
+ * out, forces the exit.
+ */
+import { ConfigError, loadConfig, type Config } from './config.js';
+import { startSettle } from './app.js';
+import { startPspMock } from './psp/mock/index.js';
+import { UnavailableError } from './domain/errors.js';
+import { createLogger } from './observability/logger.js';
+
+async function main(): Promise<void> {
+  let config: Config;
+  try {
+    config = loadConfig(process.env);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`settle: ${error.message}\n`);
+      process.exit(2);
+    }
+    throw error;
+  }
+  const logger = createLogger({ level: config.LOG_LEVEL, name: 'settle' });
+  const settleOnly = process.argv.includes('--settle-only');
+  const stops: Array<() => Promise<void>> = [];
+  try {
+    if (!settleOnly) {
+      const psp = await startPspMock({ config, log: (line) => logger.info({ component: 'psp-mock' }, line) });
+      stops.push(psp.stop);
+      logger.info(`PSP mock: gRPC 127.0.0.1:${psp.grpcPort}, hosted pages ${psp.publicUrl}`);
+    }
+    const node = await startSettle(config, { logger });
+    stops.push(node.stop);
+    process.stdout.write(
+      `Settle is up: gRPC ${config.SETTLE_GRPC_ADDR.host}:${node.grpcPort}, ` +
+        `HTTP http://${config.SETTLE_HTTP_ADDR.host}:${node.httpPort} (namespace ${config.SETTLE_NAMESPACE})\n`,
+    );
+  } catch (error) {
+    for (const stop of stops.reverse()) await stop().catch(() => undefined);
+    if (error instanceof UnavailableError) {
+      process.stderr.write(`settle: ${error.message}\n`);
+      process.exit(3);
+    }
+    process.stderr.write(`settle: failed to start: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.exit(1);
+  }
+
+  let stopping = false;
+  const shutdown = (signal: string) => {
+    if (stopping) {
+      process.stderr.write(`settle: second ${signal}, exiting now\n`);
+      process.exit(130);
+    }
+    stopping = true;
+    logger.info(`${signal} received: stopping`);
+    const force = setTimeout(() => {
+      process.stderr.write('settle: shutdown took too long, exiting\n');
+      process.exit(1);
+    }, config.SHUTDOWN_GRACE_MS + 5_000);
+    force.unref();
+    void (async () => {
+      for (const stop of stops.reverse()) await stop().catch(() => undefined);
+      process.exit(0);
+    })();
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+}
+
+void main();

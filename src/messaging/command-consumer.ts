@@ -1,0 +1,183 @@
+/**
+ * Pulls commands from the runtime's durable consumer and hands each to a handler, at most
+ * `inFlightMax` at a time. A message is acked only after the handler says its effect is
+ * committed; a retryable failure is nak'ed with exponential backoff and jitter; after the last
+ * allowed delivery, or on a non-retryable failure, the message goes to the dead-letter stream
+ * with its reason and is terminated. Malformed messages go straight to the dead-letter stream.
+ */
+import type { JsMsg, JetStreamClient, ConsumerMessages } from '@nats-io/jetstream';
+import { parseCommand, type Command } from './commands.js';
+import type { Names } from './subjects.js';
+
+export type HandleOutcome =
+  | Readonly<{ kind: 'done' }>
+  | Readonly<{ kind: 'retry'; reason: string }>
+  | Readonly<{ kind: 'reject'; reason: string }>;
+
+export type CommandHandler = (
+  command: Command,
+  delivery: { attempt: number; isLastAttempt: boolean },
+) => Promise<HandleOutcome>;
+
+export type ConsumerOptions = Readonly<{
+  inFlightMax: number;
+  /** Delay before retry n (1-based) is backoffMs[n - 1]; its length is the number of retries. */
+  backoffMs: readonly number[];
+  /** Fraction of random spread around each delay, e.g. 0.2 for ±20 %. */
+  jitter: number;
+  onError?: (error: unknown, context: Record<string, unknown>) => void;
+  onDeadLetter?: (entry: DeadLetter) => void;
+  onRetry?: (entry: { orderId: string; attempt: number; delayMs: number; reason: string }) => void;
+}>;
+
+export type DeadLetter = Readonly<{
+  orderId: string | null;
+  subject: string;
+  streamSequence: number;
+  attempts: number;
+  reason: string;
+  lastError: string;
+  payload: string;
+  deadLetteredAt: string;
+}>;
+
+export class CommandConsumer {
+  private messages: ConsumerMessages | undefined;
+  private loop: Promise<void> | undefined;
+  private inFlight = 0;
+  private slotFreed: (() => void) | undefined;
+  private stopping = false;
+
+  constructor(
+    private readonly js: JetStreamClient,
+    private readonly names: Names,
+    private readonly handler: CommandHandler,
+    private readonly options: ConsumerOptions,
+  ) {}
+
+  /** Deliveries at most: the first one plus one per backoff step. */
+  get maxDeliver(): number {
+    return this.options.backoffMs.length + 1;
+  }
+
+  get inFlightCount(): number {
+    return this.inFlight;
+  }
+
+  async start(): Promise<void> {
+    const consumer = await this.js.consumers.get(this.names.commandStream, this.names.runtimeConsumer);
+    this.messages = await consumer.consume({
+      max_messages: this.options.inFlightMax,
+      expires: 5_000,
+    });
+    this.loop = this.run(this.messages);
+  }
+
+  /** Stops pulling, then waits (bounded) for in-flight messages to finish. */
+  async stop(timeoutMs: number): Promise<void> {
+    this.stopping = true;
+    await this.messages?.close().catch(() => undefined);
+    const deadline = Date.now() + timeoutMs;
+    while (this.inFlight > 0 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    await this.loop?.catch(() => undefined);
+  }
+
+  private async run(messages: ConsumerMessages): Promise<void> {
+    for await (const message of messages) {
+      if (this.stopping) {
+        // Not started: hand it back at once so another node picks it up.
+        message.nak();
+        continue;
+      }
+      while (this.inFlight >= this.options.inFlightMax) {
+        await new Promise<void>((resolve) => (this.slotFreed = resolve));
+      }
+      this.inFlight += 1;
+      void this.process(message)
+        .catch((error: unknown) => this.options.onError?.(error, { subject: message.subject }))
+        .finally(() => {
+          this.inFlight -= 1;
+          const wake = this.slotFreed;
+          this.slotFreed = undefined;
+          wake?.();
+        });
+    }
+  }
+
+  private async process(message: JsMsg): Promise<void> {
+    const attempt = message.info.deliveryCount;
+    const isLastAttempt = attempt >= this.maxDeliver;
+    const command = parseCommand(message.data);
+    if (command === undefined) {
+      await this.deadLetter(message, null, 'MALFORMED_COMMAND', 'payload is not a known command');
+      message.term('malformed command');
+      return;
+    }
+    let outcome: HandleOutcome;
+    try {
+      outcome = await this.handler(command, { attempt, isLastAttempt });
+    } catch (error) {
+      this.options.onError?.(error, { orderId: command.orderId, attempt });
+      outcome = { kind: 'retry', reason: error instanceof Error ? error.message : String(error) };
+    }
+    switch (outcome.kind) {
+      case 'done':
+        message.ack();
+        return;
+      case 'retry': {
+        if (isLastAttempt) {
+          await this.deadLetter(message, command.orderId, 'RETRIES_EXHAUSTED', outcome.reason);
+          message.term(`retries exhausted: ${outcome.reason}`);
+          return;
+        }
+        const delayMs = this.retryDelayMs(attempt);
+        this.options.onRetry?.({ orderId: command.orderId, attempt, delayMs, reason: outcome.reason });
+        message.nak(delayMs);
+        return;
+      }
+      case 'reject':
+        await this.deadLetter(message, command.orderId, 'NON_RETRYABLE', outcome.reason);
+        message.term(outcome.reason);
+        return;
+    }
+  }
+
+  /** Exponential backoff from the configured steps, spread by ±jitter. */
+  retryDelayMs(attempt: number): number {
+    const steps = this.options.backoffMs;
+    const base = steps[Math.min(attempt, steps.length) - 1] ?? steps[steps.length - 1] ?? 1_000;
+    const spread = base * this.options.jitter;
+    return Math.max(1, Math.round(base - spread + Math.random() * 2 * spread));
+  }
+
+  private async deadLetter(
+    message: JsMsg,
+    orderId: string | null,
+    reason: string,
+    lastError: string,
+  ): Promise<void> {
+    const entry: DeadLetter = {
+      orderId,
+      subject: message.subject,
+      streamSequence: message.info.streamSequence,
+      attempts: message.info.deliveryCount,
+      reason,
+      lastError: lastError.slice(0, 2_000),
+      payload: message.string().slice(0, 64 * 1024),
+      deadLetteredAt: new Date().toISOString(),
+    };
+    try {
+      await this.js.publish(this.names.deadLetterSubject, JSON.stringify(entry), {
+        msgID: `dlq:${this.names.commandStream}:${entry.streamSequence}`,
+        timeout: 5_000,
+      });
+      this.options.onDeadLetter?.(entry);
+    } catch (error) {
+      // Leave the message unacked: it is redelivered after ack_wait and dead-lettered then.
+      this.options.onError?.(error, { orderId, reason: 'dead-letter publish failed' });
+      throw error;
+    }
+  }
+}

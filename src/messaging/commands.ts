@@ -1,0 +1,53 @@
+/**
+ * The commands that travel from the outbox through JetStream to payment-order actors. Payloads
+ * are JSON with amounts as decimal strings; every command names its order, which picks the
+ * subject partition and the actor.
+ */
+import { z } from 'zod';
+import type { OutboxMessage } from '../storage/repositories/outbox.repository.js';
+import type { Names } from './subjects.js';
+
+const amountString = z.string().regex(/^\d{1,19}$/);
+
+export const commandSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('ExecuteOrder'), orderId: z.string().min(1) }),
+  z.object({
+    type: z.literal('PspResult'),
+    orderId: z.string().min(1),
+    eventId: z.string().min(1),
+    outcome: z.enum(['SUCCEEDED', 'DECLINED']),
+    pspReference: z.string().nullable(),
+    amountMinor: amountString,
+    declineCode: z.string().nullable(),
+  }),
+  z.object({ type: z.literal('ExpireOrder'), orderId: z.string().min(1) }),
+]);
+export type Command = z.infer<typeof commandSchema>;
+
+export function executeOrderMessage(names: Names, orderId: string): OutboxMessage {
+  return {
+    subject: names.commandSubject(orderId),
+    msgId: `exec:${orderId}`,
+    payload: JSON.stringify({ type: 'ExecuteOrder', orderId } satisfies Command),
+  };
+}
+
+export function pspResultMessage(
+  names: Names,
+  result: Omit<Extract<Command, { type: 'PspResult' }>, 'type'>,
+): OutboxMessage {
+  return {
+    subject: names.commandSubject(result.orderId),
+    msgId: `psp:${result.eventId}`,
+    payload: JSON.stringify({ type: 'PspResult', ...result } satisfies Command),
+  };
+}
+
+export function parseCommand(data: Uint8Array): Command | undefined {
+  try {
+    const parsed = commandSchema.safeParse(JSON.parse(new TextDecoder().decode(data)));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,131 @@
+/**
+ * Connects to NATS and creates (or updates) Settle's streams and consumer idempotently. Uses only
+ * features of nats-server 2.9.
+ */
+import { connect, nanos, type NatsConnection } from '@nats-io/transport-node';
+import {
+  AckPolicy,
+  DeliverPolicy,
+  DiscardPolicy,
+  jetstreamManager,
+  RetentionPolicy,
+  StorageType,
+  type JetStreamManager,
+  type StreamConfig,
+  type ConsumerConfig,
+} from '@nats-io/jetstream';
+import { UnavailableError } from '../domain/errors.js';
+import type { Names } from './subjects.js';
+
+export async function connectNats(url: string, name: string): Promise<NatsConnection> {
+  try {
+    return await connect({
+      servers: url,
+      name,
+      timeout: 5_000,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 500,
+      pingInterval: 10_000,
+    });
+  } catch (error) {
+    throw new UnavailableError(
+      `NATS is unreachable at ${url} (${error instanceof Error ? error.message : String(error)}); ` +
+        'start it (start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- ' +
+        '-a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log) or set NATS_URL',
+      { cause: error },
+    );
+  }
+}
+
+export type TopologyOptions = Readonly<{
+  ackWaitMs: number;
+  /** Deliveries at most: the first one plus the retries. */
+  maxDeliver: number;
+  maxAckPending: number;
+}>;
+
+const DAY_MS = 24 * 3_600_000;
+
+/** Creates the command and dead-letter streams and the runtime consumer, or updates them. */
+export async function ensureTopology(
+  nc: NatsConnection,
+  names: Names,
+  options: TopologyOptions,
+): Promise<JetStreamManager> {
+  const jsm = await jetstreamManager(nc, { timeout: 5_000 });
+  await upsertStream(jsm, {
+    name: names.commandStream,
+    subjects: [names.commandSubjectAll],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    // A full stream refuses new commands (the outbox keeps them) rather than dropping old ones.
+    discard: DiscardPolicy.New,
+    max_bytes: 1024 * 1024 * 1024,
+    max_age: nanos(7 * DAY_MS),
+    max_msg_size: 64 * 1024,
+    duplicate_window: nanos(2 * 60_000),
+    num_replicas: 1,
+  });
+  await upsertStream(jsm, {
+    name: names.deadLetterStream,
+    subjects: [names.deadLetterSubject],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    discard: DiscardPolicy.Old,
+    max_bytes: 256 * 1024 * 1024,
+    max_age: nanos(30 * DAY_MS),
+    max_msg_size: 128 * 1024,
+    duplicate_window: nanos(2 * 60_000),
+    num_replicas: 1,
+  });
+  const consumer: Partial<ConsumerConfig> = {
+    durable_name: names.runtimeConsumer,
+    filter_subject: names.commandSubjectAll,
+    ack_policy: AckPolicy.Explicit,
+    deliver_policy: DeliverPolicy.All,
+    ack_wait: nanos(options.ackWaitMs),
+    max_deliver: options.maxDeliver,
+    max_ack_pending: options.maxAckPending,
+    max_waiting: 512,
+  };
+  try {
+    await jsm.consumers.info(names.commandStream, names.runtimeConsumer);
+    await jsm.consumers.update(names.commandStream, names.runtimeConsumer, {
+      ack_wait: consumer.ack_wait,
+      max_deliver: consumer.max_deliver,
+      max_ack_pending: consumer.max_ack_pending,
+      max_waiting: consumer.max_waiting,
+    });
+  } catch (error) {
+    if (!isNotFound(error)) throw error;
+    await jsm.consumers.add(names.commandStream, consumer);
+  }
+  return jsm;
+}
+
+async function upsertStream(jsm: JetStreamManager, config: Partial<StreamConfig> & { name: string }) {
+  try {
+    await jsm.streams.info(config.name);
+    await jsm.streams.update(config.name, config);
+  } catch (error) {
+    if (!isNotFound(error)) throw error;
+    await jsm.streams.add(config);
+  }
+}
+
+function isNotFound(error: unknown): boolean {
+  const message = error instanceof Error ? error.message : String(error);
+  return /not found/i.test(message);
+}
+
+/** Deletes a namespace's streams (tests and the chaos demo clean up with it). */
+export async function deleteTopology(nc: NatsConnection, names: Names): Promise<void> {
+  const jsm = await jetstreamManager(nc);
+  for (const stream of [names.commandStream, names.deadLetterStream]) {
+    try {
+      await jsm.streams.delete(stream);
+    } catch (error) {
+      if (!isNotFound(error)) throw error;
+    }
+  }
+}

@@ -1,0 +1,116 @@
+/**
+ * Moves committed outbox rows to JetStream. Each batch is claimed with SELECT ... FOR UPDATE SKIP
+ * LOCKED (so several nodes relay without overlapping), published with Nats-Msg-Id = the row's
+ * msg_id (so a batch published twice after a crash is deduplicated by the stream), and deleted in
+ * the same transaction only after every publish was acknowledged. Woken right after local
+ * commits; polls as a safety net for commits whose wake-up was lost (another node, a crash).
+ */
+import type { JetStreamClient } from '@nats-io/jetstream';
+import type { Db } from '../storage/db.js';
+import { deleteOutbox, lockOutboxBatch } from '../storage/repositories/outbox.repository.js';
+import { inTransaction } from '../storage/transaction.js';
+
+export type RelayOptions = Readonly<{
+  batchMax: number;
+  pollMs: number;
+  publishTimeoutMs: number;
+  onError?: (error: unknown) => void;
+  onRelayed?: (count: number) => void;
+}>;
+
+export class OutboxRelay {
+  private running = false;
+  private wakeRequested = false;
+  private wakeUp: (() => void) | undefined;
+  private loop: Promise<void> | undefined;
+  private relayedTotal = 0;
+
+  constructor(
+    private readonly db: Db,
+    private readonly js: JetStreamClient,
+    private readonly options: RelayOptions,
+  ) {}
+
+  get relayed(): number {
+    return this.relayedTotal;
+  }
+
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.loop = this.run();
+  }
+
+  /** Asks for a pass now (after a local commit). */
+  wake(): void {
+    this.wakeRequested = true;
+    this.wakeUp?.();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    this.wakeUp?.();
+    await this.loop;
+  }
+
+  /** Relays until the outbox is empty or `passesMax` batches were sent; returns rows relayed. */
+  async relayOnce(passesMax = 100): Promise<number> {
+    let total = 0;
+    for (let pass = 0; pass < passesMax; pass += 1) {
+      const count = await this.relayBatch();
+      total += count;
+      if (count < this.options.batchMax) break;
+    }
+    return total;
+  }
+
+  private async run(): Promise<void> {
+    let failures = 0;
+    while (this.running) {
+      this.wakeRequested = false;
+      try {
+        await this.relayOnce();
+        failures = 0;
+      } catch (error) {
+        failures += 1;
+        this.options.onError?.(error);
+      }
+      if (!this.running) break;
+      if (this.wakeRequested && failures === 0) continue;
+      const delayMs = failures === 0 ? this.options.pollMs : Math.min(5_000, 100 * 2 ** failures);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, delayMs);
+        this.wakeUp = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.wakeUp = undefined;
+    }
+  }
+
+  private async relayBatch(): Promise<number> {
+    const count = await inTransaction(this.db, async (trx) => {
+      const batch = await lockOutboxBatch(trx, this.options.batchMax);
+      if (batch.length === 0) return 0;
+      await Promise.all(
+        batch.map((row) =>
+          this.js.publish(row.subject, row.payload, {
+            msgID: row.msgId,
+            timeout: this.options.publishTimeoutMs,
+          }),
+        ),
+      );
+      await deleteOutbox(
+        trx,
+        batch.map((row) => row.id),
+      );
+      return batch.length;
+    });
+    if (count > 0) {
+      this.relayedTotal += count;
+      this.options.onRelayed?.(count);
+    }
+    return count;
+  }
+}

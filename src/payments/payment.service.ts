@@ -1,0 +1,262 @@
+/**
+ * The payments use cases behind both the gRPC API and the REST twin: create (idempotent), get,
+ * list and watch. CreatePayment validates first, so bad input writes nothing; then it claims the
+ * idempotency key and creates the payment, its orders and one ExecuteOrder outbox message per
+ * order in ONE transaction.
+ */
+import { AbortedError, AlreadyExistsError, NotFoundError, ResourceExhaustedError } from '../domain/errors.js';
+import { newId } from '../domain/ids.js';
+import { executeOrderMessage } from '../messaging/commands.js';
+import type { Names } from '../messaging/subjects.js';
+import type { Db } from '../storage/db.js';
+import { enqueueOutbox } from '../storage/repositories/outbox.repository.js';
+import {
+  claimIdempotencyKey,
+  completeIdempotencyKey,
+  findPayment,
+  insertPayment,
+  listPayments,
+  PAYMENT_STATE,
+  releaseIdempotencyKey,
+  TERMINAL_PAYMENT_STATES,
+  type Payment,
+} from '../storage/repositories/payment.repository.js';
+import { inTransaction, toUnavailable } from '../storage/transaction.js';
+import { ORDER_STATE } from '../actors/payment-order/machine.js';
+import { evaluateRisk, type RiskRules } from './risk.js';
+import { nextChange, type PaymentEvents } from './payment-events.js';
+import { parseCreatePayment, requireId, type CreatePaymentInput } from './validation.js';
+import { InvalidArgumentError } from '../domain/errors.js';
+
+export const RISK_REJECTED = 'RISK_REJECTED';
+export const PAYMENT_ID_PATTERN = /^pay_[0-9A-HJKMNP-TV-Z]{26}$/;
+const PAYMENT_ID_EXAMPLE = 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G';
+/** An IN_FLIGHT idempotency key whose owner died can be taken over after this long. */
+const IDEMPOTENCY_LEASE_MS = 30_000;
+const WATCH_POLL_MS = 1_000;
+const WATCH_DURATION_MS_MAX = 60 * 60_000;
+
+export type PaymentServiceDeps = Readonly<{
+  db: Db;
+  names: Names;
+  risk: RiskRules;
+  events: PaymentEvents;
+  /** Called after a commit that wrote outbox rows. */
+  wakeRelay: () => void;
+  /** How long create waits for checkout URLs before answering. */
+  createWaitMs: number;
+  now: () => Date;
+}>;
+
+export class PaymentService {
+  constructor(private readonly deps: PaymentServiceDeps) {}
+
+  async create(raw: Parameters<typeof parseCreatePayment>[0]): Promise<Payment> {
+    const input = parseCreatePayment(raw);
+    const { db } = this.deps;
+    const now = this.deps.now();
+    const claim = await claimIdempotencyKey(db, {
+      buyerId: input.buyerId,
+      requestId: input.requestId,
+      requestHash: input.requestHash,
+      now,
+      leaseMs: IDEMPOTENCY_LEASE_MS,
+    }).catch((error: unknown) => {
+      throw toUnavailable(error);
+    });
+    if (claim.kind !== 'claimed') {
+      if (claim.requestHash !== input.requestHash) {
+        throw new AlreadyExistsError(
+          `request_id ${input.requestId} was already used by buyer ${input.buyerId} with other ` +
+            'parameters; use a new request_id for a new payment',
+        );
+      }
+      if (claim.kind === 'in-flight') {
+        throw new AbortedError(
+          `a request with request_id ${input.requestId} is still in flight; retry shortly`,
+          { retryDelayMs: 200 },
+        );
+      }
+      return this.get(claim.paymentId);
+    }
+    let paymentId: string;
+    try {
+      paymentId = await this.insert(input, now);
+    } catch (error) {
+      await releaseIdempotencyKey(db, input).catch(() => undefined);
+      throw toUnavailable(error);
+    }
+    this.deps.wakeRelay();
+    return this.waitForCheckout(paymentId);
+  }
+
+  private async insert(input: CreatePaymentInput, now: Date): Promise<string> {
+    const decision = evaluateRisk(this.deps.risk, input);
+    const paymentId = newId('payment', now.getTime());
+    const orders = input.orders.map((order) => ({
+      id: newId('order', now.getTime()),
+      sellerId: order.sellerId,
+      amountMinor: order.amountMinor,
+      state: decision.approved ? ORDER_STATE.notStarted : ORDER_STATE.failed,
+      failureReason: decision.approved ? undefined : RISK_REJECTED,
+    }));
+    await inTransaction(this.deps.db, async (trx) => {
+      await insertPayment(
+        trx,
+        {
+          id: paymentId,
+          buyerId: input.buyerId,
+          requestId: input.requestId,
+          currency: input.currency,
+          amountMinor: input.amountMinor,
+          state: decision.approved ? PAYMENT_STATE.notStarted : PAYMENT_STATE.failed,
+          failureReason: decision.approved ? undefined : RISK_REJECTED,
+          orders,
+        },
+        now,
+      );
+      if (!decision.approved) {
+        await trx
+          .insertInto('payment_order_transition')
+          .values(
+            orders.map((order) => ({
+              order_id: order.id,
+              payment_id: paymentId,
+              version: '0',
+              from_state: ORDER_STATE.notStarted,
+              to_state: ORDER_STATE.failed,
+              event_type: 'RiskRejected',
+              detail: JSON.stringify({ rule: decision.rule, message: decision.message }),
+              created_at: now,
+            })),
+          )
+          .execute();
+      }
+      await enqueueOutbox(
+        trx,
+        decision.approved ? orders.map((order) => executeOrderMessage(this.deps.names, order.id)) : [],
+        now,
+      );
+      if (!(await completeIdempotencyKey(trx, { ...input, paymentId }))) {
+        throw new AbortedError(`request_id ${input.requestId} was taken over by another attempt; retry`);
+      }
+    });
+    return paymentId;
+  }
+
+  /** Returns once every live order has a checkout URL, or when the wait budget is spent. */
+  private async waitForCheckout(paymentId: string): Promise<Payment> {
+    const deadline = Date.now() + this.deps.createWaitMs;
+    for (;;) {
+      const payment = await this.get(paymentId);
+      const waiting = payment.orders.some(
+        (order) => order.checkoutUrl === undefined && !TERMINAL_ORDER.has(order.state),
+      );
+      const remainingMs = deadline - Date.now();
+      if (!waiting || remainingMs <= 0) return payment;
+      await nextChange(this.deps.events, paymentId, Math.min(remainingMs, 100));
+    }
+  }
+
+  async get(paymentId: string): Promise<Payment> {
+    requireId('payment_id', paymentId, PAYMENT_ID_PATTERN, PAYMENT_ID_EXAMPLE);
+    const payment = await findPayment(this.deps.db, paymentId).catch((error: unknown) => {
+      throw toUnavailable(error);
+    });
+    if (payment === undefined) throw new NotFoundError('payment', paymentId);
+    return payment;
+  }
+
+  async list(request: {
+    pageSize: number;
+    pageToken: string;
+    state?: string;
+    buyerId?: string;
+  }): Promise<{ payments: Payment[]; nextPageToken: string }> {
+    if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
+    const limit = Math.min(request.pageSize === 0 ? 20 : request.pageSize, 100);
+    const filter = { state: request.state, buyerId: request.buyerId };
+    let beforeId: string | undefined;
+    if (request.pageToken !== '') {
+      const token = decodePageToken(request.pageToken);
+      if (token === undefined || token.filter !== JSON.stringify(filter)) {
+        throw new InvalidArgumentError(
+          'page_token',
+          'invalid or from a request with other filters; start again without page_token',
+        );
+      }
+      beforeId = token.beforeId;
+    }
+    const rows = await listPayments(this.deps.db, {
+      ...(filter.state !== undefined ? { state: filter.state } : {}),
+      ...(filter.buyerId !== undefined ? { buyerId: filter.buyerId } : {}),
+      ...(beforeId !== undefined ? { beforeId } : {}),
+      limit: limit + 1,
+    }).catch((error: unknown) => {
+      throw toUnavailable(error);
+    });
+    const payments = rows.slice(0, limit);
+    const last = payments[payments.length - 1];
+    const nextPageToken =
+      rows.length > limit && last !== undefined
+        ? encodePageToken({ beforeId: last.id, filter: JSON.stringify(filter) })
+        : '';
+    return { payments, nextPageToken };
+  }
+
+  /**
+   * Calls `send` with the payment now and after every change, until the payment is terminal, the
+   * signal aborts or the watch has run for an hour.
+   */
+  async watch(paymentId: string, send: (payment: Payment) => void, signal: AbortSignal): Promise<void> {
+    let payment = await this.get(paymentId);
+    if (this.deps.events.size >= 10_000) {
+      throw new ResourceExhaustedError('too many watchers on this node; retry later');
+    }
+    let fingerprint = fingerprintOf(payment);
+    send(payment);
+    const deadline = Date.now() + WATCH_DURATION_MS_MAX;
+    while (!TERMINAL_PAYMENT_STATES.has(payment.state) && !signal.aborted && Date.now() < deadline) {
+      await nextChange(this.deps.events, paymentId, WATCH_POLL_MS, signal);
+      if (signal.aborted) return;
+      payment = await this.get(paymentId);
+      const next = fingerprintOf(payment);
+      if (next !== fingerprint) {
+        fingerprint = next;
+        send(payment);
+      }
+    }
+  }
+}
+
+const TERMINAL_ORDER: ReadonlySet<string> = new Set([
+  ORDER_STATE.succeeded,
+  ORDER_STATE.failed,
+  ORDER_STATE.expired,
+]);
+
+function fingerprintOf(payment: Payment): string {
+  return [payment.version, ...payment.orders.map((order) => order.version)].join(':');
+}
+
+function encodePageToken(token: { beforeId: string; filter: string }): string {
+  return Buffer.from(JSON.stringify(token)).toString('base64url');
+}
+
+function decodePageToken(value: string): { beforeId: string; filter: string } | undefined {
+  try {
+    const parsed = JSON.parse(Buffer.from(value, 'base64url').toString('utf8')) as unknown;
+    if (
+      typeof parsed === 'object' &&
+      parsed !== null &&
+      typeof (parsed as { beforeId?: unknown }).beforeId === 'string' &&
+      PAYMENT_ID_PATTERN.test((parsed as { beforeId: string }).beforeId) &&
+      typeof (parsed as { filter?: unknown }).filter === 'string'
+    ) {
+      return parsed as { beforeId: string; filter: string };
+    }
+  } catch {
+    return undefined;
+  }
+  return undefined;
+}

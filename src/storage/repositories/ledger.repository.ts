@@ -1,0 +1,230 @@
+/**
+ * The double-entry ledger and the sellers' wallets. Every ledger transaction balances: the
+ * entries are checked before the insert and the stored sum is checked again inside the same
+ * database transaction, so an unbalanced transaction can never commit.
+ */
+import { sql } from 'kysely';
+import type { CurrencyCode } from '../../domain/money.js';
+import type { Db } from '../db.js';
+import type { Trx } from '../transaction.js';
+
+export const ACCOUNT = {
+  pspReceivable: 'psp_receivable',
+  sellerPayable: (sellerId: string) => `seller_payable:${sellerId}`,
+  feeExpense: 'fee_expense',
+} as const;
+
+export const SELLER_PAYABLE_PREFIX = 'seller_payable:';
+
+export type NewLedgerEntry = Readonly<{
+  account: string;
+  kind: string;
+  debitMinor: bigint;
+  creditMinor: bigint;
+}>;
+
+export class UnbalancedLedgerTransactionError extends Error {
+  override readonly name = 'UnbalancedLedgerTransactionError';
+}
+
+export async function postLedgerTransaction(
+  trx: Trx,
+  input: {
+    id: string;
+    orderId: string;
+    kind: string;
+    currency: CurrencyCode;
+    entries: readonly NewLedgerEntry[];
+    now: Date;
+  },
+): Promise<void> {
+  const debits = input.entries.reduce((total, e) => total + e.debitMinor, 0n);
+  const credits = input.entries.reduce((total, e) => total + e.creditMinor, 0n);
+  if (input.entries.length < 2 || debits !== credits || debits <= 0n) {
+    throw new UnbalancedLedgerTransactionError(
+      `ledger transaction ${input.kind} for ${input.orderId} does not balance: ` +
+        `debits ${debits}, credits ${credits}, ${input.entries.length} entries`,
+    );
+  }
+  await trx
+    .insertInto('ledger_transaction')
+    .values({
+      id: input.id,
+      order_id: input.orderId,
+      kind: input.kind,
+      currency: input.currency,
+      amount_minor: debits,
+      created_at: input.now,
+    })
+    .execute();
+  await trx
+    .insertInto('ledger_entry')
+    .values(
+      input.entries.map((entry) => ({
+        transaction_id: input.id,
+        account: entry.account,
+        order_id: input.orderId,
+        kind: entry.kind,
+        currency: input.currency,
+        debit_minor: entry.debitMinor,
+        credit_minor: entry.creditMinor,
+        created_at: input.now,
+      })),
+    )
+    .execute();
+  // The pair assertion: what was stored balances too.
+  const stored = await trx
+    .selectFrom('ledger_entry')
+    .select([
+      sql<string>`COALESCE(SUM(debit_minor), 0)`.as('debits'),
+      sql<string>`COALESCE(SUM(credit_minor), 0)`.as('credits'),
+    ])
+    .where('transaction_id', '=', input.id)
+    .executeTakeFirstOrThrow();
+  if (BigInt(stored.debits) !== BigInt(stored.credits)) {
+    throw new UnbalancedLedgerTransactionError(
+      `stored ledger transaction ${input.id} does not balance: ${stored.debits} vs ${stored.credits}`,
+    );
+  }
+}
+
+/** Adds to a seller's wallet, creating it on first credit. */
+export async function creditWallet(
+  trx: Trx,
+  input: { sellerId: string; currency: CurrencyCode; amountMinor: bigint; now: Date },
+): Promise<void> {
+  await sql`
+    INSERT INTO wallet (seller_id, currency, balance_minor, version, updated_at)
+    VALUES (${input.sellerId}, ${input.currency}, ${input.amountMinor.toString()}, 1, ${input.now})
+    ON DUPLICATE KEY UPDATE
+      balance_minor = balance_minor + ${input.amountMinor.toString()},
+      version = version + 1,
+      updated_at = ${input.now}`.execute(trx);
+}
+
+export type Wallet = Readonly<{
+  sellerId: string;
+  currency: string;
+  balanceMinor: bigint;
+  updatedAt: Date;
+}>;
+
+export async function findWallet(db: Db, sellerId: string): Promise<Wallet | undefined> {
+  const row = await db
+    .selectFrom('wallet')
+    .selectAll()
+    .where('seller_id', '=', sellerId)
+    .executeTakeFirst();
+  return row === undefined
+    ? undefined
+    : {
+        sellerId: row.seller_id,
+        currency: row.currency,
+        balanceMinor: BigInt(row.balance_minor),
+        updatedAt: row.updated_at,
+      };
+}
+
+export type LedgerEntry = Readonly<{
+  id: bigint;
+  transactionId: string;
+  account: string;
+  orderId: string;
+  kind: string;
+  currency: string;
+  debitMinor: bigint;
+  creditMinor: bigint;
+  createdAt: Date;
+}>;
+
+export async function listLedgerEntries(
+  db: Db,
+  filter: { account?: string; orderId?: string; orderIds?: readonly string[]; afterId?: bigint; limit: number },
+): Promise<LedgerEntry[]> {
+  let query = db.selectFrom('ledger_entry').selectAll().orderBy('id').limit(filter.limit);
+  if (filter.account !== undefined) query = query.where('account', '=', filter.account);
+  if (filter.orderId !== undefined) query = query.where('order_id', '=', filter.orderId);
+  if (filter.orderIds !== undefined) {
+    if (filter.orderIds.length === 0) return [];
+    query = query.where('order_id', 'in', filter.orderIds);
+  }
+  if (filter.afterId !== undefined) query = query.where('id', '>', filter.afterId.toString());
+  const rows = await query.execute();
+  return rows.map((row) => ({
+    id: BigInt(row.id),
+    transactionId: row.transaction_id,
+    account: row.account,
+    orderId: row.order_id,
+    kind: row.kind,
+    currency: row.currency,
+    debitMinor: BigInt(row.debit_minor),
+    creditMinor: BigInt(row.credit_minor),
+    createdAt: row.created_at,
+  }));
+}
+
+export type AccountBalance = Readonly<{
+  account: string;
+  currency: string;
+  debitMinor: bigint;
+  creditMinor: bigint;
+  balanceMinor: bigint;
+}>;
+
+/** Debits minus credits per account (set-based, one query). */
+export async function trialBalance(db: Db): Promise<AccountBalance[]> {
+  const rows = await db
+    .selectFrom('ledger_entry')
+    .select([
+      'account',
+      'currency',
+      sql<string>`SUM(debit_minor)`.as('debits'),
+      sql<string>`SUM(credit_minor)`.as('credits'),
+    ])
+    .groupBy(['account', 'currency'])
+    .orderBy('account')
+    .execute();
+  return rows.map((row) => {
+    const debitMinor = BigInt(row.debits);
+    const creditMinor = BigInt(row.credits);
+    return {
+      account: row.account,
+      currency: row.currency,
+      debitMinor,
+      creditMinor,
+      balanceMinor: debitMinor - creditMinor,
+    };
+  });
+}
+
+/**
+ * Sellers whose wallet differs from their payable account (credits minus debits). Empty when the
+ * wallets agree with the ledger.
+ */
+export async function walletsNotMatchingLedger(
+  db: Db,
+): Promise<Array<{ sellerId: string; walletMinor: bigint; ledgerMinor: bigint }>> {
+  const result = await sql<{ seller_id: string; wallet_minor: string; ledger_minor: string }>`
+    SELECT w.seller_id, w.balance_minor AS wallet_minor,
+           COALESCE(l.net, 0) AS ledger_minor
+    FROM wallet w
+    LEFT JOIN (
+      SELECT SUBSTRING(account, ${SELLER_PAYABLE_PREFIX.length + 1}) AS seller_id,
+             SUM(credit_minor) - SUM(debit_minor) AS net
+      FROM ledger_entry WHERE account LIKE ${SELLER_PAYABLE_PREFIX + '%'}
+      GROUP BY account) l ON l.seller_id = w.seller_id
+    WHERE w.balance_minor <> COALESCE(l.net, 0)
+    UNION ALL
+    SELECT l.seller_id, 0, l.net FROM (
+      SELECT SUBSTRING(account, ${SELLER_PAYABLE_PREFIX.length + 1}) AS seller_id,
+             SUM(credit_minor) - SUM(debit_minor) AS net
+      FROM ledger_entry WHERE account LIKE ${SELLER_PAYABLE_PREFIX + '%'}
+      GROUP BY account) l
+    LEFT JOIN wallet w ON w.seller_id = l.seller_id
+    WHERE w.seller_id IS NULL AND l.net <> 0`.execute(db);
+  return result.rows.map((row) => ({
+    sellerId: row.seller_id,
+    walletMinor: BigInt(row.wallet_minor),
+    ledgerMinor: BigInt(row.ledger_minor),
+  }));
+}

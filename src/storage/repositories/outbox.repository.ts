@@ -1,0 +1,84 @@
+/**
+ * The transactional outbox (messages for JetStream, written in the same transaction as the state
+ * they announce) and the inbox (inputs from outside, deduplicated by their id).
+ */
+import { sql } from 'kysely';
+import type { Db } from '../db.js';
+import { isDuplicateKey } from '../errors.js';
+import type { Trx } from '../transaction.js';
+
+export type OutboxMessage = Readonly<{ subject: string; msgId: string; payload: string }>;
+
+export async function enqueueOutbox(trx: Trx, messages: readonly OutboxMessage[], now: Date) {
+  if (messages.length === 0) return;
+  await trx
+    .insertInto('outbox')
+    .values(
+      messages.map((message) => ({
+        subject: message.subject,
+        msg_id: message.msgId,
+        payload: message.payload,
+        created_at: now,
+      })),
+    )
+    .execute();
+}
+
+export type PendingOutbox = Readonly<{ id: string; subject: string; msgId: string; payload: string }>;
+
+/** Locks up to `limit` unsent rows that no other relay holds (SKIP LOCKED), oldest first. */
+export async function lockOutboxBatch(trx: Trx, limit: number): Promise<PendingOutbox[]> {
+  const rows = await trx
+    .selectFrom('outbox')
+    .select(['id', 'subject', 'msg_id', 'payload'])
+    .orderBy('id')
+    .limit(limit)
+    .forUpdate()
+    .skipLocked()
+    .execute();
+  return rows.map((row) => ({
+    id: row.id,
+    subject: row.subject,
+    msgId: row.msg_id,
+    payload: row.payload,
+  }));
+}
+
+export async function deleteOutbox(trx: Trx, ids: readonly string[]): Promise<void> {
+  if (ids.length === 0) return;
+  await trx.deleteFrom('outbox').where('id', 'in', ids).execute();
+}
+
+/** Rows waiting and the age of the oldest, for metrics and health. */
+export async function outboxLag(db: Db): Promise<{ pending: number; oldestAgeMs: number }> {
+  const row = await db
+    .selectFrom('outbox')
+    .select([sql<string>`COUNT(*)`.as('pending'), sql<Date | null>`MIN(created_at)`.as('oldest')])
+    .executeTakeFirstOrThrow();
+  return {
+    pending: Number(row.pending),
+    oldestAgeMs: row.oldest === null ? 0 : Date.now() - new Date(row.oldest).getTime(),
+  };
+}
+
+/** Records an input by its id; false when it was seen before. */
+export async function recordInbox(
+  trx: Trx,
+  input: { source: string; eventId: string; orderId: string; now: Date },
+): Promise<boolean> {
+  try {
+    await trx
+      .insertInto('inbox')
+      .values({
+        source: input.source,
+        event_id: input.eventId,
+        order_id: input.orderId,
+        received_at: input.now,
+      })
+      .execute();
+    return true;
+  } catch (error) {
+    if (isDuplicateKey(error)) return false;
+    throw error;
+  }
+}

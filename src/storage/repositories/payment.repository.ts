@@ -1,0 +1,256 @@
+/**
+ * Payments (one per checkout) with their orders, and the idempotency keys that make
+ * CreatePayment safe to repeat.
+ */
+import { sql } from 'kysely';
+import type { Db } from '../db.js';
+import { isDuplicateKey } from '../errors.js';
+import type { PaymentRow } from '../schema.js';
+import type { Trx } from '../transaction.js';
+import type { PaymentOrder } from '../../actors/payment-order/machine.js';
+import { findPaymentOrders } from './payment-order.repository.js';
+
+export const PAYMENT_STATE = {
+  notStarted: 'NOT_STARTED',
+  executing: 'EXECUTING',
+  succeeded: 'SUCCEEDED',
+  partiallySucceeded: 'PARTIALLY_SUCCEEDED',
+  failed: 'FAILED',
+} as const;
+export type PaymentState = (typeof PAYMENT_STATE)[keyof typeof PAYMENT_STATE];
+
+export const TERMINAL_PAYMENT_STATES: ReadonlySet<string> = new Set([
+  PAYMENT_STATE.succeeded,
+  PAYMENT_STATE.partiallySucceeded,
+  PAYMENT_STATE.failed,
+]);
+
+export type Payment = Readonly<{
+  id: string;
+  buyerId: string;
+  requestId: string;
+  currency: string;
+  amountMinor: bigint;
+  state: PaymentState;
+  failureReason: string | undefined;
+  version: bigint;
+  createdAt: Date;
+  updatedAt: Date;
+  orders: readonly PaymentOrder[];
+}>;
+
+function toPayment(row: PaymentRow, orders: readonly PaymentOrder[]): Payment {
+  return {
+    id: row.id,
+    buyerId: row.buyer_id,
+    requestId: row.request_id,
+    currency: row.currency,
+    amountMinor: BigInt(row.amount_minor),
+    state: row.state as PaymentState,
+    failureReason: row.failure_reason ?? undefined,
+    version: BigInt(row.version),
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+    orders,
+  };
+}
+
+export async function findPayment(db: Db | Trx, paymentId: string): Promise<Payment | undefined> {
+  const row = await db.selectFrom('payment').selectAll().where('id', '=', paymentId).executeTakeFirst();
+  if (row === undefined) return undefined;
+  return toPayment(row, await findPaymentOrders(db, [paymentId]));
+}
+
+/** The payment's version and state only: cheap enough to poll. */
+export async function findPaymentVersion(
+  db: Db,
+  paymentId: string,
+): Promise<{ version: bigint; state: string } | undefined> {
+  const row = await db
+    .selectFrom('payment')
+    .select(['version', 'state'])
+    .where('id', '=', paymentId)
+    .executeTakeFirst();
+  return row === undefined ? undefined : { version: BigInt(row.version), state: row.state };
+}
+
+export async function listPayments(
+  db: Db,
+  filter: { state?: string; buyerId?: string; beforeId?: string; limit: number },
+): Promise<Payment[]> {
+  let query = db.selectFrom('payment').selectAll().orderBy('id', 'desc').limit(filter.limit);
+  if (filter.state !== undefined) query = query.where('state', '=', filter.state);
+  if (filter.buyerId !== undefined) query = query.where('buyer_id', '=', filter.buyerId);
+  if (filter.beforeId !== undefined) query = query.where('id', '<', filter.beforeId);
+  const rows = await query.execute();
+  const orders = await findPaymentOrders(
+    db,
+    rows.map((row) => row.id),
+  );
+  return rows.map((row) =>
+    toPayment(
+      row,
+      orders.filter((order) => order.paymentId === row.id),
+    ),
+  );
+}
+
+export type NewPayment = Readonly<{
+  id: string;
+  buyerId: string;
+  requestId: string;
+  currency: string;
+  amountMinor: bigint;
+  state: PaymentState;
+  failureReason: string | undefined;
+  orders: ReadonlyArray<{
+    id: string;
+    sellerId: string;
+    amountMinor: bigint;
+    state: string;
+    failureReason: string | undefined;
+  }>;
+}>;
+
+export async function insertPayment(trx: Trx, payment: NewPayment, now: Date): Promise<void> {
+  const failed = payment.orders.filter((order) => order.state === 'FAILED').length;
+  await trx
+    .insertInto('payment')
+    .values({
+      id: payment.id,
+      buyer_id: payment.buyerId,
+      request_id: payment.requestId,
+      currency: payment.currency,
+      amount_minor: payment.amountMinor,
+      state: payment.state,
+      failure_reason: payment.failureReason ?? null,
+      orders_total: payment.orders.length,
+      orders_succeeded: 0,
+      orders_failed: failed,
+      version: '0',
+      created_at: now,
+      updated_at: now,
+    })
+    .execute();
+  await trx
+    .insertInto('payment_order')
+    .values(
+      payment.orders.map((order, seq) => ({
+        id: order.id,
+        payment_id: payment.id,
+        seq,
+        seller_id: order.sellerId,
+        amount_minor: order.amountMinor,
+        currency: payment.currency,
+        state: order.state,
+        version: '0',
+        psp_token: null,
+        checkout_url: null,
+        psp_reference: null,
+        failure_reason: order.failureReason ?? null,
+        attempts: 0,
+        review_reason: null,
+        created_at: now,
+        updated_at: now,
+      })),
+    )
+    .execute();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency keys
+
+export type IdempotencyClaim =
+  | Readonly<{ kind: 'claimed' }>
+  | Readonly<{ kind: 'completed'; paymentId: string; requestHash: string }>
+  | Readonly<{ kind: 'in-flight'; requestHash: string }>;
+
+/**
+ * Claims (buyer, request id) for this request, committed on its own so that a concurrent
+ * duplicate sees it at once. An IN_FLIGHT key whose lease ran out (its owner died) is taken over.
+ */
+export async function claimIdempotencyKey(
+  db: Db,
+  key: { buyerId: string; requestId: string; requestHash: string; now: Date; leaseMs: number },
+): Promise<IdempotencyClaim> {
+  const leaseUntil = new Date(key.now.getTime() + key.leaseMs);
+  try {
+    await db
+      .insertInto('idempotency_key')
+      .values({
+        buyer_id: key.buyerId,
+        request_id: key.requestId,
+        request_hash: key.requestHash,
+        state: 'IN_FLIGHT',
+        payment_id: null,
+        lease_until: leaseUntil,
+        created_at: key.now,
+      })
+      .execute();
+    return { kind: 'claimed' };
+  } catch (error) {
+    if (!isDuplicateKey(error)) throw error;
+  }
+  const existing = await db
+    .selectFrom('idempotency_key')
+    .selectAll()
+    .where('buyer_id', '=', key.buyerId)
+    .where('request_id', '=', key.requestId)
+    .executeTakeFirst();
+  if (existing === undefined) {
+    // Purged between our insert and our read: the caller may simply retry.
+    return { kind: 'in-flight', requestHash: key.requestHash };
+  }
+  if (existing.state === 'COMPLETED' && existing.payment_id !== null) {
+    return { kind: 'completed', paymentId: existing.payment_id, requestHash: existing.request_hash };
+  }
+  if (existing.request_hash === key.requestHash && existing.lease_until.getTime() < key.now.getTime()) {
+    const takeover = await db
+      .updateTable('idempotency_key')
+      .set({ lease_until: leaseUntil })
+      .where('buyer_id', '=', key.buyerId)
+      .where('request_id', '=', key.requestId)
+      .where('state', '=', 'IN_FLIGHT')
+      .where('lease_until', '=', existing.lease_until)
+      .executeTakeFirst();
+    if (takeover.numUpdatedRows === 1n) return { kind: 'claimed' };
+  }
+  return { kind: 'in-flight', requestHash: existing.request_hash };
+}
+
+/** Marks the key COMPLETED inside the transaction that creates the payment. */
+export async function completeIdempotencyKey(
+  trx: Trx,
+  key: { buyerId: string; requestId: string; paymentId: string },
+): Promise<boolean> {
+  const result = await trx
+    .updateTable('idempotency_key')
+    .set({ state: 'COMPLETED', payment_id: key.paymentId })
+    .where('buyer_id', '=', key.buyerId)
+    .where('request_id', '=', key.requestId)
+    .where('state', '=', 'IN_FLIGHT')
+    .executeTakeFirst();
+  return result.numUpdatedRows === 1n;
+}
+
+/** Gives a claimed key back after the creation failed, so the caller can retry at once. */
+export async function releaseIdempotencyKey(
+  db: Db,
+  key: { buyerId: string; requestId: string },
+): Promise<void> {
+  await db
+    .deleteFrom('idempotency_key')
+    .where('buyer_id', '=', key.buyerId)
+    .where('request_id', '=', key.requestId)
+    .where('state', '=', 'IN_FLIGHT')
+    .execute();
+}
+
+/** Deletes keys older than the cutoff, at most `limit` per call. Returns how many went. */
+export async function purgeIdempotencyKeys(db: Db, cutoff: Date, limit: number): Promise<number> {
+  const result = await sql`
+    DELETE FROM idempotency_key WHERE created_at < ${cutoff} ORDER BY created_at LIMIT ${limit}`.execute(
+    db,
+  );
+  return Number(result.numAffectedRows ?? 0n);
+}

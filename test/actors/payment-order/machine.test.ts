@@ -1,0 +1,175 @@
+/**
+ * Goal: the pure payment-order machine does the right thing for EVERY state × event pair,
+ * including the pairs it must refuse or ignore. Method: a table of expectations, checked without
+ * running any effect (no I/O, fixed clock).
+ */
+import { describe, expect, it } from 'vitest';
+import {
+  ORDER_STATE,
+  REVIEW_REASON,
+  transition,
+  type OrderEvent,
+  type OrderState,
+  type PaymentOrder,
+} from '../../../src/actors/payment-order/machine.js';
+
+const now = new Date('2026-01-02T03:04:05.000Z');
+const created = new Date('2026-01-01T00:00:00.000Z');
+
+function order(state: OrderState, extra: Partial<PaymentOrder> = {}): PaymentOrder {
+  return {
+    id: 'ord_01JD2Q7Z8X9Y0A1B2C3D4E5F6G',
+    paymentId: 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G',
+    sellerId: 'seller-1',
+    amountMinor: 1999n,
+    currency: 'USD',
+    state,
+    version: 3n,
+    pspToken: undefined,
+    checkoutUrl: undefined,
+    pspReference: undefined,
+    failureReason: undefined,
+    attempts: 0,
+    reviewReason: undefined,
+    createdAt: created,
+    updatedAt: created,
+    ...extra,
+  };
+}
+
+const registered = { pspToken: 'tok_A', checkoutUrl: 'http://psp/pay/tok_A' };
+
+const events = {
+  execute: { type: 'ExecuteOrder' },
+  registered: { type: 'PspRegistered', token: 'tok_A', checkoutUrl: 'http://psp/pay/tok_A' },
+  registeredOther: { type: 'PspRegistered', token: 'tok_B', checkoutUrl: 'http://psp/pay/tok_B' },
+  regFailedRetryable: { type: 'PspRegistrationFailed', retryable: true, reason: 'PSP unavailable' },
+  regFailedFinal: { type: 'PspRegistrationFailed', retryable: false, reason: 'INVALID_AMOUNT' },
+  succeeded: { type: 'PspSucceeded', eventId: 'evt_1', pspReference: 'psp_1', amountMinor: 1999n },
+  succeededWrongAmount: { type: 'PspSucceeded', eventId: 'evt_1', pspReference: 'psp_1', amountMinor: 1n },
+  declined: { type: 'PspDeclined', eventId: 'evt_2', declineCode: 'card_declined' },
+  expire: { type: 'Expire' },
+} satisfies Record<string, OrderEvent>;
+
+type Expectation =
+  | { result: 'moved'; state: OrderState; effects: string[]; check?: (next: PaymentOrder) => void }
+  | { result: 'unchanged'; effects: string[] }
+  | { result: 'illegal' };
+
+type Row = [name: string, from: PaymentOrder, event: OrderEvent, expected: Expectation];
+
+const table: Row[] = [
+  // NOT_STARTED
+  ['NOT_STARTED + ExecuteOrder starts executing and registers', order('NOT_STARTED'), events.execute,
+    { result: 'moved', state: 'EXECUTING', effects: ['RegisterWithPsp'], check: (n) => expect(n.attempts).toBe(1) }],
+  ['NOT_STARTED + PspRegistered is illegal', order('NOT_STARTED'), events.registered, { result: 'illegal' }],
+  ['NOT_STARTED + PspRegistrationFailed is illegal', order('NOT_STARTED'), events.regFailedRetryable, { result: 'illegal' }],
+  ['NOT_STARTED + PspSucceeded is illegal', order('NOT_STARTED'), events.succeeded, { result: 'illegal' }],
+  ['NOT_STARTED + PspDeclined is illegal', order('NOT_STARTED'), events.declined, { result: 'illegal' }],
+  ['NOT_STARTED + Expire expires without a PSP call', order('NOT_STARTED'), events.expire,
+    { result: 'moved', state: 'EXPIRED', effects: [] }],
+  // EXECUTING, not yet registered
+  ['EXECUTING(unregistered) + ExecuteOrder registers again', order('EXECUTING'), events.execute,
+    { result: 'unchanged', effects: ['RegisterWithPsp'] }],
+  ['EXECUTING(unregistered) + PspRegistered records token and URL', order('EXECUTING'), events.registered,
+    { result: 'moved', state: 'EXECUTING', effects: [], check: (n) => {
+      expect(n.pspToken).toBe('tok_A');
+      expect(n.checkoutUrl).toBe('http://psp/pay/tok_A');
+    } }],
+  ['EXECUTING(unregistered) + retryable registration failure asks for a retry', order('EXECUTING'), events.regFailedRetryable,
+    { result: 'unchanged', effects: ['RetryLater'] }],
+  ['EXECUTING(unregistered) + final registration failure fails the order', order('EXECUTING'), events.regFailedFinal,
+    { result: 'moved', state: 'FAILED', effects: [], check: (n) => expect(n.failureReason).toBe('INVALID_AMOUNT') }],
+  // EXECUTING, registered
+  ['EXECUTING + ExecuteOrder (redelivered) is a no-op', order('EXECUTING', registered), events.execute,
+    { result: 'unchanged', effects: [] }],
+  ['EXECUTING + same PspRegistered (duplicate) is a no-op', order('EXECUTING', registered), events.registered,
+    { result: 'unchanged', effects: [] }],
+  ['EXECUTING + a second, different token is illegal', order('EXECUTING', registered), events.registeredOther,
+    { result: 'illegal' }],
+  ['EXECUTING + late registration failure is a no-op', order('EXECUTING', registered), events.regFailedRetryable,
+    { result: 'unchanged', effects: [] }],
+  ['EXECUTING + PspSucceeded succeeds and credits the seller', order('EXECUTING', registered), events.succeeded,
+    { result: 'moved', state: 'SUCCEEDED', effects: ['CreditSeller'], check: (n) => expect(n.pspReference).toBe('psp_1') }],
+  ['EXECUTING + PspSucceeded with another amount is illegal', order('EXECUTING', registered), events.succeededWrongAmount,
+    { result: 'illegal' }],
+  ['EXECUTING + PspDeclined fails with the decline code', order('EXECUTING', registered), events.declined,
+    { result: 'moved', state: 'FAILED', effects: [], check: (n) => expect(n.failureReason).toBe('card_declined') }],
+  ['EXECUTING + Expire expires and cancels at the PSP', order('EXECUTING', registered), events.expire,
+    { result: 'moved', state: 'EXPIRED', effects: ['CancelAtPsp'] }],
+  // SUCCEEDED
+  ...(['execute', 'registered', 'regFailedRetryable', 'succeeded', 'declined', 'expire'] as const).map(
+    (name): Row => [`SUCCEEDED + ${events[name].type} is a no-op`, order('SUCCEEDED', { ...registered, pspReference: 'psp_1' }), events[name],
+      { result: 'unchanged', effects: [] }],
+  ),
+  // FAILED
+  ...(['execute', 'registered', 'regFailedRetryable', 'declined', 'expire'] as const).map(
+    (name): Row => [`FAILED + ${events[name].type} is a no-op`, order('FAILED', { failureReason: 'card_declined' }), events[name],
+      { result: 'unchanged', effects: [] }],
+  ),
+  ['FAILED + PspSucceeded flags the order for review, never drops the charge', order('FAILED'), events.succeeded,
+    { result: 'moved', state: 'FAILED', effects: [], check: (n) => expect(n.reviewReason).toBe(REVIEW_REASON.chargedAfterFailure) }],
+  // EXPIRED
+  ...(['execute', 'registered', 'regFailedRetryable', 'declined', 'expire'] as const).map(
+    (name): Row => [`EXPIRED + ${events[name].type} is a no-op`, order('EXPIRED'), events[name],
+      { result: 'unchanged', effects: [] }],
+  ),
+  ['EXPIRED + PspSucceeded flags the order for refund/review', order('EXPIRED'), events.succeeded,
+    { result: 'moved', state: 'EXPIRED', effects: [], check: (n) => expect(n.reviewReason).toBe(REVIEW_REASON.chargedAfterExpiry) }],
+  ['EXPIRED + a second PspSucceeded after review is a no-op', order('EXPIRED', { reviewReason: REVIEW_REASON.chargedAfterExpiry }), events.succeeded,
+    { result: 'unchanged', effects: [] }],
+];
+
+describe('payment-order transition()', () => {
+  it.each(table)('%s', (_name, from, event, expected) => {
+    const result = transition(from, event, now);
+    if (expected.result === 'illegal') {
+      expect(result.ok).toBe(false);
+      if (!result.ok) {
+        expect(result.error.kind).toBe('IllegalTransition');
+        expect(result.error.state).toBe(from.state);
+        expect(result.error.event).toBe(event.type);
+      }
+      return;
+    }
+    expect(result.ok).toBe(true);
+    if (!result.ok) return;
+    expect(result.effects.map((effect) => effect.type)).toEqual(expected.effects);
+    if (expected.result === 'unchanged') {
+      expect(result.changed).toBe(false);
+      expect(result.order).toBe(from);
+      return;
+    }
+    expect(result.changed).toBe(true);
+    expect(result.order.state).toBe(expected.state);
+    expect(result.order.updatedAt).toEqual(now);
+    // The machine never touches the version: persistence bumps it under the version check.
+    expect(result.order.version).toBe(from.version);
+    expected.check?.(result.order);
+  });
+
+  it('covers every state and every event type', () => {
+    const states = new Set(table.map(([, from]) => from.state));
+    const eventTypes = new Set(table.map(([, , event]) => event.type));
+    expect([...states].sort()).toEqual(Object.values(ORDER_STATE).sort());
+    expect([...eventTypes].sort()).toEqual(
+      ['ExecuteOrder', 'Expire', 'PspDeclined', 'PspRegistered', 'PspRegistrationFailed', 'PspSucceeded'].sort(),
+    );
+    for (const state of Object.values(ORDER_STATE)) {
+      for (const type of eventTypes) {
+        expect(table.some(([, from, event]) => from.state === state && event.type === type), `${state} × ${type}`).toBe(true);
+      }
+    }
+  });
+
+  it('credits exactly the order amount to the order seller', () => {
+    const result = transition(order('EXECUTING', registered), events.succeeded, now);
+    expect(result.ok && result.effects[0]).toEqual({
+      type: 'CreditSeller',
+      orderId: 'ord_01JD2Q7Z8X9Y0A1B2C3D4E5F6G',
+      sellerId: 'seller-1',
+      amountMinor: 1999n,
+      currency: 'USD',
+    });
+  });
+});
