@@ -1,0 +1,153 @@
+/**
+ * Adapters from async functions to grpc-js handlers. Every Settle handler goes through one of them
+ * (STYLE.md §6), because grpc-js sends an unmapped error's message as UNKNOWN, does not handle a
+ * rejected async handler, and a callback-style handler easily answers twice.
+ *
+ * Invariants: each call gets a request id (the caller's `x-request-id` when it is sane, else a
+ * random UUID) that is echoed in the response metadata; each call is answered exactly once; every
+ * error goes through toGrpcStatus. The request id is a correlation id for logs, not the
+ * idempotency key that some requests carry in their `request_id` field.
+ */
+import { randomUUID } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { defaultErrorLogger, toGrpcStatus, type ErrorLogger, type GrpcStatus } from './status.js';
+
+/** Metadata key of the request id, read from the request and echoed in the response. */
+export const REQUEST_ID_METADATA_KEY = 'x-request-id';
+
+// Printable, header-safe and short enough to log; anything else is replaced by a fresh UUID.
+const REQUEST_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+
+export type CallContext = Readonly<{
+  /** The call's request id, echoed to the client in the `x-request-id` response metadata. */
+  requestId: string;
+  /** Aborted when the client cancels or the deadline passes; pass it to I/O the handler does. */
+  signal: AbortSignal;
+}>;
+
+export type AdapterOptions = Readonly<{
+  /** Where errors that map to INTERNAL are logged; console.error by default. */
+  log?: ErrorLogger;
+}>;
+
+/** The request id of a call: the caller's `x-request-id` if sane, else a random UUID. */
+export function requestIdOf(metadata: grpc.Metadata): string {
+  const [value] = metadata.get(REQUEST_ID_METADATA_KEY);
+  return typeof value === 'string' && REQUEST_ID_PATTERN.test(value) ? value : randomUUID();
+}
+
+/**
+ * Turns `handler` into a grpc-js unary handler: awaits it (a synchronous throw counts as a
+ * rejection), maps any error with toGrpcStatus and calls back exactly once. The request id goes
+ * out in the initial metadata and, on errors, in the trailers too (clients see trailers on
+ * ServiceError.metadata). Handlers must not send initial metadata themselves.
+ */
+export function unary<Request, Response>(
+  handler: (
+    request: Request,
+    call: grpc.ServerUnaryCall<Request, Response>,
+    context: CallContext,
+  ) => Promise<Response>,
+  options: AdapterOptions = {},
+): grpc.handleUnaryCall<Request, Response> {
+  return (call, callback) => {
+    const requestId = requestIdOf(call.metadata);
+    const context = { requestId, signal: abortOnCancel(call) };
+    let answered = false;
+    const answer = (error: grpc.StatusObject | null, response?: Response): void => {
+      if (answered) return;
+      answered = true;
+      call.sendMetadata(requestIdMetadata(requestId));
+      if (error) callback(error);
+      else callback(null, response);
+    };
+    void (async () => {
+      let response: Response;
+      try {
+        response = await handler(call.request, call, context);
+      } catch (error) {
+        answer(statusObject(error, requestId, call.getPath(), options, context.signal));
+        return;
+      }
+      answer(null, response);
+    })().catch((error: unknown) => {
+      // grpc-js's callback does not throw today; if it ever does, log instead of crashing.
+      (options.log ?? defaultErrorLogger)(error, { requestId, path: call.getPath() });
+    });
+  };
+}
+
+/**
+ * Turns `handler` into a grpc-js server-streaming handler. The handler writes with `call.write`
+ * and resolves when done; the adapter then ends the call with OK (handlers do not end it). A
+ * rejection is sent as the mapped status with `call.emit('error', …)`, after the messages already
+ * written (never `call.destroy(err)`: that sends no status and the client hangs). `signal` aborts
+ * when the client cancels or the deadline passes, so the handler's loops stop; nothing is sent
+ * after that.
+ */
+export function serverStream<Request, Response>(
+  handler: (
+    request: Request,
+    call: grpc.ServerWritableStream<Request, Response>,
+    signal: AbortSignal,
+    context: CallContext,
+  ) => Promise<void>,
+  options: AdapterOptions = {},
+): grpc.handleServerStreamingCall<Request, Response> {
+  return (call) => {
+    const requestId = requestIdOf(call.metadata);
+    const signal = abortOnCancel(call);
+    // Streams may wait long for their first message; send the request id at once.
+    call.sendMetadata(requestIdMetadata(requestId));
+    void (async () => {
+      let failure: { error: unknown } | undefined;
+      try {
+        await handler(call.request, call, signal, { requestId, signal });
+      } catch (error) {
+        failure = { error };
+      }
+      const status = failure
+        ? statusObject(failure.error, requestId, call.getPath(), options, signal)
+        : undefined;
+      // A cancelled client cannot be answered; a handler that ended the call itself was answered.
+      if (call.cancelled || call.writableEnded) return;
+      if (status) call.emit('error', status);
+      else call.end();
+    })();
+  };
+}
+
+function statusObject(
+  error: unknown,
+  requestId: string,
+  path: string,
+  options: AdapterOptions,
+  signal?: AbortSignal,
+): grpc.StatusObject {
+  // A rejection caused by our own abort (client cancelled) is expected, not a bug to log.
+  const log = signal && isAbortOf(error, signal) ? () => {} : options.log;
+  const status: GrpcStatus = toGrpcStatus(error, requestId, { log, path });
+  const metadata = status.metadata ?? new grpc.Metadata();
+  metadata.set(REQUEST_ID_METADATA_KEY, requestId);
+  return { code: status.code, details: status.details, metadata };
+}
+
+function isAbortOf(error: unknown, signal: AbortSignal): boolean {
+  return (
+    signal.aborted &&
+    (error === signal.reason || (error instanceof Error && error.name === 'AbortError'))
+  );
+}
+
+function requestIdMetadata(requestId: string): grpc.Metadata {
+  const metadata = new grpc.Metadata();
+  metadata.set(REQUEST_ID_METADATA_KEY, requestId);
+  return metadata;
+}
+
+function abortOnCancel(call: grpc.ServerUnaryCall<unknown, unknown>): AbortSignal {
+  const controller = new AbortController();
+  if (call.cancelled) controller.abort();
+  else call.once('cancelled', () => controller.abort());
+  return controller.signal;
+}

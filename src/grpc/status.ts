@@ -1,0 +1,110 @@
+/**
+ * The one place where errors become gRPC statuses (STYLE.md §6). Operating errors (SettleError
+ * subclasses) keep their message and map by their stable code; zod validation errors become
+ * INVALID_ARGUMENT naming every bad field; anything else is a bug and becomes INTERNAL with a
+ * generic message and the request id, never the original message or a stack, and is logged.
+ */
+import { randomUUID } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import * as z from 'zod';
+import { SettleError, type ErrorCode } from '../domain/errors.js';
+
+const STATUS_BY_ERROR_CODE: Readonly<Record<ErrorCode, grpc.status>> = {
+  INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,
+  NOT_FOUND: grpc.status.NOT_FOUND,
+  ALREADY_EXISTS: grpc.status.ALREADY_EXISTS,
+  FAILED_PRECONDITION: grpc.status.FAILED_PRECONDITION,
+  ABORTED: grpc.status.ABORTED,
+  UNAUTHENTICATED: grpc.status.UNAUTHENTICATED,
+  RESOURCE_EXHAUSTED: grpc.status.RESOURCE_EXHAUSTED,
+  UNAVAILABLE: grpc.status.UNAVAILABLE,
+};
+
+/** Trailing-metadata key set to "true" on statuses whose error is retryable. */
+export const RETRYABLE_METADATA_KEY = 'settle-retryable';
+/** Trailing-metadata key with the error's suggested retry delay, in milliseconds. */
+export const RETRY_DELAY_MS_METADATA_KEY = 'settle-retry-delay-ms';
+
+export type ErrorLogContext = Readonly<{
+  requestId: string;
+  /** The gRPC method path, e.g. /settle.v1.PaymentService/GetPayment, when known. */
+  path?: string | undefined;
+}>;
+
+/** Receives errors that are bugs (mapped to INTERNAL); operating errors are not logged. */
+export type ErrorLogger = (error: unknown, context: ErrorLogContext) => void;
+
+export type GrpcStatus = {
+  code: grpc.status;
+  details: string;
+  /** Retry advice for retryable SettleErrors; absent otherwise. */
+  metadata?: grpc.Metadata;
+};
+
+export type StatusOptions = Readonly<{
+  /** Where INTERNAL errors are logged; console.error by default. */
+  log?: ErrorLogger | undefined;
+  /** The gRPC method path, passed to the logger. */
+  path?: string | undefined;
+  /**
+   * Renders a zod issue path. The default writes proto field names: camelCase keys (ts-proto's
+   * field names) become snake_case and array indexes become `[i]`, e.g. `orders[0].amount_minor`.
+   */
+  fieldPath?: ((path: readonly PropertyKey[]) => string) | undefined;
+}>;
+
+/** Logs to console.error; used when no logger is injected. */
+export const defaultErrorLogger: ErrorLogger = (error, context) => {
+  console.error('grpc: internal error', context, error);
+};
+
+/**
+ * Maps any thrown value to the status a client sees. `requestId` goes into INTERNAL details so a
+ * user's report can be matched to the log line; one is generated when absent.
+ */
+export function toGrpcStatus(
+  error: unknown,
+  requestId?: string,
+  options: StatusOptions = {},
+): GrpcStatus {
+  if (error instanceof SettleError) {
+    const status: GrpcStatus = { code: STATUS_BY_ERROR_CODE[error.code], details: error.message };
+    if (error.retryable) status.metadata = retryMetadata(error.retryDelayMs);
+    return status;
+  }
+  if (error instanceof z.core.$ZodError) {
+    const fieldPath = options.fieldPath ?? protoFieldPath;
+    const details = error.issues
+      .map((issue) =>
+        issue.path.length === 0 ? issue.message : `${fieldPath(issue.path)}: ${issue.message}`,
+      )
+      .join('; ');
+    return { code: grpc.status.INVALID_ARGUMENT, details };
+  }
+  const id = requestId ?? randomUUID();
+  (options.log ?? defaultErrorLogger)(error, { requestId: id, path: options.path });
+  return { code: grpc.status.INTERNAL, details: `internal error (request id ${id})` };
+}
+
+/** `['orders', 0, 'amountMinor']` → `orders[0].amount_minor`. */
+export function protoFieldPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const segment of path) {
+    if (typeof segment === 'number') {
+      out += `[${segment}]`;
+    } else {
+      const name = String(segment).replace(/[A-Z]/g, (letter) => `_${letter.toLowerCase()}`);
+      out += out === '' ? name : `.${name}`;
+    }
+  }
+  return out;
+}
+
+function retryMetadata(retryDelayMs: number | undefined): grpc.Metadata {
+  const metadata = new grpc.Metadata();
+  metadata.set(RETRYABLE_METADATA_KEY, 'true');
+  if (retryDelayMs !== undefined) {
+    metadata.set(RETRY_DELAY_MS_METADATA_KEY, String(Math.max(0, Math.round(retryDelayMs))));
+  }
+  return metadata;
+}

@@ -1,0 +1,71 @@
+/**
+ * Shared helpers for the gRPC tests: a real server on 127.0.0.1:0 (as grpc-js's own
+ * test/common.ts TestServer), promise wrappers for client calls, and waiting on a condition with
+ * a deadline instead of sleeping.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { createGrpcServer, listen } from '../../src/grpc/server.js';
+
+export type RunningServer = Readonly<{ server: grpc.Server; address: string; port: number }>;
+
+/** Creates a server, lets `setup` add services, binds 127.0.0.1:0 and returns the address. */
+export async function startServer(
+  setup: (server: grpc.Server) => void,
+  options: { maxMessageBytes?: number } = {},
+): Promise<RunningServer> {
+  const server = createGrpcServer({ maxMessageBytes: options.maxMessageBytes ?? 4 * 1024 * 1024 });
+  setup(server);
+  const port = await listen(server, '127.0.0.1', 0);
+  return { server, address: `127.0.0.1:${port}`, port };
+}
+
+export function stopServer(running: RunningServer | undefined): void {
+  running?.server.forceShutdown();
+}
+
+/** A deadline `ms` from now, for client calls: a hang fails the test instead of stalling it. */
+export function deadlineIn(ms: number): Date {
+  return new Date(Date.now() + ms);
+}
+
+/** The outcome of a unary call, error or response, without throwing. */
+export type UnaryOutcome<Response> =
+  | { ok: true; response: Response; headers: grpc.Metadata }
+  | { ok: false; error: grpc.ServiceError; headers: grpc.Metadata | undefined };
+
+/** Calls a generated unary client method and resolves with its outcome and initial metadata. */
+export function callUnary<Request, Response>(
+  method: (
+    request: Request,
+    metadata: grpc.Metadata,
+    options: Partial<grpc.CallOptions>,
+    callback: (error: grpc.ServiceError | null, response: Response) => void,
+  ) => grpc.ClientUnaryCall,
+  request: Request,
+  metadata = new grpc.Metadata(),
+): Promise<UnaryOutcome<Response>> {
+  return new Promise((resolve) => {
+    let headers: grpc.Metadata | undefined;
+    const call = method(request, metadata, { deadline: deadlineIn(5_000) }, (error, response) => {
+      if (error) resolve({ ok: false, error, headers });
+      else resolve({ ok: true, response, headers: headers ?? new grpc.Metadata() });
+    });
+    call.on('metadata', (received: grpc.Metadata) => {
+      headers = received;
+    });
+  });
+}
+
+/** Polls `condition` every 5 ms until it holds, or throws after `timeoutMs`. */
+export async function waitFor(
+  condition: () => boolean,
+  what: string,
+  timeoutMs = 2_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
