@@ -70,7 +70,10 @@ export type SettleNode = Readonly<{
   stop: () => Promise<void>;
 }>;
 
-export async function startSettle(config: Config, overrides: SettleOverrides = {}): Promise<SettleNode> {
+export async function startSettle(
+  config: Config,
+  overrides: SettleOverrides = {},
+): Promise<SettleNode> {
   const nodeName = overrides.nodeName ?? `settle-${process.pid}`;
   const logger = overrides.logger ?? createLogger({ level: config.LOG_LEVEL, name: 'settle' });
   const cleanups: Array<() => Promise<unknown> | unknown> = [];
@@ -85,7 +88,9 @@ export async function startSettle(config: Config, overrides: SettleOverrides = {
   };
   try {
     await ensureDatabase(config.MYSQL_URL);
-    const { db, close: closeDb } = openDatabase(config.MYSQL_URL, { poolSize: config.MYSQL_POOL_SIZE });
+    const { db, close: closeDb } = openDatabase(config.MYSQL_URL, {
+      poolSize: config.MYSQL_POOL_SIZE,
+    });
     cleanups.push(closeDb);
     await migrateToLatest(db);
 
@@ -113,7 +118,9 @@ export async function startSettle(config: Config, overrides: SettleOverrides = {
         },
         inFlightMax: config.PSP_IN_FLIGHT_MAX,
       });
-      client.onStateChange((state) => logger.warn({ breaker: state }, `PSP circuit breaker ${state}`));
+      client.onStateChange((state) =>
+        logger.warn({ breaker: state }, `PSP circuit breaker ${state}`),
+      );
       psp = client;
     }
     cleanups.push(() => psp.close?.());
@@ -154,7 +161,10 @@ export async function startSettle(config: Config, overrides: SettleOverrides = {
             );
           },
           onIllegal: (order, event, message) =>
-            logger.warn({ orderId: order.id, state: order.state, event: event.type }, `illegal transition: ${message}`),
+            logger.warn(
+              { orderId: order.id, state: order.state, event: event.type },
+              `illegal transition: ${message}`,
+            ),
           onPspCall: (call) =>
             call.ok
               ? logger.debug(call, `PSP ${call.op} ok in ${call.ms} ms`)
@@ -174,10 +184,15 @@ export async function startSettle(config: Config, overrides: SettleOverrides = {
       inFlightMax: Math.min(config.CONSUMER_MAX_ACK_PENDING, 1_024),
       backoffMs: config.RETRY_BACKOFF_MS,
       jitter: 0.2,
-      onError: (error, context) => logger.error({ err: error, ...context }, 'command handling failed'),
-      onRetry: (retry) => logger.warn(retry, `retrying order ${retry.orderId} in ${retry.delayMs} ms`),
+      onError: (error, context) =>
+        logger.error({ err: error, ...context }, 'command handling failed'),
+      onRetry: (retry) =>
+        logger.warn(retry, `retrying order ${retry.orderId} in ${retry.delayMs} ms`),
       onDeadLetter: (entry) =>
-        logger.error({ orderId: entry.orderId, reason: entry.reason, attempts: entry.attempts }, `dead-lettered: ${entry.lastError}`),
+        logger.error(
+          { orderId: entry.orderId, reason: entry.reason, attempts: entry.attempts },
+          `dead-lettered: ${entry.lastError}`,
+        ),
     });
 
     const payments = new PaymentService({
@@ -232,7 +247,8 @@ export async function startSettle(config: Config, overrides: SettleOverrides = {
     ];
     const httpServer = createHttpServer(
       () => routes,
-      (error, context) => logger.error({ err: error, ...context }, 'internal error in HTTP handler'),
+      (error, context) =>
+        logger.error({ err: error, ...context }, 'internal error in HTTP handler'),
     );
     const httpPort = await listenHttp(
       httpServer,
@@ -266,7 +282,11 @@ export async function startSettle(config: Config, overrides: SettleOverrides = {
     health.setServing(true);
     cleanups.push(() => health.setServing(false));
     logger.info(
-      { grpc: `${config.SETTLE_GRPC_ADDR.host}:${grpcPort}`, http: `${config.SETTLE_HTTP_ADDR.host}:${httpPort}`, namespace: config.SETTLE_NAMESPACE },
+      {
+        grpc: `${config.SETTLE_GRPC_ADDR.host}:${grpcPort}`,
+        http: `${config.SETTLE_HTTP_ADDR.host}:${httpPort}`,
+        namespace: config.SETTLE_NAMESPACE,
+      },
       'settle node ready',
     );
     return {
@@ -307,7 +327,11 @@ export function commandToEvent(command: Command): OrderEvent {
             pspReference: command.pspReference ?? '',
             amountMinor: BigInt(command.amountMinor),
           }
-        : { type: 'PspDeclined', eventId: command.eventId, declineCode: command.declineCode ?? 'declined' };
+        : {
+            type: 'PspDeclined',
+            eventId: command.eventId,
+            declineCode: command.declineCode ?? 'declined',
+          };
   }
 }
 

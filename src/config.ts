@@ -15,21 +15,22 @@ const hostPort = z
 
 const mysqlUrl = z
   .string()
-  .regex(/^mysql:\/\/[^/]+\/[A-Za-z0-9_]+(\?.*)?$/, 'must be mysql://user[:password]@host:port/database');
+  .regex(
+    /^mysql:\/\/[^/]+\/[A-Za-z0-9_]+(\?.*)?$/,
+    'must be mysql://user[:password]@host:port/database',
+  );
 
 const natsUrl = z.string().regex(/^(nats|tls):\/\/\S+$/, 'must be nats://host:port');
 
 const fraction = z.coerce.number().min(0).max(1);
 const positiveInt = z.coerce.number().int().positive();
 const nonNegativeInt = z.coerce.number().int().nonnegative();
-const csv = z
-  .string()
-  .transform((value) =>
-    value
-      .split(',')
-      .map((item) => item.trim())
-      .filter((item) => item.length > 0),
-  );
+const csv = z.string().transform((value) =>
+  value
+    .split(',')
+    .map((item) => item.trim())
+    .filter((item) => item.length > 0),
+);
 
 export const configSchema = z.object({
   SETTLE_GRPC_ADDR: hostPort.prefault('127.0.0.1:50051'),
@@ -111,9 +112,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
 }
 
 export function settlePublicUrl(config: Config): string {
-  return config.SETTLE_PUBLIC_URL ?? `http://${config.SETTLE_HTTP_ADDR.host}:${config.SETTLE_HTTP_ADDR.port}`;
+  return (
+    config.SETTLE_PUBLIC_URL ??
+    `http://${config.SETTLE_HTTP_ADDR.host}:${config.SETTLE_HTTP_ADDR.port}`
+  );
 }
 
 export function pspPublicUrl(config: Config): string {
-  return config.PSP_PUBLIC_URL ?? `http://${config.PSP_HTTP_ADDR.host}:${config.PSP_HTTP_ADDR.port}`;
+  return (
+    config.PSP_PUBLIC_URL ?? `http://${config.PSP_HTTP_ADDR.host}:${config.PSP_HTTP_ADDR.port}`
+  );
 }

@@ -26,7 +26,10 @@ async function main(): Promise<void> {
   const stops: Array<() => Promise<void>> = [];
   try {
     if (!settleOnly) {
-      const psp = await startPspMock({ config, log: (line) => logger.info({ component: 'psp-mock' }, line) });
+      const psp = await startPspMock({
+        config,
+        log: (line) => logger.info({ component: 'psp-mock' }, line),
+      });
       stops.push(psp.stop);
       logger.info(`PSP mock: gRPC 127.0.0.1:${psp.grpcPort}, hosted pages ${psp.publicUrl}`);
     }
@@ -42,7 +45,9 @@ async function main(): Promise<void> {
       process.stderr.write(`settle: ${error.message}\n`);
       process.exit(3);
     }
-    process.stderr.write(`settle: failed to start: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.stderr.write(
+      `settle: failed to start: ${error instanceof Error ? error.message : String(error)}\n`,
+    );
     process.exit(1);
   }
 

@@ -38,7 +38,11 @@ export class HttpError extends Error {
   }
 }
 
-export function json(status: number, value: unknown, headers: Record<string, string> = {}): HttpResponse {
+export function json(
+  status: number,
+  value: unknown,
+  headers: Record<string, string> = {},
+): HttpResponse {
   return {
     status,
     headers: { 'content-type': 'application/json; charset=utf-8', ...headers },
@@ -98,7 +102,8 @@ export function createHttpServer(
     const method = req.method ?? 'GET';
     let params: Record<string, string> | undefined;
     const route = routes().find(
-      (candidate) => candidate.method === method && (params = match(candidate.path, url.pathname)) !== undefined,
+      (candidate) =>
+        candidate.method === method && (params = match(candidate.path, url.pathname)) !== undefined,
     );
     const send = (response: HttpResponse) => {
       if (res.headersSent) return;
@@ -106,7 +111,11 @@ export function createHttpServer(
       res.end(response.body ?? '');
     };
     if (route === undefined || params === undefined) {
-      send(json(404, { error: { code: 'NOT_FOUND', message: `no route for ${method} ${url.pathname}` } }));
+      send(
+        json(404, {
+          error: { code: 'NOT_FOUND', message: `no route for ${method} ${url.pathname}` },
+        }),
+      );
       return;
     }
     const request: HttpRequest = {

@@ -49,7 +49,8 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
         nowS: Math.floor(deps.now().getTime() / 1000),
         toleranceS: deps.toleranceS,
       });
-      if (!verdict.ok) return reject(400, 'UNAUTHENTICATED', `webhook signature rejected: ${verdict.reason}`);
+      if (!verdict.ok)
+        return reject(400, 'UNAUTHENTICATED', `webhook signature rejected: ${verdict.reason}`);
       let body: unknown;
       try {
         body = JSON.parse(raw);
@@ -58,17 +59,25 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
       }
       const parsed = pspWebhookEventSchema.safeParse(body);
       if (!parsed.success) {
-        return reject(400, 'INVALID_ARGUMENT', `webhook body is not a PSP event: ${parsed.error.issues[0]?.message ?? ''}`);
+        return reject(
+          400,
+          'INVALID_ARGUMENT',
+          `webhook body is not a PSP event: ${parsed.error.issues[0]?.message ?? ''}`,
+        );
       }
       const event = parsed.data;
       const orderId = event.data.nonce;
       try {
-        if (!ORDER_ID_PATTERN.test(orderId) || (await findPaymentOrder(deps.db, orderId)) === undefined) {
+        if (
+          !ORDER_ID_PATTERN.test(orderId) ||
+          (await findPaymentOrder(deps.db, orderId)) === undefined
+        ) {
           return reject(404, 'NOT_FOUND', `no payment order '${orderId.slice(0, 64)}'`);
         }
         const now = deps.now();
         const fresh = await inTransaction(deps.db, async (trx) => {
-          if (!(await recordInbox(trx, { source: 'psp', eventId: event.id, orderId, now }))) return false;
+          if (!(await recordInbox(trx, { source: 'psp', eventId: event.id, orderId, now })))
+            return false;
           await enqueueOutbox(
             trx,
             [
@@ -91,7 +100,9 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
       } catch (error) {
         const mapped = toUnavailable(error);
         if (mapped instanceof UnavailableError) {
-          return json(503, { error: { code: 'UNAVAILABLE', message: 'database unavailable; retry' } });
+          return json(503, {
+            error: { code: 'UNAVAILABLE', message: 'database unavailable; retry' },
+          });
         }
         throw mapped;
       }

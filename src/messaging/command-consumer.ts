@@ -65,7 +65,10 @@ export class CommandConsumer {
   }
 
   async start(): Promise<void> {
-    const consumer = await this.js.consumers.get(this.names.commandStream, this.names.runtimeConsumer);
+    const consumer = await this.js.consumers.get(
+      this.names.commandStream,
+      this.names.runtimeConsumer,
+    );
     this.messages = await consumer.consume({
       max_messages: this.options.inFlightMax,
       expires: 5_000,
@@ -133,7 +136,12 @@ export class CommandConsumer {
           return;
         }
         const delayMs = this.retryDelayMs(attempt);
-        this.options.onRetry?.({ orderId: command.orderId, attempt, delayMs, reason: outcome.reason });
+        this.options.onRetry?.({
+          orderId: command.orderId,
+          attempt,
+          delayMs,
+          reason: outcome.reason,
+        });
         message.nak(delayMs);
         return;
       }

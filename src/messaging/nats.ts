@@ -103,7 +103,10 @@ export async function ensureTopology(
   return jsm;
 }
 
-async function upsertStream(jsm: JetStreamManager, config: Partial<StreamConfig> & { name: string }) {
+async function upsertStream(
+  jsm: JetStreamManager,
+  config: Partial<StreamConfig> & { name: string },
+) {
   try {
     await jsm.streams.info(config.name);
     await jsm.streams.update(config.name, config);

@@ -2,7 +2,13 @@
  * Structured JSON logs (pino). Secrets and card data are redacted by key wherever they appear,
  * and card-like digit runs are masked in messages, so a log line can be shared safely.
  */
-import { pino, stdSerializers, type DestinationStream, type Logger, type LevelWithSilent } from 'pino';
+import {
+  pino,
+  stdSerializers,
+  type DestinationStream,
+  type Logger,
+  type LevelWithSilent,
+} from 'pino';
 
 export type { Logger };
 

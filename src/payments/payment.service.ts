@@ -4,7 +4,12 @@
  * idempotency key and creates the payment, its orders and one ExecuteOrder outbox message per
  * order in ONE transaction.
  */
-import { AbortedError, AlreadyExistsError, NotFoundError, ResourceExhaustedError } from '../domain/errors.js';
+import {
+  AbortedError,
+  AlreadyExistsError,
+  NotFoundError,
+  ResourceExhaustedError,
+} from '../domain/errors.js';
 import { newId } from '../domain/ids.js';
 import { executeOrderMessage } from '../messaging/commands.js';
 import type { Names } from '../messaging/subjects.js';
@@ -134,11 +139,15 @@ export class PaymentService {
       }
       await enqueueOutbox(
         trx,
-        decision.approved ? orders.map((order) => executeOrderMessage(this.deps.names, order.id)) : [],
+        decision.approved
+          ? orders.map((order) => executeOrderMessage(this.deps.names, order.id))
+          : [],
         now,
       );
       if (!(await completeIdempotencyKey(trx, { ...input, paymentId }))) {
-        throw new AbortedError(`request_id ${input.requestId} was taken over by another attempt; retry`);
+        throw new AbortedError(
+          `request_id ${input.requestId} was taken over by another attempt; retry`,
+        );
       }
     });
     return paymentId;
@@ -208,7 +217,11 @@ export class PaymentService {
    * Calls `send` with the payment now and after every change, until the payment is terminal, the
    * signal aborts or the watch has run for an hour.
    */
-  async watch(paymentId: string, send: (payment: Payment) => void, signal: AbortSignal): Promise<void> {
+  async watch(
+    paymentId: string,
+    send: (payment: Payment) => void,
+    signal: AbortSignal,
+  ): Promise<void> {
     let payment = await this.get(paymentId);
     if (this.deps.events.size >= 10_000) {
       throw new ResourceExhaustedError('too many watchers on this node; retry later');
@@ -216,7 +229,11 @@ export class PaymentService {
     let fingerprint = fingerprintOf(payment);
     send(payment);
     const deadline = Date.now() + WATCH_DURATION_MS_MAX;
-    while (!TERMINAL_PAYMENT_STATES.has(payment.state) && !signal.aborted && Date.now() < deadline) {
+    while (
+      !TERMINAL_PAYMENT_STATES.has(payment.state) &&
+      !signal.aborted &&
+      Date.now() < deadline
+    ) {
       await nextChange(this.deps.events, paymentId, WATCH_POLL_MS, signal);
       if (signal.aborted) return;
       payment = await this.get(paymentId);

@@ -16,7 +16,11 @@ export function evaluateRisk(
   payment: { buyerId: string; amountMinor: bigint },
 ): RiskDecision {
   if (rules.blockedBuyerIds.has(payment.buyerId)) {
-    return { approved: false, rule: 'BLOCKED_BUYER', message: `buyer ${payment.buyerId} is blocked` };
+    return {
+      approved: false,
+      rule: 'BLOCKED_BUYER',
+      message: `buyer ${payment.buyerId} is blocked`,
+    };
   }
   if (payment.amountMinor > rules.maxPaymentAmountMinor) {
     return {

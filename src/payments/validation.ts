@@ -28,7 +28,8 @@ const createPaymentSchema = z
       .string()
       .min(1, 'currency_code is required')
       .refine(isCurrencyCode, {
-        error: (issue) => `currency '${String(issue.input)}' is not supported; only USD is accepted`,
+        error: (issue) =>
+          `currency '${String(issue.input)}' is not supported; only USD is accepted`,
       }),
     orders: z
       .array(
@@ -77,7 +78,10 @@ export function parseCreatePayment(raw: {
     request_id: raw.requestId,
     buyer_id: raw.buyerId,
     currency_code: raw.currencyCode,
-    orders: raw.orders.map((order) => ({ seller_id: order.sellerId, amount_minor: order.amountMinor })),
+    orders: raw.orders.map((order) => ({
+      seller_id: order.sellerId,
+      amount_minor: order.amountMinor,
+    })),
   });
   if (!result.success) {
     const issues = result.error.issues.map((issue) => ({
@@ -85,11 +89,17 @@ export function parseCreatePayment(raw: {
       message: issue.message,
     }));
     const first = issues[0] ?? { field: '(request)', message: 'invalid' };
-    const rest = issues.slice(1).map((issue) => `; ${issue.field}: ${issue.message}`).join('');
+    const rest = issues
+      .slice(1)
+      .map((issue) => `; ${issue.field}: ${issue.message}`)
+      .join('');
     throw new InvalidArgumentError(first.field, first.message + rest);
   }
   const value = result.data;
-  const orders = value.orders.map((order) => ({ sellerId: order.seller_id, amountMinor: order.amount_minor }));
+  const orders = value.orders.map((order) => ({
+    sellerId: order.seller_id,
+    amountMinor: order.amount_minor,
+  }));
   const currency = value.currency_code as CurrencyCode;
   const canonical = JSON.stringify({
     buyer: value.buyer_id,
@@ -119,7 +129,10 @@ export function formatPath(path: ReadonlyArray<PropertyKey>): string {
 export function requireId(field: string, value: string, pattern: RegExp, example: string): string {
   if (value.length === 0) throw new InvalidArgumentError(field, `${field} is required`);
   if (!pattern.test(value)) {
-    throw new InvalidArgumentError(field, `'${value.slice(0, 80)}' is not a valid ${field} (expected e.g. ${example})`);
+    throw new InvalidArgumentError(
+      field,
+      `'${value.slice(0, 80)}' is not a valid ${field} (expected e.g. ${example})`,
+    );
   }
   return value;
 }

@@ -4,13 +4,7 @@
  */
 import { createPool, type Pool } from 'mysql2';
 import { createConnection } from 'mysql2/promise';
-import {
-  Kysely,
-  Migrator,
-  MysqlAdapter,
-  MysqlDialect,
-  type DialectAdapter,
-} from 'kysely';
+import { Kysely, Migrator, MysqlAdapter, MysqlDialect, type DialectAdapter } from 'kysely';
 import { UnavailableError } from '../domain/errors.js';
 import { migrationProvider } from './migrations/index.js';
 import type { Database } from './schema.js';
@@ -116,9 +110,12 @@ export async function migrateToLatest(db: Kysely<any>): Promise<void> {
   const { error, results } = await migrator.migrateToLatest();
   const failed = results?.find((result) => result.status === 'Error');
   if (error !== undefined) {
-    throw new Error(`migration ${failed?.migrationName ?? '(unknown)'} failed: ${describe(error)}`, {
-      cause: error,
-    });
+    throw new Error(
+      `migration ${failed?.migrationName ?? '(unknown)'} failed: ${describe(error)}`,
+      {
+        cause: error,
+      },
+    );
   }
 }
 

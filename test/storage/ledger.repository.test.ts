@@ -33,31 +33,56 @@ const entries = (debit: bigint, credit: bigint) => [
   { account: 'psp_receivable', kind: 'PAYMENT_RECEIVABLE', debitMinor: debit, creditMinor: 0n },
   { account: 'seller_payable:s1', kind: 'PAYMENT_PAYABLE', debitMinor: 0n, creditMinor: credit },
 ];
-const entryCount = async () => Number((await sql<{ n: string }>`SELECT COUNT(*) AS n FROM ledger_entry`.execute(db)).rows[0]?.n);
+const entryCount = async () =>
+  Number((await sql<{ n: string }>`SELECT COUNT(*) AS n FROM ledger_entry`.execute(db)).rows[0]?.n);
 
 describe('postLedgerTransaction', () => {
   it('refuses an unbalanced transaction and commits nothing', async () => {
     await expect(
       inTransaction(db, (trx) =>
-        postLedgerTransaction(trx, { id: 'ltx_UNBALANCED0000000000000000', orderId: 'ord_A', kind: 'PAYMENT', currency: 'USD', entries: entries(100n, 99n), now }),
+        postLedgerTransaction(trx, {
+          id: 'ltx_UNBALANCED0000000000000000',
+          orderId: 'ord_A',
+          kind: 'PAYMENT',
+          currency: 'USD',
+          entries: entries(100n, 99n),
+          now,
+        }),
       ),
     ).rejects.toBeInstanceOf(UnbalancedLedgerTransactionError);
     expect(await entryCount()).toBe(0);
   });
 
   it('refuses a single-sided entry at the database level (CHECK constraint)', async () => {
-    const error = await sql`INSERT INTO ledger_entry (transaction_id, account, order_id, kind, currency, debit_minor, credit_minor, created_at)
-      VALUES ('ltx_X', 'a', 'ord_X', 'K', 'USD', 5, 5, ${now})`.execute(db).catch((e: unknown) => e);
+    const error =
+      await sql`INSERT INTO ledger_entry (transaction_id, account, order_id, kind, currency, debit_minor, credit_minor, created_at)
+      VALUES ('ltx_X', 'a', 'ord_X', 'K', 'USD', 5, 5, ${now})`
+        .execute(db)
+        .catch((e: unknown) => e);
     expect(isCheckViolation(error)).toBe(true);
   });
 
   it('commits a balanced transaction and refuses the same order and kind twice', async () => {
     await inTransaction(db, (trx) =>
-      postLedgerTransaction(trx, { id: 'ltx_BALANCED000000000000000000', orderId: 'ord_B', kind: 'PAYMENT', currency: 'USD', entries: entries(250n, 250n), now }),
+      postLedgerTransaction(trx, {
+        id: 'ltx_BALANCED000000000000000000',
+        orderId: 'ord_B',
+        kind: 'PAYMENT',
+        currency: 'USD',
+        entries: entries(250n, 250n),
+        now,
+      }),
     );
     expect(await entryCount()).toBe(2);
     const duplicate = await inTransaction(db, (trx) =>
-      postLedgerTransaction(trx, { id: 'ltx_BALANCED000000000000000001', orderId: 'ord_B', kind: 'PAYMENT', currency: 'USD', entries: entries(250n, 250n), now }),
+      postLedgerTransaction(trx, {
+        id: 'ltx_BALANCED000000000000000001',
+        orderId: 'ord_B',
+        kind: 'PAYMENT',
+        currency: 'USD',
+        entries: entries(250n, 250n),
+        now,
+      }),
     ).catch((e: unknown) => e);
     expect(isDuplicateKey(duplicate)).toBe(true);
     expect(await entryCount()).toBe(2);

@@ -26,7 +26,13 @@ export type OrderActorDeps = Readonly<{
   /** Called after every committed transition (watch notifications, logs, metrics). */
   onTransition: (previous: PaymentOrder, next: PaymentOrder, event: OrderEvent) => void;
   onIllegal?: (order: PaymentOrder, event: OrderEvent, message: string) => void;
-  onPspCall?: (call: { orderId: string; op: string; ok: boolean; ms: number; error?: string }) => void;
+  onPspCall?: (call: {
+    orderId: string;
+    op: string;
+    ok: boolean;
+    ms: number;
+    error?: string;
+  }) => void;
 }>;
 
 export type OrderMessage = Readonly<{ event: OrderEvent }>;
@@ -95,14 +101,22 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
           continue;
         }
         this.deps.onIllegal?.(order, event, result.error.message);
-        return { kind: 'illegal', message: `${result.error.state} + ${event.type}: ${result.error.message}` };
+        return {
+          kind: 'illegal',
+          message: `${result.error.state} + ${event.type}: ${result.error.message}`,
+        };
       }
       if (!result.changed) {
         this.cached = order;
         return { kind: 'applied', effects: result.effects };
       }
       const persisted = await inTransaction(this.deps.db, async (trx) => {
-        const written = await persistTransition(trx, { previous: order, next: result.order, event, now });
+        const written = await persistTransition(trx, {
+          previous: order,
+          next: result.order,
+          event,
+          now,
+        });
         if (written === 'stale') return false;
         await persistEffects(trx, result.effects, now);
         return true;
@@ -135,8 +149,17 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
             currency: effect.currency,
             notificationUrl: this.deps.notificationUrl,
           });
-          this.deps.onPspCall?.({ orderId: effect.orderId, op: 'register', ok: true, ms: Date.now() - started });
-          return { type: 'PspRegistered', token: registered.token, checkoutUrl: registered.checkoutUrl };
+          this.deps.onPspCall?.({
+            orderId: effect.orderId,
+            op: 'register',
+            ok: true,
+            ms: Date.now() - started,
+          });
+          return {
+            type: 'PspRegistered',
+            token: registered.token,
+            checkoutUrl: registered.checkoutUrl,
+          };
         } catch (error) {
           this.deps.onPspCall?.({
             orderId: effect.orderId,
@@ -145,14 +168,23 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
             ms: Date.now() - started,
             error: describeError(error),
           });
-          return { type: 'PspRegistrationFailed', retryable: isRetryable(error), reason: describeError(error) };
+          return {
+            type: 'PspRegistrationFailed',
+            retryable: isRetryable(error),
+            reason: describeError(error),
+          };
         }
       }
       case 'CancelAtPsp': {
         const started = Date.now();
         try {
           await this.deps.psp.cancel(effect.orderId);
-          this.deps.onPspCall?.({ orderId: effect.orderId, op: 'cancel', ok: true, ms: Date.now() - started });
+          this.deps.onPspCall?.({
+            orderId: effect.orderId,
+            op: 'cancel',
+            ok: true,
+            ms: Date.now() - started,
+          });
         } catch (error) {
           // The order is already EXPIRED; a charge that still comes in is flagged for review.
           this.deps.onPspCall?.({

@@ -30,7 +30,11 @@ export const LEDGER_KIND = {
 } as const;
 
 /** Effects that are part of the transition's own transaction. */
-export async function persistEffects(trx: Trx, effects: readonly Effect[], now: Date): Promise<void> {
+export async function persistEffects(
+  trx: Trx,
+  effects: readonly Effect[],
+  now: Date,
+): Promise<void> {
   for (const effect of effects) {
     if (effect.type !== 'CreditSeller') continue;
     await postLedgerTransaction(trx, {

@@ -67,7 +67,12 @@ export type OrderEventType = OrderEvent['type'];
 
 export type Effect =
   /** Run after commit: register the order with the PSP (idempotent there by nonce = order id). */
-  | Readonly<{ type: 'RegisterWithPsp'; orderId: string; amountMinor: bigint; currency: CurrencyCode }>
+  | Readonly<{
+      type: 'RegisterWithPsp';
+      orderId: string;
+      amountMinor: bigint;
+      currency: CurrencyCode;
+    }>
   /** Persisted in the same transaction: ledger entries and the seller's wallet credit. */
   | Readonly<{
       type: 'CreditSeller';
@@ -166,7 +171,11 @@ function fromExecuting(order: PaymentOrder, event: OrderEvent, now: Date): Trans
         ],
       );
     case 'PspDeclined':
-      return moved({ ...order, state: ORDER_STATE.failed, failureReason: event.declineCode }, now, []);
+      return moved(
+        { ...order, state: ORDER_STATE.failed, failureReason: event.declineCode },
+        now,
+        [],
+      );
     case 'Expire':
       return moved({ ...order, state: ORDER_STATE.expired, failureReason: 'EXPIRED' }, now, [
         { type: 'CancelAtPsp', orderId: order.id },

@@ -10,7 +10,11 @@ import {
   type AccountBalance,
 } from '../../storage/repositories/ledger.repository.js';
 import { toUnavailable } from '../../storage/transaction.js';
-import type { LedgerServiceServer, WalletServiceServer, AccountBalance as AccountBalanceMessage } from '../generated/settle/v1/wallet.js';
+import type {
+  LedgerServiceServer,
+  WalletServiceServer,
+  AccountBalance as AccountBalanceMessage,
+} from '../generated/settle/v1/wallet.js';
 import { unary, type AdapterOptions } from '../adapters.js';
 
 const PARTY_ID = /^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$/;
@@ -18,9 +22,13 @@ const PARTY_ID = /^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$/;
 export function walletHandlers(db: Db, options: AdapterOptions): WalletServiceServer {
   return {
     getWallet: unary(async (request) => {
-      if (request.sellerId === '') throw new InvalidArgumentError('seller_id', 'seller_id is required');
+      if (request.sellerId === '')
+        throw new InvalidArgumentError('seller_id', 'seller_id is required');
       if (!PARTY_ID.test(request.sellerId)) {
-        throw new InvalidArgumentError('seller_id', 'must be 1-64 characters of letters, digits and _.:@-');
+        throw new InvalidArgumentError(
+          'seller_id',
+          'must be 1-64 characters of letters, digits and _.:@-',
+        );
       }
       const wallet = await findWallet(db, request.sellerId).catch(rethrow);
       if (wallet === undefined) throw new NotFoundError('wallet of seller', request.sellerId);

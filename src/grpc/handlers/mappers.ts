@@ -63,6 +63,7 @@ export function orderToProto(order: DomainOrder): PaymentOrderMessage {
 export function paymentStateFromProto(state: PaymentState): string | undefined {
   if (state === PaymentState.PAYMENT_STATE_UNSPECIFIED) return undefined;
   const entry = Object.entries(PAYMENT_STATE_TO_PROTO).find(([, value]) => value === state);
-  if (entry === undefined) throw new InvalidArgumentError('state', `unknown payment state ${state}`);
+  if (entry === undefined)
+    throw new InvalidArgumentError('state', `unknown payment state ${state}`);
   return entry[0];
 }

@@ -6,7 +6,10 @@ import type { PaymentService } from '../../payments/payment.service.js';
 import { serverStream, unary, type AdapterOptions } from '../adapters.js';
 import { paymentStateFromProto, paymentToProto } from './mappers.js';
 
-export function paymentHandlers(payments: PaymentService, options: AdapterOptions): PaymentServiceServer {
+export function paymentHandlers(
+  payments: PaymentService,
+  options: AdapterOptions,
+): PaymentServiceServer {
   return {
     createPayment: unary(async (request) => {
       const payment = await payments.create({
@@ -17,9 +20,12 @@ export function paymentHandlers(payments: PaymentService, options: AdapterOption
       });
       return { payment: paymentToProto(payment) };
     }, options),
-    getPayment: unary(async (request) => ({
-      payment: paymentToProto(await payments.get(request.paymentId)),
-    }), options),
+    getPayment: unary(
+      async (request) => ({
+        payment: paymentToProto(await payments.get(request.paymentId)),
+      }),
+      options,
+    ),
     listPayments: unary(async (request) => {
       const state = paymentStateFromProto(request.state);
       const page = await payments.list({

@@ -139,7 +139,13 @@ export type LedgerEntry = Readonly<{
 
 export async function listLedgerEntries(
   db: Db,
-  filter: { account?: string; orderId?: string; orderIds?: readonly string[]; afterId?: bigint; limit: number },
+  filter: {
+    account?: string;
+    orderId?: string;
+    orderIds?: readonly string[];
+    afterId?: bigint;
+    limit: number;
+  },
 ): Promise<LedgerEntry[]> {
   let query = db.selectFrom('ledger_entry').selectAll().orderBy('id').limit(filter.limit);
   if (filter.account !== undefined) query = query.where('account', '=', filter.account);

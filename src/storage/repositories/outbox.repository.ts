@@ -24,7 +24,12 @@ export async function enqueueOutbox(trx: Trx, messages: readonly OutboxMessage[]
     .execute();
 }
 
-export type PendingOutbox = Readonly<{ id: string; subject: string; msgId: string; payload: string }>;
+export type PendingOutbox = Readonly<{
+  id: string;
+  subject: string;
+  msgId: string;
+  payload: string;
+}>;
 
 /** Locks up to `limit` unsent rows that no other relay holds (SKIP LOCKED), oldest first. */
 export async function lockOutboxBatch(trx: Trx, limit: number): Promise<PendingOutbox[]> {

@@ -18,7 +18,8 @@ import type { Trx } from '../transaction.js';
 
 export function toPaymentOrder(row: PaymentOrderRow): PaymentOrder {
   if (!isOrderState(row.state)) throw new Error(`order ${row.id} has unknown state ${row.state}`);
-  if (!isCurrencyCode(row.currency)) throw new Error(`order ${row.id} has currency ${row.currency}`);
+  if (!isCurrencyCode(row.currency))
+    throw new Error(`order ${row.id} has currency ${row.currency}`);
   return {
     id: row.id,
     paymentId: row.payment_id,
@@ -38,7 +39,10 @@ export function toPaymentOrder(row: PaymentOrderRow): PaymentOrder {
   };
 }
 
-export async function findPaymentOrder(db: Db | Trx, orderId: string): Promise<PaymentOrder | undefined> {
+export async function findPaymentOrder(
+  db: Db | Trx,
+  orderId: string,
+): Promise<PaymentOrder | undefined> {
   const row = await db
     .selectFrom('payment_order')
     .selectAll()
@@ -47,7 +51,10 @@ export async function findPaymentOrder(db: Db | Trx, orderId: string): Promise<P
   return row === undefined ? undefined : toPaymentOrder(row);
 }
 
-export async function findPaymentOrders(db: Db | Trx, paymentIds: readonly string[]): Promise<PaymentOrder[]> {
+export async function findPaymentOrders(
+  db: Db | Trx,
+  paymentIds: readonly string[],
+): Promise<PaymentOrder[]> {
   if (paymentIds.length === 0) return [];
   const rows = await db
     .selectFrom('payment_order')

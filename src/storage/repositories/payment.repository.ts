@@ -56,7 +56,11 @@ function toPayment(row: PaymentRow, orders: readonly PaymentOrder[]): Payment {
 }
 
 export async function findPayment(db: Db | Trx, paymentId: string): Promise<Payment | undefined> {
-  const row = await db.selectFrom('payment').selectAll().where('id', '=', paymentId).executeTakeFirst();
+  const row = await db
+    .selectFrom('payment')
+    .selectAll()
+    .where('id', '=', paymentId)
+    .executeTakeFirst();
   if (row === undefined) return undefined;
   return toPayment(row, await findPaymentOrders(db, [paymentId]));
 }
@@ -202,9 +206,16 @@ export async function claimIdempotencyKey(
     return { kind: 'in-flight', requestHash: key.requestHash };
   }
   if (existing.state === 'COMPLETED' && existing.payment_id !== null) {
-    return { kind: 'completed', paymentId: existing.payment_id, requestHash: existing.request_hash };
+    return {
+      kind: 'completed',
+      paymentId: existing.payment_id,
+      requestHash: existing.request_hash,
+    };
   }
-  if (existing.request_hash === key.requestHash && existing.lease_until.getTime() < key.now.getTime()) {
+  if (
+    existing.request_hash === key.requestHash &&
+    existing.lease_until.getTime() < key.now.getTime()
+  ) {
     const takeover = await db
       .updateTable('idempotency_key')
       .set({ lease_until: leaseUntil })

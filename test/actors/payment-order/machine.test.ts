@@ -46,7 +46,12 @@ const events = {
   regFailedRetryable: { type: 'PspRegistrationFailed', retryable: true, reason: 'PSP unavailable' },
   regFailedFinal: { type: 'PspRegistrationFailed', retryable: false, reason: 'INVALID_AMOUNT' },
   succeeded: { type: 'PspSucceeded', eventId: 'evt_1', pspReference: 'psp_1', amountMinor: 1999n },
-  succeededWrongAmount: { type: 'PspSucceeded', eventId: 'evt_1', pspReference: 'psp_1', amountMinor: 1n },
+  succeededWrongAmount: {
+    type: 'PspSucceeded',
+    eventId: 'evt_1',
+    pspReference: 'psp_1',
+    amountMinor: 1n,
+  },
   declined: { type: 'PspDeclined', eventId: 'evt_2', declineCode: 'card_declined' },
   expire: { type: 'Expire' },
 } satisfies Record<string, OrderEvent>;
@@ -60,64 +65,199 @@ type Row = [name: string, from: PaymentOrder, event: OrderEvent, expected: Expec
 
 const table: Row[] = [
   // NOT_STARTED
-  ['NOT_STARTED + ExecuteOrder starts executing and registers', order('NOT_STARTED'), events.execute,
-    { result: 'moved', state: 'EXECUTING', effects: ['RegisterWithPsp'], check: (n) => expect(n.attempts).toBe(1) }],
-  ['NOT_STARTED + PspRegistered is illegal', order('NOT_STARTED'), events.registered, { result: 'illegal' }],
-  ['NOT_STARTED + PspRegistrationFailed is illegal', order('NOT_STARTED'), events.regFailedRetryable, { result: 'illegal' }],
-  ['NOT_STARTED + PspSucceeded is illegal', order('NOT_STARTED'), events.succeeded, { result: 'illegal' }],
-  ['NOT_STARTED + PspDeclined is illegal', order('NOT_STARTED'), events.declined, { result: 'illegal' }],
-  ['NOT_STARTED + Expire expires without a PSP call', order('NOT_STARTED'), events.expire,
-    { result: 'moved', state: 'EXPIRED', effects: [] }],
+  [
+    'NOT_STARTED + ExecuteOrder starts executing and registers',
+    order('NOT_STARTED'),
+    events.execute,
+    {
+      result: 'moved',
+      state: 'EXECUTING',
+      effects: ['RegisterWithPsp'],
+      check: (n) => expect(n.attempts).toBe(1),
+    },
+  ],
+  [
+    'NOT_STARTED + PspRegistered is illegal',
+    order('NOT_STARTED'),
+    events.registered,
+    { result: 'illegal' },
+  ],
+  [
+    'NOT_STARTED + PspRegistrationFailed is illegal',
+    order('NOT_STARTED'),
+    events.regFailedRetryable,
+    { result: 'illegal' },
+  ],
+  [
+    'NOT_STARTED + PspSucceeded is illegal',
+    order('NOT_STARTED'),
+    events.succeeded,
+    { result: 'illegal' },
+  ],
+  [
+    'NOT_STARTED + PspDeclined is illegal',
+    order('NOT_STARTED'),
+    events.declined,
+    { result: 'illegal' },
+  ],
+  [
+    'NOT_STARTED + Expire expires without a PSP call',
+    order('NOT_STARTED'),
+    events.expire,
+    { result: 'moved', state: 'EXPIRED', effects: [] },
+  ],
   // EXECUTING, not yet registered
-  ['EXECUTING(unregistered) + ExecuteOrder registers again', order('EXECUTING'), events.execute,
-    { result: 'unchanged', effects: ['RegisterWithPsp'] }],
-  ['EXECUTING(unregistered) + PspRegistered records token and URL', order('EXECUTING'), events.registered,
-    { result: 'moved', state: 'EXECUTING', effects: [], check: (n) => {
-      expect(n.pspToken).toBe('tok_A');
-      expect(n.checkoutUrl).toBe('http://psp/pay/tok_A');
-    } }],
-  ['EXECUTING(unregistered) + retryable registration failure asks for a retry', order('EXECUTING'), events.regFailedRetryable,
-    { result: 'unchanged', effects: ['RetryLater'] }],
-  ['EXECUTING(unregistered) + final registration failure fails the order', order('EXECUTING'), events.regFailedFinal,
-    { result: 'moved', state: 'FAILED', effects: [], check: (n) => expect(n.failureReason).toBe('INVALID_AMOUNT') }],
+  [
+    'EXECUTING(unregistered) + ExecuteOrder registers again',
+    order('EXECUTING'),
+    events.execute,
+    { result: 'unchanged', effects: ['RegisterWithPsp'] },
+  ],
+  [
+    'EXECUTING(unregistered) + PspRegistered records token and URL',
+    order('EXECUTING'),
+    events.registered,
+    {
+      result: 'moved',
+      state: 'EXECUTING',
+      effects: [],
+      check: (n) => {
+        expect(n.pspToken).toBe('tok_A');
+        expect(n.checkoutUrl).toBe('http://psp/pay/tok_A');
+      },
+    },
+  ],
+  [
+    'EXECUTING(unregistered) + retryable registration failure asks for a retry',
+    order('EXECUTING'),
+    events.regFailedRetryable,
+    { result: 'unchanged', effects: ['RetryLater'] },
+  ],
+  [
+    'EXECUTING(unregistered) + final registration failure fails the order',
+    order('EXECUTING'),
+    events.regFailedFinal,
+    {
+      result: 'moved',
+      state: 'FAILED',
+      effects: [],
+      check: (n) => expect(n.failureReason).toBe('INVALID_AMOUNT'),
+    },
+  ],
   // EXECUTING, registered
-  ['EXECUTING + ExecuteOrder (redelivered) is a no-op', order('EXECUTING', registered), events.execute,
-    { result: 'unchanged', effects: [] }],
-  ['EXECUTING + same PspRegistered (duplicate) is a no-op', order('EXECUTING', registered), events.registered,
-    { result: 'unchanged', effects: [] }],
-  ['EXECUTING + a second, different token is illegal', order('EXECUTING', registered), events.registeredOther,
-    { result: 'illegal' }],
-  ['EXECUTING + late registration failure is a no-op', order('EXECUTING', registered), events.regFailedRetryable,
-    { result: 'unchanged', effects: [] }],
-  ['EXECUTING + PspSucceeded succeeds and credits the seller', order('EXECUTING', registered), events.succeeded,
-    { result: 'moved', state: 'SUCCEEDED', effects: ['CreditSeller'], check: (n) => expect(n.pspReference).toBe('psp_1') }],
-  ['EXECUTING + PspSucceeded with another amount is illegal', order('EXECUTING', registered), events.succeededWrongAmount,
-    { result: 'illegal' }],
-  ['EXECUTING + PspDeclined fails with the decline code', order('EXECUTING', registered), events.declined,
-    { result: 'moved', state: 'FAILED', effects: [], check: (n) => expect(n.failureReason).toBe('card_declined') }],
-  ['EXECUTING + Expire expires and cancels at the PSP', order('EXECUTING', registered), events.expire,
-    { result: 'moved', state: 'EXPIRED', effects: ['CancelAtPsp'] }],
+  [
+    'EXECUTING + ExecuteOrder (redelivered) is a no-op',
+    order('EXECUTING', registered),
+    events.execute,
+    { result: 'unchanged', effects: [] },
+  ],
+  [
+    'EXECUTING + same PspRegistered (duplicate) is a no-op',
+    order('EXECUTING', registered),
+    events.registered,
+    { result: 'unchanged', effects: [] },
+  ],
+  [
+    'EXECUTING + a second, different token is illegal',
+    order('EXECUTING', registered),
+    events.registeredOther,
+    { result: 'illegal' },
+  ],
+  [
+    'EXECUTING + late registration failure is a no-op',
+    order('EXECUTING', registered),
+    events.regFailedRetryable,
+    { result: 'unchanged', effects: [] },
+  ],
+  [
+    'EXECUTING + PspSucceeded succeeds and credits the seller',
+    order('EXECUTING', registered),
+    events.succeeded,
+    {
+      result: 'moved',
+      state: 'SUCCEEDED',
+      effects: ['CreditSeller'],
+      check: (n) => expect(n.pspReference).toBe('psp_1'),
+    },
+  ],
+  [
+    'EXECUTING + PspSucceeded with another amount is illegal',
+    order('EXECUTING', registered),
+    events.succeededWrongAmount,
+    { result: 'illegal' },
+  ],
+  [
+    'EXECUTING + PspDeclined fails with the decline code',
+    order('EXECUTING', registered),
+    events.declined,
+    {
+      result: 'moved',
+      state: 'FAILED',
+      effects: [],
+      check: (n) => expect(n.failureReason).toBe('card_declined'),
+    },
+  ],
+  [
+    'EXECUTING + Expire expires and cancels at the PSP',
+    order('EXECUTING', registered),
+    events.expire,
+    { result: 'moved', state: 'EXPIRED', effects: ['CancelAtPsp'] },
+  ],
   // SUCCEEDED
-  ...(['execute', 'registered', 'regFailedRetryable', 'succeeded', 'declined', 'expire'] as const).map(
-    (name): Row => [`SUCCEEDED + ${events[name].type} is a no-op`, order('SUCCEEDED', { ...registered, pspReference: 'psp_1' }), events[name],
-      { result: 'unchanged', effects: [] }],
-  ),
+  ...(
+    ['execute', 'registered', 'regFailedRetryable', 'succeeded', 'declined', 'expire'] as const
+  ).map((name): Row => [
+    `SUCCEEDED + ${events[name].type} is a no-op`,
+    order('SUCCEEDED', { ...registered, pspReference: 'psp_1' }),
+    events[name],
+    { result: 'unchanged', effects: [] },
+  ]),
   // FAILED
   ...(['execute', 'registered', 'regFailedRetryable', 'declined', 'expire'] as const).map(
-    (name): Row => [`FAILED + ${events[name].type} is a no-op`, order('FAILED', { failureReason: 'card_declined' }), events[name],
-      { result: 'unchanged', effects: [] }],
+    (name): Row => [
+      `FAILED + ${events[name].type} is a no-op`,
+      order('FAILED', { failureReason: 'card_declined' }),
+      events[name],
+      { result: 'unchanged', effects: [] },
+    ],
   ),
-  ['FAILED + PspSucceeded flags the order for review, never drops the charge', order('FAILED'), events.succeeded,
-    { result: 'moved', state: 'FAILED', effects: [], check: (n) => expect(n.reviewReason).toBe(REVIEW_REASON.chargedAfterFailure) }],
+  [
+    'FAILED + PspSucceeded flags the order for review, never drops the charge',
+    order('FAILED'),
+    events.succeeded,
+    {
+      result: 'moved',
+      state: 'FAILED',
+      effects: [],
+      check: (n) => expect(n.reviewReason).toBe(REVIEW_REASON.chargedAfterFailure),
+    },
+  ],
   // EXPIRED
   ...(['execute', 'registered', 'regFailedRetryable', 'declined', 'expire'] as const).map(
-    (name): Row => [`EXPIRED + ${events[name].type} is a no-op`, order('EXPIRED'), events[name],
-      { result: 'unchanged', effects: [] }],
+    (name): Row => [
+      `EXPIRED + ${events[name].type} is a no-op`,
+      order('EXPIRED'),
+      events[name],
+      { result: 'unchanged', effects: [] },
+    ],
   ),
-  ['EXPIRED + PspSucceeded flags the order for refund/review', order('EXPIRED'), events.succeeded,
-    { result: 'moved', state: 'EXPIRED', effects: [], check: (n) => expect(n.reviewReason).toBe(REVIEW_REASON.chargedAfterExpiry) }],
-  ['EXPIRED + a second PspSucceeded after review is a no-op', order('EXPIRED', { reviewReason: REVIEW_REASON.chargedAfterExpiry }), events.succeeded,
-    { result: 'unchanged', effects: [] }],
+  [
+    'EXPIRED + PspSucceeded flags the order for refund/review',
+    order('EXPIRED'),
+    events.succeeded,
+    {
+      result: 'moved',
+      state: 'EXPIRED',
+      effects: [],
+      check: (n) => expect(n.reviewReason).toBe(REVIEW_REASON.chargedAfterExpiry),
+    },
+  ],
+  [
+    'EXPIRED + a second PspSucceeded after review is a no-op',
+    order('EXPIRED', { reviewReason: REVIEW_REASON.chargedAfterExpiry }),
+    events.succeeded,
+    { result: 'unchanged', effects: [] },
+  ],
 ];
 
 describe('payment-order transition()', () => {
@@ -153,11 +293,21 @@ describe('payment-order transition()', () => {
     const eventTypes = new Set(table.map(([, , event]) => event.type));
     expect([...states].sort()).toEqual(Object.values(ORDER_STATE).sort());
     expect([...eventTypes].sort()).toEqual(
-      ['ExecuteOrder', 'Expire', 'PspDeclined', 'PspRegistered', 'PspRegistrationFailed', 'PspSucceeded'].sort(),
+      [
+        'ExecuteOrder',
+        'Expire',
+        'PspDeclined',
+        'PspRegistered',
+        'PspRegistrationFailed',
+        'PspSucceeded',
+      ].sort(),
     );
     for (const state of Object.values(ORDER_STATE)) {
       for (const type of eventTypes) {
-        expect(table.some(([, from, event]) => from.state === state && event.type === type), `${state} × ${type}`).toBe(true);
+        expect(
+          table.some(([, from, event]) => from.state === state && event.type === type),
+          `${state} × ${type}`,
+        ).toBe(true);
       }
     }
   });

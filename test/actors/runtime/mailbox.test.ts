@@ -105,11 +105,11 @@ describe('ActorRegistry', () => {
   });
 
   it('refuses a new actor when the live-actor bound is reached and none is idle', async () => {
-    const registry = new ActorRegistry<string, void>(
-      'test',
-      () => ({ handle: () => sleep(50) }),
-      { mailboxCapacity: 10, idleMsMax: 60_000, actorsMax: 2 },
-    );
+    const registry = new ActorRegistry<string, void>('test', () => ({ handle: () => sleep(50) }), {
+      mailboxCapacity: 10,
+      idleMsMax: 60_000,
+      actorsMax: 2,
+    });
     const busy = [registry.send('a', 'x'), registry.send('b', 'x')];
     await expect(registry.send('c', 'x')).rejects.toBeInstanceOf(ResourceExhaustedError);
     await Promise.all(busy);

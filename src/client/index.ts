@@ -1,0 +1,138 @@
+/**
+ * The TypeScript client of Settle: the generated ts-proto stubs and a small promise-based wrapper.
+ *
+ *   import { createSettleClient } from 'settle/client';
+ *   const settle = createSettleClient('127.0.0.1:50051');
+ *   const { payment } = await settle.payments.createPayment({ requestId, buyerId, currencyCode: 'USD', orders });
+ *
+ * Amounts are bigint minor units (int64). Errors are grpc-js ServiceErrors with `code` and `details`.
+ */
+import * as grpc from '@grpc/grpc-js';
+import {
+  PaymentServiceClient,
+  type CreatePaymentRequest,
+  type CreatePaymentResponse,
+  type GetPaymentRequest,
+  type GetPaymentResponse,
+  type ListPaymentsRequest,
+  type ListPaymentsResponse,
+  type WatchPaymentResponse,
+} from '../grpc/generated/settle/v1/payment.js';
+import {
+  LedgerServiceClient,
+  WalletServiceClient,
+  type GetTrialBalanceResponse,
+  type GetWalletResponse,
+  type ListEntriesRequest,
+  type ListEntriesResponse,
+} from '../grpc/generated/settle/v1/wallet.js';
+
+export {
+  PaymentState,
+  PaymentOrderState,
+  type Payment,
+  type PaymentOrder,
+  type OrderRequest,
+  type CreatePaymentRequest,
+  type CreatePaymentResponse,
+  type ListPaymentsRequest,
+  type ListPaymentsResponse,
+  type WatchPaymentResponse,
+  PaymentServiceClient,
+} from '../grpc/generated/settle/v1/payment.js';
+export {
+  type Wallet,
+  type LedgerEntry,
+  type AccountBalance,
+  type GetTrialBalanceResponse,
+  WalletServiceClient,
+  LedgerServiceClient,
+} from '../grpc/generated/settle/v1/wallet.js';
+
+export type CallOptions = Readonly<{ timeoutMs?: number; metadata?: Record<string, string> }>;
+
+type UnaryMethod<Req, Res> = (
+  request: Req,
+  metadata: grpc.Metadata,
+  options: Partial<grpc.CallOptions>,
+  callback: (error: grpc.ServiceError | null, response: Res) => void,
+) => grpc.ClientUnaryCall;
+
+function unary<Req, Res>(method: UnaryMethod<Req, Res>, defaultTimeoutMs: number) {
+  return (request: Req, options: CallOptions = {}): Promise<Res> =>
+    new Promise((resolve, reject) => {
+      const metadata = new grpc.Metadata();
+      for (const [key, value] of Object.entries(options.metadata ?? {})) metadata.set(key, value);
+      method(
+        request,
+        metadata,
+        { deadline: Date.now() + (options.timeoutMs ?? defaultTimeoutMs) },
+        (error, response) => (error ? reject(error) : resolve(response)),
+      );
+    });
+}
+
+export type SettleClient = ReturnType<typeof createSettleClient>;
+
+/** Connects to a Settle node (plaintext, e.g. "127.0.0.1:50051"). Every call has a deadline. */
+export function createSettleClient(
+  address: string,
+  options: { defaultTimeoutMs?: number; credentials?: grpc.ChannelCredentials } = {},
+) {
+  const credentials = options.credentials ?? grpc.credentials.createInsecure();
+  const timeoutMs = options.defaultTimeoutMs ?? 10_000;
+  const payments = new PaymentServiceClient(address, credentials);
+  const wallets = new WalletServiceClient(address, credentials);
+  const ledger = new LedgerServiceClient(address, credentials);
+  return {
+    payments: {
+      createPayment: unary<CreatePaymentRequest, CreatePaymentResponse>(
+        payments.createPayment.bind(payments),
+        timeoutMs,
+      ),
+      getPayment: unary<GetPaymentRequest, GetPaymentResponse>(
+        payments.getPayment.bind(payments),
+        timeoutMs,
+      ),
+      listPayments: unary<ListPaymentsRequest, ListPaymentsResponse>(
+        payments.listPayments.bind(payments),
+        timeoutMs,
+      ),
+      /** Yields the payment now and after each change until it is terminal. */
+      async *watchPayment(
+        paymentId: string,
+        options: { timeoutMs?: number } = {},
+      ): AsyncGenerator<WatchPaymentResponse> {
+        const stream = payments.watchPayment({ paymentId }, new grpc.Metadata(), {
+          deadline: Date.now() + (options.timeoutMs ?? 60 * 60_000),
+        });
+        try {
+          for await (const message of stream as AsyncIterable<WatchPaymentResponse>) yield message;
+        } finally {
+          stream.cancel();
+        }
+      },
+    },
+    wallets: {
+      getWallet: unary(wallets.getWallet.bind(wallets), timeoutMs) as (
+        request: { sellerId: string },
+        options?: CallOptions,
+      ) => Promise<GetWalletResponse>,
+    },
+    ledger: {
+      listEntries: unary<ListEntriesRequest, ListEntriesResponse>(
+        ledger.listEntries.bind(ledger),
+        timeoutMs,
+      ),
+      getTrialBalance: unary(ledger.getTrialBalance.bind(ledger), timeoutMs) as (
+        request?: Record<string, never>,
+        options?: CallOptions,
+      ) => Promise<GetTrialBalanceResponse>,
+    },
+    close(): void {
+      payments.close();
+      wallets.close();
+      ledger.close();
+    },
+  };
+}

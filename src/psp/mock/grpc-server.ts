@@ -1,0 +1,287 @@
+/**
+ * The PSP mock's gRPC service, settle.psp.v1.PspService. Every handler goes through one unary()
+ * adapter, which injects the configured faults, awaits the work, maps errors to statuses in one
+ * place (toStatus) and calls back exactly once; an unexpected error answers INTERNAL with a
+ * reference, never a stack trace.
+ *
+ * Faults apply to the merchant API (RegisterPayment, GetPaymentStatus, CancelPayment) only; the
+ * test-driver RPCs (PayWithCard, SetBehavior, ResendWebhook, ListCharges) always answer, or a
+ * test could not switch a fault off again. A "hang" does the work and then holds the answer until
+ * the client gives up (its deadline or cancellation), at most HANG_MS_MAX: the classic
+ * lost-response case in which the side effect happened but the caller never heard of it.
+ */
+import {
+  Server,
+  ServerCredentials,
+  status as grpcStatus,
+  type ServerUnaryCall,
+  type handleUnaryCall,
+  type sendUnaryData,
+} from '@grpc/grpc-js';
+import { randomUUID } from 'node:crypto';
+import { assertNever, SettleError, UnavailableError } from '../../domain/errors.js';
+import { isConnectionError } from '../../storage/errors.js';
+import {
+  PaymentStatus,
+  PspServiceService,
+  type PspServiceServer,
+} from '../../grpc/generated/settle/psp/v1/psp.js';
+import type { BehaviorStore, PspBehaviorPatch } from './behavior.js';
+import { checkoutUrl, type PspPayments } from './payments.js';
+import { PSP_PAYMENT_STATE, type PspPaymentState } from './schema.js';
+
+/** The longest a hanging call is held, in milliseconds. */
+export const HANG_MS_MAX = 60_000;
+/** Requests are small; anything larger is refused by grpc-js before it reaches a handler. */
+const REQUEST_BYTES_MAX = 64 * 1024;
+/** How long stop() waits for calls in progress before it cuts them off, in milliseconds. */
+const SHUTDOWN_GRACE_MS = 2_000;
+
+export type PspGrpcServer = Readonly<{ port: number; stop: () => Promise<void> }>;
+
+type Context = Readonly<{
+  payments: PspPayments;
+  behavior: BehaviorStore;
+  /** Base URL of the hosted pages, for checkout URLs. */
+  publicUrl: string;
+  log: (line: string) => void;
+  /** Aborted by stop(): ends latency waits and hangs at once. */
+  stopSignal: AbortSignal;
+  /** Called with every newly registered payment (auto-pay). */
+  onRegistered: (token: string) => void;
+}>;
+
+export async function startPspGrpcServer(options: {
+  payments: PspPayments;
+  behavior: BehaviorStore;
+  publicUrl: string;
+  host: string;
+  port: number;
+  log: (line: string) => void;
+  onRegistered: (token: string) => void;
+}): Promise<PspGrpcServer> {
+  const stopController = new AbortController();
+  const context: Context = {
+    payments: options.payments,
+    behavior: options.behavior,
+    publicUrl: options.publicUrl,
+    log: options.log,
+    stopSignal: stopController.signal,
+    onRegistered: options.onRegistered,
+  };
+  const server = new Server({ 'grpc.max_receive_message_length': REQUEST_BYTES_MAX });
+  server.addService(PspServiceService, handlers(context));
+  const port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(
+      `${options.host}:${options.port}`,
+      ServerCredentials.createInsecure(),
+      (error, boundPort) => (error === null ? resolve(boundPort) : reject(error)),
+    );
+  });
+  return {
+    port,
+    stop: async () => {
+      stopController.abort();
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, SHUTDOWN_GRACE_MS);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    },
+  };
+}
+
+function handlers(context: Context): PspServiceServer {
+  const { payments, behavior } = context;
+  return {
+    registerPayment: unary(context, 'registration', async (request) => {
+      const result = await payments.register({
+        nonce: request.nonce,
+        amountMinor: request.amountMinor,
+        currencyCode: request.currencyCode,
+        notificationUrl: request.notificationUrl,
+      });
+      if (result.created) context.onRegistered(result.payment.token);
+      const { token } = result.payment;
+      return { token, checkoutUrl: checkoutUrl(context.publicUrl, token) };
+    }),
+    getPaymentStatus: unary(context, 'merchant', async (request) => {
+      const payment = await payments.getByNonce(request.nonce);
+      return {
+        nonce: payment.nonce,
+        token: payment.token,
+        status: toProtoStatus(payment.status),
+        amountMinor: payment.amountMinor,
+        currencyCode: payment.currency,
+        pspReference: payment.pspReference ?? '',
+        declineCode: payment.declineCode ?? '',
+        updateTime: payment.updatedAt,
+      };
+    }),
+    cancelPayment: unary(context, 'merchant', async (request) => {
+      const state = await payments.cancel(request.nonce);
+      return { status: toProtoStatus(state) };
+    }),
+    payWithCard: unary(context, 'driver', async (request) => {
+      const { payment } = await payments.pay(request.token, request.cardNumber);
+      return {
+        status: toProtoStatus(payment.status),
+        pspReference: payment.pspReference ?? '',
+        declineCode: payment.declineCode ?? '',
+      };
+    }),
+    setBehavior: unary(context, 'driver', (request) => {
+      const patch: PspBehaviorPatch = {};
+      if (request.successRate !== undefined) patch.successRate = request.successRate;
+      if (request.latencyMs !== undefined) patch.latencyMs = request.latencyMs;
+      if (request.errorRate !== undefined) patch.errorRate = request.errorRate;
+      if (request.failNextRegistrations !== undefined) {
+        patch.failNextRegistrations = request.failNextRegistrations;
+      }
+      if (request.hangRate !== undefined) patch.hangRate = request.hangRate;
+      if (request.autoPayCard !== undefined) patch.autoPayCard = request.autoPayCard;
+      const next = behavior.patch(patch);
+      context.log(`psp behaviour: ${JSON.stringify(next)}`);
+      return Promise.resolve({});
+    }),
+    resendWebhook: unary(context, 'driver', async (request) => ({
+      eventId: await payments.resendWebhook(request.nonce),
+    })),
+    listCharges: unary(context, 'driver', async (request) => {
+      const charges = await payments.listCharges(request.nonce);
+      return {
+        charges: charges.map((charge) => ({
+          pspReference: charge.pspReference,
+          nonce: charge.nonce,
+          amountMinor: charge.amountMinor,
+          currencyCode: charge.currency,
+          createTime: charge.createdAt,
+        })),
+      };
+    }),
+  };
+}
+
+/** Which faults a method is exposed to. */
+type FaultScope = 'registration' | 'merchant' | 'driver';
+
+function unary<Request, Response>(
+  context: Context,
+  scope: FaultScope,
+  work: (request: Request) => Promise<Response>,
+): handleUnaryCall<Request, Response> {
+  return (call: ServerUnaryCall<Request, Response>, callback: sendUnaryData<Response>) => {
+    void run(context, scope, call, work).then(
+      (response) => callback(null, response),
+      (error: unknown) => callback(toStatus(error, context.log)),
+    );
+  };
+}
+
+async function run<Request, Response>(
+  context: Context,
+  scope: FaultScope,
+  call: ServerUnaryCall<Request, Response>,
+  work: (request: Request) => Promise<Response>,
+): Promise<Response> {
+  if (scope === 'driver') return work(call.request);
+  const behavior = context.behavior.get();
+  if (behavior.latencyMs > 0) await delay(behavior.latencyMs, context.stopSignal);
+  if (scope === 'registration' && context.behavior.takeRegistrationFailure()) {
+    throw new UnavailableError('injected fault: fail_next_registrations');
+  }
+  if (behavior.errorRate > 0 && Math.random() < behavior.errorRate) {
+    throw new UnavailableError('injected fault');
+  }
+  const hang = behavior.hangRate > 0 && Math.random() < behavior.hangRate;
+  const response = await work(call.request);
+  if (hang) await holdUntilAbandoned(call, context.stopSignal);
+  return response;
+}
+
+function delay(ms: number, stopSignal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (stopSignal.aborted) return reject(shuttingDown());
+    const timer = setTimeout(() => {
+      stopSignal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(shuttingDown());
+    };
+    stopSignal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** Resolves when the client cancels or its deadline passes, on stop, or after HANG_MS_MAX. */
+function holdUntilAbandoned(call: ServerUnaryCall<unknown, unknown>, stopSignal: AbortSignal) {
+  return new Promise<void>((resolve) => {
+    if (call.cancelled || stopSignal.aborted) return resolve();
+    const timer = setTimeout(done, HANG_MS_MAX);
+    call.once('cancelled', done);
+    stopSignal.addEventListener('abort', done, { once: true });
+    function done(): void {
+      clearTimeout(timer);
+      call.off('cancelled', done);
+      stopSignal.removeEventListener('abort', done);
+      resolve();
+    }
+  });
+}
+
+function shuttingDown(): UnavailableError {
+  return new UnavailableError('the PSP is shutting down');
+}
+
+const STATUS_BY_CODE = {
+  INVALID_ARGUMENT: grpcStatus.INVALID_ARGUMENT,
+  NOT_FOUND: grpcStatus.NOT_FOUND,
+  ALREADY_EXISTS: grpcStatus.ALREADY_EXISTS,
+  FAILED_PRECONDITION: grpcStatus.FAILED_PRECONDITION,
+  ABORTED: grpcStatus.ABORTED,
+  UNAUTHENTICATED: grpcStatus.UNAUTHENTICATED,
+  RESOURCE_EXHAUSTED: grpcStatus.RESOURCE_EXHAUSTED,
+  UNAVAILABLE: grpcStatus.UNAVAILABLE,
+} as const satisfies Record<SettleError['code'], grpcStatus>;
+
+/** The one place where the mock turns an error into a gRPC status. */
+function toStatus(
+  error: unknown,
+  log: (line: string) => void,
+): { code: grpcStatus; details: string } {
+  if (error instanceof SettleError)
+    return { code: STATUS_BY_CODE[error.code], details: error.message };
+  if (isConnectionError(error)) {
+    return {
+      code: grpcStatus.UNAVAILABLE,
+      details: 'the PSP database is unavailable; retry later',
+    };
+  }
+  const reference = randomUUID();
+  log(
+    `psp grpc: internal error ${reference}: ` +
+      (error instanceof Error ? (error.stack ?? error.message) : String(error)),
+  );
+  return { code: grpcStatus.INTERNAL, details: `internal error (reference ${reference})` };
+}
+
+function toProtoStatus(state: PspPaymentState): PaymentStatus {
+  switch (state) {
+    case PSP_PAYMENT_STATE.registered:
+      return PaymentStatus.PAYMENT_STATUS_REGISTERED;
+    case PSP_PAYMENT_STATE.succeeded:
+      return PaymentStatus.PAYMENT_STATUS_SUCCEEDED;
+    case PSP_PAYMENT_STATE.declined:
+      return PaymentStatus.PAYMENT_STATUS_DECLINED;
+    case PSP_PAYMENT_STATE.cancelled:
+      return PaymentStatus.PAYMENT_STATUS_CANCELLED;
+    default:
+      return assertNever(state, 'psp payment state');
+  }
+}

@@ -1,0 +1,164 @@
+/**
+ * The PSP mock's public API: startPspMock() runs the whole mock in-process (its own database and
+ * migrations, the gRPC API, the hosted page and the webhook sender) and returns a handle to stop
+ * it and to change its behaviour. src/psp/mock/main.ts runs it as a standalone process; tests
+ * start it on port 0 with a database of their own.
+ */
+import { pspPublicUrl, settlePublicUrl, type Config } from '../../config.js';
+import { ensureDatabase, openDatabase } from '../../storage/db.js';
+import {
+  BehaviorStore,
+  initialBehavior,
+  type PspBehavior,
+  type PspBehaviorPatch,
+} from './behavior.js';
+import { BoundedTasks } from './bounded-tasks.js';
+import { startPspGrpcServer } from './grpc-server.js';
+import { startPspHttpServer } from './http-server.js';
+import { migratePspToLatest } from './migrations/index.js';
+import { PspPayments } from './payments.js';
+import type { PspDatabase } from './schema.js';
+import {
+  WEBHOOK_SENDER_DEFAULTS,
+  WebhookSender,
+  type WebhookSenderOptions,
+} from './webhook-sender.js';
+
+export type { PspBehavior, PspBehaviorPatch } from './behavior.js';
+export type { WebhookSenderOptions } from './webhook-sender.js';
+export { TEST_CARD, DECLINE_CODE } from './card.js';
+export { PSP_PAYMENT_STATE, type PspPaymentState } from './schema.js';
+
+/** Auto-pay runs at most this many payments at once and queues at most this many more. */
+const AUTO_PAY_CONCURRENCY_MAX = 8;
+const AUTO_PAY_QUEUE_MAX = 10_000;
+/** Connections of the mock's own pool. */
+const POOL_SIZE = 8;
+
+export type StartPspMockOptions = Readonly<{
+  config: Config;
+  /** gRPC port; 0 picks a free one. Default: config.PSP_GRPC_ADDR's port. */
+  grpcPort?: number;
+  /** Hosted-page port; 0 picks a free one. Default: config.PSP_HTTP_ADDR's port. */
+  httpPort?: number;
+  /** The mock's own database. Default: config.PSP_MYSQL_URL. Created if missing. */
+  mysqlUrl?: string;
+  /** Receives one line per notable event; silent by default. */
+  log?: (line: string) => void;
+  /** Overrides of the webhook sender's timing (tests use short backoffs). */
+  webhook?: Partial<WebhookSenderOptions>;
+}>;
+
+export type PspMock = Readonly<{
+  grpcPort: number;
+  httpPort: number;
+  /** Base URL of the hosted pages, e.g. http://127.0.0.1:8081 (checkout URLs start with it). */
+  publicUrl: string;
+  /**
+   * Stops accepting calls (gRPC, then HTTP), waits for running auto-pays, stops the webhook
+   * sender (attempts in flight are aborted and retried after a restart), closes the database.
+   * Idempotent.
+   */
+  stop: () => Promise<void>;
+  /** Changes the behaviour as SetBehavior does; throws InvalidArgumentError for a bad field. */
+  setBehavior: (patch: PspBehaviorPatch) => PspBehavior;
+  /** The current behaviour. */
+  behavior: () => PspBehavior;
+}>;
+
+/**
+ * Starts the PSP mock. Fails with UnavailableError (naming the address) when MySQL is
+ * unreachable; everything started before a failure is stopped again.
+ */
+export async function startPspMock(options: StartPspMockOptions): Promise<PspMock> {
+  const { config } = options;
+  const log = options.log ?? (() => undefined);
+  const mysqlUrl = options.mysqlUrl ?? config.PSP_MYSQL_URL;
+  const cleanups: Array<() => Promise<void>> = [];
+  const cleanUp = async () => {
+    for (const cleanup of cleanups.reverse()) {
+      await cleanup().catch((error: unknown) =>
+        log(`psp mock: stop step failed: ${String(error)}`),
+      );
+    }
+    cleanups.length = 0;
+  };
+
+  try {
+    await ensureDatabase(mysqlUrl);
+    const database = openDatabase<PspDatabase>(mysqlUrl, { poolSize: POOL_SIZE });
+    cleanups.push(database.close);
+    await migratePspToLatest(database.db);
+
+    const behavior = new BehaviorStore(initialBehavior(config));
+    const sender = new WebhookSender({
+      db: database.db,
+      secret: config.PSP_WEBHOOK_SECRET,
+      options: { ...WEBHOOK_SENDER_DEFAULTS, ...options.webhook },
+      log,
+    });
+    sender.start();
+    cleanups.push(() => sender.stop());
+
+    const payments = new PspPayments({
+      db: database.db,
+      behavior,
+      defaultNotificationUrl: `${settlePublicUrl(config).replace(/\/+$/, '')}/webhooks/psp`,
+      onDecided: () => sender.wake(),
+    });
+
+    const autoPay = new BoundedTasks({
+      concurrencyMax: AUTO_PAY_CONCURRENCY_MAX,
+      queueMax: AUTO_PAY_QUEUE_MAX,
+      onError: (error) => log(`psp auto-pay failed: ${String(error)}`),
+    });
+    cleanups.push(() => autoPay.close());
+
+    const httpPortWanted = options.httpPort ?? config.PSP_HTTP_ADDR.port;
+    const http = await startPspHttpServer({
+      payments,
+      host: config.PSP_HTTP_ADDR.host,
+      port: httpPortWanted,
+      log,
+    });
+    cleanups.push(http.stop);
+    // On an ephemeral port the configured public URL cannot be right; the real port is.
+    const publicUrl = httpPortWanted === 0 ? `http://127.0.0.1:${http.port}` : pspPublicUrl(config);
+
+    const grpc = await startPspGrpcServer({
+      payments,
+      behavior,
+      publicUrl,
+      host: config.PSP_GRPC_ADDR.host,
+      port: options.grpcPort ?? config.PSP_GRPC_ADDR.port,
+      log,
+      onRegistered: (token) => {
+        const card = behavior.get().autoPayCard;
+        if (card === undefined) return;
+        const queued = autoPay.push(async () => {
+          await payments.pay(token, card);
+        });
+        if (!queued) log(`psp auto-pay: queue full, payment ${token} stays REGISTERED`);
+      },
+    });
+    cleanups.push(grpc.stop);
+
+    log(
+      `psp mock: gRPC ${config.PSP_GRPC_ADDR.host}:${grpc.port}, hosted pages ${publicUrl}, ` +
+        `database ${new URL(mysqlUrl).pathname.slice(1)}`,
+    );
+
+    let stopping: Promise<void> | undefined;
+    return Object.freeze({
+      grpcPort: grpc.port,
+      httpPort: http.port,
+      publicUrl,
+      stop: () => (stopping ??= cleanUp()),
+      setBehavior: (patch: PspBehaviorPatch) => behavior.patch(patch),
+      behavior: () => behavior.get(),
+    });
+  } catch (error) {
+    await cleanUp();
+    throw error;
+  }
+}

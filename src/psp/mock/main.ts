@@ -1,0 +1,82 @@
+/**
+ * The PSP mock as a standalone process (`npm run start:psp`): load the config, start the mock,
+ * stop it on SIGTERM or SIGINT. Exit codes: 1 for a bad config or a failed start (MySQL
+ * unreachable, port in use), 0 after a clean stop.
+ */
+import { ConfigError, loadConfig, type Config } from '../../config.js';
+import { UnavailableError } from '../../domain/errors.js';
+import { startPspMock, type PspMock } from './index.js';
+
+function log(line: string): void {
+  process.stdout.write(`${new Date().toISOString()} ${line}\n`);
+}
+
+async function main(): Promise<void> {
+  let config: Config;
+  try {
+    config = loadConfig(process.env);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`psp mock: ${error.message}\n`);
+      process.exit(1);
+    }
+    throw error;
+  }
+
+  let mock: PspMock;
+  try {
+    mock = await startPspMock({ config, log });
+  } catch (error) {
+    process.stderr.write(`psp mock: ${startFailure(error)}\n`);
+    process.exit(1);
+  }
+
+  let stopping = false;
+  const stop = (signal: NodeJS.Signals) => {
+    if (stopping) return;
+    stopping = true;
+    log(`psp mock: ${signal} received, stopping`);
+    // A stop that hangs must not keep the process alive past the grace period.
+    const timer = setTimeout(() => {
+      process.stderr.write(`psp mock: stop took longer than ${config.SHUTDOWN_GRACE_MS} ms\n`);
+      process.exit(1);
+    }, config.SHUTDOWN_GRACE_MS);
+    timer.unref();
+    void mock.stop().then(
+      () => {
+        log('psp mock: stopped');
+        process.exit(0);
+      },
+      (error: unknown) => {
+        process.stderr.write(`psp mock: stop failed: ${String(error)}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}
+
+/** One line on why the mock could not start. */
+function startFailure(error: unknown): string {
+  // ensureDatabase names Settle's variable; the mock's database comes from PSP_MYSQL_URL.
+  if (error instanceof UnavailableError)
+    return error.message.replace(/\bMYSQL_URL\b/, 'PSP_MYSQL_URL');
+  const code = (error as { code?: unknown } | null)?.code;
+  if (code === 'EADDRINUSE') {
+    const address = (error as { address?: string; port?: number }).address ?? '';
+    const port = (error as { port?: number }).port ?? '';
+    return `cannot listen on ${address}:${port}: the address is in use (set PSP_GRPC_ADDR / PSP_HTTP_ADDR)`;
+  }
+  if (error instanceof Error && /No address added out of total|EADDRINUSE/.test(error.message)) {
+    return `cannot bind the gRPC port: ${error.message} (set PSP_GRPC_ADDR)`;
+  }
+  return `failed to start: ${error instanceof Error ? error.message : String(error)}`;
+}
+
+void main().catch((error: unknown) => {
+  process.stderr.write(
+    `psp mock: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+  );
+  process.exit(1);
+});

@@ -1,0 +1,405 @@
+/**
+ * What the PSP mock does, independent of how it is called: the gRPC handlers and the hosted page
+ * both come here, so paying through PayWithCard and through the form is one code path.
+ *
+ * Invariants: one payment per nonce (registration is idempotent, a different amount or currency
+ * is ALREADY_EXISTS); a payment is decided at most once, by a conditional UPDATE, and the
+ * decision, its charge (on success) and its webhook row commit in one transaction.
+ */
+import { randomBytes } from 'node:crypto';
+import {
+  AlreadyExistsError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  UnavailableError,
+  assertNever,
+} from '../../domain/errors.js';
+import { ORDER_AMOUNT_MINOR_MAX, isCurrencyCode, type CurrencyCode } from '../../domain/money.js';
+import { isDuplicateKey, isTransientLockError } from '../../storage/errors.js';
+import { toUnavailable } from '../../storage/transaction.js';
+import { encodePspWebhookEvent, PSP_WEBHOOK_EVENT_TYPE, type PspWebhookEvent } from '../webhook.js';
+import type { BehaviorStore } from './behavior.js';
+import { decideCard, parseCardNumber } from './card.js';
+import {
+  cancelRegisteredPayment,
+  decidePayment,
+  findPaymentByNonce,
+  findPaymentByToken,
+  insertCharge,
+  insertPayment,
+  listCharges,
+  lockPaymentByNonce,
+  type PspCharge,
+  type PspDb,
+  type PspPayment,
+  type PspTrx,
+} from './payment.repository.js';
+import { PSP_PAYMENT_STATE, type PspPaymentState } from './schema.js';
+import { findLatestWebhook, insertWebhook } from './webhook.repository.js';
+
+/** Longest accepted notification URL (the column is VARCHAR(2048)). */
+const NOTIFICATION_URL_LENGTH_MAX = 2_048;
+/** ListCharges has no paging in the proto; beyond this many rows it asks for a nonce filter. */
+export const LIST_CHARGES_MAX = 20_000;
+/** Attempts of one transaction that hits a deadlock or a lock wait timeout. */
+const TRANSACTION_ATTEMPTS_MAX = 4;
+
+const NONCE = /^[\x21-\x7e]{1,64}$/;
+const BASE32 = 'abcdefghijklmnopqrstuvwxyz234567';
+const TOKEN = /^tok_[a-z2-7]{24}$/;
+
+/** The hosted page of a payment; `publicUrl` is the base URL of the PSP's HTTP side. */
+export function checkoutUrl(publicUrl: string, token: string): string {
+  return `${publicUrl.replace(/\/+$/, '')}/pay/${token}`;
+}
+
+/** True if `value` has the shape of a token; checked before any database lookup. */
+export function isPaymentToken(value: string): boolean {
+  return TOKEN.test(value);
+}
+
+/** 24 random base32 characters (120 bits) after a prefix; URL-safe. */
+function randomId(prefix: 'tok_' | 'psp_' | 'evt_'): string {
+  const bytes = randomBytes(15);
+  let bits = 0;
+  let value = 0;
+  let out = prefix;
+  for (const byte of bytes) {
+    value = (value << 8) | byte;
+    bits += 8;
+    while (bits >= 5) {
+      out += BASE32[(value >>> (bits - 5)) & 31];
+      bits -= 5;
+    }
+    value &= (1 << bits) - 1;
+  }
+  return out;
+}
+
+export type RegisterInput = Readonly<{
+  nonce: string;
+  amountMinor: bigint;
+  currencyCode: string;
+  /** Empty for the PSP's default endpoint. */
+  notificationUrl: string;
+}>;
+
+export type RegisterResult = Readonly<{
+  payment: PspPayment;
+  /** False when the nonce was already registered (an idempotent repeat). */
+  created: boolean;
+}>;
+
+export type PayResult = Readonly<{
+  payment: PspPayment;
+  /** True if this call made the decision; false if the payment had been decided before. */
+  decidedNow: boolean;
+}>;
+
+export type PspPaymentsOptions = Readonly<{
+  db: PspDb;
+  behavior: BehaviorStore;
+  /** Where webhooks go when a registration names no notification_url. */
+  defaultNotificationUrl: string;
+  /** Called after a decision commits, to wake the webhook sender. */
+  onDecided: () => void;
+  /** A number in [0, 1); Math.random unless a test fixes it. */
+  random?: () => number;
+}>;
+
+export class PspPayments {
+  readonly #db: PspDb;
+  readonly #behavior: BehaviorStore;
+  readonly #defaultNotificationUrl: string;
+  readonly #onDecided: () => void;
+  readonly #random: () => number;
+
+  constructor(options: PspPaymentsOptions) {
+    this.#db = options.db;
+    this.#behavior = options.behavior;
+    this.#defaultNotificationUrl = options.defaultNotificationUrl;
+    this.#onDecided = options.onDecided;
+    this.#random = options.random ?? Math.random;
+  }
+
+  /** Registers a payment, or returns the existing one for the same nonce and amount. */
+  async register(input: RegisterInput): Promise<RegisterResult> {
+    const nonce = validNonce(input.nonce);
+    const amountMinor = validAmount(input.amountMinor);
+    const currency = validCurrency(input.currencyCode);
+    const notificationUrl = this.#validNotificationUrl(input.notificationUrl);
+    // Two rounds at most: a concurrent registration of the same nonce makes our insert fail with a
+    // duplicate key, after which the row it wrote is there to compare against.
+    for (let round = 1; round <= 2; round += 1) {
+      const existing = await this.#run(() => findPaymentByNonce(this.#db, nonce));
+      if (existing !== undefined) {
+        if (existing.amountMinor !== amountMinor || existing.currency !== currency) {
+          throw new AlreadyExistsError(
+            `nonce '${nonce}' is already registered with amount_minor ${existing.amountMinor} ` +
+              `${existing.currency}, not ${amountMinor} ${currency}`,
+          );
+        }
+        return { payment: existing, created: false };
+      }
+      const token = randomId('tok_');
+      try {
+        const now = new Date();
+        await this.#run(() =>
+          insertPayment(this.#db, { nonce, token, amountMinor, currency, notificationUrl, now }),
+        );
+      } catch (error) {
+        if (isDuplicateKey(error)) continue;
+        throw error;
+      }
+      const created = await this.#run(() => findPaymentByToken(this.#db, token));
+      if (created === undefined) throw new Error(`payment ${nonce} vanished after its insert`);
+      return { payment: created, created: true };
+    }
+    throw new UnavailableError(`registration of nonce '${nonce}' kept colliding; retry`);
+  }
+
+  /** The payment registered under a nonce; NotFoundError if there is none. */
+  async getByNonce(nonceInput: string): Promise<PspPayment> {
+    const nonce = validNonce(nonceInput);
+    const payment = await this.#run(() => findPaymentByNonce(this.#db, nonce));
+    if (payment === undefined) throw new NotFoundError('payment', nonce);
+    return payment;
+  }
+
+  /** The payment behind a hosted-page token, or undefined (also for a malformed token). */
+  async findByToken(token: string): Promise<PspPayment | undefined> {
+    if (!isPaymentToken(token)) return undefined;
+    return this.#run(() => findPaymentByToken(this.#db, token));
+  }
+
+  /**
+   * Cancels a registered payment. Cancelling a cancelled payment is a no-op; a decided one fails
+   * with FailedPreconditionError. Returns the final state (always CANCELLED).
+   */
+  async cancel(nonceInput: string): Promise<PspPaymentState> {
+    const nonce = validNonce(nonceInput);
+    // A REGISTERED payment can change under us only once (decided or cancelled), so a second
+    // look always sees a final state.
+    for (let round = 1; round <= 2; round += 1) {
+      const payment = await this.#run(() => findPaymentByNonce(this.#db, nonce));
+      if (payment === undefined) throw new NotFoundError('payment', nonce);
+      switch (payment.status) {
+        case PSP_PAYMENT_STATE.registered: {
+          const now = new Date();
+          const cancelled = await this.#run(() =>
+            cancelRegisteredPayment(this.#db, payment.id, now),
+          );
+          if (cancelled) return PSP_PAYMENT_STATE.cancelled;
+          continue;
+        }
+        case PSP_PAYMENT_STATE.cancelled:
+          return PSP_PAYMENT_STATE.cancelled;
+        case PSP_PAYMENT_STATE.succeeded:
+        case PSP_PAYMENT_STATE.declined:
+          throw new FailedPreconditionError(
+            `payment '${nonce}' is already ${payment.status} and cannot be cancelled`,
+          );
+        default:
+          return assertNever(payment.status, 'psp payment status');
+      }
+    }
+    throw new Error(`payment ${nonce} stayed REGISTERED after a failed conditional cancel`);
+  }
+
+  /**
+   * Pays with a card, as the hosted page's form does. The first call decides; later calls return
+   * that decision without charging again. NotFoundError for an unknown token, InvalidArgumentError
+   * for a bad card number, FailedPreconditionError for a cancelled payment.
+   */
+  async pay(token: string, cardNumberInput: string): Promise<PayResult> {
+    if (!isPaymentToken(token)) throw new NotFoundError('payment token', token);
+    const cardNumber = parseCardNumber(cardNumberInput);
+    const payment = await this.#run(() => findPaymentByToken(this.#db, token));
+    if (payment === undefined) throw new NotFoundError('payment token', token);
+    if (payment.status !== PSP_PAYMENT_STATE.registered) return settled(payment);
+
+    const decision = decideCard(cardNumber, this.#behavior.get().successRate, this.#random());
+    const now = new Date();
+    const status = decision.approved ? PSP_PAYMENT_STATE.succeeded : PSP_PAYMENT_STATE.declined;
+    const decided: PspPayment = Object.freeze({
+      ...payment,
+      status,
+      pspReference: decision.approved ? randomId('psp_') : undefined,
+      declineCode: decision.approved ? undefined : decision.declineCode,
+      updatedAt: now,
+    });
+    const event: PspWebhookEvent = {
+      id: randomId('evt_'),
+      type: decision.approved
+        ? PSP_WEBHOOK_EVENT_TYPE.paymentSucceeded
+        : PSP_WEBHOOK_EVENT_TYPE.paymentDeclined,
+      created: Math.floor(now.getTime() / 1000),
+      data: {
+        nonce: payment.nonce,
+        token: payment.token,
+        psp_reference: decided.pspReference ?? null,
+        amount_minor: payment.amountMinor,
+        currency: payment.currency,
+        decline_code: decided.declineCode ?? null,
+      },
+    };
+    const won = await this.#transaction(async (trx) => {
+      const updated = await decidePayment(trx, {
+        id: payment.id,
+        status,
+        pspReference: decided.pspReference,
+        declineCode: decided.declineCode,
+        now,
+      });
+      if (!updated) return false;
+      if (decided.pspReference !== undefined) {
+        await insertCharge(trx, {
+          pspReference: decided.pspReference,
+          nonce: payment.nonce,
+          amountMinor: payment.amountMinor,
+          currency: payment.currency,
+          now,
+        });
+      }
+      await insertWebhook(trx, {
+        eventId: event.id,
+        delivery: 1,
+        nonce: payment.nonce,
+        url: payment.notificationUrl,
+        body: encodePspWebhookEvent(event),
+        now,
+      });
+      return true;
+    });
+    if (!won) {
+      // Someone else decided (or cancelled) between our read and our update.
+      const current = await this.#run(() => findPaymentByToken(this.#db, token));
+      if (current === undefined) throw new NotFoundError('payment token', token);
+      return settled(current);
+    }
+    this.#onDecided();
+    return { payment: decided, decidedNow: true };
+  }
+
+  /**
+   * Queues the latest event of a nonce for delivery again: a new outbox row with the same event
+   * id and body, so the receiver sees a true duplicate. Returns the event id.
+   */
+  async resendWebhook(nonceInput: string): Promise<string> {
+    const nonce = validNonce(nonceInput);
+    const eventId = await this.#transaction(async (trx) => {
+      // The payment lock serialises resends of one nonce, so delivery numbers do not collide.
+      const payment = await lockPaymentByNonce(trx, nonce);
+      if (payment === undefined) throw new NotFoundError('payment', nonce);
+      const latest = await findLatestWebhook(trx, nonce);
+      if (latest === undefined) {
+        throw new FailedPreconditionError(
+          `payment '${nonce}' is ${payment.status} and has no webhook event to resend`,
+        );
+      }
+      const last = await trx
+        .selectFrom('psp_webhook')
+        .select((eb) => eb.fn.max('delivery').as('delivery'))
+        .where('event_id', '=', latest.eventId)
+        .executeTakeFirstOrThrow();
+      await insertWebhook(trx, {
+        eventId: latest.eventId,
+        delivery: Number(last.delivery ?? latest.delivery) + 1,
+        nonce,
+        url: latest.url,
+        body: latest.body,
+        now: new Date(),
+      });
+      return latest.eventId;
+    });
+    this.#onDecided();
+    return eventId;
+  }
+
+  /** The charges made, oldest first; FailedPreconditionError beyond LIST_CHARGES_MAX rows. */
+  async listCharges(nonceFilter: string): Promise<PspCharge[]> {
+    const nonce = nonceFilter === '' ? undefined : validNonce(nonceFilter);
+    const charges = await this.#run(() =>
+      listCharges(this.#db, { nonce, limit: LIST_CHARGES_MAX + 1 }),
+    );
+    if (charges.length > LIST_CHARGES_MAX) {
+      throw new FailedPreconditionError(
+        `more than ${LIST_CHARGES_MAX} charges; filter by nonce (ListCharges has no paging)`,
+      );
+    }
+    return charges;
+  }
+
+  #validNotificationUrl(input: string): string {
+    if (input === '') return this.#defaultNotificationUrl;
+    if (input.length > NOTIFICATION_URL_LENGTH_MAX) {
+      throw new InvalidArgumentError('notification_url', `must be at most 2048 characters`);
+    }
+    let url: URL;
+    try {
+      url = new URL(input);
+    } catch {
+      throw new InvalidArgumentError('notification_url', 'must be an absolute http(s) URL');
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+      throw new InvalidArgumentError('notification_url', 'must be an absolute http(s) URL');
+    }
+    return input;
+  }
+
+  /** Runs one query; connection failures become UnavailableError. */
+  async #run<T>(work: () => Promise<T>): Promise<T> {
+    try {
+      return await work();
+    } catch (error) {
+      throw toUnavailable(error);
+    }
+  }
+
+  /** One transaction, retried whole on deadlock or lock wait timeout (bounded). */
+  async #transaction<T>(work: (trx: PspTrx) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        return await this.#db.transaction().execute(work);
+      } catch (error) {
+        if (isTransientLockError(error) && attempt < TRANSACTION_ATTEMPTS_MAX) {
+          await new Promise((resolve) => setTimeout(resolve, 5 * attempt + Math.random() * 10));
+          continue;
+        }
+        throw toUnavailable(error);
+      }
+    }
+  }
+}
+
+/** The result of a payment that was decided before; a cancelled one cannot be paid. */
+function settled(payment: PspPayment): PayResult {
+  if (payment.status === PSP_PAYMENT_STATE.cancelled) {
+    throw new FailedPreconditionError(
+      `payment '${payment.nonce}' was cancelled and cannot be paid`,
+    );
+  }
+  return { payment, decidedNow: false };
+}
+
+function validNonce(nonce: string): string {
+  if (!NONCE.test(nonce)) {
+    throw new InvalidArgumentError('nonce', 'must be 1 to 64 visible ASCII characters');
+  }
+  return nonce;
+}
+
+function validAmount(amountMinor: bigint): bigint {
+  if (amountMinor < 1n || amountMinor > ORDER_AMOUNT_MINOR_MAX) {
+    throw new InvalidArgumentError('amount_minor', 'must be between 1 and 10^12 minor units');
+  }
+  return amountMinor;
+}
+
+function validCurrency(currencyCode: string): CurrencyCode {
+  if (!isCurrencyCode(currencyCode)) {
+    throw new InvalidArgumentError('currency_code', `must be USD, got '${currencyCode}'`);
+  }
+  return currencyCode;
+}

@@ -1,0 +1,162 @@
+/**
+ * The webhook outbox. A row is pending while neither delivered_at nor given_up_at is set. An
+ * attempt first claims its row with a conditional UPDATE that bumps `attempts` and pushes
+ * next_attempt_at to the end of a lease: a second sender (or a second loop turn) cannot take the
+ * same row, and a sender that dies mid-attempt leaves a row that becomes due again when the lease
+ * ends.
+ */
+import type { Selectable } from 'kysely';
+import type { PspDb, PspTrx } from './payment.repository.js';
+import type { PspWebhookTable } from './schema.js';
+
+export type PspWebhookDelivery = Readonly<{
+  id: string;
+  eventId: string;
+  delivery: number;
+  nonce: string;
+  url: string;
+  body: string;
+  attempts: number;
+  nextAttemptAt: Date;
+  deliveredAt: Date | undefined;
+  givenUpAt: Date | undefined;
+  lastError: string | undefined;
+}>;
+
+/** last_error is VARCHAR(512). */
+const LAST_ERROR_LENGTH_MAX = 512;
+
+export async function insertWebhook(
+  trx: PspTrx,
+  webhook: Readonly<{
+    eventId: string;
+    delivery: number;
+    nonce: string;
+    url: string;
+    body: string;
+    now: Date;
+  }>,
+): Promise<void> {
+  await trx
+    .insertInto('psp_webhook')
+    .values({
+      event_id: webhook.eventId,
+      delivery: webhook.delivery,
+      nonce: webhook.nonce,
+      url: webhook.url,
+      body: webhook.body,
+      next_attempt_at: webhook.now,
+      delivered_at: null,
+      given_up_at: null,
+      last_error: null,
+      created_at: webhook.now,
+    })
+    .execute();
+}
+
+/** The newest delivery of the newest event for a nonce. */
+export async function findLatestWebhook(
+  db: PspDb,
+  nonce: string,
+): Promise<PspWebhookDelivery | undefined> {
+  const row = await db
+    .selectFrom('psp_webhook')
+    .selectAll()
+    .where('nonce', '=', nonce)
+    .orderBy('id', 'desc')
+    .limit(1)
+    .executeTakeFirst();
+  return row === undefined ? undefined : toDelivery(row);
+}
+
+/** Pending rows that are due, oldest due first. */
+export async function findDueWebhooks(
+  db: PspDb,
+  options: { now: Date; limit: number },
+): Promise<PspWebhookDelivery[]> {
+  const rows = await db
+    .selectFrom('psp_webhook')
+    .selectAll()
+    .where('delivered_at', 'is', null)
+    .where('given_up_at', 'is', null)
+    .where('next_attempt_at', '<=', options.now)
+    .orderBy('next_attempt_at')
+    .limit(options.limit)
+    .execute();
+  return rows.map(toDelivery);
+}
+
+/**
+ * Claims a due row for one attempt until `leaseUntil`; returns the row with its new attempt
+ * count, or undefined if another sender claimed it first or it is no longer pending.
+ */
+export async function claimWebhook(
+  db: PspDb,
+  row: PspWebhookDelivery,
+  leaseUntil: Date,
+): Promise<PspWebhookDelivery | undefined> {
+  const result = await db
+    .updateTable('psp_webhook')
+    .set((eb) => ({ attempts: eb('attempts', '+', 1), next_attempt_at: leaseUntil }))
+    .where('id', '=', row.id)
+    .where('attempts', '=', row.attempts)
+    .where('delivered_at', 'is', null)
+    .where('given_up_at', 'is', null)
+    .executeTakeFirst();
+  if (result.numUpdatedRows !== 1n) return undefined;
+  return Object.freeze({ ...row, attempts: row.attempts + 1, nextAttemptAt: leaseUntil });
+}
+
+export async function markWebhookDelivered(db: PspDb, id: string, now: Date): Promise<void> {
+  await db
+    .updateTable('psp_webhook')
+    .set({ delivered_at: now, last_error: null })
+    .where('id', '=', id)
+    .execute();
+}
+
+export async function markWebhookFailed(
+  db: PspDb,
+  id: string,
+  options: { error: string; nextAttemptAt: Date },
+): Promise<void> {
+  await db
+    .updateTable('psp_webhook')
+    .set({ next_attempt_at: options.nextAttemptAt, last_error: truncate(options.error) })
+    .where('id', '=', id)
+    .execute();
+}
+
+export async function markWebhookGivenUp(
+  db: PspDb,
+  id: string,
+  options: { error: string; now: Date },
+): Promise<void> {
+  await db
+    .updateTable('psp_webhook')
+    .set({ given_up_at: options.now, last_error: truncate(options.error) })
+    .where('id', '=', id)
+    .execute();
+}
+
+function truncate(text: string): string {
+  return text.length <= LAST_ERROR_LENGTH_MAX
+    ? text
+    : `${text.slice(0, LAST_ERROR_LENGTH_MAX - 1)}…`;
+}
+
+function toDelivery(row: Selectable<PspWebhookTable>): PspWebhookDelivery {
+  return Object.freeze({
+    id: row.id,
+    eventId: row.event_id,
+    delivery: row.delivery,
+    nonce: row.nonce,
+    url: row.url,
+    body: row.body,
+    attempts: row.attempts,
+    nextAttemptAt: row.next_attempt_at,
+    deliveredAt: row.delivered_at ?? undefined,
+    givenUpAt: row.given_up_at ?? undefined,
+    lastError: row.last_error ?? undefined,
+  });
+}

@@ -1,0 +1,180 @@
+/**
+ * The PSP's webhook wire format and its signature, shared by the PSP mock (which signs) and
+ * Settle's receiver (which verifies). The signature is Stripe's scheme: the header
+ * `Psp-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, t + "." + rawBody)>` binds the
+ * exact bytes of the body to a timestamp, so a receiver must verify the raw body before parsing it
+ * and must refuse timestamps outside its tolerance (replays). Amounts travel as decimal strings.
+ */
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import { z } from 'zod';
+import { CURRENCIES, ORDER_AMOUNT_MINOR_MAX } from '../domain/money.js';
+
+/** The HTTP header that carries the signature. */
+export const PSP_SIGNATURE_HEADER = 'Psp-Signature';
+
+/** The longest signature header accepted; longer ones are refused before any parsing. */
+const SIGNATURE_HEADER_LENGTH_MAX = 1_024;
+/** A signature header may carry several v1 signatures (secret rotation); at most this many. */
+const SIGNATURES_MAX = 4;
+const HEX_SHA256 = /^[0-9a-f]{64}$/;
+const UNIX_SECONDS = /^\d{1,12}$/;
+
+/** Signs a raw webhook body; returns the value of the `Psp-Signature` header. */
+export function signWebhook(secret: string, rawBody: string, timestampS: number): string {
+  if (!Number.isSafeInteger(timestampS) || timestampS < 0) {
+    throw new Error(`timestampS must be a non-negative integer, got ${timestampS}`);
+  }
+  return `t=${timestampS},v1=${hmacHex(secret, timestampS, rawBody)}`;
+}
+
+/** Why a signature was refused. */
+export const WEBHOOK_REJECTION = {
+  missingHeader: 'missing signature header',
+  malformedHeader: 'malformed signature header',
+  timestampOutOfTolerance: 'timestamp outside tolerance',
+  signatureMismatch: 'signature mismatch',
+} as const;
+export type WebhookRejection = (typeof WEBHOOK_REJECTION)[keyof typeof WEBHOOK_REJECTION];
+
+export type WebhookVerification = { ok: true } | { ok: false; reason: WebhookRejection };
+
+export type VerifyWebhookOptions = Readonly<{
+  secret: string;
+  /** The body exactly as received, before any JSON parsing. */
+  rawBody: string;
+  /** The `Psp-Signature` header value; undefined when absent. */
+  header: string | undefined;
+  /** The receiver's clock, in unix seconds. */
+  nowS: number;
+  /** How far the signed timestamp may be from nowS, in seconds, in either direction. */
+  toleranceS: number;
+}>;
+
+/**
+ * Verifies a webhook signature in constant time. Refuses a missing or malformed header, a
+ * timestamp older or newer than the tolerance, and a signature that does not match.
+ */
+export function verifyWebhook(options: VerifyWebhookOptions): WebhookVerification {
+  const { header } = options;
+  if (header === undefined || header.trim() === '') {
+    return { ok: false, reason: WEBHOOK_REJECTION.missingHeader };
+  }
+  const parsed = parseSignatureHeader(header);
+  if (parsed === undefined) return { ok: false, reason: WEBHOOK_REJECTION.malformedHeader };
+  if (Math.abs(options.nowS - parsed.timestampS) > options.toleranceS) {
+    return { ok: false, reason: WEBHOOK_REJECTION.timestampOutOfTolerance };
+  }
+  const expected = Buffer.from(hmacHex(options.secret, parsed.timestampS, options.rawBody), 'hex');
+  // Every candidate is compared, so the time taken does not depend on which one matched.
+  let matched = false;
+  for (const signature of parsed.signatures) {
+    if (timingSafeEqual(expected, Buffer.from(signature, 'hex'))) matched = true;
+  }
+  return matched ? { ok: true } : { ok: false, reason: WEBHOOK_REJECTION.signatureMismatch };
+}
+
+type ParsedSignatureHeader = { timestampS: number; signatures: string[] };
+
+function parseSignatureHeader(header: string): ParsedSignatureHeader | undefined {
+  if (header.length > SIGNATURE_HEADER_LENGTH_MAX) return undefined;
+  let timestampS: number | undefined;
+  const signatures: string[] = [];
+  for (const part of header.split(',')) {
+    const index = part.indexOf('=');
+    if (index <= 0) return undefined;
+    const key = part.slice(0, index).trim();
+    const value = part.slice(index + 1).trim();
+    if (key === 't') {
+      if (timestampS !== undefined || !UNIX_SECONDS.test(value)) return undefined;
+      timestampS = Number(value);
+    } else if (key === 'v1') {
+      if (!HEX_SHA256.test(value)) return undefined;
+      signatures.push(value);
+    }
+    // Other schemes (v0, future versions) are ignored, as Stripe's receivers do.
+  }
+  if (timestampS === undefined || signatures.length === 0 || signatures.length > SIGNATURES_MAX) {
+    return undefined;
+  }
+  return { timestampS, signatures };
+}
+
+function hmacHex(secret: string, timestampS: number, rawBody: string): string {
+  return createHmac('sha256', secret).update(`${timestampS}.${rawBody}`, 'utf8').digest('hex');
+}
+
+/** The kinds of events the PSP sends. */
+export const PSP_WEBHOOK_EVENT_TYPE = {
+  paymentSucceeded: 'payment.succeeded',
+  paymentDeclined: 'payment.declined',
+} as const;
+export type PspWebhookEventType =
+  (typeof PSP_WEBHOOK_EVENT_TYPE)[keyof typeof PSP_WEBHOOK_EVENT_TYPE];
+
+const shortText = z.string().min(1).max(64);
+
+/** Minor units as a decimal string ("1999"), 1..10^12, parsed to bigint. */
+const amountMinorString = z
+  .string()
+  .regex(/^[1-9]\d{0,12}$/, 'must be a positive integer in minor units, as a decimal string')
+  .transform((value) => BigInt(value))
+  .refine((value) => value <= ORDER_AMOUNT_MINOR_MAX, 'must be at most 10^12');
+
+/**
+ * A webhook body. Unknown fields are ignored (the PSP may add some); a succeeded event carries a
+ * psp_reference, a declined one a decline_code.
+ */
+export const pspWebhookEventSchema = z
+  .object({
+    id: shortText,
+    type: z.enum([PSP_WEBHOOK_EVENT_TYPE.paymentSucceeded, PSP_WEBHOOK_EVENT_TYPE.paymentDeclined]),
+    /** When the event happened, in unix seconds. */
+    created: z.number().int().nonnegative(),
+    data: z.object({
+      nonce: shortText,
+      token: shortText,
+      psp_reference: shortText.nullable(),
+      amount_minor: amountMinorString,
+      currency: z.enum(CURRENCIES),
+      decline_code: shortText.nullable(),
+    }),
+  })
+  .superRefine((event, context) => {
+    if (
+      event.type === PSP_WEBHOOK_EVENT_TYPE.paymentSucceeded &&
+      event.data.psp_reference === null
+    ) {
+      context.addIssue({
+        code: 'custom',
+        path: ['data', 'psp_reference'],
+        message: 'is required for payment.succeeded',
+      });
+    }
+    if (event.type === PSP_WEBHOOK_EVENT_TYPE.paymentDeclined && event.data.decline_code === null) {
+      context.addIssue({
+        code: 'custom',
+        path: ['data', 'decline_code'],
+        message: 'is required for payment.declined',
+      });
+    }
+  });
+
+/** A parsed webhook body: amount_minor is a bigint. */
+export type PspWebhookEvent = z.output<typeof pspWebhookEventSchema>;
+
+/** Serialises an event to its wire form (amount_minor as a decimal string). */
+export function encodePspWebhookEvent(event: PspWebhookEvent): string {
+  return JSON.stringify({
+    id: event.id,
+    type: event.type,
+    created: event.created,
+    data: {
+      nonce: event.data.nonce,
+      token: event.data.token,
+      psp_reference: event.data.psp_reference,
+      amount_minor: event.data.amount_minor.toString(),
+      currency: event.data.currency,
+      decline_code: event.data.decline_code,
+    },
+  });
+}

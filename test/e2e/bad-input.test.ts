@@ -1,0 +1,222 @@
+/**
+ * Goal: bad input gets a clear gRPC status naming what to fix, never INTERNAL or a stack, and
+ * leaves nothing behind. Method: each bad request against a real stack, asserting the code, the
+ * message, and that the row counts of every table are unchanged. Ends with the database taken
+ * away: UNAVAILABLE.
+ */
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as grpc from '@grpc/grpc-js';
+import type { CreatePaymentRequest } from '../../src/grpc/generated/settle/v1/payment.js';
+import { inject } from 'vitest';
+import {
+  call,
+  callError,
+  rowCounts,
+  startStack,
+  testDatabaseUrl,
+  type Stack,
+} from '../support/harness.js';
+import { startTcpProxy } from '../support/tcp-proxy.js';
+
+let stack: Stack;
+beforeAll(async () => {
+  stack = await startStack({ env: { GRPC_MESSAGE_BYTES_MAX: String(64 * 1024) } });
+});
+afterAll(async () => stack?.stop());
+
+const valid = (): CreatePaymentRequest => ({
+  requestId: randomUUID(),
+  buyerId: 'buyer-1',
+  currencyCode: 'USD',
+  orders: [{ sellerId: 'seller-1', amountMinor: 100n }],
+});
+
+const cases: Array<
+  [name: string, request: () => CreatePaymentRequest, code: grpc.status, message: RegExp]
+> = [
+  [
+    'missing request_id',
+    () => ({ ...valid(), requestId: '' }),
+    grpc.status.INVALID_ARGUMENT,
+    /request_id: request_id is required/,
+  ],
+  [
+    'request_id not a UUID',
+    () => ({ ...valid(), requestId: 'abc' }),
+    grpc.status.INVALID_ARGUMENT,
+    /request_id: request_id must be a UUID/,
+  ],
+  [
+    'empty buyer_id',
+    () => ({ ...valid(), buyerId: '' }),
+    grpc.status.INVALID_ARGUMENT,
+    /buyer_id: buyer_id is required/,
+  ],
+  [
+    'buyer_id with spaces',
+    () => ({ ...valid(), buyerId: 'a b' }),
+    grpc.status.INVALID_ARGUMENT,
+    /buyer_id: buyer_id must be/,
+  ],
+  [
+    'unknown currency',
+    () => ({ ...valid(), currencyCode: 'EUR' }),
+    grpc.status.INVALID_ARGUMENT,
+    /currency_code: currency 'EUR' is not supported; only USD/,
+  ],
+  [
+    'missing currency',
+    () => ({ ...valid(), currencyCode: '' }),
+    grpc.status.INVALID_ARGUMENT,
+    /currency_code: currency_code is required/,
+  ],
+  [
+    'no orders',
+    () => ({ ...valid(), orders: [] }),
+    grpc.status.INVALID_ARGUMENT,
+    /orders: at least one order is required/,
+  ],
+  [
+    '51 orders',
+    () => ({
+      ...valid(),
+      orders: Array.from({ length: 51 }, (_, i) => ({ sellerId: `s${i}`, amountMinor: 1n })),
+    }),
+    grpc.status.INVALID_ARGUMENT,
+    /orders: at most 50 orders/,
+  ],
+  [
+    'amount zero',
+    () => ({ ...valid(), orders: [{ sellerId: 's', amountMinor: 0n }] }),
+    grpc.status.INVALID_ARGUMENT,
+    /orders\[0\]\.amount_minor: amount_minor must be greater than 0/,
+  ],
+  [
+    'negative amount',
+    () => ({ ...valid(), orders: [{ sellerId: 's', amountMinor: -5n }] }),
+    grpc.status.INVALID_ARGUMENT,
+    /orders\[0\]\.amount_minor: amount_minor must be greater than 0/,
+  ],
+  [
+    'amount above 10^12',
+    () => ({ ...valid(), orders: [{ sellerId: 's', amountMinor: 1_000_000_000_001n }] }),
+    grpc.status.INVALID_ARGUMENT,
+    /orders\[0\]\.amount_minor: amount_minor must be at most 1000000000000/,
+  ],
+  [
+    'empty seller_id',
+    () => ({ ...valid(), orders: [{ sellerId: '', amountMinor: 1n }] }),
+    grpc.status.INVALID_ARGUMENT,
+    /orders\[0\]\.seller_id: seller_id is required/,
+  ],
+  [
+    'same seller twice',
+    () => ({
+      ...valid(),
+      orders: [
+        { sellerId: 's', amountMinor: 1n },
+        { sellerId: 's', amountMinor: 2n },
+      ],
+    }),
+    grpc.status.INVALID_ARGUMENT,
+    /orders\[1\]\.seller_id: seller 's' appears twice/,
+  ],
+  [
+    'oversized message',
+    () => ({ ...valid(), buyerId: 'x'.repeat(100 * 1024) }),
+    grpc.status.RESOURCE_EXHAUSTED,
+    /larger than max/i,
+  ],
+];
+
+describe('bad input', () => {
+  it.each(cases)(
+    'CreatePayment with %s → clear status, nothing written',
+    async (_name, request, code, message) => {
+      const before = await rowCounts(stack.settle.db);
+      const error = await callError(stack.payments.createPayment.bind(stack.payments), request());
+      expect(grpc.status[error.code]).toBe(grpc.status[code]);
+      expect(error.details).toMatch(message);
+      expect(error.details).not.toMatch(/\bat .*\.ts:\d+/);
+      expect(await rowCounts(stack.settle.db)).toEqual(before);
+    },
+  );
+
+  it.each([
+    ['', grpc.status.INVALID_ARGUMENT, /payment_id: payment_id is required/],
+    [
+      'not-an-id',
+      grpc.status.INVALID_ARGUMENT,
+      /payment_id: 'not-an-id' is not a valid payment_id/,
+    ],
+    [
+      'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G',
+      grpc.status.NOT_FOUND,
+      /payment 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G' not found/,
+    ],
+  ])('GetPayment(%j) → %s', async (paymentId, code, message) => {
+    const error = await callError(stack.payments.getPayment.bind(stack.payments), { paymentId });
+    expect(error.code).toBe(code);
+    expect(error.details).toMatch(message);
+  });
+
+  it('answers NOT_FOUND for a seller without a wallet and INVALID_ARGUMENT for no seller', async () => {
+    const missing = await callError(stack.wallets.getWallet.bind(stack.wallets), {
+      sellerId: 'nobody',
+    });
+    expect(missing.code).toBe(grpc.status.NOT_FOUND);
+    expect(missing.details).toMatch(/wallet of seller 'nobody' not found/);
+    const empty = await callError(stack.wallets.getWallet.bind(stack.wallets), { sellerId: '' });
+    expect(empty.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(empty.details).toMatch(/seller_id/);
+  });
+
+  it('rejects a bad page token and a negative page size', async () => {
+    const token = await callError(stack.payments.listPayments.bind(stack.payments), {
+      pageSize: 1,
+      pageToken: 'garbage',
+      state: 0,
+      buyerId: '',
+    });
+    expect(token.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(token.details).toMatch(/page_token/);
+    const size = await callError(stack.payments.listPayments.bind(stack.payments), {
+      pageSize: -1,
+      pageToken: '',
+      state: 0,
+      buyerId: '',
+    });
+    expect(size.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(size.details).toMatch(/page_size/);
+  });
+});
+
+describe('MySQL unavailable', () => {
+  it('answers UNAVAILABLE while the database is unreachable, and works again after', async () => {
+    const mysql = new URL(inject('mysqlUrl'));
+    const proxy = await startTcpProxy({ host: mysql.hostname, port: Number(mysql.port || 3306) });
+    const database = testDatabaseUrl('settle_unavail_t');
+    const proxied = new URL(database);
+    proxied.hostname = '127.0.0.1';
+    proxied.port = String(proxy.port);
+    const local = await startStack({ env: { MYSQL_URL: proxied.toString() } });
+    try {
+      proxy.down();
+      const create = await callError(local.payments.createPayment.bind(local.payments), valid());
+      expect(grpc.status[create.code]).toBe('UNAVAILABLE');
+      expect(create.details).toMatch(/database is unavailable/);
+      const get = await callError(local.payments.getPayment.bind(local.payments), {
+        paymentId: 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G',
+      });
+      expect(grpc.status[get.code]).toBe('UNAVAILABLE');
+      proxy.up();
+      const created = await call(local.payments.createPayment.bind(local.payments), valid());
+      expect(created.payment?.paymentId).toMatch(/^pay_/);
+    } finally {
+      proxy.up();
+      await local.stop();
+      await proxy.close();
+    }
+  });
+});

@@ -1,0 +1,273 @@
+/**
+ * Shared test support: per-file databases and namespaces on the real MariaDB and NATS, a full
+ * stack (PSP mock + Settle node) on free ports, typed gRPC clients, the hosted-page flow as a
+ * browser does it, condition waits with deadlines, and the money invariants every scenario ends
+ * with (ledger balanced, wallets equal to the ledger).
+ */
+import net from 'node:net';
+import { randomBytes } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { createConnection } from 'mysql2/promise';
+import { sql } from 'kysely';
+import { expect, inject } from 'vitest';
+import { loadConfig, type Config } from '../../src/config.js';
+import { startSettle, type SettleNode, type SettleOverrides } from '../../src/app.js';
+import { startPspMock, type PspMock } from '../../src/psp/mock/index.js';
+import { parseMysqlUrl, type Db } from '../../src/storage/db.js';
+import {
+  trialBalance,
+  walletsNotMatchingLedger,
+} from '../../src/storage/repositories/ledger.repository.js';
+import { PaymentServiceClient } from '../../src/grpc/generated/settle/v1/payment.js';
+import {
+  LedgerServiceClient,
+  WalletServiceClient,
+} from '../../src/grpc/generated/settle/v1/wallet.js';
+import { PspServiceClient } from '../../src/grpc/generated/settle/psp/v1/psp.js';
+import { connect } from '@nats-io/transport-node';
+import { deleteTopology } from '../../src/messaging/nats.js';
+
+export function uniqueSuffix(): string {
+  return randomBytes(4).toString('hex');
+}
+
+/** A database URL on the test server with a fresh database name (created on first use). */
+export function testDatabaseUrl(prefix: string): string {
+  const url = new URL(inject('mysqlUrl'));
+  url.pathname = `/${prefix}_${uniqueSuffix()}`;
+  return url.toString();
+}
+
+export async function dropDatabase(url: string): Promise<void> {
+  const target = parseMysqlUrl(url);
+  const connection = await createConnection({
+    host: target.host,
+    port: target.port,
+    user: target.user,
+    password: target.password,
+  });
+  try {
+    await connection.query(`DROP DATABASE IF EXISTS \`${target.database}\``);
+  } finally {
+    await connection.end();
+  }
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address !== null ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+export function testConfig(env: Record<string, string> = {}): Config {
+  return loadConfig({
+    NATS_URL: inject('natsUrl'),
+    LOG_LEVEL: 'silent',
+    CREATE_WAIT_MS: '2000',
+    PSP_SUCCESS_RATE: '1',
+    ...env,
+  });
+}
+
+export type Stack = Readonly<{
+  config: Config;
+  settle: SettleNode;
+  psp: PspMock;
+  payments: PaymentServiceClient;
+  wallets: WalletServiceClient;
+  ledger: LedgerServiceClient;
+  pspApi: PspServiceClient;
+  settleHttp: string;
+  stop: () => Promise<void>;
+}>;
+
+/**
+ * Starts the PSP mock and one Settle node, each with its own database, in a fresh namespace, on
+ * free ports. `stop()` stops both, deletes the streams and drops the databases.
+ */
+export async function startStack(
+  options: { env?: Record<string, string>; overrides?: SettleOverrides } = {},
+): Promise<Stack> {
+  const [grpcPort, httpPort, pspGrpcPort, pspHttpPort] = await Promise.all([
+    freePort(),
+    freePort(),
+    freePort(),
+    freePort(),
+  ]);
+  const settleDb = testDatabaseUrl('settle_t');
+  const pspDb = testDatabaseUrl('settle_psp_t');
+  const config = testConfig({
+    MYSQL_URL: settleDb,
+    PSP_MYSQL_URL: pspDb,
+    SETTLE_NAMESPACE: `t${uniqueSuffix()}`,
+    SETTLE_GRPC_ADDR: `127.0.0.1:${grpcPort}`,
+    SETTLE_HTTP_ADDR: `127.0.0.1:${httpPort}`,
+    PSP_GRPC_ADDR: `127.0.0.1:${pspGrpcPort}`,
+    PSP_HTTP_ADDR: `127.0.0.1:${pspHttpPort}`,
+    ...options.env,
+  });
+  const psp = await startPspMock({ config, webhook: { backoffMsInitial: 50, backoffMsMax: 500 } });
+  const settle = await startSettle(config, { nodeName: 'test-node', ...options.overrides });
+  const address = `127.0.0.1:${settle.grpcPort}`;
+  const credentials = grpc.credentials.createInsecure();
+  const payments = new PaymentServiceClient(address, credentials);
+  const wallets = new WalletServiceClient(address, credentials);
+  const ledger = new LedgerServiceClient(address, credentials);
+  const pspApi = new PspServiceClient(`127.0.0.1:${psp.grpcPort}`, credentials);
+  return {
+    config,
+    settle,
+    psp,
+    payments,
+    wallets,
+    ledger,
+    pspApi,
+    settleHttp: `http://127.0.0.1:${settle.httpPort}`,
+    stop: async () => {
+      for (const client of [payments, wallets, ledger, pspApi]) client.close();
+      await settle.stop();
+      await psp.stop();
+      await removeNamespace(config);
+      await dropDatabase(config.MYSQL_URL);
+      await dropDatabase(config.PSP_MYSQL_URL);
+    },
+  };
+}
+
+export async function removeNamespace(config: Config): Promise<void> {
+  const nc = await connect({ servers: config.NATS_URL });
+  try {
+    const { names } = await import('../../src/messaging/subjects.js');
+    await deleteTopology(nc, names(config.SETTLE_NAMESPACE, config.CMD_PARTITIONS));
+  } finally {
+    await nc.close();
+  }
+}
+
+/** Promisifies one unary call of a ts-proto grpc-js client. */
+export function call<Req, Res>(
+  method: (
+    request: Req,
+    metadata: grpc.Metadata,
+    options: Partial<grpc.CallOptions>,
+    callback: (error: grpc.ServiceError | null, response: Res) => void,
+  ) => grpc.ClientUnaryCall,
+  request: Req,
+  timeoutMs = 10_000,
+): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    method(request, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (error, response) =>
+      error ? reject(error) : resolve(response),
+    );
+  });
+}
+
+/** Runs a call that must fail; returns the ServiceError. */
+export async function callError<Req, Res>(
+  method: Parameters<typeof call<Req, Res>>[0],
+  request: Req,
+): Promise<grpc.ServiceError> {
+  try {
+    await call(method, request);
+  } catch (error) {
+    return error as grpc.ServiceError;
+  }
+  throw new Error('expected the call to fail');
+}
+
+export async function waitFor<T>(
+  probe: () => Promise<T | undefined | false>,
+  options: { timeoutMs?: number; intervalMs?: number; what?: string } = {},
+): Promise<T> {
+  const deadline = Date.now() + (options.timeoutMs ?? 15_000);
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const value = await probe();
+      if (value !== undefined && value !== false) return value;
+    } catch (error) {
+      last = error;
+    }
+    await new Promise((resolve) => setTimeout(resolve, options.intervalMs ?? 25));
+  }
+  throw new Error(
+    `timed out waiting for ${options.what ?? 'condition'}${last ? `: ${String(last)}` : ''}`,
+  );
+}
+
+/** Pays on the hosted page as a browser does: GET the page, find the form, POST the card. */
+export async function payOnHostedPage(
+  checkoutUrl: string,
+  cardNumber: string,
+): Promise<{ status: number; html: string }> {
+  const page = await fetch(checkoutUrl, { signal: AbortSignal.timeout(5_000) });
+  const html = await page.text();
+  expect(page.status).toBe(200);
+  const form =
+    /<form[^>]*method="post"[^>]*action="([^"]+)"/i.exec(html) ??
+    /<form[^>]*action="([^"]+)"[^>]*method="post"/i.exec(html);
+  expect(form, 'hosted page has a POST form').not.toBeNull();
+  expect(html).toMatch(/name="card_number"/);
+  const action = new URL(form?.[1] ?? '', checkoutUrl).toString();
+  const response = await fetch(action, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ card_number: cardNumber }).toString(),
+    signal: AbortSignal.timeout(5_000),
+  });
+  return { status: response.status, html: await response.text() };
+}
+
+export const CARD = { success: '4242424242424242', decline: '4000000000000002' } as const;
+
+/** Every ledger transaction balances and the trial balance is zero per currency. */
+export async function expectLedgerBalanced(db: Db): Promise<void> {
+  const unbalanced = await sql<{ transaction_id: string }>`
+    SELECT transaction_id FROM ledger_entry GROUP BY transaction_id
+    HAVING SUM(debit_minor) <> SUM(credit_minor)`.execute(db);
+  expect(unbalanced.rows, 'unbalanced ledger transactions').toEqual([]);
+  const totals = new Map<string, bigint>();
+  for (const account of await trialBalance(db)) {
+    totals.set(account.currency, (totals.get(account.currency) ?? 0n) + account.balanceMinor);
+  }
+  for (const [currency, total] of totals) expect(total, `trial balance ${currency}`).toBe(0n);
+}
+
+/** Every wallet equals its seller's payable account in the ledger, and vice versa. */
+export async function expectWalletsMatchLedger(db: Db): Promise<void> {
+  expect(await walletsNotMatchingLedger(db)).toEqual([]);
+}
+
+export async function expectMoneyInvariants(db: Db): Promise<void> {
+  await expectLedgerBalanced(db);
+  await expectWalletsMatchLedger(db);
+}
+
+/** Row counts of every Settle table, to prove a rejected request wrote nothing. */
+export async function rowCounts(db: Db): Promise<Record<string, number>> {
+  const tables = [
+    'idempotency_key',
+    'payment',
+    'payment_order',
+    'payment_order_transition',
+    'ledger_transaction',
+    'ledger_entry',
+    'wallet',
+    'outbox',
+    'inbox',
+  ];
+  const counts: Record<string, number> = {};
+  for (const table of tables) {
+    const result = await sql<{ n: string }>`SELECT COUNT(*) AS n FROM ${sql.table(table)}`.execute(
+      db,
+    );
+    counts[table] = Number(result.rows[0]?.n ?? 0);
+  }
+  return counts;
+}
