@@ -41,7 +41,12 @@ export async function dropDatabase(url: string): Promise<void> {
 }
 
 export function testConfig(env: Record<string, string> = {}): Config {
-  return loadConfig({ PSP_WEBHOOK_SECRET: 'whsec_test_secret_0123456789', ...env });
+  return loadConfig({
+    PSP_WEBHOOK_SECRET: 'whsec_test_secret_0123456789',
+    // The mock's daily settlement-file writer stays off in tests unless a test turns it on.
+    PSP_SETTLEMENT_AT: 'off',
+    ...env,
+  });
 }
 
 /** A port nothing listens on (bound, then released). */
