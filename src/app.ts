@@ -31,11 +31,15 @@ import { ledgerHandlers, walletHandlers } from './grpc/handlers/ledger.handlers.
 import { createHttpServer, json, listenHttp, type Route } from './http/router.js';
 import { WEBHOOK_PATH, webhookRoute } from './http/webhook.route.js';
 import { createLogger, type Logger } from './observability/logger.js';
+import { ReconciliationSchedule, ReconciliationService } from './reconciliation/index.js';
+import { ReconciliationServiceService } from './grpc/generated/settle/v1/reconciliation.js';
+import { reconciliationHandlers } from './grpc/handlers/reconciliation.handlers.js';
 
 export const SETTLE_SERVICES = [
   'settle.v1.PaymentService',
   'settle.v1.WalletService',
   'settle.v1.LedgerService',
+  'settle.v1.ReconciliationService',
 ] as const;
 
 export type SettleOverrides = Partial<{
@@ -63,6 +67,8 @@ export type SettleNode = Readonly<{
   psp: PspPort;
   health: Health;
   logger: Logger;
+  /** Settlement-file reconciliation (the RPCs and the nightly schedule use it). */
+  reconciliation: ReconciliationService;
   /** Extra HTTP routes may be added before requests arrive (admin, REST, metrics). */
   routes: Route[];
   /** Delivers a command to its order's actor, as the consumer does. */
@@ -208,6 +214,24 @@ export async function startSettle(
       now,
     });
 
+    const reconciliation = new ReconciliationService({
+      db,
+      dir: config.SETTLEMENT_DIR,
+      nodeName,
+      batchRows: config.RECONCILIATION_BATCH_ROWS,
+      rowsMax: config.RECONCILIATION_FILE_ROWS_MAX,
+      waitMs: config.RECONCILIATION_WAIT_MS,
+      now,
+      onEvent: (event) =>
+        event.type === 'failed'
+          ? logger.error(
+              { err: event.error, runId: event.runId },
+              `reconciliation of ${event.day} failed`,
+            )
+          : logger.info(event, `reconciliation ${event.type}`),
+    });
+    cleanups.push(() => reconciliation.stop());
+
     // gRPC
     const health = createHealth([...SETTLE_SERVICES]);
     const grpcServer = createGrpcServer({ maxMessageBytes: config.GRPC_MESSAGE_BYTES_MAX });
@@ -218,6 +242,10 @@ export async function startSettle(
     grpcServer.addService(PaymentServiceService, paymentHandlers(payments, adapterOptions));
     grpcServer.addService(WalletServiceService, walletHandlers(db, adapterOptions));
     grpcServer.addService(LedgerServiceService, ledgerHandlers(db, adapterOptions));
+    grpcServer.addService(
+      ReconciliationServiceService,
+      reconciliationHandlers(reconciliation, adapterOptions),
+    );
     health.addToServer(grpcServer);
     addReflection(grpcServer, { services: [...SETTLE_SERVICES, HEALTH_SERVICE_NAME] });
     const grpcPort = await listen(
@@ -279,6 +307,22 @@ export async function startSettle(
     purge.unref();
     cleanups.push(() => clearInterval(purge));
 
+    if (config.RECONCILIATION_AT !== undefined) {
+      const schedule = new ReconciliationSchedule({
+        db,
+        reconciliation,
+        nodeName,
+        atMinutes: config.RECONCILIATION_AT,
+        catchUpDays: config.RECONCILIATION_CATCH_UP_DAYS,
+        retryMs: config.RECONCILIATION_RETRY_MS,
+        now,
+        onOutcome: (outcome) => logger.info(outcome, `nightly reconciliation of ${outcome.day}`),
+        onError: (error) => logger.warn({ err: error }, 'nightly reconciliation check failed'),
+      });
+      schedule.start();
+      cleanups.push(() => schedule.stop());
+    }
+
     health.setServing(true);
     cleanups.push(() => health.setServing(false));
     logger.info(
@@ -303,6 +347,7 @@ export async function startSettle(
       psp,
       health,
       logger,
+      reconciliation,
       routes,
       dispatch,
       stop: stopAll,

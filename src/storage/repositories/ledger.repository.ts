@@ -234,3 +234,87 @@ export async function walletsNotMatchingLedger(
     ledgerMinor: BigInt(row.ledger_minor),
   }));
 }
+
+/**
+ * postLedgerTransaction for many transactions in three statements (reconciliation books a fee
+ * per settled order, up to millions per file). Same invariants: each transaction is checked to
+ * balance before the insert, and what was stored is checked again inside the same database
+ * transaction. A transaction whose (order, kind) exists already fails the batch with a duplicate
+ * key (errno 1062), so the caller filters those out first.
+ */
+export async function postLedgerTransactions(
+  trx: Trx,
+  inputs: ReadonlyArray<Parameters<typeof postLedgerTransaction>[1]>,
+): Promise<void> {
+  if (inputs.length === 0) return;
+  const amounts = inputs.map((input) => {
+    const debits = input.entries.reduce((total, e) => total + e.debitMinor, 0n);
+    const credits = input.entries.reduce((total, e) => total + e.creditMinor, 0n);
+    if (input.entries.length < 2 || debits !== credits || debits <= 0n) {
+      throw new UnbalancedLedgerTransactionError(
+        `ledger transaction ${input.kind} for ${input.orderId} does not balance: ` +
+          `debits ${debits}, credits ${credits}, ${input.entries.length} entries`,
+      );
+    }
+    return debits;
+  });
+  await trx
+    .insertInto('ledger_transaction')
+    .values(
+      inputs.map((input, index) => ({
+        id: input.id,
+        order_id: input.orderId,
+        kind: input.kind,
+        currency: input.currency,
+        amount_minor: amounts[index] ?? 0n,
+        created_at: input.now,
+      })),
+    )
+    .execute();
+  await trx
+    .insertInto('ledger_entry')
+    .values(
+      inputs.flatMap((input) =>
+        input.entries.map((entry) => ({
+          transaction_id: input.id,
+          account: entry.account,
+          order_id: input.orderId,
+          kind: entry.kind,
+          currency: input.currency,
+          debit_minor: entry.debitMinor,
+          credit_minor: entry.creditMinor,
+          created_at: input.now,
+        })),
+      ),
+    )
+    .execute();
+  // The pair assertion: every transaction was stored with all its entries, and balances.
+  const stored = await trx
+    .selectFrom('ledger_entry')
+    .select([
+      'transaction_id',
+      sql<string>`SUM(debit_minor)`.as('debits'),
+      sql<string>`SUM(credit_minor)`.as('credits'),
+      sql<string>`COUNT(*)`.as('entries'),
+    ])
+    .where(
+      'transaction_id',
+      'in',
+      inputs.map((input) => input.id),
+    )
+    .groupBy('transaction_id')
+    .execute();
+  const expectedEntries = new Map(inputs.map((input) => [input.id, input.entries.length]));
+  const wrong = stored.filter(
+    (row) =>
+      BigInt(row.debits) !== BigInt(row.credits) ||
+      Number(row.entries) !== expectedEntries.get(row.transaction_id),
+  );
+  if (wrong.length > 0 || stored.length !== inputs.length) {
+    throw new UnbalancedLedgerTransactionError(
+      `stored ledger transactions do not balance or miss entries: ` +
+        `${stored.length} of ${inputs.length} found, wrong: ` +
+        wrong.map((row) => row.transaction_id).join(', '),
+    );
+  }
+}
