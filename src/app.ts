@@ -228,7 +228,10 @@ export async function startSettle(
               { err: event.error, runId: event.runId },
               `reconciliation of ${event.day} failed`,
             )
-          : logger.info(event, `reconciliation ${event.type}`),
+          : logger.info(
+              event,
+              `reconciliation ${event.type}${event.type === 'phase' ? ` ${event.phase}` : ''}`,
+            ),
     });
     cleanups.push(() => reconciliation.stop());
 

@@ -5,6 +5,7 @@ export {
   resolveSettlementFile,
   type ReconciliationEvent,
   type ReconciliationOptions,
+  type RunPhase,
   type RunSource,
 } from './reconciliation.service.js';
 export type { InternalCheck, Mismatch, Run } from './reconciliation.repository.js';

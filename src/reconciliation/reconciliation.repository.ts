@@ -12,7 +12,11 @@ import { sql, type RawBuilder, type Selectable } from 'kysely';
 import { addUtcDays, startOfUtcDay, type UtcDay } from '../domain/utc-day.js';
 import type { Db } from '../storage/db.js';
 import { isDuplicateKey, isTransientLockError } from '../storage/errors.js';
-import { toUnavailable } from '../storage/transaction.js';
+import {
+  ACCOUNT,
+  UnbalancedLedgerTransactionError,
+} from '../storage/repositories/ledger.repository.js';
+import { inTransaction, toUnavailable } from '../storage/transaction.js';
 import { RECONCILIATION_CLASS, type ReconciliationClass } from './compare.js';
 import { reconDb, RUN_STATE, type ReconRunTable, type RunState } from './reconciliation.table.js';
 import type { SettlementRow } from './settlement-file.js';
@@ -356,11 +360,13 @@ export async function classifyChunk(
   const dayEnd = startOfUtcDay(addUtcDays(day, 1));
   await inReadCommitted(db, async (trx) => {
     // Rule 3: already settled by a payment row of another day's reconciled file.
+    // STRAIGHT_JOIN and FORCE INDEX: this chunk's rows first, then one index lookup each into
+    // the other runs' rows; the optimizer otherwise starts from every other run's rows.
     await sql`
       UPDATE recon_file_row r
-      JOIN recon_file_row p
+      STRAIGHT_JOIN recon_file_row p FORCE INDEX (recon_file_row_merchant)
         ON p.merchant_reference = r.merchant_reference AND p.run_id <> r.run_id
-      JOIN recon_run u ON u.id = p.run_id
+      STRAIGHT_JOIN recon_run u ON u.id = p.run_id
       SET r.class = ${RECONCILIATION_CLASS.duplicate},
           r.duplicate_of = CONCAT(p.run_id, ' line ', p.line_no)
       WHERE r.run_id = ${runId} AND r.line_no BETWEEN ${fromLine} AND ${toLine}
@@ -410,44 +416,69 @@ export async function classifyChunk(
   });
 }
 
-export type FeeToBook = Readonly<{
-  lineNumber: number;
-  orderId: string;
-  currency: string;
-  feeMinor: bigint;
-}>;
-
 /**
- * Settled rows (MATCHED or TIMING) with a fee that has no PSP_FEE ledger transaction yet, after
- * `afterLine`, in line order.
+ * Books the PSP's fee of every settled row (MATCHED or TIMING) of lines [fromLine, toLine] that
+ * has no PSP_FEE ledger transaction yet: a transaction per order (debit fee_expense, credit
+ * psp_receivable, same amount), set-based in three statements of one transaction. Ids are
+ * `idPrefix` (ltx_, 10 time and 6 random base-32 characters, fresh per attempt) followed by the
+ * zero-padded line number, so they are unique and sort by time like newId(). The invariants of
+ * postLedgerTransaction hold: each transaction balances by construction, and the stored entries
+ * are checked again before the commit. The unique (order, kind) key makes a repeated run, or two
+ * runs naming the same order, book a fee once (the loser's batch fails with errno 1062 and is
+ * retried without the booked orders). Returns how many transactions were booked.
  */
-export async function feesToBook(
+export async function bookFees(
   db: Db,
-  query: { runId: string; afterLine: number; limit: number },
-): Promise<FeeToBook[]> {
-  const result = await sql<{
-    line_no: number;
-    merchant_reference: string;
-    currency: string;
-    fee_minor: string;
-  }>`
-    SELECT r.line_no, r.merchant_reference, r.currency, r.fee_minor
-    FROM recon_file_row r
-    LEFT JOIN ledger_transaction f
-      ON f.order_id = r.merchant_reference AND f.kind = ${FEE_LEDGER_KIND.transaction}
-    WHERE r.run_id = ${query.runId} AND r.line_no > ${query.afterLine}
-      AND r.class IN (${RECONCILIATION_CLASS.matched}, ${RECONCILIATION_CLASS.timing})
-      AND r.fee_minor > 0 AND f.id IS NULL
-    ORDER BY r.line_no
-    LIMIT ${query.limit}`
-    .execute(db)
-    .catch(rethrow);
-  return result.rows.map((row) => ({
-    lineNumber: Number(row.line_no),
-    orderId: row.merchant_reference,
-    currency: row.currency,
-    feeMinor: BigInt(row.fee_minor),
-  }));
+  chunk: { runId: string; fromLine: number; toLine: number; idPrefix: string; now: Date },
+): Promise<number> {
+  if (!/^ltx_[0-9A-HJKMNP-TV-Z]{16}$/.test(chunk.idPrefix)) {
+    throw new Error(`bad ledger id prefix ${chunk.idPrefix}`);
+  }
+  const idOf = (line: number) => `${chunk.idPrefix}${String(line).padStart(10, '0')}`;
+  const [firstId, lastId] = [idOf(chunk.fromLine), idOf(chunk.toLine)];
+  return inTransaction(db, async (trx) => {
+    const booked = await sql`
+      INSERT INTO ledger_transaction (id, order_id, kind, currency, amount_minor, created_at)
+      SELECT CONCAT(${chunk.idPrefix}, LPAD(r.line_no, 10, '0')), r.merchant_reference,
+             ${FEE_LEDGER_KIND.transaction}, r.currency, r.fee_minor, ${chunk.now}
+      FROM recon_file_row r
+      LEFT JOIN ledger_transaction f
+        ON f.order_id = r.merchant_reference AND f.kind = ${FEE_LEDGER_KIND.transaction}
+      WHERE r.run_id = ${chunk.runId} AND r.line_no BETWEEN ${chunk.fromLine} AND ${chunk.toLine}
+        AND r.class IN (${RECONCILIATION_CLASS.matched}, ${RECONCILIATION_CLASS.timing})
+        AND r.fee_minor > 0 AND f.id IS NULL`.execute(trx);
+    const count = Number(booked.numAffectedRows ?? 0n);
+    if (count === 0) return 0;
+    await sql`
+      INSERT INTO ledger_entry (transaction_id, account, order_id, kind, currency, debit_minor,
+        credit_minor, created_at)
+      SELECT t.id, ${ACCOUNT.feeExpense}, t.order_id, ${FEE_LEDGER_KIND.expense}, t.currency,
+             t.amount_minor, 0, t.created_at
+      FROM ledger_transaction t WHERE t.id BETWEEN ${firstId} AND ${lastId}
+      UNION ALL
+      SELECT t.id, ${ACCOUNT.pspReceivable}, t.order_id, ${FEE_LEDGER_KIND.receivable},
+             t.currency, 0, t.amount_minor, t.created_at
+      FROM ledger_transaction t WHERE t.id BETWEEN ${firstId} AND ${lastId}`.execute(trx);
+    // The pair assertion: every new transaction has its two entries and balances.
+    const check = await sql<{ transactions: string; wrong: string }>`
+      SELECT COUNT(*) AS transactions,
+             COALESCE(SUM(e.debits <> e.credits OR e.entries <> 2 OR e.debits <> t.amount_minor), 0)
+               AS wrong
+      FROM ledger_transaction t
+      JOIN (SELECT transaction_id, SUM(debit_minor) AS debits, SUM(credit_minor) AS credits,
+                   COUNT(*) AS entries
+            FROM ledger_entry WHERE transaction_id BETWEEN ${firstId} AND ${lastId}
+            GROUP BY transaction_id) e ON e.transaction_id = t.id
+      WHERE t.id BETWEEN ${firstId} AND ${lastId}`.execute(trx);
+    const result = check.rows[0];
+    if (Number(result?.transactions) !== count || Number(result?.wrong) !== 0) {
+      throw new UnbalancedLedgerTransactionError(
+        `fee transactions ${firstId}..${lastId} do not balance: ${count} booked, ` +
+          `${result?.transactions ?? 0} stored with entries, ${result?.wrong ?? '?'} wrong`,
+      );
+    }
+    return count;
+  });
 }
 
 /**
@@ -460,6 +491,8 @@ export async function insertMissingInSettlement(
 ): Promise<void> {
   const dayStart = startOfUtcDay(run.day);
   const dayEnd = startOfUtcDay(addUtcDays(run.day, 1));
+  // FORCE INDEX: inside INSERT ... SELECT, MariaDB runs NOT EXISTS as a dependent subquery and
+  // would otherwise scan the whole run for each ledger row.
   await inReadCommitted(db, async (trx) => {
     await sql`
       INSERT INTO recon_mismatch (run_id, class, line_no, order_id, psp_reference,
@@ -475,11 +508,12 @@ export async function insertMissingInSettlement(
       LEFT JOIN payment_order o ON o.id = lt.order_id
       WHERE lt.kind = 'PAYMENT' AND lt.created_at >= ${dayStart} AND lt.created_at < ${dayEnd}
         AND NOT EXISTS (
-          SELECT 1 FROM recon_file_row r
+          SELECT 1 FROM recon_file_row r FORCE INDEX (recon_file_row_merchant)
           WHERE r.merchant_reference = lt.order_id AND r.run_id = ${run.runId}
             AND r.type = 'payment')
         AND NOT EXISTS (
-          SELECT 1 FROM recon_file_row p JOIN recon_run u ON u.id = p.run_id
+          SELECT 1 FROM recon_file_row p FORCE INDEX (recon_file_row_merchant)
+          JOIN recon_run u ON u.id = p.run_id
           WHERE p.merchant_reference = lt.order_id AND p.type = 'payment'
             AND p.class <> ${RECONCILIATION_CLASS.duplicate}
             AND u.state = ${RUN_STATE.succeeded} AND u.settlement_date <> ${run.day})`.execute(trx);
@@ -491,14 +525,15 @@ export async function insertMissingInSettlement(
  * day's report: the PSP settled it late.
  */
 export async function resolveEarlierMismatches(db: Db, runId: string): Promise<void> {
+  // Driven from the open mismatches (few) into this run's rows by index, never the reverse.
   await sql`
-    UPDATE recon_mismatch m
-    JOIN recon_file_row r ON r.merchant_reference = m.order_id
+    UPDATE recon_mismatch m FORCE INDEX (recon_mismatch_open)
+    STRAIGHT_JOIN recon_file_row r FORCE INDEX (recon_file_row_merchant)
+      ON r.merchant_reference = m.order_id AND r.run_id = ${runId}
     SET m.resolved_by_run_id = ${runId}
-    WHERE r.run_id = ${runId}
-      AND r.class IN (${RECONCILIATION_CLASS.matched}, ${RECONCILIATION_CLASS.timing})
-      AND m.class = ${RECONCILIATION_CLASS.missingInSettlement}
-      AND m.run_id <> ${runId} AND m.resolved_by_run_id IS NULL`
+    WHERE m.class = ${RECONCILIATION_CLASS.missingInSettlement}
+      AND m.resolved_by_run_id IS NULL AND m.run_id <> ${runId}
+      AND r.class IN (${RECONCILIATION_CLASS.matched}, ${RECONCILIATION_CLASS.timing})`
     .execute(db)
     .catch(rethrow);
 }

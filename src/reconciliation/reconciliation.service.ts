@@ -19,17 +19,13 @@ import {
   UnavailableError,
 } from '../domain/errors.js';
 import { newId } from '../domain/ids.js';
-import { isCurrencyCode } from '../domain/money.js';
 import { isUtcDay, type UtcDay } from '../domain/utc-day.js';
 import type { Db } from '../storage/db.js';
 import { isDuplicateKey } from '../storage/errors.js';
 import {
-  ACCOUNT,
-  postLedgerTransactions,
   trialBalance,
   walletsNotMatchingLedger,
 } from '../storage/repositories/ledger.repository.js';
-import { inTransaction } from '../storage/transaction.js';
 import type { ReconciliationClass } from './compare.js';
 import {
   claimRun,
@@ -39,8 +35,7 @@ import {
   completeRun,
   countWallets,
   failRun,
-  FEE_LEDGER_KIND,
-  feesToBook,
+  bookFees,
   findRun,
   findRunByFile,
   insertFileRows,
@@ -84,9 +79,13 @@ export type RunSource = Readonly<{
 
 export type ReconciliationEvent =
   | Readonly<{ type: 'started'; runId: string; day: UtcDay; file: string; rows: number }>
+  | Readonly<{ type: 'phase'; runId: string; phase: RunPhase; ms: number }>
   | Readonly<{ type: 'succeeded'; runId: string; day: UtcDay; ms: number }>
   | Readonly<{ type: 'failed'; runId: string; day: UtcDay; error: unknown }>
   | Readonly<{ type: 'lease-lost'; runId: string }>;
+
+/** The steps of a run, in order (reported with their duration). */
+export type RunPhase = 'load' | 'classify' | 'fees' | 'missing' | 'report';
 
 export type ReconciliationOptions = Readonly<{
   db: Db;
@@ -324,40 +323,58 @@ export class ReconciliationService {
       file: path.basename(run.path),
       rows: run.scan.rows,
     });
+    let phaseStarted = Date.now();
+    const phaseDone = (phase: RunPhase) => {
+      const now = Date.now();
+      onEvent?.({ type: 'phase', runId: run.id, phase, ms: now - phaseStarted });
+      phaseStarted = now;
+    };
     try {
       await clearRunData(db, run.id);
       let second: SettlementFileScan | undefined;
+      // One INSERT in flight while the next batch is parsed: memory stays at two batches.
       let batch: SettlementRow[] = [];
       let loaded = 0;
+      let inFlight: Promise<void> = Promise.resolve();
+      const flush = async () => {
+        await inFlight;
+        const rows = batch;
+        batch = [];
+        inFlight = insertFileRows(db, run.id, rows).then(() => {
+          loaded += rows.length;
+        });
+        // Observed at the next flush; this keeps a failure from being an unhandled rejection.
+        inFlight.catch(() => undefined);
+        await renew(loaded);
+      };
       for await (const row of readSettlementFile(run.path, { rowsMax, signal }, (done) => {
         second = done;
       })) {
         batch.push(row);
-        if (batch.length >= batchRows) {
-          await insertFileRows(db, run.id, batch);
-          loaded += batch.length;
-          batch = [];
-          await renew(loaded);
-        }
+        if (batch.length >= batchRows) await flush();
       }
-      await insertFileRows(db, run.id, batch);
-      loaded += batch.length;
+      await flush();
+      await inFlight;
       if (second?.sha256 !== run.scan.sha256) {
         throw new FailedPreconditionError(
           `${path.basename(run.path)} changed while it was read; run it again`,
         );
       }
       await renew(loaded);
+      phaseDone('load');
 
       await markDuplicatesInFile(db, run.id);
       for (const chunk of classifyChunks(loaded)) {
         await classifyChunk(db, { runId: run.id, day: run.day, ...chunk, now: this.#now() });
         await renew();
       }
-      await this.#bookFees(run.id, renew);
+      phaseDone('classify');
+      await this.#bookFees(run.id, loaded, renew);
+      phaseDone('fees');
       await insertMissingInSettlement(db, { runId: run.id, day: run.day, now: this.#now() });
       await resolveEarlierMismatches(db, run.id);
       await renew();
+      phaseDone('missing');
       const summary = await summarizeRun(db, run.id);
       const internalCheck = await this.#internalCheck();
       const completed = await completeRun(db, {
@@ -368,6 +385,7 @@ export class ReconciliationService {
         now: this.#now(),
       });
       if (!completed) throw new LeaseLostError(`run ${run.id} was taken over`);
+      phaseDone('report');
       onEvent?.({ type: 'succeeded', runId: run.id, day: run.day, ms: Date.now() - started });
     } catch (error) {
       if (error instanceof LeaseLostError) {
@@ -387,60 +405,24 @@ export class ReconciliationService {
   }
 
   /**
-   * Books the PSP's fee of every settled row as a ledger transaction (debit fee_expense, credit
-   * psp_receivable), so psp_receivable nets to what the PSP pays out. One PSP_FEE transaction
-   * per order (unique key), so a run repeated, or two runs naming the same order, book it once.
+   * Books the PSP's fee of every settled row (see bookFees), a range of lines at a time, so
+   * psp_receivable nets to what the PSP pays out.
    */
-  async #bookFees(runId: string, renew: () => Promise<void>): Promise<void> {
-    const { db, batchRows } = this.#options;
-    let afterLine = 1;
-    let collisions = 0;
-    for (;;) {
-      const fees = await feesToBook(db, { runId, afterLine, limit: batchRows });
-      const last = fees[fees.length - 1];
-      if (last === undefined) return;
-      const now = this.#now();
-      try {
-        await inTransaction(db, (trx) =>
-          postLedgerTransactions(
-            trx,
-            fees.map((fee) => {
-              if (!isCurrencyCode(fee.currency))
-                throw new Error(`unknown currency ${fee.currency}`);
-              return {
-                id: newId('ledgerTransaction', now.getTime()),
-                orderId: fee.orderId,
-                kind: FEE_LEDGER_KIND.transaction,
-                currency: fee.currency,
-                now,
-                entries: [
-                  {
-                    account: ACCOUNT.feeExpense,
-                    kind: FEE_LEDGER_KIND.expense,
-                    debitMinor: fee.feeMinor,
-                    creditMinor: 0n,
-                  },
-                  {
-                    account: ACCOUNT.pspReceivable,
-                    kind: FEE_LEDGER_KIND.receivable,
-                    debitMinor: 0n,
-                    creditMinor: fee.feeMinor,
-                  },
-                ],
-              };
-            }),
-          ),
-        );
-      } catch (error) {
-        // Another run booked one of these orders' fees meanwhile: select again without them.
-        if (isDuplicateKey(error) && collisions < FEE_COLLISIONS_MAX) {
-          collisions += 1;
-          continue;
+  async #bookFees(runId: string, rows: number, renew: () => Promise<void>): Promise<void> {
+    const { db } = this.#options;
+    // Fresh per attempt: a run taken over never reuses the ids of the attempt before.
+    const idPrefix = newId('ledgerTransaction', this.#now().getTime()).slice(0, 20);
+    for (const chunk of classifyChunks(rows)) {
+      for (let collisions = 0; ; collisions += 1) {
+        try {
+          await bookFees(db, { runId, ...chunk, idPrefix, now: this.#now() });
+          break;
+        } catch (error) {
+          // Another run booked one of these orders' fees meanwhile: book the rest again.
+          if (isDuplicateKey(error) && collisions < FEE_COLLISIONS_MAX) continue;
+          throw error;
         }
-        throw error;
       }
-      collisions = 0;
-      afterLine = last.lineNumber;
       await renew();
     }
   }

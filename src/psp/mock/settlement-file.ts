@@ -12,7 +12,11 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { sql } from 'kysely';
-import { InvalidArgumentError, NotFoundError } from '../../domain/errors.js';
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+} from '../../domain/errors.js';
 import { formatMajor, ORDER_AMOUNT_MINOR_MAX } from '../../domain/money.js';
 import {
   addUtcDays,
@@ -28,6 +32,9 @@ import { SETTLEMENT_ADJUSTMENT, type SettlementAdjustmentKind } from './schema.j
 /** The header row, exactly; Settle's parser refuses any other. */
 export const SETTLEMENT_HEADER =
   'psp_reference,merchant_reference,type,currency,gross,fee,net,batch_id,created_utc';
+
+/** What a reference may hold: the file has no quoting, so no comma or quote can appear. */
+const REFERENCE = /^[A-Za-z0-9_.:-]{1,64}$/;
 
 /** Bytes buffered before a write to the file. */
 const WRITE_CHUNK_BYTES = 256 * 1024;
@@ -111,6 +118,11 @@ export async function writeSettlementFile(options: {
     );
     for (const source of [own, late]) {
       for await (const charge of source) {
+        if (!REFERENCE.test(charge.nonce) || !REFERENCE.test(charge.psp_reference)) {
+          throw new FailedPreconditionError(
+            `charge ${charge.psp_reference} has a reference a settlement file cannot carry`,
+          );
+        }
         const grossMinor = BigInt(charge.amount_override ?? charge.amount_minor);
         const feeMinor = settlementFeeMinor(grossMinor, fees);
         const line =
@@ -207,6 +219,9 @@ export async function injectSettlementDiscrepancy(
   discrepancy: SettlementDiscrepancy,
   now: Date,
 ): Promise<string> {
+  if (!REFERENCE.test(discrepancy.nonce)) {
+    throw new InvalidArgumentError('nonce', 'must be 1-64 of A-Z a-z 0-9 _.:-');
+  }
   if (discrepancy.kind === 'UNRECORDED_CHARGE') {
     const { amountMinor } = discrepancy;
     if (amountMinor < 1n || amountMinor > ORDER_AMOUNT_MINOR_MAX) {

@@ -78,6 +78,7 @@ const statements = [
      KEY recon_mismatch_run (run_id, id),
      KEY recon_mismatch_run_class (run_id, class, id),
      KEY recon_mismatch_order (order_id, class),
+     KEY recon_mismatch_open (class, resolved_by_run_id),
      CONSTRAINT recon_mismatch_class CHECK (class IN ('MISSING_IN_LEDGER',
        'MISSING_IN_SETTLEMENT', 'AMOUNT_MISMATCH', 'DUPLICATE', 'TIMING'))
    ) ENGINE=InnoDB`,
