@@ -4,7 +4,7 @@
  * loads and classifies it in the background and keeps the report. One run per (day, file
  * SHA-256): the same file again joins or returns the same run and writes nothing.
  *
- * A run is owned by one node through a lease it renews at every batch. If that node dies, the
+ * A run is owned by one node through a lease it renews every 10 s. If that node dies, the
  * next call for the same file takes the run over and starts it again from a clean slate; fees
  * are never booked twice because the ledger allows one PSP_FEE transaction per order.
  */
@@ -60,8 +60,12 @@ import {
   type SettlementRow,
 } from './settlement-file.js';
 
-/** How long a run's lease lasts without renewal; it is renewed at every batch. */
+/** How long a run's lease lasts without renewal. */
 const LEASE_MS = 60_000;
+/** How often a running run renews its lease (and records its progress). */
+const HEARTBEAT_MS = 10_000;
+/** How long stop() waits for runs to notice; a run still busy then is left to its lease. */
+const STOP_WAIT_MS = 5_000;
 /** How often a caller waiting for another node's run looks at it again. */
 const POLL_MS = 200;
 /** Consecutive fee batches that may collide with another run's bookings before giving up. */
@@ -265,12 +269,14 @@ export class ReconciliationService {
   }
 
   /**
-   * Stops taking runs and aborts the ones in progress between two batches; each is marked
-   * FAILED ("interrupted"), so the next call for its file starts it again at once.
+   * Stops taking runs and aborts the ones in progress between two statements; each is marked
+   * FAILED ("interrupted"), so the next call for its file starts it again at once. A statement
+   * still running after STOP_WAIT_MS is left behind: its run's lease expires and another node
+   * can take it over.
    */
   async stop(): Promise<void> {
     this.#stop.abort(new UnavailableError('the node is stopping'));
-    await Promise.allSettled([...this.#inFlight.values()]);
+    await Promise.race([Promise.allSettled([...this.#inFlight.values()]), sleep(STOP_WAIT_MS)]);
   }
 
   #checkCapacity(): void {
@@ -304,17 +310,27 @@ export class ReconciliationService {
     const { db, batchRows, rowsMax, onEvent } = this.#options;
     const signal = this.#stop.signal;
     const started = Date.now();
-    const renew = async (rowsLoaded?: number) => {
-      signal.throwIfAborted();
+    // The lease is renewed by a heartbeat, not per batch: one long statement (the internal check
+    // of a large ledger) must not let another node take a healthy run over. The work checks
+    // between statements whether the run was stopped or lost.
+    let loaded = 0;
+    let lost = false;
+    const heartbeat = setInterval(() => {
       const now = this.#now();
-      const ours = await renewRunLease(db, {
+      renewRunLease(db, {
         id: run.id,
         owner: this.#owner,
         leaseUntil: new Date(now.getTime() + LEASE_MS),
-        ...(rowsLoaded !== undefined ? { rowsLoaded } : {}),
+        rowsLoaded: loaded,
         now,
-      });
-      if (!ours) throw new LeaseLostError(`run ${run.id} was taken over`);
+      }).then(
+        (ours) => (lost ||= !ours),
+        () => undefined, // a failed renewal is retried at the next beat
+      );
+    }, HEARTBEAT_MS);
+    const stillOurs = async () => {
+      signal.throwIfAborted();
+      if (lost) throw new LeaseLostError(`run ${run.id} was taken over`);
     };
     onEvent?.({
       type: 'started',
@@ -334,7 +350,6 @@ export class ReconciliationService {
       let second: SettlementFileScan | undefined;
       // One INSERT in flight while the next batch is parsed: memory stays at two batches.
       let batch: SettlementRow[] = [];
-      let loaded = 0;
       let inFlight: Promise<void> = Promise.resolve();
       const flush = async () => {
         await inFlight;
@@ -345,7 +360,7 @@ export class ReconciliationService {
         });
         // Observed at the next flush; this keeps a failure from being an unhandled rejection.
         inFlight.catch(() => undefined);
-        await renew(loaded);
+        await stillOurs();
       };
       for await (const row of readSettlementFile(run.path, { rowsMax, signal }, (done) => {
         second = done;
@@ -360,20 +375,27 @@ export class ReconciliationService {
           `${path.basename(run.path)} changed while it was read; run it again`,
         );
       }
-      await renew(loaded);
+      await renewRunLease(db, {
+        id: run.id,
+        owner: this.#owner,
+        leaseUntil: new Date(this.#now().getTime() + LEASE_MS),
+        rowsLoaded: loaded,
+        now: this.#now(),
+      });
+      await stillOurs();
       phaseDone('load');
 
       await markDuplicatesInFile(db, run.id);
       for (const chunk of classifyChunks(loaded)) {
         await classifyChunk(db, { runId: run.id, day: run.day, ...chunk, now: this.#now() });
-        await renew();
+        await stillOurs();
       }
       phaseDone('classify');
-      await this.#bookFees(run.id, loaded, renew);
+      await this.#bookFees(run.id, loaded, stillOurs);
       phaseDone('fees');
       await insertMissingInSettlement(db, { runId: run.id, day: run.day, now: this.#now() });
       await resolveEarlierMismatches(db, run.id);
-      await renew();
+      await stillOurs();
       phaseDone('missing');
       const summary = await summarizeRun(db, run.id);
       const internalCheck = await this.#internalCheck();
@@ -401,6 +423,8 @@ export class ReconciliationService {
         () => undefined,
       );
       onEvent?.({ type: 'failed', runId: run.id, day: run.day, error });
+    } finally {
+      clearInterval(heartbeat);
     }
   }
 
@@ -408,7 +432,7 @@ export class ReconciliationService {
    * Books the PSP's fee of every settled row (see bookFees), a range of lines at a time, so
    * psp_receivable nets to what the PSP pays out.
    */
-  async #bookFees(runId: string, rows: number, renew: () => Promise<void>): Promise<void> {
+  async #bookFees(runId: string, rows: number, stillOurs: () => Promise<void>): Promise<void> {
     const { db } = this.#options;
     // Fresh per attempt: a run taken over never reuses the ids of the attempt before.
     const idPrefix = newId('ledgerTransaction', this.#now().getTime()).slice(0, 20);
@@ -423,7 +447,7 @@ export class ReconciliationService {
           throw error;
         }
       }
-      await renew();
+      await stillOurs();
     }
   }
 
