@@ -26,6 +26,17 @@ import {
   type ListEntriesRequest,
   type ListEntriesResponse,
 } from '../grpc/generated/settle/v1/wallet.js';
+import {
+  AdminServiceClient as AdminClient,
+  type DiscardDeadLetterRequest,
+  type DiscardDeadLetterResponse,
+  type GetPaymentTimelineRequest,
+  type GetPaymentTimelineResponse,
+  type ListDeadLettersRequest,
+  type ListDeadLettersResponse,
+  type ReplayDeadLetterRequest,
+  type ReplayDeadLetterResponse,
+} from '../grpc/generated/settle/v1/admin.js';
 
 export {
   PaymentState,
@@ -48,6 +59,13 @@ export {
   WalletServiceClient,
   LedgerServiceClient,
 } from '../grpc/generated/settle/v1/wallet.js';
+
+export {
+  AdminServiceClient,
+  DeadLetterState,
+  type DeadLetter,
+  type TimelineEntry,
+} from '../grpc/generated/settle/v1/admin.js';
 
 export type CallOptions = Readonly<{ timeoutMs?: number; metadata?: Record<string, string> }>;
 
@@ -84,6 +102,7 @@ export function createSettleClient(
   const payments = new PaymentServiceClient(address, credentials);
   const wallets = new WalletServiceClient(address, credentials);
   const ledger = new LedgerServiceClient(address, credentials);
+  const admin = new AdminClient(address, credentials);
   return {
     payments: {
       createPayment: unary<CreatePaymentRequest, CreatePaymentResponse>(
@@ -129,7 +148,27 @@ export function createSettleClient(
         options?: CallOptions,
       ) => Promise<GetTrialBalanceResponse>,
     },
+    /** AdminService; pass `metadata: { authorization: 'Bearer <ADMIN_TOKEN>' }` when the server has one. */
+    admin: {
+      listDeadLetters: unary<ListDeadLettersRequest, ListDeadLettersResponse>(
+        admin.listDeadLetters.bind(admin),
+        timeoutMs,
+      ),
+      replayDeadLetter: unary<ReplayDeadLetterRequest, ReplayDeadLetterResponse>(
+        admin.replayDeadLetter.bind(admin),
+        timeoutMs,
+      ),
+      discardDeadLetter: unary<DiscardDeadLetterRequest, DiscardDeadLetterResponse>(
+        admin.discardDeadLetter.bind(admin),
+        timeoutMs,
+      ),
+      getPaymentTimeline: unary<GetPaymentTimelineRequest, GetPaymentTimelineResponse>(
+        admin.getPaymentTimeline.bind(admin),
+        timeoutMs,
+      ),
+    },
     close(): void {
+      admin.close();
       payments.close();
       wallets.close();
       ledger.close();

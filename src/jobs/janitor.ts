@@ -82,7 +82,8 @@ export class Janitor {
     now: Date,
     due: ReturnType<typeof sql>,
   ): Promise<string[]> {
-    const claim = `${this.owner}:${now.getTime()}:${type}`;
+    // Fits janitor_owner (64): 36 (uuid) + 1 + 13 (ms) + 2.
+    const claim = `${this.owner}:${now.getTime()}:${type === 'ExpireOrder' ? 'x' : 'c'}`;
     const leaseUntil = new Date(now.getTime() + this.options.leaseMs);
     return inTransaction(this.db, async (trx) => {
       await sql`
