@@ -3,7 +3,7 @@
  * the payment-order actor runtime fed by the command consumer, the gRPC API and the HTTP port.
  * `startSettle` is used by main.ts and by the tests; `stop()` undoes it in reverse order.
  */
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { settlePublicUrl, type Config } from './config.js';
@@ -83,7 +83,7 @@ export async function startSettle(
 ): Promise<SettleNode> {
   const nodeName = overrides.nodeName ?? `settle-${process.pid}`;
   const logger = overrides.logger ?? createLogger({ level: config.LOG_LEVEL, name: 'settle' });
-  const cleanups: Array<() => Promise<unknown> | unknown> = [];
+  const cleanups: Array<() => unknown> = [];
   const stopAll = async () => {
     for (const cleanup of cleanups.reverse()) {
       try {

@@ -21,7 +21,9 @@ import {
 import {
   LedgerServiceClient,
   WalletServiceClient,
+  type GetTrialBalanceRequest,
   type GetTrialBalanceResponse,
+  type GetWalletRequest,
   type GetWalletResponse,
   type ListEntriesRequest,
   type ListEntriesResponse,
@@ -133,20 +135,20 @@ export function createSettleClient(
       },
     },
     wallets: {
-      getWallet: unary(wallets.getWallet.bind(wallets), timeoutMs) as (
-        request: { sellerId: string },
-        options?: CallOptions,
-      ) => Promise<GetWalletResponse>,
+      getWallet: unary<GetWalletRequest, GetWalletResponse>(
+        wallets.getWallet.bind(wallets),
+        timeoutMs,
+      ),
     },
     ledger: {
       listEntries: unary<ListEntriesRequest, ListEntriesResponse>(
         ledger.listEntries.bind(ledger),
         timeoutMs,
       ),
-      getTrialBalance: unary(ledger.getTrialBalance.bind(ledger), timeoutMs) as (
-        request?: Record<string, never>,
-        options?: CallOptions,
-      ) => Promise<GetTrialBalanceResponse>,
+      getTrialBalance: unary<GetTrialBalanceRequest, GetTrialBalanceResponse>(
+        ledger.getTrialBalance.bind(ledger),
+        timeoutMs,
+      ),
     },
     /** AdminService; pass `metadata: { authorization: 'Bearer <ADMIN_TOKEN>' }` when the server has one. */
     admin: {
