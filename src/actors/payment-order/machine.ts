@@ -17,50 +17,22 @@
  */
 import { assertNever } from '../../domain/errors.js';
 import type { CurrencyCode } from '../../domain/money.js';
+import {
+  ORDER_STATE,
+  REVIEW_REASON,
+  type OrderState,
+  type PaymentOrder,
+} from '../../domain/payment-order.js';
 
-export const ORDER_STATE = {
-  notStarted: 'NOT_STARTED',
-  executing: 'EXECUTING',
-  succeeded: 'SUCCEEDED',
-  failed: 'FAILED',
-  expired: 'EXPIRED',
-} as const;
-export type OrderState = (typeof ORDER_STATE)[keyof typeof ORDER_STATE];
-
-export const TERMINAL_STATES: ReadonlySet<OrderState> = new Set([
-  ORDER_STATE.succeeded,
-  ORDER_STATE.failed,
-  ORDER_STATE.expired,
-]);
-
-export function isOrderState(value: string): value is OrderState {
-  return (Object.values(ORDER_STATE) as string[]).includes(value);
-}
-
-export const REVIEW_REASON = {
-  chargedAfterExpiry: 'CHARGED_AFTER_EXPIRY',
-  chargedAfterFailure: 'CHARGED_AFTER_FAILURE',
-} as const;
-
-export type PaymentOrder = Readonly<{
-  id: string;
-  paymentId: string;
-  sellerId: string;
-  amountMinor: bigint;
-  currency: CurrencyCode;
-  state: OrderState;
-  /** Incremented by every persisted transition; the fence against stale writers. */
-  version: bigint;
-  pspToken: string | undefined;
-  checkoutUrl: string | undefined;
-  pspReference: string | undefined;
-  failureReason: string | undefined;
-  /** How many times registration with the PSP was attempted. */
-  attempts: number;
-  reviewReason: string | undefined;
-  createdAt: Date;
-  updatedAt: Date;
-}>;
+export {
+  ORDER_STATE,
+  TERMINAL_STATES,
+  REVIEW_REASON,
+  isOrderState,
+  isTerminal,
+  type OrderState,
+  type PaymentOrder,
+} from '../../domain/payment-order.js';
 
 export const PSP_NOT_FOUND = 'PSP_PAYMENT_NOT_FOUND';
 export const EXPIRED_REASON = 'EXPIRED';
@@ -291,8 +263,4 @@ function illegal(order: PaymentOrder, event: OrderEvent, message: string): Trans
     ok: false,
     error: { kind: 'IllegalTransition', state: order.state, event: event.type, message },
   };
-}
-
-export function isTerminal(state: OrderState): boolean {
-  return TERMINAL_STATES.has(state);
 }
