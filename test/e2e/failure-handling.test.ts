@@ -205,4 +205,66 @@ describe('retries and dead letters', () => {
     expect(order.state).toBe(PaymentOrderState.PAYMENT_ORDER_STATE_EXECUTING);
     expect(psp.breakerState()).toBe('CLOSED');
   });
+
+  it('ignores a decline that arrives after the success (out of order): one ledger transaction, still SUCCEEDED', async () => {
+    const { paymentId, orderId } = await createOrder(2500n);
+    const registered = await waitFor(async () => {
+      const o = await orderState(paymentId);
+      return o?.pspToken ? o : undefined;
+    });
+    await call(stack.pspApi.payWithCard.bind(stack.pspApi), {
+      token: registered.pspToken,
+      cardNumber: '4242424242424242',
+    });
+    await waitFor(
+      async () =>
+        (await orderState(paymentId))?.state === PaymentOrderState.PAYMENT_ORDER_STATE_SUCCEEDED,
+    );
+    const nowS = Math.floor(Date.now() / 1000);
+    const body = JSON.stringify({
+      id: `evt_${randomUUID()}`,
+      type: 'payment.declined',
+      created: nowS,
+      data: {
+        nonce: orderId,
+        token: registered.pspToken,
+        psp_reference: null,
+        amount_minor: '2500',
+        currency: 'USD',
+        decline_code: 'card_declined',
+      },
+    });
+    const response = await fetch(`${stack.settleHttp}/webhooks/psp`, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        'psp-signature': signWebhook(stack.config.PSP_WEBHOOK_SECRET, body, nowS),
+      },
+      body,
+    });
+    expect(response.status).toBe(200);
+    await waitFor(
+      async () =>
+        Number(
+          (await sql<{ n: string }>`SELECT COUNT(*) AS n FROM outbox`.execute(stack.settle.db))
+            .rows[0]?.n,
+        ) === 0,
+    );
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const after = await orderState(paymentId);
+    expect(after?.state).toBe(PaymentOrderState.PAYMENT_ORDER_STATE_SUCCEEDED);
+    expect(after?.failureReason).toBe('');
+    expect(
+      Number(
+        (
+          await sql<{
+            n: string;
+          }>`SELECT COUNT(*) AS n FROM ledger_transaction WHERE order_id = ${orderId}`.execute(
+            stack.settle.db,
+          )
+        ).rows[0]?.n,
+      ),
+    ).toBe(1);
+    expect(await deadLetterOf(orderId)).toBeUndefined();
+  });
 });
