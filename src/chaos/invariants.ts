@@ -46,7 +46,11 @@ export type ObservedPayment = Readonly<{
 
 export type ObservedCharge = Readonly<{ nonce: string; pspReference: string; amountMinor: bigint }>;
 
-export type DeadLetterRow = Readonly<{ orderId: string | null; reason: string }>;
+/**
+ * A dead letter. OPEN and DISCARDED ones account for an unfinished order (an operator has it or
+ * closed it); a REPLAYED one does not, since its command went back to the order.
+ */
+export type DeadLetterRow = Readonly<{ orderId: string | null; reason: string; state: string }>;
 
 export type Observed = Readonly<{
   orders: readonly ObservedOrder[];
@@ -96,11 +100,13 @@ export type Outcome = Readonly<{
   paymentsInDb: number;
   orders: number;
   byState: Readonly<Record<string, number>>;
+  /** Why FAILED orders failed (decline codes and the like). */
   failureReasons: Readonly<Record<string, number>>;
   inDlqNotTerminal: number;
   flaggedForReview: number;
   deadLetterEntries: number;
   deadLetterReasons: Readonly<Record<string, number>>;
+  deadLetterStates: Readonly<Record<string, number>>;
   deadLetterSource: string;
   charges: number;
 }>;
@@ -192,12 +198,8 @@ export async function observe(sources: {
 }
 
 /**
- * The dead letters: from the `dead_letter` table when the database has one, else from the
- * dead-letter stream.
- *
- * HOOK(dead_letter table): the lead's migration adds `dead_letter`; only `order_id` and `reason`
- * are read, by name, so the rest of its shape may change freely. Until it exists, the stream
- * names.deadLetterStream is read (JSON entries written by src/messaging/command-consumer.ts).
+ * The dead letters: from the `dead_letter` table (src/storage/migrations/0002-failure-handling.ts)
+ * when the database has one, else from the dead-letter stream, whose entries count as OPEN.
  */
 export async function readDeadLetters(
   db: Db,
@@ -208,13 +210,16 @@ export async function readDeadLetters(
     SELECT COUNT(*) AS n FROM information_schema.tables
     WHERE table_schema = DATABASE() AND table_name = 'dead_letter'`.execute(db);
   if (Number(table.rows[0]?.n ?? 0) > 0) {
-    const rows = await sql<Record<string, unknown>>`
-      SELECT * FROM dead_letter LIMIT ${DEAD_LETTERS_MAX}`.execute(db);
+    const rows = await sql<{ order_id: string | null; reason: string; state: string }>`
+      SELECT order_id, reason, state FROM dead_letter ORDER BY id LIMIT ${DEAD_LETTERS_MAX}`.execute(
+      db,
+    );
     return {
       source: 'dead_letter table',
       rows: rows.rows.map((row) => ({
-        orderId: typeof row.order_id === 'string' ? row.order_id : null,
-        reason: typeof row.reason === 'string' ? row.reason : 'unknown',
+        orderId: row.order_id,
+        reason: row.reason,
+        state: row.state,
       })),
     };
   }
@@ -238,9 +243,10 @@ export async function readDeadLetters(
         rows.push({
           orderId: typeof entry.orderId === 'string' ? entry.orderId : null,
           reason: typeof entry.reason === 'string' ? entry.reason : 'unknown',
+          state: 'OPEN',
         });
       } catch {
-        rows.push({ orderId: null, reason: 'unreadable entry' });
+        rows.push({ orderId: null, reason: 'unreadable entry', state: 'OPEN' });
       }
     }
     return { source: 'DLQ stream', rows };
@@ -249,9 +255,16 @@ export async function readDeadLetters(
   }
 }
 
-/** Orders that are not terminal and have no dead letter: nothing will ever finish them. */
+/** Orders with a dead letter an operator holds (OPEN) or closed (DISCARDED). */
+export function ordersInDlq(deadLetters: readonly DeadLetterRow[]): Set<string | null> {
+  return new Set(
+    deadLetters.filter((entry) => entry.state !== 'REPLAYED').map((entry) => entry.orderId),
+  );
+}
+
+/** Orders that are not terminal and not held in the DLQ: nothing will ever finish them. */
 export function lostOrders(observed: Pick<Observed, 'orders' | 'deadLetters'>): ObservedOrder[] {
-  const dead = new Set(observed.deadLetters.map((entry) => entry.orderId));
+  const dead = ordersInDlq(observed.deadLetters);
   return observed.orders.filter((order) => !TERMINAL.has(order.state) && !dead.has(order.id));
 }
 
@@ -277,7 +290,7 @@ export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
   for (const charge of observed.charges) {
     chargesByNonce.set(charge.nonce, [...(chargesByNonce.get(charge.nonce) ?? []), charge]);
   }
-  const dead = new Set(observed.deadLetters.map((entry) => entry.orderId));
+  const dead = ordersInDlq(observed.deadLetters);
 
   // Nobody is charged twice.
   const twice = [...chargesByNonce].filter(([, charges]) => charges.length > 1);
@@ -375,7 +388,7 @@ export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
   // No order is lost.
   const lost = lostOrders(observed);
   add(
-    'orders lost (not terminal and not in the DLQ)',
+    'orders lost (not terminal and not held in the DLQ)',
     lost.length,
     '0',
     lost.length === 0,
@@ -466,14 +479,16 @@ export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
   const failureReasons: Record<string, number> = {};
   for (const order of observed.orders) {
     byState[order.state] = (byState[order.state] ?? 0) + 1;
-    if (order.state === 'FAILED' || order.state === 'EXPIRED') {
+    if (order.state === 'FAILED') {
       const reason = order.failureReason ?? 'unknown';
       failureReasons[reason] = (failureReasons[reason] ?? 0) + 1;
     }
   }
   const deadLetterReasons: Record<string, number> = {};
+  const deadLetterStates: Record<string, number> = {};
   for (const entry of observed.deadLetters) {
     deadLetterReasons[entry.reason] = (deadLetterReasons[entry.reason] ?? 0) + 1;
+    deadLetterStates[entry.state] = (deadLetterStates[entry.state] ?? 0) + 1;
   }
   const outcome: Outcome = {
     paymentsRequested: driver.paymentsRequested,
@@ -487,6 +502,7 @@ export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
     flaggedForReview: observed.orders.filter((o) => o.reviewReason !== null).length,
     deadLetterEntries: observed.deadLetters.length,
     deadLetterReasons,
+    deadLetterStates,
     deadLetterSource: observed.deadLetterSource,
     charges: observed.charges.length,
   };

@@ -29,13 +29,18 @@ export function formatReport(result: ChaosResult): string {
     ['payment orders', String(outcome.orders)],
     ['  SUCCEEDED', String(outcome.byState.SUCCEEDED ?? 0)],
     ['  FAILED', `${outcome.byState.FAILED ?? 0}${reasons(outcome.failureReasons)}`],
-    ['  EXPIRED', String(outcome.byState.EXPIRED ?? 0)],
-    ['  not terminal, in the DLQ', String(outcome.inDlqNotTerminal)],
+    [
+      '  EXPIRED',
+      `${outcome.byState.EXPIRED ?? 0}  (${result.driver.ordersAbandoned} never paid on purpose)`,
+    ],
+    ['  not terminal, held in the DLQ', String(outcome.inDlqNotTerminal)],
     ['  flagged for review', String(outcome.flaggedForReview)],
     [
       `dead letters (${outcome.deadLetterSource})`,
       `${outcome.deadLetterEntries}${reasons(outcome.deadLetterReasons)}`,
     ],
+    ['  by state at the end', reasons(outcome.deadLetterStates).trim() || '-'],
+    ['  replayed by the run (AdminService)', String(result.deadLettersReplayed)],
     ["PSP charges (PSP's own records)", String(outcome.charges)],
   ];
   const other = Object.entries(outcome.byState).filter(
@@ -79,6 +84,10 @@ export function formatReport(result: ChaosResult): string {
     `seen in the nodes' logs: breaker OPEN ${breaker.OPEN ?? 0}, HALF_OPEN ${breaker.HALF_OPEN ?? 0}, ` +
       `CLOSED ${breaker.CLOSED ?? 0}; ${result.logs.retries} retries; ${result.logs.deadLettered} dead-lettered; ` +
       `${result.logs.webhooksRejected} webhooks rejected; ${result.logs.errors} error lines`,
+  );
+  lines.push(
+    `gRPC health of running nodes, sampled every second: SERVING ${result.health.serving}, ` +
+      `NOT_SERVING ${result.health.notServing}, no answer ${result.health.unreachable}`,
   );
   if (result.driver.createErrors.length > 0) {
     lines.push(`driver errors: ${result.driver.createErrors.slice(0, 5).join('; ')}`);

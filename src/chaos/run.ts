@@ -16,6 +16,8 @@ import {
 } from './faults.js';
 import { evaluate, lostOrders, observe, readDeadLetters, type Evaluation } from './invariants.js';
 import { sleep } from './processes.js';
+import { checkHealth } from './rpc.js';
+import { DeadLetterState } from '../client/index.js';
 import { Rng } from './random.js';
 import { PaymentDriver, planPayments, type DriverStats } from './workload.js';
 
@@ -30,6 +32,10 @@ export type ChaosOptions = Readonly<{
   perKind?: number;
   /** Share of orders paid with the card that is always declined. */
   declineShare?: number;
+  /** Share of orders never paid: they must expire. */
+  abandonShare?: number;
+  /** ORDER_EXPIRY_MS of the nodes; the settle-down waits for the abandoned orders to expire. */
+  orderExpiryMs?: number;
   mysqlUrl: string;
   natsUrl: string;
   baseEnv: Readonly<Record<string, string | undefined>>;
@@ -41,6 +47,10 @@ export type ChaosOptions = Readonly<{
 
 /** Settings of every node in a chaos run: short timers so faults heal within the run. */
 export const CHAOS_NODE_ENV: Readonly<Record<string, string>> = {
+  // The janitor checks orders quiet for 8 s with the PSP (lost webhooks, lost ExecuteOrder).
+  JANITOR_STUCK_MS: '8000',
+  JANITOR_INTERVAL_MS: '1000',
+  JANITOR_LEASE_MS: '8000',
   // A killed node's unacked commands come back to the others after 3 s.
   CONSUMER_ACK_WAIT_MS: '3000',
   RETRY_BACKOFF_MS: '200,400,800,1600,3200',
@@ -51,6 +61,8 @@ export const CHAOS_NODE_ENV: Readonly<Record<string, string>> = {
   OUTBOX_POLL_MS: '100',
   SHUTDOWN_GRACE_MS: '3000',
 };
+
+export type HealthSamples = { serving: number; notServing: number; unreachable: number };
 
 export type LogStats = {
   breaker: Record<string, number>;
@@ -69,6 +81,9 @@ export type ChaosResult = Readonly<{
   webhooks: FaultInjector['webhooks'];
   driver: DriverStats;
   logs: LogStats;
+  /** grpc.health.v1 answers of the running nodes, sampled every second. */
+  health: HealthSamples;
+  deadLettersReplayed: number;
   /** From the end of the faults until every order ended (or the deadline). */
   settleTookMs: number;
   settled: boolean;
@@ -77,6 +92,9 @@ export type ChaosResult = Readonly<{
 }>;
 
 const SETTLE_POLL_MS = 500;
+const DEFAULT_ORDER_EXPIRY_MS = 30_000;
+/** Dead letters replayed by one run at most. */
+const REPLAYS_MAX = 5_000;
 const DRIVER_CONCURRENCY_MAX = 32;
 
 export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
@@ -90,7 +108,9 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     durationMs: options.durationMs,
     nodes: options.nodes,
     declineShare: options.declineShare ?? 0.2,
+    abandonShare: options.abandonShare ?? 0.05,
   });
+  const orderExpiryMs = options.orderExpiryMs ?? DEFAULT_ORDER_EXPIRY_MS;
   const faults = planFaults(rng.fork('faults'), {
     durationMs: options.durationMs,
     nodes: options.nodes,
@@ -136,11 +156,12 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     mysqlUrl: options.mysqlUrl,
     natsUrl: options.natsUrl,
     baseEnv: options.baseEnv,
-    nodeEnv: CHAOS_NODE_ENV,
+    nodeEnv: { ...CHAOS_NODE_ENV, ORDER_EXPIRY_MS: String(orderExpiryMs) },
     logDir: options.logDir,
     onLine,
   });
   const ticker: { timer?: NodeJS.Timeout } = {};
+  const health: HealthSamples = { serving: 0, notServing: 0, unreachable: 0 };
   try {
     out(
       `${at()} cluster up: PSP mock ${cluster.pspGrpcAddress}, ` +
@@ -171,7 +192,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     ticker.timer = setInterval(() => {
       if (progressBusy) return;
       progressBusy = true;
-      void progressLine(cluster, driver.stats, plan.length, injector, breakerNow)
+      void progressLine(cluster, driver.stats, plan.length, injector, breakerNow, health)
         .then((line) => out(`${at()} ${line}`))
         .catch(() => undefined)
         .finally(() => (progressBusy = false));
@@ -183,7 +204,19 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     await injector.healAll();
 
     const settleStart = Date.now();
-    const settled = await waitUntilSettled(cluster, driver.stats, plan.length, deadline, signal);
+    let settled = await waitUntilSettled(cluster, driver.stats, plan.length, deadline, signal);
+    // What an operator does next: replay every open dead letter once (ReplayDeadLetter is
+    // idempotent, and harmless for an order that has finished since), then wait again.
+    const replayed = settled
+      ? await replayDeadLetters(cluster, signal).catch((error: unknown) => {
+          out(`${at()} replaying dead letters failed: ${String(error)}`);
+          return 0;
+        })
+      : 0;
+    if (replayed > 0) {
+      out(`${at()} replayed ${replayed} open dead letter(s) through AdminService`);
+      settled = await waitUntilSettled(cluster, driver.stats, plan.length, deadline, signal);
+    }
     const settleTookMs = Date.now() - settleStart;
     out(
       `${at()} ${settled ? 'settled' : 'NOT settled'} ${(settleTookMs / 1000).toFixed(1)} s after the faults ended`,
@@ -228,6 +261,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       webhooks: injector.webhooks,
       driver: driver.stats,
       logs,
+      health,
+      deadLettersReplayed: replayed,
       settleTookMs,
       settled,
       elapsedMs: Date.now() - startedAt,
@@ -305,13 +340,45 @@ async function waitUntilSettled(
   return false;
 }
 
+/** Replays every OPEN dead letter once, through any running node; returns how many. */
+async function replayDeadLetters(cluster: ChaosCluster, signal: AbortSignal): Promise<number> {
+  const node = cluster.upNodes()[0];
+  if (node === undefined) return 0;
+  const ids: string[] = [];
+  let pageToken = '';
+  do {
+    const page = await node.client.admin.listDeadLetters({
+      pageSize: 100,
+      pageToken,
+      state: DeadLetterState.DEAD_LETTER_STATE_OPEN,
+      orderId: '',
+    });
+    ids.push(...page.deadLetters.map((entry) => entry.id));
+    pageToken = page.nextPageToken;
+  } while (pageToken !== '' && ids.length < REPLAYS_MAX && !signal.aborted);
+  for (const id of ids) {
+    if (signal.aborted) break;
+    await node.client.admin.replayDeadLetter({ id });
+  }
+  return ids.length;
+}
+
 async function progressLine(
   cluster: ChaosCluster,
   stats: DriverStats,
   planned: number,
   injector: FaultInjector,
   breakerNow: ReadonlyMap<string, string>,
+  health: HealthSamples,
 ): Promise<string> {
+  const answers = await Promise.all(
+    cluster.upNodes().map((node) => checkHealth(node.grpcAddress, 500)),
+  );
+  for (const answer of answers) {
+    if (answer === 'SERVING') health.serving += 1;
+    else if (answer === 'NOT_SERVING') health.notServing += 1;
+    else health.unreachable += 1;
+  }
   const rows = await cluster.db
     .selectFrom('payment_order')
     .select(['state', (eb) => eb.fn.countAll<string>().as('n')])
@@ -324,7 +391,8 @@ async function progressLine(
   const breakers = [...new Set(breakerNow.values())];
   return (
     `payments ${stats.acknowledged.length}/${planned} created, ${stats.ordersPaid} orders paid · ` +
-    `orders: ${states} · nodes up ${up}/${cluster.nodes.length} · ` +
+    `orders: ${states} · nodes up ${up}/${cluster.nodes.length}, ` +
+    `serving ${answers.filter((a) => a === 'SERVING').length} · ` +
     `breaker ${breakers.length === 0 ? 'CLOSED' : breakers.join('/')} · faults ${faults}`
   );
 }

@@ -22,7 +22,12 @@ const SELLERS = 12;
 const HOT_SELLER_SHARE = 0.3;
 const BUYERS = 20;
 
-export type PlannedOrder = Readonly<{ sellerId: string; amountMinor: bigint; card: string }>;
+/** `card` undefined: the buyer never pays this order, so it must end EXPIRED. */
+export type PlannedOrder = Readonly<{
+  sellerId: string;
+  amountMinor: bigint;
+  card: string | undefined;
+}>;
 
 export type PlannedPayment = Readonly<{
   index: number;
@@ -37,7 +42,13 @@ export type PlannedPayment = Readonly<{
 
 export function planPayments(
   rng: Rng,
-  options: { payments: number; durationMs: number; nodes: number; declineShare: number },
+  options: {
+    payments: number;
+    durationMs: number;
+    nodes: number;
+    declineShare: number;
+    abandonShare: number;
+  },
 ): PlannedPayment[] {
   const runTag = rng.int(0, 0xffff).toString(16).padStart(4, '0');
   const spreadMs = Math.max(1, options.durationMs * 0.8);
@@ -54,7 +65,11 @@ export function planPayments(
       orders: [...sellers].map((seller) => ({
         sellerId: `seller-${runTag}-${seller}`,
         amountMinor: BigInt(rng.int(100, 50_000)),
-        card: rng.chance(options.declineShare) ? CARD.decline : CARD.success,
+        card: rng.chance(options.abandonShare)
+          ? undefined
+          : rng.chance(options.declineShare)
+            ? CARD.decline
+            : CARD.success,
       })),
       startAtMs: Math.round((index / options.payments) * spreadMs + rng.next() * 200),
       firstNode: rng.int(0, options.nodes - 1),
@@ -78,6 +93,9 @@ export type DriverStats = {
   createRetryCodes: Record<string, number>;
   createErrors: string[];
   ordersPaid: number;
+  /** Orders the plan never pays (they must expire). */
+  ordersAbandoned: number;
+  /** Orders that ended, or stayed without a checkout URL, before they could be paid. */
   ordersNeverPaid: number;
   payRetries: number;
   /** Payments whose task has ended (paid, given up, or failed). */
@@ -97,6 +115,7 @@ export class PaymentDriver {
     createRetryCodes: {},
     createErrors: [],
     ordersPaid: 0,
+    ordersAbandoned: 0,
     ordersNeverPaid: 0,
     payRetries: 0,
     finished: 0,
@@ -142,10 +161,14 @@ export class PaymentDriver {
     this.stats.acknowledged.push(created.paymentId);
     // Orders are paid as their checkout URLs appear, in any order: one order stuck in the DLQ
     // must not keep its siblings unpaid.
-    const waiting = new Map(plan.orders.map((planned, seq) => [seq, planned]));
+    const waiting = new Map<number, string>();
+    for (const [seq, planned] of plan.orders.entries()) {
+      if (planned.card === undefined) this.stats.ordersAbandoned += 1;
+      else waiting.set(seq, planned.card);
+    }
     let payment = created;
     for (let round = 0; waiting.size > 0 && Date.now() < deadline && !signal.aborted; round += 1) {
-      for (const [seq, planned] of [...waiting]) {
+      for (const [seq, card] of [...waiting]) {
         const order = payment.orders[seq];
         if (order === undefined || isTerminalOrder(order.state)) {
           // Ended before it could be paid (for example a registration the PSP refused).
@@ -156,7 +179,7 @@ export class PaymentDriver {
         if (order.checkoutUrl === '') continue;
         waiting.delete(seq);
         const token = order.checkoutUrl.slice(order.checkoutUrl.lastIndexOf('/') + 1);
-        const paid = await this.#withSlot(() => this.#pay(token, planned.card, deadline, signal));
+        const paid = await this.#withSlot(() => this.#pay(token, card, deadline, signal));
         if (paid === undefined) {
           this.stats.ordersNeverPaid += 1;
           continue;

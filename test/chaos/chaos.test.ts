@@ -2,9 +2,10 @@
  * Goal: the chaos demo's promise holds in CI: under every kind of fault (kill -9 of a node, NATS
  * cut, MySQL connection kills, PSP errors/timeouts/slowness, duplicate, late and forged webhooks)
  * nobody is charged twice, no money is lost or invented and no order is lost.
- * Method: the short version of `npm run chaos`: runChaos() with a fixed seed, 40 payments and
- * 20 s of faults (each kind once) against two real Settle node processes and the PSP mock on the
- * real MariaDB and NATS; every line of the invariant table must PASS.
+ * Method: the short version of `npm run chaos`: runChaos() with a fixed seed, 40 payments (a few
+ * never paid, so they must expire) and 20 s of faults (each kind once) against two real Settle
+ * node processes and the PSP mock on the real MariaDB and NATS; every line of the invariant table
+ * must PASS.
  */
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
@@ -23,6 +24,7 @@ it('keeps every invariant while every kind of fault is injected', async () => {
     nodes: 2,
     settleMs: 45_000,
     perKind: 1,
+    orderExpiryMs: 20_000,
     mysqlUrl: inject('mysqlUrl'),
     natsUrl: inject('natsUrl'),
     baseEnv: process.env,
@@ -41,6 +43,9 @@ it('keeps every invariant while every kind of fault is injected', async () => {
   expect(outcome.paymentsInDb).toBe(40);
   expect(outcome.byState.SUCCEEDED ?? 0).toBeGreaterThan(20);
   expect(outcome.byState.FAILED ?? 0).toBeGreaterThan(0);
+  // The orders nobody paid expired: the janitor's expiry ran under the faults too.
+  expect(result.driver.ordersAbandoned).toBeGreaterThan(0);
+  expect(outcome.byState.EXPIRED ?? 0).toBeGreaterThan(0);
   expect(result.webhooks.forgedSent).toBeGreaterThan(0);
   expect(progress.some((line) => line.includes('fault kill-node: kill -9'))).toBe(true);
 }, 150_000);

@@ -15,7 +15,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import type { ChaosCluster } from '../../src/chaos/cluster.js';
 import { sleep } from '../../src/chaos/processes.js';
-import { callUnary } from '../../src/chaos/rpc.js';
+import { callUnary, checkHealth, type HealthState } from '../../src/chaos/rpc.js';
 import {
   CARD,
   createPayments,
@@ -49,6 +49,17 @@ async function streamState(c: ChaosCluster) {
   } finally {
     await nc.close();
   }
+}
+
+async function waitForHealth(address: string, wanted: HealthState): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  let last: HealthState = 'UNKNOWN';
+  while (Date.now() < deadline) {
+    last = await checkHealth(address, 1_000);
+    if (last === wanted) return;
+    await sleep(100);
+  }
+  throw new Error(`health stayed ${last}, wanted ${wanted}`);
 }
 
 const allTerminal = (rows: { state: string }[]) =>
@@ -183,16 +194,18 @@ describe('crash recovery with real processes', () => {
     const first = await createPayments(c, { count: 5, ordersEach: 2 });
     await waitForOrders(c, (rows) => rows.every((r) => r.state === 'SUCCEEDED'), 'first batch');
 
+    expect(await checkHealth(node.grpcAddress, 2_000)).toBe('SERVING');
     node.natsProxy.down();
     const during = await createPayments(c, { count: 5, ordersEach: 2 });
-    await sleep(3_000);
+    // The node says it cannot work while NATS is away.
+    await waitForHealth(node.grpcAddress, 'NOT_SERVING');
+    await sleep(2_000);
     const stuck = (await orderRows(c)).filter((r) => r.state !== 'SUCCEEDED');
     // Without NATS nothing moves: the cut is real.
     expect(stuck.length).toBe(10);
     expect(stuck.every((r) => r.state === 'NOT_STARTED')).toBe(true);
-    // HOOK(health monitor): once the lead's monitor lands, assert NOT_SERVING here via
-    // checkHealth(node.grpcAddress, …) and SERVING again after the cut.
     node.natsProxy.up();
+    await waitForHealth(node.grpcAddress, 'SERVING');
     await waitForOrders(
       c,
       (rows) => rows.length === 20 && rows.every((r) => r.state === 'SUCCEEDED'),

@@ -57,7 +57,7 @@ function facts(): { observed: Observed; driver: DriverFacts } {
       walletMismatches: [],
       outboxLeft: 0,
       charges: [{ nonce: 'ord_ok', pspReference: 'psp_a', amountMinor: 500n }],
-      deadLetters: [{ orderId: 'ord_dlq', reason: 'RETRIES_EXHAUSTED' }],
+      deadLetters: [{ orderId: 'ord_dlq', reason: 'RETRIES_EXHAUSTED', state: 'OPEN' }],
       deadLetterSource: 'DLQ stream',
     },
     driver: {
@@ -158,8 +158,19 @@ describe('chaos invariants', () => {
       ],
       [
         'an order stuck without a dead letter',
-        'orders lost (not terminal and not in the DLQ)',
+        'orders lost (not terminal and not held in the DLQ)',
         (f) => ({ ...f, observed: { ...f.observed, deadLetters: [] } }),
+      ],
+      [
+        'an order stuck after its dead letter was replayed',
+        'orders lost (not terminal and not held in the DLQ)',
+        (f) => ({
+          ...f,
+          observed: {
+            ...f.observed,
+            deadLetters: [{ orderId: 'ord_dlq', reason: 'RETRIES_EXHAUSTED', state: 'REPLAYED' }],
+          },
+        }),
       ],
       [
         'an acknowledged payment missing from the database',
