@@ -29,6 +29,8 @@ export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 /** Command partitions of the cluster's namespace (the config default). */
 const CMD_PARTITIONS = 16;
 const START_TIMEOUT_MS = 30_000;
+/** Starts tried on fresh ports when a picked port was taken meanwhile. */
+const PORT_ATTEMPTS_MAX = 3;
 
 export type ClusterOptions = Readonly<{
   nodes: number;
@@ -56,11 +58,12 @@ export type NodeHandle = {
   readonly index: number;
   readonly name: string;
   readonly process: ManagedProcess;
-  readonly grpcAddress: string;
-  readonly httpUrl: string;
+  /** Kept across restarts; they change only when a start finds a port taken. */
+  grpcAddress: string;
+  httpUrl: string;
   readonly natsProxy: TcpProxy;
   readonly mysqlProxy: TcpProxy;
-  readonly client: SettleClient;
+  client: SettleClient;
   state: NodeState;
 };
 
@@ -69,6 +72,7 @@ export class ChaosCluster {
   #db: { db: Db; close: () => Promise<void> } | undefined;
   #pspClient: PspServiceClient | undefined;
   #destroyed = false;
+  #pspGrpcPort = 0;
 
   private constructor(
     readonly options: ClusterOptions,
@@ -79,7 +83,6 @@ export class ChaosCluster {
     readonly names: Names,
     readonly webhookSecret: string,
     readonly psp: ManagedProcess,
-    readonly pspGrpcAddress: string,
     readonly webhookProxy: TcpProxy,
     private readonly proxies: TcpProxy[],
   ) {}
@@ -99,26 +102,18 @@ export class ChaosCluster {
     const nats = new URL(options.natsUrl);
     const natsTarget = { host: nats.hostname, port: Number(nats.port || 4222) };
 
+    // Proxies first: they take ephemeral ports, and the ports picked below must not be theirs.
     const proxies: TcpProxy[] = [];
-    const ports = await Promise.all(
-      Array.from({ length: options.nodes * 2 + 2 }, () => freePort()),
-    );
-    const [pspGrpcPort, pspHttpPort] = ports as [number, number];
-    const nodePorts = Array.from({ length: options.nodes }, (_, i) => ({
-      grpc: ports[2 + i * 2] as number,
-      http: ports[3 + i * 2] as number,
-    }));
     const webhookProxy = await startTcpProxy(
-      nodePorts.map((p) => ({ host: '127.0.0.1', port: p.http })),
-      { connectTimeoutMs: 1_000 },
+      { host: '127.0.0.1', port: 1 },
+      {
+        connectTimeoutMs: 1_000,
+      },
     );
     proxies.push(webhookProxy);
-
     const common = {
       ...stringEnv(options.baseEnv),
       PSP_WEBHOOK_SECRET: webhookSecret,
-      PSP_GRPC_ADDR: `127.0.0.1:${pspGrpcPort}`,
-      PSP_HTTP_ADDR: `127.0.0.1:${pspHttpPort}`,
       SETTLE_NAMESPACE: namespace,
       SETTLE_PUBLIC_URL: `http://127.0.0.1:${webhookProxy.port}`,
       LOG_LEVEL: 'warn',
@@ -141,24 +136,15 @@ export class ChaosCluster {
       names,
       webhookSecret,
       psp,
-      `127.0.0.1:${pspGrpcPort}`,
       webhookProxy,
       proxies,
     );
     try {
-      for (const [index, port] of nodePorts.entries()) {
+      for (let index = 0; index < options.nodes; index += 1) {
         const mysqlProxy = await startTcpProxy({ host: mysql.host, port: mysql.port });
         const natsProxy = await startTcpProxy(natsTarget);
         proxies.push(mysqlProxy, natsProxy);
         const name = `node-${index + 1}`;
-        const env = {
-          ...common,
-          SETTLE_GRPC_ADDR: `127.0.0.1:${port.grpc}`,
-          SETTLE_HTTP_ADDR: `127.0.0.1:${port.http}`,
-          MYSQL_URL: withHostPort(settleMysqlUrl, '127.0.0.1', mysqlProxy.port),
-          NATS_URL: `nats://127.0.0.1:${natsProxy.port}`,
-          ...options.nodeEnv,
-        };
         cluster.nodes.push({
           index,
           name,
@@ -167,20 +153,26 @@ export class ChaosCluster {
             script: 'src/main.ts',
             args: ['--settle-only'],
             cwd: REPO_ROOT,
-            env,
+            env: {
+              ...common,
+              MYSQL_URL: withHostPort(settleMysqlUrl, '127.0.0.1', mysqlProxy.port),
+              NATS_URL: `nats://127.0.0.1:${natsProxy.port}`,
+              ...options.nodeEnv,
+            },
             readyPattern: /^Settle is up: /,
             logFile: path.join(options.logDir, `${name}.log`),
             onLine: (line) => options.onLine?.(name, line),
           }),
-          grpcAddress: `127.0.0.1:${port.grpc}`,
-          httpUrl: `http://127.0.0.1:${port.http}`,
+          grpcAddress: '',
+          httpUrl: '',
           natsProxy,
           mysqlProxy,
-          client: createSettleClient(`127.0.0.1:${port.grpc}`, { defaultTimeoutMs: 5_000 }),
+          client: undefined as unknown as SettleClient,
           state: 'down',
         });
       }
-      await psp.start(START_TIMEOUT_MS);
+      for (const node of cluster.nodes) await cluster.#assignPorts(node);
+      await cluster.#startPsp();
       // The first node creates the database, migrates it and creates the streams; the others
       // then start together.
       await cluster.startNode(0);
@@ -191,6 +183,47 @@ export class ChaosCluster {
       await cluster.destroy();
       throw error;
     }
+  }
+
+  /** host:port of the PSP mock's gRPC API. */
+  get pspGrpcAddress(): string {
+    return `127.0.0.1:${this.#pspGrpcPort}`;
+  }
+
+  /**
+   * Starts the PSP mock on free ports. A port picked free can be taken by another process before
+   * the child binds it, so a start that fails for that reason is tried again on other ports.
+   */
+  async #startPsp(): Promise<void> {
+    for (let attempt = 1; ; attempt += 1) {
+      const [grpcPort, httpPort] = [await freePort(), await freePort()];
+      this.#pspGrpcPort = grpcPort;
+      this.psp.env.PSP_GRPC_ADDR = `127.0.0.1:${grpcPort}`;
+      this.psp.env.PSP_HTTP_ADDR = `127.0.0.1:${httpPort}`;
+      for (const node of this.nodes) node.process.env.PSP_GRPC_ADDR = this.pspGrpcAddress;
+      try {
+        await this.psp.start(START_TIMEOUT_MS);
+        return;
+      } catch (error) {
+        if (attempt >= PORT_ATTEMPTS_MAX || !isAddressInUse(error)) throw error;
+      }
+    }
+  }
+
+  /** Gives a node new gRPC and HTTP ports (before its first start, or after a port clash). */
+  async #assignPorts(node: NodeHandle): Promise<void> {
+    const [grpcPort, httpPort] = [await freePort(), await freePort()];
+    node.process.env.SETTLE_GRPC_ADDR = `127.0.0.1:${grpcPort}`;
+    node.process.env.SETTLE_HTTP_ADDR = `127.0.0.1:${httpPort}`;
+    node.grpcAddress = `127.0.0.1:${grpcPort}`;
+    node.httpUrl = `http://127.0.0.1:${httpPort}`;
+    (node.client as SettleClient | undefined)?.close();
+    node.client = createSettleClient(node.grpcAddress, { defaultTimeoutMs: 5_000 });
+    this.webhookProxy.retarget(
+      this.nodes
+        .filter((n) => n.httpUrl !== '')
+        .map((n) => ({ host: '127.0.0.1', port: Number(new URL(n.httpUrl).port) })),
+    );
   }
 
   /** Settle's database, read directly (not through a node's proxy). */
@@ -231,6 +264,7 @@ export class ChaosCluster {
     node.state = 'starting';
     const attemptsMax = options.attemptsMax ?? 1;
     let last: unknown;
+    let portClashes = 0;
     for (let attempt = 1; attempt <= attemptsMax && !this.#destroyed; attempt += 1) {
       try {
         if (options.env !== undefined) Object.assign(node.process.env, options.env);
@@ -239,6 +273,14 @@ export class ChaosCluster {
         return;
       } catch (error) {
         last = error;
+        if (isAddressInUse(error) && portClashes < PORT_ATTEMPTS_MAX) {
+          // Another process took one of the node's ports between the pick and the bind: move
+          // the node to other ports; a clash does not count as an attempt.
+          portClashes += 1;
+          await this.#assignPorts(node);
+          attempt -= 1;
+          continue;
+        }
         if (attempt < attemptsMax) await sleep(1_000);
       }
     }
@@ -274,7 +316,8 @@ export class ChaosCluster {
     this.#destroyed = true;
     await Promise.all(this.nodes.map((node) => node.process.dispose()));
     await this.psp.dispose();
-    for (const node of this.nodes) node.client.close();
+    // A node whose ports were never assigned has no client yet.
+    for (const node of this.nodes) (node.client as SettleClient | undefined)?.close();
     this.#pspClient?.close();
     await this.#db?.close().catch(() => undefined);
     await Promise.all(this.proxies.map((proxy) => proxy.close()));
@@ -298,6 +341,10 @@ export class ChaosCluster {
     }
     if (problems.length > 0) throw new Error(`cleanup incomplete: ${problems.join('; ')}`);
   }
+}
+
+function isAddressInUse(error: unknown): boolean {
+  return /EADDRINUSE|is in use|already in use|No address added/i.test(String(error));
 }
 
 function withDatabase(url: string, database: string): string {

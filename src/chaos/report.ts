@@ -39,7 +39,7 @@ export function formatReport(result: ChaosResult): string {
       `dead letters (${outcome.deadLetterSource})`,
       `${outcome.deadLetterEntries}${reasons(outcome.deadLetterReasons)}`,
     ],
-    ['  by state at the end', reasons(outcome.deadLetterStates).trim() || '-'],
+    ['  by state at the end', list(outcome.deadLetterStates) || '-'],
     ['  replayed by the run (AdminService)', String(result.deadLettersReplayed)],
     ["PSP charges (PSP's own records)", String(outcome.charges)],
   ];
@@ -75,7 +75,7 @@ export function formatReport(result: ChaosResult): string {
   const breaker = result.logs.breaker;
   lines.push(
     `seen by the driver: ${result.driver.createRetries} CreatePayment retries with the same request id` +
-      `${reasons(result.driver.createRetryCodes)}, ` +
+      `${result.driver.createRetries > 0 ? ` (${list(result.driver.createRetryCodes)})` : ''}, ` +
       `${result.driver.ordersPaid} orders paid, ${result.driver.ordersNeverPaid} never got a checkout URL; ` +
       `webhooks: ${result.webhooks.duplicatesSent} duplicates, ${result.webhooks.lateSent} late, ` +
       `${result.webhooks.forgedSent} forged (${result.webhooks.forgedAccepted} accepted)`,
@@ -98,9 +98,18 @@ export function formatReport(result: ChaosResult): string {
   return lines.join('\n');
 }
 
+/** "A 3, B 1", largest first. */
+function list(counts: Readonly<Record<string, number>>): string {
+  return Object.entries(counts)
+    .sort((a, b) => b[1] - a[1])
+    .map(([key, n]) => `${key} ${n}`)
+    .join(', ');
+}
+
+/** The counts in parentheses after a value, or nothing. */
 function reasons(counts: Readonly<Record<string, number>>): string {
-  const entries = Object.entries(counts).sort((a, b) => b[1] - a[1]);
-  return entries.length === 0 ? '' : `  (${entries.map(([r, n]) => `${r} ${n}`).join(', ')})`;
+  const text = list(counts);
+  return text === '' ? '' : `  (${text})`;
 }
 
 function table(header: readonly string[], rows: ReadonlyArray<readonly string[]>): string[] {

@@ -23,6 +23,8 @@ export type TcpProxy = Readonly<{
   killConnections: () => number;
   /** Client connections accepted since the start. */
   accepted: () => number;
+  /** Sends new connections to these targets from now on (live ones keep theirs). */
+  retarget: (targets: readonly ProxyTarget[]) => void;
   close: () => Promise<void>;
 }>;
 
@@ -40,7 +42,7 @@ export function startTcpProxy(
   target: ProxyTarget | readonly ProxyTarget[],
   options: TcpProxyOptions = {},
 ): Promise<TcpProxy> {
-  const targets: readonly ProxyTarget[] = Array.isArray(target)
+  let targets: readonly ProxyTarget[] = Array.isArray(target)
     ? (target as readonly ProxyTarget[])
     : [target as ProxyTarget];
   if (targets.length === 0) throw new Error('a TCP proxy needs at least one target');
@@ -133,6 +135,11 @@ export function startTcpProxy(
         isUp: () => accepting,
         killConnections,
         accepted: () => acceptedTotal,
+        retarget: (next) => {
+          if (next.length === 0) throw new Error('a TCP proxy needs at least one target');
+          targets = [...next];
+          nextTarget = 0;
+        },
         close: () =>
           new Promise<void>((done) => {
             accepting = false;
