@@ -84,6 +84,14 @@ export const configSchema = z.object({
   IDEMPOTENCY_TTL_MS: positiveInt.default(24 * 3_600_000),
   GRPC_MESSAGE_BYTES_MAX: positiveInt.max(64 * 1024 * 1024).default(1024 * 1024),
   SHUTDOWN_GRACE_MS: positiveInt.max(120_000).default(10_000),
+
+  /** The admin credential (bearer token or login form). Unset: the admin panel refuses everyone. */
+  ADMIN_TOKEN: z.string().min(16, 'must be at least 16 characters').max(256).optional(),
+  /** Local development only: admin pages are readable without the token (actions still need it). */
+  ADMIN_READONLY_OPEN: z
+    .enum(['true', 'false'])
+    .default('false')
+    .transform((v) => v === 'true'),
 });
 
 export type Config = Readonly<z.infer<typeof configSchema>>;

@@ -115,6 +115,20 @@ export interface InboxTable {
   received_at: Timestamp;
 }
 
+export interface AdminAuditTable {
+  id: Generated<string>;
+  /** The operator's name as given at login, or `api` for bearer calls without X-Admin-Actor. */
+  actor: string;
+  action: string;
+  /** What the action touched, e.g. `dead-letter:42` or `session`. */
+  target: string;
+  reason: string;
+  outcome: 'OK' | 'FAILED';
+  /** JSON text with the action's particulars. */
+  detail: string;
+  created_at: Timestamp;
+}
+
 export interface Database {
   idempotency_key: IdempotencyKeyTable;
   payment: PaymentTable;
@@ -125,6 +139,7 @@ export interface Database {
   wallet: WalletTable;
   outbox: OutboxTable;
   inbox: InboxTable;
+  admin_audit: AdminAuditTable;
 }
 
 export type PaymentRow = Selectable<PaymentTable>;
