@@ -3,8 +3,8 @@
  * the payment-order actor runtime fed by the command consumer, the gRPC API and the HTTP port.
  * `startSettle` is used by main.ts and by the tests; `stop()` undoes it in reverse order.
  */
-import * as grpc from '@grpc/grpc-js';
-import { jetstream } from '@nats-io/jetstream';
+import type * as grpc from '@grpc/grpc-js';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { settlePublicUrl, type Config } from './config.js';
 import { ActorRegistry } from './actors/runtime/registry.js';
@@ -27,6 +27,8 @@ import { addReflection } from './grpc/reflection/index.js';
 import { PaymentServiceService } from './grpc/generated/settle/v1/payment.js';
 import { LedgerServiceService, WalletServiceService } from './grpc/generated/settle/v1/wallet.js';
 import { paymentHandlers } from './grpc/handlers/payment.handlers.js';
+import { adminHandlers } from './grpc/handlers/admin.handlers.js';
+import { AdminServiceService } from './grpc/generated/settle/v1/admin.js';
 import { ledgerHandlers, walletHandlers } from './grpc/handlers/ledger.handlers.js';
 import { createHttpServer, json, listenHttp, type Route } from './http/router.js';
 import { WEBHOOK_PATH, webhookRoute } from './http/webhook.route.js';
@@ -34,11 +36,15 @@ import { createLogger, type Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
 import { grpcCallObserver } from './observability/request-log.js';
 import { operatorRoutes } from './http/operator.routes.js';
+import { recordDeadLetter } from './admin/dead-letters.js';
+import { Janitor } from './jobs/janitor.js';
+import { HealthMonitor } from './observability/health-monitor.js';
 
 export const SETTLE_SERVICES = [
   'settle.v1.PaymentService',
   'settle.v1.WalletService',
   'settle.v1.LedgerService',
+  'settle.v1.AdminService',
 ] as const;
 
 export type SettleOverrides = Partial<{
@@ -63,6 +69,7 @@ export type SettleNode = Readonly<{
   relay: OutboxRelay;
   consumer: CommandConsumer;
   registry: ActorRegistry<OrderMessage, HandleOutcome>;
+  janitor: Janitor;
   psp: PspPort;
   health: Health;
   logger: Logger;
@@ -82,7 +89,7 @@ export async function startSettle(
   const nodeName = overrides.nodeName ?? `settle-${process.pid}`;
   const logger = overrides.logger ?? createLogger({ level: config.LOG_LEVEL, name: 'settle' });
   const metrics = createMetrics();
-  const cleanups: Array<() => Promise<unknown> | unknown> = [];
+  const cleanups: Array<() => unknown> = [];
   const stopAll = async () => {
     for (const cleanup of cleanups.reverse()) {
       try {
@@ -103,12 +110,13 @@ export async function startSettle(
     const nc = await connectNats(config.NATS_URL, nodeName);
     cleanups.push(() => nc.drain().catch(() => nc.close()));
     const names = topologyNames(config.SETTLE_NAMESPACE, config.CMD_PARTITIONS);
-    const jsm = await ensureTopology(nc, names, {
+    await ensureTopology(nc, names, {
       ackWaitMs: config.CONSUMER_ACK_WAIT_MS,
       maxDeliver: config.RETRY_BACKOFF_MS.length + 1,
       maxAckPending: config.CONSUMER_MAX_ACK_PENDING,
     });
     const js = jetstream(nc, { timeout: 5_000 });
+    const jsm = await jetstreamManager(nc, { timeout: 5_000 });
 
     let psp: PspPort & { close?: () => void };
     if (overrides.psp !== undefined) {
@@ -188,7 +196,8 @@ export async function startSettle(
 
     const dispatch = (command: Command): Promise<HandleOutcome> =>
       registry.send(command.orderId, { event: commandToEvent(command) });
-    const consumer = new CommandConsumer(js, names, (command) => dispatch(command), {
+    const consumer = new CommandConsumer(nc, js, jsm, names, (command) => dispatch(command), {
+      recordDeadLetter: (entry) => recordDeadLetter(db, names.commandStream, entry, now()),
       inFlightMax: Math.min(config.CONSUMER_MAX_ACK_PENDING, 1_024),
       backoffMs: config.RETRY_BACKOFF_MS,
       jitter: 0.2,
@@ -222,6 +231,18 @@ export async function startSettle(
 
     // gRPC
     const health = createHealth([...SETTLE_SERVICES]);
+    const monitor = new HealthMonitor(
+      db,
+      nc,
+      { intervalMs: 1_000, probeTimeoutMs: 1_000 },
+      (status) => {
+        health.setServing(status.serving);
+        const line = `dependencies: mysql ${status.mysql ? 'up' : 'DOWN'}, nats ${status.nats ? 'up' : 'DOWN'}`;
+        if (status.serving) logger.info(status, line);
+        else logger.error(status, line);
+      },
+    );
+
     const grpcServer = createGrpcServer({ maxMessageBytes: config.GRPC_MESSAGE_BYTES_MAX });
     const adapterOptions = {
       log: (error: unknown, context: Record<string, unknown>) =>
@@ -231,6 +252,13 @@ export async function startSettle(
     grpcServer.addService(PaymentServiceService, paymentHandlers(payments, adapterOptions));
     grpcServer.addService(WalletServiceService, walletHandlers(db, adapterOptions));
     grpcServer.addService(LedgerServiceService, ledgerHandlers(db, adapterOptions));
+    grpcServer.addService(
+      AdminServiceService,
+      adminHandlers(
+        { db, wakeRelay: () => relay.wake(), now, adminToken: config.ADMIN_TOKEN },
+        adapterOptions,
+      ),
+    );
     health.addToServer(grpcServer);
     addReflection(grpcServer, { services: [...SETTLE_SERVICES, HEALTH_SERVICE_NAME] });
     const grpcPort = await listen(
@@ -255,7 +283,15 @@ export async function startSettle(
       {
         method: 'GET',
         path: '/healthz',
-        handle: async () => json(200, { status: 'ok', node: nodeName }),
+        handle: async () => {
+          const status = monitor.status;
+          return json(status.serving ? 200 : 503, {
+            status: status.serving ? 'ok' : 'degraded',
+            node: nodeName,
+            mysql: status.mysql ? 'up' : 'down',
+            nats: status.nats ? 'up' : 'down',
+          });
+        },
       },
       // REST twin, /metrics and the admin panel.
       ...operatorRoutes({
@@ -269,6 +305,7 @@ export async function startSettle(
         metrics,
         logger,
         nodeName,
+        wakeRelay: () => relay.wake(),
         now,
       }),
     ];
@@ -296,6 +333,30 @@ export async function startSettle(
     await consumer.start();
     cleanups.push(() => consumer.stop(config.SHUTDOWN_GRACE_MS));
 
+    const janitor = new Janitor(
+      db,
+      names,
+      {
+        orderExpiryMs: config.ORDER_EXPIRY_MS,
+        stuckMs: config.JANITOR_STUCK_MS,
+        intervalMs: config.JANITOR_INTERVAL_MS,
+        batchMax: config.JANITOR_BATCH_MAX,
+        leaseMs: config.JANITOR_LEASE_MS,
+      },
+      {
+        now,
+        wakeRelay: () => relay.wake(),
+        onPass: (pass) =>
+          logger.info(
+            { expired: pass.expired.length, checked: pass.checked.length },
+            'janitor queued commands',
+          ),
+        onError: (error) => logger.warn({ err: error }, 'janitor pass failed'),
+      },
+    );
+    janitor.start();
+    cleanups.push(() => janitor.stop());
+
     const purge = setInterval(() => {
       const cutoff = new Date(Date.now() - config.IDEMPOTENCY_TTL_MS);
       purgeIdempotencyKeys(db, cutoff, 10_000).then(
@@ -306,6 +367,8 @@ export async function startSettle(
     purge.unref();
     cleanups.push(() => clearInterval(purge));
 
+    monitor.start();
+    cleanups.push(() => monitor.stop());
     health.setServing(true);
     cleanups.push(() => health.setServing(false));
     logger.info(
@@ -327,6 +390,7 @@ export async function startSettle(
       relay,
       consumer,
       registry,
+      janitor,
       psp,
       health,
       logger,
@@ -346,7 +410,9 @@ export function commandToEvent(command: Command): OrderEvent {
     case 'ExecuteOrder':
       return { type: 'ExecuteOrder' };
     case 'ExpireOrder':
-      return { type: 'Expire' };
+      return { type: 'ExpiryDue' };
+    case 'CheckOrderStatus':
+      return { type: 'StatusCheckDue' };
     case 'PspResult':
       return command.outcome === 'SUCCEEDED'
         ? {

@@ -3,7 +3,7 @@
  * webhooks, ledger entries, dead letters, the PSP breaker) into one finding per order, worst
  * first. No I/O and no clock: `now` is passed in, so every rule is tested with plain values.
  */
-import type { PaymentOrder } from '../actors/payment-order/machine.js';
+import type { PaymentOrder } from '../domain/payment-order.js';
 import type { BreakerState } from '../psp/client.js';
 
 export const SEVERITY = { ok: 'ok', info: 'info', warn: 'warn', error: 'error' } as const;
@@ -20,7 +20,7 @@ export type DiagnosisFacts = Readonly<{
   /** When each order last changed state (its newest transition), if ever. */
   lastTransitionAt: ReadonlyMap<string, Date>;
   openDeadLetters: ReadonlyArray<
-    Readonly<{ id: string; orderId: string | null; reason: string; lastError: string }>
+    Readonly<{ id: string; orderId: string | undefined; reason: string; lastError: string }>
   >;
   breaker: BreakerState | undefined;
   now: Date;

@@ -3,7 +3,7 @@
  * loads the data and checks the credential. Every value goes through the escaping `html` tag.
  */
 import { formatMajor } from '../domain/money.js';
-import type { PaymentOrder } from '../actors/payment-order/machine.js';
+import type { PaymentOrder } from '../domain/payment-order.js';
 import type { Payment } from '../storage/repositories/payment.repository.js';
 import type { TransitionRecord } from '../storage/repositories/payment-order.repository.js';
 import type {
@@ -21,7 +21,7 @@ import type { OperationsSnapshot, Probe } from '../observability/operations.js';
 import type { Principal } from './auth.js';
 import type { DeadLetterEntry, DeadLetterPage, DeadLetterState } from './dead-letter-source.js';
 import type { Finding } from './diagnosis.js';
-import { externalLink, formatTime, html, queryString, SafeHtml } from './html.js';
+import { externalLink, formatTime, html, queryString, type SafeHtml } from './html.js';
 
 export type LayoutContext = Readonly<{
   principal: Principal | undefined;
@@ -645,8 +645,7 @@ export const DEAD_LETTER_FILTERS = ['OPEN', 'REPLAYED', 'DISCARDED', 'ALL'] as c
 function deadLetterActions(entry: DeadLetterEntry, canAct: boolean): SafeHtml {
   if (entry.state !== 'OPEN') {
     return html`<span class="muted"
-      >${entry.resolution?.actor ?? ''}
-      ${entry.resolution !== undefined ? formatTime(entry.resolution.at) : ''}</span
+      >${entry.resolutionNote ?? ''} (${formatTime(entry.updatedAt)})</span
     >`;
   }
   if (!canAct) return html`<span class="muted">log in to act</span>`;
@@ -658,12 +657,10 @@ function deadLetterActions(entry: DeadLetterEntry, canAct: boolean): SafeHtml {
 export function deadLettersPage(input: {
   page: DeadLetterPage;
   state: DeadLetterState | 'ALL';
-  sourceDescription: string;
   canAct: boolean;
   beforeId: string | undefined;
 }): SafeHtml {
-  return html` <p class="muted">Source: ${input.sourceDescription}.</p>
-    <p class="tabs">
+  return html`<p class="tabs">
       ${DEAD_LETTER_FILTERS.map(
         (state) =>
           html`<a
@@ -700,7 +697,7 @@ export function deadLettersPage(input: {
                     </td>
                     <td>${entry.createdAt}</td>
                     <td>
-                      ${entry.orderId !== null ? html`<a href="/admin/orders/${encodeURIComponent(entry.orderId)}" class="mono">${entry.orderId}</a>` : html`<span class="muted">none</span>`}
+                      ${entry.orderId !== undefined ? html`<a href="/admin/orders/${encodeURIComponent(entry.orderId)}" class="mono">${entry.orderId}</a>` : html`<span class="muted">none</span>`}
                     </td>
                     <td>${entry.reason}</td>
                     <td>${entry.attempts}</td>
@@ -722,7 +719,6 @@ export function deadLettersPage(input: {
             >`
           : ''
       }
-      ${input.page.truncated ? html`<span class="muted">(scan budget reached; more may be older)</span>` : ''}
     </p>`;
 }
 
@@ -732,11 +728,11 @@ export function deadLetterPage(input: { entry: DeadLetterEntry; canAct: boolean 
       <dt>State</dt>
       <dd>
         ${stateBadge(e.state)}
-        ${e.resolution !== undefined ? html`by ${e.resolution.actor} at ${e.resolution.at}: ${e.resolution.note}` : ''}
+        ${e.resolutionNote !== undefined ? html`${e.resolutionNote} (${e.updatedAt})` : ''}
       </dd>
       <dt>Order</dt>
       <dd>
-        ${e.orderId !== null ? html`<a href="/admin/orders/${encodeURIComponent(e.orderId)}" class="mono">${e.orderId}</a>` : 'none'}
+        ${e.orderId !== undefined ? html`<a href="/admin/orders/${encodeURIComponent(e.orderId)}" class="mono">${e.orderId}</a>` : 'none'}
       </dd>
       <dt>Reason</dt>
       <dd>${e.reason}</dd>

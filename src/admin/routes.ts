@@ -1,23 +1,19 @@
 /**
- * The admin panel's routes under /admin on Settle's HTTP port: HTML pages for people, and a small
- * JSON API under /admin/api for the CLI. Views need the admin credential unless
- * ADMIN_READONLY_OPEN is set; actions always do. Every action runs in one transaction with its
- * audit row (a failed action is audited as FAILED), and a destructive one is confirmed twice: a
- * confirmation page with a required reason, then the browser's confirm dialog.
+ * The admin panel's routes under /admin on Settle's HTTP port: server-rendered HTML pages. Views
+ * need the admin credential unless ADMIN_READONLY_OPEN is set; actions always do. Every action is
+ * audited (src/admin/audit.ts; a failed one as FAILED), and a destructive one is confirmed twice:
+ * a confirmation page with a required reason, then the browser's confirm dialog. Scripts use gRPC
+ * AdminService (the same dead-letter functions, the same audit trail) instead of these pages.
  */
 import { randomUUID } from 'node:crypto';
 import { InvalidArgumentError, NotFoundError, SettleError } from '../domain/errors.js';
 import { toHttpError } from '../grpc/http-status.js';
 import type { ErrorLogger } from '../grpc/status.js';
-import { json, type HttpRequest, type HttpResponse, type Route } from '../http/router.js';
+import type { HttpRequest, HttpResponse, Route } from '../http/router.js';
 import type { Names } from '../messaging/subjects.js';
 import { breakerStateOf, type OperationsSnapshot } from '../observability/operations.js';
 import type { Db } from '../storage/db.js';
-import {
-  AUDIT_OUTCOME,
-  insertAudit,
-  listAudit,
-} from '../storage/repositories/admin-audit.repository.js';
+import { listAudit } from '../storage/repositories/admin-audit.repository.js';
 import {
   latestEntriesOfAccount,
   latestRowsOfTables,
@@ -35,7 +31,8 @@ import {
   listTransitions,
 } from '../storage/repositories/payment-order.repository.js';
 import { findPayment } from '../storage/repositories/payment.repository.js';
-import { inTransaction, toUnavailable, type Trx } from '../storage/transaction.js';
+import { toUnavailable } from '../storage/transaction.js';
+import { ADMIN_ACTION, audited, type AuditedAction } from './audit.js';
 import {
   ACTOR_PATTERN,
   authenticate,
@@ -47,7 +44,6 @@ import {
   type Principal,
 } from './auth.js';
 import {
-  ADMIN_ACTION,
   DEAD_LETTER_STATE,
   type DeadLetterEntry,
   type DeadLetterSource,
@@ -77,13 +73,7 @@ import {
 } from './pages.js';
 import { ADMIN_CSS, ADMIN_JS } from './static.js';
 
-export type AdminAction = Readonly<{
-  actor: string;
-  action: string;
-  target: string;
-  reason: string;
-  outcome: 'OK' | 'FAILED';
-}>;
+export type AdminAction = AuditedAction & Readonly<{ outcome: 'OK' | 'FAILED' }>;
 
 export type AdminDeps = Readonly<{
   db: Db;
@@ -199,78 +189,25 @@ export function adminRoutes(deps: AdminDeps): Route[] {
     },
   });
 
-  /** JSON for scripts and the CLI: bearer token only, errors as {error: {code, reason, message}}. */
-  const api = (method: 'GET' | 'POST', path: string, handler: Handler): Route => ({
-    method,
-    path,
-    handle: async (request) => {
-      const requestId = randomUUID();
-      const principal = authenticate(deps.auth, request.headers, nowMs());
-      if (principal?.via !== 'bearer') {
-        return json(401, {
-          error: {
-            code: 'UNAUTHENTICATED',
-            reason: deps.auth.token === undefined ? 'ADMIN_DISABLED' : 'BAD_TOKEN',
-            message:
-              deps.auth.token === undefined
-                ? 'this node has no ADMIN_TOKEN; the admin API is disabled'
-                : 'send Authorization: Bearer <ADMIN_TOKEN>',
-            retryable: false,
-            request_id: requestId,
-          },
-        });
-      }
-      try {
-        return await handler(request, principal);
-      } catch (error) {
-        const answer = toHttpError(toUnavailable(error), requestId, { log: deps.log, path });
-        return json(answer.status, answer.body, answer.headers);
-      }
-    },
-  });
-
-  /** Runs `work` and its audit row in one transaction; audits a failure on its own. */
-  async function audited(
+  const audit = (
     principal: Principal,
     what: { action: string; target: string; reason: string },
-    work: (trx: Trx) => Promise<Record<string, unknown>>,
-  ): Promise<{ auditId: bigint; detail: Record<string, unknown> }> {
-    const record = { actor: principal.actor, ...what };
-    try {
-      const result = await inTransaction(deps.db, async (trx) => {
-        const detail = await work(trx);
-        const auditId = await insertAudit(trx, {
-          ...record,
-          outcome: AUDIT_OUTCOME.ok,
-          detail: { ...detail, via: principal.via },
-          now: deps.now(),
-        });
-        return { auditId, detail };
-      });
-      deps.onAction?.({ ...record, outcome: 'OK' });
-      return result;
-    } catch (error) {
-      const message = error instanceof SettleError ? error.message : 'internal error';
-      await insertAudit(deps.db, {
-        ...record,
-        outcome: AUDIT_OUTCOME.failed,
-        detail: { error: message, via: principal.via },
-        now: deps.now(),
-      }).catch((auditError: unknown) =>
-        deps.log?.(auditError, { requestId: 'admin-audit', path: what.action }),
-      );
-      deps.onAction?.({ ...record, outcome: 'FAILED' });
-      throw error;
-    }
-  }
+    work: () => Promise<Record<string, unknown>>,
+  ) =>
+    audited(
+      { db: deps.db, now: deps.now, ...(deps.onAction ? { onAudited: deps.onAction } : {}) },
+      { actor: principal.actor, via: principal.via, ...what },
+      work,
+      (detail) => detail,
+    );
 
-  const deadLetterAction = async (
+  const deadLetterAction = (
     principal: Principal,
     id: string,
     action: 'replay' | 'discard',
     reason: string,
   ) =>
-    audited(
+    audit(
       principal,
       {
         action:
@@ -278,8 +215,13 @@ export function adminRoutes(deps: AdminDeps): Route[] {
         target: deps.deadLetters.auditTarget(id),
         reason,
       },
-      (trx) =>
-        action === 'replay' ? deps.deadLetters.replay(trx, id) : deps.deadLetters.discard(trx, id),
+      async () => {
+        const entry =
+          action === 'replay'
+            ? await deps.deadLetters.replay(id, principal.actor)
+            : await deps.deadLetters.discard(id, reason, principal.actor);
+        return { orderId: entry.orderId, state: entry.state };
+      },
     );
 
   const confirmRoutes = (action: 'replay' | 'discard'): Route[] => [
@@ -376,11 +318,12 @@ export function adminRoutes(deps: AdminDeps): Route[] {
             action: ADMIN_ACTION.login,
             target: 'session',
             reason: 'wrong token',
+            via: 'session',
             outcome: 'FAILED',
           });
           return fail(401, 'wrong token');
         }
-        await audited(
+        await audit(
           { actor: name, via: 'session' },
           { action: ADMIN_ACTION.login, target: 'session', reason: 'login form' },
           async () => ({}),
@@ -394,7 +337,7 @@ export function adminRoutes(deps: AdminDeps): Route[] {
       handle: async (request) => {
         const principal = authenticate(deps.auth, request.headers, nowMs());
         if (principal?.via === 'session' && isSameOrigin(request.headers)) {
-          await audited(
+          await audit(
             principal,
             { action: ADMIN_ACTION.logout, target: 'session', reason: 'logout' },
             async () => ({}),
@@ -504,7 +447,7 @@ export function adminRoutes(deps: AdminDeps): Route[] {
           ledger,
           wallets,
           deadLetterNote: deadLetters.ok
-            ? `${deps.deadLetters.description}; the newest dead letters were searched for these orders.`
+            ? 'from the dead_letter table'
             : `could not be read (${deadLetters.error}).`,
         }),
       );
@@ -568,7 +511,7 @@ export function adminRoutes(deps: AdminDeps): Route[] {
       const done = request.query.get('done');
       const doneId = request.query.get('id') ?? '';
       const flash =
-        (done === 'replayed' || done === 'discarded') && /^\d{1,15}$/.test(doneId)
+        (done === 'replayed' || done === 'discarded') && /^\d{1,19}$/.test(doneId)
           ? `Dead letter ${doneId} ${done}.`
           : undefined;
       return page(
@@ -578,7 +521,6 @@ export function adminRoutes(deps: AdminDeps): Route[] {
         deadLettersPage({
           page: result,
           state,
-          sourceDescription: deps.deadLetters.description,
           canAct: context(principal).canAct,
           beforeId: before,
         }),
@@ -624,83 +566,13 @@ export function adminRoutes(deps: AdminDeps): Route[] {
         }),
       );
     }),
-
-    api('GET', '/admin/api/dead-letters', async (request) => {
-      const state = deadLetterFilter(request.query.get('state') ?? 'ALL');
-      const before = request.query.get('before') ?? '';
-      const limitText = request.query.get('limit') ?? String(PAGE_SIZE_DEFAULT);
-      if (
-        !/^\d{1,3}$/.test(limitText) ||
-        Number(limitText) < 1 ||
-        Number(limitText) > PAGE_SIZE_MAX
-      ) {
-        throw new InvalidArgumentError('limit', `must be 1-${PAGE_SIZE_MAX}`);
-      }
-      const result = await deps.deadLetters.list({
-        ...(state !== 'ALL' ? { state } : {}),
-        ...(before !== '' ? { beforeId: before } : {}),
-        limit: Number(limitText),
-      });
-      return json(200, {
-        source: deps.deadLetters.description,
-        dead_letters: result.entries.map(deadLetterJson),
-        next_before_id: result.nextBeforeId ?? '',
-      });
-    }),
-    ...(['replay', 'discard'] as const).map((action) =>
-      api('POST', `/admin/api/dead-letters/:id/${action}`, async (request, principal) => {
-        const id = request.params.id ?? '';
-        await requireDeadLetter(deps.deadLetters, id);
-        let body: unknown;
-        try {
-          body = JSON.parse((await request.body(FORM_BYTES_MAX)).toString('utf8') || '{}');
-        } catch {
-          throw new InvalidArgumentError('body', 'is not valid JSON');
-        }
-        const reason = requireReason(
-          typeof body === 'object' && body !== null
-            ? (body as { reason?: unknown }).reason
-            : undefined,
-        );
-        const result = await deadLetterAction(principal, id, action, reason);
-        const entry = await deps.deadLetters.get(id);
-        return json(200, {
-          audit_id: result.auditId.toString(),
-          detail: result.detail,
-          dead_letter: entry === undefined ? null : deadLetterJson(entry),
-        });
-      }),
-    ),
   ];
 }
 
 async function requireDeadLetter(source: DeadLetterSource, id: string): Promise<DeadLetterEntry> {
-  const entry = /^\d{1,15}$/.test(id) ? await source.get(id) : undefined;
+  const entry = await source.get(id);
   if (entry === undefined) throw new NotFoundError('dead letter', id.slice(0, 40));
   return entry;
-}
-
-function deadLetterJson(entry: DeadLetterEntry) {
-  return {
-    id: entry.id,
-    state: entry.state,
-    order_id: entry.orderId,
-    reason: entry.reason,
-    attempts: entry.attempts,
-    last_error: entry.lastError,
-    subject: entry.subject,
-    stream_sequence: entry.streamSequence,
-    payload: entry.payload,
-    create_time: entry.createdAt.toISOString(),
-    resolution:
-      entry.resolution === undefined
-        ? null
-        : {
-            actor: entry.resolution.actor,
-            time: entry.resolution.at.toISOString(),
-            note: entry.resolution.note,
-          },
-  };
 }
 
 function requireReason(value: unknown): string {

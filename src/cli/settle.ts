@@ -1,8 +1,8 @@
 /**
- * `settle`: the command-line client of a Settle node. Payments, wallets and the ledger go through
- * the gRPC API (src/client, the generated ts-proto stubs); dead letters go through the admin
- * panel's JSON API (/admin/api, bearer ADMIN_TOKEN), because this build has no gRPC AdminService.
- * Output is a human-readable table by default and JSON with --json (proto3 JSON mapping, the same
+ * `settle`: the command-line client of a Settle node, on the gRPC API through src/client (the
+ * generated ts-proto stubs): payments, wallets and the ledger, and dead letters through
+ * AdminService (with `authorization: Bearer <ADMIN_TOKEN>`; replay and discard are audited with
+ * the caller's name and reason, sent as `x-admin-actor` / `x-admin-reason` metadata). Output is a human-readable table by default and JSON with --json (proto3 JSON mapping, the same
  * shapes as the REST twin; amounts are strings). Exit codes: 0 done, 1 the server refused or
  * failed, 2 bad usage.
  *
@@ -29,6 +29,16 @@ import {
   ListEntriesResponse,
 } from '../grpc/generated/settle/v1/wallet.js';
 import { formatMajor } from '../domain/money.js';
+import {
+  DeadLetterState,
+  deadLetterStateFromJSON,
+  deadLetterStateToJSON,
+  DiscardDeadLetterResponse,
+  GetPaymentTimelineResponse,
+  ListDeadLettersResponse,
+  ReplayDeadLetterResponse,
+  type DeadLetter,
+} from '../grpc/generated/settle/v1/admin.js';
 
 const USAGE = `Usage: settle [options] <command> [arguments]
 
@@ -38,18 +48,18 @@ Commands:
   payment get <payment_id>                      one payment with its orders
   payment list [--state S] [--buyer B] [--page-size N] [--page-token T]
   payment watch <payment_id>                    print every change until the payment is terminal
+  payment timeline <payment_id>                 every transition of its orders (needs the admin token)
   wallet <seller_id>                            a seller's wallet balance
   ledger [--account A] [--order O] [--page-size N] [--page-token T]
   trial-balance                                 debits and credits per account; balanced or not
-  dlq list [--state OPEN|REPLAYED|DISCARDED|ALL] [--page-size N] [--before ID]
+  dlq list [--state OPEN|REPLAYED|DISCARDED|ALL] [--order O] [--page-size N] [--page-token T]
   dlq replay <id> --reason "<why>"              put a dead letter back on its normal path
   dlq discard <id> --reason "<why>"             record that nobody will replay it
   reconcile                                     run reconciliation (not in this build)
 
 Options:
   --addr host:port    Settle gRPC address (env SETTLE_ADDR; default 127.0.0.1:50051)
-  --http URL          Settle HTTP base URL for dlq commands (env SETTLE_HTTP_URL; default http://127.0.0.1:8080)
-  --token TOKEN       admin token for dlq commands (env ADMIN_TOKEN; prefer the env variable)
+  --token TOKEN       admin token for dlq and timeline (env ADMIN_TOKEN; prefer the env variable)
   --actor NAME        your name in the audit trail (env SETTLE_ACTOR, else USER)
   --json              print JSON instead of tables
   --timeout-ms N      deadline of each call (default 10000)
@@ -58,7 +68,6 @@ Options:
 
 const OPTIONS = {
   addr: { type: 'string' },
-  http: { type: 'string' },
   token: { type: 'string' },
   actor: { type: 'string' },
   json: { type: 'boolean', default: false },
@@ -71,7 +80,6 @@ const OPTIONS = {
   state: { type: 'string' },
   'page-size': { type: 'string' },
   'page-token': { type: 'string' },
-  before: { type: 'string' },
   account: { type: 'string' },
   reason: { type: 'string' },
 } as const;
@@ -107,7 +115,6 @@ export async function runCli(
   const timeoutMs = intOption(values['timeout-ms'], 'timeout-ms', 10_000, 1, 3_600_000);
   const settings = {
     addr: values.addr ?? env.SETTLE_ADDR ?? '127.0.0.1:50051',
-    http: (values.http ?? env.SETTLE_HTTP_URL ?? 'http://127.0.0.1:8080').replace(/\/+$/, ''),
     token: values.token ?? env.ADMIN_TOKEN,
     actor: values.actor ?? env.SETTLE_ACTOR ?? env.USER ?? 'cli',
     json: values.json,
@@ -139,7 +146,6 @@ export async function runCli(
 
 type Settings = Readonly<{
   addr: string;
-  http: string;
   token: string | undefined;
   actor: string;
   json: boolean;
@@ -227,9 +233,28 @@ async function dispatch(
           }
           return;
         }
+        case 'timeline': {
+          const response = await client.admin.getPaymentTimeline(
+            { paymentId: one(rest, 'payment_id') },
+            { metadata: adminMetadata(settings) },
+          );
+          return print(GetPaymentTimelineResponse.toJSON(response), () =>
+            table(
+              ['TIME (UTC)', 'ORDER', 'VERSION', 'FROM', 'TO', 'EVENT'],
+              response.entries.map((e) => [
+                time(e.createTime, true),
+                e.orderId,
+                e.version.toString(),
+                e.fromState,
+                e.toState,
+                e.eventType,
+              ]),
+            ),
+          );
+        }
         default:
           throw new UsageError(
-            `unknown payment command '${verb ?? ''}' (create, get, list, watch)`,
+            `unknown payment command '${verb ?? ''}' (create, get, list, watch, timeline)`,
           );
       }
     case 'wallet': {
@@ -299,7 +324,7 @@ async function dispatch(
       );
     }
     case 'dlq':
-      return deadLetterCommand(verb, rest, values, settings, io);
+      return deadLetterCommand(verb, rest, values, settings, client, print);
     case 'reconcile':
     case 'reconciliation':
       throw new ServerError(
@@ -310,100 +335,86 @@ async function dispatch(
   }
 }
 
-type DeadLetterJson = {
-  id: string;
-  state: string;
-  order_id: string | null;
-  reason: string;
-  attempts: number;
-  last_error: string;
-  create_time: string;
-  resolution: { actor: string; time: string; note: string } | null;
-};
+/** Bearer token, operator name and (for replay) the reason, as AdminService metadata. */
+function adminMetadata(settings: Settings, reason?: string): Record<string, string> {
+  return {
+    ...(settings.token !== undefined && settings.token !== ''
+      ? { authorization: `Bearer ${settings.token}` }
+      : {}),
+    'x-admin-actor': settings.actor.replace(/[^A-Za-z0-9 ._@-]/g, '_').slice(0, 64) || 'cli',
+    ...(reason !== undefined ? { 'x-admin-reason': encodeURIComponent(reason) } : {}),
+  };
+}
 
 async function deadLetterCommand(
   verb: string | undefined,
   rest: readonly string[],
   values: Values,
   settings: Settings,
-  io: Io,
+  client: SettleClient,
+  print: (value: unknown, table: () => string) => void,
 ): Promise<void> {
-  if (settings.token === undefined || settings.token === '') {
-    throw new UsageError('dlq commands need the admin token: set ADMIN_TOKEN (or --token)');
-  }
-  const call = async (method: 'GET' | 'POST', path: string, body?: unknown): Promise<unknown> => {
-    let response: Response;
-    try {
-      response = await fetch(`${settings.http}${path}`, {
-        method,
-        headers: {
-          authorization: `Bearer ${settings.token ?? ''}`,
-          'x-admin-actor': settings.actor.replace(/[^A-Za-z0-9 ._@-]/g, '_').slice(0, 64) || 'cli',
-          ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
-        },
-        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-        signal: AbortSignal.timeout(settings.timeoutMs),
-      });
-    } catch (error) {
-      throw new ServerError(
-        `cannot reach ${settings.http} (${error instanceof Error ? error.message : String(error)}); set --http or SETTLE_HTTP_URL`,
-      );
-    }
-    const payload = (await response.json().catch(() => undefined)) as
-      { error?: { code?: string; message?: string } } | undefined;
-    if (!response.ok) {
-      throw new ServerError(
-        `${payload?.error?.code ?? response.status}: ${payload?.error?.message ?? response.statusText}`,
-      );
-    }
-    return payload;
-  };
+  const rows = (letters: readonly DeadLetter[]) =>
+    table(
+      ['ID', 'TIME (UTC)', 'STATE', 'ORDER', 'REASON', 'ATTEMPTS', 'LAST ERROR / RESOLUTION'],
+      letters.map((d) => [
+        d.id,
+        time(d.createTime),
+        deadLetterStateToJSON(d.state).replace(/^DEAD_LETTER_STATE_/, ''),
+        d.orderId || '-',
+        d.reason,
+        String(d.attempts),
+        (d.resolutionNote || d.lastError).slice(0, 70),
+      ]),
+    );
   switch (verb) {
     case 'list': {
-      const query = new URLSearchParams({
-        state: (values.state ?? 'OPEN').toUpperCase(),
-        limit: String(intOption(values['page-size'], 'page-size', 50, 1, 200)),
-        ...(values.before !== undefined ? { before: values.before } : {}),
-      });
-      const result = (await call('GET', `/admin/api/dead-letters?${query.toString()}`)) as {
-        dead_letters: DeadLetterJson[];
-        next_before_id: string;
-      };
-      io.out(
-        settings.json
-          ? `${JSON.stringify(result, null, 2)}\n`
-          : table(
-              ['ID', 'TIME (UTC)', 'STATE', 'ORDER', 'REASON', 'ATTEMPTS', 'LAST ERROR'],
-              result.dead_letters.map((d) => [
-                d.id,
-                d.create_time.replace('T', ' '),
-                d.state,
-                d.order_id ?? '-',
-                d.reason,
-                String(d.attempts),
-                d.last_error.slice(0, 60),
-              ]),
-            ) + (result.next_before_id !== '' ? `older: --before ${result.next_before_id}\n` : ''),
+      const stateText = (values.state ?? 'OPEN').toUpperCase();
+      const state =
+        stateText === 'ALL'
+          ? DeadLetterState.DEAD_LETTER_STATE_UNSPECIFIED
+          : deadLetterStateFromJSON(`DEAD_LETTER_STATE_${stateText}`);
+      if (state === DeadLetterState.UNRECOGNIZED) {
+        throw new UsageError('--state must be OPEN, REPLAYED, DISCARDED or ALL');
+      }
+      const response = await client.admin.listDeadLetters(
+        {
+          pageSize: intOption(values['page-size'], 'page-size', 20, 1, 100),
+          pageToken: values['page-token'] ?? '',
+          state,
+          orderId: values.order?.[0] ?? '',
+        },
+        { metadata: adminMetadata(settings) },
       );
-      return;
+      return print(
+        ListDeadLettersResponse.toJSON(response),
+        () =>
+          rows(response.deadLetters) +
+          (response.nextPageToken !== '' ? `older: --page-token ${response.nextPageToken}\n` : ''),
+      );
     }
     case 'replay':
     case 'discard': {
       const id = one(rest, 'dead letter id');
-      if (values.reason === undefined) throw new UsageError(`dlq ${verb} needs --reason "<why>"`);
-      const result = (await call(
-        'POST',
-        `/admin/api/dead-letters/${encodeURIComponent(id)}/${verb}`,
-        {
-          reason: values.reason,
-        },
-      )) as { audit_id: string; dead_letter: DeadLetterJson | null };
-      io.out(
-        settings.json
-          ? `${JSON.stringify(result, null, 2)}\n`
-          : `dead letter ${id}: ${result.dead_letter?.state ?? verb} (audit #${result.audit_id})\n`,
+      if (values.reason === undefined || values.reason.trim() === '') {
+        throw new UsageError(`dlq ${verb} needs --reason "<why>" (it goes into the audit trail)`);
+      }
+      const response =
+        verb === 'replay'
+          ? await client.admin.replayDeadLetter(
+              { id },
+              { metadata: adminMetadata(settings, values.reason) },
+            )
+          : await client.admin.discardDeadLetter(
+              { id, reason: values.reason },
+              { metadata: adminMetadata(settings) },
+            );
+      return print(
+        verb === 'replay'
+          ? ReplayDeadLetterResponse.toJSON(response)
+          : DiscardDeadLetterResponse.toJSON(response),
+        () => (response.deadLetter === undefined ? '' : rows([response.deadLetter])),
       );
-      return;
     }
     default:
       throw new UsageError(`unknown dlq command '${verb ?? ''}' (list, replay, discard)`);
@@ -471,13 +482,10 @@ function money(amountMinor: bigint, currency: string): string {
   return `${formatMajor(amountMinor)} ${currency}`;
 }
 
-function time(date: Date | undefined): string {
-  return date === undefined
-    ? ''
-    : date
-        .toISOString()
-        .replace('T', ' ')
-        .replace(/\.\d{3}Z$/, 'Z');
+function time(date: Date | undefined, withMs = false): string {
+  if (date === undefined) return '';
+  const text = date.toISOString().replace('T', ' ');
+  return withMs ? text : text.replace(/\.\d{3}Z$/, 'Z');
 }
 
 /** Columns padded to their widest cell; numbers are not right-aligned on purpose (copy-paste). */

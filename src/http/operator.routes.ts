@@ -6,7 +6,7 @@
 import type { JetStreamManager } from '@nats-io/jetstream';
 import type { Config } from '../config.js';
 import { adminRoutes } from '../admin/routes.js';
-import { createDeadLetterSource } from '../admin/dead-letter-source.js';
+import { tableDeadLetters } from '../admin/dead-letter-source.js';
 import type { Names } from '../messaging/subjects.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -31,6 +31,8 @@ export type OperatorDeps = Readonly<{
   metrics: Metrics;
   logger: Logger;
   nodeName: string;
+  /** Wakes the outbox relay after a replay wrote to the outbox. */
+  wakeRelay: () => void;
   now: () => Date;
 }>;
 
@@ -38,7 +40,7 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
   const { config, logger } = deps;
   const log = (error: unknown, context: Record<string, unknown>) =>
     logger.error({ err: error, ...context }, 'internal error in operator route');
-  const deadLetters = createDeadLetterSource({ db: deps.db, jsm: deps.jsm, names: deps.names });
+  const deadLetters = tableDeadLetters({ db: deps.db, wakeRelay: deps.wakeRelay, now: deps.now });
   const snapshot = () =>
     operationsSnapshot({
       db: deps.db,
