@@ -29,7 +29,7 @@ function order(id: string, patch: Partial<PaymentOrder>): PaymentOrder {
     createdAt: ago(60_000),
     updatedAt: ago(60_000),
     ...patch,
-  } as PaymentOrder;
+  };
 }
 
 function facts(orders: PaymentOrder[], patch: Partial<DiagnosisFacts> = {}): DiagnosisFacts {

@@ -29,6 +29,19 @@ afterAll(async () => stack?.stop());
 type RestError = {
   error: { code: string; reason: string; message: string; retryable: boolean; request_id: string };
 };
+type PaymentJson = {
+  paymentId: string;
+  requestId: string;
+  amountMinor: string;
+  state: string;
+  orders: Array<{ orderId: string; amountMinor: string }>;
+};
+/** Any answer of the twin: a payment, a page of payments, or an error. */
+type Body = RestError & {
+  payment: PaymentJson;
+  payments?: PaymentJson[];
+  nextPageToken?: string;
+};
 
 async function post(body: unknown, key: string | undefined, contentType = 'application/json') {
   const response = await fetch(`${stack.settleHttp}/v1/payments`, {
@@ -43,7 +56,7 @@ async function post(body: unknown, key: string | undefined, contentType = 'appli
   return {
     status: response.status,
     headers: response.headers,
-    body: (await response.json()) as any,
+    body: (await response.json()) as Body,
   };
 }
 
@@ -51,7 +64,7 @@ async function get(path: string) {
   const response = await fetch(`${stack.settleHttp}${path}`, {
     signal: AbortSignal.timeout(10_000),
   });
-  return { status: response.status, body: (await response.json()) as any };
+  return { status: response.status, body: (await response.json()) as Body };
 }
 
 const ORDERS = [
@@ -72,7 +85,7 @@ describe('REST twin of PaymentService', () => {
     expect(payment.requestId).toBe(key);
     // int64 amounts are decimal strings, enums their names (proto3 JSON).
     expect(payment.amountMinor).toBe('2499');
-    expect(payment.orders.map((o: any) => o.amountMinor)).toEqual(['1999', '500']);
+    expect(payment.orders.map((o) => o.amountMinor)).toEqual(['1999', '500']);
     expect(payment.state).toMatch(/^PAYMENT_STATE_/);
     expect(created.headers.get('location')).toBe(`/v1/payments/${payment.paymentId}`);
     expect(created.headers.get('x-request-id')).toBeTruthy();
@@ -103,7 +116,7 @@ describe('REST twin of PaymentService', () => {
       key,
     );
     expect(other.status).toBe(409);
-    expect((other.body as RestError).error).toMatchObject({
+    expect(other.body.error).toMatchObject({
       code: 'ALREADY_EXISTS',
       reason: 'ALREADY_EXISTS',
       retryable: false,
@@ -212,12 +225,12 @@ describe('REST twin of PaymentService', () => {
     }
     const first = await get(`/v1/payments?buyer_id=${buyer}&page_size=2`);
     expect(first.status).toBe(200);
-    expect(first.body.payments.map((p: any) => p.paymentId)).toEqual([ids[2], ids[1]]);
+    expect((first.body.payments ?? []).map((p) => p.paymentId)).toEqual([ids[2], ids[1]]);
     expect(first.body.nextPageToken).toBeTruthy();
     const second = await get(
-      `/v1/payments?buyer_id=${buyer}&page_size=2&page_token=${encodeURIComponent(first.body.nextPageToken)}`,
+      `/v1/payments?buyer_id=${buyer}&page_size=2&page_token=${encodeURIComponent(first.body.nextPageToken ?? '')}`,
     );
-    expect(second.body.payments.map((p: any) => p.paymentId)).toEqual([ids[0]]);
+    expect((second.body.payments ?? []).map((p) => p.paymentId)).toEqual([ids[0]]);
     expect(second.body.nextPageToken ?? '').toBe('');
 
     const viaGrpc = await call(stack.payments.listPayments.bind(stack.payments), {
@@ -234,7 +247,7 @@ describe('REST twin of PaymentService', () => {
     expect(badState.status).toBe(400);
     expect(badState.body.error.message).toContain("unknown payment state 'LOST'");
     const badToken = await get(
-      `/v1/payments?buyer_id=other&page_token=${encodeURIComponent(first.body.nextPageToken)}`,
+      `/v1/payments?buyer_id=other&page_token=${encodeURIComponent(first.body.nextPageToken ?? '')}`,
     );
     expect(badToken.status).toBe(400);
     expect(badToken.body.error.message).toMatch(/^page_token: /);
