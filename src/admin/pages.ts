@@ -241,14 +241,14 @@ export function paymentsPage(input: {
                 (p) =>
                   html`<tr>
                     <td>${paymentLink(p.id)}</td>
-                    <td>${p.createdAt}</td>
+                    <td class="time">${p.createdAt}</td>
                     <td>${p.buyerId}</td>
                     <td>
                       ${stateBadge(p.state)}${p.failureReason !== undefined ? html` <span class="muted">${p.failureReason}</span>` : ''}
                     </td>
                     <td class="num">${minor(p.amountMinor, p.currency)}</td>
                     <td>${p.ordersSucceeded} / ${p.ordersFailed} / ${p.ordersTotal}</td>
-                    <td>${p.updatedAt}</td>
+                    <td class="time">${p.updatedAt}</td>
                   </tr>`,
               )
         }
@@ -695,7 +695,7 @@ export function deadLettersPage(input: {
                     <td>
                       <a href="/admin/dead-letters/${encodeURIComponent(entry.id)}">${entry.id}</a>
                     </td>
-                    <td>${entry.createdAt}</td>
+                    <td class="time">${entry.createdAt}</td>
                     <td>
                       ${entry.orderId !== undefined ? html`<a href="/admin/orders/${encodeURIComponent(entry.orderId)}" class="mono">${entry.orderId}</a>` : html`<span class="muted">none</span>`}
                     </td>
@@ -703,7 +703,7 @@ export function deadLettersPage(input: {
                     <td>${entry.attempts}</td>
                     <td class="error-text">${entry.lastError}</td>
                     <td>${stateBadge(entry.state)}</td>
-                    <td>${deadLetterActions(entry, input.canAct)}</td>
+                    <td class="actions">${deadLetterActions(entry, input.canAct)}</td>
                   </tr>`,
               )
         }

@@ -63,6 +63,7 @@ ul.findings li { padding: .4rem .6rem; margin-bottom: .3rem; border-left: 4px so
 .timeline tr.kind-admin td:first-child { border-left: 3px solid var(--warn); }
 .stub { background: #fff; border: 1px dashed #c7ccd4; padding: .8rem 1rem; max-width: 60rem; }
 .scroll { overflow-x: auto; }
+.timeline td:first-child, td.actions, td.time { white-space: nowrap; }
 body.login main { max-width: 24rem; margin: 4rem auto; background: #fff; border: 1px solid var(--line); padding: 1.5rem; }
 body.login form { display: flex; flex-direction: column; gap: .8rem; }
 `;
