@@ -45,12 +45,13 @@ export async function audited<T>(
     result = await work();
   } catch (error) {
     const message = error instanceof SettleError ? error.message : 'internal error';
+    // The caller must see the action's own error, even when the database is what failed.
     await insertAudit(deps.db, {
       ...record,
       outcome: AUDIT_OUTCOME.failed,
       detail: { via, error: message },
       now: deps.now(),
-    });
+    }).catch(() => undefined);
     deps.onAudited?.({ ...action, outcome: 'FAILED' });
     throw error;
   }
