@@ -21,7 +21,7 @@ a { color: var(--accent); }
 table.list { border-collapse: collapse; width: 100%; background: #fff; border: 1px solid var(--line); }
 table.list th, table.list td { text-align: left; padding: .35rem .5rem; border-bottom: 1px solid var(--line); vertical-align: top; }
 table.list thead th { background: #eef1f5; font-weight: 600; }
-.num { text-align: right !important; font-variant-numeric: tabular-nums; }
+.num { text-align: right !important; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .mono, pre { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12px; }
 pre { margin: 0; white-space: pre-wrap; word-break: break-all; max-width: 60ch; }
 .small { font-size: 11px; }

@@ -96,6 +96,13 @@ describe('admin panel in Chromium', () => {
       ['seller-browser-b', 1550n],
     ]);
     paidPaymentId = paid.paymentId;
+    for (const [buyer, seller, amount] of [
+      ['buyer-carol', 'seller-books', 1299n],
+      ['buyer-dave', 'seller-garden', 8900n],
+      ['buyer-erin', 'seller-books', 450n],
+    ] as const) {
+      await createPayment(stack, buyer, [[seller, amount]]);
+    }
     expect((await payOnHostedPage(paid.orders[0]?.checkoutUrl ?? '', CARD.success)).status).toBe(
       200,
     );
