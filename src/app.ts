@@ -33,6 +33,9 @@ import { ledgerHandlers, walletHandlers } from './grpc/handlers/ledger.handlers.
 import { createHttpServer, json, listenHttp, type Route } from './http/router.js';
 import { WEBHOOK_PATH, webhookRoute } from './http/webhook.route.js';
 import { createLogger, type Logger } from './observability/logger.js';
+import { createMetrics, type Metrics } from './observability/metrics.js';
+import { grpcCallObserver } from './observability/request-log.js';
+import { operatorRoutes } from './http/operator.routes.js';
 import { recordDeadLetter } from './admin/dead-letters.js';
 import { Janitor } from './jobs/janitor.js';
 import { HealthMonitor } from './observability/health-monitor.js';
@@ -70,6 +73,8 @@ export type SettleNode = Readonly<{
   psp: PspPort;
   health: Health;
   logger: Logger;
+  /** This node's Prometheus registry and hooks (served at /metrics). */
+  metrics: Metrics;
   /** Extra HTTP routes may be added before requests arrive (admin, REST, metrics). */
   routes: Route[];
   /** Delivers a command to its order's actor, as the consumer does. */
@@ -83,6 +88,7 @@ export async function startSettle(
 ): Promise<SettleNode> {
   const nodeName = overrides.nodeName ?? `settle-${process.pid}`;
   const logger = overrides.logger ?? createLogger({ level: config.LOG_LEVEL, name: 'settle' });
+  const metrics = createMetrics();
   const cleanups: Array<() => unknown> = [];
   const stopAll = async () => {
     for (const cleanup of cleanups.reverse()) {
@@ -156,6 +162,7 @@ export async function startSettle(
           now,
           onTransition: (previous, next, event) => {
             events.publish(next.paymentId);
+            metrics.orderTransition({ from: previous.state, to: next.state, event: event.type });
             logger.info(
               {
                 paymentId: next.paymentId,
@@ -173,10 +180,11 @@ export async function startSettle(
               { orderId: order.id, state: order.state, event: event.type },
               `illegal transition: ${message}`,
             ),
-          onPspCall: (call) =>
-            call.ok
-              ? logger.debug(call, `PSP ${call.op} ok in ${call.ms} ms`)
-              : logger.warn(call, `PSP ${call.op} failed: ${call.error ?? ''}`),
+          onPspCall: (call) => {
+            metrics.pspCall(call);
+            if (call.ok) logger.debug(call, `PSP ${call.op} ok in ${call.ms} ms`);
+            else logger.warn(call, `PSP ${call.op} failed: ${call.error ?? ''}`);
+          },
         }),
       {
         mailboxCapacity: config.ACTOR_MAILBOX_CAPACITY,
@@ -195,13 +203,17 @@ export async function startSettle(
       jitter: 0.2,
       onError: (error, context) =>
         logger.error({ err: error, ...context }, 'command handling failed'),
-      onRetry: (retry) =>
-        logger.warn(retry, `retrying order ${retry.orderId} in ${retry.delayMs} ms`),
-      onDeadLetter: (entry) =>
+      onRetry: (retry) => {
+        metrics.retry();
+        logger.warn(retry, `retrying order ${retry.orderId} in ${retry.delayMs} ms`);
+      },
+      onDeadLetter: (entry) => {
+        metrics.deadLetter(entry.reason);
         logger.error(
           { orderId: entry.orderId, reason: entry.reason, attempts: entry.attempts },
           `dead-lettered: ${entry.lastError}`,
-        ),
+        );
+      },
     });
 
     const payments = new PaymentService({
@@ -235,6 +247,7 @@ export async function startSettle(
     const adapterOptions = {
       log: (error: unknown, context: Record<string, unknown>) =>
         logger.error({ err: error, ...context }, 'internal error in gRPC handler'),
+      observe: grpcCallObserver(logger, metrics),
     };
     grpcServer.addService(PaymentServiceService, paymentHandlers(payments, adapterOptions));
     grpcServer.addService(WalletServiceService, walletHandlers(db, adapterOptions));
@@ -280,6 +293,21 @@ export async function startSettle(
           });
         },
       },
+      // REST twin, /metrics and the admin panel.
+      ...operatorRoutes({
+        config,
+        db,
+        jsm,
+        names,
+        registry,
+        psp,
+        payments,
+        metrics,
+        logger,
+        nodeName,
+        wakeRelay: () => relay.wake(),
+        now,
+      }),
     ];
     const httpServer = createHttpServer(
       () => routes,
@@ -366,6 +394,7 @@ export async function startSettle(
       psp,
       health,
       logger,
+      metrics,
       routes,
       dispatch,
       stop: stopAll,

@@ -90,10 +90,19 @@ export const configSchema = z.object({
   JANITOR_BATCH_MAX: positiveInt.max(10_000).default(200),
   /** After acting on an order the janitor leaves it alone this long (on every node). */
   JANITOR_LEASE_MS: positiveInt.max(24 * 3_600_000).default(120_000),
-  /** When set, AdminService calls need `authorization: Bearer <token>`. */
+  /**
+   * When set, AdminService calls need `authorization: Bearer <token>`. The admin panel needs it
+   * (bearer or login form) and refuses everyone while it is unset.
+   */
   ADMIN_TOKEN: z.string().min(16).optional(),
   GRPC_MESSAGE_BYTES_MAX: positiveInt.max(64 * 1024 * 1024).default(1024 * 1024),
   SHUTDOWN_GRACE_MS: positiveInt.max(120_000).default(10_000),
+
+  /** Local development only: admin pages are readable without the token (actions still need it). */
+  ADMIN_READONLY_OPEN: z
+    .enum(['true', 'false'])
+    .default('false')
+    .transform((v) => v === 'true'),
 });
 
 export type Config = Readonly<z.infer<typeof configSchema>>;

@@ -135,6 +135,20 @@ export interface DeadLetterTable {
   updated_at: Timestamp;
 }
 
+export interface AdminAuditTable {
+  id: Generated<string>;
+  /** The operator's name as given at login, or `api` for bearer calls without X-Admin-Actor. */
+  actor: string;
+  action: string;
+  /** What the action touched, e.g. `dead-letter:42` or `session`. */
+  target: string;
+  reason: string;
+  outcome: 'OK' | 'FAILED';
+  /** JSON text with the action's particulars. */
+  detail: string;
+  created_at: Timestamp;
+}
+
 export interface Database {
   idempotency_key: IdempotencyKeyTable;
   payment: PaymentTable;
@@ -146,6 +160,7 @@ export interface Database {
   outbox: OutboxTable;
   inbox: InboxTable;
   dead_letter: DeadLetterTable;
+  admin_audit: AdminAuditTable;
 }
 
 export type PaymentRow = Selectable<PaymentTable>;

@@ -14,6 +14,8 @@ import {
   type DeadLetterRecord,
   type DeadLetterState,
 } from '../../admin/dead-letters.js';
+import { ADMIN_ACTION, audited, grpcAdminCaller } from '../../admin/audit.js';
+import { deadLetterAuditTarget } from '../../admin/dead-letter-source.js';
 import { listTransitions } from '../../storage/repositories/payment-order.repository.js';
 import { findPaymentVersion } from '../../storage/repositories/payment.repository.js';
 import { toUnavailable } from '../../storage/transaction.js';
@@ -110,18 +112,39 @@ export function adminHandlers(
       };
     }, options),
     replayDeadLetter: unary(async (request, call) => {
-      const actor = requireAdmin(call.metadata, deps.adminToken);
+      requireAdmin(call.metadata, deps.adminToken);
       if (request.id === '') throw new InvalidArgumentError('id', 'id is required');
-      return { deadLetter: toProto(await guard(() => replayDeadLetter(deps, request.id, actor))) };
+      const caller = grpcAdminCaller(call.metadata);
+      const { result } = await audited(
+        deps,
+        {
+          ...caller,
+          action: ADMIN_ACTION.replayDeadLetter,
+          target: deadLetterAuditTarget(request.id),
+          via: 'grpc',
+        },
+        () => guard(() => replayDeadLetter(deps, request.id, caller.actor)),
+        (record) => ({ orderId: record.orderId, state: record.state }),
+      );
+      return { deadLetter: toProto(result) };
     }, options),
     discardDeadLetter: unary(async (request, call) => {
-      const actor = requireAdmin(call.metadata, deps.adminToken);
+      requireAdmin(call.metadata, deps.adminToken);
       if (request.id === '') throw new InvalidArgumentError('id', 'id is required');
-      return {
-        deadLetter: toProto(
-          await guard(() => discardDeadLetter(deps, request.id, request.reason, actor)),
-        ),
-      };
+      const caller = grpcAdminCaller(call.metadata);
+      const { result } = await audited(
+        deps,
+        {
+          actor: caller.actor,
+          reason: request.reason,
+          action: ADMIN_ACTION.discardDeadLetter,
+          target: deadLetterAuditTarget(request.id),
+          via: 'grpc',
+        },
+        () => guard(() => discardDeadLetter(deps, request.id, request.reason, caller.actor)),
+        (record) => ({ orderId: record.orderId, state: record.state }),
+      );
+      return { deadLetter: toProto(result) };
     }, options),
     getPaymentTimeline: unary(async (request, call) => {
       requireAdmin(call.metadata, deps.adminToken);
