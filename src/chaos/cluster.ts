@@ -82,6 +82,8 @@ export class ChaosCluster {
     readonly namespace: string,
     readonly names: Names,
     readonly webhookSecret: string,
+    /** AdminService calls need `authorization: Bearer <adminToken>`. */
+    readonly adminToken: string,
     readonly psp: ManagedProcess,
     readonly webhookProxy: TcpProxy,
     private readonly proxies: TcpProxy[],
@@ -98,6 +100,7 @@ export class ChaosCluster {
     const namespace = `chaos_${runId}`;
     const names = topologyNames(namespace, CMD_PARTITIONS);
     const webhookSecret = `whsec_chaos_${randomBytes(12).toString('hex')}`;
+    const adminToken = `chaos_admin_${randomBytes(12).toString('hex')}`;
     const mysql = parseMysqlUrl(options.mysqlUrl);
     const nats = new URL(options.natsUrl);
     const natsTarget = { host: nats.hostname, port: Number(nats.port || 4222) };
@@ -114,6 +117,7 @@ export class ChaosCluster {
     const common = {
       ...stringEnv(options.baseEnv),
       PSP_WEBHOOK_SECRET: webhookSecret,
+      ADMIN_TOKEN: adminToken,
       SETTLE_NAMESPACE: namespace,
       SETTLE_PUBLIC_URL: `http://127.0.0.1:${webhookProxy.port}`,
       LOG_LEVEL: 'warn',
@@ -135,6 +139,7 @@ export class ChaosCluster {
       namespace,
       names,
       webhookSecret,
+      adminToken,
       psp,
       webhookProxy,
       proxies,

@@ -344,21 +344,20 @@ async function waitUntilSettled(
 async function replayDeadLetters(cluster: ChaosCluster, signal: AbortSignal): Promise<number> {
   const node = cluster.upNodes()[0];
   if (node === undefined) return 0;
+  const metadata = { authorization: `Bearer ${cluster.adminToken}` };
   const ids: string[] = [];
   let pageToken = '';
   do {
-    const page = await node.client.admin.listDeadLetters({
-      pageSize: 100,
-      pageToken,
-      state: DeadLetterState.DEAD_LETTER_STATE_OPEN,
-      orderId: '',
-    });
+    const page = await node.client.admin.listDeadLetters(
+      { pageSize: 100, pageToken, state: DeadLetterState.DEAD_LETTER_STATE_OPEN, orderId: '' },
+      { metadata },
+    );
     ids.push(...page.deadLetters.map((entry) => entry.id));
     pageToken = page.nextPageToken;
   } while (pageToken !== '' && ids.length < REPLAYS_MAX && !signal.aborted);
   for (const id of ids) {
     if (signal.aborted) break;
-    await node.client.admin.replayDeadLetter({ id });
+    await node.client.admin.replayDeadLetter({ id }, { metadata });
   }
   return ids.length;
 }
