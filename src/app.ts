@@ -379,6 +379,11 @@ export async function startSettle(
       },
       'settle node ready',
     );
+    if (config.ADMIN_TOKEN === undefined) {
+      logger.warn(
+        'ADMIN_TOKEN is not set: AdminService (dead letters, timelines) is open to anyone who can reach the gRPC port and the admin panel is closed; set ADMIN_TOKEN outside local development',
+      );
+    }
     return {
       config,
       grpcPort,
