@@ -226,6 +226,7 @@ export async function startSettle(
       events,
       wakeRelay: () => relay.wake(),
       createWaitMs: config.CREATE_WAIT_MS,
+      idempotencyLeaseMs: config.IDEMPOTENCY_LEASE_MS,
       now,
     });
 
