@@ -3,8 +3,8 @@
  * the payment-order actor runtime fed by the command consumer, the gRPC API and the HTTP port.
  * `startSettle` is used by main.ts and by the tests; `stop()` undoes it in reverse order.
  */
-import * as grpc from '@grpc/grpc-js';
-import { jetstream } from '@nats-io/jetstream';
+import type * as grpc from '@grpc/grpc-js';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { settlePublicUrl, type Config } from './config.js';
 import { ActorRegistry } from './actors/runtime/registry.js';
@@ -27,10 +27,18 @@ import { addReflection } from './grpc/reflection/index.js';
 import { PaymentServiceService } from './grpc/generated/settle/v1/payment.js';
 import { LedgerServiceService, WalletServiceService } from './grpc/generated/settle/v1/wallet.js';
 import { paymentHandlers } from './grpc/handlers/payment.handlers.js';
+import { adminHandlers } from './grpc/handlers/admin.handlers.js';
+import { AdminServiceService } from './grpc/generated/settle/v1/admin.js';
 import { ledgerHandlers, walletHandlers } from './grpc/handlers/ledger.handlers.js';
 import { createHttpServer, json, listenHttp, type Route } from './http/router.js';
 import { WEBHOOK_PATH, webhookRoute } from './http/webhook.route.js';
 import { createLogger, type Logger } from './observability/logger.js';
+import { createMetrics, type Metrics } from './observability/metrics.js';
+import { grpcCallObserver } from './observability/request-log.js';
+import { operatorRoutes } from './http/operator.routes.js';
+import { recordDeadLetter } from './admin/dead-letters.js';
+import { Janitor } from './jobs/janitor.js';
+import { HealthMonitor } from './observability/health-monitor.js';
 import { ReconciliationSchedule, ReconciliationService } from './reconciliation/index.js';
 import { ReconciliationServiceService } from './grpc/generated/settle/v1/reconciliation.js';
 import { reconciliationHandlers } from './grpc/handlers/reconciliation.handlers.js';
@@ -39,6 +47,7 @@ export const SETTLE_SERVICES = [
   'settle.v1.PaymentService',
   'settle.v1.WalletService',
   'settle.v1.LedgerService',
+  'settle.v1.AdminService',
   'settle.v1.ReconciliationService',
 ] as const;
 
@@ -64,9 +73,12 @@ export type SettleNode = Readonly<{
   relay: OutboxRelay;
   consumer: CommandConsumer;
   registry: ActorRegistry<OrderMessage, HandleOutcome>;
+  janitor: Janitor;
   psp: PspPort;
   health: Health;
   logger: Logger;
+  /** This node's Prometheus registry and hooks (served at /metrics). */
+  metrics: Metrics;
   /** Settlement-file reconciliation (the RPCs and the nightly schedule use it). */
   reconciliation: ReconciliationService;
   /** Extra HTTP routes may be added before requests arrive (admin, REST, metrics). */
@@ -82,7 +94,8 @@ export async function startSettle(
 ): Promise<SettleNode> {
   const nodeName = overrides.nodeName ?? `settle-${process.pid}`;
   const logger = overrides.logger ?? createLogger({ level: config.LOG_LEVEL, name: 'settle' });
-  const cleanups: Array<() => Promise<unknown> | unknown> = [];
+  const metrics = createMetrics();
+  const cleanups: Array<() => unknown> = [];
   const stopAll = async () => {
     for (const cleanup of cleanups.reverse()) {
       try {
@@ -109,6 +122,7 @@ export async function startSettle(
       maxAckPending: config.CONSUMER_MAX_ACK_PENDING,
     });
     const js = jetstream(nc, { timeout: 5_000 });
+    const jsm = await jetstreamManager(nc, { timeout: 5_000 });
 
     let psp: PspPort & { close?: () => void };
     if (overrides.psp !== undefined) {
@@ -154,6 +168,7 @@ export async function startSettle(
           now,
           onTransition: (previous, next, event) => {
             events.publish(next.paymentId);
+            metrics.orderTransition({ from: previous.state, to: next.state, event: event.type });
             logger.info(
               {
                 paymentId: next.paymentId,
@@ -171,10 +186,11 @@ export async function startSettle(
               { orderId: order.id, state: order.state, event: event.type },
               `illegal transition: ${message}`,
             ),
-          onPspCall: (call) =>
-            call.ok
-              ? logger.debug(call, `PSP ${call.op} ok in ${call.ms} ms`)
-              : logger.warn(call, `PSP ${call.op} failed: ${call.error ?? ''}`),
+          onPspCall: (call) => {
+            metrics.pspCall(call);
+            if (call.ok) logger.debug(call, `PSP ${call.op} ok in ${call.ms} ms`);
+            else logger.warn(call, `PSP ${call.op} failed: ${call.error ?? ''}`);
+          },
         }),
       {
         mailboxCapacity: config.ACTOR_MAILBOX_CAPACITY,
@@ -186,19 +202,24 @@ export async function startSettle(
 
     const dispatch = (command: Command): Promise<HandleOutcome> =>
       registry.send(command.orderId, { event: commandToEvent(command) });
-    const consumer = new CommandConsumer(js, names, (command) => dispatch(command), {
+    const consumer = new CommandConsumer(nc, js, jsm, names, (command) => dispatch(command), {
+      recordDeadLetter: (entry) => recordDeadLetter(db, names.commandStream, entry, now()),
       inFlightMax: Math.min(config.CONSUMER_MAX_ACK_PENDING, 1_024),
       backoffMs: config.RETRY_BACKOFF_MS,
       jitter: 0.2,
       onError: (error, context) =>
         logger.error({ err: error, ...context }, 'command handling failed'),
-      onRetry: (retry) =>
-        logger.warn(retry, `retrying order ${retry.orderId} in ${retry.delayMs} ms`),
-      onDeadLetter: (entry) =>
+      onRetry: (retry) => {
+        metrics.retry();
+        logger.warn(retry, `retrying order ${retry.orderId} in ${retry.delayMs} ms`);
+      },
+      onDeadLetter: (entry) => {
+        metrics.deadLetter(entry.reason);
         logger.error(
           { orderId: entry.orderId, reason: entry.reason, attempts: entry.attempts },
           `dead-lettered: ${entry.lastError}`,
-        ),
+        );
+      },
     });
 
     const payments = new PaymentService({
@@ -211,6 +232,7 @@ export async function startSettle(
       events,
       wakeRelay: () => relay.wake(),
       createWaitMs: config.CREATE_WAIT_MS,
+      idempotencyLeaseMs: config.IDEMPOTENCY_LEASE_MS,
       now,
     });
 
@@ -237,14 +259,34 @@ export async function startSettle(
 
     // gRPC
     const health = createHealth([...SETTLE_SERVICES]);
+    const monitor = new HealthMonitor(
+      db,
+      nc,
+      { intervalMs: 1_000, probeTimeoutMs: 1_000 },
+      (status) => {
+        health.setServing(status.serving);
+        const line = `dependencies: mysql ${status.mysql ? 'up' : 'DOWN'}, nats ${status.nats ? 'up' : 'DOWN'}`;
+        if (status.serving) logger.info(status, line);
+        else logger.error(status, line);
+      },
+    );
+
     const grpcServer = createGrpcServer({ maxMessageBytes: config.GRPC_MESSAGE_BYTES_MAX });
     const adapterOptions = {
       log: (error: unknown, context: Record<string, unknown>) =>
         logger.error({ err: error, ...context }, 'internal error in gRPC handler'),
+      observe: grpcCallObserver(logger, metrics),
     };
     grpcServer.addService(PaymentServiceService, paymentHandlers(payments, adapterOptions));
     grpcServer.addService(WalletServiceService, walletHandlers(db, adapterOptions));
     grpcServer.addService(LedgerServiceService, ledgerHandlers(db, adapterOptions));
+    grpcServer.addService(
+      AdminServiceService,
+      adminHandlers(
+        { db, wakeRelay: () => relay.wake(), now, adminToken: config.ADMIN_TOKEN },
+        adapterOptions,
+      ),
+    );
     grpcServer.addService(
       ReconciliationServiceService,
       reconciliationHandlers(reconciliation, adapterOptions),
@@ -273,8 +315,31 @@ export async function startSettle(
       {
         method: 'GET',
         path: '/healthz',
-        handle: async () => json(200, { status: 'ok', node: nodeName }),
+        handle: async () => {
+          const status = monitor.status;
+          return json(status.serving ? 200 : 503, {
+            status: status.serving ? 'ok' : 'degraded',
+            node: nodeName,
+            mysql: status.mysql ? 'up' : 'down',
+            nats: status.nats ? 'up' : 'down',
+          });
+        },
       },
+      // REST twin, /metrics and the admin panel.
+      ...operatorRoutes({
+        config,
+        db,
+        jsm,
+        names,
+        registry,
+        psp,
+        payments,
+        metrics,
+        logger,
+        nodeName,
+        wakeRelay: () => relay.wake(),
+        now,
+      }),
     ];
     const httpServer = createHttpServer(
       () => routes,
@@ -299,6 +364,30 @@ export async function startSettle(
     cleanups.push(() => relay.stop());
     await consumer.start();
     cleanups.push(() => consumer.stop(config.SHUTDOWN_GRACE_MS));
+
+    const janitor = new Janitor(
+      db,
+      names,
+      {
+        orderExpiryMs: config.ORDER_EXPIRY_MS,
+        stuckMs: config.JANITOR_STUCK_MS,
+        intervalMs: config.JANITOR_INTERVAL_MS,
+        batchMax: config.JANITOR_BATCH_MAX,
+        leaseMs: config.JANITOR_LEASE_MS,
+      },
+      {
+        now,
+        wakeRelay: () => relay.wake(),
+        onPass: (pass) =>
+          logger.info(
+            { expired: pass.expired.length, checked: pass.checked.length },
+            'janitor queued commands',
+          ),
+        onError: (error) => logger.warn({ err: error }, 'janitor pass failed'),
+      },
+    );
+    janitor.start();
+    cleanups.push(() => janitor.stop());
 
     const purge = setInterval(() => {
       const cutoff = new Date(Date.now() - config.IDEMPOTENCY_TTL_MS);
@@ -326,6 +415,8 @@ export async function startSettle(
       cleanups.push(() => schedule.stop());
     }
 
+    monitor.start();
+    cleanups.push(() => monitor.stop());
     health.setServing(true);
     cleanups.push(() => health.setServing(false));
     logger.info(
@@ -336,6 +427,11 @@ export async function startSettle(
       },
       'settle node ready',
     );
+    if (config.ADMIN_TOKEN === undefined) {
+      logger.warn(
+        'ADMIN_TOKEN is not set: AdminService (dead letters, timelines) is open to anyone who can reach the gRPC port and the admin panel is closed; set ADMIN_TOKEN outside local development',
+      );
+    }
     return {
       config,
       grpcPort,
@@ -347,9 +443,11 @@ export async function startSettle(
       relay,
       consumer,
       registry,
+      janitor,
       psp,
       health,
       logger,
+      metrics,
       reconciliation,
       routes,
       dispatch,
@@ -366,7 +464,9 @@ export function commandToEvent(command: Command): OrderEvent {
     case 'ExecuteOrder':
       return { type: 'ExecuteOrder' };
     case 'ExpireOrder':
-      return { type: 'Expire' };
+      return { type: 'ExpiryDue' };
+    case 'CheckOrderStatus':
+      return { type: 'StatusCheckDue' };
     case 'PspResult':
       return command.outcome === 'SUCCEEDED'
         ? {

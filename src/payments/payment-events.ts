@@ -79,7 +79,6 @@ export function nextChange(
   signal?: AbortSignal,
 ): Promise<void> {
   return new Promise((resolve) => {
-    let stopListening: (() => void) | undefined;
     const done = () => {
       clearTimeout(timer);
       stopListening?.();
@@ -87,7 +86,7 @@ export function nextChange(
       resolve();
     };
     const timer = setTimeout(done, pollMs);
-    stopListening = events.listen(paymentId, done);
+    const stopListening = events.listen(paymentId, done);
     signal?.addEventListener('abort', done, { once: true });
   });
 }

@@ -645,7 +645,7 @@ function fileRowJson(): RawBuilder<string> {
 }
 
 /** Every ledger entry of an order, as a JSON array (empty when there is none). */
-function ledgerEntriesJson(orderId: RawBuilder<unknown> | ReturnType<typeof sql.ref>) {
+function ledgerEntriesJson(orderId: RawBuilder<unknown>) {
   return sql<string>`(
     SELECT COALESCE(json_arrayagg(json_object(
              'entry_id', CAST(e.id AS CHAR), 'transaction_id', e.transaction_id,

@@ -252,7 +252,7 @@ describe('discrepancies', () => {
       expect(JSON.parse(missing!.ledgerEntriesJson)).toHaveLength(2);
     }
 
-    const [unpaidCharge] = byOrder(ids.unpaid!);
+    const [unpaidCharge] = byOrder(ids.unpaid);
     expect(unpaidCharge).toMatchObject({
       mismatchClass: MismatchClass.MISMATCH_CLASS_MISSING_IN_LEDGER,
       orderState: 'EXECUTING',

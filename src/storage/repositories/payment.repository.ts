@@ -7,7 +7,7 @@ import type { Db } from '../db.js';
 import { isDuplicateKey } from '../errors.js';
 import type { PaymentRow } from '../schema.js';
 import type { Trx } from '../transaction.js';
-import type { PaymentOrder } from '../../actors/payment-order/machine.js';
+import type { PaymentOrder } from '../../domain/payment-order.js';
 import { findPaymentOrders } from './payment-order.repository.js';
 
 export const PAYMENT_STATE = {

@@ -154,10 +154,10 @@ describe('settlement files', () => {
       await charge(3_000n),
       await charge(4_000n),
     ];
-    await inject(SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_UNSETTLED, unsettled!.nonce);
-    await inject(SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_AMOUNT, repriced!.nonce, 2_100n);
-    await inject(SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_DUPLICATE, doubled!.nonce);
-    await inject(SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_LATE, late!.nonce);
+    await inject(SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_UNSETTLED, unsettled.nonce);
+    await inject(SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_AMOUNT, repriced.nonce, 2_100n);
+    await inject(SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_DUPLICATE, doubled.nonce);
+    await inject(SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_LATE, late.nonce);
     const unrecorded = await unary(api.injectSettlementDiscrepancy.bind(api), {
       discrepancy: SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_UNRECORDED_CHARGE,
       nonce: 'ord_never_registered',
@@ -167,23 +167,23 @@ describe('settlement files', () => {
 
     const { rows } = await generate(today);
     const of = (nonce: string) => rows.filter((row) => row.merchantReference === nonce);
-    expect(of(unsettled!.nonce)).toEqual([]);
-    expect(of(repriced!.nonce).map((row) => [row.grossMinor, row.feeMinor])).toEqual([
+    expect(of(unsettled.nonce)).toEqual([]);
+    expect(of(repriced.nonce).map((row) => [row.grossMinor, row.feeMinor])).toEqual([
       [2_100n, settlementFeeMinor(2_100n, FEES)],
     ]);
-    expect(of(doubled!.nonce)).toHaveLength(2);
-    expect(of(late!.nonce)).toEqual([]);
+    expect(of(doubled.nonce)).toHaveLength(2);
+    expect(of(late.nonce)).toEqual([]);
     expect(of('ord_never_registered')).toMatchObject([
       { pspReference: unrecorded.pspReference, grossMinor: 777n },
     ]);
     expect(of('ord_never_registered')[0]?.createdUtc.toISOString()).toBe(`${today}T12:00:00.000Z`);
 
     const next = await generate(addUtcDays(today, 1));
-    expect(next.rows.map((row) => row.merchantReference)).toEqual([late!.nonce]);
+    expect(next.rows.map((row) => row.merchantReference)).toEqual([late.nonce]);
     expect(utcDayOf(next.rows[0]!.createdUtc)).toBe(today);
 
     // The PSP's own record of the charge is unchanged.
-    const listed = await unary(api.listCharges.bind(api), { nonce: repriced!.nonce });
+    const listed = await unary(api.listCharges.bind(api), { nonce: repriced.nonce });
     expect(listed.charges.map((c) => c.amountMinor)).toEqual([2_000n]);
   });
 
