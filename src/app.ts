@@ -6,7 +6,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { settlePublicUrl, type Config } from './config.js';
+import { settlePublicUrl, utcMinutesOf, type Config } from './config.js';
 import { ActorRegistry } from './actors/runtime/registry.js';
 import { PaymentOrderActor, type OrderMessage } from './actors/payment-order/actor.js';
 import type { OrderEvent } from './actors/payment-order/machine.js';
@@ -399,12 +399,13 @@ export async function startSettle(
     purge.unref();
     cleanups.push(() => clearInterval(purge));
 
-    if (config.RECONCILIATION_AT !== undefined) {
+    const reconciliationAt = utcMinutesOf(config.RECONCILIATION_AT);
+    if (reconciliationAt !== undefined) {
       const schedule = new ReconciliationSchedule({
         db,
         reconciliation,
         nodeName,
-        atMinutes: config.RECONCILIATION_AT,
+        atMinutes: reconciliationAt,
         catchUpDays: config.RECONCILIATION_CATCH_UP_DAYS,
         retryMs: config.RECONCILIATION_RETRY_MS,
         now,

@@ -32,13 +32,10 @@ const csv = z.string().transform((value) =>
     .filter((item) => item.length > 0),
 );
 
-/** "HH:MM" in UTC, as minutes after midnight; "off" (or "") becomes undefined. */
+/** A time of day "HH:MM" in UTC, or "off"; kept as text so a parsed config can be re-parsed. */
 const utcTimeOrOff = z
   .string()
-  .regex(/^(off|([01]\d|2[0-3]):[0-5]\d)$/, 'must be HH:MM (UTC) or off')
-  .transform((value) =>
-    value === 'off' ? undefined : Number(value.slice(0, 2)) * 60 + Number(value.slice(3)),
-  );
+  .regex(/^(off|([01]\d|2[0-3]):[0-5]\d)$/, 'must be HH:MM (UTC) or off');
 
 export const configSchema = z.object({
   SETTLE_GRPC_ADDR: hostPort.prefault('127.0.0.1:50051'),
@@ -120,9 +117,9 @@ export const configSchema = z.object({
   PSP_FEE_PERCENT_BP: nonNegativeInt.max(10_000).default(290),
   PSP_FEE_FIXED_MINOR: nonNegativeInt.max(100_000).default(30),
   /** UTC time at which the PSP mock writes yesterday's settlement file, or "off". */
-  PSP_SETTLEMENT_AT: utcTimeOrOff.prefault('00:10'),
+  PSP_SETTLEMENT_AT: utcTimeOrOff.default('00:10'),
   /** UTC time of the nightly reconciliation of yesterday's file, or "off". */
-  RECONCILIATION_AT: utcTimeOrOff.prefault('02:00'),
+  RECONCILIATION_AT: utcTimeOrOff.default('02:00'),
   /** After downtime, the nightly job catches up on at most this many past days. */
   RECONCILIATION_CATCH_UP_DAYS: positiveInt.max(31).default(7),
   /** How long the nightly job waits before trying a day again (file missing, run failed). */
@@ -171,4 +168,10 @@ export function pspPublicUrl(config: Config): string {
   return (
     config.PSP_PUBLIC_URL ?? `http://${config.PSP_HTTP_ADDR.host}:${config.PSP_HTTP_ADDR.port}`
   );
+}
+
+/** Minutes after midnight UTC of a validated "HH:MM" setting; undefined for "off". */
+export function utcMinutesOf(setting: string): number | undefined {
+  if (setting === 'off') return undefined;
+  return Number(setting.slice(0, 2)) * 60 + Number(setting.slice(3, 5));
 }

@@ -159,7 +159,7 @@ export async function findRunByFile(
   return row === undefined ? undefined : toRun(row);
 }
 
-/** Runs, newest first, optionally of one day; `afterId` is the last id of the previous page. */
+/** Runs, newest first, optionally of one day; `beforeId` is the last id of the previous page. */
 export async function listRuns(
   db: Db,
   filter: { day?: UtcDay; beforeId?: string; limit: number },
@@ -483,7 +483,7 @@ export async function bookFees(
 
 /**
  * The last rule: payments booked on the day that no payment row of this file names and no other
- * day's reconciled file settled. Returns how many were found.
+ * day's reconciled file settled.
  */
 export async function insertMissingInSettlement(
   db: Db,

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { loadConfig, utcMinutesOf } from '../../src/config.js';
 import { dueUtcDays } from '../../src/domain/utc-day.js';
 import {
   ReconciliationSchedule,
@@ -21,6 +22,19 @@ import { ensureDatabase, migrateToLatest, openDatabase, type Db } from '../../sr
 import { dropDatabase, testDatabaseUrl, waitFor } from '../support/harness.js';
 
 const AT_2_AM = 120;
+
+describe('the schedule settings', () => {
+  it('take HH:MM in UTC or off, and survive a round trip through the environment', () => {
+    expect(utcMinutesOf(loadConfig({ RECONCILIATION_AT: '23:59' }).RECONCILIATION_AT)).toBe(1_439);
+    expect(
+      utcMinutesOf(loadConfig({ PSP_SETTLEMENT_AT: 'off' }).PSP_SETTLEMENT_AT),
+    ).toBeUndefined();
+    expect(utcMinutesOf(loadConfig({}).RECONCILIATION_AT)).toBe(120);
+    expect(() => loadConfig({ RECONCILIATION_AT: '24:00', PSP_SETTLEMENT_AT: '2:00' })).toThrow(
+      'PSP_SETTLEMENT_AT: must be HH:MM (UTC) or off\n  - RECONCILIATION_AT: must be HH:MM (UTC) or off',
+    );
+  });
+});
 
 describe('dueUtcDays', () => {
   it('makes yesterday due only once the time of day has passed', () => {

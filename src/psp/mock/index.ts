@@ -4,7 +4,7 @@
  * it and to change its behaviour. src/psp/mock/main.ts runs it as a standalone process; tests
  * start it on port 0 with a database of their own.
  */
-import { pspPublicUrl, settlePublicUrl, type Config } from '../../config.js';
+import { pspPublicUrl, settlePublicUrl, utcMinutesOf, type Config } from '../../config.js';
 import { ensureDatabase, openDatabase } from '../../storage/db.js';
 import {
   BehaviorStore,
@@ -141,12 +141,13 @@ export async function startPspMock(options: StartPspMockOptions): Promise<PspMoc
       inject: (discrepancy: SettlementDiscrepancy) =>
         injectSettlementDiscrepancy(database.db, discrepancy, new Date()),
     };
-    if (config.PSP_SETTLEMENT_AT !== undefined) {
+    const settlementAt = utcMinutesOf(config.PSP_SETTLEMENT_AT);
+    if (settlementAt !== undefined) {
       const files = new SettlementFileSchedule({
         db: database.db,
         dir: config.SETTLEMENT_DIR,
         fees,
-        atMinutes: config.PSP_SETTLEMENT_AT,
+        atMinutes: settlementAt,
         catchUpDays: SETTLEMENT_CATCH_UP_DAYS,
         checkMsMax: 60_000,
         now: () => new Date(),
