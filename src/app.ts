@@ -31,6 +31,7 @@ import { ledgerHandlers, walletHandlers } from './grpc/handlers/ledger.handlers.
 import { createHttpServer, json, listenHttp, type Route } from './http/router.js';
 import { WEBHOOK_PATH, webhookRoute } from './http/webhook.route.js';
 import { createLogger, type Logger } from './observability/logger.js';
+import { debugStatsRoute, sqlTimerName, Timings } from './observability/runtime-stats.js';
 
 export const SETTLE_SERVICES = [
   'settle.v1.PaymentService',
@@ -88,8 +89,10 @@ export async function startSettle(
   };
   try {
     await ensureDatabase(config.MYSQL_URL);
+    const timings = config.DEBUG_STATS ? new Timings() : undefined;
     const { db, close: closeDb } = openDatabase(config.MYSQL_URL, {
       poolSize: config.MYSQL_POOL_SIZE,
+      ...(timings && { onQuery: (text, ms) => timings.record(sqlTimerName(text), ms) }),
     });
     cleanups.push(closeDb);
     await migrateToLatest(db);
@@ -165,10 +168,11 @@ export async function startSettle(
               { orderId: order.id, state: order.state, event: event.type },
               `illegal transition: ${message}`,
             ),
-          onPspCall: (call) =>
-            call.ok
-              ? logger.debug(call, `PSP ${call.op} ok in ${call.ms} ms`)
-              : logger.warn(call, `PSP ${call.op} failed: ${call.error ?? ''}`),
+          onPspCall: (call) => {
+            timings?.record(`psp.${call.op}`, call.ms);
+            if (call.ok) logger.debug(call, `PSP ${call.op} ok in ${call.ms} ms`);
+            else logger.warn(call, `PSP ${call.op} failed: ${call.error ?? ''}`);
+          },
         }),
       {
         mailboxCapacity: config.ACTOR_MAILBOX_CAPACITY,
@@ -245,6 +249,19 @@ export async function startSettle(
         handle: async () => json(200, { status: 'ok', node: nodeName }),
       },
     ];
+    if (timings !== undefined) {
+      routes.push(
+        debugStatsRoute({
+          timings,
+          node: nodeName,
+          actors: () => ({
+            live: registry.size,
+            passivated: registry.passivated,
+            mailboxDepth: registry.mailboxDepth(),
+          }),
+        }),
+      );
+    }
     const httpServer = createHttpServer(
       () => routes,
       (error, context) =>

@@ -84,6 +84,11 @@ export const configSchema = z.object({
   IDEMPOTENCY_TTL_MS: positiveInt.default(24 * 3_600_000),
   GRPC_MESSAGE_BYTES_MAX: positiveInt.max(64 * 1024 * 1024).default(1024 * 1024),
   SHUTDOWN_GRACE_MS: positiveInt.max(120_000).default(10_000),
+  /** Serves GET /debug/stats (timers, CPU, memory, actors) on the HTTP port; for `npm run bench`. */
+  DEBUG_STATS: z
+    .enum(['true', 'false', '1', '0'])
+    .default('false')
+    .transform((value) => value === 'true' || value === '1'),
 });
 
 export type Config = Readonly<z.infer<typeof configSchema>>;
