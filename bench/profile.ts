@@ -22,6 +22,8 @@ type CpuProfile = {
 export type ProfileSummary = Readonly<{
   busyMs: number;
   areas: Array<{ area: string; ms: number; share: number }>;
+  /** Self time of Node internals and natives charged to the nearest package or src/ caller. */
+  callers: Array<{ area: string; ms: number; share: number }>;
   functions: Array<{ name: string; ms: number; share: number }>;
 }>;
 
@@ -55,7 +57,23 @@ export function summarizeProfile(path: string, topN = 15): ProfileSummary {
       selfUs.set(id, (selfUs.get(id) ?? 0) + (profile.timeDeltas[i + 1] ?? 0));
     }
   }
+  const parent = new Map<number, ProfileNode>();
+  const byId = new Map(profile.nodes.map((node) => [node.id, node]));
+  for (const node of profile.nodes) {
+    for (const child of node.children ?? []) parent.set(child, node);
+  }
+  const isOwnCode = (area: string) => !area.startsWith('node ') && !area.startsWith('native ');
+  const callerArea = (node: ProfileNode): string => {
+    let current: ProfileNode | undefined = node;
+    for (let depth = 0; current !== undefined && depth < 200; depth += 1) {
+      const area = areaOf(current.callFrame.url, current.callFrame.functionName);
+      if (isOwnCode(area) && current.callFrame.url !== '') return area;
+      current = parent.get(current.id);
+    }
+    return areaOf(node.callFrame.url, node.callFrame.functionName);
+  };
   const areas = new Map<string, number>();
+  const callers = new Map<string, number>();
   const functions = new Map<string, number>();
   let busyUs = 0;
   for (const node of profile.nodes) {
@@ -66,6 +84,8 @@ export function summarizeProfile(path: string, topN = 15): ProfileSummary {
     if (area === 'idle') continue;
     busyUs += us;
     areas.set(area, (areas.get(area) ?? 0) + us);
+    const caller = callerArea(byId.get(node.id) ?? node);
+    callers.set(caller, (callers.get(caller) ?? 0) + us);
     const name = `${functionName || '(anonymous)'} ${url.replace(/^.*\/(node_modules|src)\//, '$1/')}:${lineNumber + 1}`;
     functions.set(name, (functions.get(name) ?? 0) + us);
   }
@@ -77,6 +97,7 @@ export function summarizeProfile(path: string, topN = 15): ProfileSummary {
   return {
     busyMs: busyUs / 1000,
     areas: top(areas).map(({ key, ms, share }) => ({ area: key, ms, share })),
+    callers: top(callers).map(({ key, ms, share }) => ({ area: key, ms, share })),
     functions: top(functions).map(({ key, ms, share }) => ({ name: key, ms, share })),
   };
 }

@@ -414,13 +414,13 @@ async function setPspBehavior(
 async function startTrackedStack(
   options: Options,
   settleEnv: Record<string, string>,
-  settleNodeArgs: string[] = [],
+  nodeArgs: string[] = [],
 ) {
   const stack = await startStack({
     mysqlBaseUrl: options.mysqlBaseUrl,
     natsUrl: options.natsUrl,
     settleEnv,
-    settleNodeArgs,
+    nodeArgs,
     log,
   });
   cleanups.push(stack.stop);
@@ -454,7 +454,7 @@ type ThroughputResults = {
   pspPeakRssBytes: number;
   childOutputLines: Record<string, number>;
   invariants: Check[];
-  profile: ProfileSummary | undefined;
+  profiles: Record<string, ProfileSummary> | undefined;
 };
 
 async function throughputPhases(options: Options): Promise<ThroughputResults> {
@@ -466,13 +466,18 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
     { ACTOR_IDLE_MS: String(options.actorIdleMs) },
     profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profileDir}`],
   );
-  const summarizeCpuProfile = () => {
+  const summarizeCpuProfiles = () => {
     if (profileDir === undefined) return undefined;
-    // One file per thread; the main thread's is thread 0.
-    const file = readdirSync(profileDir).find((name) => /\.0\.\d+\.cpuprofile$/.test(name));
-    const summary = file === undefined ? undefined : summarizeProfile(join(profileDir, file));
+    // One file per thread, named CPU.<date>.<time>.<pid>.<thread>.<seq>; the main thread is 0.
+    const fileOf = (pid: number) =>
+      readdirSync(profileDir).find((name) => name.includes(`.${pid}.0.`));
+    const summaries: Record<string, ProfileSummary> = {};
+    for (const child of [stack.settle, stack.psp]) {
+      const file = fileOf(child.pid);
+      if (file !== undefined) summaries[child.name] = summarizeProfile(join(profileDir, file));
+    }
     rmSync(profileDir, { recursive: true, force: true });
-    return summary;
+    return summaries;
   };
   await setPspBehavior(stack, { autoPayCard: '4242424242424242', latencyMs: options.pspLatencyMs });
   const watcher = new CompletionWatcher(stack.mysqlUrl);
@@ -563,7 +568,7 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
     // The profile is written when the Settle process exits.
     await stopTrackedStack(stack);
     return {
-      profile: summarizeCpuProfile(),
+      profiles: summarizeCpuProfiles(),
       spread,
       half,
       hot,
@@ -867,16 +872,24 @@ function report(
     'Where Settle waits, spread phase (timers are wall time of awaited calls, they overlap across orders):',
   );
   out.push(table(['timer', 'calls/order', 'ms/order', 'ms/call'], breakdown(spread)));
-  const profile = throughput.profile;
-  if (profile !== undefined) {
+  for (const [name, profile] of Object.entries(throughput.profiles ?? {})) {
     out.push('');
     out.push(
-      `Settle CPU profile (all load phases, ${f0(profile.busyMs)} ms busy), self time by area:`,
+      `${name} CPU profile (its whole life, start-up included: ${f0(profile.busyMs)} ms busy), self time by area:`,
     );
     out.push(
       table(
         ['area', 'ms', 'share'],
         profile.areas.map((a) => [a.area, f0(a.ms), pct(a.share)]),
+      ),
+    );
+    out.push(
+      'the same, with Node internals and natives charged to the package or src/ folder calling them:',
+    );
+    out.push(
+      table(
+        ['caller', 'ms', 'share'],
+        profile.callers.map((a) => [a.area, f0(a.ms), pct(a.share)]),
       ),
     );
     out.push('hottest functions:');

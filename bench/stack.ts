@@ -52,8 +52,8 @@ export type StackOptions = Readonly<{
   natsUrl: string;
   /** Extra environment of the Settle node (ACTOR_IDLE_MS, ...). */
   settleEnv?: Record<string, string>;
-  /** Extra node flags of the Settle node (e.g. --cpu-prof). */
-  settleNodeArgs?: string[];
+  /** Extra node flags of both children (e.g. --cpu-prof). */
+  nodeArgs?: string[];
   log: (line: string) => void;
 }>;
 
@@ -132,12 +132,16 @@ export async function startStack(options: StackOptions): Promise<BenchStack> {
       }
     })());
   try {
-    const psp = spawnChild('psp-mock', ['--import', 'tsx', 'src/psp/mock/main.ts'], env);
+    const psp = spawnChild(
+      'psp-mock',
+      [...(options.nodeArgs ?? []), '--import', 'tsx', 'src/psp/mock/main.ts'],
+      env,
+    );
     children.push(psp);
     await waitForPort(psp, pspGrpcPort);
     const settle = spawnChild(
       'settle',
-      [...(options.settleNodeArgs ?? []), '--import', 'tsx', 'src/main.ts', '--settle-only'],
+      [...(options.nodeArgs ?? []), '--import', 'tsx', 'src/main.ts', '--settle-only'],
       { ...env, DEBUG_STATS: 'true', ...options.settleEnv },
     );
     children.push(settle);
