@@ -48,8 +48,10 @@ export function areaOf(url: string, functionName: string): string {
   return url.replace(/^.*\//, '');
 }
 
-export function summarizeProfile(path: string, topN = 15): ProfileSummary {
-  const profile = JSON.parse(readFileSync(path, 'utf8')) as CpuProfile;
+export function summarizeProfile(source: string | object, topN = 15): ProfileSummary {
+  const profile = (
+    typeof source === 'string' ? JSON.parse(readFileSync(source, 'utf8')) : source
+  ) as CpuProfile;
   const selfUs = new Map<number, number>();
   if (profile.samples !== undefined && profile.timeDeltas !== undefined) {
     for (let i = 0; i < profile.samples.length; i += 1) {

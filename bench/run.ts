@@ -44,8 +44,10 @@ const HELP = `npm run bench -- [options]
   --idle-orders <n>         idle orders for the memory phase; 0 skips it (default 100000)
   --no-hot-seller           skip the hot-seller phase
   --quick                   a short run for CI (~1 min): 3 s phases, 2000 idle orders
-  --profile                 run the load phases' Settle node with --cpu-prof and summarise it
+  --profile                 CPU profiles: Settle's during the spread phase, the PSP mock's whole life
   --json <file>             also write the results as JSON
+  --settle-env K=V[,K=V]    extra environment of the Settle node, to compare settings
+                            (e.g. GROUP_COMMIT_MAX=1 turns group commit off)
   --mysql-url <url>         server for the bench databases (default mysql://root@127.0.0.1:3306/x)
   --nats-url <url>          NATS with JetStream (default nats://127.0.0.1:4222)`;
 
@@ -61,6 +63,7 @@ type Options = Readonly<{
   quick: boolean;
   profile: boolean;
   json: string | undefined;
+  settleEnv: Record<string, string>;
   mysqlBaseUrl: string;
   natsUrl: string;
   actorIdleMs: number;
@@ -82,6 +85,7 @@ function parseOptions(argv: string[]): Options {
       quick: { type: 'boolean', default: false },
       profile: { type: 'boolean', default: false },
       json: { type: 'string' },
+      'settle-env': { type: 'string' },
       'mysql-url': { type: 'string', default: 'mysql://root@127.0.0.1:3306/x' },
       'nats-url': { type: 'string', default: 'nats://127.0.0.1:4222' },
       help: { type: 'boolean', default: false },
@@ -119,6 +123,15 @@ function parseOptions(argv: string[]): Options {
     quick,
     profile: values.profile,
     json: values.json,
+    settleEnv: Object.fromEntries(
+      (values['settle-env'] ?? '')
+        .split(',')
+        .filter((pair) => pair.includes('='))
+        .map((pair) => [
+          pair.slice(0, pair.indexOf('=')).trim(),
+          pair.slice(pair.indexOf('=') + 1),
+        ]),
+    ),
     mysqlBaseUrl: values['mysql-url'],
     natsUrl: values['nats-url'],
     actorIdleMs: quick ? 2_000 : 5_000,
@@ -414,13 +427,13 @@ async function setPspBehavior(
 async function startTrackedStack(
   options: Options,
   settleEnv: Record<string, string>,
-  nodeArgs: string[] = [],
+  pspNodeArgs: string[] = [],
 ) {
   const stack = await startStack({
     mysqlBaseUrl: options.mysqlBaseUrl,
     natsUrl: options.natsUrl,
-    settleEnv,
-    nodeArgs,
+    settleEnv: { ...settleEnv, ...options.settleEnv },
+    pspNodeArgs,
     log,
   });
   cleanups.push(stack.stop);
@@ -466,18 +479,17 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
     { ACTOR_IDLE_MS: String(options.actorIdleMs) },
     profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profileDir}`],
   );
-  const summarizeCpuProfiles = () => {
-    if (profileDir === undefined) return undefined;
+  const profiles: Record<string, ProfileSummary> = {};
+  const summarizePspProfile = () => {
+    if (profileDir === undefined) return;
     // One file per thread, named CPU.<date>.<time>.<pid>.<thread>.<seq>; the main thread is 0.
-    const fileOf = (pid: number) =>
-      readdirSync(profileDir).find((name) => name.includes(`.${pid}.0.`));
-    const summaries: Record<string, ProfileSummary> = {};
-    for (const child of [stack.settle, stack.psp]) {
-      const file = fileOf(child.pid);
-      if (file !== undefined) summaries[child.name] = summarizeProfile(join(profileDir, file));
+    const file = readdirSync(profileDir).find((name) => name.includes(`.${stack.psp.pid}.0.`));
+    if (file !== undefined) {
+      profiles['psp-mock (its whole life, start-up included)'] = summarizeProfile(
+        join(profileDir, file),
+      );
     }
     rmSync(profileDir, { recursive: true, force: true });
-    return summaries;
   };
   await setPspBehavior(stack, { autoPayCard: '4242424242424242', latencyMs: options.pspLatencyMs });
   const watcher = new CompletionWatcher(stack.mysqlUrl);
@@ -508,6 +520,13 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
       `spread: closed loop, ${options.concurrency} payments in flight, ${options.sellers} sellers`,
     );
     let before = await snapshot(stack);
+    const settleProfile = options.profile
+      ? fetch(`${stack.settleHttp}/debug/profile?ms=${options.durationMs}`, {
+          signal: AbortSignal.timeout(options.durationMs + 60_000),
+        })
+          .then((response) => response.json() as Promise<object>)
+          .catch((error: unknown) => log(`  settle profile failed: ${String(error)}`))
+      : undefined;
     const spreadLoad = await driver.closedLoop({
       shape,
       concurrency: options.concurrency,
@@ -517,6 +536,8 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
     });
     paymentsCreated += spreadLoad.samples.length;
     const spread = summarize('spread', spreadLoad, usageBetween(before, await snapshot(stack)));
+    const settleCpuProfile = await settleProfile;
+    if (settleCpuProfile) profiles['settle (spread phase)'] = summarizeProfile(settleCpuProfile);
     log(
       `  spread: ${spread.ordersPerS.toFixed(0)} orders/s, create→terminal p99 ${spread.terminalMs.p99} ms`,
     );
@@ -565,10 +586,11 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
       expect: 'terminal',
       paymentsCreated,
     });
-    // The profile is written when the Settle process exits.
+    // The PSP mock's profile is written when it exits.
     await stopTrackedStack(stack);
+    summarizePspProfile();
     return {
-      profiles: summarizeCpuProfiles(),
+      profiles,
       spread,
       half,
       hot,
@@ -652,10 +674,15 @@ async function memoryPhase(options: Options): Promise<MemoryResults> {
       }),
     );
     checkInterrupted();
+    // Registration trails creation; give up when it stops moving for longer than Settle's
+    // retry backoff adds up to (31 s), or after an overall bound.
     const registerDeadline = Date.now() + Math.max(60_000, orders * 5);
     let registered = 0;
-    while (Date.now() < registerDeadline && !interrupted) {
-      registered = await registeredCount();
+    let progressAt = Date.now();
+    while (Date.now() < registerDeadline && Date.now() - progressAt < 40_000 && !interrupted) {
+      const now = await registeredCount();
+      if (now > registered) progressAt = Date.now();
+      registered = now;
       await sampleActors();
       if (registered >= created * perPayment) break;
       await sleep(500);
@@ -874,9 +901,7 @@ function report(
   out.push(table(['timer', 'calls/order', 'ms/order', 'ms/call'], breakdown(spread)));
   for (const [name, profile] of Object.entries(throughput.profiles ?? {})) {
     out.push('');
-    out.push(
-      `${name} CPU profile (its whole life, start-up included: ${f0(profile.busyMs)} ms busy), self time by area:`,
-    );
+    out.push(`${name} CPU profile, ${f0(profile.busyMs)} ms busy; self time by area:`);
     out.push(
       table(
         ['area', 'ms', 'share'],

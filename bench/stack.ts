@@ -52,8 +52,8 @@ export type StackOptions = Readonly<{
   natsUrl: string;
   /** Extra environment of the Settle node (ACTOR_IDLE_MS, ...). */
   settleEnv?: Record<string, string>;
-  /** Extra node flags of both children (e.g. --cpu-prof). */
-  nodeArgs?: string[];
+  /** Extra node flags of the PSP mock (e.g. --cpu-prof). */
+  pspNodeArgs?: string[];
   log: (line: string) => void;
 }>;
 
@@ -134,16 +134,16 @@ export async function startStack(options: StackOptions): Promise<BenchStack> {
   try {
     const psp = spawnChild(
       'psp-mock',
-      [...(options.nodeArgs ?? []), '--import', 'tsx', 'src/psp/mock/main.ts'],
+      [...(options.pspNodeArgs ?? []), '--import', 'tsx', 'src/psp/mock/main.ts'],
       env,
     );
     children.push(psp);
     await waitForPort(psp, pspGrpcPort);
-    const settle = spawnChild(
-      'settle',
-      [...(options.nodeArgs ?? []), '--import', 'tsx', 'src/main.ts', '--settle-only'],
-      { ...env, DEBUG_STATS: 'true', ...options.settleEnv },
-    );
+    const settle = spawnChild('settle', ['--import', 'tsx', 'src/main.ts', '--settle-only'], {
+      ...env,
+      DEBUG_STATS: 'true',
+      ...options.settleEnv,
+    });
     children.push(settle);
     await waitForPort(settle, grpcPort);
     await waitForHealthz(settle, `http://127.0.0.1:${httpPort}/healthz`);

@@ -33,7 +33,12 @@ import { createHttpServer, json, listenHttp, type Route } from './http/router.js
 import { WEBHOOK_PATH, webhookRoute } from './http/webhook.route.js';
 import { WebhookInbox } from './http/webhook-inbox.js';
 import { createLogger, type Logger } from './observability/logger.js';
-import { debugStatsRoute, sqlTimerName, Timings } from './observability/runtime-stats.js';
+import {
+  debugProfileRoute,
+  debugStatsRoute,
+  sqlTimerName,
+  Timings,
+} from './observability/runtime-stats.js';
 
 export const SETTLE_SERVICES = [
   'settle.v1.PaymentService',
@@ -204,7 +209,10 @@ export async function startSettle(
     const dispatch = (command: Command): Promise<HandleOutcome> =>
       registry.send(command.orderId, { event: commandToEvent(command) });
     const consumer = new CommandConsumer(js, names, (command) => dispatch(command), {
-      inFlightMax: Math.min(config.CONSUMER_MAX_ACK_PENDING, 1_024),
+      // No more commands at once than PSP calls may be in flight: beyond that the PSP client
+      // refuses at once, and a backlog (the bench's 100,000 idle orders) burnt its retries on
+      // that refusal until orders were dead-lettered.
+      inFlightMax: Math.min(config.CONSUMER_MAX_ACK_PENDING, config.PSP_IN_FLIGHT_MAX, 1_024),
       backoffMs: config.RETRY_BACKOFF_MS,
       jitter: 0.2,
       onError: (error, context) =>
@@ -275,6 +283,7 @@ export async function startSettle(
     ];
     if (timings !== undefined) {
       routes.push(
+        debugProfileRoute(),
         debugStatsRoute({
           timings,
           node: nodeName,

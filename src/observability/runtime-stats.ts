@@ -7,6 +7,7 @@
  * Timers are wall-clock durations of awaited calls, so they overlap under concurrency: they say
  * how long work waited on each dependency, not how much CPU it used (the CPU time does that).
  */
+import { Session } from 'node:inspector/promises';
 import { performance } from 'node:perf_hooks';
 import { json, type Route } from '../http/router.js';
 
@@ -102,4 +103,40 @@ export function debugStatsRoute(sources: RuntimeStatsSources): Route {
 
 function round(ms: number): number {
   return Math.round(ms * 1000) / 1000;
+}
+
+export const DEBUG_PROFILE_PATH = '/debug/profile';
+/** The longest CPU profile one request may take, in milliseconds. */
+const PROFILE_MS_MAX = 120_000;
+
+/**
+ * GET /debug/profile?ms=N: records this process's CPU for N milliseconds (V8's sampling
+ * profiler, the same as `node --cpu-prof`) and answers with the .cpuprofile JSON. One at a time.
+ */
+export function debugProfileRoute(): Route {
+  let running = false;
+  return {
+    method: 'GET',
+    path: DEBUG_PROFILE_PATH,
+    handle: async (request) => {
+      const ms = Number(request.query.get('ms') ?? '5000');
+      if (!Number.isInteger(ms) || ms < 1 || ms > PROFILE_MS_MAX) {
+        return json(400, { error: `ms must be an integer in [1, ${PROFILE_MS_MAX}]` });
+      }
+      if (running) return json(409, { error: 'a profile is already being recorded' });
+      running = true;
+      const session = new Session();
+      session.connect();
+      try {
+        await session.post('Profiler.enable');
+        await session.post('Profiler.start');
+        await new Promise((resolve) => setTimeout(resolve, ms));
+        const { profile } = await session.post('Profiler.stop');
+        return json(200, profile);
+      } finally {
+        session.disconnect();
+        running = false;
+      }
+    },
+  };
 }
