@@ -12,7 +12,7 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
@@ -853,6 +853,20 @@ function report(
   );
   if (hot !== undefined)
     out.push(`hot seller / spread: ${pct(hot.ordersPerS / spread.ordersPerS)}`);
+  const noise: Array<[string, number]> = [
+    ['ceiling', ceiling.spread.otherCpuMs / Math.max(1, ceiling.spread.elapsedMs * cpus().length)],
+    ...[spread, half, hot]
+      .filter((p): p is LoadPhase => p !== undefined)
+      .map((p): [string, number] => [
+        p.name,
+        (p.usage.cpuMs['other'] ?? 0) / Math.max(1, p.usage.machineTotalMs),
+      ]),
+  ];
+  out.push(
+    `other users' share of this machine's CPU during each phase: ${noise
+      .map(([name, share]) => `${name} ${pct(share)}`)
+      .join(', ')} (high values mean disturbed numbers)`,
+  );
   out.push('');
   out.push(
     'CPU ms per order (process CPU time over the phase / orders finished), machine cores busy, Settle event-loop utilisation:',
@@ -892,7 +906,11 @@ function report(
     `("bench" is the load generator, or the ceiling script in the ceiling row; "other" is CPU no listed process used: other users of this shared machine.)`,
   );
   out.push(
-    `peak RSS (VmHWM): settle ${f0(throughput.settlePeakRssBytes / MB)} MB, psp-mock ${f0(throughput.pspPeakRssBytes / MB)} MB`,
+    `peak RSS (VmHWM): settle ${f0(throughput.settlePeakRssBytes / MB)} MB, psp-mock ${f0(throughput.pspPeakRssBytes / MB)} MB; ` +
+      `log lines at LOG_LEVEL=warn: settle ${throughput.childOutputLines['settle'] ?? 0}, psp-mock ${throughput.childOutputLines['psp-mock'] ?? 0}`,
+  );
+  out.push(
+    "(mariadbd and nats-server are shared by everyone on this machine: their CPU includes other users' work.)",
   );
   out.push('');
   out.push(

@@ -20,11 +20,14 @@ import {
   completeIdempotencyKeys,
   createdPayment,
   findPayment,
+  insertIdempotencyKeys,
   insertPayments,
   listPayments,
   PAYMENT_STATE,
   releaseIdempotencyKey,
   TERMINAL_PAYMENT_STATES,
+  type IdempotencyClaim,
+  type NewIdempotencyKey,
   type NewPayment,
   type Payment,
 } from '../storage/repositories/payment.repository.js';
@@ -119,9 +122,23 @@ async function writeCreations(
 export class PaymentService {
   /** Group commit of creations; unset writes each in its own transaction. */
   private readonly creations: GroupCommit<Creation, void> | undefined;
+  /** Idempotency claims that arrive together, inserted with one autocommit statement. */
+  private readonly claims: GroupCommit<NewIdempotencyKey, IdempotencyClaim> | undefined;
 
   constructor(private readonly deps: PaymentServiceDeps) {
     const group = deps.groupCommit;
+    this.claims =
+      group === undefined
+        ? undefined
+        : new GroupCommit<NewIdempotencyKey, IdempotencyClaim>({
+            name: 'idempotency claims',
+            ...group,
+            writeOne: (key) => claimIdempotencyKey(deps.db, key),
+            writeBatch: async (keys) => {
+              await insertIdempotencyKeys(deps.db, keys);
+              return keys.map((): IdempotencyClaim => ({ kind: 'claimed' }));
+            },
+          });
     this.creations =
       group === undefined
         ? undefined
@@ -139,6 +156,7 @@ export class PaymentService {
 
   /** Waits (bounded) for creations already taken to be written. */
   async stop(timeoutMs: number): Promise<void> {
+    await this.claims?.stop(timeoutMs);
     await this.creations?.stop(timeoutMs);
   }
 
@@ -146,15 +164,18 @@ export class PaymentService {
     const input = parseCreatePayment(raw);
     const { db } = this.deps;
     const now = this.deps.now();
-    const claim = await claimIdempotencyKey(db, {
+    const key = {
       buyerId: input.buyerId,
       requestId: input.requestId,
       requestHash: input.requestHash,
       now,
       leaseMs: IDEMPOTENCY_LEASE_MS,
-    }).catch((error: unknown) => {
-      throw toUnavailable(error);
-    });
+    };
+    const claim = await (this.claims?.submit(key) ?? claimIdempotencyKey(db, key)).catch(
+      (error: unknown) => {
+        throw toUnavailable(error);
+      },
+    );
     if (claim.kind !== 'claimed') {
       if (claim.requestHash !== input.requestHash) {
         throw new AlreadyExistsError(

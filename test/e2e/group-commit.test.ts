@@ -8,6 +8,7 @@
  * /debug/stats) and the rows are counted afterwards.
  */
 import { randomUUID } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { sql } from 'kysely';
 import { PaymentOrderActor } from '../../src/actors/payment-order/actor.js';
@@ -233,6 +234,46 @@ describe('group commit of transitions', () => {
       stack.settle.db,
     );
     await batcher.stop(1_000);
+  });
+});
+
+describe('group commit of creations', () => {
+  it('creates one payment per request_id when duplicates share a batch with fresh requests', async () => {
+    const buyerId = `buyer-gcd-${randomUUID()}`;
+    const repeated = randomUUID();
+    const request = (requestId: string) => ({
+      requestId,
+      buyerId,
+      currencyCode: 'USD',
+      orders: [{ sellerId: 'seller-gcd', amountMinor: 4200n }],
+    });
+    const requests = [
+      ...Array.from({ length: 10 }, () => request(randomUUID())),
+      ...Array.from({ length: 10 }, () => request(repeated)),
+    ];
+    const settled = await Promise.allSettled(
+      requests.map((r) => call(stack.payments.createPayment.bind(stack.payments), r)),
+    );
+    const repeatedIds = new Set(
+      settled
+        .slice(10)
+        .flatMap((result) =>
+          result.status === 'fulfilled' ? [result.value.payment?.paymentId] : [],
+        ),
+    );
+    expect(settled.slice(0, 10).every((result) => result.status === 'fulfilled')).toBe(true);
+    // The duplicates got the one payment or ABORTED (still in flight), never a second payment.
+    expect(repeatedIds.size).toBe(1);
+    for (const result of settled.slice(10)) {
+      if (result.status === 'rejected') {
+        expect((result.reason as grpc.ServiceError).code).toBe(grpc.status.ABORTED);
+      }
+    }
+    expect(
+      await count(
+        sql<{ n: string }>`SELECT COUNT(*) AS n FROM payment WHERE buyer_id = ${buyerId}`,
+      ),
+    ).toBe(11);
   });
 });
 

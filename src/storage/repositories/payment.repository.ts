@@ -250,6 +250,41 @@ export async function claimIdempotencyKey(
   return { kind: 'in-flight', requestHash: existing.request_hash };
 }
 
+export type NewIdempotencyKey = Readonly<{
+  buyerId: string;
+  requestId: string;
+  requestHash: string;
+  now: Date;
+  leaseMs: number;
+}>;
+
+/**
+ * `claimIdempotencyKey` for many fresh requests with one autocommit INSERT: each key is still
+ * committed before its payment's transaction, where a concurrent duplicate sees it at once.
+ * Resolves when every key was new; any duplicate fails the whole statement (nothing inserted)
+ * and the caller claims each key alone, which tells a repeat from a request in flight.
+ */
+export async function insertIdempotencyKeys(
+  db: Db,
+  keys: readonly NewIdempotencyKey[],
+): Promise<void> {
+  if (keys.length === 0) return;
+  await db
+    .insertInto('idempotency_key')
+    .values(
+      keys.map((key) => ({
+        buyer_id: key.buyerId,
+        request_id: key.requestId,
+        request_hash: key.requestHash,
+        state: 'IN_FLIGHT' as const,
+        payment_id: null,
+        lease_until: new Date(key.now.getTime() + key.leaseMs),
+        created_at: key.now,
+      })),
+    )
+    .execute();
+}
+
 /** Marks the key COMPLETED inside the transaction that creates the payment. */
 export async function completeIdempotencyKey(
   trx: Trx,
