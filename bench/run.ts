@@ -623,7 +623,12 @@ type MemoryResults = {
 };
 
 async function memoryPhase(options: Options): Promise<MemoryResults> {
-  const stack = await startTrackedStack(options, { ACTOR_IDLE_MS: String(options.actorIdleMs) });
+  // The janitor would start re-checking these orders with the PSP after JANITOR_STUCK_MS (and
+  // so wake their actors): pushed past the phase, so passivation is measured alone.
+  const stack = await startTrackedStack(options, {
+    ACTOR_IDLE_MS: String(options.actorIdleMs),
+    JANITOR_STUCK_MS: String(30 * 60_000),
+  });
   await setPspBehavior(stack, { autoPayCard: '', latencyMs: 0 });
   const watcher = new CompletionWatcher(stack.mysqlUrl);
   const driver = new LoadDriver(stack.settleGrpc, watcher);

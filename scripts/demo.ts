@@ -5,7 +5,9 @@
  * balance. Uses the published TypeScript client (src/client).
  */
 import { randomUUID } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
 import { loadConfig } from '../src/config.js';
+import { PspServiceClient } from '../src/grpc/generated/settle/psp/v1/psp.js';
 import { formatMajor } from '../src/domain/money.js';
 import {
   createSettleClient,
@@ -141,7 +143,67 @@ async function main(): Promise<void> {
   line(
     `   total: ${trial.totals.map((t) => `${t.currencyCode} ${usd(t.balanceMinor)}`).join(', ')} → ${trial.balanced ? 'balanced' : 'NOT BALANCED'}`,
   );
+  await retryStep();
   settle.close();
+}
+
+/** The seed's "flow with retries": the PSP fails the first registrations of one order. */
+async function retryStep(): Promise<void> {
+  const pspAddress = `${config.PSP_GRPC_ADDR.host}:${config.PSP_GRPC_ADDR.port}`;
+  const psp = new PspServiceClient(pspAddress, grpc.credentials.createInsecure());
+  const failures = 2;
+  line(
+    `\n8. Flow with retries: the PSP mock fails the next ${failures} registrations (SetBehavior fail_next_registrations)`,
+  );
+  await new Promise<void>((resolve, reject) =>
+    psp.setBehavior({ failNextRegistrations: failures }, (error) =>
+      error ? reject(error) : resolve(),
+    ),
+  );
+  const created = await settle.payments.createPayment({
+    requestId: randomUUID(),
+    buyerId: 'buyer-demo',
+    currencyCode: 'USD',
+    orders: [{ sellerId: `seller-carol-${randomUUID().slice(0, 4)}`, amountMinor: 999n }],
+  });
+  const paymentId = created.payment?.paymentId ?? '';
+  const shown = new Set<string>();
+  let previousMs: number | undefined;
+  const deadline = Date.now() + 60_000;
+  let registered = false;
+  while (!registered && Date.now() < deadline) {
+    const { entries } = await settle.admin.getPaymentTimeline({ paymentId });
+    for (const entry of entries) {
+      const key = `${entry.orderId}:${entry.version}`;
+      if (shown.has(key)) continue;
+      shown.add(key);
+      const atMs = entry.createTime?.getTime() ?? Date.now();
+      const gap =
+        previousMs === undefined ? '' : ` (+${((atMs - previousMs) / 1000).toFixed(1)} s)`;
+      previousMs = atMs;
+      const detail = JSON.parse(entry.detail) as { reason?: string };
+      const why = entry.eventType === 'PspRegistrationFailed' ? `: ${detail.reason ?? ''}` : '';
+      line(
+        `   ${entry.createTime?.toISOString().slice(11, 23) ?? ''}${gap} ${entry.fromState} → ${entry.toState} on ${entry.eventType}${why}`,
+      );
+      if (entry.eventType === 'PspRegistered') registered = true;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  const { payment } = await settle.payments.getPayment({ paymentId });
+  const order = payment?.orders[0];
+  if (order?.checkoutUrl) {
+    const verdict = await payOnHostedPage(order.checkoutUrl);
+    line(`   retried ${failures} times with backoff, then registered; paid: "${verdict}"`);
+    for await (const update of settle.payments.watchPayment(paymentId, { timeoutMs: 30_000 })) {
+      if (update.payment && update.payment.state !== PaymentState.PAYMENT_STATE_EXECUTING) {
+        line(`   final state: ${paymentState(update.payment.state)}`);
+      }
+    }
+  } else {
+    line('   the order did not register in time; see ListDeadLetters');
+  }
+  psp.close();
 }
 
 main().catch((error: unknown) => {

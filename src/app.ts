@@ -3,8 +3,8 @@
  * the payment-order actor runtime fed by the command consumer, the gRPC API and the HTTP port.
  * `startSettle` is used by main.ts and by the tests; `stop()` undoes it in reverse order.
  */
-import * as grpc from '@grpc/grpc-js';
-import { jetstream } from '@nats-io/jetstream';
+import type * as grpc from '@grpc/grpc-js';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { settlePublicUrl, type Config } from './config.js';
 import { ActorRegistry } from './actors/runtime/registry.js';
@@ -28,11 +28,19 @@ import { addReflection } from './grpc/reflection/index.js';
 import { PaymentServiceService } from './grpc/generated/settle/v1/payment.js';
 import { LedgerServiceService, WalletServiceService } from './grpc/generated/settle/v1/wallet.js';
 import { paymentHandlers } from './grpc/handlers/payment.handlers.js';
+import { adminHandlers } from './grpc/handlers/admin.handlers.js';
+import { AdminServiceService } from './grpc/generated/settle/v1/admin.js';
 import { ledgerHandlers, walletHandlers } from './grpc/handlers/ledger.handlers.js';
 import { createHttpServer, json, listenHttp, type Route } from './http/router.js';
 import { WEBHOOK_PATH, webhookRoute } from './http/webhook.route.js';
 import { WebhookInbox } from './http/webhook-inbox.js';
 import { createLogger, type Logger } from './observability/logger.js';
+import { createMetrics, type Metrics } from './observability/metrics.js';
+import { grpcCallObserver } from './observability/request-log.js';
+import { operatorRoutes } from './http/operator.routes.js';
+import { recordDeadLetter } from './admin/dead-letters.js';
+import { Janitor } from './jobs/janitor.js';
+import { HealthMonitor } from './observability/health-monitor.js';
 import {
   debugProfileRoute,
   debugStatsRoute,
@@ -44,6 +52,7 @@ export const SETTLE_SERVICES = [
   'settle.v1.PaymentService',
   'settle.v1.WalletService',
   'settle.v1.LedgerService',
+  'settle.v1.AdminService',
 ] as const;
 
 export type SettleOverrides = Partial<{
@@ -68,9 +77,12 @@ export type SettleNode = Readonly<{
   relay: OutboxRelay;
   consumer: CommandConsumer;
   registry: ActorRegistry<OrderMessage, HandleOutcome>;
+  janitor: Janitor;
   psp: PspPort;
   health: Health;
   logger: Logger;
+  /** This node's Prometheus registry and hooks (served at /metrics). */
+  metrics: Metrics;
   /** Extra HTTP routes may be added before requests arrive (admin, REST, metrics). */
   routes: Route[];
   /** Delivers a command to its order's actor, as the consumer does. */
@@ -84,7 +96,8 @@ export async function startSettle(
 ): Promise<SettleNode> {
   const nodeName = overrides.nodeName ?? `settle-${process.pid}`;
   const logger = overrides.logger ?? createLogger({ level: config.LOG_LEVEL, name: 'settle' });
-  const cleanups: Array<() => Promise<unknown> | unknown> = [];
+  const metrics = createMetrics();
+  const cleanups: Array<() => unknown> = [];
   const stopAll = async () => {
     for (const cleanup of cleanups.reverse()) {
       try {
@@ -113,6 +126,7 @@ export async function startSettle(
       maxAckPending: config.CONSUMER_MAX_ACK_PENDING,
     });
     const js = jetstream(nc, { timeout: 5_000 });
+    const jsm = await jetstreamManager(nc, { timeout: 5_000 });
 
     let psp: PspPort & { close?: () => void };
     if (overrides.psp !== undefined) {
@@ -175,6 +189,7 @@ export async function startSettle(
           now,
           onTransition: (previous, next, event) => {
             events.publish(next.paymentId);
+            metrics.orderTransition({ from: previous.state, to: next.state, event: event.type });
             logger.info(
               {
                 paymentId: next.paymentId,
@@ -193,6 +208,7 @@ export async function startSettle(
               `illegal transition: ${message}`,
             ),
           onPspCall: (call) => {
+            metrics.pspCall(call);
             timings?.record(`psp.${call.op}`, call.ms);
             if (call.ok) logger.debug(call, `PSP ${call.op} ok in ${call.ms} ms`);
             else logger.warn(call, `PSP ${call.op} failed: ${call.error ?? ''}`);
@@ -208,7 +224,8 @@ export async function startSettle(
 
     const dispatch = (command: Command): Promise<HandleOutcome> =>
       registry.send(command.orderId, { event: commandToEvent(command) });
-    const consumer = new CommandConsumer(js, names, (command) => dispatch(command), {
+    const consumer = new CommandConsumer(nc, js, jsm, names, (command) => dispatch(command), {
+      recordDeadLetter: (entry) => recordDeadLetter(db, names.commandStream, entry, now()),
       // No more commands at once than PSP calls may be in flight: beyond that the PSP client
       // refuses at once, and a backlog (the bench's 100,000 idle orders) burnt its retries on
       // that refusal until orders were dead-lettered.
@@ -217,13 +234,17 @@ export async function startSettle(
       jitter: 0.2,
       onError: (error, context) =>
         logger.error({ err: error, ...context }, 'command handling failed'),
-      onRetry: (retry) =>
-        logger.warn(retry, `retrying order ${retry.orderId} in ${retry.delayMs} ms`),
-      onDeadLetter: (entry) =>
+      onRetry: (retry) => {
+        metrics.retry();
+        logger.warn(retry, `retrying order ${retry.orderId} in ${retry.delayMs} ms`);
+      },
+      onDeadLetter: (entry) => {
+        metrics.deadLetter(entry.reason);
         logger.error(
           { orderId: entry.orderId, reason: entry.reason, attempts: entry.attempts },
           `dead-lettered: ${entry.lastError}`,
-        ),
+        );
+      },
     });
 
     const payments = new PaymentService({
@@ -243,14 +264,34 @@ export async function startSettle(
 
     // gRPC
     const health = createHealth([...SETTLE_SERVICES]);
+    const monitor = new HealthMonitor(
+      db,
+      nc,
+      { intervalMs: 1_000, probeTimeoutMs: 1_000 },
+      (status) => {
+        health.setServing(status.serving);
+        const line = `dependencies: mysql ${status.mysql ? 'up' : 'DOWN'}, nats ${status.nats ? 'up' : 'DOWN'}`;
+        if (status.serving) logger.info(status, line);
+        else logger.error(status, line);
+      },
+    );
+
     const grpcServer = createGrpcServer({ maxMessageBytes: config.GRPC_MESSAGE_BYTES_MAX });
     const adapterOptions = {
       log: (error: unknown, context: Record<string, unknown>) =>
         logger.error({ err: error, ...context }, 'internal error in gRPC handler'),
+      observe: grpcCallObserver(logger, metrics),
     };
     grpcServer.addService(PaymentServiceService, paymentHandlers(payments, adapterOptions));
     grpcServer.addService(WalletServiceService, walletHandlers(db, adapterOptions));
     grpcServer.addService(LedgerServiceService, ledgerHandlers(db, adapterOptions));
+    grpcServer.addService(
+      AdminServiceService,
+      adminHandlers(
+        { db, wakeRelay: () => relay.wake(), now, adminToken: config.ADMIN_TOKEN },
+        adapterOptions,
+      ),
+    );
     health.addToServer(grpcServer);
     addReflection(grpcServer, { services: [...SETTLE_SERVICES, HEALTH_SERVICE_NAME] });
     const grpcPort = await listen(
@@ -278,8 +319,31 @@ export async function startSettle(
       {
         method: 'GET',
         path: '/healthz',
-        handle: async () => json(200, { status: 'ok', node: nodeName }),
+        handle: async () => {
+          const status = monitor.status;
+          return json(status.serving ? 200 : 503, {
+            status: status.serving ? 'ok' : 'degraded',
+            node: nodeName,
+            mysql: status.mysql ? 'up' : 'down',
+            nats: status.nats ? 'up' : 'down',
+          });
+        },
       },
+      // REST twin, /metrics and the admin panel.
+      ...operatorRoutes({
+        config,
+        db,
+        jsm,
+        names,
+        registry,
+        psp,
+        payments,
+        metrics,
+        logger,
+        nodeName,
+        wakeRelay: () => relay.wake(),
+        now,
+      }),
     ];
     if (timings !== undefined) {
       routes.push(
@@ -319,6 +383,30 @@ export async function startSettle(
     await consumer.start();
     cleanups.push(() => consumer.stop(config.SHUTDOWN_GRACE_MS));
 
+    const janitor = new Janitor(
+      db,
+      names,
+      {
+        orderExpiryMs: config.ORDER_EXPIRY_MS,
+        stuckMs: config.JANITOR_STUCK_MS,
+        intervalMs: config.JANITOR_INTERVAL_MS,
+        batchMax: config.JANITOR_BATCH_MAX,
+        leaseMs: config.JANITOR_LEASE_MS,
+      },
+      {
+        now,
+        wakeRelay: () => relay.wake(),
+        onPass: (pass) =>
+          logger.info(
+            { expired: pass.expired.length, checked: pass.checked.length },
+            'janitor queued commands',
+          ),
+        onError: (error) => logger.warn({ err: error }, 'janitor pass failed'),
+      },
+    );
+    janitor.start();
+    cleanups.push(() => janitor.stop());
+
     const purge = setInterval(() => {
       const cutoff = new Date(Date.now() - config.IDEMPOTENCY_TTL_MS);
       purgeIdempotencyKeys(db, cutoff, 10_000).then(
@@ -329,6 +417,8 @@ export async function startSettle(
     purge.unref();
     cleanups.push(() => clearInterval(purge));
 
+    monitor.start();
+    cleanups.push(() => monitor.stop());
     health.setServing(true);
     cleanups.push(() => health.setServing(false));
     logger.info(
@@ -350,9 +440,11 @@ export async function startSettle(
       relay,
       consumer,
       registry,
+      janitor,
       psp,
       health,
       logger,
+      metrics,
       routes,
       dispatch,
       stop: stopAll,
@@ -368,7 +460,9 @@ export function commandToEvent(command: Command): OrderEvent {
     case 'ExecuteOrder':
       return { type: 'ExecuteOrder' };
     case 'ExpireOrder':
-      return { type: 'Expire' };
+      return { type: 'ExpiryDue' };
+    case 'CheckOrderStatus':
+      return { type: 'StatusCheckDue' };
     case 'PspResult':
       return command.outcome === 'SUCCEEDED'
         ? {

@@ -86,8 +86,27 @@ export const configSchema = z.object({
   /** How long CreatePayment waits for the PSP to register the orders before it answers. */
   CREATE_WAIT_MS: nonNegativeInt.max(30_000).default(2_000),
   IDEMPOTENCY_TTL_MS: positiveInt.default(24 * 3_600_000),
+  /** An order not paid this long after creation expires (its PSP registration is cancelled). */
+  ORDER_EXPIRY_MS: positiveInt.max(7 * 24 * 3_600_000).default(15 * 60_000),
+  /** An unfinished order quiet this long is checked with the PSP by the janitor. */
+  JANITOR_STUCK_MS: positiveInt.max(24 * 3_600_000).default(120_000),
+  JANITOR_INTERVAL_MS: positiveInt.max(3_600_000).default(5_000),
+  JANITOR_BATCH_MAX: positiveInt.max(10_000).default(200),
+  /** After acting on an order the janitor leaves it alone this long (on every node). */
+  JANITOR_LEASE_MS: positiveInt.max(24 * 3_600_000).default(120_000),
+  /**
+   * When set, AdminService calls need `authorization: Bearer <token>`. The admin panel needs it
+   * (bearer or login form) and refuses everyone while it is unset.
+   */
+  ADMIN_TOKEN: z.string().min(16).optional(),
   GRPC_MESSAGE_BYTES_MAX: positiveInt.max(64 * 1024 * 1024).default(1024 * 1024),
   SHUTDOWN_GRACE_MS: positiveInt.max(120_000).default(10_000),
+
+  /** Local development only: admin pages are readable without the token (actions still need it). */
+  ADMIN_READONLY_OPEN: z
+    .enum(['true', 'false'])
+    .default('false')
+    .transform((v) => v === 'true'),
   /** Serves GET /debug/stats (timers, CPU, memory, actors) on the HTTP port; for `npm run bench`. */
   DEBUG_STATS: z
     .enum(['true', 'false', '1', '0'])

@@ -21,11 +21,24 @@ import {
 import {
   LedgerServiceClient,
   WalletServiceClient,
+  type GetTrialBalanceRequest,
   type GetTrialBalanceResponse,
+  type GetWalletRequest,
   type GetWalletResponse,
   type ListEntriesRequest,
   type ListEntriesResponse,
 } from '../grpc/generated/settle/v1/wallet.js';
+import {
+  AdminServiceClient as AdminClient,
+  type DiscardDeadLetterRequest,
+  type DiscardDeadLetterResponse,
+  type GetPaymentTimelineRequest,
+  type GetPaymentTimelineResponse,
+  type ListDeadLettersRequest,
+  type ListDeadLettersResponse,
+  type ReplayDeadLetterRequest,
+  type ReplayDeadLetterResponse,
+} from '../grpc/generated/settle/v1/admin.js';
 
 export {
   PaymentState,
@@ -48,6 +61,13 @@ export {
   WalletServiceClient,
   LedgerServiceClient,
 } from '../grpc/generated/settle/v1/wallet.js';
+
+export {
+  AdminServiceClient,
+  DeadLetterState,
+  type DeadLetter,
+  type TimelineEntry,
+} from '../grpc/generated/settle/v1/admin.js';
 
 export type CallOptions = Readonly<{ timeoutMs?: number; metadata?: Record<string, string> }>;
 
@@ -84,6 +104,7 @@ export function createSettleClient(
   const payments = new PaymentServiceClient(address, credentials);
   const wallets = new WalletServiceClient(address, credentials);
   const ledger = new LedgerServiceClient(address, credentials);
+  const admin = new AdminClient(address, credentials);
   return {
     payments: {
       createPayment: unary<CreatePaymentRequest, CreatePaymentResponse>(
@@ -114,22 +135,42 @@ export function createSettleClient(
       },
     },
     wallets: {
-      getWallet: unary(wallets.getWallet.bind(wallets), timeoutMs) as (
-        request: { sellerId: string },
-        options?: CallOptions,
-      ) => Promise<GetWalletResponse>,
+      getWallet: unary<GetWalletRequest, GetWalletResponse>(
+        wallets.getWallet.bind(wallets),
+        timeoutMs,
+      ),
     },
     ledger: {
       listEntries: unary<ListEntriesRequest, ListEntriesResponse>(
         ledger.listEntries.bind(ledger),
         timeoutMs,
       ),
-      getTrialBalance: unary(ledger.getTrialBalance.bind(ledger), timeoutMs) as (
-        request?: Record<string, never>,
-        options?: CallOptions,
-      ) => Promise<GetTrialBalanceResponse>,
+      getTrialBalance: unary<GetTrialBalanceRequest, GetTrialBalanceResponse>(
+        ledger.getTrialBalance.bind(ledger),
+        timeoutMs,
+      ),
+    },
+    /** AdminService; pass `metadata: { authorization: 'Bearer <ADMIN_TOKEN>' }` when the server has one. */
+    admin: {
+      listDeadLetters: unary<ListDeadLettersRequest, ListDeadLettersResponse>(
+        admin.listDeadLetters.bind(admin),
+        timeoutMs,
+      ),
+      replayDeadLetter: unary<ReplayDeadLetterRequest, ReplayDeadLetterResponse>(
+        admin.replayDeadLetter.bind(admin),
+        timeoutMs,
+      ),
+      discardDeadLetter: unary<DiscardDeadLetterRequest, DiscardDeadLetterResponse>(
+        admin.discardDeadLetter.bind(admin),
+        timeoutMs,
+      ),
+      getPaymentTimeline: unary<GetPaymentTimelineRequest, GetPaymentTimelineResponse>(
+        admin.getPaymentTimeline.bind(admin),
+        timeoutMs,
+      ),
     },
     close(): void {
+      admin.close();
       payments.close();
       wallets.close();
       ledger.close();

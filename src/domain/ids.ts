@@ -13,13 +13,18 @@ export const ID_PREFIX = {
 } as const;
 export type IdKind = keyof typeof ID_PREFIX;
 
-export function ulid(nowMs: number = Date.now()): string {
+function encodeTime(nowMs: number): string {
   let time = '';
   let ms = nowMs;
   for (let i = 0; i < 10; i += 1) {
     time = ALPHABET[ms % 32] + time;
     ms = Math.floor(ms / 32);
   }
+  return time;
+}
+
+export function ulid(nowMs: number = Date.now()): string {
+  const time = encodeTime(nowMs);
   const bytes = randomBytes(16);
   let random = '';
   for (let i = 0; i < 16; i += 1) random += ALPHABET[(bytes[i] ?? 0) % 32];
@@ -28,6 +33,14 @@ export function ulid(nowMs: number = Date.now()): string {
 
 export function newId(kind: IdKind, nowMs?: number): string {
   return ID_PREFIX[kind] + ulid(nowMs);
+}
+
+/**
+ * The smallest id of `kind` created at `ms`: ids sort by creation time, so `id >= idAt(kind, t)`
+ * selects what was created at or after t, on the primary key.
+ */
+export function idAt(kind: IdKind, ms: number): string {
+  return ID_PREFIX[kind] + encodeTime(Math.max(0, Math.floor(ms))) + '0'.repeat(16);
 }
 
 const ID_PATTERN = /^[a-z]{3}_[0-9A-HJKMNP-TV-Z]{26}$/;

@@ -29,7 +29,7 @@ export function sum(amounts: readonly Money[], currency: CurrencyCode): Money {
 
 function assertSameCurrency(a: Money, b: Money): void {
   if (a.currency !== b.currency) {
-    throw new Error(`currency mismatch: ${a.currency} vs ${b.currency}`);
+    throw new Error(`currency mismatch: ${String(a.currency)} vs ${String(b.currency)}`);
   }
 }
 

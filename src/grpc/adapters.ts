@@ -28,6 +28,21 @@ export type CallContext = Readonly<{
 export type AdapterOptions = Readonly<{
   /** Where errors that map to INTERNAL are logged; console.error by default. */
   log?: ErrorLogger;
+  /** Called once per call after its status is sent (one log line, metrics). */
+  observe?: (call: CallObservation) => void;
+}>;
+
+/** What one finished call looked like, for logs and metrics. */
+export type CallObservation = Readonly<{
+  /** e.g. /settle.v1.PaymentService/GetPayment */
+  path: string;
+  type: 'unary' | 'server_stream';
+  code: grpc.status;
+  ms: number;
+  requestId: string;
+  /** The payment or order the call was about, when the request or response names one. */
+  paymentId?: string | undefined;
+  orderId?: string | undefined;
 }>;
 
 /** The request id of a call: the caller's `x-request-id` if sane, else a random UUID. */
@@ -51,6 +66,7 @@ export function unary<Request, Response>(
   options: AdapterOptions = {},
 ): grpc.handleUnaryCall<Request, Response> {
   return (call, callback) => {
+    const started = performance.now();
     const requestId = requestIdOf(call.metadata);
     const context = { requestId, signal: abortOnCancel(call) };
     let answered = false;
@@ -60,6 +76,14 @@ export function unary<Request, Response>(
       call.sendMetadata(requestIdMetadata(requestId));
       if (error) callback(error);
       else callback(null, response);
+      observe(options, {
+        path: call.getPath(),
+        type: 'unary',
+        code: error?.code ?? grpc.status.OK,
+        ms: performance.now() - started,
+        requestId,
+        ...subjectIds(call.request, response),
+      });
     };
     void (async () => {
       let response: Response;
@@ -95,6 +119,7 @@ export function serverStream<Request, Response>(
   options: AdapterOptions = {},
 ): grpc.handleServerStreamingCall<Request, Response> {
   return (call) => {
+    const started = performance.now();
     const requestId = requestIdOf(call.metadata);
     const signal = abortOnCancel(call);
     // Streams may wait long for their first message; send the request id at once.
@@ -109,10 +134,24 @@ export function serverStream<Request, Response>(
       const status = failure
         ? statusObject(failure.error, requestId, call.getPath(), options, signal)
         : undefined;
+      const observation = {
+        path: call.getPath(),
+        type: 'server_stream',
+        ms: performance.now() - started,
+        requestId,
+        ...subjectIds(call.request, undefined),
+      } as const;
       // A cancelled client cannot be answered; a handler that ended the call itself was answered.
-      if (call.cancelled || call.writableEnded) return;
+      if (call.cancelled || call.writableEnded) {
+        observe(options, {
+          ...observation,
+          code: call.cancelled ? grpc.status.CANCELLED : (status?.code ?? grpc.status.OK),
+        });
+        return;
+      }
       if (status) call.emit('error', status);
       else call.end();
+      observe(options, { ...observation, code: status?.code ?? grpc.status.OK });
     })();
   };
 }
@@ -130,6 +169,38 @@ function statusObject(
   const metadata = status.metadata ?? new grpc.Metadata();
   metadata.set(REQUEST_ID_METADATA_KEY, requestId);
   return { code: status.code, details: status.details, metadata };
+}
+
+function observe(options: AdapterOptions, observation: CallObservation): void {
+  try {
+    options.observe?.(observation);
+  } catch (error) {
+    // Observing must never break a call.
+    (options.log ?? defaultErrorLogger)(error, { requestId: observation.requestId });
+  }
+}
+
+const PAYMENT_ID = /^pay_[0-9A-Z]{26}$/;
+const ORDER_ID = /^ord_[0-9A-Z]{26}$/;
+
+/** The payment and order ids a request or response names (fields paymentId / orderId / payment). */
+function subjectIds(request: unknown, response: unknown): { paymentId?: string; orderId?: string } {
+  const pick = (value: unknown, key: string, pattern: RegExp): string | undefined => {
+    if (typeof value !== 'object' || value === null) return undefined;
+    const field = (value as Record<string, unknown>)[key];
+    return typeof field === 'string' && pattern.test(field) ? field : undefined;
+  };
+  const responsePayment =
+    typeof response === 'object' && response !== null
+      ? (response as { payment?: unknown }).payment
+      : undefined;
+  const paymentId =
+    pick(request, 'paymentId', PAYMENT_ID) ?? pick(responsePayment, 'paymentId', PAYMENT_ID);
+  const orderId = pick(request, 'orderId', ORDER_ID);
+  return {
+    ...(paymentId !== undefined ? { paymentId } : {}),
+    ...(orderId !== undefined ? { orderId } : {}),
+  };
 }
 
 function isAbortOf(error: unknown, signal: AbortSignal): boolean {

@@ -5,7 +5,13 @@
  * allowed delivery, or on a non-retryable failure, the message goes to the dead-letter stream
  * with its reason and is terminated. Malformed messages go straight to the dead-letter stream.
  */
-import type { JsMsg, JetStreamClient, ConsumerMessages } from '@nats-io/jetstream';
+import type {
+  JsMsg,
+  JetStreamClient,
+  ConsumerMessages,
+  JetStreamManager,
+} from '@nats-io/jetstream';
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { parseCommand, type Command } from './commands.js';
 import type { Names } from './subjects.js';
 
@@ -26,6 +32,8 @@ export type ConsumerOptions = Readonly<{
   /** Fraction of random spread around each delay, e.g. 0.2 for ±20 %. */
   jitter: number;
   onError?: (error: unknown, context: Record<string, unknown>) => void;
+  /** Durably records a dead letter (MySQL); awaited before the message is terminated. */
+  recordDeadLetter: (entry: DeadLetter) => Promise<void>;
   onDeadLetter?: (entry: DeadLetter) => void;
   onRetry?: (entry: { orderId: string; attempt: number; delayMs: number; reason: string }) => void;
 }>;
@@ -43,13 +51,16 @@ export type DeadLetter = Readonly<{
 
 export class CommandConsumer {
   private messages: ConsumerMessages | undefined;
+  private advisories: Subscription | undefined;
   private loop: Promise<void> | undefined;
   private inFlight = 0;
   private slotFreed: (() => void) | undefined;
   private stopping = false;
 
   constructor(
+    private readonly nc: NatsConnection,
     private readonly js: JetStreamClient,
+    private readonly jsm: JetStreamManager,
     private readonly names: Names,
     private readonly handler: CommandHandler,
     private readonly options: ConsumerOptions,
@@ -74,11 +85,48 @@ export class CommandConsumer {
       expires: 5_000,
     });
     this.loop = this.run(this.messages);
+    this.listenForMaxDeliveries();
+  }
+
+  /**
+   * The safety net for messages that ran out of deliveries without an answer (their node died
+   * or hung on the last attempt): JetStream announces them, and any node records the dead letter.
+   * Recording is deduplicated, so several nodes hearing the same advisory is harmless.
+   */
+  private listenForMaxDeliveries(): void {
+    const subject = `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.${this.names.commandStream}.${this.names.runtimeConsumer}`;
+    const subscription = this.nc.subscribe(subject);
+    this.advisories = subscription;
+    void (async () => {
+      for await (const advisory of subscription) {
+        try {
+          const body = advisory.json<{ stream_seq: number; deliveries: number }>();
+          const stored = await this.jsm.streams.getMessage(this.names.commandStream, {
+            seq: body.stream_seq,
+          });
+          const payload = stored?.string() ?? '';
+          const command = parseCommand(stored?.data ?? new Uint8Array());
+          await this.options.recordDeadLetter({
+            orderId: command?.orderId ?? null,
+            subject: stored?.subject ?? this.names.commandSubjectAll,
+            streamSequence: body.stream_seq,
+            attempts: body.deliveries,
+            reason: 'MAX_DELIVERIES',
+            lastError: `delivered ${body.deliveries} times without an answer (a node crashed or hung)`,
+            payload,
+            deadLetteredAt: new Date().toISOString(),
+          });
+        } catch (error) {
+          this.options.onError?.(error, { reason: 'max-deliveries advisory not recorded' });
+        }
+      }
+    })();
   }
 
   /** Stops pulling, then waits (bounded) for in-flight messages to finish. */
   async stop(timeoutMs: number): Promise<void> {
     this.stopping = true;
+    this.advisories?.unsubscribe();
     await this.messages?.close().catch(() => undefined);
     const deadline = Date.now() + timeoutMs;
     while (this.inFlight > 0 && Date.now() < deadline) {
@@ -176,16 +224,18 @@ export class CommandConsumer {
       payload: message.string().slice(0, 64 * 1024),
       deadLetteredAt: new Date().toISOString(),
     };
-    try {
-      await this.js.publish(this.names.deadLetterSubject, JSON.stringify(entry), {
+    // MySQL first: it is what operators list and replay from. If this throws, the message is
+    // left unacked; the max-deliveries advisory (or the janitor) picks it up.
+    await this.options.recordDeadLetter(entry);
+    this.options.onDeadLetter?.(entry);
+    // The stream copy is for JetStream tooling; losing it loses nothing.
+    await this.js
+      .publish(this.names.deadLetterSubject, JSON.stringify(entry), {
         msgID: `dlq:${this.names.commandStream}:${entry.streamSequence}`,
         timeout: 5_000,
-      });
-      this.options.onDeadLetter?.(entry);
-    } catch (error) {
-      // Leave the message unacked: it is redelivered after ack_wait and dead-lettered then.
-      this.options.onError?.(error, { orderId, reason: 'dead-letter publish failed' });
-      throw error;
-    }
+      })
+      .catch((error: unknown) =>
+        this.options.onError?.(error, { orderId, reason: 'dead-letter stream publish failed' }),
+      );
   }
 }

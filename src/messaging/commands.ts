@@ -21,6 +21,7 @@ export const commandSchema = z.discriminatedUnion('type', [
     declineCode: z.string().nullable(),
   }),
   z.object({ type: z.literal('ExpireOrder'), orderId: z.string().min(1) }),
+  z.object({ type: z.literal('CheckOrderStatus'), orderId: z.string().min(1) }),
 ]);
 export type Command = z.infer<typeof commandSchema>;
 
@@ -40,6 +41,23 @@ export function pspResultMessage(
     subject: names.commandSubject(result.orderId),
     msgId: `psp:${result.eventId}`,
     payload: JSON.stringify({ type: 'PspResult', ...result } satisfies Command),
+  };
+}
+
+/**
+ * A janitor command (expiry or status check). The message id carries the claim's time, so a new
+ * claim is a new message while a relay retry of the same claim is deduplicated.
+ */
+export function janitorMessage(
+  names: Names,
+  type: 'ExpireOrder' | 'CheckOrderStatus',
+  orderId: string,
+  claimedAtMs: number,
+): OutboxMessage {
+  return {
+    subject: names.commandSubject(orderId),
+    msgId: `${type === 'ExpireOrder' ? 'expire' : 'check'}:${orderId}:${claimedAtMs}`,
+    payload: JSON.stringify({ type, orderId } satisfies Command),
   };
 }
 

@@ -22,6 +22,9 @@ const REDACTED_KEYS = [
   'PSP_WEBHOOK_SECRET',
   'ADMIN_TOKEN',
   'psp-signature',
+  // The admin panel's session cookie is as good as the token for 12 hours.
+  'cookie',
+  'set-cookie',
 ];
 
 export const REDACT_PATHS = REDACTED_KEYS.flatMap((key) => [key, `*.${key}`, `*.*.${key}`]);

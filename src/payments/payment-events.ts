@@ -116,7 +116,6 @@ export function nextChange(
   signal?: AbortSignal,
 ): Promise<void> {
   return new Promise((resolve) => {
-    let stopListening: (() => void) | undefined;
     const done = () => {
       clearTimeout(timer);
       stopListening?.();
@@ -124,7 +123,7 @@ export function nextChange(
       resolve();
     };
     const timer = setTimeout(done, pollMs);
-    stopListening = events.listen(paymentId, done);
+    const stopListening = events.listen(paymentId, done);
     signal?.addEventListener('abort', done, { once: true });
   });
 }

@@ -100,7 +100,7 @@ export function parseCreatePayment(raw: {
     sellerId: order.seller_id,
     amountMinor: order.amount_minor,
   }));
-  const currency = value.currency_code as CurrencyCode;
+  const currency = value.currency_code;
   const canonical = JSON.stringify({
     buyer: value.buyer_id,
     currency,

@@ -55,6 +55,9 @@ export interface PaymentOrderTable {
   review_reason: string | null;
   created_at: Timestamp;
   updated_at: Timestamp;
+  /** The janitor's claim: no other janitor pass acts on the order before this time. */
+  janitor_lease_until: ColumnType<Date | null, Date | null | undefined, Date | null>;
+  janitor_owner: ColumnType<string | null, string | null | undefined, string | null>;
 }
 
 export interface PaymentOrderTransitionTable {
@@ -115,6 +118,37 @@ export interface InboxTable {
   received_at: Timestamp;
 }
 
+export interface DeadLetterTable {
+  id: Generated<string>;
+  /** One row per dead-lettered stream message, whoever records it first. */
+  dedupe_key: string;
+  stream_sequence: BigIntColumn;
+  order_id: string | null;
+  subject: string;
+  reason: string;
+  attempts: number;
+  last_error: string;
+  payload: string;
+  state: 'OPEN' | 'REPLAYED' | 'DISCARDED';
+  resolution_note: string | null;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+export interface AdminAuditTable {
+  id: Generated<string>;
+  /** The operator's name as given at login, or `api` for bearer calls without X-Admin-Actor. */
+  actor: string;
+  action: string;
+  /** What the action touched, e.g. `dead-letter:42` or `session`. */
+  target: string;
+  reason: string;
+  outcome: 'OK' | 'FAILED';
+  /** JSON text with the action's particulars. */
+  detail: string;
+  created_at: Timestamp;
+}
+
 export interface Database {
   idempotency_key: IdempotencyKeyTable;
   payment: PaymentTable;
@@ -125,6 +159,8 @@ export interface Database {
   wallet: WalletTable;
   outbox: OutboxTable;
   inbox: InboxTable;
+  dead_letter: DeadLetterTable;
+  admin_audit: AdminAuditTable;
 }
 
 export type PaymentRow = Selectable<PaymentTable>;

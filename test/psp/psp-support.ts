@@ -3,7 +3,7 @@
  * promisified generated client, and waiting on conditions with a deadline (no fixed sleeps).
  */
 import { createServer, type IncomingHttpHeaders } from 'node:http';
-import net, { type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import {
   credentials,
@@ -12,48 +12,18 @@ import {
   type ClientUnaryCall,
   type ServiceError,
 } from '@grpc/grpc-js';
-import { createConnection } from 'mysql2/promise';
-import { inject } from 'vitest';
 import { loadConfig, type Config } from '../../src/config.js';
-import { parseMysqlUrl } from '../../src/storage/db.js';
 import { PspServiceClient } from '../../src/grpc/generated/settle/psp/v1/psp.js';
 
-/** A database URL on the test server with a unique database name. */
-export function uniqueDatabaseUrl(prefix: string): string {
-  const url = new URL(inject('mysqlUrl'));
-  url.pathname = `/${prefix}${randomBytes(5).toString('hex')}`;
-  return url.toString();
-}
-
-export async function dropDatabase(url: string): Promise<void> {
-  const target = parseMysqlUrl(url);
-  const connection = await createConnection({
-    host: target.host,
-    port: target.port,
-    user: target.user,
-    password: target.password,
-  });
-  try {
-    await connection.query(`DROP DATABASE IF EXISTS \`${target.database}\``);
-  } finally {
-    await connection.end();
-  }
-}
+// Databases and ports come from the shared harness: one implementation for every test.
+export {
+  dropDatabase,
+  freePort as closedPort,
+  testDatabaseUrl as uniqueDatabaseUrl,
+} from '../support/harness.js';
 
 export function testConfig(env: Record<string, string> = {}): Config {
   return loadConfig({ PSP_WEBHOOK_SECRET: 'whsec_test_secret_0123456789', ...env });
-}
-
-/** A port nothing listens on (bound, then released). */
-export function closedPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 /** Polls `condition` until it returns a value other than undefined/false, or fails at the deadline. */

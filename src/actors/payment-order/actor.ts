@@ -11,7 +11,13 @@ import { findPaymentOrder } from '../../storage/repositories/payment-order.repos
 import type { HandleOutcome } from '../../messaging/command-consumer.js';
 import type { ActorLogic } from '../runtime/registry.js';
 import { transition, type Effect, type OrderEvent, type PaymentOrder } from './machine.js';
-import { describeError, isRetryable, type PspPort } from './effects.js';
+import {
+  describeError,
+  eventFromPspStatus,
+  isNotFound,
+  isRetryable,
+  type PspPort,
+} from './effects.js';
 import { persistAlone, type PersistTransition } from './persistence.js';
 
 export type OrderActorDeps = Readonly<{
@@ -169,28 +175,43 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
           };
         }
       }
-      case 'CancelAtPsp': {
-        const started = Date.now();
-        try {
-          await this.deps.psp.cancel(effect.orderId);
-          this.deps.onPspCall?.({
-            orderId: effect.orderId,
-            op: 'cancel',
-            ok: true,
-            ms: Date.now() - started,
-          });
-        } catch (error) {
-          // The order is already EXPIRED; a charge that still comes in is flagged for review.
-          this.deps.onPspCall?.({
-            orderId: effect.orderId,
-            op: 'cancel',
-            ok: false,
-            ms: Date.now() - started,
-            error: describeError(error),
-          });
-        }
-        return undefined;
-      }
+      case 'CancelAtPsp':
+        return this.askPsp(effect.orderId, 'cancel', async () => {
+          const outcome = await this.deps.psp.cancel(effect.orderId);
+          // Already decided at the PSP: learn the decision (with its reference and amount).
+          return outcome === 'CANCELLED'
+            ? { type: 'PspCancelled' }
+            : eventFromPspStatus(effect.orderId, await this.deps.psp.getStatus(effect.orderId));
+        });
+      case 'QueryPsp':
+        return this.askPsp(effect.orderId, 'status', async () =>
+          eventFromPspStatus(effect.orderId, await this.deps.psp.getStatus(effect.orderId)),
+        );
+    }
+  }
+
+  /** Runs one PSP question; a retryable failure asks for a redelivery, NOT_FOUND is an answer. */
+  private async askPsp(
+    orderId: string,
+    op: string,
+    ask: () => Promise<OrderEvent>,
+  ): Promise<OrderEvent | 'retry'> {
+    const started = Date.now();
+    try {
+      const event = await ask();
+      this.deps.onPspCall?.({ orderId, op, ok: true, ms: Date.now() - started });
+      return event;
+    } catch (error) {
+      this.deps.onPspCall?.({
+        orderId,
+        op,
+        ok: false,
+        ms: Date.now() - started,
+        error: describeError(error),
+      });
+      if (isNotFound(error)) return { type: 'PspNotFound' };
+      if (isRetryable(error)) return 'retry';
+      throw error;
     }
   }
 }

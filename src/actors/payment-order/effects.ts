@@ -14,7 +14,7 @@ import {
   type WalletCredit,
 } from '../../storage/repositories/ledger.repository.js';
 import type { Trx } from '../../storage/transaction.js';
-import type { Effect } from './machine.js';
+import type { Effect, OrderEvent } from './machine.js';
 
 /** What the actor needs from a PSP. Errors carry `retryable`. */
 export interface PspPort {
@@ -24,7 +24,45 @@ export interface PspPort {
     currency: CurrencyCode;
     notificationUrl: string;
   }): Promise<{ token: string; checkoutUrl: string }>;
-  cancel(nonce: string): Promise<unknown>;
+  /** 'CANCELLED', or the decision the PSP had already made. Throws NotFoundError if unknown. */
+  cancel(nonce: string): Promise<'CANCELLED' | 'SUCCEEDED' | 'DECLINED'>;
+  /** The PSP's record of the payment; undefined when it has none. */
+  getStatus(nonce: string): Promise<PspStatusView | undefined>;
+}
+
+export type PspStatusView = Readonly<{
+  status: 'REGISTERED' | 'SUCCEEDED' | 'DECLINED' | 'CANCELLED';
+  amountMinor: bigint;
+  pspReference?: string | undefined;
+  declineCode?: string | undefined;
+}>;
+
+/**
+ * The event that stands for what the PSP reports about a payment. Event ids are derived from the
+ * PSP's own reference, so learning the same outcome from a webhook and from a status query
+ * still credits once (the version check and the ledger's unique keys make sure).
+ */
+export function eventFromPspStatus(orderId: string, view: PspStatusView | undefined): OrderEvent {
+  if (view === undefined) return { type: 'PspNotFound' };
+  switch (view.status) {
+    case 'SUCCEEDED':
+      return {
+        type: 'PspSucceeded',
+        eventId: `status:${view.pspReference ?? orderId}`,
+        pspReference: view.pspReference ?? '',
+        amountMinor: view.amountMinor,
+      };
+    case 'DECLINED':
+      return {
+        type: 'PspDeclined',
+        eventId: `status:${orderId}`,
+        declineCode: view.declineCode ?? 'declined',
+      };
+    case 'CANCELLED':
+      return { type: 'PspCancelled' };
+    case 'REGISTERED':
+      return { type: 'PspStillPending' };
+  }
 }
 
 export const LEDGER_KIND = {
@@ -116,6 +154,10 @@ function sellerCreditTransaction(
 
 export function describeError(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+export function isNotFound(error: unknown): boolean {
+  return (error as { code?: unknown } | null)?.code === 'NOT_FOUND';
 }
 
 export function isRetryable(error: unknown): boolean {

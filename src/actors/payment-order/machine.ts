@@ -5,56 +5,37 @@
  * no sense in the current state is a value (IllegalTransition), never a throw.
  *
  *   NOT_STARTED --ExecuteOrder--> EXECUTING --PspSucceeded--> SUCCEEDED  (credit seller + ledger)
- *                                     |      --PspDeclined---> FAILED
- *                                     |      --PspRegistrationFailed(non-retryable)--> FAILED
- *                                     +------ Expire --------> EXPIRED   (cancel at the PSP)
+ *        |                            |      --PspDeclined---> FAILED
+ *        |                            |      --PspRegistrationFailed(non-retryable)--> FAILED
+ *        |                            |      --PspNotFound (registered, PSP has no record)--> FAILED
+ *        |                            +-- ExpiryDue → cancel at the PSP first; its answer decides:
+ *        |                                  PspCancelled → EXPIRED, PspSucceeded → SUCCEEDED, …
+ *        +--ExpiryDue--> EXPIRED (never reached the PSP)
+ *
+ * Unknown outcomes are resolved by asking the PSP (StatusCheckDue → QueryPsp), never by guessing:
+ * an order is only failed or expired on the PSP's word that no money moved.
  */
 import { assertNever } from '../../domain/errors.js';
 import type { CurrencyCode } from '../../domain/money.js';
+import {
+  ORDER_STATE,
+  REVIEW_REASON,
+  type OrderState,
+  type PaymentOrder,
+} from '../../domain/payment-order.js';
 
-export const ORDER_STATE = {
-  notStarted: 'NOT_STARTED',
-  executing: 'EXECUTING',
-  succeeded: 'SUCCEEDED',
-  failed: 'FAILED',
-  expired: 'EXPIRED',
-} as const;
-export type OrderState = (typeof ORDER_STATE)[keyof typeof ORDER_STATE];
+export {
+  ORDER_STATE,
+  TERMINAL_STATES,
+  REVIEW_REASON,
+  isOrderState,
+  isTerminal,
+  type OrderState,
+  type PaymentOrder,
+} from '../../domain/payment-order.js';
 
-export const TERMINAL_STATES: ReadonlySet<OrderState> = new Set([
-  ORDER_STATE.succeeded,
-  ORDER_STATE.failed,
-  ORDER_STATE.expired,
-]);
-
-export function isOrderState(value: string): value is OrderState {
-  return (Object.values(ORDER_STATE) as string[]).includes(value);
-}
-
-export const REVIEW_REASON = {
-  chargedAfterExpiry: 'CHARGED_AFTER_EXPIRY',
-  chargedAfterFailure: 'CHARGED_AFTER_FAILURE',
-} as const;
-
-export type PaymentOrder = Readonly<{
-  id: string;
-  paymentId: string;
-  sellerId: string;
-  amountMinor: bigint;
-  currency: CurrencyCode;
-  state: OrderState;
-  /** Incremented by every persisted transition; the fence against stale writers. */
-  version: bigint;
-  pspToken: string | undefined;
-  checkoutUrl: string | undefined;
-  pspReference: string | undefined;
-  failureReason: string | undefined;
-  /** How many times registration with the PSP was attempted. */
-  attempts: number;
-  reviewReason: string | undefined;
-  createdAt: Date;
-  updatedAt: Date;
-}>;
+export const PSP_NOT_FOUND = 'PSP_PAYMENT_NOT_FOUND';
+export const EXPIRED_REASON = 'EXPIRED';
 
 export type OrderEvent =
   | Readonly<{ type: 'ExecuteOrder' }>
@@ -62,7 +43,16 @@ export type OrderEvent =
   | Readonly<{ type: 'PspRegistrationFailed'; retryable: boolean; reason: string }>
   | Readonly<{ type: 'PspSucceeded'; eventId: string; pspReference: string; amountMinor: bigint }>
   | Readonly<{ type: 'PspDeclined'; eventId: string; declineCode: string }>
-  | Readonly<{ type: 'Expire' }>;
+  /** The order is past its payment deadline (from the expiry job). */
+  | Readonly<{ type: 'ExpiryDue' }>
+  /** The PSP confirmed the registration is cancelled (or never existed): no money moved. */
+  | Readonly<{ type: 'PspCancelled' }>
+  /** The order has been quiet too long (from the janitor): ask the PSP what happened. */
+  | Readonly<{ type: 'StatusCheckDue' }>
+  /** The PSP has no record of the nonce. */
+  | Readonly<{ type: 'PspNotFound' }>
+  /** The PSP knows the payment and the buyer has not paid yet. */
+  | Readonly<{ type: 'PspStillPending' }>;
 export type OrderEventType = OrderEvent['type'];
 
 export type Effect =
@@ -81,8 +71,10 @@ export type Effect =
       amountMinor: bigint;
       currency: CurrencyCode;
     }>
-  /** Run after commit: cancel the PSP registration of an expired order. */
+  /** Run after commit: cancel the PSP registration; the answer comes back as an event. */
   | Readonly<{ type: 'CancelAtPsp'; orderId: string }>
+  /** Run after commit: ask the PSP for the payment's status; the answer comes back as an event. */
+  | Readonly<{ type: 'QueryPsp'; orderId: string }>
   /** Ask the transport to deliver the command again later (a retryable failure). */
   | Readonly<{ type: 'RetryLater'; reason: string }>;
 
@@ -118,12 +110,25 @@ function fromNotStarted(order: PaymentOrder, event: OrderEvent, now: Date): Tran
       return moved({ ...order, state: ORDER_STATE.executing, attempts: order.attempts + 1 }, now, [
         registerWithPsp(order),
       ]);
-    case 'Expire':
-      return moved({ ...order, state: ORDER_STATE.expired, failureReason: 'EXPIRED' }, now, []);
+    case 'ExpiryDue':
+      return moved(
+        { ...order, state: ORDER_STATE.expired, failureReason: EXPIRED_REASON },
+        now,
+        [],
+      );
+    case 'StatusCheckDue':
+      // Stuck before it ever reached the PSP (its command was lost): start it again.
+      return moved({ ...order, state: ORDER_STATE.executing, attempts: order.attempts + 1 }, now, [
+        registerWithPsp(order),
+      ]);
+    case 'PspNotFound':
+    case 'PspStillPending':
+      return unchanged(order, []);
     case 'PspRegistered':
     case 'PspRegistrationFailed':
     case 'PspSucceeded':
     case 'PspDeclined':
+    case 'PspCancelled':
       return illegal(order, event, 'the order has not been sent to the PSP yet');
     default:
       return assertNever(event, 'event');
@@ -146,8 +151,11 @@ function fromExecuting(order: PaymentOrder, event: OrderEvent, now: Date): Trans
         : illegal(order, event, `the PSP returned a second token for the same order`);
     case 'PspRegistrationFailed':
       if (order.pspToken !== undefined) return unchanged(order, []);
+      // Recorded (attempts + 1 = the next attempt's number) so the timeline shows every retry.
       return event.retryable
-        ? unchanged(order, [{ type: 'RetryLater', reason: event.reason }])
+        ? moved({ ...order, attempts: order.attempts + 1 }, now, [
+            { type: 'RetryLater', reason: event.reason },
+          ])
         : moved({ ...order, state: ORDER_STATE.failed, failureReason: event.reason }, now, []);
     case 'PspSucceeded':
       if (event.amountMinor !== order.amountMinor) {
@@ -176,10 +184,26 @@ function fromExecuting(order: PaymentOrder, event: OrderEvent, now: Date): Trans
         now,
         [],
       );
-    case 'Expire':
-      return moved({ ...order, state: ORDER_STATE.expired, failureReason: 'EXPIRED' }, now, [
-        { type: 'CancelAtPsp', orderId: order.id },
-      ]);
+    case 'ExpiryDue':
+      // Cancel first: only the PSP can say whether the buyer paid in the meantime.
+      return unchanged(order, [{ type: 'CancelAtPsp', orderId: order.id }]);
+    case 'PspCancelled':
+      return moved(
+        { ...order, state: ORDER_STATE.expired, failureReason: EXPIRED_REASON },
+        now,
+        [],
+      );
+    case 'StatusCheckDue':
+      return order.pspToken === undefined
+        ? unchanged(order, [registerWithPsp(order)])
+        : unchanged(order, [{ type: 'QueryPsp', orderId: order.id }]);
+    case 'PspNotFound':
+      // Registered, yet the PSP has no record: no money can have moved, so the order fails.
+      return order.pspToken === undefined
+        ? unchanged(order, [registerWithPsp(order)])
+        : moved({ ...order, state: ORDER_STATE.failed, failureReason: PSP_NOT_FOUND }, now, []);
+    case 'PspStillPending':
+      return unchanged(order, []);
     default:
       return assertNever(event, 'event');
   }
@@ -206,7 +230,11 @@ function fromFinal(order: PaymentOrder, event: OrderEvent, now: Date): Transitio
     case 'PspRegistered':
     case 'PspRegistrationFailed':
     case 'PspDeclined':
-    case 'Expire':
+    case 'ExpiryDue':
+    case 'PspCancelled':
+    case 'StatusCheckDue':
+    case 'PspNotFound':
+    case 'PspStillPending':
       return unchanged(order, []);
     default:
       return assertNever(event, 'event');
@@ -235,8 +263,4 @@ function illegal(order: PaymentOrder, event: OrderEvent, message: string): Trans
     ok: false,
     error: { kind: 'IllegalTransition', state: order.state, event: event.type, message },
   };
-}
-
-export function isTerminal(state: OrderState): boolean {
-  return TERMINAL_STATES.has(state);
 }

@@ -127,7 +127,7 @@ export function addReflection(server: grpc.Server, options: ReflectionOptions): 
     if (!definition || !('ServerReflectionInfo' in definition)) {
       throw new Error(`reflection: ${name} is missing from the vendored reflection.proto`);
     }
-    server.addService(definition as grpc.ServiceDefinition, { ServerReflectionInfo: handler });
+    server.addService(definition, { ServerReflectionInfo: handler });
   }
 }
 

@@ -9,9 +9,8 @@ import {
   isOrderState,
   isTerminal,
   ORDER_STATE,
-  type OrderEvent,
   type PaymentOrder,
-} from '../../actors/payment-order/machine.js';
+} from '../../domain/payment-order.js';
 import type { Db } from '../db.js';
 import type { PaymentOrderRow } from '../schema.js';
 import type { Trx } from '../transaction.js';
@@ -81,7 +80,10 @@ export async function findPaymentOrders(
 }
 
 /** Serialises an event for the history table: bigints become strings. */
-function eventDetail(event: OrderEvent): string {
+/** What caused a transition: any event with a type; the rest is kept as its detail. */
+export type TransitionCause = Readonly<{ type: string }>;
+
+function eventDetail(event: TransitionCause): string {
   return JSON.stringify(event, (_key, value: unknown) =>
     typeof value === 'bigint' ? value.toString() : value,
   );
@@ -95,7 +97,7 @@ export type PersistResult = 'persisted' | 'stale';
  */
 export async function persistTransition(
   trx: Trx,
-  input: { previous: PaymentOrder; next: PaymentOrder; event: OrderEvent; now: Date },
+  input: { previous: PaymentOrder; next: PaymentOrder; event: TransitionCause; now: Date },
 ): Promise<PersistResult> {
   const { previous, next, event, now } = input;
   const result = await trx
@@ -197,7 +199,7 @@ export async function listTransitions(db: Db, paymentId: string): Promise<Transi
 export type TransitionInput = Readonly<{
   previous: PaymentOrder;
   next: PaymentOrder;
-  event: OrderEvent;
+  event: TransitionCause;
   now: Date;
 }>;
 

@@ -7,7 +7,7 @@ import type { Db } from '../db.js';
 import { isDuplicateKey } from '../errors.js';
 import type { PaymentRow } from '../schema.js';
 import type { Trx } from '../transaction.js';
-import type { PaymentOrder } from '../../actors/payment-order/machine.js';
+import type { PaymentOrder } from '../../domain/payment-order.js';
 import { findPaymentOrders, toPaymentOrder } from './payment-order.repository.js';
 
 export const PAYMENT_STATE = {
@@ -177,7 +177,12 @@ export function createdPayment(payment: NewPayment, now: Date): Payment {
   return toPayment(
     row,
     orderRows(payment, now).map((order) =>
-      toPaymentOrder({ ...order, amount_minor: order.amount_minor.toString() }),
+      toPaymentOrder({
+        ...order,
+        amount_minor: order.amount_minor.toString(),
+        janitor_lease_until: null,
+        janitor_owner: null,
+      }),
     ),
   );
 }

@@ -53,7 +53,11 @@ const events = {
     amountMinor: 1n,
   },
   declined: { type: 'PspDeclined', eventId: 'evt_2', declineCode: 'card_declined' },
-  expire: { type: 'Expire' },
+  expiryDue: { type: 'ExpiryDue' },
+  cancelled: { type: 'PspCancelled' },
+  statusCheck: { type: 'StatusCheckDue' },
+  notFound: { type: 'PspNotFound' },
+  stillPending: { type: 'PspStillPending' },
 } satisfies Record<string, OrderEvent>;
 
 type Expectation =
@@ -101,10 +105,39 @@ const table: Row[] = [
     { result: 'illegal' },
   ],
   [
-    'NOT_STARTED + Expire expires without a PSP call',
+    'NOT_STARTED + ExpiryDue expires without a PSP call',
     order('NOT_STARTED'),
-    events.expire,
-    { result: 'moved', state: 'EXPIRED', effects: [] },
+    events.expiryDue,
+    {
+      result: 'moved',
+      state: 'EXPIRED',
+      effects: [],
+      check: (n) => expect(n.failureReason).toBe('EXPIRED'),
+    },
+  ],
+  [
+    'NOT_STARTED + PspCancelled is illegal',
+    order('NOT_STARTED'),
+    events.cancelled,
+    { result: 'illegal' },
+  ],
+  [
+    'NOT_STARTED + StatusCheckDue (lost command) starts executing',
+    order('NOT_STARTED'),
+    events.statusCheck,
+    { result: 'moved', state: 'EXECUTING', effects: ['RegisterWithPsp'] },
+  ],
+  [
+    'NOT_STARTED + PspNotFound is a no-op',
+    order('NOT_STARTED'),
+    events.notFound,
+    { result: 'unchanged', effects: [] },
+  ],
+  [
+    'NOT_STARTED + PspStillPending is a no-op',
+    order('NOT_STARTED'),
+    events.stillPending,
+    { result: 'unchanged', effects: [] },
   ],
   // EXECUTING, not yet registered
   [
@@ -128,10 +161,27 @@ const table: Row[] = [
     },
   ],
   [
-    'EXECUTING(unregistered) + retryable registration failure asks for a retry',
-    order('EXECUTING'),
+    'EXECUTING(unregistered) + retryable registration failure is recorded and retried',
+    order('EXECUTING', { attempts: 1 }),
     events.regFailedRetryable,
-    { result: 'unchanged', effects: ['RetryLater'] },
+    {
+      result: 'moved',
+      state: 'EXECUTING',
+      effects: ['RetryLater'],
+      check: (n) => expect(n.attempts).toBe(2),
+    },
+  ],
+  [
+    'EXECUTING(unregistered) + StatusCheckDue registers again',
+    order('EXECUTING'),
+    events.statusCheck,
+    { result: 'unchanged', effects: ['RegisterWithPsp'] },
+  ],
+  [
+    'EXECUTING(unregistered) + PspNotFound registers again',
+    order('EXECUTING'),
+    events.notFound,
+    { result: 'unchanged', effects: ['RegisterWithPsp'] },
   ],
   [
     'EXECUTING(unregistered) + final registration failure fails the order',
@@ -198,14 +248,59 @@ const table: Row[] = [
     },
   ],
   [
-    'EXECUTING + Expire expires and cancels at the PSP',
+    'EXECUTING + ExpiryDue cancels at the PSP first, without changing state',
     order('EXECUTING', registered),
-    events.expire,
-    { result: 'moved', state: 'EXPIRED', effects: ['CancelAtPsp'] },
+    events.expiryDue,
+    { result: 'unchanged', effects: ['CancelAtPsp'] },
+  ],
+  [
+    'EXECUTING + PspCancelled expires',
+    order('EXECUTING', registered),
+    events.cancelled,
+    {
+      result: 'moved',
+      state: 'EXPIRED',
+      effects: [],
+      check: (n) => expect(n.failureReason).toBe('EXPIRED'),
+    },
+  ],
+  [
+    'EXECUTING + StatusCheckDue asks the PSP',
+    order('EXECUTING', registered),
+    events.statusCheck,
+    { result: 'unchanged', effects: ['QueryPsp'] },
+  ],
+  [
+    'EXECUTING + PspNotFound for a registered order fails it explicitly',
+    order('EXECUTING', registered),
+    events.notFound,
+    {
+      result: 'moved',
+      state: 'FAILED',
+      effects: [],
+      check: (n) => expect(n.failureReason).toBe('PSP_PAYMENT_NOT_FOUND'),
+    },
+  ],
+  [
+    'EXECUTING + PspStillPending is a no-op',
+    order('EXECUTING', registered),
+    events.stillPending,
+    { result: 'unchanged', effects: [] },
   ],
   // SUCCEEDED
   ...(
-    ['execute', 'registered', 'regFailedRetryable', 'succeeded', 'declined', 'expire'] as const
+    [
+      'execute',
+      'registered',
+      'regFailedRetryable',
+      'succeeded',
+      'declined',
+      'expiryDue',
+      'cancelled',
+      'statusCheck',
+      'notFound',
+      'stillPending',
+    ] as const
   ).map((name): Row => [
     `SUCCEEDED + ${events[name].type} is a no-op`,
     order('SUCCEEDED', { ...registered, pspReference: 'psp_1' }),
@@ -213,14 +308,24 @@ const table: Row[] = [
     { result: 'unchanged', effects: [] },
   ]),
   // FAILED
-  ...(['execute', 'registered', 'regFailedRetryable', 'declined', 'expire'] as const).map(
-    (name): Row => [
-      `FAILED + ${events[name].type} is a no-op`,
-      order('FAILED', { failureReason: 'card_declined' }),
-      events[name],
-      { result: 'unchanged', effects: [] },
-    ],
-  ),
+  ...(
+    [
+      'execute',
+      'registered',
+      'regFailedRetryable',
+      'declined',
+      'expiryDue',
+      'cancelled',
+      'statusCheck',
+      'notFound',
+      'stillPending',
+    ] as const
+  ).map((name): Row => [
+    `FAILED + ${events[name].type} is a no-op`,
+    order('FAILED', { failureReason: 'card_declined' }),
+    events[name],
+    { result: 'unchanged', effects: [] },
+  ]),
   [
     'FAILED + PspSucceeded flags the order for review, never drops the charge',
     order('FAILED'),
@@ -233,14 +338,24 @@ const table: Row[] = [
     },
   ],
   // EXPIRED
-  ...(['execute', 'registered', 'regFailedRetryable', 'declined', 'expire'] as const).map(
-    (name): Row => [
-      `EXPIRED + ${events[name].type} is a no-op`,
-      order('EXPIRED'),
-      events[name],
-      { result: 'unchanged', effects: [] },
-    ],
-  ),
+  ...(
+    [
+      'execute',
+      'registered',
+      'regFailedRetryable',
+      'declined',
+      'expiryDue',
+      'cancelled',
+      'statusCheck',
+      'notFound',
+      'stillPending',
+    ] as const
+  ).map((name): Row => [
+    `EXPIRED + ${events[name].type} is a no-op`,
+    order('EXPIRED'),
+    events[name],
+    { result: 'unchanged', effects: [] },
+  ]),
   [
     'EXPIRED + PspSucceeded flags the order for refund/review',
     order('EXPIRED'),
@@ -295,11 +410,15 @@ describe('payment-order transition()', () => {
     expect([...eventTypes].sort()).toEqual(
       [
         'ExecuteOrder',
-        'Expire',
+        'ExpiryDue',
+        'PspCancelled',
         'PspDeclined',
+        'PspNotFound',
         'PspRegistered',
         'PspRegistrationFailed',
+        'PspStillPending',
         'PspSucceeded',
+        'StatusCheckDue',
       ].sort(),
     );
     for (const state of Object.values(ORDER_STATE)) {

@@ -8,7 +8,7 @@
  * tables are read directly to check charges and the outbox. Waits poll with a deadline.
  */
 import { status } from '@grpc/grpc-js';
-import { Kysely } from 'kysely';
+import { type Kysely } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDatabase } from '../../../src/storage/db.js';
 import {

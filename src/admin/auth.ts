@@ -1,0 +1,125 @@
+/**
+ * The admin credential. One token from the config (ADMIN_TOKEN) is presented either as
+ * `Authorization: Bearer <token>` (scripts, the CLI) or once on the login form, which sets a signed
+ * HttpOnly session cookie holding the operator's name and an expiry (browsers). Every comparison
+ * is constant-time. Without ADMIN_TOKEN nobody gets in; ADMIN_READONLY_OPEN=true lets anyone read
+ * (local development), while actions still need the token.
+ */
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import type { IncomingHttpHeaders } from 'node:http';
+
+export const SESSION_COOKIE = 'settle_admin';
+/** A browser session lasts this long, then the operator logs in again. */
+export const SESSION_TTL_MS = 12 * 3_600_000;
+/** Operator names: what the audit trail shows as `actor`. */
+export const ACTOR_PATTERN = /^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$/;
+
+export type AdminAuthConfig = Readonly<{
+  token: string | undefined;
+  readonlyOpen: boolean;
+}>;
+
+export type Principal = Readonly<{
+  actor: string;
+  /** `open`: nobody logged in, allowed to read because ADMIN_READONLY_OPEN is set. */
+  via: 'bearer' | 'session' | 'open';
+}>;
+
+function digest(text: string): Buffer {
+  return createHash('sha256').update(text, 'utf8').digest();
+}
+
+/** Constant-time: both sides are hashed to the same length first. */
+export function tokenMatches(config: AdminAuthConfig, presented: string): boolean {
+  if (config.token === undefined) return false;
+  return timingSafeEqual(digest(presented), digest(config.token));
+}
+
+function sign(token: string, payload: string): string {
+  return createHmac('sha256', token).update(`settle-admin-session.${payload}`).digest('base64url');
+}
+
+/** The cookie value for `actor`, valid until now + SESSION_TTL_MS. */
+export function sessionValue(config: AdminAuthConfig, actor: string, nowMs: number): string {
+  if (config.token === undefined) throw new Error('no ADMIN_TOKEN: sessions are disabled');
+  const payload = `v1.${Buffer.from(actor, 'utf8').toString('base64url')}.${nowMs + SESSION_TTL_MS}`;
+  return `${payload}.${sign(config.token, payload)}`;
+}
+
+export function sessionCookie(config: AdminAuthConfig, actor: string, nowMs: number): string {
+  const value = sessionValue(config, actor, nowMs);
+  return `${SESSION_COOKIE}=${value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=${SESSION_TTL_MS / 1000}`;
+}
+
+export function clearedSessionCookie(): string {
+  return `${SESSION_COOKIE}=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0`;
+}
+
+/** The operator a session cookie names, if its signature checks out and it has not expired. */
+export function verifySession(
+  config: AdminAuthConfig,
+  value: string,
+  nowMs: number,
+): string | undefined {
+  if (config.token === undefined) return undefined;
+  const parts = value.split('.');
+  if (parts.length !== 4 || parts[0] !== 'v1') return undefined;
+  const [version, actorB64, expiresText, signature] = parts as [string, string, string, string];
+  const expected = Buffer.from(sign(config.token, `${version}.${actorB64}.${expiresText}`));
+  const given = Buffer.from(signature);
+  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined;
+  if (!/^\d{1,15}$/.test(expiresText) || Number(expiresText) <= nowMs) return undefined;
+  const actor = Buffer.from(actorB64, 'base64url').toString('utf8');
+  return ACTOR_PATTERN.test(actor) ? actor : undefined;
+}
+
+function cookieOf(headers: IncomingHttpHeaders, name: string): string | undefined {
+  const header = headers.cookie;
+  if (header === undefined) return undefined;
+  for (const part of header.split(';')) {
+    const index = part.indexOf('=');
+    if (index > 0 && part.slice(0, index).trim() === name) return part.slice(index + 1).trim();
+  }
+  return undefined;
+}
+
+/**
+ * Who is calling: a bearer token (actor from `X-Admin-Actor`, else `api`), a session cookie, or
+ * nobody. Never throws.
+ */
+export function authenticate(
+  config: AdminAuthConfig,
+  headers: IncomingHttpHeaders,
+  nowMs: number,
+): Principal | undefined {
+  const authorization = headers.authorization;
+  if (typeof authorization === 'string' && /^Bearer /i.test(authorization)) {
+    if (!tokenMatches(config, authorization.slice(7).trim())) return undefined;
+    const claimed = headers['x-admin-actor'];
+    const actor = typeof claimed === 'string' && ACTOR_PATTERN.test(claimed) ? claimed : 'api';
+    return { actor, via: 'bearer' };
+  }
+  const cookie = cookieOf(headers, SESSION_COOKIE);
+  if (cookie !== undefined) {
+    const actor = verifySession(config, cookie, nowMs);
+    if (actor !== undefined) return { actor, via: 'session' };
+  }
+  return undefined;
+}
+
+/**
+ * A browser POST must come from our own pages: an Origin (or Referer) naming another host is
+ * refused, on top of the SameSite=Strict cookie.
+ */
+export function isSameOrigin(headers: IncomingHttpHeaders): boolean {
+  // Browsers since 2020-2023 say where a request comes from; trust that first.
+  const site = headers['sec-fetch-site'];
+  if (typeof site === 'string') return site === 'same-origin' || site === 'none';
+  const source = headers.origin ?? headers.referer;
+  if (typeof source !== 'string' || source === '') return true;
+  try {
+    return new URL(source).host === headers.host;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,217 @@
+/**
+ * The dead-letter queue as operators use it: commands that exhausted their retries (or can never
+ * succeed) are recorded in MySQL with their reason, attempts and last error; an operator replays
+ * one (it goes back through the normal path: outbox → JetStream → the order's actor) or discards
+ * it with a reason. Both are idempotent: the transition is conditional on the entry's state, and
+ * the replayed command is handled like any redelivery (a finished order ignores it).
+ */
+import { sql } from 'kysely';
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../domain/errors.js';
+import type { DeadLetter } from '../messaging/command-consumer.js';
+import type { Db } from '../storage/db.js';
+import { isDuplicateKey } from '../storage/errors.js';
+import { enqueueOutbox } from '../storage/repositories/outbox.repository.js';
+import { inTransaction } from '../storage/transaction.js';
+
+export const DEAD_LETTER_STATE = {
+  open: 'OPEN',
+  replayed: 'REPLAYED',
+  discarded: 'DISCARDED',
+} as const;
+export type DeadLetterState = (typeof DEAD_LETTER_STATE)[keyof typeof DEAD_LETTER_STATE];
+
+export type DeadLetterRecord = Readonly<{
+  id: string;
+  streamSequence: bigint;
+  orderId: string | undefined;
+  subject: string;
+  reason: string;
+  attempts: number;
+  lastError: string;
+  payload: string;
+  state: DeadLetterState;
+  resolutionNote: string | undefined;
+  createdAt: Date;
+  updatedAt: Date;
+}>;
+
+/** Records a dead letter once per stream message (a second record of the same one is ignored). */
+export async function recordDeadLetter(
+  db: Db,
+  streamName: string,
+  entry: DeadLetter,
+  now: Date,
+): Promise<void> {
+  try {
+    await db
+      .insertInto('dead_letter')
+      .values({
+        dedupe_key: `${streamName}:${entry.streamSequence}`,
+        stream_sequence: BigInt(entry.streamSequence),
+        order_id: entry.orderId,
+        subject: entry.subject,
+        reason: entry.reason,
+        attempts: entry.attempts,
+        last_error: entry.lastError,
+        payload: entry.payload,
+        state: DEAD_LETTER_STATE.open,
+        resolution_note: null,
+        created_at: now,
+        updated_at: now,
+      })
+      .execute();
+  } catch (error) {
+    if (!isDuplicateKey(error)) throw error;
+  }
+}
+
+type Row = {
+  id: string;
+  stream_sequence: string;
+  order_id: string | null;
+  subject: string;
+  reason: string;
+  attempts: number;
+  last_error: string;
+  payload: string;
+  state: DeadLetterState;
+  resolution_note: string | null;
+  created_at: Date;
+  updated_at: Date;
+};
+
+function toRecord(row: Row): DeadLetterRecord {
+  return {
+    id: row.id,
+    streamSequence: BigInt(row.stream_sequence),
+    orderId: row.order_id ?? undefined,
+    subject: row.subject,
+    reason: row.reason,
+    attempts: row.attempts,
+    lastError: row.last_error,
+    payload: row.payload,
+    state: row.state,
+    resolutionNote: row.resolution_note ?? undefined,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
+}
+
+/** Newest first; `beforeId` pages. */
+export async function listDeadLetters(
+  db: Db,
+  filter: { state?: DeadLetterState; orderId?: string; beforeId?: string; limit: number },
+): Promise<DeadLetterRecord[]> {
+  let query = db.selectFrom('dead_letter').selectAll().orderBy('id', 'desc').limit(filter.limit);
+  if (filter.state !== undefined) query = query.where('state', '=', filter.state);
+  if (filter.orderId !== undefined) query = query.where('order_id', '=', filter.orderId);
+  if (filter.beforeId !== undefined) query = query.where('id', '<', filter.beforeId);
+  return (await query.execute()).map(toRecord);
+}
+
+export async function findDeadLetter(db: Db, id: string): Promise<DeadLetterRecord | undefined> {
+  const row = await db
+    .selectFrom('dead_letter')
+    .selectAll()
+    .where('id', '=', id)
+    .executeTakeFirst();
+  return row === undefined ? undefined : toRecord(row);
+}
+
+export async function countOpenDeadLetters(db: Db): Promise<number> {
+  const result = await sql<{ n: string }>`
+    SELECT COUNT(*) AS n FROM dead_letter WHERE state = 'OPEN'`.execute(db);
+  return Number(result.rows[0]?.n ?? 0);
+}
+
+export type DeadLetterDeps = Readonly<{ db: Db; wakeRelay: () => void; now: () => Date }>;
+
+function parseId(id: string): string {
+  if (!/^\d{1,19}$/.test(id))
+    throw new InvalidArgumentError('id', `'${id.slice(0, 40)}' is not a dead-letter id`);
+  return id;
+}
+
+/**
+ * Puts the command back on its normal path. Replaying an entry that was already replayed is a
+ * no-op that returns it; a discarded entry cannot be replayed.
+ */
+export async function replayDeadLetter(
+  deps: DeadLetterDeps,
+  id: string,
+  actor: string,
+): Promise<DeadLetterRecord> {
+  const now = deps.now();
+  const replayed = await inTransaction(deps.db, async (trx) => {
+    const row = await trx
+      .selectFrom('dead_letter')
+      .selectAll()
+      .where('id', '=', parseId(id))
+      .forUpdate()
+      .executeTakeFirst();
+    if (row === undefined) throw new NotFoundError('dead letter', id);
+    if (row.state === DEAD_LETTER_STATE.replayed) return false;
+    if (row.state === DEAD_LETTER_STATE.discarded) {
+      throw new FailedPreconditionError(`dead letter ${id} was discarded; it cannot be replayed`);
+    }
+    await enqueueOutbox(
+      trx,
+      [{ subject: row.subject, msgId: `replay:${row.id}`, payload: row.payload }],
+      now,
+    );
+    await trx
+      .updateTable('dead_letter')
+      .set({
+        state: DEAD_LETTER_STATE.replayed,
+        resolution_note: `replayed by ${actor}`,
+        updated_at: now,
+      })
+      .where('id', '=', row.id)
+      .execute();
+    return true;
+  });
+  if (replayed) deps.wakeRelay();
+  const record = await findDeadLetter(deps.db, id);
+  if (record === undefined) throw new NotFoundError('dead letter', id);
+  return record;
+}
+
+/** Closes an entry without replaying it; the reason is kept. Discarding twice is a no-op. */
+export async function discardDeadLetter(
+  deps: DeadLetterDeps,
+  id: string,
+  reason: string,
+  actor: string,
+): Promise<DeadLetterRecord> {
+  if (reason.trim().length === 0)
+    throw new InvalidArgumentError('reason', 'a reason is required to discard');
+  if (reason.length > 1_000) throw new InvalidArgumentError('reason', 'at most 1000 characters');
+  const now = deps.now();
+  await inTransaction(deps.db, async (trx) => {
+    const row = await trx
+      .selectFrom('dead_letter')
+      .selectAll()
+      .where('id', '=', parseId(id))
+      .forUpdate()
+      .executeTakeFirst();
+    if (row === undefined) throw new NotFoundError('dead letter', id);
+    if (row.state === DEAD_LETTER_STATE.discarded) return;
+    if (row.state === DEAD_LETTER_STATE.replayed) {
+      throw new FailedPreconditionError(
+        `dead letter ${id} was already replayed; it cannot be discarded`,
+      );
+    }
+    await trx
+      .updateTable('dead_letter')
+      .set({
+        state: DEAD_LETTER_STATE.discarded,
+        resolution_note: `discarded by ${actor}: ${reason}`,
+        updated_at: now,
+      })
+      .where('id', '=', row.id)
+      .execute();
+  });
+  const record = await findDeadLetter(deps.db, id);
+  if (record === undefined) throw new NotFoundError('dead letter', id);
+  return record;
+}

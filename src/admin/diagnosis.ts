@@ -1,0 +1,117 @@
+/**
+ * "Why is this payment stuck?": a pure reading of one payment's facts (orders, their transitions,
+ * webhooks, ledger entries, dead letters, the PSP breaker) into one finding per order, worst
+ * first. No I/O and no clock: `now` is passed in, so every rule is tested with plain values.
+ */
+import type { PaymentOrder } from '../domain/payment-order.js';
+import type { BreakerState } from '../psp/client.js';
+
+export const SEVERITY = { ok: 'ok', info: 'info', warn: 'warn', error: 'error' } as const;
+export type Severity = (typeof SEVERITY)[keyof typeof SEVERITY];
+
+export type Finding = Readonly<{ severity: Severity; orderId: string | undefined; text: string }>;
+
+export type DiagnosisFacts = Readonly<{
+  orders: readonly PaymentOrder[];
+  /** Order ids with at least one ledger entry. */
+  ordersWithLedger: ReadonlySet<string>;
+  /** When the last webhook of each order was received. */
+  lastWebhookAt: ReadonlyMap<string, Date>;
+  /** When each order last changed state (its newest transition), if ever. */
+  lastTransitionAt: ReadonlyMap<string, Date>;
+  openDeadLetters: ReadonlyArray<
+    Readonly<{ id: string; orderId: string | undefined; reason: string; lastError: string }>
+  >;
+  breaker: BreakerState | undefined;
+  now: Date;
+}>;
+
+/** An order that has not moved for this long while it should have is worth a warning. */
+export const STALL_MS = 30_000;
+
+const RANK: Readonly<Record<Severity, number>> = { error: 0, warn: 1, info: 2, ok: 3 };
+
+export function diagnose(facts: DiagnosisFacts): Finding[] {
+  const findings: Finding[] = [];
+  for (const order of facts.orders) findings.push(...diagnoseOrder(order, facts));
+  return findings.sort((a, b) => RANK[a.severity] - RANK[b.severity]);
+}
+
+function ago(facts: DiagnosisFacts, since: Date): string {
+  const seconds = Math.max(0, Math.round((facts.now.getTime() - since.getTime()) / 1000));
+  if (seconds < 120) return `${seconds} s`;
+  if (seconds < 7_200) return `${Math.round(seconds / 60)} min`;
+  return `${Math.round(seconds / 3_600)} h`;
+}
+
+function diagnoseOrder(order: PaymentOrder, facts: DiagnosisFacts): Finding[] {
+  const found: Finding[] = [];
+  const say = (severity: Severity, text: string) =>
+    found.push({ severity, orderId: order.id, text });
+  for (const letter of facts.openDeadLetters) {
+    if (letter.orderId !== order.id) continue;
+    say(
+      'error',
+      `a command for this order is in the dead-letter queue (${letter.reason}: ` +
+        `${letter.lastError}); fix the cause, then replay dead letter ${letter.id}`,
+    );
+  }
+  if (order.reviewReason !== undefined) {
+    say('warn', `flagged for review: ${order.reviewReason}`);
+  }
+  const changedAt = facts.lastTransitionAt.get(order.id) ?? order.updatedAt;
+  const stalled = facts.now.getTime() - changedAt.getTime() > STALL_MS;
+  const webhookAt = facts.lastWebhookAt.get(order.id);
+  switch (order.state) {
+    case 'SUCCEEDED':
+      if (facts.ordersWithLedger.has(order.id)) {
+        say(
+          'ok',
+          `succeeded (PSP reference ${order.pspReference ?? '?'}); ledger and wallet posted`,
+        );
+      } else {
+        say('error', 'SUCCEEDED but no ledger entries: the money invariant is broken');
+      }
+      break;
+    case 'FAILED':
+      say('info', `failed: ${order.failureReason ?? 'no reason recorded'}`);
+      break;
+    case 'EXPIRED':
+      say('info', 'expired: not paid in time; the PSP registration was cancelled');
+      break;
+    case 'NOT_STARTED':
+      say(
+        stalled ? 'warn' : 'info',
+        stalled
+          ? `not started ${ago(facts, order.createdAt)} after creation: its ExecuteOrder command ` +
+              'has not reached an actor; check the outbox lag and the JetStream consumer'
+          : 'waiting for the runtime to pick up its ExecuteOrder command',
+      );
+      break;
+    case 'EXECUTING':
+      if (order.checkoutUrl === undefined) {
+        const breaker =
+          facts.breaker !== undefined && facts.breaker !== 'CLOSED'
+            ? `; the PSP circuit breaker is ${facts.breaker}, so calls wait for it to close`
+            : '';
+        say(
+          stalled || breaker !== '' ? 'warn' : 'info',
+          `registering with the PSP (${order.attempts} attempt(s) so far)${breaker}`,
+        );
+      } else if (webhookAt !== undefined && webhookAt.getTime() > changedAt.getTime()) {
+        say(
+          stalled ? 'warn' : 'info',
+          `a PSP webhook arrived ${ago(facts, webhookAt)} ago but is not applied yet; ` +
+            'check the outbox lag and the JetStream consumer',
+        );
+      } else {
+        say(
+          'info',
+          `registered with the PSP ${ago(facts, changedAt)} ago; waiting for the buyer to pay ` +
+            'on the hosted page (no webhook yet)',
+        );
+      }
+      break;
+  }
+  return found;
+}

@@ -1,0 +1,969 @@
+/**
+ * The admin panel's pages as pure functions from data to HTML (SafeHtml). No I/O here: routes.ts
+ * loads the data and checks the credential. Every value goes through the escaping `html` tag.
+ */
+import { formatMajor } from '../domain/money.js';
+import type { PaymentOrder } from '../domain/payment-order.js';
+import type { Payment } from '../storage/repositories/payment.repository.js';
+import type { TransitionRecord } from '../storage/repositories/payment-order.repository.js';
+import type {
+  AccountBalance,
+  LedgerEntry,
+  Wallet,
+} from '../storage/repositories/ledger.repository.js';
+import type { AuditRecord } from '../storage/repositories/admin-audit.repository.js';
+import type {
+  GenericTable,
+  PaymentSummary,
+  ReceivedWebhook,
+} from '../storage/repositories/admin-search.repository.js';
+import type { OperationsSnapshot, Probe } from '../observability/operations.js';
+import type { Principal } from './auth.js';
+import type { DeadLetterEntry, DeadLetterPage, DeadLetterState } from './dead-letter-source.js';
+import type { Finding } from './diagnosis.js';
+import { externalLink, formatTime, html, queryString, type SafeHtml } from './html.js';
+
+export type LayoutContext = Readonly<{
+  principal: Principal | undefined;
+  /** Whether this principal may act (replay, discard): it presented the token. */
+  canAct: boolean;
+  nodeName: string;
+  namespace: string;
+  now: Date;
+}>;
+
+const NAV: ReadonlyArray<readonly [href: string, label: string]> = [
+  ['/admin/payments', 'Payments'],
+  ['/admin/operations', 'Operations'],
+  ['/admin/dead-letters', 'Dead letters'],
+  ['/admin/reconciliation', 'Reconciliation'],
+  ['/admin/ledger', 'Ledger'],
+  ['/admin/audit', 'Audit'],
+];
+
+export function layout(
+  context: LayoutContext,
+  page: { title: string; active: string; body: SafeHtml; flash?: string | undefined },
+): SafeHtml {
+  const who =
+    context.principal === undefined
+      ? html`<a href="/admin/login">Log in</a>`
+      : context.principal.via === 'open'
+        ? html`<span class="muted">read-only (ADMIN_READONLY_OPEN)</span>
+            <a href="/admin/login">Log in to act</a>`
+        : html`<span>${context.principal.actor}</span>
+            <form method="post" action="/admin/logout" class="inline">
+              <button type="submit" class="link">Log out</button>
+            </form>`;
+  return html`<html lang="en">
+    <head>
+      <meta charset="utf-8" />
+      <meta name="viewport" content="width=device-width, initial-scale=1" />
+      <title>${page.title} · Settle admin</title>
+      <link rel="stylesheet" href="/admin/static/admin.css" />
+      <script src="/admin/static/admin.js" defer></script>
+    </head>
+    <body>
+      <header>
+        <a class="brand" href="/admin/payments">Settle admin</a>
+        <nav>
+          ${NAV.map(
+            ([href, label]) =>
+              html`<a href="${href}" class="${href === page.active ? 'active' : ''}">${label}</a>`,
+          )}
+        </nav>
+        <div class="who">${who}</div>
+      </header>
+      <main>
+        <h1>${page.title}</h1>
+        ${page.flash !== undefined ? html`<p class="flash" role="status">${page.flash}</p>` : ''}
+        ${page.body}
+      </main>
+      <footer>
+        node ${context.nodeName} · namespace ${context.namespace} · rendered
+        ${formatTime(context.now)}
+      </footer>
+    </body>
+  </html>`;
+}
+
+function minor(amountMinor: bigint, currency: string): string {
+  return `${formatMajor(amountMinor)} ${currency}`;
+}
+
+function stateBadge(state: string): SafeHtml {
+  return html`<span class="state state-${state.toLowerCase()}">${state}</span>`;
+}
+
+function paymentLink(id: string): SafeHtml {
+  return html`<a href="/admin/payments/${encodeURIComponent(id)}" class="mono">${id}</a>`;
+}
+
+function probeOf<T>(probe: Probe<T>, show: (value: T) => SafeHtml): SafeHtml {
+  return probe.ok ? show(probe.value) : html`<span class="bad">unavailable: ${probe.error}</span>`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Login
+
+export function loginPage(input: {
+  next: string;
+  error: string | undefined;
+  tokenConfigured: boolean;
+}): SafeHtml {
+  return html`<html lang="en">
+    <head>
+      <meta charset="utf-8" />
+      <title>Log in · Settle admin</title>
+      <link rel="stylesheet" href="/admin/static/admin.css" />
+    </head>
+    <body class="login">
+      <main>
+        <h1>Settle admin</h1>
+        ${
+          input.tokenConfigured
+            ? html`<form method="post" action="/admin/login">
+                <input type="hidden" name="next" value="${input.next}" />
+                <label
+                  >Your name (recorded in the audit trail)
+                  <input
+                    name="actor"
+                    required
+                    maxlength="64"
+                    pattern="[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}"
+                    autocomplete="username"
+                  />
+                </label>
+                <label
+                  >Admin token
+                  <input name="token" type="password" required autocomplete="current-password" />
+                </label>
+                ${input.error !== undefined ? html`<p class="bad">${input.error}</p>` : ''}
+                <button type="submit">Log in</button>
+              </form>`
+            : html`<p class="bad">
+                The admin panel is disabled: this node has no ADMIN_TOKEN. Start it with ADMIN_TOKEN
+                set (16+ characters), or with ADMIN_READONLY_OPEN=true for read-only local use.
+              </p>`
+        }
+      </main>
+    </body>
+  </html>`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payments
+
+export type PaymentFilters = Readonly<{
+  q: string;
+  buyer: string;
+  seller: string;
+  state: string;
+  from: string;
+  to: string;
+  size: string;
+}>;
+
+export const PAYMENT_STATES = [
+  'NOT_STARTED',
+  'EXECUTING',
+  'SUCCEEDED',
+  'PARTIALLY_SUCCEEDED',
+  'FAILED',
+] as const;
+
+export function paymentsPage(input: {
+  filters: PaymentFilters;
+  payments: readonly PaymentSummary[];
+  nextBeforeId: string | undefined;
+  isFirstPage: boolean;
+  error: string | undefined;
+}): SafeHtml {
+  const f = input.filters;
+  const keep = {
+    q: f.q,
+    buyer: f.buyer,
+    seller: f.seller,
+    state: f.state,
+    from: f.from,
+    to: f.to,
+    size: f.size,
+  };
+  return html` <form method="get" action="/admin/payments" class="filters">
+      <label
+        >Payment or order id
+        <input name="q" value="${f.q}" placeholder="pay_… or ord_…" class="mono"
+      /></label>
+      <label>Buyer <input name="buyer" value="${f.buyer}" /></label>
+      <label>Seller <input name="seller" value="${f.seller}" /></label>
+      <label
+        >State
+        <select name="state">
+          <option value="">any</option>
+          ${PAYMENT_STATES.map(
+            (state) =>
+              html`<option value="${state}" ${state === f.state ? html`selected` : ''}>
+                ${state}
+              </option>`,
+          )}
+        </select>
+      </label>
+      <label
+        >Created from (UTC) <input name="from" type="datetime-local" step="1" value="${f.from}"
+      /></label>
+      <label>to (UTC) <input name="to" type="datetime-local" step="1" value="${f.to}" /></label>
+      <label
+        >Per page <input name="size" type="number" min="1" max="200" value="${f.size}"
+      /></label>
+      <button type="submit">Search</button>
+      <a href="/admin/payments">Clear</a>
+    </form>
+    ${input.error !== undefined ? html`<p class="bad">${input.error}</p>` : ''}
+    <table class="list" id="payments">
+      <thead>
+        <tr>
+          <th>Payment</th>
+          <th>Created (UTC)</th>
+          <th>Buyer</th>
+          <th>State</th>
+          <th class="num">Amount</th>
+          <th>Orders (ok / failed / total)</th>
+          <th>Updated (UTC)</th>
+        </tr>
+      </thead>
+      <tbody>
+        ${
+          input.payments.length === 0
+            ? html`<tr>
+                <td colspan="7" class="muted">No payment matches.</td>
+              </tr>`
+            : input.payments.map(
+                (p) =>
+                  html`<tr>
+                    <td>${paymentLink(p.id)}</td>
+                    <td class="time">${p.createdAt}</td>
+                    <td>${p.buyerId}</td>
+                    <td>
+                      ${stateBadge(p.state)}${p.failureReason !== undefined ? html` <span class="muted">${p.failureReason}</span>` : ''}
+                    </td>
+                    <td class="num">${minor(p.amountMinor, p.currency)}</td>
+                    <td>${p.ordersSucceeded} / ${p.ordersFailed} / ${p.ordersTotal}</td>
+                    <td class="time">${p.updatedAt}</td>
+                  </tr>`,
+              )
+        }
+      </tbody>
+    </table>
+    <p class="pager">
+      ${input.isFirstPage ? '' : html`<a href="/admin/payments${queryString(keep)}">« Newest</a>`}
+      ${
+        input.nextBeforeId !== undefined
+          ? html`<a
+              href="/admin/payments${queryString({ ...keep, before: input.nextBeforeId })}"
+              rel="next"
+              >Older »</a
+            >`
+          : html`<span class="muted">End of results.</span>`
+      }
+    </p>`;
+}
+
+export type TimelineItem = Readonly<{
+  at: Date;
+  kind: 'transition' | 'psp' | 'webhook' | 'dead-letter' | 'admin';
+  title: SafeHtml;
+  detail: string;
+}>;
+
+/** One order's history: transitions (with the PSP results they record), webhooks, dead letters. */
+export function orderTimeline(input: {
+  transitions: readonly TransitionRecord[];
+  webhooks: readonly ReceivedWebhook[];
+  deadLetters: readonly DeadLetterEntry[];
+  audit: readonly AuditRecord[];
+}): TimelineItem[] {
+  const items: TimelineItem[] = [];
+  for (const t of input.transitions) {
+    const psp = PSP_EVENTS[t.eventType];
+    items.push({
+      at: t.createdAt,
+      kind: psp === undefined ? 'transition' : 'psp',
+      title: html`v${t.version}: ${stateBadge(t.fromState)} → ${stateBadge(t.toState)} on
+        <strong>${t.eventType}</strong
+        >${psp !== undefined ? html` <span class="muted">(${psp})</span>` : ''}`,
+      detail: prettyJson(t.detail),
+    });
+  }
+  for (const w of input.webhooks) {
+    items.push({
+      at: w.receivedAt,
+      kind: 'webhook',
+      title: html`webhook received from ${w.source}: event <span class="mono">${w.eventId}</span>`,
+      detail: '',
+    });
+  }
+  for (const d of input.deadLetters) {
+    items.push({
+      at: d.createdAt,
+      kind: 'dead-letter',
+      title: html`dead-lettered after ${d.attempts} attempt(s): <strong>${d.reason}</strong> —
+        <a href="/admin/dead-letters/${encodeURIComponent(d.id)}">dead letter ${d.id}</a>
+        ${stateBadge(d.state)}`,
+      detail: d.lastError,
+    });
+  }
+  for (const a of input.audit) {
+    items.push({
+      at: a.createdAt,
+      kind: 'admin',
+      title: html`admin ${a.action} by ${a.actor} (${a.outcome})`,
+      detail: a.reason,
+    });
+  }
+  return items.sort((a, b) => a.at.getTime() - b.at.getTime());
+}
+
+/** Events that carry a PSP call's or a webhook's result. */
+const PSP_EVENTS: Readonly<Record<string, string>> = {
+  PspRegistered: 'PSP RegisterPayment succeeded',
+  PspRegistrationFailed: 'PSP RegisterPayment failed',
+  PspSucceeded: 'PSP webhook: charge succeeded',
+  PspDeclined: 'PSP webhook: declined',
+};
+
+function prettyJson(text: string): string {
+  try {
+    return JSON.stringify(JSON.parse(text), null, 1);
+  } catch {
+    return text;
+  }
+}
+
+export function paymentPage(input: {
+  payment: Payment;
+  findings: readonly Finding[];
+  timelines: ReadonlyMap<string, readonly TimelineItem[]>;
+  ledger: readonly LedgerEntry[];
+  wallets: ReadonlyArray<Readonly<{ sellerId: string; wallet: Wallet | undefined }>>;
+  deadLetterNote: string;
+}): SafeHtml {
+  const p = input.payment;
+  return html` <section class="summary">
+      <dl>
+        <dt>Payment</dt>
+        <dd class="mono" id="payment-id">${p.id}</dd>
+        <dt>State</dt>
+        <dd id="payment-state">${stateBadge(p.state)} ${p.failureReason ?? ''}</dd>
+        <dt>Buyer</dt>
+        <dd>${p.buyerId}</dd>
+        <dt>Amount</dt>
+        <dd>${minor(p.amountMinor, p.currency)}</dd>
+        <dt>Request id (idempotency key)</dt>
+        <dd class="mono">${p.requestId}</dd>
+        <dt>Created / updated (UTC)</dt>
+        <dd>${p.createdAt} / ${p.updatedAt} (version ${p.version})</dd>
+      </dl>
+    </section>
+    <section>
+      <h2>Diagnosis</h2>
+      <ul class="findings" id="diagnosis">
+        ${input.findings.map(
+          (f) =>
+            html`<li class="finding-${f.severity}">
+              <strong>${f.severity.toUpperCase()}</strong>
+              ${f.orderId !== undefined ? html`<a href="#${f.orderId}" class="mono">${f.orderId}</a>:` : ''}
+              ${f.text}
+            </li>`,
+        )}
+      </ul>
+    </section>
+    <section>
+      <h2>Orders</h2>
+      <table class="list" id="orders">
+        <thead>
+          <tr>
+            <th>Order</th>
+            <th>Seller</th>
+            <th class="num">Amount</th>
+            <th>State</th>
+            <th>Version</th>
+            <th>PSP attempts</th>
+            <th>Checkout</th>
+            <th>PSP reference</th>
+            <th>Failure / review</th>
+          </tr>
+        </thead>
+        <tbody>
+          ${p.orders.map(
+            (o: PaymentOrder) =>
+              html`<tr>
+                <td><a href="#${o.id}" class="mono">${o.id}</a></td>
+                <td>
+                  <a href="/admin/wallets/${encodeURIComponent(o.sellerId)}">${o.sellerId}</a>
+                </td>
+                <td class="num">${minor(o.amountMinor, o.currency)}</td>
+                <td>${stateBadge(o.state)}</td>
+                <td>${o.version}</td>
+                <td>${o.attempts}</td>
+                <td>${externalLink(o.checkoutUrl, 'hosted page')}</td>
+                <td class="mono">${o.pspReference ?? ''}</td>
+                <td>
+                  ${o.failureReason ?? ''}
+                  ${o.reviewReason !== undefined ? html`<span class="bad">review: ${o.reviewReason}</span>` : ''}
+                </td>
+              </tr>`,
+          )}
+        </tbody>
+      </table>
+    </section>
+    ${p.orders.map(
+      (o) =>
+        html`<section class="order" id="${o.id}">
+          <h2>Timeline of order <span class="mono">${o.id}</span> (${o.sellerId})</h2>
+          <table class="list timeline">
+            <thead>
+              <tr>
+                <th>Time (UTC)</th>
+                <th>What</th>
+                <th>Detail</th>
+              </tr>
+            </thead>
+            <tbody>
+              <tr class="kind-transition">
+                <td>${o.createdAt}</td>
+                <td>created in ${stateBadge('NOT_STARTED')}</td>
+                <td></td>
+              </tr>
+              ${(input.timelines.get(o.id) ?? []).map(
+                (item) =>
+                  html`<tr class="kind-${item.kind}">
+                    <td>${item.at}</td>
+                    <td>${item.title}</td>
+                    <td>${item.detail !== '' ? html`<pre>${item.detail}</pre>` : ''}</td>
+                  </tr>`,
+              )}
+            </tbody>
+          </table>
+        </section>`,
+    )}
+    <p class="muted">
+      PSP calls appear through the transitions they caused (PspRegistered, PspRegistrationFailed); a
+      retried call that changed nothing is counted in the metrics and logs only. Dead letters:
+      ${input.deadLetterNote}
+    </p>
+    <section>
+      <h2>Ledger entries</h2>
+      <table class="list" id="ledger">
+        <thead>
+          <tr>
+            <th>Time (UTC)</th>
+            <th>Transaction</th>
+            <th>Order</th>
+            <th>Account</th>
+            <th>Kind</th>
+            <th class="num">Debit</th>
+            <th class="num">Credit</th>
+          </tr>
+        </thead>
+        <tbody>
+          ${
+            input.ledger.length === 0
+              ? html`<tr>
+                  <td colspan="7" class="muted">No ledger entries (nothing succeeded yet).</td>
+                </tr>`
+              : input.ledger.map(
+                  (e) =>
+                    html`<tr>
+                      <td>${e.createdAt}</td>
+                      <td class="mono">${e.transactionId}</td>
+                      <td class="mono">${e.orderId}</td>
+                      <td>${e.account}</td>
+                      <td>${e.kind}</td>
+                      <td class="num">
+                        ${e.debitMinor > 0n ? minor(e.debitMinor, e.currency) : ''}
+                      </td>
+                      <td class="num">
+                        ${e.creditMinor > 0n ? minor(e.creditMinor, e.currency) : ''}
+                      </td>
+                    </tr>`,
+                )
+          }
+        </tbody>
+      </table>
+    </section>
+    <section>
+      <h2>Wallets of the sellers</h2>
+      <table class="list" id="wallets">
+        <thead>
+          <tr>
+            <th>Seller</th>
+            <th class="num">Balance</th>
+            <th>Updated (UTC)</th>
+          </tr>
+        </thead>
+        <tbody>
+          ${input.wallets.map(
+            ({ sellerId, wallet }) =>
+              html`<tr>
+                <td><a href="/admin/wallets/${encodeURIComponent(sellerId)}">${sellerId}</a></td>
+                <td class="num">
+                  ${wallet === undefined ? html`<span class="muted">no wallet yet</span>` : minor(wallet.balanceMinor, wallet.currency)}
+                </td>
+                <td>${wallet?.updatedAt}</td>
+              </tr>`,
+          )}
+        </tbody>
+      </table>
+    </section>`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations
+
+export function operationsPage(input: {
+  snapshot: OperationsSnapshot;
+  commandStream: string;
+  consumer: string;
+  deadLetterStream: string;
+  settings: ReadonlyArray<readonly [string, string]>;
+}): SafeHtml {
+  const s = input.snapshot;
+  return html` <div class="cards">
+      <section class="card" id="breaker">
+        <h2>PSP circuit breaker</h2>
+        <p>
+          ${s.breaker === undefined ? html`<span class="muted">not applicable (PSP port without breaker)</span>` : stateBadge(s.breaker)}
+        </p>
+      </section>
+      <section class="card" id="consumer">
+        <h2>JetStream consumer</h2>
+        <p class="muted mono">${input.commandStream} / ${input.consumer}</p>
+        ${probeOf(
+          s.consumer,
+          (c) =>
+            html`<dl>
+              <dt>Pending (not delivered)</dt>
+              <dd>${c.pending}</dd>
+              <dt>Ack pending</dt>
+              <dd>${c.ackPending}</dd>
+              <dt>Redelivered</dt>
+              <dd>${c.redelivered}</dd>
+              <dt>Waiting pulls</dt>
+              <dd>${c.waiting}</dd>
+              <dt>Delivered / ack floor (stream seq)</dt>
+              <dd>${c.deliveredStreamSeq} / ${c.ackFloorStreamSeq}</dd>
+            </dl>`,
+        )}
+        ${probeOf(
+          s.commandStream,
+          (st) =>
+            html`<p class="muted">
+              stream: ${st.messages} messages, ${st.bytes} bytes, seq ${st.firstSeq}–${st.lastSeq}
+            </p>`,
+        )}
+      </section>
+      <section class="card" id="outbox">
+        <h2>Outbox</h2>
+        ${probeOf(
+          s.outbox,
+          (o) =>
+            html`<dl>
+              <dt>Rows waiting</dt>
+              <dd>${o.pending}</dd>
+              <dt>Oldest</dt>
+              <dd>${(o.oldestAgeMs / 1000).toFixed(1)} s</dd>
+            </dl>`,
+        )}
+      </section>
+      <section class="card" id="dead-letters">
+        <h2>Dead letters</h2>
+        <p class="muted mono">${input.deadLetterStream}</p>
+        ${probeOf(
+          s.deadLetters,
+          (d) =>
+            html`<dl>
+                <dt>Open</dt>
+                <dd>${d.open}</dd>
+                <dt>Kept</dt>
+                <dd>${d.total}</dd>
+              </dl>
+              <p><a href="/admin/dead-letters">Open the dead-letter queue »</a></p>`,
+        )}
+      </section>
+      <section class="card" id="actors">
+        <h2>Actors (this node)</h2>
+        <dl>
+          <dt>Live</dt>
+          <dd>${s.actors.live}</dd>
+          <dt>Mailbox depth</dt>
+          <dd>${s.actors.mailboxDepth}</dd>
+          <dt>Passivated since start</dt>
+          <dd>${s.actors.passivated}</dd>
+        </dl>
+      </section>
+      <section class="card" id="payments-by-state">
+        <h2>Payments by state</h2>
+        ${probeOf(
+          s.payments,
+          (rows) =>
+            html`<dl>
+              ${rows.map(
+                (row) =>
+                  html`<dt><a href="/admin/payments?state=${row.state}">${row.state}</a></dt>
+                    <dd>${row.count}</dd>`,
+              )}
+            </dl>`,
+        )}
+      </section>
+      <section class="card" id="reconciliation-card">
+        <h2>Reconciliation</h2>
+        <p><a href="/admin/reconciliation">Reports and mismatches »</a></p>
+      </section>
+    </div>
+    <section>
+      <h2>Settings that shape failure handling</h2>
+      <table class="list">
+        <tbody>
+          ${input.settings.map(
+            ([key, value]) =>
+              html`<tr>
+                <th>${key}</th>
+                <td class="mono">${value}</td>
+              </tr>`,
+          )}
+        </tbody>
+      </table>
+    </section>
+    <p class="muted">Snapshot taken ${s.takenAt}. The same numbers are exported at /metrics.</p>`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dead letters
+
+export const DEAD_LETTER_FILTERS = ['OPEN', 'REPLAYED', 'DISCARDED', 'ALL'] as const;
+
+function deadLetterActions(entry: DeadLetterEntry, canAct: boolean): SafeHtml {
+  if (entry.state !== 'OPEN') {
+    return html`<span class="muted"
+      >${entry.resolutionNote ?? ''} (${formatTime(entry.updatedAt)})</span
+    >`;
+  }
+  if (!canAct) return html`<span class="muted">log in to act</span>`;
+  const id = encodeURIComponent(entry.id);
+  return html`<a class="button" href="/admin/dead-letters/${id}/replay">Replay…</a>
+    <a class="button danger" href="/admin/dead-letters/${id}/discard">Discard…</a>`;
+}
+
+export function deadLettersPage(input: {
+  page: DeadLetterPage;
+  state: DeadLetterState | 'ALL';
+  canAct: boolean;
+  beforeId: string | undefined;
+}): SafeHtml {
+  return html`<p class="tabs">
+      ${DEAD_LETTER_FILTERS.map(
+        (state) =>
+          html`<a
+            href="/admin/dead-letters?state=${state}"
+            class="${state === input.state ? 'active' : ''}"
+            >${state}</a
+          >`,
+      )}
+    </p>
+    <table class="list" id="dead-letter-list">
+      <thead>
+        <tr>
+          <th>Id</th>
+          <th>Dead-lettered (UTC)</th>
+          <th>Order</th>
+          <th>Reason</th>
+          <th>Attempts</th>
+          <th>Last error</th>
+          <th>State</th>
+          <th>Action</th>
+        </tr>
+      </thead>
+      <tbody>
+        ${
+          input.page.entries.length === 0
+            ? html`<tr>
+                <td colspan="8" class="muted">No dead letters in this view.</td>
+              </tr>`
+            : input.page.entries.map(
+                (entry) =>
+                  html`<tr data-dead-letter="${entry.id}">
+                    <td>
+                      <a href="/admin/dead-letters/${encodeURIComponent(entry.id)}">${entry.id}</a>
+                    </td>
+                    <td class="time">${entry.createdAt}</td>
+                    <td>
+                      ${entry.orderId !== undefined ? html`<a href="/admin/orders/${encodeURIComponent(entry.orderId)}" class="mono">${entry.orderId}</a>` : html`<span class="muted">none</span>`}
+                    </td>
+                    <td>${entry.reason}</td>
+                    <td>${entry.attempts}</td>
+                    <td class="error-text">${entry.lastError}</td>
+                    <td>${stateBadge(entry.state)}</td>
+                    <td class="actions">${deadLetterActions(entry, input.canAct)}</td>
+                  </tr>`,
+              )
+        }
+      </tbody>
+    </table>
+    <p class="pager">
+      ${input.beforeId !== undefined ? html`<a href="/admin/dead-letters?state=${input.state}">« Newest</a>` : ''}
+      ${
+        input.page.nextBeforeId !== undefined
+          ? html`<a
+              href="/admin/dead-letters${queryString({ state: input.state, before: input.page.nextBeforeId })}"
+              >Older »</a
+            >`
+          : ''
+      }
+    </p>`;
+}
+
+export function deadLetterPage(input: { entry: DeadLetterEntry; canAct: boolean }): SafeHtml {
+  const e = input.entry;
+  return html` <dl class="summary">
+      <dt>State</dt>
+      <dd>
+        ${stateBadge(e.state)}
+        ${e.resolutionNote !== undefined ? html`${e.resolutionNote} (${e.updatedAt})` : ''}
+      </dd>
+      <dt>Order</dt>
+      <dd>
+        ${e.orderId !== undefined ? html`<a href="/admin/orders/${encodeURIComponent(e.orderId)}" class="mono">${e.orderId}</a>` : 'none'}
+      </dd>
+      <dt>Reason</dt>
+      <dd>${e.reason}</dd>
+      <dt>Attempts</dt>
+      <dd>${e.attempts}</dd>
+      <dt>Last error</dt>
+      <dd class="error-text">${e.lastError}</dd>
+      <dt>Subject / command stream seq</dt>
+      <dd class="mono">${e.subject} / ${e.streamSequence}</dd>
+      <dt>Dead-lettered</dt>
+      <dd>${e.createdAt}</dd>
+      <dt>Command</dt>
+      <dd><pre>${prettyJson(e.payload)}</pre></dd>
+    </dl>
+    <p>${deadLetterActions(e, input.canAct)}</p>`;
+}
+
+export function confirmDeadLetterPage(input: {
+  entry: DeadLetterEntry;
+  action: 'replay' | 'discard';
+  error: string | undefined;
+}): SafeHtml {
+  const e = input.entry;
+  const replay = input.action === 'replay';
+  return html` <p>
+      ${
+        replay
+          ? 'Replaying puts this command back on its normal path (outbox → JetStream → the order’s actor). A command for an order that has moved on is a no-op.'
+          : 'Discarding records that nobody will replay this command. The order stays as it is.'
+      }
+    </p>
+    <dl class="summary">
+      <dt>Dead letter</dt>
+      <dd>${e.id} (${e.reason}, ${e.attempts} attempt(s))</dd>
+      <dt>Order</dt>
+      <dd class="mono">${e.orderId ?? 'none'}</dd>
+      <dt>Last error</dt>
+      <dd class="error-text">${e.lastError}</dd>
+    </dl>
+    ${input.error !== undefined ? html`<p class="bad" role="alert">${input.error}</p>` : ''}
+    <form
+      method="post"
+      action="/admin/dead-letters/${encodeURIComponent(e.id)}/${input.action}"
+      data-confirm="${replay ? `Replay dead letter ${e.id}?` : `Discard dead letter ${e.id}? This cannot be undone.`}"
+    >
+      <label
+        >Reason (recorded in the audit trail)
+        <textarea name="reason" required minlength="3" maxlength="500" rows="3"></textarea>
+      </label>
+      <button type="submit" class="${replay ? '' : 'danger'}" id="confirm-${input.action}">
+        ${replay ? 'Confirm replay' : 'Confirm discard'}
+      </button>
+      <a href="/admin/dead-letters/${encodeURIComponent(e.id)}">Cancel</a>
+    </form>`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reconciliation, ledger, wallets, audit
+
+export function reconciliationPage(input: { tables: readonly GenericTable[] }): SafeHtml {
+  if (input.tables.length === 0) {
+    return html`<div class="stub" id="reconciliation-stub">
+      <p><strong>Reconciliation is not installed on this node yet.</strong></p>
+      <p>
+        This page lists the newest rows of every table named
+        <span class="mono">reconciliation*</span>
+        in Settle's database as soon as the reconciliation feature creates them: the reports (the
+        settlement file and date, counts per class: matched, missing in ledger, missing in
+        settlement, amount mismatch, duplicate, timing) and the mismatches with their evidence.
+      </p>
+    </div>`;
+  }
+  return html`${input.tables.map(
+    (table) =>
+      html`<section>
+        <h2 class="mono">${table.name}</h2>
+        <div class="scroll">
+          <table class="list">
+            <thead>
+              <tr>
+                ${table.columns.map((c) => html`<th>${c}</th>`)}
+              </tr>
+            </thead>
+            <tbody>
+              ${
+                table.rows.length === 0
+                  ? html`<tr>
+                      <td colspan="${table.columns.length}" class="muted">empty</td>
+                    </tr>`
+                  : table.rows.map(
+                      (row) =>
+                        html`<tr>
+                          ${table.columns.map((c) => html`<td>${row[c] ?? html`<span class="muted">NULL</span>`}</td>`)}
+                        </tr>`,
+                    )
+              }
+            </tbody>
+          </table>
+        </div>
+      </section>`,
+  )}`;
+}
+
+export function ledgerPage(input: { accounts: readonly AccountBalance[] }): SafeHtml {
+  const totals = new Map<string, { debit: bigint; credit: bigint }>();
+  for (const a of input.accounts) {
+    const t = totals.get(a.currency) ?? { debit: 0n, credit: 0n };
+    t.debit += a.debitMinor;
+    t.credit += a.creditMinor;
+    totals.set(a.currency, t);
+  }
+  return html` <table class="list" id="trial-balance">
+    <thead>
+      <tr>
+        <th>Account</th>
+        <th class="num">Debits</th>
+        <th class="num">Credits</th>
+        <th class="num">Balance (debit − credit)</th>
+      </tr>
+    </thead>
+    <tbody>
+      ${input.accounts.map(
+        (a) =>
+          html`<tr>
+            <td>${a.account}</td>
+            <td class="num">${minor(a.debitMinor, a.currency)}</td>
+            <td class="num">${minor(a.creditMinor, a.currency)}</td>
+            <td class="num">${minor(a.balanceMinor, a.currency)}</td>
+          </tr>`,
+      )}
+    </tbody>
+    <tfoot>
+      ${[...totals].map(
+        ([currency, t]) =>
+          html`<tr>
+            <th>Total ${currency}</th>
+            <td class="num">${minor(t.debit, currency)}</td>
+            <td class="num">${minor(t.credit, currency)}</td>
+            <td class="num ${t.debit === t.credit ? 'good' : 'bad'}">
+              ${minor(t.debit - t.credit, currency)}
+              ${t.debit === t.credit ? '(balanced)' : '(NOT BALANCED)'}
+            </td>
+          </tr>`,
+      )}
+    </tfoot>
+  </table>`;
+}
+
+export function walletPage(input: {
+  sellerId: string;
+  wallet: Wallet | undefined;
+  entries: readonly LedgerEntry[];
+}): SafeHtml {
+  return html` <dl class="summary">
+      <dt>Seller</dt>
+      <dd>${input.sellerId}</dd>
+      <dt>Balance</dt>
+      <dd>
+        ${input.wallet === undefined ? 'no wallet yet' : minor(input.wallet.balanceMinor, input.wallet.currency)}
+      </dd>
+      <dt>Updated</dt>
+      <dd>${input.wallet?.updatedAt}</dd>
+    </dl>
+    <h2>Latest entries of seller_payable:${input.sellerId}</h2>
+    <table class="list">
+      <thead>
+        <tr>
+          <th>Time (UTC)</th>
+          <th>Order</th>
+          <th>Kind</th>
+          <th class="num">Debit</th>
+          <th class="num">Credit</th>
+        </tr>
+      </thead>
+      <tbody>
+        ${input.entries.map(
+          (e) =>
+            html`<tr>
+              <td>${e.createdAt}</td>
+              <td>
+                <a href="/admin/orders/${encodeURIComponent(e.orderId)}" class="mono"
+                  >${e.orderId}</a
+                >
+              </td>
+              <td>${e.kind}</td>
+              <td class="num">${e.debitMinor > 0n ? minor(e.debitMinor, e.currency) : ''}</td>
+              <td class="num">${e.creditMinor > 0n ? minor(e.creditMinor, e.currency) : ''}</td>
+            </tr>`,
+        )}
+      </tbody>
+    </table>`;
+}
+
+export function auditPage(input: {
+  records: readonly AuditRecord[];
+  nextBeforeId: string | undefined;
+}): SafeHtml {
+  return html` <table class="list" id="audit">
+      <thead>
+        <tr>
+          <th>#</th>
+          <th>Time (UTC)</th>
+          <th>Actor</th>
+          <th>Action</th>
+          <th>Target</th>
+          <th>Reason</th>
+          <th>Outcome</th>
+          <th>Detail</th>
+        </tr>
+      </thead>
+      <tbody>
+        ${input.records.map(
+          (r) =>
+            html`<tr>
+              <td>${r.id}</td>
+              <td>${r.createdAt}</td>
+              <td>${r.actor}</td>
+              <td>${r.action}</td>
+              <td class="mono">${r.target}</td>
+              <td>${r.reason}</td>
+              <td>${stateBadge(r.outcome)}</td>
+              <td class="mono small">${r.detail}</td>
+            </tr>`,
+        )}
+      </tbody>
+    </table>
+    <p class="pager">
+      ${input.nextBeforeId !== undefined ? html`<a href="/admin/audit?before=${input.nextBeforeId}">Older »</a>` : ''}
+    </p>`;
+}
+
+export function messagePage(text: string): SafeHtml {
+  return html`<p class="bad">${text}</p>`;
+}

@@ -1,0 +1,556 @@
+/**
+ * `settle`: the command-line client of a Settle node, on the gRPC API through src/client (the
+ * generated ts-proto stubs): payments, wallets and the ledger, and dead letters through
+ * AdminService (with `authorization: Bearer <ADMIN_TOKEN>`; replay and discard are audited with
+ * the caller's name and reason, sent as `x-admin-actor` / `x-admin-reason` metadata). Output is a human-readable table by default and JSON with --json (proto3 JSON mapping, the same
+ * shapes as the REST twin; amounts are strings). Exit codes: 0 done, 1 the server refused or
+ * failed, 2 bad usage.
+ *
+ *   npm run settle -- payment create --buyer buyer-1 --order seller-a=1999 --order seller-b=500
+ *   npm run settle -- payment watch pay_…
+ *   ADMIN_TOKEN=… npm run settle -- dlq list
+ *
+ * The entry point is src/cli/main.ts; this module only exports runCli, so tests can import it.
+ */
+import { randomUUID } from 'node:crypto';
+import { parseArgs } from 'node:util';
+import type { ServiceError } from '@grpc/grpc-js';
+import { createSettleClient, type SettleClient } from '../client/index.js';
+import {
+  Payment,
+  PaymentState,
+  paymentOrderStateToJSON,
+  paymentStateFromJSON,
+  paymentStateToJSON,
+} from '../grpc/generated/settle/v1/payment.js';
+import {
+  GetTrialBalanceResponse,
+  GetWalletResponse,
+  ListEntriesResponse,
+} from '../grpc/generated/settle/v1/wallet.js';
+import { formatMajor } from '../domain/money.js';
+import {
+  DeadLetterState,
+  deadLetterStateFromJSON,
+  deadLetterStateToJSON,
+  DiscardDeadLetterResponse,
+  GetPaymentTimelineResponse,
+  ListDeadLettersResponse,
+  ReplayDeadLetterResponse,
+  type DeadLetter,
+} from '../grpc/generated/settle/v1/admin.js';
+
+const USAGE = `Usage: settle [options] <command> [arguments]
+
+Commands:
+  payment create --buyer <id> --order <seller>=<amount_minor> [--order …] [--currency USD]
+                 [--request-id <uuid>]          create a payment (amounts in minor units: 1999 = 19.99)
+  payment get <payment_id>                      one payment with its orders
+  payment list [--state S] [--buyer B] [--page-size N] [--page-token T]
+  payment watch <payment_id>                    print every change until the payment is terminal
+  payment timeline <payment_id>                 every transition of its orders (needs the admin token)
+  wallet <seller_id>                            a seller's wallet balance
+  ledger [--account A] [--order O] [--page-size N] [--page-token T]
+  trial-balance                                 debits and credits per account; balanced or not
+  dlq list [--state OPEN|REPLAYED|DISCARDED|ALL] [--order O] [--page-size N] [--page-token T]
+  dlq replay <id> --reason "<why>"              put a dead letter back on its normal path
+  dlq discard <id> --reason "<why>"             record that nobody will replay it
+  reconcile                                     run reconciliation (not in this build)
+
+Options:
+  --addr host:port    Settle gRPC address (env SETTLE_ADDR; default 127.0.0.1:50051)
+  --token TOKEN       admin token for dlq and timeline (env ADMIN_TOKEN; prefer the env variable)
+  --actor NAME        your name in the audit trail (env SETTLE_ACTOR, else USER)
+  --json              print JSON instead of tables
+  --timeout-ms N      deadline of each call (default 10000)
+  -h, --help          this text
+`;
+
+const OPTIONS = {
+  addr: { type: 'string' },
+  token: { type: 'string' },
+  actor: { type: 'string' },
+  json: { type: 'boolean', default: false },
+  'timeout-ms': { type: 'string' },
+  help: { type: 'boolean', short: 'h', default: false },
+  buyer: { type: 'string' },
+  order: { type: 'string', multiple: true },
+  currency: { type: 'string' },
+  'request-id': { type: 'string' },
+  state: { type: 'string' },
+  'page-size': { type: 'string' },
+  'page-token': { type: 'string' },
+  account: { type: 'string' },
+  reason: { type: 'string' },
+} as const;
+
+type Values = ReturnType<
+  typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>
+>['values'];
+
+/** A mistake in the command line: printed with the usage hint, exit code 2. */
+class UsageError extends Error {}
+/** The server answered with an error: exit code 1. */
+class ServerError extends Error {}
+
+type Io = Readonly<{ out: (text: string) => void; err: (text: string) => void }>;
+
+export async function runCli(
+  argv: readonly string[],
+  env: Readonly<Record<string, string | undefined>>,
+  io: Io,
+): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: true });
+  } catch (error) {
+    io.err(`settle: ${error instanceof Error ? error.message : String(error)}\n${USAGE}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  if (values.help || positionals.length === 0) {
+    (values.help ? io.out : io.err)(USAGE);
+    return values.help ? 0 : 2;
+  }
+  const timeoutMs = intOption(values['timeout-ms'], 'timeout-ms', 10_000, 1, 3_600_000);
+  const settings = {
+    addr: values.addr ?? env.SETTLE_ADDR ?? '127.0.0.1:50051',
+    token: values.token ?? env.ADMIN_TOKEN,
+    actor: values.actor ?? env.SETTLE_ACTOR ?? env.USER ?? 'cli',
+    json: values.json,
+    timeoutMs,
+  };
+  const client = createSettleClient(settings.addr, { defaultTimeoutMs: timeoutMs });
+  try {
+    await dispatch(positionals, values, settings, client, io);
+    return 0;
+  } catch (error) {
+    if (error instanceof UsageError) {
+      io.err(`settle: ${error.message}\n(settle --help lists the commands)\n`);
+      return 2;
+    }
+    if (error instanceof ServerError) {
+      io.err(`settle: ${error.message}\n`);
+      return 1;
+    }
+    if (isServiceError(error)) {
+      io.err(`settle: ${grpcCodeName(error.code)}: ${error.details}\n`);
+      return 1;
+    }
+    io.err(`settle: ${error instanceof Error ? error.message : String(error)}\n`);
+    return 1;
+  } finally {
+    client.close();
+  }
+}
+
+type Settings = Readonly<{
+  addr: string;
+  token: string | undefined;
+  actor: string;
+  json: boolean;
+  timeoutMs: number;
+}>;
+
+async function dispatch(
+  positionals: readonly string[],
+  values: Values,
+  settings: Settings,
+  client: SettleClient,
+  io: Io,
+): Promise<void> {
+  const [noun, verb, ...rest] = positionals;
+  const print = (value: unknown, table: () => string) =>
+    io.out(settings.json ? `${JSON.stringify(value, null, 2)}\n` : table());
+  switch (noun) {
+    case 'payment':
+    case 'payments':
+      switch (verb) {
+        case 'create': {
+          const orders = (values.order ?? []).map(parseOrder);
+          if (values.buyer === undefined) throw new UsageError('payment create needs --buyer');
+          if (orders.length === 0)
+            throw new UsageError('payment create needs at least one --order seller=amount_minor');
+          const { payment } = await client.payments.createPayment({
+            requestId: values['request-id'] ?? randomUUID(),
+            buyerId: values.buyer,
+            currencyCode: values.currency ?? 'USD',
+            orders,
+          });
+          return print(payment && Payment.toJSON(payment), () => paymentText(payment));
+        }
+        case 'get': {
+          const { payment } = await client.payments.getPayment({
+            paymentId: one(rest, 'payment_id'),
+          });
+          return print(payment && Payment.toJSON(payment), () => paymentText(payment));
+        }
+        case 'list': {
+          const state =
+            values.state === undefined
+              ? PaymentState.PAYMENT_STATE_UNSPECIFIED
+              : paymentStateOption(values.state);
+          const response = await client.payments.listPayments({
+            pageSize: intOption(values['page-size'], 'page-size', 20, 1, 100),
+            pageToken: values['page-token'] ?? '',
+            state,
+            buyerId: values.buyer ?? '',
+          });
+          return print(
+            {
+              payments: response.payments.map((p) => Payment.toJSON(p)),
+              nextPageToken: response.nextPageToken,
+            },
+            () =>
+              table(
+                ['PAYMENT', 'CREATED (UTC)', 'BUYER', 'STATE', 'AMOUNT', 'ORDERS'],
+                response.payments.map((p) => [
+                  p.paymentId,
+                  time(p.createTime),
+                  p.buyerId,
+                  shortPaymentState(p.state),
+                  money(p.amountMinor, p.currencyCode),
+                  String(p.orders.length),
+                ]),
+              ) +
+              (response.nextPageToken !== ''
+                ? `next page: --page-token ${response.nextPageToken}\n`
+                : ''),
+          );
+        }
+        case 'watch': {
+          const paymentId = one(rest, 'payment_id');
+          for await (const { payment } of client.payments.watchPayment(paymentId, {
+            timeoutMs: Math.max(settings.timeoutMs, 60 * 60_000),
+          })) {
+            if (payment === undefined) continue;
+            io.out(
+              settings.json
+                ? `${JSON.stringify(Payment.toJSON(payment))}\n`
+                : `${time(payment.updateTime)}  ${shortPaymentState(payment.state)}  ` +
+                    `${payment.orders.map((o) => `${o.sellerId}=${shortOrderState(o.state)}`).join(' ')}\n`,
+            );
+          }
+          return;
+        }
+        case 'timeline': {
+          const response = await client.admin.getPaymentTimeline(
+            { paymentId: one(rest, 'payment_id') },
+            { metadata: adminMetadata(settings) },
+          );
+          return print(GetPaymentTimelineResponse.toJSON(response), () =>
+            table(
+              ['TIME (UTC)', 'ORDER', 'VERSION', 'FROM', 'TO', 'EVENT'],
+              response.entries.map((e) => [
+                time(e.createTime, true),
+                e.orderId,
+                e.version.toString(),
+                e.fromState,
+                e.toState,
+                e.eventType,
+              ]),
+            ),
+          );
+        }
+        default:
+          throw new UsageError(
+            `unknown payment command '${verb ?? ''}' (create, get, list, watch, timeline)`,
+          );
+      }
+    case 'wallet': {
+      const response = await client.wallets.getWallet({
+        sellerId: one([verb, ...rest].filter(isString), 'seller_id'),
+      });
+      const wallet = response.wallet;
+      return print(GetWalletResponse.toJSON(response), () =>
+        table(
+          ['SELLER', 'BALANCE', 'UPDATED (UTC)'],
+          wallet === undefined
+            ? []
+            : [
+                [
+                  wallet.sellerId,
+                  money(wallet.balanceMinor, wallet.currencyCode),
+                  time(wallet.updateTime),
+                ],
+              ],
+        ),
+      );
+    }
+    case 'ledger': {
+      const response = await client.ledger.listEntries({
+        account: values.account ?? '',
+        orderId: values.order?.[0] ?? '',
+        pageSize: intOption(values['page-size'], 'page-size', 100, 1, 500),
+        pageToken: values['page-token'] ?? '',
+      });
+      return print(
+        ListEntriesResponse.toJSON(response),
+        () =>
+          table(
+            ['ENTRY', 'TIME (UTC)', 'ACCOUNT', 'ORDER', 'KIND', 'DEBIT', 'CREDIT'],
+            response.entries.map((e) => [
+              e.entryId,
+              time(e.createTime),
+              e.account,
+              e.orderId,
+              e.kind,
+              e.debitMinor > 0n ? money(e.debitMinor, e.currencyCode) : '',
+              e.creditMinor > 0n ? money(e.creditMinor, e.currencyCode) : '',
+            ]),
+          ) +
+          (response.nextPageToken !== ''
+            ? `next page: --page-token ${response.nextPageToken}\n`
+            : ''),
+      );
+    }
+    case 'trial-balance': {
+      const response = await client.ledger.getTrialBalance({});
+      return print(
+        GetTrialBalanceResponse.toJSON(response),
+        () =>
+          table(
+            ['ACCOUNT', 'DEBITS', 'CREDITS', 'BALANCE'],
+            [
+              ...response.accounts,
+              ...response.totals.map((t) => ({ ...t, account: `TOTAL ${t.currencyCode}` })),
+            ].map((a) => [
+              a.account,
+              money(a.debitMinor, a.currencyCode),
+              money(a.creditMinor, a.currencyCode),
+              money(a.balanceMinor, a.currencyCode),
+            ]),
+          ) + (response.balanced ? 'balanced: yes\n' : 'balanced: NO\n'),
+      );
+    }
+    case 'dlq':
+      return deadLetterCommand(verb, rest, values, settings, client, print);
+    case 'reconcile':
+    case 'reconciliation':
+      throw new ServerError(
+        'reconciliation is not available in this build (no settle.v1.ReconciliationService yet)',
+      );
+    default:
+      throw new UsageError(`unknown command '${noun ?? ''}'`);
+  }
+}
+
+/** Bearer token, operator name and (for replay) the reason, as AdminService metadata. */
+function adminMetadata(settings: Settings, reason?: string): Record<string, string> {
+  return {
+    ...(settings.token !== undefined && settings.token !== ''
+      ? { authorization: `Bearer ${settings.token}` }
+      : {}),
+    'x-admin-actor': settings.actor.replace(/[^A-Za-z0-9 ._@-]/g, '_').slice(0, 64) || 'cli',
+    ...(reason !== undefined ? { 'x-admin-reason': encodeURIComponent(reason) } : {}),
+  };
+}
+
+async function deadLetterCommand(
+  verb: string | undefined,
+  rest: readonly string[],
+  values: Values,
+  settings: Settings,
+  client: SettleClient,
+  print: (value: unknown, table: () => string) => void,
+): Promise<void> {
+  const rows = (letters: readonly DeadLetter[]) =>
+    table(
+      ['ID', 'TIME (UTC)', 'STATE', 'ORDER', 'REASON', 'ATTEMPTS', 'LAST ERROR / RESOLUTION'],
+      letters.map((d) => [
+        d.id,
+        time(d.createTime),
+        deadLetterStateToJSON(d.state).replace(/^DEAD_LETTER_STATE_/, ''),
+        d.orderId || '-',
+        d.reason,
+        String(d.attempts),
+        (d.resolutionNote || d.lastError).slice(0, 70),
+      ]),
+    );
+  switch (verb) {
+    case 'list': {
+      const stateText = (values.state ?? 'OPEN').toUpperCase();
+      const state =
+        stateText === 'ALL'
+          ? DeadLetterState.DEAD_LETTER_STATE_UNSPECIFIED
+          : deadLetterStateFromJSON(`DEAD_LETTER_STATE_${stateText}`);
+      if (state === DeadLetterState.UNRECOGNIZED) {
+        throw new UsageError('--state must be OPEN, REPLAYED, DISCARDED or ALL');
+      }
+      const response = await client.admin.listDeadLetters(
+        {
+          pageSize: intOption(values['page-size'], 'page-size', 20, 1, 100),
+          pageToken: values['page-token'] ?? '',
+          state,
+          orderId: values.order?.[0] ?? '',
+        },
+        { metadata: adminMetadata(settings) },
+      );
+      return print(
+        ListDeadLettersResponse.toJSON(response),
+        () =>
+          rows(response.deadLetters) +
+          (response.nextPageToken !== '' ? `older: --page-token ${response.nextPageToken}\n` : ''),
+      );
+    }
+    case 'replay':
+    case 'discard': {
+      const id = one(rest, 'dead letter id');
+      if (values.reason === undefined || values.reason.trim() === '') {
+        throw new UsageError(`dlq ${verb} needs --reason "<why>" (it goes into the audit trail)`);
+      }
+      const response =
+        verb === 'replay'
+          ? await client.admin.replayDeadLetter(
+              { id },
+              { metadata: adminMetadata(settings, values.reason) },
+            )
+          : await client.admin.discardDeadLetter(
+              { id, reason: values.reason },
+              { metadata: adminMetadata(settings) },
+            );
+      return print(
+        verb === 'replay'
+          ? ReplayDeadLetterResponse.toJSON(response)
+          : DiscardDeadLetterResponse.toJSON(response),
+        () => (response.deadLetter === undefined ? '' : rows([response.deadLetter])),
+      );
+    }
+    default:
+      throw new UsageError(`unknown dlq command '${verb ?? ''}' (list, replay, discard)`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formatting and argument helpers
+
+function isString(value: string | undefined): value is string {
+  return value !== undefined;
+}
+
+function one(args: readonly string[], what: string): string {
+  if (args.length !== 1 || args[0] === undefined || args[0] === '') {
+    throw new UsageError(`expected exactly one ${what}`);
+  }
+  return args[0];
+}
+
+function intOption(
+  value: string | undefined,
+  name: string,
+  fallback: number,
+  min: number,
+  max: number,
+): number {
+  if (value === undefined) return fallback;
+  if (!/^\d{1,9}$/.test(value) || Number(value) < min || Number(value) > max) {
+    throw new UsageError(`--${name} must be a whole number from ${min} to ${max}`);
+  }
+  return Number(value);
+}
+
+function parseOrder(text: string): { sellerId: string; amountMinor: bigint } {
+  const match = /^([^=\s]+)=(\d{1,19})$/.exec(text);
+  if (match === null) {
+    throw new UsageError(`--order '${text}' must look like seller-id=1999 (amount in minor units)`);
+  }
+  return { sellerId: match[1] ?? '', amountMinor: BigInt(match[2] ?? '0') };
+}
+
+function paymentStateOption(text: string): PaymentState {
+  const name = text.toUpperCase();
+  const state = paymentStateFromJSON(
+    name.startsWith('PAYMENT_STATE_') ? name : `PAYMENT_STATE_${name}`,
+  );
+  if (state === PaymentState.UNRECOGNIZED || state === PaymentState.PAYMENT_STATE_UNSPECIFIED) {
+    throw new UsageError(
+      `--state must be NOT_STARTED, EXECUTING, SUCCEEDED, PARTIALLY_SUCCEEDED or FAILED`,
+    );
+  }
+  return state;
+}
+
+function shortPaymentState(state: PaymentState): string {
+  return paymentStateToJSON(state).replace(/^PAYMENT_STATE_/, '');
+}
+
+function shortOrderState(state: Parameters<typeof paymentOrderStateToJSON>[0]): string {
+  return paymentOrderStateToJSON(state).replace(/^PAYMENT_ORDER_STATE_/, '');
+}
+
+function money(amountMinor: bigint, currency: string): string {
+  return `${formatMajor(amountMinor)} ${currency}`;
+}
+
+function time(date: Date | undefined, withMs = false): string {
+  if (date === undefined) return '';
+  const text = date.toISOString().replace('T', ' ');
+  return withMs ? text : text.replace(/\.\d{3}Z$/, 'Z');
+}
+
+/** Columns padded to their widest cell; numbers are not right-aligned on purpose (copy-paste). */
+export function table(headers: readonly string[], rows: ReadonlyArray<readonly string[]>): string {
+  const widths = headers.map((header, i) =>
+    Math.max(header.length, ...rows.map((row) => (row[i] ?? '').length)),
+  );
+  const line = (cells: readonly string[]) =>
+    cells
+      .map((cell, i) => cell.padEnd(widths[i] ?? 0))
+      .join('  ')
+      .trimEnd();
+  return [line(headers), ...rows.map(line)].join('\n') + '\n';
+}
+
+function paymentText(payment: Payment | undefined): string {
+  if (payment === undefined) return 'no payment\n';
+  const head =
+    `payment ${payment.paymentId}  ${shortPaymentState(payment.state)}  ` +
+    `${money(payment.amountMinor, payment.currencyCode)}  buyer ${payment.buyerId}` +
+    (payment.failureReason !== '' ? `  (${payment.failureReason})` : '') +
+    `\ncreated ${time(payment.createTime)}, updated ${time(payment.updateTime)}, request id ${payment.requestId}\n\n`;
+  return (
+    head +
+    table(
+      ['ORDER', 'SELLER', 'AMOUNT', 'STATE', 'CHECKOUT'],
+      payment.orders.map((o) => [
+        o.orderId,
+        o.sellerId,
+        money(o.amountMinor, o.currencyCode),
+        shortOrderState(o.state) + (o.failureReason !== '' ? ` (${o.failureReason})` : ''),
+        o.checkoutUrl,
+      ]),
+    )
+  );
+}
+
+function isServiceError(error: unknown): error is ServiceError {
+  return (
+    error instanceof Error &&
+    typeof (error as { code?: unknown }).code === 'number' &&
+    typeof (error as { details?: unknown }).details === 'string'
+  );
+}
+
+const GRPC_CODE_NAMES = [
+  'OK',
+  'CANCELLED',
+  'UNKNOWN',
+  'INVALID_ARGUMENT',
+  'DEADLINE_EXCEEDED',
+  'NOT_FOUND',
+  'ALREADY_EXISTS',
+  'PERMISSION_DENIED',
+  'RESOURCE_EXHAUSTED',
+  'FAILED_PRECONDITION',
+  'ABORTED',
+  'OUT_OF_RANGE',
+  'UNIMPLEMENTED',
+  'INTERNAL',
+  'UNAVAILABLE',
+  'DATA_LOSS',
+  'UNAUTHENTICATED',
+];
+
+function grpcCodeName(code: number): string {
+  return GRPC_CODE_NAMES[code] ?? `code ${code}`;
+}

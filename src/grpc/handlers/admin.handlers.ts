@@ -1,0 +1,174 @@
+/**
+ * settle.v1.AdminService: dead letters and payment timelines for operators. Guarded by
+ * ADMIN_TOKEN (bearer metadata, constant-time comparison) when it is configured.
+ */
+import { timingSafeEqual } from 'node:crypto';
+import type * as grpc from '@grpc/grpc-js';
+import { InvalidArgumentError, NotFoundError, UnauthenticatedError } from '../../domain/errors.js';
+import {
+  DEAD_LETTER_STATE,
+  discardDeadLetter,
+  listDeadLetters,
+  replayDeadLetter,
+  type DeadLetterDeps,
+  type DeadLetterRecord,
+  type DeadLetterState,
+} from '../../admin/dead-letters.js';
+import { ADMIN_ACTION, audited, grpcAdminCaller } from '../../admin/audit.js';
+import { deadLetterAuditTarget } from '../../admin/dead-letter-source.js';
+import { listTransitions } from '../../storage/repositories/payment-order.repository.js';
+import { findPaymentVersion } from '../../storage/repositories/payment.repository.js';
+import { toUnavailable } from '../../storage/transaction.js';
+import { PAYMENT_ID_PATTERN } from '../../payments/payment.service.js';
+import {
+  DeadLetterState as DeadLetterStateProto,
+  type AdminServiceServer,
+  type DeadLetter as DeadLetterMessage,
+} from '../generated/settle/v1/admin.js';
+import { unary, type AdapterOptions } from '../adapters.js';
+
+const STATE_TO_PROTO: Record<DeadLetterState, DeadLetterStateProto> = {
+  OPEN: DeadLetterStateProto.DEAD_LETTER_STATE_OPEN,
+  REPLAYED: DeadLetterStateProto.DEAD_LETTER_STATE_REPLAYED,
+  DISCARDED: DeadLetterStateProto.DEAD_LETTER_STATE_DISCARDED,
+};
+
+function toProto(record: DeadLetterRecord): DeadLetterMessage {
+  return {
+    id: record.id,
+    orderId: record.orderId ?? '',
+    reason: record.reason,
+    attempts: record.attempts,
+    lastError: record.lastError,
+    payload: record.payload,
+    state: STATE_TO_PROTO[record.state],
+    resolutionNote: record.resolutionNote ?? '',
+    streamSequence: record.streamSequence,
+    createTime: record.createdAt,
+    updateTime: record.updatedAt,
+  };
+}
+
+function stateFromProto(state: DeadLetterStateProto): DeadLetterState | undefined {
+  switch (state) {
+    case DeadLetterStateProto.DEAD_LETTER_STATE_UNSPECIFIED:
+      return undefined;
+    case DeadLetterStateProto.DEAD_LETTER_STATE_OPEN:
+      return DEAD_LETTER_STATE.open;
+    case DeadLetterStateProto.DEAD_LETTER_STATE_REPLAYED:
+      return DEAD_LETTER_STATE.replayed;
+    case DeadLetterStateProto.DEAD_LETTER_STATE_DISCARDED:
+      return DEAD_LETTER_STATE.discarded;
+    default:
+      throw new InvalidArgumentError('state', `unknown dead-letter state ${String(state)}`);
+  }
+}
+
+/** Throws UnauthenticatedError unless the call carries the admin token (when one is set). */
+export function requireAdmin(metadata: grpc.Metadata, token: string | undefined): string {
+  if (token === undefined) return 'admin';
+  const [header] = metadata.get('authorization');
+  const presented =
+    typeof header === 'string' && header.startsWith('Bearer ') ? header.slice(7) : '';
+  const a = Buffer.from(presented);
+  const b = Buffer.from(token);
+  if (a.length !== b.length || !timingSafeEqual(a, b)) {
+    throw new UnauthenticatedError(
+      'AdminService needs the metadata "authorization: Bearer <ADMIN_TOKEN>"',
+    );
+  }
+  return 'admin-token';
+}
+
+export function adminHandlers(
+  deps: DeadLetterDeps & { adminToken: string | undefined },
+  options: AdapterOptions,
+): AdminServiceServer {
+  const guard = <T>(work: () => Promise<T>) =>
+    work().catch((error: unknown) => {
+      throw toUnavailable(error);
+    });
+  return {
+    listDeadLetters: unary(async (request, call) => {
+      requireAdmin(call.metadata, deps.adminToken);
+      if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
+      const limit = Math.min(request.pageSize === 0 ? 20 : request.pageSize, 100);
+      if (request.pageToken !== '' && !/^\d{1,19}$/.test(request.pageToken)) {
+        throw new InvalidArgumentError('page_token', 'invalid; start again without page_token');
+      }
+      const state = stateFromProto(request.state);
+      const rows = await guard(() =>
+        listDeadLetters(deps.db, {
+          ...(state !== undefined ? { state } : {}),
+          ...(request.orderId !== '' ? { orderId: request.orderId } : {}),
+          ...(request.pageToken !== '' ? { beforeId: request.pageToken } : {}),
+          limit: limit + 1,
+        }),
+      );
+      const page = rows.slice(0, limit);
+      return {
+        deadLetters: page.map(toProto),
+        nextPageToken: rows.length > limit ? (page[page.length - 1]?.id ?? '') : '',
+      };
+    }, options),
+    replayDeadLetter: unary(async (request, call) => {
+      requireAdmin(call.metadata, deps.adminToken);
+      if (request.id === '') throw new InvalidArgumentError('id', 'id is required');
+      const caller = grpcAdminCaller(call.metadata);
+      const { result } = await audited(
+        deps,
+        {
+          ...caller,
+          action: ADMIN_ACTION.replayDeadLetter,
+          target: deadLetterAuditTarget(request.id),
+          via: 'grpc',
+        },
+        () => guard(() => replayDeadLetter(deps, request.id, caller.actor)),
+        (record) => ({ orderId: record.orderId, state: record.state }),
+      );
+      return { deadLetter: toProto(result) };
+    }, options),
+    discardDeadLetter: unary(async (request, call) => {
+      requireAdmin(call.metadata, deps.adminToken);
+      if (request.id === '') throw new InvalidArgumentError('id', 'id is required');
+      const caller = grpcAdminCaller(call.metadata);
+      const { result } = await audited(
+        deps,
+        {
+          actor: caller.actor,
+          reason: request.reason,
+          action: ADMIN_ACTION.discardDeadLetter,
+          target: deadLetterAuditTarget(request.id),
+          via: 'grpc',
+        },
+        () => guard(() => discardDeadLetter(deps, request.id, request.reason, caller.actor)),
+        (record) => ({ orderId: record.orderId, state: record.state }),
+      );
+      return { deadLetter: toProto(result) };
+    }, options),
+    getPaymentTimeline: unary(async (request, call) => {
+      requireAdmin(call.metadata, deps.adminToken);
+      if (!PAYMENT_ID_PATTERN.test(request.paymentId)) {
+        throw new InvalidArgumentError(
+          'payment_id',
+          `'${request.paymentId.slice(0, 40)}' is not a valid payment_id`,
+        );
+      }
+      if ((await guard(() => findPaymentVersion(deps.db, request.paymentId))) === undefined) {
+        throw new NotFoundError('payment', request.paymentId);
+      }
+      const rows = await guard(() => listTransitions(deps.db, request.paymentId));
+      return {
+        entries: rows.map((row) => ({
+          orderId: row.orderId,
+          version: row.version,
+          fromState: row.fromState,
+          toState: row.toState,
+          eventType: row.eventType,
+          detail: row.detail,
+          createTime: row.createdAt,
+        })),
+      };
+    }, options),
+  };
+}

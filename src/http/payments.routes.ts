@@ -1,0 +1,245 @@
+/**
+ * The REST twin of settle.v1.PaymentService: POST /v1/payments, GET /v1/payments/:id and
+ * GET /v1/payments. Behind it is the same PaymentService the gRPC handlers call (no second
+ * implementation), the same validation, and the same error mapping (src/grpc/status.ts, then
+ * src/grpc/http-status.ts for the HTTP status). Bodies follow the proto3 JSON mapping, as
+ * grpc-gateway does: responses use lowerCamelCase names, int64 amounts are decimal strings and
+ * enums are their names; requests may use either lowerCamelCase or the proto's snake_case names.
+ * The `Idempotency-Key` header is the request's `request_id`.
+ */
+import { randomUUID } from 'node:crypto';
+import { z } from 'zod';
+import { InvalidArgumentError, ResourceExhaustedError } from '../domain/errors.js';
+import {
+  CreatePaymentResponse,
+  GetPaymentResponse,
+  ListPaymentsResponse,
+  PaymentState,
+  paymentStateFromJSON,
+} from '../grpc/generated/settle/v1/payment.js';
+import { paymentStateFromProto, paymentToProto } from '../grpc/handlers/mappers.js';
+import { toHttpError } from '../grpc/http-status.js';
+import type { ErrorLogger } from '../grpc/status.js';
+import type { PaymentService } from '../payments/payment.service.js';
+import { HttpError, json, type HttpRequest, type HttpResponse, type Route } from './router.js';
+
+/** A payment has at most 50 orders; 64 KiB is far more than such a body needs. */
+const CREATE_BODY_BYTES_MAX = 64 * 1024;
+const REQUEST_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+
+export type RestObservation = Readonly<{
+  method: string;
+  route: string;
+  status: number;
+  ms: number;
+  requestId: string;
+  paymentId?: string | undefined;
+}>;
+
+export type PaymentRoutesOptions = Readonly<{
+  /** Where errors that map to INTERNAL are logged. */
+  log?: ErrorLogger;
+  /** Called once per request, after the answer is built (logs). */
+  observe?: (observation: RestObservation) => void;
+}>;
+
+// Amounts travel as decimal strings (proto3 JSON for int64); a safe integer number is accepted too.
+const amountMinor = z.union([
+  z
+    .string()
+    .regex(/^-?\d{1,19}$/, 'must be a decimal string of minor units, e.g. "1999"')
+    .transform((value) => BigInt(value)),
+  z
+    .number()
+    .int('must be a whole number of minor units')
+    .refine(Number.isSafeInteger, 'is too large for a JSON number; send it as a string')
+    .transform((value) => BigInt(value)),
+]);
+
+const createBodySchema = z.object({
+  request_id: z.string().optional(),
+  buyer_id: z.string().default(''),
+  currency_code: z.string().default(''),
+  orders: z
+    .array(z.object({ seller_id: z.string().default(''), amount_minor: amountMinor }))
+    .default([]),
+});
+
+export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOptions): Route[] {
+  const route = (
+    method: Route['method'],
+    path: string,
+    handle: (request: HttpRequest, requestId: string) => Promise<HttpResponse>,
+  ): Route => ({
+    method,
+    path,
+    handle: async (request) => {
+      const started = performance.now();
+      const requestId = requestIdOf(request);
+      let response: HttpResponse;
+      try {
+        response = await handle(request, requestId);
+      } catch (error) {
+        const answer = toHttpError(bodyLimitError(error), requestId, {
+          log: options.log,
+          path: `${method} ${path}`,
+        });
+        response = json(answer.status, answer.body, answer.headers);
+      }
+      options.observe?.({
+        method,
+        route: path,
+        status: response.status,
+        ms: Math.round((performance.now() - started) * 10) / 10,
+        requestId,
+        paymentId: paymentIdOf(request.params.id ?? response.headers?.location ?? ''),
+      });
+      return {
+        ...response,
+        headers: { ...response.headers, 'x-request-id': requestId },
+      };
+    },
+  });
+
+  return [
+    route('POST', '/v1/payments', async (request) => {
+      const contentType = String(request.headers['content-type'] ?? '');
+      if (!/^application\/json\b/i.test(contentType)) {
+        throw new RestInputError('content-type', 'send the body as application/json', 'NOT_JSON');
+      }
+      const raw = (await request.body(CREATE_BODY_BYTES_MAX)).toString('utf8');
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(raw);
+      } catch {
+        throw new RestInputError('body', 'is not valid JSON', 'MALFORMED_JSON');
+      }
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+        throw new RestInputError('body', 'must be a JSON object', 'MALFORMED_JSON');
+      }
+      const body = createBodySchema.parse(snakeCaseKeys(parsed));
+      const header = request.headers['idempotency-key'];
+      const key = typeof header === 'string' ? header.trim() : '';
+      if (key === '') {
+        throw new RestInputError(
+          'Idempotency-Key',
+          'header is required: a UUID chosen by the caller, sent again on retries',
+          'MISSING_IDEMPOTENCY_KEY',
+        );
+      }
+      if (body.request_id !== undefined && body.request_id !== key) {
+        throw new RestInputError(
+          'request_id',
+          'differs from the Idempotency-Key header; send the key in the header only',
+          'IDEMPOTENCY_KEY_MISMATCH',
+        );
+      }
+      const payment = await payments.create({
+        requestId: key,
+        buyerId: body.buyer_id,
+        currencyCode: body.currency_code,
+        orders: body.orders.map((order) => ({
+          sellerId: order.seller_id,
+          amountMinor: order.amount_minor,
+        })),
+      });
+      return json(200, CreatePaymentResponse.toJSON({ payment: paymentToProto(payment) }), {
+        location: `/v1/payments/${payment.id}`,
+      });
+    }),
+    route('GET', '/v1/payments/:id', async (request) =>
+      json(
+        200,
+        GetPaymentResponse.toJSON({
+          payment: paymentToProto(await payments.get(request.params.id ?? '')),
+        }),
+      ),
+    ),
+    route('GET', '/v1/payments', async (request) => {
+      const query = request.query;
+      const pageSizeText = query.get('page_size') ?? query.get('pageSize') ?? '0';
+      if (!/^\d{1,6}$/.test(pageSizeText)) {
+        throw new InvalidArgumentError('page_size', 'must be a whole number');
+      }
+      const stateText = query.get('state') ?? '';
+      const state = stateText === '' ? undefined : restPaymentState(stateText);
+      const buyerId = query.get('buyer_id') ?? query.get('buyerId') ?? '';
+      const page = await payments.list({
+        pageSize: Number(pageSizeText),
+        pageToken: query.get('page_token') ?? query.get('pageToken') ?? '',
+        ...(state !== undefined ? { state } : {}),
+        ...(buyerId !== '' ? { buyerId } : {}),
+      });
+      return json(
+        200,
+        ListPaymentsResponse.toJSON({
+          payments: page.payments.map(paymentToProto),
+          nextPageToken: page.nextPageToken,
+        }),
+      );
+    }),
+  ];
+}
+
+/** `SUCCEEDED` or `PAYMENT_STATE_SUCCEEDED` → the storage name; INVALID_ARGUMENT otherwise. */
+function restPaymentState(text: string): string | undefined {
+  const name = text.toUpperCase();
+  const proto = paymentStateFromJSON(
+    name.startsWith('PAYMENT_STATE_') ? name : `PAYMENT_STATE_${name}`,
+  );
+  if (proto === PaymentState.UNRECOGNIZED) {
+    throw new InvalidArgumentError(
+      'state',
+      `unknown payment state '${text.slice(0, 40)}'; one of NOT_STARTED, EXECUTING, SUCCEEDED, ` +
+        'PARTIALLY_SUCCEEDED, FAILED',
+    );
+  }
+  return paymentStateFromProto(proto);
+}
+
+/** Top-level and order keys in lowerCamelCase become the proto's snake_case names. */
+function snakeCaseKeys(value: object): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [key, item] of Object.entries(value)) {
+    const name = key.replace(/[A-Z]/g, (letter) => `_${letter.toLowerCase()}`);
+    out[name] =
+      name === 'orders' && Array.isArray(item)
+        ? item.map((order: unknown) =>
+            typeof order === 'object' && order !== null && !Array.isArray(order)
+              ? snakeCaseKeys(order)
+              : order,
+          )
+        : item;
+  }
+  return out;
+}
+
+function paymentIdOf(text: string): string | undefined {
+  return /pay_[0-9A-HJKMNP-TV-Z]{26}$/.exec(text)?.[0];
+}
+
+function requestIdOf(request: HttpRequest): string {
+  const header = request.headers['x-request-id'];
+  return typeof header === 'string' && REQUEST_ID_PATTERN.test(header) ? header : randomUUID();
+}
+
+/** Input errors the HTTP layer finds itself, with a finer `reason` than INVALID_ARGUMENT. */
+class RestInputError extends InvalidArgumentError {
+  constructor(
+    field: string,
+    message: string,
+    readonly reason: string,
+  ) {
+    super(field, message);
+  }
+}
+
+/** The router's 413 (body over the limit) becomes the RESOURCE_EXHAUSTED that gRPC would send. */
+function bodyLimitError(error: unknown): unknown {
+  if (error instanceof HttpError && error.status === 413) {
+    return Object.assign(new ResourceExhaustedError(error.message, { retryable: false }), {
+      reason: 'BODY_TOO_LARGE',
+    });
+  }
+  return error;
+}

@@ -1,0 +1,219 @@
+/**
+ * Prometheus metrics of one Settle node, on its own prom-client Registry (never the global one),
+ * so several nodes in one process (tests) keep separate counts. Counters and histograms are fed by
+ * hooks (gRPC adapters, actor transitions, PSP calls, consumer retries and dead letters); gauges
+ * are read at scrape time from one operations snapshot shared by all of them.
+ */
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { BREAKER_STATE } from '../psp/client.js';
+import type { OperationsSnapshot } from './operations.js';
+
+export type GrpcObservation = Readonly<{
+  /** e.g. settle.v1.PaymentService */
+  service: string;
+  /** e.g. CreatePayment */
+  method: string;
+  type: 'unary' | 'server_stream';
+  /** The gRPC code name, e.g. OK, INVALID_ARGUMENT. */
+  code: string;
+  ms: number;
+}>;
+
+/** A scrape within this long of the last reuses its snapshot (several gauges read one scrape). */
+const SNAPSHOT_REUSE_MS = 1_000;
+
+export type Metrics = Readonly<{
+  registry: Registry;
+  /** Where gauges read the node's state; set once the node is wired. */
+  setSnapshotSource: (source: () => Promise<OperationsSnapshot>) => void;
+  grpcCall: (call: GrpcObservation) => void;
+  httpRequest: (request: { method: string; route: string; status: number }) => void;
+  orderTransition: (transition: { from: string; to: string; event: string }) => void;
+  pspCall: (call: { op: string; ok: boolean; ms: number }) => void;
+  retry: () => void;
+  deadLetter: (reason: string) => void;
+  /** The exposition text and its content type. */
+  render: () => Promise<{ contentType: string; body: string }>;
+}>;
+
+export function createMetrics(): Metrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  let source: (() => Promise<OperationsSnapshot>) | undefined;
+  let cached: { at: number; snapshot: Promise<OperationsSnapshot | undefined> } | undefined;
+  const snapshot = (): Promise<OperationsSnapshot | undefined> => {
+    const now = Date.now();
+    if (cached === undefined || now - cached.at > SNAPSHOT_REUSE_MS) {
+      cached = { at: now, snapshot: source === undefined ? Promise.resolve(undefined) : source() };
+    }
+    return cached.snapshot;
+  };
+
+  const grpcHandled = new Counter({
+    name: 'grpc_server_handled_total',
+    help: 'gRPC calls completed on the server, by method and status code.',
+    labelNames: ['grpc_type', 'grpc_service', 'grpc_method', 'grpc_code'] as const,
+    registers: [registry],
+  });
+  const grpcSeconds = new Histogram({
+    name: 'grpc_server_handling_seconds',
+    help: 'Time from a gRPC call arriving to its status being sent, in seconds.',
+    labelNames: ['grpc_type', 'grpc_service', 'grpc_method'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [registry],
+  });
+  const httpRequests = new Counter({
+    name: 'settle_http_requests_total',
+    help: 'REST twin requests, by route and HTTP status.',
+    labelNames: ['method', 'route', 'status'] as const,
+    registers: [registry],
+  });
+  const transitions = new Counter({
+    name: 'settle_payment_order_transitions_total',
+    help: 'Committed payment-order transitions on this node, by from/to state and event.',
+    labelNames: ['from', 'to', 'event'] as const,
+    registers: [registry],
+  });
+  const pspSeconds = new Histogram({
+    name: 'settle_psp_call_seconds',
+    help: 'PSP call latency from this node, by operation and outcome (ok or error).',
+    labelNames: ['op', 'outcome'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [registry],
+  });
+  const retries = new Counter({
+    name: 'settle_command_retries_total',
+    help: 'Commands nak-ed for a retry with backoff on this node.',
+    registers: [registry],
+  });
+  const deadLetters = new Counter({
+    name: 'settle_dead_letters_total',
+    help: 'Commands this node sent to the dead-letter stream, by reason.',
+    labelNames: ['reason'] as const,
+    registers: [registry],
+  });
+
+  // Gauges read at scrape time.
+  const gauge = <L extends string>(
+    name: string,
+    help: string,
+    labelNames: readonly L[],
+    read: (g: Gauge<L>, s: OperationsSnapshot) => void,
+  ) =>
+    new Gauge<L>({
+      name,
+      help,
+      labelNames,
+      registers: [registry],
+      async collect() {
+        this.reset();
+        const current = await snapshot();
+        if (current !== undefined) read(this, current);
+      },
+    });
+
+  gauge('settle_payments', 'Payments by state (from MySQL).', ['state'], (g, s) => {
+    if (s.payments.ok) for (const row of s.payments.value) g.set({ state: row.state }, row.count);
+  });
+  gauge(
+    'settle_psp_breaker_state',
+    'PSP circuit breaker state: 1 for the current state, 0 for the others.',
+    ['state'],
+    (g, s) => {
+      if (s.breaker === undefined) return;
+      for (const state of Object.values(BREAKER_STATE))
+        g.set({ state }, s.breaker === state ? 1 : 0);
+    },
+  );
+  gauge('settle_outbox_pending', 'Outbox rows not yet published to JetStream.', [], (g, s) => {
+    if (s.outbox.ok) g.set(s.outbox.value.pending);
+  });
+  gauge(
+    'settle_outbox_oldest_age_seconds',
+    'Age of the oldest unpublished outbox row, in seconds (0 when empty).',
+    [],
+    (g, s) => {
+      if (s.outbox.ok) g.set(s.outbox.value.oldestAgeMs / 1000);
+    },
+  );
+  const consumerGauge = (
+    name: string,
+    help: string,
+    pick: (s: OperationsSnapshot) => number | undefined,
+  ) =>
+    gauge(name, help, [], (g, s) => {
+      const value = pick(s);
+      if (value !== undefined) g.set(value);
+    });
+  consumerGauge(
+    'settle_jetstream_consumer_pending',
+    'Commands in the stream not yet delivered to the runtime consumer (num_pending).',
+    (s) => (s.consumer.ok ? s.consumer.value.pending : undefined),
+  );
+  consumerGauge(
+    'settle_jetstream_consumer_ack_pending',
+    'Commands delivered to the runtime consumer and not yet acknowledged (num_ack_pending).',
+    (s) => (s.consumer.ok ? s.consumer.value.ackPending : undefined),
+  );
+  consumerGauge(
+    'settle_jetstream_consumer_redelivered',
+    'Commands redelivered and not yet acknowledged (num_redelivered).',
+    (s) => (s.consumer.ok ? s.consumer.value.redelivered : undefined),
+  );
+  gauge(
+    'settle_dead_letters_open',
+    'Dead letters no operator has replayed or discarded yet.',
+    [],
+    (g, s) => {
+      if (s.deadLetters.ok) g.set(s.deadLetters.value.open);
+    },
+  );
+  gauge('settle_dead_letters_stored', 'Dead letters kept in the DLQ.', [], (g, s) => {
+    if (s.deadLetters.ok) g.set(s.deadLetters.value.total);
+  });
+  gauge('settle_actors', 'Live payment-order actors on this node.', [], (g, s) =>
+    g.set(s.actors.live),
+  );
+  gauge(
+    'settle_actor_mailbox_depth',
+    'Messages waiting or being handled in all actor mailboxes on this node.',
+    [],
+    (g, s) => g.set(s.actors.mailboxDepth),
+  );
+  gauge(
+    'settle_probe_up',
+    '1 when the probe behind a group of gauges answered in time at the last scrape, else 0.',
+    ['probe'],
+    (g, s) => {
+      g.set({ probe: 'jetstream_consumer' }, s.consumer.ok ? 1 : 0);
+      g.set({ probe: 'dead_letters' }, s.deadLetters.ok ? 1 : 0);
+      g.set({ probe: 'outbox' }, s.outbox.ok ? 1 : 0);
+      g.set({ probe: 'payments' }, s.payments.ok ? 1 : 0);
+    },
+  );
+
+  return {
+    registry,
+    setSnapshotSource: (next) => {
+      source = next;
+      cached = undefined;
+    },
+    grpcCall: (call) => {
+      const labels = { grpc_type: call.type, grpc_service: call.service, grpc_method: call.method };
+      grpcHandled.inc({ ...labels, grpc_code: call.code });
+      grpcSeconds.observe(labels, call.ms / 1000);
+    },
+    httpRequest: (request) =>
+      httpRequests.inc({
+        method: request.method,
+        route: request.route,
+        status: String(request.status),
+      }),
+    orderTransition: (transition) => transitions.inc(transition),
+    pspCall: (call) =>
+      pspSeconds.observe({ op: call.op, outcome: call.ok ? 'ok' : 'error' }, call.ms / 1000),
+    retry: () => retries.inc(),
+    deadLetter: (reason) => deadLetters.inc({ reason }),
+    render: async () => ({ contentType: registry.contentType, body: await registry.metrics() }),
+  };
+}

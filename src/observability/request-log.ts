@@ -1,0 +1,72 @@
+/**
+ * One structured log line and the metrics of every finished request: gRPC calls (fed by the
+ * unary/serverStream adapters) and REST twin calls. Lines carry the request id and, where the call
+ * names them, the payment and order ids, so `grep pay_…` finds everything about one payment.
+ * Failures a caller can fix log at info, server-side trouble (INTERNAL, UNAVAILABLE, ...) at warn.
+ */
+import * as grpc from '@grpc/grpc-js';
+import type { CallObservation } from '../grpc/adapters.js';
+import type { RestObservation } from '../http/payments.routes.js';
+import type { Logger } from './logger.js';
+import type { Metrics } from './metrics.js';
+
+const SERVER_SIDE_CODES: ReadonlySet<grpc.status> = new Set([
+  grpc.status.UNKNOWN,
+  grpc.status.INTERNAL,
+  grpc.status.UNAVAILABLE,
+  grpc.status.DATA_LOSS,
+  grpc.status.DEADLINE_EXCEEDED,
+  grpc.status.RESOURCE_EXHAUSTED,
+]);
+
+/** `/settle.v1.PaymentService/GetPayment` → service and method; `unknown` when malformed. */
+export function splitGrpcPath(path: string): { service: string; method: string } {
+  const match = /^\/([^/]+)\/([^/]+)$/.exec(path);
+  return match === null
+    ? { service: 'unknown', method: 'unknown' }
+    : { service: match[1] ?? 'unknown', method: match[2] ?? 'unknown' };
+}
+
+export function grpcCallObserver(
+  logger: Logger,
+  metrics: Metrics,
+): (call: CallObservation) => void {
+  return (call) => {
+    const { service, method } = splitGrpcPath(call.path);
+    const code = grpc.status[call.code] ?? 'UNKNOWN';
+    const ms = Math.round(call.ms * 10) / 10;
+    metrics.grpcCall({ service, method, type: call.type, code, ms: call.ms });
+    const line = {
+      grpcService: service,
+      grpcMethod: method,
+      grpcCode: code,
+      ms,
+      requestId: call.requestId,
+      ...(call.paymentId !== undefined ? { paymentId: call.paymentId } : {}),
+      ...(call.orderId !== undefined ? { orderId: call.orderId } : {}),
+    };
+    const message = `grpc ${method} ${code} in ${ms} ms`;
+    if (SERVER_SIDE_CODES.has(call.code)) logger.warn(line, message);
+    else logger.info(line, message);
+  };
+}
+
+export function restCallObserver(
+  logger: Logger,
+  metrics: Metrics,
+): (request: RestObservation) => void {
+  return (request) => {
+    metrics.httpRequest({ method: request.method, route: request.route, status: request.status });
+    const line = {
+      httpMethod: request.method,
+      route: request.route,
+      status: request.status,
+      ms: request.ms,
+      requestId: request.requestId,
+      ...(request.paymentId !== undefined ? { paymentId: request.paymentId } : {}),
+    };
+    const message = `http ${request.method} ${request.route} ${request.status} in ${request.ms} ms`;
+    if (request.status >= 500) logger.warn(line, message);
+    else logger.info(line, message);
+  };
+}

@@ -1,0 +1,202 @@
+/**
+ * Read-only queries of the admin panel: payment search by any id, party, state and time range
+ * (keyset paging on the primary key, newest first), the webhooks an order received, and a generic
+ * view of reconciliation tables when they exist. Every query has a LIMIT.
+ */
+import { sql } from 'kysely';
+import { idAt } from '../../domain/ids.js';
+import type { Db } from '../db.js';
+
+export type PaymentSearch = Readonly<{
+  paymentId?: string | undefined;
+  orderId?: string | undefined;
+  buyerId?: string | undefined;
+  sellerId?: string | undefined;
+  state?: string | undefined;
+  /** Created at or after. */
+  createdFrom?: Date | undefined;
+  /** Created at or before. */
+  createdTo?: Date | undefined;
+  /** Keyset cursor: only payments with a smaller id (older). */
+  beforeId?: string | undefined;
+  limit: number;
+}>;
+
+export type PaymentSummary = Readonly<{
+  id: string;
+  buyerId: string;
+  state: string;
+  currency: string;
+  amountMinor: bigint;
+  ordersTotal: number;
+  ordersSucceeded: number;
+  ordersFailed: number;
+  failureReason: string | undefined;
+  createdAt: Date;
+  updatedAt: Date;
+}>;
+
+/**
+ * Payments matching every given filter, newest first. The time range becomes an id range (ids
+ * start with their creation time), so it uses the primary key instead of a created_at scan.
+ */
+export async function searchPayments(db: Db, search: PaymentSearch): Promise<PaymentSummary[]> {
+  let query = db.selectFrom('payment').selectAll().orderBy('id', 'desc').limit(search.limit);
+  if (search.paymentId !== undefined) query = query.where('id', '=', search.paymentId);
+  if (search.orderId !== undefined) {
+    const orderId = search.orderId;
+    query = query.where('id', 'in', (eb) =>
+      eb.selectFrom('payment_order').select('payment_id').where('id', '=', orderId),
+    );
+  }
+  if (search.sellerId !== undefined) {
+    const sellerId = search.sellerId;
+    query = query.where('id', 'in', (eb) =>
+      eb.selectFrom('payment_order').select('payment_id').where('seller_id', '=', sellerId),
+    );
+  }
+  if (search.buyerId !== undefined) query = query.where('buyer_id', '=', search.buyerId);
+  if (search.state !== undefined) query = query.where('state', '=', search.state);
+  if (search.createdFrom !== undefined) {
+    query = query.where('id', '>=', idAt('payment', search.createdFrom.getTime()));
+  }
+  if (search.createdTo !== undefined) {
+    query = query.where('id', '<', idAt('payment', search.createdTo.getTime() + 1));
+  }
+  if (search.beforeId !== undefined) query = query.where('id', '<', search.beforeId);
+  const rows = await query.execute();
+  return rows.map((row) => ({
+    id: row.id,
+    buyerId: row.buyer_id,
+    state: row.state,
+    currency: row.currency,
+    amountMinor: BigInt(row.amount_minor),
+    ordersTotal: row.orders_total,
+    ordersSucceeded: row.orders_succeeded,
+    ordersFailed: row.orders_failed,
+    failureReason: row.failure_reason ?? undefined,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  }));
+}
+
+export type ReceivedWebhook = Readonly<{
+  source: string;
+  eventId: string;
+  orderId: string;
+  receivedAt: Date;
+}>;
+
+/** Webhooks recorded in the inbox for these orders (inbox_order index), oldest first. */
+export async function webhooksOfOrders(
+  db: Db,
+  orderIds: readonly string[],
+): Promise<ReceivedWebhook[]> {
+  if (orderIds.length === 0) return [];
+  const rows = await db
+    .selectFrom('inbox')
+    .selectAll()
+    .where('order_id', 'in', orderIds)
+    .orderBy('received_at')
+    .limit(1_000)
+    .execute();
+  return rows.map((row) => ({
+    source: row.source,
+    eventId: row.event_id,
+    orderId: row.order_id,
+    receivedAt: row.received_at,
+  }));
+}
+
+export type GenericTable = Readonly<{
+  name: string;
+  columns: readonly string[];
+  /** Newest first (by the first primary-key column), every value as text. */
+  rows: ReadonlyArray<Readonly<Record<string, string | null>>>;
+}>;
+
+const TABLE_NAME = /^[a-z][a-z0-9_]{0,63}$/;
+
+/**
+ * The latest rows of every table whose name starts with `prefix` in the current database. Used to
+ * show reconciliation reports and mismatches without depending on their exact schema, which lives
+ * on another branch; empty when no such table exists.
+ */
+export async function latestRowsOfTables(
+  db: Db,
+  prefix: string,
+  rowsMax: number,
+): Promise<GenericTable[]> {
+  const tables = await sql<{ table_name: string }>`
+    SELECT TABLE_NAME AS table_name FROM information_schema.TABLES
+    WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE ${`${prefix}%`}
+    ORDER BY TABLE_NAME LIMIT 20`.execute(db);
+  const out: GenericTable[] = [];
+  for (const { table_name: name } of tables.rows) {
+    if (!TABLE_NAME.test(name)) continue;
+    const columns = await sql<{ column_name: string; column_key: string }>`
+      SELECT COLUMN_NAME AS column_name, COLUMN_KEY AS column_key FROM information_schema.COLUMNS
+      WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ${name}
+      ORDER BY ORDINAL_POSITION LIMIT 100`.execute(db);
+    const names = columns.rows.map((column) => column.column_name);
+    const key = columns.rows.find((column) => column.column_key === 'PRI')?.column_name;
+    const ordered =
+      key !== undefined && TABLE_NAME.test(key) ? sql` ORDER BY ${sql.ref(key)} DESC` : sql``;
+    const rows = await sql<Record<string, unknown>>`
+      SELECT * FROM ${sql.table(name)}${ordered} LIMIT ${rowsMax}`.execute(db);
+    out.push({
+      name,
+      columns: names,
+      rows: rows.rows.map((row) =>
+        Object.fromEntries(names.map((column) => [column, textOf(row[column])])),
+      ),
+    });
+  }
+  return out;
+}
+
+function textOf(value: unknown): string | null {
+  if (value === null || value === undefined) return null;
+  if (value instanceof Date) return value.toISOString();
+  if (Buffer.isBuffer(value)) return `<${value.length} bytes>`;
+  if (typeof value === 'object') return JSON.stringify(value);
+  return String(value);
+}
+
+export type AccountEntry = Readonly<{
+  id: bigint;
+  transactionId: string;
+  account: string;
+  orderId: string;
+  kind: string;
+  currency: string;
+  debitMinor: bigint;
+  creditMinor: bigint;
+  createdAt: Date;
+}>;
+
+/** The newest entries of one ledger account, newest first. */
+export async function latestEntriesOfAccount(
+  db: Db,
+  account: string,
+  limit: number,
+): Promise<AccountEntry[]> {
+  const rows = await db
+    .selectFrom('ledger_entry')
+    .selectAll()
+    .where('account', '=', account)
+    .orderBy('id', 'desc')
+    .limit(limit)
+    .execute();
+  return rows.map((row) => ({
+    id: BigInt(row.id),
+    transactionId: row.transaction_id,
+    account: row.account,
+    orderId: row.order_id,
+    kind: row.kind,
+    currency: row.currency,
+    debitMinor: BigInt(row.debit_minor),
+    creditMinor: BigInt(row.credit_minor),
+    createdAt: row.created_at,
+  }));
+}

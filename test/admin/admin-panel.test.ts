@@ -1,0 +1,436 @@
+/**
+ * Goal: the admin panel answers "why is this payment stuck?" on one page and lets an operator act
+ * safely: search by every id, party, state and time range with paging; a payment's page shows its
+ * orders' full timelines (transitions, PSP results, webhooks, dead letters), ledger entries and
+ * wallets; dead letters can be replayed or discarded only with the token, a reason and a
+ * confirmation step, and every action (failed ones too) lands in admin_audit; views are closed
+ * without the token unless ADMIN_READONLY_OPEN is set. Method: a real stack (PSP mock + Settle on
+ * MariaDB and NATS) with ADMIN_TOKEN; payments go through gRPC and the PSP's hosted page; dead
+ * letters are produced by making the PSP mock fail every registration; pages are fetched over HTTP
+ * and checked as text, state is checked in MySQL.
+ */
+import { sql } from 'kysely';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { adminRoutes } from '../../src/admin/routes.js';
+import { tableDeadLetters } from '../../src/admin/dead-letter-source.js';
+import type { HttpRequest, Route } from '../../src/http/router.js';
+import { operationsSnapshot } from '../../src/observability/operations.js';
+import { idAt } from '../../src/domain/ids.js';
+import {
+  CARD,
+  expectMoneyInvariants,
+  payOnHostedPage,
+  startStack,
+  waitFor,
+  type Stack,
+} from '../support/harness.js';
+import {
+  ADMIN_TOKEN,
+  adminFetch,
+  auditRows,
+  createPayment,
+  deadLetteredPayment,
+} from './admin-support.js';
+
+let stack: Stack;
+
+beforeAll(async () => {
+  stack = await startStack({
+    env: {
+      ADMIN_TOKEN,
+      RETRY_BACKOFF_MS: '100,100',
+      RISK_BLOCKED_BUYERS: 'buyer-blocked',
+      CREATE_WAIT_MS: '2000',
+    },
+  });
+});
+afterAll(async () => stack?.stop());
+afterEach(async () => {
+  stack.psp.setBehavior({ failNextRegistrations: 0 });
+  await expectMoneyInvariants(stack.settle.db);
+});
+
+/** Ids of the payments listed on a search page, in order. */
+function listedPayments(html: string): string[] {
+  const table = html.slice(html.indexOf('id="payments"'));
+  return [...table.matchAll(/href="\/admin\/payments\/(pay_[0-9A-Z]{26})"/g)].map(
+    (m) => m[1] ?? '',
+  );
+}
+
+describe('access', () => {
+  it('sends a browser without the credential to the login page and refuses a wrong token', async () => {
+    const anonymous = await fetch(`${stack.settleHttp}/admin/payments?state=FAILED`, {
+      redirect: 'manual',
+    });
+    expect(anonymous.status).toBe(303);
+    expect(anonymous.headers.get('location')).toBe(
+      '/admin/login?next=%2Fadmin%2Fpayments%3Fstate%3DFAILED',
+    );
+    const wrong = await adminFetch(stack, '/admin/payments', {
+      headers: { authorization: 'Bearer wrong-token-wrong-token' },
+    });
+    expect(wrong.status).toBe(303);
+    const right = await adminFetch(stack, '/admin/payments');
+    expect(right.status).toBe(200);
+    expect(right.headers.get('content-security-policy')).toContain("script-src 'self'");
+    expect(right.headers.get('cache-control')).toBe('no-store');
+  });
+
+  it('logs in with the form: signed HttpOnly cookie, audited, cross-site forms refused', async () => {
+    const form = (token: string) =>
+      fetch(`${stack.settleHttp}/admin/login`, {
+        method: 'POST',
+        redirect: 'manual',
+        headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ actor: 'Alice Ops', token, next: '/admin/audit' }).toString(),
+      });
+    const bad = await form('not-the-token-at-all');
+    expect(bad.status).toBe(401);
+    expect(bad.headers.get('set-cookie')).toBeNull();
+    const good = await form(ADMIN_TOKEN);
+    expect(good.status).toBe(303);
+    expect(good.headers.get('location')).toBe('/admin/audit');
+    const cookie = (good.headers.get('set-cookie') ?? '').split(';')[0] ?? '';
+    expect(good.headers.get('set-cookie')).toMatch(/HttpOnly; SameSite=Strict/);
+    expect(cookie).not.toContain(ADMIN_TOKEN);
+
+    const page = await fetch(`${stack.settleHttp}/admin/audit`, { headers: { cookie } });
+    expect(page.status).toBe(200);
+    const html = await page.text();
+    expect(html).toContain('Alice Ops');
+    expect(html).toContain('LOGIN');
+    const [login] = await auditRows(stack, 'session');
+    expect(login).toMatchObject({ actor: 'Alice Ops', action: 'LOGIN', outcome: 'OK' });
+
+    const crossSite = await fetch(`${stack.settleHttp}/admin/dead-letters/1/discard`, {
+      method: 'POST',
+      redirect: 'manual',
+      headers: {
+        cookie,
+        origin: 'http://evil.example',
+        'content-type': 'application/x-www-form-urlencoded',
+      },
+      body: 'reason=because',
+    });
+    expect(crossSite.status).toBe(403);
+  });
+
+  it('is closed without ADMIN_TOKEN, and read-only when ADMIN_READONLY_OPEN is set', async () => {
+    const routesFor = (token: string | undefined, readonlyOpen: boolean) =>
+      adminRoutes({
+        db: stack.settle.db,
+        names: stack.settle.names,
+        auth: { token, readonlyOpen },
+        deadLetters: tableDeadLetters({
+          db: stack.settle.db,
+          wakeRelay: () => {},
+          now: () => new Date(),
+        }),
+        snapshot: () => Promise.reject(new Error('not used')),
+        psp: {},
+        nodeName: 'n',
+        settings: [],
+        now: () => new Date(),
+      });
+    const request = (path: string, method = 'GET'): HttpRequest => ({
+      method,
+      path,
+      query: new URLSearchParams(),
+      headers: {},
+      params: { id: '1' },
+      body: async () => Buffer.from('reason=because'),
+    });
+    const route = (routes: Route[], method: string, path: string) => {
+      const found = routes.find((r) => r.method === method && r.path === path);
+      if (found === undefined) throw new Error(`no route ${method} ${path}`);
+      return found;
+    };
+
+    const closed = routesFor(undefined, false);
+    const refused = await route(closed, 'GET', '/admin/payments').handle(
+      request('/admin/payments'),
+    );
+    expect(refused.status).toBe(403);
+    expect(String(refused.body)).toContain('no ADMIN_TOKEN');
+
+    const open = routesFor(undefined, true);
+    const readable = await route(open, 'GET', '/admin/payments').handle(request('/admin/payments'));
+    expect(readable.status).toBe(200);
+    expect(String(readable.body)).toContain('read-only (ADMIN_READONLY_OPEN)');
+    const act = await route(open, 'POST', '/admin/dead-letters/:id/discard').handle(
+      request('/admin/dead-letters/1/discard', 'POST'),
+    );
+    expect(act.status).toBe(403);
+  });
+});
+
+describe('payments', () => {
+  it('searches by payment id, order id, buyer, seller, state and time range, with paging', async () => {
+    const first = await createPayment(stack, 'buyer-search-a', [['seller-search-x', 1000n]]);
+    const second = await createPayment(stack, 'buyer-search-b', [
+      ['seller-search-y', 2000n],
+      ['seller-search-z', 300n],
+    ]);
+    const third = await createPayment(stack, 'buyer-search-a', [['seller-search-y', 400n]]);
+    const blocked = await createPayment(stack, 'buyer-blocked', [['seller-search-x', 500n]]);
+
+    const search = async (query: string) => {
+      const page = await adminFetch(stack, `/admin/payments?${query}`);
+      expect(page.status).toBe(200);
+      return page.html;
+    };
+    expect(listedPayments(await search('buyer=buyer-search-a'))).toEqual([
+      third.paymentId,
+      first.paymentId,
+    ]);
+    expect(listedPayments(await search('seller=seller-search-y'))).toEqual([
+      third.paymentId,
+      second.paymentId,
+    ]);
+    expect(listedPayments(await search(`q=${second.orders[1]?.orderId}`))).toEqual([
+      second.paymentId,
+    ]);
+    expect(listedPayments(await search(`q=${first.paymentId}`))).toEqual([first.paymentId]);
+    expect(listedPayments(await search('state=FAILED&seller=seller-search-x'))).toEqual([
+      blocked.paymentId,
+    ]);
+    expect(listedPayments(await search('buyer=buyer-search-a&state=FAILED'))).toEqual([]);
+
+    // Time range: ids start with their creation time, so the page searches by id range.
+    const created = (id: string) =>
+      stack.settle.db
+        .selectFrom('payment')
+        .select('created_at')
+        .where('id', '=', id)
+        .executeTakeFirstOrThrow();
+    const secondAt = (await created(second.paymentId)).created_at;
+    const thirdAt = (await created(third.paymentId)).created_at;
+    expect(idAt('payment', secondAt.getTime()) <= second.paymentId).toBe(true);
+    const iso = (date: Date) => date.toISOString().replace(/Z$/, '');
+    expect(
+      listedPayments(
+        await search(
+          `from=${encodeURIComponent(iso(secondAt))}&to=${encodeURIComponent(iso(thirdAt))}`,
+        ),
+      ).filter((id) => [first, second, third].some((p) => p.paymentId === id)),
+    ).toEqual([third.paymentId, second.paymentId]);
+
+    // Paging: one per page, newest first, "Older" links carry the filters.
+    const pageOne = await search('buyer=buyer-search-a&size=1');
+    expect(listedPayments(pageOne)).toEqual([third.paymentId]);
+    const older = /href="(\/admin\/payments\?[^"]*before=[^"]*)"/.exec(pageOne)?.[1];
+    expect(older).toBeDefined();
+    const pageTwo = await adminFetch(stack, (older ?? '').replace(/&amp;/g, '&'));
+    expect(listedPayments(pageTwo.html)).toEqual([first.paymentId]);
+    expect(pageTwo.html).toContain('End of results.');
+
+    const invalid = await search('q=%3Cscript%3E');
+    expect(invalid).toContain('id: give a payment id (pay_…) or an order id (ord_…)');
+    expect(invalid).not.toContain('<script>');
+  });
+
+  it("shows a paid payment's timeline, webhook, ledger entries and wallets", async () => {
+    const payment = await createPayment(stack, 'buyer-page', [['seller-page', 2599n]]);
+    const order = payment.orders[0];
+    expect(order?.checkoutUrl).toMatch(/^http/);
+    const paid = await payOnHostedPage(order?.checkoutUrl ?? '', CARD.success);
+    expect(paid.status).toBe(200);
+    await waitFor(async () => {
+      const row = await stack.settle.db
+        .selectFrom('payment')
+        .select('state')
+        .where('id', '=', payment.paymentId)
+        .executeTakeFirst();
+      return row?.state === 'SUCCEEDED';
+    });
+    const inbox = await stack.settle.db
+      .selectFrom('inbox')
+      .select('event_id')
+      .where('order_id', '=', order?.orderId ?? '')
+      .executeTakeFirstOrThrow();
+
+    const { status, html } = await adminFetch(stack, `/admin/payments/${payment.paymentId}`);
+    expect(status).toBe(200);
+    const text = html.replace(/<[^>]+>/g, ' ').replace(/\s+/g, ' ');
+    expect(text).toContain(`Timeline of order ${order?.orderId}`);
+    expect(text).toContain('v1: NOT_STARTED → EXECUTING on ExecuteOrder');
+    expect(text).toContain(
+      'v2: EXECUTING → EXECUTING on PspRegistered (PSP RegisterPayment succeeded)',
+    );
+    expect(text).toContain(
+      'v3: EXECUTING → SUCCEEDED on PspSucceeded (PSP webhook: charge succeeded)',
+    );
+    expect(text).toContain(`webhook received from psp: event ${inbox.event_id}`);
+    expect(text).toMatch(/OK .*succeeded \(PSP reference \S+\); ledger and wallet posted/);
+    expect(text).toContain('psp_receivable');
+    expect(text).toContain('seller_payable:seller-page');
+    expect(text).toMatch(/seller-page 25\.99 USD/);
+    // The timeline is in time order: ExecuteOrder, then the registration, then the webhook.
+    const executeAt = text.indexOf('on ExecuteOrder');
+    const webhookAt = text.indexOf('webhook received');
+    const succeededAt = text.indexOf('on PspSucceeded');
+    expect(executeAt).toBeLessThan(webhookAt);
+    expect(webhookAt).toBeLessThan(succeededAt);
+
+    const viaOrder = await adminFetch(stack, `/admin/orders/${order?.orderId}`);
+    expect(viaOrder.status).toBe(303);
+    expect(viaOrder.headers.get('location')).toBe(
+      `/admin/payments/${payment.paymentId}#${order?.orderId}`,
+    );
+    const wallet = await adminFetch(stack, '/admin/wallets/seller-page');
+    expect(wallet.html).toContain('25.99 USD');
+    const ledger = await adminFetch(stack, '/admin/ledger');
+    expect(ledger.html).toContain('(balanced)');
+    const missing = await adminFetch(stack, '/admin/payments/pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G');
+    expect(missing.status).toBe(404);
+  });
+});
+
+describe('dead letters', () => {
+  it('shows a dead-lettered order on its payment page and replays it with a reason, audited', async () => {
+    const { payment, orderId, deadLetterId } = await deadLetteredPayment(stack, 'buyer-dlq');
+    const target = `dead-letter:${deadLetterId}`;
+
+    const page = await adminFetch(stack, `/admin/payments/${payment.paymentId}`);
+    expect(page.html).toContain(`replay dead letter ${deadLetterId}`);
+    expect(page.html).toMatch(/dead-lettered after 3 attempt\(s\): <strong>RETRIES_EXHAUSTED/);
+
+    const list = await adminFetch(stack, '/admin/dead-letters');
+    expect(list.html).toContain(`data-dead-letter="${deadLetterId}"`);
+    expect(list.html).toContain(`href="/admin/dead-letters/${deadLetterId}/replay"`);
+
+    const confirm = await adminFetch(stack, `/admin/dead-letters/${deadLetterId}/replay`);
+    expect(confirm.status).toBe(200);
+    expect(confirm.html).toContain(`data-confirm="Replay dead letter ${deadLetterId}?"`);
+    expect(confirm.html).toMatch(/<textarea name="reason" required/);
+
+    const noReason = await adminFetch(stack, `/admin/dead-letters/${deadLetterId}/replay`, {
+      form: { reason: ' ' },
+    });
+    expect(noReason.status).toBe(400);
+    expect(noReason.html).toContain('reason: say why');
+    const stillOpen = await stack.settle.db
+      .selectFrom('dead_letter')
+      .select('state')
+      .where('id', '=', deadLetterId)
+      .executeTakeFirstOrThrow();
+    expect(stillOpen.state).toBe('OPEN');
+
+    const replayed = await adminFetch(stack, `/admin/dead-letters/${deadLetterId}/replay`, {
+      form: { reason: 'PSP outage is over (INC-42)' },
+    });
+    expect(replayed.status).toBe(303);
+    expect(replayed.headers.get('location')).toBe(
+      `/admin/dead-letters?state=ALL&done=replayed&id=${deadLetterId}`,
+    );
+    const audit = await auditRows(stack, target);
+    // A form without a reason is refused before anything is attempted, so only the replay is audited.
+    expect(audit.map((row) => [row.actor, row.action, row.outcome, row.reason])).toEqual([
+      ['tester', 'REPLAY_DEAD_LETTER', 'OK', 'PSP outage is over (INC-42)'],
+    ]);
+
+    // The replayed command went the normal way: the order is registered with the PSP.
+    await waitFor(
+      async () => {
+        const row = await stack.settle.db
+          .selectFrom('payment_order')
+          .select('checkout_url')
+          .where('id', '=', orderId)
+          .executeTakeFirst();
+        return row?.checkout_url !== null && row?.checkout_url !== undefined;
+      },
+      { what: 'the replayed order to be registered' },
+    );
+    const after = await adminFetch(stack, `/admin/payments/${payment.paymentId}`);
+    expect(after.html).toContain('admin REPLAY_DEAD_LETTER by tester (OK)');
+    expect(after.html).not.toContain(`replay dead letter ${deadLetterId}`);
+    const done = await adminFetch(
+      stack,
+      `/admin/dead-letters?state=ALL&done=replayed&id=${deadLetterId}`,
+    );
+    expect(done.html).toContain(`Dead letter ${deadLetterId} replayed.`);
+  });
+
+  it('discards with a reason; a discarded entry cannot be replayed and the refusal is audited', async () => {
+    const { deadLetterId } = await deadLetteredPayment(stack, 'buyer-dlq-discard');
+    const target = `dead-letter:${deadLetterId}`;
+    const discarded = await adminFetch(stack, `/admin/dead-letters/${deadLetterId}/discard`, {
+      form: { reason: 'duplicate of a refunded order' },
+    });
+    expect(discarded.status).toBe(303);
+    const row = await stack.settle.db
+      .selectFrom('dead_letter')
+      .select(['state', 'resolution_note'])
+      .where('id', '=', deadLetterId)
+      .executeTakeFirstOrThrow();
+    expect(row).toEqual({
+      state: 'DISCARDED',
+      resolution_note: 'discarded by tester: duplicate of a refunded order',
+    });
+
+    const replay = await adminFetch(stack, `/admin/dead-letters/${deadLetterId}/replay`, {
+      form: { reason: 'try anyway' },
+    });
+    expect(replay.status).toBe(409);
+    expect(replay.html).toContain('was discarded; it cannot be replayed');
+    expect((await auditRows(stack, target)).map((r) => `${r.action} ${r.outcome}`)).toEqual([
+      'DISCARD_DEAD_LETTER OK',
+      'REPLAY_DEAD_LETTER FAILED',
+    ]);
+    const list = await adminFetch(stack, '/admin/dead-letters?state=DISCARDED');
+    expect(list.html).toContain(`data-dead-letter="${deadLetterId}"`);
+    expect(list.html).not.toContain(`/admin/dead-letters/${deadLetterId}/replay`);
+  });
+});
+
+describe('operations and reconciliation', () => {
+  it('shows breaker, consumer lag, outbox, dead letters, actors and payments by state', async () => {
+    const snapshot = await operationsSnapshot({
+      db: stack.settle.db,
+      jsm: await (await import('@nats-io/jetstream')).jetstreamManager(stack.settle.nc),
+      names: stack.settle.names,
+      registry: stack.settle.registry,
+      psp: stack.settle.psp,
+      deadLetters: tableDeadLetters({
+        db: stack.settle.db,
+        wakeRelay: () => {},
+        now: () => new Date(),
+      }),
+      probeTimeoutMs: 2_000,
+    });
+    expect(snapshot.breaker).toBe('CLOSED');
+    expect(snapshot.consumer.ok).toBe(true);
+    expect(snapshot.outbox).toEqual({ ok: true, value: { pending: 0, oldestAgeMs: 0 } });
+
+    const { html } = await adminFetch(stack, '/admin/operations');
+    const text = html.replace(/<[^>]+>/g, ' ').replace(/\s+/g, ' ');
+    expect(text).toContain('PSP circuit breaker CLOSED');
+    expect(text).toMatch(/Pending \(not delivered\) \d+ Ack pending \d+ Redelivered \d+/);
+    expect(text).toContain(stack.settle.names.runtimeConsumer);
+    expect(text).toMatch(/Outbox Rows waiting \d+ Oldest/);
+    expect(text).toMatch(/Dead letters \S+ Open \d+ Kept \d+/);
+    expect(text).toMatch(/Live \d+ Mailbox depth \d+/);
+    expect(text).toContain('RETRY_BACKOFF_MS 100,100');
+  });
+
+  it('shows a clearly marked stub until reconciliation tables exist, then their rows', async () => {
+    const stub = await adminFetch(stack, '/admin/reconciliation');
+    expect(stub.html).toContain('id="reconciliation-stub"');
+    expect(stub.html).toContain('Reconciliation is not installed on this node yet.');
+
+    await sql`CREATE TABLE reconciliation_report_probe (
+      id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, file_name VARCHAR(64) NOT NULL,
+      mismatches INT NOT NULL, created_at DATETIME(3) NOT NULL)`.execute(stack.settle.db);
+    try {
+      await sql`INSERT INTO reconciliation_report_probe (file_name, mismatches, created_at)
+        VALUES ('settlement-<b>2025</b>.csv', 2, NOW(3))`.execute(stack.settle.db);
+      const page = await adminFetch(stack, '/admin/reconciliation');
+      expect(page.html).not.toContain('id="reconciliation-stub"');
+      expect(page.html).toContain('reconciliation_report_probe');
+      expect(page.html).toContain('settlement-&lt;b&gt;2025&lt;/b&gt;.csv');
+    } finally {
+      await sql`DROP TABLE reconciliation_report_probe`.execute(stack.settle.db);
+    }
+  });
+});

@@ -1,0 +1,79 @@
+/**
+ * Helpers shared by the admin panel tests: payments through the real gRPC API, a dead letter
+ * produced the way production produces one (the PSP mock fails every registration attempt), and
+ * HTTP calls to the panel with the admin token.
+ */
+import { randomUUID } from 'node:crypto';
+import type { Payment } from '../../src/grpc/generated/settle/v1/payment.js';
+import { call, waitFor, type Stack } from '../support/harness.js';
+
+export const ADMIN_TOKEN = 'test-admin-token-0123456789';
+
+export async function createPayment(
+  stack: Stack,
+  buyerId: string,
+  orders: Array<[seller: string, amountMinor: bigint]>,
+): Promise<Payment> {
+  const response = await call(stack.payments.createPayment.bind(stack.payments), {
+    requestId: randomUUID(),
+    buyerId,
+    currencyCode: 'USD',
+    orders: orders.map(([sellerId, amountMinor]) => ({ sellerId, amountMinor })),
+  });
+  if (response.payment === undefined) throw new Error('no payment in the response');
+  return response.payment;
+}
+
+/**
+ * A payment whose only order is dead-lettered with RETRIES_EXHAUSTED: the PSP mock fails as many
+ * registrations as there are deliveries. Needs a stack with RETRY_BACKOFF_MS of two short steps.
+ */
+export async function deadLetteredPayment(
+  stack: Stack,
+  buyerId: string,
+): Promise<{ payment: Payment; orderId: string; deadLetterId: string }> {
+  stack.psp.setBehavior({ failNextRegistrations: stack.config.RETRY_BACKOFF_MS.length + 1 });
+  const payment = await createPayment(stack, buyerId, [
+    [`seller-dlq-${randomUUID().slice(0, 8)}`, 700n],
+  ]);
+  const orderId = payment.orders[0]?.orderId ?? '';
+  const row = await waitFor(
+    () =>
+      stack.settle.db
+        .selectFrom('dead_letter')
+        .select(['id'])
+        .where('order_id', '=', orderId)
+        .executeTakeFirst(),
+    { what: `a dead letter for ${orderId}` },
+  );
+  return { payment, orderId, deadLetterId: row.id };
+}
+
+export async function adminFetch(
+  stack: Stack,
+  path: string,
+  init: { method?: string; form?: Record<string, string>; headers?: Record<string, string> } = {},
+): Promise<{ status: number; html: string; headers: Headers }> {
+  const response = await fetch(`${stack.settleHttp}${path}`, {
+    method: init.method ?? (init.form !== undefined ? 'POST' : 'GET'),
+    redirect: 'manual',
+    headers: {
+      authorization: `Bearer ${ADMIN_TOKEN}`,
+      'x-admin-actor': 'tester',
+      ...(init.form !== undefined ? { 'content-type': 'application/x-www-form-urlencoded' } : {}),
+      ...init.headers,
+    },
+    ...(init.form !== undefined ? { body: new URLSearchParams(init.form).toString() } : {}),
+    signal: AbortSignal.timeout(10_000),
+  });
+  return { status: response.status, html: await response.text(), headers: response.headers };
+}
+
+export async function auditRows(stack: Stack, target: string) {
+  return stack.settle.db
+    .selectFrom('admin_audit')
+    .selectAll()
+    .where('target', '=', target)
+    .orderBy('id')
+    .execute();
+}

@@ -1,0 +1,177 @@
+/**
+ * Goal: the `settle` command does what an operator needs from a terminal, against a real node:
+ * create/get/list/watch payments, wallet and trial balance, a payment's timeline, list and replay
+ * dead letters (audited with the operator's name and reason), tables by default and JSON with
+ * --json, and exit codes that tell usage errors (2) from server errors (1). Method: the CLI runs as
+ * a child process (`node bin/settle.js`, the package's bin, and once through `npm run settle`)
+ * against a startStack() node on MariaDB and NATS; its stdout, stderr and exit code are checked,
+ * and the database is checked for the audit row.
+ */
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CARD, payOnHostedPage, startStack, type Stack } from '../support/harness.js';
+import { ADMIN_TOKEN, auditRows, deadLetteredPayment } from '../admin/admin-support.js';
+
+const ROOT = path.resolve(import.meta.dirname, '../..');
+let stack: Stack;
+
+beforeAll(async () => {
+  stack = await startStack({ env: { ADMIN_TOKEN, RETRY_BACKOFF_MS: '100,100' } });
+});
+afterAll(async () => stack?.stop());
+
+type Run = { code: number; stdout: string; stderr: string };
+
+function settle(args: string[], env: Record<string, string> = {}, viaNpm = false): Promise<Run> {
+  const [command, argv] = viaNpm
+    ? ['npm', ['run', '-s', 'settle', '--', ...args]]
+    : [process.execPath, [path.join(ROOT, 'bin/settle.js'), ...args]];
+  return new Promise((resolve) => {
+    execFile(
+      command,
+      argv,
+      {
+        cwd: ROOT,
+        timeout: 30_000,
+        env: {
+          PATH: process.env.PATH ?? '',
+          HOME: process.env.HOME ?? '/tmp',
+          SETTLE_ADDR: `127.0.0.1:${stack.settle.grpcPort}`,
+          SETTLE_ACTOR: 'cli-tester',
+          ...env,
+        },
+      },
+      (error, stdout, stderr) => {
+        const code = error === null ? 0 : typeof error.code === 'number' ? error.code : -1;
+        resolve({ code, stdout, stderr });
+      },
+    );
+  });
+}
+
+describe('settle CLI', () => {
+  let paymentId = '';
+  let checkoutUrls: string[] = [];
+
+  it('creates a payment (--json) and shows it as a table', async () => {
+    const created = await settle([
+      'payment',
+      'create',
+      '--buyer',
+      'buyer-cli',
+      '--order',
+      'seller-cli-a=1999',
+      '--order',
+      'seller-cli-b=500',
+      '--json',
+    ]);
+    expect(created.stderr).toBe('');
+    expect(created.code).toBe(0);
+    const payment = JSON.parse(created.stdout) as {
+      paymentId: string;
+      amountMinor: string;
+      orders: Array<{ checkoutUrl: string }>;
+    };
+    paymentId = payment.paymentId;
+    expect(payment.amountMinor).toBe('2499');
+    checkoutUrls = payment.orders.map((order) => order.checkoutUrl);
+    expect(checkoutUrls.every((url) => url.startsWith('http'))).toBe(true);
+
+    const shown = await settle(['payment', 'get', paymentId]);
+    expect(shown.code).toBe(0);
+    expect(shown.stdout).toContain(`payment ${paymentId}  EXECUTING  24.99 USD  buyer buyer-cli`);
+    expect(shown.stdout).toMatch(/ORDER\s+SELLER\s+AMOUNT\s+STATE\s+CHECKOUT/);
+    expect(shown.stdout).toMatch(/seller-cli-a\s+19\.99 USD\s+EXECUTING\s+http/);
+
+    const listed = await settle(['payments', 'list', '--buyer', 'buyer-cli'], {}, true);
+    expect(listed.code).toBe(0);
+    expect(listed.stdout).toMatch(
+      new RegExp(`${paymentId}\\s+\\S+ \\S+\\s+buyer-cli\\s+EXECUTING\\s+24\\.99 USD\\s+2`),
+    );
+  });
+
+  it('watches the payment to the end while the buyer pays', async () => {
+    const watching = settle(['payment', 'watch', paymentId]);
+    for (const url of checkoutUrls)
+      expect((await payOnHostedPage(url, CARD.success)).status).toBe(200);
+    const watched = await watching;
+    expect(watched.code).toBe(0);
+    const lines = watched.stdout.trim().split('\n');
+    expect(lines[lines.length - 1]).toMatch(
+      /SUCCEEDED {2}seller-cli-a=SUCCEEDED seller-cli-b=SUCCEEDED$/,
+    );
+  });
+
+  it('prints a wallet, the trial balance and the payment timeline', async () => {
+    const wallet = await settle(['wallet', 'seller-cli-a']);
+    expect(wallet.stdout).toMatch(/seller-cli-a\s+19\.99 USD/);
+    const balance = await settle(['trial-balance']);
+    expect(balance.code).toBe(0);
+    expect(balance.stdout).toMatch(/psp_receivable\s+24\.99 USD\s+0\.00 USD\s+24\.99 USD/);
+    expect(balance.stdout).toContain('balanced: yes');
+    const json = JSON.parse((await settle(['trial-balance', '--json'])).stdout) as {
+      balanced: boolean;
+    };
+    expect(json.balanced).toBe(true);
+
+    const timeline = await settle(['payment', 'timeline', paymentId], { ADMIN_TOKEN });
+    expect(timeline.code).toBe(0);
+    expect(timeline.stdout).toMatch(/NOT_STARTED\s+EXECUTING\s+ExecuteOrder/);
+    expect(timeline.stdout).toMatch(/EXECUTING\s+SUCCEEDED\s+PspSucceeded/);
+  });
+
+  it('lists and replays a dead letter through AdminService, audited with name and reason', async () => {
+    const { orderId, deadLetterId } = await deadLetteredPayment(stack, 'buyer-cli-dlq');
+    const refused = await settle(['dlq', 'list']);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain('UNAUTHENTICATED');
+
+    const listed = await settle(['dlq', 'list', '--json'], { ADMIN_TOKEN });
+    expect(listed.code).toBe(0);
+    const letters = (
+      JSON.parse(listed.stdout) as { deadLetters: Array<{ id: string; orderId: string }> }
+    ).deadLetters;
+    expect(letters).toContainEqual(expect.objectContaining({ id: deadLetterId, orderId }));
+
+    const noReason = await settle(['dlq', 'replay', deadLetterId], { ADMIN_TOKEN });
+    expect(noReason.code).toBe(2);
+    expect(noReason.stderr).toContain('needs --reason');
+
+    const replayed = await settle(
+      ['dlq', 'replay', deadLetterId, '--reason', 'PSP is back: INC-7 ✓'],
+      {
+        ADMIN_TOKEN,
+      },
+    );
+    expect(replayed.stderr).toBe('');
+    expect(replayed.code).toBe(0);
+    expect(replayed.stdout).toMatch(
+      new RegExp(`${deadLetterId}\\s+\\S+ \\S+\\s+REPLAYED\\s+${orderId}`),
+    );
+    const [audit] = await auditRows(stack, `dead-letter:${deadLetterId}`);
+    expect(audit).toMatchObject({
+      actor: 'grpc:cli-tester',
+      action: 'REPLAY_DEAD_LETTER',
+      reason: 'PSP is back: INC-7 ✓',
+      outcome: 'OK',
+    });
+  });
+
+  it('exits 2 on usage errors and 1 with the gRPC code on server errors', async () => {
+    const usage = await settle(['payment', 'create', '--buyer', 'b', '--order', 'seller=12.50']);
+    expect(usage.code).toBe(2);
+    expect(usage.stderr).toContain("--order 'seller=12.50' must look like seller-id=1999");
+    const unknown = await settle(['--bogus']);
+    expect(unknown.code).toBe(2);
+    const invalid = await settle(['payment', 'get', 'pay_nope']);
+    expect(invalid.code).toBe(1);
+    expect(invalid.stderr).toMatch(/^settle: INVALID_ARGUMENT: payment_id/);
+    const reconcile = await settle(['reconcile']);
+    expect(reconcile.code).toBe(1);
+    expect(reconcile.stderr).toContain('reconciliation is not available in this build');
+    const help = await settle(['--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain('Usage: settle');
+  });
+});

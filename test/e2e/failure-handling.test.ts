@@ -1,0 +1,270 @@
+/**
+ * Goal: failures are retried with exponential backoff (at most 5 retries) through JetStream,
+ * then dead-lettered with their reason; non-retryable failures are never retried; operators can
+ * replay or discard dead letters safely; while the PSP breaker is open orders stay EXECUTING.
+ * Method: a real stack with short backoff steps; the PSP mock is told to fail; outcomes are read
+ * from MySQL (dead_letter, transition history with timestamps) and through AdminService.
+ */
+import { randomUUID } from 'node:crypto';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import * as grpc from '@grpc/grpc-js';
+import { sql } from 'kysely';
+import { AdminServiceClient, DeadLetterState } from '../../src/grpc/generated/settle/v1/admin.js';
+import { PaymentOrderState } from '../../src/grpc/generated/settle/v1/payment.js';
+import { signWebhook } from '../../src/psp/webhook.js';
+import type { PspClient } from '../../src/psp/client.js';
+import {
+  call,
+  callError,
+  expectMoneyInvariants,
+  startStack,
+  waitFor,
+  type Stack,
+} from '../support/harness.js';
+
+const BACKOFF_MS = [100, 200, 400, 800, 1600];
+let stack: Stack;
+let admin: AdminServiceClient;
+
+beforeAll(async () => {
+  stack = await startStack({
+    env: {
+      RETRY_BACKOFF_MS: BACKOFF_MS.join(','),
+      CREATE_WAIT_MS: '0',
+      PSP_BREAKER_RESET_MS: '300',
+      PSP_BREAKER_VOLUME_THRESHOLD: '3',
+    },
+  });
+  admin = new AdminServiceClient(
+    `127.0.0.1:${stack.settle.grpcPort}`,
+    grpc.credentials.createInsecure(),
+  );
+});
+afterAll(async () => {
+  admin?.close();
+  await stack?.stop();
+});
+afterEach(async () => {
+  stack.psp.setBehavior({ errorRate: 0, failNextRegistrations: 0 });
+  await expectMoneyInvariants(stack.settle.db);
+});
+
+async function createOrder(amountMinor = 1000n): Promise<{ paymentId: string; orderId: string }> {
+  const created = await call(stack.payments.createPayment.bind(stack.payments), {
+    requestId: randomUUID(),
+    buyerId: 'buyer-failures',
+    currencyCode: 'USD',
+    orders: [{ sellerId: `seller-${randomUUID()}`, amountMinor }],
+  });
+  return {
+    paymentId: created.payment?.paymentId ?? '',
+    orderId: created.payment?.orders[0]?.orderId ?? '',
+  };
+}
+
+async function deadLetterOf(orderId: string) {
+  const { deadLetters } = await call(admin.listDeadLetters.bind(admin), {
+    pageSize: 10,
+    pageToken: '',
+    state: 0,
+    orderId,
+  });
+  return deadLetters[0];
+}
+
+async function orderState(paymentId: string) {
+  const { payment } = await call(stack.payments.getPayment.bind(stack.payments), { paymentId });
+  return payment?.orders[0];
+}
+
+describe('retries and dead letters', () => {
+  it('retries a failing PSP call 5 times with growing delays, then dead-letters it; replay finishes it', async () => {
+    stack.psp.setBehavior({ failNextRegistrations: 1_000 });
+    const { paymentId, orderId } = await createOrder();
+    const dead = await waitFor(() => deadLetterOf(orderId), {
+      timeoutMs: 20_000,
+      what: 'the dead letter',
+    });
+    expect(dead.reason).toBe('RETRIES_EXHAUSTED');
+    expect(dead.attempts).toBe(6); // the first delivery + 5 retries
+    expect(dead.lastError).toMatch(/unavailable|injected/i);
+    expect(dead.state).toBe(DeadLetterState.DEAD_LETTER_STATE_OPEN);
+    expect(JSON.parse(dead.payload)).toEqual({ type: 'ExecuteOrder', orderId });
+
+    // Every attempt is in the timeline; the gaps follow the backoff (±20 % jitter, plus work).
+    const failures = (
+      await sql<{ created_at: Date }>`SELECT created_at FROM payment_order_transition
+        WHERE order_id = ${orderId} AND event_type = 'PspRegistrationFailed' ORDER BY id`.execute(
+        stack.settle.db,
+      )
+    ).rows.map((row) => row.created_at.getTime());
+    expect(failures).toHaveLength(6);
+    const gaps = failures.slice(1).map((t, i) => t - (failures[i] ?? 0));
+    gaps.forEach((gap, i) => {
+      expect(gap).toBeGreaterThanOrEqual((BACKOFF_MS[i] ?? 0) * 0.8 - 5);
+      expect(gap).toBeLessThan((BACKOFF_MS[i] ?? 0) * 1.2 + 1_000);
+    });
+    // Never failed for a PSP outage: still EXECUTING, waiting.
+    expect((await orderState(paymentId))?.state).toBe(
+      PaymentOrderState.PAYMENT_ORDER_STATE_EXECUTING,
+    );
+
+    stack.psp.setBehavior({ failNextRegistrations: 0 });
+    const replayed = await call(admin.replayDeadLetter.bind(admin), { id: dead.id });
+    expect(replayed.deadLetter?.state).toBe(DeadLetterState.DEAD_LETTER_STATE_REPLAYED);
+    const order = await waitFor(async () => {
+      const o = await orderState(paymentId);
+      return o?.checkoutUrl ? o : undefined;
+    });
+    expect(order.pspToken).toMatch(/^tok_/);
+    // Replaying again does no harm: same entry, same token, no second registration.
+    const again = await call(admin.replayDeadLetter.bind(admin), { id: dead.id });
+    expect(again.deadLetter?.state).toBe(DeadLetterState.DEAD_LETTER_STATE_REPLAYED);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect((await orderState(paymentId))?.pspToken).toBe(order.pspToken);
+    const discard = await callError(admin.discardDeadLetter.bind(admin), {
+      id: dead.id,
+      reason: 'too late',
+    });
+    expect(discard.code).toBe(grpc.status.FAILED_PRECONDITION);
+  });
+
+  it('never retries a non-retryable failure: dead-lettered after one attempt, then discarded', async () => {
+    const { orderId } = await createOrder(1234n);
+    await waitFor(
+      async () =>
+        (
+          await sql<{
+            n: string;
+          }>`SELECT COUNT(*) AS n FROM payment_order WHERE id = ${orderId} AND psp_token IS NOT NULL`.execute(
+            stack.settle.db,
+          )
+        ).rows[0]?.n === '1',
+    );
+    // The PSP claims a charge of another amount: the machine refuses it (illegal transition).
+    const nowS = Math.floor(Date.now() / 1000);
+    const body = JSON.stringify({
+      id: `evt_${randomUUID()}`,
+      type: 'payment.succeeded',
+      created: nowS,
+      data: {
+        nonce: orderId,
+        token: 'tok_x',
+        psp_reference: 'psp_wrong',
+        amount_minor: '9999',
+        currency: 'USD',
+        decline_code: null,
+      },
+    });
+    const response = await fetch(`${stack.settleHttp}/webhooks/psp`, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        'psp-signature': signWebhook(stack.config.PSP_WEBHOOK_SECRET, body, nowS),
+      },
+      body,
+    });
+    expect(response.status).toBe(200);
+    const dead = await waitFor(() => deadLetterOf(orderId), { what: 'the dead letter' });
+    expect(dead.reason).toBe('NON_RETRYABLE');
+    expect(dead.attempts).toBe(1);
+    expect(dead.lastError).toMatch(/charged 9999 but the order is for 1234/);
+    const noReason = await callError(admin.discardDeadLetter.bind(admin), {
+      id: dead.id,
+      reason: ' ',
+    });
+    expect(noReason.code).toBe(grpc.status.INVALID_ARGUMENT);
+    const discarded = await call(admin.discardDeadLetter.bind(admin), {
+      id: dead.id,
+      reason: 'PSP confirmed a data error',
+    });
+    expect(discarded.deadLetter?.state).toBe(DeadLetterState.DEAD_LETTER_STATE_DISCARDED);
+    expect(discarded.deadLetter?.resolutionNote).toMatch(/PSP confirmed a data error/);
+    const replay = await callError(admin.replayDeadLetter.bind(admin), { id: dead.id });
+    expect(replay.code).toBe(grpc.status.FAILED_PRECONDITION);
+    const missing = await callError(admin.replayDeadLetter.bind(admin), { id: '999999999' });
+    expect(missing.code).toBe(grpc.status.NOT_FOUND);
+  });
+
+  it('keeps orders EXECUTING while the PSP breaker is open, and finishes them when it closes', async () => {
+    stack.psp.setBehavior({ errorRate: 1 });
+    const { paymentId } = await createOrder();
+    const psp = stack.settle.psp as PspClient;
+    await waitFor(async () => psp.breakerState() === 'OPEN', { what: 'the breaker to open' });
+    expect((await orderState(paymentId))?.state).toBe(
+      PaymentOrderState.PAYMENT_ORDER_STATE_EXECUTING,
+    );
+    stack.psp.setBehavior({ errorRate: 0 });
+    const order = await waitFor(
+      async () => {
+        const o = await orderState(paymentId);
+        return o?.checkoutUrl ? o : undefined;
+      },
+      { timeoutMs: 20_000, what: 'registration after the breaker closes' },
+    );
+    expect(order.state).toBe(PaymentOrderState.PAYMENT_ORDER_STATE_EXECUTING);
+    expect(psp.breakerState()).toBe('CLOSED');
+  });
+
+  it('ignores a decline that arrives after the success (out of order): one ledger transaction, still SUCCEEDED', async () => {
+    const { paymentId, orderId } = await createOrder(2500n);
+    const registered = await waitFor(async () => {
+      const o = await orderState(paymentId);
+      return o?.pspToken ? o : undefined;
+    });
+    await call(stack.pspApi.payWithCard.bind(stack.pspApi), {
+      token: registered.pspToken,
+      cardNumber: '4242424242424242',
+    });
+    await waitFor(
+      async () =>
+        (await orderState(paymentId))?.state === PaymentOrderState.PAYMENT_ORDER_STATE_SUCCEEDED,
+    );
+    const nowS = Math.floor(Date.now() / 1000);
+    const body = JSON.stringify({
+      id: `evt_${randomUUID()}`,
+      type: 'payment.declined',
+      created: nowS,
+      data: {
+        nonce: orderId,
+        token: registered.pspToken,
+        psp_reference: null,
+        amount_minor: '2500',
+        currency: 'USD',
+        decline_code: 'card_declined',
+      },
+    });
+    const response = await fetch(`${stack.settleHttp}/webhooks/psp`, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        'psp-signature': signWebhook(stack.config.PSP_WEBHOOK_SECRET, body, nowS),
+      },
+      body,
+    });
+    expect(response.status).toBe(200);
+    await waitFor(
+      async () =>
+        Number(
+          (await sql<{ n: string }>`SELECT COUNT(*) AS n FROM outbox`.execute(stack.settle.db))
+            .rows[0]?.n,
+        ) === 0,
+    );
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const after = await orderState(paymentId);
+    expect(after?.state).toBe(PaymentOrderState.PAYMENT_ORDER_STATE_SUCCEEDED);
+    expect(after?.failureReason).toBe('');
+    expect(
+      Number(
+        (
+          await sql<{
+            n: string;
+          }>`SELECT COUNT(*) AS n FROM ledger_transaction WHERE order_id = ${orderId}`.execute(
+            stack.settle.db,
+          )
+        ).rows[0]?.n,
+      ),
+    ).toBe(1);
+    expect(await deadLetterOf(orderId)).toBeUndefined();
+  });
+});

@@ -1,0 +1,104 @@
+/**
+ * Goal: several runtime nodes share the work through JetStream without ever doing it twice.
+ * Method: two Settle nodes on one database and one namespace (one durable consumer between them)
+ * plus the PSP mock paying every registration automatically; payments are created on both
+ * nodes, and the outcome is checked from MySQL and from the PSP mock's own charge records.
+ */
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as grpc from '@grpc/grpc-js';
+import { sql } from 'kysely';
+import { startSettle, type SettleNode } from '../../src/app.js';
+import { PaymentServiceClient, PaymentState } from '../../src/grpc/generated/settle/v1/payment.js';
+import { loadConfig } from '../../src/config.js';
+import {
+  call,
+  expectMoneyInvariants,
+  freePort,
+  startStack,
+  waitFor,
+  type Stack,
+} from '../support/harness.js';
+
+let stack: Stack;
+let nodeB: SettleNode;
+let clientB: PaymentServiceClient;
+
+beforeAll(async () => {
+  stack = await startStack({ env: { CREATE_WAIT_MS: '0' } });
+  const [grpcPort, httpPort] = await Promise.all([freePort(), freePort()]);
+  const env = Object.fromEntries(
+    Object.entries(stack.config).map(([key, value]) => [
+      key,
+      typeof value === 'object' && value !== null && 'host' in value
+        ? `${String(value.host)}:${String(value.port)}`
+        : Array.isArray(value)
+          ? value.join(',')
+          : String(value),
+    ]),
+  );
+  const config = loadConfig({
+    ...env,
+    SETTLE_GRPC_ADDR: `127.0.0.1:${grpcPort}`,
+    SETTLE_HTTP_ADDR: `127.0.0.1:${httpPort}`,
+  });
+  nodeB = await startSettle(config, { nodeName: 'test-node-b' });
+  clientB = new PaymentServiceClient(
+    `127.0.0.1:${nodeB.grpcPort}`,
+    grpc.credentials.createInsecure(),
+  );
+  stack.psp.setBehavior({ autoPayCard: '4242424242424242' });
+});
+afterAll(async () => {
+  clientB?.close();
+  await nodeB?.stop();
+  await stack?.stop();
+});
+
+describe('two nodes', () => {
+  it('complete every order exactly once, whichever node created it', async () => {
+    const ids: string[] = [];
+    for (let i = 0; i < 30; i += 1) {
+      const client = i % 2 === 0 ? stack.payments : clientB;
+      const response = await call(client.createPayment.bind(client), {
+        requestId: randomUUID(),
+        buyerId: `buyer-${i}`,
+        currencyCode: 'USD',
+        orders: [
+          { sellerId: 'seller-shared', amountMinor: 100n + BigInt(i) },
+          { sellerId: `seller-${i}`, amountMinor: 50n },
+        ],
+      });
+      ids.push(response.payment?.paymentId ?? '');
+    }
+    await waitFor(
+      async () => {
+        const result = await sql<{
+          n: string;
+        }>`SELECT COUNT(*) AS n FROM payment WHERE state = 'SUCCEEDED'`.execute(stack.settle.db);
+        return Number(result.rows[0]?.n) === ids.length;
+      },
+      { timeoutMs: 30_000, what: 'all payments to succeed' },
+    );
+    for (const paymentId of ids.slice(0, 3)) {
+      const { payment } = await call(clientB.getPayment.bind(clientB), { paymentId });
+      expect(payment?.state).toBe(PaymentState.PAYMENT_STATE_SUCCEEDED);
+    }
+    const perOrder = await sql<{ order_id: string; n: string }>`
+      SELECT o.id AS order_id, COUNT(t.id) AS n FROM payment_order o
+      LEFT JOIN ledger_transaction t ON t.order_id = o.id GROUP BY o.id`.execute(stack.settle.db);
+    expect(perOrder.rows).toHaveLength(60);
+    expect(perOrder.rows.every((row) => row.n === '1')).toBe(true);
+    const { charges } = await call(stack.pspApi.listCharges.bind(stack.pspApi), { nonce: '' });
+    const chargesPerNonce = new Map<string, number>();
+    for (const charge of charges)
+      chargesPerNonce.set(charge.nonce, (chargesPerNonce.get(charge.nonce) ?? 0) + 1);
+    expect(chargesPerNonce.size).toBe(60);
+    expect([...chargesPerNonce.values()].every((n) => n === 1)).toBe(true);
+    const wallet = await call(stack.wallets.getWallet.bind(stack.wallets), {
+      sellerId: 'seller-shared',
+    });
+    expect(wallet.wallet?.balanceMinor).toBe(BigInt(30 * 100 + (29 * 30) / 2));
+    await expectMoneyInvariants(stack.settle.db);
+  });
+});

@@ -1,0 +1,61 @@
+/**
+ * Goal: log lines never carry secrets or card numbers: keys such as card_number, token, secret,
+ * authorization, cookie and ADMIN_TOKEN are redacted at any of the first three levels, and card-like
+ * digit runs in messages are masked to their last four digits. Method: a real pino logger from
+ * createLogger writing into an in-memory destination; every line is parsed as JSON and searched
+ * for the raw values.
+ */
+import { describe, expect, it } from 'vitest';
+import { createLogger, maskCardNumbers } from '../../src/observability/logger.js';
+
+function capture() {
+  const lines: string[] = [];
+  const logger = createLogger(
+    { level: 'info', name: 'settle' },
+    { write: (line) => lines.push(line) },
+  );
+  return { logger, lines, text: () => lines.join('') };
+}
+
+const CARD = '4242424242424242';
+const TOKEN = 'admin-token-that-must-not-leak-1234';
+const SECRET = 'whsec_do_not_log_me_9876';
+
+describe('log redaction', () => {
+  it('redacts secret keys at the top level and nested, in objects and in request headers', () => {
+    const { logger, lines, text } = capture();
+    logger.info(
+      {
+        card_number: CARD,
+        cardNumber: CARD,
+        ADMIN_TOKEN: TOKEN,
+        PSP_WEBHOOK_SECRET: SECRET,
+        token: TOKEN,
+        request: { headers: { authorization: `Bearer ${TOKEN}`, cookie: `settle_admin=${TOKEN}` } },
+        config: { secret: SECRET, password: SECRET },
+        response: { 'set-cookie': `settle_admin=${TOKEN}` },
+      },
+      'an event with secrets',
+    );
+    expect(lines).toHaveLength(1);
+    const parsed = JSON.parse(lines[0] ?? '{}');
+    expect(parsed.card_number).toBe('[redacted]');
+    expect(parsed.request.headers.authorization).toBe('[redacted]');
+    expect(parsed.request.headers.cookie).toBe('[redacted]');
+    expect(parsed.config.secret).toBe('[redacted]');
+    expect(parsed.response['set-cookie']).toBe('[redacted]');
+    expect(text()).not.toContain(CARD);
+    expect(text()).not.toContain(TOKEN);
+    expect(text()).not.toContain(SECRET);
+  });
+
+  it('masks card numbers in messages, keeping the last four digits', () => {
+    const { logger, text } = capture();
+    logger.warn(`PSP said card ${CARD} and 4000 0000 0000 0002 were used`);
+    expect(text()).not.toContain(CARD);
+    expect(text()).not.toContain('4000 0000 0000 0002');
+    expect(text()).toContain('****4242');
+    expect(text()).toContain('****0002');
+    expect(maskCardNumbers('order 12345 of 3 items')).toBe('order 12345 of 3 items');
+  });
+});

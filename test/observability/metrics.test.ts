@@ -1,0 +1,205 @@
+/**
+ * Goal: /metrics exposes what an operator alerts on, with the usual names: gRPC calls by method
+ * and code with latency histograms, payments by state, PSP call latency and breaker state,
+ * retries and dead letters, outbox lag, JetStream consumer pending, actors and mailbox depth; each
+ * node has its own registry; every gRPC call writes one log line with method, code, ms and request
+ * id, keyed by payment id. Method: a real stack with a capturing logger and short retry backoff;
+ * the PSP mock fails registrations on purpose to produce retries and a dead letter; /metrics is
+ * scraped over HTTP and parsed line by line.
+ */
+import { randomUUID } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../../src/observability/logger.js';
+import { createMetrics } from '../../src/observability/metrics.js';
+import { call, callError, startStack, waitFor, type Stack } from '../support/harness.js';
+
+let stack: Stack;
+const lines: string[] = [];
+
+beforeAll(async () => {
+  stack = await startStack({
+    env: { RETRY_BACKOFF_MS: '100,100', CREATE_WAIT_MS: '2000' },
+    overrides: {
+      logger: createLogger(
+        { level: 'info', name: 'settle' },
+        { write: (line) => lines.push(line) },
+      ),
+    },
+  });
+});
+afterAll(async () => stack?.stop());
+
+async function scrape(): Promise<string> {
+  const response = await fetch(`${stack.settleHttp}/metrics`, {
+    signal: AbortSignal.timeout(10_000),
+  });
+  expect(response.status).toBe(200);
+  expect(response.headers.get('content-type')).toContain('text/plain');
+  return response.text();
+}
+
+/** The value of one sample, found by its name and exact label set; undefined when absent. */
+function sample(
+  text: string,
+  name: string,
+  labels: Record<string, string> = {},
+): number | undefined {
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (match === null || match[1] !== name) continue;
+    const found: Record<string, string> = {};
+    for (const pair of (match[2] ?? '').matchAll(/([a-zA-Z_]+)="([^"]*)"/g)) {
+      found[pair[1] ?? ''] = pair[2] ?? '';
+    }
+    if (
+      Object.keys(found).length === Object.keys(labels).length &&
+      Object.entries(labels).every(([key, value]) => found[key] === value)
+    ) {
+      return Number(match[3]);
+    }
+  }
+  return undefined;
+}
+
+const PAYMENTS = 'settle.v1.PaymentService';
+
+describe('metrics and request logs', () => {
+  let paymentId = '';
+
+  it('counts gRPC calls by method and code, with a latency histogram', async () => {
+    const created = await call(stack.payments.createPayment.bind(stack.payments), {
+      requestId: randomUUID(),
+      buyerId: 'buyer-metrics',
+      currencyCode: 'USD',
+      orders: [{ sellerId: 'seller-metrics', amountMinor: 1234n }],
+    });
+    paymentId = created.payment?.paymentId ?? '';
+    const bad = await callError(stack.payments.createPayment.bind(stack.payments), {
+      requestId: 'not-a-uuid',
+      buyerId: 'buyer-metrics',
+      currencyCode: 'USD',
+      orders: [],
+    });
+    expect(bad.code).toBe(grpc.status.INVALID_ARGUMENT);
+    const missing = await callError(stack.payments.getPayment.bind(stack.payments), {
+      paymentId: 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G',
+    });
+    expect(missing.code).toBe(grpc.status.NOT_FOUND);
+
+    const text = await scrape();
+    const labels = (method: string, code: string) => ({
+      grpc_type: 'unary',
+      grpc_service: PAYMENTS,
+      grpc_method: method,
+      grpc_code: code,
+    });
+    expect(sample(text, 'grpc_server_handled_total', labels('CreatePayment', 'OK'))).toBe(1);
+    expect(
+      sample(text, 'grpc_server_handled_total', labels('CreatePayment', 'INVALID_ARGUMENT')),
+    ).toBe(1);
+    expect(sample(text, 'grpc_server_handled_total', labels('GetPayment', 'NOT_FOUND'))).toBe(1);
+    const histogram = { grpc_type: 'unary', grpc_service: PAYMENTS, grpc_method: 'CreatePayment' };
+    expect(sample(text, 'grpc_server_handling_seconds_count', histogram)).toBe(2);
+    expect(sample(text, 'grpc_server_handling_seconds_bucket', { ...histogram, le: '+Inf' })).toBe(
+      2,
+    );
+    expect(sample(text, 'grpc_server_handling_seconds_sum', histogram)).toBeGreaterThan(0);
+  });
+
+  it('writes one log line per gRPC call with method, code, ms, request id and payment id', () => {
+    const calls = lines
+      .map((line) => JSON.parse(line))
+      .filter((entry) => entry.grpcMethod !== undefined);
+    const created = calls.filter((entry) => entry.grpcMethod === 'CreatePayment');
+    expect(created).toHaveLength(2);
+    const ok = created.find((entry) => entry.grpcCode === 'OK');
+    expect(ok).toMatchObject({ grpcService: PAYMENTS, paymentId, level: 'info' });
+    expect(typeof ok.ms).toBe('number');
+    expect(ok.requestId).toMatch(/^[0-9a-f-]{36}$/);
+    expect(created.find((entry) => entry.grpcCode === 'INVALID_ARGUMENT')).toBeDefined();
+    const notFound = calls.find((entry) => entry.grpcMethod === 'GetPayment');
+    expect(notFound).toMatchObject({
+      grpcCode: 'NOT_FOUND',
+      paymentId: 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G',
+    });
+    // The same payment id keys the transition lines, so one grep finds the whole story.
+    expect(lines.some((line) => line.includes(paymentId) && line.includes('ExecuteOrder'))).toBe(
+      true,
+    );
+  });
+
+  it('exports payments by state, transitions, PSP latency, breaker, outbox, consumer and actors', async () => {
+    const text = await waitFor(async () => {
+      const scraped = await scrape();
+      return sample(scraped, 'settle_payments', { state: 'EXECUTING' }) === 1 ? scraped : undefined;
+    });
+    expect(
+      sample(text, 'settle_payment_order_transitions_total', {
+        from: 'NOT_STARTED',
+        to: 'EXECUTING',
+        event: 'ExecuteOrder',
+      }),
+    ).toBe(1);
+    expect(sample(text, 'settle_psp_call_seconds_count', { op: 'register', outcome: 'ok' })).toBe(
+      1,
+    );
+    expect(sample(text, 'settle_psp_breaker_state', { state: 'CLOSED' })).toBe(1);
+    expect(sample(text, 'settle_psp_breaker_state', { state: 'OPEN' })).toBe(0);
+    expect(sample(text, 'settle_outbox_pending')).toBe(0);
+    expect(sample(text, 'settle_outbox_oldest_age_seconds')).toBe(0);
+    expect(sample(text, 'settle_jetstream_consumer_pending')).toBe(0);
+    expect(sample(text, 'settle_jetstream_consumer_ack_pending')).toBe(0);
+    expect(sample(text, 'settle_jetstream_consumer_redelivered')).toBe(0);
+    expect(sample(text, 'settle_actors')).toBe(stack.settle.registry.size);
+    expect(sample(text, 'settle_actor_mailbox_depth')).toBe(0);
+    expect(sample(text, 'settle_probe_up', { probe: 'jetstream_consumer' })).toBe(1);
+    expect(sample(text, 'process_cpu_seconds_total')).toBeGreaterThan(0);
+  });
+
+  it('counts retries and dead letters when the PSP keeps failing', async () => {
+    stack.psp.setBehavior({ failNextRegistrations: 3 });
+    await call(stack.payments.createPayment.bind(stack.payments), {
+      requestId: randomUUID(),
+      buyerId: 'buyer-metrics',
+      currencyCode: 'USD',
+      orders: [{ sellerId: 'seller-metrics-dlq', amountMinor: 99n }],
+    });
+    const text = await waitFor(
+      async () => {
+        const scraped = await scrape();
+        return sample(scraped, 'settle_dead_letters_open') === 1 ? scraped : undefined;
+      },
+      { what: 'a dead letter in /metrics' },
+    );
+    expect(sample(text, 'settle_command_retries_total')).toBe(2);
+    expect(sample(text, 'settle_dead_letters_total', { reason: 'RETRIES_EXHAUSTED' })).toBe(1);
+    expect(sample(text, 'settle_dead_letters_stored')).toBe(1);
+    expect(
+      sample(text, 'settle_psp_call_seconds_count', { op: 'register', outcome: 'error' }),
+    ).toBe(3);
+  });
+
+  it('keeps each node’s metrics in its own registry', () => {
+    const a = createMetrics();
+    const b = createMetrics();
+    a.retry();
+    a.grpcCall({ service: PAYMENTS, method: 'GetPayment', type: 'unary', code: 'OK', ms: 3 });
+    expect(a.registry.getSingleMetric('settle_command_retries_total')).not.toBe(
+      b.registry.getSingleMetric('settle_command_retries_total'),
+    );
+    return Promise.all([a.render(), b.render()]).then(([textA, textB]) => {
+      expect(sample(textA.body, 'settle_command_retries_total')).toBe(1);
+      expect(sample(textB.body, 'settle_command_retries_total')).toBe(0);
+      expect(
+        sample(textB.body, 'grpc_server_handled_total', {
+          grpc_type: 'unary',
+          grpc_service: PAYMENTS,
+          grpc_method: 'GetPayment',
+          grpc_code: 'OK',
+        }),
+      ).toBeUndefined();
+    });
+  });
+});
