@@ -21,7 +21,7 @@ import {
 import { parseMysqlUrl } from '../src/storage/db.js';
 import { sleep } from './stack.js';
 
-const POLL_MS = 5;
+const POLL_MS = 10;
 const POLL_IDS_MAX = 2_000;
 /** A payment not terminal this long after its creation counts as timed out. */
 export const TERMINAL_TIMEOUT_MS = 60_000;
