@@ -864,6 +864,23 @@ function report(
   );
   if (hot !== undefined)
     out.push(`hot seller / spread: ${pct(hot.ordersPerS / spread.ordersPerS)}`);
+  // Noise-robust view: the rate if the processes doing this work had every core to themselves.
+  const cores = cpus().length;
+  const capacity = (cpuMsPerOrder: number) => (cores * 1000) / Math.max(0.001, cpuMsPerOrder);
+  const perOrder = (phase: LoadPhase, names: string[]) =>
+    names.reduce((sum, name) => sum + (phase.usage.cpuMs[name] ?? 0), 0) /
+    Math.max(1, phase.orders);
+  const ceilingCpu =
+    (ceiling.spread.cpuMs + ceiling.spread.mariadbCpuMs) / Math.max(1, ceiling.spread.orders);
+  const pipeline = ['settle', 'psp-mock', 'mariadbd', 'nats-server', 'bench'];
+  out.push(
+    `CPU-derived capacity on ${cores} cores (1 000 ms of CPU per core-second / CPU ms per order; ` +
+      `mariadbd's CPU includes other users' queries, so these are lower bounds): ` +
+      `ceiling ${f0(capacity(ceilingCpu))} orders/s (script + mariadbd); ` +
+      `Settle spread ${f0(capacity(perOrder(spread, pipeline)))} orders/s with the PSP mock and the ` +
+      `load generator, ${f0(capacity(perOrder(spread, ['settle', 'mariadbd', 'nats-server'])))} ` +
+      `without them; Settle alone (one event loop) ${f0(1000 / Math.max(0.001, perOrder(spread, ['settle'])))} orders/s`,
+  );
   const noise: Array<[string, number]> = [
     ['ceiling', ceiling.spread.otherCpuMs / Math.max(1, ceiling.spread.elapsedMs * cpus().length)],
     ...[spread, half, hot]

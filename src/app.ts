@@ -257,6 +257,7 @@ export async function startSettle(
       events,
       wakeRelay: () => relay.wake(),
       createWaitMs: config.CREATE_WAIT_MS,
+      idempotencyLeaseMs: config.IDEMPOTENCY_LEASE_MS,
       now,
       groupCommit: groupCommit('creations'),
     });
@@ -429,6 +430,11 @@ export async function startSettle(
       },
       'settle node ready',
     );
+    if (config.ADMIN_TOKEN === undefined) {
+      logger.warn(
+        'ADMIN_TOKEN is not set: AdminService (dead letters, timelines) is open to anyone who can reach the gRPC port and the admin panel is closed; set ADMIN_TOKEN outside local development',
+      );
+    }
     return {
       config,
       grpcPort,

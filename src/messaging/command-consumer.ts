@@ -54,6 +54,7 @@ export class CommandConsumer {
   private advisories: Subscription | undefined;
   private loop: Promise<void> | undefined;
   private inFlight = 0;
+  private readonly inFlightMessages = new Set<JsMsg>();
   private slotFreed: (() => void) | undefined;
   private stopping = false;
 
@@ -123,7 +124,11 @@ export class CommandConsumer {
     })();
   }
 
-  /** Stops pulling, then waits (bounded) for in-flight messages to finish. */
+  /**
+   * Stops pulling, then waits (bounded) for in-flight messages to finish. Those still running at
+   * the deadline are handed back (nak) so that another node takes them at once instead of after
+   * ack_wait; if this node finishes one after all, the version fence makes the second run a no-op.
+   */
   async stop(timeoutMs: number): Promise<void> {
     this.stopping = true;
     this.advisories?.unsubscribe();
@@ -132,6 +137,7 @@ export class CommandConsumer {
     while (this.inFlight > 0 && Date.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 10));
     }
+    for (const message of this.inFlightMessages) message.nak();
     await this.loop?.catch(() => undefined);
   }
 
@@ -146,10 +152,12 @@ export class CommandConsumer {
         await new Promise<void>((resolve) => (this.slotFreed = resolve));
       }
       this.inFlight += 1;
+      this.inFlightMessages.add(message);
       void this.process(message)
         .catch((error: unknown) => this.options.onError?.(error, { subject: message.subject }))
         .finally(() => {
           this.inFlight -= 1;
+          this.inFlightMessages.delete(message);
           const wake = this.slotFreed;
           this.slotFreed = undefined;
           wake?.();

@@ -42,8 +42,6 @@ import { InvalidArgumentError } from '../domain/errors.js';
 export const RISK_REJECTED = 'RISK_REJECTED';
 export const PAYMENT_ID_PATTERN = /^pay_[0-9A-HJKMNP-TV-Z]{26}$/;
 const PAYMENT_ID_EXAMPLE = 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G';
-/** An IN_FLIGHT idempotency key whose owner died can be taken over after this long. */
-const IDEMPOTENCY_LEASE_MS = 30_000;
 const WATCH_POLL_MS = 1_000;
 const WATCH_DURATION_MS_MAX = 60 * 60_000;
 
@@ -56,6 +54,12 @@ export type PaymentServiceDeps = Readonly<{
   wakeRelay: () => void;
   /** How long create waits for checkout URLs before answering. */
   createWaitMs: number;
+  /**
+   * An IN_FLIGHT key whose owner died can be taken over after this long. Only availability
+   * depends on it: the key is completed in the payment's own transaction, conditionally, so two
+   * owners can never both commit a payment.
+   */
+  idempotencyLeaseMs: number;
   now: () => Date;
   /** Writes concurrent creations together (group commit); each alone when unset. */
   groupCommit?: Readonly<{
@@ -169,7 +173,7 @@ export class PaymentService {
       requestId: input.requestId,
       requestHash: input.requestHash,
       now,
-      leaseMs: IDEMPOTENCY_LEASE_MS,
+      leaseMs: this.deps.idempotencyLeaseMs,
     };
     const claim = await (this.claims?.submit(key) ?? claimIdempotencyKey(db, key)).catch(
       (error: unknown) => {

@@ -17,7 +17,7 @@ import {
   testDatabaseUrl,
   type Stack,
 } from '../support/harness.js';
-import { startTcpProxy } from '../support/tcp-proxy.js';
+import { startTcpProxy } from '../../src/chaos/tcp-proxy.js';
 
 let stack: Stack;
 beforeAll(async () => {

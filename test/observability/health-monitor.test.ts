@@ -8,7 +8,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { fileURLToPath } from 'node:url';
 import { startStack, testDatabaseUrl, waitFor, type Stack } from '../support/harness.js';
-import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy.js';
+import { startTcpProxy, type TcpProxy } from '../../src/chaos/tcp-proxy.js';
 
 let stack: Stack;
 let proxy: TcpProxy;

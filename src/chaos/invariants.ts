@@ -1,0 +1,510 @@
+/**
+ * The promise, checked after a chaos run or a crash test: nobody is charged twice, no money is
+ * lost or invented, no order is lost. `observe()` reads the facts (Settle's tables directly, the
+ * dead letters, and the PSP mock's OWN charge records, never Settle's view of them); `evaluate()`
+ * is a pure function from those facts to the outcome counts and a list of checks, so it can be
+ * tested on made-up facts.
+ */
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
+import { sql } from 'kysely';
+import type { PspServiceClient } from '../grpc/generated/settle/psp/v1/psp.js';
+import type { Names } from '../messaging/subjects.js';
+import type { Db } from '../storage/db.js';
+import {
+  trialBalance,
+  walletsNotMatchingLedger,
+} from '../storage/repositories/ledger.repository.js';
+import { callUnary } from './rpc.js';
+
+/** Rows read per table at most; a chaos run is far smaller. */
+const ROWS_MAX = 200_000;
+/** Dead letters read from the stream at most. */
+const DEAD_LETTERS_MAX = 50_000;
+/** Offenders quoted per failed check. */
+const EXAMPLES_MAX = 5;
+
+const TERMINAL = new Set(['SUCCEEDED', 'FAILED', 'EXPIRED']);
+
+export type ObservedOrder = Readonly<{
+  id: string;
+  paymentId: string;
+  state: string;
+  amountMinor: bigint;
+  pspReference: string | null;
+  failureReason: string | null;
+  reviewReason: string | null;
+}>;
+
+export type ObservedPayment = Readonly<{
+  id: string;
+  state: string;
+  ordersTotal: number;
+  ordersSucceeded: number;
+  ordersFailed: number;
+}>;
+
+export type ObservedCharge = Readonly<{ nonce: string; pspReference: string; amountMinor: bigint }>;
+
+/**
+ * A dead letter. OPEN and DISCARDED ones account for an unfinished order (an operator has it or
+ * closed it); a REPLAYED one does not, since its command went back to the order.
+ */
+export type DeadLetterRow = Readonly<{ orderId: string | null; reason: string; state: string }>;
+
+export type Observed = Readonly<{
+  orders: readonly ObservedOrder[];
+  payments: readonly ObservedPayment[];
+  /** PAYMENT ledger transactions per order: how many and their total. */
+  ledgerByOrder: ReadonlyMap<string, { count: number; amountMinor: bigint }>;
+  unbalancedTransactions: readonly string[];
+  /** Currencies whose trial balance is not zero, with the balance. */
+  trialBalanceNonZero: readonly string[];
+  walletMismatches: readonly string[];
+  outboxLeft: number;
+  /** From the PSP mock's own records (ListCharges). */
+  charges: readonly ObservedCharge[];
+  deadLetters: readonly DeadLetterRow[];
+  deadLetterSource: string;
+}>;
+
+/** What the driver of the run knows (the checks that need the outside view). */
+export type DriverFacts = Readonly<{
+  paymentsRequested: number;
+  /** Payment ids the API returned. */
+  paymentsAcknowledged: readonly string[];
+  forgedWebhooksSent: number;
+  /** Forged webhooks answered with anything but 400. */
+  forgedWebhooksAccepted: number;
+  /** Orders sent a signed `payment.declined` after they SUCCEEDED: they must stay SUCCEEDED. */
+  lateDeclinedOrders: readonly string[];
+  /** Signed (genuine) webhooks answered with anything but 200 or 503. */
+  genuineWebhooksRefused: readonly string[];
+  /** Injected faults per kind, and the kinds that were planned. */
+  faultsInjected: Readonly<Record<string, number>>;
+  faultKindsPlanned: readonly string[];
+}>;
+
+export type Check = Readonly<{
+  name: string;
+  value: string;
+  expected: string;
+  ok: boolean;
+  /** A few offenders when the check fails. */
+  examples: readonly string[];
+}>;
+
+export type Outcome = Readonly<{
+  paymentsRequested: number;
+  paymentsAcknowledged: number;
+  paymentsInDb: number;
+  orders: number;
+  byState: Readonly<Record<string, number>>;
+  /** Why FAILED orders failed (decline codes and the like). */
+  failureReasons: Readonly<Record<string, number>>;
+  inDlqNotTerminal: number;
+  flaggedForReview: number;
+  deadLetterEntries: number;
+  deadLetterReasons: Readonly<Record<string, number>>;
+  deadLetterStates: Readonly<Record<string, number>>;
+  deadLetterSource: string;
+  charges: number;
+}>;
+
+export type Evaluation = Readonly<{ outcome: Outcome; checks: readonly Check[]; ok: boolean }>;
+
+/** Reads every fact the checks need. */
+export async function observe(sources: {
+  db: Db;
+  psp: PspServiceClient;
+  natsUrl: string;
+  names: Names;
+}): Promise<Observed> {
+  const { db } = sources;
+  const orders = await db
+    .selectFrom('payment_order')
+    .select([
+      'id',
+      'payment_id',
+      'state',
+      'amount_minor',
+      'psp_reference',
+      'failure_reason',
+      'review_reason',
+    ])
+    .limit(ROWS_MAX)
+    .execute();
+  const payments = await db
+    .selectFrom('payment')
+    .select(['id', 'state', 'orders_total', 'orders_succeeded', 'orders_failed'])
+    .limit(ROWS_MAX)
+    .execute();
+  const ledger = await sql<{ order_id: string; n: string; amount: string }>`
+    SELECT order_id, COUNT(*) AS n, SUM(amount_minor) AS amount
+    FROM ledger_transaction WHERE kind = 'PAYMENT' GROUP BY order_id`.execute(db);
+  const unbalanced = await sql<{ transaction_id: string }>`
+    SELECT transaction_id FROM ledger_entry GROUP BY transaction_id
+    HAVING SUM(debit_minor) <> SUM(credit_minor)`.execute(db);
+  const totals = new Map<string, bigint>();
+  for (const account of await trialBalance(db)) {
+    totals.set(account.currency, (totals.get(account.currency) ?? 0n) + account.balanceMinor);
+  }
+  const outbox = await sql<{ n: string }>`SELECT COUNT(*) AS n FROM outbox`.execute(db);
+  const response = await callUnary(
+    sources.psp.listCharges.bind(sources.psp),
+    { nonce: '' },
+    30_000,
+  );
+  const dead = await readDeadLetters(db, sources.natsUrl, sources.names);
+  return {
+    orders: orders.map((row) => ({
+      id: row.id,
+      paymentId: row.payment_id,
+      state: row.state,
+      amountMinor: BigInt(row.amount_minor),
+      pspReference: row.psp_reference,
+      failureReason: row.failure_reason,
+      reviewReason: row.review_reason,
+    })),
+    payments: payments.map((row) => ({
+      id: row.id,
+      state: row.state,
+      ordersTotal: row.orders_total,
+      ordersSucceeded: row.orders_succeeded,
+      ordersFailed: row.orders_failed,
+    })),
+    ledgerByOrder: new Map(
+      ledger.rows.map((row) => [
+        row.order_id,
+        { count: Number(row.n), amountMinor: BigInt(row.amount) },
+      ]),
+    ),
+    unbalancedTransactions: unbalanced.rows.map((row) => row.transaction_id),
+    trialBalanceNonZero: [...totals]
+      .filter(([, total]) => total !== 0n)
+      .map(([currency, total]) => `${currency} ${total}`),
+    walletMismatches: (await walletsNotMatchingLedger(db)).map(
+      (w) => `${w.sellerId}: wallet ${w.walletMinor}, ledger ${w.ledgerMinor}`,
+    ),
+    outboxLeft: Number(outbox.rows[0]?.n ?? 0),
+    charges: response.charges.map((charge) => ({
+      nonce: charge.nonce,
+      pspReference: charge.pspReference,
+      amountMinor: charge.amountMinor,
+    })),
+    deadLetters: dead.rows,
+    deadLetterSource: dead.source,
+  };
+}
+
+/**
+ * The dead letters: from the `dead_letter` table (src/storage/migrations/0002-failure-handling.ts)
+ * when the database has one, else from the dead-letter stream, whose entries count as OPEN.
+ */
+export async function readDeadLetters(
+  db: Db,
+  natsUrl: string,
+  names: Names,
+): Promise<{ rows: DeadLetterRow[]; source: string }> {
+  const table = await sql<{ n: string }>`
+    SELECT COUNT(*) AS n FROM information_schema.tables
+    WHERE table_schema = DATABASE() AND table_name = 'dead_letter'`.execute(db);
+  if (Number(table.rows[0]?.n ?? 0) > 0) {
+    const rows = await sql<{ order_id: string | null; reason: string; state: string }>`
+      SELECT order_id, reason, state FROM dead_letter ORDER BY id LIMIT ${DEAD_LETTERS_MAX}`.execute(
+      db,
+    );
+    return {
+      source: 'dead_letter table',
+      rows: rows.rows.map((row) => ({
+        orderId: row.order_id,
+        reason: row.reason,
+        state: row.state,
+      })),
+    };
+  }
+  const nc = await connect({ servers: natsUrl, timeout: 5_000 });
+  try {
+    const jsm = await jetstreamManager(nc, { timeout: 5_000 });
+    let state;
+    try {
+      state = (await jsm.streams.info(names.deadLetterStream)).state;
+    } catch (error) {
+      if (/not found/i.test(String(error))) return { source: 'DLQ stream', rows: [] };
+      throw error;
+    }
+    const rows: DeadLetterRow[] = [];
+    const last = Math.min(state.last_seq, state.first_seq + DEAD_LETTERS_MAX - 1);
+    for (let seq = state.first_seq; seq <= last && state.messages > 0; seq += 1) {
+      const message = await jsm.streams.getMessage(names.deadLetterStream, { seq });
+      if (message === null) continue;
+      try {
+        const entry = message.json<{ orderId?: unknown; reason?: unknown }>();
+        rows.push({
+          orderId: typeof entry.orderId === 'string' ? entry.orderId : null,
+          reason: typeof entry.reason === 'string' ? entry.reason : 'unknown',
+          state: 'OPEN',
+        });
+      } catch {
+        rows.push({ orderId: null, reason: 'unreadable entry', state: 'OPEN' });
+      }
+    }
+    return { source: 'DLQ stream', rows };
+  } finally {
+    await nc.close();
+  }
+}
+
+/** Orders with a dead letter an operator holds (OPEN) or closed (DISCARDED). */
+export function ordersInDlq(deadLetters: readonly DeadLetterRow[]): Set<string | null> {
+  return new Set(
+    deadLetters.filter((entry) => entry.state !== 'REPLAYED').map((entry) => entry.orderId),
+  );
+}
+
+/** Orders that are not terminal and not held in the DLQ: nothing will ever finish them. */
+export function lostOrders(observed: Pick<Observed, 'orders' | 'deadLetters'>): ObservedOrder[] {
+  const dead = ordersInDlq(observed.deadLetters);
+  return observed.orders.filter((order) => !TERMINAL.has(order.state) && !dead.has(order.id));
+}
+
+export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
+  const checks: Check[] = [];
+  const add = (
+    name: string,
+    value: number | string,
+    expected: string,
+    ok: boolean,
+    examples: readonly string[] = [],
+  ) =>
+    checks.push({
+      name,
+      value: String(value),
+      expected,
+      ok,
+      examples: ok ? [] : examples.slice(0, EXAMPLES_MAX),
+    });
+
+  const orderById = new Map(observed.orders.map((order) => [order.id, order]));
+  const chargesByNonce = new Map<string, ObservedCharge[]>();
+  for (const charge of observed.charges) {
+    chargesByNonce.set(charge.nonce, [...(chargesByNonce.get(charge.nonce) ?? []), charge]);
+  }
+  const dead = ordersInDlq(observed.deadLetters);
+
+  // Nobody is charged twice.
+  const twice = [...chargesByNonce].filter(([, charges]) => charges.length > 1);
+  const maxPerOrder = Math.max(0, ...[...chargesByNonce.values()].map((c) => c.length));
+  add(
+    "PSP charges per order, max (PSP's own records)",
+    maxPerOrder,
+    '<= 1',
+    twice.length === 0,
+    twice.map(([nonce, charges]) => `${nonce}: ${charges.length} charges`),
+  );
+
+  // Every charge is booked or flagged: money taken is never silently dropped.
+  const unbooked = observed.charges.filter((charge) => {
+    const order = orderById.get(charge.nonce);
+    if (order === undefined) return true;
+    if (order.reviewReason !== null) return false;
+    return order.state !== 'SUCCEEDED' || order.pspReference !== charge.pspReference;
+  });
+  add(
+    'PSP charges not booked to a SUCCEEDED order nor flagged for review',
+    unbooked.length,
+    '0',
+    unbooked.length === 0,
+    unbooked.map((c) => {
+      const order = orderById.get(c.nonce);
+      return `${c.nonce} (${c.pspReference}): order ${order ? `${order.state}, ref ${order.pspReference ?? '-'}` : 'unknown'}`;
+    }),
+  );
+
+  // No money is invented: a SUCCEEDED order was really charged, for its amount.
+  const uncharged = observed.orders.filter((order) => {
+    if (order.state !== 'SUCCEEDED') return false;
+    const charges = chargesByNonce.get(order.id) ?? [];
+    return !charges.some(
+      (c) => c.pspReference === order.pspReference && c.amountMinor === order.amountMinor,
+    );
+  });
+  add(
+    'SUCCEEDED orders without a matching PSP charge',
+    uncharged.length,
+    '0',
+    uncharged.length === 0,
+    uncharged.map((o) => `${o.id} (ref ${o.pspReference ?? '-'})`),
+  );
+
+  // Exactly one ledger transaction per SUCCEEDED order, for its amount; none for the others.
+  const badLedger = observed.orders.filter((order) => {
+    const booked = observed.ledgerByOrder.get(order.id);
+    if (order.state === 'SUCCEEDED') {
+      return booked === undefined || booked.count !== 1 || booked.amountMinor !== order.amountMinor;
+    }
+    return booked !== undefined;
+  });
+  add(
+    'orders whose ledger transactions are not exactly one per SUCCEEDED order',
+    badLedger.length,
+    '0',
+    badLedger.length === 0,
+    badLedger.map(
+      (o) => `${o.id} ${o.state}: ${observed.ledgerByOrder.get(o.id)?.count ?? 0} transaction(s)`,
+    ),
+  );
+  const orphanLedger = [...observed.ledgerByOrder.keys()].filter((id) => !orderById.has(id));
+  add(
+    'ledger transactions of unknown orders',
+    orphanLedger.length,
+    '0',
+    orphanLedger.length === 0,
+    orphanLedger,
+  );
+
+  add(
+    'ledger transactions unbalanced',
+    observed.unbalancedTransactions.length,
+    '0',
+    observed.unbalancedTransactions.length === 0,
+    observed.unbalancedTransactions,
+  );
+  add(
+    'trial balance (debits - credits) per currency',
+    observed.trialBalanceNonZero.length === 0 ? '0' : observed.trialBalanceNonZero.join(', '),
+    '0',
+    observed.trialBalanceNonZero.length === 0,
+    observed.trialBalanceNonZero,
+  );
+  add(
+    'wallets != ledger sums',
+    observed.walletMismatches.length,
+    '0',
+    observed.walletMismatches.length === 0,
+    observed.walletMismatches,
+  );
+
+  // No order is lost.
+  const lost = lostOrders(observed);
+  add(
+    'orders lost (not terminal and not held in the DLQ)',
+    lost.length,
+    '0',
+    lost.length === 0,
+    lost.map((o) => `${o.id} ${o.state}`),
+  );
+
+  // No acknowledged payment is lost, and retries with the same request id made no duplicates.
+  const inDb = new Set(observed.payments.map((p) => p.id));
+  const missing = driver.paymentsAcknowledged.filter((id) => !inDb.has(id));
+  add(
+    'acknowledged payments missing from the database',
+    missing.length,
+    '0',
+    missing.length === 0,
+    missing,
+  );
+  add(
+    'payments in the database / requested',
+    `${observed.payments.length} / ${driver.paymentsRequested}`,
+    '<= requested',
+    observed.payments.length <= driver.paymentsRequested,
+  );
+
+  // A payment's counters and state agree with its orders.
+  const ordersByPayment = new Map<string, ObservedOrder[]>();
+  for (const order of observed.orders) {
+    ordersByPayment.set(order.paymentId, [...(ordersByPayment.get(order.paymentId) ?? []), order]);
+  }
+  const inconsistent = observed.payments.filter((payment) => {
+    const orders = ordersByPayment.get(payment.id) ?? [];
+    const succeeded = orders.filter((o) => o.state === 'SUCCEEDED').length;
+    const failed = orders.filter((o) => o.state === 'FAILED' || o.state === 'EXPIRED').length;
+    if (orders.length !== payment.ordersTotal) return true;
+    if (payment.ordersSucceeded !== succeeded || payment.ordersFailed !== failed) return true;
+    if (succeeded + failed < orders.length) return false;
+    const expected =
+      failed === 0 ? 'SUCCEEDED' : succeeded === 0 ? 'FAILED' : 'PARTIALLY_SUCCEEDED';
+    return payment.state !== expected;
+  });
+  add(
+    'payments whose state or counters disagree with their orders',
+    inconsistent.length,
+    '0',
+    inconsistent.length === 0,
+    inconsistent.map(
+      (p) => `${p.id} ${p.state} (${p.ordersSucceeded} ok / ${p.ordersFailed} failed)`,
+    ),
+  );
+
+  add(
+    'forged webhooks accepted',
+    `${driver.forgedWebhooksAccepted} of ${driver.forgedWebhooksSent}`,
+    '0',
+    driver.forgedWebhooksAccepted === 0,
+  );
+  const flipped = driver.lateDeclinedOrders.filter((id) => {
+    const order = orderById.get(id);
+    return order === undefined || order.state !== 'SUCCEEDED' || order.reviewReason !== null;
+  });
+  add(
+    'orders changed by a late payment.declined',
+    `${flipped.length} of ${driver.lateDeclinedOrders.length}`,
+    '0',
+    flipped.length === 0,
+    flipped.map((id) => `${id}: ${orderById.get(id)?.state ?? 'missing'}`),
+  );
+  add(
+    'signed webhooks refused (not 200 or 503)',
+    driver.genuineWebhooksRefused.length,
+    '0',
+    driver.genuineWebhooksRefused.length === 0,
+    driver.genuineWebhooksRefused,
+  );
+  add('outbox rows not relayed', observed.outboxLeft, '0', observed.outboxLeft === 0);
+
+  const missingKinds = driver.faultKindsPlanned.filter(
+    (kind) => (driver.faultsInjected[kind] ?? 0) === 0,
+  );
+  add(
+    'fault kinds injected',
+    `${driver.faultKindsPlanned.length - missingKinds.length} / ${driver.faultKindsPlanned.length}`,
+    'all',
+    missingKinds.length === 0,
+    missingKinds.map((kind) => `${kind}: never injected`),
+  );
+
+  const byState: Record<string, number> = {};
+  const failureReasons: Record<string, number> = {};
+  for (const order of observed.orders) {
+    byState[order.state] = (byState[order.state] ?? 0) + 1;
+    if (order.state === 'FAILED') {
+      const reason = order.failureReason ?? 'unknown';
+      failureReasons[reason] = (failureReasons[reason] ?? 0) + 1;
+    }
+  }
+  const deadLetterReasons: Record<string, number> = {};
+  const deadLetterStates: Record<string, number> = {};
+  for (const entry of observed.deadLetters) {
+    deadLetterReasons[entry.reason] = (deadLetterReasons[entry.reason] ?? 0) + 1;
+    deadLetterStates[entry.state] = (deadLetterStates[entry.state] ?? 0) + 1;
+  }
+  const outcome: Outcome = {
+    paymentsRequested: driver.paymentsRequested,
+    paymentsAcknowledged: driver.paymentsAcknowledged.length,
+    paymentsInDb: observed.payments.length,
+    orders: observed.orders.length,
+    byState,
+    failureReasons,
+    inDlqNotTerminal: observed.orders.filter((o) => !TERMINAL.has(o.state) && dead.has(o.id))
+      .length,
+    flaggedForReview: observed.orders.filter((o) => o.reviewReason !== null).length,
+    deadLetterEntries: observed.deadLetters.length,
+    deadLetterReasons,
+    deadLetterStates,
+    deadLetterSource: observed.deadLetterSource,
+    charges: observed.charges.length,
+  };
+  return { outcome, checks, ok: checks.every((check) => check.ok) };
+}

@@ -1,0 +1,225 @@
+/**
+ * Goal: the chaos report's invariant checks catch each violation they name (double charge, unbooked
+ * charge, invented money, wrong ledger, unbalanced ledger, wallet drift, lost order, lost payment,
+ * forged webhook believed, late webhook obeyed), so an all-PASS table means something. Method:
+ * evaluate() is pure; start from facts that satisfy every check, break one fact at a time and
+ * assert that exactly the matching check fails.
+ */
+import { describe, expect, it } from 'vitest';
+import { evaluate, type DriverFacts, type Observed } from '../../src/chaos/invariants.js';
+
+function facts(): { observed: Observed; driver: DriverFacts } {
+  const orders = [
+    {
+      id: 'ord_ok',
+      paymentId: 'pay_1',
+      state: 'SUCCEEDED',
+      amountMinor: 500n,
+      pspReference: 'psp_a',
+      failureReason: null,
+      reviewReason: null,
+    },
+    {
+      id: 'ord_declined',
+      paymentId: 'pay_1',
+      state: 'FAILED',
+      amountMinor: 700n,
+      pspReference: null,
+      failureReason: 'card_declined',
+      reviewReason: null,
+    },
+    {
+      id: 'ord_dlq',
+      paymentId: 'pay_2',
+      state: 'EXECUTING',
+      amountMinor: 900n,
+      pspReference: null,
+      failureReason: null,
+      reviewReason: null,
+    },
+  ];
+  return {
+    observed: {
+      orders,
+      payments: [
+        {
+          id: 'pay_1',
+          state: 'PARTIALLY_SUCCEEDED',
+          ordersTotal: 2,
+          ordersSucceeded: 1,
+          ordersFailed: 1,
+        },
+        { id: 'pay_2', state: 'EXECUTING', ordersTotal: 1, ordersSucceeded: 0, ordersFailed: 0 },
+      ],
+      ledgerByOrder: new Map([['ord_ok', { count: 1, amountMinor: 500n }]]),
+      unbalancedTransactions: [],
+      trialBalanceNonZero: [],
+      walletMismatches: [],
+      outboxLeft: 0,
+      charges: [{ nonce: 'ord_ok', pspReference: 'psp_a', amountMinor: 500n }],
+      deadLetters: [{ orderId: 'ord_dlq', reason: 'RETRIES_EXHAUSTED', state: 'OPEN' }],
+      deadLetterSource: 'DLQ stream',
+    },
+    driver: {
+      paymentsRequested: 2,
+      paymentsAcknowledged: ['pay_1', 'pay_2'],
+      forgedWebhooksSent: 4,
+      forgedWebhooksAccepted: 0,
+      lateDeclinedOrders: ['ord_ok'],
+      genuineWebhooksRefused: [],
+      faultsInjected: { 'kill-node': 2 },
+      faultKindsPlanned: ['kill-node'],
+    },
+  };
+}
+
+function failedChecks(observed: Observed, driver: DriverFacts): string[] {
+  return evaluate(observed, driver)
+    .checks.filter((check) => !check.ok)
+    .map((check) => check.name);
+}
+
+describe('chaos invariants', () => {
+  it('passes every check on consistent facts and counts the outcome', () => {
+    const { observed, driver } = facts();
+    const evaluation = evaluate(observed, driver);
+    expect(evaluation.checks.filter((c) => !c.ok)).toEqual([]);
+    expect(evaluation.ok).toBe(true);
+    expect(evaluation.outcome).toMatchObject({
+      orders: 3,
+      byState: { SUCCEEDED: 1, FAILED: 1, EXECUTING: 1 },
+      failureReasons: { card_declined: 1 },
+      inDlqNotTerminal: 1,
+      deadLetterReasons: { RETRIES_EXHAUSTED: 1 },
+      charges: 1,
+    });
+  });
+
+  const cases: Array<[string, string, (f: ReturnType<typeof facts>) => ReturnType<typeof facts>]> =
+    [
+      [
+        'a second PSP charge of one order',
+        "PSP charges per order, max (PSP's own records)",
+        (f) => ({
+          ...f,
+          observed: {
+            ...f.observed,
+            charges: [
+              ...f.observed.charges,
+              { nonce: 'ord_ok', pspReference: 'psp_a', amountMinor: 500n },
+            ],
+          },
+        }),
+      ],
+      [
+        'a charge for an order that failed and is not flagged',
+        'PSP charges not booked to a SUCCEEDED order nor flagged for review',
+        (f) => ({
+          ...f,
+          observed: {
+            ...f.observed,
+            charges: [
+              ...f.observed.charges,
+              { nonce: 'ord_declined', pspReference: 'psp_b', amountMinor: 700n },
+            ],
+          },
+        }),
+      ],
+      [
+        'a SUCCEEDED order the PSP never charged (a forged success believed)',
+        'SUCCEEDED orders without a matching PSP charge',
+        (f) => ({ ...f, observed: { ...f.observed, charges: [] } }),
+      ],
+      [
+        'a SUCCEEDED order booked twice',
+        'orders whose ledger transactions are not exactly one per SUCCEEDED order',
+        (f) => ({
+          ...f,
+          observed: {
+            ...f.observed,
+            ledgerByOrder: new Map([['ord_ok', { count: 2, amountMinor: 1000n }]]),
+          },
+        }),
+      ],
+      [
+        'an unbalanced ledger transaction',
+        'ledger transactions unbalanced',
+        (f) => ({ ...f, observed: { ...f.observed, unbalancedTransactions: ['ltx_1'] } }),
+      ],
+      [
+        'a non-zero trial balance',
+        'trial balance (debits - credits) per currency',
+        (f) => ({ ...f, observed: { ...f.observed, trialBalanceNonZero: ['USD 5'] } }),
+      ],
+      [
+        'a wallet that differs from the ledger',
+        'wallets != ledger sums',
+        (f) => ({ ...f, observed: { ...f.observed, walletMismatches: ['seller-1: 1 vs 2'] } }),
+      ],
+      [
+        'an order stuck without a dead letter',
+        'orders lost (not terminal and not held in the DLQ)',
+        (f) => ({ ...f, observed: { ...f.observed, deadLetters: [] } }),
+      ],
+      [
+        'an order stuck after its dead letter was replayed',
+        'orders lost (not terminal and not held in the DLQ)',
+        (f) => ({
+          ...f,
+          observed: {
+            ...f.observed,
+            deadLetters: [{ orderId: 'ord_dlq', reason: 'RETRIES_EXHAUSTED', state: 'REPLAYED' }],
+          },
+        }),
+      ],
+      [
+        'an acknowledged payment missing from the database',
+        'acknowledged payments missing from the database',
+        (f) => ({
+          ...f,
+          driver: {
+            ...f.driver,
+            paymentsAcknowledged: [...f.driver.paymentsAcknowledged, 'pay_9'],
+          },
+        }),
+      ],
+      [
+        'payment counters that disagree with the orders',
+        'payments whose state or counters disagree with their orders',
+        (f) => ({
+          ...f,
+          observed: {
+            ...f.observed,
+            payments: f.observed.payments.map((p) =>
+              p.id === 'pay_1' ? { ...p, state: 'SUCCEEDED' } : p,
+            ),
+          },
+        }),
+      ],
+      [
+        'a forged webhook accepted',
+        'forged webhooks accepted',
+        (f) => ({ ...f, driver: { ...f.driver, forgedWebhooksAccepted: 1 } }),
+      ],
+      [
+        'a late decline that flipped a SUCCEEDED order',
+        'orders changed by a late payment.declined',
+        (f) => ({ ...f, driver: { ...f.driver, lateDeclinedOrders: ['ord_declined'] } }),
+      ],
+      [
+        'outbox rows left behind',
+        'outbox rows not relayed',
+        (f) => ({ ...f, observed: { ...f.observed, outboxLeft: 3 } }),
+      ],
+      [
+        'a planned fault kind never injected',
+        'fault kinds injected',
+        (f) => ({ ...f, driver: { ...f.driver, faultKindsPlanned: ['kill-node', 'nats-cut'] } }),
+      ],
+    ];
+
+  it.each(cases)('fails on %s', (_what, check, breakIt) => {
+    const broken = breakIt(facts());
+    expect(failedChecks(broken.observed, broken.driver)).toEqual([check]);
+  });
+});
