@@ -9,6 +9,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { settlePublicUrl, utcMinutesOf, type Config } from './config.js';
 import { ActorRegistry } from './actors/runtime/registry.js';
 import { PaymentOrderActor, type OrderMessage } from './actors/payment-order/actor.js';
+import { OrderLoader, TransitionBatcher } from './actors/payment-order/persistence.js';
 import type { OrderEvent } from './actors/payment-order/machine.js';
 import type { PspPort } from './actors/payment-order/effects.js';
 import { CommandConsumer, type HandleOutcome } from './messaging/command-consumer.js';
@@ -32,6 +33,7 @@ import { AdminServiceService } from './grpc/generated/settle/v1/admin.js';
 import { ledgerHandlers, walletHandlers } from './grpc/handlers/ledger.handlers.js';
 import { createHttpServer, json, listenHttp, type Route } from './http/router.js';
 import { WEBHOOK_PATH, webhookRoute } from './http/webhook.route.js';
+import { WebhookInbox } from './http/webhook-inbox.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
 import { grpcCallObserver } from './observability/request-log.js';
@@ -39,6 +41,12 @@ import { operatorRoutes } from './http/operator.routes.js';
 import { recordDeadLetter } from './admin/dead-letters.js';
 import { Janitor } from './jobs/janitor.js';
 import { HealthMonitor } from './observability/health-monitor.js';
+import {
+  debugProfileRoute,
+  debugStatsRoute,
+  sqlTimerName,
+  Timings,
+} from './observability/runtime-stats.js';
 import { ReconciliationSchedule, ReconciliationService } from './reconciliation/index.js';
 import { ReconciliationServiceService } from './grpc/generated/settle/v1/reconciliation.js';
 import { reconciliationHandlers } from './grpc/handlers/reconciliation.handlers.js';
@@ -107,8 +115,10 @@ export async function startSettle(
   };
   try {
     await ensureDatabase(config.MYSQL_URL);
+    const timings = config.DEBUG_STATS ? new Timings() : undefined;
     const { db, close: closeDb } = openDatabase(config.MYSQL_URL, {
       poolSize: config.MYSQL_POOL_SIZE,
+      ...(timings && { onQuery: (text, ms) => timings.record(sqlTimerName(text), ms) }),
     });
     cleanups.push(closeDb);
     await migrateToLatest(db);
@@ -156,6 +166,21 @@ export async function startSettle(
       onError: (error) => logger.warn({ err: error }, 'outbox relay pass failed; retrying'),
     });
 
+    const groupCommit = (kind: string) => ({
+      batchMax: config.GROUP_COMMIT_MAX,
+      inFlightMax: Math.min(config.GROUP_COMMITS_IN_FLIGHT, config.MYSQL_POOL_SIZE),
+      queueMax: 10_000,
+      ...(timings && {
+        onBatch: (batch: { size: number; ms: number }) => {
+          timings.record(`tx.${kind}`, batch.ms);
+          timings.record(`tx.${kind}.size (not ms)`, batch.size);
+        },
+      }),
+    });
+    const batcher = new TransitionBatcher(db, groupCommit('transitions'));
+    const loader = new OrderLoader(db, groupCommit('loads'));
+    cleanups.push(() => batcher.stop(config.SHUTDOWN_GRACE_MS));
+
     const now = () => new Date();
     const notificationUrl = `${settlePublicUrl(config)}${WEBHOOK_PATH}`;
     const registry = new ActorRegistry<OrderMessage, HandleOutcome>(
@@ -163,6 +188,8 @@ export async function startSettle(
       (orderId) =>
         new PaymentOrderActor(orderId, {
           db,
+          persist: batcher.persist,
+          load: loader.load,
           psp,
           notificationUrl,
           now,
@@ -188,6 +215,7 @@ export async function startSettle(
             ),
           onPspCall: (call) => {
             metrics.pspCall(call);
+            timings?.record(`psp.${call.op}`, call.ms);
             if (call.ok) logger.debug(call, `PSP ${call.op} ok in ${call.ms} ms`);
             else logger.warn(call, `PSP ${call.op} failed: ${call.error ?? ''}`);
           },
@@ -204,7 +232,10 @@ export async function startSettle(
       registry.send(command.orderId, { event: commandToEvent(command) });
     const consumer = new CommandConsumer(nc, js, jsm, names, (command) => dispatch(command), {
       recordDeadLetter: (entry) => recordDeadLetter(db, names.commandStream, entry, now()),
-      inFlightMax: Math.min(config.CONSUMER_MAX_ACK_PENDING, 1_024),
+      // No more commands at once than PSP calls may be in flight: beyond that the PSP client
+      // refuses at once, and a backlog (the bench's 100,000 idle orders) burnt its retries on
+      // that refusal until orders were dead-lettered.
+      inFlightMax: Math.min(config.CONSUMER_MAX_ACK_PENDING, config.PSP_IN_FLIGHT_MAX, 1_024),
       backoffMs: config.RETRY_BACKOFF_MS,
       jitter: 0.2,
       onError: (error, context) =>
@@ -234,7 +265,9 @@ export async function startSettle(
       createWaitMs: config.CREATE_WAIT_MS,
       idempotencyLeaseMs: config.IDEMPOTENCY_LEASE_MS,
       now,
+      groupCommit: groupCommit('creations'),
     });
+    cleanups.push(() => payments.stop(config.SHUTDOWN_GRACE_MS));
 
     const reconciliation = new ReconciliationService({
       db,
@@ -301,10 +334,13 @@ export async function startSettle(
     cleanups.push(() => shutdownGrpc(grpcServer, config.SHUTDOWN_GRACE_MS));
 
     // HTTP: webhooks in, health; other modules add routes to `routes`.
+    const webhookInbox = new WebhookInbox(db, names, groupCommit('webhooks'));
+    cleanups.push(() => webhookInbox.stop(config.SHUTDOWN_GRACE_MS));
     const routes: Route[] = [
       webhookRoute({
         db,
         names,
+        record: webhookInbox.record,
         secret: config.PSP_WEBHOOK_SECRET,
         toleranceS: config.PSP_WEBHOOK_TOLERANCE_S,
         wakeRelay: () => relay.wake(),
@@ -341,6 +377,20 @@ export async function startSettle(
         now,
       }),
     ];
+    if (timings !== undefined) {
+      routes.push(
+        debugProfileRoute(),
+        debugStatsRoute({
+          timings,
+          node: nodeName,
+          actors: () => ({
+            live: registry.size,
+            passivated: registry.passivated,
+            mailboxDepth: registry.mailboxDepth(),
+          }),
+        }),
+      );
+    }
     const httpServer = createHttpServer(
       () => routes,
       (error, context) =>

@@ -79,6 +79,10 @@ export const configSchema = z.object({
     .transform((items) => items.map(Number))
     .pipe(z.array(z.number().int().positive().max(3_600_000)).min(1).max(5))
     .prefault('1000,2000,4000,8000,16000'),
+  /** Group commit: units (transitions, creations, webhooks) per transaction at most; 1 = off. */
+  GROUP_COMMIT_MAX: positiveInt.max(1_000).default(128),
+  /** Group commit: batch transactions of one kind running at once at most. */
+  GROUP_COMMITS_IN_FLIGHT: positiveInt.max(64).default(4),
   ACTOR_MAILBOX_CAPACITY: positiveInt.max(100_000).default(64),
   ACTOR_IDLE_MS: positiveInt.max(3_600_000).default(10_000),
   ACTORS_MAX: positiveInt.max(10_000_000).default(100_000),
@@ -110,6 +114,11 @@ export const configSchema = z.object({
     .enum(['true', 'false'])
     .default('false')
     .transform((v) => v === 'true'),
+  /** Serves GET /debug/stats (timers, CPU, memory, actors) on the HTTP port; for `npm run bench`. */
+  DEBUG_STATS: z
+    .enum(['true', 'false', '1', '0'])
+    .default('false')
+    .transform((value) => value === 'true' || value === '1'),
 
   /** Folder of the PSP's settlement files: the mock writes them, reconciliation reads them. */
   SETTLEMENT_DIR: z.string().min(1).default('./.settle/settlements'),

@@ -4,7 +4,8 @@
  * (exit 2). Method: run src/main.ts as a real child process with broken settings.
  */
 import { spawnSync } from 'node:child_process';
-import { describe, expect, inject, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { dropDatabase, testDatabaseUrl } from './support/harness.js';
 
 function runMain(env: Record<string, string>) {
   const result = spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', '--settle-only'], {
@@ -27,11 +28,11 @@ describe('main', () => {
     );
   });
 
-  it('names NATS, its address and the start command when NATS is unreachable', () => {
-    const { status, stderr } = runMain({
-      NATS_URL: 'nats://127.0.0.1:1',
-      MYSQL_URL: inject('mysqlUrl'),
-    });
+  it('names NATS, its address and the start command when NATS is unreachable', async () => {
+    // A database of its own: the server's shared one may carry other branches' migrations.
+    const mysqlUrl = testDatabaseUrl('settle_t_main');
+    const { status, stderr } = runMain({ NATS_URL: 'nats://127.0.0.1:1', MYSQL_URL: mysqlUrl });
+    await dropDatabase(mysqlUrl);
     expect(status).toBe(3);
     expect(stderr.split('\n')).toHaveLength(1);
     expect(stderr).toMatch(

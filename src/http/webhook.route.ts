@@ -6,14 +6,12 @@
  * duplicate, 400 unsigned/forged/stale/malformed, 404 unknown order, 413 too large, 503 when the
  * database is down (the PSP retries).
  */
-import { UnavailableError } from '../domain/errors.js';
-import { pspResultMessage } from '../messaging/commands.js';
+import { ResourceExhaustedError, UnavailableError } from '../domain/errors.js';
 import type { Names } from '../messaging/subjects.js';
 import { pspWebhookEventSchema, verifyWebhook } from '../psp/webhook.js';
 import type { Db } from '../storage/db.js';
-import { findPaymentOrder } from '../storage/repositories/payment-order.repository.js';
-import { enqueueOutbox, recordInbox } from '../storage/repositories/outbox.repository.js';
-import { inTransaction, toUnavailable } from '../storage/transaction.js';
+import { toUnavailable } from '../storage/transaction.js';
+import { recordWebhookEvent, type Recorded, type WebhookEvent } from './webhook-inbox.js';
 import { json, type Route } from './router.js';
 
 export const WEBHOOK_PATH = '/webhooks/psp';
@@ -29,6 +27,8 @@ export type WebhookRouteDeps = Readonly<{
   now: () => Date;
   onRejected?: (reason: string) => void;
   onAccepted?: (event: { eventId: string; orderId: string; duplicate: boolean }) => void;
+  /** Records the event (group commit, see webhook-inbox.ts); one transaction each when unset. */
+  record?: (event: WebhookEvent) => Promise<Recorded>;
 }>;
 
 export function webhookRoute(deps: WebhookRouteDeps): Route {
@@ -68,38 +68,31 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
       const event = parsed.data;
       const orderId = event.data.nonce;
       try {
-        if (
-          !ORDER_ID_PATTERN.test(orderId) ||
-          (await findPaymentOrder(deps.db, orderId)) === undefined
-        ) {
+        if (!ORDER_ID_PATTERN.test(orderId)) {
           return reject(404, 'NOT_FOUND', `no payment order '${orderId.slice(0, 64)}'`);
         }
-        const now = deps.now();
-        const fresh = await inTransaction(deps.db, async (trx) => {
-          if (!(await recordInbox(trx, { source: 'psp', eventId: event.id, orderId, now })))
-            return false;
-          await enqueueOutbox(
-            trx,
-            [
-              pspResultMessage(deps.names, {
-                orderId,
-                eventId: event.id,
-                outcome: event.type === 'payment.succeeded' ? 'SUCCEEDED' : 'DECLINED',
-                pspReference: event.data.psp_reference ?? null,
-                amountMinor: event.data.amount_minor.toString(),
-                declineCode: event.data.decline_code ?? null,
-              }),
-            ],
-            now,
-          );
-          return true;
-        });
+        const webhookEvent: WebhookEvent = {
+          eventId: event.id,
+          orderId,
+          outcome: event.type === 'payment.succeeded' ? 'SUCCEEDED' : 'DECLINED',
+          pspReference: event.data.psp_reference ?? null,
+          amountMinor: event.data.amount_minor.toString(),
+          declineCode: event.data.decline_code ?? null,
+          now: deps.now(),
+        };
+        const recorded = await (deps.record?.(webhookEvent) ??
+          recordWebhookEvent(deps.db, deps.names, webhookEvent));
+        if (recorded === 'unknown-order') {
+          return reject(404, 'NOT_FOUND', `no payment order '${orderId.slice(0, 64)}'`);
+        }
+        const fresh = recorded === 'fresh';
         if (fresh) deps.wakeRelay();
         deps.onAccepted?.({ eventId: event.id, orderId, duplicate: !fresh });
         return json(200, { received: true, duplicate: !fresh });
       } catch (error) {
         const mapped = toUnavailable(error);
-        if (mapped instanceof UnavailableError) {
+        // A full group-commit queue is back-pressure: the PSP retries, as for a database outage.
+        if (mapped instanceof UnavailableError || mapped instanceof ResourceExhaustedError) {
           return json(503, {
             error: { code: 'UNAVAILABLE', message: 'database unavailable; retry' },
           });

@@ -9,8 +9,15 @@ import type { Names } from '../messaging/subjects.js';
 
 type Listener = () => void;
 
+/** The last subject token of a message carrying several payment ids; never a payment id. */
+const BATCH_TOKEN = 'batch';
+/** Payment ids per message at most (~31 bytes each: well under NATS's 1 MiB payload limit). */
+const BATCH_IDS_MAX = 1_000;
+
 export class PaymentEvents {
   private readonly listeners = new Map<string, Set<Listener>>();
+  private readonly pending = new Set<string>();
+  private flushScheduled = false;
   private subscription: Subscription | undefined;
   private listenerCount = 0;
 
@@ -25,8 +32,13 @@ export class PaymentEvents {
     this.subscription = subscription;
     void (async () => {
       for await (const message of subscription) {
-        const paymentId = message.subject.slice(message.subject.lastIndexOf('.') + 1);
-        this.emitLocal(paymentId);
+        const last = message.subject.slice(message.subject.lastIndexOf('.') + 1);
+        if (last !== BATCH_TOKEN) {
+          this.emitLocal(last);
+          continue;
+        }
+        const ids = new TextDecoder().decode(message.data).split(' ');
+        for (const paymentId of ids.slice(0, BATCH_IDS_MAX)) this.emitLocal(paymentId);
       }
     })();
   }
@@ -35,10 +47,35 @@ export class PaymentEvents {
     this.subscription?.unsubscribe();
   }
 
-  /** Tells every node that the payment changed (fire and forget). */
+  /**
+   * Tells every node that the payment changed (fire and forget). Changes in one turn of the event
+   * loop (a committed batch of transitions) go out as one message: one id alone on its own
+   * subject, several as a space-separated list on `<prefix>.batch`.
+   */
   publish(paymentId: string): void {
+    this.pending.add(paymentId);
+    if (this.pending.size >= BATCH_IDS_MAX) {
+      this.flush();
+      return;
+    }
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flush();
+    });
+  }
+
+  private flush(): void {
+    if (this.pending.size === 0) return;
+    const ids = [...this.pending];
+    this.pending.clear();
     try {
-      this.nc.publish(this.names.paymentEventSubject(paymentId));
+      if (ids.length === 1) {
+        this.nc.publish(this.names.paymentEventSubject(ids[0] as string));
+      } else {
+        this.nc.publish(this.names.paymentEventSubject(BATCH_TOKEN), ids.join(' '));
+      }
     } catch {
       // Disconnected: waiters fall back to polling.
     }

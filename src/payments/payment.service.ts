@@ -17,18 +17,24 @@ import type { Db } from '../storage/db.js';
 import { enqueueOutbox } from '../storage/repositories/outbox.repository.js';
 import {
   claimIdempotencyKey,
-  completeIdempotencyKey,
+  completeIdempotencyKeys,
+  createdPayment,
   findPayment,
-  insertPayment,
+  insertIdempotencyKeys,
+  insertPayments,
   listPayments,
   PAYMENT_STATE,
   releaseIdempotencyKey,
   TERMINAL_PAYMENT_STATES,
+  type IdempotencyClaim,
+  type NewIdempotencyKey,
+  type NewPayment,
   type Payment,
 } from '../storage/repositories/payment.repository.js';
-import { inTransaction, toUnavailable } from '../storage/transaction.js';
+import { GroupCommit } from '../storage/group-commit.js';
+import { inTransaction, toUnavailable, type Trx } from '../storage/transaction.js';
 import { ORDER_STATE } from '../actors/payment-order/machine.js';
-import { evaluateRisk, type RiskRules } from './risk.js';
+import { evaluateRisk, type RiskDecision, type RiskRules } from './risk.js';
 import { nextChange, type PaymentEvents } from './payment-events.js';
 import { parseCreatePayment, requireId, type CreatePaymentInput } from './validation.js';
 import { InvalidArgumentError } from '../domain/errors.js';
@@ -55,24 +61,125 @@ export type PaymentServiceDeps = Readonly<{
    */
   idempotencyLeaseMs: number;
   now: () => Date;
+  /** Writes concurrent creations together (group commit); each alone when unset. */
+  groupCommit?: Readonly<{
+    batchMax: number;
+    inFlightMax: number;
+    queueMax: number;
+    onBatch?: (batch: { size: number; ms: number; ok: boolean }) => void;
+  }>;
 }>;
 
+type Creation = Readonly<{ payment: NewPayment; decision: RiskDecision; now: Date }>;
+
+/**
+ * Writes new payments: the rows, the transitions of risk-rejected orders, one ExecuteOrder
+ * outbox message per approved order, and the idempotency keys marked COMPLETED, all in the
+ * caller's transaction. Throws AbortedError when a key is no longer this request's (taken over
+ * after its lease ran out); in a batch that sends every creation through alone, so only the one
+ * that lost its key fails.
+ */
+async function writeCreations(
+  trx: Trx,
+  creations: readonly Creation[],
+  names: Names,
+): Promise<void> {
+  await insertPayments(trx, creations);
+  const rejected = creations.flatMap(({ payment, decision, now }) =>
+    decision.approved
+      ? []
+      : payment.orders.map((order) => ({
+          order_id: order.id,
+          payment_id: payment.id,
+          version: '0',
+          from_state: ORDER_STATE.notStarted,
+          to_state: ORDER_STATE.failed,
+          event_type: 'RiskRejected',
+          detail: JSON.stringify({ rule: decision.rule, message: decision.message }),
+          created_at: now,
+        })),
+  );
+  if (rejected.length > 0)
+    await trx.insertInto('payment_order_transition').values(rejected).execute();
+  await enqueueOutbox(
+    trx,
+    creations.flatMap(({ payment, decision }) =>
+      decision.approved ? payment.orders.map((order) => executeOrderMessage(names, order.id)) : [],
+    ),
+    new Date(Math.max(...creations.map(({ now }) => now.getTime()))),
+  );
+  const keys = creations.map(({ payment }) => ({
+    buyerId: payment.buyerId,
+    requestId: payment.requestId,
+    paymentId: payment.id,
+  }));
+  if ((await completeIdempotencyKeys(trx, keys)) !== keys.length) {
+    const only = creations.length === 1 ? creations[0]?.payment.requestId : undefined;
+    throw new AbortedError(
+      only === undefined
+        ? 'an idempotency key of this batch was taken over; each request goes through alone'
+        : `request_id ${only} was taken over by another attempt; retry`,
+    );
+  }
+}
+
 export class PaymentService {
-  constructor(private readonly deps: PaymentServiceDeps) {}
+  /** Group commit of creations; unset writes each in its own transaction. */
+  private readonly creations: GroupCommit<Creation, void> | undefined;
+  /** Idempotency claims that arrive together, inserted with one autocommit statement. */
+  private readonly claims: GroupCommit<NewIdempotencyKey, IdempotencyClaim> | undefined;
+
+  constructor(private readonly deps: PaymentServiceDeps) {
+    const group = deps.groupCommit;
+    this.claims =
+      group === undefined
+        ? undefined
+        : new GroupCommit<NewIdempotencyKey, IdempotencyClaim>({
+            name: 'idempotency claims',
+            ...group,
+            writeOne: (key) => claimIdempotencyKey(deps.db, key),
+            writeBatch: async (keys) => {
+              await insertIdempotencyKeys(deps.db, keys);
+              return keys.map((): IdempotencyClaim => ({ kind: 'claimed' }));
+            },
+          });
+    this.creations =
+      group === undefined
+        ? undefined
+        : new GroupCommit<Creation, void>({
+            name: 'payment creations',
+            ...group,
+            writeOne: (creation) =>
+              inTransaction(deps.db, (trx) => writeCreations(trx, [creation], deps.names)),
+            writeBatch: async (creations) => {
+              await inTransaction(deps.db, (trx) => writeCreations(trx, creations, deps.names));
+              return creations.map(() => undefined);
+            },
+          });
+  }
+
+  /** Waits (bounded) for creations already taken to be written. */
+  async stop(timeoutMs: number): Promise<void> {
+    await this.claims?.stop(timeoutMs);
+    await this.creations?.stop(timeoutMs);
+  }
 
   async create(raw: Parameters<typeof parseCreatePayment>[0]): Promise<Payment> {
     const input = parseCreatePayment(raw);
     const { db } = this.deps;
     const now = this.deps.now();
-    const claim = await claimIdempotencyKey(db, {
+    const key = {
       buyerId: input.buyerId,
       requestId: input.requestId,
       requestHash: input.requestHash,
       now,
       leaseMs: this.deps.idempotencyLeaseMs,
-    }).catch((error: unknown) => {
-      throw toUnavailable(error);
-    });
+    };
+    const claim = await (this.claims?.submit(key) ?? claimIdempotencyKey(db, key)).catch(
+      (error: unknown) => {
+        throw toUnavailable(error);
+      },
+    );
     if (claim.kind !== 'claimed') {
       if (claim.requestHash !== input.requestHash) {
         throw new AlreadyExistsError(
@@ -88,18 +195,20 @@ export class PaymentService {
       }
       return this.get(claim.paymentId);
     }
-    let paymentId: string;
+    const creation = this.prepare(input, now);
     try {
-      paymentId = await this.insert(input, now);
+      await (this.creations?.submit(creation) ??
+        inTransaction(db, (trx) => writeCreations(trx, [creation], this.deps.names)));
     } catch (error) {
       await releaseIdempotencyKey(db, input).catch(() => undefined);
       throw toUnavailable(error);
     }
     this.deps.wakeRelay();
-    return this.waitForCheckout(paymentId);
+    // What was just committed is the answer unless the caller waits for checkout URLs: no read.
+    return this.waitForCheckout(createdPayment(creation.payment, now));
   }
 
-  private async insert(input: CreatePaymentInput, now: Date): Promise<string> {
+  private prepare(input: CreatePaymentInput, now: Date): Creation {
     const decision = evaluateRisk(this.deps.risk, input);
     const paymentId = newId('payment', now.getTime());
     const orders = input.orders.map((order) => ({
@@ -109,65 +218,34 @@ export class PaymentService {
       state: decision.approved ? ORDER_STATE.notStarted : ORDER_STATE.failed,
       failureReason: decision.approved ? undefined : RISK_REJECTED,
     }));
-    await inTransaction(this.deps.db, async (trx) => {
-      await insertPayment(
-        trx,
-        {
-          id: paymentId,
-          buyerId: input.buyerId,
-          requestId: input.requestId,
-          currency: input.currency,
-          amountMinor: input.amountMinor,
-          state: decision.approved ? PAYMENT_STATE.notStarted : PAYMENT_STATE.failed,
-          failureReason: decision.approved ? undefined : RISK_REJECTED,
-          orders,
-        },
-        now,
-      );
-      if (!decision.approved) {
-        await trx
-          .insertInto('payment_order_transition')
-          .values(
-            orders.map((order) => ({
-              order_id: order.id,
-              payment_id: paymentId,
-              version: '0',
-              from_state: ORDER_STATE.notStarted,
-              to_state: ORDER_STATE.failed,
-              event_type: 'RiskRejected',
-              detail: JSON.stringify({ rule: decision.rule, message: decision.message }),
-              created_at: now,
-            })),
-          )
-          .execute();
-      }
-      await enqueueOutbox(
-        trx,
-        decision.approved
-          ? orders.map((order) => executeOrderMessage(this.deps.names, order.id))
-          : [],
-        now,
-      );
-      if (!(await completeIdempotencyKey(trx, { ...input, paymentId }))) {
-        throw new AbortedError(
-          `request_id ${input.requestId} was taken over by another attempt; retry`,
-        );
-      }
-    });
-    return paymentId;
+    return {
+      payment: {
+        id: paymentId,
+        buyerId: input.buyerId,
+        requestId: input.requestId,
+        currency: input.currency,
+        amountMinor: input.amountMinor,
+        state: decision.approved ? PAYMENT_STATE.notStarted : PAYMENT_STATE.failed,
+        failureReason: decision.approved ? undefined : RISK_REJECTED,
+        orders,
+      },
+      decision,
+      now,
+    };
   }
 
   /** Returns once every live order has a checkout URL, or when the wait budget is spent. */
-  private async waitForCheckout(paymentId: string): Promise<Payment> {
+  private async waitForCheckout(created: Payment): Promise<Payment> {
     const deadline = Date.now() + this.deps.createWaitMs;
+    let payment = created;
     for (;;) {
-      const payment = await this.get(paymentId);
       const waiting = payment.orders.some(
         (order) => order.checkoutUrl === undefined && !TERMINAL_ORDER.has(order.state),
       );
       const remainingMs = deadline - Date.now();
       if (!waiting || remainingMs <= 0) return payment;
-      await nextChange(this.deps.events, paymentId, Math.min(remainingMs, 100));
+      await nextChange(this.deps.events, payment.id, Math.min(remainingMs, 100));
+      payment = await this.get(payment.id);
     }
   }
 

@@ -78,7 +78,11 @@ export async function ensureDatabase(url: string, connectTimeoutMs = 5_000): Pro
 
 export function openDatabase<DB = Database>(
   url: string,
-  options: { poolSize: number },
+  options: {
+    poolSize: number;
+    /** Called after every statement with its SQL text and duration (timers; off when unset). */
+    onQuery?: (sql: string, ms: number) => void;
+  },
 ): { db: Kysely<DB>; pool: Pool; close: () => Promise<void> } {
   const target = parseMysqlUrl(url);
   const pool = createPool({
@@ -98,7 +102,17 @@ export function openDatabase<DB = Database>(
     charset: 'utf8mb4',
     enableKeepAlive: true,
   });
-  const db = new Kysely<DB>({ dialect: new SettleMysqlDialect({ pool }) });
+  const onQuery = options.onQuery;
+  const db = new Kysely<DB>({
+    dialect: new SettleMysqlDialect({ pool }),
+    ...(onQuery === undefined
+      ? {}
+      : {
+          log: (event) => {
+            if (event.level === 'query') onQuery(event.query.sql, event.queryDurationMillis);
+          },
+        }),
+  });
   return { db, pool, close: () => db.destroy() };
 }
 

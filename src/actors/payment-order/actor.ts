@@ -6,12 +6,8 @@
  * back as further events in the same turn. A stale version means another writer got there first:
  * the actor reloads and decides again.
  */
-import { inTransaction } from '../../storage/transaction.js';
 import type { Db } from '../../storage/db.js';
-import {
-  findPaymentOrder,
-  persistTransition,
-} from '../../storage/repositories/payment-order.repository.js';
+import { findPaymentOrder } from '../../storage/repositories/payment-order.repository.js';
 import type { HandleOutcome } from '../../messaging/command-consumer.js';
 import type { ActorLogic } from '../runtime/registry.js';
 import { transition, type Effect, type OrderEvent, type PaymentOrder } from './machine.js';
@@ -20,12 +16,16 @@ import {
   eventFromPspStatus,
   isNotFound,
   isRetryable,
-  persistEffects,
   type PspPort,
 } from './effects.js';
+import { persistAlone, type PersistTransition } from './persistence.js';
 
 export type OrderActorDeps = Readonly<{
   db: Db;
+  /** Persists a transition (group commit across actors); one transaction each when unset. */
+  persist?: PersistTransition;
+  /** Loads the order (batched across actors); one query each when unset. */
+  load?: (orderId: string) => Promise<PaymentOrder | undefined>;
   psp: PspPort;
   /** Where the PSP sends this order's webhooks. */
   notificationUrl: string;
@@ -97,7 +97,9 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
   private async apply(event: OrderEvent): Promise<Applied> {
     for (let reload = 0; reload <= STALE_RELOADS_MAX; reload += 1) {
       const fromCache = this.cached !== undefined;
-      const order = this.cached ?? (await findPaymentOrder(this.deps.db, this.orderId));
+      const order =
+        this.cached ??
+        (await (this.deps.load?.(this.orderId) ?? findPaymentOrder(this.deps.db, this.orderId)));
       if (order === undefined) return { kind: 'missing' };
       const now = this.deps.now();
       const result = transition(order, event, now);
@@ -117,17 +119,8 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
         this.cached = order;
         return { kind: 'applied', effects: result.effects };
       }
-      const persisted = await inTransaction(this.deps.db, async (trx) => {
-        const written = await persistTransition(trx, {
-          previous: order,
-          next: result.order,
-          event,
-          now,
-        });
-        if (written === 'stale') return false;
-        await persistEffects(trx, result.effects, now);
-        return true;
-      });
+      const write = { previous: order, next: result.order, event, effects: result.effects, now };
+      const persisted = await (this.deps.persist?.(write) ?? persistAlone(this.deps.db, write));
       if (!persisted) {
         this.cached = undefined;
         continue;

@@ -7,7 +7,11 @@ import type { CurrencyCode } from '../../domain/money.js';
 import {
   ACCOUNT,
   creditWallet,
+  creditWallets,
   postLedgerTransaction,
+  postLedgerTransactions,
+  type NewLedgerTransaction,
+  type WalletCredit,
 } from '../../storage/repositories/ledger.repository.js';
 import type { Trx } from '../../storage/transaction.js';
 import type { Effect, OrderEvent } from './machine.js';
@@ -75,27 +79,7 @@ export async function persistEffects(
 ): Promise<void> {
   for (const effect of effects) {
     if (effect.type !== 'CreditSeller') continue;
-    await postLedgerTransaction(trx, {
-      id: newId('ledgerTransaction', now.getTime()),
-      orderId: effect.orderId,
-      kind: LEDGER_KIND.payment,
-      currency: effect.currency,
-      now,
-      entries: [
-        {
-          account: ACCOUNT.pspReceivable,
-          kind: LEDGER_KIND.paymentReceivable,
-          debitMinor: effect.amountMinor,
-          creditMinor: 0n,
-        },
-        {
-          account: ACCOUNT.sellerPayable(effect.sellerId),
-          kind: LEDGER_KIND.paymentPayable,
-          debitMinor: 0n,
-          creditMinor: effect.amountMinor,
-        },
-      ],
-    });
+    await postLedgerTransaction(trx, sellerCreditTransaction(effect, now));
     await creditWallet(trx, {
       sellerId: effect.sellerId,
       currency: effect.currency,
@@ -103,6 +87,69 @@ export async function persistEffects(
       now,
     });
   }
+}
+
+/**
+ * `persistEffects` for the transitions of a whole batch (group commit): the CreditSeller effects
+ * of all of them become one ledger insert and one wallet upsert; any other effect is persisted
+ * per transition by `persistEffects`, in the same transaction.
+ */
+export async function persistEffectsBatch(
+  trx: Trx,
+  items: ReadonlyArray<Readonly<{ effects: readonly Effect[]; now: Date }>>,
+): Promise<void> {
+  if (items.length === 1) {
+    const item = items[0] as { effects: readonly Effect[]; now: Date };
+    return persistEffects(trx, item.effects, item.now);
+  }
+  const ledger: NewLedgerTransaction[] = [];
+  const credits: WalletCredit[] = [];
+  for (const { effects, now } of items) {
+    for (const effect of effects) {
+      if (effect.type !== 'CreditSeller') continue;
+      ledger.push(sellerCreditTransaction(effect, now));
+      credits.push({
+        sellerId: effect.sellerId,
+        currency: effect.currency,
+        amountMinor: effect.amountMinor,
+        now,
+      });
+    }
+  }
+  await postLedgerTransactions(trx, ledger);
+  // Last in the transaction: the wallet rows (a hot seller's above all) stay locked the shortest.
+  await creditWallets(trx, credits);
+  for (const { effects, now } of items) {
+    const others = effects.filter((effect) => effect.type !== 'CreditSeller');
+    if (others.length > 0) await persistEffects(trx, others, now);
+  }
+}
+
+function sellerCreditTransaction(
+  effect: Extract<Effect, { type: 'CreditSeller' }>,
+  now: Date,
+): NewLedgerTransaction {
+  return {
+    id: newId('ledgerTransaction', now.getTime()),
+    orderId: effect.orderId,
+    kind: LEDGER_KIND.payment,
+    currency: effect.currency,
+    now,
+    entries: [
+      {
+        account: ACCOUNT.pspReceivable,
+        kind: LEDGER_KIND.paymentReceivable,
+        debitMinor: effect.amountMinor,
+        creditMinor: 0n,
+      },
+      {
+        account: ACCOUNT.sellerPayable(effect.sellerId),
+        kind: LEDGER_KIND.paymentPayable,
+        debitMinor: 0n,
+        creditMinor: effect.amountMinor,
+      },
+    ],
+  };
 }
 
 export function describeError(error: unknown): string {

@@ -48,8 +48,9 @@ export type NewPspPayment = Readonly<{
   now: Date;
 }>;
 
-export async function insertPayment(db: PspDb, payment: NewPspPayment): Promise<void> {
-  await db
+/** Inserts a REGISTERED payment; returns its id. */
+export async function insertPayment(db: PspDb, payment: NewPspPayment): Promise<string> {
+  const result = await db
     .insertInto('psp_payment')
     .values({
       nonce: payment.nonce,
@@ -63,7 +64,8 @@ export async function insertPayment(db: PspDb, payment: NewPspPayment): Promise<
       created_at: payment.now,
       updated_at: payment.now,
     })
-    .execute();
+    .executeTakeFirstOrThrow();
+  return String(result.insertId);
 }
 
 export async function findPaymentByNonce(

@@ -129,9 +129,34 @@ export class PspPayments {
     const amountMinor = validAmount(input.amountMinor);
     const currency = validCurrency(input.currencyCode);
     const notificationUrl = this.#validNotificationUrl(input.notificationUrl);
-    // Two rounds at most: a concurrent registration of the same nonce makes our insert fail with a
-    // duplicate key, after which the row it wrote is there to compare against.
+    // The insert comes first, since new nonces are the common case: one statement, and the row
+    // it wrote is known without reading it back. A duplicate nonce (a repeat, or a concurrent
+    // registration) fails on the unique key, after which the stored row is there to compare
+    // against. Two rounds at most: the row can only be missing again if it was deleted.
     for (let round = 1; round <= 2; round += 1) {
+      const token = randomId('tok_');
+      const now = new Date();
+      try {
+        const id = await this.#run(() =>
+          insertPayment(this.#db, { nonce, token, amountMinor, currency, notificationUrl, now }),
+        );
+        const payment: PspPayment = Object.freeze({
+          id,
+          nonce,
+          token,
+          amountMinor,
+          currency,
+          status: PSP_PAYMENT_STATE.registered,
+          pspReference: undefined,
+          declineCode: undefined,
+          notificationUrl,
+          createdAt: now,
+          updatedAt: now,
+        });
+        return { payment, created: true };
+      } catch (error) {
+        if (!isDuplicateKey(error)) throw error;
+      }
       const existing = await this.#run(() => findPaymentByNonce(this.#db, nonce));
       if (existing !== undefined) {
         if (existing.amountMinor !== amountMinor || existing.currency !== currency) {
@@ -142,19 +167,6 @@ export class PspPayments {
         }
         return { payment: existing, created: false };
       }
-      const token = randomId('tok_');
-      try {
-        const now = new Date();
-        await this.#run(() =>
-          insertPayment(this.#db, { nonce, token, amountMinor, currency, notificationUrl, now }),
-        );
-      } catch (error) {
-        if (isDuplicateKey(error)) continue;
-        throw error;
-      }
-      const created = await this.#run(() => findPaymentByToken(this.#db, token));
-      if (created === undefined) throw new Error(`payment ${nonce} vanished after its insert`);
-      return { payment: created, created: true };
     }
     throw new UnavailableError(`registration of nonce '${nonce}' kept colliding; retry`);
   }

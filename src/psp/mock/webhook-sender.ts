@@ -5,12 +5,14 @@
  * backoff until the attempts run out, after which the row is marked given up. Delivery is
  * at-least-once: the receiver dedupes by event id.
  */
+import { GroupCommit } from '../../storage/group-commit.js';
 import { signWebhook, PSP_SIGNATURE_HEADER } from '../webhook.js';
 import type { PspDb } from './payment.repository.js';
 import {
   claimWebhook,
   findDueWebhooks,
   markWebhookDelivered,
+  markWebhooksDelivered,
   markWebhookFailed,
   markWebhookGivenUp,
   type PspWebhookDelivery,
@@ -56,6 +58,8 @@ export class WebhookSender {
   readonly #log: (line: string) => void;
   readonly #inFlight = new Set<Promise<void>>();
   readonly #stopController = new AbortController();
+  /** Deliveries that end together are recorded with one statement. */
+  readonly #delivered: GroupCommit<{ id: string; now: Date }, void>;
   #loop: Promise<void> | undefined;
   #wake: (() => void) | undefined;
   #wakeRequested = false;
@@ -70,6 +74,18 @@ export class WebhookSender {
     this.#secret = options.secret;
     this.#options = options.options;
     this.#log = options.log;
+    const db = options.db;
+    this.#delivered = new GroupCommit({
+      name: 'webhook deliveries',
+      batchMax: 500,
+      inFlightMax: 2,
+      queueMax: 10_000,
+      writeOne: ({ id, now }) => markWebhookDelivered(db, id, now),
+      writeBatch: async (deliveries) => {
+        await markWebhooksDelivered(db, deliveries);
+        return deliveries.map(() => undefined);
+      },
+    });
   }
 
   start(): void {
@@ -137,7 +153,7 @@ export class WebhookSender {
     try {
       const now = new Date();
       if (error === undefined) {
-        await markWebhookDelivered(this.#db, row.id, now);
+        await this.#delivered.submit({ id: row.id, now });
         return;
       }
       if (row.attempts >= this.#options.attemptsMax) {

@@ -50,6 +50,20 @@ export async function findPaymentOrder(
   return row === undefined ? undefined : toPaymentOrder(row);
 }
 
+/** Many orders by id with one query; absent ids are absent from the map. */
+export async function findPaymentOrdersById(
+  db: Db | Trx,
+  orderIds: readonly string[],
+): Promise<Map<string, PaymentOrder>> {
+  if (orderIds.length === 0) return new Map();
+  const rows = await db
+    .selectFrom('payment_order')
+    .selectAll()
+    .where('id', 'in', [...new Set(orderIds)])
+    .execute();
+  return new Map(rows.map((row) => [row.id, toPaymentOrder(row)]));
+}
+
 export async function findPaymentOrders(
   db: Db | Trx,
   paymentIds: readonly string[],
@@ -180,4 +194,157 @@ export async function listTransitions(db: Db, paymentId: string): Promise<Transi
     detail: row.detail,
     createdAt: row.created_at,
   }));
+}
+
+export type TransitionInput = Readonly<{
+  previous: PaymentOrder;
+  next: PaymentOrder;
+  event: TransitionCause;
+  now: Date;
+}>;
+
+/**
+ * Writes many orders' transitions in the caller's transaction with a handful of statements (group
+ * commit), each still fenced by its version: the orders' rows are locked first (in id order, so
+ * two batches cannot deadlock on them) and a write whose `previous.version` is no longer the
+ * stored one is 'stale' and writes nothing, exactly as `persistTransition` would answer it. The
+ * others are updated together; the UPDATE repeats the version check, and must hit exactly the
+ * accepted rows. Results are in the order of `inputs`.
+ */
+export async function persistTransitions(
+  trx: Trx,
+  inputs: readonly TransitionInput[],
+): Promise<PersistResult[]> {
+  if (inputs.length === 0) return [];
+  if (inputs.length === 1) return [await persistTransition(trx, inputs[0] as TransitionInput)];
+
+  const ids = [...new Set(inputs.map((input) => input.previous.id))].sort();
+  const locked = await trx
+    .selectFrom('payment_order')
+    .select(['id', 'version'])
+    .where('id', 'in', ids)
+    .orderBy('id')
+    .forUpdate()
+    .execute();
+  const stored = new Map(locked.map((row) => [row.id, BigInt(row.version)]));
+  const results: PersistResult[] = [];
+  const accepted: TransitionInput[] = [];
+  for (const input of inputs) {
+    const version = stored.get(input.previous.id);
+    if (version === undefined || version !== input.previous.version) {
+      results.push('stale');
+      continue;
+    }
+    // A second write of the same order in this batch must see the first one's version.
+    stored.set(input.previous.id, version + 1n);
+    accepted.push(input);
+    results.push('persisted');
+  }
+  if (accepted.length === 0) return results;
+
+  const byId = (pick: (input: TransitionInput) => unknown) =>
+    sql`CASE id ${sql.join(
+      accepted.map((input) => sql`WHEN ${input.previous.id} THEN ${pick(input)}`),
+      sql` `,
+    )} END`;
+  const updated = await sql`
+    UPDATE payment_order SET
+      state = ${byId((input) => input.next.state)},
+      psp_token = ${byId((input) => input.next.pspToken ?? null)},
+      checkout_url = ${byId((input) => input.next.checkoutUrl ?? null)},
+      psp_reference = ${byId((input) => input.next.pspReference ?? null)},
+      failure_reason = ${byId((input) => input.next.failureReason ?? null)},
+      attempts = ${byId((input) => input.next.attempts)},
+      review_reason = ${byId((input) => input.next.reviewReason ?? null)},
+      updated_at = ${byId((input) => input.now)},
+      version = version + 1
+    WHERE id IN (${sql.join(accepted.map((input) => input.previous.id))})
+      AND version = ${byId((input) => input.previous.version.toString())}`.execute(trx);
+  if (updated.numAffectedRows !== BigInt(accepted.length)) {
+    // The rows are locked and their versions were checked above: this cannot happen unless the
+    // batch holds the same order twice, which the version bookkeeping above already excludes.
+    throw new Error(
+      `batched transition updated ${updated.numAffectedRows} rows instead of ${accepted.length}`,
+    );
+  }
+
+  await trx
+    .insertInto('payment_order_transition')
+    .values(
+      accepted.map((input) => ({
+        order_id: input.previous.id,
+        payment_id: input.previous.paymentId,
+        version: (input.previous.version + 1n).toString(),
+        from_state: input.previous.state,
+        to_state: input.next.state,
+        event_type: input.event.type,
+        detail: eventDetail(input.event),
+        created_at: input.now,
+      })),
+    )
+    .execute();
+
+  const latest = new Date(Math.max(...accepted.map((input) => input.now.getTime())));
+  const started = [
+    ...new Set(
+      accepted
+        .filter(
+          (input) =>
+            input.previous.state === ORDER_STATE.notStarted &&
+            input.next.state === ORDER_STATE.executing,
+        )
+        .map((input) => input.previous.paymentId),
+    ),
+  ].sort();
+  if (started.length > 0) {
+    await trx
+      .updateTable('payment')
+      .set({ state: 'EXECUTING', updated_at: latest, version: sql<string>`version + 1` })
+      .where('id', 'in', started)
+      .where('state', '=', 'NOT_STARTED')
+      .execute();
+  }
+
+  const settled = new Map<string, { succeeded: number; failed: number }>();
+  for (const input of accepted) {
+    if (isTerminal(input.previous.state) || !isTerminal(input.next.state)) continue;
+    const counts = settled.get(input.previous.paymentId) ?? { succeeded: 0, failed: 0 };
+    if (input.next.state === ORDER_STATE.succeeded) counts.succeeded += 1;
+    else counts.failed += 1;
+    settled.set(input.previous.paymentId, counts);
+  }
+  if (settled.size > 0) await settleIntoPayments(trx, settled, latest);
+  return results;
+}
+
+/**
+ * `settleIntoPayment` for many payments in one statement: each payment counts its newly terminal
+ * orders (s succeeded, f failed) and derives its state from the old counters plus these, the
+ * state being assigned first for the same reason as there.
+ */
+async function settleIntoPayments(
+  trx: Trx,
+  settled: ReadonlyMap<string, { succeeded: number; failed: number }>,
+  now: Date,
+) {
+  const entries = [...settled.entries()].sort(([a], [b]) => (a < b ? -1 : 1));
+  const byId = (pick: (counts: { succeeded: number; failed: number }) => number) =>
+    sql`(CASE id ${sql.join(
+      entries.map(([id, counts]) => sql`WHEN ${id} THEN ${pick(counts)}`),
+      sql` `,
+    )} END)`;
+  const s = byId((counts) => counts.succeeded);
+  const f = byId((counts) => counts.failed);
+  await sql`
+    UPDATE payment SET
+      state = CASE
+        WHEN orders_succeeded + orders_failed + ${s} + ${f} < orders_total THEN 'EXECUTING'
+        WHEN orders_failed + ${f} = 0 THEN 'SUCCEEDED'
+        WHEN orders_succeeded + ${s} = 0 THEN 'FAILED'
+        ELSE 'PARTIALLY_SUCCEEDED' END,
+      orders_succeeded = orders_succeeded + ${s},
+      orders_failed = orders_failed + ${f},
+      version = version + 1,
+      updated_at = ${now}
+    WHERE id IN (${sql.join(entries.map(([id]) => id))})`.execute(trx);
 }

@@ -8,7 +8,7 @@ import { isDuplicateKey } from '../errors.js';
 import type { PaymentRow } from '../schema.js';
 import type { Trx } from '../transaction.js';
 import type { PaymentOrder } from '../../domain/payment-order.js';
-import { findPaymentOrders } from './payment-order.repository.js';
+import { findPaymentOrders, toPaymentOrder } from './payment-order.repository.js';
 
 export const PAYMENT_STATE = {
   notStarted: 'NOT_STARTED',
@@ -116,49 +116,75 @@ export type NewPayment = Readonly<{
   }>;
 }>;
 
-export async function insertPayment(trx: Trx, payment: NewPayment, now: Date): Promise<void> {
-  const failed = payment.orders.filter((order) => order.state === 'FAILED').length;
+/** Inserts many new payments and their orders with two statements. */
+export async function insertPayments(
+  trx: Trx,
+  payments: ReadonlyArray<Readonly<{ payment: NewPayment; now: Date }>>,
+): Promise<void> {
+  if (payments.length === 0) return;
   await trx
     .insertInto('payment')
-    .values({
-      id: payment.id,
-      buyer_id: payment.buyerId,
-      request_id: payment.requestId,
-      currency: payment.currency,
-      amount_minor: payment.amountMinor,
-      state: payment.state,
-      failure_reason: payment.failureReason ?? null,
-      orders_total: payment.orders.length,
-      orders_succeeded: 0,
-      orders_failed: failed,
-      version: '0',
-      created_at: now,
-      updated_at: now,
-    })
+    .values(payments.map(({ payment, now }) => paymentRow(payment, now)))
     .execute();
   await trx
     .insertInto('payment_order')
-    .values(
-      payment.orders.map((order, seq) => ({
-        id: order.id,
-        payment_id: payment.id,
-        seq,
-        seller_id: order.sellerId,
-        amount_minor: order.amountMinor,
-        currency: payment.currency,
-        state: order.state,
-        version: '0',
-        psp_token: null,
-        checkout_url: null,
-        psp_reference: null,
-        failure_reason: order.failureReason ?? null,
-        attempts: 0,
-        review_reason: null,
-        created_at: now,
-        updated_at: now,
-      })),
-    )
+    .values(payments.flatMap(({ payment, now }) => orderRows(payment, now)))
     .execute();
+}
+
+function paymentRow(payment: NewPayment, now: Date) {
+  return {
+    id: payment.id,
+    buyer_id: payment.buyerId,
+    request_id: payment.requestId,
+    currency: payment.currency,
+    amount_minor: payment.amountMinor,
+    state: payment.state,
+    failure_reason: payment.failureReason ?? null,
+    orders_total: payment.orders.length,
+    orders_succeeded: 0,
+    orders_failed: payment.orders.filter((order) => order.state === 'FAILED').length,
+    version: '0',
+    created_at: now,
+    updated_at: now,
+  };
+}
+
+function orderRows(payment: NewPayment, now: Date) {
+  return payment.orders.map((order, seq) => ({
+    id: order.id,
+    payment_id: payment.id,
+    seq,
+    seller_id: order.sellerId,
+    amount_minor: order.amountMinor,
+    currency: payment.currency,
+    state: order.state,
+    version: '0',
+    psp_token: null,
+    checkout_url: null,
+    psp_reference: null,
+    failure_reason: order.failureReason ?? null,
+    attempts: 0,
+    review_reason: null,
+    created_at: now,
+    updated_at: now,
+  }));
+}
+
+/** A payment as `insertPayments` stored it, read back through the same mapping as findPayment. */
+export function createdPayment(payment: NewPayment, now: Date): Payment {
+  const row = { ...paymentRow(payment, now), amount_minor: payment.amountMinor.toString() };
+  return toPayment(
+    row,
+    orderRows(payment, now).map((order) =>
+      toPaymentOrder({
+        ...order,
+        amount_minor: order.amount_minor.toString(),
+        janitor_lease_until: null,
+        janitor_owner: null,
+      }),
+    ),
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -229,6 +255,41 @@ export async function claimIdempotencyKey(
   return { kind: 'in-flight', requestHash: existing.request_hash };
 }
 
+export type NewIdempotencyKey = Readonly<{
+  buyerId: string;
+  requestId: string;
+  requestHash: string;
+  now: Date;
+  leaseMs: number;
+}>;
+
+/**
+ * `claimIdempotencyKey` for many fresh requests with one autocommit INSERT: each key is still
+ * committed before its payment's transaction, where a concurrent duplicate sees it at once.
+ * Resolves when every key was new; any duplicate fails the whole statement (nothing inserted)
+ * and the caller claims each key alone, which tells a repeat from a request in flight.
+ */
+export async function insertIdempotencyKeys(
+  db: Db,
+  keys: readonly NewIdempotencyKey[],
+): Promise<void> {
+  if (keys.length === 0) return;
+  await db
+    .insertInto('idempotency_key')
+    .values(
+      keys.map((key) => ({
+        buyer_id: key.buyerId,
+        request_id: key.requestId,
+        request_hash: key.requestHash,
+        state: 'IN_FLIGHT' as const,
+        payment_id: null,
+        lease_until: new Date(key.now.getTime() + key.leaseMs),
+        created_at: key.now,
+      })),
+    )
+    .execute();
+}
+
 /** Marks the key COMPLETED inside the transaction that creates the payment. */
 export async function completeIdempotencyKey(
   trx: Trx,
@@ -242,6 +303,30 @@ export async function completeIdempotencyKey(
     .where('state', '=', 'IN_FLIGHT')
     .executeTakeFirst();
   return result.numUpdatedRows === 1n;
+}
+
+/**
+ * Marks many keys COMPLETED inside the transaction that creates their payments. Returns how many
+ * were still IN_FLIGHT (and so completed); fewer than asked means a key was taken over.
+ */
+export async function completeIdempotencyKeys(
+  trx: Trx,
+  keys: ReadonlyArray<Readonly<{ buyerId: string; requestId: string; paymentId: string }>>,
+): Promise<number> {
+  if (keys.length === 0) return 0;
+  if (keys.length === 1)
+    return (await completeIdempotencyKey(trx, keys[0] as (typeof keys)[number])) ? 1 : 0;
+  const sameKey = (key: { buyerId: string; requestId: string }) =>
+    sql`(buyer_id = ${key.buyerId} AND request_id = ${key.requestId})`;
+  const result = await sql`
+    UPDATE idempotency_key SET
+      state = 'COMPLETED',
+      payment_id = CASE ${sql.join(
+        keys.map((key) => sql`WHEN ${sameKey(key)} THEN ${key.paymentId}`),
+        sql` `,
+      )} END
+    WHERE (${sql.join(keys.map(sameKey), sql` OR `)}) AND state = 'IN_FLIGHT'`.execute(trx);
+  return Number(result.numAffectedRows ?? 0n);
 }
 
 /** Gives a claimed key back after the creation failed, so the caller can retry at once. */

@@ -1,0 +1,421 @@
+/**
+ * The ceiling: the durable MySQL writes a successful payment needs, done by a minimal script with
+ * nothing of Settle in between (no gRPC, no JetStream, no actors, no PSP), at the same
+ * concurrency as the end-to-end run, so the two can be compared side by side. Per payment of k
+ * orders, in the same transactions and autocommits Settle uses:
+ *
+ *   1. INSERT idempotency_key (autocommit: the claim is visible to a concurrent duplicate at once)
+ *   2. tx: INSERT payment, k payment_order rows, k outbox rows; UPDATE idempotency_key COMPLETED
+ *   3. DELETE the k outbox rows (the relay, after publishing)
+ *   then for each order, concurrently:
+ *   4. tx: UPDATE payment_order NOT_STARTED→EXECUTING WHERE version = 0; INSERT transition;
+ *          UPDATE payment NOT_STARTED→EXECUTING
+ *   5. tx: UPDATE payment_order +token WHERE version = 1; INSERT transition
+ *   6. tx: INSERT inbox (webhook event id); INSERT outbox (PspResult)
+ *   7. DELETE that outbox row (the relay)
+ *   8. tx: UPDATE payment_order →SUCCEEDED WHERE version = 2; INSERT transition; UPDATE payment
+ *          aggregate; INSERT ledger_transaction; INSERT 2 ledger_entry; wallet upsert
+ *
+ * Reads (the actor's load, the ledger's pair assertion) are left out: this is the write floor.
+ * Every version-checked UPDATE must hit exactly one row, or the run fails.
+ *
+ * Run alone: node --import tsx bench/ceiling.ts [--mysql-url U] [--concurrency 64]
+ *   [--orders-per-payment 1] [--sellers 1000] [--hot-seller] [--duration 5] [--pool-size 16]
+ * It prints one JSON line with the result. `npm run bench` runs it as a child process.
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { createPool, type Pool, type PoolConnection, type ResultSetHeader } from 'mysql2/promise';
+import { newId } from '../src/domain/ids.js';
+import { ensureDatabase, migrateToLatest, openDatabase, parseMysqlUrl } from '../src/storage/db.js';
+
+export type CeilingOptions = Readonly<{
+  mysqlUrl: string;
+  concurrency: number;
+  ordersPerPayment: number;
+  sellers: number;
+  hotSeller: boolean;
+  durationMs: number;
+  paymentsMax: number;
+  poolSize: number;
+}>;
+
+export type CeilingResult = Readonly<{
+  payments: number;
+  orders: number;
+  elapsedMs: number;
+  ordersPerS: number;
+  commitsPerOrder: number;
+  statementsPerOrder: number;
+  cpuMs: number;
+}>;
+
+const SUBJECT = 'settle.ceiling.cmd.0';
+
+export async function runCeiling(options: CeilingOptions): Promise<CeilingResult> {
+  await ensureDatabase(options.mysqlUrl);
+  const migrated = openDatabase(options.mysqlUrl, { poolSize: 1 });
+  try {
+    await migrateToLatest(migrated.db);
+  } finally {
+    await migrated.close();
+  }
+  const target = parseMysqlUrl(options.mysqlUrl);
+  const pool = createPool({
+    host: target.host,
+    port: target.port,
+    user: target.user,
+    password: target.password,
+    database: target.database,
+    connectionLimit: options.poolSize,
+    queueLimit: options.poolSize * 1_024,
+    connectTimeout: 5_000,
+    timezone: 'Z',
+    supportBigNumbers: true,
+    bigNumberStrings: true,
+  });
+  const counters = { statements: 0, commits: 0 };
+  const cpuBefore = process.cpuUsage();
+  const started = Date.now();
+  const deadline = started + options.durationMs;
+  let payments = 0;
+  let launched = 0;
+  try {
+    await Promise.all(
+      Array.from({ length: options.concurrency }, async () => {
+        while (Date.now() < deadline && launched < options.paymentsMax) {
+          launched += 1;
+          await onePayment(pool, options, counters);
+          payments += 1;
+        }
+      }),
+    );
+  } finally {
+    await pool.end();
+  }
+  const elapsedMs = Date.now() - started;
+  const cpu = process.cpuUsage(cpuBefore);
+  const orders = payments * options.ordersPerPayment;
+  return {
+    payments,
+    orders,
+    elapsedMs,
+    ordersPerS: (orders * 1000) / elapsedMs,
+    commitsPerOrder: counters.commits / Math.max(1, orders),
+    statementsPerOrder: counters.statements / Math.max(1, orders),
+    cpuMs: (cpu.user + cpu.system) / 1000,
+  };
+}
+
+type Counters = { statements: number; commits: number };
+
+function sellerOf(options: CeilingOptions): string {
+  return options.hotSeller ? 'seller-hot' : `seller-${Math.floor(Math.random() * options.sellers)}`;
+}
+
+async function onePayment(pool: Pool, options: CeilingOptions, counters: Counters) {
+  const now = new Date();
+  const buyerId = `buyer-${Math.floor(Math.random() * 10_000)}`;
+  const requestId = randomUUID();
+  const paymentId = newId('payment', now.getTime());
+  const orders = Array.from({ length: options.ordersPerPayment }, () => ({
+    id: newId('order', now.getTime()),
+    sellerId: sellerOf(options),
+    amountMinor: 100 + Math.floor(Math.random() * 10_000),
+  }));
+  const total = orders.reduce((sum, order) => sum + order.amountMinor, 0);
+
+  // 1. The idempotency claim, on its own.
+  await exec(
+    pool,
+    counters,
+    `INSERT INTO idempotency_key (buyer_id, request_id, request_hash, state, payment_id, lease_until, created_at)
+     VALUES (?, ?, ?, 'IN_FLIGHT', NULL, ?, ?)`,
+    [buyerId, requestId, randomBytes(32).toString('hex'), new Date(now.getTime() + 30_000), now],
+  );
+  counters.commits += 1;
+  // 2. The payment, its orders and their ExecuteOrder commands.
+  const outboxIds = await transaction(pool, counters, async (connection) => {
+    await exec(
+      connection,
+      counters,
+      `INSERT INTO payment (id, buyer_id, request_id, currency, amount_minor, state, failure_reason,
+         orders_total, orders_succeeded, orders_failed, version, created_at, updated_at)
+       VALUES (?, ?, ?, 'USD', ?, 'NOT_STARTED', NULL, ?, 0, 0, 0, ?, ?)`,
+      [paymentId, buyerId, requestId, total, orders.length, now, now],
+    );
+    await exec(
+      connection,
+      counters,
+      `INSERT INTO payment_order (id, payment_id, seq, seller_id, amount_minor, currency, state,
+         version, psp_token, checkout_url, psp_reference, failure_reason, attempts, review_reason,
+         created_at, updated_at)
+       VALUES ${orders.map(() => "(?, ?, ?, ?, ?, 'USD', 'NOT_STARTED', 0, NULL, NULL, NULL, NULL, 0, NULL, ?, ?)").join(', ')}`,
+      orders.flatMap((order, seq) => [
+        order.id,
+        paymentId,
+        seq,
+        order.sellerId,
+        order.amountMinor,
+        now,
+        now,
+      ]),
+    );
+    const inserted = await exec(
+      connection,
+      counters,
+      `INSERT INTO outbox (subject, msg_id, payload, created_at) VALUES ${orders.map(() => '(?, ?, ?, ?)').join(', ')}`,
+      orders.flatMap((order) => [
+        SUBJECT,
+        `exec:${order.id}`,
+        JSON.stringify({ type: 'ExecuteOrder', orderId: order.id }),
+        now,
+      ]),
+    );
+    await exec(
+      connection,
+      counters,
+      `UPDATE idempotency_key SET state = 'COMPLETED', payment_id = ?
+       WHERE buyer_id = ? AND request_id = ? AND state = 'IN_FLIGHT'`,
+      [paymentId, buyerId, requestId],
+      1,
+    );
+    return Array.from({ length: orders.length }, (_, i) => inserted.insertId + i);
+  });
+  // 3. The relay deletes what it published.
+  await exec(pool, counters, `DELETE FROM outbox WHERE id IN (?)`, [outboxIds]);
+  counters.commits += 1;
+
+  await Promise.all(orders.map((order) => oneOrder(pool, counters, paymentId, order)));
+}
+
+async function oneOrder(
+  pool: Pool,
+  counters: Counters,
+  paymentId: string,
+  order: { id: string; sellerId: string; amountMinor: number },
+) {
+  const transitionSql = `INSERT INTO payment_order_transition
+      (order_id, payment_id, version, from_state, to_state, event_type, detail, created_at)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?)`;
+  // 4. ExecuteOrder.
+  let now = new Date();
+  await transaction(pool, counters, async (connection) => {
+    await exec(
+      connection,
+      counters,
+      `UPDATE payment_order SET state = 'EXECUTING', attempts = 1, updated_at = ?, version = version + 1
+       WHERE id = ? AND version = 0`,
+      [now, order.id],
+      1,
+    );
+    await exec(connection, counters, transitionSql, [
+      order.id,
+      paymentId,
+      1,
+      'NOT_STARTED',
+      'EXECUTING',
+      'ExecuteOrder',
+      '{"type":"ExecuteOrder"}',
+      now,
+    ]);
+    await exec(
+      connection,
+      counters,
+      `UPDATE payment SET state = 'EXECUTING', updated_at = ?, version = version + 1
+       WHERE id = ? AND state = 'NOT_STARTED'`,
+      [now, paymentId],
+    );
+  });
+  // 5. PspRegistered.
+  now = new Date();
+  const token = `tok_${randomBytes(15).toString('hex')}`;
+  await transaction(pool, counters, async (connection) => {
+    await exec(
+      connection,
+      counters,
+      `UPDATE payment_order SET psp_token = ?, checkout_url = ?, updated_at = ?, version = version + 1
+       WHERE id = ? AND version = 1`,
+      [token, `http://127.0.0.1:1/pay/${token}`, now, order.id],
+      1,
+    );
+    await exec(connection, counters, transitionSql, [
+      order.id,
+      paymentId,
+      2,
+      'EXECUTING',
+      'EXECUTING',
+      'PspRegistered',
+      JSON.stringify({ type: 'PspRegistered', token }),
+      now,
+    ]);
+  });
+  // 6. The webhook: inbox + PspResult command.
+  now = new Date();
+  const eventId = `evt_${randomBytes(15).toString('hex')}`;
+  const outboxId = await transaction(pool, counters, async (connection) => {
+    await exec(
+      connection,
+      counters,
+      `INSERT INTO inbox (source, event_id, order_id, received_at) VALUES ('psp', ?, ?, ?)`,
+      [eventId, order.id, now],
+    );
+    const inserted = await exec(
+      connection,
+      counters,
+      `INSERT INTO outbox (subject, msg_id, payload, created_at) VALUES (?, ?, ?, ?)`,
+      [SUBJECT, `psp:${eventId}`, JSON.stringify({ type: 'PspResult', orderId: order.id }), now],
+    );
+    return inserted.insertId;
+  });
+  // 7. The relay.
+  await exec(pool, counters, `DELETE FROM outbox WHERE id = ?`, [outboxId]);
+  counters.commits += 1;
+  // 8. PspSucceeded: the order, the payment, the ledger and the wallet in one transaction.
+  now = new Date();
+  const ledgerId = newId('ledgerTransaction', now.getTime());
+  await transaction(pool, counters, async (connection) => {
+    await exec(
+      connection,
+      counters,
+      `UPDATE payment_order SET state = 'SUCCEEDED', psp_reference = ?, updated_at = ?, version = version + 1
+       WHERE id = ? AND version = 2`,
+      [`psp_${eventId.slice(4)}`, now, order.id],
+      1,
+    );
+    await exec(connection, counters, transitionSql, [
+      order.id,
+      paymentId,
+      3,
+      'EXECUTING',
+      'SUCCEEDED',
+      'PspSucceeded',
+      JSON.stringify({ type: 'PspSucceeded', eventId }),
+      now,
+    ]);
+    await exec(
+      connection,
+      counters,
+      `UPDATE payment SET
+         state = CASE WHEN orders_succeeded + orders_failed + 1 < orders_total THEN 'EXECUTING'
+                      WHEN orders_failed = 0 THEN 'SUCCEEDED' ELSE 'PARTIALLY_SUCCEEDED' END,
+         orders_succeeded = orders_succeeded + 1, version = version + 1, updated_at = ?
+       WHERE id = ?`,
+      [now, paymentId],
+      1,
+    );
+    await exec(
+      connection,
+      counters,
+      `INSERT INTO ledger_transaction (id, order_id, kind, currency, amount_minor, created_at)
+       VALUES (?, ?, 'PAYMENT', 'USD', ?, ?)`,
+      [ledgerId, order.id, order.amountMinor, now],
+    );
+    await exec(
+      connection,
+      counters,
+      `INSERT INTO ledger_entry (transaction_id, account, order_id, kind, currency, debit_minor, credit_minor, created_at)
+       VALUES (?, 'psp_receivable', ?, 'PAYMENT_RECEIVABLE', 'USD', ?, 0, ?),
+              (?, ?, ?, 'PAYMENT_PAYABLE', 'USD', 0, ?, ?)`,
+      [
+        ledgerId,
+        order.id,
+        order.amountMinor,
+        now,
+        ledgerId,
+        `seller_payable:${order.sellerId}`,
+        order.id,
+        order.amountMinor,
+        now,
+      ],
+    );
+    await exec(
+      connection,
+      counters,
+      `INSERT INTO wallet (seller_id, currency, balance_minor, version, updated_at)
+       VALUES (?, 'USD', ?, 1, ?)
+       ON DUPLICATE KEY UPDATE balance_minor = balance_minor + ?, version = version + 1, updated_at = ?`,
+      [order.sellerId, order.amountMinor, now, order.amountMinor, now],
+    );
+  });
+}
+
+/** Runs one statement; `rowsExpected` makes a version check fail loudly when it misses. */
+async function exec(
+  target: Pool | PoolConnection,
+  counters: Counters,
+  statement: string,
+  values: unknown[],
+  rowsExpected?: number,
+): Promise<ResultSetHeader> {
+  counters.statements += 1;
+  const [result] = await target.query<ResultSetHeader>(statement, values);
+  if (rowsExpected !== undefined && result.affectedRows !== rowsExpected) {
+    throw new Error(`expected ${rowsExpected} row(s), got ${result.affectedRows}: ${statement}`);
+  }
+  return result;
+}
+
+async function transaction<T>(
+  pool: Pool,
+  counters: Counters,
+  work: (connection: PoolConnection) => Promise<T>,
+): Promise<T> {
+  const connection = await pool.getConnection();
+  try {
+    await connection.query('BEGIN');
+    counters.statements += 1;
+    const result = await work(connection);
+    await connection.query('COMMIT');
+    counters.statements += 1;
+    counters.commits += 1;
+    return result;
+  } catch (error) {
+    await connection.query('ROLLBACK').catch(() => undefined);
+    throw error;
+  } finally {
+    connection.release();
+  }
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      'mysql-url': { type: 'string', default: 'mysql://root@127.0.0.1:3306/settle_bench_ceiling' },
+      concurrency: { type: 'string', default: '64' },
+      'orders-per-payment': { type: 'string', default: '1' },
+      sellers: { type: 'string', default: '1000' },
+      'hot-seller': { type: 'boolean', default: false },
+      duration: { type: 'string', default: '5' },
+      payments: { type: 'string', default: '1000000' },
+      'pool-size': { type: 'string', default: '16' },
+    },
+  });
+  const result = await runCeiling({
+    mysqlUrl: values['mysql-url'],
+    concurrency: positive('concurrency', values.concurrency),
+    ordersPerPayment: positive('orders-per-payment', values['orders-per-payment']),
+    sellers: positive('sellers', values.sellers),
+    hotSeller: values['hot-seller'],
+    durationMs: positive('duration', values.duration) * 1000,
+    paymentsMax: positive('payments', values.payments),
+    poolSize: positive('pool-size', values['pool-size']),
+  });
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+}
+
+function positive(name: string, value: string): number {
+  const number = Number(value);
+  if (!Number.isFinite(number) || number <= 0)
+    throw new Error(`--${name} must be a positive number`);
+  return number;
+}
+
+if (process.argv[1] !== undefined && fileURLToPath(import.meta.url) === resolve(process.argv[1])) {
+  main().catch((error: unknown) => {
+    process.stderr.write(`ceiling: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.exit(1);
+  });
+}

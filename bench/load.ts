@@ -1,0 +1,308 @@
+/**
+ * Drives Settle over gRPC and watches payments finish. Two shapes of load:
+ *
+ * - closed loop: `concurrency` workers, each creating a payment and waiting until it is terminal
+ *   before the next, which finds the maximum rate;
+ * - open loop: payments started at a fixed rate whatever happens, which measures latency at a
+ *   chosen load (half the maximum) without the coordinated omission of a closed loop.
+ *
+ * Completion is observed in Settle's database (the payment row's state), polled every few
+ * milliseconds by one query for all payments in flight; a payment counts as terminal when the
+ * poll first sees it so. Every loop ends at its deadline or count, whichever comes first.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { randomUUID } from 'node:crypto';
+import { createPool, type Pool, type RowDataPacket } from 'mysql2/promise';
+import {
+  PaymentServiceClient,
+  type CreatePaymentRequest,
+  type CreatePaymentResponse,
+} from '../src/grpc/generated/settle/v1/payment.js';
+import { parseMysqlUrl } from '../src/storage/db.js';
+import { sleep } from './stack.js';
+
+const POLL_MS = 10;
+const POLL_IDS_MAX = 2_000;
+/** A payment not terminal this long after its creation counts as timed out. */
+export const TERMINAL_TIMEOUT_MS = 60_000;
+const CREATE_DEADLINE_MS = 10_000;
+/** Retries of one CreatePayment that Settle asked to retry (ABORTED, RESOURCE_EXHAUSTED, …). */
+const CREATE_RETRIES_MAX = 20;
+
+const TERMINAL = new Set(['SUCCEEDED', 'PARTIALLY_SUCCEEDED', 'FAILED']);
+
+export type PaymentShape = Readonly<{
+  ordersPerPayment: number;
+  sellers: number;
+  /** Every payment has one order, to this seller, when set. */
+  hotSeller: string | undefined;
+}>;
+
+export type Sample = Readonly<{
+  paymentId: string;
+  orders: number;
+  createMs: number;
+  /** Create start → terminal seen; undefined when it timed out. */
+  terminalMs: number | undefined;
+  state: string | undefined;
+  startedAt: number;
+}>;
+
+export type LoadResult = Readonly<{
+  samples: Sample[];
+  elapsedMs: number;
+  createErrors: Record<string, number>;
+  /** Open loop only: starts skipped because too many payments were in flight. */
+  skipped: number;
+}>;
+
+type Waiter = {
+  startedAt: number;
+  resolve: (seen: { state: string; at: number } | undefined) => void;
+};
+
+/** Watches payments in Settle's database until they are terminal. */
+export class CompletionWatcher {
+  private readonly pool: Pool;
+  private readonly waiting = new Map<string, Waiter>();
+  private running = true;
+  private readonly loop: Promise<void>;
+  private stopped: Promise<void> | undefined;
+
+  constructor(mysqlUrl: string) {
+    const target = parseMysqlUrl(mysqlUrl);
+    this.pool = createPool({
+      host: target.host,
+      port: target.port,
+      user: target.user,
+      password: target.password,
+      database: target.database,
+      connectionLimit: 2,
+      connectTimeout: 5_000,
+    });
+    this.loop = this.run();
+  }
+
+  /** Resolves when the payment is terminal, or with undefined after TERMINAL_TIMEOUT_MS. */
+  wait(paymentId: string, startedAt: number): Promise<{ state: string; at: number } | undefined> {
+    return new Promise((resolve) => this.waiting.set(paymentId, { startedAt, resolve }));
+  }
+
+  get inFlight(): number {
+    return this.waiting.size;
+  }
+
+  /** Stops polling; waits still pending resolve with undefined. Idempotent. */
+  stop(): Promise<void> {
+    return (this.stopped ??= (async () => {
+      this.running = false;
+      await this.loop;
+      for (const waiter of this.waiting.values()) waiter.resolve(undefined);
+      this.waiting.clear();
+      await this.pool.end();
+    })());
+  }
+
+  private async run(): Promise<void> {
+    while (this.running) {
+      if (this.waiting.size === 0) {
+        await sleep(POLL_MS);
+        continue;
+      }
+      const ids = [...this.waiting.keys()].slice(0, POLL_IDS_MAX);
+      try {
+        const [rows] = await this.pool.query<RowDataPacket[]>(
+          'SELECT id, state FROM payment WHERE id IN (?)',
+          [ids],
+        );
+        const seenAt = Date.now();
+        for (const row of rows) {
+          const state = String(row['state']);
+          if (!TERMINAL.has(state)) continue;
+          const id = String(row['id']);
+          this.waiting.get(id)?.resolve({ state, at: seenAt });
+          this.waiting.delete(id);
+        }
+      } catch {
+        // A failed poll is retried at the next tick; timeouts below still bound every wait.
+      }
+      const now = Date.now();
+      for (const [id, waiter] of this.waiting) {
+        if (now - waiter.startedAt > TERMINAL_TIMEOUT_MS) {
+          waiter.resolve(undefined);
+          this.waiting.delete(id);
+        }
+      }
+      await sleep(POLL_MS);
+    }
+  }
+}
+
+export class LoadDriver {
+  private readonly client: PaymentServiceClient;
+  private buyerSeq = 0;
+
+  constructor(
+    address: string,
+    private readonly watcher: CompletionWatcher,
+  ) {
+    this.client = new PaymentServiceClient(address, grpc.credentials.createInsecure(), {
+      'grpc.max_receive_message_length': 16 * 1024 * 1024,
+    });
+  }
+
+  close(): void {
+    this.client.close();
+  }
+
+  /** Creates one payment (retrying what Settle asks to retry); returns its id and the time. */
+  async create(
+    shape: PaymentShape,
+    errors: Record<string, number>,
+  ): Promise<{ paymentId: string; createMs: number; startedAt: number } | undefined> {
+    const request: CreatePaymentRequest = {
+      requestId: randomUUID(),
+      buyerId: `buyer-${(this.buyerSeq += 1) % 10_000}`,
+      currencyCode: 'USD',
+      orders: sellersFor(shape).map((sellerId) => ({
+        sellerId,
+        amountMinor: BigInt(100 + Math.floor(Math.random() * 10_000)),
+      })),
+    };
+    for (let attempt = 1; attempt <= CREATE_RETRIES_MAX; attempt += 1) {
+      const startedAt = Date.now();
+      try {
+        const response = await this.call(request);
+        const paymentId = response.payment?.paymentId;
+        if (paymentId === undefined) throw new Error('CreatePayment answered without a payment');
+        return { paymentId, createMs: Date.now() - startedAt, startedAt };
+      } catch (error) {
+        const code = (error as grpc.ServiceError).code;
+        const name = code === undefined ? 'ERROR' : (grpc.status[code] ?? String(code));
+        errors[name] = (errors[name] ?? 0) + 1;
+        const retryable =
+          code === grpc.status.ABORTED ||
+          code === grpc.status.RESOURCE_EXHAUSTED ||
+          code === grpc.status.UNAVAILABLE;
+        if (!retryable) return undefined;
+        await sleep(Math.min(1_000, 20 * attempt));
+      }
+    }
+    return undefined;
+  }
+
+  /** `concurrency` workers, each create → wait terminal → repeat, until the deadline/count. */
+  async closedLoop(options: {
+    shape: PaymentShape;
+    concurrency: number;
+    durationMs: number;
+    paymentsMax: number;
+    onProgress?: (done: number) => void;
+  }): Promise<LoadResult> {
+    const samples: Sample[] = [];
+    const createErrors: Record<string, number> = {};
+    const started = Date.now();
+    const deadline = started + options.durationMs;
+    let launched = 0;
+    await Promise.all(
+      Array.from({ length: options.concurrency }, async () => {
+        while (Date.now() < deadline && launched < options.paymentsMax) {
+          launched += 1;
+          const sample = await this.onePayment(options.shape, createErrors);
+          if (sample !== undefined) samples.push(sample);
+          options.onProgress?.(samples.length);
+        }
+      }),
+    );
+    return { samples, elapsedMs: lastEnd(samples, started) - started, createErrors, skipped: 0 };
+  }
+
+  /** Starts payments at `ratePerS` until the deadline/count, never more than `inFlightMax` at once. */
+  async openLoop(options: {
+    shape: PaymentShape;
+    ratePerS: number;
+    durationMs: number;
+    paymentsMax: number;
+    inFlightMax: number;
+  }): Promise<LoadResult> {
+    const samples: Sample[] = [];
+    const createErrors: Record<string, number> = {};
+    const running = new Set<Promise<void>>();
+    const started = Date.now();
+    const intervalMs = 1000 / options.ratePerS;
+    let skipped = 0;
+    for (let i = 0; i < options.paymentsMax; i += 1) {
+      const due = started + i * intervalMs;
+      if (due >= started + options.durationMs) break;
+      const wait = due - Date.now();
+      if (wait > 0) await sleep(wait);
+      if (running.size >= options.inFlightMax) {
+        skipped += 1;
+        continue;
+      }
+      const task: Promise<void> = this.onePayment(options.shape, createErrors).then((sample) => {
+        if (sample !== undefined) samples.push(sample);
+        running.delete(task);
+      });
+      running.add(task);
+    }
+    await Promise.all(running);
+    return { samples, elapsedMs: lastEnd(samples, started) - started, createErrors, skipped };
+  }
+
+  private async onePayment(
+    shape: PaymentShape,
+    errors: Record<string, number>,
+  ): Promise<Sample | undefined> {
+    const created = await this.create(shape, errors);
+    if (created === undefined) return undefined;
+    const seen = await this.watcher.wait(created.paymentId, created.startedAt);
+    return {
+      paymentId: created.paymentId,
+      orders: shape.ordersPerPayment,
+      createMs: created.createMs,
+      terminalMs: seen === undefined ? undefined : seen.at - created.startedAt,
+      state: seen?.state,
+      startedAt: created.startedAt,
+    };
+  }
+
+  private call(request: CreatePaymentRequest): Promise<CreatePaymentResponse> {
+    return new Promise((resolve, reject) => {
+      this.client.createPayment(
+        request,
+        new grpc.Metadata(),
+        { deadline: Date.now() + CREATE_DEADLINE_MS },
+        (error, response) => (error ? reject(error) : resolve(response)),
+      );
+    });
+  }
+}
+
+/** Distinct sellers for one payment (a payment has one order per seller). */
+function sellersFor(shape: PaymentShape): string[] {
+  if (shape.hotSeller !== undefined) return [shape.hotSeller];
+  const picked = new Set<string>();
+  const wanted = Math.min(shape.ordersPerPayment, shape.sellers);
+  for (let tries = 0; picked.size < wanted && tries < wanted * 100; tries += 1) {
+    picked.add(`seller-${Math.floor(Math.random() * shape.sellers)}`);
+  }
+  return [...picked];
+}
+
+function lastEnd(samples: readonly Sample[], started: number): number {
+  let end = started + 1;
+  for (const sample of samples) {
+    const at = sample.startedAt + (sample.terminalMs ?? 0);
+    if (at > end) end = at;
+  }
+  return end;
+}
+
+/** The q-quantile (0..1) of the values, nearest rank; NaN when empty. */
+export function quantile(values: readonly number[], q: number): number {
+  if (values.length === 0) return Number.NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1));
+  return sorted[rank] ?? Number.NaN;
+}

@@ -1,0 +1,63 @@
+/**
+ * Reads CPU time and memory of processes from /proc (Linux), so the benchmark can say what each
+ * process (Settle, the PSP mock, MariaDB, nats-server, the bench itself) cost, and how busy the
+ * whole machine was: on a shared machine, CPU that none of those used is somebody else's load.
+ */
+import { readFileSync, readdirSync } from 'node:fs';
+
+/** Linux reports utime/stime in clock ticks; 100 per second on every mainstream kernel. */
+const CLOCK_TICKS_PER_S = 100;
+
+export type ProcSample = Readonly<{ cpuMs: number; rssBytes: number; hwmBytes: number }>;
+
+/** CPU time (user + system) and memory of one process; undefined when it is gone. */
+export function sampleProcess(pid: number): ProcSample | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const utime = Number(fields[11]);
+    const stime = Number(fields[12]);
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    return {
+      cpuMs: ((utime + stime) * 1000) / CLOCK_TICKS_PER_S,
+      rssBytes: kbField(status, 'VmRSS') * 1024,
+      hwmBytes: kbField(status, 'VmHWM') * 1024,
+    };
+  } catch {
+    return undefined;
+  }
+}
+
+function kbField(status: string, name: string): number {
+  const match = new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status);
+  return match ? Number(match[1]) : 0;
+}
+
+/** Pids whose command name (comm) is `name`; at most 16 (only a few are ever expected). */
+export function findPids(name: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() === name) pids.push(Number(entry));
+    } catch {
+      // The process ended while we looked.
+    }
+    if (pids.length >= 16) break;
+  }
+  return pids;
+}
+
+export type MachineSample = Readonly<{ busyMs: number; totalMs: number }>;
+
+/** CPU time of the whole machine (all cores), busy and total, from /proc/stat. */
+export function sampleMachine(): MachineSample {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
+  const values = line.trim().split(/\s+/).slice(1).map(Number);
+  const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] =
+    values;
+  const busy = user + nice + system + irq + softirq + steal;
+  const toMs = (ticks: number) => (ticks * 1000) / CLOCK_TICKS_PER_S;
+  return { busyMs: toMs(busy), totalMs: toMs(busy + idle + iowait) };
+}

@@ -1,0 +1,123 @@
+/**
+ * Records accepted PSP webhook events: in ONE transaction, the event id in the inbox (unique, so
+ * a repeated event is a no-op) and its PspResult command in the outbox, for an order that
+ * exists. `recordWebhookEvent` does one event; `WebhookInbox` is its group commit: events that
+ * arrive together are checked with one query and written with one statement per table. A batch
+ * holding a duplicate fails on the inbox's unique key and is then replayed event by event, so
+ * each duplicate is told apart exactly as alone (duplicates are rare: PSP retries).
+ */
+import { pspResultMessage } from '../messaging/commands.js';
+import type { Names } from '../messaging/subjects.js';
+import type { Db } from '../storage/db.js';
+import { GroupCommit } from '../storage/group-commit.js';
+import { findPaymentOrder } from '../storage/repositories/payment-order.repository.js';
+import { enqueueOutbox, recordInbox } from '../storage/repositories/outbox.repository.js';
+import { inTransaction } from '../storage/transaction.js';
+
+export type WebhookEvent = Readonly<{
+  eventId: string;
+  orderId: string;
+  outcome: 'SUCCEEDED' | 'DECLINED';
+  pspReference: string | null;
+  amountMinor: string;
+  declineCode: string | null;
+  now: Date;
+}>;
+
+export type Recorded = 'fresh' | 'duplicate' | 'unknown-order';
+
+export const INBOX_SOURCE_PSP = 'psp';
+
+/** Records one event in its own transaction. */
+export async function recordWebhookEvent(
+  db: Db,
+  names: Names,
+  event: WebhookEvent,
+): Promise<Recorded> {
+  if ((await findPaymentOrder(db, event.orderId)) === undefined) return 'unknown-order';
+  return inTransaction(db, async (trx) => {
+    const fresh = await recordInbox(trx, {
+      source: INBOX_SOURCE_PSP,
+      eventId: event.eventId,
+      orderId: event.orderId,
+      now: event.now,
+    });
+    if (!fresh) return 'duplicate';
+    await enqueueOutbox(trx, [commandOf(names, event)], event.now);
+    return 'fresh';
+  });
+}
+
+export class WebhookInbox {
+  private readonly group: GroupCommit<WebhookEvent, Recorded>;
+
+  constructor(
+    db: Db,
+    names: Names,
+    options: Readonly<{
+      batchMax: number;
+      inFlightMax: number;
+      queueMax: number;
+      onBatch?: (batch: { size: number; ms: number; ok: boolean }) => void;
+    }>,
+  ) {
+    this.group = new GroupCommit({
+      name: 'webhook events',
+      ...options,
+      writeOne: (event) => recordWebhookEvent(db, names, event),
+      writeBatch: (events) =>
+        inTransaction(db, async (trx) => {
+          const known = new Set(
+            (
+              await trx
+                .selectFrom('payment_order')
+                .select('id')
+                .where('id', 'in', [...new Set(events.map((event) => event.orderId))])
+                .execute()
+            ).map((row) => row.id),
+          );
+          const accepted = events.filter((event) => known.has(event.orderId));
+          if (accepted.length > 0) {
+            // A duplicate (repeated event id) fails the whole statement: the batch then goes
+            // through event by event.
+            await trx
+              .insertInto('inbox')
+              .values(
+                accepted.map((event) => ({
+                  source: INBOX_SOURCE_PSP,
+                  event_id: event.eventId,
+                  order_id: event.orderId,
+                  received_at: event.now,
+                })),
+              )
+              .execute();
+            await enqueueOutbox(
+              trx,
+              accepted.map((event) => commandOf(names, event)),
+              new Date(Math.max(...accepted.map((event) => event.now.getTime()))),
+            );
+          }
+          return events.map((event): Recorded =>
+            known.has(event.orderId) ? 'fresh' : 'unknown-order',
+          );
+        }),
+    });
+  }
+
+  readonly record = (event: WebhookEvent): Promise<Recorded> => this.group.submit(event);
+
+  stop(timeoutMs: number): Promise<void> {
+    return this.group.stop(timeoutMs);
+  }
+}
+
+function commandOf(names: Names, event: WebhookEvent) {
+  return pspResultMessage(names, {
+    orderId: event.orderId,
+    eventId: event.eventId,
+    outcome: event.outcome,
+    pspReference: event.pspReference,
+    amountMinor: event.amountMinor,
+    declineCode: event.declineCode,
+  });
+}

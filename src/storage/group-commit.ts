@@ -1,0 +1,138 @@
+/**
+ * Group commit: units of work that arrive while earlier transactions are running are written
+ * together, as one batch, by the caller's `writeBatch` (typically one transaction with a few
+ * multi-row statements), so MySQL round trips and commits are shared. At low load a unit finds
+ * a free slot and goes out at once, alone, through `writeOne`: batching adds no waiting.
+ *
+ * Each unit still gets its own answer, and only after its batch committed. A batch that fails
+ * for a reason other than the database being unavailable is retried unit by unit through
+ * `writeOne`, so a unit that fails for its own reason (a constraint, a duplicate) fails alone
+ * and its batch mates go through. `writeBatch` may also throw on purpose (say, when it sees a
+ * case it does not handle in bulk) to get exactly that fallback.
+ *
+ * Bounded: `batchMax` units per batch, `inFlightMax` batches at once, `queueMax` units waiting
+ * (beyond it, submit() fails at once with RESOURCE_EXHAUSTED, which callers treat as retryable).
+ */
+import { ResourceExhaustedError, UnavailableError } from '../domain/errors.js';
+
+export type GroupCommitOptions<I, O> = Readonly<{
+  /** What the batches write, for error messages. */
+  name: string;
+  batchMax: number;
+  inFlightMax: number;
+  queueMax: number;
+  /** Writes several units (≥ 2) at once; answers in the order of `units`. */
+  writeBatch: (units: readonly I[]) => Promise<readonly O[]>;
+  /** Writes one unit alone. */
+  writeOne: (unit: I) => Promise<O>;
+  /** Called after every batch with its size and duration (metrics, the bench). */
+  onBatch?: (batch: { size: number; ms: number; ok: boolean }) => void;
+}>;
+
+type Pending<I, O> = { unit: I; resolve: (result: O) => void; reject: (error: unknown) => void };
+
+export class GroupCommit<I, O> {
+  private readonly queue: Pending<I, O>[] = [];
+  private inFlight = 0;
+  private flushScheduled = false;
+  private stopping = false;
+  private readonly idleWaiters: Array<() => void> = [];
+
+  constructor(private readonly options: GroupCommitOptions<I, O>) {}
+
+  /** Writes `unit` with whatever else is waiting; resolves after the commit. */
+  readonly submit = (unit: I): Promise<O> => {
+    if (this.stopping) {
+      return Promise.reject(new UnavailableError('this node is stopping; retry'));
+    }
+    if (this.queue.length >= this.options.queueMax) {
+      return Promise.reject(
+        new ResourceExhaustedError(
+          `${this.queue.length} ${this.options.name} are waiting for the database; retry later`,
+        ),
+      );
+    }
+    return new Promise<O>((resolve, reject) => {
+      this.queue.push({ unit, resolve, reject });
+      // Everything that arrives in this turn of the event loop can go out together.
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        setImmediate(() => {
+          this.flushScheduled = false;
+          this.pump();
+        });
+      }
+    });
+  };
+
+  /** Units waiting for a slot. */
+  get queued(): number {
+    return this.queue.length;
+  }
+
+  /** Refuses new units and waits (bounded) until those already submitted are written. */
+  async stop(timeoutMs: number): Promise<void> {
+    this.stopping = true;
+    if (this.inFlight === 0 && this.queue.length === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      new Promise<void>((resolve) => this.idleWaiters.push(resolve)),
+      new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs))),
+    ]);
+    clearTimeout(timer);
+  }
+
+  private pump(): void {
+    while (this.inFlight < this.options.inFlightMax && this.queue.length > 0) {
+      const batch = this.queue.splice(0, this.options.batchMax);
+      this.inFlight += 1;
+      void this.write(batch).finally(() => {
+        this.inFlight -= 1;
+        this.pump();
+        if (this.inFlight === 0 && this.queue.length === 0) {
+          for (const wake of this.idleWaiters.splice(0)) wake();
+        }
+      });
+    }
+  }
+
+  private async write(batch: Pending<I, O>[]): Promise<void> {
+    if (batch.length === 1) {
+      const only = batch[0] as Pending<I, O>;
+      const started = performance.now();
+      try {
+        only.resolve(await this.options.writeOne(only.unit));
+        this.options.onBatch?.({ size: 1, ms: performance.now() - started, ok: true });
+      } catch (error) {
+        this.options.onBatch?.({ size: 1, ms: performance.now() - started, ok: false });
+        only.reject(error);
+      }
+      return;
+    }
+    const started = performance.now();
+    let results: readonly O[];
+    try {
+      results = await this.options.writeBatch(batch.map((pending) => pending.unit));
+      if (results.length !== batch.length) {
+        throw new Error(
+          `${this.options.name}: a batch of ${batch.length} answered ${results.length} results`,
+        );
+      }
+    } catch (error) {
+      this.options.onBatch?.({ size: batch.length, ms: performance.now() - started, ok: false });
+      if (error instanceof UnavailableError) {
+        for (const pending of batch) pending.reject(error);
+        return;
+      }
+      // Which unit broke the batch is unknown: each one alone tells.
+      await Promise.all(
+        batch.map((pending) =>
+          this.options.writeOne(pending.unit).then(pending.resolve, pending.reject),
+        ),
+      );
+      return;
+    }
+    this.options.onBatch?.({ size: batch.length, ms: performance.now() - started, ok: true });
+    batch.forEach((pending, i) => pending.resolve(results[i] as O));
+  }
+}

@@ -1,0 +1,340 @@
+/**
+ * Goal: group commit (many actors' transitions, creations and webhooks in one transaction) keeps
+ * every guarantee of the one-transaction-per-transition path: a stale version is fenced per
+ * write, even when its fresh twin is in the same batch; one write that fails for its own reason
+ * fails alone; the ledger balances and wallets equal the ledger under concurrency, hot seller
+ * included. Method: a real stack (MariaDB, NATS, PSP mock); batches are made to happen (many
+ * writes submitted in one event-loop turn, batch sizes recorded through onBatch or the node's
+ * /debug/stats) and the rows are counted afterwards.
+ */
+import { randomUUID } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { sql } from 'kysely';
+import { PaymentOrderActor } from '../../src/actors/payment-order/actor.js';
+import {
+  TransitionBatcher,
+  type TransitionWrite,
+} from '../../src/actors/payment-order/persistence.js';
+import type { PaymentOrder } from '../../src/actors/payment-order/machine.js';
+import { findPaymentOrder } from '../../src/storage/repositories/payment-order.repository.js';
+import { PaymentState } from '../../src/grpc/generated/settle/v1/payment.js';
+import {
+  call,
+  expectMoneyInvariants,
+  startStack,
+  waitFor,
+  type Stack,
+} from '../support/harness.js';
+
+let stack: Stack;
+beforeAll(async () => {
+  stack = await startStack({ env: { DEBUG_STATS: 'true', CREATE_WAIT_MS: '0' } });
+});
+afterAll(async () => stack?.stop());
+afterEach(async () => expectMoneyInvariants(stack.settle.db));
+
+async function count(query: ReturnType<typeof sql<{ n: string }>>): Promise<number> {
+  const result = await query.execute(stack.settle.db);
+  return Number(result.rows[0]?.n ?? 0);
+}
+
+/** Creates one-order payments and waits until each order is EXECUTING with a PSP token. */
+async function registeredOrders(sellers: readonly string[]): Promise<string[]> {
+  const created = await Promise.all(
+    sellers.map((sellerId, i) =>
+      call(stack.payments.createPayment.bind(stack.payments), {
+        requestId: randomUUID(),
+        buyerId: 'buyer-group-commit',
+        currencyCode: 'USD',
+        orders: [{ sellerId, amountMinor: 1000n + BigInt(i) }],
+      }),
+    ),
+  );
+  const orderIds = created.map((response) => response.payment?.orders[0]?.orderId ?? '');
+  await waitFor(
+    async () => {
+      const orders = await Promise.all(orderIds.map((id) => findPaymentOrder(stack.settle.db, id)));
+      return orders.every((order) => order?.pspToken !== undefined);
+    },
+    { what: 'orders registered at the PSP' },
+  );
+  return orderIds;
+}
+
+function actorDeps(persist: TransitionBatcher['persist']) {
+  return {
+    db: stack.settle.db,
+    persist,
+    psp: stack.settle.psp,
+    notificationUrl: `${stack.settleHttp}/webhooks/psp`,
+    now: () => new Date(),
+    onTransition: () => undefined,
+  };
+}
+
+function succeeded(order: PaymentOrder) {
+  return {
+    type: 'PspSucceeded',
+    eventId: `evt_gc_${order.id}`,
+    pspReference: `psp_gc_${order.id}`,
+    amountMinor: order.amountMinor,
+  } as const;
+}
+
+describe('group commit of transitions', () => {
+  it('fences the stale twin of every order inside one batch and books each order once', async () => {
+    const orderIds = await registeredOrders(
+      Array.from({ length: 12 }, (_, i) => `seller-gc-${i}-${randomUUID()}`),
+    );
+    const sizes: number[] = [];
+    const failedBatches: number[] = [];
+    const batcher = new TransitionBatcher(stack.settle.db, {
+      batchMax: 100,
+      inFlightMax: 1,
+      queueMax: 1_000,
+      onBatch: (batch) => (batch.ok ? sizes : failedBatches).push(batch.size),
+    });
+    // Two "nodes" per order, both holding it at the same version.
+    const pairs = orderIds.map((id) => [
+      new PaymentOrderActor(id, actorDeps(batcher.persist)),
+      new PaymentOrderActor(id, actorDeps(batcher.persist)),
+    ]);
+    for (const actor of pairs.flat()) {
+      expect(await actor.handle({ event: { type: 'ExecuteOrder' } })).toEqual({ kind: 'done' });
+    }
+    sizes.length = 0;
+    // Every twin's PspSucceeded is submitted in the same turn: they share a batch, where the
+    // first of each pair is fresh and the second is stale.
+    const outcomes = await Promise.all(
+      pairs.flat().map((actor) => actor.handle({ event: succeeded(actor.snapshot!) })),
+    );
+    expect(outcomes.every((outcome) => outcome.kind === 'done')).toBe(true);
+    expect(Math.max(...sizes)).toBeGreaterThanOrEqual(orderIds.length * 2);
+    // The batch itself told the stale twins apart: it did not fall back to one write at a time.
+    expect(failedBatches).toEqual([]);
+    for (const [first, second] of pairs) {
+      expect(first?.snapshot?.state).toBe('SUCCEEDED');
+      // The stale twin reloaded, saw SUCCEEDED and stopped there (a duplicate is a no-op).
+      expect(second?.snapshot?.state).toBe('SUCCEEDED');
+      expect(second?.snapshot?.version).toBe(first?.snapshot?.version);
+    }
+    for (const id of orderIds) {
+      expect(
+        await count(sql<{ n: string }>`SELECT COUNT(*) AS n FROM payment_order_transition
+          WHERE order_id = ${id} AND to_state = 'SUCCEEDED'`),
+      ).toBe(1);
+      expect(
+        await count(
+          sql<{ n: string }>`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${id}`,
+        ),
+      ).toBe(2);
+    }
+    await batcher.stop(1_000);
+  });
+
+  it('answers stale for a write whose version moved, and commits its batch mates', async () => {
+    const orderIds = await registeredOrders(
+      Array.from({ length: 4 }, (_, i) => `seller-gs-${i}-${randomUUID()}`),
+    );
+    const orders = await Promise.all(orderIds.map((id) => findPaymentOrder(stack.settle.db, id)));
+    const batches: Array<{ size: number; ok: boolean }> = [];
+    const batcher = new TransitionBatcher(stack.settle.db, {
+      batchMax: 100,
+      inFlightMax: 1,
+      queueMax: 1_000,
+      onBatch: ({ size, ok }) => batches.push({ size, ok }),
+    });
+    const now = new Date();
+    const writes: TransitionWrite[] = orders.map((order, i) => {
+      const previous = order as PaymentOrder;
+      // The third write claims a version the order never had.
+      const claimed = i === 2 ? { ...previous, version: previous.version - 1n } : previous;
+      return {
+        previous: claimed,
+        next: { ...previous, state: 'SUCCEEDED', pspReference: `psp_${i}`, updatedAt: now },
+        event: succeeded(previous),
+        effects: [
+          {
+            type: 'CreditSeller',
+            orderId: previous.id,
+            sellerId: previous.sellerId,
+            amountMinor: previous.amountMinor,
+            currency: previous.currency,
+          },
+        ],
+        now,
+      };
+    });
+    const results = await Promise.all(writes.map((write) => batcher.persist(write)));
+    expect(results).toEqual([true, true, false, true]);
+    expect(batches).toEqual([{ size: 4, ok: true }]);
+    const after = await Promise.all(orderIds.map((id) => findPaymentOrder(stack.settle.db, id)));
+    expect(after.map((order) => order?.state)).toEqual([
+      'SUCCEEDED',
+      'SUCCEEDED',
+      'EXECUTING',
+      'SUCCEEDED',
+    ]);
+    expect(
+      await count(
+        sql<{
+          n: string;
+        }>`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${orderIds[2] ?? ''}`,
+      ),
+    ).toBe(0);
+    await batcher.stop(1_000);
+  });
+
+  it('fails only the write that breaks a constraint; its batch mates commit', async () => {
+    const orderIds = await registeredOrders(
+      Array.from({ length: 3 }, (_, i) => `seller-gf-${i}-${randomUUID()}`),
+    );
+    const orders = (await Promise.all(
+      orderIds.map((id) => findPaymentOrder(stack.settle.db, id)),
+    )) as PaymentOrder[];
+    // The second order already has its ledger transaction: crediting it again must fail.
+    const culprit = orders[1] as PaymentOrder;
+    await sql`INSERT INTO ledger_transaction (id, order_id, kind, currency, amount_minor, created_at)
+      VALUES (${`ltx_GC${randomUUID().replace(/-/g, '').slice(0, 24).toUpperCase()}`}, ${culprit.id},
+        'PAYMENT', 'USD', 1, NOW(3))`.execute(stack.settle.db);
+    const sizes: number[] = [];
+    const batcher = new TransitionBatcher(stack.settle.db, {
+      batchMax: 100,
+      inFlightMax: 1,
+      queueMax: 1_000,
+      onBatch: (batch) => sizes.push(batch.size),
+    });
+    const now = new Date();
+    const settled = await Promise.allSettled(
+      orders.map((order) =>
+        batcher.persist({
+          previous: order,
+          next: { ...order, state: 'SUCCEEDED', updatedAt: now },
+          event: succeeded(order),
+          effects: [
+            {
+              type: 'CreditSeller',
+              orderId: order.id,
+              sellerId: order.sellerId,
+              amountMinor: order.amountMinor,
+              currency: order.currency,
+            },
+          ],
+          now,
+        }),
+      ),
+    );
+    expect(sizes[0]).toBe(3);
+    expect(settled.map((result) => result.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    const after = await Promise.all(orderIds.map((id) => findPaymentOrder(stack.settle.db, id)));
+    expect(after.map((order) => order?.state)).toEqual(['SUCCEEDED', 'EXECUTING', 'SUCCEEDED']);
+    // Undo the planted row so the money invariants of afterEach judge the real writes only.
+    await sql`DELETE FROM ledger_transaction WHERE order_id = ${culprit.id}`.execute(
+      stack.settle.db,
+    );
+    await batcher.stop(1_000);
+  });
+});
+
+describe('group commit of creations', () => {
+  it('creates one payment per request_id when duplicates share a batch with fresh requests', async () => {
+    const buyerId = `buyer-gcd-${randomUUID()}`;
+    const repeated = randomUUID();
+    const request = (requestId: string) => ({
+      requestId,
+      buyerId,
+      currencyCode: 'USD',
+      orders: [{ sellerId: 'seller-gcd', amountMinor: 4200n }],
+    });
+    const requests = [
+      ...Array.from({ length: 10 }, () => request(randomUUID())),
+      ...Array.from({ length: 10 }, () => request(repeated)),
+    ];
+    const settled = await Promise.allSettled(
+      requests.map((r) => call(stack.payments.createPayment.bind(stack.payments), r)),
+    );
+    const repeatedIds = new Set(
+      settled
+        .slice(10)
+        .flatMap((result) =>
+          result.status === 'fulfilled' ? [result.value.payment?.paymentId] : [],
+        ),
+    );
+    expect(settled.slice(0, 10).every((result) => result.status === 'fulfilled')).toBe(true);
+    // The duplicates got the one payment or ABORTED (still in flight), never a second payment.
+    expect(repeatedIds.size).toBe(1);
+    for (const result of settled.slice(10)) {
+      if (result.status === 'rejected') {
+        expect((result.reason as grpc.ServiceError).code).toBe(grpc.status.ABORTED);
+      }
+    }
+    expect(
+      await count(
+        sql<{ n: string }>`SELECT COUNT(*) AS n FROM payment WHERE buyer_id = ${buyerId}`,
+      ),
+    ).toBe(11);
+  });
+});
+
+describe('group commit end to end', () => {
+  it('pays 150 orders to spread and hot sellers concurrently, in batches, with the money intact', async () => {
+    await call(stack.pspApi.setBehavior.bind(stack.pspApi), {
+      autoPayCard: '4242424242424242',
+    });
+    try {
+      const hot = `seller-hot-${randomUUID()}`;
+      const created = await Promise.all(
+        Array.from({ length: 50 }, (_, i) =>
+          call(stack.payments.createPayment.bind(stack.payments), {
+            requestId: randomUUID(),
+            buyerId: `buyer-gc-${i % 7}`,
+            currencyCode: 'USD',
+            orders: [
+              { sellerId: hot, amountMinor: 101n + BigInt(i) },
+              { sellerId: `seller-gc-a-${i % 5}`, amountMinor: 202n },
+              { sellerId: `seller-gc-b-${randomUUID()}`, amountMinor: 303n },
+            ],
+          }),
+        ),
+      );
+      const paymentIds = created.map((response) => response.payment?.paymentId ?? '');
+      await waitFor(
+        async () => {
+          const states = await Promise.all(
+            paymentIds.map(async (paymentId) => {
+              const { payment } = await call(stack.payments.getPayment.bind(stack.payments), {
+                paymentId,
+              });
+              return payment?.state;
+            }),
+          );
+          return states.every((state) => state === PaymentState.PAYMENT_STATE_SUCCEEDED);
+        },
+        { timeoutMs: 30_000, intervalMs: 100, what: '50 payments SUCCEEDED' },
+      );
+      const wallet = await call(stack.wallets.getWallet.bind(stack.wallets), { sellerId: hot });
+      const expected = Array.from({ length: 50 }, (_, i) => 101n + BigInt(i)).reduce(
+        (a, b) => a + b,
+      );
+      expect(wallet.wallet?.balanceMinor).toBe(expected);
+      const version = await count(
+        sql<{ n: string }>`SELECT version AS n FROM wallet WHERE seller_id = ${hot}`,
+      );
+      // One version step per credit, even when credits to this seller shared a batch.
+      expect(version).toBe(50);
+      // The node really batched: some transaction carried more than one unit.
+      const stats = (await (await fetch(`${stack.settleHttp}/debug/stats`)).json()) as {
+        timers: Record<string, { count: number; totalMs: number; maxMs: number }>;
+      };
+      const biggest = Math.max(
+        ...['transitions', 'creations', 'webhooks'].map(
+          (kind) => stats.timers[`tx.${kind}.size (not ms)`]?.maxMs ?? 0,
+        ),
+      );
+      expect(biggest).toBeGreaterThan(1);
+    } finally {
+      await call(stack.pspApi.setBehavior.bind(stack.pspApi), { autoPayCard: '' });
+    }
+  });
+});
