@@ -116,6 +116,9 @@ export async function startStack(options: StackOptions): Promise<BenchStack> {
     LOG_LEVEL: 'warn',
     CREATE_WAIT_MS: '0',
     PSP_SUCCESS_RATE: '1',
+    // No settlement files or nightly reconciliation in the shared ./.settle folder during a bench.
+    PSP_SETTLEMENT_AT: 'off',
+    RECONCILIATION_AT: 'off',
   };
   const children: Child[] = [];
   let stopped: Promise<void> | undefined;

@@ -6,7 +6,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { settlePublicUrl, type Config } from './config.js';
+import { settlePublicUrl, utcMinutesOf, type Config } from './config.js';
 import { ActorRegistry } from './actors/runtime/registry.js';
 import { PaymentOrderActor, type OrderMessage } from './actors/payment-order/actor.js';
 import { OrderLoader, TransitionBatcher } from './actors/payment-order/persistence.js';
@@ -47,12 +47,16 @@ import {
   sqlTimerName,
   Timings,
 } from './observability/runtime-stats.js';
+import { ReconciliationSchedule, ReconciliationService } from './reconciliation/index.js';
+import { ReconciliationServiceService } from './grpc/generated/settle/v1/reconciliation.js';
+import { reconciliationHandlers } from './grpc/handlers/reconciliation.handlers.js';
 
 export const SETTLE_SERVICES = [
   'settle.v1.PaymentService',
   'settle.v1.WalletService',
   'settle.v1.LedgerService',
   'settle.v1.AdminService',
+  'settle.v1.ReconciliationService',
 ] as const;
 
 export type SettleOverrides = Partial<{
@@ -83,6 +87,8 @@ export type SettleNode = Readonly<{
   logger: Logger;
   /** This node's Prometheus registry and hooks (served at /metrics). */
   metrics: Metrics;
+  /** Settlement-file reconciliation (the RPCs and the nightly schedule use it). */
+  reconciliation: ReconciliationService;
   /** Extra HTTP routes may be added before requests arrive (admin, REST, metrics). */
   routes: Route[];
   /** Delivers a command to its order's actor, as the consumer does. */
@@ -263,6 +269,27 @@ export async function startSettle(
     });
     cleanups.push(() => payments.stop(config.SHUTDOWN_GRACE_MS));
 
+    const reconciliation = new ReconciliationService({
+      db,
+      dir: config.SETTLEMENT_DIR,
+      nodeName,
+      batchRows: config.RECONCILIATION_BATCH_ROWS,
+      rowsMax: config.RECONCILIATION_FILE_ROWS_MAX,
+      waitMs: config.RECONCILIATION_WAIT_MS,
+      now,
+      onEvent: (event) =>
+        event.type === 'failed'
+          ? logger.error(
+              { err: event.error, runId: event.runId },
+              `reconciliation of ${event.day} failed`,
+            )
+          : logger.info(
+              event,
+              `reconciliation ${event.type}${event.type === 'phase' ? ` ${event.phase}` : ''}`,
+            ),
+    });
+    cleanups.push(() => reconciliation.stop());
+
     // gRPC
     const health = createHealth([...SETTLE_SERVICES]);
     const monitor = new HealthMonitor(
@@ -292,6 +319,10 @@ export async function startSettle(
         { db, wakeRelay: () => relay.wake(), now, adminToken: config.ADMIN_TOKEN },
         adapterOptions,
       ),
+    );
+    grpcServer.addService(
+      ReconciliationServiceService,
+      reconciliationHandlers(reconciliation, adapterOptions),
     );
     health.addToServer(grpcServer);
     addReflection(grpcServer, { services: [...SETTLE_SERVICES, HEALTH_SERVICE_NAME] });
@@ -418,6 +449,23 @@ export async function startSettle(
     purge.unref();
     cleanups.push(() => clearInterval(purge));
 
+    const reconciliationAt = utcMinutesOf(config.RECONCILIATION_AT);
+    if (reconciliationAt !== undefined) {
+      const schedule = new ReconciliationSchedule({
+        db,
+        reconciliation,
+        nodeName,
+        atMinutes: reconciliationAt,
+        catchUpDays: config.RECONCILIATION_CATCH_UP_DAYS,
+        retryMs: config.RECONCILIATION_RETRY_MS,
+        now,
+        onOutcome: (outcome) => logger.info(outcome, `nightly reconciliation of ${outcome.day}`),
+        onError: (error) => logger.warn({ err: error }, 'nightly reconciliation check failed'),
+      });
+      schedule.start();
+      cleanups.push(() => schedule.stop());
+    }
+
     monitor.start();
     cleanups.push(() => monitor.stop());
     health.setServing(true);
@@ -451,6 +499,7 @@ export async function startSettle(
       health,
       logger,
       metrics,
+      reconciliation,
       routes,
       dispatch,
       stop: stopAll,

@@ -32,6 +32,11 @@ const csv = z.string().transform((value) =>
     .filter((item) => item.length > 0),
 );
 
+/** A time of day "HH:MM" in UTC, or "off"; kept as text so a parsed config can be re-parsed. */
+const utcTimeOrOff = z
+  .string()
+  .regex(/^(off|([01]\d|2[0-3]):[0-5]\d)$/, 'must be HH:MM (UTC) or off');
+
 export const configSchema = z.object({
   SETTLE_GRPC_ADDR: hostPort.prefault('127.0.0.1:50051'),
   SETTLE_HTTP_ADDR: hostPort.prefault('127.0.0.1:8080'),
@@ -114,6 +119,26 @@ export const configSchema = z.object({
     .enum(['true', 'false', '1', '0'])
     .default('false')
     .transform((value) => value === 'true' || value === '1'),
+
+  /** Folder of the PSP's settlement files: the mock writes them, reconciliation reads them. */
+  SETTLEMENT_DIR: z.string().min(1).default('./.settle/settlements'),
+  /** The PSP mock's fee per charge: PSP_FEE_PERCENT_BP basis points (290 = 2.9 %) plus a fixed part. */
+  PSP_FEE_PERCENT_BP: nonNegativeInt.max(10_000).default(290),
+  PSP_FEE_FIXED_MINOR: nonNegativeInt.max(100_000).default(30),
+  /** UTC time at which the PSP mock writes yesterday's settlement file, or "off". */
+  PSP_SETTLEMENT_AT: utcTimeOrOff.default('00:10'),
+  /** UTC time of the nightly reconciliation of yesterday's file, or "off". */
+  RECONCILIATION_AT: utcTimeOrOff.default('02:00'),
+  /** After downtime, the nightly job catches up on at most this many past days. */
+  RECONCILIATION_CATCH_UP_DAYS: positiveInt.max(31).default(7),
+  /** How long the nightly job waits before trying a day again (file missing, run failed). */
+  RECONCILIATION_RETRY_MS: positiveInt.min(1_000).max(86_400_000).default(3_600_000),
+  /** How long RunReconciliation waits for the report before answering RUNNING. */
+  RECONCILIATION_WAIT_MS: nonNegativeInt.max(60_000).default(2_000),
+  /** Rows per INSERT into the staging table and per batch of fee bookings. */
+  RECONCILIATION_BATCH_ROWS: positiveInt.min(100).max(5_000).default(5_000),
+  /** The largest settlement file accepted, in rows. */
+  RECONCILIATION_FILE_ROWS_MAX: positiveInt.max(50_000_000).default(5_000_000),
 });
 
 export type Config = Readonly<z.infer<typeof configSchema>>;
@@ -152,4 +177,10 @@ export function pspPublicUrl(config: Config): string {
   return (
     config.PSP_PUBLIC_URL ?? `http://${config.PSP_HTTP_ADDR.host}:${config.PSP_HTTP_ADDR.port}`
   );
+}
+
+/** Minutes after midnight UTC of a validated "HH:MM" setting; undefined for "off". */
+export function utcMinutesOf(setting: string): number | undefined {
+  if (setting === 'off') return undefined;
+  return Number(setting.slice(0, 2)) * 60 + Number(setting.slice(3, 5));
 }

@@ -545,7 +545,15 @@ export function adminRoutes(deps: AdminDeps): Route[] {
         principal,
         'Reconciliation',
         '/admin/reconciliation',
-        reconciliationPage({ tables: await latestRowsOfTables(deps.db, 'reconciliation', 50) }),
+        reconciliationPage({
+          // The runs and their mismatches, then every reconciliation* table (the schedule, and any
+          // later one); not recon_file_row, the staging copy of each file.
+          tables: [
+            ...(await latestRowsOfTables(deps.db, 'recon_run', 50)),
+            ...(await latestRowsOfTables(deps.db, 'recon_mismatch', 50)),
+            ...(await latestRowsOfTables(deps.db, 'reconciliation', 50)),
+          ],
+        }),
       ),
     ),
 

@@ -121,6 +121,10 @@ export class ChaosCluster {
       SETTLE_NAMESPACE: namespace,
       SETTLE_PUBLIC_URL: `http://127.0.0.1:${webhookProxy.port}`,
       LOG_LEVEL: 'warn',
+      // The daily settlement files and nightly reconciliation would write into (and read from)
+      // the shared ./.settle/settlements folder; a chaos run has no business there.
+      PSP_SETTLEMENT_AT: 'off',
+      RECONCILIATION_AT: 'off',
     };
     const psp = new ManagedProcess({
       name: 'psp',

@@ -2,13 +2,15 @@
  * `settle`: the command-line client of a Settle node, on the gRPC API through src/client (the
  * generated ts-proto stubs): payments, wallets and the ledger, and dead letters through
  * AdminService (with `authorization: Bearer <ADMIN_TOKEN>`; replay and discard are audited with
- * the caller's name and reason, sent as `x-admin-actor` / `x-admin-reason` metadata). Output is a human-readable table by default and JSON with --json (proto3 JSON mapping, the same
- * shapes as the REST twin; amounts are strings). Exit codes: 0 done, 1 the server refused or
- * failed, 2 bad usage.
+ * the caller's name and reason, sent as `x-admin-actor` / `x-admin-reason` metadata), and
+ * settlement-file reconciliation through ReconciliationService. Output is a human-readable table
+ * by default and JSON with --json (proto3 JSON mapping, the same shapes as the REST twin;
+ * amounts are strings). Exit codes: 0 done, 1 the server refused or failed, 2 bad usage.
  *
  *   npm run settle -- payment create --buyer buyer-1 --order seller-a=1999 --order seller-b=500
  *   npm run settle -- payment watch pay_…
  *   ADMIN_TOKEN=… npm run settle -- dlq list
+ *   npm run settle -- reconcile run --date 2024-05-01
  *
  * The entry point is src/cli/main.ts; this module only exports runCli, so tests can import it.
  */
@@ -39,6 +41,18 @@ import {
   ReplayDeadLetterResponse,
   type DeadLetter,
 } from '../grpc/generated/settle/v1/admin.js';
+import {
+  ListMismatchesResponse,
+  ListReportsResponse,
+  MismatchClass,
+  mismatchClassFromJSON,
+  mismatchClassToJSON,
+  Report as ReconciliationReport,
+  ReportState,
+  reportStateToJSON,
+  type Mismatch,
+  type Report,
+} from '../grpc/generated/settle/v1/reconciliation.js';
 
 const USAGE = `Usage: settle [options] <command> [arguments]
 
@@ -55,7 +69,12 @@ Commands:
   dlq list [--state OPEN|REPLAYED|DISCARDED|ALL] [--order O] [--page-size N] [--page-token T]
   dlq replay <id> --reason "<why>"              put a dead letter back on its normal path
   dlq discard <id> --reason "<why>"             record that nobody will replay it
-  reconcile                                     run reconciliation (not in this build)
+  reconcile run (--date YYYY-MM-DD | --file F)  reconcile a settlement file; waits for the report
+  reconcile report <report_id>                  one report: counts per class, fees, internal check
+  reconcile list [--date D] [--page-size N] [--page-token T]
+  reconcile mismatches <report_id> [--class C] [--page-size N] [--page-token T]
+                                                C: MISSING_IN_LEDGER, MISSING_IN_SETTLEMENT,
+                                                AMOUNT_MISMATCH, DUPLICATE or TIMING
 
 Options:
   --addr host:port    Settle gRPC address (env SETTLE_ADDR; default 127.0.0.1:50051)
@@ -82,6 +101,9 @@ const OPTIONS = {
   'page-token': { type: 'string' },
   account: { type: 'string' },
   reason: { type: 'string' },
+  date: { type: 'string' },
+  file: { type: 'string' },
+  class: { type: 'string' },
 } as const;
 
 type Values = ReturnType<
@@ -327,9 +349,7 @@ async function dispatch(
       return deadLetterCommand(verb, rest, values, settings, client, print);
     case 'reconcile':
     case 'reconciliation':
-      throw new ServerError(
-        'reconciliation is not available in this build (no settle.v1.ReconciliationService yet)',
-      );
+      return reconcileCommand(verb, rest, values, client, print);
     default:
       throw new UsageError(`unknown command '${noun ?? ''}'`);
   }
@@ -418,6 +438,141 @@ async function deadLetterCommand(
     }
     default:
       throw new UsageError(`unknown dlq command '${verb ?? ''}' (list, replay, discard)`);
+  }
+}
+
+/** How long `reconcile run` polls a RUNNING report before it gives up (the run goes on). */
+const RECONCILE_WAIT_MS_MAX = 6 * 3_600_000;
+const RECONCILE_POLL_MS = 1_000;
+
+async function reconcileCommand(
+  verb: string | undefined,
+  rest: readonly string[],
+  values: Values,
+  client: SettleClient,
+  print: (value: unknown, table: () => string) => void,
+): Promise<void> {
+  const reports = (list: readonly Report[]) =>
+    table(
+      [
+        'REPORT',
+        'DATE',
+        'STATE',
+        'ROWS',
+        'MATCHED',
+        'MISS_LEDGER',
+        'MISS_SETTLE',
+        'AMOUNT',
+        'DUP',
+        'TIMING',
+        'FEES',
+        'CHECK',
+      ],
+      list.map((r) => [
+        r.reportId,
+        r.settlementDate,
+        reportStateToJSON(r.state).replace(/^REPORT_STATE_/, ''),
+        `${r.rowsLoaded}/${r.rowsTotal}`,
+        String(r.counts?.matched ?? ''),
+        String(r.counts?.missingInLedger ?? ''),
+        String(r.counts?.missingInSettlement ?? ''),
+        String(r.counts?.amountMismatch ?? ''),
+        String(r.counts?.duplicate ?? ''),
+        String(r.counts?.timing ?? ''),
+        money(r.settledFeeMinor, r.currencyCode),
+        r.internalCheck === undefined
+          ? r.error
+          : r.internalCheck.ledgerBalanced && r.internalCheck.walletsMatchLedger
+            ? 'ok'
+            : 'LEDGER/WALLETS DIFFER',
+      ]),
+    );
+  switch (verb) {
+    case 'run': {
+      if (values.date === undefined && values.file === undefined) {
+        throw new UsageError(
+          'reconcile run needs --date YYYY-MM-DD or --file <path in the folder>',
+        );
+      }
+      const started = await client.reconciliation.runReconciliation({
+        settlementDate: values.date ?? '',
+        filePath: values.file ?? '',
+      });
+      let report = started.report;
+      const deadline = Date.now() + RECONCILE_WAIT_MS_MAX;
+      while (report?.state === ReportState.REPORT_STATE_RUNNING && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, RECONCILE_POLL_MS));
+        report = (await client.reconciliation.getReport({ reportId: report.reportId })).report;
+      }
+      return print(report && ReconciliationReport.toJSON(report), () =>
+        report === undefined ? 'no report\n' : reports([report]),
+      );
+    }
+    case 'report': {
+      const { report } = await client.reconciliation.getReport({
+        reportId: one(rest, 'report_id'),
+      });
+      return print(report && ReconciliationReport.toJSON(report), () =>
+        report === undefined ? 'no report\n' : reports([report]),
+      );
+    }
+    case 'list': {
+      const response = await client.reconciliation.listReports({
+        pageSize: intOption(values['page-size'], 'page-size', 20, 1, 500),
+        pageToken: values['page-token'] ?? '',
+        settlementDate: values.date ?? '',
+      });
+      return print(
+        ListReportsResponse.toJSON(response),
+        () =>
+          reports(response.reports) +
+          (response.nextPageToken !== '' ? `older: --page-token ${response.nextPageToken}\n` : ''),
+      );
+    }
+    case 'mismatches': {
+      let mismatchClass = MismatchClass.MISMATCH_CLASS_UNSPECIFIED;
+      if (values.class !== undefined) {
+        const name = values.class.toUpperCase().replace(/^MISMATCH_CLASS_/, '');
+        mismatchClass = mismatchClassFromJSON(`MISMATCH_CLASS_${name}`);
+        if (
+          mismatchClass === MismatchClass.UNRECOGNIZED ||
+          mismatchClass === MismatchClass.MISMATCH_CLASS_UNSPECIFIED
+        ) {
+          throw new UsageError(
+            '--class must be MISSING_IN_LEDGER, MISSING_IN_SETTLEMENT, AMOUNT_MISMATCH, DUPLICATE or TIMING',
+          );
+        }
+      }
+      const response = await client.reconciliation.listMismatches({
+        reportId: one(rest, 'report_id'),
+        mismatchClass,
+        pageSize: intOption(values['page-size'], 'page-size', 50, 1, 500),
+        pageToken: values['page-token'] ?? '',
+      });
+      return print(
+        ListMismatchesResponse.toJSON(response),
+        () =>
+          table(
+            ['ID', 'CLASS', 'LINE', 'ORDER', 'FILE', 'LEDGER', 'DETAIL'],
+            response.mismatches.map((m: Mismatch) => [
+              m.mismatchId,
+              mismatchClassToJSON(m.mismatchClass).replace(/^MISMATCH_CLASS_/, ''),
+              m.lineNumber === undefined ? '' : String(m.lineNumber),
+              m.orderId,
+              m.fileAmountMinor === undefined ? '' : formatMajor(m.fileAmountMinor),
+              m.ledgerAmountMinor === undefined ? '' : formatMajor(m.ledgerAmountMinor),
+              m.detail.slice(0, 80),
+            ]),
+          ) +
+          (response.nextPageToken !== ''
+            ? `next page: --page-token ${response.nextPageToken}\n`
+            : ''),
+      );
+    }
+    default:
+      throw new UsageError(
+        `unknown reconcile command '${verb ?? ''}' (run, report, list, mismatches)`,
+      );
   }
 }
 

@@ -39,6 +39,17 @@ import {
   type ReplayDeadLetterRequest,
   type ReplayDeadLetterResponse,
 } from '../grpc/generated/settle/v1/admin.js';
+import {
+  ReconciliationServiceClient,
+  type GetReportRequest,
+  type GetReportResponse,
+  type ListMismatchesRequest,
+  type ListMismatchesResponse,
+  type ListReportsRequest,
+  type ListReportsResponse,
+  type RunReconciliationRequest,
+  type RunReconciliationResponse,
+} from '../grpc/generated/settle/v1/reconciliation.js';
 
 export {
   PaymentState,
@@ -68,6 +79,14 @@ export {
   type DeadLetter,
   type TimelineEntry,
 } from '../grpc/generated/settle/v1/admin.js';
+
+export {
+  ReconciliationServiceClient,
+  MismatchClass,
+  ReportState,
+  type Mismatch,
+  type Report,
+} from '../grpc/generated/settle/v1/reconciliation.js';
 
 export type CallOptions = Readonly<{ timeoutMs?: number; metadata?: Record<string, string> }>;
 
@@ -105,6 +124,7 @@ export function createSettleClient(
   const wallets = new WalletServiceClient(address, credentials);
   const ledger = new LedgerServiceClient(address, credentials);
   const admin = new AdminClient(address, credentials);
+  const reconciliation = new ReconciliationServiceClient(address, credentials);
   return {
     payments: {
       createPayment: unary<CreatePaymentRequest, CreatePaymentResponse>(
@@ -169,7 +189,27 @@ export function createSettleClient(
         timeoutMs,
       ),
     },
+    /** ReconciliationService; a RUNNING report is polled with getReport. */
+    reconciliation: {
+      runReconciliation: unary<RunReconciliationRequest, RunReconciliationResponse>(
+        reconciliation.runReconciliation.bind(reconciliation),
+        timeoutMs,
+      ),
+      getReport: unary<GetReportRequest, GetReportResponse>(
+        reconciliation.getReport.bind(reconciliation),
+        timeoutMs,
+      ),
+      listReports: unary<ListReportsRequest, ListReportsResponse>(
+        reconciliation.listReports.bind(reconciliation),
+        timeoutMs,
+      ),
+      listMismatches: unary<ListMismatchesRequest, ListMismatchesResponse>(
+        reconciliation.listMismatches.bind(reconciliation),
+        timeoutMs,
+      ),
+    },
     close(): void {
+      reconciliation.close();
       admin.close();
       payments.close();
       wallets.close();

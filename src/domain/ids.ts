@@ -10,6 +10,7 @@ export const ID_PREFIX = {
   payment: 'pay_',
   order: 'ord_',
   ledgerTransaction: 'ltx_',
+  reconciliationRun: 'rcn_',
 } as const;
 export type IdKind = keyof typeof ID_PREFIX;
 

@@ -414,10 +414,13 @@ describe('operations and reconciliation', () => {
     expect(text).toContain('RETRY_BACKOFF_MS 100,100');
   });
 
-  it('shows a clearly marked stub until reconciliation tables exist, then their rows', async () => {
-    const stub = await adminFetch(stack, '/admin/reconciliation');
-    expect(stub.html).toContain('id="reconciliation-stub"');
-    expect(stub.html).toContain('Reconciliation is not installed on this node yet.');
+  it('shows the newest rows of the reconciliation tables, any new one included', async () => {
+    const tables = await adminFetch(stack, '/admin/reconciliation');
+    expect(tables.html).not.toContain('id="reconciliation-stub"');
+    for (const table of ['recon_run', 'recon_mismatch', 'reconciliation_schedule']) {
+      expect(tables.html).toContain(`<h2 class="mono">${table}</h2>`);
+    }
+    expect(tables.html).not.toContain('recon_file_row');
 
     await sql`CREATE TABLE reconciliation_report_probe (
       id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, file_name VARCHAR(64) NOT NULL,

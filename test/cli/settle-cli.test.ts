@@ -8,6 +8,8 @@
  * and the database is checked for the audit row.
  */
 import { execFile } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CARD, payOnHostedPage, startStack, type Stack } from '../support/harness.js';
@@ -15,11 +17,18 @@ import { ADMIN_TOKEN, auditRows, deadLetteredPayment } from '../admin/admin-supp
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 let stack: Stack;
+let settlementDir: string;
 
 beforeAll(async () => {
-  stack = await startStack({ env: { ADMIN_TOKEN, RETRY_BACKOFF_MS: '100,100' } });
+  settlementDir = await mkdtemp(path.join(tmpdir(), 'settle-cli-'));
+  stack = await startStack({
+    env: { ADMIN_TOKEN, RETRY_BACKOFF_MS: '100,100', SETTLEMENT_DIR: settlementDir },
+  });
 });
-afterAll(async () => stack?.stop());
+afterAll(async () => {
+  await stack?.stop();
+  if (settlementDir !== undefined) await rm(settlementDir, { recursive: true, force: true });
+});
 
 type Run = { code: number; stdout: string; stderr: string };
 
@@ -158,6 +167,39 @@ describe('settle CLI', () => {
     });
   });
 
+  it('reconciles a settlement file and lists the report and its mismatches', async () => {
+    await writeFile(
+      path.join(settlementDir, 'settlement-2024-05-01.csv'),
+      'psp_reference,merchant_reference,type,currency,gross,fee,net,batch_id,created_utc\n' +
+        'psp_cli_1,ord_NOT_SETTLES_ORDER_0000000000,payment,USD,12.00,0.65,11.35,b,2024-05-01T09:00:00.000Z\n',
+    );
+    const run = await settle(['reconcile', 'run', '--date', '2024-05-01']);
+    expect(run.code, run.stderr).toBe(0);
+    const reportId = /rcn_[0-9A-Z]{26}/.exec(run.stdout)?.[0] ?? '';
+    expect(run.stdout).toMatch(
+      new RegExp(
+        `${reportId}\\s+2024-05-01\\s+SUCCEEDED\\s+1/1\\s+0\\s+1\\s+0\\s+0\\s+0\\s+0\\s+0\\.00 USD\\s+ok`,
+      ),
+    );
+    const listed = await settle(['reconcile', 'list', '--date', '2024-05-01', '--json']);
+    expect(JSON.parse(listed.stdout)).toMatchObject({
+      reports: [{ reportId, state: 'REPORT_STATE_SUCCEEDED' }],
+    });
+    const mismatches = await settle([
+      'reconcile',
+      'mismatches',
+      reportId,
+      '--class',
+      'missing_in_ledger',
+    ]);
+    expect(mismatches.code, mismatches.stderr).toBe(0);
+    expect(mismatches.stdout).toMatch(
+      /\d+\s+MISSING_IN_LEDGER\s+2\s+ord_NOT_SETTLES_ORDER_0000000000\s+12\.00\s+no payment order with this id/,
+    );
+    const badClass = await settle(['reconcile', 'mismatches', reportId, '--class', 'bogus']);
+    expect(badClass.code).toBe(2);
+  });
+
   it('exits 2 on usage errors and 1 with the gRPC code on server errors', async () => {
     const usage = await settle(['payment', 'create', '--buyer', 'b', '--order', 'seller=12.50']);
     expect(usage.code).toBe(2);
@@ -167,9 +209,14 @@ describe('settle CLI', () => {
     const invalid = await settle(['payment', 'get', 'pay_nope']);
     expect(invalid.code).toBe(1);
     expect(invalid.stderr).toMatch(/^settle: INVALID_ARGUMENT: payment_id/);
-    const reconcile = await settle(['reconcile']);
-    expect(reconcile.code).toBe(1);
-    expect(reconcile.stderr).toContain('reconciliation is not available in this build');
+    const reconcile = await settle(['reconcile', 'run']);
+    expect(reconcile.code).toBe(2);
+    expect(reconcile.stderr).toContain('reconcile run needs --date YYYY-MM-DD or --file');
+    const missing = await settle(['reconcile', 'run', '--date', '2001-01-01']);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toBe(
+      "settle: NOT_FOUND: settlement file 'settlement-2001-01-01.csv' not found\n",
+    );
     const help = await settle(['--help']);
     expect(help.code).toBe(0);
     expect(help.stdout).toContain('Usage: settle');

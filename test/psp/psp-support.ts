@@ -23,7 +23,12 @@ export {
 } from '../support/harness.js';
 
 export function testConfig(env: Record<string, string> = {}): Config {
-  return loadConfig({ PSP_WEBHOOK_SECRET: 'whsec_test_secret_0123456789', ...env });
+  return loadConfig({
+    PSP_WEBHOOK_SECRET: 'whsec_test_secret_0123456789',
+    // The mock's daily settlement-file writer stays off in tests unless a test turns it on.
+    PSP_SETTLEMENT_AT: 'off',
+    ...env,
+  });
 }
 
 /** Polls `condition` until it returns a value other than undefined/false, or fails at the deadline. */

@@ -71,6 +71,9 @@ export function testConfig(env: Record<string, string> = {}): Config {
     LOG_LEVEL: 'silent',
     CREATE_WAIT_MS: '2000',
     PSP_SUCCESS_RATE: '1',
+    // The daily timers stay off unless a test turns them on (they would write and read files).
+    RECONCILIATION_AT: 'off',
+    PSP_SETTLEMENT_AT: 'off',
     ...env,
   });
 }

@@ -5,8 +5,8 @@
  * reference, never a stack trace.
  *
  * Faults apply to the merchant API (RegisterPayment, GetPaymentStatus, CancelPayment) only; the
- * test-driver RPCs (PayWithCard, SetBehavior, ResendWebhook, ListCharges) always answer, or a
- * test could not switch a fault off again. A "hang" does the work and then holds the answer until
+ * test-driver RPCs (PayWithCard, SetBehavior, ResendWebhook, ListCharges, the settlement files)
+ * always answer, or a test could not switch a fault off again. A "hang" does the work and then holds the answer until
  * the client gives up (its deadline or cancellation), at most HANG_MS_MAX: the classic
  * lost-response case in which the side effect happened but the caller never heard of it.
  */
@@ -19,16 +19,25 @@ import {
   type sendUnaryData,
 } from '@grpc/grpc-js';
 import { randomUUID } from 'node:crypto';
-import { assertNever, SettleError, UnavailableError } from '../../domain/errors.js';
+import {
+  assertNever,
+  InvalidArgumentError,
+  SettleError,
+  UnavailableError,
+} from '../../domain/errors.js';
 import { isConnectionError } from '../../storage/errors.js';
 import {
   PaymentStatus,
   PspServiceService,
+  SettlementDiscrepancy as SettlementDiscrepancyKind,
+  type InjectSettlementDiscrepancyRequest,
   type PspServiceServer,
 } from '../../grpc/generated/settle/psp/v1/psp.js';
+import { isUtcDay, utcDayAt } from '../../domain/utc-day.js';
+import type { SettlementDiscrepancy, SettlementFile } from './settlement-file.js';
 import type { BehaviorStore, PspBehaviorPatch } from './behavior.js';
 import { checkoutUrl, type PspPayments } from './payments.js';
-import { PSP_PAYMENT_STATE, type PspPaymentState } from './schema.js';
+import { PSP_PAYMENT_STATE, SETTLEMENT_ADJUSTMENT, type PspPaymentState } from './schema.js';
 
 /** The longest a hanging call is held, in milliseconds. */
 export const HANG_MS_MAX = 60_000;
@@ -49,6 +58,13 @@ type Context = Readonly<{
   stopSignal: AbortSignal;
   /** Called with every newly registered payment (auto-pay). */
   onRegistered: (token: string) => void;
+  settlement: SettlementFiles;
+}>;
+
+/** The settlement-file operations the gRPC API exposes. */
+export type SettlementFiles = Readonly<{
+  generate: (day: string) => Promise<SettlementFile>;
+  inject: (discrepancy: SettlementDiscrepancy) => Promise<string>;
 }>;
 
 export async function startPspGrpcServer(options: {
@@ -59,6 +75,7 @@ export async function startPspGrpcServer(options: {
   port: number;
   log: (line: string) => void;
   onRegistered: (token: string) => void;
+  settlement: SettlementFiles;
 }): Promise<PspGrpcServer> {
   const stopController = new AbortController();
   const context: Context = {
@@ -68,6 +85,7 @@ export async function startPspGrpcServer(options: {
     log: options.log,
     stopSignal: stopController.signal,
     onRegistered: options.onRegistered,
+    settlement: options.settlement,
   };
   const server = new Server({ 'grpc.max_receive_message_length': REQUEST_BYTES_MAX });
   server.addService(PspServiceService, handlers(context));
@@ -164,7 +182,47 @@ function handlers(context: Context): PspServiceServer {
         })),
       };
     }),
+    generateSettlementFile: unary(context, 'driver', async (request) => {
+      const file = await context.settlement.generate(request.settlementDate);
+      return { path: file.path, rows: BigInt(file.rows) };
+    }),
+    injectSettlementDiscrepancy: unary(context, 'driver', async (request) => ({
+      pspReference: await context.settlement.inject(discrepancyFromProto(request)),
+    })),
   };
+}
+
+function discrepancyFromProto(request: InjectSettlementDiscrepancyRequest): SettlementDiscrepancy {
+  if (request.nonce === '') throw new InvalidArgumentError('nonce', 'nonce is required');
+  switch (request.discrepancy) {
+    case SettlementDiscrepancyKind.SETTLEMENT_DISCREPANCY_UNRECORDED_CHARGE: {
+      if (request.settlementDate !== '' && !isUtcDay(request.settlementDate)) {
+        throw new InvalidArgumentError('settlement_date', 'must be YYYY-MM-DD');
+      }
+      const at =
+        request.settlementDate === '' ? new Date() : utcDayAt(request.settlementDate, 12 * 60);
+      return {
+        kind: 'UNRECORDED_CHARGE',
+        nonce: request.nonce,
+        amountMinor: request.amountMinor,
+        at,
+      };
+    }
+    case SettlementDiscrepancyKind.SETTLEMENT_DISCREPANCY_UNSETTLED:
+      return { kind: SETTLEMENT_ADJUSTMENT.unsettled, nonce: request.nonce };
+    case SettlementDiscrepancyKind.SETTLEMENT_DISCREPANCY_AMOUNT:
+      return {
+        kind: SETTLEMENT_ADJUSTMENT.amount,
+        nonce: request.nonce,
+        amountMinor: request.amountMinor,
+      };
+    case SettlementDiscrepancyKind.SETTLEMENT_DISCREPANCY_DUPLICATE:
+      return { kind: SETTLEMENT_ADJUSTMENT.duplicate, nonce: request.nonce };
+    case SettlementDiscrepancyKind.SETTLEMENT_DISCREPANCY_LATE:
+      return { kind: SETTLEMENT_ADJUSTMENT.late, nonce: request.nonce };
+    default:
+      throw new InvalidArgumentError('discrepancy', 'must name a discrepancy');
+  }
 }
 
 /** Which faults a method is exposed to. */

@@ -4,7 +4,7 @@
  * it and to change its behaviour. src/psp/mock/main.ts runs it as a standalone process; tests
  * start it on port 0 with a database of their own.
  */
-import { pspPublicUrl, settlePublicUrl, type Config } from '../../config.js';
+import { pspPublicUrl, settlePublicUrl, utcMinutesOf, type Config } from '../../config.js';
 import { ensureDatabase, openDatabase } from '../../storage/db.js';
 import {
   BehaviorStore,
@@ -19,6 +19,12 @@ import { migratePspToLatest } from './migrations/index.js';
 import { PspPayments } from './payments.js';
 import type { PspDatabase } from './schema.js';
 import {
+  injectSettlementDiscrepancy,
+  SettlementFileSchedule,
+  writeSettlementFile,
+  type SettlementDiscrepancy,
+} from './settlement-file.js';
+import {
   WEBHOOK_SENDER_DEFAULTS,
   WebhookSender,
   type WebhookSenderOptions,
@@ -28,12 +34,15 @@ export type { PspBehavior, PspBehaviorPatch } from './behavior.js';
 export type { WebhookSenderOptions } from './webhook-sender.js';
 export { TEST_CARD, DECLINE_CODE } from './card.js';
 export { PSP_PAYMENT_STATE, type PspPaymentState } from './schema.js';
+export { settlementFeeMinor, settlementFileName, writeSettlementFile } from './settlement-file.js';
 
 /** Auto-pay runs at most this many payments at once and queues at most this many more. */
 const AUTO_PAY_CONCURRENCY_MAX = 8;
 const AUTO_PAY_QUEUE_MAX = 10_000;
 /** Connections of the mock's own pool. */
 const POOL_SIZE = 8;
+/** After downtime, the mock writes the missing settlement files of at most this many days. */
+const SETTLEMENT_CATCH_UP_DAYS = 7;
 
 export type StartPspMockOptions = Readonly<{
   config: Config;
@@ -125,7 +134,31 @@ export async function startPspMock(options: StartPspMockOptions): Promise<PspMoc
     // On an ephemeral port the configured public URL cannot be right; the real port is.
     const publicUrl = httpPortWanted === 0 ? `http://127.0.0.1:${http.port}` : pspPublicUrl(config);
 
+    const fees = { percentBp: config.PSP_FEE_PERCENT_BP, fixedMinor: config.PSP_FEE_FIXED_MINOR };
+    const settlement = {
+      generate: (day: string) =>
+        writeSettlementFile({ db: database.db, dir: config.SETTLEMENT_DIR, day, fees }),
+      inject: (discrepancy: SettlementDiscrepancy) =>
+        injectSettlementDiscrepancy(database.db, discrepancy, new Date()),
+    };
+    const settlementAt = utcMinutesOf(config.PSP_SETTLEMENT_AT);
+    if (settlementAt !== undefined) {
+      const files = new SettlementFileSchedule({
+        db: database.db,
+        dir: config.SETTLEMENT_DIR,
+        fees,
+        atMinutes: settlementAt,
+        catchUpDays: SETTLEMENT_CATCH_UP_DAYS,
+        checkMsMax: 60_000,
+        now: () => new Date(),
+        log,
+      });
+      files.start();
+      cleanups.push(() => files.stop());
+    }
+
     const grpc = await startPspGrpcServer({
+      settlement,
       payments,
       behavior,
       publicUrl,

@@ -68,8 +68,31 @@ export interface PspWebhookTable {
   created_at: Timestamp;
 }
 
+/** Discrepancies the settlement-file writer injects on purpose (test driver). */
+export const SETTLEMENT_ADJUSTMENT = {
+  /** The charge is left out of every file. */
+  unsettled: 'UNSETTLED',
+  /** The charge's row shows amount_minor as its gross. */
+  amount: 'AMOUNT',
+  /** The charge's row appears twice. */
+  duplicate: 'DUPLICATE',
+  /** The charge's row appears in the next day's file instead of its own. */
+  late: 'LATE',
+} as const;
+export type SettlementAdjustmentKind =
+  (typeof SETTLEMENT_ADJUSTMENT)[keyof typeof SETTLEMENT_ADJUSTMENT];
+
+export interface PspSettlementAdjustmentTable {
+  id: Generated<string>;
+  psp_reference: string;
+  kind: SettlementAdjustmentKind;
+  amount_minor: BigIntColumn | null;
+  created_at: Timestamp;
+}
+
 export interface PspDatabase {
   psp_payment: PspPaymentTable;
   psp_charge: PspChargeTable;
   psp_webhook: PspWebhookTable;
+  psp_settlement_adjustment: PspSettlementAdjustmentTable;
 }

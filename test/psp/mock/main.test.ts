@@ -62,6 +62,8 @@ describe('src/psp/mock/main.ts', () => {
       PSP_MYSQL_URL: mysqlUrl,
       PSP_GRPC_ADDR: `127.0.0.1:${grpcPort}`,
       PSP_HTTP_ADDR: `127.0.0.1:${httpPort}`,
+      // Otherwise the mock writes the last days' settlement files into ./.settle/settlements.
+      PSP_SETTLEMENT_AT: 'off',
     });
     await waitFor(
       async () => (await fetch(`http://127.0.0.1:${httpPort}/healthz`)).status === 200,

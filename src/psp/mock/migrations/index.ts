@@ -6,9 +6,11 @@
  */
 import { Migrator, type Kysely, type Migration, type MigrationProvider } from 'kysely';
 import * as m0001 from './0001-initial.js';
+import * as m0002 from './0002-settlement.js';
 
 const migrations: Record<string, Migration> = {
   '0001-initial': m0001,
+  '0002-settlement': m0002,
 };
 
 export const pspMigrationProvider: MigrationProvider = {

@@ -79,6 +79,71 @@ export function paymentStatusToJSON(object: PaymentStatus): string {
   }
 }
 
+export enum SettlementDiscrepancy {
+  SETTLEMENT_DISCREPANCY_UNSPECIFIED = 0,
+  /**
+   * SETTLEMENT_DISCREPANCY_UNRECORDED_CHARGE - A charge the merchant never heard of (no payment, no webhook), for nonce with amount_minor,
+   * created on settlement_date (at 12:00 UTC) or now.
+   */
+  SETTLEMENT_DISCREPANCY_UNRECORDED_CHARGE = 1,
+  /** SETTLEMENT_DISCREPANCY_UNSETTLED - The nonce's charge is never settled: it is left out of every file. */
+  SETTLEMENT_DISCREPANCY_UNSETTLED = 2,
+  /** SETTLEMENT_DISCREPANCY_AMOUNT - The nonce's charge is settled with gross amount_minor instead of its real amount. */
+  SETTLEMENT_DISCREPANCY_AMOUNT = 3,
+  /** SETTLEMENT_DISCREPANCY_DUPLICATE - The nonce's charge appears twice in its file. */
+  SETTLEMENT_DISCREPANCY_DUPLICATE = 4,
+  /** SETTLEMENT_DISCREPANCY_LATE - The nonce's charge appears in the next day's file instead of its own. */
+  SETTLEMENT_DISCREPANCY_LATE = 5,
+  UNRECOGNIZED = -1,
+}
+
+export function settlementDiscrepancyFromJSON(object: any): SettlementDiscrepancy {
+  switch (object) {
+    case 0:
+    case "SETTLEMENT_DISCREPANCY_UNSPECIFIED":
+      return SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_UNSPECIFIED;
+    case 1:
+    case "SETTLEMENT_DISCREPANCY_UNRECORDED_CHARGE":
+      return SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_UNRECORDED_CHARGE;
+    case 2:
+    case "SETTLEMENT_DISCREPANCY_UNSETTLED":
+      return SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_UNSETTLED;
+    case 3:
+    case "SETTLEMENT_DISCREPANCY_AMOUNT":
+      return SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_AMOUNT;
+    case 4:
+    case "SETTLEMENT_DISCREPANCY_DUPLICATE":
+      return SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_DUPLICATE;
+    case 5:
+    case "SETTLEMENT_DISCREPANCY_LATE":
+      return SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_LATE;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return SettlementDiscrepancy.UNRECOGNIZED;
+  }
+}
+
+export function settlementDiscrepancyToJSON(object: SettlementDiscrepancy): string {
+  switch (object) {
+    case SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_UNSPECIFIED:
+      return "SETTLEMENT_DISCREPANCY_UNSPECIFIED";
+    case SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_UNRECORDED_CHARGE:
+      return "SETTLEMENT_DISCREPANCY_UNRECORDED_CHARGE";
+    case SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_UNSETTLED:
+      return "SETTLEMENT_DISCREPANCY_UNSETTLED";
+    case SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_AMOUNT:
+      return "SETTLEMENT_DISCREPANCY_AMOUNT";
+    case SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_DUPLICATE:
+      return "SETTLEMENT_DISCREPANCY_DUPLICATE";
+    case SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_LATE:
+      return "SETTLEMENT_DISCREPANCY_LATE";
+    case SettlementDiscrepancy.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export interface RegisterPaymentRequest {
   /** The merchant's unique id for this payment (Settle uses the payment order id). */
   nonce: string;
@@ -184,6 +249,33 @@ export interface Charge {
 
 export interface ListChargesResponse {
   charges: Charge[];
+}
+
+export interface GenerateSettlementFileRequest {
+  /** The UTC day, "YYYY-MM-DD". */
+  settlementDate: string;
+}
+
+export interface GenerateSettlementFileResponse {
+  /** Absolute path of the written file. */
+  path: string;
+  /** Data rows written (the header is not counted). */
+  rows: bigint;
+}
+
+export interface InjectSettlementDiscrepancyRequest {
+  discrepancy: SettlementDiscrepancy;
+  /** The merchant's id (Settle's payment order id) of the charge. */
+  nonce: string;
+  /** For UNRECORDED_CHARGE and AMOUNT. */
+  amountMinor: bigint;
+  /** For UNRECORDED_CHARGE: the UTC day of the new charge, "YYYY-MM-DD"; today when empty. */
+  settlementDate: string;
+}
+
+export interface InjectSettlementDiscrepancyResponse {
+  /** The psp_reference of the affected (or added) charge. */
+  pspReference: string;
 }
 
 function createBaseRegisterPaymentRequest(): RegisterPaymentRequest {
@@ -1685,6 +1777,382 @@ export const ListChargesResponse: MessageFns<ListChargesResponse> = {
   },
 };
 
+function createBaseGenerateSettlementFileRequest(): GenerateSettlementFileRequest {
+  return { settlementDate: "" };
+}
+
+export const GenerateSettlementFileRequest: MessageFns<GenerateSettlementFileRequest> = {
+  encode(message: GenerateSettlementFileRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.settlementDate !== "") {
+      writer.uint32(10).string(message.settlementDate);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GenerateSettlementFileRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGenerateSettlementFileRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.settlementDate = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GenerateSettlementFileRequest {
+    return {
+      settlementDate: isSet(object.settlementDate)
+        ? globalThis.String(object.settlementDate)
+        : isSet(object.settlement_date)
+        ? globalThis.String(object.settlement_date)
+        : "",
+    };
+  },
+
+  toJSON(message: GenerateSettlementFileRequest): unknown {
+    const obj: any = {};
+    if (message.settlementDate !== "") {
+      obj.settlementDate = message.settlementDate;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GenerateSettlementFileRequest>, I>>(base?: I): GenerateSettlementFileRequest {
+    return GenerateSettlementFileRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GenerateSettlementFileRequest>, I>>(
+    object: I,
+  ): GenerateSettlementFileRequest {
+    const message = createBaseGenerateSettlementFileRequest();
+    message.settlementDate = object.settlementDate ?? "";
+    return message;
+  },
+};
+
+function createBaseGenerateSettlementFileResponse(): GenerateSettlementFileResponse {
+  return { path: "", rows: 0n };
+}
+
+export const GenerateSettlementFileResponse: MessageFns<GenerateSettlementFileResponse> = {
+  encode(message: GenerateSettlementFileResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.path !== "") {
+      writer.uint32(10).string(message.path);
+    }
+    if (message.rows !== 0n) {
+      if (BigInt.asIntN(64, message.rows) !== message.rows) {
+        throw new globalThis.Error("value provided for field message.rows of type int64 too large");
+      }
+      writer.uint32(16).int64(message.rows);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GenerateSettlementFileResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGenerateSettlementFileResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.rows = reader.int64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GenerateSettlementFileResponse {
+    return {
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      rows: isSet(object.rows) ? BigInt(object.rows) : 0n,
+    };
+  },
+
+  toJSON(message: GenerateSettlementFileResponse): unknown {
+    const obj: any = {};
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.rows !== 0n) {
+      obj.rows = message.rows.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GenerateSettlementFileResponse>, I>>(base?: I): GenerateSettlementFileResponse {
+    return GenerateSettlementFileResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GenerateSettlementFileResponse>, I>>(
+    object: I,
+  ): GenerateSettlementFileResponse {
+    const message = createBaseGenerateSettlementFileResponse();
+    message.path = object.path ?? "";
+    message.rows = (object.rows !== undefined && object.rows !== null) ? BigInt(object.rows) : 0n;
+    return message;
+  },
+};
+
+function createBaseInjectSettlementDiscrepancyRequest(): InjectSettlementDiscrepancyRequest {
+  return { discrepancy: 0, nonce: "", amountMinor: 0n, settlementDate: "" };
+}
+
+export const InjectSettlementDiscrepancyRequest: MessageFns<InjectSettlementDiscrepancyRequest> = {
+  encode(message: InjectSettlementDiscrepancyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.discrepancy !== 0) {
+      writer.uint32(8).int32(message.discrepancy);
+    }
+    if (message.nonce !== "") {
+      writer.uint32(18).string(message.nonce);
+    }
+    if (message.amountMinor !== 0n) {
+      if (BigInt.asIntN(64, message.amountMinor) !== message.amountMinor) {
+        throw new globalThis.Error("value provided for field message.amountMinor of type int64 too large");
+      }
+      writer.uint32(24).int64(message.amountMinor);
+    }
+    if (message.settlementDate !== "") {
+      writer.uint32(34).string(message.settlementDate);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InjectSettlementDiscrepancyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInjectSettlementDiscrepancyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.discrepancy = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nonce = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.amountMinor = reader.int64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.settlementDate = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): InjectSettlementDiscrepancyRequest {
+    return {
+      discrepancy: isSet(object.discrepancy) ? settlementDiscrepancyFromJSON(object.discrepancy) : 0,
+      nonce: isSet(object.nonce) ? globalThis.String(object.nonce) : "",
+      amountMinor: isSet(object.amountMinor)
+        ? BigInt(object.amountMinor)
+        : isSet(object.amount_minor)
+        ? BigInt(object.amount_minor)
+        : 0n,
+      settlementDate: isSet(object.settlementDate)
+        ? globalThis.String(object.settlementDate)
+        : isSet(object.settlement_date)
+        ? globalThis.String(object.settlement_date)
+        : "",
+    };
+  },
+
+  toJSON(message: InjectSettlementDiscrepancyRequest): unknown {
+    const obj: any = {};
+    if (message.discrepancy !== 0) {
+      obj.discrepancy = settlementDiscrepancyToJSON(message.discrepancy);
+    }
+    if (message.nonce !== "") {
+      obj.nonce = message.nonce;
+    }
+    if (message.amountMinor !== 0n) {
+      obj.amountMinor = message.amountMinor.toString();
+    }
+    if (message.settlementDate !== "") {
+      obj.settlementDate = message.settlementDate;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<InjectSettlementDiscrepancyRequest>, I>>(
+    base?: I,
+  ): InjectSettlementDiscrepancyRequest {
+    return InjectSettlementDiscrepancyRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<InjectSettlementDiscrepancyRequest>, I>>(
+    object: I,
+  ): InjectSettlementDiscrepancyRequest {
+    const message = createBaseInjectSettlementDiscrepancyRequest();
+    message.discrepancy = object.discrepancy ?? 0;
+    message.nonce = object.nonce ?? "";
+    message.amountMinor = (object.amountMinor !== undefined && object.amountMinor !== null)
+      ? BigInt(object.amountMinor)
+      : 0n;
+    message.settlementDate = object.settlementDate ?? "";
+    return message;
+  },
+};
+
+function createBaseInjectSettlementDiscrepancyResponse(): InjectSettlementDiscrepancyResponse {
+  return { pspReference: "" };
+}
+
+export const InjectSettlementDiscrepancyResponse: MessageFns<InjectSettlementDiscrepancyResponse> = {
+  encode(message: InjectSettlementDiscrepancyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pspReference !== "") {
+      writer.uint32(10).string(message.pspReference);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InjectSettlementDiscrepancyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInjectSettlementDiscrepancyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pspReference = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): InjectSettlementDiscrepancyResponse {
+    return {
+      pspReference: isSet(object.pspReference)
+        ? globalThis.String(object.pspReference)
+        : isSet(object.psp_reference)
+        ? globalThis.String(object.psp_reference)
+        : "",
+    };
+  },
+
+  toJSON(message: InjectSettlementDiscrepancyResponse): unknown {
+    const obj: any = {};
+    if (message.pspReference !== "") {
+      obj.pspReference = message.pspReference;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<InjectSettlementDiscrepancyResponse>, I>>(
+    base?: I,
+  ): InjectSettlementDiscrepancyResponse {
+    return InjectSettlementDiscrepancyResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<InjectSettlementDiscrepancyResponse>, I>>(
+    object: I,
+  ): InjectSettlementDiscrepancyResponse {
+    const message = createBaseInjectSettlementDiscrepancyResponse();
+    message.pspReference = object.pspReference ?? "";
+    return message;
+  },
+};
+
 /**
  * The PSP mock: a stand-in for a payment service provider with a hosted payment page. It is a
  * separate service with its own tables; Settle only talks to it through this API, its hosted
@@ -1775,6 +2243,40 @@ export const PspServiceService = {
     responseSerialize: (value: ListChargesResponse): Buffer => Buffer.from(ListChargesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListChargesResponse => ListChargesResponse.decode(value),
   },
+  /**
+   * Writes the settlement file of one UTC day now (the mock also writes each day's file on its own
+   * at PSP_SETTLEMENT_AT): settlement-YYYY-MM-DD.csv in SETTLEMENT_DIR, replacing an earlier
+   * version atomically. The file lists the day's charges, with the injected discrepancies applied.
+   */
+  generateSettlementFile: {
+    path: "/settle.psp.v1.PspService/GenerateSettlementFile" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GenerateSettlementFileRequest): Buffer =>
+      Buffer.from(GenerateSettlementFileRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GenerateSettlementFileRequest => GenerateSettlementFileRequest.decode(value),
+    responseSerialize: (value: GenerateSettlementFileResponse): Buffer =>
+      Buffer.from(GenerateSettlementFileResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GenerateSettlementFileResponse =>
+      GenerateSettlementFileResponse.decode(value),
+  },
+  /**
+   * Test driver: makes the settlement files disagree with the charges on purpose. NOT_FOUND when
+   * the nonce has no charge (except for SETTLEMENT_DISCREPANCY_UNRECORDED_CHARGE, which adds one).
+   */
+  injectSettlementDiscrepancy: {
+    path: "/settle.psp.v1.PspService/InjectSettlementDiscrepancy" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: InjectSettlementDiscrepancyRequest): Buffer =>
+      Buffer.from(InjectSettlementDiscrepancyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): InjectSettlementDiscrepancyRequest =>
+      InjectSettlementDiscrepancyRequest.decode(value),
+    responseSerialize: (value: InjectSettlementDiscrepancyResponse): Buffer =>
+      Buffer.from(InjectSettlementDiscrepancyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): InjectSettlementDiscrepancyResponse =>
+      InjectSettlementDiscrepancyResponse.decode(value),
+  },
 } as const;
 
 export interface PspServiceServer extends UntypedServiceImplementation {
@@ -1799,6 +2301,17 @@ export interface PspServiceServer extends UntypedServiceImplementation {
   resendWebhook: handleUnaryCall<ResendWebhookRequest, ResendWebhookResponse>;
   /** Test driver: the charges the PSP made, from its own records (chaos demo's "charged twice" check). */
   listCharges: handleUnaryCall<ListChargesRequest, ListChargesResponse>;
+  /**
+   * Writes the settlement file of one UTC day now (the mock also writes each day's file on its own
+   * at PSP_SETTLEMENT_AT): settlement-YYYY-MM-DD.csv in SETTLEMENT_DIR, replacing an earlier
+   * version atomically. The file lists the day's charges, with the injected discrepancies applied.
+   */
+  generateSettlementFile: handleUnaryCall<GenerateSettlementFileRequest, GenerateSettlementFileResponse>;
+  /**
+   * Test driver: makes the settlement files disagree with the charges on purpose. NOT_FOUND when
+   * the nonce has no charge (except for SETTLEMENT_DISCREPANCY_UNRECORDED_CHARGE, which adds one).
+   */
+  injectSettlementDiscrepancy: handleUnaryCall<InjectSettlementDiscrepancyRequest, InjectSettlementDiscrepancyResponse>;
 }
 
 export interface PspServiceClient extends Client {
@@ -1920,6 +2433,45 @@ export interface PspServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListChargesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Writes the settlement file of one UTC day now (the mock also writes each day's file on its own
+   * at PSP_SETTLEMENT_AT): settlement-YYYY-MM-DD.csv in SETTLEMENT_DIR, replacing an earlier
+   * version atomically. The file lists the day's charges, with the injected discrepancies applied.
+   */
+  generateSettlementFile(
+    request: GenerateSettlementFileRequest,
+    callback: (error: ServiceError | null, response: GenerateSettlementFileResponse) => void,
+  ): ClientUnaryCall;
+  generateSettlementFile(
+    request: GenerateSettlementFileRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GenerateSettlementFileResponse) => void,
+  ): ClientUnaryCall;
+  generateSettlementFile(
+    request: GenerateSettlementFileRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GenerateSettlementFileResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Test driver: makes the settlement files disagree with the charges on purpose. NOT_FOUND when
+   * the nonce has no charge (except for SETTLEMENT_DISCREPANCY_UNRECORDED_CHARGE, which adds one).
+   */
+  injectSettlementDiscrepancy(
+    request: InjectSettlementDiscrepancyRequest,
+    callback: (error: ServiceError | null, response: InjectSettlementDiscrepancyResponse) => void,
+  ): ClientUnaryCall;
+  injectSettlementDiscrepancy(
+    request: InjectSettlementDiscrepancyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: InjectSettlementDiscrepancyResponse) => void,
+  ): ClientUnaryCall;
+  injectSettlementDiscrepancy(
+    request: InjectSettlementDiscrepancyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: InjectSettlementDiscrepancyResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -1,0 +1,20 @@
+/** Public API of the reconciliation module: what src/app.ts, the handlers and the tests need. */
+export { compare, RECONCILIATION_CLASS, type ReconciliationClass } from './compare.js';
+export {
+  ReconciliationService,
+  resolveSettlementFile,
+  type ReconciliationEvent,
+  type ReconciliationOptions,
+  type RunPhase,
+  type RunSource,
+} from './reconciliation.service.js';
+export type { InternalCheck, Mismatch, Run } from './reconciliation.repository.js';
+export { RUN_STATE, SCHEDULE_STATE } from './reconciliation.table.js';
+export { ReconciliationSchedule, type ScheduleOutcome } from './schedule.js';
+export {
+  MalformedSettlementFileError,
+  SETTLEMENT_HEADER,
+  readSettlementFile,
+  scanSettlementFile,
+  type SettlementRow,
+} from './settlement-file.js';

@@ -1,0 +1,763 @@
+/**
+ * Reconciliation's SQL. The file is loaded into recon_file_row in batches and classified there
+ * set-based, a range of lines per statement, by joins against the ledger: the rules of
+ * compare.ts, in the same order. Each mismatch is copied to recon_mismatch with its evidence (the
+ * file row and the order's ledger entries as JSON text, built by the database). Classification
+ * runs in READ COMMITTED, so it takes no gap locks on the ledger that live payments write to.
+ *
+ * Runs are fenced by a lease: every write of a running run's progress names its owner, and a run
+ * whose owner stopped renewing can be taken over by another node.
+ */
+import { sql, type RawBuilder, type Selectable } from 'kysely';
+import { addUtcDays, startOfUtcDay, type UtcDay } from '../domain/utc-day.js';
+import type { Db } from '../storage/db.js';
+import { isDuplicateKey, isTransientLockError } from '../storage/errors.js';
+import {
+  ACCOUNT,
+  UnbalancedLedgerTransactionError,
+} from '../storage/repositories/ledger.repository.js';
+import { inTransaction, toUnavailable } from '../storage/transaction.js';
+import { RECONCILIATION_CLASS, type ReconciliationClass } from './compare.js';
+import { reconDb, RUN_STATE, type ReconRunTable, type RunState } from './reconciliation.table.js';
+import type { SettlementRow } from './settlement-file.js';
+
+/** Lines classified per statement (and per transaction). */
+const CLASSIFY_CHUNK_LINES = 20_000;
+/** Rows deleted per statement when a run's old data is cleared. */
+const DELETE_CHUNK_ROWS = 20_000;
+/** Attempts of one transaction that hits a deadlock or a lock wait timeout. */
+const TRANSACTION_ATTEMPTS_MAX = 4;
+/** At most this many wallet differences are kept in a report. */
+export const WALLET_DIFFERENCES_MAX = 100;
+
+export const FEE_LEDGER_KIND = {
+  transaction: 'PSP_FEE',
+  expense: 'PSP_FEE_EXPENSE',
+  receivable: 'PSP_FEE_RECEIVABLE',
+} as const;
+
+export type ClassCounts = Readonly<Record<ReconciliationClass, bigint>>;
+
+export type InternalCheck = Readonly<{
+  /** The trial balance is zero in every currency. */
+  ledgerBalanced: boolean;
+  totals: ReadonlyArray<
+    Readonly<{ currency: string; debitMinor: bigint; creditMinor: bigint; balanceMinor: bigint }>
+  >;
+  walletsChecked: bigint;
+  walletsMatchLedger: boolean;
+  walletsNotMatching: bigint;
+  /** The first WALLET_DIFFERENCES_MAX of them. */
+  walletDifferences: ReadonlyArray<
+    Readonly<{ sellerId: string; walletMinor: bigint; ledgerMinor: bigint }>
+  >;
+}>;
+
+export type Run = Readonly<{
+  id: string;
+  day: UtcDay;
+  fileName: string;
+  fileSha256: string;
+  state: RunState;
+  rowsTotal: bigint;
+  rowsLoaded: bigint;
+  counts: ClassCounts;
+  currency: string;
+  grossMinor: bigint;
+  feeMinor: bigint;
+  netMinor: bigint;
+  settledGrossMinor: bigint;
+  settledFeeMinor: bigint;
+  settledNetMinor: bigint;
+  internalCheck: InternalCheck | undefined;
+  error: string | undefined;
+  attempts: number;
+  leaseOwner: string | undefined;
+  leaseUntil: Date;
+  createdAt: Date;
+  completedAt: Date | undefined;
+}>;
+
+export type Mismatch = Readonly<{
+  id: bigint;
+  runId: string;
+  class: ReconciliationClass;
+  lineNumber: number | undefined;
+  orderId: string;
+  pspReference: string | undefined;
+  fileAmountMinor: bigint | undefined;
+  ledgerAmountMinor: bigint | undefined;
+  orderState: string | undefined;
+  fileRowJson: string | undefined;
+  ledgerEntriesJson: string;
+  detail: string;
+  resolvedByRunId: string | undefined;
+  createdAt: Date;
+}>;
+
+// ---------------------------------------------------------------------------------------------
+// Runs
+
+export async function insertRun(
+  db: Db,
+  run: {
+    id: string;
+    day: UtcDay;
+    fileName: string;
+    fileSha256: string;
+    rowsTotal: number;
+    owner: string;
+    leaseUntil: Date;
+    now: Date;
+  },
+): Promise<boolean> {
+  try {
+    await reconDb(db)
+      .insertInto('recon_run')
+      .values({
+        id: run.id,
+        settlement_date: run.day,
+        file_name: run.fileName,
+        file_sha256: run.fileSha256,
+        state: RUN_STATE.running,
+        rows_total: BigInt(run.rowsTotal),
+        lease_owner: run.owner,
+        lease_until: run.leaseUntil,
+        created_at: run.now,
+        updated_at: run.now,
+      })
+      .execute();
+    return true;
+  } catch (error) {
+    if (isDuplicateKey(error)) return false;
+    throw toUnavailable(error);
+  }
+}
+
+export async function findRun(db: Db, id: string): Promise<Run | undefined> {
+  const row = await reconDb(db)
+    .selectFrom('recon_run')
+    .selectAll()
+    .where('id', '=', id)
+    .executeTakeFirst()
+    .catch(rethrow);
+  return row === undefined ? undefined : toRun(row);
+}
+
+export async function findRunByFile(
+  db: Db,
+  day: UtcDay,
+  fileSha256: string,
+): Promise<Run | undefined> {
+  const row = await reconDb(db)
+    .selectFrom('recon_run')
+    .selectAll()
+    .where(sql<boolean>`settlement_date = ${day}`)
+    .where('file_sha256', '=', fileSha256)
+    .executeTakeFirst()
+    .catch(rethrow);
+  return row === undefined ? undefined : toRun(row);
+}
+
+/** Runs, newest first, optionally of one day; `beforeId` is the last id of the previous page. */
+export async function listRuns(
+  db: Db,
+  filter: { day?: UtcDay; beforeId?: string; limit: number },
+): Promise<Run[]> {
+  let query = reconDb(db).selectFrom('recon_run').selectAll().orderBy('id', 'desc');
+  if (filter.day !== undefined) query = query.where(sql<boolean>`settlement_date = ${filter.day}`);
+  if (filter.beforeId !== undefined) query = query.where('id', '<', filter.beforeId);
+  const rows = await query.limit(filter.limit).execute().catch(rethrow);
+  return rows.map(toRun);
+}
+
+/**
+ * Takes a run over to run it again: a FAILED run, or a RUNNING one whose lease expired (its node
+ * died). False when the run is SUCCEEDED or another node holds it.
+ */
+export async function claimRun(
+  db: Db,
+  claim: { id: string; owner: string; leaseUntil: Date; now: Date },
+): Promise<boolean> {
+  const result = await sql`
+    UPDATE recon_run
+    SET state = ${RUN_STATE.running}, attempts = attempts + 1, error = NULL, rows_loaded = 0,
+        lease_owner = ${claim.owner}, lease_until = ${claim.leaseUntil}, updated_at = ${claim.now}
+    WHERE id = ${claim.id}
+      AND (state = ${RUN_STATE.failed}
+           OR (state = ${RUN_STATE.running} AND lease_until < ${claim.now}))`
+    .execute(db)
+    .catch(rethrow);
+  return result.numAffectedRows === 1n;
+}
+
+/** Extends the lease and records progress; false when the run is no longer ours. */
+export async function renewRunLease(
+  db: Db,
+  lease: { id: string; owner: string; leaseUntil: Date; rowsLoaded?: number; now: Date },
+): Promise<boolean> {
+  const result = await sql`
+    UPDATE recon_run
+    SET lease_until = ${lease.leaseUntil}, updated_at = ${lease.now}
+        ${lease.rowsLoaded === undefined ? sql`` : sql`, rows_loaded = ${lease.rowsLoaded}`}
+    WHERE id = ${lease.id} AND lease_owner = ${lease.owner} AND state = ${RUN_STATE.running}`
+    .execute(db)
+    .catch(rethrow);
+  return result.numAffectedRows === 1n;
+}
+
+/** Marks our run FAILED with a reason; false when it is no longer ours. */
+export async function failRun(
+  db: Db,
+  failure: { id: string; owner: string; error: string; now: Date },
+): Promise<boolean> {
+  const result = await sql`
+    UPDATE recon_run
+    SET state = ${RUN_STATE.failed}, error = ${failure.error.slice(0, 1_000)},
+        lease_owner = NULL, updated_at = ${failure.now}
+    WHERE id = ${failure.id} AND lease_owner = ${failure.owner} AND state = ${RUN_STATE.running}`
+    .execute(db)
+    .catch(rethrow);
+  return result.numAffectedRows === 1n;
+}
+
+export type RunSummary = Readonly<{
+  counts: ClassCounts;
+  rowsLoaded: bigint;
+  grossMinor: bigint;
+  feeMinor: bigint;
+  netMinor: bigint;
+  settledGrossMinor: bigint;
+  settledFeeMinor: bigint;
+  settledNetMinor: bigint;
+}>;
+
+/** Records the report and marks the run SUCCEEDED; false when the run is no longer ours. */
+export async function completeRun(
+  db: Db,
+  done: { id: string; owner: string; summary: RunSummary; internalCheck: InternalCheck; now: Date },
+): Promise<boolean> {
+  const { counts } = done.summary;
+  const result = await reconDb(db)
+    .updateTable('recon_run')
+    .set({
+      state: RUN_STATE.succeeded,
+      rows_loaded: done.summary.rowsLoaded,
+      matched_count: counts.MATCHED,
+      missing_in_ledger_count: counts.MISSING_IN_LEDGER,
+      missing_in_settlement_count: counts.MISSING_IN_SETTLEMENT,
+      amount_mismatch_count: counts.AMOUNT_MISMATCH,
+      duplicate_count: counts.DUPLICATE,
+      timing_count: counts.TIMING,
+      gross_minor: done.summary.grossMinor,
+      fee_minor: done.summary.feeMinor,
+      net_minor: done.summary.netMinor,
+      settled_gross_minor: done.summary.settledGrossMinor,
+      settled_fee_minor: done.summary.settledFeeMinor,
+      settled_net_minor: done.summary.settledNetMinor,
+      internal_check: JSON.stringify(done.internalCheck, (_key, value: unknown) =>
+        typeof value === 'bigint' ? value.toString() : value,
+      ),
+      lease_owner: null,
+      updated_at: done.now,
+      completed_at: done.now,
+    })
+    .where('id', '=', done.id)
+    .where('lease_owner', '=', done.owner)
+    .where('state', '=', RUN_STATE.running)
+    .executeTakeFirst()
+    .catch(rethrow);
+  return result.numUpdatedRows === 1n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading and classifying
+
+/** Deletes what an earlier attempt of the run loaded, in bounded statements. */
+export async function clearRunData(db: Db, runId: string): Promise<void> {
+  for (const table of ['recon_file_row', 'recon_mismatch'] as const) {
+    for (;;) {
+      const result = await sql`
+        DELETE FROM ${sql.table(table)} WHERE run_id = ${runId} LIMIT ${DELETE_CHUNK_ROWS}`
+        .execute(db)
+        .catch(rethrow);
+      if ((result.numAffectedRows ?? 0n) < BigInt(DELETE_CHUNK_ROWS)) break;
+    }
+  }
+}
+
+/** One multi-row INSERT of parsed rows into the staging table. */
+export async function insertFileRows(
+  db: Db,
+  runId: string,
+  rows: readonly SettlementRow[],
+): Promise<void> {
+  if (rows.length === 0) return;
+  await reconDb(db)
+    .insertInto('recon_file_row')
+    .values(
+      rows.map((row) => ({
+        run_id: runId,
+        line_no: row.lineNumber,
+        psp_reference: row.pspReference,
+        merchant_reference: row.merchantReference,
+        type: row.type,
+        currency: row.currency,
+        gross_minor: row.grossMinor,
+        fee_minor: row.feeMinor,
+        net_minor: row.netMinor,
+        batch_id: row.batchId,
+        created_utc: row.createdUtc,
+        class: null,
+        ledger_amount_minor: null,
+        duplicate_of: null,
+      })),
+    )
+    .execute()
+    .catch(rethrow);
+}
+
+/**
+ * Rule 2: a payment row naming an order that an earlier payment row of the same file named is a
+ * DUPLICATE. One statement over the whole file (only duplicates are written).
+ */
+export async function markDuplicatesInFile(db: Db, runId: string): Promise<void> {
+  await sql`
+    UPDATE recon_file_row r
+    JOIN (SELECT merchant_reference, MIN(line_no) AS first_line
+          FROM recon_file_row
+          WHERE run_id = ${runId} AND type = 'payment'
+          GROUP BY merchant_reference
+          HAVING COUNT(*) > 1) d
+      ON d.merchant_reference = r.merchant_reference
+    SET r.class = ${RECONCILIATION_CLASS.duplicate},
+        r.duplicate_of = CONCAT('line ', d.first_line)
+    WHERE r.run_id = ${runId} AND r.type = 'payment' AND r.line_no > d.first_line
+      AND r.class IS NULL`
+    .execute(db)
+    .catch(rethrow);
+}
+
+/** The line numbers of the classification chunks of a file with `rows` data rows. */
+export function classifyChunks(rows: number): Array<{ fromLine: number; toLine: number }> {
+  const chunks: Array<{ fromLine: number; toLine: number }> = [];
+  for (let fromLine = 2; fromLine <= rows + 1; fromLine += CLASSIFY_CHUNK_LINES) {
+    chunks.push({ fromLine, toLine: Math.min(rows + 1, fromLine + CLASSIFY_CHUNK_LINES - 1) });
+  }
+  return chunks;
+}
+
+/**
+ * Rules 3-7 for lines [fromLine, toLine], then copies that range's mismatches with their
+ * evidence; one READ COMMITTED transaction.
+ */
+export async function classifyChunk(
+  db: Db,
+  chunk: { runId: string; day: UtcDay; fromLine: number; toLine: number; now: Date },
+): Promise<void> {
+  const { runId, day, fromLine, toLine } = chunk;
+  const dayStart = startOfUtcDay(day);
+  const dayEnd = startOfUtcDay(addUtcDays(day, 1));
+  await inReadCommitted(db, async (trx) => {
+    // Rule 3: already settled by a payment row of another day's reconciled file.
+    // STRAIGHT_JOIN and FORCE INDEX: this chunk's rows first, then one index lookup each into
+    // the other runs' rows; the optimizer otherwise starts from every other run's rows.
+    await sql`
+      UPDATE recon_file_row r
+      STRAIGHT_JOIN recon_file_row p FORCE INDEX (recon_file_row_merchant)
+        ON p.merchant_reference = r.merchant_reference AND p.run_id <> r.run_id
+      STRAIGHT_JOIN recon_run u ON u.id = p.run_id
+      SET r.class = ${RECONCILIATION_CLASS.duplicate},
+          r.duplicate_of = CONCAT(p.run_id, ' line ', p.line_no)
+      WHERE r.run_id = ${runId} AND r.line_no BETWEEN ${fromLine} AND ${toLine}
+        AND r.class IS NULL AND r.type = 'payment'
+        AND p.type = 'payment' AND p.class <> ${RECONCILIATION_CLASS.duplicate}
+        AND u.state = ${RUN_STATE.succeeded} AND u.settlement_date <> ${day}`.execute(trx);
+    // Rules 1 and 4-7.
+    await sql`
+      UPDATE recon_file_row r
+      LEFT JOIN ledger_transaction lt ON lt.order_id = r.merchant_reference AND lt.kind = 'PAYMENT'
+      SET r.ledger_amount_minor = lt.amount_minor,
+          r.class = CASE
+            WHEN r.type <> 'payment' OR lt.id IS NULL THEN ${RECONCILIATION_CLASS.missingInLedger}
+            WHEN lt.amount_minor <> r.gross_minor OR lt.currency <> r.currency
+              THEN ${RECONCILIATION_CLASS.amountMismatch}
+            WHEN r.created_utc < ${dayStart} OR r.created_utc >= ${dayEnd}
+              THEN ${RECONCILIATION_CLASS.timing}
+            ELSE ${RECONCILIATION_CLASS.matched}
+          END
+      WHERE r.run_id = ${runId} AND r.line_no BETWEEN ${fromLine} AND ${toLine}
+        AND r.class IS NULL`.execute(trx);
+    await sql`
+      INSERT INTO recon_mismatch (run_id, class, line_no, order_id, psp_reference,
+        file_amount_minor, ledger_amount_minor, order_state, file_row, ledger_entries, detail,
+        created_at)
+      SELECT r.run_id, r.class, r.line_no, r.merchant_reference, r.psp_reference, r.gross_minor,
+             r.ledger_amount_minor, o.state, ${fileRowJson()},
+             ${ledgerEntriesJson(sql.ref('r.merchant_reference'))},
+             CASE r.class
+               WHEN 'DUPLICATE' THEN CONCAT('already settled: ', r.duplicate_of)
+               WHEN 'AMOUNT_MISMATCH' THEN CONCAT('file gross ', r.gross_minor, ' ', r.currency,
+                 ' minor units; ledger ', r.ledger_amount_minor)
+               WHEN 'TIMING' THEN CONCAT('created ', DATE_FORMAT(r.created_utc, '%Y-%m-%d'),
+                 ', settled in the file of ', ${day})
+               ELSE CASE
+                 WHEN r.type <> 'payment' THEN CONCAT('a ', r.type,
+                   ' row: Settle books no ', r.type, ' from settlement files')
+                 WHEN o.id IS NULL THEN 'no payment order with this id'
+                 ELSE CONCAT('payment order is ', o.state, ' with no PAYMENT ledger transaction')
+               END
+             END,
+             ${chunk.now}
+      FROM recon_file_row r
+      LEFT JOIN payment_order o ON o.id = r.merchant_reference
+      WHERE r.run_id = ${runId} AND r.line_no BETWEEN ${fromLine} AND ${toLine}
+        AND r.class <> ${RECONCILIATION_CLASS.matched}`.execute(trx);
+  });
+}
+
+/**
+ * Books the PSP's fee of every settled row (MATCHED or TIMING) of lines [fromLine, toLine] that
+ * has no PSP_FEE ledger transaction yet: a transaction per order (debit fee_expense, credit
+ * psp_receivable, same amount), set-based in three statements of one transaction. Ids are
+ * `idPrefix` (ltx_, 10 time and 6 random base-32 characters, fresh per attempt) followed by the
+ * zero-padded line number, so they are unique and sort by time like newId(). The invariants of
+ * postLedgerTransaction hold: each transaction balances by construction, and the stored entries
+ * are checked again before the commit. The unique (order, kind) key makes a repeated run, or two
+ * runs naming the same order, book a fee once (the loser's batch fails with errno 1062 and is
+ * retried without the booked orders). Returns how many transactions were booked.
+ */
+export async function bookFees(
+  db: Db,
+  chunk: { runId: string; fromLine: number; toLine: number; idPrefix: string; now: Date },
+): Promise<number> {
+  if (!/^ltx_[0-9A-HJKMNP-TV-Z]{16}$/.test(chunk.idPrefix)) {
+    throw new Error(`bad ledger id prefix ${chunk.idPrefix}`);
+  }
+  const idOf = (line: number) => `${chunk.idPrefix}${String(line).padStart(10, '0')}`;
+  const [firstId, lastId] = [idOf(chunk.fromLine), idOf(chunk.toLine)];
+  return inTransaction(db, async (trx) => {
+    const booked = await sql`
+      INSERT INTO ledger_transaction (id, order_id, kind, currency, amount_minor, created_at)
+      SELECT CONCAT(${chunk.idPrefix}, LPAD(r.line_no, 10, '0')), r.merchant_reference,
+             ${FEE_LEDGER_KIND.transaction}, r.currency, r.fee_minor, ${chunk.now}
+      FROM recon_file_row r
+      LEFT JOIN ledger_transaction f
+        ON f.order_id = r.merchant_reference AND f.kind = ${FEE_LEDGER_KIND.transaction}
+      WHERE r.run_id = ${chunk.runId} AND r.line_no BETWEEN ${chunk.fromLine} AND ${chunk.toLine}
+        AND r.class IN (${RECONCILIATION_CLASS.matched}, ${RECONCILIATION_CLASS.timing})
+        AND r.fee_minor > 0 AND f.id IS NULL`.execute(trx);
+    const count = Number(booked.numAffectedRows ?? 0n);
+    if (count === 0) return 0;
+    await sql`
+      INSERT INTO ledger_entry (transaction_id, account, order_id, kind, currency, debit_minor,
+        credit_minor, created_at)
+      SELECT t.id, ${ACCOUNT.feeExpense}, t.order_id, ${FEE_LEDGER_KIND.expense}, t.currency,
+             t.amount_minor, 0, t.created_at
+      FROM ledger_transaction t WHERE t.id BETWEEN ${firstId} AND ${lastId}
+      UNION ALL
+      SELECT t.id, ${ACCOUNT.pspReceivable}, t.order_id, ${FEE_LEDGER_KIND.receivable},
+             t.currency, 0, t.amount_minor, t.created_at
+      FROM ledger_transaction t WHERE t.id BETWEEN ${firstId} AND ${lastId}`.execute(trx);
+    // The pair assertion: every new transaction has its two entries and balances.
+    const check = await sql<{ transactions: string; wrong: string }>`
+      SELECT COUNT(*) AS transactions,
+             COALESCE(SUM(e.debits <> e.credits OR e.entries <> 2 OR e.debits <> t.amount_minor), 0)
+               AS wrong
+      FROM ledger_transaction t
+      JOIN (SELECT transaction_id, SUM(debit_minor) AS debits, SUM(credit_minor) AS credits,
+                   COUNT(*) AS entries
+            FROM ledger_entry WHERE transaction_id BETWEEN ${firstId} AND ${lastId}
+            GROUP BY transaction_id) e ON e.transaction_id = t.id
+      WHERE t.id BETWEEN ${firstId} AND ${lastId}`.execute(trx);
+    const result = check.rows[0];
+    if (Number(result?.transactions) !== count || Number(result?.wrong) !== 0) {
+      throw new UnbalancedLedgerTransactionError(
+        `fee transactions ${firstId}..${lastId} do not balance: ${count} booked, ` +
+          `${result?.transactions ?? 0} stored with entries, ${result?.wrong ?? '?'} wrong`,
+      );
+    }
+    return count;
+  });
+}
+
+/**
+ * The last rule: payments booked on the day that no payment row of this file names and no other
+ * day's reconciled file settled.
+ */
+export async function insertMissingInSettlement(
+  db: Db,
+  run: { runId: string; day: UtcDay; now: Date },
+): Promise<void> {
+  const dayStart = startOfUtcDay(run.day);
+  const dayEnd = startOfUtcDay(addUtcDays(run.day, 1));
+  // FORCE INDEX: inside INSERT ... SELECT, MariaDB runs NOT EXISTS as a dependent subquery and
+  // would otherwise scan the whole run for each ledger row.
+  await inReadCommitted(db, async (trx) => {
+    await sql`
+      INSERT INTO recon_mismatch (run_id, class, line_no, order_id, psp_reference,
+        file_amount_minor, ledger_amount_minor, order_state, file_row, ledger_entries, detail,
+        created_at)
+      SELECT ${run.runId}, ${RECONCILIATION_CLASS.missingInSettlement}, NULL, lt.order_id,
+             o.psp_reference, NULL, lt.amount_minor, o.state, NULL,
+             ${ledgerEntriesJson(sql.ref('lt.order_id'))},
+             CONCAT('booked ', DATE_FORMAT(lt.created_at, '%Y-%m-%dT%H:%i:%s.%fZ'),
+                    '; no row in this file or an earlier one'),
+             ${run.now}
+      FROM ledger_transaction lt
+      LEFT JOIN payment_order o ON o.id = lt.order_id
+      WHERE lt.kind = 'PAYMENT' AND lt.created_at >= ${dayStart} AND lt.created_at < ${dayEnd}
+        AND NOT EXISTS (
+          SELECT 1 FROM recon_file_row r FORCE INDEX (recon_file_row_merchant)
+          WHERE r.merchant_reference = lt.order_id AND r.run_id = ${run.runId}
+            AND r.type = 'payment')
+        AND NOT EXISTS (
+          SELECT 1 FROM recon_file_row p FORCE INDEX (recon_file_row_merchant)
+          JOIN recon_run u ON u.id = p.run_id
+          WHERE p.merchant_reference = lt.order_id AND p.type = 'payment'
+            AND p.class <> ${RECONCILIATION_CLASS.duplicate}
+            AND u.state = ${RUN_STATE.succeeded} AND u.settlement_date <> ${run.day})`.execute(trx);
+  });
+}
+
+/**
+ * A row this file settles (MATCHED or TIMING) resolves a MISSING_IN_SETTLEMENT of an earlier
+ * day's report: the PSP settled it late.
+ */
+export async function resolveEarlierMismatches(db: Db, runId: string): Promise<void> {
+  // Driven from the open mismatches (few) into this run's rows by index, never the reverse.
+  await sql`
+    UPDATE recon_mismatch m FORCE INDEX (recon_mismatch_open)
+    STRAIGHT_JOIN recon_file_row r FORCE INDEX (recon_file_row_merchant)
+      ON r.merchant_reference = m.order_id AND r.run_id = ${runId}
+    SET m.resolved_by_run_id = ${runId}
+    WHERE m.class = ${RECONCILIATION_CLASS.missingInSettlement}
+      AND m.resolved_by_run_id IS NULL AND m.run_id <> ${runId}
+      AND r.class IN (${RECONCILIATION_CLASS.matched}, ${RECONCILIATION_CLASS.timing})`
+    .execute(db)
+    .catch(rethrow);
+}
+
+/** Counts per class and the file's totals, from the classified rows. */
+export async function summarizeRun(db: Db, runId: string): Promise<RunSummary> {
+  const byClass = await sql<{
+    class: string;
+    n: string;
+    gross: string;
+    fee: string;
+    net: string;
+  }>`
+    SELECT class, COUNT(*) AS n, SUM(gross_minor) AS gross, SUM(fee_minor) AS fee,
+           SUM(net_minor) AS net
+    FROM recon_file_row WHERE run_id = ${runId} GROUP BY class`
+    .execute(db)
+    .catch(rethrow);
+  const missing = await sql<{ n: string }>`
+    SELECT COUNT(*) AS n FROM recon_mismatch
+    WHERE run_id = ${runId} AND class = ${RECONCILIATION_CLASS.missingInSettlement}`
+    .execute(db)
+    .catch(rethrow);
+  const counts: Record<ReconciliationClass, bigint> = {
+    MATCHED: 0n,
+    MISSING_IN_LEDGER: 0n,
+    MISSING_IN_SETTLEMENT: BigInt(missing.rows[0]?.n ?? '0'),
+    AMOUNT_MISMATCH: 0n,
+    DUPLICATE: 0n,
+    TIMING: 0n,
+  };
+  const totals = {
+    rowsLoaded: 0n,
+    grossMinor: 0n,
+    feeMinor: 0n,
+    netMinor: 0n,
+    settledGrossMinor: 0n,
+    settledFeeMinor: 0n,
+    settledNetMinor: 0n,
+  };
+  for (const row of byClass.rows) {
+    if (!isRowClass(row.class)) throw new Error(`run ${runId} has unclassified rows`);
+    counts[row.class] = BigInt(row.n);
+    totals.rowsLoaded += BigInt(row.n);
+    totals.grossMinor += BigInt(row.gross);
+    totals.feeMinor += BigInt(row.fee);
+    totals.netMinor += BigInt(row.net);
+    if (row.class === RECONCILIATION_CLASS.matched || row.class === RECONCILIATION_CLASS.timing) {
+      totals.settledGrossMinor += BigInt(row.gross);
+      totals.settledFeeMinor += BigInt(row.fee);
+      totals.settledNetMinor += BigInt(row.net);
+    }
+  }
+  return { counts, ...totals };
+}
+
+export async function countWallets(db: Db): Promise<bigint> {
+  const result = await sql<{ n: string }>`SELECT COUNT(*) AS n FROM wallet`
+    .execute(db)
+    .catch(rethrow);
+  return BigInt(result.rows[0]?.n ?? '0');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mismatches
+
+export async function listMismatches(
+  db: Db,
+  filter: { runId: string; class?: ReconciliationClass; afterId?: bigint; limit: number },
+): Promise<Mismatch[]> {
+  let query = reconDb(db)
+    .selectFrom('recon_mismatch')
+    .selectAll()
+    .where('run_id', '=', filter.runId)
+    .orderBy('id')
+    .limit(filter.limit);
+  if (filter.class !== undefined) query = query.where('class', '=', filter.class);
+  if (filter.afterId !== undefined) query = query.where('id', '>', filter.afterId.toString());
+  const rows = await query.execute().catch(rethrow);
+  return rows.map((row) => ({
+    id: BigInt(row.id),
+    runId: row.run_id,
+    class: row.class as ReconciliationClass,
+    lineNumber: row.line_no ?? undefined,
+    orderId: row.order_id,
+    pspReference: row.psp_reference ?? undefined,
+    fileAmountMinor: optionalBigInt(row.file_amount_minor),
+    ledgerAmountMinor: optionalBigInt(row.ledger_amount_minor),
+    orderState: row.order_state ?? undefined,
+    fileRowJson: row.file_row ?? undefined,
+    ledgerEntriesJson: row.ledger_entries,
+    detail: row.detail,
+    resolvedByRunId: row.resolved_by_run_id ?? undefined,
+    createdAt: row.created_at,
+  }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/** The file row as parsed, as a JSON object; amounts are strings of minor units. */
+function fileRowJson(): RawBuilder<string> {
+  return sql<string>`json_object(
+    'line', r.line_no, 'psp_reference', r.psp_reference,
+    'merchant_reference', r.merchant_reference, 'type', r.type, 'currency', r.currency,
+    'gross_minor', CAST(r.gross_minor AS CHAR), 'fee_minor', CAST(r.fee_minor AS CHAR),
+    'net_minor', CAST(r.net_minor AS CHAR), 'batch_id', r.batch_id,
+    'created_utc', DATE_FORMAT(r.created_utc, '%Y-%m-%dT%H:%i:%s.%fZ'))`;
+}
+
+/** Every ledger entry of an order, as a JSON array (empty when there is none). */
+function ledgerEntriesJson(orderId: RawBuilder<unknown>) {
+  return sql<string>`(
+    SELECT COALESCE(json_arrayagg(json_object(
+             'entry_id', CAST(e.id AS CHAR), 'transaction_id', e.transaction_id,
+             'account', e.account, 'kind', e.kind, 'currency', e.currency,
+             'debit_minor', CAST(e.debit_minor AS CHAR),
+             'credit_minor', CAST(e.credit_minor AS CHAR),
+             'created_at', DATE_FORMAT(e.created_at, '%Y-%m-%dT%H:%i:%s.%fZ'))), json_array())
+    FROM ledger_entry e WHERE e.order_id = ${orderId})`;
+}
+
+/** One READ COMMITTED transaction, retried whole on deadlock or lock wait timeout (bounded). */
+async function inReadCommitted(
+  db: Db,
+  work: (
+    trx: Parameters<Parameters<ReturnType<Db['transaction']>['execute']>[0]>[0],
+  ) => Promise<void>,
+): Promise<void> {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      await db.transaction().setIsolationLevel('read committed').execute(work);
+      return;
+    } catch (error) {
+      if (isTransientLockError(error) && attempt < TRANSACTION_ATTEMPTS_MAX) {
+        await new Promise((resolve) => setTimeout(resolve, 10 * attempt + Math.random() * 20));
+        continue;
+      }
+      throw toUnavailable(error);
+    }
+  }
+}
+
+function toRun(row: Selectable<ReconRunTable>): Run {
+  return {
+    id: row.id,
+    day: row.settlement_date.toISOString().slice(0, 10),
+    fileName: row.file_name,
+    fileSha256: row.file_sha256,
+    state: row.state,
+    rowsTotal: BigInt(row.rows_total),
+    rowsLoaded: BigInt(row.rows_loaded),
+    counts: {
+      MATCHED: BigInt(row.matched_count),
+      MISSING_IN_LEDGER: BigInt(row.missing_in_ledger_count),
+      MISSING_IN_SETTLEMENT: BigInt(row.missing_in_settlement_count),
+      AMOUNT_MISMATCH: BigInt(row.amount_mismatch_count),
+      DUPLICATE: BigInt(row.duplicate_count),
+      TIMING: BigInt(row.timing_count),
+    },
+    currency: row.currency,
+    grossMinor: BigInt(row.gross_minor),
+    feeMinor: BigInt(row.fee_minor),
+    netMinor: BigInt(row.net_minor),
+    settledGrossMinor: BigInt(row.settled_gross_minor),
+    settledFeeMinor: BigInt(row.settled_fee_minor),
+    settledNetMinor: BigInt(row.settled_net_minor),
+    internalCheck: row.internal_check === null ? undefined : parseInternalCheck(row.internal_check),
+    error: row.error ?? undefined,
+    attempts: Number(row.attempts),
+    leaseOwner: row.lease_owner ?? undefined,
+    leaseUntil: row.lease_until,
+    createdAt: row.created_at,
+    completedAt: row.completed_at ?? undefined,
+  };
+}
+
+function parseInternalCheck(text: string): InternalCheck {
+  const raw = JSON.parse(text) as {
+    ledgerBalanced: boolean;
+    totals: Array<{
+      currency: string;
+      debitMinor: string;
+      creditMinor: string;
+      balanceMinor: string;
+    }>;
+    walletsChecked: string;
+    walletsMatchLedger: boolean;
+    walletsNotMatching: string;
+    walletDifferences: Array<{ sellerId: string; walletMinor: string; ledgerMinor: string }>;
+  };
+  return {
+    ledgerBalanced: raw.ledgerBalanced,
+    totals: raw.totals.map((total) => ({
+      currency: total.currency,
+      debitMinor: BigInt(total.debitMinor),
+      creditMinor: BigInt(total.creditMinor),
+      balanceMinor: BigInt(total.balanceMinor),
+    })),
+    walletsChecked: BigInt(raw.walletsChecked),
+    walletsMatchLedger: raw.walletsMatchLedger,
+    walletsNotMatching: BigInt(raw.walletsNotMatching),
+    walletDifferences: raw.walletDifferences.map((difference) => ({
+      sellerId: difference.sellerId,
+      walletMinor: BigInt(difference.walletMinor),
+      ledgerMinor: BigInt(difference.ledgerMinor),
+    })),
+  };
+}
+
+function isRowClass(value: string): value is Exclude<ReconciliationClass, 'MISSING_IN_SETTLEMENT'> {
+  return (
+    value === RECONCILIATION_CLASS.matched ||
+    value === RECONCILIATION_CLASS.missingInLedger ||
+    value === RECONCILIATION_CLASS.amountMismatch ||
+    value === RECONCILIATION_CLASS.duplicate ||
+    value === RECONCILIATION_CLASS.timing
+  );
+}
+
+function optionalBigInt(value: string | null): bigint | undefined {
+  return value === null ? undefined : BigInt(value);
+}
+
+function rethrow(error: unknown): never {
+  throw toUnavailable(error);
+}

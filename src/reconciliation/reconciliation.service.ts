@@ -1,0 +1,566 @@
+/**
+ * Runs reconciliations: finds the settlement file in the folder, validates all of it before
+ * anything is written (a malformed file is refused with the line, and leaves no trace), then
+ * loads and classifies it in the background and keeps the report. One run per (day, file
+ * SHA-256): the same file again joins or returns the same run and writes nothing.
+ *
+ * A run is owned by one node through a lease it renews every 10 s. If that node dies, the
+ * next call for the same file takes the run over and starts it again from a clean slate; fees
+ * are never booked twice because the ledger allows one PSP_FEE transaction per order.
+ */
+import { randomBytes } from 'node:crypto';
+import { realpath, stat } from 'node:fs/promises';
+import path from 'node:path';
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  ResourceExhaustedError,
+  UnavailableError,
+} from '../domain/errors.js';
+import { newId } from '../domain/ids.js';
+import { isUtcDay, type UtcDay } from '../domain/utc-day.js';
+import type { Db } from '../storage/db.js';
+import { isDuplicateKey } from '../storage/errors.js';
+import {
+  trialBalance,
+  walletsNotMatchingLedger,
+} from '../storage/repositories/ledger.repository.js';
+import type { ReconciliationClass } from './compare.js';
+import {
+  claimRun,
+  classifyChunk,
+  classifyChunks,
+  clearRunData,
+  completeRun,
+  countWallets,
+  failRun,
+  bookFees,
+  findRun,
+  findRunByFile,
+  insertFileRows,
+  insertMissingInSettlement,
+  insertRun,
+  listMismatches,
+  listRuns,
+  markDuplicatesInFile,
+  renewRunLease,
+  resolveEarlierMismatches,
+  summarizeRun,
+  WALLET_DIFFERENCES_MAX,
+  type InternalCheck,
+  type Mismatch,
+  type Run,
+} from './reconciliation.repository.js';
+import { RUN_STATE } from './reconciliation.table.js';
+import {
+  readSettlementFile,
+  scanSettlementFile,
+  type SettlementFileScan,
+  type SettlementRow,
+} from './settlement-file.js';
+
+/** How long a run's lease lasts without renewal. */
+const LEASE_MS = 60_000;
+/** How often a running run renews its lease (and records its progress). */
+const HEARTBEAT_MS = 10_000;
+/** How long stop() waits for runs to notice; a run still busy then is left to its lease. */
+const STOP_WAIT_MS = 5_000;
+/** How often a caller waiting for another node's run looks at it again. */
+const POLL_MS = 200;
+/** Consecutive fee batches that may collide with another run's bookings before giving up. */
+const FEE_COLLISIONS_MAX = 3;
+const PAGE_SIZE_DEFAULT = 100;
+const PAGE_SIZE_MAX = 500;
+const FILE_NAME_DAY = /^settlement-(\d{4}-\d{2}-\d{2})/;
+
+export type RunSource = Readonly<{
+  /** The UTC day, "YYYY-MM-DD": reads settlement-<day>.csv unless filePath is given. */
+  settlementDate?: string;
+  /** A file inside the folder (relative to it, or absolute). */
+  filePath?: string;
+}>;
+
+export type ReconciliationEvent =
+  | Readonly<{ type: 'started'; runId: string; day: UtcDay; file: string; rows: number }>
+  | Readonly<{ type: 'phase'; runId: string; phase: RunPhase; ms: number }>
+  | Readonly<{ type: 'succeeded'; runId: string; day: UtcDay; ms: number }>
+  | Readonly<{ type: 'failed'; runId: string; day: UtcDay; error: unknown }>
+  | Readonly<{ type: 'lease-lost'; runId: string }>;
+
+/** The steps of a run, in order (reported with their duration). */
+export type RunPhase = 'load' | 'classify' | 'fees' | 'missing' | 'report';
+
+export type ReconciliationOptions = Readonly<{
+  db: Db;
+  /** The settlement folder (SETTLEMENT_DIR). */
+  dir: string;
+  nodeName: string;
+  /** Rows per staging INSERT and per fee batch. */
+  batchRows: number;
+  /** The largest file accepted, in rows. */
+  rowsMax: number;
+  /** How long run() waits for the report before it answers RUNNING. */
+  waitMs: number;
+  /** Runs this node works on at once. Default 2. */
+  runsMax?: number;
+  now?: () => Date;
+  onEvent?: (event: ReconciliationEvent) => void;
+}>;
+
+export type Page<T> = Readonly<{ items: T[]; nextPageToken: string }>;
+
+/** Thrown inside a run that another node took over; the run is then theirs. */
+class LeaseLostError extends Error {
+  override readonly name = 'LeaseLostError';
+}
+
+export class ReconciliationService {
+  readonly #options: ReconciliationOptions;
+  readonly #owner: string;
+  readonly #now: () => Date;
+  readonly #inFlight = new Map<string, Promise<void>>();
+  readonly #stop = new AbortController();
+
+  constructor(options: ReconciliationOptions) {
+    this.#options = options;
+    this.#owner = `${options.nodeName}/${randomBytes(4).toString('hex')}`;
+    this.#now = options.now ?? (() => new Date());
+  }
+
+  /**
+   * Starts (or joins) the reconciliation of a file and returns its report after at most
+   * `waitMs` (default: the configured wait): SUCCEEDED or FAILED when it ended in time, RUNNING
+   * otherwise. Throws MalformedSettlementFileError (INVALID_ARGUMENT, naming the line) for a bad
+   * file, before anything is written.
+   */
+  async run(source: RunSource, options: { waitMs?: number } = {}): Promise<Run> {
+    const runId = await this.start(source);
+    return this.#waitFor(runId, options.waitMs ?? this.#options.waitMs);
+  }
+
+  /**
+   * Starts (or joins) a run and waits until it ends, at most `timeoutMs`. `onPoll` is called
+   * while waiting (the scheduler renews its claim there); `signal` ends the wait (not the run).
+   */
+  async runToCompletion(
+    source: RunSource,
+    options: { timeoutMs: number; onPoll?: () => Promise<void>; signal?: AbortSignal },
+  ): Promise<Run> {
+    const runId = await this.start(source);
+    const deadline = Date.now() + options.timeoutMs;
+    for (;;) {
+      const waitMs = Math.min(5_000, Math.max(0, deadline - Date.now()));
+      const run = await this.#waitFor(runId, waitMs, options.signal);
+      if (run.state !== RUN_STATE.running) return run;
+      options.signal?.throwIfAborted();
+      if (Date.now() >= deadline) {
+        throw new UnavailableError(
+          `reconciliation ${runId} did not finish in ${options.timeoutMs} ms`,
+        );
+      }
+      await options.onPoll?.();
+    }
+  }
+
+  /** Validates the file, then creates or joins its run; returns the run id. */
+  async start(source: RunSource): Promise<string> {
+    if (this.#stop.signal.aborted) throw new UnavailableError('the node is stopping');
+    const file = await resolveSettlementFile(this.#options.dir, source);
+    const scan = await scanSettlementFile(file.path, {
+      rowsMax: this.#options.rowsMax,
+      signal: this.#stop.signal,
+    });
+    const { db } = this.#options;
+    const now = this.#now();
+    let existing = await findRunByFile(db, file.day, scan.sha256);
+    if (existing === undefined) {
+      this.#checkCapacity();
+      const id = newId('reconciliationRun', now.getTime());
+      const created = await insertRun(db, {
+        id,
+        day: file.day,
+        fileName: file.name,
+        fileSha256: scan.sha256,
+        rowsTotal: scan.rows,
+        owner: this.#owner,
+        leaseUntil: new Date(now.getTime() + LEASE_MS),
+        now,
+      });
+      if (created) {
+        this.#launch({ id, day: file.day, path: file.path, scan });
+        return id;
+      }
+      // Another node created it between our look and our insert.
+      existing = await findRunByFile(db, file.day, scan.sha256);
+      if (existing === undefined)
+        throw new Error(`run of ${file.name} vanished after a duplicate key`);
+    }
+    const expired = existing.state === RUN_STATE.running && existing.leaseUntil < now;
+    if (existing.state === RUN_STATE.failed || expired) {
+      this.#checkCapacity();
+      const claimed = await claimRun(db, {
+        id: existing.id,
+        owner: this.#owner,
+        leaseUntil: new Date(now.getTime() + LEASE_MS),
+        now,
+      });
+      if (claimed) this.#launch({ id: existing.id, day: file.day, path: file.path, scan });
+    }
+    return existing.id;
+  }
+
+  async getReport(reportId: string): Promise<Run> {
+    if (!/^rcn_[0-9A-Z]{26}$/.test(reportId)) {
+      throw new InvalidArgumentError('report_id', 'must be a report id such as rcn_01J…');
+    }
+    const run = await findRun(this.#options.db, reportId);
+    if (run === undefined) throw new NotFoundError('report', reportId);
+    return run;
+  }
+
+  /** Reports, newest first (AIP-158 paging), optionally of one day. */
+  async listReports(request: {
+    pageSize: number;
+    pageToken: string;
+    settlementDate: string;
+  }): Promise<Page<Run>> {
+    const limit = pageSizeOf(request.pageSize);
+    if (request.settlementDate !== '' && !isUtcDay(request.settlementDate)) {
+      throw new InvalidArgumentError('settlement_date', 'must be a day as YYYY-MM-DD');
+    }
+    if (request.pageToken !== '' && !/^rcn_[0-9A-Z]{26}$/.test(request.pageToken)) {
+      throw new InvalidArgumentError('page_token', 'invalid; start again without page_token');
+    }
+    const runs = await listRuns(this.#options.db, {
+      ...(request.settlementDate !== '' ? { day: request.settlementDate } : {}),
+      ...(request.pageToken !== '' ? { beforeId: request.pageToken } : {}),
+      limit: limit + 1,
+    });
+    const items = runs.slice(0, limit);
+    const last = items[items.length - 1];
+    return { items, nextPageToken: runs.length > limit && last ? last.id : '' };
+  }
+
+  /** One report's mismatches in the order they were found, optionally of one class. */
+  async listMismatches(request: {
+    reportId: string;
+    class: ReconciliationClass | undefined;
+    pageSize: number;
+    pageToken: string;
+  }): Promise<Page<Mismatch>> {
+    const limit = pageSizeOf(request.pageSize);
+    await this.getReport(request.reportId);
+    if (request.pageToken !== '' && !/^\d{1,19}$/.test(request.pageToken)) {
+      throw new InvalidArgumentError('page_token', 'invalid; start again without page_token');
+    }
+    const mismatches = await listMismatches(this.#options.db, {
+      runId: request.reportId,
+      ...(request.class !== undefined ? { class: request.class } : {}),
+      ...(request.pageToken !== '' ? { afterId: BigInt(request.pageToken) } : {}),
+      limit: limit + 1,
+    });
+    const items = mismatches.slice(0, limit);
+    const last = items[items.length - 1];
+    return {
+      items,
+      nextPageToken: mismatches.length > limit && last ? last.id.toString() : '',
+    };
+  }
+
+  /**
+   * Stops taking runs and aborts the ones in progress between two statements; each is marked
+   * FAILED ("interrupted"), so the next call for its file starts it again at once. A statement
+   * still running after STOP_WAIT_MS is left behind: its run's lease expires and another node
+   * can take it over.
+   */
+  async stop(): Promise<void> {
+    this.#stop.abort(new UnavailableError('the node is stopping'));
+    await Promise.race([Promise.allSettled([...this.#inFlight.values()]), sleep(STOP_WAIT_MS)]);
+  }
+
+  #checkCapacity(): void {
+    if (this.#inFlight.size >= (this.#options.runsMax ?? 2)) {
+      throw new ResourceExhaustedError(
+        `this node is already running ${this.#inFlight.size} reconciliations; retry later`,
+      );
+    }
+  }
+
+  #launch(run: { id: string; day: UtcDay; path: string; scan: SettlementFileScan }): void {
+    const work = this.#execute(run).finally(() => this.#inFlight.delete(run.id));
+    this.#inFlight.set(run.id, work);
+  }
+
+  /** The run once it ended, or as it is after `waitMs` (or when `signal` aborts). */
+  async #waitFor(runId: string, waitMs: number, signal?: AbortSignal): Promise<Run> {
+    const { db } = this.#options;
+    const deadline = Date.now() + waitMs;
+    const local = this.#inFlight.get(runId);
+    if (local !== undefined && waitMs > 0) await Promise.race([local, sleep(waitMs, signal)]);
+    for (;;) {
+      const run = await findRun(db, runId);
+      if (run === undefined) throw new NotFoundError('report', runId);
+      if (run.state !== RUN_STATE.running || Date.now() >= deadline || signal?.aborted) return run;
+      await sleep(Math.min(POLL_MS, deadline - Date.now()), signal);
+    }
+  }
+
+  async #execute(run: { id: string; day: UtcDay; path: string; scan: SettlementFileScan }) {
+    const { db, batchRows, rowsMax, onEvent } = this.#options;
+    const signal = this.#stop.signal;
+    const started = Date.now();
+    // The lease is renewed by a heartbeat, not per batch: one long statement (the internal check
+    // of a large ledger) must not let another node take a healthy run over. The work checks
+    // between statements whether the run was stopped or lost.
+    let loaded = 0;
+    let lost = false;
+    const heartbeat = setInterval(() => {
+      const now = this.#now();
+      renewRunLease(db, {
+        id: run.id,
+        owner: this.#owner,
+        leaseUntil: new Date(now.getTime() + LEASE_MS),
+        rowsLoaded: loaded,
+        now,
+      }).then(
+        (ours) => (lost ||= !ours),
+        () => undefined, // a failed renewal is retried at the next beat
+      );
+    }, HEARTBEAT_MS);
+    const stillOurs = async () => {
+      signal.throwIfAborted();
+      if (lost) throw new LeaseLostError(`run ${run.id} was taken over`);
+    };
+    onEvent?.({
+      type: 'started',
+      runId: run.id,
+      day: run.day,
+      file: path.basename(run.path),
+      rows: run.scan.rows,
+    });
+    let phaseStarted = Date.now();
+    const phaseDone = (phase: RunPhase) => {
+      const now = Date.now();
+      onEvent?.({ type: 'phase', runId: run.id, phase, ms: now - phaseStarted });
+      phaseStarted = now;
+    };
+    try {
+      await clearRunData(db, run.id);
+      let second: SettlementFileScan | undefined;
+      // One INSERT in flight while the next batch is parsed: memory stays at two batches.
+      let batch: SettlementRow[] = [];
+      let inFlight: Promise<void> = Promise.resolve();
+      const flush = async () => {
+        await inFlight;
+        const rows = batch;
+        batch = [];
+        inFlight = insertFileRows(db, run.id, rows).then(() => {
+          loaded += rows.length;
+        });
+        // Observed at the next flush; this keeps a failure from being an unhandled rejection.
+        inFlight.catch(() => undefined);
+        await stillOurs();
+      };
+      for await (const row of readSettlementFile(run.path, { rowsMax, signal }, (done) => {
+        second = done;
+      })) {
+        batch.push(row);
+        if (batch.length >= batchRows) await flush();
+      }
+      await flush();
+      await inFlight;
+      if (second?.sha256 !== run.scan.sha256) {
+        throw new FailedPreconditionError(
+          `${path.basename(run.path)} changed while it was read; run it again`,
+        );
+      }
+      await renewRunLease(db, {
+        id: run.id,
+        owner: this.#owner,
+        leaseUntil: new Date(this.#now().getTime() + LEASE_MS),
+        rowsLoaded: loaded,
+        now: this.#now(),
+      });
+      await stillOurs();
+      phaseDone('load');
+
+      await markDuplicatesInFile(db, run.id);
+      for (const chunk of classifyChunks(loaded)) {
+        await classifyChunk(db, { runId: run.id, day: run.day, ...chunk, now: this.#now() });
+        await stillOurs();
+      }
+      phaseDone('classify');
+      await this.#bookFees(run.id, loaded, stillOurs);
+      phaseDone('fees');
+      await insertMissingInSettlement(db, { runId: run.id, day: run.day, now: this.#now() });
+      await resolveEarlierMismatches(db, run.id);
+      await stillOurs();
+      phaseDone('missing');
+      const summary = await summarizeRun(db, run.id);
+      const internalCheck = await this.#internalCheck();
+      const completed = await completeRun(db, {
+        id: run.id,
+        owner: this.#owner,
+        summary,
+        internalCheck,
+        now: this.#now(),
+      });
+      if (!completed) throw new LeaseLostError(`run ${run.id} was taken over`);
+      phaseDone('report');
+      onEvent?.({ type: 'succeeded', runId: run.id, day: run.day, ms: Date.now() - started });
+    } catch (error) {
+      if (error instanceof LeaseLostError) {
+        onEvent?.({ type: 'lease-lost', runId: run.id });
+        return;
+      }
+      const reason = signal.aborted
+        ? 'interrupted: the node stopped; run it again'
+        : error instanceof Error
+          ? error.message
+          : String(error);
+      await failRun(db, { id: run.id, owner: this.#owner, error: reason, now: this.#now() }).catch(
+        () => undefined,
+      );
+      onEvent?.({ type: 'failed', runId: run.id, day: run.day, error });
+    } finally {
+      clearInterval(heartbeat);
+    }
+  }
+
+  /**
+   * Books the PSP's fee of every settled row (see bookFees), a range of lines at a time, so
+   * psp_receivable nets to what the PSP pays out.
+   */
+  async #bookFees(runId: string, rows: number, stillOurs: () => Promise<void>): Promise<void> {
+    const { db } = this.#options;
+    // Fresh per attempt: a run taken over never reuses the ids of the attempt before.
+    const idPrefix = newId('ledgerTransaction', this.#now().getTime()).slice(0, 20);
+    for (const chunk of classifyChunks(rows)) {
+      for (let collisions = 0; ; collisions += 1) {
+        try {
+          await bookFees(db, { runId, ...chunk, idPrefix, now: this.#now() });
+          break;
+        } catch (error) {
+          // Another run booked one of these orders' fees meanwhile: book the rest again.
+          if (isDuplicateKey(error) && collisions < FEE_COLLISIONS_MAX) continue;
+          throw error;
+        }
+      }
+      await stillOurs();
+    }
+  }
+
+  /** The seed's internal check: the trial balance is zero and every wallet equals its ledger. */
+  async #internalCheck(): Promise<InternalCheck> {
+    const { db } = this.#options;
+    const totals = new Map<string, { debitMinor: bigint; creditMinor: bigint }>();
+    for (const account of await trialBalance(db)) {
+      const total = totals.get(account.currency) ?? { debitMinor: 0n, creditMinor: 0n };
+      total.debitMinor += account.debitMinor;
+      total.creditMinor += account.creditMinor;
+      totals.set(account.currency, total);
+    }
+    const differences = await walletsNotMatchingLedger(db);
+    const totalList = [...totals].map(([currency, total]) => ({
+      currency,
+      ...total,
+      balanceMinor: total.debitMinor - total.creditMinor,
+    }));
+    return {
+      ledgerBalanced: totalList.every((total) => total.balanceMinor === 0n),
+      totals: totalList,
+      walletsChecked: await countWallets(db),
+      walletsMatchLedger: differences.length === 0,
+      walletsNotMatching: BigInt(differences.length),
+      walletDifferences: differences.slice(0, WALLET_DIFFERENCES_MAX),
+    };
+  }
+}
+
+export type SettlementFileLocation = Readonly<{ path: string; name: string; day: UtcDay }>;
+
+/**
+ * The file a request names, which must be a regular file inside `dir` once symbolic links are
+ * resolved, and the day it settles: settlement_date when given, else the day in its name.
+ */
+export async function resolveSettlementFile(
+  dir: string,
+  source: RunSource,
+): Promise<SettlementFileLocation> {
+  const date = source.settlementDate ?? '';
+  const filePath = source.filePath ?? '';
+  if (date === '' && filePath === '') {
+    throw new InvalidArgumentError(
+      'settlement_date',
+      'give settlement_date (YYYY-MM-DD) or file_path',
+    );
+  }
+  if (date !== '' && !isUtcDay(date)) {
+    throw new InvalidArgumentError(
+      'settlement_date',
+      `must be a day as YYYY-MM-DD, got '${date.slice(0, 40)}'`,
+    );
+  }
+  if (filePath.length > 1_024 || filePath.includes('\0')) {
+    throw new InvalidArgumentError('file_path', 'must be a path of at most 1024 characters');
+  }
+  let folder: string;
+  try {
+    folder = await realpath(path.resolve(dir));
+  } catch {
+    throw new FailedPreconditionError('the settlement folder (SETTLEMENT_DIR) does not exist');
+  }
+  const wanted = filePath === '' ? `settlement-${date}.csv` : filePath;
+  const candidate = path.resolve(folder, wanted);
+  const inside = (file: string) => file.startsWith(folder + path.sep);
+  if (!inside(candidate)) {
+    throw new InvalidArgumentError(
+      'file_path',
+      'must name a file inside the settlement folder (SETTLEMENT_DIR)',
+    );
+  }
+  let real: string;
+  try {
+    real = await realpath(candidate);
+  } catch {
+    throw new NotFoundError('settlement file', path.relative(folder, candidate));
+  }
+  if (!inside(real)) {
+    throw new InvalidArgumentError(
+      'file_path',
+      'must name a file inside the settlement folder (SETTLEMENT_DIR)',
+    );
+  }
+  if (!(await stat(real)).isFile()) {
+    throw new InvalidArgumentError('file_path', `${path.relative(folder, real)} is not a file`);
+  }
+  const name = path.basename(real);
+  const day = date !== '' ? date : FILE_NAME_DAY.exec(name)?.[1];
+  if (day === undefined || !isUtcDay(day)) {
+    throw new InvalidArgumentError(
+      'settlement_date',
+      `required: the file name ${name} does not start with settlement-YYYY-MM-DD`,
+    );
+  }
+  return { path: real, name, day };
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts; never rejects. */
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+
+function pageSizeOf(pageSize: number): number {
+  if (pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
+  return Math.min(pageSize === 0 ? PAGE_SIZE_DEFAULT : pageSize, PAGE_SIZE_MAX);
+}

@@ -1,0 +1,473 @@
+/**
+ * Goal: reconciliation end to end. Payments made through the real flow are settled by the PSP
+ * mock's real settlement files; every discrepancy the mock can inject is classified as its class
+ * with its evidence; fees are booked so psp_receivable nets to the payout; a late row resolves the
+ * earlier MISSING_IN_SETTLEMENT; the same file twice gives the same report and writes nothing;
+ * malformed files and paths outside the folder are refused with nothing written; reports and
+ * mismatches page. Method: startStack (PSP mock + Settle node, real MariaDB and NATS) with a
+ * temporary settlement folder, payments paid with PayWithCard, files written by
+ * GenerateSettlementFile, reconciliations run and read through the generated gRPC client. Every
+ * table's row count is compared where a call must write nothing. Each test ends with the money
+ * invariants.
+ */
+import { readFile, symlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import {
+  MismatchClass,
+  ReportState,
+  type Mismatch,
+  type Report,
+} from '../../src/grpc/generated/settle/v1/reconciliation.js';
+import { addUtcDays, utcDayOf } from '../../src/domain/utc-day.js';
+import { settlementFeeMinor } from '../../src/psp/mock/index.js';
+import { call, callError, expectMoneyInvariants } from '../support/harness.js';
+import {
+  allRowCounts,
+  awayFromMidnight,
+  createOrder,
+  generateFile,
+  inject,
+  paidOrder,
+  reconcile,
+  SettlementDiscrepancy,
+  startReconStack,
+  waitForReport,
+  type ReconStack,
+} from './support.js';
+
+const FEES = { percentBp: 290, fixedMinor: 30 };
+let stack: ReconStack;
+let today: string;
+
+beforeAll(async () => {
+  await awayFromMidnight();
+  stack = await startReconStack({ RECONCILIATION_WAIT_MS: '10000' });
+  today = utcDayOf(new Date());
+});
+afterAll(async () => stack?.close());
+afterEach(async () => expectMoneyInvariants(stack.settle.db));
+
+async function mismatches(
+  reportId: string,
+  mismatchClass = MismatchClass.MISMATCH_CLASS_UNSPECIFIED,
+) {
+  const all: Mismatch[] = [];
+  let pageToken = '';
+  for (let page = 0; page < 100; page += 1) {
+    const response = await call(stack.recon.listMismatches.bind(stack.recon), {
+      reportId,
+      mismatchClass,
+      pageSize: 2,
+      pageToken,
+    });
+    all.push(...response.mismatches);
+    pageToken = response.nextPageToken;
+    if (pageToken === '') return all;
+  }
+  throw new Error('too many pages');
+}
+
+async function receivable(orderId: string): Promise<{ debit: bigint; credit: bigint }> {
+  const { entries } = await call(stack.ledger.listEntries.bind(stack.ledger), {
+    orderId,
+    account: 'psp_receivable',
+    pageSize: 0,
+    pageToken: '',
+  });
+  return entries.reduce(
+    (total, entry) => ({
+      debit: total.debit + entry.debitMinor,
+      credit: total.credit + entry.creditMinor,
+    }),
+    { debit: 0n, credit: 0n },
+  );
+}
+
+function counts(report: Report) {
+  return report.counts;
+}
+
+describe('a clean day', () => {
+  let orders: Array<{ id: string; amount: bigint }>;
+  let first: Report;
+
+  it('matches every payment of the PSP file and books its fee against psp_receivable', async () => {
+    orders = [];
+    for (const amount of [1999n, 500n, 123456n]) {
+      orders.push({ id: await paidOrder(stack, `seller-clean-${amount}`, amount), amount });
+    }
+    const filePath = await generateFile(stack, today);
+    expect(path.dirname(filePath)).toBe(
+      await import('node:fs/promises').then((fs) => fs.realpath(stack.dir)),
+    );
+    const text = await readFile(filePath, 'utf8');
+    expect(text.split('\n')[0]).toBe(
+      'psp_reference,merchant_reference,type,currency,gross,fee,net,batch_id,created_utc',
+    );
+    // 1999 at 2.9 % = 57.971 -> 58 (half up) + 30 = 88; 500 -> 14.5 -> 15 + 30 = 45.
+    expect(text).toContain(`,${orders[0]?.id},payment,USD,19.99,0.88,19.11,`);
+    expect(text).toContain(`,${orders[1]?.id},payment,USD,5.00,0.45,4.55,`);
+
+    first = await reconcile(stack, { settlementDate: today });
+    expect(first.state).toBe(ReportState.REPORT_STATE_SUCCEEDED);
+    expect(first.settlementDate).toBe(today);
+    expect(first.fileName).toBe(`settlement-${today}.csv`);
+    expect(first.rowsTotal).toBe(3n);
+    expect(first.rowsLoaded).toBe(3n);
+    expect(counts(first)).toEqual({
+      matched: 3n,
+      missingInLedger: 0n,
+      missingInSettlement: 0n,
+      amountMismatch: 0n,
+      duplicate: 0n,
+      timing: 0n,
+    });
+    const fees = orders.map((order) => settlementFeeMinor(order.amount, FEES));
+    const gross = orders.reduce((sum, order) => sum + order.amount, 0n);
+    const fee = fees.reduce((sum, value) => sum + value, 0n);
+    expect(first.grossMinor).toBe(gross);
+    expect(first.settledFeeMinor).toBe(fee);
+    expect(first.settledNetMinor).toBe(gross - fee);
+    expect(first.internalCheck).toMatchObject({
+      ledgerBalanced: true,
+      walletsMatchLedger: true,
+      walletsNotMatching: 0n,
+      walletsChecked: 3n,
+    });
+    expect(first.internalCheck?.totals).toEqual([
+      expect.objectContaining({ currencyCode: 'USD', balanceMinor: 0n }),
+    ]);
+    // psp_receivable of each order nets to what the PSP pays out for it.
+    for (const [index, order] of orders.entries()) {
+      const account = await receivable(order.id);
+      expect(account.debit - account.credit).toBe(order.amount - (fees[index] ?? 0n));
+    }
+    expect(await mismatches(first.reportId)).toEqual([]);
+  });
+
+  it('returns the same report for the same file and writes nothing', async () => {
+    const before = await allRowCounts(stack.settle.db);
+    const again = await reconcile(stack, { settlementDate: today });
+    expect(again).toEqual(first);
+    // The PSP writes the same bytes again: still the same run.
+    await generateFile(stack, today);
+    const third = await reconcile(stack, { filePath: `settlement-${today}.csv` });
+    expect(third).toEqual(first);
+    expect(await allRowCounts(stack.settle.db)).toEqual(before);
+  });
+});
+
+describe('discrepancies', () => {
+  const ids: Record<string, string> = {};
+  const amounts: Record<string, bigint> = {};
+  let todayReport: Report;
+  let tomorrowReport: Report;
+
+  it('classifies each injected discrepancy with its evidence', async () => {
+    for (const [name, amount] of [
+      ['unsettled', 2500n],
+      ['amount', 3000n],
+      ['duplicate', 4000n],
+      ['late', 5000n],
+      ['normal', 6000n],
+    ] as const) {
+      ids[name] = await paidOrder(stack, `seller-${name}`, amount);
+      amounts[name] = amount;
+    }
+    // A charge Settle never heard of for an order it has (never paid through Settle's flow), and
+    // one for an order id Settle does not know at all.
+    const unpaid = await createOrder(stack, 'seller-unpaid', 7000n);
+    ids.unpaid = unpaid.orderId;
+    await inject(
+      stack,
+      SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_UNRECORDED_CHARGE,
+      unpaid.orderId,
+      7000n,
+    );
+    ids.stranger = 'ord_UNKNOWN00000000000000000000';
+    await inject(
+      stack,
+      SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_UNRECORDED_CHARGE,
+      ids.stranger,
+      777n,
+    );
+    await inject(stack, SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_UNSETTLED, ids.unsettled!);
+    await inject(stack, SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_AMOUNT, ids.amount!, 3100n);
+    await inject(stack, SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_DUPLICATE, ids.duplicate!);
+    await inject(stack, SettlementDiscrepancy.SETTLEMENT_DISCREPANCY_LATE, ids.late!);
+
+    await generateFile(stack, today);
+    todayReport = await reconcile(stack, { settlementDate: today });
+    expect(todayReport.state).toBe(ReportState.REPORT_STATE_SUCCEEDED);
+    expect(counts(todayReport)).toEqual({
+      // The 3 clean orders, duplicate's first row, normal.
+      matched: 5n,
+      missingInLedger: 2n,
+      missingInSettlement: 2n,
+      amountMismatch: 1n,
+      duplicate: 1n,
+      timing: 0n,
+    });
+    const found = await mismatches(todayReport.reportId);
+    const byOrder = (orderId: string) => found.filter((m) => m.orderId === orderId);
+
+    const [amount] = byOrder(ids.amount!);
+    expect(amount).toMatchObject({
+      mismatchClass: MismatchClass.MISMATCH_CLASS_AMOUNT_MISMATCH,
+      fileAmountMinor: 3100n,
+      ledgerAmountMinor: 3000n,
+      orderState: 'SUCCEEDED',
+    });
+    expect(JSON.parse(amount!.fileRowJson)).toMatchObject({
+      merchant_reference: ids.amount,
+      gross_minor: '3100',
+      type: 'payment',
+    });
+    const ledgerEntries = JSON.parse(amount!.ledgerEntriesJson) as Array<Record<string, string>>;
+    expect(
+      ledgerEntries.map((e) => [e.account, e.kind, e.debit_minor, e.credit_minor]).sort(),
+    ).toEqual(
+      [
+        ['psp_receivable', 'PAYMENT_RECEIVABLE', '3000', '0'],
+        ['seller_payable:seller-amount', 'PAYMENT_PAYABLE', '0', '3000'],
+      ].sort(),
+    );
+
+    const duplicate = byOrder(ids.duplicate!);
+    expect(duplicate).toHaveLength(1);
+    expect(duplicate[0]?.mismatchClass).toBe(MismatchClass.MISMATCH_CLASS_DUPLICATE);
+    expect(duplicate[0]?.detail).toMatch(/^already settled: line \d+$/);
+
+    for (const name of ['unsettled', 'late']) {
+      const [missing] = byOrder(ids[name]!);
+      expect(missing).toMatchObject({
+        mismatchClass: MismatchClass.MISMATCH_CLASS_MISSING_IN_SETTLEMENT,
+        ledgerAmountMinor: amounts[name],
+        orderState: 'SUCCEEDED',
+        fileRowJson: '',
+      });
+      expect(missing?.lineNumber).toBeUndefined();
+      expect(JSON.parse(missing!.ledgerEntriesJson)).toHaveLength(2);
+    }
+
+    const [unpaidCharge] = byOrder(ids.unpaid);
+    expect(unpaidCharge).toMatchObject({
+      mismatchClass: MismatchClass.MISMATCH_CLASS_MISSING_IN_LEDGER,
+      orderState: 'EXECUTING',
+      fileAmountMinor: 7000n,
+      detail: 'payment order is EXECUTING with no PAYMENT ledger transaction',
+      ledgerEntriesJson: '[]',
+    });
+    expect(unpaidCharge?.ledgerAmountMinor).toBeUndefined();
+    const [stranger] = byOrder(ids.stranger);
+    expect(stranger).toMatchObject({
+      mismatchClass: MismatchClass.MISMATCH_CLASS_MISSING_IN_LEDGER,
+      orderState: '',
+      detail: 'no payment order with this id',
+    });
+    expect(byOrder(ids.normal!)).toEqual([]);
+
+    // Filtering by class.
+    const onlyMissing = await mismatches(
+      todayReport.reportId,
+      MismatchClass.MISMATCH_CLASS_MISSING_IN_LEDGER,
+    );
+    expect(onlyMissing.map((m) => m.orderId).sort()).toEqual([ids.unpaid, ids.stranger].sort());
+
+    // Fees are booked for settled rows only, once per order.
+    expect(await receivable(ids.duplicate!)).toEqual({
+      debit: 4000n,
+      credit: settlementFeeMinor(4000n, FEES),
+    });
+    expect(await receivable(ids.normal!)).toEqual({
+      debit: 6000n,
+      credit: settlementFeeMinor(6000n, FEES),
+    });
+    for (const name of ['unsettled', 'amount', 'late']) {
+      expect(await receivable(ids[name]!)).toEqual({ debit: amounts[name], credit: 0n });
+    }
+  });
+
+  it('classifies the late row in the next day’s file as TIMING and resolves the earlier mismatch', async () => {
+    const tomorrow = addUtcDays(today, 1);
+    await generateFile(stack, tomorrow);
+    tomorrowReport = await reconcile(stack, { settlementDate: tomorrow });
+    expect(counts(tomorrowReport)).toEqual({
+      matched: 0n,
+      missingInLedger: 0n,
+      missingInSettlement: 0n,
+      amountMismatch: 0n,
+      duplicate: 0n,
+      timing: 1n,
+    });
+    const [timing] = await mismatches(tomorrowReport.reportId);
+    expect(timing).toMatchObject({
+      orderId: ids.late,
+      mismatchClass: MismatchClass.MISMATCH_CLASS_TIMING,
+      lineNumber: 2n,
+      fileAmountMinor: 5000n,
+      ledgerAmountMinor: 5000n,
+    });
+    expect(timing?.detail).toBe(`created ${today}, settled in the file of ${tomorrow}`);
+    expect(await receivable(ids.late!)).toEqual({
+      debit: 5000n,
+      credit: settlementFeeMinor(5000n, FEES),
+    });
+    const earlier = await mismatches(
+      todayReport.reportId,
+      MismatchClass.MISMATCH_CLASS_MISSING_IN_SETTLEMENT,
+    );
+    const resolved = Object.fromEntries(earlier.map((m) => [m.orderId, m.resolvedByReportId]));
+    expect(resolved).toEqual({ [ids.late!]: tomorrowReport.reportId, [ids.unsettled!]: '' });
+  });
+
+  it('classifies a row already settled by another day’s file as DUPLICATE', async () => {
+    const settled = (await readFile(path.join(stack.dir, `settlement-${today}.csv`), 'utf8'))
+      .split('\n')
+      .find((line) => line.includes(ids.normal!));
+    const later = addUtcDays(today, 2);
+    await writeFile(
+      path.join(stack.dir, 'resent.csv'),
+      `psp_reference,merchant_reference,type,currency,gross,fee,net,batch_id,created_utc\n${settled}\n`,
+    );
+    const report = await reconcile(stack, { filePath: 'resent.csv', settlementDate: later });
+    expect(report.settlementDate).toBe(later);
+    expect(counts(report)?.duplicate).toBe(1n);
+    const [duplicate] = await mismatches(report.reportId);
+    expect(duplicate?.detail).toMatch(
+      new RegExp(`^already settled: ${todayReport.reportId} line \\d+$`),
+    );
+    // No second fee.
+    expect((await receivable(ids.normal!)).credit).toBe(settlementFeeMinor(6000n, FEES));
+  });
+
+  it('lists reports newest first, by page and by day', async () => {
+    const seen: Report[] = [];
+    let pageToken = '';
+    do {
+      const page = await call(stack.recon.listReports.bind(stack.recon), {
+        pageSize: 2,
+        pageToken,
+        settlementDate: '',
+      });
+      seen.push(...page.reports);
+      pageToken = page.nextPageToken;
+    } while (pageToken !== '');
+    const ids = seen.map((report) => report.reportId);
+    expect(ids).toEqual([...ids].sort().reverse());
+    expect(ids).toContain(todayReport.reportId);
+    expect(ids).toContain(tomorrowReport.reportId);
+    const ofTomorrow = await call(stack.recon.listReports.bind(stack.recon), {
+      pageSize: 0,
+      pageToken: '',
+      settlementDate: addUtcDays(today, 1),
+    });
+    expect(ofTomorrow.reports.map((report) => report.reportId)).toEqual([tomorrowReport.reportId]);
+  });
+});
+
+describe('refused requests write nothing', () => {
+  const header =
+    'psp_reference,merchant_reference,type,currency,gross,fee,net,batch_id,created_utc';
+  const row = 'psp_x1,ord_x1,payment,USD,10.00,0.59,9.41,batch-x,2024-05-01T10:00:00.000Z';
+
+  it.each([
+    [
+      'a bad header',
+      `psp_reference,merchant_reference,type\n${row}\n`,
+      1,
+      'the header must be exactly',
+    ],
+    [
+      'a bad amount',
+      `${header}\n${row}\n${row.replace('10.00', '10.001')}\n`,
+      3,
+      "gross '10.001' has more than 2 decimal places",
+    ],
+    [
+      'a wrong currency',
+      `${header}\n${row.replace('USD', 'GBP')}\n`,
+      2,
+      "currency 'GBP' must be USD",
+    ],
+    [
+      'a truncated line',
+      `${header}\n${row}\n${row}\npsp_x2,ord_x2,pay`,
+      4,
+      'the last line has no line end: the file is truncated',
+    ],
+    [
+      'a short line',
+      `${header}\n${row}\npsp_x2,ord_x2,payment\n${row}\n`,
+      3,
+      'expected 9 columns, found 3',
+    ],
+  ])('refuses a file with %s, naming the line', async (_name, content, line, text) => {
+    await writeFile(path.join(stack.dir, 'settlement-2024-05-01-bad.csv'), content);
+    const before = await allRowCounts(stack.settle.db);
+    const error = await callError(stack.recon.runReconciliation.bind(stack.recon), {
+      settlementDate: '',
+      filePath: 'settlement-2024-05-01-bad.csv',
+    });
+    expect(error.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(error.details).toContain(`settlement-2024-05-01-bad.csv line ${line}: `);
+    expect(error.details).toContain(text);
+    expect(await allRowCounts(stack.settle.db)).toEqual(before);
+  });
+
+  it('refuses paths outside the settlement folder and names missing files', async () => {
+    await symlink('/etc/hostname', path.join(stack.dir, 'escape.csv')).catch(() => undefined);
+    const before = await allRowCounts(stack.settle.db);
+    for (const filePath of [
+      '../outside.csv',
+      '/etc/passwd',
+      'escape.csv',
+      `${stack.dir}/../x.csv`,
+    ]) {
+      const error = await callError(stack.recon.runReconciliation.bind(stack.recon), {
+        settlementDate: '2024-05-01',
+        filePath,
+      });
+      expect(error.code, filePath).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(error.details).toBe(
+        'file_path: must name a file inside the settlement folder (SETTLEMENT_DIR)',
+      );
+    }
+    const missing = await callError(stack.recon.runReconciliation.bind(stack.recon), {
+      settlementDate: '2001-01-01',
+      filePath: '',
+    });
+    expect(missing.code).toBe(grpc.status.NOT_FOUND);
+    expect(missing.details).toBe("settlement file 'settlement-2001-01-01.csv' not found");
+    const badDay = await callError(stack.recon.runReconciliation.bind(stack.recon), {
+      settlementDate: '2024-02-30',
+      filePath: '',
+    });
+    expect(badDay.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(badDay.details).toBe("settlement_date: must be a day as YYYY-MM-DD, got '2024-02-30'");
+    const nothing = await callError(stack.recon.runReconciliation.bind(stack.recon), {
+      settlementDate: '',
+      filePath: '',
+    });
+    expect(nothing.details).toBe('settlement_date: give settlement_date (YYYY-MM-DD) or file_path');
+    const unknown = await callError(stack.recon.getReport.bind(stack.recon), {
+      reportId: 'rcn_01J00000000000000000000000',
+    });
+    expect(unknown.code).toBe(grpc.status.NOT_FOUND);
+    expect(await allRowCounts(stack.settle.db)).toEqual(before);
+  });
+});
+
+describe('long runs', () => {
+  it('answers RUNNING at once when asked not to wait, and the report can be polled', async () => {
+    const day = addUtcDays(today, 5);
+    await generateFile(stack, day);
+    const started = await stack.settle.reconciliation.run({ settlementDate: day }, { waitMs: 0 });
+    expect(started.state).toBe('RUNNING');
+    expect(started.rowsTotal).toBe(0n);
+    const done = await waitForReport(stack, started.id);
+    expect(done.state).toBe(ReportState.REPORT_STATE_SUCCEEDED);
+  });
+});
