@@ -22,16 +22,10 @@ import { parseMysqlUrl } from '../src/storage/db.js';
 import type { CeilingResult } from './ceiling.js';
 import { checkInvariants, type Check } from './invariants.js';
 import { CompletionWatcher, LoadDriver, quantile, type LoadResult } from './load.js';
+import { dropDatabase, withDatabaseName } from '../src/storage/db.js';
 import { summarizeProfile, type ProfileSummary } from './profile.js';
 import { findPids, sampleMachine, sampleProcess, type ProcSample } from './proc.js';
-import {
-  REPO_ROOT,
-  databaseUrl,
-  dropDatabase,
-  sleep,
-  startStack,
-  type BenchStack,
-} from './stack.js';
+import { REPO_ROOT, sleep, startStack, type BenchStack } from './stack.js';
 
 const HELP = `npm run bench -- [options]
 
@@ -300,7 +294,7 @@ type CeilingRun = CeilingResult & {
 };
 
 async function runCeilingChild(options: Options, hotSeller: boolean): Promise<CeilingRun> {
-  const url = databaseUrl(
+  const url = withDatabaseName(
     options.mysqlBaseUrl,
     `settle_bench_ceil_${randomBytes(4).toString('hex')}`,
   );

@@ -9,11 +9,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { createConnection } from 'mysql2/promise';
 import { connect } from '@nats-io/transport-node';
 import { deleteTopology } from '../src/messaging/nats.js';
 import { names as topologyNames } from '../src/messaging/subjects.js';
-import { parseMysqlUrl } from '../src/storage/db.js';
+import { dropDatabase, withDatabaseName } from '../src/storage/db.js';
+import { freePort } from '../src/chaos/free-port.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -57,40 +57,6 @@ export type StackOptions = Readonly<{
   log: (line: string) => void;
 }>;
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-export function databaseUrl(baseUrl: string, database: string): string {
-  const url = new URL(baseUrl);
-  url.pathname = `/${database}`;
-  return url.toString();
-}
-
-export async function dropDatabase(url: string): Promise<void> {
-  const target = parseMysqlUrl(url);
-  const connection = await createConnection({
-    host: target.host,
-    port: target.port,
-    user: target.user,
-    password: target.password,
-    connectTimeout: 5_000,
-  });
-  try {
-    await connection.query(`DROP DATABASE IF EXISTS \`${target.database}\``);
-  } finally {
-    await connection.end();
-  }
-}
-
 export async function startStack(options: StackOptions): Promise<BenchStack> {
   const suffix = randomBytes(4).toString('hex');
   const [grpcPort, httpPort, pspGrpcPort, pspHttpPort] = await Promise.all([
@@ -99,8 +65,8 @@ export async function startStack(options: StackOptions): Promise<BenchStack> {
     freePort(),
     freePort(),
   ]);
-  const mysqlUrl = databaseUrl(options.mysqlBaseUrl, `settle_bench_${suffix}`);
-  const pspMysqlUrl = databaseUrl(options.mysqlBaseUrl, `settle_psp_bench_${suffix}`);
+  const mysqlUrl = withDatabaseName(options.mysqlBaseUrl, `settle_bench_${suffix}`);
+  const pspMysqlUrl = withDatabaseName(options.mysqlBaseUrl, `settle_psp_bench_${suffix}`);
   const namespace = `bench${suffix}`;
   const env: Record<string, string> = {
     PATH: process.env['PATH'] ?? '/usr/bin:/bin',

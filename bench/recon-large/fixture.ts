@@ -16,12 +16,12 @@ import type { PspDatabase } from '../../src/psp/mock/schema.js';
 import { writeSettlementFile } from '../../src/psp/mock/settlement-file.js';
 import { ReconciliationService, type RunPhase, type Run } from '../../src/reconciliation/index.js';
 import {
+  dropDatabase,
   ensureDatabase,
   migrateToLatest,
   openDatabase,
-  parseMysqlUrl,
+  withDatabaseName,
 } from '../../src/storage/db.js';
-import { createConnection } from 'mysql2/promise';
 
 /** Orders written per round trip while generating. */
 const GENERATE_BATCH = 5_000;
@@ -71,33 +71,12 @@ function prng(seed: number): () => number {
   };
 }
 
-function databaseUrl(base: string, name: string): string {
-  const url = new URL(base);
-  url.pathname = `/${name}`;
-  return url.toString();
-}
-
-async function dropDatabase(url: string): Promise<void> {
-  const target = parseMysqlUrl(url);
-  const connection = await createConnection({
-    host: target.host,
-    port: target.port,
-    user: target.user,
-    password: target.password,
-  });
-  try {
-    await connection.query(`DROP DATABASE IF EXISTS \`${target.database}\``);
-  } finally {
-    await connection.end();
-  }
-}
-
 export async function generateLargeFixture(options: LargeFixtureOptions): Promise<LargeFixture> {
   const log = options.log ?? (() => undefined);
   const day = options.day ?? '2024-01-15';
   const suffix = `${process.pid}_${Date.now().toString(36)}`;
-  const settleUrl = databaseUrl(options.mysqlUrl, `settle_bench_recon_${suffix}`);
-  const pspUrl = databaseUrl(options.mysqlUrl, `settle_psp_bench_recon_${suffix}`);
+  const settleUrl = withDatabaseName(options.mysqlUrl, `settle_bench_recon_${suffix}`);
+  const pspUrl = withDatabaseName(options.mysqlUrl, `settle_psp_bench_recon_${suffix}`);
   const dir = await mkdtemp(path.join(tmpdir(), 'settle-recon-large-'));
   await ensureDatabase(settleUrl);
   await ensureDatabase(pspUrl);

@@ -13,13 +13,14 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { connect } from '@nats-io/transport-node';
-import { createConnection } from 'mysql2/promise';
-import net from 'node:net';
 import { createSettleClient, type SettleClient } from '../client/index.js';
 import { PspServiceClient } from '../grpc/generated/settle/psp/v1/psp.js';
 import { deleteTopology } from '../messaging/nats.js';
 import { names as topologyNames, type Names } from '../messaging/subjects.js';
-import { openDatabase, parseMysqlUrl, type Db } from '../storage/db.js';
+import { dropDatabase, openDatabase, parseMysqlUrl, type Db } from '../storage/db.js';
+import { freePort } from './free-port.js';
+
+export { freePort };
 import { ManagedProcess, sleep, type Exit } from './processes.js';
 import { startTcpProxy, type TcpProxy } from './tcp-proxy.js';
 
@@ -373,32 +374,4 @@ function stringEnv(env: Readonly<Record<string, string | undefined>>): Record<st
   const out: Record<string, string> = {};
   for (const [key, value] of Object.entries(env)) if (value !== undefined) out[key] = value;
   return out;
-}
-
-async function dropDatabase(url: string): Promise<void> {
-  const target = parseMysqlUrl(url);
-  const connection = await createConnection({
-    host: target.host,
-    port: target.port,
-    user: target.user,
-    password: target.password,
-    connectTimeout: 5_000,
-  });
-  try {
-    await connection.query(`DROP DATABASE IF EXISTS \`${target.database}\``);
-  } finally {
-    await connection.end();
-  }
-}
-
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
 }

@@ -76,6 +76,30 @@ export async function ensureDatabase(url: string, connectTimeoutMs = 5_000): Pro
   }
 }
 
+/** The same server URL with another database name (tests, the bench and the chaos demo). */
+export function withDatabaseName(url: string, database: string): string {
+  const parsed = new URL(url);
+  parsed.pathname = `/${database}`;
+  return parsed.toString();
+}
+
+/** Drops a database if it exists (cleanup of tests, the bench and the chaos demo). */
+export async function dropDatabase(url: string, connectTimeoutMs = 5_000): Promise<void> {
+  const target = parseMysqlUrl(url);
+  const connection = await createConnection({
+    host: target.host,
+    port: target.port,
+    user: target.user,
+    password: target.password,
+    connectTimeout: connectTimeoutMs,
+  });
+  try {
+    await connection.query(`DROP DATABASE IF EXISTS \`${target.database}\``);
+  } finally {
+    await connection.end();
+  }
+}
+
 export function openDatabase<DB = Database>(
   url: string,
   options: {

@@ -4,16 +4,18 @@
  * browser does it, condition waits with deadlines, and the money invariants every scenario ends
  * with (ledger balanced, wallets equal to the ledger).
  */
-import net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { createConnection } from 'mysql2/promise';
 import { sql } from 'kysely';
 import { expect, inject } from 'vitest';
 import { loadConfig, type Config } from '../../src/config.js';
 import { startSettle, type SettleNode, type SettleOverrides } from '../../src/app.js';
 import { startPspMock, type PspMock } from '../../src/psp/mock/index.js';
-import { parseMysqlUrl, type Db } from '../../src/storage/db.js';
+import { dropDatabase, withDatabaseName, type Db } from '../../src/storage/db.js';
+import { freePort } from '../../src/chaos/free-port.js';
+
+// One implementation for tests, the bench and the chaos demo.
+export { dropDatabase, freePort };
 import {
   trialBalance,
   walletsNotMatchingLedger,
@@ -33,36 +35,7 @@ export function uniqueSuffix(): string {
 
 /** A database URL on the test server with a fresh database name (created on first use). */
 export function testDatabaseUrl(prefix: string): string {
-  const url = new URL(inject('mysqlUrl'));
-  url.pathname = `/${prefix}_${uniqueSuffix()}`;
-  return url.toString();
-}
-
-export async function dropDatabase(url: string): Promise<void> {
-  const target = parseMysqlUrl(url);
-  const connection = await createConnection({
-    host: target.host,
-    port: target.port,
-    user: target.user,
-    password: target.password,
-  });
-  try {
-    await connection.query(`DROP DATABASE IF EXISTS \`${target.database}\``);
-  } finally {
-    await connection.end();
-  }
-}
-
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
+  return withDatabaseName(inject('mysqlUrl'), `${prefix}_${uniqueSuffix()}`);
 }
 
 export function testConfig(env: Record<string, string> = {}): Config {
