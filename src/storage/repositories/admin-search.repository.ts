@@ -6,6 +6,7 @@
 import { sql } from 'kysely';
 import { idAt } from '../../domain/ids.js';
 import type { Db } from '../db.js';
+import { listLedgerEntries, type LedgerEntry } from './ledger.repository.js';
 
 export type PaymentSearch = Readonly<{
   paymentId?: string | undefined;
@@ -163,40 +164,13 @@ function textOf(value: unknown): string | null {
   return String(value);
 }
 
-export type AccountEntry = Readonly<{
-  id: bigint;
-  transactionId: string;
-  account: string;
-  orderId: string;
-  kind: string;
-  currency: string;
-  debitMinor: bigint;
-  creditMinor: bigint;
-  createdAt: Date;
-}>;
+export type AccountEntry = LedgerEntry;
 
 /** The newest entries of one ledger account, newest first. */
-export async function latestEntriesOfAccount(
+export function latestEntriesOfAccount(
   db: Db,
   account: string,
   limit: number,
 ): Promise<AccountEntry[]> {
-  const rows = await db
-    .selectFrom('ledger_entry')
-    .selectAll()
-    .where('account', '=', account)
-    .orderBy('id', 'desc')
-    .limit(limit)
-    .execute();
-  return rows.map((row) => ({
-    id: BigInt(row.id),
-    transactionId: row.transaction_id,
-    account: row.account,
-    orderId: row.order_id,
-    kind: row.kind,
-    currency: row.currency,
-    debitMinor: BigInt(row.debit_minor),
-    creditMinor: BigInt(row.credit_minor),
-    createdAt: row.created_at,
-  }));
+  return listLedgerEntries(db, { account, limit, newestFirst: true });
 }

@@ -27,65 +27,9 @@ export class UnbalancedLedgerTransactionError extends Error {
   override readonly name = 'UnbalancedLedgerTransactionError';
 }
 
-export async function postLedgerTransaction(
-  trx: Trx,
-  input: {
-    id: string;
-    orderId: string;
-    kind: string;
-    currency: CurrencyCode;
-    entries: readonly NewLedgerEntry[];
-    now: Date;
-  },
-): Promise<void> {
-  const debits = input.entries.reduce((total, e) => total + e.debitMinor, 0n);
-  const credits = input.entries.reduce((total, e) => total + e.creditMinor, 0n);
-  if (input.entries.length < 2 || debits !== credits || debits <= 0n) {
-    throw new UnbalancedLedgerTransactionError(
-      `ledger transaction ${input.kind} for ${input.orderId} does not balance: ` +
-        `debits ${debits}, credits ${credits}, ${input.entries.length} entries`,
-    );
-  }
-  await trx
-    .insertInto('ledger_transaction')
-    .values({
-      id: input.id,
-      order_id: input.orderId,
-      kind: input.kind,
-      currency: input.currency,
-      amount_minor: debits,
-      created_at: input.now,
-    })
-    .execute();
-  await trx
-    .insertInto('ledger_entry')
-    .values(
-      input.entries.map((entry) => ({
-        transaction_id: input.id,
-        account: entry.account,
-        order_id: input.orderId,
-        kind: entry.kind,
-        currency: input.currency,
-        debit_minor: entry.debitMinor,
-        credit_minor: entry.creditMinor,
-        created_at: input.now,
-      })),
-    )
-    .execute();
-  // The pair assertion: what was stored balances too.
-  const stored = await trx
-    .selectFrom('ledger_entry')
-    .select([
-      sql<string>`COALESCE(SUM(debit_minor), 0)`.as('debits'),
-      sql<string>`COALESCE(SUM(credit_minor), 0)`.as('credits'),
-    ])
-    .where('transaction_id', '=', input.id)
-    .executeTakeFirstOrThrow();
-  if (BigInt(stored.debits) !== BigInt(stored.credits)) {
-    throw new UnbalancedLedgerTransactionError(
-      `stored ledger transaction ${input.id} does not balance: ${stored.debits} vs ${stored.credits}`,
-    );
-  }
+/** Posts one ledger transaction (see postLedgerTransactions for the checks). */
+export async function postLedgerTransaction(trx: Trx, input: NewLedgerTransaction): Promise<void> {
+  await postLedgerTransactions(trx, [input]);
 }
 
 /** Adds to a seller's wallet, creating it on first credit. */
@@ -112,16 +56,15 @@ export type NewLedgerTransaction = Readonly<{
 }>;
 
 /**
- * `postLedgerTransaction` for many transactions at once (group commit): each is checked to
- * balance before the insert, all are inserted with two statements, and the stored sums are
- * checked again per transaction inside the same database transaction.
+ * Posts ledger transactions (one, or many at once for group commit): each is checked to balance
+ * before the insert, all are inserted with two statements, and the stored sums are checked again
+ * per transaction inside the same database transaction, so an unbalanced one never commits.
  */
 export async function postLedgerTransactions(
   trx: Trx,
   inputs: readonly NewLedgerTransaction[],
 ): Promise<void> {
   if (inputs.length === 0) return;
-  if (inputs.length === 1) return postLedgerTransaction(trx, inputs[0] as NewLedgerTransaction);
   const amounts = inputs.map((input) => {
     const debits = input.entries.reduce((total, e) => total + e.debitMinor, 0n);
     const credits = input.entries.reduce((total, e) => total + e.creditMinor, 0n);
@@ -273,9 +216,15 @@ export async function listLedgerEntries(
     orderIds?: readonly string[];
     afterId?: bigint;
     limit: number;
+    /** Newest first instead of oldest first. */
+    newestFirst?: boolean;
   },
 ): Promise<LedgerEntry[]> {
-  let query = db.selectFrom('ledger_entry').selectAll().orderBy('id').limit(filter.limit);
+  let query = db
+    .selectFrom('ledger_entry')
+    .selectAll()
+    .orderBy('id', filter.newestFirst === true ? 'desc' : 'asc')
+    .limit(filter.limit);
   if (filter.account !== undefined) query = query.where('account', '=', filter.account);
   if (filter.orderId !== undefined) query = query.where('order_id', '=', filter.orderId);
   if (filter.orderIds !== undefined) {
