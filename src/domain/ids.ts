@@ -43,9 +43,3 @@ export function newId(kind: IdKind, nowMs?: number): string {
 export function idAt(kind: IdKind, ms: number): string {
   return ID_PREFIX[kind] + encodeTime(Math.max(0, Math.floor(ms))) + '0'.repeat(16);
 }
-
-const ID_PATTERN = /^[a-z]{3}_[0-9A-HJKMNP-TV-Z]{26}$/;
-
-export function isId(kind: IdKind, value: string): boolean {
-  return value.startsWith(ID_PREFIX[kind]) && ID_PATTERN.test(value);
-}
