@@ -223,6 +223,9 @@ describe('pay-in flow', () => {
     expect(failedOnly.payments.every((p) => p.state === PaymentState.PAYMENT_STATE_FAILED)).toBe(
       true,
     );
+    // Not vacuous: the risk-rejected payments above are FAILED, the five just created are not.
+    expect(failedOnly.payments.length).toBeGreaterThan(0);
+    expect(failedOnly.payments.some((p) => created.includes(p.paymentId))).toBe(false);
     const changedFilter = await callError(stack.payments.listPayments.bind(stack.payments), {
       pageSize: 2,
       pageToken: (
