@@ -33,7 +33,7 @@ import { AdminServiceService } from './grpc/generated/settle/v1/admin.js';
 import { ledgerHandlers, walletHandlers } from './grpc/handlers/ledger.handlers.js';
 import { createHttpServer, json, listenHttp, type Route } from './http/router.js';
 import { WEBHOOK_PATH, webhookRoute } from './http/webhook.route.js';
-import { WebhookInbox } from './http/webhook-inbox.js';
+import { INBOX_SOURCE_PSP, WebhookInbox, type WebhookEvent } from './http/webhook-inbox.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
 import { grpcCallObserver } from './observability/request-log.js';
@@ -336,11 +336,29 @@ export async function startSettle(
     // HTTP: webhooks in, health; other modules add routes to `routes`.
     const webhookInbox = new WebhookInbox(db, names, groupCommit('webhooks'));
     cleanups.push(() => webhookInbox.stop(config.SHUTDOWN_GRACE_MS));
+    const applyWebhook = async (event: WebhookEvent): Promise<boolean> => {
+      const message: OrderMessage = {
+        event: commandToEvent({ type: 'PspResult', ...event }),
+        receipt: { source: INBOX_SOURCE_PSP, eventId: event.eventId },
+      };
+      try {
+        const outcome = await withDeadline(
+          registry.send(event.orderId, message),
+          config.WEBHOOK_APPLY_WAIT_MS,
+        );
+        return outcome?.kind === 'done' && outcome.receiptStored === true;
+      } catch (error) {
+        // A full mailbox, a database error: the durable way will tell the PSP what to do.
+        logger.debug({ err: error, orderId: event.orderId }, 'webhook not applied at once');
+        return false;
+      }
+    };
     const routes: Route[] = [
       webhookRoute({
         db,
         names,
         record: webhookInbox.record,
+        ...(config.WEBHOOK_APPLY_WAIT_MS > 0 && { apply: applyWebhook }),
         secret: config.PSP_WEBHOOK_SECRET,
         toleranceS: config.PSP_WEBHOOK_TOLERANCE_S,
         wakeRelay: () => relay.wake(),
@@ -532,6 +550,15 @@ export function commandToEvent(command: Command): OrderEvent {
             declineCode: command.declineCode ?? 'declined',
           };
   }
+}
+
+/** The promise's value, or undefined once `ms` passed first (the promise still runs on). */
+function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    promise,
+    new Promise<undefined>((resolve) => (timer = setTimeout(resolve, ms, undefined))),
+  ]).finally(() => clearTimeout(timer));
 }
 
 function shutdownGrpc(server: grpc.Server, graceMs: number): Promise<void> {

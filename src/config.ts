@@ -59,6 +59,12 @@ export const configSchema = z.object({
   /** Shared secret of the webhook signatures (HMAC-SHA256). The default is for local use only. */
   PSP_WEBHOOK_SECRET: z.string().min(16).default('whsec_settle_local_development'),
   PSP_WEBHOOK_TOLERANCE_S: positiveInt.max(3600).default(300),
+  /**
+   * How long a webhook waits for its order's actor on this node to apply it in the same
+   * transaction as its inbox row; past it (or on any other outcome) the event goes the durable way
+   * (inbox + outbox command through JetStream). 0 always takes the durable way.
+   */
+  WEBHOOK_APPLY_WAIT_MS: nonNegativeInt.max(30_000).default(2_000),
   PSP_SUCCESS_RATE: fraction.default(0.9),
   PSP_LATENCY_MS: nonNegativeInt.max(60_000).default(0),
   PSP_ERROR_RATE: fraction.default(0),

@@ -1,8 +1,13 @@
 /**
  * POST /webhooks/psp: the PSP's signed payment results. The signature is checked on the raw body
- * (HMAC-SHA256 over "timestamp.body", bounded clock skew) before anything is parsed. Then ONE
- * transaction records the event id in the inbox (a duplicate ends there with 200) and writes the
- * PspResult command to the outbox; the order's actor applies it. Answers: 200 accepted or
+ * (HMAC-SHA256 over "timestamp.body", bounded clock skew) before anything is parsed.
+ *
+ * The fast way: the order's actor on this node applies the event at once, and the event id goes
+ * into the inbox in the same transaction as the transition. Any other outcome (no change, a
+ * duplicate, an unknown order, an illegal event, a busy or slow actor) takes the durable way:
+ * ONE transaction records the event id in the inbox (a duplicate ends there with 200) and writes
+ * the PspResult command to the outbox, which JetStream carries to the order's actor with retries
+ * and a dead-letter queue. Both ways answer 200 only after a commit. Answers: 200 accepted or
  * duplicate, 400 unsigned/forged/stale/malformed, 404 unknown order, 413 too large, 503 when the
  * database is down (the PSP retries).
  */
@@ -26,9 +31,20 @@ export type WebhookRouteDeps = Readonly<{
   wakeRelay: () => void;
   now: () => Date;
   onRejected?: (reason: string) => void;
-  onAccepted?: (event: { eventId: string; orderId: string; duplicate: boolean }) => void;
+  /** `applied`: taken the fast way (applied at once) rather than queued as a command. */
+  onAccepted?: (event: {
+    eventId: string;
+    orderId: string;
+    duplicate: boolean;
+    applied: boolean;
+  }) => void;
   /** Records the event (group commit, see webhook-inbox.ts); one transaction each when unset. */
   record?: (event: WebhookEvent) => Promise<Recorded>;
+  /**
+   * The fast way: true once the event changed its order and its inbox row committed with the
+   * transition; false sends it the durable way. Unset: always the durable way.
+   */
+  apply?: (event: WebhookEvent) => Promise<boolean>;
 }>;
 
 export function webhookRoute(deps: WebhookRouteDeps): Route {
@@ -80,6 +96,10 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
           declineCode: event.data.decline_code ?? null,
           now: deps.now(),
         };
+        if (deps.apply !== undefined && (await deps.apply(webhookEvent))) {
+          deps.onAccepted?.({ eventId: event.id, orderId, duplicate: false, applied: true });
+          return json(200, { received: true, duplicate: false });
+        }
         const recorded = await (deps.record?.(webhookEvent) ??
           recordWebhookEvent(deps.db, deps.names, webhookEvent));
         if (recorded === 'unknown-order') {
@@ -87,7 +107,7 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
         }
         const fresh = recorded === 'fresh';
         if (fresh) deps.wakeRelay();
-        deps.onAccepted?.({ eventId: event.id, orderId, duplicate: !fresh });
+        deps.onAccepted?.({ eventId: event.id, orderId, duplicate: !fresh, applied: false });
         return json(200, { received: true, duplicate: !fresh });
       } catch (error) {
         const mapped = toUnavailable(error);

@@ -16,7 +16,8 @@ import { parseCommand, type Command } from './commands.js';
 import type { Names } from './subjects.js';
 
 export type HandleOutcome =
-  | Readonly<{ kind: 'done' }>
+  /** `receiptStored`: the message's inbox receipt was committed with its transition. */
+  | Readonly<{ kind: 'done'; receiptStored?: boolean }>
   | Readonly<{ kind: 'retry'; reason: string }>
   | Readonly<{ kind: 'reject'; reason: string }>;
 

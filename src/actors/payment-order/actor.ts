@@ -18,7 +18,7 @@ import {
   isRetryable,
   type PspPort,
 } from './effects.js';
-import { persistAlone, type PersistTransition } from './persistence.js';
+import { persistAlone, type InboxReceipt, type PersistTransition } from './persistence.js';
 
 export type OrderActorDeps = Readonly<{
   db: Db;
@@ -42,7 +42,12 @@ export type OrderActorDeps = Readonly<{
   }) => void;
 }>;
 
-export type OrderMessage = Readonly<{ event: OrderEvent }>;
+/**
+ * A message for the actor. `receipt` marks an event that arrived from outside with its own id (a
+ * PSP webhook): when the event changes the order, the receipt is written to the inbox in the same
+ * transaction, and the outcome says so (`receiptStored`).
+ */
+export type OrderMessage = Readonly<{ event: OrderEvent; receipt?: InboxReceipt }>;
 
 /** Events one message may cause in one turn (the event plus the results of its effects). */
 const EVENTS_PER_TURN_MAX = 8;
@@ -50,7 +55,7 @@ const EVENTS_PER_TURN_MAX = 8;
 const STALE_RELOADS_MAX = 3;
 
 type Applied =
-  | { kind: 'applied'; effects: readonly Effect[] }
+  | { kind: 'applied'; effects: readonly Effect[]; receiptStored: boolean }
   | { kind: 'illegal'; message: string }
   | { kind: 'missing' }
   | { kind: 'contended' };
@@ -66,10 +71,13 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
   async handle(message: OrderMessage): Promise<HandleOutcome> {
     const pending: OrderEvent[] = [message.event];
     let outcome: HandleOutcome = { kind: 'done' };
+    let receiptStored = false;
     for (let step = 0; step < EVENTS_PER_TURN_MAX; step += 1) {
       const event = pending.shift();
       if (event === undefined) break;
-      const applied = await this.apply(event);
+      // Only the message's own event carries its receipt; the events its effects produce do not.
+      const receipt = step === 0 ? message.receipt : undefined;
+      const applied = await this.apply(event, receipt);
       switch (applied.kind) {
         case 'missing':
           return { kind: 'reject', reason: `payment order ${this.orderId} does not exist` };
@@ -78,6 +86,7 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
         case 'contended':
           return { kind: 'retry', reason: 'the order kept changing under this actor' };
         case 'applied':
+          if (applied.receiptStored) receiptStored = true;
           break;
       }
       for (const effect of applied.effects) {
@@ -86,7 +95,7 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
         else if (next !== undefined) pending.push(next);
       }
     }
-    return outcome;
+    return outcome.kind === 'done' && receiptStored ? { kind: 'done', receiptStored } : outcome;
   }
 
   /** The current order as this actor knows it (for tests and debugging). */
@@ -94,7 +103,7 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
     return this.cached;
   }
 
-  private async apply(event: OrderEvent): Promise<Applied> {
+  private async apply(event: OrderEvent, receipt: InboxReceipt | undefined): Promise<Applied> {
     for (let reload = 0; reload <= STALE_RELOADS_MAX; reload += 1) {
       const fromCache = this.cached !== undefined;
       const order =
@@ -117,9 +126,16 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
       }
       if (!result.changed) {
         this.cached = order;
-        return { kind: 'applied', effects: result.effects };
+        return { kind: 'applied', effects: result.effects, receiptStored: false };
       }
-      const write = { previous: order, next: result.order, event, effects: result.effects, now };
+      const write = {
+        previous: order,
+        next: result.order,
+        event,
+        effects: result.effects,
+        now,
+        ...(receipt !== undefined && { receipt }),
+      };
       const persisted = await (this.deps.persist?.(write) ?? persistAlone(this.deps.db, write));
       if (!persisted) {
         this.cached = undefined;
@@ -128,7 +144,7 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
       const next: PaymentOrder = { ...result.order, version: order.version + 1n };
       this.cached = next;
       this.deps.onTransition(order, next, event);
-      return { kind: 'applied', effects: result.effects };
+      return { kind: 'applied', effects: result.effects, receiptStored: receipt !== undefined };
     }
     return { kind: 'contended' };
   }

@@ -22,9 +22,13 @@ import {
   persistTransition,
   persistTransitions,
 } from '../../storage/repositories/payment-order.repository.js';
-import { inTransaction } from '../../storage/transaction.js';
+import { recordInboxApplied } from '../../storage/repositories/outbox.repository.js';
+import { inTransaction, type Trx } from '../../storage/transaction.js';
 import type { Effect, OrderEvent, PaymentOrder } from './machine.js';
 import { persistEffects, persistEffectsBatch } from './effects.js';
+
+/** An outside input's id (a webhook's event id), recorded in the inbox with its transition. */
+export type InboxReceipt = Readonly<{ source: string; eventId: string }>;
 
 export type TransitionWrite = Readonly<{
   previous: PaymentOrder;
@@ -33,6 +37,8 @@ export type TransitionWrite = Readonly<{
   /** The transition's effects; those that live in the transaction are persisted with it. */
   effects: readonly Effect[];
   now: Date;
+  /** Written to the inbox in the same transaction when the transition commits. */
+  receipt?: InboxReceipt;
 }>;
 
 /** Persists one transition; false when the order's version moved (stale), true once committed. */
@@ -43,9 +49,19 @@ export async function persistAlone(db: Db, write: TransitionWrite): Promise<bool
   return inTransaction(db, async (trx) => {
     const written = await persistTransition(trx, write);
     if (written === 'stale') return false;
+    await recordReceipts(trx, [write]);
     await persistEffects(trx, write.effects, write.now);
     return true;
   });
+}
+
+async function recordReceipts(trx: Trx, writes: readonly TransitionWrite[]): Promise<void> {
+  const rows = [];
+  for (const write of writes) {
+    if (write.receipt === undefined) continue;
+    rows.push({ ...write.receipt, orderId: write.previous.id, now: write.now });
+  }
+  await recordInboxApplied(trx, rows);
 }
 
 export type TransitionBatcherOptions = Readonly<{
@@ -71,10 +87,10 @@ export class TransitionBatcher {
       writeBatch: (writes) =>
         inTransaction(db, async (trx) => {
           const written = await persistTransitions(trx, writes);
-          await persistEffectsBatch(
-            trx,
-            writes.filter((_, i) => written[i] === 'persisted'),
-          );
+          const persisted = writes.filter((_, i) => written[i] === 'persisted');
+          await recordReceipts(trx, persisted);
+          // Last: the wallet rows (a hot seller's above all) stay locked the shortest.
+          await persistEffectsBatch(trx, persisted);
           return written.map((result) => result === 'persisted');
         }),
     });

@@ -87,3 +87,26 @@ export async function recordInbox(
     throw error;
   }
 }
+
+export type InboxRow = Readonly<{ source: string; eventId: string; orderId: string; now: Date }>;
+
+/**
+ * Records inputs that are being applied in this same transaction (a webhook applied straight to
+ * its order). An id seen before is left as it is: the transition, not this row, is what the
+ * version check deduplicates, so a repeat must not fail the transaction.
+ */
+export async function recordInboxApplied(trx: Trx, rows: readonly InboxRow[]): Promise<void> {
+  if (rows.length === 0) return;
+  await trx
+    .insertInto('inbox')
+    .values(
+      rows.map((row) => ({
+        source: row.source,
+        event_id: row.eventId,
+        order_id: row.orderId,
+        received_at: row.now,
+      })),
+    )
+    .onDuplicateKeyUpdate({ received_at: sql<Date>`received_at` })
+    .execute();
+}

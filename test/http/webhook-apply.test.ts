@@ -1,0 +1,165 @@
+/**
+ * Goal: a PSP webhook is applied at once by its order's actor on the receiving node, its inbox row
+ * committed in the same transaction as the transition, with no command through JetStream; and
+ * every case the fast way does not finish (a duplicate, an illegal event, the fast way switched
+ * off) still takes the durable way (inbox + outbox command + consumer, dead letters). Method: a
+ * real Settle node and PSP mock (real MariaDB, NATS); signed webhooks posted by hand; the relay's
+ * count of published commands tells which way an event went.
+ */
+import { randomUUID } from 'node:crypto';
+import { sql } from 'kysely';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { signWebhook } from '../../src/psp/webhook.js';
+import { call, rowCounts, startStack, waitFor, type Stack } from '../support/harness.js';
+
+const nowS = () => Math.floor(Date.now() / 1000);
+
+async function createOrder(stack: Stack, amountMinor: bigint): Promise<string> {
+  const created = await call(stack.payments.createPayment.bind(stack.payments), {
+    requestId: randomUUID(),
+    buyerId: 'buyer-apply',
+    currencyCode: 'USD',
+    orders: [{ sellerId: 'seller-apply', amountMinor }],
+  });
+  const orderId = created.payment?.orders[0]?.orderId ?? '';
+  // Registered with the PSP (token stored) and its ExecuteOrder command relayed.
+  await waitFor(async () => {
+    const row = await stack.settle.db
+      .selectFrom('payment_order')
+      .select('psp_token')
+      .where('id', '=', orderId)
+      .executeTakeFirst();
+    return row?.psp_token !== null &&
+      row?.psp_token !== undefined &&
+      (await rowCounts(stack.settle.db)).outbox === 0
+      ? true
+      : undefined;
+  });
+  return orderId;
+}
+
+function succeeded(orderId: string, amountMinor: string) {
+  return JSON.stringify({
+    id: `evt_${randomUUID()}`,
+    type: 'payment.succeeded',
+    created: nowS(),
+    data: {
+      nonce: orderId,
+      token: 'tok_x',
+      psp_reference: `pi_${randomUUID()}`,
+      amount_minor: amountMinor,
+      currency: 'USD',
+      decline_code: null,
+    },
+  });
+}
+
+async function post(stack: Stack, body: string) {
+  const response = await fetch(`${stack.settleHttp}/webhooks/psp`, {
+    method: 'POST',
+    headers: {
+      'content-type': 'application/json',
+      'psp-signature': signWebhook(stack.config.PSP_WEBHOOK_SECRET, body, nowS()),
+    },
+    body,
+  });
+  return { status: response.status, body: (await response.json()) as { duplicate?: boolean } };
+}
+
+async function orderState(stack: Stack, orderId: string): Promise<string | undefined> {
+  const row = await stack.settle.db
+    .selectFrom('payment_order')
+    .select('state')
+    .where('id', '=', orderId)
+    .executeTakeFirst();
+  return row?.state;
+}
+
+async function inboxRows(stack: Stack, orderId: string): Promise<number> {
+  const result = await sql<{ n: string }>`
+    SELECT COUNT(*) AS n FROM inbox WHERE order_id = ${orderId}`.execute(stack.settle.db);
+  return Number(result.rows[0]?.n ?? 0);
+}
+
+async function ledgerTransactions(stack: Stack, orderId: string): Promise<number> {
+  const result = await sql<{ n: string }>`
+    SELECT COUNT(*) AS n FROM ledger_transaction WHERE order_id = ${orderId}`.execute(
+    stack.settle.db,
+  );
+  return Number(result.rows[0]?.n ?? 0);
+}
+
+describe('a webhook applied at once (WEBHOOK_APPLY_WAIT_MS > 0)', () => {
+  let stack: Stack;
+  beforeAll(async () => {
+    stack = await startStack();
+  });
+  afterAll(async () => stack?.stop());
+
+  it('is committed with its inbox row before the 200, with no command through JetStream', async () => {
+    const orderId = await createOrder(stack, 2_500n);
+    const relayedBefore = stack.settle.relay.relayed;
+
+    const body = succeeded(orderId, '2500');
+    expect(await post(stack, body)).toEqual({
+      status: 200,
+      body: { received: true, duplicate: false },
+    });
+    // No waiting: the answer came after the commit.
+    expect(await orderState(stack, orderId)).toBe('SUCCEEDED');
+    expect(await inboxRows(stack, orderId)).toBe(1);
+    expect(await ledgerTransactions(stack, orderId)).toBe(1);
+
+    // The same event again: a duplicate, told apart by the inbox row the transition wrote.
+    expect(await post(stack, body)).toEqual({
+      status: 200,
+      body: { received: true, duplicate: true },
+    });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(stack.settle.relay.relayed).toBe(relayedBefore);
+    expect(await inboxRows(stack, orderId)).toBe(1);
+    expect(await ledgerTransactions(stack, orderId)).toBe(1);
+  });
+
+  it('sends an event its order refuses the durable way, to the dead-letter queue', async () => {
+    const orderId = await createOrder(stack, 700n);
+    const relayedBefore = stack.settle.relay.relayed;
+
+    // The PSP claims another amount than the order's: illegal, never applied.
+    expect((await post(stack, succeeded(orderId, '701'))).status).toBe(200);
+    const deadLetter = await waitFor(async () =>
+      stack.settle.db
+        .selectFrom('dead_letter')
+        .select(['reason', 'last_error'])
+        .where('order_id', '=', orderId)
+        .executeTakeFirst(),
+    );
+    expect(deadLetter.reason).toBe('NON_RETRYABLE');
+    expect(deadLetter.last_error).toMatch(/charged 701 but the order is for 700/);
+    expect(stack.settle.relay.relayed).toBe(relayedBefore + 1);
+    expect(await orderState(stack, orderId)).toBe('EXECUTING');
+    expect(await inboxRows(stack, orderId)).toBe(1);
+    expect(await ledgerTransactions(stack, orderId)).toBe(0);
+  });
+});
+
+describe('with WEBHOOK_APPLY_WAIT_MS=0', () => {
+  let stack: Stack;
+  beforeAll(async () => {
+    stack = await startStack({ env: { WEBHOOK_APPLY_WAIT_MS: '0' } });
+  });
+  afterAll(async () => stack?.stop());
+
+  it('every webhook goes the durable way: inbox + outbox command, applied by the consumer', async () => {
+    const orderId = await createOrder(stack, 900n);
+    const relayedBefore = stack.settle.relay.relayed;
+
+    expect((await post(stack, succeeded(orderId, '900'))).status).toBe(200);
+    await waitFor(async () =>
+      (await orderState(stack, orderId)) === 'SUCCEEDED' ? true : undefined,
+    );
+    expect(stack.settle.relay.relayed).toBe(relayedBefore + 1);
+    expect(await inboxRows(stack, orderId)).toBe(1);
+    expect(await ledgerTransactions(stack, orderId)).toBe(1);
+  });
+});
