@@ -14,15 +14,17 @@ import { newId } from '../domain/ids.js';
 import { executeOrderMessage } from '../messaging/commands.js';
 import type { Names } from '../messaging/subjects.js';
 import type { Db } from '../storage/db.js';
-import { enqueueOutbox } from '../storage/repositories/outbox.repository.js';
+import { outboxInsert } from '../storage/repositories/outbox.repository.js';
+import { affectedRows, transactionInOneTrip } from '../storage/one-trip.js';
+import { isConnectionError } from '../storage/errors.js';
 import {
   claimIdempotencyKey,
-  completeIdempotencyKeys,
   createdPayment,
+  idempotencyKeysCompletion,
   findPayment,
   insertIdempotencyKeys,
-  insertPayments,
   listPayments,
+  paymentInserts,
   PAYMENT_STATE,
   releaseIdempotencyKey,
   TERMINAL_PAYMENT_STATES,
@@ -84,7 +86,43 @@ async function writeCreations(
   creations: readonly Creation[],
   names: Names,
 ): Promise<void> {
-  await insertPayments(trx, creations);
+  const built = creationStatements(trx, creations, names);
+  for (const statement of built.statements) await trx.executeQuery(statement);
+  const completed = await trx.executeQuery(built.keysCompletion);
+  checkKeysCompleted(creations, Number(completed.numAffectedRows ?? 0n));
+}
+
+/**
+ * `writeCreations` in one transaction of two round trips (see storage/one-trip.ts). Undefined when
+ * a statement failed (a duplicate, a deadlock): the statement-by-statement way then finds out.
+ */
+async function writeCreationsInOneTrip(
+  db: Db,
+  creations: readonly Creation[],
+  names: Names,
+): Promise<true | undefined> {
+  const built = creationStatements(db, creations, names);
+  const statements = [...built.statements, built.keysCompletion];
+  let outcome;
+  try {
+    outcome = await transactionInOneTrip(db, statements, (results) => {
+      const completed = affectedRows(results[statements.length - 1]);
+      return completed === creations.length
+        ? { commit: true as const }
+        : { rollback: `${creations.length - completed} idempotency keys taken over` };
+    });
+  } catch (error) {
+    if (isConnectionError(error)) throw toUnavailable(error);
+    return undefined;
+  }
+  // Rolled back: a key was taken over; fail exactly as the other way does.
+  if (!outcome.committed) checkKeysCompleted(creations, -1);
+  return true;
+}
+
+/** The statements of `writeCreations`, built but not run; the keys' completion comes last. */
+function creationStatements(db: Db | Trx, creations: readonly Creation[], names: Names) {
+  const statements = paymentInserts(db, creations);
   const rejected = creations.flatMap(({ payment, decision, now }) =>
     decision.approved
       ? []
@@ -99,28 +137,37 @@ async function writeCreations(
           created_at: now,
         })),
   );
-  if (rejected.length > 0)
-    await trx.insertInto('payment_order_transition').values(rejected).execute();
-  await enqueueOutbox(
-    trx,
-    creations.flatMap(({ payment, decision }) =>
-      decision.approved ? payment.orders.map((order) => executeOrderMessage(names, order.id)) : [],
-    ),
-    new Date(Math.max(...creations.map(({ now }) => now.getTime()))),
+  if (rejected.length > 0) {
+    statements.push(db.insertInto('payment_order_transition').values(rejected).compile());
+  }
+  const commands = creations.flatMap(({ payment, decision }) =>
+    decision.approved ? payment.orders.map((order) => executeOrderMessage(names, order.id)) : [],
   );
-  const keys = creations.map(({ payment }) => ({
-    buyerId: payment.buyerId,
-    requestId: payment.requestId,
-    paymentId: payment.id,
-  }));
-  if ((await completeIdempotencyKeys(trx, keys)) !== keys.length) {
-    const only = creations.length === 1 ? creations[0]?.payment.requestId : undefined;
-    throw new AbortedError(
-      only === undefined
-        ? 'an idempotency key of this batch was taken over; each request goes through alone'
-        : `request_id ${only} was taken over by another attempt; retry`,
+  if (commands.length > 0) {
+    statements.push(
+      outboxInsert(db, commands, new Date(Math.max(...creations.map(({ now }) => now.getTime())))),
     );
   }
+  const keysCompletion = idempotencyKeysCompletion(
+    db,
+    creations.map(({ payment }) => ({
+      buyerId: payment.buyerId,
+      requestId: payment.requestId,
+      paymentId: payment.id,
+    })),
+  );
+  return { statements, keysCompletion };
+}
+
+/** Throws AbortedError unless every creation's key was still this request's (`completed`). */
+function checkKeysCompleted(creations: readonly Creation[], completed: number): void {
+  if (completed === creations.length) return;
+  const only = creations.length === 1 ? creations[0]?.payment.requestId : undefined;
+  throw new AbortedError(
+    only === undefined
+      ? 'an idempotency key of this batch was taken over; each request goes through alone'
+      : `request_id ${only} was taken over by another attempt; retry`,
+  );
 }
 
 export class PaymentService {
@@ -149,10 +196,13 @@ export class PaymentService {
         : new GroupCommit<Creation, void>({
             name: 'payment creations',
             ...group,
-            writeOne: (creation) =>
-              inTransaction(deps.db, (trx) => writeCreations(trx, [creation], deps.names)),
+            writeOne: async (creation) => {
+              if ((await writeCreationsInOneTrip(deps.db, [creation], deps.names)) === undefined)
+                await inTransaction(deps.db, (trx) => writeCreations(trx, [creation], deps.names));
+            },
             writeBatch: async (creations) => {
-              await inTransaction(deps.db, (trx) => writeCreations(trx, creations, deps.names));
+              if ((await writeCreationsInOneTrip(deps.db, creations, deps.names)) === undefined)
+                await inTransaction(deps.db, (trx) => writeCreations(trx, creations, deps.names));
               return creations.map(() => undefined);
             },
           });

@@ -125,6 +125,9 @@ export function openDatabase<DB = Database>(
     timezone: 'Z',
     charset: 'utf8mb4',
     enableKeepAlive: true,
+    // Group-commit transactions send their statements as one packet (see one-trip.ts). Every
+    // statement is compiled by Kysely with bound parameters, so no outside string can add one.
+    multipleStatements: true,
   });
   const onQuery = options.onQuery;
   const db = new Kysely<DB>({

@@ -102,6 +102,20 @@ export async function persistEffectsBatch(
     const item = items[0] as { effects: readonly Effect[]; now: Date };
     return persistEffects(trx, item.effects, item.now);
   }
+  const { ledger, credits } = sellerCredits(items);
+  await postLedgerTransactions(trx, ledger);
+  // Last in the transaction: the wallet rows (a hot seller's above all) stay locked the shortest.
+  await creditWallets(trx, credits);
+  for (const { effects, now } of items) {
+    const others = effects.filter((effect) => effect.type !== 'CreditSeller');
+    if (others.length > 0) await persistEffects(trx, others, now);
+  }
+}
+
+/** The ledger transactions and wallet credits of the CreditSeller effects of many transitions. */
+export function sellerCredits(
+  items: ReadonlyArray<Readonly<{ effects: readonly Effect[]; now: Date }>>,
+): { ledger: NewLedgerTransaction[]; credits: WalletCredit[] } {
   const ledger: NewLedgerTransaction[] = [];
   const credits: WalletCredit[] = [];
   for (const { effects, now } of items) {
@@ -116,13 +130,7 @@ export async function persistEffectsBatch(
       });
     }
   }
-  await postLedgerTransactions(trx, ledger);
-  // Last in the transaction: the wallet rows (a hot seller's above all) stay locked the shortest.
-  await creditWallets(trx, credits);
-  for (const { effects, now } of items) {
-    const others = effects.filter((effect) => effect.type !== 'CreditSeller');
-    if (others.length > 0) await persistEffects(trx, others, now);
-  }
+  return { ledger, credits };
 }
 
 function sellerCreditTransaction(

@@ -22,10 +22,24 @@ import {
   persistTransition,
   persistTransitions,
 } from '../../storage/repositories/payment-order.repository.js';
-import { recordInboxApplied } from '../../storage/repositories/outbox.repository.js';
-import { inTransaction, type Trx } from '../../storage/transaction.js';
+import { recordInboxApplied, type InboxRow } from '../../storage/repositories/outbox.repository.js';
+import { inTransaction, toUnavailable, type Trx } from '../../storage/transaction.js';
 import type { Effect, OrderEvent, PaymentOrder } from './machine.js';
-import { persistEffects, persistEffectsBatch } from './effects.js';
+import { persistEffects, persistEffectsBatch, sellerCredits } from './effects.js';
+import { transitionStatements } from '../../storage/repositories/payment-order.repository.js';
+import {
+  ledgerPosting,
+  walletCredits,
+  type StoredSum,
+} from '../../storage/repositories/ledger.repository.js';
+import { inboxAppliedStatement } from '../../storage/repositories/outbox.repository.js';
+import {
+  affectedRows,
+  resultRows,
+  transactionInOneTrip,
+  type StatementResult,
+} from '../../storage/one-trip.js';
+import { isConnectionError } from '../../storage/errors.js';
 
 /** An outside input's id (a webhook's event id), recorded in the inbox with its transition. */
 export type InboxReceipt = Readonly<{ source: string; eventId: string }>;
@@ -56,12 +70,16 @@ export async function persistAlone(db: Db, write: TransitionWrite): Promise<bool
 }
 
 async function recordReceipts(trx: Trx, writes: readonly TransitionWrite[]): Promise<void> {
-  const rows = [];
+  await recordInboxApplied(trx, receiptRows(writes));
+}
+
+function receiptRows(writes: readonly TransitionWrite[]): InboxRow[] {
+  const rows: InboxRow[] = [];
   for (const write of writes) {
     if (write.receipt === undefined) continue;
     rows.push({ ...write.receipt, orderId: write.previous.id, now: write.now });
   }
-  await recordInboxApplied(trx, rows);
+  return rows;
 }
 
 export type TransitionBatcherOptions = Readonly<{
@@ -75,6 +93,54 @@ export type TransitionBatcherOptions = Readonly<{
   onBatch?: (batch: { size: number; ms: number; ok: boolean }) => void;
 }>;
 
+/**
+ * Writes transitions of distinct orders in one transaction of two round trips (one-trip.ts): the
+ * version-checked UPDATE, the history rows, the payments, the inbox receipts, the ledger (with its
+ * stored-sum check) and the wallets last. It commits only if the UPDATE moved every order and the
+ * ledger balances as stored; otherwise it rolls back and answers undefined, and the caller takes
+ * the statement-by-statement way, which tells each stale write apart. Undefined also for a batch
+ * holding an order twice, and after any statement failed (that way finds out which write broke).
+ */
+export async function persistInOneTrip(
+  db: Db,
+  writes: readonly TransitionWrite[],
+): Promise<boolean[] | undefined> {
+  if (new Set(writes.map((write) => write.previous.id)).size !== writes.length) return undefined;
+  const transitions = transitionStatements(db, writes);
+  const receipts = receiptRows(writes);
+  const { ledger, credits } = sellerCredits(writes);
+  const posting = ledgerPosting(db, ledger);
+  const wallets = walletCredits(db, credits);
+  const statements = [
+    transitions.update,
+    ...transitions.rest,
+    ...(receipts.length > 0 ? [inboxAppliedStatement(db, receipts)] : []),
+    ...(posting === undefined ? [] : [...posting.inserts, posting.storedSums]),
+    // Last: the wallet rows (a hot seller's above all) stay locked the shortest.
+    ...(wallets === undefined ? [] : [wallets]),
+  ];
+  const storedSumsAt = posting === undefined ? -1 : statements.indexOf(posting.storedSums);
+  try {
+    const outcome = await transactionInOneTrip(
+      db,
+      statements,
+      (results: readonly StatementResult[]) => {
+        const moved = affectedRows(results[0]);
+        if (moved !== writes.length) return { rollback: `${writes.length - moved} stale` };
+        posting?.checkStored(resultRows<StoredSum>(results[storedSumsAt]));
+        return { commit: writes.map(() => true) };
+      },
+    );
+    return outcome.committed ? outcome.value : undefined;
+  } catch (error) {
+    // A stale write can also stop the packet early (its history row's version exists already),
+    // as can a deadlock or a broken constraint: the statement-by-statement way tells which write
+    // it was, and retries deadlocks. Only a lost database is answered here.
+    if (isConnectionError(error)) throw toUnavailable(error);
+    return undefined;
+  }
+}
+
 /** Group commit of transitions across actors (see src/storage/group-commit.ts). */
 export class TransitionBatcher {
   private readonly group: GroupCommit<TransitionWrite, boolean>;
@@ -83,8 +149,12 @@ export class TransitionBatcher {
     this.group = new GroupCommit({
       name: 'transitions',
       ...options,
-      writeOne: (write) => persistAlone(db, write),
-      writeBatch: (writes) =>
+      writeOne: async (write) => {
+        const fast = await persistInOneTrip(db, [write]);
+        return fast?.[0] ?? persistAlone(db, write);
+      },
+      writeBatch: async (writes) =>
+        (await persistInOneTrip(db, writes)) ??
         inTransaction(db, async (trx) => {
           const written = await persistTransitions(trx, writes);
           const persisted = writes.filter((_, i) => written[i] === 'persisted');

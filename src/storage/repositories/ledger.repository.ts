@@ -3,7 +3,7 @@
  * entries are checked before the insert and the stored sum is checked again inside the same
  * database transaction, so an unbalanced transaction can never commit.
  */
-import { sql } from 'kysely';
+import { sql, type CompiledQuery } from 'kysely';
 import type { CurrencyCode } from '../../domain/money.js';
 import type { Db } from '../db.js';
 import type { Trx } from '../transaction.js';
@@ -64,7 +64,32 @@ export async function postLedgerTransactions(
   trx: Trx,
   inputs: readonly NewLedgerTransaction[],
 ): Promise<void> {
-  if (inputs.length === 0) return;
+  const posting = ledgerPosting(trx, inputs);
+  if (posting === undefined) return;
+  for (const statement of posting.inserts) await trx.executeQuery(statement);
+  const stored = await trx.executeQuery(posting.storedSums);
+  posting.checkStored(stored.rows);
+}
+
+export type StoredSum = Readonly<{ transaction_id: string; debits: string; credits: string }>;
+
+/**
+ * The statements that post ledger transactions, built but not run (a caller may send them in one
+ * round trip): each transaction is checked to balance first (this throws), `inserts` write them,
+ * `storedSums` reads back what was stored, and `checkStored` throws unless those rows balance too.
+ * Undefined when there is nothing to post.
+ */
+export function ledgerPosting(
+  db: Db | Trx,
+  inputs: readonly NewLedgerTransaction[],
+):
+  | {
+      inserts: CompiledQuery[];
+      storedSums: CompiledQuery<StoredSum>;
+      checkStored: (rows: readonly StoredSum[]) => void;
+    }
+  | undefined {
+  if (inputs.length === 0) return undefined;
   const amounts = inputs.map((input) => {
     const debits = input.entries.reduce((total, e) => total + e.debitMinor, 0n);
     const credits = input.entries.reduce((total, e) => total + e.creditMinor, 0n);
@@ -76,38 +101,40 @@ export async function postLedgerTransactions(
     }
     return debits;
   });
-  await trx
-    .insertInto('ledger_transaction')
-    .values(
-      inputs.map((input, i) => ({
-        id: input.id,
-        order_id: input.orderId,
-        kind: input.kind,
-        currency: input.currency,
-        amount_minor: amounts[i] ?? 0n,
-        created_at: input.now,
-      })),
-    )
-    .execute();
-  await trx
-    .insertInto('ledger_entry')
-    .values(
-      inputs.flatMap((input) =>
-        input.entries.map((entry) => ({
-          transaction_id: input.id,
-          account: entry.account,
+  const inserts = [
+    db
+      .insertInto('ledger_transaction')
+      .values(
+        inputs.map((input, i) => ({
+          id: input.id,
           order_id: input.orderId,
-          kind: entry.kind,
+          kind: input.kind,
           currency: input.currency,
-          debit_minor: entry.debitMinor,
-          credit_minor: entry.creditMinor,
+          amount_minor: amounts[i] ?? 0n,
           created_at: input.now,
         })),
-      ),
-    )
-    .execute();
+      )
+      .compile(),
+    db
+      .insertInto('ledger_entry')
+      .values(
+        inputs.flatMap((input) =>
+          input.entries.map((entry) => ({
+            transaction_id: input.id,
+            account: entry.account,
+            order_id: input.orderId,
+            kind: entry.kind,
+            currency: input.currency,
+            debit_minor: entry.debitMinor,
+            credit_minor: entry.creditMinor,
+            created_at: input.now,
+          })),
+        ),
+      )
+      .compile(),
+  ];
   // The pair assertion, per transaction: what was stored balances too.
-  const stored = await trx
+  const storedSums = db
     .selectFrom('ledger_entry')
     .select([
       'transaction_id',
@@ -120,14 +147,17 @@ export async function postLedgerTransactions(
       inputs.map((input) => input.id),
     )
     .groupBy('transaction_id')
-    .execute();
-  const unbalanced = stored.filter((row) => BigInt(row.debits) !== BigInt(row.credits));
-  if (stored.length !== inputs.length || unbalanced.length > 0) {
-    throw new UnbalancedLedgerTransactionError(
-      `stored ledger transactions do not balance: ${stored.length} of ${inputs.length} found, ` +
-        `unbalanced: ${unbalanced.map((row) => row.transaction_id).join(', ')}`,
-    );
-  }
+    .compile();
+  const checkStored = (stored: readonly StoredSum[]) => {
+    const unbalanced = stored.filter((row) => BigInt(row.debits) !== BigInt(row.credits));
+    if (stored.length !== inputs.length || unbalanced.length > 0) {
+      throw new UnbalancedLedgerTransactionError(
+        `stored ledger transactions do not balance: ${stored.length} of ${inputs.length} found, ` +
+          `unbalanced: ${unbalanced.map((row) => row.transaction_id).join(', ')}`,
+      );
+    }
+  };
+  return { inserts, storedSums, checkStored };
 }
 
 export type WalletCredit = Readonly<{
@@ -145,8 +175,16 @@ export type WalletCredit = Readonly<{
  * MySQL 8.0.20+ but still supported in 8.4; MariaDB has no row-alias syntax to replace it.)
  */
 export async function creditWallets(trx: Trx, credits: readonly WalletCredit[]): Promise<void> {
-  if (credits.length === 0) return;
-  if (credits.length === 1) return creditWallet(trx, credits[0] as WalletCredit);
+  const statement = walletCredits(trx, credits);
+  if (statement !== undefined) await trx.executeQuery(statement);
+}
+
+/** The statement of `creditWallets`, built but not run; undefined when there is nothing to credit. */
+export function walletCredits(
+  db: Db | Trx,
+  credits: readonly WalletCredit[],
+): CompiledQuery | undefined {
+  if (credits.length === 0) return undefined;
   const bySeller = new Map<string, { credit: WalletCredit; total: bigint; count: number }>();
   for (const credit of credits) {
     const sum = bySeller.get(credit.sellerId);
@@ -159,7 +197,7 @@ export async function creditWallets(trx: Trx, credits: readonly WalletCredit[]):
     }
   }
   const rows = [...bySeller.entries()].sort(([a], [b]) => (a < b ? -1 : 1));
-  await sql`
+  return sql`
     INSERT INTO wallet (seller_id, currency, balance_minor, version, updated_at)
     VALUES ${sql.join(
       rows.map(
@@ -170,7 +208,7 @@ export async function creditWallets(trx: Trx, credits: readonly WalletCredit[]):
     ON DUPLICATE KEY UPDATE
       balance_minor = balance_minor + VALUES(balance_minor),
       version = version + VALUES(version),
-      updated_at = VALUES(updated_at)`.execute(trx);
+      updated_at = VALUES(updated_at)`.compile(db);
 }
 
 export type Wallet = Readonly<{

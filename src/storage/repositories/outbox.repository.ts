@@ -2,7 +2,7 @@
  * The transactional outbox (messages for JetStream, written in the same transaction as the state
  * they announce) and the inbox (inputs from outside, deduplicated by their id).
  */
-import { sql } from 'kysely';
+import { sql, type CompiledQuery } from 'kysely';
 import type { Db } from '../db.js';
 import { isDuplicateKey } from '../errors.js';
 import type { Trx } from '../transaction.js';
@@ -11,7 +11,16 @@ export type OutboxMessage = Readonly<{ subject: string; msgId: string; payload: 
 
 export async function enqueueOutbox(trx: Trx, messages: readonly OutboxMessage[], now: Date) {
   if (messages.length === 0) return;
-  await trx
+  await trx.executeQuery(outboxInsert(trx, messages, now));
+}
+
+/** The statement of `enqueueOutbox` (at least one message), built but not run. */
+export function outboxInsert(
+  db: Db | Trx,
+  messages: readonly OutboxMessage[],
+  now: Date,
+): CompiledQuery {
+  return db
     .insertInto('outbox')
     .values(
       messages.map((message) => ({
@@ -21,7 +30,7 @@ export async function enqueueOutbox(trx: Trx, messages: readonly OutboxMessage[]
         created_at: now,
       })),
     )
-    .execute();
+    .compile();
 }
 
 export type PendingOutbox = Readonly<{
@@ -97,7 +106,12 @@ export type InboxRow = Readonly<{ source: string; eventId: string; orderId: stri
  */
 export async function recordInboxApplied(trx: Trx, rows: readonly InboxRow[]): Promise<void> {
   if (rows.length === 0) return;
-  await trx
+  await trx.executeQuery(inboxAppliedStatement(trx, rows));
+}
+
+/** The statement of `recordInboxApplied`, built but not run. */
+export function inboxAppliedStatement(db: Db | Trx, rows: readonly InboxRow[]): CompiledQuery {
+  return db
     .insertInto('inbox')
     .values(
       rows.map((row) => ({
@@ -108,5 +122,5 @@ export async function recordInboxApplied(trx: Trx, rows: readonly InboxRow[]): P
       })),
     )
     .onDuplicateKeyUpdate({ received_at: sql<Date>`received_at` })
-    .execute();
+    .compile();
 }

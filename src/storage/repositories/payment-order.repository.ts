@@ -3,7 +3,7 @@
  * order's state: one UPDATE guarded by `version`, the transition's history row, the payment's
  * aggregate state, and the ledger/wallet effects, all inside the caller's transaction.
  */
-import { sql } from 'kysely';
+import { sql, type CompiledQuery } from 'kysely';
 import { isCurrencyCode } from '../../domain/money.js';
 import {
   isOrderState,
@@ -242,12 +242,35 @@ export async function persistTransitions(
   }
   if (accepted.length === 0) return results;
 
+  const statements = transitionStatements(trx, accepted);
+  const updated = await trx.executeQuery(statements.update);
+  if (updated.numAffectedRows !== BigInt(accepted.length)) {
+    // The rows are locked and their versions were checked above: this cannot happen unless the
+    // batch holds the same order twice, which the version bookkeeping above already excludes.
+    throw new Error(
+      `batched transition updated ${updated.numAffectedRows} rows instead of ${accepted.length}`,
+    );
+  }
+  for (const statement of statements.rest) await trx.executeQuery(statement);
+  return results;
+}
+
+/**
+ * The statements that write transitions of distinct orders, built but not run (a caller may send
+ * them in one round trip): `update` moves every order whose stored version is still its
+ * `previous.version` (it must hit all of them, or some were stale), `rest` writes the history
+ * rows and the payments' aggregate states.
+ */
+export function transitionStatements(
+  db: Db | Trx,
+  accepted: readonly TransitionInput[],
+): { update: CompiledQuery; rest: CompiledQuery[] } {
   const byId = (pick: (input: TransitionInput) => unknown) =>
     sql`CASE id ${sql.join(
       accepted.map((input) => sql`WHEN ${input.previous.id} THEN ${pick(input)}`),
       sql` `,
     )} END`;
-  const updated = await sql`
+  const update = sql`
     UPDATE payment_order SET
       state = ${byId((input) => input.next.state)},
       psp_token = ${byId((input) => input.next.pspToken ?? null)},
@@ -259,30 +282,25 @@ export async function persistTransitions(
       updated_at = ${byId((input) => input.now)},
       version = version + 1
     WHERE id IN (${sql.join(accepted.map((input) => input.previous.id))})
-      AND version = ${byId((input) => input.previous.version.toString())}`.execute(trx);
-  if (updated.numAffectedRows !== BigInt(accepted.length)) {
-    // The rows are locked and their versions were checked above: this cannot happen unless the
-    // batch holds the same order twice, which the version bookkeeping above already excludes.
-    throw new Error(
-      `batched transition updated ${updated.numAffectedRows} rows instead of ${accepted.length}`,
-    );
-  }
+      AND version = ${byId((input) => input.previous.version.toString())}`.compile(db);
 
-  await trx
-    .insertInto('payment_order_transition')
-    .values(
-      accepted.map((input) => ({
-        order_id: input.previous.id,
-        payment_id: input.previous.paymentId,
-        version: (input.previous.version + 1n).toString(),
-        from_state: input.previous.state,
-        to_state: input.next.state,
-        event_type: input.event.type,
-        detail: eventDetail(input.event),
-        created_at: input.now,
-      })),
-    )
-    .execute();
+  const rest: CompiledQuery[] = [
+    db
+      .insertInto('payment_order_transition')
+      .values(
+        accepted.map((input) => ({
+          order_id: input.previous.id,
+          payment_id: input.previous.paymentId,
+          version: (input.previous.version + 1n).toString(),
+          from_state: input.previous.state,
+          to_state: input.next.state,
+          event_type: input.event.type,
+          detail: eventDetail(input.event),
+          created_at: input.now,
+        })),
+      )
+      .compile(),
+  ];
 
   const latest = new Date(Math.max(...accepted.map((input) => input.now.getTime())));
   const started = [
@@ -297,12 +315,14 @@ export async function persistTransitions(
     ),
   ].sort();
   if (started.length > 0) {
-    await trx
-      .updateTable('payment')
-      .set({ state: 'EXECUTING', updated_at: latest, version: sql<string>`version + 1` })
-      .where('id', 'in', started)
-      .where('state', '=', 'NOT_STARTED')
-      .execute();
+    rest.push(
+      db
+        .updateTable('payment')
+        .set({ state: 'EXECUTING', updated_at: latest, version: sql<string>`version + 1` })
+        .where('id', 'in', started)
+        .where('state', '=', 'NOT_STARTED')
+        .compile(),
+    );
   }
 
   const settled = new Map<string, { succeeded: number; failed: number }>();
@@ -313,8 +333,8 @@ export async function persistTransitions(
     else counts.failed += 1;
     settled.set(input.previous.paymentId, counts);
   }
-  if (settled.size > 0) await settleIntoPayments(trx, settled, latest);
-  return results;
+  if (settled.size > 0) rest.push(settleIntoPayments(db, settled, latest));
+  return { update, rest };
 }
 
 /**
@@ -322,11 +342,11 @@ export async function persistTransitions(
  * orders (s succeeded, f failed) and derives its state from the old counters plus these, the
  * state being assigned first for the same reason as there.
  */
-async function settleIntoPayments(
-  trx: Trx,
+function settleIntoPayments(
+  db: Db | Trx,
   settled: ReadonlyMap<string, { succeeded: number; failed: number }>,
   now: Date,
-) {
+): CompiledQuery {
   const entries = [...settled.entries()].sort(([a], [b]) => (a < b ? -1 : 1));
   const byId = (pick: (counts: { succeeded: number; failed: number }) => number) =>
     sql`(CASE id ${sql.join(
@@ -335,7 +355,7 @@ async function settleIntoPayments(
     )} END)`;
   const s = byId((counts) => counts.succeeded);
   const f = byId((counts) => counts.failed);
-  await sql`
+  return sql`
     UPDATE payment SET
       state = CASE
         WHEN orders_succeeded + orders_failed + ${s} + ${f} < orders_total THEN 'EXECUTING'
@@ -346,5 +366,5 @@ async function settleIntoPayments(
       orders_failed = orders_failed + ${f},
       version = version + 1,
       updated_at = ${now}
-    WHERE id IN (${sql.join(entries.map(([id]) => id))})`.execute(trx);
+    WHERE id IN (${sql.join(entries.map(([id]) => id))})`.compile(db);
 }

@@ -2,7 +2,7 @@
  * Payments (one per checkout) with their orders, and the idempotency keys that make
  * CreatePayment safe to repeat.
  */
-import { sql } from 'kysely';
+import { sql, type CompiledQuery } from 'kysely';
 import type { Db } from '../db.js';
 import { isDuplicateKey } from '../errors.js';
 import type { PaymentRow } from '../schema.js';
@@ -121,15 +121,25 @@ export async function insertPayments(
   trx: Trx,
   payments: ReadonlyArray<Readonly<{ payment: NewPayment; now: Date }>>,
 ): Promise<void> {
-  if (payments.length === 0) return;
-  await trx
-    .insertInto('payment')
-    .values(payments.map(({ payment, now }) => paymentRow(payment, now)))
-    .execute();
-  await trx
-    .insertInto('payment_order')
-    .values(payments.flatMap(({ payment, now }) => orderRows(payment, now)))
-    .execute();
+  for (const statement of paymentInserts(trx, payments)) await trx.executeQuery(statement);
+}
+
+/** The statements of `insertPayments`, built but not run. */
+export function paymentInserts(
+  db: Db | Trx,
+  payments: ReadonlyArray<Readonly<{ payment: NewPayment; now: Date }>>,
+): CompiledQuery[] {
+  if (payments.length === 0) return [];
+  return [
+    db
+      .insertInto('payment')
+      .values(payments.map(({ payment, now }) => paymentRow(payment, now)))
+      .compile(),
+    db
+      .insertInto('payment_order')
+      .values(payments.flatMap(({ payment, now }) => orderRows(payment, now)))
+      .compile(),
+  ];
 }
 
 function paymentRow(payment: NewPayment, now: Date) {
@@ -316,17 +326,28 @@ export async function completeIdempotencyKeys(
   if (keys.length === 0) return 0;
   if (keys.length === 1)
     return (await completeIdempotencyKey(trx, keys[0] as (typeof keys)[number])) ? 1 : 0;
+  const result = await trx.executeQuery(idempotencyKeysCompletion(trx, keys));
+  return Number(result.numAffectedRows ?? 0n);
+}
+
+/**
+ * The statement of `completeIdempotencyKeys`, built but not run: its affected rows are the keys
+ * still IN_FLIGHT, fewer than `keys` when one was taken over.
+ */
+export function idempotencyKeysCompletion(
+  db: Db | Trx,
+  keys: ReadonlyArray<Readonly<{ buyerId: string; requestId: string; paymentId: string }>>,
+): CompiledQuery {
   const sameKey = (key: { buyerId: string; requestId: string }) =>
     sql`(buyer_id = ${key.buyerId} AND request_id = ${key.requestId})`;
-  const result = await sql`
+  return sql`
     UPDATE idempotency_key SET
       state = 'COMPLETED',
       payment_id = CASE ${sql.join(
         keys.map((key) => sql`WHEN ${sameKey(key)} THEN ${key.paymentId}`),
         sql` `,
       )} END
-    WHERE (${sql.join(keys.map(sameKey), sql` OR `)}) AND state = 'IN_FLIGHT'`.execute(trx);
-  return Number(result.numAffectedRows ?? 0n);
+    WHERE (${sql.join(keys.map(sameKey), sql` OR `)}) AND state = 'IN_FLIGHT'`.compile(db);
 }
 
 /** Gives a claimed key back after the creation failed, so the caller can retry at once. */
