@@ -2,7 +2,8 @@
  * The ceiling: the durable MySQL writes a successful payment needs, done by a minimal script with
  * nothing of Settle in between (no gRPC, no JetStream, no actors, no PSP), at the same
  * concurrency as the end-to-end run, so the two can be compared side by side. Per payment of k
- * orders, in the same transactions and autocommits Settle uses:
+ * orders, in the transactions and autocommits Settle uses for an order alone (its group commit
+ * puts many orders' writes in one transaction, and sends each as one packet):
  *
  *   1. INSERT idempotency_key (autocommit: the claim is visible to a concurrent duplicate at once)
  *   2. tx: INSERT payment, k payment_order rows, k outbox rows; UPDATE idempotency_key COMPLETED
@@ -11,10 +12,10 @@
  *   4. tx: UPDATE payment_order NOT_STARTED→EXECUTING WHERE version = 0; INSERT transition;
  *          UPDATE payment NOT_STARTED→EXECUTING
  *   5. tx: UPDATE payment_order +token WHERE version = 1; INSERT transition
- *   6. tx: INSERT inbox (webhook event id); INSERT outbox (PspResult)
- *   7. DELETE that outbox row (the relay)
- *   8. tx: UPDATE payment_order →SUCCEEDED WHERE version = 2; INSERT transition; UPDATE payment
- *          aggregate; INSERT ledger_transaction; INSERT 2 ledger_entry; wallet upsert
+ *   6. (the webhook arrives and is applied at once by the order's actor: no write of its own)
+ *   7. tx: UPDATE payment_order →SUCCEEDED WHERE version = 2; INSERT transition; INSERT inbox
+ *          (webhook event id); UPDATE payment aggregate; INSERT ledger_transaction; INSERT 2
+ *          ledger_entry; wallet upsert
  *
  * Reads (the actor's load, the ledger's pair assertion) are left out: this is the write floor.
  * Every version-checked UPDATE must hit exactly one row, or the run fails.
@@ -252,29 +253,11 @@ async function oneOrder(
       now,
     ]);
   });
-  // 6. The webhook: inbox + PspResult command.
+  // 6. The webhook, applied at once by the order's actor (its inbox row joins step 7).
   now = new Date();
   const eventId = `evt_${randomBytes(15).toString('hex')}`;
-  const outboxId = await transaction(pool, counters, async (connection) => {
-    await exec(
-      connection,
-      counters,
-      `INSERT INTO inbox (source, event_id, order_id, received_at) VALUES ('psp', ?, ?, ?)`,
-      [eventId, order.id, now],
-    );
-    const inserted = await exec(
-      connection,
-      counters,
-      `INSERT INTO outbox (subject, msg_id, payload, created_at) VALUES (?, ?, ?, ?)`,
-      [SUBJECT, `psp:${eventId}`, JSON.stringify({ type: 'PspResult', orderId: order.id }), now],
-    );
-    return inserted.insertId;
-  });
-  // 7. The relay.
-  await exec(pool, counters, `DELETE FROM outbox WHERE id = ?`, [outboxId]);
-  counters.commits += 1;
-  // 8. PspSucceeded: the order, the payment, the ledger and the wallet in one transaction.
-  now = new Date();
+  // 7. PspSucceeded: the order, the inbox row, the payment, the ledger and the wallet in one
+  //    transaction.
   const ledgerId = newId('ledgerTransaction', now.getTime());
   await transaction(pool, counters, async (connection) => {
     await exec(
@@ -295,6 +278,12 @@ async function oneOrder(
       JSON.stringify({ type: 'PspSucceeded', eventId }),
       now,
     ]);
+    await exec(
+      connection,
+      counters,
+      `INSERT INTO inbox (source, event_id, order_id, received_at) VALUES ('psp', ?, ?, ?)`,
+      [eventId, order.id, now],
+    );
     await exec(
       connection,
       counters,
