@@ -30,7 +30,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createPool, type Pool, type PoolConnection, type ResultSetHeader } from 'mysql2/promise';
 import { newId } from '../src/domain/ids.js';
-import { ensureDatabase, migrateToLatest, openDatabase, parseMysqlUrl } from '../src/storage/db.js';
+import { ensureDatabase, migrateToLatest, openDatabase, parseMysqlUrl, serverAddress } from '../src/storage/db.js';
 
 export type CeilingOptions = Readonly<{
   mysqlUrl: string;
@@ -65,10 +65,7 @@ export async function runCeiling(options: CeilingOptions): Promise<CeilingResult
   }
   const target = parseMysqlUrl(options.mysqlUrl);
   const pool = createPool({
-    host: target.host,
-    port: target.port,
-    user: target.user,
-    password: target.password,
+    ...serverAddress(target),
     database: target.database,
     connectionLimit: options.poolSize,
     queueLimit: options.poolSize * 1_024,

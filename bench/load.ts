@@ -18,7 +18,7 @@ import {
   type CreatePaymentRequest,
   type CreatePaymentResponse,
 } from '../src/grpc/generated/settle/v1/payment.js';
-import { parseMysqlUrl } from '../src/storage/db.js';
+import { parseMysqlUrl, serverAddress } from '../src/storage/db.js';
 import { sleep } from './stack.js';
 
 const POLL_MS = 10;
@@ -72,10 +72,7 @@ export class CompletionWatcher {
   constructor(mysqlUrl: string) {
     const target = parseMysqlUrl(mysqlUrl);
     this.pool = createPool({
-      host: target.host,
-      port: target.port,
-      user: target.user,
-      password: target.password,
+      ...serverAddress(target),
       database: target.database,
       connectionLimit: 2,
       connectTimeout: 5_000,

@@ -18,7 +18,7 @@ import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { createPool, type RowDataPacket } from 'mysql2/promise';
 import { PspServiceClient } from '../src/grpc/generated/settle/psp/v1/psp.js';
-import { parseMysqlUrl } from '../src/storage/db.js';
+import { parseMysqlUrl, serverAddress } from '../src/storage/db.js';
 import type { CeilingResult } from './ceiling.js';
 import { checkInvariants, type Check } from './invariants.js';
 import { CompletionWatcher, LoadDriver, quantile, type LoadResult } from './load.js';
@@ -630,7 +630,12 @@ async function memoryPhase(options: Options): Promise<MemoryResults> {
   const watcher = new CompletionWatcher(stack.mysqlUrl);
   const driver = new LoadDriver(stack.settleGrpc, watcher);
   const target = parseMysqlUrl(stack.mysqlUrl);
-  const pool = createPool({ ...target, connectionLimit: 1, connectTimeout: 5_000 });
+  const pool = createPool({
+    ...serverAddress(target),
+    database: target.database,
+    connectionLimit: 1,
+    connectTimeout: 5_000,
+  });
   try {
     const perPayment = Math.min(10, options.idleOrders, options.sellers);
     const paymentsWanted = Math.ceil(options.idleOrders / perPayment);

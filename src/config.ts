@@ -17,7 +17,7 @@ const mysqlUrl = z
   .string()
   .regex(
     /^mysql:\/\/[^/]+\/[A-Za-z0-9_]+(\?.*)?$/,
-    'must be mysql://user[:password]@host:port/database',
+    'must be mysql://user[:password]@host:port/database[?socket=/path/to/mysqld.sock]',
   );
 
 const natsUrl = z.string().regex(/^(nats|tls):\/\/\S+$/, 'must be nats://host:port');

@@ -1,0 +1,125 @@
+/**
+ * Goal: a one-trip transaction (all statements in one packet, then COMMIT or ROLLBACK) commits
+ * only what `decide` accepts, leaves nothing behind when it refuses or when a statement fails
+ * midway, and hands `decide` every statement's result; MYSQL_URL's `?socket=` reaches the server
+ * through its Unix socket. Method: real MariaDB, rows counted after each case.
+ */
+import { existsSync } from 'node:fs';
+import { sql } from 'kysely';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  ensureDatabase,
+  migrateToLatest,
+  openDatabase,
+  parseMysqlUrl,
+  serverAddress,
+  type Db,
+} from '../../src/storage/db.js';
+import { affectedRows, resultRows, transactionInOneTrip } from '../../src/storage/one-trip.js';
+import { isDuplicateKey } from '../../src/storage/errors.js';
+import { dropDatabase, testDatabaseUrl } from '../support/harness.js';
+
+let url: string;
+let db: Db;
+let close: () => Promise<void>;
+beforeAll(async () => {
+  url = testDatabaseUrl('settle_onetrip_t');
+  await ensureDatabase(url);
+  ({ db, close } = openDatabase(url, { poolSize: 2 }));
+  await migrateToLatest(db);
+});
+afterAll(async () => {
+  await close();
+  await dropDatabase(url);
+});
+
+const inboxRow = (eventId: string) =>
+  db
+    .insertInto('inbox')
+    .values({ source: 'test', event_id: eventId, order_id: 'ord_x', received_at: new Date() })
+    .compile();
+const countInbox = async (prefix: string) =>
+  Number(
+    (
+      await sql<{
+        n: string;
+      }>`SELECT COUNT(*) AS n FROM inbox WHERE event_id LIKE ${`${prefix}%`}`.execute(db)
+    ).rows[0]?.n,
+  );
+
+describe('transactionInOneTrip', () => {
+  it('commits every statement when decide accepts, and gives it each result', async () => {
+    const seen: unknown[] = [];
+    const outcome = await transactionInOneTrip(
+      db,
+      [
+        inboxRow('a-1'),
+        inboxRow('a-2'),
+        sql`SELECT event_id FROM inbox WHERE event_id LIKE 'a-%' ORDER BY event_id`.compile(db),
+      ],
+      (results) => {
+        seen.push(affectedRows(results[0]), affectedRows(results[1]));
+        seen.push(resultRows<{ event_id: string }>(results[2]).map((row) => row.event_id));
+        return { commit: 'ok' };
+      },
+    );
+    expect(outcome).toEqual({ committed: true, value: 'ok' });
+    expect(seen).toEqual([1, 1, ['a-1', 'a-2']]);
+    expect(await countInbox('a-')).toBe(2);
+  });
+
+  it('rolls everything back when decide refuses', async () => {
+    const outcome = await transactionInOneTrip(db, [inboxRow('b-1'), inboxRow('b-2')], () => ({
+      rollback: 'not today',
+    }));
+    expect(outcome).toEqual({ committed: false, reason: 'not today' });
+    expect(await countInbox('b-')).toBe(0);
+  });
+
+  it('rolls back the statements before one that fails, and runs none after it', async () => {
+    await transactionInOneTrip(db, [inboxRow('c-0')], () => ({ commit: true }));
+    const error = await transactionInOneTrip(
+      db,
+      [inboxRow('c-1'), inboxRow('c-0'), inboxRow('c-2')],
+      () => ({ commit: true }),
+    ).catch((caught: unknown) => caught);
+    expect(isDuplicateKey(error)).toBe(true);
+    expect(await countInbox('c-')).toBe(1);
+    // The connection went back to the pool clean: the next transaction works.
+    await transactionInOneTrip(db, [inboxRow('c-3')], () => ({ commit: true }));
+    expect(await countInbox('c-')).toBe(2);
+  });
+});
+
+describe('MYSQL_URL ?socket=', () => {
+  it('parses the socket and prefers it to host and port', () => {
+    const target = parseMysqlUrl('mysql://root@127.0.0.1:3306/settle?socket=/run/mysqld/x.sock');
+    expect(target).toMatchObject({ database: 'settle', socketPath: '/run/mysqld/x.sock' });
+    expect(serverAddress(target)).toEqual({
+      socketPath: '/run/mysqld/x.sock',
+      user: 'root',
+      password: '',
+    });
+    expect(serverAddress(parseMysqlUrl('mysql://u:p@db:3307/settle'))).toEqual({
+      host: 'db',
+      port: 3307,
+      user: 'u',
+      password: 'p',
+    });
+  });
+
+  const socket = '/run/mysqld/mysqld.sock';
+  // The local MariaDB's socket; a server in a container (testcontainers) has none here.
+  it.skipIf(!existsSync(socket))('reaches the local server through its socket', async () => {
+    const viaSocket = new URL(url);
+    viaSocket.hostname = 'unreachable.invalid';
+    viaSocket.searchParams.set('socket', socket);
+    const opened = openDatabase(viaSocket.toString(), { poolSize: 1 });
+    try {
+      const result = await sql<{ n: string }>`SELECT COUNT(*) AS n FROM inbox`.execute(opened.db);
+      expect(Number(result.rows[0]?.n)).toBeGreaterThan(0);
+    } finally {
+      await opened.close();
+    }
+  });
+});
