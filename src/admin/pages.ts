@@ -283,6 +283,16 @@ export function orderTimeline(input: {
   audit: readonly AuditRecord[];
 }): TimelineItem[] {
   const items: TimelineItem[] = [];
+  // Webhooks first: one applied at once shares its transition's timestamp, and the stable sort
+  // below then shows it before the transition it caused.
+  for (const w of input.webhooks) {
+    items.push({
+      at: w.receivedAt,
+      kind: 'webhook',
+      title: html`webhook received from ${w.source}: event <span class="mono">${w.eventId}</span>`,
+      detail: '',
+    });
+  }
   for (const t of input.transitions) {
     const psp = PSP_EVENTS[t.eventType];
     items.push({
@@ -292,14 +302,6 @@ export function orderTimeline(input: {
         <strong>${t.eventType}</strong
         >${psp !== undefined ? html` <span class="muted">(${psp})</span>` : ''}`,
       detail: prettyJson(t.detail),
-    });
-  }
-  for (const w of input.webhooks) {
-    items.push({
-      at: w.receivedAt,
-      kind: 'webhook',
-      title: html`webhook received from ${w.source}: event <span class="mono">${w.eventId}</span>`,
-      detail: '',
     });
   }
   for (const d of input.deadLetters) {
