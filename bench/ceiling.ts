@@ -30,7 +30,13 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createPool, type Pool, type PoolConnection, type ResultSetHeader } from 'mysql2/promise';
 import { newId } from '../src/domain/ids.js';
-import { ensureDatabase, migrateToLatest, openDatabase, parseMysqlUrl, serverAddress } from '../src/storage/db.js';
+import {
+  ensureDatabase,
+  migrateToLatest,
+  openDatabase,
+  parseMysqlUrl,
+  serverAddress,
+} from '../src/storage/db.js';
 
 export type CeilingOptions = Readonly<{
   mysqlUrl: string;
