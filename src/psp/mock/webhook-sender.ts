@@ -8,6 +8,7 @@
 import { GroupCommit } from '../../storage/group-commit.js';
 import { signWebhook, PSP_SIGNATURE_HEADER } from '../webhook.js';
 import type { PspDb } from './payment.repository.js';
+import { WebhookPoster } from './webhook-post.js';
 import {
   claimWebhook,
   findDueWebhooks,
@@ -58,6 +59,7 @@ export class WebhookSender {
   readonly #log: (line: string) => void;
   readonly #inFlight = new Set<Promise<void>>();
   readonly #stopController = new AbortController();
+  readonly #poster: WebhookPoster;
   /** Deliveries that end together are recorded with one statement. */
   readonly #delivered: GroupCommit<{ id: string; now: Date }, void>;
   #loop: Promise<void> | undefined;
@@ -74,6 +76,10 @@ export class WebhookSender {
     this.#secret = options.secret;
     this.#options = options.options;
     this.#log = options.log;
+    this.#poster = new WebhookPoster({
+      socketsMax: options.options.inFlightMax,
+      requestTimeoutMs: options.options.requestTimeoutMs,
+    });
     const db = options.db;
     this.#delivered = new GroupCommit({
       name: 'webhook deliveries',
@@ -102,6 +108,7 @@ export class WebhookSender {
   /** Stops the loop, aborts the POSTs in flight (they are retried later) and waits for both. */
   async stop(): Promise<void> {
     this.#stopController.abort();
+    this.#poster.close();
     this.#wake?.();
     await this.#loop;
     await Promise.allSettled([...this.#inFlight]);
@@ -180,27 +187,14 @@ export class WebhookSender {
   /** POSTs one delivery; undefined on a 2xx answer, else a description of the failure. */
   async #post(row: PspWebhookDelivery): Promise<string | undefined> {
     const timestampS = Math.floor(Date.now() / 1000);
-    try {
-      const response = await fetch(row.url, {
-        method: 'POST',
-        headers: {
-          'Content-Type': 'application/json',
-          [PSP_SIGNATURE_HEADER]: signWebhook(this.#secret, row.body, timestampS),
-        },
-        body: row.body,
-        redirect: 'manual',
-        signal: AbortSignal.any([
-          AbortSignal.timeout(this.#options.requestTimeoutMs),
-          this.#stopController.signal,
-        ]),
-      });
-      // The body is not needed, and a receiver could make it arbitrarily long.
-      await response.body?.cancel().catch(() => undefined);
-      if (response.status >= 200 && response.status < 300) return undefined;
-      return `HTTP ${response.status}`;
-    } catch (error) {
-      return describe(error);
-    }
+    return this.#poster.post(
+      row.url,
+      {
+        'Content-Type': 'application/json',
+        [PSP_SIGNATURE_HEADER]: signWebhook(this.#secret, row.body, timestampS),
+      },
+      row.body,
+    );
   }
 }
 
