@@ -113,7 +113,7 @@ export async function startPspMock(options: StartPspMockOptions): Promise<PspMoc
       db: database.db,
       behavior,
       defaultNotificationUrl: `${settlePublicUrl(config).replace(/\/+$/, '')}/webhooks/psp`,
-      onDecided: () => sender.wake(),
+      webhooks: sender,
     });
 
     const autoPay = new BoundedTasks({
@@ -165,13 +165,13 @@ export async function startPspMock(options: StartPspMockOptions): Promise<PspMoc
       host: config.PSP_GRPC_ADDR.host,
       port: options.grpcPort ?? config.PSP_GRPC_ADDR.port,
       log,
-      onRegistered: (token) => {
+      onRegistered: (payment) => {
         const card = behavior.get().autoPayCard;
         if (card === undefined) return;
         const queued = autoPay.push(async () => {
-          await payments.pay(token, card);
+          await payments.payRegistered(payment, card);
         });
-        if (!queued) log(`psp auto-pay: queue full, payment ${token} stays REGISTERED`);
+        if (!queued) log(`psp auto-pay: queue full, payment ${payment.token} stays REGISTERED`);
       },
     });
     cleanups.push(grpc.stop);

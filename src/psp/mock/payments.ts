@@ -6,7 +6,7 @@
  * is ALREADY_EXISTS); a payment is decided at most once, by a conditional UPDATE, and the
  * decision, its charge (on success) and its webhook row commit in one transaction.
  */
-import { randomBytes } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 import {
   AlreadyExistsError,
   FailedPreconditionError,
@@ -36,7 +36,7 @@ import {
   type PspTrx,
 } from './payment.repository.js';
 import { PSP_PAYMENT_STATE, type PspPaymentState } from './schema.js';
-import { findLatestWebhook, insertWebhook } from './webhook.repository.js';
+import { findLatestWebhook, insertWebhook, type PspWebhookDelivery } from './webhook.repository.js';
 
 /** Longest accepted notification URL (the column is VARCHAR(2048)). */
 const NOTIFICATION_URL_LENGTH_MAX = 2_048;
@@ -59,9 +59,26 @@ export function isPaymentToken(value: string): boolean {
   return TOKEN.test(value);
 }
 
+/** Bytes of one id; the pool below is refilled once per RANDOM_POOL_IDS ids. */
+const ID_BYTES = 15;
+const RANDOM_POOL_IDS = 256;
+const randomPool = Buffer.alloc(ID_BYTES * RANDOM_POOL_IDS);
+let randomPoolOffset = randomPool.length;
+
+/** Fresh CSPRNG bytes for one id, drawn from a pool so most ids cost no randomFillSync call. */
+function idBytes(): Buffer {
+  if (randomPoolOffset + ID_BYTES > randomPool.length) {
+    randomFillSync(randomPool);
+    randomPoolOffset = 0;
+  }
+  const bytes = randomPool.subarray(randomPoolOffset, randomPoolOffset + ID_BYTES);
+  randomPoolOffset += ID_BYTES;
+  return bytes;
+}
+
 /** 24 random base32 characters (120 bits) after a prefix; URL-safe. */
 function randomId(prefix: 'tok_' | 'psp_' | 'evt_'): string {
-  const bytes = randomBytes(15);
+  const bytes = idBytes();
   let bits = 0;
   let value = 0;
   let out = prefix;
@@ -97,13 +114,23 @@ export type PayResult = Readonly<{
   decidedNow: boolean;
 }>;
 
+/** What the payments need of the webhook sender (WebhookSender). */
+export type WebhookOutlet = Readonly<{
+  /** The end of the lease of an attempt that starts at `now`. */
+  leaseUntil: (now: Date) => Date;
+  /** Takes a committed row inserted with that lease, to POST it at once. */
+  deliver: (row: PspWebhookDelivery) => void;
+  /** Makes the sender poll now (a row due now was inserted). */
+  wake: () => void;
+}>;
+
 export type PspPaymentsOptions = Readonly<{
   db: PspDb;
   behavior: BehaviorStore;
   /** Where webhooks go when a registration names no notification_url. */
   defaultNotificationUrl: string;
-  /** Called after a decision commits, to wake the webhook sender. */
-  onDecided: () => void;
+  /** Gets every new webhook row after its commit. */
+  webhooks: WebhookOutlet;
   /** A number in [0, 1); Math.random unless a test fixes it. */
   random?: () => number;
 }>;
@@ -112,14 +139,14 @@ export class PspPayments {
   readonly #db: PspDb;
   readonly #behavior: BehaviorStore;
   readonly #defaultNotificationUrl: string;
-  readonly #onDecided: () => void;
+  readonly #webhooks: WebhookOutlet;
   readonly #random: () => number;
 
   constructor(options: PspPaymentsOptions) {
     this.#db = options.db;
     this.#behavior = options.behavior;
     this.#defaultNotificationUrl = options.defaultNotificationUrl;
-    this.#onDecided = options.onDecided;
+    this.#webhooks = options.webhooks;
     this.#random = options.random ?? Math.random;
   }
 
@@ -229,8 +256,19 @@ export class PspPayments {
     const cardNumber = parseCardNumber(cardNumberInput);
     const payment = await this.#run(() => findPaymentByToken(this.#db, token));
     if (payment === undefined) throw new NotFoundError('payment token', token);
-    if (payment.status !== PSP_PAYMENT_STATE.registered) return settled(payment);
+    return this.#decide(payment, cardNumber);
+  }
 
+  /**
+   * `pay` for a payment this process has just registered (auto-pay): the row is known, so it is
+   * not read again. The conditional UPDATE still decides whether this call wins.
+   */
+  async payRegistered(payment: PspPayment, cardNumberInput: string): Promise<PayResult> {
+    return this.#decide(payment, parseCardNumber(cardNumberInput));
+  }
+
+  async #decide(payment: PspPayment, cardNumber: string): Promise<PayResult> {
+    if (payment.status !== PSP_PAYMENT_STATE.registered) return settled(payment);
     const decision = decideCard(cardNumber, this.#behavior.get().successRate, this.#random());
     const now = new Date();
     const status = decision.approved ? PSP_PAYMENT_STATE.succeeded : PSP_PAYMENT_STATE.declined;
@@ -274,23 +312,23 @@ export class PspPayments {
           now,
         });
       }
-      await insertWebhook(trx, {
+      return insertWebhook(trx, {
         eventId: event.id,
         delivery: 1,
         nonce: payment.nonce,
         url: payment.notificationUrl,
         body: encodePspWebhookEvent(event),
         now,
+        leaseUntil: this.#webhooks.leaseUntil(now),
       });
-      return true;
     });
-    if (!won) {
+    if (won === false) {
       // Someone else decided (or cancelled) between our read and our update.
-      const current = await this.#run(() => findPaymentByToken(this.#db, token));
-      if (current === undefined) throw new NotFoundError('payment token', token);
+      const current = await this.#run(() => findPaymentByToken(this.#db, payment.token));
+      if (current === undefined) throw new NotFoundError('payment token', payment.token);
       return settled(current);
     }
-    this.#onDecided();
+    this.#webhooks.deliver(won);
     return { payment: decided, decidedNow: true };
   }
 
@@ -322,10 +360,11 @@ export class PspPayments {
         url: latest.url,
         body: latest.body,
         now: new Date(),
+        leaseUntil: undefined,
       });
       return latest.eventId;
     });
-    this.#onDecided();
+    this.#webhooks.wake();
     return eventId;
   }
 

@@ -3,7 +3,8 @@
  * attempt first claims its row with a conditional UPDATE that bumps `attempts` and pushes
  * next_attempt_at to the end of a lease: a second sender (or a second loop turn) cannot take the
  * same row, and a sender that dies mid-attempt leaves a row that becomes due again when the lease
- * ends.
+ * ends. A new row can also be inserted already claimed for its first attempt (the decision's own
+ * transaction sets the lease), which spares the claim.
  */
 import type { Selectable } from 'kysely';
 import type { PspDb, PspTrx } from './payment.repository.js';
@@ -26,18 +27,30 @@ export type PspWebhookDelivery = Readonly<{
 /** last_error is VARCHAR(512). */
 const LAST_ERROR_LENGTH_MAX = 512;
 
+export type NewPspWebhook = Readonly<{
+  eventId: string;
+  delivery: number;
+  nonce: string;
+  url: string;
+  body: string;
+  now: Date;
+  /**
+   * When set, the row is inserted already claimed for its first attempt until this time
+   * (attempts 1, next_attempt_at = leaseUntil), so the process that inserted it can POST it at
+   * once without a claim; no one else takes it before the lease ends. When unset, the row is
+   * due now and the sender's poll claims it.
+   */
+  leaseUntil: Date | undefined;
+}>;
+
+/** Inserts a delivery; returns it as stored. */
 export async function insertWebhook(
   trx: PspTrx,
-  webhook: Readonly<{
-    eventId: string;
-    delivery: number;
-    nonce: string;
-    url: string;
-    body: string;
-    now: Date;
-  }>,
-): Promise<void> {
-  await trx
+  webhook: NewPspWebhook,
+): Promise<PspWebhookDelivery> {
+  const attempts = webhook.leaseUntil === undefined ? 0 : 1;
+  const nextAttemptAt = webhook.leaseUntil ?? webhook.now;
+  const result = await trx
     .insertInto('psp_webhook')
     .values({
       event_id: webhook.eventId,
@@ -45,13 +58,27 @@ export async function insertWebhook(
       nonce: webhook.nonce,
       url: webhook.url,
       body: webhook.body,
-      next_attempt_at: webhook.now,
+      attempts,
+      next_attempt_at: nextAttemptAt,
       delivered_at: null,
       given_up_at: null,
       last_error: null,
       created_at: webhook.now,
     })
-    .execute();
+    .executeTakeFirstOrThrow();
+  return Object.freeze({
+    id: String(result.insertId),
+    eventId: webhook.eventId,
+    delivery: webhook.delivery,
+    nonce: webhook.nonce,
+    url: webhook.url,
+    body: webhook.body,
+    attempts,
+    nextAttemptAt,
+    deliveredAt: undefined,
+    givenUpAt: undefined,
+    lastError: undefined,
+  });
 }
 
 /** The newest delivery of the newest event for a nonce. */
@@ -105,6 +132,28 @@ export async function claimWebhook(
     .executeTakeFirst();
   if (result.numUpdatedRows !== 1n) return undefined;
   return Object.freeze({ ...row, attempts: row.attempts + 1, nextAttemptAt: leaseUntil });
+}
+
+/**
+ * Gives back leases that were never used (rows handed to a sender that stopped before POSTing
+ * them): each row whose attempt count is still the one its lease set is due again now, and that
+ * attempt is not counted. A row someone claimed since is left alone.
+ */
+export async function releaseWebhookLeases(
+  db: PspDb,
+  rows: ReadonlyArray<Pick<PspWebhookDelivery, 'id' | 'attempts'>>,
+  now: Date,
+): Promise<void> {
+  if (rows.length === 0) return;
+  await db
+    .updateTable('psp_webhook')
+    .set((eb) => ({ attempts: eb('attempts', '-', 1), next_attempt_at: now }))
+    .where((eb) =>
+      eb.or(rows.map((row) => eb.and([eb('id', '=', row.id), eb('attempts', '=', row.attempts)]))),
+    )
+    .where('delivered_at', 'is', null)
+    .where('given_up_at', 'is', null)
+    .execute();
 }
 
 export async function markWebhookDelivered(db: PspDb, id: string, now: Date): Promise<void> {
