@@ -48,8 +48,6 @@ export async function insertWebhook(
   trx: PspTrx,
   webhook: NewPspWebhook,
 ): Promise<PspWebhookDelivery> {
-  const attempts = webhook.leaseUntil === undefined ? 0 : 1;
-  const nextAttemptAt = webhook.leaseUntil ?? webhook.now;
   const result = await trx
     .insertInto('psp_webhook')
     .values({
@@ -58,26 +56,75 @@ export async function insertWebhook(
       nonce: webhook.nonce,
       url: webhook.url,
       body: webhook.body,
-      attempts,
-      next_attempt_at: nextAttemptAt,
+      attempts: webhook.leaseUntil === undefined ? 0 : 1,
+      next_attempt_at: webhook.leaseUntil ?? webhook.now,
       delivered_at: null,
       given_up_at: null,
       last_error: null,
       created_at: webhook.now,
     })
     .executeTakeFirstOrThrow();
+  return storedDelivery(String(result.insertId), webhook);
+}
+
+/** A row just inserted, as the sender sees it. */
+function storedDelivery(id: string, webhook: NewPspWebhook): PspWebhookDelivery {
   return Object.freeze({
-    id: String(result.insertId),
+    id,
     eventId: webhook.eventId,
     delivery: webhook.delivery,
     nonce: webhook.nonce,
     url: webhook.url,
     body: webhook.body,
-    attempts,
-    nextAttemptAt,
+    attempts: webhook.leaseUntil === undefined ? 0 : 1,
+    nextAttemptAt: webhook.leaseUntil ?? webhook.now,
     deliveredAt: undefined,
     givenUpAt: undefined,
     lastError: undefined,
+  });
+}
+
+/**
+ * `insertWebhook` for many rows in one statement; returns them as stored, in the order given.
+ * Their ids are read back by the unique (event_id, delivery), in the same transaction.
+ */
+export async function insertWebhooks(
+  trx: PspTrx,
+  webhooks: readonly NewPspWebhook[],
+): Promise<PspWebhookDelivery[]> {
+  if (webhooks.length === 0) return [];
+  await trx
+    .insertInto('psp_webhook')
+    .values(
+      webhooks.map((webhook) => ({
+        event_id: webhook.eventId,
+        delivery: webhook.delivery,
+        nonce: webhook.nonce,
+        url: webhook.url,
+        body: webhook.body,
+        attempts: webhook.leaseUntil === undefined ? 0 : 1,
+        next_attempt_at: webhook.leaseUntil ?? webhook.now,
+        delivered_at: null,
+        given_up_at: null,
+        last_error: null,
+        created_at: webhook.now,
+      })),
+    )
+    .execute();
+  const rows = await trx
+    .selectFrom('psp_webhook')
+    .select(['id', 'event_id', 'delivery'])
+    .where(
+      'event_id',
+      'in',
+      webhooks.map(({ eventId }) => eventId),
+    )
+    .execute();
+  const ids = new Map(rows.map((row) => [`${row.delivery}:${row.event_id}`, row.id]));
+  return webhooks.map((webhook) => {
+    const id = ids.get(`${webhook.delivery}:${webhook.eventId}`);
+    if (id === undefined) throw new Error(`psp webhook ${webhook.eventId} missing after insert`);
+    return storedDelivery(id, webhook);
   });
 }
 
