@@ -20,6 +20,7 @@ import {
 } from '../../../src/psp/mock/webhook-sender.js';
 import {
   insertWebhook,
+  insertWebhooks,
   type PspWebhookDelivery,
 } from '../../../src/psp/mock/webhook.repository.js';
 import {
@@ -90,6 +91,36 @@ async function insertRow(url: string, leaseUntil: Date | undefined): Promise<Psp
 function stored(id: string) {
   return db.selectFrom('psp_webhook').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
 }
+
+describe('insertWebhooks', () => {
+  it('returns each row with the id it was stored under, leased or due', async () => {
+    const now = new Date();
+    const lease = new Date(now.getTime() + 60_000);
+    const eventIds = [1, 2, 3].map((i) => `evt_many_${Date.now()}_${i}`);
+    const rows = await db.transaction().execute((trx) =>
+      insertWebhooks(
+        trx,
+        eventIds.map((eventId, i) => ({
+          eventId,
+          delivery: 1,
+          nonce: `nonce_${eventId}`,
+          url: `${receiver.url}/many`,
+          body: JSON.stringify({ id: eventId }),
+          now,
+          leaseUntil: i === 1 ? undefined : lease,
+        })),
+      ),
+    );
+    expect(rows.map((row) => row.eventId)).toEqual(eventIds);
+    for (const row of rows) {
+      const found = await stored(row.id);
+      expect(found.event_id).toBe(row.eventId);
+      expect(found.attempts).toBe(row.attempts);
+      expect(found.next_attempt_at.getTime()).toBe(row.nextAttemptAt.getTime());
+    }
+    expect(rows.map((row) => row.attempts)).toEqual([1, 0, 1]);
+  });
+});
 
 describe('WebhookSender hand-over', () => {
   it('POSTs a handed-over row once and at once, with no poll, and records it delivered', async () => {
