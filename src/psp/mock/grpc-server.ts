@@ -36,6 +36,7 @@ import {
 import { isUtcDay, utcDayAt } from '../../domain/utc-day.js';
 import type { SettlementDiscrepancy, SettlementFile } from './settlement-file.js';
 import type { BehaviorStore, PspBehaviorPatch } from './behavior.js';
+import type { PspPayment } from './payment.repository.js';
 import { checkoutUrl, type PspPayments } from './payments.js';
 import { PSP_PAYMENT_STATE, SETTLEMENT_ADJUSTMENT, type PspPaymentState } from './schema.js';
 
@@ -57,7 +58,7 @@ type Context = Readonly<{
   /** Aborted by stop(): ends latency waits and hangs at once. */
   stopSignal: AbortSignal;
   /** Called with every newly registered payment (auto-pay). */
-  onRegistered: (token: string) => void;
+  onRegistered: (payment: PspPayment) => void;
   settlement: SettlementFiles;
 }>;
 
@@ -74,7 +75,7 @@ export async function startPspGrpcServer(options: {
   host: string;
   port: number;
   log: (line: string) => void;
-  onRegistered: (token: string) => void;
+  onRegistered: (payment: PspPayment) => void;
   settlement: SettlementFiles;
 }): Promise<PspGrpcServer> {
   const stopController = new AbortController();
@@ -124,7 +125,7 @@ function handlers(context: Context): PspServiceServer {
         currencyCode: request.currencyCode,
         notificationUrl: request.notificationUrl,
       });
-      if (result.created) context.onRegistered(result.payment.token);
+      if (result.created) context.onRegistered(result.payment);
       const { token } = result.payment;
       return { token, checkoutUrl: checkoutUrl(context.publicUrl, token) };
     }),

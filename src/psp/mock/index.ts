@@ -36,8 +36,12 @@ export { TEST_CARD, DECLINE_CODE } from './card.js';
 export { PSP_PAYMENT_STATE, type PspPaymentState } from './schema.js';
 export { settlementFeeMinor, settlementFileName, writeSettlementFile } from './settlement-file.js';
 
-/** Auto-pay runs at most this many payments at once and queues at most this many more. */
-const AUTO_PAY_CONCURRENCY_MAX = 8;
+/**
+ * Auto-pay runs at most this many payments at once and queues at most this many more. Their
+ * decisions are group-committed (two transactions in flight at most), so the concurrency sets
+ * how many can share a transaction rather than how many connections are busy.
+ */
+const AUTO_PAY_CONCURRENCY_MAX = 64;
 const AUTO_PAY_QUEUE_MAX = 10_000;
 /** Connections of the mock's own pool. */
 const POOL_SIZE = 8;
@@ -113,7 +117,7 @@ export async function startPspMock(options: StartPspMockOptions): Promise<PspMoc
       db: database.db,
       behavior,
       defaultNotificationUrl: `${settlePublicUrl(config).replace(/\/+$/, '')}/webhooks/psp`,
-      onDecided: () => sender.wake(),
+      webhooks: sender,
     });
 
     const autoPay = new BoundedTasks({
@@ -165,13 +169,13 @@ export async function startPspMock(options: StartPspMockOptions): Promise<PspMoc
       host: config.PSP_GRPC_ADDR.host,
       port: options.grpcPort ?? config.PSP_GRPC_ADDR.port,
       log,
-      onRegistered: (token) => {
+      onRegistered: (payment) => {
         const card = behavior.get().autoPayCard;
         if (card === undefined) return;
         const queued = autoPay.push(async () => {
-          await payments.pay(token, card);
+          await payments.payRegistered(payment, card);
         });
-        if (!queued) log(`psp auto-pay: queue full, payment ${token} stays REGISTERED`);
+        if (!queued) log(`psp auto-pay: queue full, payment ${payment.token} stays REGISTERED`);
       },
     });
     cleanups.push(grpc.stop);

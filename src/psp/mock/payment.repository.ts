@@ -2,9 +2,10 @@
  * Queries on the PSP mock's payment and charge tables. Rows are turned into typed values here
  * (BIGINT strings become bigint). State changes are conditional UPDATEs (`WHERE status =
  * 'REGISTERED'`), so a payment is decided or cancelled at most once even when requests race; the
- * caller learns from the returned boolean whether it won.
+ * caller learns from the returned boolean whether it won. The batch variants write many rows with
+ * one statement each, for group commit; they keep the same conditions.
  */
-import type { Kysely, Selectable, Transaction } from 'kysely';
+import { sql, type Kysely, type RawBuilder, type Selectable, type Transaction } from 'kysely';
 import { isCurrencyCode, type CurrencyCode } from '../../domain/money.js';
 import {
   PSP_PAYMENT_STATE,
@@ -66,6 +67,50 @@ export async function insertPayment(db: PspDb, payment: NewPspPayment): Promise<
     })
     .executeTakeFirstOrThrow();
   return String(result.insertId);
+}
+
+/**
+ * `insertPayment` for many rows in one statement; returns their ids in the order given. Any
+ * duplicate nonce or token fails the whole statement (the caller then inserts one by one).
+ */
+export async function insertPayments(
+  db: PspDb,
+  payments: readonly NewPspPayment[],
+): Promise<string[]> {
+  await db
+    .insertInto('psp_payment')
+    .values(
+      payments.map((payment) => ({
+        nonce: payment.nonce,
+        token: payment.token,
+        amount_minor: payment.amountMinor,
+        currency: payment.currency,
+        status: PSP_PAYMENT_STATE.registered,
+        psp_reference: null,
+        decline_code: null,
+        notification_url: payment.notificationUrl,
+        created_at: payment.now,
+        updated_at: payment.now,
+      })),
+    )
+    .execute();
+  // A multi-row INSERT reports only its first id, and ids are consecutive only under some
+  // auto-increment lock modes: read them back by the unique nonce instead.
+  const rows = await db
+    .selectFrom('psp_payment')
+    .select(['id', 'nonce'])
+    .where(
+      'nonce',
+      'in',
+      payments.map(({ nonce }) => nonce),
+    )
+    .execute();
+  const ids = new Map(rows.map((row) => [row.nonce, row.id]));
+  return payments.map(({ nonce }) => {
+    const id = ids.get(nonce);
+    if (id === undefined) throw new Error(`psp payment ${nonce} vanished right after its insert`);
+    return id;
+  });
 }
 
 export async function findPaymentByNonce(
@@ -130,6 +175,43 @@ export async function decidePayment(trx: PspTrx, decision: PaymentDecision): Pro
   return result.numUpdatedRows === 1n;
 }
 
+/**
+ * `decidePayment` for many payments in one statement; returns how many were still REGISTERED
+ * and are decided now. Fewer than given means some lost a race, and the caller cannot tell
+ * which: it rolls back and decides them one by one.
+ */
+export async function decidePayments(
+  trx: PspTrx,
+  decisions: readonly PaymentDecision[],
+): Promise<number> {
+  if (decisions.length === 0) return 0;
+  const result = await trx
+    .updateTable('psp_payment')
+    .set({
+      status: caseOfId(decisions, (decision) => decision.status),
+      psp_reference: caseOfId(decisions, (decision) => decision.pspReference ?? null),
+      decline_code: caseOfId(decisions, (decision) => decision.declineCode ?? null),
+      updated_at: caseOfId(decisions, (decision) => decision.now),
+    })
+    .where(
+      'id',
+      'in',
+      decisions.map(({ id }) => id),
+    )
+    .where('status', '=', PSP_PAYMENT_STATE.registered)
+    .executeTakeFirst();
+  return Number(result.numUpdatedRows);
+}
+
+/** `CASE id WHEN ? THEN ? … END`: one value per decided row. */
+function caseOfId<T>(
+  decisions: readonly PaymentDecision[],
+  value: (decision: PaymentDecision) => T,
+): RawBuilder<T> {
+  const branches = decisions.map((decision) => sql`WHEN ${decision.id} THEN ${value(decision)}`);
+  return sql<T>`CASE id ${sql.join(branches, sql` `)} END`;
+}
+
 /** Cancels a registered payment; false if it was no longer REGISTERED. */
 export async function cancelRegisteredPayment(db: PspDb, id: string, now: Date): Promise<boolean> {
   const result = await db
@@ -141,10 +223,9 @@ export async function cancelRegisteredPayment(db: PspDb, id: string, now: Date):
   return result.numUpdatedRows === 1n;
 }
 
-export async function insertCharge(
-  trx: PspTrx,
-  charge: Omit<PspCharge, 'createdAt'> & { now: Date },
-): Promise<void> {
+export type NewPspCharge = Readonly<Omit<PspCharge, 'createdAt'> & { now: Date }>;
+
+export async function insertCharge(trx: PspTrx, charge: NewPspCharge): Promise<void> {
   await trx
     .insertInto('psp_charge')
     .values({
@@ -154,6 +235,23 @@ export async function insertCharge(
       currency: charge.currency,
       created_at: charge.now,
     })
+    .execute();
+}
+
+/** `insertCharge` for many charges in one statement. */
+export async function insertCharges(trx: PspTrx, charges: readonly NewPspCharge[]): Promise<void> {
+  if (charges.length === 0) return;
+  await trx
+    .insertInto('psp_charge')
+    .values(
+      charges.map((charge) => ({
+        psp_reference: charge.pspReference,
+        nonce: charge.nonce,
+        amount_minor: charge.amountMinor,
+        currency: charge.currency,
+        created_at: charge.now,
+      })),
+    )
     .execute();
 }
 

@@ -4,9 +4,11 @@
  *
  * Invariants: one payment per nonce (registration is idempotent, a different amount or currency
  * is ALREADY_EXISTS); a payment is decided at most once, by a conditional UPDATE, and the
- * decision, its charge (on success) and its webhook row commit in one transaction.
+ * decision, its charge (on success) and its webhook row commit in one transaction. Registrations
+ * and decisions that arrive together share statements and transactions (group commit); each
+ * still gets its own answer after its commit, and a batch that fails is retried unit by unit.
  */
-import { randomBytes } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 import {
   AlreadyExistsError,
   FailedPreconditionError,
@@ -17,6 +19,7 @@ import {
 } from '../../domain/errors.js';
 import { ORDER_AMOUNT_MINOR_MAX, isCurrencyCode, type CurrencyCode } from '../../domain/money.js';
 import { isDuplicateKey, isTransientLockError } from '../../storage/errors.js';
+import { GroupCommit } from '../../storage/group-commit.js';
 import { toUnavailable } from '../../storage/transaction.js';
 import { encodePspWebhookEvent, PSP_WEBHOOK_EVENT_TYPE, type PspWebhookEvent } from '../webhook.js';
 import type { BehaviorStore } from './behavior.js';
@@ -24,24 +27,41 @@ import { decideCard, parseCardNumber } from './card.js';
 import {
   cancelRegisteredPayment,
   decidePayment,
+  decidePayments,
   findPaymentByNonce,
   findPaymentByToken,
   insertCharge,
+  insertCharges,
   insertPayment,
+  insertPayments,
   listCharges,
   lockPaymentByNonce,
+  type NewPspCharge,
+  type NewPspPayment,
+  type PaymentDecision,
   type PspCharge,
   type PspDb,
   type PspPayment,
   type PspTrx,
 } from './payment.repository.js';
 import { PSP_PAYMENT_STATE, type PspPaymentState } from './schema.js';
-import { findLatestWebhook, insertWebhook } from './webhook.repository.js';
+import {
+  findLatestWebhook,
+  insertWebhook,
+  insertWebhooks,
+  type NewPspWebhook,
+  type PspWebhookDelivery,
+} from './webhook.repository.js';
 
 /** Longest accepted notification URL (the column is VARCHAR(2048)). */
 const NOTIFICATION_URL_LENGTH_MAX = 2_048;
 /** ListCharges has no paging in the proto; beyond this many rows it asks for a nonce filter. */
 export const LIST_CHARGES_MAX = 20_000;
+/**
+ * Group commit of registrations and of decisions: rows per statement, batches in flight (each
+ * holds one pooled connection), units waiting (beyond it RESOURCE_EXHAUSTED, retryable).
+ */
+const GROUP_COMMIT_LIMITS = { batchMax: 200, inFlightMax: 2, queueMax: 10_000 } as const;
 /** Attempts of one transaction that hits a deadlock or a lock wait timeout. */
 const TRANSACTION_ATTEMPTS_MAX = 4;
 
@@ -59,9 +79,26 @@ export function isPaymentToken(value: string): boolean {
   return TOKEN.test(value);
 }
 
+/** Bytes of one id; the pool below is refilled once per RANDOM_POOL_IDS ids. */
+const ID_BYTES = 15;
+const RANDOM_POOL_IDS = 256;
+const randomPool = Buffer.alloc(ID_BYTES * RANDOM_POOL_IDS);
+let randomPoolOffset = randomPool.length;
+
+/** Fresh CSPRNG bytes for one id, drawn from a pool so most ids cost no randomFillSync call. */
+function idBytes(): Buffer {
+  if (randomPoolOffset + ID_BYTES > randomPool.length) {
+    randomFillSync(randomPool);
+    randomPoolOffset = 0;
+  }
+  const bytes = randomPool.subarray(randomPoolOffset, randomPoolOffset + ID_BYTES);
+  randomPoolOffset += ID_BYTES;
+  return bytes;
+}
+
 /** 24 random base32 characters (120 bits) after a prefix; URL-safe. */
 function randomId(prefix: 'tok_' | 'psp_' | 'evt_'): string {
-  const bytes = randomBytes(15);
+  const bytes = idBytes();
   let bits = 0;
   let value = 0;
   let out = prefix;
@@ -97,13 +134,23 @@ export type PayResult = Readonly<{
   decidedNow: boolean;
 }>;
 
+/** What the payments need of the webhook sender (WebhookSender). */
+export type WebhookOutlet = Readonly<{
+  /** The end of the lease of an attempt that starts at `now`. */
+  leaseUntil: (now: Date) => Date;
+  /** Takes a committed row inserted with that lease, to POST it at once. */
+  deliver: (row: PspWebhookDelivery) => void;
+  /** Makes the sender poll now (a row due now was inserted). */
+  wake: () => void;
+}>;
+
 export type PspPaymentsOptions = Readonly<{
   db: PspDb;
   behavior: BehaviorStore;
   /** Where webhooks go when a registration names no notification_url. */
   defaultNotificationUrl: string;
-  /** Called after a decision commits, to wake the webhook sender. */
-  onDecided: () => void;
+  /** Gets every new webhook row after its commit. */
+  webhooks: WebhookOutlet;
   /** A number in [0, 1); Math.random unless a test fixes it. */
   random?: () => number;
 }>;
@@ -112,15 +159,42 @@ export class PspPayments {
   readonly #db: PspDb;
   readonly #behavior: BehaviorStore;
   readonly #defaultNotificationUrl: string;
-  readonly #onDecided: () => void;
+  readonly #webhooks: WebhookOutlet;
   readonly #random: () => number;
+  /** Registrations that arrive together are inserted with one statement. */
+  readonly #registrations: GroupCommit<NewPspPayment, string>;
+  /**
+   * Decisions made together commit in one transaction; each answers its webhook row, or
+   * undefined if the payment was decided (or cancelled) elsewhere first.
+   */
+  readonly #decisions: GroupCommit<DecisionWrite, PspWebhookDelivery | undefined>;
 
   constructor(options: PspPaymentsOptions) {
     this.#db = options.db;
     this.#behavior = options.behavior;
     this.#defaultNotificationUrl = options.defaultNotificationUrl;
-    this.#onDecided = options.onDecided;
+    this.#webhooks = options.webhooks;
     this.#random = options.random ?? Math.random;
+    const db = options.db;
+    this.#registrations = new GroupCommit({
+      name: 'psp registrations',
+      ...GROUP_COMMIT_LIMITS,
+      writeOne: (payment) => insertPayment(db, payment),
+      writeBatch: async (payments) => {
+        try {
+          return await insertPayments(db, payments);
+        } catch (error) {
+          // Unavailable answers the whole batch; anything else is retried one by one.
+          throw toUnavailable(error);
+        }
+      },
+    });
+    this.#decisions = new GroupCommit({
+      name: 'psp decisions',
+      ...GROUP_COMMIT_LIMITS,
+      writeOne: (write) => this.#transaction((trx) => writeDecision(trx, write)),
+      writeBatch: (writes) => this.#transaction((trx) => writeDecisions(trx, writes)),
+    });
   }
 
   /** Registers a payment, or returns the existing one for the same nonce and amount. */
@@ -129,8 +203,9 @@ export class PspPayments {
     const amountMinor = validAmount(input.amountMinor);
     const currency = validCurrency(input.currencyCode);
     const notificationUrl = this.#validNotificationUrl(input.notificationUrl);
-    // The insert comes first, since new nonces are the common case: one statement, and the row
-    // it wrote is known without reading it back. A duplicate nonce (a repeat, or a concurrent
+    // The insert comes first, since new nonces are the common case: one statement (shared with
+    // the registrations that arrive at the same time), and the row it wrote is known without
+    // reading it back. A duplicate nonce (a repeat, or a concurrent
     // registration) fails on the unique key, after which the stored row is there to compare
     // against. Two rounds at most: the row can only be missing again if it was deleted.
     for (let round = 1; round <= 2; round += 1) {
@@ -138,7 +213,14 @@ export class PspPayments {
       const now = new Date();
       try {
         const id = await this.#run(() =>
-          insertPayment(this.#db, { nonce, token, amountMinor, currency, notificationUrl, now }),
+          this.#registrations.submit({
+            nonce,
+            token,
+            amountMinor,
+            currency,
+            notificationUrl,
+            now,
+          }),
         );
         const payment: PspPayment = Object.freeze({
           id,
@@ -229,8 +311,19 @@ export class PspPayments {
     const cardNumber = parseCardNumber(cardNumberInput);
     const payment = await this.#run(() => findPaymentByToken(this.#db, token));
     if (payment === undefined) throw new NotFoundError('payment token', token);
-    if (payment.status !== PSP_PAYMENT_STATE.registered) return settled(payment);
+    return this.#decide(payment, cardNumber);
+  }
 
+  /**
+   * `pay` for a payment this process has just registered (auto-pay): the row is known, so it is
+   * not read again. The conditional UPDATE still decides whether this call wins.
+   */
+  async payRegistered(payment: PspPayment, cardNumberInput: string): Promise<PayResult> {
+    return this.#decide(payment, parseCardNumber(cardNumberInput));
+  }
+
+  async #decide(payment: PspPayment, cardNumber: string): Promise<PayResult> {
+    if (payment.status !== PSP_PAYMENT_STATE.registered) return settled(payment);
     const decision = decideCard(cardNumber, this.#behavior.get().successRate, this.#random());
     const now = new Date();
     const status = decision.approved ? PSP_PAYMENT_STATE.succeeded : PSP_PAYMENT_STATE.declined;
@@ -256,41 +349,43 @@ export class PspPayments {
         decline_code: decided.declineCode ?? null,
       },
     };
-    const won = await this.#transaction(async (trx) => {
-      const updated = await decidePayment(trx, {
-        id: payment.id,
-        status,
-        pspReference: decided.pspReference,
-        declineCode: decided.declineCode,
-        now,
-      });
-      if (!updated) return false;
-      if (decided.pspReference !== undefined) {
-        await insertCharge(trx, {
+    const won = await this.#run(() =>
+      this.#decisions.submit({
+        decision: {
+          id: payment.id,
+          status,
           pspReference: decided.pspReference,
-          nonce: payment.nonce,
-          amountMinor: payment.amountMinor,
-          currency: payment.currency,
+          declineCode: decided.declineCode,
           now,
-        });
-      }
-      await insertWebhook(trx, {
-        eventId: event.id,
-        delivery: 1,
-        nonce: payment.nonce,
-        url: payment.notificationUrl,
-        body: encodePspWebhookEvent(event),
-        now,
-      });
-      return true;
-    });
-    if (!won) {
+        },
+        charge:
+          decided.pspReference === undefined
+            ? undefined
+            : {
+                pspReference: decided.pspReference,
+                nonce: payment.nonce,
+                amountMinor: payment.amountMinor,
+                currency: payment.currency,
+                now,
+              },
+        webhook: {
+          eventId: event.id,
+          delivery: 1,
+          nonce: payment.nonce,
+          url: payment.notificationUrl,
+          body: encodePspWebhookEvent(event),
+          now,
+          leaseUntil: this.#webhooks.leaseUntil(now),
+        },
+      }),
+    );
+    if (won === undefined) {
       // Someone else decided (or cancelled) between our read and our update.
-      const current = await this.#run(() => findPaymentByToken(this.#db, token));
-      if (current === undefined) throw new NotFoundError('payment token', token);
+      const current = await this.#run(() => findPaymentByToken(this.#db, payment.token));
+      if (current === undefined) throw new NotFoundError('payment token', payment.token);
       return settled(current);
     }
-    this.#onDecided();
+    this.#webhooks.deliver(won);
     return { payment: decided, decidedNow: true };
   }
 
@@ -322,10 +417,11 @@ export class PspPayments {
         url: latest.url,
         body: latest.body,
         now: new Date(),
+        leaseUntil: undefined,
       });
       return latest.eventId;
     });
-    this.#onDecided();
+    this.#webhooks.wake();
     return eventId;
   }
 
@@ -383,6 +479,50 @@ export class PspPayments {
       }
     }
   }
+}
+
+/** One decision's writes: the conditional UPDATE, its charge (approved only), its webhook row. */
+type DecisionWrite = Readonly<{
+  decision: PaymentDecision;
+  charge: NewPspCharge | undefined;
+  webhook: NewPspWebhook;
+}>;
+
+/** Writes one decision; undefined (and nothing written) if the payment was no longer REGISTERED. */
+async function writeDecision(
+  trx: PspTrx,
+  write: DecisionWrite,
+): Promise<PspWebhookDelivery | undefined> {
+  if (!(await decidePayment(trx, write.decision))) return undefined;
+  if (write.charge !== undefined) await insertCharge(trx, write.charge);
+  return insertWebhook(trx, write.webhook);
+}
+
+/**
+ * Writes several decisions with one statement per table. If any payment was no longer
+ * REGISTERED, which one is unknown: the batch is rolled back and GroupCommit writes each alone.
+ */
+async function writeDecisions(
+  trx: PspTrx,
+  writes: readonly DecisionWrite[],
+): Promise<PspWebhookDelivery[]> {
+  const decided = await decidePayments(
+    trx,
+    writes.map(({ decision }) => decision),
+  );
+  if (decided !== writes.length) {
+    throw new Error(
+      `${writes.length - decided} of ${writes.length} payments were decided elsewhere`,
+    );
+  }
+  await insertCharges(
+    trx,
+    writes.flatMap(({ charge }) => (charge === undefined ? [] : [charge])),
+  );
+  return insertWebhooks(
+    trx,
+    writes.map(({ webhook }) => webhook),
+  );
 }
 
 /** The result of a payment that was decided before; a cancelled one cannot be paid. */

@@ -1,13 +1,21 @@
 /**
- * Delivers the webhook outbox: a background loop polls for due rows (and wakes at once after a
- * decision), claims each with a lease, POSTs the stored body signed with a fresh timestamp, and
- * records the outcome. A non-2xx answer or a network error schedules a retry with exponential
- * backoff until the attempts run out, after which the row is marked given up. Delivery is
- * at-least-once: the receiver dedupes by event id.
+ * Delivers the webhook outbox. A decision's row is inserted already leased to this process (see
+ * insertWebhook) and handed over in memory right after its commit, so the common case POSTs at
+ * once with no poll and no claim. A background loop is the safety net: it polls for due rows
+ * (retries, resends, and leased rows whose hand-over was lost to a crash or a full queue once
+ * their lease ended), claims each with a lease and POSTs it the same way. Each POST carries the
+ * stored body signed with a fresh timestamp; the outcome is recorded. A non-2xx answer or a
+ * network error schedules a retry with exponential backoff until the attempts run out, after
+ * which the row is marked given up. Delivery is at-least-once: the receiver dedupes by event id.
+ *
+ * Within a lease only its holder POSTs the row, and only while enough of the lease is left for a
+ * whole attempt (the POST's hard deadline plus a margin to record it); a row that waited too
+ * long for a free slot is left to the lease and polled again after it.
  */
 import { GroupCommit } from '../../storage/group-commit.js';
 import { signWebhook, PSP_SIGNATURE_HEADER } from '../webhook.js';
 import type { PspDb } from './payment.repository.js';
+import { WebhookPoster } from './webhook-post.js';
 import {
   claimWebhook,
   findDueWebhooks,
@@ -15,6 +23,7 @@ import {
   markWebhooksDelivered,
   markWebhookFailed,
   markWebhookGivenUp,
+  releaseWebhookLeases,
   type PspWebhookDelivery,
 } from './webhook.repository.js';
 
@@ -44,6 +53,12 @@ export const WEBHOOK_SENDER_DEFAULTS: WebhookSenderOptions = Object.freeze({
 
 /** A claimed row is not retried by another loop turn before this much time past the deadline. */
 const LEASE_MARGIN_MS = 5_000;
+/** Of the lease margin, this much is kept for recording the outcome after the POST's deadline. */
+const RECORD_MARGIN_MS = 2_000;
+/** Leased rows waiting for a free slot at most; beyond, a row is left to its lease. */
+const WAITING_MAX = 10_000;
+/** Unused leases given back per statement at stop. */
+const RELEASE_BATCH_MAX = 500;
 
 /** The delay after attempt number `attempts` (1-based) failed. */
 export function webhookBackoffMs(attempts: number, options: WebhookSenderOptions): number {
@@ -58,11 +73,16 @@ export class WebhookSender {
   readonly #log: (line: string) => void;
   readonly #inFlight = new Set<Promise<void>>();
   readonly #stopController = new AbortController();
+  readonly #poster: WebhookPoster;
   /** Deliveries that end together are recorded with one statement. */
   readonly #delivered: GroupCommit<{ id: string; now: Date }, void>;
+  /** Rows leased to this process that wait for a free slot, oldest first. */
+  readonly #waiting: PspWebhookDelivery[] = [];
   #loop: Promise<void> | undefined;
   #wake: (() => void) | undefined;
   #wakeRequested = false;
+  /** The last poll could not take every due row: poll again as soon as a slot frees up. */
+  #backlog = false;
 
   constructor(options: {
     db: PspDb;
@@ -74,6 +94,10 @@ export class WebhookSender {
     this.#secret = options.secret;
     this.#options = options.options;
     this.#log = options.log;
+    this.#poster = new WebhookPoster({
+      socketsMax: options.options.inFlightMax,
+      requestTimeoutMs: options.options.requestTimeoutMs,
+    });
     const db = options.db;
     this.#delivered = new GroupCommit({
       name: 'webhook deliveries',
@@ -99,12 +123,43 @@ export class WebhookSender {
     this.#wake?.();
   }
 
-  /** Stops the loop, aborts the POSTs in flight (they are retried later) and waits for both. */
+  /** The end of the lease of an attempt that starts at `now`. */
+  leaseUntil(now: Date): Date {
+    return new Date(now.getTime() + this.#options.requestTimeoutMs + LEASE_MARGIN_MS);
+  }
+
+  /**
+   * Takes a committed row that is leased to this process (inserted with `leaseUntil`) and POSTs
+   * it as soon as a slot is free. Nothing is lost if it never is: the row is due again when its
+   * lease ends.
+   */
+  deliver(row: PspWebhookDelivery): void {
+    if (this.#stopController.signal.aborted || this.#waiting.length >= WAITING_MAX) return;
+    this.#waiting.push(row);
+    this.#startWaiting();
+  }
+
+  /**
+   * Stops the loop, aborts the POSTs in flight (they are retried later), gives back the leases
+   * of rows that were never POSTed, and waits for all of it.
+   */
   async stop(): Promise<void> {
     this.#stopController.abort();
+    this.#poster.close();
+    const unused = this.#waiting.splice(0);
     this.#wake?.();
     await this.#loop;
     await Promise.allSettled([...this.#inFlight]);
+    for (let start = 0; start < unused.length; start += RELEASE_BATCH_MAX) {
+      await releaseWebhookLeases(
+        this.#db,
+        unused.slice(start, start + RELEASE_BATCH_MAX),
+        new Date(),
+      ).catch((error: unknown) =>
+        // The leases end on their own; the rows are only delivered a little later.
+        this.#log(`psp webhook: giving back unused leases failed: ${describe(error)}`),
+      );
+    }
   }
 
   async #run(): Promise<void> {
@@ -130,19 +185,35 @@ export class WebhookSender {
   }
 
   async #sendDue(): Promise<void> {
-    const free = this.#options.inFlightMax - this.#inFlight.size;
-    if (free <= 0) return;
+    const free = this.#options.inFlightMax - this.#inFlight.size - this.#waiting.length;
+    if (free <= 0) {
+      this.#backlog = true;
+      return;
+    }
     const now = new Date();
     const due = await findDueWebhooks(this.#db, { now, limit: free });
+    this.#backlog = due.length >= free;
     for (const row of due) {
       if (this.#stopController.signal.aborted) return;
-      const leaseUntil = new Date(now.getTime() + this.#options.requestTimeoutMs + LEASE_MARGIN_MS);
-      const claimed = await claimWebhook(this.#db, row, leaseUntil);
+      const claimed = await claimWebhook(this.#db, row, this.leaseUntil(now));
       if (claimed === undefined) continue;
-      const attempt = this.#attempt(claimed).finally(() => {
+      this.#waiting.push(claimed);
+      this.#startWaiting();
+    }
+  }
+
+  /** Starts waiting rows while slots are free; skips those whose lease is too short by now. */
+  #startWaiting(): void {
+    while (this.#inFlight.size < this.#options.inFlightMax) {
+      const row = this.#waiting.shift();
+      if (row === undefined) return;
+      const needMs = this.#options.requestTimeoutMs + RECORD_MARGIN_MS;
+      if (Date.now() + needMs > row.nextAttemptAt.getTime()) continue;
+      const attempt = this.#attempt(row).finally(() => {
         this.#inFlight.delete(attempt);
-        // A slot is free: rows that waited for one need not wait for the next poll.
-        this.wake();
+        this.#startWaiting();
+        // Rows that waited for a slot need not wait for the next poll.
+        if (this.#backlog) this.wake();
       });
       this.#inFlight.add(attempt);
     }
@@ -180,27 +251,14 @@ export class WebhookSender {
   /** POSTs one delivery; undefined on a 2xx answer, else a description of the failure. */
   async #post(row: PspWebhookDelivery): Promise<string | undefined> {
     const timestampS = Math.floor(Date.now() / 1000);
-    try {
-      const response = await fetch(row.url, {
-        method: 'POST',
-        headers: {
-          'Content-Type': 'application/json',
-          [PSP_SIGNATURE_HEADER]: signWebhook(this.#secret, row.body, timestampS),
-        },
-        body: row.body,
-        redirect: 'manual',
-        signal: AbortSignal.any([
-          AbortSignal.timeout(this.#options.requestTimeoutMs),
-          this.#stopController.signal,
-        ]),
-      });
-      // The body is not needed, and a receiver could make it arbitrarily long.
-      await response.body?.cancel().catch(() => undefined);
-      if (response.status >= 200 && response.status < 300) return undefined;
-      return `HTTP ${response.status}`;
-    } catch (error) {
-      return describe(error);
-    }
+    return this.#poster.post(
+      row.url,
+      {
+        'Content-Type': 'application/json',
+        [PSP_SIGNATURE_HEADER]: signWebhook(this.#secret, row.body, timestampS),
+      },
+      row.body,
+    );
   }
 }
 

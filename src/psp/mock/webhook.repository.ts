@@ -3,7 +3,8 @@
  * attempt first claims its row with a conditional UPDATE that bumps `attempts` and pushes
  * next_attempt_at to the end of a lease: a second sender (or a second loop turn) cannot take the
  * same row, and a sender that dies mid-attempt leaves a row that becomes due again when the lease
- * ends.
+ * ends. A new row can also be inserted already claimed for its first attempt (the decision's own
+ * transaction sets the lease), which spares the claim.
  */
 import type { Selectable } from 'kysely';
 import type { PspDb, PspTrx } from './payment.repository.js';
@@ -26,18 +27,28 @@ export type PspWebhookDelivery = Readonly<{
 /** last_error is VARCHAR(512). */
 const LAST_ERROR_LENGTH_MAX = 512;
 
+export type NewPspWebhook = Readonly<{
+  eventId: string;
+  delivery: number;
+  nonce: string;
+  url: string;
+  body: string;
+  now: Date;
+  /**
+   * When set, the row is inserted already claimed for its first attempt until this time
+   * (attempts 1, next_attempt_at = leaseUntil), so the process that inserted it can POST it at
+   * once without a claim; no one else takes it before the lease ends. When unset, the row is
+   * due now and the sender's poll claims it.
+   */
+  leaseUntil: Date | undefined;
+}>;
+
+/** Inserts a delivery; returns it as stored. */
 export async function insertWebhook(
   trx: PspTrx,
-  webhook: Readonly<{
-    eventId: string;
-    delivery: number;
-    nonce: string;
-    url: string;
-    body: string;
-    now: Date;
-  }>,
-): Promise<void> {
-  await trx
+  webhook: NewPspWebhook,
+): Promise<PspWebhookDelivery> {
+  const result = await trx
     .insertInto('psp_webhook')
     .values({
       event_id: webhook.eventId,
@@ -45,13 +56,76 @@ export async function insertWebhook(
       nonce: webhook.nonce,
       url: webhook.url,
       body: webhook.body,
-      next_attempt_at: webhook.now,
+      attempts: webhook.leaseUntil === undefined ? 0 : 1,
+      next_attempt_at: webhook.leaseUntil ?? webhook.now,
       delivered_at: null,
       given_up_at: null,
       last_error: null,
       created_at: webhook.now,
     })
+    .executeTakeFirstOrThrow();
+  return storedDelivery(String(result.insertId), webhook);
+}
+
+/** A row just inserted, as the sender sees it. */
+function storedDelivery(id: string, webhook: NewPspWebhook): PspWebhookDelivery {
+  return Object.freeze({
+    id,
+    eventId: webhook.eventId,
+    delivery: webhook.delivery,
+    nonce: webhook.nonce,
+    url: webhook.url,
+    body: webhook.body,
+    attempts: webhook.leaseUntil === undefined ? 0 : 1,
+    nextAttemptAt: webhook.leaseUntil ?? webhook.now,
+    deliveredAt: undefined,
+    givenUpAt: undefined,
+    lastError: undefined,
+  });
+}
+
+/**
+ * `insertWebhook` for many rows in one statement; returns them as stored, in the order given.
+ * Their ids are read back by the unique (event_id, delivery), in the same transaction.
+ */
+export async function insertWebhooks(
+  trx: PspTrx,
+  webhooks: readonly NewPspWebhook[],
+): Promise<PspWebhookDelivery[]> {
+  if (webhooks.length === 0) return [];
+  await trx
+    .insertInto('psp_webhook')
+    .values(
+      webhooks.map((webhook) => ({
+        event_id: webhook.eventId,
+        delivery: webhook.delivery,
+        nonce: webhook.nonce,
+        url: webhook.url,
+        body: webhook.body,
+        attempts: webhook.leaseUntil === undefined ? 0 : 1,
+        next_attempt_at: webhook.leaseUntil ?? webhook.now,
+        delivered_at: null,
+        given_up_at: null,
+        last_error: null,
+        created_at: webhook.now,
+      })),
+    )
     .execute();
+  const rows = await trx
+    .selectFrom('psp_webhook')
+    .select(['id', 'event_id', 'delivery'])
+    .where(
+      'event_id',
+      'in',
+      webhooks.map(({ eventId }) => eventId),
+    )
+    .execute();
+  const ids = new Map(rows.map((row) => [`${row.delivery}:${row.event_id}`, row.id]));
+  return webhooks.map((webhook) => {
+    const id = ids.get(`${webhook.delivery}:${webhook.eventId}`);
+    if (id === undefined) throw new Error(`psp webhook ${webhook.eventId} missing after insert`);
+    return storedDelivery(id, webhook);
+  });
 }
 
 /** The newest delivery of the newest event for a nonce. */
@@ -105,6 +179,28 @@ export async function claimWebhook(
     .executeTakeFirst();
   if (result.numUpdatedRows !== 1n) return undefined;
   return Object.freeze({ ...row, attempts: row.attempts + 1, nextAttemptAt: leaseUntil });
+}
+
+/**
+ * Gives back leases that were never used (rows handed to a sender that stopped before POSTing
+ * them): each row whose attempt count is still the one its lease set is due again now, and that
+ * attempt is not counted. A row someone claimed since is left alone.
+ */
+export async function releaseWebhookLeases(
+  db: PspDb,
+  rows: ReadonlyArray<Pick<PspWebhookDelivery, 'id' | 'attempts'>>,
+  now: Date,
+): Promise<void> {
+  if (rows.length === 0) return;
+  await db
+    .updateTable('psp_webhook')
+    .set((eb) => ({ attempts: eb('attempts', '-', 1), next_attempt_at: now }))
+    .where((eb) =>
+      eb.or(rows.map((row) => eb.and([eb('id', '=', row.id), eb('attempts', '=', row.attempts)]))),
+    )
+    .where('delivered_at', 'is', null)
+    .where('given_up_at', 'is', null)
+    .execute();
 }
 
 export async function markWebhookDelivered(db: PspDb, id: string, now: Date): Promise<void> {

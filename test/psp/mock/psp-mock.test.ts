@@ -191,6 +191,115 @@ describe('RegisterPayment', () => {
   });
 });
 
+describe('registrations and decisions that arrive together (group commit)', () => {
+  const BURST = 40;
+
+  it('registers a burst, each with its own token, and answers a repeat inside it like a repeat', async () => {
+    const nonces = Array.from({ length: BURST }, () => uniqueNonce());
+    const repeated = nonces[0]!;
+    const results = await Promise.allSettled([
+      ...nonces.map((nonce) => register(nonce, 500n)),
+      register(repeated, 500n),
+      register(repeated, 501n),
+    ]);
+    const tokens = results.slice(0, BURST + 1).map((result) => {
+      if (result.status === 'rejected') throw result.reason;
+      return result.value.token;
+    });
+    // One token per nonce; the repeat got the token of its nonce.
+    expect(new Set(tokens.slice(0, BURST)).size).toBe(BURST);
+    expect(tokens[BURST]).toBe(tokens[0]);
+    const mismatch = results[BURST + 1]!;
+    expect(mismatch.status).toBe('rejected');
+    expect((mismatch as PromiseRejectedResult).reason.code).toBe(status.ALREADY_EXISTS);
+    const rows = await db
+      .selectFrom('psp_payment')
+      .select(['nonce', 'token', 'status'])
+      .where('nonce', 'in', nonces)
+      .execute();
+    expect(rows).toHaveLength(BURST);
+    for (const row of rows) {
+      expect(row.token).toBe(tokens[nonces.indexOf(row.nonce)]);
+      expect(row.status).toBe('REGISTERED');
+    }
+  });
+
+  it('decides each payment of a racing burst once: one charge, one webhook row, one delivery', async () => {
+    const nonces = Array.from({ length: BURST }, () => uniqueNonce());
+    const registered = await Promise.all(
+      nonces.map((nonce) => register(nonce, 700n, `/burst/${nonce}`)),
+    );
+    // Every payment is paid three times at once, so most batches hold a payment twice.
+    const paid = await Promise.all(
+      registered.flatMap(({ token }) =>
+        [0, 1, 2].map(() => unary(api.payWithCard.bind(api), { token, cardNumber: SUCCESS_CARD })),
+      ),
+    );
+    expect(paid.every((result) => result.status === PaymentStatus.PAYMENT_STATUS_SUCCEEDED)).toBe(
+      true,
+    );
+    const charges = await db
+      .selectFrom('psp_charge')
+      .select(['nonce', 'psp_reference'])
+      .where('nonce', 'in', nonces)
+      .execute();
+    expect(charges.map((charge) => charge.nonce).sort()).toEqual([...nonces].sort());
+    for (const [index, nonce] of nonces.entries()) {
+      const answers = paid.slice(index * 3, index * 3 + 3).map((result) => result.pspReference);
+      const charge = charges.find((row) => row.nonce === nonce)!;
+      expect(answers).toEqual([charge.psp_reference, charge.psp_reference, charge.psp_reference]);
+    }
+    const delivered = await waitFor(
+      async () => {
+        const rows = await db
+          .selectFrom('psp_webhook')
+          .selectAll()
+          .where('nonce', 'in', nonces)
+          .execute();
+        return rows.length === BURST && rows.every((row) => row.delivered_at !== null) && rows;
+      },
+      { what: 'every webhook delivered' },
+    );
+    // Delivered through the in-memory hand-over: the first attempt, no retry.
+    expect(delivered.every((row) => row.attempts === 1)).toBe(true);
+    for (const nonce of nonces) expect(receiver.at(`/burst/${nonce}`)).toHaveLength(1);
+  });
+
+  it('auto-pays a burst of registrations once each', async () => {
+    await unary(api.setBehavior.bind(api), { autoPayCard: SUCCESS_CARD });
+    const nonces = Array.from({ length: BURST }, () => uniqueNonce());
+    try {
+      await Promise.all(nonces.map((nonce) => register(nonce, 900n, `/auto/${nonce}`)));
+      await waitFor(() => nonces.every((nonce) => receiver.at(`/auto/${nonce}`).length === 1), {
+        what: 'one webhook per auto-paid payment',
+      });
+    } finally {
+      await unary(api.setBehavior.bind(api), { autoPayCard: '' });
+    }
+    const charges = await db
+      .selectFrom('psp_charge')
+      .select(['nonce', 'psp_reference'])
+      .where('nonce', 'in', nonces)
+      .execute();
+    expect(charges.map((charge) => charge.nonce).sort()).toEqual([...nonces].sort());
+    // Each payment row got its own decision (ids of batched inserts were matched right).
+    const payments = await db
+      .selectFrom('psp_payment')
+      .select(['nonce', 'status', 'psp_reference'])
+      .where('nonce', 'in', nonces)
+      .execute();
+    for (const payment of payments) {
+      expect(payment.status).toBe('SUCCEEDED');
+      expect(payment.psp_reference).toBe(
+        charges.find((charge) => charge.nonce === payment.nonce)!.psp_reference,
+      );
+    }
+    for (const nonce of nonces) {
+      expect(verified(receiver.at(`/auto/${nonce}`)[0]!).data.nonce).toBe(nonce);
+    }
+  });
+});
+
 describe('GetPaymentStatus', () => {
   it('fails with NOT_FOUND for an unknown nonce', async () => {
     const error = await grpcError(getStatus(uniqueNonce('unknown')));

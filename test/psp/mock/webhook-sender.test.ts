@@ -1,0 +1,231 @@
+/**
+ * Goal: the webhook sender's lease rules hold with the in-memory hand-over. A row inserted
+ * already leased is POSTed once, at once, without the poll; no poll takes it while its lease
+ * lasts; a row whose hand-over was lost (a crash) is delivered after the lease; a row that waited
+ * too long for a slot is left to its lease; stop() gives back the leases of rows never POSTed.
+ * Method: a real WebhookSender on its own migrated MariaDB database, rows inserted with the
+ * repository's insertWebhook, a local HTTP receiver; no mocks.
+ */
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { ensureDatabase, openDatabase } from '../../../src/storage/db.js';
+import { migratePspToLatest } from '../../../src/psp/mock/migrations/index.js';
+import type { PspDb } from '../../../src/psp/mock/payment.repository.js';
+import type { PspDatabase } from '../../../src/psp/mock/schema.js';
+import {
+  WEBHOOK_SENDER_DEFAULTS,
+  WebhookSender,
+  type WebhookSenderOptions,
+} from '../../../src/psp/mock/webhook-sender.js';
+import {
+  insertWebhook,
+  insertWebhooks,
+  type PspWebhookDelivery,
+} from '../../../src/psp/mock/webhook.repository.js';
+import {
+  dropDatabase,
+  startWebhookReceiver,
+  uniqueDatabaseUrl,
+  waitFor,
+  type WebhookReceiver,
+} from '../psp-support.js';
+
+const SECRET = 'whsec_test_secret_0123456789';
+
+let mysqlUrl: string;
+let db: PspDb;
+let closeDb: () => Promise<void>;
+let receiver: WebhookReceiver;
+const senders: WebhookSender[] = [];
+let rowNumber = 0;
+
+beforeAll(async () => {
+  mysqlUrl = uniqueDatabaseUrl('settle_psp_sender');
+  await ensureDatabase(mysqlUrl);
+  const opened = openDatabase<PspDatabase>(mysqlUrl, { poolSize: 4 });
+  db = opened.db;
+  closeDb = opened.close;
+  await migratePspToLatest(db);
+  receiver = await startWebhookReceiver();
+});
+
+afterEach(async () => {
+  for (const sender of senders.splice(0)) await sender.stop();
+});
+
+afterAll(async () => {
+  await receiver?.close();
+  await closeDb?.();
+  if (mysqlUrl !== undefined) await dropDatabase(mysqlUrl);
+});
+
+function startSender(options: Partial<WebhookSenderOptions> = {}): WebhookSender {
+  const sender = new WebhookSender({
+    db,
+    secret: SECRET,
+    options: { ...WEBHOOK_SENDER_DEFAULTS, backoffMsInitial: 50, backoffMsMax: 100, ...options },
+    log: () => undefined,
+  });
+  sender.start();
+  senders.push(sender);
+  return sender;
+}
+
+async function insertRow(url: string, leaseUntil: Date | undefined): Promise<PspWebhookDelivery> {
+  rowNumber += 1;
+  const eventId = `evt_sender_${Date.now()}_${rowNumber}`;
+  return db.transaction().execute((trx) =>
+    insertWebhook(trx, {
+      eventId,
+      delivery: 1,
+      nonce: `nonce_${eventId}`,
+      url,
+      body: JSON.stringify({ id: eventId }),
+      now: new Date(),
+      leaseUntil,
+    }),
+  );
+}
+
+function stored(id: string) {
+  return db.selectFrom('psp_webhook').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
+}
+
+describe('insertWebhooks', () => {
+  it('returns each row with the id it was stored under, leased or due', async () => {
+    const now = new Date();
+    const lease = new Date(now.getTime() + 60_000);
+    const eventIds = [1, 2, 3].map((i) => `evt_many_${Date.now()}_${i}`);
+    const rows = await db.transaction().execute((trx) =>
+      insertWebhooks(
+        trx,
+        eventIds.map((eventId, i) => ({
+          eventId,
+          delivery: 1,
+          nonce: `nonce_${eventId}`,
+          url: `${receiver.url}/many`,
+          body: JSON.stringify({ id: eventId }),
+          now,
+          leaseUntil: i === 1 ? undefined : lease,
+        })),
+      ),
+    );
+    expect(rows.map((row) => row.eventId)).toEqual(eventIds);
+    for (const row of rows) {
+      const found = await stored(row.id);
+      expect(found.event_id).toBe(row.eventId);
+      expect(found.attempts).toBe(row.attempts);
+      expect(found.next_attempt_at.getTime()).toBe(row.nextAttemptAt.getTime());
+    }
+    expect(rows.map((row) => row.attempts)).toEqual([1, 0, 1]);
+  });
+});
+
+describe('WebhookSender hand-over', () => {
+  it('POSTs a handed-over row once and at once, with no poll, and records it delivered', async () => {
+    // The poll would only run a minute from now: whatever arrives came through the hand-over.
+    const sender = startSender({ pollMs: 60_000 });
+    const path = `/handed/${Date.now()}`;
+    const now = new Date();
+    const row = await insertRow(`${receiver.url}${path}`, sender.leaseUntil(now));
+    expect(row.attempts).toBe(1);
+    sender.deliver(row);
+    const done = await waitFor(async () => {
+      const found = await stored(row.id);
+      return found.delivered_at !== null && found;
+    });
+    expect(done.attempts).toBe(1);
+    expect(receiver.at(path)).toHaveLength(1);
+    expect(JSON.parse(receiver.at(path)[0]!.rawBody)).toEqual({ id: row.eventId });
+  });
+
+  it('does not let the poll take a leased row before its lease ends, and delivers it after (crash)', async () => {
+    // A row leased by a process that died before POSTing it: nobody hands it over.
+    const path = `/crashed/${Date.now()}`;
+    const leaseMs = 600;
+    const inserted = Date.now();
+    const row = await insertRow(`${receiver.url}${path}`, new Date(inserted + leaseMs));
+    startSender({ pollMs: 20 });
+    await waitFor(() => receiver.at(path).length === 1, { what: 'the delivery after the lease' });
+    expect(receiver.at(path)[0]!.receivedAtMs - inserted).toBeGreaterThanOrEqual(leaseMs - 10);
+    const done = await waitFor(async () => {
+      const found = await stored(row.id);
+      return found.delivered_at !== null && found;
+    });
+    // The lost attempt counts, the poll's claim made the second.
+    expect(done.attempts).toBe(2);
+    expect(receiver.at(path)).toHaveLength(1);
+  });
+
+  it('leaves a row to its lease when too little of it is left for a whole attempt', async () => {
+    const sender = startSender({ pollMs: 20, requestTimeoutMs: 1_000 });
+    const path = `/short-lease/${Date.now()}`;
+    const inserted = Date.now();
+    // Less than requestTimeoutMs is left: POSTing now could outlive the lease.
+    const row = await insertRow(`${receiver.url}${path}`, new Date(inserted + 400));
+    sender.deliver(row);
+    await waitFor(() => receiver.at(path).length === 1, { what: 'the delivery after the lease' });
+    expect(receiver.at(path)[0]!.receivedAtMs - inserted).toBeGreaterThanOrEqual(390);
+    const done = await waitFor(async () => {
+      const found = await stored(row.id);
+      return found.delivered_at !== null && found;
+    });
+    expect(done.attempts).toBe(2);
+  });
+
+  it('gives back the leases of waiting rows at stop; the one in flight counts as an attempt', async () => {
+    // One slot, taken by a POST to a receiver that never answers: the others wait.
+    const sender = new WebhookSender({
+      db,
+      secret: SECRET,
+      options: { ...WEBHOOK_SENDER_DEFAULTS, pollMs: 60_000, inFlightMax: 1 },
+      log: () => undefined,
+    });
+    sender.start();
+    const stuck = await startStuckServer();
+    try {
+      const rows: PspWebhookDelivery[] = [];
+      for (let i = 0; i < 3; i += 1) {
+        rows.push(await insertRow(`${stuck.url}/stuck`, sender.leaseUntil(new Date())));
+      }
+      for (const row of rows) sender.deliver(row);
+      await waitFor(() => stuck.requests() === 1, { what: 'the first POST to hang' });
+      await sender.stop();
+      const [first, ...waiting] = await Promise.all(rows.map((row) => stored(row.id)));
+      expect(first!.attempts).toBe(1);
+      expect(first!.last_error).toBe('Error: the webhook sender is stopping');
+      for (const row of waiting) {
+        expect(row.attempts).toBe(0);
+        expect(row.next_attempt_at.getTime()).toBeLessThanOrEqual(Date.now());
+        expect(row.delivered_at).toBeNull();
+      }
+      expect(stuck.requests()).toBe(1);
+    } finally {
+      await stuck.close();
+    }
+  });
+});
+
+/** An HTTP server that accepts requests and never answers them. */
+async function startStuckServer(): Promise<{
+  url: string;
+  requests: () => number;
+  close: () => Promise<void>;
+}> {
+  let count = 0;
+  const server = createServer(() => {
+    count += 1;
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    requests: () => count,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
