@@ -2,13 +2,19 @@
  * Moves committed outbox rows to JetStream. Each batch is claimed with SELECT ... FOR UPDATE SKIP
  * LOCKED (so several nodes relay without overlapping), published with Nats-Msg-Id = the row's
  * msg_id (so a batch published twice after a crash is deduplicated by the stream), and deleted in
- * the same transaction only after every publish was acknowledged. Woken right after local
+ * the same transaction only after every publish was acknowledged; the transaction takes two
+ * round trips (storage/one-trip.ts). Woken right after local
  * commits; polls as a safety net for commits whose wake-up was lost (another node, a crash).
  */
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { Db } from '../storage/db.js';
-import { deleteOutbox, lockOutboxBatch } from '../storage/repositories/outbox.repository.js';
-import { inTransaction } from '../storage/transaction.js';
+import {
+  outboxBatchLock,
+  outboxDelete,
+  toPendingOutbox,
+  type OutboxRow,
+} from '../storage/repositories/outbox.repository.js';
+import { resultRows, transactionInOneTrip } from '../storage/one-trip.js';
 
 export type RelayOptions = Readonly<{
   batchMax: number;
@@ -90,23 +96,33 @@ export class OutboxRelay {
   }
 
   private async relayBatch(): Promise<number> {
-    const count = await inTransaction(this.db, async (trx) => {
-      const batch = await lockOutboxBatch(trx, this.options.batchMax);
-      if (batch.length === 0) return 0;
-      await Promise.all(
-        batch.map((row) =>
-          this.js.publish(row.subject, row.payload, {
-            msgID: row.msgId,
-            timeout: this.options.publishTimeoutMs,
-          }),
-        ),
-      );
-      await deleteOutbox(
-        trx,
-        batch.map((row) => row.id),
-      );
-      return batch.length;
-    });
+    // Two round trips: the lock (with START TRANSACTION), then the delete with the COMMIT.
+    const outcome = await transactionInOneTrip(
+      this.db,
+      [outboxBatchLock(this.db, this.options.batchMax)],
+      async (results) => {
+        const batch = toPendingOutbox(resultRows<OutboxRow>(results[0]));
+        if (batch.length === 0) return { commit: 0 };
+        await Promise.all(
+          batch.map((row) =>
+            this.js.publish(row.subject, row.payload, {
+              msgID: row.msgId,
+              timeout: this.options.publishTimeoutMs,
+            }),
+          ),
+        );
+        return {
+          commit: batch.length,
+          then: [
+            outboxDelete(
+              this.db,
+              batch.map((row) => row.id),
+            ),
+          ],
+        };
+      },
+    );
+    const count = outcome.committed ? outcome.value : 0;
     if (count > 0) {
       this.relayedTotal += count;
       this.options.onRelayed?.(count);

@@ -20,20 +20,29 @@ export type OneTripOutcome<T> =
   Readonly<{ committed: true; value: T }> | Readonly<{ committed: false; reason: string }>;
 
 /**
+ * What `decide` answers: commit (after running `then`, statements decided from the results, in the
+ * same packet as the COMMIT), or roll back.
+ */
+export type Decision<T> =
+  Readonly<{ commit: T; then?: readonly CompiledQuery[] }> | Readonly<{ rollback: string }>;
+
+/**
  * Runs `statements` in one transaction; `decide` gets their results in order and returns the value
- * to commit with, or a reason to roll back. Throws what MySQL threw (after rolling back).
+ * to commit with, or a reason to roll back. It may do other work before it answers (the relay
+ * publishes what it selected); the transaction stays open meanwhile. Throws what MySQL threw, or
+ * what `decide` threw, after rolling back.
  */
 export async function transactionInOneTrip<T>(
   db: Db,
   statements: readonly CompiledQuery[],
-  decide: (results: readonly StatementResult[]) => { commit: T } | { rollback: string },
+  decide: (results: readonly StatementResult[]) => Decision<T> | Promise<Decision<T>>,
 ): Promise<OneTripOutcome<T>> {
   const packet = CompiledQuery.raw(
     ['START TRANSACTION', ...statements.map((statement) => statement.sql)].join(';\n'),
     statements.flatMap((statement) => [...statement.parameters]),
   );
   return db.connection().execute(async (connection) => {
-    let decision: { commit: T } | { rollback: string };
+    let decision: Decision<T>;
     try {
       const { rows } = await connection.executeQuery(packet);
       const results = rows as unknown as StatementResult[];
@@ -44,7 +53,7 @@ export async function transactionInOneTrip<T>(
             '(is multipleStatements off?)',
         );
       }
-      decision = decide(results.slice(1));
+      decision = await decide(results.slice(1));
     } catch (error) {
       await connection.executeQuery(CompiledQuery.raw('ROLLBACK')).catch(() => undefined);
       throw error;
@@ -53,7 +62,18 @@ export async function transactionInOneTrip<T>(
       await connection.executeQuery(CompiledQuery.raw('ROLLBACK'));
       return { committed: false, reason: decision.rollback };
     }
-    await connection.executeQuery(CompiledQuery.raw('COMMIT'));
+    const then = decision.then ?? [];
+    try {
+      await connection.executeQuery(
+        CompiledQuery.raw(
+          [...then.map((statement) => statement.sql), 'COMMIT'].join(';\n'),
+          then.flatMap((statement) => [...statement.parameters]),
+        ),
+      );
+    } catch (error) {
+      await connection.executeQuery(CompiledQuery.raw('ROLLBACK')).catch(() => undefined);
+      throw error;
+    }
     return { committed: true, value: decision.commit };
   });
 }

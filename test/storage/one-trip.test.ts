@@ -91,6 +91,40 @@ describe('transactionInOneTrip', () => {
   });
 });
 
+describe('transactionInOneTrip with statements decided from the results', () => {
+  it('runs them with the COMMIT, after decide did its own (async) work', async () => {
+    const outcome = await transactionInOneTrip(
+      db,
+      [sql`SELECT COUNT(*) AS n FROM inbox WHERE event_id LIKE 'd-%'`.compile(db)],
+      async (results) => {
+        const n = Number(resultRows<{ n: string }>(results[0])[0]?.n);
+        await new Promise((resolve) => setTimeout(resolve, 10));
+        return { commit: n, then: [inboxRow(`d-${n}`), inboxRow(`d-${n + 1}`)] };
+      },
+    );
+    expect(outcome).toEqual({ committed: true, value: 0 });
+    expect(await countInbox('d-')).toBe(2);
+  });
+
+  it('rolls everything back when one of them fails', async () => {
+    await transactionInOneTrip(db, [inboxRow('e-0')], () => ({ commit: true }));
+    const error = await transactionInOneTrip(db, [inboxRow('e-1')], () => ({
+      commit: true,
+      then: [inboxRow('e-2'), inboxRow('e-0')],
+    })).catch((caught: unknown) => caught);
+    expect(isDuplicateKey(error)).toBe(true);
+    expect(await countInbox('e-')).toBe(1);
+  });
+
+  it('rolls back when decide throws', async () => {
+    const error = await transactionInOneTrip(db, [inboxRow('f-1')], () => {
+      throw new Error('publish failed');
+    }).catch((caught: unknown) => caught);
+    expect(String(error)).toMatch(/publish failed/);
+    expect(await countInbox('f-')).toBe(0);
+  });
+});
+
 describe('MYSQL_URL ?socket=', () => {
   it('parses the socket and prefers it to host and port', () => {
     const target = parseMysqlUrl('mysql://root@127.0.0.1:3306/settle?socket=/run/mysqld/x.sock');

@@ -42,14 +42,25 @@ export type PendingOutbox = Readonly<{
 
 /** Locks up to `limit` unsent rows that no other relay holds (SKIP LOCKED), oldest first. */
 export async function lockOutboxBatch(trx: Trx, limit: number): Promise<PendingOutbox[]> {
-  const rows = await trx
+  const { rows } = await trx.executeQuery(outboxBatchLock(trx, limit));
+  return toPendingOutbox(rows);
+}
+
+export type OutboxRow = Readonly<{ id: string; subject: string; msg_id: string; payload: string }>;
+
+/** The statement of `lockOutboxBatch`, built but not run. */
+export function outboxBatchLock(db: Db | Trx, limit: number): CompiledQuery<OutboxRow> {
+  return db
     .selectFrom('outbox')
     .select(['id', 'subject', 'msg_id', 'payload'])
     .orderBy('id')
     .limit(limit)
     .forUpdate()
     .skipLocked()
-    .execute();
+    .compile();
+}
+
+export function toPendingOutbox(rows: readonly OutboxRow[]): PendingOutbox[] {
   return rows.map((row) => ({
     id: row.id,
     subject: row.subject,
@@ -60,7 +71,12 @@ export async function lockOutboxBatch(trx: Trx, limit: number): Promise<PendingO
 
 export async function deleteOutbox(trx: Trx, ids: readonly string[]): Promise<void> {
   if (ids.length === 0) return;
-  await trx.deleteFrom('outbox').where('id', 'in', ids).execute();
+  await trx.executeQuery(outboxDelete(trx, ids));
+}
+
+/** The statement of `deleteOutbox` (at least one id), built but not run. */
+export function outboxDelete(db: Db | Trx, ids: readonly string[]): CompiledQuery {
+  return db.deleteFrom('outbox').where('id', 'in', ids).compile();
 }
 
 /** Rows waiting and the age of the oldest, for metrics and health. */
