@@ -24,6 +24,7 @@ import { checkInvariants, type Check } from './invariants.js';
 import { CompletionWatcher, LoadDriver, quantile, type LoadResult } from './load.js';
 import { dropDatabase, withDatabaseName } from '../src/storage/db.js';
 import { summarizeProfile, type ProfileSummary } from './profile.js';
+import { stageLatencies, type StageLatency } from './stages.js';
 import { findPids, sampleMachine, sampleProcess, type ProcSample } from './proc.js';
 import { REPO_ROOT, sleep, startStack, type BenchStack } from './stack.js';
 
@@ -465,6 +466,8 @@ type ThroughputResults = {
   childOutputLines: Record<string, number>;
   invariants: Check[];
   profiles: Record<string, ProfileSummary> | undefined;
+  /** Where create→terminal time went, per phase (from the transition history). */
+  stages: Record<string, StageLatency[]>;
 };
 
 async function throughputPhases(options: Options): Promise<ThroughputResults> {
@@ -583,6 +586,14 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
       expect: 'terminal',
       paymentsCreated,
     });
+    const stages: Record<string, StageLatency[]> = {};
+    for (const phase of [spread, half, hot]) {
+      if (phase === undefined) continue;
+      stages[phase.name] = await stageLatencies(
+        stack.mysqlUrl,
+        phase.load.samples.map((sample) => sample.paymentId),
+      );
+    }
     // The PSP mock's profile is written when it exits.
     await stopTrackedStack(stack);
     summarizePspProfile();
@@ -595,6 +606,7 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
       pspPeakRssBytes: pspSample?.hwmBytes ?? 0,
       childOutputLines: { settle: stack.settle.lines(), 'psp-mock': stack.psp.lines() },
       invariants,
+      stages,
     };
   } catch (error) {
     log(`settle output (last lines):\n${stack.settle.output().join('\n')}`);
@@ -863,6 +875,27 @@ function report(
   );
   if (hot !== undefined)
     out.push(`hot seller / spread: ${pct(hot.ordersPerS / spread.ordersPerS)}`);
+  const stagePhases = Object.entries(throughput.stages).filter(([, list]) => list.length > 0);
+  if (stagePhases.length > 0) {
+    out.push(
+      'Where create→terminal time goes (gaps between the times the actor decided each transition, p50 / p95 / p99 ms):',
+    );
+    const names = [...new Set(stagePhases.flatMap(([, list]) => list.map((s) => s.stage)))];
+    out.push(
+      table(
+        ['stage', ...stagePhases.map(([phase]) => phase)],
+        names.map((stage) => [
+          stage,
+          ...stagePhases.map(([, list]) => {
+            const found = list.find((s) => s.stage === stage);
+            return found === undefined
+              ? '–'
+              : `${f0(found.p50)} / ${f0(found.p95)} / ${f0(found.p99)}`;
+          }),
+        ]),
+      ),
+    );
+  }
   // Noise-robust view: the rate if the processes doing this work had every core to themselves.
   const cores = cpus().length;
   const capacity = (cpuMsPerOrder: number) => (cores * 1000) / Math.max(0.001, cpuMsPerOrder);
@@ -1070,6 +1103,7 @@ async function main(): Promise<void> {
           spread: strip(throughput.spread),
           half: strip(throughput.half),
           hot: strip(throughput.hot),
+          stages: throughput.stages,
           settlePeakRssBytes: throughput.settlePeakRssBytes,
           pspPeakRssBytes: throughput.pspPeakRssBytes,
           memory,

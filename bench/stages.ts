@@ -1,0 +1,70 @@
+/**
+ * Where an order's create→terminal time goes, from Settle's own records: each transition's
+ * history row carries the time the actor decided it, and the order row the time it was created,
+ * so the gaps between them are the stages of the pipeline:
+ *
+ *   created → ExecuteOrder    the creation's commit (its time is when CreatePayment began), the
+ *                             outbox relay, JetStream, the consumer, the actor's load and commit
+ *   ExecuteOrder → PspRegistered   the PSP's RegisterPayment call and its commit
+ *   PspRegistered → PspSucceeded   the PSP's decision, its signed webhook and the final commit
+ *
+ * Times have millisecond resolution and come from one clock (the Settle node's).
+ */
+import { createPool, type RowDataPacket } from 'mysql2/promise';
+import { parseMysqlUrl, serverAddress } from '../src/storage/db.js';
+import { quantile } from './load.js';
+
+export type StageLatency = Readonly<{ stage: string; p50: number; p95: number; p99: number }>;
+
+const STAGES = ['ExecuteOrder', 'PspRegistered', 'PspSucceeded'] as const;
+const IDS_PER_QUERY = 1_000;
+const PAYMENTS_MAX = 50_000;
+
+/** The stages of the orders of these payments (at most 50,000 payments are looked at). */
+export async function stageLatencies(
+  mysqlUrl: string,
+  paymentIds: readonly string[],
+): Promise<StageLatency[]> {
+  const target = parseMysqlUrl(mysqlUrl);
+  const pool = createPool({
+    ...serverAddress(target),
+    database: target.database,
+    connectionLimit: 1,
+    connectTimeout: 5_000,
+    timezone: 'Z',
+  });
+  const gaps = new Map<string, number[]>(STAGES.map((stage) => [stage, []]));
+  try {
+    const ids = paymentIds.slice(0, PAYMENTS_MAX);
+    for (let start = 0; start < ids.length; start += IDS_PER_QUERY) {
+      const [rows] = await pool.query<RowDataPacket[]>(
+        `SELECT t.order_id, t.event_type, t.created_at AS at, o.created_at AS created
+           FROM payment_order_transition t JOIN payment_order o ON o.id = t.order_id
+          WHERE t.payment_id IN (?) ORDER BY t.order_id, t.version`,
+        [ids.slice(start, start + IDS_PER_QUERY)],
+      );
+      let order = '';
+      let previous = 0;
+      for (const row of rows) {
+        if (row['order_id'] !== order) {
+          order = String(row['order_id']);
+          previous = new Date(row['created'] as Date).getTime();
+        }
+        const at = new Date(row['at'] as Date).getTime();
+        gaps.get(String(row['event_type']))?.push(at - previous);
+        previous = at;
+      }
+    }
+  } finally {
+    await pool.end();
+  }
+  return STAGES.filter((stage) => (gaps.get(stage)?.length ?? 0) > 0).map((stage) => {
+    const values = gaps.get(stage) ?? [];
+    return {
+      stage: `→ ${stage}`,
+      p50: quantile(values, 0.5),
+      p95: quantile(values, 0.95),
+      p99: quantile(values, 0.99),
+    };
+  });
+}
