@@ -3,11 +3,12 @@
  * history row carries the time the actor decided it, and the order row the time it was created,
  * so the gaps between them are the stages of the pipeline:
  *
- *   created → ExecuteOrder    the creation's commit (its time is when CreatePayment began), the
- *                             outbox relay, JetStream, the consumer, the actor's load and commit
- *   ExecuteOrder → PspRegistered   the PSP's RegisterPayment call and its commit
- *   PspRegistered → PspSucceeded   the PSP's decision, its signed webhook and the final commit
+ *   created → ExecuteOrder         the creation's commit (its time is when CreatePayment began),
+ *                                  the outbox relay, JetStream, the consumer, the actor's load
+ *   ExecuteOrder → PspRegistered   the EXECUTING commit and the PSP's RegisterPayment call
+ *   PspRegistered → PspSucceeded   the token's commit, the PSP's decision and its signed webhook
  *
+ * (The final commit is not in these gaps: its time is the decision's.)
  * Times have millisecond resolution and come from one clock (the Settle node's).
  */
 import { createPool, type RowDataPacket } from 'mysql2/promise';
