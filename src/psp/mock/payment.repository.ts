@@ -49,22 +49,26 @@ export type NewPspPayment = Readonly<{
   now: Date;
 }>;
 
+function registeredRow(payment: NewPspPayment) {
+  return {
+    nonce: payment.nonce,
+    token: payment.token,
+    amount_minor: payment.amountMinor,
+    currency: payment.currency,
+    status: PSP_PAYMENT_STATE.registered,
+    psp_reference: null,
+    decline_code: null,
+    notification_url: payment.notificationUrl,
+    created_at: payment.now,
+    updated_at: payment.now,
+  };
+}
+
 /** Inserts a REGISTERED payment; returns its id. */
 export async function insertPayment(db: PspDb, payment: NewPspPayment): Promise<string> {
   const result = await db
     .insertInto('psp_payment')
-    .values({
-      nonce: payment.nonce,
-      token: payment.token,
-      amount_minor: payment.amountMinor,
-      currency: payment.currency,
-      status: PSP_PAYMENT_STATE.registered,
-      psp_reference: null,
-      decline_code: null,
-      notification_url: payment.notificationUrl,
-      created_at: payment.now,
-      updated_at: payment.now,
-    })
+    .values(registeredRow(payment))
     .executeTakeFirstOrThrow();
   return String(result.insertId);
 }
@@ -77,23 +81,7 @@ export async function insertPayments(
   db: PspDb,
   payments: readonly NewPspPayment[],
 ): Promise<string[]> {
-  await db
-    .insertInto('psp_payment')
-    .values(
-      payments.map((payment) => ({
-        nonce: payment.nonce,
-        token: payment.token,
-        amount_minor: payment.amountMinor,
-        currency: payment.currency,
-        status: PSP_PAYMENT_STATE.registered,
-        psp_reference: null,
-        decline_code: null,
-        notification_url: payment.notificationUrl,
-        created_at: payment.now,
-        updated_at: payment.now,
-      })),
-    )
-    .execute();
+  await db.insertInto('psp_payment').values(payments.map(registeredRow)).execute();
   // A multi-row INSERT reports only its first id, and ids are consecutive only under some
   // auto-increment lock modes: read them back by the unique nonce instead.
   const rows = await db

@@ -50,21 +50,26 @@ export async function insertWebhook(
 ): Promise<PspWebhookDelivery> {
   const result = await trx
     .insertInto('psp_webhook')
-    .values({
-      event_id: webhook.eventId,
-      delivery: webhook.delivery,
-      nonce: webhook.nonce,
-      url: webhook.url,
-      body: webhook.body,
-      attempts: webhook.leaseUntil === undefined ? 0 : 1,
-      next_attempt_at: webhook.leaseUntil ?? webhook.now,
-      delivered_at: null,
-      given_up_at: null,
-      last_error: null,
-      created_at: webhook.now,
-    })
+    .values(webhookRow(webhook))
     .executeTakeFirstOrThrow();
   return storedDelivery(String(result.insertId), webhook);
+}
+
+/** The row of a new webhook: due now, or already leased to this process (its first attempt). */
+function webhookRow(webhook: NewPspWebhook) {
+  return {
+    event_id: webhook.eventId,
+    delivery: webhook.delivery,
+    nonce: webhook.nonce,
+    url: webhook.url,
+    body: webhook.body,
+    attempts: webhook.leaseUntil === undefined ? 0 : 1,
+    next_attempt_at: webhook.leaseUntil ?? webhook.now,
+    delivered_at: null,
+    given_up_at: null,
+    last_error: null,
+    created_at: webhook.now,
+  };
 }
 
 /** A row just inserted, as the sender sees it. */
@@ -93,24 +98,7 @@ export async function insertWebhooks(
   webhooks: readonly NewPspWebhook[],
 ): Promise<PspWebhookDelivery[]> {
   if (webhooks.length === 0) return [];
-  await trx
-    .insertInto('psp_webhook')
-    .values(
-      webhooks.map((webhook) => ({
-        event_id: webhook.eventId,
-        delivery: webhook.delivery,
-        nonce: webhook.nonce,
-        url: webhook.url,
-        body: webhook.body,
-        attempts: webhook.leaseUntil === undefined ? 0 : 1,
-        next_attempt_at: webhook.leaseUntil ?? webhook.now,
-        delivered_at: null,
-        given_up_at: null,
-        last_error: null,
-        created_at: webhook.now,
-      })),
-    )
-    .execute();
+  await trx.insertInto('psp_webhook').values(webhooks.map(webhookRow)).execute();
   const rows = await trx
     .selectFrom('psp_webhook')
     .select(['id', 'event_id', 'delivery'])
