@@ -6,7 +6,7 @@
  * so a group-commit transaction of eight statements pays mostly for its round trips.
  *
  * The checks stay before the commit: `decide` sees every statement's result (affected rows, the
- * rows of a SELECT) and anything but `true` rolls back. A statement that fails stops the packet
+ * rows of a SELECT), and unless it answers commit the transaction rolls back. A statement that fails stops the packet
  * there (the server runs none after it) and the transaction is rolled back. The statements are
  * compiled by Kysely with bound parameters; none is built from a string that came from outside.
  */

@@ -5,6 +5,8 @@
  * transition. `TransitionBatcher` is group commit: transitions that arrive while earlier
  * transactions are running are written together in one transaction, with a handful of
  * statements for the whole batch, so MySQL round trips and commits are shared by many orders.
+ * It sends them as one packet and commits in a second (`persistInOneTrip`); a batch that does not
+ * go through that way cleanly takes the statement-by-statement way, which sorts out stale writes.
  *
  * What batching must not change, and does not:
  * - every transition is still version-checked: a stale one is answered `false` alone (the actor
@@ -15,31 +17,34 @@
  * At low load a transition finds no transaction running and goes out at once, alone.
  */
 import type { Db } from '../../storage/db.js';
+import { isConnectionError } from '../../storage/errors.js';
 import { GroupCommit } from '../../storage/group-commit.js';
-import {
-  findPaymentOrder,
-  findPaymentOrdersById,
-  persistTransition,
-  persistTransitions,
-} from '../../storage/repositories/payment-order.repository.js';
-import { recordInboxApplied, type InboxRow } from '../../storage/repositories/outbox.repository.js';
-import { inTransaction, toUnavailable, type Trx } from '../../storage/transaction.js';
-import type { Effect, OrderEvent, PaymentOrder } from './machine.js';
-import { persistEffects, persistEffectsBatch, sellerCredits } from './effects.js';
-import { transitionStatements } from '../../storage/repositories/payment-order.repository.js';
-import {
-  ledgerPosting,
-  walletCredits,
-  type StoredSum,
-} from '../../storage/repositories/ledger.repository.js';
-import { inboxAppliedStatement } from '../../storage/repositories/outbox.repository.js';
 import {
   affectedRows,
   resultRows,
   transactionInOneTrip,
   type StatementResult,
 } from '../../storage/one-trip.js';
-import { isConnectionError } from '../../storage/errors.js';
+import {
+  ledgerPosting,
+  walletCredits,
+  type StoredSum,
+} from '../../storage/repositories/ledger.repository.js';
+import {
+  inboxAppliedStatement,
+  recordInboxApplied,
+  type InboxRow,
+} from '../../storage/repositories/outbox.repository.js';
+import {
+  findPaymentOrder,
+  findPaymentOrdersById,
+  persistTransition,
+  persistTransitions,
+  transitionStatements,
+} from '../../storage/repositories/payment-order.repository.js';
+import { inTransaction, toUnavailable, type Trx } from '../../storage/transaction.js';
+import { persistEffects, persistEffectsBatch, sellerCredits } from './effects.js';
+import type { Effect, OrderEvent, PaymentOrder } from './machine.js';
 
 /** An outside input's id (a webhook's event id), recorded in the inbox with its transition. */
 export type InboxReceipt = Readonly<{ source: string; eventId: string }>;

@@ -40,15 +40,12 @@ export type PendingOutbox = Readonly<{
   payload: string;
 }>;
 
-/** Locks up to `limit` unsent rows that no other relay holds (SKIP LOCKED), oldest first. */
-export async function lockOutboxBatch(trx: Trx, limit: number): Promise<PendingOutbox[]> {
-  const { rows } = await trx.executeQuery(outboxBatchLock(trx, limit));
-  return toPendingOutbox(rows);
-}
-
 export type OutboxRow = Readonly<{ id: string; subject: string; msg_id: string; payload: string }>;
 
-/** The statement of `lockOutboxBatch`, built but not run. */
+/**
+ * Locks up to `limit` unsent rows that no other relay holds (SKIP LOCKED), oldest first: the
+ * statement, built but not run (the relay sends it with START TRANSACTION).
+ */
 export function outboxBatchLock(db: Db | Trx, limit: number): CompiledQuery<OutboxRow> {
   return db
     .selectFrom('outbox')
@@ -69,12 +66,7 @@ export function toPendingOutbox(rows: readonly OutboxRow[]): PendingOutbox[] {
   }));
 }
 
-export async function deleteOutbox(trx: Trx, ids: readonly string[]): Promise<void> {
-  if (ids.length === 0) return;
-  await trx.executeQuery(outboxDelete(trx, ids));
-}
-
-/** The statement of `deleteOutbox` (at least one id), built but not run. */
+/** Deletes relayed rows (at least one id): the statement, built but not run. */
 export function outboxDelete(db: Db | Trx, ids: readonly string[]): CompiledQuery {
   return db.deleteFrom('outbox').where('id', 'in', ids).compile();
 }

@@ -116,15 +116,7 @@ export type NewPayment = Readonly<{
   }>;
 }>;
 
-/** Inserts many new payments and their orders with two statements. */
-export async function insertPayments(
-  trx: Trx,
-  payments: ReadonlyArray<Readonly<{ payment: NewPayment; now: Date }>>,
-): Promise<void> {
-  for (const statement of paymentInserts(trx, payments)) await trx.executeQuery(statement);
-}
-
-/** The statements of `insertPayments`, built but not run. */
+/** Inserts new payments and their orders: two statements, built but not run. */
 export function paymentInserts(
   db: Db | Trx,
   payments: ReadonlyArray<Readonly<{ payment: NewPayment; now: Date }>>,
@@ -181,7 +173,7 @@ function orderRows(payment: NewPayment, now: Date) {
   }));
 }
 
-/** A payment as `insertPayments` stored it, read back through the same mapping as findPayment. */
+/** A payment as `paymentInserts` stored it, read back through the same mapping as findPayment. */
 export function createdPayment(payment: NewPayment, now: Date): Payment {
   const row = { ...paymentRow(payment, now), amount_minor: payment.amountMinor.toString() };
   return toPayment(
@@ -300,39 +292,10 @@ export async function insertIdempotencyKeys(
     .execute();
 }
 
-/** Marks the key COMPLETED inside the transaction that creates the payment. */
-export async function completeIdempotencyKey(
-  trx: Trx,
-  key: { buyerId: string; requestId: string; paymentId: string },
-): Promise<boolean> {
-  const result = await trx
-    .updateTable('idempotency_key')
-    .set({ state: 'COMPLETED', payment_id: key.paymentId })
-    .where('buyer_id', '=', key.buyerId)
-    .where('request_id', '=', key.requestId)
-    .where('state', '=', 'IN_FLIGHT')
-    .executeTakeFirst();
-  return result.numUpdatedRows === 1n;
-}
-
 /**
- * Marks many keys COMPLETED inside the transaction that creates their payments. Returns how many
- * were still IN_FLIGHT (and so completed); fewer than asked means a key was taken over.
- */
-export async function completeIdempotencyKeys(
-  trx: Trx,
-  keys: ReadonlyArray<Readonly<{ buyerId: string; requestId: string; paymentId: string }>>,
-): Promise<number> {
-  if (keys.length === 0) return 0;
-  if (keys.length === 1)
-    return (await completeIdempotencyKey(trx, keys[0] as (typeof keys)[number])) ? 1 : 0;
-  const result = await trx.executeQuery(idempotencyKeysCompletion(trx, keys));
-  return Number(result.numAffectedRows ?? 0n);
-}
-
-/**
- * The statement of `completeIdempotencyKeys`, built but not run: its affected rows are the keys
- * still IN_FLIGHT, fewer than `keys` when one was taken over.
+ * Marks keys COMPLETED inside the transaction that creates their payments: the statement, built
+ * but not run. Its affected rows are the keys still IN_FLIGHT, fewer than `keys` when one was
+ * taken over (after its lease ran out).
  */
 export function idempotencyKeysCompletion(
   db: Db | Trx,
