@@ -17,6 +17,7 @@ import {
 } from '../../src/storage/db.js';
 import { affectedRows, resultRows, transactionInOneTrip } from '../../src/storage/one-trip.js';
 import { isDuplicateKey } from '../../src/storage/errors.js';
+import { idempotencyKeysCompletion } from '../../src/storage/repositories/payment.repository.js';
 import { dropDatabase, testDatabaseUrl } from '../support/harness.js';
 
 let url: string;
@@ -122,6 +123,52 @@ describe('transactionInOneTrip with statements decided from the results', () => 
     }).catch((caught: unknown) => caught);
     expect(String(error)).toMatch(/publish failed/);
     expect(await countInbox('f-')).toBe(0);
+  });
+});
+
+describe('an idempotency key completed by two owners at once (a slow one and its taker-over)', () => {
+  it('lets exactly one of their one-trip transactions commit', async () => {
+    const now = new Date();
+    await db
+      .insertInto('idempotency_key')
+      .values({
+        buyer_id: 'buyer-race',
+        request_id: 'req-race',
+        request_hash: 'h',
+        state: 'IN_FLIGHT',
+        payment_id: null,
+        lease_until: now,
+        created_at: now,
+      })
+      .execute();
+    // Each owner writes its "payment" (an inbox row stands in for it) and completes the key, as
+    // a creation does; the second packet waits on the key's row lock until the first is decided.
+    const owner = (name: string) =>
+      transactionInOneTrip(
+        db,
+        [
+          inboxRow(`g-${name}`),
+          idempotencyKeysCompletion(db, [
+            { buyerId: 'buyer-race', requestId: 'req-race', paymentId: `pay_${name}` },
+          ]),
+        ],
+        (results) =>
+          affectedRows(results[1]) === 1 ? { commit: name } : { rollback: 'key taken over' },
+      );
+    const outcomes = await Promise.all([owner('one'), owner('two')]);
+    const committed = outcomes.filter((outcome) => outcome.committed);
+    expect(committed).toHaveLength(1);
+    expect(outcomes.filter((outcome) => !outcome.committed)).toEqual([
+      { committed: false, reason: 'key taken over' },
+    ]);
+    const winner = committed[0]?.committed === true ? committed[0].value : '';
+    const key = await db
+      .selectFrom('idempotency_key')
+      .select(['state', 'payment_id'])
+      .where('request_id', '=', 'req-race')
+      .executeTakeFirstOrThrow();
+    expect(key).toEqual({ state: 'COMPLETED', payment_id: `pay_${winner}` });
+    expect(await countInbox('g-')).toBe(1);
   });
 });
 
