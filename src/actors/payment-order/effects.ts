@@ -6,9 +6,7 @@ import { newId } from '../../domain/ids.js';
 import type { CurrencyCode } from '../../domain/money.js';
 import {
   ACCOUNT,
-  creditWallet,
   creditWallets,
-  postLedgerTransaction,
   postLedgerTransactions,
   type NewLedgerTransaction,
   type WalletCredit,
@@ -71,45 +69,18 @@ export const LEDGER_KIND = {
   paymentPayable: 'PAYMENT_PAYABLE',
 } as const;
 
-/** Effects that are part of the transition's own transaction. */
-export async function persistEffects(
-  trx: Trx,
-  effects: readonly Effect[],
-  now: Date,
-): Promise<void> {
-  for (const effect of effects) {
-    if (effect.type !== 'CreditSeller') continue;
-    await postLedgerTransaction(trx, sellerCreditTransaction(effect, now));
-    await creditWallet(trx, {
-      sellerId: effect.sellerId,
-      currency: effect.currency,
-      amountMinor: effect.amountMinor,
-      now,
-    });
-  }
-}
-
 /**
- * `persistEffects` for the transitions of a whole batch (group commit): the CreditSeller effects
- * of all of them become one ledger insert and one wallet upsert; any other effect is persisted
- * per transition by `persistEffects`, in the same transaction.
+ * The effects that live in the transitions' own transaction: the CreditSeller effects of all of
+ * them become one ledger insert and one wallet upsert (the only effects persisted so far).
  */
-export async function persistEffectsBatch(
+export async function persistEffects(
   trx: Trx,
   items: ReadonlyArray<Readonly<{ effects: readonly Effect[]; now: Date }>>,
 ): Promise<void> {
-  if (items.length === 1) {
-    const item = items[0] as { effects: readonly Effect[]; now: Date };
-    return persistEffects(trx, item.effects, item.now);
-  }
   const { ledger, credits } = sellerCredits(items);
   await postLedgerTransactions(trx, ledger);
   // Last in the transaction: the wallet rows (a hot seller's above all) stay locked the shortest.
   await creditWallets(trx, credits);
-  for (const { effects, now } of items) {
-    const others = effects.filter((effect) => effect.type !== 'CreditSeller');
-    if (others.length > 0) await persistEffects(trx, others, now);
-  }
 }
 
 /** The ledger transactions and wallet credits of the CreditSeller effects of many transitions. */

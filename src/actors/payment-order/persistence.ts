@@ -43,7 +43,7 @@ import {
   transitionStatements,
 } from '../../storage/repositories/payment-order.repository.js';
 import { inTransaction, toUnavailable, type Trx } from '../../storage/transaction.js';
-import { persistEffects, persistEffectsBatch, sellerCredits } from './effects.js';
+import { persistEffects, sellerCredits } from './effects.js';
 import type { Effect, OrderEvent, PaymentOrder } from './machine.js';
 
 /** An outside input's id (a webhook's event id), recorded in the inbox with its transition. */
@@ -69,7 +69,7 @@ export async function persistAlone(db: Db, write: TransitionWrite): Promise<bool
     const written = await persistTransition(trx, write);
     if (written === 'stale') return false;
     await recordReceipts(trx, [write]);
-    await persistEffects(trx, write.effects, write.now);
+    await persistEffects(trx, [write]);
     return true;
   });
 }
@@ -164,8 +164,7 @@ export class TransitionBatcher {
           const written = await persistTransitions(trx, writes);
           const persisted = writes.filter((_, i) => written[i] === 'persisted');
           await recordReceipts(trx, persisted);
-          // Last: the wallet rows (a hot seller's above all) stay locked the shortest.
-          await persistEffectsBatch(trx, persisted);
+          await persistEffects(trx, persisted);
           return written.map((result) => result === 'persisted');
         }),
     });

@@ -33,17 +33,8 @@ export async function postLedgerTransaction(trx: Trx, input: NewLedgerTransactio
 }
 
 /** Adds to a seller's wallet, creating it on first credit. */
-export async function creditWallet(
-  trx: Trx,
-  input: { sellerId: string; currency: CurrencyCode; amountMinor: bigint; now: Date },
-): Promise<void> {
-  await sql`
-    INSERT INTO wallet (seller_id, currency, balance_minor, version, updated_at)
-    VALUES (${input.sellerId}, ${input.currency}, ${input.amountMinor.toString()}, 1, ${input.now})
-    ON DUPLICATE KEY UPDATE
-      balance_minor = balance_minor + ${input.amountMinor.toString()},
-      version = version + 1,
-      updated_at = ${input.now}`.execute(trx);
+export async function creditWallet(trx: Trx, credit: WalletCredit): Promise<void> {
+  await creditWallets(trx, [credit]);
 }
 
 export type NewLedgerTransaction = Readonly<{

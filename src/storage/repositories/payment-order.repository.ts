@@ -99,72 +99,11 @@ export async function persistTransition(
   trx: Trx,
   input: { previous: PaymentOrder; next: PaymentOrder; event: TransitionCause; now: Date },
 ): Promise<PersistResult> {
-  const { previous, next, event, now } = input;
-  const result = await trx
-    .updateTable('payment_order')
-    .set({
-      state: next.state,
-      psp_token: next.pspToken ?? null,
-      checkout_url: next.checkoutUrl ?? null,
-      psp_reference: next.pspReference ?? null,
-      failure_reason: next.failureReason ?? null,
-      attempts: next.attempts,
-      review_reason: next.reviewReason ?? null,
-      updated_at: now,
-      version: sql<string>`version + 1`,
-    })
-    .where('id', '=', previous.id)
-    .where('version', '=', previous.version.toString())
-    .executeTakeFirst();
-  if (result.numUpdatedRows !== 1n) return 'stale';
-
-  await trx
-    .insertInto('payment_order_transition')
-    .values({
-      order_id: previous.id,
-      payment_id: previous.paymentId,
-      version: (previous.version + 1n).toString(),
-      from_state: previous.state,
-      to_state: next.state,
-      event_type: event.type,
-      detail: eventDetail(event),
-      created_at: now,
-    })
-    .execute();
-
-  if (previous.state === ORDER_STATE.notStarted && next.state === ORDER_STATE.executing) {
-    await trx
-      .updateTable('payment')
-      .set({ state: 'EXECUTING', updated_at: now, version: sql<string>`version + 1` })
-      .where('id', '=', previous.paymentId)
-      .where('state', '=', 'NOT_STARTED')
-      .execute();
-  } else if (!isTerminal(previous.state) && isTerminal(next.state)) {
-    await settleIntoPayment(trx, previous.paymentId, next.state === ORDER_STATE.succeeded, now);
-  }
+  const statements = transitionStatements(trx, [input]);
+  const updated = await trx.executeQuery(statements.update);
+  if (updated.numAffectedRows !== 1n) return 'stale';
+  for (const statement of statements.rest) await trx.executeQuery(statement);
   return 'persisted';
-}
-
-/**
- * Counts one more terminal order into its payment and derives the payment's state. The state is
- * assigned first, from the old counters plus this order, so the statement means the same under
- * MySQL's left-to-right assignment and under standard simultaneous assignment.
- */
-async function settleIntoPayment(trx: Trx, paymentId: string, succeeded: boolean, now: Date) {
-  const s = succeeded ? 1 : 0;
-  const f = succeeded ? 0 : 1;
-  await sql`
-    UPDATE payment SET
-      state = CASE
-        WHEN orders_succeeded + orders_failed + 1 < orders_total THEN 'EXECUTING'
-        WHEN orders_failed + ${f} = 0 THEN 'SUCCEEDED'
-        WHEN orders_succeeded + ${s} = 0 THEN 'FAILED'
-        ELSE 'PARTIALLY_SUCCEEDED' END,
-      orders_succeeded = orders_succeeded + ${s},
-      orders_failed = orders_failed + ${f},
-      version = version + 1,
-      updated_at = ${now}
-    WHERE id = ${paymentId}`.execute(trx);
 }
 
 export type TransitionRecord = Readonly<{
