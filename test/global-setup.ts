@@ -3,9 +3,9 @@
  * (MYSQL_URL, NATS_URL) if set, else the local service if its port answers, else a container via
  * testcontainers where a Docker engine exists. Tests read the result with inject().
  */
-import net from 'node:net';
 import type { TestProject } from 'vitest/node';
 import 'vitest';
+import { reachable } from '../src/chaos/free-port.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -16,22 +16,9 @@ declare module 'vitest' {
 
 const stops: Array<() => Promise<unknown>> = [];
 
-function probe(host: string, port: number, timeoutMs: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect({ host, port });
-    const done = (ok: boolean) => {
-      socket.destroy();
-      resolve(ok);
-    };
-    socket.setTimeout(timeoutMs, () => done(false));
-    socket.once('connect', () => done(true));
-    socket.once('error', () => done(false));
-  });
-}
-
 async function mysqlUrl(): Promise<string> {
   if (process.env.MYSQL_URL) return process.env.MYSQL_URL;
-  if (await probe('127.0.0.1', 3306, 500)) return 'mysql://root@127.0.0.1:3306/test';
+  if (await reachable('127.0.0.1', 3306, 500)) return 'mysql://root@127.0.0.1:3306/test';
   try {
     const { MySqlContainer } = await import('@testcontainers/mysql');
     const container = await new MySqlContainer('mysql:8.4').withRootPassword('root').start();
@@ -48,7 +35,7 @@ async function mysqlUrl(): Promise<string> {
 
 async function natsUrl(): Promise<string> {
   if (process.env.NATS_URL) return process.env.NATS_URL;
-  if (await probe('127.0.0.1', 4222, 500)) return 'nats://127.0.0.1:4222';
+  if (await reachable('127.0.0.1', 4222, 500)) return 'nats://127.0.0.1:4222';
   try {
     const { GenericContainer } = await import('testcontainers');
     const container = await new GenericContainer('nats:2.10')

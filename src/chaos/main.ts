@@ -10,11 +10,11 @@
  * unreachable, or the cluster did not start; 130 interrupted (Ctrl-C; cleanup still runs).
  */
 import { mkdtempSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { ConfigError, loadConfig } from '../config.js';
 import { parseMysqlUrl } from '../storage/db.js';
+import { reachable } from './free-port.js';
 import { formatReport } from './report.js';
 import { runChaos } from './run.js';
 
@@ -75,19 +75,6 @@ function parseArgs(argv: readonly string[]): Args {
 function usage(problem: string): never {
   process.stderr.write(`chaos: ${problem}\n${USAGE}\n`);
   process.exit(2);
-}
-
-function reachable(host: string, port: number, timeoutMs: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect({ host, port });
-    const done = (ok: boolean) => {
-      socket.destroy();
-      resolve(ok);
-    };
-    socket.setTimeout(timeoutMs, () => done(false));
-    socket.once('connect', () => done(true));
-    socket.once('error', () => done(false));
-  });
 }
 
 async function main(): Promise<void> {
