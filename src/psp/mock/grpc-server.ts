@@ -38,6 +38,10 @@ import type { SettlementDiscrepancy, SettlementFile } from './settlement-file.js
 import type { BehaviorStore, PspBehaviorPatch } from './behavior.js';
 import type { PspPayment } from './payment.repository.js';
 import { checkoutUrl, type PspPayments } from './payments.js';
+import { addReflection } from '../../grpc/reflection/index.js';
+
+/** The PSP mock's one gRPC service, fully qualified. */
+export const PSP_SERVICE_NAME = 'settle.psp.v1.PspService';
 import { PSP_PAYMENT_STATE, SETTLEMENT_ADJUSTMENT, type PspPaymentState } from './schema.js';
 
 /** The longest a hanging call is held, in milliseconds. */
@@ -90,6 +94,8 @@ export async function startPspGrpcServer(options: {
   };
   const server = new Server({ 'grpc.max_receive_message_length': REQUEST_BYTES_MAX });
   server.addService(PspServiceService, handlers(context));
+  // grpcurl and buf curl find the PSP's methods the same way as Settle's.
+  addReflection(server, { services: [PSP_SERVICE_NAME] });
   const port = await new Promise<number>((resolve, reject) => {
     server.bindAsync(
       `${options.host}:${options.port}`,

@@ -7,6 +7,9 @@
  * hosted page; webhooks go to a local HTTP receiver that verifies every signature. The mock's own
  * tables are read directly to check charges and the outbox. Waits poll with a deadline.
  */
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { status } from '@grpc/grpc-js';
 import { type Kysely } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -45,6 +48,8 @@ const DECLINE_CARD = '4000000000000002';
 const OTHER_CARD = '5555555555554444';
 const config = testConfig();
 const ATTEMPTS_MAX = 4;
+
+const execFileAsync = promisify(execFile);
 
 let mysqlUrl: string;
 let mock: PspMock;
@@ -711,5 +716,28 @@ describe('SetBehavior', () => {
     const later = uniqueNonce();
     await register(later);
     expect((await getStatus(later)).status).toBe(PaymentStatus.PAYMENT_STATUS_REGISTERED);
+  });
+});
+
+describe('reflection', () => {
+  it('lets buf curl (as grpcurl would) list the PSP service and call it by name', async () => {
+    const buf = fileURLToPath(new URL('../../../node_modules/.bin/buf', import.meta.url));
+    const base = `http://127.0.0.1:${mock.grpcPort}`;
+    const flags = ['curl', '--protocol', 'grpc', '--http2-prior-knowledge'];
+    const { stdout: listed } = await execFileAsync(buf, [...flags, '--list-methods', base]);
+    expect(listed).toContain('settle.psp.v1.PspService/GenerateSettlementFile');
+    expect(listed).toContain('settle.psp.v1.PspService/RegisterPayment');
+    // The request is encoded from the reflected schema; the answer is the mock's own NOT_FOUND.
+    const failed = await execFileAsync(buf, [
+      ...flags,
+      '-d',
+      '{"nonce":"ord_unknown"}',
+      `${base}/settle.psp.v1.PspService/GetPaymentStatus`,
+    ]).then(
+      () => undefined,
+      (error: unknown) => error as { stdout: string; stderr: string },
+    );
+    // buf curl prints a failed call's status as JSON on stderr and exits non-zero.
+    expect(JSON.parse(failed?.stderr ?? '{}')).toMatchObject({ code: 'not_found' });
   });
 });
