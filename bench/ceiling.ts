@@ -170,12 +170,13 @@ async function onePayment(pool: Pool, options: CeilingOptions, counters: Counter
     const inserted = await exec(
       connection,
       counters,
-      `INSERT INTO outbox (subject, msg_id, payload, created_at) VALUES ${orders.map(() => '(?, ?, ?, ?)').join(', ')}`,
+      `INSERT INTO outbox (subject, msg_id, payload, created_at, available_at) VALUES ${orders.map(() => '(?, ?, ?, ?, ?)').join(', ')}`,
       orders.flatMap((order) => [
         SUBJECT,
         `exec:${order.id}`,
         JSON.stringify({ type: 'ExecuteOrder', orderId: order.id }),
         now,
+        new Date(now.getTime() + 5_000),
       ]),
     );
     await exec(
@@ -188,7 +189,7 @@ async function onePayment(pool: Pool, options: CeilingOptions, counters: Counter
     );
     return Array.from({ length: orders.length }, (_, i) => inserted.insertId + i);
   });
-  // 3. The relay deletes what it published.
+  // 3. The node that ran the orders' ExecuteOrder itself deletes their rows.
   await exec(pool, counters, `DELETE FROM outbox WHERE id IN (?)`, [outboxIds]);
   counters.commits += 1;
 

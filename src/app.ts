@@ -10,6 +10,7 @@ import { settlePublicUrl, utcMinutesOf, type Config } from './config.js';
 import { ActorRegistry } from './actors/runtime/registry.js';
 import { PaymentOrderActor, type OrderMessage } from './actors/payment-order/actor.js';
 import { OrderLoader, TransitionBatcher } from './actors/payment-order/persistence.js';
+import { LocalExecutor } from './actors/payment-order/local-execute.js';
 import type { OrderEvent } from './actors/payment-order/machine.js';
 import type { PspPort } from './actors/payment-order/effects.js';
 import { CommandConsumer, type HandleOutcome } from './messaging/command-consumer.js';
@@ -79,6 +80,8 @@ export type SettleNode = Readonly<{
   names: Names;
   payments: PaymentService;
   relay: OutboxRelay;
+  /** Runs this node's new orders here first; JetStream is the backstop. */
+  local: LocalExecutor;
   consumer: CommandConsumer;
   registry: ActorRegistry<OrderMessage, HandleOutcome>;
   janitor: Janitor;
@@ -230,12 +233,41 @@ export async function startSettle(
 
     const dispatch = (command: Command): Promise<HandleOutcome> =>
       registry.send(command.orderId, { event: commandToEvent(command) });
+    // No more orders at once (run here or from JetStream) than PSP calls may be in flight: beyond
+    // that the PSP client refuses at once, and a backlog (the bench's 100,000 idle orders) burnt
+    // its retries on that refusal until orders were dead-lettered. New orders run here take half.
+    const localMax =
+      config.LOCAL_EXECUTE_HOLD_MS > 0 ? Math.max(1, Math.floor(config.PSP_IN_FLIGHT_MAX / 2)) : 0;
+    const local = new LocalExecutor(
+      {
+        db,
+        send: (orderId, message) => registry.send(orderId, message),
+        wakeRelay: () => relay.wake(),
+        now,
+        onError: (error, context) =>
+          logger.error({ err: error, ...context }, 'running a new order here failed'),
+        onHandover: (handover) => {
+          if (handover.retry) metrics.retry();
+          logger.warn(
+            handover,
+            `order ${handover.orderId} handed to JetStream in ${handover.delayMs} ms: ${handover.reason}`,
+          );
+        },
+      },
+      {
+        holdMs: config.LOCAL_EXECUTE_HOLD_MS,
+        inFlightMax: localMax,
+        retryDelayMs: config.RETRY_BACKOFF_MS[0] ?? 1_000,
+        groupCommit: groupCommit('outbox finishes'),
+      },
+    );
+    cleanups.push(() => local.stop(config.SHUTDOWN_GRACE_MS));
     const consumer = new CommandConsumer(nc, js, jsm, names, (command) => dispatch(command), {
       recordDeadLetter: (entry) => recordDeadLetter(db, names.commandStream, entry, now()),
-      // No more commands at once than PSP calls may be in flight: beyond that the PSP client
-      // refuses at once, and a backlog (the bench's 100,000 idle orders) burnt its retries on
-      // that refusal until orders were dead-lettered.
-      inFlightMax: Math.min(config.CONSUMER_MAX_ACK_PENDING, config.PSP_IN_FLIGHT_MAX, 1_024),
+      inFlightMax: Math.max(
+        1,
+        Math.min(config.CONSUMER_MAX_ACK_PENDING, config.PSP_IN_FLIGHT_MAX - localMax, 1_024),
+      ),
       backoffMs: config.RETRY_BACKOFF_MS,
       jitter: 0.2,
       onError: (error, context) =>
@@ -262,6 +294,7 @@ export async function startSettle(
       },
       events,
       wakeRelay: () => relay.wake(),
+      local,
       createWaitMs: config.CREATE_WAIT_MS,
       idempotencyLeaseMs: config.IDEMPOTENCY_LEASE_MS,
       now,
@@ -510,6 +543,7 @@ export async function startSettle(
       names,
       payments,
       relay,
+      local,
       consumer,
       registry,
       janitor,

@@ -94,6 +94,13 @@ export const configSchema = z.object({
   ACTORS_MAX: positiveInt.max(10_000_000).default(100_000),
   OUTBOX_BATCH_MAX: positiveInt.max(10_000).default(500),
   OUTBOX_POLL_MS: positiveInt.max(60_000).default(250),
+  /**
+   * A new order's ExecuteOrder runs on the node that created it, and its outbox row is held back
+   * from the relay this long: past it (this node died, or the run took that long) any node
+   * relays it through JetStream. 0 sends every ExecuteOrder through JetStream at once. Keep it
+   * above PSP_CALL_TIMEOUT_MS.
+   */
+  LOCAL_EXECUTE_HOLD_MS: nonNegativeInt.max(600_000).default(10_000),
   /** How long CreatePayment waits for the PSP to register the orders before it answers. */
   CREATE_WAIT_MS: nonNegativeInt.max(30_000).default(2_000),
   IDEMPOTENCY_TTL_MS: positiveInt.default(24 * 3_600_000),

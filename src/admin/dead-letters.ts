@@ -11,6 +11,7 @@ import type { DeadLetter } from '../messaging/command-consumer.js';
 import type { Db } from '../storage/db.js';
 import { isDuplicateKey } from '../storage/errors.js';
 import { enqueueOutbox } from '../storage/repositories/outbox.repository.js';
+import { executeOrderPayload, parseCommand } from '../messaging/commands.js';
 import { inTransaction } from '../storage/transaction.js';
 
 export const DEAD_LETTER_STATE = {
@@ -156,7 +157,7 @@ export async function replayDeadLetter(
     }
     await enqueueOutbox(
       trx,
-      [{ subject: row.subject, msgId: `replay:${row.id}`, payload: row.payload }],
+      [{ subject: row.subject, msgId: `replay:${row.id}`, payload: freshAttempts(row.payload) }],
       now,
     );
     await trx
@@ -174,6 +175,16 @@ export async function replayDeadLetter(
   const record = await findDeadLetter(deps.db, id);
   if (record === undefined) throw new NotFoundError('dead letter', id);
   return record;
+}
+
+/**
+ * A replayed command starts its retries afresh: the attempts its node made before handing it to
+ * JetStream (`priorAttempts`) are dropped. Any other payload is replayed as it was stored.
+ */
+function freshAttempts(payload: string): string {
+  const command = parseCommand(new TextEncoder().encode(payload));
+  if (command?.type !== 'ExecuteOrder' || command.priorAttempts === undefined) return payload;
+  return executeOrderPayload(command.orderId, 0);
 }
 
 /** Closes an entry without replaying it; the reason is kept. Discarding twice is a no-op. */

@@ -167,14 +167,17 @@ export class CommandConsumer {
   }
 
   private async process(message: JsMsg): Promise<void> {
-    const attempt = message.info.deliveryCount;
-    const isLastAttempt = attempt >= this.maxDeliver;
     const command = parseCommand(message.data);
     if (command === undefined) {
       await this.deadLetter(message, null, 'MALFORMED_COMMAND', 'payload is not a known command');
       message.term('malformed command');
       return;
     }
+    // A command its node already tried once before handing it over counts that attempt, so the
+    // retries stay within the configured steps whichever way the command came.
+    const prior = command.type === 'ExecuteOrder' ? (command.priorAttempts ?? 0) : 0;
+    const attempt = message.info.deliveryCount + prior;
+    const isLastAttempt = attempt >= this.maxDeliver;
     let outcome: HandleOutcome;
     try {
       outcome = await this.handler(command, { attempt, isLastAttempt });
@@ -188,7 +191,13 @@ export class CommandConsumer {
         return;
       case 'retry': {
         if (isLastAttempt) {
-          await this.deadLetter(message, command.orderId, 'RETRIES_EXHAUSTED', outcome.reason);
+          await this.deadLetter(
+            message,
+            command.orderId,
+            'RETRIES_EXHAUSTED',
+            outcome.reason,
+            attempt,
+          );
           message.term(`retries exhausted: ${outcome.reason}`);
           return;
         }
@@ -203,7 +212,7 @@ export class CommandConsumer {
         return;
       }
       case 'reject':
-        await this.deadLetter(message, command.orderId, 'NON_RETRYABLE', outcome.reason);
+        await this.deadLetter(message, command.orderId, 'NON_RETRYABLE', outcome.reason, attempt);
         message.term(outcome.reason);
         return;
     }
@@ -222,12 +231,13 @@ export class CommandConsumer {
     orderId: string | null,
     reason: string,
     lastError: string,
+    attempts = message.info.deliveryCount,
   ): Promise<void> {
     const entry: DeadLetter = {
       orderId,
       subject: message.subject,
       streamSequence: message.info.streamSequence,
-      attempts: message.info.deliveryCount,
+      attempts,
       reason,
       lastError: lastError.slice(0, 2_000),
       payload: message.string().slice(0, 64 * 1024),

@@ -10,7 +10,12 @@ import type { Names } from './subjects.js';
 const amountString = z.string().regex(/^\d{1,19}$/);
 
 export const commandSchema = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('ExecuteOrder'), orderId: z.string().min(1) }),
+  z.object({
+    type: z.literal('ExecuteOrder'),
+    orderId: z.string().min(1),
+    /** Attempts made before it reached JetStream (by the node that created the order). */
+    priorAttempts: z.number().int().min(0).max(100).optional(),
+  }),
   z.object({
     type: z.literal('PspResult'),
     orderId: z.string().min(1),
@@ -25,12 +30,33 @@ export const commandSchema = z.discriminatedUnion('type', [
 ]);
 export type Command = z.infer<typeof commandSchema>;
 
-export function executeOrderMessage(names: Names, orderId: string): OutboxMessage {
+/**
+ * A new order's ExecuteOrder. `heldUntil`: the relay leaves it alone until then, while the node
+ * that created the order runs it itself (actors/payment-order/local-execute.ts).
+ */
+export function executeOrderMessage(
+  names: Names,
+  orderId: string,
+  heldUntil?: Date,
+): OutboxMessage {
   return {
     subject: names.commandSubject(orderId),
-    msgId: `exec:${orderId}`,
-    payload: JSON.stringify({ type: 'ExecuteOrder', orderId } satisfies Command),
+    msgId: executeOrderMsgId(orderId),
+    payload: executeOrderPayload(orderId, 0),
+    ...(heldUntil !== undefined && { availableAt: heldUntil }),
   };
+}
+
+export function executeOrderMsgId(orderId: string): string {
+  return `exec:${orderId}`;
+}
+
+export function executeOrderPayload(orderId: string, priorAttempts: number): string {
+  return JSON.stringify({
+    type: 'ExecuteOrder',
+    orderId,
+    ...(priorAttempts > 0 && { priorAttempts }),
+  } satisfies Command);
 }
 
 export function pspResultMessage(

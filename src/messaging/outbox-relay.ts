@@ -99,7 +99,7 @@ export class OutboxRelay {
     // Two round trips: the lock (with START TRANSACTION), then the delete with the COMMIT.
     const outcome = await transactionInOneTrip(
       this.db,
-      [outboxBatchLock(this.db, this.options.batchMax)],
+      [outboxBatchLock(this.db, this.options.batchMax, new Date())],
       async (results) => {
         const batch = toPendingOutbox(resultRows<OutboxRow>(results[0]));
         if (batch.length === 0) return { commit: 0 };

@@ -38,6 +38,7 @@ import { inTransaction, toUnavailable, type Trx } from '../storage/transaction.j
 import { ORDER_STATE } from '../actors/payment-order/machine.js';
 import { evaluateRisk, type RiskDecision, type RiskRules } from './risk.js';
 import { nextChange, type PaymentEvents } from './payment-events.js';
+import type { LocalExecutor } from '../actors/payment-order/local-execute.js';
 import { parseCreatePayment, requireId, type CreatePaymentInput } from './validation.js';
 import { InvalidArgumentError } from '../domain/errors.js';
 
@@ -52,8 +53,13 @@ export type PaymentServiceDeps = Readonly<{
   names: Names;
   risk: RiskRules;
   events: PaymentEvents;
-  /** Called after a commit that wrote outbox rows. */
+  /** Called after a commit that wrote outbox rows due at once. */
   wakeRelay: () => void;
+  /**
+   * Runs new orders' ExecuteOrder on this node (actors/payment-order/local-execute.ts); every
+   * order goes through the relay and JetStream when unset or when it has no room.
+   */
+  local?: Pick<LocalExecutor, 'reserve' | 'unreserve' | 'run'>;
   /** How long create waits for checkout URLs before answering. */
   createWaitMs: number;
   /**
@@ -72,7 +78,13 @@ export type PaymentServiceDeps = Readonly<{
   }>;
 }>;
 
-type Creation = Readonly<{ payment: NewPayment; decision: RiskDecision; now: Date }>;
+type Creation = Readonly<{
+  payment: NewPayment;
+  decision: RiskDecision;
+  now: Date;
+  /** The orders' ExecuteOrder rows are held back from the relay until then (run here first). */
+  heldUntil: Date | undefined;
+}>;
 
 /**
  * Writes new payments: the rows, the transitions of risk-rejected orders, one ExecuteOrder
@@ -140,8 +152,10 @@ function creationStatements(db: Db | Trx, creations: readonly Creation[], names:
   if (rejected.length > 0) {
     statements.push(db.insertInto('payment_order_transition').values(rejected).compile());
   }
-  const commands = creations.flatMap(({ payment, decision }) =>
-    decision.approved ? payment.orders.map((order) => executeOrderMessage(names, order.id)) : [],
+  const commands = creations.flatMap(({ payment, decision, heldUntil }) =>
+    decision.approved
+      ? payment.orders.map((order) => executeOrderMessage(names, order.id, heldUntil))
+      : [],
   );
   if (commands.length > 0) {
     statements.push(
@@ -246,20 +260,27 @@ export class PaymentService {
       return this.get(claim.paymentId);
     }
     const creation = this.prepare(input, now);
+    const held = creation.heldUntil === undefined ? 0 : creation.payment.orders.length;
     try {
       await (this.creations?.submit(creation) ??
         inTransaction(db, (trx) => writeCreations(trx, [creation], this.deps.names)));
     } catch (error) {
+      if (held > 0) this.deps.local?.unreserve(held);
       await releaseIdempotencyKey(db, input).catch(() => undefined);
       throw toUnavailable(error);
     }
-    this.deps.wakeRelay();
     // What was just committed is the answer unless the caller waits for checkout URLs: no read.
-    return this.waitForCheckout(createdPayment(creation.payment, now));
+    const created = createdPayment(creation.payment, now);
+    if (held > 0) this.deps.local?.run(created.orders);
+    else if (creation.decision.approved) this.deps.wakeRelay();
+    return this.waitForCheckout(created);
   }
 
   private prepare(input: CreatePaymentInput, now: Date): Creation {
     const decision = evaluateRisk(this.deps.risk, input);
+    const heldUntil = decision.approved
+      ? this.deps.local?.reserve(input.orders.length, now)
+      : undefined;
     const paymentId = newId('payment', now.getTime());
     const orders = input.orders.map((order) => ({
       id: newId('order', now.getTime()),
@@ -281,6 +302,7 @@ export class PaymentService {
       },
       decision,
       now,
+      heldUntil,
     };
   }
 

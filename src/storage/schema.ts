@@ -109,6 +109,8 @@ export interface OutboxTable {
   msg_id: string;
   payload: string;
   created_at: Timestamp;
+  /** The relay publishes the row from this time on (later than created_at while held). */
+  available_at: Timestamp;
 }
 
 export interface InboxTable {

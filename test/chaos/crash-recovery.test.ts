@@ -116,6 +116,8 @@ describe('crash recovery with real processes', () => {
     }
     expect(atPsp.filter((token) => token !== undefined).length).toBeGreaterThan(0);
 
+    // The node ran the orders itself, so their ExecuteOrder rows are still held in the outbox:
+    // when the hold ends, the restarted node's relay sends them through JetStream.
     await c.startNode(0);
     const registered = await waitForOrders(
       c,
@@ -174,7 +176,8 @@ describe('crash recovery with real processes', () => {
   it('(c) kill -9 while relaying the outbox: nothing lost, nothing published twice', async () => {
     cluster = await startCluster({
       nodes: 1,
-      nodeEnv: { OUTBOX_BATCH_MAX: '5', OUTBOX_POLL_MS: '50' },
+      // Every ExecuteOrder through the relay (none run on the creating node first).
+      nodeEnv: { OUTBOX_BATCH_MAX: '5', OUTBOX_POLL_MS: '50', LOCAL_EXECUTE_HOLD_MS: '0' },
     });
     const c = cluster;
     const node = c.node(0);
@@ -211,7 +214,9 @@ describe('crash recovery with real processes', () => {
   }, 120_000);
 
   it('(d) NATS connection cut: the node reconnects and carries on', async () => {
-    cluster = await startCluster({ nodes: 1 });
+    // Every ExecuteOrder through JetStream, so that the cut stops them (new orders run on their
+    // own node otherwise, and would carry on without NATS).
+    cluster = await startCluster({ nodes: 1, nodeEnv: { LOCAL_EXECUTE_HOLD_MS: '0' } });
     const c = cluster;
     const node = c.node(0);
     await setPsp(c, { autoPayCard: CARD.success });

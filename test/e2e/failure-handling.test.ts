@@ -89,7 +89,8 @@ describe('retries and dead letters', () => {
     expect(dead.attempts).toBe(6); // the first delivery + 5 retries
     expect(dead.lastError).toMatch(/unavailable|injected/i);
     expect(dead.state).toBe(DeadLetterState.DEAD_LETTER_STATE_OPEN);
-    expect(JSON.parse(dead.payload)).toEqual({ type: 'ExecuteOrder', orderId });
+    // The first attempt ran on the node that created the order; JetStream made the other five.
+    expect(JSON.parse(dead.payload)).toEqual({ type: 'ExecuteOrder', orderId, priorAttempts: 1 });
 
     // Every attempt is in the timeline; the gaps follow the backoff (±20 % jitter, plus work).
     const failures = (

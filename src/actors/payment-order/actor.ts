@@ -45,9 +45,15 @@ export type OrderActorDeps = Readonly<{
 /**
  * A message for the actor. `receipt` marks an event that arrived from outside with its own id (a
  * PSP webhook): when the event changes the order, the receipt is written to the inbox in the same
- * transaction, and the outcome says so (`receiptStored`).
+ * transaction, and the outcome says so (`receiptStored`). `seed` is the order as its creator just
+ * committed it: an actor with no copy of its own takes it instead of reading the row back. It is
+ * only a cache: a write from it is version-checked like any other, and a stale one reloads.
  */
-export type OrderMessage = Readonly<{ event: OrderEvent; receipt?: InboxReceipt }>;
+export type OrderMessage = Readonly<{
+  event: OrderEvent;
+  receipt?: InboxReceipt;
+  seed?: PaymentOrder;
+}>;
 
 /** Events one message may cause in one turn (the event plus the results of its effects). */
 const EVENTS_PER_TURN_MAX = 8;
@@ -69,6 +75,7 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
   ) {}
 
   async handle(message: OrderMessage): Promise<HandleOutcome> {
+    if (this.cached === undefined && message.seed?.id === this.orderId) this.cached = message.seed;
     const pending: OrderEvent[] = [message.event];
     let outcome: HandleOutcome = { kind: 'done' };
     let receiptStored = false;

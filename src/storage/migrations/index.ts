@@ -7,12 +7,14 @@ import * as m0001 from './0001-initial.js';
 import * as m0002 from './0002-failure-handling.js';
 import * as m0003 from './0003-reconciliation.js';
 import * as m0004 from './0004-admin.js';
+import * as m0005 from './0005-outbox-hold.js';
 
 const migrations: Record<string, Migration> = {
   '0001-initial': m0001,
   '0002-failure-handling': m0002,
   '0003-reconciliation': m0003,
   '0004-admin': m0004,
+  '0005-outbox-hold': m0005,
 };
 
 export const migrationProvider: MigrationProvider = {

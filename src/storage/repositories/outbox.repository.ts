@@ -7,7 +7,13 @@ import type { Db } from '../db.js';
 import { isDuplicateKey } from '../errors.js';
 import type { Trx } from '../transaction.js';
 
-export type OutboxMessage = Readonly<{ subject: string; msgId: string; payload: string }>;
+export type OutboxMessage = Readonly<{
+  subject: string;
+  msgId: string;
+  payload: string;
+  /** Held back from the relay until then (a command its own node runs first); due at once when unset. */
+  availableAt?: Date;
+}>;
 
 export async function enqueueOutbox(trx: Trx, messages: readonly OutboxMessage[], now: Date) {
   if (messages.length === 0) return;
@@ -28,6 +34,7 @@ export function outboxInsert(
         msg_id: message.msgId,
         payload: message.payload,
         created_at: now,
+        available_at: message.availableAt ?? now,
       })),
     )
     .compile();
@@ -43,13 +50,17 @@ export type PendingOutbox = Readonly<{
 export type OutboxRow = Readonly<{ id: string; subject: string; msg_id: string; payload: string }>;
 
 /**
- * Locks up to `limit` unsent rows that no other relay holds (SKIP LOCKED), oldest first: the
- * statement, built but not run (the relay sends it with START TRANSACTION).
+ * Locks up to `limit` due rows (available at `now` or before) that no other relay holds (SKIP
+ * LOCKED), in the order they became due: the statement, built but not run (the relay sends it
+ * with START TRANSACTION). It reads through the (available_at, id) index, so rows still held
+ * back are neither scanned nor locked.
  */
-export function outboxBatchLock(db: Db | Trx, limit: number): CompiledQuery<OutboxRow> {
+export function outboxBatchLock(db: Db | Trx, limit: number, now: Date): CompiledQuery<OutboxRow> {
   return db
     .selectFrom('outbox')
     .select(['id', 'subject', 'msg_id', 'payload'])
+    .where('available_at', '<=', now)
+    .orderBy('available_at')
     .orderBy('id')
     .limit(limit)
     .forUpdate()
@@ -71,16 +82,55 @@ export function outboxDelete(db: Db | Trx, ids: readonly string[]): CompiledQuer
   return db.deleteFrom('outbox').where('id', 'in', ids).compile();
 }
 
-/** Rows waiting and the age of the oldest, for metrics and health. */
-export async function outboxLag(db: Db): Promise<{ pending: number; oldestAgeMs: number }> {
+/**
+ * Due rows waiting for the relay and how long the oldest has been due, for metrics and health.
+ * Rows still held back for their own node are not lag.
+ */
+export async function outboxLag(
+  db: Db,
+  now = new Date(),
+): Promise<{ pending: number; oldestAgeMs: number }> {
   const row = await db
     .selectFrom('outbox')
-    .select([sql<string>`COUNT(*)`.as('pending'), sql<Date | null>`MIN(created_at)`.as('oldest')])
+    .select([sql<string>`COUNT(*)`.as('pending'), sql<Date | null>`MIN(available_at)`.as('oldest')])
+    .where('available_at', '<=', now)
     .executeTakeFirstOrThrow();
   return {
     pending: Number(row.pending),
-    oldestAgeMs: row.oldest === null ? 0 : Date.now() - new Date(row.oldest).getTime(),
+    oldestAgeMs: row.oldest === null ? 0 : now.getTime() - new Date(row.oldest).getTime(),
   };
+}
+
+/** Deletes rows by message id (commands their own node ran): one autocommit statement. */
+export async function deleteOutboxByMsgId(db: Db, msgIds: readonly string[]): Promise<void> {
+  if (msgIds.length === 0) return;
+  await db.deleteFrom('outbox').where('msg_id', 'in', msgIds).execute();
+}
+
+/** Makes held rows due at `now` (their node is stopping): one autocommit statement. */
+export async function makeOutboxDue(db: Db, msgIds: readonly string[], now: Date): Promise<void> {
+  if (msgIds.length === 0) return;
+  await db
+    .updateTable('outbox')
+    .set({ available_at: now })
+    .where('msg_id', 'in', msgIds)
+    .where('available_at', '>', now)
+    .execute();
+}
+
+/**
+ * Hands a held row to the relay: it becomes due at `availableAt`, with a new payload (one that
+ * counts the attempt already made). A row already gone (relayed, or deleted) is left gone.
+ */
+export async function releaseOutbox(
+  db: Db,
+  release: Readonly<{ msgId: string; payload: string; availableAt: Date }>,
+): Promise<void> {
+  await db
+    .updateTable('outbox')
+    .set({ payload: release.payload, available_at: release.availableAt })
+    .where('msg_id', '=', release.msgId)
+    .execute();
 }
 
 /** Records an input by its id; false when it was seen before. */

@@ -1,0 +1,195 @@
+/**
+ * Runs a new order's ExecuteOrder on the node that created it, straight into the order's actor,
+ * instead of sending it through the outbox relay, JetStream and a consumer first. JetStream stays
+ * the backstop, and the outbox row is still what makes the command durable:
+ *
+ * - the creation's transaction writes the ExecuteOrder row as before, but held back from the
+ *   relay until `holdMs` later (outbox.available_at);
+ * - after the commit, this node sends the command to the order's actor, seeded with the order as
+ *   just written (no read back);
+ * - when the actor is done (registered with the PSP, the token committed) the row is deleted;
+ * - when it asks for a retry, or rejects the command, the row is handed to the relay with the
+ *   attempt counted (`priorAttempts`), due after the first backoff step (a retry) or at once (a
+ *   rejection, so the consumer dead-letters it with its reason): the usual retries with backoff and
+ *   the dead-letter queue take over, and the retries stay within the configured number;
+ * - if this node dies before either, the row becomes due when the hold ends and any node's relay
+ *   publishes it: the order is executed there (an ExecuteOrder that finds the order further on
+ *   is a no-op, and the PSP deduplicates a registration by the order's id).
+ *
+ * Bounded: at most `inFlightMax` orders run here at once; a payment whose orders do not fit is
+ * written with its rows due at once and goes the JetStream way.
+ */
+import type { HandleOutcome } from '../../messaging/command-consumer.js';
+import { executeOrderMsgId, executeOrderPayload } from '../../messaging/commands.js';
+import { ResourceExhaustedError } from '../../domain/errors.js';
+import type { Db } from '../../storage/db.js';
+import { GroupCommit } from '../../storage/group-commit.js';
+import {
+  deleteOutboxByMsgId,
+  makeOutboxDue,
+  releaseOutbox,
+} from '../../storage/repositories/outbox.repository.js';
+import type { OrderMessage } from './actor.js';
+import type { PaymentOrder } from './machine.js';
+
+export type LocalExecuteOptions = Readonly<{
+  /** How long a new order's row is held back from the relay; 0 turns local execution off. */
+  holdMs: number;
+  /** Orders run here at once, at most. */
+  inFlightMax: number;
+  /** When a retryable failure here is retried through JetStream (the first backoff step). */
+  retryDelayMs: number;
+  groupCommit: Readonly<{ batchMax: number; inFlightMax: number; queueMax: number }>;
+}>;
+
+export type LocalExecuteDeps = Readonly<{
+  db: Db;
+  /** Delivers a message to the order's actor on this node. */
+  send: (orderId: string, message: OrderMessage) => Promise<HandleOutcome>;
+  wakeRelay: () => void;
+  now: () => Date;
+  onError?: (error: unknown, context: Record<string, unknown>) => void;
+  /**
+   * Called when an order leaves this node for JetStream, with why; `retry` when it is a retry
+   * after an attempt here (not a refusal before any, nor a rejection).
+   */
+  onHandover?: (handover: {
+    orderId: string;
+    reason: string;
+    delayMs: number;
+    retry: boolean;
+  }) => void;
+}>;
+
+type Finish =
+  | Readonly<{ kind: 'delete'; msgId: string }>
+  | Readonly<{ kind: 'release'; msgId: string; payload: string; availableAt: Date }>;
+
+export class LocalExecutor {
+  private reserved = 0;
+  /** Runs in progress here, by order id. */
+  private readonly running = new Map<string, Promise<void>>();
+  private stopping = false;
+  private readonly finishes: GroupCommit<Finish, void>;
+  private ranTotal = 0;
+  private handedOverTotal = 0;
+
+  constructor(
+    private readonly deps: LocalExecuteDeps,
+    private readonly options: LocalExecuteOptions,
+  ) {
+    this.finishes = new GroupCommit<Finish, void>({
+      name: 'outbox rows of orders run here',
+      ...options.groupCommit,
+      writeOne: (finish) => this.write([finish]),
+      writeBatch: async (finishes) => {
+        await this.write(finishes);
+        return finishes.map(() => undefined);
+      },
+    });
+  }
+
+  get enabled(): boolean {
+    return this.options.holdMs > 0 && !this.stopping;
+  }
+
+  /** Orders run here so far, and orders handed over to JetStream after a run here. */
+  get counts(): { ran: number; handedOver: number; inFlight: number } {
+    return { ran: this.ranTotal, handedOver: this.handedOverTotal, inFlight: this.reserved };
+  }
+
+  /**
+   * Reserves local runs for one payment's `count` orders, all or none. When it answers a time,
+   * the caller writes the orders' ExecuteOrder rows held until then and, once committed, calls
+   * `run`; if the write fails, `unreserve`.
+   */
+  reserve(count: number, now: Date): Date | undefined {
+    if (!this.enabled || count === 0 || this.reserved + count > this.options.inFlightMax) {
+      return undefined;
+    }
+    this.reserved += count;
+    return new Date(now.getTime() + this.options.holdMs);
+  }
+
+  unreserve(count: number): void {
+    this.reserved -= count;
+  }
+
+  /** Runs the reserved orders, whose creation has committed; returns at once. */
+  run(orders: readonly PaymentOrder[]): void {
+    for (const order of orders) {
+      const run: Promise<void> = this.runOne(order)
+        .catch((error: unknown) => this.deps.onError?.(error, { orderId: order.id }))
+        .finally(() => {
+          this.reserved -= 1;
+          this.running.delete(order.id);
+        });
+      this.running.set(order.id, run);
+    }
+  }
+
+  /**
+   * Stops taking orders and waits (bounded) for those running here. The rows of runs still going
+   * at the deadline are made due at once, so that another node's relay takes them now rather than
+   * when their hold ends (if this node finishes one after all, the second run is a no-op).
+   */
+  async stop(timeoutMs: number): Promise<void> {
+    this.stopping = true;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([...this.running.values()]),
+      new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs))),
+    ]);
+    clearTimeout(timer);
+    await this.finishes.stop(timeoutMs);
+    const unfinished = [...this.running.keys()].map(executeOrderMsgId);
+    if (unfinished.length > 0) {
+      await makeOutboxDue(this.deps.db, unfinished, this.deps.now()).catch((error: unknown) =>
+        this.deps.onError?.(error, { unfinished: unfinished.length }),
+      );
+      this.deps.wakeRelay();
+    }
+  }
+
+  private async runOne(order: PaymentOrder): Promise<void> {
+    this.ranTotal += 1;
+    const msgId = executeOrderMsgId(order.id);
+    let outcome: HandleOutcome;
+    let tried = true;
+    try {
+      outcome = await this.deps.send(order.id, { event: { type: 'ExecuteOrder' }, seed: order });
+    } catch (error) {
+      // A full mailbox or actor table refuses before the actor runs: no attempt was made.
+      tried = !(error instanceof ResourceExhaustedError);
+      outcome = { kind: 'retry', reason: error instanceof Error ? error.message : String(error) };
+    }
+    if (outcome.kind === 'done') {
+      await this.finishes.submit({ kind: 'delete', msgId });
+      return;
+    }
+    const delayMs = outcome.kind === 'retry' && tried ? this.options.retryDelayMs : 0;
+    this.handedOverTotal += 1;
+    this.deps.onHandover?.({
+      orderId: order.id,
+      reason: outcome.reason,
+      delayMs,
+      retry: delayMs > 0,
+    });
+    await this.finishes.submit({
+      kind: 'release',
+      msgId,
+      payload: executeOrderPayload(order.id, tried ? 1 : 0),
+      availableAt: new Date(this.deps.now().getTime() + delayMs),
+    });
+    if (delayMs === 0) this.deps.wakeRelay();
+  }
+
+  /** Autocommit statements: deleting or releasing a row is safe to repeat. */
+  private async write(finishes: readonly Finish[]): Promise<void> {
+    const deletes = finishes.flatMap((finish) => (finish.kind === 'delete' ? [finish.msgId] : []));
+    await deleteOutboxByMsgId(this.deps.db, deletes);
+    for (const finish of finishes) {
+      if (finish.kind === 'release') await releaseOutbox(this.deps.db, finish);
+    }
+  }
+}
