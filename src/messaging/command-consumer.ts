@@ -16,8 +16,11 @@ import { parseCommand, type Command } from './commands.js';
 import type { Names } from './subjects.js';
 
 export type HandleOutcome =
-  /** `receiptStored`: the message's inbox receipt was committed with its transition. */
-  | Readonly<{ kind: 'done'; receiptStored?: boolean }>
+  /**
+   * `receiptStored`: the message's inbox receipt was committed with its transition;
+   * `outboxRowDeleted`: so was the deletion of the command's held outbox row.
+   */
+  | Readonly<{ kind: 'done'; receiptStored?: boolean; outboxRowDeleted?: boolean }>
   | Readonly<{ kind: 'retry'; reason: string }>
   | Readonly<{ kind: 'reject'; reason: string }>;
 

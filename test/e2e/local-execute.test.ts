@@ -109,13 +109,19 @@ async function create(sellers: number) {
 describe('new orders run on the node that created them', () => {
   it('registers the order here, deletes its held row, and sends nothing through JetStream', async () => {
     const relayedBefore = stack.settle.relay.relayed;
+    const withTransitionBefore = stack.settle.local.counts.deletedWithTransition;
     const [orderId = ''] = await create(1);
     const row = await registered(orderId);
     expect(row.state).toBe('EXECUTING');
     expect(row.attempts).toBe(1);
-    await waitFor(async () => (await outboxRows([orderId])).length === 0, {
-      what: 'the held row deleted',
-    });
+    // The row went in the same transaction as the token: once the token shows, the row is gone.
+    expect(await outboxRows([orderId])).toEqual([]);
+    await waitFor(
+      async () => stack.settle.local.counts.deletedWithTransition > withTransitionBefore,
+      {
+        what: 'the run counted as done',
+      },
+    );
     // Well past the hold: still nothing relayed, nothing in the stream for it.
     await new Promise((resolve) => setTimeout(resolve, HOLD_MS + 200));
     expect(stack.settle.relay.relayed).toBe(relayedBefore);

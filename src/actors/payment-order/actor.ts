@@ -53,6 +53,12 @@ export type OrderMessage = Readonly<{
   event: OrderEvent;
   receipt?: InboxReceipt;
   seed?: PaymentOrder;
+  /**
+   * The outbox row (message id) of the command this message carries, held back from the relay
+   * while this node runs it: it is deleted in the transaction of the transition that ends the
+   * turn (one with no outside effect left to run), and the outcome says so (`outboxRowDeleted`).
+   */
+  outboxRow?: string;
 }>;
 
 /** Events one message may cause in one turn (the event plus the results of its effects). */
@@ -61,7 +67,12 @@ const EVENTS_PER_TURN_MAX = 8;
 const STALE_RELOADS_MAX = 3;
 
 type Applied =
-  | { kind: 'applied'; effects: readonly Effect[]; receiptStored: boolean }
+  | {
+      kind: 'applied';
+      effects: readonly Effect[];
+      receiptStored: boolean;
+      outboxRowDeleted: boolean;
+    }
   | { kind: 'illegal'; message: string }
   | { kind: 'missing' }
   | { kind: 'contended' };
@@ -79,12 +90,15 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
     const pending: OrderEvent[] = [message.event];
     let outcome: HandleOutcome = { kind: 'done' };
     let receiptStored = false;
+    let outboxRowDeleted = false;
     for (let step = 0; step < EVENTS_PER_TURN_MAX; step += 1) {
       const event = pending.shift();
       if (event === undefined) break;
       // Only the message's own event carries its receipt; the events its effects produce do not.
       const receipt = step === 0 ? message.receipt : undefined;
-      const applied = await this.apply(event, receipt);
+      // The command's row goes with the turn's last write, unless a retry is already asked for.
+      const outboxRow = outboxRowDeleted || outcome.kind !== 'done' ? undefined : message.outboxRow;
+      const applied = await this.apply(event, receipt, outboxRow);
       switch (applied.kind) {
         case 'missing':
           return { kind: 'reject', reason: `payment order ${this.orderId} does not exist` };
@@ -94,6 +108,7 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
           return { kind: 'retry', reason: 'the order kept changing under this actor' };
         case 'applied':
           if (applied.receiptStored) receiptStored = true;
+          if (applied.outboxRowDeleted) outboxRowDeleted = true;
           break;
       }
       for (const effect of applied.effects) {
@@ -102,7 +117,12 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
         else if (next !== undefined) pending.push(next);
       }
     }
-    return outcome.kind === 'done' && receiptStored ? { kind: 'done', receiptStored } : outcome;
+    if (outcome.kind !== 'done') return outcome;
+    return {
+      kind: 'done',
+      ...(receiptStored && { receiptStored }),
+      ...(outboxRowDeleted && { outboxRowDeleted }),
+    };
   }
 
   /** The current order as this actor knows it (for tests and debugging). */
@@ -110,7 +130,11 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
     return this.cached;
   }
 
-  private async apply(event: OrderEvent, receipt: InboxReceipt | undefined): Promise<Applied> {
+  private async apply(
+    event: OrderEvent,
+    receipt: InboxReceipt | undefined,
+    outboxRow: string | undefined,
+  ): Promise<Applied> {
     for (let reload = 0; reload <= STALE_RELOADS_MAX; reload += 1) {
       const fromCache = this.cached !== undefined;
       const order =
@@ -133,8 +157,14 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
       }
       if (!result.changed) {
         this.cached = order;
-        return { kind: 'applied', effects: result.effects, receiptStored: false };
+        return {
+          kind: 'applied',
+          effects: result.effects,
+          receiptStored: false,
+          outboxRowDeleted: false,
+        };
       }
+      const endsTurn = outboxRow !== undefined && !result.effects.some(runsOutside);
       const write = {
         previous: order,
         next: result.order,
@@ -142,6 +172,7 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
         effects: result.effects,
         now,
         ...(receipt !== undefined && { receipt }),
+        ...(endsTurn && { outboxDone: outboxRow }),
       };
       const persisted = await (this.deps.persist?.(write) ?? persistAlone(this.deps.db, write));
       if (!persisted) {
@@ -151,7 +182,12 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
       const next: PaymentOrder = { ...result.order, version: order.version + 1n };
       this.cached = next;
       this.deps.onTransition(order, next, event);
-      return { kind: 'applied', effects: result.effects, receiptStored: receipt !== undefined };
+      return {
+        kind: 'applied',
+        effects: result.effects,
+        receiptStored: receipt !== undefined,
+        outboxRowDeleted: endsTurn,
+      };
     }
     return { kind: 'contended' };
   }
@@ -237,6 +273,11 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
       throw error;
     }
   }
+}
+
+/** Whether an effect runs after the commit (so the turn goes on), rather than inside it. */
+function runsOutside(effect: Effect): boolean {
+  return effect.type !== 'CreditSeller';
 }
 
 function retryReason(effect: Effect): string {

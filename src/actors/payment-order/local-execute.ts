@@ -7,7 +7,8 @@
  *   relay until `holdMs` later (outbox.available_at);
  * - after the commit, this node sends the command to the order's actor, seeded with the order as
  *   just written (no read back);
- * - when the actor is done (registered with the PSP, the token committed) the row is deleted;
+ * - when the actor is done (registered with the PSP, the token committed) the row is gone: it is
+ *   deleted in the transaction of the turn's last transition (or alone, if the turn wrote none);
  * - when it asks for a retry, or rejects the command, the row is handed to the relay with the
  *   attempt counted (`priorAttempts`), due after the first backoff step (a retry) or at once (a
  *   rejection, so the consumer dead-letters it with its reason): the usual retries with backoff and
@@ -73,6 +74,7 @@ export class LocalExecutor {
   private readonly finishes: GroupCommit<Finish, void>;
   private ranTotal = 0;
   private handedOverTotal = 0;
+  private deletedWithTransition = 0;
 
   constructor(
     private readonly deps: LocalExecuteDeps,
@@ -93,9 +95,22 @@ export class LocalExecutor {
     return this.options.holdMs > 0 && !this.stopping;
   }
 
-  /** Orders run here so far, and orders handed over to JetStream after a run here. */
-  get counts(): { ran: number; handedOver: number; inFlight: number } {
-    return { ran: this.ranTotal, handedOver: this.handedOverTotal, inFlight: this.reserved };
+  /**
+   * Orders run here so far; how many of their rows went with the run's last transition; orders
+   * handed over to JetStream after a run here; runs reserved or going on now.
+   */
+  get counts(): {
+    ran: number;
+    deletedWithTransition: number;
+    handedOver: number;
+    inFlight: number;
+  } {
+    return {
+      ran: this.ranTotal,
+      deletedWithTransition: this.deletedWithTransition,
+      handedOver: this.handedOverTotal,
+      inFlight: this.reserved,
+    };
   }
 
   /**
@@ -157,14 +172,20 @@ export class LocalExecutor {
     let outcome: HandleOutcome;
     let tried = true;
     try {
-      outcome = await this.deps.send(order.id, { event: { type: 'ExecuteOrder' }, seed: order });
+      outcome = await this.deps.send(order.id, {
+        event: { type: 'ExecuteOrder' },
+        seed: order,
+        outboxRow: msgId,
+      });
     } catch (error) {
       // A full mailbox or actor table refuses before the actor runs: no attempt was made.
       tried = !(error instanceof ResourceExhaustedError);
       outcome = { kind: 'retry', reason: error instanceof Error ? error.message : String(error) };
     }
     if (outcome.kind === 'done') {
-      await this.finishes.submit({ kind: 'delete', msgId });
+      // Usually deleted with the turn's last transition; on its own when the turn wrote none.
+      if (outcome.outboxRowDeleted !== true) await this.finishes.submit({ kind: 'delete', msgId });
+      else this.deletedWithTransition += 1;
       return;
     }
     const delayMs = outcome.kind === 'retry' && tried ? this.options.retryDelayMs : 0;

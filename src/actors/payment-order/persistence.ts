@@ -32,6 +32,7 @@ import {
 } from '../../storage/repositories/ledger.repository.js';
 import {
   inboxAppliedStatement,
+  outboxDeleteByMsgId,
   recordInboxApplied,
   type InboxRow,
 } from '../../storage/repositories/outbox.repository.js';
@@ -58,6 +59,8 @@ export type TransitionWrite = Readonly<{
   now: Date;
   /** Written to the inbox in the same transaction when the transition commits. */
   receipt?: InboxReceipt;
+  /** The message id of a held outbox row this transition completes: deleted with it. */
+  outboxDone?: string;
 }>;
 
 /** Persists one transition; false when the order's version moved (stale), true once committed. */
@@ -74,8 +77,15 @@ export async function persistAlone(db: Db, write: TransitionWrite): Promise<bool
   });
 }
 
+/** The inbox receipts and the completed outbox rows of persisted writes. */
 async function recordReceipts(trx: Trx, writes: readonly TransitionWrite[]): Promise<void> {
   await recordInboxApplied(trx, receiptRows(writes));
+  const done = outboxDone(writes);
+  if (done.length > 0) await trx.executeQuery(outboxDeleteByMsgId(trx, done));
+}
+
+function outboxDone(writes: readonly TransitionWrite[]): string[] {
+  return writes.flatMap((write) => (write.outboxDone === undefined ? [] : [write.outboxDone]));
 }
 
 function receiptRows(writes: readonly TransitionWrite[]): InboxRow[] {
@@ -113,6 +123,7 @@ export async function persistInOneTrip(
   if (new Set(writes.map((write) => write.previous.id)).size !== writes.length) return undefined;
   const transitions = transitionStatements(db, writes);
   const receipts = receiptRows(writes);
+  const done = outboxDone(writes);
   const { ledger, credits } = sellerCredits(writes);
   const posting = ledgerPosting(db, ledger);
   const wallets = walletCredits(db, credits);
@@ -120,6 +131,7 @@ export async function persistInOneTrip(
     transitions.update,
     ...transitions.rest,
     ...(receipts.length > 0 ? [inboxAppliedStatement(db, receipts)] : []),
+    ...(done.length > 0 ? [outboxDeleteByMsgId(db, done)] : []),
     ...(posting === undefined ? [] : [...posting.inserts, posting.storedSums]),
     // Last: the wallet rows (a hot seller's above all) stay locked the shortest.
     ...(wallets === undefined ? [] : [wallets]),

@@ -104,7 +104,12 @@ export async function outboxLag(
 /** Deletes rows by message id (commands their own node ran): one autocommit statement. */
 export async function deleteOutboxByMsgId(db: Db, msgIds: readonly string[]): Promise<void> {
   if (msgIds.length === 0) return;
-  await db.deleteFrom('outbox').where('msg_id', 'in', msgIds).execute();
+  await db.executeQuery(outboxDeleteByMsgId(db, msgIds));
+}
+
+/** The statement of `deleteOutboxByMsgId` (at least one id), built but not run. */
+export function outboxDeleteByMsgId(db: Db | Trx, msgIds: readonly string[]): CompiledQuery {
+  return db.deleteFrom('outbox').where('msg_id', 'in', msgIds).compile();
 }
 
 /** Makes held rows due at `now` (their node is stopping): one autocommit statement. */
