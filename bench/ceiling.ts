@@ -6,12 +6,13 @@
  * puts many orders' writes in one transaction, and sends each as one packet):
  *
  *   1. INSERT idempotency_key (autocommit: the claim is visible to a concurrent duplicate at once)
- *   2. tx: INSERT payment, k payment_order rows, k outbox rows; UPDATE idempotency_key COMPLETED
- *   3. DELETE the k outbox rows (the relay, after publishing)
+ *   2. tx: INSERT payment, k payment_order rows, k outbox rows (held back from the relay: the
+ *          node runs them itself); UPDATE idempotency_key COMPLETED
  *   then for each order, concurrently:
  *   4. tx: UPDATE payment_order NOT_STARTED→EXECUTING WHERE version = 0; INSERT transition;
  *          UPDATE payment NOT_STARTED→EXECUTING
- *   5. tx: UPDATE payment_order +token WHERE version = 1; INSERT transition
+ *   5. tx: UPDATE payment_order +token WHERE version = 1; INSERT transition; DELETE its outbox
+ *          row (the command is done)
  *   6. (the webhook arrives and is applied at once by the order's actor: no write of its own)
  *   7. tx: UPDATE payment_order →SUCCEEDED WHERE version = 2; INSERT transition; INSERT inbox
  *          (webhook event id); UPDATE payment aggregate; INSERT ledger_transaction; INSERT 2
@@ -189,11 +190,10 @@ async function onePayment(pool: Pool, options: CeilingOptions, counters: Counter
     );
     return Array.from({ length: orders.length }, (_, i) => inserted.insertId + i);
   });
-  // 3. The node that ran the orders' ExecuteOrder itself deletes their rows.
-  await exec(pool, counters, `DELETE FROM outbox WHERE id IN (?)`, [outboxIds]);
-  counters.commits += 1;
 
-  await Promise.all(orders.map((order) => oneOrder(pool, counters, paymentId, order)));
+  await Promise.all(
+    orders.map((order, i) => oneOrder(pool, counters, paymentId, order, outboxIds[i] ?? 0)),
+  );
 }
 
 async function oneOrder(
@@ -201,6 +201,7 @@ async function oneOrder(
   counters: Counters,
   paymentId: string,
   order: { id: string; sellerId: string; amountMinor: number },
+  outboxId: number,
 ) {
   const transitionSql = `INSERT INTO payment_order_transition
       (order_id, payment_id, version, from_state, to_state, event_type, detail, created_at)
@@ -256,6 +257,7 @@ async function oneOrder(
       JSON.stringify({ type: 'PspRegistered', token }),
       now,
     ]);
+    await exec(connection, counters, `DELETE FROM outbox WHERE id = ?`, [outboxId], 1);
   });
   // 6. The webhook, applied at once by the order's actor (its inbox row joins step 7).
   now = new Date();
