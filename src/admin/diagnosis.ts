@@ -84,7 +84,8 @@ function diagnoseOrder(order: PaymentOrder, facts: DiagnosisFacts): Finding[] {
         stalled ? 'warn' : 'info',
         stalled
           ? `not started ${ago(facts, order.createdAt)} after creation: its ExecuteOrder command ` +
-              'has not reached an actor; check the outbox lag and the JetStream consumer'
+              'has not reached an actor (if the node that created it died, any node relays it ' +
+              'once LOCAL_EXECUTE_HOLD_MS has passed); check the outbox lag and the JetStream consumer'
           : 'waiting for the runtime to pick up its ExecuteOrder command',
       );
       break;
