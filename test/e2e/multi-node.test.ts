@@ -1,5 +1,8 @@
 /**
- * Goal: several runtime nodes share the work through JetStream without ever doing it twice.
+ * Goal: several runtime nodes share the work without ever doing it twice: each runs the new
+ * orders it created, JetStream carries the rest (webhooks that miss the fast way, retries), and
+ * the version check fences them all. (A node that dies with orders held for it is covered in
+ * local-execute.test.ts and the crash-recovery tests.)
  * Method: two Settle nodes on one database and one namespace (one durable consumer between them)
  * plus the PSP mock paying every registration automatically; payments are created on both
  * nodes, and the outcome is checked from MySQL and from the PSP mock's own charge records.
