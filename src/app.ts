@@ -529,6 +529,14 @@ export async function startSettle(
       },
       'settle node ready',
     );
+    if (
+      config.LOCAL_EXECUTE_HOLD_MS > 0 &&
+      config.LOCAL_EXECUTE_HOLD_MS <= config.PSP_CALL_TIMEOUT_MS
+    ) {
+      logger.warn(
+        `LOCAL_EXECUTE_HOLD_MS (${config.LOCAL_EXECUTE_HOLD_MS}) is not above PSP_CALL_TIMEOUT_MS (${config.PSP_CALL_TIMEOUT_MS}): a slow PSP call can outlast the hold, and the order is then also run through JetStream (harmless, but wasted work); raise the hold`,
+      );
+    }
     if (config.ADMIN_TOKEN === undefined) {
       logger.warn(
         'ADMIN_TOKEN is not set: AdminService (dead letters, timelines) is open to anyone who can reach the gRPC port and the admin panel is closed; set ADMIN_TOKEN outside local development',
