@@ -258,7 +258,6 @@ export async function startSettle(
         holdMs: config.LOCAL_EXECUTE_HOLD_MS,
         inFlightMax: localMax,
         retryDelayMs: config.RETRY_BACKOFF_MS[0] ?? 1_000,
-        groupCommit: groupCommit('outbox finishes'),
       },
     );
     cleanups.push(() => local.stop(config.SHUTDOWN_GRACE_MS));

@@ -24,7 +24,6 @@ import type { HandleOutcome } from '../../messaging/command-consumer.js';
 import { executeOrderMsgId, executeOrderPayload } from '../../messaging/commands.js';
 import { ResourceExhaustedError } from '../../domain/errors.js';
 import type { Db } from '../../storage/db.js';
-import { GroupCommit } from '../../storage/group-commit.js';
 import {
   deleteOutboxByMsgId,
   makeOutboxDue,
@@ -40,7 +39,6 @@ export type LocalExecuteOptions = Readonly<{
   inFlightMax: number;
   /** When a retryable failure here is retried through JetStream (the first backoff step). */
   retryDelayMs: number;
-  groupCommit: Readonly<{ batchMax: number; inFlightMax: number; queueMax: number }>;
 }>;
 
 export type LocalExecuteDeps = Readonly<{
@@ -62,55 +60,26 @@ export type LocalExecuteDeps = Readonly<{
   }) => void;
 }>;
 
-type Finish =
-  | Readonly<{ kind: 'delete'; msgId: string }>
-  | Readonly<{ kind: 'release'; msgId: string; payload: string; availableAt: Date }>;
-
 export class LocalExecutor {
   private reserved = 0;
   /** Runs in progress here, by order id. */
   private readonly running = new Map<string, Promise<void>>();
   private stopping = false;
-  private readonly finishes: GroupCommit<Finish, void>;
-  private ranTotal = 0;
   private handedOverTotal = 0;
   private deletedWithTransition = 0;
 
   constructor(
     private readonly deps: LocalExecuteDeps,
     private readonly options: LocalExecuteOptions,
-  ) {
-    this.finishes = new GroupCommit<Finish, void>({
-      name: 'outbox rows of orders run here',
-      ...options.groupCommit,
-      writeOne: (finish) => this.write([finish]),
-      writeBatch: async (finishes) => {
-        await this.write(finishes);
-        return finishes.map(() => undefined);
-      },
-    });
-  }
+  ) {}
 
   get enabled(): boolean {
     return this.options.holdMs > 0 && !this.stopping;
   }
 
-  /**
-   * Orders run here so far; how many of their rows went with the run's last transition; orders
-   * handed over to JetStream after a run here; runs reserved or going on now.
-   */
-  get counts(): {
-    ran: number;
-    deletedWithTransition: number;
-    handedOver: number;
-    inFlight: number;
-  } {
-    return {
-      ran: this.ranTotal,
-      deletedWithTransition: this.deletedWithTransition,
-      handedOver: this.handedOverTotal,
-      inFlight: this.reserved,
-    };
+  /** Runs whose row went with their last transition, and runs handed over to JetStream. */
+  get counts(): { deletedWithTransition: number; handedOver: number } {
+    return { deletedWithTransition: this.deletedWithTransition, handedOver: this.handedOverTotal };
   }
 
   /**
@@ -156,7 +125,6 @@ export class LocalExecutor {
       new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs))),
     ]);
     clearTimeout(timer);
-    await this.finishes.stop(timeoutMs);
     const unfinished = [...this.running.keys()].map(executeOrderMsgId);
     if (unfinished.length > 0) {
       await makeOutboxDue(this.deps.db, unfinished, this.deps.now()).catch((error: unknown) =>
@@ -167,7 +135,6 @@ export class LocalExecutor {
   }
 
   private async runOne(order: PaymentOrder): Promise<void> {
-    this.ranTotal += 1;
     const msgId = executeOrderMsgId(order.id);
     let outcome: HandleOutcome;
     let tried = true;
@@ -183,9 +150,9 @@ export class LocalExecutor {
       outcome = { kind: 'retry', reason: error instanceof Error ? error.message : String(error) };
     }
     if (outcome.kind === 'done') {
-      // Usually deleted with the turn's last transition; on its own when the turn wrote none.
-      if (outcome.outboxRowDeleted !== true) await this.finishes.submit({ kind: 'delete', msgId });
-      else this.deletedWithTransition += 1;
+      // Deleted with the turn's last transition; on its own (rare) when the turn wrote none.
+      if (outcome.outboxRowDeleted === true) this.deletedWithTransition += 1;
+      else await deleteOutboxByMsgId(this.deps.db, [msgId]);
       return;
     }
     const delayMs = outcome.kind === 'retry' && tried ? this.options.retryDelayMs : 0;
@@ -196,21 +163,12 @@ export class LocalExecutor {
       delayMs,
       retry: delayMs > 0,
     });
-    await this.finishes.submit({
-      kind: 'release',
+    // An autocommit UPDATE, safe to repeat; if it fails, the row is due when its hold ends.
+    await releaseOutbox(this.deps.db, {
       msgId,
       payload: executeOrderPayload(order.id, tried ? 1 : 0),
       availableAt: new Date(this.deps.now().getTime() + delayMs),
     });
     if (delayMs === 0) this.deps.wakeRelay();
-  }
-
-  /** Autocommit statements: deleting or releasing a row is safe to repeat. */
-  private async write(finishes: readonly Finish[]): Promise<void> {
-    const deletes = finishes.flatMap((finish) => (finish.kind === 'delete' ? [finish.msgId] : []));
-    await deleteOutboxByMsgId(this.deps.db, deletes);
-    for (const finish of finishes) {
-      if (finish.kind === 'release') await releaseOutbox(this.deps.db, finish);
-    }
   }
 }
