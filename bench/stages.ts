@@ -3,8 +3,10 @@
  * history row carries the time the actor decided it, and the order row the time it was created,
  * so the gaps between them are the stages of the pipeline:
  *
- *   created → ExecuteOrder         the creation's commit (its time is when CreatePayment began),
- *                                  the outbox relay, JetStream, the consumer, the actor's load
+ *   created → ExecuteOrder         the idempotency claim and the creation's commit (its time is
+ *                                  when CreatePayment began), the send to the order's actor on the
+ *                                  same node (or, for an order handed over, the outbox relay,
+ *                                  JetStream, the consumer and the actor's load)
  *   ExecuteOrder → PspRegistered   the EXECUTING commit and the PSP's RegisterPayment call
  *   PspRegistered → PspSucceeded   the token's commit, the PSP's decision and its signed webhook
  *

@@ -18,6 +18,11 @@ import {
 
 const config = loadConfig(process.env);
 const address = `${config.SETTLE_GRPC_ADDR.host}:${config.SETTLE_GRPC_ADDR.port}`;
+/** AdminService needs the token when the server has one (the demo reads the same environment). */
+const adminCall =
+  config.ADMIN_TOKEN === undefined
+    ? {}
+    : { metadata: { authorization: `Bearer ${config.ADMIN_TOKEN}` } };
 const settle = createSettleClient(address, { defaultTimeoutMs: 10_000 });
 const card = process.env.DEMO_CARD ?? '4242424242424242';
 
@@ -172,7 +177,7 @@ async function retryStep(): Promise<void> {
   const deadline = Date.now() + 60_000;
   let registered = false;
   while (!registered && Date.now() < deadline) {
-    const { entries } = await settle.admin.getPaymentTimeline({ paymentId });
+    const { entries } = await settle.admin.getPaymentTimeline({ paymentId }, adminCall);
     for (const entry of entries) {
       const key = `${entry.orderId}:${entry.version}`;
       if (shown.has(key)) continue;

@@ -51,8 +51,10 @@ export const CHAOS_NODE_ENV: Readonly<Record<string, string>> = {
   JANITOR_STUCK_MS: '8000',
   JANITOR_INTERVAL_MS: '1000',
   JANITOR_LEASE_MS: '8000',
-  // A killed node's unacked commands come back to the others after 3 s.
+  // A killed node's unacked commands, and the new orders it was running itself, come back to the
+  // others after 3 s.
   CONSUMER_ACK_WAIT_MS: '3000',
+  LOCAL_EXECUTE_HOLD_MS: '3000',
   RETRY_BACKOFF_MS: '200,400,800,1600,3200',
   PSP_CALL_TIMEOUT_MS: '1000',
   PSP_BREAKER_RESET_MS: '1500',

@@ -254,47 +254,57 @@ describe('crash recovery with real processes', () => {
   }, 90_000);
 
   describe('(e) graceful shutdown', () => {
-    it('SIGTERM: exits 0 within the grace period and hands in-flight commands to another node', async () => {
-      cluster = await startCluster({
-        nodes: 2,
-        initialNodes: 1,
-        // A long ack wait: only a hand-back (nak) can bring the commands back quickly.
-        nodeEnv: {
-          CONSUMER_ACK_WAIT_MS: '30000',
-          SHUTDOWN_GRACE_MS: '1000',
-          PSP_CALL_TIMEOUT_MS: '20000',
-        },
-      });
-      const c = cluster;
-      await setPsp(c, { latencyMs: 6_000 });
-      const payments = await createPayments(c, { count: 5, ordersEach: 2 });
-      await waitForOrders(
-        c,
-        (rows) => rows.length === 10 && rows.every((r) => r.state === 'EXECUTING'),
-        'node-1 calling the PSP for every order',
-      );
-      await c.startNode(1);
-      await setPsp(c, { latencyMs: 0 });
+    // Both ways an order can be running on the stopping node: from JetStream (handed back with a
+    // nak) or run where it was created (its held outbox row made due at once). The ack wait and
+    // the hold are both far longer than the test, so only the hand-back can bring them back.
+    it.each([
+      { way: 'commands from JetStream (nak)', hold: '0' },
+      { way: 'orders run where they were created (row made due)', hold: '60000' },
+    ])(
+      'SIGTERM: exits 0 within the grace period and hands in-flight $way to another node',
+      async ({ hold }) => {
+        cluster = await startCluster({
+          nodes: 2,
+          initialNodes: 1,
+          nodeEnv: {
+            CONSUMER_ACK_WAIT_MS: '30000',
+            LOCAL_EXECUTE_HOLD_MS: hold,
+            SHUTDOWN_GRACE_MS: '1000',
+            PSP_CALL_TIMEOUT_MS: '20000',
+          },
+        });
+        const c = cluster;
+        await setPsp(c, { latencyMs: 6_000 });
+        const payments = await createPayments(c, { count: 5, ordersEach: 2 });
+        await waitForOrders(
+          c,
+          (rows) => rows.length === 10 && rows.every((r) => r.state === 'EXECUTING'),
+          'node-1 calling the PSP for every order',
+        );
+        await c.startNode(1);
+        await setPsp(c, { latencyMs: 0 });
 
-      const stopping = Date.now();
-      expect(c.signalNode(0, 'SIGTERM')).toBe(true);
-      const exit = await c.node(0).process.waitForExit(10_000);
-      const tookMs = Date.now() - stopping;
-      c.markDown(0);
-      expect(exit?.code, c.node(0).process.tail()).toBe(0);
-      expect(tookMs).toBeLessThan(1_000 + 3_000);
-      // node-1 never heard back from the PSP (6 s latency), so node-2 must finish every order,
-      // well before the 30 s ack wait would have returned the commands.
-      const registered = await waitForOrders(
-        c,
-        (rows) => rows.every((r) => r.pspToken !== null),
-        'node-2 registering the orders node-1 handed back',
-        10_000,
-      );
-      await payAll(c, registered);
-      await waitForOrders(c, (rows) => rows.every((r) => r.state === 'SUCCEEDED'), 'all done');
-      await expectExactlyOnce(c, payments);
-    }, 90_000);
+        const stopping = Date.now();
+        expect(c.signalNode(0, 'SIGTERM')).toBe(true);
+        const exit = await c.node(0).process.waitForExit(10_000);
+        const tookMs = Date.now() - stopping;
+        c.markDown(0);
+        expect(exit?.code, c.node(0).process.tail()).toBe(0);
+        expect(tookMs).toBeLessThan(1_000 + 3_000);
+        // node-1 never heard back from the PSP (6 s latency), so node-2 must finish every order,
+        // well before the 30 s ack wait (or the 60 s hold) would have returned them.
+        const registered = await waitForOrders(
+          c,
+          (rows) => rows.every((r) => r.pspToken !== null),
+          'node-2 registering the orders node-1 handed back',
+          10_000,
+        );
+        await payAll(c, registered);
+        await waitForOrders(c, (rows) => rows.every((r) => r.state === 'SUCCEEDED'), 'all done');
+        await expectExactlyOnce(c, payments);
+      },
+      90_000,
+    );
 
     it('a second SIGTERM forces the exit at once', async () => {
       cluster = await startCluster({
