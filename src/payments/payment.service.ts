@@ -323,14 +323,10 @@ export class PaymentService {
 
   async get(paymentId: string): Promise<Payment> {
     requireId('payment_id', paymentId, PAYMENT_ID_PATTERN, PAYMENT_ID_EXAMPLE);
-    // One transaction, so the payment and its orders come from the same snapshot: a reader never
-    // sees a SUCCEEDED order under a payment that still says EXECUTING.
-    const payment = await this.deps.db
-      .transaction()
-      .execute((trx) => findPayment(trx, paymentId))
-      .catch((error: unknown) => {
-        throw toUnavailable(error);
-      });
+    // One statement: the payment and its orders from the same snapshot, in one round trip.
+    const payment = await findPayment(this.deps.db, paymentId).catch((error: unknown) => {
+      throw toUnavailable(error);
+    });
     if (payment === undefined) throw new NotFoundError('payment', paymentId);
     return payment;
   }

@@ -55,14 +55,51 @@ function toPayment(row: PaymentRow, orders: readonly PaymentOrder[]): Payment {
   };
 }
 
+/**
+ * A payment with its orders, read by one statement (a join), so both come from the same snapshot:
+ * a reader never sees a SUCCEEDED order under a payment that still says EXECUTING, and it costs
+ * one round trip. Every payment has at least one order (validation requires it).
+ */
 export async function findPayment(db: Db | Trx, paymentId: string): Promise<Payment | undefined> {
-  const row = await db
-    .selectFrom('payment')
-    .selectAll()
-    .where('id', '=', paymentId)
-    .executeTakeFirst();
-  if (row === undefined) return undefined;
-  return toPayment(row, await findPaymentOrders(db, [paymentId]));
+  const rows = await db
+    .selectFrom('payment_order as o')
+    .innerJoin('payment as p', 'p.id', 'o.payment_id')
+    .selectAll('o')
+    .select([
+      'p.buyer_id as p_buyer_id',
+      'p.request_id as p_request_id',
+      'p.currency as p_currency',
+      'p.amount_minor as p_amount_minor',
+      'p.state as p_state',
+      'p.failure_reason as p_failure_reason',
+      'p.orders_total as p_orders_total',
+      'p.orders_succeeded as p_orders_succeeded',
+      'p.orders_failed as p_orders_failed',
+      'p.version as p_version',
+      'p.created_at as p_created_at',
+      'p.updated_at as p_updated_at',
+    ])
+    .where('o.payment_id', '=', paymentId)
+    .orderBy('o.seq')
+    .execute();
+  const first = rows[0];
+  if (first === undefined) return undefined;
+  const payment: PaymentRow = {
+    id: paymentId,
+    buyer_id: first.p_buyer_id,
+    request_id: first.p_request_id,
+    currency: first.p_currency,
+    amount_minor: first.p_amount_minor,
+    state: first.p_state,
+    failure_reason: first.p_failure_reason,
+    orders_total: first.p_orders_total,
+    orders_succeeded: first.p_orders_succeeded,
+    orders_failed: first.p_orders_failed,
+    version: first.p_version,
+    created_at: first.p_created_at,
+    updated_at: first.p_updated_at,
+  };
+  return toPayment(payment, rows.map(toPaymentOrder));
 }
 
 /** The payment's version and state only: cheap enough to poll. */
