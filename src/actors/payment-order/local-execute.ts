@@ -9,10 +9,13 @@
  *   just written (no read back);
  * - when the actor is done (registered with the PSP, the token committed) the row is gone: it is
  *   deleted in the transaction of the turn's last transition (or alone, if the turn wrote none);
- * - when it asks for a retry, or rejects the command, the row is handed to the relay with the
- *   attempt counted (`priorAttempts`), due after the first backoff step (a retry) or at once (a
- *   rejection, so the consumer dead-letters it with its reason): the usual retries with backoff and
- *   the dead-letter queue take over, and the retries stay within the configured number;
+ * - when it asks for a retry, the row is handed to the relay with the attempt counted
+ *   (`priorAttempts`), due after the first backoff step: the usual retries with backoff and the
+ *   dead-letter queue take over, within the configured number of retries (unless the run outlasted
+ *   the hold and the row was already relayed as written: one retry more, at most, and logged);
+ * - when it rejects the command (the order vanished or refuses it: not expected for an order just
+ *   created), the row is handed over at once: the consumer runs it again and, if it is refused
+ *   there too, dead-letters it with the consumer's own reason;
  * - if this node dies before either, the row becomes due when the hold ends and any node's relay
  *   publishes it: the order is executed there (an ExecuteOrder that finds the order further on
  *   is a no-op, and the PSP deduplicates a registration by the order's id).
@@ -22,7 +25,6 @@
  */
 import type { HandleOutcome } from '../../messaging/command-consumer.js';
 import { executeOrderMsgId, executeOrderPayload } from '../../messaging/commands.js';
-import { ResourceExhaustedError } from '../../domain/errors.js';
 import type { Db } from '../../storage/db.js';
 import {
   deleteOutboxByMsgId,
@@ -49,8 +51,8 @@ export type LocalExecuteDeps = Readonly<{
   now: () => Date;
   onError?: (error: unknown, context: Record<string, unknown>) => void;
   /**
-   * Called when an order leaves this node for JetStream, with why; `retry` when it is a retry
-   * after an attempt here (not a refusal before any, nor a rejection).
+   * Called when an order leaves this node for JetStream, with why; `retry` for a retry after a
+   * failed attempt here (false for a rejection).
    */
   onHandover?: (handover: {
     orderId: string;
@@ -137,7 +139,6 @@ export class LocalExecutor {
   private async runOne(order: PaymentOrder): Promise<void> {
     const msgId = executeOrderMsgId(order.id);
     let outcome: HandleOutcome;
-    let tried = true;
     try {
       outcome = await this.deps.send(order.id, {
         event: { type: 'ExecuteOrder' },
@@ -145,8 +146,8 @@ export class LocalExecutor {
         outboxRow: msgId,
       });
     } catch (error) {
-      // A full mailbox or actor table refuses before the actor runs: no attempt was made.
-      tried = !(error instanceof ResourceExhaustedError);
+      // Counted as an attempt even when the actor refused before running (a full mailbox): one
+      // retry too few is safe, one too many is not.
       outcome = { kind: 'retry', reason: error instanceof Error ? error.message : String(error) };
     }
     if (outcome.kind === 'done') {
@@ -155,20 +156,23 @@ export class LocalExecutor {
       else await deleteOutboxByMsgId(this.deps.db, [msgId]);
       return;
     }
-    const delayMs = outcome.kind === 'retry' && tried ? this.options.retryDelayMs : 0;
+    const retry = outcome.kind === 'retry';
+    const delayMs = retry ? this.options.retryDelayMs : 0;
     this.handedOverTotal += 1;
-    this.deps.onHandover?.({
-      orderId: order.id,
-      reason: outcome.reason,
-      delayMs,
-      retry: delayMs > 0,
-    });
+    this.deps.onHandover?.({ orderId: order.id, reason: outcome.reason, delayMs, retry });
     // An autocommit UPDATE, safe to repeat; if it fails, the row is due when its hold ends.
-    await releaseOutbox(this.deps.db, {
+    const released = await releaseOutbox(this.deps.db, {
       msgId,
-      payload: executeOrderPayload(order.id, tried ? 1 : 0),
+      payload: executeOrderPayload(order.id, 1),
       availableAt: new Date(this.deps.now().getTime() + delayMs),
     });
+    if (!released) {
+      // The run outlasted the hold and the relay took the row as written: JetStream runs it
+      // without knowing of the attempt made here (one retry more than configured, at most).
+      this.deps.onError?.(new Error('the held row was relayed before the run here ended'), {
+        orderId: order.id,
+      });
+    }
     if (delayMs === 0) this.deps.wakeRelay();
   }
 }

@@ -125,17 +125,19 @@ export async function makeOutboxDue(db: Db, msgIds: readonly string[], now: Date
 
 /**
  * Hands a held row to the relay: it becomes due at `availableAt`, with a new payload (one that
- * counts the attempt already made). A row already gone (relayed, or deleted) is left gone.
+ * counts the attempt already made). A row already gone (relayed, or deleted) is left gone, and
+ * the answer is false.
  */
 export async function releaseOutbox(
   db: Db,
   release: Readonly<{ msgId: string; payload: string; availableAt: Date }>,
-): Promise<void> {
-  await db
+): Promise<boolean> {
+  const result = await db
     .updateTable('outbox')
     .set({ payload: release.payload, available_at: release.availableAt })
     .where('msg_id', '=', release.msgId)
-    .execute();
+    .executeTakeFirst();
+  return result.numUpdatedRows > 0n;
 }
 
 /** Records an input by its id; false when it was seen before. */
