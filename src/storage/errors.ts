@@ -27,8 +27,12 @@ function errnoOf(error: unknown): number | undefined {
   return typeof errno === 'number' ? errno : undefined;
 }
 
-export function isDuplicateKey(error: unknown): boolean {
-  return errnoOf(error) === ERRNO.duplicateEntry;
+/** A duplicate entry; with `key`, only on that unique key (MariaDB and MySQL name it alike). */
+export function isDuplicateKey(error: unknown, key?: string): boolean {
+  if (errnoOf(error) !== ERRNO.duplicateEntry) return false;
+  if (key === undefined) return true;
+  const message = error instanceof Error ? error.message : '';
+  return message.includes(`${key}'`);
 }
 
 export function isCheckViolation(error: unknown): boolean {

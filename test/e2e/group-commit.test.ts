@@ -305,6 +305,41 @@ describe('group commit of transitions', () => {
   });
 });
 
+describe('a transition alone', () => {
+  it('answers a stale write at once from its failed packet: no second way', async () => {
+    const [orderId = ''] = await registeredOrders([`seller-ga-${randomUUID()}`]);
+    const order = (await findPaymentOrder(stack.settle.db, orderId)) as PaymentOrder;
+    const statements: string[] = [];
+    const counted = openDatabase(stack.config.MYSQL_URL, {
+      poolSize: 1,
+      onQuery: (text) => statements.push(text.trimStart().split(/\s+/, 2).join(' ')),
+    });
+    const batcher = new TransitionBatcher(counted.db, {
+      batchMax: 1,
+      inFlightMax: 1,
+      queueMax: 10,
+    });
+    try {
+      const now = new Date();
+      const stale = await batcher.persist({
+        previous: { ...order, version: order.version - 1n },
+        next: { ...order, state: 'SUCCEEDED', pspReference: 'psp_stale', updatedAt: now },
+        event: succeeded(order),
+        effects: [],
+        now,
+      });
+      expect(stale).toBe(false);
+      // The packet stopped on the history row's (order, version) key, which the winner wrote;
+      // only successful statements are logged, so what shows is the ROLLBACK alone.
+      expect(statements).toEqual(['ROLLBACK']);
+      expect((await findPaymentOrder(stack.settle.db, orderId))?.version).toBe(order.version);
+    } finally {
+      await batcher.stop(1_000);
+      await counted.close();
+    }
+  });
+});
+
 describe('group commit of creations', () => {
   it('creates one payment per request_id when duplicates share a batch with fresh requests', async () => {
     const buyerId = `buyer-gcd-${randomUUID()}`;

@@ -17,7 +17,7 @@
  * At low load a transition finds no transaction running and goes out at once, alone.
  */
 import type { Db } from '../../storage/db.js';
-import { isConnectionError } from '../../storage/errors.js';
+import { isConnectionError, isDuplicateKey } from '../../storage/errors.js';
 import { GroupCommit } from '../../storage/group-commit.js';
 import {
   affectedRows,
@@ -97,6 +97,9 @@ function receiptRows(writes: readonly TransitionWrite[]): InboxRow[] {
   return rows;
 }
 
+/** The unique (order_id, version) key of the transition history (migration 0001). */
+const HISTORY_VERSION_KEY = 'payment_order_transition_version';
+
 export type TransitionBatcherOptions = Readonly<{
   /** Transitions per transaction at most. */
   batchMax: number;
@@ -114,7 +117,9 @@ export type TransitionBatcherOptions = Readonly<{
  * stored-sum check) and the wallets last. It commits only if the UPDATE moved every order and the
  * ledger balances as stored; otherwise it rolls back and answers undefined, and the caller takes
  * the statement-by-statement way, which tells each stale write apart. Undefined also for a batch
- * holding an order twice, and after any statement failed (that way finds out which write broke).
+ * holding an order twice, and after any statement failed (that way finds out which write broke),
+ * except a write alone that collides with the history row of the version it claims: that one is
+ * stale, and answered so (`[false]`) at once.
  */
 export async function persistInOneTrip(
   db: Db,
@@ -150,10 +155,12 @@ export async function persistInOneTrip(
     );
     return outcome.committed ? outcome.value : undefined;
   } catch (error) {
-    // A stale write can also stop the packet early (its history row's version exists already),
-    // as can a deadlock or a broken constraint: the statement-by-statement way tells which write
-    // it was, and retries deadlocks. Only a lost database is answered here.
     if (isConnectionError(error)) throw toUnavailable(error);
+    // A stale write usually stops the packet here: the history row of the version it claims to
+    // create exists already (the winner wrote it). Alone, that is the whole answer.
+    if (writes.length === 1 && isDuplicateKey(error, HISTORY_VERSION_KEY)) return [false];
+    // In a batch, or a deadlock or a broken constraint: the statement-by-statement way tells
+    // which write it was, and retries deadlocks.
     return undefined;
   }
 }
