@@ -8,9 +8,9 @@
 import { sql, type Kysely } from 'kysely';
 
 const statements = [
-  `ALTER TABLE outbox ADD COLUMN available_at DATETIME(3) NULL`,
-  `UPDATE outbox SET available_at = created_at`,
-  `ALTER TABLE outbox MODIFY available_at DATETIME(3) NOT NULL`,
+  // The default keeps a node of the previous version working during a rolling upgrade: its
+  // inserts do not name the column, and their rows are due at once, as they were.
+  `ALTER TABLE outbox ADD COLUMN available_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)`,
   `CREATE INDEX outbox_due ON outbox (available_at, id)`,
 ];
 
