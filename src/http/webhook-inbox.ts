@@ -11,7 +11,11 @@ import type { Names } from '../messaging/subjects.js';
 import type { Db } from '../storage/db.js';
 import { GroupCommit } from '../storage/group-commit.js';
 import { findPaymentOrder } from '../storage/repositories/payment-order.repository.js';
-import { enqueueOutbox, recordInbox } from '../storage/repositories/outbox.repository.js';
+import {
+  enqueueOutbox,
+  inboxInsert,
+  recordInbox,
+} from '../storage/repositories/outbox.repository.js';
 import { inTransaction } from '../storage/transaction.js';
 
 export type WebhookEvent = Readonly<{
@@ -80,17 +84,17 @@ export class WebhookInbox {
           if (accepted.length > 0) {
             // A duplicate (repeated event id) fails the whole statement: the batch then goes
             // through event by event.
-            await trx
-              .insertInto('inbox')
-              .values(
+            await trx.executeQuery(
+              inboxInsert(
+                trx,
                 accepted.map((event) => ({
                   source: INBOX_SOURCE_PSP,
-                  event_id: event.eventId,
-                  order_id: event.orderId,
-                  received_at: event.now,
+                  eventId: event.eventId,
+                  orderId: event.orderId,
+                  now: event.now,
                 })),
-              )
-              .execute();
+              ),
+            );
             await enqueueOutbox(
               trx,
               accepted.map((event) => commandOf(names, event)),

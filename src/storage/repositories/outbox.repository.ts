@@ -140,21 +140,12 @@ export async function releaseOutbox(
   return result.numUpdatedRows > 0n;
 }
 
+export type InboxRow = Readonly<{ source: string; eventId: string; orderId: string; now: Date }>;
+
 /** Records an input by its id; false when it was seen before. */
-export async function recordInbox(
-  trx: Trx,
-  input: { source: string; eventId: string; orderId: string; now: Date },
-): Promise<boolean> {
+export async function recordInbox(trx: Trx, input: InboxRow): Promise<boolean> {
   try {
-    await trx
-      .insertInto('inbox')
-      .values({
-        source: input.source,
-        event_id: input.eventId,
-        order_id: input.orderId,
-        received_at: input.now,
-      })
-      .execute();
+    await trx.executeQuery(inboxInsert(trx, [input]));
     return true;
   } catch (error) {
     if (isDuplicateKey(error)) return false;
@@ -162,7 +153,21 @@ export async function recordInbox(
   }
 }
 
-export type InboxRow = Readonly<{ source: string; eventId: string; orderId: string; now: Date }>;
+/** Inserts inbox rows (at least one); a repeated id fails the statement. Built but not run. */
+export function inboxInsert(db: Db | Trx, rows: readonly InboxRow[]): CompiledQuery {
+  return inboxValues(db, rows).compile();
+}
+
+function inboxValues(db: Db | Trx, rows: readonly InboxRow[]) {
+  return db.insertInto('inbox').values(
+    rows.map((row) => ({
+      source: row.source,
+      event_id: row.eventId,
+      order_id: row.orderId,
+      received_at: row.now,
+    })),
+  );
+}
 
 /**
  * Records inputs that are being applied in this same transaction (a webhook applied straight to
@@ -176,16 +181,7 @@ export async function recordInboxApplied(trx: Trx, rows: readonly InboxRow[]): P
 
 /** The statement of `recordInboxApplied`, built but not run. */
 export function inboxAppliedStatement(db: Db | Trx, rows: readonly InboxRow[]): CompiledQuery {
-  return db
-    .insertInto('inbox')
-    .values(
-      rows.map((row) => ({
-        source: row.source,
-        event_id: row.eventId,
-        order_id: row.orderId,
-        received_at: row.now,
-      })),
-    )
+  return inboxValues(db, rows)
     .onDuplicateKeyUpdate({ received_at: sql<Date>`received_at` })
     .compile();
 }

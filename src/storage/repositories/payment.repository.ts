@@ -242,20 +242,8 @@ export async function claimIdempotencyKey(
   db: Db,
   key: { buyerId: string; requestId: string; requestHash: string; now: Date; leaseMs: number },
 ): Promise<IdempotencyClaim> {
-  const leaseUntil = new Date(key.now.getTime() + key.leaseMs);
   try {
-    await db
-      .insertInto('idempotency_key')
-      .values({
-        buyer_id: key.buyerId,
-        request_id: key.requestId,
-        request_hash: key.requestHash,
-        state: 'IN_FLIGHT',
-        payment_id: null,
-        lease_until: leaseUntil,
-        created_at: key.now,
-      })
-      .execute();
+    await insertIdempotencyKeys(db, [key]);
     return { kind: 'claimed' };
   } catch (error) {
     if (!isDuplicateKey(error)) throw error;
@@ -283,7 +271,7 @@ export async function claimIdempotencyKey(
   ) {
     const takeover = await db
       .updateTable('idempotency_key')
-      .set({ lease_until: leaseUntil })
+      .set({ lease_until: new Date(key.now.getTime() + key.leaseMs) })
       .where('buyer_id', '=', key.buyerId)
       .where('request_id', '=', key.requestId)
       .where('state', '=', 'IN_FLIGHT')
