@@ -13,7 +13,11 @@ import { OrderLoader, TransitionBatcher } from './actors/payment-order/persisten
 import { LocalExecutor } from './actors/payment-order/local-execute.js';
 import type { OrderEvent } from './actors/payment-order/machine.js';
 import type { PspPort } from './actors/payment-order/effects.js';
-import { CommandConsumer, type HandleOutcome } from './messaging/command-consumer.js';
+import {
+  CommandConsumer,
+  maxDeliveries,
+  type HandleOutcome,
+} from './messaging/command-consumer.js';
 import type { Command } from './messaging/commands.js';
 import { connectNats, ensureTopology } from './messaging/nats.js';
 import { OutboxRelay } from './messaging/outbox-relay.js';
@@ -131,7 +135,7 @@ export async function startSettle(
     const names = topologyNames(config.SETTLE_NAMESPACE, config.CMD_PARTITIONS);
     await ensureTopology(nc, names, {
       ackWaitMs: config.CONSUMER_ACK_WAIT_MS,
-      maxDeliver: config.RETRY_BACKOFF_MS.length + 1,
+      maxDeliver: maxDeliveries(config.RETRY_BACKOFF_MS),
       maxAckPending: config.CONSUMER_MAX_ACK_PENDING,
     });
     const js = jetstream(nc, { timeout: 5_000 });
@@ -257,7 +261,8 @@ export async function startSettle(
       {
         holdMs: config.LOCAL_EXECUTE_HOLD_MS,
         inFlightMax: localMax,
-        retryDelayMs: config.RETRY_BACKOFF_MS[0] ?? 1_000,
+        // The schema requires at least one step.
+        retryDelayMs: config.RETRY_BACKOFF_MS[0] ?? 0,
       },
     );
     cleanups.push(() => local.stop(config.SHUTDOWN_GRACE_MS));

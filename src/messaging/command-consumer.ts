@@ -53,6 +53,11 @@ export type DeadLetter = Readonly<{
   deadLetteredAt: string;
 }>;
 
+/** Deliveries at most: the first one plus one per backoff step (the consumer and its stream). */
+export function maxDeliveries(backoffMs: readonly number[]): number {
+  return backoffMs.length + 1;
+}
+
 export class CommandConsumer {
   private messages: ConsumerMessages | undefined;
   private advisories: Subscription | undefined;
@@ -71,13 +76,8 @@ export class CommandConsumer {
     private readonly options: ConsumerOptions,
   ) {}
 
-  /** Deliveries at most: the first one plus one per backoff step. */
   get maxDeliver(): number {
-    return this.options.backoffMs.length + 1;
-  }
-
-  get inFlightCount(): number {
-    return this.inFlight;
+    return maxDeliveries(this.options.backoffMs);
   }
 
   async start(): Promise<void> {

@@ -65,11 +65,6 @@ export class GroupCommit<I, O> {
     });
   };
 
-  /** Units waiting for a slot. */
-  get queued(): number {
-    return this.queue.length;
-  }
-
   /** Refuses new units and waits (bounded) until those already submitted are written. */
   async stop(timeoutMs: number): Promise<void> {
     this.stopping = true;
