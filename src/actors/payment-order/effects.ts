@@ -6,12 +6,9 @@ import { newId } from '../../domain/ids.js';
 import type { CurrencyCode } from '../../domain/money.js';
 import {
   ACCOUNT,
-  creditWallets,
-  postLedgerTransactions,
   type NewLedgerTransaction,
   type WalletCredit,
 } from '../../storage/repositories/ledger.repository.js';
-import type { Trx } from '../../storage/transaction.js';
 import type { Effect, OrderEvent } from './machine.js';
 
 /** What the actor needs from a PSP. Errors carry `retryable`. */
@@ -68,20 +65,6 @@ export const LEDGER_KIND = {
   paymentReceivable: 'PAYMENT_RECEIVABLE',
   paymentPayable: 'PAYMENT_PAYABLE',
 } as const;
-
-/**
- * The effects that live in the transitions' own transaction: the CreditSeller effects of all of
- * them become one ledger insert and one wallet upsert (the only effects persisted so far).
- */
-export async function persistEffects(
-  trx: Trx,
-  items: ReadonlyArray<Readonly<{ effects: readonly Effect[]; now: Date }>>,
-): Promise<void> {
-  const { ledger, credits } = sellerCredits(items);
-  await postLedgerTransactions(trx, ledger);
-  // Last in the transaction: the wallet rows (a hot seller's above all) stay locked the shortest.
-  await creditWallets(trx, credits);
-}
 
 /** The ledger transactions and wallet credits of the CreditSeller effects of many transitions. */
 export function sellerCredits(

@@ -16,6 +16,7 @@
  *   batch is rolled back and each of its writes is retried alone, so only that one fails.
  * At low load a transition finds no transaction running and goes out at once, alone.
  */
+import type { CompiledQuery } from 'kysely';
 import type { Db } from '../../storage/db.js';
 import { isConnectionError, isDuplicateKey } from '../../storage/errors.js';
 import { GroupCommit } from '../../storage/group-commit.js';
@@ -33,7 +34,6 @@ import {
 import {
   inboxAppliedStatement,
   outboxDeleteByMsgId,
-  recordInboxApplied,
   type InboxRow,
 } from '../../storage/repositories/outbox.repository.js';
 import {
@@ -44,7 +44,7 @@ import {
   transitionStatements,
 } from '../../storage/repositories/payment-order.repository.js';
 import { inTransaction, toUnavailable, type Trx } from '../../storage/transaction.js';
-import { persistEffects, sellerCredits } from './effects.js';
+import { sellerCredits } from './effects.js';
 import type { Effect, OrderEvent, PaymentOrder } from './machine.js';
 
 /** An outside input's id (a webhook's event id), recorded in the inbox with its transition. */
@@ -71,17 +71,52 @@ export async function persistAlone(db: Db, write: TransitionWrite): Promise<bool
   return inTransaction(db, async (trx) => {
     const written = await persistTransition(trx, write);
     if (written === 'stale') return false;
-    await recordReceipts(trx, [write]);
-    await persistEffects(trx, [write]);
+    await writeAlongside(trx, [write]);
     return true;
   });
 }
 
-/** The inbox receipts and the completed outbox rows of persisted writes. */
-async function recordReceipts(trx: Trx, writes: readonly TransitionWrite[]): Promise<void> {
-  await recordInboxApplied(trx, receiptRows(writes));
+/**
+ * Everything persisted transitions write besides the order rows and their history: the inbox
+ * receipts, the held outbox rows they complete, the ledger (then its stored sums, to check) and
+ * the wallets, last, so that their rows (a hot seller's above all) stay locked the shortest.
+ * Both ways of writing send exactly this list: in one packet (`persistInOneTrip`) or statement by
+ * statement (`writeAlongside`).
+ */
+function alongside(
+  db: Db | Trx,
+  writes: readonly TransitionWrite[],
+): {
+  statements: CompiledQuery[];
+  /** Where the ledger's stored sums are read, -1 if nothing is posted. */
+  storedSumsAt: number;
+  /** Throws unless the stored sums balance (the transaction must then not commit). */
+  checkStored: (rows: readonly StoredSum[]) => void;
+} {
+  const receipts = receiptRows(writes);
   const done = outboxDone(writes);
-  if (done.length > 0) await trx.executeQuery(outboxDeleteByMsgId(trx, done));
+  const { ledger, credits } = sellerCredits(writes);
+  const posting = ledgerPosting(db, ledger);
+  const wallets = walletCredits(db, credits);
+  const statements = [
+    ...(receipts.length > 0 ? [inboxAppliedStatement(db, receipts)] : []),
+    ...(done.length > 0 ? [outboxDeleteByMsgId(db, done)] : []),
+    ...(posting === undefined ? [] : [...posting.inserts, posting.storedSums]),
+    ...(wallets === undefined ? [] : [wallets]),
+  ];
+  return {
+    statements,
+    storedSumsAt: posting === undefined ? -1 : statements.indexOf(posting.storedSums),
+    checkStored: (rows: readonly StoredSum[]) => posting?.checkStored(rows),
+  };
+}
+
+async function writeAlongside(trx: Trx, writes: readonly TransitionWrite[]): Promise<void> {
+  const { statements, storedSumsAt, checkStored } = alongside(trx, writes);
+  for (const [i, statement] of statements.entries()) {
+    const result = await trx.executeQuery(statement);
+    if (i === storedSumsAt) checkStored(result.rows as StoredSum[]);
+  }
 }
 
 function outboxDone(writes: readonly TransitionWrite[]): string[] {
@@ -127,21 +162,10 @@ export async function persistInOneTrip(
 ): Promise<boolean[] | undefined> {
   if (new Set(writes.map((write) => write.previous.id)).size !== writes.length) return undefined;
   const transitions = transitionStatements(db, writes);
-  const receipts = receiptRows(writes);
-  const done = outboxDone(writes);
-  const { ledger, credits } = sellerCredits(writes);
-  const posting = ledgerPosting(db, ledger);
-  const wallets = walletCredits(db, credits);
-  const statements = [
-    transitions.update,
-    ...transitions.rest,
-    ...(receipts.length > 0 ? [inboxAppliedStatement(db, receipts)] : []),
-    ...(done.length > 0 ? [outboxDeleteByMsgId(db, done)] : []),
-    ...(posting === undefined ? [] : [...posting.inserts, posting.storedSums]),
-    // Last: the wallet rows (a hot seller's above all) stay locked the shortest.
-    ...(wallets === undefined ? [] : [wallets]),
-  ];
-  const storedSumsAt = posting === undefined ? -1 : statements.indexOf(posting.storedSums);
+  const after = alongside(db, writes);
+  const statements = [transitions.update, ...transitions.rest, ...after.statements];
+  const storedSumsAt =
+    after.storedSumsAt < 0 ? -1 : statements.length - after.statements.length + after.storedSumsAt;
   try {
     const outcome = await transactionInOneTrip(
       db,
@@ -149,7 +173,7 @@ export async function persistInOneTrip(
       (results: readonly StatementResult[]) => {
         const moved = affectedRows(results[0]);
         if (moved !== writes.length) return { rollback: `${writes.length - moved} stale` };
-        posting?.checkStored(resultRows<StoredSum>(results[storedSumsAt]));
+        if (storedSumsAt >= 0) after.checkStored(resultRows<StoredSum>(results[storedSumsAt]));
         return { commit: writes.map(() => true) };
       },
     );
@@ -181,9 +205,10 @@ export class TransitionBatcher {
         (await persistInOneTrip(db, writes)) ??
         inTransaction(db, async (trx) => {
           const written = await persistTransitions(trx, writes);
-          const persisted = writes.filter((_, i) => written[i] === 'persisted');
-          await recordReceipts(trx, persisted);
-          await persistEffects(trx, persisted);
+          await writeAlongside(
+            trx,
+            writes.filter((_, i) => written[i] === 'persisted'),
+          );
           return written.map((result) => result === 'persisted');
         }),
     });

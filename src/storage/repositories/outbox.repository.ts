@@ -170,16 +170,10 @@ function inboxValues(db: Db | Trx, rows: readonly InboxRow[]) {
 }
 
 /**
- * Records inputs that are being applied in this same transaction (a webhook applied straight to
- * its order). An id seen before is left as it is: the transition, not this row, is what the
- * version check deduplicates, so a repeat must not fail the transaction.
+ * Inbox rows of inputs applied in this same transaction (a webhook applied straight to its
+ * order), built but not run. An id seen before is left as it is: the transition, not this row,
+ * is what the version check deduplicates, so a repeat must not fail the transaction.
  */
-export async function recordInboxApplied(trx: Trx, rows: readonly InboxRow[]): Promise<void> {
-  if (rows.length === 0) return;
-  await trx.executeQuery(inboxAppliedStatement(trx, rows));
-}
-
-/** The statement of `recordInboxApplied`, built but not run. */
 export function inboxAppliedStatement(db: Db | Trx, rows: readonly InboxRow[]): CompiledQuery {
   return inboxValues(db, rows)
     .onDuplicateKeyUpdate({ received_at: sql<Date>`received_at` })
