@@ -6,6 +6,7 @@
  */
 import { pspPublicUrl, settlePublicUrl, utcMinutesOf, type Config } from '../../config.js';
 import { ensureDatabase, openDatabase } from '../../storage/db.js';
+import type { GroupCommitBatch } from '../../storage/group-commit.js';
 import {
   BehaviorStore,
   initialBehavior,
@@ -60,6 +61,11 @@ export type StartPspMockOptions = Readonly<{
   log?: (line: string) => void;
   /** Overrides of the webhook sender's timing (tests use short backoffs). */
   webhook?: Partial<WebhookSenderOptions>;
+  /**
+   * Told of every group-commit batch ('psp registrations', 'psp decisions', 'webhook
+   * deliveries'), so tests can see that batches of several units really commit.
+   */
+  onBatch?: (name: string, batch: GroupCommitBatch) => void;
 }>;
 
 export type PspMock = Readonly<{
@@ -109,6 +115,7 @@ export async function startPspMock(options: StartPspMockOptions): Promise<PspMoc
       secret: config.PSP_WEBHOOK_SECRET,
       options: { ...WEBHOOK_SENDER_DEFAULTS, ...options.webhook },
       log,
+      onBatch: options.onBatch,
     });
     sender.start();
     cleanups.push(() => sender.stop());
@@ -118,6 +125,7 @@ export async function startPspMock(options: StartPspMockOptions): Promise<PspMoc
       behavior,
       defaultNotificationUrl: `${settlePublicUrl(config).replace(/\/+$/, '')}/webhooks/psp`,
       webhooks: sender,
+      onBatch: options.onBatch,
     });
 
     const autoPay = new BoundedTasks({

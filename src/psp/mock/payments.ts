@@ -19,7 +19,7 @@ import {
 } from '../../domain/errors.js';
 import { ORDER_AMOUNT_MINOR_MAX, isCurrencyCode, type CurrencyCode } from '../../domain/money.js';
 import { isDuplicateKey, isTransientLockError } from '../../storage/errors.js';
-import { GroupCommit } from '../../storage/group-commit.js';
+import { GroupCommit, type GroupCommitBatch } from '../../storage/group-commit.js';
 import { toUnavailable } from '../../storage/transaction.js';
 import { encodePspWebhookEvent, PSP_WEBHOOK_EVENT_TYPE, type PspWebhookEvent } from '../webhook.js';
 import type { BehaviorStore } from './behavior.js';
@@ -153,6 +153,8 @@ export type PspPaymentsOptions = Readonly<{
   webhooks: WebhookOutlet;
   /** A number in [0, 1); Math.random unless a test fixes it. */
   random?: () => number;
+  /** Told of every group-commit batch, named by what it writes (tests, metrics). */
+  onBatch?: (name: string, batch: GroupCommitBatch) => void;
 }>;
 
 export class PspPayments {
@@ -176,9 +178,11 @@ export class PspPayments {
     this.#webhooks = options.webhooks;
     this.#random = options.random ?? Math.random;
     const db = options.db;
+    const onBatch = options.onBatch;
     this.#registrations = new GroupCommit({
       name: 'psp registrations',
       ...GROUP_COMMIT_LIMITS,
+      onBatch: onBatch && ((batch) => onBatch('psp registrations', batch)),
       writeOne: (payment) => insertPayment(db, payment),
       writeBatch: async (payments) => {
         try {
@@ -192,6 +196,7 @@ export class PspPayments {
     this.#decisions = new GroupCommit({
       name: 'psp decisions',
       ...GROUP_COMMIT_LIMITS,
+      onBatch: onBatch && ((batch) => onBatch('psp decisions', batch)),
       writeOne: (write) => this.#transaction((trx) => writeDecision(trx, write)),
       writeBatch: (writes) => this.#transaction((trx) => writeDecisions(trx, writes)),
     });

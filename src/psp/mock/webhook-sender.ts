@@ -12,7 +12,7 @@
  * whole attempt (the POST's hard deadline plus a margin to record it); a row that waited too
  * long for a free slot is left to the lease and polled again after it.
  */
-import { GroupCommit } from '../../storage/group-commit.js';
+import { GroupCommit, type GroupCommitBatch } from '../../storage/group-commit.js';
 import { signWebhook, PSP_SIGNATURE_HEADER } from '../webhook.js';
 import type { PspDb } from './payment.repository.js';
 import { WebhookPoster } from './webhook-post.js';
@@ -89,6 +89,8 @@ export class WebhookSender {
     secret: string;
     options: WebhookSenderOptions;
     log: (line: string) => void;
+    /** Told of every group-commit batch, named by what it writes (tests, metrics). */
+    onBatch?: (name: string, batch: GroupCommitBatch) => void;
   }) {
     this.#db = options.db;
     this.#secret = options.secret;
@@ -99,8 +101,10 @@ export class WebhookSender {
       requestTimeoutMs: options.options.requestTimeoutMs,
     });
     const db = options.db;
+    const onBatch = options.onBatch;
     this.#delivered = new GroupCommit({
       name: 'webhook deliveries',
+      onBatch: onBatch && ((batch) => onBatch('webhook deliveries', batch)),
       batchMax: 500,
       inFlightMax: 2,
       queueMax: 10_000,

@@ -57,6 +57,8 @@ let api: PspServiceClient;
 let receiver: WebhookReceiver;
 let db: Kysely<PspDatabase>;
 let closeDb: () => Promise<void>;
+/** Every group-commit batch the mock ended, by what it writes. */
+const batches: Array<{ name: string; size: number; ok: boolean }> = [];
 
 beforeAll(async () => {
   mysqlUrl = uniqueDatabaseUrl('settle_psp_t');
@@ -72,6 +74,7 @@ beforeAll(async () => {
     httpPort: 0,
     mysqlUrl,
     webhook: { backoffMsInitial: 100, backoffMsMax: 200, attemptsMax: ATTEMPTS_MAX },
+    onBatch: (name, { size, ok }) => batches.push({ name, size, ok }),
   });
   api = pspApi(mock.grpcPort);
   const opened = openDatabase<PspDatabase>(mysqlUrl, { poolSize: 2 });
@@ -273,6 +276,7 @@ describe('registrations and decisions that arrive together (group commit)', () =
   it('auto-pays a burst of registrations once each', async () => {
     await unary(api.setBehavior.bind(api), { autoPayCard: SUCCESS_CARD });
     const nonces = Array.from({ length: BURST }, () => uniqueNonce());
+    batches.length = 0;
     try {
       await Promise.all(nonces.map((nonce) => register(nonce, 900n, `/auto/${nonce}`)));
       await waitFor(() => nonces.every((nonce) => receiver.at(`/auto/${nonce}`).length === 1), {
@@ -301,6 +305,14 @@ describe('registrations and decisions that arrive together (group commit)', () =
     }
     for (const nonce of nonces) {
       expect(verified(receiver.at(`/auto/${nonce}`)[0]!).data.nonce).toBe(nonce);
+    }
+    // The burst went out in batches that committed whole: a batch that failed would have been
+    // retried unit by unit, and the rows above would look the same.
+    for (const name of ['psp registrations', 'psp decisions']) {
+      expect(
+        batches.some((batch) => batch.name === name && batch.size > 1 && batch.ok),
+        `a batch of ${name} with more than one unit that committed`,
+      ).toBe(true);
     }
   });
 });
