@@ -5,8 +5,9 @@
  * caller learns from the returned boolean whether it won. The batch variants write many rows with
  * one statement each, for group commit; they keep the same conditions.
  */
-import { sql, type Kysely, type RawBuilder, type Selectable, type Transaction } from 'kysely';
+import type { Kysely, Selectable, Transaction } from 'kysely';
 import { isCurrencyCode, type CurrencyCode } from '../../domain/money.js';
+import { caseOfId } from '../../storage/sql.js';
 import {
   PSP_PAYMENT_STATE,
   type PspChargeTable,
@@ -173,13 +174,15 @@ export async function decidePayments(
   decisions: readonly PaymentDecision[],
 ): Promise<number> {
   if (decisions.length === 0) return 0;
+  const byId = <V>(value: (decision: PaymentDecision) => V) =>
+    caseOfId(decisions, (decision) => decision.id, value);
   const result = await trx
     .updateTable('psp_payment')
     .set({
-      status: caseOfId(decisions, (decision) => decision.status),
-      psp_reference: caseOfId(decisions, (decision) => decision.pspReference ?? null),
-      decline_code: caseOfId(decisions, (decision) => decision.declineCode ?? null),
-      updated_at: caseOfId(decisions, (decision) => decision.now),
+      status: byId((decision) => decision.status),
+      psp_reference: byId((decision) => decision.pspReference ?? null),
+      decline_code: byId((decision) => decision.declineCode ?? null),
+      updated_at: byId((decision) => decision.now),
     })
     .where(
       'id',
@@ -189,15 +192,6 @@ export async function decidePayments(
     .where('status', '=', PSP_PAYMENT_STATE.registered)
     .executeTakeFirst();
   return Number(result.numUpdatedRows);
-}
-
-/** `CASE id WHEN ? THEN ? … END`: one value per decided row. */
-function caseOfId<T>(
-  decisions: readonly PaymentDecision[],
-  value: (decision: PaymentDecision) => T,
-): RawBuilder<T> {
-  const branches = decisions.map((decision) => sql`WHEN ${decision.id} THEN ${value(decision)}`);
-  return sql<T>`CASE id ${sql.join(branches, sql` `)} END`;
 }
 
 /** Cancels a registered payment; false if it was no longer REGISTERED. */
