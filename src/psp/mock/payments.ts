@@ -136,7 +136,7 @@ export type PayResult = Readonly<{
 
 /** What the payments need of the webhook sender (WebhookSender). */
 export type WebhookOutlet = Readonly<{
-  /** The end of the lease of an attempt that starts at `now`. */
+  /** The end of the lease of an attempt that starts at `now` (the decision's write). */
   leaseUntil: (now: Date) => Date;
   /** Takes a committed row inserted with that lease, to POST it at once. */
   deliver: (row: PspWebhookDelivery) => void;
@@ -197,8 +197,9 @@ export class PspPayments {
       name: 'psp decisions',
       ...GROUP_COMMIT_LIMITS,
       onBatch: onBatch && ((batch) => onBatch('psp decisions', batch)),
-      writeOne: (write) => this.#transaction((trx) => writeDecision(trx, write)),
-      writeBatch: (writes) => this.#transaction((trx) => writeDecisions(trx, writes)),
+      writeOne: (write) => this.#transaction((trx) => writeDecision(trx, write, options.webhooks)),
+      writeBatch: (writes) =>
+        this.#transaction((trx) => writeDecisions(trx, writes, options.webhooks)),
     });
   }
 
@@ -380,7 +381,6 @@ export class PspPayments {
           url: payment.notificationUrl,
           body: encodePspWebhookEvent(event),
           now,
-          leaseUntil: this.#webhooks.leaseUntil(now),
         },
       }),
     );
@@ -486,21 +486,26 @@ export class PspPayments {
   }
 }
 
-/** One decision's writes: the conditional UPDATE, its charge (approved only), its webhook row. */
+/**
+ * One decision's writes: the conditional UPDATE, its charge (approved only), its webhook row. The
+ * row's lease is set when it is written, not here: a decision may wait in the group-commit queue,
+ * and a lease started before that wait could be too short to POST by the time of the commit.
+ */
 type DecisionWrite = Readonly<{
   decision: PaymentDecision;
   charge: NewPspCharge | undefined;
-  webhook: NewPspWebhook;
+  webhook: Omit<NewPspWebhook, 'leaseUntil'>;
 }>;
 
 /** Writes one decision; undefined (and nothing written) if the payment was no longer REGISTERED. */
 async function writeDecision(
   trx: PspTrx,
   write: DecisionWrite,
+  webhooks: Pick<WebhookOutlet, 'leaseUntil'>,
 ): Promise<PspWebhookDelivery | undefined> {
   if (!(await decidePayment(trx, write.decision))) return undefined;
   if (write.charge !== undefined) await insertCharge(trx, write.charge);
-  return insertWebhook(trx, write.webhook);
+  return insertWebhook(trx, { ...write.webhook, leaseUntil: webhooks.leaseUntil(new Date()) });
 }
 
 /**
@@ -510,6 +515,7 @@ async function writeDecision(
 async function writeDecisions(
   trx: PspTrx,
   writes: readonly DecisionWrite[],
+  webhooks: Pick<WebhookOutlet, 'leaseUntil'>,
 ): Promise<PspWebhookDelivery[]> {
   const decided = await decidePayments(
     trx,
@@ -524,9 +530,10 @@ async function writeDecisions(
     trx,
     writes.flatMap(({ charge }) => (charge === undefined ? [] : [charge])),
   );
+  const leaseUntil = webhooks.leaseUntil(new Date());
   return insertWebhooks(
     trx,
-    writes.map(({ webhook }) => webhook),
+    writes.map(({ webhook }) => ({ ...webhook, leaseUntil })),
   );
 }
 

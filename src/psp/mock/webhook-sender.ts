@@ -10,7 +10,8 @@
  *
  * Within a lease only its holder POSTs the row, and only while enough of the lease is left for a
  * whole attempt (the POST's hard deadline plus a margin to record it); a row that waited too
- * long for a free slot is left to the lease and polled again after it.
+ * long for a free slot has its lease given back (the attempt it was leased for is not counted),
+ * so the next poll claims it afresh instead of the row waiting out the lease.
  */
 import { GroupCommit, type GroupCommitBatch } from '../../storage/group-commit.js';
 import { signWebhook, PSP_SIGNATURE_HEADER } from '../webhook.js';
@@ -78,6 +79,10 @@ export class WebhookSender {
   readonly #delivered: GroupCommit<{ id: string; now: Date }, void>;
   /** Rows leased to this process that wait for a free slot, oldest first. */
   readonly #waiting: PspWebhookDelivery[] = [];
+  /** Leases being given back (rows whose lease ran short while they waited); stop() waits. */
+  readonly #releasing = new Set<Promise<void>>();
+  /** Rows whose lease ran short before a slot was free, since start. */
+  #shortLeases = 0;
   #loop: Promise<void> | undefined;
   #wake: (() => void) | undefined;
   #wakeRequested = false;
@@ -127,6 +132,11 @@ export class WebhookSender {
     this.#wake?.();
   }
 
+  /** Rows whose lease ran short before a slot was free (their leases were given back). */
+  get shortLeases(): number {
+    return this.#shortLeases;
+  }
+
   /** The end of the lease of an attempt that starts at `now`. */
   leaseUntil(now: Date): Date {
     return new Date(now.getTime() + this.#options.requestTimeoutMs + LEASE_MARGIN_MS);
@@ -154,10 +164,16 @@ export class WebhookSender {
     this.#wake?.();
     await this.#loop;
     await Promise.allSettled([...this.#inFlight]);
-    for (let start = 0; start < unused.length; start += RELEASE_BATCH_MAX) {
+    await Promise.allSettled([...this.#releasing]);
+    await this.#releaseLeases(unused);
+  }
+
+  /** Gives back leases that were not used, a bounded number of rows per statement. */
+  async #releaseLeases(rows: readonly PspWebhookDelivery[]): Promise<void> {
+    for (let start = 0; start < rows.length; start += RELEASE_BATCH_MAX) {
       await releaseWebhookLeases(
         this.#db,
-        unused.slice(start, start + RELEASE_BATCH_MAX),
+        rows.slice(start, start + RELEASE_BATCH_MAX),
         new Date(),
       ).catch((error: unknown) =>
         // The leases end on their own; the rows are only delivered a little later.
@@ -206,13 +222,20 @@ export class WebhookSender {
     }
   }
 
-  /** Starts waiting rows while slots are free; skips those whose lease is too short by now. */
+  /**
+   * Starts waiting rows while slots are free. A row with too little lease left for a whole
+   * attempt is not POSTed: its lease is given back so the poll claims it afresh at once.
+   */
   #startWaiting(): void {
+    const needMs = this.#options.requestTimeoutMs + RECORD_MARGIN_MS;
+    const shortLeases: PspWebhookDelivery[] = [];
     while (this.#inFlight.size < this.#options.inFlightMax) {
       const row = this.#waiting.shift();
-      if (row === undefined) return;
-      const needMs = this.#options.requestTimeoutMs + RECORD_MARGIN_MS;
-      if (Date.now() + needMs > row.nextAttemptAt.getTime()) continue;
+      if (row === undefined) break;
+      if (Date.now() + needMs > row.nextAttemptAt.getTime()) {
+        shortLeases.push(row);
+        continue;
+      }
       const attempt = this.#attempt(row).finally(() => {
         this.#inFlight.delete(attempt);
         this.#startWaiting();
@@ -221,6 +244,20 @@ export class WebhookSender {
       });
       this.#inFlight.add(attempt);
     }
+    if (shortLeases.length > 0) this.#releaseShortLeases(shortLeases);
+  }
+
+  /** Gives back leases too short to POST in, then wakes the poll to claim the rows again. */
+  #releaseShortLeases(rows: readonly PspWebhookDelivery[]): void {
+    this.#shortLeases += rows.length;
+    this.#log(
+      `psp webhook: ${rows.length} row(s) waited for a free slot until too little of their ` +
+        'lease was left to POST; giving the leases back for the poll',
+    );
+    const release = this.#releaseLeases(rows)
+      .then(() => this.wake())
+      .finally(() => this.#releasing.delete(release));
+    this.#releasing.add(release);
   }
 
   async #attempt(row: PspWebhookDelivery): Promise<void> {

@@ -170,9 +170,9 @@ export async function claimWebhook(
 }
 
 /**
- * Gives back leases that were never used (rows handed to a sender that stopped before POSTing
- * them): each row whose attempt count is still the one its lease set is due again now, and that
- * attempt is not counted. A row someone claimed since is left alone.
+ * Gives back leases that were never used (rows handed to a sender that stopped, or whose lease
+ * ran short, before POSTing them): each row whose attempt count is still the one its lease set
+ * is due again now, and that attempt is not counted. A row someone claimed since is left alone.
  */
 export async function releaseWebhookLeases(
   db: PspDb,

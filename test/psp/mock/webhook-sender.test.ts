@@ -2,7 +2,8 @@
  * Goal: the webhook sender's lease rules hold with the in-memory hand-over. A row inserted
  * already leased is POSTed once, at once, without the poll; no poll takes it while its lease
  * lasts; a row whose hand-over was lost (a crash) is delivered after the lease; a row that waited
- * too long for a slot is left to its lease; stop() gives back the leases of rows never POSTed.
+ * too long for a slot has its lease given back and is polled at once; stop() gives back the
+ * leases of rows never POSTed.
  * Method: a real WebhookSender on its own migrated MariaDB database, rows inserted with the
  * repository's insertWebhook, a local HTTP receiver; no mocks.
  */
@@ -60,12 +61,15 @@ afterAll(async () => {
   if (mysqlUrl !== undefined) await dropDatabase(mysqlUrl);
 });
 
-function startSender(options: Partial<WebhookSenderOptions> = {}): WebhookSender {
+function startSender(
+  options: Partial<WebhookSenderOptions> = {},
+  log: (line: string) => void = () => undefined,
+): WebhookSender {
   const sender = new WebhookSender({
     db,
     secret: SECRET,
     options: { ...WEBHOOK_SENDER_DEFAULTS, backoffMsInitial: 50, backoffMsMax: 100, ...options },
-    log: () => undefined,
+    log,
   });
   sender.start();
   senders.push(sender);
@@ -158,20 +162,28 @@ describe('WebhookSender hand-over', () => {
     expect(receiver.at(path)).toHaveLength(1);
   });
 
-  it('leaves a row to its lease when too little of it is left for a whole attempt', async () => {
-    const sender = startSender({ pollMs: 20, requestTimeoutMs: 1_000 });
+  it('gives back a lease too short for a whole attempt, and the poll delivers the row at once', async () => {
+    const lines: string[] = [];
+    const sender = startSender({ pollMs: 20, requestTimeoutMs: 1_000 }, (line) => lines.push(line));
     const path = `/short-lease/${Date.now()}`;
     const inserted = Date.now();
-    // Less than requestTimeoutMs is left: POSTing now could outlive the lease.
-    const row = await insertRow(`${receiver.url}${path}`, new Date(inserted + 400));
+    const leaseMs = 2_500;
+    // Less than requestTimeoutMs plus the margin to record the outcome is left: POSTing now
+    // could outlive the lease.
+    const row = await insertRow(`${receiver.url}${path}`, new Date(inserted + leaseMs));
     sender.deliver(row);
-    await waitFor(() => receiver.at(path).length === 1, { what: 'the delivery after the lease' });
-    expect(receiver.at(path)[0]!.receivedAtMs - inserted).toBeGreaterThanOrEqual(390);
+    await waitFor(() => receiver.at(path).length === 1, { what: 'the delivery' });
+    // Not left to wait out its lease: the lease was given back and the poll claimed it afresh.
+    expect(receiver.at(path)[0]!.receivedAtMs - inserted).toBeLessThan(leaseMs);
     const done = await waitFor(async () => {
       const found = await stored(row.id);
       return found.delivered_at !== null && found;
     });
-    expect(done.attempts).toBe(2);
+    // The skipped hand-over is not counted: the poll's claim made the only attempt.
+    expect(done.attempts).toBe(1);
+    expect(receiver.at(path)).toHaveLength(1);
+    expect(sender.shortLeases).toBe(1);
+    expect(lines.some((line) => line.includes('too little of their lease'))).toBe(true);
   });
 
   it('gives back the leases of waiting rows at stop; the one in flight counts as an attempt', async () => {
