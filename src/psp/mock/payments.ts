@@ -164,7 +164,7 @@ export class PspPayments {
   readonly #webhooks: WebhookOutlet;
   readonly #random: () => number;
   /** Registrations that arrive together are inserted with one statement. */
-  readonly #registrations: GroupCommit<NewPspPayment, string>;
+  readonly #registrations: GroupCommit<NewPspPayment, PspPayment>;
   /**
    * Decisions made together commit in one transaction; each answers its webhook row, or
    * undefined if the payment was decided (or cancelled) elsewhere first.
@@ -218,7 +218,7 @@ export class PspPayments {
       const token = randomId('tok_');
       const now = new Date();
       try {
-        const id = await this.#run(() =>
+        const payment = await this.#run(() =>
           this.#registrations.submit({
             nonce,
             token,
@@ -228,19 +228,6 @@ export class PspPayments {
             now,
           }),
         );
-        const payment: PspPayment = Object.freeze({
-          id,
-          nonce,
-          token,
-          amountMinor,
-          currency,
-          status: PSP_PAYMENT_STATE.registered,
-          pspReference: undefined,
-          declineCode: undefined,
-          notificationUrl,
-          createdAt: now,
-          updatedAt: now,
-        });
         return { payment, created: true };
       } catch (error) {
         if (!isDuplicateKey(error)) throw error;

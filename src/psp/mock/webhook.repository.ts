@@ -74,19 +74,7 @@ function webhookRow(webhook: NewPspWebhook) {
 
 /** A row just inserted, as the sender sees it. */
 function storedDelivery(id: string, webhook: NewPspWebhook): PspWebhookDelivery {
-  return Object.freeze({
-    id,
-    eventId: webhook.eventId,
-    delivery: webhook.delivery,
-    nonce: webhook.nonce,
-    url: webhook.url,
-    body: webhook.body,
-    attempts: webhook.leaseUntil === undefined ? 0 : 1,
-    nextAttemptAt: webhook.leaseUntil ?? webhook.now,
-    deliveredAt: undefined,
-    givenUpAt: undefined,
-    lastError: undefined,
-  });
+  return toDelivery({ id, ...webhookRow(webhook) });
 }
 
 /**
