@@ -15,6 +15,9 @@
  */
 import { ResourceExhaustedError, UnavailableError } from '../domain/errors.js';
 
+/** The limits a caller usually takes from config (GROUP_COMMIT_MAX, GROUP_COMMITS_IN_FLIGHT). */
+export type GroupCommitLimits = Readonly<{ batchMax: number; inFlightMax: number }>;
+
 /** What `onBatch` is told about one batch that ended. */
 export type GroupCommitBatch = Readonly<{ size: number; ms: number; ok: boolean }>;
 

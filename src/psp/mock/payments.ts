@@ -19,7 +19,11 @@ import {
 } from '../../domain/errors.js';
 import { ORDER_AMOUNT_MINOR_MAX, isCurrencyCode, type CurrencyCode } from '../../domain/money.js';
 import { isDuplicateKey, isTransientLockError } from '../../storage/errors.js';
-import { GroupCommit, type GroupCommitBatch } from '../../storage/group-commit.js';
+import {
+  GroupCommit,
+  type GroupCommitBatch,
+  type GroupCommitLimits,
+} from '../../storage/group-commit.js';
 import { toUnavailable } from '../../storage/transaction.js';
 import { encodePspWebhookEvent, PSP_WEBHOOK_EVENT_TYPE, type PspWebhookEvent } from '../webhook.js';
 import type { BehaviorStore } from './behavior.js';
@@ -57,11 +61,8 @@ import {
 const NOTIFICATION_URL_LENGTH_MAX = 2_048;
 /** ListCharges has no paging in the proto; beyond this many rows it asks for a nonce filter. */
 export const LIST_CHARGES_MAX = 20_000;
-/**
- * Group commit of registrations and of decisions: rows per statement, batches in flight (each
- * holds one pooled connection), units waiting (beyond it RESOURCE_EXHAUSTED, retryable).
- */
-const GROUP_COMMIT_LIMITS = { batchMax: 200, inFlightMax: 2, queueMax: 10_000 } as const;
+/** Registrations or decisions waiting for a group commit; beyond it RESOURCE_EXHAUSTED (retryable). */
+const GROUP_COMMIT_QUEUE_MAX = 10_000;
 /** Attempts of one transaction that hits a deadlock or a lock wait timeout. */
 const TRANSACTION_ATTEMPTS_MAX = 4;
 
@@ -153,6 +154,11 @@ export type PspPaymentsOptions = Readonly<{
   webhooks: WebhookOutlet;
   /** A number in [0, 1); Math.random unless a test fixes it. */
   random?: () => number;
+  /**
+   * Group commit of registrations and of decisions: rows per statement (1 turns batching off),
+   * batches in flight (each holds one pooled connection).
+   */
+  groupCommit: GroupCommitLimits;
   /** Told of every group-commit batch, named by what it writes (tests, metrics). */
   onBatch?: (name: string, batch: GroupCommitBatch) => void;
 }>;
@@ -181,7 +187,8 @@ export class PspPayments {
     const onBatch = options.onBatch;
     this.#registrations = new GroupCommit({
       name: 'psp registrations',
-      ...GROUP_COMMIT_LIMITS,
+      ...options.groupCommit,
+      queueMax: GROUP_COMMIT_QUEUE_MAX,
       onBatch: onBatch && ((batch) => onBatch('psp registrations', batch)),
       writeOne: (payment) => insertPayment(db, payment),
       writeBatch: async (payments) => {
@@ -195,7 +202,8 @@ export class PspPayments {
     });
     this.#decisions = new GroupCommit({
       name: 'psp decisions',
-      ...GROUP_COMMIT_LIMITS,
+      ...options.groupCommit,
+      queueMax: GROUP_COMMIT_QUEUE_MAX,
       onBatch: onBatch && ((batch) => onBatch('psp decisions', batch)),
       writeOne: (write) => this.#transaction((trx) => writeDecision(trx, write, options.webhooks)),
       writeBatch: (writes) =>

@@ -13,7 +13,11 @@
  * long for a free slot has its lease given back (the attempt it was leased for is not counted),
  * so the next poll claims it afresh instead of the row waiting out the lease.
  */
-import { GroupCommit, type GroupCommitBatch } from '../../storage/group-commit.js';
+import {
+  GroupCommit,
+  type GroupCommitBatch,
+  type GroupCommitLimits,
+} from '../../storage/group-commit.js';
 import { signWebhook, PSP_SIGNATURE_HEADER } from '../webhook.js';
 import type { PspDb } from './payment.repository.js';
 import { WebhookPoster } from './webhook-post.js';
@@ -58,7 +62,9 @@ const LEASE_MARGIN_MS = 5_000;
 const RECORD_MARGIN_MS = 2_000;
 /** Leased rows waiting for a free slot at most; beyond, a row is left to its lease. */
 const WAITING_MAX = 10_000;
-/** Unused leases given back per statement at stop. */
+/** Deliveries waiting to be recorded; beyond it one is left to its lease (delivered again). */
+const DELIVERED_QUEUE_MAX = 10_000;
+/** Unused leases given back per statement. */
 const RELEASE_BATCH_MAX = 500;
 
 /** The delay after attempt number `attempts` (1-based) failed. */
@@ -94,6 +100,8 @@ export class WebhookSender {
     secret: string;
     options: WebhookSenderOptions;
     log: (line: string) => void;
+    /** Group commit of the delivered marks: rows per statement (1 = off), batches in flight. */
+    groupCommit: GroupCommitLimits;
     /** Told of every group-commit batch, named by what it writes (tests, metrics). */
     onBatch?: (name: string, batch: GroupCommitBatch) => void;
   }) {
@@ -110,9 +118,8 @@ export class WebhookSender {
     this.#delivered = new GroupCommit({
       name: 'webhook deliveries',
       onBatch: onBatch && ((batch) => onBatch('webhook deliveries', batch)),
-      batchMax: 500,
-      inFlightMax: 2,
-      queueMax: 10_000,
+      ...options.groupCommit,
+      queueMax: DELIVERED_QUEUE_MAX,
       writeOne: ({ id, now }) => markWebhookDelivered(db, id, now),
       writeBatch: async (deliveries) => {
         await markWebhooksDelivered(db, deliveries);

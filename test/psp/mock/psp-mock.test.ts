@@ -317,6 +317,44 @@ describe('registrations and decisions that arrive together (group commit)', () =
   });
 });
 
+describe('GROUP_COMMIT_MAX=1', () => {
+  it('turns the group commit off: every registration and decision is written alone', async () => {
+    const seen: Array<{ name: string; size: number; ok: boolean }> = [];
+    const alone = await startPspMock({
+      config: testConfig({ GROUP_COMMIT_MAX: '1' }),
+      grpcPort: 0,
+      httpPort: 0,
+      mysqlUrl,
+      onBatch: (name, { size, ok }) => seen.push({ name, size, ok }),
+    });
+    const aloneApi = pspApi(alone.grpcPort);
+    try {
+      const registered = await Promise.all(
+        Array.from({ length: 20 }, () =>
+          unary(aloneApi.registerPayment.bind(aloneApi), {
+            nonce: uniqueNonce(),
+            amountMinor: 300n,
+            currencyCode: 'USD',
+            notificationUrl: `${receiver.url}/alone`,
+          }),
+        ),
+      );
+      await Promise.all(
+        registered.map(({ token }) =>
+          unary(aloneApi.payWithCard.bind(aloneApi), { token, cardNumber: SUCCESS_CARD }),
+        ),
+      );
+    } finally {
+      aloneApi.close();
+      await alone.stop();
+    }
+    for (const name of ['psp registrations', 'psp decisions']) {
+      expect(seen.filter((batch) => batch.name === name && batch.ok)).toHaveLength(20);
+    }
+    expect(seen.every((batch) => batch.size === 1)).toBe(true);
+  });
+});
+
 describe('GetPaymentStatus', () => {
   it('fails with NOT_FOUND for an unknown nonce', async () => {
     const error = await grpcError(getStatus(uniqueNonce('unknown')));

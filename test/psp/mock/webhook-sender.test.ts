@@ -33,6 +33,8 @@ import {
 } from '../psp-support.js';
 
 const SECRET = 'whsec_test_secret_0123456789';
+/** The mock's group commit under the default config. */
+const GROUP_COMMIT = { batchMax: 128, inFlightMax: 2 };
 
 let mysqlUrl: string;
 let db: PspDb;
@@ -70,6 +72,7 @@ function startSender(
     secret: SECRET,
     options: { ...WEBHOOK_SENDER_DEFAULTS, backoffMsInitial: 50, backoffMsMax: 100, ...options },
     log,
+    groupCommit: GROUP_COMMIT,
   });
   sender.start();
   senders.push(sender);
@@ -193,6 +196,7 @@ describe('WebhookSender hand-over', () => {
       secret: SECRET,
       options: { ...WEBHOOK_SENDER_DEFAULTS, pollMs: 60_000, inFlightMax: 1 },
       log: () => undefined,
+      groupCommit: GROUP_COMMIT,
     });
     sender.start();
     const stuck = await startStuckServer();
