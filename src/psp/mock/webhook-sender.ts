@@ -18,6 +18,7 @@ import {
   type GroupCommitBatch,
   type GroupCommitLimits,
 } from '../../storage/group-commit.js';
+import { toUnavailable } from '../../storage/transaction.js';
 import { signWebhook, PSP_SIGNATURE_HEADER } from '../webhook.js';
 import type { PspDb } from './payment.repository.js';
 import { WebhookPoster } from './webhook-post.js';
@@ -81,8 +82,11 @@ export class WebhookSender {
   readonly #inFlight = new Set<Promise<void>>();
   readonly #stopController = new AbortController();
   readonly #poster: WebhookPoster;
-  /** Deliveries that end together are recorded with one statement. */
-  readonly #delivered: GroupCommit<{ id: string; now: Date }, void>;
+  /**
+   * Deliveries that end together are recorded with one statement, by row id, stamped when the
+   * statement runs (a moment after their POSTs were answered).
+   */
+  readonly #delivered: GroupCommit<string, void>;
   /** Rows leased to this process that wait for a free slot, oldest first. */
   readonly #waiting: PspWebhookDelivery[] = [];
   /** Leases being given back (rows whose lease ran short while they waited); stop() waits. */
@@ -120,10 +124,15 @@ export class WebhookSender {
       onBatch: onBatch && ((batch) => onBatch('webhook deliveries', batch)),
       ...options.groupCommit,
       queueMax: DELIVERED_QUEUE_MAX,
-      writeOne: ({ id, now }) => markWebhookDelivered(db, id, now),
-      writeBatch: async (deliveries) => {
-        await markWebhooksDelivered(db, deliveries);
-        return deliveries.map(() => undefined);
+      writeOne: (id) => markWebhookDelivered(db, id, new Date()),
+      writeBatch: async (ids) => {
+        try {
+          await markWebhooksDelivered(db, ids, new Date());
+        } catch (error) {
+          // Unavailable answers the whole batch; anything else is retried one by one.
+          throw toUnavailable(error);
+        }
+        return ids.map(() => undefined);
       },
     });
   }
@@ -270,11 +279,11 @@ export class WebhookSender {
   async #attempt(row: PspWebhookDelivery): Promise<void> {
     const error = await this.#post(row);
     try {
-      const now = new Date();
       if (error === undefined) {
-        await this.#delivered.submit({ id: row.id, now });
+        await this.#delivered.submit(row.id);
         return;
       }
+      const now = new Date();
       if (row.attempts >= this.#options.attemptsMax) {
         await markWebhookGivenUp(this.#db, row.id, { error, now });
         this.#log(

@@ -187,23 +187,17 @@ export async function markWebhookDelivered(db: PspDb, id: string, now: Date): Pr
     .execute();
 }
 
-/** `markWebhookDelivered` for many rows in one statement. */
+/** `markWebhookDelivered` for many rows in one statement, all stamped `now`. */
 export async function markWebhooksDelivered(
   db: PspDb,
-  deliveries: ReadonlyArray<Readonly<{ id: string; now: Date }>>,
+  ids: readonly string[],
+  now: Date,
 ): Promise<void> {
-  if (deliveries.length === 0) return;
+  if (ids.length === 0) return;
   await db
     .updateTable('psp_webhook')
-    .set({
-      delivered_at: new Date(Math.max(...deliveries.map(({ now }) => now.getTime()))),
-      last_error: null,
-    })
-    .where(
-      'id',
-      'in',
-      deliveries.map(({ id }) => id),
-    )
+    .set({ delivered_at: now, last_error: null })
+    .where('id', 'in', ids)
     .execute();
 }
 
