@@ -176,12 +176,14 @@ export class WebhookSender {
   async stop(): Promise<void> {
     this.#stopController.abort();
     this.#poster.close();
-    const unused = this.#waiting.splice(0);
-    this.#wake?.();
+    // Also when the loop is busy polling: it must not go to sleep for pollMs after that.
+    this.wake();
+    // A claim that was running when stop began adds its row to #waiting when it ends; nothing
+    // starts a waiting row once stopping, so after the loop every leased row is in #waiting.
     await this.#loop;
     await Promise.allSettled([...this.#inFlight]);
     await Promise.allSettled([...this.#releasing]);
-    await this.#releaseLeases(unused);
+    await this.#releaseLeases(this.#waiting.splice(0));
   }
 
   /** Gives back leases that were not used, a bounded number of rows per statement. */
@@ -234,6 +236,8 @@ export class WebhookSender {
       const claimed = await claimWebhook(this.#db, row, this.leaseUntil(now));
       if (claimed === undefined) continue;
       this.#waiting.push(claimed);
+      // Claimed while stop() began: left waiting, so stop() gives its lease back.
+      if (this.#stopController.signal.aborted) return;
       this.#startWaiting();
     }
   }
@@ -243,6 +247,8 @@ export class WebhookSender {
    * attempt is not POSTed: its lease is given back so the poll claims it afresh at once.
    */
   #startWaiting(): void {
+    // Once stopping, waiting rows stay for stop() to give their leases back.
+    if (this.#stopController.signal.aborted) return;
     const needMs = this.#options.requestTimeoutMs + RECORD_MARGIN_MS;
     const shortLeases: PspWebhookDelivery[] = [];
     while (this.#inFlight.size < this.#options.inFlightMax) {

@@ -3,9 +3,10 @@
  * already leased is POSTed once, at once, without the poll; no poll takes it while its lease
  * lasts; a row whose hand-over was lost (a crash) is delivered after the lease; a row that waited
  * too long for a slot has its lease given back and is polled at once; stop() gives back the
- * leases of rows never POSTed.
+ * leases of rows never POSTed, also of one whose claim was still running when stop began.
  * Method: a real WebhookSender on its own migrated MariaDB database, rows inserted with the
- * repository's insertWebhook, a local HTTP receiver; no mocks.
+ * repository's insertWebhook, a local HTTP receiver; no mocks (a Kysely plugin holds one query's
+ * answer to open the stop-during-claim window).
  */
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -220,6 +221,55 @@ describe('WebhookSender hand-over', () => {
     } finally {
       await stuck.close();
     }
+  });
+});
+
+describe('WebhookSender stop', () => {
+  it('gives back the lease of a row whose claim was running when stop began', async () => {
+    // The first UPDATE (the poll's claim) commits, then its answer is held until stop() began.
+    let claimReached!: () => void;
+    const reached = new Promise<void>((resolve) => (claimReached = resolve));
+    let openGate!: () => void;
+    const gate = new Promise<void>((resolve) => (openGate = resolve));
+    let held = false;
+    const gated = db.withPlugin({
+      transformQuery: (args) => args.node,
+      transformResult: async (args) => {
+        if (!held && args.result.numAffectedRows !== undefined) {
+          held = true;
+          claimReached();
+          await gate;
+        }
+        return args.result;
+      },
+    });
+    // Earlier tests' pending rows are retired, so the poll's first claim is this test's row.
+    await db
+      .updateTable('psp_webhook')
+      .set({ given_up_at: new Date() })
+      .where('delivered_at', 'is', null)
+      .where('given_up_at', 'is', null)
+      .execute();
+    const path = `/claimed-at-stop/${Date.now()}`;
+    const row = await insertRow(`${receiver.url}${path}`, undefined);
+    const sender = new WebhookSender({
+      db: gated,
+      secret: SECRET,
+      options: { ...WEBHOOK_SENDER_DEFAULTS, pollMs: 60_000 },
+      log: () => undefined,
+      groupCommit: GROUP_COMMIT,
+    });
+    sender.start();
+    await reached;
+    const stopped = sender.stop();
+    openGate();
+    await stopped;
+    const found = await stored(row.id);
+    // The claim's attempt is given back: due now, not counted, never POSTed.
+    expect(found.attempts).toBe(0);
+    expect(found.next_attempt_at.getTime()).toBeLessThanOrEqual(Date.now());
+    expect(found.last_error).toBeNull();
+    expect(receiver.at(path)).toHaveLength(0);
   });
 });
 
