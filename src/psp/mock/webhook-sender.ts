@@ -93,6 +93,8 @@ export class WebhookSender {
   readonly #releasing = new Set<Promise<void>>();
   /** Rows whose lease ran short before a slot was free, since start. */
   #shortLeases = 0;
+  /** Handed-over rows turned away because WAITING_MAX rows were waiting, since start. */
+  #turnedAway = 0;
   #loop: Promise<void> | undefined;
   #wake: (() => void) | undefined;
   #wakeRequested = false;
@@ -153,6 +155,11 @@ export class WebhookSender {
     return this.#shortLeases;
   }
 
+  /** Handed-over rows turned away because too many were waiting (left to their leases). */
+  get turnedAway(): number {
+    return this.#turnedAway;
+  }
+
   /** The end of the lease of an attempt that starts at `now`. */
   leaseUntil(now: Date): Date {
     return new Date(now.getTime() + this.#options.requestTimeoutMs + LEASE_MARGIN_MS);
@@ -164,7 +171,18 @@ export class WebhookSender {
    * lease ends.
    */
   deliver(row: PspWebhookDelivery): void {
-    if (this.#stopController.signal.aborted || this.#waiting.length >= WAITING_MAX) return;
+    if (this.#stopController.signal.aborted) return;
+    if (this.#waiting.length >= WAITING_MAX) {
+      this.#turnedAway += 1;
+      // One line per thousand: a burst past the bound would otherwise log every row.
+      if (this.#turnedAway % 1_000 === 1) {
+        this.#log(
+          `psp webhook: ${WAITING_MAX} rows wait for a slot; row ${row.id} is left to its ` +
+            `lease (${this.#turnedAway} turned away since start)`,
+        );
+      }
+      return;
+    }
     this.#waiting.push(row);
     this.#startWaiting();
   }

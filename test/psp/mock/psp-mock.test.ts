@@ -774,16 +774,22 @@ describe('reflection', () => {
     const buf = fileURLToPath(new URL('../../../node_modules/.bin/buf', import.meta.url));
     const base = `http://127.0.0.1:${mock.grpcPort}`;
     const flags = ['curl', '--protocol', 'grpc', '--http2-prior-knowledge'];
-    const { stdout: listed } = await execFileAsync(buf, [...flags, '--list-methods', base]);
+    const { stdout: listed } = await execFileAsync(buf, [...flags, '--list-methods', base], {
+      timeout: 10_000,
+    });
     expect(listed).toContain('settle.psp.v1.PspService/GenerateSettlementFile');
     expect(listed).toContain('settle.psp.v1.PspService/RegisterPayment');
     // The request is encoded from the reflected schema; the answer is the mock's own NOT_FOUND.
-    const failed = await execFileAsync(buf, [
-      ...flags,
-      '-d',
-      '{"nonce":"ord_unknown"}',
-      `${base}/settle.psp.v1.PspService/GetPaymentStatus`,
-    ]).then(
+    const failed = await execFileAsync(
+      buf,
+      [
+        ...flags,
+        '-d',
+        '{"nonce":"ord_unknown"}',
+        `${base}/settle.psp.v1.PspService/GetPaymentStatus`,
+      ],
+      { timeout: 10_000 },
+    ).then(
       () => undefined,
       (error: unknown) => error as { stdout: string; stderr: string },
     );
