@@ -15,6 +15,12 @@
  */
 import { ResourceExhaustedError, UnavailableError } from '../domain/errors.js';
 
+/** The limits a caller usually takes from config (GROUP_COMMIT_MAX, GROUP_COMMITS_IN_FLIGHT). */
+export type GroupCommitLimits = Readonly<{ batchMax: number; inFlightMax: number }>;
+
+/** What `onBatch` is told about one batch that ended. */
+export type GroupCommitBatch = Readonly<{ size: number; ms: number; ok: boolean }>;
+
 export type GroupCommitOptions<I, O> = Readonly<{
   /** What the batches write, for error messages. */
   name: string;
@@ -26,7 +32,7 @@ export type GroupCommitOptions<I, O> = Readonly<{
   /** Writes one unit alone. */
   writeOne: (unit: I) => Promise<O>;
   /** Called after every batch with its size and duration (metrics, the bench). */
-  onBatch?: (batch: { size: number; ms: number; ok: boolean }) => void;
+  onBatch?: (batch: GroupCommitBatch) => void;
 }>;
 
 type Pending<I, O> = { unit: I; resolve: (result: O) => void; reject: (error: unknown) => void };

@@ -39,10 +39,10 @@ import type { BehaviorStore, PspBehaviorPatch } from './behavior.js';
 import type { PspPayment } from './payment.repository.js';
 import { checkoutUrl, type PspPayments } from './payments.js';
 import { addReflection } from '../../grpc/reflection/index.js';
+import { PSP_PAYMENT_STATE, SETTLEMENT_ADJUSTMENT, type PspPaymentState } from './schema.js';
 
 /** The PSP mock's one gRPC service, fully qualified. */
-export const PSP_SERVICE_NAME = 'settle.psp.v1.PspService';
-import { PSP_PAYMENT_STATE, SETTLEMENT_ADJUSTMENT, type PspPaymentState } from './schema.js';
+const PSP_SERVICE_NAME = 'settle.psp.v1.PspService';
 
 /** The longest a hanging call is held, in milliseconds. */
 export const HANG_MS_MAX = 60_000;

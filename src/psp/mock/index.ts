@@ -6,6 +6,7 @@
  */
 import { pspPublicUrl, settlePublicUrl, utcMinutesOf, type Config } from '../../config.js';
 import { ensureDatabase, openDatabase } from '../../storage/db.js';
+import type { GroupCommitBatch } from '../../storage/group-commit.js';
 import {
   BehaviorStore,
   initialBehavior,
@@ -45,6 +46,12 @@ const AUTO_PAY_CONCURRENCY_MAX = 64;
 const AUTO_PAY_QUEUE_MAX = 10_000;
 /** Connections of the mock's own pool. */
 const POOL_SIZE = 8;
+/**
+ * Batches in flight of each of the mock's three group commits (registrations, decisions,
+ * delivered marks) at most, whatever GROUP_COMMITS_IN_FLIGHT says: together they may hold
+ * three quarters of the pool, and the poll, claims and reads keep the rest.
+ */
+const GROUP_COMMITS_IN_FLIGHT_MAX = POOL_SIZE / 4;
 /** After downtime, the mock writes the missing settlement files of at most this many days. */
 const SETTLEMENT_CATCH_UP_DAYS = 7;
 
@@ -60,6 +67,11 @@ export type StartPspMockOptions = Readonly<{
   log?: (line: string) => void;
   /** Overrides of the webhook sender's timing (tests use short backoffs). */
   webhook?: Partial<WebhookSenderOptions>;
+  /**
+   * Told of every group-commit batch ('psp registrations', 'psp decisions', 'webhook
+   * deliveries'), so tests can see that batches of several units really commit.
+   */
+  onBatch?: (name: string, batch: GroupCommitBatch) => void;
 }>;
 
 export type PspMock = Readonly<{
@@ -104,11 +116,17 @@ export async function startPspMock(options: StartPspMockOptions): Promise<PspMoc
     await migratePspToLatest(database.db);
 
     const behavior = new BehaviorStore(initialBehavior(config));
+    const groupCommit = {
+      batchMax: config.GROUP_COMMIT_MAX,
+      inFlightMax: Math.min(config.GROUP_COMMITS_IN_FLIGHT, GROUP_COMMITS_IN_FLIGHT_MAX),
+    };
     const sender = new WebhookSender({
       db: database.db,
       secret: config.PSP_WEBHOOK_SECRET,
       options: { ...WEBHOOK_SENDER_DEFAULTS, ...options.webhook },
       log,
+      groupCommit,
+      onBatch: options.onBatch,
     });
     sender.start();
     cleanups.push(() => sender.stop());
@@ -118,6 +136,8 @@ export async function startPspMock(options: StartPspMockOptions): Promise<PspMoc
       behavior,
       defaultNotificationUrl: `${settlePublicUrl(config).replace(/\/+$/, '')}/webhooks/psp`,
       webhooks: sender,
+      groupCommit,
+      onBatch: options.onBatch,
     });
 
     const autoPay = new BoundedTasks({

@@ -5,8 +5,9 @@
  * caller learns from the returned boolean whether it won. The batch variants write many rows with
  * one statement each, for group commit; they keep the same conditions.
  */
-import { sql, type Kysely, type RawBuilder, type Selectable, type Transaction } from 'kysely';
+import type { Kysely, Selectable, Transaction } from 'kysely';
 import { isCurrencyCode, type CurrencyCode } from '../../domain/money.js';
+import { caseOfId } from '../../storage/sql.js';
 import {
   PSP_PAYMENT_STATE,
   type PspChargeTable,
@@ -64,23 +65,28 @@ function registeredRow(payment: NewPspPayment) {
   };
 }
 
-/** Inserts a REGISTERED payment; returns its id. */
-export async function insertPayment(db: PspDb, payment: NewPspPayment): Promise<string> {
+/** A payment just inserted, as a read would return it. */
+function storedPayment(id: string, payment: NewPspPayment): PspPayment {
+  return toPayment({ id, ...registeredRow(payment), amount_minor: String(payment.amountMinor) });
+}
+
+/** Inserts a REGISTERED payment; returns it as stored. */
+export async function insertPayment(db: PspDb, payment: NewPspPayment): Promise<PspPayment> {
   const result = await db
     .insertInto('psp_payment')
     .values(registeredRow(payment))
     .executeTakeFirstOrThrow();
-  return String(result.insertId);
+  return storedPayment(String(result.insertId), payment);
 }
 
 /**
- * `insertPayment` for many rows in one statement; returns their ids in the order given. Any
+ * `insertPayment` for many rows in one statement; returns them as stored, in the order given. Any
  * duplicate nonce or token fails the whole statement (the caller then inserts one by one).
  */
 export async function insertPayments(
   db: PspDb,
   payments: readonly NewPspPayment[],
-): Promise<string[]> {
+): Promise<PspPayment[]> {
   await db.insertInto('psp_payment').values(payments.map(registeredRow)).execute();
   // A multi-row INSERT reports only its first id, and ids are consecutive only under some
   // auto-increment lock modes: read them back by the unique nonce instead.
@@ -94,10 +100,12 @@ export async function insertPayments(
     )
     .execute();
   const ids = new Map(rows.map((row) => [row.nonce, row.id]));
-  return payments.map(({ nonce }) => {
-    const id = ids.get(nonce);
-    if (id === undefined) throw new Error(`psp payment ${nonce} vanished right after its insert`);
-    return id;
+  return payments.map((payment) => {
+    const id = ids.get(payment.nonce);
+    if (id === undefined) {
+      throw new Error(`psp payment ${payment.nonce} vanished right after its insert`);
+    }
+    return storedPayment(id, payment);
   });
 }
 
@@ -173,13 +181,15 @@ export async function decidePayments(
   decisions: readonly PaymentDecision[],
 ): Promise<number> {
   if (decisions.length === 0) return 0;
+  const byId = <V>(value: (decision: PaymentDecision) => V) =>
+    caseOfId(decisions, (decision) => decision.id, value);
   const result = await trx
     .updateTable('psp_payment')
     .set({
-      status: caseOfId(decisions, (decision) => decision.status),
-      psp_reference: caseOfId(decisions, (decision) => decision.pspReference ?? null),
-      decline_code: caseOfId(decisions, (decision) => decision.declineCode ?? null),
-      updated_at: caseOfId(decisions, (decision) => decision.now),
+      status: byId((decision) => decision.status),
+      psp_reference: byId((decision) => decision.pspReference ?? null),
+      decline_code: byId((decision) => decision.declineCode ?? null),
+      updated_at: byId((decision) => decision.now),
     })
     .where(
       'id',
@@ -189,15 +199,6 @@ export async function decidePayments(
     .where('status', '=', PSP_PAYMENT_STATE.registered)
     .executeTakeFirst();
   return Number(result.numUpdatedRows);
-}
-
-/** `CASE id WHEN ? THEN ? … END`: one value per decided row. */
-function caseOfId<T>(
-  decisions: readonly PaymentDecision[],
-  value: (decision: PaymentDecision) => T,
-): RawBuilder<T> {
-  const branches = decisions.map((decision) => sql`WHEN ${decision.id} THEN ${value(decision)}`);
-  return sql<T>`CASE id ${sql.join(branches, sql` `)} END`;
 }
 
 /** Cancels a registered payment; false if it was no longer REGISTERED. */
@@ -213,34 +214,24 @@ export async function cancelRegisteredPayment(db: PspDb, id: string, now: Date):
 
 export type NewPspCharge = Readonly<Omit<PspCharge, 'createdAt'> & { now: Date }>;
 
+function chargeRow(charge: NewPspCharge) {
+  return {
+    psp_reference: charge.pspReference,
+    nonce: charge.nonce,
+    amount_minor: charge.amountMinor,
+    currency: charge.currency,
+    created_at: charge.now,
+  };
+}
+
 export async function insertCharge(trx: PspTrx, charge: NewPspCharge): Promise<void> {
-  await trx
-    .insertInto('psp_charge')
-    .values({
-      psp_reference: charge.pspReference,
-      nonce: charge.nonce,
-      amount_minor: charge.amountMinor,
-      currency: charge.currency,
-      created_at: charge.now,
-    })
-    .execute();
+  await trx.insertInto('psp_charge').values(chargeRow(charge)).execute();
 }
 
 /** `insertCharge` for many charges in one statement. */
 export async function insertCharges(trx: PspTrx, charges: readonly NewPspCharge[]): Promise<void> {
   if (charges.length === 0) return;
-  await trx
-    .insertInto('psp_charge')
-    .values(
-      charges.map((charge) => ({
-        psp_reference: charge.pspReference,
-        nonce: charge.nonce,
-        amount_minor: charge.amountMinor,
-        currency: charge.currency,
-        created_at: charge.now,
-      })),
-    )
-    .execute();
+  await trx.insertInto('psp_charge').values(charges.map(chargeRow)).execute();
 }
 
 /** Charges in the order they were made, optionally for one nonce; at most `limit` rows. */

@@ -19,7 +19,11 @@ import {
 } from '../../domain/errors.js';
 import { ORDER_AMOUNT_MINOR_MAX, isCurrencyCode, type CurrencyCode } from '../../domain/money.js';
 import { isDuplicateKey, isTransientLockError } from '../../storage/errors.js';
-import { GroupCommit } from '../../storage/group-commit.js';
+import {
+  GroupCommit,
+  type GroupCommitBatch,
+  type GroupCommitLimits,
+} from '../../storage/group-commit.js';
 import { toUnavailable } from '../../storage/transaction.js';
 import { encodePspWebhookEvent, PSP_WEBHOOK_EVENT_TYPE, type PspWebhookEvent } from '../webhook.js';
 import type { BehaviorStore } from './behavior.js';
@@ -57,11 +61,8 @@ import {
 const NOTIFICATION_URL_LENGTH_MAX = 2_048;
 /** ListCharges has no paging in the proto; beyond this many rows it asks for a nonce filter. */
 export const LIST_CHARGES_MAX = 20_000;
-/**
- * Group commit of registrations and of decisions: rows per statement, batches in flight (each
- * holds one pooled connection), units waiting (beyond it RESOURCE_EXHAUSTED, retryable).
- */
-const GROUP_COMMIT_LIMITS = { batchMax: 200, inFlightMax: 2, queueMax: 10_000 } as const;
+/** Registrations or decisions waiting for a group commit; beyond it RESOURCE_EXHAUSTED (retryable). */
+const GROUP_COMMIT_QUEUE_MAX = 10_000;
 /** Attempts of one transaction that hits a deadlock or a lock wait timeout. */
 const TRANSACTION_ATTEMPTS_MAX = 4;
 
@@ -136,7 +137,7 @@ export type PayResult = Readonly<{
 
 /** What the payments need of the webhook sender (WebhookSender). */
 export type WebhookOutlet = Readonly<{
-  /** The end of the lease of an attempt that starts at `now`. */
+  /** The end of the lease of an attempt that starts at `now` (the decision's write). */
   leaseUntil: (now: Date) => Date;
   /** Takes a committed row inserted with that lease, to POST it at once. */
   deliver: (row: PspWebhookDelivery) => void;
@@ -153,6 +154,13 @@ export type PspPaymentsOptions = Readonly<{
   webhooks: WebhookOutlet;
   /** A number in [0, 1); Math.random unless a test fixes it. */
   random?: () => number;
+  /**
+   * Group commit of registrations and of decisions: rows per statement (1 turns batching off),
+   * batches in flight (each holds one pooled connection).
+   */
+  groupCommit: GroupCommitLimits;
+  /** Told of every group-commit batch, named by what it writes (tests, metrics). */
+  onBatch?: (name: string, batch: GroupCommitBatch) => void;
 }>;
 
 export class PspPayments {
@@ -162,7 +170,7 @@ export class PspPayments {
   readonly #webhooks: WebhookOutlet;
   readonly #random: () => number;
   /** Registrations that arrive together are inserted with one statement. */
-  readonly #registrations: GroupCommit<NewPspPayment, string>;
+  readonly #registrations: GroupCommit<NewPspPayment, PspPayment>;
   /**
    * Decisions made together commit in one transaction; each answers its webhook row, or
    * undefined if the payment was decided (or cancelled) elsewhere first.
@@ -176,9 +184,12 @@ export class PspPayments {
     this.#webhooks = options.webhooks;
     this.#random = options.random ?? Math.random;
     const db = options.db;
+    const onBatch = options.onBatch;
     this.#registrations = new GroupCommit({
       name: 'psp registrations',
-      ...GROUP_COMMIT_LIMITS,
+      ...options.groupCommit,
+      queueMax: GROUP_COMMIT_QUEUE_MAX,
+      onBatch: onBatch && ((batch) => onBatch('psp registrations', batch)),
       writeOne: (payment) => insertPayment(db, payment),
       writeBatch: async (payments) => {
         try {
@@ -191,9 +202,12 @@ export class PspPayments {
     });
     this.#decisions = new GroupCommit({
       name: 'psp decisions',
-      ...GROUP_COMMIT_LIMITS,
-      writeOne: (write) => this.#transaction((trx) => writeDecision(trx, write)),
-      writeBatch: (writes) => this.#transaction((trx) => writeDecisions(trx, writes)),
+      ...options.groupCommit,
+      queueMax: GROUP_COMMIT_QUEUE_MAX,
+      onBatch: onBatch && ((batch) => onBatch('psp decisions', batch)),
+      writeOne: (write) => this.#transaction((trx) => writeDecision(trx, write, options.webhooks)),
+      writeBatch: (writes) =>
+        this.#transaction((trx) => writeDecisions(trx, writes, options.webhooks)),
     });
   }
 
@@ -212,7 +226,7 @@ export class PspPayments {
       const token = randomId('tok_');
       const now = new Date();
       try {
-        const id = await this.#run(() =>
+        const payment = await this.#run(() =>
           this.#registrations.submit({
             nonce,
             token,
@@ -222,19 +236,6 @@ export class PspPayments {
             now,
           }),
         );
-        const payment: PspPayment = Object.freeze({
-          id,
-          nonce,
-          token,
-          amountMinor,
-          currency,
-          status: PSP_PAYMENT_STATE.registered,
-          pspReference: undefined,
-          declineCode: undefined,
-          notificationUrl,
-          createdAt: now,
-          updatedAt: now,
-        });
         return { payment, created: true };
       } catch (error) {
         if (!isDuplicateKey(error)) throw error;
@@ -375,7 +376,6 @@ export class PspPayments {
           url: payment.notificationUrl,
           body: encodePspWebhookEvent(event),
           now,
-          leaseUntil: this.#webhooks.leaseUntil(now),
         },
       }),
     );
@@ -481,21 +481,26 @@ export class PspPayments {
   }
 }
 
-/** One decision's writes: the conditional UPDATE, its charge (approved only), its webhook row. */
+/**
+ * One decision's writes: the conditional UPDATE, its charge (approved only), its webhook row. The
+ * row's lease is set when it is written, not here: a decision may wait in the group-commit queue,
+ * and a lease started before that wait could be too short to POST by the time of the commit.
+ */
 type DecisionWrite = Readonly<{
   decision: PaymentDecision;
   charge: NewPspCharge | undefined;
-  webhook: NewPspWebhook;
+  webhook: Omit<NewPspWebhook, 'leaseUntil'>;
 }>;
 
 /** Writes one decision; undefined (and nothing written) if the payment was no longer REGISTERED. */
 async function writeDecision(
   trx: PspTrx,
   write: DecisionWrite,
+  webhooks: Pick<WebhookOutlet, 'leaseUntil'>,
 ): Promise<PspWebhookDelivery | undefined> {
   if (!(await decidePayment(trx, write.decision))) return undefined;
   if (write.charge !== undefined) await insertCharge(trx, write.charge);
-  return insertWebhook(trx, write.webhook);
+  return insertWebhook(trx, { ...write.webhook, leaseUntil: webhooks.leaseUntil(new Date()) });
 }
 
 /**
@@ -505,6 +510,7 @@ async function writeDecision(
 async function writeDecisions(
   trx: PspTrx,
   writes: readonly DecisionWrite[],
+  webhooks: Pick<WebhookOutlet, 'leaseUntil'>,
 ): Promise<PspWebhookDelivery[]> {
   const decided = await decidePayments(
     trx,
@@ -519,9 +525,10 @@ async function writeDecisions(
     trx,
     writes.flatMap(({ charge }) => (charge === undefined ? [] : [charge])),
   );
+  const leaseUntil = webhooks.leaseUntil(new Date());
   return insertWebhooks(
     trx,
-    writes.map(({ webhook }) => webhook),
+    writes.map(({ webhook }) => ({ ...webhook, leaseUntil })),
   );
 }
 

@@ -10,9 +10,15 @@
  *
  * Within a lease only its holder POSTs the row, and only while enough of the lease is left for a
  * whole attempt (the POST's hard deadline plus a margin to record it); a row that waited too
- * long for a free slot is left to the lease and polled again after it.
+ * long for a free slot has its lease given back (the attempt it was leased for is not counted),
+ * so the next poll claims it afresh instead of the row waiting out the lease.
  */
-import { GroupCommit } from '../../storage/group-commit.js';
+import {
+  GroupCommit,
+  type GroupCommitBatch,
+  type GroupCommitLimits,
+} from '../../storage/group-commit.js';
+import { toUnavailable } from '../../storage/transaction.js';
 import { signWebhook, PSP_SIGNATURE_HEADER } from '../webhook.js';
 import type { PspDb } from './payment.repository.js';
 import { WebhookPoster } from './webhook-post.js';
@@ -57,7 +63,9 @@ const LEASE_MARGIN_MS = 5_000;
 const RECORD_MARGIN_MS = 2_000;
 /** Leased rows waiting for a free slot at most; beyond, a row is left to its lease. */
 const WAITING_MAX = 10_000;
-/** Unused leases given back per statement at stop. */
+/** Deliveries waiting to be recorded; beyond it one is left to its lease (delivered again). */
+const DELIVERED_QUEUE_MAX = 10_000;
+/** Unused leases given back per statement. */
 const RELEASE_BATCH_MAX = 500;
 
 /** The delay after attempt number `attempts` (1-based) failed. */
@@ -74,10 +82,19 @@ export class WebhookSender {
   readonly #inFlight = new Set<Promise<void>>();
   readonly #stopController = new AbortController();
   readonly #poster: WebhookPoster;
-  /** Deliveries that end together are recorded with one statement. */
-  readonly #delivered: GroupCommit<{ id: string; now: Date }, void>;
+  /**
+   * Deliveries that end together are recorded with one statement, by row id, stamped when the
+   * statement runs (a moment after their POSTs were answered).
+   */
+  readonly #delivered: GroupCommit<string, void>;
   /** Rows leased to this process that wait for a free slot, oldest first. */
   readonly #waiting: PspWebhookDelivery[] = [];
+  /** Leases being given back (rows whose lease ran short while they waited); stop() waits. */
+  readonly #releasing = new Set<Promise<void>>();
+  /** Rows whose lease ran short before a slot was free, since start. */
+  #shortLeases = 0;
+  /** Handed-over rows turned away because WAITING_MAX rows were waiting, since start. */
+  #turnedAway = 0;
   #loop: Promise<void> | undefined;
   #wake: (() => void) | undefined;
   #wakeRequested = false;
@@ -89,6 +106,10 @@ export class WebhookSender {
     secret: string;
     options: WebhookSenderOptions;
     log: (line: string) => void;
+    /** Group commit of the delivered marks: rows per statement (1 = off), batches in flight. */
+    groupCommit: GroupCommitLimits;
+    /** Told of every group-commit batch, named by what it writes (tests, metrics). */
+    onBatch?: (name: string, batch: GroupCommitBatch) => void;
   }) {
     this.#db = options.db;
     this.#secret = options.secret;
@@ -99,15 +120,21 @@ export class WebhookSender {
       requestTimeoutMs: options.options.requestTimeoutMs,
     });
     const db = options.db;
+    const onBatch = options.onBatch;
     this.#delivered = new GroupCommit({
       name: 'webhook deliveries',
-      batchMax: 500,
-      inFlightMax: 2,
-      queueMax: 10_000,
-      writeOne: ({ id, now }) => markWebhookDelivered(db, id, now),
-      writeBatch: async (deliveries) => {
-        await markWebhooksDelivered(db, deliveries);
-        return deliveries.map(() => undefined);
+      onBatch: onBatch && ((batch) => onBatch('webhook deliveries', batch)),
+      ...options.groupCommit,
+      queueMax: DELIVERED_QUEUE_MAX,
+      writeOne: (id) => markWebhookDelivered(db, id, new Date()),
+      writeBatch: async (ids) => {
+        try {
+          await markWebhooksDelivered(db, ids, new Date());
+        } catch (error) {
+          // Unavailable answers the whole batch; anything else is retried one by one.
+          throw toUnavailable(error);
+        }
+        return ids.map(() => undefined);
       },
     });
   }
@@ -123,6 +150,16 @@ export class WebhookSender {
     this.#wake?.();
   }
 
+  /** Rows whose lease ran short before a slot was free (their leases were given back). */
+  get shortLeases(): number {
+    return this.#shortLeases;
+  }
+
+  /** Handed-over rows turned away because too many were waiting (left to their leases). */
+  get turnedAway(): number {
+    return this.#turnedAway;
+  }
+
   /** The end of the lease of an attempt that starts at `now`. */
   leaseUntil(now: Date): Date {
     return new Date(now.getTime() + this.#options.requestTimeoutMs + LEASE_MARGIN_MS);
@@ -134,7 +171,18 @@ export class WebhookSender {
    * lease ends.
    */
   deliver(row: PspWebhookDelivery): void {
-    if (this.#stopController.signal.aborted || this.#waiting.length >= WAITING_MAX) return;
+    if (this.#stopController.signal.aborted) return;
+    if (this.#waiting.length >= WAITING_MAX) {
+      this.#turnedAway += 1;
+      // One line per thousand: a burst past the bound would otherwise log every row.
+      if (this.#turnedAway % 1_000 === 1) {
+        this.#log(
+          `psp webhook: ${WAITING_MAX} rows wait for a slot; row ${row.id} is left to its ` +
+            `lease (${this.#turnedAway} turned away since start)`,
+        );
+      }
+      return;
+    }
     this.#waiting.push(row);
     this.#startWaiting();
   }
@@ -146,14 +194,22 @@ export class WebhookSender {
   async stop(): Promise<void> {
     this.#stopController.abort();
     this.#poster.close();
-    const unused = this.#waiting.splice(0);
-    this.#wake?.();
+    // Also when the loop is busy polling: it must not go to sleep for pollMs after that.
+    this.wake();
+    // A claim that was running when stop began adds its row to #waiting when it ends; nothing
+    // starts a waiting row once stopping, so after the loop every leased row is in #waiting.
     await this.#loop;
     await Promise.allSettled([...this.#inFlight]);
-    for (let start = 0; start < unused.length; start += RELEASE_BATCH_MAX) {
+    await Promise.allSettled([...this.#releasing]);
+    await this.#releaseLeases(this.#waiting.splice(0));
+  }
+
+  /** Gives back leases that were not used, a bounded number of rows per statement. */
+  async #releaseLeases(rows: readonly PspWebhookDelivery[]): Promise<void> {
+    for (let start = 0; start < rows.length; start += RELEASE_BATCH_MAX) {
       await releaseWebhookLeases(
         this.#db,
-        unused.slice(start, start + RELEASE_BATCH_MAX),
+        rows.slice(start, start + RELEASE_BATCH_MAX),
         new Date(),
       ).catch((error: unknown) =>
         // The leases end on their own; the rows are only delivered a little later.
@@ -198,17 +254,28 @@ export class WebhookSender {
       const claimed = await claimWebhook(this.#db, row, this.leaseUntil(now));
       if (claimed === undefined) continue;
       this.#waiting.push(claimed);
+      // Claimed while stop() began: left waiting, so stop() gives its lease back.
+      if (this.#stopController.signal.aborted) return;
       this.#startWaiting();
     }
   }
 
-  /** Starts waiting rows while slots are free; skips those whose lease is too short by now. */
+  /**
+   * Starts waiting rows while slots are free. A row with too little lease left for a whole
+   * attempt is not POSTed: its lease is given back so the poll claims it afresh at once.
+   */
   #startWaiting(): void {
+    // Once stopping, waiting rows stay for stop() to give their leases back.
+    if (this.#stopController.signal.aborted) return;
+    const needMs = this.#options.requestTimeoutMs + RECORD_MARGIN_MS;
+    const shortLeases: PspWebhookDelivery[] = [];
     while (this.#inFlight.size < this.#options.inFlightMax) {
       const row = this.#waiting.shift();
-      if (row === undefined) return;
-      const needMs = this.#options.requestTimeoutMs + RECORD_MARGIN_MS;
-      if (Date.now() + needMs > row.nextAttemptAt.getTime()) continue;
+      if (row === undefined) break;
+      if (Date.now() + needMs > row.nextAttemptAt.getTime()) {
+        shortLeases.push(row);
+        continue;
+      }
       const attempt = this.#attempt(row).finally(() => {
         this.#inFlight.delete(attempt);
         this.#startWaiting();
@@ -217,16 +284,30 @@ export class WebhookSender {
       });
       this.#inFlight.add(attempt);
     }
+    if (shortLeases.length > 0) this.#releaseShortLeases(shortLeases);
+  }
+
+  /** Gives back leases too short to POST in, then wakes the poll to claim the rows again. */
+  #releaseShortLeases(rows: readonly PspWebhookDelivery[]): void {
+    this.#shortLeases += rows.length;
+    this.#log(
+      `psp webhook: ${rows.length} row(s) waited for a free slot until too little of their ` +
+        'lease was left to POST; giving the leases back for the poll',
+    );
+    const release = this.#releaseLeases(rows)
+      .then(() => this.wake())
+      .finally(() => this.#releasing.delete(release));
+    this.#releasing.add(release);
   }
 
   async #attempt(row: PspWebhookDelivery): Promise<void> {
     const error = await this.#post(row);
     try {
-      const now = new Date();
       if (error === undefined) {
-        await this.#delivered.submit({ id: row.id, now });
+        await this.#delivered.submit(row.id);
         return;
       }
+      const now = new Date();
       if (row.attempts >= this.#options.attemptsMax) {
         await markWebhookGivenUp(this.#db, row.id, { error, now });
         this.#log(

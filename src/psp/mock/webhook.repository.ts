@@ -74,19 +74,7 @@ function webhookRow(webhook: NewPspWebhook) {
 
 /** A row just inserted, as the sender sees it. */
 function storedDelivery(id: string, webhook: NewPspWebhook): PspWebhookDelivery {
-  return Object.freeze({
-    id,
-    eventId: webhook.eventId,
-    delivery: webhook.delivery,
-    nonce: webhook.nonce,
-    url: webhook.url,
-    body: webhook.body,
-    attempts: webhook.leaseUntil === undefined ? 0 : 1,
-    nextAttemptAt: webhook.leaseUntil ?? webhook.now,
-    deliveredAt: undefined,
-    givenUpAt: undefined,
-    lastError: undefined,
-  });
+  return toDelivery({ id, ...webhookRow(webhook) });
 }
 
 /**
@@ -170,9 +158,9 @@ export async function claimWebhook(
 }
 
 /**
- * Gives back leases that were never used (rows handed to a sender that stopped before POSTing
- * them): each row whose attempt count is still the one its lease set is due again now, and that
- * attempt is not counted. A row someone claimed since is left alone.
+ * Gives back leases that were never used (rows handed to a sender that stopped, or whose lease
+ * ran short, before POSTing them): each row whose attempt count is still the one its lease set
+ * is due again now, and that attempt is not counted. A row someone claimed since is left alone.
  */
 export async function releaseWebhookLeases(
   db: PspDb,
@@ -199,23 +187,17 @@ export async function markWebhookDelivered(db: PspDb, id: string, now: Date): Pr
     .execute();
 }
 
-/** `markWebhookDelivered` for many rows in one statement. */
+/** `markWebhookDelivered` for many rows in one statement, all stamped `now`. */
 export async function markWebhooksDelivered(
   db: PspDb,
-  deliveries: ReadonlyArray<Readonly<{ id: string; now: Date }>>,
+  ids: readonly string[],
+  now: Date,
 ): Promise<void> {
-  if (deliveries.length === 0) return;
+  if (ids.length === 0) return;
   await db
     .updateTable('psp_webhook')
-    .set({
-      delivered_at: new Date(Math.max(...deliveries.map(({ now }) => now.getTime()))),
-      last_error: null,
-    })
-    .where(
-      'id',
-      'in',
-      deliveries.map(({ id }) => id),
-    )
+    .set({ delivered_at: now, last_error: null })
+    .where('id', 'in', ids)
     .execute();
 }
 

@@ -13,6 +13,7 @@ import {
 } from '../../domain/payment-order.js';
 import type { Db } from '../db.js';
 import type { PaymentOrderRow } from '../schema.js';
+import { caseOfId } from '../sql.js';
 import type { Trx } from '../transaction.js';
 
 export function toPaymentOrder(row: PaymentOrderRow): PaymentOrder {
@@ -205,10 +206,7 @@ export function transitionStatements(
   accepted: readonly TransitionInput[],
 ): { update: CompiledQuery; rest: CompiledQuery[] } {
   const byId = (pick: (input: TransitionInput) => unknown) =>
-    sql`CASE id ${sql.join(
-      accepted.map((input) => sql`WHEN ${input.previous.id} THEN ${pick(input)}`),
-      sql` `,
-    )} END`;
+    caseOfId(accepted, (input) => input.previous.id, pick);
   const update = sql`
     UPDATE payment_order SET
       state = ${byId((input) => input.next.state)},
@@ -288,10 +286,11 @@ function settleIntoPayments(
 ): CompiledQuery {
   const entries = [...settled.entries()].sort(([a], [b]) => (a < b ? -1 : 1));
   const byId = (pick: (counts: { succeeded: number; failed: number }) => number) =>
-    sql`(CASE id ${sql.join(
-      entries.map(([id, counts]) => sql`WHEN ${id} THEN ${pick(counts)}`),
-      sql` `,
-    )} END)`;
+    caseOfId(
+      entries,
+      ([id]) => id,
+      ([, counts]) => pick(counts),
+    );
   const s = byId((counts) => counts.succeeded);
   const f = byId((counts) => counts.failed);
   return sql`

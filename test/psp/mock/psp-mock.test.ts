@@ -57,6 +57,8 @@ let api: PspServiceClient;
 let receiver: WebhookReceiver;
 let db: Kysely<PspDatabase>;
 let closeDb: () => Promise<void>;
+/** Every group-commit batch the mock ended, by what it writes. */
+const batches: Array<{ name: string; size: number; ok: boolean }> = [];
 
 beforeAll(async () => {
   mysqlUrl = uniqueDatabaseUrl('settle_psp_t');
@@ -72,6 +74,7 @@ beforeAll(async () => {
     httpPort: 0,
     mysqlUrl,
     webhook: { backoffMsInitial: 100, backoffMsMax: 200, attemptsMax: ATTEMPTS_MAX },
+    onBatch: (name, { size, ok }) => batches.push({ name, size, ok }),
   });
   api = pspApi(mock.grpcPort);
   const opened = openDatabase<PspDatabase>(mysqlUrl, { poolSize: 2 });
@@ -273,6 +276,7 @@ describe('registrations and decisions that arrive together (group commit)', () =
   it('auto-pays a burst of registrations once each', async () => {
     await unary(api.setBehavior.bind(api), { autoPayCard: SUCCESS_CARD });
     const nonces = Array.from({ length: BURST }, () => uniqueNonce());
+    batches.length = 0;
     try {
       await Promise.all(nonces.map((nonce) => register(nonce, 900n, `/auto/${nonce}`)));
       await waitFor(() => nonces.every((nonce) => receiver.at(`/auto/${nonce}`).length === 1), {
@@ -302,6 +306,52 @@ describe('registrations and decisions that arrive together (group commit)', () =
     for (const nonce of nonces) {
       expect(verified(receiver.at(`/auto/${nonce}`)[0]!).data.nonce).toBe(nonce);
     }
+    // The burst went out in batches that committed whole: a batch that failed would have been
+    // retried unit by unit, and the rows above would look the same.
+    for (const name of ['psp registrations', 'psp decisions']) {
+      expect(
+        batches.some((batch) => batch.name === name && batch.size > 1 && batch.ok),
+        `a batch of ${name} with more than one unit that committed`,
+      ).toBe(true);
+    }
+  });
+});
+
+describe('GROUP_COMMIT_MAX=1', () => {
+  it('turns the group commit off: every registration and decision is written alone', async () => {
+    const seen: Array<{ name: string; size: number; ok: boolean }> = [];
+    const alone = await startPspMock({
+      config: testConfig({ GROUP_COMMIT_MAX: '1' }),
+      grpcPort: 0,
+      httpPort: 0,
+      mysqlUrl,
+      onBatch: (name, { size, ok }) => seen.push({ name, size, ok }),
+    });
+    const aloneApi = pspApi(alone.grpcPort);
+    try {
+      const registered = await Promise.all(
+        Array.from({ length: 20 }, () =>
+          unary(aloneApi.registerPayment.bind(aloneApi), {
+            nonce: uniqueNonce(),
+            amountMinor: 300n,
+            currencyCode: 'USD',
+            notificationUrl: `${receiver.url}/alone`,
+          }),
+        ),
+      );
+      await Promise.all(
+        registered.map(({ token }) =>
+          unary(aloneApi.payWithCard.bind(aloneApi), { token, cardNumber: SUCCESS_CARD }),
+        ),
+      );
+    } finally {
+      aloneApi.close();
+      await alone.stop();
+    }
+    for (const name of ['psp registrations', 'psp decisions']) {
+      expect(seen.filter((batch) => batch.name === name && batch.ok)).toHaveLength(20);
+    }
+    expect(seen.every((batch) => batch.size === 1)).toBe(true);
   });
 });
 
@@ -724,16 +774,22 @@ describe('reflection', () => {
     const buf = fileURLToPath(new URL('../../../node_modules/.bin/buf', import.meta.url));
     const base = `http://127.0.0.1:${mock.grpcPort}`;
     const flags = ['curl', '--protocol', 'grpc', '--http2-prior-knowledge'];
-    const { stdout: listed } = await execFileAsync(buf, [...flags, '--list-methods', base]);
+    const { stdout: listed } = await execFileAsync(buf, [...flags, '--list-methods', base], {
+      timeout: 10_000,
+    });
     expect(listed).toContain('settle.psp.v1.PspService/GenerateSettlementFile');
     expect(listed).toContain('settle.psp.v1.PspService/RegisterPayment');
     // The request is encoded from the reflected schema; the answer is the mock's own NOT_FOUND.
-    const failed = await execFileAsync(buf, [
-      ...flags,
-      '-d',
-      '{"nonce":"ord_unknown"}',
-      `${base}/settle.psp.v1.PspService/GetPaymentStatus`,
-    ]).then(
+    const failed = await execFileAsync(
+      buf,
+      [
+        ...flags,
+        '-d',
+        '{"nonce":"ord_unknown"}',
+        `${base}/settle.psp.v1.PspService/GetPaymentStatus`,
+      ],
+      { timeout: 10_000 },
+    ).then(
       () => undefined,
       (error: unknown) => error as { stdout: string; stderr: string },
     );

@@ -2,9 +2,11 @@
  * Goal: the webhook sender's lease rules hold with the in-memory hand-over. A row inserted
  * already leased is POSTed once, at once, without the poll; no poll takes it while its lease
  * lasts; a row whose hand-over was lost (a crash) is delivered after the lease; a row that waited
- * too long for a slot is left to its lease; stop() gives back the leases of rows never POSTed.
+ * too long for a slot has its lease given back and is polled at once; stop() gives back the
+ * leases of rows never POSTed, also of one whose claim was still running when stop began.
  * Method: a real WebhookSender on its own migrated MariaDB database, rows inserted with the
- * repository's insertWebhook, a local HTTP receiver; no mocks.
+ * repository's insertWebhook, a local HTTP receiver; no mocks (a Kysely plugin holds one query's
+ * answer to open the stop-during-claim window).
  */
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -32,6 +34,8 @@ import {
 } from '../psp-support.js';
 
 const SECRET = 'whsec_test_secret_0123456789';
+/** The mock's group commit under the default config. */
+const GROUP_COMMIT = { batchMax: 128, inFlightMax: 2 };
 
 let mysqlUrl: string;
 let db: PspDb;
@@ -60,12 +64,16 @@ afterAll(async () => {
   if (mysqlUrl !== undefined) await dropDatabase(mysqlUrl);
 });
 
-function startSender(options: Partial<WebhookSenderOptions> = {}): WebhookSender {
+function startSender(
+  options: Partial<WebhookSenderOptions> = {},
+  log: (line: string) => void = () => undefined,
+): WebhookSender {
   const sender = new WebhookSender({
     db,
     secret: SECRET,
     options: { ...WEBHOOK_SENDER_DEFAULTS, backoffMsInitial: 50, backoffMsMax: 100, ...options },
-    log: () => undefined,
+    log,
+    groupCommit: GROUP_COMMIT,
   });
   sender.start();
   senders.push(sender);
@@ -158,20 +166,28 @@ describe('WebhookSender hand-over', () => {
     expect(receiver.at(path)).toHaveLength(1);
   });
 
-  it('leaves a row to its lease when too little of it is left for a whole attempt', async () => {
-    const sender = startSender({ pollMs: 20, requestTimeoutMs: 1_000 });
+  it('gives back a lease too short for a whole attempt, and the poll delivers the row at once', async () => {
+    const lines: string[] = [];
+    const sender = startSender({ pollMs: 20, requestTimeoutMs: 1_000 }, (line) => lines.push(line));
     const path = `/short-lease/${Date.now()}`;
     const inserted = Date.now();
-    // Less than requestTimeoutMs is left: POSTing now could outlive the lease.
-    const row = await insertRow(`${receiver.url}${path}`, new Date(inserted + 400));
+    const leaseMs = 2_500;
+    // Less than requestTimeoutMs plus the margin to record the outcome is left: POSTing now
+    // could outlive the lease.
+    const row = await insertRow(`${receiver.url}${path}`, new Date(inserted + leaseMs));
     sender.deliver(row);
-    await waitFor(() => receiver.at(path).length === 1, { what: 'the delivery after the lease' });
-    expect(receiver.at(path)[0]!.receivedAtMs - inserted).toBeGreaterThanOrEqual(390);
+    await waitFor(() => receiver.at(path).length === 1, { what: 'the delivery' });
+    // Not left to wait out its lease: the lease was given back and the poll claimed it afresh.
+    expect(receiver.at(path)[0]!.receivedAtMs - inserted).toBeLessThan(leaseMs);
     const done = await waitFor(async () => {
       const found = await stored(row.id);
       return found.delivered_at !== null && found;
     });
-    expect(done.attempts).toBe(2);
+    // The skipped hand-over is not counted: the poll's claim made the only attempt.
+    expect(done.attempts).toBe(1);
+    expect(receiver.at(path)).toHaveLength(1);
+    expect(sender.shortLeases).toBe(1);
+    expect(lines.some((line) => line.includes('too little of their lease'))).toBe(true);
   });
 
   it('gives back the leases of waiting rows at stop; the one in flight counts as an attempt', async () => {
@@ -181,6 +197,7 @@ describe('WebhookSender hand-over', () => {
       secret: SECRET,
       options: { ...WEBHOOK_SENDER_DEFAULTS, pollMs: 60_000, inFlightMax: 1 },
       log: () => undefined,
+      groupCommit: GROUP_COMMIT,
     });
     sender.start();
     const stuck = await startStuckServer();
@@ -204,6 +221,55 @@ describe('WebhookSender hand-over', () => {
     } finally {
       await stuck.close();
     }
+  });
+});
+
+describe('WebhookSender stop', () => {
+  it('gives back the lease of a row whose claim was running when stop began', async () => {
+    // The first UPDATE (the poll's claim) commits, then its answer is held until stop() began.
+    let claimReached!: () => void;
+    const reached = new Promise<void>((resolve) => (claimReached = resolve));
+    let openGate!: () => void;
+    const gate = new Promise<void>((resolve) => (openGate = resolve));
+    let held = false;
+    const gated = db.withPlugin({
+      transformQuery: (args) => args.node,
+      transformResult: async (args) => {
+        if (!held && args.result.numAffectedRows !== undefined) {
+          held = true;
+          claimReached();
+          await gate;
+        }
+        return args.result;
+      },
+    });
+    // Earlier tests' pending rows are retired, so the poll's first claim is this test's row.
+    await db
+      .updateTable('psp_webhook')
+      .set({ given_up_at: new Date() })
+      .where('delivered_at', 'is', null)
+      .where('given_up_at', 'is', null)
+      .execute();
+    const path = `/claimed-at-stop/${Date.now()}`;
+    const row = await insertRow(`${receiver.url}${path}`, undefined);
+    const sender = new WebhookSender({
+      db: gated,
+      secret: SECRET,
+      options: { ...WEBHOOK_SENDER_DEFAULTS, pollMs: 60_000 },
+      log: () => undefined,
+      groupCommit: GROUP_COMMIT,
+    });
+    sender.start();
+    await reached;
+    const stopped = sender.stop();
+    openGate();
+    await stopped;
+    const found = await stored(row.id);
+    // The claim's attempt is given back: due now, not counted, never POSTed.
+    expect(found.attempts).toBe(0);
+    expect(found.next_attempt_at.getTime()).toBeLessThanOrEqual(Date.now());
+    expect(found.last_error).toBeNull();
+    expect(receiver.at(path)).toHaveLength(0);
   });
 });
 
