@@ -38,8 +38,9 @@ export function testDatabaseUrl(prefix: string): string {
   return withDatabaseName(inject('mysqlUrl'), `${prefix}_${uniqueSuffix()}`);
 }
 
-export function testConfig(env: Record<string, string> = {}): Config {
-  return loadConfig({
+/** The environment of a test node: the test defaults, then `env`. */
+export function testEnv(env: Record<string, string> = {}): Record<string, string> {
+  return {
     NATS_URL: inject('natsUrl'),
     LOG_LEVEL: 'silent',
     CREATE_WAIT_MS: '2000',
@@ -48,10 +49,16 @@ export function testConfig(env: Record<string, string> = {}): Config {
     RECONCILIATION_AT: 'off',
     PSP_SETTLEMENT_AT: 'off',
     ...env,
-  });
+  };
+}
+
+export function testConfig(env: Record<string, string> = {}): Config {
+  return loadConfig(testEnv(env));
 }
 
 export type Stack = Readonly<{
+  /** The environment `config` was loaded from: a second node on the same stack starts from it. */
+  env: Readonly<Record<string, string>>;
   config: Config;
   settle: SettleNode;
   psp: PspMock;
@@ -78,7 +85,7 @@ export async function startStack(
   ]);
   const settleDb = testDatabaseUrl('settle_t');
   const pspDb = testDatabaseUrl('settle_psp_t');
-  const config = testConfig({
+  const env = testEnv({
     MYSQL_URL: settleDb,
     PSP_MYSQL_URL: pspDb,
     SETTLE_NAMESPACE: `t${uniqueSuffix()}`,
@@ -88,6 +95,7 @@ export async function startStack(
     PSP_HTTP_ADDR: `127.0.0.1:${pspHttpPort}`,
     ...options.env,
   });
+  const config = loadConfig(env);
   const psp = await startPspMock({ config, webhook: { backoffMsInitial: 50, backoffMsMax: 500 } });
   const settle = await startSettle(config, { nodeName: 'test-node', ...options.overrides });
   const address = `127.0.0.1:${settle.grpcPort}`;
@@ -97,6 +105,7 @@ export async function startStack(
   const ledger = new LedgerServiceClient(address, credentials);
   const pspApi = new PspServiceClient(`127.0.0.1:${psp.grpcPort}`, credentials);
   return {
+    env,
     config,
     settle,
     psp,
