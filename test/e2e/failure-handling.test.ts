@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { AdminServiceClient, DeadLetterState } from '../../src/grpc/generated/settle/v1/admin.js';
 import { PaymentOrderState } from '../../src/grpc/generated/settle/v1/payment.js';
 import { signWebhook } from '../../src/psp/webhook.js';
@@ -70,6 +71,11 @@ async function deadLetterOf(orderId: string) {
     orderId,
   });
   return deadLetters[0];
+}
+
+async function commandConsumer() {
+  const jsm = await jetstreamManager(stack.settle.nc);
+  return jsm.consumers.info(stack.settle.names.commandStream, stack.settle.names.runtimeConsumer);
 }
 
 async function orderState(paymentId: string) {
@@ -236,6 +242,7 @@ describe('retries and dead letters', () => {
       async () =>
         (await orderState(paymentId))?.state === PaymentOrderState.PAYMENT_ORDER_STATE_SUCCEEDED,
     );
+    const ackPendingBefore = (await commandConsumer()).num_ack_pending;
     const nowS = Math.floor(Date.now() / 1000);
     const body = JSON.stringify({
       id: `evt_${randomUUID()}`,
@@ -266,7 +273,17 @@ describe('retries and dead letters', () => {
             .rows[0]?.n,
         ) === 0,
     );
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    // The decline was applied at once or relayed to JetStream: either way it has been handled
+    // once the runtime consumer has nothing pending and no more unacknowledged than before.
+    // (Not zero: nats-server 2.9 does not take a term with a reason, so the commands the tests
+    // above dead-lettered stay unacknowledged until ack_wait, 30 s.)
+    await waitFor(
+      async () => {
+        const consumer = await commandConsumer();
+        return consumer.num_pending === 0 && consumer.num_ack_pending <= ackPendingBefore;
+      },
+      { what: 'the command consumer to drain' },
+    );
     const after = await orderState(paymentId);
     expect(after?.state).toBe(PaymentOrderState.PAYMENT_ORDER_STATE_SUCCEEDED);
     expect(after?.failureReason).toBe('');
