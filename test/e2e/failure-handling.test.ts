@@ -12,12 +12,13 @@ import { sql } from 'kysely';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { AdminServiceClient, DeadLetterState } from '../../src/grpc/generated/settle/v1/admin.js';
 import { PaymentOrderState } from '../../src/grpc/generated/settle/v1/payment.js';
-import { signWebhook } from '../../src/psp/webhook.js';
 import type { PspClient } from '../../src/psp/client.js';
 import {
   call,
   callError,
   expectMoneyInvariants,
+  postWebhook,
+  pspEvent,
   startStack,
   waitFor,
   type Stack,
@@ -164,28 +165,10 @@ describe('retries and dead letters', () => {
         ).rows[0]?.n === '1',
     );
     // The PSP claims a charge of another amount: the machine refuses it (illegal transition).
-    const nowS = Math.floor(Date.now() / 1000);
-    const body = JSON.stringify({
-      id: `evt_${randomUUID()}`,
-      type: 'payment.succeeded',
-      created: nowS,
-      data: {
-        nonce: orderId,
-        token: 'tok_x',
-        psp_reference: 'psp_wrong',
-        amount_minor: '9999',
-        currency: 'USD',
-        decline_code: null,
-      },
-    });
-    const response = await fetch(`${stack.settleHttp}/webhooks/psp`, {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/json',
-        'psp-signature': signWebhook(stack.config.PSP_WEBHOOK_SECRET, body, nowS),
-      },
-      body,
-    });
+    const response = await postWebhook(
+      stack,
+      pspEvent(orderId, { amountMinor: 9999n, pspReference: 'psp_wrong' }),
+    );
     expect(response.status).toBe(200);
     const dead = await waitFor(() => deadLetterOf(orderId), { what: 'the dead letter' });
     expect(dead.reason).toBe('NON_RETRYABLE');
@@ -243,28 +226,14 @@ describe('retries and dead letters', () => {
         (await orderState(paymentId))?.state === PaymentOrderState.PAYMENT_ORDER_STATE_SUCCEEDED,
     );
     const ackPendingBefore = (await commandConsumer()).num_ack_pending;
-    const nowS = Math.floor(Date.now() / 1000);
-    const body = JSON.stringify({
-      id: `evt_${randomUUID()}`,
-      type: 'payment.declined',
-      created: nowS,
-      data: {
-        nonce: orderId,
+    const response = await postWebhook(
+      stack,
+      pspEvent(orderId, {
+        amountMinor: 2500n,
+        declineCode: 'card_declined',
         token: registered.pspToken,
-        psp_reference: null,
-        amount_minor: '2500',
-        currency: 'USD',
-        decline_code: 'card_declined',
-      },
-    });
-    const response = await fetch(`${stack.settleHttp}/webhooks/psp`, {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/json',
-        'psp-signature': signWebhook(stack.config.PSP_WEBHOOK_SECRET, body, nowS),
-      },
-      body,
-    });
+      }),
+    );
     expect(response.status).toBe(200);
     await waitFor(
       async () =>

@@ -9,14 +9,14 @@ import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
 import { PaymentState, type Payment } from '../../src/grpc/generated/settle/v1/payment.js';
 import { PaymentOrderActor } from '../../src/actors/payment-order/actor.js';
-import { settlePublicUrl } from '../../src/config.js';
-import { signWebhook } from '../../src/psp/webhook.js';
 import {
   CARD,
   call,
   callError,
   expectMoneyInvariants,
   payOnHostedPage,
+  postWebhook,
+  pspEvent,
   rowCounts,
   startStack,
   waitFor,
@@ -156,37 +156,14 @@ describe('webhook and runtime idempotency', () => {
         stack.settle.db,
       )
     ).rows;
-    const body = JSON.stringify({
-      id: eventRow?.event_id,
-      type: 'payment.succeeded',
-      created: Math.floor(Date.now() / 1000),
-      data: {
-        nonce: order?.orderId,
-        token: order?.pspToken,
-        psp_reference: 'psp_replayed',
-        amount_minor: '4200',
-        currency: 'USD',
-        decline_code: null,
-      },
+    const replayed = pspEvent(order?.orderId ?? '', {
+      eventId: eventRow?.event_id ?? '',
+      amountMinor: 4200n,
+      token: order?.pspToken ?? '',
+      pspReference: 'psp_replayed',
     });
     const responses = await Promise.all(
-      Array.from({ length: 5 }, () =>
-        fetch(`${settlePublicUrl(stack.config)}/webhooks/psp`, {
-          method: 'POST',
-          headers: {
-            'content-type': 'application/json',
-            'psp-signature': signWebhook(
-              stack.config.PSP_WEBHOOK_SECRET,
-              body,
-              Math.floor(Date.now() / 1000),
-            ),
-          },
-          body,
-        }).then(async (r) => ({
-          status: r.status,
-          body: (await r.json()) as { duplicate: boolean },
-        })),
-      ),
+      Array.from({ length: 5 }, () => postWebhook(stack, replayed)),
     );
     expect(responses.every((r) => r.status === 200 && r.body.duplicate)).toBe(true);
     expect(

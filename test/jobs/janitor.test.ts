@@ -16,7 +16,6 @@ import {
 } from '../../src/grpc/generated/settle/v1/payment.js';
 import { PaymentStatus } from '../../src/grpc/generated/settle/psp/v1/psp.js';
 import { Janitor } from '../../src/jobs/janitor.js';
-import { signWebhook } from '../../src/psp/webhook.js';
 import { openDatabase } from '../../src/storage/db.js';
 import {
   CARD,
@@ -24,6 +23,8 @@ import {
   expectMoneyInvariants,
   freePort,
   payOnHostedPage,
+  postWebhook,
+  pspEvent,
   startStack,
   waitFor,
   type Stack,
@@ -162,28 +163,10 @@ describe('janitor', () => {
       { timeoutMs: 15_000 },
     );
     expect(expired.state).toBe(PaymentOrderState.PAYMENT_ORDER_STATE_EXPIRED);
-    const nowS = Math.floor(Date.now() / 1000);
-    const body = JSON.stringify({
-      id: `evt_${randomUUID()}`,
-      type: 'payment.succeeded',
-      created: nowS,
-      data: {
-        nonce: o.orderId,
-        token: o.pspToken,
-        psp_reference: 'psp_late',
-        amount_minor: '4321',
-        currency: 'USD',
-        decline_code: null,
-      },
-    });
-    const response = await fetch(`${stack.settleHttp}/webhooks/psp`, {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/json',
-        'psp-signature': signWebhook(stack.config.PSP_WEBHOOK_SECRET, body, nowS),
-      },
-      body,
-    });
+    const response = await postWebhook(
+      stack,
+      pspEvent(o.orderId, { amountMinor: 4321n, token: o.pspToken, pspReference: 'psp_late' }),
+    );
     expect(response.status).toBe(200);
     await waitFor(
       async () =>

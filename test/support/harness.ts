@@ -4,7 +4,7 @@
  * browser does it, condition waits with deadlines, and the money invariants every scenario ends
  * with (ledger balanced, wallets equal to the ledger).
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
 import { expect, inject } from 'vitest';
@@ -13,6 +13,13 @@ import { startSettle, type SettleNode, type SettleOverrides } from '../../src/ap
 import { startPspMock, type PspMock } from '../../src/psp/mock/index.js';
 import { dropDatabase, withDatabaseName, type Db } from '../../src/storage/db.js';
 import { freePort } from '../../src/chaos/free-port.js';
+import {
+  encodePspWebhookEvent,
+  PSP_SIGNATURE_HEADER,
+  PSP_WEBHOOK_EVENT_TYPE,
+  signWebhook,
+  type PspWebhookEvent,
+} from '../../src/psp/webhook.js';
 
 // One implementation for tests, the bench and the chaos demo.
 export { dropDatabase, freePort };
@@ -207,6 +214,68 @@ export async function payOnHostedPage(
     signal: AbortSignal.timeout(5_000),
   });
   return { status: response.status, html: await response.text() };
+}
+
+/**
+ * A PSP webhook event for `orderId`, as the PSP sends it: succeeded, or declined when
+ * `declineCode` is given. Fields not given get fresh or placeholder values.
+ */
+export function pspEvent(
+  orderId: string,
+  fields: Readonly<{
+    amountMinor: bigint;
+    declineCode?: string;
+    pspReference?: string;
+    token?: string;
+    eventId?: string;
+  }>,
+): PspWebhookEvent {
+  const declined = fields.declineCode !== undefined;
+  return {
+    id: fields.eventId ?? `evt_${randomUUID()}`,
+    type: declined
+      ? PSP_WEBHOOK_EVENT_TYPE.paymentDeclined
+      : PSP_WEBHOOK_EVENT_TYPE.paymentSucceeded,
+    created: Math.floor(Date.now() / 1000),
+    data: {
+      nonce: orderId,
+      token: fields.token ?? 'tok_x',
+      psp_reference: declined ? null : (fields.pspReference ?? `psp_${randomUUID()}`),
+      amount_minor: fields.amountMinor,
+      currency: 'USD',
+      decline_code: fields.declineCode ?? null,
+    },
+  };
+}
+
+export type WebhookResponse = {
+  status: number;
+  body: { received?: boolean; duplicate?: boolean; error?: { message: string } };
+};
+
+/**
+ * Posts a webhook to a node as the PSP does, signed now with the node's secret. A string is sent
+ * as it is (a test about the route's own parsing builds its raw body itself).
+ */
+export async function postWebhook(
+  stack: Pick<Stack, 'settleHttp' | 'config'>,
+  event: PspWebhookEvent | string,
+): Promise<WebhookResponse> {
+  const body = typeof event === 'string' ? event : encodePspWebhookEvent(event);
+  const response = await fetch(`${stack.settleHttp}/webhooks/psp`, {
+    method: 'POST',
+    headers: {
+      'content-type': 'application/json',
+      [PSP_SIGNATURE_HEADER]: signWebhook(
+        stack.config.PSP_WEBHOOK_SECRET,
+        body,
+        Math.floor(Date.now() / 1000),
+      ),
+    },
+    body,
+    signal: AbortSignal.timeout(10_000),
+  });
+  return { status: response.status, body: (await response.json()) as WebhookResponse['body'] };
 }
 
 export const CARD = { success: '4242424242424242', decline: '4000000000000002' } as const;
