@@ -22,6 +22,7 @@ import { openDatabase } from '../../src/storage/db.js';
 import { PaymentState } from '../../src/grpc/generated/settle/v1/payment.js';
 import {
   call,
+  count,
   expectMoneyInvariants,
   startStack,
   waitFor,
@@ -34,11 +35,6 @@ beforeAll(async () => {
 });
 afterAll(async () => stack?.stop());
 afterEach(async () => expectMoneyInvariants(stack.settle.db));
-
-async function count(query: ReturnType<typeof sql<{ n: string }>>): Promise<number> {
-  const result = await query.execute(stack.settle.db);
-  return Number(result.rows[0]?.n ?? 0);
-}
 
 type Timers = Record<string, { count: number; totalMs: number; maxMs: number }>;
 
@@ -145,11 +141,15 @@ describe('group commit of transitions', () => {
     }
     for (const id of orderIds) {
       expect(
-        await count(sql<{ n: string }>`SELECT COUNT(*) AS n FROM payment_order_transition
-          WHERE order_id = ${id} AND to_state = 'SUCCEEDED'`),
+        await count(
+          stack.settle.db,
+          sql<{ n: string }>`SELECT COUNT(*) AS n FROM payment_order_transition
+          WHERE order_id = ${id} AND to_state = 'SUCCEEDED'`,
+        ),
       ).toBe(1);
       expect(
         await count(
+          stack.settle.db,
           sql<{ n: string }>`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${id}`,
         ),
       ).toBe(2);
@@ -210,10 +210,14 @@ describe('group commit of transitions', () => {
       expect(statements).toEqual(['START TRANSACTION;', 'COMMIT']);
       for (const id of orderIds) {
         expect(
-          await count(sql<{ n: string }>`SELECT COUNT(*) AS n FROM inbox WHERE order_id = ${id}`),
+          await count(
+            stack.settle.db,
+            sql<{ n: string }>`SELECT COUNT(*) AS n FROM inbox WHERE order_id = ${id}`,
+          ),
         ).toBe(1);
         expect(
           await count(
+            stack.settle.db,
             sql<{ n: string }>`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${id}`,
           ),
         ).toBe(2);
@@ -269,6 +273,7 @@ describe('group commit of transitions', () => {
     ]);
     expect(
       await count(
+        stack.settle.db,
         sql<{
           n: string;
         }>`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${orderIds[2] ?? ''}`,
@@ -369,6 +374,7 @@ describe('group commit of creations', () => {
     }
     expect(
       await count(
+        stack.settle.db,
         sql<{ n: string }>`SELECT COUNT(*) AS n FROM payment WHERE buyer_id = ${buyerId}`,
       ),
     ).toBe(11);
@@ -418,6 +424,7 @@ describe('group commit end to end', () => {
       );
       expect(wallet.wallet?.balanceMinor).toBe(expected);
       const version = await count(
+        stack.settle.db,
         sql<{ n: string }>`SELECT version AS n FROM wallet WHERE seller_id = ${hot}`,
       );
       // One version step per credit, even when credits to this seller shared a batch.

@@ -13,6 +13,7 @@ import {
   CARD,
   call,
   callError,
+  count,
   expectMoneyInvariants,
   payOnHostedPage,
   postWebhook,
@@ -45,11 +46,6 @@ function request(requestId: string, buyerId: string, amount = 1500n) {
 async function getPayment(paymentId: string): Promise<Payment> {
   return (await call(stack.payments.getPayment.bind(stack.payments), { paymentId }))
     .payment as Payment;
-}
-
-async function count(query: ReturnType<typeof sql<{ n: string }>>): Promise<number> {
-  const result = await query.execute(stack.settle.db);
-  return Number(result.rows[0]?.n ?? 0);
 }
 
 describe('CreatePayment idempotency', () => {
@@ -109,6 +105,7 @@ describe('CreatePayment idempotency', () => {
     }
     expect(ids.size).toBe(1);
     const payments = await count(
+      stack.settle.db,
       sql<{ n: string }>`SELECT COUNT(*) AS n FROM payment WHERE buyer_id = ${buyer}`,
     );
     expect(payments).toBe(1);
@@ -143,10 +140,12 @@ describe('webhook and runtime idempotency', () => {
     await waitFor(
       async () =>
         (await count(
+          stack.settle.db,
           sql<{
             n: string;
           }>`SELECT COUNT(*) AS n FROM inbox WHERE order_id = ${order?.orderId ?? ''}`,
-        )) === 1 && (await count(sql<{ n: string }>`SELECT COUNT(*) AS n FROM outbox`)) === 0,
+        )) === 1 &&
+        (await count(stack.settle.db, sql<{ n: string }>`SELECT COUNT(*) AS n FROM outbox`)) === 0,
     );
     // And a replay of a captured delivery, re-signed, five times in parallel.
     const [eventRow] = (
@@ -168,6 +167,7 @@ describe('webhook and runtime idempotency', () => {
     expect(responses.every((r) => r.status === 200 && r.body.duplicate)).toBe(true);
     expect(
       await count(
+        stack.settle.db,
         sql<{
           n: string;
         }>`SELECT COUNT(*) AS n FROM ledger_transaction WHERE order_id = ${order?.orderId ?? ''}`,
@@ -175,6 +175,7 @@ describe('webhook and runtime idempotency', () => {
     ).toBe(1);
     expect(
       await count(
+        stack.settle.db,
         sql<{
           n: string;
         }>`SELECT COUNT(*) AS n FROM payment_order_transition WHERE order_id = ${order?.orderId ?? ''} AND to_state = 'SUCCEEDED'`,
@@ -218,6 +219,7 @@ describe('webhook and runtime idempotency', () => {
     expect(nodeB.snapshot?.version).toBe(nodeA.snapshot?.version);
     expect(
       await count(
+        stack.settle.db,
         sql<{
           n: string;
         }>`SELECT COUNT(*) AS n FROM payment_order_transition WHERE order_id = ${orderId} AND to_state = 'SUCCEEDED'`,
@@ -225,6 +227,7 @@ describe('webhook and runtime idempotency', () => {
     ).toBe(1);
     expect(
       await count(
+        stack.settle.db,
         sql<{ n: string }>`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${orderId}`,
       ),
     ).toBe(2);
@@ -238,6 +241,7 @@ describe('webhook and runtime idempotency', () => {
     expect(again).toEqual([{ kind: 'done' }, { kind: 'done' }]);
     expect(
       await count(
+        stack.settle.db,
         sql<{ n: string }>`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${orderId}`,
       ),
     ).toBe(2);

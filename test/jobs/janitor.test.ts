@@ -20,6 +20,7 @@ import { openDatabase } from '../../src/storage/db.js';
 import {
   CARD,
   call,
+  count,
   expectMoneyInvariants,
   freePort,
   payOnHostedPage,
@@ -64,9 +65,6 @@ async function order(paymentId: string): Promise<PaymentOrder> {
   return payment?.orders[0] as PaymentOrder;
 }
 
-const count = async (query: ReturnType<typeof sql<{ n: string }>>) =>
-  Number((await query.execute(stack.settle.db)).rows[0]?.n ?? 0);
-
 describe('janitor', () => {
   it('recovers a payment whose webhook never arrived: SUCCEEDED once, from the PSP status', async () => {
     const o = await create(777n);
@@ -83,10 +81,14 @@ describe('janitor', () => {
     expect(done.failureReason).toBe('');
     await new Promise((resolve) => setTimeout(resolve, 1_200)); // more janitor passes
     expect(
-      await count(sql`SELECT COUNT(*) AS n FROM ledger_transaction WHERE order_id = ${o.orderId}`),
+      await count(
+        stack.settle.db,
+        sql`SELECT COUNT(*) AS n FROM ledger_transaction WHERE order_id = ${o.orderId}`,
+      ),
     ).toBe(1);
     expect(
       await count(
+        stack.settle.db,
         sql`SELECT COUNT(*) AS n FROM payment_order_transition WHERE order_id = ${o.orderId} AND to_state = 'SUCCEEDED'`,
       ),
     ).toBe(1);
@@ -171,12 +173,16 @@ describe('janitor', () => {
     await waitFor(
       async () =>
         (await count(
+          stack.settle.db,
           sql`SELECT COUNT(*) AS n FROM payment_order WHERE id = ${o.orderId} AND review_reason = 'CHARGED_AFTER_EXPIRY'`,
         )) === 1,
     );
     expect((await order(o.paymentId)).state).toBe(PaymentOrderState.PAYMENT_ORDER_STATE_EXPIRED);
     expect(
-      await count(sql`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${o.orderId}`),
+      await count(
+        stack.settle.db,
+        sql`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${o.orderId}`,
+      ),
     ).toBe(0);
   });
 

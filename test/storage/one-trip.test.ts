@@ -7,31 +7,20 @@
 import { existsSync } from 'node:fs';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  ensureDatabase,
-  migrateToLatest,
-  openDatabase,
-  parseMysqlUrl,
-  serverAddress,
-  type Db,
-} from '../../src/storage/db.js';
+import { openDatabase, parseMysqlUrl, serverAddress, type Db } from '../../src/storage/db.js';
 import { affectedRows, resultRows, transactionInOneTrip } from '../../src/storage/one-trip.js';
 import { isDuplicateKey } from '../../src/storage/errors.js';
 import { idempotencyKeysCompletion } from '../../src/storage/repositories/payment.repository.js';
-import { dropDatabase, testDatabaseUrl } from '../support/harness.js';
+import { openTestDatabase } from '../support/harness.js';
 
 let url: string;
 let db: Db;
 let close: () => Promise<void>;
 beforeAll(async () => {
-  url = testDatabaseUrl('settle_onetrip_t');
-  await ensureDatabase(url);
-  ({ db, close } = openDatabase(url, { poolSize: 2 }));
-  await migrateToLatest(db);
+  ({ db, url, close } = await openTestDatabase('settle_onetrip_t', { poolSize: 2 }));
 });
 afterAll(async () => {
-  await close();
-  await dropDatabase(url);
+  await close?.();
 });
 
 const inboxRow = (eventId: string) =>

@@ -5,25 +5,20 @@
  * Method: the repository functions against a fresh, migrated MariaDB database.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureDatabase, migrateToLatest, openDatabase, type Db } from '../../src/storage/db.js';
+import type { Db } from '../../src/storage/db.js';
 import {
   claimIdempotencyKey,
   purgeIdempotencyKeys,
 } from '../../src/storage/repositories/payment.repository.js';
-import { dropDatabase, testDatabaseUrl } from '../support/harness.js';
+import { openTestDatabase } from '../support/harness.js';
 
-let url: string;
 let db: Db;
 let close: () => Promise<void>;
 beforeAll(async () => {
-  url = testDatabaseUrl('settle_idem_t');
-  await ensureDatabase(url);
-  ({ db, close } = openDatabase(url, { poolSize: 2 }));
-  await migrateToLatest(db);
+  ({ db, close } = await openTestDatabase('settle_idem_t', { poolSize: 2 }));
 });
 afterAll(async () => {
-  await close();
-  await dropDatabase(url);
+  await close?.();
 });
 
 const key = (requestId: string, now: Date, leaseMs = 30_000) => ({

@@ -11,7 +11,14 @@ import { expect, inject } from 'vitest';
 import { loadConfig, type Config } from '../../src/config.js';
 import { startSettle, type SettleNode, type SettleOverrides } from '../../src/app.js';
 import { startPspMock, type PspMock } from '../../src/psp/mock/index.js';
-import { dropDatabase, withDatabaseName, type Db } from '../../src/storage/db.js';
+import {
+  dropDatabase,
+  ensureDatabase,
+  migrateToLatest,
+  openDatabase,
+  withDatabaseName,
+  type Db,
+} from '../../src/storage/db.js';
 import { freePort } from '../../src/chaos/free-port.js';
 import {
   encodePspWebhookEvent,
@@ -57,6 +64,38 @@ export function testEnv(env: Record<string, string> = {}): Record<string, string
     PSP_SETTLEMENT_AT: 'off',
     ...env,
   };
+}
+
+export type TestDatabase = Readonly<{ db: Db; url: string; close: () => Promise<void> }>;
+
+/**
+ * A fresh database on the test server, migrated, with a pool of `poolSize`. `close()` closes
+ * the pool and drops the database.
+ */
+export async function openTestDatabase(
+  prefix: string,
+  options: Readonly<{ poolSize: number }>,
+): Promise<TestDatabase> {
+  const url = testDatabaseUrl(prefix);
+  await ensureDatabase(url);
+  const opened = openDatabase(url, options);
+  const close = async () => {
+    await opened.close();
+    await dropDatabase(url);
+  };
+  try {
+    await migrateToLatest(opened.db);
+  } catch (error) {
+    await close();
+    throw error;
+  }
+  return { db: opened.db, url, close };
+}
+
+/** Runs a `SELECT COUNT(*) AS n …` (or any query whose first row has `n`) and answers n. */
+export async function count(db: Db, query: ReturnType<typeof sql<{ n: string }>>): Promise<number> {
+  const result = await query.execute(db);
+  return Number(result.rows[0]?.n ?? 0);
 }
 
 export function testConfig(env: Record<string, string> = {}): Config {
