@@ -30,14 +30,14 @@ const key = (requestId: string, now: Date, leaseMs = 30_000) => ({
 });
 
 describe('idempotency keys', () => {
-  it('claims once; a second claim sees the key in flight', async () => {
+  it('claims once; a concurrent claim sees the key in flight', async () => {
     const now = new Date();
-    expect(await claimIdempotencyKey(db, key('00000000-0000-4000-8000-000000000001', now))).toEqual(
-      { kind: 'claimed' },
-    );
-    expect(
-      (await claimIdempotencyKey(db, key('00000000-0000-4000-8000-000000000001', now))).kind,
-    ).toBe('in-flight');
+    // Two claims at once, on two pooled connections: exactly one inserts the key.
+    const claims = await Promise.all([
+      claimIdempotencyKey(db, key('00000000-0000-4000-8000-000000000001', now)),
+      claimIdempotencyKey(db, key('00000000-0000-4000-8000-000000000001', now)),
+    ]);
+    expect(claims.map((claim) => claim.kind).sort()).toEqual(['claimed', 'in-flight']);
   });
 
   it('takes over a key whose owner died once its lease ran out', async () => {
