@@ -68,12 +68,27 @@ describe('transactionInOneTrip', () => {
 
   it('rolls back the statements before one that fails, and runs none after it', async () => {
     await transactionInOneTrip(db, [inboxRow('c-0')], () => ({ commit: true }));
-    const error = await transactionInOneTrip(
-      db,
-      [inboxRow('c-1'), inboxRow('c-0'), inboxRow('c-2')],
-      () => ({ commit: true }),
-    ).catch((caught: unknown) => caught);
+    // A session variable outlives the rollback: on the same connection, it shows whether the
+    // statement after the failing one ran at all.
+    const { error, ran } = await db.connection().execute(async (connection) => {
+      await sql`SET @ran_after_failure = 0`.execute(connection);
+      const failed = await transactionInOneTrip(
+        connection,
+        [
+          inboxRow('c-1'),
+          inboxRow('c-0'),
+          sql`SET @ran_after_failure = 1`.compile(connection),
+          inboxRow('c-2'),
+        ],
+        () => ({ commit: true }),
+      ).catch((caught: unknown) => caught);
+      const variable = await sql<{ ran: number }>`SELECT @ran_after_failure AS ran`.execute(
+        connection,
+      );
+      return { error: failed, ran: Number(variable.rows[0]?.ran) };
+    });
     expect(isDuplicateKey(error)).toBe(true);
+    expect(ran).toBe(0);
     expect(await countInbox('c-')).toBe(1);
     // The connection went back to the pool clean: the next transaction works.
     await transactionInOneTrip(db, [inboxRow('c-3')], () => ({ commit: true }));
