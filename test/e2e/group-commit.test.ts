@@ -1,11 +1,12 @@
 /**
- * Goal: group commit (many actors' transitions, creations and webhooks in one transaction) keeps
+ * Goal: group commit (many actors' transitions, or many creations, in one transaction) keeps
  * every guarantee of the one-transaction-per-transition path: a stale version is fenced per
  * write, even when its fresh twin is in the same batch; one write that fails for its own reason
  * fails alone; the ledger balances and wallets equal the ledger under concurrency, hot seller
  * included. Method: a real stack (MariaDB, NATS, PSP mock); batches are made to happen (many
  * writes submitted in one event-loop turn, batch sizes recorded through onBatch or the node's
- * /debug/stats) and the rows are counted afterwards.
+ * /debug/stats) and the rows are counted afterwards. The webhook inbox's group commit is not
+ * driven here.
  */
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
@@ -243,7 +244,7 @@ describe('group commit of transitions', () => {
     const now = new Date();
     const writes: TransitionWrite[] = orders.map((order, i) => {
       const previous = order as PaymentOrder;
-      // The third write claims a version the order never had.
+      // The third write claims the version before the order's current one: it is stale.
       const claimed = i === 2 ? { ...previous, version: previous.version - 1n } : previous;
       return {
         previous: claimed,

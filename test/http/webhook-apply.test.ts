@@ -1,10 +1,11 @@
 /**
  * Goal: a PSP webhook is applied at once by its order's actor on the receiving node, its inbox row
- * committed in the same transaction as the transition, with no command through JetStream; and
- * every case the fast way does not finish (a duplicate, an illegal event, the fast way switched
- * off) still takes the durable way (inbox + outbox command + consumer, dead letters). Method: a
- * real Settle node and PSP mock (real MariaDB, NATS); signed webhooks posted by hand; the relay's
- * count of published commands tells which way an event went.
+ * committed in the same transaction as the transition, with no command through JetStream; a
+ * duplicate is told apart by that inbox row and goes no further; and every case the fast way does
+ * not finish (an illegal event, the fast way switched off) takes the durable way (inbox + outbox
+ * command + consumer, dead letters). Method: a real Settle node and PSP mock (real MariaDB,
+ * NATS); signed webhooks posted by the test; the relay's count of published commands tells which
+ * way an event went.
  */
 import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
