@@ -116,46 +116,49 @@ describe('group commit of transitions', () => {
       queueMax: 1_000,
       onBatch: (batch) => (batch.ok ? sizes : failedBatches).push(batch.size),
     });
-    // Two "nodes" per order, both holding it at the same version.
-    const pairs = orderIds.map((id) => [
-      new PaymentOrderActor(id, actorDeps(batcher.persist)),
-      new PaymentOrderActor(id, actorDeps(batcher.persist)),
-    ]);
-    for (const actor of pairs.flat()) {
-      expect(await actor.handle({ event: { type: 'ExecuteOrder' } })).toEqual({ kind: 'done' });
-    }
-    sizes.length = 0;
-    // Every twin's PspSucceeded is submitted in the same turn: they share a batch, where the
-    // first of each pair is fresh and the second is stale.
-    const outcomes = await Promise.all(
-      pairs.flat().map((actor) => actor.handle({ event: succeeded(actor.snapshot!) })),
-    );
-    expect(outcomes.every((outcome) => outcome.kind === 'done')).toBe(true);
-    expect(Math.max(...sizes)).toBeGreaterThanOrEqual(orderIds.length * 2);
-    // The batch itself told the stale twins apart: it did not fall back to one write at a time.
-    expect(failedBatches).toEqual([]);
-    for (const [first, second] of pairs) {
-      expect(first?.snapshot?.state).toBe('SUCCEEDED');
-      // The stale twin reloaded, saw SUCCEEDED and stopped there (a duplicate is a no-op).
-      expect(second?.snapshot?.state).toBe('SUCCEEDED');
-      expect(second?.snapshot?.version).toBe(first?.snapshot?.version);
-    }
-    for (const id of orderIds) {
-      expect(
-        await count(
-          stack.settle.db,
-          sql<{ n: string }>`SELECT COUNT(*) AS n FROM payment_order_transition
+    try {
+      // Two "nodes" per order, both holding it at the same version.
+      const pairs = orderIds.map((id) => [
+        new PaymentOrderActor(id, actorDeps(batcher.persist)),
+        new PaymentOrderActor(id, actorDeps(batcher.persist)),
+      ]);
+      for (const actor of pairs.flat()) {
+        expect(await actor.handle({ event: { type: 'ExecuteOrder' } })).toEqual({ kind: 'done' });
+      }
+      sizes.length = 0;
+      // Every twin's PspSucceeded is submitted in the same turn: they share a batch, where the
+      // first of each pair is fresh and the second is stale.
+      const outcomes = await Promise.all(
+        pairs.flat().map((actor) => actor.handle({ event: succeeded(actor.snapshot!) })),
+      );
+      expect(outcomes.every((outcome) => outcome.kind === 'done')).toBe(true);
+      expect(Math.max(...sizes)).toBeGreaterThanOrEqual(orderIds.length * 2);
+      // The batch itself told the stale twins apart: it did not fall back to one write at a time.
+      expect(failedBatches).toEqual([]);
+      for (const [first, second] of pairs) {
+        expect(first?.snapshot?.state).toBe('SUCCEEDED');
+        // The stale twin reloaded, saw SUCCEEDED and stopped there (a duplicate is a no-op).
+        expect(second?.snapshot?.state).toBe('SUCCEEDED');
+        expect(second?.snapshot?.version).toBe(first?.snapshot?.version);
+      }
+      for (const id of orderIds) {
+        expect(
+          await count(
+            stack.settle.db,
+            sql<{ n: string }>`SELECT COUNT(*) AS n FROM payment_order_transition
           WHERE order_id = ${id} AND to_state = 'SUCCEEDED'`,
-        ),
-      ).toBe(1);
-      expect(
-        await count(
-          stack.settle.db,
-          sql<{ n: string }>`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${id}`,
-        ),
-      ).toBe(2);
+          ),
+        ).toBe(1);
+        expect(
+          await count(
+            stack.settle.db,
+            sql<{ n: string }>`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${id}`,
+          ),
+        ).toBe(2);
+      }
+    } finally {
+      await batcher.stop(1_000);
     }
-    await batcher.stop(1_000);
   });
 
   it('writes a batch of fresh transitions in one packet and a COMMIT', async () => {
@@ -241,46 +244,49 @@ describe('group commit of transitions', () => {
       queueMax: 1_000,
       onBatch: ({ size, ok }) => batches.push({ size, ok }),
     });
-    const now = new Date();
-    const writes: TransitionWrite[] = orders.map((order, i) => {
-      const previous = order as PaymentOrder;
-      // The third write claims the version before the order's current one: it is stale.
-      const claimed = i === 2 ? { ...previous, version: previous.version - 1n } : previous;
-      return {
-        previous: claimed,
-        next: { ...previous, state: 'SUCCEEDED', pspReference: `psp_${i}`, updatedAt: now },
-        event: succeeded(previous),
-        effects: [
-          {
-            type: 'CreditSeller',
-            orderId: previous.id,
-            sellerId: previous.sellerId,
-            amountMinor: previous.amountMinor,
-            currency: previous.currency,
-          },
-        ],
-        now,
-      };
-    });
-    const results = await Promise.all(writes.map((write) => batcher.persist(write)));
-    expect(results).toEqual([true, true, false, true]);
-    expect(batches).toEqual([{ size: 4, ok: true }]);
-    const after = await Promise.all(orderIds.map((id) => findPaymentOrder(stack.settle.db, id)));
-    expect(after.map((order) => order?.state)).toEqual([
-      'SUCCEEDED',
-      'SUCCEEDED',
-      'EXECUTING',
-      'SUCCEEDED',
-    ]);
-    expect(
-      await count(
-        stack.settle.db,
-        sql<{
-          n: string;
-        }>`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${orderIds[2] ?? ''}`,
-      ),
-    ).toBe(0);
-    await batcher.stop(1_000);
+    try {
+      const now = new Date();
+      const writes: TransitionWrite[] = orders.map((order, i) => {
+        const previous = order as PaymentOrder;
+        // The third write claims the version before the order's current one: it is stale.
+        const claimed = i === 2 ? { ...previous, version: previous.version - 1n } : previous;
+        return {
+          previous: claimed,
+          next: { ...previous, state: 'SUCCEEDED', pspReference: `psp_${i}`, updatedAt: now },
+          event: succeeded(previous),
+          effects: [
+            {
+              type: 'CreditSeller',
+              orderId: previous.id,
+              sellerId: previous.sellerId,
+              amountMinor: previous.amountMinor,
+              currency: previous.currency,
+            },
+          ],
+          now,
+        };
+      });
+      const results = await Promise.all(writes.map((write) => batcher.persist(write)));
+      expect(results).toEqual([true, true, false, true]);
+      expect(batches).toEqual([{ size: 4, ok: true }]);
+      const after = await Promise.all(orderIds.map((id) => findPaymentOrder(stack.settle.db, id)));
+      expect(after.map((order) => order?.state)).toEqual([
+        'SUCCEEDED',
+        'SUCCEEDED',
+        'EXECUTING',
+        'SUCCEEDED',
+      ]);
+      expect(
+        await count(
+          stack.settle.db,
+          sql<{
+            n: string;
+          }>`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${orderIds[2] ?? ''}`,
+        ),
+      ).toBe(0);
+    } finally {
+      await batcher.stop(1_000);
+    }
   });
 
   it('fails only the write that breaks a constraint; its batch mates commit', async () => {
@@ -302,35 +308,42 @@ describe('group commit of transitions', () => {
       queueMax: 1_000,
       onBatch: (batch) => sizes.push(batch.size),
     });
-    const now = new Date();
-    const settled = await Promise.allSettled(
-      orders.map((order) =>
-        batcher.persist({
-          previous: order,
-          next: { ...order, state: 'SUCCEEDED', updatedAt: now },
-          event: succeeded(order),
-          effects: [
-            {
-              type: 'CreditSeller',
-              orderId: order.id,
-              sellerId: order.sellerId,
-              amountMinor: order.amountMinor,
-              currency: order.currency,
-            },
-          ],
-          now,
-        }),
-      ),
-    );
-    expect(sizes[0]).toBe(3);
-    expect(settled.map((result) => result.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
-    const after = await Promise.all(orderIds.map((id) => findPaymentOrder(stack.settle.db, id)));
-    expect(after.map((order) => order?.state)).toEqual(['SUCCEEDED', 'EXECUTING', 'SUCCEEDED']);
-    // Undo the planted row so the money invariants of afterEach judge the real writes only.
-    await sql`DELETE FROM ledger_transaction WHERE order_id = ${culprit.id}`.execute(
-      stack.settle.db,
-    );
-    await batcher.stop(1_000);
+    try {
+      const now = new Date();
+      const settled = await Promise.allSettled(
+        orders.map((order) =>
+          batcher.persist({
+            previous: order,
+            next: { ...order, state: 'SUCCEEDED', updatedAt: now },
+            event: succeeded(order),
+            effects: [
+              {
+                type: 'CreditSeller',
+                orderId: order.id,
+                sellerId: order.sellerId,
+                amountMinor: order.amountMinor,
+                currency: order.currency,
+              },
+            ],
+            now,
+          }),
+        ),
+      );
+      expect(sizes[0]).toBe(3);
+      expect(settled.map((result) => result.status)).toEqual([
+        'fulfilled',
+        'rejected',
+        'fulfilled',
+      ]);
+      const after = await Promise.all(orderIds.map((id) => findPaymentOrder(stack.settle.db, id)));
+      expect(after.map((order) => order?.state)).toEqual(['SUCCEEDED', 'EXECUTING', 'SUCCEEDED']);
+    } finally {
+      await batcher.stop(1_000);
+      // Undo the planted row so the money invariants of afterEach judge the real writes only.
+      await sql`DELETE FROM ledger_transaction WHERE order_id = ${culprit.id}`.execute(
+        stack.settle.db,
+      );
+    }
   });
 });
 
