@@ -69,13 +69,18 @@ export type PaymentServiceDeps = Readonly<{
    */
   idempotencyLeaseMs: number;
   now: () => Date;
-  /** Writes concurrent creations together (group commit); each alone when unset. */
-  groupCommit?: Readonly<{
-    batchMax: number;
-    inFlightMax: number;
-    queueMax: number;
-    onBatch?: (batch: { size: number; ms: number; ok: boolean }) => void;
-  }>;
+  /**
+   * Writes concurrent idempotency claims and creations together (group commit, one group each,
+   * so each reports its own batches); each alone when unset.
+   */
+  groupCommit?: Readonly<{ claims: GroupCommitSettings; creations: GroupCommitSettings }>;
+}>;
+
+type GroupCommitSettings = Readonly<{
+  batchMax: number;
+  inFlightMax: number;
+  queueMax: number;
+  onBatch?: (batch: { size: number; ms: number; ok: boolean }) => void;
 }>;
 
 type Creation = Readonly<{
@@ -197,7 +202,7 @@ export class PaymentService {
         ? undefined
         : new GroupCommit<NewIdempotencyKey, IdempotencyClaim>({
             name: 'idempotency claims',
-            ...group,
+            ...group.claims,
             writeOne: (key) => claimIdempotencyKey(deps.db, key),
             writeBatch: async (keys) => {
               await insertIdempotencyKeys(deps.db, keys);
@@ -209,7 +214,7 @@ export class PaymentService {
         ? undefined
         : new GroupCommit<Creation, void>({
             name: 'payment creations',
-            ...group,
+            ...group.creations,
             writeOne: async (creation) => {
               if ((await writeCreationsInOneTrip(deps.db, [creation], deps.names)) === undefined)
                 await inTransaction(deps.db, (trx) => writeCreations(trx, [creation], deps.names));

@@ -9,14 +9,15 @@ import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
 import { PaymentState, type Payment } from '../../src/grpc/generated/settle/v1/payment.js';
 import { PaymentOrderActor } from '../../src/actors/payment-order/actor.js';
-import { settlePublicUrl } from '../../src/config.js';
-import { signWebhook } from '../../src/psp/webhook.js';
 import {
   CARD,
   call,
   callError,
+  count,
   expectMoneyInvariants,
   payOnHostedPage,
+  postWebhook,
+  pspEvent,
   rowCounts,
   startStack,
   waitFor,
@@ -45,11 +46,6 @@ function request(requestId: string, buyerId: string, amount = 1500n) {
 async function getPayment(paymentId: string): Promise<Payment> {
   return (await call(stack.payments.getPayment.bind(stack.payments), { paymentId }))
     .payment as Payment;
-}
-
-async function count(query: ReturnType<typeof sql<{ n: string }>>): Promise<number> {
-  const result = await query.execute(stack.settle.db);
-  return Number(result.rows[0]?.n ?? 0);
 }
 
 describe('CreatePayment idempotency', () => {
@@ -109,6 +105,7 @@ describe('CreatePayment idempotency', () => {
     }
     expect(ids.size).toBe(1);
     const payments = await count(
+      stack.settle.db,
       sql<{ n: string }>`SELECT COUNT(*) AS n FROM payment WHERE buyer_id = ${buyer}`,
     );
     expect(payments).toBe(1);
@@ -143,10 +140,12 @@ describe('webhook and runtime idempotency', () => {
     await waitFor(
       async () =>
         (await count(
+          stack.settle.db,
           sql<{
             n: string;
           }>`SELECT COUNT(*) AS n FROM inbox WHERE order_id = ${order?.orderId ?? ''}`,
-        )) === 1 && (await count(sql<{ n: string }>`SELECT COUNT(*) AS n FROM outbox`)) === 0,
+        )) === 1 &&
+        (await count(stack.settle.db, sql<{ n: string }>`SELECT COUNT(*) AS n FROM outbox`)) === 0,
     );
     // And a replay of a captured delivery, re-signed, five times in parallel.
     const [eventRow] = (
@@ -156,41 +155,19 @@ describe('webhook and runtime idempotency', () => {
         stack.settle.db,
       )
     ).rows;
-    const body = JSON.stringify({
-      id: eventRow?.event_id,
-      type: 'payment.succeeded',
-      created: Math.floor(Date.now() / 1000),
-      data: {
-        nonce: order?.orderId,
-        token: order?.pspToken,
-        psp_reference: 'psp_replayed',
-        amount_minor: '4200',
-        currency: 'USD',
-        decline_code: null,
-      },
+    const replayed = pspEvent(order?.orderId ?? '', {
+      eventId: eventRow?.event_id ?? '',
+      amountMinor: 4200n,
+      token: order?.pspToken ?? '',
+      pspReference: 'psp_replayed',
     });
     const responses = await Promise.all(
-      Array.from({ length: 5 }, () =>
-        fetch(`${settlePublicUrl(stack.config)}/webhooks/psp`, {
-          method: 'POST',
-          headers: {
-            'content-type': 'application/json',
-            'psp-signature': signWebhook(
-              stack.config.PSP_WEBHOOK_SECRET,
-              body,
-              Math.floor(Date.now() / 1000),
-            ),
-          },
-          body,
-        }).then(async (r) => ({
-          status: r.status,
-          body: (await r.json()) as { duplicate: boolean },
-        })),
-      ),
+      Array.from({ length: 5 }, () => postWebhook(stack, replayed)),
     );
     expect(responses.every((r) => r.status === 200 && r.body.duplicate)).toBe(true);
     expect(
       await count(
+        stack.settle.db,
         sql<{
           n: string;
         }>`SELECT COUNT(*) AS n FROM ledger_transaction WHERE order_id = ${order?.orderId ?? ''}`,
@@ -198,6 +175,7 @@ describe('webhook and runtime idempotency', () => {
     ).toBe(1);
     expect(
       await count(
+        stack.settle.db,
         sql<{
           n: string;
         }>`SELECT COUNT(*) AS n FROM payment_order_transition WHERE order_id = ${order?.orderId ?? ''} AND to_state = 'SUCCEEDED'`,
@@ -241,6 +219,7 @@ describe('webhook and runtime idempotency', () => {
     expect(nodeB.snapshot?.version).toBe(nodeA.snapshot?.version);
     expect(
       await count(
+        stack.settle.db,
         sql<{
           n: string;
         }>`SELECT COUNT(*) AS n FROM payment_order_transition WHERE order_id = ${orderId} AND to_state = 'SUCCEEDED'`,
@@ -248,6 +227,7 @@ describe('webhook and runtime idempotency', () => {
     ).toBe(1);
     expect(
       await count(
+        stack.settle.db,
         sql<{ n: string }>`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${orderId}`,
       ),
     ).toBe(2);
@@ -261,6 +241,7 @@ describe('webhook and runtime idempotency', () => {
     expect(again).toEqual([{ kind: 'done' }, { kind: 'done' }]);
     expect(
       await count(
+        stack.settle.db,
         sql<{ n: string }>`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${orderId}`,
       ),
     ).toBe(2);

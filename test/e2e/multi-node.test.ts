@@ -5,7 +5,8 @@
  * local-execute.test.ts and the crash-recovery tests.)
  * Method: two Settle nodes on one database and one namespace (one durable consumer between them)
  * plus the PSP mock paying every registration automatically; payments are created on both
- * nodes, and the outcome is checked from MySQL and from the PSP mock's own charge records.
+ * nodes, and the outcome is checked from MySQL and from the PSP mock's own charge records; each
+ * node's counters show which way its orders went.
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,12 +14,12 @@ import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
 import { startSettle, type SettleNode } from '../../src/app.js';
 import { PaymentServiceClient, PaymentState } from '../../src/grpc/generated/settle/v1/payment.js';
-import { loadConfig } from '../../src/config.js';
 import {
   call,
   expectMoneyInvariants,
   freePort,
   startStack,
+  testConfig,
   waitFor,
   type Stack,
 } from '../support/harness.js';
@@ -30,18 +31,8 @@ let clientB: PaymentServiceClient;
 beforeAll(async () => {
   stack = await startStack({ env: { CREATE_WAIT_MS: '0' } });
   const [grpcPort, httpPort] = await Promise.all([freePort(), freePort()]);
-  const env = Object.fromEntries(
-    Object.entries(stack.config).map(([key, value]) => [
-      key,
-      typeof value === 'object' && value !== null && 'host' in value
-        ? `${String(value.host)}:${String(value.port)}`
-        : Array.isArray(value)
-          ? value.join(',')
-          : String(value),
-    ]),
-  );
-  const config = loadConfig({
-    ...env,
+  const config = testConfig({
+    ...stack.env,
     SETTLE_GRPC_ADDR: `127.0.0.1:${grpcPort}`,
     SETTLE_HTTP_ADDR: `127.0.0.1:${httpPort}`,
   });
@@ -60,6 +51,11 @@ afterAll(async () => {
 
 describe('two nodes', () => {
   it('complete every order exactly once, whichever node created it', async () => {
+    const nodes = [stack.settle, nodeB];
+    const before = nodes.map((node) => ({
+      local: node.local.counts.deletedWithTransition,
+      relayed: node.relay.relayed,
+    }));
     const ids: string[] = [];
     for (let i = 0; i < 30; i += 1) {
       const client = i % 2 === 0 ? stack.payments : clientB;
@@ -83,6 +79,13 @@ describe('two nodes', () => {
       },
       { timeoutMs: 30_000, what: 'all payments to succeed' },
     );
+    // Each node ran the 30 orders it created (15 payments of 2), straight into its actors: the
+    // row left with the token commit. Their webhooks came back to the node that registered them
+    // and were applied at once, so neither relay published anything: nothing needed JetStream.
+    nodes.forEach((node, i) => {
+      expect(node.local.counts.deletedWithTransition - (before[i]?.local ?? 0)).toBe(30);
+      expect(node.relay.relayed).toBe(before[i]?.relayed);
+    });
     for (const paymentId of ids.slice(0, 3)) {
       const { payment } = await call(clientB.getPayment.bind(clientB), { paymentId });
       expect(payment?.state).toBe(PaymentState.PAYMENT_STATE_SUCCEEDED);

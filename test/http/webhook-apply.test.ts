@@ -1,18 +1,24 @@
 /**
  * Goal: a PSP webhook is applied at once by its order's actor on the receiving node, its inbox row
- * committed in the same transaction as the transition, with no command through JetStream; and
- * every case the fast way does not finish (a duplicate, an illegal event, the fast way switched
- * off) still takes the durable way (inbox + outbox command + consumer, dead letters). Method: a
- * real Settle node and PSP mock (real MariaDB, NATS); signed webhooks posted by hand; the relay's
- * count of published commands tells which way an event went.
+ * committed in the same transaction as the transition, with no command through JetStream; a
+ * duplicate is told apart by that inbox row and goes no further; and every case the fast way does
+ * not finish (an illegal event, the fast way switched off) takes the durable way (inbox + outbox
+ * command + consumer, dead letters). Method: a real Settle node and PSP mock (real MariaDB,
+ * NATS); signed webhooks posted by the test; the relay's count of published commands tells which
+ * way an event went.
  */
 import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { signWebhook } from '../../src/psp/webhook.js';
-import { call, rowCounts, startStack, waitFor, type Stack } from '../support/harness.js';
-
-const nowS = () => Math.floor(Date.now() / 1000);
+import {
+  call,
+  postWebhook,
+  pspEvent,
+  rowCounts,
+  startStack,
+  waitFor,
+  type Stack,
+} from '../support/harness.js';
 
 async function createOrder(stack: Stack, amountMinor: bigint): Promise<string> {
   const created = await call(stack.payments.createPayment.bind(stack.payments), {
@@ -36,34 +42,6 @@ async function createOrder(stack: Stack, amountMinor: bigint): Promise<string> {
       : undefined;
   });
   return orderId;
-}
-
-function succeeded(orderId: string, amountMinor: string) {
-  return JSON.stringify({
-    id: `evt_${randomUUID()}`,
-    type: 'payment.succeeded',
-    created: nowS(),
-    data: {
-      nonce: orderId,
-      token: 'tok_x',
-      psp_reference: `pi_${randomUUID()}`,
-      amount_minor: amountMinor,
-      currency: 'USD',
-      decline_code: null,
-    },
-  });
-}
-
-async function post(stack: Stack, body: string) {
-  const response = await fetch(`${stack.settleHttp}/webhooks/psp`, {
-    method: 'POST',
-    headers: {
-      'content-type': 'application/json',
-      'psp-signature': signWebhook(stack.config.PSP_WEBHOOK_SECRET, body, nowS()),
-    },
-    body,
-  });
-  return { status: response.status, body: (await response.json()) as { duplicate?: boolean } };
 }
 
 async function orderState(stack: Stack, orderId: string): Promise<string | undefined> {
@@ -100,8 +78,8 @@ describe('a webhook applied at once (WEBHOOK_APPLY_WAIT_MS > 0)', () => {
     const orderId = await createOrder(stack, 2_500n);
     const relayedBefore = stack.settle.relay.relayed;
 
-    const body = succeeded(orderId, '2500');
-    expect(await post(stack, body)).toEqual({
+    const event = pspEvent(orderId, { amountMinor: 2_500n });
+    expect(await postWebhook(stack, event)).toEqual({
       status: 200,
       body: { received: true, duplicate: false },
     });
@@ -111,7 +89,7 @@ describe('a webhook applied at once (WEBHOOK_APPLY_WAIT_MS > 0)', () => {
     expect(await ledgerTransactions(stack, orderId)).toBe(1);
 
     // The same event again: a duplicate, told apart by the inbox row the transition wrote.
-    expect(await post(stack, body)).toEqual({
+    expect(await postWebhook(stack, event)).toEqual({
       status: 200,
       body: { received: true, duplicate: true },
     });
@@ -126,7 +104,7 @@ describe('a webhook applied at once (WEBHOOK_APPLY_WAIT_MS > 0)', () => {
     const relayedBefore = stack.settle.relay.relayed;
 
     // The PSP claims another amount than the order's: illegal, never applied.
-    expect((await post(stack, succeeded(orderId, '701'))).status).toBe(200);
+    expect((await postWebhook(stack, pspEvent(orderId, { amountMinor: 701n }))).status).toBe(200);
     const deadLetter = await waitFor(async () =>
       stack.settle.db
         .selectFrom('dead_letter')
@@ -154,7 +132,7 @@ describe('with WEBHOOK_APPLY_WAIT_MS=0', () => {
     const orderId = await createOrder(stack, 900n);
     const relayedBefore = stack.settle.relay.relayed;
 
-    expect((await post(stack, succeeded(orderId, '900'))).status).toBe(200);
+    expect((await postWebhook(stack, pspEvent(orderId, { amountMinor: 900n }))).status).toBe(200);
     await waitFor(async () =>
       (await orderState(stack, orderId)) === 'SUCCEEDED' ? true : undefined,
     );

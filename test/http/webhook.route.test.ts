@@ -7,7 +7,14 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signWebhook } from '../../src/psp/webhook.js';
-import { call, rowCounts, startStack, waitFor, type Stack } from '../support/harness.js';
+import {
+  call,
+  postWebhook,
+  rowCounts,
+  startStack,
+  waitFor,
+  type Stack,
+} from '../support/harness.js';
 
 let stack: Stack;
 let orderId: string;
@@ -158,9 +165,9 @@ describe('POST /webhooks/psp rejects', () => {
 describe('POST /webhooks/psp accepts', () => {
   it('a signed event once, and its duplicates as duplicates', async () => {
     const body = event();
-    const first = await post(body, signWebhook(secret(), body, nowS()));
+    const first = await postWebhook(stack, body);
     expect(first).toEqual({ status: 200, body: { received: true, duplicate: false } });
-    const again = await post(body, signWebhook(secret(), body, nowS()));
+    const again = await postWebhook(stack, body);
     expect(again).toEqual({ status: 200, body: { received: true, duplicate: true } });
     const payment = await waitFor(async () => {
       const counts = await rowCounts(stack.settle.db);

@@ -16,14 +16,16 @@ import {
 } from '../../src/grpc/generated/settle/v1/payment.js';
 import { PaymentStatus } from '../../src/grpc/generated/settle/psp/v1/psp.js';
 import { Janitor } from '../../src/jobs/janitor.js';
-import { signWebhook } from '../../src/psp/webhook.js';
 import { openDatabase } from '../../src/storage/db.js';
 import {
   CARD,
   call,
+  count,
   expectMoneyInvariants,
   freePort,
   payOnHostedPage,
+  postWebhook,
+  pspEvent,
   startStack,
   waitFor,
   type Stack,
@@ -63,9 +65,6 @@ async function order(paymentId: string): Promise<PaymentOrder> {
   return payment?.orders[0] as PaymentOrder;
 }
 
-const count = async (query: ReturnType<typeof sql<{ n: string }>>) =>
-  Number((await query.execute(stack.settle.db)).rows[0]?.n ?? 0);
-
 describe('janitor', () => {
   it('recovers a payment whose webhook never arrived: SUCCEEDED once, from the PSP status', async () => {
     const o = await create(777n);
@@ -82,10 +81,14 @@ describe('janitor', () => {
     expect(done.failureReason).toBe('');
     await new Promise((resolve) => setTimeout(resolve, 1_200)); // more janitor passes
     expect(
-      await count(sql`SELECT COUNT(*) AS n FROM ledger_transaction WHERE order_id = ${o.orderId}`),
+      await count(
+        stack.settle.db,
+        sql`SELECT COUNT(*) AS n FROM ledger_transaction WHERE order_id = ${o.orderId}`,
+      ),
     ).toBe(1);
     expect(
       await count(
+        stack.settle.db,
         sql`SELECT COUNT(*) AS n FROM payment_order_transition WHERE order_id = ${o.orderId} AND to_state = 'SUCCEEDED'`,
       ),
     ).toBe(1);
@@ -162,38 +165,24 @@ describe('janitor', () => {
       { timeoutMs: 15_000 },
     );
     expect(expired.state).toBe(PaymentOrderState.PAYMENT_ORDER_STATE_EXPIRED);
-    const nowS = Math.floor(Date.now() / 1000);
-    const body = JSON.stringify({
-      id: `evt_${randomUUID()}`,
-      type: 'payment.succeeded',
-      created: nowS,
-      data: {
-        nonce: o.orderId,
-        token: o.pspToken,
-        psp_reference: 'psp_late',
-        amount_minor: '4321',
-        currency: 'USD',
-        decline_code: null,
-      },
-    });
-    const response = await fetch(`${stack.settleHttp}/webhooks/psp`, {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/json',
-        'psp-signature': signWebhook(stack.config.PSP_WEBHOOK_SECRET, body, nowS),
-      },
-      body,
-    });
+    const response = await postWebhook(
+      stack,
+      pspEvent(o.orderId, { amountMinor: 4321n, token: o.pspToken, pspReference: 'psp_late' }),
+    );
     expect(response.status).toBe(200);
     await waitFor(
       async () =>
         (await count(
+          stack.settle.db,
           sql`SELECT COUNT(*) AS n FROM payment_order WHERE id = ${o.orderId} AND review_reason = 'CHARGED_AFTER_EXPIRY'`,
         )) === 1,
     );
     expect((await order(o.paymentId)).state).toBe(PaymentOrderState.PAYMENT_ORDER_STATE_EXPIRED);
     expect(
-      await count(sql`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${o.orderId}`),
+      await count(
+        stack.settle.db,
+        sql`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${o.orderId}`,
+      ),
     ).toBe(0);
   });
 
@@ -215,7 +204,8 @@ describe('janitor', () => {
     const all = [...passA.checked, ...passB.checked];
     expect(new Set(all).size).toBe(all.length);
     expect(all.length).toBeGreaterThanOrEqual(5);
-    const [again] = await Promise.all([a.runOnce(), b.runOnce()]);
-    expect(again.checked).toEqual([]);
+    // Within the lease neither janitor takes any of them again.
+    const [againA, againB] = await Promise.all([a.runOnce(), b.runOnce()]);
+    expect([...againA.checked, ...againB.checked]).toEqual([]);
   });
 });

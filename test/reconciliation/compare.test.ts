@@ -24,14 +24,14 @@ import {
   type SettlementRow,
 } from '../../src/reconciliation/index.js';
 import type { LedgerPayment } from '../../src/reconciliation/compare.js';
-import { ensureDatabase, migrateToLatest, openDatabase, type Db } from '../../src/storage/db.js';
+import type { Db } from '../../src/storage/db.js';
 import {
   ACCOUNT,
   creditWallet,
   postLedgerTransaction,
 } from '../../src/storage/repositories/ledger.repository.js';
 import { inTransaction } from '../../src/storage/transaction.js';
-import { dropDatabase, expectMoneyInvariants, testDatabaseUrl } from '../support/harness.js';
+import { expectMoneyInvariants, openTestDatabase } from '../support/harness.js';
 
 const DAY = '2024-03-10';
 
@@ -159,21 +159,16 @@ function prng(seed: number): () => number {
 }
 
 describe('the SQL engine agrees with compare()', () => {
-  let url: string;
   let db: Db;
   let close: () => Promise<void>;
   let dir: string;
 
   beforeAll(async () => {
-    url = testDatabaseUrl('settle_t');
-    await ensureDatabase(url);
-    ({ db, close } = openDatabase(url, { poolSize: 4 }));
-    await migrateToLatest(db);
+    ({ db, close } = await openTestDatabase('settle_t', { poolSize: 4 }));
     dir = await mkdtemp(path.join(tmpdir(), 'settle-engine-'));
   });
   afterAll(async () => {
     await close?.();
-    await dropDatabase(url);
     await rm(dir, { recursive: true, force: true });
   });
 

@@ -14,32 +14,27 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { formatMajor } from '../../src/domain/money.js';
 import { newId } from '../../src/domain/ids.js';
 import { ReconciliationService, SETTLEMENT_HEADER } from '../../src/reconciliation/index.js';
-import { ensureDatabase, migrateToLatest, openDatabase, type Db } from '../../src/storage/db.js';
+import type { Db } from '../../src/storage/db.js';
 import {
   ACCOUNT,
   creditWallet,
   postLedgerTransaction,
 } from '../../src/storage/repositories/ledger.repository.js';
 import { inTransaction } from '../../src/storage/transaction.js';
-import { dropDatabase, expectMoneyInvariants, testDatabaseUrl } from '../support/harness.js';
+import { expectMoneyInvariants, openTestDatabase } from '../support/harness.js';
 
-let url: string;
 let db: Db;
 let close: () => Promise<void>;
 let dir: string;
 const services: ReconciliationService[] = [];
 
 beforeAll(async () => {
-  url = testDatabaseUrl('settle_t');
-  await ensureDatabase(url);
-  ({ db, close } = openDatabase(url, { poolSize: 8 }));
-  await migrateToLatest(db);
+  ({ db, close } = await openTestDatabase('settle_t', { poolSize: 8 }));
   dir = await mkdtemp(path.join(tmpdir(), 'settle-recovery-'));
 });
 afterAll(async () => {
   for (const service of services) await service.stop();
   await close?.();
-  await dropDatabase(url);
   await rm(dir, { recursive: true, force: true });
 });
 

@@ -18,8 +18,8 @@ import {
   ReconciliationService,
   SETTLEMENT_HEADER,
 } from '../../src/reconciliation/index.js';
-import { ensureDatabase, migrateToLatest, openDatabase, type Db } from '../../src/storage/db.js';
-import { dropDatabase, testDatabaseUrl, waitFor } from '../support/harness.js';
+import type { Db } from '../../src/storage/db.js';
+import { openTestDatabase, waitFor } from '../support/harness.js';
 
 const AT_2_AM = 120;
 
@@ -53,7 +53,6 @@ describe('dueUtcDays', () => {
 });
 
 describe('ReconciliationSchedule', () => {
-  let url: string;
   let db: Db;
   let close: () => Promise<void>;
   let dir: string;
@@ -61,16 +60,12 @@ describe('ReconciliationSchedule', () => {
   const services: ReconciliationService[] = [];
 
   beforeAll(async () => {
-    url = testDatabaseUrl('settle_t');
-    await ensureDatabase(url);
-    ({ db, close } = openDatabase(url, { poolSize: 8 }));
-    await migrateToLatest(db);
+    ({ db, close } = await openTestDatabase('settle_t', { poolSize: 8 }));
     dir = await mkdtemp(path.join(tmpdir(), 'settle-schedule-'));
   });
   afterAll(async () => {
     for (const service of services) await service.stop();
     await close?.();
-    await dropDatabase(url);
     await rm(dir, { recursive: true, force: true });
   });
   beforeEach(async () => {

@@ -5,27 +5,22 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sql } from 'kysely';
-import { ensureDatabase, migrateToLatest, openDatabase, type Db } from '../../src/storage/db.js';
+import type { Db } from '../../src/storage/db.js';
 import { inTransaction } from '../../src/storage/transaction.js';
 import {
   postLedgerTransaction,
   UnbalancedLedgerTransactionError,
 } from '../../src/storage/repositories/ledger.repository.js';
 import { isCheckViolation, isDuplicateKey } from '../../src/storage/errors.js';
-import { dropDatabase, expectLedgerBalanced, testDatabaseUrl } from '../support/harness.js';
+import { expectLedgerBalanced, openTestDatabase } from '../support/harness.js';
 
-let url: string;
 let db: Db;
 let close: () => Promise<void>;
 beforeAll(async () => {
-  url = testDatabaseUrl('settle_ledger_t');
-  await ensureDatabase(url);
-  ({ db, close } = openDatabase(url, { poolSize: 2 }));
-  await migrateToLatest(db);
+  ({ db, close } = await openTestDatabase('settle_ledger_t', { poolSize: 2 }));
 });
 afterAll(async () => {
-  await close();
-  await dropDatabase(url);
+  await close?.();
 });
 
 const now = new Date();

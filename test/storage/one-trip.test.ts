@@ -7,31 +7,20 @@
 import { existsSync } from 'node:fs';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  ensureDatabase,
-  migrateToLatest,
-  openDatabase,
-  parseMysqlUrl,
-  serverAddress,
-  type Db,
-} from '../../src/storage/db.js';
+import { openDatabase, parseMysqlUrl, serverAddress, type Db } from '../../src/storage/db.js';
 import { affectedRows, resultRows, transactionInOneTrip } from '../../src/storage/one-trip.js';
 import { isDuplicateKey } from '../../src/storage/errors.js';
 import { idempotencyKeysCompletion } from '../../src/storage/repositories/payment.repository.js';
-import { dropDatabase, testDatabaseUrl } from '../support/harness.js';
+import { openTestDatabase } from '../support/harness.js';
 
 let url: string;
 let db: Db;
 let close: () => Promise<void>;
 beforeAll(async () => {
-  url = testDatabaseUrl('settle_onetrip_t');
-  await ensureDatabase(url);
-  ({ db, close } = openDatabase(url, { poolSize: 2 }));
-  await migrateToLatest(db);
+  ({ db, url, close } = await openTestDatabase('settle_onetrip_t', { poolSize: 2 }));
 });
 afterAll(async () => {
-  await close();
-  await dropDatabase(url);
+  await close?.();
 });
 
 const inboxRow = (eventId: string) =>
@@ -79,12 +68,27 @@ describe('transactionInOneTrip', () => {
 
   it('rolls back the statements before one that fails, and runs none after it', async () => {
     await transactionInOneTrip(db, [inboxRow('c-0')], () => ({ commit: true }));
-    const error = await transactionInOneTrip(
-      db,
-      [inboxRow('c-1'), inboxRow('c-0'), inboxRow('c-2')],
-      () => ({ commit: true }),
-    ).catch((caught: unknown) => caught);
+    // A session variable outlives the rollback: on the same connection, it shows whether the
+    // statement after the failing one ran at all.
+    const { error, ran } = await db.connection().execute(async (connection) => {
+      await sql`SET @ran_after_failure = 0`.execute(connection);
+      const failed = await transactionInOneTrip(
+        connection,
+        [
+          inboxRow('c-1'),
+          inboxRow('c-0'),
+          sql`SET @ran_after_failure = 1`.compile(connection),
+          inboxRow('c-2'),
+        ],
+        () => ({ commit: true }),
+      ).catch((caught: unknown) => caught);
+      const variable = await sql<{ ran: number }>`SELECT @ran_after_failure AS ran`.execute(
+        connection,
+      );
+      return { error: failed, ran: Number(variable.rows[0]?.ran) };
+    });
     expect(isDuplicateKey(error)).toBe(true);
+    expect(ran).toBe(0);
     expect(await countInbox('c-')).toBe(1);
     // The connection went back to the pool clean: the next transaction works.
     await transactionInOneTrip(db, [inboxRow('c-3')], () => ({ commit: true }));

@@ -5,25 +5,20 @@
  * Method: the repository functions against a fresh, migrated MariaDB database.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureDatabase, migrateToLatest, openDatabase, type Db } from '../../src/storage/db.js';
+import type { Db } from '../../src/storage/db.js';
 import {
   claimIdempotencyKey,
   purgeIdempotencyKeys,
 } from '../../src/storage/repositories/payment.repository.js';
-import { dropDatabase, testDatabaseUrl } from '../support/harness.js';
+import { openTestDatabase } from '../support/harness.js';
 
-let url: string;
 let db: Db;
 let close: () => Promise<void>;
 beforeAll(async () => {
-  url = testDatabaseUrl('settle_idem_t');
-  await ensureDatabase(url);
-  ({ db, close } = openDatabase(url, { poolSize: 2 }));
-  await migrateToLatest(db);
+  ({ db, close } = await openTestDatabase('settle_idem_t', { poolSize: 2 }));
 });
 afterAll(async () => {
-  await close();
-  await dropDatabase(url);
+  await close?.();
 });
 
 const key = (requestId: string, now: Date, leaseMs = 30_000) => ({
@@ -35,14 +30,14 @@ const key = (requestId: string, now: Date, leaseMs = 30_000) => ({
 });
 
 describe('idempotency keys', () => {
-  it('claims once; a second claim sees the key in flight', async () => {
+  it('claims once; a concurrent claim sees the key in flight', async () => {
     const now = new Date();
-    expect(await claimIdempotencyKey(db, key('00000000-0000-4000-8000-000000000001', now))).toEqual(
-      { kind: 'claimed' },
-    );
-    expect(
-      (await claimIdempotencyKey(db, key('00000000-0000-4000-8000-000000000001', now))).kind,
-    ).toBe('in-flight');
+    // Two claims at once, on two pooled connections: exactly one inserts the key.
+    const claims = await Promise.all([
+      claimIdempotencyKey(db, key('00000000-0000-4000-8000-000000000001', now)),
+      claimIdempotencyKey(db, key('00000000-0000-4000-8000-000000000001', now)),
+    ]);
+    expect(claims.map((claim) => claim.kind).sort()).toEqual(['claimed', 'in-flight']);
   });
 
   it('takes over a key whose owner died once its lease ran out', async () => {

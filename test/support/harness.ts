@@ -4,15 +4,29 @@
  * browser does it, condition waits with deadlines, and the money invariants every scenario ends
  * with (ledger balanced, wallets equal to the ledger).
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
 import { expect, inject } from 'vitest';
 import { loadConfig, type Config } from '../../src/config.js';
 import { startSettle, type SettleNode, type SettleOverrides } from '../../src/app.js';
 import { startPspMock, type PspMock } from '../../src/psp/mock/index.js';
-import { dropDatabase, withDatabaseName, type Db } from '../../src/storage/db.js';
+import {
+  dropDatabase,
+  ensureDatabase,
+  migrateToLatest,
+  openDatabase,
+  withDatabaseName,
+  type Db,
+} from '../../src/storage/db.js';
 import { freePort } from '../../src/chaos/free-port.js';
+import {
+  encodePspWebhookEvent,
+  PSP_SIGNATURE_HEADER,
+  PSP_WEBHOOK_EVENT_TYPE,
+  signWebhook,
+  type PspWebhookEvent,
+} from '../../src/psp/webhook.js';
 
 // One implementation for tests, the bench and the chaos demo.
 export { dropDatabase, freePort };
@@ -38,8 +52,9 @@ export function testDatabaseUrl(prefix: string): string {
   return withDatabaseName(inject('mysqlUrl'), `${prefix}_${uniqueSuffix()}`);
 }
 
-export function testConfig(env: Record<string, string> = {}): Config {
-  return loadConfig({
+/** The environment of a test node: the test defaults, then `env`. */
+export function testEnv(env: Record<string, string> = {}): Record<string, string> {
+  return {
     NATS_URL: inject('natsUrl'),
     LOG_LEVEL: 'silent',
     CREATE_WAIT_MS: '2000',
@@ -48,10 +63,48 @@ export function testConfig(env: Record<string, string> = {}): Config {
     RECONCILIATION_AT: 'off',
     PSP_SETTLEMENT_AT: 'off',
     ...env,
-  });
+  };
+}
+
+export type TestDatabase = Readonly<{ db: Db; url: string; close: () => Promise<void> }>;
+
+/**
+ * A fresh database on the test server, migrated, with a pool of `poolSize`. `close()` closes
+ * the pool and drops the database.
+ */
+export async function openTestDatabase(
+  prefix: string,
+  options: Readonly<{ poolSize: number }>,
+): Promise<TestDatabase> {
+  const url = testDatabaseUrl(prefix);
+  await ensureDatabase(url);
+  const opened = openDatabase(url, options);
+  const close = async () => {
+    await opened.close();
+    await dropDatabase(url);
+  };
+  try {
+    await migrateToLatest(opened.db);
+  } catch (error) {
+    await close();
+    throw error;
+  }
+  return { db: opened.db, url, close };
+}
+
+/** Runs a `SELECT COUNT(*) AS n …` (or any query whose first row has `n`) and answers n. */
+export async function count(db: Db, query: ReturnType<typeof sql<{ n: string }>>): Promise<number> {
+  const result = await query.execute(db);
+  return Number(result.rows[0]?.n ?? 0);
+}
+
+export function testConfig(env: Record<string, string> = {}): Config {
+  return loadConfig(testEnv(env));
 }
 
 export type Stack = Readonly<{
+  /** The environment `config` was loaded from: a second node on the same stack starts from it. */
+  env: Readonly<Record<string, string>>;
   config: Config;
   settle: SettleNode;
   psp: PspMock;
@@ -78,7 +131,7 @@ export async function startStack(
   ]);
   const settleDb = testDatabaseUrl('settle_t');
   const pspDb = testDatabaseUrl('settle_psp_t');
-  const config = testConfig({
+  const env = testEnv({
     MYSQL_URL: settleDb,
     PSP_MYSQL_URL: pspDb,
     SETTLE_NAMESPACE: `t${uniqueSuffix()}`,
@@ -88,6 +141,7 @@ export async function startStack(
     PSP_HTTP_ADDR: `127.0.0.1:${pspHttpPort}`,
     ...options.env,
   });
+  const config = loadConfig(env);
   const psp = await startPspMock({ config, webhook: { backoffMsInitial: 50, backoffMsMax: 500 } });
   const settle = await startSettle(config, { nodeName: 'test-node', ...options.overrides });
   const address = `127.0.0.1:${settle.grpcPort}`;
@@ -97,6 +151,7 @@ export async function startStack(
   const ledger = new LedgerServiceClient(address, credentials);
   const pspApi = new PspServiceClient(`127.0.0.1:${psp.grpcPort}`, credentials);
   return {
+    env,
     config,
     settle,
     psp,
@@ -198,6 +253,68 @@ export async function payOnHostedPage(
     signal: AbortSignal.timeout(5_000),
   });
   return { status: response.status, html: await response.text() };
+}
+
+/**
+ * A PSP webhook event for `orderId`, as the PSP sends it: succeeded, or declined when
+ * `declineCode` is given. Fields not given get fresh or placeholder values.
+ */
+export function pspEvent(
+  orderId: string,
+  fields: Readonly<{
+    amountMinor: bigint;
+    declineCode?: string;
+    pspReference?: string;
+    token?: string;
+    eventId?: string;
+  }>,
+): PspWebhookEvent {
+  const declined = fields.declineCode !== undefined;
+  return {
+    id: fields.eventId ?? `evt_${randomUUID()}`,
+    type: declined
+      ? PSP_WEBHOOK_EVENT_TYPE.paymentDeclined
+      : PSP_WEBHOOK_EVENT_TYPE.paymentSucceeded,
+    created: Math.floor(Date.now() / 1000),
+    data: {
+      nonce: orderId,
+      token: fields.token ?? 'tok_x',
+      psp_reference: declined ? null : (fields.pspReference ?? `psp_${randomUUID()}`),
+      amount_minor: fields.amountMinor,
+      currency: 'USD',
+      decline_code: fields.declineCode ?? null,
+    },
+  };
+}
+
+export type WebhookResponse = {
+  status: number;
+  body: { received?: boolean; duplicate?: boolean; error?: { message: string } };
+};
+
+/**
+ * Posts a webhook to a node as the PSP does, signed now with the node's secret. A string is sent
+ * as it is (a test about the route's own parsing builds its raw body itself).
+ */
+export async function postWebhook(
+  stack: Pick<Stack, 'settleHttp' | 'config'>,
+  event: PspWebhookEvent | string,
+): Promise<WebhookResponse> {
+  const body = typeof event === 'string' ? event : encodePspWebhookEvent(event);
+  const response = await fetch(`${stack.settleHttp}/webhooks/psp`, {
+    method: 'POST',
+    headers: {
+      'content-type': 'application/json',
+      [PSP_SIGNATURE_HEADER]: signWebhook(
+        stack.config.PSP_WEBHOOK_SECRET,
+        body,
+        Math.floor(Date.now() / 1000),
+      ),
+    },
+    body,
+    signal: AbortSignal.timeout(10_000),
+  });
+  return { status: response.status, body: (await response.json()) as WebhookResponse['body'] };
 }
 
 export const CARD = { success: '4242424242424242', decline: '4000000000000002' } as const;
