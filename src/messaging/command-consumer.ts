@@ -4,6 +4,8 @@
  * committed; a retryable failure is nak'ed with exponential backoff and jitter; after the last
  * allowed delivery, or on a non-retryable failure, the message goes to the dead-letter stream
  * with its reason and is terminated. Malformed messages go straight to the dead-letter stream.
+ * Terminations carry no reason: nats-server 2.9 ignores a `+TERM` that has one, leaving the message
+ * unacknowledged and redelivered after ack_wait; the reason is in the dead letter instead.
  */
 import type {
   JsMsg,
@@ -173,7 +175,7 @@ export class CommandConsumer {
     const command = parseCommand(message.data);
     if (command === undefined) {
       await this.deadLetter(message, null, 'MALFORMED_COMMAND', 'payload is not a known command');
-      message.term('malformed command');
+      message.term();
       return;
     }
     // A command its node already tried once before handing it over counts that attempt, so the
@@ -201,7 +203,7 @@ export class CommandConsumer {
             outcome.reason,
             attempt,
           );
-          message.term(`retries exhausted: ${outcome.reason}`);
+          message.term();
           return;
         }
         const delayMs = this.retryDelayMs(attempt);
@@ -216,7 +218,7 @@ export class CommandConsumer {
       }
       case 'reject':
         await this.deadLetter(message, command.orderId, 'NON_RETRYABLE', outcome.reason, attempt);
-        message.term(outcome.reason);
+        message.term();
         return;
     }
   }
