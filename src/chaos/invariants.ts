@@ -12,7 +12,8 @@ import type { PspServiceClient } from '../grpc/generated/settle/psp/v1/psp.js';
 import type { Names } from '../messaging/subjects.js';
 import type { Db } from '../storage/db.js';
 import {
-  trialBalance,
+  trialBalanceByCurrency,
+  unbalancedLedgerTransactions,
   walletsNotMatchingLedger,
 } from '../storage/repositories/ledger.repository.js';
 import { callUnary } from './rpc.js';
@@ -142,13 +143,6 @@ export async function observe(sources: {
   const ledger = await sql<{ order_id: string; n: string; amount: string }>`
     SELECT order_id, COUNT(*) AS n, SUM(amount_minor) AS amount
     FROM ledger_transaction WHERE kind = 'PAYMENT' GROUP BY order_id`.execute(db);
-  const unbalanced = await sql<{ transaction_id: string }>`
-    SELECT transaction_id FROM ledger_entry GROUP BY transaction_id
-    HAVING SUM(debit_minor) <> SUM(credit_minor)`.execute(db);
-  const totals = new Map<string, bigint>();
-  for (const account of await trialBalance(db)) {
-    totals.set(account.currency, (totals.get(account.currency) ?? 0n) + account.balanceMinor);
-  }
   const outbox = await sql<{ n: string }>`SELECT COUNT(*) AS n FROM outbox`.execute(db);
   const response = await callUnary(
     sources.psp.listCharges.bind(sources.psp),
@@ -179,10 +173,10 @@ export async function observe(sources: {
         { count: Number(row.n), amountMinor: BigInt(row.amount) },
       ]),
     ),
-    unbalancedTransactions: unbalanced.rows.map((row) => row.transaction_id),
-    trialBalanceNonZero: [...totals]
-      .filter(([, total]) => total !== 0n)
-      .map(([currency, total]) => `${currency} ${total}`),
+    unbalancedTransactions: await unbalancedLedgerTransactions(db),
+    trialBalanceNonZero: (await trialBalanceByCurrency(db))
+      .filter((total) => total.balanceMinor !== 0n)
+      .map((total) => `${total.currency} ${total.balanceMinor}`),
     walletMismatches: (await walletsNotMatchingLedger(db)).map(
       (w) => `${w.sellerId}: wallet ${w.walletMinor}, ledger ${w.ledgerMinor}`,
     ),
