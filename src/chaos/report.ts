@@ -36,7 +36,7 @@ export function formatReport(result: ChaosResult): string {
     ['  not terminal, held in the DLQ', String(outcome.inDlqNotTerminal)],
     ['  flagged for review', String(outcome.flaggedForReview)],
     [
-      `dead letters (${outcome.deadLetterSource})`,
+      'dead letters (dead_letter table)',
       `${outcome.deadLetterEntries}${reasons(outcome.deadLetterReasons)}`,
     ],
     ['  by state at the end', list(outcome.deadLetterStates) || '-'],

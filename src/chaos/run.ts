@@ -228,12 +228,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     clearInterval(ticker.timer);
     options.signal?.removeEventListener('abort', abortRun);
 
-    const observed = await observe({
-      db: cluster.db,
-      psp: cluster.pspApi,
-      natsUrl: options.natsUrl,
-      names: cluster.names,
-    });
+    const observed = await observe({ db: cluster.db, psp: cluster.pspApi });
     const evaluation = evaluate(observed, {
       paymentsRequested: driver.stats.requested,
       paymentsAcknowledged: driver.stats.acknowledged,
@@ -318,7 +313,7 @@ async function waitUntilSettled(
         );
         if (Number(outbox.rows[0]?.n ?? 0) === 0) {
           if (open.length === 0) return true;
-          const dead = await readDeadLetters(cluster.db, cluster.options.natsUrl, cluster.names);
+          const deadLetters = await readDeadLetters(cluster.db);
           const lost = lostOrders({
             orders: open.map((row) => ({
               id: row.id,
@@ -329,7 +324,7 @@ async function waitUntilSettled(
               failureReason: null,
               reviewReason: null,
             })),
-            deadLetters: dead.rows,
+            deadLetters,
           });
           if (lost.length === 0) return true;
         }

@@ -60,7 +60,6 @@ function facts(): { observed: Observed; driver: DriverFacts } {
       outboxLeft: 0,
       charges: [{ nonce: 'ord_ok', pspReference: 'psp_a', amountMinor: 500n }],
       deadLetters: [{ orderId: 'ord_dlq', reason: 'RETRIES_EXHAUSTED', state: 'OPEN' }],
-      deadLetterSource: 'DLQ stream',
     },
     driver: {
       paymentsRequested: 2,

@@ -155,12 +155,7 @@ export async function expectExactlyOnce(
   cluster: ChaosCluster,
   paymentIds: readonly string[],
 ): Promise<void> {
-  const observed = await observe({
-    db: cluster.db,
-    psp: cluster.pspApi,
-    natsUrl: inject('natsUrl'),
-    names: cluster.names,
-  });
+  const observed = await observe({ db: cluster.db, psp: cluster.pspApi });
   const evaluation = evaluate(observed, {
     paymentsRequested: paymentIds.length,
     paymentsAcknowledged: paymentIds,
