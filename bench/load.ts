@@ -19,7 +19,7 @@ import {
   type CreatePaymentResponse,
 } from '../src/grpc/generated/settle/v1/payment.js';
 import { parseMysqlUrl, serverAddress } from '../src/storage/db.js';
-import { sleep } from './stack.js';
+import { sleep } from '../src/chaos/processes.js';
 
 const POLL_MS = 10;
 const POLL_IDS_MAX = 2_000;

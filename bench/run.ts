@@ -26,7 +26,8 @@ import { dropDatabase, withDatabaseName } from '../src/storage/db.js';
 import { summarizeProfile, type ProfileSummary } from './profile.js';
 import { stageLatencies, type StageLatency } from './stages.js';
 import { findPids, sampleMachine, sampleProcess, type ProcSample } from './proc.js';
-import { REPO_ROOT, sleep, startStack, type BenchStack } from './stack.js';
+import { sleep } from '../src/chaos/processes.js';
+import { REPO_ROOT, startStack, type BenchStack } from './stack.js';
 
 const HELP = `npm run bench -- [options]
 

@@ -17,7 +17,13 @@ import { createSettleClient, type SettleClient } from '../client/index.js';
 import { PspServiceClient } from '../grpc/generated/settle/psp/v1/psp.js';
 import { deleteTopology } from '../messaging/nats.js';
 import { names as topologyNames, type Names } from '../messaging/subjects.js';
-import { dropDatabase, openDatabase, parseMysqlUrl, type Db } from '../storage/db.js';
+import {
+  dropDatabase,
+  openDatabase,
+  parseMysqlUrl,
+  withDatabaseName,
+  type Db,
+} from '../storage/db.js';
 import { freePort } from './free-port.js';
 
 export { freePort };
@@ -96,8 +102,8 @@ export class ChaosCluster {
       throw new Error(`nodes must be an integer in [1, 8], got ${options.nodes}`);
     }
     const runId = options.runId ?? randomBytes(4).toString('hex');
-    const settleMysqlUrl = withDatabase(options.mysqlUrl, `settle_chaos_${runId}`);
-    const pspMysqlUrl = withDatabase(options.mysqlUrl, `settle_chaos_psp_${runId}`);
+    const settleMysqlUrl = withDatabaseName(options.mysqlUrl, `settle_chaos_${runId}`);
+    const pspMysqlUrl = withDatabaseName(options.mysqlUrl, `settle_chaos_psp_${runId}`);
     const namespace = `chaos_${runId}`;
     const names = topologyNames(namespace, CMD_PARTITIONS);
     const webhookSecret = `whsec_chaos_${randomBytes(12).toString('hex')}`;
@@ -355,12 +361,6 @@ export class ChaosCluster {
 
 function isAddressInUse(error: unknown): boolean {
   return /EADDRINUSE|is in use|already in use|No address added/i.test(String(error));
-}
-
-function withDatabase(url: string, database: string): string {
-  const parsed = new URL(url);
-  parsed.pathname = `/${database}`;
-  return parsed.toString();
 }
 
 function withHostPort(url: string, host: string, port: number): string {
