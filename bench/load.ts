@@ -19,6 +19,7 @@ import {
   type CreatePaymentResponse,
 } from '../src/grpc/generated/settle/v1/payment.js';
 import { parseMysqlUrl, serverAddress } from '../src/storage/db.js';
+import { TERMINAL_PAYMENT_STATES } from '../src/storage/repositories/payment.repository.js';
 import { sleep } from '../src/chaos/processes.js';
 
 const POLL_MS = 10;
@@ -28,8 +29,6 @@ export const TERMINAL_TIMEOUT_MS = 60_000;
 const CREATE_DEADLINE_MS = 10_000;
 /** Retries of one CreatePayment that Settle asked to retry (ABORTED, RESOURCE_EXHAUSTED, …). */
 const CREATE_RETRIES_MAX = 20;
-
-const TERMINAL = new Set(['SUCCEEDED', 'PARTIALLY_SUCCEEDED', 'FAILED']);
 
 export type PaymentShape = Readonly<{
   ordersPerPayment: number;
@@ -115,7 +114,7 @@ export class CompletionWatcher {
         const seenAt = Date.now();
         for (const row of rows) {
           const state = String(row['state']);
-          if (!TERMINAL.has(state)) continue;
+          if (!TERMINAL_PAYMENT_STATES.has(state)) continue;
           const id = String(row['id']);
           this.waiting.get(id)?.resolve({ state, at: seenAt });
           this.waiting.delete(id);

@@ -6,6 +6,7 @@
  * tested on made-up facts.
  */
 import { sql } from 'kysely';
+import { TERMINAL_STATES } from '../domain/payment-order.js';
 import type { PspServiceClient } from '../grpc/generated/settle/psp/v1/psp.js';
 import type { Db } from '../storage/db.js';
 import {
@@ -22,7 +23,8 @@ const DEAD_LETTERS_MAX = 50_000;
 /** Offenders quoted per failed check. */
 const EXAMPLES_MAX = 5;
 
-const TERMINAL = new Set(['SUCCEEDED', 'FAILED', 'EXPIRED']);
+/** The order states as read from the database are plain strings. */
+const TERMINAL: ReadonlySet<string> = TERMINAL_STATES;
 
 export type ObservedOrder = Readonly<{
   id: string;

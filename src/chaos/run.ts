@@ -18,6 +18,7 @@ import { evaluate, lostOrders, observe, readDeadLetters, type Evaluation } from 
 import { sleep } from './processes.js';
 import { checkHealth } from './rpc.js';
 import { DeadLetterState } from '../client/index.js';
+import { TERMINAL_STATES } from '../domain/payment-order.js';
 import { Rng } from './random.js';
 import { PaymentDriver, planPayments, type DriverStats } from './workload.js';
 
@@ -305,7 +306,7 @@ async function waitUntilSettled(
         const open = await cluster.db
           .selectFrom('payment_order')
           .select(['id', 'payment_id', 'state'])
-          .where('state', 'not in', ['SUCCEEDED', 'FAILED', 'EXPIRED'])
+          .where('state', 'not in', [...TERMINAL_STATES])
           .limit(10_000)
           .execute();
         const outbox = await sql<{ n: string }>`SELECT COUNT(*) AS n FROM outbox`.execute(

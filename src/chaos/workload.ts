@@ -10,12 +10,11 @@
  */
 import { PaymentOrderState, type Payment } from '../client/index.js';
 import { PaymentStatus } from '../grpc/generated/settle/psp/v1/psp.js';
+import { TEST_CARD } from '../psp/mock/card.js';
 import type { ChaosCluster, NodeHandle } from './cluster.js';
 import { sleep } from './processes.js';
 import type { Rng } from './random.js';
 import { callUnary, isRetryableStatus, statusName } from './rpc.js';
-
-export const CARD = { success: '4242424242424242', decline: '4000000000000002' } as const;
 
 /** Sellers the payments spread over; the first one is hot (many orders credit one wallet). */
 const SELLERS = 12;
@@ -68,8 +67,8 @@ export function planPayments(
         card: rng.chance(options.abandonShare)
           ? undefined
           : rng.chance(options.declineShare)
-            ? CARD.decline
-            : CARD.success,
+            ? TEST_CARD.declined
+            : TEST_CARD.success,
       })),
       startAtMs: Math.round((index / options.payments) * spreadMs + rng.next() * 200),
       firstNode: rng.int(0, options.nodes - 1),
