@@ -21,7 +21,10 @@ const START_TIMEOUT_MS = 60_000;
 const STOP_GRACE_MS = 15_000;
 /** Output lines kept per child for the report when something fails. */
 const OUTPUT_LINES_KEPT = 40;
-/** The bench uses the default partition count; deleteTopology needs it to name the streams. */
+/**
+ * names() wants a partition count, but the stream names deleteTopology uses do not depend on it;
+ * the node runs with the config default.
+ */
 const CMD_PARTITIONS = 16;
 
 export type Child = Readonly<{

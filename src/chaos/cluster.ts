@@ -25,13 +25,11 @@ import {
   type Db,
 } from '../storage/db.js';
 import { freePort } from './free-port.js';
-
-export { freePort };
 import { ManagedProcess, sleep, type Exit } from './processes.js';
 import { startTcpProxy, type TcpProxy } from './tcp-proxy.js';
 
 /** The repository root: children run `node --import tsx src/...` from here. */
-export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
 /** Command partitions of the cluster's namespace (the config default). */
 const CMD_PARTITIONS = 16;
