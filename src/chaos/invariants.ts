@@ -201,7 +201,10 @@ export function ordersInDlq(deadLetters: readonly DeadLetterRow[]): Set<string |
 }
 
 /** Orders that are not terminal and not held in the DLQ: nothing will ever finish them. */
-export function lostOrders(observed: Pick<Observed, 'orders' | 'deadLetters'>): ObservedOrder[] {
+export function lostOrders<Order extends Readonly<{ id: string; state: string }>>(observed: {
+  orders: readonly Order[];
+  deadLetters: readonly DeadLetterRow[];
+}): Order[] {
   const dead = ordersInDlq(observed.deadLetters);
   return observed.orders.filter((order) => !TERMINAL.has(order.state) && !dead.has(order.id));
 }

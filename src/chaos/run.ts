@@ -305,7 +305,7 @@ async function waitUntilSettled(
       if (created >= planned || stats.finished >= planned) {
         const open = await cluster.db
           .selectFrom('payment_order')
-          .select(['id', 'payment_id', 'state'])
+          .select(['id', 'state'])
           .where('state', 'not in', [...TERMINAL_STATES])
           .limit(10_000)
           .execute();
@@ -315,18 +315,7 @@ async function waitUntilSettled(
         if (Number(outbox.rows[0]?.n ?? 0) === 0) {
           if (open.length === 0) return true;
           const deadLetters = await readDeadLetters(cluster.db);
-          const lost = lostOrders({
-            orders: open.map((row) => ({
-              id: row.id,
-              paymentId: row.payment_id,
-              state: row.state,
-              amountMinor: 0n,
-              pspReference: null,
-              failureReason: null,
-              reviewReason: null,
-            })),
-            deadLetters,
-          });
+          const lost = lostOrders({ orders: open, deadLetters });
           if (lost.length === 0) return true;
         }
       }
