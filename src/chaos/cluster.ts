@@ -68,7 +68,8 @@ export type NodeHandle = {
   httpUrl: string;
   readonly natsProxy: TcpProxy;
   readonly mysqlProxy: TcpProxy;
-  client: SettleClient;
+  /** Undefined until the node's ports are assigned (before its first start). */
+  client: SettleClient | undefined;
   state: NodeState;
 };
 
@@ -181,7 +182,7 @@ export class ChaosCluster {
           httpUrl: '',
           natsProxy,
           mysqlProxy,
-          client: undefined as unknown as SettleClient,
+          client: undefined,
           state: 'down',
         });
       }
@@ -231,7 +232,7 @@ export class ChaosCluster {
     node.process.env.SETTLE_HTTP_ADDR = `127.0.0.1:${httpPort}`;
     node.grpcAddress = `127.0.0.1:${grpcPort}`;
     node.httpUrl = `http://127.0.0.1:${httpPort}`;
-    (node.client as SettleClient | undefined)?.close();
+    node.client?.close();
     node.client = createSettleClient(node.grpcAddress, { defaultTimeoutMs: 5_000 });
     this.webhookProxy.retarget(
       this.nodes
@@ -330,8 +331,7 @@ export class ChaosCluster {
     this.#destroyed = true;
     await Promise.all(this.nodes.map((node) => node.process.dispose()));
     await this.psp.dispose();
-    // A node whose ports were never assigned has no client yet.
-    for (const node of this.nodes) (node.client as SettleClient | undefined)?.close();
+    for (const node of this.nodes) node.client?.close();
     this.#pspClient?.close();
     await this.#db?.close().catch(() => undefined);
     await Promise.all(this.proxies.map((proxy) => proxy.close()));

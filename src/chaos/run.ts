@@ -329,13 +329,13 @@ async function waitUntilSettled(
 
 /** Replays every OPEN dead letter once, through any running node; returns how many. */
 async function replayDeadLetters(cluster: ChaosCluster, signal: AbortSignal): Promise<number> {
-  const node = cluster.upNodes()[0];
-  if (node === undefined) return 0;
+  const client = cluster.upNodes()[0]?.client;
+  if (client === undefined) return 0;
   const metadata = { authorization: `Bearer ${cluster.adminToken}` };
   const ids: string[] = [];
   let pageToken = '';
   do {
-    const page = await node.client.admin.listDeadLetters(
+    const page = await client.admin.listDeadLetters(
       { pageSize: 100, pageToken, state: DeadLetterState.DEAD_LETTER_STATE_OPEN, orderId: '' },
       { metadata },
     );
@@ -344,7 +344,7 @@ async function replayDeadLetters(cluster: ChaosCluster, signal: AbortSignal): Pr
   } while (pageToken !== '' && ids.length < REPLAYS_MAX && !signal.aborted);
   for (const id of ids) {
     if (signal.aborted) break;
-    await node.client.admin.replayDeadLetter({ id }, { metadata });
+    await client.admin.replayDeadLetter({ id }, { metadata });
   }
   return ids.length;
 }

@@ -213,13 +213,13 @@ export class PaymentDriver {
       orders: plan.orders.map((o) => ({ sellerId: o.sellerId, amountMinor: o.amountMinor })),
     };
     for (let attempt = 0; Date.now() < deadline && !signal.aborted; attempt += 1) {
-      const node = this.#nodeFor(plan.firstNode + attempt);
-      if (node === undefined) {
+      const client = this.#nodeFor(plan.firstNode + attempt)?.client;
+      if (client === undefined) {
         await sleep(RETRY_PAUSE_MS, signal);
         continue;
       }
       try {
-        const response = await node.client.payments.createPayment(request, {
+        const response = await client.payments.createPayment(request, {
           timeoutMs: CALL_TIMEOUT_MS,
         });
         if (response.payment === undefined) throw new Error('CreatePayment returned no payment');
@@ -241,10 +241,10 @@ export class PaymentDriver {
   }
 
   async #get(paymentId: string): Promise<Payment | undefined> {
-    const node = this.#nodeFor((this.#reads += 1));
-    if (node === undefined) return undefined;
+    const client = this.#nodeFor((this.#reads += 1))?.client;
+    if (client === undefined) return undefined;
     try {
-      return (await node.client.payments.getPayment({ paymentId }, { timeoutMs: CALL_TIMEOUT_MS }))
+      return (await client.payments.getPayment({ paymentId }, { timeoutMs: CALL_TIMEOUT_MS }))
         .payment;
     } catch {
       return undefined;

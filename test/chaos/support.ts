@@ -57,7 +57,9 @@ export async function createPayments(
   cluster: ChaosCluster,
   options: { count: number; ordersEach: number; node?: number },
 ): Promise<string[]> {
-  const client = cluster.node(options.node ?? 0).client;
+  const node = cluster.node(options.node ?? 0);
+  const client = node.client;
+  if (client === undefined) throw new Error(`${node.name} was never started`);
   return Promise.all(
     Array.from({ length: options.count }, async (_, i) => {
       const request = {
