@@ -94,7 +94,10 @@ export type DriverStats = {
   ordersPaid: number;
   /** Orders the plan never pays (they must expire). */
   ordersAbandoned: number;
-  /** Orders that ended, or stayed without a checkout URL, before they could be paid. */
+  /**
+   * Orders the plan pays that were not paid: they ended, or had no checkout URL, before the
+   * deadline, or PayWithCard failed.
+   */
   ordersNeverPaid: number;
   payRetries: number;
   /** Payments whose task has ended (paid, given up, or failed). */
