@@ -8,7 +8,8 @@
 import { sql } from 'kysely';
 import { openDatabase } from '../src/storage/db.js';
 import {
-  trialBalance,
+  trialBalanceByCurrency,
+  unbalancedLedgerTransactions,
   walletsNotMatchingLedger,
 } from '../src/storage/repositories/ledger.repository.js';
 
@@ -32,15 +33,14 @@ export async function checkInvariants(options: {
     const onePsp = async (query: ReturnType<typeof sql<Record<string, string | null>>>) =>
       (await query.execute(psp.db)).rows[0] ?? {};
 
-    const unbalanced = await sql<{ n: string }>`
-      SELECT COUNT(*) AS n FROM (SELECT transaction_id FROM ledger_entry GROUP BY transaction_id
-      HAVING SUM(debit_minor) <> SUM(credit_minor)) t`.execute(settle.db);
-    const trial = (await trialBalance(settle.db)).reduce((sum, a) => sum + a.balanceMinor, 0n);
-    const unbalancedCount = Number(unbalanced.rows[0]?.n ?? 0);
+    const unbalanced = await unbalancedLedgerTransactions(settle.db);
+    // Per currency: a surplus in one currency must not hide a deficit in another.
+    const trial = await trialBalanceByCurrency(settle.db);
     add(
       'ledger balanced',
-      unbalancedCount === 0 && trial === 0n,
-      `${unbalancedCount} unbalanced transactions, trial balance ${trial}`,
+      unbalanced.length === 0 && trial.every((total) => total.balanceMinor === 0n),
+      `${unbalanced.length} unbalanced transactions, trial balance ` +
+        (trial.map((total) => `${total.currency} ${total.balanceMinor}`).join(', ') || '0'),
     );
 
     const mismatched = await walletsNotMatchingLedger(settle.db);

@@ -19,17 +19,20 @@ import {
   type CreatePaymentResponse,
 } from '../src/grpc/generated/settle/v1/payment.js';
 import { parseMysqlUrl, serverAddress } from '../src/storage/db.js';
-import { sleep } from './stack.js';
+import { TERMINAL_PAYMENT_STATES } from '../src/storage/repositories/payment.repository.js';
+import { sleep } from '../src/chaos/processes.js';
+import { isRetryableStatus } from '../src/chaos/rpc.js';
 
 const POLL_MS = 10;
 const POLL_IDS_MAX = 2_000;
 /** A payment not terminal this long after its creation counts as timed out. */
 export const TERMINAL_TIMEOUT_MS = 60_000;
 const CREATE_DEADLINE_MS = 10_000;
-/** Retries of one CreatePayment that Settle asked to retry (ABORTED, RESOURCE_EXHAUSTED, …). */
+/**
+ * Attempts of one CreatePayment, all with the same request id: retried when Settle asks
+ * (ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE) or the answer was lost (DEADLINE_EXCEEDED).
+ */
 const CREATE_RETRIES_MAX = 20;
-
-const TERMINAL = new Set(['SUCCEEDED', 'PARTIALLY_SUCCEEDED', 'FAILED']);
 
 export type PaymentShape = Readonly<{
   ordersPerPayment: number;
@@ -115,7 +118,7 @@ export class CompletionWatcher {
         const seenAt = Date.now();
         for (const row of rows) {
           const state = String(row['state']);
-          if (!TERMINAL.has(state)) continue;
+          if (!TERMINAL_PAYMENT_STATES.has(state)) continue;
           const id = String(row['id']);
           this.waiting.get(id)?.resolve({ state, at: seenAt });
           this.waiting.delete(id);
@@ -152,7 +155,12 @@ export class LoadDriver {
     this.client.close();
   }
 
-  /** Creates one payment (retrying what Settle asks to retry); returns its id and the time. */
+  /**
+   * Creates one payment, retrying with the same request id what may be retried; returns its id
+   * and the time. A call past its deadline may still have committed the payment, so it is asked
+   * again (the same id answers with that payment) rather than given up: the end-of-run check
+   * counts every stored payment as created.
+   */
   async create(
     shape: PaymentShape,
     errors: Record<string, number>,
@@ -177,11 +185,7 @@ export class LoadDriver {
         const code = (error as grpc.ServiceError).code;
         const name = code === undefined ? 'ERROR' : (grpc.status[code] ?? String(code));
         errors[name] = (errors[name] ?? 0) + 1;
-        const retryable =
-          code === grpc.status.ABORTED ||
-          code === grpc.status.RESOURCE_EXHAUSTED ||
-          code === grpc.status.UNAVAILABLE;
-        if (!retryable) return undefined;
+        if (!isRetryableStatus(error)) return undefined;
         await sleep(Math.min(1_000, 20 * attempt));
       }
     }

@@ -12,21 +12,21 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { createPool, type RowDataPacket } from 'mysql2/promise';
 import { PspServiceClient } from '../src/grpc/generated/settle/psp/v1/psp.js';
-import { parseMysqlUrl, serverAddress } from '../src/storage/db.js';
+import { dropDatabase, parseMysqlUrl, serverAddress, withDatabaseName } from '../src/storage/db.js';
 import type { CeilingResult } from './ceiling.js';
 import { checkInvariants, type Check } from './invariants.js';
 import { CompletionWatcher, LoadDriver, quantile, type LoadResult } from './load.js';
-import { dropDatabase, withDatabaseName } from '../src/storage/db.js';
 import { summarizeProfile, type ProfileSummary } from './profile.js';
 import { stageLatencies, type StageLatency } from './stages.js';
 import { findPids, sampleMachine, sampleProcess, type ProcSample } from './proc.js';
-import { REPO_ROOT, sleep, startStack, type BenchStack } from './stack.js';
+import { sleep } from '../src/chaos/processes.js';
+import { REPO_ROOT, startStack, type BenchStack } from './stack.js';
 
 const HELP = `npm run bench -- [options]
 
@@ -1055,9 +1055,8 @@ function report(
 async function main(): Promise<void> {
   const options = parseOptions(process.argv.slice(2));
   log(
-    `bench: ${options.quick ? 'quick' : 'full'} run; machine ${(await import('node:os')).cpus().length} cores, ` +
-      `load average ${(await import('node:os'))
-        .loadavg()
+    `bench: ${options.quick ? 'quick' : 'full'} run; machine ${cpus().length} cores, ` +
+      `load average ${loadavg()
         .map((l) => l.toFixed(2))
         .join(' ')}`,
   );

@@ -6,14 +6,14 @@
  * and every wait in it is bounded.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { connect } from '@nats-io/transport-node';
 import { deleteTopology } from '../src/messaging/nats.js';
 import { names as topologyNames } from '../src/messaging/subjects.js';
 import { dropDatabase, withDatabaseName } from '../src/storage/db.js';
-import { freePort } from '../src/chaos/free-port.js';
+import { freePort, reachable } from '../src/chaos/free-port.js';
+import { sleep } from '../src/chaos/processes.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -21,7 +21,10 @@ const START_TIMEOUT_MS = 60_000;
 const STOP_GRACE_MS = 15_000;
 /** Output lines kept per child for the report when something fails. */
 const OUTPUT_LINES_KEPT = 40;
-/** The bench uses the default partition count; deleteTopology needs it to name the streams. */
+/**
+ * names() wants a partition count, but the stream names deleteTopology uses do not depend on it;
+ * the node runs with the config default.
+ */
 const CMD_PARTITIONS = 16;
 
 export type Child = Readonly<{
@@ -170,7 +173,7 @@ async function waitForPort(child: Child, port: number): Promise<void> {
     if (child.exited()) {
       throw new Error(`${child.name} exited during start:\n${child.output().join('\n')}`);
     }
-    if (await probe(port)) return;
+    if (await reachable('127.0.0.1', port, 500)) return;
     await sleep(100);
   }
   throw new Error(`${child.name} did not listen on ${port} within ${START_TIMEOUT_MS} ms`);
@@ -193,19 +196,6 @@ async function waitForHealthz(child: Child, url: string): Promise<void> {
   throw new Error(`${child.name} was not healthy within ${START_TIMEOUT_MS} ms`);
 }
 
-function probe(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect({ host: '127.0.0.1', port });
-    const done = (ok: boolean) => {
-      socket.destroy();
-      resolve(ok);
-    };
-    socket.setTimeout(500, () => done(false));
-    socket.once('connect', () => done(true));
-    socket.once('error', () => done(false));
-  });
-}
-
 async function stopChild(child: Child): Promise<void> {
   if (child.exited()) return;
   const exited = new Promise<void>((resolve) => child.process.once('exit', () => resolve()));
@@ -226,8 +216,4 @@ async function removeNamespace(natsUrl: string, namespace: string): Promise<void
   } finally {
     await nc.close();
   }
-}
-
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -17,15 +17,19 @@ import { createSettleClient, type SettleClient } from '../client/index.js';
 import { PspServiceClient } from '../grpc/generated/settle/psp/v1/psp.js';
 import { deleteTopology } from '../messaging/nats.js';
 import { names as topologyNames, type Names } from '../messaging/subjects.js';
-import { dropDatabase, openDatabase, parseMysqlUrl, type Db } from '../storage/db.js';
+import {
+  dropDatabase,
+  openDatabase,
+  parseMysqlUrl,
+  withDatabaseName,
+  type Db,
+} from '../storage/db.js';
 import { freePort } from './free-port.js';
-
-export { freePort };
 import { ManagedProcess, sleep, type Exit } from './processes.js';
 import { startTcpProxy, type TcpProxy } from './tcp-proxy.js';
 
 /** The repository root: children run `node --import tsx src/...` from here. */
-export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
 /** Command partitions of the cluster's namespace (the config default). */
 const CMD_PARTITIONS = 16;
@@ -64,7 +68,8 @@ export type NodeHandle = {
   httpUrl: string;
   readonly natsProxy: TcpProxy;
   readonly mysqlProxy: TcpProxy;
-  client: SettleClient;
+  /** Undefined until the node's ports are assigned (before its first start). */
+  client: SettleClient | undefined;
   state: NodeState;
 };
 
@@ -96,8 +101,8 @@ export class ChaosCluster {
       throw new Error(`nodes must be an integer in [1, 8], got ${options.nodes}`);
     }
     const runId = options.runId ?? randomBytes(4).toString('hex');
-    const settleMysqlUrl = withDatabase(options.mysqlUrl, `settle_chaos_${runId}`);
-    const pspMysqlUrl = withDatabase(options.mysqlUrl, `settle_chaos_psp_${runId}`);
+    const settleMysqlUrl = withDatabaseName(options.mysqlUrl, `settle_chaos_${runId}`);
+    const pspMysqlUrl = withDatabaseName(options.mysqlUrl, `settle_chaos_psp_${runId}`);
     const namespace = `chaos_${runId}`;
     const names = topologyNames(namespace, CMD_PARTITIONS);
     const webhookSecret = `whsec_chaos_${randomBytes(12).toString('hex')}`;
@@ -177,7 +182,7 @@ export class ChaosCluster {
           httpUrl: '',
           natsProxy,
           mysqlProxy,
-          client: undefined as unknown as SettleClient,
+          client: undefined,
           state: 'down',
         });
       }
@@ -227,7 +232,7 @@ export class ChaosCluster {
     node.process.env.SETTLE_HTTP_ADDR = `127.0.0.1:${httpPort}`;
     node.grpcAddress = `127.0.0.1:${grpcPort}`;
     node.httpUrl = `http://127.0.0.1:${httpPort}`;
-    (node.client as SettleClient | undefined)?.close();
+    node.client?.close();
     node.client = createSettleClient(node.grpcAddress, { defaultTimeoutMs: 5_000 });
     this.webhookProxy.retarget(
       this.nodes
@@ -326,8 +331,7 @@ export class ChaosCluster {
     this.#destroyed = true;
     await Promise.all(this.nodes.map((node) => node.process.dispose()));
     await this.psp.dispose();
-    // A node whose ports were never assigned has no client yet.
-    for (const node of this.nodes) (node.client as SettleClient | undefined)?.close();
+    for (const node of this.nodes) node.client?.close();
     this.#pspClient?.close();
     await this.#db?.close().catch(() => undefined);
     await Promise.all(this.proxies.map((proxy) => proxy.close()));
@@ -355,12 +359,6 @@ export class ChaosCluster {
 
 function isAddressInUse(error: unknown): boolean {
   return /EADDRINUSE|is in use|already in use|No address added/i.test(String(error));
-}
-
-function withDatabase(url: string, database: string): string {
-  const parsed = new URL(url);
-  parsed.pathname = `/${database}`;
-  return parsed.toString();
 }
 
 function withHostPort(url: string, host: string, port: number): string {

@@ -5,26 +5,26 @@
  * is a pure function from those facts to the outcome counts and a list of checks, so it can be
  * tested on made-up facts.
  */
-import { jetstreamManager } from '@nats-io/jetstream';
-import { connect } from '@nats-io/transport-node';
 import { sql } from 'kysely';
+import { TERMINAL_STATES } from '../domain/payment-order.js';
 import type { PspServiceClient } from '../grpc/generated/settle/psp/v1/psp.js';
-import type { Names } from '../messaging/subjects.js';
 import type { Db } from '../storage/db.js';
 import {
-  trialBalance,
+  trialBalanceByCurrency,
+  unbalancedLedgerTransactions,
   walletsNotMatchingLedger,
 } from '../storage/repositories/ledger.repository.js';
 import { callUnary } from './rpc.js';
 
 /** Rows read per table at most; a chaos run is far smaller. */
 const ROWS_MAX = 200_000;
-/** Dead letters read from the stream at most. */
+/** Dead letters read at most. */
 const DEAD_LETTERS_MAX = 50_000;
 /** Offenders quoted per failed check. */
 const EXAMPLES_MAX = 5;
 
-const TERMINAL = new Set(['SUCCEEDED', 'FAILED', 'EXPIRED']);
+/** The order states as read from the database are plain strings. */
+const TERMINAL: ReadonlySet<string> = TERMINAL_STATES;
 
 export type ObservedOrder = Readonly<{
   id: string;
@@ -65,7 +65,6 @@ export type Observed = Readonly<{
   /** From the PSP mock's own records (ListCharges). */
   charges: readonly ObservedCharge[];
   deadLetters: readonly DeadLetterRow[];
-  deadLetterSource: string;
 }>;
 
 /** What the driver of the run knows (the checks that need the outside view). */
@@ -107,19 +106,13 @@ export type Outcome = Readonly<{
   deadLetterEntries: number;
   deadLetterReasons: Readonly<Record<string, number>>;
   deadLetterStates: Readonly<Record<string, number>>;
-  deadLetterSource: string;
   charges: number;
 }>;
 
 export type Evaluation = Readonly<{ outcome: Outcome; checks: readonly Check[]; ok: boolean }>;
 
 /** Reads every fact the checks need. */
-export async function observe(sources: {
-  db: Db;
-  psp: PspServiceClient;
-  natsUrl: string;
-  names: Names;
-}): Promise<Observed> {
+export async function observe(sources: { db: Db; psp: PspServiceClient }): Promise<Observed> {
   const { db } = sources;
   const orders = await db
     .selectFrom('payment_order')
@@ -142,20 +135,13 @@ export async function observe(sources: {
   const ledger = await sql<{ order_id: string; n: string; amount: string }>`
     SELECT order_id, COUNT(*) AS n, SUM(amount_minor) AS amount
     FROM ledger_transaction WHERE kind = 'PAYMENT' GROUP BY order_id`.execute(db);
-  const unbalanced = await sql<{ transaction_id: string }>`
-    SELECT transaction_id FROM ledger_entry GROUP BY transaction_id
-    HAVING SUM(debit_minor) <> SUM(credit_minor)`.execute(db);
-  const totals = new Map<string, bigint>();
-  for (const account of await trialBalance(db)) {
-    totals.set(account.currency, (totals.get(account.currency) ?? 0n) + account.balanceMinor);
-  }
   const outbox = await sql<{ n: string }>`SELECT COUNT(*) AS n FROM outbox`.execute(db);
   const response = await callUnary(
     sources.psp.listCharges.bind(sources.psp),
     { nonce: '' },
     30_000,
   );
-  const dead = await readDeadLetters(db, sources.natsUrl, sources.names);
+  const deadLetters = await readDeadLetters(db);
   return {
     orders: orders.map((row) => ({
       id: row.id,
@@ -179,10 +165,10 @@ export async function observe(sources: {
         { count: Number(row.n), amountMinor: BigInt(row.amount) },
       ]),
     ),
-    unbalancedTransactions: unbalanced.rows.map((row) => row.transaction_id),
-    trialBalanceNonZero: [...totals]
-      .filter(([, total]) => total !== 0n)
-      .map(([currency, total]) => `${currency} ${total}`),
+    unbalancedTransactions: await unbalancedLedgerTransactions(db),
+    trialBalanceNonZero: (await trialBalanceByCurrency(db))
+      .filter((total) => total.balanceMinor !== 0n)
+      .map((total) => `${total.currency} ${total.balanceMinor}`),
     walletMismatches: (await walletsNotMatchingLedger(db)).map(
       (w) => `${w.sellerId}: wallet ${w.walletMinor}, ledger ${w.ledgerMinor}`,
     ),
@@ -192,67 +178,19 @@ export async function observe(sources: {
       pspReference: charge.pspReference,
       amountMinor: charge.amountMinor,
     })),
-    deadLetters: dead.rows,
-    deadLetterSource: dead.source,
+    deadLetters,
   };
 }
 
-/**
- * The dead letters: from the `dead_letter` table (src/storage/migrations/0002-failure-handling.ts)
- * when the database has one, else from the dead-letter stream, whose entries count as OPEN.
- */
-export async function readDeadLetters(
-  db: Db,
-  natsUrl: string,
-  names: Names,
-): Promise<{ rows: DeadLetterRow[]; source: string }> {
-  const table = await sql<{ n: string }>`
-    SELECT COUNT(*) AS n FROM information_schema.tables
-    WHERE table_schema = DATABASE() AND table_name = 'dead_letter'`.execute(db);
-  if (Number(table.rows[0]?.n ?? 0) > 0) {
-    const rows = await sql<{ order_id: string | null; reason: string; state: string }>`
-      SELECT order_id, reason, state FROM dead_letter ORDER BY id LIMIT ${DEAD_LETTERS_MAX}`.execute(
-      db,
-    );
-    return {
-      source: 'dead_letter table',
-      rows: rows.rows.map((row) => ({
-        orderId: row.order_id,
-        reason: row.reason,
-        state: row.state,
-      })),
-    };
-  }
-  const nc = await connect({ servers: natsUrl, timeout: 5_000 });
-  try {
-    const jsm = await jetstreamManager(nc, { timeout: 5_000 });
-    let state;
-    try {
-      state = (await jsm.streams.info(names.deadLetterStream)).state;
-    } catch (error) {
-      if (/not found/i.test(String(error))) return { source: 'DLQ stream', rows: [] };
-      throw error;
-    }
-    const rows: DeadLetterRow[] = [];
-    const last = Math.min(state.last_seq, state.first_seq + DEAD_LETTERS_MAX - 1);
-    for (let seq = state.first_seq; seq <= last && state.messages > 0; seq += 1) {
-      const message = await jsm.streams.getMessage(names.deadLetterStream, { seq });
-      if (message === null) continue;
-      try {
-        const entry = message.json<{ orderId?: unknown; reason?: unknown }>();
-        rows.push({
-          orderId: typeof entry.orderId === 'string' ? entry.orderId : null,
-          reason: typeof entry.reason === 'string' ? entry.reason : 'unknown',
-          state: 'OPEN',
-        });
-      } catch {
-        rows.push({ orderId: null, reason: 'unreadable entry', state: 'OPEN' });
-      }
-    }
-    return { source: 'DLQ stream', rows };
-  } finally {
-    await nc.close();
-  }
+/** The dead letters, from the `dead_letter` table (src/storage/migrations/0002-failure-handling.ts). */
+export async function readDeadLetters(db: Db): Promise<DeadLetterRow[]> {
+  const rows = await db
+    .selectFrom('dead_letter')
+    .select(['order_id', 'reason', 'state'])
+    .orderBy('id')
+    .limit(DEAD_LETTERS_MAX)
+    .execute();
+  return rows.map((row) => ({ orderId: row.order_id, reason: row.reason, state: row.state }));
 }
 
 /** Orders with a dead letter an operator holds (OPEN) or closed (DISCARDED). */
@@ -263,7 +201,10 @@ export function ordersInDlq(deadLetters: readonly DeadLetterRow[]): Set<string |
 }
 
 /** Orders that are not terminal and not held in the DLQ: nothing will ever finish them. */
-export function lostOrders(observed: Pick<Observed, 'orders' | 'deadLetters'>): ObservedOrder[] {
+export function lostOrders<Order extends Readonly<{ id: string; state: string }>>(observed: {
+  orders: readonly Order[];
+  deadLetters: readonly DeadLetterRow[];
+}): Order[] {
   const dead = ordersInDlq(observed.deadLetters);
   return observed.orders.filter((order) => !TERMINAL.has(order.state) && !dead.has(order.id));
 }
@@ -503,7 +444,6 @@ export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
     deadLetterEntries: observed.deadLetters.length,
     deadLetterReasons,
     deadLetterStates,
-    deadLetterSource: observed.deadLetterSource,
     charges: observed.charges.length,
   };
   return { outcome, checks, ok: checks.every((check) => check.ok) };

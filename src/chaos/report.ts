@@ -36,7 +36,7 @@ export function formatReport(result: ChaosResult): string {
     ['  not terminal, held in the DLQ', String(outcome.inDlqNotTerminal)],
     ['  flagged for review', String(outcome.flaggedForReview)],
     [
-      `dead letters (${outcome.deadLetterSource})`,
+      'dead letters (dead_letter table)',
       `${outcome.deadLetterEntries}${reasons(outcome.deadLetterReasons)}`,
     ],
     ['  by state at the end', list(outcome.deadLetterStates) || '-'],
@@ -76,7 +76,7 @@ export function formatReport(result: ChaosResult): string {
   lines.push(
     `seen by the driver: ${result.driver.createRetries} CreatePayment retries with the same request id` +
       `${result.driver.createRetries > 0 ? ` (${list(result.driver.createRetryCodes)})` : ''}, ` +
-      `${result.driver.ordersPaid} orders paid, ${result.driver.ordersNeverPaid} never got a checkout URL; ` +
+      `${result.driver.ordersPaid} orders paid, ${result.driver.ordersNeverPaid} could not be paid (no checkout URL in time, or PayWithCard failed); ` +
       `webhooks: ${result.webhooks.duplicatesSent} duplicates, ${result.webhooks.lateSent} late, ` +
       `${result.webhooks.forgedSent} forged (${result.webhooks.forgedAccepted} accepted)`,
   );

@@ -18,6 +18,7 @@ import { evaluate, lostOrders, observe, readDeadLetters, type Evaluation } from 
 import { sleep } from './processes.js';
 import { checkHealth } from './rpc.js';
 import { DeadLetterState } from '../client/index.js';
+import { TERMINAL_STATES } from '../domain/payment-order.js';
 import { Rng } from './random.js';
 import { PaymentDriver, planPayments, type DriverStats } from './workload.js';
 
@@ -228,12 +229,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     clearInterval(ticker.timer);
     options.signal?.removeEventListener('abort', abortRun);
 
-    const observed = await observe({
-      db: cluster.db,
-      psp: cluster.pspApi,
-      natsUrl: options.natsUrl,
-      names: cluster.names,
-    });
+    const observed = await observe({ db: cluster.db, psp: cluster.pspApi });
     const evaluation = evaluate(observed, {
       paymentsRequested: driver.stats.requested,
       paymentsAcknowledged: driver.stats.acknowledged,
@@ -309,8 +305,8 @@ async function waitUntilSettled(
       if (created >= planned || stats.finished >= planned) {
         const open = await cluster.db
           .selectFrom('payment_order')
-          .select(['id', 'payment_id', 'state'])
-          .where('state', 'not in', ['SUCCEEDED', 'FAILED', 'EXPIRED'])
+          .select(['id', 'state'])
+          .where('state', 'not in', [...TERMINAL_STATES])
           .limit(10_000)
           .execute();
         const outbox = await sql<{ n: string }>`SELECT COUNT(*) AS n FROM outbox`.execute(
@@ -318,19 +314,8 @@ async function waitUntilSettled(
         );
         if (Number(outbox.rows[0]?.n ?? 0) === 0) {
           if (open.length === 0) return true;
-          const dead = await readDeadLetters(cluster.db, cluster.options.natsUrl, cluster.names);
-          const lost = lostOrders({
-            orders: open.map((row) => ({
-              id: row.id,
-              paymentId: row.payment_id,
-              state: row.state,
-              amountMinor: 0n,
-              pspReference: null,
-              failureReason: null,
-              reviewReason: null,
-            })),
-            deadLetters: dead.rows,
-          });
+          const deadLetters = await readDeadLetters(cluster.db);
+          const lost = lostOrders({ orders: open, deadLetters });
           if (lost.length === 0) return true;
         }
       }
@@ -344,13 +329,13 @@ async function waitUntilSettled(
 
 /** Replays every OPEN dead letter once, through any running node; returns how many. */
 async function replayDeadLetters(cluster: ChaosCluster, signal: AbortSignal): Promise<number> {
-  const node = cluster.upNodes()[0];
-  if (node === undefined) return 0;
+  const client = cluster.upNodes()[0]?.client;
+  if (client === undefined) return 0;
   const metadata = { authorization: `Bearer ${cluster.adminToken}` };
   const ids: string[] = [];
   let pageToken = '';
   do {
-    const page = await node.client.admin.listDeadLetters(
+    const page = await client.admin.listDeadLetters(
       { pageSize: 100, pageToken, state: DeadLetterState.DEAD_LETTER_STATE_OPEN, orderId: '' },
       { metadata },
     );
@@ -359,7 +344,7 @@ async function replayDeadLetters(cluster: ChaosCluster, signal: AbortSignal): Pr
   } while (pageToken !== '' && ids.length < REPLAYS_MAX && !signal.aborted);
   for (const id of ids) {
     if (signal.aborted) break;
-    await node.client.admin.replayDeadLetter({ id }, { metadata });
+    await client.admin.replayDeadLetter({ id }, { metadata });
   }
   return ids.length;
 }

@@ -18,11 +18,8 @@ export type TcpProxy = Readonly<{
   /** Destroys every connection and refuses new ones until up(). */
   down: () => void;
   up: () => void;
-  isUp: () => boolean;
   /** Destroys live connections but keeps accepting new ones (a connection kill). */
   killConnections: () => number;
-  /** Client connections accepted since the start. */
-  accepted: () => number;
   /** Sends new connections to these targets from now on (live ones keep theirs). */
   retarget: (targets: readonly ProxyTarget[]) => void;
   close: () => Promise<void>;
@@ -31,11 +28,10 @@ export type TcpProxy = Readonly<{
 export type TcpProxyOptions = Readonly<{
   /** How long one upstream connect may take before the next target is tried, in milliseconds. */
   connectTimeoutMs?: number;
-  /** Client connections open at once at most; more are refused. */
-  connectionsMax?: number;
 }>;
 
 const CONNECT_TIMEOUT_MS = 2_000;
+/** Client connections open at once at most; more are refused. */
 const CONNECTIONS_MAX = 1_024;
 
 export function startTcpProxy(
@@ -47,20 +43,17 @@ export function startTcpProxy(
     : [target as ProxyTarget];
   if (targets.length === 0) throw new Error('a TCP proxy needs at least one target');
   const connectTimeoutMs = options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS;
-  const connectionsMax = options.connectionsMax ?? CONNECTIONS_MAX;
   const sockets = new Set<net.Socket>();
   let clients = 0;
-  let acceptedTotal = 0;
   let nextTarget = 0;
   let accepting = true;
 
   const server = net.createServer({ pauseOnConnect: true }, (client) => {
-    if (!accepting || clients >= connectionsMax) {
+    if (!accepting || clients >= CONNECTIONS_MAX) {
       client.destroy();
       return;
     }
     clients += 1;
-    acceptedTotal += 1;
     sockets.add(client);
     let upstream: net.Socket | undefined;
     let closed = false;
@@ -132,9 +125,7 @@ export function startTcpProxy(
         up: () => {
           accepting = true;
         },
-        isUp: () => accepting,
         killConnections,
-        accepted: () => acceptedTotal,
         retarget: (next) => {
           if (next.length === 0) throw new Error('a TCP proxy needs at least one target');
           targets = [...next];

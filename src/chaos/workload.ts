@@ -10,12 +10,11 @@
  */
 import { PaymentOrderState, type Payment } from '../client/index.js';
 import { PaymentStatus } from '../grpc/generated/settle/psp/v1/psp.js';
+import { TEST_CARD } from '../psp/mock/card.js';
 import type { ChaosCluster, NodeHandle } from './cluster.js';
 import { sleep } from './processes.js';
 import type { Rng } from './random.js';
 import { callUnary, isRetryableStatus, statusName } from './rpc.js';
-
-export const CARD = { success: '4242424242424242', decline: '4000000000000002' } as const;
 
 /** Sellers the payments spread over; the first one is hot (many orders credit one wallet). */
 const SELLERS = 12;
@@ -68,8 +67,8 @@ export function planPayments(
         card: rng.chance(options.abandonShare)
           ? undefined
           : rng.chance(options.declineShare)
-            ? CARD.decline
-            : CARD.success,
+            ? TEST_CARD.declined
+            : TEST_CARD.success,
       })),
       startAtMs: Math.round((index / options.payments) * spreadMs + rng.next() * 200),
       firstNode: rng.int(0, options.nodes - 1),
@@ -95,7 +94,10 @@ export type DriverStats = {
   ordersPaid: number;
   /** Orders the plan never pays (they must expire). */
   ordersAbandoned: number;
-  /** Orders that ended, or stayed without a checkout URL, before they could be paid. */
+  /**
+   * Orders the plan pays that were not paid: they ended, or had no checkout URL, before the
+   * deadline, or PayWithCard failed.
+   */
   ordersNeverPaid: number;
   payRetries: number;
   /** Payments whose task has ended (paid, given up, or failed). */
@@ -214,13 +216,13 @@ export class PaymentDriver {
       orders: plan.orders.map((o) => ({ sellerId: o.sellerId, amountMinor: o.amountMinor })),
     };
     for (let attempt = 0; Date.now() < deadline && !signal.aborted; attempt += 1) {
-      const node = this.#nodeFor(plan.firstNode + attempt);
-      if (node === undefined) {
+      const client = this.#nodeFor(plan.firstNode + attempt)?.client;
+      if (client === undefined) {
         await sleep(RETRY_PAUSE_MS, signal);
         continue;
       }
       try {
-        const response = await node.client.payments.createPayment(request, {
+        const response = await client.payments.createPayment(request, {
           timeoutMs: CALL_TIMEOUT_MS,
         });
         if (response.payment === undefined) throw new Error('CreatePayment returned no payment');
@@ -242,10 +244,10 @@ export class PaymentDriver {
   }
 
   async #get(paymentId: string): Promise<Payment | undefined> {
-    const node = this.#nodeFor((this.#reads += 1));
-    if (node === undefined) return undefined;
+    const client = this.#nodeFor((this.#reads += 1))?.client;
+    if (client === undefined) return undefined;
     try {
-      return (await node.client.payments.getPayment({ paymentId }, { timeoutMs: CALL_TIMEOUT_MS }))
+      return (await client.payments.getPayment({ paymentId }, { timeoutMs: CALL_TIMEOUT_MS }))
         .payment;
     } catch {
       return undefined;

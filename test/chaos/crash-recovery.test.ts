@@ -18,8 +18,9 @@ import { openDatabase } from '../../src/storage/db.js';
 import type { ChaosCluster } from '../../src/chaos/cluster.js';
 import { sleep } from '../../src/chaos/processes.js';
 import { callUnary, checkHealth, type HealthState } from '../../src/chaos/rpc.js';
+import { TERMINAL_STATES } from '../../src/domain/payment-order.js';
+import { TEST_CARD } from '../../src/psp/mock/card.js';
 import {
-  CARD,
   createPayments,
   expectExactlyOnce,
   orderRows,
@@ -77,7 +78,7 @@ async function waitForHealth(address: string, wanted: HealthState): Promise<void
 }
 
 const allTerminal = (rows: { state: string }[]) =>
-  rows.every((r) => ['SUCCEEDED', 'FAILED', 'EXPIRED'].includes(r.state));
+  rows.every((r) => (TERMINAL_STATES as ReadonlySet<string>).has(r.state));
 
 describe('crash recovery with real processes', () => {
   it('(a) kill -9 during PSP calls: after the restart every order completes exactly once', async () => {
@@ -140,7 +141,7 @@ describe('crash recovery with real processes', () => {
     cluster = await startCluster({ nodes: 1 });
     const c = cluster;
     // Every registration is paid at once, so commits (and acks) happen all the time.
-    await setPsp(c, { autoPayCard: CARD.success });
+    await setPsp(c, { autoPayCard: TEST_CARD.success });
     const payments = await createPayments(c, { count: 30, ordersEach: 3 });
     const total = 90;
     for (const share of [0.15, 0.5]) {
@@ -208,7 +209,7 @@ describe('crash recovery with real processes', () => {
     expect(await outboxCount(c)).toBe(0);
     // A batch published before the kill and again after it is deduplicated by Nats-Msg-Id.
     expect((await streamState(c)).messages).toBe(total);
-    await payAll(c, registered, (i) => (i % 4 === 0 ? CARD.decline : CARD.success));
+    await payAll(c, registered, (i) => (i % 4 === 0 ? TEST_CARD.declined : TEST_CARD.success));
     await waitForOrders(c, allTerminal, 'all terminal');
     await expectExactlyOnce(c, payments);
   }, 120_000);
@@ -219,7 +220,7 @@ describe('crash recovery with real processes', () => {
     cluster = await startCluster({ nodes: 1, nodeEnv: { LOCAL_EXECUTE_HOLD_MS: '0' } });
     const c = cluster;
     const node = c.node(0);
-    await setPsp(c, { autoPayCard: CARD.success });
+    await setPsp(c, { autoPayCard: TEST_CARD.success });
     const first = await createPayments(c, { count: 5, ordersEach: 2 });
     await waitForOrders(c, (rows) => rows.every((r) => r.state === 'SUCCEEDED'), 'first batch');
 

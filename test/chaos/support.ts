@@ -14,9 +14,9 @@ import { ChaosCluster } from '../../src/chaos/cluster.js';
 import { evaluate, observe } from '../../src/chaos/invariants.js';
 import { callUnary, isRetryableStatus } from '../../src/chaos/rpc.js';
 import { sleep } from '../../src/chaos/processes.js';
+import { TERMINAL_STATES } from '../../src/domain/payment-order.js';
 import type { SetBehaviorRequest } from '../../src/grpc/generated/settle/psp/v1/psp.js';
-
-export const CARD = { success: '4242424242424242', decline: '4000000000000002' } as const;
+import { TEST_CARD } from '../../src/psp/mock/card.js';
 
 /** Timers short enough for a test: a dead node's commands come back after 2 s. */
 export const TEST_NODE_ENV: Readonly<Record<string, string>> = {
@@ -57,7 +57,9 @@ export async function createPayments(
   cluster: ChaosCluster,
   options: { count: number; ordersEach: number; node?: number },
 ): Promise<string[]> {
-  const client = cluster.node(options.node ?? 0).client;
+  const node = cluster.node(options.node ?? 0);
+  const client = node.client;
+  if (client === undefined) throw new Error(`${node.name} was never started`);
   return Promise.all(
     Array.from({ length: options.count }, async (_, i) => {
       const request = {
@@ -134,7 +136,7 @@ export async function waitForOrders(
 export async function payAll(
   cluster: ChaosCluster,
   rows: readonly OrderRow[],
-  cardFor: (index: number) => string = () => CARD.success,
+  cardFor: (index: number) => string = () => TEST_CARD.success,
 ): Promise<void> {
   const psp = cluster.pspApi;
   await Promise.all(
@@ -155,12 +157,7 @@ export async function expectExactlyOnce(
   cluster: ChaosCluster,
   paymentIds: readonly string[],
 ): Promise<void> {
-  const observed = await observe({
-    db: cluster.db,
-    psp: cluster.pspApi,
-    natsUrl: inject('natsUrl'),
-    names: cluster.names,
-  });
+  const observed = await observe({ db: cluster.db, psp: cluster.pspApi });
   const evaluation = evaluate(observed, {
     paymentsRequested: paymentIds.length,
     paymentsAcknowledged: paymentIds,
@@ -174,7 +171,7 @@ export async function expectExactlyOnce(
   expect(evaluation.checks.filter((check) => !check.ok)).toEqual([]);
   expect(observed.deadLetters, 'nothing was dead-lettered').toEqual([]);
   const terminal = observed.orders.filter((order) =>
-    ['SUCCEEDED', 'FAILED', 'EXPIRED'].includes(order.state),
+    (TERMINAL_STATES as ReadonlySet<string>).has(order.state),
   );
   expect(terminal.length, 'every order is terminal').toBe(observed.orders.length);
   const repeated = await sql<{ order_id: string; n: string }>`

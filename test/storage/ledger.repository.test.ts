@@ -1,7 +1,8 @@
 /**
  * Goal: the ledger cannot hold an unbalanced transaction, and an order's entries cannot be
- * written twice. Method: call the repository inside real MariaDB transactions with bad and good
- * input; check what was committed.
+ * written twice; and the checks every test, the bench and the chaos report run find unbalanced
+ * rows written behind the repository's back, per currency. Method: call the repository inside
+ * real MariaDB transactions with bad and good input; check what was committed.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sql } from 'kysely';
@@ -9,7 +10,9 @@ import type { Db } from '../../src/storage/db.js';
 import { inTransaction } from '../../src/storage/transaction.js';
 import {
   postLedgerTransaction,
+  trialBalanceByCurrency,
   UnbalancedLedgerTransactionError,
+  unbalancedLedgerTransactions,
 } from '../../src/storage/repositories/ledger.repository.js';
 import { isCheckViolation, isDuplicateKey } from '../../src/storage/errors.js';
 import { expectLedgerBalanced, openTestDatabase } from '../support/harness.js';
@@ -82,5 +85,39 @@ describe('postLedgerTransaction', () => {
     expect(isDuplicateKey(duplicate)).toBe(true);
     expect(await entryCount()).toBe(2);
     await expectLedgerBalanced(db);
+  });
+});
+
+describe('unbalancedLedgerTransactions and trialBalanceByCurrency', () => {
+  it('name an unbalanced transaction and the currency it unbalances, not the others', async () => {
+    await inTransaction(db, (trx) =>
+      postLedgerTransaction(trx, {
+        id: 'ltx_USDBALANCED00000000000000',
+        orderId: 'ord_C',
+        kind: 'PAYMENT',
+        currency: 'USD',
+        entries: entries(300n, 300n),
+        now,
+      }),
+    );
+    expect(await unbalancedLedgerTransactions(db)).toEqual([]);
+    // Written behind the repository's back, as a bug would: 100 debited, 90 credited.
+    await sql`INSERT INTO ledger_entry (transaction_id, account, order_id, kind, currency, debit_minor, credit_minor, created_at)
+      VALUES ('ltx_EURUNBALANCED000000000000', 'psp_receivable', 'ord_D', 'PAYMENT_RECEIVABLE', 'EUR', 100, 0, ${now}),
+             ('ltx_EURUNBALANCED000000000000', 'seller_payable:s1', 'ord_D', 'PAYMENT_PAYABLE', 'EUR', 0, 90, ${now})`.execute(
+      db,
+    );
+    try {
+      expect(await unbalancedLedgerTransactions(db)).toEqual(['ltx_EURUNBALANCED000000000000']);
+      const byCurrency = await trialBalanceByCurrency(db);
+      expect(byCurrency.map((t) => [t.currency, t.balanceMinor])).toEqual([
+        ['EUR', 10n],
+        ['USD', 0n],
+      ]);
+    } finally {
+      await sql`DELETE FROM ledger_entry WHERE transaction_id = 'ltx_EURUNBALANCED000000000000'`.execute(
+        db,
+      );
+    }
   });
 });

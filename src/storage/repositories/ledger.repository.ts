@@ -309,6 +309,56 @@ export async function trialBalance(db: Db): Promise<AccountBalance[]> {
   });
 }
 
+/** Unbalanced transactions listed at most by `unbalancedLedgerTransactions`. */
+const UNBALANCED_LISTED_MAX = 1_000;
+
+/**
+ * Ledger transactions whose stored entries do not balance (debits differ from credits); empty when
+ * every one balances. postLedgerTransactions never commits one, so any id here is a bug. At most
+ * UNBALANCED_LISTED_MAX ids.
+ */
+export async function unbalancedLedgerTransactions(db: Db): Promise<string[]> {
+  const result = await sql<{ transaction_id: string }>`
+    SELECT transaction_id FROM ledger_entry GROUP BY transaction_id
+    HAVING SUM(debit_minor) <> SUM(credit_minor)
+    ORDER BY transaction_id LIMIT ${UNBALANCED_LISTED_MAX}`.execute(db);
+  return result.rows.map((row) => row.transaction_id);
+}
+
+export type CurrencyBalance = Readonly<{
+  currency: string;
+  debitMinor: bigint;
+  creditMinor: bigint;
+  balanceMinor: bigint;
+}>;
+
+/**
+ * Debits minus credits over every account, per currency (one query). A balanced ledger has
+ * `balanceMinor` 0 in each currency; amounts in different currencies are never added together.
+ */
+export async function trialBalanceByCurrency(db: Db): Promise<CurrencyBalance[]> {
+  const rows = await db
+    .selectFrom('ledger_entry')
+    .select([
+      'currency',
+      sql<string>`SUM(debit_minor)`.as('debits'),
+      sql<string>`SUM(credit_minor)`.as('credits'),
+    ])
+    .groupBy('currency')
+    .orderBy('currency')
+    .execute();
+  return rows.map((row) => {
+    const debitMinor = BigInt(row.debits);
+    const creditMinor = BigInt(row.credits);
+    return {
+      currency: row.currency,
+      debitMinor,
+      creditMinor,
+      balanceMinor: debitMinor - creditMinor,
+    };
+  });
+}
+
 /**
  * Sellers whose wallet differs from their payable account (credits minus debits). Empty when the
  * wallets agree with the ledger.
