@@ -174,8 +174,9 @@ export class LoadDriver {
         amountMinor: BigInt(100 + Math.floor(Math.random() * 10_000)),
       })),
     };
+    // Latency is the client's: from the first attempt, retries and their pauses included.
+    const startedAt = Date.now();
     for (let attempt = 1; attempt <= CREATE_RETRIES_MAX; attempt += 1) {
-      const startedAt = Date.now();
       try {
         const response = await this.call(request);
         const paymentId = response.payment?.paymentId;

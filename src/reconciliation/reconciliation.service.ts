@@ -23,7 +23,7 @@ import { isUtcDay, type UtcDay } from '../domain/utc-day.js';
 import type { Db } from '../storage/db.js';
 import { isDuplicateKey } from '../storage/errors.js';
 import {
-  trialBalance,
+  trialBalanceByCurrency,
   walletsNotMatchingLedger,
 } from '../storage/repositories/ledger.repository.js';
 import type { ReconciliationClass } from './compare.js';
@@ -454,19 +454,8 @@ export class ReconciliationService {
   /** The seed's internal check: the trial balance is zero and every wallet equals its ledger. */
   async #internalCheck(): Promise<InternalCheck> {
     const { db } = this.#options;
-    const totals = new Map<string, { debitMinor: bigint; creditMinor: bigint }>();
-    for (const account of await trialBalance(db)) {
-      const total = totals.get(account.currency) ?? { debitMinor: 0n, creditMinor: 0n };
-      total.debitMinor += account.debitMinor;
-      total.creditMinor += account.creditMinor;
-      totals.set(account.currency, total);
-    }
+    const totalList = await trialBalanceByCurrency(db);
     const differences = await walletsNotMatchingLedger(db);
-    const totalList = [...totals].map(([currency, total]) => ({
-      currency,
-      ...total,
-      balanceMinor: total.debitMinor - total.creditMinor,
-    }));
     return {
       ledgerBalanced: totalList.every((total) => total.balanceMinor === 0n),
       totals: totalList,

@@ -6,27 +6,22 @@
  */
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureDatabase, migrateToLatest, openDatabase, type Db } from '../../src/storage/db.js';
+import type { Db } from '../../src/storage/db.js';
 import {
   outboxBatchLock,
   outboxInsert,
   outboxLag,
   type OutboxRow,
 } from '../../src/storage/repositories/outbox.repository.js';
-import { dropDatabase, testDatabaseUrl } from '../support/harness.js';
+import { openTestDatabase } from '../support/harness.js';
 
-let url: string;
 let db: Db;
 let close: () => Promise<void>;
 beforeAll(async () => {
-  url = testDatabaseUrl('settle_outbox_t');
-  await ensureDatabase(url);
-  ({ db, close } = openDatabase(url, { poolSize: 2 }));
-  await migrateToLatest(db);
+  ({ db, close } = await openTestDatabase('settle_outbox_t', { poolSize: 2 }));
 });
 afterAll(async () => {
   await close();
-  await dropDatabase(url);
 });
 
 /** The msg ids the relay would lock at `now` (in a transaction it rolls back). */
