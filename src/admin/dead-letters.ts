@@ -13,6 +13,7 @@ import { isDuplicateKey } from '../storage/errors.js';
 import { enqueueOutbox } from '../storage/repositories/outbox.repository.js';
 import { executeOrderPayload, parseCommand } from '../messaging/commands.js';
 import { inTransaction } from '../storage/transaction.js';
+import { requireReason } from './audit.js';
 
 export const DEAD_LETTER_STATE = {
   open: 'OPEN',
@@ -194,9 +195,7 @@ export async function discardDeadLetter(
   reason: string,
   actor: string,
 ): Promise<DeadLetterRecord> {
-  if (reason.trim().length === 0)
-    throw new InvalidArgumentError('reason', 'a reason is required to discard');
-  if (reason.length > 1_000) throw new InvalidArgumentError('reason', 'at most 1000 characters');
+  const why = requireReason(reason);
   const now = deps.now();
   await inTransaction(deps.db, async (trx) => {
     const row = await trx
@@ -216,7 +215,7 @@ export async function discardDeadLetter(
       .updateTable('dead_letter')
       .set({
         state: DEAD_LETTER_STATE.discarded,
-        resolution_note: `discarded by ${actor}: ${reason}`,
+        resolution_note: `discarded by ${actor}: ${why}`,
         updated_at: now,
       })
       .where('id', '=', row.id)

@@ -32,7 +32,7 @@ import {
 } from '../storage/repositories/payment-order.repository.js';
 import { findPayment } from '../storage/repositories/payment.repository.js';
 import { toUnavailable } from '../storage/transaction.js';
-import { ADMIN_ACTION, audited, type AuditedAction } from './audit.js';
+import { ADMIN_ACTION, audited, requireReason, type AuditedAction } from './audit.js';
 import {
   ACTOR_PATTERN,
   authenticate,
@@ -99,7 +99,6 @@ const PAGE_SIZE_MAX = 200;
 const PAYMENT_ID = /^pay_[0-9A-HJKMNP-TV-Z]{26}$/;
 const ORDER_ID = /^ord_[0-9A-HJKMNP-TV-Z]{26}$/;
 const PARTY_ID = /^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$/;
-const REASON_CHARS = { min: 3, max: 500 } as const;
 
 type Handler = (request: HttpRequest, principal: Principal) => Promise<HttpResponse>;
 
@@ -581,17 +580,6 @@ async function requireDeadLetter(source: DeadLetterSource, id: string): Promise<
   const entry = await source.get(id);
   if (entry === undefined) throw new NotFoundError('dead letter', id.slice(0, 40));
   return entry;
-}
-
-function requireReason(value: unknown): string {
-  const reason = typeof value === 'string' ? value.trim() : '';
-  if (reason.length < REASON_CHARS.min || reason.length > REASON_CHARS.max) {
-    throw new InvalidArgumentError(
-      'reason',
-      `say why in ${REASON_CHARS.min}-${REASON_CHARS.max} characters; it goes into the audit trail`,
-    );
-  }
-  return reason;
 }
 
 async function readForm(request: HttpRequest): Promise<URLSearchParams> {

@@ -9,6 +9,7 @@
  * letters are produced by making the PSP mock fail every registration; pages are fetched over HTTP
  * and checked as text, state is checked in MySQL.
  */
+import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { adminRoutes } from '../../src/admin/routes.js';
@@ -16,6 +17,7 @@ import { tableDeadLetters } from '../../src/admin/dead-letter-source.js';
 import type { HttpRequest, Route } from '../../src/http/router.js';
 import { operationsSnapshot } from '../../src/observability/operations.js';
 import { idAt } from '../../src/domain/ids.js';
+import { AdminServiceClient } from '../../src/grpc/generated/settle/v1/admin.js';
 import {
   CARD,
   expectMoneyInvariants,
@@ -114,6 +116,38 @@ describe('access', () => {
       body: 'reason=because',
     });
     expect(crossSite.status).toBe(403);
+  });
+
+  it('guards AdminService as the panel: same token check, bearer scheme in any case', async () => {
+    const admin = new AdminServiceClient(
+      `127.0.0.1:${stack.settle.grpcPort}`,
+      grpc.credentials.createInsecure(),
+    );
+    const list = (authorization: string | undefined) =>
+      new Promise<grpc.ServiceError | null>((resolve) => {
+        const metadata = new grpc.Metadata();
+        if (authorization !== undefined) metadata.set('authorization', authorization);
+        admin.listDeadLetters(
+          { pageSize: 1, pageToken: '', state: 0, orderId: '' },
+          metadata,
+          { deadline: Date.now() + 10_000 },
+          (error) => resolve(error),
+        );
+      });
+    try {
+      expect((await list(undefined))?.code).toBe(grpc.status.UNAUTHENTICATED);
+      expect((await list('Bearer wrong-token-wrong-token'))?.code).toBe(
+        grpc.status.UNAUTHENTICATED,
+      );
+      // One character short: a length check must not tell it apart from any other wrong token.
+      expect((await list(`Bearer ${ADMIN_TOKEN.slice(1)}`))?.code).toBe(
+        grpc.status.UNAUTHENTICATED,
+      );
+      expect(await list(`bearer ${ADMIN_TOKEN}`)).toBeNull();
+      expect(await list(`BEARER  ${ADMIN_TOKEN}`)).toBeNull();
+    } finally {
+      admin.close();
+    }
   });
 
   it('is closed without ADMIN_TOKEN, and read-only when ADMIN_READONLY_OPEN is set', async () => {
