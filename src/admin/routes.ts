@@ -16,7 +16,6 @@ import type { Db } from '../storage/db.js';
 import { listAudit } from '../storage/repositories/admin-audit.repository.js';
 import {
   latestEntriesOfAccount,
-  latestRowsOfTables,
   searchPayments,
   webhooksOfOrders,
 } from '../storage/repositories/admin-search.repository.js';
@@ -32,6 +31,7 @@ import {
 } from '../storage/repositories/payment-order.repository.js';
 import { findPayment } from '../storage/repositories/payment.repository.js';
 import { toUnavailable } from '../storage/transaction.js';
+import { listMismatches, listRuns } from '../reconciliation/index.js';
 import { ADMIN_ACTION, audited, requireReason, type AuditedAction } from './audit.js';
 import {
   ACTOR_PATTERN,
@@ -96,6 +96,9 @@ export type AdminDeps = Readonly<{
 const FORM_BYTES_MAX = 16 * 1024;
 const PAGE_SIZE_DEFAULT = 50;
 const PAGE_SIZE_MAX = 200;
+const RECON_RUNS_SHOWN = 50;
+/** Of the newest run; the CLI and ReconciliationService page through all of them. */
+const RECON_MISMATCHES_SHOWN = 200;
 const PAYMENT_ID = /^pay_[0-9A-HJKMNP-TV-Z]{26}$/;
 const ORDER_ID = /^ord_[0-9A-HJKMNP-TV-Z]{26}$/;
 const PARTY_ID = /^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$/;
@@ -539,22 +542,20 @@ export function adminRoutes(deps: AdminDeps): Route[] {
     ...confirmRoutes('replay'),
     ...confirmRoutes('discard'),
 
-    view('/admin/reconciliation', async (_request, principal) =>
-      page(
+    view('/admin/reconciliation', async (_request, principal) => {
+      const runs = await listRuns(deps.db, { limit: RECON_RUNS_SHOWN });
+      const latest = runs[0];
+      const latestMismatches =
+        latest === undefined
+          ? []
+          : await listMismatches(deps.db, { runId: latest.id, limit: RECON_MISMATCHES_SHOWN });
+      return page(
         principal,
         'Reconciliation',
         '/admin/reconciliation',
-        reconciliationPage({
-          // The runs and their mismatches, then every reconciliation* table (the schedule, and any
-          // later one); not recon_file_row, the staging copy of each file.
-          tables: [
-            ...(await latestRowsOfTables(deps.db, 'recon_run', 50)),
-            ...(await latestRowsOfTables(deps.db, 'recon_mismatch', 50)),
-            ...(await latestRowsOfTables(deps.db, 'reconciliation', 50)),
-          ],
-        }),
-      ),
-    ),
+        reconciliationPage({ runs, latestMismatches }),
+      );
+    }),
 
     view('/admin/audit', async (request, principal) => {
       const before = request.query.get('before') ?? '';

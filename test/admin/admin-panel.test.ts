@@ -9,8 +9,10 @@
  * letters are produced by making the PSP mock fail every registration; pages are fetched over HTTP
  * and checked as text, state is checked in MySQL.
  */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { adminRoutes } from '../../src/admin/routes.js';
 import { tableDeadLetters } from '../../src/admin/dead-letter-source.js';
@@ -18,7 +20,10 @@ import type { HttpRequest, Route } from '../../src/http/router.js';
 import { operationsSnapshot } from '../../src/observability/operations.js';
 import { idAt } from '../../src/domain/ids.js';
 import { AdminServiceClient } from '../../src/grpc/generated/settle/v1/admin.js';
+import { ReconciliationServiceClient } from '../../src/grpc/generated/settle/v1/reconciliation.js';
+import { SETTLEMENT_HEADER } from '../../src/reconciliation/index.js';
 import {
+  call,
   CARD,
   expectMoneyInvariants,
   payOnHostedPage,
@@ -35,18 +40,24 @@ import {
 } from './admin-support.js';
 
 let stack: Stack;
+let settlementDir: string;
 
 beforeAll(async () => {
+  settlementDir = await mkdtemp(path.join(tmpdir(), 'settle-admin-'));
   stack = await startStack({
     env: {
       ADMIN_TOKEN,
+      SETTLEMENT_DIR: settlementDir,
       RETRY_BACKOFF_MS: '100,100',
       RISK_BLOCKED_BUYERS: 'buyer-blocked',
       CREATE_WAIT_MS: '2000',
     },
   });
 });
-afterAll(async () => stack?.stop());
+afterAll(async () => {
+  await stack?.stop();
+  if (settlementDir !== undefined) await rm(settlementDir, { recursive: true, force: true });
+});
 afterEach(async () => {
   stack.psp.setBehavior({ failNextRegistrations: 0 });
   await expectMoneyInvariants(stack.settle.db);
@@ -448,26 +459,37 @@ describe('operations and reconciliation', () => {
     expect(text).toContain('RETRY_BACKOFF_MS 100,100');
   });
 
-  it('shows the newest rows of the reconciliation tables, any new one included', async () => {
-    const tables = await adminFetch(stack, '/admin/reconciliation');
-    expect(tables.html).not.toContain('id="reconciliation-stub"');
-    for (const table of ['recon_run', 'recon_mismatch', 'reconciliation_schedule']) {
-      expect(tables.html).toContain(`<h2 class="mono">${table}</h2>`);
-    }
-    expect(tables.html).not.toContain('recon_file_row');
+  it("shows reconciliation runs and the newest run's mismatches", async () => {
+    const empty = await adminFetch(stack, '/admin/reconciliation');
+    expect(empty.status).toBe(200);
+    expect(empty.html).toContain('id="no-runs"');
 
-    await sql`CREATE TABLE reconciliation_report_probe (
-      id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, file_name VARCHAR(64) NOT NULL,
-      mismatches INT NOT NULL, created_at DATETIME(3) NOT NULL)`.execute(stack.settle.db);
+    const orderId = `ord_${'0'.repeat(20)}PANEL1`;
+    await writeFile(
+      path.join(settlementDir, 'settlement-2024-06-03.csv'),
+      `${SETTLEMENT_HEADER}\n` +
+        `psp_panel_1,${orderId},payment,USD,12.00,0.65,11.35,b,2024-06-03T09:00:00.000Z\n`,
+    );
+    const recon = new ReconciliationServiceClient(
+      `127.0.0.1:${stack.settle.grpcPort}`,
+      grpc.credentials.createInsecure(),
+    );
     try {
-      await sql`INSERT INTO reconciliation_report_probe (file_name, mismatches, created_at)
-        VALUES ('settlement-<b>2025</b>.csv', 2, NOW(3))`.execute(stack.settle.db);
-      const page = await adminFetch(stack, '/admin/reconciliation');
-      expect(page.html).not.toContain('id="reconciliation-stub"');
-      expect(page.html).toContain('reconciliation_report_probe');
-      expect(page.html).toContain('settlement-&lt;b&gt;2025&lt;/b&gt;.csv');
+      const { report } = await call(recon.runReconciliation.bind(recon), {
+        settlementDate: '2024-06-03',
+        filePath: '',
+      });
+      const runId = report?.reportId ?? '';
+      expect(runId).toMatch(/^rcn_/);
+      const { html } = await adminFetch(stack, '/admin/reconciliation');
+      expect(html).toContain(`data-run="${runId}"`);
+      expect(html).toContain('settlement-2024-06-03.csv');
+      const mismatches = html.slice(html.indexOf('id="recon-mismatches"'));
+      expect(mismatches).toMatch(
+        new RegExp(`MISSING_IN_LEDGER</td>\\s*<td>2</td>\\s*<td class="mono">${orderId}</td>`),
+      );
     } finally {
-      await sql`DROP TABLE reconciliation_report_probe`.execute(stack.settle.db);
+      recon.close();
     }
   });
 });
