@@ -4,11 +4,10 @@
  * the panel and the API act through one implementation. The adapter only adds what the pages
  * need: keyset pages, the entries of a payment's orders, and the counts.
  */
-import { sql } from 'kysely';
 import type { Db } from '../storage/db.js';
 import type { DeadLetterCounts } from '../observability/operations.js';
 import {
-  countOpenDeadLetters,
+  countDeadLetters,
   DEAD_LETTER_STATE,
   discardDeadLetter,
   findDeadLetter,
@@ -73,13 +72,7 @@ export function tableDeadLetters(deps: {
       );
       return perOrder.flat().sort((a, b) => b.createdAt.getTime() - a.createdAt.getTime());
     },
-    async counts() {
-      const [open, total] = await Promise.all([
-        countOpenDeadLetters(db),
-        sql<{ n: string }>`SELECT COUNT(*) AS n FROM dead_letter`.execute(db),
-      ]);
-      return { open, total: Number(total.rows[0]?.n ?? 0) };
-    },
+    counts: () => countDeadLetters(db),
     replay: (id, actor) => replayDeadLetter(deps, id, actor),
     discard: (id, reason, actor) => discardDeadLetter(deps, id, reason, actor),
   };

@@ -120,10 +120,12 @@ export async function findDeadLetter(db: Db, id: string): Promise<DeadLetterReco
   return row === undefined ? undefined : toRecord(row);
 }
 
-export async function countOpenDeadLetters(db: Db): Promise<number> {
-  const result = await sql<{ n: string }>`
-    SELECT COUNT(*) AS n FROM dead_letter WHERE state = 'OPEN'`.execute(db);
-  return Number(result.rows[0]?.n ?? 0);
+/** Entries still waiting for an operator, and all kept: one scan for both. */
+export async function countDeadLetters(db: Db): Promise<{ open: number; total: number }> {
+  const result = await sql<{ total: string; open: string | null }>`
+    SELECT COUNT(*) AS total, SUM(state = 'OPEN') AS open FROM dead_letter`.execute(db);
+  const row = result.rows[0];
+  return { open: Number(row?.open ?? 0), total: Number(row?.total ?? 0) };
 }
 
 export type DeadLetterDeps = Readonly<{ db: Db; wakeRelay: () => void; now: () => Date }>;

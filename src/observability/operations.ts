@@ -41,7 +41,8 @@ export type OperationsSnapshot = Readonly<{
   /** undefined when the node runs with a PSP port that has no breaker (tests). */
   breaker: BreakerState | undefined;
   consumer: Probe<ConsumerLag>;
-  commandStream: Probe<StreamState>;
+  /** undefined unless asked for (`withCommandStream`). */
+  commandStream: Probe<StreamState> | undefined;
   deadLetters: Probe<DeadLetterCounts>;
   outbox: Probe<{ pending: number; oldestAgeMs: number }>;
   actors: Readonly<{ live: number; mailboxDepth: number; passivated: number }>;
@@ -55,6 +56,8 @@ export type OperationsDeps = Readonly<{
   registry: { size: number; passivated: number; mailboxDepth(): number };
   psp: object;
   deadLetters: { counts(): Promise<DeadLetterCounts> };
+  /** Ask JetStream for the command stream's size: the operations page shows it, no gauge does. */
+  withCommandStream: boolean;
   /** Deadline of each probe, in milliseconds. */
   probeTimeoutMs: number;
 }>;
@@ -83,15 +86,17 @@ export async function operationsSnapshot(deps: OperationsDeps): Promise<Operatio
         ackFloorStreamSeq: info.ack_floor.stream_seq,
       };
     }),
-    probe(async (): Promise<StreamState> => {
-      const info = await deps.jsm.streams.info(deps.names.commandStream);
-      return {
-        messages: info.state.messages,
-        bytes: info.state.bytes,
-        firstSeq: info.state.first_seq,
-        lastSeq: info.state.last_seq,
-      };
-    }),
+    deps.withCommandStream
+      ? probe(async (): Promise<StreamState> => {
+          const info = await deps.jsm.streams.info(deps.names.commandStream);
+          return {
+            messages: info.state.messages,
+            bytes: info.state.bytes,
+            firstSeq: info.state.first_seq,
+            lastSeq: info.state.last_seq,
+          };
+        })
+      : undefined,
     probe(() => deps.deadLetters.counts()),
     probe(() => outboxLag(deps.db)),
     probe(async () => {

@@ -442,11 +442,18 @@ describe('operations and reconciliation', () => {
         wakeRelay: () => {},
         now: () => new Date(),
       }),
+      withCommandStream: true,
       probeTimeoutMs: 2_000,
     });
     expect(snapshot.breaker).toBe('CLOSED');
     expect(snapshot.consumer.ok).toBe(true);
     expect(snapshot.outbox).toEqual({ ok: true, value: { pending: 0, oldestAgeMs: 0 } });
+    const stored = await stack.settle.db.selectFrom('dead_letter').select(['state']).execute();
+    expect(snapshot.deadLetters).toEqual({
+      ok: true,
+      value: { open: stored.filter((r) => r.state === 'OPEN').length, total: stored.length },
+    });
+    expect(stored.length).toBeGreaterThan(0);
 
     const { html } = await adminFetch(stack, '/admin/operations');
     const text = html.replace(/<[^>]+>/g, ' ').replace(/\s+/g, ' ');
