@@ -7,6 +7,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { InvalidArgumentError, NotFoundError, SettleError } from '../domain/errors.js';
+import { ORDER_ID_PATTERN, PARTY_ID_PATTERN, PAYMENT_ID_PATTERN } from '../domain/ids.js';
 import { toHttpError } from '../grpc/http-status.js';
 import type { ErrorLogger } from '../grpc/status.js';
 import type { HttpRequest, HttpResponse, Route } from '../http/router.js';
@@ -99,9 +100,6 @@ const PAGE_SIZE_MAX = 200;
 const RECON_RUNS_SHOWN = 50;
 /** Of the newest run; the CLI and ReconciliationService page through all of them. */
 const RECON_MISMATCHES_SHOWN = 200;
-const PAYMENT_ID = /^pay_[0-9A-HJKMNP-TV-Z]{26}$/;
-const ORDER_ID = /^ord_[0-9A-HJKMNP-TV-Z]{26}$/;
-const PARTY_ID = /^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$/;
 
 type Handler = (request: HttpRequest, principal: Principal) => Promise<HttpResponse>;
 
@@ -378,7 +376,8 @@ export function adminRoutes(deps: AdminDeps): Route[] {
 
     view('/admin/payments/:id', async (request, principal) => {
       const paymentId = request.params.id ?? '';
-      if (!PAYMENT_ID.test(paymentId)) throw new NotFoundError('payment', paymentId.slice(0, 40));
+      if (!PAYMENT_ID_PATTERN.test(paymentId))
+        throw new NotFoundError('payment', paymentId.slice(0, 40));
       const payment = await findPayment(deps.db, paymentId);
       if (payment === undefined) throw new NotFoundError('payment', paymentId);
       const orderIds = payment.orders.map((order) => order.id);
@@ -457,14 +456,16 @@ export function adminRoutes(deps: AdminDeps): Route[] {
 
     view('/admin/orders/:id', async (request) => {
       const orderId = request.params.id ?? '';
-      const order = ORDER_ID.test(orderId) ? await findPaymentOrder(deps.db, orderId) : undefined;
+      const order = ORDER_ID_PATTERN.test(orderId)
+        ? await findPaymentOrder(deps.db, orderId)
+        : undefined;
       if (order === undefined) throw new NotFoundError('payment order', orderId.slice(0, 40));
       return redirect(`/admin/payments/${order.paymentId}#${order.id}`);
     }),
 
     view('/admin/wallets/:sellerId', async (request, principal) => {
       const sellerId = request.params.sellerId ?? '';
-      if (!PARTY_ID.test(sellerId))
+      if (!PARTY_ID_PATTERN.test(sellerId))
         throw new NotFoundError('wallet of seller', sellerId.slice(0, 64));
       const [wallet, entries] = await Promise.all([
         findWallet(deps.db, sellerId),
@@ -626,22 +627,22 @@ function paymentSearch(filters: PaymentFilters, before: string) {
   let paymentId: string | undefined;
   let orderId: string | undefined;
   if (filters.q !== '') {
-    if (PAYMENT_ID.test(filters.q)) paymentId = filters.q;
-    else if (ORDER_ID.test(filters.q)) orderId = filters.q;
+    if (PAYMENT_ID_PATTERN.test(filters.q)) paymentId = filters.q;
+    else if (ORDER_ID_PATTERN.test(filters.q)) orderId = filters.q;
     else throw new InvalidArgumentError('id', 'give a payment id (pay_…) or an order id (ord_…)');
   }
   for (const [field, value] of [
     ['buyer', filters.buyer],
     ['seller', filters.seller],
   ] as const) {
-    if (value !== '' && !PARTY_ID.test(value)) {
+    if (value !== '' && !PARTY_ID_PATTERN.test(value)) {
       throw new InvalidArgumentError(field, '1-64 letters, digits and _.:@-');
     }
   }
   if (filters.state !== '' && !(PAYMENT_STATES as readonly string[]).includes(filters.state)) {
     throw new InvalidArgumentError('state', `one of ${PAYMENT_STATES.join(', ')}`);
   }
-  if (before !== '' && !PAYMENT_ID.test(before)) {
+  if (before !== '' && !PAYMENT_ID_PATTERN.test(before)) {
     throw new InvalidArgumentError('before', 'invalid paging cursor; start again');
   }
   return {

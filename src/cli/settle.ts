@@ -31,6 +31,7 @@ import {
   ListEntriesResponse,
 } from '../grpc/generated/settle/v1/wallet.js';
 import { formatMajor } from '../domain/money.js';
+import { grpcCodeName } from '../grpc/http-status.js';
 import {
   DeadLetterState,
   deadLetterStateFromJSON,
@@ -684,28 +685,4 @@ function isServiceError(error: unknown): error is ServiceError {
     typeof (error as { code?: unknown }).code === 'number' &&
     typeof (error as { details?: unknown }).details === 'string'
   );
-}
-
-const GRPC_CODE_NAMES = [
-  'OK',
-  'CANCELLED',
-  'UNKNOWN',
-  'INVALID_ARGUMENT',
-  'DEADLINE_EXCEEDED',
-  'NOT_FOUND',
-  'ALREADY_EXISTS',
-  'PERMISSION_DENIED',
-  'RESOURCE_EXHAUSTED',
-  'FAILED_PRECONDITION',
-  'ABORTED',
-  'OUT_OF_RANGE',
-  'UNIMPLEMENTED',
-  'INTERNAL',
-  'UNAVAILABLE',
-  'DATA_LOSS',
-  'UNAUTHENTICATED',
-];
-
-function grpcCodeName(code: number): string {
-  return GRPC_CODE_NAMES[code] ?? `code ${code}`;
 }

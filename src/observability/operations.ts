@@ -6,6 +6,7 @@
  */
 import type { JetStreamManager } from '@nats-io/jetstream';
 import { sql } from 'kysely';
+import { withDeadline } from '../domain/deadline.js';
 import type { Names } from '../messaging/subjects.js';
 import type { BreakerState } from '../psp/client.js';
 import type { Db } from '../storage/db.js';
@@ -70,7 +71,7 @@ export function breakerStateOf(psp: object): BreakerState | undefined {
 }
 
 export async function operationsSnapshot(deps: OperationsDeps): Promise<OperationsSnapshot> {
-  const probe = <T>(work: () => Promise<T>) => withDeadline(work, deps.probeTimeoutMs);
+  const probe = <T>(work: () => Promise<T>) => probeWithin(work, deps.probeTimeoutMs);
   const [consumer, commandStream, deadLetters, outbox, payments] = await Promise.all([
     probe(async (): Promise<ConsumerLag> => {
       const info = await deps.jsm.consumers.info(
@@ -122,16 +123,10 @@ export async function operationsSnapshot(deps: OperationsDeps): Promise<Operatio
   };
 }
 
-async function withDeadline<T>(work: () => Promise<T>, timeoutMs: number): Promise<Probe<T>> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
-  });
+async function probeWithin<T>(work: () => Promise<T>, timeoutMs: number): Promise<Probe<T>> {
   try {
-    return { ok: true, value: await Promise.race([work(), deadline]) };
+    return { ok: true, value: await withDeadline(work(), timeoutMs) };
   } catch (error) {
     return { ok: false, error: error instanceof Error ? error.message : String(error) };
-  } finally {
-    clearTimeout(timer);
   }
 }

@@ -26,7 +26,7 @@ import { deadLetterAuditTarget } from '../../admin/dead-letter-source.js';
 import { listTransitions } from '../../storage/repositories/payment-order.repository.js';
 import { findPaymentVersion } from '../../storage/repositories/payment.repository.js';
 import { toUnavailable } from '../../storage/transaction.js';
-import { PAYMENT_ID_PATTERN } from '../../payments/payment.service.js';
+import { PAYMENT_ID_PATTERN } from '../../domain/ids.js';
 import {
   DeadLetterState as DeadLetterStateProto,
   type AdminServiceServer,
