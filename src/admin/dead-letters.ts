@@ -99,16 +99,55 @@ function toRecord(row: Row): DeadLetterRecord {
   };
 }
 
+const DEAD_LETTER_ID = /^\d{1,19}$/;
+
 /** Newest first; `beforeId` pages. */
 export async function listDeadLetters(
   db: Db,
-  filter: { state?: DeadLetterState; orderId?: string; beforeId?: string; limit: number },
+  filter: {
+    state?: DeadLetterState;
+    orderIds?: readonly string[];
+    beforeId?: string;
+    limit: number;
+  },
 ): Promise<DeadLetterRecord[]> {
+  if (filter.orderIds?.length === 0) return [];
   let query = db.selectFrom('dead_letter').selectAll().orderBy('id', 'desc').limit(filter.limit);
   if (filter.state !== undefined) query = query.where('state', '=', filter.state);
-  if (filter.orderId !== undefined) query = query.where('order_id', '=', filter.orderId);
+  if (filter.orderIds !== undefined) query = query.where('order_id', 'in', filter.orderIds);
   if (filter.beforeId !== undefined) query = query.where('id', '<', filter.beforeId);
   return (await query.execute()).map(toRecord);
+}
+
+export type DeadLetterPage = Readonly<{
+  entries: DeadLetterRecord[];
+  /** Pass as `beforeId` for the next (older) page; undefined on the last page. */
+  nextBeforeId: string | undefined;
+}>;
+
+/**
+ * One page, newest first. `beforeId` comes back from a client (gRPC page_token, the panel's
+ * `before`), so it must look like an id; `cursorField` names it in the error.
+ */
+export async function listDeadLetterPage(
+  db: Db,
+  filter: { state?: DeadLetterState; orderId?: string; beforeId?: string; limit: number },
+  cursorField: string,
+): Promise<DeadLetterPage> {
+  if (filter.beforeId !== undefined && !DEAD_LETTER_ID.test(filter.beforeId)) {
+    throw new InvalidArgumentError(cursorField, `invalid; start again without ${cursorField}`);
+  }
+  const rows = await listDeadLetters(db, {
+    ...(filter.state !== undefined ? { state: filter.state } : {}),
+    ...(filter.orderId !== undefined ? { orderIds: [filter.orderId] } : {}),
+    ...(filter.beforeId !== undefined ? { beforeId: filter.beforeId } : {}),
+    limit: filter.limit + 1,
+  });
+  const entries = rows.slice(0, filter.limit);
+  return {
+    entries,
+    nextBeforeId: rows.length > filter.limit ? entries[entries.length - 1]?.id : undefined,
+  };
 }
 
 export async function findDeadLetter(db: Db, id: string): Promise<DeadLetterRecord | undefined> {
@@ -131,7 +170,7 @@ export async function countDeadLetters(db: Db): Promise<{ open: number; total: n
 export type DeadLetterDeps = Readonly<{ db: Db; wakeRelay: () => void; now: () => Date }>;
 
 function parseId(id: string): string {
-  if (!/^\d{1,19}$/.test(id))
+  if (!DEAD_LETTER_ID.test(id))
     throw new InvalidArgumentError('id', `'${id.slice(0, 40)}' is not a dead-letter id`);
   return id;
 }

@@ -134,12 +134,12 @@ describe('access', () => {
       `127.0.0.1:${stack.settle.grpcPort}`,
       grpc.credentials.createInsecure(),
     );
-    const list = (authorization: string | undefined) =>
+    const list = (authorization: string | undefined, pageToken = '') =>
       new Promise<grpc.ServiceError | null>((resolve) => {
         const metadata = new grpc.Metadata();
         if (authorization !== undefined) metadata.set('authorization', authorization);
         admin.listDeadLetters(
-          { pageSize: 1, pageToken: '', state: 0, orderId: '' },
+          { pageSize: 1, pageToken, state: 0, orderId: '' },
           metadata,
           { deadline: Date.now() + 10_000 },
           (error) => resolve(error),
@@ -156,6 +156,13 @@ describe('access', () => {
       );
       expect(await list(`bearer ${ADMIN_TOKEN}`)).toBeNull();
       expect(await list(`BEARER  ${ADMIN_TOKEN}`)).toBeNull();
+      // The page cursor is checked as the panel checks its `before`.
+      expect((await list(`Bearer ${ADMIN_TOKEN}`, '1 OR 1'))?.code).toBe(
+        grpc.status.INVALID_ARGUMENT,
+      );
+      const panel = await adminFetch(stack, '/admin/dead-letters?before=1%20OR%201');
+      expect(panel.status).toBe(400);
+      expect(panel.html).toContain('before');
     } finally {
       admin.close();
     }

@@ -8,7 +8,7 @@ import { InvalidArgumentError, NotFoundError, UnauthenticatedError } from '../..
 import {
   DEAD_LETTER_STATE,
   discardDeadLetter,
-  listDeadLetters,
+  listDeadLetterPage,
   replayDeadLetter,
   type DeadLetterDeps,
   type DeadLetterRecord,
@@ -95,22 +95,22 @@ export function adminHandlers(
       requireAdmin(call.metadata, deps.adminToken);
       if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
       const limit = Math.min(request.pageSize === 0 ? 20 : request.pageSize, 100);
-      if (request.pageToken !== '' && !/^\d{1,19}$/.test(request.pageToken)) {
-        throw new InvalidArgumentError('page_token', 'invalid; start again without page_token');
-      }
       const state = stateFromProto(request.state);
-      const rows = await guard(() =>
-        listDeadLetters(deps.db, {
-          ...(state !== undefined ? { state } : {}),
-          ...(request.orderId !== '' ? { orderId: request.orderId } : {}),
-          ...(request.pageToken !== '' ? { beforeId: request.pageToken } : {}),
-          limit: limit + 1,
-        }),
+      const page = await guard(() =>
+        listDeadLetterPage(
+          deps.db,
+          {
+            ...(state !== undefined ? { state } : {}),
+            ...(request.orderId !== '' ? { orderId: request.orderId } : {}),
+            ...(request.pageToken !== '' ? { beforeId: request.pageToken } : {}),
+            limit,
+          },
+          'page_token',
+        ),
       );
-      const page = rows.slice(0, limit);
       return {
-        deadLetters: page.map(toProto),
-        nextPageToken: rows.length > limit ? (page[page.length - 1]?.id ?? '') : '',
+        deadLetters: page.entries.map(toProto),
+        nextPageToken: page.nextBeforeId ?? '',
       };
     }, options),
     replayDeadLetter: unary(async (request, call) => {
