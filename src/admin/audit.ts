@@ -88,9 +88,9 @@ export function grpcAdminActor(metadata: Metadata): string {
 }
 
 /**
- * The reason from gRPC metadata `x-admin-reason` (ReplayDeadLetter has no reason field),
- * percent-encoded because metadata values are ASCII. Optional, but held to the panel's rules
- * when given.
+ * The reason from gRPC metadata `x-admin-reason`, percent-encoded because metadata values are
+ * ASCII: how ReplayDeadLetter took a reason before its request had a field for it, still read
+ * when that field is empty. Optional, but held to the panel's rules when given.
  */
 export function grpcAdminReason(metadata: Metadata): string {
   const [reason] = metadata.get('x-admin-reason');

@@ -111,7 +111,7 @@ describe('retries and dead letters', () => {
     );
 
     stack.psp.setBehavior({ failNextRegistrations: 0 });
-    const replayed = await call(admin.replayDeadLetter.bind(admin), { id: dead.id });
+    const replayed = await call(admin.replayDeadLetter.bind(admin), { id: dead.id, reason: '' });
     expect(replayed.deadLetter?.state).toBe(DeadLetterState.DEAD_LETTER_STATE_REPLAYED);
     const order = await waitFor(async () => {
       const o = await orderState(paymentId);
@@ -119,7 +119,7 @@ describe('retries and dead letters', () => {
     });
     expect(order.pspToken).toMatch(/^tok_/);
     // Replaying again does no harm: same entry, same token, no second registration.
-    const again = await call(admin.replayDeadLetter.bind(admin), { id: dead.id });
+    const again = await call(admin.replayDeadLetter.bind(admin), { id: dead.id, reason: '' });
     expect(again.deadLetter?.state).toBe(DeadLetterState.DEAD_LETTER_STATE_REPLAYED);
     await new Promise((resolve) => setTimeout(resolve, 300));
     expect((await orderState(paymentId))?.pspToken).toBe(order.pspToken);
@@ -181,9 +181,12 @@ describe('retries and dead letters', () => {
     });
     expect(discarded.deadLetter?.state).toBe(DeadLetterState.DEAD_LETTER_STATE_DISCARDED);
     expect(discarded.deadLetter?.resolutionNote).toMatch(/PSP confirmed a data error/);
-    const replay = await callError(admin.replayDeadLetter.bind(admin), { id: dead.id });
+    const replay = await callError(admin.replayDeadLetter.bind(admin), { id: dead.id, reason: '' });
     expect(replay.code).toBe(grpc.status.FAILED_PRECONDITION);
-    const missing = await callError(admin.replayDeadLetter.bind(admin), { id: '999999999' });
+    const missing = await callError(admin.replayDeadLetter.bind(admin), {
+      id: '999999999',
+      reason: '',
+    });
     expect(missing.code).toBe(grpc.status.NOT_FOUND);
   });
 

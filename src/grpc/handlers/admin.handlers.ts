@@ -121,7 +121,8 @@ export function adminHandlers(
         deps,
         {
           actor,
-          reason: grpcAdminReason(call.metadata),
+          reason:
+            request.reason !== '' ? requireReason(request.reason) : grpcAdminReason(call.metadata),
           action: ADMIN_ACTION.replayDeadLetter,
           target: deadLetterAuditTarget(request.id),
           via: 'grpc',
