@@ -80,11 +80,14 @@ export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOp
       try {
         response = await handle(request, requestId);
       } catch (error) {
-        const answer = toHttpError(bodyLimitError(error), requestId, {
+        const tooLarge = error instanceof HttpError && error.status === 413;
+        const answer = toHttpError(tooLarge ? bodyTooLarge(error) : error, requestId, {
           log: options.log,
           path: `${method} ${path}`,
         });
-        response = json(answer.status, answer.body, answer.headers);
+        // The body keeps gRPC's code, but the status stays the router's 413: a 429 would tell
+        // the caller to retry later, and this body will never fit.
+        response = json(tooLarge ? 413 : answer.status, answer.body, answer.headers);
       }
       options.observe?.({
         method,
@@ -231,12 +234,9 @@ class RestInputError extends InvalidArgumentError {
   }
 }
 
-/** The router's 413 (body over the limit) becomes the RESOURCE_EXHAUSTED that gRPC would send. */
-function bodyLimitError(error: unknown): unknown {
-  if (error instanceof HttpError && error.status === 413) {
-    return Object.assign(new ResourceExhaustedError(error.message, { retryable: false }), {
-      reason: 'BODY_TOO_LARGE',
-    });
-  }
-  return error;
+/** The router's 413 (body over the limit) as the RESOURCE_EXHAUSTED that gRPC would send. */
+function bodyTooLarge(error: HttpError): ResourceExhaustedError {
+  return Object.assign(new ResourceExhaustedError(error.message, { retryable: false }), {
+    reason: 'BODY_TOO_LARGE',
+  });
 }
