@@ -6,8 +6,7 @@
 import type { PaymentOrder } from '../domain/payment-order.js';
 import type { BreakerState } from '../psp/client.js';
 
-export const SEVERITY = { ok: 'ok', info: 'info', warn: 'warn', error: 'error' } as const;
-export type Severity = (typeof SEVERITY)[keyof typeof SEVERITY];
+export type Severity = 'ok' | 'info' | 'warn' | 'error';
 
 export type Finding = Readonly<{ severity: Severity; orderId: string | undefined; text: string }>;
 

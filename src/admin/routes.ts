@@ -16,7 +16,6 @@ import { breakerStateOf, type OperationsSnapshot } from '../observability/operat
 import type { Db } from '../storage/db.js';
 import { listAudit } from '../storage/repositories/admin-audit.repository.js';
 import {
-  latestEntriesOfAccount,
   searchPayments,
   webhooksOfOrders,
 } from '../storage/repositories/admin-search.repository.js';
@@ -469,7 +468,11 @@ export function adminRoutes(deps: AdminDeps): Route[] {
         throw new NotFoundError('wallet of seller', sellerId.slice(0, 64));
       const [wallet, entries] = await Promise.all([
         findWallet(deps.db, sellerId),
-        latestEntriesOfAccount(deps.db, ACCOUNT.sellerPayable(sellerId), 100),
+        listLedgerEntries(deps.db, {
+          account: ACCOUNT.sellerPayable(sellerId),
+          limit: 100,
+          newestFirst: true,
+        }),
       ]);
       return page(
         principal,

@@ -644,7 +644,7 @@ function time(date: Date | undefined, withMs = false): string {
 }
 
 /** Columns padded to their widest cell; numbers are not right-aligned on purpose (copy-paste). */
-export function table(headers: readonly string[], rows: ReadonlyArray<readonly string[]>): string {
+function table(headers: readonly string[], rows: ReadonlyArray<readonly string[]>): string {
   const widths = headers.map((header, i) =>
     Math.max(header.length, ...rows.map((row) => (row[i] ?? '').length)),
   );

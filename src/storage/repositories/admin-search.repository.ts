@@ -5,7 +5,6 @@
  */
 import { idAt } from '../../domain/ids.js';
 import type { Db } from '../db.js';
-import { listLedgerEntries, type LedgerEntry } from './ledger.repository.js';
 
 export type PaymentSearch = Readonly<{
   paymentId?: string | undefined;
@@ -106,15 +105,4 @@ export async function webhooksOfOrders(
     orderId: row.order_id,
     receivedAt: row.received_at,
   }));
-}
-
-export type AccountEntry = LedgerEntry;
-
-/** The newest entries of one ledger account, newest first. */
-export function latestEntriesOfAccount(
-  db: Db,
-  account: string,
-  limit: number,
-): Promise<AccountEntry[]> {
-  return listLedgerEntries(db, { account, limit, newestFirst: true });
 }
