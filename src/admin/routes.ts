@@ -6,7 +6,12 @@
  * AdminService (the same dead-letter functions, the same audit trail) instead of these pages.
  */
 import { randomUUID } from 'node:crypto';
-import { InvalidArgumentError, NotFoundError, SettleError } from '../domain/errors.js';
+import {
+  InvalidArgumentError,
+  NotFoundError,
+  SettleError,
+  UnauthenticatedError,
+} from '../domain/errors.js';
 import { ORDER_ID_PATTERN, PARTY_ID_PATTERN, PAYMENT_ID_PATTERN } from '../domain/ids.js';
 import { toHttpError } from '../grpc/http-status.js';
 import type { ErrorLogger } from '../grpc/status.js';
@@ -312,14 +317,12 @@ export function adminRoutes(deps: AdminDeps): Route[] {
           return fail(400, 'name: 1-64 letters, digits, spaces and ._@- please');
         }
         if (!tokenMatches(deps.auth, form.get('token') ?? '')) {
-          deps.onAction?.({
-            actor: name,
-            action: ADMIN_ACTION.login,
-            target: 'session',
-            reason: 'wrong token',
-            via: 'session',
-            outcome: 'FAILED',
-          });
+          // Recorded like any failed action, so guessing shows in the audit trail.
+          await audit(
+            { actor: name, via: 'session' },
+            { action: ADMIN_ACTION.login, target: 'session', reason: 'wrong token' },
+            () => Promise.reject(new UnauthenticatedError('wrong token')),
+          ).catch(() => undefined);
           return fail(401, 'wrong token');
         }
         await audit(

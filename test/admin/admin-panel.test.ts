@@ -113,7 +113,13 @@ describe('access', () => {
     const html = await page.text();
     expect(html).toContain('Alice Ops');
     expect(html).toContain('LOGIN');
-    const [login] = await auditRows(stack, 'session');
+    const [failed, login] = await auditRows(stack, 'session');
+    expect(failed).toMatchObject({
+      actor: 'Alice Ops',
+      action: 'LOGIN',
+      reason: 'wrong token',
+      outcome: 'FAILED',
+    });
     expect(login).toMatchObject({ actor: 'Alice Ops', action: 'LOGIN', outcome: 'OK' });
 
     const crossSite = await fetch(`${stack.settleHttp}/admin/dead-letters/1/discard`, {
