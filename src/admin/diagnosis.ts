@@ -3,6 +3,7 @@
  * webhooks, ledger entries, dead letters, the PSP breaker) into one finding per order, worst
  * first. No I/O and no clock: `now` is passed in, so every rule is tested with plain values.
  */
+import { assertNever } from '../domain/errors.js';
 import type { PaymentOrder } from '../domain/payment-order.js';
 import type { BreakerState } from '../psp/client.js';
 
@@ -112,6 +113,9 @@ function diagnoseOrder(order: PaymentOrder, facts: DiagnosisFacts): Finding[] {
         );
       }
       break;
+    default:
+      // A new order state must get its own reading here; the compiler points at this line.
+      assertNever(order.state, 'order state');
   }
   return found;
 }
