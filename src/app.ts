@@ -6,6 +6,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
+import { withDeadline } from './domain/deadline.js';
 import { settlePublicUrl, utcMinutesOf, type Config } from './config.js';
 import { ActorRegistry } from './actors/runtime/registry.js';
 import { PaymentOrderActor, type OrderMessage } from './actors/payment-order/actor.js';
@@ -385,9 +386,9 @@ export async function startSettle(
           registry.send(event.orderId, message),
           config.WEBHOOK_APPLY_WAIT_MS,
         );
-        return outcome?.kind === 'done' && outcome.receiptStored === true;
+        return outcome.kind === 'done' && outcome.receiptStored === true;
       } catch (error) {
-        // A full mailbox, a database error: the durable way will tell the PSP what to do.
+        // Too slow, a full mailbox, a database error: the durable way tells the PSP what to do.
         logger.debug({ err: error, orderId: event.orderId }, 'webhook not applied at once');
         return false;
       }
@@ -598,15 +599,6 @@ export function commandToEvent(command: Command): OrderEvent {
             declineCode: command.declineCode ?? 'declined',
           };
   }
-}
-
-/** The promise's value, or undefined once `ms` passed first (the promise still runs on). */
-function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    promise,
-    new Promise<undefined>((resolve) => (timer = setTimeout(resolve, ms, undefined))),
-  ]).finally(() => clearTimeout(timer));
 }
 
 function shutdownGrpc(server: grpc.Server, graceMs: number): Promise<void> {

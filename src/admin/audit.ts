@@ -6,8 +6,9 @@
  * names the actor too, so an action whose audit insert failed still leaves a trace.
  */
 import type { Metadata } from '@grpc/grpc-js';
-import { SettleError } from '../domain/errors.js';
+import { InvalidArgumentError, SettleError } from '../domain/errors.js';
 import type { Db } from '../storage/db.js';
+import { ACTOR_PATTERN } from './auth.js';
 import { AUDIT_OUTCOME, insertAudit } from '../storage/repositories/admin-audit.repository.js';
 
 export const ADMIN_ACTION = {
@@ -65,23 +66,36 @@ export async function audited<T>(
   return { result, auditId };
 }
 
-const ACTOR = /^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$/;
+/** Why an operator acted: required wherever it is asked for, and short enough to read back. */
+export const REASON_CHARS = { min: 3, max: 500 } as const;
+
+/** The trimmed reason, or InvalidArgumentError: the panel and AdminService accept the same ones. */
+export function requireReason(value: unknown): string {
+  const reason = typeof value === 'string' ? value.trim() : '';
+  if (reason.length < REASON_CHARS.min || reason.length > REASON_CHARS.max) {
+    throw new InvalidArgumentError(
+      'reason',
+      `say why in ${REASON_CHARS.min}-${REASON_CHARS.max} characters; it goes into the audit trail`,
+    );
+  }
+  return reason;
+}
+
+/** The operator named by gRPC metadata `x-admin-actor`, prefixed `grpc:`; optional. */
+export function grpcAdminActor(metadata: Metadata): string {
+  const [actor] = metadata.get('x-admin-actor');
+  return typeof actor === 'string' && ACTOR_PATTERN.test(actor) ? `grpc:${actor}` : 'grpc';
+}
 
 /**
- * The operator named by gRPC metadata `x-admin-actor` (sanitised), prefixed `grpc:`, and the
- * reason from `x-admin-reason` (ReplayDeadLetter has no reason field), percent-encoded because
- * metadata values are ASCII. Both are optional.
+ * The reason from gRPC metadata `x-admin-reason`, percent-encoded because metadata values are
+ * ASCII: how ReplayDeadLetter took a reason before its request had a field for it, still read
+ * when that field is empty. Optional, but held to the panel's rules when given.
  */
-export function grpcAdminCaller(metadata: Metadata): { actor: string; reason: string } {
-  const [actor] = metadata.get('x-admin-actor');
+export function grpcAdminReason(metadata: Metadata): string {
   const [reason] = metadata.get('x-admin-reason');
-  return {
-    actor: typeof actor === 'string' && ACTOR.test(actor) ? `grpc:${actor}` : 'grpc',
-    reason:
-      typeof reason === 'string' && reason.trim() !== ''
-        ? decodeReason(reason.trim()).slice(0, 500)
-        : '(no reason given over gRPC)',
-  };
+  if (typeof reason !== 'string' || reason.trim() === '') return '(no reason given over gRPC)';
+  return requireReason(decodeReason(reason.trim()));
 }
 
 function decodeReason(text: string): string {

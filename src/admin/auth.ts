@@ -30,9 +30,18 @@ function digest(text: string): Buffer {
 }
 
 /** Constant-time: both sides are hashed to the same length first. */
-export function tokenMatches(config: AdminAuthConfig, presented: string): boolean {
+export function tokenMatches(config: Pick<AdminAuthConfig, 'token'>, presented: string): boolean {
   if (config.token === undefined) return false;
   return timingSafeEqual(digest(presented), digest(config.token));
+}
+
+/**
+ * The token of an `Authorization: Bearer <token>` value (scheme in any case, token trimmed), or
+ * undefined for any other value. HTTP headers and gRPC metadata read it the same way.
+ */
+export function bearerToken(authorization: unknown): string | undefined {
+  if (typeof authorization !== 'string' || !/^Bearer /i.test(authorization)) return undefined;
+  return authorization.slice(7).trim();
 }
 
 function sign(token: string, payload: string): string {
@@ -92,9 +101,9 @@ export function authenticate(
   headers: IncomingHttpHeaders,
   nowMs: number,
 ): Principal | undefined {
-  const authorization = headers.authorization;
-  if (typeof authorization === 'string' && /^Bearer /i.test(authorization)) {
-    if (!tokenMatches(config, authorization.slice(7).trim())) return undefined;
+  const presented = bearerToken(headers.authorization);
+  if (presented !== undefined) {
+    if (!tokenMatches(config, presented)) return undefined;
     const claimed = headers['x-admin-actor'];
     const actor = typeof claimed === 'string' && ACTOR_PATTERN.test(claimed) ? claimed : 'api';
     return { actor, via: 'bearer' };

@@ -4,30 +4,26 @@
  * the panel and the API act through one implementation. The adapter only adds what the pages
  * need: keyset pages, the entries of a payment's orders, and the counts.
  */
-import { sql } from 'kysely';
 import type { Db } from '../storage/db.js';
 import type { DeadLetterCounts } from '../observability/operations.js';
 import {
-  countOpenDeadLetters,
+  countDeadLetters,
   DEAD_LETTER_STATE,
   discardDeadLetter,
   findDeadLetter,
+  listDeadLetterPage,
   listDeadLetters,
   replayDeadLetter,
+  type DeadLetterPage,
   type DeadLetterRecord,
   type DeadLetterState,
 } from './dead-letters.js';
 
-export { DEAD_LETTER_STATE, type DeadLetterState, type DeadLetterCounts };
+export { DEAD_LETTER_STATE, type DeadLetterPage, type DeadLetterState, type DeadLetterCounts };
 export type DeadLetterEntry = DeadLetterRecord;
 
-export type DeadLetterPage = Readonly<{
-  entries: DeadLetterEntry[];
-  /** Pass as `beforeId` for the next (older) page; undefined on the last page. */
-  nextBeforeId: string | undefined;
-}>;
-
 export interface DeadLetterSource {
+  /** Throws InvalidArgumentError('before') for a `beforeId` that is no dead-letter id. */
   list(filter: {
     state?: DeadLetterState;
     beforeId?: string;
@@ -43,7 +39,7 @@ export interface DeadLetterSource {
   discard(id: string, reason: string, actor: string): Promise<DeadLetterEntry>;
 }
 
-/** A payment has at most 50 orders; each shows at most this many dead letters. */
+/** A payment has at most 50 orders; it shows at most this many dead letters per order. */
 const PER_ORDER_MAX = 20;
 
 export function deadLetterAuditTarget(id: string): string {
@@ -58,28 +54,11 @@ export function tableDeadLetters(deps: {
   const { db } = deps;
   return {
     auditTarget: deadLetterAuditTarget,
-    async list(filter) {
-      const rows = await listDeadLetters(db, { ...filter, limit: filter.limit + 1 });
-      const entries = rows.slice(0, filter.limit);
-      return {
-        entries,
-        nextBeforeId: rows.length > filter.limit ? entries[entries.length - 1]?.id : undefined,
-      };
-    },
+    list: (filter) => listDeadLetterPage(db, filter, 'before'),
     get: (id) => (/^\d{1,19}$/.test(id) ? findDeadLetter(db, id) : Promise.resolve(undefined)),
-    async forOrders(orderIds) {
-      const perOrder = await Promise.all(
-        orderIds.map((orderId) => listDeadLetters(db, { orderId, limit: PER_ORDER_MAX })),
-      );
-      return perOrder.flat().sort((a, b) => b.createdAt.getTime() - a.createdAt.getTime());
-    },
-    async counts() {
-      const [open, total] = await Promise.all([
-        countOpenDeadLetters(db),
-        sql<{ n: string }>`SELECT COUNT(*) AS n FROM dead_letter`.execute(db),
-      ]);
-      return { open, total: Number(total.rows[0]?.n ?? 0) };
-    },
+    forOrders: (orderIds) =>
+      listDeadLetters(db, { orderIds, limit: orderIds.length * PER_ORDER_MAX }),
+    counts: () => countDeadLetters(db),
     replay: (id, actor) => replayDeadLetter(deps, id, actor),
     discard: (id, reason, actor) => discardDeadLetter(deps, id, reason, actor),
   };

@@ -13,6 +13,7 @@ import { isDuplicateKey } from '../storage/errors.js';
 import { enqueueOutbox } from '../storage/repositories/outbox.repository.js';
 import { executeOrderPayload, parseCommand } from '../messaging/commands.js';
 import { inTransaction } from '../storage/transaction.js';
+import { requireReason } from './audit.js';
 
 export const DEAD_LETTER_STATE = {
   open: 'OPEN',
@@ -98,16 +99,55 @@ function toRecord(row: Row): DeadLetterRecord {
   };
 }
 
+const DEAD_LETTER_ID = /^\d{1,19}$/;
+
 /** Newest first; `beforeId` pages. */
 export async function listDeadLetters(
   db: Db,
-  filter: { state?: DeadLetterState; orderId?: string; beforeId?: string; limit: number },
+  filter: {
+    state?: DeadLetterState;
+    orderIds?: readonly string[];
+    beforeId?: string;
+    limit: number;
+  },
 ): Promise<DeadLetterRecord[]> {
+  if (filter.orderIds?.length === 0) return [];
   let query = db.selectFrom('dead_letter').selectAll().orderBy('id', 'desc').limit(filter.limit);
   if (filter.state !== undefined) query = query.where('state', '=', filter.state);
-  if (filter.orderId !== undefined) query = query.where('order_id', '=', filter.orderId);
+  if (filter.orderIds !== undefined) query = query.where('order_id', 'in', filter.orderIds);
   if (filter.beforeId !== undefined) query = query.where('id', '<', filter.beforeId);
   return (await query.execute()).map(toRecord);
+}
+
+export type DeadLetterPage = Readonly<{
+  entries: DeadLetterRecord[];
+  /** Pass as `beforeId` for the next (older) page; undefined on the last page. */
+  nextBeforeId: string | undefined;
+}>;
+
+/**
+ * One page, newest first. `beforeId` comes back from a client (gRPC page_token, the panel's
+ * `before`), so it must look like an id; `cursorField` names it in the error.
+ */
+export async function listDeadLetterPage(
+  db: Db,
+  filter: { state?: DeadLetterState; orderId?: string; beforeId?: string; limit: number },
+  cursorField: string,
+): Promise<DeadLetterPage> {
+  if (filter.beforeId !== undefined && !DEAD_LETTER_ID.test(filter.beforeId)) {
+    throw new InvalidArgumentError(cursorField, `invalid; start again without ${cursorField}`);
+  }
+  const rows = await listDeadLetters(db, {
+    ...(filter.state !== undefined ? { state: filter.state } : {}),
+    ...(filter.orderId !== undefined ? { orderIds: [filter.orderId] } : {}),
+    ...(filter.beforeId !== undefined ? { beforeId: filter.beforeId } : {}),
+    limit: filter.limit + 1,
+  });
+  const entries = rows.slice(0, filter.limit);
+  return {
+    entries,
+    nextBeforeId: rows.length > filter.limit ? entries[entries.length - 1]?.id : undefined,
+  };
 }
 
 export async function findDeadLetter(db: Db, id: string): Promise<DeadLetterRecord | undefined> {
@@ -119,16 +159,18 @@ export async function findDeadLetter(db: Db, id: string): Promise<DeadLetterReco
   return row === undefined ? undefined : toRecord(row);
 }
 
-export async function countOpenDeadLetters(db: Db): Promise<number> {
-  const result = await sql<{ n: string }>`
-    SELECT COUNT(*) AS n FROM dead_letter WHERE state = 'OPEN'`.execute(db);
-  return Number(result.rows[0]?.n ?? 0);
+/** Entries still waiting for an operator, and all kept: one scan for both. */
+export async function countDeadLetters(db: Db): Promise<{ open: number; total: number }> {
+  const result = await sql<{ total: string; open: string | null }>`
+    SELECT COUNT(*) AS total, SUM(state = 'OPEN') AS open FROM dead_letter`.execute(db);
+  const row = result.rows[0];
+  return { open: Number(row?.open ?? 0), total: Number(row?.total ?? 0) };
 }
 
 export type DeadLetterDeps = Readonly<{ db: Db; wakeRelay: () => void; now: () => Date }>;
 
 function parseId(id: string): string {
-  if (!/^\d{1,19}$/.test(id))
+  if (!DEAD_LETTER_ID.test(id))
     throw new InvalidArgumentError('id', `'${id.slice(0, 40)}' is not a dead-letter id`);
   return id;
 }
@@ -194,9 +236,7 @@ export async function discardDeadLetter(
   reason: string,
   actor: string,
 ): Promise<DeadLetterRecord> {
-  if (reason.trim().length === 0)
-    throw new InvalidArgumentError('reason', 'a reason is required to discard');
-  if (reason.length > 1_000) throw new InvalidArgumentError('reason', 'at most 1000 characters');
+  const why = requireReason(reason);
   const now = deps.now();
   await inTransaction(deps.db, async (trx) => {
     const row = await trx
@@ -216,7 +256,7 @@ export async function discardDeadLetter(
       .updateTable('dead_letter')
       .set({
         state: DEAD_LETTER_STATE.discarded,
-        resolution_note: `discarded by ${actor}: ${reason}`,
+        resolution_note: `discarded by ${actor}: ${why}`,
         updated_at: now,
       })
       .where('id', '=', row.id)

@@ -3,11 +3,11 @@
  * webhooks, ledger entries, dead letters, the PSP breaker) into one finding per order, worst
  * first. No I/O and no clock: `now` is passed in, so every rule is tested with plain values.
  */
+import { assertNever } from '../domain/errors.js';
 import type { PaymentOrder } from '../domain/payment-order.js';
 import type { BreakerState } from '../psp/client.js';
 
-export const SEVERITY = { ok: 'ok', info: 'info', warn: 'warn', error: 'error' } as const;
-export type Severity = (typeof SEVERITY)[keyof typeof SEVERITY];
+export type Severity = 'ok' | 'info' | 'warn' | 'error';
 
 export type Finding = Readonly<{ severity: Severity; orderId: string | undefined; text: string }>;
 
@@ -113,6 +113,9 @@ function diagnoseOrder(order: PaymentOrder, facts: DiagnosisFacts): Finding[] {
         );
       }
       break;
+    default:
+      // A new order state must get its own reading here; the compiler points at this line.
+      assertNever(order.state, 'order state');
   }
   return found;
 }

@@ -13,11 +13,11 @@ import type {
 } from '../storage/repositories/ledger.repository.js';
 import type { AuditRecord } from '../storage/repositories/admin-audit.repository.js';
 import type {
-  GenericTable,
   PaymentSummary,
   ReceivedWebhook,
 } from '../storage/repositories/admin-search.repository.js';
 import type { OperationsSnapshot, Probe } from '../observability/operations.js';
+import { RECONCILIATION_CLASS, type Mismatch, type Run } from '../reconciliation/index.js';
 import type { Principal } from './auth.js';
 import type { DeadLetterEntry, DeadLetterPage, DeadLetterState } from './dead-letter-source.js';
 import type { Finding } from './diagnosis.js';
@@ -556,13 +556,18 @@ export function operationsPage(input: {
               <dd>${c.deliveredStreamSeq} / ${c.ackFloorStreamSeq}</dd>
             </dl>`,
         )}
-        ${probeOf(
-          s.commandStream,
-          (st) =>
-            html`<p class="muted">
-              stream: ${st.messages} messages, ${st.bytes} bytes, seq ${st.firstSeq}–${st.lastSeq}
-            </p>`,
-        )}
+        ${
+          s.commandStream === undefined
+            ? ''
+            : probeOf(
+                s.commandStream,
+                (st) =>
+                  html`<p class="muted">
+                    stream: ${st.messages} messages, ${st.bytes} bytes, seq
+                    ${st.firstSeq}–${st.lastSeq}
+                  </p>`,
+              )
+        }
       </section>
       <section class="card" id="outbox">
         <h2>Outbox</h2>
@@ -794,48 +799,104 @@ export function confirmDeadLetterPage(input: {
 // ---------------------------------------------------------------------------------------------
 // Reconciliation, ledger, wallets, audit
 
-export function reconciliationPage(input: { tables: readonly GenericTable[] }): SafeHtml {
-  if (input.tables.length === 0) {
-    return html`<div class="stub" id="reconciliation-stub">
-      <p><strong>Reconciliation is not installed on this node yet.</strong></p>
-      <p>
-        This page lists the newest rows of every table named
-        <span class="mono">reconciliation*</span>
-        in Settle's database as soon as the reconciliation feature creates them: the reports (the
-        settlement file and date, counts per class: matched, missing in ledger, missing in
-        settlement, amount mismatch, duplicate, timing) and the mismatches with their evidence.
-      </p>
-    </div>`;
+/** Runs newest first, and the mismatches of the newest one (the first `mismatches.length`). */
+export function reconciliationPage(input: {
+  runs: readonly Run[];
+  latestMismatches: readonly Mismatch[];
+}): SafeHtml {
+  if (input.runs.length === 0) {
+    return html`<p class="muted" id="no-runs">
+      No reconciliation has run yet: the schedule runs each day's settlement file, or run one with
+      <span class="mono">settle reconcile run --date YYYY-MM-DD</span>.
+    </p>`;
   }
-  return html`${input.tables.map(
-    (table) =>
-      html`<section>
-        <h2 class="mono">${table.name}</h2>
-        <div class="scroll">
-          <table class="list">
-            <thead>
-              <tr>
-                ${table.columns.map((c) => html`<th>${c}</th>`)}
-              </tr>
-            </thead>
-            <tbody>
-              ${
-                table.rows.length === 0
-                  ? html`<tr>
-                      <td colspan="${table.columns.length}" class="muted">empty</td>
-                    </tr>`
-                  : table.rows.map(
-                      (row) =>
-                        html`<tr>
-                          ${table.columns.map((c) => html`<td>${row[c] ?? html`<span class="muted">NULL</span>`}</td>`)}
-                        </tr>`,
-                    )
-              }
-            </tbody>
-          </table>
-        </div>
-      </section>`,
-  )}`;
+  const latest = input.runs[0];
+  return html`<section>
+      <h2>Runs</h2>
+      <div class="scroll">
+        <table class="list" id="recon-runs">
+          <thead>
+            <tr>
+              <th>Run</th>
+              <th>Day</th>
+              <th>File</th>
+              <th>State</th>
+              <th>Rows</th>
+              ${RECONCILIATION_CLASSES.map((c) => html`<th>${c}</th>`)}
+              <th>Gross / fee / net in file</th>
+              <th>Started (UTC)</th>
+              <th>Finished (UTC)</th>
+            </tr>
+          </thead>
+          <tbody>
+            ${input.runs.map(
+              (r) =>
+                html`<tr data-run="${r.id}">
+                  <td class="mono">${r.id}</td>
+                  <td>${r.day}</td>
+                  <td class="mono">${r.fileName}</td>
+                  <td>
+                    ${stateBadge(r.state)}
+                    ${r.error !== undefined ? html`<span class="bad">${r.error}</span>` : ''}
+                  </td>
+                  <td>${r.rowsLoaded}/${r.rowsTotal}</td>
+                  ${RECONCILIATION_CLASSES.map((c) => html`<td>${r.counts[c]}</td>`)}
+                  <td>
+                    ${minor(r.grossMinor, r.currency)} / ${minor(r.feeMinor, r.currency)} /
+                    ${minor(r.netMinor, r.currency)}
+                  </td>
+                  <td>${r.createdAt}</td>
+                  <td>${r.completedAt ?? ''}</td>
+                </tr>`,
+            )}
+          </tbody>
+        </table>
+      </div>
+    </section>
+    <section>
+      <h2>Mismatches of run <span class="mono">${latest?.id ?? ''}</span></h2>
+      ${
+        input.latestMismatches.length === 0
+          ? html`<p class="muted">none</p>`
+          : html`<div class="scroll">
+              <table class="list" id="recon-mismatches">
+                <thead>
+                  <tr>
+                    <th>Class</th>
+                    <th>Line</th>
+                    <th>Order</th>
+                    <th>PSP reference</th>
+                    <th>In file</th>
+                    <th>In ledger</th>
+                    <th>Order state</th>
+                    <th>Detail</th>
+                  </tr>
+                </thead>
+                <tbody>
+                  ${input.latestMismatches.map(
+                    (m) =>
+                      html`<tr data-mismatch="${m.id}">
+                        <td>${m.class}</td>
+                        <td>${m.lineNumber ?? ''}</td>
+                        <td class="mono">${m.orderId}</td>
+                        <td class="mono">${m.pspReference ?? ''}</td>
+                        <td>${amountOf(m.fileAmountMinor, latest?.currency ?? '')}</td>
+                        <td>${amountOf(m.ledgerAmountMinor, latest?.currency ?? '')}</td>
+                        <td>${m.orderState ?? ''}</td>
+                        <td>${m.detail}</td>
+                      </tr>`,
+                  )}
+                </tbody>
+              </table>
+            </div>`
+      }
+    </section>`;
+}
+
+const RECONCILIATION_CLASSES = Object.values(RECONCILIATION_CLASS);
+
+function amountOf(amountMinor: bigint | undefined, currency: string): string {
+  return amountMinor === undefined ? '' : minor(amountMinor, currency);
 }
 
 export function ledgerPage(input: { accounts: readonly AccountBalance[] }): SafeHtml {

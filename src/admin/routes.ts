@@ -6,7 +6,13 @@
  * AdminService (the same dead-letter functions, the same audit trail) instead of these pages.
  */
 import { randomUUID } from 'node:crypto';
-import { InvalidArgumentError, NotFoundError, SettleError } from '../domain/errors.js';
+import {
+  InvalidArgumentError,
+  NotFoundError,
+  SettleError,
+  UnauthenticatedError,
+} from '../domain/errors.js';
+import { ORDER_ID_PATTERN, PARTY_ID_PATTERN, PAYMENT_ID_PATTERN } from '../domain/ids.js';
 import { toHttpError } from '../grpc/http-status.js';
 import type { ErrorLogger } from '../grpc/status.js';
 import type { HttpRequest, HttpResponse, Route } from '../http/router.js';
@@ -15,8 +21,6 @@ import { breakerStateOf, type OperationsSnapshot } from '../observability/operat
 import type { Db } from '../storage/db.js';
 import { listAudit } from '../storage/repositories/admin-audit.repository.js';
 import {
-  latestEntriesOfAccount,
-  latestRowsOfTables,
   searchPayments,
   webhooksOfOrders,
 } from '../storage/repositories/admin-search.repository.js';
@@ -32,7 +36,8 @@ import {
 } from '../storage/repositories/payment-order.repository.js';
 import { findPayment } from '../storage/repositories/payment.repository.js';
 import { toUnavailable } from '../storage/transaction.js';
-import { ADMIN_ACTION, audited, type AuditedAction } from './audit.js';
+import { listMismatches, listRuns } from '../reconciliation/index.js';
+import { ADMIN_ACTION, audited, requireReason, type AuditedAction } from './audit.js';
 import {
   ACTOR_PATTERN,
   authenticate,
@@ -96,10 +101,9 @@ export type AdminDeps = Readonly<{
 const FORM_BYTES_MAX = 16 * 1024;
 const PAGE_SIZE_DEFAULT = 50;
 const PAGE_SIZE_MAX = 200;
-const PAYMENT_ID = /^pay_[0-9A-HJKMNP-TV-Z]{26}$/;
-const ORDER_ID = /^ord_[0-9A-HJKMNP-TV-Z]{26}$/;
-const PARTY_ID = /^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$/;
-const REASON_CHARS = { min: 3, max: 500 } as const;
+const RECON_RUNS_SHOWN = 50;
+/** Of the newest run; the CLI and ReconciliationService page through all of them. */
+const RECON_MISMATCHES_SHOWN = 200;
 
 type Handler = (request: HttpRequest, principal: Principal) => Promise<HttpResponse>;
 
@@ -313,14 +317,12 @@ export function adminRoutes(deps: AdminDeps): Route[] {
           return fail(400, 'name: 1-64 letters, digits, spaces and ._@- please');
         }
         if (!tokenMatches(deps.auth, form.get('token') ?? '')) {
-          deps.onAction?.({
-            actor: name,
-            action: ADMIN_ACTION.login,
-            target: 'session',
-            reason: 'wrong token',
-            via: 'session',
-            outcome: 'FAILED',
-          });
+          // Recorded like any failed action, so guessing shows in the audit trail.
+          await audit(
+            { actor: name, via: 'session' },
+            { action: ADMIN_ACTION.login, target: 'session', reason: 'wrong token' },
+            () => Promise.reject(new UnauthenticatedError('wrong token')),
+          ).catch(() => undefined);
           return fail(401, 'wrong token');
         }
         await audit(
@@ -376,7 +378,8 @@ export function adminRoutes(deps: AdminDeps): Route[] {
 
     view('/admin/payments/:id', async (request, principal) => {
       const paymentId = request.params.id ?? '';
-      if (!PAYMENT_ID.test(paymentId)) throw new NotFoundError('payment', paymentId.slice(0, 40));
+      if (!PAYMENT_ID_PATTERN.test(paymentId))
+        throw new NotFoundError('payment', paymentId.slice(0, 40));
       const payment = await findPayment(deps.db, paymentId);
       if (payment === undefined) throw new NotFoundError('payment', paymentId);
       const orderIds = payment.orders.map((order) => order.id);
@@ -455,18 +458,24 @@ export function adminRoutes(deps: AdminDeps): Route[] {
 
     view('/admin/orders/:id', async (request) => {
       const orderId = request.params.id ?? '';
-      const order = ORDER_ID.test(orderId) ? await findPaymentOrder(deps.db, orderId) : undefined;
+      const order = ORDER_ID_PATTERN.test(orderId)
+        ? await findPaymentOrder(deps.db, orderId)
+        : undefined;
       if (order === undefined) throw new NotFoundError('payment order', orderId.slice(0, 40));
       return redirect(`/admin/payments/${order.paymentId}#${order.id}`);
     }),
 
     view('/admin/wallets/:sellerId', async (request, principal) => {
       const sellerId = request.params.sellerId ?? '';
-      if (!PARTY_ID.test(sellerId))
+      if (!PARTY_ID_PATTERN.test(sellerId))
         throw new NotFoundError('wallet of seller', sellerId.slice(0, 64));
       const [wallet, entries] = await Promise.all([
         findWallet(deps.db, sellerId),
-        latestEntriesOfAccount(deps.db, ACCOUNT.sellerPayable(sellerId), 100),
+        listLedgerEntries(deps.db, {
+          account: ACCOUNT.sellerPayable(sellerId),
+          limit: 100,
+          newestFirst: true,
+        }),
       ]);
       return page(
         principal,
@@ -540,22 +549,20 @@ export function adminRoutes(deps: AdminDeps): Route[] {
     ...confirmRoutes('replay'),
     ...confirmRoutes('discard'),
 
-    view('/admin/reconciliation', async (_request, principal) =>
-      page(
+    view('/admin/reconciliation', async (_request, principal) => {
+      const runs = await listRuns(deps.db, { limit: RECON_RUNS_SHOWN });
+      const latest = runs[0];
+      const latestMismatches =
+        latest === undefined
+          ? []
+          : await listMismatches(deps.db, { runId: latest.id, limit: RECON_MISMATCHES_SHOWN });
+      return page(
         principal,
         'Reconciliation',
         '/admin/reconciliation',
-        reconciliationPage({
-          // The runs and their mismatches, then every reconciliation* table (the schedule, and any
-          // later one); not recon_file_row, the staging copy of each file.
-          tables: [
-            ...(await latestRowsOfTables(deps.db, 'recon_run', 50)),
-            ...(await latestRowsOfTables(deps.db, 'recon_mismatch', 50)),
-            ...(await latestRowsOfTables(deps.db, 'reconciliation', 50)),
-          ],
-        }),
-      ),
-    ),
+        reconciliationPage({ runs, latestMismatches }),
+      );
+    }),
 
     view('/admin/audit', async (request, principal) => {
       const before = request.query.get('before') ?? '';
@@ -581,17 +588,6 @@ async function requireDeadLetter(source: DeadLetterSource, id: string): Promise<
   const entry = await source.get(id);
   if (entry === undefined) throw new NotFoundError('dead letter', id.slice(0, 40));
   return entry;
-}
-
-function requireReason(value: unknown): string {
-  const reason = typeof value === 'string' ? value.trim() : '';
-  if (reason.length < REASON_CHARS.min || reason.length > REASON_CHARS.max) {
-    throw new InvalidArgumentError(
-      'reason',
-      `say why in ${REASON_CHARS.min}-${REASON_CHARS.max} characters; it goes into the audit trail`,
-    );
-  }
-  return reason;
 }
 
 async function readForm(request: HttpRequest): Promise<URLSearchParams> {
@@ -637,22 +633,22 @@ function paymentSearch(filters: PaymentFilters, before: string) {
   let paymentId: string | undefined;
   let orderId: string | undefined;
   if (filters.q !== '') {
-    if (PAYMENT_ID.test(filters.q)) paymentId = filters.q;
-    else if (ORDER_ID.test(filters.q)) orderId = filters.q;
+    if (PAYMENT_ID_PATTERN.test(filters.q)) paymentId = filters.q;
+    else if (ORDER_ID_PATTERN.test(filters.q)) orderId = filters.q;
     else throw new InvalidArgumentError('id', 'give a payment id (pay_…) or an order id (ord_…)');
   }
   for (const [field, value] of [
     ['buyer', filters.buyer],
     ['seller', filters.seller],
   ] as const) {
-    if (value !== '' && !PARTY_ID.test(value)) {
+    if (value !== '' && !PARTY_ID_PATTERN.test(value)) {
       throw new InvalidArgumentError(field, '1-64 letters, digits and _.:@-');
     }
   }
   if (filters.state !== '' && !(PAYMENT_STATES as readonly string[]).includes(filters.state)) {
     throw new InvalidArgumentError('state', `one of ${PAYMENT_STATES.join(', ')}`);
   }
-  if (before !== '' && !PAYMENT_ID.test(before)) {
+  if (before !== '' && !PAYMENT_ID_PATTERN.test(before)) {
     throw new InvalidArgumentError('before', 'invalid paging cursor; start again');
   }
   return {

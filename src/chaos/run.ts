@@ -344,7 +344,7 @@ async function replayDeadLetters(cluster: ChaosCluster, signal: AbortSignal): Pr
   } while (pageToken !== '' && ids.length < REPLAYS_MAX && !signal.aborted);
   for (const id of ids) {
     if (signal.aborted) break;
-    await client.admin.replayDeadLetter({ id }, { metadata });
+    await client.admin.replayDeadLetter({ id, reason: '' }, { metadata });
   }
   return ids.length;
 }

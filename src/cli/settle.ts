@@ -2,7 +2,7 @@
  * `settle`: the command-line client of a Settle node, on the gRPC API through src/client (the
  * generated ts-proto stubs): payments, wallets and the ledger, and dead letters through
  * AdminService (with `authorization: Bearer <ADMIN_TOKEN>`; replay and discard are audited with
- * the caller's name and reason, sent as `x-admin-actor` / `x-admin-reason` metadata), and
+ * the caller's name, sent as `x-admin-actor` metadata, and the request's reason), and
  * settlement-file reconciliation through ReconciliationService. Output is a human-readable table
  * by default and JSON with --json (proto3 JSON mapping, the same shapes as the REST twin;
  * amounts are strings). Exit codes: 0 done, 1 the server refused or failed, 2 bad usage.
@@ -31,6 +31,7 @@ import {
   ListEntriesResponse,
 } from '../grpc/generated/settle/v1/wallet.js';
 import { formatMajor } from '../domain/money.js';
+import { grpcCodeName } from '../grpc/http-status.js';
 import {
   DeadLetterState,
   deadLetterStateFromJSON,
@@ -355,14 +356,13 @@ async function dispatch(
   }
 }
 
-/** Bearer token, operator name and (for replay) the reason, as AdminService metadata. */
-function adminMetadata(settings: Settings, reason?: string): Record<string, string> {
+/** Bearer token and operator name, as AdminService metadata. */
+function adminMetadata(settings: Settings): Record<string, string> {
   return {
     ...(settings.token !== undefined && settings.token !== ''
       ? { authorization: `Bearer ${settings.token}` }
       : {}),
     'x-admin-actor': settings.actor.replace(/[^A-Za-z0-9 ._@-]/g, '_').slice(0, 64) || 'cli',
-    ...(reason !== undefined ? { 'x-admin-reason': encodeURIComponent(reason) } : {}),
   };
 }
 
@@ -422,8 +422,8 @@ async function deadLetterCommand(
       const response =
         verb === 'replay'
           ? await client.admin.replayDeadLetter(
-              { id },
-              { metadata: adminMetadata(settings, values.reason) },
+              { id, reason: values.reason },
+              { metadata: adminMetadata(settings) },
             )
           : await client.admin.discardDeadLetter(
               { id, reason: values.reason },
@@ -644,7 +644,7 @@ function time(date: Date | undefined, withMs = false): string {
 }
 
 /** Columns padded to their widest cell; numbers are not right-aligned on purpose (copy-paste). */
-export function table(headers: readonly string[], rows: ReadonlyArray<readonly string[]>): string {
+function table(headers: readonly string[], rows: ReadonlyArray<readonly string[]>): string {
   const widths = headers.map((header, i) =>
     Math.max(header.length, ...rows.map((row) => (row[i] ?? '').length)),
   );
@@ -684,28 +684,4 @@ function isServiceError(error: unknown): error is ServiceError {
     typeof (error as { code?: unknown }).code === 'number' &&
     typeof (error as { details?: unknown }).details === 'string'
   );
-}
-
-const GRPC_CODE_NAMES = [
-  'OK',
-  'CANCELLED',
-  'UNKNOWN',
-  'INVALID_ARGUMENT',
-  'DEADLINE_EXCEEDED',
-  'NOT_FOUND',
-  'ALREADY_EXISTS',
-  'PERMISSION_DENIED',
-  'RESOURCE_EXHAUSTED',
-  'FAILED_PRECONDITION',
-  'ABORTED',
-  'OUT_OF_RANGE',
-  'UNIMPLEMENTED',
-  'INTERNAL',
-  'UNAVAILABLE',
-  'DATA_LOSS',
-  'UNAUTHENTICATED',
-];
-
-function grpcCodeName(code: number): string {
-  return GRPC_CODE_NAMES[code] ?? `code ${code}`;
 }

@@ -14,6 +14,13 @@ export const ID_PREFIX = {
 } as const;
 export type IdKind = keyof typeof ID_PREFIX;
 
+/** A ULID's 26 characters: Crockford base32, which leaves out I, L, O and U (see ALPHABET). */
+const ULID_CHARS = '[0-9A-HJKMNP-TV-Z]{26}';
+export const PAYMENT_ID_PATTERN = new RegExp(`^${ID_PREFIX.payment}${ULID_CHARS}$`);
+export const ORDER_ID_PATTERN = new RegExp(`^${ID_PREFIX.order}${ULID_CHARS}$`);
+/** Buyer and seller ids: chosen by the caller, so only a safe shape is asked for. */
+export const PARTY_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$/;
+
 function encodeTime(nowMs: number): string {
   let time = '';
   let ms = nowMs;

@@ -10,6 +10,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
+import { ORDER_ID_PATTERN, PAYMENT_ID_PATTERN } from '../domain/ids.js';
 import { defaultErrorLogger, toGrpcStatus, type ErrorLogger, type GrpcStatus } from './status.js';
 
 /** Metadata key of the request id, read from the request and echoed in the response. */
@@ -47,7 +48,11 @@ export type CallObservation = Readonly<{
 
 /** The request id of a call: the caller's `x-request-id` if sane, else a random UUID. */
 export function requestIdOf(metadata: grpc.Metadata): string {
-  const [value] = metadata.get(REQUEST_ID_METADATA_KEY);
+  return requestIdOrNew(metadata.get(REQUEST_ID_METADATA_KEY)[0]);
+}
+
+/** `value` if it is a sane request id, else a random UUID; REST reads its header with it too. */
+export function requestIdOrNew(value: unknown): string {
   return typeof value === 'string' && REQUEST_ID_PATTERN.test(value) ? value : randomUUID();
 }
 
@@ -180,9 +185,6 @@ function observe(options: AdapterOptions, observation: CallObservation): void {
   }
 }
 
-const PAYMENT_ID = /^pay_[0-9A-Z]{26}$/;
-const ORDER_ID = /^ord_[0-9A-Z]{26}$/;
-
 /** The payment and order ids a request or response names (fields paymentId / orderId / payment). */
 function subjectIds(request: unknown, response: unknown): { paymentId?: string; orderId?: string } {
   const pick = (value: unknown, key: string, pattern: RegExp): string | undefined => {
@@ -195,8 +197,9 @@ function subjectIds(request: unknown, response: unknown): { paymentId?: string; 
       ? (response as { payment?: unknown }).payment
       : undefined;
   const paymentId =
-    pick(request, 'paymentId', PAYMENT_ID) ?? pick(responsePayment, 'paymentId', PAYMENT_ID);
-  const orderId = pick(request, 'orderId', ORDER_ID);
+    pick(request, 'paymentId', PAYMENT_ID_PATTERN) ??
+    pick(responsePayment, 'paymentId', PAYMENT_ID_PATTERN);
+  const orderId = pick(request, 'orderId', ORDER_ID_PATTERN);
   return {
     ...(paymentId !== undefined ? { paymentId } : {}),
     ...(orderId !== undefined ? { orderId } : {}),

@@ -41,7 +41,7 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
   const log = (error: unknown, context: Record<string, unknown>) =>
     logger.error({ err: error, ...context }, 'internal error in operator route');
   const deadLetters = tableDeadLetters({ db: deps.db, wakeRelay: deps.wakeRelay, now: deps.now });
-  const snapshot = () =>
+  const snapshot = (withCommandStream: boolean) =>
     operationsSnapshot({
       db: deps.db,
       jsm: deps.jsm,
@@ -49,9 +49,10 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
       registry: deps.registry,
       psp: deps.psp,
       deadLetters,
+      withCommandStream,
       probeTimeoutMs: PROBE_TIMEOUT_MS,
     });
-  deps.metrics.setSnapshotSource(snapshot);
+  deps.metrics.setSnapshotSource(() => snapshot(false));
   return [
     ...paymentRoutes(deps.payments, { log, observe: restCallObserver(logger, deps.metrics) }),
     {
@@ -67,7 +68,7 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
       names: deps.names,
       auth: { token: config.ADMIN_TOKEN, readonlyOpen: config.ADMIN_READONLY_OPEN },
       deadLetters,
-      snapshot,
+      snapshot: () => snapshot(true),
       psp: deps.psp,
       nodeName: deps.nodeName,
       settings: [

@@ -7,9 +7,9 @@
  * enums are their names; requests may use either lowerCamelCase or the proto's snake_case names.
  * The `Idempotency-Key` header is the request's `request_id`.
  */
-import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { InvalidArgumentError, ResourceExhaustedError } from '../domain/errors.js';
+import { ID_PREFIX, PAYMENT_ID_PATTERN } from '../domain/ids.js';
 import {
   CreatePaymentResponse,
   GetPaymentResponse,
@@ -18,6 +18,7 @@ import {
   paymentStateFromJSON,
 } from '../grpc/generated/settle/v1/payment.js';
 import { paymentStateFromProto, paymentToProto } from '../grpc/handlers/mappers.js';
+import { requestIdOrNew } from '../grpc/adapters.js';
 import { toHttpError } from '../grpc/http-status.js';
 import type { ErrorLogger } from '../grpc/status.js';
 import type { PaymentService } from '../payments/payment.service.js';
@@ -25,7 +26,6 @@ import { HttpError, json, type HttpRequest, type HttpResponse, type Route } from
 
 /** A payment has at most 50 orders; 64 KiB is far more than such a body needs. */
 const CREATE_BODY_BYTES_MAX = 64 * 1024;
-const REQUEST_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
 export type RestObservation = Readonly<{
   method: string;
@@ -75,16 +75,19 @@ export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOp
     path,
     handle: async (request) => {
       const started = performance.now();
-      const requestId = requestIdOf(request);
+      const requestId = requestIdOrNew(request.headers['x-request-id']);
       let response: HttpResponse;
       try {
         response = await handle(request, requestId);
       } catch (error) {
-        const answer = toHttpError(bodyLimitError(error), requestId, {
+        const tooLarge = error instanceof HttpError && error.status === 413;
+        const answer = toHttpError(tooLarge ? bodyTooLarge(error) : error, requestId, {
           log: options.log,
           path: `${method} ${path}`,
         });
-        response = json(answer.status, answer.body, answer.headers);
+        // The body keeps gRPC's code, but the status stays the router's 413: a 429 would tell
+        // the caller to retry later, and this body will never fit.
+        response = json(tooLarge ? 413 : answer.status, answer.body, answer.headers);
       }
       options.observe?.({
         method,
@@ -214,13 +217,10 @@ function snakeCaseKeys(value: object): Record<string, unknown> {
   return out;
 }
 
+/** The payment id that ends `text` (a path parameter or a Location header). */
 function paymentIdOf(text: string): string | undefined {
-  return /pay_[0-9A-HJKMNP-TV-Z]{26}$/.exec(text)?.[0];
-}
-
-function requestIdOf(request: HttpRequest): string {
-  const header = request.headers['x-request-id'];
-  return typeof header === 'string' && REQUEST_ID_PATTERN.test(header) ? header : randomUUID();
+  const tail = text.slice(-(ID_PREFIX.payment.length + 26));
+  return PAYMENT_ID_PATTERN.test(tail) ? tail : undefined;
 }
 
 /** Input errors the HTTP layer finds itself, with a finer `reason` than INVALID_ARGUMENT. */
@@ -234,12 +234,9 @@ class RestInputError extends InvalidArgumentError {
   }
 }
 
-/** The router's 413 (body over the limit) becomes the RESOURCE_EXHAUSTED that gRPC would send. */
-function bodyLimitError(error: unknown): unknown {
-  if (error instanceof HttpError && error.status === 413) {
-    return Object.assign(new ResourceExhaustedError(error.message, { retryable: false }), {
-      reason: 'BODY_TOO_LARGE',
-    });
-  }
-  return error;
+/** The router's 413 (body over the limit) as the RESOURCE_EXHAUSTED that gRPC would send. */
+function bodyTooLarge(error: HttpError): ResourceExhaustedError {
+  return Object.assign(new ResourceExhaustedError(error.message, { retryable: false }), {
+    reason: 'BODY_TOO_LARGE',
+  });
 }

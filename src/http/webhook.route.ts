@@ -11,6 +11,7 @@
  * duplicate, 400 unsigned/forged/stale/malformed, 404 unknown order, 413 too large, 503 when the
  * database is down (the PSP retries).
  */
+import { ORDER_ID_PATTERN } from '../domain/ids.js';
 import { ResourceExhaustedError, UnavailableError } from '../domain/errors.js';
 import type { Names } from '../messaging/subjects.js';
 import { pspWebhookEventSchema, verifyWebhook } from '../psp/webhook.js';
@@ -21,7 +22,6 @@ import { json, type Route } from './router.js';
 
 export const WEBHOOK_PATH = '/webhooks/psp';
 const WEBHOOK_BODY_BYTES_MAX = 64 * 1024;
-const ORDER_ID_PATTERN = /^ord_[0-9A-HJKMNP-TV-Z]{26}$/;
 
 export type WebhookRouteDeps = Readonly<{
   db: Db;

@@ -5,6 +5,7 @@
  */
 import { sql } from 'kysely';
 import type { NatsConnection } from '@nats-io/transport-node';
+import { withDeadline } from '../domain/deadline.js';
 import type { Db } from '../storage/db.js';
 
 export type DependencyStatus = Readonly<{
@@ -13,22 +14,6 @@ export type DependencyStatus = Readonly<{
   serving: boolean;
   checkedAt: Date;
 }>;
-
-function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
-    promise.then(
-      (value) => {
-        clearTimeout(timer);
-        resolve(value);
-      },
-      (error: unknown) => {
-        clearTimeout(timer);
-        reject(error instanceof Error ? error : new Error(String(error)));
-      },
-    );
-  });
-}
 
 export class HealthMonitor {
   private timer: NodeJS.Timeout | undefined;

@@ -6,6 +6,7 @@
  */
 import type { JetStreamManager } from '@nats-io/jetstream';
 import { sql } from 'kysely';
+import { withDeadline } from '../domain/deadline.js';
 import type { Names } from '../messaging/subjects.js';
 import type { BreakerState } from '../psp/client.js';
 import type { Db } from '../storage/db.js';
@@ -41,7 +42,8 @@ export type OperationsSnapshot = Readonly<{
   /** undefined when the node runs with a PSP port that has no breaker (tests). */
   breaker: BreakerState | undefined;
   consumer: Probe<ConsumerLag>;
-  commandStream: Probe<StreamState>;
+  /** undefined unless asked for (`withCommandStream`). */
+  commandStream: Probe<StreamState> | undefined;
   deadLetters: Probe<DeadLetterCounts>;
   outbox: Probe<{ pending: number; oldestAgeMs: number }>;
   actors: Readonly<{ live: number; mailboxDepth: number; passivated: number }>;
@@ -55,6 +57,8 @@ export type OperationsDeps = Readonly<{
   registry: { size: number; passivated: number; mailboxDepth(): number };
   psp: object;
   deadLetters: { counts(): Promise<DeadLetterCounts> };
+  /** Ask JetStream for the command stream's size: the operations page shows it, no gauge does. */
+  withCommandStream: boolean;
   /** Deadline of each probe, in milliseconds. */
   probeTimeoutMs: number;
 }>;
@@ -67,7 +71,7 @@ export function breakerStateOf(psp: object): BreakerState | undefined {
 }
 
 export async function operationsSnapshot(deps: OperationsDeps): Promise<OperationsSnapshot> {
-  const probe = <T>(work: () => Promise<T>) => withDeadline(work, deps.probeTimeoutMs);
+  const probe = <T>(work: () => Promise<T>) => probeWithin(work, deps.probeTimeoutMs);
   const [consumer, commandStream, deadLetters, outbox, payments] = await Promise.all([
     probe(async (): Promise<ConsumerLag> => {
       const info = await deps.jsm.consumers.info(
@@ -83,15 +87,17 @@ export async function operationsSnapshot(deps: OperationsDeps): Promise<Operatio
         ackFloorStreamSeq: info.ack_floor.stream_seq,
       };
     }),
-    probe(async (): Promise<StreamState> => {
-      const info = await deps.jsm.streams.info(deps.names.commandStream);
-      return {
-        messages: info.state.messages,
-        bytes: info.state.bytes,
-        firstSeq: info.state.first_seq,
-        lastSeq: info.state.last_seq,
-      };
-    }),
+    deps.withCommandStream
+      ? probe(async (): Promise<StreamState> => {
+          const info = await deps.jsm.streams.info(deps.names.commandStream);
+          return {
+            messages: info.state.messages,
+            bytes: info.state.bytes,
+            firstSeq: info.state.first_seq,
+            lastSeq: info.state.last_seq,
+          };
+        })
+      : undefined,
     probe(() => deps.deadLetters.counts()),
     probe(() => outboxLag(deps.db)),
     probe(async () => {
@@ -117,16 +123,10 @@ export async function operationsSnapshot(deps: OperationsDeps): Promise<Operatio
   };
 }
 
-async function withDeadline<T>(work: () => Promise<T>, timeoutMs: number): Promise<Probe<T>> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
-  });
+async function probeWithin<T>(work: () => Promise<T>, timeoutMs: number): Promise<Probe<T>> {
   try {
-    return { ok: true, value: await Promise.race([work(), deadline]) };
+    return { ok: true, value: await withDeadline(work(), timeoutMs) };
   } catch (error) {
     return { ok: false, error: error instanceof Error ? error.message : String(error) };
-  } finally {
-    clearTimeout(timer);
   }
 }

@@ -5,17 +5,20 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { InvalidArgumentError } from '../domain/errors.js';
+import { PARTY_ID_PATTERN } from '../domain/ids.js';
 import { isCurrencyCode, ORDER_AMOUNT_MINOR_MAX, type CurrencyCode } from '../domain/money.js';
 
 export const ORDERS_PER_PAYMENT_MAX = 50;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const PARTY_ID = /^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$/;
 
 const partyId = (what: string) =>
   z
     .string()
     .min(1, `${what} is required`)
-    .regex(PARTY_ID, `${what} must be 1-64 characters of letters, digits and _.:@- (no spaces)`);
+    .regex(
+      PARTY_ID_PATTERN,
+      `${what} must be 1-64 characters of letters, digits and _.:@- (no spaces)`,
+    );
 
 const createPaymentSchema = z
   .object({

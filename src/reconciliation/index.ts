@@ -8,7 +8,13 @@ export {
   type RunPhase,
   type RunSource,
 } from './reconciliation.service.js';
-export type { InternalCheck, Mismatch, Run } from './reconciliation.repository.js';
+export {
+  listMismatches,
+  listRuns,
+  type InternalCheck,
+  type Mismatch,
+  type Run,
+} from './reconciliation.repository.js';
 export { RUN_STATE, SCHEDULE_STATE } from './reconciliation.table.js';
 export { ReconciliationSchedule, type ScheduleOutcome } from './schedule.js';
 export {

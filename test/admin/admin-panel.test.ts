@@ -9,14 +9,21 @@
  * letters are produced by making the PSP mock fail every registration; pages are fetched over HTTP
  * and checked as text, state is checked in MySQL.
  */
-import { sql } from 'kysely';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { adminRoutes } from '../../src/admin/routes.js';
 import { tableDeadLetters } from '../../src/admin/dead-letter-source.js';
 import type { HttpRequest, Route } from '../../src/http/router.js';
 import { operationsSnapshot } from '../../src/observability/operations.js';
 import { idAt } from '../../src/domain/ids.js';
+import { AdminServiceClient } from '../../src/grpc/generated/settle/v1/admin.js';
+import { ReconciliationServiceClient } from '../../src/grpc/generated/settle/v1/reconciliation.js';
+import { SETTLEMENT_HEADER } from '../../src/reconciliation/index.js';
 import {
+  call,
   CARD,
   expectMoneyInvariants,
   payOnHostedPage,
@@ -33,18 +40,24 @@ import {
 } from './admin-support.js';
 
 let stack: Stack;
+let settlementDir: string;
 
 beforeAll(async () => {
+  settlementDir = await mkdtemp(path.join(tmpdir(), 'settle-admin-'));
   stack = await startStack({
     env: {
       ADMIN_TOKEN,
+      SETTLEMENT_DIR: settlementDir,
       RETRY_BACKOFF_MS: '100,100',
       RISK_BLOCKED_BUYERS: 'buyer-blocked',
       CREATE_WAIT_MS: '2000',
     },
   });
 });
-afterAll(async () => stack?.stop());
+afterAll(async () => {
+  await stack?.stop();
+  if (settlementDir !== undefined) await rm(settlementDir, { recursive: true, force: true });
+});
 afterEach(async () => {
   stack.psp.setBehavior({ failNextRegistrations: 0 });
   await expectMoneyInvariants(stack.settle.db);
@@ -100,7 +113,13 @@ describe('access', () => {
     const html = await page.text();
     expect(html).toContain('Alice Ops');
     expect(html).toContain('LOGIN');
-    const [login] = await auditRows(stack, 'session');
+    const [failed, login] = await auditRows(stack, 'session');
+    expect(failed).toMatchObject({
+      actor: 'Alice Ops',
+      action: 'LOGIN',
+      reason: 'wrong token',
+      outcome: 'FAILED',
+    });
     expect(login).toMatchObject({ actor: 'Alice Ops', action: 'LOGIN', outcome: 'OK' });
 
     const crossSite = await fetch(`${stack.settleHttp}/admin/dead-letters/1/discard`, {
@@ -114,6 +133,45 @@ describe('access', () => {
       body: 'reason=because',
     });
     expect(crossSite.status).toBe(403);
+  });
+
+  it('guards AdminService as the panel: same token check, bearer scheme in any case', async () => {
+    const admin = new AdminServiceClient(
+      `127.0.0.1:${stack.settle.grpcPort}`,
+      grpc.credentials.createInsecure(),
+    );
+    const list = (authorization: string | undefined, pageToken = '') =>
+      new Promise<grpc.ServiceError | null>((resolve) => {
+        const metadata = new grpc.Metadata();
+        if (authorization !== undefined) metadata.set('authorization', authorization);
+        admin.listDeadLetters(
+          { pageSize: 1, pageToken, state: 0, orderId: '' },
+          metadata,
+          { deadline: Date.now() + 10_000 },
+          (error) => resolve(error),
+        );
+      });
+    try {
+      expect((await list(undefined))?.code).toBe(grpc.status.UNAUTHENTICATED);
+      expect((await list('Bearer wrong-token-wrong-token'))?.code).toBe(
+        grpc.status.UNAUTHENTICATED,
+      );
+      // One character short: a length check must not tell it apart from any other wrong token.
+      expect((await list(`Bearer ${ADMIN_TOKEN.slice(1)}`))?.code).toBe(
+        grpc.status.UNAUTHENTICATED,
+      );
+      expect(await list(`bearer ${ADMIN_TOKEN}`)).toBeNull();
+      expect(await list(`BEARER  ${ADMIN_TOKEN}`)).toBeNull();
+      // The page cursor is checked as the panel checks its `before`.
+      expect((await list(`Bearer ${ADMIN_TOKEN}`, '1 OR 1'))?.code).toBe(
+        grpc.status.INVALID_ARGUMENT,
+      );
+      const panel = await adminFetch(stack, '/admin/dead-letters?before=1%20OR%201');
+      expect(panel.status).toBe(400);
+      expect(panel.html).toContain('before');
+    } finally {
+      admin.close();
+    }
   });
 
   it('is closed without ADMIN_TOKEN, and read-only when ADMIN_READONLY_OPEN is set', async () => {
@@ -397,11 +455,18 @@ describe('operations and reconciliation', () => {
         wakeRelay: () => {},
         now: () => new Date(),
       }),
+      withCommandStream: true,
       probeTimeoutMs: 2_000,
     });
     expect(snapshot.breaker).toBe('CLOSED');
     expect(snapshot.consumer.ok).toBe(true);
     expect(snapshot.outbox).toEqual({ ok: true, value: { pending: 0, oldestAgeMs: 0 } });
+    const stored = await stack.settle.db.selectFrom('dead_letter').select(['state']).execute();
+    expect(snapshot.deadLetters).toEqual({
+      ok: true,
+      value: { open: stored.filter((r) => r.state === 'OPEN').length, total: stored.length },
+    });
+    expect(stored.length).toBeGreaterThan(0);
 
     const { html } = await adminFetch(stack, '/admin/operations');
     const text = html.replace(/<[^>]+>/g, ' ').replace(/\s+/g, ' ');
@@ -414,26 +479,37 @@ describe('operations and reconciliation', () => {
     expect(text).toContain('RETRY_BACKOFF_MS 100,100');
   });
 
-  it('shows the newest rows of the reconciliation tables, any new one included', async () => {
-    const tables = await adminFetch(stack, '/admin/reconciliation');
-    expect(tables.html).not.toContain('id="reconciliation-stub"');
-    for (const table of ['recon_run', 'recon_mismatch', 'reconciliation_schedule']) {
-      expect(tables.html).toContain(`<h2 class="mono">${table}</h2>`);
-    }
-    expect(tables.html).not.toContain('recon_file_row');
+  it("shows reconciliation runs and the newest run's mismatches", async () => {
+    const empty = await adminFetch(stack, '/admin/reconciliation');
+    expect(empty.status).toBe(200);
+    expect(empty.html).toContain('id="no-runs"');
 
-    await sql`CREATE TABLE reconciliation_report_probe (
-      id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, file_name VARCHAR(64) NOT NULL,
-      mismatches INT NOT NULL, created_at DATETIME(3) NOT NULL)`.execute(stack.settle.db);
+    const orderId = `ord_${'0'.repeat(20)}PANEL1`;
+    await writeFile(
+      path.join(settlementDir, 'settlement-2024-06-03.csv'),
+      `${SETTLEMENT_HEADER}\n` +
+        `psp_panel_1,${orderId},payment,USD,12.00,0.65,11.35,b,2024-06-03T09:00:00.000Z\n`,
+    );
+    const recon = new ReconciliationServiceClient(
+      `127.0.0.1:${stack.settle.grpcPort}`,
+      grpc.credentials.createInsecure(),
+    );
     try {
-      await sql`INSERT INTO reconciliation_report_probe (file_name, mismatches, created_at)
-        VALUES ('settlement-<b>2025</b>.csv', 2, NOW(3))`.execute(stack.settle.db);
-      const page = await adminFetch(stack, '/admin/reconciliation');
-      expect(page.html).not.toContain('id="reconciliation-stub"');
-      expect(page.html).toContain('reconciliation_report_probe');
-      expect(page.html).toContain('settlement-&lt;b&gt;2025&lt;/b&gt;.csv');
+      const { report } = await call(recon.runReconciliation.bind(recon), {
+        settlementDate: '2024-06-03',
+        filePath: '',
+      });
+      const runId = report?.reportId ?? '';
+      expect(runId).toMatch(/^rcn_/);
+      const { html } = await adminFetch(stack, '/admin/reconciliation');
+      expect(html).toContain(`data-run="${runId}"`);
+      expect(html).toContain('settlement-2024-06-03.csv');
+      const mismatches = html.slice(html.indexOf('id="recon-mismatches"'));
+      expect(mismatches).toMatch(
+        new RegExp(`MISSING_IN_LEDGER</td>\\s*<td>2</td>\\s*<td class="mono">${orderId}</td>`),
+      );
     } finally {
-      await sql`DROP TABLE reconciliation_report_probe`.execute(stack.settle.db);
+      recon.close();
     }
   });
 });

@@ -24,7 +24,7 @@ describe('admin credential', () => {
     expect(tokenMatches(config, 'a-long-enough-admin-token')).toBe(true);
     expect(tokenMatches(config, 'a-long-enough-admin-toke')).toBe(false);
     expect(tokenMatches(config, '')).toBe(false);
-    expect(tokenMatches({ token: undefined, readonlyOpen: true }, '')).toBe(false);
+    expect(tokenMatches({ token: undefined }, '')).toBe(false);
     expect(
       authenticate(
         config,

@@ -122,7 +122,7 @@ describe('retries and dead letters', () => {
     );
 
     stack.psp.setBehavior({ failNextRegistrations: 0 });
-    const replayed = await call(admin.replayDeadLetter.bind(admin), { id: dead.id });
+    const replayed = await call(admin.replayDeadLetter.bind(admin), { id: dead.id, reason: '' });
     expect(replayed.deadLetter?.state).toBe(DeadLetterState.DEAD_LETTER_STATE_REPLAYED);
     const order = await waitFor(async () => {
       const o = await orderState(paymentId);
@@ -134,7 +134,7 @@ describe('retries and dead letters', () => {
     // would stay in the outbox to be seen.
     await stack.settle.relay.stop();
     try {
-      const again = await call(admin.replayDeadLetter.bind(admin), { id: dead.id });
+      const again = await call(admin.replayDeadLetter.bind(admin), { id: dead.id, reason: '' });
       expect(again.deadLetter?.state).toBe(DeadLetterState.DEAD_LETTER_STATE_REPLAYED);
       const rows = await stack.settle.db
         .selectFrom('outbox')
@@ -189,9 +189,12 @@ describe('retries and dead letters', () => {
     });
     expect(discarded.deadLetter?.state).toBe(DeadLetterState.DEAD_LETTER_STATE_DISCARDED);
     expect(discarded.deadLetter?.resolutionNote).toMatch(/PSP confirmed a data error/);
-    const replay = await callError(admin.replayDeadLetter.bind(admin), { id: dead.id });
+    const replay = await callError(admin.replayDeadLetter.bind(admin), { id: dead.id, reason: '' });
     expect(replay.code).toBe(grpc.status.FAILED_PRECONDITION);
-    const missing = await callError(admin.replayDeadLetter.bind(admin), { id: '999999999' });
+    const missing = await callError(admin.replayDeadLetter.bind(admin), {
+      id: '999999999',
+      reason: '',
+    });
     expect(missing.code).toBe(grpc.status.NOT_FOUND);
   });
 

@@ -188,7 +188,7 @@ describe('REST twin of PaymentService', () => {
     expect(floatAmount.body.error.message).toContain('orders[0].amount_minor');
 
     const tooBig = await post({ buyer_id: 'b', pad: 'x'.repeat(70 * 1024) }, randomUUID());
-    expect(tooBig.status).toBe(429);
+    expect(tooBig.status).toBe(413);
     expect(tooBig.body.error).toMatchObject({
       code: 'RESOURCE_EXHAUSTED',
       reason: 'BODY_TOO_LARGE',

@@ -1,25 +1,32 @@
 /**
  * settle.v1.AdminService: dead letters and payment timelines for operators. Guarded by
- * ADMIN_TOKEN (bearer metadata, constant-time comparison) when it is configured.
+ * ADMIN_TOKEN (bearer metadata, checked exactly as the admin panel checks its header) when it is
+ * configured; open without it, as the README and the start-up warning say.
  */
-import { timingSafeEqual } from 'node:crypto';
 import type * as grpc from '@grpc/grpc-js';
 import { InvalidArgumentError, NotFoundError, UnauthenticatedError } from '../../domain/errors.js';
 import {
   DEAD_LETTER_STATE,
   discardDeadLetter,
-  listDeadLetters,
+  listDeadLetterPage,
   replayDeadLetter,
   type DeadLetterDeps,
   type DeadLetterRecord,
   type DeadLetterState,
 } from '../../admin/dead-letters.js';
-import { ADMIN_ACTION, audited, grpcAdminCaller } from '../../admin/audit.js';
+import {
+  ADMIN_ACTION,
+  audited,
+  grpcAdminActor,
+  grpcAdminReason,
+  requireReason,
+} from '../../admin/audit.js';
+import { bearerToken, tokenMatches } from '../../admin/auth.js';
 import { deadLetterAuditTarget } from '../../admin/dead-letter-source.js';
 import { listTransitions } from '../../storage/repositories/payment-order.repository.js';
 import { findPaymentVersion } from '../../storage/repositories/payment.repository.js';
 import { toUnavailable } from '../../storage/transaction.js';
-import { PAYMENT_ID_PATTERN } from '../../payments/payment.service.js';
+import { PAYMENT_ID_PATTERN } from '../../domain/ids.js';
 import {
   DeadLetterState as DeadLetterStateProto,
   type AdminServiceServer,
@@ -65,19 +72,14 @@ function stateFromProto(state: DeadLetterStateProto): DeadLetterState | undefine
 }
 
 /** Throws UnauthenticatedError unless the call carries the admin token (when one is set). */
-export function requireAdmin(metadata: grpc.Metadata, token: string | undefined): string {
-  if (token === undefined) return 'admin';
-  const [header] = metadata.get('authorization');
-  const presented =
-    typeof header === 'string' && header.startsWith('Bearer ') ? header.slice(7) : '';
-  const a = Buffer.from(presented);
-  const b = Buffer.from(token);
-  if (a.length !== b.length || !timingSafeEqual(a, b)) {
+export function requireAdmin(metadata: grpc.Metadata, token: string | undefined): void {
+  if (token === undefined) return;
+  const presented = bearerToken(metadata.get('authorization')[0]);
+  if (presented === undefined || !tokenMatches({ token }, presented)) {
     throw new UnauthenticatedError(
       'AdminService needs the metadata "authorization: Bearer <ADMIN_TOKEN>"',
     );
   }
-  return 'admin-token';
 }
 
 export function adminHandlers(
@@ -93,37 +95,39 @@ export function adminHandlers(
       requireAdmin(call.metadata, deps.adminToken);
       if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
       const limit = Math.min(request.pageSize === 0 ? 20 : request.pageSize, 100);
-      if (request.pageToken !== '' && !/^\d{1,19}$/.test(request.pageToken)) {
-        throw new InvalidArgumentError('page_token', 'invalid; start again without page_token');
-      }
       const state = stateFromProto(request.state);
-      const rows = await guard(() =>
-        listDeadLetters(deps.db, {
-          ...(state !== undefined ? { state } : {}),
-          ...(request.orderId !== '' ? { orderId: request.orderId } : {}),
-          ...(request.pageToken !== '' ? { beforeId: request.pageToken } : {}),
-          limit: limit + 1,
-        }),
+      const page = await guard(() =>
+        listDeadLetterPage(
+          deps.db,
+          {
+            ...(state !== undefined ? { state } : {}),
+            ...(request.orderId !== '' ? { orderId: request.orderId } : {}),
+            ...(request.pageToken !== '' ? { beforeId: request.pageToken } : {}),
+            limit,
+          },
+          'page_token',
+        ),
       );
-      const page = rows.slice(0, limit);
       return {
-        deadLetters: page.map(toProto),
-        nextPageToken: rows.length > limit ? (page[page.length - 1]?.id ?? '') : '',
+        deadLetters: page.entries.map(toProto),
+        nextPageToken: page.nextBeforeId ?? '',
       };
     }, options),
     replayDeadLetter: unary(async (request, call) => {
       requireAdmin(call.metadata, deps.adminToken);
       if (request.id === '') throw new InvalidArgumentError('id', 'id is required');
-      const caller = grpcAdminCaller(call.metadata);
+      const actor = grpcAdminActor(call.metadata);
       const { result } = await audited(
         deps,
         {
-          ...caller,
+          actor,
+          reason:
+            request.reason !== '' ? requireReason(request.reason) : grpcAdminReason(call.metadata),
           action: ADMIN_ACTION.replayDeadLetter,
           target: deadLetterAuditTarget(request.id),
           via: 'grpc',
         },
-        () => guard(() => replayDeadLetter(deps, request.id, caller.actor)),
+        () => guard(() => replayDeadLetter(deps, request.id, actor)),
         (record) => ({ orderId: record.orderId, state: record.state }),
       );
       return { deadLetter: toProto(result) };
@@ -131,17 +135,18 @@ export function adminHandlers(
     discardDeadLetter: unary(async (request, call) => {
       requireAdmin(call.metadata, deps.adminToken);
       if (request.id === '') throw new InvalidArgumentError('id', 'id is required');
-      const caller = grpcAdminCaller(call.metadata);
+      const actor = grpcAdminActor(call.metadata);
+      const reason = requireReason(request.reason);
       const { result } = await audited(
         deps,
         {
-          actor: caller.actor,
-          reason: request.reason,
+          actor,
+          reason,
           action: ADMIN_ACTION.discardDeadLetter,
           target: deadLetterAuditTarget(request.id),
           via: 'grpc',
         },
-        () => guard(() => discardDeadLetter(deps, request.id, request.reason, caller.actor)),
+        () => guard(() => discardDeadLetter(deps, request.id, reason, actor)),
         (record) => ({ orderId: record.orderId, state: record.state }),
       );
       return { deadLetter: toProto(result) };

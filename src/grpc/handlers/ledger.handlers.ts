@@ -2,6 +2,7 @@
  * settle.v1.WalletService and settle.v1.LedgerService: read-only views of wallets and the ledger.
  */
 import { InvalidArgumentError, NotFoundError } from '../../domain/errors.js';
+import { PARTY_ID_PATTERN } from '../../domain/ids.js';
 import type { Db } from '../../storage/db.js';
 import {
   findWallet,
@@ -17,14 +18,12 @@ import type {
 } from '../generated/settle/v1/wallet.js';
 import { unary, type AdapterOptions } from '../adapters.js';
 
-const PARTY_ID = /^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$/;
-
 export function walletHandlers(db: Db, options: AdapterOptions): WalletServiceServer {
   return {
     getWallet: unary(async (request) => {
       if (request.sellerId === '')
         throw new InvalidArgumentError('seller_id', 'seller_id is required');
-      if (!PARTY_ID.test(request.sellerId)) {
+      if (!PARTY_ID_PATTERN.test(request.sellerId)) {
         throw new InvalidArgumentError(
           'seller_id',
           'must be 1-64 characters of letters, digits and _.:@-',

@@ -74,38 +74,3 @@ export async function listAudit(
     createdAt: row.created_at,
   }));
 }
-
-/**
- * The last successful action among `actions` per target, oldest first overwritten by newer ones:
- * what an operator last decided about each target.
- */
-export async function latestSuccessfulActions(
-  db: Db | Trx,
-  targets: readonly string[],
-  actions: readonly string[],
-): Promise<Map<string, AuditRecord>> {
-  const latest = new Map<string, AuditRecord>();
-  if (targets.length === 0) return latest;
-  const rows = await db
-    .selectFrom('admin_audit')
-    .selectAll()
-    .where('target', 'in', targets)
-    .where('action', 'in', actions)
-    .where('outcome', '=', AUDIT_OUTCOME.ok)
-    .orderBy('id')
-    .limit(10 * targets.length)
-    .execute();
-  for (const row of rows) {
-    latest.set(row.target, {
-      id: BigInt(row.id),
-      actor: row.actor,
-      action: row.action,
-      target: row.target,
-      reason: row.reason,
-      outcome: row.outcome,
-      detail: row.detail,
-      createdAt: row.created_at,
-    });
-  }
-  return latest;
-}

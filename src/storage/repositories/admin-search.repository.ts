@@ -1,12 +1,10 @@
 /**
  * Read-only queries of the admin panel: payment search by any id, party, state and time range
- * (keyset paging on the primary key, newest first), the webhooks an order received, and a generic
- * view of reconciliation tables when they exist. Every query has a LIMIT.
+ * (keyset paging on the primary key, newest first) and the webhooks an order received. Every query
+ * has a LIMIT.
  */
-import { sql } from 'kysely';
 import { idAt } from '../../domain/ids.js';
 import type { Db } from '../db.js';
-import { listLedgerEntries, type LedgerEntry } from './ledger.repository.js';
 
 export type PaymentSearch = Readonly<{
   paymentId?: string | undefined;
@@ -107,70 +105,4 @@ export async function webhooksOfOrders(
     orderId: row.order_id,
     receivedAt: row.received_at,
   }));
-}
-
-export type GenericTable = Readonly<{
-  name: string;
-  columns: readonly string[];
-  /** Newest first (by the first primary-key column), every value as text. */
-  rows: ReadonlyArray<Readonly<Record<string, string | null>>>;
-}>;
-
-const TABLE_NAME = /^[a-z][a-z0-9_]{0,63}$/;
-
-/**
- * The latest rows of every table whose name starts with `prefix` in the current database. Used to
- * show reconciliation reports and mismatches without depending on their exact schema, which lives
- * on another branch; empty when no such table exists.
- */
-export async function latestRowsOfTables(
-  db: Db,
-  prefix: string,
-  rowsMax: number,
-): Promise<GenericTable[]> {
-  const tables = await sql<{ table_name: string }>`
-    SELECT TABLE_NAME AS table_name FROM information_schema.TABLES
-    WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE ${`${prefix}%`}
-    ORDER BY TABLE_NAME LIMIT 20`.execute(db);
-  const out: GenericTable[] = [];
-  for (const { table_name: name } of tables.rows) {
-    if (!TABLE_NAME.test(name)) continue;
-    const columns = await sql<{ column_name: string; column_key: string }>`
-      SELECT COLUMN_NAME AS column_name, COLUMN_KEY AS column_key FROM information_schema.COLUMNS
-      WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ${name}
-      ORDER BY ORDINAL_POSITION LIMIT 100`.execute(db);
-    const names = columns.rows.map((column) => column.column_name);
-    const key = columns.rows.find((column) => column.column_key === 'PRI')?.column_name;
-    const ordered =
-      key !== undefined && TABLE_NAME.test(key) ? sql` ORDER BY ${sql.ref(key)} DESC` : sql``;
-    const rows = await sql<Record<string, unknown>>`
-      SELECT * FROM ${sql.table(name)}${ordered} LIMIT ${rowsMax}`.execute(db);
-    out.push({
-      name,
-      columns: names,
-      rows: rows.rows.map((row) =>
-        Object.fromEntries(names.map((column) => [column, textOf(row[column])])),
-      ),
-    });
-  }
-  return out;
-}
-
-function textOf(value: unknown): string | null {
-  if (value === null || value === undefined) return null;
-  if (value instanceof Date) return value.toISOString();
-  if (Buffer.isBuffer(value)) return `<${value.length} bytes>`;
-  if (typeof value === 'object') return JSON.stringify(value);
-  return String(value);
-}
-
-export type AccountEntry = LedgerEntry;
-
-/** The newest entries of one ledger account, newest first. */
-export function latestEntriesOfAccount(
-  db: Db,
-  account: string,
-  limit: number,
-): Promise<AccountEntry[]> {
-  return listLedgerEntries(db, { account, limit, newestFirst: true });
 }

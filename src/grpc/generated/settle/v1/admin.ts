@@ -104,6 +104,11 @@ export interface ListDeadLettersResponse {
 
 export interface ReplayDeadLetterRequest {
   id: string;
+  /**
+   * Why, for the audit trail: 3-500 characters when given. Optional; when empty the metadata
+   * `x-admin-reason` (percent-encoded) is read instead, as before this field existed.
+   */
+  reason: string;
 }
 
 export interface ReplayDeadLetterResponse {
@@ -633,13 +638,16 @@ export const ListDeadLettersResponse: MessageFns<ListDeadLettersResponse> = {
 };
 
 function createBaseReplayDeadLetterRequest(): ReplayDeadLetterRequest {
-  return { id: "" };
+  return { id: "", reason: "" };
 }
 
 export const ReplayDeadLetterRequest: MessageFns<ReplayDeadLetterRequest> = {
   encode(message: ReplayDeadLetterRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.id !== "") {
       writer.uint32(10).string(message.id);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
     }
     return writer;
   },
@@ -665,6 +673,14 @@ export const ReplayDeadLetterRequest: MessageFns<ReplayDeadLetterRequest> = {
             message.id = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -678,13 +694,19 @@ export const ReplayDeadLetterRequest: MessageFns<ReplayDeadLetterRequest> = {
   },
 
   fromJSON(object: any): ReplayDeadLetterRequest {
-    return { id: isSet(object.id) ? globalThis.String(object.id) : "" };
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
   },
 
   toJSON(message: ReplayDeadLetterRequest): unknown {
     const obj: any = {};
     if (message.id !== "") {
       obj.id = message.id;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
     }
     return obj;
   },
@@ -695,6 +717,7 @@ export const ReplayDeadLetterRequest: MessageFns<ReplayDeadLetterRequest> = {
   fromPartial<I extends Exact<DeepPartial<ReplayDeadLetterRequest>, I>>(object: I): ReplayDeadLetterRequest {
     const message = createBaseReplayDeadLetterRequest();
     message.id = object.id ?? "";
+    message.reason = object.reason ?? "";
     return message;
   },
 };

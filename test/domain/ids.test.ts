@@ -1,0 +1,30 @@
+/**
+ * Goal: the id patterns every entry point checks accept exactly the ids newId makes (prefix, then
+ * 26 Crockford base32 characters, which leave out I, L, O and U), and withDeadline bounds a wait
+ * without cancelling the work. Method: the pure functions, with a real timer of a few ms.
+ */
+import { describe, expect, it } from 'vitest';
+import { withDeadline } from '../../src/domain/deadline.js';
+import { newId, ORDER_ID_PATTERN, PAYMENT_ID_PATTERN } from '../../src/domain/ids.js';
+
+describe('id patterns', () => {
+  it('accept what newId makes and nothing looser', () => {
+    for (let i = 0; i < 100; i += 1) {
+      expect(newId('payment')).toMatch(PAYMENT_ID_PATTERN);
+      expect(newId('order')).toMatch(ORDER_ID_PATTERN);
+    }
+    expect(PAYMENT_ID_PATTERN.test(newId('order'))).toBe(false);
+    expect(PAYMENT_ID_PATTERN.test(`pay_${'O'.repeat(26)}`)).toBe(false);
+    expect(ORDER_ID_PATTERN.test(`ord_${'0'.repeat(25)}`)).toBe(false);
+    expect(ORDER_ID_PATTERN.test(`ord_${'0'.repeat(26)}x`)).toBe(false);
+  });
+});
+
+describe('withDeadline', () => {
+  it('passes a timely outcome through and rejects a late one', async () => {
+    await expect(withDeadline(Promise.resolve(7), 50)).resolves.toBe(7);
+    await expect(withDeadline(Promise.reject(new Error('boom')), 50)).rejects.toThrow('boom');
+    const late = new Promise((resolve) => setTimeout(resolve, 200, 'late'));
+    await expect(withDeadline(late, 5)).rejects.toThrow('no answer within 5 ms');
+  });
+});
