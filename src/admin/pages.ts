@@ -17,7 +17,12 @@ import type {
   ReceivedWebhook,
 } from '../storage/repositories/admin-search.repository.js';
 import type { OperationsSnapshot, Probe } from '../observability/operations.js';
-import { RECONCILIATION_CLASS, type Mismatch, type Run } from '../reconciliation/index.js';
+import {
+  RECONCILIATION_CLASS,
+  type Mismatch,
+  type Run,
+  type ScheduledDay,
+} from '../reconciliation/index.js';
 import type { Principal } from './auth.js';
 import type { DeadLetterEntry, DeadLetterPage, DeadLetterState } from './dead-letter-source.js';
 import type { Finding } from './diagnosis.js';
@@ -803,15 +808,19 @@ export function confirmDeadLetterPage(input: {
 export function reconciliationPage(input: {
   runs: readonly Run[];
   latestMismatches: readonly Mismatch[];
+  schedule: readonly ScheduledDay[];
 }): SafeHtml {
+  const schedule = scheduleSection(input.schedule);
   if (input.runs.length === 0) {
     return html`<p class="muted" id="no-runs">
-      No reconciliation has run yet: the schedule runs each day's settlement file, or run one with
-      <span class="mono">settle reconcile run --date YYYY-MM-DD</span>.
-    </p>`;
+        No reconciliation has run yet: the schedule runs each day's settlement file, or run one with
+        <span class="mono">settle reconcile run --date YYYY-MM-DD</span>.
+      </p>
+      ${schedule}`;
   }
   const latest = input.runs[0];
-  return html`<section>
+  return html`${schedule}
+    <section>
       <h2>Runs</h2>
       <div class="scroll">
         <table class="list" id="recon-runs">
@@ -891,6 +900,48 @@ export function reconciliationPage(input: {
             </div>`
       }
     </section>`;
+}
+
+/** The nightly job's days: whether it ran, is retrying (and when), or gave up, and why. */
+function scheduleSection(days: readonly ScheduledDay[]): SafeHtml {
+  return html`<section>
+    <h2>Nightly schedule</h2>
+    ${
+      days.length === 0
+        ? html`<p class="muted" id="no-schedule">
+            No day claimed yet (RECONCILIATION_AT sets the time; "off" turns the job off).
+          </p>`
+        : html`<div class="scroll">
+            <table class="list" id="recon-schedule">
+              <thead>
+                <tr>
+                  <th>Day</th>
+                  <th>State</th>
+                  <th>Attempts</th>
+                  <th>Next attempt (UTC)</th>
+                  <th>Run</th>
+                  <th>Error</th>
+                  <th>Updated (UTC)</th>
+                </tr>
+              </thead>
+              <tbody>
+                ${days.map(
+                  (d) =>
+                    html`<tr data-day="${d.day}">
+                      <td>${d.day}</td>
+                      <td>${stateBadge(d.state)}</td>
+                      <td>${d.attempts}</td>
+                      <td>${d.nextAttemptAt?.toISOString() ?? ''}</td>
+                      <td class="mono">${d.runId ?? ''}</td>
+                      <td>${d.error ?? ''}</td>
+                      <td>${d.updatedAt.toISOString()}</td>
+                    </tr>`,
+                )}
+              </tbody>
+            </table>
+          </div>`
+    }
+  </section>`;
 }
 
 const RECONCILIATION_CLASSES = Object.values(RECONCILIATION_CLASS);

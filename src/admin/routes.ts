@@ -36,7 +36,7 @@ import {
 } from '../storage/repositories/payment-order.repository.js';
 import { findPayment } from '../storage/repositories/payment.repository.js';
 import { toUnavailable } from '../storage/transaction.js';
-import { listMismatches, listRuns } from '../reconciliation/index.js';
+import { listMismatches, listRuns, listScheduledDays } from '../reconciliation/index.js';
 import { ADMIN_ACTION, audited, requireReason, type AuditedAction } from './audit.js';
 import {
   ACTOR_PATTERN,
@@ -102,6 +102,7 @@ const FORM_BYTES_MAX = 16 * 1024;
 const PAGE_SIZE_DEFAULT = 50;
 const PAGE_SIZE_MAX = 200;
 const RECON_RUNS_SHOWN = 50;
+const RECON_DAYS_SHOWN = 14;
 /** Of the newest run; the CLI and ReconciliationService page through all of them. */
 const RECON_MISMATCHES_SHOWN = 200;
 
@@ -556,11 +557,12 @@ export function adminRoutes(deps: AdminDeps): Route[] {
         latest === undefined
           ? []
           : await listMismatches(deps.db, { runId: latest.id, limit: RECON_MISMATCHES_SHOWN });
+      const schedule = await listScheduledDays(deps.db, RECON_DAYS_SHOWN);
       return page(
         principal,
         'Reconciliation',
         '/admin/reconciliation',
-        reconciliationPage({ runs, latestMismatches }),
+        reconciliationPage({ runs, latestMismatches, schedule }),
       );
     }),
 

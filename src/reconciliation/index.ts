@@ -16,7 +16,12 @@ export {
   type Run,
 } from './reconciliation.repository.js';
 export { RUN_STATE, SCHEDULE_STATE } from './reconciliation.table.js';
-export { ReconciliationSchedule, type ScheduleOutcome } from './schedule.js';
+export {
+  listScheduledDays,
+  ReconciliationSchedule,
+  type ScheduledDay,
+  type ScheduleOutcome,
+} from './schedule.js';
 export {
   MalformedSettlementFileError,
   SETTLEMENT_HEADER,

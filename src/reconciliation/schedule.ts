@@ -49,6 +49,35 @@ export type ReconciliationScheduleOptions = Readonly<{
   onError?: (error: unknown) => void;
 }>;
 
+export type ScheduledDay = Readonly<{
+  day: string;
+  state: ScheduleState;
+  attempts: number;
+  nextAttemptAt: Date | undefined;
+  runId: string | undefined;
+  error: string | undefined;
+  updatedAt: Date;
+}>;
+
+/** The nightly job's newest days (claimed, done, failed, waiting to retry), for operators. */
+export async function listScheduledDays(db: Db, limit: number): Promise<ScheduledDay[]> {
+  const rows = await reconDb(db)
+    .selectFrom('reconciliation_schedule')
+    .selectAll()
+    .orderBy('day', 'desc')
+    .limit(limit)
+    .execute();
+  return rows.map((row) => ({
+    day: row.day.toISOString().slice(0, 10),
+    state: row.state,
+    attempts: row.attempts,
+    nextAttemptAt: row.next_attempt_at ?? undefined,
+    runId: row.run_id ?? undefined,
+    error: row.error ?? undefined,
+    updatedAt: row.updated_at,
+  }));
+}
+
 export class ReconciliationSchedule {
   readonly #options: ReconciliationScheduleOptions;
   readonly #now: () => Date;

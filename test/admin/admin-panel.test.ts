@@ -13,6 +13,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { adminRoutes } from '../../src/admin/routes.js';
 import { tableDeadLetters } from '../../src/admin/dead-letter-source.js';
@@ -483,6 +484,18 @@ describe('operations and reconciliation', () => {
     const empty = await adminFetch(stack, '/admin/reconciliation');
     expect(empty.status).toBe(200);
     expect(empty.html).toContain('id="no-runs"');
+    expect(empty.html).toContain('id="no-schedule"');
+
+    // A day the nightly job found no file for, waiting to try again (as schedule.ts records it).
+    const at = new Date('2024-06-03T02:00:00.000Z');
+    await sql`INSERT INTO reconciliation_schedule
+      (day, state, attempts, lease_owner, lease_until, next_attempt_at, run_id, error, created_at, updated_at)
+      VALUES ('2024-06-02', 'NO_FILE', 2, NULL, ${at}, ${new Date('2024-06-03T03:00:00.000Z')},
+        NULL, 'no settlement file for 2024-06-02', ${at}, ${at})`.execute(stack.settle.db);
+    const scheduled = await adminFetch(stack, '/admin/reconciliation');
+    const day = scheduled.html.slice(scheduled.html.indexOf('data-day="2024-06-02"'));
+    expect(day).toMatch(/NO_FILE<\/span><\/td>\s*<td>2<\/td>\s*<td>2024-06-03T03:00:00.000Z<\/td>/);
+    expect(day).toContain('no settlement file for 2024-06-02');
 
     const orderId = `ord_${'0'.repeat(20)}PANEL1`;
     await writeFile(
