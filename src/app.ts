@@ -112,7 +112,13 @@ export async function startSettle(
   const logger = overrides.logger ?? createLogger({ level: config.LOG_LEVEL, name: 'settle' });
   const metrics = createMetrics();
   const cleanups: Array<() => unknown> = [];
+  // One grace period for the whole stop, shared by the steps that wait (gRPC calls, commands in
+  // flight, group commits), not one each: a step gets what the steps before it left.
+  let stopDeadline = Number.POSITIVE_INFINITY;
+  const graceLeft = () =>
+    Math.max(0, Math.min(config.SHUTDOWN_GRACE_MS, stopDeadline - Date.now()));
   const stopAll = async () => {
+    stopDeadline = Date.now() + config.SHUTDOWN_GRACE_MS;
     for (const cleanup of cleanups.reverse()) {
       try {
         await cleanup();
@@ -189,7 +195,7 @@ export async function startSettle(
     });
     const batcher = new TransitionBatcher(db, groupCommit('transitions'));
     const loader = new OrderLoader(db, groupCommit('loads'));
-    cleanups.push(() => batcher.stop(config.SHUTDOWN_GRACE_MS));
+    cleanups.push(() => batcher.stop(graceLeft()));
 
     const now = () => new Date();
     const notificationUrl = `${settlePublicUrl(config)}${WEBHOOK_PATH}`;
@@ -268,7 +274,7 @@ export async function startSettle(
         retryDelayMs: config.RETRY_BACKOFF_MS[0] ?? 0,
       },
     );
-    cleanups.push(() => local.stop(config.SHUTDOWN_GRACE_MS));
+    cleanups.push(() => local.stop(graceLeft()));
     const consumer = new CommandConsumer(nc, js, jsm, names, (command) => dispatch(command), {
       recordDeadLetter: (entry) => recordDeadLetter(db, names.commandStream, entry, now()),
       inFlightMax: Math.max(
@@ -307,7 +313,7 @@ export async function startSettle(
       now,
       groupCommit: { claims: groupCommit('claims'), creations: groupCommit('creations') },
     });
-    cleanups.push(() => payments.stop(config.SHUTDOWN_GRACE_MS));
+    cleanups.push(() => payments.stop(graceLeft()));
 
     const reconciliation = new ReconciliationService({
       db,
@@ -371,11 +377,11 @@ export async function startSettle(
       config.SETTLE_GRPC_ADDR.host,
       overrides.grpcPort ?? config.SETTLE_GRPC_ADDR.port,
     );
-    cleanups.push(() => shutdownGrpc(grpcServer, config.SHUTDOWN_GRACE_MS));
+    cleanups.push(() => shutdownGrpc(grpcServer, graceLeft()));
 
     // HTTP: webhooks in, health; other modules add routes to `routes`.
     const webhookInbox = new WebhookInbox(db, names, groupCommit('webhooks'));
-    cleanups.push(() => webhookInbox.stop(config.SHUTDOWN_GRACE_MS));
+    cleanups.push(() => webhookInbox.stop(graceLeft()));
     const applyWebhook = async (event: WebhookEvent): Promise<boolean> => {
       const message: OrderMessage = {
         event: commandToEvent({ type: 'PspResult', ...event }),
@@ -471,7 +477,7 @@ export async function startSettle(
     relay.start();
     cleanups.push(() => relay.stop());
     await consumer.start();
-    cleanups.push(() => consumer.stop(config.SHUTDOWN_GRACE_MS));
+    cleanups.push(() => consumer.stop(graceLeft()));
 
     const janitor = new Janitor(
       db,
