@@ -5,8 +5,9 @@
  * fails alone; the ledger balances and wallets equal the ledger under concurrency, hot seller
  * included. Method: a real stack (MariaDB, NATS, PSP mock); batches are made to happen (many
  * writes submitted in one event-loop turn, batch sizes recorded through onBatch or the node's
- * /debug/stats) and the rows are counted afterwards. The webhook inbox's group commit is not
- * driven here.
+ * /debug/stats) and the rows are counted afterwards. The webhook inbox (the durable way of a
+ * webhook) is driven directly: a burst of events is recorded together, and a repeated event id
+ * in a batch sends that batch event by event.
  */
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
@@ -20,6 +21,7 @@ import {
 import type { PaymentOrder } from '../../src/actors/payment-order/machine.js';
 import { findPaymentOrder } from '../../src/storage/repositories/payment-order.repository.js';
 import { openDatabase } from '../../src/storage/db.js';
+import { WebhookInbox, type WebhookEvent } from '../../src/http/webhook-inbox.js';
 import { PaymentState } from '../../src/grpc/generated/settle/v1/payment.js';
 import {
   call,
@@ -378,6 +380,83 @@ describe('a transition alone', () => {
     } finally {
       await batcher.stop(1_000);
       await counted.close();
+    }
+  });
+});
+
+describe('group commit of webhook events', () => {
+  it('records a burst together; a repeat in a batch is answered duplicate and its mates go through', async () => {
+    const orderIds = await registeredOrders(
+      Array.from({ length: 6 }, (_, i) => `seller-gw-${i}-${randomUUID()}`),
+    );
+    const orders = (await Promise.all(
+      orderIds.map((id) => findPaymentOrder(stack.settle.db, id)),
+    )) as PaymentOrder[];
+    const batches: Array<{ size: number; ok: boolean }> = [];
+    const inbox = new WebhookInbox(stack.settle.db, stack.settle.names, {
+      batchMax: 100,
+      inFlightMax: 1,
+      queueMax: 100,
+      onBatch: ({ size, ok }) => batches.push({ size, ok }),
+    });
+    const now = new Date();
+    const event = (order: PaymentOrder, eventId: string): WebhookEvent => ({
+      eventId,
+      orderId: order.id,
+      outcome: 'SUCCEEDED',
+      pspReference: `psp_${eventId}`,
+      amountMinor: order.amountMinor.toString(),
+      declineCode: null,
+      now,
+    });
+    const ids = orders.map(() => `evt_gw_${randomUUID()}`);
+    try {
+      // Five fresh events submitted in one turn: one transaction.
+      const first = await Promise.all(
+        orders.slice(0, 5).map((order, i) => inbox.record(event(order, ids[i] ?? ''))),
+      );
+      expect(first).toEqual(['fresh', 'fresh', 'fresh', 'fresh', 'fresh']);
+      expect(batches).toEqual([{ size: 5, ok: true }]);
+      // A repeat, a fresh event and an unknown order together: the repeat fails the batch's
+      // inbox insert, so each goes alone and only the repeat is refused.
+      const second = await Promise.all([
+        inbox.record(event(orders[0] as PaymentOrder, ids[0] ?? '')),
+        inbox.record(event(orders[5] as PaymentOrder, ids[5] ?? '')),
+        inbox.record({
+          ...event(orders[0] as PaymentOrder, `evt_gw_${randomUUID()}`),
+          orderId: `ord_${'9'.repeat(26)}`,
+        }),
+      ]);
+      expect(second).toEqual(['duplicate', 'fresh', 'unknown-order']);
+      expect(batches.slice(1)).toEqual([{ size: 3, ok: false }]);
+      for (const eventId of ids) {
+        expect(
+          await count(
+            stack.settle.db,
+            sql<{ n: string }>`SELECT COUNT(*) AS n FROM inbox WHERE event_id = ${eventId}`,
+          ),
+        ).toBe(1);
+      }
+      // Each fresh event's command reaches its order once: six orders SUCCEEDED, one ledger
+      // transaction each (the repeat added nothing).
+      await waitFor(async () => {
+        const after = await Promise.all(
+          orderIds.map((id) => findPaymentOrder(stack.settle.db, id)),
+        );
+        return after.every((order) => order?.state === 'SUCCEEDED');
+      });
+      for (const orderId of orderIds) {
+        expect(
+          await count(
+            stack.settle.db,
+            sql<{
+              n: string;
+            }>`SELECT COUNT(*) AS n FROM ledger_transaction WHERE order_id = ${orderId}`,
+          ),
+        ).toBe(1);
+      }
+    } finally {
+      await inbox.stop(1_000);
     }
   });
 });
