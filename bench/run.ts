@@ -11,7 +11,7 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -40,6 +40,7 @@ const HELP = `npm run bench -- [options]
   --no-hot-seller           skip the hot-seller phase
   --quick                   a short run for CI (~1 min): 3 s phases, 2000 idle orders
   --profile                 CPU profiles: Settle's during the spread phase, the PSP mock's whole life
+  --profile-dir <dir>       with --profile: also keep the raw .cpuprofile files there (for DevTools)
   --json <file>             also write the results as JSON
   --settle-env K=V[,K=V]    extra environment of the Settle node, to compare settings
                             (e.g. GROUP_COMMIT_MAX=1 turns group commit off)
@@ -57,6 +58,7 @@ type Options = Readonly<{
   hotSeller: boolean;
   quick: boolean;
   profile: boolean;
+  profileKeepDir: string | undefined;
   json: string | undefined;
   settleEnv: Record<string, string>;
   mysqlBaseUrl: string;
@@ -79,6 +81,7 @@ function parseOptions(argv: string[]): Options {
       'hot-seller': { type: 'boolean', default: true },
       quick: { type: 'boolean', default: false },
       profile: { type: 'boolean', default: false },
+      'profile-dir': { type: 'string' },
       json: { type: 'string' },
       'settle-env': { type: 'string' },
       'mysql-url': { type: 'string', default: 'mysql://root@127.0.0.1:3306/x' },
@@ -116,7 +119,8 @@ function parseOptions(argv: string[]): Options {
     idleOrders: int('idle-orders', values['idle-orders'], quick ? 2_000 : 100_000, 0),
     hotSeller: values['hot-seller'],
     quick,
-    profile: values.profile,
+    profile: values.profile || values['profile-dir'] !== undefined,
+    profileKeepDir: values['profile-dir'],
     json: values.json,
     settleEnv: Object.fromEntries(
       (values['settle-env'] ?? '')
@@ -480,6 +484,12 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
     profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profileDir}`],
   );
   const profiles: Record<string, ProfileSummary> = {};
+  const keepProfile = (name: string, text: string) => {
+    if (options.profileKeepDir === undefined) return;
+    mkdirSync(options.profileKeepDir, { recursive: true });
+    writeFileSync(join(options.profileKeepDir, name), text);
+    log(`  kept ${join(options.profileKeepDir, name)}`);
+  };
   const summarizePspProfile = () => {
     if (profileDir === undefined) return;
     // One file per thread, named CPU.<date>.<time>.<pid>.<thread>.<seq>; the main thread is 0.
@@ -488,6 +498,7 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
       profiles['psp-mock (its whole life, start-up included)'] = summarizeProfile(
         join(profileDir, file),
       );
+      keepProfile('psp-mock.cpuprofile', readFileSync(join(profileDir, file), 'utf8'));
     }
     rmSync(profileDir, { recursive: true, force: true });
   };
@@ -537,7 +548,10 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
     paymentsCreated += spreadLoad.samples.length;
     const spread = summarize('spread', spreadLoad, usageBetween(before, await snapshot(stack)));
     const settleCpuProfile = await settleProfile;
-    if (settleCpuProfile) profiles['settle (spread phase)'] = summarizeProfile(settleCpuProfile);
+    if (settleCpuProfile) {
+      profiles['settle (spread phase)'] = summarizeProfile(settleCpuProfile);
+      keepProfile('settle-spread.cpuprofile', JSON.stringify(settleCpuProfile));
+    }
     log(
       `  spread: ${spread.ordersPerS.toFixed(0)} orders/s, create→terminal p99 ${spread.terminalMs.p99} ms`,
     );
