@@ -15,7 +15,7 @@ import { executeOrderMessage } from '../messaging/commands.js';
 import type { Names } from '../messaging/subjects.js';
 import type { Db } from '../storage/db.js';
 import { outboxInsert } from '../storage/repositories/outbox.repository.js';
-import { affectedRows, transactionInOneTrip } from '../storage/one-trip.js';
+import { commitInOneTrip, rowCountGuard } from '../storage/one-trip.js';
 import { isConnectionError } from '../storage/errors.js';
 import {
   claimIdempotencyKey,
@@ -109,8 +109,10 @@ async function writeCreations(
 }
 
 /**
- * `writeCreations` in one transaction of two round trips (see storage/one-trip.ts). Undefined when
- * a statement failed (a duplicate, a deadlock): the statement-by-statement way then finds out.
+ * `writeCreations` in one transaction of one round trip (see storage/one-trip.ts): a guard after
+ * the keys' completion stops the packet before the COMMIT unless every key was still this
+ * request's. Undefined when a statement failed (a duplicate, a deadlock): the
+ * statement-by-statement way then finds out.
  */
 async function writeCreationsInOneTrip(
   db: Db,
@@ -118,15 +120,13 @@ async function writeCreationsInOneTrip(
   names: Names,
 ): Promise<true | undefined> {
   const built = creationStatements(db, creations, names);
-  const statements = [...built.statements, built.keysCompletion];
   let outcome;
   try {
-    outcome = await transactionInOneTrip(db, statements, (results) => {
-      const completed = affectedRows(results[statements.length - 1]);
-      return completed === creations.length
-        ? { commit: true as const }
-        : { rollback: `${creations.length - completed} idempotency keys taken over` };
-    });
+    outcome = await commitInOneTrip(db, [
+      ...built.statements,
+      built.keysCompletion,
+      rowCountGuard(creations.length),
+    ]);
   } catch (error) {
     if (isConnectionError(error)) throw toUnavailable(error);
     return undefined;

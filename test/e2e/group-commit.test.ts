@@ -163,7 +163,7 @@ describe('group commit of transitions', () => {
     }
   });
 
-  it('writes a batch of fresh transitions in one packet and a COMMIT', async () => {
+  it('writes a batch of fresh transitions in one packet, with its COMMIT', async () => {
     const orderIds = await registeredOrders(
       Array.from({ length: 5 }, (_, i) => `seller-gt-${i}-${randomUUID()}`),
     );
@@ -211,9 +211,9 @@ describe('group commit of transitions', () => {
       );
       expect(results).toEqual(orders.map(() => true));
       expect(batches).toEqual([{ size: orders.length, ok: true }]);
-      // Five orders' transitions, history rows, payments, inbox rows, ledger and wallets: two
-      // round trips in all (the statement-by-statement way would take eleven).
-      expect(statements).toEqual(['START TRANSACTION;', 'COMMIT']);
+      // Five orders' transitions, history rows, payments, inbox rows, ledger and wallets, their
+      // guards and the COMMIT: one round trip in all (statement by statement takes eleven).
+      expect(statements).toEqual(['START TRANSACTION;']);
       for (const id of orderIds) {
         expect(
           await count(
@@ -373,8 +373,8 @@ describe('a transition alone', () => {
         now,
       });
       expect(stale).toBe(false);
-      // The packet stopped on the history row's (order, version) key, which the winner wrote;
-      // only successful statements are logged, so what shows is the ROLLBACK alone.
+      // The packet stopped at the guard after the UPDATE, which moved nothing: the version is
+      // gone. Only successful statements are logged, so what shows is the ROLLBACK alone.
       expect(statements).toEqual(['ROLLBACK']);
       expect((await findPaymentOrder(stack.settle.db, orderId))?.version).toBe(order.version);
     } finally {

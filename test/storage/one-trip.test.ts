@@ -1,14 +1,26 @@
 /**
- * Goal: a one-trip transaction (all statements in one packet, then COMMIT or ROLLBACK) commits
- * only what `decide` accepts, leaves nothing behind when it refuses or when a statement fails
- * midway, and hands `decide` every statement's result; MYSQL_URL's `?socket=` reaches the server
- * through its Unix socket. Method: real MariaDB, rows counted after each case.
+ * Goal: a one-packet transaction (`commitInOneTrip`: statements, guards and COMMIT in one packet)
+ * commits in one round trip when its guards hold, and commits nothing when one trips, whether
+ * the guard counts the rows of the statement before it or the ledger's stored sums, and runs no
+ * statement after the tripped guard; a two-trip transaction (all statements in one packet, then
+ * COMMIT or ROLLBACK) commits only what `decide` accepts, leaves nothing behind when it refuses or
+ * when a statement fails midway, and hands `decide` every statement's result; MYSQL_URL's
+ * `?socket=` reaches the server through its Unix socket. Method: real MariaDB, rows counted after
+ * each case, the statements the server got counted through the pool's query hook.
  */
 import { existsSync } from 'node:fs';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDatabase, parseMysqlUrl, serverAddress, type Db } from '../../src/storage/db.js';
-import { affectedRows, resultRows, transactionInOneTrip } from '../../src/storage/one-trip.js';
+import {
+  affectedRows,
+  commitInOneTrip,
+  guard,
+  resultRows,
+  rowCountGuard,
+  transactionInOneTrip,
+} from '../../src/storage/one-trip.js';
+import { ledgerPosting } from '../../src/storage/repositories/ledger.repository.js';
 import { isDuplicateKey } from '../../src/storage/errors.js';
 import { idempotencyKeysCompletion } from '../../src/storage/repositories/payment.repository.js';
 import { openTestDatabase } from '../support/harness.js';
@@ -36,6 +48,117 @@ const countInbox = async (prefix: string) =>
       }>`SELECT COUNT(*) AS n FROM inbox WHERE event_id LIKE ${`${prefix}%`}`.execute(db)
     ).rows[0]?.n,
   );
+
+describe('commitInOneTrip', () => {
+  const markInbox = (prefix: string) =>
+    sql`UPDATE inbox SET source = 'marked' WHERE event_id LIKE ${`${prefix}%`}`.compile(db);
+
+  it('commits statements, guards that hold and the COMMIT in one round trip', async () => {
+    const packets: string[] = [];
+    const counted = openDatabase(url, { poolSize: 1, onQuery: (text) => packets.push(text) });
+    try {
+      const outcome = await commitInOneTrip(counted.db, [
+        inboxRow('h-1'),
+        inboxRow('h-2'),
+        markInbox('h-'),
+        rowCountGuard(2),
+        sql`SELECT event_id FROM inbox WHERE event_id LIKE 'h-%' ORDER BY event_id`.compile(db),
+      ]);
+      expect(outcome.committed).toBe(true);
+      if (!outcome.committed) return;
+      // Results of the statements only, guards included (START and COMMIT are left out).
+      expect(outcome.results.map(affectedRows).slice(0, 4)).toEqual([1, 1, 2, 0]);
+      expect(resultRows<{ event_id: string }>(outcome.results[4])).toEqual([
+        { event_id: 'h-1' },
+        { event_id: 'h-2' },
+      ]);
+      expect(packets).toHaveLength(1);
+      expect(packets[0]).toMatch(/^START TRANSACTION;[\s\S]*;\nCOMMIT$/);
+    } finally {
+      await counted.close();
+    }
+    expect(await countInbox('h-')).toBe(2);
+  });
+
+  it('commits nothing when a row-count guard trips, and runs nothing after it', async () => {
+    const { outcome, ran } = await db.connection().execute(async (connection) => {
+      await sql`SET @ran_after_guard = 0`.execute(connection);
+      const tripped = await commitInOneTrip(connection, [
+        inboxRow('i-1'),
+        inboxRow('i-2'),
+        // Changes two rows; the guard expects three (a batch with one stale write).
+        markInbox('i-'),
+        rowCountGuard(3),
+        sql`SET @ran_after_guard = 1`.compile(connection),
+        inboxRow('i-3'),
+      ]);
+      const variable = await sql<{ ran: number }>`SELECT @ran_after_guard AS ran`.execute(
+        connection,
+      );
+      return { outcome: tripped, ran: Number(variable.rows[0]?.ran) };
+    });
+    expect(outcome).toEqual({ committed: false, tripped: 'rowCount' });
+    expect(ran).toBe(0);
+    expect(await countInbox('i-')).toBe(0);
+    // The guard table never keeps a row, and the connection went back to the pool clean.
+    const guards = await sql<{ n: string }>`SELECT COUNT(*) AS n FROM one_trip_guard`.execute(db);
+    expect(Number(guards.rows[0]?.n)).toBe(0);
+    expect((await commitInOneTrip(db, [inboxRow('i-4')])).committed).toBe(true);
+    expect(await countInbox('i-')).toBe(1);
+  });
+
+  it('trips on a ledger transaction that does not balance as stored, and commits a balanced one', async () => {
+    const posting = (orderId: string) =>
+      ledgerPosting(db, [
+        {
+          id: `ltx_${orderId.slice(4)}`,
+          orderId,
+          kind: 'test',
+          currency: 'USD',
+          now: new Date(),
+          entries: [
+            { account: 'psp_receivable', kind: 'test_debit', debitMinor: 500n, creditMinor: 0n },
+            { account: 'seller_payable:s', kind: 'test_credit', debitMinor: 0n, creditMinor: 500n },
+          ],
+        },
+      ]);
+    const ok = posting('ord_onetripbalanced0000000001');
+    const bad = posting('ord_onetripunbalanced00000001');
+    if (ok === undefined || bad === undefined) throw new Error('nothing to post');
+    const committed = await commitInOneTrip(db, [...ok.inserts, ok.balancedGuard]);
+    expect(committed.committed).toBe(true);
+    // The entries as built balance; one more debit written beside them (as a bug would) does not.
+    const extraDebit = db
+      .insertInto('ledger_entry')
+      .values({
+        transaction_id: 'ltx_onetripunbalanced00000001',
+        account: 'psp_receivable',
+        order_id: 'ord_onetripunbalanced00000001',
+        kind: 'test_extra',
+        currency: 'USD',
+        debit_minor: 1n,
+        credit_minor: 0n,
+        created_at: new Date(),
+      })
+      .compile();
+    const tripped = await commitInOneTrip(db, [...bad.inserts, extraDebit, bad.balancedGuard]);
+    expect(tripped).toEqual({ committed: false, tripped: 'ledgerUnbalanced' });
+    const stored = await sql<{ order_id: string }>`
+      SELECT DISTINCT order_id FROM ledger_entry WHERE order_id LIKE 'ord_onetrip%'`.execute(db);
+    expect(stored.rows.map((row) => row.order_id)).toEqual(['ord_onetripbalanced0000000001']);
+  });
+
+  it('throws what MySQL threw for a failing statement that is no guard, after rolling back', async () => {
+    await commitInOneTrip(db, [inboxRow('j-0')]);
+    const error = await commitInOneTrip(db, [
+      inboxRow('j-1'),
+      inboxRow('j-0'),
+      guard('rowCount', { sql: '1 = 0', parameters: [] }),
+    ]).catch((caught: unknown) => caught);
+    expect(isDuplicateKey(error)).toBe(true);
+    expect(await countInbox('j-')).toBe(1);
+  });
+});
 
 describe('transactionInOneTrip', () => {
   it('commits every statement when decide accepts, and gives it each result', async () => {
@@ -131,7 +254,7 @@ describe('transactionInOneTrip with statements decided from the results', () => 
 });
 
 describe('an idempotency key completed by two owners at once (a slow one and its taker-over)', () => {
-  it('lets exactly one of their one-trip transactions commit', async () => {
+  it('lets exactly one of their one-packet transactions commit', async () => {
     const now = new Date();
     await db
       .insertInto('idempotency_key')
@@ -145,27 +268,26 @@ describe('an idempotency key completed by two owners at once (a slow one and its
         created_at: now,
       })
       .execute();
-    // Each owner writes its "payment" (an inbox row stands in for it) and completes the key, as
-    // a creation does; the second packet waits on the key's row lock until the first is decided.
-    const owner = (name: string) =>
-      transactionInOneTrip(
-        db,
-        [
-          inboxRow(`g-${name}`),
-          idempotencyKeysCompletion(db, [
-            { buyerId: 'buyer-race', requestId: 'req-race', paymentId: `pay_${name}` },
-          ]),
-        ],
-        (results) =>
-          affectedRows(results[1]) === 1 ? { commit: name } : { rollback: 'key taken over' },
-      );
+    // Each owner writes its "payment" (an inbox row stands in for it) and completes the key with
+    // the guard a creation uses; the second packet waits on the key's row lock until the first
+    // commits, then completes nothing and trips its guard.
+    const owner = async (name: string) => {
+      const outcome = await commitInOneTrip(db, [
+        inboxRow(`g-${name}`),
+        idempotencyKeysCompletion(db, [
+          { buyerId: 'buyer-race', requestId: 'req-race', paymentId: `pay_${name}` },
+        ]),
+        rowCountGuard(1),
+      ]);
+      return { name, outcome };
+    };
     const outcomes = await Promise.all([owner('one'), owner('two')]);
-    const committed = outcomes.filter((outcome) => outcome.committed);
+    const committed = outcomes.filter(({ outcome }) => outcome.committed);
     expect(committed).toHaveLength(1);
-    expect(outcomes.filter((outcome) => !outcome.committed)).toEqual([
-      { committed: false, reason: 'key taken over' },
+    expect(outcomes.filter(({ outcome }) => !outcome.committed).map((o) => o.outcome)).toEqual([
+      { committed: false, tripped: 'rowCount' },
     ]);
-    const winner = committed[0]?.committed === true ? committed[0].value : '';
+    const winner = committed[0]?.name ?? '';
     const key = await db
       .selectFrom('idempotency_key')
       .select(['state', 'payment_id'])

@@ -18,14 +18,9 @@
  */
 import type { CompiledQuery } from 'kysely';
 import type { Db } from '../../storage/db.js';
-import { isConnectionError, isDuplicateKey } from '../../storage/errors.js';
+import { isConnectionError } from '../../storage/errors.js';
 import { GroupCommit } from '../../storage/group-commit.js';
-import {
-  affectedRows,
-  resultRows,
-  transactionInOneTrip,
-  type StatementResult,
-} from '../../storage/one-trip.js';
+import { commitInOneTrip, rowCountGuard } from '../../storage/one-trip.js';
 import {
   ledgerPosting,
   walletCredits,
@@ -80,15 +75,17 @@ export async function persistAlone(db: Db, write: TransitionWrite): Promise<bool
  * Everything persisted transitions write besides the order rows and their history: the inbox
  * receipts, the held outbox rows they complete, the ledger (then its stored sums, to check) and
  * the wallets, last, so that their rows (a hot seller's above all) stay locked the shortest.
- * Both ways of writing send exactly this list: in one packet (`persistInOneTrip`) or statement by
- * statement (`writeAlongside`).
+ * Both ways of writing send exactly this list: in one packet (`persistInOneTrip`, where the
+ * stored sums are checked by a guard in the packet) or statement by statement (`writeAlongside`,
+ * where they are read back and checked here, which names the unbalanced transactions).
  */
 function alongside(
   db: Db | Trx,
   writes: readonly TransitionWrite[],
+  way: 'packet' | 'statements',
 ): {
   statements: CompiledQuery[];
-  /** Where the ledger's stored sums are read, -1 if nothing is posted. */
+  /** Where the ledger's stored sums are read (statement by statement), -1 if not. */
   storedSumsAt: number;
   /** Throws unless the stored sums balance (the transaction must then not commit). */
   checkStored: (rows: readonly StoredSum[]) => void;
@@ -98,21 +95,24 @@ function alongside(
   const { ledger, credits } = sellerCredits(writes);
   const posting = ledgerPosting(db, ledger);
   const wallets = walletCredits(db, credits);
+  const check =
+    posting === undefined ? [] : [way === 'packet' ? posting.balancedGuard : posting.storedSums];
   const statements = [
     ...(receipts.length > 0 ? [inboxAppliedStatement(db, receipts)] : []),
     ...(done.length > 0 ? [outboxDeleteByMsgId(db, done)] : []),
-    ...(posting === undefined ? [] : [...posting.inserts, posting.storedSums]),
+    ...(posting === undefined ? [] : [...posting.inserts, ...check]),
     ...(wallets === undefined ? [] : [wallets]),
   ];
   return {
     statements,
-    storedSumsAt: posting === undefined ? -1 : statements.indexOf(posting.storedSums),
+    storedSumsAt:
+      posting === undefined || way === 'packet' ? -1 : statements.indexOf(posting.storedSums),
     checkStored: (rows: readonly StoredSum[]) => posting?.checkStored(rows),
   };
 }
 
 async function writeAlongside(trx: Trx, writes: readonly TransitionWrite[]): Promise<void> {
-  const { statements, storedSumsAt, checkStored } = alongside(trx, writes);
+  const { statements, storedSumsAt, checkStored } = alongside(trx, writes, 'statements');
   for (const [i, statement] of statements.entries()) {
     const result = await trx.executeQuery(statement);
     if (i === storedSumsAt) checkStored(result.rows as StoredSum[]);
@@ -132,9 +132,6 @@ function receiptRows(writes: readonly TransitionWrite[]): InboxRow[] {
   return rows;
 }
 
-/** The unique (order_id, version) key of the transition history (migration 0001). */
-const HISTORY_VERSION_KEY = 'payment_order_transition_version';
-
 export type TransitionBatcherOptions = Readonly<{
   /** Transitions per transaction at most. */
   batchMax: number;
@@ -147,14 +144,14 @@ export type TransitionBatcherOptions = Readonly<{
 }>;
 
 /**
- * Writes transitions of distinct orders in one transaction of two round trips (one-trip.ts): the
- * version-checked UPDATE, the history rows, the payments, the inbox receipts, the ledger (with its
- * stored-sum check) and the wallets last. It commits only if the UPDATE moved every order and the
- * ledger balances as stored; otherwise it rolls back and answers undefined, and the caller takes
+ * Writes transitions of distinct orders in one transaction of one round trip (one-trip.ts): the
+ * version-checked UPDATE and a guard that it moved every order, the history rows, the payments,
+ * the inbox receipts, the ledger (and a guard that it balances as stored) and the wallets last,
+ * then COMMIT, all in one packet. A tripped guard or a failed statement stops the packet before
+ * the COMMIT, and the transaction is rolled back; it then answers undefined and the caller takes
  * the statement-by-statement way, which tells each stale write apart. Undefined also for a batch
- * holding an order twice, and after any statement failed (that way finds out which write broke),
- * except a write alone that collides with the history row of the version it claims: that one is
- * stale, and answered so (`[false]`) at once.
+ * holding an order twice. A write alone that moved nothing is stale, and answered so (`[false]`)
+ * at once: its UPDATE found the version gone.
  */
 export async function persistInOneTrip(
   db: Db,
@@ -162,29 +159,20 @@ export async function persistInOneTrip(
 ): Promise<boolean[] | undefined> {
   if (new Set(writes.map((write) => write.previous.id)).size !== writes.length) return undefined;
   const transitions = transitionStatements(db, writes);
-  const after = alongside(db, writes);
-  const statements = [transitions.update, ...transitions.rest, ...after.statements];
-  const storedSumsAt =
-    after.storedSumsAt < 0 ? -1 : statements.length - after.statements.length + after.storedSumsAt;
+  const statements = [
+    transitions.update,
+    rowCountGuard(writes.length),
+    ...transitions.rest,
+    ...alongside(db, writes, 'packet').statements,
+  ];
   try {
-    const outcome = await transactionInOneTrip(
-      db,
-      statements,
-      (results: readonly StatementResult[]) => {
-        const moved = affectedRows(results[0]);
-        if (moved !== writes.length) return { rollback: `${writes.length - moved} stale` };
-        if (storedSumsAt >= 0) after.checkStored(resultRows<StoredSum>(results[storedSumsAt]));
-        return { commit: writes.map(() => true) };
-      },
-    );
-    return outcome.committed ? outcome.value : undefined;
+    const outcome = await commitInOneTrip(db, statements);
+    if (outcome.committed) return writes.map(() => true);
+    return writes.length === 1 && outcome.tripped === 'rowCount' ? [false] : undefined;
   } catch (error) {
     if (isConnectionError(error)) throw toUnavailable(error);
-    // A stale write usually stops the packet here: the history row of the version it claims to
-    // create exists already (the winner wrote it). Alone, that is the whole answer.
-    if (writes.length === 1 && isDuplicateKey(error, HISTORY_VERSION_KEY)) return [false];
-    // In a batch, or a deadlock or a broken constraint: the statement-by-statement way tells
-    // which write it was, and retries deadlocks.
+    // A deadlock or a broken constraint: the statement-by-statement way tells which write it
+    // was, and retries deadlocks.
     return undefined;
   }
 }

@@ -8,6 +8,7 @@ import * as m0002 from './0002-failure-handling.js';
 import * as m0003 from './0003-reconciliation.js';
 import * as m0004 from './0004-admin.js';
 import * as m0005 from './0005-outbox-hold.js';
+import * as m0006 from './0006-one-trip-guard.js';
 
 const migrations: Record<string, Migration> = {
   '0001-initial': m0001,
@@ -15,6 +16,7 @@ const migrations: Record<string, Migration> = {
   '0003-reconciliation': m0003,
   '0004-admin': m0004,
   '0005-outbox-hold': m0005,
+  '0006-one-trip-guard': m0006,
 };
 
 export const migrationProvider: MigrationProvider = {

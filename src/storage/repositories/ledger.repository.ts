@@ -6,6 +6,7 @@
 import { sql, type CompiledQuery } from 'kysely';
 import type { CurrencyCode } from '../../domain/money.js';
 import type { Db } from '../db.js';
+import { guard } from '../one-trip.js';
 import type { Trx } from '../transaction.js';
 
 export const ACCOUNT = {
@@ -67,8 +68,9 @@ export type StoredSum = Readonly<{ transaction_id: string; debits: string; credi
 /**
  * The statements that post ledger transactions, built but not run (a caller may send them in one
  * round trip): each transaction is checked to balance first (this throws), `inserts` write them,
- * `storedSums` reads back what was stored, and `checkStored` throws unless those rows balance too.
- * Undefined when there is nothing to post.
+ * `storedSums` reads back what was stored, and `checkStored` throws unless those rows balance too;
+ * `balancedGuard` is the same check as a guard, for a transaction sent in one packet with its
+ * COMMIT (storage/one-trip.ts). Undefined when there is nothing to post.
  */
 export function ledgerPosting(
   db: Db | Trx,
@@ -78,6 +80,7 @@ export function ledgerPosting(
       inserts: CompiledQuery[];
       storedSums: CompiledQuery<StoredSum>;
       checkStored: (rows: readonly StoredSum[]) => void;
+      balancedGuard: CompiledQuery;
     }
   | undefined {
   if (inputs.length === 0) return undefined;
@@ -148,7 +151,17 @@ export function ledgerPosting(
       );
     }
   };
-  return { inserts, storedSums, checkStored };
+  // Fails unless every one of them is stored and balances: count the balanced ones.
+  const balancedGuard = guard(
+    'ledgerUnbalanced',
+    sql`(SELECT COUNT(*) FROM (
+          SELECT transaction_id FROM ledger_entry
+          WHERE transaction_id IN (${sql.join(inputs.map((input) => input.id))})
+          GROUP BY transaction_id
+          HAVING SUM(debit_minor) = SUM(credit_minor)
+        ) AS balanced) <> ${inputs.length}`.compile(db),
+  );
+  return { inserts, storedSums, checkStored, balancedGuard };
 }
 
 export type WalletCredit = Readonly<{
