@@ -6,15 +6,14 @@
  * puts many orders' writes in one transaction, and sends each as one packet):
  *
  *   1. INSERT idempotency_key (autocommit: the claim is visible to a concurrent duplicate at once)
- *   2. tx: INSERT payment, k payment_order rows, k outbox rows (held back from the relay: the
+ *   2. tx: INSERT payment (EXECUTING), k payment_order rows (born EXECUTING), their k
+ *          NOT_STARTED→EXECUTING transition rows, k outbox rows (held back from the relay: the
  *          node runs them itself); UPDATE idempotency_key COMPLETED
  *   then for each order, concurrently:
- *   4. tx: UPDATE payment_order NOT_STARTED→EXECUTING WHERE version = 0; INSERT transition;
- *          UPDATE payment NOT_STARTED→EXECUTING
- *   5. tx: UPDATE payment_order +token WHERE version = 1; INSERT transition; DELETE its outbox
+ *   3. tx: UPDATE payment_order +token WHERE version = 0; INSERT transition; DELETE its outbox
  *          row (the command is done)
- *   6. (the webhook arrives and is applied at once by the order's actor: no write of its own)
- *   7. tx: UPDATE payment_order →SUCCEEDED WHERE version = 2; INSERT transition; INSERT inbox
+ *   4. (the webhook arrives and is applied at once by the order's actor: no write of its own)
+ *   5. tx: UPDATE payment_order →SUCCEEDED WHERE version = 1; INSERT transition; INSERT inbox
  *          (webhook event id); UPDATE payment aggregate; INSERT ledger_transaction; INSERT 2
  *          ledger_entry; wallet upsert
  *
@@ -148,7 +147,7 @@ async function onePayment(pool: Pool, options: CeilingOptions, counters: Counter
       counters,
       `INSERT INTO payment (id, buyer_id, request_id, currency, amount_minor, state, failure_reason,
          orders_total, orders_succeeded, orders_failed, version, created_at, updated_at)
-       VALUES (?, ?, ?, 'USD', ?, 'NOT_STARTED', NULL, ?, 0, 0, 0, ?, ?)`,
+       VALUES (?, ?, ?, 'USD', ?, 'EXECUTING', NULL, ?, 0, 0, 0, ?, ?)`,
       [paymentId, buyerId, requestId, total, orders.length, now, now],
     );
     await exec(
@@ -157,7 +156,7 @@ async function onePayment(pool: Pool, options: CeilingOptions, counters: Counter
       `INSERT INTO payment_order (id, payment_id, seq, seller_id, amount_minor, currency, state,
          version, psp_token, checkout_url, psp_reference, failure_reason, attempts, review_reason,
          created_at, updated_at)
-       VALUES ${orders.map(() => "(?, ?, ?, ?, ?, 'USD', 'NOT_STARTED', 0, NULL, NULL, NULL, NULL, 0, NULL, ?, ?)").join(', ')}`,
+       VALUES ${orders.map(() => "(?, ?, ?, ?, ?, 'USD', 'EXECUTING', 0, NULL, NULL, NULL, NULL, 1, NULL, ?, ?)").join(', ')}`,
       orders.flatMap((order, seq) => [
         order.id,
         paymentId,
@@ -167,6 +166,14 @@ async function onePayment(pool: Pool, options: CeilingOptions, counters: Counter
         now,
         now,
       ]),
+    );
+    await exec(
+      connection,
+      counters,
+      `INSERT INTO payment_order_transition
+         (order_id, payment_id, version, from_state, to_state, event_type, detail, created_at)
+       VALUES ${orders.map(() => "(?, ?, 0, 'NOT_STARTED', 'EXECUTING', 'ExecuteOrder', '{\"type\":\"ExecuteOrder\"}', ?)").join(', ')}`,
+      orders.flatMap((order) => [order.id, paymentId, now]),
     );
     const inserted = await exec(
       connection,
@@ -206,51 +213,22 @@ async function oneOrder(
   const transitionSql = `INSERT INTO payment_order_transition
       (order_id, payment_id, version, from_state, to_state, event_type, detail, created_at)
       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`;
-  // 4. ExecuteOrder.
   let now = new Date();
-  await transaction(pool, counters, async (connection) => {
-    await exec(
-      connection,
-      counters,
-      `UPDATE payment_order SET state = 'EXECUTING', attempts = 1, updated_at = ?, version = version + 1
-       WHERE id = ? AND version = 0`,
-      [now, order.id],
-      1,
-    );
-    await exec(connection, counters, transitionSql, [
-      order.id,
-      paymentId,
-      1,
-      'NOT_STARTED',
-      'EXECUTING',
-      'ExecuteOrder',
-      '{"type":"ExecuteOrder"}',
-      now,
-    ]);
-    await exec(
-      connection,
-      counters,
-      `UPDATE payment SET state = 'EXECUTING', updated_at = ?, version = version + 1
-       WHERE id = ? AND state = 'NOT_STARTED'`,
-      [now, paymentId],
-    );
-  });
-  // 5. PspRegistered.
-  now = new Date();
+  // 3. PspRegistered (ExecuteOrder wrote nothing: the order was born EXECUTING).
   const token = `tok_${randomBytes(15).toString('hex')}`;
   await transaction(pool, counters, async (connection) => {
     await exec(
       connection,
       counters,
       `UPDATE payment_order SET psp_token = ?, checkout_url = ?, updated_at = ?, version = version + 1
-       WHERE id = ? AND version = 1`,
+       WHERE id = ? AND version = 0`,
       [token, `http://127.0.0.1:1/pay/${token}`, now, order.id],
       1,
     );
     await exec(connection, counters, transitionSql, [
       order.id,
       paymentId,
-      2,
+      1,
       'EXECUTING',
       'EXECUTING',
       'PspRegistered',
@@ -259,10 +237,10 @@ async function oneOrder(
     ]);
     await exec(connection, counters, `DELETE FROM outbox WHERE id = ?`, [outboxId], 1);
   });
-  // 6. The webhook, applied at once by the order's actor (its inbox row joins step 7).
+  // 4. The webhook, applied at once by the order's actor (its inbox row joins step 5).
   now = new Date();
   const eventId = `evt_${randomBytes(15).toString('hex')}`;
-  // 7. PspSucceeded: the order, the inbox row, the payment, the ledger and the wallet in one
+  // 5. PspSucceeded: the order, the inbox row, the payment, the ledger and the wallet in one
   //    transaction.
   const ledgerId = newId('ledgerTransaction', now.getTime());
   await transaction(pool, counters, async (connection) => {
@@ -270,14 +248,14 @@ async function oneOrder(
       connection,
       counters,
       `UPDATE payment_order SET state = 'SUCCEEDED', psp_reference = ?, updated_at = ?, version = version + 1
-       WHERE id = ? AND version = 2`,
+       WHERE id = ? AND version = 1`,
       [`psp_${eventId.slice(4)}`, now, order.id],
       1,
     );
     await exec(connection, counters, transitionSql, [
       order.id,
       paymentId,
-      3,
+      2,
       'EXECUTING',
       'SUCCEEDED',
       'PspSucceeded',

@@ -3,11 +3,12 @@
  * history row carries the time the actor decided it, and the order row the time it was created,
  * so the gaps between them are the stages of the pipeline:
  *
- *   created → ExecuteOrder         the idempotency claim and the creation's commit (its time is
- *                                  when CreatePayment began), the send to the order's actor on the
- *                                  same node (or, for an order handed over, the outbox relay,
- *                                  JetStream, the consumer and the actor's load)
- *   ExecuteOrder → PspRegistered   the EXECUTING commit and the PSP's RegisterPayment call
+ *   created → PspRegistered        the idempotency claim and the creation's commit (the order is
+ *                                  born EXECUTING: its ExecuteOrder row carries the creation's
+ *                                  time, when CreatePayment began), the send to the order's actor
+ *                                  on the same node (or, for an order handed over, the outbox
+ *                                  relay, JetStream, the consumer and the actor's load), and the
+ *                                  PSP's RegisterPayment call
  *   PspRegistered → PspSucceeded   the token's commit, the PSP's decision and its signed webhook
  *
  * (The final commit is not in these gaps: its time is the decision's.)
@@ -19,7 +20,8 @@ import { quantile } from './load.js';
 
 export type StageLatency = Readonly<{ stage: string; p50: number; p95: number; p99: number }>;
 
-const STAGES = ['ExecuteOrder', 'PspRegistered', 'PspSucceeded'] as const;
+// ExecuteOrder is written with the creation (same time), so its gap is always 0: left out.
+const STAGES = ['PspRegistered', 'PspSucceeded'] as const;
 const IDS_PER_QUERY = 1_000;
 const PAYMENTS_MAX = 50_000;
 

@@ -12,7 +12,7 @@ import { ActorRegistry } from './actors/runtime/registry.js';
 import { PaymentOrderActor, type OrderMessage } from './actors/payment-order/actor.js';
 import { OrderLoader, TransitionBatcher } from './actors/payment-order/persistence.js';
 import { LocalExecutor } from './actors/payment-order/local-execute.js';
-import type { OrderEvent } from './actors/payment-order/machine.js';
+import type { OrderEvent, PaymentOrder } from './actors/payment-order/machine.js';
 import type { PspPort } from './actors/payment-order/effects.js';
 import {
   CommandConsumer,
@@ -198,6 +198,21 @@ export async function startSettle(
     cleanups.push(() => batcher.stop(graceLeft()));
 
     const now = () => new Date();
+    const onTransition = (previous: PaymentOrder, next: PaymentOrder, event: OrderEvent) => {
+      events.publish(next.paymentId);
+      metrics.orderTransition({ from: previous.state, to: next.state, event: event.type });
+      logger.info(
+        {
+          paymentId: next.paymentId,
+          orderId: next.id,
+          from: previous.state,
+          to: next.state,
+          event: event.type,
+          version: next.version.toString(),
+        },
+        `order ${previous.state} -> ${next.state} on ${event.type}`,
+      );
+    };
     const notificationUrl = `${settlePublicUrl(config)}${WEBHOOK_PATH}`;
     const registry = new ActorRegistry<OrderMessage, HandleOutcome>(
       'payment-order',
@@ -209,21 +224,7 @@ export async function startSettle(
           psp,
           notificationUrl,
           now,
-          onTransition: (previous, next, event) => {
-            events.publish(next.paymentId);
-            metrics.orderTransition({ from: previous.state, to: next.state, event: event.type });
-            logger.info(
-              {
-                paymentId: next.paymentId,
-                orderId: next.id,
-                from: previous.state,
-                to: next.state,
-                event: event.type,
-                version: next.version.toString(),
-              },
-              `order ${previous.state} -> ${next.state} on ${event.type}`,
-            );
-          },
+          onTransition,
           onIllegal: (order, event, message) =>
             logger.warn(
               { orderId: order.id, state: order.state, event: event.type },
@@ -308,6 +309,7 @@ export async function startSettle(
       events,
       wakeRelay: () => relay.wake(),
       local,
+      onTransition,
       createWaitMs: config.CREATE_WAIT_MS,
       idempotencyLeaseMs: config.IDEMPOTENCY_LEASE_MS,
       now,

@@ -29,6 +29,11 @@ export type DiagnosisFacts = Readonly<{
 /** An order that has not moved for this long while it should have is worth a warning. */
 export const STALL_MS = 30_000;
 
+const NOT_PICKED_UP =
+  'its ExecuteOrder command has not reached an actor (if the node that created it died, any ' +
+  'node relays it once LOCAL_EXECUTE_HOLD_MS has passed); check the outbox lag and the ' +
+  'JetStream consumer';
+
 const RANK: Readonly<Record<Severity, number>> = { error: 0, warn: 1, info: 2, ok: 3 };
 
 export function diagnose(facts: DiagnosisFacts): Finding[] {
@@ -80,12 +85,11 @@ function diagnoseOrder(order: PaymentOrder, facts: DiagnosisFacts): Finding[] {
       say('info', 'expired: not paid in time; the PSP registration was cancelled');
       break;
     case 'NOT_STARTED':
+      // Written by nodes before orders were born EXECUTING.
       say(
         stalled ? 'warn' : 'info',
         stalled
-          ? `not started ${ago(facts, order.createdAt)} after creation: its ExecuteOrder command ` +
-              'has not reached an actor (if the node that created it died, any node relays it ' +
-              'once LOCAL_EXECUTE_HOLD_MS has passed); check the outbox lag and the JetStream consumer'
+          ? `not started ${ago(facts, order.createdAt)} after creation: ${NOT_PICKED_UP}`
           : 'waiting for the runtime to pick up its ExecuteOrder command',
       );
       break;
@@ -95,9 +99,15 @@ function diagnoseOrder(order: PaymentOrder, facts: DiagnosisFacts): Finding[] {
           facts.breaker !== undefined && facts.breaker !== 'CLOSED'
             ? `; the PSP circuit breaker is ${facts.breaker}, so calls wait for it to close`
             : '';
+        // Born EXECUTING: a first attempt that never got a token may be a command that never
+        // reached an actor, not a PSP that is slow.
+        const lost =
+          stalled && order.attempts <= 1 && breaker === ''
+            ? `; ${ago(facts, changedAt)} without a token: if no PSP call shows for it, ${NOT_PICKED_UP}`
+            : '';
         say(
           stalled || breaker !== '' ? 'warn' : 'info',
-          `registering with the PSP (${order.attempts} attempt(s) so far)${breaker}`,
+          `registering with the PSP (${order.attempts} attempt(s) so far)${breaker}${lost}`,
         );
       } else if (webhookAt !== undefined && webhookAt.getTime() > changedAt.getTime()) {
         say(

@@ -35,7 +35,11 @@ import {
 } from '../storage/repositories/payment.repository.js';
 import { GroupCommit } from '../storage/group-commit.js';
 import { inTransaction, toUnavailable, type Trx } from '../storage/transaction.js';
-import { ORDER_STATE } from '../actors/payment-order/machine.js';
+import {
+  ORDER_STATE,
+  type OrderEvent,
+  type PaymentOrder,
+} from '../actors/payment-order/machine.js';
 import { evaluateRisk, type RiskDecision, type RiskRules } from './risk.js';
 import { nextChange, type PaymentEvents } from './payment-events.js';
 import type { LocalExecutor } from '../actors/payment-order/local-execute.js';
@@ -43,6 +47,7 @@ import { parseCreatePayment, requireId, type CreatePaymentInput } from './valida
 import { InvalidArgumentError } from '../domain/errors.js';
 
 export const RISK_REJECTED = 'RISK_REJECTED';
+const EXECUTE_ORDER: OrderEvent = { type: 'ExecuteOrder' };
 const PAYMENT_ID_EXAMPLE = 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G';
 const WATCH_POLL_MS = 1_000;
 const WATCH_DURATION_MS_MAX = 60 * 60_000;
@@ -59,6 +64,8 @@ export type PaymentServiceDeps = Readonly<{
    * order goes through the relay and JetStream when unset or when it has no room.
    */
   local?: Pick<LocalExecutor, 'reserve' | 'unreserve' | 'run'>;
+  /** Told of every order born EXECUTING, after its commit (metrics and logs, as for the actor's). */
+  onTransition?: (previous: PaymentOrder, next: PaymentOrder, event: OrderEvent) => void;
   /** How long create waits for checkout URLs before answering. */
   createWaitMs: number;
   /**
@@ -139,22 +146,25 @@ async function writeCreationsInOneTrip(
 /** The statements of `writeCreations`, built but not run; the keys' completion comes last. */
 function creationStatements(db: Db | Trx, creations: readonly Creation[], names: Names) {
   const statements = paymentInserts(db, creations);
-  const rejected = creations.flatMap(({ payment, decision, now }) =>
-    decision.approved
-      ? []
-      : payment.orders.map((order) => ({
-          order_id: order.id,
-          payment_id: payment.id,
-          version: '0',
-          from_state: ORDER_STATE.notStarted,
-          to_state: ORDER_STATE.failed,
-          event_type: 'RiskRejected',
-          detail: JSON.stringify({ rule: decision.rule, message: decision.message }),
-          created_at: now,
-        })),
+  // Every order is born past NOT_STARTED, and its history says so at version 0: an approved
+  // order as EXECUTING (the intent to call the PSP, recorded before any call, as the actor's
+  // ExecuteOrder transition would), a rejected one as FAILED.
+  const history = creations.flatMap(({ payment, decision, now }) =>
+    payment.orders.map((order) => ({
+      order_id: order.id,
+      payment_id: payment.id,
+      version: '0',
+      from_state: ORDER_STATE.notStarted,
+      to_state: order.state,
+      event_type: decision.approved ? 'ExecuteOrder' : 'RiskRejected',
+      detail: JSON.stringify(
+        decision.approved ? EXECUTE_ORDER : { rule: decision.rule, message: decision.message },
+      ),
+      created_at: now,
+    })),
   );
-  if (rejected.length > 0) {
-    statements.push(db.insertInto('payment_order_transition').values(rejected).compile());
+  if (history.length > 0) {
+    statements.push(db.insertInto('payment_order_transition').values(history).compile());
   }
   const commands = creations.flatMap(({ payment, decision, heldUntil }) =>
     decision.approved
@@ -275,6 +285,15 @@ export class PaymentService {
     }
     // What was just committed is the answer unless the caller waits for checkout URLs: no read.
     const created = createdPayment(creation.payment, now);
+    if (creation.decision.approved) {
+      for (const order of created.orders) {
+        this.deps.onTransition?.(
+          { ...order, state: ORDER_STATE.notStarted, attempts: 0 },
+          order,
+          EXECUTE_ORDER,
+        );
+      }
+    }
     if (held > 0) this.deps.local?.run(created.orders);
     else if (creation.decision.approved) this.deps.wakeRelay();
     return this.waitForCheckout(created);
@@ -286,12 +305,15 @@ export class PaymentService {
       ? this.deps.local?.reserve(input.orders.length, now)
       : undefined;
     const paymentId = newId('payment', now.getTime());
+    // An approved order is born EXECUTING, its first attempt recorded: the ExecuteOrder that
+    // follows (here or from JetStream) registers it at the PSP without writing first.
     const orders = input.orders.map((order) => ({
       id: newId('order', now.getTime()),
       sellerId: order.sellerId,
       amountMinor: order.amountMinor,
-      state: decision.approved ? ORDER_STATE.notStarted : ORDER_STATE.failed,
+      state: decision.approved ? ORDER_STATE.executing : ORDER_STATE.failed,
       failureReason: decision.approved ? undefined : RISK_REJECTED,
+      attempts: decision.approved ? 1 : 0,
     }));
     return {
       payment: {
@@ -300,7 +322,7 @@ export class PaymentService {
         requestId: input.requestId,
         currency: input.currency,
         amountMinor: input.amountMinor,
-        state: decision.approved ? PAYMENT_STATE.notStarted : PAYMENT_STATE.failed,
+        state: decision.approved ? PAYMENT_STATE.executing : PAYMENT_STATE.failed,
         failureReason: decision.approved ? undefined : RISK_REJECTED,
         orders,
       },

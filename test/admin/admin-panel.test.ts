@@ -313,12 +313,12 @@ describe('payments', () => {
     expect(status).toBe(200);
     const text = html.replace(/<[^>]+>/g, ' ').replace(/\s+/g, ' ');
     expect(text).toContain(`Timeline of order ${order?.orderId}`);
-    expect(text).toContain('v1: NOT_STARTED → EXECUTING on ExecuteOrder');
+    expect(text).toContain('v0: NOT_STARTED → EXECUTING on ExecuteOrder');
     expect(text).toContain(
-      'v2: EXECUTING → EXECUTING on PspRegistered (PSP RegisterPayment succeeded)',
+      'v1: EXECUTING → EXECUTING on PspRegistered (PSP RegisterPayment succeeded)',
     );
     expect(text).toContain(
-      'v3: EXECUTING → SUCCEEDED on PspSucceeded (PSP webhook: charge succeeded)',
+      'v2: EXECUTING → SUCCEEDED on PspSucceeded (PSP webhook: charge succeeded)',
     );
     expect(text).toContain(`webhook received from psp: event ${inbox.event_id}`);
     expect(text).toMatch(/OK .*succeeded \(PSP reference \S+\); ledger and wallet posted/);

@@ -91,7 +91,7 @@ describe('diagnose', () => {
     });
   });
 
-  it('warns about a NOT_STARTED order only after it stalls, and shows review flags', () => {
+  it('warns about an order not picked up only after it stalls, and shows review flags', () => {
     const fresh = order('a', {
       state: 'NOT_STARTED',
       createdAt: ago(1_000),
@@ -104,6 +104,17 @@ describe('diagnose', () => {
       updatedAt: ago(STALL_MS * 3),
     });
     expect(diagnose(facts([stalled]))[0]?.text).toContain('outbox lag');
+    // Born EXECUTING: a first attempt stalled without a token points at the command too.
+    const bornStalled = order('a', {
+      state: 'EXECUTING',
+      attempts: 1,
+      createdAt: ago(STALL_MS * 3),
+      updatedAt: ago(STALL_MS * 3),
+    });
+    expect(diagnose(facts([bornStalled]))[0]).toMatchObject({ severity: 'warn' });
+    expect(diagnose(facts([bornStalled]))[0]?.text).toContain('outbox lag');
+    const bornFresh = order('a', { state: 'EXECUTING', attempts: 1, updatedAt: ago(1_000) });
+    expect(diagnose(facts([bornFresh]))[0]?.text).not.toContain('outbox lag');
     const flagged = order('a', { state: 'EXPIRED', reviewReason: 'CHARGED_AFTER_EXPIRY' });
     const findings = diagnose(facts([flagged]));
     expect(findings[0]).toMatchObject({ severity: 'warn' });

@@ -233,7 +233,8 @@ describe('crash recovery with real processes', () => {
     const stuck = (await orderRows(c)).filter((r) => r.state !== 'SUCCEEDED');
     // Without NATS nothing moves: the cut is real.
     expect(stuck.length).toBe(10);
-    expect(stuck.every((r) => r.state === 'NOT_STARTED')).toBe(true);
+    // Born EXECUTING, none of them got to the PSP.
+    expect(stuck.every((r) => r.state === 'EXECUTING' && r.pspToken === null)).toBe(true);
     node.natsProxy.up();
     await waitForHealth(node.grpcAddress, 'SERVING');
     await waitForOrders(

@@ -7,7 +7,8 @@
  * once. Method: real Settle nodes and the PSP mock (real MariaDB, NATS); what crossed JetStream is
  * read from the command stream itself; "died after the commit" is a PaymentService whose local
  * runner reserves and then never runs, which is exactly what the database holds after such a
- * crash.
+ * crash. An approved order is born EXECUTING (its intent to call the PSP in the creation's
+ * transaction), so the run's only write is the token.
  */
 import { randomUUID } from 'node:crypto';
 import { jetstreamManager } from '@nats-io/jetstream';
@@ -130,6 +131,33 @@ describe('new orders run on the node that created them', () => {
     expect(stack.settle.local.counts.handedOver).toBe(handedOverBefore);
   });
 
+  it('writes the order EXECUTING in the creation itself, so the run writes only the token', async () => {
+    const [orderId = ''] = await create(1);
+    await registered(orderId);
+    const history = await sql<{
+      version: string;
+      from_state: string;
+      to_state: string;
+      event_type: string;
+      created_at: Date;
+    }>`
+      SELECT version, from_state, to_state, event_type, created_at
+      FROM payment_order_transition WHERE order_id = ${orderId} ORDER BY version`.execute(
+      stack.settle.db,
+    );
+    const created = await sql<{ created_at: Date }>`
+      SELECT created_at FROM payment_order WHERE id = ${orderId}`.execute(stack.settle.db);
+    // v0 is the creation's own row (same timestamp as the order, same transaction); the run's
+    // first and only write is the token, v1.
+    expect(
+      history.rows.map((r) => [Number(r.version), r.from_state, r.to_state, r.event_type]),
+    ).toEqual([
+      [0, 'NOT_STARTED', 'EXECUTING', 'ExecuteOrder'],
+      [1, 'EXECUTING', 'EXECUTING', 'PspRegistered'],
+    ]);
+    expect(history.rows[0]?.created_at.getTime()).toBe(created.rows[0]?.created_at.getTime());
+  });
+
   it('a payment that does not fit in the local bound goes through JetStream at once', async () => {
     // PSP_IN_FLIGHT_MAX=2 leaves one local run: two orders of one payment do not fit.
     const started = Date.now();
@@ -195,9 +223,9 @@ describe('JetStream is the backstop', () => {
     const [held] = await outboxRows([orderId]);
     expect(held?.available_at.getTime()).toBe((held?.created_at.getTime() ?? 0) + HOLD_MS);
 
-    // Within the hold nobody touches it.
+    // Within the hold nobody touches it: born EXECUTING, it is not registered at the PSP.
     await new Promise((resolve) => setTimeout(resolve, HOLD_MS / 2));
-    expect((await order(orderId)).state).toBe('NOT_STARTED');
+    expect(await order(orderId)).toMatchObject({ state: 'EXECUTING', psp_token: null });
     expect(await streamCommands(node, [orderId])).toEqual([]);
 
     // After it, the live node's relay publishes it and its consumer executes the order.

@@ -150,6 +150,8 @@ export type NewPayment = Readonly<{
     amountMinor: bigint;
     state: string;
     failureReason: string | undefined;
+    /** PSP registration attempts made or about to be made (1 for an order born EXECUTING). */
+    attempts: number;
   }>;
 }>;
 
@@ -203,7 +205,7 @@ function orderRows(payment: NewPayment, now: Date) {
     checkout_url: null,
     psp_reference: null,
     failure_reason: order.failureReason ?? null,
-    attempts: 0,
+    attempts: order.attempts,
     review_reason: null,
     created_at: now,
     updated_at: now,
