@@ -5,10 +5,10 @@
  * orders, in the transactions and autocommits Settle uses for an order alone (its group commit
  * puts many orders' writes in one transaction, and sends each as one packet):
  *
- *   1. INSERT idempotency_key (autocommit: the claim is visible to a concurrent duplicate at once)
- *   2. tx: INSERT payment (EXECUTING), k payment_order rows (born EXECUTING), their k
- *          NOT_STARTED→EXECUTING transition rows, k outbox rows (held back from the relay: the
- *          node runs them itself); UPDATE idempotency_key COMPLETED
+ *   1. (validation, no write)
+ *   2. tx: INSERT idempotency_key (COMPLETED, with the payment id), payment (EXECUTING), k
+ *          payment_order rows (born EXECUTING), their k NOT_STARTED→EXECUTING transition rows, k
+ *          outbox rows (held back from the relay: the node runs them itself)
  *   then for each order, concurrently:
  *   3. tx: UPDATE payment_order +token WHERE version = 0; INSERT transition; DELETE its outbox
  *          row (the command is done)
@@ -131,17 +131,15 @@ async function onePayment(pool: Pool, options: CeilingOptions, counters: Counter
   }));
   const total = orders.reduce((sum, order) => sum + order.amountMinor, 0);
 
-  // 1. The idempotency claim, on its own.
-  await exec(
-    pool,
-    counters,
-    `INSERT INTO idempotency_key (buyer_id, request_id, request_hash, state, payment_id, lease_until, created_at)
-     VALUES (?, ?, ?, 'IN_FLIGHT', NULL, ?, ?)`,
-    [buyerId, requestId, randomBytes(32).toString('hex'), new Date(now.getTime() + 30_000), now],
-  );
-  counters.commits += 1;
-  // 2. The payment, its orders and their ExecuteOrder commands.
+  // 2. The idempotency key, the payment, its orders and their ExecuteOrder commands.
   const outboxIds = await transaction(pool, counters, async (connection) => {
+    await exec(
+      connection,
+      counters,
+      `INSERT INTO idempotency_key (buyer_id, request_id, request_hash, state, payment_id, lease_until, created_at)
+       VALUES (?, ?, ?, 'COMPLETED', ?, ?, ?)`,
+      [buyerId, requestId, randomBytes(32).toString('hex'), paymentId, now, now],
+    );
     await exec(
       connection,
       counters,
@@ -186,14 +184,6 @@ async function onePayment(pool: Pool, options: CeilingOptions, counters: Counter
         now,
         new Date(now.getTime() + 5_000),
       ]),
-    );
-    await exec(
-      connection,
-      counters,
-      `UPDATE idempotency_key SET state = 'COMPLETED', payment_id = ?
-       WHERE buyer_id = ? AND request_id = ? AND state = 'IN_FLIGHT'`,
-      [paymentId, buyerId, requestId],
-      1,
     );
     return Array.from({ length: orders.length }, (_, i) => inserted.insertId + i);
   });

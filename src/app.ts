@@ -311,9 +311,8 @@ export async function startSettle(
       local,
       onTransition,
       createWaitMs: config.CREATE_WAIT_MS,
-      idempotencyLeaseMs: config.IDEMPOTENCY_LEASE_MS,
       now,
-      groupCommit: { claims: groupCommit('claims'), creations: groupCommit('creations') },
+      groupCommit: { creations: groupCommit('creations') },
     });
     cleanups.push(() => payments.stop(graceLeft()));
 

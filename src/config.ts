@@ -104,8 +104,6 @@ export const configSchema = z.object({
   /** How long CreatePayment waits for the PSP to register the orders before it answers. */
   CREATE_WAIT_MS: nonNegativeInt.max(30_000).default(2_000),
   IDEMPOTENCY_TTL_MS: positiveInt.default(24 * 3_600_000),
-  /** A request id claimed by a node that died is free again after this long (ABORTED until then). */
-  IDEMPOTENCY_LEASE_MS: positiveInt.min(100).max(600_000).default(5_000),
   /** An order not paid this long after creation expires (its PSP registration is cancelled). */
   ORDER_EXPIRY_MS: positiveInt.max(7 * 24 * 3_600_000).default(15 * 60_000),
   /** An unfinished order quiet this long is checked with the PSP by the janitor. */

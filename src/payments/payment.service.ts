@@ -1,9 +1,11 @@
 /**
  * The payments use cases behind both the gRPC API and the REST twin: create (idempotent), get,
- * list and watch. CreatePayment validates first, so bad input writes nothing; then it claims the
- * idempotency key and creates the payment, its orders and one ExecuteOrder outbox message per
- * order in ONE transaction.
+ * list and watch. CreatePayment validates first, so bad input writes nothing; then it writes the
+ * idempotency key (COMPLETED), the payment, its orders (born EXECUTING) and one ExecuteOrder
+ * outbox message per order in ONE transaction. A duplicate request fails on the key's primary
+ * key and is answered with the payment the key names.
  */
+import type { CompiledQuery } from 'kysely';
 import {
   AbortedError,
   AlreadyExistsError,
@@ -15,21 +17,18 @@ import { executeOrderMessage } from '../messaging/commands.js';
 import type { Names } from '../messaging/subjects.js';
 import type { Db } from '../storage/db.js';
 import { outboxInsert } from '../storage/repositories/outbox.repository.js';
-import { commitInOneTrip, rowCountGuard } from '../storage/one-trip.js';
-import { isConnectionError } from '../storage/errors.js';
+import { commitInOneTrip } from '../storage/one-trip.js';
+import { isConnectionError, isDuplicateKey } from '../storage/errors.js';
 import {
-  claimIdempotencyKey,
   createdPayment,
-  idempotencyKeysCompletion,
+  deleteAbandonedKey,
+  findIdempotencyKey,
   findPayment,
-  insertIdempotencyKeys,
+  idempotencyKeyInserts,
   listPayments,
   paymentInserts,
   PAYMENT_STATE,
-  releaseIdempotencyKey,
   TERMINAL_PAYMENT_STATES,
-  type IdempotencyClaim,
-  type NewIdempotencyKey,
   type NewPayment,
   type Payment,
 } from '../storage/repositories/payment.repository.js';
@@ -68,18 +67,9 @@ export type PaymentServiceDeps = Readonly<{
   onTransition?: (previous: PaymentOrder, next: PaymentOrder, event: OrderEvent) => void;
   /** How long create waits for checkout URLs before answering. */
   createWaitMs: number;
-  /**
-   * An IN_FLIGHT key whose owner died can be taken over after this long. Only availability
-   * depends on it: the key is completed in the payment's own transaction, conditionally, so two
-   * owners can never both commit a payment.
-   */
-  idempotencyLeaseMs: number;
   now: () => Date;
-  /**
-   * Writes concurrent idempotency claims and creations together (group commit, one group each,
-   * so each reports its own batches); each alone when unset.
-   */
-  groupCommit?: Readonly<{ claims: GroupCommitSettings; creations: GroupCommitSettings }>;
+  /** Writes concurrent creations together (group commit); each alone when unset. */
+  groupCommit?: Readonly<{ creations: GroupCommitSettings }>;
 }>;
 
 type GroupCommitSettings = Readonly<{
@@ -91,6 +81,8 @@ type GroupCommitSettings = Readonly<{
 
 type Creation = Readonly<{
   payment: NewPayment;
+  /** The request's fingerprint, stored with its idempotency key. */
+  requestHash: string;
   decision: RiskDecision;
   now: Date;
   /** The orders' ExecuteOrder rows are held back from the relay until then (run here first). */
@@ -98,54 +90,71 @@ type Creation = Readonly<{
 }>;
 
 /**
- * Writes new payments: the rows, the transitions of risk-rejected orders, one ExecuteOrder
- * outbox message per approved order, and the idempotency keys marked COMPLETED, all in the
- * caller's transaction. Throws AbortedError when a key is no longer this request's (taken over
- * after its lease ran out); in a batch that sends every creation through alone, so only the one
- * that lost its key fails.
+ * Writes new payments: the idempotency keys (first: a duplicate stops the transaction before
+ * anything else is written), the rows, the orders' born transitions and one ExecuteOrder outbox
+ * message per approved order, all in the caller's transaction. A duplicate key fails it with
+ * MySQL's duplicate-entry error; in a batch, that sends every creation through alone, so only
+ * the duplicate fails.
  */
 async function writeCreations(
   trx: Trx,
   creations: readonly Creation[],
   names: Names,
 ): Promise<void> {
-  const built = creationStatements(trx, creations, names);
-  for (const statement of built.statements) await trx.executeQuery(statement);
-  const completed = await trx.executeQuery(built.keysCompletion);
-  checkKeysCompleted(creations, Number(completed.numAffectedRows ?? 0n));
+  for (const statement of creationStatements(trx, creations, names)) {
+    await trx.executeQuery(statement);
+  }
 }
 
 /**
- * `writeCreations` in one transaction of one round trip (see storage/one-trip.ts): a guard after
- * the keys' completion stops the packet before the COMMIT unless every key was still this
- * request's. Undefined when a statement failed (a duplicate, a deadlock): the
- * statement-by-statement way then finds out.
+ * `writeCreations` in one transaction of one round trip (see storage/one-trip.ts). Throws a
+ * duplicate as it came (the caller looks the key up); undefined when another statement failed (a
+ * deadlock, say): the statement-by-statement way then finds out.
  */
 async function writeCreationsInOneTrip(
   db: Db,
   creations: readonly Creation[],
   names: Names,
 ): Promise<true | undefined> {
-  const built = creationStatements(db, creations, names);
-  let outcome;
   try {
-    outcome = await commitInOneTrip(db, [
-      ...built.statements,
-      built.keysCompletion,
-      rowCountGuard(creations.length),
-    ]);
+    await commitInOneTrip(db, creationStatements(db, creations, names));
+    return true;
   } catch (error) {
     if (isConnectionError(error)) throw toUnavailable(error);
+    if (isDuplicateKey(error)) throw error;
     return undefined;
   }
-  // Rolled back: a key was taken over; fail exactly as the other way does.
-  if (!outcome.committed) checkKeysCompleted(creations, -1);
-  return true;
 }
 
-/** The statements of `writeCreations`, built but not run; the keys' completion comes last. */
-function creationStatements(db: Db | Trx, creations: readonly Creation[], names: Names) {
-  const statements = paymentInserts(db, creations);
+async function writeCreationsEitherWay(
+  db: Db,
+  creations: readonly Creation[],
+  names: Names,
+): Promise<void> {
+  if ((await writeCreationsInOneTrip(db, creations, names)) === undefined) {
+    await inTransaction(db, (trx) => writeCreations(trx, creations, names));
+  }
+}
+
+/** The statements of `writeCreations`, built but not run; the idempotency keys come first. */
+function creationStatements(
+  db: Db | Trx,
+  creations: readonly Creation[],
+  names: Names,
+): CompiledQuery[] {
+  const statements = [
+    idempotencyKeyInserts(
+      db,
+      creations.map(({ payment, requestHash, now }) => ({
+        buyerId: payment.buyerId,
+        requestId: payment.requestId,
+        requestHash,
+        paymentId: payment.id,
+        now,
+      })),
+    ),
+    ...paymentInserts(db, creations),
+  ];
   // Every order is born past NOT_STARTED, and its history says so at version 0: an approved
   // order as EXECUTING (the intent to call the PSP, recorded before any call, as the actor's
   // ExecuteOrder transition would), a rejected one as FAILED.
@@ -176,61 +185,24 @@ function creationStatements(db: Db | Trx, creations: readonly Creation[], names:
       outboxInsert(db, commands, new Date(Math.max(...creations.map(({ now }) => now.getTime())))),
     );
   }
-  const keysCompletion = idempotencyKeysCompletion(
-    db,
-    creations.map(({ payment }) => ({
-      buyerId: payment.buyerId,
-      requestId: payment.requestId,
-      paymentId: payment.id,
-    })),
-  );
-  return { statements, keysCompletion };
-}
-
-/** Throws AbortedError unless every creation's key was still this request's (`completed`). */
-function checkKeysCompleted(creations: readonly Creation[], completed: number): void {
-  if (completed === creations.length) return;
-  const only = creations.length === 1 ? creations[0]?.payment.requestId : undefined;
-  throw new AbortedError(
-    only === undefined
-      ? 'an idempotency key of this batch was taken over; each request goes through alone'
-      : `request_id ${only} was taken over by another attempt; retry`,
-  );
+  return statements;
 }
 
 export class PaymentService {
   /** Group commit of creations; unset writes each in its own transaction. */
   private readonly creations: GroupCommit<Creation, void> | undefined;
-  /** Idempotency claims that arrive together, inserted with one autocommit statement. */
-  private readonly claims: GroupCommit<NewIdempotencyKey, IdempotencyClaim> | undefined;
 
   constructor(private readonly deps: PaymentServiceDeps) {
     const group = deps.groupCommit;
-    this.claims =
-      group === undefined
-        ? undefined
-        : new GroupCommit<NewIdempotencyKey, IdempotencyClaim>({
-            name: 'idempotency claims',
-            ...group.claims,
-            writeOne: (key) => claimIdempotencyKey(deps.db, key),
-            writeBatch: async (keys) => {
-              await insertIdempotencyKeys(deps.db, keys);
-              return keys.map((): IdempotencyClaim => ({ kind: 'claimed' }));
-            },
-          });
     this.creations =
       group === undefined
         ? undefined
         : new GroupCommit<Creation, void>({
             name: 'payment creations',
             ...group.creations,
-            writeOne: async (creation) => {
-              if ((await writeCreationsInOneTrip(deps.db, [creation], deps.names)) === undefined)
-                await inTransaction(deps.db, (trx) => writeCreations(trx, [creation], deps.names));
-            },
+            writeOne: (creation) => writeCreationsEitherWay(deps.db, [creation], deps.names),
             writeBatch: async (creations) => {
-              if ((await writeCreationsInOneTrip(deps.db, creations, deps.names)) === undefined)
-                await inTransaction(deps.db, (trx) => writeCreations(trx, creations, deps.names));
+              await writeCreationsEitherWay(deps.db, creations, deps.names);
               return creations.map(() => undefined);
             },
           });
@@ -238,65 +210,81 @@ export class PaymentService {
 
   /** Waits (bounded) for creations already taken to be written. */
   async stop(timeoutMs: number): Promise<void> {
-    await this.claims?.stop(timeoutMs);
     await this.creations?.stop(timeoutMs);
   }
 
   async create(raw: Parameters<typeof parseCreatePayment>[0]): Promise<Payment> {
     const input = parseCreatePayment(raw);
-    const { db } = this.deps;
     const now = this.deps.now();
-    const key = {
-      buyerId: input.buyerId,
-      requestId: input.requestId,
-      requestHash: input.requestHash,
-      now,
-      leaseMs: this.deps.idempotencyLeaseMs,
-    };
-    const claim = await (this.claims?.submit(key) ?? claimIdempotencyKey(db, key)).catch(
-      (error: unknown) => {
-        throw toUnavailable(error);
-      },
-    );
-    if (claim.kind !== 'claimed') {
-      if (claim.requestHash !== input.requestHash) {
-        throw new AlreadyExistsError(
-          `request_id ${input.requestId} was already used by buyer ${input.buyerId} with other ` +
-            'parameters; use a new request_id for a new payment',
-        );
+    // Twice at most: a second time only after an abandoned key was deleted (or the key vanished).
+    for (let attempt = 1; ; attempt += 1) {
+      const creation = this.prepare(input, now);
+      const held = creation.heldUntil === undefined ? 0 : creation.payment.orders.length;
+      try {
+        await (this.creations?.submit(creation) ??
+          writeCreationsEitherWay(this.deps.db, [creation], this.deps.names));
+      } catch (error) {
+        if (held > 0) this.deps.local?.unreserve(held);
+        if (!isDuplicateKey(error)) throw toUnavailable(error);
+        const answer = await this.answerRepeat(input, now);
+        if (answer !== 'create again') return answer;
+        if (attempt >= 2) {
+          throw new AbortedError(
+            `request_id ${input.requestId} collided twice with another attempt; retry`,
+            { retryDelayMs: 200 },
+          );
+        }
+        continue;
       }
-      if (claim.kind === 'in-flight') {
-        throw new AbortedError(
-          `a request with request_id ${input.requestId} is still in flight; retry shortly`,
-          { retryDelayMs: 200 },
-        );
+      // What was just committed is the answer unless the caller waits for checkout URLs.
+      const created = createdPayment(creation.payment, now);
+      if (creation.decision.approved) {
+        for (const order of created.orders) {
+          this.deps.onTransition?.(
+            { ...order, state: ORDER_STATE.notStarted, attempts: 0 },
+            order,
+            EXECUTE_ORDER,
+          );
+        }
       }
-      return this.get(claim.paymentId);
+      if (held > 0) this.deps.local?.run(created.orders);
+      else if (creation.decision.approved) this.deps.wakeRelay();
+      return this.waitForCheckout(created);
     }
-    const creation = this.prepare(input, now);
-    const held = creation.heldUntil === undefined ? 0 : creation.payment.orders.length;
-    try {
-      await (this.creations?.submit(creation) ??
-        inTransaction(db, (trx) => writeCreations(trx, [creation], this.deps.names)));
-    } catch (error) {
-      if (held > 0) this.deps.local?.unreserve(held);
-      await releaseIdempotencyKey(db, input).catch(() => undefined);
+  }
+
+  /**
+   * The answer to a request whose key exists: the payment it created, ALREADY_EXISTS for other
+   * parameters, ABORTED while an earlier version's claim is alive, or 'create again' when there is
+   * no key after all (purged meanwhile, or the duplicate was another row: new ids will do) or an
+   * abandoned one was just deleted.
+   */
+  private async answerRepeat(
+    input: CreatePaymentInput,
+    now: Date,
+  ): Promise<Payment | 'create again'> {
+    const key = await findIdempotencyKey(this.deps.db, input).catch((error: unknown) => {
       throw toUnavailable(error);
+    });
+    if (key === undefined) return 'create again';
+    if (key.requestHash !== input.requestHash) {
+      throw new AlreadyExistsError(
+        `request_id ${input.requestId} was already used by buyer ${input.buyerId} with other ` +
+          'parameters; use a new request_id for a new payment',
+      );
     }
-    // What was just committed is the answer unless the caller waits for checkout URLs: no read.
-    const created = createdPayment(creation.payment, now);
-    if (creation.decision.approved) {
-      for (const order of created.orders) {
-        this.deps.onTransition?.(
-          { ...order, state: ORDER_STATE.notStarted, attempts: 0 },
-          order,
-          EXECUTE_ORDER,
-        );
-      }
+    if (key.state === 'COMPLETED' && key.paymentId !== undefined) return this.get(key.paymentId);
+    // IN_FLIGHT: claimed by a node of an earlier version, which completes it with its payment.
+    if (key.leaseUntil.getTime() >= now.getTime()) {
+      throw new AbortedError(
+        `a request with request_id ${input.requestId} is still in flight; retry shortly`,
+        { retryDelayMs: 200 },
+      );
     }
-    if (held > 0) this.deps.local?.run(created.orders);
-    else if (creation.decision.approved) this.deps.wakeRelay();
-    return this.waitForCheckout(created);
+    await deleteAbandonedKey(this.deps.db, input, now).catch((error: unknown) => {
+      throw toUnavailable(error);
+    });
+    return 'create again';
   }
 
   private prepare(input: CreatePaymentInput, now: Date): Creation {
@@ -316,6 +304,7 @@ export class PaymentService {
       attempts: decision.approved ? 1 : 0,
     }));
     return {
+      requestHash: input.requestHash,
       payment: {
         id: paymentId,
         buyerId: input.buyerId,

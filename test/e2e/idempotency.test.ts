@@ -1,7 +1,8 @@
 /**
  * Goal: nobody is charged or credited twice, whatever repeats. Method: against a real stack,
  * repeat each input (CreatePayment sequentially and 20 at once, the same webhook 5 times, the
- * same order message delivered to two runtime instances) and count the rows that result.
+ * same order message delivered to two runtime instances) and count the rows that result; a key
+ * left IN_FLIGHT by an earlier version is planted as that version wrote it.
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -9,6 +10,7 @@ import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
 import { PaymentState, type Payment } from '../../src/grpc/generated/settle/v1/payment.js';
 import { PaymentOrderActor } from '../../src/actors/payment-order/actor.js';
+import { parseCreatePayment } from '../../src/payments/validation.js';
 import {
   CARD,
   call,
@@ -98,11 +100,13 @@ describe('CreatePayment idempotency', () => {
         call(stack.payments.createPayment.bind(stack.payments), request(key, buyer)),
       ),
     );
-    const ids = new Set<string>();
-    for (const result of results) {
-      if (result.status === 'fulfilled') ids.add(result.value.payment?.paymentId ?? '');
-      else expect((result.reason as grpc.ServiceError).code).toBe(grpc.status.ABORTED);
-    }
+    // Each waits for the one that wrote the key first, then answers with its payment.
+    expect(results.every((result) => result.status === 'fulfilled')).toBe(true);
+    const ids = new Set(
+      results.map((result) =>
+        result.status === 'fulfilled' ? (result.value.payment?.paymentId ?? '') : '',
+      ),
+    );
     expect(ids.size).toBe(1);
     const payments = await count(
       stack.settle.db,
@@ -115,6 +119,49 @@ describe('CreatePayment idempotency', () => {
       request(key, buyer),
     );
     expect(ids.has(retry.payment?.paymentId ?? '')).toBe(true);
+  });
+});
+
+describe('a key left IN_FLIGHT by an earlier version (claim first, then create)', () => {
+  it('is ABORTED while its lease lasts, and created afresh once it ran out', async () => {
+    const buyer = `buyer-legacy-${randomUUID()}`;
+    const key = randomUUID();
+    const { requestHash } = parseCreatePayment(request(key, buyer));
+    await stack.settle.db
+      .insertInto('idempotency_key')
+      .values({
+        buyer_id: buyer,
+        request_id: key,
+        request_hash: requestHash,
+        state: 'IN_FLIGHT',
+        payment_id: null,
+        lease_until: new Date(Date.now() + 60_000),
+        created_at: new Date(),
+      })
+      .execute();
+    const before = await rowCounts(stack.settle.db);
+    const error = await callError(
+      stack.payments.createPayment.bind(stack.payments),
+      request(key, buyer),
+    );
+    expect(error.code).toBe(grpc.status.ABORTED);
+    expect(error.details).toMatch(/still in flight; retry shortly/);
+    expect(await rowCounts(stack.settle.db)).toEqual(before);
+
+    // Its node died: once the lease ran out the key is deleted and the request goes through.
+    await sql`UPDATE idempotency_key SET lease_until = ${new Date(Date.now() - 1_000)}
+              WHERE buyer_id = ${buyer} AND request_id = ${key}`.execute(stack.settle.db);
+    const created = await call(
+      stack.payments.createPayment.bind(stack.payments),
+      request(key, buyer),
+    );
+    const stored = await stack.settle.db
+      .selectFrom('idempotency_key')
+      .select(['state', 'payment_id'])
+      .where('buyer_id', '=', buyer)
+      .where('request_id', '=', key)
+      .executeTakeFirstOrThrow();
+    expect(stored).toEqual({ state: 'COMPLETED', payment_id: created.payment?.paymentId });
   });
 });
 

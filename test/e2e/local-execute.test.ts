@@ -209,7 +209,6 @@ describe('JetStream is the backstop', () => {
         run: () => undefined,
       },
       createWaitMs: 0,
-      idempotencyLeaseMs: 5_000,
       now: () => new Date(),
     });
     const started = Date.now();

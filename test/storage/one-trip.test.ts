@@ -22,7 +22,6 @@ import {
 } from '../../src/storage/one-trip.js';
 import { ledgerPosting } from '../../src/storage/repositories/ledger.repository.js';
 import { isDuplicateKey } from '../../src/storage/errors.js';
-import { idempotencyKeysCompletion } from '../../src/storage/repositories/payment.repository.js';
 import { openTestDatabase } from '../support/harness.js';
 
 let url: string;
@@ -250,51 +249,6 @@ describe('transactionInOneTrip with statements decided from the results', () => 
     }).catch((caught: unknown) => caught);
     expect(String(error)).toMatch(/publish failed/);
     expect(await countInbox('f-')).toBe(0);
-  });
-});
-
-describe('an idempotency key completed by two owners at once (a slow one and its taker-over)', () => {
-  it('lets exactly one of their one-packet transactions commit', async () => {
-    const now = new Date();
-    await db
-      .insertInto('idempotency_key')
-      .values({
-        buyer_id: 'buyer-race',
-        request_id: 'req-race',
-        request_hash: 'h',
-        state: 'IN_FLIGHT',
-        payment_id: null,
-        lease_until: now,
-        created_at: now,
-      })
-      .execute();
-    // Each owner writes its "payment" (an inbox row stands in for it) and completes the key with
-    // the guard a creation uses; the second packet waits on the key's row lock until the first
-    // commits, then completes nothing and trips its guard.
-    const owner = async (name: string) => {
-      const outcome = await commitInOneTrip(db, [
-        inboxRow(`g-${name}`),
-        idempotencyKeysCompletion(db, [
-          { buyerId: 'buyer-race', requestId: 'req-race', paymentId: `pay_${name}` },
-        ]),
-        rowCountGuard(1),
-      ]);
-      return { name, outcome };
-    };
-    const outcomes = await Promise.all([owner('one'), owner('two')]);
-    const committed = outcomes.filter(({ outcome }) => outcome.committed);
-    expect(committed).toHaveLength(1);
-    expect(outcomes.filter(({ outcome }) => !outcome.committed).map((o) => o.outcome)).toEqual([
-      { committed: false, tripped: 'rowCount' },
-    ]);
-    const winner = committed[0]?.name ?? '';
-    const key = await db
-      .selectFrom('idempotency_key')
-      .select(['state', 'payment_id'])
-      .where('request_id', '=', 'req-race')
-      .executeTakeFirstOrThrow();
-    expect(key).toEqual({ state: 'COMPLETED', payment_id: `pay_${winner}` });
-    expect(await countInbox('g-')).toBe(1);
   });
 });
 

@@ -1,13 +1,19 @@
 /**
- * Goal: idempotency keys behave as promised at the storage level: a key is claimed once, a
- * concurrent claim sees it in flight, a dead owner's key is taken over after its lease, and the
- * purge job removes only keys older than the TTL (after which the key may be used again).
- * Method: the repository functions against a fresh, migrated MariaDB database.
+ * Goal: idempotency keys behave as promised at the storage level: a key is inserted with its
+ * payment and a concurrent insert of the same key fails as a duplicate once the first commits
+ * (and goes through if the first rolled back); an IN_FLIGHT key left by an earlier version is
+ * deleted only once its lease ran out, a COMPLETED one never; the purge job removes only keys
+ * older than the TTL (after which the key may be used again). Method: the repository functions
+ * against a fresh, migrated MariaDB database, two pooled connections for the races.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Db } from '../../src/storage/db.js';
+import { isDuplicateKey } from '../../src/storage/errors.js';
+import { commitInOneTrip, guard } from '../../src/storage/one-trip.js';
 import {
-  claimIdempotencyKey,
+  deleteAbandonedKey,
+  findIdempotencyKey,
+  idempotencyKeyInserts,
   purgeIdempotencyKeys,
 } from '../../src/storage/repositories/payment.repository.js';
 import { openTestDatabase } from '../support/harness.js';
@@ -21,47 +27,88 @@ afterAll(async () => {
   await close?.();
 });
 
-const key = (requestId: string, now: Date, leaseMs = 30_000) => ({
+const key = (requestId: string, now: Date, paymentId = 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G') => ({
   buyerId: 'b1',
   requestId,
   requestHash: 'h'.repeat(64),
+  paymentId,
   now,
-  leaseMs,
 });
+const insert = (requestId: string, now: Date, paymentId?: string) =>
+  commitInOneTrip(db, [idempotencyKeyInserts(db, [key(requestId, now, paymentId)])]);
+const inFlight = (requestId: string, leaseUntil: Date) =>
+  db
+    .insertInto('idempotency_key')
+    .values({
+      buyer_id: 'b1',
+      request_id: requestId,
+      request_hash: 'h'.repeat(64),
+      state: 'IN_FLIGHT',
+      payment_id: null,
+      lease_until: leaseUntil,
+      created_at: new Date(),
+    })
+    .execute();
 
 describe('idempotency keys', () => {
-  it('claims once; a concurrent claim sees the key in flight', async () => {
-    const now = new Date();
-    // Two claims at once, on two pooled connections: exactly one inserts the key.
-    const claims = await Promise.all([
-      claimIdempotencyKey(db, key('00000000-0000-4000-8000-000000000001', now)),
-      claimIdempotencyKey(db, key('00000000-0000-4000-8000-000000000001', now)),
+  it('lets exactly one of two concurrent inserts of a key commit; the other is a duplicate', async () => {
+    const id = '00000000-0000-4000-8000-000000000001';
+    const outcomes = await Promise.allSettled([
+      insert(id, new Date(), 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F61'),
+      insert(id, new Date(), 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F62'),
     ]);
-    expect(claims.map((claim) => claim.kind).sort()).toEqual(['claimed', 'in-flight']);
+    expect(outcomes.filter((o) => o.status === 'fulfilled')).toHaveLength(1);
+    const failed = outcomes.filter((o) => o.status === 'rejected');
+    expect(failed).toHaveLength(1);
+    expect(isDuplicateKey((failed[0] as PromiseRejectedResult).reason)).toBe(true);
+    expect(await findIdempotencyKey(db, { buyerId: 'b1', requestId: id })).toMatchObject({
+      state: 'COMPLETED',
+      requestHash: 'h'.repeat(64),
+    });
   });
 
-  it('takes over a key whose owner died once its lease ran out', async () => {
-    const then = new Date(Date.now() - 60_000);
-    expect(
-      (await claimIdempotencyKey(db, key('00000000-0000-4000-8000-000000000002', then, 1_000)))
-        .kind,
-    ).toBe('claimed');
-    expect(
-      (await claimIdempotencyKey(db, key('00000000-0000-4000-8000-000000000002', new Date()))).kind,
-    ).toBe('claimed');
+  it('lets the second insert through when the first rolled back', async () => {
+    const id = '00000000-0000-4000-8000-000000000005';
+    // The first packet writes the key, then a guard trips: rolled back, the key is free again.
+    const first = await commitInOneTrip(db, [
+      idempotencyKeyInserts(db, [key(id, new Date())]),
+      guard('rowCount', { sql: '1 = 1', parameters: [] }),
+    ]);
+    expect(first.committed).toBe(false);
+    expect(await findIdempotencyKey(db, { buyerId: 'b1', requestId: id })).toBeUndefined();
+    expect((await insert(id, new Date())).committed).toBe(true);
   });
 
-  it('purges only keys older than the cutoff, after which the key can be claimed again', async () => {
+  it('deletes an abandoned IN_FLIGHT key only after its lease, and never a COMPLETED one', async () => {
+    const now = new Date();
+    const alive = '00000000-0000-4000-8000-000000000002';
+    const abandoned = '00000000-0000-4000-8000-000000000006';
+    const done = '00000000-0000-4000-8000-000000000007';
+    await inFlight(alive, new Date(now.getTime() + 5_000));
+    await inFlight(abandoned, new Date(now.getTime() - 5_000));
+    await insert(done, new Date(now.getTime() - 60_000));
+    expect(await deleteAbandonedKey(db, { buyerId: 'b1', requestId: alive }, now)).toBe(false);
+    expect(await deleteAbandonedKey(db, { buyerId: 'b1', requestId: abandoned }, now)).toBe(true);
+    expect(await deleteAbandonedKey(db, { buyerId: 'b1', requestId: done }, now)).toBe(false);
+    expect((await findIdempotencyKey(db, { buyerId: 'b1', requestId: alive }))?.state).toBe(
+      'IN_FLIGHT',
+    );
+    expect(await findIdempotencyKey(db, { buyerId: 'b1', requestId: abandoned })).toBeUndefined();
+    expect((await findIdempotencyKey(db, { buyerId: 'b1', requestId: done }))?.state).toBe(
+      'COMPLETED',
+    );
+  });
+
+  it('purges only keys older than the cutoff, after which the key can be used again', async () => {
     const old = new Date(Date.now() - 25 * 3_600_000);
-    await claimIdempotencyKey(db, key('00000000-0000-4000-8000-000000000003', old));
-    await claimIdempotencyKey(db, key('00000000-0000-4000-8000-000000000004', new Date()));
+    await insert('00000000-0000-4000-8000-000000000003', old);
+    await insert('00000000-0000-4000-8000-000000000004', new Date());
     const purged = await purgeIdempotencyKeys(db, new Date(Date.now() - 24 * 3_600_000), 100);
     expect(purged).toBe(1);
-    expect(
-      (await claimIdempotencyKey(db, key('00000000-0000-4000-8000-000000000003', new Date()))).kind,
-    ).toBe('claimed');
-    expect(
-      (await claimIdempotencyKey(db, key('00000000-0000-4000-8000-000000000004', new Date()))).kind,
-    ).toBe('in-flight');
+    expect((await insert('00000000-0000-4000-8000-000000000003', new Date())).committed).toBe(true);
+    const again = await insert('00000000-0000-4000-8000-000000000004', new Date()).catch(
+      (error: unknown) => error,
+    );
+    expect(isDuplicateKey(again)).toBe(true);
   });
 });

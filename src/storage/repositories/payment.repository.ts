@@ -4,7 +4,6 @@
  */
 import { sql, type CompiledQuery } from 'kysely';
 import type { Db } from '../db.js';
-import { isDuplicateKey } from '../errors.js';
 import type { PaymentRow } from '../schema.js';
 import type { Trx } from '../transaction.js';
 import type { PaymentOrder } from '../../domain/payment-order.js';
@@ -231,126 +230,88 @@ export function createdPayment(payment: NewPayment, now: Date): Payment {
 // ---------------------------------------------------------------------------------------------
 // Idempotency keys
 
-export type IdempotencyClaim =
-  | Readonly<{ kind: 'claimed' }>
-  | Readonly<{ kind: 'completed'; paymentId: string; requestHash: string }>
-  | Readonly<{ kind: 'in-flight'; requestHash: string }>;
-
 /**
- * Claims (buyer, request id) for this request, committed on its own so that a concurrent
- * duplicate sees it at once. An IN_FLIGHT key whose lease ran out (its owner died) is taken over.
+ * The idempotency keys of new payments, inserted COMPLETED with their payment ids in the
+ * transaction that creates those payments: the statement, built but not run. The key's primary
+ * key (buyer, request id) decides between concurrent duplicates: a second insert of the same key
+ * waits on the first one's row lock, and fails as a duplicate once that commits (or goes through
+ * if it rolled back). Put first in its transaction, so a duplicate stops it before anything else
+ * is written.
  */
-export async function claimIdempotencyKey(
-  db: Db,
-  key: { buyerId: string; requestId: string; requestHash: string; now: Date; leaseMs: number },
-): Promise<IdempotencyClaim> {
-  try {
-    await insertIdempotencyKeys(db, [key]);
-    return { kind: 'claimed' };
-  } catch (error) {
-    if (!isDuplicateKey(error)) throw error;
-  }
-  const existing = await db
-    .selectFrom('idempotency_key')
-    .selectAll()
-    .where('buyer_id', '=', key.buyerId)
-    .where('request_id', '=', key.requestId)
-    .executeTakeFirst();
-  if (existing === undefined) {
-    // Purged between our insert and our read: the caller may simply retry.
-    return { kind: 'in-flight', requestHash: key.requestHash };
-  }
-  if (existing.state === 'COMPLETED' && existing.payment_id !== null) {
-    return {
-      kind: 'completed',
-      paymentId: existing.payment_id,
-      requestHash: existing.request_hash,
-    };
-  }
-  if (
-    existing.request_hash === key.requestHash &&
-    existing.lease_until.getTime() < key.now.getTime()
-  ) {
-    const takeover = await db
-      .updateTable('idempotency_key')
-      .set({ lease_until: new Date(key.now.getTime() + key.leaseMs) })
-      .where('buyer_id', '=', key.buyerId)
-      .where('request_id', '=', key.requestId)
-      .where('state', '=', 'IN_FLIGHT')
-      .where('lease_until', '=', existing.lease_until)
-      .executeTakeFirst();
-    if (takeover.numUpdatedRows === 1n) return { kind: 'claimed' };
-  }
-  return { kind: 'in-flight', requestHash: existing.request_hash };
-}
-
-export type NewIdempotencyKey = Readonly<{
-  buyerId: string;
-  requestId: string;
-  requestHash: string;
-  now: Date;
-  leaseMs: number;
-}>;
-
-/**
- * `claimIdempotencyKey` for many fresh requests with one autocommit INSERT: each key is still
- * committed before its payment's transaction, where a concurrent duplicate sees it at once.
- * Resolves when every key was new; any duplicate fails the whole statement (nothing inserted)
- * and the caller claims each key alone, which tells a repeat from a request in flight.
- */
-export async function insertIdempotencyKeys(
-  db: Db,
-  keys: readonly NewIdempotencyKey[],
-): Promise<void> {
-  if (keys.length === 0) return;
-  await db
+export function idempotencyKeyInserts(
+  db: Db | Trx,
+  keys: ReadonlyArray<
+    Readonly<{
+      buyerId: string;
+      requestId: string;
+      requestHash: string;
+      paymentId: string;
+      now: Date;
+    }>
+  >,
+): CompiledQuery {
+  return db
     .insertInto('idempotency_key')
     .values(
       keys.map((key) => ({
         buyer_id: key.buyerId,
         request_id: key.requestId,
         request_hash: key.requestHash,
-        state: 'IN_FLIGHT' as const,
-        payment_id: null,
-        lease_until: new Date(key.now.getTime() + key.leaseMs),
+        state: 'COMPLETED' as const,
+        payment_id: key.paymentId,
+        // Only an IN_FLIGHT key (written by an earlier version) has a lease; this one is done.
+        lease_until: key.now,
         created_at: key.now,
       })),
     )
-    .execute();
+    .compile();
+}
+
+export type StoredIdempotencyKey = Readonly<{
+  state: 'IN_FLIGHT' | 'COMPLETED';
+  requestHash: string;
+  paymentId: string | undefined;
+  leaseUntil: Date;
+}>;
+
+export async function findIdempotencyKey(
+  db: Db,
+  key: Readonly<{ buyerId: string; requestId: string }>,
+): Promise<StoredIdempotencyKey | undefined> {
+  const row = await db
+    .selectFrom('idempotency_key')
+    .select(['state', 'request_hash', 'payment_id', 'lease_until'])
+    .where('buyer_id', '=', key.buyerId)
+    .where('request_id', '=', key.requestId)
+    .executeTakeFirst();
+  return row === undefined
+    ? undefined
+    : {
+        state: row.state,
+        requestHash: row.request_hash,
+        paymentId: row.payment_id ?? undefined,
+        leaseUntil: row.lease_until,
+      };
 }
 
 /**
- * Marks keys COMPLETED inside the transaction that creates their payments: the statement, built
- * but not run. Its affected rows are the keys still IN_FLIGHT, fewer than `keys` when one was
- * taken over (after its lease ran out).
+ * Deletes an IN_FLIGHT key whose lease ran out. Earlier versions claimed a key first and
+ * completed it with the payment; one whose node died in between left it IN_FLIGHT. True when
+ * this call deleted it (the request may then be created again).
  */
-export function idempotencyKeysCompletion(
-  db: Db | Trx,
-  keys: ReadonlyArray<Readonly<{ buyerId: string; requestId: string; paymentId: string }>>,
-): CompiledQuery {
-  const sameKey = (key: { buyerId: string; requestId: string }) =>
-    sql`(buyer_id = ${key.buyerId} AND request_id = ${key.requestId})`;
-  return sql`
-    UPDATE idempotency_key SET
-      state = 'COMPLETED',
-      payment_id = CASE ${sql.join(
-        keys.map((key) => sql`WHEN ${sameKey(key)} THEN ${key.paymentId}`),
-        sql` `,
-      )} END
-    WHERE (${sql.join(keys.map(sameKey), sql` OR `)}) AND state = 'IN_FLIGHT'`.compile(db);
-}
-
-/** Gives a claimed key back after the creation failed, so the caller can retry at once. */
-export async function releaseIdempotencyKey(
+export async function deleteAbandonedKey(
   db: Db,
-  key: { buyerId: string; requestId: string },
-): Promise<void> {
-  await db
+  key: Readonly<{ buyerId: string; requestId: string }>,
+  now: Date,
+): Promise<boolean> {
+  const result = await db
     .deleteFrom('idempotency_key')
     .where('buyer_id', '=', key.buyerId)
     .where('request_id', '=', key.requestId)
     .where('state', '=', 'IN_FLIGHT')
-    .execute();
+    .where('lease_until', '<', now)
+    .executeTakeFirst();
+  return result.numDeletedRows === 1n;
 }
 
 /** Deletes keys older than the cutoff, at most `limit` per call. Returns how many went. */
