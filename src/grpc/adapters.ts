@@ -73,11 +73,13 @@ export function unary<Request, Response>(
   return (call, callback) => {
     const started = performance.now();
     const requestId = requestIdOf(call.metadata);
-    const context = { requestId, signal: abortOnCancel(call) };
+    const cancel = abortOnCancel(call);
+    const context = { requestId, signal: cancel.signal };
     let answered = false;
     const answer = (error: grpc.StatusObject | null, response?: Response): void => {
       if (answered) return;
       answered = true;
+      cancel.release();
       call.sendMetadata(requestIdMetadata(requestId));
       if (error) callback(error);
       else callback(null, response);
@@ -126,7 +128,7 @@ export function serverStream<Request, Response>(
   return (call) => {
     const started = performance.now();
     const requestId = requestIdOf(call.metadata);
-    const signal = abortOnCancel(call);
+    const { signal, release } = abortOnCancel(call);
     // Streams may wait long for their first message; send the request id at once.
     call.sendMetadata(requestIdMetadata(requestId));
     void (async () => {
@@ -146,6 +148,7 @@ export function serverStream<Request, Response>(
         requestId,
         ...subjectIds(call.request, undefined),
       } as const;
+      release();
       // A cancelled client cannot be answered; a handler that ended the call itself was answered.
       if (call.cancelled || call.writableEnded) {
         observe(options, {
@@ -219,9 +222,18 @@ function requestIdMetadata(requestId: string): grpc.Metadata {
   return metadata;
 }
 
-function abortOnCancel(call: grpc.ServerUnaryCall<unknown, unknown>): AbortSignal {
+/**
+ * A signal that aborts when the client cancels (or the deadline passes), and `release` to stop
+ * listening once the call is answered: grpc-js emits 'cancelled' when a call's stream closes,
+ * after a normal answer too, and an abort then would only build a DOMException for nobody.
+ */
+function abortOnCancel(call: grpc.ServerUnaryCall<unknown, unknown>): {
+  signal: AbortSignal;
+  release: () => void;
+} {
   const controller = new AbortController();
+  const abort = () => controller.abort();
   if (call.cancelled) controller.abort();
-  else call.once('cancelled', () => controller.abort());
-  return controller.signal;
+  else call.once('cancelled', abort);
+  return { signal: controller.signal, release: () => call.removeListener('cancelled', abort) };
 }

@@ -1,6 +1,7 @@
 /**
  * Goal: unary() and serverStream() answer every call exactly once with the mapped status, echo a
- * request id, and stop streaming handlers when the client goes away.
+ * request id, and stop streaming handlers when the client goes away (and only then: a call's
+ * signal is not aborted after its answer).
  * Method: unary() is first driven directly with a fake call that counts callbacks (a handler that
  * throws synchronously, one that rejects, one that succeeds). Then both adapters run behind the
  * ts-proto PaymentService on a real server on 127.0.0.1:0, called through the generated client
@@ -125,6 +126,7 @@ describe('adapters end to end', () => {
   let running: RunningServer | undefined;
   let client: PaymentServiceClient | undefined;
   const log = vi.fn();
+  let unarySignal: AbortSignal | undefined;
   let streamAbort: { signal: AbortSignal | undefined; writes: number } = {
     signal: undefined,
     writes: 0,
@@ -141,7 +143,8 @@ describe('adapters end to end', () => {
       throw new Error('not used');
     }),
     getPayment: unary<GetPaymentRequest, GetPaymentResponse>(
-      (request) => {
+      (request, _call, context) => {
+        unarySignal = context.signal;
         switch (request.paymentId) {
           case 'sync-throw':
             throw new NotFoundError('payment', request.paymentId);
@@ -264,6 +267,16 @@ describe('adapters end to end', () => {
     expect(status.code).toBe(grpc.status.FAILED_PRECONDITION);
     expect(status.details).toBe('payment pay_1 was deleted');
     expect(received).toEqual(['first']);
+  });
+
+  it('leaves the signal of an answered call alone when its stream closes', async () => {
+    // grpc-js emits 'cancelled' as the stream of every finished call closes; an abort then
+    // would reach nobody and only cost a DOMException per call.
+    const outcome = await callUnary(client!.getPayment.bind(client), { paymentId: 'pay_ok' });
+    expect(outcome.ok).toBe(true);
+    const signal = unarySignal;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(signal?.aborted).toBe(false);
   });
 
   it('aborts the handler’s signal when the client cancels', async () => {
