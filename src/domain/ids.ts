@@ -2,7 +2,7 @@
  * Identifiers: a prefix naming the kind and 26 characters of a ULID (48 bits of milliseconds and
  * 80 random bits, Crockford base32), so ids sort by creation time and are safe to expose.
  */
-import { randomBytes } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 
 const ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
 
@@ -31,11 +31,23 @@ function encodeTime(nowMs: number): string {
   return time;
 }
 
+/**
+ * Random bytes for 256 ids at a time: one call into the CSPRNG per 256 ids instead of one each
+ * (a call per id was ~2 % of Settle's CPU at full load). Each byte gives one character (its low
+ * 5 bits, uniform since 256 is a multiple of 32); a byte is never used twice.
+ */
+const RANDOM_POOL = Buffer.alloc(16 * 256);
+let randomOffset = RANDOM_POOL.length;
+
 export function ulid(nowMs: number = Date.now()): string {
   const time = encodeTime(nowMs);
-  const bytes = randomBytes(16);
+  if (randomOffset + 16 > RANDOM_POOL.length) {
+    randomFillSync(RANDOM_POOL);
+    randomOffset = 0;
+  }
   let random = '';
-  for (let i = 0; i < 16; i += 1) random += ALPHABET[(bytes[i] ?? 0) % 32];
+  for (let i = 0; i < 16; i += 1) random += ALPHABET[(RANDOM_POOL[randomOffset + i] ?? 0) % 32];
+  randomOffset += 16;
   return time + random;
 }
 

@@ -1,7 +1,8 @@
 /**
  * Goal: the id patterns every entry point checks accept exactly the ids newId makes (prefix, then
  * 26 Crockford base32 characters, which leave out I, L, O and U), and withDeadline bounds a wait
- * without cancelling the work. Method: the pure functions, with a real timer of a few ms.
+ * without cancelling the work; ids made in one millisecond never repeat. Method: the pure
+ * functions, with a real timer of a few ms.
  */
 import { describe, expect, it } from 'vitest';
 import { withDeadline } from '../../src/domain/deadline.js';
@@ -17,6 +18,19 @@ describe('id patterns', () => {
     expect(PAYMENT_ID_PATTERN.test(`pay_${'O'.repeat(26)}`)).toBe(false);
     expect(ORDER_ID_PATTERN.test(`ord_${'0'.repeat(25)}`)).toBe(false);
     expect(ORDER_ID_PATTERN.test(`ord_${'0'.repeat(26)}x`)).toBe(false);
+  });
+});
+
+describe('newId', () => {
+  it('never repeats, across refills of its random pool (256 ids each)', () => {
+    const now = Date.now();
+    const ids = Array.from({ length: 2_000 }, () => newId('order', now));
+    expect(new Set(ids).size).toBe(ids.length);
+    // Same millisecond: only the random part differs, and it is spread over the alphabet.
+    const randomParts = new Set(ids.map((id) => id.slice(-16)));
+    expect(randomParts.size).toBe(ids.length);
+    const characters = new Set(ids.flatMap((id) => [...id.slice(-16)]));
+    expect(characters.size).toBe(32);
   });
 });
 
