@@ -103,7 +103,10 @@ export type GuardKind = keyof typeof GUARD;
 
 /**
  * A statement that fails when `condition` (SQL, with its parameters) holds, and does nothing
- * otherwise: an INSERT of no row, which takes no row lock.
+ * otherwise: an INSERT of no row, which takes no row lock. The condition must not read tables:
+ * the SELECT of an INSERT ... SELECT takes shared next-key locks on what it reads (so does
+ * SET @v = (SELECT ...)). Read into a user variable with `SELECT ... INTO @v` first, a
+ * consistent read, and test the variable here.
  */
 export function guard(
   kind: GuardKind,

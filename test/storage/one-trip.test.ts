@@ -124,7 +124,7 @@ describe('commitInOneTrip', () => {
     const ok = posting('ord_onetripbalanced0000000001');
     const bad = posting('ord_onetripunbalanced00000001');
     if (ok === undefined || bad === undefined) throw new Error('nothing to post');
-    const committed = await commitInOneTrip(db, [...ok.inserts, ok.balancedGuard]);
+    const committed = await commitInOneTrip(db, [...ok.inserts, ...ok.balancedGuard]);
     expect(committed.committed).toBe(true);
     // The entries as built balance; one more debit written beside them (as a bug would) does not.
     const extraDebit = db
@@ -140,11 +140,46 @@ describe('commitInOneTrip', () => {
         created_at: new Date(),
       })
       .compile();
-    const tripped = await commitInOneTrip(db, [...bad.inserts, extraDebit, bad.balancedGuard]);
+    const tripped = await commitInOneTrip(db, [...bad.inserts, extraDebit, ...bad.balancedGuard]);
     expect(tripped).toEqual({ committed: false, tripped: 'ledgerUnbalanced' });
     const stored = await sql<{ order_id: string }>`
       SELECT DISTINCT order_id FROM ledger_entry WHERE order_id LIKE 'ord_onetrip%'`.execute(db);
     expect(stored.rows.map((row) => row.order_id)).toEqual(['ord_onetripbalanced0000000001']);
+  });
+
+  it('checks the ledger without locking it: a concurrent posting does not wait for the commit', async () => {
+    const posting = (n: number) => {
+      const orderId = `ord_onetripconcurrent${String(n).padStart(8, '0')}`;
+      const built = ledgerPosting(db, [
+        {
+          id: `ltx_${orderId.slice(4)}`,
+          orderId,
+          kind: 'test',
+          currency: 'USD',
+          now: new Date(),
+          entries: [
+            { account: 'psp_receivable', kind: 'test_debit', debitMinor: 70n, creditMinor: 0n },
+            { account: 'seller_payable:s', kind: 'test_credit', debitMinor: 0n, creditMinor: 70n },
+          ],
+        },
+      ]);
+      if (built === undefined) throw new Error('nothing to post');
+      return [...built.inserts, ...built.balancedGuard];
+    };
+    // The first transaction runs its posting and its guard, then stays open for 1.5 s.
+    let secondMs = -1;
+    const first = transactionInOneTrip(db, posting(1), async () => {
+      const started = performance.now();
+      // A later posting (its ids sort after the first's, as ULIDs do) on the other connection.
+      await commitInOneTrip(db, posting(2));
+      secondMs = performance.now() - started;
+      await new Promise((resolve) => setTimeout(resolve, 1_500 - secondMs));
+      return { commit: true };
+    });
+    await first;
+    // It committed while the first was still open: the guard's read took no next-key lock.
+    expect(secondMs).toBeGreaterThanOrEqual(0);
+    expect(secondMs).toBeLessThan(1_000);
   });
 
   it('throws what MySQL threw for a failing statement that is no guard, after rolling back', async () => {

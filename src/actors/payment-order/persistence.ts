@@ -96,7 +96,7 @@ function alongside(
   const posting = ledgerPosting(db, ledger);
   const wallets = walletCredits(db, credits);
   const check =
-    posting === undefined ? [] : [way === 'packet' ? posting.balancedGuard : posting.storedSums];
+    posting === undefined ? [] : way === 'packet' ? posting.balancedGuard : [posting.storedSums];
   const statements = [
     ...(receipts.length > 0 ? [inboxAppliedStatement(db, receipts)] : []),
     ...(done.length > 0 ? [outboxDeleteByMsgId(db, done)] : []),

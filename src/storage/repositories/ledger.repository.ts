@@ -80,7 +80,7 @@ export function ledgerPosting(
       inserts: CompiledQuery[];
       storedSums: CompiledQuery<StoredSum>;
       checkStored: (rows: readonly StoredSum[]) => void;
-      balancedGuard: CompiledQuery;
+      balancedGuard: CompiledQuery[];
     }
   | undefined {
   if (inputs.length === 0) return undefined;
@@ -151,16 +151,23 @@ export function ledgerPosting(
       );
     }
   };
-  // Fails unless every one of them is stored and balances: count the balanced ones.
-  const balancedGuard = guard(
-    'ledgerUnbalanced',
-    sql`(SELECT COUNT(*) FROM (
+  // Fails unless every one of them is stored and balances: count the balanced ones. The count is
+  // read by a plain SELECT ... INTO, a consistent (non-locking) read. In the guard's own
+  // INSERT ... SELECT, or in SET @v = (SELECT ...), InnoDB would take shared next-key locks on
+  // ledger_entry, whose ids only grow, and every concurrent posting would wait for this
+  // transaction's commit (test/storage/one-trip.test.ts checks that it does not).
+  const balancedGuard = [
+    sql`SELECT COUNT(*) FROM (
           SELECT transaction_id FROM ledger_entry
           WHERE transaction_id IN (${sql.join(inputs.map((input) => input.id))})
           GROUP BY transaction_id
           HAVING SUM(debit_minor) = SUM(credit_minor)
-        ) AS balanced) <> ${inputs.length}`.compile(db),
-  );
+        ) AS balanced INTO @settle_ledger_balanced`.compile(db),
+    guard('ledgerUnbalanced', {
+      sql: '@settle_ledger_balanced <> ?',
+      parameters: [inputs.length],
+    }),
+  ];
   return { inserts, storedSums, checkStored, balancedGuard };
 }
 
