@@ -6,13 +6,17 @@
  * - open loop: payments started at a fixed rate whatever happens, which measures latency at a
  *   chosen load (half the maximum) without the coordinated omission of a closed loop.
  *
- * Completion is observed in Settle's database (the payment row's state), polled every few
- * milliseconds by one query for all payments in flight; a payment counts as terminal when the
- * poll first sees it so. Every loop ends at its deadline or count, whichever comes first.
+ * Completion is observed in Settle's database (the payment row's state): a payment counts as
+ * terminal when a read first sees it so. Reads are driven by Settle's own "payment changed"
+ * notifications on NATS (published after each commit; the ids that changed are read back in one
+ * query per turn), so a sample is not stretched by a polling interval; a poll of every payment in
+ * flight every POLL_MS stays as the fallback should a notification be lost. Every loop ends at
+ * its deadline or count, whichever comes first.
  */
 import * as grpc from '@grpc/grpc-js';
 import { randomUUID } from 'node:crypto';
 import { createPool, type Pool, type RowDataPacket } from 'mysql2/promise';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   PaymentServiceClient,
   type CreatePaymentRequest,
@@ -23,7 +27,14 @@ import { TERMINAL_PAYMENT_STATES } from '../src/storage/repositories/payment.rep
 import { sleep } from '../src/chaos/processes.js';
 import { isRetryableStatus } from '../src/chaos/rpc.js';
 
-const POLL_MS = 10;
+/** The fallback poll of every payment in flight (notifications drive the reads in between). */
+const POLL_MS = 50;
+/**
+ * Reads driven by notifications are at least this far apart, so that each one carries the ids
+ * of several commits (fewer queries and less of the machine's CPU for the watcher); it bounds
+ * what the watcher adds to a sample.
+ */
+const READ_GAP_MS = 3;
 const POLL_IDS_MAX = 2_000;
 /** A payment not terminal this long after its creation counts as timed out. */
 export const TERMINAL_TIMEOUT_MS = 60_000;
@@ -68,11 +79,20 @@ type Waiter = {
 export class CompletionWatcher {
   private readonly pool: Pool;
   private readonly waiting = new Map<string, Waiter>();
+  /** Payments in flight that a notification said changed, not read since. */
+  private readonly changed = new Set<string>();
   private running = true;
+  private wakeLoop: (() => void) | undefined;
   private readonly loop: Promise<void>;
+  private readonly nats: Promise<NatsConnection | undefined>;
   private stopped: Promise<void> | undefined;
 
-  constructor(mysqlUrl: string) {
+  /**
+   * `events`: the NATS server and the subject of Settle's payment notifications
+   * (`names(namespace).paymentEventSubjectAll`); without it, or if NATS cannot be reached, the
+   * watcher only polls.
+   */
+  constructor(mysqlUrl: string, events?: Readonly<{ natsUrl: string; subject: string }>) {
     const target = parseMysqlUrl(mysqlUrl);
     this.pool = createPool({
       ...serverAddress(target),
@@ -80,6 +100,7 @@ export class CompletionWatcher {
       connectionLimit: 2,
       connectTimeout: 5_000,
     });
+    this.nats = events === undefined ? Promise.resolve(undefined) : this.listen(events);
     this.loop = this.run();
   }
 
@@ -96,44 +117,91 @@ export class CompletionWatcher {
   stop(): Promise<void> {
     return (this.stopped ??= (async () => {
       this.running = false;
+      this.wakeLoop?.();
       await this.loop;
+      await (await this.nats)?.close();
       for (const waiter of this.waiting.values()) waiter.resolve(undefined);
       this.waiting.clear();
       await this.pool.end();
     })());
   }
 
+  private async listen(events: Readonly<{ natsUrl: string; subject: string }>) {
+    let nc: NatsConnection;
+    try {
+      nc = await connect({ servers: events.natsUrl, timeout: 5_000 });
+    } catch {
+      return undefined;
+    }
+    const subscription = nc.subscribe(events.subject);
+    void (async () => {
+      for await (const message of subscription) {
+        // One id on its own subject, or several space-separated on `<prefix>.batch`.
+        const last = message.subject.slice(message.subject.lastIndexOf('.') + 1);
+        const ids = last === 'batch' ? message.string().split(' ') : [last];
+        for (const id of ids) if (this.waiting.has(id)) this.changed.add(id);
+        if (this.changed.size > 0) this.wakeLoop?.();
+      }
+    })();
+    return nc;
+  }
+
   private async run(): Promise<void> {
+    let polledAt = 0;
+    let readAt = 0;
     while (this.running) {
-      if (this.waiting.size === 0) {
-        await sleep(POLL_MS);
+      const sinceRead = Date.now() - readAt;
+      if (this.changed.size > 0 && sinceRead < READ_GAP_MS) await sleep(READ_GAP_MS - sinceRead);
+      // Until a notification arrives or the fallback poll is due.
+      const untilPoll = polledAt + POLL_MS - Date.now();
+      if (this.changed.size === 0 && untilPoll > 0) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, untilPoll);
+          this.wakeLoop = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        this.wakeLoop = undefined;
         continue;
       }
-      const ids = [...this.waiting.keys()].slice(0, POLL_IDS_MAX);
-      try {
-        const [rows] = await this.pool.query<RowDataPacket[]>(
-          'SELECT id, state FROM payment WHERE id IN (?)',
-          [ids],
-        );
-        const seenAt = Date.now();
-        for (const row of rows) {
-          const state = String(row['state']);
-          if (!TERMINAL_PAYMENT_STATES.has(state)) continue;
-          const id = String(row['id']);
-          this.waiting.get(id)?.resolve({ state, at: seenAt });
-          this.waiting.delete(id);
-        }
-      } catch {
-        // A failed poll is retried at the next tick; timeouts below still bound every wait.
+      let ids: string[];
+      if (untilPoll <= 0) {
+        ids = [...this.waiting.keys()].slice(0, POLL_IDS_MAX);
+        polledAt = Date.now();
+      } else {
+        ids = [...this.changed].slice(0, POLL_IDS_MAX);
       }
+      for (const id of ids) this.changed.delete(id);
+      readAt = Date.now();
+      if (ids.length > 0) await this.read(ids);
       const now = Date.now();
       for (const [id, waiter] of this.waiting) {
         if (now - waiter.startedAt > TERMINAL_TIMEOUT_MS) {
           waiter.resolve(undefined);
           this.waiting.delete(id);
+          this.changed.delete(id);
         }
       }
-      await sleep(POLL_MS);
+    }
+  }
+
+  private async read(ids: readonly string[]): Promise<void> {
+    try {
+      const [rows] = await this.pool.query<RowDataPacket[]>(
+        'SELECT id, state FROM payment WHERE id IN (?)',
+        [ids],
+      );
+      const seenAt = Date.now();
+      for (const row of rows) {
+        const state = String(row['state']);
+        if (!TERMINAL_PAYMENT_STATES.has(state)) continue;
+        const id = String(row['id']);
+        this.waiting.get(id)?.resolve({ state, at: seenAt });
+        this.waiting.delete(id);
+      }
+    } catch {
+      // A failed read is retried by the next poll; timeouts still bound every wait.
     }
   }
 }

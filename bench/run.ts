@@ -27,6 +27,7 @@ import { stageLatencies, type StageLatency } from './stages.js';
 import { findPids, sampleMachine, sampleProcess, type ProcSample } from './proc.js';
 import { sleep } from '../src/chaos/processes.js';
 import { REPO_ROOT, startStack, type BenchStack } from './stack.js';
+import { names as topologyNames } from '../src/messaging/subjects.js';
 
 const HELP = `npm run bench -- [options]
 
@@ -503,7 +504,10 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
     rmSync(profileDir, { recursive: true, force: true });
   };
   await setPspBehavior(stack, { autoPayCard: '4242424242424242', latencyMs: options.pspLatencyMs });
-  const watcher = new CompletionWatcher(stack.mysqlUrl);
+  const watcher = new CompletionWatcher(stack.mysqlUrl, {
+    natsUrl: options.natsUrl,
+    subject: topologyNames(stack.namespace, 1).paymentEventSubjectAll,
+  });
   const driver = new LoadDriver(stack.settleGrpc, watcher);
   cleanups.push(async () => {
     driver.close();
@@ -653,7 +657,10 @@ async function memoryPhase(options: Options): Promise<MemoryResults> {
     JANITOR_STUCK_MS: String(30 * 60_000),
   });
   await setPspBehavior(stack, { autoPayCard: '', latencyMs: 0 });
-  const watcher = new CompletionWatcher(stack.mysqlUrl);
+  const watcher = new CompletionWatcher(stack.mysqlUrl, {
+    natsUrl: options.natsUrl,
+    subject: topologyNames(stack.namespace, 1).paymentEventSubjectAll,
+  });
   const driver = new LoadDriver(stack.settleGrpc, watcher);
   const target = parseMysqlUrl(stack.mysqlUrl);
   const pool = createPool({
