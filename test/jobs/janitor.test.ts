@@ -1,7 +1,8 @@
 /**
  * Goal: orders with an unknown outcome are resolved by asking the PSP, never by guessing, and
  * exactly once: a lost webhook is recovered, an order the PSP never heard of fails explicitly,
- * unpaid orders expire (and the PSP registration is cancelled), a charge that arrives after
+ * unpaid orders expire (and the PSP registration is cancelled; an order the PSP never
+ * registered expires on the cancel's NOT_FOUND, without being registered first), a charge that arrives after
  * expiry is flagged for review and never lost, and two janitors never act on the same order.
  * Method: a real stack whose webhooks cannot reach Settle (SETTLE_PUBLIC_URL points at a closed
  * port), with short janitor timings; the PSP mock's own records are the evidence.
@@ -151,6 +152,47 @@ describe('janitor', () => {
     expect(
       (await call(stack.pspApi.listCharges.bind(stack.pspApi), { nonce: o.orderId })).charges,
     ).toHaveLength(0);
+  });
+
+  it('expires an order that never reached the PSP without registering it first', async () => {
+    // Every registration fails (retryable): the order stays EXECUTING without a token.
+    stack.psp.setBehavior({ failNextRegistrations: 1_000 });
+    try {
+      const created = await call(stack.payments.createPayment.bind(stack.payments), {
+        requestId: randomUUID(),
+        buyerId: 'buyer-janitor',
+        currencyCode: 'USD',
+        orders: [{ sellerId: `seller-${randomUUID()}`, amountMinor: 300n }],
+      });
+      const paymentId = created.payment?.paymentId ?? '';
+      const orderId = created.payment?.orders[0]?.orderId ?? '';
+      const expired = await waitFor(
+        async () => {
+          const current = await order(paymentId);
+          return current.state === PaymentOrderState.PAYMENT_ORDER_STATE_EXPIRED
+            ? current
+            : undefined;
+        },
+        { timeoutMs: 15_000, what: 'expiry' },
+      );
+      // The PSP's NOT_FOUND to the cancel is the answer: EXPIRED, with no token or checkout URL
+      // ever created for it.
+      expect(expired.failureReason).toBe('EXPIRED');
+      expect(expired.checkoutUrl).toBe('');
+      const psp = openDatabase(stack.config.PSP_MYSQL_URL, { poolSize: 1 });
+      try {
+        expect(
+          await count(
+            psp.db,
+            sql<{ n: string }>`SELECT COUNT(*) AS n FROM psp_payment WHERE nonce = ${orderId}`,
+          ),
+        ).toBe(0);
+      } finally {
+        await psp.close();
+      }
+    } finally {
+      stack.psp.setBehavior({ failNextRegistrations: 0 });
+    }
   });
 
   it('flags a successful charge that arrives after expiry for review, books nothing', async () => {

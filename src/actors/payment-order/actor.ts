@@ -236,7 +236,17 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
       }
       case 'CancelAtPsp':
         return this.askPsp(effect.orderId, 'cancel', async () => {
-          const outcome = await this.deps.psp.cancel(effect.orderId);
+          let outcome;
+          try {
+            outcome = await this.deps.psp.cancel(effect.orderId);
+          } catch (error) {
+            // The PSP has no such payment: there is nothing to cancel and no money can have
+            // moved, so the cancel took. (Answered as "not found", the machine would register
+            // an unregistered order first, creating a checkout URL for an order past its
+            // deadline.)
+            if (isNotFound(error)) return { type: 'PspCancelled' };
+            throw error;
+          }
           // Already decided at the PSP: learn the decision (with its reference and amount).
           return outcome === 'CANCELLED'
             ? { type: 'PspCancelled' }
