@@ -27,6 +27,7 @@ import { PaymentEvents } from './payments/payment-events.js';
 import { PaymentService } from './payments/payment.service.js';
 import { createPspClient, type PspClient } from './psp/client.js';
 import { ensureDatabase, migrateToLatest, openDatabase, type Db } from './storage/db.js';
+import { assertGuardsTrip } from './storage/one-trip.js';
 import { purgeIdempotencyKeys } from './storage/repositories/payment.repository.js';
 import { createGrpcServer, listen } from './grpc/server.js';
 import { createHealth, HEALTH_SERVICE_NAME, type Health } from './grpc/health.js';
@@ -136,6 +137,7 @@ export async function startSettle(
     });
     cleanups.push(closeDb);
     await migrateToLatest(db);
+    await assertGuardsTrip(db);
 
     const nc = await connectNats(config.NATS_URL, nodeName);
     cleanups.push(() => nc.drain().catch(() => nc.close()));

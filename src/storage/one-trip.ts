@@ -136,6 +136,23 @@ export function trippedGuard(error: unknown): GuardKind | undefined {
   );
 }
 
+/**
+ * Proves on this server, at start-up, that a tripped guard fails its statement: that CHECK
+ * constraints are enforced (MariaDB can be told not to, `check_constraint_checks=OFF`). Throws
+ * otherwise, so that a node never commits through checks that cannot fail.
+ */
+export async function assertGuardsTrip(db: Db): Promise<void> {
+  const outcome = await commitInOneTrip(db, [guard('rowCount', { sql: '1 = 1', parameters: [] })]);
+  if (outcome.committed) {
+    await db.executeQuery(CompiledQuery.raw('DELETE FROM one_trip_guard'));
+    throw new Error(
+      'this MySQL server does not enforce CHECK constraints (MariaDB: check_constraint_checks ' +
+        "is OFF), so Settle's one-packet transactions could commit past a failed check; turn " +
+        'it on (SET GLOBAL check_constraint_checks = ON) and start again',
+    );
+  }
+}
+
 export type OneTripCommit =
   | Readonly<{ committed: true; results: readonly StatementResult[] }>
   | Readonly<{ committed: false; tripped: GuardKind }>;

@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDatabase, parseMysqlUrl, serverAddress, type Db } from '../../src/storage/db.js';
 import {
   affectedRows,
+  assertGuardsTrip,
   commitInOneTrip,
   guard,
   resultRows,
@@ -180,6 +181,27 @@ describe('commitInOneTrip', () => {
     // It committed while the first was still open: the guard's read took no next-key lock.
     expect(secondMs).toBeGreaterThanOrEqual(0);
     expect(secondMs).toBeLessThan(1_000);
+  });
+
+  it('refuses to start on a server that does not enforce CHECK constraints', async () => {
+    await expect(assertGuardsTrip(db)).resolves.toBeUndefined();
+    // MariaDB can switch the checks off per session; MySQL cannot (then this part is moot).
+    const switchable = await sql<{ n: string }>`
+      SELECT COUNT(*) AS n FROM information_schema.SESSION_VARIABLES
+      WHERE VARIABLE_NAME = 'CHECK_CONSTRAINT_CHECKS'`.execute(db);
+    if (Number(switchable.rows[0]?.n) === 0) return;
+    const error = await db.connection().execute(async (connection) => {
+      await sql`SET SESSION check_constraint_checks = OFF`.execute(connection);
+      try {
+        return await assertGuardsTrip(connection).catch((caught: unknown) => caught);
+      } finally {
+        await sql`SET SESSION check_constraint_checks = ON`.execute(connection);
+      }
+    });
+    expect(String(error)).toMatch(/does not enforce CHECK constraints/);
+    // The row its guard could store was deleted again.
+    const rows = await sql<{ n: string }>`SELECT COUNT(*) AS n FROM one_trip_guard`.execute(db);
+    expect(Number(rows.rows[0]?.n)).toBe(0);
   });
 
   it('throws what MySQL threw for a failing statement that is no guard, after rolling back', async () => {
