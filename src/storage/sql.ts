@@ -12,6 +12,15 @@ export function caseOfId<T, V>(
   id: (item: T) => string,
   value: (item: T) => V,
 ): RawBuilder<V> {
-  const branches = items.map((item) => sql`WHEN ${id(item)} THEN ${value(item)}`);
-  return sql<V>`(CASE id ${sql.join(branches, sql` `)} END)`;
+  // One raw node with 2n parameters, the same SQL as n `WHEN ${id} THEN ${value}` fragments
+  // joined, without a node per branch for Kysely to build and visit (these run per column of
+  // every group-commit UPDATE).
+  const fragments = ['(CASE id WHEN '];
+  const parameters: unknown[] = [];
+  items.forEach((item, i) => {
+    parameters.push(id(item), value(item));
+    fragments.push(' THEN ', i === items.length - 1 ? ' END)' : ' WHEN ');
+  });
+  if (items.length === 0) return sql<V>`(CASE id END)`;
+  return sql<V>(Object.assign(fragments, { raw: fragments }), ...parameters);
 }
