@@ -49,6 +49,25 @@ const countInbox = async (prefix: string) =>
     ).rows[0]?.n,
   );
 
+/** A balanced two-entry ledger transaction of 5.00 for `orderId`, built but not run. */
+function postingOf(orderId: string) {
+  const built = ledgerPosting(db, [
+    {
+      id: `ltx_${orderId.slice(4)}`,
+      orderId,
+      kind: 'test',
+      currency: 'USD',
+      now: new Date(),
+      entries: [
+        { account: 'psp_receivable', kind: 'test_debit', debitMinor: 500n, creditMinor: 0n },
+        { account: 'seller_payable:s', kind: 'test_credit', debitMinor: 0n, creditMinor: 500n },
+      ],
+    },
+  ]);
+  if (built === undefined) throw new Error('nothing to post');
+  return built;
+}
+
 describe('commitInOneTrip', () => {
   const markInbox = (prefix: string) =>
     sql`UPDATE inbox SET source = 'marked' WHERE event_id LIKE ${`${prefix}%`}`.compile(db);
@@ -108,24 +127,9 @@ describe('commitInOneTrip', () => {
   });
 
   it('trips on a ledger transaction that does not balance as stored, and commits a balanced one', async () => {
-    const posting = (orderId: string) =>
-      ledgerPosting(db, [
-        {
-          id: `ltx_${orderId.slice(4)}`,
-          orderId,
-          kind: 'test',
-          currency: 'USD',
-          now: new Date(),
-          entries: [
-            { account: 'psp_receivable', kind: 'test_debit', debitMinor: 500n, creditMinor: 0n },
-            { account: 'seller_payable:s', kind: 'test_credit', debitMinor: 0n, creditMinor: 500n },
-          ],
-        },
-      ]);
-    const ok = posting('ord_onetripbalanced0000000001');
-    const bad = posting('ord_onetripunbalanced00000001');
-    if (ok === undefined || bad === undefined) throw new Error('nothing to post');
-    const committed = await commitInOneTrip(db, [...ok.inserts, ...ok.balancedGuard]);
+    const ok = postingOf('ord_onetripbalanced0000000001');
+    const bad = postingOf('ord_onetripunbalanced00000001');
+    const committed = await commitInOneTrip(db, [...ok.inserts, ...ok.balancedGuard()]);
     expect(committed.committed).toBe(true);
     // The entries as built balance; one more debit written beside them (as a bug would) does not.
     const extraDebit = db
@@ -141,7 +145,7 @@ describe('commitInOneTrip', () => {
         created_at: new Date(),
       })
       .compile();
-    const tripped = await commitInOneTrip(db, [...bad.inserts, extraDebit, ...bad.balancedGuard]);
+    const tripped = await commitInOneTrip(db, [...bad.inserts, extraDebit, ...bad.balancedGuard()]);
     expect(tripped).toEqual({ committed: false, tripped: 'ledgerUnbalanced' });
     const stored = await sql<{ order_id: string }>`
       SELECT DISTINCT order_id FROM ledger_entry WHERE order_id LIKE 'ord_onetrip%'`.execute(db);
@@ -150,22 +154,8 @@ describe('commitInOneTrip', () => {
 
   it('checks the ledger without locking it: a concurrent posting does not wait for the commit', async () => {
     const posting = (n: number) => {
-      const orderId = `ord_onetripconcurrent${String(n).padStart(8, '0')}`;
-      const built = ledgerPosting(db, [
-        {
-          id: `ltx_${orderId.slice(4)}`,
-          orderId,
-          kind: 'test',
-          currency: 'USD',
-          now: new Date(),
-          entries: [
-            { account: 'psp_receivable', kind: 'test_debit', debitMinor: 70n, creditMinor: 0n },
-            { account: 'seller_payable:s', kind: 'test_credit', debitMinor: 0n, creditMinor: 70n },
-          ],
-        },
-      ]);
-      if (built === undefined) throw new Error('nothing to post');
-      return [...built.inserts, ...built.balancedGuard];
+      const built = postingOf(`ord_onetripconcurrent${String(n).padStart(8, '0')}`);
+      return [...built.inserts, ...built.balancedGuard()];
     };
     // The first transaction runs its posting and its guard, then stays open for 1.5 s.
     let secondMs = -1;

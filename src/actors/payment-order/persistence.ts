@@ -95,8 +95,9 @@ function alongside(
   const { ledger, credits } = sellerCredits(writes);
   const posting = ledgerPosting(db, ledger);
   const wallets = walletCredits(db, credits);
+  const storedSums = way === 'statements' ? posting?.storedSums() : undefined;
   const check =
-    posting === undefined ? [] : way === 'packet' ? posting.balancedGuard : [posting.storedSums];
+    posting === undefined ? [] : storedSums === undefined ? posting.balancedGuard() : [storedSums];
   const statements = [
     ...(receipts.length > 0 ? [inboxAppliedStatement(db, receipts)] : []),
     ...(done.length > 0 ? [outboxDeleteByMsgId(db, done)] : []),
@@ -105,8 +106,7 @@ function alongside(
   ];
   return {
     statements,
-    storedSumsAt:
-      posting === undefined || way === 'packet' ? -1 : statements.indexOf(posting.storedSums),
+    storedSumsAt: storedSums === undefined ? -1 : statements.indexOf(storedSums),
     checkStored: (rows: readonly StoredSum[]) => posting?.checkStored(rows),
   };
 }

@@ -59,7 +59,7 @@ export async function postLedgerTransactions(
   const posting = ledgerPosting(trx, inputs);
   if (posting === undefined) return;
   for (const statement of posting.inserts) await trx.executeQuery(statement);
-  const stored = await trx.executeQuery(posting.storedSums);
+  const stored = await trx.executeQuery(posting.storedSums());
   posting.checkStored(stored.rows);
 }
 
@@ -68,9 +68,10 @@ export type StoredSum = Readonly<{ transaction_id: string; debits: string; credi
 /**
  * The statements that post ledger transactions, built but not run (a caller may send them in one
  * round trip): each transaction is checked to balance first (this throws), `inserts` write them,
- * `storedSums` reads back what was stored, and `checkStored` throws unless those rows balance too;
- * `balancedGuard` is the same check as a guard, for a transaction sent in one packet with its
- * COMMIT (storage/one-trip.ts). Undefined when there is nothing to post.
+ * `storedSums()` reads back what was stored, and `checkStored` throws unless those rows balance
+ * too; `balancedGuard()` is the same check as a guard, for a transaction sent in one packet with
+ * its COMMIT (storage/one-trip.ts). A caller uses one of the two, so each is built only when
+ * asked for. Undefined when there is nothing to post.
  */
 export function ledgerPosting(
   db: Db | Trx,
@@ -78,9 +79,9 @@ export function ledgerPosting(
 ):
   | {
       inserts: CompiledQuery[];
-      storedSums: CompiledQuery<StoredSum>;
+      storedSums: () => CompiledQuery<StoredSum>;
       checkStored: (rows: readonly StoredSum[]) => void;
-      balancedGuard: CompiledQuery[];
+      balancedGuard: () => CompiledQuery[];
     }
   | undefined {
   if (inputs.length === 0) return undefined;
@@ -128,20 +129,21 @@ export function ledgerPosting(
       .compile(),
   ];
   // The pair assertion, per transaction: what was stored balances too.
-  const storedSums = db
-    .selectFrom('ledger_entry')
-    .select([
-      'transaction_id',
-      sql<string>`SUM(debit_minor)`.as('debits'),
-      sql<string>`SUM(credit_minor)`.as('credits'),
-    ])
-    .where(
-      'transaction_id',
-      'in',
-      inputs.map((input) => input.id),
-    )
-    .groupBy('transaction_id')
-    .compile();
+  const storedSums = () =>
+    db
+      .selectFrom('ledger_entry')
+      .select([
+        'transaction_id',
+        sql<string>`SUM(debit_minor)`.as('debits'),
+        sql<string>`SUM(credit_minor)`.as('credits'),
+      ])
+      .where(
+        'transaction_id',
+        'in',
+        inputs.map((input) => input.id),
+      )
+      .groupBy('transaction_id')
+      .compile();
   const checkStored = (stored: readonly StoredSum[]) => {
     const unbalanced = stored.filter((row) => BigInt(row.debits) !== BigInt(row.credits));
     if (stored.length !== inputs.length || unbalanced.length > 0) {
@@ -156,7 +158,7 @@ export function ledgerPosting(
   // INSERT ... SELECT, or in SET @v = (SELECT ...), InnoDB would take shared next-key locks on
   // ledger_entry, whose ids only grow, and every concurrent posting would wait for this
   // transaction's commit (test/storage/one-trip.test.ts checks that it does not).
-  const balancedGuard = [
+  const balancedGuard = () => [
     sql`SELECT COUNT(*) FROM (
           SELECT transaction_id FROM ledger_entry
           WHERE transaction_id IN (${sql.join(inputs.map((input) => input.id))})
