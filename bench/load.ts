@@ -25,6 +25,7 @@ import {
 import { parseMysqlUrl, serverAddress } from '../src/storage/db.js';
 import { TERMINAL_PAYMENT_STATES } from '../src/storage/repositories/payment.repository.js';
 import { sleep } from '../src/chaos/processes.js';
+import { WakeUp } from '../src/domain/deadline.js';
 import { isRetryableStatus } from '../src/chaos/rpc.js';
 
 /** The fallback poll of every payment in flight (notifications drive the reads in between). */
@@ -82,7 +83,7 @@ export class CompletionWatcher {
   /** Payments in flight that a notification said changed, not read since. */
   private readonly changed = new Set<string>();
   private running = true;
-  private wakeLoop: (() => void) | undefined;
+  private readonly wakeUp = new WakeUp();
   private readonly loop: Promise<void>;
   private readonly nats: Promise<NatsConnection | undefined>;
   private stopped: Promise<void> | undefined;
@@ -117,7 +118,7 @@ export class CompletionWatcher {
   stop(): Promise<void> {
     return (this.stopped ??= (async () => {
       this.running = false;
-      this.wakeLoop?.();
+      this.wakeUp.wake();
       await this.loop;
       await (await this.nats)?.close();
       for (const waiter of this.waiting.values()) waiter.resolve(undefined);
@@ -140,7 +141,7 @@ export class CompletionWatcher {
         const last = message.subject.slice(message.subject.lastIndexOf('.') + 1);
         const ids = last === 'batch' ? message.string().split(' ') : [last];
         for (const id of ids) if (this.waiting.has(id)) this.changed.add(id);
-        if (this.changed.size > 0) this.wakeLoop?.();
+        if (this.changed.size > 0) this.wakeUp.wake();
       }
     })();
     return nc;
@@ -155,14 +156,7 @@ export class CompletionWatcher {
       // Until a notification arrives or the fallback poll is due.
       const untilPoll = polledAt + POLL_MS - Date.now();
       if (this.changed.size === 0 && untilPoll > 0) {
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, untilPoll);
-          this.wakeLoop = () => {
-            clearTimeout(timer);
-            resolve();
-          };
-        });
-        this.wakeLoop = undefined;
+        await this.wakeUp.sleep(untilPoll);
         continue;
       }
       let ids: string[];

@@ -1,7 +1,7 @@
 /**
  * Bounding a wait: every probe, health check and hand-off that waits on another system goes
- * through here, so none can hang. Pure apart from the timer; it lives in domain because every
- * layer may use it.
+ * through here, so none can hang; and the bounded pause of a polling loop that others can cut
+ * short. Pure apart from the timer; it lives in domain because every layer may use it.
  */
 
 /**
@@ -14,4 +14,41 @@ export function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {
     timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
   });
   return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * A polling loop's pause that another part can cut short (a commit that has work for it, or
+ * stop()). `wake()` during `sleep(ms)` ends the sleep at once. A wake that comes while the loop
+ * is not asleep (it is working) is kept, and the next `sleep` returns at once, so a wake between
+ * a pass and its pause is never lost. `forget()` drops a kept wake, for a loop that must back
+ * off whatever it was asked.
+ */
+export class WakeUp {
+  #kept = false;
+  #end: (() => void) | undefined;
+
+  wake(): void {
+    if (this.#end === undefined) this.#kept = true;
+    else this.#end();
+  }
+
+  forget(): void {
+    this.#kept = false;
+  }
+
+  sleep(ms: number): Promise<void> {
+    if (this.#kept) {
+      this.#kept = false;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      const end = () => {
+        clearTimeout(timer);
+        this.#end = undefined;
+        resolve();
+      };
+      const timer = setTimeout(end, ms);
+      this.#end = end;
+    });
+  }
 }

@@ -15,6 +15,7 @@ import {
   type OutboxRow,
 } from '../storage/repositories/outbox.repository.js';
 import { resultRows, transactionInOneTrip } from '../storage/one-trip.js';
+import { WakeUp } from '../domain/deadline.js';
 
 export type RelayOptions = Readonly<{
   batchMax: number;
@@ -26,8 +27,7 @@ export type RelayOptions = Readonly<{
 
 export class OutboxRelay {
   private running = false;
-  private wakeRequested = false;
-  private wakeUp: (() => void) | undefined;
+  private readonly wakeUp = new WakeUp();
   private loop: Promise<void> | undefined;
   private relayedTotal = 0;
 
@@ -49,13 +49,12 @@ export class OutboxRelay {
 
   /** Asks for a pass now (after a local commit). */
   wake(): void {
-    this.wakeRequested = true;
-    this.wakeUp?.();
+    this.wakeUp.wake();
   }
 
   async stop(): Promise<void> {
     this.running = false;
-    this.wakeUp?.();
+    this.wakeUp.wake();
     await this.loop;
   }
 
@@ -73,7 +72,6 @@ export class OutboxRelay {
   private async run(): Promise<void> {
     let failures = 0;
     while (this.running) {
-      this.wakeRequested = false;
       try {
         await this.relayOnce();
         failures = 0;
@@ -82,16 +80,11 @@ export class OutboxRelay {
         this.options.onError?.(error);
       }
       if (!this.running) break;
-      if (this.wakeRequested && failures === 0) continue;
-      const delayMs = failures === 0 ? this.options.pollMs : Math.min(5_000, 100 * 2 ** failures);
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, delayMs);
-        this.wakeUp = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-      this.wakeUp = undefined;
+      // After a failure, back off even if a commit asked for a pass meanwhile.
+      if (failures > 0) this.wakeUp.forget();
+      await this.wakeUp.sleep(
+        failures === 0 ? this.options.pollMs : Math.min(5_000, 100 * 2 ** failures),
+      );
     }
   }
 

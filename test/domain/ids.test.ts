@@ -1,11 +1,12 @@
 /**
  * Goal: the id patterns every entry point checks accept exactly the ids newId makes (prefix, then
  * 26 Crockford base32 characters, which leave out I, L, O and U), and withDeadline bounds a wait
- * without cancelling the work; ids made in one millisecond never repeat. Method: the pure
- * functions, with a real timer of a few ms.
+ * without cancelling the work; a loop's pause ends when woken, and a wake between two pauses is
+ * kept; ids made in one millisecond never repeat. Method: the pure functions, with real timers
+ * of a few ms.
  */
 import { describe, expect, it } from 'vitest';
-import { withDeadline } from '../../src/domain/deadline.js';
+import { WakeUp, withDeadline } from '../../src/domain/deadline.js';
 import { newId, ORDER_ID_PATTERN, PAYMENT_ID_PATTERN } from '../../src/domain/ids.js';
 
 describe('id patterns', () => {
@@ -40,5 +41,33 @@ describe('withDeadline', () => {
     await expect(withDeadline(Promise.reject(new Error('boom')), 50)).rejects.toThrow('boom');
     const late = new Promise((resolve) => setTimeout(resolve, 200, 'late'));
     await expect(withDeadline(late, 5)).rejects.toThrow('no answer within 5 ms');
+  });
+});
+
+describe('WakeUp', () => {
+  const timed = async (pause: Promise<void>) => {
+    const started = performance.now();
+    await pause;
+    return performance.now() - started;
+  };
+
+  it('sleeps the whole pause unless woken, and a wake ends it at once', async () => {
+    const wakeUp = new WakeUp();
+    expect(await timed(wakeUp.sleep(30))).toBeGreaterThanOrEqual(25);
+    const pause = wakeUp.sleep(5_000);
+    setTimeout(() => wakeUp.wake(), 10);
+    expect(await timed(pause)).toBeLessThan(1_000);
+  });
+
+  it('keeps a wake that came between two pauses, once; forget() drops it', async () => {
+    const wakeUp = new WakeUp();
+    wakeUp.wake();
+    wakeUp.wake();
+    expect(await timed(wakeUp.sleep(5_000))).toBeLessThan(1_000);
+    // Kept once only: the next pause is whole.
+    expect(await timed(wakeUp.sleep(30))).toBeGreaterThanOrEqual(25);
+    wakeUp.wake();
+    wakeUp.forget();
+    expect(await timed(wakeUp.sleep(30))).toBeGreaterThanOrEqual(25);
   });
 });

@@ -19,6 +19,7 @@ import {
   type GroupCommitLimits,
 } from '../../storage/group-commit.js';
 import { toUnavailable } from '../../storage/transaction.js';
+import { WakeUp } from '../../domain/deadline.js';
 import { signWebhook, PSP_SIGNATURE_HEADER } from '../webhook.js';
 import type { PspDb } from './payment.repository.js';
 import { WebhookPoster } from './webhook-post.js';
@@ -96,8 +97,7 @@ export class WebhookSender {
   /** Handed-over rows turned away because WAITING_MAX rows were waiting, since start. */
   #turnedAway = 0;
   #loop: Promise<void> | undefined;
-  #wake: (() => void) | undefined;
-  #wakeRequested = false;
+  readonly #wakeUp = new WakeUp();
   /** The last poll could not take every due row: poll again as soon as a slot frees up. */
   #backlog = false;
 
@@ -146,8 +146,7 @@ export class WebhookSender {
 
   /** Makes the loop look for due rows now instead of at the next poll. */
   wake(): void {
-    this.#wakeRequested = true;
-    this.#wake?.();
+    this.#wakeUp.wake();
   }
 
   /** Rows whose lease ran short before a slot was free (their leases were given back). */
@@ -221,22 +220,12 @@ export class WebhookSender {
   async #run(): Promise<void> {
     const stopSignal = this.#stopController.signal;
     while (!stopSignal.aborted) {
-      this.#wakeRequested = false;
       try {
         await this.#sendDue();
       } catch (error) {
         this.#log(`psp webhook: polling the outbox failed: ${describe(error)}`);
       }
-      if (this.#wakeRequested) continue;
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, this.#options.pollMs);
-        this.#wake = done;
-        function done(): void {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-      this.#wake = undefined;
+      await this.#wakeUp.sleep(this.#options.pollMs);
     }
   }
 
