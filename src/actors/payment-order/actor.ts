@@ -235,23 +235,21 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
         }
       }
       case 'CancelAtPsp':
-        return this.askPsp(effect.orderId, 'cancel', async () => {
-          let outcome;
-          try {
-            outcome = await this.deps.psp.cancel(effect.orderId);
-          } catch (error) {
-            // The PSP has no such payment: there is nothing to cancel and no money can have
-            // moved, so the cancel took. (Answered as "not found", the machine would register
-            // an unregistered order first, creating a checkout URL for an order past its
-            // deadline.)
-            if (isNotFound(error)) return { type: 'PspCancelled' };
-            throw error;
-          }
-          // Already decided at the PSP: learn the decision (with its reference and amount).
-          return outcome === 'CANCELLED'
-            ? { type: 'PspCancelled' }
-            : eventFromPspStatus(effect.orderId, await this.deps.psp.getStatus(effect.orderId));
-        });
+        // NOT_FOUND to a cancel: the PSP has no such payment, so there is nothing to cancel and
+        // no money can have moved. Answered as PspNotFound, the machine would register an
+        // unregistered order first, creating a checkout URL for an order past its deadline.
+        return this.askPsp(
+          effect.orderId,
+          'cancel',
+          async () => {
+            const outcome = await this.deps.psp.cancel(effect.orderId);
+            // Already decided at the PSP: learn the decision (with its reference and amount).
+            return outcome === 'CANCELLED'
+              ? { type: 'PspCancelled' }
+              : eventFromPspStatus(effect.orderId, await this.deps.psp.getStatus(effect.orderId));
+          },
+          { type: 'PspCancelled' },
+        );
       case 'QueryPsp':
         return this.askPsp(effect.orderId, 'status', async () =>
           eventFromPspStatus(effect.orderId, await this.deps.psp.getStatus(effect.orderId)),
@@ -259,11 +257,15 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
     }
   }
 
-  /** Runs one PSP question; a retryable failure asks for a redelivery, NOT_FOUND is an answer. */
+  /**
+   * Runs one PSP question; a retryable failure asks for a redelivery, NOT_FOUND is an answer
+   * (`notFound`, PspNotFound unless the question says otherwise).
+   */
   private async askPsp(
     orderId: string,
     op: string,
     ask: () => Promise<OrderEvent>,
+    notFound: OrderEvent = { type: 'PspNotFound' },
   ): Promise<OrderEvent | 'retry'> {
     const started = Date.now();
     try {
@@ -278,7 +280,7 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
         ms: Date.now() - started,
         error: describeError(error),
       });
-      if (isNotFound(error)) return { type: 'PspNotFound' };
+      if (isNotFound(error)) return notFound;
       if (isRetryable(error)) return 'retry';
       throw error;
     }
