@@ -104,6 +104,30 @@ function succeeded(order: PaymentOrder) {
   } as const;
 }
 
+/** The write an order's success makes: SUCCEEDED, with the seller's credit (ledger, wallet). */
+function successWrite(
+  order: PaymentOrder,
+  now: Date,
+  more: Partial<TransitionWrite> = {},
+): TransitionWrite {
+  return {
+    previous: order,
+    next: { ...order, state: 'SUCCEEDED', pspReference: `psp_t_${order.id}`, updatedAt: now },
+    event: succeeded(order),
+    effects: [
+      {
+        type: 'CreditSeller',
+        orderId: order.id,
+        sellerId: order.sellerId,
+        amountMinor: order.amountMinor,
+        currency: order.currency,
+      },
+    ],
+    now,
+    ...more,
+  };
+}
+
 describe('group commit of transitions', () => {
   it('fences the stale twin of every order inside one batch and books each order once', async () => {
     const orderIds = await registeredOrders(
@@ -185,27 +209,9 @@ describe('group commit of transitions', () => {
       const now = new Date();
       const results = await Promise.all(
         orders.map((order) =>
-          batcher.persist({
-            previous: order,
-            next: {
-              ...order,
-              state: 'SUCCEEDED',
-              pspReference: `psp_t_${order.id}`,
-              updatedAt: now,
-            },
-            event: succeeded(order),
-            effects: [
-              {
-                type: 'CreditSeller',
-                orderId: order.id,
-                sellerId: order.sellerId,
-                amountMinor: order.amountMinor,
-                currency: order.currency,
-              },
-            ],
-            now,
-            receipt: { source: 'psp', eventId: `evt_t_${order.id}` },
-          }),
+          batcher.persist(
+            successWrite(order, now, { receipt: { source: 'psp', eventId: `evt_t_${order.id}` } }),
+          ),
         ),
       );
       expect(results).toEqual(orders.map(() => true));
@@ -251,21 +257,7 @@ describe('group commit of transitions', () => {
         const previous = order as PaymentOrder;
         // The third write claims the version before the order's current one: it is stale.
         const claimed = i === 2 ? { ...previous, version: previous.version - 1n } : previous;
-        return {
-          previous: claimed,
-          next: { ...previous, state: 'SUCCEEDED', pspReference: `psp_${i}`, updatedAt: now },
-          event: succeeded(previous),
-          effects: [
-            {
-              type: 'CreditSeller',
-              orderId: previous.id,
-              sellerId: previous.sellerId,
-              amountMinor: previous.amountMinor,
-              currency: previous.currency,
-            },
-          ],
-          now,
-        };
+        return successWrite(previous, now, { previous: claimed });
       });
       const results = await Promise.all(writes.map((write) => batcher.persist(write)));
       expect(results).toEqual([true, true, false, true]);
@@ -312,23 +304,7 @@ describe('group commit of transitions', () => {
     try {
       const now = new Date();
       const settled = await Promise.allSettled(
-        orders.map((order) =>
-          batcher.persist({
-            previous: order,
-            next: { ...order, state: 'SUCCEEDED', updatedAt: now },
-            event: succeeded(order),
-            effects: [
-              {
-                type: 'CreditSeller',
-                orderId: order.id,
-                sellerId: order.sellerId,
-                amountMinor: order.amountMinor,
-                currency: order.currency,
-              },
-            ],
-            now,
-          }),
-        ),
+        orders.map((order) => batcher.persist(successWrite(order, now))),
       );
       expect(sizes[0]).toBe(3);
       expect(settled.map((result) => result.status)).toEqual([
