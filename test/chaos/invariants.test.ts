@@ -133,52 +133,45 @@ describe('chaos invariants', () => {
     expect(evaluation.outcome.flaggedForReview).toBe(2);
   });
 
-  const cases: Array<
-    [string, string | string[], (f: ReturnType<typeof facts>) => ReturnType<typeof facts>]
-  > = [
+  type Facts = ReturnType<typeof facts>;
+  /** The facts with some observations changed. */
+  const withObserved = (
+    f: Facts,
+    change: (observed: Facts['observed']) => Partial<Facts['observed']>,
+  ): Facts => ({ ...f, observed: { ...f.observed, ...change(f.observed) } });
+
+  const cases: Array<[string, string | string[], (f: Facts) => Facts]> = [
     [
       'a second PSP charge of one order',
       "PSP charges per order, max (PSP's own records)",
-      (f) => ({
-        ...f,
-        observed: {
-          ...f.observed,
-          charges: [
-            ...f.observed.charges,
-            { nonce: 'ord_ok', pspReference: 'psp_a', amountMinor: 500n },
-          ],
-        },
-      }),
+      (f) =>
+        withObserved(f, (o) => ({
+          charges: [...o.charges, { nonce: 'ord_ok', pspReference: 'psp_a', amountMinor: 500n }],
+        })),
     ],
     [
       'a charge for an order that failed and is not flagged',
       'PSP charges not booked to a SUCCEEDED order nor flagged for review',
-      (f) => ({
-        ...f,
-        observed: {
-          ...f.observed,
+      (f) =>
+        withObserved(f, (o) => ({
           charges: [
-            ...f.observed.charges,
+            ...o.charges,
             { nonce: 'ord_declined', pspReference: 'psp_b', amountMinor: 700n },
           ],
-        },
-      }),
+        })),
     ],
     [
       'a SUCCEEDED order the PSP never charged (a forged success believed)',
       'SUCCEEDED orders without a matching PSP charge',
-      (f) => ({ ...f, observed: { ...f.observed, charges: [] } }),
+      (f) => withObserved(f, () => ({ charges: [] })),
     ],
     [
       'a SUCCEEDED order whose charge is for another amount',
       'SUCCEEDED orders without a matching PSP charge',
-      (f) => ({
-        ...f,
-        observed: {
-          ...f.observed,
+      (f) =>
+        withObserved(f, () => ({
           charges: [{ nonce: 'ord_ok', pspReference: 'psp_a', amountMinor: 499n }],
-        },
-      }),
+        })),
     ],
     [
       'a SUCCEEDED order whose charge has another PSP reference',
@@ -186,94 +179,76 @@ describe('chaos invariants', () => {
         'PSP charges not booked to a SUCCEEDED order nor flagged for review',
         'SUCCEEDED orders without a matching PSP charge',
       ],
-      (f) => ({
-        ...f,
-        observed: {
-          ...f.observed,
+      (f) =>
+        withObserved(f, () => ({
           charges: [{ nonce: 'ord_ok', pspReference: 'psp_z', amountMinor: 500n }],
-        },
-      }),
+        })),
     ],
     [
       'a SUCCEEDED order booked twice',
       'orders whose ledger transactions are not exactly one per SUCCEEDED order',
-      (f) => ({
-        ...f,
-        observed: {
-          ...f.observed,
+      (f) =>
+        withObserved(f, () => ({
           ledgerByOrder: new Map([['ord_ok', { count: 2, amountMinor: 1000n }]]),
-        },
-      }),
+        })),
     ],
     [
       'a SUCCEEDED order booked once for another amount',
       'orders whose ledger transactions are not exactly one per SUCCEEDED order',
-      (f) => ({
-        ...f,
-        observed: {
-          ...f.observed,
+      (f) =>
+        withObserved(f, () => ({
           ledgerByOrder: new Map([['ord_ok', { count: 1, amountMinor: 499n }]]),
-        },
-      }),
+        })),
     ],
     [
       'a ledger transaction of a FAILED order',
       'orders whose ledger transactions are not exactly one per SUCCEEDED order',
-      (f) => ({
-        ...f,
-        observed: {
-          ...f.observed,
+      (f) =>
+        withObserved(f, (o) => ({
           ledgerByOrder: new Map([
-            ...f.observed.ledgerByOrder,
+            ...o.ledgerByOrder,
             ['ord_declined', { count: 1, amountMinor: 700n }],
           ]),
-        },
-      }),
+        })),
     ],
     [
       'a ledger transaction of an order that does not exist',
       'ledger transactions of unknown orders',
-      (f) => ({
-        ...f,
-        observed: {
-          ...f.observed,
+      (f) =>
+        withObserved(f, (o) => ({
           ledgerByOrder: new Map([
-            ...f.observed.ledgerByOrder,
+            ...o.ledgerByOrder,
             ['ord_ghost', { count: 1, amountMinor: 100n }],
           ]),
-        },
-      }),
+        })),
     ],
     [
       'an unbalanced ledger transaction',
       'ledger transactions unbalanced',
-      (f) => ({ ...f, observed: { ...f.observed, unbalancedTransactions: ['ltx_1'] } }),
+      (f) => withObserved(f, () => ({ unbalancedTransactions: ['ltx_1'] })),
     ],
     [
       'a non-zero trial balance',
       'trial balance (debits - credits) per currency',
-      (f) => ({ ...f, observed: { ...f.observed, trialBalanceNonZero: ['USD 5'] } }),
+      (f) => withObserved(f, () => ({ trialBalanceNonZero: ['USD 5'] })),
     ],
     [
       'a wallet that differs from the ledger',
       'wallets != ledger sums',
-      (f) => ({ ...f, observed: { ...f.observed, walletMismatches: ['seller-1: 1 vs 2'] } }),
+      (f) => withObserved(f, () => ({ walletMismatches: ['seller-1: 1 vs 2'] })),
     ],
     [
       'an order stuck without a dead letter',
       'orders lost (not terminal and not held in the DLQ)',
-      (f) => ({ ...f, observed: { ...f.observed, deadLetters: [] } }),
+      (f) => withObserved(f, () => ({ deadLetters: [] })),
     ],
     [
       'an order stuck after its dead letter was replayed',
       'orders lost (not terminal and not held in the DLQ)',
-      (f) => ({
-        ...f,
-        observed: {
-          ...f.observed,
+      (f) =>
+        withObserved(f, () => ({
           deadLetters: [{ orderId: 'ord_dlq', reason: 'RETRIES_EXHAUSTED', state: 'REPLAYED' }],
-        },
-      }),
+        })),
     ],
     [
       'an acknowledged payment missing from the database',
@@ -294,15 +269,10 @@ describe('chaos invariants', () => {
     [
       'payment counters that disagree with the orders',
       'payments whose state or counters disagree with their orders',
-      (f) => ({
-        ...f,
-        observed: {
-          ...f.observed,
-          payments: f.observed.payments.map((p) =>
-            p.id === 'pay_1' ? { ...p, state: 'SUCCEEDED' } : p,
-          ),
-        },
-      }),
+      (f) =>
+        withObserved(f, (o) => ({
+          payments: o.payments.map((p) => (p.id === 'pay_1' ? { ...p, state: 'SUCCEEDED' } : p)),
+        })),
     ],
     [
       'a forged webhook accepted',
@@ -317,15 +287,12 @@ describe('chaos invariants', () => {
     [
       'a late decline that flagged a SUCCEEDED order for review',
       'orders changed by a late payment.declined',
-      (f) => ({
-        ...f,
-        observed: {
-          ...f.observed,
-          orders: f.observed.orders.map((o) =>
+      (f) =>
+        withObserved(f, (o) => ({
+          orders: o.orders.map((o) =>
             o.id === 'ord_ok' ? { ...o, reviewReason: 'CHARGED_AFTER_FAILURE' } : o,
           ),
-        },
-      }),
+        })),
     ],
     [
       'a signed webhook refused',
@@ -338,7 +305,7 @@ describe('chaos invariants', () => {
     [
       'outbox rows left behind',
       'outbox rows not relayed',
-      (f) => ({ ...f, observed: { ...f.observed, outboxLeft: 3 } }),
+      (f) => withObserved(f, () => ({ outboxLeft: 3 })),
     ],
     [
       'a planned fault kind never injected',
