@@ -104,6 +104,14 @@ function succeeded(order: PaymentOrder) {
   } as const;
 }
 
+/** Rows of `table` that belong to the order. */
+function rowsOfOrder(table: string, orderId: string): Promise<number> {
+  return count(
+    stack.settle.db,
+    sql<{ n: string }>`SELECT COUNT(*) AS n FROM ${sql.table(table)} WHERE order_id = ${orderId}`,
+  );
+}
+
 /** The write an order's success makes: SUCCEEDED, with the seller's credit (ledger, wallet). */
 function successWrite(
   order: PaymentOrder,
@@ -174,12 +182,7 @@ describe('group commit of transitions', () => {
           WHERE order_id = ${id} AND to_state = 'SUCCEEDED'`,
           ),
         ).toBe(1);
-        expect(
-          await count(
-            stack.settle.db,
-            sql<{ n: string }>`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${id}`,
-          ),
-        ).toBe(2);
+        expect(await rowsOfOrder('ledger_entry', id)).toBe(2);
       }
     } finally {
       await batcher.stop(1_000);
@@ -220,18 +223,8 @@ describe('group commit of transitions', () => {
       // guards and the COMMIT: one round trip in all (statement by statement takes eleven).
       expect(statements).toEqual(['START TRANSACTION;']);
       for (const id of orderIds) {
-        expect(
-          await count(
-            stack.settle.db,
-            sql<{ n: string }>`SELECT COUNT(*) AS n FROM inbox WHERE order_id = ${id}`,
-          ),
-        ).toBe(1);
-        expect(
-          await count(
-            stack.settle.db,
-            sql<{ n: string }>`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${id}`,
-          ),
-        ).toBe(2);
+        expect(await rowsOfOrder('inbox', id)).toBe(1);
+        expect(await rowsOfOrder('ledger_entry', id)).toBe(2);
       }
     } finally {
       await batcher.stop(1_000);
@@ -269,14 +262,7 @@ describe('group commit of transitions', () => {
         'EXECUTING',
         'SUCCEEDED',
       ]);
-      expect(
-        await count(
-          stack.settle.db,
-          sql<{
-            n: string;
-          }>`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${orderIds[2] ?? ''}`,
-        ),
-      ).toBe(0);
+      expect(await rowsOfOrder('ledger_entry', orderIds[2] ?? '')).toBe(0);
     } finally {
       await batcher.stop(1_000);
     }
@@ -421,14 +407,7 @@ describe('group commit of webhook events', () => {
         return after.every((order) => order?.state === 'SUCCEEDED');
       });
       for (const orderId of orderIds) {
-        expect(
-          await count(
-            stack.settle.db,
-            sql<{
-              n: string;
-            }>`SELECT COUNT(*) AS n FROM ledger_transaction WHERE order_id = ${orderId}`,
-          ),
-        ).toBe(1);
+        expect(await rowsOfOrder('ledger_transaction', orderId)).toBe(1);
       }
     } finally {
       await inbox.stop(1_000);
