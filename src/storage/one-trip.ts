@@ -18,9 +18,16 @@
  * there (the server runs none after it) and the transaction is rolled back. The statements are
  * compiled by Kysely with bound parameters; none is built from a string that came from outside.
  */
-import { CompiledQuery } from 'kysely';
-import type { Db } from './db.js';
+import { CompiledQuery, type Kysely } from 'kysely';
 import { isCheckViolation } from './errors.js';
+
+/**
+ * Any Kysely database on a mysql2 pool with `multipleStatements` (storage/db.ts): Settle's, and the
+ * PSP mock's, which has a guard table of its own.
+ */
+// The schema does not matter here: only raw compiled statements are run.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type AnyDb = Kysely<any>;
 
 /** One statement's result: a row list for a SELECT, a header with `affectedRows` otherwise. */
 export type StatementResult = ReadonlyArray<Record<string, unknown>> | { affectedRows: number };
@@ -42,7 +49,7 @@ export type Decision<T> =
  * what `decide` threw, after rolling back.
  */
 export async function transactionInOneTrip<T>(
-  db: Db,
+  db: AnyDb,
   statements: readonly CompiledQuery[],
   decide: (results: readonly StatementResult[]) => Decision<T> | Promise<Decision<T>>,
 ): Promise<OneTripOutcome<T>> {
@@ -102,6 +109,12 @@ export const GUARD = {
 export type GuardKind = keyof typeof GUARD;
 
 /**
+ * Settle's guard table. The PSP mock has its own, `psp_one_trip_guard` (its migration 0003), with
+ * the row-count check only, under a constraint name that contains Settle's.
+ */
+export const GUARD_TABLE = 'one_trip_guard';
+
+/**
  * A statement that fails when `condition` (SQL, with its parameters) holds, and does nothing
  * otherwise: an INSERT of no row, which takes no row lock. The condition must not read tables:
  * the SELECT of an INSERT ... SELECT takes shared next-key locks on what it reads (so does
@@ -111,9 +124,10 @@ export type GuardKind = keyof typeof GUARD;
 export function guard(
   kind: GuardKind,
   condition: Readonly<{ sql: string; parameters: readonly unknown[] }>,
+  table = GUARD_TABLE,
 ): CompiledQuery {
   return CompiledQuery.raw(
-    `INSERT INTO one_trip_guard (id) SELECT ${GUARD[kind].id} FROM DUAL WHERE ${condition.sql}`,
+    `INSERT INTO ${table} (id) SELECT ${GUARD[kind].id} FROM DUAL WHERE ${condition.sql}`,
     [...condition.parameters],
   );
 }
@@ -123,8 +137,8 @@ export function guard(
  * (ROW_COUNT() is the previous statement's count; mysql2 connects with FOUND_ROWS, so for an
  * UPDATE it counts matched rows, which is what a version-checked UPDATE changes anyway).
  */
-export function rowCountGuard(expected: number): CompiledQuery {
-  return guard('rowCount', { sql: 'ROW_COUNT() <> ?', parameters: [expected] });
+export function rowCountGuard(expected: number, table = GUARD_TABLE): CompiledQuery {
+  return guard('rowCount', { sql: 'ROW_COUNT() <> ?', parameters: [expected] }, table);
 }
 
 /** The guard a failed statement was, if it was one. */
@@ -141,13 +155,15 @@ export function trippedGuard(error: unknown): GuardKind | undefined {
  * constraints are enforced (MariaDB can be told not to, `check_constraint_checks=OFF`). Throws
  * otherwise, so that a node never commits through checks that cannot fail.
  */
-export async function assertGuardsTrip(db: Db): Promise<void> {
-  const outcome = await commitInOneTrip(db, [guard('rowCount', { sql: '1 = 1', parameters: [] })]);
+export async function assertGuardsTrip(db: AnyDb, table = GUARD_TABLE): Promise<void> {
+  const outcome = await commitInOneTrip(db, [
+    guard('rowCount', { sql: '1 = 1', parameters: [] }, table),
+  ]);
   if (outcome.committed) {
-    await db.executeQuery(CompiledQuery.raw('DELETE FROM one_trip_guard'));
+    await db.executeQuery(CompiledQuery.raw(`DELETE FROM ${table}`));
     throw new Error(
       'this MySQL server does not enforce CHECK constraints (MariaDB: check_constraint_checks ' +
-        "is OFF), so Settle's one-packet transactions could commit past a failed check; turn " +
+        'is OFF), so one-packet transactions could commit past a failed check; turn ' +
         'it on (SET GLOBAL check_constraint_checks = ON) and start again',
     );
   }
@@ -164,7 +180,7 @@ export type OneTripCommit =
  * outcome unknown, as a lost COMMIT always does: callers re-read (version checks decide).
  */
 export async function commitInOneTrip(
-  db: Db,
+  db: AnyDb,
   statements: readonly CompiledQuery[],
 ): Promise<OneTripCommit> {
   const packet = CompiledQuery.raw(

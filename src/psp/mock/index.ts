@@ -6,6 +6,7 @@
  */
 import { pspPublicUrl, settlePublicUrl, utcMinutesOf, type Config } from '../../config.js';
 import { ensureDatabase, openDatabase } from '../../storage/db.js';
+import { assertGuardsTrip } from '../../storage/one-trip.js';
 import type { GroupCommitBatch } from '../../storage/group-commit.js';
 import {
   BehaviorStore,
@@ -18,7 +19,7 @@ import { startPspGrpcServer } from './grpc-server.js';
 import { startPspHttpServer } from './http-server.js';
 import { migratePspToLatest } from './migrations/index.js';
 import { PspPayments } from './payments.js';
-import type { PspDatabase } from './schema.js';
+import { PSP_GUARD_TABLE, type PspDatabase } from './schema.js';
 import {
   injectSettlementDiscrepancy,
   SettlementFileSchedule,
@@ -114,6 +115,8 @@ export async function startPspMock(options: StartPspMockOptions): Promise<PspMoc
     const database = openDatabase<PspDatabase>(mysqlUrl, { poolSize: POOL_SIZE });
     cleanups.push(database.close);
     await migratePspToLatest(database.db);
+    // Decisions commit in one packet behind a row-count guard: it must be able to fail.
+    await assertGuardsTrip(database.db, PSP_GUARD_TABLE);
 
     const behavior = new BehaviorStore(initialBehavior(config));
     const groupCommit = {

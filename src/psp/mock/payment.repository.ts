@@ -5,7 +5,7 @@
  * caller learns from the returned boolean whether it won. The batch variants write many rows with
  * one statement each, for group commit; they keep the same conditions.
  */
-import type { Kysely, Selectable, Transaction } from 'kysely';
+import type { CompiledQuery, Kysely, Selectable, Transaction } from 'kysely';
 import { isCurrencyCode, type CurrencyCode } from '../../domain/money.js';
 import { caseOfId } from '../../storage/sql.js';
 import {
@@ -155,35 +155,18 @@ export type PaymentDecision = Readonly<{
   now: Date;
 }>;
 
-/** Records the outcome of a charge; false if the payment was no longer REGISTERED. */
-export async function decidePayment(trx: PspTrx, decision: PaymentDecision): Promise<boolean> {
-  const result = await trx
-    .updateTable('psp_payment')
-    .set({
-      status: decision.status,
-      psp_reference: decision.pspReference ?? null,
-      decline_code: decision.declineCode ?? null,
-      updated_at: decision.now,
-    })
-    .where('id', '=', decision.id)
-    .where('status', '=', PSP_PAYMENT_STATE.registered)
-    .executeTakeFirst();
-  return result.numUpdatedRows === 1n;
-}
-
 /**
- * `decidePayment` for many payments in one statement; returns how many were still REGISTERED
- * and are decided now. Fewer than given means some lost a race, and the caller cannot tell
- * which: it rolls back and decides them one by one.
+ * The UPDATE that records the outcome of several charges, for a one-packet transaction
+ * (storage/one-trip.ts): it changes only payments still REGISTERED, so fewer changed rows than
+ * decisions means some lost a race, which a row-count guard after it turns into a rollback.
  */
-export async function decidePayments(
-  trx: PspTrx,
+export function decidePaymentsStatement(
+  db: PspDb,
   decisions: readonly PaymentDecision[],
-): Promise<number> {
-  if (decisions.length === 0) return 0;
+): CompiledQuery {
   const byId = <V>(value: (decision: PaymentDecision) => V) =>
     caseOfId(decisions, (decision) => decision.id, value);
-  const result = await trx
+  return db
     .updateTable('psp_payment')
     .set({
       status: byId((decision) => decision.status),
@@ -197,8 +180,7 @@ export async function decidePayments(
       decisions.map(({ id }) => id),
     )
     .where('status', '=', PSP_PAYMENT_STATE.registered)
-    .executeTakeFirst();
-  return Number(result.numUpdatedRows);
+    .compile();
 }
 
 /** Cancels a registered payment; false if it was no longer REGISTERED. */
@@ -224,14 +206,9 @@ function chargeRow(charge: NewPspCharge) {
   };
 }
 
-export async function insertCharge(trx: PspTrx, charge: NewPspCharge): Promise<void> {
-  await trx.insertInto('psp_charge').values(chargeRow(charge)).execute();
-}
-
-/** `insertCharge` for many charges in one statement. */
-export async function insertCharges(trx: PspTrx, charges: readonly NewPspCharge[]): Promise<void> {
-  if (charges.length === 0) return;
-  await trx.insertInto('psp_charge').values(charges.map(chargeRow)).execute();
+/** The INSERT of several charges (at least one), for a one-packet transaction. */
+export function insertChargesStatement(db: PspDb, charges: readonly NewPspCharge[]): CompiledQuery {
+  return db.insertInto('psp_charge').values(charges.map(chargeRow)).compile();
 }
 
 /** Charges in the order they were made, optionally for one nonce; at most `limit` rows. */

@@ -24,18 +24,17 @@ import {
   type GroupCommitBatch,
   type GroupCommitLimits,
 } from '../../storage/group-commit.js';
+import { commitInOneTrip, resultRows, rowCountGuard } from '../../storage/one-trip.js';
 import { toUnavailable } from '../../storage/transaction.js';
 import { encodePspWebhookEvent, PSP_WEBHOOK_EVENT_TYPE, type PspWebhookEvent } from '../webhook.js';
 import type { BehaviorStore } from './behavior.js';
 import { decideCard, parseCardNumber } from './card.js';
 import {
   cancelRegisteredPayment,
-  decidePayment,
-  decidePayments,
+  decidePaymentsStatement,
   findPaymentByNonce,
   findPaymentByToken,
-  insertCharge,
-  insertCharges,
+  insertChargesStatement,
   insertPayment,
   insertPayments,
   listCharges,
@@ -48,13 +47,14 @@ import {
   type PspPayment,
   type PspTrx,
 } from './payment.repository.js';
-import { PSP_PAYMENT_STATE, type PspPaymentState } from './schema.js';
+import { PSP_GUARD_TABLE, PSP_PAYMENT_STATE, type PspPaymentState } from './schema.js';
 import {
   findLatestWebhook,
   insertWebhook,
-  insertWebhooks,
+  insertWebhooksStatements,
   type NewPspWebhook,
   type PspWebhookDelivery,
+  type WebhookIdRow,
 } from './webhook.repository.js';
 
 /** Longest accepted notification URL (the column is VARCHAR(2048)). */
@@ -205,9 +205,16 @@ export class PspPayments {
       ...options.groupCommit,
       queueMax: GROUP_COMMIT_QUEUE_MAX,
       onBatch: onBatch && ((batch) => onBatch('psp decisions', batch)),
-      writeOne: (write) => this.#transaction((trx) => writeDecision(trx, write, options.webhooks)),
-      writeBatch: (writes) =>
-        this.#transaction((trx) => writeDecisions(trx, writes, options.webhooks)),
+      writeOne: async (write) =>
+        (await this.#lockRetried(() => writeDecisions(db, [write], options.webhooks)))?.[0],
+      writeBatch: async (writes) => {
+        const written = await this.#lockRetried(() => writeDecisions(db, writes, options.webhooks));
+        if (written === undefined) {
+          // Which one is unknown: GroupCommit writes each alone.
+          throw new Error(`some of ${writes.length} payments were decided elsewhere`);
+        }
+        return written;
+      },
     });
   }
 
@@ -466,10 +473,15 @@ export class PspPayments {
   }
 
   /** One transaction, retried whole on deadlock or lock wait timeout (bounded). */
-  async #transaction<T>(work: (trx: PspTrx) => Promise<T>): Promise<T> {
+  #transaction<T>(work: (trx: PspTrx) => Promise<T>): Promise<T> {
+    return this.#lockRetried(() => this.#db.transaction().execute(work));
+  }
+
+  /** Runs `transaction` again on deadlock or lock wait timeout (bounded). */
+  async #lockRetried<T>(transaction: () => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt += 1) {
       try {
-        return await this.#db.transaction().execute(work);
+        return await transaction();
       } catch (error) {
         if (isTransientLockError(error) && attempt < TRANSACTION_ATTEMPTS_MAX) {
           await new Promise((resolve) => setTimeout(resolve, 5 * attempt + Math.random() * 10));
@@ -492,44 +504,35 @@ type DecisionWrite = Readonly<{
   webhook: Omit<NewPspWebhook, 'leaseUntil'>;
 }>;
 
-/** Writes one decision; undefined (and nothing written) if the payment was no longer REGISTERED. */
-async function writeDecision(
-  trx: PspTrx,
-  write: DecisionWrite,
-  webhooks: Pick<WebhookOutlet, 'leaseUntil'>,
-): Promise<PspWebhookDelivery | undefined> {
-  if (!(await decidePayment(trx, write.decision))) return undefined;
-  if (write.charge !== undefined) await insertCharge(trx, write.charge);
-  return insertWebhook(trx, { ...write.webhook, leaseUntil: webhooks.leaseUntil(new Date()) });
-}
-
 /**
- * Writes several decisions with one statement per table. If any payment was no longer
- * REGISTERED, which one is unknown: the batch is rolled back and GroupCommit writes each alone.
+ * Writes decisions in one transaction of one round trip (storage/one-trip.ts): one statement per
+ * table, the webhook rows' ids read back in the same packet. Answers undefined, with nothing
+ * written, if any payment was no longer REGISTERED (the UPDATE's row-count guard trips): alone,
+ * that one was decided elsewhere first; in a batch, which one is unknown.
  */
 async function writeDecisions(
-  trx: PspTrx,
+  db: PspDb,
   writes: readonly DecisionWrite[],
   webhooks: Pick<WebhookOutlet, 'leaseUntil'>,
-): Promise<PspWebhookDelivery[]> {
-  const decided = await decidePayments(
-    trx,
-    writes.map(({ decision }) => decision),
-  );
-  if (decided !== writes.length) {
-    throw new Error(
-      `${writes.length - decided} of ${writes.length} payments were decided elsewhere`,
-    );
-  }
-  await insertCharges(
-    trx,
-    writes.flatMap(({ charge }) => (charge === undefined ? [] : [charge])),
-  );
+): Promise<PspWebhookDelivery[] | undefined> {
+  const charges = writes.flatMap(({ charge }) => (charge === undefined ? [] : [charge]));
   const leaseUntil = webhooks.leaseUntil(new Date());
-  return insertWebhooks(
-    trx,
+  const rows = insertWebhooksStatements(
+    db,
     writes.map(({ webhook }) => ({ ...webhook, leaseUntil })),
   );
+  const outcome = await commitInOneTrip(db, [
+    decidePaymentsStatement(
+      db,
+      writes.map(({ decision }) => decision),
+    ),
+    rowCountGuard(writes.length, PSP_GUARD_TABLE),
+    ...(charges.length > 0 ? [insertChargesStatement(db, charges)] : []),
+    rows.insert,
+    rows.readIds,
+  ]);
+  if (!outcome.committed) return undefined;
+  return rows.stored(resultRows<WebhookIdRow>(outcome.results.at(-1)));
 }
 
 /** The result of a payment that was decided before; a cancelled one cannot be paid. */

@@ -6,7 +6,7 @@
  * ends. A new row can also be inserted already claimed for its first attempt (the decision's own
  * transaction sets the lease), which spares the claim.
  */
-import type { Selectable } from 'kysely';
+import type { CompiledQuery, Selectable } from 'kysely';
 import type { PspDb, PspTrx } from './payment.repository.js';
 import type { PspWebhookTable } from './schema.js';
 
@@ -77,31 +77,45 @@ function storedDelivery(id: string, webhook: NewPspWebhook): PspWebhookDelivery 
   return toDelivery({ id, ...webhookRow(webhook) });
 }
 
+/** The id and unique key of a webhook row, as `insertWebhooksStatements`' SELECT reads them. */
+export type WebhookIdRow = Readonly<{ id: string; event_id: string; delivery: number }>;
+
 /**
- * `insertWebhook` for many rows in one statement; returns them as stored, in the order given.
- * Their ids are read back by the unique (event_id, delivery), in the same transaction.
+ * `insertWebhook` for many rows, as statements for a one-packet transaction (storage/one-trip.ts):
+ * one multi-row INSERT, then a SELECT of their ids by the unique (event_id, delivery), since a
+ * multi-row INSERT reports only its first id and ids are consecutive only under some
+ * auto-increment lock modes. `stored` turns the SELECT's rows into the rows as stored, in the
+ * order given.
  */
-export async function insertWebhooks(
-  trx: PspTrx,
+export function insertWebhooksStatements(
+  db: PspDb,
   webhooks: readonly NewPspWebhook[],
-): Promise<PspWebhookDelivery[]> {
-  if (webhooks.length === 0) return [];
-  await trx.insertInto('psp_webhook').values(webhooks.map(webhookRow)).execute();
-  const rows = await trx
-    .selectFrom('psp_webhook')
-    .select(['id', 'event_id', 'delivery'])
-    .where(
-      'event_id',
-      'in',
-      webhooks.map(({ eventId }) => eventId),
-    )
-    .execute();
-  const ids = new Map(rows.map((row) => [`${row.delivery}:${row.event_id}`, row.id]));
-  return webhooks.map((webhook) => {
-    const id = ids.get(`${webhook.delivery}:${webhook.eventId}`);
-    if (id === undefined) throw new Error(`psp webhook ${webhook.eventId} missing after insert`);
-    return storedDelivery(id, webhook);
-  });
+): Readonly<{
+  insert: CompiledQuery;
+  readIds: CompiledQuery;
+  stored: (rows: readonly WebhookIdRow[]) => PspWebhookDelivery[];
+}> {
+  return {
+    insert: db.insertInto('psp_webhook').values(webhooks.map(webhookRow)).compile(),
+    readIds: db
+      .selectFrom('psp_webhook')
+      .select(['id', 'event_id', 'delivery'])
+      .where(
+        'event_id',
+        'in',
+        webhooks.map(({ eventId }) => eventId),
+      )
+      .compile(),
+    stored: (rows) => {
+      const ids = new Map(rows.map((row) => [`${row.delivery}:${row.event_id}`, String(row.id)]));
+      return webhooks.map((webhook) => {
+        const id = ids.get(`${webhook.delivery}:${webhook.eventId}`);
+        if (id === undefined)
+          throw new Error(`psp webhook ${webhook.eventId} missing after insert`);
+        return storedDelivery(id, webhook);
+      });
+    },
+  };
 }
 
 /** The newest delivery of the newest event for a nonce. */

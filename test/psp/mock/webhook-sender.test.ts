@@ -12,6 +12,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ensureDatabase, openDatabase } from '../../../src/storage/db.js';
+import { commitInOneTrip, resultRows } from '../../../src/storage/one-trip.js';
 import { migratePspToLatest } from '../../../src/psp/mock/migrations/index.js';
 import type { PspDb } from '../../../src/psp/mock/payment.repository.js';
 import type { PspDatabase } from '../../../src/psp/mock/schema.js';
@@ -22,7 +23,8 @@ import {
 } from '../../../src/psp/mock/webhook-sender.js';
 import {
   insertWebhook,
-  insertWebhooks,
+  insertWebhooksStatements,
+  type WebhookIdRow,
   type PspWebhookDelivery,
 } from '../../../src/psp/mock/webhook.repository.js';
 import {
@@ -100,25 +102,26 @@ function stored(id: string) {
   return db.selectFrom('psp_webhook').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
 }
 
-describe('insertWebhooks', () => {
-  it('returns each row with the id it was stored under, leased or due', async () => {
+describe('insertWebhooksStatements', () => {
+  it('returns each row with the id it was stored under, leased or due, in one packet', async () => {
     const now = new Date();
     const lease = new Date(now.getTime() + 60_000);
     const eventIds = [1, 2, 3].map((i) => `evt_many_${Date.now()}_${i}`);
-    const rows = await db.transaction().execute((trx) =>
-      insertWebhooks(
-        trx,
-        eventIds.map((eventId, i) => ({
-          eventId,
-          delivery: 1,
-          nonce: `nonce_${eventId}`,
-          url: `${receiver.url}/many`,
-          body: JSON.stringify({ id: eventId }),
-          now,
-          leaseUntil: i === 1 ? undefined : lease,
-        })),
-      ),
+    const statements = insertWebhooksStatements(
+      db,
+      eventIds.map((eventId, i) => ({
+        eventId,
+        delivery: 1,
+        nonce: `nonce_${eventId}`,
+        url: `${receiver.url}/many`,
+        body: JSON.stringify({ id: eventId }),
+        now,
+        leaseUntil: i === 1 ? undefined : lease,
+      })),
     );
+    const outcome = await commitInOneTrip(db, [statements.insert, statements.readIds]);
+    if (!outcome.committed) throw new Error('no guard was sent, none can trip');
+    const rows = statements.stored(resultRows<WebhookIdRow>(outcome.results[1]));
     expect(rows.map((row) => row.eventId)).toEqual(eventIds);
     for (const row of rows) {
       const found = await stored(row.id);

@@ -7,10 +7,12 @@
 import { Migrator, type Kysely, type Migration, type MigrationProvider } from 'kysely';
 import * as m0001 from './0001-initial.js';
 import * as m0002 from './0002-settlement.js';
+import * as m0003 from './0003-one-trip-guard.js';
 
 const migrations: Record<string, Migration> = {
   '0001-initial': m0001,
   '0002-settlement': m0002,
+  '0003-one-trip-guard': m0003,
 };
 
 export const pspMigrationProvider: MigrationProvider = {
