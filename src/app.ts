@@ -171,7 +171,10 @@ export async function startSettle(
     }
     cleanups.push(() => psp.close?.());
 
-    const events = new PaymentEvents(nc, names, 10_000);
+    // A connection of its own, without echo: the hub tells this node's waiters itself.
+    const eventsNc = await connectNats(config.NATS_URL, `${nodeName}-events`, { noEcho: true });
+    cleanups.push(() => eventsNc.drain().catch(() => eventsNc.close()));
+    const events = new PaymentEvents(eventsNc, names, 10_000);
     events.start();
     cleanups.push(() => events.stop());
 
@@ -200,8 +203,10 @@ export async function startSettle(
     cleanups.push(() => batcher.stop(graceLeft()));
 
     const now = () => new Date();
-    const onTransition = (previous: PaymentOrder, next: PaymentOrder, event: OrderEvent) => {
-      events.publish(next.paymentId);
+    // Metrics and logs of every transition: the actor's and the creation's (orders born
+    // EXECUTING). Only the actor's are published as payment events: no one can be waiting for a
+    // payment that did not exist before the commit, and its creator already has the answer.
+    const reportTransition = (previous: PaymentOrder, next: PaymentOrder, event: OrderEvent) => {
       metrics.orderTransition({ from: previous.state, to: next.state, event: event.type });
       logger.info(
         {
@@ -214,6 +219,10 @@ export async function startSettle(
         },
         `order ${previous.state} -> ${next.state} on ${event.type}`,
       );
+    };
+    const onTransition = (previous: PaymentOrder, next: PaymentOrder, event: OrderEvent) => {
+      events.publish(next.paymentId);
+      reportTransition(previous, next, event);
     };
     const notificationUrl = `${settlePublicUrl(config)}${WEBHOOK_PATH}`;
     const registry = new ActorRegistry<OrderMessage, HandleOutcome>(
@@ -311,7 +320,7 @@ export async function startSettle(
       events,
       wakeRelay: () => relay.wake(),
       local,
-      onTransition,
+      onTransition: reportTransition,
       createWaitMs: config.CREATE_WAIT_MS,
       now,
       groupCommit: { creations: groupCommit('creations') },

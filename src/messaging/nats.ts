@@ -17,11 +17,20 @@ import {
 import { UnavailableError } from '../domain/errors.js';
 import type { Names } from './subjects.js';
 
-export async function connectNats(url: string, name: string): Promise<NatsConnection> {
+/**
+ * `noEcho`: messages this connection publishes are not delivered to its own subscriptions (the
+ * payment-events hub tells local waiters itself).
+ */
+export async function connectNats(
+  url: string,
+  name: string,
+  options: Readonly<{ noEcho?: boolean }> = {},
+): Promise<NatsConnection> {
   try {
     return await connect({
       servers: url,
       name,
+      noEcho: options.noEcho ?? false,
       timeout: 5_000,
       maxReconnectAttempts: -1,
       reconnectTimeWait: 500,

@@ -3,6 +3,11 @@
  * payment id on core NATS; every node's hub fans it out to its local waiters (WatchPayment,
  * CreatePayment's short wait). Notifications are hints, never the truth: waiters re-read MySQL,
  * and also poll on a timer, so a lost notification only delays them.
+ *
+ * The writer's own waiters are told directly when the change is published, so the hub's
+ * connection should be opened with `noEcho` (the app gives it one of its own): the server then
+ * does not send every change back to the node that made it, which costs a message, a wake-up and
+ * a parse per change. On a connection with echo, local waiters are told twice (harmless).
  */
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { Names } from '../messaging/subjects.js';
@@ -48,9 +53,10 @@ export class PaymentEvents {
   }
 
   /**
-   * Tells every node that the payment changed (fire and forget). Changes in one turn of the event
-   * loop (a committed batch of transitions) go out as one message: one id alone on its own
-   * subject, several as a space-separated list on `<prefix>.batch`.
+   * Tells this node's waiters and every other node that the payment changed (fire and forget).
+   * Changes in one turn of the event loop (a committed batch of transitions) go out as one
+   * message: one id alone on its own subject, several as a space-separated list on
+   * `<prefix>.batch`.
    */
   publish(paymentId: string): void {
     this.pending.add(paymentId);
@@ -70,6 +76,7 @@ export class PaymentEvents {
     if (this.pending.size === 0) return;
     const ids = [...this.pending];
     this.pending.clear();
+    for (const paymentId of ids) this.emitLocal(paymentId);
     try {
       if (ids.length === 1) {
         this.nc.publish(this.names.paymentEventSubject(ids[0] as string));

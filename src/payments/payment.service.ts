@@ -63,7 +63,10 @@ export type PaymentServiceDeps = Readonly<{
    * order goes through the relay and JetStream when unset or when it has no room.
    */
   local?: Pick<LocalExecutor, 'reserve' | 'unreserve' | 'run'>;
-  /** Told of every order born EXECUTING, after its commit (metrics and logs, as for the actor's). */
+  /**
+   * Told of every order born EXECUTING, after its commit (metrics and logs, as for the actor's;
+   * not published as a payment event: nobody can be waiting for a payment just created).
+   */
   onTransition?: (previous: PaymentOrder, next: PaymentOrder, event: OrderEvent) => void;
   /** How long create waits for checkout URLs before answering. */
   createWaitMs: number;

@@ -18,7 +18,8 @@ let listener: PaymentEvents;
 
 beforeAll(async () => {
   const topology = names(`t${uniqueSuffix()}`, 16);
-  ncA = await connect({ servers: inject('natsUrl') });
+  // As the app opens it: without echo, so the publisher hears its own changes only directly.
+  ncA = await connect({ servers: inject('natsUrl'), noEcho: true });
   ncB = await connect({ servers: inject('natsUrl') });
   publisher = new PaymentEvents(ncA, topology, 100);
   listener = new PaymentEvents(ncB, topology, 100);
@@ -60,12 +61,25 @@ describe('payment events', () => {
     expect(await waiting).toEqual(ids.map(() => true));
   });
 
-  it('wakes nextChange on the node that published too', async () => {
+  it('wakes nextChange on the node that published too, without the change coming back', async () => {
     const started = Date.now();
     const change = nextChange(publisher, 'pay_local', 5_000);
     publisher.publish('pay_other');
     publisher.publish('pay_local');
     await change;
     expect(Date.now() - started).toBeLessThan(2_000);
+  });
+
+  it('tells a waiter on the publishing node once per change', async () => {
+    let calls = 0;
+    const stop = publisher.listen('pay_once', () => (calls += 1));
+    const across = heard('pay_once');
+    publisher.publish('pay_once');
+    // Once the other node heard it, an echo would be on its way back to this one as well.
+    expect(await across).toBe(true);
+    await ncA.flush();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    stop?.();
+    expect(calls).toBe(1);
   });
 });
