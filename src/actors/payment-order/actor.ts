@@ -10,7 +10,13 @@ import type { Db } from '../../storage/db.js';
 import { findPaymentOrder } from '../../storage/repositories/payment-order.repository.js';
 import type { HandleOutcome } from '../../messaging/command-consumer.js';
 import type { ActorLogic } from '../runtime/registry.js';
-import { transition, type Effect, type OrderEvent, type PaymentOrder } from './machine.js';
+import {
+  isTerminal,
+  transition,
+  type Effect,
+  type OrderEvent,
+  type PaymentOrder,
+} from './machine.js';
 import {
   describeError,
   eventFromPspStatus,
@@ -84,6 +90,11 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
     readonly orderId: string,
     private readonly deps: OrderActorDeps,
   ) {}
+
+  /** A final order expects nothing more; a late event (a duplicate, a late charge) reloads it. */
+  done(): boolean {
+    return this.cached !== undefined && isTerminal(this.cached.state);
+  }
 
   async handle(message: OrderMessage): Promise<HandleOutcome> {
     if (this.cached === undefined && message.seed?.id === this.orderId) this.cached = message.seed;

@@ -19,7 +19,13 @@ export class Mailbox<M, R> {
 
   constructor(
     private readonly handler: (message: M) => Promise<R>,
-    private readonly options: { capacityMax: number; name: string; nowMs?: () => number },
+    private readonly options: {
+      capacityMax: number;
+      name: string;
+      nowMs?: () => number;
+      /** Called each time the last waiting message has been handled. */
+      onIdle?: () => void;
+    },
   ) {
     this.lastActivityMs = this.now();
   }
@@ -67,6 +73,7 @@ export class Mailbox<M, R> {
       this.running = false;
       this.lastActivityMs = this.now();
     }
+    this.options.onIdle?.();
   }
 
   private now(): number {

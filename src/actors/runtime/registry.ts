@@ -1,7 +1,8 @@
 /**
- * Keeps at most one live actor per id in this process and passivates idle ones. Passivation is
- * safe because MySQL holds the truth: the next message for a passivated id creates a fresh actor
- * that reloads its state. Across processes, the version column is the fence, not this registry.
+ * Keeps at most one live actor per id in this process and passivates idle ones, and finished
+ * ones (`done()`) as soon as their mailbox is empty. Passivation is safe because MySQL holds the
+ * truth: the next message for a passivated id creates a fresh actor that reloads its state.
+ * Across processes, the version column is the fence, not this registry.
  */
 import { ResourceExhaustedError } from '../../domain/errors.js';
 import { Mailbox } from './mailbox.js';
@@ -9,6 +10,12 @@ import { Mailbox } from './mailbox.js';
 /** What the runtime needs from an actor: a handler for one message at a time. */
 export interface ActorLogic<M, R> {
   handle(message: M): Promise<R>;
+  /**
+   * True once nothing more is expected for this actor (a payment order in a final state): the
+   * registry drops it when its mailbox empties instead of after idleMsMax, so it dies young, in
+   * V8's young generation, rather than lingering into the old one. A late message reloads it.
+   */
+  done?(): boolean;
 }
 
 export type RegistryOptions = Readonly<{
@@ -54,13 +61,15 @@ export class ActorRegistry<M, R> {
         }
       }
       const logic = this.create(id);
-      entry = {
+      const created: Entry<M, R> = {
         logic,
         mailbox: new Mailbox<M, R>((m) => logic.handle(m), {
           capacityMax: this.options.mailboxCapacity,
           name: `${this.kind} ${id}`,
+          ...(logic.done !== undefined && { onIdle: () => this.dropIfDone(id, created) }),
         }),
       };
+      entry = created;
       this.actors.set(id, entry);
     }
     return entry.mailbox.post(message);
@@ -92,6 +101,13 @@ export class ActorRegistry<M, R> {
     }
     this.passivatedTotal += dropped;
     return dropped;
+  }
+
+  private dropIfDone(id: string, entry: Entry<M, R>): void {
+    if (this.actors.get(id) === entry && entry.mailbox.idle && entry.logic.done?.() === true) {
+      this.actors.delete(id);
+      this.passivatedTotal += 1;
+    }
   }
 
   /** Waits (bounded) until every mailbox is empty; used by graceful shutdown. */

@@ -104,6 +104,35 @@ describe('ActorRegistry', () => {
     registry.stop();
   });
 
+  it('drops a finished actor once its mailbox is empty, not before, and reloads it for a late message', async () => {
+    let created = 0;
+    const registry = new ActorRegistry<string, void>(
+      'test',
+      () => {
+        created += 1;
+        let finished = false;
+        return {
+          handle: async (message) => {
+            await sleep(5);
+            if (message === 'final') finished = true;
+          },
+          done: () => finished,
+        };
+      },
+      { mailboxCapacity: 10, idleMsMax: 60_000, actorsMax: 100 },
+    );
+    await registry.send('a', 'x');
+    expect(registry.size).toBe(1);
+    // The message queued behind the final one still finds the same actor.
+    await Promise.all([registry.send('a', 'final'), registry.send('a', 'late but queued')]);
+    expect(created).toBe(1);
+    expect(registry.size).toBe(0);
+    expect(registry.passivated).toBe(1);
+    await registry.send('a', 'after');
+    expect(created).toBe(2);
+    registry.stop();
+  });
+
   it('refuses a new actor when the live-actor bound is reached and none is idle', async () => {
     const registry = new ActorRegistry<string, void>('test', () => ({ handle: () => sleep(50) }), {
       mailboxCapacity: 10,
