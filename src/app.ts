@@ -208,6 +208,7 @@ export async function startSettle(
     // payment that did not exist before the commit, and its creator already has the answer.
     const reportTransition = (previous: PaymentOrder, next: PaymentOrder, event: OrderEvent) => {
       metrics.orderTransition({ from: previous.state, to: next.state, event: event.type });
+      if (!logger.isLevelEnabled('info')) return;
       logger.info(
         {
           paymentId: next.paymentId,

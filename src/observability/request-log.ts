@@ -36,6 +36,9 @@ export function grpcCallObserver(
     const code = grpc.status[call.code] ?? 'UNKNOWN';
     const ms = Math.round(call.ms * 10) / 10;
     metrics.grpcCall({ service, method, type: call.type, code, ms: call.ms });
+    const serverSide = SERVER_SIDE_CODES.has(call.code);
+    // The line is built only if it is written (at LOG_LEVEL=warn most are not).
+    if (!logger.isLevelEnabled(serverSide ? 'warn' : 'info')) return;
     const line = {
       grpcService: service,
       grpcMethod: method,
@@ -46,7 +49,7 @@ export function grpcCallObserver(
       ...(call.orderId !== undefined ? { orderId: call.orderId } : {}),
     };
     const message = `grpc ${method} ${code} in ${ms} ms`;
-    if (SERVER_SIDE_CODES.has(call.code)) logger.warn(line, message);
+    if (serverSide) logger.warn(line, message);
     else logger.info(line, message);
   };
 }
@@ -57,6 +60,7 @@ export function restCallObserver(
 ): (request: RestObservation) => void {
   return (request) => {
     metrics.httpRequest({ method: request.method, route: request.route, status: request.status });
+    if (!logger.isLevelEnabled(request.status >= 500 ? 'warn' : 'info')) return;
     const line = {
       httpMethod: request.method,
       route: request.route,
