@@ -7,6 +7,7 @@
  */
 import type { CompiledQuery, Kysely, Selectable, Transaction } from 'kysely';
 import { isCurrencyCode, type CurrencyCode } from '../../domain/money.js';
+import { commitInOneTrip, resultRows } from '../../storage/one-trip.js';
 import { caseOfId } from '../../storage/sql.js';
 import {
   PSP_PAYMENT_STATE,
@@ -81,25 +82,30 @@ export async function insertPayment(db: PspDb, payment: NewPspPayment): Promise<
 
 /**
  * `insertPayment` for many rows in one statement; returns them as stored, in the order given. Any
- * duplicate nonce or token fails the whole statement (the caller then inserts one by one).
+ * duplicate nonce or token fails the whole statement (the caller then inserts one by one). A
+ * multi-row INSERT reports only its first id, and ids are consecutive only under some
+ * auto-increment lock modes: they are read back by the unique nonce, in the same packet
+ * (storage/one-trip.ts), so the batch costs one round trip.
  */
 export async function insertPayments(
   db: PspDb,
   payments: readonly NewPspPayment[],
 ): Promise<PspPayment[]> {
-  await db.insertInto('psp_payment').values(payments.map(registeredRow)).execute();
-  // A multi-row INSERT reports only its first id, and ids are consecutive only under some
-  // auto-increment lock modes: read them back by the unique nonce instead.
-  const rows = await db
-    .selectFrom('psp_payment')
-    .select(['id', 'nonce'])
-    .where(
-      'nonce',
-      'in',
-      payments.map(({ nonce }) => nonce),
-    )
-    .execute();
-  const ids = new Map(rows.map((row) => [row.nonce, row.id]));
+  const outcome = await commitInOneTrip(db, [
+    db.insertInto('psp_payment').values(payments.map(registeredRow)).compile(),
+    db
+      .selectFrom('psp_payment')
+      .select(['id', 'nonce'])
+      .where(
+        'nonce',
+        'in',
+        payments.map(({ nonce }) => nonce),
+      )
+      .compile(),
+  ]);
+  if (!outcome.committed) throw new Error('no guard was sent, none can trip');
+  const rows = resultRows<{ id: string; nonce: string }>(outcome.results[1]);
+  const ids = new Map(rows.map((row) => [row.nonce, String(row.id)]));
   return payments.map((payment) => {
     const id = ids.get(payment.nonce);
     if (id === undefined) {
