@@ -1,9 +1,10 @@
 /**
  * Queries on the PSP mock's payment and charge tables. Rows are turned into typed values here
  * (BIGINT strings become bigint). State changes are conditional UPDATEs (`WHERE status =
- * 'REGISTERED'`), so a payment is decided or cancelled at most once even when requests race; the
- * caller learns from the returned boolean whether it won. The batch variants write many rows with
- * one statement each, for group commit; they keep the same conditions.
+ * 'REGISTERED'`), so a payment is decided or cancelled at most once even when requests race: a
+ * cancel learns from the returned boolean whether it won, a decision from the row-count guard that
+ * follows its UPDATE in the same packet (payments.ts). The batch variants write many rows with one
+ * statement each, for group commit; they keep the same conditions.
  */
 import type { CompiledQuery, Kysely, Selectable, Transaction } from 'kysely';
 import { isCurrencyCode, type CurrencyCode } from '../../domain/money.js';

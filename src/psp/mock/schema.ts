@@ -9,10 +9,10 @@ import type { ColumnType, Generated } from 'kysely';
 export type BigIntColumn = ColumnType<string, bigint | string, bigint | string>;
 export type Timestamp = ColumnType<Date, Date, Date>;
 
-/** The lifecycle of a payment at the PSP; every state but REGISTERED is final. */
 /** The mock's one-packet guard table (migration 0003; storage/one-trip.ts). */
 export const PSP_GUARD_TABLE = 'psp_one_trip_guard';
 
+/** The lifecycle of a payment at the PSP; every state but REGISTERED is final. */
 export const PSP_PAYMENT_STATE = {
   registered: 'REGISTERED',
   succeeded: 'SUCCEEDED',
