@@ -25,7 +25,25 @@ export type ProfileSummary = Readonly<{
   /** Self time of Node internals and natives charged to the nearest package or src/ caller. */
   callers: Array<{ area: string; ms: number; share: number }>;
   functions: Array<{ name: string; ms: number; share: number }>;
+  /**
+   * Time inside socket writes (libuv's try-write from the main thread), by the package or src/
+   * function that wrote. On loopback a write runs the receiver's side of TCP and wakes it; when
+   * the machine is busy, the woken process often runs on this vCPU first, and the writer's
+   * sample stays in the write meanwhile. So this is mostly time waiting for a CPU, not CPU.
+   */
+  writesMs: number;
+  writes: Array<{ caller: string; ms: number }>;
 }>;
+
+/** The natives through which Node writes to a socket (stream_base's `writeBuffer` and kin). */
+const SOCKET_WRITES: ReadonlySet<string> = new Set([
+  'writeBuffer',
+  'writev',
+  'writeUtf8String',
+  'writeLatin1String',
+  'writeAsciiString',
+  'writeUcs2String',
+]);
 
 export function areaOf(url: string, functionName: string): string {
   if (url === '') {
@@ -77,6 +95,19 @@ export function summarizeProfile(source: string | object, topN = 15): ProfileSum
   const areas = new Map<string, number>();
   const callers = new Map<string, number>();
   const functions = new Map<string, number>();
+  const writes = new Map<string, number>();
+  let writesUs = 0;
+  const writerOf = (node: ProfileNode): string => {
+    let current = parent.get(node.id);
+    for (let depth = 0; current !== undefined && depth < 200; depth += 1) {
+      const area = areaOf(current.callFrame.url, current.callFrame.functionName);
+      if (isOwnCode(area) && current.callFrame.url !== '') {
+        return `${area} ${current.callFrame.functionName || '(anonymous)'}`;
+      }
+      current = parent.get(current.id);
+    }
+    return 'node (no package or src/ caller)';
+  };
   let busyUs = 0;
   for (const node of profile.nodes) {
     const us = selfUs.get(node.id) ?? 0;
@@ -90,6 +121,11 @@ export function summarizeProfile(source: string | object, topN = 15): ProfileSum
     callers.set(caller, (callers.get(caller) ?? 0) + us);
     const name = `${functionName || '(anonymous)'} ${url.replace(/^.*\/(node_modules|src)\//, '$1/')}:${lineNumber + 1}`;
     functions.set(name, (functions.get(name) ?? 0) + us);
+    if (url === '' && SOCKET_WRITES.has(functionName)) {
+      writesUs += us;
+      const writer = writerOf(node);
+      writes.set(writer, (writes.get(writer) ?? 0) + us);
+    }
   }
   const top = (map: Map<string, number>) =>
     [...map.entries()]
@@ -101,5 +137,7 @@ export function summarizeProfile(source: string | object, topN = 15): ProfileSum
     areas: top(areas).map(({ key, ms, share }) => ({ area: key, ms, share })),
     callers: top(callers).map(({ key, ms, share }) => ({ area: key, ms, share })),
     functions: top(functions).map(({ key, ms, share }) => ({ name: key, ms, share })),
+    writesMs: writesUs / 1000,
+    writes: top(writes).map(({ key, ms }) => ({ caller: key, ms })),
   };
 }

@@ -41,7 +41,7 @@ const HELP = `npm run bench -- [options]
   --idle-orders <n>         idle orders for the memory phase; 0 skips it (default 100000)
   --no-hot-seller           skip the hot-seller phase
   --quick                   a short run for CI (~1 min): 3 s phases, 1 s warm-up, 2000 idle orders
-  --profile                 CPU profiles: Settle's during the spread phase, the PSP mock's whole life
+  --profile                 CPU profiles: Settle's during the spread and half-load phases, the PSP mock's whole life
   --profile-dir <dir>       with --profile: also keep the raw .cpuprofile files there (for DevTools)
   --json <file>             also write the results as JSON
   --settle-env K=V[,K=V]    extra environment of the Settle node, to compare settings
@@ -412,6 +412,44 @@ function summarize(name: string, load: LoadResult, usage: Usage): LoadPhase {
   };
 }
 
+/**
+ * Settle's main thread inside socket writes, per order, by writer and phase. A write on loopback
+ * wakes its reader; on a busy machine the reader (a MariaDB connection thread, nats-server) then
+ * often runs on the writer's vCPU first, and the event loop waits inside the write meanwhile.
+ */
+function socketWritesTable(phases: readonly SettleWrites[]): string[] {
+  const perOrder = (ms: number, orders: number) =>
+    orders === 0 ? '–' : ((ms * 1000) / orders).toFixed(0);
+  const writers = new Map<string, number>();
+  for (const { summary } of phases) {
+    for (const write of summary.writes)
+      writers.set(write.caller, (writers.get(write.caller) ?? 0) + write.ms);
+  }
+  const top = [...writers.entries()]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 8)
+    .map(([caller]) => caller);
+  const rows = top.map((caller) => [
+    caller,
+    ...phases.map(({ summary, orders }) =>
+      perOrder(summary.writes.find((write) => write.caller === caller)?.ms ?? 0, orders),
+    ),
+  ]);
+  rows.push([
+    'all socket writes',
+    ...phases.map(({ summary, orders }) => perOrder(summary.writesMs, orders)),
+  ]);
+  rows.push([
+    'everything else (busy)',
+    ...phases.map(({ summary, orders }) => perOrder(summary.busyMs - summary.writesMs, orders)),
+  ]);
+  return [
+    "Settle's main thread inside socket writes, µs per order (profile samples: on a busy machine the",
+    "woken reader often runs on the writer's vCPU first, so this is mostly waiting for a CPU):",
+    table(['writer', ...phases.map(({ phase }) => phase)], rows),
+  ];
+}
+
 async function setPspBehavior(
   stack: BenchStack,
   behavior: { autoPayCard: string; latencyMs: number },
@@ -477,7 +515,11 @@ type ThroughputResults = {
   profiles: Record<string, ProfileSummary> | undefined;
   /** Where create→terminal time went, per phase (from the transition history). */
   stages: Record<string, StageLatency[]>;
+  /** With --profile: Settle's main thread inside socket writes, per profiled phase. */
+  settleWrites: SettleWrites[];
 };
+
+type SettleWrites = Readonly<{ phase: string; orders: number; summary: ProfileSummary }>;
 
 async function throughputPhases(options: Options): Promise<ThroughputResults> {
   const profileDir = options.profile
@@ -489,6 +531,7 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
     profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profileDir}`],
   );
   const profiles: Record<string, ProfileSummary> = {};
+  const settleWrites: SettleWrites[] = [];
   const keepProfile = (name: string, text: string) => {
     if (options.profileKeepDir === undefined) return;
     mkdirSync(options.profileKeepDir, { recursive: true });
@@ -506,6 +549,27 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
       keepProfile('psp-mock.cpuprofile', readFileSync(join(profileDir, file), 'utf8'));
     }
     rmSync(profileDir, { recursive: true, force: true });
+  };
+  // Settle's profile of one phase (fetched while the phase runs), kept with its order count.
+  const profileSettle = () =>
+    options.profile
+      ? fetch(`${stack.settleHttp}/debug/profile?ms=${options.durationMs}`, {
+          signal: AbortSignal.timeout(options.durationMs + 60_000),
+        })
+          .then((response) => response.json() as Promise<object>)
+          .catch((error: unknown) => log(`  settle profile failed: ${String(error)}`))
+      : undefined;
+  const keepSettleProfile = async (
+    pending: ReturnType<typeof profileSettle>,
+    phase: string,
+    orders: number,
+  ) => {
+    const profile = await pending;
+    if (!profile) return;
+    const summary = summarizeProfile(profile);
+    profiles[`settle (${phase} phase)`] = summary;
+    settleWrites.push({ phase, orders, summary });
+    keepProfile(`settle-${phase.replace(/ /g, '-')}.cpuprofile`, JSON.stringify(profile));
   };
   await setPspBehavior(stack, { autoPayCard: '4242424242424242', latencyMs: options.pspLatencyMs });
   const watcher = new CompletionWatcher(stack.mysqlUrl, {
@@ -541,13 +605,7 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
       `spread: closed loop, ${options.concurrency} payments in flight, ${options.sellers} sellers`,
     );
     let before = await snapshot(stack);
-    const settleProfile = options.profile
-      ? fetch(`${stack.settleHttp}/debug/profile?ms=${options.durationMs}`, {
-          signal: AbortSignal.timeout(options.durationMs + 60_000),
-        })
-          .then((response) => response.json() as Promise<object>)
-          .catch((error: unknown) => log(`  settle profile failed: ${String(error)}`))
-      : undefined;
+    const settleProfile = profileSettle();
     const spreadLoad = await driver.closedLoop({
       shape,
       concurrency: options.concurrency,
@@ -557,11 +615,7 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
     });
     paymentsCreated += spreadLoad.samples.length;
     const spread = summarize('spread', spreadLoad, usageBetween(before, await snapshot(stack)));
-    const settleCpuProfile = await settleProfile;
-    if (settleCpuProfile) {
-      profiles['settle (spread phase)'] = summarizeProfile(settleCpuProfile);
-      keepProfile('settle-spread.cpuprofile', JSON.stringify(settleCpuProfile));
-    }
+    await keepSettleProfile(settleProfile, 'spread', spread.orders);
     log(
       `  spread: ${spread.ordersPerS.toFixed(0)} orders/s, create→terminal p99 ${spread.terminalMs.p99} ms`,
     );
@@ -570,6 +624,7 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
     const halfRate = Math.max(1, (spread.ordersPerS / options.ordersPerPayment) * 0.5);
     log(`half load: open loop, ${halfRate.toFixed(0)} payments/s`);
     before = await snapshot(stack);
+    const halfProfile = profileSettle();
     const halfLoad = await driver.openLoop({
       shape,
       ratePerS: halfRate,
@@ -579,6 +634,7 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
     });
     paymentsCreated += halfLoad.samples.length;
     const half = summarize('half load', halfLoad, usageBetween(before, await snapshot(stack)));
+    await keepSettleProfile(halfProfile, 'half-load', half.orders);
     log(
       `  half load: ${half.ordersPerS.toFixed(0)} orders/s, create→terminal p99 ${half.terminalMs.p99} ms`,
     );
@@ -623,6 +679,7 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
     summarizePspProfile();
     return {
       profiles,
+      settleWrites,
       spread,
       half,
       hot,
@@ -1004,6 +1061,8 @@ function report(
     'Where Settle waits, spread phase (timers are wall time of awaited calls, they overlap across orders):',
   );
   out.push(table(['timer', 'calls/order', 'ms/order', 'ms/call'], breakdown(spread)));
+  if (throughput.settleWrites.length > 0)
+    out.push('', ...socketWritesTable(throughput.settleWrites));
   for (const [name, profile] of Object.entries(throughput.profiles ?? {})) {
     out.push('');
     out.push(`${name} CPU profile, ${f0(profile.busyMs)} ms busy; self time by area:`);
