@@ -375,7 +375,12 @@ export async function startSettle(
     grpcServer.addService(
       AdminServiceService,
       adminHandlers(
-        { db, wakeRelay: () => relay.wake(), now, adminToken: config.ADMIN_TOKEN },
+        {
+          db,
+          wakeRelay: () => relay.wake(),
+          now,
+          access: { token: config.ADMIN_TOKEN, readonlyOpen: config.ADMIN_READONLY_OPEN },
+        },
         adapterOptions,
       ),
     );
@@ -565,7 +570,9 @@ export async function startSettle(
     }
     if (config.ADMIN_TOKEN === undefined) {
       logger.warn(
-        'ADMIN_TOKEN is not set: AdminService (dead letters, timelines) is open to anyone who can reach the gRPC port and the admin panel is closed; set ADMIN_TOKEN outside local development',
+        config.ADMIN_READONLY_OPEN
+          ? 'ADMIN_TOKEN is not set: admin reads (panel pages, dead letters, timelines) are open to anyone who reaches the ports (ADMIN_READONLY_OPEN) and admin actions are refused; set ADMIN_TOKEN (16 characters or more) to act'
+          : 'ADMIN_TOKEN is not set: the admin panel and AdminService (dead letters, timelines) refuse every call; set ADMIN_TOKEN (16 characters or more) to use them',
       );
     }
     return {

@@ -161,6 +161,14 @@ export class ConfigError extends Error {
   }
 }
 
+/**
+ * The environment of a local run, Settle and the PSP mock in one process (`npm start`): admin
+ * reads are open unless ADMIN_READONLY_OPEN says otherwise. Actions still need ADMIN_TOKEN.
+ */
+export function localRunDefaults(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return env['ADMIN_READONLY_OPEN'] === undefined ? { ...env, ADMIN_READONLY_OPEN: 'true' } : env;
+}
+
 /** Parses the environment; throws ConfigError listing every problem. */
 export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
   const known = Object.fromEntries(

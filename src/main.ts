@@ -1,19 +1,25 @@
 /**
  * Composition root: `npm start` runs the PSP mock and one Settle node on the defaults;
  * `--settle-only` runs just Settle (the PSP mock then runs elsewhere: `npm run start:psp`).
+ * With the mock in the same process the run is local development by construction, so the admin
+ * reads (panel pages, AdminService's ListDeadLetters and GetPaymentTimeline, which the demo
+ * shows) default to open there: ADMIN_READONLY_OPEN=true unless set. Actions still need
+ * ADMIN_TOKEN, and `--settle-only` keeps everything closed without it.
  * SIGTERM/SIGINT stop everything in reverse order; a second signal, or the grace period running
  * out, forces the exit.
  */
-import { ConfigError, loadConfig, type Config } from './config.js';
+import { ConfigError, loadConfig, localRunDefaults, type Config } from './config.js';
 import { startSettle } from './app.js';
 import { startPspMock } from './psp/mock/index.js';
 import { UnavailableError } from './domain/errors.js';
 import { createLogger } from './observability/logger.js';
 
 async function main(): Promise<void> {
+  const settleOnly = process.argv.includes('--settle-only');
+  const env = settleOnly ? process.env : localRunDefaults(process.env);
   let config: Config;
   try {
-    config = loadConfig(process.env);
+    config = loadConfig(env);
   } catch (error) {
     if (error instanceof ConfigError) {
       process.stderr.write(`settle: ${error.message}\n`);
@@ -22,7 +28,11 @@ async function main(): Promise<void> {
     throw error;
   }
   const logger = createLogger({ level: config.LOG_LEVEL, name: 'settle' });
-  const settleOnly = process.argv.includes('--settle-only');
+  if (env !== process.env) {
+    logger.info(
+      'local run with the PSP mock: admin reads are open (ADMIN_READONLY_OPEN=true unless set); actions need ADMIN_TOKEN',
+    );
+  }
   const stops: Array<() => Promise<void>> = [];
   try {
     if (!settleOnly) {

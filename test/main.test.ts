@@ -1,10 +1,12 @@
 /**
  * Goal: `npm start` fails fast and clearly when it cannot work: one line naming the unreachable
  * dependency, its address and how to start it (exit 3), or every configuration problem at once
- * (exit 2). Method: run src/main.ts as a real child process with broken settings.
+ * (exit 2); a local run with the PSP mock opens the admin reads by default. Method: run
+ * src/main.ts as a real child process with broken settings; the local defaults as a function.
  */
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
+import { loadConfig, localRunDefaults } from '../src/config.js';
 import { dropDatabase, testDatabaseUrl } from './support/harness.js';
 
 function runMain(env: Record<string, string>) {
@@ -50,5 +52,18 @@ describe('main', () => {
     expect(stderr).toMatch(/SETTLE_GRPC_ADDR: must be host:port/);
     expect(stderr).toMatch(/PSP_SUCCESS_RATE: .*<=1/);
     expect(stderr).toMatch(/RETRY_BACKOFF_MS: .*<=5/);
+  });
+});
+
+describe('a local run (npm start: Settle with the PSP mock)', () => {
+  it('opens the admin reads unless ADMIN_READONLY_OPEN is set; the token stays unset', () => {
+    const local = loadConfig(localRunDefaults({}));
+    expect(local.ADMIN_READONLY_OPEN).toBe(true);
+    expect(local.ADMIN_TOKEN).toBeUndefined();
+    expect(loadConfig(localRunDefaults({ ADMIN_READONLY_OPEN: 'false' })).ADMIN_READONLY_OPEN).toBe(
+      false,
+    );
+    // Settle alone (--settle-only, Docker) reads the environment as it is: closed.
+    expect(loadConfig({}).ADMIN_READONLY_OPEN).toBe(false);
   });
 });

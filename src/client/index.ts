@@ -170,7 +170,7 @@ export function createSettleClient(
         timeoutMs,
       ),
     },
-    /** AdminService; pass `metadata: { authorization: 'Bearer <ADMIN_TOKEN>' }` when the server has one. */
+    /** AdminService; pass `metadata: { authorization: 'Bearer <ADMIN_TOKEN>' }` (a server without ADMIN_TOKEN refuses). */
     admin: {
       listDeadLetters: unary<ListDeadLettersRequest, ListDeadLettersResponse>(
         admin.listDeadLetters.bind(admin),

@@ -20,7 +20,12 @@ import { tableDeadLetters } from '../../src/admin/dead-letter-source.js';
 import type { HttpRequest, Route } from '../../src/http/router.js';
 import { operationsSnapshot } from '../../src/observability/operations.js';
 import { idAt } from '../../src/domain/ids.js';
-import { AdminServiceClient } from '../../src/grpc/generated/settle/v1/admin.js';
+import {
+  AdminServiceClient,
+  AdminServiceService,
+} from '../../src/grpc/generated/settle/v1/admin.js';
+import { adminHandlers, type AdminAccess } from '../../src/grpc/handlers/admin.handlers.js';
+import { callUnary, startServer, stopServer } from '../grpc/harness.js';
 import { ReconciliationServiceClient } from '../../src/grpc/generated/settle/v1/reconciliation.js';
 import { SETTLEMENT_HEADER } from '../../src/reconciliation/index.js';
 import {
@@ -221,6 +226,96 @@ describe('access', () => {
       request('/admin/dead-letters/1/discard', 'POST'),
     );
     expect(act.status).toBe(403);
+  });
+  it('AdminService is closed without ADMIN_TOKEN too, and read-only when ADMIN_READONLY_OPEN is set', async () => {
+    // The node's handlers on a server of their own, under each access setting the config can give.
+    const serve = (access: AdminAccess) =>
+      startServer((server) =>
+        server.addService(
+          AdminServiceService,
+          adminHandlers(
+            { db: stack.settle.db, wakeRelay: () => {}, now: () => new Date(), access },
+            { log: () => {} },
+          ),
+        ),
+      );
+    const { paymentId } = await createPayment(stack, 'buyer-admin-closed', [
+      ['seller-admin-closed', 700n],
+    ]);
+    // Refused before it is looked up: were it let through, this id would answer NOT_FOUND.
+    const deadLetterId = '987654321';
+    const outcomes = async (access: AdminAccess, authorization?: string) => {
+      const running = await serve(access);
+      const client = new AdminServiceClient(running.address, grpc.credentials.createInsecure());
+      const metadata = () => {
+        const m = new grpc.Metadata();
+        if (authorization !== undefined) m.set('authorization', authorization);
+        return m;
+      };
+      try {
+        const code = (outcome: { ok: boolean; error?: grpc.ServiceError }) =>
+          outcome.ok ? 'OK' : grpc.status[outcome.error?.code ?? 2];
+        const list = await callUnary(
+          client.listDeadLetters.bind(client),
+          { pageSize: 1, pageToken: '', state: 0, orderId: '' },
+          metadata(),
+        );
+        const timeline = await callUnary(
+          client.getPaymentTimeline.bind(client),
+          { paymentId },
+          metadata(),
+        );
+        const discard = await callUnary(
+          client.discardDeadLetter.bind(client),
+          { id: deadLetterId, reason: 'checking who may discard' },
+          metadata(),
+        );
+        return {
+          list: code(list),
+          timeline: code(timeline),
+          discard: code(discard),
+          message: list.ok ? '' : list.error.details,
+        };
+      } finally {
+        client.close();
+        stopServer(running);
+      }
+    };
+
+    const closed = await outcomes({ token: undefined, readonlyOpen: false });
+    expect(closed).toMatchObject({
+      list: 'UNAUTHENTICATED',
+      timeline: 'UNAUTHENTICATED',
+      discard: 'UNAUTHENTICATED',
+    });
+    expect(closed.message).toContain('no ADMIN_TOKEN');
+    // Refused before anything was audited (a failed action is audited too).
+    expect(await auditRows(stack, `dead-letter:${deadLetterId}`)).toHaveLength(0);
+
+    // A bearer token is no way in when the node has none.
+    expect(
+      await outcomes({ token: undefined, readonlyOpen: false }, `Bearer ${ADMIN_TOKEN}`),
+    ).toMatchObject({
+      list: 'UNAUTHENTICATED',
+      discard: 'UNAUTHENTICATED',
+    });
+    expect(await outcomes({ token: undefined, readonlyOpen: true })).toMatchObject({
+      list: 'OK',
+      timeline: 'OK',
+      discard: 'UNAUTHENTICATED',
+    });
+    expect(await outcomes({ token: ADMIN_TOKEN, readonlyOpen: true })).toMatchObject({
+      list: 'OK',
+      timeline: 'OK',
+      discard: 'UNAUTHENTICATED',
+    });
+    expect(await auditRows(stack, `dead-letter:${deadLetterId}`)).toHaveLength(0);
+
+    // With the token the same calls get through: the id is looked up, and the attempt audited.
+    expect(
+      await outcomes({ token: ADMIN_TOKEN, readonlyOpen: false }, `Bearer ${ADMIN_TOKEN}`),
+    ).toMatchObject({ list: 'OK', timeline: 'OK', discard: 'NOT_FOUND' });
+    expect(await auditRows(stack, `dead-letter:${deadLetterId}`)).toHaveLength(1);
   });
 });
 

@@ -11,6 +11,7 @@ import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { AdminServiceClient, DeadLetterState } from '../../src/grpc/generated/settle/v1/admin.js';
+import { ADMIN_TOKEN } from '../admin/admin-support.js';
 import { PaymentOrderState } from '../../src/grpc/generated/settle/v1/payment.js';
 import type { PspClient } from '../../src/psp/client.js';
 import {
@@ -35,11 +36,21 @@ beforeAll(async () => {
       CREATE_WAIT_MS: '0',
       PSP_BREAKER_RESET_MS: '300',
       PSP_BREAKER_VOLUME_THRESHOLD: '3',
+      ADMIN_TOKEN,
     },
   });
+  // AdminService needs the token on every call.
+  const withToken: grpc.Interceptor = (options, nextCall) =>
+    new grpc.InterceptingCall(nextCall(options), {
+      start: (metadata, listener, next) => {
+        metadata.set('authorization', `Bearer ${ADMIN_TOKEN}`);
+        next(metadata, listener);
+      },
+    });
   admin = new AdminServiceClient(
     `127.0.0.1:${stack.settle.grpcPort}`,
     grpc.credentials.createInsecure(),
+    { interceptors: [withToken] },
   );
 });
 afterAll(async () => {

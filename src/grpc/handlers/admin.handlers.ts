@@ -71,11 +71,28 @@ function stateFromProto(state: DeadLetterStateProto): DeadLetterState | undefine
   }
 }
 
-/** Throws UnauthenticatedError unless the call carries the admin token (when one is set). */
-export function requireAdmin(metadata: grpc.Metadata, token: string | undefined): void {
-  if (token === undefined) return;
+/**
+ * Who may call AdminService, as for the admin panel: the token from ADMIN_TOKEN; without one,
+ * nobody. With ADMIN_READONLY_OPEN (local development) the reads are open to anyone; the actions
+ * (replay, discard) still need the token.
+ */
+export type AdminAccess = Readonly<{ token: string | undefined; readonlyOpen: boolean }>;
+
+/** Throws UnauthenticatedError unless the call may `kind` (read or act) with `access`. */
+export function requireAdmin(
+  metadata: grpc.Metadata,
+  access: AdminAccess,
+  kind: 'read' | 'act',
+): void {
+  if (kind === 'read' && access.readonlyOpen) return;
+  if (access.token === undefined) {
+    throw new UnauthenticatedError(
+      'AdminService is closed on this node: it has no ADMIN_TOKEN. Start it with ADMIN_TOKEN ' +
+        '(16 characters or more) and call with the metadata "authorization: Bearer <ADMIN_TOKEN>"',
+    );
+  }
   const presented = bearerToken(metadata.get('authorization')[0]);
-  if (presented === undefined || !tokenMatches({ token }, presented)) {
+  if (presented === undefined || !tokenMatches({ token: access.token }, presented)) {
     throw new UnauthenticatedError(
       'AdminService needs the metadata "authorization: Bearer <ADMIN_TOKEN>"',
     );
@@ -83,7 +100,7 @@ export function requireAdmin(metadata: grpc.Metadata, token: string | undefined)
 }
 
 export function adminHandlers(
-  deps: DeadLetterDeps & { adminToken: string | undefined },
+  deps: DeadLetterDeps & { access: AdminAccess },
   options: AdapterOptions,
 ): AdminServiceServer {
   const guard = <T>(work: () => Promise<T>) =>
@@ -92,7 +109,7 @@ export function adminHandlers(
     });
   return {
     listDeadLetters: unary(async (request, call) => {
-      requireAdmin(call.metadata, deps.adminToken);
+      requireAdmin(call.metadata, deps.access, 'read');
       if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
       const limit = Math.min(request.pageSize === 0 ? 20 : request.pageSize, 100);
       const state = stateFromProto(request.state);
@@ -114,7 +131,7 @@ export function adminHandlers(
       };
     }, options),
     replayDeadLetter: unary(async (request, call) => {
-      requireAdmin(call.metadata, deps.adminToken);
+      requireAdmin(call.metadata, deps.access, 'act');
       if (request.id === '') throw new InvalidArgumentError('id', 'id is required');
       const actor = grpcAdminActor(call.metadata);
       const { result } = await audited(
@@ -133,7 +150,7 @@ export function adminHandlers(
       return { deadLetter: toProto(result) };
     }, options),
     discardDeadLetter: unary(async (request, call) => {
-      requireAdmin(call.metadata, deps.adminToken);
+      requireAdmin(call.metadata, deps.access, 'act');
       if (request.id === '') throw new InvalidArgumentError('id', 'id is required');
       const actor = grpcAdminActor(call.metadata);
       const reason = requireReason(request.reason);
@@ -152,7 +169,7 @@ export function adminHandlers(
       return { deadLetter: toProto(result) };
     }, options),
     getPaymentTimeline: unary(async (request, call) => {
-      requireAdmin(call.metadata, deps.adminToken);
+      requireAdmin(call.metadata, deps.access, 'read');
       if (!PAYMENT_ID_PATTERN.test(request.paymentId)) {
         throw new InvalidArgumentError(
           'payment_id',

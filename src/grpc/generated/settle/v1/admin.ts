@@ -1290,8 +1290,9 @@ export const GetPaymentTimelineResponse: MessageFns<GetPaymentTimelineResponse> 
 };
 
 /**
- * Operations on what went wrong. When the server has ADMIN_TOKEN set, every call needs the
- * metadata `authorization: Bearer <token>` (UNAUTHENTICATED otherwise).
+ * Operations on what went wrong. Every call needs the metadata `authorization: Bearer <token>`,
+ * the server's ADMIN_TOKEN (UNAUTHENTICATED otherwise; a server without ADMIN_TOKEN refuses every
+ * call, except the reads when it runs with ADMIN_READONLY_OPEN=true).
  */
 export type AdminServiceService = typeof AdminServiceService;
 export const AdminServiceService = {
