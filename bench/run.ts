@@ -22,6 +22,7 @@ import { dropDatabase, parseMysqlUrl, serverAddress, withDatabaseName } from '..
 import type { CeilingResult } from './ceiling.js';
 import { checkInvariants, type Check } from './invariants.js';
 import { CompletionWatcher, LoadDriver, quantile, type LoadResult } from './load.js';
+import { calibrate, type Calibration } from './calibrate.js';
 import { summarizeProfile, type ProfileSummary } from './profile.js';
 import { stageLatencies, type StageLatency } from './stages.js';
 import { findPids, sampleMachine, sampleProcess, type ProcSample } from './proc.js';
@@ -448,6 +449,14 @@ function socketWritesTable(phases: readonly SettleWrites[]): string[] {
     "woken reader often runs on the writer's vCPU first, so this is mostly waiting for a CPU):",
     table(['writer', ...phases.map(({ phase }) => phase)], rows),
   ];
+}
+
+function describeCalibration(calibration: Calibration): string {
+  return (
+    `a fixed JS work unit takes ${calibration.hotUs.toFixed(0)} µs of CPU hot and ` +
+    `${calibration.afterIdleUs.toFixed(0)} µs after ${calibration.idleMs} ms asleep ` +
+    `(×${(calibration.afterIdleUs / calibration.hotUs).toFixed(1)}; bench/calibrate.ts)`
+  );
 }
 
 async function setPspBehavior(
@@ -900,6 +909,7 @@ function breakdown(phase: LoadPhase): string[][] {
 
 function report(
   options: Options,
+  calibration: Calibration,
   ceiling: { spread: CeilingRun; hot: CeilingRun | undefined },
   throughput: ThroughputResults,
   memory: MemoryResults | undefined,
@@ -910,6 +920,7 @@ function report(
     `Settle benchmark: ${options.concurrency} payments in flight, ${options.ordersPerPayment} order(s) per payment, ` +
       `${options.sellers} sellers, PSP latency ${options.pspLatencyMs} ms, ${options.durationMs / 1000} s per phase after a ${options.warmupMs / 1000} s warm-up`,
   );
+  out.push(`Machine: ${describeCalibration(calibration)}`);
   out.push('');
   out.push(
     table(
@@ -1146,6 +1157,8 @@ async function main(): Promise<void> {
         .map((l) => l.toFixed(2))
         .join(' ')}`,
   );
+  const calibration = await calibrate();
+  log(`machine: ${describeCalibration(calibration)}`);
   log(`ceiling (spread): the same writes without Settle, ${options.concurrency} in flight`);
   const ceilingSpread = await runCeilingChild(options, false);
   log(
@@ -1163,7 +1176,13 @@ async function main(): Promise<void> {
   checkInterrupted();
   const memory = options.idleOrders > 0 ? await memoryPhase(options) : undefined;
 
-  const text = report(options, { spread: ceilingSpread, hot: ceilingHot }, throughput, memory);
+  const text = report(
+    options,
+    calibration,
+    { spread: ceilingSpread, hot: ceilingHot },
+    throughput,
+    memory,
+  );
   process.stdout.write(`\n${text}\n`);
   const checks = [...throughput.invariants, ...(memory?.invariants ?? [])];
   const phases = [throughput.spread, throughput.half, throughput.hot].filter(
@@ -1184,6 +1203,7 @@ async function main(): Promise<void> {
         {
           options,
           startedAt: new Date(runStarted).toISOString(),
+          calibration,
           ceiling: { spread: ceilingSpread, hot: ceilingHot },
           spread: strip(throughput.spread),
           half: strip(throughput.half),
