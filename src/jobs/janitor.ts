@@ -4,8 +4,8 @@
  *   and only the PSP's answer decides EXPIRED vs SUCCEEDED/FAILED);
  * - an unfinished order quiet for JANITOR_STUCK_MS gets CheckOrderStatus (the actor asks the PSP
  *   by nonce; a lost ExecuteOrder is restarted, a lost webhook is recovered).
- * Orders are claimed with a lease in ONE UPDATE, so however many nodes run a janitor, only one
- * pass acts on an order per lease period. The commands go through the outbox like any other.
+ * Orders are claimed with a lease by one conditional UPDATE, so however many nodes run a janitor,
+ * only one pass acts on an order per lease period. The commands go through the outbox like any other.
  */
 import { sql } from 'kysely';
 import { randomUUID } from 'node:crypto';
@@ -85,14 +85,24 @@ export class Janitor {
     // Fits janitor_owner (64): 36 (uuid) + 1 + 13 (ms) + 2.
     const claim = `${this.owner}:${now.getTime()}:${type === 'ExpireOrder' ? 'x' : 'c'}`;
     const leaseUntil = new Date(now.getTime() + this.options.leaseMs);
+    const claimable = sql`state IN ('NOT_STARTED', 'EXECUTING') AND ${due}
+      AND (janitor_lease_until IS NULL OR janitor_lease_until < ${now})`;
     return inTransaction(this.db, async (trx) => {
+      // Find first (a plain read, no locks), then claim by id: the UPDATE locks only the orders
+      // it claims. One UPDATE ... ORDER BY created_at LIMIT n would lock every due order it walks
+      // over until the commit, those leased by another pass too (MariaDB keeps them locked even
+      // in READ COMMITTED), and stall their own transitions meanwhile. The UPDATE re-checks the
+      // conditions on each row's latest version under its lock, so two passes that find the same
+      // order still claim it once.
+      const { rows: found } = await sql<{ id: string }>`
+        SELECT id FROM payment_order WHERE ${claimable}
+        ORDER BY created_at
+        LIMIT ${this.options.batchMax}`.execute(trx);
+      if (found.length === 0) return [];
       await sql`
         UPDATE payment_order
         SET janitor_lease_until = ${leaseUntil}, janitor_owner = ${claim}
-        WHERE state IN ('NOT_STARTED', 'EXECUTING') AND ${due}
-          AND (janitor_lease_until IS NULL OR janitor_lease_until < ${now})
-        ORDER BY created_at
-        LIMIT ${this.options.batchMax}`.execute(trx);
+        WHERE id IN (${sql.join(found.map((row) => row.id))}) AND ${claimable}`.execute(trx);
       const rows = await trx
         .selectFrom('payment_order')
         .select('id')
