@@ -10,7 +10,7 @@ import { tableDeadLetters } from '../admin/dead-letter-source.js';
 import type { Names } from '../messaging/subjects.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
-import { operationsSnapshot } from '../observability/operations.js';
+import { operationsSnapshot, PaymentCounts } from '../observability/operations.js';
 import { restCallObserver } from '../observability/request-log.js';
 import type { PaymentService } from '../payments/payment.service.js';
 import type { Db } from '../storage/db.js';
@@ -19,6 +19,8 @@ import type { Route } from './router.js';
 
 /** How long each operations probe (NATS, MySQL) may take on a page view or scrape. */
 const PROBE_TIMEOUT_MS = 2_000;
+/** How long counts of payments in final states are reused (they only grow with the table). */
+const FINAL_PAYMENT_COUNTS_REUSE_MS = 60_000;
 
 export type OperatorDeps = Readonly<{
   config: Config;
@@ -41,6 +43,7 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
   const log = (error: unknown, context: Record<string, unknown>) =>
     logger.error({ err: error, ...context }, 'internal error in operator route');
   const deadLetters = tableDeadLetters({ db: deps.db, wakeRelay: deps.wakeRelay, now: deps.now });
+  const paymentCounts = new PaymentCounts(deps.db, FINAL_PAYMENT_COUNTS_REUSE_MS);
   const snapshot = (withCommandStream: boolean) =>
     operationsSnapshot({
       db: deps.db,
@@ -51,6 +54,7 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
       deadLetters,
       withCommandStream,
       probeTimeoutMs: PROBE_TIMEOUT_MS,
+      paymentCounts,
     });
   deps.metrics.setSnapshotSource(() => snapshot(false));
   return [

@@ -11,6 +11,10 @@ import type { Names } from '../messaging/subjects.js';
 import type { BreakerState } from '../psp/client.js';
 import type { Db } from '../storage/db.js';
 import { outboxLag } from '../storage/repositories/outbox.repository.js';
+import {
+  PAYMENT_STATE,
+  TERMINAL_PAYMENT_STATES,
+} from '../storage/repositories/payment.repository.js';
 
 export type Probe<T> = Readonly<{ ok: true; value: T }> | Readonly<{ ok: false; error: string }>;
 
@@ -47,8 +51,10 @@ export type OperationsSnapshot = Readonly<{
   deadLetters: Probe<DeadLetterCounts>;
   outbox: Probe<{ pending: number; oldestAgeMs: number }>;
   actors: Readonly<{ live: number; mailboxDepth: number; passivated: number }>;
-  payments: Probe<ReadonlyArray<Readonly<{ state: string; count: number }>>>;
+  payments: Probe<ReadonlyArray<StateCount>>;
 }>;
+
+export type StateCount = Readonly<{ state: string; count: number }>;
 
 export type OperationsDeps = Readonly<{
   db: Db;
@@ -61,7 +67,70 @@ export type OperationsDeps = Readonly<{
   withCommandStream: boolean;
   /** Deadline of each probe, in milliseconds. */
   probeTimeoutMs: number;
+  /** Payments by state; one per node, so final states' counts are reused across snapshots. */
+  paymentCounts: PaymentCounts;
 }>;
+
+/** States a payment is still in on its way; counted exactly in every snapshot. */
+const LIVE_PAYMENT_STATES = Object.values(PAYMENT_STATE).filter(
+  (state) => !TERMINAL_PAYMENT_STATES.has(state),
+);
+
+/**
+ * Payments by state, cluster-wide (it is the same on every node). The states a payment passes
+ * through are counted in every snapshot: an index range as large as the payments in flight. The
+ * final states grow with the table (a GROUP BY over 1,000,000 payments took 0.2–0.4 s here), so
+ * they are counted at most every `finalReuseMs` per node, one count at a time, and the last
+ * count answers in between (and while a new one runs): a scrape every 15 s on every node does
+ * not scan the table each time.
+ */
+export class PaymentCounts {
+  private final: Readonly<{ at: number; rows: StateCount[] }> | undefined;
+  private counting: Promise<StateCount[]> | undefined;
+
+  constructor(
+    private readonly db: Db,
+    private readonly finalReuseMs: number,
+    private readonly nowMs: () => number = Date.now,
+  ) {}
+
+  /** Every state with at least one payment, sorted by state. */
+  async read(): Promise<StateCount[]> {
+    const [live, final] = await Promise.all([this.countLive(), this.finalCounts()]);
+    return [...live, ...final].sort((a, b) => (a.state < b.state ? -1 : a.state > b.state ? 1 : 0));
+  }
+
+  private async countLive(): Promise<StateCount[]> {
+    // The (state, id) index answers these without touching the rows.
+    const result = await sql<{ state: string; n: string }>`
+      SELECT state, COUNT(*) AS n FROM payment
+      WHERE state IN (${sql.join(LIVE_PAYMENT_STATES)})
+      GROUP BY state`.execute(this.db);
+    return result.rows.map((row) => ({ state: row.state, count: Number(row.n) }));
+  }
+
+  private async finalCounts(): Promise<StateCount[]> {
+    const cached = this.final;
+    if (cached !== undefined && this.nowMs() - cached.at < this.finalReuseMs) return cached.rows;
+    // A count already running: the last one answers meanwhile, if there is one.
+    if (this.counting !== undefined && cached !== undefined) return cached.rows;
+    this.counting ??= (async () => {
+      try {
+        const at = this.nowMs();
+        const result = await sql<{ state: string; n: string }>`
+          SELECT state, COUNT(*) AS n FROM payment
+          WHERE state IN (${sql.join([...TERMINAL_PAYMENT_STATES])})
+          GROUP BY state`.execute(this.db);
+        const rows = result.rows.map((row) => ({ state: row.state, count: Number(row.n) }));
+        this.final = { at, rows };
+        return rows;
+      } finally {
+        this.counting = undefined;
+      }
+    })();
+    return this.counting;
+  }
+}
 
 export function breakerStateOf(psp: object): BreakerState | undefined {
   const candidate = psp as { breakerState?: unknown };
@@ -100,12 +169,7 @@ export async function operationsSnapshot(deps: OperationsDeps): Promise<Operatio
       : undefined,
     probe(() => deps.deadLetters.counts()),
     probe(() => outboxLag(deps.db)),
-    probe(async () => {
-      // The (state, id) index answers this without touching the rows.
-      const result = await sql<{ state: string; n: string }>`
-        SELECT state, COUNT(*) AS n FROM payment GROUP BY state ORDER BY state`.execute(deps.db);
-      return result.rows.map((row) => ({ state: row.state, count: Number(row.n) }));
-    }),
+    probe(() => deps.paymentCounts.read()),
   ]);
   return {
     takenAt: new Date(),

@@ -18,7 +18,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { adminRoutes } from '../../src/admin/routes.js';
 import { tableDeadLetters } from '../../src/admin/dead-letter-source.js';
 import type { HttpRequest, Route } from '../../src/http/router.js';
-import { operationsSnapshot } from '../../src/observability/operations.js';
+import { operationsSnapshot, PaymentCounts } from '../../src/observability/operations.js';
 import { idAt } from '../../src/domain/ids.js';
 import {
   AdminServiceClient,
@@ -553,6 +553,7 @@ describe('operations and reconciliation', () => {
       }),
       withCommandStream: true,
       probeTimeoutMs: 2_000,
+      paymentCounts: new PaymentCounts(stack.settle.db, 0),
     });
     expect(snapshot.breaker).toBe('CLOSED');
     expect(snapshot.consumer.ok).toBe(true);
