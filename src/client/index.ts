@@ -170,7 +170,10 @@ export function createSettleClient(
         timeoutMs,
       ),
     },
-    /** AdminService; pass `metadata: { authorization: 'Bearer <ADMIN_TOKEN>' }` (a server without ADMIN_TOKEN refuses). */
+    /**
+     * AdminService; pass `metadata: { authorization: 'Bearer <ADMIN_TOKEN>' }` (a server without
+     * ADMIN_TOKEN refuses).
+     */
     admin: {
       listDeadLetters: unary<ListDeadLettersRequest, ListDeadLettersResponse>(
         admin.listDeadLetters.bind(admin),

@@ -5,7 +5,8 @@
  * - an unfinished order quiet for JANITOR_STUCK_MS gets CheckOrderStatus (the actor asks the PSP
  *   by nonce; a lost ExecuteOrder is restarted, a lost webhook is recovered).
  * Orders are claimed with a lease by one conditional UPDATE, so however many nodes run a janitor,
- * only one pass acts on an order per lease period. The commands go through the outbox like any other.
+ * only one pass acts on an order per lease period. The commands go through the outbox like any
+ * other.
  */
 import { sql } from 'kysely';
 import { randomUUID } from 'node:crypto';
