@@ -29,6 +29,34 @@ export function sampleProcess(pid: number): ProcSample | undefined {
   }
 }
 
+export type ThreadSchedule = Readonly<{
+  /** Time on a CPU, and time runnable but waiting for one (schedstat), in ms. */
+  runMs: number;
+  waitMs: number;
+  /** Times the scheduler took the CPU away while the thread could still run. */
+  preemptions: number;
+}>;
+
+/**
+ * How a process's main thread (the task whose id is the pid: Node's event loop) was scheduled,
+ * from /proc/<pid>/task/<pid>/schedstat and status; undefined when the kernel does not keep
+ * schedstat or the process is gone.
+ */
+export function sampleMainThread(pid: number): ThreadSchedule | undefined {
+  try {
+    const [runNs, waitNs] = readFileSync(`/proc/${pid}/task/${pid}/schedstat`, 'utf8')
+      .trim()
+      .split(/\s+/)
+      .map(Number);
+    const status = readFileSync(`/proc/${pid}/task/${pid}/status`, 'utf8');
+    const preemptions = /^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(status);
+    if (runNs === undefined || waitNs === undefined || preemptions === null) return undefined;
+    return { runMs: runNs / 1e6, waitMs: waitNs / 1e6, preemptions: Number(preemptions[1]) };
+  } catch {
+    return undefined;
+  }
+}
+
 function kbField(status: string, name: string): number {
   const match = new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status);
   return match ? Number(match[1]) : 0;

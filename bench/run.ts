@@ -25,7 +25,14 @@ import { CompletionWatcher, LoadDriver, quantile, type LoadResult } from './load
 import { calibrate, type Calibration } from './calibrate.js';
 import { summarizeProfile, type ProfileSummary } from './profile.js';
 import { stageLatencies, type StageLatency } from './stages.js';
-import { findPids, sampleMachine, sampleProcess, type ProcSample } from './proc.js';
+import {
+  findPids,
+  sampleMachine,
+  sampleMainThread,
+  sampleProcess,
+  type ProcSample,
+  type ThreadSchedule,
+} from './proc.js';
 import { sleep } from '../src/chaos/processes.js';
 import { REPO_ROOT, startStack, type BenchStack } from './stack.js';
 import { names as topologyNames } from '../src/messaging/subjects.js';
@@ -181,6 +188,7 @@ type Snapshot = Readonly<{
   procs: Record<string, ProcSample | undefined>;
   machine: { busyMs: number; totalMs: number };
   settleStats: SettleStats | undefined;
+  settleMainThread: ThreadSchedule | undefined;
   benchCpuMs: number;
 }>;
 
@@ -236,6 +244,7 @@ async function snapshot(stack: BenchStack | undefined): Promise<Snapshot> {
     procs,
     machine: sampleMachine(),
     settleStats: stack === undefined ? undefined : await settleStats(stack),
+    settleMainThread: stack === undefined ? undefined : sampleMainThread(stack.settle.pid),
     benchCpuMs: (cpu.user + cpu.system) / 1000,
   };
 }
@@ -247,6 +256,8 @@ type Usage = Readonly<{
   machineBusyMs: number;
   machineTotalMs: number;
   settleEventLoopUtilization: number | undefined;
+  /** Settle's event-loop thread over the phase: CPU, waits for a CPU, preemptions. */
+  settleMainThread: ThreadSchedule | undefined;
   timers: Record<string, TimerStats>;
 }>;
 
@@ -285,12 +296,22 @@ function usageBetween(
     const idle = b.idle - a.idle;
     settleEventLoopUtilization = active + idle > 0 ? active / (active + idle) : undefined;
   }
+  const m0 = before.settleMainThread;
+  const m1 = after.settleMainThread;
   return {
     wallMs: after.at - before.at,
     cpuMs,
     machineBusyMs,
     machineTotalMs: after.machine.totalMs - before.machine.totalMs,
     settleEventLoopUtilization,
+    settleMainThread:
+      m0 === undefined || m1 === undefined
+        ? undefined
+        : {
+            runMs: m1.runMs - m0.runMs,
+            waitMs: m1.waitMs - m0.waitMs,
+            preemptions: m1.preemptions - m0.preemptions,
+          },
     timers,
   };
 }
@@ -1060,6 +1081,31 @@ function report(
   out.push(
     `("bench" is the load generator, or the ceiling script in the ceiling row; "other" is CPU no listed process used: other users of this shared machine.)`,
   );
+  const scheduled = [spread, half, hot].filter(
+    (p): p is LoadPhase => p !== undefined && p.usage.settleMainThread !== undefined,
+  );
+  if (scheduled.length > 0) {
+    out.push(
+      "Settle's event-loop thread per order (/proc/<pid>/task/<pid>/schedstat): time on a CPU, " +
+        'time runnable but waiting for one, and times preempted.',
+      'Work that comes in small pieces runs slower cold (see Machine above) and is preempted more:',
+    );
+    out.push(
+      table(
+        ['phase', 'on a CPU ms', 'waiting for a CPU ms', 'preempted'],
+        scheduled.map((p) => {
+          const thread = p.usage.settleMainThread as ThreadSchedule;
+          const orders = Math.max(1, p.orders);
+          return [
+            p.name,
+            (thread.runMs / orders).toFixed(2),
+            (thread.waitMs / orders).toFixed(2),
+            (thread.preemptions / orders).toFixed(2),
+          ];
+        }),
+      ),
+    );
+  }
   out.push(
     `peak RSS (VmHWM): settle ${f0(throughput.settlePeakRssBytes / MB)} MB, psp-mock ${f0(throughput.pspPeakRssBytes / MB)} MB; ` +
       `log lines at LOG_LEVEL=warn: settle ${throughput.childOutputLines['settle'] ?? 0}, psp-mock ${throughput.childOutputLines['psp-mock'] ?? 0}`,

@@ -1,0 +1,31 @@
+/**
+ * Goal: the bench reads how a process's event-loop thread was scheduled from /proc: its time on
+ * a CPU grows by the CPU it burns, and the counters only grow. Method: this test's own process,
+ * before and after ~60 ms of busy work on its main thread.
+ */
+import { describe, expect, it } from 'vitest';
+import { sampleMainThread } from '../../bench/proc.js';
+
+describe('sampleMainThread', () => {
+  it('counts the CPU time the main thread burns', () => {
+    const before = sampleMainThread(process.pid);
+    expect(before).toBeDefined();
+    const cpuBefore = process.cpuUsage();
+    const until = Date.now() + 60;
+    let spins = 0;
+    while (Date.now() < until) spins += 1;
+    const burnedMs = (process.cpuUsage(cpuBefore).user + process.cpuUsage(cpuBefore).system) / 1000;
+    const after = sampleMainThread(process.pid);
+    expect(spins).toBeGreaterThan(0);
+    if (before === undefined || after === undefined) throw new Error('no schedstat');
+    // schedstat counts in ns what cpuUsage counts in µs (all threads, so at least as much).
+    expect(after.runMs - before.runMs).toBeGreaterThan(burnedMs * 0.5);
+    expect(after.runMs - before.runMs).toBeLessThan(burnedMs + 50);
+    expect(after.waitMs).toBeGreaterThanOrEqual(before.waitMs);
+    expect(after.preemptions).toBeGreaterThanOrEqual(before.preemptions);
+  });
+
+  it('answers undefined for a process that is gone', () => {
+    expect(sampleMainThread(2 ** 22 + 12_345)).toBeUndefined();
+  });
+});
