@@ -16,6 +16,7 @@ import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { adminRoutes } from '../../src/admin/routes.js';
+import type { AdminAuthConfig } from '../../src/admin/auth.js';
 import { tableDeadLetters } from '../../src/admin/dead-letter-source.js';
 import type { HttpRequest, Route } from '../../src/http/router.js';
 import { operationsSnapshot, PaymentCounts } from '../../src/observability/operations.js';
@@ -24,7 +25,7 @@ import {
   AdminServiceClient,
   AdminServiceService,
 } from '../../src/grpc/generated/settle/v1/admin.js';
-import { adminHandlers, type AdminAccess } from '../../src/grpc/handlers/admin.handlers.js';
+import { adminHandlers } from '../../src/grpc/handlers/admin.handlers.js';
 import { callUnary, startServer, stopServer } from '../grpc/harness.js';
 import { ReconciliationServiceClient } from '../../src/grpc/generated/settle/v1/reconciliation.js';
 import { SETTLEMENT_HEADER } from '../../src/reconciliation/index.js';
@@ -229,7 +230,7 @@ describe('access', () => {
   });
   it('AdminService is closed without ADMIN_TOKEN too, and read-only when ADMIN_READONLY_OPEN is set', async () => {
     // The node's handlers on a server of their own, under each access setting the config can give.
-    const serve = (access: AdminAccess) =>
+    const serve = (access: AdminAuthConfig) =>
       startServer((server) =>
         server.addService(
           AdminServiceService,
@@ -244,7 +245,7 @@ describe('access', () => {
     ]);
     // Refused before it is looked up: were it let through, this id would answer NOT_FOUND.
     const deadLetterId = '987654321';
-    const outcomes = async (access: AdminAccess, authorization?: string) => {
+    const outcomes = async (access: AdminAuthConfig, authorization?: string) => {
       const running = await serve(access);
       const client = new AdminServiceClient(running.address, grpc.credentials.createInsecure());
       const metadata = () => {

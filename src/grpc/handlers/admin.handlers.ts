@@ -21,7 +21,7 @@ import {
   grpcAdminReason,
   requireReason,
 } from '../../admin/audit.js';
-import { bearerToken, tokenMatches } from '../../admin/auth.js';
+import { bearerToken, tokenMatches, type AdminAuthConfig } from '../../admin/auth.js';
 import { deadLetterAuditTarget } from '../../admin/dead-letter-source.js';
 import { listTransitions } from '../../storage/repositories/payment-order.repository.js';
 import { findPaymentVersion } from '../../storage/repositories/payment.repository.js';
@@ -72,16 +72,13 @@ function stateFromProto(state: DeadLetterStateProto): DeadLetterState | undefine
 }
 
 /**
- * Who may call AdminService, as for the admin panel: the token from ADMIN_TOKEN; without one,
- * nobody. With ADMIN_READONLY_OPEN (local development) the reads are open to anyone; the actions
- * (replay, discard) still need the token.
+ * Throws UnauthenticatedError unless the call may `kind` (read or act), by the admin panel's rules
+ * (admin/auth.ts): the token from ADMIN_TOKEN, and without one nobody; with ADMIN_READONLY_OPEN
+ * (local development) the reads are open to anyone, the actions (replay, discard) still need it.
  */
-export type AdminAccess = Readonly<{ token: string | undefined; readonlyOpen: boolean }>;
-
-/** Throws UnauthenticatedError unless the call may `kind` (read or act) with `access`. */
 export function requireAdmin(
   metadata: grpc.Metadata,
-  access: AdminAccess,
+  access: AdminAuthConfig,
   kind: 'read' | 'act',
 ): void {
   if (kind === 'read' && access.readonlyOpen) return;
@@ -92,7 +89,7 @@ export function requireAdmin(
     );
   }
   const presented = bearerToken(metadata.get('authorization')[0]);
-  if (presented === undefined || !tokenMatches({ token: access.token }, presented)) {
+  if (presented === undefined || !tokenMatches(access, presented)) {
     throw new UnauthenticatedError(
       'AdminService needs the metadata "authorization: Bearer <ADMIN_TOKEN>"',
     );
@@ -100,7 +97,7 @@ export function requireAdmin(
 }
 
 export function adminHandlers(
-  deps: DeadLetterDeps & { access: AdminAccess },
+  deps: DeadLetterDeps & { access: AdminAuthConfig },
   options: AdapterOptions,
 ): AdminServiceServer {
   const guard = <T>(work: () => Promise<T>) =>
