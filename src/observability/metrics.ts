@@ -112,9 +112,14 @@ export function createMetrics(): Metrics {
       },
     });
 
-  gauge('settle_payments', 'Payments by state (from MySQL).', ['state'], (g, s) => {
-    if (s.payments.ok) for (const row of s.payments.value) g.set({ state: row.state }, row.count);
-  });
+  gauge(
+    'settle_payments',
+    'Payments by state, from MySQL; final states are recounted at most once a minute per node.',
+    ['state'],
+    (g, s) => {
+      if (s.payments.ok) for (const row of s.payments.value) g.set({ state: row.state }, row.count);
+    },
+  );
   gauge(
     'settle_psp_breaker_state',
     'PSP circuit breaker state: 1 for the current state, 0 for the others.',
