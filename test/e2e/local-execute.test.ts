@@ -4,11 +4,12 @@
  * JetStream stays the backstop: a row whose creator died before running it is relayed when its
  * hold ends (not before), a retryable failure here is retried through JetStream with the attempt
  * made here counted, and a payment that does not fit in the local bound goes through JetStream at
- * once. Method: real Settle nodes and the PSP mock (real MariaDB, NATS); what crossed JetStream is
- * read from the command stream itself; "died after the commit" is a PaymentService whose local
- * runner reserves and then never runs, which is exactly what the database holds after such a
- * crash. An approved order is born EXECUTING (its intent to call the PSP in the creation's
- * transaction), so the run's only write is the token.
+ * once. A new payment's creation publishes no "payment changed" event (nobody can be waiting for
+ * it); the run's token is its first. Method: real Settle nodes and the PSP mock (real MariaDB,
+ * NATS); what crossed JetStream is read from the command stream itself; "died after the commit"
+ * is a PaymentService whose local runner reserves and then never runs, which is exactly what the
+ * database holds after such a crash. An approved order is born EXECUTING (its intent to call the
+ * PSP in the creation's transaction), so the run's only write is the token.
  */
 import { randomUUID } from 'node:crypto';
 import { jetstreamManager } from '@nats-io/jetstream';
@@ -189,6 +190,53 @@ describe('new orders run on the node that created them', () => {
     await waitFor(async () => (await outboxRows([orderId])).length === 0, {
       what: 'the row relayed and deleted',
     });
+  });
+});
+
+describe('payment events of a new payment', () => {
+  it('publishes none for the creation; the first one is the token written by the run', async () => {
+    // Every event of this namespace, heard on the node's command connection: its events
+    // connection is opened without echo and would not hear what it publishes.
+    const heard: Array<{ paymentId: string; atMs: number }> = [];
+    const subscription = stack.settle.nc.subscribe(stack.settle.names.paymentEventSubjectAll, {
+      callback: (error, message) => {
+        if (error !== null) return;
+        const last = message.subject.slice(message.subject.lastIndexOf('.') + 1);
+        const ids = last === 'batch' ? message.string().split(' ') : [last];
+        for (const paymentId of ids) heard.push({ paymentId, atMs: Date.now() });
+      },
+    });
+    await stack.settle.nc.flush();
+    // The registration takes at least this long, so the token's event cannot come before it.
+    const latencyMs = 800;
+    stack.psp.setBehavior({ latencyMs });
+    try {
+      const created = await call(stack.payments.createPayment.bind(stack.payments), {
+        requestId: randomUUID(),
+        buyerId: 'buyer-events',
+        currencyCode: 'USD',
+        orders: [{ sellerId: 'seller-events', amountMinor: 1_000n }],
+      });
+      const createdAtMs = Date.now();
+      const paymentId = created.payment?.paymentId ?? '';
+      const orderId = created.payment?.orders[0]?.orderId ?? '';
+      expect(paymentId).not.toBe('');
+      // The creation committed before CreatePayment answered; an event of its own would be
+      // here well within this wait.
+      await new Promise((resolve) => setTimeout(resolve, latencyMs / 2));
+      expect(heard.filter((event) => event.paymentId === paymentId)).toEqual([]);
+      expect((await order(orderId)).psp_token).toBeNull();
+      // The run's token transition is published, heard on this same subscription.
+      const first = await waitFor(
+        async () => heard.find((event) => event.paymentId === paymentId),
+        { what: `the first event of payment ${paymentId}` },
+      );
+      expect(first.atMs - createdAtMs).toBeGreaterThanOrEqual(latencyMs / 2);
+      expect((await order(orderId)).psp_token).not.toBeNull();
+    } finally {
+      stack.psp.setBehavior({ latencyMs: 0 });
+      subscription.unsubscribe();
+    }
   });
 });
 
