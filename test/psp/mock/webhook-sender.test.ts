@@ -3,10 +3,11 @@
  * already leased is POSTed once, at once, without the poll; no poll takes it while its lease
  * lasts; a row whose hand-over was lost (a crash) is delivered after the lease; a row that waited
  * too long for a slot has its lease given back and is polled at once; stop() gives back the
- * leases of rows never POSTed, also of one whose claim was still running when stop began.
- * Method: a real WebhookSender on its own migrated MariaDB database, rows inserted with the
- * repository's insertWebhook, a local HTTP receiver; no mocks (a Kysely plugin holds one query's
- * answer to open the stop-during-claim window).
+ * leases of rows never POSTed, also of one whose claim was still running when stop began; a
+ * delivered mark waiting to be written does not keep the POST's slot. Method: a real
+ * WebhookSender on its own migrated MariaDB database, rows inserted with the repository's
+ * insertWebhook, a local HTTP receiver; no mocks (a Kysely plugin holds one query's answer to
+ * open the stop-during-claim window and to hold a delivered mark).
  */
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -191,6 +192,54 @@ describe('WebhookSender hand-over', () => {
     expect(receiver.at(path)).toHaveLength(1);
     expect(sender.shortLeases).toBe(1);
     expect(lines.some((line) => line.includes('too little of their lease'))).toBe(true);
+  });
+
+  it('frees the POST slot before the delivered mark is written', async () => {
+    // The first delivered mark's UPDATE is answered only when the gate opens.
+    let markReached!: () => void;
+    const reached = new Promise<void>((resolve) => (markReached = resolve));
+    let openGate!: () => void;
+    const gate = new Promise<void>((resolve) => (openGate = resolve));
+    let held = false;
+    const gated = db.withPlugin({
+      transformQuery: (args) => args.node,
+      transformResult: async (args) => {
+        if (!held && args.result.numAffectedRows !== undefined) {
+          held = true;
+          markReached();
+          await gate;
+        }
+        return args.result;
+      },
+    });
+    // One slot: a mark that kept it would keep the second row from being POSTed.
+    const sender = new WebhookSender({
+      db: gated,
+      secret: SECRET,
+      options: { ...WEBHOOK_SENDER_DEFAULTS, pollMs: 60_000, inFlightMax: 1 },
+      log: () => undefined,
+      groupCommit: GROUP_COMMIT,
+    });
+    sender.start();
+    senders.push(sender);
+    const path = `/slot/${Date.now()}`;
+    const first = await insertRow(`${receiver.url}${path}/1`, sender.leaseUntil(new Date()));
+    const second = await insertRow(`${receiver.url}${path}/2`, sender.leaseUntil(new Date()));
+    try {
+      sender.deliver(first);
+      await reached;
+      sender.deliver(second);
+      await waitFor(() => receiver.at(`${path}/2`).length === 1, {
+        what: 'the second POST while the first mark is held',
+      });
+    } finally {
+      openGate();
+    }
+    for (const row of [first, second]) {
+      await waitFor(async () => (await stored(row.id)).delivered_at !== null, {
+        what: `row ${row.id} recorded delivered`,
+      });
+    }
   });
 
   it('gives back the leases of waiting rows at stop; the one in flight counts as an attempt', async () => {
