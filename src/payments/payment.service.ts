@@ -17,6 +17,7 @@ import { executeOrderMessage } from '../messaging/commands.js';
 import type { Names } from '../messaging/subjects.js';
 import type { Db } from '../storage/db.js';
 import { outboxInsert } from '../storage/repositories/outbox.repository.js';
+import { historyRow } from '../storage/repositories/payment-order.repository.js';
 import { commitInOneTrip } from '../storage/one-trip.js';
 import { isConnectionError, isDuplicateKey } from '../storage/errors.js';
 import {
@@ -162,18 +163,21 @@ function creationStatements(
   // order as EXECUTING (the intent to call the PSP, recorded before any call, as the actor's
   // ExecuteOrder transition would), a rejected one as FAILED.
   const history = creations.flatMap(({ payment, decision, now }) =>
-    payment.orders.map((order) => ({
-      order_id: order.id,
-      payment_id: payment.id,
-      version: '0',
-      from_state: ORDER_STATE.notStarted,
-      to_state: order.state,
-      event_type: decision.approved ? 'ExecuteOrder' : 'RiskRejected',
-      detail: JSON.stringify(
-        decision.approved ? EXECUTE_ORDER : { rule: decision.rule, message: decision.message },
+    payment.orders.map((order) =>
+      historyRow(
+        { id: order.id, paymentId: payment.id },
+        {
+          version: 0n,
+          fromState: ORDER_STATE.notStarted,
+          toState: order.state,
+          eventType: decision.approved ? 'ExecuteOrder' : 'RiskRejected',
+          detail: JSON.stringify(
+            decision.approved ? EXECUTE_ORDER : { rule: decision.rule, message: decision.message },
+          ),
+          at: now,
+        },
       ),
-      created_at: now,
-    })),
+    ),
   );
   if (history.length > 0) {
     statements.push(db.insertInto('payment_order_transition').values(history).compile());

@@ -3,7 +3,7 @@
  * order's state: one UPDATE guarded by `version`, the transition's history row, the payment's
  * aggregate state, and the ledger/wallet effects, all inside the caller's transaction.
  */
-import { sql, type CompiledQuery } from 'kysely';
+import { sql, type CompiledQuery, type Insertable } from 'kysely';
 import { isCurrencyCode } from '../../domain/money.js';
 import {
   isOrderState,
@@ -12,7 +12,7 @@ import {
   type PaymentOrder,
 } from '../../domain/payment-order.js';
 import type { Db } from '../db.js';
-import type { PaymentOrderRow } from '../schema.js';
+import type { PaymentOrderRow, PaymentOrderTransitionTable } from '../schema.js';
 import { caseOfId } from '../sql.js';
 import type { Trx } from '../transaction.js';
 
@@ -80,14 +80,42 @@ export async function findPaymentOrders(
   return rows.map(toPaymentOrder);
 }
 
-/** Serialises an event for the history table: bigints become strings. */
 /** What caused a transition: any event with a type; the rest is kept as its detail. */
 export type TransitionCause = Readonly<{ type: string }>;
 
-function eventDetail(event: TransitionCause): string {
+/** Serialises an event for the history table: bigints become strings. */
+export function eventDetail(event: TransitionCause): string {
   return JSON.stringify(event, (_key, value: unknown) =>
     typeof value === 'bigint' ? value.toString() : value,
   );
+}
+
+/**
+ * The history row of one transition: the order became `version` by moving from `fromState` to
+ * `toState` on `eventType`; `detail` is JSON text. The creation's rows (version 0) and the
+ * actor's both come from here.
+ */
+export function historyRow(
+  order: Readonly<{ id: string; paymentId: string }>,
+  change: Readonly<{
+    version: bigint;
+    fromState: string;
+    toState: string;
+    eventType: string;
+    detail: string;
+    at: Date;
+  }>,
+): Insertable<PaymentOrderTransitionTable> {
+  return {
+    order_id: order.id,
+    payment_id: order.paymentId,
+    version: change.version.toString(),
+    from_state: change.fromState,
+    to_state: change.toState,
+    event_type: change.eventType,
+    detail: change.detail,
+    created_at: change.at,
+  };
 }
 
 export type PersistResult = 'persisted' | 'stale';
@@ -225,16 +253,16 @@ export function transitionStatements(
     db
       .insertInto('payment_order_transition')
       .values(
-        accepted.map((input) => ({
-          order_id: input.previous.id,
-          payment_id: input.previous.paymentId,
-          version: (input.previous.version + 1n).toString(),
-          from_state: input.previous.state,
-          to_state: input.next.state,
-          event_type: input.event.type,
-          detail: eventDetail(input.event),
-          created_at: input.now,
-        })),
+        accepted.map((input) =>
+          historyRow(input.previous, {
+            version: input.previous.version + 1n,
+            fromState: input.previous.state,
+            toState: input.next.state,
+            eventType: input.event.type,
+            detail: eventDetail(input.event),
+            at: input.now,
+          }),
+        ),
       )
       .compile(),
   ];
