@@ -439,9 +439,16 @@ function summarize(name: string, load: LoadResult, usage: Usage): LoadPhase {
  * wakes its reader; on a busy machine the reader (a MariaDB connection thread, nats-server) then
  * often runs on the writer's vCPU first, and the event loop waits inside the write meanwhile.
  */
-function socketWritesTable(phases: readonly SettleWrites[]): string[] {
+function socketWritesTable(
+  profiled: readonly SettleProfiled[],
+  profiles: Readonly<Record<string, ProfileSummary>>,
+): string[] {
   const perOrder = (ms: number, orders: number) =>
     orders === 0 ? '–' : ((ms * 1000) / orders).toFixed(0);
+  const phases = profiled.flatMap(({ phase, orders, profile }) => {
+    const summary = profiles[profile];
+    return summary === undefined ? [] : [{ phase, orders, summary }];
+  });
   const writers = new Map<string, number>();
   for (const { summary } of phases) {
     for (const write of summary.writes)
@@ -545,11 +552,11 @@ type ThroughputResults = {
   profiles: Record<string, ProfileSummary> | undefined;
   /** Where create→terminal time went, per phase (from the transition history). */
   stages: Record<string, StageLatency[]>;
-  /** With --profile: Settle's main thread inside socket writes, per profiled phase. */
-  settleWrites: SettleWrites[];
+  /** With --profile: Settle's profiled phases, their orders and their key in `profiles`. */
+  settleProfiled: SettleProfiled[];
 };
 
-type SettleWrites = Readonly<{ phase: string; orders: number; summary: ProfileSummary }>;
+type SettleProfiled = Readonly<{ phase: string; orders: number; profile: string }>;
 
 async function throughputPhases(options: Options): Promise<ThroughputResults> {
   const profileDir = options.profile
@@ -561,7 +568,7 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
     profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profileDir}`],
   );
   const profiles: Record<string, ProfileSummary> = {};
-  const settleWrites: SettleWrites[] = [];
+  const settleProfiled: SettleProfiled[] = [];
   const keepProfile = (name: string, text: string) => {
     if (options.profileKeepDir === undefined) return;
     mkdirSync(options.profileKeepDir, { recursive: true });
@@ -596,9 +603,9 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
   ) => {
     const profile = await pending;
     if (!profile) return;
-    const summary = summarizeProfile(profile);
-    profiles[`settle (${phase} phase)`] = summary;
-    settleWrites.push({ phase, orders, summary });
+    const key = `settle (${phase} phase)`;
+    profiles[key] = summarizeProfile(profile);
+    settleProfiled.push({ phase, orders, profile: key });
     keepProfile(`settle-${phase.replace(/ /g, '-')}.cpuprofile`, JSON.stringify(profile));
   };
   await setPspBehavior(stack, { autoPayCard: '4242424242424242', latencyMs: options.pspLatencyMs });
@@ -709,7 +716,7 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
     summarizePspProfile();
     return {
       profiles,
-      settleWrites,
+      settleProfiled,
       spread,
       half,
       hot,
@@ -1118,8 +1125,8 @@ function report(
     'Where Settle waits, spread phase (timers are wall time of awaited calls, they overlap across orders):',
   );
   out.push(table(['timer', 'calls/order', 'ms/order', 'ms/call'], breakdown(spread)));
-  if (throughput.settleWrites.length > 0)
-    out.push('', ...socketWritesTable(throughput.settleWrites));
+  if (throughput.settleProfiled.length > 0)
+    out.push('', ...socketWritesTable(throughput.settleProfiled, throughput.profiles ?? {}));
   for (const [name, profile] of Object.entries(throughput.profiles ?? {})) {
     out.push('');
     out.push(`${name} CPU profile, ${f0(profile.busyMs)} ms busy; self time by area:`);
