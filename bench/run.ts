@@ -4,10 +4,11 @@
  *
  * Phases: (1) the ceiling (bench/ceiling.ts as a child process), spread over many sellers and for
  * one hot seller; (2) Settle end to end at maximum load (closed loop), every order paid by the PSP
- * mock's auto-pay; (3) latency at half that load (open loop); (4) the hot seller; (5) memory with
- * many idle (registered, unpaid) orders and passivated actors. Settle and the PSP mock are child
- * processes with their own databases and NATS namespace; the run ends with the money invariants
- * and exits non-zero if any fails. See `--help`.
+ * mock's auto-pay; (3) latency at half that load (open loop; `--open-loop-percent` sets another
+ * share); (4) the hot seller; (5) memory with many idle (registered, unpaid) orders and
+ * passivated actors. Settle and the PSP mock are child processes with their own databases and
+ * NATS namespace; the run ends with the money invariants and exits non-zero if any fails. See
+ * `--help`.
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -48,6 +49,7 @@ const HELP = `npm run bench -- [options]
   --warmup <s>              seconds of unmeasured closed-loop load first, for V8's JIT (default 10)
   --idle-orders <n>         idle orders for the memory phase; 0 skips it (default 100000)
   --no-hot-seller           skip the hot-seller phase
+  --open-loop-percent <n>   the open-loop phase's rate, in % of the spread rate (default 50: half load)
   --quick                   a short run for CI (~1 min): 3 s phases, 1 s warm-up, 2000 idle orders
   --profile                 CPU profiles: Settle's during the spread and half-load phases, the PSP mock's whole life
   --profile-dir <dir>       with --profile: also keep the raw .cpuprofile files there (for DevTools)
@@ -67,6 +69,8 @@ type Options = Readonly<{
   warmupMs: number;
   idleOrders: number;
   hotSeller: boolean;
+  /** The open-loop phase's rate in % of the spread phase's (50: the issue's "half load"). */
+  openLoopPercent: number;
   quick: boolean;
   profile: boolean;
   profileKeepDir: string | undefined;
@@ -91,6 +95,7 @@ function parseOptions(argv: string[]): Options {
       warmup: { type: 'string' },
       'idle-orders': { type: 'string' },
       'hot-seller': { type: 'boolean', default: true },
+      'open-loop-percent': { type: 'string' },
       quick: { type: 'boolean', default: false },
       profile: { type: 'boolean', default: false },
       'profile-dir': { type: 'string' },
@@ -131,6 +136,7 @@ function parseOptions(argv: string[]): Options {
     warmupMs: int('warmup', values.warmup, quick ? 1 : 10, 0) * 1000,
     idleOrders: int('idle-orders', values['idle-orders'], quick ? 2_000 : 100_000, 0),
     hotSeller: values['hot-seller'],
+    openLoopPercent: int('open-loop-percent', values['open-loop-percent'], 50, 1),
     quick,
     profile: values.profile || values['profile-dir'] !== undefined,
     profileKeepDir: values['profile-dir'],
@@ -148,6 +154,11 @@ function parseOptions(argv: string[]): Options {
     natsUrl: values['nats-url'],
     actorIdleMs: quick ? 2_000 : 5_000,
   };
+}
+
+/** The open-loop phase's name: "half load" at the default 50 %, else "<n> % load". */
+function openLoopName(options: Pick<Options, 'openLoopPercent'>): string {
+  return options.openLoopPercent === 50 ? 'half load' : `${options.openLoopPercent} % load`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -658,8 +669,12 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
     );
     checkInterrupted();
 
-    const halfRate = Math.max(1, (spread.ordersPerS / options.ordersPerPayment) * 0.5);
-    log(`half load: open loop, ${halfRate.toFixed(0)} payments/s`);
+    const openLoop = openLoopName(options);
+    const halfRate = Math.max(
+      1,
+      (spread.ordersPerS / options.ordersPerPayment) * (options.openLoopPercent / 100),
+    );
+    log(`${openLoop}: open loop, ${halfRate.toFixed(0)} payments/s`);
     before = await snapshot(stack);
     const halfProfile = profileSettle();
     const halfLoad = await driver.openLoop({
@@ -670,10 +685,10 @@ async function throughputPhases(options: Options): Promise<ThroughputResults> {
       inFlightMax: options.concurrency * 8,
     });
     paymentsCreated += halfLoad.samples.length;
-    const half = summarize('half load', halfLoad, usageBetween(before, await snapshot(stack)));
-    await keepSettleProfile(halfProfile, 'half-load', half.orders);
+    const half = summarize(openLoop, halfLoad, usageBetween(before, await snapshot(stack)));
+    await keepSettleProfile(halfProfile, openLoop.replace(/ /g, '-'), half.orders);
     log(
-      `  half load: ${half.ordersPerS.toFixed(0)} orders/s, create→terminal p99 ${half.terminalMs.p99} ms`,
+      `  ${openLoop}: ${half.ordersPerS.toFixed(0)} orders/s, create→terminal p99 ${half.terminalMs.p99} ms`,
     );
     checkInterrupted();
 
@@ -973,7 +988,7 @@ function report(
           ? []
           : [
               [
-                `half load (open loop)`,
+                `${half.name} (open loop)`,
                 '–',
                 f0(half.ordersPerS),
                 '–',
