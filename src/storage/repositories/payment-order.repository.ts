@@ -84,7 +84,7 @@ export async function findPaymentOrders(
 export type TransitionCause = Readonly<{ type: string }>;
 
 /** Serialises an event for the history table: bigints become strings. */
-export function eventDetail(event: TransitionCause): string {
+function eventDetail(event: TransitionCause): string {
   return JSON.stringify(event, (_key, value: unknown) =>
     typeof value === 'bigint' ? value.toString() : value,
   );
