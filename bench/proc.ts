@@ -35,6 +35,8 @@ export type ThreadSchedule = Readonly<{
   waitMs: number;
   /** Times the scheduler took the CPU away while the thread could still run. */
   preemptions: number;
+  /** Times the thread went to sleep (waiting for I/O or a timer) and was woken again. */
+  wakeUps: number;
 }>;
 
 /**
@@ -50,8 +52,16 @@ export function sampleMainThread(pid: number): ThreadSchedule | undefined {
       .map(Number);
     const status = readFileSync(`/proc/${pid}/task/${pid}/status`, 'utf8');
     const preemptions = /^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(status);
-    if (runNs === undefined || waitNs === undefined || preemptions === null) return undefined;
-    return { runMs: runNs / 1e6, waitMs: waitNs / 1e6, preemptions: Number(preemptions[1]) };
+    const sleeps = /^voluntary_ctxt_switches:\s+(\d+)/m.exec(status);
+    if (runNs === undefined || waitNs === undefined || preemptions === null || sleeps === null) {
+      return undefined;
+    }
+    return {
+      runMs: runNs / 1e6,
+      waitMs: waitNs / 1e6,
+      preemptions: Number(preemptions[1]),
+      wakeUps: Number(sleeps[1]),
+    };
   } catch {
     return undefined;
   }

@@ -322,6 +322,7 @@ function usageBetween(
             runMs: m1.runMs - m0.runMs,
             waitMs: m1.waitMs - m0.waitMs,
             preemptions: m1.preemptions - m0.preemptions,
+            wakeUps: m1.wakeUps - m0.wakeUps,
           },
     timers,
   };
@@ -1108,13 +1109,13 @@ function report(
   );
   if (scheduled.length > 0) {
     out.push(
-      "Settle's event-loop thread per order (/proc/<pid>/task/<pid>/schedstat): time on a CPU, " +
-        'time runnable but waiting for one, and times preempted.',
-      'Work that comes in small pieces runs slower cold (see Machine above) and is preempted more:',
+      "Settle's event-loop thread per order (/proc/<pid>/task/<pid>/schedstat and status): time on " +
+        'a CPU, time runnable but waiting for one, times preempted, and times it slept and was woken.',
+      'Work that comes in small pieces (fewer orders per wake-up) runs slower cold (see Machine above) and is preempted more:',
     );
     out.push(
       table(
-        ['phase', 'on a CPU ms', 'waiting for a CPU ms', 'preempted'],
+        ['phase', 'on a CPU ms', 'waiting for a CPU ms', 'preempted', 'woken'],
         scheduled.map((p) => {
           const thread = p.usage.settleMainThread as ThreadSchedule;
           const orders = Math.max(1, p.orders);
@@ -1123,6 +1124,7 @@ function report(
             (thread.runMs / orders).toFixed(2),
             (thread.waitMs / orders).toFixed(2),
             (thread.preemptions / orders).toFixed(2),
+            (thread.wakeUps / orders).toFixed(2),
           ];
         }),
       ),

@@ -1,7 +1,8 @@
 /**
  * Goal: the bench reads how a process's event-loop thread was scheduled from /proc: its time on
- * a CPU grows by the CPU it burns, and the counters only grow. Method: this test's own process,
- * before and after ~60 ms of busy work on its main thread.
+ * a CPU grows by the CPU it burns, the counters only grow, and every sleep counts as a wake-up.
+ * Method: this test's own process, before and after ~60 ms of busy work on its main thread, and
+ * around five timers that each put it to sleep.
  */
 import { describe, expect, it } from 'vitest';
 import { sampleMainThread } from '../../bench/proc.js';
@@ -23,6 +24,15 @@ describe('sampleMainThread', () => {
     expect(after.runMs - before.runMs).toBeLessThan(burnedMs + 50);
     expect(after.waitMs).toBeGreaterThanOrEqual(before.waitMs);
     expect(after.preemptions).toBeGreaterThanOrEqual(before.preemptions);
+  });
+
+  it('counts the times the main thread slept and was woken', async () => {
+    const before = sampleMainThread(process.pid);
+    for (let i = 0; i < 5; i += 1) await new Promise((resolve) => setTimeout(resolve, 5));
+    const after = sampleMainThread(process.pid);
+    if (before === undefined || after === undefined) throw new Error('no schedstat');
+    // Each 5 ms timer puts the event loop to sleep in epoll_wait until it fires.
+    expect(after.wakeUps - before.wakeUps).toBeGreaterThanOrEqual(5);
   });
 
   it('answers undefined for a process that is gone', () => {
