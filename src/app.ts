@@ -82,6 +82,8 @@ export type SettleNode = Readonly<{
   grpcPort: number;
   httpPort: number;
   db: Db;
+  /** The pool of one-packet transactions (creations, transitions, the outbox relay). */
+  oneTripDb: Db;
   nc: NatsConnection;
   names: Names;
   payments: PaymentService;
@@ -131,13 +133,25 @@ export async function startSettle(
   try {
     await ensureDatabase(config.MYSQL_URL);
     const timings = config.DEBUG_STATS ? new Timings() : undefined;
+    const onQuery = timings && {
+      onQuery: (text: string, ms: number) => timings.record(sqlTimerName(text), ms),
+    };
     const { db, close: closeDb } = openDatabase(config.MYSQL_URL, {
       poolSize: config.MYSQL_POOL_SIZE,
-      ...(timings && { onQuery: (text, ms) => timings.record(sqlTimerName(text), ms) }),
+      ...onQuery,
     });
     cleanups.push(closeDb);
+    // One-packet transactions (the group commits of creations and transitions, the outbox
+    // relay) need packets of several statements. They get a pool of their own that allows
+    // them; every other query goes through `db`, whose server refuses a second statement.
+    const { db: oneTripDb, close: closeOneTripDb } = openDatabase(config.MYSQL_URL, {
+      poolSize: Math.min(config.MYSQL_POOL_SIZE, 2 * config.GROUP_COMMITS_IN_FLIGHT + 1),
+      multipleStatements: true,
+      ...onQuery,
+    });
+    cleanups.push(closeOneTripDb);
     await migrateToLatest(db);
-    await assertGuardsTrip(db);
+    await assertGuardsTrip(oneTripDb);
 
     const nc = await connectNats(config.NATS_URL, nodeName);
     cleanups.push(() => nc.drain().catch(() => nc.close()));
@@ -178,7 +192,7 @@ export async function startSettle(
     events.start();
     cleanups.push(() => events.stop());
 
-    const relay = new OutboxRelay(db, js, {
+    const relay = new OutboxRelay(oneTripDb, js, {
       batchMax: config.OUTBOX_BATCH_MAX,
       pollMs: config.OUTBOX_POLL_MS,
       publishTimeoutMs: 5_000,
@@ -198,7 +212,7 @@ export async function startSettle(
         },
       }),
     });
-    const batcher = new TransitionBatcher(db, groupCommit('transitions'));
+    const batcher = new TransitionBatcher(oneTripDb, groupCommit('transitions'));
     const loader = new OrderLoader(db, groupCommit('loads'));
     cleanups.push(() => batcher.stop(graceLeft()));
 
@@ -313,6 +327,7 @@ export async function startSettle(
 
     const payments = new PaymentService({
       db,
+      oneTripDb,
       names,
       risk: {
         maxPaymentAmountMinor: config.RISK_MAX_PAYMENT_AMOUNT_MINOR,
@@ -580,6 +595,7 @@ export async function startSettle(
       grpcPort,
       httpPort,
       db,
+      oneTripDb,
       nc,
       names,
       payments,

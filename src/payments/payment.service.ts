@@ -54,6 +54,11 @@ const WATCH_DURATION_MS_MAX = 60 * 60_000;
 
 export type PaymentServiceDeps = Readonly<{
   db: Db;
+  /**
+   * Where creations are written, in one packet each batch: a pool that allows several statements
+   * per packet (storage/db.ts `multipleStatements`). Reads go through `db`.
+   */
+  oneTripDb: Db;
   names: Names;
   risk: RiskRules;
   events: PaymentEvents;
@@ -207,9 +212,9 @@ export class PaymentService {
         : new GroupCommit<Creation, void>({
             name: 'payment creations',
             ...group.creations,
-            writeOne: (creation) => writeCreationsEitherWay(deps.db, [creation], deps.names),
+            writeOne: (creation) => writeCreationsEitherWay(deps.oneTripDb, [creation], deps.names),
             writeBatch: async (creations) => {
-              await writeCreationsEitherWay(deps.db, creations, deps.names);
+              await writeCreationsEitherWay(deps.oneTripDb, creations, deps.names);
               return creations.map(() => undefined);
             },
           });
@@ -229,7 +234,7 @@ export class PaymentService {
       const held = creation.heldUntil === undefined ? 0 : creation.payment.orders.length;
       try {
         await (this.creations?.submit(creation) ??
-          writeCreationsEitherWay(this.deps.db, [creation], this.deps.names));
+          writeCreationsEitherWay(this.deps.oneTripDb, [creation], this.deps.names));
       } catch (error) {
         if (held > 0) this.deps.local?.unreserve(held);
         if (!isDuplicateKey(error)) throw toUnavailable(error);

@@ -124,6 +124,12 @@ export function openDatabase<DB = Database>(
     poolSize: number;
     /** Called after every statement with its SQL text and duration (timers; off when unset). */
     onQuery?: (sql: string, ms: number) => void;
+    /**
+     * Lets one packet carry several statements, which one-packet transactions need
+     * (storage/one-trip.ts). Off by default: on a pool without it, a statement that somehow
+     * carried a `;` and a second statement is refused by the server instead of run.
+     */
+    multipleStatements?: boolean;
   },
 ): { db: Kysely<DB>; pool: Pool; close: () => Promise<void> } {
   const target = parseMysqlUrl(url);
@@ -140,9 +146,7 @@ export function openDatabase<DB = Database>(
     timezone: 'Z',
     charset: 'utf8mb4',
     enableKeepAlive: true,
-    // Group-commit transactions send their statements as one packet (see one-trip.ts). Every
-    // statement is compiled by Kysely with bound parameters, so no outside string can add one.
-    multipleStatements: true,
+    multipleStatements: options.multipleStatements ?? false,
   });
   const onQuery = options.onQuery;
   const db = new Kysely<DB>({

@@ -22,8 +22,9 @@ import { CompiledQuery, type Kysely } from 'kysely';
 import { isCheckViolation } from './errors.js';
 
 /**
- * Any Kysely database on a mysql2 pool with `multipleStatements` (storage/db.ts): Settle's, and the
- * PSP mock's, which has a guard table of its own.
+ * A Kysely database on a mysql2 pool opened with `multipleStatements` (storage/db.ts): Settle's
+ * pool of one-packet writers (its main pool refuses such packets), and the PSP mock's, which has
+ * a guard table of its own.
  */
 // The schema does not matter here: only raw compiled statements are run.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any

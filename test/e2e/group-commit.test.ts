@@ -7,7 +7,8 @@
  * writes submitted in one event-loop turn, batch sizes recorded through onBatch or the node's
  * /debug/stats) and the rows are counted afterwards. The webhook inbox (the durable way of a
  * webhook) is driven directly: a burst of events is recorded together, and a repeated event id
- * in a batch sends that batch event by event.
+ * in a batch sends that batch event by event. The node answers queries from a pool that refuses
+ * packets of several statements, and writes its batches through one that allows them.
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -143,7 +144,7 @@ describe('group commit of transitions', () => {
     );
     const sizes: number[] = [];
     const failedBatches: number[] = [];
-    const batcher = new TransitionBatcher(stack.settle.db, {
+    const batcher = new TransitionBatcher(stack.settle.oneTripDb, {
       batchMax: 100,
       inFlightMax: 1,
       queueMax: 1_000,
@@ -199,6 +200,7 @@ describe('group commit of transitions', () => {
     const statements: string[] = [];
     const counted = openDatabase(stack.config.MYSQL_URL, {
       poolSize: 2,
+      multipleStatements: true,
       onQuery: (text) => statements.push(text.trimStart().split(/\s+/, 2).join(' ')),
     });
     const batches: Array<{ size: number; ok: boolean }> = [];
@@ -238,7 +240,7 @@ describe('group commit of transitions', () => {
     );
     const orders = await Promise.all(orderIds.map((id) => findPaymentOrder(stack.settle.db, id)));
     const batches: Array<{ size: number; ok: boolean }> = [];
-    const batcher = new TransitionBatcher(stack.settle.db, {
+    const batcher = new TransitionBatcher(stack.settle.oneTripDb, {
       batchMax: 100,
       inFlightMax: 1,
       queueMax: 1_000,
@@ -281,7 +283,7 @@ describe('group commit of transitions', () => {
       VALUES (${`ltx_GC${randomUUID().replace(/-/g, '').slice(0, 24).toUpperCase()}`}, ${culprit.id},
         'PAYMENT', 'USD', 1, NOW(3))`.execute(stack.settle.db);
     const sizes: number[] = [];
-    const batcher = new TransitionBatcher(stack.settle.db, {
+    const batcher = new TransitionBatcher(stack.settle.oneTripDb, {
       batchMax: 100,
       inFlightMax: 1,
       queueMax: 1_000,
@@ -310,6 +312,24 @@ describe('group commit of transitions', () => {
   });
 });
 
+describe("the node's two pools", () => {
+  it('answers queries from a pool that refuses a second statement; one-packet writes use their own', async () => {
+    const refused = await sql`SELECT 1; SELECT 2`
+      .execute(stack.settle.db)
+      .catch((error: unknown) => error);
+    expect((refused as { errno?: number }).errno).toBe(1064); // ER_PARSE_ERROR: nothing ran
+    const both = await sql`SELECT 1 AS a; SELECT 2 AS b`.execute(stack.settle.oneTripDb);
+    expect(both.rows).toHaveLength(2);
+    // And the node's writers use it: the creation and the token are each one packet that
+    // committed (a packet refused by the other pool is not counted, and falls back to BEGIN).
+    const before = await debugTimers();
+    await registeredOrders([`seller-pools-${randomUUID()}`]);
+    const after = await debugTimers();
+    const packets = (after['sql.start']?.count ?? 0) - (before['sql.start']?.count ?? 0);
+    expect(packets).toBeGreaterThanOrEqual(2);
+  });
+});
+
 describe('a transition alone', () => {
   it('answers a stale write at once from its failed packet: no second way', async () => {
     const [orderId = ''] = await registeredOrders([`seller-ga-${randomUUID()}`]);
@@ -317,6 +337,7 @@ describe('a transition alone', () => {
     const statements: string[] = [];
     const counted = openDatabase(stack.config.MYSQL_URL, {
       poolSize: 1,
+      multipleStatements: true,
       onQuery: (text) => statements.push(text.trimStart().split(/\s+/, 2).join(' ')),
     });
     const batcher = new TransitionBatcher(counted.db, {

@@ -247,6 +247,7 @@ describe('JetStream is the backstop', () => {
     const events = new PaymentEvents(node.nc, node.names, 100);
     const dying = new PaymentService({
       db: node.db,
+      oneTripDb: node.oneTripDb,
       names: node.names,
       risk: { maxPaymentAmountMinor: 1_000_000n, blockedBuyerIds: new Set() },
       events,

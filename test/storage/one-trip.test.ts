@@ -5,7 +5,8 @@
  * statement after the tripped guard; a two-trip transaction (all statements in one packet, then
  * COMMIT or ROLLBACK) commits only what `decide` accepts, leaves nothing behind when it refuses or
  * when a statement fails midway, and hands `decide` every statement's result; MYSQL_URL's
- * `?socket=` reaches the server through its Unix socket. Method: real MariaDB, rows counted after
+ * `?socket=` reaches the server through its Unix socket; a pool refuses packets of several
+ * statements unless it is opened for one-packet transactions. Method: real MariaDB, rows counted after
  * each case, the statements the server got counted through the pool's query hook.
  */
 import { existsSync } from 'node:fs';
@@ -29,7 +30,10 @@ let url: string;
 let db: Db;
 let close: () => Promise<void>;
 beforeAll(async () => {
-  ({ db, url, close } = await openTestDatabase('settle_onetrip_t', { poolSize: 2 }));
+  ({ db, url, close } = await openTestDatabase('settle_onetrip_t', {
+    poolSize: 2,
+    multipleStatements: true,
+  }));
 });
 afterAll(async () => {
   await close?.();
@@ -74,7 +78,11 @@ describe('commitInOneTrip', () => {
 
   it('commits statements, guards that hold and the COMMIT in one round trip', async () => {
     const packets: string[] = [];
-    const counted = openDatabase(url, { poolSize: 1, onQuery: (text) => packets.push(text) });
+    const counted = openDatabase(url, {
+      poolSize: 1,
+      multipleStatements: true,
+      onQuery: (text) => packets.push(text),
+    });
     try {
       const outcome = await commitInOneTrip(counted.db, [
         inboxRow('h-1'),
@@ -329,5 +337,23 @@ describe('MYSQL_URL ?socket=', () => {
     } finally {
       await opened.close();
     }
+  });
+});
+
+describe('openDatabase and several statements per packet', () => {
+  it('refuses a packet of two statements unless the pool is opened for one-packet transactions', async () => {
+    const plain = openDatabase(url, { poolSize: 1 });
+    try {
+      const refused = await sql`SELECT 1; SELECT 2`
+        .execute(plain.db)
+        .catch((error: unknown) => error);
+      // The server sees one malformed statement: ER_PARSE_ERROR, and nothing of it runs.
+      expect((refused as { errno?: number }).errno).toBe(1064);
+    } finally {
+      await plain.close();
+    }
+    // The pool of this file is opened for them: both statements run, one result set each.
+    const results = await sql`SELECT 1 AS a; SELECT 2 AS b`.execute(db);
+    expect(results.rows).toEqual([[{ a: 1 }], [{ b: 2 }]]);
   });
 });

@@ -21,7 +21,10 @@ import { openTestDatabase } from '../support/harness.js';
 let db: Db;
 let close: () => Promise<void>;
 beforeAll(async () => {
-  ({ db, close } = await openTestDatabase('settle_idem_t', { poolSize: 2 }));
+  ({ db, close } = await openTestDatabase('settle_idem_t', {
+    poolSize: 2,
+    multipleStatements: true,
+  }));
 });
 afterAll(async () => {
   await close?.();

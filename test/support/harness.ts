@@ -75,7 +75,7 @@ export type TestDatabase = Readonly<{ db: Db; url: string; close: () => Promise<
  */
 export async function openTestDatabase(
   prefix: string,
-  options: Readonly<{ poolSize: number }>,
+  options: Readonly<{ poolSize: number; multipleStatements?: boolean }>,
 ): Promise<TestDatabase> {
   const url = testDatabaseUrl(prefix);
   await ensureDatabase(url);

@@ -112,7 +112,11 @@ export async function startPspMock(options: StartPspMockOptions): Promise<PspMoc
 
   try {
     await ensureDatabase(mysqlUrl);
-    const database = openDatabase<PspDatabase>(mysqlUrl, { poolSize: POOL_SIZE });
+    // Registrations, decisions and webhook rows are written in one-packet transactions.
+    const database = openDatabase<PspDatabase>(mysqlUrl, {
+      poolSize: POOL_SIZE,
+      multipleStatements: true,
+    });
     cleanups.push(database.close);
     await migratePspToLatest(database.db);
     // Decisions commit in one packet behind a row-count guard: it must be able to fail.

@@ -50,7 +50,7 @@ let rowNumber = 0;
 beforeAll(async () => {
   mysqlUrl = uniqueDatabaseUrl('settle_psp_sender');
   await ensureDatabase(mysqlUrl);
-  const opened = openDatabase<PspDatabase>(mysqlUrl, { poolSize: 4 });
+  const opened = openDatabase<PspDatabase>(mysqlUrl, { poolSize: 4, multipleStatements: true });
   db = opened.db;
   closeDb = opened.close;
   await migratePspToLatest(db);
