@@ -67,6 +67,41 @@ export function sampleMainThread(pid: number): ThreadSchedule | undefined {
   }
 }
 
+export type Switches = Readonly<{
+  /** Times a thread went to sleep and was woken again (voluntary context switches). */
+  wakeUps: number;
+  /** Times a thread lost its CPU while it could still run (involuntary context switches). */
+  preemptions: number;
+}>;
+
+/** Threads of one process read at most (MariaDB runs a few dozen). */
+const TASKS_MAX = 1_000;
+
+/**
+ * Context switches of every thread of a process, summed (/proc/<pid>/task/<tid>/status);
+ * undefined when the process is gone. Threads that ended before the read are not counted.
+ */
+export function sampleSwitches(pid: number): Switches | undefined {
+  let tasks: string[];
+  try {
+    tasks = readdirSync(`/proc/${pid}/task`).slice(0, TASKS_MAX);
+  } catch {
+    return undefined;
+  }
+  let wakeUps = 0;
+  let preemptions = 0;
+  for (const task of tasks) {
+    try {
+      const status = readFileSync(`/proc/${pid}/task/${task}/status`, 'utf8');
+      wakeUps += Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? 0);
+      preemptions += Number(/^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? 0);
+    } catch {
+      // The thread ended while we looked.
+    }
+  }
+  return { wakeUps, preemptions };
+}
+
 function kbField(status: string, name: string): number {
   const match = new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status);
   return match ? Number(match[1]) : 0;

@@ -31,7 +31,9 @@ import {
   sampleMachine,
   sampleMainThread,
   sampleProcess,
+  sampleSwitches,
   type ProcSample,
+  type Switches,
   type ThreadSchedule,
 } from './proc.js';
 import { sleep } from '../src/chaos/processes.js';
@@ -197,6 +199,8 @@ function checkInterrupted(): void {
 type Snapshot = Readonly<{
   at: number;
   procs: Record<string, ProcSample | undefined>;
+  /** Context switches of every thread of each process (settle, psp-mock, the shared ones, bench). */
+  switches: Record<string, Switches | undefined>;
   machine: { busyMs: number; totalMs: number };
   settleStats: SettleStats | undefined;
   settleMainThread: ThreadSchedule | undefined;
@@ -234,9 +238,23 @@ const sharedPids = {
 
 async function snapshot(stack: BenchStack | undefined): Promise<Snapshot> {
   const procs: Record<string, ProcSample | undefined> = {};
+  const switches: Record<string, Switches | undefined> = {};
   if (stack !== undefined) {
     procs['settle'] = sampleProcess(stack.settle.pid);
     procs['psp-mock'] = sampleProcess(stack.psp.pid);
+    switches['settle'] = sampleSwitches(stack.settle.pid);
+    switches['psp-mock'] = sampleSwitches(stack.psp.pid);
+  }
+  switches['bench'] = sampleSwitches(process.pid);
+  for (const [name, pids] of Object.entries(sharedPids)) {
+    const counted = pids.map(sampleSwitches).filter((c): c is Switches => c !== undefined);
+    switches[name] =
+      counted.length === 0
+        ? undefined
+        : {
+            wakeUps: counted.reduce((sum, c) => sum + c.wakeUps, 0),
+            preemptions: counted.reduce((sum, c) => sum + c.preemptions, 0),
+          };
   }
   for (const [name, pids] of Object.entries(sharedPids)) {
     const samples = pids.map(sampleProcess).filter((s): s is ProcSample => s !== undefined);
@@ -253,6 +271,7 @@ async function snapshot(stack: BenchStack | undefined): Promise<Snapshot> {
   return {
     at: Date.now(),
     procs,
+    switches,
     machine: sampleMachine(),
     settleStats: stack === undefined ? undefined : await settleStats(stack),
     settleMainThread: stack === undefined ? undefined : sampleMainThread(stack.settle.pid),
@@ -269,6 +288,8 @@ type Usage = Readonly<{
   settleEventLoopUtilization: number | undefined;
   /** Settle's event-loop thread over the phase: CPU, waits for a CPU, preemptions. */
   settleMainThread: ThreadSchedule | undefined;
+  /** Context switches of every thread of each process over the phase. */
+  switches: Record<string, Switches>;
   timers: Record<string, TimerStats>;
 }>;
 
@@ -284,6 +305,15 @@ function usageBetween(
   }
   cpuMs['bench'] = after.benchCpuMs - before.benchCpuMs;
   Object.assign(cpuMs, extraCpu);
+  const switches: Record<string, Switches> = {};
+  for (const [name, end] of Object.entries(after.switches)) {
+    const start = before.switches[name];
+    if (end === undefined || start === undefined) continue;
+    switches[name] = {
+      wakeUps: end.wakeUps - start.wakeUps,
+      preemptions: end.preemptions - start.preemptions,
+    };
+  }
   const machineBusyMs = after.machine.busyMs - before.machine.busyMs;
   const known = Object.values(cpuMs).reduce((sum, ms) => sum + ms, 0);
   cpuMs['other'] = Math.max(0, machineBusyMs - known);
@@ -324,6 +354,7 @@ function usageBetween(
             preemptions: m1.preemptions - m0.preemptions,
             wakeUps: m1.wakeUps - m0.wakeUps,
           },
+    switches,
     timers,
   };
 }
@@ -923,6 +954,31 @@ function cpuRow(phase: LoadPhase): string[] {
   ];
 }
 
+/**
+ * Context switches per order of every thread of each process, by phase: how often each slept
+ * and was woken, and how often it lost its CPU while it could still run. Batching shows here:
+ * the fewer orders share a packet or a message, the more wake-ups each order costs.
+ */
+function switchesTable(phases: readonly LoadPhase[]): string[] {
+  const names = ['settle', 'psp-mock', 'mariadbd', 'nats-server', 'bench'];
+  const shown = phases.filter((phase) => Object.keys(phase.usage.switches).length > 0);
+  if (shown.length === 0) return [];
+  const cell = (phase: LoadPhase, name: string) => {
+    const counted = phase.usage.switches[name];
+    if (counted === undefined) return '–';
+    const orders = Math.max(1, phase.orders);
+    return `${(counted.wakeUps / orders).toFixed(2)} / ${(counted.preemptions / orders).toFixed(2)}`;
+  };
+  return [
+    'Context switches per order, every thread of each process (/proc/<pid>/task/*/status): ' +
+      'woken / preempted.',
+    table(
+      ['phase', ...names],
+      shown.map((phase) => [phase.name, ...names.map((name) => cell(phase, name))]),
+    ),
+  ];
+}
+
 function breakdown(phase: LoadPhase): string[][] {
   const entries = Object.entries(phase.usage.timers);
   const sqlTotal = entries
@@ -1104,6 +1160,7 @@ function report(
   out.push(
     `("bench" is the load generator, or the ceiling script in the ceiling row; "other" is CPU no listed process used: other users of this shared machine.)`,
   );
+  out.push(...switchesTable([spread, half, hot].filter((p) => p !== undefined)));
   const scheduled = [spread, half, hot].filter(
     (p): p is LoadPhase => p !== undefined && p.usage.settleMainThread !== undefined,
   );

@@ -1,11 +1,12 @@
 /**
  * Goal: the bench reads how a process's event-loop thread was scheduled from /proc: its time on
  * a CPU grows by the CPU it burns, the counters only grow, and every sleep counts as a wake-up.
- * Method: this test's own process, before and after ~60 ms of busy work on its main thread, and
- * around five timers that each put it to sleep.
+ * The sum over a process's threads counts at least what its main thread does. Method: this test's
+ * own process, before and after ~60 ms of busy work on its main thread, and around five timers
+ * that each put it to sleep.
  */
 import { describe, expect, it } from 'vitest';
-import { sampleMainThread } from '../../bench/proc.js';
+import { sampleMainThread, sampleSwitches } from '../../bench/proc.js';
 
 describe('sampleMainThread', () => {
   it('counts the CPU time the main thread burns', () => {
@@ -37,5 +38,23 @@ describe('sampleMainThread', () => {
 
   it('answers undefined for a process that is gone', () => {
     expect(sampleMainThread(2 ** 22 + 12_345)).toBeUndefined();
+  });
+});
+
+describe('sampleSwitches', () => {
+  it('sums the sleeps of every thread of a process', async () => {
+    const before = sampleSwitches(process.pid);
+    for (let i = 0; i < 5; i += 1) await new Promise((resolve) => setTimeout(resolve, 5));
+    // The main thread first: its count only grows, so the sum read after it covers it.
+    const main = sampleMainThread(process.pid);
+    const after = sampleSwitches(process.pid);
+    if (before === undefined || after === undefined) throw new Error('no /proc/<pid>/task');
+    expect(after.wakeUps - before.wakeUps).toBeGreaterThanOrEqual(5);
+    expect(after.preemptions).toBeGreaterThanOrEqual(before.preemptions);
+    expect(after.wakeUps).toBeGreaterThanOrEqual(main?.wakeUps ?? Infinity);
+  });
+
+  it('answers undefined for a process that is gone', () => {
+    expect(sampleSwitches(2 ** 22 + 12_345)).toBeUndefined();
   });
 });
