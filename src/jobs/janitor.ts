@@ -10,6 +10,7 @@
  */
 import { sql } from 'kysely';
 import { randomUUID } from 'node:crypto';
+import { ORDER_STATE } from '../domain/payment-order.js';
 import { janitorMessage } from '../messaging/commands.js';
 import type { Names } from '../messaging/subjects.js';
 import type { Db } from '../storage/db.js';
@@ -25,6 +26,9 @@ export type JanitorOptions = Readonly<{
 }>;
 
 export type JanitorPass = Readonly<{ expired: string[]; checked: string[] }>;
+
+/** The states in which an order can still need the janitor. */
+const UNFINISHED_STATES = [ORDER_STATE.notStarted, ORDER_STATE.executing] as const;
 
 export class Janitor {
   private timer: NodeJS.Timeout | undefined;
@@ -67,27 +71,35 @@ export class Janitor {
     const expired = await this.claimAndQueue(
       'ExpireOrder',
       now,
-      sql`created_at < ${new Date(now.getTime() - this.options.orderExpiryMs)}`,
+      'created_at',
+      new Date(now.getTime() - this.options.orderExpiryMs),
     );
     const checked = await this.claimAndQueue(
       'CheckOrderStatus',
       now,
-      sql`updated_at < ${new Date(now.getTime() - this.options.stuckMs)}`,
+      'updated_at',
+      new Date(now.getTime() - this.options.stuckMs),
     );
     if (expired.length + checked.length > 0) this.hooks.wakeRelay();
     return { expired, checked };
   }
 
+  /**
+   * Claims at most batchMax unfinished orders whose `column` is before `before` (oldest first)
+   * and not leased, and queues a `type` command for each, in one transaction.
+   */
   private async claimAndQueue(
     type: 'ExpireOrder' | 'CheckOrderStatus',
     now: Date,
-    due: ReturnType<typeof sql>,
+    column: 'created_at' | 'updated_at',
+    before: Date,
   ): Promise<string[]> {
     // Fits janitor_owner (64): 36 (uuid) + 1 + 13 (ms) + 2.
     const claim = `${this.owner}:${now.getTime()}:${type === 'ExpireOrder' ? 'x' : 'c'}`;
     const leaseUntil = new Date(now.getTime() + this.options.leaseMs);
-    const claimable = sql`state IN ('NOT_STARTED', 'EXECUTING') AND ${due}
+    const due = sql`${sql.ref(column)} < ${before}
       AND (janitor_lease_until IS NULL OR janitor_lease_until < ${now})`;
+    const claimable = sql`state IN (${sql.join(UNFINISHED_STATES)}) AND ${due}`;
     return inTransaction(this.db, async (trx) => {
       // Find first (a plain read, no locks), then claim by id: the UPDATE locks only the orders
       // it claims. One UPDATE ... ORDER BY created_at LIMIT n would lock every due order it walks
@@ -95,22 +107,42 @@ export class Janitor {
       // in READ COMMITTED), and stall their own transitions meanwhile. The UPDATE re-checks the
       // conditions on each row's latest version under its lock, so two passes that find the same
       // order still claim it once.
-      const { rows: found } = await sql<{ id: string }>`
-        SELECT id FROM payment_order WHERE ${claimable}
-        ORDER BY created_at
-        LIMIT ${this.options.batchMax}`.execute(trx);
+      //
+      // One read per state: with the state fixed, its (state, column) index hands the due orders
+      // over oldest first and the read stops after batchMax (plus the leased ones it skips). A
+      // read of both states at once sorts every due order of both before the LIMIT, every pass:
+      // 220 ms at 100,000 stuck orders against 11 ms this way (bench/janitor-scan.ts).
+      const candidates: Array<{ id: string; at: Date }> = [];
+      for (const state of UNFINISHED_STATES) {
+        const { rows } = await sql<{ id: string; at: Date }>`
+          SELECT id, ${sql.ref(column)} AS at FROM payment_order
+          WHERE state = ${state} AND ${due}
+          ORDER BY ${sql.ref(column)}
+          LIMIT ${this.options.batchMax}`.execute(trx);
+        candidates.push(...rows);
+      }
+      const found = candidates
+        .sort((a, b) => a.at.getTime() - b.at.getTime())
+        .slice(0, this.options.batchMax);
       if (found.length === 0) return [];
-      await sql`
+      const foundIds = found.map((row) => row.id);
+      const claimed = await sql`
         UPDATE payment_order
         SET janitor_lease_until = ${leaseUntil}, janitor_owner = ${claim}
-        WHERE id IN (${sql.join(found.map((row) => row.id))}) AND ${claimable}`.execute(trx);
-      const rows = await trx
-        .selectFrom('payment_order')
-        .select('id')
-        .where('janitor_owner', '=', claim)
-        .limit(this.options.batchMax)
-        .execute();
-      const ids = rows.map((row) => row.id);
+        WHERE id IN (${sql.join(foundIds)}) AND ${claimable}`.execute(trx);
+      // Usually every order found is claimed. When another pass took some in between, the ones
+      // this UPDATE claimed are those of the found ids that now carry this pass's claim.
+      const ids =
+        Number(claimed.numAffectedRows ?? -1) === found.length
+          ? foundIds
+          : (
+              await trx
+                .selectFrom('payment_order')
+                .select('id')
+                .where('id', 'in', foundIds)
+                .where('janitor_owner', '=', claim)
+                .execute()
+            ).map((row) => row.id);
       await enqueueOutbox(
         trx,
         ids.map((id) => janitorMessage(this.names, type, id, now.getTime())),

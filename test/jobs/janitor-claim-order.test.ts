@@ -1,0 +1,97 @@
+/**
+ * Goal: a janitor pass claims the due orders that have waited longest, across both unfinished
+ * states (NOT_STARTED and EXECUTING, which it reads one state at a time, each in its index's
+ * order), skips the ones another pass has leased, and takes at most batchMax. Method: a migrated
+ * database of its own with orders of both states written a second apart; one pass with a batch
+ * smaller than what is due; the claimed ids and the lease columns are read back.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { sql } from 'kysely';
+import { Janitor } from '../../src/jobs/janitor.js';
+import { names } from '../../src/messaging/subjects.js';
+import type { Db } from '../../src/storage/db.js';
+import { paymentInserts } from '../../src/storage/repositories/payment.repository.js';
+import { openTestDatabase } from '../support/harness.js';
+
+let db: Db;
+let close: () => Promise<void>;
+beforeAll(async () => {
+  ({ db, close } = await openTestDatabase('settle_janitor_order', { poolSize: 2 }));
+});
+afterAll(async () => close?.());
+
+const HOUR_MS = 3_600_000;
+
+async function insertOrder(suffix: string, state: 'NOT_STARTED' | 'EXECUTING', at: Date) {
+  const orderId = `ord_01JD2Q7Z8X9Y0A1B2C3D4E5${suffix}`;
+  for (const statement of paymentInserts(db, [
+    {
+      payment: {
+        id: `pay_01JD2Q7Z8X9Y0A1B2C3D4E5${suffix}`,
+        buyerId: 'buyer-order',
+        requestId: `r-order-${suffix}`,
+        currency: 'USD',
+        amountMinor: 700n,
+        state: 'EXECUTING',
+        failureReason: undefined,
+        orders: [
+          {
+            id: orderId,
+            sellerId: `seller-${suffix}`,
+            amountMinor: 700n,
+            state,
+            failureReason: undefined,
+            attempts: 0,
+          },
+        ],
+      },
+      now: at,
+    },
+  ])) {
+    await db.executeQuery(statement);
+  }
+  return orderId;
+}
+
+describe('janitor claim order', () => {
+  it('claims the longest-waiting due orders of both states first, skips leased ones, takes batchMax', async () => {
+    const now = new Date();
+    const first = now.getTime() - HOUR_MS;
+    // Due for expiry, a second apart; the oldest is leased elsewhere. The pass reads
+    // NOT_STARTED first, so only merging by age takes the two older EXECUTING orders first.
+    const leased = await insertOrder('O01', 'EXECUTING', new Date(first));
+    const b = await insertOrder('O02', 'EXECUTING', new Date(first + 1_000));
+    const c = await insertOrder('O03', 'EXECUTING', new Date(first + 2_000));
+    const d = await insertOrder('O04', 'NOT_STARTED', new Date(first + 3_000));
+    const newest = await insertOrder('O05', 'NOT_STARTED', new Date(first + 4_000));
+    await sql`UPDATE payment_order SET janitor_lease_until = ${new Date(now.getTime() + HOUR_MS)},
+      janitor_owner = 'another-pass' WHERE id = ${leased}`.execute(db);
+
+    const janitor = new Janitor(
+      db,
+      names('jorder', 1),
+      {
+        orderExpiryMs: 15 * 60_000,
+        stuckMs: 2 * HOUR_MS, // nothing is due for a status check
+        intervalMs: 60_000,
+        batchMax: 3,
+        leaseMs: 60_000,
+      },
+      { now: () => now, wakeRelay: () => {} },
+    );
+    const pass = await janitor.runOnce();
+    expect([...pass.expired].sort()).toEqual([b, c, d].sort());
+    expect(pass.checked).toEqual([]);
+
+    const { rows } = await sql<{ id: string; janitor_owner: string | null }>`
+      SELECT id, janitor_owner FROM payment_order ORDER BY created_at`.execute(db);
+    const owners = Object.fromEntries(rows.map((row) => [row.id, row.janitor_owner]));
+    expect(owners[leased]).toBe('another-pass');
+    expect(owners[newest]).toBeNull();
+    for (const id of [b, c, d]) expect(owners[id]).toMatch(/:x$/);
+
+    // The next pass takes what is left: the newest.
+    const next = await janitor.runOnce();
+    expect(next.expired).toEqual([newest]);
+  });
+});
