@@ -236,6 +236,19 @@ const sharedPids = {
   'nats-server': findPids('nats-server'),
 };
 
+/** The field-by-field sum of a shared service's processes' samples; undefined when none. */
+function sumSamples<T extends Readonly<Record<string, number>>>(
+  samples: ReadonlyArray<T | undefined>,
+): T | undefined {
+  const present = samples.filter((sample): sample is T => sample !== undefined);
+  if (present.length === 0) return undefined;
+  const total: Record<string, number> = {};
+  for (const sample of present) {
+    for (const [field, value] of Object.entries(sample)) total[field] = (total[field] ?? 0) + value;
+  }
+  return total as T;
+}
+
 async function snapshot(stack: BenchStack | undefined): Promise<Snapshot> {
   const procs: Record<string, ProcSample | undefined> = {};
   const switches: Record<string, Switches | undefined> = {};
@@ -247,25 +260,8 @@ async function snapshot(stack: BenchStack | undefined): Promise<Snapshot> {
   }
   switches['bench'] = sampleSwitches(process.pid);
   for (const [name, pids] of Object.entries(sharedPids)) {
-    const counted = pids.map(sampleSwitches).filter((c): c is Switches => c !== undefined);
-    switches[name] =
-      counted.length === 0
-        ? undefined
-        : {
-            wakeUps: counted.reduce((sum, c) => sum + c.wakeUps, 0),
-            preemptions: counted.reduce((sum, c) => sum + c.preemptions, 0),
-          };
-  }
-  for (const [name, pids] of Object.entries(sharedPids)) {
-    const samples = pids.map(sampleProcess).filter((s): s is ProcSample => s !== undefined);
-    procs[name] =
-      samples.length === 0
-        ? undefined
-        : {
-            cpuMs: samples.reduce((sum, s) => sum + s.cpuMs, 0),
-            rssBytes: samples.reduce((sum, s) => sum + s.rssBytes, 0),
-            hwmBytes: samples.reduce((sum, s) => sum + s.hwmBytes, 0),
-          };
+    procs[name] = sumSamples(pids.map(sampleProcess));
+    switches[name] = sumSamples(pids.map(sampleSwitches));
   }
   const cpu = process.cpuUsage();
   return {
