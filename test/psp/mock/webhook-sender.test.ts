@@ -103,6 +103,30 @@ function stored(id: string) {
   return db.selectFrom('psp_webhook').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
 }
 
+/**
+ * `db` with the answer of its first write (the first statement that reports affected rows) held
+ * until `openGate()`: the write itself has run; `reached` resolves when it is being held.
+ */
+function holdFirstWrite(): { gated: PspDb; reached: Promise<void>; openGate: () => void } {
+  let writeReached!: () => void;
+  const reached = new Promise<void>((resolve) => (writeReached = resolve));
+  let openGate!: () => void;
+  const gate = new Promise<void>((resolve) => (openGate = resolve));
+  let held = false;
+  const gated = db.withPlugin({
+    transformQuery: (args) => args.node,
+    transformResult: async (args) => {
+      if (!held && args.result.numAffectedRows !== undefined) {
+        held = true;
+        writeReached();
+        await gate;
+      }
+      return args.result;
+    },
+  });
+  return { gated, reached, openGate };
+}
+
 describe('insertWebhooksStatements', () => {
   it('returns each row with the id it was stored under, leased or due, in one packet', async () => {
     const now = new Date();
@@ -196,22 +220,7 @@ describe('WebhookSender hand-over', () => {
 
   it('frees the POST slot before the delivered mark is written', async () => {
     // The first delivered mark's UPDATE is answered only when the gate opens.
-    let markReached!: () => void;
-    const reached = new Promise<void>((resolve) => (markReached = resolve));
-    let openGate!: () => void;
-    const gate = new Promise<void>((resolve) => (openGate = resolve));
-    let held = false;
-    const gated = db.withPlugin({
-      transformQuery: (args) => args.node,
-      transformResult: async (args) => {
-        if (!held && args.result.numAffectedRows !== undefined) {
-          held = true;
-          markReached();
-          await gate;
-        }
-        return args.result;
-      },
-    });
+    const { gated, reached, openGate } = holdFirstWrite();
     // One slot: a mark that kept it would keep the second row from being POSTed.
     const sender = new WebhookSender({
       db: gated,
@@ -279,22 +288,7 @@ describe('WebhookSender hand-over', () => {
 describe('WebhookSender stop', () => {
   it('gives back the lease of a row whose claim was running when stop began', async () => {
     // The first UPDATE (the poll's claim) commits, then its answer is held until stop() began.
-    let claimReached!: () => void;
-    const reached = new Promise<void>((resolve) => (claimReached = resolve));
-    let openGate!: () => void;
-    const gate = new Promise<void>((resolve) => (openGate = resolve));
-    let held = false;
-    const gated = db.withPlugin({
-      transformQuery: (args) => args.node,
-      transformResult: async (args) => {
-        if (!held && args.result.numAffectedRows !== undefined) {
-          held = true;
-          claimReached();
-          await gate;
-        }
-        return args.result;
-      },
-    });
+    const { gated, reached, openGate } = holdFirstWrite();
     // Earlier tests' pending rows are retired, so the poll's first claim is this test's row.
     await db
       .updateTable('psp_webhook')
