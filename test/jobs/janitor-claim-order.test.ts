@@ -10,8 +10,7 @@ import { sql } from 'kysely';
 import { Janitor } from '../../src/jobs/janitor.js';
 import { names } from '../../src/messaging/subjects.js';
 import type { Db } from '../../src/storage/db.js';
-import { paymentInserts } from '../../src/storage/repositories/payment.repository.js';
-import { openTestDatabase } from '../support/harness.js';
+import { insertPaymentOfOneOrder, openTestDatabase } from '../support/harness.js';
 
 let db: Db;
 let close: () => Promise<void>;
@@ -24,32 +23,14 @@ const HOUR_MS = 3_600_000;
 
 async function insertOrder(suffix: string, state: 'NOT_STARTED' | 'EXECUTING', at: Date) {
   const orderId = `ord_01JD2Q7Z8X9Y0A1B2C3D4E5${suffix}`;
-  for (const statement of paymentInserts(db, [
-    {
-      payment: {
-        id: `pay_01JD2Q7Z8X9Y0A1B2C3D4E5${suffix}`,
-        buyerId: 'buyer-order',
-        requestId: `r-order-${suffix}`,
-        currency: 'USD',
-        amountMinor: 700n,
-        state: 'EXECUTING',
-        failureReason: undefined,
-        orders: [
-          {
-            id: orderId,
-            sellerId: `seller-${suffix}`,
-            amountMinor: 700n,
-            state,
-            failureReason: undefined,
-            attempts: 0,
-          },
-        ],
-      },
-      now: at,
-    },
-  ])) {
-    await db.executeQuery(statement);
-  }
+  await insertPaymentOfOneOrder(db, {
+    paymentId: `pay_01JD2Q7Z8X9Y0A1B2C3D4E5${suffix}`,
+    orderId,
+    paymentState: 'EXECUTING',
+    orderState: state,
+    at,
+    attempts: 0,
+  });
   return orderId;
 }
 

@@ -12,8 +12,7 @@ import { sql } from 'kysely';
 import { Janitor } from '../../src/jobs/janitor.js';
 import { names } from '../../src/messaging/subjects.js';
 import type { Db } from '../../src/storage/db.js';
-import { paymentInserts } from '../../src/storage/repositories/payment.repository.js';
-import { openTestDatabase, waitFor } from '../support/harness.js';
+import { insertPaymentOfOneOrder, openTestDatabase, waitFor } from '../support/harness.js';
 
 let db: Db;
 let close: () => Promise<void>;
@@ -28,14 +27,6 @@ describe('janitor claim', () => {
   it('does not lock the due orders it passes over while its pass is open', async () => {
     const now = new Date();
     const createdAt = new Date(now.getTime() - HOUR_MS);
-    const order = (id: string) => ({
-      id,
-      sellerId: `seller-${id.slice(-4)}`,
-      amountMinor: 500n,
-      state: 'EXECUTING',
-      failureReason: undefined,
-      attempts: 1,
-    });
     // Two orders due for expiry. The one created first is leased by another pass, so this pass
     // walks over it (in creation order) and claims the second one.
     const leased = 'ord_01JD2Q7Z8X9Y0A1B2C3D4E5L01';
@@ -44,23 +35,13 @@ describe('janitor claim', () => {
       ['pay_01JD2Q7Z8X9Y0A1B2C3D4E5L01', leased, createdAt],
       ['pay_01JD2Q7Z8X9Y0A1B2C3D4E5L02', free, new Date(createdAt.getTime() + 1_000)],
     ] as const) {
-      for (const statement of paymentInserts(db, [
-        {
-          payment: {
-            id: paymentId,
-            buyerId: 'buyer-locks',
-            requestId: `r-${orderId.slice(-3)}`,
-            currency: 'USD',
-            amountMinor: 500n,
-            state: 'EXECUTING',
-            failureReason: undefined,
-            orders: [order(orderId)],
-          },
-          now: at,
-        },
-      ])) {
-        await db.executeQuery(statement);
-      }
+      await insertPaymentOfOneOrder(db, {
+        paymentId,
+        orderId,
+        paymentState: 'EXECUTING',
+        orderState: 'EXECUTING',
+        at,
+      });
     }
     await sql`UPDATE payment_order SET janitor_lease_until = ${new Date(now.getTime() + HOUR_MS)},
       janitor_owner = 'another-pass' WHERE id = ${leased}`.execute(db);

@@ -9,11 +9,8 @@ import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PaymentCounts } from '../../src/observability/operations.js';
 import type { Db } from '../../src/storage/db.js';
-import {
-  paymentInserts,
-  type PaymentState,
-} from '../../src/storage/repositories/payment.repository.js';
-import { openTestDatabase } from '../support/harness.js';
+import type { PaymentState } from '../../src/storage/repositories/payment.repository.js';
+import { insertPaymentOfOneOrder, openTestDatabase } from '../support/harness.js';
 
 let db: Db;
 let close: () => Promise<void>;
@@ -26,32 +23,14 @@ let seq = 0;
 async function payment(state: PaymentState): Promise<string> {
   seq += 1;
   const id = `pay_01JD2Q7Z8X9Y0A1B2C3D4E${String(seq).padStart(4, '0')}`;
-  for (const statement of paymentInserts(db, [
-    {
-      payment: {
-        id,
-        buyerId: 'buyer-counts',
-        requestId: `counts-${seq}`,
-        currency: 'USD',
-        amountMinor: 100n,
-        state,
-        failureReason: state === 'FAILED' ? 'RISK_REJECTED' : undefined,
-        orders: [
-          {
-            id: `ord_01JD2Q7Z8X9Y0A1B2C3D4E${String(seq).padStart(4, '0')}`,
-            sellerId: 'seller-counts',
-            amountMinor: 100n,
-            state: state === 'FAILED' ? 'FAILED' : 'EXECUTING',
-            failureReason: state === 'FAILED' ? 'RISK_REJECTED' : undefined,
-            attempts: 1,
-          },
-        ],
-      },
-      now: new Date(),
-    },
-  ])) {
-    await db.executeQuery(statement);
-  }
+  await insertPaymentOfOneOrder(db, {
+    paymentId: id,
+    orderId: `ord_01JD2Q7Z8X9Y0A1B2C3D4E${String(seq).padStart(4, '0')}`,
+    paymentState: state,
+    orderState: state === 'FAILED' ? 'FAILED' : 'EXECUTING',
+    at: new Date(),
+    failureReason: state === 'FAILED' ? 'RISK_REJECTED' : undefined,
+  });
   return id;
 }
 

@@ -21,6 +21,10 @@ import {
 } from '../../src/storage/db.js';
 import { freePort } from '../../src/chaos/free-port.js';
 import {
+  paymentInserts,
+  type NewPayment,
+} from '../../src/storage/repositories/payment.repository.js';
+import {
   encodePspWebhookEvent,
   PSP_SIGNATURE_HEADER,
   PSP_WEBHOOK_EVENT_TYPE,
@@ -65,6 +69,51 @@ export function testEnv(env: Record<string, string> = {}): Record<string, string
     PSP_SETTLEMENT_AT: 'off',
     ...env,
   };
+}
+
+/**
+ * Writes one payment of one order straight to the database at `at`, through the creation's own
+ * statements: a fixture for tests that need rows in a given state (or age) without the flow.
+ */
+export async function insertPaymentOfOneOrder(
+  db: Db,
+  fixture: Readonly<{
+    paymentId: string;
+    orderId: string;
+    paymentState: NewPayment['state'];
+    orderState: string;
+    at: Date;
+    failureReason?: string;
+    attempts?: number;
+  }>,
+): Promise<void> {
+  const amountMinor = 500n;
+  for (const statement of paymentInserts(db, [
+    {
+      payment: {
+        id: fixture.paymentId,
+        buyerId: 'buyer-fixture',
+        requestId: `fixture-${fixture.paymentId.slice(4)}`, // fits CHAR(36)
+        currency: 'USD',
+        amountMinor,
+        state: fixture.paymentState,
+        failureReason: fixture.failureReason,
+        orders: [
+          {
+            id: fixture.orderId,
+            sellerId: 'seller-fixture',
+            amountMinor,
+            state: fixture.orderState,
+            failureReason: fixture.failureReason,
+            attempts: fixture.attempts ?? 1,
+          },
+        ],
+      },
+      now: fixture.at,
+    },
+  ])) {
+    await db.executeQuery(statement);
+  }
 }
 
 export type TestDatabase = Readonly<{ db: Db; url: string; close: () => Promise<void> }>;
