@@ -5,37 +5,34 @@
  * SIGKILL after a grace period), deletes the streams and drops the databases; it is idempotent
  * and every wait in it is bounded.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { connect } from '@nats-io/transport-node';
 import { deleteTopology } from '../src/messaging/nats.js';
 import { names as topologyNames } from '../src/messaging/subjects.js';
 import { dropDatabase, withDatabaseName } from '../src/storage/db.js';
-import { freePort, reachable } from '../src/chaos/free-port.js';
-import { sleep } from '../src/chaos/processes.js';
+import { freePort } from '../src/chaos/free-port.js';
+import { ManagedProcess, sleep, type ProcessSpec } from '../src/chaos/processes.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
 
 const START_TIMEOUT_MS = 60_000;
 const STOP_GRACE_MS = 15_000;
-/** Output lines kept per child for the report when something fails. */
-const OUTPUT_LINES_KEPT = 40;
 /**
  * names() wants a partition count, but the stream names deleteTopology uses do not depend on it;
  * the node runs with the config default.
  */
 const CMD_PARTITIONS = 16;
 
+/** One child of the stack: its process, and its pid, known once it started. */
 export type Child = Readonly<{
   name: string;
-  process: ChildProcess;
+  process: ManagedProcess;
   pid: number;
   /** The last lines the child wrote (stdout and stderr), for diagnostics. */
   output: () => string[];
-  /** Lines written so far (warnings and errors, given LOG_LEVEL=warn). */
+  /** Lines written so far (warnings and errors, given LOG_LEVEL=warn, and the ready line). */
   lines: () => number;
-  exited: () => boolean;
 }>;
 
 export type BenchStack = Readonly<{
@@ -89,11 +86,12 @@ export async function startStack(options: StackOptions): Promise<BenchStack> {
     PSP_SETTLEMENT_AT: 'off',
     RECONCILIATION_AT: 'off',
   };
-  const children: Child[] = [];
+  const processes: ManagedProcess[] = [];
   let stopped: Promise<void> | undefined;
   const stop = () =>
     (stopped ??= (async () => {
-      for (const child of [...children].reverse()) await stopChild(child);
+      for (const child of [...processes].reverse()) await child.stop(STOP_GRACE_MS);
+      for (const child of processes) await child.dispose();
       await removeNamespace(options.natsUrl, namespace).catch((error: unknown) =>
         options.log(`cleanup: could not delete streams of ${namespace}: ${String(error)}`),
       );
@@ -103,21 +101,35 @@ export async function startStack(options: StackOptions): Promise<BenchStack> {
         );
       }
     })());
+  const startChild = async (spec: Omit<ProcessSpec, 'cwd'>): Promise<Child> => {
+    const child = new ManagedProcess({ ...spec, cwd: REPO_ROOT });
+    processes.push(child);
+    await child.start(START_TIMEOUT_MS);
+    const pid = child.pid;
+    if (pid === undefined) throw new Error(`${spec.name} has no pid`);
+    return {
+      name: spec.name,
+      process: child,
+      pid,
+      output: () => child.tail().split('\n'),
+      lines: () => child.lines,
+    };
+  };
   try {
-    const psp = spawnChild(
-      'psp-mock',
-      [...(options.pspNodeArgs ?? []), '--import', 'tsx', 'src/psp/mock/main.ts'],
+    const psp = await startChild({
+      name: 'psp-mock',
+      script: 'src/psp/mock/main.ts',
+      nodeArgs: options.pspNodeArgs ?? [],
       env,
-    );
-    children.push(psp);
-    await waitForPort(psp, pspGrpcPort);
-    const settle = spawnChild('settle', ['--import', 'tsx', 'src/main.ts', '--settle-only'], {
-      ...env,
-      DEBUG_STATS: 'true',
-      ...options.settleEnv,
+      readyPattern: /psp mock: gRPC /,
     });
-    children.push(settle);
-    await waitForPort(settle, grpcPort);
+    const settle = await startChild({
+      name: 'settle',
+      script: 'src/main.ts',
+      args: ['--settle-only'],
+      env: { ...env, DEBUG_STATS: 'true', ...options.settleEnv },
+      readyPattern: /^Settle is up: /,
+    });
     await waitForHealthz(settle, `http://127.0.0.1:${httpPort}/healthz`);
     return {
       settle,
@@ -136,54 +148,11 @@ export async function startStack(options: StackOptions): Promise<BenchStack> {
   }
 }
 
-function spawnChild(name: string, args: string[], env: Record<string, string>): Child {
-  const child = spawn(process.execPath, args, {
-    cwd: REPO_ROOT,
-    env,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  if (child.pid === undefined) throw new Error(`could not start ${name}`);
-  const kept: string[] = [];
-  let lines = 0;
-  let exited = false;
-  const collect = (chunk: Buffer) => {
-    for (const line of chunk.toString('utf8').split('\n')) {
-      if (line.trim() === '') continue;
-      lines += 1;
-      kept.push(line.length > 500 ? `${line.slice(0, 500)}…` : line);
-      if (kept.length > OUTPUT_LINES_KEPT) kept.shift();
-    }
-  };
-  child.stdout?.on('data', collect);
-  child.stderr?.on('data', collect);
-  child.once('exit', () => (exited = true));
-  return {
-    name,
-    process: child,
-    pid: child.pid,
-    output: () => [...kept],
-    lines: () => lines,
-    exited: () => exited,
-  };
-}
-
-async function waitForPort(child: Child, port: number): Promise<void> {
-  const deadline = Date.now() + START_TIMEOUT_MS;
-  while (Date.now() < deadline) {
-    if (child.exited()) {
-      throw new Error(`${child.name} exited during start:\n${child.output().join('\n')}`);
-    }
-    if (await reachable('127.0.0.1', port, 500)) return;
-    await sleep(100);
-  }
-  throw new Error(`${child.name} did not listen on ${port} within ${START_TIMEOUT_MS} ms`);
-}
-
 async function waitForHealthz(child: Child, url: string): Promise<void> {
   const deadline = Date.now() + START_TIMEOUT_MS;
   while (Date.now() < deadline) {
-    if (child.exited()) {
-      throw new Error(`${child.name} exited during start:\n${child.output().join('\n')}`);
+    if (!child.process.running) {
+      throw new Error(`${child.name} exited during start:\n${child.process.tail()}`);
     }
     try {
       const response = await fetch(url, { signal: AbortSignal.timeout(1_000) });
@@ -194,19 +163,6 @@ async function waitForHealthz(child: Child, url: string): Promise<void> {
     await sleep(100);
   }
   throw new Error(`${child.name} was not healthy within ${START_TIMEOUT_MS} ms`);
-}
-
-async function stopChild(child: Child): Promise<void> {
-  if (child.exited()) return;
-  const exited = new Promise<void>((resolve) => child.process.once('exit', () => resolve()));
-  child.process.kill('SIGTERM');
-  const timer = new Promise<'timeout'>((resolve) =>
-    setTimeout(() => resolve('timeout'), STOP_GRACE_MS).unref(),
-  );
-  if ((await Promise.race([exited, timer])) === 'timeout' && !child.exited()) {
-    child.process.kill('SIGKILL');
-    await Promise.race([exited, sleep(2_000)]);
-  }
 }
 
 async function removeNamespace(natsUrl: string, namespace: string): Promise<void> {

@@ -1,8 +1,9 @@
 /**
- * Child processes of the chaos demo and the crash-recovery tests: a Settle node or the PSP mock run
- * as a real `node --import tsx …` process, so that `kill -9` is a real kill. A process is ready when
- * it prints its ready line; its output goes to a log file and to a bounded in-memory tail (quoted
- * when a start fails), and each line can be watched (breaker changes, retries, dead letters).
+ * Child processes of the chaos demo, the crash-recovery tests and the bench: a Settle node or the
+ * PSP mock run as a real `node --import tsx …` process, so that `kill -9` is a real kill. A process
+ * is ready when it prints its ready line; its output goes to a log file and to a bounded in-memory
+ * tail (quoted when a start fails), and each line can be watched (breaker changes, retries, dead
+ * letters).
  *
  * Every wait has a deadline. Children still alive when this process exits are SIGKILLed, so a
  * crashed run leaves no strays behind.
@@ -16,8 +17,10 @@ const TAIL_LINES_MAX = 40;
 
 export type ProcessSpec = Readonly<{
   name: string;
-  /** The script, relative to cwd, run as `node --import tsx <script> <args>`. */
+  /** The script, relative to cwd, run as `node <nodeArgs> --import tsx <script> <args>`. */
   script: string;
+  /** Flags for node itself, before `--import tsx` (the bench's `--cpu-prof`). */
+  nodeArgs?: readonly string[];
   args?: readonly string[];
   cwd: string;
   /** The child's whole environment; ManagedProcess.env may change it between starts. */
@@ -49,6 +52,7 @@ export class ManagedProcess {
   #exited: Exit | undefined;
   #log: WriteStream | undefined;
   readonly #tail: string[] = [];
+  #lines = 0;
   #starts = 0;
   /** The environment of the next start (a copy of spec.env). */
   readonly env: Record<string, string>;
@@ -77,6 +81,11 @@ export class ManagedProcess {
     return this.#exited;
   }
 
+  /** Lines of output (stdout and stderr) over every start so far. */
+  get lines(): number {
+    return this.#lines;
+  }
+
   /** The last lines of output (stdout and stderr interleaved). */
   tail(): string {
     return this.#tail.join('\n');
@@ -97,7 +106,13 @@ export class ManagedProcess {
     this.#log?.write(`--- start ${this.#starts} at ${new Date().toISOString()}\n`);
     const child = spawn(
       process.execPath,
-      ['--import', 'tsx', this.spec.script, ...(this.spec.args ?? [])],
+      [
+        ...(this.spec.nodeArgs ?? []),
+        '--import',
+        'tsx',
+        this.spec.script,
+        ...(this.spec.args ?? []),
+      ],
       { cwd: this.spec.cwd, env: { ...this.env }, stdio: ['ignore', 'pipe', 'pipe'] },
     );
     this.#child = child;
@@ -105,6 +120,7 @@ export class ManagedProcess {
     let markReady: () => void = () => undefined;
     const ready = new Promise<void>((resolve) => (markReady = resolve));
     const onLine = (line: string) => {
+      this.#lines += 1;
       this.#tail.push(line);
       if (this.#tail.length > TAIL_LINES_MAX) this.#tail.shift();
       this.#log?.write(`${line}\n`);
@@ -156,6 +172,15 @@ export class ManagedProcess {
     const exit = await Promise.race([this.#exit, sleep(timeoutMs, timeout.signal)]);
     timeout.abort();
     return exit ?? undefined;
+  }
+
+  /**
+   * A graceful stop: SIGTERM, then SIGKILL if the process has not exited within `graceMs`.
+   * Resolves with the exit (undefined only if even SIGKILL was not seen to end it in 5 s).
+   */
+  async stop(graceMs: number): Promise<Exit | undefined> {
+    if (!this.signal('SIGTERM')) return this.#exited;
+    return (await this.waitForExit(graceMs)) ?? this.kill();
   }
 
   /** SIGKILL and wait (bounded) for the exit. */
