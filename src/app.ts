@@ -7,6 +7,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { withDeadline } from './domain/deadline.js';
+import { isTerminal } from './domain/payment-order.js';
 import { settlePublicUrl, utcMinutesOf, type Config } from './config.js';
 import { ActorRegistry } from './actors/runtime/registry.js';
 import { PaymentOrderActor, type OrderMessage } from './actors/payment-order/actor.js';
@@ -28,6 +29,7 @@ import { PaymentService } from './payments/payment.service.js';
 import { createPspClient, type PspClient } from './psp/client.js';
 import { ensureDatabase, migrateToLatest, openDatabase, type Db } from './storage/db.js';
 import { assertGuardsTrip } from './storage/one-trip.js';
+import type { GroupCommitBatch } from './storage/group-commit.js';
 import { purgeIdempotencyKeys } from './storage/repositories/payment.repository.js';
 import { createGrpcServer, listen } from './grpc/server.js';
 import { createHealth, HEALTH_SERVICE_NAME, type Health } from './grpc/health.js';
@@ -203,14 +205,14 @@ export async function startSettle(
       batchMax: config.GROUP_COMMIT_MAX,
       inFlightMax: Math.min(config.GROUP_COMMITS_IN_FLIGHT, config.MYSQL_POOL_SIZE),
       queueMax: 10_000,
-      ...(timings && {
-        onBatch: (batch: { size: number; ms: number; ok: boolean }) => {
-          timings.record(`tx.${kind}`, batch.ms);
-          // A failed batch is rewritten unit by unit: its size says nothing about what was
-          // written together, so it is kept apart.
-          timings.record(`tx.${kind}.${batch.ok ? 'size' : 'failed size'} (not ms)`, batch.size);
-        },
-      }),
+      onBatch: (batch: GroupCommitBatch) => {
+        metrics.groupCommitBatch({ kind, ...batch });
+        if (timings === undefined) return;
+        timings.record(`tx.${kind}`, batch.ms);
+        // A failed batch is rewritten unit by unit: its size says nothing about what was
+        // written together, so it is kept apart.
+        timings.record(`tx.${kind}.${batch.ok ? 'size' : 'failed size'} (not ms)`, batch.size);
+      },
     });
     const batcher = new TransitionBatcher(oneTripDb, groupCommit('transitions'));
     const loader = new OrderLoader(db, groupCommit('loads'));
@@ -222,6 +224,10 @@ export async function startSettle(
     // payment that did not exist before the commit, and its creator already has the answer.
     const reportTransition = (previous: PaymentOrder, next: PaymentOrder, event: OrderEvent) => {
       metrics.orderTransition({ from: previous.state, to: next.state, event: event.type });
+      if (isTerminal(next.state) && !isTerminal(previous.state)) {
+        const seconds = (Date.now() - next.createdAt.getTime()) / 1000;
+        metrics.orderCompleted({ state: next.state, seconds });
+      }
       if (!logger.isLevelEnabled('info')) return;
       logger.info(
         {

@@ -29,6 +29,10 @@ export type Metrics = Readonly<{
   grpcCall: (call: GrpcObservation) => void;
   httpRequest: (request: { method: string; route: string; status: number }) => void;
   orderTransition: (transition: { from: string; to: string; event: string }) => void;
+  /** An order reached a final state, `seconds` after it was created. */
+  orderCompleted: (order: { state: string; seconds: number }) => void;
+  /** One group-commit batch ended (creations, transitions or loads). */
+  groupCommitBatch: (batch: { kind: string; size: number; ms: number; ok: boolean }) => void;
   pspCall: (call: { op: string; ok: boolean; ms: number }) => void;
   retry: () => void;
   deadLetter: (reason: string) => void;
@@ -79,6 +83,31 @@ export function createMetrics(): Metrics {
     help: 'PSP call latency from this node, by operation and outcome (ok or error).',
     labelNames: ['op', 'outcome'] as const,
     buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [registry],
+  });
+  const completionSeconds = new Histogram({
+    name: 'settle_payment_order_completion_seconds',
+    help:
+      'Time from an order being created to its final state, by that state, in seconds ' +
+      '(includes the buyer on the hosted page; observed by the node that committed it).',
+    labelNames: ['state'] as const,
+    buckets: [0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 86400],
+    registers: [registry],
+  });
+  const batchUnits = new Histogram({
+    name: 'settle_group_commit_batch_units',
+    help: 'Units written per group-commit batch (1 = alone), by kind.',
+    labelNames: ['kind'] as const,
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+    registers: [registry],
+  });
+  const batchSeconds = new Histogram({
+    name: 'settle_group_commit_seconds',
+    help:
+      'Duration of one group-commit transaction, connection wait included, by kind and ' +
+      'outcome (error: it failed; a failed batch of several is then written unit by unit).',
+    labelNames: ['kind', 'outcome'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers: [registry],
   });
   const retries = new Counter({
@@ -215,6 +244,17 @@ export function createMetrics(): Metrics {
         status: String(request.status),
       }),
     orderTransition: (transition) => transitions.inc(transition),
+    orderCompleted: (order) =>
+      completionSeconds.observe({ state: order.state }, Math.max(0, order.seconds)),
+    groupCommitBatch: (batch) => {
+      batchSeconds.observe(
+        { kind: batch.kind, outcome: batch.ok ? 'ok' : 'error' },
+        batch.ms / 1000,
+      );
+      // A failed batch was rewritten unit by unit: its size says nothing about what was written
+      // together.
+      if (batch.ok) batchUnits.observe({ kind: batch.kind }, batch.size);
+    },
     pspCall: (call) =>
       pspSeconds.observe({ op: call.op, outcome: call.ok ? 'ok' : 'error' }, call.ms / 1000),
     retry: () => retries.inc(),

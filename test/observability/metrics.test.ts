@@ -1,8 +1,9 @@
 /**
  * Goal: /metrics exposes what an operator alerts on, with the usual names: gRPC calls by method
  * and code with latency histograms, payments by state, PSP call latency and breaker state,
- * retries and dead letters, outbox lag, JetStream consumer pending, actors and mailbox depth; each
- * node has its own registry; every gRPC call writes one log line with method, code, ms and request
+ * retries and dead letters, outbox lag, JetStream consumer pending, actors and mailbox depth, how
+ * long orders take to a final state, and group-commit batch sizes and durations; each node has its
+ * own registry; every gRPC call writes one log line with method, code, ms and request
  * id, keyed by payment id. Method: a real stack with a capturing logger and short retry backoff;
  * the PSP mock fails registrations on purpose to produce retries and a dead letter; /metrics is
  * scraped over HTTP and parsed line by line.
@@ -12,7 +13,15 @@ import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
-import { call, callError, startStack, waitFor, type Stack } from '../support/harness.js';
+import {
+  call,
+  callError,
+  CARD,
+  payOnHostedPage,
+  startStack,
+  waitFor,
+  type Stack,
+} from '../support/harness.js';
 
 let stack: Stack;
 const lines: string[] = [];
@@ -179,6 +188,60 @@ describe('metrics and request logs', () => {
     expect(
       sample(text, 'settle_psp_call_seconds_count', { op: 'register', outcome: 'error' }),
     ).toBe(3);
+  });
+
+  it('observes create→final time per final state, and group-commit batches by kind', async () => {
+    const before = await scrape();
+    expect(
+      sample(before, 'settle_payment_order_completion_seconds_count', { state: 'SUCCEEDED' }),
+    ).toBeUndefined();
+    const payment = await call(stack.payments.getPayment.bind(stack.payments), { paymentId });
+    const order = payment.payment?.orders[0];
+    const createdAt = order?.createTime?.getTime() ?? Number.NaN;
+    expect(Number.isNaN(createdAt)).toBe(false);
+    expect((await payOnHostedPage(order?.checkoutUrl ?? '', CARD.success)).status).toBe(200);
+    const text = await waitFor(
+      async () => {
+        const scraped = await scrape();
+        const done = sample(scraped, 'settle_payment_order_completion_seconds_count', {
+          state: 'SUCCEEDED',
+        });
+        return done === 1 ? scraped : undefined;
+      },
+      { what: 'the paid order in settle_payment_order_completion_seconds' },
+    );
+    const seenAfterS = (Date.now() - createdAt) / 1000;
+    const seconds = sample(text, 'settle_payment_order_completion_seconds_sum', {
+      state: 'SUCCEEDED',
+    });
+    // The order was created before the earlier tests ran, and paid just now.
+    expect(seconds).toBeGreaterThan(0.1);
+    expect(seconds).toBeLessThanOrEqual(seenAfterS + 0.05);
+    expect(
+      sample(text, 'settle_payment_order_completion_seconds_bucket', {
+        state: 'SUCCEEDED',
+        le: '+Inf',
+      }),
+    ).toBe(1);
+
+    // Two payments were created alone; the paid order's transitions went through the batcher.
+    expect(sample(text, 'settle_group_commit_batch_units_count', { kind: 'creations' })).toBe(2);
+    expect(
+      sample(text, 'settle_group_commit_batch_units_bucket', { kind: 'creations', le: '1' }),
+    ).toBe(2);
+    expect(sample(text, 'settle_group_commit_batch_units_sum', { kind: 'creations' })).toBe(2);
+    expect(
+      sample(text, 'settle_group_commit_seconds_count', { kind: 'creations', outcome: 'ok' }),
+    ).toBe(2);
+    const transitionBatches = sample(text, 'settle_group_commit_seconds_count', {
+      kind: 'transitions',
+      outcome: 'ok',
+    });
+    // At least the token and the success of the paid order.
+    expect(transitionBatches).toBeGreaterThanOrEqual(2);
+    expect(
+      sample(text, 'settle_group_commit_seconds_sum', { kind: 'transitions', outcome: 'ok' }),
+    ).toBeGreaterThan(0);
   });
 
   it('keeps each node’s metrics in its own registry', () => {
