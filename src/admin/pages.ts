@@ -16,7 +16,11 @@ import type {
   PaymentSummary,
   ReceivedWebhook,
 } from '../storage/repositories/admin-search.repository.js';
-import type { OperationsSnapshot, Probe } from '../observability/operations.js';
+import type {
+  OperationsSnapshot,
+  Probe,
+  ReconciliationStatus,
+} from '../observability/operations.js';
 import {
   RECONCILIATION_CLASS,
   type Mismatch,
@@ -527,6 +531,45 @@ export function paymentPage(input: {
 // ---------------------------------------------------------------------------------------------
 // Operations
 
+/** The latest settlement day's run, as the /metrics gauges report it. */
+function reconciliationStatus(status: ReconciliationStatus): SafeHtml {
+  const run = status.lastRun;
+  const unsettled = html`<dt>Orders not settled yet</dt>
+    <dd>${status.unsettledOrders}</dd>`;
+  if (run === undefined) {
+    return html`<p class="muted">No day reconciled yet.</p>
+      <dl>${unsettled}</dl>`;
+  }
+  const mismatches = Object.entries(run.counts)
+    .filter(([mismatchClass, n]) => mismatchClass !== 'MATCHED' && n > 0n)
+    .map(([mismatchClass, n]) => `${mismatchClass} ${n}`);
+  const check = run.internalCheck;
+  return html`<dl>
+    <dt>Latest day</dt>
+    <dd>${run.day}</dd>
+    <dt>Completed</dt>
+    <dd>${run.completedAt?.toISOString() ?? ''}</dd>
+    <dt>Mismatches</dt>
+    <dd>
+      ${mismatches.length === 0 ? 'none' : html`<span class="bad">${mismatches.join(', ')}</span>`}
+    </dd>
+    <dt>Internal checks</dt>
+    <dd>
+      ${
+        check === undefined
+          ? ''
+          : check.ledgerBalanced && check.walletsMatchLedger
+            ? 'ledger balanced, wallets equal to it'
+            : html`<span class="bad"
+                >${check.ledgerBalanced ? '' : 'ledger NOT balanced; '}${check.walletsNotMatching}
+                wallets differ from the ledger</span
+              >`
+      }
+    </dd>
+    ${unsettled}
+  </dl>`;
+}
+
 export function operationsPage(input: {
   snapshot: OperationsSnapshot;
   commandStream: string;
@@ -629,6 +672,7 @@ export function operationsPage(input: {
       </section>
       <section class="card" id="reconciliation-card">
         <h2>Reconciliation</h2>
+        ${probeOf(s.reconciliation, reconciliationStatus)}
         <p><a href="/admin/reconciliation">Reports and mismatches »</a></p>
       </section>
     </div>

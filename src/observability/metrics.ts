@@ -31,7 +31,7 @@ export type Metrics = Readonly<{
   orderTransition: (transition: { from: string; to: string; event: string }) => void;
   /** An order reached a final state, `seconds` after it was created. */
   orderCompleted: (order: { state: string; seconds: number }) => void;
-  /** One group-commit batch ended (creations, transitions or loads). */
+  /** One group-commit batch ended (creations, transitions, loads or webhooks). */
   groupCommitBatch: (batch: { kind: string; size: number; ms: number; ok: boolean }) => void;
   pspCall: (call: { op: string; ok: boolean; ms: number }) => void;
   retry: () => void;
@@ -214,6 +214,62 @@ export function createMetrics(): Metrics {
     [],
     (g, s) => g.set(s.actors.mailboxDepth),
   );
+  // What the last reconciliation found: alert on mismatches, on a day not reconciled, on money
+  // the PSP has not settled.
+  const lastRun = (s: OperationsSnapshot) =>
+    s.reconciliation.ok ? s.reconciliation.value.lastRun : undefined;
+  gauge(
+    'settle_reconciliation_last_success_timestamp_seconds',
+    'When the latest settlement day reconciled (its newest succeeded run) completed, in Unix ' +
+      'seconds (0 before the first run).',
+    [],
+    (g, s) => {
+      const completedAt = lastRun(s)?.completedAt;
+      if (completedAt !== undefined) g.set(completedAt.getTime() / 1000);
+    },
+  );
+  gauge(
+    'settle_reconciliation_last_settlement_day_timestamp_seconds',
+    'The latest settlement day reconciled, as Unix seconds at 00:00 UTC of that day (0 before ' +
+      'the first run).',
+    [],
+    (g, s) => {
+      const run = lastRun(s);
+      if (run !== undefined) g.set(Date.parse(`${run.day}T00:00:00Z`) / 1000);
+    },
+  );
+  gauge(
+    'settle_reconciliation_last_run_mismatches',
+    'Mismatches the latest settlement day’s reconciliation found, by class.',
+    ['class'],
+    (g, s) => {
+      const run = lastRun(s);
+      if (run === undefined) return;
+      for (const [mismatchClass, n] of Object.entries(run.counts)) {
+        if (mismatchClass !== 'MATCHED') g.set({ class: mismatchClass }, Number(n));
+      }
+    },
+  );
+  gauge(
+    'settle_reconciliation_last_run_internal_check_failures',
+    'Internal checks the latest reconciliation found failing: the ledger not balanced, wallets ' +
+      'not equal to the ledger (0 when both hold, or before the first run).',
+    [],
+    (g, s) => {
+      const check = lastRun(s)?.internalCheck;
+      if (check !== undefined) {
+        g.set((check.ledgerBalanced ? 0 : 1) + (check.walletsMatchLedger ? 0 : 1));
+      }
+    },
+  );
+  gauge(
+    'settle_reconciliation_unsettled_orders',
+    'Orders booked as paid that no settlement file has settled yet (open MISSING_IN_SETTLEMENT).',
+    [],
+    (g, s) => {
+      if (s.reconciliation.ok) g.set(s.reconciliation.value.unsettledOrders);
+    },
+  );
   gauge(
     'settle_probe_up',
     '1 when the probe behind a group of gauges answered in time at the last scrape, else 0.',
@@ -223,6 +279,7 @@ export function createMetrics(): Metrics {
       g.set({ probe: 'dead_letters' }, s.deadLetters.ok ? 1 : 0);
       g.set({ probe: 'outbox' }, s.outbox.ok ? 1 : 0);
       g.set({ probe: 'payments' }, s.payments.ok ? 1 : 0);
+      g.set({ probe: 'reconciliation' }, s.reconciliation.ok ? 1 : 0);
     },
   );
 

@@ -1,8 +1,9 @@
 /**
  * One snapshot of a node's moving parts, for the admin panel's operations page and the Prometheus
  * gauges: PSP circuit breaker, JetStream consumer lag, command stream, dead letters, outbox lag,
- * live actors and mailbox depth, payments per state. Each probe has its own deadline and fails on
- * its own: a dead NATS shows as an error next to a working outbox, never as a failed page.
+ * live actors and mailbox depth, payments per state, what the last reconciliation found. Each
+ * probe has its own deadline and fails on its own: a dead NATS shows as an error next to a working
+ * outbox, never as a failed page.
  */
 import type { JetStreamManager } from '@nats-io/jetstream';
 import { sql } from 'kysely';
@@ -11,6 +12,11 @@ import type { Names } from '../messaging/subjects.js';
 import type { BreakerState } from '../psp/client.js';
 import type { Db } from '../storage/db.js';
 import { outboxLag } from '../storage/repositories/outbox.repository.js';
+import {
+  countUnsettledOrders,
+  latestSucceededRun,
+  type Run,
+} from '../reconciliation/reconciliation.repository.js';
 import {
   PAYMENT_STATE,
   TERMINAL_PAYMENT_STATES,
@@ -38,6 +44,14 @@ export type StreamState = Readonly<{
   lastSeq: number;
 }>;
 
+/** What reconciliation last found, for alerts. */
+export type ReconciliationStatus = Readonly<{
+  /** The latest settlement day's newest succeeded run; undefined before the first. */
+  lastRun: Run | undefined;
+  /** Orders booked as paid that no settlement file has settled yet. */
+  unsettledOrders: number;
+}>;
+
 /** Dead letters still waiting for an operator, and all kept. */
 export type DeadLetterCounts = Readonly<{ open: number; total: number }>;
 
@@ -52,6 +66,7 @@ export type OperationsSnapshot = Readonly<{
   outbox: Probe<{ pending: number; oldestAgeMs: number }>;
   actors: Readonly<{ live: number; mailboxDepth: number; passivated: number }>;
   payments: Probe<ReadonlyArray<StateCount>>;
+  reconciliation: Probe<ReconciliationStatus>;
 }>;
 
 export type StateCount = Readonly<{ state: string; count: number }>;
@@ -141,36 +156,44 @@ export function breakerStateOf(psp: object): BreakerState | undefined {
 
 export async function operationsSnapshot(deps: OperationsDeps): Promise<OperationsSnapshot> {
   const probe = <T>(work: () => Promise<T>) => probeWithin(work, deps.probeTimeoutMs);
-  const [consumer, commandStream, deadLetters, outbox, payments] = await Promise.all([
-    probe(async (): Promise<ConsumerLag> => {
-      const info = await deps.jsm.consumers.info(
-        deps.names.commandStream,
-        deps.names.runtimeConsumer,
-      );
-      return {
-        pending: info.num_pending,
-        ackPending: info.num_ack_pending,
-        redelivered: info.num_redelivered,
-        waiting: info.num_waiting,
-        deliveredStreamSeq: info.delivered.stream_seq,
-        ackFloorStreamSeq: info.ack_floor.stream_seq,
-      };
-    }),
-    deps.withCommandStream
-      ? probe(async (): Promise<StreamState> => {
-          const info = await deps.jsm.streams.info(deps.names.commandStream);
-          return {
-            messages: info.state.messages,
-            bytes: info.state.bytes,
-            firstSeq: info.state.first_seq,
-            lastSeq: info.state.last_seq,
-          };
-        })
-      : undefined,
-    probe(() => deps.deadLetters.counts()),
-    probe(() => outboxLag(deps.db)),
-    probe(() => deps.paymentCounts.read()),
-  ]);
+  const [consumer, commandStream, deadLetters, outbox, payments, reconciliation] =
+    await Promise.all([
+      probe(async (): Promise<ConsumerLag> => {
+        const info = await deps.jsm.consumers.info(
+          deps.names.commandStream,
+          deps.names.runtimeConsumer,
+        );
+        return {
+          pending: info.num_pending,
+          ackPending: info.num_ack_pending,
+          redelivered: info.num_redelivered,
+          waiting: info.num_waiting,
+          deliveredStreamSeq: info.delivered.stream_seq,
+          ackFloorStreamSeq: info.ack_floor.stream_seq,
+        };
+      }),
+      deps.withCommandStream
+        ? probe(async (): Promise<StreamState> => {
+            const info = await deps.jsm.streams.info(deps.names.commandStream);
+            return {
+              messages: info.state.messages,
+              bytes: info.state.bytes,
+              firstSeq: info.state.first_seq,
+              lastSeq: info.state.last_seq,
+            };
+          })
+        : undefined,
+      probe(() => deps.deadLetters.counts()),
+      probe(() => outboxLag(deps.db)),
+      probe(() => deps.paymentCounts.read()),
+      probe(async (): Promise<ReconciliationStatus> => {
+        const [lastRun, unsettledOrders] = await Promise.all([
+          latestSucceededRun(deps.db),
+          countUnsettledOrders(deps.db),
+        ]);
+        return { lastRun, unsettledOrders };
+      }),
+    ]);
   return {
     takenAt: new Date(),
     breaker: breakerStateOf(deps.psp),
@@ -184,6 +207,7 @@ export async function operationsSnapshot(deps: OperationsDeps): Promise<Operatio
       passivated: deps.registry.passivated,
     },
     payments,
+    reconciliation,
   };
 }
 

@@ -172,6 +172,36 @@ export async function listRuns(
 }
 
 /**
+ * The latest settlement day's newest succeeded run (by day, then id); undefined before the first.
+ * Walks the (settlement_date, id) index from its end.
+ */
+export async function latestSucceededRun(db: Db): Promise<Run | undefined> {
+  const row = await reconDb(db)
+    .selectFrom('recon_run')
+    .selectAll()
+    .where('state', '=', RUN_STATE.succeeded)
+    .orderBy('settlement_date', 'desc')
+    .orderBy('id', 'desc')
+    .limit(1)
+    .executeTakeFirst()
+    .catch(rethrow);
+  return row === undefined ? undefined : toRun(row);
+}
+
+/**
+ * Orders booked as paid that no settlement file has settled yet: their MISSING_IN_SETTLEMENT
+ * mismatches that no later file resolved (the recon_mismatch_open index answers it).
+ */
+export async function countUnsettledOrders(db: Db): Promise<number> {
+  const { rows } = await sql<{ n: string }>`
+    SELECT COUNT(DISTINCT order_id) AS n FROM recon_mismatch
+    WHERE class = ${RECONCILIATION_CLASS.missingInSettlement} AND resolved_by_run_id IS NULL`
+    .execute(db)
+    .catch(rethrow);
+  return Number(rows[0]?.n ?? 0);
+}
+
+/**
  * Takes a run over to run it again: a FAILED run, or a RUNNING one whose lease expired (its node
  * died). False when the run is SUCCEEDED or another node holds it.
  */

@@ -575,6 +575,7 @@ describe('operations and reconciliation', () => {
     expect(text).toMatch(/Dead letters \S+ Open \d+ Kept \d+/);
     expect(text).toMatch(/Live \d+ Mailbox depth \d+/);
     expect(text).toContain('RETRY_BACKOFF_MS 100,100');
+    expect(text).toContain('Reconciliation No day reconciled yet. Orders not settled yet 0');
   });
 
   it("shows reconciliation runs and the newest run's mismatches", async () => {
@@ -617,6 +618,15 @@ describe('operations and reconciliation', () => {
       const mismatches = html.slice(html.indexOf('id="recon-mismatches"'));
       expect(mismatches).toMatch(
         new RegExp(`MISSING_IN_LEDGER</td>\\s*<td>2</td>\\s*<td class="mono">${orderId}</td>`),
+      );
+      // The operations page says what the latest day's run found.
+      const operations = await adminFetch(stack, '/admin/operations');
+      const card = operations.html
+        .slice(operations.html.indexOf('<h2>Reconciliation</h2>'))
+        .replace(/<[^>]+>/g, ' ')
+        .replace(/\s+/g, ' ');
+      expect(card).toMatch(
+        /^ Reconciliation Latest day 2024-06-03 Completed \S+Z Mismatches MISSING_IN_LEDGER 1 Internal checks ledger balanced, wallets equal to it Orders not settled yet 0 /,
       );
     } finally {
       recon.close();

@@ -17,7 +17,9 @@ import {
   call,
   callError,
   CARD,
+  metricSample,
   payOnHostedPage,
+  scrapeMetrics,
   startStack,
   waitFor,
   type Stack,
@@ -39,38 +41,7 @@ beforeAll(async () => {
 });
 afterAll(async () => stack?.stop());
 
-async function scrape(): Promise<string> {
-  const response = await fetch(`${stack.settleHttp}/metrics`, {
-    signal: AbortSignal.timeout(10_000),
-  });
-  expect(response.status).toBe(200);
-  expect(response.headers.get('content-type')).toContain('text/plain');
-  return response.text();
-}
-
-/** The value of one sample, found by its name and exact label set; undefined when absent. */
-function sample(
-  text: string,
-  name: string,
-  labels: Record<string, string> = {},
-): number | undefined {
-  for (const line of text.split('\n')) {
-    if (line.startsWith('#')) continue;
-    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (match === null || match[1] !== name) continue;
-    const found: Record<string, string> = {};
-    for (const pair of (match[2] ?? '').matchAll(/([a-zA-Z_]+)="([^"]*)"/g)) {
-      found[pair[1] ?? ''] = pair[2] ?? '';
-    }
-    if (
-      Object.keys(found).length === Object.keys(labels).length &&
-      Object.entries(labels).every(([key, value]) => found[key] === value)
-    ) {
-      return Number(match[3]);
-    }
-  }
-  return undefined;
-}
+const scrape = () => scrapeMetrics(stack.settleHttp);
 
 const PAYMENTS = 'settle.v1.PaymentService';
 
@@ -104,17 +75,19 @@ describe('metrics and request logs', () => {
       grpc_method: method,
       grpc_code: code,
     });
-    expect(sample(text, 'grpc_server_handled_total', labels('CreatePayment', 'OK'))).toBe(1);
+    expect(metricSample(text, 'grpc_server_handled_total', labels('CreatePayment', 'OK'))).toBe(1);
     expect(
-      sample(text, 'grpc_server_handled_total', labels('CreatePayment', 'INVALID_ARGUMENT')),
+      metricSample(text, 'grpc_server_handled_total', labels('CreatePayment', 'INVALID_ARGUMENT')),
     ).toBe(1);
-    expect(sample(text, 'grpc_server_handled_total', labels('GetPayment', 'NOT_FOUND'))).toBe(1);
-    const histogram = { grpc_type: 'unary', grpc_service: PAYMENTS, grpc_method: 'CreatePayment' };
-    expect(sample(text, 'grpc_server_handling_seconds_count', histogram)).toBe(2);
-    expect(sample(text, 'grpc_server_handling_seconds_bucket', { ...histogram, le: '+Inf' })).toBe(
-      2,
+    expect(metricSample(text, 'grpc_server_handled_total', labels('GetPayment', 'NOT_FOUND'))).toBe(
+      1,
     );
-    expect(sample(text, 'grpc_server_handling_seconds_sum', histogram)).toBeGreaterThan(0);
+    const histogram = { grpc_type: 'unary', grpc_service: PAYMENTS, grpc_method: 'CreatePayment' };
+    expect(metricSample(text, 'grpc_server_handling_seconds_count', histogram)).toBe(2);
+    expect(
+      metricSample(text, 'grpc_server_handling_seconds_bucket', { ...histogram, le: '+Inf' }),
+    ).toBe(2);
+    expect(metricSample(text, 'grpc_server_handling_seconds_sum', histogram)).toBeGreaterThan(0);
   });
 
   it('writes one log line per gRPC call with method, code, ms, request id and payment id', () => {
@@ -139,32 +112,42 @@ describe('metrics and request logs', () => {
     );
   });
 
-  it('exports payments by state, transitions, PSP latency, breaker, outbox, consumer and actors', async () => {
+  it('exports payments by state, transitions, PSP latency, breaker, outbox, consumer, actors and reconciliation', async () => {
     const text = await waitFor(async () => {
       const scraped = await scrape();
-      return sample(scraped, 'settle_payments', { state: 'EXECUTING' }) === 1 ? scraped : undefined;
+      return metricSample(scraped, 'settle_payments', { state: 'EXECUTING' }) === 1
+        ? scraped
+        : undefined;
     });
     expect(
-      sample(text, 'settle_payment_order_transitions_total', {
+      metricSample(text, 'settle_payment_order_transitions_total', {
         from: 'NOT_STARTED',
         to: 'EXECUTING',
         event: 'ExecuteOrder',
       }),
     ).toBe(1);
-    expect(sample(text, 'settle_psp_call_seconds_count', { op: 'register', outcome: 'ok' })).toBe(
-      1,
-    );
-    expect(sample(text, 'settle_psp_breaker_state', { state: 'CLOSED' })).toBe(1);
-    expect(sample(text, 'settle_psp_breaker_state', { state: 'OPEN' })).toBe(0);
-    expect(sample(text, 'settle_outbox_pending')).toBe(0);
-    expect(sample(text, 'settle_outbox_oldest_age_seconds')).toBe(0);
-    expect(sample(text, 'settle_jetstream_consumer_pending')).toBe(0);
-    expect(sample(text, 'settle_jetstream_consumer_ack_pending')).toBe(0);
-    expect(sample(text, 'settle_jetstream_consumer_redelivered')).toBe(0);
-    expect(sample(text, 'settle_actors')).toBe(stack.settle.registry.size);
-    expect(sample(text, 'settle_actor_mailbox_depth')).toBe(0);
-    expect(sample(text, 'settle_probe_up', { probe: 'jetstream_consumer' })).toBe(1);
-    expect(sample(text, 'process_cpu_seconds_total')).toBeGreaterThan(0);
+    expect(
+      metricSample(text, 'settle_psp_call_seconds_count', { op: 'register', outcome: 'ok' }),
+    ).toBe(1);
+    expect(metricSample(text, 'settle_psp_breaker_state', { state: 'CLOSED' })).toBe(1);
+    expect(metricSample(text, 'settle_psp_breaker_state', { state: 'OPEN' })).toBe(0);
+    expect(metricSample(text, 'settle_outbox_pending')).toBe(0);
+    expect(metricSample(text, 'settle_outbox_oldest_age_seconds')).toBe(0);
+    expect(metricSample(text, 'settle_jetstream_consumer_pending')).toBe(0);
+    expect(metricSample(text, 'settle_jetstream_consumer_ack_pending')).toBe(0);
+    expect(metricSample(text, 'settle_jetstream_consumer_redelivered')).toBe(0);
+    expect(metricSample(text, 'settle_actors')).toBe(stack.settle.registry.size);
+    expect(metricSample(text, 'settle_actor_mailbox_depth')).toBe(0);
+    expect(metricSample(text, 'settle_probe_up', { probe: 'jetstream_consumer' })).toBe(1);
+    expect(metricSample(text, 'process_cpu_seconds_total')).toBeGreaterThan(0);
+    // Before the first reconciliation: nothing unsettled, no last run (0), no mismatch classes.
+    expect(metricSample(text, 'settle_reconciliation_unsettled_orders')).toBe(0);
+    expect(metricSample(text, 'settle_reconciliation_last_success_timestamp_seconds')).toBe(0);
+    expect(metricSample(text, 'settle_reconciliation_last_run_internal_check_failures')).toBe(0);
+    expect(
+      metricSample(text, 'settle_reconciliation_last_run_mismatches', { class: 'TIMING' }),
+    ).toBeUndefined();
+    expect(metricSample(text, 'settle_probe_up', { probe: 'reconciliation' })).toBe(1);
   });
 
   it('counts retries and dead letters when the PSP keeps failing', async () => {
@@ -178,22 +161,24 @@ describe('metrics and request logs', () => {
     const text = await waitFor(
       async () => {
         const scraped = await scrape();
-        return sample(scraped, 'settle_dead_letters_open') === 1 ? scraped : undefined;
+        return metricSample(scraped, 'settle_dead_letters_open') === 1 ? scraped : undefined;
       },
       { what: 'a dead letter in /metrics' },
     );
-    expect(sample(text, 'settle_command_retries_total')).toBe(2);
-    expect(sample(text, 'settle_dead_letters_total', { reason: 'RETRIES_EXHAUSTED' })).toBe(1);
-    expect(sample(text, 'settle_dead_letters_stored')).toBe(1);
+    expect(metricSample(text, 'settle_command_retries_total')).toBe(2);
+    expect(metricSample(text, 'settle_dead_letters_total', { reason: 'RETRIES_EXHAUSTED' })).toBe(
+      1,
+    );
+    expect(metricSample(text, 'settle_dead_letters_stored')).toBe(1);
     expect(
-      sample(text, 'settle_psp_call_seconds_count', { op: 'register', outcome: 'error' }),
+      metricSample(text, 'settle_psp_call_seconds_count', { op: 'register', outcome: 'error' }),
     ).toBe(3);
   });
 
   it('observes create→final time per final state, and group-commit batches by kind', async () => {
     const before = await scrape();
     expect(
-      sample(before, 'settle_payment_order_completion_seconds_count', { state: 'SUCCEEDED' }),
+      metricSample(before, 'settle_payment_order_completion_seconds_count', { state: 'SUCCEEDED' }),
     ).toBeUndefined();
     const payment = await call(stack.payments.getPayment.bind(stack.payments), { paymentId });
     const order = payment.payment?.orders[0];
@@ -203,7 +188,7 @@ describe('metrics and request logs', () => {
     const text = await waitFor(
       async () => {
         const scraped = await scrape();
-        const done = sample(scraped, 'settle_payment_order_completion_seconds_count', {
+        const done = metricSample(scraped, 'settle_payment_order_completion_seconds_count', {
           state: 'SUCCEEDED',
         });
         return done === 1 ? scraped : undefined;
@@ -211,36 +196,40 @@ describe('metrics and request logs', () => {
       { what: 'the paid order in settle_payment_order_completion_seconds' },
     );
     const seenAfterS = (Date.now() - createdAt) / 1000;
-    const seconds = sample(text, 'settle_payment_order_completion_seconds_sum', {
+    const seconds = metricSample(text, 'settle_payment_order_completion_seconds_sum', {
       state: 'SUCCEEDED',
     });
     // The order was created before the earlier tests ran, and paid just now.
     expect(seconds).toBeGreaterThan(0.1);
     expect(seconds).toBeLessThanOrEqual(seenAfterS + 0.05);
     expect(
-      sample(text, 'settle_payment_order_completion_seconds_bucket', {
+      metricSample(text, 'settle_payment_order_completion_seconds_bucket', {
         state: 'SUCCEEDED',
         le: '+Inf',
       }),
     ).toBe(1);
 
     // Two payments were created alone; the paid order's transitions went through the batcher.
-    expect(sample(text, 'settle_group_commit_batch_units_count', { kind: 'creations' })).toBe(2);
+    expect(metricSample(text, 'settle_group_commit_batch_units_count', { kind: 'creations' })).toBe(
+      2,
+    );
     expect(
-      sample(text, 'settle_group_commit_batch_units_bucket', { kind: 'creations', le: '1' }),
+      metricSample(text, 'settle_group_commit_batch_units_bucket', { kind: 'creations', le: '1' }),
     ).toBe(2);
-    expect(sample(text, 'settle_group_commit_batch_units_sum', { kind: 'creations' })).toBe(2);
+    expect(metricSample(text, 'settle_group_commit_batch_units_sum', { kind: 'creations' })).toBe(
+      2,
+    );
     expect(
-      sample(text, 'settle_group_commit_seconds_count', { kind: 'creations', outcome: 'ok' }),
+      metricSample(text, 'settle_group_commit_seconds_count', { kind: 'creations', outcome: 'ok' }),
     ).toBe(2);
-    const transitionBatches = sample(text, 'settle_group_commit_seconds_count', {
+    const transitionBatches = metricSample(text, 'settle_group_commit_seconds_count', {
       kind: 'transitions',
       outcome: 'ok',
     });
     // At least the token and the success of the paid order.
     expect(transitionBatches).toBeGreaterThanOrEqual(2);
     expect(
-      sample(text, 'settle_group_commit_seconds_sum', { kind: 'transitions', outcome: 'ok' }),
+      metricSample(text, 'settle_group_commit_seconds_sum', { kind: 'transitions', outcome: 'ok' }),
     ).toBeGreaterThan(0);
   });
 
@@ -253,10 +242,10 @@ describe('metrics and request logs', () => {
       b.registry.getSingleMetric('settle_command_retries_total'),
     );
     return Promise.all([a.render(), b.render()]).then(([textA, textB]) => {
-      expect(sample(textA.body, 'settle_command_retries_total')).toBe(1);
-      expect(sample(textB.body, 'settle_command_retries_total')).toBe(0);
+      expect(metricSample(textA.body, 'settle_command_retries_total')).toBe(1);
+      expect(metricSample(textB.body, 'settle_command_retries_total')).toBe(0);
       expect(
-        sample(textB.body, 'grpc_server_handled_total', {
+        metricSample(textB.body, 'grpc_server_handled_total', {
           grpc_type: 'unary',
           grpc_service: PAYMENTS,
           grpc_method: 'GetPayment',

@@ -4,15 +4,17 @@
  * with its evidence; fees are booked so psp_receivable nets to the payout; a late row resolves the
  * earlier MISSING_IN_SETTLEMENT; the same file twice gives the same report and writes nothing;
  * malformed files and paths outside the folder are refused with nothing written; reports and
- * mismatches page. Method: startStack (PSP mock + Settle node, real MariaDB and NATS) with a
- * temporary settlement folder, payments paid with PayWithCard, files written by
- * GenerateSettlementFile, reconciliations run and read through the generated gRPC client. Every
- * table's row count is compared where a call must write nothing. Each test ends with the money
- * invariants.
+ * mismatches page; /metrics says what the latest day's run found, a failing internal check
+ * included. Method: startStack (PSP mock + Settle node, real MariaDB and NATS) with a temporary
+ * settlement folder, payments paid with PayWithCard, files written by GenerateSettlementFile,
+ * reconciliations run and read through the generated gRPC client, /metrics scraped over HTTP.
+ * Every table's row count is compared where a call must write nothing. Each test ends with the
+ * money invariants.
  */
 import { readFile, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   MismatchClass,
@@ -22,7 +24,14 @@ import {
 } from '../../src/grpc/generated/settle/v1/reconciliation.js';
 import { addUtcDays, utcDayOf } from '../../src/domain/utc-day.js';
 import { settlementFeeMinor } from '../../src/psp/mock/index.js';
-import { call, callError, expectMoneyInvariants } from '../support/harness.js';
+import {
+  call,
+  callError,
+  expectMoneyInvariants,
+  metricSample,
+  scrapeMetrics,
+  waitFor,
+} from '../support/harness.js';
 import {
   allRowCounts,
   awayFromMidnight,
@@ -82,6 +91,25 @@ async function receivable(orderId: string): Promise<{ debit: bigint; credit: big
       credit: total.credit + entry.creditMinor,
     }),
     { debit: 0n, credit: 0n },
+  );
+}
+
+/**
+ * /metrics once it reports `day` as the latest day reconciled. A node reuses its snapshot for a
+ * second, so the scrape right after a run may still show the one before.
+ */
+async function metricsAfterRunOf(day: string): Promise<string> {
+  const dayStart = Date.parse(`${day}T00:00:00Z`) / 1000;
+  return waitFor(
+    async () => {
+      const text = await scrapeMetrics(stack.settleHttp);
+      const latest = metricSample(
+        text,
+        'settle_reconciliation_last_settlement_day_timestamp_seconds',
+      );
+      return latest === dayStart ? text : undefined;
+    },
+    { what: `${day} as the latest day in /metrics` },
   );
 }
 
@@ -323,6 +351,35 @@ describe('discrepancies', () => {
     expect(resolved).toEqual({ [ids.late!]: tomorrowReport.reportId, [ids.unsettled!]: '' });
   });
 
+  it('exports what the latest day’s reconciliation found for alerts', async () => {
+    const day = addUtcDays(today, 1);
+    const text = await metricsAfterRunOf(day);
+    const completedAt = metricSample(text, 'settle_reconciliation_last_success_timestamp_seconds');
+    // Tomorrow's file was reconciled a moment ago (the run's own clock, not the day's).
+    expect(completedAt).toBeGreaterThan(Date.now() / 1000 - 120);
+    expect(completedAt).toBeLessThanOrEqual(Date.now() / 1000);
+    // Tomorrow's file: the late row, and nothing else wrong.
+    const byClass = Object.fromEntries(
+      ['MISSING_IN_LEDGER', 'MISSING_IN_SETTLEMENT', 'AMOUNT_MISMATCH', 'DUPLICATE', 'TIMING'].map(
+        (mismatchClass) => [
+          mismatchClass,
+          metricSample(text, 'settle_reconciliation_last_run_mismatches', { class: mismatchClass }),
+        ],
+      ),
+    );
+    expect(byClass).toEqual({
+      MISSING_IN_LEDGER: 0,
+      MISSING_IN_SETTLEMENT: 0,
+      AMOUNT_MISMATCH: 0,
+      DUPLICATE: 0,
+      TIMING: 1,
+    });
+    expect(metricSample(text, 'settle_reconciliation_last_run_internal_check_failures')).toBe(0);
+    // Today's 'unsettled' order; the late one was settled by tomorrow's file.
+    expect(metricSample(text, 'settle_reconciliation_unsettled_orders')).toBe(1);
+    expect(metricSample(text, 'settle_probe_up', { probe: 'reconciliation' })).toBe(1);
+  });
+
   it('classifies a row already settled by another day’s file as DUPLICATE', async () => {
     const settled = (await readFile(path.join(stack.dir, `settlement-${today}.csv`), 'utf8'))
       .split('\n')
@@ -469,5 +526,27 @@ describe('long runs', () => {
     expect(started.rowsTotal).toBe(0n);
     const done = await waitForReport(stack, started.id);
     expect(done.state).toBe(ReportState.REPORT_STATE_SUCCEEDED);
+  });
+});
+
+describe('an internal check that fails', () => {
+  it('is reported by the run and exported for alerts', async () => {
+    const wallet = sql`UPDATE wallet SET balance_minor = balance_minor + ${1} WHERE seller_id = ${'seller-normal'}`;
+    const restore = sql`UPDATE wallet SET balance_minor = balance_minor - ${1} WHERE seller_id = ${'seller-normal'}`;
+    expect(Number((await wallet.execute(stack.settle.db)).numAffectedRows)).toBe(1);
+    try {
+      const day = addUtcDays(today, 6);
+      await generateFile(stack, day);
+      const report = await reconcile(stack, { settlementDate: day });
+      expect(report.internalCheck).toMatchObject({
+        ledgerBalanced: true,
+        walletsMatchLedger: false,
+        walletsNotMatching: 1n,
+      });
+      const text = await metricsAfterRunOf(day);
+      expect(metricSample(text, 'settle_reconciliation_last_run_internal_check_failures')).toBe(1);
+    } finally {
+      await restore.execute(stack.settle.db);
+    }
   });
 });

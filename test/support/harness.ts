@@ -282,6 +282,38 @@ export async function waitFor<T>(
   );
 }
 
+/** A node's `GET /metrics`, checked to be Prometheus text. */
+export async function scrapeMetrics(settleHttp: string): Promise<string> {
+  const response = await fetch(`${settleHttp}/metrics`, { signal: AbortSignal.timeout(10_000) });
+  expect(response.status).toBe(200);
+  expect(response.headers.get('content-type')).toContain('text/plain');
+  return response.text();
+}
+
+/** The value of one metric sample, found by its name and exact label set; undefined when absent. */
+export function metricSample(
+  text: string,
+  name: string,
+  labels: Record<string, string> = {},
+): number | undefined {
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (match === null || match[1] !== name) continue;
+    const found: Record<string, string> = {};
+    for (const pair of (match[2] ?? '').matchAll(/([a-zA-Z_]+)="([^"]*)"/g)) {
+      found[pair[1] ?? ''] = pair[2] ?? '';
+    }
+    if (
+      Object.keys(found).length === Object.keys(labels).length &&
+      Object.entries(labels).every(([key, value]) => found[key] === value)
+    ) {
+      return Number(match[3]);
+    }
+  }
+  return undefined;
+}
+
 /** Pays on the hosted page as a browser does: GET the page, find the form, POST the card. */
 export async function payOnHostedPage(
   checkoutUrl: string,
