@@ -109,6 +109,28 @@ export type SettleNode = Readonly<{
   stop: () => Promise<void>;
 }>;
 
+/**
+ * How many MySQL connections a node opens, and how many group-commit batches of one kind it
+ * runs at once on each pool. The one-packet writers' pool holds every creation and transition
+ * batch in flight plus the outbox relay's pass, so none of them waits for a connection; the
+ * batches that write through the main pool (order loads, webhook inboxes) share its
+ * MYSQL_POOL_SIZE connections with every other query and never take more than all of them.
+ */
+export function connectionPlan(
+  config: Pick<Config, 'MYSQL_POOL_SIZE' | 'GROUP_COMMITS_IN_FLIGHT'>,
+): Readonly<{
+  mainPool: number;
+  writersPool: number;
+  inFlight: { writers: number; main: number };
+}> {
+  const inFlight = config.GROUP_COMMITS_IN_FLIGHT;
+  return {
+    mainPool: config.MYSQL_POOL_SIZE,
+    writersPool: 2 * inFlight + 1,
+    inFlight: { writers: inFlight, main: Math.min(inFlight, config.MYSQL_POOL_SIZE) },
+  };
+}
+
 export async function startSettle(
   config: Config,
   overrides: SettleOverrides = {},
@@ -139,15 +161,16 @@ export async function startSettle(
       onQuery: (text: string, ms: number) => timings.record(sqlTimerName(text), ms),
     };
     const { db, close: closeDb } = openDatabase(config.MYSQL_URL, {
-      poolSize: config.MYSQL_POOL_SIZE,
+      poolSize: connectionPlan(config).mainPool,
       ...onQuery,
     });
     cleanups.push(closeDb);
     // One-packet transactions (the group commits of creations and transitions, the outbox
     // relay) need packets of several statements. They get a pool of their own that allows
     // them; every other query goes through `db`, whose server refuses a second statement.
+    const connections = connectionPlan(config);
     const { db: oneTripDb, close: closeOneTripDb } = openDatabase(config.MYSQL_URL, {
-      poolSize: Math.min(config.MYSQL_POOL_SIZE, 2 * config.GROUP_COMMITS_IN_FLIGHT + 1),
+      poolSize: connections.writersPool,
       multipleStatements: true,
       ...onQuery,
     });
@@ -201,9 +224,10 @@ export async function startSettle(
       onError: (error) => logger.warn({ err: error }, 'outbox relay pass failed; retrying'),
     });
 
-    const groupCommit = (kind: string) => ({
+    // `pool`: the pool the batches of this kind write through.
+    const groupCommit = (kind: string, pool: 'writers' | 'main') => ({
       batchMax: config.GROUP_COMMIT_MAX,
-      inFlightMax: Math.min(config.GROUP_COMMITS_IN_FLIGHT, config.MYSQL_POOL_SIZE),
+      inFlightMax: connections.inFlight[pool],
       queueMax: 10_000,
       onBatch: (batch: GroupCommitBatch) => {
         metrics.groupCommitBatch({ kind, ...batch });
@@ -214,8 +238,8 @@ export async function startSettle(
         timings.record(`tx.${kind}.${batch.ok ? 'size' : 'failed size'} (not ms)`, batch.size);
       },
     });
-    const batcher = new TransitionBatcher(oneTripDb, groupCommit('transitions'));
-    const loader = new OrderLoader(db, groupCommit('loads'));
+    const batcher = new TransitionBatcher(oneTripDb, groupCommit('transitions', 'writers'));
+    const loader = new OrderLoader(db, groupCommit('loads', 'main'));
     cleanups.push(() => batcher.stop(graceLeft()));
 
     const now = () => new Date();
@@ -345,7 +369,7 @@ export async function startSettle(
       onTransition: reportTransition,
       createWaitMs: config.CREATE_WAIT_MS,
       now,
-      groupCommit: { creations: groupCommit('creations') },
+      groupCommit: { creations: groupCommit('creations', 'writers') },
     });
     cleanups.push(() => payments.stop(graceLeft()));
 
@@ -419,7 +443,7 @@ export async function startSettle(
     cleanups.push(() => shutdownGrpc(grpcServer, graceLeft()));
 
     // HTTP: webhooks in, health; other modules add routes to `routes`.
-    const webhookInbox = new WebhookInbox(db, names, groupCommit('webhooks'));
+    const webhookInbox = new WebhookInbox(db, names, groupCommit('webhooks', 'main'));
     cleanups.push(() => webhookInbox.stop(graceLeft()));
     const applyWebhook = async (event: WebhookEvent): Promise<boolean> => {
       const message: OrderMessage = {

@@ -21,6 +21,7 @@ import {
 import type { PaymentOrder } from '../../src/actors/payment-order/machine.js';
 import { findPaymentOrder } from '../../src/storage/repositories/payment-order.repository.js';
 import { openDatabase } from '../../src/storage/db.js';
+import { connectionPlan } from '../../src/app.js';
 import { WebhookInbox, type WebhookEvent } from '../../src/http/webhook-inbox.js';
 import { PaymentState } from '../../src/grpc/generated/settle/v1/payment.js';
 import {
@@ -327,6 +328,33 @@ describe("the node's two pools", () => {
     const after = await debugTimers();
     const packets = (after['sql.start']?.count ?? 0) - (before['sql.start']?.count ?? 0);
     expect(packets).toBeGreaterThanOrEqual(2);
+  });
+
+  it('sizes the writers’ pool for every batch in flight and the relay, whatever MYSQL_POOL_SIZE is', async () => {
+    expect(connectionPlan({ MYSQL_POOL_SIZE: 16, GROUP_COMMITS_IN_FLIGHT: 4 })).toEqual({
+      mainPool: 16,
+      writersPool: 9,
+      inFlight: { writers: 4, main: 4 },
+    });
+    // A small main pool no longer shrinks the writers' pool; only the main pool's batches are
+    // held to it.
+    expect(connectionPlan({ MYSQL_POOL_SIZE: 2, GROUP_COMMITS_IN_FLIGHT: 4 })).toEqual({
+      mainPool: 2,
+      writersPool: 9,
+      inFlight: { writers: 4, main: 2 },
+    });
+    // The running node's writers' pool holds that many connections at once, and no more.
+    const { writersPool } = connectionPlan(stack.config);
+    const ids = await Promise.all(
+      Array.from({ length: writersPool + 3 }, () =>
+        sql<{ id: string }>`SELECT CONNECTION_ID() AS id, SLEEP(0.3) AS slept`
+          .execute(stack.settle.oneTripDb)
+          .then((result) => String(result.rows[0]?.id)),
+      ),
+    );
+    // (The outbox relay may hold one of them for a moment meanwhile.)
+    expect(new Set(ids).size).toBeLessThanOrEqual(writersPool);
+    expect(new Set(ids).size).toBeGreaterThanOrEqual(writersPool - 1);
   });
 });
 
