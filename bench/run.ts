@@ -20,6 +20,7 @@ import * as grpc from '@grpc/grpc-js';
 import { createPool, type RowDataPacket } from 'mysql2/promise';
 import { PspServiceClient } from '../src/grpc/generated/settle/psp/v1/psp.js';
 import { dropDatabase, parseMysqlUrl, serverAddress, withDatabaseName } from '../src/storage/db.js';
+import { metricSample } from '../src/observability/prometheus-text.js';
 import type { CeilingResult } from './ceiling.js';
 import { checkInvariants, type Check } from './invariants.js';
 import { CompletionWatcher, LoadDriver, quantile, type LoadResult } from './load.js';
@@ -204,8 +205,41 @@ type Snapshot = Readonly<{
   machine: { busyMs: number; totalMs: number };
   settleStats: SettleStats | undefined;
   settleMainThread: ThreadSchedule | undefined;
+  /** Settle's own completion histogram (SUCCEEDED orders), cumulative count per bucket bound. */
+  settleCompletions: Completions | undefined;
   benchCpuMs: number;
 }>;
+
+/** Upper bounds (ms) of the buckets of settle_payment_order_completion_seconds the bench reads. */
+const COMPLETION_BOUNDS_MS = [25, 50, 100, 250] as const;
+
+/** Orders finished within each of COMPLETION_BOUNDS_MS (same order), and in all. */
+type Completions = Readonly<{ within: readonly number[]; total: number }>;
+
+/**
+ * Settle's own view of create→terminal: the histogram a node exports for operators, read from
+ * /metrics (SUCCEEDED orders; from the order's creation to its success being committed).
+ */
+async function settleCompletions(stack: BenchStack): Promise<Completions | undefined> {
+  try {
+    const response = await fetch(`${stack.settleHttp}/metrics`, {
+      signal: AbortSignal.timeout(5_000),
+    });
+    if (!response.ok) return undefined;
+    const text = await response.text();
+    const bucket = (le: string) =>
+      metricSample(text, 'settle_payment_order_completion_seconds_bucket', {
+        state: 'SUCCEEDED',
+        le,
+      }) ?? 0;
+    return {
+      within: COMPLETION_BOUNDS_MS.map((ms) => bucket(String(ms / 1000))),
+      total: bucket('+Inf'),
+    };
+  } catch {
+    return undefined;
+  }
+}
 
 type TimerStats = { count: number; totalMs: number; maxMs: number };
 type SettleStats = {
@@ -271,6 +305,7 @@ async function snapshot(stack: BenchStack | undefined): Promise<Snapshot> {
     machine: sampleMachine(),
     settleStats: stack === undefined ? undefined : await settleStats(stack),
     settleMainThread: stack === undefined ? undefined : sampleMainThread(stack.settle.pid),
+    settleCompletions: stack === undefined ? undefined : await settleCompletions(stack),
     benchCpuMs: (cpu.user + cpu.system) / 1000,
   };
 }
@@ -287,6 +322,8 @@ type Usage = Readonly<{
   /** Context switches of every thread of each process over the phase. */
   switches: Record<string, Switches>;
   timers: Record<string, TimerStats>;
+  /** Orders Settle's histogram saw succeed during the phase, by bucket. */
+  settleCompletions: Completions | undefined;
 }>;
 
 function usageBetween(
@@ -333,6 +370,8 @@ function usageBetween(
     const idle = b.idle - a.idle;
     settleEventLoopUtilization = active + idle > 0 ? active / (active + idle) : undefined;
   }
+  const c0 = before.settleCompletions;
+  const c1 = after.settleCompletions;
   const m0 = before.settleMainThread;
   const m1 = after.settleMainThread;
   return {
@@ -352,6 +391,13 @@ function usageBetween(
           },
     switches,
     timers,
+    settleCompletions:
+      c0 === undefined || c1 === undefined
+        ? undefined
+        : {
+            within: c1.within.map((n, i) => n - (c0.within[i] ?? 0)),
+            total: c1.total - c0.total,
+          },
   };
 }
 
@@ -444,6 +490,8 @@ type LoadPhase = Readonly<{
   terminalMs: { p50: number; p95: number; p99: number; max: number };
   timedOut: number;
   notSucceeded: number;
+  /** Payments seen terminal within each of COMPLETION_BOUNDS_MS of their create call, of all done. */
+  within: Completions;
 }>;
 
 function summarize(name: string, load: LoadResult, usage: Usage): LoadPhase {
@@ -470,6 +518,10 @@ function summarize(name: string, load: LoadResult, usage: Usage): LoadPhase {
     },
     timedOut: load.samples.length - done.length,
     notSucceeded: done.filter((s) => s.state !== 'SUCCEEDED').length,
+    within: {
+      within: COMPLETION_BOUNDS_MS.map((ms) => terminals.filter((t) => t <= ms).length),
+      total: terminals.length,
+    },
   };
 }
 
@@ -1083,6 +1135,31 @@ function report(
               ? '–'
               : `${f0(found.p50)} / ${f0(found.p95)} / ${f0(found.p99)}`;
           }),
+        ]),
+      ),
+    );
+  }
+  const measured = [spread, half, hot].filter((phase): phase is LoadPhase => phase !== undefined);
+  if (measured.some((phase) => phase.usage.settleCompletions !== undefined)) {
+    out.push(
+      'Share of orders finished within a bound: the load generator (create call → terminal seen) · ' +
+        "Settle's own histogram for operators (order created → SUCCEEDED committed, " +
+        'settle_payment_order_completion_seconds):',
+    );
+    const share = (c: Completions | undefined, i: number) =>
+      // One decimal: the goal is a p99, so 98.6 % must not read as 99 %.
+      c === undefined || c.total === 0
+        ? '–'
+        : `${((100 * (c.within[i] ?? 0)) / c.total).toFixed(1)} %`;
+    out.push(
+      table(
+        ['phase', ...COMPLETION_BOUNDS_MS.map((ms) => `≤ ${ms} ms`), 'orders (Settle)'],
+        measured.map((phase) => [
+          phase.name,
+          ...COMPLETION_BOUNDS_MS.map(
+            (_, i) => `${share(phase.within, i)} · ${share(phase.usage.settleCompletions, i)}`,
+          ),
+          String(phase.usage.settleCompletions?.total ?? '–'),
         ]),
       ),
     );

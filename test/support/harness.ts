@@ -290,29 +290,7 @@ export async function scrapeMetrics(settleHttp: string): Promise<string> {
   return response.text();
 }
 
-/** The value of one metric sample, found by its name and exact label set; undefined when absent. */
-export function metricSample(
-  text: string,
-  name: string,
-  labels: Record<string, string> = {},
-): number | undefined {
-  for (const line of text.split('\n')) {
-    if (line.startsWith('#')) continue;
-    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (match === null || match[1] !== name) continue;
-    const found: Record<string, string> = {};
-    for (const pair of (match[2] ?? '').matchAll(/([a-zA-Z_]+)="([^"]*)"/g)) {
-      found[pair[1] ?? ''] = pair[2] ?? '';
-    }
-    if (
-      Object.keys(found).length === Object.keys(labels).length &&
-      Object.entries(labels).every(([key, value]) => found[key] === value)
-    ) {
-      return Number(match[3]);
-    }
-  }
-  return undefined;
-}
+export { metricSample } from '../../src/observability/prometheus-text.js';
 
 /** Pays on the hosted page as a browser does: GET the page, find the form, POST the card. */
 export async function payOnHostedPage(
