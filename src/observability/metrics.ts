@@ -1,8 +1,9 @@
 /**
  * Prometheus metrics of one Settle node, on its own prom-client Registry (never the global one),
  * so several nodes in one process (tests) keep separate counts. Counters and histograms are fed by
- * hooks (gRPC adapters, actor transitions, PSP calls, consumer retries and dead letters); gauges
- * are read at scrape time from one operations snapshot shared by all of them.
+ * hooks (gRPC adapters, actor transitions and completed orders, group-commit batches, PSP calls,
+ * consumer retries and dead letters); gauges are read at scrape time from one operations snapshot
+ * shared by all of them (reconciliation's included).
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { BREAKER_STATE } from '../psp/client.js';
