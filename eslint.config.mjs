@@ -6,7 +6,9 @@ import tseslint from 'typescript-eslint';
 import { importX } from 'eslint-plugin-import-x';
 
 export default tseslint.config(
-  { ignores: ['node_modules/', 'src/grpc/generated/', 'dist/', 'coverage/', '.settle/'] },
+  {
+    ignores: ['node_modules/', 'src/grpc/generated/', 'dist/', 'coverage/', '.settle/', '.cache/'],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {
