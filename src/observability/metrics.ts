@@ -7,7 +7,7 @@
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { BREAKER_STATE } from '../psp/client.js';
-import type { OperationsSnapshot } from './operations.js';
+import { UNSETTLED_COUNT_MAX, type OperationsSnapshot } from './operations.js';
 
 export type GrpcObservation = Readonly<{
   /** e.g. settle.v1.PaymentService */
@@ -265,7 +265,8 @@ export function createMetrics(): Metrics {
   );
   gauge(
     'settle_reconciliation_unsettled_orders',
-    'Orders booked as paid that no settlement file has settled yet (open MISSING_IN_SETTLEMENT).',
+    'Orders booked as paid that no settlement file has settled yet (open MISSING_IN_SETTLEMENT; ' +
+      `counted from at most ${UNSETTLED_COUNT_MAX.toLocaleString('en')} of them).`,
     [],
     (g, s) => {
       if (s.reconciliation.ok) g.set(s.reconciliation.value.unsettledOrders);

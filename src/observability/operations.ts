@@ -48,7 +48,7 @@ export type StreamState = Readonly<{
 export type ReconciliationStatus = Readonly<{
   /** The latest settlement day's newest succeeded run; undefined before the first. */
   lastRun: Run | undefined;
-  /** Orders booked as paid that no settlement file has settled yet. */
+  /** Orders booked as paid that no file has settled yet (of UNSETTLED_COUNT_MAX mismatches). */
   unsettledOrders: number;
 }>;
 
@@ -85,6 +85,9 @@ export type OperationsDeps = Readonly<{
   /** Payments by state; one per node, so final states' counts are reused across snapshots. */
   paymentCounts: PaymentCounts;
 }>;
+
+/** Open MISSING_IN_SETTLEMENT mismatches read per snapshot at most (the gauge is capped there). */
+export const UNSETTLED_COUNT_MAX = 100_000;
 
 /** States a payment is still in on its way; counted exactly in every snapshot. */
 const LIVE_PAYMENT_STATES = Object.values(PAYMENT_STATE).filter(
@@ -189,7 +192,7 @@ export async function operationsSnapshot(deps: OperationsDeps): Promise<Operatio
       probe(async (): Promise<ReconciliationStatus> => {
         const [lastRun, unsettledOrders] = await Promise.all([
           latestSucceededRun(deps.db),
-          countUnsettledOrders(deps.db),
+          countUnsettledOrders(deps.db, UNSETTLED_COUNT_MAX),
         ]);
         return { lastRun, unsettledOrders };
       }),
