@@ -216,50 +216,61 @@ export function createMetrics(): Metrics {
     (g, s) => g.set(s.actors.mailboxDepth),
   );
   // What the last reconciliation found: alert on mismatches, on a day not reconciled, on money
-  // the PSP has not settled.
+  // the PSP has not settled. The latest run's gauges carry its day as a label, so that before the
+  // first run they have no sample at all (rather than a 0 that reads as "reconciled in 1970").
   const lastRun = (s: OperationsSnapshot) =>
     s.reconciliation.ok ? s.reconciliation.value.lastRun : undefined;
   gauge(
     'settle_reconciliation_last_success_timestamp_seconds',
     'When the latest settlement day reconciled (its newest succeeded run) completed, in Unix ' +
-      'seconds (0 before the first run).',
-    [],
+      'seconds; no sample before the first run.',
+    ['settlement_day'],
     (g, s) => {
-      const completedAt = lastRun(s)?.completedAt;
-      if (completedAt !== undefined) g.set(completedAt.getTime() / 1000);
+      const run = lastRun(s);
+      if (run?.completedAt !== undefined) {
+        g.set({ settlement_day: run.day }, run.completedAt.getTime() / 1000);
+      }
     },
   );
   gauge(
     'settle_reconciliation_last_settlement_day_timestamp_seconds',
-    'The latest settlement day reconciled, as Unix seconds at 00:00 UTC of that day (0 before ' +
-      'the first run).',
-    [],
+    'The latest settlement day reconciled, as Unix seconds at 00:00 UTC of that day; no sample ' +
+      'before the first run.',
+    ['settlement_day'],
     (g, s) => {
       const run = lastRun(s);
-      if (run !== undefined) g.set(Date.parse(`${run.day}T00:00:00Z`) / 1000);
+      if (run !== undefined) {
+        g.set({ settlement_day: run.day }, Date.parse(`${run.day}T00:00:00Z`) / 1000);
+      }
     },
   );
   gauge(
     'settle_reconciliation_last_run_mismatches',
     'Mismatches the latest settlement day’s reconciliation found, by class.',
-    ['class'],
+    ['settlement_day', 'class'],
     (g, s) => {
       const run = lastRun(s);
       if (run === undefined) return;
       for (const [mismatchClass, n] of Object.entries(run.counts)) {
-        if (mismatchClass !== 'MATCHED') g.set({ class: mismatchClass }, Number(n));
+        if (mismatchClass !== 'MATCHED') {
+          g.set({ settlement_day: run.day, class: mismatchClass }, Number(n));
+        }
       }
     },
   );
   gauge(
     'settle_reconciliation_last_run_internal_check_failures',
     'Internal checks the latest reconciliation found failing: the ledger not balanced, wallets ' +
-      'not equal to the ledger (0 when both hold, or before the first run).',
-    [],
+      'not equal to the ledger (0 when both hold).',
+    ['settlement_day'],
     (g, s) => {
-      const check = lastRun(s)?.internalCheck;
-      if (check !== undefined) {
-        g.set((check.ledgerBalanced ? 0 : 1) + (check.walletsMatchLedger ? 0 : 1));
+      const run = lastRun(s);
+      const check = run?.internalCheck;
+      if (run !== undefined && check !== undefined) {
+        g.set(
+          { settlement_day: run.day },
+          (check.ledgerBalanced ? 0 : 1) + (check.walletsMatchLedger ? 0 : 1),
+        );
       }
     },
   );

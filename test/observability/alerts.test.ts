@@ -90,7 +90,7 @@ const LABEL_VALUES: Record<string, readonly string[]> = {
 
 describe('deploy/prometheus/settle-alerts.yml', () => {
   it('has rules, each named, with an expression, a severity and a summary', () => {
-    expect(rules.length).toBeGreaterThanOrEqual(10);
+    expect(rules.length).toBeGreaterThanOrEqual(12);
     for (const rule of rules) {
       expect(rule.alert, JSON.stringify(rule)).toMatch(/^Settle[A-Za-z]+$/);
       expect(rule.expr, rule.alert).toBeTruthy();

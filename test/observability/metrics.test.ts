@@ -140,13 +140,16 @@ describe('metrics and request logs', () => {
     expect(metricSample(text, 'settle_actor_mailbox_depth')).toBe(0);
     expect(metricSample(text, 'settle_probe_up', { probe: 'jetstream_consumer' })).toBe(1);
     expect(metricSample(text, 'process_cpu_seconds_total')).toBeGreaterThan(0);
-    // Before the first reconciliation: nothing unsettled, no last run (0), no mismatch classes.
+    // Before the first reconciliation: nothing unsettled, and no sample of the last run's gauges.
     expect(metricSample(text, 'settle_reconciliation_unsettled_orders')).toBe(0);
-    expect(metricSample(text, 'settle_reconciliation_last_success_timestamp_seconds')).toBe(0);
-    expect(metricSample(text, 'settle_reconciliation_last_run_internal_check_failures')).toBe(0);
-    expect(
-      metricSample(text, 'settle_reconciliation_last_run_mismatches', { class: 'TIMING' }),
-    ).toBeUndefined();
+    for (const name of [
+      'settle_reconciliation_last_success_timestamp_seconds',
+      'settle_reconciliation_last_settlement_day_timestamp_seconds',
+      'settle_reconciliation_last_run_internal_check_failures',
+      'settle_reconciliation_last_run_mismatches',
+    ]) {
+      expect(text.split('\n').filter((line) => line.startsWith(name))).toEqual([]);
+    }
     expect(metricSample(text, 'settle_probe_up', { probe: 'reconciliation' })).toBe(1);
   });
 

@@ -106,6 +106,7 @@ async function metricsAfterRunOf(day: string): Promise<string> {
       const latest = metricSample(
         text,
         'settle_reconciliation_last_settlement_day_timestamp_seconds',
+        { settlement_day: day },
       );
       return latest === dayStart ? text : undefined;
     },
@@ -354,7 +355,9 @@ describe('discrepancies', () => {
   it('exports what the latest day’s reconciliation found for alerts', async () => {
     const day = addUtcDays(today, 1);
     const text = await metricsAfterRunOf(day);
-    const completedAt = metricSample(text, 'settle_reconciliation_last_success_timestamp_seconds');
+    const completedAt = metricSample(text, 'settle_reconciliation_last_success_timestamp_seconds', {
+      settlement_day: day,
+    });
     // Tomorrow's file was reconciled a moment ago (the run's own clock, not the day's).
     expect(completedAt).toBeGreaterThan(Date.now() / 1000 - 120);
     expect(completedAt).toBeLessThanOrEqual(Date.now() / 1000);
@@ -363,7 +366,10 @@ describe('discrepancies', () => {
       ['MISSING_IN_LEDGER', 'MISSING_IN_SETTLEMENT', 'AMOUNT_MISMATCH', 'DUPLICATE', 'TIMING'].map(
         (mismatchClass) => [
           mismatchClass,
-          metricSample(text, 'settle_reconciliation_last_run_mismatches', { class: mismatchClass }),
+          metricSample(text, 'settle_reconciliation_last_run_mismatches', {
+            settlement_day: day,
+            class: mismatchClass,
+          }),
         ],
       ),
     );
@@ -374,7 +380,11 @@ describe('discrepancies', () => {
       DUPLICATE: 0,
       TIMING: 1,
     });
-    expect(metricSample(text, 'settle_reconciliation_last_run_internal_check_failures')).toBe(0);
+    expect(
+      metricSample(text, 'settle_reconciliation_last_run_internal_check_failures', {
+        settlement_day: day,
+      }),
+    ).toBe(0);
     // Today's 'unsettled' order; the late one was settled by tomorrow's file.
     expect(metricSample(text, 'settle_reconciliation_unsettled_orders')).toBe(1);
     expect(metricSample(text, 'settle_probe_up', { probe: 'reconciliation' })).toBe(1);
@@ -544,7 +554,11 @@ describe('an internal check that fails', () => {
         walletsNotMatching: 1n,
       });
       const text = await metricsAfterRunOf(day);
-      expect(metricSample(text, 'settle_reconciliation_last_run_internal_check_failures')).toBe(1);
+      expect(
+        metricSample(text, 'settle_reconciliation_last_run_internal_check_failures', {
+          settlement_day: day,
+        }),
+      ).toBe(1);
     } finally {
       await restore.execute(stack.settle.db);
     }
