@@ -1142,8 +1142,8 @@ function report(
   const measured = [spread, half, hot].filter((phase): phase is LoadPhase => phase !== undefined);
   if (measured.some((phase) => phase.usage.settleCompletions !== undefined)) {
     out.push(
-      'Share of orders finished within a bound: the load generator (create call → terminal seen) · ' +
-        "Settle's own histogram for operators (order created → SUCCEEDED committed, " +
+      'Share finished within a bound: the load generator (payments: create call → terminal seen) · ' +
+        "Settle's own histogram for operators (orders: created → SUCCEEDED committed, " +
         'settle_payment_order_completion_seconds):',
     );
     const share = (c: Completions | undefined, i: number) =>
