@@ -473,7 +473,13 @@ export async function startSettle(
         wakeRelay: () => relay.wake(),
         now,
         onRejected: (reason) => logger.warn({ reason }, 'webhook rejected'),
-        onAccepted: (event) => logger.info(event, 'webhook accepted'),
+        onAccepted: (event) => {
+          metrics.webhookAccepted({
+            way: event.applied ? 'applied' : event.duplicate ? 'duplicate' : 'queued',
+            ms: event.ms,
+          });
+          if (logger.isLevelEnabled('info')) logger.info(event, 'webhook accepted');
+        },
       }),
       {
         method: 'GET',

@@ -31,12 +31,16 @@ export type WebhookRouteDeps = Readonly<{
   wakeRelay: () => void;
   now: () => Date;
   onRejected?: (reason: string) => void;
-  /** `applied`: taken the fast way (applied at once) rather than queued as a command. */
+  /**
+   * `applied`: taken the fast way (applied at once) rather than queued as a command. `ms`: from
+   * the request's arrival to its answer, the commit included.
+   */
   onAccepted?: (event: {
     eventId: string;
     orderId: string;
     duplicate: boolean;
     applied: boolean;
+    ms: number;
   }) => void;
   /** Records the event (group commit, see webhook-inbox.ts); one transaction each when unset. */
   record?: (event: WebhookEvent) => Promise<Recorded>;
@@ -56,6 +60,7 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
     method: 'POST',
     path: WEBHOOK_PATH,
     handle: async (request) => {
+      const started = performance.now();
       const raw = (await request.body(WEBHOOK_BODY_BYTES_MAX)).toString('utf8');
       const header = request.headers['psp-signature'];
       const verdict = verifyWebhook({
@@ -97,7 +102,13 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
           now: deps.now(),
         };
         if (deps.apply !== undefined && (await deps.apply(webhookEvent))) {
-          deps.onAccepted?.({ eventId: event.id, orderId, duplicate: false, applied: true });
+          deps.onAccepted?.({
+            eventId: event.id,
+            orderId,
+            duplicate: false,
+            applied: true,
+            ms: performance.now() - started,
+          });
           return json(200, { received: true, duplicate: false });
         }
         const recorded = await (deps.record?.(webhookEvent) ??
@@ -107,7 +118,13 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
         }
         const fresh = recorded === 'fresh';
         if (fresh) deps.wakeRelay();
-        deps.onAccepted?.({ eventId: event.id, orderId, duplicate: !fresh, applied: false });
+        deps.onAccepted?.({
+          eventId: event.id,
+          orderId,
+          duplicate: !fresh,
+          applied: false,
+          ms: performance.now() - started,
+        });
         return json(200, { received: true, duplicate: !fresh });
       } catch (error) {
         const mapped = toUnavailable(error);

@@ -32,6 +32,8 @@ export type Metrics = Readonly<{
   orderTransition: (transition: { from: string; to: string; event: string }) => void;
   /** An order reached a final state, `seconds` after it was created. */
   orderCompleted: (order: { state: string; seconds: number }) => void;
+  /** A PSP webhook was answered 200, after its commit: applied at once, queued, or a duplicate. */
+  webhookAccepted: (webhook: { way: 'applied' | 'queued' | 'duplicate'; ms: number }) => void;
   /** One group-commit batch ended (creations, transitions, loads or webhooks). */
   groupCommitBatch: (batch: { kind: string; size: number; ms: number; ok: boolean }) => void;
   pspCall: (call: { op: string; ok: boolean; ms: number }) => void;
@@ -93,6 +95,16 @@ export function createMetrics(): Metrics {
       '(includes the buyer on the hosted page; observed by the node that committed it).',
     labelNames: ['state'] as const,
     buckets: [0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 86400],
+    registers: [registry],
+  });
+  const webhookSeconds = new Histogram({
+    name: 'settle_webhook_seconds',
+    help:
+      'Time from a PSP webhook arriving to its 200, the commit included, by the way it took: ' +
+      "applied (the order's transition committed at once), queued (recorded for the durable " +
+      'way), duplicate.',
+    labelNames: ['way'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers: [registry],
   });
   const batchUnits = new Histogram({
@@ -316,6 +328,7 @@ export function createMetrics(): Metrics {
     orderTransition: (transition) => transitions.inc(transition),
     orderCompleted: (order) =>
       completionSeconds.observe({ state: order.state }, Math.max(0, order.seconds)),
+    webhookAccepted: (webhook) => webhookSeconds.observe({ way: webhook.way }, webhook.ms / 1000),
     groupCommitBatch: (batch) => {
       batchSeconds.observe(
         { kind: batch.kind, outcome: batch.ok ? 'ok' : 'error' },

@@ -178,7 +178,7 @@ describe('metrics and request logs', () => {
     ).toBe(3);
   });
 
-  it('observes create→final time per final state, and group-commit batches by kind', async () => {
+  it('observes create→final time per final state, webhooks, and group-commit batches by kind', async () => {
     const before = await scrape();
     expect(
       metricSample(before, 'settle_payment_order_completion_seconds_count', { state: 'SUCCEEDED' }),
@@ -211,6 +211,17 @@ describe('metrics and request logs', () => {
         le: '+Inf',
       }),
     ).toBe(1);
+
+    // The PSP's webhook for it was answered once, after its commit (the fast way, or queued).
+    const webhooks = (way: string) =>
+      metricSample(text, 'settle_webhook_seconds_count', { way }) ?? 0;
+    expect(webhooks('applied') + webhooks('queued')).toBe(1);
+    expect(webhooks('duplicate')).toBe(0);
+    const webhookSeconds =
+      (metricSample(text, 'settle_webhook_seconds_sum', { way: 'applied' }) ?? 0) +
+      (metricSample(text, 'settle_webhook_seconds_sum', { way: 'queued' }) ?? 0);
+    expect(webhookSeconds).toBeGreaterThan(0);
+    expect(webhookSeconds).toBeLessThan(seconds ?? 0);
 
     // Two payments were created alone; the paid order's transitions went through the batcher.
     expect(metricSample(text, 'settle_group_commit_batch_units_count', { kind: 'creations' })).toBe(
