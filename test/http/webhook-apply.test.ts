@@ -3,7 +3,7 @@
  * committed in the same transaction as the transition, with no command through JetStream; a
  * duplicate is told apart by that inbox row and goes no further; and every case the fast way does
  * not finish (an illegal event, the fast way switched off) takes the durable way (inbox + outbox
- * command + consumer, dead letters). Method: a real Settle node and PSP mock (real MariaDB,
+ * command + consumer, dead letters); /metrics counts each answer by the way it took. Method: a real Settle node and PSP mock (real MariaDB,
  * NATS); signed webhooks posted by the test; the relay's count of published commands tells which
  * way an event went.
  */
@@ -12,9 +12,11 @@ import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   call,
+  metricSample,
   postWebhook,
   pspEvent,
   rowCounts,
+  scrapeMetrics,
   startStack,
   waitFor,
   type Stack,
@@ -97,6 +99,11 @@ describe('a webhook applied at once (WEBHOOK_APPLY_WAIT_MS > 0)', () => {
     expect(stack.settle.relay.relayed).toBe(relayedBefore);
     expect(await inboxRows(stack, orderId)).toBe(1);
     expect(await ledgerTransactions(stack, orderId)).toBe(1);
+    // settle_webhook_seconds counts each answer by the way it took.
+    const metrics = await scrapeMetrics(stack.settleHttp);
+    const answered = (way: string) =>
+      metricSample(metrics, 'settle_webhook_seconds_count', { way }) ?? 0;
+    expect([answered('applied'), answered('duplicate'), answered('queued')]).toEqual([1, 1, 0]);
   });
 
   it('sends an event its order refuses the durable way, to the dead-letter queue', async () => {
