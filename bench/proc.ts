@@ -39,6 +39,21 @@ export type ThreadSchedule = Readonly<{
   wakeUps: number;
 }>;
 
+export type Switches = Readonly<{
+  /** Times a thread went to sleep and was woken again (voluntary context switches). */
+  wakeUps: number;
+  /** Times a thread lost its CPU while it could still run (involuntary context switches). */
+  preemptions: number;
+}>;
+
+/** The context switches in one thread's /proc status text; undefined when they are missing. */
+function switchesOf(status: string): Switches | undefined {
+  const sleeps = /^voluntary_ctxt_switches:\s+(\d+)/m.exec(status);
+  const preemptions = /^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(status);
+  if (sleeps === null || preemptions === null) return undefined;
+  return { wakeUps: Number(sleeps[1]), preemptions: Number(preemptions[1]) };
+}
+
 /**
  * How a process's main thread (the task whose id is the pid: Node's event loop) was scheduled,
  * from /proc/<pid>/task/<pid>/schedstat and status; undefined when the kernel does not keep
@@ -50,29 +65,13 @@ export function sampleMainThread(pid: number): ThreadSchedule | undefined {
       .trim()
       .split(/\s+/)
       .map(Number);
-    const status = readFileSync(`/proc/${pid}/task/${pid}/status`, 'utf8');
-    const preemptions = /^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(status);
-    const sleeps = /^voluntary_ctxt_switches:\s+(\d+)/m.exec(status);
-    if (runNs === undefined || waitNs === undefined || preemptions === null || sleeps === null) {
-      return undefined;
-    }
-    return {
-      runMs: runNs / 1e6,
-      waitMs: waitNs / 1e6,
-      preemptions: Number(preemptions[1]),
-      wakeUps: Number(sleeps[1]),
-    };
+    const switches = switchesOf(readFileSync(`/proc/${pid}/task/${pid}/status`, 'utf8'));
+    if (runNs === undefined || waitNs === undefined || switches === undefined) return undefined;
+    return { runMs: runNs / 1e6, waitMs: waitNs / 1e6, ...switches };
   } catch {
     return undefined;
   }
 }
-
-export type Switches = Readonly<{
-  /** Times a thread went to sleep and was woken again (voluntary context switches). */
-  wakeUps: number;
-  /** Times a thread lost its CPU while it could still run (involuntary context switches). */
-  preemptions: number;
-}>;
 
 /** Threads of one process read at most (MariaDB runs a few dozen). */
 const TASKS_MAX = 1_000;
@@ -92,9 +91,9 @@ export function sampleSwitches(pid: number): Switches | undefined {
   let preemptions = 0;
   for (const task of tasks) {
     try {
-      const status = readFileSync(`/proc/${pid}/task/${task}/status`, 'utf8');
-      wakeUps += Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? 0);
-      preemptions += Number(/^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? 0);
+      const switches = switchesOf(readFileSync(`/proc/${pid}/task/${task}/status`, 'utf8'));
+      wakeUps += switches?.wakeUps ?? 0;
+      preemptions += switches?.preemptions ?? 0;
     } catch {
       // The thread ended while we looked.
     }
