@@ -160,15 +160,15 @@ export async function startSettle(
     const onQuery = timings && {
       onQuery: (text: string, ms: number) => timings.record(sqlTimerName(text), ms),
     };
+    const connections = connectionPlan(config);
     const { db, close: closeDb } = openDatabase(config.MYSQL_URL, {
-      poolSize: connectionPlan(config).mainPool,
+      poolSize: connections.mainPool,
       ...onQuery,
     });
     cleanups.push(closeDb);
     // One-packet transactions (the group commits of creations and transitions, the outbox
     // relay) need packets of several statements. They get a pool of their own that allows
     // them; every other query goes through `db`, whose server refuses a second statement.
-    const connections = connectionPlan(config);
     const { db: oneTripDb, close: closeOneTripDb } = openDatabase(config.MYSQL_URL, {
       poolSize: connections.writersPool,
       multipleStatements: true,

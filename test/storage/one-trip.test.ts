@@ -6,8 +6,8 @@
  * COMMIT or ROLLBACK) commits only what `decide` accepts, leaves nothing behind when it refuses or
  * when a statement fails midway, and hands `decide` every statement's result; MYSQL_URL's
  * `?socket=` reaches the server through its Unix socket; a pool refuses packets of several
- * statements unless it is opened for one-packet transactions. Method: real MariaDB, rows counted after
- * each case, the statements the server got counted through the pool's query hook.
+ * statements unless it is opened for one-packet transactions. Method: real MariaDB, rows counted
+ * after each case, the statements the server got counted through the pool's query hook.
  */
 import { existsSync } from 'node:fs';
 import { sql } from 'kysely';
