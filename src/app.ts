@@ -380,6 +380,7 @@ export async function startSettle(
       batchRows: config.RECONCILIATION_BATCH_ROWS,
       rowsMax: config.RECONCILIATION_FILE_ROWS_MAX,
       waitMs: config.RECONCILIATION_WAIT_MS,
+      keepDays: config.RECONCILIATION_KEEP_DAYS,
       now,
       onEvent: (event) =>
         event.type === 'failed'
@@ -591,8 +592,11 @@ export async function startSettle(
         atMinutes: reconciliationAt,
         catchUpDays: config.RECONCILIATION_CATCH_UP_DAYS,
         retryMs: config.RECONCILIATION_RETRY_MS,
+        keepDays: config.RECONCILIATION_KEEP_DAYS,
         now,
         onOutcome: (outcome) => logger.info(outcome, `nightly reconciliation of ${outcome.day}`),
+        onPurged: ({ rows, keptFrom }) =>
+          logger.info({ rows, keptFrom }, 'purged staging rows of settlement days past retention'),
         onError: (error) => logger.warn({ err: error }, 'nightly reconciliation check failed'),
       });
       schedule.start();

@@ -142,6 +142,11 @@ export const configSchema = z.object({
   RECONCILIATION_AT: utcTimeOrOff.default('02:00'),
   /** After downtime, the nightly job catches up on at most this many past days. */
   RECONCILIATION_CATCH_UP_DAYS: positiveInt.max(31).default(7),
+  /**
+   * Retention of the settlement files' staging rows: the nightly job deletes those of days more
+   * than this many days old, and such days can no longer be reconciled (their reports stay).
+   */
+  RECONCILIATION_KEEP_DAYS: positiveInt.min(32).max(36_500).default(400),
   /** How long the nightly job waits before trying a day again (file missing, run failed). */
   RECONCILIATION_RETRY_MS: positiveInt.min(1_000).max(86_400_000).default(3_600_000),
   /** How long RunReconciliation waits for the report before answering RUNNING. */

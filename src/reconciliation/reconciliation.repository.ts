@@ -320,6 +320,44 @@ export async function clearRunData(db: Db, runId: string): Promise<void> {
   }
 }
 
+/**
+ * Retention: deletes the staging rows of the runs of settlement days before `before`, oldest day
+ * first, in at most `deletesMax` statements of `rowsPerDelete` rows, and answers how many rows
+ * went. Runs still RUNNING are left alone. The runs themselves, their counts and their
+ * mismatches (which carry their own evidence) stay: every report can still be read.
+ */
+export async function purgeStagingRows(
+  db: Db,
+  before: UtcDay,
+  bounds: Readonly<{ rowsPerDelete: number; deletesMax: number }>,
+): Promise<number> {
+  const runs = await sql<{ id: string }>`
+    SELECT u.id FROM recon_run u
+    WHERE u.settlement_date < ${before} AND u.state <> ${RUN_STATE.running}
+      AND EXISTS (SELECT 1 FROM recon_file_row r WHERE r.run_id = u.id)
+    ORDER BY u.settlement_date, u.id
+    LIMIT ${bounds.deletesMax}`
+    .execute(db)
+    .catch(rethrow);
+  let deleted = 0;
+  let deletes = 0;
+  for (const { id } of runs.rows) {
+    while (deletes < bounds.deletesMax) {
+      deletes += 1;
+      // The primary key (run_id, line_no) walks one run's rows in order: no other run's locked.
+      const result = await sql`
+        DELETE FROM recon_file_row WHERE run_id = ${id}
+        ORDER BY line_no LIMIT ${bounds.rowsPerDelete}`
+        .execute(db)
+        .catch(rethrow);
+      const rows = Number(result.numAffectedRows ?? 0n);
+      deleted += rows;
+      if (rows < bounds.rowsPerDelete) break;
+    }
+  }
+  return deleted;
+}
+
 /** One multi-row INSERT of parsed rows into the staging table. */
 export async function insertFileRows(
   db: Db,

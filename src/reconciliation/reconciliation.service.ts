@@ -19,7 +19,7 @@ import {
   UnavailableError,
 } from '../domain/errors.js';
 import { newId } from '../domain/ids.js';
-import { isUtcDay, type UtcDay } from '../domain/utc-day.js';
+import { addUtcDays, isUtcDay, utcDayOf, type UtcDay } from '../domain/utc-day.js';
 import type { Db } from '../storage/db.js';
 import { isDuplicateKey } from '../storage/errors.js';
 import {
@@ -104,6 +104,12 @@ export type ReconciliationOptions = Readonly<{
   waitMs: number;
   /** Runs this node works on at once. Default 2. */
   runsMax?: number;
+  /**
+   * RECONCILIATION_KEEP_DAYS: a settlement day older than this is not reconciled again, because
+   * the staging rows its checks compare with are purged (`purgeStagingRows`). Undefined: no
+   * limit.
+   */
+  keepDays?: number;
   now?: () => Date;
   onEvent?: (event: ReconciliationEvent) => void;
 }>;
@@ -132,7 +138,8 @@ export class ReconciliationService {
    * Starts (or joins) the reconciliation of a file and returns its report after at most
    * `waitMs` (default: the configured wait): SUCCEEDED or FAILED when it ended in time, RUNNING
    * otherwise. Throws MalformedSettlementFileError (INVALID_ARGUMENT, naming the line) for a bad
-   * file, before anything is written.
+   * file, and FailedPreconditionError for a day older than the retention window (`keepDays`),
+   * before anything is written.
    */
   async run(source: RunSource, options: { waitMs?: number } = {}): Promise<Run> {
     const runId = await this.start(source);
@@ -175,6 +182,7 @@ export class ReconciliationService {
     const now = this.#now();
     let existing = await findRunByFile(db, file.day, scan.sha256);
     if (existing === undefined) {
+      this.#checkRetention(file.day, now);
       this.#checkCapacity();
       const id = newId('reconciliationRun', now.getTime());
       const created = await insertRun(db, {
@@ -198,6 +206,7 @@ export class ReconciliationService {
     }
     const expired = existing.state === RUN_STATE.running && existing.leaseUntil < now;
     if (existing.state === RUN_STATE.failed || expired) {
+      this.#checkRetention(file.day, now);
       this.#checkCapacity();
       const claimed = await claimRun(db, {
         id: existing.id,
@@ -277,6 +286,22 @@ export class ReconciliationService {
   async stop(): Promise<void> {
     this.#stop.abort(new UnavailableError('the node is stopping'));
     await Promise.race([Promise.allSettled([...this.#inFlight.values()]), sleep(STOP_WAIT_MS)]);
+  }
+
+  /**
+   * A day older than the retention window is refused before anything is written: its checks
+   * across days (DUPLICATE, settled by another day's file) would compare with purged rows, and
+   * its own rows would be purged at the next check. Its existing reports stay readable.
+   */
+  #checkRetention(day: UtcDay, now: Date): void {
+    const { keepDays } = this.#options;
+    if (keepDays === undefined || day >= keepFrom(now, keepDays)) return;
+    throw new FailedPreconditionError(
+      `settlement day ${day} is older than the retention window ` +
+        `(RECONCILIATION_KEEP_DAYS=${keepDays}, so days from ${keepFrom(now, keepDays)}): the ` +
+        'staging rows of older days are purged and it could not be checked against them; ' +
+        'raise RECONCILIATION_KEEP_DAYS to reconcile it',
+    );
   }
 
   #checkCapacity(): void {
@@ -473,6 +498,11 @@ export type SettlementFileLocation = Readonly<{ path: string; name: string; day:
  * The file a request names, which must be a regular file inside `dir` once symbolic links are
  * resolved, and the day it settles: settlement_date when given, else the day in its name.
  */
+/** The oldest settlement day the retention window keeps on `now`'s day. */
+export function keepFrom(now: Date, keepDays: number): UtcDay {
+  return addUtcDays(utcDayOf(now), -keepDays);
+}
+
 export async function resolveSettlementFile(
   dir: string,
   source: RunSource,

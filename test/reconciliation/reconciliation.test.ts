@@ -484,6 +484,21 @@ describe('refused requests write nothing', () => {
     expect(await allRowCounts(stack.settle.db)).toEqual(before);
   });
 
+  it('refuses a day older than the retention window with FAILED_PRECONDITION', async () => {
+    // The default window is 400 days: 2024-05-01 has been out of it since mid-2025.
+    await writeFile(path.join(stack.dir, 'settlement-2024-05-01.csv'), `${header}\n${row}\n`);
+    const before = await allRowCounts(stack.settle.db);
+    const error = await callError(stack.recon.runReconciliation.bind(stack.recon), {
+      settlementDate: '2024-05-01',
+      filePath: '',
+    });
+    expect(error.code).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(error.details).toMatch(
+      /^settlement day 2024-05-01 is older than the retention window \(RECONCILIATION_KEEP_DAYS=400, so days from \d{4}-\d{2}-\d{2}\): .* raise RECONCILIATION_KEEP_DAYS to reconcile it$/,
+    );
+    expect(await allRowCounts(stack.settle.db)).toEqual(before);
+  });
+
   it('refuses paths outside the settlement folder and names missing files', async () => {
     await symlink('/etc/hostname', path.join(stack.dir, 'escape.csv')).catch(() => undefined);
     const before = await allRowCounts(stack.settle.db);
