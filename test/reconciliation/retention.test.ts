@@ -155,10 +155,20 @@ describe('retention of the staging rows (RECONCILIATION_KEEP_DAYS)', () => {
     expect(await stagingRows(kept)).toBe(1);
   });
 
-  it('is purged by the nightly check itself', async () => {
-    // Forty days on, 2024-02-28 and 2024-01-21 are past the window too.
+  it('is purged by the nightly check itself, except a run still RUNNING', async () => {
+    // Forty days on, 2024-02-28 and 2024-01-21 are past the window too. The run of 2024-02-28
+    // is made RUNNING again, as if a node were still loading it: its rows are left alone.
     clock = new Date('2024-04-10T03:00:00.000Z');
+    await sql`UPDATE recon_run SET state = ${RUN_STATE.running} WHERE id = ${recentRun}`.execute(
+      db,
+    );
     await schedule.runDue();
+    expect(await stagingRows(recentRun)).toBe(3);
+    expect(
+      await count(db, sql<{ n: string }>`SELECT COUNT(*) AS n FROM recon_file_row`),
+      'only the RUNNING run keeps rows',
+    ).toBe(3);
+    await sql`UPDATE recon_run SET state = ${RUN_STATE.failed} WHERE id = ${recentRun}`.execute(db);
     await schedule.runDue();
     expect(await stagingRows(recentRun)).toBe(0);
   });
