@@ -494,15 +494,15 @@ export class ReconciliationService {
 
 export type SettlementFileLocation = Readonly<{ path: string; name: string; day: UtcDay }>;
 
-/**
- * The file a request names, which must be a regular file inside `dir` once symbolic links are
- * resolved, and the day it settles: settlement_date when given, else the day in its name.
- */
 /** The oldest settlement day the retention window keeps on `now`'s day. */
 export function keepFrom(now: Date, keepDays: number): UtcDay {
   return addUtcDays(utcDayOf(now), -keepDays);
 }
 
+/**
+ * The file a request names, which must be a regular file inside `dir` once symbolic links are
+ * resolved, and the day it settles: settlement_date when given, else the day in its name.
+ */
 export async function resolveSettlementFile(
   dir: string,
   source: RunSource,
