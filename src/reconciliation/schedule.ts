@@ -30,7 +30,7 @@ export const ATTEMPTS_MAX = 24;
 const CLAIM_LEASE_MS = 60_000;
 /** The longest one scheduled run is waited for. */
 const RUN_TIMEOUT_MS = 6 * 3_600_000;
-/** The purge's bounds per check: 100,000 rows a minute at most, in statements of 5,000. */
+/** The purge's bounds per check (about a minute apart): 100,000 rows, in DELETEs of 5,000. */
 const PURGE_DEFAULT = { rowsPerDelete: 5_000, deletesMax: 20 } as const;
 
 export type ScheduleOutcome = Readonly<{
