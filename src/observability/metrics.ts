@@ -7,6 +7,7 @@
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { BREAKER_STATE } from '../psp/client.js';
+import type { Run } from '../reconciliation/reconciliation.repository.js';
 import { UNSETTLED_COUNT_MAX, type OperationsSnapshot } from './operations.js';
 
 export type GrpcObservation = Readonly<{
@@ -230,39 +231,39 @@ export function createMetrics(): Metrics {
   // What the last reconciliation found: alert on mismatches, on a day not reconciled, on money
   // the PSP has not settled. The latest run's gauges carry its day as a label, so that before the
   // first run they have no sample at all (rather than a 0 that reads as "reconciled in 1970").
-  const lastRun = (s: OperationsSnapshot) =>
-    s.reconciliation.ok ? s.reconciliation.value.lastRun : undefined;
-  gauge(
+  const lastRunGauge = <L extends string>(
+    name: string,
+    help: string,
+    labelNames: readonly L[],
+    read: (g: Gauge<'settlement_day' | L>, run: Run) => void,
+  ) =>
+    gauge<'settlement_day' | L>(name, help, ['settlement_day', ...labelNames], (g, s) => {
+      const run = s.reconciliation.ok ? s.reconciliation.value.lastRun : undefined;
+      if (run !== undefined) read(g, run);
+    });
+  lastRunGauge(
     'settle_reconciliation_last_success_timestamp_seconds',
     'When the latest settlement day reconciled (its newest succeeded run) completed, in Unix ' +
       'seconds; no sample before the first run.',
-    ['settlement_day'],
-    (g, s) => {
-      const run = lastRun(s);
-      if (run?.completedAt !== undefined) {
+    [],
+    (g, run) => {
+      if (run.completedAt !== undefined) {
         g.set({ settlement_day: run.day }, run.completedAt.getTime() / 1000);
       }
     },
   );
-  gauge(
+  lastRunGauge(
     'settle_reconciliation_last_settlement_day_timestamp_seconds',
     'The latest settlement day reconciled, as Unix seconds at 00:00 UTC of that day; no sample ' +
       'before the first run.',
-    ['settlement_day'],
-    (g, s) => {
-      const run = lastRun(s);
-      if (run !== undefined) {
-        g.set({ settlement_day: run.day }, Date.parse(`${run.day}T00:00:00Z`) / 1000);
-      }
-    },
+    [],
+    (g, run) => g.set({ settlement_day: run.day }, Date.parse(`${run.day}T00:00:00Z`) / 1000),
   );
-  gauge(
+  lastRunGauge(
     'settle_reconciliation_last_run_mismatches',
     'Mismatches the latest settlement day’s reconciliation found, by class.',
-    ['settlement_day', 'class'],
-    (g, s) => {
-      const run = lastRun(s);
-      if (run === undefined) return;
+    ['class'],
+    (g, run) => {
       for (const [mismatchClass, n] of Object.entries(run.counts)) {
         if (mismatchClass !== 'MATCHED') {
           g.set({ settlement_day: run.day, class: mismatchClass }, Number(n));
@@ -270,20 +271,18 @@ export function createMetrics(): Metrics {
       }
     },
   );
-  gauge(
+  lastRunGauge(
     'settle_reconciliation_last_run_internal_check_failures',
     'Internal checks the latest reconciliation found failing: the ledger not balanced, wallets ' +
       'not equal to the ledger (0 when both hold).',
-    ['settlement_day'],
-    (g, s) => {
-      const run = lastRun(s);
-      const check = run?.internalCheck;
-      if (run !== undefined && check !== undefined) {
-        g.set(
-          { settlement_day: run.day },
-          (check.ledgerBalanced ? 0 : 1) + (check.walletsMatchLedger ? 0 : 1),
-        );
-      }
+    [],
+    (g, run) => {
+      const check = run.internalCheck;
+      if (check === undefined) return;
+      g.set(
+        { settlement_day: run.day },
+        (check.ledgerBalanced ? 0 : 1) + (check.walletsMatchLedger ? 0 : 1),
+      );
     },
   );
   gauge(
