@@ -7,6 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { basename, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { markdownTable } from './table.js';
 
 /** The fields of a bench JSON this reads; every one may be missing. */
 type Phase = {
@@ -191,15 +192,7 @@ export function compareRuns(runs: ReadonlyArray<{ name: string; result: BenchRes
       ...(withDelta ? [change(values[0], values[1], row.better)] : []),
     ]);
   }
-  const widths = header.map((cell, i) =>
-    Math.max(cell.length, ...rows.map((row) => (row[i] ?? '').length)),
-  );
-  const line = (cells: readonly string[]) =>
-    `| ${cells
-      .map((cell, i) => (i === 0 ? cell.padEnd(widths[i] ?? 0) : cell.padStart(widths[i] ?? 0)))
-      .join(' | ')} |`;
-  const rule = `|${widths.map((width, i) => (i === 0 ? '-'.repeat(width + 2) : `${'-'.repeat(width + 1)}:`)).join('|')}|`;
-  return [line(header), rule, ...rows.map(line)].join('\n');
+  return markdownTable(header, rows);
 }
 
 function main(): void {

@@ -21,6 +21,7 @@ import { createPool, type RowDataPacket } from 'mysql2/promise';
 import { PspServiceClient } from '../src/grpc/generated/settle/psp/v1/psp.js';
 import { dropDatabase, parseMysqlUrl, serverAddress, withDatabaseName } from '../src/storage/db.js';
 import { metricSample } from '../src/observability/prometheus-text.js';
+import { markdownTable } from './table.js';
 import type { CeilingResult } from './ceiling.js';
 import { checkInvariants, type Check } from './invariants.js';
 import { CompletionWatcher, LoadDriver, quantile, type LoadResult } from './load.js';
@@ -566,7 +567,7 @@ function socketWritesTable(
   return [
     "Settle's main thread inside socket writes, µs per order (profile samples: on a busy machine the",
     "woken reader often runs on the writer's vCPU first, so this is mostly waiting for a CPU):",
-    table(['writer', ...phases.map(({ phase }) => phase)], rows),
+    markdownTable(['writer', ...phases.map(({ phase }) => phase)], rows),
   ];
 }
 
@@ -972,17 +973,6 @@ const MB = 1024 * 1024;
 const f0 = (n: number | undefined) => (n === undefined || Number.isNaN(n) ? '–' : n.toFixed(0));
 const pct = (n: number) => `${(n * 100).toFixed(0)} %`;
 
-function table(header: string[], rows: string[][]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]) =>
-    `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join(' | ')} |`;
-  return [
-    line(header),
-    `|${widths.map((w, i) => (i === 0 ? `-${'-'.repeat(w)}-` : `-${'-'.repeat(w)}:`)).join('|')}|`,
-    ...rows.map(line),
-  ].join('\n');
-}
-
 function cpuRow(phase: LoadPhase): string[] {
   const perOrder = (name: string) =>
     ((phase.usage.cpuMs[name] ?? 0) / Math.max(1, phase.orders)).toFixed(2);
@@ -1020,7 +1010,7 @@ function switchesTable(phases: readonly LoadPhase[]): string[] {
   return [
     'Context switches per order, every thread of each process (/proc/<pid>/task/*/status): ' +
       'woken / preempted.',
-    table(
+    markdownTable(
       ['phase', ...names],
       shown.map((phase) => [phase.name, ...names.map((name) => cell(phase, name))]),
     ),
@@ -1071,7 +1061,7 @@ function report(
   out.push(`Machine: ${describeCalibration(calibration)}`);
   out.push('');
   out.push(
-    table(
+    markdownTable(
       [
         'load',
         'ceiling orders/s',
@@ -1125,7 +1115,7 @@ function report(
     );
     const names = [...new Set(stagePhases.flatMap(([, list]) => list.map((s) => s.stage)))];
     out.push(
-      table(
+      markdownTable(
         ['stage', ...stagePhases.map(([phase]) => phase)],
         names.map((stage) => [
           stage,
@@ -1152,7 +1142,7 @@ function report(
         ? '–'
         : `${((100 * (c.within[i] ?? 0)) / c.total).toFixed(1)} %`;
     out.push(
-      table(
+      markdownTable(
         ['phase', ...COMPLETION_BOUNDS_MS.map((ms) => `≤ ${ms} ms`), 'orders (Settle)'],
         measured.map((phase) => [
           phase.name,
@@ -1200,7 +1190,7 @@ function report(
     'CPU ms per order (process CPU time over the phase / orders finished), machine cores busy, Settle event-loop utilisation:',
   );
   out.push(
-    table(
+    markdownTable(
       [
         'phase',
         'settle',
@@ -1244,7 +1234,7 @@ function report(
       'Work that comes in small pieces (fewer orders per wake-up) runs slower cold (see Machine above) and is preempted more:',
     );
     out.push(
-      table(
+      markdownTable(
         ['phase', 'on a CPU ms', 'waiting for a CPU ms', 'preempted', 'woken'],
         scheduled.map((p) => {
           const thread = p.usage.settleMainThread as ThreadSchedule;
@@ -1271,14 +1261,14 @@ function report(
   out.push(
     'Where Settle waits, spread phase (timers are wall time of awaited calls, they overlap across orders):',
   );
-  out.push(table(['timer', 'calls/order', 'ms/order', 'ms/call'], breakdown(spread)));
+  out.push(markdownTable(['timer', 'calls/order', 'ms/order', 'ms/call'], breakdown(spread)));
   if (throughput.settleProfiled.length > 0)
     out.push('', ...socketWritesTable(throughput.settleProfiled, throughput.profiles ?? {}));
   for (const [name, profile] of Object.entries(throughput.profiles ?? {})) {
     out.push('');
     out.push(`${name} CPU profile, ${f0(profile.busyMs)} ms busy; self time by area:`);
     out.push(
-      table(
+      markdownTable(
         ['area', 'ms', 'share'],
         profile.areas.map((a) => [a.area, f0(a.ms), pct(a.share)]),
       ),
@@ -1287,14 +1277,14 @@ function report(
       'the same, with Node internals and natives charged to the package or src/ folder calling them:',
     );
     out.push(
-      table(
+      markdownTable(
         ['caller', 'ms', 'share'],
         profile.callers.map((a) => [a.area, f0(a.ms), pct(a.share)]),
       ),
     );
     out.push('hottest functions:');
     out.push(
-      table(
+      markdownTable(
         ['function', 'ms', 'share'],
         profile.functions.map((f) => [f.name.slice(0, 90), f0(f.ms), pct(f.share)]),
       ),
@@ -1303,7 +1293,7 @@ function report(
   if (memory !== undefined) {
     out.push('');
     out.push(
-      table(
+      markdownTable(
         ['memory', 'value'],
         [
           ['idle orders (EXECUTING, registered, unpaid)', String(memory.orders)],
