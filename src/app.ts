@@ -48,6 +48,7 @@ import { createMetrics, type Metrics } from './observability/metrics.js';
 import { grpcCallObserver } from './observability/request-log.js';
 import { operatorRoutes } from './http/operator.routes.js';
 import { recordDeadLetter } from './admin/dead-letters.js';
+import { Housekeeping } from './jobs/housekeeping.js';
 import { Janitor } from './jobs/janitor.js';
 import { HealthMonitor } from './observability/health-monitor.js';
 import {
@@ -56,9 +57,19 @@ import {
   sqlTimerName,
   Timings,
 } from './observability/runtime-stats.js';
-import { ReconciliationSchedule, ReconciliationService } from './reconciliation/index.js';
+import {
+  purgeExpiredStaging,
+  ReconciliationSchedule,
+  ReconciliationService,
+} from './reconciliation/index.js';
 import { ReconciliationServiceService } from './grpc/generated/settle/v1/reconciliation.js';
 import { reconciliationHandlers } from './grpc/handlers/reconciliation.handlers.js';
+
+/** Housekeeping (expired rows): a pass a minute, the first one 30 s after start-up. */
+const HOUSEKEEPING_INTERVAL_MS = 60_000;
+const HOUSEKEEPING_FIRST_PASS_MS = 30_000;
+/** Idempotency keys deleted per pass at most. */
+const IDEMPOTENCY_PURGE_ROWS_MAX = 10_000;
 
 export const SETTLE_SERVICES = [
   'settle.v1.PaymentService',
@@ -95,6 +106,8 @@ export type SettleNode = Readonly<{
   consumer: CommandConsumer;
   registry: ActorRegistry<OrderMessage, HandleOutcome>;
   janitor: Janitor;
+  /** Deletes expired rows (idempotency keys, settlement staging rows) a bounded number a pass. */
+  housekeeping: Housekeeping;
   psp: PspPort;
   health: Health;
   logger: Logger;
@@ -573,15 +586,36 @@ export async function startSettle(
     janitor.start();
     cleanups.push(() => janitor.stop());
 
-    const purge = setInterval(() => {
-      const cutoff = new Date(Date.now() - config.IDEMPOTENCY_TTL_MS);
-      purgeIdempotencyKeys(db, cutoff, 10_000).then(
-        (count) => count > 0 && logger.info({ count }, 'purged expired idempotency keys'),
-        (error: unknown) => logger.warn({ err: error }, 'idempotency key purge failed'),
-      );
-    }, 10 * 60_000);
-    purge.unref();
-    cleanups.push(() => clearInterval(purge));
+    // Bounded deletes of expired rows, whether or not the nightly reconciliation runs.
+    const housekeeping = new Housekeeping(
+      [
+        {
+          name: 'idempotency_key',
+          run: (at) =>
+            purgeIdempotencyKeys(
+              db,
+              new Date(at.getTime() - config.IDEMPOTENCY_TTL_MS),
+              IDEMPOTENCY_PURGE_ROWS_MAX,
+            ),
+        },
+        {
+          name: 'settlement_staging',
+          run: (at) => purgeExpiredStaging(db, at, config.RECONCILIATION_KEEP_DAYS),
+        },
+      ],
+      {
+        intervalMs: HOUSEKEEPING_INTERVAL_MS,
+        firstPassMs: HOUSEKEEPING_FIRST_PASS_MS,
+        now,
+        onPurged: ({ task, rows }) => {
+          metrics.rowsPurged({ what: task, rows });
+          logger.info({ task, rows }, 'housekeeping deleted expired rows');
+        },
+        onError: (task, error) => logger.warn({ err: error, task }, 'housekeeping task failed'),
+      },
+    );
+    housekeeping.start();
+    cleanups.push(() => housekeeping.stop());
 
     const reconciliationAt = utcMinutesOf(config.RECONCILIATION_AT);
     if (reconciliationAt !== undefined) {
@@ -592,11 +626,8 @@ export async function startSettle(
         atMinutes: reconciliationAt,
         catchUpDays: config.RECONCILIATION_CATCH_UP_DAYS,
         retryMs: config.RECONCILIATION_RETRY_MS,
-        keepDays: config.RECONCILIATION_KEEP_DAYS,
         now,
         onOutcome: (outcome) => logger.info(outcome, `nightly reconciliation of ${outcome.day}`),
-        onPurged: ({ rows, keptFrom }) =>
-          logger.info({ rows, keptFrom }, 'purged staging rows of settlement days past retention'),
         onError: (error) => logger.warn({ err: error }, 'nightly reconciliation check failed'),
       });
       schedule.start();
@@ -644,6 +675,7 @@ export async function startSettle(
       consumer,
       registry,
       janitor,
+      housekeeping,
       psp,
       health,
       logger,

@@ -40,6 +40,8 @@ export type Metrics = Readonly<{
   pspCall: (call: { op: string; ok: boolean; ms: number }) => void;
   retry: () => void;
   deadLetter: (reason: string) => void;
+  /** Housekeeping deleted expired rows (`what`: the task, e.g. idempotency_key). */
+  rowsPurged: (purged: { what: string; rows: number }) => void;
   /** The exposition text and its content type. */
   render: () => Promise<{ contentType: string; body: string }>;
 }>;
@@ -133,6 +135,14 @@ export function createMetrics(): Metrics {
     name: 'settle_dead_letters_total',
     help: 'Commands this node sent to the dead-letter stream, by reason.',
     labelNames: ['reason'] as const,
+    registers: [registry],
+  });
+  const rowsPurged = new Counter({
+    name: 'settle_rows_purged_total',
+    help:
+      'Expired rows this node deleted in housekeeping, by what they were (idempotency_key: ' +
+      'past IDEMPOTENCY_TTL_MS; settlement_staging: past RECONCILIATION_KEEP_DAYS).',
+    labelNames: ['what'] as const,
     registers: [registry],
   });
 
@@ -341,6 +351,7 @@ export function createMetrics(): Metrics {
       pspSeconds.observe({ op: call.op, outcome: call.ok ? 'ok' : 'error' }, call.ms / 1000),
     retry: () => retries.inc(),
     deadLetter: (reason) => deadLetters.inc({ reason }),
+    rowsPurged: (purged) => rowsPurged.inc({ what: purged.what }, purged.rows),
     render: async () => ({ contentType: registry.contentType, body: await registry.metrics() }),
   };
 }

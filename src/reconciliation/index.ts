@@ -1,6 +1,7 @@
 /** Public API of the reconciliation module: what src/app.ts, the handlers and the tests need. */
 export { compare, RECONCILIATION_CLASS, type ReconciliationClass } from './compare.js';
 export {
+  purgeExpiredStaging,
   ReconciliationService,
   resolveSettlementFile,
   type ReconciliationEvent,

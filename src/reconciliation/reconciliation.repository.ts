@@ -320,6 +320,9 @@ export async function clearRunData(db: Db, runId: string): Promise<void> {
   }
 }
 
+/** The purge's bounds per housekeeping pass (about a minute apart): 100,000 rows, 5,000 a DELETE. */
+export const STAGING_PURGE_BOUNDS = { rowsPerDelete: 5_000, deletesMax: 20 } as const;
+
 /**
  * Retention: deletes the staging rows of the runs of settlement days before `before`, oldest day
  * first, in at most `deletesMax` statements of `rowsPerDelete` rows, and answers how many rows
@@ -329,7 +332,7 @@ export async function clearRunData(db: Db, runId: string): Promise<void> {
 export async function purgeStagingRows(
   db: Db,
   before: UtcDay,
-  bounds: Readonly<{ rowsPerDelete: number; deletesMax: number }>,
+  bounds: Readonly<{ rowsPerDelete: number; deletesMax: number }> = STAGING_PURGE_BOUNDS,
 ): Promise<number> {
   const runs = await sql<{ id: string }>`
     SELECT u.id FROM recon_run u

@@ -44,6 +44,7 @@ import {
   listMismatches,
   listRuns,
   markDuplicatesInFile,
+  purgeStagingRows,
   renewRunLease,
   resolveEarlierMismatches,
   summarizeRun,
@@ -106,8 +107,8 @@ export type ReconciliationOptions = Readonly<{
   runsMax?: number;
   /**
    * RECONCILIATION_KEEP_DAYS: a settlement day older than this is not reconciled again, because
-   * the staging rows its checks compare with are purged (`purgeStagingRows`). Undefined: no
-   * limit.
+   * the staging rows its checks compare with are purged (`purgeExpiredStaging`, run by the
+   * node's housekeeping). Undefined: no limit.
    */
   keepDays?: number;
   now?: () => Date;
@@ -497,6 +498,19 @@ export type SettlementFileLocation = Readonly<{ path: string; name: string; day:
 /** The oldest settlement day the retention window keeps on `now`'s day. */
 export function keepFrom(now: Date, keepDays: number): UtcDay {
   return addUtcDays(utcDayOf(now), -keepDays);
+}
+
+/**
+ * Retention's housekeeping task: deletes (bounded, `purgeStagingRows`) the staging rows of the
+ * settlement days that `keepDays` no longer keeps on `now`'s day; answers how many rows went.
+ */
+export function purgeExpiredStaging(
+  db: Db,
+  now: Date,
+  keepDays: number,
+  bounds?: Parameters<typeof purgeStagingRows>[2],
+): Promise<number> {
+  return purgeStagingRows(db, keepFrom(now, keepDays), bounds);
 }
 
 /**

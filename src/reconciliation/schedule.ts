@@ -6,10 +6,9 @@
  * node that dies mid-run leaves a claim that another node takes over once the lease expires. A
  * day whose file is missing or whose run failed is tried again after `retryMs`, at most
  * ATTEMPTS_MAX times.
- *
- * Each check then purges the staging rows of settlement days older than `keepDays` (bounded: at
- * most `purge.deletesMax` DELETEs of `purge.rowsPerDelete` rows per check, so a backlog is worked
- * off over several checks). Nodes purging at once only take turns on the same rows.
+
+ * (The staging rows of days past RECONCILIATION_KEEP_DAYS are purged by the node's housekeeping,
+ * jobs/housekeeping.ts, which runs even with the nightly job off.)
  *
  * The timer sleeps at most `checkMsMax` between checks; stop() cancels it and waits for the check
  * in progress (the run itself is aborted by ReconciliationService.stop()).
@@ -21,8 +20,7 @@ import { addUtcDays, dueUtcDays, utcDayAt, utcDayOf, type UtcDay } from '../doma
 import type { Db } from '../storage/db.js';
 import { isDuplicateKey } from '../storage/errors.js';
 import { RUN_STATE, SCHEDULE_STATE, reconDb, type ScheduleState } from './reconciliation.table.js';
-import { purgeStagingRows } from './reconciliation.repository.js';
-import { keepFrom, type ReconciliationService } from './reconciliation.service.js';
+import type { ReconciliationService } from './reconciliation.service.js';
 
 /** Tries of one day before the schedule gives up on it (a day of hourly retries). */
 export const ATTEMPTS_MAX = 24;
@@ -30,8 +28,6 @@ export const ATTEMPTS_MAX = 24;
 const CLAIM_LEASE_MS = 60_000;
 /** The longest one scheduled run is waited for. */
 const RUN_TIMEOUT_MS = 6 * 3_600_000;
-/** The purge's bounds per check (about a minute apart): 100,000 rows, in DELETEs of 5,000. */
-const PURGE_DEFAULT = { rowsPerDelete: 5_000, deletesMax: 20 } as const;
 
 export type ScheduleOutcome = Readonly<{
   day: UtcDay;
@@ -51,13 +47,8 @@ export type ReconciliationScheduleOptions = Readonly<{
   retryMs: number;
   /** The longest sleep between two checks, in milliseconds. Default 60 s. */
   checkMsMax?: number;
-  /** RECONCILIATION_KEEP_DAYS: staging rows of older settlement days are purged. None: kept. */
-  keepDays?: number;
-  purge?: Readonly<{ rowsPerDelete: number; deletesMax: number }>;
   now?: () => Date;
   onOutcome?: (outcome: ScheduleOutcome) => void;
-  /** Called after a check that purged rows: how many, and the first day kept. */
-  onPurged?: (purged: Readonly<{ rows: number; keptFrom: UtcDay }>) => void;
   onError?: (error: unknown) => void;
 }>;
 
@@ -120,7 +111,7 @@ export class ReconciliationSchedule {
 
   /**
    * Reconciles every due day this node can claim, oldest first; returns what happened to each
-   * day it claimed. Days claimed by other nodes, or done, are skipped. Then purges (bounded).
+   * day it claimed. Days claimed by other nodes, or done, are skipped.
    */
   async runDue(): Promise<ScheduleOutcome[]> {
     const { atMinutes, catchUpDays } = this.#options;
@@ -132,21 +123,7 @@ export class ReconciliationSchedule {
       outcomes.push(outcome);
       this.#options.onOutcome?.(outcome);
     }
-    if (!this.#stopped) await this.purgeExpired();
     return outcomes;
-  }
-
-  /**
-   * Deletes (bounded) the staging rows of settlement days older than `keepDays`; answers how many
-   * rows went. Nothing without `keepDays`.
-   */
-  async purgeExpired(): Promise<number> {
-    const { keepDays, db } = this.#options;
-    if (keepDays === undefined) return 0;
-    const keptFrom = keepFrom(this.#now(), keepDays);
-    const rows = await purgeStagingRows(db, keptFrom, this.#options.purge ?? PURGE_DEFAULT);
-    if (rows > 0) this.#options.onPurged?.({ rows, keptFrom });
-    return rows;
   }
 
   #schedule(delayMs: number): void {

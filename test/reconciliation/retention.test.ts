@@ -1,12 +1,14 @@
 /**
  * Goal: the settlement files' staging rows do not grow forever. Past RECONCILIATION_KEEP_DAYS the
- * nightly job deletes a day's staging rows, a bounded number per check, and leaves every report
- * and mismatch readable; a day past the window can no longer be reconciled (FAILED_PRECONDITION,
- * nothing written), because its checks across days would compare with purged rows.
- * Method: a ReconciliationService and a ReconciliationSchedule over one real MariaDB database
- * with a clock the test sets; settlement files in a temporary folder, for orders the ledger does
- * not know (each row is then a MISSING_IN_LEDGER mismatch with its evidence); the staging table
- * is counted directly.
+ * node's housekeeping deletes a day's staging rows, a bounded number per pass, whether or not the
+ * nightly job runs, and leaves every report and mismatch readable; a day past the window can no
+ * longer be reconciled (FAILED_PRECONDITION, nothing written), because its checks across days
+ * would compare with purged rows.
+ * Method: a ReconciliationService and the housekeeping's staging task over one real MariaDB
+ * database with a clock the test sets; settlement files in a temporary folder, for orders the
+ * ledger does not know (each row is then a MISSING_IN_LEDGER mismatch with its evidence); the
+ * staging table is counted directly. Then a real node (PSP mock and Settle, the nightly job off):
+ * its housekeeping purges and counts what it purged in /metrics.
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -15,14 +17,17 @@ import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import { FailedPreconditionError } from '../../src/domain/errors.js';
+import { addUtcDays, utcDayOf } from '../../src/domain/utc-day.js';
+import { Housekeeping } from '../../src/jobs/housekeeping.js';
 import {
-  ReconciliationSchedule,
+  purgeExpiredStaging,
   ReconciliationService,
   RUN_STATE,
   SETTLEMENT_HEADER,
 } from '../../src/reconciliation/index.js';
 import type { Db } from '../../src/storage/db.js';
-import { count, openTestDatabase } from '../support/harness.js';
+import { count, metricSample, openTestDatabase, scrapeMetrics } from '../support/harness.js';
+import { startReconStack, type ReconStack } from './support.js';
 
 const KEEP_DAYS = 40;
 
@@ -32,8 +37,8 @@ describe('retention of the staging rows (RECONCILIATION_KEEP_DAYS)', () => {
   let dir: string;
   let clock = new Date('2024-01-11T03:00:00.000Z');
   let service: ReconciliationService;
-  let schedule: ReconciliationSchedule;
-  const purges: Array<{ rows: number; keptFrom: string }> = [];
+  let housekeeping: Housekeeping;
+  const purges: Array<{ task: string; rows: number }> = [];
 
   beforeAll(async () => {
     ({ db, close } = await openTestDatabase('settle_retention_t', { poolSize: 4 }));
@@ -48,22 +53,19 @@ describe('retention of the staging rows (RECONCILIATION_KEEP_DAYS)', () => {
       keepDays: KEEP_DAYS,
       now: () => clock,
     });
-    schedule = new ReconciliationSchedule({
-      db,
-      reconciliation: service,
-      nodeName: 'node-1',
-      atMinutes: 120,
-      catchUpDays: 1,
-      retryMs: 3_600_000,
-      keepDays: KEEP_DAYS,
-      // Small bounds, so that one check cannot purge a whole file.
-      purge: { rowsPerDelete: 4, deletesMax: 3 },
-      now: () => clock,
-      onPurged: (purged) => purges.push(purged),
-    });
+    housekeeping = new Housekeeping(
+      [
+        {
+          name: 'settlement_staging',
+          // Small bounds, so that one pass cannot purge a whole file.
+          run: (at) => purgeExpiredStaging(db, at, KEEP_DAYS, { rowsPerDelete: 4, deletesMax: 3 }),
+        },
+      ],
+      { intervalMs: 60_000, now: () => clock, onPurged: (purged) => purges.push(purged) },
+    );
   });
   afterAll(async () => {
-    await schedule?.stop();
+    await housekeeping?.stop();
     await service?.stop();
     await close?.();
     await rm(dir, { recursive: true, force: true });
@@ -94,7 +96,7 @@ describe('retention of the staging rows (RECONCILIATION_KEEP_DAYS)', () => {
   let oldRun = '';
   let recentRun = '';
 
-  it('purges the rows of days past the window, a bounded number per check, and keeps every report', async () => {
+  it('purges the rows of days past the window, a bounded number per pass, and keeps every report', async () => {
     clock = new Date('2024-01-11T03:00:00.000Z');
     await fileFor('2024-01-10', 14);
     oldRun = await reconcile('2024-01-10');
@@ -106,16 +108,16 @@ describe('retention of the staging rows (RECONCILIATION_KEEP_DAYS)', () => {
     expect(await stagingRows(oldRun)).toBe(14);
 
     // 2024-03-01 minus 40 days is 2024-01-21: 2024-01-10 is past the window, 2024-02-28 is not.
-    // Three DELETEs of four rows per check.
-    expect(await schedule.purgeExpired()).toBe(12);
+    // Three DELETEs of four rows per pass.
+    expect(await housekeeping.runOnce()).toEqual({ settlement_staging: 12 });
     expect(await stagingRows(oldRun)).toBe(2);
-    expect(await schedule.purgeExpired()).toBe(2);
-    expect(await schedule.purgeExpired()).toBe(0);
+    expect(await housekeeping.runOnce()).toEqual({ settlement_staging: 2 });
+    expect(await housekeeping.runOnce()).toEqual({ settlement_staging: 0 });
     expect(await stagingRows(oldRun)).toBe(0);
     expect(await stagingRows(recentRun)).toBe(3);
     expect(purges).toEqual([
-      { rows: 12, keptFrom: '2024-01-21' },
-      { rows: 2, keptFrom: '2024-01-21' },
+      { task: 'settlement_staging', rows: 12 },
+      { task: 'settlement_staging', rows: 2 },
     ]);
 
     // The report and its mismatches, with their evidence, are all still there.
@@ -155,22 +157,66 @@ describe('retention of the staging rows (RECONCILIATION_KEEP_DAYS)', () => {
     expect(await stagingRows(kept)).toBe(1);
   });
 
-  it('is purged by the nightly check itself, except a run still RUNNING', async () => {
+  it('leaves the rows of a run still RUNNING', async () => {
     // Forty days on, 2024-02-28 and 2024-01-21 are past the window too. The run of 2024-02-28
     // is made RUNNING again, as if a node were still loading it: its rows are left alone.
     clock = new Date('2024-04-10T03:00:00.000Z');
     await sql`UPDATE recon_run SET state = ${RUN_STATE.running} WHERE id = ${recentRun}`.execute(
       db,
     );
-    await schedule.runDue();
+    await housekeeping.runOnce();
     expect(await stagingRows(recentRun)).toBe(3);
     expect(
       await count(db, sql<{ n: string }>`SELECT COUNT(*) AS n FROM recon_file_row`),
       'only the RUNNING run keeps rows',
     ).toBe(3);
     await sql`UPDATE recon_run SET state = ${RUN_STATE.failed} WHERE id = ${recentRun}`.execute(db);
-    await schedule.runDue();
+    await housekeeping.runOnce();
     expect(await stagingRows(recentRun)).toBe(0);
+  });
+});
+
+describe('a node with the nightly job off (RECONCILIATION_AT=off)', () => {
+  let stack: ReconStack | undefined;
+  afterAll(async () => stack?.close());
+
+  it('purges expired staging rows in its housekeeping and counts them in /metrics', async () => {
+    stack = await startReconStack({ RECONCILIATION_AT: 'off', RECONCILIATION_KEEP_DAYS: '32' });
+    const { db } = stack.settle;
+    const yesterday = addUtcDays(utcDayOf(new Date()), -1);
+    const lines = ['a', 'b', 'c'].map(
+      (tag) => `psp_${tag},ord_${tag},payment,USD,1.00,0.33,0.67,b,${yesterday}T10:00:00.000Z`,
+    );
+    await writeFile(
+      path.join(stack.dir, `settlement-${yesterday}.csv`),
+      `${SETTLEMENT_HEADER}\n${lines.join('\n')}\n`,
+    );
+    const run = await stack.settle.reconciliation.runToCompletion(
+      { settlementDate: yesterday },
+      { timeoutMs: 30_000 },
+    );
+    expect(run.state, run.error).toBe(RUN_STATE.succeeded);
+    const staged = () =>
+      count(
+        db,
+        sql<{ n: string }>`SELECT COUNT(*) AS n FROM recon_file_row WHERE run_id = ${run.id}`,
+      );
+    expect(await staged()).toBe(3);
+
+    // Kept while inside the window; once its day is 33 days old, the next pass purges it.
+    expect((await stack.settle.housekeeping.runOnce()).settlement_staging).toBe(0);
+    const old = addUtcDays(utcDayOf(new Date()), -33);
+    await sql`UPDATE recon_run SET settlement_date = ${old} WHERE id = ${run.id}`.execute(db);
+    expect(await stack.settle.housekeeping.runOnce()).toEqual({
+      idempotency_key: 0,
+      settlement_staging: 3,
+    });
+    expect(await staged()).toBe(0);
+    expect((await stack.settle.reconciliation.getReport(run.id)).counts.MISSING_IN_LEDGER).toBe(3n);
+    const metrics = await scrapeMetrics(stack.settleHttp);
+    expect(metricSample(metrics, 'settle_rows_purged_total', { what: 'settlement_staging' })).toBe(
+      3,
+    );
   });
 });
 

@@ -1,0 +1,78 @@
+/**
+ * Housekeeping: the node's bounded deletes of rows whose time has passed (idempotency keys past
+ * IDEMPOTENCY_TTL_MS, settlement staging rows past RECONCILIATION_KEEP_DAYS). They run on their
+ * own timer, so they go on whatever else the node runs: the nightly reconciliation may be off
+ * while RunReconciliation still loads files.
+ *
+ * A pass runs every task once, each bounded by its own limit, so a backlog is worked off over
+ * several passes instead of in one long statement. One task failing does not stop the others;
+ * passes never overlap, and stop() waits for the pass in progress. Several nodes purging at once
+ * only take turns on the same rows.
+ */
+
+export type HousekeepingTask = Readonly<{
+  /** A label for logs and metrics, e.g. `idempotency_key`. */
+  name: string;
+  /** Deletes what `now` says has expired, within the task's own bound; answers the rows deleted. */
+  run: (now: Date) => Promise<number>;
+}>;
+
+export type HousekeepingOptions = Readonly<{
+  intervalMs: number;
+  /** Delay of the first pass after start(). */
+  firstPassMs?: number;
+  now?: () => Date;
+  /** A task deleted rows (not called for 0). */
+  onPurged?: (purged: Readonly<{ task: string; rows: number }>) => void;
+  onError?: (task: string, error: unknown) => void;
+}>;
+
+export class Housekeeping {
+  #timer: NodeJS.Timeout | undefined;
+  #pass: Promise<unknown> | undefined;
+  #stopped = false;
+
+  constructor(
+    private readonly tasks: readonly HousekeepingTask[],
+    private readonly options: HousekeepingOptions,
+  ) {}
+
+  start(): void {
+    this.#schedule(this.options.firstPassMs ?? 0);
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    await this.#pass;
+  }
+
+  /** Runs every task once, in order; answers the rows each deleted (-1: it failed). */
+  async runOnce(): Promise<Record<string, number>> {
+    const now = (this.options.now ?? (() => new Date()))();
+    const deleted: Record<string, number> = {};
+    for (const task of this.tasks) {
+      if (this.#stopped) break;
+      try {
+        const rows = await task.run(now);
+        deleted[task.name] = rows;
+        if (rows > 0) this.options.onPurged?.({ task: task.name, rows });
+      } catch (error) {
+        deleted[task.name] = -1;
+        this.options.onError?.(task.name, error);
+      }
+    }
+    return deleted;
+  }
+
+  #schedule(delayMs: number): void {
+    if (this.#stopped) return;
+    this.#timer = setTimeout(() => {
+      this.#pass = this.runOnce().finally(() => {
+        this.#pass = undefined;
+        this.#schedule(this.options.intervalMs);
+      });
+    }, delayMs);
+    this.#timer.unref();
+  }
+}
