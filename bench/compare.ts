@@ -26,6 +26,8 @@ type Phase = {
 
 export type BenchResult = {
   startedAt?: string;
+  /** How the run reached MySQL (benches before it was recorded went over TCP). */
+  options?: { mysqlWay?: string; mysqlBaseUrl?: string };
   calibration?: { hotUs?: number; afterIdleUs?: number };
   ceiling?: { spread?: { ordersPerS?: number }; hot?: { ordersPerS?: number } };
   spread?: Phase;
@@ -195,6 +197,13 @@ export function compareRuns(runs: ReadonlyArray<{ name: string; result: BenchRes
   return markdownTable(header, rows);
 }
 
+/** How a run reached MySQL; older benches did not record it (a socket only if the URL named one). */
+function mysqlWay(result: BenchResult): string {
+  const { mysqlWay: way, mysqlBaseUrl } = result.options ?? {};
+  if (way !== undefined) return way;
+  return mysqlBaseUrl?.includes('socket=') === true ? 'Unix socket (named by --mysql-url)' : 'TCP';
+}
+
 function main(): void {
   const files = process.argv.slice(2);
   if (files.length < 2 || files.includes('--help')) {
@@ -210,8 +219,10 @@ function main(): void {
     name: basename(file, '.json'),
     result: JSON.parse(readFileSync(file, 'utf8')) as BenchResult,
   }));
-  const started = runs.map((run) => `${run.name}: ${run.result.startedAt ?? '?'}`).join(', ');
-  process.stdout.write(`runs started ${started}\n\n${compareRuns(runs)}\n`);
+  const started = runs
+    .map((run) => `${run.name}: ${run.result.startedAt ?? '?'}, MySQL ${mysqlWay(run.result)}`)
+    .join('\n  ');
+  process.stdout.write(`runs started\n  ${started}\n\n${compareRuns(runs)}\n`);
 }
 
 if (process.argv[1] !== undefined && fileURLToPath(import.meta.url) === resolve(process.argv[1])) {

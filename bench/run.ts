@@ -40,6 +40,7 @@ import {
 } from './proc.js';
 import { sleep } from '../src/chaos/processes.js';
 import { REPO_ROOT, startStack, type BenchStack } from './stack.js';
+import { chooseMysqlRoute, MYSQL_TRANSPORTS, type MysqlTransport } from './mysql-transport.js';
 import { names as topologyNames } from '../src/messaging/subjects.js';
 
 const HELP = `npm run bench -- [options]
@@ -61,6 +62,8 @@ const HELP = `npm run bench -- [options]
   --settle-env K=V[,K=V]    extra environment of the Settle node, to compare settings
                             (e.g. GROUP_COMMIT_MAX=1 turns group commit off)
   --mysql-url <url>         server for the bench databases (default mysql://root@127.0.0.1:3306/x)
+  --mysql-transport <way>   auto (default: the server's Unix socket when it has one here, else TCP),
+                            socket or tcp; every process of the run goes the same way
   --nats-url <url>          NATS with JetStream (default nats://127.0.0.1:4222)`;
 
 type Options = Readonly<{
@@ -81,6 +84,9 @@ type Options = Readonly<{
   json: string | undefined;
   settleEnv: Record<string, string>;
   mysqlBaseUrl: string;
+  mysqlTransport: MysqlTransport;
+  /** How the run reaches MySQL, for the report (set once chosen). */
+  mysqlWay: string;
   natsUrl: string;
   actorIdleMs: number;
 }>;
@@ -106,6 +112,7 @@ function parseOptions(argv: string[]): Options {
       json: { type: 'string' },
       'settle-env': { type: 'string' },
       'mysql-url': { type: 'string', default: 'mysql://root@127.0.0.1:3306/x' },
+      'mysql-transport': { type: 'string', default: 'auto' },
       'nats-url': { type: 'string', default: 'nats://127.0.0.1:4222' },
       help: { type: 'boolean', default: false },
     },
@@ -129,6 +136,10 @@ function parseOptions(argv: string[]): Options {
   }
   if (url.hostname !== '127.0.0.1' && url.hostname !== 'localhost') {
     throw new Error('--mysql-url must point at 127.0.0.1: the bench only talks to this machine');
+  }
+  const transport = values['mysql-transport'] as MysqlTransport;
+  if (!MYSQL_TRANSPORTS.includes(transport)) {
+    throw new Error(`--mysql-transport must be one of ${MYSQL_TRANSPORTS.join(', ')}`);
   }
   return {
     paymentsMax: int('payments', values.payments, 1_000_000, 1),
@@ -155,6 +166,8 @@ function parseOptions(argv: string[]): Options {
         ]),
     ),
     mysqlBaseUrl: values['mysql-url'],
+    mysqlTransport: transport,
+    mysqlWay: '',
     natsUrl: values['nats-url'],
     actorIdleMs: quick ? 2_000 : 5_000,
   };
@@ -1059,6 +1072,7 @@ function report(
       `${options.sellers} sellers, PSP latency ${options.pspLatencyMs} ms, ${options.durationMs / 1000} s per phase after a ${options.warmupMs / 1000} s warm-up`,
   );
   out.push(`Machine: ${describeCalibration(calibration)}`);
+  out.push(`MySQL: ${options.mysqlWay}`);
   out.push('');
   out.push(
     markdownTable(
@@ -1340,7 +1354,10 @@ function report(
 // ---------------------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
-  const options = parseOptions(process.argv.slice(2));
+  const parsed = parseOptions(process.argv.slice(2));
+  const route = await chooseMysqlRoute(parsed.mysqlBaseUrl, parsed.mysqlTransport);
+  const options: Options = { ...parsed, mysqlBaseUrl: route.url, mysqlWay: route.way };
+  log(`MySQL: ${route.way}`);
   log(
     `bench: ${options.quick ? 'quick' : 'full'} run; machine ${cpus().length} cores, ` +
       `load average ${loadavg()
