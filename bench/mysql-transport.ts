@@ -47,7 +47,17 @@ export async function chooseMysqlRoute(
   }
   const tcp = { url, way: `TCP ${describeAddress(target)}` };
   if (transport === 'tcp') return tcp;
-  const connection = await createConnection({ ...serverAddress(target), connectTimeout: 5_000 });
+  const connection = await createConnection({
+    ...serverAddress(target),
+    connectTimeout: 5_000,
+  }).catch((error: unknown) => {
+    throw new Error(
+      `MySQL is unreachable at ${describeAddress(target)} (${String(error)}); start it ` +
+        '(start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd) or pass ' +
+        '--mysql-url',
+      { cause: error },
+    );
+  });
   let socket: string;
   try {
     const [rows] = await connection.query<RowDataPacket[]>('SELECT @@socket AS socket');
