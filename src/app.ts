@@ -608,10 +608,13 @@ export async function startSettle(
         firstPassMs: HOUSEKEEPING_FIRST_PASS_MS,
         now,
         onPurged: ({ task, rows }) => {
-          metrics.rowsPurged({ what: task, rows });
+          metrics.rowsPurged({ task, rows });
           logger.info({ task, rows }, 'housekeeping deleted expired rows');
         },
-        onError: (task, error) => logger.warn({ err: error, task }, 'housekeeping task failed'),
+        onError: (task, error) => {
+          metrics.housekeepingFailed({ task });
+          logger.warn({ err: error, task }, 'housekeeping task failed');
+        },
       },
     );
     housekeeping.start();

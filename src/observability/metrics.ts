@@ -40,8 +40,10 @@ export type Metrics = Readonly<{
   pspCall: (call: { op: string; ok: boolean; ms: number }) => void;
   retry: () => void;
   deadLetter: (reason: string) => void;
-  /** Housekeeping deleted expired rows (`what`: the task, e.g. idempotency_key). */
-  rowsPurged: (purged: { what: string; rows: number }) => void;
+  /** Housekeeping deleted expired rows (`task`: what they were, e.g. idempotency_key). */
+  rowsPurged: (purged: { task: string; rows: number }) => void;
+  /** A housekeeping task failed (it is tried again at the next pass). */
+  housekeepingFailed: (failed: { task: string }) => void;
   /** The exposition text and its content type. */
   render: () => Promise<{ contentType: string; body: string }>;
 }>;
@@ -144,9 +146,17 @@ export function createMetrics(): Metrics {
   const rowsPurged = new Counter({
     name: 'settle_rows_purged_total',
     help:
-      'Expired rows this node deleted in housekeeping, by what they were (idempotency_key: ' +
-      'past IDEMPOTENCY_TTL_MS; settlement_staging: past RECONCILIATION_KEEP_DAYS).',
-    labelNames: ['what'] as const,
+      'Expired rows this node deleted in housekeeping, by task (idempotency_key: past ' +
+      'IDEMPOTENCY_TTL_MS; settlement_staging: past RECONCILIATION_KEEP_DAYS).',
+    labelNames: ['task'] as const,
+    registers: [registry],
+  });
+  const housekeepingFailures = new Counter({
+    name: 'settle_housekeeping_failures_total',
+    help:
+      'Housekeeping passes in which a task failed on this node, by task (it is tried again a ' +
+      'minute later).',
+    labelNames: ['task'] as const,
     registers: [registry],
   });
 
@@ -355,7 +365,8 @@ export function createMetrics(): Metrics {
       pspSeconds.observe({ op: call.op, outcome: call.ok ? 'ok' : 'error' }, call.ms / 1000),
     retry: () => retries.inc(),
     deadLetter: (reason) => deadLetters.inc({ reason }),
-    rowsPurged: (purged) => rowsPurged.inc({ what: purged.what }, purged.rows),
+    rowsPurged: (purged) => rowsPurged.inc({ task: purged.task }, purged.rows),
+    housekeepingFailed: (failed) => housekeepingFailures.inc({ task: failed.task }),
     render: async () => ({ contentType: registry.contentType, body: await registry.metrics() }),
   };
 }

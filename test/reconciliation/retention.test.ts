@@ -8,7 +8,7 @@
  * database with a clock the test sets; settlement files in a temporary folder, for orders the
  * ledger does not know (each row is then a MISSING_IN_LEDGER mismatch with its evidence); the
  * staging table is counted directly. Then a real node (PSP mock and Settle, the nightly job off):
- * its housekeeping purges and counts what it purged in /metrics.
+ * its housekeeping purges and counts what it purged, and a task that fails, in /metrics.
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -180,7 +180,7 @@ describe('a node with the nightly job off (RECONCILIATION_AT=off)', () => {
   let stack: ReconStack | undefined;
   afterAll(async () => stack?.close());
 
-  it('purges expired staging rows in its housekeeping and counts them in /metrics', async () => {
+  it('purges expired staging rows in its housekeeping and counts them, and its failures, in /metrics', async () => {
     stack = await startReconStack({ RECONCILIATION_AT: 'off', RECONCILIATION_KEEP_DAYS: '32' });
     const { db } = stack.settle;
     const yesterday = addUtcDays(utcDayOf(new Date()), -1);
@@ -214,9 +214,28 @@ describe('a node with the nightly job off (RECONCILIATION_AT=off)', () => {
     expect(await staged()).toBe(0);
     expect((await stack.settle.reconciliation.getReport(run.id)).counts.MISSING_IN_LEDGER).toBe(3n);
     const metrics = await scrapeMetrics(stack.settleHttp);
-    expect(metricSample(metrics, 'settle_rows_purged_total', { what: 'settlement_staging' })).toBe(
+    expect(metricSample(metrics, 'settle_rows_purged_total', { task: 'settlement_staging' })).toBe(
       3,
     );
+
+    // A task that fails is counted (the alert SettleHousekeepingFailing reads it), and the other
+    // task still runs in that pass.
+    await sql`RENAME TABLE recon_file_row TO recon_file_row_away`.execute(db);
+    try {
+      expect(await stack.settle.housekeeping.runOnce()).toEqual({
+        idempotency_key: 0,
+        settlement_staging: -1,
+      });
+    } finally {
+      await sql`RENAME TABLE recon_file_row_away TO recon_file_row`.execute(db);
+    }
+    const after = await scrapeMetrics(stack.settleHttp);
+    expect(
+      metricSample(after, 'settle_housekeeping_failures_total', { task: 'settlement_staging' }),
+    ).toBe(1);
+    expect(
+      metricSample(after, 'settle_housekeeping_failures_total', { task: 'idempotency_key' }),
+    ).toBeUndefined();
   });
 });
 
