@@ -20,6 +20,7 @@ type Phase = {
     cpuMs?: Record<string, number>;
     machineBusyMs?: number;
     wallMs?: number;
+    syscalls?: Record<string, { reads?: number; writes?: number }>;
     settleCompletions?: { within?: number[]; total?: number };
   };
 };
@@ -100,6 +101,16 @@ function phaseRows(key: 'spread' | 'half' | 'hot', name: string): Row[] {
     ...PROCESSES.map((process): Row => ({
       label: `${name}: CPU ms per order, ${process}`,
       value: (r) => perOrder(phase(r), process),
+      digits: 2,
+      better: 'lower',
+    })),
+    ...(['reads', 'writes'] as const).map((kind): Row => ({
+      label: `${name}: Settle's ${kind.slice(0, -1)} system calls per order`,
+      value: (r) => {
+        const count = phase(r)?.usage?.syscalls?.['settle']?.[kind];
+        const orders = phase(r)?.orders;
+        return count === undefined || !orders ? undefined : count / orders;
+      },
       digits: 2,
       better: 'lower',
     })),

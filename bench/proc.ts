@@ -101,6 +101,30 @@ export function sampleSwitches(pid: number): Switches | undefined {
   return { wakeUps, preemptions };
 }
 
+export type Syscalls = Readonly<{
+  /** read-family system calls (read, readv, pread): a Node process reads a socket once a wake-up. */
+  reads: number;
+  /** write-family system calls (write, writev, pwrite): about one per packet a Node process sends. */
+  writes: number;
+}>;
+
+/**
+ * The read and write system calls a process made, all its threads, including those that ended
+ * (/proc/<pid>/io: syscr, syscw); undefined when the process is gone. recv and send do not count,
+ * so for MariaDB (which uses them on sockets) this says nothing about its network traffic.
+ */
+export function sampleSyscalls(pid: number): Syscalls | undefined {
+  try {
+    const io = readFileSync(`/proc/${pid}/io`, 'utf8');
+    const reads = /^syscr:\s+(\d+)/m.exec(io);
+    const writes = /^syscw:\s+(\d+)/m.exec(io);
+    if (reads === null || writes === null) return undefined;
+    return { reads: Number(reads[1]), writes: Number(writes[1]) };
+  } catch {
+    return undefined;
+  }
+}
+
 function kbField(status: string, name: string): number {
   const match = new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status);
   return match ? Number(match[1]) : 0;

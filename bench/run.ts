@@ -34,8 +34,10 @@ import {
   sampleMainThread,
   sampleProcess,
   sampleSwitches,
+  sampleSyscalls,
   type ProcSample,
   type Switches,
+  type Syscalls,
   type ThreadSchedule,
 } from './proc.js';
 import { sleep } from '../src/chaos/processes.js';
@@ -216,6 +218,8 @@ type Snapshot = Readonly<{
   procs: Record<string, ProcSample | undefined>;
   /** Context switches of every thread of each process (settle, psp-mock, the shared ones, bench). */
   switches: Record<string, Switches | undefined>;
+  /** Read and write system calls of the Node processes (settle, psp-mock, bench). */
+  syscalls: Record<string, Syscalls | undefined>;
   machine: { busyMs: number; totalMs: number };
   settleStats: SettleStats | undefined;
   settleMainThread: ThreadSchedule | undefined;
@@ -300,13 +304,17 @@ function sumSamples<T extends Readonly<Record<string, number>>>(
 async function snapshot(stack: BenchStack | undefined): Promise<Snapshot> {
   const procs: Record<string, ProcSample | undefined> = {};
   const switches: Record<string, Switches | undefined> = {};
+  const syscalls: Record<string, Syscalls | undefined> = {};
   if (stack !== undefined) {
     procs['settle'] = sampleProcess(stack.settle.pid);
     procs['psp-mock'] = sampleProcess(stack.psp.pid);
     switches['settle'] = sampleSwitches(stack.settle.pid);
     switches['psp-mock'] = sampleSwitches(stack.psp.pid);
+    syscalls['settle'] = sampleSyscalls(stack.settle.pid);
+    syscalls['psp-mock'] = sampleSyscalls(stack.psp.pid);
   }
   switches['bench'] = sampleSwitches(process.pid);
+  syscalls['bench'] = sampleSyscalls(process.pid);
   for (const [name, pids] of Object.entries(sharedPids)) {
     procs[name] = sumSamples(pids.map(sampleProcess));
     switches[name] = sumSamples(pids.map(sampleSwitches));
@@ -316,6 +324,7 @@ async function snapshot(stack: BenchStack | undefined): Promise<Snapshot> {
     at: Date.now(),
     procs,
     switches,
+    syscalls,
     machine: sampleMachine(),
     settleStats: stack === undefined ? undefined : await settleStats(stack),
     settleMainThread: stack === undefined ? undefined : sampleMainThread(stack.settle.pid),
@@ -335,6 +344,8 @@ type Usage = Readonly<{
   settleMainThread: ThreadSchedule | undefined;
   /** Context switches of every thread of each process over the phase. */
   switches: Record<string, Switches>;
+  /** Read and write system calls of the Node processes over the phase. */
+  syscalls: Record<string, Syscalls>;
   timers: Record<string, TimerStats>;
   /** Orders Settle's histogram saw succeed during the phase, by bucket. */
   settleCompletions: Completions | undefined;
@@ -360,6 +371,12 @@ function usageBetween(
       wakeUps: end.wakeUps - start.wakeUps,
       preemptions: end.preemptions - start.preemptions,
     };
+  }
+  const syscalls: Record<string, Syscalls> = {};
+  for (const [name, end] of Object.entries(after.syscalls)) {
+    const start = before.syscalls[name];
+    if (end === undefined || start === undefined) continue;
+    syscalls[name] = { reads: end.reads - start.reads, writes: end.writes - start.writes };
   }
   const machineBusyMs = after.machine.busyMs - before.machine.busyMs;
   const known = Object.values(cpuMs).reduce((sum, ms) => sum + ms, 0);
@@ -404,6 +421,7 @@ function usageBetween(
             wakeUps: m1.wakeUps - m0.wakeUps,
           },
     switches,
+    syscalls,
     timers,
     settleCompletions:
       c0 === undefined || c1 === undefined
@@ -1030,6 +1048,32 @@ function switchesTable(phases: readonly LoadPhase[]): string[] {
   ];
 }
 
+/**
+ * Read and write system calls per order of the Node processes, by phase. A Node process reads a
+ * socket once each time it is woken for it and writes about once per packet it sends: the fewer
+ * orders share a wake-up or a packet, the more of both each order costs. MariaDB answers each
+ * statement of a one-trip packet with a packet of its own (README, "Over MariaDB's Unix socket").
+ */
+function syscallsTable(phases: readonly LoadPhase[]): string[] {
+  const names = ['settle', 'psp-mock', 'bench'];
+  const shown = phases.filter((phase) => Object.keys(phase.usage.syscalls).length > 0);
+  if (shown.length === 0) return [];
+  const cell = (phase: LoadPhase, name: string) => {
+    const counted = phase.usage.syscalls[name];
+    if (counted === undefined) return '–';
+    const orders = Math.max(1, phase.orders);
+    return `${(counted.reads / orders).toFixed(2)} / ${(counted.writes / orders).toFixed(2)}`;
+  };
+  return [
+    'System calls per order of the Node processes (/proc/<pid>/io): reads / writes. A socket is ' +
+      'read once per wake-up; MariaDB sends a packet per statement.',
+    markdownTable(
+      ['phase', ...names],
+      shown.map((phase) => [phase.name, ...names.map((name) => cell(phase, name))]),
+    ),
+  ];
+}
+
 function breakdown(phase: LoadPhase): string[][] {
   const entries = Object.entries(phase.usage.timers);
   const sqlTotal = entries
@@ -1238,6 +1282,7 @@ function report(
     `("bench" is the load generator, or the ceiling script in the ceiling row; "other" is CPU no listed process used: other users of this shared machine.)`,
   );
   out.push(...switchesTable([spread, half, hot].filter((p) => p !== undefined)));
+  out.push(...syscallsTable([spread, half, hot].filter((p) => p !== undefined)));
   const scheduled = [spread, half, hot].filter(
     (p): p is LoadPhase => p !== undefined && p.usage.settleMainThread !== undefined,
   );

@@ -3,10 +3,14 @@
  * a CPU grows by the CPU it burns, the counters only grow, and every sleep counts as a wake-up.
  * The sum over a process's threads counts at least what its main thread does. Method: this test's
  * own process, before and after ~60 ms of busy work on its main thread, and around five timers
- * that each put it to sleep.
+ * that each put it to sleep. Its read and write system calls count each one it makes (a file
+ * written and read byte by byte).
  */
+import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { sampleMainThread, sampleSwitches } from '../../bench/proc.js';
+import { sampleMainThread, sampleSwitches, sampleSyscalls } from '../../bench/proc.js';
 
 describe('sampleMainThread', () => {
   it('counts the CPU time the main thread burns', () => {
@@ -56,5 +60,32 @@ describe('sampleSwitches', () => {
 
   it('answers undefined for a process that is gone', () => {
     expect(sampleSwitches(2 ** 22 + 12_345)).toBeUndefined();
+  });
+});
+
+describe('sampleSyscalls', () => {
+  it('counts the read and write system calls the process makes', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'settle-syscalls-'));
+    try {
+      const file = join(dir, 'f');
+      const before = sampleSyscalls(process.pid);
+      const fd = openSync(file, 'w+');
+      for (let i = 0; i < 20; i += 1) writeSync(fd, 'x');
+      const buffer = Buffer.alloc(1);
+      for (let i = 0; i < 30; i += 1) readSync(fd, buffer, 0, 1, i % 20);
+      closeSync(fd);
+      const after = sampleSyscalls(process.pid);
+      if (before === undefined || after === undefined) throw new Error('no /proc/<pid>/io');
+      // Other threads (V8's, libuv's) may add a few of their own, never fewer.
+      expect(after.writes - before.writes).toBeGreaterThanOrEqual(20);
+      expect(after.reads - before.reads).toBeGreaterThanOrEqual(30);
+      expect(after.writes - before.writes).toBeLessThan(200);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('answers undefined for a process that is gone', () => {
+    expect(sampleSyscalls(2 ** 22 + 12_345)).toBeUndefined();
   });
 });
