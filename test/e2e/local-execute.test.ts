@@ -296,12 +296,16 @@ describe('stopping', () => {
     await waitFor(async () => (await order(orderId)).state === 'EXECUTING', {
       what: 'the order EXECUTING, its PSP call in flight',
     });
+    // The relay pauses while the row is looked at: once the row is due, a running relay may
+    // publish and delete it within milliseconds, before this test reads it.
+    await stack.settle.relay.stop();
     const stopping = Date.now();
     await stack.settle.local.stop(100);
     const [row] = await outboxRows([orderId]);
     expect(row, 'the row is kept for another node').toBeDefined();
     expect(row?.available_at.getTime()).toBeLessThanOrEqual(Date.now());
     expect(row?.available_at.getTime()).toBeGreaterThanOrEqual(stopping - 5);
+    stack.settle.relay.start();
     stack.psp.setBehavior({ latencyMs: 0 });
     // The relay sends it through JetStream; the consumer finds the order registered or registers
     // it (the PSP answers the same token for the same order).
