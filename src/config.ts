@@ -143,8 +143,9 @@ export const configSchema = z.object({
   /** After downtime, the nightly job catches up on at most this many past days. */
   RECONCILIATION_CATCH_UP_DAYS: positiveInt.max(31).default(7),
   /**
-   * Retention of the settlement files' staging rows: the nightly job deletes those of days more
-   * than this many days old, and such days can no longer be reconciled (their reports stay).
+   * Retention of the settlement files' staging rows: the node's housekeeping deletes those of
+   * days more than this many days old, and such days can no longer be reconciled (their reports
+   * stay).
    */
   RECONCILIATION_KEEP_DAYS: positiveInt.min(32).max(36_500).default(400),
   /** How long the nightly job waits before trying a day again (file missing, run failed). */

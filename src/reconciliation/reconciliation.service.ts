@@ -292,7 +292,8 @@ export class ReconciliationService {
   /**
    * A day older than the retention window is refused before anything is written: its checks
    * across days (DUPLICATE, settled by another day's file) would compare with purged rows, and
-   * its own rows would be purged at the next check. Its existing reports stay readable.
+   * its own rows would be purged by the next housekeeping pass. Its existing reports stay
+   * readable.
    */
   #checkRetention(day: UtcDay, now: Date): void {
     const { keepDays } = this.#options;

@@ -6,7 +6,7 @@
  * node that dies mid-run leaves a claim that another node takes over once the lease expires. A
  * day whose file is missing or whose run failed is tried again after `retryMs`, at most
  * ATTEMPTS_MAX times.
-
+ *
  * (The staging rows of days past RECONCILIATION_KEEP_DAYS are purged by the node's housekeeping,
  * jobs/housekeeping.ts, which runs even with the nightly job off.)
  *
