@@ -301,6 +301,22 @@ function sumSamples<T extends Readonly<Record<string, number>>>(
   return total as T;
 }
 
+/** Per process, `after` minus `before` field by field; processes missing from either are left out. */
+function differences<T extends Readonly<Record<string, number>>>(
+  before: Readonly<Record<string, T | undefined>>,
+  after: Readonly<Record<string, T | undefined>>,
+): Record<string, T> {
+  const out: Record<string, T> = {};
+  for (const [name, end] of Object.entries(after)) {
+    const start = before[name];
+    if (end === undefined || start === undefined) continue;
+    const diff: Record<string, number> = {};
+    for (const [field, value] of Object.entries(end)) diff[field] = value - (start[field] ?? 0);
+    out[name] = diff as T;
+  }
+  return out;
+}
+
 async function snapshot(stack: BenchStack | undefined): Promise<Snapshot> {
   const procs: Record<string, ProcSample | undefined> = {};
   const switches: Record<string, Switches | undefined> = {};
@@ -363,21 +379,8 @@ function usageBetween(
   }
   cpuMs['bench'] = after.benchCpuMs - before.benchCpuMs;
   Object.assign(cpuMs, extraCpu);
-  const switches: Record<string, Switches> = {};
-  for (const [name, end] of Object.entries(after.switches)) {
-    const start = before.switches[name];
-    if (end === undefined || start === undefined) continue;
-    switches[name] = {
-      wakeUps: end.wakeUps - start.wakeUps,
-      preemptions: end.preemptions - start.preemptions,
-    };
-  }
-  const syscalls: Record<string, Syscalls> = {};
-  for (const [name, end] of Object.entries(after.syscalls)) {
-    const start = before.syscalls[name];
-    if (end === undefined || start === undefined) continue;
-    syscalls[name] = { reads: end.reads - start.reads, writes: end.writes - start.writes };
-  }
+  const switches = differences(before.switches, after.switches);
+  const syscalls = differences(before.syscalls, after.syscalls);
   const machineBusyMs = after.machine.busyMs - before.machine.busyMs;
   const known = Object.values(cpuMs).reduce((sum, ms) => sum + ms, 0);
   cpuMs['other'] = Math.max(0, machineBusyMs - known);
@@ -1024,28 +1027,48 @@ function cpuRow(phase: LoadPhase): string[] {
 }
 
 /**
- * Context switches per order of every thread of each process, by phase: how often each slept
- * and was woken, and how often it lost its CPU while it could still run. Batching shows here:
- * the fewer orders share a packet or a message, the more wake-ups each order costs.
+ * A table of two counts per order for each process, by phase ("a / b"), for the counters the
+ * bench reads from /proc; a process with no count in a phase shows –.
  */
-function switchesTable(phases: readonly LoadPhase[]): string[] {
-  const names = ['settle', 'psp-mock', 'mariadbd', 'nats-server', 'bench'];
-  const shown = phases.filter((phase) => Object.keys(phase.usage.switches).length > 0);
+function perOrderPairs<T extends Readonly<Record<string, number>>>(
+  title: string,
+  phases: readonly LoadPhase[],
+  names: readonly string[],
+  counts: (usage: Usage) => Readonly<Record<string, T>>,
+  pair: (counted: T) => readonly [number, number],
+): string[] {
+  const shown = phases.filter((phase) => Object.keys(counts(phase.usage)).length > 0);
   if (shown.length === 0) return [];
   const cell = (phase: LoadPhase, name: string) => {
-    const counted = phase.usage.switches[name];
+    const counted = counts(phase.usage)[name];
     if (counted === undefined) return '–';
     const orders = Math.max(1, phase.orders);
-    return `${(counted.wakeUps / orders).toFixed(2)} / ${(counted.preemptions / orders).toFixed(2)}`;
+    const [a, b] = pair(counted);
+    return `${(a / orders).toFixed(2)} / ${(b / orders).toFixed(2)}`;
   };
   return [
-    'Context switches per order, every thread of each process (/proc/<pid>/task/*/status): ' +
-      'woken / preempted.',
+    title,
     markdownTable(
       ['phase', ...names],
       shown.map((phase) => [phase.name, ...names.map((name) => cell(phase, name))]),
     ),
   ];
+}
+
+/**
+ * Context switches per order of every thread of each process, by phase: how often each slept
+ * and was woken, and how often it lost its CPU while it could still run. Batching shows here:
+ * the fewer orders share a packet or a message, the more wake-ups each order costs.
+ */
+function switchesTable(phases: readonly LoadPhase[]): string[] {
+  return perOrderPairs(
+    'Context switches per order, every thread of each process (/proc/<pid>/task/*/status): ' +
+      'woken / preempted.',
+    phases,
+    ['settle', 'psp-mock', 'mariadbd', 'nats-server', 'bench'],
+    (usage) => usage.switches,
+    (counted) => [counted.wakeUps, counted.preemptions],
+  );
 }
 
 /**
@@ -1055,23 +1078,14 @@ function switchesTable(phases: readonly LoadPhase[]): string[] {
  * statement of a one-trip packet with a packet of its own (README, "Over MariaDB's Unix socket").
  */
 function syscallsTable(phases: readonly LoadPhase[]): string[] {
-  const names = ['settle', 'psp-mock', 'bench'];
-  const shown = phases.filter((phase) => Object.keys(phase.usage.syscalls).length > 0);
-  if (shown.length === 0) return [];
-  const cell = (phase: LoadPhase, name: string) => {
-    const counted = phase.usage.syscalls[name];
-    if (counted === undefined) return '–';
-    const orders = Math.max(1, phase.orders);
-    return `${(counted.reads / orders).toFixed(2)} / ${(counted.writes / orders).toFixed(2)}`;
-  };
-  return [
+  return perOrderPairs(
     'System calls per order of the Node processes (/proc/<pid>/io): reads / writes. A socket is ' +
       'read once per wake-up; MariaDB sends a packet per statement.',
-    markdownTable(
-      ['phase', ...names],
-      shown.map((phase) => [phase.name, ...names.map((name) => cell(phase, name))]),
-    ),
-  ];
+    phases,
+    ['settle', 'psp-mock', 'bench'],
+    (usage) => usage.syscalls,
+    (counted) => [counted.reads, counted.writes],
+  );
 }
 
 function breakdown(phase: LoadPhase): string[][] {
