@@ -6,8 +6,9 @@
  *
  * A pass runs every task once, each bounded by its own limit, so a backlog is worked off over
  * several passes instead of in one long statement. One task failing does not stop the others;
- * passes never overlap, and stop() waits for the pass in progress. Several nodes purging at once
- * only take turns on the same rows.
+ * passes never overlap (a runOnce() from outside waits for the timer's pass in progress, and the
+ * other way round), and stop() waits for the pass in progress. Several nodes purging at once only
+ * take turns on the same rows.
  */
 
 export type HousekeepingTask = Readonly<{
@@ -29,7 +30,8 @@ export type HousekeepingOptions = Readonly<{
 
 export class Housekeeping {
   #timer: NodeJS.Timeout | undefined;
-  #pass: Promise<unknown> | undefined;
+  /** The last pass queued: the next one starts after it. A pass never rejects (see #runTasks). */
+  #lastPass: Promise<unknown> = Promise.resolve();
   #stopped = false;
 
   constructor(
@@ -44,11 +46,20 @@ export class Housekeeping {
   async stop(): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#timer);
-    await this.#pass;
+    await this.#lastPass;
   }
 
-  /** Runs every task once, in order; answers the rows each deleted (-1: it failed). */
-  async runOnce(): Promise<Record<string, number>> {
+  /**
+   * Runs every task once, in order, after any pass in progress; answers the rows each deleted
+   * (-1: it failed).
+   */
+  runOnce(): Promise<Record<string, number>> {
+    const pass = this.#lastPass.then(() => this.#runTasks());
+    this.#lastPass = pass.catch(() => undefined);
+    return pass;
+  }
+
+  async #runTasks(): Promise<Record<string, number>> {
     const now = (this.options.now ?? (() => new Date()))();
     const deleted: Record<string, number> = {};
     for (const task of this.tasks) {
@@ -68,10 +79,10 @@ export class Housekeeping {
   #schedule(delayMs: number): void {
     if (this.#stopped) return;
     this.#timer = setTimeout(() => {
-      this.#pass = this.runOnce().finally(() => {
-        this.#pass = undefined;
-        this.#schedule(this.options.intervalMs);
-      });
+      // A pass rejects only if a callback (now, onPurged, onError) throws; the timer goes on.
+      void this.runOnce()
+        .catch(() => undefined)
+        .finally(() => this.#schedule(this.options.intervalMs));
     }, delayMs);
     this.#timer.unref();
   }

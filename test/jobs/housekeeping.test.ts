@@ -1,7 +1,7 @@
 /**
  * Goal: the node's housekeeping runs its purges on its own timer, a pass at a time: the first
  * pass after `firstPassMs`, then one every `intervalMs`; a task that fails is reported and does
- * not stop the others; passes never overlap; stop() waits for the pass in progress and no pass
+ * not stop the others; passes never overlap, a runOnce() from outside included; stop() waits for the pass in progress and no pass
  * starts after it. (What the purges delete is tested with the real database: retention.test.ts
  * and payment.repository.test.ts.)
  * Method: tasks that record their calls and wait on promises the test resolves; short real
@@ -102,5 +102,39 @@ describe('Housekeeping', () => {
     await sleep(50);
     expect(passes, 'no pass after stop()').toBe(1);
     expect(most).toBe(1);
+  });
+
+  it('makes a runOnce() from outside wait for the timer pass in progress', async () => {
+    const order: string[] = [];
+    let release: () => void = () => undefined;
+    let first = true;
+    const task: HousekeepingTask = {
+      name: 'keys',
+      run: async () => {
+        if (first) {
+          first = false;
+          order.push('timer pass starts');
+          await new Promise<void>((resolve) => (release = resolve));
+          order.push('timer pass ends');
+          return 2;
+        }
+        order.push('outside pass');
+        return 0;
+      },
+    };
+    const housekeeping = new Housekeeping([task], { intervalMs: 60_000, firstPassMs: 0 });
+    running = housekeeping;
+    housekeeping.start();
+    for (let i = 0; i < 200 && order.length === 0; i += 1) await sleep(5);
+    expect(order).toEqual(['timer pass starts']);
+    const outside = housekeeping.runOnce();
+    await sleep(30);
+    const seen = [...order];
+    release();
+    expect(seen, 'the outside pass has not started while the timer pass runs').toEqual([
+      'timer pass starts',
+    ]);
+    expect(await outside).toEqual({ keys: 0 });
+    expect(order).toEqual(['timer pass starts', 'timer pass ends', 'outside pass']);
   });
 });
