@@ -10,9 +10,13 @@
  *                                  relay, JetStream, the consumer and the actor's load), and the
  *                                  PSP's RegisterPayment call
  *   PspRegistered → PspSucceeded   the token's commit, the PSP's decision and its signed webhook
+ *   PspSucceeded → seen            the final commit (its time is the decision's), Settle's
+ *                                  "payment changed" hint and the load generator's read that
+ *                                  saw the payment final: from the last decision of any of the
+ *                                  payment's orders to the time the load generator recorded
  *
- * (The final commit is not in these gaps: its time is the decision's.)
- * Times have millisecond resolution and come from one clock (the Settle node's).
+ * Times have millisecond resolution. The decisions' come from the Settle node's clock, the
+ * sightings from the load generator's: two processes on one machine, so one clock.
  */
 import { createPool, type RowDataPacket } from 'mysql2/promise';
 import { parseMysqlUrl, serverAddress } from '../src/storage/db.js';
@@ -22,13 +26,19 @@ export type StageLatency = Readonly<{ stage: string; p50: number; p95: number; p
 
 // ExecuteOrder is written with the creation (same time), so its gap is always 0: left out.
 const STAGES = ['PspRegistered', 'PspSucceeded'] as const;
+const SEEN = 'seen by the load generator';
 const IDS_PER_QUERY = 1_000;
 const PAYMENTS_MAX = 50_000;
 
-/** The stages of the orders of these payments (at most 50,000 payments are looked at). */
+/**
+ * The stages of the orders of these payments (at most 50,000 payments are looked at). `seenAt`
+ * gives, for the payments the load generator saw final, the time it saw them (epoch ms): they
+ * add the last stage, from the payment's last decision to that sighting.
+ */
 export async function stageLatencies(
   mysqlUrl: string,
   paymentIds: readonly string[],
+  seenAt: ReadonlyMap<string, number> = new Map(),
 ): Promise<StageLatency[]> {
   const target = parseMysqlUrl(mysqlUrl);
   const pool = createPool({
@@ -38,12 +48,14 @@ export async function stageLatencies(
     connectTimeout: 5_000,
     timezone: 'Z',
   });
-  const gaps = new Map<string, number[]>(STAGES.map((stage) => [stage, []]));
+  const gaps = new Map<string, number[]>([...STAGES, SEEN].map((stage) => [stage, []]));
+  /** Each payment's last decision, over all its orders. */
+  const decidedLast = new Map<string, number>();
   try {
     const ids = paymentIds.slice(0, PAYMENTS_MAX);
     for (let start = 0; start < ids.length; start += IDS_PER_QUERY) {
       const [rows] = await pool.query<RowDataPacket[]>(
-        `SELECT t.order_id, t.event_type, t.created_at AS at, o.created_at AS created
+        `SELECT t.order_id, t.payment_id, t.event_type, t.created_at AS at, o.created_at AS created
            FROM payment_order_transition t JOIN payment_order o ON o.id = t.order_id
           WHERE t.payment_id IN (?) ORDER BY t.order_id, t.version`,
         [ids.slice(start, start + IDS_PER_QUERY)],
@@ -58,18 +70,26 @@ export async function stageLatencies(
         const at = new Date(row['at'] as Date).getTime();
         gaps.get(String(row['event_type']))?.push(at - previous);
         previous = at;
+        const payment = String(row['payment_id']);
+        decidedLast.set(payment, Math.max(decidedLast.get(payment) ?? 0, at));
       }
     }
   } finally {
     await pool.end();
   }
-  return STAGES.filter((stage) => (gaps.get(stage)?.length ?? 0) > 0).map((stage) => {
-    const values = gaps.get(stage) ?? [];
-    return {
-      stage: `→ ${stage}`,
-      p50: quantile(values, 0.5),
-      p95: quantile(values, 0.95),
-      p99: quantile(values, 0.99),
-    };
-  });
+  for (const [payment, decided] of decidedLast) {
+    const seen = seenAt.get(payment);
+    if (seen !== undefined) gaps.get(SEEN)?.push(seen - decided);
+  }
+  return [...STAGES, SEEN]
+    .filter((stage) => (gaps.get(stage)?.length ?? 0) > 0)
+    .map((stage) => {
+      const values = gaps.get(stage) ?? [];
+      return {
+        stage: `→ ${stage}`,
+        p50: quantile(values, 0.5),
+        p95: quantile(values, 0.95),
+        p99: quantile(values, 0.99),
+      };
+    });
 }
