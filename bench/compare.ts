@@ -183,7 +183,18 @@ const ROWS: readonly Row[] = [
   },
 ];
 
-function change(first: number | undefined, second: number | undefined, better: Direction): string {
+/**
+ * The change from the first value to the second, as the table shows them (rounded to the row's
+ * digits): two values printed alike show no change, whatever the digits the table drops.
+ */
+function change(
+  shown: ReadonlyArray<number | undefined>,
+  digits: number,
+  better: Direction,
+): string {
+  const [first, second] = shown.map((value) =>
+    value === undefined ? undefined : Number(value.toFixed(digits)),
+  );
   if (first === undefined || second === undefined) return '–';
   if (first === 0) return second === 0 ? '0 %' : '–';
   const percent = (100 * (second - first)) / Math.abs(first);
@@ -202,7 +213,7 @@ export function compareRuns(runs: ReadonlyArray<{ name: string; result: BenchRes
     rows.push([
       row.label,
       ...values.map((value) => (value === undefined ? '–' : value.toFixed(row.digits))),
-      ...(withDelta ? [change(values[0], values[1], row.better)] : []),
+      ...(withDelta ? [change(values, row.digits, row.better)] : []),
     ]);
   }
   return markdownTable(header, rows);

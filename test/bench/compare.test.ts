@@ -61,6 +61,19 @@ describe('compareRuns', () => {
     expect(row(table, 'invariants and phases ok (1 = yes)')).toEqual(['1', '1', '0.0 %']);
   });
 
+  it('computes the change from the values as printed, so 0.0 beside 0.0 is no change', () => {
+    const tiny = (share: number): BenchResult => ({
+      ...before,
+      spread: { ...before.spread, within: { within: [0, share, 50, 100], total: 1_000_000 } },
+    });
+    // 0.3 and 0.1 in a million: both print as 0.0 %, which once showed as "-66.7 % !".
+    const table = compareRuns([
+      { name: 'a', result: tiny(3) },
+      { name: 'b', result: tiny(1) },
+    ]);
+    expect(row(table, 'spread: % within 50 ms (load generator)')).toEqual(['0.0', '0.0', '0 %']);
+  });
+
   it('leaves out rows no run has, and the Δ column for more than two runs', () => {
     const table = compareRuns([
       { name: 'a', result: before },
