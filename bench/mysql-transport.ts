@@ -6,7 +6,8 @@
  * `auto` (the default) takes the server's Unix socket when it has one on this machine, else TCP.
  * On one machine a Unix socket spares both sides the TCP stack for every packet, and MariaDB
  * answers each statement of a multi-statement packet with a packet of its own, so Settle's
- * one-trip transactions send few packets but receive many (README, "Over MariaDB's Unix socket").
+ * one-trip transactions send few packets but receive many (docs/performance.md, "Over MariaDB's
+ * Unix socket").
  * The socket is the server's own `@@socket`, asked over TCP first: never a guessed path, so it is
  * the same server as the URL's host and port.
  */

@@ -1081,7 +1081,8 @@ function switchesTable(phases: readonly LoadPhase[]): string[] {
  * Read and write system calls per order of the Node processes, by phase. A Node process reads a
  * socket once each time it is woken for it and writes about once per packet it sends: the fewer
  * orders share a wake-up or a packet, the more of both each order costs. MariaDB answers each
- * statement of a one-trip packet with a packet of its own (README, "Over MariaDB's Unix socket").
+ * statement of a one-trip packet with a packet of its own (docs/performance.md, "Over MariaDB's
+ * Unix socket").
  */
 function syscallsTable(phases: readonly LoadPhase[]): string[] {
   return perOrderPairs(
