@@ -27,6 +27,7 @@ import { checkInvariants, type Check } from './invariants.js';
 import { CompletionWatcher, LoadDriver, quantile, type LoadResult } from './load.js';
 import { calibrate, type Calibration } from './calibrate.js';
 import { summarizeProfile, type ProfileSummary } from './profile.js';
+import { checkGoals, goalsTable } from './goals.js';
 import { stageLatencies, type StageLatency } from './stages.js';
 import {
   findPids,
@@ -1410,6 +1411,26 @@ function report(
       : []),
   ]);
   for (const problem of problems) out.push(`note: ${problem}`);
+  out.push(
+    'The performance goals, for this run only (a verdict needs its phase run on the goal\'s terms; README, "Performance", gives every full run):',
+  );
+  out.push(
+    goalsTable(
+      checkGoals({
+        ceilingOrdersPerS: ceiling.spread.ordersPerS,
+        spreadOrdersPerS: spread.ordersPerS,
+        pspLatencyMs: options.pspLatencyMs,
+        ...(half !== undefined && {
+          openLoop: { percent: options.openLoopPercent, p99Ms: half.terminalMs.p99 },
+        }),
+        ...(hot !== undefined && { hotOrdersPerS: hot.ordersPerS }),
+        ...(memory !== undefined && {
+          idle: { orders: memory.orders, rssAfterPassivationBytes: memory.rssAfterIdleBytes },
+        }),
+      }),
+    ),
+  );
+  out.push('');
   const checks = [...throughput.invariants, ...(memory?.invariants ?? [])];
   out.push('Invariants:');
   for (const check of checks)
