@@ -30,7 +30,7 @@ export type HousekeepingOptions = Readonly<{
 
 export class Housekeeping {
   #timer: NodeJS.Timeout | undefined;
-  /** The last pass queued: the next one starts after it. A pass never rejects (see #runTasks). */
+  /** The last pass queued, its failure caught: the next pass starts after it. */
   #lastPass: Promise<unknown> = Promise.resolve();
   #stopped = false;
 
