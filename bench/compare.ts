@@ -35,6 +35,8 @@ export type BenchResult = {
   half?: Phase;
   hot?: Phase;
   memory?: { rssAfterIdleBytes?: number };
+  /** The performance goals' verdicts (benches before they were recorded have none). */
+  goals?: ReadonlyArray<{ verdict?: string }>;
   ok?: boolean;
 };
 
@@ -174,6 +176,12 @@ const ROWS: readonly Row[] = [
       r.memory?.rssAfterIdleBytes === undefined ? undefined : r.memory.rssAfterIdleBytes / 2 ** 20,
     digits: 0,
     better: 'lower',
+  },
+  {
+    label: 'performance goals met (of 5)',
+    value: (r) => r.goals?.filter((goal) => goal.verdict === 'met').length,
+    digits: 0,
+    better: 'higher',
   },
   {
     label: 'invariants and phases ok (1 = yes)',

@@ -27,7 +27,7 @@ import { checkInvariants, type Check } from './invariants.js';
 import { CompletionWatcher, LoadDriver, quantile, type LoadResult } from './load.js';
 import { calibrate, type Calibration } from './calibrate.js';
 import { summarizeProfile, type ProfileSummary } from './profile.js';
-import { checkGoals, goalsTable } from './goals.js';
+import { checkGoals, goalsTable, type GoalResult } from './goals.js';
 import { stageLatencies, type StageLatency } from './stages.js';
 import {
   findPids,
@@ -1124,6 +1124,27 @@ function breakdown(phase: LoadPhase): string[][] {
   return rows;
 }
 
+/** The performance goals, checked against this run. */
+function goalsOf(
+  options: Options,
+  ceiling: CeilingRun,
+  { spread, half, hot }: ThroughputResults,
+  memory: MemoryResults | undefined,
+): GoalResult[] {
+  return checkGoals({
+    ceilingOrdersPerS: ceiling.ordersPerS,
+    spreadOrdersPerS: spread.ordersPerS,
+    pspLatencyMs: options.pspLatencyMs,
+    ...(half !== undefined && {
+      openLoop: { percent: options.openLoopPercent, p99Ms: half.terminalMs.p99 },
+    }),
+    ...(hot !== undefined && { hotOrdersPerS: hot.ordersPerS }),
+    ...(memory !== undefined && {
+      idle: { orders: memory.orders, rssAfterPassivationBytes: memory.rssAfterIdleBytes },
+    }),
+  });
+}
+
 function report(
   options: Options,
   calibration: Calibration,
@@ -1414,22 +1435,7 @@ function report(
   out.push(
     'The performance goals, for this run only (a verdict needs its phase run on the goal\'s terms; README, "Performance", gives every full run):',
   );
-  out.push(
-    goalsTable(
-      checkGoals({
-        ceilingOrdersPerS: ceiling.spread.ordersPerS,
-        spreadOrdersPerS: spread.ordersPerS,
-        pspLatencyMs: options.pspLatencyMs,
-        ...(half !== undefined && {
-          openLoop: { percent: options.openLoopPercent, p99Ms: half.terminalMs.p99 },
-        }),
-        ...(hot !== undefined && { hotOrdersPerS: hot.ordersPerS }),
-        ...(memory !== undefined && {
-          idle: { orders: memory.orders, rssAfterPassivationBytes: memory.rssAfterIdleBytes },
-        }),
-      }),
-    ),
-  );
+  out.push(goalsTable(goalsOf(options, ceiling.spread, throughput, memory)));
   out.push('');
   const checks = [...throughput.invariants, ...(memory?.invariants ?? [])];
   out.push('Invariants:');
@@ -1506,6 +1512,7 @@ async function main(): Promise<void> {
           settlePeakRssBytes: throughput.settlePeakRssBytes,
           pspPeakRssBytes: throughput.pspPeakRssBytes,
           memory,
+          goals: goalsOf(options, ceilingSpread, throughput, memory),
           invariants: checks,
           ok: completed && checks.every((c) => c.ok),
         },

@@ -27,6 +27,7 @@ const after: BenchResult = {
     terminalMs: { p50: 50, p95: 90, p99: 150 },
     within: { within: [10, 40, 90, 100], total: 100 },
   },
+  goals: [{ verdict: 'met' }, { verdict: 'met' }, { verdict: 'not met' }, { verdict: '–' }],
 };
 
 /** The cells of the row whose label is `label`. */
@@ -59,6 +60,8 @@ describe('compareRuns', () => {
     // Only the second run has it: – and no change.
     expect(row(table, 'spread: % within 50 ms (load generator)')).toEqual(['–', '40.0', '–']);
     expect(row(table, 'invariants and phases ok (1 = yes)')).toEqual(['1', '1', '0.0 %']);
+    // Goals are counted where a run recorded them.
+    expect(row(table, 'performance goals met (of 5)')).toEqual(['–', '2', '–']);
   });
 
   it('computes the change from the values as printed, so 0.0 beside 0.0 is no change', () => {
