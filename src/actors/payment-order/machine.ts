@@ -36,10 +36,28 @@ export {
 
 export const PSP_NOT_FOUND = 'PSP_PAYMENT_NOT_FOUND';
 export const EXPIRED_REASON = 'EXPIRED';
+/** The PSP refused a registration for good (a bad request, our credentials); the history row
+ * keeps its message. */
+export const PSP_REGISTRATION_REFUSED = 'PSP_REGISTRATION_REFUSED';
+/** An order's failure reason is a code that fits `payment_order.failure_reason` (VARCHAR(64)). */
+export const FAILURE_REASON_LENGTH_MAX = 64;
+
+/**
+ * A code from outside (a decline code a PSP chose) made to fit the failure reason. A longer one
+ * would fail the write of the final state itself, leaving the order where it was; the whole code
+ * stays in the transition's history row. Cut by code points, so a character is never split.
+ */
+export function failureReasonOf(code: string): string {
+  const points = Array.from(code);
+  return points.length <= FAILURE_REASON_LENGTH_MAX
+    ? code
+    : points.slice(0, FAILURE_REASON_LENGTH_MAX).join('');
+}
 
 export type OrderEvent =
   | Readonly<{ type: 'ExecuteOrder' }>
   | Readonly<{ type: 'PspRegistered'; token: string; checkoutUrl: string }>
+  /** `reason`: what the PSP client said, kept in the history row (not a code). */
   | Readonly<{ type: 'PspRegistrationFailed'; retryable: boolean; reason: string }>
   | Readonly<{ type: 'PspSucceeded'; eventId: string; pspReference: string; amountMinor: bigint }>
   | Readonly<{ type: 'PspDeclined'; eventId: string; declineCode: string }>
@@ -156,7 +174,11 @@ function fromExecuting(order: PaymentOrder, event: OrderEvent, now: Date): Trans
         ? moved({ ...order, attempts: order.attempts + 1 }, now, [
             { type: 'RetryLater', reason: event.reason },
           ])
-        : moved({ ...order, state: ORDER_STATE.failed, failureReason: event.reason }, now, []);
+        : moved(
+            { ...order, state: ORDER_STATE.failed, failureReason: PSP_REGISTRATION_REFUSED },
+            now,
+            [],
+          );
     case 'PspSucceeded':
       if (event.amountMinor !== order.amountMinor) {
         return illegal(
@@ -180,7 +202,7 @@ function fromExecuting(order: PaymentOrder, event: OrderEvent, now: Date): Trans
       );
     case 'PspDeclined':
       return moved(
-        { ...order, state: ORDER_STATE.failed, failureReason: event.declineCode },
+        { ...order, state: ORDER_STATE.failed, failureReason: failureReasonOf(event.declineCode) },
         now,
         [],
       );

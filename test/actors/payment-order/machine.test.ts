@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import {
+  FAILURE_REASON_LENGTH_MAX,
   ORDER_STATE,
   REVIEW_REASON,
   transition,
@@ -44,7 +45,12 @@ const events = {
   registered: { type: 'PspRegistered', token: 'tok_A', checkoutUrl: 'http://psp/pay/tok_A' },
   registeredOther: { type: 'PspRegistered', token: 'tok_B', checkoutUrl: 'http://psp/pay/tok_B' },
   regFailedRetryable: { type: 'PspRegistrationFailed', retryable: true, reason: 'PSP unavailable' },
-  regFailedFinal: { type: 'PspRegistrationFailed', retryable: false, reason: 'INVALID_AMOUNT' },
+  regFailedFinal: {
+    type: 'PspRegistrationFailed',
+    retryable: false,
+    // What the PSP client says: a message, longer than the failure reason's 64 characters.
+    reason: 'the PSP rejected the request: notification_url: must be an absolute http(s) URL',
+  },
   succeeded: { type: 'PspSucceeded', eventId: 'evt_1', pspReference: 'psp_1', amountMinor: 1999n },
   succeededWrongAmount: {
     type: 'PspSucceeded',
@@ -191,7 +197,8 @@ const table: Row[] = [
       result: 'moved',
       state: 'FAILED',
       effects: [],
-      check: (n) => expect(n.failureReason).toBe('INVALID_AMOUNT'),
+      // A code that fits the column; the message stays in the history row (the event).
+      check: (n) => expect(n.failureReason).toBe('PSP_REGISTRATION_REFUSED'),
     },
   ],
   // EXECUTING, registered
@@ -429,6 +436,21 @@ describe('payment-order transition()', () => {
         ).toBe(true);
       }
     }
+  });
+
+  it('cuts a decline code longer than the failure reason allows, never inside a character', () => {
+    const failed = (declineCode: string) => {
+      const result = transition(
+        order('EXECUTING', registered),
+        { type: 'PspDeclined', eventId: 'evt_long', declineCode },
+        now,
+      );
+      return result.ok ? result.order.failureReason : undefined;
+    };
+    expect(failed('x'.repeat(FAILURE_REASON_LENGTH_MAX))).toBe('x'.repeat(64));
+    expect(failed('x'.repeat(200))).toBe('x'.repeat(64));
+    // 63 letters and two characters outside the BMP (two UTF-16 units each): 64 characters kept.
+    expect(failed(`${'x'.repeat(63)}💳💳`)).toBe(`${'x'.repeat(63)}💳`);
   });
 
   it('credits exactly the order amount to the order seller', () => {

@@ -179,7 +179,10 @@ export interface PaymentOrder {
   checkoutUrl: string;
   /** The PSP's token for this order; empty until registered. */
   pspToken: string;
-  /** Why the order failed or expired: RISK_REJECTED, a PSP decline code, EXPIRED... */
+  /**
+   * Why the order failed or expired, a code of at most 64 characters: RISK_REJECTED, a PSP
+   * decline code, PSP_REGISTRATION_REFUSED, PSP_PAYMENT_NOT_FOUND, EXPIRED.
+   */
   failureReason: string;
   /** Incremented by every persisted transition. */
   version: bigint;
