@@ -20,6 +20,22 @@ const STATUS_BY_ERROR_CODE: Readonly<Record<ErrorCode, grpc.status>> = {
   UNAVAILABLE: grpc.status.UNAVAILABLE,
 };
 
+/**
+ * A status message's length at most, in characters. A message travels in the `grpc-message`
+ * trailer, and a Node client whose header limit a trailer exceeds (about 64 KiB) never sees the
+ * answer: the call hangs to its deadline and the connection with it. A message that quotes a
+ * caller's huge input is therefore cut, and says so.
+ */
+export const STATUS_MESSAGE_LENGTH_MAX = 1_000;
+
+/** `message`, cut to STATUS_MESSAGE_LENGTH_MAX characters (never inside one) when longer. */
+export function boundedStatusMessage(message: string): string {
+  if (message.length <= STATUS_MESSAGE_LENGTH_MAX) return message;
+  const points = Array.from(message);
+  if (points.length <= STATUS_MESSAGE_LENGTH_MAX) return message;
+  return `${points.slice(0, STATUS_MESSAGE_LENGTH_MAX).join('')}… (cut at ${STATUS_MESSAGE_LENGTH_MAX} characters)`;
+}
+
 /** Trailing-metadata key set to "true" on statuses whose error is retryable. */
 export const RETRYABLE_METADATA_KEY = 'settle-retryable';
 /** Trailing-metadata key with the error's suggested retry delay, in milliseconds. */
@@ -68,7 +84,10 @@ export function toGrpcStatus(
   options: StatusOptions = {},
 ): GrpcStatus {
   if (error instanceof SettleError) {
-    const status: GrpcStatus = { code: STATUS_BY_ERROR_CODE[error.code], details: error.message };
+    const status: GrpcStatus = {
+      code: STATUS_BY_ERROR_CODE[error.code],
+      details: boundedStatusMessage(error.message),
+    };
     if (error.retryable) status.metadata = retryMetadata(error.retryDelayMs);
     return status;
   }
@@ -79,7 +98,7 @@ export function toGrpcStatus(
         issue.path.length === 0 ? issue.message : `${fieldPath(issue.path)}: ${issue.message}`,
       )
       .join('; ');
-    return { code: grpc.status.INVALID_ARGUMENT, details };
+    return { code: grpc.status.INVALID_ARGUMENT, details: boundedStatusMessage(details) };
   }
   const id = requestId ?? randomUUID();
   (options.log ?? defaultErrorLogger)(error, { requestId: id, path: options.path });

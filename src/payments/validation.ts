@@ -32,7 +32,7 @@ const createPaymentSchema = z
       .min(1, 'currency_code is required')
       .refine(isCurrencyCode, {
         error: (issue) =>
-          `currency '${String(issue.input)}' is not supported; only USD is accepted`,
+          `currency '${String(issue.input).slice(0, 16)}' is not supported; only USD is accepted`,
       }),
     orders: z
       .array(

@@ -66,6 +66,14 @@ const cases: Array<
     /currency_code: currency 'EUR' is not supported; only USD/,
   ],
   [
+    // Quoted in full, a huge code made a message longer than a Node client takes in a trailer:
+    // the call hung to its deadline, and the connection with it.
+    'a 30 KB currency code',
+    () => ({ ...valid(), currencyCode: 'X'.repeat(30_000) }),
+    grpc.status.INVALID_ARGUMENT,
+    /^currency_code: currency 'X{16}' is not supported; only USD/,
+  ],
+  [
     'missing currency',
     () => ({ ...valid(), currencyCode: '' }),
     grpc.status.INVALID_ARGUMENT,

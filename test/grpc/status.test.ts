@@ -23,6 +23,7 @@ import {
   protoFieldPath,
   RETRY_DELAY_MS_METADATA_KEY,
   RETRYABLE_METADATA_KEY,
+  STATUS_MESSAGE_LENGTH_MAX,
   toGrpcStatus,
 } from '../../src/grpc/status.js';
 
@@ -45,6 +46,29 @@ describe('toGrpcStatus', () => {
     expect(grpc.status[status.code]).toBe(error.code);
     expect(status.details).toBe(error.message);
     expect(log).not.toHaveBeenCalled();
+  });
+
+  it('cuts a message too long for a trailer, saying so, and never inside a character', () => {
+    const huge = `currency '${'X'.repeat(100_000)}' is not supported`;
+    const status = toGrpcStatus(new InvalidArgumentError('currency_code', huge));
+    expect(status.details.length).toBeLessThan(STATUS_MESSAGE_LENGTH_MAX + 50);
+    expect(status.details).toMatch(/^currency_code: currency 'XXX.*… \(cut at 1000 characters\)$/);
+    const emoji = '💳'.repeat(STATUS_MESSAGE_LENGTH_MAX);
+    const cut = Array.from(toGrpcStatus(new InvalidArgumentError('f', emoji)).details);
+    expect(cut[STATUS_MESSAGE_LENGTH_MAX - 1]).toBe('💳');
+    expect(cut[STATUS_MESSAGE_LENGTH_MAX]).toBe('…');
+    // A zod message that quotes a huge input is cut the same way.
+    const parsed = z
+      .object({ code: z.string().refine(() => false, { error: (i) => `bad ${String(i.input)}` }) })
+      .safeParse({ code: 'Y'.repeat(100_000) });
+    expect(parsed.success).toBe(false);
+    if (!parsed.success) {
+      expect(toGrpcStatus(parsed.error).details.length).toBeLessThan(
+        STATUS_MESSAGE_LENGTH_MAX + 50,
+      );
+    }
+    // A message that fits is kept as it is.
+    expect(toGrpcStatus(new InvalidArgumentError('f', 'short')).details).toBe('f: short');
   });
 
   it('covers every ErrorCode', () => {

@@ -39,6 +39,7 @@ import type { BehaviorStore, PspBehaviorPatch } from './behavior.js';
 import type { PspPayment } from './payment.repository.js';
 import { checkoutUrl, type PspPayments } from './payments.js';
 import { addReflection } from '../../grpc/reflection/index.js';
+import { boundedStatusMessage } from '../../grpc/status.js';
 import { PSP_PAYMENT_STATE, SETTLEMENT_ADJUSTMENT, type PspPaymentState } from './schema.js';
 
 /** The PSP mock's one gRPC service, fully qualified. */
@@ -321,7 +322,7 @@ function toStatus(
   log: (line: string) => void,
 ): { code: grpcStatus; details: string } {
   if (error instanceof SettleError)
-    return { code: STATUS_BY_CODE[error.code], details: error.message };
+    return { code: STATUS_BY_CODE[error.code], details: boundedStatusMessage(error.message) };
   if (isConnectionError(error)) {
     return {
       code: grpcStatus.UNAVAILABLE,
