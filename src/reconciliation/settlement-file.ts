@@ -19,6 +19,13 @@ export const SETTLEMENT_HEADER =
   'psp_reference,merchant_reference,type,currency,gross,fee,net,batch_id,created_utc';
 const COLUMNS = SETTLEMENT_HEADER.split(',');
 
+/**
+ * The most a file's amounts of one column may add up to, counted without their signs (minor
+ * units): what a BIGINT holds. A run stores the file's totals and every sum over a part of its
+ * rows, each at most this; a file past it is refused before anything is written.
+ */
+export const FILE_TOTAL_MINOR_MAX = 9_223_372_036_854_775_807n;
+
 /** The longest line accepted, in bytes; real rows are under 200. */
 export const LINE_BYTES_MAX = 1_024;
 /** Bytes read from the file at a time. */
@@ -102,6 +109,7 @@ export async function* readSettlementFile(
   };
   let lineNumber = 0;
   let rows = 0;
+  const totals = { gross: 0n, fee: 0n, net: 0n };
   let pending: Buffer = Buffer.alloc(0);
   const stream = createReadStream(filePath, { highWaterMark: READ_CHUNK_BYTES });
   try {
@@ -126,7 +134,9 @@ export async function* readSettlementFile(
         rows += 1;
         if (rows > options.rowsMax)
           fail(lineNumber, `the file has more than ${options.rowsMax} rows`);
-        yield parseRow(text, lineNumber, fail);
+        const row = parseRow(text, lineNumber, fail);
+        addToTotals(totals, row, lineNumber, fail);
+        yield row;
       }
       pending = buffer.subarray(start);
       if (pending.length > LINE_BYTES_MAX) {
@@ -148,6 +158,33 @@ export async function* readSettlementFile(
   }
   if (lineNumber === 0) fail(1, `the file is empty; expected the header ${SETTLEMENT_HEADER}`);
   onDone?.({ sha256: hash.digest('hex'), rows });
+}
+
+function addToTotals(
+  totals: { gross: bigint; fee: bigint; net: bigint },
+  row: SettlementRow,
+  lineNumber: number,
+  fail: (line: number, problem: string) => never,
+): void {
+  const magnitude = (minor: bigint) => (minor < 0n ? -minor : minor);
+  totals.gross += magnitude(row.grossMinor);
+  totals.fee += magnitude(row.feeMinor);
+  totals.net += magnitude(row.netMinor);
+  const over =
+    totals.gross > FILE_TOTAL_MINOR_MAX
+      ? 'gross'
+      : totals.fee > FILE_TOTAL_MINOR_MAX
+        ? 'fee'
+        : totals.net > FILE_TOTAL_MINOR_MAX
+          ? 'net'
+          : undefined;
+  if (over !== undefined) {
+    fail(
+      lineNumber,
+      `the file's ${over} amounts add up past ${FILE_TOTAL_MINOR_MAX} minor units, the most ` +
+        'a reconciliation stores: no real day settles this much; split the file if it is real',
+    );
+  }
 }
 
 /** Reads the whole file once: validates every row and returns its digest, writing nothing. */

@@ -18,6 +18,7 @@ import {
   parseMajorToMinor,
   readSettlementFile,
   scanSettlementFile,
+  FILE_TOTAL_MINOR_MAX,
   type SettlementRow,
 } from '../../src/reconciliation/settlement-file.js';
 
@@ -196,6 +197,42 @@ describe('readSettlementFile', () => {
     const error = await problem(long);
     expect(error.line).toBe(2);
     expect(error.message).toContain(`longer than ${LINE_BYTES_MAX} bytes`);
+  });
+
+  it('refuses a file whose amounts add up past what a run stores, naming the line', async () => {
+    // Each row is the largest amount a row may have (13 digits before the point); 9,224 of them
+    // add up past the largest BIGINT, which a run's totals once overflowed after loading them.
+    const big =
+      'psp_b,ord_b,payment,USD,9999999999999.99,0.00,9999999999999.99,b,2024-05-01T10:00:00.000Z';
+    const fits = Number(FILE_TOTAL_MINOR_MAX / 999_999_999_999_999n);
+    const target = await file(`${SETTLEMENT_HEADER}
+${`${big}
+`.repeat(fits + 1)}`);
+    await expect(scanSettlementFile(target, { rowsMax: 20_000 })).rejects.toThrow(
+      new RegExp(`line ${fits + 2}: the file's gross amounts add up past`),
+    );
+    // One row fewer fits.
+    const under = await file(`${SETTLEMENT_HEADER}
+${`${big}
+`.repeat(fits)}`);
+    await expect(scanSettlementFile(under, { rowsMax: 20_000 })).resolves.toMatchObject({
+      rows: fits,
+    });
+  });
+
+  it('counts amounts without their signs, so refunds cannot hide a payment total', async () => {
+    const pay =
+      'psp_p,ord_p,payment,USD,9999999999999.99,0.00,9999999999999.99,b,2024-05-01T10:00:00.000Z';
+    const refund =
+      'psp_r,ord_p,refund,USD,-9999999999999.99,0.00,-9999999999999.99,b,2024-05-01T10:00:00.000Z';
+    const pairs = Number(FILE_TOTAL_MINOR_MAX / 999_999_999_999_999n / 2n) + 1;
+    const target = await file(`${SETTLEMENT_HEADER}
+${`${pay}
+${refund}
+`.repeat(pairs)}`);
+    await expect(scanSettlementFile(target, { rowsMax: 20_000 })).rejects.toThrow(
+      /the file's gross amounts add up past/,
+    );
   });
 
   it('refuses more rows than allowed', async () => {
