@@ -536,8 +536,11 @@ export async function resolveSettlementFile(
       `must be a day as YYYY-MM-DD, got '${date.slice(0, 40)}'`,
     );
   }
-  if (filePath.length > 1_024 || filePath.includes('\0')) {
+  if (filePath.length > 1_024) {
     throw new InvalidArgumentError('file_path', 'must be a path of at most 1024 characters');
+  }
+  if (filePath.includes('\0')) {
+    throw new InvalidArgumentError('file_path', 'must not contain a NUL character');
   }
   let folder: string;
   try {
@@ -546,12 +549,16 @@ export async function resolveSettlementFile(
     throw new FailedPreconditionError('the settlement folder (SETTLEMENT_DIR) does not exist');
   }
   const wanted = filePath === '' ? `settlement-${date}.csv` : filePath;
+  // A problem with the file is told against the field the caller gave: the path, or the day
+  // (naming the file it stands for).
+  const field = filePath === '' ? 'settlement_date' : 'file_path';
+  const subject = filePath === '' ? `${wanted} ` : '';
   const candidate = path.resolve(folder, wanted);
   const inside = (file: string) => file.startsWith(folder + path.sep);
   if (!inside(candidate)) {
     throw new InvalidArgumentError(
-      'file_path',
-      'must name a file inside the settlement folder (SETTLEMENT_DIR)',
+      field,
+      `${subject}must name a file inside the settlement folder (SETTLEMENT_DIR)`,
     );
   }
   let real: string;
@@ -562,12 +569,12 @@ export async function resolveSettlementFile(
   }
   if (!inside(real)) {
     throw new InvalidArgumentError(
-      'file_path',
-      'must name a file inside the settlement folder (SETTLEMENT_DIR)',
+      field,
+      `${subject}leads outside the settlement folder (SETTLEMENT_DIR) through a link`,
     );
   }
   if (!(await stat(real)).isFile()) {
-    throw new InvalidArgumentError('file_path', `${path.relative(folder, real)} is not a file`);
+    throw new InvalidArgumentError(field, `${path.relative(folder, real)} is not a file`);
   }
   const name = path.basename(real);
   const day = date !== '' ? date : FILE_NAME_DAY.exec(name)?.[1];

@@ -11,7 +11,7 @@
  * Every table's row count is compared where a call must write nothing. Each test ends with the
  * money invariants.
  */
-import { readFile, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
@@ -502,12 +502,7 @@ describe('refused requests write nothing', () => {
   it('refuses paths outside the settlement folder and names missing files', async () => {
     await symlink('/etc/hostname', path.join(stack.dir, 'escape.csv')).catch(() => undefined);
     const before = await allRowCounts(stack.settle.db);
-    for (const filePath of [
-      '../outside.csv',
-      '/etc/passwd',
-      'escape.csv',
-      `${stack.dir}/../x.csv`,
-    ]) {
+    for (const filePath of ['../outside.csv', '/etc/passwd', `${stack.dir}/../x.csv`]) {
       const error = await callError(stack.recon.runReconciliation.bind(stack.recon), {
         settlementDate: '2024-05-01',
         filePath,
@@ -517,6 +512,28 @@ describe('refused requests write nothing', () => {
         'file_path: must name a file inside the settlement folder (SETTLEMENT_DIR)',
       );
     }
+    const link = await callError(stack.recon.runReconciliation.bind(stack.recon), {
+      settlementDate: '2024-05-01',
+      filePath: 'escape.csv',
+    });
+    expect(link.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(link.details).toBe(
+      'file_path: leads outside the settlement folder (SETTLEMENT_DIR) through a link',
+    );
+    const nul = await callError(stack.recon.runReconciliation.bind(stack.recon), {
+      settlementDate: '',
+      filePath: 'a\0b',
+    });
+    expect(nul.details).toBe('file_path: must not contain a NUL character');
+    // Given only a day, a problem with its file is told against settlement_date, naming the file.
+    const day = '2026-01-07';
+    await mkdir(path.join(stack.dir, `settlement-${day}.csv`), { recursive: true });
+    const folder = await callError(stack.recon.runReconciliation.bind(stack.recon), {
+      settlementDate: day,
+      filePath: '',
+    });
+    expect(folder.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(folder.details).toBe(`settlement_date: settlement-${day}.csv is not a file`);
     const missing = await callError(stack.recon.runReconciliation.bind(stack.recon), {
       settlementDate: '2001-01-01',
       filePath: '',
