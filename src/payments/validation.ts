@@ -14,7 +14,7 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const partyId = (what: string) =>
   z
     .string()
-    .min(1, `${what} is required`)
+    .min(1, { error: `${what} is required`, abort: true })
     .regex(
       PARTY_ID_PATTERN,
       `${what} must be 1-64 characters of letters, digits and _.:@- (no spaces)`,
@@ -24,12 +24,15 @@ const createPaymentSchema = z
   .object({
     request_id: z
       .string()
-      .min(1, 'request_id is required (a UUID chosen by the caller, the idempotency key)')
+      .min(1, {
+        error: 'request_id is required (a UUID chosen by the caller, the idempotency key)',
+        abort: true,
+      })
       .regex(UUID, 'request_id must be a UUID such as 2f1e4b9c-0d8a-4c1e-9b3f-6a7d5e8c9f01'),
     buyer_id: partyId('buyer_id'),
     currency_code: z
       .string()
-      .min(1, 'currency_code is required')
+      .min(1, { error: 'currency_code is required', abort: true })
       .refine(isCurrencyCode, {
         error: (issue) =>
           `currency '${String(issue.input).slice(0, 16)}' is not supported; only USD is accepted`,

@@ -39,7 +39,8 @@ const cases: Array<
     'missing request_id',
     () => ({ ...valid(), requestId: '' }),
     grpc.status.INVALID_ARGUMENT,
-    /request_id: request_id is required/,
+    // Only what is wrong: an empty id is not also told it is not a UUID.
+    /^request_id: request_id is required \(a UUID chosen by the caller, the idempotency key\)$/,
   ],
   [
     'request_id not a UUID',
@@ -51,7 +52,7 @@ const cases: Array<
     'empty buyer_id',
     () => ({ ...valid(), buyerId: '' }),
     grpc.status.INVALID_ARGUMENT,
-    /buyer_id: buyer_id is required/,
+    /^buyer_id: buyer_id is required$/,
   ],
   [
     'buyer_id with spaces',
