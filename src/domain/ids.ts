@@ -17,6 +17,8 @@ export type IdKind = keyof typeof ID_PREFIX;
 /** A ULID's 26 characters: Crockford base32, which leaves out I, L, O and U (see ALPHABET). */
 const ULID_CHARS = '[0-9A-HJKMNP-TV-Z]{26}';
 export const PAYMENT_ID_PATTERN = new RegExp(`^${ID_PREFIX.payment}${ULID_CHARS}$`);
+/** A payment id to show in a message about a malformed one. */
+export const PAYMENT_ID_EXAMPLE = 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G';
 export const ORDER_ID_PATTERN = new RegExp(`^${ID_PREFIX.order}${ULID_CHARS}$`);
 /** Buyer and seller ids: chosen by the caller, so only a safe shape is asked for. */
 export const PARTY_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$/;

@@ -12,7 +12,7 @@ import {
   NotFoundError,
   ResourceExhaustedError,
 } from '../domain/errors.js';
-import { newId, PAYMENT_ID_PATTERN } from '../domain/ids.js';
+import { newId, PAYMENT_ID_EXAMPLE, PAYMENT_ID_PATTERN } from '../domain/ids.js';
 import { executeOrderMessage } from '../messaging/commands.js';
 import type { Names } from '../messaging/subjects.js';
 import type { Db } from '../storage/db.js';
@@ -48,7 +48,6 @@ import { InvalidArgumentError } from '../domain/errors.js';
 
 export const RISK_REJECTED = 'RISK_REJECTED';
 const EXECUTE_ORDER: OrderEvent = { type: 'ExecuteOrder' };
-const PAYMENT_ID_EXAMPLE = 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G';
 const WATCH_POLL_MS = 1_000;
 const WATCH_DURATION_MS_MAX = 60 * 60_000;
 

@@ -320,6 +320,41 @@ describe('access', () => {
     ).toMatchObject({ list: 'OK', timeline: 'OK', discard: 'NOT_FOUND' });
     expect(await auditRows(stack, `dead-letter:${deadLetterId}`)).toHaveLength(1);
   });
+
+  it('GetPaymentTimeline tells a missing payment_id from a malformed one', async () => {
+    const running = await startServer((server) =>
+      server.addService(
+        AdminServiceService,
+        adminHandlers(
+          {
+            db: stack.settle.db,
+            wakeRelay: () => {},
+            now: () => new Date(),
+            access: { token: undefined, readonlyOpen: true },
+          },
+          { log: () => {} },
+        ),
+      ),
+    );
+    const client = new AdminServiceClient(running.address, grpc.credentials.createInsecure());
+    try {
+      const details = async (paymentId: string) => {
+        const outcome = await callUnary(
+          client.getPaymentTimeline.bind(client),
+          { paymentId },
+          new grpc.Metadata(),
+        );
+        return outcome.ok ? 'OK' : `${grpc.status[outcome.error.code]} ${outcome.error.details}`;
+      };
+      expect(await details('')).toBe('INVALID_ARGUMENT payment_id: payment_id is required');
+      expect(await details('not-an-id')).toMatch(
+        /^INVALID_ARGUMENT payment_id: 'not-an-id' is not a valid payment_id \(expected e\.g\. pay_/,
+      );
+    } finally {
+      client.close();
+      stopServer(running);
+    }
+  });
 });
 
 describe('payments', () => {

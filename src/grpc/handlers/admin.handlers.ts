@@ -26,7 +26,8 @@ import { deadLetterAuditTarget } from '../../admin/dead-letter-source.js';
 import { listTransitions } from '../../storage/repositories/payment-order.repository.js';
 import { findPaymentVersion } from '../../storage/repositories/payment.repository.js';
 import { toUnavailable } from '../../storage/transaction.js';
-import { PAYMENT_ID_PATTERN } from '../../domain/ids.js';
+import { PAYMENT_ID_EXAMPLE, PAYMENT_ID_PATTERN } from '../../domain/ids.js';
+import { requireId } from '../../payments/validation.js';
 import {
   DeadLetterState as DeadLetterStateProto,
   type AdminServiceServer,
@@ -167,12 +168,7 @@ export function adminHandlers(
     }, options),
     getPaymentTimeline: unary(async (request, call) => {
       requireAdmin(call.metadata, deps.access, 'read');
-      if (!PAYMENT_ID_PATTERN.test(request.paymentId)) {
-        throw new InvalidArgumentError(
-          'payment_id',
-          `'${request.paymentId.slice(0, 40)}' is not a valid payment_id`,
-        );
-      }
+      requireId('payment_id', request.paymentId, PAYMENT_ID_PATTERN, PAYMENT_ID_EXAMPLE);
       if ((await guard(() => findPaymentVersion(deps.db, request.paymentId))) === undefined) {
         throw new NotFoundError('payment', request.paymentId);
       }
