@@ -33,7 +33,8 @@ export function boundedStatusMessage(message: string): string {
   if (message.length <= STATUS_MESSAGE_LENGTH_MAX) return message;
   const points = Array.from(message);
   if (points.length <= STATUS_MESSAGE_LENGTH_MAX) return message;
-  return `${points.slice(0, STATUS_MESSAGE_LENGTH_MAX).join('')}… (cut at ${STATUS_MESSAGE_LENGTH_MAX} characters)`;
+  const kept = points.slice(0, STATUS_MESSAGE_LENGTH_MAX).join('');
+  return `${kept}… (cut at ${STATUS_MESSAGE_LENGTH_MAX} characters)`;
 }
 
 /** Trailing-metadata key set to "true" on statuses whose error is retryable. */
