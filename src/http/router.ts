@@ -69,25 +69,38 @@ function match(pattern: string, path: string): Record<string, string> | undefine
   return params;
 }
 
+/**
+ * Requests whose body was refused as too large: the rest of the body is not read, so their
+ * answer closes the connection (the client learns why from the 413 instead of a reset, and no
+ * more of the body is taken in).
+ */
+const closeAfterAnswer = new WeakSet<http.IncomingMessage>();
+
 function readBody(req: http.IncomingMessage, limitBytes: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
+    const refuse = () => {
+      closeAfterAnswer.add(req);
+      req.pause();
+      reject(new HttpError(413, `body larger than ${limitBytes} bytes`));
+    };
     const declared = Number(req.headers['content-length'] ?? '0');
     if (declared > limitBytes) {
-      reject(new HttpError(413, `body larger than ${limitBytes} bytes`));
-      req.resume();
+      refuse();
       return;
     }
     const chunks: Buffer[] = [];
     let size = 0;
-    req.on('data', (chunk: Buffer) => {
+    const onData = (chunk: Buffer) => {
       size += chunk.length;
       if (size > limitBytes) {
-        reject(new HttpError(413, `body larger than ${limitBytes} bytes`));
-        req.destroy();
+        // A body with no length (chunked) or a false one: refused once it passes the limit.
+        req.off('data', onData);
+        refuse();
         return;
       }
       chunks.push(chunk);
-    });
+    };
+    req.on('data', onData);
     req.on('end', () => resolve(Buffer.concat(chunks)));
     req.on('error', reject);
   });
@@ -98,18 +111,33 @@ export function createHttpServer(
   onError: (error: unknown, context: Record<string, unknown>) => void,
 ): http.Server {
   const server = http.createServer((req, res) => {
-    const url = new URL(req.url ?? '/', 'http://localhost');
+    const send = (response: HttpResponse) => {
+      if (res.headersSent) return;
+      const close = closeAfterAnswer.has(req);
+      res.writeHead(response.status, {
+        ...response.headers,
+        ...(close && { connection: 'close' }),
+      });
+      res.end(response.body ?? '');
+      if (close) res.once('finish', () => req.socket.destroy());
+    };
+    // Node accepts request targets the URL parser refuses (`///`, `//[/`): answered, never thrown
+    // (a throw here would end the process).
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '/', 'http://localhost');
+    } catch {
+      send(
+        json(400, { error: { code: '400', message: 'the request target is not a valid path' } }),
+      );
+      return;
+    }
     const method = req.method ?? 'GET';
     let params: Record<string, string> | undefined;
     const route = routes().find(
       (candidate) =>
         candidate.method === method && (params = match(candidate.path, url.pathname)) !== undefined,
     );
-    const send = (response: HttpResponse) => {
-      if (res.headersSent) return;
-      res.writeHead(response.status, response.headers ?? {});
-      res.end(response.body ?? '');
-    };
     if (route === undefined || params === undefined) {
       send(
         json(404, {

@@ -1,0 +1,116 @@
+/**
+ * Goal: Settle's HTTP port answers whatever arrives on the wire and stays up: a request target
+ * the URL parser refuses gets 400 (it once threw out of the request handler and ended the
+ * process, webhook receiver and gRPC with it); a body past the route's limit gets 413 whether its
+ * length was declared or it came chunked (a chunked one was answered with a reset), and the
+ * connection is closed after that answer.
+ * Method: the real router on a loopback port, driven with raw HTTP/1.1 over a socket, so the
+ * request targets and framings are exactly what is written.
+ */
+import net from 'node:net';
+import type { AddressInfo } from 'node:net';
+import type http from 'node:http';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHttpServer, json, type Route } from '../../src/http/router.js';
+
+const LIMIT_BYTES = 1_024;
+let server: http.Server;
+let port: number;
+const errors: unknown[] = [];
+
+const routes: Route[] = [
+  { method: 'GET', path: '/healthz', handle: async () => json(200, { ok: true }) },
+  {
+    method: 'POST',
+    path: '/echo',
+    handle: async (request) => json(200, { bytes: (await request.body(LIMIT_BYTES)).length }),
+  },
+];
+
+beforeAll(async () => {
+  server = createHttpServer(
+    () => routes,
+    (error) => errors.push(error),
+  );
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  port = (server.address() as AddressInfo).port;
+});
+afterAll(async () => {
+  server.closeAllConnections();
+  await new Promise((resolve) => server.close(resolve));
+});
+
+/** Writes `raw` on a new connection; answers what came back before the server closed it. */
+function exchange(raw: string | Buffer, { endAfterMs = 1_500 } = {}): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1');
+    let received = '';
+    const timer = setTimeout(() => {
+      socket.destroy();
+      resolve(received);
+    }, endAfterMs);
+    socket.on('data', (chunk) => (received += chunk.toString('latin1')));
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve(received);
+    });
+    socket.on('error', (error) => {
+      clearTimeout(timer);
+      // A reset after the answer still counts what was answered; a reset before it does not.
+      if (received !== '') resolve(received);
+      else reject(error);
+    });
+    socket.write(raw);
+  });
+}
+
+const statusOf = (answer: string) => answer.split('\r\n', 1)[0];
+
+describe('the HTTP router', () => {
+  it.each(['///', '//[/', '//%/', 'http://a:b/'])(
+    'answers 400 to the request target %j and stays up',
+    async (target) => {
+      const answer = await exchange(
+        `GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`,
+      );
+      expect(statusOf(answer)).toBe('HTTP/1.1 400 Bad Request');
+      expect(answer).toContain('the request target is not a valid path');
+      const health = await exchange(
+        'GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+      );
+      expect(statusOf(health)).toBe('HTTP/1.1 200 OK');
+    },
+  );
+
+  it('answers 413 to a declared body over the limit, and closes the connection', async () => {
+    const answer = await exchange(
+      `POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: ${LIMIT_BYTES * 64}\r\n\r\n` +
+        'x'.repeat(LIMIT_BYTES * 2),
+    );
+    expect(statusOf(answer)).toBe('HTTP/1.1 413 Payload Too Large');
+    expect(answer.toLowerCase()).toContain('connection: close');
+  });
+
+  it('answers 413, not a reset, to a chunked body that grows past the limit', async () => {
+    const chunk = 'y'.repeat(512);
+    const body = `${chunk.length.toString(16)}\r\n${chunk}\r\n`.repeat(8);
+    const answer = await exchange(
+      `POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n${body}0\r\n\r\n`,
+    );
+    expect(statusOf(answer)).toBe('HTTP/1.1 413 Payload Too Large');
+    expect(answer).toContain(`body larger than ${LIMIT_BYTES} bytes`);
+  });
+
+  it('still reads a body within the limit, declared or chunked', async () => {
+    const declared = await exchange(
+      'POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello',
+    );
+    expect(declared).toContain('{"bytes":5}');
+    const chunked = await exchange(
+      'POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n' +
+        '5\r\nhello\r\n0\r\n\r\n',
+    );
+    expect(chunked).toContain('{"bytes":5}');
+    expect(errors).toEqual([]);
+  });
+});
