@@ -25,6 +25,41 @@ export type Principal = Readonly<{
   via: 'bearer' | 'session' | 'open';
 }>;
 
+/** Wrong tokens a node takes on its login form per window before it refuses logins. */
+export const FAILED_LOGINS_MAX = 10;
+export const FAILED_LOGIN_WINDOW_MS = 60_000;
+
+/**
+ * The login form's bound on guessing. Every wrong token is audited, under a name the guesser
+ * chooses, so without a bound the form takes any number of guesses and writes a row for each.
+ * After FAILED_LOGINS_MAX wrong tokens in a window, the form refuses every login (right or
+ * wrong, since telling them apart would be answering a guess) until the window ends. Counted
+ * per node, in memory: a restart or another node starts afresh. A bearer token is not limited.
+ */
+export class FailedLoginLimit {
+  #windowStartMs = Number.NEGATIVE_INFINITY;
+  #failures = 0;
+
+  constructor(
+    private readonly max = FAILED_LOGINS_MAX,
+    private readonly windowMs = FAILED_LOGIN_WINDOW_MS,
+  ) {}
+
+  /** How long until the form takes a login again; 0 when it takes one now. */
+  waitMs(nowMs: number): number {
+    if (nowMs - this.#windowStartMs >= this.windowMs) {
+      this.#windowStartMs = nowMs;
+      this.#failures = 0;
+    }
+    return this.#failures >= this.max ? this.#windowStartMs + this.windowMs - nowMs : 0;
+  }
+
+  failed(nowMs: number): void {
+    this.waitMs(nowMs);
+    this.#failures += 1;
+  }
+}
+
 function digest(text: string): Buffer {
   return createHash('sha256').update(text, 'utf8').digest();
 }

@@ -45,6 +45,7 @@ import {
   isSameOrigin,
   sessionCookie,
   tokenMatches,
+  FailedLoginLimit,
   type AdminAuthConfig,
   type Principal,
 } from './auth.js';
@@ -96,6 +97,8 @@ export type AdminDeps = Readonly<{
   log?: ErrorLogger;
   /** Called after every audited action (a log line). */
   onAction?: (action: AdminAction) => void;
+  /** The login form's bound on wrong tokens (tests give their own); one per node by default. */
+  failedLogins?: FailedLoginLimit;
 }>;
 
 const FORM_BYTES_MAX = 16 * 1024;
@@ -110,6 +113,7 @@ type Handler = (request: HttpRequest, principal: Principal) => Promise<HttpRespo
 
 export function adminRoutes(deps: AdminDeps): Route[] {
   const nowMs = () => deps.now().getTime();
+  const failedLogins = deps.failedLogins ?? new FailedLoginLimit();
   const context = (principal: Principal | undefined): LayoutContext => ({
     principal,
     canAct: principal !== undefined && principal.via !== 'open',
@@ -317,7 +321,17 @@ export function adminRoutes(deps: AdminDeps): Route[] {
         if (!ACTOR_PATTERN.test(name)) {
           return fail(400, 'name: 1-64 letters, digits, spaces and ._@- please');
         }
+        const waitMs = failedLogins.waitMs(nowMs());
+        if (waitMs > 0) {
+          const seconds = Math.ceil(waitMs / 1_000);
+          const answer = fail(
+            429,
+            `too many wrong tokens on this node: try again in ${seconds} s (a bearer token still works)`,
+          );
+          return { ...answer, headers: { ...answer.headers, 'retry-after': String(seconds) } };
+        }
         if (!tokenMatches(deps.auth, form.get('token') ?? '')) {
+          failedLogins.failed(nowMs());
           // Recorded like any failed action, so guessing shows in the audit trail.
           await audit(
             { actor: name, via: 'session' },

@@ -16,7 +16,7 @@ import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { adminRoutes } from '../../src/admin/routes.js';
-import type { AdminAuthConfig } from '../../src/admin/auth.js';
+import { FailedLoginLimit, type AdminAuthConfig } from '../../src/admin/auth.js';
 import { tableDeadLetters } from '../../src/admin/dead-letter-source.js';
 import type { HttpRequest, Route } from '../../src/http/router.js';
 import { operationsSnapshot, PaymentCounts } from '../../src/observability/operations.js';
@@ -230,6 +230,50 @@ describe('access', () => {
     );
     expect(act.status).toBe(403);
   });
+  it('bounds wrong tokens on the login form: then refuses every login until the window ends', async () => {
+    let nowMs = Date.parse('2026-11-26T12:00:00.000Z');
+    const login = adminRoutes({
+      db: stack.settle.db,
+      names: stack.settle.names,
+      auth: { token: ADMIN_TOKEN, readonlyOpen: false },
+      deadLetters: tableDeadLetters({
+        db: stack.settle.db,
+        wakeRelay: () => {},
+        now: () => new Date(),
+      }),
+      snapshot: () => Promise.reject(new Error('not used')),
+      psp: {},
+      nodeName: 'n',
+      settings: [],
+      now: () => new Date(nowMs),
+      failedLogins: new FailedLoginLimit(3, 60_000),
+    }).find((route) => route.method === 'POST' && route.path === '/admin/login');
+    const attempt = (actor: string, token: string) =>
+      login!.handle({
+        method: 'POST',
+        path: '/admin/login',
+        query: new URLSearchParams(),
+        headers: { origin: 'http://127.0.0.1', host: '127.0.0.1' },
+        params: {},
+        body: async () => Buffer.from(new URLSearchParams({ actor, token }).toString()),
+      });
+    const before = (await auditRows(stack, 'session')).length;
+    for (let i = 0; i < 3; i += 1) {
+      expect((await attempt(`guesser ${i}`, `wrong-token-number-${i}`)).status).toBe(401);
+    }
+    // The limit is reached: the right token is refused too (telling them apart answers a guess),
+    // the answer says when to come back, and nothing more is audited.
+    const refused = await attempt('Alice Ops', ADMIN_TOKEN);
+    expect(refused.status).toBe(429);
+    expect(refused.headers?.['retry-after']).toBe('60');
+    expect(String(refused.body)).toContain('too many wrong tokens on this node');
+    expect((await attempt('guesser 4', 'wrong-token-number-4')).status).toBe(429);
+    expect((await auditRows(stack, 'session')).length - before).toBe(3);
+    // The window ends: logins are taken again.
+    nowMs += 60_000;
+    expect((await attempt('Alice Ops', ADMIN_TOKEN)).status).toBe(303);
+  });
+
   it('AdminService is closed without ADMIN_TOKEN too, and read-only when ADMIN_READONLY_OPEN is set', async () => {
     // The node's handlers on a server of their own, under each access setting the config can give.
     const serve = (access: AdminAuthConfig) =>
