@@ -139,10 +139,24 @@ export function createHttpServer(
         candidate.method === method && (params = match(candidate.path, url.pathname)) !== undefined,
     );
     if (route === undefined || params === undefined) {
+      const allowed = routes()
+        .filter((candidate) => match(candidate.path, url.pathname) !== undefined)
+        .map((candidate) => candidate.method);
       send(
-        json(404, {
-          error: { code: 'NOT_FOUND', message: `no route for ${method} ${url.pathname}` },
-        }),
+        allowed.length === 0
+          ? json(404, {
+              error: { code: 'NOT_FOUND', message: `no route for ${method} ${url.pathname}` },
+            })
+          : json(
+              405,
+              {
+                error: {
+                  code: 'METHOD_NOT_ALLOWED',
+                  message: `${url.pathname} takes ${[...new Set(allowed)].join(', ')}, not ${method}`,
+                },
+              },
+              { allow: [...new Set(allowed)].join(', ') },
+            ),
       );
       return;
     }

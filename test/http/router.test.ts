@@ -101,6 +101,17 @@ describe('the HTTP router', () => {
     expect(answer).toContain(`body larger than ${LIMIT_BYTES} bytes`);
   });
 
+  it('answers 405 with Allow to a known path and another method, 404 to an unknown path', async () => {
+    const wrongMethod = await exchange(
+      'DELETE /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+    );
+    expect(statusOf(wrongMethod)).toBe('HTTP/1.1 405 Method Not Allowed');
+    expect(wrongMethod.toLowerCase()).toContain('allow: post');
+    expect(wrongMethod).toContain('/echo takes POST, not DELETE');
+    const unknown = await exchange('GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    expect(statusOf(unknown)).toBe('HTTP/1.1 404 Not Found');
+  });
+
   it('still reads a body within the limit, declared or chunked', async () => {
     const declared = await exchange(
       'POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello',
