@@ -5,26 +5,57 @@
  */
 import { z } from 'zod';
 
+const PORT_MAX = 65_535;
+
+/** Whether `port` (the text after a URL's host) is a port number; '' (no port) passes. */
+function isPort(port: string): boolean {
+  return port === '' || (/^\d{1,5}$/.test(port) && Number(port) <= PORT_MAX);
+}
+
+/** Whether `value` parses as a URL whose port, if any, is a port number. */
+function parsesWithPort(value: string): boolean {
+  try {
+    return isPort(new URL(value).port);
+  } catch {
+    return false;
+  }
+}
+
 const hostPort = z
   .string()
   .regex(/^[^:\s]+:\d{1,5}$/, 'must be host:port, for example 127.0.0.1:50051')
+  .refine((value) => Number(value.slice(value.lastIndexOf(':') + 1)) <= PORT_MAX, {
+    error: `the port must be 0-${PORT_MAX}`,
+    abort: true,
+  })
   .transform((value) => {
     const index = value.lastIndexOf(':');
     return { host: value.slice(0, index), port: Number(value.slice(index + 1)) };
   });
 
+const MYSQL_URL_SHAPE =
+  'must be mysql://user[:password]@host:port/database[?socket=/path/to/mysqld.sock]';
 const mysqlUrl = z
   .string()
-  .regex(
-    /^mysql:\/\/[^/]+\/[A-Za-z0-9_]+(\?.*)?$/,
-    'must be mysql://user[:password]@host:port/database[?socket=/path/to/mysqld.sock]',
-  );
+  .regex(/^mysql:\/\/[^/]+\/[A-Za-z0-9_]+(\?.*)?$/, MYSQL_URL_SHAPE)
+  .refine(parsesWithPort, { error: `${MYSQL_URL_SHAPE}, with a port of 0-${PORT_MAX}` });
 
-const natsUrl = z.string().regex(/^(nats|tls):\/\/\S+$/, 'must be nats://host:port');
+const NATS_URL_SHAPE = 'must be nats://host:port (several separated by commas)';
+const natsUrl = z
+  .string()
+  .regex(/^(nats|tls):\/\/\S+$/, NATS_URL_SHAPE)
+  .refine((value) => value.split(',').every((server) => parsesWithPort(server.trim())), {
+    error: `${NATS_URL_SHAPE}, each with a port of 0-${PORT_MAX}`,
+  });
 
-const fraction = z.coerce.number().min(0).max(1);
-const positiveInt = z.coerce.number().int().positive();
-const nonNegativeInt = z.coerce.number().int().nonnegative();
+/** A number from the environment, with messages that say what is expected. */
+const number = () =>
+  z.coerce
+    .number({ error: (issue) => (issue.code === 'invalid_type' ? 'must be a number' : undefined) })
+    .refine(Number.isFinite, 'must be a number');
+const fraction = number().min(0).max(1);
+const positiveInt = number().int('must be a whole number').positive('must be greater than 0');
+const nonNegativeInt = number().int('must be a whole number').nonnegative('must be 0 or more');
 const csv = z.string().transform((value) =>
   value
     .split(',')
@@ -74,7 +105,13 @@ export const configSchema = z.object({
   PSP_BREAKER_VOLUME_THRESHOLD: positiveInt.max(1_000).default(5),
   PSP_IN_FLIGHT_MAX: positiveInt.max(10_000).default(256),
 
-  RISK_MAX_PAYMENT_AMOUNT_MINOR: z.coerce.bigint().positive().default(100_000_000n),
+  RISK_MAX_PAYMENT_AMOUNT_MINOR: z.coerce
+    .bigint({
+      error: (issue) =>
+        issue.code === 'invalid_type' ? 'must be a whole number of minor units' : undefined,
+    })
+    .positive('must be greater than 0')
+    .default(100_000_000n),
   RISK_BLOCKED_BUYERS: csv.prefault(''),
 
   CMD_PARTITIONS: positiveInt.max(256).default(16),

@@ -4,10 +4,13 @@
  * (exit 2); a local run with the PSP mock opens the admin reads by default. Method: run
  * src/main.ts as a real child process with broken settings; the local defaults as a function.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { loadConfig, localRunDefaults } from '../src/config.js';
-import { dropDatabase, testDatabaseUrl } from './support/harness.js';
+import { dropDatabase, freePort, testDatabaseUrl } from './support/harness.js';
 
 function runMain(env: Record<string, string>) {
   const result = spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', '--settle-only'], {
@@ -53,7 +56,88 @@ describe('main', () => {
     expect(stderr).toMatch(/PSP_SUCCESS_RATE: .*<=1/);
     expect(stderr).toMatch(/RETRY_BACKOFF_MS: .*<=5/);
   });
+
+  it('refuses ports out of range, URLs that do not parse and numbers that are not, naming each', () => {
+    const { status, stderr } = runMain({
+      SETTLE_GRPC_ADDR: '127.0.0.1:99999',
+      MYSQL_URL: 'mysql://root@127.0.0.1:abc/x',
+      NATS_URL: 'nats://127.0.0.1:notaport',
+      SHUTDOWN_GRACE_MS: 'soon',
+      JANITOR_BATCH_MAX: '1.5',
+    });
+    expect(status).toBe(2);
+    expect(stderr).toMatch(/SETTLE_GRPC_ADDR: the port must be 0-65535/);
+    expect(stderr).toMatch(/MYSQL_URL: must be mysql:\/\/.*with a port of 0-65535/);
+    expect(stderr).toMatch(/NATS_URL: must be nats:\/\/host:port.*with a port of 0-65535/);
+    expect(stderr).toMatch(/SHUTDOWN_GRACE_MS: must be a number/);
+    expect(stderr).toMatch(/JANITOR_BATCH_MAX: must be a whole number/);
+  });
+
+  it('tells a login MySQL refuses from a server that is down, naming MYSQL_URL', () => {
+    const url = new URL(testDatabaseUrl('settle_t_login'));
+    url.username = 'settle_no_such_user';
+    url.password = 'wrong';
+    const { status, stderr } = runMain({ MYSQL_URL: url.toString() });
+    expect(status).toBe(1);
+    expect(stderr.split('\n')).toHaveLength(1);
+    expect(stderr).toMatch(
+      /MySQL at .* refused the login \(.*\); check the user, password .*MYSQL_URL/,
+    );
+    expect(stderr).not.toMatch(/unreachable|start-stop-daemon/);
+  });
+
+  it('says so when NATS runs without JetStream', async () => {
+    if (!existsSync(NATS_SERVER)) return; // a container without the binary: nothing to start
+    const port = await freePort();
+    const nats = spawn(NATS_SERVER, ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
+    const mysqlUrl = testDatabaseUrl('settle_t_nojs');
+    try {
+      await waitForPort(port);
+      const { status, stderr } = runMain({
+        NATS_URL: `nats://127.0.0.1:${port}`,
+        MYSQL_URL: mysqlUrl,
+      });
+      expect(status).toBe(3);
+      expect(stderr).toMatch(
+        /NATS at nats:\/\/127\.0\.0\.1:\d+ runs without JetStream; start nats-server with -js/,
+      );
+    } finally {
+      nats.kill();
+      await dropDatabase(mysqlUrl);
+    }
+  });
 });
+
+describe('the PSP mock', () => {
+  it('exits 2 on a bad configuration, as Settle does', () => {
+    const result = spawnSync(process.execPath, ['--import', 'tsx', 'src/psp/mock/main.ts'], {
+      env: { ...process.env, LOG_LEVEL: 'bogus' },
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    expect(result.status).toBe(2);
+    expect(result.stderr).toMatch(/psp mock: invalid configuration:\n {2}- LOG_LEVEL/);
+  });
+});
+
+const NATS_SERVER = '/usr/sbin/nats-server';
+
+/** Resolves once something accepts connections on the port (bounded: 5 s). */
+async function waitForPort(port: number): Promise<void> {
+  for (let i = 0; i < 100; i += 1) {
+    const open = await new Promise<boolean>((resolve) => {
+      const socket = net.connect(port, '127.0.0.1');
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (open) return;
+    await sleep(50);
+  }
+  throw new Error(`nothing listens on ${port}`);
+}
 
 describe('a local run (npm start: Settle with the PSP mock)', () => {
   it('opens the admin reads unless ADMIN_READONLY_OPEN is set; the token stays unset', () => {

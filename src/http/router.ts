@@ -183,12 +183,18 @@ export function createHttpServer(
   return server;
 }
 
-export function listenHttp(server: http.Server, host: string, port: number): Promise<number> {
+/** Listens on host:port; `setting` is the configuration that chose them, named if in use. */
+export function listenHttp(
+  server: http.Server,
+  host: string,
+  port: number,
+  setting = 'SETTLE_HTTP_ADDR',
+): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once('error', (error: NodeJS.ErrnoException) => {
       reject(
         error.code === 'EADDRINUSE'
-          ? new Error(`HTTP address ${host}:${port} is in use; choose another port in the config`)
+          ? new Error(`HTTP address ${host}:${port} is in use; set ${setting}`, { cause: error })
           : error,
       );
     });

@@ -5,7 +5,7 @@
 import { createPool, type Pool } from 'mysql2';
 import { createConnection } from 'mysql2/promise';
 import { Kysely, Migrator, MysqlAdapter, MysqlDialect, type DialectAdapter } from 'kysely';
-import { UnavailableError } from '../domain/errors.js';
+import { FailedPreconditionError, UnavailableError } from '../domain/errors.js';
 import { migrationProvider } from './migrations/index.js';
 import type { Database } from './schema.js';
 
@@ -69,6 +69,15 @@ export type Db = Kysely<Database>;
 
 export type OpenedDatabase = Readonly<{ db: Db; pool: Pool; close: () => Promise<void> }>;
 
+/** MySQL's answers to a login it refuses. */
+const LOGIN_REFUSED: ReadonlySet<string> = new Set([
+  'ER_ACCESS_DENIED_ERROR',
+  'ER_ACCESS_DENIED_NO_PASSWORD_ERROR',
+  'ER_DBACCESS_DENIED_ERROR',
+  'ER_HOST_NOT_PRIVILEGED',
+  'ER_NOT_SUPPORTED_AUTH_MODE',
+]);
+
 /**
  * Creates the database if it is missing. Fails with UnavailableError naming the address when the
  * server cannot be reached.
@@ -82,6 +91,14 @@ export async function ensureDatabase(url: string, connectTimeoutMs = 5_000): Pro
       connectTimeout: connectTimeoutMs,
     });
   } catch (error) {
+    // The server answered, and refused the login: credentials to fix, not a server to start.
+    if (LOGIN_REFUSED.has(String((error as { code?: unknown } | null)?.code))) {
+      throw new FailedPreconditionError(
+        `MySQL at ${describeAddress(target)} refused the login (${describe(error)}); check the ` +
+          'user, password and their grants in MYSQL_URL',
+        { cause: error },
+      );
+    }
     throw new UnavailableError(
       `MySQL is unreachable at ${describeAddress(target)} (${describe(error)}); start it ` +
         `(start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd) or set MYSQL_URL`,

@@ -64,7 +64,14 @@ export async function startPspHttpServer(options: {
 
 function listen(server: Server, host: string, port: number): Promise<void> {
   return new Promise((resolve, reject) => {
-    const onError = (error: Error) => reject(error);
+    const onError = (error: NodeJS.ErrnoException) =>
+      reject(
+        error.code === 'EADDRINUSE'
+          ? new Error(`PSP mock: address ${host}:${port} is in use; set PSP_HTTP_ADDR`, {
+              cause: error,
+            })
+          : error,
+      );
     server.once('error', onError);
     server.listen(port, host, () => {
       server.off('error', onError);

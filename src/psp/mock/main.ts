@@ -4,7 +4,7 @@
  * unreachable, port in use), 0 after a clean stop.
  */
 import { ConfigError, loadConfig, type Config } from '../../config.js';
-import { UnavailableError } from '../../domain/errors.js';
+import { FailedPreconditionError, UnavailableError } from '../../domain/errors.js';
 import { startPspMock, type PspMock } from './index.js';
 
 function log(line: string): void {
@@ -18,7 +18,7 @@ async function main(): Promise<void> {
   } catch (error) {
     if (error instanceof ConfigError) {
       process.stderr.write(`psp mock: ${error.message}\n`);
-      process.exit(1);
+      process.exit(2);
     }
     throw error;
   }
@@ -60,7 +60,7 @@ async function main(): Promise<void> {
 /** One line on why the mock could not start. */
 function startFailure(error: unknown): string {
   // ensureDatabase names Settle's variable; the mock's database comes from PSP_MYSQL_URL.
-  if (error instanceof UnavailableError)
+  if (error instanceof UnavailableError || error instanceof FailedPreconditionError)
     return error.message.replace(/\bMYSQL_URL\b/, 'PSP_MYSQL_URL');
   const code = (error as { code?: unknown } | null)?.code;
   if (code === 'EADDRINUSE') {
