@@ -108,18 +108,6 @@ describe('main', () => {
   });
 });
 
-describe('the PSP mock', () => {
-  it('exits 2 on a bad configuration, as Settle does', () => {
-    const result = spawnSync(process.execPath, ['--import', 'tsx', 'src/psp/mock/main.ts'], {
-      env: { ...process.env, LOG_LEVEL: 'bogus' },
-      encoding: 'utf8',
-      timeout: 30_000,
-    });
-    expect(result.status).toBe(2);
-    expect(result.stderr).toMatch(/psp mock: invalid configuration:\n {2}- LOG_LEVEL/);
-  });
-});
-
 const NATS_SERVER = '/usr/sbin/nats-server';
 
 /** Resolves once something accepts connections on the port (bounded: 5 s). */

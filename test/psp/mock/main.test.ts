@@ -46,10 +46,10 @@ describe('src/psp/mock/main.ts', () => {
     expect(lines[0]).toContain('PSP_MYSQL_URL');
   });
 
-  it('exits 1 listing every config problem', async () => {
+  it('exits 2 listing every config problem, as Settle does', async () => {
     const { exited } = startMain({ PSP_SUCCESS_RATE: '7', PSP_GRPC_ADDR: 'nowhere' });
     const exit = await exited;
-    expect(exit.code).toBe(1);
+    expect(exit.code).toBe(2);
     expect(exit.stderr).toContain('PSP_SUCCESS_RATE');
     expect(exit.stderr).toContain('PSP_GRPC_ADDR');
   });
