@@ -6,6 +6,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { UnavailableError } from './domain/errors.js';
+import { repeatingFailureLog } from './observability/repeating-failure.js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { withDeadline } from './domain/deadline.js';
 import { isTerminal } from './domain/payment-order.js';
@@ -243,7 +244,7 @@ export async function startSettle(
       batchMax: config.OUTBOX_BATCH_MAX,
       pollMs: config.OUTBOX_POLL_MS,
       publishTimeoutMs: 5_000,
-      onError: (error) => logger.warn({ err: error }, 'outbox relay pass failed; retrying'),
+      onError: repeatingFailureLog(logger, 'outbox relay pass failed; retrying'),
     });
 
     // `pool`: the pool the batches of this kind write through.
@@ -589,7 +590,7 @@ export async function startSettle(
             { expired: pass.expired.length, checked: pass.checked.length },
             'janitor queued commands',
           ),
-        onError: (error) => logger.warn({ err: error }, 'janitor pass failed'),
+        onError: repeatingFailureLog(logger, 'janitor pass failed'),
       },
     );
     janitor.start();
