@@ -15,7 +15,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { adminRoutes } from '../../src/admin/routes.js';
+import { adminRoutes, type AdminDeps } from '../../src/admin/routes.js';
 import { FailedLoginLimit, type AdminAuthConfig } from '../../src/admin/auth.js';
 import { tableDeadLetters } from '../../src/admin/dead-letter-source.js';
 import type { HttpRequest, Route } from '../../src/http/router.js';
@@ -78,6 +78,25 @@ function listedPayments(html: string): string[] {
   return [...table.matchAll(/href="\/admin\/payments\/(pay_[0-9A-Z]{26})"/g)].map(
     (m) => m[1] ?? '',
   );
+}
+
+/** The panel's routes on the test stack's database, outside its node, with `overrides`. */
+function panelRoutes(overrides: Partial<AdminDeps> & Pick<AdminDeps, 'auth'>): Route[] {
+  return adminRoutes({
+    db: stack.settle.db,
+    names: stack.settle.names,
+    deadLetters: tableDeadLetters({
+      db: stack.settle.db,
+      wakeRelay: () => {},
+      now: () => new Date(),
+    }),
+    snapshot: () => Promise.reject(new Error('not used')),
+    psp: {},
+    nodeName: 'n',
+    settings: [],
+    now: () => new Date(),
+    ...overrides,
+  });
 }
 
 describe('access', () => {
@@ -185,21 +204,7 @@ describe('access', () => {
 
   it('is closed without ADMIN_TOKEN, and read-only when ADMIN_READONLY_OPEN is set', async () => {
     const routesFor = (token: string | undefined, readonlyOpen: boolean) =>
-      adminRoutes({
-        db: stack.settle.db,
-        names: stack.settle.names,
-        auth: { token, readonlyOpen },
-        deadLetters: tableDeadLetters({
-          db: stack.settle.db,
-          wakeRelay: () => {},
-          now: () => new Date(),
-        }),
-        snapshot: () => Promise.reject(new Error('not used')),
-        psp: {},
-        nodeName: 'n',
-        settings: [],
-        now: () => new Date(),
-      });
+      panelRoutes({ auth: { token, readonlyOpen } });
     const request = (path: string, method = 'GET'): HttpRequest => ({
       method,
       path,
@@ -232,19 +237,8 @@ describe('access', () => {
   });
   it('bounds wrong tokens on the login form: then refuses every login until the window ends', async () => {
     let nowMs = Date.parse('2026-11-26T12:00:00.000Z');
-    const login = adminRoutes({
-      db: stack.settle.db,
-      names: stack.settle.names,
+    const login = panelRoutes({
       auth: { token: ADMIN_TOKEN, readonlyOpen: false },
-      deadLetters: tableDeadLetters({
-        db: stack.settle.db,
-        wakeRelay: () => {},
-        now: () => new Date(),
-      }),
-      snapshot: () => Promise.reject(new Error('not used')),
-      psp: {},
-      nodeName: 'n',
-      settings: [],
       now: () => new Date(nowMs),
       failedLogins: new FailedLoginLimit(3, 60_000),
     }).find((route) => route.method === 'POST' && route.path === '/admin/login');
