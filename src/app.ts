@@ -5,8 +5,6 @@
  */
 import type * as grpc from '@grpc/grpc-js';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { UnavailableError } from './domain/errors.js';
-import { repeatingFailureLog } from './observability/repeating-failure.js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { withDeadline } from './domain/deadline.js';
 import { isTerminal } from './domain/payment-order.js';
@@ -48,6 +46,7 @@ import { INBOX_SOURCE_PSP, WebhookInbox, type WebhookEvent } from './http/webhoo
 import { createLogger, type Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
 import { grpcCallObserver } from './observability/request-log.js';
+import { repeatingFailureLog } from './observability/repeating-failure.js';
 import { operatorRoutes } from './http/operator.routes.js';
 import { recordDeadLetter } from './admin/dead-letters.js';
 import { Housekeeping } from './jobs/housekeeping.js';
@@ -200,14 +199,6 @@ export async function startSettle(
       ackWaitMs: config.CONSUMER_ACK_WAIT_MS,
       maxDeliver: maxDeliveries(config.RETRY_BACKOFF_MS),
       maxAckPending: config.CONSUMER_MAX_ACK_PENDING,
-    }).catch((error: unknown) => {
-      throw /jetstream is not enabled/i.test(String(error))
-        ? new UnavailableError(
-            `NATS at ${config.NATS_URL} runs without JetStream; start nats-server with -js ` +
-              '(and -sd <store dir>) or set NATS_URL to one that has it',
-            { cause: error },
-          )
-        : error;
     });
     const js = jetstream(nc, { timeout: 5_000 });
     const jsm = await jetstreamManager(nc, { timeout: 5_000 });

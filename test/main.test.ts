@@ -99,7 +99,7 @@ describe('main', () => {
       });
       expect(status).toBe(3);
       expect(stderr).toMatch(
-        /NATS at nats:\/\/127\.0\.0\.1:\d+ runs without JetStream; start nats-server with -js/,
+        /NATS at 127\.0\.0\.1:\d+ runs without JetStream; start nats-server with -js/,
       );
     } finally {
       nats.kill();

@@ -55,13 +55,26 @@ export type TopologyOptions = Readonly<{
 
 const DAY_MS = 24 * 3_600_000;
 
-/** Creates the command and dead-letter streams and the runtime consumer, or updates them. */
+/**
+ * Creates the command and dead-letter streams and the runtime consumer, or updates them. A
+ * server without JetStream fails with UnavailableError naming the server and the fix.
+ */
 export async function ensureTopology(
   nc: NatsConnection,
   names: Names,
   options: TopologyOptions,
 ): Promise<JetStreamManager> {
-  const jsm = await jetstreamManager(nc, { timeout: 5_000 });
+  const jsm = await jetstreamManager(nc, { timeout: 5_000 }).catch((error: unknown) => {
+    // nats.js's JetStreamNotEnabled, which its public entry point does not export.
+    if (error instanceof Error && error.name === 'JetStreamNotEnabled') {
+      throw new UnavailableError(
+        `NATS at ${nc.getServer()} runs without JetStream; start nats-server with -js ` +
+          '(and -sd <store dir>) or set NATS_URL to one that has it',
+        { cause: error },
+      );
+    }
+    throw error;
+  });
   await upsertStream(jsm, {
     name: names.commandStream,
     subjects: [names.commandSubjectAll],

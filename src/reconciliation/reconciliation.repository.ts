@@ -321,7 +321,7 @@ export async function clearRunData(db: Db, runId: string): Promise<void> {
 }
 
 /** The purge's bounds per housekeeping pass (about a minute apart): 100,000 rows, 5,000 a DELETE. */
-export const STAGING_PURGE_BOUNDS = { rowsPerDelete: 5_000, deletesMax: 20 } as const;
+const STAGING_PURGE_BOUNDS = { rowsPerDelete: 5_000, deletesMax: 20 } as const;
 
 /**
  * Retention: deletes the staging rows of the runs of settlement days before `before`, oldest day
