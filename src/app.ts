@@ -548,6 +548,7 @@ export async function startSettle(
       httpServer,
       config.SETTLE_HTTP_ADDR.host,
       overrides.httpPort ?? config.SETTLE_HTTP_ADDR.port,
+      'SETTLE_HTTP_ADDR',
     );
     cleanups.push(
       () =>

@@ -8,9 +8,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, inject, it } from 'vitest';
 import { loadConfig, localRunDefaults } from '../src/config.js';
-import { dropDatabase, freePort, testDatabaseUrl } from './support/harness.js';
+import { dropDatabase, freePort, removeNamespace, testDatabaseUrl } from './support/harness.js';
 
 function runMain(env: Record<string, string>) {
   const result = spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', '--settle-only'], {
@@ -84,6 +84,32 @@ describe('main', () => {
       /MySQL at .* refused the login \(.*\); check the user, password .*MYSQL_URL/,
     );
     expect(stderr).not.toMatch(/unreachable|start-stop-daemon/);
+  });
+
+  it('names SETTLE_HTTP_ADDR when its port is taken', async () => {
+    const taken = net.createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    const port = (taken.address() as net.AddressInfo).port;
+    const mysqlUrl = testDatabaseUrl('settle_t_busy');
+    const namespace = `tbusy${Date.now() % 100_000}`;
+    try {
+      const { status, stderr } = runMain({
+        SETTLE_HTTP_ADDR: `127.0.0.1:${port}`,
+        SETTLE_GRPC_ADDR: `127.0.0.1:${await freePort()}`,
+        MYSQL_URL: mysqlUrl,
+        NATS_URL: inject('natsUrl'),
+        SETTLE_NAMESPACE: namespace,
+      });
+      expect(status).toBe(1);
+      expect(stderr).toContain(`HTTP address 127.0.0.1:${port} is in use; set SETTLE_HTTP_ADDR`);
+    } finally {
+      taken.close();
+      await dropDatabase(mysqlUrl);
+      // The node made its streams before it found the port taken.
+      await removeNamespace(
+        loadConfig({ SETTLE_NAMESPACE: namespace, NATS_URL: inject('natsUrl') }),
+      );
+    }
   });
 
   it('says so when NATS runs without JetStream', async () => {

@@ -139,11 +139,15 @@ export function createHttpServer(
         candidate.method === method && (params = match(candidate.path, url.pathname)) !== undefined,
     );
     if (route === undefined || params === undefined) {
-      const allowed = routes()
-        .filter((candidate) => match(candidate.path, url.pathname) !== undefined)
-        .map((candidate) => candidate.method);
+      const allowed = [
+        ...new Set(
+          routes()
+            .filter((candidate) => match(candidate.path, url.pathname) !== undefined)
+            .map((candidate) => candidate.method),
+        ),
+      ].join(', ');
       send(
-        allowed.length === 0
+        allowed === ''
           ? json(404, {
               error: { code: 'NOT_FOUND', message: `no route for ${method} ${url.pathname}` },
             })
@@ -152,10 +156,10 @@ export function createHttpServer(
               {
                 error: {
                   code: 'METHOD_NOT_ALLOWED',
-                  message: `${url.pathname} takes ${[...new Set(allowed)].join(', ')}, not ${method}`,
+                  message: `${url.pathname} takes ${allowed}, not ${method}`,
                 },
               },
-              { allow: [...new Set(allowed)].join(', ') },
+              { allow: allowed },
             ),
       );
       return;
@@ -188,7 +192,7 @@ export function listenHttp(
   server: http.Server,
   host: string,
   port: number,
-  setting = 'SETTLE_HTTP_ADDR',
+  setting: string,
 ): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once('error', (error: NodeJS.ErrnoException) => {

@@ -6,7 +6,7 @@
  * the message says all there is; anything else keeps the stack, since it may be a bug.
  */
 import type { Logger } from 'pino';
-import { SettleError } from '../domain/errors.js';
+import { ERROR_CODE, SettleError } from '../domain/errors.js';
 import { isConnectionError } from '../storage/errors.js';
 
 export type RepeatingFailureOptions = Readonly<{
@@ -17,7 +17,8 @@ export type RepeatingFailureOptions = Readonly<{
 /** What to log of `error`: an outage as type, code and message; anything else whole. */
 export function loggedError(error: unknown): unknown {
   const outage =
-    isConnectionError(error) || (error instanceof SettleError && error.code === 'UNAVAILABLE');
+    isConnectionError(error) ||
+    (error instanceof SettleError && error.code === ERROR_CODE.unavailable);
   if (!outage || !(error instanceof Error)) return error;
   const code = (error as { code?: unknown }).code;
   return { type: error.name, message: error.message, ...(code !== undefined && { code }) };
