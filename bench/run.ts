@@ -1151,6 +1151,7 @@ function report(
   ceiling: { spread: CeilingRun; hot: CeilingRun | undefined },
   throughput: ThroughputResults,
   memory: MemoryResults | undefined,
+  goals: readonly GoalResult[],
 ): string {
   const { spread, half, hot } = throughput;
   const out: string[] = [];
@@ -1435,7 +1436,7 @@ function report(
   out.push(
     'The performance goals, for this run only (a verdict needs its phase run on the goal\'s terms; README, "Performance", gives every full run):',
   );
-  out.push(goalsTable(goalsOf(options, ceiling.spread, throughput, memory)));
+  out.push(goalsTable(goals));
   out.push('');
   const checks = [...throughput.invariants, ...(memory?.invariants ?? [])];
   out.push('Invariants:');
@@ -1476,12 +1477,14 @@ async function main(): Promise<void> {
   checkInterrupted();
   const memory = options.idleOrders > 0 ? await memoryPhase(options) : undefined;
 
+  const goals = goalsOf(options, ceilingSpread, throughput, memory);
   const text = report(
     options,
     calibration,
     { spread: ceilingSpread, hot: ceilingHot },
     throughput,
     memory,
+    goals,
   );
   process.stdout.write(`\n${text}\n`);
   const checks = [...throughput.invariants, ...(memory?.invariants ?? [])];
@@ -1512,7 +1515,7 @@ async function main(): Promise<void> {
           settlePeakRssBytes: throughput.settlePeakRssBytes,
           pspPeakRssBytes: throughput.pspPeakRssBytes,
           memory,
-          goals: goalsOf(options, ceilingSpread, throughput, memory),
+          goals,
           invariants: checks,
           ok: completed && checks.every((c) => c.ok),
         },
