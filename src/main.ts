@@ -51,6 +51,10 @@ async function main(): Promise<void> {
     );
   } catch (error) {
     for (const stop of stops.reverse()) await stop().catch(() => undefined);
+    if (error instanceof ConfigError) {
+      process.stderr.write(`settle: ${error.message}\n`);
+      process.exit(2);
+    }
     if (error instanceof UnavailableError) {
       process.stderr.write(`settle: ${error.message}\n`);
       process.exit(3);

@@ -4,7 +4,13 @@
  * it and to change its behaviour. src/psp/mock/main.ts runs it as a standalone process; tests
  * start it on port 0 with a database of their own.
  */
-import { pspPublicUrl, settlePublicUrl, utcMinutesOf, type Config } from '../../config.js';
+import {
+  ConfigError,
+  pspPublicUrl,
+  settlePublicUrl,
+  utcMinutesOf,
+  type Config,
+} from '../../config.js';
 import { ensureDatabase, openDatabase } from '../../storage/db.js';
 import { assertGuardsTrip } from '../../storage/one-trip.js';
 import type { GroupCommitBatch } from '../../storage/group-commit.js';
@@ -22,6 +28,7 @@ import { PspPayments } from './payments.js';
 import { PSP_GUARD_TABLE, type PspDatabase } from './schema.js';
 import {
   injectSettlementDiscrepancy,
+  settlementDirProblem,
   SettlementFileSchedule,
   writeSettlementFile,
   type SettlementDiscrepancy,
@@ -111,6 +118,9 @@ export async function startPspMock(options: StartPspMockOptions): Promise<PspMoc
   };
 
   try {
+    // A folder the mock cannot write is a setting to fix, told at start, not at the first file.
+    const settlementDir = await settlementDirProblem(config.SETTLEMENT_DIR);
+    if (settlementDir !== undefined) throw new ConfigError([`SETTLEMENT_DIR: ${settlementDir}`]);
     await ensureDatabase(mysqlUrl);
     // Registrations, decisions and webhook rows are written in one-packet transactions.
     const database = openDatabase<PspDatabase>(mysqlUrl, {

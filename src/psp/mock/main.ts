@@ -1,7 +1,8 @@
 /**
  * The PSP mock as a standalone process (`npm run start:psp`): load the config, start the mock,
- * stop it on SIGTERM or SIGINT. Exit codes: 1 for a bad config or a failed start (MySQL
- * unreachable, port in use), 0 after a clean stop.
+ * stop it on SIGTERM or SIGINT. Exit codes: 2 for a bad config (a setting, or a settlement
+ * folder it cannot write), 1 for a failed start (MySQL unreachable, port in use), 0 after a clean
+ * stop.
  */
 import { ConfigError, loadConfig, type Config } from '../../config.js';
 import { FailedPreconditionError, UnavailableError } from '../../domain/errors.js';
@@ -28,7 +29,7 @@ async function main(): Promise<void> {
     mock = await startPspMock({ config, log });
   } catch (error) {
     process.stderr.write(`psp mock: ${startFailure(error)}\n`);
-    process.exit(1);
+    process.exit(error instanceof ConfigError ? 2 : 1);
   }
 
   let stopping = false;
@@ -59,6 +60,7 @@ async function main(): Promise<void> {
 
 /** One line on why the mock could not start. */
 function startFailure(error: unknown): string {
+  if (error instanceof ConfigError) return error.message;
   // ensureDatabase names Settle's variable; the mock's database comes from PSP_MYSQL_URL.
   if (error instanceof UnavailableError || error instanceof FailedPreconditionError)
     return error.message.replace(/\bMYSQL_URL\b/, 'PSP_MYSQL_URL');

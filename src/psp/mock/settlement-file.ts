@@ -82,6 +82,41 @@ type ChargeRow = {
 };
 
 /**
+ * Why the mock cannot write settlement files into `dir`, or undefined when it can: the folder is
+ * made if missing, one path component at a time (Node's recursive mkdir never returns under
+ * /proc), and a probe file is created and removed in it. Bounded by the path's depth.
+ */
+export async function settlementDirProblem(dir: string): Promise<string | undefined> {
+  const target = path.resolve(dir);
+  const { root } = path.parse(target);
+  let current = root;
+  for (const part of target.slice(root.length).split(path.sep).filter(Boolean)) {
+    current = path.join(current, part);
+    try {
+      await mkdir(current);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'EEXIST') {
+        const info = await stat(current).catch(() => undefined);
+        if (info?.isDirectory() === true) continue;
+        return `${current} is not a folder, so ${target} cannot be made`;
+      }
+      return `cannot make ${current} (${code ?? String(error)}); set it to a folder this process can write`;
+    }
+  }
+  const probe = path.join(target, `.write-check.${process.pid}.${randomBytes(4).toString('hex')}`);
+  try {
+    const handle = await open(probe, 'wx');
+    await handle.close();
+    await rm(probe, { force: true });
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    return `cannot write into ${target} (${code ?? String(error)}); set it to a folder this process can write`;
+  }
+  return undefined;
+}
+
+/**
  * Writes the settlement file of `day` into `dir` (created if missing), replacing any earlier
  * version atomically. Rows: the day's charges, then the previous day's charges marked LATE; a
  * charge marked UNSETTLED is left out, AMOUNT changes its gross, DUPLICATE writes it twice.
@@ -95,7 +130,8 @@ export async function writeSettlementFile(options: {
   const { db, day, fees } = options;
   if (!isUtcDay(day)) throw new InvalidArgumentError('settlement_date', 'must be YYYY-MM-DD');
   const dir = path.resolve(options.dir);
-  await mkdir(dir, { recursive: true });
+  const problem = await settlementDirProblem(dir);
+  if (problem !== undefined) throw new FailedPreconditionError(`SETTLEMENT_DIR: ${problem}`);
   const target = path.join(dir, settlementFileName(day));
   const temporary = path.join(
     dir,

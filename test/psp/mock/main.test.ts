@@ -54,6 +54,22 @@ describe('src/psp/mock/main.ts', () => {
     expect(exit.stderr).toContain('PSP_GRPC_ADDR');
   });
 
+  it('exits 2 naming SETTLEMENT_DIR when it cannot make the settlement folder', async () => {
+    const mysqlUrl = uniqueDatabaseUrl('settle_psp_t');
+    databases.push(mysqlUrl);
+    const { exited } = startMain({
+      PSP_MYSQL_URL: mysqlUrl,
+      SETTLEMENT_DIR: '/proc/settle-no-such-folder/settlements',
+    });
+    const exit = await exited;
+    expect(exit.code).toBe(2);
+    expect(exit.stderr).toContain(
+      'SETTLEMENT_DIR: cannot make /proc/settle-no-such-folder (ENOENT); set it to a folder this process can write',
+    );
+    // Told before anything else started: the mock made no database.
+    expect(exit.stdout).not.toContain('gRPC');
+  });
+
   it('serves until SIGTERM, then stops and exits 0', async () => {
     const mysqlUrl = uniqueDatabaseUrl('settle_psp_t');
     databases.push(mysqlUrl);

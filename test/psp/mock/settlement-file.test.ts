@@ -20,6 +20,7 @@ import {
 import { openDatabase } from '../../../src/storage/db.js';
 import { startPspMock, type PspMock } from '../../../src/psp/mock/index.js';
 import {
+  settlementDirProblem,
   settlementFeeMinor,
   SettlementFileSchedule,
 } from '../../../src/psp/mock/settlement-file.js';
@@ -55,6 +56,41 @@ describe('settlementFeeMinor', () => {
   it('follows the configured model', () => {
     expect(settlementFeeMinor(10_000n, { percentBp: 0, fixedMinor: 0 })).toBe(0n);
     expect(settlementFeeMinor(10_000n, { percentBp: 150, fixedMinor: 25 })).toBe(175n);
+  });
+});
+
+describe('settlementDirProblem', () => {
+  let scratch: string;
+  beforeAll(async () => {
+    scratch = await mkdtemp(path.join(tmpdir(), 'settle-dir-'));
+  });
+  afterAll(async () => {
+    await rm(scratch, { recursive: true, force: true });
+  });
+
+  it('makes a missing folder, however deep, and leaves no probe file in it', async () => {
+    const dir = path.join(scratch, 'a', 'b', 'c');
+    expect(await settlementDirProblem(dir)).toBeUndefined();
+    expect(await readdir(dir)).toEqual([]);
+    // A second check of a folder that exists is as good.
+    expect(await settlementDirProblem(dir)).toBeUndefined();
+  });
+
+  it('names the file standing where a folder should be', async () => {
+    const file = path.join(scratch, 'a-file');
+    await writeFile(file, 'x');
+    expect(await settlementDirProblem(path.join(file, 'settlements'))).toBe(
+      `${file} is not a folder, so ${path.join(file, 'settlements')} cannot be made`,
+    );
+  });
+
+  it('answers at once where a folder cannot be made (under /proc, recursive mkdir never returns)', async () => {
+    const started = Date.now();
+    const problem = await settlementDirProblem('/proc/settle-no-such-folder/settlements');
+    expect(problem).toMatch(
+      /^cannot make \/proc\/settle-no-such-folder \(ENOENT\); set it to a folder this process can write$/,
+    );
+    expect(Date.now() - started).toBeLessThan(5_000);
   });
 });
 
