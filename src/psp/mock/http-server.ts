@@ -85,7 +85,11 @@ async function handle(
   request: IncomingMessage,
   response: ServerResponse,
 ): Promise<void> {
-  const path = new URL(request.url ?? '/', 'http://psp.invalid').pathname;
+  const path = pathOf(request.url ?? '/');
+  if (path === undefined) {
+    request.resume();
+    return sendPage(response, 400, messagePage('Bad request', 'The address is not a valid path.'));
+  }
   if (path === '/healthz') {
     if (request.method !== 'GET' && request.method !== 'HEAD')
       return methodNotAllowed(response, 'GET');
@@ -185,6 +189,15 @@ function readBody(request: IncomingMessage, bytesMax: number): Promise<string | 
 function safeDecode(segment: string): string | undefined {
   try {
     return decodeURIComponent(segment);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The request target's path, or undefined for a target no URL can be made of (`//[/`). */
+function pathOf(target: string): string | undefined {
+  try {
+    return new URL(target, 'http://psp.invalid').pathname;
   } catch {
     return undefined;
   }

@@ -315,6 +315,7 @@ export class PspPayments {
    * for a bad card number, FailedPreconditionError for a cancelled payment.
    */
   async pay(token: string, cardNumberInput: string): Promise<PayResult> {
+    if (token === '') throw new InvalidArgumentError('token', 'is required');
     if (!isPaymentToken(token)) throw new NotFoundError('payment token', token);
     const cardNumber = parseCardNumber(cardNumberInput);
     const payment = await this.#run(() => findPaymentByToken(this.#db, token));

@@ -8,6 +8,7 @@
  * tables are read directly to check charges and the outbox. Waits poll with a deadline.
  */
 import { execFile } from 'node:child_process';
+import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { status } from '@grpc/grpc-js';
@@ -393,6 +394,15 @@ describe('the hosted page', () => {
     expect(post.status).toBe(404);
   });
 
+  it('answers 400 to a request target no URL can be made of, and keeps serving', async () => {
+    const { port } = new URL(mock.publicUrl);
+    for (const target of ['///', '//[/', '//%/']) {
+      const head = await rawGet(Number(port), target);
+      expect(head, target).toMatch(/^HTTP\/1\.1 400 /);
+    }
+    expect((await fetch(`${mock.publicUrl}/healthz`)).status).toBe(200);
+  });
+
   it('charges 4242… once, sends one signed payment.succeeded webhook, and shows the result', async () => {
     const nonce = uniqueNonce();
     const path = `/hooks/${nonce}`;
@@ -546,6 +556,16 @@ describe('the hosted page', () => {
   });
 });
 
+/** The status line of a GET sent byte for byte (fetch would normalise the target). */
+async function rawGet(port: number, target: string): Promise<string> {
+  const socket = net.connect(port, '127.0.0.1');
+  socket.setTimeout(5_000, () => socket.destroy(new Error(`no answer to GET ${target}`)));
+  socket.end(`GET ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`);
+  let answer = '';
+  for await (const chunk of socket) answer += String(chunk);
+  return answer.split('\r\n')[0] ?? '';
+}
+
 describe('PayWithCard', () => {
   it('pays exactly like the hosted page and fails with NOT_FOUND / INVALID_ARGUMENT', async () => {
     const nonce = uniqueNonce();
@@ -569,6 +589,11 @@ describe('PayWithCard', () => {
     );
     expect(bad.code).toBe(status.INVALID_ARGUMENT);
     expect(bad.details).toMatch(/^card_number: /);
+    const empty = await grpcError(
+      unary(api.payWithCard.bind(api), { token: '', cardNumber: SUCCESS_CARD }),
+    );
+    expect(empty.code).toBe(status.INVALID_ARGUMENT);
+    expect(empty.details).toBe('token: is required');
   });
 });
 
