@@ -133,17 +133,21 @@ export function createHttpServer(
       return;
     }
     const method = req.method ?? 'GET';
+    // HEAD is a GET whose body Node leaves out (RFC 9110 §9.3.2).
+    const routed = method === 'HEAD' ? 'GET' : method;
     let params: Record<string, string> | undefined;
     const route = routes().find(
       (candidate) =>
-        candidate.method === method && (params = match(candidate.path, url.pathname)) !== undefined,
+        candidate.method === routed && (params = match(candidate.path, url.pathname)) !== undefined,
     );
     if (route === undefined || params === undefined) {
       const allowed = [
         ...new Set(
           routes()
             .filter((candidate) => match(candidate.path, url.pathname) !== undefined)
-            .map((candidate) => candidate.method),
+            .flatMap((candidate) =>
+              candidate.method === 'GET' ? ['GET', 'HEAD'] : [candidate.method],
+            ),
         ),
       ].join(', ');
       send(
@@ -165,7 +169,7 @@ export function createHttpServer(
       return;
     }
     const request: HttpRequest = {
-      method,
+      method: routed,
       path: url.pathname,
       query: url.searchParams,
       headers: req.headers,

@@ -112,6 +112,22 @@ describe('the HTTP router', () => {
     expect(statusOf(unknown)).toBe('HTTP/1.1 404 Not Found');
   });
 
+  it('answers HEAD as GET without a body, and lists HEAD beside GET in Allow', async () => {
+    const head = await exchange('HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    expect(statusOf(head)).toBe('HTTP/1.1 200 OK');
+    expect(head.toLowerCase()).toContain('content-type: application/json');
+    expect(head.endsWith('\r\n\r\n')).toBe(true);
+    const post = await exchange(
+      'POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n',
+    );
+    expect(statusOf(post)).toBe('HTTP/1.1 405 Method Not Allowed');
+    expect(post.toLowerCase()).toContain('allow: get, head');
+    const headOfPost = await exchange(
+      'HEAD /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+    );
+    expect(statusOf(headOfPost)).toBe('HTTP/1.1 405 Method Not Allowed');
+  });
+
   it('still reads a body within the limit, declared or chunked', async () => {
     const declared = await exchange(
       'POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello',
