@@ -10,6 +10,7 @@
  */
 import { ConfigError, loadConfig, localRunDefaults, type Config } from './config.js';
 import { startSettle } from './app.js';
+import { routeGrpcLogs } from './grpc/logging.js';
 import { startPspMock } from './psp/mock/index.js';
 import { UnavailableError } from './domain/errors.js';
 import { createLogger } from './observability/logger.js';
@@ -28,6 +29,7 @@ async function main(): Promise<void> {
     throw error;
   }
   const logger = createLogger({ level: config.LOG_LEVEL, name: 'settle' });
+  routeGrpcLogs((level, message) => logger[level]({ component: 'grpc-js' }, message));
   if (env !== process.env) {
     logger.info(
       'local run with the PSP mock: admin reads are open (ADMIN_READONLY_OPEN=true unless set); actions need ADMIN_TOKEN',

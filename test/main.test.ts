@@ -112,6 +112,35 @@ describe('main', () => {
     }
   });
 
+  it('names SETTLE_GRPC_ADDR when its port is taken, in one line (grpc-js adds none)', async () => {
+    const taken = net.createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    const port = (taken.address() as net.AddressInfo).port;
+    const mysqlUrl = testDatabaseUrl('settle_t_busy');
+    const namespace = `tbusyg${Date.now() % 100_000}`;
+    try {
+      const { status, stderr } = runMain({
+        SETTLE_GRPC_ADDR: `127.0.0.1:${port}`,
+        SETTLE_HTTP_ADDR: `127.0.0.1:${await freePort()}`,
+        MYSQL_URL: mysqlUrl,
+        NATS_URL: inject('natsUrl'),
+        SETTLE_NAMESPACE: namespace,
+        // grpc-js's own lines would show at this level.
+        LOG_LEVEL: 'info',
+      });
+      expect(status).toBe(1);
+      expect(stderr).toBe(
+        `settle: failed to start: address 127.0.0.1:${port} is in use; set SETTLE_GRPC_ADDR`,
+      );
+    } finally {
+      taken.close();
+      await dropDatabase(mysqlUrl);
+      await removeNamespace(
+        loadConfig({ SETTLE_NAMESPACE: namespace, NATS_URL: inject('natsUrl') }),
+      );
+    }
+  });
+
   it('says so when NATS runs without JetStream', async () => {
     if (!existsSync(NATS_SERVER)) return; // a container without the binary: nothing to start
     const port = await freePort();

@@ -6,6 +6,7 @@
  */
 import { ConfigError, loadConfig, type Config } from '../../config.js';
 import { FailedPreconditionError, UnavailableError } from '../../domain/errors.js';
+import { routeGrpcLogs } from '../../grpc/logging.js';
 import { startPspMock, type PspMock } from './index.js';
 
 function log(line: string): void {
@@ -24,6 +25,11 @@ async function main(): Promise<void> {
     throw error;
   }
 
+  routeGrpcLogs((level, message) =>
+    (level === 'error' ? process.stderr : process.stdout).write(
+      `${new Date().toISOString()} grpc-js ${level}: ${message}\n`,
+    ),
+  );
   let mock: PspMock;
   try {
     mock = await startPspMock({ config, log });
