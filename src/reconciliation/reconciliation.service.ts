@@ -577,7 +577,16 @@ export async function resolveSettlementFile(
     throw new InvalidArgumentError(field, `${path.relative(folder, real)} is not a file`);
   }
   const name = path.basename(real);
-  const day = date !== '' ? date : FILE_NAME_DAY.exec(name)?.[1];
+  const named = FILE_NAME_DAY.exec(name)?.[1];
+  // A file reconciled under another day than its own cannot be undone: its rows would settle
+  // that day's orders, and the right day's run would find every row already settled.
+  if (date !== '' && named !== undefined && named !== date) {
+    throw new InvalidArgumentError(
+      'settlement_date',
+      `is ${date}, but ${name} is the file of ${named}; give settlement_date ${named} or leave it out`,
+    );
+  }
+  const day = date !== '' ? date : named;
   if (day === undefined || !isUtcDay(day)) {
     throw new InvalidArgumentError(
       'settlement_date',

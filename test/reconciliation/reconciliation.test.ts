@@ -551,6 +551,16 @@ describe('refused requests write nothing', () => {
       filePath: '',
     });
     expect(nothing.details).toBe('settlement_date: give settlement_date (YYYY-MM-DD) or file_path');
+    // A file named for one day, given with another: it would settle the wrong day's orders.
+    await writeFile(path.join(stack.dir, 'settlement-2026-01-08-copy.csv'), `${header}\n${row}\n`);
+    const otherDay = await callError(stack.recon.runReconciliation.bind(stack.recon), {
+      settlementDate: '2026-01-06',
+      filePath: 'settlement-2026-01-08-copy.csv',
+    });
+    expect(otherDay.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(otherDay.details).toBe(
+      'settlement_date: is 2026-01-06, but settlement-2026-01-08-copy.csv is the file of 2026-01-08; give settlement_date 2026-01-08 or leave it out',
+    );
     const unknown = await callError(stack.recon.getReport.bind(stack.recon), {
       reportId: 'rcn_01J00000000000000000000000',
     });

@@ -254,7 +254,10 @@ export interface Mismatch {
 export interface RunReconciliationRequest {
   /** The UTC day, "YYYY-MM-DD". With no file_path, the file is settlement-<day>.csv. */
   settlementDate: string;
-  /** A file inside the settlement folder; settlement_date defaults to the day in its name. */
+  /**
+   * A file inside the settlement folder; settlement_date defaults to the day in its name, and
+   * must be that day when both are given (INVALID_ARGUMENT otherwise).
+   */
   filePath: string;
 }
 
