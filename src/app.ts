@@ -177,6 +177,7 @@ export async function startSettle(
     const connections = connectionPlan(config);
     const { db, close: closeDb } = openDatabase(config.MYSQL_URL, {
       poolSize: connections.mainPool,
+      lockWaitTimeoutS: config.MYSQL_LOCK_WAIT_TIMEOUT_S,
       ...onQuery,
     });
     cleanups.push(closeDb);
@@ -186,6 +187,7 @@ export async function startSettle(
     const { db: oneTripDb, close: closeOneTripDb } = openDatabase(config.MYSQL_URL, {
       poolSize: connections.writersPool,
       multipleStatements: true,
+      lockWaitTimeoutS: config.MYSQL_LOCK_WAIT_TIMEOUT_S,
       ...onQuery,
     });
     cleanups.push(closeOneTripDb);

@@ -79,6 +79,7 @@ export const configSchema = z.object({
     .default('dev'),
   MYSQL_URL: mysqlUrl.default('mysql://root@127.0.0.1:3306/settle'),
   MYSQL_POOL_SIZE: positiveInt.max(256).default(16),
+  MYSQL_LOCK_WAIT_TIMEOUT_S: positiveInt.max(3_600).default(5),
   NATS_URL: natsUrl.default('nats://127.0.0.1:4222'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 

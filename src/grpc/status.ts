@@ -1,13 +1,16 @@
 /**
  * The one place where errors become gRPC statuses (STYLE.md §6). Operating errors (SettleError
  * subclasses) keep their message and map by their stable code; zod validation errors become
- * INVALID_ARGUMENT naming every bad field; anything else is a bug and becomes INTERNAL with a
+ * INVALID_ARGUMENT naming every bad field; a lost database connection or a row lock that
+ * outlasted its retries becomes UNAVAILABLE (retryable); anything else is a bug and becomes INTERNAL with a
  * generic message and the request id, never the original message or a stack, and is logged.
  */
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import * as z from 'zod';
 import { SettleError, type ErrorCode } from '../domain/errors.js';
+import { isConnectionError, isTransientLockError } from '../storage/errors.js';
+import { toUnavailable } from '../storage/transaction.js';
 
 const STATUS_BY_ERROR_CODE: Readonly<Record<ErrorCode, grpc.status>> = {
   INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,
@@ -84,6 +87,9 @@ export function toGrpcStatus(
   requestId?: string,
   options: StatusOptions = {},
 ): GrpcStatus {
+  // A database outage, or a lock that outlasted its retries, on a path that did not say so.
+  if (!(error instanceof SettleError) && (isConnectionError(error) || isTransientLockError(error)))
+    return toGrpcStatus(toUnavailable(error), requestId, options);
   if (error instanceof SettleError) {
     const status: GrpcStatus = {
       code: STATUS_BY_ERROR_CODE[error.code],

@@ -46,6 +46,10 @@ export function isTransientLockError(error: unknown): boolean {
   return errno === ERRNO.deadlock || errno === ERRNO.lockWaitTimeout;
 }
 
+export function isLockWaitTimeout(error: unknown): boolean {
+  return errnoOf(error) === ERRNO.lockWaitTimeout;
+}
+
 export function isConnectionError(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code;
   if (typeof code === 'string' && CONNECTION_CODES.has(code)) return true;

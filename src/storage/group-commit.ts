@@ -14,6 +14,7 @@
  * (beyond it, submit() fails at once with RESOURCE_EXHAUSTED, which callers treat as retryable).
  */
 import { ResourceExhaustedError, UnavailableError } from '../domain/errors.js';
+import { isTransientLockError } from './errors.js';
 
 /** The limits a caller usually takes from config (GROUP_COMMIT_MAX, GROUP_COMMITS_IN_FLIGHT). */
 export type GroupCommitLimits = Readonly<{ batchMax: number; inFlightMax: number }>;
@@ -131,7 +132,9 @@ export class GroupCommit<I, O> {
       }
     } catch (error) {
       this.options.onBatch?.({ size: batch.length, ms: performance.now() - started, ok: false });
-      if (error instanceof UnavailableError) {
+      // The database is gone for all of them; a lock that outlasted its retries is one unit's
+      // (or a few): each alone tells which.
+      if (error instanceof UnavailableError && !isTransientLockError(error.cause)) {
         for (const pending of batch) pending.reject(error);
         return;
       }

@@ -1,14 +1,20 @@
 /**
- * Runs a unit of work in one InnoDB transaction and retries it whole on deadlock or lock wait
- * timeout (bounded). Connection failures become UnavailableError, so callers answer UNAVAILABLE.
+ * Runs a unit of work in one InnoDB transaction and retries it whole on deadlock (up to
+ * `attemptsMax` tries) or lock wait timeout (one retry: a lock held for the whole wait is
+ * seldom gone a moment later, and each wait costs innodb_lock_wait_timeout). Connection
+ * failures, and lock errors that outlast the retries, become UnavailableError, so callers
+ * answer UNAVAILABLE and JetStream retries later.
  */
 import type { Transaction } from 'kysely';
 import { UnavailableError } from '../domain/errors.js';
 import type { Db } from './db.js';
-import { isConnectionError, isTransientLockError } from './errors.js';
+import { isConnectionError, isLockWaitTimeout, isTransientLockError } from './errors.js';
 import type { Database } from './schema.js';
 
 export type Trx = Transaction<Database>;
+
+/** Tries of a unit that waited out innodb_lock_wait_timeout: the first and one retry. */
+const LOCK_WAIT_ATTEMPTS_MAX = 2;
 
 export async function inTransaction<T>(
   db: Db,
@@ -20,7 +26,10 @@ export async function inTransaction<T>(
     try {
       return await db.transaction().execute(work);
     } catch (error) {
-      if (isTransientLockError(error) && attempt < attemptsMax) {
+      const retries = isLockWaitTimeout(error)
+        ? Math.min(attemptsMax, LOCK_WAIT_ATTEMPTS_MAX)
+        : attemptsMax;
+      if (isTransientLockError(error) && attempt < retries) {
         await new Promise((resolve) => setTimeout(resolve, 5 * attempt + Math.random() * 10));
         continue;
       }
@@ -29,10 +38,19 @@ export async function inTransaction<T>(
   }
 }
 
-/** Wraps connection-level failures so they surface as UNAVAILABLE; passes others through. */
+/**
+ * Wraps connection-level failures, and deadlocks and lock waits that outlasted their retries, so
+ * they surface as UNAVAILABLE; passes others through.
+ */
 export function toUnavailable(error: unknown): unknown {
   if (isConnectionError(error)) {
     return new UnavailableError('the database is unavailable; retry later', { cause: error });
+  }
+  if (isTransientLockError(error)) {
+    return new UnavailableError(
+      'the database is busy (a row stayed locked past its retries); retry later',
+      { cause: error },
+    );
   }
   return error;
 }

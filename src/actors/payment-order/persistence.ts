@@ -18,7 +18,7 @@
  */
 import type { CompiledQuery } from 'kysely';
 import type { Db } from '../../storage/db.js';
-import { isConnectionError } from '../../storage/errors.js';
+import { isConnectionError, isLockWaitTimeout } from '../../storage/errors.js';
 import { GroupCommit } from '../../storage/group-commit.js';
 import { commitInOneTrip, rowCountGuard } from '../../storage/one-trip.js';
 import {
@@ -171,6 +171,10 @@ export async function persistInOneTrip(
     return writes.length === 1 && outcome.tripped === 'rowCount' ? [false] : undefined;
   } catch (error) {
     if (isConnectionError(error)) throw toUnavailable(error);
+    // A row locked elsewhere for the whole wait: the batch's statement-by-statement way would
+    // wait for it again, up to twice, and hold every batch mate meanwhile. Each unit alone
+    // (the group commit's replay) lets the mates that do not touch that row through at once.
+    if (isLockWaitTimeout(error) && writes.length > 1) throw error;
     // A deadlock or a broken constraint: the statement-by-statement way tells which write it
     // was, and retries deadlocks.
     return undefined;
