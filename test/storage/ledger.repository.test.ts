@@ -13,6 +13,7 @@ import {
   trialBalanceByCurrency,
   UnbalancedLedgerTransactionError,
   unbalancedLedgerTransactions,
+  walletsNotMatchingLedger,
 } from '../../src/storage/repositories/ledger.repository.js';
 import { isCheckViolation, isDuplicateKey } from '../../src/storage/errors.js';
 import { expectLedgerBalanced, openTestDatabase } from '../support/harness.js';
@@ -119,5 +120,50 @@ describe('unbalancedLedgerTransactions and trialBalanceByCurrency', () => {
         db,
       );
     }
+  });
+});
+
+describe('walletsNotMatchingLedger', () => {
+  it('names a wallet that differs from its payable account, and an account with no wallet', async () => {
+    // Payable accounts: m (matches its wallet), d (its wallet says 1 more), n (no wallet).
+    const post = (orderId: string, seller: string, amount: bigint) =>
+      inTransaction(db, (trx) =>
+        postLedgerTransaction(trx, {
+          id: `ltx_WALLETS${orderId.slice(4).padEnd(17, '0')}`,
+          orderId,
+          kind: 'PAYMENT',
+          currency: 'USD',
+          entries: [
+            {
+              account: 'psp_receivable',
+              kind: 'PAYMENT_RECEIVABLE',
+              debitMinor: amount,
+              creditMinor: 0n,
+            },
+            {
+              account: `seller_payable:${seller}`,
+              kind: 'PAYMENT_PAYABLE',
+              debitMinor: 0n,
+              creditMinor: amount,
+            },
+          ],
+          now,
+        }),
+      );
+    await post('ord_WM1', 'wm', 700n);
+    await post('ord_WD1', 'wd', 500n);
+    await post('ord_WN1', 'wn', 40n);
+    await sql`INSERT INTO wallet (seller_id, currency, balance_minor, version, updated_at)
+      VALUES ('wm', 'USD', 700, 1, ${now}), ('wd', 'USD', 501, 1, ${now}),
+             ('wz', 'USD', 0, 1, ${now})`.execute(db);
+    const differing = await walletsNotMatchingLedger(db);
+    expect(
+      differing
+        .filter((row) => row.sellerId.startsWith('w'))
+        .sort((a, b) => a.sellerId.localeCompare(b.sellerId)),
+    ).toEqual([
+      { sellerId: 'wd', walletMinor: 501n, ledgerMinor: 500n },
+      { sellerId: 'wn', walletMinor: 0n, ledgerMinor: 40n },
+    ]);
   });
 });

@@ -383,7 +383,10 @@ export async function trialBalanceByCurrency(db: Db): Promise<CurrencyBalance[]>
 
 /**
  * Sellers whose wallet differs from their payable account (credits minus debits). Empty when the
- * wallets agree with the ledger.
+ * wallets agree with the ledger. The wallets join the accounts' sums by the account's name, not
+ * by a seller id cut out of it: MariaDB indexes a derived table on a column (its `key0`), never
+ * on an expression, and would otherwise compare every wallet with every account (36.6 s against
+ * 1.0 s with 18,000 sellers and 533,000 entries).
  */
 export async function walletsNotMatchingLedger(
   db: Db,
@@ -393,10 +396,9 @@ export async function walletsNotMatchingLedger(
            COALESCE(l.net, 0) AS ledger_minor
     FROM wallet w
     LEFT JOIN (
-      SELECT SUBSTRING(account, ${SELLER_PAYABLE_PREFIX.length + 1}) AS seller_id,
-             SUM(credit_minor) - SUM(debit_minor) AS net
+      SELECT account, SUM(credit_minor) - SUM(debit_minor) AS net
       FROM ledger_entry WHERE account LIKE ${SELLER_PAYABLE_PREFIX + '%'}
-      GROUP BY account) l ON l.seller_id = w.seller_id
+      GROUP BY account) l ON l.account = CONCAT(${SELLER_PAYABLE_PREFIX}, w.seller_id)
     WHERE w.balance_minor <> COALESCE(l.net, 0)
     UNION ALL
     SELECT l.seller_id, 0, l.net FROM (
