@@ -318,7 +318,8 @@ export type SettlementFileScheduleOptions = Readonly<{
 
 /**
  * Writes each closed day's file once, at `atMinutes` after midnight UTC of the next day, for the
- * last `catchUpDays` days whose file is missing (a restart catches up). Checks at most every
+ * last `catchUpDays` days whose file is missing or was written before its day ended (a restart
+ * catches up). Checks at most every
  * `checkMsMax`; stop() cancels the timer and waits for a write in progress.
  */
 export class SettlementFileSchedule {
@@ -366,10 +367,17 @@ export class SettlementFileSchedule {
     for (const day of dueUtcDays(now(), atMinutes, catchUpDays)) {
       if (this.#stopped) return;
       const target = path.join(path.resolve(dir), settlementFileName(day));
-      if (await exists(target)) continue;
+      const written = await modifiedAt(target);
+      // A file written before its day ended (on demand, GenerateSettlementFile) misses the
+      // day's later charges: it is replaced by the final one, once.
+      const final = startOfUtcDay(addUtcDays(day, 1)).getTime();
+      if (written !== undefined && written >= final) continue;
       try {
         const file = await writeSettlementFile({ db, dir, day, fees });
-        log(`psp settlement: wrote ${file.path} (${file.rows} rows)`);
+        log(
+          `psp settlement: ${written === undefined ? 'wrote' : 'rewrote'} ${file.path} (${file.rows} rows)` +
+            (written === undefined ? '' : '; the one there was written before the day ended'),
+        );
       } catch (error) {
         log(`psp settlement: writing the file of ${day} failed: ${String(error)}`);
         return;
@@ -378,11 +386,11 @@ export class SettlementFileSchedule {
   }
 }
 
-async function exists(file: string): Promise<boolean> {
+/** When `file` was last written (ms since the epoch), or undefined when it is missing. */
+async function modifiedAt(file: string): Promise<number | undefined> {
   try {
-    await stat(file);
-    return true;
+    return (await stat(file)).mtimeMs;
   } catch {
-    return false;
+    return undefined;
   }
 }

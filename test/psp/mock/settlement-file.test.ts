@@ -7,7 +7,7 @@
  * folder, payments made through its gRPC API (RegisterPayment + PayWithCard), files read back
  * with Settle's own reader (so writer and reader agree) and as text.
  */
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
@@ -244,11 +244,15 @@ describe('settlement files', () => {
     expect(noKind.details).toBe('discrepancy: must name a discrepancy');
   });
 
-  it('writes each missing closed day once on its own, leaving existing files alone', async () => {
+  it('writes each missing closed day once on its own, leaving final files alone', async () => {
     const scheduleDir = await mkdtemp(path.join(tmpdir(), 'settle-psp-schedule-'));
     const { db, close } = openDatabase<PspDatabase>(mysqlUrl, { poolSize: 2 });
     try {
+      // Written after its day ended: final. The 1st's was written during the day: replaced.
       await writeFile(path.join(scheduleDir, 'settlement-2024-04-02.csv'), 'kept as it is\n');
+      const early = path.join(scheduleDir, 'settlement-2024-04-01.csv');
+      await writeFile(early, 'written at noon\n');
+      await utimes(early, new Date('2024-04-01T12:00:00Z'), new Date('2024-04-01T12:00:00Z'));
       const lines: string[] = [];
       const schedule = new SettlementFileSchedule({
         db,
@@ -274,10 +278,13 @@ describe('settlement files', () => {
       expect(await readFile(path.join(scheduleDir, 'settlement-2024-04-02.csv'), 'utf8')).toBe(
         'kept as it is\n',
       );
-      expect(await readFile(path.join(scheduleDir, 'settlement-2024-04-03.csv'), 'utf8')).toBe(
-        'psp_reference,merchant_reference,type,currency,gross,fee,net,batch_id,created_utc\n',
-      );
-      expect(lines.filter((line) => line.includes('wrote'))).toHaveLength(2);
+      for (const day of ['2024-04-01', '2024-04-03']) {
+        expect(await readFile(path.join(scheduleDir, `settlement-${day}.csv`), 'utf8')).toBe(
+          'psp_reference,merchant_reference,type,currency,gross,fee,net,batch_id,created_utc\n',
+        );
+      }
+      expect(lines.filter((line) => line.includes(' wrote '))).toHaveLength(1);
+      expect(lines.filter((line) => line.includes(' rewrote '))).toHaveLength(1);
     } finally {
       await close();
       await rm(scheduleDir, { recursive: true, force: true });
