@@ -12,8 +12,11 @@ import { sql, type RawBuilder, type Selectable } from 'kysely';
 import { addUtcDays, startOfUtcDay, type UtcDay } from '../domain/utc-day.js';
 import type { Db } from '../storage/db.js';
 import { isDuplicateKey, isTransientLockError } from '../storage/errors.js';
+import { UnavailableError } from '../domain/errors.js';
+import { isCurrencyCode, type CurrencyCode } from '../domain/money.js';
 import {
   ACCOUNT,
+  postLedgerTransactions,
   UnbalancedLedgerTransactionError,
 } from '../storage/repositories/ledger.repository.js';
 import { inTransaction, toUnavailable } from '../storage/transaction.js';
@@ -595,6 +598,174 @@ export async function insertMissingInSettlement(
   });
 }
 
+/** Late bookings settled per transaction, and passes per run (so at most 100,000 per run). */
+const LATE_BOOKINGS_PER_PASS = 1_000;
+const LATE_BOOKING_PASSES_MAX = 100;
+
+/**
+ * Payments booked on the run's day whose PSP row came in an earlier day's file, reconciled before
+ * they were booked: that row is an open MISSING_IN_LEDGER, and no later file names the order (the
+ * PSP settled it once). Each is settled here: with the same amount and currency it is TIMING
+ * (settled late in the ledger) and its fee, from the earlier row, is booked now; otherwise it is
+ * AMOUNT_MISMATCH. Either way it is a mismatch of this run, and the earlier MISSING_IN_LEDGER is
+ * resolved by it. Without this, such an order was never matched, never reported missing and
+ * never charged its fee. Runs one at a time (see withClassificationLock). Returns how many.
+ */
+export async function settleLateBookings(
+  db: Db,
+  run: { runId: string; day: UtcDay; now: Date; newLedgerId: () => string },
+): Promise<number> {
+  const dayStart = startOfUtcDay(run.day);
+  const dayEnd = startOfUtcDay(addUtcDays(run.day, 1));
+  let settled = 0;
+  for (let pass = 0; pass < LATE_BOOKING_PASSES_MAX; pass += 1) {
+    let found = 0;
+    await inReadCommitted(db, async (trx) => {
+      // Driven from the open mismatches (few) into the ledger and the rows by their keys.
+      const candidates = await sql<{
+        mismatch_id: string;
+        order_id: string;
+        fee_minor: string;
+        currency: string;
+        same: number;
+        fee_booked: number;
+      }>`
+        SELECT m.id AS mismatch_id, m.order_id, p.fee_minor, p.currency,
+               (p.gross_minor = lt.amount_minor AND p.currency = lt.currency) AS same,
+               (f.id IS NOT NULL) AS fee_booked
+        FROM recon_mismatch m FORCE INDEX (recon_mismatch_open)
+        STRAIGHT_JOIN recon_file_row p ON p.run_id = m.run_id AND p.line_no = m.line_no
+        STRAIGHT_JOIN recon_run u ON u.id = m.run_id
+        STRAIGHT_JOIN ledger_transaction lt ON lt.order_id = m.order_id AND lt.kind = 'PAYMENT'
+        LEFT JOIN ledger_transaction f
+          ON f.order_id = m.order_id AND f.kind = ${FEE_LEDGER_KIND.transaction}
+        WHERE m.class = ${RECONCILIATION_CLASS.missingInLedger} AND m.resolved_by_run_id IS NULL
+          AND m.run_id <> ${run.runId} AND p.type = 'payment'
+          AND u.state = ${RUN_STATE.succeeded} AND u.settlement_date <> ${run.day}
+          AND lt.created_at >= ${dayStart} AND lt.created_at < ${dayEnd}
+          AND NOT EXISTS (
+            SELECT 1 FROM recon_file_row r FORCE INDEX (recon_file_row_merchant)
+            WHERE r.merchant_reference = m.order_id AND r.run_id = ${run.runId}
+              AND r.type = 'payment')
+        ORDER BY m.id
+        LIMIT ${LATE_BOOKINGS_PER_PASS}
+        FOR UPDATE`.execute(trx);
+      found = candidates.rows.length;
+      if (found === 0) return;
+      const fees = candidates.rows
+        .filter((row) => Number(row.same) === 1 && Number(row.fee_booked) === 0)
+        .filter((row) => BigInt(row.fee_minor) > 0n);
+      await postLedgerTransactions(
+        trx,
+        fees.map((row) => ({
+          id: run.newLedgerId(),
+          orderId: row.order_id,
+          kind: FEE_LEDGER_KIND.transaction,
+          currency: toCurrency(row.currency),
+          entries: [
+            {
+              account: ACCOUNT.feeExpense,
+              kind: FEE_LEDGER_KIND.expense,
+              debitMinor: BigInt(row.fee_minor),
+              creditMinor: 0n,
+            },
+            {
+              account: ACCOUNT.pspReceivable,
+              kind: FEE_LEDGER_KIND.receivable,
+              debitMinor: 0n,
+              creditMinor: BigInt(row.fee_minor),
+            },
+          ],
+          now: run.now,
+        })),
+      );
+      const ids = candidates.rows.map((row) => row.mismatch_id);
+      await sql`
+        INSERT INTO recon_mismatch (run_id, class, line_no, order_id, psp_reference,
+          file_amount_minor, ledger_amount_minor, order_state, file_row, ledger_entries, detail,
+          created_at)
+        SELECT ${run.runId},
+               CASE WHEN p.gross_minor = lt.amount_minor AND p.currency = lt.currency
+                 THEN ${RECONCILIATION_CLASS.timing} ELSE ${RECONCILIATION_CLASS.amountMismatch}
+               END,
+               NULL, m.order_id, p.psp_reference, p.gross_minor, lt.amount_minor, o.state,
+               ${fileRowJson('p')}, ${ledgerEntriesJson(sql.ref('m.order_id'))},
+               CONCAT('booked ', DATE_FORMAT(lt.created_at, '%Y-%m-%dT%H:%i:%s.%fZ'),
+                 ', after the file of ', DATE_FORMAT(u.settlement_date, '%Y-%m-%d'), ' (', m.run_id,
+                 ' line ', p.line_no, ') was reconciled: ',
+                 CASE WHEN p.gross_minor = lt.amount_minor AND p.currency = lt.currency
+                   THEN 'settled late in the ledger, fee booked now'
+                   ELSE CONCAT('file gross ', p.gross_minor, ' ', p.currency,
+                     ' minor units; ledger ', lt.amount_minor)
+                 END,
+                 '; resolves its MISSING_IN_LEDGER'),
+               ${run.now}
+        FROM recon_mismatch m
+        JOIN recon_file_row p ON p.run_id = m.run_id AND p.line_no = m.line_no
+        JOIN recon_run u ON u.id = m.run_id
+        JOIN ledger_transaction lt ON lt.order_id = m.order_id AND lt.kind = 'PAYMENT'
+        LEFT JOIN payment_order o ON o.id = m.order_id
+        WHERE m.id IN (${sql.join(ids)})
+        ORDER BY m.id`.execute(trx);
+      const resolved = await sql`
+        UPDATE recon_mismatch SET resolved_by_run_id = ${run.runId}
+        WHERE id IN (${sql.join(ids)}) AND resolved_by_run_id IS NULL`.execute(trx);
+      if (Number(resolved.numAffectedRows ?? 0n) !== found) {
+        throw new Error(
+          `late bookings: ${found} mismatches to resolve, ${resolved.numAffectedRows} resolved`,
+        );
+      }
+    });
+    settled += found;
+    if (found < LATE_BOOKINGS_PER_PASS) return settled;
+  }
+  return settled;
+}
+
+function toCurrency(code: string): CurrencyCode {
+  if (!isCurrencyCode(code)) throw new Error(`settlement row currency ${code} is not supported`);
+  return code;
+}
+
+/**
+ * Runs `work` while holding this database's reconciliation lock (MySQL's GET_LOCK, on a
+ * connection of its own, released when `work` ends or the connection drops). The checks across
+ * days (rule 3, the missing and late rules, resolving earlier mismatches) read other runs'
+ * results, so runs classify one at a time, across nodes: two days classified at once missed a
+ * DUPLICATE between them. Waits in steps of LOCK_STEP_S, calling `stillOurs` between them, at
+ * most `waitMsMax`.
+ */
+export async function withClassificationLock<T>(
+  db: Db,
+  options: { waitMsMax: number; stillOurs: () => Promise<void> },
+  work: () => Promise<T>,
+): Promise<T> {
+  const name = sql`CONCAT('settle.recon.', MD5(DATABASE()))`;
+  return db.connection().execute(async (connection) => {
+    const deadline = Date.now() + options.waitMsMax;
+    for (;;) {
+      const got = await sql<{ got: number | null }>`SELECT GET_LOCK(${name}, ${LOCK_STEP_S}) AS got`
+        .execute(connection)
+        .catch(rethrow);
+      if (Number(got.rows[0]?.got) === 1) break;
+      await options.stillOurs();
+      if (Date.now() >= deadline) {
+        throw new UnavailableError(
+          `another reconciliation held the classification lock for ${options.waitMsMax} ms; run it again`,
+        );
+      }
+    }
+    try {
+      return await work();
+    } finally {
+      await sql`SELECT RELEASE_LOCK(${name})`.execute(connection).catch(() => undefined);
+    }
+  });
+}
+
+/** Seconds of one GET_LOCK wait. */
+const LOCK_STEP_S = 2;
+
 /**
  * A row this file settles (MATCHED or TIMING) resolves a MISSING_IN_SETTLEMENT of an earlier
  * day's report: the PSP settled it late.
@@ -627,19 +798,21 @@ export async function summarizeRun(db: Db, runId: string): Promise<RunSummary> {
     FROM recon_file_row WHERE run_id = ${runId} GROUP BY class`
     .execute(db)
     .catch(rethrow);
-  const missing = await sql<{ n: string }>`
-    SELECT COUNT(*) AS n FROM recon_mismatch
-    WHERE run_id = ${runId} AND class = ${RECONCILIATION_CLASS.missingInSettlement}`
+  // Mismatches with no line of this file: payments missing from it, and late bookings.
+  const lineless = await sql<{ class: string; n: string }>`
+    SELECT class, COUNT(*) AS n FROM recon_mismatch
+    WHERE run_id = ${runId} AND line_no IS NULL GROUP BY class`
     .execute(db)
     .catch(rethrow);
   const counts: Record<ReconciliationClass, bigint> = {
     MATCHED: 0n,
     MISSING_IN_LEDGER: 0n,
-    MISSING_IN_SETTLEMENT: BigInt(missing.rows[0]?.n ?? '0'),
+    MISSING_IN_SETTLEMENT: 0n,
     AMOUNT_MISMATCH: 0n,
     DUPLICATE: 0n,
     TIMING: 0n,
   };
+  for (const row of lineless.rows) counts[row.class as ReconciliationClass] += BigInt(row.n);
   const totals = {
     rowsLoaded: 0n,
     grossMinor: 0n,
@@ -651,7 +824,7 @@ export async function summarizeRun(db: Db, runId: string): Promise<RunSummary> {
   };
   for (const row of byClass.rows) {
     if (!isRowClass(row.class)) throw new Error(`run ${runId} has unclassified rows`);
-    counts[row.class] = BigInt(row.n);
+    counts[row.class] += BigInt(row.n);
     totals.rowsLoaded += BigInt(row.n);
     totals.grossMinor += BigInt(row.gross);
     totals.feeMinor += BigInt(row.fee);
@@ -710,13 +883,14 @@ export async function listMismatches(
 // Helpers
 
 /** The file row as parsed, as a JSON object; amounts are strings of minor units. */
-function fileRowJson(): RawBuilder<string> {
+function fileRowJson(alias: 'r' | 'p' = 'r'): RawBuilder<string> {
+  const t = sql.raw(alias);
   return sql<string>`json_object(
-    'line', r.line_no, 'psp_reference', r.psp_reference,
-    'merchant_reference', r.merchant_reference, 'type', r.type, 'currency', r.currency,
-    'gross_minor', CAST(r.gross_minor AS CHAR), 'fee_minor', CAST(r.fee_minor AS CHAR),
-    'net_minor', CAST(r.net_minor AS CHAR), 'batch_id', r.batch_id,
-    'created_utc', DATE_FORMAT(r.created_utc, '%Y-%m-%dT%H:%i:%s.%fZ'))`;
+    'line', ${t}.line_no, 'psp_reference', ${t}.psp_reference,
+    'merchant_reference', ${t}.merchant_reference, 'type', ${t}.type, 'currency', ${t}.currency,
+    'gross_minor', CAST(${t}.gross_minor AS CHAR), 'fee_minor', CAST(${t}.fee_minor AS CHAR),
+    'net_minor', CAST(${t}.net_minor AS CHAR), 'batch_id', ${t}.batch_id,
+    'created_utc', DATE_FORMAT(${t}.created_utc, '%Y-%m-%dT%H:%i:%s.%fZ'))`;
 }
 
 /** Every ledger entry of an order, as a JSON array (empty when there is none). */

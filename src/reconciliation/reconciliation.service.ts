@@ -28,6 +28,7 @@ import {
 } from '../storage/repositories/ledger.repository.js';
 import type { ReconciliationClass } from './compare.js';
 import {
+  bookFees,
   claimRun,
   classifyChunk,
   classifyChunks,
@@ -35,23 +36,24 @@ import {
   completeRun,
   countWallets,
   failRun,
-  bookFees,
   findRun,
   findRunByFile,
   insertFileRows,
   insertMissingInSettlement,
   insertRun,
+  type InternalCheck,
   listMismatches,
   listRuns,
   markDuplicatesInFile,
+  type Mismatch,
   purgeStagingRows,
   renewRunLease,
   resolveEarlierMismatches,
+  type Run,
+  settleLateBookings,
   summarizeRun,
   WALLET_DIFFERENCES_MAX,
-  type InternalCheck,
-  type Mismatch,
-  type Run,
+  withClassificationLock,
 } from './reconciliation.repository.js';
 import { RUN_STATE } from './reconciliation.table.js';
 import {
@@ -71,6 +73,8 @@ const STOP_WAIT_MS = 5_000;
 const POLL_MS = 200;
 /** Consecutive fee batches that may collide with another run's bookings before giving up. */
 const FEE_COLLISIONS_MAX = 3;
+/** How long a run waits for another's classification before it fails ("run it again"). */
+const CLASSIFICATION_LOCK_WAIT_MS = 30 * 60_000;
 const PAGE_SIZE_DEFAULT = 100;
 const PAGE_SIZE_MAX = 500;
 const FILE_NAME_DAY = /^settlement-(\d{4}-\d{2}-\d{2})/;
@@ -175,6 +179,7 @@ export class ReconciliationService {
   async start(source: RunSource): Promise<string> {
     if (this.#stop.signal.aborted) throw new UnavailableError('the node is stopping');
     const file = await resolveSettlementFile(this.#options.dir, source);
+    this.#checkNotAhead(file.day, this.#now());
     const scan = await scanSettlementFile(file.path, {
       rowsMax: this.#options.rowsMax,
       signal: this.#stop.signal,
@@ -306,6 +311,20 @@ export class ReconciliationService {
     );
   }
 
+  /**
+   * A day more than one day ahead of this node's UTC day has no settlement file yet, and its run
+   * would stand as the latest reconciled day (metrics, alerts) until that day came. One day of
+   * slack allows for a PSP whose day is cut at a local midnight ahead of UTC, and for clocks.
+   */
+  #checkNotAhead(day: UtcDay, now: Date): void {
+    const latest = addUtcDays(utcDayOf(now), 1);
+    if (day <= latest) return;
+    throw new FailedPreconditionError(
+      `settlement day ${day} has not begun (this node's UTC day is ${utcDayOf(now)}): no ` +
+        `settlement file can exist for it yet; the latest day that can be reconciled is ${latest}`,
+    );
+  }
+
   #checkCapacity(): void {
     if (this.#inFlight.size >= (this.#options.runsMax ?? 2)) {
       throw new ResourceExhaustedError(
@@ -412,29 +431,42 @@ export class ReconciliationService {
       await stillOurs();
       phaseDone('load');
 
-      await markDuplicatesInFile(db, run.id);
-      for (const chunk of classifyChunks(loaded)) {
-        await classifyChunk(db, { runId: run.id, day: run.day, ...chunk, now: this.#now() });
-        await stillOurs();
-      }
-      phaseDone('classify');
-      await this.#bookFees(run.id, loaded, stillOurs);
-      phaseDone('fees');
-      await insertMissingInSettlement(db, { runId: run.id, day: run.day, now: this.#now() });
-      await resolveEarlierMismatches(db, run.id);
-      await stillOurs();
-      phaseDone('missing');
-      const summary = await summarizeRun(db, run.id);
-      const internalCheck = await this.#internalCheck();
-      const completed = await completeRun(db, {
-        id: run.id,
-        owner: this.#owner,
-        summary,
-        internalCheck,
-        now: this.#now(),
-      });
-      if (!completed) throw new LeaseLostError(`run ${run.id} was taken over`);
-      phaseDone('report');
+      // From here to the report, one run at a time: its checks read the other runs' results.
+      await withClassificationLock(
+        db,
+        { waitMsMax: CLASSIFICATION_LOCK_WAIT_MS, stillOurs },
+        async () => {
+          await markDuplicatesInFile(db, run.id);
+          for (const chunk of classifyChunks(loaded)) {
+            await classifyChunk(db, { runId: run.id, day: run.day, ...chunk, now: this.#now() });
+            await stillOurs();
+          }
+          phaseDone('classify');
+          await this.#bookFees(run.id, loaded, stillOurs);
+          phaseDone('fees');
+          await settleLateBookings(db, {
+            runId: run.id,
+            day: run.day,
+            now: this.#now(),
+            newLedgerId: () => newId('ledgerTransaction', this.#now().getTime()),
+          });
+          await insertMissingInSettlement(db, { runId: run.id, day: run.day, now: this.#now() });
+          await resolveEarlierMismatches(db, run.id);
+          await stillOurs();
+          phaseDone('missing');
+          const summary = await summarizeRun(db, run.id);
+          const internalCheck = await this.#internalCheck();
+          const completed = await completeRun(db, {
+            id: run.id,
+            owner: this.#owner,
+            summary,
+            internalCheck,
+            now: this.#now(),
+          });
+          if (!completed) throw new LeaseLostError(`run ${run.id} was taken over`);
+          phaseDone('report');
+        },
+      );
       onEvent?.({ type: 'succeeded', runId: run.id, day: run.day, ms: Date.now() - started });
     } catch (error) {
       if (error instanceof LeaseLostError) {

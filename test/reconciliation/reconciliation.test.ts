@@ -394,7 +394,7 @@ describe('discrepancies', () => {
     const settled = (await readFile(path.join(stack.dir, `settlement-${today}.csv`), 'utf8'))
       .split('\n')
       .find((line) => line.includes(ids.normal!));
-    const later = addUtcDays(today, 2);
+    const later = addUtcDays(today, -2);
     await writeFile(
       path.join(stack.dir, 'resent.csv'),
       `psp_reference,merchant_reference,type,currency,gross,fee,net,batch_id,created_utc\n${settled}\n`,
@@ -481,6 +481,24 @@ describe('refused requests write nothing', () => {
     expect(error.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(error.details).toContain(`settlement-2024-05-01-bad.csv line ${line}: `);
     expect(error.details).toContain(text);
+    expect(await allRowCounts(stack.settle.db)).toEqual(before);
+  });
+
+  it('refuses a day that has not begun with FAILED_PRECONDITION, given or named by the file', async () => {
+    const ahead = addUtcDays(today, 2);
+    await writeFile(path.join(stack.dir, `settlement-${ahead}.csv`), `${header}\n`);
+    const before = await allRowCounts(stack.settle.db);
+    for (const source of [
+      { settlementDate: ahead, filePath: '' },
+      { settlementDate: '', filePath: `settlement-${ahead}.csv` },
+    ]) {
+      const error = await callError(stack.recon.runReconciliation.bind(stack.recon), source);
+      expect(error.code).toBe(grpc.status.FAILED_PRECONDITION);
+      expect(error.details).toBe(
+        `settlement day ${ahead} has not begun (this node's UTC day is ${today}): no settlement ` +
+          `file can exist for it yet; the latest day that can be reconciled is ${addUtcDays(today, 1)}`,
+      );
+    }
     expect(await allRowCounts(stack.settle.db)).toEqual(before);
   });
 
@@ -571,7 +589,7 @@ describe('refused requests write nothing', () => {
 
 describe('long runs', () => {
   it('answers RUNNING at once when asked not to wait, and the report can be polled', async () => {
-    const day = addUtcDays(today, 5);
+    const day = addUtcDays(today, -5);
     await generateFile(stack, day);
     const started = await stack.settle.reconciliation.run({ settlementDate: day }, { waitMs: 0 });
     expect(started.state).toBe('RUNNING');
@@ -587,20 +605,34 @@ describe('an internal check that fails', () => {
     const restore = sql`UPDATE wallet SET balance_minor = balance_minor - ${1} WHERE seller_id = ${'seller-normal'}`;
     expect(Number((await wallet.execute(stack.settle.db)).numAffectedRows)).toBe(1);
     try {
-      const day = addUtcDays(today, 6);
-      await generateFile(stack, day);
-      const report = await reconcile(stack, { settlementDate: day });
+      // Tomorrow, the latest day that can be reconciled, so its run is the one /metrics shows;
+      // a file of its own (an empty one), so the run is new.
+      const day = addUtcDays(today, 1);
+      const name = `settlement-${day}-check.csv`;
+      await writeFile(
+        path.join(stack.dir, name),
+        'psp_reference,merchant_reference,type,currency,gross,fee,net,batch_id,created_utc\n',
+      );
+      const report = await reconcile(stack, { filePath: name });
       expect(report.internalCheck).toMatchObject({
         ledgerBalanced: true,
         walletsMatchLedger: false,
         walletsNotMatching: 1n,
       });
-      const text = await metricsAfterRunOf(day);
-      expect(
-        metricSample(text, 'settle_reconciliation_last_run_internal_check_failures', {
-          settlement_day: day,
-        }),
-      ).toBe(1);
+      // Tomorrow was already the latest day: wait for this run's figures, not the last run's.
+      const failures = await waitFor(
+        async () => {
+          const text = await metricsAfterRunOf(day);
+          const value = metricSample(
+            text,
+            'settle_reconciliation_last_run_internal_check_failures',
+            { settlement_day: day },
+          );
+          return value === 1 ? value : undefined;
+        },
+        { what: 'the failed internal check in /metrics' },
+      );
+      expect(failures).toBe(1);
     } finally {
       await restore.execute(stack.settle.db);
     }

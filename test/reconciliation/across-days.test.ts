@@ -1,0 +1,172 @@
+/**
+ * Goal: reconciliation stays right across days, whatever the order things happen in:
+ * - a payment booked after its PSP row's day was reconciled (the row then MISSING_IN_LEDGER) is
+ *   settled by the run of the day it was booked: TIMING with its fee booked when the amounts
+ *   agree, AMOUNT_MISMATCH when they do not; the earlier mismatch is resolved by that run, and
+ *   the order is never silently left unmatched and without its fee;
+ * - two days' files that carry the same PSP row, reconciled at the same moment, find one
+ *   DUPLICATE between them (runs classify one at a time), and book one fee.
+ * Method: startReconStack (PSP mock + Settle node, real MariaDB and NATS) with a temporary
+ * settlement folder; settlement files written by the test, payments made and paid through the
+ * real flow, reconciliations run and read over gRPC; the money invariants after each test.
+ */
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { sql } from 'kysely';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { addUtcDays, utcDayOf } from '../../src/domain/utc-day.js';
+import {
+  MismatchClass,
+  ReportState,
+  type Mismatch,
+} from '../../src/grpc/generated/settle/v1/reconciliation.js';
+import { call, CARD, expectMoneyInvariants, waitFor } from '../support/harness.js';
+import {
+  awayFromMidnight,
+  createOrder,
+  generateFile,
+  paidOrder,
+  reconcile,
+  startReconStack,
+  type ReconStack,
+} from './support.js';
+
+const HEADER = 'psp_reference,merchant_reference,type,currency,gross,fee,net,batch_id,created_utc';
+
+let stack: ReconStack;
+let today: string;
+beforeAll(async () => {
+  await awayFromMidnight(120_000);
+  stack = await startReconStack({ RECONCILIATION_WAIT_MS: '10000', RECONCILIATION_AT: 'off' });
+  today = utcDayOf(new Date());
+});
+afterAll(async () => stack?.close());
+afterEach(async () => expectMoneyInvariants(stack.settle.db));
+
+async function mismatchesOf(reportId: string): Promise<Mismatch[]> {
+  const response = await call(stack.recon.listMismatches.bind(stack.recon), {
+    reportId,
+    mismatchClass: MismatchClass.MISMATCH_CLASS_UNSPECIFIED,
+    pageSize: 500,
+    pageToken: '',
+  });
+  return response.mismatches;
+}
+
+async function feesOf(orderId: string): Promise<string[]> {
+  const { rows } = await sql<{ amount_minor: string }>`
+    SELECT amount_minor FROM ledger_transaction WHERE order_id = ${orderId} AND kind = 'PSP_FEE'`.execute(
+    stack.settle.db,
+  );
+  return rows.map((row) => row.amount_minor);
+}
+
+describe('a payment booked after its day was reconciled', () => {
+  it('is settled by the run of the day it was booked, and resolves the earlier MISSING_IN_LEDGER', async () => {
+    const yesterday = addUtcDays(today, -1);
+    // Charged by the PSP just before midnight; Settle has not applied the webhook yet.
+    const same = await createOrder(stack, 'seller-late-same', 4000n);
+    const other = await createOrder(stack, 'seller-late-other', 3000n);
+    await writeFile(
+      path.join(stack.dir, `settlement-${yesterday}.csv`),
+      [
+        HEADER,
+        `psp_late_same,${same.orderId},payment,USD,40.00,1.46,38.54,batch-y,${yesterday}T23:59:59.900Z`,
+        `psp_late_other,${other.orderId},payment,USD,31.00,0.90,30.10,batch-y,${yesterday}T23:59:59.950Z`,
+        '',
+      ].join('\n'),
+    );
+    const earlier = await reconcile(stack, { settlementDate: yesterday });
+    expect(earlier.counts?.missingInLedger).toBe(2n);
+
+    // The webhooks arrive: both are booked today.
+    for (const order of [same, other]) {
+      await call(stack.pspApi.payWithCard.bind(stack.pspApi), {
+        token: order.pspToken,
+        cardNumber: CARD.success,
+      });
+    }
+    await waitFor(
+      async () => {
+        const { rows } = await sql<{ n: string }>`SELECT COUNT(*) AS n FROM ledger_transaction
+          WHERE kind = 'PAYMENT' AND order_id IN (${same.orderId}, ${other.orderId})`.execute(
+          stack.settle.db,
+        );
+        return Number(rows[0]?.n) === 2;
+      },
+      { what: 'both payments booked' },
+    );
+
+    // Today's file does not name them: the PSP settled them yesterday.
+    const name = `settlement-${today}-late.csv`;
+    await writeFile(path.join(stack.dir, name), `${HEADER}\n`);
+    const later = await reconcile(stack, { filePath: name });
+    expect(later.state).toBe(ReportState.REPORT_STATE_SUCCEEDED);
+    expect(later.counts).toEqual({
+      matched: 0n,
+      missingInLedger: 0n,
+      missingInSettlement: 0n,
+      amountMismatch: 1n,
+      duplicate: 0n,
+      timing: 1n,
+    });
+    const found = Object.fromEntries(
+      (await mismatchesOf(later.reportId)).map((m) => [m.orderId, m]),
+    );
+    expect(found[same.orderId]).toMatchObject({
+      mismatchClass: MismatchClass.MISMATCH_CLASS_TIMING,
+      fileAmountMinor: 4000n,
+      ledgerAmountMinor: 4000n,
+    });
+    expect(found[same.orderId]?.detail).toMatch(
+      new RegExp(
+        `^booked ${today}T[0-9:.]+Z, after the file of ${yesterday} \\(${earlier.reportId} line 2\\) ` +
+          'was reconciled: settled late in the ledger, fee booked now; resolves its MISSING_IN_LEDGER$',
+      ),
+    );
+    expect(found[other.orderId]).toMatchObject({
+      mismatchClass: MismatchClass.MISMATCH_CLASS_AMOUNT_MISMATCH,
+      fileAmountMinor: 3100n,
+      ledgerAmountMinor: 3000n,
+    });
+    // The fee of the row that agrees, once; none for the one that does not.
+    expect(await feesOf(same.orderId)).toEqual(['146']);
+    expect(await feesOf(other.orderId)).toEqual([]);
+    const resolved = (await mismatchesOf(earlier.reportId)).map((m) => [
+      m.orderId,
+      m.resolvedByReportId,
+    ]);
+    expect(Object.fromEntries(resolved)).toEqual({
+      [same.orderId]: later.reportId,
+      [other.orderId]: later.reportId,
+    });
+
+    // The same file again: the same report, and still one fee.
+    const again = await reconcile(stack, { filePath: name });
+    expect(again.reportId).toBe(later.reportId);
+    expect(await feesOf(same.orderId)).toEqual(['146']);
+  });
+});
+
+describe('two days reconciled at the same moment', () => {
+  it('find the row they share once as DUPLICATE, and book its fee once', async () => {
+    const orderId = await paidOrder(stack, 'seller-shared', 1234n);
+    const line = (await readFile(await generateFile(stack, today), 'utf8'))
+      .split('\n')
+      .find((text) => text.includes(orderId));
+    if (line === undefined) throw new Error(`today's file has no row for ${orderId}`);
+    await writeFile(path.join(stack.dir, 'shared-1.csv'), `${HEADER}\n${line}\n`);
+    await writeFile(path.join(stack.dir, 'shared-2.csv'), `${HEADER}\n${line}\n`);
+    const reports = await Promise.all([
+      reconcile(stack, { filePath: 'shared-1.csv', settlementDate: addUtcDays(today, -5) }),
+      reconcile(stack, { filePath: 'shared-2.csv', settlementDate: addUtcDays(today, -4) }),
+    ]);
+    const classes = reports.map((report) => ({
+      timing: report.counts?.timing,
+      duplicate: report.counts?.duplicate,
+    }));
+    expect(classes).toContainEqual({ timing: 1n, duplicate: 0n });
+    expect(classes).toContainEqual({ timing: 0n, duplicate: 1n });
+    expect(await feesOf(orderId)).toHaveLength(1);
+  });
+});
