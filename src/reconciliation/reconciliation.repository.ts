@@ -312,6 +312,15 @@ export async function completeRun(
 
 /** Deletes what an earlier attempt of the run loaded, in bounded statements. */
 export async function clearRunData(db: Db, runId: string): Promise<void> {
+  // What an earlier attempt of this run resolved is open again: the next attempt decides anew
+  // (its fees stay booked, once per order, and are not booked again).
+  await sql`
+    UPDATE recon_mismatch SET resolved_by_run_id = NULL
+    WHERE class IN (${RECONCILIATION_CLASS.missingInSettlement},
+                    ${RECONCILIATION_CLASS.missingInLedger})
+      AND resolved_by_run_id = ${runId}`
+    .execute(db)
+    .catch(rethrow);
   for (const table of ['recon_file_row', 'recon_mismatch'] as const) {
     for (;;) {
       const result = await sql`

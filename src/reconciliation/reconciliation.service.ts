@@ -57,6 +57,7 @@ import {
 } from './reconciliation.repository.js';
 import { RUN_STATE } from './reconciliation.table.js';
 import {
+  MalformedSettlementFileError,
   readSettlementFile,
   scanSettlementFile,
   type SettlementFileScan,
@@ -475,9 +476,15 @@ export class ReconciliationService {
       }
       const reason = signal.aborted
         ? 'interrupted: the node stopped; run it again'
-        : error instanceof Error
-          ? error.message
-          : String(error);
+        : error instanceof MalformedSettlementFileError
+          ? // The scan before the run read the same file whole without fault: it changed since.
+            `${path.basename(run.path)} changed while it was read (${error.message}); run it again`
+          : error instanceof Error
+            ? error.message
+            : String(error);
+      // A failed run's staging rows and mismatches would stay until the retention purge (a
+      // changed file is a new run, and this one is never run again): they go now, best effort.
+      await clearRunData(db, run.id).catch(() => undefined);
       await failRun(db, { id: run.id, owner: this.#owner, error: reason, now: this.#now() }).catch(
         () => undefined,
       );

@@ -151,9 +151,11 @@ export async function* readSettlementFile(
   if (pending.length > 0) {
     fail(
       lineNumber + 1,
-      lineNumber === 0
-        ? 'the header has no line end (is the file truncated?)'
-        : 'the last line has no line end: the file is truncated',
+      pending.indexOf(0x0d) !== -1 && pending.indexOf(0x0d) < pending.length - 1
+        ? 'lines end with CR alone (old Mac line ends); expected LF or CRLF'
+        : lineNumber === 0
+          ? 'the header has no line end (is the file truncated?)'
+          : 'the last line has no line end: the file is truncated',
     );
   }
   if (lineNumber === 0) fail(1, `the file is empty; expected the header ${SETTLEMENT_HEADER}`);
@@ -208,6 +210,9 @@ function decodeLine(
   fail: (line: number, problem: string) => never,
 ): string {
   const stop = end > start && buffer[end - 1] === 0x0d ? end - 1 : end;
+  if (lineNumber === 1 && buffer[start] === 0xef && buffer[start + 1] === 0xbb) {
+    fail(1, 'the file starts with a UTF-8 byte order mark (EF BB BF); save it without one');
+  }
   for (let index = start; index < stop; index += 1) {
     const byte = buffer[index] ?? 0;
     if (byte < 0x20 || byte > 0x7e) {
@@ -231,7 +236,7 @@ function parseRow(
   lineNumber: number,
   fail: (line: number, problem: string) => never,
 ): SettlementRow {
-  if (text === '') fail(lineNumber, 'the line is empty');
+  if (text === '') fail(lineNumber, 'the line is empty (blank lines are refused, at the end too)');
   const fields = text.split(',');
   if (fields.length !== COLUMNS.length) {
     fail(

@@ -588,6 +588,34 @@ describe('refused requests write nothing', () => {
 });
 
 describe('long runs', () => {
+  it('fails a run whose file changed while it was read, saying so, and leaves no staging rows', async () => {
+    const day = addUtcDays(today, -8);
+    const name = `settlement-${day}-changing.csv`;
+    const file = path.join(stack.dir, name);
+    const lines = [
+      'psp_reference,merchant_reference,type,currency,gross,fee,net,batch_id,created_utc',
+    ];
+    for (let i = 0; i < 200_000; i += 1) {
+      lines.push(
+        `psp_c${i},ord_changing_${i},payment,USD,10.00,0.59,9.41,batch-c,${day}T10:00:00.000Z`,
+      );
+    }
+    await writeFile(file, `${lines.join('\n')}\n`);
+    const started = await stack.settle.reconciliation.run({ filePath: name }, { waitMs: 0 });
+    expect(started.state).toBe('RUNNING');
+    // Rewritten in place while the run streams it: cut in the middle of a line.
+    await writeFile(file, `${lines.slice(0, 150_000).join('\n')}\npsp_cut,ord_cut,pay`);
+    const done = await waitForReport(stack, started.id);
+    expect(done.state).toBe(ReportState.REPORT_STATE_FAILED);
+    expect(done.error).toMatch(new RegExp(`^${name} changed while it was read.*; run it again$`));
+    const { rows } = await sql<{ n: string }>`
+      SELECT (SELECT COUNT(*) FROM recon_file_row WHERE run_id = ${started.id})
+           + (SELECT COUNT(*) FROM recon_mismatch WHERE run_id = ${started.id}) AS n`.execute(
+      stack.settle.db,
+    );
+    expect(Number(rows[0]?.n)).toBe(0);
+  });
+
   it('answers RUNNING at once when asked not to wait, and the report can be polled', async () => {
     const day = addUtcDays(today, -5);
     await generateFile(stack, day);

@@ -122,7 +122,6 @@ describe('readSettlementFile', () => {
   it.each([
     ['an empty file', '', 1, 'the file is empty'],
     ['a different header', 'psp_reference,merchant_reference\n', 1, 'the header must be exactly'],
-    ['a header with a BOM', `\ufeff${SETTLEMENT_HEADER}\n${ROW}\n`, 1, 'not printable ASCII'],
     [
       'a truncated line (too few columns)',
       `${SETTLEMENT_HEADER}\n${ROW}\npsp_a2,ord_2,payment,US\n`,
@@ -178,6 +177,30 @@ describe('readSettlementFile', () => {
       'created_utc',
     ],
     ['an empty line', `${SETTLEMENT_HEADER}\n${ROW}\n\n${ROW}\n`, 3, 'the line is empty'],
+    [
+      'a blank line at the end',
+      `${SETTLEMENT_HEADER}\n${ROW}\n\n`,
+      3,
+      'the line is empty (blank lines are refused, at the end too)',
+    ],
+    [
+      'a byte order mark',
+      `\ufeff${SETTLEMENT_HEADER}\n${ROW}\n`,
+      1,
+      'the file starts with a UTF-8 byte order mark (EF BB BF); save it without one',
+    ],
+    [
+      'lines ended by CR alone',
+      `${SETTLEMENT_HEADER}\r${ROW}\r`,
+      1,
+      'lines end with CR alone (old Mac line ends); expected LF or CRLF',
+    ],
+    [
+      'a CRLF file cut after its last CR',
+      `${SETTLEMENT_HEADER}\r\n${ROW}\r`,
+      2,
+      'the last line has no line end: the file is truncated',
+    ],
     [
       'a quoted field',
       `${SETTLEMENT_HEADER}\n${ROW.replace('batch-1', '"batch,1"')}\n`,
