@@ -50,6 +50,9 @@ describe('outbox due times', () => {
     expect((await outboxLag(db, now)).pending).toBe(1);
     expect(await dueAt(heldUntil)).toEqual(['due-1', 'held-1']);
     expect((await outboxLag(db, heldUntil)).pending).toBe(2);
+    // Counted up to a bound; the oldest row's age is still the true one.
+    const capped = await outboxLag(db, heldUntil, 1);
+    expect(capped).toEqual({ pending: 1, oldestAgeMs: heldUntil.getTime() - now.getTime() });
     await db.deleteFrom('outbox').execute();
   });
 
