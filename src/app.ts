@@ -581,8 +581,12 @@ export async function startSettle(
         wakeRelay: () => relay.wake(),
         onPass: (pass) =>
           logger.info(
-            { expired: pass.expired.length, checked: pass.checked.length },
-            'janitor queued commands',
+            {
+              expired: pass.expired.length,
+              checked: pass.checked.length,
+              resolvedDeadLetters: pass.resolvedDeadLetters.length,
+            },
+            'janitor pass acted',
           ),
         onError: repeatingFailureLog(logger, 'janitor pass failed'),
       },

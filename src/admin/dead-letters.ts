@@ -7,6 +7,7 @@
  */
 import { sql } from 'kysely';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../domain/errors.js';
+import { TERMINAL_STATES } from '../domain/payment-order.js';
 import type { DeadLetter } from '../messaging/command-consumer.js';
 import type { Db } from '../storage/db.js';
 import { isDuplicateKey } from '../storage/errors.js';
@@ -19,6 +20,8 @@ export const DEAD_LETTER_STATE = {
   open: 'OPEN',
   replayed: 'REPLAYED',
   discarded: 'DISCARDED',
+  /** The order reached a final state without a replay; set by the janitor. */
+  resolved: 'RESOLVED',
 } as const;
 export type DeadLetterState = (typeof DEAD_LETTER_STATE)[keyof typeof DEAD_LETTER_STATE];
 
@@ -197,6 +200,11 @@ export async function replayDeadLetter(
     if (row.state === DEAD_LETTER_STATE.discarded) {
       throw new FailedPreconditionError(`dead letter ${id} was discarded; it cannot be replayed`);
     }
+    if (row.state === DEAD_LETTER_STATE.resolved) {
+      throw new FailedPreconditionError(
+        `dead letter ${id} is resolved (${row.resolution_note ?? 'its order is final'}); nothing to replay`,
+      );
+    }
     await enqueueOutbox(
       trx,
       [{ subject: row.subject, msgId: `replay:${row.id}`, payload: freshAttempts(row.payload) }],
@@ -252,6 +260,11 @@ export async function discardDeadLetter(
         `dead letter ${id} was already replayed; it cannot be discarded`,
       );
     }
+    if (row.state === DEAD_LETTER_STATE.resolved) {
+      throw new FailedPreconditionError(
+        `dead letter ${id} is resolved (${row.resolution_note ?? 'its order is final'}); nothing to discard`,
+      );
+    }
     await trx
       .updateTable('dead_letter')
       .set({
@@ -265,4 +278,40 @@ export async function discardDeadLetter(
   const record = await findDeadLetter(deps.db, id);
   if (record === undefined) throw new NotFoundError('dead letter', id);
   return record;
+}
+
+/**
+ * Closes the OPEN dead letters whose order has reached a final state since (the janitor asked the
+ * PSP, a late webhook arrived): RESOLVED, with the state in the note, so operators and the
+ * `settle_dead_letters_open` alert see only entries that still need them. At most `limit` per
+ * call, found through the (state, id) index; each UPDATE re-checks both states, so several nodes
+ * can run it at once. Answers the ids it resolved.
+ */
+export async function resolveFinishedDeadLetters(
+  db: Db,
+  now: Date,
+  limit: number,
+): Promise<string[]> {
+  const { rows } = await sql<{ id: string }>`
+    SELECT d.id FROM dead_letter d FORCE INDEX (dead_letter_state)
+    JOIN payment_order o ON o.id = d.order_id
+    WHERE d.state = ${DEAD_LETTER_STATE.open} AND o.state IN (${sql.join([...TERMINAL_STATES])})
+    ORDER BY d.id LIMIT ${limit}`.execute(db);
+  if (rows.length === 0) return [];
+  const ids = rows.map((row) => row.id);
+  await sql`
+    UPDATE dead_letter d JOIN payment_order o ON o.id = d.order_id
+    SET d.state = ${DEAD_LETTER_STATE.resolved},
+        d.resolution_note = CONCAT('the order reached ', o.state, ' without a replay'),
+        d.updated_at = ${now}
+    WHERE d.id IN (${sql.join(ids)}) AND d.state = ${DEAD_LETTER_STATE.open}
+      AND o.state IN (${sql.join([...TERMINAL_STATES])})`.execute(db);
+  const resolved = await db
+    .selectFrom('dead_letter')
+    .select('id')
+    .where('id', 'in', ids)
+    .where('state', '=', DEAD_LETTER_STATE.resolved)
+    .where('updated_at', '=', now)
+    .execute();
+  return resolved.map((row) => row.id);
 }

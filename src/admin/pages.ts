@@ -696,7 +696,7 @@ export function operationsPage(input: {
 // ---------------------------------------------------------------------------------------------
 // Dead letters
 
-export const DEAD_LETTER_FILTERS = ['OPEN', 'REPLAYED', 'DISCARDED', 'ALL'] as const;
+export const DEAD_LETTER_FILTERS = ['OPEN', 'REPLAYED', 'DISCARDED', 'RESOLVED', 'ALL'] as const;
 
 function deadLetterActions(entry: DeadLetterEntry, canAct: boolean): SafeHtml {
   if (entry.state !== 'OPEN') {

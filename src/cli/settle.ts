@@ -67,7 +67,7 @@ Commands:
   wallet <seller_id>                            a seller's wallet balance
   ledger [--account A] [--order O] [--page-size N] [--page-token T]
   trial-balance                                 debits and credits per account; balanced or not
-  dlq list [--state OPEN|REPLAYED|DISCARDED|ALL] [--order O] [--page-size N] [--page-token T]
+  dlq list [--state OPEN|REPLAYED|DISCARDED|RESOLVED|ALL] [--order O] [--page-size N] [--page-token T]
   dlq replay <id> --reason "<why>"              put a dead letter back on its normal path
   dlq discard <id> --reason "<why>"             record that nobody will replay it
   reconcile run (--date YYYY-MM-DD | --file F)  reconcile a settlement file; waits for the report
@@ -395,7 +395,7 @@ async function deadLetterCommand(
           ? DeadLetterState.DEAD_LETTER_STATE_UNSPECIFIED
           : deadLetterStateFromJSON(`DEAD_LETTER_STATE_${stateText}`);
       if (state === DeadLetterState.UNRECOGNIZED) {
-        throw new UsageError('--state must be OPEN, REPLAYED, DISCARDED or ALL');
+        throw new UsageError('--state must be OPEN, REPLAYED, DISCARDED, RESOLVED or ALL');
       }
       const response = await client.admin.listDeadLetters(
         {

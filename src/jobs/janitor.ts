@@ -3,13 +3,15 @@
  * - an order unpaid past ORDER_EXPIRY_MS gets ExpireOrder (the actor cancels at the PSP first,
  *   and only the PSP's answer decides EXPIRED vs SUCCEEDED/FAILED);
  * - an unfinished order quiet for JANITOR_STUCK_MS gets CheckOrderStatus (the actor asks the PSP
- *   by nonce; a lost ExecuteOrder is restarted, a lost webhook is recovered).
+ *   by nonce; a lost ExecuteOrder is restarted, a lost webhook is recovered);
+ * - an OPEN dead letter whose order has reached a final state since is RESOLVED.
  * Orders are claimed with a lease by one conditional UPDATE, so however many nodes run a janitor,
  * only one pass acts on an order per lease period. The commands go through the outbox like any
  * other.
  */
 import { sql } from 'kysely';
 import { randomUUID } from 'node:crypto';
+import { resolveFinishedDeadLetters } from '../admin/dead-letters.js';
 import { ORDER_STATE } from '../domain/payment-order.js';
 import { janitorMessage } from '../messaging/commands.js';
 import type { Names } from '../messaging/subjects.js';
@@ -25,7 +27,12 @@ export type JanitorOptions = Readonly<{
   leaseMs: number;
 }>;
 
-export type JanitorPass = Readonly<{ expired: string[]; checked: string[] }>;
+export type JanitorPass = Readonly<{
+  expired: string[];
+  checked: string[];
+  /** Dead letters closed because their order reached a final state. */
+  resolvedDeadLetters: string[];
+}>;
 
 /** The states in which an order can still need the janitor. */
 const UNFINISHED_STATES = [ORDER_STATE.notStarted, ORDER_STATE.executing] as const;
@@ -52,7 +59,8 @@ export class Janitor {
       if (this.running !== undefined) return; // never overlap passes
       this.running = this.runOnce()
         .then((pass) => {
-          if (pass.expired.length + pass.checked.length > 0) this.hooks.onPass?.(pass);
+          const acted = pass.expired.length + pass.checked.length + pass.resolvedDeadLetters.length;
+          if (acted > 0) this.hooks.onPass?.(pass);
         })
         .catch((error: unknown) => this.hooks.onError?.(error))
         .finally(() => (this.running = undefined));
@@ -81,7 +89,12 @@ export class Janitor {
       new Date(now.getTime() - this.options.stuckMs),
     );
     if (expired.length + checked.length > 0) this.hooks.wakeRelay();
-    return { expired, checked };
+    const resolvedDeadLetters = await resolveFinishedDeadLetters(
+      this.db,
+      now,
+      this.options.batchMax,
+    );
+    return { expired, checked, resolvedDeadLetters };
   }
 
   /**

@@ -131,7 +131,7 @@ export interface DeadLetterTable {
   attempts: number;
   last_error: string;
   payload: string;
-  state: 'OPEN' | 'REPLAYED' | 'DISCARDED';
+  state: 'OPEN' | 'REPLAYED' | 'DISCARDED' | 'RESOLVED';
   resolution_note: string | null;
   created_at: Timestamp;
   updated_at: Timestamp;

@@ -103,6 +103,6 @@ describe('janitor claim', () => {
       releaseGap();
       await holder;
     }
-    expect(await pass).toEqual({ expired: [free], checked: [] });
+    expect(await pass).toEqual({ expired: [free], checked: [], resolvedDeadLetters: [] });
   });
 });

@@ -39,6 +39,7 @@ const STATE_TO_PROTO: Record<DeadLetterState, DeadLetterStateProto> = {
   OPEN: DeadLetterStateProto.DEAD_LETTER_STATE_OPEN,
   REPLAYED: DeadLetterStateProto.DEAD_LETTER_STATE_REPLAYED,
   DISCARDED: DeadLetterStateProto.DEAD_LETTER_STATE_DISCARDED,
+  RESOLVED: DeadLetterStateProto.DEAD_LETTER_STATE_RESOLVED,
 };
 
 function toProto(record: DeadLetterRecord): DeadLetterMessage {
@@ -67,6 +68,8 @@ function stateFromProto(state: DeadLetterStateProto): DeadLetterState | undefine
       return DEAD_LETTER_STATE.replayed;
     case DeadLetterStateProto.DEAD_LETTER_STATE_DISCARDED:
       return DEAD_LETTER_STATE.discarded;
+    case DeadLetterStateProto.DEAD_LETTER_STATE_RESOLVED:
+      return DEAD_LETTER_STATE.resolved;
     default:
       throw new InvalidArgumentError('state', `unknown dead-letter state ${String(state)}`);
   }

@@ -9,6 +9,7 @@ import * as m0003 from './0003-reconciliation.js';
 import * as m0004 from './0004-admin.js';
 import * as m0005 from './0005-outbox-hold.js';
 import * as m0006 from './0006-one-trip-guard.js';
+import * as m0007 from './0007-dead-letter-resolved.js';
 
 const migrations: Record<string, Migration> = {
   '0001-initial': m0001,
@@ -17,6 +18,7 @@ const migrations: Record<string, Migration> = {
   '0004-admin': m0004,
   '0005-outbox-hold': m0005,
   '0006-one-trip-guard': m0006,
+  '0007-dead-letter-resolved': m0007,
 };
 
 export const migrationProvider: MigrationProvider = {

@@ -29,6 +29,11 @@ export enum DeadLetterState {
   DEAD_LETTER_STATE_OPEN = 1,
   DEAD_LETTER_STATE_REPLAYED = 2,
   DEAD_LETTER_STATE_DISCARDED = 3,
+  /**
+   * DEAD_LETTER_STATE_RESOLVED - Closed without an operator: the order reached a final state on its own (the janitor asked
+   * the PSP, a late webhook arrived). It can be neither replayed nor discarded.
+   */
+  DEAD_LETTER_STATE_RESOLVED = 4,
   UNRECOGNIZED = -1,
 }
 
@@ -46,6 +51,9 @@ export function deadLetterStateFromJSON(object: any): DeadLetterState {
     case 3:
     case "DEAD_LETTER_STATE_DISCARDED":
       return DeadLetterState.DEAD_LETTER_STATE_DISCARDED;
+    case 4:
+    case "DEAD_LETTER_STATE_RESOLVED":
+      return DeadLetterState.DEAD_LETTER_STATE_RESOLVED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -63,6 +71,8 @@ export function deadLetterStateToJSON(object: DeadLetterState): string {
       return "DEAD_LETTER_STATE_REPLAYED";
     case DeadLetterState.DEAD_LETTER_STATE_DISCARDED:
       return "DEAD_LETTER_STATE_DISCARDED";
+    case DeadLetterState.DEAD_LETTER_STATE_RESOLVED:
+      return "DEAD_LETTER_STATE_RESOLVED";
     case DeadLetterState.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";

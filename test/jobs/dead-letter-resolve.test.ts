@@ -1,0 +1,109 @@
+/**
+ * Goal: a dead letter whose order reached a final state without a replay (the janitor asked the
+ * PSP, a late webhook arrived) stops asking an operator for anything: the janitor's pass marks
+ * it RESOLVED with the order's state in its note, leaves the entries of unfinished orders OPEN,
+ * and a resolved entry can be neither replayed nor discarded (FAILED_PRECONDITION).
+ * Method: the real janitor and dead-letter functions on a migrated database of the real MariaDB,
+ * orders written in the states each case needs.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  discardDeadLetter,
+  findDeadLetter,
+  listDeadLetters,
+  recordDeadLetter,
+  replayDeadLetter,
+} from '../../src/admin/dead-letters.js';
+import { FailedPreconditionError } from '../../src/domain/errors.js';
+import { newId } from '../../src/domain/ids.js';
+import { Janitor } from '../../src/jobs/janitor.js';
+import { names } from '../../src/messaging/subjects.js';
+import {
+  insertPaymentOfOneOrder,
+  openTestDatabase,
+  type TestDatabase,
+} from '../support/harness.js';
+
+let database: TestDatabase;
+beforeAll(async () => {
+  database = await openTestDatabase('dlresolve', { poolSize: 2 });
+});
+afterAll(async () => database?.close());
+
+async function deadLetterOf(orderState: string, sequence: number): Promise<string> {
+  const orderId = newId('order');
+  await insertPaymentOfOneOrder(database.db, {
+    paymentId: newId('payment'),
+    orderId,
+    paymentState:
+      orderState === 'SUCCEEDED'
+        ? 'SUCCEEDED'
+        : orderState === 'EXECUTING'
+          ? 'EXECUTING'
+          : 'FAILED',
+    orderState,
+    at: new Date(),
+  });
+  await recordDeadLetter(
+    database.db,
+    'TEST_DLQ',
+    {
+      streamSequence: sequence,
+      orderId,
+      subject: 'settle.test.cmd.execute',
+      reason: 'RETRIES_EXHAUSTED',
+      attempts: 6,
+      lastError: 'the PSP was unavailable',
+      payload: JSON.stringify({ type: 'ExecuteOrder', orderId }),
+      deadLetteredAt: new Date().toISOString(),
+    },
+    new Date(),
+  );
+  const [entry] = await listDeadLetters(database.db, { orderIds: [orderId], limit: 1 });
+  if (entry === undefined) throw new Error(`no dead letter for ${orderId}`);
+  return entry.id;
+}
+
+describe('dead letters of orders that finished on their own', () => {
+  it('are RESOLVED by the janitor; those of unfinished orders stay OPEN', async () => {
+    const succeeded = await deadLetterOf('SUCCEEDED', 1);
+    const expired = await deadLetterOf('EXPIRED', 2);
+    const executing = await deadLetterOf('EXECUTING', 3);
+    const janitor = new Janitor(
+      database.db,
+      names('dlresolve', 1),
+      // Nothing is due: the orders are new and none is stuck.
+      {
+        orderExpiryMs: 3_600_000,
+        stuckMs: 3_600_000,
+        intervalMs: 60_000,
+        batchMax: 100,
+        leaseMs: 1_000,
+      },
+      { now: () => new Date(), wakeRelay: () => undefined },
+    );
+    const pass = await janitor.runOnce();
+    expect(pass.resolvedDeadLetters.sort()).toEqual([succeeded, expired].sort());
+    expect(await findDeadLetter(database.db, succeeded)).toMatchObject({
+      state: 'RESOLVED',
+      resolutionNote: 'the order reached SUCCEEDED without a replay',
+    });
+    expect(await findDeadLetter(database.db, expired)).toMatchObject({
+      state: 'RESOLVED',
+      resolutionNote: 'the order reached EXPIRED without a replay',
+    });
+    expect(await findDeadLetter(database.db, executing)).toMatchObject({ state: 'OPEN' });
+    // A second pass finds nothing more to do.
+    expect((await janitor.runOnce()).resolvedDeadLetters).toEqual([]);
+
+    const deps = { db: database.db, wakeRelay: () => undefined, now: () => new Date() };
+    await expect(replayDeadLetter(deps, succeeded, 'ops')).rejects.toThrow(
+      new FailedPreconditionError(
+        `dead letter ${succeeded} is resolved (the order reached SUCCEEDED without a replay); nothing to replay`,
+      ),
+    );
+    await expect(discardDeadLetter(deps, succeeded, 'not needed any more', 'ops')).rejects.toThrow(
+      FailedPreconditionError,
+    );
+  });
+});
