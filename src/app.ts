@@ -354,6 +354,10 @@ export async function startSettle(
         1,
         Math.min(config.CONSUMER_MAX_ACK_PENDING, config.PSP_IN_FLIGHT_MAX - localMax, 1_024),
       ),
+      ackWaitMs: config.CONSUMER_ACK_WAIT_MS,
+      // A turn makes two PSP calls at most; four times that (and at least one ack_wait) is
+      // slow but alive, and a handler still running past it is taken for hung.
+      workingMsMax: Math.max(4 * 2 * config.PSP_CALL_TIMEOUT_MS, config.CONSUMER_ACK_WAIT_MS),
       backoffMs: config.RETRY_BACKOFF_MS,
       jitter: 0.2,
       onError: (error, context) =>

@@ -6,6 +6,7 @@
  * with its reason and is terminated. Malformed messages go straight to the dead-letter stream.
  * Terminations carry no reason: nats-server 2.9 ignores a `+TERM` that has one, leaving the message
  * unacknowledged and redelivered after ack_wait; the reason is in the dead letter instead.
+ * While a message is handled its ack deadline is extended (`+WPI`), for a bounded time only.
  */
 import type {
   JsMsg,
@@ -33,6 +34,13 @@ export type CommandHandler = (
 
 export type ConsumerOptions = Readonly<{
   inFlightMax: number;
+  /** The consumer's ack_wait: a message being handled is reported in progress every third of it. */
+  ackWaitMs: number;
+  /**
+   * How long a message being handled is kept from redelivery at most. Past it the handler is
+   * taken for hung: the reports stop and JetStream redelivers the message after ack_wait.
+   */
+  workingMsMax: number;
   /** Delay before retry n (1-based) is backoffMs[n - 1]; its length is the number of retries. */
   backoffMs: readonly number[];
   /** Fraction of random spread around each delay, e.g. 0.2 for ±20 %. */
@@ -65,7 +73,8 @@ export class CommandConsumer {
   private advisories: Subscription | undefined;
   private loop: Promise<void> | undefined;
   private inFlight = 0;
-  private readonly inFlightMessages = new Set<JsMsg>();
+  /** Each message being handled, with the function that stops its in-progress reports. */
+  private readonly inFlightMessages = new Map<JsMsg, () => void>();
   private slotFreed: (() => void) | undefined;
   private stopping = false;
 
@@ -143,7 +152,10 @@ export class CommandConsumer {
     while (this.inFlight > 0 && Date.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 10));
     }
-    for (const message of this.inFlightMessages) message.nak();
+    for (const [message, stopWorking] of this.inFlightMessages) {
+      stopWorking();
+      message.nak();
+    }
     await this.loop?.catch(() => undefined);
   }
 
@@ -158,10 +170,12 @@ export class CommandConsumer {
         await new Promise<void>((resolve) => (this.slotFreed = resolve));
       }
       this.inFlight += 1;
-      this.inFlightMessages.add(message);
+      const stopWorking = this.keepWorking(message);
+      this.inFlightMessages.set(message, stopWorking);
       void this.process(message)
         .catch((error: unknown) => this.options.onError?.(error, { subject: message.subject }))
         .finally(() => {
+          stopWorking();
           this.inFlight -= 1;
           this.inFlightMessages.delete(message);
           const wake = this.slotFreed;
@@ -169,6 +183,32 @@ export class CommandConsumer {
           wake?.();
         });
     }
+  }
+
+  /**
+   * Reports `message` in progress every third of ack_wait until the returned function is called,
+   * so that a turn longer than ack_wait (two PSP calls, a queue in the actor's mailbox) is not
+   * redelivered mid-turn: each such redelivery would burn one of the allowed deliveries, and the
+   * last one would dead-letter a healthy order as MAX_DELIVERIES. The reports stop on their own
+   * after workingMsMax, so a hung handler's message still comes back after ack_wait.
+   */
+  private keepWorking(message: JsMsg): () => void {
+    const startedAt = Date.now();
+    const intervalMs = Math.max(1, Math.floor(this.options.ackWaitMs / 3));
+    const timer = setInterval(() => {
+      if (Date.now() - startedAt >= this.options.workingMsMax) {
+        clearInterval(timer);
+        return;
+      }
+      try {
+        message.working();
+      } catch (error) {
+        // The connection is closing: the message comes back after ack_wait, as after a crash.
+        clearInterval(timer);
+        this.options.onError?.(error, { subject: message.subject, reason: 'working() failed' });
+      }
+    }, intervalMs);
+    return () => clearInterval(timer);
   }
 
   private async process(message: JsMsg): Promise<void> {
