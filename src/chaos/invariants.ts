@@ -1,20 +1,23 @@
 /**
  * The promise, checked after a chaos run or a crash test: nobody is charged twice, no money is
  * lost or invented, no order is lost. `observe()` reads the facts (Settle's tables directly, the
- * dead letters, and the PSP mock's OWN charge records, never Settle's view of them); `evaluate()`
- * is a pure function from those facts to the outcome counts and a list of checks, so it can be
- * tested on made-up facts.
+ * dead letters, and the PSP mock's OWN charge and payment records, never Settle's view of them);
+ * `evaluate()` is a pure function from those facts to the outcome counts and a list of checks, so
+ * it can be tested on made-up facts.
  */
+import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
 import { TERMINAL_STATES } from '../domain/payment-order.js';
-import type { PspServiceClient } from '../grpc/generated/settle/psp/v1/psp.js';
+import { PaymentStatus, type PspServiceClient } from '../grpc/generated/settle/psp/v1/psp.js';
 import type { Db } from '../storage/db.js';
 import {
   trialBalanceByCurrency,
   unbalancedLedgerTransactions,
+  ACCOUNT,
+  SELLER_PAYABLE_PREFIX,
   walletsNotMatchingLedger,
 } from '../storage/repositories/ledger.repository.js';
-import { callUnary } from './rpc.js';
+import { callUnary, isRetryableStatus } from './rpc.js';
 
 /** Rows read per table at most; a chaos run is far smaller. */
 const ROWS_MAX = 200_000;
@@ -22,6 +25,9 @@ const ROWS_MAX = 200_000;
 const DEAD_LETTERS_MAX = 50_000;
 /** Offenders quoted per failed check. */
 const EXAMPLES_MAX = 5;
+/** GetPaymentStatus calls in flight at once, and tries of one, while observing. */
+const PSP_READS_IN_FLIGHT_MAX = 16;
+const PSP_READ_TRIES_MAX = 5;
 
 /** The order states as read from the database are plain strings. */
 const TERMINAL: ReadonlySet<string> = TERMINAL_STATES;
@@ -29,6 +35,7 @@ const TERMINAL: ReadonlySet<string> = TERMINAL_STATES;
 export type ObservedOrder = Readonly<{
   id: string;
   paymentId: string;
+  sellerId: string;
   state: string;
   amountMinor: bigint;
   pspReference: string | null;
@@ -38,6 +45,9 @@ export type ObservedOrder = Readonly<{
 
 export type ObservedPayment = Readonly<{
   id: string;
+  /** The idempotency key of CreatePayment: one payment per (buyer, request id) at most. */
+  buyerId: string;
+  requestId: string;
   state: string;
   ordersTotal: number;
   ordersSucceeded: number;
@@ -45,6 +55,12 @@ export type ObservedPayment = Readonly<{
 }>;
 
 export type ObservedCharge = Readonly<{ nonce: string; pspReference: string; amountMinor: bigint }>;
+
+/** The PSP mock's payment states (its own records). */
+export type PspPaymentState = 'REGISTERED' | 'SUCCEEDED' | 'DECLINED' | 'CANCELLED';
+
+/** Net credit of one account by an order's PAYMENT ledger transactions. */
+export type ObservedCredit = Readonly<{ account: string; creditMinor: bigint }>;
 
 /**
  * A dead letter. OPEN and DISCARDED ones account for an unfinished order (an operator has it or
@@ -57,6 +73,8 @@ export type Observed = Readonly<{
   payments: readonly ObservedPayment[];
   /** PAYMENT ledger transactions per order: how many and their total. */
   ledgerByOrder: ReadonlyMap<string, { count: number; amountMinor: bigint }>;
+  /** Per order, the seller_payable accounts its PAYMENT ledger transactions credit (net). */
+  sellerCreditsByOrder: ReadonlyMap<string, readonly ObservedCredit[]>;
   unbalancedTransactions: readonly string[];
   /** Currencies whose trial balance is not zero, with the balance. */
   trialBalanceNonZero: readonly string[];
@@ -64,6 +82,8 @@ export type Observed = Readonly<{
   outboxLeft: number;
   /** From the PSP mock's own records (ListCharges). */
   charges: readonly ObservedCharge[];
+  /** The PSP mock's payment per order id (its nonce), from GetPaymentStatus; absent: none. */
+  pspPayments: ReadonlyMap<string, PspPaymentState>;
   deadLetters: readonly DeadLetterRow[];
 }>;
 
@@ -72,6 +92,17 @@ export type DriverFacts = Readonly<{
   paymentsRequested: number;
   /** Payment ids the API returned. */
   paymentsAcknowledged: readonly string[];
+  /** The requests behind them, where the driver knows them: each must have exactly one payment. */
+  requestsAcknowledged: ReadonlyArray<
+    Readonly<{ buyerId: string; requestId: string; paymentId: string }>
+  >;
+  /** Orders the workload never meant to pay: the only ones that may end EXPIRED. */
+  abandonedOrders: readonly string[];
+  /**
+   * The run replayed its open dead letters and waited for the orders again (or it has no dead
+   * letters to wait for): a dead letter no longer excuses an order that is not final.
+   */
+  ordersMustBeFinal: boolean;
   forgedWebhooksSent: number;
   /** Forged webhooks answered with anything but 400. */
   forgedWebhooksAccepted: number;
@@ -119,6 +150,7 @@ export async function observe(sources: { db: Db; psp: PspServiceClient }): Promi
     .select([
       'id',
       'payment_id',
+      'seller_id',
       'state',
       'amount_minor',
       'psp_reference',
@@ -129,12 +161,31 @@ export async function observe(sources: { db: Db; psp: PspServiceClient }): Promi
     .execute();
   const payments = await db
     .selectFrom('payment')
-    .select(['id', 'state', 'orders_total', 'orders_succeeded', 'orders_failed'])
+    .select([
+      'id',
+      'buyer_id',
+      'request_id',
+      'state',
+      'orders_total',
+      'orders_succeeded',
+      'orders_failed',
+    ])
     .limit(ROWS_MAX)
     .execute();
   const ledger = await sql<{ order_id: string; n: string; amount: string }>`
     SELECT order_id, COUNT(*) AS n, SUM(amount_minor) AS amount
     FROM ledger_transaction WHERE kind = 'PAYMENT' GROUP BY order_id`.execute(db);
+  const credits = await sql<{ order_id: string; account: string; credit: string }>`
+    SELECT e.order_id, e.account, SUM(e.credit_minor) - SUM(e.debit_minor) AS credit
+    FROM ledger_entry e JOIN ledger_transaction t ON t.id = e.transaction_id
+    WHERE t.kind = 'PAYMENT' AND e.account LIKE ${`${SELLER_PAYABLE_PREFIX}%`}
+    GROUP BY e.order_id, e.account`.execute(db);
+  const sellerCreditsByOrder = new Map<string, ObservedCredit[]>();
+  for (const row of credits.rows) {
+    const list = sellerCreditsByOrder.get(row.order_id) ?? [];
+    list.push({ account: row.account, creditMinor: BigInt(row.credit) });
+    sellerCreditsByOrder.set(row.order_id, list);
+  }
   const outbox = await sql<{ n: string }>`SELECT COUNT(*) AS n FROM outbox`.execute(db);
   const response = await callUnary(
     sources.psp.listCharges.bind(sources.psp),
@@ -142,10 +193,15 @@ export async function observe(sources: { db: Db; psp: PspServiceClient }): Promi
     30_000,
   );
   const deadLetters = await readDeadLetters(db);
+  const pspPayments = await readPspPayments(
+    sources.psp,
+    orders.map((order) => order.id),
+  );
   return {
     orders: orders.map((row) => ({
       id: row.id,
       paymentId: row.payment_id,
+      sellerId: row.seller_id,
       state: row.state,
       amountMinor: BigInt(row.amount_minor),
       pspReference: row.psp_reference,
@@ -154,6 +210,8 @@ export async function observe(sources: { db: Db; psp: PspServiceClient }): Promi
     })),
     payments: payments.map((row) => ({
       id: row.id,
+      buyerId: row.buyer_id,
+      requestId: row.request_id,
       state: row.state,
       ordersTotal: row.orders_total,
       ordersSucceeded: row.orders_succeeded,
@@ -165,6 +223,7 @@ export async function observe(sources: { db: Db; psp: PspServiceClient }): Promi
         { count: Number(row.n), amountMinor: BigInt(row.amount) },
       ]),
     ),
+    sellerCreditsByOrder,
     unbalancedTransactions: await unbalancedLedgerTransactions(db),
     trialBalanceNonZero: (await trialBalanceByCurrency(db))
       .filter((total) => total.balanceMinor !== 0n)
@@ -178,8 +237,53 @@ export async function observe(sources: { db: Db; psp: PspServiceClient }): Promi
       pspReference: charge.pspReference,
       amountMinor: charge.amountMinor,
     })),
+    pspPayments,
     deadLetters,
   };
+}
+
+const PSP_STATE_OF: Readonly<Partial<Record<PaymentStatus, PspPaymentState>>> = {
+  [PaymentStatus.PAYMENT_STATUS_REGISTERED]: 'REGISTERED',
+  [PaymentStatus.PAYMENT_STATUS_SUCCEEDED]: 'SUCCEEDED',
+  [PaymentStatus.PAYMENT_STATUS_DECLINED]: 'DECLINED',
+  [PaymentStatus.PAYMENT_STATUS_CANCELLED]: 'CANCELLED',
+};
+
+/**
+ * The PSP mock's payment of each order, asked one order at a time (GetPaymentStatus; NOT_FOUND:
+ * the order never reached the PSP), a bounded number at once, retrying a retryable answer.
+ */
+async function readPspPayments(
+  psp: PspServiceClient,
+  orderIds: readonly string[],
+): Promise<Map<string, PspPaymentState>> {
+  const found = new Map<string, PspPaymentState>();
+  const read = async (nonce: string): Promise<void> => {
+    for (let tries = 1; ; tries += 1) {
+      try {
+        const answer = await callUnary(psp.getPaymentStatus.bind(psp), { nonce }, 10_000);
+        const state = PSP_STATE_OF[answer.status];
+        if (state === undefined) throw new Error(`PSP payment ${nonce}: status ${answer.status}`);
+        found.set(nonce, state);
+        return;
+      } catch (error) {
+        if ((error as { code?: unknown }).code === grpc.status.NOT_FOUND) return;
+        if (!isRetryableStatus(error) || tries >= PSP_READ_TRIES_MAX) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 200 * tries));
+      }
+    }
+  };
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(PSP_READS_IN_FLIGHT_MAX, orderIds.length) }, async () => {
+      while (next < orderIds.length) {
+        const nonce = orderIds[next] ?? '';
+        next += 1;
+        await read(nonce);
+      }
+    }),
+  );
+  return found;
 }
 
 /** The dead letters, from the `dead_letter` table (src/storage/migrations/0002-failure-handling.ts). */
@@ -207,6 +311,10 @@ export function lostOrders<Order extends Readonly<{ id: string; state: string }>
 }): Order[] {
   const dead = ordersInDlq(observed.deadLetters);
   return observed.orders.filter((order) => !TERMINAL.has(order.state) && !dead.has(order.id));
+}
+
+function requestKey(request: Readonly<{ buyerId: string; requestId: string }>): string {
+  return `${request.buyerId}/${request.requestId}`;
 }
 
 export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
@@ -278,6 +386,31 @@ export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
     uncharged.map((o) => `${o.id} (ref ${o.pspReference ?? '-'})`),
   );
 
+  // Settle's final state agrees with the PSP's own payment. A charge Settle flagged for review
+  // (it came after the order failed or expired) is an operator's case, not a disagreement.
+  const disagreeing = observed.orders.filter((order) => {
+    const psp = observed.pspPayments.get(order.id);
+    if (psp === 'SUCCEEDED' && order.reviewReason !== null) return false;
+    switch (order.state) {
+      case 'SUCCEEDED':
+        return psp !== 'SUCCEEDED';
+      case 'FAILED':
+        return psp !== undefined && psp !== 'DECLINED';
+      case 'EXPIRED':
+        return psp !== undefined && psp !== 'CANCELLED';
+      default:
+        // Not final: the finality checks speak for it.
+        return false;
+    }
+  });
+  add(
+    "final orders whose state disagrees with the PSP's payment",
+    disagreeing.length,
+    '0',
+    disagreeing.length === 0,
+    disagreeing.map((o) => `${o.id} ${o.state}: PSP ${observed.pspPayments.get(o.id) ?? 'none'}`),
+  );
+
   // Exactly one ledger transaction per SUCCEEDED order, for its amount; none for the others.
   const badLedger = observed.orders.filter((order) => {
     const booked = observed.ledgerByOrder.get(order.id);
@@ -294,6 +427,29 @@ export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
     badLedger.map(
       (o) => `${o.id} ${o.state}: ${observed.ledgerByOrder.get(o.id)?.count ?? 0} transaction(s)`,
     ),
+  );
+  // The money of a SUCCEEDED order goes to its own seller, all of it and nowhere else.
+  const misdirected = observed.orders.filter((order) => {
+    if (order.state !== 'SUCCEEDED') return false;
+    const credits = observed.sellerCreditsByOrder.get(order.id) ?? [];
+    const [credit, ...others] = credits.filter((c) => c.creditMinor !== 0n);
+    return (
+      credit === undefined ||
+      others.length > 0 ||
+      credit.account !== ACCOUNT.sellerPayable(order.sellerId) ||
+      credit.creditMinor !== order.amountMinor
+    );
+  });
+  add(
+    "SUCCEEDED orders not credited to their seller's payable account for their amount",
+    misdirected.length,
+    '0',
+    misdirected.length === 0,
+    misdirected.map((o) => {
+      const credits = observed.sellerCreditsByOrder.get(o.id) ?? [];
+      const got = credits.map((c) => `${c.account} ${c.creditMinor}`).join(', ') || 'nothing';
+      return `${o.id} (${o.amountMinor} for ${ACCOUNT.sellerPayable(o.sellerId)}): ${got}`;
+    }),
   );
   const orphanLedger = [...observed.ledgerByOrder.keys()].filter((id) => !orderById.has(id));
   add(
@@ -335,6 +491,28 @@ export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
     lost.length === 0,
     lost.map((o) => `${o.id} ${o.state}`),
   );
+  if (driver.ordersMustBeFinal) {
+    const unfinished = observed.orders.filter((order) => !TERMINAL.has(order.state));
+    add(
+      'orders not final after the dead letters were replayed',
+      unfinished.length,
+      '0',
+      unfinished.length === 0,
+      unfinished.map((o) => `${o.id} ${o.state}${dead.has(o.id) ? ' (dead letter)' : ''}`),
+    );
+  }
+
+  // Only the orders nobody meant to pay may expire.
+  const abandoned = new Set(driver.abandonedOrders);
+  const expired = observed.orders.filter((order) => order.state === 'EXPIRED');
+  const expiredMeantToPay = expired.filter((order) => !abandoned.has(order.id));
+  add(
+    'EXPIRED orders / orders never meant to be paid',
+    `${expired.length} / ${abandoned.size}`,
+    'only those',
+    expiredMeantToPay.length === 0,
+    expiredMeantToPay.map((o) => `${o.id}: meant to be paid`),
+  );
 
   // No acknowledged payment is lost, and retries with the same request id made no duplicates.
   const inDb = new Set(observed.payments.map((p) => p.id));
@@ -351,6 +529,35 @@ export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
     `${observed.payments.length} / ${driver.paymentsRequested}`,
     '<= requested',
     observed.payments.length <= driver.paymentsRequested,
+  );
+  // Settle's own double-charge risk: two payments (each with its orders, each charged) for one
+  // CreatePayment request retried with the same request id.
+  const paymentsByRequest = new Map<string, string[]>();
+  for (const payment of observed.payments) {
+    const key = requestKey(payment);
+    paymentsByRequest.set(key, [...(paymentsByRequest.get(key) ?? []), payment.id]);
+  }
+  const duplicated = [...paymentsByRequest].filter(([, ids]) => ids.length > 1);
+  add(
+    'payments per (buyer, request id), max',
+    Math.max(0, ...[...paymentsByRequest.values()].map((ids) => ids.length)),
+    '<= 1',
+    duplicated.length === 0,
+    duplicated.map(([key, ids]) => `${key}: ${ids.join(', ')}`),
+  );
+  const notOnce = driver.requestsAcknowledged.filter((request) => {
+    const ids = paymentsByRequest.get(requestKey(request)) ?? [];
+    return ids.length !== 1 || ids[0] !== request.paymentId;
+  });
+  add(
+    'acknowledged requests without exactly their one payment',
+    `${notOnce.length} of ${driver.requestsAcknowledged.length}`,
+    '0',
+    notOnce.length === 0,
+    notOnce.map((r) => {
+      const ids = paymentsByRequest.get(requestKey(r)) ?? [];
+      return `${requestKey(r)} answered ${r.paymentId}: ${ids.join(', ') || 'no payment'}`;
+    }),
   );
 
   // A payment's counters and state agree with its orders.

@@ -207,9 +207,12 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     await injector.healAll();
 
     const settleStart = Date.now();
-    let settled = await waitUntilSettled(cluster, driver.stats, plan.length, deadline, signal);
+    let settled = await waitUntilSettled(cluster, driver.stats, plan.length, deadline, signal, {
+      dlqExcuses: true,
+    });
     // What an operator does next: replay every open dead letter once (ReplayDeadLetter is
-    // idempotent, and harmless for an order that has finished since), then wait again.
+    // idempotent, and harmless for an order that has finished since), then wait again, this
+    // time for every order to be final: the checks no longer excuse one for its dead letter.
     const replayed = settled
       ? await replayDeadLetters(cluster, signal).catch((error: unknown) => {
           out(`${at()} replaying dead letters failed: ${String(error)}`);
@@ -218,7 +221,11 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       : 0;
     if (replayed > 0) {
       out(`${at()} replayed ${replayed} open dead letter(s) through AdminService`);
-      settled = await waitUntilSettled(cluster, driver.stats, plan.length, deadline, signal);
+    }
+    if (settled) {
+      settled = await waitUntilSettled(cluster, driver.stats, plan.length, deadline, signal, {
+        dlqExcuses: false,
+      });
     }
     const settleTookMs = Date.now() - settleStart;
     out(
@@ -233,6 +240,9 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     const evaluation = evaluate(observed, {
       paymentsRequested: driver.stats.requested,
       paymentsAcknowledged: driver.stats.acknowledged,
+      requestsAcknowledged: driver.stats.acknowledgedRequests,
+      abandonedOrders: driver.stats.abandonedOrderIds,
+      ordersMustBeFinal: true,
       forgedWebhooksSent: injector.webhooks.forgedSent,
       forgedWebhooksAccepted: injector.webhooks.forgedAccepted,
       lateDeclinedOrders: [...injector.lateDeclined],
@@ -291,13 +301,17 @@ async function injectAll(
   }
 }
 
-/** Every payment created (or given up), every order terminal or dead-lettered, outbox empty. */
+/**
+ * Every payment created (or given up), every order terminal (or, with `dlqExcuses`, held in the
+ * dead-letter table), outbox empty.
+ */
 async function waitUntilSettled(
   cluster: ChaosCluster,
   stats: DriverStats,
   planned: number,
   deadline: number,
   signal: AbortSignal,
+  options: Readonly<{ dlqExcuses: boolean }>,
 ): Promise<boolean> {
   while (Date.now() < deadline && !signal.aborted) {
     try {
@@ -314,9 +328,10 @@ async function waitUntilSettled(
         );
         if (Number(outbox.rows[0]?.n ?? 0) === 0) {
           if (open.length === 0) return true;
-          const deadLetters = await readDeadLetters(cluster.db);
-          const lost = lostOrders({ orders: open, deadLetters });
-          if (lost.length === 0) return true;
+          if (options.dlqExcuses) {
+            const deadLetters = await readDeadLetters(cluster.db);
+            if (lostOrders({ orders: open, deadLetters }).length === 0) return true;
+          }
         }
       }
     } catch {

@@ -87,6 +87,8 @@ export type PaidOrder = Readonly<{
 export type DriverStats = {
   requested: number;
   acknowledged: string[];
+  /** The request of each acknowledged payment: its idempotency key and the answered id. */
+  acknowledgedRequests: Array<{ buyerId: string; requestId: string; paymentId: string }>;
   createRetries: number;
   /** Why CreatePayment was retried: gRPC status name → count. */
   createRetryCodes: Record<string, number>;
@@ -94,6 +96,8 @@ export type DriverStats = {
   ordersPaid: number;
   /** Orders the plan never pays (they must expire). */
   ordersAbandoned: number;
+  /** Their ids. */
+  abandonedOrderIds: string[];
   /**
    * Orders the plan pays that were not paid: they ended, or had no checkout URL, before the
    * deadline, or PayWithCard failed.
@@ -113,11 +117,13 @@ export class PaymentDriver {
   readonly stats: DriverStats = {
     requested: 0,
     acknowledged: [],
+    acknowledgedRequests: [],
     createRetries: 0,
     createRetryCodes: {},
     createErrors: [],
     ordersPaid: 0,
     ordersAbandoned: 0,
+    abandonedOrderIds: [],
     ordersNeverPaid: 0,
     payRetries: 0,
     finished: 0,
@@ -161,12 +167,22 @@ export class PaymentDriver {
     const created = await this.#withSlot(() => this.#create(plan, deadline, signal));
     if (created === undefined) return;
     this.stats.acknowledged.push(created.paymentId);
+    this.stats.acknowledgedRequests.push({
+      buyerId: plan.buyerId,
+      requestId: plan.requestId,
+      paymentId: created.paymentId,
+    });
     // Orders are paid as their checkout URLs appear, in any order: one order stuck in the DLQ
     // must not keep its siblings unpaid.
     const waiting = new Map<number, string>();
     for (const [seq, planned] of plan.orders.entries()) {
-      if (planned.card === undefined) this.stats.ordersAbandoned += 1;
-      else waiting.set(seq, planned.card);
+      if (planned.card === undefined) {
+        this.stats.ordersAbandoned += 1;
+        const orderId = created.orders[seq]?.orderId;
+        if (orderId !== undefined) this.stats.abandonedOrderIds.push(orderId);
+      } else {
+        waiting.set(seq, planned.card);
+      }
     }
     let payment = created;
     for (let round = 0; waiting.size > 0 && Date.now() < deadline && !signal.aborted; round += 1) {

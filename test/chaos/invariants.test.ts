@@ -1,20 +1,28 @@
 /**
  * Goal: every line of the chaos report's invariant table catches the violation it names (double
- * charge, unbooked charge, invented money, wrong ledger, ledger of an unknown order, unbalanced
- * ledger, wallet drift, lost order, lost or extra payment, forged webhook believed, genuine webhook
+ * charge, two payments for one request, unbooked charge, invented money, a final state the PSP
+ * contradicts, wrong ledger, money credited to the wrong seller, ledger of an unknown order,
+ * unbalanced ledger, wallet drift, lost order, order unfinished after the replay, order expired
+ * though meant to be paid, lost or extra payment, forged webhook believed, genuine webhook
  * refused, late webhook obeyed, outbox left, fault never injected), so an all-PASS table means
  * something; and an order flagged for review is exempt where the checks say so. Method: evaluate()
  * is pure; start from facts that satisfy every check, break one fact at a time and assert that
  * exactly the matching checks fail.
  */
 import { describe, expect, it } from 'vitest';
-import { evaluate, type DriverFacts, type Observed } from '../../src/chaos/invariants.js';
+import {
+  evaluate,
+  type DriverFacts,
+  type Observed,
+  type PspPaymentState,
+} from '../../src/chaos/invariants.js';
 
 function facts(): { observed: Observed; driver: DriverFacts } {
   const orders = [
     {
       id: 'ord_ok',
       paymentId: 'pay_1',
+      sellerId: 'seller-1',
       state: 'SUCCEEDED',
       amountMinor: 500n,
       pspReference: 'psp_a',
@@ -24,6 +32,7 @@ function facts(): { observed: Observed; driver: DriverFacts } {
     {
       id: 'ord_declined',
       paymentId: 'pay_1',
+      sellerId: 'seller-2',
       state: 'FAILED',
       amountMinor: 700n,
       pspReference: null,
@@ -33,6 +42,7 @@ function facts(): { observed: Observed; driver: DriverFacts } {
     {
       id: 'ord_dlq',
       paymentId: 'pay_2',
+      sellerId: 'seller-1',
       state: 'EXECUTING',
       amountMinor: 900n,
       pspReference: null,
@@ -46,24 +56,50 @@ function facts(): { observed: Observed; driver: DriverFacts } {
       payments: [
         {
           id: 'pay_1',
+          buyerId: 'buyer-1',
+          requestId: 'req-1',
           state: 'PARTIALLY_SUCCEEDED',
           ordersTotal: 2,
           ordersSucceeded: 1,
           ordersFailed: 1,
         },
-        { id: 'pay_2', state: 'EXECUTING', ordersTotal: 1, ordersSucceeded: 0, ordersFailed: 0 },
+        {
+          id: 'pay_2',
+          // The same request id from another buyer is another request.
+          buyerId: 'buyer-2',
+          requestId: 'req-1',
+          state: 'EXECUTING',
+          ordersTotal: 1,
+          ordersSucceeded: 0,
+          ordersFailed: 0,
+        },
       ],
       ledgerByOrder: new Map([['ord_ok', { count: 1, amountMinor: 500n }]]),
+      sellerCreditsByOrder: new Map([
+        ['ord_ok', [{ account: 'seller_payable:seller-1', creditMinor: 500n }]],
+      ]),
       unbalancedTransactions: [],
       trialBalanceNonZero: [],
       walletMismatches: [],
       outboxLeft: 0,
       charges: [{ nonce: 'ord_ok', pspReference: 'psp_a', amountMinor: 500n }],
+      pspPayments: new Map<string, PspPaymentState>([
+        ['ord_ok', 'SUCCEEDED'],
+        ['ord_declined', 'DECLINED'],
+        ['ord_dlq', 'REGISTERED'],
+      ]),
       deadLetters: [{ orderId: 'ord_dlq', reason: 'RETRIES_EXHAUSTED', state: 'OPEN' }],
     },
     driver: {
       paymentsRequested: 2,
       paymentsAcknowledged: ['pay_1', 'pay_2'],
+      requestsAcknowledged: [
+        { buyerId: 'buyer-1', requestId: 'req-1', paymentId: 'pay_1' },
+        { buyerId: 'buyer-2', requestId: 'req-1', paymentId: 'pay_2' },
+      ],
+      abandonedOrders: [],
+      // The DLQ order is held, as before the run's replay step.
+      ordersMustBeFinal: false,
       forgedWebhooksSent: 4,
       forgedWebhooksAccepted: 0,
       lateDeclinedOrders: ['ord_ok'],
@@ -107,6 +143,7 @@ describe('chaos invariants', () => {
         {
           id: 'ord_expired',
           paymentId: 'pay_3',
+          sellerId: 'seller-3',
           state: 'EXPIRED',
           amountMinor: 300n,
           pspReference: null,
@@ -116,8 +153,22 @@ describe('chaos invariants', () => {
       ],
       payments: [
         ...observed.payments,
-        { id: 'pay_3', state: 'FAILED', ordersTotal: 1, ordersSucceeded: 0, ordersFailed: 1 },
+        {
+          id: 'pay_3',
+          buyerId: 'buyer-1',
+          requestId: 'req-3',
+          state: 'FAILED',
+          ordersTotal: 1,
+          ordersSucceeded: 0,
+          ordersFailed: 1,
+        },
       ],
+      // The PSP says paid: the flag is the operator's case, not a disagreement.
+      pspPayments: new Map<string, PspPaymentState>([
+        ...observed.pspPayments,
+        ['ord_declined', 'SUCCEEDED'],
+        ['ord_expired', 'SUCCEEDED'],
+      ]),
       charges: [
         ...observed.charges,
         { nonce: 'ord_declined', pspReference: 'psp_b', amountMinor: 700n },
@@ -128,6 +179,7 @@ describe('chaos invariants', () => {
       ...driver,
       paymentsRequested: 3,
       paymentsAcknowledged: [...driver.paymentsAcknowledged, 'pay_3'],
+      abandonedOrders: ['ord_expired'],
     });
     expect(evaluation.checks.filter((c) => !c.ok)).toEqual([]);
     expect(evaluation.outcome.flaggedForReview).toBe(2);
@@ -140,7 +192,190 @@ describe('chaos invariants', () => {
     change: (observed: Facts['observed']) => Partial<Facts['observed']>,
   ): Facts => ({ ...f, observed: { ...f.observed, ...change(f.observed) } });
 
+  /** ord_declined EXPIRED instead (its payment's counters stay right), with its PSP payment. */
+  const declinedExpired = (f: Facts, psp: PspPaymentState, abandoned: boolean): Facts => ({
+    observed: {
+      ...f.observed,
+      orders: f.observed.orders.map((o) =>
+        o.id === 'ord_declined' ? { ...o, state: 'EXPIRED', failureReason: 'EXPIRED' } : o,
+      ),
+      pspPayments: new Map<string, PspPaymentState>([
+        ...f.observed.pspPayments,
+        ['ord_declined', psp],
+      ]),
+    },
+    driver: { ...f.driver, abandonedOrders: abandoned ? ['ord_declined'] : [] },
+  });
+
+  it('accepts an EXPIRED order the workload never paid, cancelled at the PSP or never there', () => {
+    for (const f of [
+      declinedExpired(facts(), 'CANCELLED', true),
+      withObserved(declinedExpired(facts(), 'CANCELLED', true), (o) => ({
+        pspPayments: new Map<string, PspPaymentState>(
+          [...o.pspPayments].filter(([id]) => id !== 'ord_declined'),
+        ),
+      })),
+    ]) {
+      expect(failedChecks(f.observed, f.driver)).toEqual([]);
+    }
+  });
+
   const cases: Array<[string, string | string[], (f: Facts) => Facts]> = [
+    [
+      'a second payment for one request (a retried CreatePayment made a duplicate)',
+      [
+        'payments per (buyer, request id), max',
+        'acknowledged requests without exactly their one payment',
+      ],
+      (f) => ({
+        observed: {
+          ...f.observed,
+          payments: [
+            ...f.observed.payments,
+            {
+              id: 'pay_dup',
+              buyerId: 'buyer-1',
+              requestId: 'req-1',
+              state: 'SUCCEEDED',
+              ordersTotal: 0,
+              ordersSucceeded: 0,
+              ordersFailed: 0,
+            },
+          ],
+        },
+        driver: { ...f.driver, paymentsRequested: 3 },
+      }),
+    ],
+    [
+      'a second payment for one request the driver does not know of',
+      'payments per (buyer, request id), max',
+      (f) => ({
+        observed: {
+          ...f.observed,
+          payments: [
+            ...f.observed.payments,
+            {
+              id: 'pay_dup',
+              buyerId: 'buyer-1',
+              requestId: 'req-1',
+              state: 'SUCCEEDED',
+              ordersTotal: 0,
+              ordersSucceeded: 0,
+              ordersFailed: 0,
+            },
+          ],
+        },
+        driver: { ...f.driver, paymentsRequested: 3, requestsAcknowledged: [] },
+      }),
+    ],
+    [
+      'an acknowledged request without a payment in the database',
+      'acknowledged requests without exactly their one payment',
+      (f) => ({
+        ...f,
+        driver: {
+          ...f.driver,
+          requestsAcknowledged: [
+            ...f.driver.requestsAcknowledged,
+            { buyerId: 'buyer-1', requestId: 'req-lost', paymentId: 'pay_1' },
+          ],
+        },
+      }),
+    ],
+    [
+      'an order still held in the DLQ after the dead letters were replayed',
+      'orders not final after the dead letters were replayed',
+      (f) => ({ ...f, driver: { ...f.driver, ordersMustBeFinal: true } }),
+    ],
+    [
+      'a SUCCEEDED order whose PSP payment is only registered',
+      "final orders whose state disagrees with the PSP's payment",
+      (f) =>
+        withObserved(f, (o) => ({
+          pspPayments: new Map<string, PspPaymentState>([
+            ...o.pspPayments,
+            ['ord_ok', 'REGISTERED'],
+          ]),
+        })),
+    ],
+    [
+      'a FAILED order the PSP says succeeded (not flagged)',
+      "final orders whose state disagrees with the PSP's payment",
+      (f) =>
+        withObserved(f, (o) => ({
+          pspPayments: new Map<string, PspPaymentState>([
+            ...o.pspPayments,
+            ['ord_declined', 'SUCCEEDED'],
+          ]),
+        })),
+    ],
+    [
+      'a FAILED order still registered at the PSP',
+      "final orders whose state disagrees with the PSP's payment",
+      (f) =>
+        withObserved(f, (o) => ({
+          pspPayments: new Map<string, PspPaymentState>([
+            ...o.pspPayments,
+            ['ord_declined', 'REGISTERED'],
+          ]),
+        })),
+    ],
+    [
+      'an EXPIRED order still registered at the PSP',
+      "final orders whose state disagrees with the PSP's payment",
+      (f) => declinedExpired(f, 'REGISTERED', true),
+    ],
+    [
+      'an EXPIRED order the PSP says was declined',
+      "final orders whose state disagrees with the PSP's payment",
+      (f) => declinedExpired(f, 'DECLINED', true),
+    ],
+    [
+      'an EXPIRED order the workload meant to pay',
+      'EXPIRED orders / orders never meant to be paid',
+      (f) => declinedExpired(f, 'CANCELLED', false),
+    ],
+    [
+      "a SUCCEEDED order credited to another seller's account",
+      "SUCCEEDED orders not credited to their seller's payable account for their amount",
+      (f) =>
+        withObserved(f, () => ({
+          sellerCreditsByOrder: new Map([
+            ['ord_ok', [{ account: 'seller_payable:seller-2', creditMinor: 500n }]],
+          ]),
+        })),
+    ],
+    [
+      "a SUCCEEDED order credited for another amount (the transaction's header right)",
+      "SUCCEEDED orders not credited to their seller's payable account for their amount",
+      (f) =>
+        withObserved(f, () => ({
+          sellerCreditsByOrder: new Map([
+            ['ord_ok', [{ account: 'seller_payable:seller-1', creditMinor: 499n }]],
+          ]),
+        })),
+    ],
+    [
+      'a SUCCEEDED order credited partly to another seller',
+      "SUCCEEDED orders not credited to their seller's payable account for their amount",
+      (f) =>
+        withObserved(f, () => ({
+          sellerCreditsByOrder: new Map([
+            [
+              'ord_ok',
+              [
+                { account: 'seller_payable:seller-1', creditMinor: 500n },
+                { account: 'seller_payable:seller-2', creditMinor: 100n },
+              ],
+            ],
+          ]),
+        })),
+    ],
+    [
+      'a SUCCEEDED order credited to no seller',
+      "SUCCEEDED orders not credited to their seller's payable account for their amount",
+      (f) => withObserved(f, () => ({ sellerCreditsByOrder: new Map() })),
+    ],
     [
       'a second PSP charge of one order',
       "PSP charges per order, max (PSP's own records)",
