@@ -40,6 +40,11 @@ export function isCheckViolation(error: unknown): boolean {
   return errno === ERRNO.checkFailedMariaDb || errno === ERRNO.checkFailedMySql;
 }
 
+/** A deadlock: InnoDB rolled back this statement's transaction, which may be run again at once. */
+export function isDeadlock(error: unknown): boolean {
+  return errnoOf(error) === ERRNO.deadlock;
+}
+
 /** Deadlocks and lock wait timeouts: the whole unit of work may be retried. */
 export function isTransientLockError(error: unknown): boolean {
   const errno = errnoOf(error);

@@ -8,7 +8,12 @@
 import type { Transaction } from 'kysely';
 import { UnavailableError } from '../domain/errors.js';
 import type { Db } from './db.js';
-import { isConnectionError, isLockWaitTimeout, isTransientLockError } from './errors.js';
+import {
+  isConnectionError,
+  isDeadlock,
+  isLockWaitTimeout,
+  isTransientLockError,
+} from './errors.js';
 import type { Database } from './schema.js';
 
 export type Trx = Transaction<Database>;
@@ -34,6 +39,27 @@ export async function inTransaction<T>(
         continue;
       }
       throw toUnavailable(error);
+    }
+  }
+}
+
+/**
+ * Runs `work` (an autocommit statement, or any unit that is safe to repeat) and runs it again
+ * when it was a deadlock's victim, at most `attemptsMax` times in all, with inTransaction's
+ * pause. Only deadlocks: a lock wait timeout has already waited innodb_lock_wait_timeout, and
+ * whoever holds the lock may hold it as long again.
+ */
+export async function retryOnDeadlock<T>(
+  work: () => Promise<T>,
+  options: { attemptsMax?: number } = {},
+): Promise<T> {
+  const attemptsMax = options.attemptsMax ?? 4;
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await work();
+    } catch (error) {
+      if (!isDeadlock(error) || attempt >= attemptsMax) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 5 * attempt + Math.random() * 10));
     }
   }
 }

@@ -26,6 +26,7 @@
 import type { HandleOutcome } from '../../messaging/command-consumer.js';
 import { executeOrderMsgId, executeOrderPayload } from '../../messaging/commands.js';
 import type { Db } from '../../storage/db.js';
+import { retryOnDeadlock } from '../../storage/transaction.js';
 import {
   deleteOutboxByMsgId,
   makeOutboxDue,
@@ -153,19 +154,23 @@ export class LocalExecutor {
     if (outcome.kind === 'done') {
       // Deleted with the turn's last transition; on its own (rare) when the turn wrote none.
       if (outcome.outboxRowDeleted === true) this.deletedWithTransition += 1;
-      else await deleteOutboxByMsgId(this.deps.db, [msgId]);
+      else await retryOnDeadlock(() => deleteOutboxByMsgId(this.deps.db, [msgId]));
       return;
     }
     const retry = outcome.kind === 'retry';
     const delayMs = retry ? this.options.retryDelayMs : 0;
     this.handedOverTotal += 1;
     this.deps.onHandover?.({ orderId: order.id, reason: outcome.reason, delayMs, retry });
-    // An autocommit UPDATE, safe to repeat; if it fails, the row is due when its hold ends.
-    const released = await releaseOutbox(this.deps.db, {
-      msgId,
-      payload: executeOrderPayload(order.id, 1),
-      availableAt: new Date(this.deps.now().getTime() + delayMs),
-    });
+    // An autocommit UPDATE, safe to repeat, and repeated when the outbox relay's pass deadlocks
+    // with it (else the attempt made here would go uncounted and the retry would wait for the
+    // hold to end). If it still fails, the row is due when its hold ends.
+    const released = await retryOnDeadlock(() =>
+      releaseOutbox(this.deps.db, {
+        msgId,
+        payload: executeOrderPayload(order.id, 1),
+        availableAt: new Date(this.deps.now().getTime() + delayMs),
+      }),
+    );
     if (!released) {
       // The run outlasted the hold and the relay took the row as written: JetStream runs it
       // without knowing of the attempt made here (one retry more than configured, at most).
