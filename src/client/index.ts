@@ -5,49 +5,55 @@
  *   const settle = createSettleClient('127.0.0.1:50051');
  *   const { payment } = await settle.payments.createPayment({ requestId, buyerId, currencyCode: 'USD', orders });
  *
- * Amounts are bigint minor units (int64). Errors are grpc-js ServiceErrors with `code` and `details`.
+ * Requests are partial: a field left out is sent as its proto3 default ('' , 0, empty list), as
+ * any gRPC client does. Amounts are int64 minor units, answered as bigint; a request may give one
+ * as a bigint, a decimal string or a safe-integer number. A request that cannot be encoded is
+ * refused here with a TypeError, before anything is sent. Errors from the server are grpc-js
+ * ServiceErrors with `code` and `details`.
  */
 import * as grpc from '@grpc/grpc-js';
 import {
+  CreatePaymentRequest,
+  GetPaymentRequest,
+  ListPaymentsRequest,
   PaymentServiceClient,
-  type CreatePaymentRequest,
+  type DeepPartial,
+  type MessageFns,
   type CreatePaymentResponse,
-  type GetPaymentRequest,
   type GetPaymentResponse,
-  type ListPaymentsRequest,
   type ListPaymentsResponse,
   type WatchPaymentResponse,
 } from '../grpc/generated/settle/v1/payment.js';
 import {
+  GetTrialBalanceRequest,
+  GetWalletRequest,
   LedgerServiceClient,
+  ListEntriesRequest,
   WalletServiceClient,
-  type GetTrialBalanceRequest,
   type GetTrialBalanceResponse,
-  type GetWalletRequest,
   type GetWalletResponse,
-  type ListEntriesRequest,
   type ListEntriesResponse,
 } from '../grpc/generated/settle/v1/wallet.js';
 import {
   AdminServiceClient as AdminClient,
-  type DiscardDeadLetterRequest,
+  DiscardDeadLetterRequest,
+  GetPaymentTimelineRequest,
+  ListDeadLettersRequest,
+  ReplayDeadLetterRequest,
   type DiscardDeadLetterResponse,
-  type GetPaymentTimelineRequest,
   type GetPaymentTimelineResponse,
-  type ListDeadLettersRequest,
   type ListDeadLettersResponse,
-  type ReplayDeadLetterRequest,
   type ReplayDeadLetterResponse,
 } from '../grpc/generated/settle/v1/admin.js';
 import {
+  GetReportRequest,
+  ListMismatchesRequest,
+  ListReportsRequest,
   ReconciliationServiceClient,
-  type GetReportRequest,
+  RunReconciliationRequest,
   type GetReportResponse,
-  type ListMismatchesRequest,
   type ListMismatchesResponse,
-  type ListReportsRequest,
   type ListReportsResponse,
-  type RunReconciliationRequest,
   type RunReconciliationResponse,
 } from '../grpc/generated/settle/v1/reconciliation.js';
 
@@ -97,13 +103,57 @@ type UnaryMethod<Req, Res> = (
   callback: (error: grpc.ServiceError | null, response: Res) => void,
 ) => grpc.ClientUnaryCall;
 
-function unary<Req, Res>(method: UnaryMethod<Req, Res>, defaultTimeoutMs: number) {
-  return (request: Req, options: CallOptions = {}): Promise<Res> =>
+/**
+ * A request as callers write it: every field optional, int64 fields as bigint, decimal string or
+ * number (ts-proto's DeepPartial).
+ */
+export type PartialRequest<Req> = DeepPartial<Req>;
+
+/**
+ * Builds the full message with ts-proto's `fromPartial`, so a field left out takes its proto3
+ * default instead of reaching `encode` as `undefined` (sent as the text "undefined", or failing
+ * as INTERNAL on the way out). A number that is not a safe integer is refused: every numeric
+ * field of a Settle request is an integer, and above 2^53 a number has already lost digits, so
+ * sending it would move a different amount than the caller wrote.
+ */
+export function buildRequest<Req>(type: MessageFns<Req>, name: string, request: unknown): Req {
+  assertSafeIntegers(request, name);
+  try {
+    return type.fromPartial(request as never);
+  } catch (error) {
+    // BigInt() of a bad string or a fraction: say which request, not only "Cannot convert".
+    throw new TypeError(`${name}: ${String((error as Error).message)}`, { cause: error });
+  }
+}
+
+function assertSafeIntegers(value: unknown, path: string): void {
+  if (typeof value === 'number') {
+    if (!Number.isSafeInteger(value)) {
+      throw new TypeError(
+        `${path}: ${value} is not a safe integer; pass an int64 amount as a bigint or a string`,
+      );
+    }
+  } else if (Array.isArray(value)) {
+    value.forEach((item, index) => assertSafeIntegers(item, `${path}[${index}]`));
+  } else if (value !== null && typeof value === 'object' && !(value instanceof Date)) {
+    for (const [key, field] of Object.entries(value)) assertSafeIntegers(field, `${path}.${key}`);
+  }
+}
+
+function unary<Req, Res>(
+  type: MessageFns<Req>,
+  name: string,
+  method: UnaryMethod<Req, Res>,
+  defaultTimeoutMs: number,
+) {
+  return (request: PartialRequest<Req>, options: CallOptions = {}): Promise<Res> =>
     new Promise((resolve, reject) => {
+      // Thrown in here, a refused request rejects the promise like any other failed call.
+      const message = buildRequest(type, name, request);
       const metadata = new grpc.Metadata();
       for (const [key, value] of Object.entries(options.metadata ?? {})) metadata.set(key, value);
       method(
-        request,
+        message,
         metadata,
         { deadline: Date.now() + (options.timeoutMs ?? defaultTimeoutMs) },
         (error, response) => (error ? reject(error) : resolve(response)),
@@ -128,14 +178,20 @@ export function createSettleClient(
   return {
     payments: {
       createPayment: unary<CreatePaymentRequest, CreatePaymentResponse>(
+        CreatePaymentRequest,
+        'CreatePaymentRequest',
         payments.createPayment.bind(payments),
         timeoutMs,
       ),
       getPayment: unary<GetPaymentRequest, GetPaymentResponse>(
+        GetPaymentRequest,
+        'GetPaymentRequest',
         payments.getPayment.bind(payments),
         timeoutMs,
       ),
       listPayments: unary<ListPaymentsRequest, ListPaymentsResponse>(
+        ListPaymentsRequest,
+        'ListPaymentsRequest',
         payments.listPayments.bind(payments),
         timeoutMs,
       ),
@@ -156,16 +212,22 @@ export function createSettleClient(
     },
     wallets: {
       getWallet: unary<GetWalletRequest, GetWalletResponse>(
+        GetWalletRequest,
+        'GetWalletRequest',
         wallets.getWallet.bind(wallets),
         timeoutMs,
       ),
     },
     ledger: {
       listEntries: unary<ListEntriesRequest, ListEntriesResponse>(
+        ListEntriesRequest,
+        'ListEntriesRequest',
         ledger.listEntries.bind(ledger),
         timeoutMs,
       ),
       getTrialBalance: unary<GetTrialBalanceRequest, GetTrialBalanceResponse>(
+        GetTrialBalanceRequest,
+        'GetTrialBalanceRequest',
         ledger.getTrialBalance.bind(ledger),
         timeoutMs,
       ),
@@ -176,18 +238,26 @@ export function createSettleClient(
      */
     admin: {
       listDeadLetters: unary<ListDeadLettersRequest, ListDeadLettersResponse>(
+        ListDeadLettersRequest,
+        'ListDeadLettersRequest',
         admin.listDeadLetters.bind(admin),
         timeoutMs,
       ),
       replayDeadLetter: unary<ReplayDeadLetterRequest, ReplayDeadLetterResponse>(
+        ReplayDeadLetterRequest,
+        'ReplayDeadLetterRequest',
         admin.replayDeadLetter.bind(admin),
         timeoutMs,
       ),
       discardDeadLetter: unary<DiscardDeadLetterRequest, DiscardDeadLetterResponse>(
+        DiscardDeadLetterRequest,
+        'DiscardDeadLetterRequest',
         admin.discardDeadLetter.bind(admin),
         timeoutMs,
       ),
       getPaymentTimeline: unary<GetPaymentTimelineRequest, GetPaymentTimelineResponse>(
+        GetPaymentTimelineRequest,
+        'GetPaymentTimelineRequest',
         admin.getPaymentTimeline.bind(admin),
         timeoutMs,
       ),
@@ -195,18 +265,26 @@ export function createSettleClient(
     /** ReconciliationService; a RUNNING report is polled with getReport. */
     reconciliation: {
       runReconciliation: unary<RunReconciliationRequest, RunReconciliationResponse>(
+        RunReconciliationRequest,
+        'RunReconciliationRequest',
         reconciliation.runReconciliation.bind(reconciliation),
         timeoutMs,
       ),
       getReport: unary<GetReportRequest, GetReportResponse>(
+        GetReportRequest,
+        'GetReportRequest',
         reconciliation.getReport.bind(reconciliation),
         timeoutMs,
       ),
       listReports: unary<ListReportsRequest, ListReportsResponse>(
+        ListReportsRequest,
+        'ListReportsRequest',
         reconciliation.listReports.bind(reconciliation),
         timeoutMs,
       ),
       listMismatches: unary<ListMismatchesRequest, ListMismatchesResponse>(
+        ListMismatchesRequest,
+        'ListMismatchesRequest',
         reconciliation.listMismatches.bind(reconciliation),
         timeoutMs,
       ),

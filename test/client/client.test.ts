@@ -1,0 +1,83 @@
+/**
+ * Goal: the typed client (src/client) sends what the caller wrote: a field left out is its proto3
+ * default (not the text "undefined" nor an encoding failure), an int64 amount may be a number
+ * when it is a safe integer, and anything it cannot encode is refused before it is sent, with a
+ * message naming the field. Method: createSettleClient against a real node (startStack: MariaDB,
+ * NATS, the PSP mock), asserting the server's status code and message for each request.
+ */
+import { randomUUID } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createSettleClient, type SettleClient } from '../../src/client/index.js';
+import { rowCounts, startStack, type Stack } from '../support/harness.js';
+
+let stack: Stack;
+let client: SettleClient;
+beforeAll(async () => {
+  stack = await startStack();
+  client = createSettleClient(`127.0.0.1:${stack.settle.grpcPort}`, { defaultTimeoutMs: 10_000 });
+});
+afterAll(async () => {
+  client?.close();
+  await stack?.stop();
+});
+
+async function failure(promise: Promise<unknown>): Promise<grpc.ServiceError> {
+  try {
+    await promise;
+  } catch (error) {
+    return error as grpc.ServiceError;
+  }
+  throw new Error('expected the call to fail');
+}
+
+describe('typed client', () => {
+  it('sends an omitted seller_id as empty, so the server names the missing field', async () => {
+    const error = await failure(client.wallets.getWallet({}));
+    expect(error.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(error.details).toBe('seller_id: seller_id is required');
+  });
+
+  it('lists payments with only buyer_id given (page size, token and state default)', async () => {
+    const buyerId = `buyer-${randomUUID().slice(0, 8)}`;
+    const { payment } = await client.payments.createPayment({
+      requestId: randomUUID(),
+      buyerId,
+      currencyCode: 'USD',
+      orders: [{ sellerId: 'seller-1', amountMinor: 100n }],
+    });
+    const listed = await client.payments.listPayments({ buyerId });
+    expect(listed.payments.map((p) => p.paymentId)).toEqual([payment?.paymentId]);
+    expect(listed.nextPageToken).toBe('');
+  });
+
+  it('accepts a safe-integer number for an int64 amount and answers a bigint', async () => {
+    const { payment } = await client.payments.createPayment({
+      requestId: randomUUID(),
+      buyerId: 'buyer-1',
+      currencyCode: 'USD',
+      orders: [{ sellerId: 'seller-1', amountMinor: 1999 }],
+    });
+    expect(payment?.amountMinor).toBe(1999n);
+    expect(payment?.orders[0]?.amountMinor).toBe(1999n);
+  });
+
+  it.each([
+    [2 ** 53 + 2, /orders\[0\]\.amountMinor: 9007199254740994 is not a safe integer/],
+    [19.99, /orders\[0\]\.amountMinor: 19\.99 is not a safe integer/],
+    ['19.99', /^CreatePaymentRequest: Cannot convert 19\.99 to a BigInt/],
+  ])('refuses amount %j before sending anything', async (amountMinor, message) => {
+    const before = await rowCounts(stack.settle.db);
+    const error = await failure(
+      client.payments.createPayment({
+        requestId: randomUUID(),
+        buyerId: 'buyer-1',
+        currencyCode: 'USD',
+        orders: [{ sellerId: 'seller-1', amountMinor }],
+      }),
+    );
+    expect(error).toBeInstanceOf(TypeError);
+    expect(error.message).toMatch(message);
+    expect(await rowCounts(stack.settle.db)).toEqual(before);
+  });
+});
