@@ -45,6 +45,7 @@ import { nextChange, type PaymentEvents } from './payment-events.js';
 import type { LocalExecutor } from '../actors/payment-order/local-execute.js';
 import { parseCreatePayment, requireId, type CreatePaymentInput } from './validation.js';
 import { InvalidArgumentError } from '../domain/errors.js';
+import { decodePageToken, encodePageToken } from '../domain/page-token.js';
 
 export const RISK_REJECTED = 'RISK_REJECTED';
 const EXECUTE_ORDER: OrderEvent = { type: 'ExecuteOrder' };
@@ -366,17 +367,7 @@ export class PaymentService {
     if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
     const limit = Math.min(request.pageSize === 0 ? 20 : request.pageSize, 100);
     const filter = { state: request.state, buyerId: request.buyerId };
-    let beforeId: string | undefined;
-    if (request.pageToken !== '') {
-      const token = decodePageToken(request.pageToken);
-      if (token === undefined || token.filter !== JSON.stringify(filter)) {
-        throw new InvalidArgumentError(
-          'page_token',
-          'invalid or from a request with other filters; start again without page_token',
-        );
-      }
-      beforeId = token.beforeId;
-    }
+    const beforeId = decodePageToken(request.pageToken, filter, PAYMENT_ID_PATTERN);
     const rows = await listPayments(this.deps.db, {
       ...(filter.state !== undefined ? { state: filter.state } : {}),
       ...(filter.buyerId !== undefined ? { buyerId: filter.buyerId } : {}),
@@ -388,9 +379,7 @@ export class PaymentService {
     const payments = rows.slice(0, limit);
     const last = payments[payments.length - 1];
     const nextPageToken =
-      rows.length > limit && last !== undefined
-        ? encodePageToken({ beforeId: last.id, filter: JSON.stringify(filter) })
-        : '';
+      rows.length > limit && last !== undefined ? encodePageToken(last.id, filter) : '';
     return { payments, nextPageToken };
   }
 
@@ -435,26 +424,4 @@ const TERMINAL_ORDER: ReadonlySet<string> = new Set([
 
 function fingerprintOf(payment: Payment): string {
   return [payment.version, ...payment.orders.map((order) => order.version)].join(':');
-}
-
-function encodePageToken(token: { beforeId: string; filter: string }): string {
-  return Buffer.from(JSON.stringify(token)).toString('base64url');
-}
-
-function decodePageToken(value: string): { beforeId: string; filter: string } | undefined {
-  try {
-    const parsed = JSON.parse(Buffer.from(value, 'base64url').toString('utf8')) as unknown;
-    if (
-      typeof parsed === 'object' &&
-      parsed !== null &&
-      typeof (parsed as { beforeId?: unknown }).beforeId === 'string' &&
-      PAYMENT_ID_PATTERN.test((parsed as { beforeId: string }).beforeId) &&
-      typeof (parsed as { filter?: unknown }).filter === 'string'
-    ) {
-      return parsed as { beforeId: string; filter: string };
-    }
-  } catch {
-    return undefined;
-  }
-  return undefined;
 }

@@ -19,6 +19,7 @@ import {
   UnavailableError,
 } from '../domain/errors.js';
 import { newId } from '../domain/ids.js';
+import { decodePageToken, encodePageToken } from '../domain/page-token.js';
 import { addUtcDays, isUtcDay, utcDayOf, type UtcDay } from '../domain/utc-day.js';
 import type { Db } from '../storage/db.js';
 import { isDuplicateKey } from '../storage/errors.js';
@@ -245,17 +246,19 @@ export class ReconciliationService {
     if (request.settlementDate !== '' && !isUtcDay(request.settlementDate)) {
       throw new InvalidArgumentError('settlement_date', 'must be a day as YYYY-MM-DD');
     }
-    if (request.pageToken !== '' && !/^rcn_[0-9A-Z]{26}$/.test(request.pageToken)) {
-      throw new InvalidArgumentError('page_token', 'invalid; start again without page_token');
-    }
+    const filter = { settlementDate: request.settlementDate };
+    const beforeId = decodePageToken(request.pageToken, filter, /^rcn_[0-9A-Z]{26}$/);
     const runs = await listRuns(this.#options.db, {
       ...(request.settlementDate !== '' ? { day: request.settlementDate } : {}),
-      ...(request.pageToken !== '' ? { beforeId: request.pageToken } : {}),
+      ...(beforeId !== undefined ? { beforeId } : {}),
       limit: limit + 1,
     });
     const items = runs.slice(0, limit);
     const last = items[items.length - 1];
-    return { items, nextPageToken: runs.length > limit && last ? last.id : '' };
+    return {
+      items,
+      nextPageToken: runs.length > limit && last ? encodePageToken(last.id, filter) : '',
+    };
   }
 
   /** One report's mismatches in the order they were found, optionally of one class. */
@@ -267,20 +270,20 @@ export class ReconciliationService {
   }): Promise<Page<Mismatch>> {
     const limit = pageSizeOf(request.pageSize);
     await this.getReport(request.reportId);
-    if (request.pageToken !== '' && !/^\d{1,19}$/.test(request.pageToken)) {
-      throw new InvalidArgumentError('page_token', 'invalid; start again without page_token');
-    }
+    const filter = { reportId: request.reportId, class: request.class };
+    const afterId = decodePageToken(request.pageToken, filter, /^\d{1,19}$/);
     const mismatches = await listMismatches(this.#options.db, {
       runId: request.reportId,
       ...(request.class !== undefined ? { class: request.class } : {}),
-      ...(request.pageToken !== '' ? { afterId: BigInt(request.pageToken) } : {}),
+      ...(afterId !== undefined ? { afterId: BigInt(afterId) } : {}),
       limit: limit + 1,
     });
     const items = mismatches.slice(0, limit);
     const last = items[items.length - 1];
     return {
       items,
-      nextPageToken: mismatches.length > limit && last ? last.id.toString() : '',
+      nextPageToken:
+        mismatches.length > limit && last ? encodePageToken(last.id.toString(), filter) : '',
     };
   }
 

@@ -27,6 +27,7 @@ import { listTransitions } from '../../storage/repositories/payment-order.reposi
 import { findPaymentVersion } from '../../storage/repositories/payment.repository.js';
 import { toUnavailable } from '../../storage/transaction.js';
 import { PAYMENT_ID_EXAMPLE, PAYMENT_ID_PATTERN } from '../../domain/ids.js';
+import { decodePageToken, encodePageToken } from '../../domain/page-token.js';
 import { requireId } from '../../payments/validation.js';
 import {
   DeadLetterState as DeadLetterStateProto,
@@ -114,13 +115,15 @@ export function adminHandlers(
       if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
       const limit = Math.min(request.pageSize === 0 ? 20 : request.pageSize, 100);
       const state = stateFromProto(request.state);
+      const filter = { state, orderId: request.orderId };
+      const beforeId = decodePageToken(request.pageToken, filter, /^\d{1,19}$/);
       const page = await guard(() =>
         listDeadLetterPage(
           deps.db,
           {
             ...(state !== undefined ? { state } : {}),
             ...(request.orderId !== '' ? { orderId: request.orderId } : {}),
-            ...(request.pageToken !== '' ? { beforeId: request.pageToken } : {}),
+            ...(beforeId !== undefined ? { beforeId } : {}),
             limit,
           },
           'page_token',
@@ -128,7 +131,8 @@ export function adminHandlers(
       );
       return {
         deadLetters: page.entries.map(toProto),
-        nextPageToken: page.nextBeforeId ?? '',
+        nextPageToken:
+          page.nextBeforeId !== undefined ? encodePageToken(page.nextBeforeId, filter) : '',
       };
     }, options),
     replayDeadLetter: unary(async (request, call) => {

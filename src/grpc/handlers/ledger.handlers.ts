@@ -3,6 +3,7 @@
  */
 import { InvalidArgumentError, NotFoundError } from '../../domain/errors.js';
 import { PARTY_ID_PATTERN } from '../../domain/ids.js';
+import { decodePageToken, encodePageToken } from '../../domain/page-token.js';
 import type { Db } from '../../storage/db.js';
 import {
   findWallet,
@@ -48,13 +49,9 @@ export function ledgerHandlers(db: Db, options: AdapterOptions): LedgerServiceSe
     listEntries: unary(async (request) => {
       if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
       const limit = Math.min(request.pageSize === 0 ? 100 : request.pageSize, 500);
-      let afterId: bigint | undefined;
-      if (request.pageToken !== '') {
-        if (!/^\d{1,19}$/.test(request.pageToken)) {
-          throw new InvalidArgumentError('page_token', 'invalid; start again without page_token');
-        }
-        afterId = BigInt(request.pageToken);
-      }
+      const filter = { account: request.account, orderId: request.orderId };
+      const cursor = decodePageToken(request.pageToken, filter, /^\d{1,19}$/);
+      const afterId = cursor === undefined ? undefined : BigInt(cursor);
       const rows = await listLedgerEntries(db, {
         ...(request.account !== '' ? { account: request.account } : {}),
         ...(request.orderId !== '' ? { orderId: request.orderId } : {}),
@@ -75,7 +72,10 @@ export function ledgerHandlers(db: Db, options: AdapterOptions): LedgerServiceSe
           creditMinor: entry.creditMinor,
           createTime: entry.createdAt,
         })),
-        nextPageToken: rows.length > limit && last !== undefined ? last.id.toString() : '',
+        nextPageToken:
+          rows.length > limit && last !== undefined
+            ? encodePageToken(last.id.toString(), filter)
+            : '',
       };
     }, options),
     getTrialBalance: unary(async () => {

@@ -1,0 +1,63 @@
+/**
+ * Page tokens of the List RPCs (AIP-158): an opaque base64url JSON of the cursor (the last row's
+ * id) and the filters of the request that made it. A token is honoured only with the same
+ * filters: a cursor taken under one filter and read under another would skip or repeat rows
+ * without telling anyone, so a mismatch is INVALID_ARGUMENT and the caller starts again. The page
+ * size is not a filter: AIP-158 lets it change between pages. Pure; no I/O.
+ */
+import { InvalidArgumentError } from './errors.js';
+
+/** The filters of a list request, as it names them; `undefined` and '' mean "not filtered". */
+export type PageFilter = Readonly<Record<string, string | number | undefined>>;
+
+/** A token for the page after `cursor`, valid only with the same `filter`. */
+export function encodePageToken(cursor: string, filter: PageFilter): string {
+  return Buffer.from(JSON.stringify({ cursor, filter: filterKey(filter) })).toString('base64url');
+}
+
+/**
+ * The cursor in `token`, or undefined for '' (the first page). Throws INVALID_ARGUMENT naming
+ * page_token when the token is not one of ours, its cursor does not match `cursorPattern`, or it
+ * was made under other filters.
+ */
+export function decodePageToken(
+  token: string,
+  filter: PageFilter,
+  cursorPattern: RegExp,
+): string | undefined {
+  if (token === '') return undefined;
+  const decoded = parse(token);
+  if (
+    decoded === undefined ||
+    !cursorPattern.test(decoded.cursor) ||
+    decoded.filter !== filterKey(filter)
+  ) {
+    throw new InvalidArgumentError(
+      'page_token',
+      'invalid or from a request with other filters; start again without page_token',
+    );
+  }
+  return decoded.cursor;
+}
+
+// '' and undefined are the same "no filter" on the wire (proto3 defaults), so both are dropped;
+// keys are sorted so the order a caller builds the object in does not matter.
+function filterKey(filter: PageFilter): string {
+  const set = Object.entries(filter)
+    .filter(([, value]) => value !== undefined && value !== '')
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return JSON.stringify(Object.fromEntries(set));
+}
+
+function parse(token: string): { cursor: string; filter: string } | undefined {
+  try {
+    const parsed = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as unknown;
+    if (typeof parsed !== 'object' || parsed === null) return undefined;
+    const { cursor, filter } = parsed as { cursor?: unknown; filter?: unknown };
+    return typeof cursor === 'string' && typeof filter === 'string'
+      ? { cursor, filter }
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,213 @@
+/**
+ * Goal: a page token of a List RPC is honoured only with the filters it was made under (AIP-158).
+ * Before, ListEntries, ListDeadLetters, ListReports and ListMismatches took the bare cursor of
+ * one filter and applied it to another, silently skipping or repeating rows. Method: a real node
+ * (startStack) whose tables get fixture rows under two values of each filter; each RPC pages
+ * through one filter with page_size 1, then reuses its token with another filter, which must be
+ * INVALID_ARGUMENT naming page_token.
+ */
+import { randomUUID } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { sql } from 'kysely';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { recordDeadLetter } from '../../src/admin/dead-letters.js';
+import { newId } from '../../src/domain/ids.js';
+import { AdminServiceClient, DeadLetterState } from '../../src/grpc/generated/settle/v1/admin.js';
+import {
+  MismatchClass,
+  ReconciliationServiceClient,
+} from '../../src/grpc/generated/settle/v1/reconciliation.js';
+import { insertRun } from '../../src/reconciliation/reconciliation.repository.js';
+import { ADMIN_TOKEN } from '../admin/admin-support.js';
+import { startStack, type Stack } from '../support/harness.js';
+
+const REFUSED =
+  'page_token: invalid or from a request with other filters; start again without page_token';
+
+let stack: Stack;
+let admin: AdminServiceClient;
+let recon: ReconciliationServiceClient;
+beforeAll(async () => {
+  stack = await startStack({ env: { ADMIN_TOKEN } });
+  const address = `127.0.0.1:${stack.settle.grpcPort}`;
+  admin = new AdminServiceClient(address, grpc.credentials.createInsecure());
+  recon = new ReconciliationServiceClient(address, grpc.credentials.createInsecure());
+});
+afterAll(async () => {
+  admin?.close();
+  recon?.close();
+  await stack?.stop();
+});
+
+type Outcome<Res> = { ok: true; response: Res } | { ok: false; error: grpc.ServiceError };
+
+function unary<Req, Res>(
+  method: (
+    request: Req,
+    metadata: grpc.Metadata,
+    options: Partial<grpc.CallOptions>,
+    callback: (error: grpc.ServiceError | null, response: Res) => void,
+  ) => grpc.ClientUnaryCall,
+  request: Req,
+): Promise<Outcome<Res>> {
+  const metadata = new grpc.Metadata();
+  metadata.set('authorization', `Bearer ${ADMIN_TOKEN}`);
+  return new Promise((resolve) => {
+    method(request, metadata, { deadline: Date.now() + 10_000 }, (error, response) =>
+      resolve(error ? { ok: false, error } : { ok: true, response }),
+    );
+  });
+}
+
+/** Pages through with page_size 1 and answers the ids seen and the first page's token. */
+async function pageThrough<Res extends { nextPageToken: string }>(
+  page: (pageToken: string) => Promise<Outcome<Res>>,
+  ids: (response: Res) => string[],
+): Promise<{ seen: string[]; firstToken: string }> {
+  const seen: string[] = [];
+  let pageToken = '';
+  let firstToken = '';
+  for (let i = 0; i < 20; i += 1) {
+    const outcome = await page(pageToken);
+    if (!outcome.ok) throw outcome.error;
+    seen.push(...ids(outcome.response));
+    pageToken = outcome.response.nextPageToken;
+    if (i === 0) firstToken = pageToken;
+    if (pageToken === '') break;
+  }
+  return { seen, firstToken };
+}
+
+function expectRefused<Res>(outcome: Outcome<Res>): void {
+  expect(outcome.ok, 'the call must fail').toBe(false);
+  if (outcome.ok) return;
+  expect(grpc.status[outcome.error.code]).toBe('INVALID_ARGUMENT');
+  expect(outcome.error.details).toBe(REFUSED);
+}
+
+describe('page tokens are tied to the filters', () => {
+  it('ListEntries: a token of one order is refused for another order and another account', async () => {
+    const [orderA, orderB] = [newId('order'), newId('order')];
+    const now = new Date();
+    for (const [index, orderId] of [orderA, orderA, orderA, orderB, orderB].entries()) {
+      await stack.settle.db
+        .insertInto('ledger_entry')
+        .values({
+          transaction_id: newId('ledgerTransaction'),
+          account: 'psp_receivable',
+          order_id: orderId,
+          kind: `fixture-${index}`, // (order, kind) is unique
+          currency: 'USD',
+          debit_minor: 1n,
+          credit_minor: 0n,
+          created_at: now,
+        })
+        .execute();
+    }
+    const list = (orderId: string, pageToken: string, account = '') =>
+      unary(stack.ledger.listEntries.bind(stack.ledger), {
+        pageSize: 1,
+        pageToken,
+        account,
+        orderId,
+      });
+    const a = await pageThrough(
+      (token) => list(orderA, token),
+      (r) => r.entries.map((e) => e.orderId),
+    );
+    expect(a.seen).toEqual([orderA, orderA, orderA]);
+    expectRefused(await list(orderB, a.firstToken));
+    expectRefused(await list(orderA, a.firstToken, 'psp_receivable'));
+    expectRefused(await list(orderA, String(1)));
+  });
+
+  it('ListDeadLetters: a token of one order or state is refused for another', async () => {
+    const [orderA, orderB] = [newId('order'), newId('order')];
+    let sequence = 1_000;
+    for (const orderId of [orderA, orderA, orderA, orderB]) {
+      sequence += 1;
+      await recordDeadLetter(
+        stack.settle.db,
+        'fixture-stream',
+        {
+          orderId,
+          subject: 'fixture',
+          streamSequence: sequence,
+          attempts: 3,
+          reason: 'RETRIES_EXHAUSTED',
+          lastError: 'fixture',
+          payload: '{}',
+          deadLetteredAt: new Date().toISOString(),
+        },
+        new Date(),
+      );
+    }
+    const list = (
+      orderId: string,
+      pageToken: string,
+      state = DeadLetterState.DEAD_LETTER_STATE_UNSPECIFIED,
+    ) => unary(admin.listDeadLetters.bind(admin), { pageSize: 1, pageToken, state, orderId });
+    const a = await pageThrough(
+      (token) => list(orderA, token),
+      (r) => r.deadLetters.map((d) => d.orderId),
+    );
+    expect(a.seen).toEqual([orderA, orderA, orderA]);
+    expectRefused(await list(orderB, a.firstToken));
+    expectRefused(await list(orderA, a.firstToken, DeadLetterState.DEAD_LETTER_STATE_OPEN));
+  });
+
+  it('ListReports and ListMismatches: a token of one day, report or class is refused for another', async () => {
+    const days = ['2024-03-01', '2024-03-01', '2024-03-01', '2024-03-02'];
+    const runIds: string[] = [];
+    for (const [index, day] of days.entries()) {
+      const id = newId('reconciliationRun');
+      runIds.push(id);
+      await insertRun(stack.settle.db, {
+        id,
+        day,
+        fileName: `fixture-${index}-${randomUUID()}.csv`,
+        fileSha256: randomUUID(),
+        rowsTotal: 0,
+        owner: 'fixture',
+        leaseUntil: new Date(Date.now() + 3_600_000),
+        now: new Date(),
+      });
+    }
+    await sql`UPDATE recon_run SET state = 'FAILED', lease_owner = NULL`.execute(stack.settle.db);
+    const reports = (settlementDate: string, pageToken: string) =>
+      unary(recon.listReports.bind(recon), { pageSize: 1, pageToken, settlementDate });
+    const march1 = await pageThrough(
+      (token) => reports('2024-03-01', token),
+      (r) => r.reports.map((report) => report.settlementDate),
+    );
+    expect(march1.seen).toEqual(['2024-03-01', '2024-03-01', '2024-03-01']);
+    expectRefused(await reports('2024-03-02', march1.firstToken));
+    expectRefused(await reports('', march1.firstToken));
+
+    const [runA, runB] = [runIds[0] ?? '', runIds[1] ?? ''];
+    for (const [runId, klass] of [
+      [runA, 'TIMING'],
+      [runA, 'TIMING'],
+      [runA, 'TIMING'],
+      [runA, 'DUPLICATE'],
+      [runB, 'TIMING'],
+      [runB, 'TIMING'],
+    ] as const) {
+      await sql`INSERT INTO recon_mismatch (run_id, class, order_id, ledger_entries, detail, created_at)
+        VALUES (${runId}, ${klass}, ${newId('order')}, '[]', 'fixture', NOW(3))`.execute(
+        stack.settle.db,
+      );
+    }
+    const mismatches = (reportId: string, mismatchClass: MismatchClass, pageToken: string) =>
+      unary(recon.listMismatches.bind(recon), { pageSize: 1, pageToken, reportId, mismatchClass });
+    const timingA = await pageThrough(
+      (token) => mismatches(runA, MismatchClass.MISMATCH_CLASS_TIMING, token),
+      (r) => r.mismatches.map((m) => `${m.reportId}:${MismatchClass[m.mismatchClass]}`),
+    );
+    expect(timingA.seen).toEqual(Array(3).fill(`${runA}:MISMATCH_CLASS_TIMING`));
+    expectRefused(await mismatches(runB, MismatchClass.MISMATCH_CLASS_TIMING, timingA.firstToken));
+    expectRefused(
+      await mismatches(runA, MismatchClass.MISMATCH_CLASS_UNSPECIFIED, timingA.firstToken),
+    );
+  });
+});
