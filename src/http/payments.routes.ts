@@ -43,26 +43,66 @@ export type PaymentRoutesOptions = Readonly<{
   observe?: (observation: RestObservation) => void;
 }>;
 
-// Amounts travel as decimal strings (proto3 JSON for int64); a safe integer number is accepted too.
-const amountMinor = z.union([
+const AMOUNT_EXAMPLE = 'e.g. "1999" for $19.99';
+
+/**
+ * What is wrong with an amount_minor as sent, in words a caller can act on; undefined if it is
+ * fine. Amounts travel as decimal strings (proto3 JSON for int64); a safe-integer number is
+ * accepted too. Zero and negative amounts pass here: the shared validation refuses them with the
+ * message gRPC callers get.
+ */
+function amountProblem(value: unknown): string | undefined {
+  if (value === undefined || value === null) {
+    return (
+      'amount_minor is required: a whole number of minor units greater than 0, ' + AMOUNT_EXAMPLE
+    );
+  }
+  if (typeof value === 'string') {
+    return /^-?\d{1,19}$/.test(value)
+      ? undefined
+      : `amount_minor must be a whole number of minor units as a decimal string, ${AMOUNT_EXAMPLE}`;
+  }
+  if (typeof value === 'number') {
+    if (!Number.isInteger(value)) {
+      return `amount_minor must be whole minor units, not a fraction, ${AMOUNT_EXAMPLE}`;
+    }
+    return Number.isSafeInteger(value)
+      ? undefined
+      : 'amount_minor is too large for a JSON number; send it as a decimal string';
+  }
+  return `amount_minor must be a decimal string of minor units, ${AMOUNT_EXAMPLE}`;
+}
+
+const amountMinor = z.unknown().transform((value, context) => {
+  const problem = amountProblem(value);
+  if (problem !== undefined) {
+    context.addIssue({ code: 'custom', message: problem });
+    return z.NEVER;
+  }
+  return BigInt(value as string | number);
+});
+
+/** A string field: missing or null is '' (proto3 JSON); the shared validation requires it. */
+const text = (field: string) =>
   z
-    .string()
-    .regex(/^-?\d{1,19}$/, 'must be a decimal string of minor units, e.g. "1999"')
-    .transform((value) => BigInt(value)),
-  z
-    .number()
-    .int('must be a whole number of minor units')
-    .refine(Number.isSafeInteger, 'is too large for a JSON number; send it as a string')
-    .transform((value) => BigInt(value)),
-]);
+    .string({ error: `${field} must be a string` })
+    .nullish()
+    .transform((value) => value ?? '');
 
 const createBodySchema = z.object({
-  request_id: z.string().optional(),
-  buyer_id: z.string().default(''),
-  currency_code: z.string().default(''),
+  request_id: z.string({ error: 'request_id must be a string' }).optional(),
+  buyer_id: text('buyer_id'),
+  currency_code: text('currency_code'),
   orders: z
-    .array(z.object({ seller_id: z.string().default(''), amount_minor: amountMinor }))
-    .default([]),
+    .array(
+      z.object(
+        { seller_id: text('seller_id'), amount_minor: amountMinor },
+        { error: 'each order must be an object with seller_id and amount_minor' },
+      ),
+      { error: 'orders must be a list of objects with seller_id and amount_minor' },
+    )
+    .nullish()
+    .transform((orders) => orders ?? []),
 });
 
 export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOptions): Route[] {

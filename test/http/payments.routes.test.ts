@@ -197,6 +197,98 @@ describe('REST twin of PaymentService', () => {
     expect(await rowCounts(stack.settle.db)).toEqual(before);
   });
 
+  const order = (fields: Record<string, unknown>) => ({
+    buyer_id: 'buyer-rest',
+    currency_code: 'USD',
+    orders: [{ seller_id: 'seller-x', ...fields }],
+  });
+  it.each<[string, unknown, string]>([
+    [
+      'no amount_minor',
+      order({}),
+      'orders[0].amount_minor: amount_minor is required: a whole number of minor units greater ' +
+        'than 0, e.g. "1999" for $19.99',
+    ],
+    [
+      'a null amount_minor',
+      order({ amount_minor: null }),
+      'orders[0].amount_minor: amount_minor is required: a whole number of minor units greater ' +
+        'than 0, e.g. "1999" for $19.99',
+    ],
+    [
+      'a decimal-point amount string',
+      order({ amount_minor: '19.99' }),
+      'orders[0].amount_minor: amount_minor must be a whole number of minor units as a decimal ' +
+        'string, e.g. "1999" for $19.99',
+    ],
+    [
+      'a fractional amount number',
+      order({ amount_minor: 19.99 }),
+      'orders[0].amount_minor: amount_minor must be whole minor units, not a fraction, ' +
+        'e.g. "1999" for $19.99',
+    ],
+    [
+      'an amount above 2^53 as a number',
+      order({ amount_minor: 2 ** 60 }),
+      'orders[0].amount_minor: amount_minor is too large for a JSON number; send it as a ' +
+        'decimal string',
+    ],
+    [
+      'a boolean amount',
+      order({ amount_minor: true }),
+      'orders[0].amount_minor: amount_minor must be a decimal string of minor units, ' +
+        'e.g. "1999" for $19.99',
+    ],
+    // Missing strings are '' as in proto3, so the shared validation names them as gRPC does.
+    [
+      'no seller_id',
+      { buyer_id: 'b', currency_code: 'USD', orders: [{ amount_minor: '1' }] },
+      'orders[0].seller_id: seller_id is required',
+    ],
+    [
+      'a numeric seller_id',
+      order({ seller_id: 7, amount_minor: '1' }),
+      'orders[0].seller_id: seller_id must be a string',
+    ],
+    [
+      'no buyer_id',
+      { currency_code: 'USD', orders: [{ seller_id: 's', amount_minor: '1' }] },
+      'buyer_id: buyer_id is required',
+    ],
+    [
+      'a numeric buyer_id',
+      { buyer_id: 5, currency_code: 'USD', orders: [{ seller_id: 's', amount_minor: '1' }] },
+      'buyer_id: buyer_id must be a string',
+    ],
+    [
+      'no currency_code',
+      { buyer_id: 'b', orders: [{ seller_id: 's', amount_minor: '1' }] },
+      'currency_code: currency_code is required',
+    ],
+    [
+      'no orders',
+      { buyer_id: 'b', currency_code: 'USD' },
+      'orders: at least one order is required',
+    ],
+    [
+      'orders as an object',
+      { buyer_id: 'b', currency_code: 'USD', orders: { seller_id: 's', amount_minor: '1' } },
+      'orders: orders must be a list of objects with seller_id and amount_minor',
+    ],
+    [
+      'an order that is a string',
+      { buyer_id: 'b', currency_code: 'USD', orders: ['s:1'] },
+      'orders[0]: each order must be an object with seller_id and amount_minor',
+    ],
+  ])('refuses a body with %s, saying what to send', async (_name, body, message) => {
+    const before = await rowCounts(stack.settle.db);
+    const rest = await post(body, randomUUID());
+    expect(rest.status).toBe(400);
+    expect(rest.body.error.code).toBe('INVALID_ARGUMENT');
+    expect(rest.body.error.message).toBe(message);
+    expect(await rowCounts(stack.settle.db)).toEqual(before);
+  });
+
   it('answers 404 NOT_FOUND and 400 for a malformed id, like GetPayment', async () => {
     const missing = await get('/v1/payments/pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G');
     expect(missing.status).toBe(404);
