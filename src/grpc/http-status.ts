@@ -49,8 +49,12 @@ export type HttpErrorBody = {
     message: string;
     /** True when the same request may succeed later. */
     retryable: boolean;
-    /** Correlates the answer with the server's log line. */
-    request_id: string;
+    /**
+     * The `x-request-id` of the exchange (the caller's, or one made up and echoed back): it
+     * correlates the answer with the server's log lines. Not named request_id, which is the
+     * idempotency key everywhere else in the API.
+     */
+    correlation_id: string;
   };
 };
 
@@ -61,13 +65,16 @@ export type HttpErrorAnswer = Readonly<{
   headers: Readonly<Record<string, string>>;
 }>;
 
-/** Maps any thrown value to an HTTP error answer via toGrpcStatus. */
+/**
+ * Maps any thrown value to an HTTP error answer via toGrpcStatus. `correlationId` is the
+ * exchange's x-request-id; an INTERNAL error's message quotes it too.
+ */
 export function toHttpError(
   error: unknown,
-  requestId: string,
+  correlationId: string,
   options: StatusOptions = {},
 ): HttpErrorAnswer {
-  const status = toGrpcStatus(error, requestId, options);
+  const status = toGrpcStatus(error, correlationId, options);
   const retryable = error instanceof SettleError && error.retryable;
   const retryDelayMs = error instanceof SettleError ? error.retryDelayMs : undefined;
   const headers: Record<string, string> = {};
@@ -82,7 +89,7 @@ export function toHttpError(
         reason: reasonOf(error, status.code),
         message: status.details,
         retryable,
-        request_id: requestId,
+        correlation_id: correlationId,
       },
     },
   };

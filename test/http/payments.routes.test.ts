@@ -27,7 +27,13 @@ beforeAll(async () => {
 afterAll(async () => stack?.stop());
 
 type RestError = {
-  error: { code: string; reason: string; message: string; retryable: boolean; request_id: string };
+  error: {
+    code: string;
+    reason: string;
+    message: string;
+    retryable: boolean;
+    correlation_id: string;
+  };
 };
 type PaymentJson = {
   paymentId: string;
@@ -163,6 +169,12 @@ describe('REST twin of PaymentService', () => {
     });
     expect(viaGrpc.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(viaGrpc.details).toBe(rest.body.error.message);
+
+    // The body's id is the exchange's x-request-id, named so it is not taken for the request_id
+    // (the idempotency key) the caller sent.
+    expect(rest.body.error.correlation_id).toBe(rest.headers.get('x-request-id'));
+    expect(rest.body.error.correlation_id).not.toBe(key);
+    expect(rest.body.error).not.toHaveProperty('request_id');
 
     const missingKey = await post(bad, undefined);
     expect(missingKey.status).toBe(400);
