@@ -1,7 +1,8 @@
 /**
  * settle.v1.AdminService: dead letters and payment timelines for operators. Guarded by
- * ADMIN_TOKEN (bearer metadata, checked exactly as the admin panel checks its header) when it is
- * configured; open without it, as the README and the start-up warning say.
+ * ADMIN_TOKEN (bearer metadata, checked exactly as the admin panel checks its header). A node
+ * without ADMIN_TOKEN refuses every call with UNAUTHENTICATED, as the panel does; only
+ * ADMIN_READONLY_OPEN=true (local development) opens the reads, never replay or discard.
  */
 import type * as grpc from '@grpc/grpc-js';
 import { InvalidArgumentError, NotFoundError, UnauthenticatedError } from '../../domain/errors.js';

@@ -1618,11 +1618,13 @@ export type PaymentServiceService = typeof PaymentServiceService;
 export const PaymentServiceService = {
   /**
    * Creates a payment and starts executing its orders. Idempotent by (buyer_id, request_id):
-   * the same request again returns the first payment and writes nothing; the same key with a
-   * different body fails with ALREADY_EXISTS; the same key while the first call is still in flight
-   * fails with ABORTED (safe to retry). A payment the risk rules reject is still created, in state
-   * FAILED with failure_reason RISK_REJECTED. The answer includes each order's checkout_url when the
-   * PSP registered it within the server's wait budget; otherwise GetPayment/WatchPayment show it.
+   * the same request again returns the first payment and writes nothing, and so do copies sent at
+   * the same time (one payment is created and every copy gets it); the same key with a different
+   * body fails with ALREADY_EXISTS. ABORTED (safe to retry with the same request_id) is left for
+   * a key still held in flight by a node of an earlier version, which claimed keys first. A
+   * payment the risk rules reject is still created, in state FAILED with failure_reason
+   * RISK_REJECTED. The answer includes each order's checkout_url when the PSP registered it within
+   * the server's wait budget; otherwise GetPayment/WatchPayment show it.
    */
   createPayment: {
     path: "/settle.v1.PaymentService/CreatePayment" as const,
@@ -1674,11 +1676,13 @@ export const PaymentServiceService = {
 export interface PaymentServiceServer extends UntypedServiceImplementation {
   /**
    * Creates a payment and starts executing its orders. Idempotent by (buyer_id, request_id):
-   * the same request again returns the first payment and writes nothing; the same key with a
-   * different body fails with ALREADY_EXISTS; the same key while the first call is still in flight
-   * fails with ABORTED (safe to retry). A payment the risk rules reject is still created, in state
-   * FAILED with failure_reason RISK_REJECTED. The answer includes each order's checkout_url when the
-   * PSP registered it within the server's wait budget; otherwise GetPayment/WatchPayment show it.
+   * the same request again returns the first payment and writes nothing, and so do copies sent at
+   * the same time (one payment is created and every copy gets it); the same key with a different
+   * body fails with ALREADY_EXISTS. ABORTED (safe to retry with the same request_id) is left for
+   * a key still held in flight by a node of an earlier version, which claimed keys first. A
+   * payment the risk rules reject is still created, in state FAILED with failure_reason
+   * RISK_REJECTED. The answer includes each order's checkout_url when the PSP registered it within
+   * the server's wait budget; otherwise GetPayment/WatchPayment show it.
    */
   createPayment: handleUnaryCall<CreatePaymentRequest, CreatePaymentResponse>;
   /** Returns one payment with its orders. NOT_FOUND for an unknown payment_id. */
@@ -1695,11 +1699,13 @@ export interface PaymentServiceServer extends UntypedServiceImplementation {
 export interface PaymentServiceClient extends Client {
   /**
    * Creates a payment and starts executing its orders. Idempotent by (buyer_id, request_id):
-   * the same request again returns the first payment and writes nothing; the same key with a
-   * different body fails with ALREADY_EXISTS; the same key while the first call is still in flight
-   * fails with ABORTED (safe to retry). A payment the risk rules reject is still created, in state
-   * FAILED with failure_reason RISK_REJECTED. The answer includes each order's checkout_url when the
-   * PSP registered it within the server's wait budget; otherwise GetPayment/WatchPayment show it.
+   * the same request again returns the first payment and writes nothing, and so do copies sent at
+   * the same time (one payment is created and every copy gets it); the same key with a different
+   * body fails with ALREADY_EXISTS. ABORTED (safe to retry with the same request_id) is left for
+   * a key still held in flight by a node of an earlier version, which claimed keys first. A
+   * payment the risk rules reject is still created, in state FAILED with failure_reason
+   * RISK_REJECTED. The answer includes each order's checkout_url when the PSP registered it within
+   * the server's wait budget; otherwise GetPayment/WatchPayment show it.
    */
   createPayment(
     request: CreatePaymentRequest,

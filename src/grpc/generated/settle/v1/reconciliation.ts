@@ -2529,8 +2529,11 @@ export const ReconciliationServiceService = {
    * whole file is validated before anything is written: a malformed file fails with
    * INVALID_ARGUMENT naming the line and the problem, and writes nothing. A missing file is
    * NOT_FOUND. Idempotent per (settlement_date, SHA-256 of the file): the same file again returns
-   * the same report and writes nothing; a FAILED report is run again. RESOURCE_EXHAUSTED when this
-   * node already runs its maximum of reconciliations.
+   * the same report and writes nothing; a FAILED report is run again. FAILED_PRECONDITION, writing
+   * nothing, for a settlement_date older than the retention window (RECONCILIATION_KEEP_DAYS: its
+   * cross-day checks would compare with purged rows; its existing reports stay readable), when the
+   * settlement folder does not exist, or when the file changed while it was read.
+   * RESOURCE_EXHAUSTED when this node already runs its maximum of reconciliations.
    */
   runReconciliation: {
     path: "/settle.v1.ReconciliationService/RunReconciliation" as const,
@@ -2587,8 +2590,11 @@ export interface ReconciliationServiceServer extends UntypedServiceImplementatio
    * whole file is validated before anything is written: a malformed file fails with
    * INVALID_ARGUMENT naming the line and the problem, and writes nothing. A missing file is
    * NOT_FOUND. Idempotent per (settlement_date, SHA-256 of the file): the same file again returns
-   * the same report and writes nothing; a FAILED report is run again. RESOURCE_EXHAUSTED when this
-   * node already runs its maximum of reconciliations.
+   * the same report and writes nothing; a FAILED report is run again. FAILED_PRECONDITION, writing
+   * nothing, for a settlement_date older than the retention window (RECONCILIATION_KEEP_DAYS: its
+   * cross-day checks would compare with purged rows; its existing reports stay readable), when the
+   * settlement folder does not exist, or when the file changed while it was read.
+   * RESOURCE_EXHAUSTED when this node already runs its maximum of reconciliations.
    */
   runReconciliation: handleUnaryCall<RunReconciliationRequest, RunReconciliationResponse>;
   /** Returns one report, in any state. NOT_FOUND for an unknown report_id. */
@@ -2609,8 +2615,11 @@ export interface ReconciliationServiceClient extends Client {
    * whole file is validated before anything is written: a malformed file fails with
    * INVALID_ARGUMENT naming the line and the problem, and writes nothing. A missing file is
    * NOT_FOUND. Idempotent per (settlement_date, SHA-256 of the file): the same file again returns
-   * the same report and writes nothing; a FAILED report is run again. RESOURCE_EXHAUSTED when this
-   * node already runs its maximum of reconciliations.
+   * the same report and writes nothing; a FAILED report is run again. FAILED_PRECONDITION, writing
+   * nothing, for a settlement_date older than the retention window (RECONCILIATION_KEEP_DAYS: its
+   * cross-day checks would compare with purged rows; its existing reports stay readable), when the
+   * settlement folder does not exist, or when the file changed while it was read.
+   * RESOURCE_EXHAUSTED when this node already runs its maximum of reconciliations.
    */
   runReconciliation(
     request: RunReconciliationRequest,
