@@ -225,7 +225,15 @@ export class PaymentService {
     await this.creations?.stop(timeoutMs);
   }
 
-  async create(raw: Parameters<typeof parseCreatePayment>[0]): Promise<Payment> {
+  /**
+   * Creates a payment (see the module comment), then waits for its checkout URLs for at most
+   * CREATE_WAIT_MS, or `waitMsMax` when that is shorter: the caller's deadline, less the time the
+   * answer needs to get back, so the wait never turns a created payment into DEADLINE_EXCEEDED.
+   */
+  async create(
+    raw: Parameters<typeof parseCreatePayment>[0],
+    options: Readonly<{ waitMsMax?: number }> = {},
+  ): Promise<Payment> {
     const input = parseCreatePayment(raw);
     const now = this.deps.now();
     // Twice at most: a second time only after an abandoned key was deleted (or the key vanished).
@@ -261,7 +269,10 @@ export class PaymentService {
       }
       if (held > 0) this.deps.local?.run(created.orders);
       else if (creation.decision.approved) this.deps.wakeRelay();
-      return this.waitForCheckout(created);
+      return this.waitForCheckout(
+        created,
+        Math.min(this.deps.createWaitMs, Math.max(0, options.waitMsMax ?? Infinity)),
+      );
     }
   }
 
@@ -333,9 +344,9 @@ export class PaymentService {
     };
   }
 
-  /** Returns once every live order has a checkout URL, or when the wait budget is spent. */
-  private async waitForCheckout(created: Payment): Promise<Payment> {
-    const deadline = Date.now() + this.deps.createWaitMs;
+  /** Returns once every live order has a checkout URL, or when `waitMs` is spent. */
+  private async waitForCheckout(created: Payment, waitMs: number): Promise<Payment> {
+    const deadline = Date.now() + waitMs;
     let payment = created;
     for (;;) {
       const waiting = payment.orders.some(

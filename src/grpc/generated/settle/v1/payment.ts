@@ -1624,7 +1624,9 @@ export const PaymentServiceService = {
    * a key still held in flight by a node of an earlier version, which claimed keys first. A
    * payment the risk rules reject is still created, in state FAILED with failure_reason
    * RISK_REJECTED. The answer includes each order's checkout_url when the PSP registered it within
-   * the server's wait budget; otherwise GetPayment/WatchPayment show it.
+   * the server's wait budget (CREATE_WAIT_MS, cut short to end before the call's deadline);
+   * otherwise GetPayment/WatchPayment show it. DEADLINE_EXCEEDED does not mean nothing happened:
+   * the payment may have been created; retry with the same request_id to get it.
    */
   createPayment: {
     path: "/settle.v1.PaymentService/CreatePayment" as const,
@@ -1682,7 +1684,9 @@ export interface PaymentServiceServer extends UntypedServiceImplementation {
    * a key still held in flight by a node of an earlier version, which claimed keys first. A
    * payment the risk rules reject is still created, in state FAILED with failure_reason
    * RISK_REJECTED. The answer includes each order's checkout_url when the PSP registered it within
-   * the server's wait budget; otherwise GetPayment/WatchPayment show it.
+   * the server's wait budget (CREATE_WAIT_MS, cut short to end before the call's deadline);
+   * otherwise GetPayment/WatchPayment show it. DEADLINE_EXCEEDED does not mean nothing happened:
+   * the payment may have been created; retry with the same request_id to get it.
    */
   createPayment: handleUnaryCall<CreatePaymentRequest, CreatePaymentResponse>;
   /** Returns one payment with its orders. NOT_FOUND for an unknown payment_id. */
@@ -1705,7 +1709,9 @@ export interface PaymentServiceClient extends Client {
    * a key still held in flight by a node of an earlier version, which claimed keys first. A
    * payment the risk rules reject is still created, in state FAILED with failure_reason
    * RISK_REJECTED. The answer includes each order's checkout_url when the PSP registered it within
-   * the server's wait budget; otherwise GetPayment/WatchPayment show it.
+   * the server's wait budget (CREATE_WAIT_MS, cut short to end before the call's deadline);
+   * otherwise GetPayment/WatchPayment show it. DEADLINE_EXCEEDED does not mean nothing happened:
+   * the payment may have been created; retry with the same request_id to get it.
    */
   createPayment(
     request: CreatePaymentRequest,
