@@ -195,7 +195,10 @@ export function createSettleClient(
         payments.listPayments.bind(payments),
         timeoutMs,
       ),
-      /** Yields the payment now and after each change until it is terminal. */
+      /**
+       * Yields the payment now and after each change until it is terminal. The server ends a
+       * watch after 60 minutes even if it is not: check the last state and watch again.
+       */
       async *watchPayment(
         paymentId: string,
         options: { timeoutMs?: number } = {},

@@ -1661,7 +1661,9 @@ export const PaymentServiceService = {
   },
   /**
    * Streams the payment now, then again on every change, and ends after the payment is terminal
-   * (SUCCEEDED, PARTIALLY_SUCCEEDED or FAILED). NOT_FOUND for an unknown payment_id.
+   * (SUCCEEDED, PARTIALLY_SUCCEEDED or FAILED). NOT_FOUND for an unknown payment_id. A watch lasts
+   * 60 minutes at most: it then ends with OK even if the payment is not terminal yet, so check the
+   * state of the last message and watch again if it is not final.
    */
   watchPayment: {
     path: "/settle.v1.PaymentService/WatchPayment" as const,
@@ -1695,7 +1697,9 @@ export interface PaymentServiceServer extends UntypedServiceImplementation {
   listPayments: handleUnaryCall<ListPaymentsRequest, ListPaymentsResponse>;
   /**
    * Streams the payment now, then again on every change, and ends after the payment is terminal
-   * (SUCCEEDED, PARTIALLY_SUCCEEDED or FAILED). NOT_FOUND for an unknown payment_id.
+   * (SUCCEEDED, PARTIALLY_SUCCEEDED or FAILED). NOT_FOUND for an unknown payment_id. A watch lasts
+   * 60 minutes at most: it then ends with OK even if the payment is not terminal yet, so check the
+   * state of the last message and watch again if it is not final.
    */
   watchPayment: handleServerStreamingCall<WatchPaymentRequest, WatchPaymentResponse>;
 }
@@ -1762,7 +1766,9 @@ export interface PaymentServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Streams the payment now, then again on every change, and ends after the payment is terminal
-   * (SUCCEEDED, PARTIALLY_SUCCEEDED or FAILED). NOT_FOUND for an unknown payment_id.
+   * (SUCCEEDED, PARTIALLY_SUCCEEDED or FAILED). NOT_FOUND for an unknown payment_id. A watch lasts
+   * 60 minutes at most: it then ends with OK even if the payment is not terminal yet, so check the
+   * state of the last message and watch again if it is not final.
    */
   watchPayment(
     request: WatchPaymentRequest,
