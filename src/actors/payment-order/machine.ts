@@ -231,6 +231,15 @@ function fromExecuting(order: PaymentOrder, event: OrderEvent, now: Date): Trans
   }
 }
 
+/** Expired, or failed without a decision by the PSP (not found, registration refused). */
+function endedWithoutDecision(order: PaymentOrder): boolean {
+  return (
+    order.state === ORDER_STATE.expired ||
+    (order.state === ORDER_STATE.failed &&
+      (order.failureReason === PSP_NOT_FOUND || order.failureReason === PSP_REGISTRATION_REFUSED))
+  );
+}
+
 /**
  * A terminal order never changes state again. Late duplicates are no-ops; a charge that arrives
  * after the order failed or expired is money taken that we did not book, so the order is flagged
@@ -248,8 +257,15 @@ function fromFinal(order: PaymentOrder, event: OrderEvent, now: Date): Transitio
           : REVIEW_REASON.chargedAfterFailure;
       return moved({ ...order, reviewReason, pspReference: event.pspReference }, now, []);
     }
-    case 'ExecuteOrder':
     case 'PspRegistered':
+      // A registration that landed after the order ended without a PSP decision (expired on a
+      // cancel's NOT_FOUND while another node's registration was on its way, or failed as never
+      // registered): the PSP now holds a payable payment nobody links to. Cancel it; should the
+      // buyer have paid it meanwhile, the cancel's answer is that charge, flagged for review.
+      return endedWithoutDecision(order)
+        ? unchanged(order, [{ type: 'CancelAtPsp', orderId: order.id }])
+        : unchanged(order, []);
+    case 'ExecuteOrder':
     case 'PspRegistrationFailed':
     case 'PspDeclined':
     case 'ExpiryDue':

@@ -344,11 +344,28 @@ const table: Row[] = [
       check: (n) => expect(n.reviewReason).toBe(REVIEW_REASON.chargedAfterFailure),
     },
   ],
+  [
+    'FAILED(PSP not found) + PspRegistered cancels the payment the late registration made',
+    order('FAILED', { failureReason: 'PSP_PAYMENT_NOT_FOUND' }),
+    events.registered,
+    { result: 'unchanged', effects: ['CancelAtPsp'] },
+  ],
+  [
+    'FAILED(registration refused) + PspRegistered cancels it too',
+    order('FAILED', { failureReason: 'PSP_REGISTRATION_REFUSED' }),
+    events.registered,
+    { result: 'unchanged', effects: ['CancelAtPsp'] },
+  ],
   // EXPIRED
+  [
+    'EXPIRED + PspRegistered cancels the payment a late registration made at the PSP',
+    order('EXPIRED'),
+    events.registered,
+    { result: 'unchanged', effects: ['CancelAtPsp'] },
+  ],
   ...(
     [
       'execute',
-      'registered',
       'regFailedRetryable',
       'declined',
       'expiryDue',
