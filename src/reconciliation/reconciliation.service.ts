@@ -180,6 +180,9 @@ export class ReconciliationService {
   /** Validates the file, then creates or joins its run; returns the run id. */
   async start(source: RunSource): Promise<string> {
     if (this.#stop.signal.aborted) throw new UnavailableError('the node is stopping');
+    // A day ahead is told as such, not as its missing file.
+    const given = source.settlementDate ?? '';
+    if (isUtcDay(given)) this.#checkNotAhead(given, this.#now());
     const file = await resolveSettlementFile(this.#options.dir, source);
     this.#checkNotAhead(file.day, this.#now());
     const scan = await scanSettlementFile(file.path, {

@@ -499,6 +499,13 @@ describe('refused requests write nothing', () => {
           `file can exist for it yet; the latest day that can be reconciled is ${addUtcDays(today, 1)}`,
       );
     }
+    // Without a file for it, too: the day is the problem, not the file.
+    const far = await callError(stack.recon.runReconciliation.bind(stack.recon), {
+      settlementDate: '2062-11-26',
+      filePath: '',
+    });
+    expect(far.code).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(far.details).toMatch(/^settlement day 2062-11-26 has not begun/);
     expect(await allRowCounts(stack.settle.db)).toEqual(before);
   });
 
