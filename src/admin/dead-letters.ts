@@ -281,24 +281,40 @@ export async function discardDeadLetter(
 }
 
 /**
+ * The commands a final order makes moot: its execution, its expiry and its status check. A
+ * PspResult is never among them: a charge dead-lettered for an order that then expired or failed
+ * is money the PSP took and Settle has not booked, and only its replay (the order flagged for
+ * review) tells an operator.
+ */
+const MOOT_WHEN_FINAL: ReadonlySet<string> = new Set([
+  'ExecuteOrder',
+  'ExpireOrder',
+  'CheckOrderStatus',
+]);
+
+/**
  * Closes the OPEN dead letters whose order has reached a final state since (the janitor asked the
- * PSP, a late webhook arrived): RESOLVED, with the state in the note, so operators and the
- * `settle_dead_letters_open` alert see only entries that still need them. At most `limit` per
- * call, found through the (state, id) index; each UPDATE re-checks both states, so several nodes
- * can run it at once. Answers the ids it resolved.
+ * PSP, a late webhook arrived) and whose command that state makes moot (MOOT_WHEN_FINAL):
+ * RESOLVED, with the state in the note, so operators and the `settle_dead_letters_open` alert see
+ * only entries that still need them. At most `limit` candidates per call, found through the
+ * (state, id) index; each UPDATE re-checks both states, so several nodes can run it at once.
+ * Answers the ids it resolved.
  */
 export async function resolveFinishedDeadLetters(
   db: Db,
   now: Date,
   limit: number,
 ): Promise<string[]> {
-  const { rows } = await sql<{ id: string }>`
-    SELECT d.id FROM dead_letter d FORCE INDEX (dead_letter_state)
+  const { rows } = await sql<{ id: string; payload: string }>`
+    SELECT d.id, d.payload FROM dead_letter d FORCE INDEX (dead_letter_state)
     JOIN payment_order o ON o.id = d.order_id
     WHERE d.state = ${DEAD_LETTER_STATE.open} AND o.state IN (${sql.join([...TERMINAL_STATES])})
     ORDER BY d.id LIMIT ${limit}`.execute(db);
-  if (rows.length === 0) return [];
-  const ids = rows.map((row) => row.id);
+  const encoder = new TextEncoder();
+  const ids = rows
+    .filter((row) => MOOT_WHEN_FINAL.has(parseCommand(encoder.encode(row.payload))?.type ?? ''))
+    .map((row) => row.id);
+  if (ids.length === 0) return [];
   await sql`
     UPDATE dead_letter d JOIN payment_order o ON o.id = d.order_id
     SET d.state = ${DEAD_LETTER_STATE.resolved},

@@ -17,6 +17,7 @@ import {
 import { FailedPreconditionError } from '../../src/domain/errors.js';
 import { newId } from '../../src/domain/ids.js';
 import { Janitor } from '../../src/jobs/janitor.js';
+import { parseCommand } from '../../src/messaging/commands.js';
 import { names } from '../../src/messaging/subjects.js';
 import {
   insertPaymentOfOneOrder,
@@ -30,7 +31,11 @@ beforeAll(async () => {
 });
 afterAll(async () => database?.close());
 
-async function deadLetterOf(orderState: string, sequence: number): Promise<string> {
+async function deadLetterOf(
+  orderState: string,
+  sequence: number,
+  command: (orderId: string) => object = (orderId) => ({ type: 'ExecuteOrder', orderId }),
+): Promise<string> {
   const orderId = newId('order');
   await insertPaymentOfOneOrder(database.db, {
     paymentId: newId('payment'),
@@ -54,7 +59,7 @@ async function deadLetterOf(orderState: string, sequence: number): Promise<strin
       reason: 'RETRIES_EXHAUSTED',
       attempts: 6,
       lastError: 'the PSP was unavailable',
-      payload: JSON.stringify({ type: 'ExecuteOrder', orderId }),
+      payload: JSON.stringify(command(orderId)),
       deadLetteredAt: new Date().toISOString(),
     },
     new Date(),
@@ -69,6 +74,17 @@ describe('dead letters of orders that finished on their own', () => {
     const succeeded = await deadLetterOf('SUCCEEDED', 1);
     const expired = await deadLetterOf('EXPIRED', 2);
     const executing = await deadLetterOf('EXECUTING', 3);
+    // A charge the PSP made for an order that then expired: money not booked. Only its replay
+    // (the order flagged for review) tells an operator, so it stays OPEN.
+    const charge = await deadLetterOf('EXPIRED', 4, (orderId) => ({
+      type: 'PspResult',
+      orderId,
+      eventId: `evt-${orderId}`,
+      outcome: 'SUCCEEDED',
+      pspReference: `psp-${orderId.slice(4)}`,
+      amountMinor: '500',
+      declineCode: null,
+    }));
     const janitor = new Janitor(
       database.db,
       names('dlresolve', 1),
@@ -93,6 +109,10 @@ describe('dead letters of orders that finished on their own', () => {
       resolutionNote: 'the order reached EXPIRED without a replay',
     });
     expect(await findDeadLetter(database.db, executing)).toMatchObject({ state: 'OPEN' });
+    const stored = await findDeadLetter(database.db, charge);
+    expect(stored).toMatchObject({ state: 'OPEN' });
+    // A well-formed command, so it is kept for what it is, not for failing to parse.
+    expect(parseCommand(new TextEncoder().encode(stored?.payload ?? ''))?.type).toBe('PspResult');
     // A second pass finds nothing more to do.
     expect((await janitor.runOnce()).resolvedDeadLetters).toEqual([]);
 
