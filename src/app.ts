@@ -71,6 +71,8 @@ const HOUSEKEEPING_INTERVAL_MS = 60_000;
 const HOUSEKEEPING_FIRST_PASS_MS = 30_000;
 /** Idempotency keys deleted per pass at most. */
 const IDEMPOTENCY_PURGE_ROWS_MAX = 10_000;
+/** Reconciliations a node works on at once (each holds or waits for the classification lock). */
+const RECONCILIATION_RUNS_MAX = 2;
 
 export const SETTLE_SERVICES = [
   'settle.v1.PaymentService',
@@ -393,8 +395,16 @@ export async function startSettle(
     });
     cleanups.push(() => payments.stop(graceLeft()));
 
+    // The classification lock's connections: one per run holding or waiting for it.
+    const { db: reconciliationLockDb, close: closeReconciliationLockDb } = openDatabase(
+      config.MYSQL_URL,
+      { poolSize: RECONCILIATION_RUNS_MAX, lockWaitTimeoutS: config.MYSQL_LOCK_WAIT_TIMEOUT_S },
+    );
+    cleanups.push(closeReconciliationLockDb);
     const reconciliation = new ReconciliationService({
       db,
+      lockDb: reconciliationLockDb,
+      runsMax: RECONCILIATION_RUNS_MAX,
       dir: config.SETTLEMENT_DIR,
       nodeName,
       batchRows: config.RECONCILIATION_BATCH_ROWS,

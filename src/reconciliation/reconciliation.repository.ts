@@ -19,7 +19,7 @@ import {
   postLedgerTransactions,
   UnbalancedLedgerTransactionError,
 } from '../storage/repositories/ledger.repository.js';
-import { inTransaction, toUnavailable } from '../storage/transaction.js';
+import { inTransaction, toUnavailable, type Trx } from '../storage/transaction.js';
 import { RECONCILIATION_CLASS, type ReconciliationClass } from './compare.js';
 import { reconDb, RUN_STATE, type ReconRunTable, type RunState } from './reconciliation.table.js';
 import type { SettlementRow } from './settlement-file.js';
@@ -310,17 +310,64 @@ export async function completeRun(
 // ---------------------------------------------------------------------------------------------
 // Loading and classifying
 
-/** Deletes what an earlier attempt of the run loaded, in bounded statements. */
-export async function clearRunData(db: Db, runId: string): Promise<void> {
+/**
+ * Undoes a failing attempt while `owner` still holds the run (RUNNING, its lease): what it
+ * resolved is open again, its staging rows and mismatches go. Each step is a transaction that
+ * first locks the run's row and checks the owner, so a node that took the run over (its claim
+ * waits for that lock) never loses what it loads afterwards. Answers false, having stopped, as
+ * soon as the run is no longer this owner's.
+ */
+export async function clearRunDataAsOwner(
+  db: Db,
+  run: { id: string; owner: string },
+): Promise<boolean> {
+  const steps: Array<(trx: Trx) => Promise<bigint>> = [
+    async (trx) => (await unresolveStatement(run.id).execute(trx)).numAffectedRows ?? 0n,
+  ];
+  for (const table of ['recon_file_row', 'recon_mismatch'] as const) {
+    steps.push(
+      async (trx) =>
+        (
+          await sql`DELETE FROM ${sql.table(table)} WHERE run_id = ${run.id}
+            LIMIT ${DELETE_CHUNK_ROWS}`.execute(trx)
+        ).numAffectedRows ?? 0n,
+    );
+  }
+  for (const [index, step] of steps.entries()) {
+    // The first step runs once; each DELETE until a chunk comes back short (bounded by the run's
+    // rows, at most RECONCILIATION_FILE_ROWS_MAX / DELETE_CHUNK_ROWS + 1 chunks).
+    for (let chunk = 0; chunk < 10_000; chunk += 1) {
+      const outcome = await inTransaction(db, async (trx) => {
+        const { rows } = await sql<{ n: string }>`
+          SELECT COUNT(*) AS n FROM recon_run
+          WHERE id = ${run.id} AND lease_owner = ${run.owner} AND state = ${RUN_STATE.running}
+          FOR UPDATE`.execute(trx);
+        if (Number(rows[0]?.n) !== 1) return 'not ours' as const;
+        return step(trx);
+      });
+      if (outcome === 'not ours') return false;
+      if (index === 0 || outcome < BigInt(DELETE_CHUNK_ROWS)) break;
+    }
+  }
+  return true;
+}
+
+function unresolveStatement(runId: string) {
   // What an earlier attempt of this run resolved is open again: the next attempt decides anew
   // (its fees stay booked, once per order, and are not booked again).
-  await sql`
+  return sql`
     UPDATE recon_mismatch SET resolved_by_run_id = NULL
     WHERE class IN (${RECONCILIATION_CLASS.missingInSettlement},
                     ${RECONCILIATION_CLASS.missingInLedger})
-      AND resolved_by_run_id = ${runId}`
-    .execute(db)
-    .catch(rethrow);
+      AND resolved_by_run_id = ${runId}`;
+}
+
+/**
+ * Deletes what an earlier attempt of the run loaded, in bounded statements; the caller has just
+ * claimed the run.
+ */
+export async function clearRunData(db: Db, runId: string): Promise<void> {
+  await unresolveStatement(runId).execute(db).catch(rethrow);
   for (const table of ['recon_file_row', 'recon_mismatch'] as const) {
     for (;;) {
       const result = await sql`
@@ -742,15 +789,29 @@ function toCurrency(code: string): CurrencyCode {
  * days (rule 3, the missing and late rules, resolving earlier mismatches) read other runs'
  * results, so runs classify one at a time, across nodes: two days classified at once missed a
  * DUPLICATE between them. Waits in steps of LOCK_STEP_S, calling `stillOurs` between them, at
- * most `waitMsMax`.
+ * most `waitMsMax`. `work` gets `stillHeld`, which throws once the lock is gone (its connection
+ * dropped): a run must call it between its steps.
  */
 export async function withClassificationLock<T>(
   db: Db,
   options: { waitMsMax: number; stillOurs: () => Promise<void> },
-  work: () => Promise<T>,
+  work: (stillHeld: () => Promise<void>) => Promise<T>,
 ): Promise<T> {
   const name = sql`CONCAT('settle.recon.', MD5(DATABASE()))`;
   return db.connection().execute(async (connection) => {
+    // The server drops the lock with its connection, and nothing would tell `work`: it asks
+    // between its steps (which also keeps the connection from idling out).
+    const stillHeld = async () => {
+      const held = await sql<{ held: number | null }>`
+        SELECT IS_USED_LOCK(${name}) = CONNECTION_ID() AS held`
+        .execute(connection)
+        .catch(() => undefined);
+      if (Number(held?.rows[0]?.held) !== 1) {
+        throw new UnavailableError(
+          'the classification lock was lost (its database connection dropped); run it again',
+        );
+      }
+    };
     const deadline = Date.now() + options.waitMsMax;
     for (;;) {
       const got = await sql<{ got: number | null }>`SELECT GET_LOCK(${name}, ${LOCK_STEP_S}) AS got`
@@ -765,7 +826,7 @@ export async function withClassificationLock<T>(
       }
     }
     try {
-      return await work();
+      return await work(stillHeld);
     } finally {
       await sql`SELECT RELEASE_LOCK(${name})`.execute(connection).catch(() => undefined);
     }

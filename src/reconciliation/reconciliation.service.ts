@@ -34,6 +34,7 @@ import {
   classifyChunk,
   classifyChunks,
   clearRunData,
+  clearRunDataAsOwner,
   completeRun,
   countWallets,
   failRun,
@@ -100,6 +101,12 @@ export type RunPhase = 'load' | 'classify' | 'fees' | 'missing' | 'report';
 
 export type ReconciliationOptions = Readonly<{
   db: Db;
+  /**
+   * Where the classification lock is held (one connection per run that holds or waits for it):
+   * a pool of its own, so runs waiting for the lock never take the connections the run holding
+   * it works with. Default: `db`.
+   */
+  lockDb?: Db;
   /** The settlement folder (SETTLEMENT_DIR). */
   dir: string;
   nodeName: string;
@@ -368,6 +375,7 @@ export class ReconciliationService {
     // between statements whether the run was stopped or lost.
     let loaded = 0;
     let lost = false;
+    let renewedAt = Date.now();
     const heartbeat = setInterval(() => {
       const now = this.#now();
       renewRunLease(db, {
@@ -377,8 +385,13 @@ export class ReconciliationService {
         rowsLoaded: loaded,
         now,
       }).then(
-        (ours) => (lost ||= !ours),
-        () => undefined, // a failed renewal is retried at the next beat
+        (ours) => {
+          lost ||= !ours;
+          if (ours) renewedAt = Date.now();
+        },
+        // A failed renewal is retried at the next beat; once none has worked for a whole lease,
+        // another node may hold the run: this one stops as if told so.
+        () => (lost ||= Date.now() - renewedAt > LEASE_MS),
       );
     }, HEARTBEAT_MS);
     const stillOurs = async () => {
@@ -440,16 +453,21 @@ export class ReconciliationService {
 
       // From here to the report, one run at a time: its checks read the other runs' results.
       await withClassificationLock(
-        db,
+        this.#options.lockDb ?? db,
         { waitMsMax: CLASSIFICATION_LOCK_WAIT_MS, stillOurs },
-        async () => {
+        async (stillHeld) => {
+          // Between statements: the run is still ours, and so is the lock.
+          const stillOursLocked = async () => {
+            await stillOurs();
+            await stillHeld();
+          };
           await markDuplicatesInFile(db, run.id);
           for (const chunk of classifyChunks(loaded)) {
             await classifyChunk(db, { runId: run.id, day: run.day, ...chunk, now: this.#now() });
-            await stillOurs();
+            await stillOursLocked();
           }
           phaseDone('classify');
-          await this.#bookFees(run.id, loaded, stillOurs);
+          await this.#bookFees(run.id, loaded, stillOursLocked);
           phaseDone('fees');
           await settleLateBookings(db, {
             runId: run.id,
@@ -459,10 +477,11 @@ export class ReconciliationService {
           });
           await insertMissingInSettlement(db, { runId: run.id, day: run.day, now: this.#now() });
           await resolveEarlierMismatches(db, run.id);
-          await stillOurs();
+          await stillOursLocked();
           phaseDone('missing');
           const summary = await summarizeRun(db, run.id);
           const internalCheck = await this.#internalCheck();
+          await stillOursLocked();
           const completed = await completeRun(db, {
             id: run.id,
             owner: this.#owner,
@@ -489,8 +508,9 @@ export class ReconciliationService {
             ? error.message
             : String(error);
       // A failed run's staging rows and mismatches would stay until the retention purge (a
-      // changed file is a new run, and this one is never run again): they go now, best effort.
-      await clearRunData(db, run.id).catch(() => undefined);
+      // changed file is a new run, and this one is never run again): they go now, best effort,
+      // and only while the run is still this node's (another may have taken it over).
+      await clearRunDataAsOwner(db, { id: run.id, owner: this.#owner }).catch(() => undefined);
       await failRun(db, { id: run.id, owner: this.#owner, error: reason, now: this.#now() }).catch(
         () => undefined,
       );

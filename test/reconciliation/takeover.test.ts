@@ -1,0 +1,174 @@
+/**
+ * Goal: reconciliation runs stay right when nodes lose their connections, leases or locks:
+ * - a node whose run was taken over, failing later, never undoes what the new owner loaded
+ *   (its cleanup runs only while the run is still its own);
+ * - a run notices that the classification lock is gone (its connection dropped) and stops,
+ *   instead of classifying beside another run;
+ * - runs waiting for the lock do not take the connections of the run that holds it (the lock
+ *   has a pool of its own): a main pool of one connection still finishes a run.
+ * Method: ReconciliationService instances on a migrated database of the real MariaDB, files in a
+ * temporary folder, a second connection that holds the lock or kills a connection, as a failing
+ * network would.
+ */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { sql } from 'kysely';
+import { createConnection, type Connection } from 'mysql2/promise';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { UnavailableError } from '../../src/domain/errors.js';
+import { addUtcDays, utcDayOf } from '../../src/domain/utc-day.js';
+import { withClassificationLock } from '../../src/reconciliation/reconciliation.repository.js';
+import {
+  ReconciliationService,
+  type ReconciliationOptions,
+} from '../../src/reconciliation/reconciliation.service.js';
+import { openDatabase, parseMysqlUrl, serverAddress } from '../../src/storage/db.js';
+import { openTestDatabase, waitFor, type TestDatabase } from '../support/harness.js';
+
+const HEADER = 'psp_reference,merchant_reference,type,currency,gross,fee,net,batch_id,created_utc';
+const LOCK = "CONCAT('settle.recon.', MD5(DATABASE()))";
+
+let database: TestDatabase;
+let dir: string;
+let control: Connection;
+beforeAll(async () => {
+  database = await openTestDatabase('takeover', { poolSize: 8 });
+  dir = await mkdtemp(path.join(os.tmpdir(), 'settle-takeover-'));
+  const target = parseMysqlUrl(database.url);
+  control = await createConnection({ ...serverAddress(target), database: target.database });
+});
+afterAll(async () => {
+  await control?.end().catch(() => undefined);
+  await database?.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function fileOf(day: string, rows: number): Promise<string> {
+  const lines = [HEADER];
+  for (let i = 0; i < rows; i += 1) {
+    lines.push(
+      `psp_${day}_${i},ord_${day}_${i},payment,USD,10.00,0.30,9.70,b1,${day}T10:00:00.000Z`,
+    );
+  }
+  const name = `settlement-${day}.csv`;
+  await writeFile(path.join(dir, name), `${lines.join('\n')}\n`);
+  return name;
+}
+
+function service(name: string, options: Partial<ReconciliationOptions> = {}) {
+  return new ReconciliationService({
+    db: database.db,
+    dir,
+    nodeName: name,
+    batchRows: 1_000,
+    rowsMax: 100_000,
+    waitMs: 0,
+    ...options,
+  });
+}
+
+async function stagedRows(runId: string): Promise<number> {
+  const { rows } = await sql<{ n: string }>`
+    SELECT COUNT(*) AS n FROM recon_file_row WHERE run_id = ${runId}`.execute(database.db);
+  return Number(rows[0]?.n);
+}
+
+/** The id of the connection running a statement that starts with `prefix` on this database. */
+async function connectionRunning(prefix: string): Promise<number> {
+  return waitFor(
+    async () => {
+      const [rows] = await control.query(
+        'SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND info LIKE ?',
+        [`${prefix}%`],
+      );
+      return (rows as Array<{ id: number }>)[0]?.id;
+    },
+    { what: `a connection running ${prefix}` },
+  );
+}
+
+describe('a run taken over by another node', () => {
+  it('is not undone by its first owner failing later', async () => {
+    const day = addUtcDays(utcDayOf(new Date()), -3);
+    await fileOf(day, 20);
+    // Another run classifies: this connection holds the lock, so A waits for it.
+    await control.query(`SELECT GET_LOCK(${LOCK}, 0)`);
+    const a = service('node-a');
+    const b = service('node-b');
+    try {
+      const runId = await a.start({ settlementDate: day });
+      const waiting = await connectionRunning('SELECT GET_LOCK');
+      // A's lease runs out (its renewals failed), and B takes the run over and loads it.
+      await sql`UPDATE recon_run SET lease_until = NOW(3) - INTERVAL 1 MINUTE
+        WHERE id = ${runId}`.execute(database.db);
+      expect(await b.start({ settlementDate: day })).toBe(runId);
+      await waitFor(async () => (await stagedRows(runId)) === 20 || undefined, {
+        what: 'B to load the file',
+      });
+      // A's connection drops while it waits: A fails, and must leave B's rows alone.
+      await control.query(`KILL ${waiting}`);
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      expect(await stagedRows(runId)).toBe(20);
+      await control.query(`SELECT RELEASE_LOCK(${LOCK})`);
+      const report = await waitFor(
+        async () => {
+          const run = await b.getReport(runId);
+          return run.state === 'RUNNING' ? undefined : run;
+        },
+        { what: 'B to finish' },
+      );
+      expect(report.state).toBe('SUCCEEDED');
+      expect(report.counts.MISSING_IN_LEDGER).toBe(20n);
+    } finally {
+      await control.query(`SELECT RELEASE_LOCK(${LOCK})`);
+      await a.stop();
+      await b.stop();
+    }
+  });
+});
+
+describe('the classification lock', () => {
+  it('tells a run that it is gone once its connection dropped', async () => {
+    const outcome = await withClassificationLock(
+      database.db,
+      { waitMsMax: 10_000, stillOurs: async () => undefined },
+      async (stillHeld) => {
+        await stillHeld();
+        const [rows] = await control.query(`SELECT IS_USED_LOCK(${LOCK}) AS holder`);
+        await control.query(`KILL ${(rows as Array<{ holder: number }>)[0]?.holder}`);
+        return stillHeld().then(
+          () => 'still held',
+          (error: unknown) => error,
+        );
+      },
+    ).catch((error: unknown) => error);
+    expect(outcome).toBeInstanceOf(UnavailableError);
+    expect((outcome as Error).message).toBe(
+      'the classification lock was lost (its database connection dropped); run it again',
+    );
+  });
+
+  it('is held on a pool of its own: a run finishes with a main pool of one connection', async () => {
+    const day = addUtcDays(utcDayOf(new Date()), -4);
+    await fileOf(day, 5);
+    const small = openDatabase(database.url, { poolSize: 1 });
+    const locks = openDatabase(database.url, { poolSize: 2 });
+    const node = service('node-small', { db: small.db, lockDb: locks.db });
+    try {
+      const runId = await node.start({ settlementDate: day });
+      const report = await waitFor(
+        async () => {
+          const run = await node.getReport(runId);
+          return run.state === 'RUNNING' ? undefined : run;
+        },
+        { what: 'the run to finish', timeoutMs: 15_000 },
+      );
+      expect(report.state).toBe('SUCCEEDED');
+    } finally {
+      await node.stop();
+      await small.close();
+      await locks.close();
+    }
+  });
+});
