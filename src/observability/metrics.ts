@@ -160,7 +160,11 @@ export function createMetrics(): Metrics {
     registers: [registry],
   });
 
-  // Gauges read at scrape time.
+  // Gauges read at scrape time. A labelled gauge is cleared first, so a series whose probe failed
+  // has no sample (absent, not 0). An unlabelled one keeps its last value instead: prom-client
+  // would expose a cleared one as 0, which reads as "no dead letters, no backlog" during the very
+  // outage that hides them, and resets the alerts' `for` timers. `settle_probe_up` says which
+  // values are stale.
   const gauge = <L extends string>(
     name: string,
     help: string,
@@ -173,7 +177,7 @@ export function createMetrics(): Metrics {
       labelNames,
       registers: [registry],
       async collect() {
-        this.reset();
+        if (labelNames.length > 0) this.reset();
         const current = await snapshot();
         if (current !== undefined) read(this, current);
       },

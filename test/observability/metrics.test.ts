@@ -13,6 +13,7 @@ import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
+import type { OperationsSnapshot } from '../../src/observability/operations.js';
 import {
   call,
   callError,
@@ -245,6 +246,45 @@ describe('metrics and request logs', () => {
     expect(
       metricSample(text, 'settle_group_commit_seconds_sum', { kind: 'transitions', outcome: 'ok' }),
     ).toBeGreaterThan(0);
+  });
+
+  it('keeps an unlabelled gauge at its last value while its probe fails, and says so', async () => {
+    const metrics = createMetrics();
+    const snapshotWith = (ok: boolean) =>
+      ({
+        takenAt: new Date(),
+        breaker: undefined,
+        consumer: ok
+          ? { ok, value: { pending: 5, ackPending: 1, redelivered: 0 } }
+          : { ok, error: 'NATS is down' },
+        commandStream: undefined,
+        deadLetters: ok ? { ok, value: { open: 2, total: 3 } } : { ok, error: 'MySQL is down' },
+        outbox: ok
+          ? { ok, value: { pending: 7, oldestAgeMs: 1_500 } }
+          : { ok, error: 'MySQL is down' },
+        actors: { live: 0, mailboxDepth: 0, passivated: 0 },
+        payments: ok ? { ok, value: [{ state: 'EXECUTING', count: 4 }] } : { ok, error: 'down' },
+        reconciliation: { ok: false, error: 'not asked' },
+      }) as unknown as OperationsSnapshot;
+    const read = async () => (await metrics.render()).body;
+    metrics.setSnapshotSource(() => Promise.resolve(snapshotWith(true)));
+    const before = await read();
+    metrics.setSnapshotSource(() => Promise.resolve(snapshotWith(false)));
+    const during = await read();
+    for (const [name, value] of [
+      ['settle_dead_letters_open', 2],
+      ['settle_dead_letters_stored', 3],
+      ['settle_outbox_pending', 7],
+      ['settle_jetstream_consumer_pending', 5],
+    ] as const) {
+      expect(metricSample(before, name), name).toBe(value);
+      expect(metricSample(during, name), name).toBe(value);
+    }
+    expect(metricSample(during, 'settle_probe_up', { probe: 'dead_letters' })).toBe(0);
+    expect(metricSample(during, 'settle_probe_up', { probe: 'jetstream_consumer' })).toBe(0);
+    // A labelled series whose probe failed has no sample rather than a stale one.
+    expect(metricSample(before, 'settle_payments', { state: 'EXECUTING' })).toBe(4);
+    expect(metricSample(during, 'settle_payments', { state: 'EXECUTING' })).toBeUndefined();
   });
 
   it('keeps each node’s metrics in its own registry', () => {
