@@ -40,13 +40,16 @@ export type DeadLetterRecord = Readonly<{
   updatedAt: Date;
 }>;
 
-/** Records a dead letter once per stream message (a second record of the same one is ignored). */
+/**
+ * Records a dead letter once per stream message (a second record of the same one is ignored);
+ * answers whether this call recorded it.
+ */
 export async function recordDeadLetter(
   db: Db,
   streamName: string,
   entry: DeadLetter,
   now: Date,
-): Promise<void> {
+): Promise<boolean> {
   try {
     await db
       .insertInto('dead_letter')
@@ -65,8 +68,10 @@ export async function recordDeadLetter(
         updated_at: now,
       })
       .execute();
+    return true;
   } catch (error) {
     if (!isDuplicateKey(error)) throw error;
+    return false;
   }
 }
 

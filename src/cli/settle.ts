@@ -135,7 +135,15 @@ export async function runCli(
     (values.help ? io.out : io.err)(USAGE);
     return values.help ? 0 : 2;
   }
-  const timeoutMs = intOption(values['timeout-ms'], 'timeout-ms', 10_000, 1, 3_600_000);
+  let timeoutMs: number;
+  try {
+    timeoutMs = intOption(values['timeout-ms'], 'timeout-ms', 10_000, 1, 3_600_000);
+  } catch (error) {
+    io.err(
+      `settle: ${error instanceof Error ? error.message : String(error)}\n(settle --help lists the commands)\n`,
+    );
+    return 2;
+  }
   const settings = {
     addr: values.addr ?? env.SETTLE_ADDR ?? '127.0.0.1:50051',
     token: values.token ?? env.ADMIN_TOKEN,

@@ -47,7 +47,8 @@ export type ConsumerOptions = Readonly<{
   jitter: number;
   onError?: (error: unknown, context: Record<string, unknown>) => void;
   /** Durably records a dead letter (MySQL); awaited before the message is terminated. */
-  recordDeadLetter: (entry: DeadLetter) => Promise<void>;
+  /** Answers false when the entry was already recorded (another node heard the advisory too). */
+  recordDeadLetter: (entry: DeadLetter) => Promise<boolean | void>;
   onDeadLetter?: (entry: DeadLetter) => void;
   onRetry?: (entry: { orderId: string; attempt: number; delayMs: number; reason: string }) => void;
 }>;
@@ -122,7 +123,7 @@ export class CommandConsumer {
           });
           const payload = stored?.string() ?? '';
           const command = parseCommand(stored?.data ?? new Uint8Array());
-          await this.options.recordDeadLetter({
+          const entry: DeadLetter = {
             orderId: command?.orderId ?? null,
             subject: stored?.subject ?? this.names.commandSubjectAll,
             streamSequence: body.stream_seq,
@@ -131,7 +132,11 @@ export class CommandConsumer {
             lastError: `delivered ${body.deliveries} times without an answer (a node crashed or hung)`,
             payload,
             deadLetteredAt: new Date().toISOString(),
-          });
+          };
+          // Counted and logged by the node that recorded it, once, however many heard it.
+          if ((await this.options.recordDeadLetter(entry)) !== false) {
+            this.options.onDeadLetter?.(entry);
+          }
         } catch (error) {
           this.options.onError?.(error, { reason: 'max-deliveries advisory not recorded' });
         }

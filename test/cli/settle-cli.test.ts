@@ -212,6 +212,11 @@ describe('settle CLI', () => {
     expect(usage.stderr).toContain("--order 'seller=12.50' must look like seller-id=1999");
     const unknown = await settle(['--bogus']);
     expect(unknown.code).toBe(2);
+    // A bad global option is a usage error too, told in one line, not a stack trace.
+    const timeout = await settle(['--timeout-ms', 'abc', 'trial-balance']);
+    expect(timeout.code).toBe(2);
+    expect(timeout.stderr).toMatch(/^settle: --timeout-ms must be a whole number/);
+    expect(timeout.stderr).not.toContain('    at ');
     const invalid = await settle(['payment', 'get', 'pay_nope']);
     expect(invalid.code).toBe(1);
     expect(invalid.stderr).toMatch(/^settle: INVALID_ARGUMENT: payment_id/);

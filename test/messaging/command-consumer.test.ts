@@ -143,3 +143,65 @@ describe('a handler that hangs', () => {
     expect(second - first).toBeLessThan(workingMsMax + ACK_WAIT_MS / 3 + ACK_WAIT_MS + 500);
   }, 20_000);
 });
+
+describe('a message out of deliveries without an answer', () => {
+  const names = topologyNames(`t${uniqueSuffix()}`, 1);
+  let nc: NatsConnection | undefined;
+  const consumers: CommandConsumer[] = [];
+  afterAll(async () => {
+    for (const consumer of consumers) await consumer.stop(0);
+    if (nc !== undefined) {
+      await deleteTopology(nc, names);
+      await nc.close();
+    }
+  });
+
+  it('is dead-lettered as MAX_DELIVERIES, counted once by the node that recorded it', async () => {
+    nc = await connect({ servers: inject('natsUrl') });
+    const jsm = await ensureTopology(nc, names, {
+      ackWaitMs: ACK_WAIT_MS,
+      maxDeliver: 2,
+      maxAckPending: 10,
+    });
+    const reported: Array<{ node: string; reason: string }> = [];
+    let recorded = false;
+    // Two nodes hear the advisory; the dead_letter table's key lets one of them record it.
+    for (const node of ['a', 'b']) {
+      const consumer = new CommandConsumer(
+        nc,
+        jetstream(nc),
+        jsm,
+        names,
+        () => new Promise(() => undefined), // hangs: a node that died mid-turn
+        {
+          inFlightMax: 4,
+          ackWaitMs: ACK_WAIT_MS,
+          workingMsMax: 200,
+          backoffMs: [100],
+          jitter: 0,
+          recordDeadLetter: () => {
+            const first = !recorded;
+            recorded = true;
+            return Promise.resolve(first);
+          },
+          onDeadLetter: (entry) => reported.push({ node, reason: entry.reason }),
+        },
+      );
+      consumers.push(consumer);
+      await consumer.start();
+    }
+    const orderId = `ord_${randomUUID()}`;
+    await jetstream(nc).publish(
+      names.commandSubject(orderId),
+      JSON.stringify({ type: 'ExecuteOrder', orderId }),
+    );
+    await waitFor(() => Promise.resolve(reported.length > 0 || undefined), {
+      timeoutMs: 10_000,
+      what: 'the MAX_DELIVERIES dead letter reported',
+    });
+    // The other node's advisory found it recorded: nothing more is counted.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(reported).toHaveLength(1);
+    expect(reported[0]?.reason).toBe('MAX_DELIVERIES');
+  }, 20_000);
+});
