@@ -118,11 +118,40 @@ export type PartialRequest<Req> = DeepPartial<Req>;
  */
 export function buildRequest<Req>(type: MessageFns<Req>, name: string, request: unknown): Req {
   assertSafeIntegers(request, name);
+  let built: Req;
   try {
-    return type.fromPartial(request as never);
+    built = type.fromPartial(request as never);
   } catch (error) {
     // BigInt() of a bad string or a fraction: say which request, not only "Cannot convert".
     throw new TypeError(`${name}: ${String((error as Error).message)}`, { cause: error });
+  }
+  assertDecimalStrings(request, built, name);
+  return built;
+}
+
+const DECIMAL_INT64 = /^-?\d{1,19}$/;
+
+/**
+ * An int64 given as a string must be written in decimal: BigInt() also reads '0x7D0' (2000),
+ * '0b1', '0o7' and surrounding spaces, which no caller means as an amount.
+ */
+function assertDecimalStrings(source: unknown, built: unknown, path: string): void {
+  if (typeof built === 'bigint') {
+    if (typeof source === 'string' && !DECIMAL_INT64.test(source)) {
+      throw new TypeError(`${path}: '${source.slice(0, 40)}' is not a decimal integer`);
+    }
+  } else if (Array.isArray(source) && Array.isArray(built)) {
+    source.forEach((item, index) => assertDecimalStrings(item, built[index], `${path}[${index}]`));
+  } else if (
+    source !== null &&
+    typeof source === 'object' &&
+    built !== null &&
+    typeof built === 'object' &&
+    !(source instanceof Date)
+  ) {
+    for (const [key, field] of Object.entries(source)) {
+      assertDecimalStrings(field, (built as Record<string, unknown>)[key], `${path}.${key}`);
+    }
   }
 }
 

@@ -182,7 +182,11 @@ export function openDatabase<DB = Database>(
   }
   // Runs before any other statement on the new connection: mysql2 queues them in order.
   pool.on('connection', (connection) => {
-    connection.query(`SET SESSION innodb_lock_wait_timeout = ${lockWaitTimeoutS}`);
+    // With a callback: an error of a query without one is thrown out of mysql2's packet parser.
+    // A connection whose setting failed is not used with the server's 50 s wait: it is dropped.
+    connection.query(`SET SESSION innodb_lock_wait_timeout = ${lockWaitTimeoutS}`, (error) => {
+      if (error) connection.destroy();
+    });
   });
   const onQuery = options.onQuery;
   const db = new Kysely<DB>({

@@ -66,6 +66,9 @@ describe('typed client', () => {
     [2 ** 53 + 2, /orders\[0\]\.amountMinor: 9007199254740994 is not a safe integer/],
     [19.99, /orders\[0\]\.amountMinor: 19\.99 is not a safe integer/],
     ['19.99', /^CreatePaymentRequest: Cannot convert 19\.99 to a BigInt/],
+    // BigInt() reads these, as 2000 and 12: no caller means them as amounts.
+    ['0x7D0', /^CreatePaymentRequest\.orders\[0\]\.amountMinor: '0x7D0' is not a decimal integer$/],
+    [' 12', /^CreatePaymentRequest\.orders\[0\]\.amountMinor: ' 12' is not a decimal integer$/],
   ])('refuses amount %j before sending anything', async (amountMinor, message) => {
     const before = await rowCounts(stack.settle.db);
     const error = await failure(
