@@ -236,6 +236,8 @@ export class PaymentService {
   ): Promise<Payment> {
     const input = parseCreatePayment(raw);
     const now = this.deps.now();
+    // From the call's arrival: the creation's write (a queue, a lock wait) spends it too.
+    const waitUntilMs = Date.now() + Math.max(0, options.waitMsMax ?? Infinity);
     // Twice at most: a second time only after an abandoned key was deleted (or the key vanished).
     for (let attempt = 1; ; attempt += 1) {
       const creation = this.prepare(input, now);
@@ -271,7 +273,7 @@ export class PaymentService {
       else if (creation.decision.approved) this.deps.wakeRelay();
       return this.waitForCheckout(
         created,
-        Math.min(this.deps.createWaitMs, Math.max(0, options.waitMsMax ?? Infinity)),
+        Math.min(this.deps.createWaitMs, Math.max(0, waitUntilMs - Date.now())),
       );
     }
   }

@@ -13,6 +13,8 @@ import type {
   CreatePaymentResponse,
 } from '../../src/grpc/generated/settle/v1/payment.js';
 import { PaymentState } from '../../src/grpc/generated/settle/v1/payment.js';
+import { createConnection } from 'mysql2/promise';
+import { parseMysqlUrl, serverAddress } from '../../src/storage/db.js';
 import { call, startStack, type Stack } from '../support/harness.js';
 
 let stack: Stack;
@@ -63,5 +65,33 @@ describe('CreatePayment and the caller deadline', () => {
       paymentId: payment?.paymentId ?? '',
     });
     expect(found.payment?.paymentId).toBe(payment?.paymentId);
+  });
+
+  it('counts a slow creation write against the deadline too', async () => {
+    stack.psp.setBehavior({ latencyMs: 4_000 });
+    // The payment table is locked for 900 ms: the creation's write waits that long first.
+    const target = parseMysqlUrl(stack.config.MYSQL_URL);
+    const locker = await createConnection({ ...serverAddress(target), database: target.database });
+    await locker.query('LOCK TABLES payment WRITE');
+    const unlocked = new Promise<void>((resolve) =>
+      setTimeout(() => {
+        void locker.query('UNLOCK TABLES').then(() => resolve());
+      }, 900),
+    );
+    const started = Date.now();
+    const { error, response } = await createWithDeadline(
+      {
+        requestId: randomUUID(),
+        buyerId: 'buyer-deadline-slow-write',
+        currencyCode: 'USD',
+        orders: [{ sellerId: 'seller-deadline', amountMinor: 1_500n }],
+      },
+      1_500,
+    );
+    await unlocked;
+    await locker.end();
+    expect(error?.code === undefined ? 'OK' : grpc.status[error.code]).toBe('OK');
+    expect(Date.now() - started).toBeLessThan(1_500);
+    expect(response?.payment?.paymentId).toMatch(/^pay_/);
   });
 });
