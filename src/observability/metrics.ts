@@ -37,7 +37,8 @@ export type Metrics = Readonly<{
   webhookAccepted: (webhook: { way: 'applied' | 'queued' | 'duplicate'; ms: number }) => void;
   /** One group-commit batch ended (creations, transitions, loads or webhooks). */
   groupCommitBatch: (batch: { kind: string; size: number; ms: number; ok: boolean }) => void;
-  pspCall: (call: { op: string; ok: boolean; ms: number }) => void;
+  /** `notSent`: refused by the circuit breaker, so no PSP latency to observe. */
+  pspCall: (call: { op: string; ok: boolean; ms: number; notSent?: boolean }) => void;
   retry: () => void;
   deadLetter: (reason: string) => void;
   /** Housekeeping deleted expired rows (`task`: what they were, e.g. idempotency_key). */
@@ -88,7 +89,9 @@ export function createMetrics(): Metrics {
   });
   const pspSeconds = new Histogram({
     name: 'settle_psp_call_seconds',
-    help: 'PSP call latency from this node, by operation and outcome (ok or error).',
+    help:
+      'PSP call latency from this node, by operation and outcome (ok, error, or breaker_open: ' +
+      'refused by the circuit breaker without a call).',
     labelNames: ['op', 'outcome'] as const,
     buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
     registers: [registry],
@@ -366,7 +369,10 @@ export function createMetrics(): Metrics {
       if (batch.ok) batchUnits.observe({ kind: batch.kind }, batch.size);
     },
     pspCall: (call) =>
-      pspSeconds.observe({ op: call.op, outcome: call.ok ? 'ok' : 'error' }, call.ms / 1000),
+      pspSeconds.observe(
+        { op: call.op, outcome: call.notSent === true ? 'breaker_open' : call.ok ? 'ok' : 'error' },
+        call.ms / 1000,
+      ),
     retry: () => retries.inc(),
     deadLetter: (reason) => deadLetters.inc({ reason }),
     rowsPurged: (purged) => rowsPurged.inc({ task: purged.task }, purged.rows),

@@ -374,6 +374,17 @@ function isServiceError(error: unknown): error is ServiceError {
   );
 }
 
+/**
+ * Whether `error` is the breaker's refusal (the call never left this node), as a PSP port's
+ * caller sees it: the domain error whose cause is opossum's EOPENBREAKER.
+ */
+export function isBreakerOpen(error: unknown): boolean {
+  return (
+    isOpossumError(error, 'EOPENBREAKER') ||
+    (error instanceof Error && isOpossumError(error.cause, 'EOPENBREAKER'))
+  );
+}
+
 function isOpossumError(error: unknown, code: string): boolean {
   return error instanceof Error && (error as { code?: unknown }).code === code;
 }

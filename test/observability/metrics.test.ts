@@ -287,6 +287,17 @@ describe('metrics and request logs', () => {
     expect(metricSample(during, 'settle_payments', { state: 'EXECUTING' })).toBeUndefined();
   });
 
+  it('counts a call the circuit breaker refused as breaker_open, not as a PSP error', async () => {
+    const metrics = createMetrics();
+    metrics.pspCall({ op: 'register', ok: false, ms: 0, notSent: true });
+    metrics.pspCall({ op: 'register', ok: false, ms: 800 });
+    const text = (await metrics.render()).body;
+    const count = (outcome: string) =>
+      metricSample(text, 'settle_psp_call_seconds_count', { op: 'register', outcome });
+    expect(count('breaker_open')).toBe(1);
+    expect(count('error')).toBe(1);
+  });
+
   it('keeps each node’s metrics in its own registry', () => {
     const a = createMetrics();
     const b = createMetrics();

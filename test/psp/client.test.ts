@@ -18,6 +18,7 @@ import {
 import {
   BREAKER_STATE,
   createPspClient,
+  isBreakerOpen,
   PSP_STATUS,
   type BreakerState,
   type PspClient,
@@ -211,6 +212,8 @@ describe('the circuit breaker', () => {
       expect(error).toBeInstanceOf(UnavailableError);
       expect(error.message).toContain('injected fault');
       expect((error as UnavailableError).retryable).toBe(true);
+      // A call that reached the PSP: its latency is a PSP call's.
+      expect(isBreakerOpen(error)).toBe(false);
     }
     expect(psp.breakerState()).toBe(BREAKER_STATE.open);
 
@@ -223,6 +226,8 @@ describe('the circuit breaker', () => {
     expect(fast.message).toContain('circuit breaker open');
     expect((fast as UnavailableError).retryable).toBe(true);
     expect((fast as UnavailableError).retryDelayMs).toBe(RESET_TIMEOUT_MS);
+    // Told apart from a PSP failure, so /metrics does not count it as a PSP call.
+    expect(isBreakerOpen(fast)).toBe(true);
 
     mock.setBehavior({ latencyMs: 0 });
     await waitFor(() => psp.breakerState() === BREAKER_STATE.halfOpen, {

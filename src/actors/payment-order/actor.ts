@@ -6,6 +6,7 @@
  * back as further events in the same turn. A stale version means another writer got there first:
  * the actor reloads and decides again.
  */
+import { isBreakerOpen } from '../../psp/client.js';
 import type { Db } from '../../storage/db.js';
 import { findPaymentOrder } from '../../storage/repositories/payment-order.repository.js';
 import type { HandleOutcome } from '../../messaging/command-consumer.js';
@@ -45,6 +46,8 @@ export type OrderActorDeps = Readonly<{
     ok: boolean;
     ms: number;
     error?: string;
+    /** Refused by the circuit breaker: the call never left this node. */
+    notSent?: boolean;
   }) => void;
 }>;
 
@@ -290,6 +293,7 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
         ok: false,
         ms: Date.now() - started,
         error: describeError(error),
+        ...(isBreakerOpen(error) && { notSent: true }),
       });
       if (isNotFound(error)) return notFound;
       if (isRetryable(error)) return 'retry';
