@@ -53,8 +53,10 @@ function diagnoseOrder(order: PaymentOrder, facts: DiagnosisFacts): Finding[] {
   const found: Finding[] = [];
   const say = (severity: Severity, text: string) =>
     found.push({ severity, orderId: order.id, text });
+  let deadLettered = false;
   for (const letter of facts.openDeadLetters) {
     if (letter.orderId !== order.id) continue;
+    deadLettered = true;
     say(
       'error',
       `a command for this order is in the dead-letter queue (${letter.reason}: ` +
@@ -94,7 +96,15 @@ function diagnoseOrder(order: PaymentOrder, facts: DiagnosisFacts): Finding[] {
       );
       break;
     case 'EXECUTING':
-      if (order.checkoutUrl === undefined) {
+      if (order.checkoutUrl === undefined && deadLettered) {
+        // Its retries are spent: nothing is registering it, whatever the breaker says.
+        say(
+          'info',
+          `not registered after ${order.attempts} attempt(s), and no retry is scheduled; the ` +
+            'janitor asks the PSP once the order has been quiet for JANITOR_STUCK_MS, or replay ' +
+            'the dead letter',
+        );
+      } else if (order.checkoutUrl === undefined) {
         const breaker =
           facts.breaker !== undefined && facts.breaker !== 'CLOSED'
             ? `; the PSP circuit breaker is ${facts.breaker}, so calls wait for it to close`

@@ -59,6 +59,23 @@ describe('diagnose', () => {
     expect(findings[0]?.text).toContain('RETRIES_EXHAUSTED: PSP down');
   });
 
+  it('does not say a dead-lettered order is still registering, whatever the breaker', () => {
+    const findings = diagnose(
+      facts([order('b', { attempts: 7 })], {
+        breaker: 'HALF_OPEN',
+        openDeadLetters: [
+          { id: '9', orderId: 'b', reason: 'RETRIES_EXHAUSTED', lastError: 'PSP down' },
+        ],
+      }),
+    );
+    expect(findings.map((finding) => finding.severity)).toEqual(['error', 'info']);
+    expect(findings[1]?.text).toBe(
+      'not registered after 7 attempt(s), and no retry is scheduled; the janitor asks the PSP ' +
+        'once the order has been quiet for JANITOR_STUCK_MS, or replay the dead letter',
+    );
+    expect(findings.some((finding) => finding.text.includes('registering'))).toBe(false);
+  });
+
   it('blames an open breaker for an order still registering', () => {
     const [finding] = diagnose(facts([order('a', { attempts: 3 })], { breaker: 'OPEN' }));
     expect(finding).toMatchObject({ severity: 'warn' });
