@@ -291,6 +291,9 @@ export async function discardDeadLetter(
  * is money the PSP took and Settle has not booked, and only its replay (the order flagged for
  * review) tells an operator.
  */
+/** Pages of candidates one call reads at most (each of `limit` entries). */
+const RESOLVE_PAGES_MAX = 20;
+
 const MOOT_WHEN_FINAL: ReadonlySet<string> = new Set([
   'ExecuteOrder',
   'ExpireOrder',
@@ -310,15 +313,26 @@ export async function resolveFinishedDeadLetters(
   now: Date,
   limit: number,
 ): Promise<string[]> {
-  const { rows } = await sql<{ id: string; payload: string }>`
-    SELECT d.id, d.payload FROM dead_letter d FORCE INDEX (dead_letter_state)
-    JOIN payment_order o ON o.id = d.order_id
-    WHERE d.state = ${DEAD_LETTER_STATE.open} AND o.state IN (${sql.join([...TERMINAL_STATES])})
-    ORDER BY d.id LIMIT ${limit}`.execute(db);
+  // Paged by id: entries kept open on purpose (a PSP result, a payload that does not parse) must
+  // not fill every page and starve the moot ones behind them. At most RESOLVE_PAGES_MAX pages.
   const encoder = new TextEncoder();
-  const ids = rows
-    .filter((row) => MOOT_WHEN_FINAL.has(parseCommand(encoder.encode(row.payload))?.type ?? ''))
-    .map((row) => row.id);
+  const ids: string[] = [];
+  let after = '0';
+  for (let page = 0; page < RESOLVE_PAGES_MAX && ids.length < limit; page += 1) {
+    const { rows } = await sql<{ id: string; payload: string }>`
+      SELECT d.id, d.payload FROM dead_letter d FORCE INDEX (dead_letter_state)
+      JOIN payment_order o ON o.id = d.order_id
+      WHERE d.state = ${DEAD_LETTER_STATE.open} AND d.id > ${after}
+        AND o.state IN (${sql.join([...TERMINAL_STATES])})
+      ORDER BY d.id LIMIT ${limit}`.execute(db);
+    for (const row of rows) {
+      if (MOOT_WHEN_FINAL.has(parseCommand(encoder.encode(row.payload))?.type ?? '')) {
+        ids.push(row.id);
+      }
+    }
+    if (rows.length < limit) break;
+    after = rows[rows.length - 1]?.id ?? after;
+  }
   if (ids.length === 0) return [];
   await sql`
     UPDATE dead_letter d JOIN payment_order o ON o.id = d.order_id

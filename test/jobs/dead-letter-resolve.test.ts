@@ -6,6 +6,7 @@
  * Method: the real janitor and dead-letter functions on a migrated database of the real MariaDB,
  * orders written in the states each case needs.
  */
+import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   discardDeadLetter,
@@ -70,6 +71,45 @@ async function deadLetterOf(
 }
 
 describe('dead letters of orders that finished on their own', () => {
+  it('are found behind a full page of entries kept open on purpose', async () => {
+    const kept: string[] = [];
+    for (let i = 0; i < 3; i += 1) {
+      kept.push(
+        await deadLetterOf('EXPIRED', 100 + i, (orderId) => ({
+          type: 'PspResult',
+          orderId,
+          eventId: `evt-${orderId}`,
+          outcome: 'SUCCEEDED',
+          pspReference: `psp-${orderId.slice(4)}`,
+          amountMinor: '500',
+          declineCode: null,
+        })),
+      );
+    }
+    const moot = await deadLetterOf('EXPIRED', 103);
+    const janitor = new Janitor(
+      database.db,
+      names('dlresolve', 1),
+      // Pages of 3: the first is all charges kept open.
+      {
+        orderExpiryMs: 3_600_000,
+        stuckMs: 3_600_000,
+        intervalMs: 60_000,
+        batchMax: 3,
+        leaseMs: 1_000,
+      },
+      { now: () => new Date(), wakeRelay: () => undefined },
+    );
+    expect((await janitor.runOnce()).resolvedDeadLetters).toEqual([moot]);
+    for (const id of kept) {
+      expect(await findDeadLetter(database.db, id)).toMatchObject({ state: 'OPEN' });
+    }
+    // Later tests count what a pass resolves: these are done with.
+    await sql`DELETE FROM dead_letter WHERE id IN (${sql.join([...kept, moot])})`.execute(
+      database.db,
+    );
+  });
+
   it('are RESOLVED by the janitor; those of unfinished orders stay OPEN', async () => {
     const succeeded = await deadLetterOf('SUCCEEDED', 1);
     const expired = await deadLetterOf('EXPIRED', 2);
