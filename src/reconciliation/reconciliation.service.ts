@@ -118,6 +118,9 @@ export type ReconciliationOptions = Readonly<{
   waitMs: number;
   /** Runs this node works on at once. Default 2. */
   runsMax?: number;
+  /** A run's lease and how often it is renewed (tests shorten them). Default 60 s and 10 s. */
+  leaseMs?: number;
+  heartbeatMs?: number;
   /**
    * RECONCILIATION_KEEP_DAYS: a settlement day older than this is not reconciled again, because
    * the staging rows its checks compare with are purged (`purgeExpiredStaging`, run by the
@@ -137,6 +140,12 @@ class LeaseLostError extends Error {
 
 export class ReconciliationService {
   readonly #options: ReconciliationOptions;
+  get #leaseMs(): number {
+    return this.#options.leaseMs ?? LEASE_MS;
+  }
+  get #heartbeatMs(): number {
+    return this.#options.heartbeatMs ?? HEARTBEAT_MS;
+  }
   readonly #owner: string;
   readonly #now: () => Date;
   readonly #inFlight = new Map<string, Promise<void>>();
@@ -210,7 +219,7 @@ export class ReconciliationService {
         fileSha256: scan.sha256,
         rowsTotal: scan.rows,
         owner: this.#owner,
-        leaseUntil: new Date(now.getTime() + LEASE_MS),
+        leaseUntil: new Date(now.getTime() + this.#leaseMs),
         now,
       });
       if (created) {
@@ -229,7 +238,7 @@ export class ReconciliationService {
       const claimed = await claimRun(db, {
         id: existing.id,
         owner: this.#owner,
-        leaseUntil: new Date(now.getTime() + LEASE_MS),
+        leaseUntil: new Date(now.getTime() + this.#leaseMs),
         now,
       });
       if (claimed) this.#launch({ id: existing.id, day: file.day, path: file.path, scan });
@@ -378,22 +387,24 @@ export class ReconciliationService {
     let renewedAt = Date.now();
     const heartbeat = setInterval(() => {
       const now = this.#now();
+      // The lease a renewal gives runs from when it was sent.
+      const sentAt = Date.now();
       renewRunLease(db, {
         id: run.id,
         owner: this.#owner,
-        leaseUntil: new Date(now.getTime() + LEASE_MS),
+        leaseUntil: new Date(now.getTime() + this.#leaseMs),
         rowsLoaded: loaded,
         now,
       }).then(
         (ours) => {
           lost ||= !ours;
-          if (ours) renewedAt = Date.now();
+          if (ours) renewedAt = sentAt;
         },
-        // A failed renewal is retried at the next beat; once none has worked for a whole lease,
-        // another node may hold the run: this one stops as if told so.
-        () => (lost ||= Date.now() - renewedAt > LEASE_MS),
+        // A failed renewal is retried at the next beat; once the lease would end before the next
+        // one, another node may soon hold the run: this one stops as if told so.
+        () => (lost ||= Date.now() - renewedAt > this.#leaseMs - this.#heartbeatMs),
       );
-    }, HEARTBEAT_MS);
+    }, this.#heartbeatMs);
     const stillOurs = async () => {
       signal.throwIfAborted();
       if (lost) throw new LeaseLostError(`run ${run.id} was taken over`);
@@ -444,7 +455,7 @@ export class ReconciliationService {
       await renewRunLease(db, {
         id: run.id,
         owner: this.#owner,
-        leaseUntil: new Date(this.#now().getTime() + LEASE_MS),
+        leaseUntil: new Date(this.#now().getTime() + this.#leaseMs),
         rowsLoaded: loaded,
         now: this.#now(),
       });
@@ -496,6 +507,17 @@ export class ReconciliationService {
       onEvent?.({ type: 'succeeded', runId: run.id, day: run.day, ms: Date.now() - started });
     } catch (error) {
       if (error instanceof LeaseLostError) {
+        // Taken over: the new owner's, nothing to undo. Lost because renewals failed and nobody
+        // took it: still ours in the database, so it is undone and failed like any failure, to
+        // be run again at once rather than stay RUNNING under an expired lease. Both statements
+        // check the owner, so they do nothing in the first case.
+        await clearRunDataAsOwner(db, { id: run.id, owner: this.#owner }).catch(() => undefined);
+        await failRun(db, {
+          id: run.id,
+          owner: this.#owner,
+          error: 'its lease could not be renewed (the database did not answer); run it again',
+          now: this.#now(),
+        }).catch(() => undefined);
         onEvent?.({ type: 'lease-lost', runId: run.id });
         return;
       }

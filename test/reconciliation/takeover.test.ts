@@ -128,6 +128,48 @@ describe('a run taken over by another node', () => {
   });
 });
 
+describe('a run whose lease could not be renewed', () => {
+  it('is failed, to be run again at once, not left RUNNING under an expired lease', async () => {
+    const day = addUtcDays(utcDayOf(new Date()), -5);
+    await fileOf(day, 5);
+    // Renewals fail: the run's row is held by another connection, and the node's pool waits
+    // for a row lock 1 s at most.
+    const pool = openDatabase(database.url, { poolSize: 4, lockWaitTimeoutS: 1 });
+    const node = service('node-blip', { db: pool.db, leaseMs: 2_000, heartbeatMs: 300 });
+    await control.query(`SELECT GET_LOCK(${LOCK}, 0)`);
+    const held = await createConnection({
+      ...serverAddress(parseMysqlUrl(database.url)),
+      database: parseMysqlUrl(database.url).database,
+    });
+    try {
+      const runId = await node.start({ settlementDate: day });
+      // Loaded, and waiting for the lock: from here only the heartbeat writes the run's row.
+      await connectionRunning('SELECT GET_LOCK');
+      await held.query('START TRANSACTION');
+      await held.query('SELECT id FROM recon_run WHERE id = ? FOR UPDATE', [runId]);
+      // Longer than the lease: the node must give the run up...
+      await new Promise((resolve) => setTimeout(resolve, 2_500));
+      // ...and, once the database answers again, fail it rather than leave it RUNNING.
+      await held.query('ROLLBACK');
+      const failed = await waitFor(
+        async () => {
+          const run = await node.getReport(runId);
+          return run.state === 'FAILED' ? run : undefined;
+        },
+        { what: 'the run to be failed', timeoutMs: 10_000 },
+      );
+      expect(failed.error).toBe(
+        'its lease could not be renewed (the database did not answer); run it again',
+      );
+    } finally {
+      await held.end().catch(() => undefined);
+      await control.query(`SELECT RELEASE_LOCK(${LOCK})`);
+      await node.stop();
+      await pool.close();
+    }
+  });
+});
+
 describe('the classification lock', () => {
   it('tells a run that it is gone once its connection dropped', async () => {
     const outcome = await withClassificationLock(
