@@ -130,6 +130,7 @@ export function buildRequest<Req>(type: MessageFns<Req>, name: string, request: 
 }
 
 const DECIMAL_INT64 = /^-?\d{1,19}$/;
+const INT64_MAX = 2n ** 63n - 1n;
 
 /**
  * An int64 given as a string must be written in decimal: BigInt() also reads '0x7D0' (2000),
@@ -139,6 +140,9 @@ function assertDecimalStrings(source: unknown, built: unknown, path: string): vo
   if (typeof built === 'bigint') {
     if (typeof source === 'string' && !DECIMAL_INT64.test(source)) {
       throw new TypeError(`${path}: '${source.slice(0, 40)}' is not a decimal integer`);
+    }
+    if (built > INT64_MAX || built < -INT64_MAX - 1n) {
+      throw new TypeError(`${path}: ${built} does not fit an int64`);
     }
   } else if (Array.isArray(source) && Array.isArray(built)) {
     source.forEach((item, index) => assertDecimalStrings(item, built[index], `${path}[${index}]`));

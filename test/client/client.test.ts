@@ -69,6 +69,10 @@ describe('typed client', () => {
     // BigInt() reads these, as 2000 and 12: no caller means them as amounts.
     ['0x7D0', /^CreatePaymentRequest\.orders\[0\]\.amountMinor: '0x7D0' is not a decimal integer$/],
     [' 12', /^CreatePaymentRequest\.orders\[0\]\.amountMinor: ' 12' is not a decimal integer$/],
+    [
+      '9999999999999999999',
+      /^CreatePaymentRequest\.orders\[0\]\.amountMinor: 9999999999999999999 does not fit an int64$/,
+    ],
   ])('refuses amount %j before sending anything', async (amountMinor, message) => {
     const before = await rowCounts(stack.settle.db);
     const error = await failure(

@@ -240,6 +240,7 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
             ok: false,
             ms: Date.now() - started,
             error: describeError(error),
+            ...(isBreakerOpen(error) && { notSent: true }),
           });
           return {
             type: 'PspRegistrationFailed',

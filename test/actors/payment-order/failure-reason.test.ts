@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PaymentOrderActor } from '../../../src/actors/payment-order/actor.js';
 import type { PspPort } from '../../../src/actors/payment-order/effects.js';
 import { TransitionBatcher } from '../../../src/actors/payment-order/persistence.js';
-import { FailedPreconditionError } from '../../../src/domain/errors.js';
+import { FailedPreconditionError, UnavailableError } from '../../../src/domain/errors.js';
 import { newId } from '../../../src/domain/ids.js';
 import { openDatabase, type Db } from '../../../src/storage/db.js';
 import type { Database } from '../../../src/storage/schema.js';
@@ -111,5 +111,26 @@ describe.each([
     const order = await findPaymentOrder(database.db, orderId);
     expect(order).toMatchObject({ state: 'FAILED', failureReason: LONG_DECLINE.slice(0, 64) });
     expect(await lastDetail(database.db, orderId, 'PspDeclined')).toContain(LONG_DECLINE);
+  });
+});
+
+describe('a registration the circuit breaker refused', () => {
+  it('is reported as not sent, so /metrics does not count it as a PSP error', async () => {
+    const orderId = await newOrder();
+    const calls: Array<{ op: string; ok: boolean; notSent?: boolean }> = [];
+    // What src/psp/client.ts throws while its breaker is open.
+    const refused = new UnavailableError('the PSP is unavailable: circuit breaker open', {
+      cause: Object.assign(new Error('Breaker is open'), { code: 'EOPENBREAKER' }),
+    });
+    const actor = new PaymentOrderActor(orderId, {
+      db: database.db,
+      psp: { register: () => Promise.reject(refused), cancel: unused, getStatus: unused },
+      notificationUrl: 'http://127.0.0.1:1/webhooks/psp',
+      now: () => new Date(),
+      onTransition: () => undefined,
+      onPspCall: (call) => calls.push(call),
+    });
+    await actor.handle({ event: { type: 'ExecuteOrder' } });
+    expect(calls).toMatchObject([{ op: 'register', ok: false, notSent: true }]);
   });
 });
