@@ -70,36 +70,36 @@ async function deadLetterOf(
   return entry.id;
 }
 
+/** A charge the PSP made (a PspResult SUCCEEDED), as its command's payload. */
+const chargeOf = (orderId: string) => ({
+  type: 'PspResult',
+  orderId,
+  eventId: `evt-${orderId}`,
+  outcome: 'SUCCEEDED',
+  pspReference: `psp-${orderId.slice(4)}`,
+  amountMinor: '500',
+  declineCode: null,
+});
+
+/** A janitor for which nothing is due (the orders are new, none stuck): it only resolves. */
+function janitorOf(batchMax: number): Janitor {
+  return new Janitor(
+    database.db,
+    names('dlresolve', 1),
+    { orderExpiryMs: 3_600_000, stuckMs: 3_600_000, intervalMs: 60_000, batchMax, leaseMs: 1_000 },
+    { now: () => new Date(), wakeRelay: () => undefined },
+  );
+}
+
 describe('dead letters of orders that finished on their own', () => {
   it('are found behind a full page of entries kept open on purpose', async () => {
     const kept: string[] = [];
     for (let i = 0; i < 3; i += 1) {
-      kept.push(
-        await deadLetterOf('EXPIRED', 100 + i, (orderId) => ({
-          type: 'PspResult',
-          orderId,
-          eventId: `evt-${orderId}`,
-          outcome: 'SUCCEEDED',
-          pspReference: `psp-${orderId.slice(4)}`,
-          amountMinor: '500',
-          declineCode: null,
-        })),
-      );
+      kept.push(await deadLetterOf('EXPIRED', 100 + i, chargeOf));
     }
     const moot = await deadLetterOf('EXPIRED', 103);
-    const janitor = new Janitor(
-      database.db,
-      names('dlresolve', 1),
-      // Pages of 3: the first is all charges kept open.
-      {
-        orderExpiryMs: 3_600_000,
-        stuckMs: 3_600_000,
-        intervalMs: 60_000,
-        batchMax: 3,
-        leaseMs: 1_000,
-      },
-      { now: () => new Date(), wakeRelay: () => undefined },
-    );
+    // Pages of 3: the first is all charges kept open.
+    const janitor = janitorOf(3);
     expect((await janitor.runOnce()).resolvedDeadLetters).toEqual([moot]);
     for (const id of kept) {
       expect(await findDeadLetter(database.db, id)).toMatchObject({ state: 'OPEN' });
@@ -116,28 +116,8 @@ describe('dead letters of orders that finished on their own', () => {
     const executing = await deadLetterOf('EXECUTING', 3);
     // A charge the PSP made for an order that then expired: money not booked. Only its replay
     // (the order flagged for review) tells an operator, so it stays OPEN.
-    const charge = await deadLetterOf('EXPIRED', 4, (orderId) => ({
-      type: 'PspResult',
-      orderId,
-      eventId: `evt-${orderId}`,
-      outcome: 'SUCCEEDED',
-      pspReference: `psp-${orderId.slice(4)}`,
-      amountMinor: '500',
-      declineCode: null,
-    }));
-    const janitor = new Janitor(
-      database.db,
-      names('dlresolve', 1),
-      // Nothing is due: the orders are new and none is stuck.
-      {
-        orderExpiryMs: 3_600_000,
-        stuckMs: 3_600_000,
-        intervalMs: 60_000,
-        batchMax: 100,
-        leaseMs: 1_000,
-      },
-      { now: () => new Date(), wakeRelay: () => undefined },
-    );
+    const charge = await deadLetterOf('EXPIRED', 4, chargeOf);
+    const janitor = janitorOf(100);
     const pass = await janitor.runOnce();
     expect(pass.resolvedDeadLetters.sort()).toEqual([succeeded, expired].sort());
     expect(await findDeadLetter(database.db, succeeded)).toMatchObject({
