@@ -3,6 +3,7 @@
  * webhooks, ledger entries, dead letters, the PSP breaker) into one finding per order, worst
  * first. No I/O and no clock: `now` is passed in, so every rule is tested with plain values.
  */
+import { parseCommand } from '../messaging/commands.js';
 import { assertNever } from '../domain/errors.js';
 import type { PaymentOrder } from '../domain/payment-order.js';
 import type { BreakerState } from '../psp/client.js';
@@ -20,7 +21,14 @@ export type DiagnosisFacts = Readonly<{
   /** When each order last changed state (its newest transition), if ever. */
   lastTransitionAt: ReadonlyMap<string, Date>;
   openDeadLetters: ReadonlyArray<
-    Readonly<{ id: string; orderId: string | undefined; reason: string; lastError: string }>
+    Readonly<{
+      id: string;
+      orderId: string | undefined;
+      reason: string;
+      lastError: string;
+      /** The command's JSON; its type says whether it was the order's execution. */
+      payload?: string;
+    }>
   >;
   breaker: BreakerState | undefined;
   now: Date;
@@ -53,10 +61,12 @@ function diagnoseOrder(order: PaymentOrder, facts: DiagnosisFacts): Finding[] {
   const found: Finding[] = [];
   const say = (severity: Severity, text: string) =>
     found.push({ severity, orderId: order.id, text });
-  let deadLettered = false;
+  // Its execution (or a command that cannot be read) is dead-lettered: nothing retries it.
+  let executionStopped = false;
   for (const letter of facts.openDeadLetters) {
     if (letter.orderId !== order.id) continue;
-    deadLettered = true;
+    const type = parseCommand(new TextEncoder().encode(letter.payload ?? ''))?.type;
+    if (type === undefined || type === 'ExecuteOrder') executionStopped = true;
     say(
       'error',
       `a command for this order is in the dead-letter queue (${letter.reason}: ` +
@@ -96,7 +106,7 @@ function diagnoseOrder(order: PaymentOrder, facts: DiagnosisFacts): Finding[] {
       );
       break;
     case 'EXECUTING':
-      if (order.checkoutUrl === undefined && deadLettered) {
+      if (order.checkoutUrl === undefined && executionStopped) {
         // Its retries are spent: nothing is registering it, whatever the breaker says.
         say(
           'info',

@@ -76,6 +76,25 @@ describe('diagnose', () => {
     expect(findings.some((finding) => finding.text.includes('registering'))).toBe(false);
   });
 
+  it('still reads an order as registering when its dead letter is not its execution', () => {
+    const findings = diagnose(
+      facts([order('b', { attempts: 2 })], {
+        breaker: 'OPEN',
+        openDeadLetters: [
+          {
+            id: '9',
+            orderId: 'b',
+            reason: 'RETRIES_EXHAUSTED',
+            lastError: 'PSP down',
+            payload: JSON.stringify({ type: 'CheckOrderStatus', orderId: 'b' }),
+          },
+        ],
+      }),
+    );
+    expect(findings[1]?.text).toContain('registering with the PSP (2 attempt(s) so far)');
+    expect(findings[1]?.text).toContain('circuit breaker is OPEN');
+  });
+
   it('blames an open breaker for an order still registering', () => {
     const [finding] = diagnose(facts([order('a', { attempts: 3 })], { breaker: 'OPEN' }));
     expect(finding).toMatchObject({ severity: 'warn' });
