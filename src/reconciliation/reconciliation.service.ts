@@ -90,6 +90,8 @@ export type RunSource = Readonly<{
 }>;
 
 export type ReconciliationEvent =
+  /** A file read and validated whole before its run is created or joined (see start()). */
+  | Readonly<{ type: 'validated'; file: string; rows: number; ms: number }>
   | Readonly<{ type: 'started'; runId: string; day: UtcDay; file: string; rows: number }>
   | Readonly<{ type: 'phase'; runId: string; phase: RunPhase; ms: number }>
   | Readonly<{ type: 'succeeded'; runId: string; day: UtcDay; ms: number }>
@@ -140,6 +142,8 @@ class LeaseLostError extends Error {
 
 export class ReconciliationService {
   readonly #options: ReconciliationOptions;
+  /** Validations in progress, by file (path, size, mtime); see #validate. */
+  readonly #validations = new Map<string, Promise<SettlementFileScan>>();
   get #leaseMs(): number {
     return this.#options.leaseMs ?? LEASE_MS;
   }
@@ -201,10 +205,7 @@ export class ReconciliationService {
     if (isUtcDay(given)) this.#checkNotAhead(given, this.#now());
     const file = await resolveSettlementFile(this.#options.dir, source);
     this.#checkNotAhead(file.day, this.#now());
-    const scan = await scanSettlementFile(file.path, {
-      rowsMax: this.#options.rowsMax,
-      signal: this.#stop.signal,
-    });
+    const scan = await this.#validate(file.path);
     const { db } = this.#options;
     const now = this.#now();
     let existing = await findRunByFile(db, file.day, scan.sha256);
@@ -332,6 +333,37 @@ export class ReconciliationService {
         'staging rows of older days are purged and it could not be checked against them; ' +
         'raise RECONCILIATION_KEEP_DAYS to reconcile it',
     );
+  }
+
+  /**
+   * Reads and validates the whole file (the SHA-256 that keys its run, the row count), once for
+   * all the calls that ask for the same file at the same time: the same path, size and mtime.
+   * A file of a million rows takes seconds to read; every concurrent caller used to read it.
+   */
+  async #validate(filePath: string): Promise<SettlementFileScan> {
+    const info = await stat(filePath);
+    const key = `${filePath}\0${info.size}\0${info.mtimeMs}`;
+    const shared = this.#validations.get(key);
+    if (shared !== undefined) return shared;
+    const started = Date.now();
+    const scan = scanSettlementFile(filePath, {
+      rowsMax: this.#options.rowsMax,
+      signal: this.#stop.signal,
+    }).then((done) => {
+      this.#options.onEvent?.({
+        type: 'validated',
+        file: path.basename(filePath),
+        rows: done.rows,
+        ms: Date.now() - started,
+      });
+      return done;
+    });
+    this.#validations.set(key, scan);
+    try {
+      return await scan;
+    } finally {
+      this.#validations.delete(key);
+    }
   }
 
   /**

@@ -170,6 +170,26 @@ describe('a run whose lease could not be renewed', () => {
   });
 });
 
+describe('calls for one file at the same time', () => {
+  it('share one read of it, and one run', async () => {
+    const day = addUtcDays(utcDayOf(new Date()), -6);
+    await fileOf(day, 20_000);
+    const validated: number[] = [];
+    const node = service('node-shared', {
+      onEvent: (event) => {
+        if (event.type === 'validated') validated.push(event.rows);
+      },
+    });
+    try {
+      const runIds = await Promise.all([1, 2, 3, 4].map(() => node.start({ settlementDate: day })));
+      expect(new Set(runIds).size).toBe(1);
+      expect(validated).toEqual([20_000]);
+    } finally {
+      await node.stop();
+    }
+  });
+});
+
 describe('the classification lock', () => {
   it('tells a run that it is gone once its connection dropped', async () => {
     const outcome = await withClassificationLock(
