@@ -19,7 +19,7 @@ import {
 } from '../../src/grpc/generated/settle/v1/reconciliation.js';
 import { insertRun } from '../../src/reconciliation/reconciliation.repository.js';
 import { ADMIN_TOKEN } from '../admin/admin-support.js';
-import { startStack, type Stack } from '../support/harness.js';
+import { call, startStack, type Stack } from '../support/harness.js';
 
 const REFUSED =
   'page_token: invalid or from a request with other filters; start again without page_token';
@@ -52,11 +52,10 @@ function unary<Req, Res>(
 ): Promise<Outcome<Res>> {
   const metadata = new grpc.Metadata();
   metadata.set('authorization', `Bearer ${ADMIN_TOKEN}`);
-  return new Promise((resolve) => {
-    method(request, metadata, { deadline: Date.now() + 10_000 }, (error, response) =>
-      resolve(error ? { ok: false, error } : { ok: true, response }),
-    );
-  });
+  return call(method, request, 10_000, metadata).then(
+    (response): Outcome<Res> => ({ ok: true, response }),
+    (error: grpc.ServiceError): Outcome<Res> => ({ ok: false, error }),
+  );
 }
 
 /** Pages through with page_size 1 and answers the ids seen and the first page's token. */

@@ -18,6 +18,7 @@ import {
   startStack,
   type Stack,
 } from '../support/harness.js';
+import type { HttpErrorBody } from '../../src/grpc/http-status.js';
 
 let stack: Stack;
 
@@ -26,15 +27,8 @@ beforeAll(async () => {
 });
 afterAll(async () => stack?.stop());
 
-type RestError = {
-  error: {
-    code: string;
-    reason: string;
-    message: string;
-    retryable: boolean;
-    correlation_id: string;
-  };
-};
+/** The body of an error answer, as the twin declares it. */
+type RestError = HttpErrorBody;
 type PaymentJson = {
   paymentId: string;
   requestId: string;

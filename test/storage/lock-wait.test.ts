@@ -62,10 +62,8 @@ async function succeededWrite(sellerId: string): Promise<TransitionWrite> {
     paymentState: 'EXECUTING',
     orderState: 'EXECUTING',
     at: new Date(Date.now() - 1_000),
+    sellerId,
   });
-  await sql`UPDATE payment_order SET seller_id = ${sellerId} WHERE id = ${orderId}`.execute(
-    database.db,
-  );
   const previous = await findPaymentOrder(database.db, orderId);
   if (previous === undefined) throw new Error(`order ${orderId} vanished`);
   const event = {

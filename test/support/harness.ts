@@ -85,6 +85,7 @@ export async function insertPaymentOfOneOrder(
     at: Date;
     failureReason?: string;
     attempts?: number;
+    sellerId?: string;
   }>,
 ): Promise<void> {
   const amountMinor = 500n;
@@ -101,7 +102,7 @@ export async function insertPaymentOfOneOrder(
         orders: [
           {
             id: fixture.orderId,
-            sellerId: 'seller-fixture',
+            sellerId: fixture.sellerId ?? 'seller-fixture',
             amountMinor,
             state: fixture.orderState,
             failureReason: fixture.failureReason,
@@ -241,9 +242,10 @@ export function call<Req, Res>(
   ) => grpc.ClientUnaryCall,
   request: Req,
   timeoutMs = 10_000,
+  metadata: grpc.Metadata = new grpc.Metadata(),
 ): Promise<Res> {
   return new Promise((resolve, reject) => {
-    method(request, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (error, response) =>
+    method(request, metadata, { deadline: Date.now() + timeoutMs }, (error, response) =>
       error ? reject(error) : resolve(response),
     );
   });
