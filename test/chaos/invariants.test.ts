@@ -192,6 +192,12 @@ describe('chaos invariants', () => {
     change: (observed: Facts['observed']) => Partial<Facts['observed']>,
   ): Facts => ({ ...f, observed: { ...f.observed, ...change(f.observed) } });
 
+  /** `f` with the PSP's payment of `orderId` in `state`. */
+  const withPspPayment = (f: Facts, orderId: string, state: PspPaymentState): Facts =>
+    withObserved(f, (o) => ({
+      pspPayments: new Map<string, PspPaymentState>([...o.pspPayments, [orderId, state]]),
+    }));
+
   /** ord_declined EXPIRED instead (its payment's counters stay right), with its PSP payment. */
   const declinedExpired = (f: Facts, psp: PspPaymentState, abandoned: boolean): Facts => ({
     observed: {
@@ -290,35 +296,17 @@ describe('chaos invariants', () => {
     [
       'a SUCCEEDED order whose PSP payment is only registered',
       "final orders whose state disagrees with the PSP's payment",
-      (f) =>
-        withObserved(f, (o) => ({
-          pspPayments: new Map<string, PspPaymentState>([
-            ...o.pspPayments,
-            ['ord_ok', 'REGISTERED'],
-          ]),
-        })),
+      (f) => withPspPayment(f, 'ord_ok', 'REGISTERED'),
     ],
     [
       'a FAILED order the PSP says succeeded (not flagged)',
       "final orders whose state disagrees with the PSP's payment",
-      (f) =>
-        withObserved(f, (o) => ({
-          pspPayments: new Map<string, PspPaymentState>([
-            ...o.pspPayments,
-            ['ord_declined', 'SUCCEEDED'],
-          ]),
-        })),
+      (f) => withPspPayment(f, 'ord_declined', 'SUCCEEDED'),
     ],
     [
       'a FAILED order still registered at the PSP',
       "final orders whose state disagrees with the PSP's payment",
-      (f) =>
-        withObserved(f, (o) => ({
-          pspPayments: new Map<string, PspPaymentState>([
-            ...o.pspPayments,
-            ['ord_declined', 'REGISTERED'],
-          ]),
-        })),
+      (f) => withPspPayment(f, 'ord_declined', 'REGISTERED'),
     ],
     [
       'an EXPIRED order still registered at the PSP',
