@@ -311,8 +311,9 @@ export async function completeRun(
 // Loading and classifying
 
 /**
- * Undoes a failing attempt while `owner` still holds the run (RUNNING, its lease): what it
- * resolved is open again, its staging rows and mismatches go. Each step is a transaction that
+ * Undoes an attempt of the run while `owner` holds it (RUNNING, its lease): what it resolved is
+ * open again, its staging rows and mismatches go. Run when an attempt starts (what an earlier
+ * one left) and when one fails. Each step is a transaction that
  * first locks the run's row and checks the owner, so a node that took the run over (its claim
  * waits for that lock) never loses what it loads afterwards. Answers false, having stopped, as
  * soon as the run is no longer this owner's.
@@ -360,23 +361,6 @@ function unresolveStatement(runId: string) {
     WHERE class IN (${RECONCILIATION_CLASS.missingInSettlement},
                     ${RECONCILIATION_CLASS.missingInLedger})
       AND resolved_by_run_id = ${runId}`;
-}
-
-/**
- * Deletes what an earlier attempt of the run loaded, in bounded statements; the caller has just
- * claimed the run.
- */
-export async function clearRunData(db: Db, runId: string): Promise<void> {
-  await unresolveStatement(runId).execute(db).catch(rethrow);
-  for (const table of ['recon_file_row', 'recon_mismatch'] as const) {
-    for (;;) {
-      const result = await sql`
-        DELETE FROM ${sql.table(table)} WHERE run_id = ${runId} LIMIT ${DELETE_CHUNK_ROWS}`
-        .execute(db)
-        .catch(rethrow);
-      if ((result.numAffectedRows ?? 0n) < BigInt(DELETE_CHUNK_ROWS)) break;
-    }
-  }
 }
 
 /** The purge's bounds per housekeeping pass (about a minute apart): 100,000 rows, 5,000 a DELETE. */

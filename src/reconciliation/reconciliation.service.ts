@@ -33,7 +33,6 @@ import {
   claimRun,
   classifyChunk,
   classifyChunks,
-  clearRunData,
   clearRunDataAsOwner,
   completeRun,
   countWallets,
@@ -455,7 +454,10 @@ export class ReconciliationService {
       phaseStarted = now;
     };
     try {
-      await clearRunData(db, run.id);
+      // What an earlier attempt of this run left; a run taken over meanwhile stops at the check.
+      if (!(await clearRunDataAsOwner(db, { id: run.id, owner: this.#owner }))) {
+        throw new LeaseLostError(`run ${run.id} was taken over`);
+      }
       let second: SettlementFileScan | undefined;
       // One INSERT in flight while the next batch is parsed: memory stays at two batches.
       let batch: SettlementRow[] = [];
