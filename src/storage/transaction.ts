@@ -27,18 +27,32 @@ export async function inTransaction<T>(
   options: { attemptsMax?: number } = {},
 ): Promise<T> {
   const attemptsMax = options.attemptsMax ?? 4;
+  try {
+    return await retryLockErrors(() => db.transaction().execute(work), {
+      deadlockAttemptsMax: attemptsMax,
+      lockWaitAttemptsMax: Math.min(attemptsMax, LOCK_WAIT_ATTEMPTS_MAX),
+    });
+  } catch (error) {
+    throw toUnavailable(error);
+  }
+}
+
+/** Runs `work` again after a short pause while its lock errors are within their attempts. */
+async function retryLockErrors<T>(
+  work: () => Promise<T>,
+  limits: { deadlockAttemptsMax: number; lockWaitAttemptsMax: number },
+): Promise<T> {
   for (let attempt = 1; ; attempt += 1) {
     try {
-      return await db.transaction().execute(work);
+      return await work();
     } catch (error) {
-      const retries = isLockWaitTimeout(error)
-        ? Math.min(attemptsMax, LOCK_WAIT_ATTEMPTS_MAX)
-        : attemptsMax;
-      if (isTransientLockError(error) && attempt < retries) {
-        await new Promise((resolve) => setTimeout(resolve, 5 * attempt + Math.random() * 10));
-        continue;
-      }
-      throw toUnavailable(error);
+      const attemptsMax = isDeadlock(error)
+        ? limits.deadlockAttemptsMax
+        : isLockWaitTimeout(error)
+          ? limits.lockWaitAttemptsMax
+          : 0;
+      if (attempt >= attemptsMax) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 5 * attempt + Math.random() * 10));
     }
   }
 }
@@ -49,19 +63,14 @@ export async function inTransaction<T>(
  * pause. Only deadlocks: a lock wait timeout has already waited innodb_lock_wait_timeout, and
  * whoever holds the lock may hold it as long again.
  */
-export async function retryOnDeadlock<T>(
+export function retryOnDeadlock<T>(
   work: () => Promise<T>,
   options: { attemptsMax?: number } = {},
 ): Promise<T> {
-  const attemptsMax = options.attemptsMax ?? 4;
-  for (let attempt = 1; ; attempt += 1) {
-    try {
-      return await work();
-    } catch (error) {
-      if (!isDeadlock(error) || attempt >= attemptsMax) throw error;
-      await new Promise((resolve) => setTimeout(resolve, 5 * attempt + Math.random() * 10));
-    }
-  }
+  return retryLockErrors(work, {
+    deadlockAttemptsMax: options.attemptsMax ?? 4,
+    lockWaitAttemptsMax: 1,
+  });
 }
 
 /**
