@@ -2531,8 +2531,10 @@ export const ReconciliationServiceService = {
    * NOT_FOUND. Idempotent per (settlement_date, SHA-256 of the file): the same file again returns
    * the same report and writes nothing; a FAILED report is run again. FAILED_PRECONDITION, writing
    * nothing, for a settlement_date older than the retention window (RECONCILIATION_KEEP_DAYS: its
-   * cross-day checks would compare with purged rows; its existing reports stay readable), when the
-   * settlement folder does not exist, or when the file changed while it was read.
+   * cross-day checks would compare with purged rows; its existing reports stay readable), for a
+   * day more than one day ahead of the node's UTC day, or when the settlement folder does not
+   * exist. INVALID_ARGUMENT for a settlement_date that contradicts the day in the file's name. A
+   * file that changes while its run reads it fails the run: its report is FAILED, with the reason.
    * RESOURCE_EXHAUSTED when this node already runs its maximum of reconciliations.
    */
   runReconciliation: {
@@ -2592,8 +2594,10 @@ export interface ReconciliationServiceServer extends UntypedServiceImplementatio
    * NOT_FOUND. Idempotent per (settlement_date, SHA-256 of the file): the same file again returns
    * the same report and writes nothing; a FAILED report is run again. FAILED_PRECONDITION, writing
    * nothing, for a settlement_date older than the retention window (RECONCILIATION_KEEP_DAYS: its
-   * cross-day checks would compare with purged rows; its existing reports stay readable), when the
-   * settlement folder does not exist, or when the file changed while it was read.
+   * cross-day checks would compare with purged rows; its existing reports stay readable), for a
+   * day more than one day ahead of the node's UTC day, or when the settlement folder does not
+   * exist. INVALID_ARGUMENT for a settlement_date that contradicts the day in the file's name. A
+   * file that changes while its run reads it fails the run: its report is FAILED, with the reason.
    * RESOURCE_EXHAUSTED when this node already runs its maximum of reconciliations.
    */
   runReconciliation: handleUnaryCall<RunReconciliationRequest, RunReconciliationResponse>;
@@ -2617,8 +2621,10 @@ export interface ReconciliationServiceClient extends Client {
    * NOT_FOUND. Idempotent per (settlement_date, SHA-256 of the file): the same file again returns
    * the same report and writes nothing; a FAILED report is run again. FAILED_PRECONDITION, writing
    * nothing, for a settlement_date older than the retention window (RECONCILIATION_KEEP_DAYS: its
-   * cross-day checks would compare with purged rows; its existing reports stay readable), when the
-   * settlement folder does not exist, or when the file changed while it was read.
+   * cross-day checks would compare with purged rows; its existing reports stay readable), for a
+   * day more than one day ahead of the node's UTC day, or when the settlement folder does not
+   * exist. INVALID_ARGUMENT for a settlement_date that contradicts the day in the file's name. A
+   * file that changes while its run reads it fails the run: its report is FAILED, with the reason.
    * RESOURCE_EXHAUSTED when this node already runs its maximum of reconciliations.
    */
   runReconciliation(
