@@ -311,16 +311,17 @@ export class PspPayments {
 
   /**
    * Pays with a card, as the hosted page's form does. The first call decides; later calls return
-   * that decision without charging again. NotFoundError for an unknown token, InvalidArgumentError
-   * for a bad card number, FailedPreconditionError for a cancelled payment.
+   * that decision without charging again, whatever card they give. NotFoundError for an unknown
+   * token, FailedPreconditionError for a cancelled payment, InvalidArgumentError for a bad card
+   * number (only while the payment can still be paid: the page must not offer its form again).
    */
   async pay(token: string, cardNumberInput: string): Promise<PayResult> {
     if (token === '') throw new InvalidArgumentError('token', 'is required');
     if (!isPaymentToken(token)) throw new NotFoundError('payment token', token);
-    const cardNumber = parseCardNumber(cardNumberInput);
     const payment = await this.#run(() => findPaymentByToken(this.#db, token));
     if (payment === undefined) throw new NotFoundError('payment token', token);
-    return this.#decide(payment, cardNumber);
+    if (payment.status !== PSP_PAYMENT_STATE.registered) return settled(payment);
+    return this.#decide(payment, parseCardNumber(cardNumberInput));
   }
 
   /**

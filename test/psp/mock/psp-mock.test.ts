@@ -696,6 +696,11 @@ describe('CancelPayment', () => {
     const post = await postCard(checkoutUrl, SUCCESS_CARD);
     expect(post.status).toBe(409);
     expect(post.html).toContain('Payment cancelled');
+    // A bad card number must not bring the form back for a payment that can no longer be paid.
+    const badCard = await postCard(checkoutUrl, '12');
+    expect(badCard.status).toBe(409);
+    expect(badCard.html).toContain('Payment cancelled');
+    expect(badCard.html).not.toContain('<button');
     const pay = await grpcError(
       unary(api.payWithCard.bind(api), { token, cardNumber: SUCCESS_CARD }),
     );
