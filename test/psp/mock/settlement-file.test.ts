@@ -265,8 +265,12 @@ describe('settlement files', () => {
         log: (line) => lines.push(line),
       });
       schedule.start();
+      // Until both writes are done: a file being written is there under a temporary name first.
+      const done = () =>
+        lines.some((line) => line.includes(' wrote ')) &&
+        lines.some((line) => line.includes(' rewrote '));
       const deadline = Date.now() + 10_000;
-      while ((await readdir(scheduleDir)).length < 3 && Date.now() < deadline) {
+      while (!done() && Date.now() < deadline) {
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
       await schedule.stop();
