@@ -31,6 +31,7 @@ import { ensureDatabase, migrateToLatest, openDatabase, type Db } from './storag
 import { assertGuardsTrip } from './storage/one-trip.js';
 import type { GroupCommitBatch } from './storage/group-commit.js';
 import { purgeIdempotencyKeys } from './storage/repositories/payment.repository.js';
+import { refuseUndecodable } from './grpc/adapters.js';
 import { createGrpcServer, listen } from './grpc/server.js';
 import { createHealth, HEALTH_SERVICE_NAME, type Health } from './grpc/health.js';
 import { addReflection } from './grpc/reflection/index.js';
@@ -445,11 +446,20 @@ export async function startSettle(
         logger.error({ err: error, ...context }, 'internal error in gRPC handler'),
       observe: grpcCallObserver(logger, metrics),
     };
-    grpcServer.addService(PaymentServiceService, paymentHandlers(payments, adapterOptions));
-    grpcServer.addService(WalletServiceService, walletHandlers(db, adapterOptions));
-    grpcServer.addService(LedgerServiceService, ledgerHandlers(db, adapterOptions));
     grpcServer.addService(
-      AdminServiceService,
+      refuseUndecodable(PaymentServiceService),
+      paymentHandlers(payments, adapterOptions),
+    );
+    grpcServer.addService(
+      refuseUndecodable(WalletServiceService),
+      walletHandlers(db, adapterOptions),
+    );
+    grpcServer.addService(
+      refuseUndecodable(LedgerServiceService),
+      ledgerHandlers(db, adapterOptions),
+    );
+    grpcServer.addService(
+      refuseUndecodable(AdminServiceService),
       adminHandlers(
         {
           db,
@@ -461,7 +471,7 @@ export async function startSettle(
       ),
     );
     grpcServer.addService(
-      ReconciliationServiceService,
+      refuseUndecodable(ReconciliationServiceService),
       reconciliationHandlers(reconciliation, adapterOptions),
     );
     health.addToServer(grpcServer);

@@ -10,6 +10,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
+import { InvalidArgumentError } from '../domain/errors.js';
 import { ORDER_ID_PATTERN, PAYMENT_ID_PATTERN } from '../domain/ids.js';
 import { defaultErrorLogger, toGrpcStatus, type ErrorLogger, type GrpcStatus } from './status.js';
 
@@ -57,6 +58,47 @@ export function requestIdOrNew(value: unknown): string {
 }
 
 /**
+ * A request whose bytes are not a message of the method's type. grpc-js answers a deserializer
+ * that throws with INTERNAL ("Error deserializing request") before any handler runs, so the call
+ * is neither logged nor counted; `refuseUndecodable` hands this marker to the adapters instead,
+ * which answer INVALID_ARGUMENT through the usual path.
+ */
+class UndecodableRequest {
+  constructor(readonly reason: string) {}
+}
+
+/**
+ * `service` with every request deserializer made total: bytes that do not decode become an
+ * UndecodableRequest, refused by `unary` and `serverStream`. Only for services whose handlers are
+ * all built with those adapters (another handler would receive the marker as its request).
+ */
+export function refuseUndecodable<Service extends grpc.ServiceDefinition>(
+  service: Service,
+): Service {
+  const methods = Object.entries(service).map(([name, method]) => {
+    const decode = method.requestDeserialize;
+    const requestDeserialize = (bytes: Buffer): unknown => {
+      try {
+        return decode(bytes);
+      } catch (error) {
+        return new UndecodableRequest(error instanceof Error ? error.message : String(error));
+      }
+    };
+    return [name, { ...method, requestDeserialize }];
+  });
+  return Object.fromEntries(methods) as Service;
+}
+
+function refusalOf(request: unknown, path: string): InvalidArgumentError | undefined {
+  if (!(request instanceof UndecodableRequest)) return undefined;
+  return new InvalidArgumentError(
+    'request',
+    `the bytes sent are not a protobuf message of ${path}'s request type (${request.reason}); ` +
+      'send the message your generated client or the service descriptor (reflection) describes',
+  );
+}
+
+/**
  * Turns `handler` into a grpc-js unary handler: awaits it (a synchronous throw counts as a
  * rejection), maps any error with toGrpcStatus and calls back exactly once. The request id goes
  * out in the initial metadata and, on errors, in the trailers too (clients see trailers on
@@ -95,6 +137,8 @@ export function unary<Request, Response>(
     void (async () => {
       let response: Response;
       try {
+        const refusal = refusalOf(call.request, call.getPath());
+        if (refusal !== undefined) throw refusal;
         response = await handler(call.request, call, context);
       } catch (error) {
         answer(statusObject(error, requestId, call.getPath(), options, context.signal));
@@ -134,6 +178,8 @@ export function serverStream<Request, Response>(
     void (async () => {
       let failure: { error: unknown } | undefined;
       try {
+        const refusal = refusalOf(call.request, call.getPath());
+        if (refusal !== undefined) throw refusal;
         await handler(call.request, call, signal, { requestId, signal });
       } catch (error) {
         failure = { error };

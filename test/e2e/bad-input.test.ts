@@ -199,6 +199,40 @@ describe('bad input', () => {
     expect(size.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(size.details).toMatch(/page_size/);
   });
+
+  it.each([
+    '/settle.v1.PaymentService/CreatePayment',
+    '/settle.v1.WalletService/GetWallet',
+    '/settle.v1.LedgerService/GetTrialBalance',
+    '/settle.v1.AdminService/ListDeadLetters',
+    '/settle.v1.ReconciliationService/GetReport',
+  ])('%s refuses bytes that are not its request message as INVALID_ARGUMENT', async (path) => {
+    const before = await rowCounts(stack.settle.db);
+    // Field 1, length-delimited, with a length that runs past the end of the message.
+    const truncated = Buffer.from([0x0a, 0x05, 0x61]);
+    const raw = new grpc.Client(
+      `127.0.0.1:${stack.settle.grpcPort}`,
+      grpc.credentials.createInsecure(),
+    );
+    try {
+      const error = await new Promise<grpc.ServiceError>((resolve, reject) => {
+        raw.makeUnaryRequest(
+          path,
+          (bytes: Buffer) => bytes,
+          (bytes: Buffer) => bytes,
+          truncated,
+          new grpc.Metadata(),
+          { deadline: new Date(Date.now() + 5_000) },
+          (failure) => (failure ? resolve(failure) : reject(new Error(`${path} answered OK`))),
+        );
+      });
+      expect(grpc.status[error.code]).toBe('INVALID_ARGUMENT');
+      expect(error.details).toContain(`${path}'s request type`);
+    } finally {
+      raw.close();
+    }
+    expect(await rowCounts(stack.settle.db)).toEqual(before);
+  });
 });
 
 describe('MySQL unavailable', () => {

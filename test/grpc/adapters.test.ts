@@ -13,7 +13,12 @@ import * as grpc from '@grpc/grpc-js';
 import * as z from 'zod';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { FailedPreconditionError, NotFoundError } from '../../src/domain/errors.js';
-import { REQUEST_ID_METADATA_KEY, serverStream, unary } from '../../src/grpc/adapters.js';
+import {
+  REQUEST_ID_METADATA_KEY,
+  refuseUndecodable,
+  serverStream,
+  unary,
+} from '../../src/grpc/adapters.js';
 import {
   GetPaymentResponse,
   PaymentServiceClient,
@@ -185,7 +190,7 @@ describe('adapters end to end', () => {
 
   beforeAll(async () => {
     running = await startServer((server) =>
-      server.addService(PaymentServiceService, implementation),
+      server.addService(refuseUndecodable(PaymentServiceService), implementation),
     );
     client = new PaymentServiceClient(running.address, grpc.credentials.createInsecure());
   });
@@ -277,6 +282,48 @@ describe('adapters end to end', () => {
     const signal = unarySignal;
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect(signal?.aborted).toBe(false);
+  });
+
+  it('refuses bytes that are not a request message as INVALID_ARGUMENT, through the handler path', async () => {
+    // A length-delimited field 1 (payment_id) whose length runs past the end of the message.
+    const truncated = Buffer.from([0x0a, 0x05, 0x61]);
+    log.mockClear();
+    const raw = new grpc.Client(running!.address, grpc.credentials.createInsecure());
+    try {
+      const unaryError = await new Promise<grpc.ServiceError>((resolve, reject) => {
+        raw.makeUnaryRequest(
+          '/settle.v1.PaymentService/GetPayment',
+          (bytes: Buffer) => bytes,
+          (bytes: Buffer) => bytes,
+          truncated,
+          new grpc.Metadata(),
+          { deadline: deadlineIn(5_000) },
+          (error) => (error ? resolve(error) : reject(new Error('answered OK'))),
+        );
+      });
+      expect(unaryError.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(unaryError.details).toContain("/settle.v1.PaymentService/GetPayment's request type");
+      // Answered by the adapter: the request id it gives every call is in the trailers.
+      expect(unaryError.metadata.get(REQUEST_ID_METADATA_KEY)).toHaveLength(1);
+
+      const stream = raw.makeServerStreamRequest(
+        '/settle.v1.PaymentService/WatchPayment',
+        (bytes: Buffer) => bytes,
+        (bytes: Buffer) => bytes,
+        truncated,
+        new grpc.Metadata(),
+        { deadline: deadlineIn(5_000) },
+      );
+      const streamStatus = await new Promise<grpc.StatusObject>((resolve) => {
+        stream.on('data', () => {});
+        stream.on('error', () => {});
+        stream.on('status', resolve);
+      });
+      expect(streamStatus.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(log).not.toHaveBeenCalled();
+    } finally {
+      raw.close();
+    }
   });
 
   it('aborts the handler’s signal when the client cancels', async () => {
