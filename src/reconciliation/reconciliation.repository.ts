@@ -773,8 +773,9 @@ function toCurrency(code: string): CurrencyCode {
  * days (rule 3, the missing and late rules, resolving earlier mismatches) read other runs'
  * results, so runs classify one at a time, across nodes: two days classified at once missed a
  * DUPLICATE between them. Waits in steps of LOCK_STEP_S, calling `stillOurs` between them, at
- * most `waitMsMax`. `work` gets `stillHeld`, which throws once the lock is gone (its connection
- * dropped): a run must call it between its steps.
+ * most `waitMsMax` for a connection of `db` and the lock together (UnavailableError after that).
+ * `work` gets `stillHeld`, which throws once the lock is gone (its connection dropped): a run
+ * must call it between its steps.
  */
 export async function withClassificationLock<T>(
   db: Db,
@@ -782,7 +783,37 @@ export async function withClassificationLock<T>(
   work: (stillHeld: () => Promise<void>) => Promise<T>,
 ): Promise<T> {
   const name = sql`CONCAT('settle.recon.', MD5(DATABASE()))`;
-  return db.connection().execute(async (connection) => {
+  const deadline = Date.now() + options.waitMsMax;
+  // mysql2 queues a request for a connection with no deadline and cannot take it back: the wait
+  // is given up here, at the deadline or once the run is no longer ours, and a connection that
+  // comes after that goes straight back to the pool.
+  let wait: 'waiting' | 'connected' | 'given up' = 'waiting';
+  let giveUp: (error: Error) => void = () => undefined;
+  const givenUp = new Promise<never>((_, reject) => {
+    giveUp = (error) => {
+      if (wait !== 'waiting') return;
+      wait = 'given up';
+      reject(error);
+    };
+  });
+  const poll = setInterval(
+    () => {
+      options.stillOurs().then(() => {
+        if (Date.now() < deadline) return;
+        giveUp(
+          new UnavailableError(
+            `no connection of the classification lock's pool was free for ${options.waitMsMax} ms; run it again`,
+          ),
+        );
+      }, giveUp);
+    },
+    Math.min(LOCK_STEP_S * 1_000, options.waitMsMax),
+  );
+  const locked = db.connection().execute(async (connection) => {
+    clearInterval(poll);
+    // Nobody awaits this error: the caller had its own when the wait was given up.
+    if (wait === 'given up') throw new UnavailableError('the wait for a connection was given up');
+    wait = 'connected';
     // The server drops the lock with its connection, and nothing would tell `work`: it asks
     // between its steps (which also keeps the connection from idling out).
     const stillHeld = async () => {
@@ -796,7 +827,6 @@ export async function withClassificationLock<T>(
         );
       }
     };
-    const deadline = Date.now() + options.waitMsMax;
     for (;;) {
       const got = await sql<{ got: number | null }>`SELECT GET_LOCK(${name}, ${LOCK_STEP_S}) AS got`
         .execute(connection)
@@ -815,6 +845,11 @@ export async function withClassificationLock<T>(
       await sql`SELECT RELEASE_LOCK(${name})`.execute(connection).catch(() => undefined);
     }
   });
+  try {
+    return await Promise.race([locked, givenUp]);
+  } finally {
+    clearInterval(poll);
+  }
 }
 
 /** Seconds of one GET_LOCK wait. */

@@ -5,7 +5,8 @@
  * - a run notices that the classification lock is gone (its connection dropped) and stops,
  *   instead of classifying beside another run;
  * - runs waiting for the lock do not take the connections of the run that holds it (the lock
- *   has a pool of its own): a main pool of one connection still finishes a run.
+ *   has a pool of its own): a main pool of one connection still finishes a run, and a run waits
+ *   for a connection of the lock's pool no longer than for the lock.
  * Method: ReconciliationService instances on a migrated database of the real MariaDB, files in a
  * temporary folder, a second connection that holds the lock or kills a connection, as a failing
  * network would.
@@ -233,4 +234,70 @@ describe('the classification lock', () => {
       await locks.close();
     }
   });
+
+  it('bounds the wait for a connection of its pool as it bounds the wait for the lock', async () => {
+    const locks = openDatabase(database.url, { poolSize: 1 });
+    let release = () => {};
+    const holding = withClassificationLock(
+      locks.db,
+      { waitMsMax: 10_000, stillOurs: async () => undefined },
+      () => new Promise<void>((resolve) => (release = resolve)),
+    );
+    try {
+      await waitFor(async () => (await lockHolder()) !== null || undefined, {
+        what: 'the first run to hold the lock',
+      });
+      // The pool's one connection is taken: the second run waits for a connection, not the lock.
+      const waiting = withClassificationLock(
+        locks.db,
+        { waitMsMax: 1_000, stillOurs: async () => undefined },
+        async () => 'ran',
+      );
+      const outcome = await within(waiting, 10_000);
+      expect(outcome).toBeInstanceOf(UnavailableError);
+      expect((outcome as Error).message).toBe(
+        "no connection of the classification lock's pool was free for 1000 ms; run it again",
+      );
+      // A run that is no longer ours stops waiting at its next check, with that reason.
+      const stopped = new UnavailableError('the node is stopping');
+      const stopping = withClassificationLock(
+        locks.db,
+        { waitMsMax: 60_000, stillOurs: () => Promise.reject(stopped) },
+        async () => 'ran',
+      );
+      expect(await within(stopping, 10_000)).toBe(stopped);
+      // The connection the abandoned waits are given goes back: the pool still serves a run.
+      release();
+      await holding;
+      const next = withClassificationLock(
+        locks.db,
+        { waitMsMax: 5_000, stillOurs: async () => undefined },
+        async () => 'ran',
+      );
+      expect(await within(next, 10_000)).toBe('ran');
+    } finally {
+      release();
+      await holding.catch(() => undefined);
+      await locks.close();
+    }
+  });
 });
+
+/** The connection holding the classification lock, or null. */
+async function lockHolder(): Promise<number | null> {
+  const [rows] = await control.query(`SELECT IS_USED_LOCK(${LOCK}) AS holder`);
+  return (rows as Array<{ holder: number | null }>)[0]?.holder ?? null;
+}
+
+/** What `promise` settles with (its error when it rejects), or a note that it did not in `ms`. */
+async function within(promise: Promise<unknown>, ms: number): Promise<unknown> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise((resolve) => {
+    timer = setTimeout(() => resolve(`still waiting after ${ms} ms`), ms);
+  });
+  try {
+    return await Promise.race([promise.catch((error: unknown) => error), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
