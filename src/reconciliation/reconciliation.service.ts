@@ -117,7 +117,10 @@ export type ReconciliationOptions = Readonly<{
   rowsMax: number;
   /** How long run() waits for the report before it answers RUNNING. */
   waitMs: number;
-  /** Runs this node works on at once. Default 2. */
+  /**
+   * Runs this node works on at once; a call that would start one more is refused with
+   * RESOURCE_EXHAUSTED (one that joins a run is not). Default 2.
+   */
   runsMax?: number;
   /** A run's lease and how often it is renewed (tests shorten them). Default 60 s and 10 s. */
   leaseMs?: number;
@@ -152,6 +155,14 @@ export class ReconciliationService {
   readonly #owner: string;
   readonly #now: () => Date;
   readonly #inFlight = new Map<string, Promise<void>>();
+  /**
+   * Admissions in progress (a run being looked up, then created, claimed or joined), by day and
+   * file SHA-256: calls for one file at the same time share one, so they share its run and
+   * never take a second slot for it.
+   */
+  readonly #admissions = new Map<string, Promise<string>>();
+  /** Slots taken by admissions whose run is not in #inFlight yet (see #reserveSlot). */
+  #slotsReserved = 0;
   readonly #stop = new AbortController();
 
   constructor(options: ReconciliationOptions) {
@@ -205,26 +216,40 @@ export class ReconciliationService {
     const file = await resolveSettlementFile(this.#options.dir, source);
     this.#checkNotAhead(file.day, this.#now());
     const scan = await this.#validate(file.path);
+    const key = `${file.day}\0${scan.sha256}`;
+    const shared = this.#admissions.get(key);
+    if (shared !== undefined) return shared;
+    const admission = this.#admit(file, scan).finally(() => this.#admissions.delete(key));
+    this.#admissions.set(key, admission);
+    return admission;
+  }
+
+  /** Creates, claims (when FAILED or its lease expired) or joins the run of a validated file. */
+  async #admit(file: SettlementFileLocation, scan: SettlementFileScan): Promise<string> {
     const { db } = this.#options;
     const now = this.#now();
     let existing = await findRunByFile(db, file.day, scan.sha256);
     if (existing === undefined) {
       this.#checkRetention(file.day, now);
-      this.#checkCapacity();
-      const id = newId('reconciliationRun', now.getTime());
-      const created = await insertRun(db, {
-        id,
-        day: file.day,
-        fileName: file.name,
-        fileSha256: scan.sha256,
-        rowsTotal: scan.rows,
-        owner: this.#owner,
-        leaseUntil: new Date(now.getTime() + this.#leaseMs),
-        now,
-      });
-      if (created) {
-        this.#launch({ id, day: file.day, path: file.path, scan });
-        return id;
+      this.#reserveSlot();
+      try {
+        const id = newId('reconciliationRun', now.getTime());
+        const created = await insertRun(db, {
+          id,
+          day: file.day,
+          fileName: file.name,
+          fileSha256: scan.sha256,
+          rowsTotal: scan.rows,
+          owner: this.#owner,
+          leaseUntil: new Date(now.getTime() + this.#leaseMs),
+          now,
+        });
+        if (created) {
+          this.#launch({ id, day: file.day, path: file.path, scan });
+          return id;
+        }
+      } finally {
+        this.#slotsReserved -= 1;
       }
       // Another node created it between our look and our insert.
       existing = await findRunByFile(db, file.day, scan.sha256);
@@ -234,14 +259,18 @@ export class ReconciliationService {
     const expired = existing.state === RUN_STATE.running && existing.leaseUntil < now;
     if (existing.state === RUN_STATE.failed || expired) {
       this.#checkRetention(file.day, now);
-      this.#checkCapacity();
-      const claimed = await claimRun(db, {
-        id: existing.id,
-        owner: this.#owner,
-        leaseUntil: new Date(now.getTime() + this.#leaseMs),
-        now,
-      });
-      if (claimed) this.#launch({ id: existing.id, day: file.day, path: file.path, scan });
+      this.#reserveSlot();
+      try {
+        const claimed = await claimRun(db, {
+          id: existing.id,
+          owner: this.#owner,
+          leaseUntil: new Date(now.getTime() + this.#leaseMs),
+          now,
+        });
+        if (claimed) this.#launch({ id: existing.id, day: file.day, path: file.path, scan });
+      } finally {
+        this.#slotsReserved -= 1;
+      }
     }
     return existing.id;
   }
@@ -379,12 +408,24 @@ export class ReconciliationService {
     );
   }
 
-  #checkCapacity(): void {
-    if (this.#inFlight.size >= (this.#options.runsMax ?? 2)) {
+  /**
+   * Takes one of the node's runsMax slots for a run about to be created or claimed, or refuses
+   * with RESOURCE_EXHAUSTED. The check and the take are one synchronous step: when a run counted
+   * only once launched, after its INSERT's await, calls for other files at the same moment all
+   * passed the check, and the runs beyond runsMax queued for the lock pool's connections. The
+   * caller gives the slot back once the run is in #inFlight (which counts it from then) or was
+   * not launched.
+   */
+  #reserveSlot(): void {
+    const runsMax = this.#options.runsMax ?? 2;
+    const busy = this.#inFlight.size + this.#slotsReserved;
+    if (busy >= runsMax) {
       throw new ResourceExhaustedError(
-        `this node is already running ${this.#inFlight.size} reconciliations; retry later`,
+        `this node is already running ${busy} reconciliations, the most it runs at once; ` +
+          'retry when one has ended',
       );
     }
+    this.#slotsReserved += 1;
   }
 
   #launch(run: { id: string; day: UtcDay; path: string; scan: SettlementFileScan }): void {

@@ -5,11 +5,13 @@
  * - a run notices that the classification lock is gone (its connection dropped) and stops,
  *   instead of classifying beside another run;
  * - runs waiting for the lock do not take the connections of the run that holds it (the lock
- *   has a pool of its own): a main pool of one connection still finishes a run, and a run waits
- *   for a connection of the lock's pool no longer than for the lock.
+ *   has a pool of its own): a main pool of one connection still finishes a run;
+ * - a node admits at most runsMax runs at once, however many calls for other files arrive
+ *   together (calls for one file still share its run), and a run waits for a connection of the
+ *   lock's pool no longer than for the lock.
  * Method: ReconciliationService instances on a migrated database of the real MariaDB, files in a
  * temporary folder, a second connection that holds the lock or kills a connection, as a failing
- * network would.
+ * network would, or holds every run's row so that new runs wait at their INSERT.
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -17,7 +19,7 @@ import path from 'node:path';
 import { sql } from 'kysely';
 import { createConnection, type Connection } from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { UnavailableError } from '../../src/domain/errors.js';
+import { ResourceExhaustedError, UnavailableError } from '../../src/domain/errors.js';
 import { addUtcDays, utcDayOf } from '../../src/domain/utc-day.js';
 import { withClassificationLock } from '../../src/reconciliation/reconciliation.repository.js';
 import {
@@ -282,6 +284,100 @@ describe('the classification lock', () => {
     }
   });
 });
+
+describe("a node's capacity (runsMax)", () => {
+  it('admits at most runsMax new runs at once, refuses the next writing nothing, and lets a call for an admitted file join it', async () => {
+    const days = [-10, -11, -12].map((ago) => addUtcDays(utcDayOf(new Date()), ago));
+    for (const day of days) await fileOf(day, 5);
+    // The run rows' INSERTs wait for `held` at most this pool's 30 s, not the default 5 s.
+    const pool = openDatabase(database.url, { poolSize: 8, lockWaitTimeoutS: 30 });
+    let validated = 0;
+    const node = service('node-full', {
+      db: pool.db,
+      runsMax: 2,
+      onEvent: (event) => {
+        if (event.type === 'validated') validated += 1;
+      },
+    });
+    const held = await createConnection({
+      ...serverAddress(parseMysqlUrl(database.url)),
+      database: parseMysqlUrl(database.url).database,
+    });
+    try {
+      // Every INSERT INTO recon_run waits behind these locks (the scan locks every gap), while
+      // plain reads go on: each call passes its checks and stops where its run would be written.
+      await held.query('START TRANSACTION');
+      await held.query('SELECT id FROM recon_run FOR UPDATE');
+      const answers: Array<{ day: string; runId?: string; error?: unknown }> = [];
+      const calls = days.map((day) =>
+        node.start({ settlementDate: day }).then(
+          (runId) => answers.push({ day, runId }),
+          (error: unknown) => answers.push({ day, error }),
+        ),
+      );
+      // Each call for another day has been refused or is writing its run: all were admitted
+      // or refused before any run was registered.
+      await waitFor(
+        async () => {
+          const [rows] = await control.query(
+            `SELECT COUNT(*) AS n FROM information_schema.processlist
+             WHERE db = DATABASE() AND info LIKE 'insert into \`recon_run\`%'`,
+          );
+          const inserting = Number((rows as Array<{ n: number }>)[0]?.n);
+          return inserting + answers.length >= days.length || undefined;
+        },
+        { what: 'every call to be refused or to write its run' },
+      );
+      // A call for an admitted file, meanwhile, joins its run rather than take a slot.
+      const admittedDay = days.find((day) => !answers.some((answer) => answer.day === day));
+      const joining = node
+        .start({ settlementDate: admittedDay ?? '' })
+        .catch((error: unknown) => error);
+      await waitFor(async () => validated === days.length + 1 || undefined, {
+        what: 'the joining call to read its file',
+      });
+      await held.query('ROLLBACK');
+      await Promise.all(calls);
+
+      const admitted = answers.filter((answer) => answer.runId !== undefined);
+      expect(admitted).toHaveLength(2);
+      const refused = answers.find((answer) => answer.error !== undefined);
+      expect(refused?.error).toBeInstanceOf(ResourceExhaustedError);
+      expect((refused?.error as Error).message).toBe(
+        'this node is already running 2 reconciliations, the most it runs at once; ' +
+          'retry when one has ended',
+      );
+      expect(await joining).toBe(admitted.find((answer) => answer.day === admittedDay)?.runId);
+      const { rows } = await sql<{ n: string }>`
+        SELECT COUNT(*) AS n FROM recon_run WHERE settlement_date = ${refused?.day}`.execute(
+        database.db,
+      );
+      expect(Number(rows[0]?.n)).toBe(0);
+
+      // Once the admitted runs have ended, the refused day is admitted: its slot was given back.
+      for (const { runId } of admitted) {
+        expect((await finished(node, runId ?? '')).state).toBe('SUCCEEDED');
+      }
+      const again = await node.start({ settlementDate: refused?.day ?? '' });
+      expect((await finished(node, again)).state).toBe('SUCCEEDED');
+    } finally {
+      await held.end().catch(() => undefined);
+      await node.stop();
+      await pool.close();
+    }
+  });
+});
+
+/** The run once it has ended. */
+async function finished(node: ReconciliationService, runId: string) {
+  return waitFor(
+    async () => {
+      const run = await node.getReport(runId);
+      return run.state === 'RUNNING' ? undefined : run;
+    },
+    { what: `run ${runId} to end`, timeoutMs: 15_000 },
+  );
+}
 
 /** The connection holding the classification lock, or null. */
 async function lockHolder(): Promise<number | null> {
