@@ -80,6 +80,8 @@ export async function startStack(options: StackOptions): Promise<BenchStack> {
     PSP_GRPC_ADDR: `127.0.0.1:${pspGrpcPort}`,
     PSP_HTTP_ADDR: `127.0.0.1:${pspHttpPort}`,
     LOG_LEVEL: 'warn',
+    // Settle alone refuses the published default; the mock signs with the same one.
+    PSP_WEBHOOK_SECRET: `whsec_bench_${randomBytes(12).toString('hex')}`,
     CREATE_WAIT_MS: '0',
     PSP_SUCCESS_RATE: '1',
     // No settlement files or nightly reconciliation in the shared ./.settle folder during a bench.

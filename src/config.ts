@@ -229,6 +229,43 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   return Object.freeze(result.data);
 }
 
+/**
+ * Secrets printed in this repository (the default, docker-compose.yml, README examples): anyone
+ * can read them, so a node that faces a real PSP and real operators must not run with them.
+ */
+const PUBLISHED_WEBHOOK_SECRETS: ReadonlySet<string> = new Set([
+  'whsec_settle_local_development',
+  'whsec_settle_compose_change_me',
+]);
+const PUBLISHED_ADMIN_TOKENS: ReadonlySet<string> = new Set([
+  'change-me-to-16-chars-or-more',
+  'compose-admin-token-change-me',
+]);
+
+/**
+ * What is wrong with a configuration's secrets for Settle run alone (`--settle-only`: Docker,
+ * a deployment), where the PSP is not in the process: a webhook secret left at its public
+ * default lets anyone who reaches the HTTP port sign a "payment succeeded" and credit a seller
+ * with no charge behind it. A local run with the PSP mock in the process is exempt.
+ */
+export function publishedSecretProblems(config: Config): string[] {
+  const problems: string[] = [];
+  if (PUBLISHED_WEBHOOK_SECRETS.has(config.PSP_WEBHOOK_SECRET)) {
+    problems.push(
+      'PSP_WEBHOOK_SECRET: is unset or a value published in this repository, so anyone could ' +
+        'sign webhooks that credit sellers; set the secret your PSP signs with (the same on the ' +
+        'PSP mock), for example $(openssl rand -hex 32)',
+    );
+  }
+  if (config.ADMIN_TOKEN !== undefined && PUBLISHED_ADMIN_TOKENS.has(config.ADMIN_TOKEN)) {
+    problems.push(
+      'ADMIN_TOKEN: is an example published in this repository; choose your own, for example ' +
+        '$(openssl rand -hex 24)',
+    );
+  }
+  return problems;
+}
+
 export function settlePublicUrl(config: Config): string {
   return (
     config.SETTLE_PUBLIC_URL ??

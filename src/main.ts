@@ -4,11 +4,18 @@
  * With the mock in the same process the run is local development by construction, so the admin
  * reads (panel pages, AdminService's ListDeadLetters and GetPaymentTimeline, which the demo
  * shows) default to open there: ADMIN_READONLY_OPEN=true unless set. Actions still need
- * ADMIN_TOKEN, and `--settle-only` keeps everything closed without it.
+ * ADMIN_TOKEN, and `--settle-only` keeps everything closed without it and refuses to start with
+ * a webhook secret or admin token published in this repository.
  * SIGTERM/SIGINT stop everything in reverse order; a second signal, or the grace period running
  * out, forces the exit.
  */
-import { ConfigError, loadConfig, localRunDefaults, type Config } from './config.js';
+import {
+  ConfigError,
+  loadConfig,
+  localRunDefaults,
+  publishedSecretProblems,
+  type Config,
+} from './config.js';
 import { startSettle } from './app.js';
 import { routeGrpcLogs } from './grpc/logging.js';
 import { startPspMock } from './psp/mock/index.js';
@@ -21,6 +28,8 @@ async function main(): Promise<void> {
   let config: Config;
   try {
     config = loadConfig(env);
+    const published = settleOnly ? publishedSecretProblems(config) : [];
+    if (published.length > 0) throw new ConfigError(published);
   } catch (error) {
     if (error instanceof ConfigError) {
       process.stderr.write(`settle: ${error.message}\n`);

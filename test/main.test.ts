@@ -12,9 +12,12 @@ import { describe, expect, inject, it } from 'vitest';
 import { loadConfig, localRunDefaults } from '../src/config.js';
 import { dropDatabase, freePort, removeNamespace, testDatabaseUrl } from './support/harness.js';
 
+/** Settle alone refuses the published default secret: these runs bring their own. */
+const TEST_SECRET = 'whsec_main_test_0123456789';
+
 function runMain(env: Record<string, string>) {
   const result = spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', '--settle-only'], {
-    env: { ...process.env, LOG_LEVEL: 'silent', ...env },
+    env: { ...process.env, LOG_LEVEL: 'silent', PSP_WEBHOOK_SECRET: TEST_SECRET, ...env },
     encoding: 'utf8',
     timeout: 30_000,
   });
@@ -55,6 +58,30 @@ describe('main', () => {
     expect(stderr).toMatch(/SETTLE_GRPC_ADDR: must be host:port/);
     expect(stderr).toMatch(/PSP_SUCCESS_RATE: .*<=1/);
     expect(stderr).toMatch(/RETRY_BACKOFF_MS: .*<=5/);
+  });
+
+  it('refuses, run alone, a webhook secret or admin token published in this repository', () => {
+    for (const secret of [undefined, 'whsec_settle_local_development']) {
+      const env: NodeJS.ProcessEnv = { ...process.env, LOG_LEVEL: 'silent' };
+      delete env['PSP_WEBHOOK_SECRET'];
+      if (secret !== undefined) env['PSP_WEBHOOK_SECRET'] = secret;
+      const result = spawnSync(
+        process.execPath,
+        ['--import', 'tsx', 'src/main.ts', '--settle-only'],
+        {
+          env: { ...env, ADMIN_TOKEN: 'compose-admin-token-change-me' },
+          encoding: 'utf8',
+          timeout: 30_000,
+        },
+      );
+      expect(result.status).toBe(2);
+      expect(result.stderr).toMatch(/PSP_WEBHOOK_SECRET: is unset or a value published/);
+      expect(result.stderr).toMatch(/ADMIN_TOKEN: is an example published/);
+    }
+    // A local run with the PSP mock in the process keeps its default: nothing outside signs.
+    expect(loadConfig(localRunDefaults({})).PSP_WEBHOOK_SECRET).toBe(
+      'whsec_settle_local_development',
+    );
   });
 
   it('refuses ports out of range, URLs that do not parse and numbers that are not, naming each', () => {
