@@ -28,6 +28,12 @@ export type TcpProxy = Readonly<{
 export type TcpProxyOptions = Readonly<{
   /** How long one upstream connect may take before the next target is tried, in milliseconds. */
   connectTimeoutMs?: number;
+  /**
+   * The port to listen on; 0 (the default) picks a free one. A fixed port lets a client be started
+   * before its server exists (nothing listens: connections are refused) and the proxy be started
+   * on that port later.
+   */
+  port?: number;
 }>;
 
 const CONNECT_TIMEOUT_MS = 2_000;
@@ -114,7 +120,7 @@ export function startTcpProxy(
   };
   return new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
+    server.listen(options.port ?? 0, '127.0.0.1', () => {
       const address = server.address();
       resolve({
         port: typeof address === 'object' && address !== null ? address.port : 0,
