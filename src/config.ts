@@ -81,6 +81,11 @@ export const configSchema = z.object({
   MYSQL_POOL_SIZE: positiveInt.max(256).default(16),
   MYSQL_LOCK_WAIT_TIMEOUT_S: positiveInt.max(3_600).default(5),
   NATS_URL: natsUrl.default('nats://127.0.0.1:4222'),
+  /**
+   * At start, how long a node waits for MySQL and NATS to become reachable, trying again with
+   * backoff, before it gives up (exit 3). 0 gives up at the first failure.
+   */
+  STARTUP_WAIT_MS: nonNegativeInt.max(3_600_000).default(60_000),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 
   PSP_GRPC_ADDR: hostPort.prefault('127.0.0.1:50052'),

@@ -6,8 +6,11 @@
  * shows) default to open there: ADMIN_READONLY_OPEN=true unless set. Actions still need
  * ADMIN_TOKEN, and `--settle-only` keeps everything closed without it and refuses to start with
  * a webhook secret or admin token published in this repository.
- * SIGTERM/SIGINT stop everything in reverse order; a second signal, or the grace period running
- * out, forces the exit.
+ * Before starting anything it waits for MySQL and NATS, up to STARTUP_WAIT_MS (startup-wait.ts):
+ * a node started before them comes up once they answer, and a node whose dependencies stay away
+ * exits 3 with one line saying which, where, and how long it waited. SIGTERM/SIGINT during that
+ * wait exit at once (0: nothing was started). Once the node is up, SIGTERM/SIGINT stop everything
+ * in reverse order; a second signal, or the grace period running out, forces the exit.
  */
 import {
   ConfigError,
@@ -20,7 +23,8 @@ import { startSettle } from './app.js';
 import { routeGrpcLogs } from './grpc/logging.js';
 import { startPspMock } from './psp/mock/index.js';
 import { UnavailableError } from './domain/errors.js';
-import { createLogger } from './observability/logger.js';
+import { createLogger, type Logger } from './observability/logger.js';
+import { startupDependencies, waitForDependencies } from './startup-wait.js';
 
 async function main(): Promise<void> {
   const settleOnly = process.argv.includes('--settle-only');
@@ -44,6 +48,8 @@ async function main(): Promise<void> {
       'local run with the PSP mock: admin reads are open (ADMIN_READONLY_OPEN=true unless set); actions need ADMIN_TOKEN',
     );
   }
+  await waitForStartupDependencies(config, { settleOnly, logger });
+
   const stops: Array<() => Promise<void>> = [];
   try {
     if (!settleOnly) {
@@ -62,18 +68,7 @@ async function main(): Promise<void> {
     );
   } catch (error) {
     for (const stop of stops.reverse()) await stop().catch(() => undefined);
-    if (error instanceof ConfigError) {
-      process.stderr.write(`settle: ${error.message}\n`);
-      process.exit(2);
-    }
-    if (error instanceof UnavailableError) {
-      process.stderr.write(`settle: ${error.message}\n`);
-      process.exit(3);
-    }
-    process.stderr.write(
-      `settle: failed to start: ${error instanceof Error ? error.message : String(error)}\n`,
-    );
-    process.exit(1);
+    exitFailedStart(error);
   }
 
   let stopping = false;
@@ -96,6 +91,77 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
+}
+
+/**
+ * Waits for MySQL and NATS (startup-wait.ts) and returns once they answer. Exits 3 when the wait
+ * ends without them, at once on an error waiting cannot cure, and with 0 on SIGTERM or SIGINT
+ * during the wait: nothing has been started yet, so there is nothing to stop.
+ */
+async function waitForStartupDependencies(
+  config: Config,
+  context: Readonly<{ settleOnly: boolean; logger: Logger }>,
+): Promise<void> {
+  const { logger } = context;
+  const waiting = new AbortController();
+  const onSignal = (signal: NodeJS.Signals) => {
+    logger.info(`${signal} received while waiting for MySQL and NATS: exiting`);
+    waiting.abort(signal);
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+  try {
+    await waitForDependencies(
+      startupDependencies(config, {
+        pspMock: !context.settleOnly,
+        nodeName: `settle-${process.pid}`,
+      }),
+      {
+        waitMsMax: config.STARTUP_WAIT_MS,
+        signal: waiting.signal,
+        onWait: (wait) =>
+          logger.warn(
+            wait,
+            `waiting for ${wait.dependency} at ${wait.address} (${wait.code}): try ${wait.attempt} ` +
+              `failed, next in ${seconds(wait.delayMs)} s, giving up in ${seconds(wait.leftMs)} s ` +
+              '(STARTUP_WAIT_MS)',
+          ),
+        onReachable: (reachable) =>
+          logger.info(
+            reachable,
+            `${reachable.dependency} at ${reachable.address} answered on try ${reachable.attempt}`,
+          ),
+      },
+    );
+  } catch (error) {
+    if (waiting.signal.aborted) process.exit(0);
+    exitFailedStart(error);
+  } finally {
+    // From here on, a signal during the start ends the process as it did before the wait (Node's
+    // default), and once the node is up main() installs the graceful stop.
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+  }
+}
+
+function seconds(ms: number): string {
+  return (ms / 1000).toFixed(1);
+}
+
+/** One line on why the node could not start, and the exit code that says which kind. */
+function exitFailedStart(error: unknown): never {
+  if (error instanceof ConfigError) {
+    process.stderr.write(`settle: ${error.message}\n`);
+    process.exit(2);
+  }
+  if (error instanceof UnavailableError) {
+    process.stderr.write(`settle: ${error.message}\n`);
+    process.exit(3);
+  }
+  process.stderr.write(
+    `settle: failed to start: ${error instanceof Error ? error.message : String(error)}\n`,
+  );
+  process.exit(1);
 }
 
 void main();

@@ -1,8 +1,11 @@
 /**
- * Goal: `npm start` fails fast and clearly when it cannot work: one line naming the unreachable
- * dependency, its address and how to start it (exit 3), or every configuration problem at once
- * (exit 2); a local run with the PSP mock opens the admin reads by default. Method: run
- * src/main.ts as a real child process with broken settings; the local defaults as a function.
+ * Goal: `npm start` fails clearly when it cannot work: one line naming the unreachable
+ * dependency, its address, how to start it and how long the node waited for it (exit 3), or every
+ * configuration problem at once (exit 2). A node started before MySQL and NATS waits for them
+ * (STARTUP_WAIT_MS), logging each wait with the error code, and comes up once they answer; a
+ * signal ends the wait at once. A local run with the PSP mock opens the admin reads by default.
+ * Method: run src/main.ts as a real child process with broken settings, or with MySQL and NATS
+ * behind TCP proxies started later on ports nothing listened on; the local defaults as a function.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -10,6 +13,7 @@ import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, inject, it } from 'vitest';
 import { loadConfig, localRunDefaults } from '../src/config.js';
+import { startTcpProxy, type TcpProxy } from '../src/chaos/tcp-proxy.js';
 import { dropDatabase, freePort, removeNamespace, testDatabaseUrl } from './support/harness.js';
 
 /** Settle alone refuses the published default secret: these runs bring their own. */
@@ -21,31 +25,156 @@ function runMain(env: Record<string, string>) {
     encoding: 'utf8',
     timeout: 30_000,
   });
-  return { status: result.status, stderr: result.stderr.trim() };
+  return { status: result.status, stderr: result.stderr.trim(), stdout: result.stdout.trim() };
+}
+
+/** The node's log lines that report a wait for a dependency (pino JSON on stdout). */
+function waitLines(stdout: string): Array<Record<string, unknown>> {
+  return stdout
+    .split('\n')
+    .filter((line) => line.includes('"msg":"waiting for '))
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
 }
 
 describe('main', () => {
-  it('names MySQL, its address and the start command when MySQL is unreachable', () => {
-    const { status, stderr } = runMain({
+  it('names MySQL, its address and the start command when MySQL is unreachable; STARTUP_WAIT_MS=0 does not wait', () => {
+    const { status, stderr, stdout } = runMain({
       MYSQL_URL: 'mysql://root@127.0.0.1:1/settle_unreachable',
+      STARTUP_WAIT_MS: '0',
+      LOG_LEVEL: 'warn',
     });
     expect(status).toBe(3);
     expect(stderr.split('\n')).toHaveLength(1);
     expect(stderr).toMatch(
-      /MySQL is unreachable at 127\.0\.0\.1:1 .*start-stop-daemon .*mariadbd.* or set MYSQL_URL/,
+      /MySQL is unreachable at 127\.0\.0\.1:1 .*start-stop-daemon .*mariadbd.* or set MYSQL_URL; did not wait for it \(STARTUP_WAIT_MS=0\)$/,
     );
+    expect(waitLines(stdout)).toEqual([]);
   });
 
-  it('names NATS, its address and the start command when NATS is unreachable', async () => {
+  it('names NATS, its address and the start command when NATS is unreachable; STARTUP_WAIT_MS=0 does not wait', async () => {
     // A database of its own: the server's shared one may carry other branches' migrations.
     const mysqlUrl = testDatabaseUrl('settle_t_main');
-    const { status, stderr } = runMain({ NATS_URL: 'nats://127.0.0.1:1', MYSQL_URL: mysqlUrl });
+    const { status, stderr, stdout } = runMain({
+      NATS_URL: 'nats://127.0.0.1:1',
+      MYSQL_URL: mysqlUrl,
+      STARTUP_WAIT_MS: '0',
+      LOG_LEVEL: 'warn',
+    });
     await dropDatabase(mysqlUrl);
     expect(status).toBe(3);
     expect(stderr.split('\n')).toHaveLength(1);
     expect(stderr).toMatch(
-      /NATS is unreachable at nats:\/\/127\.0\.0\.1:1 .*nats-server .* or set NATS_URL/,
+      /NATS is unreachable at nats:\/\/127\.0\.0\.1:1 .*nats-server .* or set NATS_URL; did not wait for it \(STARTUP_WAIT_MS=0\)$/,
     );
+    expect(waitLines(stdout)).toEqual([]);
+  });
+
+  it('waits for MySQL until STARTUP_WAIT_MS has passed, logging each wait with its code, then exits 3 in one line', async () => {
+    const port = await freePort(); // nothing listens there: every connection is refused
+    const { status, stderr, stdout } = runMain({
+      MYSQL_URL: `mysql://root@127.0.0.1:${port}/settle_unreachable`,
+      STARTUP_WAIT_MS: '1500',
+      LOG_LEVEL: 'warn',
+    });
+    expect(status).toBe(3);
+    expect(stderr.split('\n')).toHaveLength(1);
+    expect(stderr).toMatch(
+      new RegExp(
+        `^settle: MySQL is unreachable at 127\\.0\\.0\\.1:${port} \\(ECONNREFUSED.*\\); start it .* ` +
+          'or set MYSQL_URL; waited 1\\.\\d s for it \\(STARTUP_WAIT_MS=1500\\)$',
+      ),
+    );
+    const waits = waitLines(stdout);
+    expect(waits.length).toBeGreaterThanOrEqual(2);
+    for (const [index, wait] of waits.entries()) {
+      expect(wait).toMatchObject({
+        level: 'warn',
+        dependency: 'MySQL',
+        address: `127.0.0.1:${port}`,
+        code: 'ECONNREFUSED',
+        attempt: index + 1,
+      });
+      expect(wait['msg']).toMatch(
+        new RegExp(
+          `^waiting for MySQL at 127\\.0\\.0\\.1:${port} \\(ECONNREFUSED\\): try ${index + 1} failed`,
+        ),
+      );
+    }
+    // The error code, not a stack.
+    expect(stdout).not.toMatch(/\bat .*\.(ts|js):\d+/);
+    expect(stdout).not.toContain('"err"');
+  });
+
+  it('comes up and serves once MySQL, then NATS, appear within STARTUP_WAIT_MS', async () => {
+    // Ports nothing listens on yet; the proxies to the real servers open on them later.
+    const [mysqlPort, natsPort, httpPort] = [await freePort(), await freePort(), await freePort()];
+    const mysqlUrl = testDatabaseUrl('settle_t_wait');
+    const real = { mysql: new URL(mysqlUrl), nats: new URL(inject('natsUrl')) };
+    const namespace = `twait${Date.now() % 100_000}`;
+    const proxies: TcpProxy[] = [];
+    const node = startMain({
+      MYSQL_URL: withHostPort(mysqlUrl, '127.0.0.1', mysqlPort),
+      NATS_URL: `nats://127.0.0.1:${natsPort}`,
+      SETTLE_GRPC_ADDR: `127.0.0.1:${await freePort()}`,
+      SETTLE_HTTP_ADDR: `127.0.0.1:${httpPort}`,
+      SETTLE_NAMESPACE: namespace,
+      STARTUP_WAIT_MS: '60000',
+      LOG_LEVEL: 'warn',
+    });
+    try {
+      await node.waitForLine(
+        new RegExp(`waiting for MySQL at 127\\.0\\.0\\.1:${mysqlPort} \\(ECONNREFUSED\\)`),
+      );
+      // While it waits nothing listens: a probe of /healthz finds no node, not a healthy one.
+      await expect(fetch(`http://127.0.0.1:${httpPort}/healthz`)).rejects.toThrow();
+      proxies.push(
+        await startTcpProxy(
+          { host: real.mysql.hostname, port: Number(real.mysql.port || 3306) },
+          { port: mysqlPort },
+        ),
+      );
+      await node.waitForLine(
+        new RegExp(`waiting for NATS at nats://127\\.0\\.0\\.1:${natsPort} \\(ECONNREFUSED\\)`),
+      );
+      proxies.push(
+        await startTcpProxy(
+          { host: real.nats.hostname, port: Number(real.nats.port || 4222) },
+          { port: natsPort },
+        ),
+      );
+      await node.waitForLine(/^Settle is up: /);
+      const health = await fetch(`http://127.0.0.1:${httpPort}/healthz`);
+      expect(health.status).toBe(200);
+      expect(await health.json()).toMatchObject({ status: 'ok', mysql: 'up', nats: 'up' });
+      node.child.kill('SIGTERM');
+      expect(await node.exited).toEqual({ code: 0, signal: null });
+    } finally {
+      node.child.kill('SIGKILL');
+      for (const proxy of proxies) await proxy.close();
+      await dropDatabase(mysqlUrl);
+      await removeNamespace(
+        loadConfig({ SETTLE_NAMESPACE: namespace, NATS_URL: inject('natsUrl') }),
+      );
+    }
+  });
+
+  it('exits at once, with 0, on SIGTERM while it waits', async () => {
+    const port = await freePort();
+    const node = startMain({
+      MYSQL_URL: `mysql://root@127.0.0.1:${port}/settle_unreachable`,
+      STARTUP_WAIT_MS: '60000',
+      LOG_LEVEL: 'info',
+    });
+    try {
+      await node.waitForLine(/waiting for MySQL at .*\(ECONNREFUSED\)/);
+      const signalled = Date.now();
+      node.child.kill('SIGTERM');
+      expect(await node.exited).toEqual({ code: 0, signal: null });
+      expect(Date.now() - signalled).toBeLessThan(2_000);
+      expect(node.output()).toContain('SIGTERM received while waiting for MySQL and NATS: exiting');
+    } finally {
+      node.child.kill('SIGKILL');
+    }
   });
 
   it('lists every configuration problem at once', () => {
@@ -191,6 +320,65 @@ describe('main', () => {
 });
 
 const NATS_SERVER = '/usr/sbin/nats-server';
+
+/**
+ * src/main.ts --settle-only as a running child: its output lines (stdout and stderr), a wait for
+ * a line (which fails at once if the process exits first) and its exit.
+ */
+function startMain(env: Record<string, string>) {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', '--settle-only'], {
+    env: { ...process.env, LOG_LEVEL: 'silent', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: string[] = [];
+  const listeners = new Set<() => void>();
+  for (const stream of [child.stdout, child.stderr]) {
+    let partial = '';
+    stream.setEncoding('utf8');
+    stream.on('data', (chunk: string) => {
+      const parts = (partial + chunk).split('\n');
+      partial = parts.pop() ?? '';
+      lines.push(...parts);
+      for (const listener of listeners) listener();
+    });
+  }
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => {
+      resolve({ code, signal });
+      for (const listener of listeners) listener();
+    }),
+  );
+  const waitForLine = (pattern: RegExp, timeoutMs = 25_000) =>
+    new Promise<string>((resolve, reject) => {
+      const check = () => {
+        const found = lines.find((line) => pattern.test(line));
+        if (found !== undefined) return done(() => resolve(found));
+        if (child.exitCode !== null || child.signalCode !== null) {
+          done(() => reject(new Error(`exited before ${pattern}:\n${lines.join('\n')}`)));
+        }
+      };
+      const timer = setTimeout(
+        () =>
+          done(() => reject(new Error(`no ${pattern} in ${timeoutMs} ms:\n${lines.join('\n')}`))),
+        timeoutMs,
+      );
+      const done = (settle: () => void) => {
+        clearTimeout(timer);
+        listeners.delete(check);
+        settle();
+      };
+      listeners.add(check);
+      check();
+    });
+  return { child, exited, waitForLine, output: () => lines.join('\n') };
+}
+
+function withHostPort(url: string, host: string, port: number): string {
+  const parsed = new URL(url);
+  parsed.hostname = host;
+  parsed.port = String(port);
+  return parsed.toString();
+}
 
 /** Resolves once something accepts connections on the port (bounded: 5 s). */
 async function waitForPort(port: number): Promise<void> {
