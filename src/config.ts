@@ -160,6 +160,15 @@ export const configSchema = z.object({
    * (bearer or login form) and refuses everyone while it is unset.
    */
   ADMIN_TOKEN: z.string().min(16).optional(),
+  /**
+   * Marks the admin panel's session cookie `Secure`, so browsers send it over HTTPS only. Off by
+   * default because the panel is served over plain HTTP (127.0.0.1:8080), and browsers keep a
+   * Secure cookie only from HTTPS pages (most also from localhost); turn it on behind TLS.
+   */
+  ADMIN_COOKIE_SECURE: z
+    .enum(['true', 'false'])
+    .default('false')
+    .transform((value) => value === 'true'),
   GRPC_MESSAGE_BYTES_MAX: positiveInt.max(64 * 1024 * 1024).default(1024 * 1024),
   SHUTDOWN_GRACE_MS: positiveInt.max(120_000).default(10_000),
 

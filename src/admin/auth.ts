@@ -1,9 +1,10 @@
 /**
  * The admin credential. One token from the config (ADMIN_TOKEN) is presented either as
  * `Authorization: Bearer <token>` (scripts, the CLI) or once on the login form, which sets a signed
- * HttpOnly session cookie holding the operator's name and an expiry (browsers). Every comparison
- * is constant-time. Without ADMIN_TOKEN nobody gets in; ADMIN_READONLY_OPEN=true lets anyone read
- * (local development), while actions still need the token.
+ * HttpOnly session cookie holding the operator's name and an expiry (browsers), Secure when
+ * ADMIN_COOKIE_SECURE says the panel is reached through TLS. Every comparison is constant-time.
+ * Without ADMIN_TOKEN nobody gets in; ADMIN_READONLY_OPEN=true lets anyone read (local
+ * development), while actions still need the token.
  */
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
@@ -90,13 +91,38 @@ export function sessionValue(config: AdminAuthConfig, actor: string, nowMs: numb
   return `${payload}.${sign(config.token, payload)}`;
 }
 
-export function sessionCookie(config: AdminAuthConfig, actor: string, nowMs: number): string {
+/** How the session cookie is set (ADMIN_COOKIE_SECURE). */
+export type SessionCookieOptions = Readonly<{
+  /**
+   * Adds `Secure`: browsers send the cookie over HTTPS only, and keep it only from an HTTPS page
+   * (most also from localhost). For a panel reached through TLS; a panel on plain HTTP on another
+   * host would never get its cookie back.
+   */
+  secure: boolean;
+}>;
+
+/** The Set-Cookie value that logs `actor` in until now + SESSION_TTL_MS. */
+export function sessionCookie(
+  config: AdminAuthConfig,
+  actor: string,
+  nowMs: number,
+  options: SessionCookieOptions,
+): string {
   const value = sessionValue(config, actor, nowMs);
-  return `${SESSION_COOKIE}=${value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=${SESSION_TTL_MS / 1000}`;
+  return `${SESSION_COOKIE}=${value}; ${cookieAttributes(options)}; Max-Age=${SESSION_TTL_MS / 1000}`;
 }
 
-export function clearedSessionCookie(): string {
-  return `${SESSION_COOKIE}=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0`;
+/**
+ * The Set-Cookie value that drops the session cookie. It carries the same attributes as the one
+ * that set it, so it replaces that very cookie, and with ADMIN_COOKIE_SECURE on no Set-Cookie of
+ * the panel goes out without Secure.
+ */
+export function clearedSessionCookie(options: SessionCookieOptions): string {
+  return `${SESSION_COOKIE}=; ${cookieAttributes(options)}; Max-Age=0`;
+}
+
+function cookieAttributes(options: SessionCookieOptions): string {
+  return `Path=/admin; HttpOnly; SameSite=Strict${options.secure ? '; Secure' : ''}`;
 }
 
 /** The operator a session cookie names, if its signature checks out and it has not expired. */

@@ -48,6 +48,7 @@ import {
   FailedLoginLimit,
   type AdminAuthConfig,
   type Principal,
+  type SessionCookieOptions,
 } from './auth.js';
 import {
   DEAD_LETTER_STATE,
@@ -85,6 +86,8 @@ export type AdminDeps = Readonly<{
   db: Db;
   names: Names;
   auth: AdminAuthConfig;
+  /** How the login sets (and the logout drops) the session cookie. */
+  cookie: SessionCookieOptions;
   deadLetters: DeadLetterSource;
   snapshot: () => Promise<OperationsSnapshot>;
   /** Answers breakerState() when it is the real PSP client. */
@@ -345,7 +348,9 @@ export function adminRoutes(deps: AdminDeps): Route[] {
           { action: ADMIN_ACTION.login, target: 'session', reason: 'login form' },
           async () => ({}),
         );
-        return redirect(next, { 'set-cookie': sessionCookie(deps.auth, name, nowMs()) });
+        return redirect(next, {
+          'set-cookie': sessionCookie(deps.auth, name, nowMs(), deps.cookie),
+        });
       },
     },
     {
@@ -360,7 +365,7 @@ export function adminRoutes(deps: AdminDeps): Route[] {
             async () => ({}),
           );
         }
-        return redirect('/admin/login', { 'set-cookie': clearedSessionCookie() });
+        return redirect('/admin/login', { 'set-cookie': clearedSessionCookie(deps.cookie) });
       },
     },
 

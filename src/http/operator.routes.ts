@@ -71,6 +71,7 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
       db: deps.db,
       names: deps.names,
       auth: { token: config.ADMIN_TOKEN, readonlyOpen: config.ADMIN_READONLY_OPEN },
+      cookie: { secure: config.ADMIN_COOKIE_SECURE },
       deadLetters,
       snapshot: () => snapshot(true),
       psp: deps.psp,

@@ -60,6 +60,8 @@ beforeAll(async () => {
       CREATE_WAIT_MS: '2000',
       // The reconciliation below settles a fixed day of 2024: keep it inside the window.
       RECONCILIATION_KEEP_DAYS: '36500',
+      // As behind TLS.
+      ADMIN_COOKIE_SECURE: 'true',
     },
   });
 });
@@ -95,6 +97,7 @@ function panelRoutes(overrides: Partial<AdminDeps> & Pick<AdminDeps, 'auth'>): R
     nodeName: 'n',
     settings: [],
     now: () => new Date(),
+    cookie: { secure: false },
     ...overrides,
   });
 }
@@ -118,7 +121,7 @@ describe('access', () => {
     expect(right.headers.get('cache-control')).toBe('no-store');
   });
 
-  it('logs in with the form: signed HttpOnly cookie, audited, cross-site forms refused', async () => {
+  it('logs in with the form: signed HttpOnly cookie (Secure with ADMIN_COOKIE_SECURE), audited, cross-site forms refused', async () => {
     const form = (token: string) =>
       fetch(`${stack.settleHttp}/admin/login`, {
         method: 'POST',
@@ -133,7 +136,7 @@ describe('access', () => {
     expect(good.status).toBe(303);
     expect(good.headers.get('location')).toBe('/admin/audit');
     const cookie = (good.headers.get('set-cookie') ?? '').split(';')[0] ?? '';
-    expect(good.headers.get('set-cookie')).toMatch(/HttpOnly; SameSite=Strict/);
+    expect(good.headers.get('set-cookie')).toMatch(/HttpOnly; SameSite=Strict; Secure; Max-Age=/);
     expect(cookie).not.toContain(ADMIN_TOKEN);
 
     const page = await fetch(`${stack.settleHttp}/admin/audit`, { headers: { cookie } });
@@ -161,6 +164,17 @@ describe('access', () => {
       body: 'reason=because',
     });
     expect(crossSite.status).toBe(403);
+
+    // The logout drops the cookie with the attributes that set it, Secure included.
+    const logout = await fetch(`${stack.settleHttp}/admin/logout`, {
+      method: 'POST',
+      redirect: 'manual',
+      headers: { cookie, origin: stack.settleHttp },
+    });
+    expect(logout.status).toBe(303);
+    expect(logout.headers.get('set-cookie')).toBe(
+      'settle_admin=; Path=/admin; HttpOnly; SameSite=Strict; Secure; Max-Age=0',
+    );
   });
 
   it('guards AdminService as the panel: same token check, bearer scheme in any case', async () => {

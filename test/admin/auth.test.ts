@@ -1,12 +1,14 @@
 /**
  * Goal: the admin credential cannot be forged or replayed past its expiry: the bearer token is
  * compared in constant time (by digest), the session cookie is signed with the token and carries
- * an expiry, tampering with either part or rotating the token invalidates it, and browser POSTs
- * from another site are refused. Method: the pure functions of src/admin/auth.ts with fixed clocks.
+ * an expiry, tampering with either part or rotating the token invalidates it, the cookie is Secure
+ * (set and cleared) exactly when ADMIN_COOKIE_SECURE says so, and browser POSTs from another site
+ * are refused. Method: the pure functions of src/admin/auth.ts with fixed clocks.
  */
 import { describe, expect, it } from 'vitest';
 import {
   authenticate,
+  clearedSessionCookie,
   isSameOrigin,
   SESSION_COOKIE,
   SESSION_TTL_MS,
@@ -15,6 +17,7 @@ import {
   tokenMatches,
   verifySession,
 } from '../../src/admin/auth.js';
+import { loadConfig, localRunDefaults } from '../../src/config.js';
 
 const config = { token: 'a-long-enough-admin-token', readonlyOpen: false };
 const NOW = 1_800_000_000_000;
@@ -66,11 +69,35 @@ describe('admin credential', () => {
       actor: 'alice',
       via: 'session',
     });
-    const cookie = sessionCookie(config, 'alice', NOW);
+    const cookie = sessionCookie(config, 'alice', NOW, { secure: false });
     expect(cookie).toContain('HttpOnly');
     expect(cookie).toContain('SameSite=Strict');
     expect(cookie).toContain('Path=/admin');
     expect(cookie).not.toContain(config.token);
+  });
+
+  it('marks the session cookie Secure, set and cleared alike, only when asked (ADMIN_COOKIE_SECURE)', () => {
+    const value = sessionValue(config, 'alice', NOW);
+    const maxAgeS = SESSION_TTL_MS / 1000;
+    expect(sessionCookie(config, 'alice', NOW, { secure: true })).toBe(
+      `${SESSION_COOKIE}=${value}; Path=/admin; HttpOnly; SameSite=Strict; Secure; Max-Age=${maxAgeS}`,
+    );
+    expect(clearedSessionCookie({ secure: true })).toBe(
+      `${SESSION_COOKIE}=; Path=/admin; HttpOnly; SameSite=Strict; Secure; Max-Age=0`,
+    );
+    // Off, the default: the panel on plain HTTP.
+    expect(sessionCookie(config, 'alice', NOW, { secure: false })).toBe(
+      `${SESSION_COOKIE}=${value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=${maxAgeS}`,
+    );
+    expect(clearedSessionCookie({ secure: false })).toBe(
+      `${SESSION_COOKIE}=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0`,
+    );
+
+    expect(loadConfig({}).ADMIN_COOKIE_SECURE).toBe(false);
+    expect(loadConfig(localRunDefaults({})).ADMIN_COOKIE_SECURE).toBe(false);
+    expect(loadConfig({ ADMIN_COOKIE_SECURE: 'true' }).ADMIN_COOKIE_SECURE).toBe(true);
+    expect(loadConfig({ ADMIN_COOKIE_SECURE: 'false' }).ADMIN_COOKIE_SECURE).toBe(false);
+    expect(() => loadConfig({ ADMIN_COOKIE_SECURE: 'yes' })).toThrow(/ADMIN_COOKIE_SECURE: /);
   });
 
   it('refuses cross-site browser POSTs', () => {
