@@ -1,16 +1,22 @@
 /**
  * Goal: the ledger cannot hold an unbalanced transaction, and an order's entries cannot be
- * written twice; and the checks every test, the bench and the chaos report run find unbalanced
- * rows written behind the repository's back, per currency. Method: call the repository inside
- * real MariaDB transactions with bad and good input; check what was committed.
+ * written twice; the checks every test, the bench and the chaos report run find unbalanced rows
+ * written behind the repository's back, per currency; and the trial balance, read a page at a
+ * time, gives every (account, currency) exactly once. Method: call the repository inside real
+ * MariaDB transactions with bad and good input; check what was committed.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sql } from 'kysely';
 import type { Db } from '../../src/storage/db.js';
 import { inTransaction } from '../../src/storage/transaction.js';
 import {
+  accountKeyCursor,
+  accountKeyOfCursor,
+  ACCOUNT_KEY_CURSOR_PATTERN,
   postLedgerTransaction,
   trialBalanceByCurrency,
+  trialBalancePage,
+  type AccountKey,
   UnbalancedLedgerTransactionError,
   unbalancedLedgerTransactions,
   walletsNotMatchingLedger,
@@ -165,5 +171,94 @@ describe('walletsNotMatchingLedger', () => {
       { sellerId: 'wd', walletMinor: 501n, ledgerMinor: 500n },
       { sellerId: 'wn', walletMinor: 0n, ledgerMinor: 40n },
     ]);
+  });
+});
+
+describe('trialBalancePage', () => {
+  // Accounts with one to three currencies, so that pages end inside an account, at its last
+  // currency, and at the last row; each row is posted against a contra account that sorts last.
+  const FIXTURE: ReadonlyArray<readonly [string, string, bigint]> = [
+    ['tb:a', 'USD', 11n],
+    ['tb:b', 'EUR', 12n],
+    ['tb:b', 'USD', 13n],
+    ['tb:c', 'USD', 14n],
+    ['tb:d', 'EUR', 15n],
+    ['tb:d', 'GBP', 16n],
+    ['tb:d', 'USD', 17n],
+    ['tb:e', 'USD', 18n],
+    ['tb:with space', 'USD', 19n],
+  ];
+
+  /** Every (account, currency) with its sums, from one plain GROUP BY: what the pages must add up to. */
+  async function wholeTrialBalance(): Promise<string[]> {
+    const result = await sql<{
+      account: string;
+      currency: string;
+      debits: string;
+      credits: string;
+    }>`
+      SELECT account, currency, SUM(debit_minor) AS debits, SUM(credit_minor) AS credits
+      FROM ledger_entry GROUP BY account, currency ORDER BY account, currency`.execute(db);
+    return result.rows.map((r) => `${r.account}/${r.currency}/${r.debits}/${r.credits}`);
+  }
+
+  async function walk(limit: number): Promise<{ rows: string[]; pages: number }> {
+    const rows: string[] = [];
+    let after: AccountKey | undefined;
+    for (let pages = 1; pages <= 100; pages += 1) {
+      const page = await trialBalancePage(db, { after, limit });
+      expect(page.accounts.length).toBeLessThanOrEqual(limit);
+      rows.push(
+        ...page.accounts.map((a) => `${a.account}/${a.currency}/${a.debitMinor}/${a.creditMinor}`),
+      );
+      for (const a of page.accounts) expect(a.balanceMinor).toBe(a.debitMinor - a.creditMinor);
+      if (page.next === undefined) return { rows, pages };
+      after = page.next;
+    }
+    throw new Error('more than 100 pages');
+  }
+
+  it('walks every (account, currency) exactly once, in order, whatever the page size', async () => {
+    for (const [index, [account, currency, amount]] of FIXTURE.entries()) {
+      const transactionId = `ltx_TRIALPAGE${String(index).padStart(17, '0')}`;
+      const orderId = `ord_TRIALPAGE${index}`;
+      await sql`INSERT INTO ledger_entry (transaction_id, account, order_id, kind, currency, debit_minor, credit_minor, created_at)
+        VALUES (${transactionId}, ${account}, ${orderId}, 'FIXTURE_DEBIT', ${currency}, ${amount}, 0, ${now}),
+               (${transactionId}, 'tb:~contra', ${orderId}, 'FIXTURE_CREDIT', ${currency}, 0, ${amount}, ${now})`.execute(
+        db,
+      );
+    }
+    try {
+      const whole = await wholeTrialBalance();
+      expect(whole.length).toBeGreaterThan(FIXTURE.length);
+      for (const limit of [1, 2, 3, 4, whole.length - 1, whole.length, whole.length + 1]) {
+        const walked = await walk(limit);
+        expect(walked.rows, `limit ${limit}`).toEqual(whole);
+        expect(walked.pages, `limit ${limit}`).toBe(Math.max(1, Math.ceil(whole.length / limit)));
+      }
+    } finally {
+      await sql`DELETE FROM ledger_entry WHERE transaction_id LIKE 'ltx_TRIALPAGE%'`.execute(db);
+    }
+  });
+
+  it('refuses a limit outside 1-1000 (a caller that forgot to bound it)', async () => {
+    for (const limit of [0, 1_001, 1.5]) {
+      await expect(trialBalancePage(db, { limit })).rejects.toThrow(RangeError);
+    }
+  });
+
+  it("writes a key as a cursor and reads it back, and no other list's cursor passes", () => {
+    for (const key of [
+      { account: 'psp_receivable', currency: 'USD' },
+      { account: 'seller_payable:a b:c', currency: 'EUR' },
+      { account: '', currency: 'USD' },
+    ]) {
+      const cursor = accountKeyCursor(key);
+      expect(ACCOUNT_KEY_CURSOR_PATTERN.test(cursor)).toBe(true);
+      expect(accountKeyOfCursor(cursor)).toEqual(key);
+    }
+    for (const cursor of ['123', 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G', 'psp_receivable usd', 'USD']) {
+      expect(ACCOUNT_KEY_CURSOR_PATTERN.test(cursor), cursor).toBe(false);
+    }
   });
 });
