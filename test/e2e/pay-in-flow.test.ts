@@ -136,7 +136,10 @@ describe('pay-in flow', () => {
       );
       expect(new Set(entries.map((e) => e.transactionId)).size).toBe(1);
     }
-    const trial = await call(stack.ledger.getTrialBalance.bind(stack.ledger), {});
+    const trial = await call(stack.ledger.getTrialBalance.bind(stack.ledger), {
+      pageSize: 0,
+      pageToken: '',
+    });
     expect(trial.balanced).toBe(true);
     expect(trial.totals.every((t) => t.balanceMinor === 0n)).toBe(true);
   });

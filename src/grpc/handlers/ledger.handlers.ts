@@ -6,9 +6,13 @@ import { PARTY_ID_PATTERN } from '../../domain/ids.js';
 import { decodePageToken, encodePageToken } from '../../domain/page-token.js';
 import type { Db } from '../../storage/db.js';
 import {
+  accountKeyCursor,
+  accountKeyOfCursor,
+  ACCOUNT_KEY_CURSOR_PATTERN,
   findWallet,
   listLedgerEntries,
-  trialBalance,
+  trialBalanceByCurrency,
+  trialBalancePage,
   type AccountBalance,
 } from '../../storage/repositories/ledger.repository.js';
 import { toUnavailable } from '../../storage/transaction.js';
@@ -18,6 +22,13 @@ import type {
   AccountBalance as AccountBalanceMessage,
 } from '../generated/settle/v1/wallet.js';
 import { unary, type AdapterOptions } from '../adapters.js';
+
+/** Accounts per GetTrialBalance page when the request says 0, and at most. */
+const TRIAL_BALANCE_PAGE_SIZE_DEFAULT = 100;
+const TRIAL_BALANCE_PAGE_SIZE_MAX = 500;
+
+/** GetTrialBalance has no filters: its tokens hold only the (account, currency) cursor. */
+const NO_FILTER = {};
 
 export function walletHandlers(db: Db, options: AdapterOptions): WalletServiceServer {
   return {
@@ -78,28 +89,28 @@ export function ledgerHandlers(db: Db, options: AdapterOptions): LedgerServiceSe
             : '',
       };
     }, options),
-    getTrialBalance: unary(async () => {
-      const accounts = await trialBalance(db).catch(rethrow);
-      const totals = new Map<string, { debit: bigint; credit: bigint }>();
-      for (const account of accounts) {
-        const total = totals.get(account.currency) ?? { debit: 0n, credit: 0n };
-        total.debit += account.debitMinor;
-        total.credit += account.creditMinor;
-        totals.set(account.currency, total);
-      }
-      const totalMessages = [...totals].map(([currency, total]) =>
-        balanceMessage({
-          account: '*',
-          currency,
-          debitMinor: total.debit,
-          creditMinor: total.credit,
-          balanceMinor: total.debit - total.credit,
-        }),
+    getTrialBalance: unary(async (request) => {
+      if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
+      const limit = Math.min(
+        request.pageSize === 0 ? TRIAL_BALANCE_PAGE_SIZE_DEFAULT : request.pageSize,
+        TRIAL_BALANCE_PAGE_SIZE_MAX,
       );
+      const cursor = decodePageToken(request.pageToken, NO_FILTER, ACCOUNT_KEY_CURSOR_PATTERN);
+      // The totals are summed per currency over the whole ledger (one row per currency), so every
+      // page tells whether the ledger balances, whichever accounts it shows.
+      const [page, totals] = await Promise.all([
+        trialBalancePage(db, {
+          after: cursor === undefined ? undefined : accountKeyOfCursor(cursor),
+          limit,
+        }),
+        trialBalanceByCurrency(db),
+      ]).catch(rethrow);
       return {
-        accounts: accounts.map(balanceMessage),
-        totals: totalMessages,
-        balanced: totalMessages.every((total) => total.balanceMinor === 0n),
+        accounts: page.accounts.map(balanceMessage),
+        totals: totals.map((total) => balanceMessage({ account: '*', ...total })),
+        balanced: totals.every((total) => total.balanceMinor === 0n),
+        nextPageToken:
+          page.next === undefined ? '' : encodePageToken(accountKeyCursor(page.next), NO_FILTER),
       };
     }, options),
   };

@@ -71,6 +71,10 @@ export interface ListEntriesResponse {
 }
 
 export interface GetTrialBalanceRequest {
+  /** Accounts per page: at most 500; 0 means 100. */
+  pageSize: number;
+  /** From a previous GetTrialBalanceResponse; empty for the first page. */
+  pageToken: string;
 }
 
 export interface AccountBalance {
@@ -83,11 +87,17 @@ export interface AccountBalance {
 }
 
 export interface GetTrialBalanceResponse {
+  /** One page of (account, currency) balances, ordered by account, then currency. */
   accounts: AccountBalance[];
-  /** Sum of every account's balance per currency: zero when the ledger balances. */
+  /**
+   * Sum of every account's balance per currency over the whole ledger, not only this page, as
+   * of this page's read: zero when the ledger balances. Its account is "*".
+   */
   totals: AccountBalance[];
   /** True when every total is zero. */
   balanced: boolean;
+  /** Empty on the last page. */
+  nextPageToken: string;
 }
 
 function createBaseWallet(): Wallet {
@@ -834,11 +844,17 @@ export const ListEntriesResponse: MessageFns<ListEntriesResponse> = {
 };
 
 function createBaseGetTrialBalanceRequest(): GetTrialBalanceRequest {
-  return {};
+  return { pageSize: 0, pageToken: "" };
 }
 
 export const GetTrialBalanceRequest: MessageFns<GetTrialBalanceRequest> = {
-  encode(_: GetTrialBalanceRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: GetTrialBalanceRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSize !== 0) {
+      writer.uint32(8).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
+    }
     return writer;
   },
 
@@ -855,6 +871,22 @@ export const GetTrialBalanceRequest: MessageFns<GetTrialBalanceRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -867,20 +899,39 @@ export const GetTrialBalanceRequest: MessageFns<GetTrialBalanceRequest> = {
     }
   },
 
-  fromJSON(_: any): GetTrialBalanceRequest {
-    return {};
+  fromJSON(object: any): GetTrialBalanceRequest {
+    return {
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
   },
 
-  toJSON(_: GetTrialBalanceRequest): unknown {
+  toJSON(message: GetTrialBalanceRequest): unknown {
     const obj: any = {};
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
     return obj;
   },
 
   create<I extends Exact<DeepPartial<GetTrialBalanceRequest>, I>>(base?: I): GetTrialBalanceRequest {
     return GetTrialBalanceRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<GetTrialBalanceRequest>, I>>(_: I): GetTrialBalanceRequest {
+  fromPartial<I extends Exact<DeepPartial<GetTrialBalanceRequest>, I>>(object: I): GetTrialBalanceRequest {
     const message = createBaseGetTrialBalanceRequest();
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
@@ -1050,7 +1101,7 @@ export const AccountBalance: MessageFns<AccountBalance> = {
 };
 
 function createBaseGetTrialBalanceResponse(): GetTrialBalanceResponse {
-  return { accounts: [], totals: [], balanced: false };
+  return { accounts: [], totals: [], balanced: false, nextPageToken: "" };
 }
 
 export const GetTrialBalanceResponse: MessageFns<GetTrialBalanceResponse> = {
@@ -1063,6 +1114,9 @@ export const GetTrialBalanceResponse: MessageFns<GetTrialBalanceResponse> = {
     }
     if (message.balanced !== false) {
       writer.uint32(24).bool(message.balanced);
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(34).string(message.nextPageToken);
     }
     return writer;
   },
@@ -1104,6 +1158,14 @@ export const GetTrialBalanceResponse: MessageFns<GetTrialBalanceResponse> = {
             message.balanced = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1123,6 +1185,11 @@ export const GetTrialBalanceResponse: MessageFns<GetTrialBalanceResponse> = {
         : [],
       totals: globalThis.Array.isArray(object?.totals) ? object.totals.map((e: any) => AccountBalance.fromJSON(e)) : [],
       balanced: isSet(object.balanced) ? globalThis.Boolean(object.balanced) : false,
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
     };
   },
 
@@ -1137,6 +1204,9 @@ export const GetTrialBalanceResponse: MessageFns<GetTrialBalanceResponse> = {
     if (message.balanced !== false) {
       obj.balanced = message.balanced;
     }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
     return obj;
   },
 
@@ -1148,6 +1218,7 @@ export const GetTrialBalanceResponse: MessageFns<GetTrialBalanceResponse> = {
     message.accounts = object.accounts?.map((e) => AccountBalance.fromPartial(e)) || [];
     message.totals = object.totals?.map((e) => AccountBalance.fromPartial(e)) || [];
     message.balanced = object.balanced ?? false;
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
@@ -1216,7 +1287,10 @@ export const LedgerServiceService = {
     responseSerialize: (value: ListEntriesResponse): Buffer => Buffer.from(ListEntriesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListEntriesResponse => ListEntriesResponse.decode(value),
   },
-  /** Sums debits minus credits per account and in total. The total is always zero. */
+  /**
+   * Sums debits minus credits per account and currency, a page of accounts at a time (AIP-158),
+   * and over the whole ledger per currency on every page. The totals are always zero.
+   */
   getTrialBalance: {
     path: "/settle.v1.LedgerService/GetTrialBalance" as const,
     requestStream: false as const,
@@ -1233,7 +1307,10 @@ export const LedgerServiceService = {
 export interface LedgerServiceServer extends UntypedServiceImplementation {
   /** Lists ledger entries, oldest first, optionally for one account or one payment order. */
   listEntries: handleUnaryCall<ListEntriesRequest, ListEntriesResponse>;
-  /** Sums debits minus credits per account and in total. The total is always zero. */
+  /**
+   * Sums debits minus credits per account and currency, a page of accounts at a time (AIP-158),
+   * and over the whole ledger per currency on every page. The totals are always zero.
+   */
   getTrialBalance: handleUnaryCall<GetTrialBalanceRequest, GetTrialBalanceResponse>;
 }
 
@@ -1254,7 +1331,10 @@ export interface LedgerServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListEntriesResponse) => void,
   ): ClientUnaryCall;
-  /** Sums debits minus credits per account and in total. The total is always zero. */
+  /**
+   * Sums debits minus credits per account and currency, a page of accounts at a time (AIP-158),
+   * and over the whole ledger per currency on every page. The totals are always zero.
+   */
   getTrialBalance(
     request: GetTrialBalanceRequest,
     callback: (error: ServiceError | null, response: GetTrialBalanceResponse) => void,
