@@ -10,18 +10,18 @@ import { sql } from 'kysely';
 import type { Db } from '../../src/storage/db.js';
 import { inTransaction } from '../../src/storage/transaction.js';
 import {
-  accountKeyCursor,
-  accountKeyOfCursor,
-  ACCOUNT_KEY_CURSOR_PATTERN,
   postLedgerTransaction,
   trialBalanceByCurrency,
   trialBalancePage,
+  trialBalancePageAfter,
+  trialBalancePageToken,
   type AccountKey,
   UnbalancedLedgerTransactionError,
   unbalancedLedgerTransactions,
   walletsNotMatchingLedger,
 } from '../../src/storage/repositories/ledger.repository.js';
 import { isCheckViolation, isDuplicateKey } from '../../src/storage/errors.js';
+import { encodePageToken } from '../../src/domain/page-token.js';
 import { expectLedgerBalanced, openTestDatabase } from '../support/harness.js';
 
 let db: Db;
@@ -247,18 +247,28 @@ describe('trialBalancePage', () => {
     }
   });
 
-  it("writes a key as a cursor and reads it back, and no other list's cursor passes", () => {
+  it('writes a key as a page token and reads it back, and refuses every other token', () => {
+    expect(trialBalancePageToken(undefined)).toBe('');
+    expect(trialBalancePageAfter('')).toBeUndefined();
     for (const key of [
       { account: 'psp_receivable', currency: 'USD' },
       { account: 'seller_payable:a b:c', currency: 'EUR' },
       { account: '', currency: 'USD' },
     ]) {
-      const cursor = accountKeyCursor(key);
-      expect(ACCOUNT_KEY_CURSOR_PATTERN.test(cursor)).toBe(true);
-      expect(accountKeyOfCursor(cursor)).toEqual(key);
+      expect(trialBalancePageAfter(trialBalancePageToken(key))).toEqual(key);
     }
-    for (const cursor of ['123', 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G', 'psp_receivable usd', 'USD']) {
-      expect(ACCOUNT_KEY_CURSOR_PATTERN.test(cursor), cursor).toBe(false);
+    for (const token of [
+      'garbage',
+      // ListEntries' and the other lists' tokens: bare ids, with and without filters.
+      encodePageToken('123', {}),
+      encodePageToken('pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G', { buyerId: 'b' }),
+      // The right cursor under a filter the trial balance does not have, or a bad currency.
+      encodePageToken('psp_receivable USD', { account: 'psp_receivable' }),
+      encodePageToken('psp_receivable usd', {}),
+    ]) {
+      expect(() => trialBalancePageAfter(token), token).toThrow(
+        'page_token: invalid or from a request with other filters; start again without page_token',
+      );
     }
   });
 });

@@ -6,13 +6,12 @@ import { PARTY_ID_PATTERN } from '../../domain/ids.js';
 import { decodePageToken, encodePageToken } from '../../domain/page-token.js';
 import type { Db } from '../../storage/db.js';
 import {
-  accountKeyCursor,
-  accountKeyOfCursor,
-  ACCOUNT_KEY_CURSOR_PATTERN,
   findWallet,
   listLedgerEntries,
   trialBalanceByCurrency,
   trialBalancePage,
+  trialBalancePageAfter,
+  trialBalancePageToken,
   type AccountBalance,
 } from '../../storage/repositories/ledger.repository.js';
 import { toUnavailable } from '../../storage/transaction.js';
@@ -26,9 +25,6 @@ import { unary, type AdapterOptions } from '../adapters.js';
 /** Accounts per GetTrialBalance page when the request says 0, and at most. */
 const TRIAL_BALANCE_PAGE_SIZE_DEFAULT = 100;
 const TRIAL_BALANCE_PAGE_SIZE_MAX = 500;
-
-/** GetTrialBalance has no filters: its tokens hold only the (account, currency) cursor. */
-const NO_FILTER = {};
 
 export function walletHandlers(db: Db, options: AdapterOptions): WalletServiceServer {
   return {
@@ -95,22 +91,18 @@ export function ledgerHandlers(db: Db, options: AdapterOptions): LedgerServiceSe
         request.pageSize === 0 ? TRIAL_BALANCE_PAGE_SIZE_DEFAULT : request.pageSize,
         TRIAL_BALANCE_PAGE_SIZE_MAX,
       );
-      const cursor = decodePageToken(request.pageToken, NO_FILTER, ACCOUNT_KEY_CURSOR_PATTERN);
+      const after = trialBalancePageAfter(request.pageToken);
       // The totals are summed per currency over the whole ledger (one row per currency), so every
       // page tells whether the ledger balances, whichever accounts it shows.
       const [page, totals] = await Promise.all([
-        trialBalancePage(db, {
-          after: cursor === undefined ? undefined : accountKeyOfCursor(cursor),
-          limit,
-        }),
+        trialBalancePage(db, { after, limit }),
         trialBalanceByCurrency(db),
       ]).catch(rethrow);
       return {
         accounts: page.accounts.map(balanceMessage),
         totals: totals.map((total) => balanceMessage({ account: '*', ...total })),
         balanced: totals.every((total) => total.balanceMinor === 0n),
-        nextPageToken:
-          page.next === undefined ? '' : encodePageToken(accountKeyCursor(page.next), NO_FILTER),
+        nextPageToken: trialBalancePageToken(page.next),
       };
     }, options),
   };

@@ -5,6 +5,7 @@
  */
 import { sql, type CompiledQuery } from 'kysely';
 import type { CurrencyCode } from '../../domain/money.js';
+import { decodePageToken, encodePageToken } from '../../domain/page-token.js';
 import type { Db } from '../db.js';
 import { guard } from '../one-trip.js';
 import type { Trx } from '../transaction.js';
@@ -334,21 +335,32 @@ export async function trialBalance(db: Db): Promise<AccountBalance[]> {
 /** Where a trial balance row sits in the ledger's (account, currency) order. */
 export type AccountKey = Readonly<{ account: string; currency: string }>;
 
-/**
- * An AccountKey written as one page-token cursor (domain/page-token.ts): the account, a space, the
- * currency. A currency is three capital letters (ISO 4217), so `accountKeyOfCursor` splits at the
- * last space exactly, whatever the account holds; the pattern also keeps the cursors of other
- * lists (bare ids) out.
- */
-export const ACCOUNT_KEY_CURSOR_PATTERN = /^[^]{0,100} [A-Z]{3}$/u;
+// A page token's cursor (domain/page-token.ts) holds an AccountKey as the account, a space and the
+// currency. A currency is three capital letters (ISO 4217), so splitting at the last space is
+// exact whatever the account holds, and the cursors of other lists (bare ids) never match.
+const ACCOUNT_KEY_CURSOR_PATTERN = /^[^]{0,100} [A-Z]{3}$/u;
+// The trial balance has no filters.
+const TRIAL_BALANCE_FILTER = {};
 
-export function accountKeyCursor(key: AccountKey): string {
-  return `${key.account} ${key.currency}`;
+/**
+ * The page token that continues a trial balance after `next`: '' when there is no next page.
+ * GetTrialBalance and the admin panel's ledger page write and read the same tokens.
+ */
+export function trialBalancePageToken(next: AccountKey | undefined): string {
+  return next === undefined
+    ? ''
+    : encodePageToken(`${next.account} ${next.currency}`, TRIAL_BALANCE_FILTER);
 }
 
-/** The AccountKey of a cursor that matched ACCOUNT_KEY_CURSOR_PATTERN. */
-export function accountKeyOfCursor(cursor: string): AccountKey {
-  return { account: cursor.slice(0, -4), currency: cursor.slice(-3) };
+/**
+ * Where the page of `pageToken` starts after; undefined for '' (the first page). Throws
+ * INVALID_ARGUMENT naming page_token for a token trialBalancePageToken did not write.
+ */
+export function trialBalancePageAfter(pageToken: string): AccountKey | undefined {
+  const cursor = decodePageToken(pageToken, TRIAL_BALANCE_FILTER, ACCOUNT_KEY_CURSOR_PATTERN);
+  return cursor === undefined
+    ? undefined
+    : { account: cursor.slice(0, -4), currency: cursor.slice(-3) };
 }
 
 /** Rows answered at most by one `trialBalancePage`. */
