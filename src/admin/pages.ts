@@ -8,6 +8,7 @@ import type { Payment } from '../storage/repositories/payment.repository.js';
 import type { TransitionRecord } from '../storage/repositories/payment-order.repository.js';
 import type {
   AccountBalance,
+  CurrencyBalance,
   LedgerEntry,
   Wallet,
 } from '../storage/repositories/ledger.repository.js';
@@ -994,49 +995,71 @@ function amountOf(amountMinor: bigint | undefined, currency: string): string {
   return amountMinor === undefined ? '' : minor(amountMinor, currency);
 }
 
-export function ledgerPage(input: { accounts: readonly AccountBalance[] }): SafeHtml {
-  const totals = new Map<string, { debit: bigint; credit: bigint }>();
-  for (const a of input.accounts) {
-    const t = totals.get(a.currency) ?? { debit: 0n, credit: 0n };
-    t.debit += a.debitMinor;
-    t.credit += a.creditMinor;
-    totals.set(a.currency, t);
-  }
+/**
+ * One page of the trial balance, with the whole ledger's totals per currency in the footer on
+ * every page (they are what tells whether the ledger balances), and a link to the next page.
+ */
+export function ledgerPage(input: {
+  accounts: readonly AccountBalance[];
+  totals: readonly CurrencyBalance[];
+  size: number;
+  isFirstPage: boolean;
+  nextPageToken: string;
+}): SafeHtml {
+  const size = String(input.size);
   return html` <table class="list" id="trial-balance">
-    <thead>
-      <tr>
-        <th>Account</th>
-        <th class="num">Debits</th>
-        <th class="num">Credits</th>
-        <th class="num">Balance (debit − credit)</th>
-      </tr>
-    </thead>
-    <tbody>
-      ${input.accounts.map(
-        (a) =>
-          html`<tr>
-            <td>${a.account}</td>
-            <td class="num">${minor(a.debitMinor, a.currency)}</td>
-            <td class="num">${minor(a.creditMinor, a.currency)}</td>
-            <td class="num">${minor(a.balanceMinor, a.currency)}</td>
-          </tr>`,
-      )}
-    </tbody>
-    <tfoot>
-      ${[...totals].map(
-        ([currency, t]) =>
-          html`<tr>
-            <th>Total ${currency}</th>
-            <td class="num">${minor(t.debit, currency)}</td>
-            <td class="num">${minor(t.credit, currency)}</td>
-            <td class="num ${t.debit === t.credit ? 'good' : 'bad'}">
-              ${minor(t.debit - t.credit, currency)}
-              ${t.debit === t.credit ? '(balanced)' : '(NOT BALANCED)'}
-            </td>
-          </tr>`,
-      )}
-    </tfoot>
-  </table>`;
+      <thead>
+        <tr>
+          <th>Account</th>
+          <th class="num">Debits</th>
+          <th class="num">Credits</th>
+          <th class="num">Balance (debit − credit)</th>
+        </tr>
+      </thead>
+      <tbody>
+        ${
+          input.accounts.length === 0
+            ? html`<tr>
+                <td colspan="4" class="muted">No ledger entries yet.</td>
+              </tr>`
+            : input.accounts.map(
+                (a) =>
+                  html`<tr>
+                    <td>${a.account}</td>
+                    <td class="num">${minor(a.debitMinor, a.currency)}</td>
+                    <td class="num">${minor(a.creditMinor, a.currency)}</td>
+                    <td class="num">${minor(a.balanceMinor, a.currency)}</td>
+                  </tr>`,
+              )
+        }
+      </tbody>
+      <tfoot>
+        ${input.totals.map(
+          (t) =>
+            html`<tr>
+              <th>Total ${t.currency} (whole ledger)</th>
+              <td class="num">${minor(t.debitMinor, t.currency)}</td>
+              <td class="num">${minor(t.creditMinor, t.currency)}</td>
+              <td class="num ${t.balanceMinor === 0n ? 'good' : 'bad'}">
+                ${minor(t.balanceMinor, t.currency)}
+                ${t.balanceMinor === 0n ? '(balanced)' : '(NOT BALANCED)'}
+              </td>
+            </tr>`,
+        )}
+      </tfoot>
+    </table>
+    <p class="pager">
+      ${input.isFirstPage ? '' : html`<a href="/admin/ledger${queryString({ size })}">« First</a>`}
+      ${
+        input.nextPageToken !== ''
+          ? html`<a
+              href="/admin/ledger${queryString({ size, page_token: input.nextPageToken })}"
+              rel="next"
+              >Next »</a
+            >`
+          : html`<span class="muted">End of the ledger.</span>`
+      }
+    </p>`;
 }
 
 export function walletPage(input: {

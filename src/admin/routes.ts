@@ -28,7 +28,10 @@ import {
   ACCOUNT,
   findWallet,
   listLedgerEntries,
-  trialBalance,
+  trialBalanceByCurrency,
+  trialBalancePage,
+  trialBalancePageAfter,
+  trialBalancePageToken,
 } from '../storage/repositories/ledger.repository.js';
 import {
   findPaymentOrder,
@@ -505,14 +508,27 @@ export function adminRoutes(deps: AdminDeps): Route[] {
       );
     }),
 
-    view('/admin/ledger', async (_request, principal) =>
-      page(
+    view('/admin/ledger', async (request, principal) => {
+      const size = pageSize(request.query.get('size') ?? '');
+      const pageToken = request.query.get('page_token') ?? '';
+      const after = trialBalancePageAfter(pageToken);
+      const [trial, totals] = await Promise.all([
+        trialBalancePage(deps.db, { after, limit: size }),
+        trialBalanceByCurrency(deps.db),
+      ]);
+      return page(
         principal,
         'Ledger: trial balance',
         '/admin/ledger',
-        ledgerPage({ accounts: await trialBalance(deps.db) }),
-      ),
-    ),
+        ledgerPage({
+          accounts: trial.accounts,
+          totals,
+          size,
+          isFirstPage: pageToken === '',
+          nextPageToken: trialBalancePageToken(trial.next),
+        }),
+      );
+    }),
 
     view('/admin/operations', async (_request, principal) =>
       page(

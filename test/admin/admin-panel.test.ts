@@ -531,6 +531,79 @@ describe('payments', () => {
   });
 });
 
+describe('ledger page', () => {
+  /** The trial balance rows of a ledger page as "account currency", and its footer. */
+  function trialBalanceOf(html: string): { rows: string[]; footer: string } {
+    const table = html.slice(html.indexOf('id="trial-balance"'));
+    const body = table.slice(table.indexOf('<tbody>'), table.indexOf('</tbody>'));
+    const rows = [
+      ...body.matchAll(/<td>([^<]*)<\/td>\s*<td class="num">[^<]*? ([A-Z]{3})<\/td>/g),
+    ].map((m) => `${m[1]} ${m[2]}`);
+    const footer = table
+      .slice(table.indexOf('<tfoot>'), table.indexOf('</tfoot>'))
+      .replace(/<[^>]+>/g, ' ')
+      .replace(/\s+/g, ' ');
+    return { rows, footer };
+  }
+
+  it("pages the trial balance with a Next link, the whole ledger's totals on every page", async () => {
+    // Balanced fixture transactions between accounts of their own, written directly.
+    const accounts = ['a', 'b', 'c', 'd', 'e', 'f', 'g'].map((x) => `fixture-ledger:${x}`);
+    for (const [index, account] of accounts.entries()) {
+      const transactionId = `ltx_ADMINLEDGER${String(index).padStart(15, '0')}`;
+      const orderId = `ord_ADMINLEDGER${String(index).padStart(15, '0')}`;
+      await sql`INSERT INTO ledger_entry
+        (transaction_id, account, order_id, kind, currency, debit_minor, credit_minor, created_at)
+        VALUES (${transactionId}, ${account}, ${orderId}, 'FIXTURE_DEBIT', 'USD', ${100 + index}, 0, NOW(3)),
+               (${transactionId}, 'fixture-ledger:~contra', ${orderId}, 'FIXTURE_CREDIT', 'USD', 0, ${100 + index}, NOW(3))`.execute(
+        stack.settle.db,
+      );
+    }
+    try {
+      const expected = (
+        await sql<{ account: string; currency: string }>`
+          SELECT account, currency FROM ledger_entry
+          GROUP BY account, currency ORDER BY account, currency`.execute(stack.settle.db)
+      ).rows.map((r) => `${r.account} ${r.currency}`);
+      expect(expected.length).toBeGreaterThan(2 * 3); // three pages at least
+
+      const seen: string[] = [];
+      const footers = new Set<string>();
+      let path: string | undefined = '/admin/ledger?size=3';
+      let pages = 0;
+      while (path !== undefined && pages < 50) {
+        const { status, html } = await adminFetch(stack, path);
+        expect(status).toBe(200);
+        const { rows, footer } = trialBalanceOf(html);
+        expect(rows.length).toBeLessThanOrEqual(3);
+        seen.push(...rows);
+        footers.add(footer);
+        pages += 1;
+        path = /href="(\/admin\/ledger\?[^"]*)"\s+rel="next"/
+          .exec(html)?.[1]
+          ?.replace(/&amp;/g, '&');
+        if (path === undefined) expect(html).toContain('End of the ledger.');
+        expect(html.includes('« First'), `page ${pages}`).toBe(pages > 1);
+      }
+      expect(seen).toEqual(expected);
+      expect(pages).toBe(Math.ceil(expected.length / 3));
+      // The same footer on every page: the whole ledger's totals, balanced.
+      expect([...footers]).toHaveLength(1);
+      expect([...footers][0]).toMatch(/Total USD \(whole ledger\) .* 0\.00 USD \(balanced\)/);
+
+      const refused = await adminFetch(stack, '/admin/ledger?page_token=not-a-token');
+      expect(refused.status).toBe(400);
+      expect(refused.html).toContain(
+        'page_token: invalid or from a request with other filters; start again without page_token',
+      );
+    } finally {
+      await sql`DELETE FROM ledger_entry WHERE transaction_id LIKE 'ltx_ADMINLEDGER%'`.execute(
+        stack.settle.db,
+      );
+    }
+  });
+});
+
 describe('dead letters', () => {
   it('shows a dead-lettered order on its payment page and replays it with a reason, audited', async () => {
     const { payment, orderId, deadLetterId } = await deadLetteredPayment(stack, 'buyer-dlq');

@@ -306,32 +306,6 @@ export type AccountBalance = Readonly<{
   balanceMinor: bigint;
 }>;
 
-/** Debits minus credits per account (set-based, one query). */
-export async function trialBalance(db: Db): Promise<AccountBalance[]> {
-  const rows = await db
-    .selectFrom('ledger_entry')
-    .select([
-      'account',
-      'currency',
-      sql<string>`SUM(debit_minor)`.as('debits'),
-      sql<string>`SUM(credit_minor)`.as('credits'),
-    ])
-    .groupBy(['account', 'currency'])
-    .orderBy('account')
-    .execute();
-  return rows.map((row) => {
-    const debitMinor = BigInt(row.debits);
-    const creditMinor = BigInt(row.credits);
-    return {
-      account: row.account,
-      currency: row.currency,
-      debitMinor,
-      creditMinor,
-      balanceMinor: debitMinor - creditMinor,
-    };
-  });
-}
-
 /** Where a trial balance row sits in the ledger's (account, currency) order. */
 export type AccountKey = Readonly<{ account: string; currency: string }>;
 
