@@ -141,10 +141,14 @@ async function main(): Promise<void> {
       line(`   ${sellerId}: no wallet (nothing credited)`);
     }
   }
-  const trial = await settle.ledger.getTrialBalance({});
+  // The first page only: the totals on it cover the whole ledger whatever the page shows.
+  const trial = await settle.ledger.getTrialBalance({ pageSize: 20 });
   line('\n7. Trial balance (debits - credits):');
   for (const account of trial.accounts)
     line(`   ${account.account.padEnd(40)} ${usd(account.balanceMinor)}`);
+  if (trial.nextPageToken !== '') {
+    line(`   … more accounts: npm run settle -- trial-balance --page-token ${trial.nextPageToken}`);
+  }
   line(
     `   total: ${trial.totals.map((t) => `${t.currencyCode} ${usd(t.balanceMinor)}`).join(', ')} → ${trial.balanced ? 'balanced' : 'NOT BALANCED'}`,
   );

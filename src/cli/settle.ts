@@ -66,7 +66,9 @@ Commands:
   payment timeline <payment_id>                 every transition of its orders (needs the admin token)
   wallet <seller_id>                            a seller's wallet balance
   ledger [--account A] [--order O] [--page-size N] [--page-token T]
-  trial-balance                                 debits and credits per account; balanced or not
+  trial-balance [--page-size N] [--page-token T]
+                                                debits and credits per account, a page at a time,
+                                                and the whole ledger's totals; balanced or not
   dlq list [--state OPEN|REPLAYED|DISCARDED|RESOLVED|ALL] [--order O] [--page-size N] [--page-token T]
   dlq replay <id> --reason "<why>"              put a dead letter back on its normal path
   dlq discard <id> --reason "<why>"             record that nobody will replay it
@@ -336,7 +338,10 @@ async function dispatch(
       );
     }
     case 'trial-balance': {
-      const response = await client.ledger.getTrialBalance({});
+      const response = await client.ledger.getTrialBalance({
+        pageSize: intOption(values['page-size'], 'page-size', 100, 1, 500),
+        pageToken: values['page-token'] ?? '',
+      });
       return print(
         GetTrialBalanceResponse.toJSON(response),
         () =>
@@ -351,7 +356,11 @@ async function dispatch(
               money(a.creditMinor, a.currencyCode),
               money(a.balanceMinor, a.currencyCode),
             ]),
-          ) + (response.balanced ? 'balanced: yes\n' : 'balanced: NO\n'),
+          ) +
+          (response.balanced ? 'balanced: yes\n' : 'balanced: NO\n') +
+          (response.nextPageToken !== ''
+            ? `next page: --page-token ${response.nextPageToken}\n`
+            : ''),
       );
     }
     case 'dlq':

@@ -1,11 +1,11 @@
 /**
  * Goal: the `settle` command does what an operator needs from a terminal, against a real node:
- * create/get/list/watch payments, wallet and trial balance, a payment's timeline, list and replay
- * dead letters (audited with the operator's name and reason), tables by default and JSON with
- * --json, and exit codes that tell usage errors (2) from server errors (1). Method: the CLI runs as
- * a child process (`node bin/settle.js`, the package's bin, and once through `npm run settle`)
- * against a startStack() node on MariaDB and NATS; its stdout, stderr and exit code are checked,
- * and the database is checked for the audit row.
+ * create/get/list/watch payments, wallet and trial balance (a page at a time), a payment's
+ * timeline, list and replay dead letters (audited with the operator's name and reason), tables by
+ * default and JSON with --json, and exit codes that tell usage errors (2) from server errors (1).
+ * Method: the CLI runs as a child process (`node bin/settle.js`, the package's bin, and once
+ * through `npm run settle`) against a startStack() node on MariaDB and NATS; its stdout, stderr
+ * and exit code are checked, and the database is checked for the audit row.
  */
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -129,6 +129,24 @@ describe('settle CLI', () => {
       balanced: boolean;
     };
     expect(json.balanced).toBe(true);
+    // A page at a time: one account per page, the totals on each, and the command for the next.
+    const first = await settle(['trial-balance', '--page-size', '1']);
+    expect(first.code).toBe(0);
+    const accountRows = (stdout: string) =>
+      stdout.split('\n').filter((line) => /^(psp_receivable|seller_payable:)/.test(line));
+    expect(accountRows(first.stdout)).toHaveLength(1);
+    expect(first.stdout).toMatch(/TOTAL USD\s+\S+ USD\s+\S+ USD\s+0\.00 USD/);
+    const next = /next page: --page-token (\S+)/.exec(first.stdout)?.[1] ?? '';
+    expect(next).not.toBe('');
+    const second = await settle(['trial-balance', '--page-size', '1', '--page-token', next]);
+    expect(second.code).toBe(0);
+    expect(accountRows(second.stdout)).toHaveLength(1);
+    expect(accountRows(second.stdout)).not.toEqual(accountRows(first.stdout));
+    const bad = await settle(['trial-balance', '--page-token', 'not-a-token']);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain(
+      'page_token: invalid or from a request with other filters; start again without page_token',
+    );
 
     const timeline = await settle(['payment', 'timeline', paymentId], { ADMIN_TOKEN });
     expect(timeline.code).toBe(0);
