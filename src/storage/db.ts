@@ -3,7 +3,7 @@
  * BIGINT as exact decimal strings and to use UTC, so money and time never lose precision.
  */
 import { createPool, type Pool } from 'mysql2';
-import { createConnection } from 'mysql2/promise';
+import { createConnection, type Connection, type RowDataPacket } from 'mysql2/promise';
 import { Kysely, Migrator, MysqlAdapter, MysqlDialect, type DialectAdapter } from 'kysely';
 import { FailedPreconditionError, UnavailableError } from '../domain/errors.js';
 import { migrationProvider } from './migrations/index.js';
@@ -112,9 +112,47 @@ export async function ensureDatabase(url: string, connectTimeoutMs = 5_000): Pro
     await connection.query(
       `CREATE DATABASE IF NOT EXISTS \`${target.database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
     );
+    await ensureBinaryCollation(connection, target.database);
   } finally {
     await connection.end();
   }
+}
+
+/**
+ * Ids are compared byte for byte: under a case-insensitive collation (a server's default, for a
+ * database created by hand before Settle's first start) sellers 'Abc' and 'abc' would share one
+ * wallet row, and their money one balance. A database without tables is given a binary default;
+ * one whose tables already compare text otherwise is refused, naming a column, before anything
+ * is written. A binary column collation ends in `_bin`.
+ */
+async function ensureBinaryCollation(connection: Connection, database: string): Promise<void> {
+  const [schemata] = await connection.query<RowDataPacket[]>(
+    'SELECT DEFAULT_COLLATION_NAME AS collation FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?',
+    [database],
+  );
+  const collation = String(schemata[0]?.['collation'] ?? '');
+  if (collation.endsWith('_bin')) return;
+  const [columns] = await connection.query<RowDataPacket[]>(
+    `SELECT TABLE_NAME AS tableName, COLUMN_NAME AS columnName, COLLATION_NAME AS collation
+       FROM information_schema.COLUMNS
+      WHERE TABLE_SCHEMA = ? AND COLLATION_NAME IS NOT NULL AND COLLATION_NAME NOT LIKE '%\\_bin'
+      ORDER BY TABLE_NAME, ORDINAL_POSITION LIMIT 1`,
+    [database],
+  );
+  const column = columns[0];
+  if (column !== undefined) {
+    throw new FailedPreconditionError(
+      `database '${database}' compares text case-insensitively (column ` +
+        `${String(column['tableName'])}.${String(column['columnName'])} has collation ` +
+        `${String(column['collation'])}), so ids differing only in case would share rows (one ` +
+        `wallet for sellers 'Abc' and 'abc'); Settle needs utf8mb4_bin: use a new database, or ` +
+        `convert every table (ALTER TABLE … CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin)`,
+    );
+  }
+  // No text column compares otherwise yet: tables the migrations create from now on get this.
+  await connection.query(
+    `ALTER DATABASE \`${database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
+  );
 }
 
 /** The same server URL with another database name (tests, the bench and the chaos demo). */
