@@ -7,6 +7,7 @@
 import type { Db } from '../storage/db.js';
 import type { DeadLetterCounts } from '../observability/operations.js';
 import {
+  canonicalDeadLetterId,
   countDeadLetters,
   DEAD_LETTER_STATE,
   discardDeadLetter,
@@ -42,8 +43,13 @@ export interface DeadLetterSource {
 /** A payment has at most 50 orders; it shows at most this many dead letters per order. */
 const PER_ORDER_MAX = 20;
 
+/**
+ * The admin_audit target naming an entry, by its canonical id (`0004` is entry 4), so the panel
+ * and AdminService audit an entry where its payment's page looks. Text that is no id (a refused
+ * request) is kept, cut to fit the column.
+ */
 export function deadLetterAuditTarget(id: string): string {
-  return `dead-letter:${id}`;
+  return `dead-letter:${canonicalDeadLetterId(id) ?? id.slice(0, 64)}`;
 }
 
 export function tableDeadLetters(deps: {
@@ -55,7 +61,10 @@ export function tableDeadLetters(deps: {
   return {
     auditTarget: deadLetterAuditTarget,
     list: (filter) => listDeadLetterPage(db, filter, 'before'),
-    get: (id) => (/^\d{1,19}$/.test(id) ? findDeadLetter(db, id) : Promise.resolve(undefined)),
+    get: (id) => {
+      const canonical = canonicalDeadLetterId(id);
+      return canonical !== undefined ? findDeadLetter(db, canonical) : Promise.resolve(undefined);
+    },
     forOrders: (orderIds) =>
       listDeadLetters(db, { orderIds, limit: orderIds.length * PER_ORDER_MAX }),
     counts: () => countDeadLetters(db),

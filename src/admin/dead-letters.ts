@@ -109,6 +109,16 @@ function toRecord(row: Row): DeadLetterRecord {
 
 const DEAD_LETTER_ID = /^\d{1,19}$/;
 
+/**
+ * The id as the table holds it (`0004` is entry 4), or undefined when it is no dead-letter id.
+ * Ids are looked up and audited in this form only: MySQL would find entry 4 under `0004`, but an
+ * audit row naming `dead-letter:0004` would be missing from the payment's page, which looks its
+ * entries up by their own ids.
+ */
+export function canonicalDeadLetterId(id: string): string | undefined {
+  return DEAD_LETTER_ID.test(id) ? BigInt(id).toString() : undefined;
+}
+
 /** Newest first; `beforeId` pages. */
 export async function listDeadLetters(
   db: Db,
@@ -177,10 +187,12 @@ export async function countDeadLetters(db: Db): Promise<{ open: number; total: n
 
 export type DeadLetterDeps = Readonly<{ db: Db; wakeRelay: () => void; now: () => Date }>;
 
+/** The canonical id (canonicalDeadLetterId), or InvalidArgumentError. */
 function parseId(id: string): string {
-  if (!DEAD_LETTER_ID.test(id))
+  const canonical = canonicalDeadLetterId(id);
+  if (canonical === undefined)
     throw new InvalidArgumentError('id', `'${id.slice(0, 40)}' is not a dead-letter id`);
-  return id;
+  return canonical;
 }
 
 /**
@@ -189,15 +201,16 @@ function parseId(id: string): string {
  */
 export async function replayDeadLetter(
   deps: DeadLetterDeps,
-  id: string,
+  givenId: string,
   actor: string,
 ): Promise<DeadLetterRecord> {
+  const id = parseId(givenId);
   const now = deps.now();
   const replayed = await inTransaction(deps.db, async (trx) => {
     const row = await trx
       .selectFrom('dead_letter')
       .selectAll()
-      .where('id', '=', parseId(id))
+      .where('id', '=', id)
       .forUpdate()
       .executeTakeFirst();
     if (row === undefined) throw new NotFoundError('dead letter', id);
@@ -245,17 +258,18 @@ function freshAttempts(payload: string): string {
 /** Closes an entry without replaying it; the reason is kept. Discarding twice is a no-op. */
 export async function discardDeadLetter(
   deps: DeadLetterDeps,
-  id: string,
+  givenId: string,
   reason: string,
   actor: string,
 ): Promise<DeadLetterRecord> {
   const why = requireReason(reason);
+  const id = parseId(givenId);
   const now = deps.now();
   await inTransaction(deps.db, async (trx) => {
     const row = await trx
       .selectFrom('dead_letter')
       .selectAll()
-      .where('id', '=', parseId(id))
+      .where('id', '=', id)
       .forUpdate()
       .executeTakeFirst();
     if (row === undefined) throw new NotFoundError('dead letter', id);

@@ -250,13 +250,13 @@ export function adminRoutes(deps: AdminDeps): Route[] {
       );
     }),
     actor('POST', `/admin/dead-letters/:id/${action}`, async (request, principal) => {
-      const id = request.params.id ?? '';
-      const entry = await requireDeadLetter(deps.deadLetters, id);
+      const entry = await requireDeadLetter(deps.deadLetters, request.params.id ?? '');
       const form = await readForm(request);
       let reason: string;
       try {
         reason = requireReason(form.get('reason'));
-        await deadLetterAction(principal, id, action, reason);
+        // By the entry's own id: `0004` in the path is entry 4, and is audited as 4.
+        await deadLetterAction(principal, entry.id, action, reason);
       } catch (error) {
         if (!(error instanceof SettleError)) throw error;
         const answer = toHttpError(error, randomUUID());
@@ -269,7 +269,7 @@ export function adminRoutes(deps: AdminDeps): Route[] {
         );
       }
       return redirect(
-        `/admin/dead-letters?state=ALL&done=${action === 'replay' ? 'replayed' : 'discarded'}&id=${encodeURIComponent(id)}`,
+        `/admin/dead-letters?state=ALL&done=${action === 'replay' ? 'replayed' : 'discarded'}&id=${encodeURIComponent(entry.id)}`,
       );
     }),
   ];

@@ -44,6 +44,7 @@ import {
   auditRows,
   createPayment,
   deadLetteredPayment,
+  recordedDeadLetter,
 } from './admin-support.js';
 
 let stack: Stack;
@@ -698,6 +699,60 @@ describe('dead letters', () => {
     const list = await adminFetch(stack, '/admin/dead-letters?state=DISCARDED');
     expect(list.html).toContain(`data-dead-letter="${deadLetterId}"`);
     expect(list.html).not.toContain(`/admin/dead-letters/${deadLetterId}/replay`);
+  });
+
+  it('audits an entry named with leading zeros under its own id, on the panel and over gRPC', async () => {
+    // The payment's page finds an order's admin actions by the entries' ids, as the table holds
+    // them: an action audited under `dead-letter:001` would be missing there.
+    const payment = await createPayment(stack, 'buyer-dlq-zeros', [['seller-dlq-zeros', 900n]]);
+    const deadLetterId = await recordedDeadLetter(stack, payment.orders[0]?.orderId ?? '');
+    const discarded = await adminFetch(stack, `/admin/dead-letters/00${deadLetterId}/discard`, {
+      form: { reason: 'zeros in the path' },
+    });
+    expect(discarded.status).toBe(303);
+    expect(await auditRows(stack, `dead-letter:00${deadLetterId}`)).toHaveLength(0);
+    expect(discarded.headers.get('location')).toBe(
+      `/admin/dead-letters?state=ALL&done=discarded&id=${deadLetterId}`,
+    );
+
+    const admin = new AdminServiceClient(
+      `127.0.0.1:${stack.settle.grpcPort}`,
+      grpc.credentials.createInsecure(),
+    );
+    try {
+      const metadata = new grpc.Metadata();
+      metadata.set('authorization', `Bearer ${ADMIN_TOKEN}`);
+      const code = (outcome: { ok: boolean; error?: grpc.ServiceError }) =>
+        outcome.ok ? 'OK' : `${grpc.status[outcome.error?.code ?? 2]} ${outcome.error?.details}`;
+      const replay = await callUnary(
+        admin.replayDeadLetter.bind(admin),
+        { id: `000${deadLetterId}`, reason: 'zeros over gRPC' },
+        metadata,
+      );
+      expect(code(replay)).toBe(
+        `FAILED_PRECONDITION dead letter ${deadLetterId} was discarded; it cannot be replayed`,
+      );
+      const missing = await callUnary(
+        admin.replayDeadLetter.bind(admin),
+        { id: '0987654320', reason: 'no such entry' },
+        metadata,
+      );
+      expect(code(missing)).toBe("NOT_FOUND dead letter '987654320' not found");
+      expect((await auditRows(stack, 'dead-letter:987654320')).map((r) => r.outcome)).toEqual([
+        'FAILED',
+      ]);
+    } finally {
+      admin.close();
+    }
+    expect(await auditRows(stack, `dead-letter:000${deadLetterId}`)).toHaveLength(0);
+    expect(
+      (await auditRows(stack, `dead-letter:${deadLetterId}`)).map(
+        (r) => `${r.actor} ${r.action} ${r.outcome}`,
+      ),
+    ).toEqual(['tester DISCARD_DEAD_LETTER OK', 'grpc REPLAY_DEAD_LETTER FAILED']);
+    const page = await adminFetch(stack, `/admin/payments/${payment.paymentId}`);
+    expect(page.html).toContain('admin DISCARD_DEAD_LETTER by tester (OK)');
+    expect(page.html).toContain('admin REPLAY_DEAD_LETTER by grpc (FAILED)');
   });
 });
 

@@ -4,6 +4,7 @@
  * HTTP calls to the panel with the admin token.
  */
 import { randomUUID } from 'node:crypto';
+import { recordDeadLetter } from '../../src/admin/dead-letters.js';
 import type { Payment } from '../../src/grpc/generated/settle/v1/payment.js';
 import { call, waitFor, type Stack } from '../support/harness.js';
 
@@ -47,6 +48,35 @@ export async function deadLetteredPayment(
     { what: `a dead letter for ${orderId}` },
   );
   return { payment, orderId, deadLetterId: row.id };
+}
+
+/**
+ * An OPEN dead letter for `orderId` recorded directly, as the consumer records one, without
+ * failing PSP calls (which would count towards opening the stack's circuit breaker). Its id.
+ */
+export async function recordedDeadLetter(stack: Stack, orderId: string): Promise<string> {
+  const streamSequence = Number.parseInt(randomUUID().slice(0, 8), 16);
+  await recordDeadLetter(
+    stack.settle.db,
+    'fixture-stream',
+    {
+      orderId,
+      subject: 'fixture',
+      streamSequence,
+      attempts: 3,
+      reason: 'RETRIES_EXHAUSTED',
+      lastError: 'fixture',
+      payload: '{}',
+      deadLetteredAt: new Date().toISOString(),
+    },
+    new Date(),
+  );
+  const row = await stack.settle.db
+    .selectFrom('dead_letter')
+    .select('id')
+    .where('dedupe_key', '=', `fixture-stream:${streamSequence}`)
+    .executeTakeFirstOrThrow();
+  return row.id;
 }
 
 export async function adminFetch(
