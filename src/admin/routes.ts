@@ -15,7 +15,7 @@ import {
 import { ORDER_ID_PATTERN, PARTY_ID_PATTERN, PAYMENT_ID_PATTERN } from '../domain/ids.js';
 import { toHttpError } from '../grpc/http-status.js';
 import type { ErrorLogger } from '../grpc/status.js';
-import type { HttpRequest, HttpResponse, Route } from '../http/router.js';
+import { HttpError, type HttpRequest, type HttpResponse, type Route } from '../http/router.js';
 import type { Names } from '../messaging/subjects.js';
 import { breakerStateOf, type OperationsSnapshot } from '../observability/operations.js';
 import type { Db } from '../storage/db.js';
@@ -40,7 +40,7 @@ import {
 import { findPayment } from '../storage/repositories/payment.repository.js';
 import { toUnavailable } from '../storage/transaction.js';
 import { listMismatches, listRuns, listScheduledDays } from '../reconciliation/index.js';
-import { ADMIN_ACTION, audited, requireReason, type AuditedAction } from './audit.js';
+import { ADMIN_ACTION, audited, REASON_CHARS, requireReason, type AuditedAction } from './audit.js';
 import {
   ACTOR_PATTERN,
   authenticate,
@@ -141,6 +141,13 @@ export function adminRoutes(deps: AdminDeps): Route[] {
 
   /** An error as a page: operating errors show their message, bugs a request id. */
   const errorPage = (principal: Principal | undefined, error: unknown, path: string) => {
+    // The router's refusals (a form over FORM_BYTES_MAX) are the caller's to fix, not bugs.
+    if (error instanceof HttpError) {
+      const title = error.status === 413 ? 'Form too large' : 'Refused';
+      return page(principal, title, '', messagePage(httpErrorMessage(error)), {
+        status: error.status,
+      });
+    }
     const requestId = randomUUID();
     const answer = toHttpError(toUnavailable(error), requestId, { log: deps.log, path });
     return page(
@@ -314,7 +321,20 @@ export function adminRoutes(deps: AdminDeps): Route[] {
       method: 'POST',
       path: '/admin/login',
       handle: async (request) => {
-        const form = await readForm(request);
+        let form: URLSearchParams;
+        try {
+          form = await readForm(request);
+        } catch (error) {
+          if (!(error instanceof HttpError)) throw error;
+          return htmlResponse(
+            error.status,
+            loginPage({
+              next: '/admin/payments',
+              error: httpErrorMessage(error),
+              tokenConfigured: deps.auth.token !== undefined,
+            }),
+          );
+        }
         const next = safeNext(form.get('next'));
         const name = (form.get('actor') ?? '').trim();
         const fail = (status: number, error: string) =>
@@ -627,8 +647,16 @@ async function requireDeadLetter(source: DeadLetterSource, id: string): Promise<
   return entry;
 }
 
+/** Rejects with the router's HttpError 413 beyond FORM_BYTES_MAX. */
 async function readForm(request: HttpRequest): Promise<URLSearchParams> {
   return new URLSearchParams((await request.body(FORM_BYTES_MAX)).toString('utf8'));
+}
+
+function httpErrorMessage(error: HttpError): string {
+  return error.status === 413
+    ? `The form is larger than ${FORM_BYTES_MAX} bytes, so nothing was done: shorten it ` +
+        `(a reason takes at most ${REASON_CHARS.max} characters) and send it again.`
+    : error.message;
 }
 
 /** Only our own pages: a path under /admin/, never another host (`//evil`) or a header break. */

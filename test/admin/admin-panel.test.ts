@@ -754,6 +754,36 @@ describe('dead letters', () => {
     expect(page.html).toContain('admin DISCARD_DEAD_LETTER by tester (OK)');
     expect(page.html).toContain('admin REPLAY_DEAD_LETTER by grpc (FAILED)');
   });
+
+  it('answers an oversized form with 413 and a page saying so, and does nothing', async () => {
+    const payment = await createPayment(stack, 'buyer-dlq-large', [['seller-dlq-large', 900n]]);
+    const deadLetterId = await recordedDeadLetter(stack, payment.orders[0]?.orderId ?? '');
+    const reason = 'x'.repeat(20_000);
+    const action = await adminFetch(stack, `/admin/dead-letters/${deadLetterId}/discard`, {
+      form: { reason },
+    });
+    expect(action.status).toBe(413);
+    expect(action.headers.get('content-type')).toMatch(/^text\/html/);
+    expect(action.html).toContain('The form is larger than 16384 bytes');
+    expect(action.headers.get('connection')).toBe('close');
+    const row = await stack.settle.db
+      .selectFrom('dead_letter')
+      .select('state')
+      .where('id', '=', deadLetterId)
+      .executeTakeFirstOrThrow();
+    expect(row.state).toBe('OPEN');
+    // Refused before anything was attempted, like a form without a reason.
+    expect(await auditRows(stack, `dead-letter:${deadLetterId}`)).toHaveLength(0);
+
+    const login = await fetch(`${stack.settleHttp}/admin/login`, {
+      method: 'POST',
+      redirect: 'manual',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ actor: 'Alice Ops', token: reason }).toString(),
+    });
+    expect(login.status).toBe(413);
+    expect(await login.text()).toContain('The form is larger than 16384 bytes');
+  });
 });
 
 describe('operations and reconciliation', () => {
