@@ -715,7 +715,9 @@ export function deadLettersPage(input: {
   page: DeadLetterPage;
   state: DeadLetterState | 'ALL';
   canAct: boolean;
-  beforeId: string | undefined;
+  isFirstPage: boolean;
+  /** The `before` of the next (older) page, tied to `state`; undefined on the last page. */
+  olderCursor: string | undefined;
 }): SafeHtml {
   return html`<p class="tabs">
       ${DEAD_LETTER_FILTERS.map(
@@ -767,11 +769,11 @@ export function deadLettersPage(input: {
       </tbody>
     </table>
     <p class="pager">
-      ${input.beforeId !== undefined ? html`<a href="/admin/dead-letters?state=${input.state}">« Newest</a>` : ''}
+      ${!input.isFirstPage ? html`<a href="/admin/dead-letters?state=${input.state}">« Newest</a>` : ''}
       ${
-        input.page.nextBeforeId !== undefined
+        input.olderCursor !== undefined
           ? html`<a
-              href="/admin/dead-letters${queryString({ state: input.state, before: input.page.nextBeforeId })}"
+              href="/admin/dead-letters${queryString({ state: input.state, before: input.olderCursor })}"
               >Older »</a
             >`
           : ''

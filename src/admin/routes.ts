@@ -13,6 +13,7 @@ import {
   UnauthenticatedError,
 } from '../domain/errors.js';
 import { ORDER_ID_PATTERN, PARTY_ID_PATTERN, PAYMENT_ID_PATTERN } from '../domain/ids.js';
+import { decodePageToken, encodePageToken } from '../domain/page-token.js';
 import { toHttpError } from '../grpc/http-status.js';
 import type { ErrorLogger } from '../grpc/status.js';
 import { HttpError, type HttpRequest, type HttpResponse, type Route } from '../http/router.js';
@@ -567,10 +568,14 @@ export function adminRoutes(deps: AdminDeps): Route[] {
 
     view('/admin/dead-letters', async (request, principal) => {
       const state = deadLetterFilter(request.query.get('state'));
-      const before = request.query.get('before') ?? undefined;
+      // A cursor names the filter it was made under, as AdminService's page tokens do: under
+      // another, it would start that list in the middle without saying so.
+      const filter = { state };
+      const before = request.query.get('before') ?? '';
+      const beforeId = decodePageToken(before, filter, /^\d{1,19}$/, 'before');
       const result = await deps.deadLetters.list({
         ...(state !== 'ALL' ? { state } : {}),
-        ...(before !== undefined && before !== '' ? { beforeId: before } : {}),
+        ...(beforeId !== undefined ? { beforeId } : {}),
         limit: PAGE_SIZE_DEFAULT,
       });
       const done = request.query.get('done');
@@ -587,7 +592,11 @@ export function adminRoutes(deps: AdminDeps): Route[] {
           page: result,
           state,
           canAct: context(principal).canAct,
-          beforeId: before,
+          isFirstPage: beforeId === undefined,
+          olderCursor:
+            result.nextBeforeId !== undefined
+              ? encodePageToken(result.nextBeforeId, filter)
+              : undefined,
         }),
         { flash },
       );

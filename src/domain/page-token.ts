@@ -17,13 +17,14 @@ export function encodePageToken(cursor: string, filter: PageFilter): string {
 
 /**
  * The cursor in `token`, or undefined for '' (the first page). Throws INVALID_ARGUMENT naming
- * page_token when the token is not one of ours, its cursor does not match `cursorPattern`, or it
- * was made under other filters.
+ * `field` (page_token, or the admin panel's `before`) when the token is not one of ours, its
+ * cursor does not match `cursorPattern`, or it was made under other filters.
  */
 export function decodePageToken(
   token: string,
   filter: PageFilter,
   cursorPattern: RegExp,
+  field = 'page_token',
 ): string | undefined {
   if (token === '') return undefined;
   const decoded = parse(token);
@@ -33,8 +34,10 @@ export function decodePageToken(
     decoded.filter !== filterKey(filter)
   ) {
     throw new InvalidArgumentError(
-      'page_token',
-      'invalid or from a request with other filters; start again without page_token',
+      field,
+      field === 'page_token'
+        ? 'invalid or from a request with other filters; start again without page_token'
+        : `invalid or from a list with another filter; start again without ${field}`,
     );
   }
   return decoded.cursor;

@@ -784,6 +784,35 @@ describe('dead letters', () => {
     expect(login.status).toBe(413);
     expect(await login.text()).toContain('The form is larger than 16384 bytes');
   });
+
+  it('pages the list with a cursor that only the filter it came from takes', async () => {
+    // More OPEN entries than one page holds (50), with no order: the janitor leaves them alone.
+    for (let i = 0; i < 51; i += 1) await recordedDeadLetter(stack, null);
+    const older = (html: string) =>
+      /href="(\/admin\/dead-letters\?[^"]*before=[^"]*)"/.exec(html)?.[1]?.replace(/&amp;/g, '&');
+    const first = await adminFetch(stack, '/admin/dead-letters?state=OPEN');
+    const next = older(first.html);
+    expect(next).toBeDefined();
+    const second = await adminFetch(stack, next ?? '');
+    expect(second.status).toBe(200);
+    expect(second.html).toContain('data-dead-letter=');
+    // The same cursor under another filter would start that list in the middle, silently.
+    const before = new URL(next ?? '', 'http://x').searchParams.get('before') ?? '';
+    for (const state of ['ALL', 'DISCARDED']) {
+      const elsewhere = await adminFetch(
+        stack,
+        `/admin/dead-letters?state=${state}&before=${encodeURIComponent(before)}`,
+      );
+      expect(elsewhere.status).toBe(400);
+      expect(elsewhere.html).toContain('before: invalid or from a list with another filter');
+    }
+    // The state's default (OPEN) is the filter a cursor of the OPEN list was made under.
+    const defaulted = await adminFetch(
+      stack,
+      `/admin/dead-letters?before=${encodeURIComponent(before)}`,
+    );
+    expect(defaulted.status).toBe(200);
+  });
 });
 
 describe('operations and reconciliation', () => {

@@ -51,10 +51,11 @@ export async function deadLetteredPayment(
 }
 
 /**
- * An OPEN dead letter for `orderId` recorded directly, as the consumer records one, without
- * failing PSP calls (which would count towards opening the stack's circuit breaker). Its id.
+ * An OPEN dead letter for `orderId` (or none) recorded directly, as the consumer records one,
+ * without failing PSP calls (which would count towards opening the stack's circuit breaker). Its
+ * id.
  */
-export async function recordedDeadLetter(stack: Stack, orderId: string): Promise<string> {
+export async function recordedDeadLetter(stack: Stack, orderId: string | null): Promise<string> {
   const streamSequence = Number.parseInt(randomUUID().slice(0, 8), 16);
   await recordDeadLetter(
     stack.settle.db,

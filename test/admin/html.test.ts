@@ -50,7 +50,8 @@ describe('admin HTML escaping', () => {
       page: { entries: [entry], nextBeforeId: undefined },
       state: 'OPEN',
       canAct: true,
-      beforeId: undefined,
+      isFirstPage: true,
+      olderCursor: undefined,
     }).value;
     const confirm = confirmDeadLetterPage({ entry, action: 'replay', error: HOSTILE }).value;
     for (const page of [list, confirm]) {
