@@ -49,6 +49,7 @@ import { createMetrics, type Metrics } from './observability/metrics.js';
 import { grpcCallObserver } from './observability/request-log.js';
 import { repeatingFailureLog } from './observability/repeating-failure.js';
 import { operatorRoutes } from './http/operator.routes.js';
+import { WrongTokenLimit, type WrongTokenLimitOptions } from './admin/auth.js';
 import { recordDeadLetter } from './admin/dead-letters.js';
 import { Housekeeping } from './jobs/housekeeping.js';
 import { Janitor } from './jobs/janitor.js';
@@ -92,6 +93,8 @@ export type SettleOverrides = Partial<{
   psp: PspPort & { close?: () => void };
   /** A name for this node in logs and NATS connection names. */
   nodeName: string;
+  /** The bound on wrong admin tokens: its clock and sizes (tests end its window at will). */
+  adminWrongTokens: Pick<WrongTokenLimitOptions, 'max' | 'windowMs' | 'nowMs'>;
 }>;
 
 export type SettleNode = Readonly<{
@@ -440,6 +443,15 @@ export async function startSettle(
       },
     );
 
+    // One bound on wrong admin tokens for the node, whichever way they come (the panel's form,
+    // a bearer header, a session cookie, AdminService), so no way in guesses beside the others.
+    const adminWrongTokens = new WrongTokenLimit({
+      ...overrides.adminWrongTokens,
+      observer: {
+        refused: (path, reason) => metrics.adminCredentialRefused({ path, reason }),
+        warn: (fields, message) => logger.warn({ adminTokens: fields }, message),
+      },
+    });
     const grpcServer = createGrpcServer({ maxMessageBytes: config.GRPC_MESSAGE_BYTES_MAX });
     const adapterOptions = {
       log: (error: unknown, context: Record<string, unknown>) =>
@@ -466,6 +478,7 @@ export async function startSettle(
           wakeRelay: () => relay.wake(),
           now,
           access: { token: config.ADMIN_TOKEN, readonlyOpen: config.ADMIN_READONLY_OPEN },
+          wrongTokens: adminWrongTokens,
         },
         adapterOptions,
       ),
@@ -549,6 +562,7 @@ export async function startSettle(
         nodeName,
         wakeRelay: () => relay.wake(),
         now,
+        adminWrongTokens,
       }),
     ];
     if (timings !== undefined) {

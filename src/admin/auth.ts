@@ -2,9 +2,10 @@
  * The admin credential. One token from the config (ADMIN_TOKEN) is presented either as
  * `Authorization: Bearer <token>` (scripts, the CLI) or once on the login form, which sets a signed
  * HttpOnly session cookie holding the operator's name and an expiry (browsers), Secure when
- * ADMIN_COOKIE_SECURE says the panel is reached through TLS. Every comparison is constant-time.
- * Without ADMIN_TOKEN nobody gets in; ADMIN_READONLY_OPEN=true lets anyone read (local
- * development), while actions still need the token.
+ * ADMIN_COOKIE_SECURE says the panel is reached through TLS. Every comparison is constant-time,
+ * and every one goes through the node's WrongTokenLimit, which bounds guessing on all paths
+ * together. Without ADMIN_TOKEN nobody gets in; ADMIN_READONLY_OPEN=true lets anyone
+ * read (local development), while actions still need the token.
  */
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
@@ -26,38 +27,129 @@ export type Principal = Readonly<{
   via: 'bearer' | 'session' | 'open';
 }>;
 
-/** Wrong tokens a node takes on its login form per window before it refuses logins. */
-export const FAILED_LOGINS_MAX = 10;
-export const FAILED_LOGIN_WINDOW_MS = 60_000;
+/**
+ * Where an admin credential is presented. Each is compared with the token, so each is a way to
+ * guess it: a session cookie too, since its signature is checked with the token as the key.
+ */
+export const CREDENTIAL_PATH = {
+  /** The login form's token field. */
+  form: 'form',
+  /** `Authorization: Bearer` on a panel request. */
+  bearer: 'bearer',
+  /** The session cookie's signature. */
+  session: 'session',
+  /** AdminService's `authorization` metadata. */
+  grpc: 'grpc',
+} as const;
+export type CredentialPath = (typeof CREDENTIAL_PATH)[keyof typeof CREDENTIAL_PATH];
+
+/** Wrong credentials a node takes per window, on all paths together, before it refuses all. */
+export const WRONG_TOKENS_MAX = 10;
+export const WRONG_TOKEN_WINDOW_MS = 60_000;
+
+export type CredentialCheck<T> =
+  | Readonly<{ outcome: 'match'; value: T }>
+  | Readonly<{ outcome: 'wrong' }>
+  /** Refused without a comparison, for `waitMs` more. */
+  | Readonly<{ outcome: 'limited'; waitMs: number }>;
+
+export type WrongTokenObserver = Readonly<{
+  /** Every credential refused, for a metric: compared and wrong, or refused unchecked. */
+  refused?: (path: CredentialPath, reason: 'wrong_token' | 'rate_limited') => void;
+  /** At most twice a window, for a log line: its first wrong credential, and its last. */
+  warn?: (fields: Record<string, unknown>, message: string) => void;
+}>;
+
+export type WrongTokenLimitOptions = Readonly<{
+  max?: number;
+  windowMs?: number;
+  /** The clock (tests give their own). */
+  nowMs?: () => number;
+  observer?: WrongTokenObserver;
+}>;
 
 /**
- * The login form's bound on guessing. Every wrong token is audited, under a name the guesser
- * chooses, so without a bound the form takes any number of guesses and writes a row for each.
- * After FAILED_LOGINS_MAX wrong tokens in a window, the form refuses every login (right or
- * wrong, since telling them apart would be answering a guess) until the window ends. Counted
- * per node, in memory: a restart or another node starts afresh. A bearer token is not limited.
+ * A node's bound on guessing the admin token. Every comparison of a presented credential with
+ * the token, by every path (CREDENTIAL_PATH), goes through `check`. After `max` wrong ones in a
+ * window, every credential is refused without a comparison until the window ends, the right one
+ * included: comparing it first would answer every guess, so the guessing would be unbounded.
+ * The price is that whoever reaches the node can keep operators out by guessing `max` times a
+ * window; they get back in when the guessing stops (README, "Admin panel"). One window for all
+ * callers, so its memory is a few counters whatever the number of guessers or addresses. Counted
+ * per node, in memory: a restart or another node starts afresh.
  */
-export class FailedLoginLimit {
+export class WrongTokenLimit {
+  readonly max: number;
+  readonly windowMs: number;
+  readonly #nowMs: () => number;
+  readonly #observer: WrongTokenObserver;
   #windowStartMs = Number.NEGATIVE_INFINITY;
-  #failures = 0;
+  #wrong: Record<CredentialPath, number> = { form: 0, bearer: 0, session: 0, grpc: 0 };
+  #wrongTotal = 0;
 
-  constructor(
-    private readonly max = FAILED_LOGINS_MAX,
-    private readonly windowMs = FAILED_LOGIN_WINDOW_MS,
-  ) {}
-
-  /** How long until the form takes a login again; 0 when it takes one now. */
-  waitMs(nowMs: number): number {
-    if (nowMs - this.#windowStartMs >= this.windowMs) {
-      this.#windowStartMs = nowMs;
-      this.#failures = 0;
-    }
-    return this.#failures >= this.max ? this.#windowStartMs + this.windowMs - nowMs : 0;
+  constructor(options: WrongTokenLimitOptions = {}) {
+    this.max = options.max ?? WRONG_TOKENS_MAX;
+    this.windowMs = options.windowMs ?? WRONG_TOKEN_WINDOW_MS;
+    this.#nowMs = options.nowMs ?? Date.now;
+    this.#observer = options.observer ?? {};
   }
 
-  failed(nowMs: number): void {
-    this.waitMs(nowMs);
-    this.#failures += 1;
+  /** How long until credentials are compared again; 0 when they are now. */
+  waitMs(): number {
+    const nowMs = this.#nowMs();
+    // A clock set back starts a window too, rather than stretching this one.
+    if (nowMs < this.#windowStartMs || nowMs - this.#windowStartMs >= this.windowMs) {
+      this.#windowStartMs = nowMs;
+      this.#wrong = { form: 0, bearer: 0, session: 0, grpc: 0 };
+      this.#wrongTotal = 0;
+    }
+    return this.#wrongTotal >= this.max ? this.#windowStartMs + this.windowMs - nowMs : 0;
+  }
+
+  /**
+   * Runs `compare`, the one comparison of a credential presented on `path` with the token,
+   * unless the window's wrong credentials have reached the bound. `compare` answers undefined
+   * for a wrong credential, which is counted.
+   */
+  check<T>(path: CredentialPath, compare: () => T | undefined): CredentialCheck<T> {
+    const waitMs = this.waitMs();
+    if (waitMs > 0) {
+      this.#observer.refused?.(path, 'rate_limited');
+      return { outcome: 'limited', waitMs };
+    }
+    const value = compare();
+    if (value !== undefined) return { outcome: 'match', value };
+    this.#wrong[path] += 1;
+    this.#wrongTotal += 1;
+    this.#observer.refused?.(path, 'wrong_token');
+    this.#warn(path);
+    return { outcome: 'wrong' };
+  }
+
+  // Not one line per attempt: a flood of guesses would be a flood of lines. The metric counts
+  // every attempt; the audit trail has the failed logins and actions, bounded by the same limit.
+  #warn(path: CredentialPath): void {
+    const seconds = Math.round(this.windowMs / 1_000);
+    // `check` counts no more once the bound is reached, so the total stops at `max`.
+    if (this.#wrongTotal === this.max) {
+      const refusedUntil = new Date(this.#windowStartMs + this.windowMs).toISOString();
+      const counts = Object.entries(this.#wrong)
+        .map(([where, count]) => `${where} ${count}`)
+        .join(', ');
+      this.#observer.warn?.(
+        { wrong: { ...this.#wrong }, max: this.max, windowMs: this.windowMs, refusedUntil },
+        `${this.max} wrong admin tokens on this node in ${seconds} s (${counts}): every admin ` +
+          `credential, the right token and sessions included, is refused unchecked until ` +
+          refusedUntil,
+      );
+    } else if (this.#wrongTotal === 1) {
+      this.#observer.warn?.(
+        { wrong: { ...this.#wrong }, max: this.max, windowMs: this.windowMs },
+        `a wrong admin token (${path}); this node takes ${this.max} in ${seconds} s before it ` +
+          `refuses every admin credential, and logs only the first and the one that reaches ` +
+          `the bound`,
+      );
+    }
   }
 }
 
@@ -125,6 +217,40 @@ function cookieAttributes(options: SessionCookieOptions): string {
   return `Path=/admin; HttpOnly; SameSite=Strict${options.secure ? '; Secure' : ''}`;
 }
 
+type SessionParts = Readonly<{
+  payload: string;
+  actorB64: string;
+  expiresText: string;
+  signature: string;
+}>;
+
+/** The parts of a value shaped like our session cookie; undefined for anything else. */
+function sessionParts(value: string): SessionParts | undefined {
+  const parts = value.split('.');
+  if (parts.length !== 4 || parts[0] !== 'v1') return undefined;
+  const [version, actorB64, expiresText, signature] = parts as [string, string, string, string];
+  return { payload: `${version}.${actorB64}.${expiresText}`, actorB64, expiresText, signature };
+}
+
+/** The comparison with the token: whether `token` signed these parts. */
+function signedWith(token: string, parts: SessionParts): boolean {
+  const expected = Buffer.from(sign(token, parts.payload));
+  const given = Buffer.from(parts.signature);
+  return given.length === expected.length && timingSafeEqual(given, expected);
+}
+
+/** The name the parts claim, whether or not they are signed; undefined if it is no name. */
+function claimedActor(parts: SessionParts): string | undefined {
+  const actor = Buffer.from(parts.actorB64, 'base64url').toString('utf8');
+  return ACTOR_PATTERN.test(actor) ? actor : undefined;
+}
+
+/** The operator of signed parts, unless the session has expired. */
+function sessionActor(parts: SessionParts, nowMs: number): string | undefined {
+  if (!/^\d{1,15}$/.test(parts.expiresText) || Number(parts.expiresText) <= nowMs) return undefined;
+  return claimedActor(parts);
+}
+
 /** The operator a session cookie names, if its signature checks out and it has not expired. */
 export function verifySession(
   config: AdminAuthConfig,
@@ -132,15 +258,9 @@ export function verifySession(
   nowMs: number,
 ): string | undefined {
   if (config.token === undefined) return undefined;
-  const parts = value.split('.');
-  if (parts.length !== 4 || parts[0] !== 'v1') return undefined;
-  const [version, actorB64, expiresText, signature] = parts as [string, string, string, string];
-  const expected = Buffer.from(sign(config.token, `${version}.${actorB64}.${expiresText}`));
-  const given = Buffer.from(signature);
-  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined;
-  if (!/^\d{1,15}$/.test(expiresText) || Number(expiresText) <= nowMs) return undefined;
-  const actor = Buffer.from(actorB64, 'base64url').toString('utf8');
-  return ACTOR_PATTERN.test(actor) ? actor : undefined;
+  const parts = sessionParts(value);
+  if (parts === undefined || !signedWith(config.token, parts)) return undefined;
+  return sessionActor(parts, nowMs);
 }
 
 function cookieOf(headers: IncomingHttpHeaders, name: string): string | undefined {
@@ -153,28 +273,58 @@ function cookieOf(headers: IncomingHttpHeaders, name: string): string | undefine
   return undefined;
 }
 
+/** Who is calling, as far as their credential says. */
+export type Authentication =
+  | Readonly<{ outcome: 'ok'; principal: Principal }>
+  /** No credential: none presented, an expired session, or a node without ADMIN_TOKEN. */
+  | Readonly<{ outcome: 'none' }>
+  /**
+   * A wrong bearer token or a session not signed with the token: a guess, counted by the limit.
+   * `claimed` is the name it came with (not verified), for the audit trail.
+   */
+  | Readonly<{ outcome: 'wrong'; via: 'bearer' | 'session'; claimed: string }>
+  /** Refused unchecked: the node's bound on wrong tokens is reached for `waitMs` more. */
+  | Readonly<{ outcome: 'limited'; waitMs: number }>;
+
 /**
  * Who is calling: a bearer token (actor from `X-Admin-Actor`, else `api`), a session cookie, or
- * nobody. Never throws.
+ * nobody. Both credentials are compared through `limit`. Never throws.
  */
 export function authenticate(
   config: AdminAuthConfig,
+  limit: WrongTokenLimit,
   headers: IncomingHttpHeaders,
   nowMs: number,
-): Principal | undefined {
+): Authentication {
+  // Without a token there is nothing to guess, and nothing is counted.
+  if (config.token === undefined) return { outcome: 'none' };
   const presented = bearerToken(headers.authorization);
   if (presented !== undefined) {
-    if (!tokenMatches(config, presented)) return undefined;
     const claimed = headers['x-admin-actor'];
     const actor = typeof claimed === 'string' && ACTOR_PATTERN.test(claimed) ? claimed : 'api';
-    return { actor, via: 'bearer' };
+    const check = limit.check(CREDENTIAL_PATH.bearer, () =>
+      tokenMatches(config, presented) ? true : undefined,
+    );
+    if (check.outcome === 'limited') return check;
+    return check.outcome === 'match'
+      ? { outcome: 'ok', principal: { actor, via: 'bearer' } }
+      : { outcome: 'wrong', via: 'bearer', claimed: actor };
   }
   const cookie = cookieOf(headers, SESSION_COOKIE);
-  if (cookie !== undefined) {
-    const actor = verifySession(config, cookie, nowMs);
-    if (actor !== undefined) return { actor, via: 'session' };
+  const parts = cookie === undefined ? undefined : sessionParts(cookie);
+  if (parts === undefined) return { outcome: 'none' };
+  const token = config.token;
+  const check = limit.check(CREDENTIAL_PATH.session, () =>
+    signedWith(token, parts) ? true : undefined,
+  );
+  if (check.outcome === 'limited') return check;
+  if (check.outcome === 'wrong') {
+    return { outcome: 'wrong', via: 'session', claimed: claimedActor(parts) ?? 'unknown' };
   }
-  return undefined;
+  const actor = sessionActor(parts, nowMs);
+  return actor === undefined
+    ? { outcome: 'none' }
+    : { outcome: 'ok', principal: { actor, via: 'session' } };
 }
 
 /**

@@ -49,8 +49,10 @@ import {
   isSameOrigin,
   sessionCookie,
   tokenMatches,
-  FailedLoginLimit,
+  CREDENTIAL_PATH,
+  type WrongTokenLimit,
   type AdminAuthConfig,
+  type Authentication,
   type Principal,
   type SessionCookieOptions,
 } from './auth.js';
@@ -104,8 +106,11 @@ export type AdminDeps = Readonly<{
   log?: ErrorLogger;
   /** Called after every audited action (a log line). */
   onAction?: (action: AdminAction) => void;
-  /** The login form's bound on wrong tokens (tests give their own); one per node by default. */
-  failedLogins?: FailedLoginLimit;
+  /**
+   * The node's bound on wrong admin tokens: one per node, shared with AdminService, so guessing
+   * through one way counts against the others.
+   */
+  wrongTokens: WrongTokenLimit;
 }>;
 
 const FORM_BYTES_MAX = 16 * 1024;
@@ -120,7 +125,6 @@ type Handler = (request: HttpRequest, principal: Principal) => Promise<HttpRespo
 
 export function adminRoutes(deps: AdminDeps): Route[] {
   const nowMs = () => deps.now().getTime();
-  const failedLogins = deps.failedLogins ?? new FailedLoginLimit();
   const context = (principal: Principal | undefined): LayoutContext => ({
     principal,
     canAct: principal !== undefined && principal.via !== 'open',
@@ -162,11 +166,28 @@ export function adminRoutes(deps: AdminDeps): Route[] {
     );
   };
 
-  const principalOf = (request: HttpRequest): Principal | undefined =>
-    authenticate(deps.auth, request.headers, nowMs()) ??
-    (deps.auth.readonlyOpen ? { actor: 'anonymous', via: 'open' } : undefined);
+  const authenticated = (request: HttpRequest): Authentication =>
+    authenticate(deps.auth, deps.wrongTokens, request.headers, nowMs());
 
-  const loginRedirect = (request: HttpRequest) => {
+  /** While the bound on wrong tokens is reached: 429, whatever the credential. */
+  const tooManyWrongTokens = (waitMs: number) => {
+    const seconds = Math.max(1, Math.ceil(waitMs / 1_000));
+    return htmlResponse(
+      429,
+      layout(context(undefined), {
+        title: 'Too many wrong tokens',
+        active: '',
+        body: messagePage(
+          `too many wrong admin tokens on this node: every admin credential is refused for ` +
+            `${seconds} s more`,
+        ),
+        flash: undefined,
+      }),
+      { 'retry-after': String(seconds) },
+    );
+  };
+
+  const loginRedirect = (request: HttpRequest, auth: Authentication) => {
     if (deps.auth.token === undefined) {
       return htmlResponse(
         403,
@@ -174,7 +195,13 @@ export function adminRoutes(deps: AdminDeps): Route[] {
       );
     }
     const next = request.path + (request.query.size > 0 ? `?${request.query.toString()}` : '');
-    return redirect(`/admin/login?next=${encodeURIComponent(next)}`);
+    // A cookie not signed with the token (one from before the token changed) counts as a wrong
+    // token each time it comes back: the browser is told to drop it.
+    const clear: Record<string, string> =
+      auth.outcome === 'wrong' && auth.via === 'session'
+        ? { 'set-cookie': clearedSessionCookie(deps.cookie) }
+        : {};
+    return redirect(`/admin/login?next=${encodeURIComponent(next)}`, clear);
   };
 
   /** A page anyone with read access may see. */
@@ -182,8 +209,15 @@ export function adminRoutes(deps: AdminDeps): Route[] {
     method: 'GET',
     path,
     handle: async (request) => {
-      const principal = principalOf(request);
-      if (principal === undefined) return loginRedirect(request);
+      const auth = authenticated(request);
+      if (auth.outcome === 'limited') return tooManyWrongTokens(auth.waitMs);
+      const principal: Principal | undefined =
+        auth.outcome === 'ok'
+          ? auth.principal
+          : deps.auth.readonlyOpen
+            ? { actor: 'anonymous', via: 'open' }
+            : undefined;
+      if (principal === undefined) return loginRedirect(request, auth);
       try {
         return await handler(request, principal);
       } catch (error) {
@@ -192,13 +226,26 @@ export function adminRoutes(deps: AdminDeps): Route[] {
     },
   });
 
-  /** Needs the token (bearer or session); a session POST must come from our own pages. */
-  const actor = (method: 'GET' | 'POST', path: string, handler: Handler): Route => ({
+  /**
+   * Needs the token (bearer or session); a session POST must come from our own pages.
+   * `onWrongToken` records a wrong credential's attempt (an action's audit row).
+   */
+  const actor = (
+    method: 'GET' | 'POST',
+    path: string,
+    handler: Handler,
+    onWrongToken?: (request: HttpRequest, attempt: Principal) => Promise<void>,
+  ): Route => ({
     method,
     path,
     handle: async (request) => {
-      const principal = authenticate(deps.auth, request.headers, nowMs());
-      if (principal === undefined) return loginRedirect(request);
+      const auth = authenticated(request);
+      if (auth.outcome === 'limited') return tooManyWrongTokens(auth.waitMs);
+      if (auth.outcome === 'wrong') {
+        await onWrongToken?.(request, { actor: auth.claimed, via: auth.via });
+      }
+      if (auth.outcome !== 'ok') return loginRedirect(request, auth);
+      const principal = auth.principal;
       if (method === 'POST' && principal.via === 'session' && !isSameOrigin(request.headers)) {
         return page(principal, 'Refused', '', messagePage('cross-site form submission refused'), {
           status: 403,
@@ -247,6 +294,24 @@ export function adminRoutes(deps: AdminDeps): Route[] {
       },
     );
 
+  /**
+   * A wrong credential on an action is audited like a failed action, under the name it came
+   * with. Bounded: a wrong credential is only known as one while the bound is not reached.
+   */
+  const auditWrongToken =
+    (action: 'replay' | 'discard') => async (request: HttpRequest, attempt: Principal) => {
+      await audit(
+        attempt,
+        {
+          action:
+            action === 'replay' ? ADMIN_ACTION.replayDeadLetter : ADMIN_ACTION.discardDeadLetter,
+          target: deps.deadLetters.auditTarget(request.params.id ?? ''),
+          reason: 'wrong token',
+        },
+        () => Promise.reject(new UnauthenticatedError('wrong token')),
+      ).catch(() => undefined);
+    };
+
   const confirmRoutes = (action: 'replay' | 'discard'): Route[] => [
     actor('GET', `/admin/dead-letters/:id/${action}`, async (request, principal) => {
       const entry = await requireDeadLetter(deps.deadLetters, request.params.id ?? '');
@@ -257,29 +322,34 @@ export function adminRoutes(deps: AdminDeps): Route[] {
         confirmDeadLetterPage({ entry, action, error: undefined }),
       );
     }),
-    actor('POST', `/admin/dead-letters/:id/${action}`, async (request, principal) => {
-      const entry = await requireDeadLetter(deps.deadLetters, request.params.id ?? '');
-      const form = await readForm(request);
-      let reason: string;
-      try {
-        reason = requireReason(form.get('reason'));
-        // By the entry's own id: `0004` in the path is entry 4, and is audited as 4.
-        await deadLetterAction(principal, entry.id, action, reason);
-      } catch (error) {
-        if (!(error instanceof SettleError)) throw error;
-        const answer = toHttpError(error, randomUUID());
-        return page(
-          principal,
-          `${action === 'replay' ? 'Replay' : 'Discard'} dead letter ${entry.id}`,
-          '/admin/dead-letters',
-          confirmDeadLetterPage({ entry, action, error: error.message }),
-          { status: answer.status },
+    actor(
+      'POST',
+      `/admin/dead-letters/:id/${action}`,
+      async (request, principal) => {
+        const entry = await requireDeadLetter(deps.deadLetters, request.params.id ?? '');
+        const form = await readForm(request);
+        let reason: string;
+        try {
+          reason = requireReason(form.get('reason'));
+          // By the entry's own id: `0004` in the path is entry 4, and is audited as 4.
+          await deadLetterAction(principal, entry.id, action, reason);
+        } catch (error) {
+          if (!(error instanceof SettleError)) throw error;
+          const answer = toHttpError(error, randomUUID());
+          return page(
+            principal,
+            `${action === 'replay' ? 'Replay' : 'Discard'} dead letter ${entry.id}`,
+            '/admin/dead-letters',
+            confirmDeadLetterPage({ entry, action, error: error.message }),
+            { status: answer.status },
+          );
+        }
+        return redirect(
+          `/admin/dead-letters?state=ALL&done=${action === 'replay' ? 'replayed' : 'discarded'}&id=${encodeURIComponent(entry.id)}`,
         );
-      }
-      return redirect(
-        `/admin/dead-letters?state=ALL&done=${action === 'replay' ? 'replayed' : 'discarded'}&id=${encodeURIComponent(entry.id)}`,
-      );
-    }),
+      },
+      auditWrongToken(action),
+    ),
   ];
 
   return [
@@ -348,17 +418,19 @@ export function adminRoutes(deps: AdminDeps): Route[] {
         if (!ACTOR_PATTERN.test(name)) {
           return fail(400, 'name: 1-64 letters, digits, spaces and ._@- please');
         }
-        const waitMs = failedLogins.waitMs(nowMs());
-        if (waitMs > 0) {
-          const seconds = Math.ceil(waitMs / 1_000);
+        const check = deps.wrongTokens.check(CREDENTIAL_PATH.form, () =>
+          tokenMatches(deps.auth, form.get('token') ?? '') ? true : undefined,
+        );
+        if (check.outcome === 'limited') {
+          const seconds = Math.max(1, Math.ceil(check.waitMs / 1_000));
           const answer = fail(
             429,
-            `too many wrong tokens on this node: try again in ${seconds} s (a bearer token still works)`,
+            `too many wrong tokens on this node: try again in ${seconds} s (every admin ` +
+              `credential is refused until then, the right token included)`,
           );
           return { ...answer, headers: { ...answer.headers, 'retry-after': String(seconds) } };
         }
-        if (!tokenMatches(deps.auth, form.get('token') ?? '')) {
-          failedLogins.failed(nowMs());
+        if (check.outcome === 'wrong') {
           // Recorded like any failed action, so guessing shows in the audit trail.
           await audit(
             { actor: name, via: 'session' },
@@ -381,10 +453,14 @@ export function adminRoutes(deps: AdminDeps): Route[] {
       method: 'POST',
       path: '/admin/logout',
       handle: async (request) => {
-        const principal = authenticate(deps.auth, request.headers, nowMs());
-        if (principal?.via === 'session' && isSameOrigin(request.headers)) {
+        const auth = authenticated(request);
+        if (
+          auth.outcome === 'ok' &&
+          auth.principal.via === 'session' &&
+          isSameOrigin(request.headers)
+        ) {
           await audit(
-            principal,
+            auth.principal,
             { action: ADMIN_ACTION.logout, target: 'session', reason: 'logout' },
             async () => ({}),
           );

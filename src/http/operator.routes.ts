@@ -5,6 +5,7 @@
  */
 import type { JetStreamManager } from '@nats-io/jetstream';
 import type { Config } from '../config.js';
+import type { WrongTokenLimit } from '../admin/auth.js';
 import { adminRoutes } from '../admin/routes.js';
 import { tableDeadLetters } from '../admin/dead-letter-source.js';
 import type { Names } from '../messaging/subjects.js';
@@ -36,6 +37,8 @@ export type OperatorDeps = Readonly<{
   /** Wakes the outbox relay after a replay wrote to the outbox. */
   wakeRelay: () => void;
   now: () => Date;
+  /** The node's bound on wrong admin tokens, shared with AdminService. */
+  adminWrongTokens: WrongTokenLimit;
 }>;
 
 export function operatorRoutes(deps: OperatorDeps): Route[] {
@@ -95,6 +98,7 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
         ],
       ],
       now: deps.now,
+      wrongTokens: deps.adminWrongTokens,
       log,
       onAction: (action) =>
         (action.outcome === 'OK' ? logger.info : logger.warn).call(

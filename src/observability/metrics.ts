@@ -45,6 +45,8 @@ export type Metrics = Readonly<{
   rowsPurged: (purged: { task: string; rows: number }) => void;
   /** A housekeeping task failed (it is tried again at the next pass). */
   housekeepingFailed: (failed: { task: string }) => void;
+  /** An admin credential was refused: wrong, or unchecked while wrong ones are bounded. */
+  adminCredentialRefused: (refused: { path: string; reason: string }) => void;
   /** The exposition text and its content type. */
   render: () => Promise<{ contentType: string; body: string }>;
 }>;
@@ -160,6 +162,16 @@ export function createMetrics(): Metrics {
       'Housekeeping passes in which a task failed on this node, by task (it is tried again a ' +
       'minute later).',
     labelNames: ['task'] as const,
+    registers: [registry],
+  });
+
+  const adminCredentialsRefused = new Counter({
+    name: 'settle_admin_credentials_refused_total',
+    help:
+      'Admin credentials this node refused, by where they were presented (form, bearer, ' +
+      'session, grpc) and why (wrong_token: compared and wrong; rate_limited: refused ' +
+      'unchecked, the right token included, while the bound on wrong tokens was reached).',
+    labelNames: ['path', 'reason'] as const,
     registers: [registry],
   });
 
@@ -377,6 +389,7 @@ export function createMetrics(): Metrics {
     deadLetter: (reason) => deadLetters.inc({ reason }),
     rowsPurged: (purged) => rowsPurged.inc({ task: purged.task }, purged.rows),
     housekeepingFailed: (failed) => housekeepingFailures.inc({ task: failed.task }),
+    adminCredentialRefused: (refused) => adminCredentialsRefused.inc(refused),
     render: async () => ({ contentType: registry.contentType, body: await registry.metrics() }),
   };
 }

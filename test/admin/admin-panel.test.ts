@@ -4,7 +4,8 @@
  * orders' full timelines (transitions, PSP results, webhooks, dead letters), ledger entries and
  * wallets; dead letters can be replayed or discarded only with the token, a reason and a
  * confirmation step, and every action (failed ones too) lands in admin_audit; views are closed
- * without the token unless ADMIN_READONLY_OPEN is set. Method: a real stack (PSP mock + Settle on
+ * without the token unless ADMIN_READONLY_OPEN is set; wrong tokens on every path (form, bearer,
+ * session, AdminService) share one bound per node. Method: a real stack (PSP mock + Settle on
  * MariaDB and NATS) with ADMIN_TOKEN; payments go through gRPC and the PSP's hosted page; dead
  * letters are produced by making the PSP mock fail every registration; pages are fetched over HTTP
  * and checked as text, state is checked in MySQL.
@@ -16,11 +17,12 @@ import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { adminRoutes, type AdminDeps } from '../../src/admin/routes.js';
-import { FailedLoginLimit, type AdminAuthConfig } from '../../src/admin/auth.js';
+import { WrongTokenLimit, type AdminAuthConfig } from '../../src/admin/auth.js';
 import { tableDeadLetters } from '../../src/admin/dead-letter-source.js';
 import type { HttpRequest, Route } from '../../src/http/router.js';
 import { operationsSnapshot, PaymentCounts } from '../../src/observability/operations.js';
 import { idAt } from '../../src/domain/ids.js';
+import { createLogger } from '../../src/observability/logger.js';
 import {
   AdminServiceClient,
   AdminServiceService,
@@ -33,7 +35,9 @@ import {
   call,
   CARD,
   expectMoneyInvariants,
+  metricSample,
   payOnHostedPage,
+  scrapeMetrics,
   startStack,
   waitFor,
   type Stack,
@@ -49,10 +53,25 @@ import {
 
 let stack: Stack;
 let settlementDir: string;
+/** The node's warn lines. */
+const logLines: string[] = [];
+/** How far the node's bound on wrong admin tokens sees ahead of the wall clock. */
+let wrongTokenClockAheadMs = 0;
+/** Starts a fresh window of the node's bound, so a test neither sees nor leaves others' counts. */
+const freshWrongTokenWindow = () => {
+  wrongTokenClockAheadMs += 3_600_000;
+};
 
 beforeAll(async () => {
   settlementDir = await mkdtemp(path.join(tmpdir(), 'settle-admin-'));
   stack = await startStack({
+    overrides: {
+      logger: createLogger(
+        { level: 'warn', name: 'settle' },
+        { write: (line) => logLines.push(line) },
+      ),
+      adminWrongTokens: { nowMs: () => Date.now() + wrongTokenClockAheadMs },
+    },
     env: {
       ADMIN_TOKEN,
       SETTLEMENT_DIR: settlementDir,
@@ -99,6 +118,7 @@ function panelRoutes(overrides: Partial<AdminDeps> & Pick<AdminDeps, 'auth'>): R
     settings: [],
     now: () => new Date(),
     cookie: { secure: false },
+    wrongTokens: new WrongTokenLimit(),
     ...overrides,
   });
 }
@@ -255,7 +275,7 @@ describe('access', () => {
     const login = panelRoutes({
       auth: { token: ADMIN_TOKEN, readonlyOpen: false },
       now: () => new Date(nowMs),
-      failedLogins: new FailedLoginLimit(3, 60_000),
+      wrongTokens: new WrongTokenLimit({ max: 3, windowMs: 60_000, nowMs: () => nowMs }),
     }).find((route) => route.method === 'POST' && route.path === '/admin/login');
     const attempt = (actor: string, token: string) =>
       login!.handle({
@@ -283,6 +303,160 @@ describe('access', () => {
     expect((await attempt('Alice Ops', ADMIN_TOKEN)).status).toBe(303);
   });
 
+  it('bounds wrong tokens on every path together, then refuses every credential until the window ends', async () => {
+    const payment = await createPayment(stack, 'buyer-guessing', [['seller-guessing', 900n]]);
+    const deadLetterId = await recordedDeadLetter(stack, payment.orders[0]?.orderId ?? '');
+    const target = `dead-letter:${deadLetterId}`;
+    const metric = async (labels: { path: string; reason: string }) =>
+      metricSample(
+        await scrapeMetrics(stack.settleHttp),
+        'settle_admin_credentials_refused_total',
+        labels,
+      ) ?? 0;
+    const metricsBefore = {
+      bearer: await metric({ path: 'bearer', reason: 'wrong_token' }),
+      grpc: await metric({ path: 'grpc', reason: 'wrong_token' }),
+      limited: await metric({ path: 'grpc', reason: 'rate_limited' }),
+    };
+    const admin = new AdminServiceClient(
+      `127.0.0.1:${stack.settle.grpcPort}`,
+      grpc.credentials.createInsecure(),
+    );
+    const bearer = (token: string) => {
+      const metadata = new grpc.Metadata();
+      metadata.set('authorization', `Bearer ${token}`);
+      metadata.set('x-admin-actor', 'guesser');
+      return metadata;
+    };
+    const outcome = (result: { ok: boolean; error?: grpc.ServiceError }) =>
+      result.ok ? 'OK' : `${grpc.status[result.error?.code ?? 2]} ${result.error?.details}`;
+    const list = (token: string) =>
+      callUnary(
+        admin.listDeadLetters.bind(admin),
+        { pageSize: 1, pageToken: '', state: 0, orderId: '' },
+        bearer(token),
+      );
+    const discard = (token: string, id = deadLetterId) =>
+      callUnary(
+        admin.discardDeadLetter.bind(admin),
+        { id, reason: 'guessing the token' },
+        bearer(token),
+      );
+    const login = (token: string) =>
+      fetch(`${stack.settleHttp}/admin/login`, {
+        method: 'POST',
+        redirect: 'manual',
+        headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ actor: 'Alice Ops', token }).toString(),
+      });
+    freshWrongTokenWindow();
+    logLines.length = 0;
+    try {
+      const loggedIn = await login(ADMIN_TOKEN);
+      const session = { cookie: (loggedIn.headers.get('set-cookie') ?? '').split(';')[0] ?? '' };
+      const forged = { cookie: session.cookie.replace(/.$/, (c) => (c === 'A' ? 'B' : 'A')) };
+
+      // Ten wrong tokens, the node's bound, in one minute and by every way in.
+      for (let i = 0; i < 3; i += 1) {
+        expect(outcome(await list(`wrong-token-${i}`))).toMatch(/^UNAUTHENTICATED /);
+      }
+      // On an action, a wrong token is audited (by the entry's own id) and changes nothing.
+      expect(outcome(await discard('wrong-token-3', `00${deadLetterId}`))).toMatch(
+        /^UNAUTHENTICATED /,
+      );
+      for (let i = 4; i < 7; i += 1) {
+        const page = await adminFetch(stack, '/admin/payments', {
+          headers: { authorization: `Bearer wrong-token-${i}` },
+        });
+        expect(page.status).toBe(303);
+      }
+      const action = await adminFetch(stack, `/admin/dead-letters/${deadLetterId}/discard`, {
+        headers: { authorization: 'Bearer wrong-token-7' },
+        form: { reason: 'guessing the token' },
+      });
+      expect(action.status).toBe(303);
+      const forgedPage = await adminFetch(stack, '/admin/payments', {
+        headers: { authorization: '', ...forged },
+      });
+      expect(forgedPage.status).toBe(303);
+      // The stale cookie is dropped, so a browser holding one does not count again and again.
+      expect(forgedPage.headers.get('set-cookie')).toMatch(/^settle_admin=; /);
+      // Right tokens in between are neither counted nor refused.
+      expect((await adminFetch(stack, '/admin/payments')).status).toBe(200);
+      expect(outcome(await list(ADMIN_TOKEN))).toBe('OK');
+      expect((await login('wrong-token-9')).status).toBe(401);
+
+      // The bound is reached: every credential is refused unchecked, the right ones included.
+      const refusedPage = await adminFetch(stack, '/admin/payments');
+      expect(refusedPage.status).toBe(429);
+      expect(Number(refusedPage.headers.get('retry-after'))).toBeGreaterThan(50);
+      expect(Number(refusedPage.headers.get('retry-after'))).toBeLessThanOrEqual(60);
+      expect(refusedPage.html).toContain('too many wrong admin tokens on this node');
+      expect(
+        (await adminFetch(stack, '/admin/payments', { headers: { authorization: '', ...session } }))
+          .status,
+      ).toBe(429);
+      expect((await login(ADMIN_TOKEN)).status).toBe(429);
+      const refusedCall = await list(ADMIN_TOKEN);
+      expect(outcome(refusedCall)).toMatch(
+        /^RESOURCE_EXHAUSTED too many wrong admin tokens on this node: every admin credential is refused for \d+ s more$/,
+      );
+      expect(
+        refusedCall.ok ? [] : refusedCall.error.metadata.get('settle-retry-delay-ms'),
+      ).toHaveLength(1);
+      // Wrong tokens are no longer compared, so no longer audited: the trail stays bounded.
+      expect(outcome(await discard('wrong-token-10'))).toMatch(/^RESOURCE_EXHAUSTED /);
+      const refusedAction = await adminFetch(stack, `/admin/dead-letters/${deadLetterId}/discard`, {
+        headers: { authorization: 'Bearer wrong-token-11' },
+        form: { reason: 'guessing the token' },
+      });
+      expect(refusedAction.status).toBe(429);
+      expect((await auditRows(stack, target)).map((r) => [r.actor, r.outcome, r.reason])).toEqual([
+        ['grpc:guesser', 'FAILED', 'wrong token'],
+        ['tester', 'FAILED', 'wrong token'],
+      ]);
+      const row = await stack.settle.db
+        .selectFrom('dead_letter')
+        .select('state')
+        .where('id', '=', deadLetterId)
+        .executeTakeFirstOrThrow();
+      expect(row.state).toBe('OPEN');
+
+      // Counted per attempt, logged per window: the first wrong token and the tenth.
+      expect((await metric({ path: 'bearer', reason: 'wrong_token' })) - metricsBefore.bearer).toBe(
+        4,
+      );
+      expect((await metric({ path: 'grpc', reason: 'wrong_token' })) - metricsBefore.grpc).toBe(4);
+      expect((await metric({ path: 'grpc', reason: 'rate_limited' })) - metricsBefore.limited).toBe(
+        2,
+      );
+      const warnings = logLines
+        .map((line) => JSON.parse(line) as { msg: string })
+        .filter((line) => line.msg.includes('wrong admin token'));
+      expect(warnings.map((line) => line.msg)).toEqual([
+        expect.stringMatching(/^a wrong admin token \(grpc\); this node takes 10 in 60 s /),
+        expect.stringMatching(
+          /^10 wrong admin tokens on this node in 60 s \(form 1, bearer 4, session 1, grpc 4\): /,
+        ),
+      ]);
+      expect(warnings[1]).toMatchObject({
+        adminTokens: { wrong: { form: 1, bearer: 4, session: 1, grpc: 4 }, max: 10 },
+      });
+
+      // The window ends: the right credentials work again.
+      freshWrongTokenWindow();
+      expect((await adminFetch(stack, '/admin/payments')).status).toBe(200);
+      expect(outcome(await list(ADMIN_TOKEN))).toBe('OK');
+      expect(
+        (await adminFetch(stack, '/admin/payments', { headers: { authorization: '', ...session } }))
+          .status,
+      ).toBe(200);
+    } finally {
+      admin.close();
+      freshWrongTokenWindow();
+    }
+  });
+
   it('AdminService is closed without ADMIN_TOKEN too, and read-only when ADMIN_READONLY_OPEN is set', async () => {
     // The node's handlers on a server of their own, under each access setting the config can give.
     const serve = (access: AdminAuthConfig) =>
@@ -290,7 +464,13 @@ describe('access', () => {
         server.addService(
           AdminServiceService,
           adminHandlers(
-            { db: stack.settle.db, wakeRelay: () => {}, now: () => new Date(), access },
+            {
+              db: stack.settle.db,
+              wakeRelay: () => {},
+              now: () => new Date(),
+              access,
+              wrongTokens: new WrongTokenLimit(),
+            },
             { log: () => {} },
           ),
         ),
@@ -384,6 +564,7 @@ describe('access', () => {
             wakeRelay: () => {},
             now: () => new Date(),
             access: { token: undefined, readonlyOpen: true },
+            wrongTokens: new WrongTokenLimit(),
           },
           { log: () => {} },
         ),

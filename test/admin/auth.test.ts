@@ -1,9 +1,11 @@
 /**
- * Goal: the admin credential cannot be forged or replayed past its expiry: the bearer token is
- * compared in constant time (by digest), the session cookie is signed with the token and carries
- * an expiry, tampering with either part or rotating the token invalidates it, the cookie is Secure
- * (set and cleared) exactly when ADMIN_COOKIE_SECURE says so, and browser POSTs from another site
- * are refused. Method: the pure functions of src/admin/auth.ts with fixed clocks.
+ * Goal: the admin credential cannot be forged, replayed past its expiry or guessed quickly: the
+ * bearer token is compared in constant time (by digest), the session cookie is signed with the
+ * token and carries an expiry, tampering with either part or rotating the token invalidates it,
+ * the cookie is Secure (set and cleared) exactly when ADMIN_COOKIE_SECURE says so, browser POSTs
+ * from another site are refused, and wrong credentials on every path share one
+ * bound per node that, once reached, refuses every credential unchecked until its window ends.
+ * Method: the pure functions of src/admin/auth.ts with fixed clocks.
  */
 import { describe, expect, it } from 'vitest';
 import {
@@ -16,11 +18,15 @@ import {
   sessionValue,
   tokenMatches,
   verifySession,
+  WrongTokenLimit,
 } from '../../src/admin/auth.js';
 import { loadConfig, localRunDefaults } from '../../src/config.js';
 
 const config = { token: 'a-long-enough-admin-token', readonlyOpen: false };
 const NOW = 1_800_000_000_000;
+
+/** A bound that never trips within a test, for the tests that are not about it. */
+const roomy = () => new WrongTokenLimit({ max: 1_000, nowMs: () => NOW });
 
 describe('admin credential', () => {
   it('accepts only the exact token, as bearer or in tokenMatches', () => {
@@ -28,25 +34,29 @@ describe('admin credential', () => {
     expect(tokenMatches(config, 'a-long-enough-admin-toke')).toBe(false);
     expect(tokenMatches(config, '')).toBe(false);
     expect(tokenMatches({ token: undefined }, '')).toBe(false);
+    const limit = roomy();
     expect(
       authenticate(
         config,
+        limit,
         { authorization: 'Bearer a-long-enough-admin-token', 'x-admin-actor': 'ops-bob' },
         NOW,
       ),
-    ).toEqual({ actor: 'ops-bob', via: 'bearer' });
+    ).toEqual({ outcome: 'ok', principal: { actor: 'ops-bob', via: 'bearer' } });
     expect(
       authenticate(
         config,
+        limit,
         { authorization: 'Bearer a-long-enough-admin-token', 'x-admin-actor': '<x>' },
         NOW,
       ),
-    ).toEqual({
-      actor: 'api',
+    ).toEqual({ outcome: 'ok', principal: { actor: 'api', via: 'bearer' } });
+    expect(authenticate(config, limit, { authorization: 'Bearer wrong' }, NOW)).toEqual({
+      outcome: 'wrong',
       via: 'bearer',
+      claimed: 'api',
     });
-    expect(authenticate(config, { authorization: 'Bearer wrong' }, NOW)).toBeUndefined();
-    expect(authenticate(config, {}, NOW)).toBeUndefined();
+    expect(authenticate(config, limit, {}, NOW)).toEqual({ outcome: 'none' });
   });
 
   it('signs sessions with the token and an expiry; tampering, expiry or a new token end them', () => {
@@ -65,10 +75,9 @@ describe('admin credential', () => {
       verifySession(config, [version, actor, String(NOW * 2), signature].join('.'), NOW),
     ).toBeUndefined();
     expect(verifySession(config, `${value}x`, NOW)).toBeUndefined();
-    expect(authenticate(config, { cookie: `other=1; ${SESSION_COOKIE}=${value}` }, NOW)).toEqual({
-      actor: 'alice',
-      via: 'session',
-    });
+    expect(
+      authenticate(config, roomy(), { cookie: `other=1; ${SESSION_COOKIE}=${value}` }, NOW),
+    ).toEqual({ outcome: 'ok', principal: { actor: 'alice', via: 'session' } });
     const cookie = sessionCookie(config, 'alice', NOW, { secure: false });
     expect(cookie).toContain('HttpOnly');
     expect(cookie).toContain('SameSite=Strict');
@@ -109,5 +118,123 @@ describe('admin credential', () => {
     expect(isSameOrigin({ origin: 'null', host: '127.0.0.1:8080' })).toBe(false);
     // curl and scripts send neither header; they must bring the token anyway.
     expect(isSameOrigin({ host: '127.0.0.1:8080' })).toBe(true);
+  });
+
+  it('bounds wrong credentials from every path together, then refuses every one unchecked', () => {
+    let nowMs = NOW;
+    const counted: string[] = [];
+    const warned: Array<{ fields: Record<string, unknown>; message: string }> = [];
+    const limit = new WrongTokenLimit({
+      max: 4,
+      windowMs: 60_000,
+      nowMs: () => nowMs,
+      observer: {
+        refused: (path, reason) => counted.push(`${path} ${reason}`),
+        warn: (fields, message) => warned.push({ fields, message }),
+      },
+    });
+    const bearer = (token: string) =>
+      authenticate(config, limit, { authorization: `Bearer ${token}` }, nowMs);
+    const session = (value: string) =>
+      authenticate(config, limit, { cookie: `${SESSION_COOKIE}=${value}` }, nowMs);
+    const valid = sessionValue(config, 'alice', NOW);
+    // A session signed with a guessed token is a guess at the token too.
+    const forged = sessionValue({ ...config, token: 'a-guessed-admin-token-1' }, 'mallory', NOW);
+
+    expect(bearer('wrong-token-1')).toEqual({ outcome: 'wrong', via: 'bearer', claimed: 'api' });
+    expect(limit.check('form', () => undefined)).toEqual({ outcome: 'wrong' });
+    expect(session(forged)).toEqual({ outcome: 'wrong', via: 'session', claimed: 'mallory' });
+    // The right token, any number of times, is neither counted nor refused below the bound.
+    for (let i = 0; i < 20; i += 1) expect(bearer(config.token).outcome).toBe('ok');
+    expect(session(valid).outcome).toBe('ok');
+    nowMs += 30_000;
+    expect(limit.check('grpc', () => undefined)).toEqual({ outcome: 'wrong' });
+
+    // The bound is reached: nothing is compared any more, so the right token cannot be told
+    // from a wrong one and is refused too, on every path, until the window ends.
+    let compared = 0;
+    expect(
+      limit.check('grpc', () => {
+        compared += 1;
+        return true;
+      }),
+    ).toEqual({ outcome: 'limited', waitMs: 30_000 });
+    expect(compared).toBe(0);
+    expect(bearer(config.token)).toEqual({ outcome: 'limited', waitMs: 30_000 });
+    expect(session(valid)).toEqual({ outcome: 'limited', waitMs: 30_000 });
+    nowMs += 29_999;
+    expect(limit.check('form', () => true)).toEqual({ outcome: 'limited', waitMs: 1 });
+    expect(limit.waitMs()).toBe(1);
+
+    nowMs += 1;
+    expect(limit.waitMs()).toBe(0);
+    expect(bearer(config.token).outcome).toBe('ok');
+    expect(session(valid).outcome).toBe('ok');
+    expect(bearer('wrong-token-2').outcome).toBe('wrong');
+
+    expect(counted).toEqual([
+      'bearer wrong_token',
+      'form wrong_token',
+      'session wrong_token',
+      'grpc wrong_token',
+      'grpc rate_limited',
+      'bearer rate_limited',
+      'session rate_limited',
+      'form rate_limited',
+      'bearer wrong_token',
+    ]);
+    // Logged at most twice a window, not per attempt: its first wrong credential, and the one
+    // that reaches the bound, with the counts per path.
+    expect(warned.map((line) => line.message)).toEqual([
+      'a wrong admin token (bearer); this node takes 4 in 60 s before it refuses every admin ' +
+        'credential, and logs only the first and the one that reaches the bound',
+      '4 wrong admin tokens on this node in 60 s (form 1, bearer 1, session 1, grpc 1): every ' +
+        'admin credential, the right token and sessions included, is refused unchecked until ' +
+        new Date(NOW + 60_000).toISOString(),
+      'a wrong admin token (bearer); this node takes 4 in 60 s before it refuses every admin ' +
+        'credential, and logs only the first and the one that reaches the bound',
+    ]);
+    expect(warned[1]?.fields).toEqual({
+      wrong: { form: 1, bearer: 1, session: 1, grpc: 1 },
+      max: 4,
+      windowMs: 60_000,
+      refusedUntil: new Date(NOW + 60_000).toISOString(),
+    });
+  });
+
+  it('counts nothing that is not a guess: no credential, an expired session, a node without a token', () => {
+    const counted: string[] = [];
+    const limit = new WrongTokenLimit({
+      max: 1,
+      nowMs: () => NOW,
+      observer: { refused: (path, reason) => counted.push(`${path} ${reason}`) },
+    });
+    const expired = sessionValue(config, 'alice', NOW - SESSION_TTL_MS - 1);
+    expect(authenticate(config, limit, {}, NOW)).toEqual({ outcome: 'none' });
+    expect(authenticate(config, limit, { cookie: `${SESSION_COOKIE}=${expired}` }, NOW)).toEqual({
+      outcome: 'none',
+    });
+    expect(authenticate(config, limit, { cookie: `${SESSION_COOKIE}=not-a-session` }, NOW)).toEqual(
+      { outcome: 'none' },
+    );
+    expect(
+      authenticate(
+        { token: undefined, readonlyOpen: false },
+        limit,
+        { authorization: 'Bearer x' },
+        NOW,
+      ),
+    ).toEqual({ outcome: 'none' });
+    expect(counted).toEqual([]);
+    expect(limit.waitMs()).toBe(0);
+  });
+
+  it('starts a new window when the clock is set back, rather than refusing for longer', () => {
+    let nowMs = NOW;
+    const limit = new WrongTokenLimit({ max: 1, windowMs: 60_000, nowMs: () => nowMs });
+    expect(limit.check('grpc', () => undefined)).toEqual({ outcome: 'wrong' });
+    expect(limit.waitMs()).toBe(60_000);
+    nowMs -= 3_600_000;
+    expect(limit.waitMs()).toBe(0);
   });
 });

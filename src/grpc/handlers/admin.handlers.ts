@@ -1,11 +1,18 @@
 /**
  * settle.v1.AdminService: dead letters and payment timelines for operators. Guarded by
- * ADMIN_TOKEN (bearer metadata, checked exactly as the admin panel checks its header). A node
- * without ADMIN_TOKEN refuses every call with UNAUTHENTICATED, as the panel does; only
- * ADMIN_READONLY_OPEN=true (local development) opens the reads, never replay or discard.
+ * ADMIN_TOKEN (bearer metadata, checked exactly as the admin panel checks its header, through the
+ * same bound on wrong tokens). A node without ADMIN_TOKEN refuses every call with
+ * UNAUTHENTICATED, as the panel does; only ADMIN_READONLY_OPEN=true (local development) opens the
+ * reads, never replay or discard.
  */
 import type * as grpc from '@grpc/grpc-js';
-import { InvalidArgumentError, NotFoundError, UnauthenticatedError } from '../../domain/errors.js';
+import {
+  InvalidArgumentError,
+  NotFoundError,
+  ResourceExhaustedError,
+  UnauthenticatedError,
+  type SettleError,
+} from '../../domain/errors.js';
 import {
   DEAD_LETTER_STATE,
   discardDeadLetter,
@@ -22,7 +29,13 @@ import {
   grpcAdminReason,
   requireReason,
 } from '../../admin/audit.js';
-import { bearerToken, tokenMatches, type AdminAuthConfig } from '../../admin/auth.js';
+import {
+  bearerToken,
+  CREDENTIAL_PATH,
+  tokenMatches,
+  type AdminAuthConfig,
+  type WrongTokenLimit,
+} from '../../admin/auth.js';
 import { deadLetterAuditTarget } from '../../admin/dead-letter-source.js';
 import { listTransitions } from '../../storage/repositories/payment-order.repository.js';
 import { findPaymentVersion } from '../../storage/repositories/payment.repository.js';
@@ -77,42 +90,112 @@ function stateFromProto(state: DeadLetterStateProto): DeadLetterState | undefine
   }
 }
 
+type Admission =
+  | Readonly<{ ok: true }>
+  /** `wrongToken`: it presented a wrong token (counted by the bound; audited on an action). */
+  | Readonly<{ ok: false; error: SettleError; wrongToken: boolean }>;
+
 /**
- * Throws UnauthenticatedError unless the call may `kind` (read or act), by the admin panel's rules
- * (admin/auth.ts): the token from ADMIN_TOKEN, and without one nobody; with ADMIN_READONLY_OPEN
- * (local development) the reads are open to anyone, the actions (replay, discard) still need it.
+ * Whether the call may `kind` (read or act), by the admin panel's rules (admin/auth.ts): the token
+ * from ADMIN_TOKEN, and without one nobody; with ADMIN_READONLY_OPEN (local development) the reads
+ * are open to anyone, the actions (replay, discard) still need it. The token is compared through
+ * the node's bound on wrong tokens: once it is reached, RESOURCE_EXHAUSTED, the right token
+ * included, until its window ends.
  */
-export function requireAdmin(
+function admitAdmin(
   metadata: grpc.Metadata,
   access: AdminAuthConfig,
+  wrongTokens: WrongTokenLimit,
   kind: 'read' | 'act',
-): void {
-  if (kind === 'read' && access.readonlyOpen) return;
+): Admission {
+  if (kind === 'read' && access.readonlyOpen) return { ok: true };
   if (access.token === undefined) {
-    throw new UnauthenticatedError(
-      'AdminService is closed on this node: it has no ADMIN_TOKEN. Start it with ADMIN_TOKEN ' +
-        '(16 characters or more) and call with the metadata "authorization: Bearer <ADMIN_TOKEN>"',
-    );
+    return {
+      ok: false,
+      wrongToken: false,
+      error: new UnauthenticatedError(
+        'AdminService is closed on this node: it has no ADMIN_TOKEN. Start it with ADMIN_TOKEN ' +
+          '(16 characters or more) and call with the metadata "authorization: Bearer <ADMIN_TOKEN>"',
+      ),
+    };
   }
+  const missing = new UnauthenticatedError(
+    'AdminService needs the metadata "authorization: Bearer <ADMIN_TOKEN>"',
+  );
   const presented = bearerToken(metadata.get('authorization')[0]);
-  if (presented === undefined || !tokenMatches(access, presented)) {
-    throw new UnauthenticatedError(
-      'AdminService needs the metadata "authorization: Bearer <ADMIN_TOKEN>"',
-    );
+  if (presented === undefined) return { ok: false, wrongToken: false, error: missing };
+  const check = wrongTokens.check(CREDENTIAL_PATH.grpc, () =>
+    tokenMatches(access, presented) ? true : undefined,
+  );
+  switch (check.outcome) {
+    case 'match':
+      return { ok: true };
+    case 'wrong':
+      return { ok: false, wrongToken: true, error: missing };
+    case 'limited':
+      return {
+        ok: false,
+        wrongToken: false,
+        error: new ResourceExhaustedError(
+          'too many wrong admin tokens on this node: every admin credential is refused for ' +
+            `${Math.max(1, Math.ceil(check.waitMs / 1_000))} s more`,
+          { retryDelayMs: check.waitMs },
+        ),
+      };
   }
 }
 
+/** Throws the refusal of admitAdmin, if any. */
+export function requireAdmin(
+  metadata: grpc.Metadata,
+  access: AdminAuthConfig,
+  wrongTokens: WrongTokenLimit,
+  kind: 'read' | 'act',
+): void {
+  const admission = admitAdmin(metadata, access, wrongTokens, kind);
+  if (!admission.ok) throw admission.error;
+}
+
 export function adminHandlers(
-  deps: DeadLetterDeps & { access: AdminAuthConfig },
+  deps: DeadLetterDeps & {
+    access: AdminAuthConfig;
+    /** The node's bound on wrong admin tokens, shared with the admin panel. */
+    wrongTokens: WrongTokenLimit;
+  },
   options: AdapterOptions,
 ): AdminServiceServer {
   const guard = <T>(work: () => Promise<T>) =>
     work().catch((error: unknown) => {
       throw toUnavailable(error);
     });
+  /**
+   * As requireAdmin for an action; a wrong token is audited as the action FAILED (bounded: once
+   * the bound is reached, tokens are no longer compared, so none is known to be wrong).
+   */
+  const requireActor = async (
+    metadata: grpc.Metadata,
+    what: { action: string; id: string },
+  ): Promise<void> => {
+    const admission = admitAdmin(metadata, deps.access, deps.wrongTokens, 'act');
+    if (admission.ok) return;
+    if (admission.wrongToken) {
+      await audited(
+        deps,
+        {
+          actor: grpcAdminActor(metadata),
+          reason: 'wrong token',
+          action: what.action,
+          target: deadLetterAuditTarget(what.id),
+          via: 'grpc',
+        },
+        () => Promise.reject(admission.error),
+      ).catch(() => undefined);
+    }
+    throw admission.error;
+  };
   return {
     listDeadLetters: unary(async (request, call) => {
-      requireAdmin(call.metadata, deps.access, 'read');
+      requireAdmin(call.metadata, deps.access, deps.wrongTokens, 'read');
       if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
       const limit = Math.min(request.pageSize === 0 ? 20 : request.pageSize, 100);
       const state = stateFromProto(request.state);
@@ -137,7 +220,7 @@ export function adminHandlers(
       };
     }, options),
     replayDeadLetter: unary(async (request, call) => {
-      requireAdmin(call.metadata, deps.access, 'act');
+      await requireActor(call.metadata, { action: ADMIN_ACTION.replayDeadLetter, id: request.id });
       if (request.id === '') throw new InvalidArgumentError('id', 'id is required');
       const actor = grpcAdminActor(call.metadata);
       const { result } = await audited(
@@ -156,7 +239,7 @@ export function adminHandlers(
       return { deadLetter: toProto(result) };
     }, options),
     discardDeadLetter: unary(async (request, call) => {
-      requireAdmin(call.metadata, deps.access, 'act');
+      await requireActor(call.metadata, { action: ADMIN_ACTION.discardDeadLetter, id: request.id });
       if (request.id === '') throw new InvalidArgumentError('id', 'id is required');
       const actor = grpcAdminActor(call.metadata);
       const reason = requireReason(request.reason);
@@ -175,7 +258,7 @@ export function adminHandlers(
       return { deadLetter: toProto(result) };
     }, options),
     getPaymentTimeline: unary(async (request, call) => {
-      requireAdmin(call.metadata, deps.access, 'read');
+      requireAdmin(call.metadata, deps.access, deps.wrongTokens, 'read');
       requireId('payment_id', request.paymentId, PAYMENT_ID_PATTERN, PAYMENT_ID_EXAMPLE);
       if ((await guard(() => findPaymentVersion(deps.db, request.paymentId))) === undefined) {
         throw new NotFoundError('payment', request.paymentId);
