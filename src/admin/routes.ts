@@ -187,6 +187,13 @@ export function adminRoutes(deps: AdminDeps): Route[] {
     );
   };
 
+  // A cookie not signed with the token (one from before the token changed) counts as a wrong
+  // token each time it comes back: the browser is told to drop it.
+  const dropStaleSession = (auth: Authentication): Record<string, string> =>
+    auth.outcome === 'wrong' && auth.via === 'session'
+      ? { 'set-cookie': clearedSessionCookie(deps.cookie) }
+      : {};
+
   const loginRedirect = (request: HttpRequest, auth: Authentication) => {
     if (deps.auth.token === undefined) {
       return htmlResponse(
@@ -195,13 +202,7 @@ export function adminRoutes(deps: AdminDeps): Route[] {
       );
     }
     const next = request.path + (request.query.size > 0 ? `?${request.query.toString()}` : '');
-    // A cookie not signed with the token (one from before the token changed) counts as a wrong
-    // token each time it comes back: the browser is told to drop it.
-    const clear: Record<string, string> =
-      auth.outcome === 'wrong' && auth.via === 'session'
-        ? { 'set-cookie': clearedSessionCookie(deps.cookie) }
-        : {};
-    return redirect(`/admin/login?next=${encodeURIComponent(next)}`, clear);
+    return redirect(`/admin/login?next=${encodeURIComponent(next)}`, dropStaleSession(auth));
   };
 
   /** A page anyone with read access may see. */
@@ -218,11 +219,14 @@ export function adminRoutes(deps: AdminDeps): Route[] {
             ? { actor: 'anonymous', via: 'open' }
             : undefined;
       if (principal === undefined) return loginRedirect(request, auth);
+      let response: HttpResponse;
       try {
-        return await handler(request, principal);
+        response = await handler(request, principal);
       } catch (error) {
-        return errorPage(principal, error, path);
+        response = errorPage(principal, error, path);
       }
+      // Read-only open: a stale cookie's holder reads as anyone, and still drops it.
+      return { ...response, headers: { ...response.headers, ...dropStaleSession(auth) } };
     },
   });
 

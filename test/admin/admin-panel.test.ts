@@ -269,6 +269,15 @@ describe('access', () => {
       request('/admin/dead-letters/1/discard', 'POST'),
     );
     expect(act.status).toBe(403);
+
+    // Open for reading, a session cookie not signed with the token is read as anyone, and dropped:
+    // it would count as a wrong token on every page.
+    const stale = await route(routesFor(ADMIN_TOKEN, true), 'GET', '/admin/payments').handle({
+      ...request('/admin/payments'),
+      headers: { cookie: `settle_admin=v1.${Buffer.from('bob').toString('base64url')}.1.x` },
+    });
+    expect(stale.status).toBe(200);
+    expect(stale.headers?.['set-cookie']).toMatch(/^settle_admin=; /);
   });
   it('bounds wrong tokens on the login form: then refuses every login until the window ends', async () => {
     let nowMs = Date.parse('2026-11-26T12:00:00.000Z');
