@@ -1302,7 +1302,9 @@ export const GetPaymentTimelineResponse: MessageFns<GetPaymentTimelineResponse> 
 /**
  * Operations on what went wrong. Every call needs the metadata `authorization: Bearer <token>`,
  * the server's ADMIN_TOKEN (UNAUTHENTICATED otherwise; a server without ADMIN_TOKEN refuses every
- * call, except the reads when it runs with ADMIN_READONLY_OPEN=true).
+ * call, except the reads when it runs with ADMIN_READONLY_OPEN=true). A server that has had 10
+ * wrong admin tokens in a minute, by any way in (this service or its admin panel), refuses every
+ * token with RESOURCE_EXHAUSTED until that minute ends, the right one included.
  */
 export type AdminServiceService = typeof AdminServiceService;
 export const AdminServiceService = {
