@@ -652,7 +652,7 @@ export function adminRoutes(deps: AdminDeps): Route[] {
       // another, it would start that list in the middle without saying so.
       const filter = { state };
       const before = request.query.get('before') ?? '';
-      const beforeId = decodePageToken(before, filter, /^\d{1,19}$/, 'before');
+      const beforeId = decodePageToken('ListDeadLetters', before, filter, /^\d{1,19}$/, 'before');
       const result = await deps.deadLetters.list({
         ...(state !== 'ALL' ? { state } : {}),
         ...(beforeId !== undefined ? { beforeId } : {}),
@@ -675,7 +675,7 @@ export function adminRoutes(deps: AdminDeps): Route[] {
           isFirstPage: beforeId === undefined,
           olderCursor:
             result.nextBeforeId !== undefined
-              ? encodePageToken(result.nextBeforeId, filter)
+              ? encodePageToken('ListDeadLetters', result.nextBeforeId, filter)
               : undefined,
         }),
         { flash },

@@ -1,26 +1,39 @@
 /**
  * Page tokens of the List RPCs (AIP-158): an opaque base64url JSON of the cursor (the last row's
- * id) and the filters of the request that made it. A token is honoured only with the same
- * filters: a cursor taken under one filter and read under another would skip or repeat rows
- * without telling anyone, so a mismatch is INVALID_ARGUMENT and the caller starts again. The page
- * size is not a filter: AIP-158 lets it change between pages. Pure; no I/O.
+ * id), the list it pages and the filters of the request that made it. A token is honoured only
+ * by the same list with the same filters: a cursor taken under one filter, or from another list
+ * whose cursors look alike (ListEntries and ListDeadLetters both page by numeric id), would skip
+ * or repeat rows without telling anyone, so a mismatch is INVALID_ARGUMENT and the caller starts
+ * again. The page size is not a filter: AIP-158 lets it change between pages. Pure; no I/O.
  */
 import { InvalidArgumentError } from './errors.js';
 
 /** The filters of a list request, as it names them; `undefined` and '' mean "not filtered". */
 export type PageFilter = Readonly<Record<string, string | number | undefined>>;
 
-/** A token for the page after `cursor`, valid only with the same `filter`. */
-export function encodePageToken(cursor: string, filter: PageFilter): string {
-  return Buffer.from(JSON.stringify({ cursor, filter: filterKey(filter) })).toString('base64url');
+/** The lists that page with these tokens (the gRPC method; the admin panel uses its RPC's). */
+export type PagedList =
+  | 'ListPayments'
+  | 'ListEntries'
+  | 'GetTrialBalance'
+  | 'ListDeadLetters'
+  | 'ListReports'
+  | 'ListMismatches';
+
+/** A token for the page of `list` after `cursor`, valid only with the same `filter`. */
+export function encodePageToken(list: PagedList, cursor: string, filter: PageFilter): string {
+  return Buffer.from(JSON.stringify({ cursor, filter: filterKey(list, filter) })).toString(
+    'base64url',
+  );
 }
 
 /**
  * The cursor in `token`, or undefined for '' (the first page). Throws INVALID_ARGUMENT naming
  * `field` (page_token, or the admin panel's `before`) when the token is not one of ours, its
- * cursor does not match `cursorPattern`, or it was made under other filters.
+ * cursor does not match `cursorPattern`, or it was made by another list or under other filters.
  */
 export function decodePageToken(
+  list: PagedList,
   token: string,
   filter: PageFilter,
   cursorPattern: RegExp,
@@ -31,7 +44,7 @@ export function decodePageToken(
   if (
     decoded === undefined ||
     !cursorPattern.test(decoded.cursor) ||
-    decoded.filter !== filterKey(filter)
+    decoded.filter !== filterKey(list, filter)
   ) {
     throw new InvalidArgumentError(
       field,
@@ -44,12 +57,13 @@ export function decodePageToken(
 }
 
 // '' and undefined are the same "no filter" on the wire (proto3 defaults), so both are dropped;
-// keys are sorted so the order a caller builds the object in does not matter.
-function filterKey(filter: PageFilter): string {
+// keys are sorted so the order a caller builds the object in does not matter. The list goes in
+// first, under a key no request field has.
+function filterKey(list: PagedList, filter: PageFilter): string {
   const set = Object.entries(filter)
     .filter(([, value]) => value !== undefined && value !== '')
     .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-  return JSON.stringify(Object.fromEntries(set));
+  return JSON.stringify([list, Object.fromEntries(set)]);
 }
 
 function parse(token: string): { cursor: string; filter: string } | undefined {

@@ -380,7 +380,7 @@ export class PaymentService {
     if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
     const limit = Math.min(request.pageSize === 0 ? 20 : request.pageSize, 100);
     const filter = { state: request.state, buyerId: request.buyerId };
-    const beforeId = decodePageToken(request.pageToken, filter, PAYMENT_ID_PATTERN);
+    const beforeId = decodePageToken('ListPayments', request.pageToken, filter, PAYMENT_ID_PATTERN);
     const rows = await listPayments(this.deps.db, {
       ...(filter.state !== undefined ? { state: filter.state } : {}),
       ...(filter.buyerId !== undefined ? { buyerId: filter.buyerId } : {}),
@@ -392,7 +392,9 @@ export class PaymentService {
     const payments = rows.slice(0, limit);
     const last = payments[payments.length - 1];
     const nextPageToken =
-      rows.length > limit && last !== undefined ? encodePageToken(last.id, filter) : '';
+      rows.length > limit && last !== undefined
+        ? encodePageToken('ListPayments', last.id, filter)
+        : '';
     return { payments, nextPageToken };
   }
 

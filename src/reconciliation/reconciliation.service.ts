@@ -295,7 +295,12 @@ export class ReconciliationService {
       throw new InvalidArgumentError('settlement_date', 'must be a day as YYYY-MM-DD');
     }
     const filter = { settlementDate: request.settlementDate };
-    const beforeId = decodePageToken(request.pageToken, filter, /^rcn_[0-9A-Z]{26}$/);
+    const beforeId = decodePageToken(
+      'ListReports',
+      request.pageToken,
+      filter,
+      /^rcn_[0-9A-Z]{26}$/,
+    );
     const runs = await listRuns(this.#options.db, {
       ...(request.settlementDate !== '' ? { day: request.settlementDate } : {}),
       ...(beforeId !== undefined ? { beforeId } : {}),
@@ -305,7 +310,8 @@ export class ReconciliationService {
     const last = items[items.length - 1];
     return {
       items,
-      nextPageToken: runs.length > limit && last ? encodePageToken(last.id, filter) : '',
+      nextPageToken:
+        runs.length > limit && last ? encodePageToken('ListReports', last.id, filter) : '',
     };
   }
 
@@ -319,7 +325,7 @@ export class ReconciliationService {
     const limit = pageSizeOf(request.pageSize);
     await this.getReport(request.reportId);
     const filter = { reportId: request.reportId, class: request.class };
-    const afterId = decodePageToken(request.pageToken, filter, /^\d{1,19}$/);
+    const afterId = decodePageToken('ListMismatches', request.pageToken, filter, /^\d{1,19}$/);
     const mismatches = await listMismatches(this.#options.db, {
       runId: request.reportId,
       ...(request.class !== undefined ? { class: request.class } : {}),
@@ -331,7 +337,9 @@ export class ReconciliationService {
     return {
       items,
       nextPageToken:
-        mismatches.length > limit && last ? encodePageToken(last.id.toString(), filter) : '',
+        mismatches.length > limit && last
+          ? encodePageToken('ListMismatches', last.id.toString(), filter)
+          : '',
     };
   }
 

@@ -4,7 +4,8 @@
  * one filter and applied it to another, silently skipping or repeating rows. Method: a real node
  * (startStack) whose tables get fixture rows under two values of each filter; each RPC pages
  * through one filter with page_size 1, then reuses its token with another filter, which must be
- * INVALID_ARGUMENT naming page_token.
+ * INVALID_ARGUMENT naming page_token; a token of one list is refused by another whose cursors look
+ * alike.
  */
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
@@ -153,6 +154,42 @@ describe('page tokens are tied to the filters', () => {
     expect(a.seen).toEqual([orderA, orderA, orderA]);
     expectRefused(await list(orderB, a.firstToken));
     expectRefused(await list(orderA, a.firstToken, DeadLetterState.DEAD_LETTER_STATE_OPEN));
+  });
+
+  it('ListEntries and ListDeadLetters: a token of one list is refused by the other, both unfiltered', async () => {
+    // Runs after the two tests above, which left at least two rows in each list. Both lists page
+    // by numeric id, so only the list's name in the token tells their tokens apart.
+    const entries = await unary(stack.ledger.listEntries.bind(stack.ledger), {
+      pageSize: 1,
+      pageToken: '',
+      account: '',
+      orderId: '',
+    });
+    const deadLetters = await unary(admin.listDeadLetters.bind(admin), {
+      pageSize: 1,
+      pageToken: '',
+      state: DeadLetterState.DEAD_LETTER_STATE_UNSPECIFIED,
+      orderId: '',
+    });
+    if (!entries.ok || !deadLetters.ok) throw new Error('a first page failed');
+    expect(entries.response.nextPageToken).not.toBe('');
+    expect(deadLetters.response.nextPageToken).not.toBe('');
+    expectRefused(
+      await unary(admin.listDeadLetters.bind(admin), {
+        pageSize: 1,
+        pageToken: entries.response.nextPageToken,
+        state: DeadLetterState.DEAD_LETTER_STATE_UNSPECIFIED,
+        orderId: '',
+      }),
+    );
+    expectRefused(
+      await unary(stack.ledger.listEntries.bind(stack.ledger), {
+        pageSize: 1,
+        pageToken: deadLetters.response.nextPageToken,
+        account: '',
+        orderId: '',
+      }),
+    );
   });
 
   it('ListReports and ListMismatches: a token of one day, report or class is refused for another', async () => {

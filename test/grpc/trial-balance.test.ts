@@ -192,10 +192,10 @@ describe('GetTrialBalance paging', () => {
       'not-a-token',
       nextPageToken.slice(0, -2),
       // ListEntries' tokens: a ledger entry id, with and without a filter.
-      encodePageToken('12', {}),
-      encodePageToken('12', { account: 'psp_receivable' }),
+      encodePageToken('ListEntries', '12', {}),
+      encodePageToken('ListEntries', '12', { account: 'psp_receivable' }),
       // Its own cursor, but under a filter GetTrialBalance does not have.
-      encodePageToken('psp_receivable USD', { account: 'psp_receivable' }),
+      encodePageToken('GetTrialBalance', 'psp_receivable USD', { account: 'psp_receivable' }),
     ];
     for (const token of foreign) {
       expect(statusOf(await trialBalance(1, token)), token).toBe(REFUSED);

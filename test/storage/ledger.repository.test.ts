@@ -260,11 +260,11 @@ describe('trialBalancePage', () => {
     for (const token of [
       'garbage',
       // ListEntries' and the other lists' tokens: bare ids, with and without filters.
-      encodePageToken('123', {}),
-      encodePageToken('pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G', { buyerId: 'b' }),
+      encodePageToken('ListEntries', '123', {}),
+      encodePageToken('ListPayments', 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G', { buyerId: 'b' }),
       // The right cursor under a filter the trial balance does not have, or a bad currency.
-      encodePageToken('psp_receivable USD', { account: 'psp_receivable' }),
-      encodePageToken('psp_receivable usd', {}),
+      encodePageToken('GetTrialBalance', 'psp_receivable USD', { account: 'psp_receivable' }),
+      encodePageToken('GetTrialBalance', 'psp_receivable usd', {}),
     ]) {
       expect(() => trialBalancePageAfter(token), token).toThrow(
         'page_token: invalid or from a request with other filters; start again without page_token',

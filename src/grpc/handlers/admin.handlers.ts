@@ -200,7 +200,7 @@ export function adminHandlers(
       const limit = Math.min(request.pageSize === 0 ? 20 : request.pageSize, 100);
       const state = stateFromProto(request.state);
       const filter = { state, orderId: request.orderId };
-      const beforeId = decodePageToken(request.pageToken, filter, /^\d{1,19}$/);
+      const beforeId = decodePageToken('ListDeadLetters', request.pageToken, filter, /^\d{1,19}$/);
       const page = await guard(() =>
         listDeadLetterPage(
           deps.db,
@@ -216,7 +216,9 @@ export function adminHandlers(
       return {
         deadLetters: page.entries.map(toProto),
         nextPageToken:
-          page.nextBeforeId !== undefined ? encodePageToken(page.nextBeforeId, filter) : '',
+          page.nextBeforeId !== undefined
+            ? encodePageToken('ListDeadLetters', page.nextBeforeId, filter)
+            : '',
       };
     }, options),
     replayDeadLetter: unary(async (request, call) => {

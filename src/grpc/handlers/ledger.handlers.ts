@@ -57,7 +57,7 @@ export function ledgerHandlers(db: Db, options: AdapterOptions): LedgerServiceSe
       if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
       const limit = Math.min(request.pageSize === 0 ? 100 : request.pageSize, 500);
       const filter = { account: request.account, orderId: request.orderId };
-      const cursor = decodePageToken(request.pageToken, filter, /^\d{1,19}$/);
+      const cursor = decodePageToken('ListEntries', request.pageToken, filter, /^\d{1,19}$/);
       const afterId = cursor === undefined ? undefined : BigInt(cursor);
       const rows = await listLedgerEntries(db, {
         ...(request.account !== '' ? { account: request.account } : {}),
@@ -81,7 +81,7 @@ export function ledgerHandlers(db: Db, options: AdapterOptions): LedgerServiceSe
         })),
         nextPageToken:
           rows.length > limit && last !== undefined
-            ? encodePageToken(last.id.toString(), filter)
+            ? encodePageToken('ListEntries', last.id.toString(), filter)
             : '',
       };
     }, options),

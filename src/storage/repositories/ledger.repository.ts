@@ -323,7 +323,7 @@ const TRIAL_BALANCE_FILTER = {};
 export function trialBalancePageToken(next: AccountKey | undefined): string {
   return next === undefined
     ? ''
-    : encodePageToken(`${next.account} ${next.currency}`, TRIAL_BALANCE_FILTER);
+    : encodePageToken('GetTrialBalance', `${next.account} ${next.currency}`, TRIAL_BALANCE_FILTER);
 }
 
 /**
@@ -331,7 +331,12 @@ export function trialBalancePageToken(next: AccountKey | undefined): string {
  * INVALID_ARGUMENT naming page_token for a token trialBalancePageToken did not write.
  */
 export function trialBalancePageAfter(pageToken: string): AccountKey | undefined {
-  const cursor = decodePageToken(pageToken, TRIAL_BALANCE_FILTER, ACCOUNT_KEY_CURSOR_PATTERN);
+  const cursor = decodePageToken(
+    'GetTrialBalance',
+    pageToken,
+    TRIAL_BALANCE_FILTER,
+    ACCOUNT_KEY_CURSOR_PATTERN,
+  );
   return cursor === undefined
     ? undefined
     : { account: cursor.slice(0, -4), currency: cursor.slice(-3) };
