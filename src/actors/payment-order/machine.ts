@@ -59,8 +59,26 @@ export type OrderEvent =
   | Readonly<{ type: 'PspRegistered'; token: string; checkoutUrl: string }>
   /** `reason`: what the PSP client said, kept in the history row (not a code). */
   | Readonly<{ type: 'PspRegistrationFailed'; retryable: boolean; reason: string }>
-  | Readonly<{ type: 'PspSucceeded'; eventId: string; pspReference: string; amountMinor: bigint }>
-  | Readonly<{ type: 'PspDeclined'; eventId: string; declineCode: string }>
+  /**
+   * The PSP's decision. `token` and `currency` are what the PSP holds for the payment, as a
+   * webhook reports them; a status answer, and a command queued by an older version, carry
+   * neither. Each one given is compared with the order, as the amount is.
+   */
+  | Readonly<{
+      type: 'PspSucceeded';
+      eventId: string;
+      pspReference: string;
+      amountMinor: bigint;
+      token?: string;
+      currency?: string;
+    }>
+  | Readonly<{
+      type: 'PspDeclined';
+      eventId: string;
+      declineCode: string;
+      token?: string;
+      currency?: string;
+    }>
   /** The order is past its payment deadline (from the expiry job). */
   | Readonly<{ type: 'ExpiryDue' }>
   /** The PSP confirmed the registration is cancelled (or never existed): no money moved. */
@@ -179,14 +197,13 @@ function fromExecuting(order: PaymentOrder, event: OrderEvent, now: Date): Trans
             now,
             [],
           );
-    case 'PspSucceeded':
-      if (event.amountMinor !== order.amountMinor) {
-        return illegal(
-          order,
-          event,
-          `the PSP charged ${event.amountMinor} but the order is for ${order.amountMinor}`,
-        );
-      }
+    case 'PspSucceeded': {
+      const mismatch =
+        otherPayment(order, event, 'charged') ??
+        (event.amountMinor !== order.amountMinor
+          ? `the PSP charged ${event.amountMinor} but the order is for ${order.amountMinor}`
+          : undefined);
+      if (mismatch !== undefined) return illegal(order, event, mismatch);
       return moved(
         { ...order, state: ORDER_STATE.succeeded, pspReference: event.pspReference },
         now,
@@ -200,12 +217,16 @@ function fromExecuting(order: PaymentOrder, event: OrderEvent, now: Date): Trans
           },
         ],
       );
-    case 'PspDeclined':
+    }
+    case 'PspDeclined': {
+      const mismatch = otherPayment(order, event, 'declined a payment');
+      if (mismatch !== undefined) return illegal(order, event, mismatch);
       return moved(
         { ...order, state: ORDER_STATE.failed, failureReason: failureReasonOf(event.declineCode) },
         now,
         [],
       );
+    }
     case 'ExpiryDue':
       // Cancel first: only the PSP can say whether the buyer paid in the meantime.
       return unchanged(order, [{ type: 'CancelAtPsp', orderId: order.id }]);
@@ -229,6 +250,28 @@ function fromExecuting(order: PaymentOrder, event: OrderEvent, now: Date): Trans
     default:
       return assertNever(event, 'event');
   }
+}
+
+/**
+ * Why a PSP decision cannot be about this order's payment, if it cannot: it names another
+ * payment's token (another order's, sent under this order's nonce) or another currency. A token
+ * is compared only once the order has stored its own: an order whose registration reached the
+ * PSP but not its row (a crash between the two) has nothing to compare, and the nonce names it.
+ * The message never quotes a token: it is logged and shown, and a token opens its payment's
+ * checkout page (the logger redacts `token` keys for that reason). The event keeps both.
+ */
+function otherPayment(
+  order: PaymentOrder,
+  event: Readonly<{ token?: string; currency?: string }>,
+  verb: string,
+): string | undefined {
+  if (event.token !== undefined && order.pspToken !== undefined && event.token !== order.pspToken) {
+    return `the PSP's result names another payment token than the order's`;
+  }
+  if (event.currency !== undefined && event.currency !== order.currency) {
+    return `the PSP ${verb} in ${event.currency} but the order is in ${order.currency}`;
+  }
+  return undefined;
 }
 
 /** Expired, or failed without a decision by the PSP (not found, registration refused). */

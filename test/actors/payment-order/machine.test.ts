@@ -58,7 +58,46 @@ const events = {
     pspReference: 'psp_1',
     amountMinor: 1n,
   },
+  // As a webhook reports it: the token and currency the PSP holds for the payment.
+  succeededAsSent: {
+    type: 'PspSucceeded',
+    eventId: 'evt_1',
+    pspReference: 'psp_1',
+    amountMinor: 1999n,
+    token: 'tok_A',
+    currency: 'USD',
+  },
+  succeededOtherToken: {
+    type: 'PspSucceeded',
+    eventId: 'evt_1',
+    pspReference: 'psp_1',
+    amountMinor: 1999n,
+    token: 'tok_B',
+    currency: 'USD',
+  },
+  succeededOtherCurrency: {
+    type: 'PspSucceeded',
+    eventId: 'evt_1',
+    pspReference: 'psp_1',
+    amountMinor: 1999n,
+    token: 'tok_A',
+    currency: 'EUR',
+  },
   declined: { type: 'PspDeclined', eventId: 'evt_2', declineCode: 'card_declined' },
+  declinedOtherToken: {
+    type: 'PspDeclined',
+    eventId: 'evt_2',
+    declineCode: 'card_declined',
+    token: 'tok_B',
+    currency: 'USD',
+  },
+  declinedOtherCurrency: {
+    type: 'PspDeclined',
+    eventId: 'evt_2',
+    declineCode: 'card_declined',
+    token: 'tok_A',
+    currency: 'EUR',
+  },
   expiryDue: { type: 'ExpiryDue' },
   cancelled: { type: 'PspCancelled' },
   statusCheck: { type: 'StatusCheckDue' },
@@ -69,7 +108,7 @@ const events = {
 type Expectation =
   | { result: 'moved'; state: OrderState; effects: string[]; check?: (next: PaymentOrder) => void }
   | { result: 'unchanged'; effects: string[] }
-  | { result: 'illegal' };
+  | { result: 'illegal'; message?: RegExp };
 
 type Row = [name: string, from: PaymentOrder, event: OrderEvent, expected: Expectation];
 
@@ -244,6 +283,50 @@ const table: Row[] = [
     { result: 'illegal' },
   ],
   [
+    'EXECUTING + PspSucceeded with the order token and currency succeeds',
+    order('EXECUTING', registered),
+    events.succeededAsSent,
+    { result: 'moved', state: 'SUCCEEDED', effects: ['CreditSeller'] },
+  ],
+  [
+    "EXECUTING + PspSucceeded with another order's token is illegal",
+    order('EXECUTING', registered),
+    events.succeededOtherToken,
+    {
+      result: 'illegal',
+      message: /^the PSP's result names another payment token than the order's$/,
+    },
+  ],
+  [
+    'EXECUTING + PspSucceeded in another currency is illegal',
+    order('EXECUTING', registered),
+    events.succeededOtherCurrency,
+    { result: 'illegal', message: /charged in EUR but the order is in USD/ },
+  ],
+  [
+    // Registered at the PSP, but the token never reached the row (a crash between the two):
+    // there is nothing to compare, and the nonce already names this order.
+    'EXECUTING(unregistered) + PspSucceeded with a token succeeds',
+    order('EXECUTING'),
+    events.succeededOtherToken,
+    { result: 'moved', state: 'SUCCEEDED', effects: ['CreditSeller'] },
+  ],
+  [
+    "EXECUTING + PspDeclined with another order's token is illegal",
+    order('EXECUTING', registered),
+    events.declinedOtherToken,
+    {
+      result: 'illegal',
+      message: /^the PSP's result names another payment token than the order's$/,
+    },
+  ],
+  [
+    'EXECUTING + PspDeclined in another currency is illegal',
+    order('EXECUTING', registered),
+    events.declinedOtherCurrency,
+    { result: 'illegal', message: /in EUR but the order is in USD/ },
+  ],
+  [
     'EXECUTING + PspDeclined fails with the decline code',
     order('EXECUTING', registered),
     events.declined,
@@ -408,6 +491,7 @@ describe('payment-order transition()', () => {
         expect(result.error.kind).toBe('IllegalTransition');
         expect(result.error.state).toBe(from.state);
         expect(result.error.event).toBe(event.type);
+        if (expected.message !== undefined) expect(result.error.message).toMatch(expected.message);
       }
       return;
     }
