@@ -748,19 +748,27 @@ export function commandToEvent(command: Command): OrderEvent {
       return { type: 'ExpiryDue' };
     case 'CheckOrderStatus':
       return { type: 'StatusCheckDue' };
-    case 'PspResult':
+    case 'PspResult': {
+      // Absent from commands queued before they were carried: the machine then checks the amount.
+      const payment = {
+        ...(command.token !== undefined && { token: command.token }),
+        ...(command.currency !== undefined && { currency: command.currency }),
+      };
       return command.outcome === 'SUCCEEDED'
         ? {
             type: 'PspSucceeded',
             eventId: command.eventId,
             pspReference: command.pspReference ?? '',
             amountMinor: BigInt(command.amountMinor),
+            ...payment,
           }
         : {
             type: 'PspDeclined',
             eventId: command.eventId,
             declineCode: command.declineCode ?? 'declined',
+            ...payment,
           };
+    }
   }
 }
 

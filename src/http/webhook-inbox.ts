@@ -25,6 +25,9 @@ export type WebhookEvent = Readonly<{
   pspReference: string | null;
   amountMinor: string;
   declineCode: string | null;
+  /** The PSP's token and currency for the payment, compared with the order's by its actor. */
+  token: string;
+  currency: string;
   now: Date;
 }>;
 
@@ -123,5 +126,7 @@ function commandOf(names: Names, event: WebhookEvent) {
     pspReference: event.pspReference,
     amountMinor: event.amountMinor,
     declineCode: event.declineCode,
+    token: event.token,
+    currency: event.currency,
   });
 }

@@ -99,6 +99,8 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
           pspReference: event.data.psp_reference ?? null,
           amountMinor: event.data.amount_minor.toString(),
           declineCode: event.data.decline_code ?? null,
+          token: event.data.token,
+          currency: event.data.currency,
           now: deps.now(),
         };
         if (deps.apply !== undefined && (await deps.apply(webhookEvent))) {

@@ -24,6 +24,10 @@ export const commandSchema = z.discriminatedUnion('type', [
     pspReference: z.string().nullable(),
     amountMinor: amountString,
     declineCode: z.string().nullable(),
+    // The PSP's token and currency for the payment. Optional: a command written before they
+    // were carried may still wait in the outbox or the stream, and must still apply.
+    token: z.string().min(1).optional(),
+    currency: z.string().optional(),
   }),
   z.object({ type: z.literal('ExpireOrder'), orderId: z.string().min(1) }),
   z.object({ type: z.literal('CheckOrderStatus'), orderId: z.string().min(1) }),

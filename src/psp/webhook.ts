@@ -7,7 +7,7 @@
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
-import { CURRENCIES, ORDER_AMOUNT_MINOR_MAX } from '../domain/money.js';
+import { ORDER_AMOUNT_MINOR_MAX } from '../domain/money.js';
 
 /** The HTTP header that carries the signature. */
 export const PSP_SIGNATURE_HEADER = 'Psp-Signature';
@@ -121,6 +121,13 @@ const amountMinorString = z
   .refine((value) => value <= ORDER_AMOUNT_MINOR_MAX, 'must be at most 10^12');
 
 /**
+ * A currency as the PSP names it: any ISO 4217 code, not only those Settle takes. A signed event
+ * in another currency than its order's is a fact to keep for an operator (the order refuses it
+ * and it is dead-lettered, as another amount is), not a malformed body to answer 400.
+ */
+const currencyCode = z.string().regex(/^[A-Z]{3}$/, 'must be an ISO 4217 currency code');
+
+/**
  * A webhook body. Unknown fields are ignored (the PSP may add some); a succeeded event carries a
  * psp_reference, a declined one a decline_code.
  */
@@ -135,7 +142,7 @@ export const pspWebhookEventSchema = z
       token: shortText,
       psp_reference: shortText.nullable(),
       amount_minor: amountMinorString,
-      currency: z.enum(CURRENCIES),
+      currency: currencyCode,
       decline_code: shortText.nullable(),
     }),
   })

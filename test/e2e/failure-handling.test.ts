@@ -169,20 +169,18 @@ describe('retries and dead letters', () => {
 
   it('never retries a non-retryable failure: dead-lettered after one attempt, then discarded', async () => {
     const { orderId } = await createOrder(1234n);
-    await waitFor(
+    const token = await waitFor(
       async () =>
         (
           await sql<{
-            n: string;
-          }>`SELECT COUNT(*) AS n FROM payment_order WHERE id = ${orderId} AND psp_token IS NOT NULL`.execute(
-            stack.settle.db,
-          )
-        ).rows[0]?.n === '1',
+            psp_token: string | null;
+          }>`SELECT psp_token FROM payment_order WHERE id = ${orderId}`.execute(stack.settle.db)
+        ).rows[0]?.psp_token ?? undefined,
     );
     // The PSP claims a charge of another amount: the machine refuses it (illegal transition).
     const response = await postWebhook(
       stack,
-      pspEvent(orderId, { amountMinor: 9999n, pspReference: 'psp_wrong' }),
+      pspEvent(orderId, { amountMinor: 9999n, token, pspReference: 'psp_wrong' }),
     );
     expect(response.status).toBe(200);
     const dead = await waitFor(() => deadLetterOf(orderId), { what: 'the dead letter' });

@@ -417,6 +417,8 @@ describe('group commit of webhook events', () => {
       pspReference: `psp_${eventId}`,
       amountMinor: order.amountMinor.toString(),
       declineCode: null,
+      token: order.pspToken ?? '',
+      currency: order.currency,
       now,
     });
     const ids = orders.map(() => `evt_gw_${randomUUID()}`);

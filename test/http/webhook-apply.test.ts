@@ -22,7 +22,11 @@ import {
   type Stack,
 } from '../support/harness.js';
 
-async function createOrder(stack: Stack, amountMinor: bigint): Promise<string> {
+/** An order registered with the PSP (its token stored) whose ExecuteOrder has been relayed. */
+async function createOrder(
+  stack: Stack,
+  amountMinor: bigint,
+): Promise<{ orderId: string; token: string }> {
   const created = await call(stack.payments.createPayment.bind(stack.payments), {
     requestId: randomUUID(),
     buyerId: 'buyer-apply',
@@ -30,8 +34,7 @@ async function createOrder(stack: Stack, amountMinor: bigint): Promise<string> {
     orders: [{ sellerId: 'seller-apply', amountMinor }],
   });
   const orderId = created.payment?.orders[0]?.orderId ?? '';
-  // Registered with the PSP (token stored) and its ExecuteOrder command relayed.
-  await waitFor(async () => {
+  const token = await waitFor(async () => {
     const row = await stack.settle.db
       .selectFrom('payment_order')
       .select('psp_token')
@@ -40,10 +43,20 @@ async function createOrder(stack: Stack, amountMinor: bigint): Promise<string> {
     return row?.psp_token !== null &&
       row?.psp_token !== undefined &&
       (await rowCounts(stack.settle.db)).outbox === 0
-      ? true
+      ? row.psp_token
       : undefined;
   });
-  return orderId;
+  return { orderId, token };
+}
+
+async function deadLetterOf(stack: Stack, orderId: string) {
+  return waitFor(async () =>
+    stack.settle.db
+      .selectFrom('dead_letter')
+      .select(['reason', 'last_error'])
+      .where('order_id', '=', orderId)
+      .executeTakeFirst(),
+  );
 }
 
 async function orderState(stack: Stack, orderId: string): Promise<string | undefined> {
@@ -77,10 +90,10 @@ describe('a webhook applied at once (WEBHOOK_APPLY_WAIT_MS > 0)', () => {
   afterAll(async () => stack?.stop());
 
   it('is committed with its inbox row before the 200, with no command through JetStream', async () => {
-    const orderId = await createOrder(stack, 2_500n);
+    const { orderId, token } = await createOrder(stack, 2_500n);
     const relayedBefore = stack.settle.relay.relayed;
 
-    const event = pspEvent(orderId, { amountMinor: 2_500n });
+    const event = pspEvent(orderId, { amountMinor: 2_500n, token });
     expect(await postWebhook(stack, event)).toEqual({
       status: 200,
       body: { received: true, duplicate: false },
@@ -107,21 +120,53 @@ describe('a webhook applied at once (WEBHOOK_APPLY_WAIT_MS > 0)', () => {
   });
 
   it('sends an event its order refuses the durable way, to the dead-letter queue', async () => {
-    const orderId = await createOrder(stack, 700n);
+    const { orderId, token } = await createOrder(stack, 700n);
     const relayedBefore = stack.settle.relay.relayed;
 
     // The PSP claims another amount than the order's: illegal, never applied.
-    expect((await postWebhook(stack, pspEvent(orderId, { amountMinor: 701n }))).status).toBe(200);
-    const deadLetter = await waitFor(async () =>
-      stack.settle.db
-        .selectFrom('dead_letter')
-        .select(['reason', 'last_error'])
-        .where('order_id', '=', orderId)
-        .executeTakeFirst(),
+    expect((await postWebhook(stack, pspEvent(orderId, { amountMinor: 701n, token }))).status).toBe(
+      200,
     );
+    const deadLetter = await deadLetterOf(stack, orderId);
     expect(deadLetter.reason).toBe('NON_RETRYABLE');
     expect(deadLetter.last_error).toMatch(/charged 701 but the order is for 700/);
     expect(stack.settle.relay.relayed).toBe(relayedBefore + 1);
+    expect(await orderState(stack, orderId)).toBe('EXECUTING');
+    expect(await inboxRows(stack, orderId)).toBe(1);
+    expect(await ledgerTransactions(stack, orderId)).toBe(0);
+  });
+
+  it("dead-letters a success that carries another order's PSP token, booking nothing", async () => {
+    const a = await createOrder(stack, 800n);
+    const b = await createOrder(stack, 800n);
+
+    const answer = await postWebhook(
+      stack,
+      pspEvent(a.orderId, { amountMinor: 800n, token: b.token }),
+    );
+    expect(answer.status).toBe(200);
+    const deadLetter = await deadLetterOf(stack, a.orderId);
+    expect(deadLetter.reason).toBe('NON_RETRYABLE');
+    expect(deadLetter.last_error).toMatch(/names another payment token than the order's/);
+    // Neither token is quoted: the reason is logged, and a token opens its checkout page.
+    expect(deadLetter.last_error).not.toContain(a.token);
+    expect(deadLetter.last_error).not.toContain(b.token);
+    expect(await orderState(stack, a.orderId)).toBe('EXECUTING');
+    expect(await ledgerTransactions(stack, a.orderId)).toBe(0);
+    expect(await orderState(stack, b.orderId)).toBe('EXECUTING');
+  });
+
+  it('keeps a signed success in another currency: 200, then dead-lettered like another amount', async () => {
+    const { orderId, token } = await createOrder(stack, 600n);
+
+    const answer = await postWebhook(
+      stack,
+      pspEvent(orderId, { amountMinor: 600n, token, currency: 'EUR' }),
+    );
+    expect(answer).toEqual({ status: 200, body: { received: true, duplicate: false } });
+    const deadLetter = await deadLetterOf(stack, orderId);
+    expect(deadLetter.reason).toBe('NON_RETRYABLE');
+    expect(deadLetter.last_error).toMatch(/charged in EUR but the order is in USD/);
     expect(await orderState(stack, orderId)).toBe('EXECUTING');
     expect(await inboxRows(stack, orderId)).toBe(1);
     expect(await ledgerTransactions(stack, orderId)).toBe(0);
@@ -136,10 +181,12 @@ describe('with WEBHOOK_APPLY_WAIT_MS=0', () => {
   afterAll(async () => stack?.stop());
 
   it('every webhook goes the durable way: inbox + outbox command, applied by the consumer', async () => {
-    const orderId = await createOrder(stack, 900n);
+    const { orderId, token } = await createOrder(stack, 900n);
     const relayedBefore = stack.settle.relay.relayed;
 
-    expect((await postWebhook(stack, pspEvent(orderId, { amountMinor: 900n }))).status).toBe(200);
+    expect((await postWebhook(stack, pspEvent(orderId, { amountMinor: 900n, token }))).status).toBe(
+      200,
+    );
     await waitFor(async () =>
       (await orderState(stack, orderId)) === 'SUCCEEDED' ? true : undefined,
     );

@@ -124,12 +124,19 @@ describe('pspWebhookEventSchema', () => {
     ['a fractional amount', { amount_minor: '19.99' }],
     ['a zero amount', { amount_minor: '0' }],
     ['an amount above 10^12', { amount_minor: '1000000000001' }],
-    ['another currency', { currency: 'EUR' }],
+    ['a currency that is not an ISO 4217 code', { currency: 'usd' }],
+    ['a currency name', { currency: 'DOLLARS' }],
     ['a succeeded event without psp_reference', { psp_reference: null }],
   ])('rejects %s', (_name, change) => {
     const parsed = JSON.parse(body) as { data: Record<string, unknown> };
     Object.assign(parsed.data, change);
     expect(pspWebhookEventSchema.safeParse(parsed).success).toBe(false);
+  });
+
+  it('parses a currency Settle does not take: the order refuses it, and keeps it for review', () => {
+    const parsed = JSON.parse(body) as { data: Record<string, unknown> };
+    parsed.data.currency = 'EUR';
+    expect(pspWebhookEventSchema.parse(parsed).data.currency).toBe('EUR');
   });
 
   it('rejects an unknown event type', () => {

@@ -319,16 +319,18 @@ export async function payOnHostedPage(
 
 /**
  * A PSP webhook event for `orderId`, as the PSP sends it: succeeded, or declined when
- * `declineCode` is given. Fields not given get fresh or placeholder values.
+ * `declineCode` is given. `token` is the order's PSP token: Settle refuses a result that names
+ * another. Fields not given get fresh values, and USD.
  */
 export function pspEvent(
   orderId: string,
   fields: Readonly<{
     amountMinor: bigint;
+    token: string;
     declineCode?: string;
     pspReference?: string;
-    token?: string;
     eventId?: string;
+    currency?: string;
   }>,
 ): PspWebhookEvent {
   const declined = fields.declineCode !== undefined;
@@ -340,10 +342,10 @@ export function pspEvent(
     created: Math.floor(Date.now() / 1000),
     data: {
       nonce: orderId,
-      token: fields.token ?? 'tok_x',
+      token: fields.token,
       psp_reference: declined ? null : (fields.pspReference ?? `psp_${randomUUID()}`),
       amount_minor: fields.amountMinor,
-      currency: 'USD',
+      currency: fields.currency ?? 'USD',
       decline_code: fields.declineCode ?? null,
     },
   };
