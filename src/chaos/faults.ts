@@ -391,20 +391,20 @@ export class FaultInjector {
     let sent = body;
     switch (signing) {
       case 'valid':
-        headers['psp-signature'] = signWebhook(secret, body, nowS);
+        headers['psp-signature'] = signWebhook(secret, Buffer.from(body), nowS);
         break;
       case 'wrong-secret':
-        headers['psp-signature'] = signWebhook(`${secret}-not-it`, body, nowS);
+        headers['psp-signature'] = signWebhook(`${secret}-not-it`, Buffer.from(body), nowS);
         break;
       case 'tampered':
-        headers['psp-signature'] = signWebhook(secret, body, nowS);
+        headers['psp-signature'] = signWebhook(secret, Buffer.from(body), nowS);
         sent = body.replace(
           /"amount_minor":"(\d+)"/,
           (_m, amount: string) => `"amount_minor":"${amount}0"`,
         );
         break;
       case 'stale':
-        headers['psp-signature'] = signWebhook(secret, body, nowS - 3_600);
+        headers['psp-signature'] = signWebhook(secret, Buffer.from(body), nowS - 3_600);
         break;
       case 'unsigned':
         break;

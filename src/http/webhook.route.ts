@@ -1,6 +1,7 @@
 /**
- * POST /webhooks/psp: the PSP's signed payment results. The signature is checked on the raw body
- * (HMAC-SHA256 over "timestamp.body", bounded clock skew) before anything is parsed.
+ * POST /webhooks/psp: the PSP's signed payment results. The signature is checked on the raw body's
+ * bytes (HMAC-SHA256 over "timestamp.body", bounded clock skew) before anything is decoded or
+ * parsed; a signed body that is not UTF-8 is then refused.
  *
  * The fast way: the order's actor on this node applies the event at once, and the event id goes
  * into the inbox in the same transaction as the transition. Any other outcome (no change, a
@@ -22,6 +23,8 @@ import { json, type Route } from './router.js';
 
 export const WEBHOOK_PATH = '/webhooks/psp';
 const WEBHOOK_BODY_BYTES_MAX = 64 * 1024;
+/** Refuses bytes that are not UTF-8 rather than replacing them, so the text is what was signed. */
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
 export type WebhookRouteDeps = Readonly<{
   db: Db;
@@ -61,7 +64,7 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
     path: WEBHOOK_PATH,
     handle: async (request) => {
       const started = performance.now();
-      const raw = (await request.body(WEBHOOK_BODY_BYTES_MAX)).toString('utf8');
+      const raw = await request.body(WEBHOOK_BODY_BYTES_MAX);
       const header = request.headers['psp-signature'];
       const verdict = verifyWebhook({
         secret: deps.secret,
@@ -72,9 +75,15 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
       });
       if (!verdict.ok)
         return reject(400, 'UNAUTHENTICATED', `webhook signature rejected: ${verdict.reason}`);
+      let text: string;
+      try {
+        text = UTF8.decode(raw);
+      } catch {
+        return reject(400, 'INVALID_ARGUMENT', 'webhook body is not UTF-8');
+      }
       let body: unknown;
       try {
-        body = JSON.parse(raw);
+        body = JSON.parse(text);
       } catch {
         return reject(400, 'INVALID_ARGUMENT', 'webhook body is not JSON');
       }

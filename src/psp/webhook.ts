@@ -3,7 +3,10 @@
  * Settle's receiver (which verifies). The signature is Stripe's scheme: the header
  * `Psp-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, t + "." + rawBody)>` binds the
  * exact bytes of the body to a timestamp, so a receiver must verify the raw body before parsing it
- * and must refuse timestamps outside its tolerance (replays). Amounts travel as decimal strings.
+ * and must refuse timestamps outside its tolerance (replays). Both sides work on bytes, never on
+ * decoded text: decoding maps different bytes to one string (a lone 0xFF and the three bytes of
+ * U+FFFD both become U+FFFD), so a text signature would vouch for bytes nobody signed. Amounts
+ * travel as decimal strings.
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
@@ -19,8 +22,11 @@ const SIGNATURES_MAX = 4;
 const HEX_SHA256 = /^[0-9a-f]{64}$/;
 const UNIX_SECONDS = /^\d{1,12}$/;
 
-/** Signs a raw webhook body; returns the value of the `Psp-Signature` header. */
-export function signWebhook(secret: string, rawBody: string, timestampS: number): string {
+/**
+ * Signs a raw webhook body, the exact bytes that will be sent; returns the value of the
+ * `Psp-Signature` header.
+ */
+export function signWebhook(secret: string, rawBody: Uint8Array, timestampS: number): string {
   if (!Number.isSafeInteger(timestampS) || timestampS < 0) {
     throw new Error(`timestampS must be a non-negative integer, got ${timestampS}`);
   }
@@ -40,8 +46,8 @@ export type WebhookVerification = { ok: true } | { ok: false; reason: WebhookRej
 
 export type VerifyWebhookOptions = Readonly<{
   secret: string;
-  /** The body exactly as received, before any JSON parsing. */
-  rawBody: string;
+  /** The body's bytes exactly as received, before any decoding or parsing. */
+  rawBody: Uint8Array;
   /** The `Psp-Signature` header value; undefined when absent. */
   header: string | undefined;
   /** The receiver's clock, in unix seconds. */
@@ -99,8 +105,11 @@ function parseSignatureHeader(header: string): ParsedSignatureHeader | undefined
   return { timestampS, signatures };
 }
 
-function hmacHex(secret: string, timestampS: number, rawBody: string): string {
-  return createHmac('sha256', secret).update(`${timestampS}.${rawBody}`, 'utf8').digest('hex');
+function hmacHex(secret: string, timestampS: number, rawBody: Uint8Array): string {
+  return createHmac('sha256', secret)
+    .update(`${timestampS}.`, 'utf8')
+    .update(rawBody)
+    .digest('hex');
 }
 
 /** The kinds of events the PSP sends. */

@@ -51,7 +51,7 @@ function event(overrides: Record<string, unknown> = {}, data: Record<string, unk
   });
 }
 
-async function post(body: string, signature: string | undefined) {
+async function post(body: string | Buffer, signature: string | undefined) {
   const headers: Record<string, string> = { 'content-type': 'application/json' };
   if (signature !== undefined) headers['psp-signature'] = signature;
   const response = await fetch(`${stack.settleHttp}/webhooks/psp`, {
@@ -67,9 +67,19 @@ async function post(body: string, signature: string | undefined) {
 
 const secret = () => stack.config.PSP_WEBHOOK_SECRET;
 
+/** The signature of `body`'s bytes (a string as UTF-8, as fetch sends it). */
+const sign = (body: string | Buffer, key = secret(), atS = nowS()) =>
+  signWebhook(key, Buffer.from(body), atS);
+
+/** `bytes` with the first U+FFFD (EF BF BD) replaced by a lone 0xFF: the same text once decoded. */
+function withLoneFf(bytes: Buffer): Buffer {
+  const at = bytes.indexOf(Buffer.from([0xef, 0xbf, 0xbd]));
+  return Buffer.concat([bytes.subarray(0, at), Buffer.from([0xff]), bytes.subarray(at + 3)]);
+}
+
 describe('POST /webhooks/psp rejects', () => {
   const rejected: Array<
-    [string, () => { body: string; signature: string | undefined }, number, RegExp]
+    [string, () => { body: string | Buffer; signature: string | undefined }, number, RegExp]
   > = [
     [
       'an unsigned webhook',
@@ -81,7 +91,7 @@ describe('POST /webhooks/psp rejects', () => {
       'a forged signature',
       () => {
         const body = event();
-        return { body, signature: signWebhook('whsec_not_the_real_secret', body, nowS()) };
+        return { body, signature: sign(body, 'whsec_not_the_real_secret') };
       },
       400,
       /signature mismatch/,
@@ -92,7 +102,7 @@ describe('POST /webhooks/psp rejects', () => {
         const body = event();
         return {
           body: body.replace('1234', '9999'),
-          signature: signWebhook(secret(), body, nowS()),
+          signature: sign(body),
         };
       },
       400,
@@ -102,7 +112,7 @@ describe('POST /webhooks/psp rejects', () => {
       'a stale timestamp (replay)',
       () => {
         const body = event();
-        return { body, signature: signWebhook(secret(), body, nowS() - 301) };
+        return { body, signature: sign(body, secret(), nowS() - 301) };
       },
       400,
       /timestamp outside tolerance/,
@@ -114,8 +124,28 @@ describe('POST /webhooks/psp rejects', () => {
       /malformed signature header/,
     ],
     [
+      'bytes other than those signed that decode to the same text (a lone 0xFF for U+FFFD)',
+      () => {
+        const signed = Buffer.from(event({ id: `evt_\uFFFD${randomUUID()}`.slice(0, 40) }));
+        return { body: withLoneFf(signed), signature: sign(signed) };
+      },
+      400,
+      /signature mismatch/,
+    ],
+    [
+      'a signed body that is not UTF-8',
+      () => {
+        const bytes = withLoneFf(
+          Buffer.from(event({ id: `evt_\uFFFD${randomUUID()}`.slice(0, 40) })),
+        );
+        return { body: bytes, signature: sign(bytes) };
+      },
+      400,
+      /not UTF-8/,
+    ],
+    [
       'a signed non-JSON body',
-      () => ({ body: 'not json', signature: signWebhook(secret(), 'not json', nowS()) }),
+      () => ({ body: 'not json', signature: sign('not json') }),
       400,
       /not JSON/,
     ],
@@ -123,7 +153,7 @@ describe('POST /webhooks/psp rejects', () => {
       'a signed body that is not an event',
       () => {
         const body = JSON.stringify({ hello: 'world' });
-        return { body, signature: signWebhook(secret(), body, nowS()) };
+        return { body, signature: sign(body) };
       },
       400,
       /not a PSP event/,
@@ -132,7 +162,7 @@ describe('POST /webhooks/psp rejects', () => {
       'an event for an unknown order',
       () => {
         const body = event({}, { nonce: 'ord_01JD2Q7Z8X9Y0A1B2C3D4E5F6G' });
-        return { body, signature: signWebhook(secret(), body, nowS()) };
+        return { body, signature: sign(body) };
       },
       404,
       /no payment order/,
@@ -154,7 +184,7 @@ describe('POST /webhooks/psp rejects', () => {
       method: 'POST',
       headers: {
         'content-type': 'application/json',
-        'psp-signature': signWebhook(secret(), body, nowS()),
+        'psp-signature': sign(body),
       },
       body,
     });

@@ -56,6 +56,8 @@ export type ReceivedWebhook = Readonly<{
   path: string;
   headers: IncomingHttpHeaders;
   rawBody: string;
+  /** The body's bytes, which the signature covers. */
+  bytes: Buffer;
   receivedAtMs: number;
 }>;
 
@@ -85,6 +87,7 @@ export async function startWebhookReceiver(
         path,
         headers: request.headers,
         rawBody: Buffer.concat(chunks).toString('utf8'),
+        bytes: Buffer.concat(chunks),
         receivedAtMs: Date.now(),
       });
       response.writeHead(respond(path, previous), { 'Content-Type': 'text/plain' });

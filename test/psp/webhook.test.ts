@@ -1,9 +1,9 @@
 /**
- * Goal: the webhook signature accepts exactly the bodies the PSP signed within the tolerance, and
+ * Goal: the webhook signature accepts exactly the bytes the PSP signed within the tolerance, and
  * the event schema accepts the PSP's body and nothing malformed.
  * Method: pure unit tests of signWebhook/verifyWebhook/pspWebhookEventSchema with fixed clocks:
- * a valid signature, then each way a signature can be wrong (forged body, wrong secret, stale,
- * future, missing, malformed headers).
+ * a valid signature, then each way a signature can be wrong (forged body, other bytes that decode
+ * to the same text, wrong secret, stale, future, missing, malformed headers).
  */
 import { createHmac } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
@@ -18,7 +18,7 @@ import {
 const secret = 'whsec_test_secret_0123456789';
 const nowS = 1_800_000_000;
 const toleranceS = 300;
-const body = JSON.stringify({
+const text = JSON.stringify({
   id: 'evt_abcdefghijklmnopqrstuvwx',
   type: 'payment.succeeded',
   created: nowS,
@@ -31,6 +31,7 @@ const body = JSON.stringify({
     decline_code: null,
   },
 });
+const body = Buffer.from(text);
 
 function verify(header: string | undefined, rawBody = body, atS = nowS) {
   return verifyWebhook({ secret, rawBody, header, nowS: atS, toleranceS });
@@ -38,7 +39,7 @@ function verify(header: string | undefined, rawBody = body, atS = nowS) {
 
 describe('signWebhook', () => {
   it('produces t=<seconds>,v1=<hex HMAC-SHA256 of "t.body">', () => {
-    const expected = createHmac('sha256', secret).update(`${nowS}.${body}`).digest('hex');
+    const expected = createHmac('sha256', secret).update(`${nowS}.${text}`).digest('hex');
     expect(signWebhook(secret, body, nowS)).toBe(`t=${nowS},v1=${expected}`);
   });
 });
@@ -52,13 +53,26 @@ describe('verifyWebhook', () => {
 
   it('rejects a forged body and a wrong secret', () => {
     const header = signWebhook(secret, body, nowS);
-    const forged = body.replace('"1999"', '"999999"');
+    const forged = Buffer.from(text.replace('"1999"', '"999999"'));
     expect(verify(header, forged)).toEqual({
       ok: false,
       reason: WEBHOOK_REJECTION.signatureMismatch,
     });
     const wrongSecret = signWebhook('whsec_someone_else_000000', body, nowS);
     expect(verify(wrongSecret)).toEqual({ ok: false, reason: WEBHOOK_REJECTION.signatureMismatch });
+  });
+
+  it('verifies the bytes received, not their decoding: a lone 0xFF is not the U+FFFD signed', () => {
+    // Signed: the three bytes of U+FFFD (EF BF BD). Sent: one 0xFF byte, which a UTF-8 decoder
+    // turns into U+FFFD, so a signature checked over the decoded text matched a body never signed.
+    const signed = Buffer.from('{"note":"\uFFFD"}');
+    const sent = Buffer.concat([Buffer.from('{"note":"'), Buffer.from([0xff]), Buffer.from('"}')]);
+    expect(sent.toString('utf8')).toBe(signed.toString('utf8'));
+    expect(verify(signWebhook(secret, signed, nowS), sent)).toEqual({
+      ok: false,
+      reason: WEBHOOK_REJECTION.signatureMismatch,
+    });
+    expect(verify(signWebhook(secret, sent, nowS), sent)).toEqual({ ok: true });
   });
 
   it('rejects a stale timestamp and one from the future', () => {
@@ -104,14 +118,14 @@ describe('verifyWebhook', () => {
 
 describe('pspWebhookEventSchema', () => {
   it('parses the PSP body, amount_minor as bigint, and round-trips through the encoder', () => {
-    const event = pspWebhookEventSchema.parse(JSON.parse(body));
+    const event = pspWebhookEventSchema.parse(JSON.parse(text));
     expect(event.data.amount_minor).toBe(1999n);
     expect(event.type).toBe('payment.succeeded');
-    expect(JSON.parse(encodePspWebhookEvent(event))).toEqual(JSON.parse(body));
+    expect(JSON.parse(encodePspWebhookEvent(event))).toEqual(JSON.parse(text));
   });
 
   it('parses a declined event', () => {
-    const declined = JSON.parse(body) as { type: string; data: Record<string, unknown> };
+    const declined = JSON.parse(text) as { type: string; data: Record<string, unknown> };
     declined.type = 'payment.declined';
     declined.data.psp_reference = null;
     declined.data.decline_code = 'card_declined';
@@ -128,19 +142,19 @@ describe('pspWebhookEventSchema', () => {
     ['a currency name', { currency: 'DOLLARS' }],
     ['a succeeded event without psp_reference', { psp_reference: null }],
   ])('rejects %s', (_name, change) => {
-    const parsed = JSON.parse(body) as { data: Record<string, unknown> };
+    const parsed = JSON.parse(text) as { data: Record<string, unknown> };
     Object.assign(parsed.data, change);
     expect(pspWebhookEventSchema.safeParse(parsed).success).toBe(false);
   });
 
   it('parses a currency Settle does not take: the order refuses it, and keeps it for review', () => {
-    const parsed = JSON.parse(body) as { data: Record<string, unknown> };
+    const parsed = JSON.parse(text) as { data: Record<string, unknown> };
     parsed.data.currency = 'EUR';
     expect(pspWebhookEventSchema.parse(parsed).data.currency).toBe('EUR');
   });
 
   it('rejects an unknown event type', () => {
-    const parsed = JSON.parse(body) as { type: string };
+    const parsed = JSON.parse(text) as { type: string };
     parsed.type = 'payment.refunded';
     expect(pspWebhookEventSchema.safeParse(parsed).success).toBe(false);
   });

@@ -364,7 +364,7 @@ export async function postWebhook(
   stack: Pick<Stack, 'settleHttp' | 'config'>,
   event: PspWebhookEvent | string,
 ): Promise<WebhookResponse> {
-  const body = typeof event === 'string' ? event : encodePspWebhookEvent(event);
+  const body = Buffer.from(typeof event === 'string' ? event : encodePspWebhookEvent(event));
   const response = await fetch(`${stack.settleHttp}/webhooks/psp`, {
     method: 'POST',
     headers: {

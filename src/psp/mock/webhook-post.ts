@@ -67,7 +67,7 @@ export class WebhookPoster {
   post(
     url: string,
     headers: Readonly<Record<string, string>>,
-    body: string,
+    body: string | Uint8Array,
   ): Promise<string | undefined> {
     if (this.#closed) return Promise.resolve('Error: the webhook sender is stopping');
     let target: Target;

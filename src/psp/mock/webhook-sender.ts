@@ -339,13 +339,15 @@ export class WebhookSender {
   /** POSTs one delivery; undefined on a 2xx answer, else a description of the failure. */
   async #post(row: PspWebhookDelivery): Promise<string | undefined> {
     const timestampS = Math.floor(Date.now() / 1000);
+    // Encoded once: the bytes signed are the bytes sent.
+    const body = Buffer.from(row.body, 'utf8');
     return this.#poster.post(
       row.url,
       {
         'Content-Type': 'application/json',
-        [PSP_SIGNATURE_HEADER]: signWebhook(this.#secret, row.body, timestampS),
+        [PSP_SIGNATURE_HEADER]: signWebhook(this.#secret, body, timestampS),
       },
-      row.body,
+      body,
     );
   }
 }

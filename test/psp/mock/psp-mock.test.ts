@@ -114,7 +114,7 @@ function verified(webhook: ReceivedWebhook): PspWebhookEvent {
   expect(typeof header).toBe('string');
   const verdict = verifyWebhook({
     secret: config.PSP_WEBHOOK_SECRET,
-    rawBody: webhook.rawBody,
+    rawBody: webhook.bytes,
     header: header as string,
     nowS: Math.floor(Date.now() / 1000),
     toleranceS: config.PSP_WEBHOOK_TOLERANCE_S,
