@@ -532,7 +532,12 @@ export async function startSettle(
             way: event.applied ? 'applied' : event.duplicate ? 'duplicate' : 'queued',
             ms: event.ms,
           });
-          if (logger.isLevelEnabled('info')) logger.info(event, 'webhook accepted');
+          if (event.unknownOrder) {
+            logger.warn(
+              event,
+              'webhook for an order this runtime does not know: kept, and dead-lettered for review',
+            );
+          } else if (logger.isLevelEnabled('info')) logger.info(event, 'webhook accepted');
         },
       }),
       {

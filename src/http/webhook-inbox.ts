@@ -1,10 +1,13 @@
 /**
  * Records accepted PSP webhook events: in ONE transaction, the event id in the inbox (unique, so
- * a repeated event is a no-op) and its PspResult command in the outbox, for an order that
- * exists. `recordWebhookEvent` does one event; `WebhookInbox` is its group commit: events that
- * arrive together are checked with one query and written with one statement per table. A batch
- * holding a duplicate fails on the inbox's unique key and is then replayed event by event, so
- * each duplicate is told apart exactly as alone (duplicates are rare: PSP retries).
+ * a repeated event is a no-op) and its PspResult command in the outbox. An event for an order
+ * Settle does not know is recorded too: it is the PSP's signed word that money moved (or did
+ * not) for a nonce of ours, so it must not be lost. Its command reaches no order; the consumer
+ * dead-letters it, where an operator finds it, and the PSP, answered 200, stops retrying.
+ * `recordWebhookEvent` does one event; `WebhookInbox` is its group commit: events that arrive
+ * together are checked with one query and written with one statement per table. A batch holding a
+ * duplicate fails on the inbox's unique key and is then replayed event by event, so each
+ * duplicate is told apart exactly as alone (duplicates are rare: PSP retries).
  */
 import { pspResultMessage } from '../messaging/commands.js';
 import type { Names } from '../messaging/subjects.js';
@@ -31,6 +34,10 @@ export type WebhookEvent = Readonly<{
   now: Date;
 }>;
 
+/**
+ * `unknown-order`: recorded as `fresh` is, but no such order exists; its command will be
+ * dead-lettered for review.
+ */
 export type Recorded = 'fresh' | 'duplicate' | 'unknown-order';
 
 export const INBOX_SOURCE_PSP = 'psp';
@@ -41,7 +48,7 @@ export async function recordWebhookEvent(
   names: Names,
   event: WebhookEvent,
 ): Promise<Recorded> {
-  if ((await findPaymentOrder(db, event.orderId)) === undefined) return 'unknown-order';
+  const known = (await findPaymentOrder(db, event.orderId)) !== undefined;
   return inTransaction(db, async (trx) => {
     const fresh = await recordInbox(trx, {
       source: INBOX_SOURCE_PSP,
@@ -51,7 +58,7 @@ export async function recordWebhookEvent(
     });
     if (!fresh) return 'duplicate';
     await enqueueOutbox(trx, [commandOf(names, event)], event.now);
-    return 'fresh';
+    return known ? 'fresh' : 'unknown-order';
   });
 }
 
@@ -83,27 +90,24 @@ export class WebhookInbox {
                 .execute()
             ).map((row) => row.id),
           );
-          const accepted = events.filter((event) => known.has(event.orderId));
-          if (accepted.length > 0) {
-            // A duplicate (repeated event id) fails the whole statement: the batch then goes
-            // through event by event.
-            await trx.executeQuery(
-              inboxInsert(
-                trx,
-                accepted.map((event) => ({
-                  source: INBOX_SOURCE_PSP,
-                  eventId: event.eventId,
-                  orderId: event.orderId,
-                  now: event.now,
-                })),
-              ),
-            );
-            await enqueueOutbox(
+          // A duplicate (repeated event id) fails the whole statement: the batch then goes
+          // through event by event.
+          await trx.executeQuery(
+            inboxInsert(
               trx,
-              accepted.map((event) => commandOf(names, event)),
-              new Date(Math.max(...accepted.map((event) => event.now.getTime()))),
-            );
-          }
+              events.map((event) => ({
+                source: INBOX_SOURCE_PSP,
+                eventId: event.eventId,
+                orderId: event.orderId,
+                now: event.now,
+              })),
+            ),
+          );
+          await enqueueOutbox(
+            trx,
+            events.map((event) => commandOf(names, event)),
+            new Date(Math.max(...events.map((event) => event.now.getTime()))),
+          );
           return events.map((event): Recorded =>
             known.has(event.orderId) ? 'fresh' : 'unknown-order',
           );

@@ -8,9 +8,11 @@
  * duplicate, an unknown order, an illegal event, a busy or slow actor) takes the durable way:
  * ONE transaction records the event id in the inbox (a duplicate ends there with 200) and writes
  * the PspResult command to the outbox, which JetStream carries to the order's actor with retries
- * and a dead-letter queue. Both ways answer 200 only after a commit. Answers: 200 accepted or
- * duplicate, 400 unsigned/forged/stale/malformed, 404 unknown order, 413 too large, 503 when the
- * database is down (the PSP retries).
+ * and a dead-letter queue. An order Settle does not know ends there, dead-lettered for review:
+ * a signed charge is never dropped, and a 404 would only have the PSP retry it for days. Both ways
+ * answer 200 only after a commit. Answers: 200 accepted or duplicate, 400
+ * unsigned/forged/stale/malformed, 404 a nonce that is not a Settle order id (meant for someone
+ * else), 413 too large, 503 when the database is down (the PSP retries).
  */
 import { ORDER_ID_PATTERN } from '../domain/ids.js';
 import { ResourceExhaustedError, UnavailableError } from '../domain/errors.js';
@@ -43,6 +45,8 @@ export type WebhookRouteDeps = Readonly<{
     orderId: string;
     duplicate: boolean;
     applied: boolean;
+    /** Recorded for an order that does not exist: it will be dead-lettered for review. */
+    unknownOrder: boolean;
     ms: number;
   }) => void;
   /** Records the event (group commit, see webhook-inbox.ts); one transaction each when unset. */
@@ -118,22 +122,21 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
             orderId,
             duplicate: false,
             applied: true,
+            unknownOrder: false,
             ms: performance.now() - started,
           });
           return json(200, { received: true, duplicate: false });
         }
         const recorded = await (deps.record?.(webhookEvent) ??
           recordWebhookEvent(deps.db, deps.names, webhookEvent));
-        if (recorded === 'unknown-order') {
-          return reject(404, 'NOT_FOUND', `no payment order '${orderId.slice(0, 64)}'`);
-        }
-        const fresh = recorded === 'fresh';
+        const fresh = recorded !== 'duplicate';
         if (fresh) deps.wakeRelay();
         deps.onAccepted?.({
           eventId: event.id,
           orderId,
           duplicate: !fresh,
           applied: false,
+          unknownOrder: recorded === 'unknown-order',
           ms: performance.now() - started,
         });
         return json(200, { received: true, duplicate: !fresh });

@@ -1,8 +1,9 @@
 /**
- * Goal: Settle's webhook endpoint accepts only correctly signed, fresh PSP events for known
- * orders, records each event once, and writes nothing for anything else. Method: raw HTTP
- * requests against a real Settle node (real MariaDB, NATS), signatures made with the shared
- * secret (or forged), row counts compared before and after.
+ * Goal: Settle's webhook endpoint accepts only correctly signed, fresh PSP events, records each
+ * event once, and writes nothing for anything else. A signed event for an order Settle does not
+ * know is kept too (inbox, then a dead letter for an operator), never answered 404 and lost.
+ * Method: raw HTTP requests against a real Settle node (real MariaDB, NATS), signatures made with
+ * the shared secret (or forged), row counts compared before and after.
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,6 +19,7 @@ import {
 
 let stack: Stack;
 let orderId: string;
+let orderToken: string;
 beforeAll(async () => {
   stack = await startStack();
   const created = await call(stack.payments.createPayment.bind(stack.payments), {
@@ -28,6 +30,14 @@ beforeAll(async () => {
   });
   orderId = created.payment?.orders[0]?.orderId ?? '';
   await waitFor(async () => (await rowCounts(stack.settle.db)).outbox === 0);
+  orderToken = await waitFor(async () => {
+    const row = await stack.settle.db
+      .selectFrom('payment_order')
+      .select('psp_token')
+      .where('id', '=', orderId)
+      .executeTakeFirst();
+    return row?.psp_token ?? undefined;
+  });
 });
 afterAll(async () => stack?.stop());
 
@@ -40,7 +50,7 @@ function event(overrides: Record<string, unknown> = {}, data: Record<string, unk
     created: nowS(),
     data: {
       nonce: orderId,
-      token: 'tok_x',
+      token: orderToken,
       psp_reference: null,
       amount_minor: '1234',
       currency: 'USD',
@@ -159,13 +169,15 @@ describe('POST /webhooks/psp rejects', () => {
       /not a PSP event/,
     ],
     [
-      'an event for an unknown order',
+      // Not shaped like an id Settle issues: meant for another system (a misrouted notification
+      // URL), which the PSP should see refused.
+      'an event whose nonce is not a Settle order id',
       () => {
-        const body = event({}, { nonce: 'ord_01JD2Q7Z8X9Y0A1B2C3D4E5F6G' });
+        const body = event({}, { nonce: 'order-12345' });
         return { body, signature: sign(body) };
       },
       404,
-      /no payment order/,
+      /no payment order 'order-12345'/,
     ],
   ];
 
@@ -204,5 +216,52 @@ describe('POST /webhooks/psp accepts', () => {
       return counts.inbox === 1 ? counts : undefined;
     });
     expect(payment.inbox).toBe(1);
+  });
+
+  it('an event for an order Settle does not know: kept, answered 200, dead-lettered for review', async () => {
+    const unknownId = `ord_${'7'.repeat(26)}`;
+    const body = event(
+      { type: 'payment.succeeded' },
+      {
+        nonce: unknownId,
+        psp_reference: 'psp_unknown_order',
+        decline_code: null,
+      },
+    );
+    const eventId = (JSON.parse(body) as { id: string }).id;
+    expect(await postWebhook(stack, body)).toEqual({
+      status: 200,
+      body: { received: true, duplicate: false },
+    });
+    // The PSP's retry of it is a duplicate: recorded once.
+    expect(await postWebhook(stack, body)).toEqual({
+      status: 200,
+      body: { received: true, duplicate: true },
+    });
+    const inbox = await stack.settle.db
+      .selectFrom('inbox')
+      .select('order_id')
+      .where('event_id', '=', eventId)
+      .execute();
+    expect(inbox).toEqual([{ order_id: unknownId }]);
+    const dead = await waitFor(async () =>
+      stack.settle.db
+        .selectFrom('dead_letter')
+        .select(['reason', 'last_error', 'payload', 'state'])
+        .where('order_id', '=', unknownId)
+        .executeTakeFirst(),
+    );
+    expect(dead.reason).toBe('NON_RETRYABLE');
+    expect(dead.state).toBe('OPEN');
+    expect(dead.last_error).toMatch(
+      new RegExp(`the PSP reports a charge for payment order ${unknownId}, which does not exist`),
+    );
+    expect(JSON.parse(dead.payload)).toMatchObject({
+      type: 'PspResult',
+      eventId,
+      outcome: 'SUCCEEDED',
+      pspReference: 'psp_unknown_order',
+      amountMinor: '1234',
+    });
   });
 });

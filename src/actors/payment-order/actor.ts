@@ -115,7 +115,7 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
       const applied = await this.apply(event, receipt, outboxRow);
       switch (applied.kind) {
         case 'missing':
-          return { kind: 'reject', reason: `payment order ${this.orderId} does not exist` };
+          return { kind: 'reject', reason: missingReason(this.orderId, event) };
         case 'illegal':
           return { kind: 'reject', reason: applied.message };
         case 'contended':
@@ -300,6 +300,18 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
       if (isRetryable(error)) return 'retry';
       throw error;
     }
+  }
+}
+
+/** Why a message for an order that does not exist is refused; a PSP result says what it was. */
+function missingReason(orderId: string, event: OrderEvent): string {
+  switch (event.type) {
+    case 'PspSucceeded':
+      return `the PSP reports a charge for payment order ${orderId}, which does not exist`;
+    case 'PspDeclined':
+      return `the PSP reports a decline for payment order ${orderId}, which does not exist`;
+    default:
+      return `payment order ${orderId} does not exist`;
   }
 }
 
