@@ -240,16 +240,38 @@ function restPaymentState(text: string): string | undefined {
   return paymentStateFromProto(proto);
 }
 
-/** Top-level and order keys in lowerCamelCase become the proto's snake_case names. */
-function snakeCaseKeys(value: object): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
+/** Keys that reach an object's prototype rather than a field of its own, were they assigned. */
+const PROTOTYPE_KEYS: ReadonlySet<string> = new Set(['__proto__', 'constructor', 'prototype']);
+
+/**
+ * Top-level and order keys in lowerCamelCase become the proto's snake_case names. The copy has no
+ * prototype, and `__proto__`, `constructor` and `prototype` are refused: JSON.parse makes
+ * "__proto__" an own key, and assigned to a plain object it set that object's prototype, from
+ * which buyer_id was then read. A field sent under both names (buyer_id and buyerId) is refused
+ * too, rather than one of them silently winning. `path` prefixes the field names in errors.
+ */
+function snakeCaseKeys(value: object, path = ''): Record<string, unknown> {
+  const out = Object.create(null) as Record<string, unknown>;
+  const sentAs = new Map<string, string>();
   for (const [key, item] of Object.entries(value)) {
     const name = key.replace(/[A-Z]/g, (letter) => `_${letter.toLowerCase()}`);
+    if (PROTOTYPE_KEYS.has(key) || PROTOTYPE_KEYS.has(name)) {
+      throw new RestInputError(`${path}${key}`, 'is not a field of this request', 'UNKNOWN_FIELD');
+    }
+    const earlier = sentAs.get(name);
+    if (earlier !== undefined) {
+      throw new RestInputError(
+        `${path}${name}`,
+        `sent twice, as ${earlier} and ${key}; send it once`,
+        'DUPLICATE_FIELD',
+      );
+    }
+    sentAs.set(name, key);
     out[name] =
       name === 'orders' && Array.isArray(item)
-        ? item.map((order: unknown) =>
+        ? item.map((order: unknown, index) =>
             typeof order === 'object' && order !== null && !Array.isArray(order)
-              ? snakeCaseKeys(order)
+              ? snakeCaseKeys(order, `${path}orders[${index}].`)
               : order,
           )
         : item;

@@ -286,6 +286,44 @@ describe('REST twin of PaymentService', () => {
       { buyer_id: 'b', currency_code: 'USD', orders: ['s:1'] },
       'orders[0]: each order must be an object with seller_id and amount_minor',
     ],
+    // JSON.parse makes "__proto__" an own key; copied by assignment into a plain object, it set
+    // that object's prototype, and buyer_id was then read from it (a payment for buyer x).
+    [
+      'a __proto__ key',
+      '{"__proto__":{"buyer_id":"x"},"currency_code":"USD",' +
+        '"orders":[{"seller_id":"s","amount_minor":"1"}]}',
+      '__proto__: is not a field of this request',
+    ],
+    [
+      'a __proto__ key in an order',
+      '{"buyer_id":"b","currency_code":"USD",' +
+        '"orders":[{"__proto__":{"seller_id":"s"},"amount_minor":"1"}]}',
+      'orders[0].__proto__: is not a field of this request',
+    ],
+    [
+      'a constructor key',
+      { constructor: 'x', buyer_id: 'b', currency_code: 'USD', orders: [] },
+      'constructor: is not a field of this request',
+    ],
+    [
+      'a field sent under both of its names',
+      {
+        buyer_id: 'buyer-a',
+        buyerId: 'buyer-b',
+        currency_code: 'USD',
+        orders: [{ seller_id: 's', amount_minor: '1' }],
+      },
+      'buyer_id: sent twice, as buyer_id and buyerId; send it once',
+    ],
+    [
+      'an order field sent under both of its names',
+      {
+        buyer_id: 'b',
+        currency_code: 'USD',
+        orders: [{ sellerId: 's1', seller_id: 's2', amount_minor: '1' }],
+      },
+      'orders[0].seller_id: sent twice, as sellerId and seller_id; send it once',
+    ],
   ])('refuses a body with %s, saying what to send', async (_name, body, message) => {
     const before = await rowCounts(stack.settle.db);
     const rest = await post(body, randomUUID());
