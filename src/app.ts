@@ -588,6 +588,10 @@ export async function startSettle(
       () => routes,
       (error, context) =>
         logger.error({ err: error, ...context }, 'internal error in HTTP handler'),
+      {
+        onClientAborted: (context) =>
+          logger.debug(context, 'the client aborted the request before its body ended'),
+      },
     );
     const httpPort = await listenHttp(
       httpServer,

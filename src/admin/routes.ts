@@ -16,7 +16,13 @@ import { ORDER_ID_PATTERN, PARTY_ID_PATTERN, PAYMENT_ID_PATTERN } from '../domai
 import { decodePageToken, encodePageToken } from '../domain/page-token.js';
 import { toHttpError } from '../grpc/http-status.js';
 import type { ErrorLogger } from '../grpc/status.js';
-import { HttpError, type HttpRequest, type HttpResponse, type Route } from '../http/router.js';
+import {
+  ClientAbortedError,
+  HttpError,
+  type HttpRequest,
+  type HttpResponse,
+  type Route,
+} from '../http/router.js';
 import type { Names } from '../messaging/subjects.js';
 import { breakerStateOf, type OperationsSnapshot } from '../observability/operations.js';
 import type { Db } from '../storage/db.js';
@@ -144,8 +150,12 @@ export function adminRoutes(deps: AdminDeps): Route[] {
       layout(context(principal), { title, active, body, flash: options.flash }),
     );
 
-  /** An error as a page: operating errors show their message, bugs a request id. */
+  /**
+   * An error as a page: operating errors show their message, bugs a request id. A form the
+   * client aborted goes back to the router, which reports it apart (there is nobody to show).
+   */
   const errorPage = (principal: Principal | undefined, error: unknown, path: string) => {
+    if (error instanceof ClientAbortedError) throw error;
     // The router's refusals (a form over FORM_BYTES_MAX) are the caller's to fix, not bugs.
     if (error instanceof HttpError) {
       const title = error.status === 413 ? 'Form too large' : 'Refused';

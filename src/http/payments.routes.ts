@@ -22,7 +22,15 @@ import { requestIdOrNew } from '../grpc/adapters.js';
 import { toHttpError } from '../grpc/http-status.js';
 import type { ErrorLogger } from '../grpc/status.js';
 import type { PaymentService } from '../payments/payment.service.js';
-import { HttpError, json, type HttpRequest, type HttpResponse, type Route } from './router.js';
+import {
+  CLIENT_CLOSED_REQUEST_STATUS,
+  ClientAbortedError,
+  HttpError,
+  json,
+  type HttpRequest,
+  type HttpResponse,
+  type Route,
+} from './router.js';
 
 /** A payment has at most 50 orders; 64 KiB is far more than such a body needs. */
 const CREATE_BODY_BYTES_MAX = 64 * 1024;
@@ -116,10 +124,24 @@ export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOp
     handle: async (request) => {
       const started = performance.now();
       const requestId = requestIdOrNew(request.headers['x-request-id']);
+      const observe = (status: number, location?: string) =>
+        options.observe?.({
+          method,
+          route: path,
+          status,
+          ms: Math.round((performance.now() - started) * 10) / 10,
+          requestId,
+          paymentId: paymentIdOf(request.params.id ?? location ?? ''),
+        });
       let response: HttpResponse;
       try {
         response = await handle(request, requestId);
       } catch (error) {
+        if (error instanceof ClientAbortedError) {
+          // Counted apart from errors (and from 5xx): the router reports it and answers nothing.
+          observe(CLIENT_CLOSED_REQUEST_STATUS);
+          throw error;
+        }
         const tooLarge = error instanceof HttpError && error.status === 413;
         const answer = toHttpError(tooLarge ? bodyTooLarge(error) : error, requestId, {
           log: options.log,
@@ -129,14 +151,7 @@ export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOp
         // the caller to retry later, and this body will never fit.
         response = json(tooLarge ? 413 : answer.status, answer.body, answer.headers);
       }
-      options.observe?.({
-        method,
-        route: path,
-        status: response.status,
-        ms: Math.round((performance.now() - started) * 10) / 10,
-        requestId,
-        paymentId: paymentIdOf(request.params.id ?? response.headers?.location ?? ''),
-      });
+      observe(response.status, response.headers?.location);
       return {
         ...response,
         headers: { ...response.headers, 'x-request-id': requestId },

@@ -1,7 +1,8 @@
 /**
  * A minimal HTTP router on node:http for Settle's HTTP port (webhooks in, health, and later the
  * REST twin, admin pages and metrics). Bodies are read with a size limit; a handler that throws
- * answers 500 with a generic message, never a stack.
+ * answers 500 with a generic message, never a stack. A client that goes away before its body
+ * ended is its own outcome (ClientAbortedError): reported apart, answered with nothing.
  */
 import http from 'node:http';
 
@@ -12,7 +13,10 @@ export type HttpRequest = Readonly<{
   headers: http.IncomingHttpHeaders;
   /** Path parameters captured by `:name` segments. */
   params: Readonly<Record<string, string>>;
-  /** Reads the raw body; rejects with HttpError 413 beyond `limitBytes`. */
+  /**
+   * Reads the raw body; rejects with HttpError 413 beyond `limitBytes`, and with
+   * ClientAbortedError when the client goes away before the body ends.
+   */
   body: (limitBytes: number) => Promise<Buffer>;
 }>;
 
@@ -37,6 +41,22 @@ export class HttpError extends Error {
     super(message);
   }
 }
+
+/**
+ * The client closed or reset the connection before its request body ended. Not a server fault,
+ * and nobody is left to read an answer: the router reports it apart from errors (at debug) and
+ * sends nothing. Deliberately not an ECONNRESET-coded error, which status.ts would take for a lost
+ * database connection (UNAVAILABLE, a 503).
+ */
+export class ClientAbortedError extends Error {
+  override readonly name = 'ClientAbortedError';
+  constructor(options?: ErrorOptions) {
+    super('the client aborted the request before its body ended', options);
+  }
+}
+
+/** The status a request its client aborted is recorded with (nginx's "client closed request"). */
+export const CLIENT_CLOSED_REQUEST_STATUS = 499;
 
 export function json(
   status: number,
@@ -78,6 +98,11 @@ const closeAfterAnswer = new WeakSet<http.IncomingMessage>();
 
 function readBody(req: http.IncomingMessage, limitBytes: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
+    // Gone before the route asked: its 'error' and 'close' have been and 'end' never comes.
+    if (req.destroyed && !req.readableEnded) {
+      reject(new ClientAbortedError());
+      return;
+    }
     const refuse = () => {
       closeAfterAnswer.add(req);
       req.pause();
@@ -102,13 +127,24 @@ function readBody(req: http.IncomingMessage, limitBytes: number): Promise<Buffer
     };
     req.on('data', onData);
     req.on('end', () => resolve(Buffer.concat(chunks)));
-    req.on('error', reject);
+    // A reset or a close mid-body: 'error' (ECONNRESET, "aborted"), then 'close' without 'end'.
+    // Once settled, a promise ignores later calls, so a 413 stays a 413.
+    req.on('error', (error) => reject(new ClientAbortedError({ cause: error })));
+    req.on('close', () => {
+      if (!req.readableEnded) reject(new ClientAbortedError());
+    });
   });
 }
+
+export type HttpServerOptions = Readonly<{
+  /** A request whose client went away before its body ended (at debug: not a server fault). */
+  onClientAborted?: (context: { method: string; path: string }) => void;
+}>;
 
 export function createHttpServer(
   routes: () => readonly Route[],
   onError: (error: unknown, context: Record<string, unknown>) => void,
+  options: HttpServerOptions = {},
 ): http.Server {
   const server = http.createServer((req, res) => {
     const send = (response: HttpResponse) => {
@@ -177,6 +213,11 @@ export function createHttpServer(
       body: (limitBytes) => readBody(req, limitBytes),
     };
     route.handle(request).then(send, (error: unknown) => {
+      if (error instanceof ClientAbortedError) {
+        options.onClientAborted?.({ method, path: url.pathname });
+        if (!res.destroyed) res.destroy();
+        return;
+      }
       if (error instanceof HttpError) {
         send(json(error.status, { error: { code: String(error.status), message: error.message } }));
         return;

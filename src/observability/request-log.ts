@@ -2,11 +2,13 @@
  * One structured log line and the metrics of every finished request: gRPC calls (fed by the
  * unary/serverStream adapters) and REST twin calls. Lines carry the request id and, where the call
  * names them, the payment and order ids, so `grep pay_…` finds everything about one payment.
- * Failures a caller can fix log at info, server-side trouble (INTERNAL, UNAVAILABLE, ...) at warn.
+ * Failures a caller can fix log at info, server-side trouble (INTERNAL, UNAVAILABLE, ...) at warn,
+ * and a REST request its client aborted mid-body (499) at debug.
  */
 import * as grpc from '@grpc/grpc-js';
 import type { CallObservation } from '../grpc/adapters.js';
 import type { RestObservation } from '../http/payments.routes.js';
+import { CLIENT_CLOSED_REQUEST_STATUS } from '../http/router.js';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
 
@@ -60,7 +62,13 @@ export function restCallObserver(
 ): (request: RestObservation) => void {
   return (request) => {
     metrics.httpRequest({ method: request.method, route: request.route, status: request.status });
-    if (!logger.isLevelEnabled(request.status >= 500 ? 'warn' : 'info')) return;
+    const level =
+      request.status >= 500
+        ? 'warn'
+        : request.status === CLIENT_CLOSED_REQUEST_STATUS
+          ? 'debug'
+          : 'info';
+    if (!logger.isLevelEnabled(level)) return;
     const line = {
       httpMethod: request.method,
       route: request.route,
@@ -70,7 +78,6 @@ export function restCallObserver(
       ...(request.paymentId !== undefined ? { paymentId: request.paymentId } : {}),
     };
     const message = `http ${request.method} ${request.route} ${request.status} in ${request.ms} ms`;
-    if (request.status >= 500) logger.warn(line, message);
-    else logger.info(line, message);
+    logger[level](line, message);
   };
 }

@@ -3,7 +3,8 @@
  * the URL parser refuses gets 400 (it once threw out of the request handler and ended the
  * process, webhook receiver and gRPC with it); a body past the route's limit gets 413 whether its
  * length was declared or it came chunked (a chunked one was answered with a reset), and the
- * connection is closed after that answer.
+ * connection is closed after that answer; a body the client aborts is reported as such, never as
+ * a handler's error, even when the route asks for the body only after the client has gone.
  * Method: the real router on a loopback port, driven with raw HTTP/1.1 over a socket, so the
  * request targets and framings are exactly what is written.
  */
@@ -17,6 +18,7 @@ const LIMIT_BYTES = 1_024;
 let server: http.Server;
 let port: number;
 const errors: unknown[] = [];
+const aborted: Array<Record<string, unknown>> = [];
 
 const routes: Route[] = [
   { method: 'GET', path: '/healthz', handle: async () => json(200, { ok: true }) },
@@ -25,12 +27,22 @@ const routes: Route[] = [
     path: '/echo',
     handle: async (request) => json(200, { bytes: (await request.body(LIMIT_BYTES)).length }),
   },
+  {
+    method: 'POST',
+    path: '/late',
+    // Reads the body only after the client is gone: it must not wait for an 'end' never coming.
+    handle: async (request) => {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      return json(200, { bytes: (await request.body(LIMIT_BYTES)).length });
+    },
+  },
 ];
 
 beforeAll(async () => {
   server = createHttpServer(
     () => routes,
     (error) => errors.push(error),
+    { onClientAborted: (context) => aborted.push(context) },
   );
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   port = (server.address() as AddressInfo).port;
@@ -140,4 +152,23 @@ describe('the HTTP router', () => {
     expect(chunked).toContain('{"bytes":5}');
     expect(errors).toEqual([]);
   });
+
+  it.each(['/echo', '/late'])(
+    'reports a body the client aborts on %s as a client abort, not an error',
+    async (path) => {
+      const before = aborted.length;
+      const socket = net.connect(port, '127.0.0.1');
+      socket.on('error', () => undefined);
+      await new Promise((resolve) => socket.once('connect', resolve));
+      socket.write(`POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhello`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      socket.resetAndDestroy();
+      const deadline = Date.now() + 2_000;
+      while (aborted.length === before && errors.length === 0 && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      expect(errors).toEqual([]);
+      expect(aborted.slice(before)).toEqual([{ method: 'POST', path }]);
+    },
+  );
 });
