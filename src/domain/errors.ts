@@ -12,6 +12,7 @@ export const ERROR_CODE = {
   unauthenticated: 'UNAUTHENTICATED',
   resourceExhausted: 'RESOURCE_EXHAUSTED',
   unavailable: 'UNAVAILABLE',
+  unimplemented: 'UNIMPLEMENTED',
 } as const;
 export type ErrorCode = (typeof ERROR_CODE)[keyof typeof ERROR_CODE];
 
@@ -92,6 +93,12 @@ export class UnavailableError extends SettleError {
   constructor(message: string, options: SettleErrorOptions = {}) {
     super(message, { retryable: true, ...options });
   }
+}
+
+/** An operation the API does not have, e.g. a REST path asked with a method it does not take. */
+export class UnimplementedError extends SettleError {
+  override readonly name = 'UnimplementedError';
+  readonly code = ERROR_CODE.unimplemented;
 }
 
 export function assertNever(value: never, what = 'value'): never {

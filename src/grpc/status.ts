@@ -21,6 +21,7 @@ const STATUS_BY_ERROR_CODE: Readonly<Record<ErrorCode, grpc.status>> = {
   UNAUTHENTICATED: grpc.status.UNAUTHENTICATED,
   RESOURCE_EXHAUSTED: grpc.status.RESOURCE_EXHAUSTED,
   UNAVAILABLE: grpc.status.UNAVAILABLE,
+  UNIMPLEMENTED: grpc.status.UNIMPLEMENTED,
 };
 
 /**

@@ -8,7 +8,7 @@
  * The `Idempotency-Key` header is the request's `request_id`.
  */
 import { z } from 'zod';
-import { InvalidArgumentError, ResourceExhaustedError } from '../domain/errors.js';
+import { InvalidArgumentError } from '../domain/errors.js';
 import { ID_PREFIX, PAYMENT_ID_PATTERN } from '../domain/ids.js';
 import {
   CreatePaymentResponse,
@@ -18,14 +18,13 @@ import {
   paymentStateFromJSON,
 } from '../grpc/generated/settle/v1/payment.js';
 import { paymentStateFromProto, paymentToProto } from '../grpc/handlers/mappers.js';
-import { requestIdOrNew } from '../grpc/adapters.js';
-import { toHttpError } from '../grpc/http-status.js';
 import type { ErrorLogger } from '../grpc/status.js';
 import type { PaymentService } from '../payments/payment.service.js';
 import {
   CLIENT_CLOSED_REQUEST_STATUS,
   ClientAbortedError,
-  HttpError,
+  errorResponse,
+  HttpInputError,
   json,
   type HttpRequest,
   type HttpResponse,
@@ -117,13 +116,13 @@ export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOp
   const route = (
     method: Route['method'],
     path: string,
-    handle: (request: HttpRequest, requestId: string) => Promise<HttpResponse>,
+    handle: (request: HttpRequest) => Promise<HttpResponse>,
   ): Route => ({
     method,
     path,
     handle: async (request) => {
       const started = performance.now();
-      const requestId = requestIdOrNew(request.headers['x-request-id']);
+      const { requestId } = request;
       const observe = (status: number, location?: string) =>
         options.observe?.({
           method,
@@ -135,27 +134,17 @@ export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOp
         });
       let response: HttpResponse;
       try {
-        response = await handle(request, requestId);
+        response = await handle(request);
       } catch (error) {
         if (error instanceof ClientAbortedError) {
           // Counted apart from errors (and from 5xx): the router reports it and answers nothing.
           observe(CLIENT_CLOSED_REQUEST_STATUS);
           throw error;
         }
-        const tooLarge = error instanceof HttpError && error.status === 413;
-        const answer = toHttpError(tooLarge ? bodyTooLarge(error) : error, requestId, {
-          log: options.log,
-          path: `${method} ${path}`,
-        });
-        // The body keeps gRPC's code, but the status stays the router's 413: a 429 would tell
-        // the caller to retry later, and this body will never fit.
-        response = json(tooLarge ? 413 : answer.status, answer.body, answer.headers);
+        response = errorResponse(error, requestId, { log: options.log, path: `${method} ${path}` });
       }
       observe(response.status, response.headers?.location);
-      return {
-        ...response,
-        headers: { ...response.headers, 'x-request-id': requestId },
-      };
+      return response;
     },
   });
 
@@ -163,30 +152,30 @@ export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOp
     route('POST', '/v1/payments', async (request) => {
       const contentType = String(request.headers['content-type'] ?? '');
       if (!/^application\/json\b/i.test(contentType)) {
-        throw new RestInputError('content-type', 'send the body as application/json', 'NOT_JSON');
+        throw new HttpInputError('content-type', 'send the body as application/json', 'NOT_JSON');
       }
       const raw = (await request.body(CREATE_BODY_BYTES_MAX)).toString('utf8');
       let parsed: unknown;
       try {
         parsed = JSON.parse(raw);
       } catch {
-        throw new RestInputError('body', 'is not valid JSON', 'MALFORMED_JSON');
+        throw new HttpInputError('body', 'is not valid JSON', 'MALFORMED_JSON');
       }
       if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-        throw new RestInputError('body', 'must be a JSON object', 'MALFORMED_JSON');
+        throw new HttpInputError('body', 'must be a JSON object', 'MALFORMED_JSON');
       }
       const body = createBodySchema.parse(snakeCaseKeys(parsed));
       const header = request.headers['idempotency-key'];
       const key = typeof header === 'string' ? header.trim() : '';
       if (key === '') {
-        throw new RestInputError(
+        throw new HttpInputError(
           'Idempotency-Key',
           'header is required: a UUID chosen by the caller, sent again on retries',
           'MISSING_IDEMPOTENCY_KEY',
         );
       }
       if (body.request_id !== undefined && body.request_id !== key) {
-        throw new RestInputError(
+        throw new HttpInputError(
           'request_id',
           'differs from the Idempotency-Key header; send the key in the header only',
           'IDEMPOTENCY_KEY_MISMATCH',
@@ -271,11 +260,11 @@ function snakeCaseKeys(value: object, path = ''): Record<string, unknown> {
   for (const [key, item] of Object.entries(value)) {
     const name = key.replace(/[A-Z]/g, (letter) => `_${letter.toLowerCase()}`);
     if (PROTOTYPE_KEYS.has(key) || PROTOTYPE_KEYS.has(name)) {
-      throw new RestInputError(`${path}${key}`, 'is not a field of this request', 'UNKNOWN_FIELD');
+      throw new HttpInputError(`${path}${key}`, 'is not a field of this request', 'UNKNOWN_FIELD');
     }
     const earlier = sentAs.get(name);
     if (earlier !== undefined) {
-      throw new RestInputError(
+      throw new HttpInputError(
         `${path}${name}`,
         `sent twice, as ${earlier} and ${key}; send it once`,
         'DUPLICATE_FIELD',
@@ -298,22 +287,4 @@ function snakeCaseKeys(value: object, path = ''): Record<string, unknown> {
 function paymentIdOf(text: string): string | undefined {
   const tail = text.slice(-(ID_PREFIX.payment.length + 26));
   return PAYMENT_ID_PATTERN.test(tail) ? tail : undefined;
-}
-
-/** Input errors the HTTP layer finds itself, with a finer `reason` than INVALID_ARGUMENT. */
-class RestInputError extends InvalidArgumentError {
-  constructor(
-    field: string,
-    message: string,
-    readonly reason: string,
-  ) {
-    super(field, message);
-  }
-}
-
-/** The router's 413 (body over the limit) as the RESOURCE_EXHAUSTED that gRPC would send. */
-function bodyTooLarge(error: HttpError): ResourceExhaustedError {
-  return Object.assign(new ResourceExhaustedError(error.message, { retryable: false }), {
-    reason: 'BODY_TOO_LARGE',
-  });
 }

@@ -3,8 +3,21 @@
  * REST twin, admin pages and metrics). Bodies are read with a size limit; a handler that throws
  * answers 500 with a generic message, never a stack. A client that goes away before its body
  * ended is its own outcome (ClientAbortedError): reported apart, answered with nothing.
+ *
+ * Every exchange has one request id (the caller's `x-request-id`, or a fresh UUID), echoed in that
+ * header on every answer. Every error answer, the router's own (404, 405, 400, 413, 500) as the
+ * routes', is built by errorResponse: the REST twin's documented body.
  */
 import http from 'node:http';
+import {
+  InvalidArgumentError,
+  NotFoundError,
+  ResourceExhaustedError,
+  UnimplementedError,
+} from '../domain/errors.js';
+import { requestIdOrNew } from '../grpc/adapters.js';
+import { toHttpError } from '../grpc/http-status.js';
+import type { StatusOptions } from '../grpc/status.js';
 
 export type HttpRequest = Readonly<{
   method: string;
@@ -14,7 +27,12 @@ export type HttpRequest = Readonly<{
   /** Path parameters captured by `:name` segments. */
   params: Readonly<Record<string, string>>;
   /**
-   * Reads the raw body; rejects with HttpError 413 beyond `limitBytes`, and with
+   * The exchange's id: the caller's `x-request-id` when it is a sane one, else a fresh UUID. The
+   * router echoes it on the answer; error bodies quote it as `correlation_id`.
+   */
+  requestId: string;
+  /**
+   * Reads the raw body; rejects with BodyTooLargeError beyond `limitBytes`, and with
    * ClientAbortedError when the client goes away before the body ends.
    */
   body: (limitBytes: number) => Promise<Buffer>;
@@ -33,13 +51,77 @@ export type Route = Readonly<{
   handle: (request: HttpRequest) => Promise<HttpResponse>;
 }>;
 
-export class HttpError extends Error {
+/**
+ * An input error found at the HTTP layer, with a finer `reason` than INVALID_ARGUMENT (e.g.
+ * MALFORMED_JSON). The message is `field: message`, as for every InvalidArgumentError.
+ */
+export class HttpInputError extends InvalidArgumentError {
   constructor(
-    readonly status: number,
+    field: string,
     message: string,
+    readonly reason: string,
   ) {
-    super(message);
+    super(field, message);
   }
+}
+
+/**
+ * A body over the route's limit: RESOURCE_EXHAUSTED, as gRPC would say, but answered 413 rather
+ * than 429, since waiting would not make it fit; not retryable.
+ */
+export class BodyTooLargeError extends ResourceExhaustedError {
+  readonly reason = 'BODY_TOO_LARGE';
+  readonly httpStatus = 413;
+  constructor(limitBytes: number) {
+    super(`body larger than ${limitBytes} bytes`, { retryable: false });
+  }
+}
+
+/** A known path asked with a method it does not take: UNIMPLEMENTED (as grpc-gateway), 405. */
+export class MethodNotAllowedError extends UnimplementedError {
+  readonly reason = 'METHOD_NOT_ALLOWED';
+  readonly httpStatus = 405;
+  constructor(
+    path: string,
+    method: string,
+    /** The methods the path takes, for the `Allow` header. */
+    readonly allowed: string,
+  ) {
+    super(`${path} takes ${allowed}, not ${method}`);
+  }
+}
+
+class NoRouteError extends NotFoundError {
+  readonly reason = 'NO_ROUTE';
+}
+
+class RequestTargetError extends InvalidArgumentError {
+  readonly reason = 'INVALID_REQUEST_TARGET';
+  constructor() {
+    super('request target', 'is not a valid path');
+  }
+}
+
+/**
+ * The one way an HTTP error answer is built, by the router and by the routes: toHttpError's body
+ * (`code`, `reason`, `message`, `retryable`, `correlation_id`) and headers (`Retry-After`), plus
+ * `x-request-id`. The status is the gRPC code's, unless the error names a more precise one
+ * (`httpStatus`: 405, 413, or a route's own, such as the webhook's 400 for a bad signature).
+ * Errors that map to INTERNAL go to `options.log`.
+ */
+export function errorResponse(
+  error: unknown,
+  requestId: string,
+  options: StatusOptions = {},
+): HttpResponse {
+  const answer = toHttpError(error, requestId, options);
+  const own = (error as { httpStatus?: unknown } | null)?.httpStatus;
+  const status = typeof own === 'number' && own >= 400 && own <= 599 ? own : answer.status;
+  return json(status, answer.body, {
+    ...answer.headers,
+    ...(error instanceof MethodNotAllowedError && { allow: error.allowed }),
+    'x-request-id': requestId,
+  });
 }
 
 /**
@@ -106,7 +188,7 @@ function readBody(req: http.IncomingMessage, limitBytes: number): Promise<Buffer
     const refuse = () => {
       closeAfterAnswer.add(req);
       req.pause();
-      reject(new HttpError(413, `body larger than ${limitBytes} bytes`));
+      reject(new BodyTooLargeError(limitBytes));
     };
     const declared = Number(req.headers['content-length'] ?? '0');
     if (declared > limitBytes) {
@@ -147,10 +229,12 @@ export function createHttpServer(
   options: HttpServerOptions = {},
 ): http.Server {
   const server = http.createServer((req, res) => {
+    const requestId = requestIdOrNew(req.headers['x-request-id']);
     const send = (response: HttpResponse) => {
       if (res.headersSent) return;
       const close = closeAfterAnswer.has(req);
       res.writeHead(response.status, {
+        'x-request-id': requestId,
         ...response.headers,
         ...(close && { connection: 'close' }),
       });
@@ -163,9 +247,7 @@ export function createHttpServer(
     try {
       url = new URL(req.url ?? '/', 'http://localhost');
     } catch {
-      send(
-        json(400, { error: { code: '400', message: 'the request target is not a valid path' } }),
-      );
+      send(errorResponse(new RequestTargetError(), requestId));
       return;
     }
     const method = req.method ?? 'GET';
@@ -187,20 +269,12 @@ export function createHttpServer(
         ),
       ].join(', ');
       send(
-        allowed === ''
-          ? json(404, {
-              error: { code: 'NOT_FOUND', message: `no route for ${method} ${url.pathname}` },
-            })
-          : json(
-              405,
-              {
-                error: {
-                  code: 'METHOD_NOT_ALLOWED',
-                  message: `${url.pathname} takes ${allowed}, not ${method}`,
-                },
-              },
-              { allow: allowed },
-            ),
+        errorResponse(
+          allowed === ''
+            ? new NoRouteError('route', `${method} ${url.pathname}`)
+            : new MethodNotAllowedError(url.pathname, method, allowed),
+          requestId,
+        ),
       );
       return;
     }
@@ -210,6 +284,7 @@ export function createHttpServer(
       query: url.searchParams,
       headers: req.headers,
       params,
+      requestId,
       body: (limitBytes) => readBody(req, limitBytes),
     };
     route.handle(request).then(send, (error: unknown) => {
@@ -218,12 +293,14 @@ export function createHttpServer(
         if (!res.destroyed) res.destroy();
         return;
       }
-      if (error instanceof HttpError) {
-        send(json(error.status, { error: { code: String(error.status), message: error.message } }));
-        return;
-      }
-      onError(error, { method, path: url.pathname });
-      send(json(500, { error: { code: 'INTERNAL', message: 'internal error' } }));
+      // A route's operating error maps to its own status; anything else is a bug: INTERNAL, and
+      // onError is told (with the request id the answer quotes).
+      send(
+        errorResponse(error, requestId, {
+          path: `${method} ${url.pathname}`,
+          log: (bug) => onError(bug, { method, path: url.pathname, requestId }),
+        }),
+      );
     });
   });
   server.headersTimeout = 10_000;

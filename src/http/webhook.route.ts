@@ -12,21 +12,37 @@
  * a signed charge is never dropped, and a 404 would only have the PSP retry it for days. Both ways
  * answer 200 only after a commit. Answers: 200 accepted or duplicate, 400
  * unsigned/forged/stale/malformed, 404 a nonce that is not a Settle order id (meant for someone
- * else), 413 too large, 503 when the database is down (the PSP retries).
+ * else), 413 too large, 503 when the database is down (the PSP retries). Error answers carry the
+ * REST twin's body (router.ts errorResponse) and the exchange's x-request-id.
  */
 import { ORDER_ID_PATTERN } from '../domain/ids.js';
-import { ResourceExhaustedError, UnavailableError } from '../domain/errors.js';
+import {
+  NotFoundError,
+  ResourceExhaustedError,
+  UnauthenticatedError,
+  UnavailableError,
+  type SettleError,
+} from '../domain/errors.js';
 import type { Names } from '../messaging/subjects.js';
 import { pspWebhookEventSchema, verifyWebhook } from '../psp/webhook.js';
 import type { Db } from '../storage/db.js';
 import { toUnavailable } from '../storage/transaction.js';
 import { recordWebhookEvent, type Recorded, type WebhookEvent } from './webhook-inbox.js';
-import { json, type Route } from './router.js';
+import { errorResponse, HttpInputError, json, type Route } from './router.js';
 
 export const WEBHOOK_PATH = '/webhooks/psp';
 const WEBHOOK_BODY_BYTES_MAX = 64 * 1024;
 /** Refuses bytes that are not UTF-8 rather than replacing them, so the text is what was signed. */
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * A signature refused: UNAUTHENTICATED, but answered 400 rather than 401, as the PSP's contract
+ * and Stripe's receivers do (a 401 would ask for credentials this endpoint does not take).
+ */
+class SignatureRejectedError extends UnauthenticatedError {
+  readonly reason = 'SIGNATURE_REJECTED';
+  readonly httpStatus = 400;
+}
 
 export type WebhookRouteDeps = Readonly<{
   db: Db;
@@ -59,14 +75,14 @@ export type WebhookRouteDeps = Readonly<{
 }>;
 
 export function webhookRoute(deps: WebhookRouteDeps): Route {
-  const reject = (status: number, code: string, message: string) => {
-    deps.onRejected?.(`${code}: ${message}`);
-    return json(status, { error: { code, message } });
-  };
   return {
     method: 'POST',
     path: WEBHOOK_PATH,
     handle: async (request) => {
+      const reject = (error: SettleError) => {
+        deps.onRejected?.(`${error.code}: ${error.message}`);
+        return errorResponse(error, request.requestId);
+      };
       const started = performance.now();
       const raw = await request.body(WEBHOOK_BODY_BYTES_MAX);
       const header = request.headers['psp-signature'];
@@ -77,33 +93,39 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
         nowS: Math.floor(deps.now().getTime() / 1000),
         toleranceS: deps.toleranceS,
       });
-      if (!verdict.ok)
-        return reject(400, 'UNAUTHENTICATED', `webhook signature rejected: ${verdict.reason}`);
+      if (!verdict.ok) {
+        return reject(new SignatureRejectedError(`webhook signature rejected: ${verdict.reason}`));
+      }
       let text: string;
       try {
         text = UTF8.decode(raw);
       } catch {
-        return reject(400, 'INVALID_ARGUMENT', 'webhook body is not UTF-8');
+        return reject(new HttpInputError('body', 'is not UTF-8', 'NOT_UTF8'));
       }
       let body: unknown;
       try {
         body = JSON.parse(text);
       } catch {
-        return reject(400, 'INVALID_ARGUMENT', 'webhook body is not JSON');
+        return reject(new HttpInputError('body', 'is not JSON', 'MALFORMED_JSON'));
       }
       const parsed = pspWebhookEventSchema.safeParse(body);
       if (!parsed.success) {
+        const issue = parsed.error.issues[0];
+        const where =
+          issue === undefined || issue.path.length === 0 ? '' : `${issue.path.join('.')}: `;
         return reject(
-          400,
-          'INVALID_ARGUMENT',
-          `webhook body is not a PSP event: ${parsed.error.issues[0]?.message ?? ''}`,
+          new HttpInputError(
+            'body',
+            `is not a PSP event: ${where}${issue?.message ?? ''}`,
+            'NOT_A_PSP_EVENT',
+          ),
         );
       }
       const event = parsed.data;
       const orderId = event.data.nonce;
       try {
         if (!ORDER_ID_PATTERN.test(orderId)) {
-          return reject(404, 'NOT_FOUND', `no payment order '${orderId.slice(0, 64)}'`);
+          return reject(new NotFoundError('payment order', orderId.slice(0, 64)));
         }
         const webhookEvent: WebhookEvent = {
           eventId: event.id,
@@ -142,11 +164,13 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
         return json(200, { received: true, duplicate: !fresh });
       } catch (error) {
         const mapped = toUnavailable(error);
+        if (mapped instanceof UnavailableError) return errorResponse(mapped, request.requestId);
         // A full group-commit queue is back-pressure: the PSP retries, as for a database outage.
-        if (mapped instanceof UnavailableError || mapped instanceof ResourceExhaustedError) {
-          return json(503, {
-            error: { code: 'UNAVAILABLE', message: 'database unavailable; retry' },
-          });
+        if (mapped instanceof ResourceExhaustedError) {
+          return errorResponse(
+            new UnavailableError('too many webhooks being recorded; retry later', { cause: error }),
+            request.requestId,
+          );
         }
         throw mapped;
       }

@@ -246,6 +246,7 @@ describe('access', () => {
       query: new URLSearchParams(),
       headers: {},
       params: { id: '1' },
+      requestId: 'req-admin-test',
       body: async () => Buffer.from('reason=because'),
     });
     const route = (routes: Route[], method: string, path: string) => {
@@ -292,6 +293,7 @@ describe('access', () => {
         path: '/admin/login',
         query: new URLSearchParams(),
         headers: { origin: 'http://127.0.0.1', host: '127.0.0.1' },
+        requestId: 'req-admin-login',
         params: {},
         body: async () => Buffer.from(new URLSearchParams({ actor, token }).toString()),
       });

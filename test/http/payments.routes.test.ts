@@ -389,6 +389,26 @@ describe('REST twin of PaymentService', () => {
     expect(badToken.body.error.message).toMatch(/^page_token: /);
   });
 
+  it('answers a path with another method 405, with the same error body and x-request-id', async () => {
+    const response = await fetch(`${stack.settleHttp}/v1/payments`, {
+      method: 'DELETE',
+      headers: { 'x-request-id': 'req-delete-1' },
+      signal: AbortSignal.timeout(10_000),
+    });
+    expect(response.status).toBe(405);
+    expect(response.headers.get('allow')).toBe('POST, GET, HEAD');
+    expect(response.headers.get('x-request-id')).toBe('req-delete-1');
+    expect(await response.json()).toEqual({
+      error: {
+        code: 'UNIMPLEMENTED',
+        reason: 'METHOD_NOT_ALLOWED',
+        message: '/v1/payments takes POST, GET, HEAD, not DELETE',
+        retryable: false,
+        correlation_id: 'req-delete-1',
+      },
+    });
+  });
+
   it('maps every gRPC code to its HTTP status in one table', () => {
     expect(
       [

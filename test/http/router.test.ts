@@ -4,7 +4,9 @@
  * process, webhook receiver and gRPC with it); a body past the route's limit gets 413 whether its
  * length was declared or it came chunked (a chunked one was answered with a reset), and the
  * connection is closed after that answer; a body the client aborts is reported as such, never as
- * a handler's error, even when the route asks for the body only after the client has gone.
+ * a handler's error, even when the route asks for the body only after the client has gone. Every
+ * error the router answers itself has the REST twin's body (code, reason, message, retryable,
+ * correlation_id) and echoes x-request-id.
  * Method: the real router on a loopback port, driven with raw HTTP/1.1 over a socket, so the
  * request targets and framings are exactly what is written.
  */
@@ -34,6 +36,13 @@ const routes: Route[] = [
     handle: async (request) => {
       await new Promise((resolve) => setTimeout(resolve, 200));
       return json(200, { bytes: (await request.body(LIMIT_BYTES)).length });
+    },
+  },
+  {
+    method: 'GET',
+    path: '/boom',
+    handle: async () => {
+      throw new Error('a bug whose message must not leave the server');
     },
   },
 ];
@@ -78,6 +87,15 @@ function exchange(raw: string | Buffer, { endAfterMs = 1_500 } = {}): Promise<st
 
 const statusOf = (answer: string) => answer.split('\r\n', 1)[0];
 
+/** The JSON body and the x-request-id header of a raw answer. */
+function errorOf(answer: string): { body: unknown; requestId: string | undefined } {
+  const [head = '', rest = ''] = answer.split('\r\n\r\n', 2);
+  const requestId = /^x-request-id: (.+)$/im.exec(head)?.[1];
+  // The body may come chunked: the JSON object is what lies between its first and last brace.
+  const body = rest.slice(rest.indexOf('{'), rest.lastIndexOf('}') + 1);
+  return { body: JSON.parse(body) as unknown, requestId };
+}
+
 describe('the HTTP router', () => {
   it.each(['///', '//[/', '//%/', 'http://a:b/'])(
     'answers 400 to the request target %j and stays up',
@@ -86,7 +104,7 @@ describe('the HTTP router', () => {
         `GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`,
       );
       expect(statusOf(answer)).toBe('HTTP/1.1 400 Bad Request');
-      expect(answer).toContain('the request target is not a valid path');
+      expect(answer).toContain('request target: is not a valid path');
       const health = await exchange(
         'GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
       );
@@ -140,6 +158,74 @@ describe('the HTTP router', () => {
     expect(statusOf(headOfPost)).toBe('HTTP/1.1 405 Method Not Allowed');
   });
 
+  it.each<[string, string, string, Record<string, unknown>]>([
+    [
+      'a path with another method (405)',
+      'DELETE /echo',
+      'HTTP/1.1 405 Method Not Allowed',
+      {
+        code: 'UNIMPLEMENTED',
+        reason: 'METHOD_NOT_ALLOWED',
+        message: '/echo takes POST, not DELETE',
+        retryable: false,
+      },
+    ],
+    [
+      'an unknown path (404)',
+      'GET /nowhere',
+      'HTTP/1.1 404 Not Found',
+      {
+        code: 'NOT_FOUND',
+        reason: 'NO_ROUTE',
+        message: "route 'GET /nowhere' not found",
+        retryable: false,
+      },
+    ],
+    [
+      'a request target that is not a path (400)',
+      'GET //[/',
+      'HTTP/1.1 400 Bad Request',
+      {
+        code: 'INVALID_ARGUMENT',
+        reason: 'INVALID_REQUEST_TARGET',
+        message: 'request target: is not a valid path',
+        retryable: false,
+      },
+    ],
+    [
+      'a body over the limit (413)',
+      `POST /echo`,
+      'HTTP/1.1 413 Payload Too Large',
+      {
+        code: 'RESOURCE_EXHAUSTED',
+        reason: 'BODY_TOO_LARGE',
+        message: `body larger than ${LIMIT_BYTES} bytes`,
+        retryable: false,
+      },
+    ],
+  ])(
+    'answers %s with the documented error body and x-request-id',
+    async (_name, line, status, error) => {
+      const length = line.startsWith('POST') ? LIMIT_BYTES * 2 : 0;
+      const headers = `Host: x\r\nConnection: close\r\nContent-Length: ${length}\r\n`;
+      // The caller's id is echoed, and quoted in the body to find the server's log lines.
+      const mine = await exchange(
+        `${line} HTTP/1.1\r\n${headers}x-request-id: req-router-1\r\n\r\n${'x'.repeat(length)}`,
+      );
+      expect(statusOf(mine)).toBe(status);
+      expect(errorOf(mine)).toEqual({
+        body: { error: { ...error, correlation_id: 'req-router-1' } },
+        requestId: 'req-router-1',
+      });
+      // Without one, a fresh id is made and sent back.
+      const fresh = errorOf(
+        await exchange(`${line} HTTP/1.1\r\n${headers}\r\n${'x'.repeat(length)}`),
+      );
+      expect(fresh.requestId).toMatch(/^[0-9a-f-]{36}$/);
+      expect(fresh.body).toEqual({ error: { ...error, correlation_id: fresh.requestId } });
+    },
+  );
+
   it('still reads a body within the limit, declared or chunked', async () => {
     const declared = await exchange(
       'POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello',
@@ -171,4 +257,26 @@ describe('the HTTP router', () => {
       expect(aborted.slice(before)).toEqual([{ method: 'POST', path }]);
     },
   );
+
+  it('answers a handler bug 500 INTERNAL with the request id, and hands the bug to onError', async () => {
+    const before = errors.length;
+    const answer = await exchange(
+      'GET /boom HTTP/1.1\r\nHost: x\r\nConnection: close\r\nx-request-id: req-boom-1\r\n\r\n',
+    );
+    expect(statusOf(answer)).toBe('HTTP/1.1 500 Internal Server Error');
+    expect(errorOf(answer)).toEqual({
+      body: {
+        error: {
+          code: 'INTERNAL',
+          reason: 'INTERNAL',
+          message: 'internal error (request id req-boom-1)',
+          retryable: false,
+          correlation_id: 'req-boom-1',
+        },
+      },
+      requestId: 'req-boom-1',
+    });
+    expect(errors.slice(before)).toHaveLength(1);
+    errors.splice(before);
+  });
 });

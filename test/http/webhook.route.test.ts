@@ -7,6 +7,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { HttpErrorBody } from '../../src/grpc/http-status.js';
 import { signWebhook } from '../../src/psp/webhook.js';
 import {
   call,
@@ -71,7 +72,8 @@ async function post(body: string | Buffer, signature: string | undefined) {
   });
   return {
     status: response.status,
-    body: (await response.json()) as { error?: { message: string }; duplicate?: boolean },
+    requestId: response.headers.get('x-request-id'),
+    body: (await response.json()) as Partial<HttpErrorBody> & { duplicate?: boolean },
   };
 }
 
@@ -177,7 +179,7 @@ describe('POST /webhooks/psp rejects', () => {
         return { body, signature: sign(body) };
       },
       404,
-      /no payment order 'order-12345'/,
+      /payment order 'order-12345' not found/,
     ],
   ];
 
@@ -187,20 +189,43 @@ describe('POST /webhooks/psp rejects', () => {
     const response = await post(body, signature);
     expect(response.status).toBe(status);
     expect(response.body.error?.message).toMatch(message);
+    // The REST twin's error body, with the exchange's x-request-id.
+    expect(response.body.error).toEqual({
+      code: expect.stringMatching(/^[A-Z_]+$/) as string,
+      reason: expect.stringMatching(/^[A-Z][A-Z0-9_]*$/) as string,
+      message: expect.any(String) as string,
+      retryable: false,
+      correlation_id: response.requestId,
+    });
     expect(await rowCounts(stack.settle.db)).toEqual(before);
   });
 
-  it('an oversized body with 413', async () => {
+  it.each<[string, string, string]>([
+    ['an unsigned webhook', 'UNAUTHENTICATED', 'SIGNATURE_REJECTED'],
+    ['a signed non-JSON body', 'INVALID_ARGUMENT', 'MALFORMED_JSON'],
+    ['a signed body that is not an event', 'INVALID_ARGUMENT', 'NOT_A_PSP_EVENT'],
+    ['a signed body that is not UTF-8', 'INVALID_ARGUMENT', 'NOT_UTF8'],
+    ['an event whose nonce is not a Settle order id', 'NOT_FOUND', 'NOT_FOUND'],
+  ])('%s with code %s and reason %s', async (name, code, reason) => {
+    const { body, signature } = (rejected.find(([n]) => n === name) ?? [])[1]?.() ?? {
+      body: '',
+      signature: undefined,
+    };
+    const response = await post(body, signature);
+    expect(response.body.error).toMatchObject({ code, reason });
+  });
+
+  it('an oversized body with 413, RESOURCE_EXHAUSTED and BODY_TOO_LARGE', async () => {
     const body = event({ padding: 'x'.repeat(70 * 1024) });
-    const response = await fetch(`${stack.settleHttp}/webhooks/psp`, {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/json',
-        'psp-signature': sign(body),
-      },
-      body,
-    });
+    const response = await post(body, sign(body));
     expect(response.status).toBe(413);
+    expect(response.body.error).toEqual({
+      code: 'RESOURCE_EXHAUSTED',
+      reason: 'BODY_TOO_LARGE',
+      message: `body larger than ${64 * 1024} bytes`,
+      retryable: false,
+      correlation_id: response.requestId,
+    });
   });
 });
 

@@ -314,6 +314,7 @@ const STATUS_BY_CODE = {
   UNAUTHENTICATED: grpcStatus.UNAUTHENTICATED,
   RESOURCE_EXHAUSTED: grpcStatus.RESOURCE_EXHAUSTED,
   UNAVAILABLE: grpcStatus.UNAVAILABLE,
+  UNIMPLEMENTED: grpcStatus.UNIMPLEMENTED,
 } as const satisfies Record<SettleError['code'], grpcStatus>;
 
 /** The one place where the mock turns an error into a gRPC status. */
