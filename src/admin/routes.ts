@@ -17,8 +17,8 @@ import { decodePageToken, encodePageToken } from '../domain/page-token.js';
 import { toHttpError } from '../grpc/http-status.js';
 import type { ErrorLogger } from '../grpc/status.js';
 import {
+  BodyTooLargeError,
   ClientAbortedError,
-  HttpError,
   type HttpRequest,
   type HttpResponse,
   type Route,
@@ -156,11 +156,10 @@ export function adminRoutes(deps: AdminDeps): Route[] {
    */
   const errorPage = (principal: Principal | undefined, error: unknown, path: string) => {
     if (error instanceof ClientAbortedError) throw error;
-    // The router's refusals (a form over FORM_BYTES_MAX) are the caller's to fix, not bugs.
-    if (error instanceof HttpError) {
-      const title = error.status === 413 ? 'Form too large' : 'Refused';
-      return page(principal, title, '', messagePage(httpErrorMessage(error)), {
-        status: error.status,
+    // A form over FORM_BYTES_MAX is the caller's to fix, not a bug.
+    if (error instanceof BodyTooLargeError) {
+      return page(principal, 'Form too large', '', messagePage(FORM_TOO_LARGE), {
+        status: error.httpStatus,
       });
     }
     const requestId = randomUUID();
@@ -410,12 +409,12 @@ export function adminRoutes(deps: AdminDeps): Route[] {
         try {
           form = await readForm(request);
         } catch (error) {
-          if (!(error instanceof HttpError)) throw error;
+          if (!(error instanceof BodyTooLargeError)) throw error;
           return htmlResponse(
-            error.status,
+            error.httpStatus,
             loginPage({
               next: '/admin/payments',
-              error: httpErrorMessage(error),
+              error: FORM_TOO_LARGE,
               tokenConfigured: deps.auth.token !== undefined,
             }),
           );
@@ -746,17 +745,14 @@ async function requireDeadLetter(source: DeadLetterSource, id: string): Promise<
   return entry;
 }
 
-/** Rejects with the router's HttpError 413 beyond FORM_BYTES_MAX. */
+/** Rejects with the router's BodyTooLargeError (413) beyond FORM_BYTES_MAX. */
 async function readForm(request: HttpRequest): Promise<URLSearchParams> {
   return new URLSearchParams((await request.body(FORM_BYTES_MAX)).toString('utf8'));
 }
 
-function httpErrorMessage(error: HttpError): string {
-  return error.status === 413
-    ? `The form is larger than ${FORM_BYTES_MAX} bytes, so nothing was done: shorten it ` +
-        `(a reason takes at most ${REASON_CHARS.max} characters) and send it again.`
-    : error.message;
-}
+const FORM_TOO_LARGE =
+  `The form is larger than ${FORM_BYTES_MAX} bytes, so nothing was done: shorten it ` +
+  `(a reason takes at most ${REASON_CHARS.max} characters) and send it again.`;
 
 /** Only our own pages: a path under /admin/, never another host (`//evil`) or a header break. */
 function safeNext(value: string | null | undefined): string {
