@@ -17,6 +17,7 @@ import {
   ResourceExhaustedError,
   UnauthenticatedError,
   UnavailableError,
+  UnimplementedError,
   type SettleError,
 } from '../../src/domain/errors.js';
 import {
@@ -36,6 +37,7 @@ const SETTLE_ERRORS: Array<[SettleError, grpc.status]> = [
   [new UnauthenticatedError('bad webhook signature'), grpc.status.UNAUTHENTICATED],
   [new ResourceExhaustedError('mailbox full'), grpc.status.RESOURCE_EXHAUSTED],
   [new UnavailableError('PSP circuit open', { retryDelayMs: 1500 }), grpc.status.UNAVAILABLE],
+  [new UnimplementedError('DELETE is not served here'), grpc.status.UNIMPLEMENTED],
 ];
 
 describe('toGrpcStatus', () => {
