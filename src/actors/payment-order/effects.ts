@@ -28,6 +28,9 @@ export interface PspPort {
 export type PspStatusView = Readonly<{
   status: 'REGISTERED' | 'SUCCEEDED' | 'DECLINED' | 'CANCELLED';
   amountMinor: bigint;
+  /** The PSP's token and currency of the payment: compared with the order's, as a webhook's. */
+  token?: string | undefined;
+  currency?: string | undefined;
   pspReference?: string | undefined;
   declineCode?: string | undefined;
 }>;
@@ -46,18 +49,28 @@ export function eventFromPspStatus(orderId: string, view: PspStatusView | undefi
         eventId: `status:${view.pspReference ?? orderId}`,
         pspReference: view.pspReference ?? '',
         amountMinor: view.amountMinor,
+        ...paymentOf(view),
       };
     case 'DECLINED':
       return {
         type: 'PspDeclined',
         eventId: `status:${orderId}`,
         declineCode: view.declineCode ?? 'declined',
+        ...paymentOf(view),
       };
     case 'CANCELLED':
       return { type: 'PspCancelled' };
     case 'REGISTERED':
       return { type: 'PspStillPending' };
   }
+}
+
+/** The token and currency a status answer gives, as the event's optional fields. */
+function paymentOf(view: PspStatusView): { token?: string; currency?: string } {
+  return {
+    ...(view.token === undefined || view.token === '' ? {} : { token: view.token }),
+    ...(view.currency === undefined || view.currency === '' ? {} : { currency: view.currency }),
+  };
 }
 
 export const LEDGER_KIND = {

@@ -61,7 +61,7 @@ export type OrderEvent =
   | Readonly<{ type: 'PspRegistrationFailed'; retryable: boolean; reason: string }>
   /**
    * The PSP's decision. `token` and `currency` are what the PSP holds for the payment, as a
-   * webhook reports them; a status answer, and a command queued by an older version, carry
+   * webhook or a status answer reports them; a command queued by an older version carries
    * neither. Each one given is compared with the order, as the amount is.
    */
   | Readonly<{
@@ -286,11 +286,19 @@ function endedWithoutDecision(order: PaymentOrder): boolean {
 /**
  * A terminal order never changes state again. Late duplicates are no-ops; a charge that arrives
  * after the order failed or expired is money taken that we did not book, so the order is flagged
- * for review (refund or manual booking) instead of being dropped.
+ * for review (refund or manual booking) instead of being dropped. A charge that is not this
+ * order's payment (another token, currency or amount) is illegal in every state: dead-lettered
+ * for review, never a no-op nor a flag that would overwrite the order's PSP reference.
  */
 function fromFinal(order: PaymentOrder, event: OrderEvent, now: Date): Transition {
   switch (event.type) {
     case 'PspSucceeded': {
+      const mismatch =
+        otherPayment(order, event, 'charged') ??
+        (event.amountMinor !== order.amountMinor
+          ? `the PSP charged ${event.amountMinor} but the order is for ${order.amountMinor}`
+          : undefined);
+      if (mismatch !== undefined) return illegal(order, event, mismatch);
       if (order.state === ORDER_STATE.succeeded || order.reviewReason !== undefined) {
         return unchanged(order, []);
       }

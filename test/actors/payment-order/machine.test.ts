@@ -4,6 +4,7 @@
  * running any effect (no I/O, fixed clock).
  */
 import { describe, expect, it } from 'vitest';
+import { eventFromPspStatus } from '../../../src/actors/payment-order/effects.js';
 import {
   FAILURE_REASON_LENGTH_MAX,
   ORDER_STATE,
@@ -397,6 +398,28 @@ const table: Row[] = [
     events[name],
     { result: 'unchanged', effects: [] },
   ]),
+  [
+    'SUCCEEDED + the same payment again, as the PSP reports it, is a no-op',
+    order('SUCCEEDED', { ...registered, pspReference: 'psp_1' }),
+    events.succeededAsSent,
+    { result: 'unchanged', effects: [] },
+  ],
+  [
+    // A second charge naming another payment: money to review, never silently dropped.
+    "SUCCEEDED + PspSucceeded with another payment's token is illegal",
+    order('SUCCEEDED', { ...registered, pspReference: 'psp_1' }),
+    events.succeededOtherToken,
+    {
+      result: 'illegal',
+      message: /^the PSP's result names another payment token than the order's$/,
+    },
+  ],
+  [
+    'SUCCEEDED + PspSucceeded with another amount is illegal',
+    order('SUCCEEDED', { ...registered, pspReference: 'psp_1' }),
+    events.succeededWrongAmount,
+    { result: 'illegal', message: /charged 1 but the order is for 1999/ },
+  ],
   // FAILED
   ...(
     [
@@ -473,6 +496,19 @@ const table: Row[] = [
       effects: [],
       check: (n) => expect(n.reviewReason).toBe(REVIEW_REASON.chargedAfterExpiry),
     },
+  ],
+  [
+    // Not a late charge of this order's payment: a flag would overwrite its PSP reference.
+    'EXPIRED + PspSucceeded in another currency is illegal, not a flag',
+    order('EXPIRED', registered),
+    events.succeededOtherCurrency,
+    { result: 'illegal', message: /charged in EUR but the order is in USD/ },
+  ],
+  [
+    'FAILED + PspSucceeded with another amount is illegal, not a flag',
+    order('FAILED', registered),
+    events.succeededWrongAmount,
+    { result: 'illegal', message: /charged 1 but the order is for 1999/ },
   ],
   [
     'EXPIRED + a second PspSucceeded after review is a no-op',
@@ -563,5 +599,32 @@ describe('payment-order transition()', () => {
       amountMinor: 1999n,
       currency: 'USD',
     });
+  });
+});
+
+describe('a status answer from the PSP', () => {
+  // The janitor's status check and the expiry's cancel learn the decision by nonce: the answer's
+  // token and currency must reach the machine, or another currency refused as a webhook would
+  // be booked through this path.
+  const status = (currency: string, token = 'tok_A') =>
+    eventFromPspStatus('ord_01JD2Q7Z8X9Y0A1B2C3D4E5F6G', {
+      status: 'SUCCEEDED',
+      amountMinor: 1999n,
+      token,
+      currency,
+      pspReference: 'psp_1',
+    });
+
+  it('carries the token and currency, so another currency or token is illegal', () => {
+    expect(status('USD')).toMatchObject({ type: 'PspSucceeded', token: 'tok_A', currency: 'USD' });
+    const otherCurrency = transition(order('EXECUTING', registered), status('EUR'), now);
+    expect(otherCurrency.ok).toBe(false);
+    expect(!otherCurrency.ok && otherCurrency.error.message).toMatch(
+      /in EUR but the order is in USD/,
+    );
+    const otherToken = transition(order('EXECUTING', registered), status('USD', 'tok_B'), now);
+    expect(otherToken.ok).toBe(false);
+    const same = transition(order('EXECUTING', registered), status('USD'), now);
+    expect(same.ok && same.order.state).toBe('SUCCEEDED');
   });
 });
