@@ -121,17 +121,12 @@ export async function ensureDatabase(url: string, connectTimeoutMs = 5_000): Pro
 /**
  * Ids are compared byte for byte: under a case-insensitive collation (a server's default, for a
  * database created by hand before Settle's first start) sellers 'Abc' and 'abc' would share one
- * wallet row, and their money one balance. A database without tables is given a binary default;
- * one whose tables already compare text otherwise is refused, naming a column, before anything
- * is written. A binary column collation ends in `_bin`.
+ * wallet row, and their money one balance. Every text column must compare in binary (a collation
+ * ending in `_bin`), whatever the database's default says: one whose tables compare otherwise is
+ * refused, naming a column, before anything is written. A database whose default is not binary
+ * is then given a binary one, for the tables the migrations create.
  */
 async function ensureBinaryCollation(connection: Connection, database: string): Promise<void> {
-  const [schemata] = await connection.query<RowDataPacket[]>(
-    'SELECT DEFAULT_COLLATION_NAME AS collation FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?',
-    [database],
-  );
-  const collation = String(schemata[0]?.['collation'] ?? '');
-  if (collation.endsWith('_bin')) return;
   const [columns] = await connection.query<RowDataPacket[]>(
     `SELECT TABLE_NAME AS tableName, COLUMN_NAME AS columnName, COLLATION_NAME AS collation
        FROM information_schema.COLUMNS
@@ -144,12 +139,16 @@ async function ensureBinaryCollation(connection: Connection, database: string): 
     throw new FailedPreconditionError(
       `database '${database}' compares text case-insensitively (column ` +
         `${String(column['tableName'])}.${String(column['columnName'])} has collation ` +
-        `${String(column['collation'])}), so ids differing only in case would share rows (one ` +
-        `wallet for sellers 'Abc' and 'abc'); Settle needs utf8mb4_bin: use a new database, or ` +
-        `convert every table (ALTER TABLE … CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin)`,
+        `${String(column['collation'])}), so ids differing only in case would share rows; ` +
+        `it needs utf8mb4_bin: use a new database, or convert every table ` +
+        `(ALTER TABLE … CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin)`,
     );
   }
-  // No text column compares otherwise yet: tables the migrations create from now on get this.
+  const [schemata] = await connection.query<RowDataPacket[]>(
+    'SELECT DEFAULT_COLLATION_NAME AS collation FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?',
+    [database],
+  );
+  if (String(schemata[0]?.['collation'] ?? '').endsWith('_bin')) return;
   await connection.query(
     `ALTER DATABASE \`${database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
   );

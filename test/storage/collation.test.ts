@@ -24,14 +24,18 @@ afterAll(async () => {
 });
 
 /** A database created by hand with the server's usual case-insensitive collation. */
-async function caseInsensitiveDatabase(prefix: string, ddl: string[] = []): Promise<string> {
+async function caseInsensitiveDatabase(
+  prefix: string,
+  ddl: string[] = [],
+  collation = 'utf8mb4_general_ci',
+): Promise<string> {
   const url = testDatabaseUrl(prefix);
   urls.push(url);
   const target = parseMysqlUrl(url);
   const connection = await createConnection(serverAddress(target));
   try {
     await connection.query(
-      `CREATE DATABASE \`${target.database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci`,
+      `CREATE DATABASE \`${target.database}\` CHARACTER SET utf8mb4 COLLATE ${collation}`,
     );
     await connection.query(`USE \`${target.database}\``);
     for (const statement of ddl) await connection.query(statement);
@@ -100,5 +104,18 @@ describe('the database collation', () => {
       /database '.*' compares text case-insensitively \(column wallet\.seller_id has collation utf8mb4_general_ci\).*utf8mb4_bin/,
     );
     expect(await collationOf(url)).toBe('utf8mb4_general_ci');
+  });
+
+  it('refuses case-insensitive tables under a binary default too (only the default was altered)', async () => {
+    const url = await caseInsensitiveDatabase(
+      'settle_t_coll_altered',
+      [
+        'CREATE TABLE wallet (seller_id VARCHAR(64) NOT NULL PRIMARY KEY) COLLATE utf8mb4_general_ci',
+      ],
+      'utf8mb4_bin',
+    );
+    await expect(ensureDatabase(url)).rejects.toThrow(
+      /column wallet\.seller_id has collation utf8mb4_general_ci/,
+    );
   });
 });
