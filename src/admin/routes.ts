@@ -220,7 +220,11 @@ export function adminRoutes(deps: AdminDeps): Route[] {
     path,
     handle: async (request) => {
       const auth = authenticated(request);
-      if (auth.outcome === 'limited') return tooManyWrongTokens(auth.waitMs);
+      // With reads open, a lockout must not leave an operator's session below anonymous: the
+      // page is served as it would be to anyone, without checking the credential.
+      if (auth.outcome === 'limited' && !deps.auth.readonlyOpen) {
+        return tooManyWrongTokens(auth.waitMs);
+      }
       const principal: Principal | undefined =
         auth.outcome === 'ok'
           ? auth.principal

@@ -279,6 +279,27 @@ describe('access', () => {
     });
     expect(stale.status).toBe(200);
     expect(stale.headers?.['set-cookie']).toMatch(/^settle_admin=; /);
+
+    // Open for reading, a lockout does not put an operator's session below anonymous: the page
+    // is served as to anyone (closed, it is 429 for everyone, the right credential included).
+    for (const [readonlyOpen, status] of [
+      [true, 200],
+      [false, 429],
+    ] as const) {
+      const wrongTokens = new WrongTokenLimit();
+      const routes = panelRoutes({ auth: { token: ADMIN_TOKEN, readonlyOpen }, wrongTokens });
+      for (let guess = 0; guess < 10; guess += 1) {
+        await route(routes, 'GET', '/admin/payments').handle({
+          ...request('/admin/payments'),
+          headers: { authorization: `Bearer wrong-token-${guess}-0123456789` },
+        });
+      }
+      const operator = await route(routes, 'GET', '/admin/payments').handle({
+        ...request('/admin/payments'),
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+      });
+      expect(operator.status, `ADMIN_READONLY_OPEN=${readonlyOpen}`).toBe(status);
+    }
   });
   it('bounds wrong tokens on the login form: then refuses every login until the window ends', async () => {
     let nowMs = Date.parse('2026-11-26T12:00:00.000Z');
