@@ -297,6 +297,36 @@ describe('main', () => {
     }
   });
 
+  it('fails at once, without waiting or showing the password, when NATS refuses the login', async () => {
+    if (!existsSync(NATS_SERVER)) return; // a container without the binary: nothing to start
+    const port = await freePort();
+    const nats = spawn(
+      NATS_SERVER,
+      ['-a', '127.0.0.1', '-p', String(port), '-js', '--user', 'settle', '--pass', 'right-pass'],
+      { stdio: 'ignore' },
+    );
+    const mysqlUrl = testDatabaseUrl('settle_t_natsauth');
+    try {
+      await waitForPort(port);
+      const started = Date.now();
+      // The default STARTUP_WAIT_MS (60 s) would outlast runMain's 30 s if a refusal were waited.
+      const { status, stderr } = runMain({
+        NATS_URL: `nats://settle:wrong-pass@127.0.0.1:${port}`,
+        MYSQL_URL: mysqlUrl,
+        STARTUP_WAIT_MS: '60000',
+      });
+      expect(status).toBe(1);
+      expect(Date.now() - started).toBeLessThan(20_000);
+      expect(stderr).toMatch(
+        /NATS at nats:\/\/127\.0\.0\.1:\d+ refused the login \(Authorization Violation\); check the user, password or token in NATS_URL/,
+      );
+      expect(stderr).not.toContain('wrong-pass');
+    } finally {
+      nats.kill();
+      await dropDatabase(mysqlUrl);
+    }
+  });
+
   it('says so when NATS runs without JetStream', async () => {
     if (!existsSync(NATS_SERVER)) return; // a container without the binary: nothing to start
     const port = await freePort();

@@ -2,7 +2,7 @@
  * Connects to NATS and creates (or updates) Settle's streams and consumer idempotently. Uses only
  * features of nats-server 2.9.
  */
-import { connect, nanos, type NatsConnection } from '@nats-io/transport-node';
+import { AuthorizationError, connect, nanos, type NatsConnection } from '@nats-io/transport-node';
 import {
   AckPolicy,
   DeliverPolicy,
@@ -14,7 +14,7 @@ import {
   type StreamConfig,
   type ConsumerConfig,
 } from '@nats-io/jetstream';
-import { UnavailableError } from '../domain/errors.js';
+import { FailedPreconditionError, UnavailableError } from '../domain/errors.js';
 import type { Names } from './subjects.js';
 
 /**
@@ -37,13 +37,29 @@ export async function connectNats(
       pingInterval: 10_000,
     });
   } catch (error) {
+    // The server answered and refused the login: credentials to fix, not a server to wait for.
+    if (error instanceof AuthorizationError) {
+      throw new FailedPreconditionError(
+        `NATS at ${describeServers(url)} refused the login (${error.message}); check the user, ` +
+          'password or token in NATS_URL',
+        { cause: error },
+      );
+    }
     throw new UnavailableError(
-      `NATS is unreachable at ${url} (${error instanceof Error ? error.message : String(error)}); ` +
+      `NATS is unreachable at ${describeServers(url)} (${error instanceof Error ? error.message : String(error)}); ` +
         'start it (start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- ' +
         '-a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log) or set NATS_URL',
       { cause: error },
     );
   }
+}
+
+/** NATS_URL without its credentials, for messages. */
+function describeServers(url: string): string {
+  return url
+    .split(',')
+    .map((server) => server.trim().replace(/\/\/[^@/]*@/, '//'))
+    .join(',');
 }
 
 export type TopologyOptions = Readonly<{
