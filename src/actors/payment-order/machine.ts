@@ -198,11 +198,7 @@ function fromExecuting(order: PaymentOrder, event: OrderEvent, now: Date): Trans
             [],
           );
     case 'PspSucceeded': {
-      const mismatch =
-        otherPayment(order, event, 'charged') ??
-        (event.amountMinor !== order.amountMinor
-          ? `the PSP charged ${event.amountMinor} but the order is for ${order.amountMinor}`
-          : undefined);
+      const mismatch = otherCharge(order, event);
       if (mismatch !== undefined) return illegal(order, event, mismatch);
       return moved(
         { ...order, state: ORDER_STATE.succeeded, pspReference: event.pspReference },
@@ -274,6 +270,19 @@ function otherPayment(
   return undefined;
 }
 
+/** Why a charge is not this order's payment (token, currency or amount); undefined if it is. */
+function otherCharge(
+  order: PaymentOrder,
+  event: Extract<OrderEvent, { type: 'PspSucceeded' }>,
+): string | undefined {
+  return (
+    otherPayment(order, event, 'charged') ??
+    (event.amountMinor !== order.amountMinor
+      ? `the PSP charged ${event.amountMinor} but the order is for ${order.amountMinor}`
+      : undefined)
+  );
+}
+
 /** Expired, or failed without a decision by the PSP (not found, registration refused). */
 function endedWithoutDecision(order: PaymentOrder): boolean {
   return (
@@ -293,11 +302,7 @@ function endedWithoutDecision(order: PaymentOrder): boolean {
 function fromFinal(order: PaymentOrder, event: OrderEvent, now: Date): Transition {
   switch (event.type) {
     case 'PspSucceeded': {
-      const mismatch =
-        otherPayment(order, event, 'charged') ??
-        (event.amountMinor !== order.amountMinor
-          ? `the PSP charged ${event.amountMinor} but the order is for ${order.amountMinor}`
-          : undefined);
+      const mismatch = otherCharge(order, event);
       if (mismatch !== undefined) return illegal(order, event, mismatch);
       if (order.state === ORDER_STATE.succeeded || order.reviewReason !== undefined) {
         return unchanged(order, []);
