@@ -46,6 +46,7 @@ import {
   ADMIN_TOKEN,
   adminFetch,
   auditRows,
+  deadLetterState,
   createPayment,
   deadLetteredPayment,
   recordedDeadLetter,
@@ -447,12 +448,7 @@ describe('access', () => {
         ['grpc:guesser', 'FAILED', 'wrong token'],
         ['tester', 'FAILED', 'wrong token'],
       ]);
-      const row = await stack.settle.db
-        .selectFrom('dead_letter')
-        .select('state')
-        .where('id', '=', deadLetterId)
-        .executeTakeFirstOrThrow();
-      expect(row.state).toBe('OPEN');
+      expect(await deadLetterState(stack, deadLetterId)).toBe('OPEN');
 
       // Counted per attempt, logged per window: the first wrong token and the tenth.
       expect((await metric({ path: 'bearer', reason: 'wrong_token' })) - metricsBefore.bearer).toBe(
@@ -841,12 +837,7 @@ describe('dead letters', () => {
     });
     expect(noReason.status).toBe(400);
     expect(noReason.html).toContain('reason: say why');
-    const stillOpen = await stack.settle.db
-      .selectFrom('dead_letter')
-      .select('state')
-      .where('id', '=', deadLetterId)
-      .executeTakeFirstOrThrow();
-    expect(stillOpen.state).toBe('OPEN');
+    expect(await deadLetterState(stack, deadLetterId)).toBe('OPEN');
 
     const replayed = await adminFetch(stack, `/admin/dead-letters/${deadLetterId}/replay`, {
       form: { reason: 'PSP outage is over (INC-42)' },
@@ -979,12 +970,7 @@ describe('dead letters', () => {
     expect(action.headers.get('content-type')).toMatch(/^text\/html/);
     expect(action.html).toContain('The form is larger than 16384 bytes');
     expect(action.headers.get('connection')).toBe('close');
-    const row = await stack.settle.db
-      .selectFrom('dead_letter')
-      .select('state')
-      .where('id', '=', deadLetterId)
-      .executeTakeFirstOrThrow();
-    expect(row.state).toBe('OPEN');
+    expect(await deadLetterState(stack, deadLetterId)).toBe('OPEN');
     // Refused before anything was attempted, like a form without a reason.
     expect(await auditRows(stack, `dead-letter:${deadLetterId}`)).toHaveLength(0);
 

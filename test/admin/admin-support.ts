@@ -100,6 +100,16 @@ export async function adminFetch(
   return { status: response.status, html: await response.text(), headers: response.headers };
 }
 
+/** The stored state of a dead letter (to check that a refused action changed nothing). */
+export async function deadLetterState(stack: Stack, id: string): Promise<string> {
+  const row = await stack.settle.db
+    .selectFrom('dead_letter')
+    .select('state')
+    .where('id', '=', id)
+    .executeTakeFirstOrThrow();
+  return row.state;
+}
+
 export async function auditRows(stack: Stack, target: string) {
   return stack.settle.db
     .selectFrom('admin_audit')

@@ -11,7 +11,6 @@ import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { recordDeadLetter } from '../../src/admin/dead-letters.js';
 import { newId } from '../../src/domain/ids.js';
 import { AdminServiceClient, DeadLetterState } from '../../src/grpc/generated/settle/v1/admin.js';
 import {
@@ -19,7 +18,7 @@ import {
   ReconciliationServiceClient,
 } from '../../src/grpc/generated/settle/v1/reconciliation.js';
 import { insertRun } from '../../src/reconciliation/reconciliation.repository.js';
-import { ADMIN_TOKEN } from '../admin/admin-support.js';
+import { ADMIN_TOKEN, recordedDeadLetter } from '../admin/admin-support.js';
 import { call, startStack, type Stack } from '../support/harness.js';
 
 const REFUSED =
@@ -123,25 +122,8 @@ describe('page tokens are tied to the filters', () => {
 
   it('ListDeadLetters: a token of one order or state is refused for another', async () => {
     const [orderA, orderB] = [newId('order'), newId('order')];
-    let sequence = 1_000;
-    for (const orderId of [orderA, orderA, orderA, orderB]) {
-      sequence += 1;
-      await recordDeadLetter(
-        stack.settle.db,
-        'fixture-stream',
-        {
-          orderId,
-          subject: 'fixture',
-          streamSequence: sequence,
-          attempts: 3,
-          reason: 'RETRIES_EXHAUSTED',
-          lastError: 'fixture',
-          payload: '{}',
-          deadLetteredAt: new Date().toISOString(),
-        },
-        new Date(),
-      );
-    }
+    for (const orderId of [orderA, orderA, orderA, orderB])
+      await recordedDeadLetter(stack, orderId);
     const list = (
       orderId: string,
       pageToken: string,
