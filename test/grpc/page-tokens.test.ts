@@ -41,13 +41,9 @@ afterAll(async () => {
 
 type Outcome<Res> = { ok: true; response: Res } | { ok: false; error: grpc.ServiceError };
 
+/** `call` with the admin token, answering the outcome instead of throwing. */
 function unary<Req, Res>(
-  method: (
-    request: Req,
-    metadata: grpc.Metadata,
-    options: Partial<grpc.CallOptions>,
-    callback: (error: grpc.ServiceError | null, response: Res) => void,
-  ) => grpc.ClientUnaryCall,
+  method: Parameters<typeof call<Req, Res>>[0],
   request: Req,
 ): Promise<Outcome<Res>> {
   const metadata = new grpc.Metadata();
