@@ -94,7 +94,10 @@ export type SettleOverrides = Partial<{
   /** A name for this node in logs and NATS connection names. */
   nodeName: string;
   /** The bound on wrong admin tokens: its clock and sizes (tests end its window at will). */
-  adminWrongTokens: Pick<WrongTokenLimitOptions, 'max' | 'windowMs' | 'nowMs'>;
+  adminWrongTokens: Pick<
+    WrongTokenLimitOptions,
+    'max' | 'nodeMax' | 'clientsMax' | 'windowMs' | 'nowMs'
+  >;
 }>;
 
 export type SettleNode = Readonly<{
@@ -444,11 +447,13 @@ export async function startSettle(
     );
 
     // One bound on wrong admin tokens for the node, whichever way they come (the panel's form,
-    // a bearer header, a session cookie, AdminService), so no way in guesses beside the others.
+    // a bearer header, a session cookie, AdminService), so no way in guesses beside the others;
+    // it counts per client address, and per node as a backstop.
     const adminWrongTokens = new WrongTokenLimit({
       ...overrides.adminWrongTokens,
       observer: {
         refused: (path, reason) => metrics.adminCredentialRefused({ path, reason }),
+        lockedOut: (scope) => metrics.adminLockout({ scope }),
         warn: (fields, message) => logger.warn({ adminTokens: fields }, message),
       },
     });

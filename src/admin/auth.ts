@@ -4,11 +4,14 @@
  * HttpOnly session cookie holding the operator's name and an expiry (browsers), Secure when
  * ADMIN_COOKIE_SECURE says the panel is reached through TLS. Every comparison is constant-time,
  * and every one goes through the node's WrongTokenLimit, which bounds guessing on all paths
- * together. Without ADMIN_TOKEN nobody gets in; ADMIN_READONLY_OPEN=true lets anyone
- * read (local development), while actions still need the token.
+ * together, per client address and per node. Without ADMIN_TOKEN nobody gets in;
+ * ADMIN_READONLY_OPEN=true lets anyone read (local development), while actions still need the
+ * token.
  */
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
+import { isIP, isIPv4, isIPv6 } from 'node:net';
+import { assertNever } from '../domain/errors.js';
 
 export const SESSION_COOKIE = 'settle_admin';
 /** A browser session lasts this long, then the operator logs in again. */
@@ -43,111 +46,324 @@ export const CREDENTIAL_PATH = {
 } as const;
 export type CredentialPath = (typeof CREDENTIAL_PATH)[keyof typeof CREDENTIAL_PATH];
 
-/** Wrong credentials a node takes per window, on all paths together, before it refuses all. */
+/** Wrong credentials one client (ClientKey) presents per window before its are refused. */
 export const WRONG_TOKENS_MAX = 10;
+/** Wrong credentials a node takes per window from all clients together before it refuses all. */
+export const WRONG_TOKENS_NODE_MAX = 100;
 export const WRONG_TOKEN_WINDOW_MS = 60_000;
+/** Clients whose wrong credentials a node tracks at once (WrongTokenLimit says when it fills). */
+export const WRONG_TOKEN_CLIENTS_MAX = 10_000;
+
+/**
+ * Who a wrong credential is counted against: the address the socket sees, from clientOfAddress
+ * or clientOfPeer. An IPv4 address (an IPv4-mapped IPv6 one too: `::ffff:1.2.3.4` is 1.2.3.4),
+ * an IPv6 /64 (`2001:db8:0:7::/64`: one host chooses freely among the 2^64 addresses of its
+ * network, SLAAC privacy addresses rotate within it, so counting per address would let it rotate
+ * past the bound), or `unknown` for a socket without an IP address (all such share one).
+ * Forwarded headers (X-Forwarded-For, Forwarded) are never read: any client can write them.
+ */
+export type ClientKey = string & { readonly clientKeyBrand: never };
+
+const UNKNOWN_CLIENT = 'unknown' as ClientKey;
+
+/** The client behind a socket's `remoteAddress` (Node writes IPv6 without brackets or port). */
+export function clientOfAddress(address: string | undefined): ClientKey {
+  // A link-local address's zone (`fe80::1%eth0`) names our interface, not the client.
+  const bare = address?.replace(/%.*$/, '') ?? '';
+  if (isIPv4(bare)) return bare as ClientKey;
+  if (!isIPv6(bare)) return UNKNOWN_CLIENT;
+  const groups = ipv6Groups(bare);
+  const [, , , , , mapped = 0, high = 0, low = 0] = groups;
+  if (groups.slice(0, 5).every((group) => group === 0) && mapped === 0xffff) {
+    return `${high >> 8}.${high & 0xff}.${low >> 8}.${low & 0xff}` as ClientKey;
+  }
+  return `${groups
+    .slice(0, 4)
+    .map((group) => group.toString(16))
+    .join(':')}::/64` as ClientKey;
+}
+
+/**
+ * The client behind a gRPC call's `getPeer()`. grpc-js (1.14) answers `<remoteAddress>:<port>`,
+ * IPv6 unbracketed (`::1:50412`), or `unknown`; a bracketed `[::1]:50412` is read too. The port
+ * is dropped only when what remains is an address, so a peer without one is read whole.
+ */
+export function clientOfPeer(peer: string): ClientKey {
+  const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(peer);
+  if (bracketed !== null) return clientOfAddress(bracketed[1]);
+  const withPort = /^(.+):\d+$/.exec(peer);
+  const address = withPort?.[1];
+  return address !== undefined && isIP(address.replace(/%.*$/, '')) !== 0
+    ? clientOfAddress(address)
+    : clientOfAddress(peer);
+}
+
+/** The eight 16-bit groups of a valid IPv6 address, `::` and a dotted IPv4 tail expanded. */
+function ipv6Groups(address: string): number[] {
+  const dotted = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(address);
+  const text =
+    dotted === null
+      ? address
+      : address.slice(0, dotted.index) +
+        [(Number(dotted[1]) << 8) | Number(dotted[2]), (Number(dotted[3]) << 8) | Number(dotted[4])]
+          .map((group) => group.toString(16))
+          .join(':');
+  const parse = (part: string) =>
+    part === '' ? [] : part.split(':').map((group) => Number.parseInt(group, 16));
+  const [head = '', tail] = text.split('::');
+  if (tail === undefined) return parse(head);
+  const [before, after] = [parse(head), parse(tail)];
+  return [...before, ...Array<number>(8 - before.length - after.length).fill(0), ...after];
+}
 
 export type CredentialCheck<T> =
   | Readonly<{ outcome: 'match'; value: T }>
   | Readonly<{ outcome: 'wrong' }>
-  /** Refused without a comparison, for `waitMs` more. */
-  | Readonly<{ outcome: 'limited'; waitMs: number }>;
+  /** Refused without a comparison, for `waitMs` more, by the client's bound or the node's. */
+  | Readonly<{ outcome: 'limited'; waitMs: number; scope: LockoutScope }>;
+
+/** Whose bound refused a credential unchecked: its client's own, or the node's backstop. */
+export const LOCKOUT_SCOPE = { client: 'client', node: 'node' } as const;
+export type LockoutScope = (typeof LOCKOUT_SCOPE)[keyof typeof LOCKOUT_SCOPE];
+
+/** What a caller refused unchecked is told (panel and AdminService alike). */
+export function lockoutMessage(limited: Readonly<{ waitMs: number; scope: LockoutScope }>): string {
+  const seconds = Math.max(1, Math.ceil(limited.waitMs / 1_000));
+  switch (limited.scope) {
+    case 'client':
+      return (
+        `too many wrong admin tokens from your address: its admin credentials, the right token ` +
+        `included, are refused for ${seconds} s more`
+      );
+    case 'node':
+      return (
+        `too many wrong admin tokens on this node: every admin credential, the right token ` +
+        `included, is refused for ${seconds} s more`
+      );
+    default:
+      return assertNever(limited.scope);
+  }
+}
 
 export type WrongTokenObserver = Readonly<{
   /** Every credential refused, for a metric: compared and wrong, or refused unchecked. */
   refused?: (path: CredentialPath, reason: 'wrong_token' | 'rate_limited') => void;
-  /** At most twice a window, for a log line: its first wrong credential, and its last. */
+  /** A bound reached, for a metric: a client's (it alone is refused), or the node's (everyone). */
+  lockedOut?: (scope: LockoutScope) => void;
+  /**
+   * For a log line, a few a window: its first wrong credential, each client that reaches its
+   * bound, the node reaching its own, and the client map filling up.
+   */
   warn?: (fields: Record<string, unknown>, message: string) => void;
 }>;
 
 export type WrongTokenLimitOptions = Readonly<{
+  /** Wrong credentials per client per window (WRONG_TOKENS_MAX). */
   max?: number;
+  /** Wrong credentials per node per window, from all clients together (WRONG_TOKENS_NODE_MAX). */
+  nodeMax?: number;
+  /** Clients tracked at once (WRONG_TOKEN_CLIENTS_MAX). */
+  clientsMax?: number;
   windowMs?: number;
   /** The clock (tests give their own). */
   nowMs?: () => number;
   observer?: WrongTokenObserver;
 }>;
 
+/** One client's use of the node's WrongTokenLimit (WrongTokenLimit.forClient). */
+export type ClientWrongTokens = Readonly<{
+  client: ClientKey;
+  /**
+   * Runs `compare`, the one comparison of a credential presented on `path` with the token,
+   * unless this client's bound or the node's is reached. `compare` answers undefined for a
+   * wrong credential, which is counted against both.
+   */
+  check: <T>(path: CredentialPath, compare: () => T | undefined) => CredentialCheck<T>;
+  /** How long until this client's credentials are compared again; 0 when they are now. */
+  waitMs: () => number;
+}>;
+
+type ClientWindow = { startMs: number; wrong: number };
+
 /**
  * A node's bound on guessing the admin token. Every comparison of a presented credential with
- * the token, by every path (CREDENTIAL_PATH), goes through `check`. After `max` wrong ones in a
- * window, every credential is refused without a comparison until the window ends, the right one
- * included: comparing it first would answer every guess, so the guessing would be unbounded.
- * The price is that whoever reaches the node can keep operators out by guessing `max` times a
- * window; they get back in when the guessing stops (README, "Admin panel"). One window for all
- * callers, so its memory is a few counters whatever the number of guessers or addresses. Counted
- * per node, in memory: a restart or another node starts afresh.
+ * the token, by every path (CREDENTIAL_PATH), goes through `check`, counted against the client
+ * that presented it (ClientKey: the socket's address) and against the node.
+ *
+ * A client that presented `max` wrong credentials in its window (which starts at its first) has
+ * every credential refused without a comparison until that window ends, the right one included:
+ * comparing it first would answer every guess, so the guessing would be unbounded. Other clients
+ * are not affected, so one guesser no longer keeps every operator out. After `nodeMax` wrong ones
+ * in the node's window from all clients together, every client is refused, as a backstop against
+ * a guesser spread over many addresses.
+ *
+ * The defaults: 10 a minute per client lets an operator mistype several times and still log in,
+ * and 100 a minute per node needs ten addresses (ten IPv6 /64s) to keep everyone out. Guessing
+ * stays hopeless at that pace: ADMIN_TOKEN has at least 16 characters, and 100 a minute is 53
+ * million a year, while even 16 lowercase letters are 4 × 10^22 tokens (a random 16-character
+ * token from the README's `openssl rand` is 2^96).
+ *
+ * Memory: a client is tracked from its first counted wrong credential for one window, and at most
+ * `clientsMax` at once. With the defaults that never fills (the node counts at most `nodeMax` a
+ * window, so at most 2 × `nodeMax` clients have a live window); if it does, wrong credentials
+ * from clients not yet tracked count against the node's bound only, so no tracked client (a
+ * guesser refused) is forgotten early. Counted per node, in memory: a restart or another node
+ * starts afresh. Behind a proxy every client has the proxy's address, and the client bound acts
+ * node-wide, as the only bound did before (README, "Admin panel").
  */
 export class WrongTokenLimit {
   readonly max: number;
+  readonly nodeMax: number;
+  readonly clientsMax: number;
   readonly windowMs: number;
   readonly #nowMs: () => number;
   readonly #observer: WrongTokenObserver;
   #windowStartMs = Number.NEGATIVE_INFINITY;
   #wrong: Record<CredentialPath, number> = { form: 0, bearer: 0, session: 0, grpc: 0 };
   #wrongTotal = 0;
+  #clientsFullWarned = false;
+  /** In the order their windows started, so the ended ones are at the front. */
+  readonly #clients = new Map<ClientKey, ClientWindow>();
 
   constructor(options: WrongTokenLimitOptions = {}) {
     this.max = options.max ?? WRONG_TOKENS_MAX;
+    this.nodeMax = options.nodeMax ?? WRONG_TOKENS_NODE_MAX;
+    this.clientsMax = options.clientsMax ?? WRONG_TOKEN_CLIENTS_MAX;
     this.windowMs = options.windowMs ?? WRONG_TOKEN_WINDOW_MS;
     this.#nowMs = options.nowMs ?? Date.now;
     this.#observer = options.observer ?? {};
   }
 
-  /** How long until credentials are compared again; 0 when they are now. */
-  waitMs(): number {
-    const nowMs = this.#nowMs();
-    // A clock set back starts a window too, rather than stretching this one.
-    if (nowMs < this.#windowStartMs || nowMs - this.#windowStartMs >= this.windowMs) {
+  /** Clients with a live window (tracked), at most `clientsMax`. */
+  get clientsTracked(): number {
+    return this.#clients.size;
+  }
+
+  forClient(client: ClientKey): ClientWrongTokens {
+    return {
+      client,
+      check: (path, compare) => this.#check(client, path, compare),
+      waitMs: () => this.#limited(client, this.#nowMs())?.waitMs ?? 0,
+    };
+  }
+
+  // A clock set back ends a window too, rather than stretching it.
+  #ended(startMs: number, nowMs: number): boolean {
+    return nowMs < startMs || nowMs - startMs >= this.windowMs;
+  }
+
+  /** Whether the client is refused unchecked now, for how long and by whose bound. */
+  #limited(
+    client: ClientKey,
+    nowMs: number,
+  ): Readonly<{ waitMs: number; scope: LockoutScope }> | undefined {
+    if (this.#ended(this.#windowStartMs, nowMs)) {
       this.#windowStartMs = nowMs;
       this.#wrong = { form: 0, bearer: 0, session: 0, grpc: 0 };
       this.#wrongTotal = 0;
+      this.#clientsFullWarned = false;
     }
-    return this.#wrongTotal >= this.max ? this.#windowStartMs + this.windowMs - nowMs : 0;
+    for (const [key, window] of this.#clients) {
+      if (!this.#ended(window.startMs, nowMs)) break;
+      this.#clients.delete(key);
+    }
+    // The node's bound first: while it is reached, everyone is refused, whatever their own.
+    if (this.#wrongTotal >= this.nodeMax) {
+      return { waitMs: this.#windowStartMs + this.windowMs - nowMs, scope: LOCKOUT_SCOPE.node };
+    }
+    const own = this.#clients.get(client);
+    if (own === undefined || own.wrong < this.max || this.#ended(own.startMs, nowMs)) {
+      return undefined;
+    }
+    return { waitMs: own.startMs + this.windowMs - nowMs, scope: LOCKOUT_SCOPE.client };
   }
 
-  /**
-   * Runs `compare`, the one comparison of a credential presented on `path` with the token,
-   * unless the window's wrong credentials have reached the bound. `compare` answers undefined
-   * for a wrong credential, which is counted.
-   */
-  check<T>(path: CredentialPath, compare: () => T | undefined): CredentialCheck<T> {
-    const waitMs = this.waitMs();
-    if (waitMs > 0) {
+  #check<T>(
+    client: ClientKey,
+    path: CredentialPath,
+    compare: () => T | undefined,
+  ): CredentialCheck<T> {
+    const nowMs = this.#nowMs();
+    const limited = this.#limited(client, nowMs);
+    if (limited !== undefined) {
       this.#observer.refused?.(path, 'rate_limited');
-      return { outcome: 'limited', waitMs };
+      return { outcome: 'limited', ...limited };
     }
     const value = compare();
     if (value !== undefined) return { outcome: 'match', value };
     this.#wrong[path] += 1;
     this.#wrongTotal += 1;
+    const own = this.#track(client, nowMs);
+    if (own !== undefined) own.wrong += 1;
     this.#observer.refused?.(path, 'wrong_token');
-    this.#warn(path);
+    this.#warn(client, path, own);
     return { outcome: 'wrong' };
+  }
+
+  /** The client's window, started now if it has none; undefined when no more fit. */
+  #track(client: ClientKey, nowMs: number): ClientWindow | undefined {
+    const own = this.#clients.get(client);
+    if (own !== undefined && !this.#ended(own.startMs, nowMs)) return own;
+    // Out of order only after the clock was set back; the loop in #limited drops it meanwhile.
+    this.#clients.delete(client);
+    if (this.#clients.size >= this.clientsMax) return undefined;
+    const window = { startMs: nowMs, wrong: 0 };
+    this.#clients.set(client, window);
+    return window;
   }
 
   // Not one line per attempt: a flood of guesses would be a flood of lines. The metric counts
   // every attempt; the audit trail has the failed logins and actions, bounded by the same limit.
-  #warn(path: CredentialPath): void {
+  // A window has one line for its first wrong credential, one per client reaching its bound (at
+  // most nodeMax / max), one for the node reaching its own and one for the client map filling.
+  #warn(client: ClientKey, path: CredentialPath, own: ClientWindow | undefined): void {
     const seconds = Math.round(this.windowMs / 1_000);
-    // `check` counts no more once the bound is reached, so the total stops at `max`.
-    if (this.#wrongTotal === this.max) {
+    const limits = { max: this.max, nodeMax: this.nodeMax, windowMs: this.windowMs };
+    if (this.#wrongTotal === 1) {
+      this.#observer.warn?.(
+        { client, wrong: { ...this.#wrong }, ...limits },
+        `a wrong admin token (${path}, from ${client}); a client may present ${this.max} in ` +
+          `${seconds} s before its admin credentials are refused, and this node takes ` +
+          `${this.nodeMax} from all clients before it refuses everyone's; logged: the first of ` +
+          `a window and each bound reached`,
+      );
+    }
+    if (own === undefined && !this.#clientsFullWarned) {
+      this.#clientsFullWarned = true;
+      this.#observer.warn?.(
+        { client, clientsMax: this.clientsMax, ...limits },
+        `${this.clientsMax} clients with wrong admin tokens are tracked on this node: wrong ` +
+          `tokens from others (${client}) count against the node's bound only until windows end`,
+      );
+    }
+    // `check` counts no more for a client at its bound, so its count stops at `max`.
+    if (own?.wrong === this.max) {
+      this.#observer.lockedOut?.(LOCKOUT_SCOPE.client);
+      const refusedUntil = new Date(own.startMs + this.windowMs).toISOString();
+      this.#observer.warn?.(
+        { client, wrongFromClient: own.wrong, refusedUntil, ...limits },
+        `${this.max} wrong admin tokens from ${client} in ${seconds} s: its admin credentials, ` +
+          `the right token included, are refused unchecked until ${refusedUntil}; other ` +
+          `clients are not affected`,
+      );
+    }
+    // Nor for the node at its bound, so the total stops at `nodeMax`.
+    if (this.#wrongTotal === this.nodeMax) {
+      this.#observer.lockedOut?.(LOCKOUT_SCOPE.node);
       const refusedUntil = new Date(this.#windowStartMs + this.windowMs).toISOString();
       const counts = Object.entries(this.#wrong)
         .map(([where, count]) => `${where} ${count}`)
         .join(', ');
       this.#observer.warn?.(
-        { wrong: { ...this.#wrong }, max: this.max, windowMs: this.windowMs, refusedUntil },
-        `${this.max} wrong admin tokens on this node in ${seconds} s (${counts}): every admin ` +
-          `credential, the right token and sessions included, is refused unchecked until ` +
+        {
+          wrong: { ...this.#wrong },
+          clientsTracked: this.#clients.size,
           refusedUntil,
-      );
-    } else if (this.#wrongTotal === 1) {
-      this.#observer.warn?.(
-        { wrong: { ...this.#wrong }, max: this.max, windowMs: this.windowMs },
-        `a wrong admin token (${path}); this node takes ${this.max} in ${seconds} s before it ` +
-          `refuses every admin credential, and logs only the first and the one that reaches ` +
-          `the bound`,
+          ...limits,
+        },
+        `${this.nodeMax} wrong admin tokens on this node in ${seconds} s (${counts}), from ` +
+          `${this.#clients.size} clients or more: every admin credential of every client, ` +
+          `the right token and sessions included, is refused unchecked until ${refusedUntil}`,
       );
     }
   }
@@ -283,16 +499,16 @@ export type Authentication =
    * `claimed` is the name it came with (not verified), for the audit trail.
    */
   | Readonly<{ outcome: 'wrong'; via: 'bearer' | 'session'; claimed: string }>
-  /** Refused unchecked: the node's bound on wrong tokens is reached for `waitMs` more. */
-  | Readonly<{ outcome: 'limited'; waitMs: number }>;
+  /** Refused unchecked: the client's bound on wrong tokens or the node's, for `waitMs` more. */
+  | Readonly<{ outcome: 'limited'; waitMs: number; scope: LockoutScope }>;
 
 /**
  * Who is calling: a bearer token (actor from `X-Admin-Actor`, else `api`), a session cookie, or
- * nobody. Both credentials are compared through `limit`. Never throws.
+ * nobody. Both credentials are compared through `limit`, the calling client's. Never throws.
  */
 export function authenticate(
   config: AdminAuthConfig,
-  limit: WrongTokenLimit,
+  limit: ClientWrongTokens,
   headers: IncomingHttpHeaders,
   nowMs: number,
 ): Authentication {

@@ -55,7 +55,10 @@ import {
   isSameOrigin,
   sessionCookie,
   tokenMatches,
+  clientOfAddress,
   CREDENTIAL_PATH,
+  lockoutMessage,
+  type LockoutScope,
   type WrongTokenLimit,
   type AdminAuthConfig,
   type Authentication,
@@ -113,8 +116,8 @@ export type AdminDeps = Readonly<{
   /** Called after every audited action (a log line). */
   onAction?: (action: AdminAction) => void;
   /**
-   * The node's bound on wrong admin tokens: one per node, shared with AdminService, so guessing
-   * through one way counts against the others.
+   * The node's bound on wrong admin tokens, per client address and per node: one per node,
+   * shared with AdminService, so guessing through one way counts against the others.
    */
   wrongTokens: WrongTokenLimit;
 }>;
@@ -175,26 +178,24 @@ export function adminRoutes(deps: AdminDeps): Route[] {
     );
   };
 
+  /** The node's bound on wrong tokens, as it applies to the client that sent `request`. */
+  const wrongTokensOf = (request: HttpRequest) =>
+    deps.wrongTokens.forClient(clientOfAddress(request.remoteAddress));
   const authenticated = (request: HttpRequest): Authentication =>
-    authenticate(deps.auth, deps.wrongTokens, request.headers, nowMs());
+    authenticate(deps.auth, wrongTokensOf(request), request.headers, nowMs());
 
-  /** While the bound on wrong tokens is reached: 429, whatever the credential. */
-  const tooManyWrongTokens = (waitMs: number) => {
-    const seconds = Math.max(1, Math.ceil(waitMs / 1_000));
-    return htmlResponse(
+  /** While the client's (or the node's) bound on wrong tokens is reached: 429, whatever the credential. */
+  const tooManyWrongTokens = (limited: Readonly<{ waitMs: number; scope: LockoutScope }>) =>
+    htmlResponse(
       429,
       layout(context(undefined), {
         title: 'Too many wrong tokens',
         active: '',
-        body: messagePage(
-          `too many wrong admin tokens on this node: every admin credential is refused for ` +
-            `${seconds} s more`,
-        ),
+        body: messagePage(lockoutMessage(limited)),
         flash: undefined,
       }),
-      { 'retry-after': String(seconds) },
+      { 'retry-after': String(Math.max(1, Math.ceil(limited.waitMs / 1_000))) },
     );
-  };
 
   // A cookie not signed with the token (one from before the token changed) counts as a wrong
   // token each time it comes back: the browser is told to drop it.
@@ -223,7 +224,7 @@ export function adminRoutes(deps: AdminDeps): Route[] {
       // With reads open, a lockout must not leave an operator's session below anonymous: the
       // page is served as it would be to anyone, without checking the credential.
       if (auth.outcome === 'limited' && !deps.auth.readonlyOpen) {
-        return tooManyWrongTokens(auth.waitMs);
+        return tooManyWrongTokens(auth);
       }
       const principal: Principal | undefined =
         auth.outcome === 'ok'
@@ -257,7 +258,7 @@ export function adminRoutes(deps: AdminDeps): Route[] {
     path,
     handle: async (request) => {
       const auth = authenticated(request);
-      if (auth.outcome === 'limited') return tooManyWrongTokens(auth.waitMs);
+      if (auth.outcome === 'limited') return tooManyWrongTokens(auth);
       if (auth.outcome === 'wrong') {
         await onWrongToken?.(request, { actor: auth.claimed, via: auth.via });
       }
@@ -435,16 +436,12 @@ export function adminRoutes(deps: AdminDeps): Route[] {
         if (!ACTOR_PATTERN.test(name)) {
           return fail(400, 'name: 1-64 letters, digits, spaces and ._@- please');
         }
-        const check = deps.wrongTokens.check(CREDENTIAL_PATH.form, () =>
+        const check = wrongTokensOf(request).check(CREDENTIAL_PATH.form, () =>
           tokenMatches(deps.auth, form.get('token') ?? '') ? true : undefined,
         );
         if (check.outcome === 'limited') {
           const seconds = Math.max(1, Math.ceil(check.waitMs / 1_000));
-          const answer = fail(
-            429,
-            `too many wrong tokens on this node: try again in ${seconds} s (every admin ` +
-              `credential is refused until then, the right token included)`,
-          );
+          const answer = fail(429, lockoutMessage(check));
           return { ...answer, headers: { ...answer.headers, 'retry-after': String(seconds) } };
         }
         if (check.outcome === 'wrong') {

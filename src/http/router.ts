@@ -27,6 +27,12 @@ export type HttpRequest = Readonly<{
   /** Path parameters captured by `:name` segments. */
   params: Readonly<Record<string, string>>;
   /**
+   * The peer address of the connection as the socket sees it (`req.socket.remoteAddress`);
+   * undefined once the socket is gone. Behind a proxy, the proxy's. Forwarded headers are not
+   * read into it: any client can write them.
+   */
+  remoteAddress: string | undefined;
+  /**
    * The exchange's id: the caller's `x-request-id` when it is a sane one, else a fresh UUID. The
    * router echoes it on the answer; error bodies quote it as `correlation_id`.
    */
@@ -284,6 +290,7 @@ export function createHttpServer(
       query: url.searchParams,
       headers: req.headers,
       params,
+      remoteAddress: req.socket.remoteAddress,
       requestId,
       body: (limitBytes) => readBody(req, limitBytes),
     };

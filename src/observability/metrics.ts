@@ -6,6 +6,7 @@
  * shared by all of them (reconciliation's included).
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { LOCKOUT_SCOPE, type LockoutScope } from '../admin/auth.js';
 import { BREAKER_STATE } from '../psp/client.js';
 import type { Run } from '../reconciliation/reconciliation.repository.js';
 import { UNSETTLED_COUNT_MAX, type OperationsSnapshot } from './operations.js';
@@ -47,6 +48,8 @@ export type Metrics = Readonly<{
   housekeepingFailed: (failed: { task: string }) => void;
   /** An admin credential was refused: wrong, or unchecked while wrong ones are bounded. */
   adminCredentialRefused: (refused: { path: string; reason: string }) => void;
+  /** A bound on wrong admin tokens was reached: a client's, or the node's (everyone refused). */
+  adminLockout: (lockout: { scope: LockoutScope }) => void;
   /** The exposition text and its content type. */
   render: () => Promise<{ contentType: string; body: string }>;
 }>;
@@ -174,6 +177,18 @@ export function createMetrics(): Metrics {
     labelNames: ['path', 'reason'] as const,
     registers: [registry],
   });
+
+  const adminLockouts = new Counter({
+    name: 'settle_admin_lockouts_total',
+    help:
+      'Times a bound on wrong admin tokens was reached on this node, by scope (client: one ' +
+      'client address, or IPv6 /64, is refused for the rest of its window; node: every ' +
+      'client is, the right token included).',
+    labelNames: ['scope'] as const,
+    registers: [registry],
+  });
+  // Both series exist from the start at 0, so increase() sees the first lockout.
+  for (const scope of Object.values(LOCKOUT_SCOPE)) adminLockouts.inc({ scope }, 0);
 
   // Gauges read at scrape time. A labelled gauge is cleared first, so a series whose probe failed
   // has no sample (absent, not 0). An unlabelled one keeps its last value instead: prom-client
@@ -390,6 +405,7 @@ export function createMetrics(): Metrics {
     rowsPurged: (purged) => rowsPurged.inc({ task: purged.task }, purged.rows),
     housekeepingFailed: (failed) => housekeepingFailures.inc({ task: failed.task }),
     adminCredentialRefused: (refused) => adminCredentialsRefused.inc(refused),
+    adminLockout: (lockout) => adminLockouts.inc(lockout),
     render: async () => ({ contentType: registry.contentType, body: await registry.metrics() }),
   };
 }

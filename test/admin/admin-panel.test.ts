@@ -247,6 +247,7 @@ describe('access', () => {
       query: new URLSearchParams(),
       headers: {},
       params: { id: '1' },
+      remoteAddress: '127.0.0.1',
       requestId: 'req-admin-test',
       body: async () => Buffer.from('reason=because'),
     });
@@ -317,6 +318,7 @@ describe('access', () => {
         headers: { origin: 'http://127.0.0.1', host: '127.0.0.1' },
         requestId: 'req-admin-login',
         params: {},
+        remoteAddress: '127.0.0.1',
         body: async () => Buffer.from(new URLSearchParams({ actor, token }).toString()),
       });
     const before = (await auditRows(stack, 'session')).length;
@@ -328,7 +330,7 @@ describe('access', () => {
     const refused = await attempt('Alice Ops', ADMIN_TOKEN);
     expect(refused.status).toBe(429);
     expect(refused.headers?.['retry-after']).toBe('60');
-    expect(String(refused.body)).toContain('too many wrong tokens on this node');
+    expect(String(refused.body)).toContain('too many wrong admin tokens from your address');
     expect((await attempt('guesser 4', 'wrong-token-number-4')).status).toBe(429);
     expect((await auditRows(stack, 'session')).length - before).toBe(3);
     // The window ends: logins are taken again.
@@ -336,7 +338,7 @@ describe('access', () => {
     expect((await attempt('Alice Ops', ADMIN_TOKEN)).status).toBe(303);
   });
 
-  it('bounds wrong tokens on every path together, then refuses every credential until the window ends', async () => {
+  it("bounds a client's wrong tokens on every path together, then refuses its every credential until the window ends", async () => {
     const payment = await createPayment(stack, 'buyer-guessing', [['seller-guessing', 900n]]);
     const deadLetterId = await recordedDeadLetter(stack, payment.orders[0]?.orderId ?? '');
     const target = `dead-letter:${deadLetterId}`;
@@ -346,10 +348,15 @@ describe('access', () => {
         'settle_admin_credentials_refused_total',
         labels,
       ) ?? 0;
+    const lockouts = async (scope: string) =>
+      metricSample(await scrapeMetrics(stack.settleHttp), 'settle_admin_lockouts_total', {
+        scope,
+      }) ?? 0;
     const metricsBefore = {
       bearer: await metric({ path: 'bearer', reason: 'wrong_token' }),
       grpc: await metric({ path: 'grpc', reason: 'wrong_token' }),
       limited: await metric({ path: 'grpc', reason: 'rate_limited' }),
+      lockouts: await lockouts('client'),
     };
     const admin = new AdminServiceClient(
       `127.0.0.1:${stack.settle.grpcPort}`,
@@ -389,7 +396,7 @@ describe('access', () => {
       const session = { cookie: (loggedIn.headers.get('set-cookie') ?? '').split(';')[0] ?? '' };
       const forged = { cookie: session.cookie.replace(/.$/, (c) => (c === 'A' ? 'B' : 'A')) };
 
-      // Ten wrong tokens, the node's bound, in one minute and by every way in.
+      // Ten wrong tokens, a client's bound, in one minute and by every way in.
       for (let i = 0; i < 3; i += 1) {
         expect(outcome(await list(`wrong-token-${i}`))).toMatch(/^UNAUTHENTICATED /);
       }
@@ -419,12 +426,13 @@ describe('access', () => {
       expect(outcome(await list(ADMIN_TOKEN))).toBe('OK');
       expect((await login('wrong-token-9')).status).toBe(401);
 
-      // The bound is reached: every credential is refused unchecked, the right ones included.
+      // The bound is reached: every credential of this client (all come from 127.0.0.1) is
+      // refused unchecked, the right ones included.
       const refusedPage = await adminFetch(stack, '/admin/payments');
       expect(refusedPage.status).toBe(429);
       expect(Number(refusedPage.headers.get('retry-after'))).toBeGreaterThan(50);
       expect(Number(refusedPage.headers.get('retry-after'))).toBeLessThanOrEqual(60);
-      expect(refusedPage.html).toContain('too many wrong admin tokens on this node');
+      expect(refusedPage.html).toContain('too many wrong admin tokens from your address');
       expect(
         (await adminFetch(stack, '/admin/payments', { headers: { authorization: '', ...session } }))
           .status,
@@ -432,7 +440,7 @@ describe('access', () => {
       expect((await login(ADMIN_TOKEN)).status).toBe(429);
       const refusedCall = await list(ADMIN_TOKEN);
       expect(outcome(refusedCall)).toMatch(
-        /^RESOURCE_EXHAUSTED too many wrong admin tokens on this node: every admin credential is refused for \d+ s more$/,
+        /^RESOURCE_EXHAUSTED too many wrong admin tokens from your address: its admin credentials, the right token included, are refused for \d+ s more$/,
       );
       expect(
         refusedCall.ok ? [] : refusedCall.error.metadata.get('settle-retry-delay-ms'),
@@ -458,17 +466,21 @@ describe('access', () => {
       expect((await metric({ path: 'grpc', reason: 'rate_limited' })) - metricsBefore.limited).toBe(
         2,
       );
+      expect((await lockouts('client')) - metricsBefore.lockouts).toBe(1);
       const warnings = logLines
         .map((line) => JSON.parse(line) as { msg: string })
         .filter((line) => line.msg.includes('wrong admin token'));
       expect(warnings.map((line) => line.msg)).toEqual([
-        expect.stringMatching(/^a wrong admin token \(grpc\); this node takes 10 in 60 s /),
         expect.stringMatching(
-          /^10 wrong admin tokens on this node in 60 s \(form 1, bearer 4, session 1, grpc 4\): /,
+          /^a wrong admin token \(grpc, from 127\.0\.0\.1\); a client may present 10 in 60 s /,
         ),
+        expect.stringMatching(/^10 wrong admin tokens from 127\.0\.0\.1 in 60 s: /),
       ]);
+      expect(warnings[0]).toMatchObject({
+        adminTokens: { client: '127.0.0.1', wrong: { grpc: 1 }, max: 10, nodeMax: 100 },
+      });
       expect(warnings[1]).toMatchObject({
-        adminTokens: { wrong: { form: 1, bearer: 4, session: 1, grpc: 4 }, max: 10 },
+        adminTokens: { client: '127.0.0.1', wrongFromClient: 10, max: 10, nodeMax: 100 },
       });
 
       // The window ends: the right credentials work again.

@@ -11,6 +11,7 @@ import { describe, expect, it } from 'vitest';
 import {
   authenticate,
   clearedSessionCookie,
+  clientOfAddress,
   isSameOrigin,
   SESSION_COOKIE,
   SESSION_TTL_MS,
@@ -25,8 +26,11 @@ import { loadConfig, localRunDefaults } from '../../src/config.js';
 const config = { token: 'a-long-enough-admin-token', readonlyOpen: false };
 const NOW = 1_800_000_000_000;
 
+const CLIENT_A = clientOfAddress('127.0.0.2');
+const CLIENT_B = clientOfAddress('127.0.0.1');
+
 /** A bound that never trips within a test, for the tests that are not about it. */
-const roomy = () => new WrongTokenLimit({ max: 1_000, nowMs: () => NOW });
+const roomy = () => new WrongTokenLimit({ max: 1_000, nowMs: () => NOW }).forClient(CLIENT_B);
 
 describe('admin credential', () => {
   it('accepts only the exact token, as bearer or in tokenMatches', () => {
@@ -120,19 +124,21 @@ describe('admin credential', () => {
     expect(isSameOrigin({ host: '127.0.0.1:8080' })).toBe(true);
   });
 
-  it('bounds wrong credentials from every path together, then refuses every one unchecked', () => {
+  it("bounds a client's wrong credentials from every path together, then refuses its every one unchecked", () => {
     let nowMs = NOW;
     const counted: string[] = [];
     const warned: Array<{ fields: Record<string, unknown>; message: string }> = [];
-    const limit = new WrongTokenLimit({
+    const node = new WrongTokenLimit({
       max: 4,
       windowMs: 60_000,
       nowMs: () => nowMs,
       observer: {
         refused: (path, reason) => counted.push(`${path} ${reason}`),
+        lockedOut: (scope) => counted.push(`${scope} locked out`),
         warn: (fields, message) => warned.push({ fields, message }),
       },
     });
+    const limit = node.forClient(CLIENT_A);
     const bearer = (token: string) =>
       authenticate(config, limit, { authorization: `Bearer ${token}` }, nowMs);
     const session = (value: string) =>
@@ -158,12 +164,25 @@ describe('admin credential', () => {
         compared += 1;
         return true;
       }),
-    ).toEqual({ outcome: 'limited', waitMs: 30_000 });
+    ).toEqual({ outcome: 'limited', waitMs: 30_000, scope: 'client' });
     expect(compared).toBe(0);
-    expect(bearer(config.token)).toEqual({ outcome: 'limited', waitMs: 30_000 });
-    expect(session(valid)).toEqual({ outcome: 'limited', waitMs: 30_000 });
+    expect(bearer(config.token)).toEqual({ outcome: 'limited', waitMs: 30_000, scope: 'client' });
+    expect(session(valid)).toEqual({ outcome: 'limited', waitMs: 30_000, scope: 'client' });
+    // Another client is not affected: its right token is compared and let in.
+    expect(
+      authenticate(
+        config,
+        node.forClient(CLIENT_B),
+        { authorization: `Bearer ${config.token}` },
+        nowMs,
+      ),
+    ).toEqual({ outcome: 'ok', principal: { actor: 'api', via: 'bearer' } });
     nowMs += 29_999;
-    expect(limit.check('form', () => true)).toEqual({ outcome: 'limited', waitMs: 1 });
+    expect(limit.check('form', () => true)).toEqual({
+      outcome: 'limited',
+      waitMs: 1,
+      scope: 'client',
+    });
     expect(limit.waitMs()).toBe(1);
 
     nowMs += 1;
@@ -177,26 +196,32 @@ describe('admin credential', () => {
       'form wrong_token',
       'session wrong_token',
       'grpc wrong_token',
+      'client locked out',
       'grpc rate_limited',
       'bearer rate_limited',
       'session rate_limited',
       'form rate_limited',
       'bearer wrong_token',
     ]);
-    // Logged at most twice a window, not per attempt: its first wrong credential, and the one
-    // that reaches the bound, with the counts per path.
+    // Logged a few times a window, not per attempt: its first wrong credential, and the one
+    // that reaches the client's bound.
+    const first =
+      'a wrong admin token (bearer, from 127.0.0.2); a client may present 4 in 60 s before its ' +
+      'admin credentials are refused, and this node takes 100 from all clients before it ' +
+      "refuses everyone's; logged: the first of a window and each bound reached";
     expect(warned.map((line) => line.message)).toEqual([
-      'a wrong admin token (bearer); this node takes 4 in 60 s before it refuses every admin ' +
-        'credential, and logs only the first and the one that reaches the bound',
-      '4 wrong admin tokens on this node in 60 s (form 1, bearer 1, session 1, grpc 1): every ' +
-        'admin credential, the right token and sessions included, is refused unchecked until ' +
-        new Date(NOW + 60_000).toISOString(),
-      'a wrong admin token (bearer); this node takes 4 in 60 s before it refuses every admin ' +
-        'credential, and logs only the first and the one that reaches the bound',
+      first,
+      '4 wrong admin tokens from 127.0.0.2 in 60 s: its admin credentials, the right token ' +
+        'included, are refused unchecked until ' +
+        new Date(NOW + 60_000).toISOString() +
+        '; other clients are not affected',
+      first,
     ]);
     expect(warned[1]?.fields).toEqual({
-      wrong: { form: 1, bearer: 1, session: 1, grpc: 1 },
+      client: '127.0.0.2',
+      wrongFromClient: 4,
       max: 4,
+      nodeMax: 100,
       windowMs: 60_000,
       refusedUntil: new Date(NOW + 60_000).toISOString(),
     });
@@ -208,7 +233,7 @@ describe('admin credential', () => {
       max: 1,
       nowMs: () => NOW,
       observer: { refused: (path, reason) => counted.push(`${path} ${reason}`) },
-    });
+    }).forClient(CLIENT_A);
     const expired = sessionValue(config, 'alice', NOW - SESSION_TTL_MS - 1);
     expect(authenticate(config, limit, {}, NOW)).toEqual({ outcome: 'none' });
     expect(authenticate(config, limit, { cookie: `${SESSION_COOKIE}=${expired}` }, NOW)).toEqual({
@@ -231,10 +256,14 @@ describe('admin credential', () => {
 
   it('starts a new window when the clock is set back, rather than refusing for longer', () => {
     let nowMs = NOW;
-    const limit = new WrongTokenLimit({ max: 1, windowMs: 60_000, nowMs: () => nowMs });
-    expect(limit.check('grpc', () => undefined)).toEqual({ outcome: 'wrong' });
-    expect(limit.waitMs()).toBe(60_000);
+    const node = new WrongTokenLimit({ max: 1, nodeMax: 2, windowMs: 60_000, nowMs: () => nowMs });
+    const [a, b] = [node.forClient(CLIENT_A), node.forClient(CLIENT_B)];
+    expect(a.check('grpc', () => undefined)).toEqual({ outcome: 'wrong' });
+    expect(b.check('grpc', () => undefined)).toEqual({ outcome: 'wrong' });
+    expect(a.waitMs()).toBe(60_000);
     nowMs -= 3_600_000;
-    expect(limit.waitMs()).toBe(0);
+    expect(a.waitMs()).toBe(0);
+    expect(b.waitMs()).toBe(0);
+    expect(node.clientsTracked).toBe(0);
   });
 });

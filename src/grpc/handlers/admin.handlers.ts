@@ -33,6 +33,8 @@ import {
   bearerToken,
   CREDENTIAL_PATH,
   tokenMatches,
+  clientOfPeer,
+  lockoutMessage,
   type AdminAuthConfig,
   type WrongTokenLimit,
 } from '../../admin/auth.js';
@@ -90,6 +92,9 @@ function stateFromProto(state: DeadLetterStateProto): DeadLetterState | undefine
   }
 }
 
+/** What admission reads of a call: its credential, and who sends it (`getPeer()`). */
+type AdminCall = Pick<grpc.ServerUnaryCall<unknown, unknown>, 'metadata' | 'getPeer'>;
+
 type Admission =
   | Readonly<{ ok: true }>
   /** `wrongToken`: it presented a wrong token (counted by the bound; audited on an action). */
@@ -99,11 +104,12 @@ type Admission =
  * Whether the call may `kind` (read or act), by the admin panel's rules (admin/auth.ts): the token
  * from ADMIN_TOKEN, and without one nobody; with ADMIN_READONLY_OPEN (local development) the reads
  * are open to anyone, the actions (replay, discard) still need it. The token is compared through
- * the node's bound on wrong tokens: once it is reached, RESOURCE_EXHAUSTED, the right token
- * included, until its window ends.
+ * the node's bound on wrong tokens as it applies to the calling client (its peer address): once
+ * the client's bound or the node's is reached, RESOURCE_EXHAUSTED, the right token included,
+ * until its window ends.
  */
 function admitAdmin(
-  metadata: grpc.Metadata,
+  call: AdminCall,
   access: AdminAuthConfig,
   wrongTokens: WrongTokenLimit,
   kind: 'read' | 'act',
@@ -122,9 +128,10 @@ function admitAdmin(
   const missing = new UnauthenticatedError(
     'AdminService needs the metadata "authorization: Bearer <ADMIN_TOKEN>"',
   );
-  const presented = bearerToken(metadata.get('authorization')[0]);
+  const presented = bearerToken(call.metadata.get('authorization')[0]);
   if (presented === undefined) return { ok: false, wrongToken: false, error: missing };
-  const check = wrongTokens.check(CREDENTIAL_PATH.grpc, () =>
+  const client = wrongTokens.forClient(clientOfPeer(call.getPeer()));
+  const check = client.check(CREDENTIAL_PATH.grpc, () =>
     tokenMatches(access, presented) ? true : undefined,
   );
   switch (check.outcome) {
@@ -136,23 +143,19 @@ function admitAdmin(
       return {
         ok: false,
         wrongToken: false,
-        error: new ResourceExhaustedError(
-          'too many wrong admin tokens on this node: every admin credential is refused for ' +
-            `${Math.max(1, Math.ceil(check.waitMs / 1_000))} s more`,
-          { retryDelayMs: check.waitMs },
-        ),
+        error: new ResourceExhaustedError(lockoutMessage(check), { retryDelayMs: check.waitMs }),
       };
   }
 }
 
 /** Throws the refusal of admitAdmin, if any. */
 export function requireAdmin(
-  metadata: grpc.Metadata,
+  call: AdminCall,
   access: AdminAuthConfig,
   wrongTokens: WrongTokenLimit,
   kind: 'read' | 'act',
 ): void {
-  const admission = admitAdmin(metadata, access, wrongTokens, kind);
+  const admission = admitAdmin(call, access, wrongTokens, kind);
   if (!admission.ok) throw admission.error;
 }
 
@@ -173,16 +176,16 @@ export function adminHandlers(
    * the bound is reached, tokens are no longer compared, so none is known to be wrong).
    */
   const requireActor = async (
-    metadata: grpc.Metadata,
+    call: AdminCall,
     what: { action: string; id: string },
   ): Promise<void> => {
-    const admission = admitAdmin(metadata, deps.access, deps.wrongTokens, 'act');
+    const admission = admitAdmin(call, deps.access, deps.wrongTokens, 'act');
     if (admission.ok) return;
     if (admission.wrongToken) {
       await audited(
         deps,
         {
-          actor: grpcAdminActor(metadata),
+          actor: grpcAdminActor(call.metadata),
           reason: 'wrong token',
           action: what.action,
           target: deadLetterAuditTarget(what.id),
@@ -195,7 +198,7 @@ export function adminHandlers(
   };
   return {
     listDeadLetters: unary(async (request, call) => {
-      requireAdmin(call.metadata, deps.access, deps.wrongTokens, 'read');
+      requireAdmin(call, deps.access, deps.wrongTokens, 'read');
       if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
       const limit = Math.min(request.pageSize === 0 ? 20 : request.pageSize, 100);
       const state = stateFromProto(request.state);
@@ -222,7 +225,7 @@ export function adminHandlers(
       };
     }, options),
     replayDeadLetter: unary(async (request, call) => {
-      await requireActor(call.metadata, { action: ADMIN_ACTION.replayDeadLetter, id: request.id });
+      await requireActor(call, { action: ADMIN_ACTION.replayDeadLetter, id: request.id });
       if (request.id === '') throw new InvalidArgumentError('id', 'id is required');
       const actor = grpcAdminActor(call.metadata);
       const { result } = await audited(
@@ -241,7 +244,7 @@ export function adminHandlers(
       return { deadLetter: toProto(result) };
     }, options),
     discardDeadLetter: unary(async (request, call) => {
-      await requireActor(call.metadata, { action: ADMIN_ACTION.discardDeadLetter, id: request.id });
+      await requireActor(call, { action: ADMIN_ACTION.discardDeadLetter, id: request.id });
       if (request.id === '') throw new InvalidArgumentError('id', 'id is required');
       const actor = grpcAdminActor(call.metadata);
       const reason = requireReason(request.reason);
@@ -260,7 +263,7 @@ export function adminHandlers(
       return { deadLetter: toProto(result) };
     }, options),
     getPaymentTimeline: unary(async (request, call) => {
-      requireAdmin(call.metadata, deps.access, deps.wrongTokens, 'read');
+      requireAdmin(call, deps.access, deps.wrongTokens, 'read');
       requireId('payment_id', request.paymentId, PAYMENT_ID_PATTERN, PAYMENT_ID_EXAMPLE);
       if ((await guard(() => findPaymentVersion(deps.db, request.paymentId))) === undefined) {
         throw new NotFoundError('payment', request.paymentId);
