@@ -11,6 +11,8 @@
  * and checked as text, state is checked in MySQL.
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -493,6 +495,96 @@ describe('access', () => {
       ).toBe(200);
     } finally {
       admin.close();
+      freshWrongTokenWindow();
+    }
+  });
+
+  it("does not let one client's wrong tokens lock out another: HTTP and gRPC, 127.0.0.2 guessing, 127.0.0.1 let in", async () => {
+    // Linux routes all of 127.0.0.0/8 to loopback, so binding the client socket to 127.0.0.2
+    // makes a second client. node:http binds with `localAddress`; grpc-js has no such option,
+    // so the guesser's gRPC calls go through a TCP relay whose upstream socket is bound there.
+    const guesser = '127.0.0.2';
+    const panel = (token: string, localAddress: string) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const request = http.get(
+          `${stack.settleHttp}/admin/payments`,
+          { localAddress, headers: { authorization: `Bearer ${token}` }, timeout: 10_000 },
+          (response) => {
+            let body = '';
+            response.setEncoding('utf8');
+            response.on('data', (chunk: string) => (body += chunk));
+            response.on('end', () => resolve({ status: response.statusCode ?? 0, body }));
+          },
+        );
+        request.on('error', reject);
+        request.on('timeout', () => request.destroy(new Error('timed out')));
+      });
+    const relay = net.createServer((downstream) => {
+      const upstream = net.connect({
+        host: '127.0.0.1',
+        port: stack.settle.grpcPort,
+        localAddress: guesser,
+      });
+      downstream.pipe(upstream).pipe(downstream);
+      const close = () => {
+        downstream.destroy();
+        upstream.destroy();
+      };
+      downstream.on('error', close).on('close', close);
+      upstream.on('error', close).on('close', close);
+    });
+    await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+    const relayPort = (relay.address() as net.AddressInfo).port;
+    const viaRelay = new AdminServiceClient(
+      `127.0.0.1:${relayPort}`,
+      grpc.credentials.createInsecure(),
+    );
+    const direct = new AdminServiceClient(
+      `127.0.0.1:${stack.settle.grpcPort}`,
+      grpc.credentials.createInsecure(),
+    );
+    const list = (client: AdminServiceClient, token: string) => {
+      const metadata = new grpc.Metadata();
+      metadata.set('authorization', `Bearer ${token}`);
+      return callUnary(
+        client.listDeadLetters.bind(client),
+        { pageSize: 1, pageToken: '', state: 0, orderId: '' },
+        metadata,
+      );
+    };
+    const outcome = (result: { ok: boolean; error?: grpc.ServiceError }) =>
+      result.ok ? 'OK' : `${grpc.status[result.error?.code ?? 2]} ${result.error?.details}`;
+    freshWrongTokenWindow();
+    logLines.length = 0;
+    try {
+      // The guesser's ten wrong tokens, a client's bound, half over HTTP and half over gRPC.
+      for (let i = 0; i < 5; i += 1) {
+        expect((await panel(`wrong-token-${i}-0123456789`, guesser)).status).toBe(303);
+        expect(outcome(await list(viaRelay, `wrong-token-${i}-9876543210`))).toMatch(
+          /^UNAUTHENTICATED /,
+        );
+      }
+      // Another client with the right token is let in on both.
+      expect((await panel(ADMIN_TOKEN, '127.0.0.1')).status).toBe(200);
+      expect(outcome(await list(direct, ADMIN_TOKEN))).toBe('OK');
+      // The guesser is refused unchecked on both, the right token included.
+      const refused = await panel(ADMIN_TOKEN, guesser);
+      expect(refused.status).toBe(429);
+      expect(refused.body).toContain('too many wrong admin tokens from your address');
+      expect(outcome(await list(viaRelay, ADMIN_TOKEN))).toMatch(
+        /^RESOURCE_EXHAUSTED too many wrong admin tokens from your address: /,
+      );
+      const warnings = logLines
+        .map((line) => JSON.parse(line) as { msg: string })
+        .filter((line) => line.msg.includes('wrong admin token'));
+      expect(warnings.map((line) => line.msg)).toEqual([
+        expect.stringMatching(/^a wrong admin token \(bearer, from 127\.0\.0\.2\); /),
+        expect.stringMatching(/^10 wrong admin tokens from 127\.0\.0\.2 in 60 s: /),
+      ]);
+    } finally {
+      viaRelay.close();
+      direct.close();
+      await new Promise((resolve) => relay.close(resolve));
       freshWrongTokenWindow();
     }
   });
