@@ -5,7 +5,8 @@
  * wallets; dead letters can be replayed or discarded only with the token, a reason and a
  * confirmation step, and every action (failed ones too) lands in admin_audit; views are closed
  * without the token unless ADMIN_READONLY_OPEN is set; wrong tokens on every path (form, bearer,
- * session, AdminService) share one bound per node. Method: a real stack (PSP mock + Settle on
+ * session, AdminService) share one bound per client address, so a guesser on 127.0.0.2 locks out
+ * itself but not an operator on 127.0.0.1. Method: a real stack (PSP mock + Settle on
  * MariaDB and NATS) with ADMIN_TOKEN; payments go through gRPC and the PSP's hosted page; dead
  * letters are produced by making the PSP mock fail every registration; pages are fetched over HTTP
  * and checked as text, state is checked in MySQL.

@@ -3,8 +3,10 @@
  * bearer token is compared in constant time (by digest), the session cookie is signed with the
  * token and carries an expiry, tampering with either part or rotating the token invalidates it,
  * the cookie is Secure (set and cleared) exactly when ADMIN_COOKIE_SECURE says so, browser POSTs
- * from another site are refused, and wrong credentials on every path share one
- * bound per node that, once reached, refuses every credential unchecked until its window ends.
+ * from another site are refused, and wrong credentials on every path share one bound per client
+ * (its socket address: IPv4-mapped IPv6 as IPv4, IPv6 by /64) that, once reached, refuses that
+ * client's every credential unchecked until its window ends, other clients unaffected; a higher
+ * bound per node refuses everyone, and the clients tracked are capped whatever their number.
  * Method: the pure functions of src/admin/auth.ts with fixed clocks.
  */
 import { describe, expect, it } from 'vitest';
@@ -12,6 +14,7 @@ import {
   authenticate,
   clearedSessionCookie,
   clientOfAddress,
+  clientOfPeer,
   isSameOrigin,
   SESSION_COOKIE,
   SESSION_TTL_MS,
@@ -265,5 +268,138 @@ describe('admin credential', () => {
     expect(a.waitMs()).toBe(0);
     expect(b.waitMs()).toBe(0);
     expect(node.clientsTracked).toBe(0);
+  });
+});
+
+describe('clients of the bound on wrong tokens', () => {
+  it('keys a client by the address the socket sees: ::ffff: as IPv4, IPv6 by /64, no port', () => {
+    expect(clientOfAddress('127.0.0.2')).toBe('127.0.0.2');
+    expect(clientOfAddress('::ffff:127.0.0.2')).toBe('127.0.0.2');
+    expect(clientOfAddress('::FFFF:1.2.3.4')).toBe('1.2.3.4');
+    expect(clientOfAddress('::ffff:102:304')).toBe('1.2.3.4');
+    // One host rotating through its network's addresses stays one client.
+    expect(clientOfAddress('2001:db8:0:7::1')).toBe('2001:db8:0:7::/64');
+    expect(clientOfAddress('2001:0db8:0000:0007:ffff:1:2:3')).toBe('2001:db8:0:7::/64');
+    expect(clientOfAddress('2001:db8:0:8::1')).toBe('2001:db8:0:8::/64');
+    expect(clientOfAddress('::1')).toBe('0:0:0:0::/64');
+    expect(clientOfAddress('fe80::1%eth0')).toBe('fe80:0:0:0::/64');
+    expect(clientOfAddress(undefined)).toBe('unknown');
+    expect(clientOfAddress('')).toBe('unknown');
+    expect(clientOfAddress('not-an-address')).toBe('unknown');
+
+    // grpc-js's getPeer(): `<remoteAddress>:<port>`, IPv6 unbracketed.
+    expect(clientOfPeer('127.0.0.2:50412')).toBe('127.0.0.2');
+    expect(clientOfPeer('::ffff:127.0.0.2:50412')).toBe('127.0.0.2');
+    expect(clientOfPeer('::1:50412')).toBe('0:0:0:0::/64');
+    expect(clientOfPeer('2001:db8:0:7::1:443')).toBe('2001:db8:0:7::/64');
+    expect(clientOfPeer('[2001:db8:0:7::1]:443')).toBe('2001:db8:0:7::/64');
+    expect(clientOfPeer('127.0.0.2')).toBe('127.0.0.2');
+    expect(clientOfPeer('::1')).toBe('0:0:0:0::/64');
+    expect(clientOfPeer('unknown')).toBe('unknown');
+  });
+
+  it('counts an IPv4-mapped address and its IPv4 form as one client', () => {
+    const node = new WrongTokenLimit({ max: 2, nowMs: () => NOW });
+    const mapped = node.forClient(clientOfPeer('::ffff:10.1.2.3:40000'));
+    const plain = node.forClient(clientOfAddress('10.1.2.3'));
+    expect(mapped.check('grpc', () => undefined)).toEqual({ outcome: 'wrong' });
+    expect(plain.check('bearer', () => undefined)).toEqual({ outcome: 'wrong' });
+    expect(plain.check('bearer', () => true)).toMatchObject({
+      outcome: 'limited',
+      scope: 'client',
+    });
+    expect(mapped.check('grpc', () => true)).toMatchObject({ outcome: 'limited', scope: 'client' });
+    expect(node.forClient(CLIENT_B).check('bearer', () => true).outcome).toBe('match');
+  });
+
+  it('refuses everyone once the node takes nodeMax wrong tokens from many clients, until its window ends', () => {
+    let nowMs = NOW;
+    const events: string[] = [];
+    const warned: string[] = [];
+    const node = new WrongTokenLimit({
+      nowMs: () => nowMs,
+      observer: {
+        lockedOut: (scope) => events.push(scope),
+        warn: (_fields, message) => warned.push(message),
+      },
+    });
+    expect([node.max, node.nodeMax, node.windowMs]).toEqual([10, 100, 60_000]);
+    // 25 addresses, 4 wrong tokens each: none reaches its own bound of 10.
+    const guessers = Array.from({ length: 25 }, (_, i) =>
+      node.forClient(clientOfAddress(`198.51.100.${i + 1}`)),
+    );
+    for (const guesser of guessers) {
+      for (let i = 0; i < 4; i += 1) {
+        expect(guesser.check('bearer', () => undefined)).toEqual({ outcome: 'wrong' });
+      }
+      nowMs += 1_000;
+    }
+    // The 100th wrong token reached the node's bound: every client is refused, unchecked, the
+    // right token included, whether it guessed or not.
+    let compared = 0;
+    for (const client of [guessers[0], node.forClient(CLIENT_B)]) {
+      expect(
+        client?.check('form', () => {
+          compared += 1;
+          return true;
+        }),
+      ).toEqual({ outcome: 'limited', waitMs: 35_000, scope: 'node' });
+    }
+    expect(compared).toBe(0);
+    expect(events).toEqual(['node']);
+    expect(warned).toHaveLength(2);
+    expect(warned[1]).toBe(
+      '100 wrong admin tokens on this node in 60 s (form 0, bearer 100, session 0, grpc 0), ' +
+        'from 25 clients or more: every admin credential of every client, the right token and ' +
+        'sessions included, is refused unchecked until ' +
+        new Date(NOW + 60_000).toISOString(),
+    );
+    nowMs = NOW + 60_000;
+    expect(node.forClient(CLIENT_B).check('bearer', () => true).outcome).toBe('match');
+  });
+
+  it('tracks at most clientsMax clients; more count against the node only, none is forgotten early', () => {
+    let nowMs = NOW;
+    const warned: string[] = [];
+    const node = new WrongTokenLimit({
+      max: 2,
+      nodeMax: 1_000_000,
+      clientsMax: 3,
+      nowMs: () => nowMs,
+      observer: { warn: (_fields, message) => warned.push(message) },
+    });
+    const client = (i: number) => node.forClient(clientOfAddress(`203.0.113.${i}`));
+    for (let i = 1; i <= 3; i += 1) {
+      for (let guess = 0; guess < 2; guess += 1) client(i).check('bearer', () => undefined);
+    }
+    expect(node.clientsTracked).toBe(3);
+    // Rotating through many more addresses neither grows the map nor frees a refused guesser.
+    for (let i = 4; i <= 250; i += 1) {
+      for (let guess = 0; guess < 3; guess += 1) {
+        expect(client(i).check('bearer', () => undefined)).toEqual({ outcome: 'wrong' });
+      }
+    }
+    expect(node.clientsTracked).toBe(3);
+    expect(client(1).check('bearer', () => true)).toMatchObject({ outcome: 'limited' });
+    expect(warned.filter((line) => line.includes('clients with wrong admin tokens'))).toEqual([
+      '3 clients with wrong admin tokens are tracked on this node: wrong tokens from others ' +
+        "(203.0.113.4) count against the node's bound only until windows end",
+    ]);
+    // Windows end, and the map empties as they do.
+    nowMs += 60_000;
+    expect(client(1).check('bearer', () => true).outcome).toBe('match');
+    expect(node.clientsTracked).toBe(0);
+    expect(client(250).check('bearer', () => undefined)).toEqual({ outcome: 'wrong' });
+    expect(node.clientsTracked).toBe(1);
+  });
+
+  it('has at most 2 × nodeMax clients with a live window with the defaults', () => {
+    let nowMs = NOW;
+    const node = new WrongTokenLimit({ nowMs: () => nowMs });
+    for (let i = 0; i < 5_000; i += 1) {
+      node.forClient(clientOfAddress(`10.0.${i >> 8}.${i & 0xff}`)).check('grpc', () => undefined);
+      nowMs += 97;
+      expect(node.clientsTracked).toBeLessThanOrEqual(2 * node.nodeMax);
+    }
   });
 });
