@@ -18,6 +18,7 @@ import { parse } from 'yaml';
 import { createMetrics } from '../../src/observability/metrics.js';
 import { RECONCILIATION_CLASS } from '../../src/reconciliation/compare.js';
 import { BREAKER_STATE } from '../../src/psp/client.js';
+import { LOCKOUT_SCOPE } from '../../src/admin/auth.js';
 
 type Rule = {
   alert?: string;
@@ -67,6 +68,7 @@ function selectors(expr: string): Array<{ metric: string; matchers: Array<[strin
 const LABEL_VALUES: Record<string, readonly string[]> = {
   'settle_psp_breaker_state/state': Object.values(BREAKER_STATE),
   'settle_reconciliation_last_run_mismatches/class': Object.values(RECONCILIATION_CLASS),
+  'settle_admin_lockouts_total/scope': Object.values(LOCKOUT_SCOPE),
   'grpc_server_handled_total/grpc_code': [
     'OK',
     'CANCELLED',
