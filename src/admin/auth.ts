@@ -46,7 +46,7 @@ export const CREDENTIAL_PATH = {
 } as const;
 export type CredentialPath = (typeof CREDENTIAL_PATH)[keyof typeof CREDENTIAL_PATH];
 
-/** Wrong credentials one client (ClientKey) presents per window before its are refused. */
+/** Wrong credentials one client (ClientKey) presents per window before its own are refused. */
 export const WRONG_TOKENS_MAX = 10;
 /** Wrong credentials a node takes per window from all clients together before it refuses all. */
 export const WRONG_TOKENS_NODE_MAX = 100;
@@ -200,8 +200,8 @@ type ClientWindow = { startMs: number; wrong: number };
  * The defaults: 10 a minute per client lets an operator mistype several times and still log in,
  * and 100 a minute per node needs ten addresses (ten IPv6 /64s) to keep everyone out. Guessing
  * stays hopeless at that pace: ADMIN_TOKEN has at least 16 characters, and 100 a minute is 53
- * million a year, while even 16 lowercase letters are 4 × 10^22 tokens (a random 16-character
- * token from the README's `openssl rand` is 2^96).
+ * million a year, while even 16 lowercase letters are 4 × 10^22 tokens (the README's
+ * `openssl rand -hex 24` gives one of 2^192).
  *
  * Memory: a client is tracked from its first counted wrong credential for one window, and at most
  * `clientsMax` at once. With the defaults that never fills (the node counts at most `nodeMax` a
