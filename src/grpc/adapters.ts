@@ -70,7 +70,8 @@ class UndecodableRequest {
 /**
  * `service` with every request deserializer made total: bytes that do not decode become an
  * UndecodableRequest, refused by `unary` and `serverStream`. Only for services whose handlers are
- * all built with those adapters (another handler would receive the marker as its request).
+ * all built with those adapters, or check `undecodableRefusal` before anything else (the PSP
+ * mock's adapter does): another handler would receive the marker as its request.
  */
 export function refuseUndecodable<Service extends grpc.ServiceDefinition>(
   service: Service,
@@ -89,7 +90,15 @@ export function refuseUndecodable<Service extends grpc.ServiceDefinition>(
   return Object.fromEntries(methods) as Service;
 }
 
-function refusalOf(request: unknown, path: string): InvalidArgumentError | undefined {
+/**
+ * The INVALID_ARGUMENT to answer when `request` is the marker `refuseUndecodable` hands over for
+ * bytes that did not decode (`path`: the call's method, named in the message); undefined for a
+ * real request.
+ */
+export function undecodableRefusal(
+  request: unknown,
+  path: string,
+): InvalidArgumentError | undefined {
   if (!(request instanceof UndecodableRequest)) return undefined;
   return new InvalidArgumentError(
     'request',
@@ -137,7 +146,7 @@ export function unary<Request, Response>(
     void (async () => {
       let response: Response;
       try {
-        const refusal = refusalOf(call.request, call.getPath());
+        const refusal = undecodableRefusal(call.request, call.getPath());
         if (refusal !== undefined) throw refusal;
         response = await handler(call.request, call, context);
       } catch (error) {
@@ -178,7 +187,7 @@ export function serverStream<Request, Response>(
     void (async () => {
       let failure: { error: unknown } | undefined;
       try {
-        const refusal = refusalOf(call.request, call.getPath());
+        const refusal = undecodableRefusal(call.request, call.getPath());
         if (refusal !== undefined) throw refusal;
         await handler(call.request, call, signal, { requestId, signal });
       } catch (error) {

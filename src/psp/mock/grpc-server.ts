@@ -1,8 +1,9 @@
 /**
  * The PSP mock's gRPC service, settle.psp.v1.PspService. Every handler goes through one unary()
- * adapter, which injects the configured faults, awaits the work, maps errors to statuses in one
- * place (toStatus) and calls back exactly once; an unexpected error answers INTERNAL with a
- * reference, never a stack trace.
+ * adapter, which refuses request bytes that do not decode (INVALID_ARGUMENT, as Settle's
+ * services do: refuseUndecodable), injects the configured faults, awaits the work, maps errors to
+ * statuses in one place (toStatus) and calls back exactly once; an unexpected error answers
+ * INTERNAL with a reference, never a stack trace.
  *
  * Faults apply to the merchant API (RegisterPayment, GetPaymentStatus, CancelPayment) only; the
  * test-driver RPCs (PayWithCard, SetBehavior, ResendWebhook, ListCharges, the settlement files)
@@ -38,6 +39,7 @@ import type { SettlementDiscrepancy, SettlementFile } from './settlement-file.js
 import type { BehaviorStore, PspBehaviorPatch } from './behavior.js';
 import type { PspPayment } from './payment.repository.js';
 import { checkoutUrl, type PspPayments } from './payments.js';
+import { refuseUndecodable, undecodableRefusal } from '../../grpc/adapters.js';
 import { addReflection } from '../../grpc/reflection/index.js';
 import { boundedStatusMessage } from '../../grpc/status.js';
 import { PSP_PAYMENT_STATE, SETTLEMENT_ADJUSTMENT, type PspPaymentState } from './schema.js';
@@ -94,7 +96,9 @@ export async function startPspGrpcServer(options: {
     settlement: options.settlement,
   };
   const server = new Server({ 'grpc.max_receive_message_length': REQUEST_BYTES_MAX });
-  server.addService(PspServiceService, handlers(context));
+  // Bytes that are not a request message reach unary() as a marker it refuses with
+  // INVALID_ARGUMENT, as Settle's services do; grpc-js alone would answer INTERNAL.
+  server.addService(refuseUndecodable(PspServiceService), handlers(context));
   // grpcurl and buf curl find the PSP's methods the same way as Settle's.
   addReflection(server, { services: [PSP_SERVICE_NAME] });
   const port = await new Promise<number>((resolve, reject) => {
@@ -255,6 +259,9 @@ async function run<Request, Response>(
   call: ServerUnaryCall<Request, Response>,
   work: (request: Request) => Promise<Response>,
 ): Promise<Response> {
+  // Before any fault: a garbled request is the caller's to fix, whatever the behaviour.
+  const refusal = undecodableRefusal(call.request, call.getPath());
+  if (refusal !== undefined) throw refusal;
   if (scope === 'driver') return work(call.request);
   const behavior = context.behavior.get();
   if (behavior.latencyMs > 0) await delay(behavior.latencyMs, context.stopSignal);

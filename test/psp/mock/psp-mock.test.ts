@@ -11,7 +11,7 @@ import { execFile } from 'node:child_process';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { status } from '@grpc/grpc-js';
+import { Client, credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { type Kysely } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDatabase } from '../../../src/storage/db.js';
@@ -719,6 +719,40 @@ describe('CancelPayment', () => {
 
     const unknown = await grpcError(unary(api.cancelPayment.bind(api), { nonce: uniqueNonce() }));
     expect(unknown.code).toBe(status.NOT_FOUND);
+  });
+});
+
+describe('request bytes that are not a request message', () => {
+  it('are refused with INVALID_ARGUMENT naming the method, on merchant and driver methods alike', async () => {
+    // A length-delimited field 1 whose length runs past the end of the message.
+    const truncated = Buffer.from([0x0a, 0x05, 0x61]);
+    const raw = new Client(`127.0.0.1:${mock.grpcPort}`, credentials.createInsecure());
+    try {
+      for (const method of ['RegisterPayment', 'SetBehavior']) {
+        const path = `/settle.psp.v1.PspService/${method}`;
+        const error = await new Promise<ServiceError>((resolve, reject) => {
+          raw.makeUnaryRequest(
+            path,
+            (bytes: Buffer) => bytes,
+            (bytes: Buffer) => bytes,
+            truncated,
+            new Metadata(),
+            { deadline: Date.now() + 5_000 },
+            (failure) => (failure ? resolve(failure) : reject(new Error(`${method} answered OK`))),
+          );
+        });
+        expect(error.code, method).toBe(status.INVALID_ARGUMENT);
+        expect(error.details).toMatch(
+          new RegExp(
+            `^request: the bytes sent are not a protobuf message of ${path}'s request type`,
+          ),
+        );
+      }
+    } finally {
+      raw.close();
+    }
+    // The mock goes on serving well-formed calls.
+    expect((await register(uniqueNonce())).token).toMatch(/^tok_/);
   });
 });
 
