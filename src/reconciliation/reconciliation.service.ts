@@ -209,13 +209,17 @@ export class ReconciliationService {
 
   /** Validates the file, then creates or joins its run; returns the run id. */
   async start(source: RunSource): Promise<string> {
-    if (this.#stop.signal.aborted) throw new UnavailableError('the node is stopping');
+    this.#throwIfStopping();
     // A day ahead is told as such, not as its missing file.
     const given = source.settlementDate ?? '';
     if (isUtcDay(given)) this.#checkNotAhead(given, this.#now());
     const file = await resolveSettlementFile(this.#options.dir, source);
     this.#checkNotAhead(file.day, this.#now());
     const scan = await this.#validate(file.path);
+    // A stop() that began during the validation is not waiting for this call: it may not admit.
+    // From here to the #admissions entry is one synchronous step, so stop() either came before
+    // (refused here) or finds the admission and waits for it.
+    this.#throwIfStopping();
     const key = `${file.day}\0${scan.sha256}`;
     const shared = this.#admissions.get(key);
     if (shared !== undefined) return shared;
@@ -224,13 +228,19 @@ export class ReconciliationService {
     return admission;
   }
 
-  /** Creates, claims (when FAILED or its lease expired) or joins the run of a validated file. */
+  /**
+   * Creates, claims (when FAILED or its lease expired) or joins the run of a validated file.
+   * Once stop() has begun it writes nothing more; a run it created or claimed while stop() began
+   * is launched all the same, and the launch, seeing the stop, marks it FAILED ("interrupted")
+   * before stop() returns, so the next call for its file starts it again at once.
+   */
   async #admit(file: SettlementFileLocation, scan: SettlementFileScan): Promise<string> {
     const { db } = this.#options;
     const now = this.#now();
     let existing = await findRunByFile(db, file.day, scan.sha256);
     if (existing === undefined) {
       this.#checkRetention(file.day, now);
+      this.#throwIfStopping();
       this.#reserveSlot();
       try {
         const id = newId('reconciliationRun', now.getTime());
@@ -259,6 +269,7 @@ export class ReconciliationService {
     const expired = existing.state === RUN_STATE.running && existing.leaseUntil < now;
     if (existing.state === RUN_STATE.failed || expired) {
       this.#checkRetention(file.day, now);
+      this.#throwIfStopping();
       this.#reserveSlot();
       try {
         const claimed = await claimRun(db, {
@@ -345,13 +356,28 @@ export class ReconciliationService {
 
   /**
    * Stops taking runs and aborts the ones in progress between two statements; each is marked
-   * FAILED ("interrupted"), so the next call for its file starts it again at once. A statement
-   * still running after STOP_WAIT_MS is left behind: its run's lease expires and another node
-   * can take it over.
+   * FAILED ("interrupted"), so the next call for its file starts it again at once. Admissions in
+   * progress (a run being looked up, created or claimed) are waited for first: one that wrote
+   * its run launches it, and that run is interrupted and waited for like the others, rather than
+   * start after stop() returned (and the caller closed the pool). STOP_WAIT_MS bounds the whole
+   * wait: a statement still running then is left behind; its run's lease expires and another
+   * node can take it over.
    */
   async stop(): Promise<void> {
     this.#stop.abort(new UnavailableError('the node is stopping'));
-    await Promise.race([Promise.allSettled([...this.#inFlight.values()]), sleep(STOP_WAIT_MS)]);
+    const waited = new AbortController();
+    const deadline = sleep(STOP_WAIT_MS, waited.signal);
+    try {
+      await Promise.race([Promise.allSettled([...this.#admissions.values()]), deadline]);
+      await Promise.race([Promise.allSettled([...this.#inFlight.values()]), deadline]);
+    } finally {
+      // The timer must not keep the process alive once everything has ended.
+      waited.abort();
+    }
+  }
+
+  #throwIfStopping(): void {
+    if (this.#stop.signal.aborted) throw new UnavailableError('the node is stopping');
   }
 
   /**
