@@ -24,7 +24,12 @@ import { routeGrpcLogs } from './grpc/logging.js';
 import { startPspMock } from './psp/mock/index.js';
 import { UnavailableError } from './domain/errors.js';
 import { createLogger, type Logger } from './observability/logger.js';
-import { startupDependencies, waitForDependencies } from './startup-wait.js';
+import {
+  reachableMessage,
+  startupDependencies,
+  waitForDependenciesUnlessSignalled,
+  waitMessage,
+} from './startup-wait.js';
 
 async function main(): Promise<void> {
   const settleOnly = process.argv.includes('--settle-only');
@@ -103,49 +108,25 @@ async function waitForStartupDependencies(
   context: Readonly<{ settleOnly: boolean; logger: Logger }>,
 ): Promise<void> {
   const { logger } = context;
-  const waiting = new AbortController();
-  const onSignal = (signal: NodeJS.Signals) => {
-    logger.info(`${signal} received while waiting for MySQL and NATS: exiting`);
-    waiting.abort(signal);
-  };
-  process.once('SIGTERM', onSignal);
-  process.once('SIGINT', onSignal);
+  let signalled: NodeJS.Signals | undefined;
   try {
-    await waitForDependencies(
+    signalled = await waitForDependenciesUnlessSignalled(
       startupDependencies(config, {
         pspMock: !context.settleOnly,
         nodeName: `settle-${process.pid}`,
       }),
       {
         waitMsMax: config.STARTUP_WAIT_MS,
-        signal: waiting.signal,
-        onWait: (wait) =>
-          logger.warn(
-            wait,
-            `waiting for ${wait.dependency} at ${wait.address} (${wait.code}): try ${wait.attempt} ` +
-              `failed, next in ${seconds(wait.delayMs)} s, giving up in ${seconds(wait.leftMs)} s ` +
-              '(STARTUP_WAIT_MS)',
-          ),
-        onReachable: (reachable) =>
-          logger.info(
-            reachable,
-            `${reachable.dependency} at ${reachable.address} answered on try ${reachable.attempt}`,
-          ),
+        onSignal: (signal) =>
+          logger.info(`${signal} received while waiting for MySQL and NATS: exiting`),
+        onWait: (wait) => logger.warn(wait, waitMessage(wait)),
+        onReachable: (reachable) => logger.info(reachable, reachableMessage(reachable)),
       },
     );
   } catch (error) {
-    if (waiting.signal.aborted) process.exit(0);
     exitFailedStart(error);
-  } finally {
-    // From here on, a signal during the start ends the process as it did before the wait (Node's
-    // default), and once the node is up main() installs the graceful stop.
-    process.off('SIGTERM', onSignal);
-    process.off('SIGINT', onSignal);
   }
-}
-
-function seconds(ms: number): string {
-  return (ms / 1000).toFixed(1);
+  if (signalled !== undefined) process.exit(0);
 }
 
 /** One line on why the node could not start, and the exit code that says which kind. */

@@ -5,8 +5,9 @@
  * it waits for and the error code; then it gives up with the last error and how long it waited.
  * Only errors that waiting can cure are waited out: a retryable SettleError, which is what
  * ensureDatabase and connectNats throw for a server they cannot reach. A refused login fails at
- * once. Nothing here starts the node: main.ts waits for every dependency first and then starts
- * it, so the migrations run once, on a database known to answer.
+ * once. Nothing here starts anything: main.ts (a Settle node) and psp/mock/main.ts (the PSP mock
+ * alone) wait for every dependency first and then start, so the migrations run once, on a
+ * database known to answer.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from './config.js';
@@ -132,6 +133,58 @@ export async function waitForDependencies(
   }
 }
 
+/**
+ * waitForDependencies as a process runs it before it starts: SIGTERM or SIGINT ends the wait at
+ * once, told to `onSignal` first. Resolves with that signal, or undefined once every dependency
+ * answered; rejects as waitForDependencies does. Nothing has been started while it waits, so a
+ * signal leaves nothing to stop: the caller just exits. Its handlers are gone once it settles;
+ * from then on a signal does what the caller installs (until then, Node's default: exit).
+ */
+export async function waitForDependenciesUnlessSignalled(
+  dependencies: readonly Dependency[],
+  options: Omit<WaitOptions, 'signal'> & Readonly<{ onSignal?: (signal: NodeJS.Signals) => void }>,
+): Promise<NodeJS.Signals | undefined> {
+  const waiting = new AbortController();
+  let signalled: NodeJS.Signals | undefined;
+  const onSignal = (signal: NodeJS.Signals) => {
+    signalled = signal;
+    options.onSignal?.(signal);
+    waiting.abort(signal);
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+  try {
+    await waitForDependencies(dependencies, { ...options, signal: waiting.signal });
+    return undefined;
+  } catch (error) {
+    if (signalled !== undefined) return signalled;
+    throw error;
+  } finally {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+  }
+}
+
+/** The log line of one wait: what, where, why, and when the next try and the giving up come. */
+export function waitMessage(wait: DependencyWait): string {
+  return (
+    `waiting for ${wait.dependency} at ${wait.address} (${wait.code}): try ${wait.attempt} ` +
+    `failed, next in ${seconds(wait.delayMs)} s, giving up in ${seconds(wait.leftMs)} s ` +
+    '(STARTUP_WAIT_MS)'
+  );
+}
+
+/** The log line of a dependency that answered after failed tries. */
+export function reachableMessage(
+  reachable: Readonly<{ dependency: string; address: string; attempt: number }>,
+): string {
+  return `${reachable.dependency} at ${reachable.address} answered on try ${reachable.attempt}`;
+}
+
+function seconds(ms: number): string {
+  return (ms / 1000).toFixed(1);
+}
+
 /** The pause after the `attempt`-th failed try: exponential, bounded, spread by the jitter. */
 export function backoffDelayMs(backoff: Backoff, attempt: number, random: number): number {
   const baseMs = Math.min(
@@ -193,16 +246,8 @@ export function startupDependencies(
   config: Pick<Config, 'MYSQL_URL' | 'PSP_MYSQL_URL' | 'NATS_URL'>,
   options: Readonly<{ pspMock: boolean; nodeName: string }>,
 ): Dependency[] {
-  const mysql = (url: string, setting: string): Dependency => ({
-    name: 'MySQL',
-    address: describeAddress(parseMysqlUrl(url)),
-    probe: () =>
-      ensureDatabase(url).catch((error: unknown) => {
-        throw setting === 'MYSQL_URL' ? error : namingSetting(error, setting);
-      }),
-  });
   return [
-    ...(options.pspMock ? [mysql(config.PSP_MYSQL_URL, 'PSP_MYSQL_URL')] : []),
+    ...(options.pspMock ? pspMockDependencies(config) : []),
     mysql(config.MYSQL_URL, 'MYSQL_URL'),
     {
       name: 'NATS',
@@ -213,6 +258,27 @@ export function startupDependencies(
       },
     },
   ];
+}
+
+/**
+ * What the PSP mock needs before it starts, run alone (`npm run start:psp`) or with a node: its
+ * own database (created if missing). It uses no NATS, and Settle's webhook endpoint is retried by
+ * its sender, not waited for.
+ */
+export function pspMockDependencies(config: Pick<Config, 'PSP_MYSQL_URL'>): Dependency[] {
+  return [mysql(config.PSP_MYSQL_URL, 'PSP_MYSQL_URL')];
+}
+
+/** A MySQL server, probed by creating the database if it is missing; errors name `setting`. */
+function mysql(url: string, setting: 'MYSQL_URL' | 'PSP_MYSQL_URL'): Dependency {
+  return {
+    name: 'MySQL',
+    address: describeAddress(parseMysqlUrl(url)),
+    probe: () =>
+      ensureDatabase(url).catch((error: unknown) => {
+        throw setting === 'MYSQL_URL' ? error : namingSetting(error, setting);
+      }),
+  };
 }
 
 /** ensureDatabase's error naming `setting` instead of MYSQL_URL (the PSP mock's database). */

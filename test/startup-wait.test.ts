@@ -17,6 +17,7 @@ import {
 import {
   backoffDelayMs,
   errorCode,
+  pspMockDependencies,
   STARTUP_BACKOFF_JITTER,
   STARTUP_BACKOFF_MS_INITIAL,
   STARTUP_BACKOFF_MS_MAX,
@@ -245,6 +246,17 @@ describe('startupDependencies', () => {
     } finally {
       await dropDatabase(mysqlUrl);
     }
+  });
+
+  it('gives the PSP mock run alone its own MySQL only, naming PSP_MYSQL_URL', async () => {
+    const dependencies = pspMockDependencies({
+      PSP_MYSQL_URL: 'mysql://root@127.0.0.1:1/settle_psp_unreachable',
+    });
+    expect(dependencies.map((d) => `${d.name} ${d.address}`)).toEqual(['MySQL 127.0.0.1:1']);
+    const error = (await dependencies[0]?.probe().catch((e: unknown) => e)) as SettleError;
+    expect(error).toBeInstanceOf(UnavailableError);
+    expect(error.retryable).toBe(true);
+    expect(error.message).toMatch(/or set PSP_MYSQL_URL$/);
   });
 
   it('does not wait out a login MySQL refuses', async () => {
