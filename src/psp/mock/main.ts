@@ -1,12 +1,20 @@
 /**
- * The PSP mock as a standalone process (`npm run start:psp`): load the config, start the mock,
- * stop it on SIGTERM or SIGINT. Exit codes: 2 for a bad config (a setting, or a settlement
- * folder it cannot write), 1 for a failed start (MySQL unreachable, port in use), 0 after a clean
- * stop.
+ * The PSP mock as a standalone process (`npm run start:psp`): load the config, wait for its MySQL
+ * server as a Settle node does (up to STARTUP_WAIT_MS, startup-wait.ts: a mock started with the
+ * database, as docker compose may, comes up once it answers), start the mock, stop it on SIGTERM
+ * or SIGINT. Exit codes: 2 for a bad config (a setting, or a settlement folder it cannot write),
+ * 3 for MySQL still unreachable when the wait ends, 1 for another failed start (MySQL refusing
+ * the login, port in use), 0 after a clean stop or a signal during the wait.
  */
 import { ConfigError, loadConfig, type Config } from '../../config.js';
 import { FailedPreconditionError, UnavailableError } from '../../domain/errors.js';
 import { routeGrpcLogs } from '../../grpc/logging.js';
+import {
+  pspMockDependencies,
+  reachableMessage,
+  waitForDependenciesUnlessSignalled,
+  waitMessage,
+} from '../../startup-wait.js';
 import { startPspMock, type PspMock } from './index.js';
 
 function log(line: string): void {
@@ -30,12 +38,25 @@ async function main(): Promise<void> {
       `${new Date().toISOString()} grpc-js ${level}: ${message}\n`,
     ),
   );
+  let signalled: NodeJS.Signals | undefined;
+  try {
+    signalled = await waitForDependenciesUnlessSignalled(pspMockDependencies(config), {
+      waitMsMax: config.STARTUP_WAIT_MS,
+      onSignal: (signal) => log(`psp mock: ${signal} received while waiting for MySQL: exiting`),
+      onWait: (wait) => log(`psp mock: ${waitMessage(wait)}`),
+      onReachable: (reachable) => log(`psp mock: ${reachableMessage(reachable)}`),
+    });
+  } catch (error) {
+    exitFailedStart(error);
+  }
+  // Nothing has been started yet: nothing to stop.
+  if (signalled !== undefined) process.exit(0);
+
   let mock: PspMock;
   try {
     mock = await startPspMock({ config, log });
   } catch (error) {
-    process.stderr.write(`psp mock: ${startFailure(error)}\n`);
-    process.exit(error instanceof ConfigError ? 2 : 1);
+    exitFailedStart(error);
   }
 
   let stopping = false;
@@ -64,7 +85,12 @@ async function main(): Promise<void> {
   process.once('SIGINT', stop);
 }
 
-/** One line on why the mock could not start. */
+/** One line on why the mock could not start, and the exit code that says which kind. */
+function exitFailedStart(error: unknown): never {
+  process.stderr.write(`psp mock: ${startFailure(error)}\n`);
+  process.exit(error instanceof ConfigError ? 2 : error instanceof UnavailableError ? 3 : 1);
+}
+
 function startFailure(error: unknown): string {
   if (error instanceof ConfigError) return error.message;
   // ensureDatabase names Settle's variable; the mock's database comes from PSP_MYSQL_URL.
