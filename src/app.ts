@@ -184,9 +184,18 @@ export async function startSettle(
       onQuery: (text: string, ms: number) => timings.record(sqlTimerName(text), ms),
     };
     const connections = connectionPlan(config);
-    const { db, close: closeDb } = openDatabase(config.MYSQL_URL, {
+    const deadlines = {
+      statementTimeoutMs: config.MYSQL_STATEMENT_TIMEOUT_MS,
+      bulkStatementTimeoutMs: config.MYSQL_BULK_STATEMENT_TIMEOUT_MS,
+    };
+    const {
+      db,
+      bulkDb,
+      close: closeDb,
+    } = openDatabase(config.MYSQL_URL, {
       poolSize: connections.mainPool,
       lockWaitTimeoutS: config.MYSQL_LOCK_WAIT_TIMEOUT_S,
+      ...deadlines,
       ...onQuery,
     });
     cleanups.push(closeDb);
@@ -197,10 +206,11 @@ export async function startSettle(
       poolSize: connections.writersPool,
       multipleStatements: true,
       lockWaitTimeoutS: config.MYSQL_LOCK_WAIT_TIMEOUT_S,
+      ...deadlines,
       ...onQuery,
     });
     cleanups.push(closeOneTripDb);
-    await migrateToLatest(db);
+    await migrateToLatest(bulkDb);
     await assertGuardsTrip(oneTripDb);
 
     const nc = await connectNats(config.NATS_URL, nodeName);
@@ -405,11 +415,16 @@ export async function startSettle(
     // The classification lock's connections: one per run holding or waiting for it.
     const { db: reconciliationLockDb, close: closeReconciliationLockDb } = openDatabase(
       config.MYSQL_URL,
-      { poolSize: RECONCILIATION_RUNS_MAX, lockWaitTimeoutS: config.MYSQL_LOCK_WAIT_TIMEOUT_S },
+      {
+        poolSize: RECONCILIATION_RUNS_MAX,
+        lockWaitTimeoutS: config.MYSQL_LOCK_WAIT_TIMEOUT_S,
+        ...deadlines,
+      },
     );
     cleanups.push(closeReconciliationLockDb);
     const reconciliation = new ReconciliationService({
-      db,
+      // Its statements span whole settlement files: the bulk deadline.
+      db: bulkDb,
       lockDb: reconciliationLockDb,
       runsMax: RECONCILIATION_RUNS_MAX,
       dir: config.SETTLEMENT_DIR,

@@ -80,6 +80,15 @@ export const configSchema = z.object({
   MYSQL_URL: mysqlUrl.default('mysql://root@127.0.0.1:3306/settle'),
   MYSQL_POOL_SIZE: positiveInt.max(256).default(16),
   MYSQL_LOCK_WAIT_TIMEOUT_S: positiveInt.max(3_600).default(5),
+  /**
+   * The deadline of every MySQL statement, in ms: one whose server stops answering (a partition,
+   * a frozen server) fails past it as the database being unavailable, outcome unknown, instead of
+   * waiting ~15 minutes for TCP to give up. Generous, because it is not there to cut slow
+   * statements: keep it above MYSQL_LOCK_WAIT_TIMEOUT_S (storage/db.ts says what else it clears).
+   */
+  MYSQL_STATEMENT_TIMEOUT_MS: positiveInt.min(1_000).max(3_600_000).default(30_000),
+  /** The same for migrations and reconciliation, whose statements span whole files and tables. */
+  MYSQL_BULK_STATEMENT_TIMEOUT_MS: positiveInt.min(1_000).max(86_400_000).default(600_000),
   NATS_URL: natsUrl.default('nats://127.0.0.1:4222'),
   /**
    * At start, how long a node waits for MySQL and NATS to become reachable, trying again with

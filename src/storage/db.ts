@@ -4,10 +4,19 @@
  */
 import { createPool, type Pool } from 'mysql2';
 import { createConnection, type Connection, type RowDataPacket } from 'mysql2/promise';
-import { Kysely, Migrator, MysqlAdapter, MysqlDialect, type DialectAdapter } from 'kysely';
+import {
+  Kysely,
+  Migrator,
+  MysqlAdapter,
+  MysqlDialect,
+  type DialectAdapter,
+  type LogEvent,
+} from 'kysely';
 import { FailedPreconditionError, UnavailableError } from '../domain/errors.js';
+import { isConnectionError } from './errors.js';
 import { migrationProvider } from './migrations/index.js';
 import type { Database } from './schema.js';
+import { StatementDeadlines } from './statement-deadline.js';
 
 /** MariaDB supports INSERT ... RETURNING; Kysely's MySQL adapter would drop the rows silently. */
 class MariaDbAdapter extends MysqlAdapter {
@@ -70,7 +79,29 @@ export type Db = Kysely<Database>;
 /** How long a statement waits for a row lock before MySQL answers 1205, in seconds. */
 export const LOCK_WAIT_TIMEOUT_S_DEFAULT = 5;
 
-export type OpenedDatabase = Readonly<{ db: Db; pool: Pool; close: () => Promise<void> }>;
+/**
+ * The deadline of a statement, in ms (MYSQL_STATEMENT_TIMEOUT_MS). Generous on purpose: it is
+ * there for a server that stopped answering, not to cut slow statements. It is above
+ * innodb_lock_wait_timeout (5 s; a lock wait answers 1205 first, a definite failure), above the
+ * trial balance's scan of the whole ledger (about 1.2 s per 533,000 entries here), and above the
+ * housekeeping purges' DELETEs of 5,000 rows and the classification lock's GET_LOCK steps (2 s).
+ */
+export const STATEMENT_TIMEOUT_MS_DEFAULT = 30_000;
+
+/**
+ * The deadline of bulk statements, in ms (MYSQL_BULK_STATEMENT_TIMEOUT_MS): migrations (an ALTER
+ * of a large table) and reconciliation, whose statements over a whole settlement file (duplicates,
+ * the report's sums, up to 5,000,000 rows) took 24 s together per 1,000,000 rows here.
+ */
+export const BULK_STATEMENT_TIMEOUT_MS_DEFAULT = 600_000;
+
+export type OpenedDatabase = Readonly<{
+  db: Db;
+  /** The same pool, with the bulk deadline on every statement (migrations, reconciliation). */
+  bulkDb: Db;
+  pool: Pool;
+  close: () => Promise<void>;
+}>;
 
 /** MySQL's answers to a login it refuses. */
 const LOGIN_REFUSED: ReadonlySet<string> = new Set([
@@ -109,13 +140,24 @@ export async function ensureDatabase(url: string, connectTimeoutMs = 5_000): Pro
     );
   }
   try {
-    await connection.query(
-      `CREATE DATABASE IF NOT EXISTS \`${target.database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
-    );
+    await connection.query({
+      sql: `CREATE DATABASE IF NOT EXISTS \`${target.database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
+      timeout: STATEMENT_TIMEOUT_MS_DEFAULT,
+    });
     await ensureBinaryCollation(connection, target.database);
-  } finally {
-    await connection.end();
+  } catch (error) {
+    // mysql2's `timeout` answers the query but leaves the connection waiting for its result: an
+    // end() would queue behind it forever.
+    connection.destroy();
+    if (isConnectionError(error)) {
+      throw new UnavailableError(
+        `MySQL at ${describeAddress(target)} stopped answering (${describe(error)})`,
+        { cause: error },
+      );
+    }
+    throw error;
   }
+  await connection.end();
 }
 
 /**
@@ -127,13 +169,15 @@ export async function ensureDatabase(url: string, connectTimeoutMs = 5_000): Pro
  * is then given a binary one, for the tables the migrations create.
  */
 async function ensureBinaryCollation(connection: Connection, database: string): Promise<void> {
-  const [columns] = await connection.query<RowDataPacket[]>(
-    `SELECT TABLE_NAME AS tableName, COLUMN_NAME AS columnName, COLLATION_NAME AS collation
+  const timeout = STATEMENT_TIMEOUT_MS_DEFAULT;
+  const [columns] = await connection.query<RowDataPacket[]>({
+    timeout,
+    sql: `SELECT TABLE_NAME AS tableName, COLUMN_NAME AS columnName, COLLATION_NAME AS collation
        FROM information_schema.COLUMNS
       WHERE TABLE_SCHEMA = ? AND COLLATION_NAME IS NOT NULL AND COLLATION_NAME NOT LIKE '%\\_bin'
       ORDER BY TABLE_NAME, ORDINAL_POSITION LIMIT 1`,
-    [database],
-  );
+    values: [database],
+  });
   const column = columns[0];
   if (column !== undefined) {
     throw new FailedPreconditionError(
@@ -144,14 +188,16 @@ async function ensureBinaryCollation(connection: Connection, database: string): 
         `(ALTER TABLE … CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin)`,
     );
   }
-  const [schemata] = await connection.query<RowDataPacket[]>(
-    'SELECT DEFAULT_COLLATION_NAME AS collation FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?',
-    [database],
-  );
+  const [schemata] = await connection.query<RowDataPacket[]>({
+    timeout,
+    sql: 'SELECT DEFAULT_COLLATION_NAME AS collation FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?',
+    values: [database],
+  });
   if (String(schemata[0]?.['collation'] ?? '').endsWith('_bin')) return;
-  await connection.query(
-    `ALTER DATABASE \`${database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
-  );
+  await connection.query({
+    timeout,
+    sql: `ALTER DATABASE \`${database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
+  });
 }
 
 /** The same server URL with another database name (tests, the bench and the chaos demo). */
@@ -193,8 +239,15 @@ export function openDatabase<DB = Database>(
      * its row locks and its group-commit slot for minutes behind one row locked elsewhere.
      */
     lockWaitTimeoutS?: number;
+    /**
+     * The deadline of every statement of `db`, in ms (default STATEMENT_TIMEOUT_MS_DEFAULT). One
+     * past it fails with a connection error (outcome unknown) and its connection is closed.
+     */
+    statementTimeoutMs?: number;
+    /** The deadline of every statement of `bulkDb`, in ms (BULK_STATEMENT_TIMEOUT_MS_DEFAULT). */
+    bulkStatementTimeoutMs?: number;
   },
-): { db: Kysely<DB>; pool: Pool; close: () => Promise<void> } {
+): { db: Kysely<DB>; bulkDb: Kysely<DB>; pool: Pool; close: () => Promise<void> } {
   const target = parseMysqlUrl(url);
   const pool = createPool({
     ...serverAddress(target),
@@ -217,6 +270,11 @@ export function openDatabase<DB = Database>(
       `lockWaitTimeoutS must be a whole number of seconds ≥ 1, got ${lockWaitTimeoutS}`,
     );
   }
+  // Watches the pool's connections before anything else sends a statement on them.
+  const deadlines = new StatementDeadlines(
+    pool,
+    options.statementTimeoutMs ?? STATEMENT_TIMEOUT_MS_DEFAULT,
+  );
   // Runs before any other statement on the new connection: mysql2 queues them in order.
   pool.on('connection', (connection) => {
     // With a callback: an error of a query without one is thrown out of mysql2's packet parser.
@@ -226,17 +284,33 @@ export function openDatabase<DB = Database>(
     });
   });
   const onQuery = options.onQuery;
-  const db = new Kysely<DB>({
-    dialect: new SettleMysqlDialect({ pool }),
-    ...(onQuery === undefined
+  const log =
+    onQuery === undefined
       ? {}
       : {
-          log: (event) => {
+          log: (event: LogEvent) => {
             if (event.level === 'query') onQuery(event.query.sql, event.queryDurationMillis);
           },
-        }),
+        };
+  const db = new Kysely<DB>({
+    dialect: new SettleMysqlDialect({ pool: deadlines.direct() }),
+    ...log,
   });
-  return { db, pool, close: () => db.destroy() };
+  const bulkDb = new Kysely<DB>({
+    dialect: new SettleMysqlDialect({
+      pool: deadlines.through(options.bulkStatementTimeoutMs ?? BULK_STATEMENT_TIMEOUT_MS_DEFAULT),
+    }),
+    ...log,
+  });
+  const close = async () => {
+    deadlines.stop();
+    await bulkDb.destroy();
+    await db.destroy();
+    await new Promise<void>((resolve, reject) =>
+      pool.end((error) => (error ? reject(error) : resolve())),
+    );
+  };
+  return { db, bulkDb, pool, close };
 }
 
 /** Applies every pending migration; throws with the failing migration's name. */
