@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import * as z from 'zod';
 import { SettleError, type ErrorCode } from '../domain/errors.js';
-import { isConnectionError, isTransientLockError } from '../storage/errors.js';
+import { isConnectionError, isPoolQueueFull, isTransientLockError } from '../storage/errors.js';
 import { toUnavailable } from '../storage/transaction.js';
 
 const STATUS_BY_ERROR_CODE: Readonly<Record<ErrorCode, grpc.status>> = {
@@ -88,8 +88,12 @@ export function toGrpcStatus(
   requestId?: string,
   options: StatusOptions = {},
 ): GrpcStatus {
-  // A database outage, or a lock that outlasted its retries, on a path that did not say so.
-  if (!(error instanceof SettleError) && (isConnectionError(error) || isTransientLockError(error)))
+  // A database outage, a full pool queue, or a lock that outlasted its retries, on a path that
+  // did not say so.
+  if (
+    !(error instanceof SettleError) &&
+    (isConnectionError(error) || isPoolQueueFull(error) || isTransientLockError(error))
+  )
     return toGrpcStatus(toUnavailable(error), requestId, options);
   if (error instanceof SettleError) {
     const status: GrpcStatus = {

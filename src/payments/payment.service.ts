@@ -19,7 +19,7 @@ import type { Db } from '../storage/db.js';
 import { outboxInsert } from '../storage/repositories/outbox.repository.js';
 import { historyRow } from '../storage/repositories/payment-order.repository.js';
 import { commitInOneTrip } from '../storage/one-trip.js';
-import { isConnectionError, isDuplicateKey } from '../storage/errors.js';
+import { isConnectionError, isDuplicateKey, isPoolQueueFull } from '../storage/errors.js';
 import {
   createdPayment,
   deleteAbandonedKey,
@@ -129,7 +129,7 @@ async function writeCreationsInOneTrip(
     await commitInOneTrip(db, creationStatements(db, creations, names));
     return true;
   } catch (error) {
-    if (isConnectionError(error)) throw toUnavailable(error);
+    if (isConnectionError(error) || isPoolQueueFull(error)) throw toUnavailable(error);
     if (isDuplicateKey(error)) throw error;
     return undefined;
   }

@@ -59,7 +59,15 @@ export function isConnectionError(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code;
   if (typeof code === 'string' && CONNECTION_CODES.has(code)) return true;
   const message = error instanceof Error ? error.message : '';
-  return /Pool is closed|Connection lost|connect ETIMEDOUT|Queue limit reached|closed state/i.test(
-    message,
-  );
+  return /Pool is closed|Connection lost|connect ETIMEDOUT|closed state/i.test(message);
+}
+
+/**
+ * mysql2's pool refused a statement because `queueLimit` requests already wait for a connection:
+ * this node asks too much of a healthy database (an overload, RESOURCE_EXHAUSTED), and the
+ * statement was never sent, so nothing of it happened. Not a connection error: that would report
+ * the database down, and a lost COMMIT's outcome as unknown.
+ */
+export function isPoolQueueFull(error: unknown): boolean {
+  return error instanceof Error && error.message.startsWith('Queue limit reached');
 }

@@ -11,10 +11,21 @@
  * case it does not handle in bulk) to get exactly that fallback.
  *
  * Bounded: `batchMax` units per batch, `inFlightMax` batches at once, `queueMax` units waiting
- * (beyond it, submit() fails at once with RESOURCE_EXHAUSTED, which callers treat as retryable).
+ * (beyond it, submit() fails at once with RESOURCE_EXHAUSTED, which callers treat as retryable),
+ * and `replayInFlightMax` units of a failed batch replayed at once: a batch holds one connection
+ * of its pool, and its replay must not ask for a hundred more.
  */
 import { ResourceExhaustedError, UnavailableError } from '../domain/errors.js';
 import { isTransientLockError } from './errors.js';
+
+/**
+ * Units of one failed batch written alone at once, by default. More than one, so that a unit
+ * waiting out a row lock held elsewhere (up to innodb_lock_wait_timeout) does not hold up its
+ * batch mates behind it; few, because each holds or waits for a connection of a pool sized for
+ * one per batch in flight: a batch of 128 replayed all at once overflowed mysql2's queue
+ * ("Queue limit reached"), failing healthy units.
+ */
+export const REPLAY_IN_FLIGHT_MAX_DEFAULT = 4;
 
 /** The limits a caller usually takes from config (GROUP_COMMIT_MAX, GROUP_COMMITS_IN_FLIGHT). */
 export type GroupCommitLimits = Readonly<{ batchMax: number; inFlightMax: number }>;
@@ -32,6 +43,8 @@ export type GroupCommitOptions<I, O> = Readonly<{
   writeBatch: (units: readonly I[]) => Promise<readonly O[]>;
   /** Writes one unit alone. */
   writeOne: (unit: I) => Promise<O>;
+  /** Units of a failed batch written alone at once (default REPLAY_IN_FLIGHT_MAX_DEFAULT). */
+  replayInFlightMax?: number;
   /** Called after every batch with its size and duration (metrics, the bench). */
   onBatch?: (batch: GroupCommitBatch) => void;
   /**
@@ -132,21 +145,40 @@ export class GroupCommit<I, O> {
       }
     } catch (error) {
       this.options.onBatch?.({ size: batch.length, ms: performance.now() - started, ok: false });
-      // The database is gone for all of them; a lock that outlasted its retries is one unit's
-      // (or a few): each alone tells which.
-      if (error instanceof UnavailableError && !isTransientLockError(error.cause)) {
+      // The database is gone for all of them, or its pool is full for all of them (a replay
+      // would only ask for more); a lock that outlasted its retries is one unit's (or a few):
+      // each alone tells which.
+      if (
+        (error instanceof UnavailableError && !isTransientLockError(error.cause)) ||
+        error instanceof ResourceExhaustedError
+      ) {
         for (const pending of batch) pending.reject(error);
         return;
       }
       // Which unit broke the batch is unknown: each one alone tells.
-      await Promise.all(
-        batch.map((pending) =>
-          this.options.writeOne(pending.unit).then(pending.resolve, pending.reject),
-        ),
-      );
+      await this.replay(batch);
       return;
     }
     this.options.onBatch?.({ size: batch.length, ms: performance.now() - started, ok: true });
     batch.forEach((pending, i) => pending.resolve(results[i] as O));
+  }
+
+  /** Writes each unit of `batch` alone, a few at a time; each is answered once, for itself. */
+  private async replay(batch: readonly Pending<I, O>[]): Promise<void> {
+    let next = 0;
+    const lane = async () => {
+      for (let pending = batch[next++]; pending !== undefined; pending = batch[next++]) {
+        try {
+          pending.resolve(await this.options.writeOne(pending.unit));
+        } catch (error) {
+          pending.reject(error);
+        }
+      }
+    };
+    const lanes = Math.min(
+      batch.length,
+      Math.max(1, this.options.replayInFlightMax ?? REPLAY_IN_FLIGHT_MAX_DEFAULT),
+    );
+    await Promise.all(Array.from({ length: lanes }, lane));
   }
 }

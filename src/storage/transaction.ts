@@ -6,12 +6,13 @@
  * answer UNAVAILABLE and JetStream retries later.
  */
 import type { Transaction } from 'kysely';
-import { UnavailableError } from '../domain/errors.js';
+import { ResourceExhaustedError, UnavailableError } from '../domain/errors.js';
 import type { Db } from './db.js';
 import {
   isConnectionError,
   isDeadlock,
   isLockWaitTimeout,
+  isPoolQueueFull,
   isTransientLockError,
 } from './errors.js';
 import type { Database } from './schema.js';
@@ -75,9 +76,15 @@ export function retryOnDeadlock<T>(
 
 /**
  * Wraps connection-level failures, and deadlocks and lock waits that outlasted their retries, so
- * they surface as UNAVAILABLE; passes others through.
+ * they surface as UNAVAILABLE, and a full pool queue as RESOURCE_EXHAUSTED; passes others through.
  */
 export function toUnavailable(error: unknown): unknown {
+  if (isPoolQueueFull(error)) {
+    return new ResourceExhaustedError(
+      'too many database statements are waiting for a connection on this node; retry later',
+      { cause: error },
+    );
+  }
   if (isConnectionError(error)) {
     return new UnavailableError('the database is unavailable; retry later', { cause: error });
   }

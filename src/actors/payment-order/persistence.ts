@@ -18,7 +18,7 @@
  */
 import type { CompiledQuery } from 'kysely';
 import type { Db } from '../../storage/db.js';
-import { isConnectionError, isLockWaitTimeout } from '../../storage/errors.js';
+import { isConnectionError, isLockWaitTimeout, isPoolQueueFull } from '../../storage/errors.js';
 import { GroupCommit } from '../../storage/group-commit.js';
 import { commitInOneTrip, rowCountGuard } from '../../storage/one-trip.js';
 import {
@@ -170,7 +170,7 @@ export async function persistInOneTrip(
     if (outcome.committed) return writes.map(() => true);
     return writes.length === 1 && outcome.tripped === 'rowCount' ? [false] : undefined;
   } catch (error) {
-    if (isConnectionError(error)) throw toUnavailable(error);
+    if (isConnectionError(error) || isPoolQueueFull(error)) throw toUnavailable(error);
     // A row locked elsewhere for the whole wait: the batch's statement-by-statement way would
     // wait for it again, up to twice, and hold every batch mate meanwhile. Each unit alone
     // (the group commit's replay) lets the mates that do not touch that row through at once.

@@ -26,7 +26,7 @@ import {
   SettleError,
   UnavailableError,
 } from '../../domain/errors.js';
-import { isConnectionError } from '../../storage/errors.js';
+import { isConnectionError, isPoolQueueFull } from '../../storage/errors.js';
 import {
   PaymentStatus,
   PspServiceService,
@@ -331,6 +331,12 @@ function toStatus(
 ): { code: grpcStatus; details: string } {
   if (error instanceof SettleError)
     return { code: STATUS_BY_CODE[error.code], details: boundedStatusMessage(error.message) };
+  if (isPoolQueueFull(error)) {
+    return {
+      code: grpcStatus.RESOURCE_EXHAUSTED,
+      details: 'too many PSP database statements are waiting for a connection; retry later',
+    };
+  }
   if (isConnectionError(error)) {
     return {
       code: grpcStatus.UNAVAILABLE,
