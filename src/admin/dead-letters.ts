@@ -5,10 +5,11 @@
  * it with a reason. Both are idempotent: the transition is conditional on the entry's state, and
  * the replayed command is handled like any redelivery (a finished order ignores it).
  */
+import { createHash } from 'node:crypto';
 import { sql } from 'kysely';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../domain/errors.js';
 import { TERMINAL_STATES } from '../domain/payment-order.js';
-import type { DeadLetter } from '../messaging/command-consumer.js';
+import { deadLetterKey, type DeadLetter } from '../messaging/command-consumer.js';
 import type { Db } from '../storage/db.js';
 import { isDuplicateKey } from '../storage/errors.js';
 import { enqueueOutbox } from '../storage/repositories/outbox.repository.js';
@@ -42,7 +43,10 @@ export type DeadLetterRecord = Readonly<{
 
 /**
  * Records a dead letter once per stream message (a second record of the same one is ignored);
- * answers whether this call recorded it.
+ * answers whether this call recorded it. A message is its deadLetterKey; should a different
+ * message still meet a row under that key (a stream recreated while its creation time was not
+ * read anew), its payload tells them apart and it is kept under a key of its own: a dead letter
+ * dropped is a message terminated that no operator will see.
  */
 export async function recordDeadLetter(
   db: Db,
@@ -50,11 +54,50 @@ export async function recordDeadLetter(
   entry: DeadLetter,
   now: Date,
 ): Promise<boolean> {
+  if (await recordedUnderSequenceKey(db, streamName, entry)) return false;
+  const key = deadLetterKey(streamName, entry);
+  if (await insertDeadLetter(db, key, entry, now)) return true;
+  const stored = await db
+    .selectFrom('dead_letter')
+    .select('payload')
+    .where('dedupe_key', '=', key)
+    .executeTakeFirst();
+  if (stored?.payload === entry.payload) return false;
+  return insertDeadLetter(db, `${key}#${payloadDigest(entry.payload)}`, entry, now);
+}
+
+/**
+ * Rows written before the key named the stream's creation time are keyed `stream:sequence`.
+ * One of them is this message's when its payload is the same and it was written after the
+ * stream was created (an older one is of a previous life of the stream), so a redelivery of a
+ * message dead-lettered before the upgrade is not recorded twice.
+ */
+async function recordedUnderSequenceKey(
+  db: Db,
+  streamName: string,
+  entry: DeadLetter,
+): Promise<boolean> {
+  const row = await db
+    .selectFrom('dead_letter')
+    .select('payload')
+    .where('dedupe_key', '=', `${streamName}:${entry.streamSequence}`)
+    .where('created_at', '>=', new Date(entry.streamCreatedAt))
+    .executeTakeFirst();
+  return row !== undefined && row.payload === entry.payload;
+}
+
+/** Inserts the entry under `dedupeKey`; false when a row has that key already. */
+async function insertDeadLetter(
+  db: Db,
+  dedupeKey: string,
+  entry: DeadLetter,
+  now: Date,
+): Promise<boolean> {
   try {
     await db
       .insertInto('dead_letter')
       .values({
-        dedupe_key: `${streamName}:${entry.streamSequence}`,
+        dedupe_key: dedupeKey,
         stream_sequence: BigInt(entry.streamSequence),
         order_id: entry.orderId,
         subject: entry.subject,
@@ -70,9 +113,14 @@ export async function recordDeadLetter(
       .execute();
     return true;
   } catch (error) {
-    if (!isDuplicateKey(error)) throw error;
+    if (!isDuplicateKey(error, 'dead_letter_dedupe')) throw error;
     return false;
   }
+}
+
+/** 16 hex digits of the payload's SHA-256: enough to tell two messages at one key apart. */
+function payloadDigest(payload: string): string {
+  return createHash('sha256').update(payload).digest('hex').slice(0, 16);
 }
 
 type Row = {

@@ -46,8 +46,11 @@ export type ConsumerOptions = Readonly<{
   /** Fraction of random spread around each delay, e.g. 0.2 for ±20 %. */
   jitter: number;
   onError?: (error: unknown, context: Record<string, unknown>) => void;
-  /** Durably records a dead letter (MySQL); awaited before the message is terminated. */
-  /** Answers false when the entry was already recorded (another node heard the advisory too). */
+  /**
+   * Durably records a dead letter (MySQL); awaited before the message is terminated. Answers
+   * false when this very message was already recorded (another node heard the advisory too, or
+   * a node recorded it and died before terminating it); it is then terminated, not counted again.
+   */
   recordDeadLetter: (entry: DeadLetter) => Promise<boolean | void>;
   onDeadLetter?: (entry: DeadLetter) => void;
   onRetry?: (entry: { orderId: string; attempt: number; delayMs: number; reason: string }) => void;
@@ -56,6 +59,12 @@ export type ConsumerOptions = Readonly<{
 export type DeadLetter = Readonly<{
   orderId: string | null;
   subject: string;
+  /**
+   * When JetStream created the command stream (StreamInfo.created, RFC 3339 in nanoseconds). A
+   * recreated stream (its storage lost, or deleted and set up again) numbers its messages from 1
+   * again, so only the sequence with this names one message: see deadLetterKey.
+   */
+  streamCreatedAt: string;
   streamSequence: number;
   attempts: number;
   reason: string;
@@ -63,6 +72,19 @@ export type DeadLetter = Readonly<{
   payload: string;
   deadLetteredAt: string;
 }>;
+
+/**
+ * The name of the stream message a dead letter is for: the same for every node and for both
+ * ways a message is dead-lettered (its handler's answer, the max-deliveries advisory), and
+ * different for a later message at a reused sequence of a recreated stream. It keys the
+ * `dead_letter` row and the dead-letter stream's copy.
+ */
+export function deadLetterKey(
+  streamName: string,
+  entry: Pick<DeadLetter, 'streamSequence' | 'streamCreatedAt'>,
+): string {
+  return `${streamName}:${entry.streamSequence}@${entry.streamCreatedAt}`;
+}
 
 /** Deliveries at most: the first one plus one per backoff step (the consumer and its stream). */
 export function maxDeliveries(backoffMs: readonly number[]): number {
@@ -78,6 +100,9 @@ export class CommandConsumer {
   private readonly inFlightMessages = new Map<JsMsg, () => void>();
   private slotFreed: (() => void) | undefined;
   private stopping = false;
+  /** The command stream's creation time as last read, and the read in flight (shared). */
+  private streamCreatedAt: string | undefined;
+  private streamCreatedAtRead: Promise<string> | undefined;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -97,6 +122,7 @@ export class CommandConsumer {
       this.names.commandStream,
       this.names.runtimeConsumer,
     );
+    await this.readStreamCreatedAt();
     this.messages = await consumer.consume({
       max_messages: this.options.inFlightMax,
       expires: 5_000,
@@ -126,6 +152,7 @@ export class CommandConsumer {
           const entry: DeadLetter = {
             orderId: command?.orderId ?? null,
             subject: stored?.subject ?? this.names.commandSubjectAll,
+            streamCreatedAt: await this.readStreamCreatedAt(),
             streamSequence: body.stream_seq,
             attempts: body.deliveries,
             reason: 'MAX_DELIVERIES',
@@ -268,6 +295,29 @@ export class CommandConsumer {
     }
   }
 
+  /**
+   * The command stream's creation time, read again for each dead letter rather than kept from
+   * start(): another node may have recreated the stream since (one JetStream request per dead
+   * letter, shared by those in flight together). When JetStream does not answer, the last value
+   * read serves; recording still dedupes a different message by its payload then.
+   */
+  private readStreamCreatedAt(): Promise<string> {
+    this.streamCreatedAtRead ??= this.jsm.streams
+      .info(this.names.commandStream)
+      .then(
+        (info) => (this.streamCreatedAt = info.created),
+        (error: unknown) => {
+          if (this.streamCreatedAt === undefined) throw error;
+          this.options.onError?.(error, { reason: 'command stream info not read; using the last' });
+          return this.streamCreatedAt;
+        },
+      )
+      .finally(() => {
+        this.streamCreatedAtRead = undefined;
+      });
+    return this.streamCreatedAtRead;
+  }
+
   /** Exponential backoff from the configured steps, spread by ±jitter. */
   retryDelayMs(attempt: number): number {
     const steps = this.options.backoffMs;
@@ -286,6 +336,7 @@ export class CommandConsumer {
     const entry: DeadLetter = {
       orderId,
       subject: message.subject,
+      streamCreatedAt: await this.readStreamCreatedAt(),
       streamSequence: message.info.streamSequence,
       attempts,
       reason,
@@ -294,13 +345,13 @@ export class CommandConsumer {
       deadLetteredAt: new Date().toISOString(),
     };
     // MySQL first: it is what operators list and replay from. If this throws, the message is
-    // left unacked; the max-deliveries advisory (or the janitor) picks it up.
-    await this.options.recordDeadLetter(entry);
-    this.options.onDeadLetter?.(entry);
+    // left unacked; the max-deliveries advisory (or the janitor) picks it up. False: this message
+    // is recorded already (a node recorded it and died before terminating it), counted then.
+    if ((await this.options.recordDeadLetter(entry)) !== false) this.options.onDeadLetter?.(entry);
     // The stream copy is for JetStream tooling; losing it loses nothing.
     await this.js
       .publish(this.names.deadLetterSubject, JSON.stringify(entry), {
-        msgID: `dlq:${this.names.commandStream}:${entry.streamSequence}`,
+        msgID: `dlq:${deadLetterKey(this.names.commandStream, entry)}`,
         timeout: 5_000,
       })
       .catch((error: unknown) =>

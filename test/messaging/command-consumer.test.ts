@@ -1,20 +1,34 @@
 /**
  * Goal: a command whose handling takes longer than the consumer's ack_wait is not redelivered
  * mid-turn (which burnt its deliveries until a healthy order was dead-lettered as
- * MAX_DELIVERIES), yet a handler that hangs still gets its message back, after a bounded time.
+ * MAX_DELIVERIES), yet a handler that hangs still gets its message back, after a bounded time;
+ * and every message the consumer terminates has its dead letter, even at a sequence an earlier
+ * dead letter had before the command stream was recreated (sequences restart at 1).
  * Method: a real Settle node and PSP mock (MariaDB, NATS) with ack_wait below the PSP's latency,
  * commands through JetStream only; and the consumer alone on a namespace of its own, with a
- * handler that never answers. Outcomes are read from MySQL and from the deliveries seen.
+ * handler that never answers, or one that refuses every command, recording its dead letters in a
+ * database of its own. Outcomes are read from MySQL and from the deliveries seen.
  */
 import { randomUUID } from 'node:crypto';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { sql } from 'kysely';
 import { afterAll, describe, expect, inject, it } from 'vitest';
-import { CommandConsumer } from '../../src/messaging/command-consumer.js';
+import { recordDeadLetter } from '../../src/admin/dead-letters.js';
+import { newId } from '../../src/domain/ids.js';
+import { CommandConsumer, type CommandHandler } from '../../src/messaging/command-consumer.js';
 import { deleteTopology, ensureTopology } from '../../src/messaging/nats.js';
 import { names as topologyNames } from '../../src/messaging/subjects.js';
-import { call, count, startStack, uniqueSuffix, waitFor, type Stack } from '../support/harness.js';
+import {
+  call,
+  count,
+  openTestDatabase,
+  startStack,
+  uniqueSuffix,
+  waitFor,
+  type Stack,
+  type TestDatabase,
+} from '../support/harness.js';
 
 const ACK_WAIT_MS = 1_000;
 
@@ -204,4 +218,100 @@ describe('a message out of deliveries without an answer', () => {
     expect(reported).toHaveLength(1);
     expect(reported[0]?.reason).toBe('MAX_DELIVERIES');
   }, 20_000);
+});
+
+describe('a command stream recreated (its sequences start at 1 again)', () => {
+  const names = topologyNames(`t${uniqueSuffix()}`, 1);
+  const topology = { ackWaitMs: ACK_WAIT_MS, maxDeliver: 6, maxAckPending: 10 };
+  let nc: NatsConnection | undefined;
+  let consumer: CommandConsumer | undefined;
+  let database: TestDatabase | undefined;
+  afterAll(async () => {
+    await consumer?.stop(0);
+    if (nc !== undefined) {
+      await deleteTopology(nc, names);
+      await nc.close();
+    }
+    await database?.close();
+  });
+
+  /** What the actor answers for a charge whose amount is not the order's. */
+  const refuse: CommandHandler = () =>
+    Promise.resolve({ kind: 'reject', reason: 'the PSP charged 999999 but the order is for 1000' });
+
+  const chargeOf = (orderId: string) =>
+    JSON.stringify({
+      type: 'PspResult',
+      orderId,
+      eventId: `evt_${randomUUID()}`,
+      outcome: 'SUCCEEDED',
+      pspReference: `psp_${randomUUID()}`,
+      amountMinor: '999999',
+      declineCode: null,
+    });
+
+  /** Deletes the streams and sets them up again, as after NATS lost its storage. */
+  async function recreateStream(connection: NatsConnection, db: TestDatabase['db']) {
+    await consumer?.stop(0);
+    await deleteTopology(connection, names);
+    const jsm = await ensureTopology(connection, names, topology);
+    consumer = new CommandConsumer(connection, jetstream(connection), jsm, names, refuse, {
+      inFlightMax: 4,
+      ackWaitMs: ACK_WAIT_MS,
+      workingMsMax: 10_000,
+      backoffMs: [100, 100, 100, 100, 100],
+      jitter: 0,
+      recordDeadLetter: (entry) => recordDeadLetter(db, names.commandStream, entry, new Date()),
+    });
+    await consumer.start();
+    return jsm;
+  }
+
+  /** Publishes `payload`, which must land at stream sequence 1, and waits until it is answered. */
+  async function deadLetterAtSequenceOne(
+    connection: NatsConnection,
+    db: TestDatabase['db'],
+    payload: string,
+  ) {
+    const jsm = await recreateStream(connection, db);
+    const ack = await jetstream(connection).publish(names.commandSubject('ord'), payload);
+    expect(ack.seq).toBe(1);
+    await waitFor(
+      async () => {
+        const info = await jsm.consumers.info(names.commandStream, names.runtimeConsumer);
+        return info.delivered.stream_seq === 1 && info.num_ack_pending === 0;
+      },
+      { what: 'the command terminated' },
+    );
+  }
+
+  it('keeps a dead letter for each message terminated at a reused sequence', async () => {
+    database = await openTestDatabase('consumer_dlq', { poolSize: 2 });
+    nc = await connect({ servers: inject('natsUrl') });
+    const { db } = database;
+    const [first, second] = [newId('order'), newId('order')];
+    await deadLetterAtSequenceOne(nc, db, chargeOf(first));
+    // Another charge at the same sequence: it used to be taken for the first one's redelivery,
+    // terminated with no row at all.
+    await deadLetterAtSequenceOne(nc, db, chargeOf(second));
+    // The same payload again, a message of its own (a CheckOrderStatus sent anew is one): told
+    // apart by the stream's creation time, not by its body.
+    const check = JSON.stringify({ type: 'CheckOrderStatus', orderId: first });
+    await deadLetterAtSequenceOne(nc, db, check);
+    await deadLetterAtSequenceOne(nc, db, check);
+
+    const rows = await db
+      .selectFrom('dead_letter')
+      .select(['order_id', 'stream_sequence', 'reason', 'state'])
+      .orderBy('id')
+      .execute();
+    expect(rows).toEqual(
+      [first, second, first, first].map((orderId) => ({
+        order_id: orderId,
+        stream_sequence: '1',
+        reason: 'NON_RETRYABLE',
+        state: 'OPEN',
+      })),
+    );
+  }, 60_000);
 });

@@ -1,0 +1,117 @@
+/**
+ * Goal: recording a dead letter keeps one row per stream message, never fewer: a repeat of the
+ * same message is ignored (answered false), but a different message that meets its key (a reused
+ * sequence whose stream's creation time was read stale) gets a row of its own, and a row written
+ * before the key named the stream's creation time still dedupes its own message's redelivery.
+ * Method: recordDeadLetter on a migrated database of the real MariaDB; rows read back.
+ */
+import { sql } from 'kysely';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { recordDeadLetter } from '../../src/admin/dead-letters.js';
+import { newId } from '../../src/domain/ids.js';
+import type { DeadLetter } from '../../src/messaging/command-consumer.js';
+import { openTestDatabase, type TestDatabase } from '../support/harness.js';
+
+let database: TestDatabase;
+beforeAll(async () => {
+  database = await openTestDatabase('dlrecord', { poolSize: 2 });
+});
+afterAll(async () => database?.close());
+
+const STREAM = 'SETTLE_TEST_CMD';
+const STREAM_CREATED_AT = '2026-01-01T00:00:00.123456789Z';
+
+function entryOf(orderId: string, fields: Partial<DeadLetter> = {}): DeadLetter {
+  return {
+    orderId,
+    subject: 'settle.test.cmd.0',
+    streamCreatedAt: STREAM_CREATED_AT,
+    streamSequence: 7,
+    attempts: 1,
+    reason: 'NON_RETRYABLE',
+    lastError: 'the PSP charged 999999 but the order is for 1000',
+    payload: JSON.stringify({ type: 'CheckOrderStatus', orderId }),
+    deadLetteredAt: new Date().toISOString(),
+    ...fields,
+  };
+}
+
+const record = (entry: DeadLetter) => recordDeadLetter(database.db, STREAM, entry, new Date());
+
+async function ordersRecorded(): Promise<Array<string | null>> {
+  const rows = await database.db
+    .selectFrom('dead_letter')
+    .select('order_id')
+    .orderBy('id')
+    .execute();
+  return rows.map((row) => row.order_id);
+}
+
+describe('recording a dead letter', () => {
+  beforeAll(async () => {
+    await sql`DELETE FROM dead_letter`.execute(database.db);
+  });
+
+  it('records the same message once, whoever records it', async () => {
+    const entry = entryOf(newId('order'));
+    expect(await record(entry)).toBe(true);
+    expect(await record({ ...entry, reason: 'MAX_DELIVERIES', attempts: 6 })).toBe(false);
+    expect(await ordersRecorded()).toEqual([entry.orderId]);
+    await sql`DELETE FROM dead_letter`.execute(database.db);
+  });
+
+  it('keeps a different message under the same key as a row of its own, once', async () => {
+    const [first, second] = [entryOf(newId('order')), entryOf(newId('order'))];
+    expect(await record(first)).toBe(true);
+    expect(await record(second)).toBe(true);
+    // Each one's redelivery is still a repeat.
+    expect(await record(second)).toBe(false);
+    expect(await record(first)).toBe(false);
+    expect(await ordersRecorded()).toEqual([first.orderId, second.orderId]);
+    await sql`DELETE FROM dead_letter`.execute(database.db);
+  });
+
+  it('a message of a stream created anew at the same sequence is another message', async () => {
+    const entry = entryOf(newId('order'));
+    expect(await record(entry)).toBe(true);
+    expect(await record({ ...entry, streamCreatedAt: '2026-01-02T00:00:00.000000001Z' })).toBe(
+      true,
+    );
+    expect(await ordersRecorded()).toEqual([entry.orderId, entry.orderId]);
+    await sql`DELETE FROM dead_letter`.execute(database.db);
+  });
+
+  it('a row keyed by the sequence alone (before the upgrade) dedupes its own message only', async () => {
+    const entry = entryOf(newId('order'));
+    const writtenAt = new Date('2026-01-01T12:00:00.000Z');
+    // As the earlier code wrote it.
+    await database.db
+      .insertInto('dead_letter')
+      .values({
+        dedupe_key: `${STREAM}:${entry.streamSequence}`,
+        stream_sequence: BigInt(entry.streamSequence),
+        order_id: entry.orderId,
+        subject: entry.subject,
+        reason: entry.reason,
+        attempts: entry.attempts,
+        last_error: entry.lastError,
+        payload: entry.payload,
+        state: 'OPEN',
+        resolution_note: null,
+        created_at: writtenAt,
+        updated_at: writtenAt,
+      })
+      .execute();
+    // Its redelivery: the stream was created before the row was written.
+    expect(await record(entry)).toBe(false);
+    // Another message at that sequence.
+    const other = entryOf(newId('order'));
+    expect(await record(other)).toBe(true);
+    // The same body in a stream created after the row was written: a message of its own.
+    expect(await record({ ...entry, streamCreatedAt: '2026-01-02T00:00:00.000000000Z' })).toBe(
+      true,
+    );
+    expect(await ordersRecorded()).toEqual([entry.orderId, other.orderId, entry.orderId]);
+    await sql`DELETE FROM dead_letter`.execute(database.db);
+  });
+});
