@@ -2,8 +2,9 @@
  * Pulls commands from the runtime's durable consumer and hands each to a handler, at most
  * `inFlightMax` at a time. A message is acked only after the handler says its effect is
  * committed; a retryable failure is nak'ed with exponential backoff and jitter; after the last
- * allowed delivery, or on a non-retryable failure, the message goes to the dead-letter stream
- * with its reason and is terminated. Malformed messages go straight to the dead-letter stream.
+ * allowed delivery, or on a non-retryable failure (a `reject`, or a thrown error that says
+ * `retryable: false`), the message goes to the dead-letter stream with its reason and is
+ * terminated. Malformed messages go straight to the dead-letter stream.
  * Terminations carry no reason: nats-server 2.9 ignores a `+TERM` that has one, leaving the message
  * unacknowledged and redelivered after ack_wait; the reason is in the dead letter instead.
  * While a message is handled its ack deadline is extended (`+WPI`), for a bounded time only.
@@ -89,6 +90,18 @@ export function deadLetterKey(
 /** Deliveries at most: the first one plus one per backoff step (the consumer and its stream). */
 export function maxDeliveries(backoffMs: readonly number[]): number {
   return backoffMs.length + 1;
+}
+
+/**
+ * What a handler that threw asks for: its error's own retry advice (`retryable`, as domain errors
+ * carry it). One that says it is not retryable is refused at once: each retry would ask the same
+ * question again (the PSP refusing our credentials, say) and end as RETRIES_EXHAUSTED, which
+ * misleads the operator. An error that says nothing (a bug, a driver's error) is retried.
+ */
+function outcomeOfThrow(error: unknown): HandleOutcome {
+  const reason = error instanceof Error ? error.message : String(error);
+  const retryable = (error as { retryable?: unknown } | null | undefined)?.retryable;
+  return retryable === false ? { kind: 'reject', reason } : { kind: 'retry', reason };
 }
 
 export class CommandConsumer {
@@ -260,7 +273,7 @@ export class CommandConsumer {
       outcome = await this.handler(command, { attempt, isLastAttempt });
     } catch (error) {
       this.options.onError?.(error, { orderId: command.orderId, attempt });
-      outcome = { kind: 'retry', reason: error instanceof Error ? error.message : String(error) };
+      outcome = outcomeOfThrow(error);
     }
     switch (outcome.kind) {
       case 'done':

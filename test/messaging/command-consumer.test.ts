@@ -2,12 +2,14 @@
  * Goal: a command whose handling takes longer than the consumer's ack_wait is not redelivered
  * mid-turn (which burnt its deliveries until a healthy order was dead-lettered as
  * MAX_DELIVERIES), yet a handler that hangs still gets its message back, after a bounded time;
- * and every message the consumer terminates has its dead letter, even at a sequence an earlier
- * dead letter had before the command stream was recreated (sequences restart at 1).
+ * a handler's error that says it is not retryable is dead-lettered at once as NON_RETRYABLE, any
+ * other is retried; and every message the consumer terminates has its dead letter, even at a
+ * sequence an earlier dead letter had before the command stream was recreated (sequences restart
+ * at 1).
  * Method: a real Settle node and PSP mock (MariaDB, NATS) with ack_wait below the PSP's latency,
  * commands through JetStream only; and the consumer alone on a namespace of its own, with a
- * handler that never answers, or one that refuses every command, recording its dead letters in a
- * database of its own. Outcomes are read from MySQL and from the deliveries seen.
+ * handler that never answers, throws, or refuses every command (recording its dead letters in a
+ * database of its own). Outcomes are read from MySQL and from the deliveries seen.
  */
 import { randomUUID } from 'node:crypto';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -15,8 +17,13 @@ import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { sql } from 'kysely';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { recordDeadLetter } from '../../src/admin/dead-letters.js';
+import { FailedPreconditionError, UnavailableError } from '../../src/domain/errors.js';
 import { newId } from '../../src/domain/ids.js';
-import { CommandConsumer, type CommandHandler } from '../../src/messaging/command-consumer.js';
+import {
+  CommandConsumer,
+  type CommandHandler,
+  type DeadLetter,
+} from '../../src/messaging/command-consumer.js';
 import { deleteTopology, ensureTopology } from '../../src/messaging/nats.js';
 import { names as topologyNames } from '../../src/messaging/subjects.js';
 import {
@@ -217,6 +224,101 @@ describe('a message out of deliveries without an answer', () => {
     await new Promise((resolve) => setTimeout(resolve, 500));
     expect(reported).toHaveLength(1);
     expect(reported[0]?.reason).toBe('MAX_DELIVERIES');
+  }, 20_000);
+});
+
+describe('a handler that throws', () => {
+  const names = topologyNames(`t${uniqueSuffix()}`, 1);
+  let nc: NatsConnection | undefined;
+  let consumer: CommandConsumer | undefined;
+  afterAll(async () => {
+    await consumer?.stop(0);
+    if (nc !== undefined) {
+      await deleteTopology(nc, names);
+      await nc.close();
+    }
+  });
+
+  /** The error each order's handler throws, by what it says of retrying. */
+  const errors = {
+    // What PaymentOrderActor.askPsp rethrows for PERMISSION_DENIED, UNIMPLEMENTED and the like.
+    notRetryable: () =>
+      new FailedPreconditionError('the PSP call failed (PERMISSION_DENIED: bad credentials)'),
+    retryable: () => new UnavailableError('the PSP is unavailable (connection refused)'),
+    unknown: () => new Error('a bug: cannot read properties of undefined'),
+  };
+
+  it('is refused at once when its error is not retryable, and retried otherwise', async () => {
+    nc = await connect({ servers: inject('natsUrl') });
+    const backoffMs = [50, 50];
+    const jsm = await ensureTopology(nc, names, {
+      ackWaitMs: ACK_WAIT_MS,
+      maxDeliver: backoffMs.length + 1,
+      maxAckPending: 10,
+    });
+    const orders = {
+      notRetryable: newId('order'),
+      retryable: newId('order'),
+      unknown: newId('order'),
+    };
+    const runs = new Map<string, number>();
+    const deadLetters: DeadLetter[] = [];
+    consumer = new CommandConsumer(
+      nc,
+      jetstream(nc),
+      jsm,
+      names,
+      (command) => {
+        runs.set(command.orderId, (runs.get(command.orderId) ?? 0) + 1);
+        const kind = (Object.keys(orders) as Array<keyof typeof orders>).find(
+          (key) => orders[key] === command.orderId,
+        );
+        return Promise.reject(errors[kind ?? 'unknown']());
+      },
+      {
+        inFlightMax: 4,
+        ackWaitMs: ACK_WAIT_MS,
+        workingMsMax: 10_000,
+        backoffMs,
+        jitter: 0,
+        recordDeadLetter: (entry) => {
+          deadLetters.push(entry);
+          return Promise.resolve(true);
+        },
+      },
+    );
+    await consumer.start();
+    for (const orderId of Object.values(orders)) {
+      await jetstream(nc).publish(
+        names.commandSubject(orderId),
+        JSON.stringify({ type: 'CheckOrderStatus', orderId }),
+      );
+    }
+    await waitFor(() => Promise.resolve(deadLetters.length === 3), {
+      timeoutMs: 10_000,
+      what: 'three dead letters',
+    });
+    const byOrder = (orderId: string) => {
+      const entry = deadLetters.find((letter) => letter.orderId === orderId);
+      return { runs: runs.get(orderId), reason: entry?.reason, lastError: entry?.lastError };
+    };
+    // Asked once: retrying would only ask the PSP the same again.
+    expect(byOrder(orders.notRetryable)).toEqual({
+      runs: 1,
+      reason: 'NON_RETRYABLE',
+      lastError: 'the PSP call failed (PERMISSION_DENIED: bad credentials)',
+    });
+    expect(byOrder(orders.retryable)).toEqual({
+      runs: 3,
+      reason: 'RETRIES_EXHAUSTED',
+      lastError: 'the PSP is unavailable (connection refused)',
+    });
+    // An error that says nothing of retrying is retried.
+    expect(byOrder(orders.unknown)).toEqual({
+      runs: 3,
+      reason: 'RETRIES_EXHAUSTED',
+      lastError: 'a bug: cannot read properties of undefined',
+    });
   }, 20_000);
 });
 

@@ -274,7 +274,8 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
 
   /**
    * Runs one PSP question; a retryable failure asks for a redelivery, NOT_FOUND is an answer
-   * (`notFound`, PspNotFound unless the question says otherwise).
+   * (`notFound`, PspNotFound unless the question says otherwise). Any other failure is thrown:
+   * the consumer dead-letters a non-retryable one (`retryable: false`) at once.
    */
   private async askPsp(
     orderId: string,
