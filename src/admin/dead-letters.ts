@@ -8,6 +8,7 @@
 import { createHash } from 'node:crypto';
 import { sql } from 'kysely';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../domain/errors.js';
+import { ORDER_ID_LENGTH } from '../domain/ids.js';
 import { TERMINAL_STATES } from '../domain/payment-order.js';
 import { deadLetterKey, type DeadLetter } from '../messaging/command-consumer.js';
 import type { Db } from '../storage/db.js';
@@ -51,9 +52,10 @@ export type DeadLetterRecord = Readonly<{
 export async function recordDeadLetter(
   db: Db,
   streamName: string,
-  entry: DeadLetter,
+  given: DeadLetter,
   now: Date,
 ): Promise<boolean> {
+  const entry = fittedToColumns(given);
   if (await recordedUnderSequenceKey(db, streamName, entry)) return false;
   const key = deadLetterKey(streamName, entry);
   if (await insertDeadLetter(db, key, entry, now)) return true;
@@ -64,6 +66,39 @@ export async function recordDeadLetter(
     .executeTakeFirst();
   if (stored?.payload === entry.payload) return false;
   return insertDeadLetter(db, `${key}#${payloadDigest(entry.payload)}`, entry, now);
+}
+
+/** `payload` and `last_error` are TEXT: 65,535 bytes. */
+const TEXT_BYTES_MAX = 65_535;
+/** `subject` is VARCHAR(200). */
+const SUBJECT_CHARS_MAX = 200;
+
+/**
+ * The entry cut to what its columns take, since a dead letter that cannot be stored is a message
+ * that comes back until its deliveries run out and is then lost: the payload and error to whole
+ * UTF-8 characters within TEXT (a message may be 64 KiB, and one character more than one byte),
+ * the subject to its column (no trailing dot, so a replay can still publish to it), and an order
+ * id longer than any order's dropped (the payload keeps it).
+ */
+function fittedToColumns(entry: DeadLetter): DeadLetter {
+  return {
+    ...entry,
+    orderId: (entry.orderId?.length ?? 0) <= ORDER_ID_LENGTH ? entry.orderId : null,
+    subject:
+      entry.subject.length <= SUBJECT_CHARS_MAX
+        ? entry.subject
+        : entry.subject.slice(0, SUBJECT_CHARS_MAX).replace(/\.+$/, ''),
+    lastError: utf8Prefix(entry.lastError, TEXT_BYTES_MAX),
+    payload: utf8Prefix(entry.payload, TEXT_BYTES_MAX),
+  };
+}
+
+/** The longest prefix of `text` whose UTF-8 takes at most `bytesMax` bytes. */
+function utf8Prefix(text: string, bytesMax: number): string {
+  // A UTF-16 code unit takes 3 bytes at most (a surrogate pair, two units, takes 4).
+  if (text.length * 3 <= bytesMax) return text;
+  const { read } = new TextEncoder().encodeInto(text, new Uint8Array(bytesMax));
+  return text.slice(0, read);
 }
 
 /**

@@ -4,21 +4,30 @@
  * subject partition and the actor.
  */
 import { z } from 'zod';
+import { ORDER_ID_LENGTH } from '../domain/ids.js';
 import type { OutboxMessage } from '../storage/repositories/outbox.repository.js';
 import type { Names } from './subjects.js';
 
 const amountString = z.string().regex(/^\d{1,19}$/);
+/**
+ * No longer than an order id (ORDER_ID_LENGTH), which is what the columns holding one take: a
+ * command naming a longer one could never be dead-lettered ("Data too long" for
+ * `dead_letter.order_id`) and would come back until its deliveries ran out. It is malformed, and
+ * dead-lettered as such at once. A shorter id that names no order is the actor's to refuse, with
+ * its own reason.
+ */
+const orderIdString = z.string().min(1).max(ORDER_ID_LENGTH);
 
 export const commandSchema = z.discriminatedUnion('type', [
   z.object({
     type: z.literal('ExecuteOrder'),
-    orderId: z.string().min(1),
+    orderId: orderIdString,
     /** Attempts made before it reached JetStream (by the node that created the order). */
     priorAttempts: z.number().int().min(0).max(100).optional(),
   }),
   z.object({
     type: z.literal('PspResult'),
-    orderId: z.string().min(1),
+    orderId: orderIdString,
     eventId: z.string().min(1),
     outcome: z.enum(['SUCCEEDED', 'DECLINED']),
     pspReference: z.string().nullable(),
@@ -29,8 +38,8 @@ export const commandSchema = z.discriminatedUnion('type', [
     token: z.string().min(1).optional(),
     currency: z.string().optional(),
   }),
-  z.object({ type: z.literal('ExpireOrder'), orderId: z.string().min(1) }),
-  z.object({ type: z.literal('CheckOrderStatus'), orderId: z.string().min(1) }),
+  z.object({ type: z.literal('ExpireOrder'), orderId: orderIdString }),
+  z.object({ type: z.literal('CheckOrderStatus'), orderId: orderIdString }),
 ]);
 export type Command = z.infer<typeof commandSchema>;
 

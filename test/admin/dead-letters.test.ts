@@ -2,7 +2,8 @@
  * Goal: recording a dead letter keeps one row per stream message, never fewer: a repeat of the
  * same message is ignored (answered false), but a different message that meets its key (a reused
  * sequence whose stream's creation time was read stale) gets a row of its own, and a row written
- * before the key named the stream's creation time still dedupes its own message's redelivery.
+ * before the key named the stream's creation time still dedupes its own message's redelivery;
+ * and an entry longer than its columns is cut to fit rather than refused.
  * Method: recordDeadLetter on a migrated database of the real MariaDB; rows read back.
  */
 import { sql } from 'kysely';
@@ -78,6 +79,30 @@ describe('recording a dead letter', () => {
       true,
     );
     expect(await ordersRecorded()).toEqual([entry.orderId, entry.orderId]);
+    await sql`DELETE FROM dead_letter`.execute(database.db);
+  });
+
+  it('is stored whatever its lengths: cut to what the columns take, never refused', async () => {
+    const longId = `ord_${'7'.repeat(200)}`;
+    const subject = `settle.test.cmd.${'a'.repeat(183)}.${'b'.repeat(100)}`;
+    const entry = entryOf(longId, {
+      subject,
+      lastError: '€'.repeat(30_000),
+      payload: JSON.stringify({ type: 'CheckOrderStatus', orderId: longId }),
+    });
+    expect(await record(entry)).toBe(true);
+    expect(await record(entry)).toBe(false);
+    const row = await database.db
+      .selectFrom('dead_letter')
+      .select(['order_id', 'subject', 'last_error', 'payload'])
+      .executeTakeFirstOrThrow();
+    // The payload keeps the id, which the column could not; the subject ends with a whole token.
+    expect(row).toEqual({
+      order_id: null,
+      subject: `settle.test.cmd.${'a'.repeat(183)}`,
+      last_error: '€'.repeat(21_845),
+      payload: entry.payload,
+    });
     await sql`DELETE FROM dead_letter`.execute(database.db);
   });
 

@@ -5,7 +5,7 @@
  * a handler's error that says it is not retryable is dead-lettered at once as NON_RETRYABLE, any
  * other is retried; and every message the consumer terminates has its dead letter, even at a
  * sequence an earlier dead letter had before the command stream was recreated (sequences restart
- * at 1).
+ * at 1), or whose order id or payload is longer than the table's columns take.
  * Method: a real Settle node and PSP mock (MariaDB, NATS) with ack_wait below the PSP's latency,
  * commands through JetStream only; and the consumer alone on a namespace of its own, with a
  * handler that never answers, throws, or refuses every command (recording its dead letters in a
@@ -148,7 +148,7 @@ describe('a handler that hangs', () => {
       },
     );
     await consumer.start();
-    const orderId = `ord_${randomUUID()}`;
+    const orderId = newId('order');
     await jetstream(nc).publish(
       names.commandSubject(orderId),
       JSON.stringify({ type: 'ExecuteOrder', orderId }),
@@ -211,7 +211,7 @@ describe('a message out of deliveries without an answer', () => {
       consumers.push(consumer);
       await consumer.start();
     }
-    const orderId = `ord_${randomUUID()}`;
+    const orderId = newId('order');
     await jetstream(nc).publish(
       names.commandSubject(orderId),
       JSON.stringify({ type: 'ExecuteOrder', orderId }),
@@ -320,6 +320,98 @@ describe('a handler that throws', () => {
       lastError: 'a bug: cannot read properties of undefined',
     });
   }, 20_000);
+});
+
+describe('a command that is no command of ours', () => {
+  const names = topologyNames(`t${uniqueSuffix()}`, 1);
+  let nc: NatsConnection | undefined;
+  let consumer: CommandConsumer | undefined;
+  let database: TestDatabase | undefined;
+  afterAll(async () => {
+    await consumer?.stop(0);
+    if (nc !== undefined) {
+      await deleteTopology(nc, names);
+      await nc.close();
+    }
+    await database?.close();
+  });
+
+  it('is dead-lettered at once as malformed, with its payload as it fits the table', async () => {
+    database = await openTestDatabase('consumer_malformed', { poolSize: 2 });
+    const { db } = database;
+    nc = await connect({ servers: inject('natsUrl') });
+    const jsm = await ensureTopology(nc, names, {
+      ackWaitMs: ACK_WAIT_MS,
+      maxDeliver: 3,
+      maxAckPending: 10,
+    });
+    const handled: string[] = [];
+    consumer = new CommandConsumer(
+      nc,
+      jetstream(nc),
+      jsm,
+      names,
+      (command) => {
+        handled.push(command.orderId);
+        // What the actor answers for an order that does not exist.
+        return Promise.resolve({
+          kind: 'reject',
+          reason: `payment order ${command.orderId} does not exist`,
+        });
+      },
+      {
+        inFlightMax: 4,
+        ackWaitMs: ACK_WAIT_MS,
+        workingMsMax: 10_000,
+        backoffMs: [50, 50],
+        jitter: 0,
+        recordDeadLetter: (entry) => recordDeadLetter(db, names.commandStream, entry, new Date()),
+      },
+    );
+    await consumer.start();
+    // An order id longer than `dead_letter.order_id` (CHAR(30)) takes.
+    const longId = JSON.stringify({
+      type: 'PspResult',
+      orderId: `ord_${'7'.repeat(200)}`,
+      eventId: `evt_${randomUUID()}`,
+      outcome: 'SUCCEEDED',
+      pspReference: 'psp_1',
+      amountMinor: '1000',
+      declineCode: null,
+    });
+    // The stream's largest message (64 KiB), two bytes a character: more than TEXT's 65,535.
+    const large = 'é'.repeat(32 * 1024);
+    for (const payload of [longId, large]) {
+      await jetstream(nc).publish(names.commandSubject('ord'), payload);
+    }
+    const rows = await waitFor(
+      async () => {
+        const found = await db
+          .selectFrom('dead_letter')
+          .select(['order_id', 'reason', 'attempts', 'payload'])
+          .orderBy('stream_sequence')
+          .execute();
+        return found.length === 2 ? found : undefined;
+      },
+      { timeoutMs: 10_000, what: 'two dead letters' },
+    );
+    expect(handled).toEqual([]);
+    expect(rows).toEqual([
+      { order_id: null, reason: 'MALFORMED_COMMAND', attempts: 1, payload: longId },
+      {
+        order_id: null,
+        reason: 'MALFORMED_COMMAND',
+        attempts: 1,
+        payload: 'é'.repeat(32 * 1024 - 1),
+      },
+    ]);
+    await waitFor(
+      async () =>
+        (await jsm.consumers.info(names.commandStream, names.runtimeConsumer)).num_ack_pending ===
+        0,
+      { what: 'both terminated' },
+    );
+  }, 30_000);
 });
 
 describe('a command stream recreated (its sequences start at 1 again)', () => {

@@ -1,7 +1,7 @@
 /**
  * Goal: a PspResult command carries the PSP's token and currency into the order's event, and one
  * written before they were carried (still in the outbox or the stream across an upgrade) parses
- * and applies as before. Method: the payloads as JSON, through parseCommand and commandToEvent,
+ * and applies as before; a command naming an order id longer than an order id is malformed. Method: the payloads as JSON, through parseCommand and commandToEvent,
  * then the pure machine.
  */
 import { describe, expect, it } from 'vitest';
@@ -76,5 +76,26 @@ describe('PspResult commands', () => {
       const result = transition(order, event, now);
       expect(result.ok && result.order.state).toBe(state);
     }
+  });
+});
+
+describe('the order a command names', () => {
+  const encode = (command: object) => new TextEncoder().encode(JSON.stringify(command));
+
+  it('is no longer than an order id, the size of the columns that hold one', () => {
+    for (const type of ['ExecuteOrder', 'ExpireOrder', 'CheckOrderStatus']) {
+      expect(parseCommand(encode({ type, orderId }))).toEqual({ type, orderId });
+      expect(parseCommand(encode({ type, orderId: `${orderId}X` }))).toBeUndefined();
+    }
+    const charge = {
+      type: 'PspResult',
+      eventId: 'evt_1',
+      outcome: 'SUCCEEDED',
+      pspReference: 'psp_1',
+      amountMinor: '500',
+      declineCode: null,
+    };
+    expect(parseCommand(encode({ ...charge, orderId }))).toBeDefined();
+    expect(parseCommand(encode({ ...charge, orderId: `ord_${'7'.repeat(200)}` }))).toBeUndefined();
   });
 });
