@@ -192,6 +192,8 @@ export class CommandConsumer {
   async stop(timeoutMs: number): Promise<void> {
     this.stopping = true;
     this.advisories?.unsubscribe();
+    // The loop may be waiting for a slot that a hung handler never frees.
+    this.wakeLoop();
     await this.messages?.close().catch(() => undefined);
     const deadline = Date.now() + timeoutMs;
     while (this.inFlight > 0 && Date.now() < deadline) {
@@ -206,13 +208,13 @@ export class CommandConsumer {
 
   private async run(messages: ConsumerMessages): Promise<void> {
     for await (const message of messages) {
+      while (this.inFlight >= this.options.inFlightMax && !this.stopping) {
+        await new Promise<void>((resolve) => (this.slotFreed = resolve));
+      }
       if (this.stopping) {
         // Not started: hand it back at once so another node picks it up.
         message.nak();
         continue;
-      }
-      while (this.inFlight >= this.options.inFlightMax) {
-        await new Promise<void>((resolve) => (this.slotFreed = resolve));
       }
       this.inFlight += 1;
       const stopWorking = this.keepWorking(message);
@@ -223,11 +225,15 @@ export class CommandConsumer {
           stopWorking();
           this.inFlight -= 1;
           this.inFlightMessages.delete(message);
-          const wake = this.slotFreed;
-          this.slotFreed = undefined;
-          wake?.();
+          this.wakeLoop();
         });
     }
+  }
+
+  private wakeLoop(): void {
+    const wake = this.slotFreed;
+    this.slotFreed = undefined;
+    wake?.();
   }
 
   /**

@@ -5,7 +5,8 @@
  * a handler's error that says it is not retryable is dead-lettered at once as NON_RETRYABLE, any
  * other is retried; and every message the consumer terminates has its dead letter, even at a
  * sequence an earlier dead letter had before the command stream was recreated (sequences restart
- * at 1), or whose order id or payload is longer than the table's columns take.
+ * at 1), or whose order id or payload is longer than the table's columns take; and a node stops
+ * within its grace period even when every slot is taken by a hung handler.
  * Method: a real Settle node and PSP mock (MariaDB, NATS) with ack_wait below the PSP's latency,
  * commands through JetStream only; and the consumer alone on a namespace of its own, with a
  * handler that never answers, throws, or refuses every command (recording its dead letters in a
@@ -508,4 +509,91 @@ describe('a command stream recreated (its sequences start at 1 again)', () => {
       })),
     );
   }, 60_000);
+});
+
+describe('stopping with every slot taken by a hung handler', () => {
+  const names = topologyNames(`t${uniqueSuffix()}`, 1);
+  let nc: NatsConnection | undefined;
+  const consumers: CommandConsumer[] = [];
+  afterAll(async () => {
+    for (const consumer of consumers) await consumer.stop(0);
+    if (nc !== undefined) {
+      await deleteTopology(nc, names);
+      await nc.close();
+    }
+  });
+
+  it('returns within its grace period, and another node takes the commands at once', async () => {
+    nc = await connect({ servers: inject('natsUrl') });
+    const jsm = await ensureTopology(nc, names, {
+      ackWaitMs: ACK_WAIT_MS,
+      maxDeliver: 3,
+      maxAckPending: 10,
+    });
+    const options = {
+      ackWaitMs: ACK_WAIT_MS,
+      workingMsMax: 10_000,
+      backoffMs: [100, 100],
+      jitter: 0,
+      recordDeadLetter: () => Promise.resolve(),
+    };
+    const started: string[] = [];
+    const hung = new CommandConsumer(
+      nc,
+      jetstream(nc),
+      jsm,
+      names,
+      (command) => {
+        started.push(command.orderId);
+        return new Promise(() => undefined);
+      },
+      { ...options, inFlightMax: 1 },
+    );
+    consumers.push(hung);
+    await hung.start();
+    const orders = Array.from({ length: 3 }, () => newId('order'));
+    for (const orderId of orders) {
+      await jetstream(nc).publish(
+        names.commandSubject(orderId),
+        JSON.stringify({ type: 'ExecuteOrder', orderId }),
+      );
+    }
+    await waitFor(() => Promise.resolve(started.length === 1), { what: 'the first turn' });
+    // Time to take (and wait with) more, as a node under load would.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+
+    const stopAt = Date.now();
+    const stopped = await Promise.race([
+      hung.stop(300).then(() => true),
+      new Promise<false>((resolve) => setTimeout(() => resolve(false), 5_000)),
+    ]);
+    expect(stopped).toBe(true);
+    expect(Date.now() - stopAt).toBeLessThan(2_000);
+    expect(started).toHaveLength(1);
+
+    // The hung command was handed back (nak), so another node runs all three well before
+    // ack_wait would have brought it back.
+    const runs: Array<{ orderId: string; attempt: number }> = [];
+    const other = new CommandConsumer(
+      nc,
+      jetstream(nc),
+      jsm,
+      names,
+      (command, delivery) => {
+        runs.push({ orderId: command.orderId, attempt: delivery.attempt });
+        return Promise.resolve({ kind: 'done' });
+      },
+      { ...options, inFlightMax: 4 },
+    );
+    consumers.push(other);
+    const otherStartedAt = Date.now();
+    await other.start();
+    await waitFor(() => Promise.resolve(runs.length >= 3), {
+      timeoutMs: ACK_WAIT_MS / 2,
+      intervalMs: 10,
+      what: 'the other node running the three commands',
+    });
+    expect(Date.now() - otherStartedAt).toBeLessThan(ACK_WAIT_MS / 2);
+    expect(runs.map((run) => run.orderId).sort()).toEqual([...orders].sort());
+  }, 20_000);
 });
