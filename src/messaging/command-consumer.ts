@@ -8,8 +8,16 @@
  * Terminations carry no reason: nats-server 2.9 ignores a `+TERM` that has one, leaving the message
  * unacknowledged and redelivered after ack_wait; the reason is in the dead letter instead.
  * While a message is handled its ack deadline is extended (`+WPI`), for a bounded time only.
+ *
+ * A node holds a message only while it works on it: each pull asks for as many messages as there
+ * are free slots, so a backlog stays on the stream (for any node with room) instead of waiting in
+ * this node's buffer, where ack_wait would run out and JetStream redeliver a healthy command, each
+ * time spending one of its deliveries. A message that arrives with no free slot all the same (a
+ * pull renewed after a reconnect) waits reported in progress, for a bounded time.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import type {
+  Consumer,
   JsMsg,
   JetStreamClient,
   ConsumerMessages,
@@ -87,6 +95,12 @@ export function deadLetterKey(
   return `${streamName}:${entry.streamSequence}@${entry.streamCreatedAt}`;
 }
 
+/** How long a pull waits at the server for messages before the next one replaces it. */
+const PULL_EXPIRES_MS = 5_000;
+/** Pause after a failed pull, doubled per failure in a row up to the max. */
+const PULL_RETRY_MS_MIN = 100;
+const PULL_RETRY_MS_MAX = 5_000;
+
 /** Deliveries at most: the first one plus one per backoff step (the consumer and its stream). */
 export function maxDeliveries(backoffMs: readonly number[]): number {
   return backoffMs.length + 1;
@@ -105,13 +119,17 @@ function outcomeOfThrow(error: unknown): HandleOutcome {
 }
 
 export class CommandConsumer {
-  private messages: ConsumerMessages | undefined;
+  /** The pull being read, while there is one. */
+  private batch: ConsumerMessages | undefined;
   private advisories: Subscription | undefined;
   private loop: Promise<void> | undefined;
   private inFlight = 0;
   /** Each message being handled, with the function that stops its in-progress reports. */
   private readonly inFlightMessages = new Map<JsMsg, () => void>();
+  /** Messages that came with no free slot, oldest first, each reported in progress meanwhile. */
+  private readonly waiting: Array<{ message: JsMsg; stopWorking: () => void }> = [];
   private slotFreed: (() => void) | undefined;
+  private readonly stopped = new AbortController();
   private stopping = false;
   /** The command stream's creation time as last read, and the read in flight (shared). */
   private streamCreatedAt: string | undefined;
@@ -136,11 +154,7 @@ export class CommandConsumer {
       this.names.runtimeConsumer,
     );
     await this.readStreamCreatedAt();
-    this.messages = await consumer.consume({
-      max_messages: this.options.inFlightMax,
-      expires: 5_000,
-    });
-    this.loop = this.run(this.messages);
+    this.loop = this.run(consumer);
     this.listenForMaxDeliveries();
   }
 
@@ -192,9 +206,16 @@ export class CommandConsumer {
   async stop(timeoutMs: number): Promise<void> {
     this.stopping = true;
     this.advisories?.unsubscribe();
-    // The loop may be waiting for a slot that a hung handler never frees.
+    this.stopped.abort();
     this.wakeLoop();
-    await this.messages?.close().catch(() => undefined);
+    // Not awaited: a pull's close settles only once its reader has seen it, and the loop is
+    // awaited below.
+    void this.batch?.close().catch(() => undefined);
+    // Not started: handed back at once so that another node picks them up.
+    for (const { message, stopWorking } of this.waiting.splice(0)) {
+      stopWorking();
+      message.nak();
+    }
     const deadline = Date.now() + timeoutMs;
     while (this.inFlight > 0 && Date.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 10));
@@ -206,28 +227,82 @@ export class CommandConsumer {
     await this.loop?.catch(() => undefined);
   }
 
-  private async run(messages: ConsumerMessages): Promise<void> {
-    for await (const message of messages) {
-      while (this.inFlight >= this.options.inFlightMax && !this.stopping) {
+  /**
+   * Pulls as many messages as there are free slots and starts each as it arrives; with every slot
+   * taken, it waits for one to free up without a pull open. A pull ends once it has brought what
+   * it asked for or after PULL_EXPIRES_MS. While one is open, the slots freed meanwhile are not
+   * asked for yet, but the messages it may still bring are never more than the free slots, so
+   * nothing waits; the next pull asks for them.
+   */
+  private async run(consumer: Consumer): Promise<void> {
+    let failures = 0;
+    while (!this.stopping && !this.nc.isClosed()) {
+      const free = this.options.inFlightMax - this.inFlight - this.waiting.length;
+      if (free <= 0) {
         await new Promise<void>((resolve) => (this.slotFreed = resolve));
-      }
-      if (this.stopping) {
-        // Not started: hand it back at once so another node picks it up.
-        message.nak();
         continue;
       }
-      this.inFlight += 1;
-      const stopWorking = this.keepWorking(message);
-      this.inFlightMessages.set(message, stopWorking);
-      void this.process(message)
-        .catch((error: unknown) => this.options.onError?.(error, { subject: message.subject }))
-        .finally(() => {
-          stopWorking();
-          this.inFlight -= 1;
-          this.inFlightMessages.delete(message);
-          this.wakeLoop();
-        });
+      const startedAt = Date.now();
+      let received = 0;
+      try {
+        const batch = await consumer.fetch({ max_messages: free, expires: PULL_EXPIRES_MS });
+        this.batch = batch;
+        // Stopped while the pull was being made; its close settles once the loop below reads it.
+        if (this.stopping) void batch.close().catch(() => undefined);
+        for await (const message of batch) {
+          received += 1;
+          this.take(message);
+        }
+        // An empty pull that ended well before it expired is a failure too, so that the loop
+        // never spins.
+        if (received === 0 && Date.now() - startedAt < PULL_EXPIRES_MS / 2 && !this.stopping) {
+          throw new Error(`a pull ended empty after ${Date.now() - startedAt} ms`);
+        }
+        failures = 0;
+      } catch (error) {
+        if (this.stopping || this.nc.isClosed()) return;
+        failures += 1;
+        this.options.onError?.(error, { reason: 'pulling commands failed', failures });
+        const pauseMs = Math.min(PULL_RETRY_MS_MIN * 2 ** (failures - 1), PULL_RETRY_MS_MAX);
+        await sleep(pauseMs, undefined, { signal: this.stopped.signal }).catch(() => undefined);
+      } finally {
+        this.batch = undefined;
+      }
     }
+  }
+
+  private take(message: JsMsg): void {
+    if (this.stopping) {
+      // Not started: hand it back at once so another node picks it up.
+      message.nak();
+      return;
+    }
+    if (this.inFlight < this.options.inFlightMax) {
+      this.dispatch(message);
+      return;
+    }
+    // A pull renewed after a reconnect can bring more than was asked for. Kept alive so that the
+    // wait costs no delivery; past workingMsMax it comes back after ack_wait, as a hung one does.
+    this.waiting.push({ message, stopWorking: this.keepWorking(message) });
+  }
+
+  private dispatch(message: JsMsg): void {
+    this.inFlight += 1;
+    const stopWorking = this.keepWorking(message);
+    this.inFlightMessages.set(message, stopWorking);
+    void this.process(message)
+      .catch((error: unknown) => this.options.onError?.(error, { subject: message.subject }))
+      .finally(() => {
+        stopWorking();
+        this.inFlight -= 1;
+        this.inFlightMessages.delete(message);
+        const next = this.waiting.shift();
+        if (next !== undefined) {
+          next.stopWorking();
+          this.dispatch(next.message);
+        }
+        this.wakeLoop();
+      });
   }
 
   private wakeLoop(): void {

@@ -1,7 +1,8 @@
 /**
  * Goal: a command whose handling takes longer than the consumer's ack_wait is not redelivered
  * mid-turn (which burnt its deliveries until a healthy order was dead-lettered as
- * MAX_DELIVERIES), yet a handler that hangs still gets its message back, after a bounded time;
+ * MAX_DELIVERIES), nor while it waits for a free slot behind a backlog, yet a handler that hangs
+ * still gets its message back, after a bounded time;
  * a handler's error that says it is not retryable is dead-lettered at once as NON_RETRYABLE, any
  * other is retried; and every message the consumer terminates has its dead letter, even at a
  * sequence an earlier dead letter had before the command stream was recreated (sequences restart
@@ -10,7 +11,8 @@
  * Method: a real Settle node and PSP mock (MariaDB, NATS) with ack_wait below the PSP's latency,
  * commands through JetStream only; and the consumer alone on a namespace of its own, with a
  * handler that never answers, throws, or refuses every command (recording its dead letters in a
- * database of its own). Outcomes are read from MySQL and from the deliveries seen.
+ * database of its own), or one slower than ack_wait behind a backlog. Outcomes are read from
+ * MySQL, from the deliveries seen and from the consumer's info.
  */
 import { randomUUID } from 'node:crypto';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -509,6 +511,87 @@ describe('a command stream recreated (its sequences start at 1 again)', () => {
       })),
     );
   }, 60_000);
+});
+
+describe('a backlog behind slow, healthy turns', () => {
+  const names = topologyNames(`t${uniqueSuffix()}`, 1);
+  let nc: NatsConnection | undefined;
+  let consumer: CommandConsumer | undefined;
+  afterAll(async () => {
+    await consumer?.stop(0);
+    if (nc !== undefined) {
+      await deleteTopology(nc, names);
+      await nc.close();
+    }
+  });
+
+  it('runs each command once, on its first delivery, holding no more than its slots', async () => {
+    nc = await connect({ servers: inject('natsUrl') });
+    const jsm = await ensureTopology(nc, names, {
+      ackWaitMs: ACK_WAIT_MS,
+      maxDeliver: 3,
+      maxAckPending: 20,
+    });
+    const inFlightMax = 4;
+    const runs: Array<{ orderId: string; attempt: number }> = [];
+    const deadLetters: string[] = [];
+    let running = 0;
+    let runningMax = 0;
+    consumer = new CommandConsumer(
+      nc,
+      jetstream(nc),
+      jsm,
+      names,
+      async (command, delivery) => {
+        runs.push({ orderId: command.orderId, attempt: delivery.attempt });
+        running += 1;
+        runningMax = Math.max(runningMax, running);
+        // A healthy turn longer than ack_wait (two slow PSP calls); it always succeeds.
+        await new Promise((resolve) => setTimeout(resolve, 1.5 * ACK_WAIT_MS));
+        running -= 1;
+        return { kind: 'done' };
+      },
+      {
+        inFlightMax,
+        ackWaitMs: ACK_WAIT_MS,
+        workingMsMax: 10_000,
+        backoffMs: [100, 100],
+        jitter: 0,
+        recordDeadLetter: () => Promise.resolve(),
+        onDeadLetter: (entry) => deadLetters.push(`${entry.orderId ?? '?'} ${entry.reason}`),
+      },
+    );
+    await consumer.start();
+    const js = jetstream(nc);
+    const orders = Array.from({ length: 16 }, () => newId('order'));
+    for (const orderId of orders) {
+      await js.publish(
+        names.commandSubject(orderId),
+        JSON.stringify({ type: 'ExecuteOrder', orderId }),
+      );
+    }
+    // Four rounds of 1.5 s; a command waits up to three of them for a slot, well past ack_wait.
+    let ackPendingMax = 0;
+    await waitFor(
+      async () => {
+        const info = await jsm.consumers.info(names.commandStream, names.runtimeConsumer);
+        ackPendingMax = Math.max(ackPendingMax, info.num_ack_pending);
+        return info.num_ack_pending === 0 && info.num_pending === 0 && runs.length >= orders.length;
+      },
+      { timeoutMs: 30_000, intervalMs: 50, what: 'the backlog drained' },
+    );
+    // A redelivery would come an ack_wait after the delivery that was not reported in progress.
+    await new Promise((resolve) => setTimeout(resolve, 2 * ACK_WAIT_MS));
+
+    expect(deadLetters).toEqual([]);
+    expect(runs.filter((run) => run.attempt !== 1)).toEqual([]);
+    expect(runs.map((run) => run.orderId).sort()).toEqual([...orders].sort());
+    expect(runningMax).toBe(inFlightMax);
+    // What it has no slot for stays on the stream, free for another node to take.
+    expect(ackPendingMax).toBeLessThanOrEqual(inFlightMax);
+    const info = await jsm.consumers.info(names.commandStream, names.runtimeConsumer);
+    expect(info.num_redelivered).toBe(0);
+  }, 45_000);
 });
 
 describe('stopping with every slot taken by a hung handler', () => {
