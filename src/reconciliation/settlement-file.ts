@@ -272,11 +272,6 @@ function parseRow(
   }
   if (feeMinor < 0n) bad('fee', fee, 'must not be negative');
   if (type === 'payment' && grossMinor <= 0n) bad('gross', gross, 'of a payment must be positive');
-  // The PSP pays a charge's gross less its fee, never less than nothing: a larger fee would be
-  // booked (MATCHED, TIMING) as an expense of any size against a payment of a few dollars.
-  if (type === 'payment' && feeMinor > grossMinor) {
-    bad('fee', fee, `of a payment must not exceed its gross ${gross}`);
-  }
   if (type === 'refund' && grossMinor >= 0n) bad('gross', gross, 'of a refund must be negative');
   if (type === 'fee' && grossMinor !== 0n) bad('gross', gross, 'of a fee row must be 0.00');
   if (!REFERENCE.test(batchId)) bad('batch_id', batchId, 'must be 1-64 of A-Z a-z 0-9 _.:-');
