@@ -11,7 +11,8 @@
  *     DUPLICATE;
  *  3. a payment row for an order already settled in another day's file: DUPLICATE;
  *  4. no PAYMENT ledger transaction for the order: MISSING_IN_LEDGER;
- *  5. gross or currency differ from the ledger: AMOUNT_MISMATCH;
+ *  5. gross or currency differ from the ledger, or the fee exceeds the gross: AMOUNT_MISMATCH
+ *     (such a fee is not booked: left to a person, not taken as an expense of any size);
  *  6. the row was created on another day than the file's: TIMING (a late row, or one early);
  *  7. otherwise MATCHED.
  * Then every payment booked on the day that no payment row of the file names, and that no other
@@ -70,7 +71,11 @@ export function compare(input: CompareInput): CompareResult {
       }
       const booked = input.ledger.get(row.merchantReference);
       if (booked === undefined) return RECONCILIATION_CLASS.missingInLedger;
-      if (booked.amountMinor !== row.grossMinor || booked.currency !== row.currency) {
+      if (
+        booked.amountMinor !== row.grossMinor ||
+        booked.currency !== row.currency ||
+        row.feeMinor > row.grossMinor
+      ) {
         return RECONCILIATION_CLASS.amountMismatch;
       }
       const created = row.createdUtc.getTime();

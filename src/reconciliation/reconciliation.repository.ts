@@ -499,7 +499,7 @@ export async function classifyChunk(
           r.class = CASE
             WHEN r.type <> 'payment' OR lt.id IS NULL THEN ${RECONCILIATION_CLASS.missingInLedger}
             WHEN lt.amount_minor <> r.gross_minor OR lt.currency <> r.currency
-              THEN ${RECONCILIATION_CLASS.amountMismatch}
+              OR r.fee_minor > r.gross_minor THEN ${RECONCILIATION_CLASS.amountMismatch}
             WHEN r.created_utc < ${dayStart} OR r.created_utc >= ${dayEnd}
               THEN ${RECONCILIATION_CLASS.timing}
             ELSE ${RECONCILIATION_CLASS.matched}
@@ -515,8 +515,13 @@ export async function classifyChunk(
              ${ledgerEntriesJson(sql.ref('r.merchant_reference'))},
              CASE r.class
                WHEN 'DUPLICATE' THEN CONCAT('already settled: ', r.duplicate_of)
-               WHEN 'AMOUNT_MISMATCH' THEN CONCAT('file gross ', r.gross_minor, ' ', r.currency,
-                 ' minor units; ledger ', r.ledger_amount_minor)
+               WHEN 'AMOUNT_MISMATCH' THEN CASE
+                 WHEN r.fee_minor > r.gross_minor AND r.ledger_amount_minor = r.gross_minor
+                   THEN CONCAT('file fee ', r.fee_minor, ' exceeds its gross ', r.gross_minor, ' ',
+                     r.currency, ' minor units; the fee is not booked')
+                 ELSE CONCAT('file gross ', r.gross_minor, ' ', r.currency,
+                   ' minor units; ledger ', r.ledger_amount_minor)
+               END
                WHEN 'TIMING' THEN CONCAT('created ', DATE_FORMAT(r.created_utc, '%Y-%m-%d'),
                  ', settled in the file of ', ${day})
                ELSE CASE

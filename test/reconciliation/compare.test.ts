@@ -104,6 +104,21 @@ describe('compare', () => {
       ['DUPLICATE'],
     ],
     [
+      // Booked, such a fee would be an expense of any size against a payment of a few dollars.
+      'a fee larger than the gross',
+      [row({ merchantReference: 'o1', feeMinor: 1001n, netMinor: -1n })],
+      [booked('o1')],
+      [],
+      ['AMOUNT_MISMATCH'],
+    ],
+    [
+      'a fee as large as the gross',
+      [row({ merchantReference: 'o1', feeMinor: 1000n, netMinor: 0n })],
+      [booked('o1')],
+      [],
+      ['MATCHED'],
+    ],
+    [
       'a row created the day before',
       [row({ merchantReference: 'o1', createdUtc: new Date('2024-03-09T23:59:59.999Z') })],
       [booked('o1', 1000n, '2024-03-09T23:59:59Z')],
@@ -210,8 +225,8 @@ describe('the SQL engine agrees with compare()', () => {
     grossMinor: bigint,
     at: Date,
     type = 'payment',
+    fee = grossMinor > 0n ? 30n : 0n,
   ) {
-    const fee = grossMinor > 0n ? 30n : 0n;
     return [
       pspReference,
       orderId,
@@ -270,8 +285,11 @@ describe('the SQL engine agrees with compare()', () => {
         const booked = ledger.get(orderId)!;
         const kind = random();
         const ref = `psp_${seed}_${d}_${i}`;
-        if (kind < 0.55) lines.push(line(ref, orderId, booked.amountMinor, inDay(d)));
-        else if (kind < 0.65) lines.push(line(ref, orderId, booked.amountMinor + 1n, inDay(d)));
+        if (kind < 0.5) lines.push(line(ref, orderId, booked.amountMinor, inDay(d)));
+        else if (kind < 0.55) {
+          const fee = booked.amountMinor + 1n;
+          lines.push(line(ref, orderId, booked.amountMinor, inDay(d), 'payment', fee));
+        } else if (kind < 0.65) lines.push(line(ref, orderId, booked.amountMinor + 1n, inDay(d)));
         else if (kind < 0.75)
           lines.push(line(ref, orderId, booked.amountMinor, inDay(addUtcDays(d, -1))));
         else if (kind < 0.85) lines.push(line(ref, newId('order'), 1234n, inDay(d)));

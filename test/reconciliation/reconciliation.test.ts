@@ -435,6 +435,30 @@ describe('discrepancies', () => {
   });
 });
 
+describe('a fee larger than its payment', () => {
+  it('is an AMOUNT_MISMATCH saying so, and its fee is not booked', async () => {
+    const orderId = await paidOrder(stack, 'seller-fee-over-gross', 1000n);
+    const day = addUtcDays(today, -3);
+    // A bad or crafted row: booked, its fee would be an expense 10^11 times the payment.
+    await writeFile(
+      path.join(stack.dir, 'fee-over-gross.csv'),
+      'psp_reference,merchant_reference,type,currency,gross,fee,net,batch_id,created_utc\n' +
+        `psp_fee_over_gross,${orderId},payment,USD,10.00,1000000000000.00,-999999999990.00,b1,` +
+        `${day}T12:00:00.000Z\n`,
+    );
+    const report = await reconcile(stack, { filePath: 'fee-over-gross.csv', settlementDate: day });
+    expect(report.state).toBe(ReportState.REPORT_STATE_SUCCEEDED);
+    expect(counts(report)?.amountMismatch).toBe(1n);
+    expect(counts(report)?.matched).toBe(0n);
+    const [mismatch] = await mismatches(report.reportId);
+    expect(mismatch?.detail).toBe(
+      'file fee 100000000000000 exceeds its gross 1000 USD minor units; the fee is not booked',
+    );
+    // psp_receivable holds the payment alone: no fee was taken from it.
+    expect(await receivable(orderId)).toEqual({ debit: 1000n, credit: 0n });
+  });
+});
+
 describe('refused requests write nothing', () => {
   const header =
     'psp_reference,merchant_reference,type,currency,gross,fee,net,batch_id,created_utc';
