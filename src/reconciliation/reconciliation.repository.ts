@@ -654,7 +654,9 @@ const LATE_BOOKING_PASSES_MAX = 100;
  * (settled late in the ledger) and its fee, from the earlier row, is booked now; otherwise it is
  * AMOUNT_MISMATCH. Either way it is a mismatch of this run, and the earlier MISSING_IN_LEDGER is
  * resolved by it. Without this, such an order was never matched, never reported missing and
- * never charged its fee. Runs one at a time (see withClassificationLock). Returns how many.
+ * never charged its fee. An order with several open MISSING_IN_LEDGER mismatches (two runs of one
+ * day named it) is settled once, with one mismatch and at most one fee, and resolves them all.
+ * Runs one at a time (see withClassificationLock). Returns how many orders it settled.
  */
 export async function settleLateBookings(
   db: Db,
@@ -665,6 +667,7 @@ export async function settleLateBookings(
   let settled = 0;
   for (let pass = 0; pass < LATE_BOOKING_PASSES_MAX; pass += 1) {
     let found = 0;
+    let orders = 0;
     await inReadCommitted(db, async (trx) => {
       // Driven from the open mismatches (few) into the ledger and the rows by their keys.
       const candidates = await sql<{
@@ -697,7 +700,12 @@ export async function settleLateBookings(
         FOR UPDATE`.execute(trx);
       found = candidates.rows.length;
       if (found === 0) return;
-      const fees = candidates.rows
+      // Two runs of one day (an on-demand file, then the complete one) each leave an open
+      // MISSING_IN_LEDGER for the same order: the order is settled once, from its first mismatch
+      // (a second fee would break the unique (order, kind) key and fail every run for good).
+      const firsts = firstPerOrder(candidates.rows);
+      orders = firsts.length;
+      const fees = firsts
         .filter((row) => Number(row.same) === 1 && Number(row.fee_booked) === 0)
         .filter((row) => BigInt(row.fee_minor) > 0n);
       await postLedgerTransactions(
@@ -724,7 +732,7 @@ export async function settleLateBookings(
           now: run.now,
         })),
       );
-      const ids = candidates.rows.map((row) => row.mismatch_id);
+      const ids = firsts.map((row) => row.mismatch_id);
       await sql`
         INSERT INTO recon_mismatch (run_id, class, line_no, order_id, psp_reference,
           file_amount_minor, ledger_amount_minor, order_state, file_row, ledger_entries, detail,
@@ -752,19 +760,36 @@ export async function settleLateBookings(
         LEFT JOIN payment_order o ON o.id = m.order_id
         WHERE m.id IN (${sql.join(ids)})
         ORDER BY m.id`.execute(trx);
+      // Every open MISSING_IN_LEDGER of a payment row of these orders, including those past this
+      // pass's LIMIT: a later pass would otherwise settle the order a second time.
+      const orderIds = firsts.map((row) => row.order_id);
       const resolved = await sql`
-        UPDATE recon_mismatch SET resolved_by_run_id = ${run.runId}
-        WHERE id IN (${sql.join(ids)}) AND resolved_by_run_id IS NULL`.execute(trx);
-      if (Number(resolved.numAffectedRows ?? 0n) !== found) {
+        UPDATE recon_mismatch m FORCE INDEX (recon_mismatch_order)
+        STRAIGHT_JOIN recon_file_row p ON p.run_id = m.run_id AND p.line_no = m.line_no
+        SET m.resolved_by_run_id = ${run.runId}
+        WHERE m.order_id IN (${sql.join(orderIds)})
+          AND m.class = ${RECONCILIATION_CLASS.missingInLedger} AND m.resolved_by_run_id IS NULL
+          AND m.run_id <> ${run.runId} AND p.type = 'payment'`.execute(trx);
+      if (Number(resolved.numAffectedRows ?? 0n) < found) {
         throw new Error(
           `late bookings: ${found} mismatches to resolve, ${resolved.numAffectedRows} resolved`,
         );
       }
     });
-    settled += found;
+    settled += orders;
     if (found < LATE_BOOKINGS_PER_PASS) return settled;
   }
   return settled;
+}
+
+/** The first row of each order, in the rows' order. */
+function firstPerOrder<T extends { order_id: string }>(rows: readonly T[]): T[] {
+  const seen = new Set<string>();
+  return rows.filter((row) => {
+    if (seen.has(row.order_id)) return false;
+    seen.add(row.order_id);
+    return true;
+  });
 }
 
 function toCurrency(code: string): CurrencyCode {

@@ -16,6 +16,7 @@ import {
   InvalidArgumentError,
   NotFoundError,
   ResourceExhaustedError,
+  SettleError,
   UnavailableError,
 } from '../domain/errors.js';
 import { newId } from '../domain/ids.js';
@@ -630,14 +631,10 @@ export class ReconciliationService {
         onEvent?.({ type: 'lease-lost', runId: run.id });
         return;
       }
-      const reason = signal.aborted
-        ? 'interrupted: the node stopped; run it again'
-        : error instanceof MalformedSettlementFileError
-          ? // The scan before the run read the same file whole without fault: it changed since.
-            `${path.basename(run.path)} changed while it was read (${error.message}); run it again`
-          : error instanceof Error
-            ? error.message
-            : String(error);
+      const reason = failedRunReason(error, {
+        fileName: path.basename(run.path),
+        aborted: signal.aborted,
+      });
       // A failed run's staging rows and mismatches would stay until the retention purge (a
       // changed file is a new run, and this one is never run again): they go now, best effort,
       // and only while the run is still this node's (another may have taken it over).
@@ -688,6 +685,27 @@ export class ReconciliationService {
       walletDifferences: differences.slice(0, WALLET_DIFFERENCES_MAX),
     };
   }
+}
+
+/**
+ * What a FAILED report says, to whoever reads it over gRPC: the message of an expected failure
+ * (a SettleError, written for a person), or a fixed sentence for anything else (a bug, a
+ * database error), whose raw message and stack go only to the log (the `failed` event).
+ */
+export function failedRunReason(
+  error: unknown,
+  context: Readonly<{ fileName: string; aborted: boolean }>,
+): string {
+  if (context.aborted) return 'interrupted: the node stopped; run it again';
+  if (error instanceof MalformedSettlementFileError) {
+    // The scan before the run read the same file whole without fault: it changed since.
+    return `${context.fileName} changed while it was read (${error.message}); run it again`;
+  }
+  if (error instanceof SettleError) return error.message;
+  return (
+    'an internal error stopped the run (its cause is in the log of the node that ran it, ' +
+    'under the report id); run it again, and report it if it fails the same way'
+  );
 }
 
 export type SettlementFileLocation = Readonly<{ path: string; name: string; day: UtcDay }>;

@@ -148,6 +148,65 @@ describe('a payment booked after its day was reconciled', () => {
   });
 });
 
+describe('a payment named by two runs of one day and booked after both', () => {
+  it('is settled once by a later run: one TIMING, one fee, both MISSING_IN_LEDGER resolved', async () => {
+    // Two days back: the first test of this file owns yesterday's file name.
+    const day = addUtcDays(today, -2);
+    const order = await createOrder(stack, 'seller-late-twice', 4000n);
+    const row = `psp_late_twice,${order.orderId},payment,USD,40.00,1.46,38.54,batch-t,${day}T23:59:59.900Z`;
+    // An on-demand run of the day, then the run of its complete file: both name the order.
+    await writeFile(path.join(stack.dir, `settlement-${day}-partial.csv`), `${HEADER}\n${row}\n`);
+    const partial = await reconcile(stack, { filePath: `settlement-${day}-partial.csv` });
+    const complete = `psp_twice_other,ord_twice_unknown,payment,USD,1.00,0.33,0.67,batch-t,${day}T23:59:59.950Z`;
+    await writeFile(
+      path.join(stack.dir, `settlement-${day}-complete.csv`),
+      `${HEADER}\n${row}\n${complete}\n`,
+    );
+    const full = await reconcile(stack, { filePath: `settlement-${day}-complete.csv` });
+    expect([partial.counts?.missingInLedger, full.counts?.missingInLedger]).toEqual([1n, 2n]);
+
+    // The webhook arrives today.
+    await call(stack.pspApi.payWithCard.bind(stack.pspApi), {
+      token: order.pspToken,
+      cardNumber: CARD.success,
+    });
+    await waitFor(
+      async () => {
+        const { rows } = await sql<{ n: string }>`SELECT COUNT(*) AS n FROM ledger_transaction
+          WHERE kind = 'PAYMENT' AND order_id = ${order.orderId}`.execute(stack.settle.db);
+        return Number(rows[0]?.n) === 1;
+      },
+      { what: 'the payment booked' },
+    );
+
+    // Today's file does not name it (its bytes differ from the first test's empty file).
+    const name = `settlement-${today}-twice.csv`;
+    const unknown = `psp_twice_today,ord_twice_today,payment,USD,2.00,0.36,1.64,batch-u,${today}T00:00:00.000Z`;
+    await writeFile(path.join(stack.dir, name), `${HEADER}\n${unknown}\n`);
+    const later = await reconcile(stack, { filePath: name });
+    expect({ state: later.state, error: later.error }).toEqual({
+      state: ReportState.REPORT_STATE_SUCCEEDED,
+      error: '',
+    });
+    expect(later.counts).toMatchObject({ timing: 1n, amountMismatch: 0n, missingInLedger: 1n });
+    const timings = (await mismatchesOf(later.reportId)).filter((m) => m.orderId === order.orderId);
+    expect(timings.map((m) => m.mismatchClass)).toEqual([MismatchClass.MISMATCH_CLASS_TIMING]);
+    expect(timings[0]?.detail).toContain(`(${partial.reportId} line 2)`);
+    expect(await feesOf(order.orderId)).toEqual(['146']);
+    for (const earlier of [partial, full]) {
+      const named = (await mismatchesOf(earlier.reportId)).filter(
+        (m) => m.orderId === order.orderId,
+      );
+      expect(named.map((m) => m.resolvedByReportId)).toEqual([later.reportId]);
+    }
+
+    // Again: the same report, still one fee.
+    const again = await reconcile(stack, { filePath: name });
+    expect(again.reportId).toBe(later.reportId);
+    expect(await feesOf(order.orderId)).toEqual(['146']);
+  });
+});
+
 describe('two days reconciled at the same moment', () => {
   it('find the row they share once as DUPLICATE, and book its fee once', async () => {
     const orderId = await paidOrder(stack, 'seller-shared', 1234n);
