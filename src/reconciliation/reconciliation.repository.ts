@@ -605,8 +605,9 @@ export async function bookFees(
 }
 
 /**
- * The last rule: payments booked on the day that no payment row of this file names and no other
- * day's reconciled file settled.
+ * The last rule: payments booked on the day that no payment row of this file names, no other
+ * day's reconciled file settled, and this run did not settle as late bookings (an earlier run of
+ * this day's file named them before they were booked). Runs after settleLateBookings.
  */
 export async function insertMissingInSettlement(
   db: Db,
@@ -639,7 +640,12 @@ export async function insertMissingInSettlement(
           JOIN recon_run u ON u.id = p.run_id
           WHERE p.merchant_reference = lt.order_id AND p.type = 'payment'
             AND p.class <> ${RECONCILIATION_CLASS.duplicate}
-            AND u.state = ${RUN_STATE.succeeded} AND u.settlement_date <> ${run.day})`.execute(trx);
+            AND u.state = ${RUN_STATE.succeeded} AND u.settlement_date <> ${run.day})
+        AND NOT EXISTS (
+          SELECT 1 FROM recon_mismatch s FORCE INDEX (recon_mismatch_order)
+          WHERE s.order_id = lt.order_id AND s.run_id = ${run.runId} AND s.line_no IS NULL
+            AND s.class IN (${RECONCILIATION_CLASS.timing},
+                            ${RECONCILIATION_CLASS.amountMismatch}))`.execute(trx);
   });
 }
 
@@ -648,9 +654,11 @@ const LATE_BOOKINGS_PER_PASS = 1_000;
 const LATE_BOOKING_PASSES_MAX = 100;
 
 /**
- * Payments booked on the run's day whose PSP row came in an earlier day's file, reconciled before
- * they were booked: that row is an open MISSING_IN_LEDGER, and no later file names the order (the
- * PSP settled it once). Each is settled here: with the same amount and currency it is TIMING
+ * Payments booked on or before the run's day whose PSP row came in a file reconciled before they
+ * were booked (an earlier day's, or an earlier run of this day's): that row is an open
+ * MISSING_IN_LEDGER, and this file does not name the order (the PSP settled it once). A payment
+ * booked on its file's own day after that day was reconciled is one: the same file again returns
+ * the stored report, and no later day's file names it. Each is settled here: with the same amount and currency it is TIMING
  * (settled late in the ledger) and its fee, from the earlier row, is booked now; otherwise it is
  * AMOUNT_MISMATCH. Either way it is a mismatch of this run, and the earlier MISSING_IN_LEDGER is
  * resolved by it. Without this, such an order was never matched, never reported missing and
@@ -662,14 +670,16 @@ export async function settleLateBookings(
   db: Db,
   run: { runId: string; day: UtcDay; now: Date; newLedgerId: () => string },
 ): Promise<number> {
-  const dayStart = startOfUtcDay(run.day);
   const dayEnd = startOfUtcDay(addUtcDays(run.day, 1));
   let settled = 0;
   for (let pass = 0; pass < LATE_BOOKING_PASSES_MAX; pass += 1) {
     let found = 0;
     let orders = 0;
     await inReadCommitted(db, async (trx) => {
-      // Driven from the open mismatches (few) into the ledger and the rows by their keys.
+      // Driven from the open mismatches (few) into the ledger and the rows by their keys. No
+      // lower bound on when the payment was booked: a payment row is MISSING_IN_LEDGER only when
+      // the order had no PAYMENT as it was classified, so one found now was booked after that
+      // (even during that run, after its chunk was classified).
       const candidates = await sql<{
         mismatch_id: string;
         order_id: string;
@@ -689,8 +699,7 @@ export async function settleLateBookings(
           ON f.order_id = m.order_id AND f.kind = ${FEE_LEDGER_KIND.transaction}
         WHERE m.class = ${RECONCILIATION_CLASS.missingInLedger} AND m.resolved_by_run_id IS NULL
           AND m.run_id <> ${run.runId} AND p.type = 'payment'
-          AND u.state = ${RUN_STATE.succeeded} AND u.settlement_date <> ${run.day}
-          AND lt.created_at >= ${dayStart} AND lt.created_at < ${dayEnd}
+          AND u.state = ${RUN_STATE.succeeded} AND lt.created_at < ${dayEnd}
           AND NOT EXISTS (
             SELECT 1 FROM recon_file_row r FORCE INDEX (recon_file_row_merchant)
             WHERE r.merchant_reference = m.order_id AND r.run_id = ${run.runId}
@@ -887,7 +896,9 @@ const LOCK_STEP_S = 2;
 
 /**
  * A row this file settles (MATCHED or TIMING) resolves a MISSING_IN_SETTLEMENT of an earlier
- * day's report: the PSP settled it late.
+ * day's report (the PSP settled it late), and the open MISSING_IN_LEDGER of an earlier payment
+ * row naming the order (an earlier run of this day's file, say an on-demand one, classified it
+ * before the payment was booked; rule 3 makes an earlier day's row a DUPLICATE instead).
  */
 export async function resolveEarlierMismatches(db: Db, runId: string): Promise<void> {
   // Driven from the open mismatches (few) into this run's rows by index, never the reverse.
@@ -899,6 +910,19 @@ export async function resolveEarlierMismatches(db: Db, runId: string): Promise<v
     WHERE m.class = ${RECONCILIATION_CLASS.missingInSettlement}
       AND m.resolved_by_run_id IS NULL AND m.run_id <> ${runId}
       AND r.class IN (${RECONCILIATION_CLASS.matched}, ${RECONCILIATION_CLASS.timing})`
+    .execute(db)
+    .catch(rethrow);
+  // A refund or fee row's MISSING_IN_LEDGER stays: Settle books none from files.
+  await sql`
+    UPDATE recon_mismatch m FORCE INDEX (recon_mismatch_open)
+    STRAIGHT_JOIN recon_file_row r FORCE INDEX (recon_file_row_merchant)
+      ON r.merchant_reference = m.order_id AND r.run_id = ${runId}
+    STRAIGHT_JOIN recon_file_row p ON p.run_id = m.run_id AND p.line_no = m.line_no
+    SET m.resolved_by_run_id = ${runId}
+    WHERE m.class = ${RECONCILIATION_CLASS.missingInLedger}
+      AND m.resolved_by_run_id IS NULL AND m.run_id <> ${runId}
+      AND r.class IN (${RECONCILIATION_CLASS.matched}, ${RECONCILIATION_CLASS.timing})
+      AND p.type = 'payment'`
     .execute(db)
     .catch(rethrow);
 }

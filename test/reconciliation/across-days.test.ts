@@ -207,6 +207,110 @@ describe('a payment named by two runs of one day and booked after both', () => {
   });
 });
 
+/** Pays `order` at the PSP now and waits for its PAYMENT ledger transaction. */
+async function bookNow(order: { orderId: string; pspToken: string }): Promise<void> {
+  await call(stack.pspApi.payWithCard.bind(stack.pspApi), {
+    token: order.pspToken,
+    cardNumber: CARD.success,
+  });
+  await waitFor(
+    async () => {
+      const { rows } = await sql<{ n: string }>`SELECT COUNT(*) AS n FROM ledger_transaction
+        WHERE kind = 'PAYMENT' AND order_id = ${order.orderId}`.execute(stack.settle.db);
+      return Number(rows[0]?.n) === 1;
+    },
+    { what: `order ${order.orderId} booked` },
+  );
+}
+
+/** The order's MISSING_IN_* mismatches that no run resolved (other classes are never resolved). */
+async function openMissingOf(orderId: string): Promise<string[]> {
+  const { rows } = await sql<{ class: string }>`
+    SELECT class FROM recon_mismatch WHERE order_id = ${orderId} AND resolved_by_run_id IS NULL
+      AND class IN ('MISSING_IN_LEDGER', 'MISSING_IN_SETTLEMENT')`.execute(stack.settle.db);
+  return rows.map((row) => row.class);
+}
+
+describe('a payment booked on its file day after that day was reconciled', () => {
+  it('is matched by a later run of the same day, which resolves the earlier MISSING_IN_LEDGER', async () => {
+    const order = await createOrder(stack, 'seller-same-day-full', 4000n);
+    const row = `psp_same_day_full,${order.orderId},payment,USD,40.00,1.46,38.54,b-sd,${new Date().toISOString()}`;
+    await writeFile(
+      path.join(stack.dir, `settlement-${today}-on-demand.csv`),
+      `${HEADER}\n${row}\n`,
+    );
+    const first = await reconcile(stack, { filePath: `settlement-${today}-on-demand.csv` });
+    expect(first.counts?.missingInLedger).toBe(1n);
+
+    await bookNow(order);
+    // The day's complete file names it too.
+    const other = `psp_same_day_other,ord_same_day_unknown,payment,USD,1.00,0.33,0.67,b-sd,${today}T00:00:00.000Z`;
+    await writeFile(
+      path.join(stack.dir, `settlement-${today}-complete.csv`),
+      `${HEADER}\n${row}\n${other}\n`,
+    );
+    const second = await reconcile(stack, { filePath: `settlement-${today}-complete.csv` });
+    expect(second.state).toBe(ReportState.REPORT_STATE_SUCCEEDED);
+    expect(second.counts).toMatchObject({ matched: 1n, timing: 0n, missingInLedger: 1n });
+    expect(await feesOf(order.orderId)).toEqual(['146']);
+    const earlier = (await mismatchesOf(first.reportId)).filter((m) => m.orderId === order.orderId);
+    expect(earlier.map((m) => m.resolvedByReportId)).toEqual([second.reportId]);
+    expect(await openMissingOf(order.orderId)).toEqual([]);
+  });
+
+  it('is settled by a later run of the same day that does not name it, and not missing from it', async () => {
+    const order = await createOrder(stack, 'seller-same-day-unnamed', 4000n);
+    const row = `psp_same_day_unnamed,${order.orderId},payment,USD,40.00,1.46,38.54,b-sd,${new Date().toISOString()}`;
+    await writeFile(path.join(stack.dir, `settlement-${today}-early.csv`), `${HEADER}\n${row}\n`);
+    const first = await reconcile(stack, { filePath: `settlement-${today}-early.csv` });
+    expect(first.counts?.missingInLedger).toBe(1n);
+
+    await bookNow(order);
+    const other = `psp_same_day_unnamed_other,ord_same_day_unnamed_unknown,payment,USD,1.00,0.33,0.67,b-sd,${today}T00:00:00.000Z`;
+    await writeFile(
+      path.join(stack.dir, `settlement-${today}-late-run.csv`),
+      `${HEADER}\n${other}\n`,
+    );
+    const second = await reconcile(stack, { filePath: `settlement-${today}-late-run.csv` });
+    expect(second.state).toBe(ReportState.REPORT_STATE_SUCCEEDED);
+    const named = (await mismatchesOf(second.reportId)).filter((m) => m.orderId === order.orderId);
+    expect(named.map((m) => m.mismatchClass)).toEqual([MismatchClass.MISMATCH_CLASS_TIMING]);
+    expect(await feesOf(order.orderId)).toEqual(['146']);
+    expect(await openMissingOf(order.orderId)).toEqual([]);
+  });
+
+  it('is settled by the run of the next day when no later file names it', async () => {
+    const order = await createOrder(stack, 'seller-same-day-next', 4000n);
+    await writeFile(
+      path.join(stack.dir, `settlement-${today}.csv`),
+      `${HEADER}\npsp_same_day_next,${order.orderId},payment,USD,40.00,1.46,38.54,b-sd,${new Date().toISOString()}\n`,
+    );
+    const first = await reconcile(stack, { settlementDate: today });
+    expect(first.counts?.missingInLedger).toBe(1n);
+
+    await bookNow(order);
+    // The same file again: the stored report, nothing written.
+    const again = await reconcile(stack, { settlementDate: today });
+    expect(again.reportId).toBe(first.reportId);
+    expect(await feesOf(order.orderId)).toEqual([]);
+
+    const tomorrow = addUtcDays(today, 1);
+    await writeFile(path.join(stack.dir, `settlement-${tomorrow}.csv`), `${HEADER}\n`);
+    const next = await reconcile(stack, { settlementDate: tomorrow });
+    expect(next.state).toBe(ReportState.REPORT_STATE_SUCCEEDED);
+    const settled = (await mismatchesOf(next.reportId)).filter((m) => m.orderId === order.orderId);
+    expect(settled.map((m) => m.mismatchClass)).toEqual([MismatchClass.MISMATCH_CLASS_TIMING]);
+    expect(settled[0]?.detail).toMatch(
+      new RegExp(
+        `^booked ${today}T[0-9:.]+Z, after the file of ${today} \\(${first.reportId} line 2\\) ` +
+          'was reconciled: settled late in the ledger, fee booked now; resolves its MISSING_IN_LEDGER$',
+      ),
+    );
+    expect(await feesOf(order.orderId)).toEqual(['146']);
+    expect(await openMissingOf(order.orderId)).toEqual([]);
+  });
+});
+
 describe('two days reconciled at the same moment', () => {
   it('find the row they share once as DUPLICATE, and book its fee once', async () => {
     const orderId = await paidOrder(stack, 'seller-shared', 1234n);
