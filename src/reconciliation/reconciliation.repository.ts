@@ -654,13 +654,20 @@ const LATE_BOOKINGS_PER_PASS = 1_000;
 const LATE_BOOKING_PASSES_MAX = 100;
 
 /**
+ * A late booking's earlier row (`p`) agrees with its PAYMENT transaction (`lt`) as rule 5 of
+ * classifyChunk asks: same gross and currency, and a fee no larger than the gross.
+ */
+const settledAlike = sql`p.gross_minor = lt.amount_minor AND p.currency = lt.currency
+  AND p.fee_minor <= p.gross_minor`;
+
+/**
  * Payments booked on or before the run's day whose PSP row came in a file reconciled before they
  * were booked (an earlier day's, or an earlier run of this day's): that row is an open
  * MISSING_IN_LEDGER, and this file does not name the order (the PSP settled it once). A payment
  * booked on its file's own day after that day was reconciled is one: the same file again returns
- * the stored report, and no later day's file names it. Each is settled here: with the same amount and currency it is TIMING
- * (settled late in the ledger) and its fee, from the earlier row, is booked now; otherwise it is
- * AMOUNT_MISMATCH. Either way it is a mismatch of this run, and the earlier MISSING_IN_LEDGER is
+ * the stored report, and no later day's file names it. Each is settled here: with the same amount
+ * and currency and a fee no larger than the gross (rule 5) it is TIMING (settled late in the
+ * ledger) and its fee, from the earlier row, is booked now; otherwise it is AMOUNT_MISMATCH. Either way it is a mismatch of this run, and the earlier MISSING_IN_LEDGER is
  * resolved by it. Without this, such an order was never matched, never reported missing and
  * never charged its fee. An order with several open MISSING_IN_LEDGER mismatches (two runs of one
  * day named it) is settled once, with one mismatch and at most one fee, and resolves them all.
@@ -689,7 +696,7 @@ export async function settleLateBookings(
         fee_booked: number;
       }>`
         SELECT m.id AS mismatch_id, m.order_id, p.fee_minor, p.currency,
-               (p.gross_minor = lt.amount_minor AND p.currency = lt.currency) AS same,
+               (${settledAlike}) AS same,
                (f.id IS NOT NULL) AS fee_booked
         FROM recon_mismatch m FORCE INDEX (recon_mismatch_open)
         STRAIGHT_JOIN recon_file_row p ON p.run_id = m.run_id AND p.line_no = m.line_no
@@ -747,7 +754,7 @@ export async function settleLateBookings(
           file_amount_minor, ledger_amount_minor, order_state, file_row, ledger_entries, detail,
           created_at)
         SELECT ${run.runId},
-               CASE WHEN p.gross_minor = lt.amount_minor AND p.currency = lt.currency
+               CASE WHEN ${settledAlike}
                  THEN ${RECONCILIATION_CLASS.timing} ELSE ${RECONCILIATION_CLASS.amountMismatch}
                END,
                NULL, m.order_id, p.psp_reference, p.gross_minor, lt.amount_minor, o.state,
@@ -755,8 +762,11 @@ export async function settleLateBookings(
                CONCAT('booked ', DATE_FORMAT(lt.created_at, '%Y-%m-%dT%H:%i:%s.%fZ'),
                  ', after the file of ', DATE_FORMAT(u.settlement_date, '%Y-%m-%d'), ' (', m.run_id,
                  ' line ', p.line_no, ') was reconciled: ',
-                 CASE WHEN p.gross_minor = lt.amount_minor AND p.currency = lt.currency
+                 CASE WHEN ${settledAlike}
                    THEN 'settled late in the ledger, fee booked now'
+                   WHEN p.gross_minor = lt.amount_minor AND p.currency = lt.currency
+                   THEN CONCAT('file fee ', p.fee_minor, ' exceeds its gross ', p.gross_minor, ' ',
+                     p.currency, ' minor units; the fee is not booked')
                    ELSE CONCAT('file gross ', p.gross_minor, ' ', p.currency,
                      ' minor units; ledger ', lt.amount_minor)
                  END,

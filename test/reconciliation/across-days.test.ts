@@ -279,6 +279,35 @@ describe('a payment booked on its file day after that day was reconciled', () =>
     expect(await openMissingOf(order.orderId)).toEqual([]);
   });
 
+  it('is an AMOUNT_MISMATCH, its fee not booked, when its earlier row’s fee exceeds its gross', async () => {
+    const order = await createOrder(stack, 'seller-same-day-fee-over', 4000n);
+    const row = `psp_same_day_fee_over,${order.orderId},payment,USD,40.00,50.00,-10.00,b-sd,${new Date().toISOString()}`;
+    await writeFile(
+      path.join(stack.dir, `settlement-${today}-fee-over.csv`),
+      `${HEADER}\n${row}\n`,
+    );
+    const first = await reconcile(stack, { filePath: `settlement-${today}-fee-over.csv` });
+    expect(first.counts?.missingInLedger).toBe(1n);
+
+    await bookNow(order);
+    const other = `psp_same_day_fee_over_other,ord_same_day_fee_over_unknown,payment,USD,1.00,0.33,0.67,b-sd,${today}T00:00:00.000Z`;
+    await writeFile(
+      path.join(stack.dir, `settlement-${today}-fee-over-late.csv`),
+      `${HEADER}\n${other}\n`,
+    );
+    const second = await reconcile(stack, { filePath: `settlement-${today}-fee-over-late.csv` });
+    expect(second.state).toBe(ReportState.REPORT_STATE_SUCCEEDED);
+    const named = (await mismatchesOf(second.reportId)).filter((m) => m.orderId === order.orderId);
+    expect(named.map((m) => m.mismatchClass)).toEqual([
+      MismatchClass.MISMATCH_CLASS_AMOUNT_MISMATCH,
+    ]);
+    expect(named[0]?.detail).toContain(
+      'file fee 5000 exceeds its gross 4000 USD minor units; the fee is not booked',
+    );
+    expect(await feesOf(order.orderId)).toEqual([]);
+    expect(await openMissingOf(order.orderId)).toEqual([]);
+  });
+
   it('is settled by the run of the next day when no later file names it', async () => {
     const order = await createOrder(stack, 'seller-same-day-next', 4000n);
     await writeFile(
