@@ -663,15 +663,17 @@ const settledAlike = sql`p.gross_minor = lt.amount_minor AND p.currency = lt.cur
 /**
  * Payments booked on or before the run's day whose PSP row came in a file reconciled before they
  * were booked (an earlier day's, or an earlier run of this day's): that row is an open
- * MISSING_IN_LEDGER, and this file does not name the order (the PSP settled it once). A payment
- * booked on its file's own day after that day was reconciled is one: the same file again returns
- * the stored report, and no later day's file names it. Each is settled here: with the same amount
- * and currency and a fee no larger than the gross (rule 5) it is TIMING (settled late in the
- * ledger) and its fee, from the earlier row, is booked now; otherwise it is AMOUNT_MISMATCH. Either way it is a mismatch of this run, and the earlier MISSING_IN_LEDGER is
- * resolved by it. Without this, such an order was never matched, never reported missing and
- * never charged its fee. An order with several open MISSING_IN_LEDGER mismatches (two runs of one
- * day named it) is settled once, with one mismatch and at most one fee, and resolves them all.
- * Runs one at a time (see withClassificationLock). Returns how many orders it settled.
+ * MISSING_IN_LEDGER, and this file does not settle the order: it does not name it (the PSP settled
+ * it once), or names it only as a DUPLICATE of that earlier row (rule 3), which settles nothing. A
+ * payment booked on its file's own day after that day was reconciled is one: the same file again
+ * returns the stored report, and no later day's file names it. Each is settled here: with the same
+ * amount and currency and a fee no larger than the gross (rule 5) it is TIMING (settled late in the
+ * ledger) and its fee, from the earlier row, is booked now; otherwise it is AMOUNT_MISMATCH. Either
+ * way it is a mismatch of this run, and the earlier MISSING_IN_LEDGER is resolved by it. Without
+ * this, such an order was never matched, never reported missing and never charged its fee. An order
+ * with several open MISSING_IN_LEDGER mismatches (two runs of one day named it) is settled once,
+ * with one mismatch and at most one fee, and resolves them all. Runs one at a time (see
+ * withClassificationLock). Returns how many orders it settled.
  */
 export async function settleLateBookings(
   db: Db,
@@ -710,7 +712,7 @@ export async function settleLateBookings(
           AND NOT EXISTS (
             SELECT 1 FROM recon_file_row r FORCE INDEX (recon_file_row_merchant)
             WHERE r.merchant_reference = m.order_id AND r.run_id = ${run.runId}
-              AND r.type = 'payment')
+              AND r.type = 'payment' AND r.class <> ${RECONCILIATION_CLASS.duplicate})
         ORDER BY m.id
         LIMIT ${LATE_BOOKINGS_PER_PASS}
         FOR UPDATE`.execute(trx);

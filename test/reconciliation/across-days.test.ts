@@ -362,3 +362,26 @@ describe('two days reconciled at the same moment', () => {
     expect(await feesOf(orderId)).toHaveLength(1);
   });
 });
+
+describe('a payment named again by a later day’s file after it was booked', () => {
+  it('is DUPLICATE in that file, and settled from its first row: TIMING, one fee, nothing open', async () => {
+    const day = addUtcDays(today, -6);
+    const order = await createOrder(stack, 'seller-named-again', 4000n);
+    const row = `psp_named_again,${order.orderId},payment,USD,40.00,1.46,38.54,b-na,${day}T12:00:00.000Z`;
+    await writeFile(path.join(stack.dir, 'named-first.csv'), `${HEADER}\n${row}\n`);
+    const first = await reconcile(stack, { filePath: 'named-first.csv', settlementDate: day });
+    expect(first.counts?.missingInLedger).toBe(1n);
+
+    await bookNow(order);
+    // The PSP lists the same charge again in today's file.
+    await writeFile(path.join(stack.dir, 'named-again.csv'), `${HEADER}\n${row}\n`);
+    const again = await reconcile(stack, { filePath: 'named-again.csv', settlementDate: today });
+    expect(again.state).toBe(ReportState.REPORT_STATE_SUCCEEDED);
+    const named = (await mismatchesOf(again.reportId)).filter((m) => m.orderId === order.orderId);
+    expect(named.map((m) => m.mismatchClass).sort()).toEqual(
+      [MismatchClass.MISMATCH_CLASS_DUPLICATE, MismatchClass.MISMATCH_CLASS_TIMING].sort(),
+    );
+    expect(await feesOf(order.orderId)).toEqual(['146']);
+    expect(await openMissingOf(order.orderId)).toEqual([]);
+  });
+});
