@@ -73,8 +73,15 @@ function diagnoseOrder(order: PaymentOrder, facts: DiagnosisFacts): Finding[] {
         `${letter.lastError}); fix the cause, then replay dead letter ${letter.id}`,
     );
   }
-  if (order.reviewReason !== undefined) {
-    say('warn', `flagged for review: ${order.reviewReason}`);
+  // A charge that came after the order ended: the buyer paid, and nothing was booked for it.
+  const charged = order.reviewReason !== undefined;
+  if (charged) {
+    say(
+      'error',
+      `flagged for review (${order.reviewReason}): the buyer was charged (PSP reference ` +
+        `${order.pspReference ?? '?'}) after the order ended, and nothing was booked for it; ` +
+        'refund the charge at the PSP, or book it by hand',
+    );
   }
   const changedAt = facts.lastTransitionAt.get(order.id) ?? order.updatedAt;
   const stalled = facts.now.getTime() - changedAt.getTime() > STALL_MS;
@@ -91,10 +98,17 @@ function diagnoseOrder(order: PaymentOrder, facts: DiagnosisFacts): Finding[] {
       }
       break;
     case 'FAILED':
-      say('info', `failed: ${order.failureReason ?? 'no reason recorded'}`);
+      say(
+        'info',
+        `failed: ${order.failureReason ?? 'no reason recorded'}` +
+          (charged ? ' (then charged: see above)' : ''),
+      );
       break;
     case 'EXPIRED':
-      say('info', 'expired: not paid in time; the PSP registration was cancelled');
+      if (charged) say('info', 'expired before the charge above arrived');
+      else if (order.pspToken === undefined) {
+        say('info', 'expired before the PSP registered it: there was nothing to cancel');
+      } else say('info', 'expired: not paid in time; the PSP registration was cancelled');
       break;
     case 'NOT_STARTED':
       // Written by nodes before orders were born EXECUTING.

@@ -153,7 +153,48 @@ describe('diagnose', () => {
     expect(diagnose(facts([bornFresh]))[0]?.text).not.toContain('outbox lag');
     const flagged = order('a', { state: 'EXPIRED', reviewReason: 'CHARGED_AFTER_EXPIRY' });
     const findings = diagnose(facts([flagged]));
-    expect(findings[0]).toMatchObject({ severity: 'warn' });
+    expect(findings[0]).toMatchObject({ severity: 'error' });
     expect(findings[0]?.text).toContain('CHARGED_AFTER_EXPIRY');
+  });
+
+  it('says a charge after the order ended is money taken and not booked, in words that agree', () => {
+    const expired = order('a', {
+      state: 'EXPIRED',
+      pspToken: 'tok_1',
+      pspReference: 'ch_late',
+      reviewReason: 'CHARGED_AFTER_EXPIRY',
+    });
+    expect(diagnose(facts([expired])).map(({ severity, text }) => ({ severity, text }))).toEqual([
+      {
+        severity: 'error',
+        text:
+          'flagged for review (CHARGED_AFTER_EXPIRY): the buyer was charged (PSP reference ' +
+          'ch_late) after the order ended, and nothing was booked for it; refund the charge at ' +
+          'the PSP, or book it by hand',
+      },
+      // Not "not paid in time; the registration was cancelled": it was paid.
+      { severity: 'info', text: 'expired before the charge above arrived' },
+    ]);
+    const failed = order('b', {
+      state: 'FAILED',
+      failureReason: 'PSP_REGISTRATION_REFUSED',
+      pspReference: 'ch_late',
+      reviewReason: 'CHARGED_AFTER_FAILURE',
+    });
+    expect(diagnose(facts([failed])).map(({ severity }) => severity)).toEqual(['error', 'info']);
+    expect(diagnose(facts([failed]))[1]?.text).toBe(
+      'failed: PSP_REGISTRATION_REFUSED (then charged: see above)',
+    );
+  });
+
+  it('does not say an order that expired before its registration had one cancelled', () => {
+    const unregistered = order('a', { state: 'EXPIRED', pspToken: undefined });
+    expect(diagnose(facts([unregistered]))[0]?.text).toBe(
+      'expired before the PSP registered it: there was nothing to cancel',
+    );
+    const registered = order('a', { state: 'EXPIRED', pspToken: 'tok_1' });
+    expect(diagnose(facts([registered]))[0]?.text).toBe(
+      'expired: not paid in time; the PSP registration was cancelled',
+    );
   });
 });
