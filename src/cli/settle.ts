@@ -688,7 +688,12 @@ function paymentText(payment: Payment | undefined): string {
         o.orderId,
         o.sellerId,
         money(o.amountMinor, o.currencyCode),
-        shortOrderState(o.state) + (o.failureReason !== '' ? ` (${o.failureReason})` : ''),
+        shortOrderState(o.state) +
+          (o.failureReason !== '' ? ` (${o.failureReason})` : '') +
+          // Charged after it ended: money taken and not booked, which a person must settle.
+          (o.reviewReason !== ''
+            ? `  REVIEW ${o.reviewReason}: charged ${o.pspReference}, not booked`
+            : ''),
         o.checkoutUrl,
       ]),
     )

@@ -16,6 +16,7 @@ import {
   type PaymentOrder,
 } from '../../src/grpc/generated/settle/v1/payment.js';
 import { PaymentStatus } from '../../src/grpc/generated/settle/psp/v1/psp.js';
+import { runCli } from '../../src/cli/settle.js';
 import { Janitor } from '../../src/jobs/janitor.js';
 import { openDatabase } from '../../src/storage/db.js';
 import {
@@ -219,7 +220,25 @@ describe('janitor', () => {
           sql`SELECT COUNT(*) AS n FROM payment_order WHERE id = ${o.orderId} AND review_reason = 'CHARGED_AFTER_EXPIRY'`,
         )) === 1,
     );
-    expect((await order(o.paymentId)).state).toBe(PaymentOrderState.PAYMENT_ORDER_STATE_EXPIRED);
+    // What a client and an operator read: expired, yet charged, and flagged.
+    const flagged = await order(o.paymentId);
+    expect({
+      state: flagged.state,
+      reviewReason: flagged.reviewReason,
+      pspReference: flagged.pspReference,
+    }).toEqual({
+      state: PaymentOrderState.PAYMENT_ORDER_STATE_EXPIRED,
+      reviewReason: 'CHARGED_AFTER_EXPIRY',
+      pspReference: 'psp_late',
+    });
+    let shown = '';
+    const exitCode = await runCli(
+      ['payment', 'get', o.paymentId],
+      { SETTLE_ADDR: `127.0.0.1:${stack.settle.grpcPort}` },
+      { out: (text) => (shown += text), err: (text) => (shown += text) },
+    );
+    expect(exitCode).toBe(0);
+    expect(shown).toContain('REVIEW CHARGED_AFTER_EXPIRY: charged psp_late, not booked');
     expect(
       await count(
         stack.settle.db,

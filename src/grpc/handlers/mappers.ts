@@ -56,6 +56,8 @@ export function orderToProto(order: DomainOrder): PaymentOrderMessage {
     version: order.version,
     createTime: order.createdAt,
     updateTime: order.updatedAt,
+    pspReference: order.pspReference ?? '',
+    reviewReason: order.reviewReason ?? '',
   };
 }
 

@@ -187,7 +187,20 @@ export interface PaymentOrder {
   /** Incremented by every persisted transition. */
   version: bigint;
   createTime?: Date | undefined;
-  updateTime?: Date | undefined;
+  updateTime?:
+    | Date
+    | undefined;
+  /**
+   * The PSP's reference of the charge; empty until the buyer is charged. Also set on a FAILED or
+   * EXPIRED order that a charge reached after it ended: see review_reason.
+   */
+  pspReference: string;
+  /**
+   * Set when the buyer was charged after the order had ended: CHARGED_AFTER_EXPIRY or
+   * CHARGED_AFTER_FAILURE. Nothing was booked for that charge; a person refunds it at the PSP or
+   * books it. Empty otherwise.
+   */
+  reviewReason: string;
 }
 
 export interface CreatePaymentRequest {
@@ -520,6 +533,8 @@ function createBasePaymentOrder(): PaymentOrder {
     version: 0n,
     createTime: undefined,
     updateTime: undefined,
+    pspReference: "",
+    reviewReason: "",
   };
 }
 
@@ -566,6 +581,12 @@ export const PaymentOrder: MessageFns<PaymentOrder> = {
     }
     if (message.updateTime !== undefined) {
       Timestamp.encode(toTimestamp(message.updateTime), writer.uint32(98).fork()).join();
+    }
+    if (message.pspReference !== "") {
+      writer.uint32(106).string(message.pspReference);
+    }
+    if (message.reviewReason !== "") {
+      writer.uint32(114).string(message.reviewReason);
     }
     return writer;
   },
@@ -679,6 +700,22 @@ export const PaymentOrder: MessageFns<PaymentOrder> = {
             message.updateTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.pspReference = reader.string();
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.reviewReason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -745,6 +782,16 @@ export const PaymentOrder: MessageFns<PaymentOrder> = {
         : isSet(object.update_time)
         ? fromJsonTimestamp(object.update_time)
         : undefined,
+      pspReference: isSet(object.pspReference)
+        ? globalThis.String(object.pspReference)
+        : isSet(object.psp_reference)
+        ? globalThis.String(object.psp_reference)
+        : "",
+      reviewReason: isSet(object.reviewReason)
+        ? globalThis.String(object.reviewReason)
+        : isSet(object.review_reason)
+        ? globalThis.String(object.review_reason)
+        : "",
     };
   },
 
@@ -786,6 +833,12 @@ export const PaymentOrder: MessageFns<PaymentOrder> = {
     if (message.updateTime !== undefined) {
       obj.updateTime = message.updateTime.toISOString();
     }
+    if (message.pspReference !== "") {
+      obj.pspReference = message.pspReference;
+    }
+    if (message.reviewReason !== "") {
+      obj.reviewReason = message.reviewReason;
+    }
     return obj;
   },
 
@@ -808,6 +861,8 @@ export const PaymentOrder: MessageFns<PaymentOrder> = {
     message.version = (object.version !== undefined && object.version !== null) ? BigInt(object.version) : 0n;
     message.createTime = object.createTime ?? undefined;
     message.updateTime = object.updateTime ?? undefined;
+    message.pspReference = object.pspReference ?? "";
+    message.reviewReason = object.reviewReason ?? "";
     return message;
   },
 };
