@@ -20,6 +20,7 @@ import type { ServiceError } from '@grpc/grpc-js';
 import { createSettleClient, type SettleClient } from '../client/index.js';
 import {
   Payment,
+  PaymentOrderState,
   PaymentState,
   paymentOrderStateToJSON,
   paymentStateFromJSON,
@@ -646,6 +647,12 @@ function shortPaymentState(state: PaymentState): string {
   return paymentStateToJSON(state).replace(/^PAYMENT_STATE_/, '');
 }
 
+const ENDED_ORDER_STATES: ReadonlySet<PaymentOrderState> = new Set([
+  PaymentOrderState.PAYMENT_ORDER_STATE_SUCCEEDED,
+  PaymentOrderState.PAYMENT_ORDER_STATE_FAILED,
+  PaymentOrderState.PAYMENT_ORDER_STATE_EXPIRED,
+]);
+
 function shortOrderState(state: Parameters<typeof paymentOrderStateToJSON>[0]): string {
   return paymentOrderStateToJSON(state).replace(/^PAYMENT_ORDER_STATE_/, '');
 }
@@ -694,7 +701,8 @@ function paymentText(payment: Payment | undefined): string {
           (o.reviewReason !== ''
             ? `  REVIEW ${o.reviewReason}: charged ${o.pspReference}, not booked`
             : ''),
-        o.checkoutUrl,
+        // The hosted page of an order that ended takes no card: not a link to hand a buyer.
+        ENDED_ORDER_STATES.has(o.state) ? '-' : o.checkoutUrl,
       ]),
     )
   );

@@ -116,6 +116,10 @@ describe('settle CLI', () => {
     expect(lines[lines.length - 1]).toMatch(
       /SUCCEEDED {2}seller-cli-a=SUCCEEDED seller-cli-b=SUCCEEDED$/,
     );
+    // A paid order's hosted page takes no card: no link is printed for it.
+    const shown = await settle(['payment', 'get', paymentId]);
+    expect(shown.stdout).toMatch(/seller-cli-a\s+19\.99 USD\s+SUCCEEDED\s+-\n/);
+    expect(shown.stdout).not.toContain('http');
   });
 
   it('prints a wallet, the trial balance and the payment timeline', async () => {
