@@ -71,8 +71,6 @@ import { reconciliationHandlers } from './grpc/handlers/reconciliation.handlers.
 /** Housekeeping (expired rows): a pass a minute, the first one 30 s after start-up. */
 const HOUSEKEEPING_INTERVAL_MS = 60_000;
 const HOUSEKEEPING_FIRST_PASS_MS = 30_000;
-/** Idempotency keys deleted per pass at most. */
-const IDEMPOTENCY_PURGE_ROWS_MAX = 10_000;
 /** Reconciliations a node works on at once (each holds or waits for the classification lock). */
 const RECONCILIATION_RUNS_MAX = 2;
 
@@ -666,12 +664,7 @@ export async function startSettle(
       [
         {
           name: 'idempotency_key',
-          run: (at) =>
-            purgeIdempotencyKeys(
-              db,
-              new Date(at.getTime() - config.IDEMPOTENCY_TTL_MS),
-              IDEMPOTENCY_PURGE_ROWS_MAX,
-            ),
+          run: (at) => purgeIdempotencyKeys(db, new Date(at.getTime() - config.IDEMPOTENCY_TTL_MS)),
         },
         {
           name: 'settlement_staging',

@@ -155,7 +155,12 @@ export const configSchema = z.object({
   LOCAL_EXECUTE_HOLD_MS: nonNegativeInt.max(600_000).default(10_000),
   /** How long CreatePayment waits for the PSP to register the orders before it answers. */
   CREATE_WAIT_MS: nonNegativeInt.max(30_000).default(2_000),
-  IDEMPOTENCY_TTL_MS: positiveInt.default(24 * 3_600_000),
+  /**
+   * How long a request_id is remembered per buyer (and at least until its payment is final).
+   * At least an hour, and at least ORDER_EXPIRY_MS (loadConfig checks): a client retrying with
+   * the same request_id within it gets the same payment, never a second charge.
+   */
+  IDEMPOTENCY_TTL_MS: positiveInt.min(3_600_000).default(24 * 3_600_000),
   /** An order not paid this long after creation expires (its PSP registration is cancelled). */
   ORDER_EXPIRY_MS: positiveInt.max(7 * 24 * 3_600_000).default(15 * 60_000),
   /** An unfinished order quiet this long is checked with the PSP by the janitor. */
@@ -249,7 +254,23 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       result.error.issues.map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`),
     );
   }
+  const problems = settingsThatDisagree(result.data);
+  if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(result.data);
+}
+
+/** Settings valid alone whose combination would break a guarantee. */
+function settingsThatDisagree(config: Readonly<z.infer<typeof configSchema>>): string[] {
+  const problems: string[] = [];
+  if (config.IDEMPOTENCY_TTL_MS < config.ORDER_EXPIRY_MS) {
+    problems.push(
+      `IDEMPOTENCY_TTL_MS: ${config.IDEMPOTENCY_TTL_MS} is shorter than ORDER_EXPIRY_MS ` +
+        `(${config.ORDER_EXPIRY_MS}): a client retrying a request after its key expired, while ` +
+        'its payment could still be paid, would create and charge a second one; raise it to at ' +
+        'least ORDER_EXPIRY_MS',
+    );
+  }
+  return problems;
 }
 
 /**

@@ -213,6 +213,20 @@ describe('main', () => {
     );
   });
 
+  it('refuses a request_id window shorter than an hour, or than an unpaid order lives', () => {
+    // Past the window a retried request creates a new payment: while the first can still be paid,
+    // that is a second charge.
+    expect(() => loadConfig({ IDEMPOTENCY_TTL_MS: '1' })).toThrow(
+      /IDEMPOTENCY_TTL_MS: .*>=3600000/,
+    );
+    expect(() =>
+      loadConfig({ IDEMPOTENCY_TTL_MS: '86400000', ORDER_EXPIRY_MS: String(7 * 86_400_000) }),
+    ).toThrow(/IDEMPOTENCY_TTL_MS: 86400000 is shorter than ORDER_EXPIRY_MS \(604800000\)/);
+    expect(
+      loadConfig({ IDEMPOTENCY_TTL_MS: '3600000', ORDER_EXPIRY_MS: '3600000' }).IDEMPOTENCY_TTL_MS,
+    ).toBe(3_600_000);
+  });
+
   it('refuses ports out of range, URLs that do not parse and numbers that are not, naming each', () => {
     const { status, stderr } = runMain({
       SETTLE_GRPC_ADDR: '127.0.0.1:99999',

@@ -106,12 +106,74 @@ describe('idempotency keys', () => {
     const old = new Date(Date.now() - 25 * 3_600_000);
     await insert('00000000-0000-4000-8000-000000000003', old);
     await insert('00000000-0000-4000-8000-000000000004', new Date());
-    const purged = await purgeIdempotencyKeys(db, new Date(Date.now() - 24 * 3_600_000), 100);
+    const purged = await purgeIdempotencyKeys(db, new Date(Date.now() - 24 * 3_600_000));
     expect(purged).toBe(1);
     expect((await insert('00000000-0000-4000-8000-000000000003', new Date())).committed).toBe(true);
     const again = await insert('00000000-0000-4000-8000-000000000004', new Date()).catch(
       (error: unknown) => error,
     );
     expect(isDuplicateKey(again)).toBe(true);
+  });
+
+  it('keeps a key past the cutoff while its payment is open, and purges it once it is final', async () => {
+    // Without the key a retry of the request would create, and charge, a second payment while
+    // the first can still be paid (an ORDER_EXPIRY_MS longer than IDEMPOTENCY_TTL_MS, a stuck
+    // order).
+    const old = new Date(Date.now() - 25 * 3_600_000);
+    const cutoff = new Date(Date.now() - 24 * 3_600_000);
+    const open = 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F7A';
+    const final = 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F7B';
+    for (const [id, state] of [
+      [open, 'EXECUTING'],
+      [final, 'SUCCEEDED'],
+    ] as const) {
+      await db
+        .insertInto('payment')
+        .values({
+          id,
+          buyer_id: 'b1',
+          request_id: '00000000-0000-4000-8000-0000000000aa',
+          currency: 'USD',
+          amount_minor: 100n,
+          state,
+          failure_reason: null,
+          orders_total: 1,
+          orders_succeeded: 0,
+          orders_failed: 0,
+          version: 0n,
+          created_at: old,
+          updated_at: old,
+        })
+        .execute();
+    }
+    await insert('00000000-0000-4000-8000-0000000002a5', old, open);
+    await insert('00000000-0000-4000-8000-0000000002a6', old, final);
+    expect(await purgeIdempotencyKeys(db, cutoff)).toBe(1);
+    expect(
+      await findIdempotencyKey(db, {
+        buyerId: 'b1',
+        requestId: '00000000-0000-4000-8000-0000000002a5',
+      }),
+    ).toMatchObject({ paymentId: open });
+    await db.updateTable('payment').set({ state: 'FAILED' }).where('id', '=', open).execute();
+    expect(await purgeIdempotencyKeys(db, cutoff)).toBe(1);
+    expect(
+      await findIdempotencyKey(db, {
+        buyerId: 'b1',
+        requestId: '00000000-0000-4000-8000-0000000002a5',
+      }),
+    ).toBeUndefined();
+  });
+
+  it('purges in several bounded statements a pass, and leaves the rest for the next pass', async () => {
+    const old = new Date(Date.now() - 25 * 3_600_000);
+    for (let i = 0; i < 7; i += 1) {
+      await insert(`00000000-0000-4000-8000-0000000001${String(i).padStart(2, '0')}`, old);
+    }
+    const cutoff = new Date(Date.now() - 24 * 3_600_000);
+    const bounds = { rowsPerStatement: 3, statementsMax: 2 };
+    expect(await purgeIdempotencyKeys(db, cutoff, bounds)).toBe(6);
+    expect(await purgeIdempotencyKeys(db, cutoff, bounds)).toBe(1);
+    expect(await purgeIdempotencyKeys(db, cutoff, bounds)).toBe(0);
   });
 });

@@ -314,11 +314,35 @@ export async function deleteAbandonedKey(
   return result.numDeletedRows === 1n;
 }
 
-/** Deletes keys older than the cutoff, at most `limit` per call. Returns how many went. */
-export async function purgeIdempotencyKeys(db: Db, cutoff: Date, limit: number): Promise<number> {
-  const result = await sql`
-    DELETE FROM idempotency_key WHERE created_at < ${cutoff} ORDER BY created_at LIMIT ${limit}`.execute(
-    db,
-  );
-  return Number(result.numAffectedRows ?? 0n);
+/** The purge's bounds per housekeeping pass (a minute apart): 5,000 keys a DELETE, 40 DELETEs. */
+export const IDEMPOTENCY_PURGE = { rowsPerStatement: 5_000, statementsMax: 40 } as const;
+
+/**
+ * Deletes keys older than the cutoff, oldest first, `rowsPerStatement` per DELETE until one
+ * deletes fewer or `statementsMax` have run (200,000 a pass by default: a node creating a few
+ * thousand payments a second is kept up with). A key whose payment is still open is kept
+ * whatever its age: without it a retry of the request would create and charge a second payment
+ * while the first can still be paid. Returns how many went.
+ */
+export async function purgeIdempotencyKeys(
+  db: Db,
+  cutoff: Date,
+  bounds: Readonly<{ rowsPerStatement: number; statementsMax: number }> = IDEMPOTENCY_PURGE,
+): Promise<number> {
+  let purged = 0;
+  for (let statement = 0; statement < bounds.statementsMax; statement += 1) {
+    const result = await sql`
+      DELETE FROM idempotency_key
+      WHERE created_at < ${cutoff}
+        AND NOT EXISTS (
+          SELECT 1 FROM payment p
+          WHERE p.id = idempotency_key.payment_id
+            AND p.state NOT IN (${sql.join([...TERMINAL_PAYMENT_STATES])}))
+      ORDER BY created_at
+      LIMIT ${bounds.rowsPerStatement}`.execute(db);
+    const deleted = Number(result.numAffectedRows ?? 0n);
+    purged += deleted;
+    if (deleted < bounds.rowsPerStatement) break;
+  }
+  return purged;
 }
