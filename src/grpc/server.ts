@@ -1,6 +1,7 @@
 /**
  * Creates and binds the grpc-js server every Settle service runs on. Limits are explicit (STYLE.md
- * §7): message size both ways, keepalive and concurrent streams per connection. Requests over
+ * §7): message size both ways, keepalive, concurrent streams per connection and how long a
+ * connection may stay open without a call. Requests over
  * maxMessageBytes are refused by grpc-js itself with RESOURCE_EXHAUSTED before any handler runs.
  */
 import * as grpc from '@grpc/grpc-js';
@@ -11,6 +12,12 @@ const KEEPALIVE_TIME_MS_DEFAULT = 60_000;
 const KEEPALIVE_TIMEOUT_MS_DEFAULT = 20_000;
 /** Concurrent calls per client connection; further calls wait in the client. */
 const CONCURRENT_STREAMS_MAX_DEFAULT = 1_000;
+/**
+ * A connection with no call open this long is closed (GOAWAY; a client reconnects on its next
+ * call): one that only answers keepalive pings would otherwise stay open for ever, and the
+ * number of connections has no other bound. An open WatchPayment stream is a call.
+ */
+const CONNECTION_IDLE_MS_MAX_DEFAULT = 5 * 60_000;
 
 export type GrpcServerOptions = Readonly<{
   /** Largest request and response message, in bytes (grpc-js defaults: 4 MiB in, unlimited out). */
@@ -21,6 +28,8 @@ export type GrpcServerOptions = Readonly<{
   keepaliveTimeoutMs?: number;
   /** Concurrent calls per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). Default 1000. */
   concurrentStreamsMax?: number;
+  /** A connection without an open call is closed after this long, in milliseconds. Default 5 min. */
+  connectionIdleMsMax?: number;
 }>;
 
 /** Creates an unbound server with Settle's limits; add services, then `listen`. */
@@ -35,6 +44,7 @@ export function createGrpcServer(options: GrpcServerOptions): grpc.Server {
     'grpc.keepalive_time_ms': options.keepaliveTimeMs ?? KEEPALIVE_TIME_MS_DEFAULT,
     'grpc.keepalive_timeout_ms': options.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS_DEFAULT,
     'grpc.max_concurrent_streams': options.concurrentStreamsMax ?? CONCURRENT_STREAMS_MAX_DEFAULT,
+    'grpc.max_connection_idle_ms': options.connectionIdleMsMax ?? CONNECTION_IDLE_MS_MAX_DEFAULT,
   });
 }
 

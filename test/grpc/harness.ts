@@ -11,9 +11,14 @@ export type RunningServer = Readonly<{ server: grpc.Server; address: string; por
 /** Creates a server, lets `setup` add services, binds 127.0.0.1:0 and returns the address. */
 export async function startServer(
   setup: (server: grpc.Server) => void,
-  options: { maxMessageBytes?: number } = {},
+  options: { maxMessageBytes?: number; connectionIdleMsMax?: number } = {},
 ): Promise<RunningServer> {
-  const server = createGrpcServer({ maxMessageBytes: options.maxMessageBytes ?? 4 * 1024 * 1024 });
+  const server = createGrpcServer({
+    maxMessageBytes: options.maxMessageBytes ?? 4 * 1024 * 1024,
+    ...(options.connectionIdleMsMax !== undefined
+      ? { connectionIdleMsMax: options.connectionIdleMsMax }
+      : {}),
+  });
   setup(server);
   const port = await listen(server, '127.0.0.1', 0);
   return { server, address: `127.0.0.1:${port}`, port };

@@ -85,6 +85,46 @@ describe('createGrpcServer', () => {
   });
 });
 
+describe('a connection without a call', () => {
+  it('is closed after connectionIdleMsMax, and the client reconnects on its next call', async () => {
+    const running = await startServer(
+      (server) =>
+        server.addService(PaymentServiceService, {
+          createPayment: unary(async () => {
+            throw new Error('not used');
+          }),
+          listPayments: unary(async () => {
+            throw new Error('not used');
+          }),
+          watchPayment: () => {},
+          getPayment: unary<GetPaymentRequest, GetPaymentResponse>(async (request) =>
+            GetPaymentResponse.fromPartial({ payment: { paymentId: request.paymentId } }),
+          ),
+        }),
+      { connectionIdleMsMax: 300 },
+    );
+    const client = new PaymentServiceClient(running.address, grpc.credentials.createInsecure());
+    try {
+      const first = await callUnary(client.getPayment.bind(client), { paymentId: 'pay_1' });
+      expect(first.ok).toBe(true);
+      const channel = client.getChannel();
+      expect(channel.getConnectivityState(false)).toBe(grpc.connectivityState.READY);
+      // The server's GOAWAY takes the channel out of READY; a deadline bounds the wait.
+      await new Promise<void>((resolve, reject) =>
+        channel.watchConnectivityState(grpc.connectivityState.READY, Date.now() + 5_000, (error) =>
+          error ? reject(error) : resolve(),
+        ),
+      );
+      expect(channel.getConnectivityState(false)).not.toBe(grpc.connectivityState.READY);
+      const again = await callUnary(client.getPayment.bind(client), { paymentId: 'pay_2' });
+      expect(again.ok).toBe(true);
+    } finally {
+      client.close();
+      stopServer(running);
+    }
+  });
+});
+
 describe('listen', () => {
   it('binds an ephemeral port for port 0 and says which address is taken', async () => {
     const first = createGrpcServer({ maxMessageBytes: LIMIT_BYTES });
