@@ -224,9 +224,14 @@ function readBody(req: http.IncomingMessage, limitBytes: number): Promise<Buffer
   });
 }
 
+/** Open connections a node's HTTP server takes at once; past it a new one is closed at once. */
+export const HTTP_CONNECTIONS_MAX_DEFAULT = 10_000;
+
 export type HttpServerOptions = Readonly<{
   /** A request whose client went away before its body ended (at debug: not a server fault). */
   onClientAborted?: (context: { method: string; path: string }) => void;
+  /** Open connections at once (HTTP_CONNECTIONS_MAX_DEFAULT). */
+  connectionsMax?: number;
 }>;
 
 export function createHttpServer(
@@ -313,6 +318,9 @@ export function createHttpServer(
   server.headersTimeout = 10_000;
   server.requestTimeout = 30_000;
   server.keepAliveTimeout = 5_000;
+  // Each open connection costs a socket and its buffers, and clients that open many and keep
+  // them had no bound (file descriptors run out first, for every route at once).
+  server.maxConnections = options.connectionsMax ?? HTTP_CONNECTIONS_MAX_DEFAULT;
   return server;
 }
 

@@ -280,3 +280,41 @@ describe('the HTTP router', () => {
     errors.splice(before);
   });
 });
+
+describe('open connections', () => {
+  it('are bounded: past connectionsMax a new one is closed at once, unanswered', async () => {
+    const bounded = createHttpServer(
+      () => routes,
+      () => undefined,
+      { connectionsMax: 2 },
+    );
+    await new Promise<void>((resolve) => bounded.listen(0, '127.0.0.1', resolve));
+    const boundedPort = (bounded.address() as AddressInfo).port;
+    const sockets: net.Socket[] = [];
+    const open = () =>
+      new Promise<net.Socket>((resolve, reject) => {
+        const socket = net.connect(boundedPort, '127.0.0.1', () => resolve(socket));
+        socket.on('error', reject);
+        sockets.push(socket);
+      });
+    try {
+      await open();
+      await open();
+      // Let the server count both before the third arrives.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const third = await open();
+      const closedUnanswered = await new Promise<boolean>((resolve) => {
+        let answered = false;
+        third.on('data', () => (answered = true));
+        third.on('close', () => resolve(!answered));
+        third.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+        setTimeout(() => resolve(false), 3_000);
+      });
+      expect(closedUnanswered).toBe(true);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      bounded.closeAllConnections();
+      await new Promise((resolve) => bounded.close(resolve));
+    }
+  });
+});
