@@ -25,7 +25,7 @@ import { connectNats, ensureTopology } from './messaging/nats.js';
 import { OutboxRelay } from './messaging/outbox-relay.js';
 import { names as topologyNames, type Names } from './messaging/subjects.js';
 import { PaymentEvents } from './payments/payment-events.js';
-import { PaymentService } from './payments/payment.service.js';
+import { PaymentService, WATCHES_MAX } from './payments/payment.service.js';
 import { createPspClient, type PspClient } from './psp/client.js';
 import { ensureDatabase, migrateToLatest, openDatabase, type Db } from './storage/db.js';
 import { assertGuardsTrip } from './storage/one-trip.js';
@@ -246,7 +246,9 @@ export async function startSettle(
     // A connection of its own, without echo: the hub tells this node's waiters itself.
     const eventsNc = await connectNats(config.NATS_URL, `${nodeName}-events`, { noEcho: true });
     cleanups.push(() => eventsNc.drain().catch(() => eventsNc.close()));
-    const events = new PaymentEvents(eventsNc, names, 10_000);
+    // Room for every watch PaymentService admits (WATCHES_MAX) and as many CreatePayment waits
+    // again: watchers alone can never fill the table and leave a create's wait to poll.
+    const events = new PaymentEvents(eventsNc, names, WATCHES_MAX + 10_000);
     events.start();
     cleanups.push(() => events.stop());
 

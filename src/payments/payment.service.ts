@@ -51,6 +51,10 @@ export const RISK_REJECTED = 'RISK_REJECTED';
 const EXECUTE_ORDER: OrderEvent = { type: 'ExecuteOrder' };
 const WATCH_POLL_MS = 1_000;
 const WATCH_DURATION_MS_MAX = 60 * 60_000;
+/** Open WatchPayment streams per node at most, by default. */
+export const WATCHES_MAX = 10_000;
+/** Open WatchPayment streams per payment per node at most, by default. */
+export const WATCHES_PER_PAYMENT_MAX = 100;
 
 export type PaymentServiceDeps = Readonly<{
   db: Db;
@@ -79,6 +83,13 @@ export type PaymentServiceDeps = Readonly<{
   now: () => Date;
   /** Writes concurrent creations together (group commit); each alone when unset. */
   groupCommit?: Readonly<{ creations: GroupCommitSettings }>;
+  /**
+   * Open watches at most, on this node and per payment (WATCHES_MAX and WATCHES_PER_PAYMENT_MAX
+   * by default). A watch counts from admission to its end, whether it is waiting for a hint,
+   * re-reading the payment or polling; `events` should have room for more listeners than
+   * `watches.max`, or watchers could leave none to CreatePayment's short wait.
+   */
+  watches?: Readonly<{ max: number; perPaymentMax: number }>;
 }>;
 
 type GroupCommitSettings = Readonly<{
@@ -203,8 +214,19 @@ function creationStatements(
 export class PaymentService {
   /** Group commit of creations; unset writes each in its own transaction. */
   private readonly creations: GroupCommit<Creation, void> | undefined;
+  private readonly watchesMax: number;
+  private readonly watchesPerPaymentMax: number;
+  /** Open watches on this node. */
+  private watchCount = 0;
+  /**
+   * Open watches per payment id; an id leaves with its last watch, so the map holds at most
+   * `watchesMax` entries.
+   */
+  private readonly watchesByPayment = new Map<string, number>();
 
   constructor(private readonly deps: PaymentServiceDeps) {
+    this.watchesMax = deps.watches?.max ?? WATCHES_MAX;
+    this.watchesPerPaymentMax = deps.watches?.perPaymentMax ?? WATCHES_PER_PAYMENT_MAX;
     const group = deps.groupCommit;
     this.creations =
       group === undefined
@@ -400,7 +422,8 @@ export class PaymentService {
 
   /**
    * Calls `send` with the payment now and after every change, until the payment is terminal, the
-   * signal aborts or the watch has run for an hour.
+   * signal aborts or the watch has run for an hour. Refuses with RESOURCE_EXHAUSTED when this
+   * node already has `watches.max` open watches, or `watches.perPaymentMax` on this payment.
    */
   async watch(
     paymentId: string,
@@ -408,26 +431,62 @@ export class PaymentService {
     signal: AbortSignal,
   ): Promise<void> {
     let payment = await this.get(paymentId);
-    if (this.deps.events.size >= 10_000) {
-      throw new ResourceExhaustedError('too many watchers on this node; retry later');
-    }
-    let fingerprint = fingerprintOf(payment);
-    send(payment);
-    const deadline = Date.now() + WATCH_DURATION_MS_MAX;
-    while (
-      !TERMINAL_PAYMENT_STATES.has(payment.state) &&
-      !signal.aborted &&
-      Date.now() < deadline
-    ) {
-      await nextChange(this.deps.events, paymentId, WATCH_POLL_MS, signal);
-      if (signal.aborted) return;
-      payment = await this.get(paymentId);
-      const next = fingerprintOf(payment);
-      if (next !== fingerprint) {
-        fingerprint = next;
-        send(payment);
+    const release = this.admitWatch(paymentId);
+    try {
+      let fingerprint = fingerprintOf(payment);
+      send(payment);
+      const deadline = Date.now() + WATCH_DURATION_MS_MAX;
+      while (
+        !TERMINAL_PAYMENT_STATES.has(payment.state) &&
+        !signal.aborted &&
+        Date.now() < deadline
+      ) {
+        await nextChange(this.deps.events, paymentId, WATCH_POLL_MS, signal);
+        if (signal.aborted) return;
+        payment = await this.get(paymentId);
+        const next = fingerprintOf(payment);
+        if (next !== fingerprint) {
+          fingerprint = next;
+          send(payment);
+        }
       }
+    } finally {
+      release();
     }
+  }
+
+  /**
+   * Counts a new watch of `paymentId` in, or refuses it; returns the function that counts it out.
+   * The count covers the watch's whole life: a listener count would not, since a watcher leaves
+   * the listener table while it re-reads the payment.
+   */
+  private admitWatch(paymentId: string): () => void {
+    if (this.watchCount >= this.watchesMax) {
+      throw new ResourceExhaustedError(
+        `this node has ${this.watchesMax} open watches, its limit; ` +
+          'retry later, on another node, or poll GetPayment instead',
+        { retryDelayMs: WATCH_POLL_MS },
+      );
+    }
+    const forPayment = this.watchesByPayment.get(paymentId) ?? 0;
+    if (forPayment >= this.watchesPerPaymentMax) {
+      throw new ResourceExhaustedError(
+        `payment '${paymentId}' has ${this.watchesPerPaymentMax} open watches on this node, ` +
+          'its limit; share one watch among your readers, or poll GetPayment instead',
+        { retryDelayMs: WATCH_POLL_MS },
+      );
+    }
+    this.watchCount += 1;
+    this.watchesByPayment.set(paymentId, forPayment + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.watchCount -= 1;
+      const left = (this.watchesByPayment.get(paymentId) ?? 1) - 1;
+      if (left === 0) this.watchesByPayment.delete(paymentId);
+      else this.watchesByPayment.set(paymentId, left);
+    };
   }
 }
 
