@@ -514,7 +514,12 @@ export async function startSettle(
       config.SETTLE_GRPC_ADDR.host,
       overrides.grpcPort ?? config.SETTLE_GRPC_ADDR.port,
     );
-    cleanups.push(() => shutdownGrpc(grpcServer, graceLeft()));
+    cleanups.push(() => {
+      // Open watches first: each may last an hour, and tryShutdown waits for every open call, so
+      // they would hold the stop for the whole grace that the later steps share.
+      payments.endWatches();
+      return shutdownGrpc(grpcServer, graceLeft());
+    });
 
     // HTTP: webhooks in, health; other modules add routes to `routes`.
     const webhookInbox = new WebhookInbox(db, names, groupCommit('webhooks', 'main'));

@@ -11,6 +11,7 @@ import {
   AlreadyExistsError,
   NotFoundError,
   ResourceExhaustedError,
+  UnavailableError,
 } from '../domain/errors.js';
 import { newId, PAYMENT_ID_EXAMPLE, PAYMENT_ID_PATTERN } from '../domain/ids.js';
 import { executeOrderMessage } from '../messaging/commands.js';
@@ -223,6 +224,10 @@ export class PaymentService {
    * `watchesMax` entries.
    */
   private readonly watchesByPayment = new Map<string, number>();
+  /** Ends each open watch's wait; one per open watch, so at most `watchesMax`. */
+  private readonly watchStops = new Set<AbortController>();
+  /** Set by endWatches: open watches end, new ones are refused. */
+  private watchesEnded = false;
 
   constructor(private readonly deps: PaymentServiceDeps) {
     this.watchesMax = deps.watches?.max ?? WATCHES_MAX;
@@ -240,6 +245,16 @@ export class PaymentService {
               return creations.map(() => undefined);
             },
           });
+  }
+
+  /**
+   * Ends every open watch with UNAVAILABLE and refuses new ones, at once: a watch may last an
+   * hour, and the gRPC server's graceful shutdown waits for every open call. Call it before
+   * that shutdown, or the watches spend the whole grace period the later steps need.
+   */
+  endWatches(): void {
+    this.watchesEnded = true;
+    for (const stop of this.watchStops) stop.abort();
   }
 
   /** Waits (bounded) for creations already taken to be written. */
@@ -423,26 +438,34 @@ export class PaymentService {
   /**
    * Calls `send` with the payment now and after every change, until the payment is terminal, the
    * signal aborts or the watch has run for an hour. Refuses with RESOURCE_EXHAUSTED when this
-   * node already has `watches.max` open watches, or `watches.perPaymentMax` on this payment.
+   * node already has `watches.max` open watches, or `watches.perPaymentMax` on this payment;
+   * ends, or refuses, with UNAVAILABLE once endWatches is called (the node is stopping).
    */
   async watch(
     paymentId: string,
     send: (payment: Payment) => void,
     signal: AbortSignal,
   ): Promise<void> {
+    if (this.watchesEnded) throw watchesEndedError();
     let payment = await this.get(paymentId);
     const release = this.admitWatch(paymentId);
+    // Aborted by the caller's signal or by endWatches, whichever comes first.
+    const stop = new AbortController();
+    const abort = () => stop.abort();
+    signal.addEventListener('abort', abort, { once: true });
+    this.watchStops.add(stop);
     try {
+      if (this.watchesEnded) throw watchesEndedError();
       let fingerprint = fingerprintOf(payment);
       send(payment);
       const deadline = Date.now() + WATCH_DURATION_MS_MAX;
       while (
         !TERMINAL_PAYMENT_STATES.has(payment.state) &&
-        !signal.aborted &&
+        !stop.signal.aborted &&
         Date.now() < deadline
       ) {
-        await nextChange(this.deps.events, paymentId, WATCH_POLL_MS, signal);
-        if (signal.aborted) return;
+        await nextChange(this.deps.events, paymentId, WATCH_POLL_MS, stop.signal);
+        if (stop.signal.aborted) break;
         payment = await this.get(paymentId);
         const next = fingerprintOf(payment);
         if (next !== fingerprint) {
@@ -450,7 +473,10 @@ export class PaymentService {
           send(payment);
         }
       }
+      if (stop.signal.aborted && !signal.aborted) throw watchesEndedError();
     } finally {
+      signal.removeEventListener('abort', abort);
+      this.watchStops.delete(stop);
       release();
     }
   }
@@ -495,6 +521,11 @@ const TERMINAL_ORDER: ReadonlySet<string> = new Set([
   ORDER_STATE.failed,
   ORDER_STATE.expired,
 ]);
+
+/** Why a watch ended or was refused while the node stops: the client should watch again. */
+function watchesEndedError(): UnavailableError {
+  return new UnavailableError('this node is shutting down; watch again');
+}
 
 function fingerprintOf(payment: Payment): string {
   return [payment.version, ...payment.orders.map((order) => order.version)].join(':');

@@ -8,7 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { ERROR_CODE, ResourceExhaustedError } from '../../src/domain/errors.js';
+import { ERROR_CODE, ResourceExhaustedError, UnavailableError } from '../../src/domain/errors.js';
 import { newId } from '../../src/domain/ids.js';
 import { names } from '../../src/messaging/subjects.js';
 import { PaymentEvents } from '../../src/payments/payment-events.js';
@@ -134,5 +134,21 @@ describe('WatchPayment bounds', () => {
     first.controller.abort();
     await first.ended;
     expect(await openWatch(payments, paymentId)).not.toBeInstanceOf(Error);
+  });
+
+  it('endWatches ends open watches with UNAVAILABLE and refuses new ones', async () => {
+    const payments = service({ max: 10, perPaymentMax: 10 });
+    const paymentId = await executingPayment();
+    const watch = await openWatch(payments, paymentId);
+    if (watch instanceof Error) throw watch;
+    payments.endWatches();
+    const ended = await watch.ended.then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    expect(ended).toBeInstanceOf(UnavailableError);
+    expect((ended as Error).message).toBe('this node is shutting down; watch again');
+    const refusal = await openWatch(payments, paymentId);
+    expect(refusal).toBeInstanceOf(UnavailableError);
   });
 });
