@@ -165,16 +165,20 @@ export async function startSettle(
   let stopDeadline = Number.POSITIVE_INFINITY;
   const graceLeft = () =>
     Math.max(0, Math.min(config.SHUTDOWN_GRACE_MS, stopDeadline - Date.now()));
-  const stopAll = async () => {
-    stopDeadline = Date.now() + config.SHUTDOWN_GRACE_MS;
-    for (const cleanup of cleanups.reverse()) {
-      try {
-        await cleanup();
-      } catch (error) {
-        logger.warn({ err: error }, 'error while stopping');
+  // Once: a second call (a signal during a stop, a test's teardown) waits for the first.
+  let stopped: Promise<void> | undefined;
+  const stopAll = (): Promise<void> =>
+    (stopped ??= (async () => {
+      stopDeadline = Date.now() + config.SHUTDOWN_GRACE_MS;
+      // Newest first; a copy, so the list keeps its order.
+      for (const cleanup of [...cleanups].reverse()) {
+        try {
+          await cleanup();
+        } catch (error) {
+          logger.warn({ err: error }, 'error while stopping');
+        }
       }
-    }
-  };
+    })());
   try {
     await ensureDatabase(config.MYSQL_URL);
     const timings = config.DEBUG_STATS ? new Timings() : undefined;

@@ -63,4 +63,6 @@ it('ends an open watch with UNAVAILABLE at once when the node stops', async () =
   // Well under the grace: the watch did not hold the stop.
   expect(endedMs).toBeLessThan(1_000);
   expect(stoppedMs).toBeLessThan(GRACE_MS / 2);
+  // Stopping again (a second signal, a teardown) runs nothing twice and resolves.
+  await stack.settle.stop();
 });
