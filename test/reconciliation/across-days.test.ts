@@ -231,6 +231,29 @@ async function openMissingOf(orderId: string): Promise<string[]> {
   return rows.map((row) => row.class);
 }
 
+/**
+ * A $40.00 order named (with `fee` and `net`) by an on-demand run of today while unbooked, then booked, then
+ * a later run of today whose file does not name it: that run's mismatches of the order.
+ */
+async function settledByALaterRunOfToday(name: string, fee: string, net: string) {
+  const order = await createOrder(stack, `seller-${name}`, 4000n);
+  const row = `psp_${name},${order.orderId},payment,USD,40.00,${fee},${net},b-sd,${new Date().toISOString()}`;
+  await writeFile(path.join(stack.dir, `settlement-${today}-${name}.csv`), `${HEADER}\n${row}\n`);
+  const first = await reconcile(stack, { filePath: `settlement-${today}-${name}.csv` });
+  expect(first.counts?.missingInLedger).toBe(1n);
+
+  await bookNow(order);
+  const other = `psp_${name}_other,ord_${name}_unknown,payment,USD,1.00,0.33,0.67,b-sd,${today}T00:00:00.000Z`;
+  await writeFile(
+    path.join(stack.dir, `settlement-${today}-${name}-later.csv`),
+    `${HEADER}\n${other}\n`,
+  );
+  const later = await reconcile(stack, { filePath: `settlement-${today}-${name}-later.csv` });
+  expect(later.state).toBe(ReportState.REPORT_STATE_SUCCEEDED);
+  const named = (await mismatchesOf(later.reportId)).filter((m) => m.orderId === order.orderId);
+  return { orderId: order.orderId, named };
+}
+
 describe('a payment booked on its file day after that day was reconciled', () => {
   it('is matched by a later run of the same day, which resolves the earlier MISSING_IN_LEDGER', async () => {
     const order = await createOrder(stack, 'seller-same-day-full', 4000n);
@@ -259,53 +282,26 @@ describe('a payment booked on its file day after that day was reconciled', () =>
   });
 
   it('is settled by a later run of the same day that does not name it, and not missing from it', async () => {
-    const order = await createOrder(stack, 'seller-same-day-unnamed', 4000n);
-    const row = `psp_same_day_unnamed,${order.orderId},payment,USD,40.00,1.46,38.54,b-sd,${new Date().toISOString()}`;
-    await writeFile(path.join(stack.dir, `settlement-${today}-early.csv`), `${HEADER}\n${row}\n`);
-    const first = await reconcile(stack, { filePath: `settlement-${today}-early.csv` });
-    expect(first.counts?.missingInLedger).toBe(1n);
-
-    await bookNow(order);
-    const other = `psp_same_day_unnamed_other,ord_same_day_unnamed_unknown,payment,USD,1.00,0.33,0.67,b-sd,${today}T00:00:00.000Z`;
-    await writeFile(
-      path.join(stack.dir, `settlement-${today}-late-run.csv`),
-      `${HEADER}\n${other}\n`,
-    );
-    const second = await reconcile(stack, { filePath: `settlement-${today}-late-run.csv` });
-    expect(second.state).toBe(ReportState.REPORT_STATE_SUCCEEDED);
-    const named = (await mismatchesOf(second.reportId)).filter((m) => m.orderId === order.orderId);
+    const { orderId, named } = await settledByALaterRunOfToday('same_day_unnamed', '1.46', '38.54');
     expect(named.map((m) => m.mismatchClass)).toEqual([MismatchClass.MISMATCH_CLASS_TIMING]);
-    expect(await feesOf(order.orderId)).toEqual(['146']);
-    expect(await openMissingOf(order.orderId)).toEqual([]);
+    expect(await feesOf(orderId)).toEqual(['146']);
+    expect(await openMissingOf(orderId)).toEqual([]);
   });
 
   it('is an AMOUNT_MISMATCH, its fee not booked, when its earlier row’s fee exceeds its gross', async () => {
-    const order = await createOrder(stack, 'seller-same-day-fee-over', 4000n);
-    const row = `psp_same_day_fee_over,${order.orderId},payment,USD,40.00,50.00,-10.00,b-sd,${new Date().toISOString()}`;
-    await writeFile(
-      path.join(stack.dir, `settlement-${today}-fee-over.csv`),
-      `${HEADER}\n${row}\n`,
+    const { orderId, named } = await settledByALaterRunOfToday(
+      'same_day_fee_over',
+      '50.00',
+      '-10.00',
     );
-    const first = await reconcile(stack, { filePath: `settlement-${today}-fee-over.csv` });
-    expect(first.counts?.missingInLedger).toBe(1n);
-
-    await bookNow(order);
-    const other = `psp_same_day_fee_over_other,ord_same_day_fee_over_unknown,payment,USD,1.00,0.33,0.67,b-sd,${today}T00:00:00.000Z`;
-    await writeFile(
-      path.join(stack.dir, `settlement-${today}-fee-over-late.csv`),
-      `${HEADER}\n${other}\n`,
-    );
-    const second = await reconcile(stack, { filePath: `settlement-${today}-fee-over-late.csv` });
-    expect(second.state).toBe(ReportState.REPORT_STATE_SUCCEEDED);
-    const named = (await mismatchesOf(second.reportId)).filter((m) => m.orderId === order.orderId);
     expect(named.map((m) => m.mismatchClass)).toEqual([
       MismatchClass.MISMATCH_CLASS_AMOUNT_MISMATCH,
     ]);
     expect(named[0]?.detail).toContain(
       'file fee 5000 exceeds its gross 4000 USD minor units; the fee is not booked',
     );
-    expect(await feesOf(order.orderId)).toEqual([]);
-    expect(await openMissingOf(order.orderId)).toEqual([]);
+    expect(await feesOf(orderId)).toEqual([]);
+    expect(await openMissingOf(orderId)).toEqual([]);
   });
 
   it('is settled by the run of the next day when no later file names it', async () => {
