@@ -217,14 +217,12 @@ export class PaymentService {
   private readonly creations: GroupCommit<Creation, void> | undefined;
   private readonly watchesMax: number;
   private readonly watchesPerPaymentMax: number;
-  /** Open watches on this node. */
-  private watchCount = 0;
   /**
    * Open watches per payment id; an id leaves with its last watch, so the map holds at most
    * `watchesMax` entries.
    */
   private readonly watchesByPayment = new Map<string, number>();
-  /** Ends each open watch's wait; one per open watch, so at most `watchesMax`. */
+  /** One per open watch, which ends its wait: their number is the node's open watches. */
   private readonly watchStops = new Set<AbortController>();
   /** Set by endWatches: open watches end, new ones are refused. */
   private watchesEnded = false;
@@ -448,12 +446,10 @@ export class PaymentService {
   ): Promise<void> {
     if (this.watchesEnded) throw watchesEndedError();
     let payment = await this.get(paymentId);
-    const release = this.admitWatch(paymentId);
+    const { stop, release } = this.admitWatch(paymentId);
     // Aborted by the caller's signal or by endWatches, whichever comes first.
-    const stop = new AbortController();
     const abort = () => stop.abort();
     signal.addEventListener('abort', abort, { once: true });
-    this.watchStops.add(stop);
     try {
       if (this.watchesEnded) throw watchesEndedError();
       let fingerprint = fingerprintOf(payment);
@@ -476,18 +472,18 @@ export class PaymentService {
       if (stop.signal.aborted && !signal.aborted) throw watchesEndedError();
     } finally {
       signal.removeEventListener('abort', abort);
-      this.watchStops.delete(stop);
       release();
     }
   }
 
   /**
-   * Counts a new watch of `paymentId` in, or refuses it; returns the function that counts it out.
-   * The count covers the watch's whole life: a listener count would not, since a watcher leaves
-   * the listener table while it re-reads the payment.
+   * Counts a new watch of `paymentId` in, or refuses it; returns the controller that ends its
+   * wait and the function that counts it out. The count covers the watch's whole life: a
+   * listener count would not, since a watcher leaves the listener table while it re-reads the
+   * payment.
    */
-  private admitWatch(paymentId: string): () => void {
-    if (this.watchCount >= this.watchesMax) {
+  private admitWatch(paymentId: string): { stop: AbortController; release: () => void } {
+    if (this.watchStops.size >= this.watchesMax) {
       throw new ResourceExhaustedError(
         `this node has ${this.watchesMax} open watches, its limit; ` +
           'retry later, on another node, or poll GetPayment instead',
@@ -502,17 +498,16 @@ export class PaymentService {
         { retryDelayMs: WATCH_POLL_MS },
       );
     }
-    this.watchCount += 1;
+    const stop = new AbortController();
+    this.watchStops.add(stop);
     this.watchesByPayment.set(paymentId, forPayment + 1);
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      this.watchCount -= 1;
+    const release = () => {
+      this.watchStops.delete(stop);
       const left = (this.watchesByPayment.get(paymentId) ?? 1) - 1;
       if (left === 0) this.watchesByPayment.delete(paymentId);
       else this.watchesByPayment.set(paymentId, left);
     };
+    return { stop, release };
   }
 }
 
