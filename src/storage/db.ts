@@ -14,7 +14,7 @@ import {
 } from 'kysely';
 import { FailedPreconditionError, UnavailableError } from '../domain/errors.js';
 import { isConnectionError } from './errors.js';
-import { migrationProvider } from './migrations/index.js';
+import { migrationProvider, type StepHooks } from './migrations/index.js';
 import type { Database } from './schema.js';
 import { StatementDeadlines } from './statement-deadline.js';
 
@@ -313,14 +313,22 @@ export function openDatabase<DB = Database>(
   return { db, bulkDb, pool, close };
 }
 
-/** Applies every pending migration; throws with the failing migration's name. */
+/**
+ * Applies every pending migration; throws with the failing migration's name. A migration that
+ * stopped midway (a node killed, a connection lost) resumes at its first unrecorded step
+ * (migrations/steps.ts). Kysely's Migrator holds a GET_LOCK on its connection while it runs, so
+ * of several nodes starting at once one migrates and the others wait, then find nothing pending.
+ */
 // Kysely types migration databases as Kysely<any>: migrations see the schema as it was then.
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-export async function migrateToLatest(db: Kysely<any>): Promise<void> {
+export async function migrateToLatest(
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  db: Kysely<any>,
+  options: Readonly<{ hooks?: StepHooks }> = {},
+): Promise<void> {
   // Unordered: migrations from parallel branches may land in any order on a long-lived database.
   const migrator = new Migrator({
     db,
-    provider: migrationProvider,
+    provider: migrationProvider(options.hooks),
     allowUnorderedMigrations: true,
   });
   const { error, results } = await migrator.migrateToLatest();

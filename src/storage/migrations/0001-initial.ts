@@ -4,8 +4,9 @@
  * ledger entry per order and kind, outbox message id).
  */
 import { sql, type Kysely } from 'kysely';
+import { createTable, type MigrationStep } from './steps.js';
 
-const statements = [
+const createTables = [
   `CREATE TABLE idempotency_key (
      buyer_id      VARCHAR(64)  NOT NULL,
      request_id    CHAR(36)     NOT NULL,
@@ -124,9 +125,7 @@ const statements = [
    ) ENGINE=InnoDB`,
 ];
 
-export async function up(db: Kysely<unknown>): Promise<void> {
-  for (const statement of statements) await sql.raw(statement).execute(db);
-}
+export const steps: readonly MigrationStep[] = createTables.map(createTable);
 
 export async function down(db: Kysely<unknown>): Promise<void> {
   for (const table of [

@@ -4,9 +4,10 @@
  * pass acts on an order at a time, whatever the number of nodes).
  */
 import { sql, type Kysely } from 'kysely';
+import { AlreadyDone, createTable, type MigrationStep } from './steps.js';
 
-const statements = [
-  `CREATE TABLE dead_letter (
+export const steps: readonly MigrationStep[] = [
+  createTable(`CREATE TABLE dead_letter (
      id               BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
      dedupe_key       VARCHAR(150) NOT NULL,
      stream_sequence  BIGINT       NOT NULL,
@@ -24,17 +25,16 @@ const statements = [
      KEY dead_letter_state (state, id),
      KEY dead_letter_order (order_id),
      CONSTRAINT dead_letter_state_known CHECK (state IN ('OPEN', 'REPLAYED', 'DISCARDED'))
-   ) ENGINE=InnoDB`,
-  `ALTER TABLE payment_order
+   ) ENGINE=InnoDB`),
+  {
+    sql: `ALTER TABLE payment_order
      ADD COLUMN janitor_lease_until DATETIME(3) NULL,
      ADD COLUMN janitor_owner VARCHAR(64) NULL,
      ADD KEY payment_order_state_created (state, created_at),
      ADD KEY payment_order_janitor_owner (janitor_owner)`,
+    alreadyDone: [AlreadyDone.COLUMN_EXISTS, AlreadyDone.KEY_EXISTS],
+  },
 ];
-
-export async function up(db: Kysely<unknown>): Promise<void> {
-  for (const statement of statements) await sql.raw(statement).execute(db);
-}
 
 export async function down(db: Kysely<unknown>): Promise<void> {
   await sql.raw('DROP TABLE IF EXISTS dead_letter').execute(db);

@@ -7,8 +7,9 @@
  * run find the payments booked on its day without scanning the ledger.
  */
 import { sql, type Kysely } from 'kysely';
+import { AlreadyDone, createTable, type MigrationStep } from './steps.js';
 
-const statements = [
+const createTables = [
   `CREATE TABLE recon_run (
      id                           CHAR(30)      NOT NULL PRIMARY KEY,
      settlement_date              DATE          NOT NULL,
@@ -96,12 +97,15 @@ const statements = [
      CONSTRAINT reconciliation_schedule_state CHECK (
        state IN ('RUNNING', 'SUCCEEDED', 'FAILED', 'NO_FILE'))
    ) ENGINE=InnoDB`,
-  `ALTER TABLE ledger_transaction ADD KEY ledger_transaction_kind_created (kind, created_at)`,
 ];
 
-export async function up(db: Kysely<unknown>): Promise<void> {
-  for (const statement of statements) await sql.raw(statement).execute(db);
-}
+export const steps: readonly MigrationStep[] = [
+  ...createTables.map(createTable),
+  {
+    sql: `ALTER TABLE ledger_transaction ADD KEY ledger_transaction_kind_created (kind, created_at)`,
+    alreadyDone: [AlreadyDone.KEY_EXISTS],
+  },
+];
 
 export async function down(db: Kysely<unknown>): Promise<void> {
   await sql

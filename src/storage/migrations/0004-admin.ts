@@ -4,9 +4,10 @@
  * webhooks of one order without scanning the inbox. SQL that MySQL 8.4 and MariaDB 10.11 accept.
  */
 import { sql, type Kysely } from 'kysely';
+import { AlreadyDone, createTable, type MigrationStep } from './steps.js';
 
-const statements = [
-  `CREATE TABLE admin_audit (
+export const steps: readonly MigrationStep[] = [
+  createTable(`CREATE TABLE admin_audit (
      id          BIGINT        NOT NULL AUTO_INCREMENT PRIMARY KEY,
      actor       VARCHAR(64)   NOT NULL,
      action      VARCHAR(40)   NOT NULL,
@@ -18,13 +19,9 @@ const statements = [
      KEY admin_audit_target (target, id),
      KEY admin_audit_created (created_at),
      CONSTRAINT admin_audit_outcome CHECK (outcome IN ('OK', 'FAILED'))
-   ) ENGINE=InnoDB`,
-  `CREATE INDEX inbox_order ON inbox (order_id)`,
+   ) ENGINE=InnoDB`),
+  { sql: `CREATE INDEX inbox_order ON inbox (order_id)`, alreadyDone: [AlreadyDone.KEY_EXISTS] },
 ];
-
-export async function up(db: Kysely<unknown>): Promise<void> {
-  for (const statement of statements) await sql.raw(statement).execute(db);
-}
 
 export async function down(db: Kysely<unknown>): Promise<void> {
   await sql.raw('DROP INDEX inbox_order ON inbox').execute(db);

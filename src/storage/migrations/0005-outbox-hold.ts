@@ -6,17 +6,20 @@
  * scanned nor locked by it. SQL that MySQL 8.4 and MariaDB 10.11 accept.
  */
 import { sql, type Kysely } from 'kysely';
+import { AlreadyDone, type MigrationStep } from './steps.js';
 
-const statements = [
+export const steps: readonly MigrationStep[] = [
   // The default keeps a node of the previous version working during a rolling upgrade: its
   // inserts do not name the column, and their rows are due at once, as they were.
-  `ALTER TABLE outbox ADD COLUMN available_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)`,
-  `CREATE INDEX outbox_due ON outbox (available_at, id)`,
+  {
+    sql: `ALTER TABLE outbox ADD COLUMN available_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)`,
+    alreadyDone: [AlreadyDone.COLUMN_EXISTS],
+  },
+  {
+    sql: `CREATE INDEX outbox_due ON outbox (available_at, id)`,
+    alreadyDone: [AlreadyDone.KEY_EXISTS],
+  },
 ];
-
-export async function up(db: Kysely<unknown>): Promise<void> {
-  for (const statement of statements) await sql.raw(statement).execute(db);
-}
 
 export async function down(db: Kysely<unknown>): Promise<void> {
   await sql.raw('DROP INDEX outbox_due ON outbox').execute(db);

@@ -6,18 +6,17 @@
  * accept (both enforce CHECK constraints).
  */
 import { sql, type Kysely } from 'kysely';
+import { createTable, type MigrationStep } from './steps.js';
 
-export async function up(db: Kysely<unknown>): Promise<void> {
-  await sql
-    .raw(
-      `CREATE TABLE one_trip_guard (
+export const steps: readonly MigrationStep[] = [
+  createTable(
+    `CREATE TABLE one_trip_guard (
         id TINYINT NOT NULL PRIMARY KEY,
         CONSTRAINT one_trip_row_count_differs CHECK (id <> 1),
         CONSTRAINT one_trip_ledger_unbalanced CHECK (id <> 2)
       ) ENGINE=InnoDB`,
-    )
-    .execute(db);
-}
+  ),
+];
 
 export async function down(db: Kysely<unknown>): Promise<void> {
   await sql.raw('DROP TABLE one_trip_guard').execute(db);

@@ -5,16 +5,19 @@
  * new CHECK are two statements, as MySQL refuses a name dropped and added in one.
  */
 import { sql, type Kysely } from 'kysely';
+import { AlreadyDone, type MigrationStep } from './steps.js';
 
-export async function up(db: Kysely<unknown>): Promise<void> {
-  await sql.raw('ALTER TABLE dead_letter DROP CONSTRAINT dead_letter_state_known').execute(db);
-  await sql
-    .raw(
-      `ALTER TABLE dead_letter ADD CONSTRAINT dead_letter_state_known
+export const steps: readonly MigrationStep[] = [
+  {
+    sql: 'ALTER TABLE dead_letter DROP CONSTRAINT dead_letter_state_known',
+    alreadyDone: [AlreadyDone.CONSTRAINT_MISSING],
+  },
+  {
+    sql: `ALTER TABLE dead_letter ADD CONSTRAINT dead_letter_state_known
          CHECK (state IN ('OPEN', 'REPLAYED', 'DISCARDED', 'RESOLVED'))`,
-    )
-    .execute(db);
-}
+    alreadyDone: [AlreadyDone.CONSTRAINT_EXISTS],
+  },
+];
 
 export async function down(db: Kysely<unknown>): Promise<void> {
   await sql.raw('ALTER TABLE dead_letter DROP CONSTRAINT dead_letter_state_known').execute(db);

@@ -1,6 +1,8 @@
 /**
  * The migration list, imported statically so it works the same under tsx, vitest and compiled
- * code (Kysely's FileMigrationProvider does not work under vitest). Append; never edit a shipped one.
+ * code (Kysely's FileMigrationProvider does not work under vitest). Each migration is a list of
+ * steps run by steps.ts, which resumes one that stopped midway. Append; never edit a shipped one
+ * (its steps are recorded by index).
  */
 import type { Migration, MigrationProvider } from 'kysely';
 import * as m0001 from './0001-initial.js';
@@ -10,8 +12,11 @@ import * as m0004 from './0004-admin.js';
 import * as m0005 from './0005-outbox-hold.js';
 import * as m0006 from './0006-one-trip-guard.js';
 import * as m0007 from './0007-dead-letter-resolved.js';
+import { forgetSteps, runSteps, type SteppedMigration, type StepHooks } from './steps.js';
 
-const migrations: Record<string, Migration> = {
+export { MIGRATION_STEP_TABLE, type StepHooks, type StepProgress } from './steps.js';
+
+const migrations: Readonly<Record<string, SteppedMigration>> = {
   '0001-initial': m0001,
   '0002-failure-handling': m0002,
   '0003-reconciliation': m0003,
@@ -21,6 +26,17 @@ const migrations: Record<string, Migration> = {
   '0007-dead-letter-resolved': m0007,
 };
 
-export const migrationProvider: MigrationProvider = {
-  getMigrations: () => Promise.resolve(migrations),
-};
+/** Settle's migrations for Kysely's Migrator; `hooks` are for tests. */
+export function migrationProvider(hooks: StepHooks = {}): MigrationProvider {
+  const kyselyMigrations: Record<string, Migration> = {};
+  for (const [name, migration] of Object.entries(migrations)) {
+    kyselyMigrations[name] = {
+      up: (db) => runSteps(db, name, migration.steps, hooks),
+      down: async (db) => {
+        await migration.down(db);
+        await forgetSteps(db, name);
+      },
+    };
+  }
+  return { getMigrations: () => Promise.resolve(kyselyMigrations) };
+}
