@@ -12,6 +12,7 @@ import * as m0004 from './0004-admin.js';
 import * as m0005 from './0005-outbox-hold.js';
 import * as m0006 from './0006-one-trip-guard.js';
 import * as m0007 from './0007-dead-letter-resolved.js';
+import * as m0008 from './0008-dead-letter-retention.js';
 import { forgetSteps, runSteps, type SteppedMigration, type StepHooks } from './steps.js';
 
 export { MIGRATION_STEP_TABLE, type StepHooks, type StepProgress } from './steps.js';
@@ -24,6 +25,7 @@ const migrations: Readonly<Record<string, SteppedMigration>> = {
   '0005-outbox-hold': m0005,
   '0006-one-trip-guard': m0006,
   '0007-dead-letter-resolved': m0007,
+  '0008-dead-letter-retention': m0008,
 };
 
 /** Settle's migrations for Kysely's Migrator; `hooks` are for tests. */
