@@ -31,6 +31,7 @@ import { ensureDatabase, migrateToLatest, openDatabase, type Db } from './storag
 import { assertGuardsTrip } from './storage/one-trip.js';
 import type { GroupCommitBatch } from './storage/group-commit.js';
 import { purgeIdempotencyKeys } from './storage/repositories/payment.repository.js';
+import { purgeWebhookInbox } from './storage/repositories/outbox.repository.js';
 import { refuseUndecodable } from './grpc/adapters.js';
 import { createGrpcServer, listen } from './grpc/server.js';
 import { createHealth, HEALTH_SERVICE_NAME, type Health } from './grpc/health.js';
@@ -50,7 +51,7 @@ import { grpcCallObserver } from './observability/request-log.js';
 import { repeatingFailureLog } from './observability/repeating-failure.js';
 import { operatorRoutes } from './http/operator.routes.js';
 import { WrongTokenLimit, type WrongTokenLimitOptions } from './admin/auth.js';
-import { recordDeadLetter } from './admin/dead-letters.js';
+import { purgeClosedDeadLetters, recordDeadLetter } from './admin/dead-letters.js';
 import { Housekeeping } from './jobs/housekeeping.js';
 import { Janitor } from './jobs/janitor.js';
 import { HealthMonitor } from './observability/health-monitor.js';
@@ -71,6 +72,13 @@ import { reconciliationHandlers } from './grpc/handlers/reconciliation.handlers.
 /** Housekeeping (expired rows): a pass a minute, the first one 30 s after start-up. */
 const HOUSEKEEPING_INTERVAL_MS = 60_000;
 const HOUSEKEEPING_FIRST_PASS_MS = 30_000;
+const DAY_MS = 24 * 3_600_000;
+
+/** The instant `days` whole days before `at`: the cutoff of a retention in days. */
+function daysBefore(at: Date, days: number): Date {
+  return new Date(at.getTime() - days * DAY_MS);
+}
+
 /** Reconciliations a node works on at once (each holds or waits for the classification lock). */
 const RECONCILIATION_RUNS_MAX = 2;
 
@@ -670,7 +678,8 @@ export async function startSettle(
     janitor.start();
     cleanups.push(() => janitor.stop());
 
-    // Bounded deletes of expired rows, whether or not the nightly reconciliation runs.
+    // Bounded deletes of expired rows, whether or not the nightly reconciliation runs. The order
+    // transitions and reconciliation mismatches are audit history and are kept.
     const housekeeping = new Housekeeping(
       [
         {
@@ -680,6 +689,14 @@ export async function startSettle(
         {
           name: 'settlement_staging',
           run: (at) => purgeExpiredStaging(db, at, config.RECONCILIATION_KEEP_DAYS),
+        },
+        {
+          name: 'webhook_inbox',
+          run: (at) => purgeWebhookInbox(db, daysBefore(at, config.WEBHOOK_INBOX_KEEP_DAYS)),
+        },
+        {
+          name: 'dead_letter',
+          run: (at) => purgeClosedDeadLetters(db, daysBefore(at, config.DEAD_LETTER_KEEP_DAYS)),
         },
       ],
       {

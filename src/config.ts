@@ -161,6 +161,20 @@ export const configSchema = z.object({
    * the same request_id within it gets the same payment, never a second charge.
    */
   IDEMPOTENCY_TTL_MS: positiveInt.min(3_600_000).default(24 * 3_600_000),
+  /**
+   * Retention of the webhook inbox: housekeeping deletes the rows of webhooks received more than
+   * this many days ago whose order is final (SUCCEEDED, FAILED, EXPIRED). At least 31: longer
+   * than a PSP retries an event (the mock: minutes; real PSPs: up to 30 days). An event that
+   * comes back after its row went is recorded again and changes nothing: its order is final.
+   */
+  WEBHOOK_INBOX_KEEP_DAYS: positiveInt.min(31).max(36_500).default(90),
+  /**
+   * Retention of closed dead letters (REPLAYED, DISCARDED, RESOLVED): housekeeping deletes those
+   * closed more than this many days ago; OPEN ones are kept whatever their age. At least 31:
+   * longer than JetStream keeps a command (7 days) or its dead-letter copy (30 days), so no
+   * message whose dead letter went can be delivered again.
+   */
+  DEAD_LETTER_KEEP_DAYS: positiveInt.min(31).max(36_500).default(90),
   /** An order not paid this long after creation expires (its PSP registration is cancelled). */
   ORDER_EXPIRY_MS: positiveInt.max(7 * 24 * 3_600_000).default(15 * 60_000),
   /** An unfinished order quiet this long is checked with the PSP by the janitor. */

@@ -382,6 +382,48 @@ export async function discardDeadLetter(
   return record;
 }
 
+/** The states an entry is closed in: nothing is left for an operator to do with it. */
+const CLOSED_STATES = [
+  DEAD_LETTER_STATE.replayed,
+  DEAD_LETTER_STATE.discarded,
+  DEAD_LETTER_STATE.resolved,
+] as const;
+
+/** The purge's bounds per housekeeping pass (a minute apart): 500 rows a DELETE, 10 DELETEs. */
+export const DEAD_LETTER_PURGE = { rowsPerStatement: 500, statementsMax: 10 } as const;
+
+/**
+ * Retention: deletes the entries closed (REPLAYED, DISCARDED, RESOLVED) before the cutoff, one
+ * state after the other, oldest first through the (state, updated_at) index, `rowsPerStatement`
+ * per DELETE (a payload may be 64 KiB) and `statementsMax` DELETEs in all; answers how many
+ * went. OPEN entries are never deleted. The cutoff is at least 31 days back (config), longer
+ * than JetStream keeps a command, so the message of a deleted entry cannot be delivered again;
+ * should one be, its dedupe key is free and it is recorded OPEN anew, never dropped. Admin audit
+ * rows naming a deleted entry stay.
+ */
+export async function purgeClosedDeadLetters(
+  db: Db,
+  cutoff: Date,
+  bounds: Readonly<{ rowsPerStatement: number; statementsMax: number }> = DEAD_LETTER_PURGE,
+): Promise<number> {
+  let purged = 0;
+  let statements = 0;
+  for (const state of CLOSED_STATES) {
+    while (statements < bounds.statementsMax) {
+      statements += 1;
+      const result = await sql`
+        DELETE FROM dead_letter
+        WHERE state = ${state} AND updated_at < ${cutoff}
+        ORDER BY updated_at
+        LIMIT ${bounds.rowsPerStatement}`.execute(db);
+      const deleted = Number(result.numAffectedRows ?? 0n);
+      purged += deleted;
+      if (deleted < bounds.rowsPerStatement) break;
+    }
+  }
+  return purged;
+}
+
 /**
  * The commands a final order makes moot: its execution, its expiry and its status check. A
  * PspResult is never among them: a charge dead-lettered for an order that then expired or failed

@@ -155,7 +155,8 @@ export function createMetrics(): Metrics {
     name: 'settle_rows_purged_total',
     help:
       'Expired rows this node deleted in housekeeping, by task (idempotency_key: past ' +
-      'IDEMPOTENCY_TTL_MS; settlement_staging: past RECONCILIATION_KEEP_DAYS).',
+      'IDEMPOTENCY_TTL_MS; settlement_staging: past RECONCILIATION_KEEP_DAYS; webhook_inbox: ' +
+      'past WEBHOOK_INBOX_KEEP_DAYS, order final; dead_letter: closed, past DEAD_LETTER_KEEP_DAYS).',
     labelNames: ['task'] as const,
     registers: [registry],
   });

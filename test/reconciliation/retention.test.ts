@@ -210,6 +210,8 @@ describe('a node with the nightly job off (RECONCILIATION_AT=off)', () => {
     expect(await stack.settle.housekeeping.runOnce()).toEqual({
       idempotency_key: 0,
       settlement_staging: 3,
+      webhook_inbox: 0,
+      dead_letter: 0,
     });
     expect(await staged()).toBe(0);
     expect((await stack.settle.reconciliation.getReport(run.id)).counts.MISSING_IN_LEDGER).toBe(3n);
@@ -225,6 +227,8 @@ describe('a node with the nightly job off (RECONCILIATION_AT=off)', () => {
       expect(await stack.settle.housekeeping.runOnce()).toEqual({
         idempotency_key: 0,
         settlement_staging: -1,
+        webhook_inbox: 0,
+        dead_letter: 0,
       });
     } finally {
       await sql`RENAME TABLE recon_file_row_away TO recon_file_row`.execute(db);

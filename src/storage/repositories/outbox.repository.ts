@@ -3,6 +3,7 @@
  * they announce) and the inbox (inputs from outside, deduplicated by their id).
  */
 import { sql, type CompiledQuery } from 'kysely';
+import { TERMINAL_STATES } from '../../domain/payment-order.js';
 import type { Db } from '../db.js';
 import { isDuplicateKey } from '../errors.js';
 import type { Trx } from '../transaction.js';
@@ -178,6 +179,41 @@ function inboxValues(db: Db | Trx, rows: readonly InboxRow[]) {
       received_at: row.now,
     })),
   );
+}
+
+/** The inbox purge's bounds per pass (a minute apart): 5,000 rows a DELETE, 40 DELETEs. */
+export const INBOX_PURGE = { rowsPerStatement: 5_000, statementsMax: 40 } as const;
+
+/**
+ * Retention: deletes inbox rows received before the cutoff whose order is final, oldest first
+ * (the inbox_received index), `rowsPerStatement` per DELETE until one deletes fewer or
+ * `statementsMax` have run, and answers how many went. Such a row no longer matters: an event
+ * that comes back after it went is recorded again and its PspResult reaches a final order, which
+ * changes nothing (a result it has, or a charge after failure it flagged already; one naming
+ * another charge is dead-lettered again, as the first delivery was), and the ledger's unique
+ * (order, kind) keys would refuse a second booking anyway. A row whose order is not final, or
+ * not known at all (its command was dead-lettered for review), is kept whatever its age.
+ */
+export async function purgeWebhookInbox(
+  db: Db,
+  cutoff: Date,
+  bounds: Readonly<{ rowsPerStatement: number; statementsMax: number }> = INBOX_PURGE,
+): Promise<number> {
+  let purged = 0;
+  for (let statement = 0; statement < bounds.statementsMax; statement += 1) {
+    const result = await sql`
+      DELETE FROM inbox
+      WHERE received_at < ${cutoff}
+        AND EXISTS (
+          SELECT 1 FROM payment_order o
+          WHERE o.id = inbox.order_id AND o.state IN (${sql.join([...TERMINAL_STATES])}))
+      ORDER BY received_at
+      LIMIT ${bounds.rowsPerStatement}`.execute(db);
+    const deleted = Number(result.numAffectedRows ?? 0n);
+    purged += deleted;
+    if (deleted < bounds.rowsPerStatement) break;
+  }
+  return purged;
 }
 
 /**
