@@ -5,16 +5,20 @@
  * a dead letter only once it was closed (REPLAYED, DISCARDED, RESOLVED) more than
  * DEAD_LETTER_KEEP_DAYS ago (an OPEN one stays whatever its age); both a bounded number of rows
  * per pass, through an index. A webhook the PSP sends again after its inbox row went is recorded
- * anew and changes nothing: no second credit, no ledger entry, no transition. A message whose
+ * anew and changes nothing: no second credit, no ledger entry, no transition, no second review
+ * flag; one naming another charge is dead-lettered again, OPEN, as the first time. A message whose
  * closed dead letter went is recorded OPEN again should it come back, never dropped.
  * Method: the purge functions on a migrated database of the real MariaDB with rows written in
- * the states and ages each case needs; then a real node (PSP mock, Settle, NATS): orders paid and
- * declined on the hosted page, their inbox rows aged and purged by the node's housekeeping, the
- * PSP's ResendWebhook of the same event, and the wallet, ledger and transitions compared.
+ * the states and ages each case needs, and EXPLAIN of their DELETEs; then a real node (PSP mock,
+ * Settle, NATS): orders paid, declined and charged after failure, their inbox rows aged and
+ * purged by the node's housekeeping, the same event sent again (the PSP's ResendWebhook, or
+ * re-signed) until JetStream delivered its command to the actor, and the wallet, ledger,
+ * transitions and dead letters compared.
  */
 import { sql } from 'kysely';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   findDeadLetter,
@@ -36,6 +40,8 @@ import {
   metricSample,
   openTestDatabase,
   payOnHostedPage,
+  postWebhook,
+  pspEvent,
   scrapeMetrics,
   startStack,
   waitFor,
@@ -44,6 +50,8 @@ import {
 } from '../support/harness.js';
 
 const DAY_MS = 24 * 3_600_000;
+/** The command stream's duplicate window in the node test (see its beforeAll). */
+const DUPLICATE_WINDOW_MS = 200;
 const NOW = new Date('2026-06-01T12:00:00.000Z');
 const daysAgo = (days: number, from = NOW) => new Date(from.getTime() - days * DAY_MS);
 
@@ -211,15 +219,38 @@ describe('a node: a webhook sent again after its inbox row was purged', () => {
   let stack: Stack;
   beforeAll(async () => {
     stack = await startStack();
+    // JetStream drops a command whose message id (`psp:<event id>`) it saw within the stream's
+    // duplicate window (2 min). A webhook sent again after WEBHOOK_INBOX_KEEP_DAYS (31 days at
+    // least) is long past it; the window is shortened so that the test's resent commands, too,
+    // go through JetStream to the order's actor instead of being dropped on the way.
+    const jsm = await jetstreamManager(stack.settle.nc);
+    const stream = await jsm.streams.info(stack.settle.names.commandStream);
+    await jsm.streams.update(stack.settle.names.commandStream, {
+      ...stream.config,
+      duplicate_window: DUPLICATE_WINDOW_MS * 1_000_000,
+    });
   });
   afterAll(async () => stack?.stop());
+
+  /** A new payment of one order of 42.00 for a new seller. */
+  async function newOrder() {
+    const sellerId = `seller-ret-${randomUUID()}`;
+    const created = await call(stack.payments.createPayment.bind(stack.payments), {
+      requestId: randomUUID(),
+      buyerId: 'buyer-retention',
+      currencyCode: 'USD',
+      orders: [{ sellerId, amountMinor: 4200n }],
+    });
+    const order = created.payment?.orders[0];
+    return { orderId: order?.orderId ?? '', checkoutUrl: order?.checkoutUrl ?? '', sellerId };
+  }
 
   /** What an order has booked and been through, to compare before and after. */
   async function footprint(orderId: string, sellerId: string) {
     const node = stack.settle.db;
     const order = await node
       .selectFrom('payment_order')
-      .select(['state', 'version', 'review_reason'])
+      .select(['state', 'version', 'review_reason', 'psp_token'])
       .where('id', '=', orderId)
       .executeTakeFirstOrThrow();
     const wallet = await node
@@ -227,45 +258,70 @@ describe('a node: a webhook sent again after its inbox row was purged', () => {
       .select('balance_minor')
       .where('seller_id', '=', sellerId)
       .executeTakeFirst();
-    const ledgerEntries = await count(
-      node,
-      sql<{ n: string }>`SELECT COUNT(*) AS n FROM ledger_entry WHERE order_id = ${orderId}`,
-    );
-    const ledgerTransactions = await count(
-      node,
-      sql<{ n: string }>`SELECT COUNT(*) AS n FROM ledger_transaction WHERE order_id = ${orderId}`,
-    );
-    const transitions = await count(
-      node,
-      sql<{
-        n: string;
-      }>`SELECT COUNT(*) AS n FROM payment_order_transition WHERE order_id = ${orderId}`,
-    );
-    const deadLetters = await count(
-      node,
-      sql<{ n: string }>`SELECT COUNT(*) AS n FROM dead_letter WHERE order_id = ${orderId}`,
-    );
+    const rows = (table: string) =>
+      count(
+        node,
+        sql<{
+          n: string;
+        }>`SELECT COUNT(*) AS n FROM ${sql.table(table)} WHERE order_id = ${orderId}`,
+      );
     return {
       order,
       walletMinor: wallet?.balance_minor,
-      ledgerEntries,
-      ledgerTransactions,
-      transitions,
-      deadLetters,
+      ledgerEntries: await rows('ledger_entry'),
+      ledgerTransactions: await rows('ledger_transaction'),
+      transitions: await rows('payment_order_transition'),
+      deadLetters: await rows('dead_letter'),
     };
   }
 
-  async function drained(): Promise<boolean> {
-    const node = stack.settle.db;
-    if ((await count(node, sql<{ n: string }>`SELECT COUNT(*) AS n FROM outbox`)) !== 0) {
-      return false;
-    }
+  const inboxOf = (orderId: string) =>
+    count(
+      stack.settle.db,
+      sql<{ n: string }>`SELECT COUNT(*) AS n FROM inbox WHERE order_id = ${orderId}`,
+    );
+
+  /**
+   * The runtime consumer's deliveries so far, or undefined while the outbox or the consumer has
+   * anything left to hand over or acknowledge.
+   */
+  async function deliveredWhenDrained(): Promise<number | undefined> {
+    const outbox = await count(
+      stack.settle.db,
+      sql<{ n: string }>`SELECT COUNT(*) AS n FROM outbox`,
+    );
+    if (outbox !== 0) return undefined;
     const jsm = await jetstreamManager(stack.settle.nc);
     const consumer = await jsm.consumers.info(
       stack.settle.names.commandStream,
       stack.settle.names.runtimeConsumer,
     );
-    return consumer.num_pending === 0 && consumer.num_ack_pending === 0;
+    return consumer.num_pending === 0 && consumer.num_ack_pending === 0
+      ? consumer.delivered.consumer_seq
+      : undefined;
+  }
+
+  /** Ages the order's inbox rows past the window; the node's next pass purges `rows` of them. */
+  async function purgeInboxOf(orderId: string, rows: number): Promise<void> {
+    await sql`UPDATE inbox SET received_at = ${daysAgo(91, new Date())}
+              WHERE order_id = ${orderId}`.execute(stack.settle.db);
+    expect((await stack.settle.housekeeping.runOnce()).webhook_inbox).toBe(rows);
+    expect(await inboxOf(orderId)).toBe(0);
+  }
+
+  /**
+   * Sends an event again with `send` once the duplicate window is over, and waits until it is in
+   * the inbox and its command was delivered by JetStream to the actor and acknowledged.
+   */
+  async function sendAgain(orderId: string, send: () => Promise<unknown>): Promise<void> {
+    const before = await waitFor(deliveredWhenDrained, { what: 'the commands handled' });
+    await sleep(2 * DUPLICATE_WINDOW_MS);
+    await send();
+    await waitFor(
+      async () =>
+        (await inboxOf(orderId)) === 1 && ((await deliveredWhenDrained()) ?? before) > before,
+      { what: 'the event recorded again and its command delivered and acknowledged' },
+    );
   }
 
   it.each([
@@ -274,20 +330,12 @@ describe('a node: a webhook sent again after its inbox row was purged', () => {
   ])(
     'changes nothing for an order %s: no credit, no ledger entry, no transition',
     async (_, card, finalState) => {
-      const sellerId = `seller-ret-${randomUUID()}`;
-      const created = await call(stack.payments.createPayment.bind(stack.payments), {
-        requestId: randomUUID(),
-        buyerId: 'buyer-retention',
-        currencyCode: 'USD',
-        orders: [{ sellerId, amountMinor: 4200n }],
-      });
-      const order = created.payment?.orders[0];
-      const orderId = order?.orderId ?? '';
-      await payOnHostedPage(order?.checkoutUrl ?? '', card);
+      const { orderId, checkoutUrl, sellerId } = await newOrder();
+      await payOnHostedPage(checkoutUrl, card);
       await waitFor(async () => (await footprint(orderId, sellerId)).order.state === finalState, {
         what: `the order ${finalState}`,
       });
-      await waitFor(async () => (await inboxOf(orderId)) === 1 && (await drained()), {
+      await waitFor(async () => (await inboxOf(orderId)) === 1 && (await deliveredWhenDrained()), {
         what: 'the webhook recorded and its command handled',
       });
       const before = await footprint(orderId, sellerId);
@@ -295,20 +343,73 @@ describe('a node: a webhook sent again after its inbox row was purged', () => {
 
       // Inside the window the row stays; aged past it, the node's next pass purges it.
       expect((await stack.settle.housekeeping.runOnce()).webhook_inbox).toBe(0);
-      await sql`UPDATE inbox SET received_at = ${daysAgo(91, new Date())}
-                WHERE order_id = ${orderId}`.execute(stack.settle.db);
-      expect((await stack.settle.housekeeping.runOnce()).webhook_inbox).toBe(1);
-      expect(await inboxOf(orderId)).toBe(0);
+      await purgeInboxOf(orderId, 1);
 
       // The PSP sends the same event (same id and body) again: it is news to the inbox now.
-      await call(stack.pspApi.resendWebhook.bind(stack.pspApi), { nonce: orderId });
-      await waitFor(async () => (await inboxOf(orderId)) === 1 && (await drained()), {
-        what: 'the resent webhook recorded again and its command handled',
-      });
+      await sendAgain(orderId, () =>
+        call(stack.pspApi.resendWebhook.bind(stack.pspApi), { nonce: orderId }),
+      );
       expect(await footprint(orderId, sellerId)).toEqual(before);
       await expectMoneyInvariants(stack.settle.db);
     },
   );
+
+  it('changes nothing for a charge after failure already flagged for review', async () => {
+    const { orderId, sellerId } = await newOrder();
+    const token = await waitFor(
+      async () => (await footprint(orderId, sellerId)).order.psp_token ?? undefined,
+    );
+    // Declined, then the PSP reports a charge: the order stays FAILED, flagged for review, and
+    // nothing is booked (an operator refunds it or books it by hand).
+    const declined = pspEvent(orderId, { amountMinor: 4200n, token, declineCode: 'card_declined' });
+    expect((await postWebhook(stack, declined)).status).toBe(200);
+    await waitFor(async () => (await footprint(orderId, sellerId)).order.state === 'FAILED');
+    const charge = pspEvent(orderId, { amountMinor: 4200n, token });
+    expect((await postWebhook(stack, charge)).status).toBe(200);
+    await waitFor(async () => (await footprint(orderId, sellerId)).order.review_reason !== null, {
+      what: 'the charge flagged for review',
+    });
+    await waitFor(deliveredWhenDrained, { what: 'the commands handled' });
+    const before = await footprint(orderId, sellerId);
+    expect(before.order.review_reason).toBe('CHARGED_AFTER_FAILURE');
+
+    await purgeInboxOf(orderId, 2);
+    // The charge comes again: recorded anew, and still one flag, no booking, no transition.
+    await sendAgain(orderId, async () =>
+      expect(await postWebhook(stack, charge)).toEqual({
+        status: 200,
+        body: { received: true, duplicate: false },
+      }),
+    );
+    expect(await footprint(orderId, sellerId)).toEqual(before);
+    await expectMoneyInvariants(stack.settle.db);
+  });
+
+  it('dead-letters a result naming another charge again, OPEN: seen by an operator, not booked', async () => {
+    const { orderId, checkoutUrl, sellerId } = await newOrder();
+    await payOnHostedPage(checkoutUrl, CARD.success);
+    await waitFor(async () => (await footprint(orderId, sellerId)).order.state === 'SUCCEEDED');
+    const token = (await footprint(orderId, sellerId)).order.psp_token ?? '';
+    const other = pspEvent(orderId, { amountMinor: 9999n, token, pspReference: 'psp_other' });
+    expect((await postWebhook(stack, other)).status).toBe(200);
+    await waitFor(async () => (await footprint(orderId, sellerId)).deadLetters === 1);
+    await waitFor(async () => (await inboxOf(orderId)) === 2 && (await deliveredWhenDrained()));
+    const before = await footprint(orderId, sellerId);
+
+    await purgeInboxOf(orderId, 2);
+    await sendAgain(orderId, () => postWebhook(stack, other));
+    await waitFor(async () => (await footprint(orderId, sellerId)).deadLetters === 2, {
+      what: 'the second dead letter',
+    });
+    expect(await footprint(orderId, sellerId)).toEqual({ ...before, deadLetters: 2 });
+    const states = await stack.settle.db
+      .selectFrom('dead_letter')
+      .select('state')
+      .where('order_id', '=', orderId)
+      .execute();
+    expect(states).toEqual([{ state: 'OPEN' }, { state: 'OPEN' }]);
+    await expectMoneyInvariants(stack.settle.db);
+  });
 
   it('purges old closed dead letters and counts both tasks in /metrics', async () => {
     const node = stack.settle.db;
@@ -319,14 +420,8 @@ describe('a node: a webhook sent again after its inbox row was purged', () => {
     expect((await stack.settle.housekeeping.runOnce()).dead_letter).toBe(1);
     const metrics = await scrapeMetrics(stack.settleHttp);
     expect(metricSample(metrics, 'settle_rows_purged_total', { task: 'dead_letter' })).toBe(1);
-    expect(metricSample(metrics, 'settle_rows_purged_total', { task: 'webhook_inbox' })).toBe(2);
+    expect(metricSample(metrics, 'settle_rows_purged_total', { task: 'webhook_inbox' })).toBe(6);
   });
-
-  const inboxOf = (orderId: string) =>
-    count(
-      stack.settle.db,
-      sql<{ n: string }>`SELECT COUNT(*) AS n FROM inbox WHERE order_id = ${orderId}`,
-    );
 });
 
 describe('WEBHOOK_INBOX_KEEP_DAYS and DEAD_LETTER_KEEP_DAYS', () => {
