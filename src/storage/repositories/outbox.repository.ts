@@ -192,7 +192,11 @@ export const INBOX_PURGE = { rowsPerStatement: 5_000, statementsMax: 40 } as con
  * changes nothing (a result it has, or a charge after failure it flagged already; one naming
  * another charge is dead-lettered again, as the first delivery was), and the ledger's unique
  * (order, kind) keys would refuse a second booking anyway. A row whose order is not final, or
- * not known at all (its command was dead-lettered for review), is kept whatever its age.
+ * not known at all (its command was dead-lettered for review), is kept whatever its age, and so
+ * is every row of an order that has a dead letter: an event naming another charge, sent again
+ * after its row went, would be dead-lettered a second time, and an operator could refund the one
+ * charge twice. Those rows go once the order's dead letters are closed and purged themselves
+ * (`DEAD_LETTER_KEEP_DAYS`).
  */
 export async function purgeWebhookInbox(
   db: Db,
@@ -207,6 +211,7 @@ export async function purgeWebhookInbox(
         AND EXISTS (
           SELECT 1 FROM payment_order o
           WHERE o.id = inbox.order_id AND o.state IN (${sql.join([...TERMINAL_STATES])}))
+        AND NOT EXISTS (SELECT 1 FROM dead_letter d WHERE d.order_id = inbox.order_id)
       ORDER BY received_at
       LIMIT ${bounds.rowsPerStatement}`.execute(db);
     const deleted = Number(result.numAffectedRows ?? 0n);
