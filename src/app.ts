@@ -564,6 +564,8 @@ export async function startSettle(
         wakeRelay: () => relay.wake(),
         now,
         onRejected: (reason) => logger.warn({ reason }, 'webhook rejected'),
+        onIgnored: (event) =>
+          logger.warn(event, 'webhook of a type Settle does not handle: acknowledged, ignored'),
         onAccepted: (event) => {
           metrics.webhookAccepted({
             way: event.applied ? 'applied' : event.duplicate ? 'duplicate' : 'queued',

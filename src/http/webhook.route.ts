@@ -10,7 +10,9 @@
  * the PspResult command to the outbox, which JetStream carries to the order's actor with retries
  * and a dead-letter queue. An order Settle does not know ends there, dead-lettered for review:
  * a signed charge is never dropped, and a 404 would only have the PSP retry it for days. Both ways
- * answer 200 only after a commit. Answers: 200 accepted or duplicate, 400
+ * answer 200 only after a commit. A signed event of a type Settle does not handle is answered 200
+ * (`ignored`) with nothing written, so the PSP stops sending it. Answers: 200 accepted, duplicate
+ * or ignored, 400
  * unsigned/forged/stale/malformed, 404 a nonce that is not a Settle order id (meant for someone
  * else), 413 too large, 503 when the database is down (the PSP retries). Error answers carry the
  * REST twin's body (router.ts errorResponse) and the exchange's x-request-id.
@@ -24,7 +26,7 @@ import {
   type SettleError,
 } from '../domain/errors.js';
 import type { Names } from '../messaging/subjects.js';
-import { pspWebhookEventSchema, verifyWebhook } from '../psp/webhook.js';
+import { pspWebhookEventSchema, unhandledEventType, verifyWebhook } from '../psp/webhook.js';
 import type { Db } from '../storage/db.js';
 import { toUnavailable } from '../storage/transaction.js';
 import { recordWebhookEvent, type Recorded, type WebhookEvent } from './webhook-inbox.js';
@@ -52,6 +54,8 @@ export type WebhookRouteDeps = Readonly<{
   wakeRelay: () => void;
   now: () => Date;
   onRejected?: (reason: string) => void;
+  /** A signed event of a type Settle does not handle: answered 200, nothing written. */
+  onIgnored?: (event: { type: string }) => void;
   /**
    * `applied`: taken the fast way (applied at once) rather than queued as a command. `ms`: from
    * the request's arrival to its answer, the commit included.
@@ -107,6 +111,14 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
         body = JSON.parse(text);
       } catch {
         return reject(new HttpInputError('body', 'is not JSON', 'MALFORMED_JSON'));
+      }
+      // A signed event of a type Settle does not handle is the PSP's to send, not a fault: any
+      // answer but a 2xx has the PSP retry it for days (and a real PSP disables an endpoint that
+      // keeps failing), so it is acknowledged and nothing is written.
+      const unhandled = unhandledEventType(body);
+      if (unhandled !== undefined) {
+        deps.onIgnored?.({ type: unhandled.slice(0, 64) });
+        return json(200, { received: true, duplicate: false, ignored: true });
       }
       const parsed = pspWebhookEventSchema.safeParse(body);
       if (!parsed.success) {

@@ -120,6 +120,18 @@ export const PSP_WEBHOOK_EVENT_TYPE = {
 export type PspWebhookEventType =
   (typeof PSP_WEBHOOK_EVENT_TYPE)[keyof typeof PSP_WEBHOOK_EVENT_TYPE];
 
+const EVENT_TYPES: ReadonlySet<string> = new Set(Object.values(PSP_WEBHOOK_EVENT_TYPE));
+
+/**
+ * The `type` of a signed body whose type Settle does not handle (one the PSP added, say
+ * `payment.refunded`); undefined when the body has a type Settle knows, or none that is a string.
+ */
+export function unhandledEventType(body: unknown): string | undefined {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) return undefined;
+  const type = (body as { type?: unknown }).type;
+  return typeof type === 'string' && !EVENT_TYPES.has(type) ? type : undefined;
+}
+
 const shortText = z.string().min(1).max(64);
 
 /** Minor units as a decimal string ("1999"), 1..10^12, parsed to bigint. */

@@ -243,6 +243,18 @@ describe('POST /webhooks/psp accepts', () => {
     expect(payment.inbox).toBe(1);
   });
 
+  it('a signed event of a type Settle does not handle: 200 and ignored, writing nothing', async () => {
+    // A PSP adds event types (refunds, disputes); any answer but a 2xx would have it retry each
+    // one for days, and a real PSP disables an endpoint that keeps failing.
+    const before = await rowCounts(stack.settle.db);
+    const body = event({ type: 'payment.refunded' });
+    expect(await postWebhook(stack, body)).toEqual({
+      status: 200,
+      body: { received: true, duplicate: false, ignored: true },
+    });
+    expect(await rowCounts(stack.settle.db)).toEqual(before);
+  });
+
   it('an event for an order Settle does not know: kept, answered 200, dead-lettered for review', async () => {
     const unknownId = `ord_${'7'.repeat(26)}`;
     const body = event(

@@ -353,7 +353,12 @@ export function pspEvent(
 
 export type WebhookResponse = {
   status: number;
-  body: { received?: boolean; duplicate?: boolean; error?: { message: string } };
+  body: {
+    received?: boolean;
+    duplicate?: boolean;
+    ignored?: boolean;
+    error?: { message: string };
+  };
 };
 
 /**
