@@ -156,6 +156,34 @@ describe('a webhook applied at once (WEBHOOK_APPLY_WAIT_MS > 0)', () => {
     expect(await orderState(stack, b.orderId)).toBe('EXECUTING');
   });
 
+  it('dead-letters a second charge of a succeeded order (another PSP reference), booking it once', async () => {
+    const { orderId, token } = await createOrder(stack, 550n);
+    const first = pspEvent(orderId, { amountMinor: 550n, token, pspReference: 'psp_first' });
+    expect((await postWebhook(stack, first)).status).toBe(200);
+    expect(await orderState(stack, orderId)).toBe('SUCCEEDED');
+
+    // The buyer paid twice: the PSP reports another charge of the same payment.
+    const second = pspEvent(orderId, { amountMinor: 550n, token, pspReference: 'psp_second' });
+    expect(await postWebhook(stack, second)).toEqual({
+      status: 200,
+      body: { received: true, duplicate: false },
+    });
+    const deadLetter = await deadLetterOf(stack, orderId);
+    expect(deadLetter.reason).toBe('NON_RETRYABLE');
+    expect(deadLetter.last_error).toBe(
+      'SUCCEEDED + PspSucceeded: the PSP reports a second charge psp_second for an order ' +
+        'already charged as psp_first',
+    );
+    const row = await stack.settle.db
+      .selectFrom('payment_order')
+      .select(['state', 'psp_reference'])
+      .where('id', '=', orderId)
+      .executeTakeFirstOrThrow();
+    expect(row).toEqual({ state: 'SUCCEEDED', psp_reference: 'psp_first' });
+    expect(await inboxRows(stack, orderId)).toBe(2);
+    expect(await ledgerTransactions(stack, orderId)).toBe(1);
+  });
+
   it('keeps a signed success in another currency: 200, then dead-lettered like another amount', async () => {
     const { orderId, token } = await createOrder(stack, 600n);
 

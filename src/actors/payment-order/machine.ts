@@ -270,7 +270,13 @@ function otherPayment(
   return undefined;
 }
 
-/** Why a charge is not this order's payment (token, currency or amount); undefined if it is. */
+/**
+ * Why a charge is not this order's payment (token, currency or amount), or is a second charge for
+ * it (another PSP reference than the one the order already holds); undefined if it is neither. A
+ * second charge is money the buyer paid twice: booking it would credit the seller twice, and
+ * taking it for a repeat would drop it, so it goes to an operator. An empty reference (a status
+ * answer that named none) is no evidence either way.
+ */
 function otherCharge(
   order: PaymentOrder,
   event: Extract<OrderEvent, { type: 'PspSucceeded' }>,
@@ -279,6 +285,13 @@ function otherCharge(
     otherPayment(order, event, 'charged') ??
     (event.amountMinor !== order.amountMinor
       ? `the PSP charged ${event.amountMinor} but the order is for ${order.amountMinor}`
+      : undefined) ??
+    (order.pspReference !== undefined &&
+    order.pspReference !== '' &&
+    event.pspReference !== '' &&
+    event.pspReference !== order.pspReference
+      ? `the PSP reports a second charge ${event.pspReference} for an order already charged as ` +
+        `${order.pspReference}`
       : undefined)
   );
 }
@@ -296,8 +309,9 @@ function endedWithoutDecision(order: PaymentOrder): boolean {
  * A terminal order never changes state again. Late duplicates are no-ops; a charge that arrives
  * after the order failed or expired is money taken that we did not book, so the order is flagged
  * for review (refund or manual booking) instead of being dropped. A charge that is not this
- * order's payment (another token, currency or amount) is illegal in every state: dead-lettered
- * for review, never a no-op nor a flag that would overwrite the order's PSP reference.
+ * order's payment (another token, currency or amount), or a second one (another PSP reference
+ * than the order's), is illegal in every state: dead-lettered for review, never a no-op nor a
+ * flag that would overwrite the order's PSP reference.
  */
 function fromFinal(order: PaymentOrder, event: OrderEvent, now: Date): Transition {
   switch (event.type) {

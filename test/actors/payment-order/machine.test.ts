@@ -84,6 +84,22 @@ const events = {
     token: 'tok_A',
     currency: 'EUR',
   },
+  // The same payment charged a second time: another PSP reference, all else alike.
+  succeededSecondCharge: {
+    type: 'PspSucceeded',
+    eventId: 'evt_3',
+    pspReference: 'psp_2',
+    amountMinor: 1999n,
+    token: 'tok_A',
+    currency: 'USD',
+  },
+  // A status answer that names no reference: no evidence of a second charge.
+  succeededNoReference: {
+    type: 'PspSucceeded',
+    eventId: 'status:ord_01JD2Q7Z8X9Y0A1B2C3D4E5F6G',
+    pspReference: '',
+    amountMinor: 1999n,
+  },
   declined: { type: 'PspDeclined', eventId: 'evt_2', declineCode: 'card_declined' },
   declinedOtherToken: {
     type: 'PspDeclined',
@@ -415,6 +431,22 @@ const table: Row[] = [
     },
   ],
   [
+    // Money taken twice: dead-lettered for an operator, neither booked again nor dropped.
+    'SUCCEEDED + a second charge under another PSP reference is illegal',
+    order('SUCCEEDED', { ...registered, pspReference: 'psp_1' }),
+    events.succeededSecondCharge,
+    {
+      result: 'illegal',
+      message: /^the PSP reports a second charge psp_2 for an order already charged as psp_1$/,
+    },
+  ],
+  [
+    'SUCCEEDED + PspSucceeded that names no PSP reference is a no-op',
+    order('SUCCEEDED', { ...registered, pspReference: 'psp_1' }),
+    events.succeededNoReference,
+    { result: 'unchanged', effects: [] },
+  ],
+  [
     'SUCCEEDED + PspSucceeded with another amount is illegal',
     order('SUCCEEDED', { ...registered, pspReference: 'psp_1' }),
     events.succeededWrongAmount,
@@ -509,6 +541,16 @@ const table: Row[] = [
     order('FAILED', registered),
     events.succeededWrongAmount,
     { result: 'illegal', message: /charged 1 but the order is for 1999/ },
+  ],
+  [
+    'EXPIRED, flagged for a late charge, + a second charge under another reference is illegal',
+    order('EXPIRED', {
+      ...registered,
+      reviewReason: REVIEW_REASON.chargedAfterExpiry,
+      pspReference: 'psp_1',
+    }),
+    events.succeededSecondCharge,
+    { result: 'illegal', message: /second charge psp_2 .* already charged as psp_1/ },
   ],
   [
     'EXPIRED + a second PspSucceeded after review is a no-op',
