@@ -226,6 +226,17 @@ function readBody(req: http.IncomingMessage, limitBytes: number): Promise<Buffer
 
 /** Open connections a node's HTTP server takes at once; past it a new one is closed at once. */
 export const HTTP_CONNECTIONS_MAX_DEFAULT = 10_000;
+/** A request's headers must have arrived this long after it began (else 408). */
+const HEADERS_TIMEOUT_MS = 10_000;
+/** A whole request, its body included, must have arrived this long after it began (else 408). */
+const REQUEST_TIMEOUT_MS = 30_000;
+/**
+ * How often Node checks the two timeouts above. Its default is 30 s, which let a body trickled a
+ * byte at a time hold its connection (and a slot of connectionsMax) for up to twice
+ * REQUEST_TIMEOUT_MS.
+ */
+const TIMEOUT_CHECK_MS = 1_000;
+const SERVER_OPTIONS: http.ServerOptions = { connectionsCheckingInterval: TIMEOUT_CHECK_MS };
 
 export type HttpServerOptions = Readonly<{
   /** A request whose client went away before its body ended (at debug: not a server fault). */
@@ -239,7 +250,7 @@ export function createHttpServer(
   onError: (error: unknown, context: Record<string, unknown>) => void,
   options: HttpServerOptions = {},
 ): http.Server {
-  const server = http.createServer((req, res) => {
+  const server = http.createServer(SERVER_OPTIONS, (req, res) => {
     const requestId = requestIdOrNew(req.headers['x-request-id']);
     const send = (response: HttpResponse) => {
       if (res.headersSent) return;
@@ -315,8 +326,8 @@ export function createHttpServer(
       );
     });
   });
-  server.headersTimeout = 10_000;
-  server.requestTimeout = 30_000;
+  server.headersTimeout = HEADERS_TIMEOUT_MS;
+  server.requestTimeout = REQUEST_TIMEOUT_MS;
   server.keepAliveTimeout = 5_000;
   // Each open connection costs a socket and its buffers, and clients that open many and keep
   // them had no bound (file descriptors run out first, for every route at once).

@@ -4,7 +4,8 @@
  * process, webhook receiver and gRPC with it); a body past the route's limit gets 413 whether its
  * length was declared or it came chunked (a chunked one was answered with a reset), and the
  * connection is closed after that answer; a body the client aborts is reported as such, never as
- * a handler's error, even when the route asks for the body only after the client has gone. Every
+ * a handler's error, even when the route asks for the body only after the client has gone; a body
+ * trickled past the request timeout gets 408 as the timeout ends, not up to 30 s later. Every
  * error the router answers itself has the REST twin's body (code, reason, message, retryable,
  * correlation_id) and echoes x-request-id.
  * Method: the real router on a loopback port, driven with raw HTTP/1.1 over a socket, so the
@@ -257,6 +258,38 @@ describe('the HTTP router', () => {
       expect(aborted.slice(before)).toEqual([{ method: 'POST', path }]);
     },
   );
+
+  it('answers 408 and closes a body trickled past the request timeout, without waiting longer', async () => {
+    // The timeout is checked periodically; Node's default period (30 s) once let a trickled body
+    // hold its connection for up to twice the 30 s timeout. Shortened here to see it in time.
+    const slow = createHttpServer(
+      () => routes,
+      (error) => errors.push(error),
+    );
+    slow.headersTimeout = 500;
+    slow.requestTimeout = 500;
+    await new Promise<void>((resolve) => slow.listen(0, '127.0.0.1', resolve));
+    const socket = net.connect((slow.address() as AddressInfo).port, '127.0.0.1');
+    const started = Date.now();
+    let trickle: NodeJS.Timeout | undefined;
+    try {
+      const answer = await new Promise<string>((resolve) => {
+        let received = '';
+        socket.on('data', (chunk) => (received += chunk.toString('latin1')));
+        socket.on('close', () => resolve(received));
+        socket.on('error', () => resolve(received));
+        socket.write('POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{');
+        trickle = setInterval(() => socket.write(' '), 100);
+      });
+      expect(statusOf(answer)).toBe('HTTP/1.1 408 Request Timeout');
+      expect(Date.now() - started).toBeLessThan(3_000);
+    } finally {
+      clearInterval(trickle);
+      socket.destroy();
+      slow.closeAllConnections();
+      await new Promise((resolve) => slow.close(resolve));
+    }
+  }, 40_000);
 
   it('answers a handler bug 500 INTERNAL with the request id, and hands the bug to onError', async () => {
     const before = errors.length;
