@@ -560,6 +560,7 @@ export async function startSettle(
         record: webhookInbox.record,
         ...(config.WEBHOOK_APPLY_WAIT_MS > 0 && { apply: applyWebhook }),
         secret: config.PSP_WEBHOOK_SECRET,
+        previousSecret: config.PSP_WEBHOOK_SECRET_PREVIOUS,
         toleranceS: config.PSP_WEBHOOK_TOLERANCE_S,
         wakeRelay: () => relay.wake(),
         now,

@@ -104,6 +104,11 @@ export const configSchema = z.object({
   PSP_MYSQL_URL: mysqlUrl.default('mysql://root@127.0.0.1:3306/settle_psp'),
   /** Shared secret of the webhook signatures (HMAC-SHA256). The default is for local use only. */
   PSP_WEBHOOK_SECRET: z.string().min(16).default('whsec_settle_local_development'),
+  /**
+   * The secret being rotated out: webhooks signed with it are accepted beside PSP_WEBHOOK_SECRET
+   * until the PSP signs with the new one. Unset outside a rotation.
+   */
+  PSP_WEBHOOK_SECRET_PREVIOUS: z.string().min(16).optional(),
   PSP_WEBHOOK_TOLERANCE_S: positiveInt.max(3600).default(300),
   /**
    * How long a webhook waits for its order's actor on this node to apply it in the same
@@ -313,6 +318,15 @@ export function publishedSecretProblems(config: Config): string[] {
       'PSP_WEBHOOK_SECRET: is unset or a value published in this repository, so anyone could ' +
         'sign webhooks that credit sellers; set the secret your PSP signs with (the same on the ' +
         'PSP mock), for example $(openssl rand -hex 32)',
+    );
+  }
+  if (
+    config.PSP_WEBHOOK_SECRET_PREVIOUS !== undefined &&
+    PUBLISHED_WEBHOOK_SECRETS.has(config.PSP_WEBHOOK_SECRET_PREVIOUS)
+  ) {
+    problems.push(
+      'PSP_WEBHOOK_SECRET_PREVIOUS: is a value published in this repository, so anyone could ' +
+        'sign webhooks with it; leave it unset unless you are rotating away from a secret of your own',
     );
   }
   if (config.ADMIN_TOKEN !== undefined && PUBLISHED_ADMIN_TOKENS.has(config.ADMIN_TOKEN)) {

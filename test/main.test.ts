@@ -12,7 +12,7 @@ import { existsSync } from 'node:fs';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, inject, it } from 'vitest';
-import { loadConfig, localRunDefaults } from '../src/config.js';
+import { loadConfig, localRunDefaults, publishedSecretProblems } from '../src/config.js';
 import { startTcpProxy, type TcpProxy } from '../src/chaos/tcp-proxy.js';
 import { dropDatabase, freePort, removeNamespace, testDatabaseUrl } from './support/harness.js';
 
@@ -210,6 +210,30 @@ describe('main', () => {
     // A local run with the PSP mock in the process keeps its default: nothing outside signs.
     expect(loadConfig(localRunDefaults({})).PSP_WEBHOOK_SECRET).toBe(
       'whsec_settle_local_development',
+    );
+  });
+
+  it('refuses a published secret as the one being rotated out too', () => {
+    const own = 'whsec_0123456789abcdef0123456789';
+    expect(publishedSecretProblems(loadConfig({ PSP_WEBHOOK_SECRET: own }))).toEqual([]);
+    expect(
+      publishedSecretProblems(
+        loadConfig({
+          PSP_WEBHOOK_SECRET: own,
+          PSP_WEBHOOK_SECRET_PREVIOUS: 'whsec_old_one_of_our_own',
+        }),
+      ),
+    ).toEqual([]);
+    expect(
+      publishedSecretProblems(
+        loadConfig({
+          PSP_WEBHOOK_SECRET: own,
+          PSP_WEBHOOK_SECRET_PREVIOUS: 'whsec_settle_local_development',
+        }),
+      ),
+    ).toEqual([expect.stringMatching(/^PSP_WEBHOOK_SECRET_PREVIOUS: is a value published/)]);
+    expect(() => loadConfig({ PSP_WEBHOOK_SECRET_PREVIOUS: 'short' })).toThrow(
+      /PSP_WEBHOOK_SECRET_PREVIOUS/,
     );
   });
 

@@ -50,6 +50,8 @@ export type WebhookRouteDeps = Readonly<{
   db: Db;
   names: Names;
   secret: string;
+  /** Accepted beside `secret` during a rotation (PSP_WEBHOOK_SECRET_PREVIOUS). */
+  previousSecret?: string | undefined;
   toleranceS: number;
   wakeRelay: () => void;
   now: () => Date;
@@ -92,6 +94,7 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
       const header = request.headers['psp-signature'];
       const verdict = verifyWebhook({
         secret: deps.secret,
+        previousSecret: deps.previousSecret,
         rawBody: raw,
         header: typeof header === 'string' ? header : undefined,
         nowS: Math.floor(deps.now().getTime() / 1000),

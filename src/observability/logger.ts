@@ -20,6 +20,7 @@ const REDACTED_KEYS = [
   'authorization',
   'token',
   'PSP_WEBHOOK_SECRET',
+  'PSP_WEBHOOK_SECRET_PREVIOUS',
   'ADMIN_TOKEN',
   'psp-signature',
   // The admin panel's session cookie is as good as the token for 12 hours.

@@ -46,6 +46,11 @@ export type WebhookVerification = { ok: true } | { ok: false; reason: WebhookRej
 
 export type VerifyWebhookOptions = Readonly<{
   secret: string;
+  /**
+   * The secret being rotated out, accepted beside `secret` while the PSP still signs with it
+   * (see PSP_WEBHOOK_SECRET_PREVIOUS); undefined outside a rotation.
+   */
+  previousSecret?: string | undefined;
   /** The body's bytes exactly as received, before any decoding or parsing. */
   rawBody: Uint8Array;
   /** The `Psp-Signature` header value; undefined when absent. */
@@ -58,7 +63,8 @@ export type VerifyWebhookOptions = Readonly<{
 
 /**
  * Verifies a webhook signature in constant time. Refuses a missing or malformed header, a
- * timestamp older or newer than the tolerance, and a signature that does not match.
+ * timestamp older or newer than the tolerance, and a signature that matches neither the secret
+ * nor, during a rotation, the previous one.
  */
 export function verifyWebhook(options: VerifyWebhookOptions): WebhookVerification {
   const { header } = options;
@@ -70,11 +76,21 @@ export function verifyWebhook(options: VerifyWebhookOptions): WebhookVerificatio
   if (Math.abs(options.nowS - parsed.timestampS) > options.toleranceS) {
     return { ok: false, reason: WEBHOOK_REJECTION.timestampOutOfTolerance };
   }
-  const expected = Buffer.from(hmacHex(options.secret, parsed.timestampS, options.rawBody), 'hex');
-  // Every candidate is compared, so the time taken does not depend on which one matched.
+  const secrets =
+    options.previousSecret === undefined
+      ? [options.secret]
+      : [options.secret, options.previousSecret];
+  const expected = secrets.map((secret) =>
+    Buffer.from(hmacHex(secret, parsed.timestampS, options.rawBody), 'hex'),
+  );
+  // Every candidate is compared with every secret, so the time taken does not depend on which
+  // one matched.
   let matched = false;
   for (const signature of parsed.signatures) {
-    if (timingSafeEqual(expected, Buffer.from(signature, 'hex'))) matched = true;
+    const candidate = Buffer.from(signature, 'hex');
+    for (const bytes of expected) {
+      if (timingSafeEqual(bytes, candidate)) matched = true;
+    }
   }
   return matched ? { ok: true } : { ok: false, reason: WEBHOOK_REJECTION.signatureMismatch };
 }

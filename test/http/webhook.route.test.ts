@@ -302,3 +302,76 @@ describe('POST /webhooks/psp accepts', () => {
     });
   });
 });
+
+describe('POST /webhooks/psp during a secret rotation (PSP_WEBHOOK_SECRET_PREVIOUS)', () => {
+  const previous = 'whsec_rotating_out_0123456789';
+  let rotating: Stack;
+  beforeAll(async () => {
+    rotating = await startStack({
+      env: {
+        PSP_WEBHOOK_SECRET: 'whsec_rotating_in_9876543210',
+        PSP_WEBHOOK_SECRET_PREVIOUS: previous,
+      },
+    });
+  });
+  afterAll(async () => rotating?.stop());
+
+  it('applies an event signed with the previous secret and refuses one signed with neither', async () => {
+    const created = await call(rotating.payments.createPayment.bind(rotating.payments), {
+      requestId: randomUUID(),
+      buyerId: 'buyer-rotation',
+      currencyCode: 'USD',
+      orders: [{ sellerId: 'seller-rotation', amountMinor: 500n }],
+    });
+    const id = created.payment?.orders[0]?.orderId ?? '';
+    const token = await waitFor(async () => {
+      const row = await rotating.settle.db
+        .selectFrom('payment_order')
+        .select('psp_token')
+        .where('id', '=', id)
+        .executeTakeFirst();
+      return row?.psp_token ?? undefined;
+    });
+    const declined = JSON.stringify({
+      id: `evt_${randomUUID()}`,
+      type: 'payment.declined',
+      created: nowS(),
+      data: {
+        nonce: id,
+        token,
+        psp_reference: null,
+        amount_minor: '500',
+        currency: 'USD',
+        decline_code: 'card_declined',
+      },
+    });
+    const send = async (key: string) => {
+      const response = await fetch(`${rotating.settleHttp}/webhooks/psp`, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          'psp-signature': signWebhook(key, Buffer.from(declined), nowS()),
+        },
+        body: declined,
+        signal: AbortSignal.timeout(10_000),
+      });
+      return response.status;
+    };
+    const before = await rowCounts(rotating.settle.db);
+    expect(await send('whsec_neither_of_the_two_000')).toBe(400);
+    expect(await rowCounts(rotating.settle.db)).toEqual(before);
+
+    expect(await send(previous)).toBe(200);
+    await waitFor(
+      async () =>
+        (
+          await rotating.settle.db
+            .selectFrom('payment_order')
+            .select('state')
+            .where('id', '=', id)
+            .executeTakeFirst()
+        )?.state === 'FAILED',
+      { what: 'the order failed by the event signed with the previous secret' },
+    );
+  });
+});

@@ -44,6 +44,38 @@ describe('signWebhook', () => {
   });
 });
 
+describe('verifyWebhook during a secret rotation (previousSecret)', () => {
+  const previousSecret = 'whsec_previous_secret_987654';
+  const during = (header: string) =>
+    verifyWebhook({ secret, previousSecret, rawBody: body, header, nowS, toleranceS });
+
+  it('accepts signatures made with either secret, alone or side by side', () => {
+    expect(during(signWebhook(secret, body, nowS))).toEqual({ ok: true });
+    expect(during(signWebhook(previousSecret, body, nowS))).toEqual({ ok: true });
+    // A PSP that signs with both while it rotates sends two v1 signatures.
+    const both = `${signWebhook(previousSecret, body, nowS)},v1=${signWebhook(secret, body, nowS).split('v1=')[1]}`;
+    expect(during(both)).toEqual({ ok: true });
+  });
+
+  it('refuses any other secret, and the previous one once the rotation is over', () => {
+    expect(during(signWebhook('whsec_someone_else_000000', body, nowS))).toEqual({
+      ok: false,
+      reason: WEBHOOK_REJECTION.signatureMismatch,
+    });
+    expect(verify(signWebhook(previousSecret, body, nowS))).toEqual({
+      ok: false,
+      reason: WEBHOOK_REJECTION.signatureMismatch,
+    });
+  });
+
+  it('still refuses a stale timestamp signed with the previous secret', () => {
+    expect(during(signWebhook(previousSecret, body, nowS - toleranceS - 1))).toEqual({
+      ok: false,
+      reason: WEBHOOK_REJECTION.timestampOutOfTolerance,
+    });
+  });
+});
+
 describe('verifyWebhook', () => {
   it('accepts a signature made with the same secret within the tolerance', () => {
     expect(verify(signWebhook(secret, body, nowS))).toEqual({ ok: true });
