@@ -252,7 +252,9 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
       case 'CancelAtPsp':
         // NOT_FOUND to a cancel: the PSP has no such payment, so there is nothing to cancel and
         // no money can have moved. Answered as PspNotFound, the machine would register an
-        // unregistered order first, creating a checkout URL for an order past its deadline.
+        // unregistered order first, creating a checkout URL for an order past its deadline. For
+        // an order that had no token yet, the answer says so (`unregistered`): a registration
+        // may still land after it, and the machine then cancels that one.
         return this.askPsp(
           effect.orderId,
           'cancel',
@@ -263,7 +265,9 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
               ? { type: 'PspCancelled' }
               : eventFromPspStatus(effect.orderId, await this.deps.psp.getStatus(effect.orderId));
           },
-          { type: 'PspCancelled' },
+          effect.registered
+            ? { type: 'PspCancelled' }
+            : { type: 'PspCancelled', unregistered: true },
         );
       case 'QueryPsp':
         return this.askPsp(effect.orderId, 'status', async () =>

@@ -81,8 +81,12 @@ export type OrderEvent =
     }>
   /** The order is past its payment deadline (from the expiry job). */
   | Readonly<{ type: 'ExpiryDue' }>
-  /** The PSP confirmed the registration is cancelled (or never existed): no money moved. */
-  | Readonly<{ type: 'PspCancelled' }>
+  /**
+   * The PSP confirmed the registration is cancelled (or never existed): no money moved.
+   * `unregistered`: the PSP had no payment under the nonce when asked, and the order held no
+   * token then; true of that moment only, since a registration may land right after it.
+   */
+  | Readonly<{ type: 'PspCancelled'; unregistered?: true }>
   /** The order has been quiet too long (from the janitor): ask the PSP what happened. */
   | Readonly<{ type: 'StatusCheckDue' }>
   /** The PSP has no record of the nonce. */
@@ -107,8 +111,11 @@ export type Effect =
       amountMinor: bigint;
       currency: CurrencyCode;
     }>
-  /** Run after commit: cancel the PSP registration; the answer comes back as an event. */
-  | Readonly<{ type: 'CancelAtPsp'; orderId: string }>
+  /**
+   * Run after commit: cancel the PSP registration; the answer comes back as an event.
+   * `registered`: whether the order held its PSP token when the cancel was decided.
+   */
+  | Readonly<{ type: 'CancelAtPsp'; orderId: string; registered: boolean }>
   /** Run after commit: ask the PSP for the payment's status; the answer comes back as an event. */
   | Readonly<{ type: 'QueryPsp'; orderId: string }>
   /** Ask the transport to deliver the command again later (a retryable failure). */
@@ -225,8 +232,16 @@ function fromExecuting(order: PaymentOrder, event: OrderEvent, now: Date): Trans
     }
     case 'ExpiryDue':
       // Cancel first: only the PSP can say whether the buyer paid in the meantime.
-      return unchanged(order, [{ type: 'CancelAtPsp', orderId: order.id }]);
+      return unchanged(order, [cancelAtPsp(order)]);
     case 'PspCancelled':
+      // "No such payment" was true when the PSP was asked, for an order without a token. One
+      // that holds a token by now was registered since (another node's registration landed
+      // between that answer and this write) and its checkout URL may be with the buyer: expired
+      // on the old answer, it would leave a payable registration behind. Cancel that one too;
+      // the order now holds the token, so a second NOT_FOUND is the PSP's last word.
+      if (event.unregistered === true && order.pspToken !== undefined) {
+        return unchanged(order, [cancelAtPsp(order)]);
+      }
       return moved(
         { ...order, state: ORDER_STATE.expired, failureReason: EXPIRED_REASON },
         now,
@@ -333,7 +348,7 @@ function fromFinal(order: PaymentOrder, event: OrderEvent, now: Date): Transitio
       // registered): the PSP now holds a payable payment nobody links to. Cancel it; should the
       // buyer have paid it meanwhile, the cancel's answer is that charge, flagged for review.
       return endedWithoutDecision(order)
-        ? unchanged(order, [{ type: 'CancelAtPsp', orderId: order.id }])
+        ? unchanged(order, [cancelAtPsp(order)])
         : unchanged(order, []);
     case 'ExecuteOrder':
     case 'PspRegistrationFailed':
@@ -356,6 +371,10 @@ function registerWithPsp(order: PaymentOrder): Effect {
     amountMinor: order.amountMinor,
     currency: order.currency,
   };
+}
+
+function cancelAtPsp(order: PaymentOrder): Effect {
+  return { type: 'CancelAtPsp', orderId: order.id, registered: order.pspToken !== undefined };
 }
 
 function moved(next: PaymentOrder, now: Date, effects: readonly Effect[]): Transition {

@@ -117,6 +117,8 @@ const events = {
   },
   expiryDue: { type: 'ExpiryDue' },
   cancelled: { type: 'PspCancelled' },
+  // A cancel's NOT_FOUND for an order that had no token when it was asked.
+  cancelledUnregistered: { type: 'PspCancelled', unregistered: true },
   statusCheck: { type: 'StatusCheckDue' },
   notFound: { type: 'PspNotFound' },
   stillPending: { type: 'PspStillPending' },
@@ -370,6 +372,24 @@ const table: Row[] = [
       effects: [],
       check: (n) => expect(n.failureReason).toBe('EXPIRED'),
     },
+  ],
+  [
+    'EXECUTING + PspCancelled (no payment when asked) expires an order still without a token',
+    order('EXECUTING'),
+    events.cancelledUnregistered,
+    {
+      result: 'moved',
+      state: 'EXPIRED',
+      effects: [],
+      check: (n) => expect(n.failureReason).toBe('EXPIRED'),
+    },
+  ],
+  [
+    // Registered since the PSP was asked: its checkout URL may be with the buyer.
+    'EXECUTING + PspCancelled (no payment when asked) cancels a registration that landed since',
+    order('EXECUTING', registered),
+    events.cancelledUnregistered,
+    { result: 'unchanged', effects: ['CancelAtPsp'] },
   ],
   [
     'EXECUTING + StatusCheckDue asks the PSP',
