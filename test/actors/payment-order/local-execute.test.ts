@@ -1,5 +1,8 @@
 /**
- * Goal: when a run here fails and its held outbox row is handed to JetStream, a deadlock with
+ * Goal: a registration the PSP refuses for good during a run here is asked once: the order fails
+ * in that same turn and its held row goes with the FAILED write, so nothing is handed to
+ * JetStream to ask the PSP again. And when a run here fails and its held outbox row is handed to
+ * JetStream, a deadlock with
  * another writer of the outbox (the relay's pass) does not lose the hand-over: the row is still
  * released, with the attempt made here counted and due after the first backoff step, rather than
  * left held until its hold ends and relayed as if no attempt had been made.
@@ -10,12 +13,24 @@
  */
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PaymentOrderActor, type OrderMessage } from '../../../src/actors/payment-order/actor.js';
 import { LocalExecutor } from '../../../src/actors/payment-order/local-execute.js';
+import { ActorRegistry } from '../../../src/actors/runtime/registry.js';
+import { FailedPreconditionError } from '../../../src/domain/errors.js';
+import { newId } from '../../../src/domain/ids.js';
+import type { HandleOutcome } from '../../../src/messaging/command-consumer.js';
+import { findPaymentOrder } from '../../../src/storage/repositories/payment-order.repository.js';
 import { executeOrderMsgId, executeOrderPayload } from '../../../src/messaging/commands.js';
 import type { Db } from '../../../src/storage/db.js';
 import { outboxInsert } from '../../../src/storage/repositories/outbox.repository.js';
 import type { PaymentOrder } from '../../../src/domain/payment-order.js';
-import { count, openTestDatabase, uniqueSuffix, waitFor } from '../../support/harness.js';
+import {
+  count,
+  insertPaymentOfOneOrder,
+  openTestDatabase,
+  uniqueSuffix,
+  waitFor,
+} from '../../support/harness.js';
 
 const RETRY_DELAY_MS = 60_000;
 const HOLD_MS = 600_000;
@@ -117,5 +132,81 @@ describe('handing a failed local run to JetStream', () => {
     // The attempt made here is counted, and the retry is due after the first backoff step.
     expect(JSON.parse(row.payload)).toEqual({ type: 'ExecuteOrder', orderId, priorAttempts: 1 });
     expect(row.available_at.getTime()).toBeLessThan(createdAt.getTime() + 2 * RETRY_DELAY_MS);
+  });
+});
+
+describe('a registration refused for good during a run here', () => {
+  it('asks the PSP once, fails the order and deletes the held row with that write', async () => {
+    const orderId = newId('order');
+    const createdAt = new Date();
+    await insertPaymentOfOneOrder(db, {
+      paymentId: newId('payment'),
+      orderId,
+      paymentState: 'EXECUTING',
+      orderState: 'EXECUTING',
+      at: createdAt,
+    });
+    const msgId = executeOrderMsgId(orderId);
+    await db.executeQuery(
+      outboxInsert(
+        db,
+        [
+          {
+            subject: 'settle.t.cmd.0',
+            msgId,
+            payload: executeOrderPayload(orderId, 0),
+            availableAt: new Date(createdAt.getTime() + HOLD_MS),
+          },
+        ],
+        createdAt,
+      ),
+    );
+    let registrations = 0;
+    const unused = () => Promise.reject(new Error('not used by this test'));
+    const registry = new ActorRegistry<OrderMessage, HandleOutcome>(
+      'payment-order',
+      (id) =>
+        new PaymentOrderActor(id, {
+          db,
+          psp: {
+            register: () => {
+              registrations += 1;
+              return Promise.reject(new FailedPreconditionError('the PSP refused: bad request'));
+            },
+            cancel: unused,
+            getStatus: unused,
+          },
+          notificationUrl: 'http://127.0.0.1:1/webhooks/psp',
+          now: () => new Date(),
+          onTransition: () => undefined,
+        }),
+      { mailboxCapacity: 4, idleMsMax: 60_000, actorsMax: 10 },
+    );
+    const handovers: unknown[] = [];
+    const executor = new LocalExecutor(
+      {
+        db,
+        send: (id, message) => registry.send(id, message),
+        wakeRelay: () => undefined,
+        now: () => new Date(),
+        onHandover: (handover) => handovers.push(handover),
+      },
+      { holdMs: HOLD_MS, inFlightMax: 1, retryDelayMs: RETRY_DELAY_MS },
+    );
+    const order = await findPaymentOrder(db, orderId);
+    expect(executor.reserve(1, createdAt)).toBeDefined();
+    executor.run(order === undefined ? [] : [order]);
+    await executor.stop(10_000);
+    registry.stop();
+
+    expect(registrations).toBe(1);
+    expect(handovers).toEqual([]);
+    expect(executor.counts).toEqual({ deletedWithTransition: 1, handedOver: 0 });
+    expect(await findPaymentOrder(db, orderId)).toMatchObject({
+      state: 'FAILED',
+      failureReason: 'PSP_REGISTRATION_REFUSED',
+    });
+    const rows = await db.selectFrom('outbox').select('id').where('msg_id', '=', msgId).execute();
+    expect(rows).toEqual([]);
   });
 });
