@@ -76,18 +76,16 @@ export class Janitor {
   /** One pass: claims due orders and queues their commands. Returns the order ids acted on. */
   async runOnce(): Promise<JanitorPass> {
     const now = this.hooks.now();
-    const expired = await this.claimAndQueue(
-      'ExpireOrder',
-      now,
-      'created_at',
-      new Date(now.getTime() - this.options.orderExpiryMs),
-    );
-    const checked = await this.claimAndQueue(
+    const expiryBefore = new Date(now.getTime() - this.options.orderExpiryMs);
+    const first = await this.claimAndQueue('ExpireOrder', now, 'created_at', expiryBefore);
+    const second = await this.claimAndQueue(
       'CheckOrderStatus',
       now,
       'updated_at',
       new Date(now.getTime() - this.options.stuckMs),
     );
+    const expired = [...first.expired, ...second.expired];
+    const checked = second.checked;
     if (expired.length + checked.length > 0) this.hooks.wakeRelay();
     const resolvedDeadLetters = await resolveFinishedDeadLetters(
       this.db,
@@ -99,14 +97,19 @@ export class Janitor {
 
   /**
    * Claims at most batchMax unfinished orders whose `column` is before `before` (oldest first)
-   * and not leased, and queues a `type` command for each, in one transaction.
+   * and not leased, and queues a `type` command for each, in one transaction. An order that is
+   * past its expiry gets ExpireOrder whatever `type` says: a status check would register one
+   * that never reached the PSP, handing out a checkout for an order past its deadline. The
+   * expiry's own claim takes batchMax orders a pass, so after a PSP outage the status check's
+   * claim finds such orders too.
    */
   private async claimAndQueue(
     type: 'ExpireOrder' | 'CheckOrderStatus',
     now: Date,
     column: 'created_at' | 'updated_at',
     before: Date,
-  ): Promise<string[]> {
+  ): Promise<{ expired: string[]; checked: string[] }> {
+    const expiryBefore = now.getTime() - this.options.orderExpiryMs;
     // Fits janitor_owner (64): 36 (uuid) + 1 + 13 (ms) + 2.
     const claim = `${this.owner}:${now.getTime()}:${type === 'ExpireOrder' ? 'x' : 'c'}`;
     const leaseUntil = new Date(now.getTime() + this.options.leaseMs);
@@ -126,10 +129,10 @@ export class Janitor {
       // read of both states at once sorts every due order of both before the LIMIT, every pass:
       // at 100,000 stuck orders that read alone took 228–249 ms, and a whole pass this way
       // 25–34 ms (`npm run bench:janitor`).
-      const candidates: Array<{ id: string; at: Date }> = [];
+      const candidates: Array<{ id: string; at: Date; created_at: Date }> = [];
       for (const state of UNFINISHED_STATES) {
-        const { rows } = await sql<{ id: string; at: Date }>`
-          SELECT id, ${sql.ref(column)} AS at FROM payment_order
+        const { rows } = await sql<{ id: string; at: Date; created_at: Date }>`
+          SELECT id, ${sql.ref(column)} AS at, created_at FROM payment_order
           WHERE state = ${state} AND ${due}
           ORDER BY ${sql.ref(column)}
           LIMIT ${this.options.batchMax}`.execute(trx);
@@ -138,7 +141,7 @@ export class Janitor {
       const found = candidates
         .sort((a, b) => a.at.getTime() - b.at.getTime())
         .slice(0, this.options.batchMax);
-      if (found.length === 0) return [];
+      if (found.length === 0) return { expired: [], checked: [] };
       const foundIds = found.map((row) => row.id);
       const claimed = await sql`
         UPDATE payment_order
@@ -157,12 +160,20 @@ export class Janitor {
                 .where('janitor_owner', '=', claim)
                 .execute()
             ).map((row) => row.id);
+      const pastExpiry = new Set(
+        found.filter((row) => row.created_at.getTime() < expiryBefore).map((row) => row.id),
+      );
+      const expired = ids.filter((id) => type === 'ExpireOrder' || pastExpiry.has(id));
+      const checked = ids.filter((id) => type === 'CheckOrderStatus' && !pastExpiry.has(id));
       await enqueueOutbox(
         trx,
-        ids.map((id) => janitorMessage(this.names, type, id, now.getTime())),
+        [
+          ...expired.map((id) => janitorMessage(this.names, 'ExpireOrder', id, now.getTime())),
+          ...checked.map((id) => janitorMessage(this.names, 'CheckOrderStatus', id, now.getTime())),
+        ],
         now,
       );
-      return ids;
+      return { expired, checked };
     });
   }
 }

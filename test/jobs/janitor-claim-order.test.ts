@@ -3,7 +3,10 @@
  * states (NOT_STARTED and EXECUTING, which it reads one state at a time, each in its index's
  * order), skips the ones another pass has leased, and takes at most batchMax. Method: a migrated
  * database of its own with orders of both states written a second apart; one pass with a batch
- * smaller than what is due; the claimed ids and the lease columns are read back.
+ * smaller than what is due; the claimed ids and the lease columns are read back. And an order past
+ * its expiry is expired even when it is the status check's claim that finds it (more orders due
+ * for expiry than a batch, after a PSP outage): a check would register one that never reached the
+ * PSP, handing out a checkout past the order's deadline. Read back from the outbox.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sql } from 'kysely';
@@ -74,5 +77,39 @@ describe('janitor claim order', () => {
     // The next pass takes what is left: the newest.
     const next = await janitor.runOnce();
     expect(next.expired).toEqual([newest]);
+  });
+
+  it('expires an order past its expiry that the status check finds, rather than checking it', async () => {
+    // Only this case's orders are unfinished.
+    await sql`UPDATE payment_order SET state = 'FAILED'`.execute(db);
+    const now = new Date();
+    const older = await insertOrder('X01', 'EXECUTING', new Date(now.getTime() - HOUR_MS));
+    const newer = await insertOrder('X02', 'EXECUTING', new Date(now.getTime() - HOUR_MS + 1_000));
+    const janitor = new Janitor(
+      db,
+      names('jorder', 1),
+      {
+        orderExpiryMs: 15 * 60_000,
+        stuckMs: 60_000, // both are quiet long enough for a status check too
+        intervalMs: 60_000,
+        batchMax: 1, // the expiry's claim takes one of the two
+        leaseMs: 60_000,
+      },
+      { now: () => now, wakeRelay: () => {} },
+    );
+    const pass = await janitor.runOnce();
+    expect([...pass.expired].sort()).toEqual([older, newer].sort());
+    expect(pass.checked).toEqual([]);
+    const { rows } = await sql<{ payload: string }>`
+      SELECT payload FROM outbox WHERE payload LIKE ${'%"orderId":"ord_01JD2Q7Z8X9Y0A1B2C3D4E5X0%'}`.execute(
+      db,
+    );
+    expect(rows.map((row) => JSON.parse(row.payload) as unknown)).toEqual(
+      expect.arrayContaining([
+        { type: 'ExpireOrder', orderId: older },
+        { type: 'ExpireOrder', orderId: newer },
+      ]),
+    );
+    expect(rows).toHaveLength(2);
   });
 });
