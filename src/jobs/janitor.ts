@@ -113,6 +113,20 @@ export class Janitor {
     // Fits janitor_owner (64): 36 (uuid) + 1 + 13 (ms) + 2.
     const claim = `${this.owner}:${now.getTime()}:${type === 'ExpireOrder' ? 'x' : 'c'}`;
     const leaseUntil = new Date(now.getTime() + this.options.leaseMs);
+    // A status check's lease ends at the order's deadline at the latest, so that the expiry
+    // never waits for it: an unpaid order is checked every JANITOR_STUCK_MS, and a check's whole
+    // lease would put its expiry (the cancel that makes it unpayable) off by up to
+    // JANITOR_LEASE_MS. An order already past its deadline is expired by this claim (below) and
+    // keeps the whole lease, or the next pass would expire it again.
+    const expiryMs = this.options.orderExpiryMs;
+    const lease =
+      type === 'ExpireOrder'
+        ? sql`${leaseUntil}`
+        : sql`CASE
+            WHEN created_at < ${new Date(expiryBefore)} THEN ${leaseUntil}
+            WHEN created_at < ${new Date(leaseUntil.getTime() - expiryMs)}
+              THEN created_at + INTERVAL ${expiryMs * 1_000} MICROSECOND
+            ELSE ${leaseUntil} END`;
     const due = sql`${sql.ref(column)} < ${before}
       AND (janitor_lease_until IS NULL OR janitor_lease_until < ${now})`;
     const claimable = sql`state IN (${sql.join(UNFINISHED_STATES)}) AND ${due}`;
@@ -145,7 +159,7 @@ export class Janitor {
       const foundIds = found.map((row) => row.id);
       const claimed = await sql`
         UPDATE payment_order
-        SET janitor_lease_until = ${leaseUntil}, janitor_owner = ${claim}
+        SET janitor_lease_until = ${lease}, janitor_owner = ${claim}
         WHERE id IN (${sql.join(foundIds)}) AND ${claimable}`.execute(trx);
       // Usually every order found is claimed. When another pass took some in between, the ones
       // this UPDATE claimed are those of the found ids that now carry this pass's claim.

@@ -6,7 +6,8 @@
  * smaller than what is due; the claimed ids and the lease columns are read back. And an order past
  * its expiry is expired even when it is the status check's claim that finds it (more orders due
  * for expiry than a batch, after a PSP outage): a check would register one that never reached the
- * PSP, handing out a checkout past the order's deadline. Read back from the outbox.
+ * PSP, handing out a checkout past the order's deadline. Read back from the outbox. Nor does a
+ * status check's lease put off the order's expiry: passes at chosen times, leases read back.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sql } from 'kysely';
@@ -111,5 +112,34 @@ describe('janitor claim order', () => {
       ]),
     );
     expect(rows).toHaveLength(2);
+  });
+
+  it("expires an unpaid order at its deadline even while a status check's lease runs", async () => {
+    await sql`UPDATE payment_order SET state = 'FAILED'`.execute(db);
+    const start = Date.now();
+    const expiryMs = 15 * 60_000;
+    const createdAt = new Date(start - 10 * 60_000);
+    const orderId = await insertOrder('L01', 'EXECUTING', createdAt);
+    let nowMs = start;
+    const janitor = new Janitor(
+      db,
+      names('jorder', 1),
+      {
+        orderExpiryMs: expiryMs,
+        stuckMs: 60_000,
+        intervalMs: 60_000,
+        batchMax: 10,
+        leaseMs: 60 * 60_000, // far beyond the order's deadline
+      },
+      { now: () => new Date(nowMs), wakeRelay: () => {} },
+    );
+    expect(await janitor.runOnce()).toMatchObject({ expired: [], checked: [orderId] });
+    const { rows } = await sql<{ lease: Date }>`
+      SELECT janitor_lease_until AS lease FROM payment_order WHERE id = ${orderId}`.execute(db);
+    expect(rows[0]?.lease.getTime()).toBe(createdAt.getTime() + expiryMs);
+
+    // Just past the deadline, well within what the check's lease would have been.
+    nowMs = createdAt.getTime() + expiryMs + 1_000;
+    expect(await janitor.runOnce()).toMatchObject({ expired: [orderId], checked: [] });
   });
 });
