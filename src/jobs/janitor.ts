@@ -3,7 +3,8 @@
  * - an order unpaid past ORDER_EXPIRY_MS gets ExpireOrder (the actor cancels at the PSP first,
  *   and only the PSP's answer decides EXPIRED vs SUCCEEDED/FAILED);
  * - an unfinished order quiet for JANITOR_STUCK_MS gets CheckOrderStatus (the actor asks the PSP
- *   by nonce; a lost ExecuteOrder is restarted, a lost webhook is recovered);
+ *   by nonce; a lost ExecuteOrder is restarted, a lost webhook is recovered), unless it is past
+ *   its expiry, and the lease of a check ends at the order's deadline at the latest;
  * - an OPEN dead letter whose order has reached a final state since is RESOLVED.
  * Orders are claimed with a lease by one conditional UPDATE, so however many nodes run a janitor,
  * only one pass acts on an order per lease period. The commands go through the outbox like any
