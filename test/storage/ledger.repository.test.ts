@@ -10,6 +10,8 @@ import { sql } from 'kysely';
 import type { Db } from '../../src/storage/db.js';
 import { inTransaction } from '../../src/storage/transaction.js';
 import {
+  creditWallets,
+  findWallet,
   postLedgerTransaction,
   trialBalanceByCurrency,
   trialBalancePage,
@@ -270,5 +272,50 @@ describe('trialBalancePage', () => {
         'page_token: invalid or from a request with other filters; start again without page_token',
       );
     }
+  });
+});
+
+describe('creditWallets', () => {
+  const credit = (sellerId: string, amountMinor: bigint, at: Date) => ({
+    sellerId,
+    currency: 'USD' as const,
+    amountMinor,
+    now: at,
+  });
+  const walletRow = async (sellerId: string) =>
+    (
+      await sql<{ balance_minor: string; version: string }>`
+        SELECT balance_minor, version FROM wallet WHERE seller_id = ${sellerId}`.execute(db)
+    ).rows[0];
+
+  it('adds up a batch per seller: version counts the credits, and the sums stay exact past 2^53', async () => {
+    const at = new Date('2026-01-02T03:04:05.006Z');
+    // 2^53 + 1 is not a JS number: a Number() anywhere on the way would round it.
+    const big = 9_007_199_254_740_993n;
+    await inTransaction(db, (trx) =>
+      creditWallets(trx, [
+        credit('cw-b', 5n, at),
+        credit('cw-a', big, at),
+        credit('cw-b', 7n, at),
+        credit('cw-a', 1n, at),
+        credit('cw-b', 11n, at),
+      ]),
+    );
+    await inTransaction(db, (trx) => creditWallets(trx, [credit('cw-a', 2n, at)]));
+    expect(await walletRow('cw-a')).toEqual({ balance_minor: (big + 3n).toString(), version: '3' });
+    expect(await walletRow('cw-b')).toEqual({ balance_minor: '23', version: '3' });
+    expect((await findWallet(db, 'cw-a'))?.balanceMinor).toBe(big + 3n);
+  });
+
+  it('keeps the latest update time when a batch made earlier commits after a later one', async () => {
+    // Two batches of a hot seller in flight: the one made at `earlier` waits for the wallet's
+    // row lock held by the one made at `later`, and commits second.
+    const earlier = new Date('2026-01-02T03:04:05.000Z');
+    const later = new Date('2026-01-02T03:04:06.000Z');
+    await inTransaction(db, (trx) => creditWallets(trx, [credit('cw-hot', 10n, later)]));
+    await inTransaction(db, (trx) => creditWallets(trx, [credit('cw-hot', 20n, earlier)]));
+    const wallet = await findWallet(db, 'cw-hot');
+    expect(wallet?.balanceMinor).toBe(30n);
+    expect(wallet?.updatedAt).toEqual(later);
   });
 });

@@ -185,8 +185,10 @@ export type WalletCredit = Readonly<{
  * `creditWallet` for many credits in one statement. Credits to the same seller are added up
  * first, so a hot seller's wallet row is written (and locked) once per batch instead of once per
  * order; `version` still grows by one per credit. Rows are written in seller order, so two
- * batches lock wallets in the same order. (VALUES() in ON DUPLICATE KEY UPDATE is deprecated in
- * MySQL 8.0.20+ but still supported in 8.4; MariaDB has no row-alias syntax to replace it.)
+ * batches lock wallets in the same order. `updated_at` only moves forward: a batch made earlier
+ * can commit later (it waited for the row lock of a hot seller's wallet held by a later one).
+ * (VALUES() in ON DUPLICATE KEY UPDATE is deprecated in MySQL 8.0.20+ but still supported in
+ * 8.4; MariaDB has no row-alias syntax to replace it.)
  */
 export async function creditWallets(trx: Trx, credits: readonly WalletCredit[]): Promise<void> {
   const statement = walletCredits(trx, credits);
@@ -222,7 +224,7 @@ export function walletCredits(
     ON DUPLICATE KEY UPDATE
       balance_minor = balance_minor + VALUES(balance_minor),
       version = version + VALUES(version),
-      updated_at = VALUES(updated_at)`.compile(db);
+      updated_at = GREATEST(updated_at, VALUES(updated_at))`.compile(db);
 }
 
 export type Wallet = Readonly<{
