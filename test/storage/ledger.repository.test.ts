@@ -131,6 +131,34 @@ describe('unbalancedLedgerTransactions and trialBalanceByCurrency', () => {
   });
 });
 
+describe('the trial balance while bookings commit', () => {
+  it('never shows half a transaction: its totals stay zero before, during and after', async () => {
+    const totalsNow = async () =>
+      (await trialBalanceByCurrency(db)).map((t) => [t.currency, t.balanceMinor]);
+    const before = await totalsNow();
+    let seenDuring: unknown;
+    await inTransaction(db, async (trx) => {
+      await postLedgerTransaction(trx, {
+        id: 'ltx_READWHILEBOOKING0000000000',
+        orderId: 'ord_READWHILEBOOKING',
+        kind: 'PAYMENT',
+        currency: 'USD',
+        entries: entries(9_007_199_254_740_993n, 9_007_199_254_740_993n),
+        now,
+      });
+      // Another connection reads while this booking is written but not committed.
+      seenDuring = await totalsNow();
+    });
+    expect(seenDuring).toEqual(before);
+    expect(await totalsNow()).toEqual(before);
+    const page = await trialBalancePage(db, { limit: 1_000 });
+    expect(page.accounts.reduce((sum, a) => sum + a.balanceMinor, 0n)).toBe(0n);
+    expect(
+      page.accounts.find((a) => a.account === 'seller_payable:s1')?.creditMinor,
+    ).toBeGreaterThanOrEqual(9_007_199_254_740_993n);
+  });
+});
+
 describe('walletsNotMatchingLedger', () => {
   it('names a wallet that differs from its payable account, and an account with no wallet', async () => {
     // Payable accounts: m (matches its wallet), d (its wallet says 1 more), n (no wallet).
