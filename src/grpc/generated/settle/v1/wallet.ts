@@ -1277,7 +1277,13 @@ export const WalletServiceClient = makeGenericClientConstructor(
 /** The double-entry ledger. Every ledger transaction's entries balance (debits equal credits). */
 export type LedgerServiceService = typeof LedgerServiceService;
 export const LedgerServiceService = {
-  /** Lists ledger entries, oldest first, optionally for one account or one payment order. */
+  /**
+   * Lists ledger entries, oldest first (by entry_id), optionally for one account or one payment
+   * order. Bookings commit concurrently, so an entry can become visible after entries with a
+   * higher entry_id were listed: a page token does not tail the ledger. A listing made while
+   * bookings commit can miss entries committed meanwhile; list again from the first page to see
+   * them. One payment order's entries are never missed this way: they are booked one after another.
+   */
   listEntries: {
     path: "/settle.v1.LedgerService/ListEntries" as const,
     requestStream: false as const,
@@ -1305,7 +1311,13 @@ export const LedgerServiceService = {
 } as const;
 
 export interface LedgerServiceServer extends UntypedServiceImplementation {
-  /** Lists ledger entries, oldest first, optionally for one account or one payment order. */
+  /**
+   * Lists ledger entries, oldest first (by entry_id), optionally for one account or one payment
+   * order. Bookings commit concurrently, so an entry can become visible after entries with a
+   * higher entry_id were listed: a page token does not tail the ledger. A listing made while
+   * bookings commit can miss entries committed meanwhile; list again from the first page to see
+   * them. One payment order's entries are never missed this way: they are booked one after another.
+   */
   listEntries: handleUnaryCall<ListEntriesRequest, ListEntriesResponse>;
   /**
    * Sums debits minus credits per account and currency, a page of accounts at a time (AIP-158),
@@ -1315,7 +1327,13 @@ export interface LedgerServiceServer extends UntypedServiceImplementation {
 }
 
 export interface LedgerServiceClient extends Client {
-  /** Lists ledger entries, oldest first, optionally for one account or one payment order. */
+  /**
+   * Lists ledger entries, oldest first (by entry_id), optionally for one account or one payment
+   * order. Bookings commit concurrently, so an entry can become visible after entries with a
+   * higher entry_id were listed: a page token does not tail the ledger. A listing made while
+   * bookings commit can miss entries committed meanwhile; list again from the first page to see
+   * them. One payment order's entries are never missed this way: they are booked one after another.
+   */
   listEntries(
     request: ListEntriesRequest,
     callback: (error: ServiceError | null, response: ListEntriesResponse) => void,
