@@ -12,6 +12,7 @@ import { inTransaction } from '../../src/storage/transaction.js';
 import {
   creditWallets,
   findWallet,
+  WalletCurrencyMismatchError,
   postLedgerTransaction,
   trialBalanceByCurrency,
   trialBalancePage,
@@ -24,6 +25,7 @@ import {
 } from '../../src/storage/repositories/ledger.repository.js';
 import { isCheckViolation, isDuplicateKey } from '../../src/storage/errors.js';
 import { encodePageToken } from '../../src/domain/page-token.js';
+import type { CurrencyCode } from '../../src/domain/money.js';
 import { expectLedgerBalanced, openTestDatabase } from '../support/harness.js';
 
 let db: Db;
@@ -333,6 +335,33 @@ describe('creditWallets', () => {
     expect(await walletRow('cw-a')).toEqual({ balance_minor: (big + 3n).toString(), version: '3' });
     expect(await walletRow('cw-b')).toEqual({ balance_minor: '23', version: '3' });
     expect((await findWallet(db, 'cw-a'))?.balanceMinor).toBe(big + 3n);
+  });
+
+  it('refuses a credit in another currency than its wallet, and changes nothing', async () => {
+    const at = new Date('2026-01-02T03:04:05.000Z');
+    await sql`INSERT INTO wallet (seller_id, currency, balance_minor, version, updated_at)
+      VALUES ('cw-eur', 'EUR', 100, 1, ${at})`.execute(db);
+    await expect(
+      inTransaction(db, (trx) =>
+        creditWallets(trx, [credit('cw-fresh', 1n, at), credit('cw-eur', 50n, at)]),
+      ),
+    ).rejects.toThrow(/out of range/);
+    expect(await walletRow('cw-eur')).toEqual({ balance_minor: '100', version: '1' });
+    // The whole statement failed: the other seller's new wallet was not written either.
+    expect(await walletRow('cw-fresh')).toBeUndefined();
+  });
+
+  it('refuses credits of one seller in two currencies in one batch', async () => {
+    const at = new Date('2026-01-02T03:04:05.000Z');
+    await expect(
+      inTransaction(db, (trx) =>
+        creditWallets(trx, [
+          credit('cw-mixed', 1n, at),
+          { ...credit('cw-mixed', 2n, at), currency: 'EUR' as CurrencyCode },
+        ]),
+      ),
+    ).rejects.toThrow(WalletCurrencyMismatchError);
+    expect(await walletRow('cw-mixed')).toBeUndefined();
   });
 
   it('keeps the latest update time when a batch made earlier commits after a later one', async () => {

@@ -174,6 +174,14 @@ export function ledgerPosting(
   return { inserts, storedSums, checkStored, balancedGuard };
 }
 
+/**
+ * A credit in another currency than its seller's wallet, or than another credit of the same seller
+ * in its batch. A wallet holds one currency, so such a credit is refused, never added.
+ */
+export class WalletCurrencyMismatchError extends Error {
+  override readonly name = 'WalletCurrencyMismatchError';
+}
+
 export type WalletCredit = Readonly<{
   sellerId: string;
   currency: CurrencyCode;
@@ -188,7 +196,10 @@ export type WalletCredit = Readonly<{
  * batches lock wallets in the same order. `updated_at` only moves forward: a batch made earlier
  * can commit later (it waited for the row lock of a hot seller's wallet held by a later one).
  * (VALUES() in ON DUPLICATE KEY UPDATE is deprecated in MySQL 8.0.20+ but still supported in
- * 8.4; MariaDB has no row-alias syntax to replace it.)
+ * 8.4; MariaDB has no row-alias syntax to replace it.) A credit in another currency than its
+ * wallet's fails the statement, and so its transaction: ~0 plus the credit overflows BIGINT
+ * UNSIGNED, an error (1690) whatever the sql_mode, where SIGNAL would need a stored program.
+ * Credits of one seller in two currencies in one batch throw WalletCurrencyMismatchError.
  */
 export async function creditWallets(trx: Trx, credits: readonly WalletCredit[]): Promise<void> {
   const statement = walletCredits(trx, credits);
@@ -207,6 +218,14 @@ export function walletCredits(
     if (sum === undefined) {
       bySeller.set(credit.sellerId, { credit, total: credit.amountMinor, count: 1 });
     } else {
+      // Typed as strings: CurrencyCode has one member today, which would make this `never`.
+      const [first, other]: readonly string[] = [sum.credit.currency, credit.currency];
+      if (other !== first) {
+        throw new WalletCurrencyMismatchError(
+          `seller ${credit.sellerId} is credited in ${first} and ${other} in one batch; ` +
+            'a wallet holds one currency',
+        );
+      }
       sum.total += credit.amountMinor;
       sum.count += 1;
       if (credit.now > sum.credit.now) sum.credit = credit;
@@ -222,7 +241,8 @@ export function walletCredits(
       ),
     )}
     ON DUPLICATE KEY UPDATE
-      balance_minor = balance_minor + VALUES(balance_minor),
+      balance_minor = IF(currency = VALUES(currency),
+        balance_minor + VALUES(balance_minor), ~0 + VALUES(balance_minor)),
       version = version + VALUES(version),
       updated_at = GREATEST(updated_at, VALUES(updated_at))`.compile(db);
 }
