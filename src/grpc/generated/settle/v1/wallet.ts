@@ -87,7 +87,11 @@ export interface AccountBalance {
 }
 
 export interface GetTrialBalanceResponse {
-  /** One page of (account, currency) balances, ordered by account, then currency. */
+  /**
+   * One page of (account, currency) balances, ordered by account, then currency. Each page is
+   * read at its own time: a booking that commits between two pages can count on a later page and
+   * not on an earlier one, so the accounts of all pages added up need not be zero. `totals` are.
+   */
   accounts: AccountBalance[];
   /**
    * Sum of every account's balance per currency over the whole ledger, not only this page, as
