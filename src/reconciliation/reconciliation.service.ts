@@ -682,7 +682,11 @@ export class ReconciliationService {
       walletsChecked: await countWallets(db),
       walletsMatchLedger: differences.length === 0,
       walletsNotMatching: BigInt(differences.length),
-      walletDifferences: differences.slice(0, WALLET_DIFFERENCES_MAX),
+      // The stored and served shape has no currencies: a wallet in the wrong currency shows as
+      // a difference with equal amounts.
+      walletDifferences: differences
+        .slice(0, WALLET_DIFFERENCES_MAX)
+        .map(({ sellerId, walletMinor, ledgerMinor }) => ({ sellerId, walletMinor, ledgerMinor })),
     };
   }
 }

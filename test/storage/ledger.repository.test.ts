@@ -131,6 +131,27 @@ describe('unbalancedLedgerTransactions and trialBalanceByCurrency', () => {
       );
     }
   });
+
+  it('name a transaction whose amounts cancel out across two currencies', async () => {
+    // 7 EUR debited against 7 USD credited, and the reverse in another transaction: each sums to
+    // zero, and so does each currency over the whole ledger.
+    await sql`INSERT INTO ledger_entry (transaction_id, account, order_id, kind, currency, debit_minor, credit_minor, created_at)
+      VALUES ('ltx_MIXEDA0000000000000000000', 'psp_receivable', 'ord_MA', 'PAYMENT_RECEIVABLE', 'EUR', 7, 0, ${now}),
+             ('ltx_MIXEDA0000000000000000000', 'seller_payable:s1', 'ord_MA', 'PAYMENT_PAYABLE', 'USD', 0, 7, ${now}),
+             ('ltx_MIXEDB0000000000000000000', 'psp_receivable', 'ord_MB', 'PAYMENT_RECEIVABLE', 'USD', 7, 0, ${now}),
+             ('ltx_MIXEDB0000000000000000000', 'seller_payable:s1', 'ord_MB', 'PAYMENT_PAYABLE', 'EUR', 0, 7, ${now})`.execute(
+      db,
+    );
+    try {
+      expect(await unbalancedLedgerTransactions(db)).toEqual([
+        'ltx_MIXEDA0000000000000000000',
+        'ltx_MIXEDB0000000000000000000',
+      ]);
+      expect((await trialBalanceByCurrency(db)).every((t) => t.balanceMinor === 0n)).toBe(true);
+    } finally {
+      await sql`DELETE FROM ledger_entry WHERE transaction_id LIKE 'ltx_MIXED%'`.execute(db);
+    }
+  });
 });
 
 describe('the trial balance while bookings commit', () => {
@@ -191,17 +212,38 @@ describe('walletsNotMatchingLedger', () => {
     await post('ord_WM1', 'wm', 700n);
     await post('ord_WD1', 'wd', 500n);
     await post('ord_WN1', 'wn', 40n);
+    await post('ord_WE1', 'we', 300n);
+    // we: the right amount in the wrong currency.
     await sql`INSERT INTO wallet (seller_id, currency, balance_minor, version, updated_at)
       VALUES ('wm', 'USD', 700, 1, ${now}), ('wd', 'USD', 501, 1, ${now}),
-             ('wz', 'USD', 0, 1, ${now})`.execute(db);
+             ('wz', 'USD', 0, 1, ${now}), ('we', 'EUR', 300, 1, ${now})`.execute(db);
     const differing = await walletsNotMatchingLedger(db);
     expect(
       differing
         .filter((row) => row.sellerId.startsWith('w'))
         .sort((a, b) => a.sellerId.localeCompare(b.sellerId)),
     ).toEqual([
-      { sellerId: 'wd', walletMinor: 501n, ledgerMinor: 500n },
-      { sellerId: 'wn', walletMinor: 0n, ledgerMinor: 40n },
+      {
+        sellerId: 'wd',
+        walletMinor: 501n,
+        ledgerMinor: 500n,
+        walletCurrency: 'USD',
+        ledgerCurrencies: 'USD',
+      },
+      {
+        sellerId: 'we',
+        walletMinor: 300n,
+        ledgerMinor: 300n,
+        walletCurrency: 'EUR',
+        ledgerCurrencies: 'USD',
+      },
+      {
+        sellerId: 'wn',
+        walletMinor: 0n,
+        ledgerMinor: 40n,
+        walletCurrency: '',
+        ledgerCurrencies: 'USD',
+      },
     ]);
   });
 });

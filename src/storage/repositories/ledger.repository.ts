@@ -426,14 +426,16 @@ export async function trialBalancePage(
 const UNBALANCED_LISTED_MAX = 1_000;
 
 /**
- * Ledger transactions whose stored entries do not balance (debits differ from credits); empty when
- * every one balances. postLedgerTransactions never commits one, so any id here is a bug. At most
- * UNBALANCED_LISTED_MAX ids.
+ * Ledger transactions whose stored entries do not balance (debits differ from credits) or mix
+ * currencies; empty when every one balances. A transaction is in one currency, so entries in two
+ * are unbalanced in each even when the amounts cancel out (7 EUR debited against 7 USD credited);
+ * another transaction can then hide the difference from the trial balance. postLedgerTransactions
+ * never commits one, so any id here is a bug. At most UNBALANCED_LISTED_MAX ids.
  */
 export async function unbalancedLedgerTransactions(db: Db): Promise<string[]> {
   const result = await sql<{ transaction_id: string }>`
     SELECT transaction_id FROM ledger_entry GROUP BY transaction_id
-    HAVING SUM(debit_minor) <> SUM(credit_minor)
+    HAVING SUM(debit_minor) <> SUM(credit_minor) OR MIN(currency) <> MAX(currency)
     ORDER BY transaction_id LIMIT ${UNBALANCED_LISTED_MAX}`.execute(db);
   return result.rows.map((row) => row.transaction_id);
 }
@@ -473,35 +475,56 @@ export async function trialBalanceByCurrency(db: Db): Promise<CurrencyBalance[]>
 }
 
 /**
- * Sellers whose wallet differs from their payable account (credits minus debits). Empty when the
- * wallets agree with the ledger. The wallets join the accounts' sums by the account's name, not
- * by a seller id cut out of it: MariaDB indexes a derived table on a column (its `key0`), never
- * on an expression, and would otherwise compare every wallet with every account (36.6 s against
- * 1.0 s with 18,000 sellers and 533,000 entries).
+ * Sellers whose wallet differs from their payable account (credits minus debits), in amount or in
+ * currency (`ledgerCurrencies` is the account's currency, or its lowest and highest when entries
+ * mix them). Empty when the wallets agree with the ledger. The wallets join the accounts' sums by
+ * the account's name, not by a seller id cut out of it: MariaDB indexes a derived table on a
+ * column (its `key0`), never on an expression, and would otherwise compare every wallet with every
+ * account (36.6 s against 1.0 s with 18,000 sellers and 533,000 entries).
  */
-export async function walletsNotMatchingLedger(
-  db: Db,
-): Promise<Array<{ sellerId: string; walletMinor: bigint; ledgerMinor: bigint }>> {
-  const result = await sql<{ seller_id: string; wallet_minor: string; ledger_minor: string }>`
-    SELECT w.seller_id, w.balance_minor AS wallet_minor,
-           COALESCE(l.net, 0) AS ledger_minor
+export async function walletsNotMatchingLedger(db: Db): Promise<
+  Array<{
+    sellerId: string;
+    walletMinor: bigint;
+    ledgerMinor: bigint;
+    walletCurrency: string;
+    ledgerCurrencies: string;
+  }>
+> {
+  // Each branch names the column it joins on; a seller_id column in the first branch's derived
+  // table too makes MariaDB 10.11 take 3 s instead of 0.4 s on the figures above.
+  const accounts = (key: 'account' | 'seller_id') => sql`
+    SELECT ${key === 'account' ? sql`account` : sql`SUBSTRING(account, ${SELLER_PAYABLE_PREFIX.length + 1}) AS seller_id`},
+           SUM(credit_minor) - SUM(debit_minor) AS net,
+           MIN(currency) AS currency_min, MAX(currency) AS currency_max
+    FROM ledger_entry WHERE account LIKE ${SELLER_PAYABLE_PREFIX + '%'}
+    GROUP BY account`;
+  const currencies = sql`CASE WHEN l.currency_min = l.currency_max THEN l.currency_min
+    ELSE CONCAT(l.currency_min, '..', l.currency_max) END`;
+  const result = await sql<{
+    seller_id: string;
+    wallet_minor: string;
+    ledger_minor: string;
+    wallet_currency: string;
+    ledger_currencies: string | null;
+  }>`
+    SELECT w.seller_id, w.balance_minor AS wallet_minor, COALESCE(l.net, 0) AS ledger_minor,
+           w.currency AS wallet_currency, ${currencies} AS ledger_currencies
     FROM wallet w
-    LEFT JOIN (
-      SELECT account, SUM(credit_minor) - SUM(debit_minor) AS net
-      FROM ledger_entry WHERE account LIKE ${SELLER_PAYABLE_PREFIX + '%'}
-      GROUP BY account) l ON l.account = CONCAT(${SELLER_PAYABLE_PREFIX}, w.seller_id)
+    LEFT JOIN (${accounts('account')}) l ON l.account = CONCAT(${SELLER_PAYABLE_PREFIX}, w.seller_id)
     WHERE w.balance_minor <> COALESCE(l.net, 0)
+       OR w.currency <> COALESCE(l.currency_min, w.currency)
+       OR w.currency <> COALESCE(l.currency_max, w.currency)
     UNION ALL
-    SELECT l.seller_id, 0, l.net FROM (
-      SELECT SUBSTRING(account, ${SELLER_PAYABLE_PREFIX.length + 1}) AS seller_id,
-             SUM(credit_minor) - SUM(debit_minor) AS net
-      FROM ledger_entry WHERE account LIKE ${SELLER_PAYABLE_PREFIX + '%'}
-      GROUP BY account) l
+    SELECT l.seller_id, 0, l.net, '', ${currencies}
+    FROM (${accounts('seller_id')}) l
     LEFT JOIN wallet w ON w.seller_id = l.seller_id
     WHERE w.seller_id IS NULL AND l.net <> 0`.execute(db);
   return result.rows.map((row) => ({
     sellerId: row.seller_id,
     walletMinor: BigInt(row.wallet_minor),
     ledgerMinor: BigInt(row.ledger_minor),
+    walletCurrency: row.wallet_currency,
+    ledgerCurrencies: row.ledger_currencies ?? '',
   }));
 }
