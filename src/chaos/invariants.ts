@@ -38,6 +38,7 @@ export type ObservedOrder = Readonly<{
   sellerId: string;
   state: string;
   amountMinor: bigint;
+  currency: string;
   pspReference: string | null;
   failureReason: string | null;
   reviewReason: string | null;
@@ -49,17 +50,24 @@ export type ObservedPayment = Readonly<{
   buyerId: string;
   requestId: string;
   state: string;
+  /** The payment's total: the sum of its orders' amounts. */
+  amountMinor: bigint;
   ordersTotal: number;
   ordersSucceeded: number;
   ordersFailed: number;
 }>;
 
-export type ObservedCharge = Readonly<{ nonce: string; pspReference: string; amountMinor: bigint }>;
+export type ObservedCharge = Readonly<{
+  nonce: string;
+  pspReference: string;
+  amountMinor: bigint;
+  currency: string;
+}>;
 
 /** The PSP mock's payment states (its own records). */
 export type PspPaymentState = 'REGISTERED' | 'SUCCEEDED' | 'DECLINED' | 'CANCELLED';
 
-/** Net credit of one account by an order's PAYMENT ledger transactions. */
+/** Net credit of one account by an order's ledger transactions, of any kind. */
 export type ObservedCredit = Readonly<{ account: string; creditMinor: bigint }>;
 
 /**
@@ -73,7 +81,10 @@ export type Observed = Readonly<{
   payments: readonly ObservedPayment[];
   /** PAYMENT ledger transactions per order: how many and their total. */
   ledgerByOrder: ReadonlyMap<string, { count: number; amountMinor: bigint }>;
-  /** Per order, the seller_payable accounts its PAYMENT ledger transactions credit (net). */
+  /**
+   * Per order, the seller_payable accounts its ledger transactions of any kind credit (net): only a
+   * PAYMENT may credit a seller, so a second transaction of another kind is money invented.
+   */
   sellerCreditsByOrder: ReadonlyMap<string, readonly ObservedCredit[]>;
   unbalancedTransactions: readonly string[];
   /** Currencies whose trial balance is not zero, with the balance. */
@@ -153,6 +164,7 @@ export async function observe(sources: { db: Db; psp: PspServiceClient }): Promi
       'seller_id',
       'state',
       'amount_minor',
+      'currency',
       'psp_reference',
       'failure_reason',
       'review_reason',
@@ -166,6 +178,7 @@ export async function observe(sources: { db: Db; psp: PspServiceClient }): Promi
       'buyer_id',
       'request_id',
       'state',
+      'amount_minor',
       'orders_total',
       'orders_succeeded',
       'orders_failed',
@@ -176,10 +189,9 @@ export async function observe(sources: { db: Db; psp: PspServiceClient }): Promi
     SELECT order_id, COUNT(*) AS n, SUM(amount_minor) AS amount
     FROM ledger_transaction WHERE kind = 'PAYMENT' GROUP BY order_id`.execute(db);
   const credits = await sql<{ order_id: string; account: string; credit: string }>`
-    SELECT e.order_id, e.account, SUM(e.credit_minor) - SUM(e.debit_minor) AS credit
-    FROM ledger_entry e JOIN ledger_transaction t ON t.id = e.transaction_id
-    WHERE t.kind = 'PAYMENT' AND e.account LIKE ${`${SELLER_PAYABLE_PREFIX}%`}
-    GROUP BY e.order_id, e.account`.execute(db);
+    SELECT order_id, account, SUM(credit_minor) - SUM(debit_minor) AS credit
+    FROM ledger_entry WHERE account LIKE ${`${SELLER_PAYABLE_PREFIX}%`}
+    GROUP BY order_id, account`.execute(db);
   const sellerCreditsByOrder = new Map<string, ObservedCredit[]>();
   for (const row of credits.rows) {
     const list = sellerCreditsByOrder.get(row.order_id) ?? [];
@@ -204,6 +216,7 @@ export async function observe(sources: { db: Db; psp: PspServiceClient }): Promi
       sellerId: row.seller_id,
       state: row.state,
       amountMinor: BigInt(row.amount_minor),
+      currency: row.currency,
       pspReference: row.psp_reference,
       failureReason: row.failure_reason,
       reviewReason: row.review_reason,
@@ -213,6 +226,7 @@ export async function observe(sources: { db: Db; psp: PspServiceClient }): Promi
       buyerId: row.buyer_id,
       requestId: row.request_id,
       state: row.state,
+      amountMinor: BigInt(row.amount_minor),
       ordersTotal: row.orders_total,
       ordersSucceeded: row.orders_succeeded,
       ordersFailed: row.orders_failed,
@@ -229,13 +243,16 @@ export async function observe(sources: { db: Db; psp: PspServiceClient }): Promi
       .filter((total) => total.balanceMinor !== 0n)
       .map((total) => `${total.currency} ${total.balanceMinor}`),
     walletMismatches: (await walletsNotMatchingLedger(db)).map(
-      (w) => `${w.sellerId}: wallet ${w.walletMinor}, ledger ${w.ledgerMinor}`,
+      (w) =>
+        `${w.sellerId}: wallet ${w.walletMinor} ${w.walletCurrency || '-'}, ` +
+        `ledger ${w.ledgerMinor} ${w.ledgerCurrencies || '-'}`,
     ),
     outboxLeft: Number(outbox.rows[0]?.n ?? 0),
     charges: response.charges.map((charge) => ({
       nonce: charge.nonce,
       pspReference: charge.pspReference,
       amountMinor: charge.amountMinor,
+      currency: charge.currencyCode,
     })),
     pspPayments,
     deadLetters,
@@ -370,12 +387,15 @@ export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
     }),
   );
 
-  // No money is invented: a SUCCEEDED order was really charged, for its amount.
+  // No money is invented: a SUCCEEDED order was really charged, for its amount and currency.
   const uncharged = observed.orders.filter((order) => {
     if (order.state !== 'SUCCEEDED') return false;
     const charges = chargesByNonce.get(order.id) ?? [];
     return !charges.some(
-      (c) => c.pspReference === order.pspReference && c.amountMinor === order.amountMinor,
+      (c) =>
+        c.pspReference === order.pspReference &&
+        c.amountMinor === order.amountMinor &&
+        c.currency === order.currency,
     );
   });
   add(
@@ -560,7 +580,7 @@ export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
     }),
   );
 
-  // A payment's counters and state agree with its orders.
+  // A payment's total, counters and state agree with its orders.
   const ordersByPayment = new Map<string, ObservedOrder[]>();
   for (const order of observed.orders) {
     ordersByPayment.set(order.paymentId, [...(ordersByPayment.get(order.paymentId) ?? []), order]);
@@ -570,6 +590,8 @@ export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
     const succeeded = orders.filter((o) => o.state === 'SUCCEEDED').length;
     const failed = orders.filter((o) => o.state === 'FAILED' || o.state === 'EXPIRED').length;
     if (orders.length !== payment.ordersTotal) return true;
+    const ordersMinor = orders.reduce((total, order) => total + order.amountMinor, 0n);
+    if (ordersMinor !== payment.amountMinor) return true;
     if (payment.ordersSucceeded !== succeeded || payment.ordersFailed !== failed) return true;
     if (succeeded + failed < orders.length) return false;
     const expected =
@@ -582,7 +604,10 @@ export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
     '0',
     inconsistent.length === 0,
     inconsistent.map(
-      (p) => `${p.id} ${p.state} (${p.ordersSucceeded} ok / ${p.ordersFailed} failed)`,
+      (p) =>
+        `${p.id} ${p.state} ${p.amountMinor} (${p.ordersSucceeded} ok / ${p.ordersFailed} ` +
+        `failed of ${p.ordersTotal}; orders sum to ` +
+        `${(ordersByPayment.get(p.id) ?? []).reduce((total, o) => total + o.amountMinor, 0n)})`,
     ),
   );
 

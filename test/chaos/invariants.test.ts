@@ -25,6 +25,7 @@ function facts(): { observed: Observed; driver: DriverFacts } {
       sellerId: 'seller-1',
       state: 'SUCCEEDED',
       amountMinor: 500n,
+      currency: 'USD',
       pspReference: 'psp_a',
       failureReason: null,
       reviewReason: null,
@@ -35,6 +36,7 @@ function facts(): { observed: Observed; driver: DriverFacts } {
       sellerId: 'seller-2',
       state: 'FAILED',
       amountMinor: 700n,
+      currency: 'USD',
       pspReference: null,
       failureReason: 'card_declined',
       reviewReason: null,
@@ -45,6 +47,7 @@ function facts(): { observed: Observed; driver: DriverFacts } {
       sellerId: 'seller-1',
       state: 'EXECUTING',
       amountMinor: 900n,
+      currency: 'USD',
       pspReference: null,
       failureReason: null,
       reviewReason: null,
@@ -59,6 +62,7 @@ function facts(): { observed: Observed; driver: DriverFacts } {
           buyerId: 'buyer-1',
           requestId: 'req-1',
           state: 'PARTIALLY_SUCCEEDED',
+          amountMinor: 1200n,
           ordersTotal: 2,
           ordersSucceeded: 1,
           ordersFailed: 1,
@@ -69,6 +73,7 @@ function facts(): { observed: Observed; driver: DriverFacts } {
           buyerId: 'buyer-2',
           requestId: 'req-1',
           state: 'EXECUTING',
+          amountMinor: 900n,
           ordersTotal: 1,
           ordersSucceeded: 0,
           ordersFailed: 0,
@@ -82,7 +87,7 @@ function facts(): { observed: Observed; driver: DriverFacts } {
       trialBalanceNonZero: [],
       walletMismatches: [],
       outboxLeft: 0,
-      charges: [{ nonce: 'ord_ok', pspReference: 'psp_a', amountMinor: 500n }],
+      charges: [{ nonce: 'ord_ok', pspReference: 'psp_a', amountMinor: 500n, currency: 'USD' }],
       pspPayments: new Map<string, PspPaymentState>([
         ['ord_ok', 'SUCCEEDED'],
         ['ord_declined', 'DECLINED'],
@@ -146,6 +151,7 @@ describe('chaos invariants', () => {
           sellerId: 'seller-3',
           state: 'EXPIRED',
           amountMinor: 300n,
+          currency: 'USD',
           pspReference: null,
           failureReason: 'expired',
           reviewReason: 'CHARGED_AFTER_EXPIRY',
@@ -158,6 +164,7 @@ describe('chaos invariants', () => {
           buyerId: 'buyer-1',
           requestId: 'req-3',
           state: 'FAILED',
+          amountMinor: 300n,
           ordersTotal: 1,
           ordersSucceeded: 0,
           ordersFailed: 1,
@@ -171,8 +178,8 @@ describe('chaos invariants', () => {
       ]),
       charges: [
         ...observed.charges,
-        { nonce: 'ord_declined', pspReference: 'psp_b', amountMinor: 700n },
-        { nonce: 'ord_expired', pspReference: 'psp_c', amountMinor: 300n },
+        { nonce: 'ord_declined', pspReference: 'psp_b', amountMinor: 700n, currency: 'USD' },
+        { nonce: 'ord_expired', pspReference: 'psp_c', amountMinor: 300n, currency: 'USD' },
       ],
     };
     const evaluation = evaluate(flagged, {
@@ -243,6 +250,7 @@ describe('chaos invariants', () => {
               buyerId: 'buyer-1',
               requestId: 'req-1',
               state: 'SUCCEEDED',
+              amountMinor: 0n,
               ordersTotal: 0,
               ordersSucceeded: 0,
               ordersFailed: 0,
@@ -265,6 +273,7 @@ describe('chaos invariants', () => {
               buyerId: 'buyer-1',
               requestId: 'req-1',
               state: 'SUCCEEDED',
+              amountMinor: 0n,
               ordersTotal: 0,
               ordersSucceeded: 0,
               ordersFailed: 0,
@@ -369,7 +378,10 @@ describe('chaos invariants', () => {
       "PSP charges per order, max (PSP's own records)",
       (f) =>
         withObserved(f, (o) => ({
-          charges: [...o.charges, { nonce: 'ord_ok', pspReference: 'psp_a', amountMinor: 500n }],
+          charges: [
+            ...o.charges,
+            { nonce: 'ord_ok', pspReference: 'psp_a', amountMinor: 500n, currency: 'USD' },
+          ],
         })),
     ],
     [
@@ -379,7 +391,7 @@ describe('chaos invariants', () => {
         withObserved(f, (o) => ({
           charges: [
             ...o.charges,
-            { nonce: 'ord_declined', pspReference: 'psp_b', amountMinor: 700n },
+            { nonce: 'ord_declined', pspReference: 'psp_b', amountMinor: 700n, currency: 'USD' },
           ],
         })),
     ],
@@ -393,7 +405,15 @@ describe('chaos invariants', () => {
       'SUCCEEDED orders without a matching PSP charge',
       (f) =>
         withObserved(f, () => ({
-          charges: [{ nonce: 'ord_ok', pspReference: 'psp_a', amountMinor: 499n }],
+          charges: [{ nonce: 'ord_ok', pspReference: 'psp_a', amountMinor: 499n, currency: 'USD' }],
+        })),
+    ],
+    [
+      'a SUCCEEDED order whose charge is in another currency, for the same amount',
+      'SUCCEEDED orders without a matching PSP charge',
+      (f) =>
+        withObserved(f, () => ({
+          charges: [{ nonce: 'ord_ok', pspReference: 'psp_a', amountMinor: 500n, currency: 'EUR' }],
         })),
     ],
     [
@@ -404,7 +424,7 @@ describe('chaos invariants', () => {
       ],
       (f) =>
         withObserved(f, () => ({
-          charges: [{ nonce: 'ord_ok', pspReference: 'psp_z', amountMinor: 500n }],
+          charges: [{ nonce: 'ord_ok', pspReference: 'psp_z', amountMinor: 500n, currency: 'USD' }],
         })),
     ],
     [
@@ -495,6 +515,16 @@ describe('chaos invariants', () => {
       (f) =>
         withObserved(f, (o) => ({
           payments: o.payments.map((p) => (p.id === 'pay_1' ? { ...p, state: 'SUCCEEDED' } : p)),
+        })),
+    ],
+    [
+      'a payment whose orders do not sum to its total (off by 1)',
+      'payments whose state or counters disagree with their orders',
+      (f) =>
+        withObserved(f, (o) => ({
+          payments: o.payments.map((p) =>
+            p.id === 'pay_1' ? { ...p, amountMinor: p.amountMinor + 1n } : p,
+          ),
         })),
     ],
     [
