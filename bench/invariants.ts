@@ -3,7 +3,7 @@
  * balances, every wallet equals its seller's payable account, every order the load created is
  * terminal (or, for the idle-memory run, deliberately still EXECUTING), and nobody was charged
  * twice: at most one PSP charge and one ledger transaction per order, and money charged at the
- * PSP = money booked in the ledger = money in the wallets.
+ * PSP = money booked in the ledger = money in the wallets, in total and order by order.
  */
 import { sql } from 'kysely';
 import { openDatabase } from '../src/storage/db.js';
@@ -46,6 +46,43 @@ export async function checkInvariants(options: {
     const mismatched = await walletsNotMatchingLedger(settle.db);
     add('wallets == ledger', mismatched.length === 0, `${mismatched.length} wallets differ`);
 
+    // Per order, not in total: one order over-credited and another under-credited by as much
+    // leave every sum equal.
+    const booking = await one(sql`
+      SELECT
+        (SELECT COUNT(*) FROM payment_order o
+           LEFT JOIN ledger_transaction t ON t.order_id = o.id AND t.kind = 'PAYMENT'
+           WHERE (o.state = 'SUCCEEDED') <> (t.id IS NOT NULL)
+              OR t.amount_minor <> o.amount_minor OR t.currency <> o.currency) AS misbooked,
+        (SELECT COUNT(*) FROM ledger_transaction t
+           LEFT JOIN payment_order o ON o.id = t.order_id WHERE o.id IS NULL) AS orphans,
+        (SELECT COUNT(*) FROM (
+           SELECT o.id FROM payment_order o
+           LEFT JOIN ledger_entry e ON e.order_id = o.id AND e.account LIKE 'seller_payable:%'
+           GROUP BY o.id, o.state, o.seller_id, o.amount_minor
+           HAVING COALESCE(SUM(CASE WHEN e.account = CONCAT('seller_payable:', o.seller_id)
+                                    THEN e.credit_minor - e.debit_minor END), 0)
+                    <> CASE WHEN o.state = 'SUCCEEDED' THEN o.amount_minor ELSE 0 END
+               OR COALESCE(SUM(CASE WHEN e.account <> CONCAT('seller_payable:', o.seller_id)
+                                    THEN e.credit_minor + e.debit_minor END), 0) <> 0) c)
+          AS miscredited,
+        (SELECT COUNT(*) FROM payment p
+           LEFT JOIN (SELECT payment_id, COUNT(*) AS n, SUM(amount_minor) AS minor
+                      FROM payment_order GROUP BY payment_id) o ON o.payment_id = p.id
+           WHERE o.payment_id IS NULL OR o.n <> p.orders_total OR o.minor <> p.amount_minor)
+          AS payments_off`);
+    add(
+      'each order booked and credited for its amount',
+      Number(booking['misbooked']) === 0 &&
+        Number(booking['orphans']) === 0 &&
+        Number(booking['miscredited']) === 0 &&
+        Number(booking['payments_off']) === 0,
+      `${booking['misbooked']} orders whose PAYMENT transaction is missing, extra or wrong; ` +
+        `${booking['orphans']} transactions of unknown orders; ${booking['miscredited']} orders ` +
+        `not credited to their own seller for their amount; ${booking['payments_off']} ` +
+        `payments whose orders do not sum to their total`,
+    );
+
     const counts = await one(sql`
       SELECT COUNT(*) AS payments,
         (SELECT COUNT(*) FROM payment_order) AS orders,
@@ -80,9 +117,22 @@ export async function checkInvariants(options: {
       SELECT COUNT(*) AS transactions, COUNT(DISTINCT order_id) AS orders,
         COALESCE(SUM(amount_minor), 0) AS minor FROM ledger_transaction`);
     const wallets = await one(sql`SELECT COALESCE(SUM(balance_minor), 0) AS minor FROM wallet`);
+    // The two databases cannot be joined, so each side sums a checksum of (order, amount,
+    // currency) per charge or SUCCEEDED order: equal sums mean the same charges, not only the
+    // same total (a charge recorded on the wrong order, or in the wrong currency, differs).
     const charges = await onePsp(sql`
       SELECT COUNT(*) AS charges, COUNT(DISTINCT nonce) AS nonces,
-        COALESCE(SUM(amount_minor), 0) AS minor FROM psp_charge`);
+        COALESCE(SUM(amount_minor), 0) AS minor,
+        COALESCE(SUM(CRC32(CONCAT(nonce, ' ', amount_minor, ' ', currency))), 0) AS checksum
+      FROM psp_charge`);
+    const succeeded = await one(sql`
+      SELECT COALESCE(SUM(CRC32(CONCAT(id, ' ', amount_minor, ' ', currency))), 0) AS checksum
+      FROM payment_order WHERE state = 'SUCCEEDED'`);
+    add(
+      'each SUCCEEDED order charged once, for its amount and currency',
+      BigInt(charges['checksum'] ?? '0') === BigInt(succeeded['checksum'] ?? '0'),
+      `checksum of PSP charges ${charges['checksum']}, of SUCCEEDED orders ${succeeded['checksum']}`,
+    );
     const chargedOnce =
       charges['charges'] === charges['nonces'] &&
       ledger['transactions'] === ledger['orders'] &&
