@@ -471,7 +471,25 @@ export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
       return `${o.id} (${o.amountMinor} for ${ACCOUNT.sellerPayable(o.sellerId)}): ${got}`;
     }),
   );
-  const orphanLedger = [...observed.ledgerByOrder.keys()].filter((id) => !orderById.has(id));
+  // Nor does a seller get money for an order that did not succeed, or that does not exist.
+  const creditedUnpaid = observed.orders.filter(
+    (order) =>
+      order.state !== 'SUCCEEDED' &&
+      (observed.sellerCreditsByOrder.get(order.id) ?? []).some((c) => c.creditMinor !== 0n),
+  );
+  add(
+    'orders credited to a seller though not SUCCEEDED',
+    creditedUnpaid.length,
+    '0',
+    creditedUnpaid.length === 0,
+    creditedUnpaid.map((o) => {
+      const credits = observed.sellerCreditsByOrder.get(o.id) ?? [];
+      return `${o.id} ${o.state}: ${credits.map((c) => `${c.account} ${c.creditMinor}`).join(', ')}`;
+    }),
+  );
+  const orphanLedger = [
+    ...new Set([...observed.ledgerByOrder.keys(), ...observed.sellerCreditsByOrder.keys()]),
+  ].filter((id) => !orderById.has(id));
   add(
     'ledger transactions of unknown orders',
     orphanLedger.length,

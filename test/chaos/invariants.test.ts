@@ -374,6 +374,28 @@ describe('chaos invariants', () => {
       (f) => withObserved(f, () => ({ sellerCreditsByOrder: new Map() })),
     ],
     [
+      'a FAILED order credited to its seller by a transaction of another kind',
+      'orders credited to a seller though not SUCCEEDED',
+      (f) =>
+        withObserved(f, (o) => ({
+          sellerCreditsByOrder: new Map([
+            ...o.sellerCreditsByOrder,
+            ['ord_declined', [{ account: 'seller_payable:seller-2', creditMinor: 700n }]],
+          ]),
+        })),
+    ],
+    [
+      'a seller credited by entries of an unknown order',
+      'ledger transactions of unknown orders',
+      (f) =>
+        withObserved(f, (o) => ({
+          sellerCreditsByOrder: new Map([
+            ...o.sellerCreditsByOrder,
+            ['ord_ghost', [{ account: 'seller_payable:seller-1', creditMinor: 5n }]],
+          ]),
+        })),
+    ],
+    [
       'a second PSP charge of one order',
       "PSP charges per order, max (PSP's own records)",
       (f) =>
