@@ -179,6 +179,33 @@ function entry(
 
 const payable = (order: Order) => `seller_payable:${order.sellerId}`;
 
+/**
+ * A balanced ADJUSTMENT transaction of `order` (a kind Settle never writes) crediting its seller
+ * `amountMinor` more, with the wallet following, so that only a check of who may be credited
+ * can see it.
+ */
+async function adjustment(s: AnyDb, order: Order, amountMinor: bigint): Promise<void> {
+  const id = newId('ledgerTransaction');
+  await sql`INSERT INTO ledger_transaction (id, order_id, kind, currency, amount_minor, created_at)
+    VALUES (${id}, ${order.id}, 'ADJUSTMENT', 'USD', ${amountMinor}, NOW(3))`.execute(s);
+  const common = { currency: 'USD', debit: 0n, credit: 0n };
+  await entry(id, order, {
+    ...common,
+    account: 'psp_receivable',
+    kind: 'ADJUSTMENT_RECEIVABLE',
+    debit: amountMinor,
+  }).execute(s);
+  await entry(id, order, {
+    ...common,
+    account: payable(order),
+    kind: 'ADJUSTMENT_PAYABLE',
+    credit: amountMinor,
+  }).execute(s);
+  await sql`INSERT INTO wallet (seller_id, currency, balance_minor, updated_at)
+    VALUES (${order.sellerId}, 'USD', ${amountMinor}, NOW(3))
+    ON DUPLICATE KEY UPDATE balance_minor = balance_minor + ${amountMinor}`.execute(s);
+}
+
 const mutations: readonly Mutation[] = [
   {
     name: 'a ledger transaction unbalanced by 1 (wallet follows the seller entry)',
@@ -266,24 +293,7 @@ const mutations: readonly Mutation[] = [
     name: 'a SUCCEEDED order with a second ledger transaction of another kind',
     claimedBy: ['chaos', 'bench'],
     apply: async (s, _p, { a }) => {
-      const id = newId('ledgerTransaction');
-      await sql`INSERT INTO ledger_transaction (id, order_id, kind, currency, amount_minor, created_at)
-        VALUES (${id}, ${a.id}, 'ADJUSTMENT', 'USD', ${a.amountMinor}, NOW(3))`.execute(s);
-      const common = { currency: 'USD', debit: 0n, credit: 0n };
-      await entry(id, a, {
-        ...common,
-        account: 'psp_receivable',
-        kind: 'ADJUSTMENT_RECEIVABLE',
-        debit: a.amountMinor,
-      }).execute(s);
-      await entry(id, a, {
-        ...common,
-        account: payable(a),
-        kind: 'ADJUSTMENT_PAYABLE',
-        credit: a.amountMinor,
-      }).execute(s);
-      await sql`UPDATE wallet SET balance_minor = balance_minor + ${a.amountMinor}
-        WHERE seller_id = ${a.sellerId}`.execute(s);
+      await adjustment(s, a, a.amountMinor);
     },
   },
   {
@@ -369,6 +379,28 @@ const mutations: readonly Mutation[] = [
         WHERE seller_id = ${a.sellerId}`.execute(s);
       await sql`UPDATE wallet SET balance_minor = balance_minor + ${a.amountMinor}
         WHERE seller_id = ${b.sellerId}`.execute(s);
+    },
+  },
+  {
+    name: 'a FAILED order that credits its seller through a transaction of another kind',
+    claimedBy: ['chaos', 'bench'],
+    apply: async (s, _p, { c }) => {
+      await adjustment(s, c, c.amountMinor);
+    },
+  },
+  {
+    name: 'a transaction of an unknown order crediting a seller (wallet follows)',
+    claimedBy: ['chaos', 'bench'],
+    apply: async (s, _p, { a }) => {
+      await adjustment(s, { ...a, id: newId('order') }, 5n);
+    },
+  },
+  {
+    name: 'entries of no transaction and no order crediting a seller (wallet follows)',
+    claimedBy: ['chaos', 'bench'],
+    apply: async (s, _p, { a }) => {
+      await adjustment(s, { ...a, id: newId('order') }, 5n);
+      await sql`DELETE FROM ledger_transaction WHERE kind = 'ADJUSTMENT'`.execute(s);
     },
   },
   {
