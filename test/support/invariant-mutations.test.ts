@@ -478,9 +478,6 @@ describe('invariant checkers under mutation', () => {
     await mutation.apply(settleDb, psp.db, fixture);
     const failed = await runCheckers();
     const missedBy = mutation.claimedBy.filter((checker) => failed[checker].length === 0);
-    console.log(
-      `MUTATION ${mutation.name} | harness ${failed.harness.length > 0} | chaos ${failed.chaos.length > 0} | bench ${failed.bench.length > 0}`,
-    );
     expect(missedBy, JSON.stringify(failed, null, 2)).toEqual([]);
   });
 });
