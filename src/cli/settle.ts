@@ -110,6 +110,76 @@ const OPTIONS = {
   class: { type: 'string' },
 } as const;
 
+type OptionName = keyof typeof OPTIONS;
+
+/** Taken by every command: where and how to call, and how to print. */
+const GLOBAL_OPTIONS: readonly OptionName[] = [
+  'addr',
+  'token',
+  'actor',
+  'json',
+  'timeout-ms',
+  'help',
+];
+
+/**
+ * What each command takes besides the global options: its own options and its arguments, by
+ * name. Anything else is refused, since running on without it would do something other than what
+ * was typed: `payment list --date D` would list every date, `payment create … oops` pay anyway.
+ */
+const COMMANDS: Readonly<
+  Record<string, { options: readonly OptionName[]; args: readonly string[] }>
+> = {
+  'payment create': { options: ['buyer', 'order', 'currency', 'request-id'], args: [] },
+  'payment get': { options: [], args: ['payment_id'] },
+  'payment list': { options: ['state', 'buyer', 'page-size', 'page-token'], args: [] },
+  'payment watch': { options: [], args: ['payment_id'] },
+  'payment timeline': { options: [], args: ['payment_id'] },
+  wallet: { options: [], args: ['seller_id'] },
+  ledger: { options: ['account', 'order', 'page-size', 'page-token'], args: [] },
+  'trial-balance': { options: ['page-size', 'page-token'], args: [] },
+  'dlq list': { options: ['state', 'order', 'page-size', 'page-token'], args: [] },
+  'dlq replay': { options: ['reason'], args: ['id'] },
+  'dlq discard': { options: ['reason'], args: ['id'] },
+  'reconcile run': { options: ['date', 'file'], args: [] },
+  'reconcile report': { options: [], args: ['report_id'] },
+  'reconcile list': { options: ['date', 'page-size', 'page-token'], args: [] },
+  'reconcile mismatches': { options: ['class', 'page-size', 'page-token'], args: ['report_id'] },
+};
+
+const NOUN_ALIASES: Readonly<Record<string, string>> = {
+  payments: 'payment',
+  reconciliation: 'reconcile',
+};
+
+/**
+ * Refuses options and arguments `positionals`' command does not take; an unknown command is left
+ * to dispatch, which names the commands it knows.
+ */
+function checkArguments(positionals: readonly string[], values: Values): void {
+  const [first = '', second = ''] = positionals;
+  const noun = NOUN_ALIASES[first] ?? first;
+  const name = COMMANDS[noun] !== undefined ? noun : `${noun} ${second}`;
+  const command = COMMANDS[name];
+  if (command === undefined) return;
+  const args = positionals.slice(name.split(' ').length);
+  for (const [option, value] of Object.entries(values)) {
+    const key = option as OptionName;
+    if (value === undefined || GLOBAL_OPTIONS.includes(key)) continue;
+    if (!command.options.includes(key)) throw new UsageError(`${name} does not take --${option}`);
+  }
+  if (name !== 'payment create' && (values.order?.length ?? 0) > 1) {
+    throw new UsageError(`${name} takes --order once`);
+  }
+  if (args.length !== command.args.length) {
+    const wanted =
+      command.args.length === 0 ? 'no arguments' : command.args.map((a) => `<${a}>`).join(' ');
+    const extra =
+      args.length > command.args.length ? ` (${args.map((a) => `'${a}'`).join(' ')})` : '';
+    throw new UsageError(`${name} takes ${wanted}, not ${args.length}${extra}`);
+  }
+}
+
 type Values = ReturnType<
   typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>
 >['values'];
@@ -156,6 +226,7 @@ export async function runCli(
   };
   const client = createSettleClient(settings.addr, { defaultTimeoutMs: timeoutMs });
   try {
+    checkArguments(positionals, values);
     await dispatch(positionals, values, settings, client, io);
     return 0;
   } catch (error) {

@@ -254,4 +254,27 @@ describe('settle CLI', () => {
     expect(help.code).toBe(0);
     expect(help.stdout).toContain('Usage: settle');
   });
+  it('refuses arguments and options the command does not take, and sends nothing', async () => {
+    // Each would otherwise run as if the word were not there: a list unfiltered, a payment made.
+    const cases: Array<[string[], RegExp]> = [
+      [['payment', 'list', '--date', '2024-05-01'], /^settle: payment list does not take --date/],
+      [['reconcile', 'list', '--state', 'FAILED'], /^settle: reconcile list does not take --state/],
+      [['wallet', 'seller-a', '--currency', 'EUR'], /^settle: wallet does not take --currency/],
+      [['payment', 'get', 'pay_a', 'pay_b'], /^settle: payment get takes <payment_id>, not 2/],
+      [
+        ['payment', 'create', '--buyer', 'buyer-cli-extra', '--order', 's=100', 'oops'],
+        /^settle: payment create takes no arguments, not 1 \('oops'\)/,
+      ],
+      [['ledger', '--order', 'ord_a', '--order', 'ord_b'], /^settle: ledger takes --order once/],
+      [['trial-balance', 'extra'], /^settle: trial-balance takes no arguments, not 1/],
+    ];
+    for (const [args, message] of cases) {
+      const run = await settle(args);
+      expect(run.code, args.join(' ')).toBe(2);
+      expect(run.stderr, args.join(' ')).toMatch(message);
+    }
+    const listed = await settle(['payment', 'list', '--buyer', 'buyer-cli-extra', '--json']);
+    expect(JSON.parse(listed.stdout)).toEqual({ payments: [], nextPageToken: '' });
+  });
+
 });
