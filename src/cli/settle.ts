@@ -693,12 +693,18 @@ function intOption(
   return Number(value);
 }
 
+const INT64_MAX = 2n ** 63n - 1n;
+
 function parseOrder(text: string): { sellerId: string; amountMinor: bigint } {
   const match = /^([^=\s]+)=(\d{1,19})$/.exec(text);
   if (match === null) {
     throw new UsageError(`--order '${text}' must look like seller-id=1999 (amount in minor units)`);
   }
-  return { sellerId: match[1] ?? '', amountMinor: BigInt(match[2] ?? '0') };
+  const amountMinor = BigInt(match[2] ?? '0');
+  if (amountMinor > INT64_MAX) {
+    throw new UsageError(`--order '${text}': the amount does not fit an int64 (minor units)`);
+  }
+  return { sellerId: match[1] ?? '', amountMinor };
 }
 
 function paymentStateOption(text: string): PaymentState {

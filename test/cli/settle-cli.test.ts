@@ -277,4 +277,16 @@ describe('settle CLI', () => {
     expect(JSON.parse(listed.stdout)).toEqual({ payments: [], nextPageToken: '' });
   });
 
+  it('refuses an amount past int64 as a usage error, before sending', async () => {
+    const run = await settle([
+      'payment',
+      'create',
+      '--buyer',
+      'b',
+      '--order',
+      's=9999999999999999999',
+    ]);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toMatch(/^settle: --order 's=9999999999999999999': the amount does not fit/);
+  });
 });
