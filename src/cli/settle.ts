@@ -16,7 +16,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
-import type { ServiceError } from '@grpc/grpc-js';
+import { status as grpcStatus, type ServiceError } from '@grpc/grpc-js';
 import { createSettleClient, type SettleClient } from '../client/index.js';
 import {
   Payment,
@@ -276,12 +276,18 @@ async function dispatch(
           if (values.buyer === undefined) throw new UsageError('payment create needs --buyer');
           if (orders.length === 0)
             throw new UsageError('payment create needs at least one --order seller=amount_minor');
-          const { payment } = await client.payments.createPayment({
-            requestId: values['request-id'] ?? randomUUID(),
-            buyerId: values.buyer,
-            currencyCode: values.currency ?? 'USD',
-            orders,
-          });
+          const requestId = values['request-id'] ?? randomUUID();
+          let payment;
+          try {
+            ({ payment } = await client.payments.createPayment({
+              requestId,
+              buyerId: values.buyer,
+              currencyCode: values.currency ?? 'USD',
+              orders,
+            }));
+          } catch (error) {
+            throw lostAnswerHint(error, requestId);
+          }
           return print(payment && Payment.toJSON(payment), () => paymentText(payment));
         }
         case 'get': {
@@ -782,6 +788,30 @@ function paymentText(payment: Payment | undefined): string {
         ENDED_ORDER_STATES.has(o.state) ? '-' : o.checkoutUrl,
       ]),
     )
+  );
+}
+
+/**
+ * Codes after which a CreatePayment may have been done without its answer arriving: the deadline
+ * passed, the connection broke, the node failed or asked for a retry. Run again with the same
+ * request id, the command gets that payment; with a fresh one it would make a second.
+ */
+const MAYBE_DONE_CODES: ReadonlySet<number> = new Set([
+  grpcStatus.DEADLINE_EXCEEDED,
+  grpcStatus.UNAVAILABLE,
+  grpcStatus.ABORTED,
+  grpcStatus.CANCELLED,
+  grpcStatus.UNKNOWN,
+  grpcStatus.INTERNAL,
+]);
+
+/** `error`, with how to retry it safely when the payment may have been created anyway. */
+function lostAnswerHint(error: unknown, requestId: string): unknown {
+  if (!isServiceError(error) || !MAYBE_DONE_CODES.has(error.code)) return error;
+  return new ServerError(
+    `${grpcCodeName(error.code)}: ${error.details}\n` +
+      `the payment may have been created: run it again with --request-id ${requestId} ` +
+      'to get that payment rather than make a second',
   );
 }
 

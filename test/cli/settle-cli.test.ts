@@ -289,4 +289,24 @@ describe('settle CLI', () => {
     expect(run.code).toBe(2);
     expect(run.stderr).toMatch(/^settle: --order 's=9999999999999999999': the amount does not fit/);
   });
+
+  it('after a create whose answer was lost, tells the request id that gets the same payment', async () => {
+    const buyer = 'buyer-cli-lost';
+    const order = ['payment', 'create', '--buyer', buyer, '--order', 'seller-cli-a=700'];
+    // A 1 ms deadline passes before the answer: the payment may or may not have been made.
+    const lost = await settle([...order, '--timeout-ms', '1']);
+    expect(lost.code).toBe(1);
+    expect(lost.stderr).toMatch(/^settle: DEADLINE_EXCEEDED: /);
+    const requestId = /run it again with --request-id ([0-9a-f-]{36})/.exec(lost.stderr)?.[1];
+    expect(requestId, lost.stderr).toBeDefined();
+    const again = await settle([...order, '--request-id', requestId ?? '', '--json']);
+    expect(again.code, again.stderr).toBe(0);
+    const listed = await settle(['payment', 'list', '--buyer', buyer, '--json']);
+    const { payments } = JSON.parse(listed.stdout) as { payments: Array<{ requestId: string }> };
+    expect(payments.map((p) => p.requestId)).toEqual([requestId]);
+    // A refusal made nothing: no hint to retry it.
+    const refused = await settle([...order, '--currency', 'EUR']);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).not.toContain('--request-id');
+  });
 });
