@@ -239,7 +239,9 @@ export async function runCli(
       return 1;
     }
     if (isServiceError(error)) {
-      io.err(`settle: ${grpcCodeName(error.code)}: ${error.details}\n`);
+      io.err(
+        `settle: ${grpcCodeName(error.code)}: ${error.details}\n${unreachableHint(error, settings.addr)}`,
+      );
       return 1;
     }
     io.err(`settle: ${error instanceof Error ? error.message : String(error)}\n`);
@@ -449,6 +451,20 @@ async function dispatch(
     default:
       throw new UsageError(`unknown command '${noun ?? ''}'`);
   }
+}
+
+/**
+ * What to do when no connection to `addr` could be made (grpc-js says so in the details of its
+ * UNAVAILABLE); empty for an answer the node itself gave.
+ */
+function unreachableHint(error: ServiceError, addr: string): string {
+  if (
+    error.code !== grpcStatus.UNAVAILABLE ||
+    !/No connection established|Name resolution failed|ECONNREFUSED/.test(error.details)
+  ) {
+    return '';
+  }
+  return `no Settle node answers at ${addr}: start one, or give its address with --addr or SETTLE_ADDR\n`;
 }
 
 /** Bearer token and operator name, as AdminService metadata. */

@@ -12,7 +12,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CARD, payOnHostedPage, startStack, type Stack } from '../support/harness.js';
+import { CARD, freePort, payOnHostedPage, startStack, type Stack } from '../support/harness.js';
 import { ADMIN_TOKEN, auditRows, deadLetteredPayment } from '../admin/admin-support.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
@@ -308,5 +308,16 @@ describe('settle CLI', () => {
     const refused = await settle([...order, '--currency', 'EUR']);
     expect(refused.code).toBe(1);
     expect(refused.stderr).not.toContain('--request-id');
+  });
+
+  it('names the address it could not reach and how to pick another', async () => {
+    const addr = `127.0.0.1:${await freePort()}`;
+    const run = await settle(['wallet', 'seller-a'], { SETTLE_ADDR: addr });
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(/^settle: UNAVAILABLE: /);
+    expect(run.stderr).toContain(
+      `no Settle node answers at ${addr}: start one, or give its address with --addr or SETTLE_ADDR`,
+    );
+    expect(run.stderr).not.toContain('    at ');
   });
 });
