@@ -94,6 +94,10 @@ export {
   type Report,
 } from '../grpc/generated/settle/v1/reconciliation.js';
 
+/**
+ * Per call: `timeoutMs`, the call's deadline in ms from now (a whole number from 1 to
+ * 2147483647; the client's default when left out), and `metadata` to send with it.
+ */
 export type CallOptions = Readonly<{ timeoutMs?: number; metadata?: Record<string, string> }>;
 
 type UnaryMethod<Req, Res> = (
@@ -173,6 +177,23 @@ function assertSafeIntegers(value: unknown, path: string): void {
   }
 }
 
+/**
+ * Largest deadline a call may have, in ms from now (almost 25 days): the longest timer Node sets.
+ * Past it grpc-js treats the deadline as none, and past 10^8 hours it throws from inside the
+ * channel, where no caller can catch it: the call never settles and the process dies.
+ */
+const TIMEOUT_MS_MAX = 2_147_483_647;
+
+/** `timeoutMs`, or a TypeError naming `name` when it is no deadline a call can have. */
+function checkedTimeoutMs(timeoutMs: number, name: string): number {
+  if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > TIMEOUT_MS_MAX) {
+    throw new TypeError(
+      `${name} ${timeoutMs} is not a whole number of milliseconds from 1 to ${TIMEOUT_MS_MAX}`,
+    );
+  }
+  return timeoutMs;
+}
+
 function unary<Req, Res>(
   type: MessageFns<Req>,
   name: string,
@@ -183,26 +204,35 @@ function unary<Req, Res>(
     new Promise((resolve, reject) => {
       // Thrown in here, a refused request rejects the promise like any other failed call.
       const message = buildRequest(type, name, request);
+      const timeoutMs = checkedTimeoutMs(
+        options.timeoutMs ?? defaultTimeoutMs,
+        `${name}: timeoutMs`,
+      );
       const metadata = new grpc.Metadata();
       for (const [key, value] of Object.entries(options.metadata ?? {})) metadata.set(key, value);
-      method(
-        message,
-        metadata,
-        { deadline: Date.now() + (options.timeoutMs ?? defaultTimeoutMs) },
-        (error, response) => (error ? reject(error) : resolve(response)),
+      method(message, metadata, { deadline: Date.now() + timeoutMs }, (error, response) =>
+        error ? reject(error) : resolve(response),
       );
     });
 }
 
 export type SettleClient = ReturnType<typeof createSettleClient>;
 
-/** Connects to a Settle node (plaintext, e.g. "127.0.0.1:50051"). Every call has a deadline. */
+/**
+ * Connects to a Settle node (plaintext unless `credentials` say otherwise, e.g.
+ * "127.0.0.1:50051"). Every call has a deadline: `defaultTimeoutMs` (10 s) unless the call gives
+ * its own `timeoutMs`; a watch's is 60 minutes. A timeout that is no deadline (0, negative, not an
+ * integer, past 2147483647 ms) is a TypeError.
+ */
 export function createSettleClient(
   address: string,
   options: { defaultTimeoutMs?: number; credentials?: grpc.ChannelCredentials } = {},
 ) {
   const credentials = options.credentials ?? grpc.credentials.createInsecure();
-  const timeoutMs = options.defaultTimeoutMs ?? 10_000;
+  const timeoutMs = checkedTimeoutMs(
+    options.defaultTimeoutMs ?? 10_000,
+    'createSettleClient: defaultTimeoutMs',
+  );
   const payments = new PaymentServiceClient(address, credentials);
   const wallets = new WalletServiceClient(address, credentials);
   const ledger = new LedgerServiceClient(address, credentials);
@@ -236,8 +266,12 @@ export function createSettleClient(
         paymentId: string,
         options: { timeoutMs?: number } = {},
       ): AsyncGenerator<WatchPaymentResponse> {
+        const timeoutMs = checkedTimeoutMs(
+          options.timeoutMs ?? 60 * 60_000,
+          'WatchPayment: timeoutMs',
+        );
         const stream = payments.watchPayment({ paymentId }, new grpc.Metadata(), {
-          deadline: Date.now() + (options.timeoutMs ?? 60 * 60_000),
+          deadline: Date.now() + timeoutMs,
         });
         try {
           for await (const message of stream as AsyncIterable<WatchPaymentResponse>) yield message;

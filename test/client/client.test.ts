@@ -87,4 +87,28 @@ describe('typed client', () => {
     expect(error.message).toMatch(message);
     expect(await rowCounts(stack.settle.db)).toEqual(before);
   });
+  it.each([
+    ['NaN', Number.NaN],
+    ['0', 0],
+    ['-5', -5],
+    ['1.5', 1.5],
+    // No deadline at all, which the client promises every call has.
+    ['Infinity', Number.POSITIVE_INFINITY],
+    // Past grpc-js's largest timeout: it threw from inside the channel, and the process died.
+    ['MAX_SAFE_INTEGER', Number.MAX_SAFE_INTEGER],
+  ])('refuses timeoutMs %s with a TypeError, before calling', async (_name, timeoutMs) => {
+    const error = await failure(client.ledger.getTrialBalance({}, { timeoutMs }));
+    expect(error).toBeInstanceOf(TypeError);
+    expect(error.message).toBe(
+      `GetTrialBalanceRequest: timeoutMs ${timeoutMs} is not a whole number of milliseconds ` +
+        'from 1 to 2147483647',
+    );
+    const watch = client.payments.watchPayment('pay_01M8DDZAQ3ZXZ1A9Q0AD35CVG0', { timeoutMs });
+    await expect(watch.next()).rejects.toThrow(
+      `WatchPayment: timeoutMs ${timeoutMs} is not a whole number of milliseconds`,
+    );
+    expect(() => createSettleClient('127.0.0.1:1', { defaultTimeoutMs: timeoutMs })).toThrow(
+      `createSettleClient: defaultTimeoutMs ${timeoutMs} is not a whole number of milliseconds`,
+    );
+  });
 });
