@@ -85,7 +85,7 @@ Options:
   --token TOKEN       admin token for dlq and timeline (env ADMIN_TOKEN; prefer the env variable)
   --actor NAME        your name in the audit trail (env SETTLE_ACTOR, else USER)
   --json              print JSON instead of tables
-  --timeout-ms N      deadline of each call (default 10000)
+  --timeout-ms N      deadline of each call in ms (default 10000; of a watch, 3600000)
   -h, --help          this text
 `;
 
@@ -333,9 +333,9 @@ async function dispatch(
         }
         case 'watch': {
           const paymentId = one(rest, 'payment_id');
-          for await (const { payment } of client.payments.watchPayment(paymentId, {
-            timeoutMs: Math.max(settings.timeoutMs, 60 * 60_000),
-          })) {
+          // The 10 s default of other calls would cut a watch short; one the operator gave holds.
+          const timeoutMs = values['timeout-ms'] === undefined ? 60 * 60_000 : settings.timeoutMs;
+          for await (const { payment } of client.payments.watchPayment(paymentId, { timeoutMs })) {
             if (payment === undefined) continue;
             io.out(
               settings.json

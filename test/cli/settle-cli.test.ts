@@ -320,4 +320,23 @@ describe('settle CLI', () => {
     );
     expect(run.stderr).not.toContain('    at ');
   });
+  it('ends a watch at --timeout-ms when one is given', async () => {
+    const created = await settle([
+      'payment',
+      'create',
+      '--buyer',
+      'buyer-cli-watch',
+      '--order',
+      'seller-cli-a=300',
+      '--json',
+    ]);
+    const { paymentId: id } = JSON.parse(created.stdout) as { paymentId: string };
+    const started = Date.now();
+    // Nobody pays: the payment stays EXECUTING, and the watch must end at its deadline.
+    const watched = await settle(['payment', 'watch', id, '--timeout-ms', '1500']);
+    expect(Date.now() - started).toBeLessThan(15_000);
+    expect(watched.code).toBe(1);
+    expect(watched.stdout).toMatch(/EXECUTING {2}seller-cli-a=EXECUTING\n$/);
+    expect(watched.stderr).toMatch(/^settle: DEADLINE_EXCEEDED: /);
+  });
 });
