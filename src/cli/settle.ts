@@ -209,8 +209,14 @@ export async function runCli(
     return values.help ? 0 : 2;
   }
   let timeoutMs: number;
+  let addr: string;
   try {
     timeoutMs = intOption(values['timeout-ms'], 'timeout-ms', 10_000, 1, 3_600_000);
+    // An empty SETTLE_ADDR counts as unset, as an empty ADMIN_TOKEN does.
+    addr =
+      values.addr !== undefined
+        ? checkedAddr(values.addr, '--addr')
+        : checkedAddr(env.SETTLE_ADDR || '127.0.0.1:50051', 'SETTLE_ADDR');
   } catch (error) {
     io.err(
       `settle: ${error instanceof Error ? error.message : String(error)}\n(settle --help lists the commands)\n`,
@@ -218,7 +224,7 @@ export async function runCli(
     return 2;
   }
   const settings = {
-    addr: values.addr ?? env.SETTLE_ADDR ?? '127.0.0.1:50051',
+    addr,
     token: values.token ?? env.ADMIN_TOKEN,
     actor: values.actor ?? env.SETTLE_ACTOR ?? env.USER ?? 'cli',
     json: values.json,
@@ -451,6 +457,25 @@ async function dispatch(
     default:
       throw new UsageError(`unknown command '${noun ?? ''}'`);
   }
+}
+
+/**
+ * `addr` if grpc-js can call it as the address of a node: not empty (grpc-js throws from the
+ * channel's constructor), not a URL and not a host without a port (grpc-js would call port 443).
+ * A target with one of grpc-js's schemes (`dns:///host:port`, `unix:/path`) is left to grpc-js.
+ */
+function checkedAddr(addr: string, name: string): string {
+  if (addr === '') {
+    throw new UsageError(`${name} is empty: give the node's host:port, e.g. 127.0.0.1:50051`);
+  }
+  const url = /^https?:\/\/([^/]+)/i.exec(addr);
+  if (url !== null) {
+    throw new UsageError(`${name} '${addr}' is a URL: give host:port, e.g. ${url[1] ?? ''}`);
+  }
+  if (!/^(dns|unix|unix-abstract|ipv4|ipv6):/.test(addr) && !/:\d{1,5}$/.test(addr)) {
+    throw new UsageError(`${name} '${addr}' has no port: e.g. ${addr}:50051`);
+  }
+  return addr;
 }
 
 /**

@@ -339,4 +339,23 @@ describe('settle CLI', () => {
     expect(watched.stdout).toMatch(/EXECUTING {2}seller-cli-a=EXECUTING\n$/);
     expect(watched.stderr).toMatch(/^settle: DEADLINE_EXCEEDED: /);
   });
+  it('refuses an address it cannot call as a usage error, without a stack trace', async () => {
+    const port = stack.settle.grpcPort;
+    const cases: Array<[string, string]> = [
+      // An unset variable in `--addr "$ADDR"`: grpc-js threw from the channel's constructor.
+      ['', "settle: --addr is empty: give the node's host:port, e.g. 127.0.0.1:50051"],
+      // grpc-js would call port 443, where no Settle node listens.
+      ['localhost', "settle: --addr 'localhost' has no port: e.g. localhost:50051"],
+      [
+        `http://127.0.0.1:${port}`,
+        `settle: --addr 'http://127.0.0.1:${port}' is a URL: give host:port, e.g. 127.0.0.1:${port}`,
+      ],
+    ];
+    for (const [addr, message] of cases) {
+      const run = await settle(['--addr', addr, 'wallet', 'seller-a']);
+      expect(run.code, addr).toBe(2);
+      expect(run.stderr.split('\n')[0], addr).toBe(message);
+      expect(run.stderr, addr).not.toContain('    at ');
+    }
+  });
 });
