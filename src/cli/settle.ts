@@ -479,16 +479,22 @@ function checkedAddr(addr: string, name: string): string {
 }
 
 /**
+ * Whether grpc-js failed `error`'s call for want of a connection (it says so in the details of
+ * its UNAVAILABLE), so no node saw the request.
+ */
+function neverSent(error: ServiceError): boolean {
+  return (
+    error.code === grpcStatus.UNAVAILABLE &&
+    /No connection established|Name resolution failed|ECONNREFUSED/.test(error.details)
+  );
+}
+
+/**
  * What to do when no connection to `addr` could be made (grpc-js says so in the details of its
  * UNAVAILABLE); empty for an answer the node itself gave.
  */
 function unreachableHint(error: ServiceError, addr: string): string {
-  if (
-    error.code !== grpcStatus.UNAVAILABLE ||
-    !/No connection established|Name resolution failed|ECONNREFUSED/.test(error.details)
-  ) {
-    return '';
-  }
+  if (!neverSent(error)) return '';
   return `no Settle node answers at ${addr}: start one, or give its address with --addr or SETTLE_ADDR\n`;
 }
 
@@ -848,7 +854,9 @@ const MAYBE_DONE_CODES: ReadonlySet<number> = new Set([
 
 /** `error`, with how to retry it safely when the payment may have been created anyway. */
 function lostAnswerHint(error: unknown, requestId: string): unknown {
-  if (!isServiceError(error) || !MAYBE_DONE_CODES.has(error.code)) return error;
+  if (!isServiceError(error) || !MAYBE_DONE_CODES.has(error.code) || neverSent(error)) {
+    return error;
+  }
   return new ServerError(
     `${grpcCodeName(error.code)}: ${error.details}\n` +
       `the payment may have been created: run it again with --request-id ${requestId} ` +

@@ -254,6 +254,7 @@ describe('settle CLI', () => {
     expect(help.code).toBe(0);
     expect(help.stdout).toContain('Usage: settle');
   });
+
   it('refuses arguments and options the command does not take, and sends nothing', async () => {
     // Each would otherwise run as if the word were not there: a list unfiltered, a payment made.
     const cases: Array<[string[], RegExp]> = [
@@ -319,7 +320,15 @@ describe('settle CLI', () => {
       `no Settle node answers at ${addr}: start one, or give its address with --addr or SETTLE_ADDR`,
     );
     expect(run.stderr).not.toContain('    at ');
+    // Nothing reached a node, so there is no payment to get back with the request id.
+    const create = await settle(['payment', 'create', '--buyer', 'b', '--order', 's=100'], {
+      SETTLE_ADDR: addr,
+    });
+    expect(create.code).toBe(1);
+    expect(create.stderr).toContain(`no Settle node answers at ${addr}`);
+    expect(create.stderr).not.toContain('--request-id');
   });
+
   it('ends a watch at --timeout-ms when one is given', async () => {
     const created = await settle([
       'payment',
@@ -339,6 +348,7 @@ describe('settle CLI', () => {
     expect(watched.stdout).toMatch(/EXECUTING {2}seller-cli-a=EXECUTING\n$/);
     expect(watched.stderr).toMatch(/^settle: DEADLINE_EXCEEDED: /);
   });
+
   it('refuses an address it cannot call as a usage error, without a stack trace', async () => {
     const port = stack.settle.grpcPort;
     const cases: Array<[string, string]> = [
