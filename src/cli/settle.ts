@@ -4,8 +4,9 @@
  * AdminService (with `authorization: Bearer <ADMIN_TOKEN>`; replay and discard are audited with
  * the caller's name, sent as `x-admin-actor` metadata, and the request's reason), and
  * settlement-file reconciliation through ReconciliationService. Output is a human-readable table
- * by default and JSON with --json (proto3 JSON mapping, the same shapes as the REST twin;
- * amounts are strings). Exit codes: 0 done, 1 the server refused or failed, 2 bad usage.
+ * by default and JSON with --json (proto3 JSON mapping: the response message, except that
+ * `payment create`, `get` and `watch` print the Payment itself; amounts are strings). Exit codes:
+ * 0 done, 1 the server refused or failed or no node answered, 2 bad usage (nothing was sent).
  *
  *   npm run settle -- payment create --buyer buyer-1 --order seller-a=1999 --order seller-b=500
  *   npm run settle -- payment watch pay_…
