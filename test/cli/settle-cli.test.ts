@@ -7,7 +7,7 @@
  * through `npm run settle`) against a startStack() node on MariaDB and NATS; its stdout, stderr
  * and exit code are checked, and the database is checked for the audit row.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -366,6 +366,21 @@ describe('settle CLI', () => {
       expect(run.code, addr).toBe(2);
       expect(run.stderr.split('\n')[0], addr).toBe(message);
       expect(run.stderr, addr).not.toContain('    at ');
+    }
+  });
+  it('ends quietly when its reader has closed the pipe (settle … | head -1)', async () => {
+    for (const args of [['--help'], ['trial-balance'], ['payment', 'list', '--json']]) {
+      const child = spawn(process.execPath, [path.join(ROOT, 'bin/settle.js'), ...args], {
+        cwd: ROOT,
+        env: { PATH: process.env.PATH ?? '', SETTLE_ADDR: `127.0.0.1:${stack.settle.grpcPort}` },
+      });
+      // As a `head` that has read its lines and exited: each write now fails with EPIPE.
+      child.stdout.destroy();
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+      expect(stderr, args.join(' ')).toBe('');
+      expect(code, args.join(' ')).toBe(0);
     }
   });
 });
