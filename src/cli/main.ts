@@ -11,7 +11,23 @@ process.stdout.on('error', (error: NodeJS.ErrnoException) => {
   process.exit(process.exitCode ?? 0);
 });
 
+let interruptNote: string | undefined;
+/**
+ * Prints the note, then dies of SIGINT as if unhandled: a shell running the command in a script
+ * sees the interrupt and stops there too, which an exit code would not tell it.
+ */
+function onSigint(): void {
+  if (interruptNote !== undefined) process.stderr.write(interruptNote);
+  process.off('SIGINT', onSigint);
+  process.kill(process.pid, 'SIGINT');
+}
+
 process.exitCode = await runCli(process.argv.slice(2), process.env, {
   out: (text) => process.stdout.write(text),
   err: (text) => process.stderr.write(text),
+  onInterrupt: (note) => {
+    interruptNote = note;
+    process.off('SIGINT', onSigint);
+    if (note !== undefined) process.on('SIGINT', onSigint);
+  },
 });

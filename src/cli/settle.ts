@@ -190,7 +190,15 @@ class UsageError extends Error {}
 /** The server answered with an error: exit code 1. */
 class ServerError extends Error {}
 
-type Io = Readonly<{ out: (text: string) => void; err: (text: string) => void }>;
+type Io = Readonly<{
+  out: (text: string) => void;
+  err: (text: string) => void;
+  /**
+   * Sets what to print on stderr if Ctrl-C ends the command from now on; undefined clears it.
+   * Left out, nothing is printed.
+   */
+  onInterrupt?: (note: string | undefined) => void;
+}>;
 
 export async function runCli(
   argv: readonly string[],
@@ -287,6 +295,8 @@ async function dispatch(
             throw new UsageError('payment create needs at least one --order seller=amount_minor');
           const requestId = values['request-id'] ?? randomUUID();
           let payment;
+          // Stopped while the call is out, the payment may exist all the same.
+          io.onInterrupt?.(`settle: interrupted\n${retryAdvice(requestId)}\n`);
           try {
             ({ payment } = await client.payments.createPayment({
               requestId,
@@ -296,6 +306,8 @@ async function dispatch(
             }));
           } catch (error) {
             throw lostAnswerHint(error, requestId);
+          } finally {
+            io.onInterrupt?.(undefined);
           }
           return print(payment && Payment.toJSON(payment), () => paymentText(payment));
         }
@@ -859,9 +871,14 @@ function lostAnswerHint(error: unknown, requestId: string): unknown {
     return error;
   }
   return new ServerError(
-    `${grpcCodeName(error.code)}: ${error.details}\n` +
-      `the payment may have been created: run it again with --request-id ${requestId} ` +
-      'to get that payment rather than make a second',
+    `${grpcCodeName(error.code)}: ${error.details}\n${retryAdvice(requestId)}`,
+  );
+}
+
+function retryAdvice(requestId: string): string {
+  return (
+    `the payment may have been created: run it again with --request-id ${requestId} ` +
+    'to get that payment rather than make a second'
   );
 }
 

@@ -12,7 +12,14 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CARD, freePort, payOnHostedPage, startStack, type Stack } from '../support/harness.js';
+import {
+  CARD,
+  freePort,
+  payOnHostedPage,
+  startStack,
+  waitFor,
+  type Stack,
+} from '../support/harness.js';
 import { ADMIN_TOKEN, auditRows, deadLetteredPayment } from '../admin/admin-support.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
@@ -381,6 +388,45 @@ describe('settle CLI', () => {
       const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
       expect(stderr, args.join(' ')).toBe('');
       expect(code, args.join(' ')).toBe(0);
+    }
+  });
+  it('on Ctrl-C during a create, tells the request id that gets the payment made', async () => {
+    const buyer = 'buyer-cli-interrupted';
+    const order = ['payment', 'create', '--buyer', buyer, '--order', 'seller-cli-a=800'];
+    // A slow PSP keeps the create waiting for its registration after the payment is written.
+    stack.psp.setBehavior({ latencyMs: 3_000 });
+    try {
+      const child = spawn(process.execPath, [path.join(ROOT, 'bin/settle.js'), ...order], {
+        cwd: ROOT,
+        env: { PATH: process.env.PATH ?? '', SETTLE_ADDR: `127.0.0.1:${stack.settle.grpcPort}` },
+      });
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const closed = new Promise<[number | null, string | null]>((resolve) =>
+        child.on('close', (code, signal) => resolve([code, signal])),
+      );
+      await waitFor(
+        () =>
+          stack.settle.db
+            .selectFrom('payment')
+            .select('id')
+            .where('buyer_id', '=', buyer)
+            .executeTakeFirst(),
+        { what: 'the payment row' },
+      );
+      child.kill('SIGINT');
+      // It still dies of the signal, so a shell script running it stops too.
+      expect(await closed).toEqual([null, 'SIGINT']);
+      const requestId = /run it again with --request-id ([0-9a-f-]{36})/.exec(stderr)?.[1];
+      expect(requestId, stderr).toBeDefined();
+      stack.psp.setBehavior({ latencyMs: 0 });
+      const again = await settle([...order, '--request-id', requestId ?? '']);
+      expect(again.code, again.stderr).toBe(0);
+      const listed = await settle(['payment', 'list', '--buyer', buyer, '--json']);
+      const { payments } = JSON.parse(listed.stdout) as { payments: Array<{ requestId: string }> };
+      expect(payments.map((p) => p.requestId)).toEqual([requestId]);
+    } finally {
+      stack.psp.setBehavior({ latencyMs: 0 });
     }
   });
 });
