@@ -528,3 +528,152 @@ export async function walletsNotMatchingLedger(db: Db): Promise<
     ledgerCurrencies: row.ledger_currencies ?? '',
   }));
 }
+
+/** Offenders listed at most per check by `ordersNotMatchingLedger`. */
+const ORDER_MISMATCHES_LISTED_MAX = 100;
+
+/**
+ * What ties the payments and their orders to the ledger, each a list of offenders described in
+ * words (at most ORDER_MISMATCHES_LISTED_MAX each); every list is empty when the books agree.
+ */
+export type OrdersNotMatchingLedger = Readonly<{
+  /**
+   * Orders whose PAYMENT transaction is missing (SUCCEEDED), present (any other state, those
+   * flagged CHARGED_AFTER_* included: they are not booked) or of another amount or currency.
+   */
+  misbooked: string[];
+  /**
+   * Orders whose entries, of any kind, do not credit their own seller's payable account by their
+   * amount when SUCCEEDED and by nothing otherwise, or touch another seller's account.
+   */
+  miscredited: string[];
+  /**
+   * Seller payable entries of a transaction that is not a PAYMENT: only a PAYMENT credits a
+   * seller (a PSP_FEE moves money between fee_expense and psp_receivable).
+   */
+  sellerEntriesNotOfAPayment: string[];
+  /**
+   * Transactions naming an order that does not exist, and entries of a transaction or an order
+   * that does not exist, or of another order or currency than their transaction.
+   */
+  orphans: string[];
+  /** Payments whose orders do not number, sum to or share their total and currency. */
+  paymentsOff: string[];
+}>;
+
+/**
+ * Checks, order by order, that the ledger books exactly the orders that succeeded: one PAYMENT
+ * transaction for its amount and currency crediting its own seller per SUCCEEDED order, nothing
+ * for the others, nothing for orders that do not exist; and that each payment's total is the sum
+ * of its orders. Totals are not enough: one order over-credited and another under-credited by as
+ * much leave every sum equal. Five queries; the tests, the bench and the crash tests end with it.
+ */
+export async function ordersNotMatchingLedger(db: Db): Promise<OrdersNotMatchingLedger> {
+  const limit = ORDER_MISMATCHES_LISTED_MAX;
+  const misbooked = await sql<{
+    id: string;
+    state: string;
+    amount_minor: string;
+    currency: string;
+    booked_minor: string | null;
+    booked_currency: string | null;
+  }>`
+    SELECT o.id, o.state, o.amount_minor, o.currency,
+           t.amount_minor AS booked_minor, t.currency AS booked_currency
+    FROM payment_order o
+    LEFT JOIN ledger_transaction t ON t.order_id = o.id AND t.kind = 'PAYMENT'
+    WHERE (o.state = 'SUCCEEDED') <> (t.id IS NOT NULL)
+       OR t.amount_minor <> o.amount_minor OR t.currency <> o.currency
+    ORDER BY o.id LIMIT ${limit}`.execute(db);
+  const ownAccount = sql`CONCAT(${SELLER_PAYABLE_PREFIX}, o.seller_id)`;
+  const miscredited = await sql<{
+    id: string;
+    state: string;
+    seller_id: string;
+    amount_minor: string;
+    own_minor: string;
+    others_minor: string;
+  }>`
+    SELECT o.id, o.state, o.seller_id, o.amount_minor,
+           COALESCE(SUM(CASE WHEN e.account = ${ownAccount}
+                             THEN e.credit_minor - e.debit_minor END), 0) AS own_minor,
+           COALESCE(SUM(CASE WHEN e.account <> ${ownAccount}
+                             THEN e.credit_minor + e.debit_minor END), 0) AS others_minor
+    FROM payment_order o
+    LEFT JOIN ledger_entry e ON e.order_id = o.id AND e.account LIKE ${SELLER_PAYABLE_PREFIX + '%'}
+    GROUP BY o.id, o.state, o.seller_id, o.amount_minor
+    HAVING own_minor <> CASE WHEN o.state = 'SUCCEEDED' THEN o.amount_minor ELSE 0 END
+        OR others_minor <> 0
+    ORDER BY o.id LIMIT ${limit}`.execute(db);
+  const notOfAPayment = await sql<{
+    transaction_id: string;
+    order_id: string;
+    account: string;
+    kind: string | null;
+  }>`
+    SELECT e.transaction_id, e.order_id, e.account, t.kind
+    FROM ledger_entry e LEFT JOIN ledger_transaction t ON t.id = e.transaction_id
+    WHERE e.account LIKE ${SELLER_PAYABLE_PREFIX + '%'} AND (t.kind IS NULL OR t.kind <> 'PAYMENT')
+    ORDER BY e.id LIMIT ${limit}`.execute(db);
+  const orphans = await sql<{ what: string }>`
+    (SELECT CONCAT('transaction ', t.id, ' (', t.kind, ') of unknown order ', t.order_id) AS what
+     FROM ledger_transaction t LEFT JOIN payment_order o ON o.id = t.order_id
+     WHERE o.id IS NULL ORDER BY t.id LIMIT ${limit})
+    UNION ALL
+    (SELECT CONCAT('entry ', e.id, ' (', e.kind, ' ', e.currency, ') of order ', e.order_id,
+                   CASE WHEN o.id IS NULL THEN ' (unknown)' ELSE '' END, ', transaction ',
+                   e.transaction_id,
+                   CASE WHEN t.id IS NULL THEN ' (unknown)'
+                        ELSE CONCAT(' (of ', t.order_id, ' in ', t.currency, ')') END) AS what
+     FROM ledger_entry e
+     LEFT JOIN ledger_transaction t ON t.id = e.transaction_id
+     LEFT JOIN payment_order o ON o.id = e.order_id
+     WHERE t.id IS NULL OR o.id IS NULL OR t.order_id <> e.order_id OR t.currency <> e.currency
+     ORDER BY e.id LIMIT ${limit})`.execute(db);
+  const paymentsOff = await sql<{
+    id: string;
+    amount_minor: string;
+    currency: string;
+    orders_total: number;
+    n: string | null;
+    minor: string | null;
+    currency_min: string | null;
+    currency_max: string | null;
+  }>`
+    SELECT p.id, p.amount_minor, p.currency, p.orders_total, o.n, o.minor, o.currency_min,
+           o.currency_max
+    FROM payment p
+    LEFT JOIN (SELECT payment_id, COUNT(*) AS n, SUM(amount_minor) AS minor,
+                      MIN(currency) AS currency_min, MAX(currency) AS currency_max
+               FROM payment_order GROUP BY payment_id) o ON o.payment_id = p.id
+    WHERE o.payment_id IS NULL OR o.n <> p.orders_total OR o.minor <> p.amount_minor
+       OR o.currency_min <> p.currency OR o.currency_max <> p.currency
+    ORDER BY p.id LIMIT ${limit}`.execute(db);
+  return {
+    misbooked: misbooked.rows.map(
+      (r) =>
+        `${r.id} ${r.state} ${r.amount_minor} ${r.currency}: ` +
+        (r.booked_minor === null
+          ? 'no PAYMENT transaction'
+          : `PAYMENT of ${r.booked_minor} ${r.booked_currency ?? ''}`),
+    ),
+    miscredited: miscredited.rows.map(
+      (r) =>
+        `${r.id} ${r.state} ${r.amount_minor}: ${SELLER_PAYABLE_PREFIX}${r.seller_id} credited ` +
+        `${r.own_minor}, other sellers' accounts moved ${r.others_minor}`,
+    ),
+    sellerEntriesNotOfAPayment: notOfAPayment.rows.map(
+      (r) =>
+        `${r.account} by transaction ${r.transaction_id} (${r.kind ?? 'unknown'}) of ${r.order_id}`,
+    ),
+    orphans: orphans.rows.map((r) => r.what),
+    paymentsOff: paymentsOff.rows.map(
+      (r) =>
+        `${r.id} ${r.amount_minor} ${r.currency} of ${r.orders_total} orders: ` +
+        (r.n === null
+          ? 'no orders'
+          : `${r.n} orders summing to ${r.minor ?? ''} ${r.currency_min ?? ''}` +
+            (r.currency_min === r.currency_max ? '' : `..${r.currency_max ?? ''}`)),
+    ),
+  };
+}
