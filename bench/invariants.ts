@@ -89,9 +89,12 @@ export async function checkInvariants(options: {
       );
     }
 
+    // PAYMENT only: a PSP_FEE that reconciliation books on top of an order's PAYMENT is neither
+    // a second booking of the order nor money credited to a seller.
     const ledger = await one(sql`
       SELECT COUNT(*) AS transactions, COUNT(DISTINCT order_id) AS orders,
-        COALESCE(SUM(amount_minor), 0) AS minor FROM ledger_transaction`);
+        COALESCE(SUM(amount_minor), 0) AS minor
+      FROM ledger_transaction WHERE kind = 'PAYMENT'`);
     const wallets = await one(sql`SELECT COALESCE(SUM(balance_minor), 0) AS minor FROM wallet`);
     // The two databases cannot be joined, so each side sums a checksum of (order, amount,
     // currency) per charge or SUCCEEDED order: equal sums mean the same charges, not only the
