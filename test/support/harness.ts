@@ -2,7 +2,8 @@
  * Shared test support: per-file databases and namespaces on the real MariaDB and NATS, a full
  * stack (PSP mock + Settle node) on free ports, typed gRPC clients, the hosted-page flow as a
  * browser does it, condition waits with deadlines, and the money invariants every scenario ends
- * with (ledger balanced, wallets equal to the ledger).
+ * with (ledger balanced, wallets equal to the ledger, the ledger booking exactly the orders that
+ * succeeded).
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
@@ -35,6 +36,7 @@ import {
 // One implementation for tests, the bench and the chaos demo.
 export { dropDatabase, freePort };
 import {
+  ordersNotMatchingLedger,
   trialBalanceByCurrency,
   unbalancedLedgerTransactions,
   walletsNotMatchingLedger,
@@ -401,9 +403,28 @@ export async function expectWalletsMatchLedger(db: Db): Promise<void> {
   expect(await walletsNotMatchingLedger(db)).toEqual([]);
 }
 
+/**
+ * The ledger books exactly the orders that succeeded, order by order: one PAYMENT transaction per
+ * SUCCEEDED order for its amount and currency, crediting its own seller and no one else; no
+ * PAYMENT and no seller credit for an order in any other state; no transaction or entry of an
+ * order that does not exist; each payment's total is the sum of its orders. A PSP_FEE booking
+ * (debit fee_expense, credit psp_receivable) of an existing order is valid.
+ */
+export async function expectOrdersMatchLedger(db: Db): Promise<void> {
+  expect(await ordersNotMatchingLedger(db), 'orders not matching the ledger').toEqual({
+    misbooked: [],
+    miscredited: [],
+    sellerEntriesNotOfAPayment: [],
+    orphans: [],
+    paymentsOff: [],
+  });
+}
+
+/** The ledger balances, the wallets equal it, and it books exactly the orders that succeeded. */
 export async function expectMoneyInvariants(db: Db): Promise<void> {
   await expectLedgerBalanced(db);
   await expectWalletsMatchLedger(db);
+  await expectOrdersMatchLedger(db);
 }
 
 /** Row counts of every Settle table, to prove a rejected request wrote nothing. */

@@ -180,30 +180,58 @@ function entry(
 const payable = (order: Order) => `seller_payable:${order.sellerId}`;
 
 /**
- * A balanced ADJUSTMENT transaction of `order` (a kind Settle never writes) crediting its seller
- * `amountMinor` more, with the wallet following, so that only a check of who may be credited
- * can see it.
+ * A balanced transaction of `kind` for `order` crediting its seller `amountMinor` more, with the
+ * wallet following, so that only a check of who may be credited, and by what, can see it.
  */
-async function adjustment(s: AnyDb, order: Order, amountMinor: bigint): Promise<void> {
+async function sellerBooking(
+  s: AnyDb,
+  order: Order,
+  amountMinor: bigint,
+  kind: 'ADJUSTMENT' | 'PAYMENT',
+): Promise<void> {
   const id = newId('ledgerTransaction');
   await sql`INSERT INTO ledger_transaction (id, order_id, kind, currency, amount_minor, created_at)
-    VALUES (${id}, ${order.id}, 'ADJUSTMENT', 'USD', ${amountMinor}, NOW(3))`.execute(s);
+    VALUES (${id}, ${order.id}, ${kind}, 'USD', ${amountMinor}, NOW(3))`.execute(s);
   const common = { currency: 'USD', debit: 0n, credit: 0n };
   await entry(id, order, {
     ...common,
     account: 'psp_receivable',
-    kind: 'ADJUSTMENT_RECEIVABLE',
+    kind: `${kind}_RECEIVABLE`,
     debit: amountMinor,
   }).execute(s);
   await entry(id, order, {
     ...common,
     account: payable(order),
-    kind: 'ADJUSTMENT_PAYABLE',
+    kind: `${kind}_PAYABLE`,
     credit: amountMinor,
   }).execute(s);
   await sql`INSERT INTO wallet (seller_id, currency, balance_minor, updated_at)
     VALUES (${order.sellerId}, 'USD', ${amountMinor}, NOW(3))
     ON DUPLICATE KEY UPDATE balance_minor = balance_minor + ${amountMinor}`.execute(s);
+}
+
+/** A balanced ADJUSTMENT (a kind Settle never writes) crediting the seller of `order`. */
+const adjustment = (s: AnyDb, order: Order, amountMinor: bigint) =>
+  sellerBooking(s, order, amountMinor, 'ADJUSTMENT');
+
+/** The PSP's fee of `order` as reconciliation books it: fee_expense to psp_receivable. */
+async function pspFee(s: AnyDb, order: Order, feeMinor: bigint): Promise<void> {
+  const id = newId('ledgerTransaction');
+  await sql`INSERT INTO ledger_transaction (id, order_id, kind, currency, amount_minor, created_at)
+    VALUES (${id}, ${order.id}, 'PSP_FEE', 'USD', ${feeMinor}, NOW(3))`.execute(s);
+  const common = { currency: 'USD', debit: 0n, credit: 0n };
+  await entry(id, order, {
+    ...common,
+    account: 'fee_expense',
+    kind: 'PSP_FEE_EXPENSE',
+    debit: feeMinor,
+  }).execute(s);
+  await entry(id, order, {
+    ...common,
+    account: 'psp_receivable',
+    kind: 'PSP_FEE_RECEIVABLE',
+    credit: feeMinor,
+  }).execute(s);
 }
 
 const mutations: readonly Mutation[] = [
@@ -282,7 +310,7 @@ const mutations: readonly Mutation[] = [
   },
   {
     name: 'a SUCCEEDED order with no ledger transaction (wallet emptied to match)',
-    claimedBy: ['chaos', 'bench'],
+    claimedBy: ['harness', 'chaos', 'bench'],
     apply: async (s, _p, { a }) => {
       await sql`DELETE FROM ledger_entry WHERE order_id = ${a.id}`.execute(s);
       await sql`DELETE FROM ledger_transaction WHERE order_id = ${a.id}`.execute(s);
@@ -291,14 +319,14 @@ const mutations: readonly Mutation[] = [
   },
   {
     name: 'a SUCCEEDED order with a second ledger transaction of another kind',
-    claimedBy: ['chaos', 'bench'],
+    claimedBy: ['harness', 'chaos', 'bench'],
     apply: async (s, _p, { a }) => {
       await adjustment(s, a, a.amountMinor);
     },
   },
   {
     name: "a SUCCEEDED order's ledger transaction moved to a FAILED order (counts, sums equal)",
-    claimedBy: ['chaos', 'bench'],
+    claimedBy: ['harness', 'chaos', 'bench'],
     apply: async (s, _p, { a, c }) => {
       await sql`UPDATE ledger_entry SET order_id = ${c.id} WHERE order_id = ${a.id}`.execute(s);
       await sql`UPDATE ledger_transaction SET order_id = ${c.id} WHERE order_id = ${a.id}`.execute(
@@ -338,7 +366,7 @@ const mutations: readonly Mutation[] = [
   },
   {
     name: "a payment whose orders don't sum to its total (off by 1)",
-    claimedBy: ['chaos', 'bench'],
+    claimedBy: ['harness', 'chaos', 'bench'],
     apply: async (s, _p, { paid }) => {
       await sql`UPDATE payment SET amount_minor = amount_minor + 1 WHERE id = ${paid}`.execute(s);
     },
@@ -352,7 +380,7 @@ const mutations: readonly Mutation[] = [
   },
   {
     name: 'one order over-credited by 1 and another under-credited by 1 (totals equal)',
-    claimedBy: ['chaos', 'bench'],
+    claimedBy: ['harness', 'chaos', 'bench'],
     apply: async (s, _p, { a, b }) => {
       for (const [order, delta] of [
         [a, 1n],
@@ -371,7 +399,7 @@ const mutations: readonly Mutation[] = [
   },
   {
     name: "an order's credit paid to another seller (wallets moved to match)",
-    claimedBy: ['chaos', 'bench'],
+    claimedBy: ['harness', 'chaos', 'bench'],
     apply: async (s, _p, { a, b }) => {
       await sql`UPDATE ledger_entry SET account = ${payable(b)}
         WHERE order_id = ${a.id} AND account = ${payable(a)}`.execute(s);
@@ -383,24 +411,52 @@ const mutations: readonly Mutation[] = [
   },
   {
     name: 'a FAILED order that credits its seller through a transaction of another kind',
-    claimedBy: ['chaos', 'bench'],
+    claimedBy: ['harness', 'chaos', 'bench'],
     apply: async (s, _p, { c }) => {
       await adjustment(s, c, c.amountMinor);
     },
   },
   {
     name: 'a transaction of an unknown order crediting a seller (wallet follows)',
-    claimedBy: ['chaos', 'bench'],
+    claimedBy: ['harness', 'chaos', 'bench'],
     apply: async (s, _p, { a }) => {
       await adjustment(s, { ...a, id: newId('order') }, 5n);
     },
   },
   {
     name: 'entries of no transaction and no order crediting a seller (wallet follows)',
-    claimedBy: ['chaos', 'bench'],
+    claimedBy: ['harness', 'chaos', 'bench'],
     apply: async (s, _p, { a }) => {
       await adjustment(s, { ...a, id: newId('order') }, 5n);
       await sql`DELETE FROM ledger_transaction WHERE kind = 'ADJUSTMENT'`.execute(s);
+    },
+  },
+  {
+    name: 'a FAILED order flagged CHARGED_AFTER_FAILURE and booked as a PAYMENT (wallet follows)',
+    claimedBy: ['harness', 'chaos', 'bench'],
+    apply: async (s, _p, { c }) => {
+      await sql`UPDATE payment_order SET review_reason = 'CHARGED_AFTER_FAILURE'
+        WHERE id = ${c.id}`.execute(s);
+      await sellerBooking(s, c, c.amountMinor, 'PAYMENT');
+    },
+  },
+  {
+    name: 'a PAYMENT in another currency than its order (entries and wallet follow)',
+    // The chaos demo runs in one currency and does not compare them.
+    claimedBy: ['harness', 'bench'],
+    apply: async (s, _p, { a }) => {
+      await sql`UPDATE ledger_transaction SET currency = 'EUR' WHERE order_id = ${a.id}`.execute(s);
+      await sql`UPDATE ledger_entry SET currency = 'EUR' WHERE order_id = ${a.id}`.execute(s);
+      await sql`UPDATE wallet SET currency = 'EUR' WHERE seller_id = ${a.sellerId}`.execute(s);
+    },
+  },
+  {
+    name: "an entry of a PAYMENT naming another order than its transaction's",
+    // The chaos demo groups entries by their own order only.
+    claimedBy: ['harness', 'bench'],
+    apply: async (s, _p, { a, c }) => {
+      await sql`UPDATE ledger_entry SET order_id = ${c.id}
+        WHERE order_id = ${a.id} AND account = 'psp_receivable'`.execute(s);
     },
   },
   {
@@ -425,6 +481,19 @@ const mutations: readonly Mutation[] = [
         WHERE order_id = ${a.id} AND account = 'psp_receivable'`.execute(s);
       await sql`UPDATE wallet SET balance_minor = ${INT64_MAX}
         WHERE seller_id = ${a.sellerId}`.execute(s);
+    },
+  },
+];
+
+/** Changes Settle makes itself after the flow: every checker must still pass. */
+const validChanges: ReadonlyArray<
+  Readonly<{ name: string; apply: (settle: AnyDb, f: Fixture) => Promise<void> }>
+> = [
+  {
+    name: "reconciliation books the PSP's fee of each SUCCEEDED order",
+    apply: async (s, { a, b }) => {
+      await pspFee(s, a, 58n);
+      await pspFee(s, b, 15n);
     },
   },
 ];
@@ -468,6 +537,14 @@ afterAll(async () => {
 
 describe('invariant checkers under mutation', () => {
   it('pass all three on the untouched rows', async () => {
+    expect(await runCheckers()).toEqual({ harness: [], chaos: [], bench: [] });
+  });
+
+  it.each(validChanges)('$name: passes all three', async (change) => {
+    const settleDb = settle.db as unknown as AnyDb;
+    await restoreTables(settleDb, SETTLE_TABLES);
+    await restoreTables(psp.db, PSP_TABLES);
+    await change.apply(settleDb, fixture);
     expect(await runCheckers()).toEqual({ harness: [], chaos: [], bench: [] });
   });
 
