@@ -79,8 +79,11 @@ export type DeadLetterRow = Readonly<{ orderId: string | null; reason: string; s
 export type Observed = Readonly<{
   orders: readonly ObservedOrder[];
   payments: readonly ObservedPayment[];
-  /** PAYMENT ledger transactions per order: how many and their total. */
-  ledgerByOrder: ReadonlyMap<string, { count: number; amountMinor: bigint }>;
+  /**
+   * PAYMENT ledger transactions per order: how many, their total and their currency (the highest
+   * when there are several; the unique (order, kind) key allows one).
+   */
+  ledgerByOrder: ReadonlyMap<string, { count: number; amountMinor: bigint; currency: string }>;
   /**
    * Per order, the seller_payable accounts its ledger transactions of any kind credit (net): only a
    * PAYMENT may credit a seller, so a second transaction of another kind is money invented.
@@ -185,8 +188,8 @@ export async function observe(sources: { db: Db; psp: PspServiceClient }): Promi
     ])
     .limit(ROWS_MAX)
     .execute();
-  const ledger = await sql<{ order_id: string; n: string; amount: string }>`
-    SELECT order_id, COUNT(*) AS n, SUM(amount_minor) AS amount
+  const ledger = await sql<{ order_id: string; n: string; amount: string; currency: string }>`
+    SELECT order_id, COUNT(*) AS n, SUM(amount_minor) AS amount, MAX(currency) AS currency
     FROM ledger_transaction WHERE kind = 'PAYMENT' GROUP BY order_id`.execute(db);
   const credits = await sql<{ order_id: string; account: string; credit: string }>`
     SELECT order_id, account, SUM(credit_minor) - SUM(debit_minor) AS credit
@@ -234,7 +237,7 @@ export async function observe(sources: { db: Db; psp: PspServiceClient }): Promi
     ledgerByOrder: new Map(
       ledger.rows.map((row) => [
         row.order_id,
-        { count: Number(row.n), amountMinor: BigInt(row.amount) },
+        { count: Number(row.n), amountMinor: BigInt(row.amount), currency: row.currency },
       ]),
     ),
     sellerCreditsByOrder,
@@ -431,11 +434,17 @@ export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
     disagreeing.map((o) => `${o.id} ${o.state}: PSP ${observed.pspPayments.get(o.id) ?? 'none'}`),
   );
 
-  // Exactly one ledger transaction per SUCCEEDED order, for its amount; none for the others.
+  // Exactly one ledger transaction per SUCCEEDED order, for its amount and currency; none for the
+  // others.
   const badLedger = observed.orders.filter((order) => {
     const booked = observed.ledgerByOrder.get(order.id);
     if (order.state === 'SUCCEEDED') {
-      return booked === undefined || booked.count !== 1 || booked.amountMinor !== order.amountMinor;
+      return (
+        booked === undefined ||
+        booked.count !== 1 ||
+        booked.amountMinor !== order.amountMinor ||
+        booked.currency !== order.currency
+      );
     }
     return booked !== undefined;
   });

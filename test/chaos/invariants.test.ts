@@ -79,7 +79,7 @@ function facts(): { observed: Observed; driver: DriverFacts } {
           ordersFailed: 0,
         },
       ],
-      ledgerByOrder: new Map([['ord_ok', { count: 1, amountMinor: 500n }]]),
+      ledgerByOrder: new Map([['ord_ok', { count: 1, amountMinor: 500n, currency: 'USD' }]]),
       sellerCreditsByOrder: new Map([
         ['ord_ok', [{ account: 'seller_payable:seller-1', creditMinor: 500n }]],
       ]),
@@ -454,7 +454,7 @@ describe('chaos invariants', () => {
       'orders whose ledger transactions are not exactly one per SUCCEEDED order',
       (f) =>
         withObserved(f, () => ({
-          ledgerByOrder: new Map([['ord_ok', { count: 2, amountMinor: 1000n }]]),
+          ledgerByOrder: new Map([['ord_ok', { count: 2, amountMinor: 1000n, currency: 'USD' }]]),
         })),
     ],
     [
@@ -462,7 +462,15 @@ describe('chaos invariants', () => {
       'orders whose ledger transactions are not exactly one per SUCCEEDED order',
       (f) =>
         withObserved(f, () => ({
-          ledgerByOrder: new Map([['ord_ok', { count: 1, amountMinor: 499n }]]),
+          ledgerByOrder: new Map([['ord_ok', { count: 1, amountMinor: 499n, currency: 'USD' }]]),
+        })),
+    ],
+    [
+      'a SUCCEEDED order booked once for its amount in another currency',
+      'orders whose ledger transactions are not exactly one per SUCCEEDED order',
+      (f) =>
+        withObserved(f, () => ({
+          ledgerByOrder: new Map([['ord_ok', { count: 1, amountMinor: 500n, currency: 'EUR' }]]),
         })),
     ],
     [
@@ -472,7 +480,7 @@ describe('chaos invariants', () => {
         withObserved(f, (o) => ({
           ledgerByOrder: new Map([
             ...o.ledgerByOrder,
-            ['ord_declined', { count: 1, amountMinor: 700n }],
+            ['ord_declined', { count: 1, amountMinor: 700n, currency: 'USD' }],
           ]),
         })),
     ],
@@ -483,7 +491,7 @@ describe('chaos invariants', () => {
         withObserved(f, (o) => ({
           ledgerByOrder: new Map([
             ...o.ledgerByOrder,
-            ['ord_ghost', { count: 1, amountMinor: 100n }],
+            ['ord_ghost', { count: 1, amountMinor: 100n, currency: 'USD' }],
           ]),
         })),
     ],

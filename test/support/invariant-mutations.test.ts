@@ -442,8 +442,7 @@ const mutations: readonly Mutation[] = [
   },
   {
     name: 'a PAYMENT in another currency than its order (entries and wallet follow)',
-    // The chaos demo runs in one currency and does not compare them.
-    claimedBy: ['harness', 'bench'],
+    claimedBy: ['harness', 'chaos', 'bench'],
     apply: async (s, _p, { a }) => {
       await sql`UPDATE ledger_transaction SET currency = 'EUR' WHERE order_id = ${a.id}`.execute(s);
       await sql`UPDATE ledger_entry SET currency = 'EUR' WHERE order_id = ${a.id}`.execute(s);
