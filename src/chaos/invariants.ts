@@ -15,6 +15,7 @@ import {
   unbalancedLedgerTransactions,
   ACCOUNT,
   SELLER_PAYABLE_PREFIX,
+  ordersNotMatchingLedger,
   walletsNotMatchingLedger,
 } from '../storage/repositories/ledger.repository.js';
 import { callUnary, isRetryableStatus } from './rpc.js';
@@ -93,6 +94,12 @@ export type Observed = Readonly<{
   /** Currencies whose trial balance is not zero, with the balance. */
   trialBalanceNonZero: readonly string[];
   walletMismatches: readonly string[];
+  /**
+   * Ledger rows of no known order or transaction, or of another order or currency than their
+   * transaction's (`ordersNotMatchingLedger`'s orphans): money moved under a name that hides it
+   * from the per-order checks.
+   */
+  ledgerRowsAstray: readonly string[];
   outboxLeft: number;
   /** From the PSP mock's own records (ListCharges). */
   charges: readonly ObservedCharge[];
@@ -245,6 +252,7 @@ export async function observe(sources: { db: Db; psp: PspServiceClient }): Promi
     trialBalanceNonZero: (await trialBalanceByCurrency(db))
       .filter((total) => total.balanceMinor !== 0n)
       .map((total) => `${total.currency} ${total.balanceMinor}`),
+    ledgerRowsAstray: (await ordersNotMatchingLedger(db)).orphans,
     walletMismatches: (await walletsNotMatchingLedger(db)).map(
       (w) =>
         `${w.sellerId}: wallet ${w.walletMinor} ${w.walletCurrency || '-'}, ` +
@@ -505,6 +513,14 @@ export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
     '0',
     orphanLedger.length === 0,
     orphanLedger,
+  );
+
+  add(
+    'ledger rows of no known order or transaction, or not of their transaction',
+    observed.ledgerRowsAstray.length,
+    '0',
+    observed.ledgerRowsAstray.length === 0,
+    observed.ledgerRowsAstray,
   );
 
   add(

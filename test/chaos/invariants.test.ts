@@ -86,6 +86,7 @@ function facts(): { observed: Observed; driver: DriverFacts } {
       unbalancedTransactions: [],
       trialBalanceNonZero: [],
       walletMismatches: [],
+      ledgerRowsAstray: [],
       outboxLeft: 0,
       charges: [{ nonce: 'ord_ok', pspReference: 'psp_a', amountMinor: 500n, currency: 'USD' }],
       pspPayments: new Map<string, PspPaymentState>([
@@ -509,6 +510,14 @@ describe('chaos invariants', () => {
       'a wallet that differs from the ledger',
       'wallets != ledger sums',
       (f) => withObserved(f, () => ({ walletMismatches: ['seller-1: 1 vs 2'] })),
+    ],
+    [
+      'an entry under another order than its transaction',
+      'ledger rows of no known order or transaction, or not of their transaction',
+      (f) =>
+        withObserved(f, () => ({
+          ledgerRowsAstray: ['entry 7 of ltx_1 names ord_declined, its transaction ord_ok'],
+        })),
     ],
     [
       'an order stuck without a dead letter',

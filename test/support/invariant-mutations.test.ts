@@ -451,8 +451,7 @@ const mutations: readonly Mutation[] = [
   },
   {
     name: "an entry of a PAYMENT naming another order than its transaction's",
-    // The chaos demo groups entries by their own order only.
-    claimedBy: ['harness', 'bench'],
+    claimedBy: ['harness', 'chaos', 'bench'],
     apply: async (s, _p, { a, c }) => {
       await sql`UPDATE ledger_entry SET order_id = ${c.id}
         WHERE order_id = ${a.id} AND account = 'psp_receivable'`.execute(s);
