@@ -32,8 +32,18 @@ const STATUS_BY_ERROR_CODE: Readonly<Record<ErrorCode, grpc.status>> = {
  */
 export const STATUS_MESSAGE_LENGTH_MAX = 1_000;
 
-/** `message`, cut to STATUS_MESSAGE_LENGTH_MAX characters (never inside one) when longer. */
-export function boundedStatusMessage(message: string): string {
+/** A UTF-16 surrogate without its other half. */
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+
+/**
+ * `message`, cut to STATUS_MESSAGE_LENGTH_MAX characters (never inside one) when longer, with
+ * every lone surrogate replaced by U+FFFD. Messages quote a caller's input cut with `slice`,
+ * which can split a pair (an emoji at the cut), and grpc-js percent-encodes the message with
+ * `encodeURI`, which throws on a lone surrogate: the throw escaped as an uncaught exception (it
+ * ends the process) and the call was never answered.
+ */
+export function boundedStatusMessage(text: string): string {
+  const message = text.replace(LONE_SURROGATE, '\ufffd');
   if (message.length <= STATUS_MESSAGE_LENGTH_MAX) return message;
   const points = Array.from(message);
   if (points.length <= STATUS_MESSAGE_LENGTH_MAX) return message;

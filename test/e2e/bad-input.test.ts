@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import type { CreatePaymentRequest } from '../../src/grpc/generated/settle/v1/payment.js';
+import { ReconciliationServiceClient } from '../../src/grpc/generated/settle/v1/reconciliation.js';
 import { inject } from 'vitest';
 import {
   call,
@@ -168,6 +169,26 @@ describe('bad input', () => {
     const error = await callError(stack.payments.getPayment.bind(stack.payments), { paymentId });
     expect(error.code).toBe(code);
     expect(error.details).toMatch(message);
+  });
+
+  it('answers a message that cuts a quoted emoji in half, instead of hanging the call', async () => {
+    // The message quotes the first 40 code units of the date, which end inside the emoji's pair.
+    const recon = new ReconciliationServiceClient(
+      `127.0.0.1:${stack.settle.grpcPort}`,
+      grpc.credentials.createInsecure(),
+    );
+    try {
+      const refused = await callError(recon.runReconciliation.bind(recon), {
+        settlementDate: `${'x'.repeat(39)}🙂`,
+        filePath: '',
+      });
+      expect(grpc.status[refused.code]).toBe('INVALID_ARGUMENT');
+      expect(refused.details).toBe(
+        `settlement_date: must be a day as YYYY-MM-DD, got '${'x'.repeat(39)}\ufffd'`,
+      );
+    } finally {
+      recon.close();
+    }
   });
 
   it('answers NOT_FOUND for a seller without a wallet and INVALID_ARGUMENT for no seller', async () => {

@@ -73,6 +73,17 @@ describe('toGrpcStatus', () => {
     expect(toGrpcStatus(new InvalidArgumentError('f', 'short')).details).toBe('f: short');
   });
 
+  it('replaces a lone surrogate, which grpc-js cannot percent-encode, with U+FFFD', () => {
+    // A quote of the caller's input cut with slice(0, 40) right inside an emoji's pair.
+    const quoted = `${'x'.repeat(39)}🙂`.slice(0, 40);
+    const status = toGrpcStatus(new InvalidArgumentError('settlement_date', `got '${quoted}'`));
+    expect(status.details).toBe(`settlement_date: got '${'x'.repeat(39)}\ufffd'`);
+    // What grpc-js does with it on the way out: encodeURI throws on a lone surrogate.
+    expect(() => encodeURI(status.details)).not.toThrow();
+    const low = toGrpcStatus(new InvalidArgumentError('f', '\udc00a\ud83d\ude42b\ud800'));
+    expect(low.details).toBe('f: \ufffda🙂b\ufffd');
+  });
+
   it('covers every ErrorCode', () => {
     const covered = new Set(SETTLE_ERRORS.map(([error]) => error.code));
     expect([...covered].sort()).toEqual(Object.values(ERROR_CODE).sort());
