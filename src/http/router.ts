@@ -5,14 +5,17 @@
  * ended is its own outcome (ClientAbortedError): reported apart, answered with nothing.
  *
  * Every exchange has one request id (the caller's `x-request-id`, or a fresh UUID), echoed in that
- * header on every answer. Every error answer, the router's own (404, 405, 400, 413, 500) as the
- * routes', is built by errorResponse: the REST twin's documented body.
+ * header on every answer. Every error answer, the router's own (404, 405, 400, 413, 500), the
+ * routes', and those to what Node's parser refuses (431, 400, 408), is built by errorResponse:
+ * the REST twin's documented body.
  */
 import http from 'node:http';
+import type { Duplex } from 'node:stream';
 import {
   InvalidArgumentError,
   NotFoundError,
   ResourceExhaustedError,
+  UnavailableError,
   UnimplementedError,
 } from '../domain/errors.js';
 import { requestIdOrNew } from '../grpc/adapters.js';
@@ -94,6 +97,39 @@ export class MethodNotAllowedError extends UnimplementedError {
     readonly allowed: string,
   ) {
     super(`${path} takes ${allowed}, not ${method}`);
+  }
+}
+
+/**
+ * The request line and headers together passed Node's limit (`maxHeaderSize`, 16 KiB by
+ * default), most often a long query string: 431, as Node answers it, with the documented body.
+ */
+export class HeadersTooLargeError extends ResourceExhaustedError {
+  readonly reason = 'HEADERS_TOO_LARGE';
+  readonly httpStatus = 431;
+  constructor() {
+    super(
+      'the request line and headers are larger than this server takes (16 KiB); send a shorter ' +
+        'URL (fewer or shorter query parameters) or fewer headers',
+      { retryable: false },
+    );
+  }
+}
+
+/** Bytes Node's HTTP parser refuses as a request (bad framing, a bad header): 400. */
+class MalformedRequestError extends InvalidArgumentError {
+  readonly reason = 'MALFORMED_REQUEST';
+  constructor() {
+    super('request', 'is not a valid HTTP/1.1 request');
+  }
+}
+
+/** The request did not arrive within the server's requestTimeout or headersTimeout: 408. */
+class RequestTimeoutError extends UnavailableError {
+  readonly reason = 'REQUEST_TIMEOUT';
+  readonly httpStatus = 408;
+  constructor() {
+    super('the request did not arrive in time; send it again');
   }
 }
 
@@ -325,6 +361,34 @@ export function createHttpServer(
         }),
       );
     });
+  });
+  // Requests Node's parser refuses before any handler runs (headers over maxHeaderSize, bad
+  // framing, a request that does not arrive in time) were answered by Node itself: the right
+  // status, but with no body, so not the documented error body nor x-request-id.
+  server.on('clientError', (error: NodeJS.ErrnoException, socket: Duplex) => {
+    if (!socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const refusal =
+      error.code === 'HPE_HEADER_OVERFLOW'
+        ? new HeadersTooLargeError()
+        : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? new RequestTimeoutError()
+          : new MalformedRequestError();
+    const response = errorResponse(refusal, requestIdOrNew(undefined));
+    const body = Buffer.from(response.body ?? '');
+    const headers = Object.entries({
+      ...response.headers,
+      'content-length': String(body.length),
+      connection: 'close',
+    })
+      .map(([name, value]) => `${name}: ${value}\r\n`)
+      .join('');
+    const reason = http.STATUS_CODES[response.status] ?? '';
+    socket.end(
+      Buffer.concat([Buffer.from(`HTTP/1.1 ${response.status} ${reason}\r\n${headers}\r\n`), body]),
+    );
   });
   server.headersTimeout = HEADERS_TIMEOUT_MS;
   server.requestTimeout = REQUEST_TIMEOUT_MS;

@@ -227,6 +227,48 @@ describe('the HTTP router', () => {
     },
   );
 
+  it.each<[string, string, string, Record<string, unknown>]>([
+    [
+      'a request line past 16 KiB (431)',
+      `GET /echo?q=${'x'.repeat(20_000)} HTTP/1.1\r\nHost: x\r\n\r\n`,
+      'HTTP/1.1 431 Request Header Fields Too Large',
+      {
+        code: 'RESOURCE_EXHAUSTED',
+        reason: 'HEADERS_TOO_LARGE',
+        message:
+          'the request line and headers are larger than this server takes (16 KiB); send a ' +
+          'shorter URL (fewer or shorter query parameters) or fewer headers',
+        retryable: false,
+      },
+    ],
+    [
+      'a header line without a colon (400)',
+      'GET /echo HTTP/1.1\r\nHost x\r\n\r\n',
+      'HTTP/1.1 400 Bad Request',
+      {
+        code: 'INVALID_ARGUMENT',
+        reason: 'MALFORMED_REQUEST',
+        message: 'request: is not a valid HTTP/1.1 request',
+        retryable: false,
+      },
+    ],
+  ])(
+    "answers what Node's parser refuses, %s, with the documented error body and closes",
+    async (_name, raw, status, error) => {
+      // Node used to answer these itself: the status line, and no body nor x-request-id.
+      const answer = await exchange(raw);
+      expect(statusOf(answer)).toBe(status);
+      const { body, requestId } = errorOf(answer);
+      expect(requestId).toMatch(/^[0-9a-f-]{36}$/);
+      expect(body).toEqual({ error: { ...error, correlation_id: requestId } });
+      expect(answer.toLowerCase()).toContain('connection: close');
+      const health = await exchange(
+        'GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+      );
+      expect(statusOf(health)).toBe('HTTP/1.1 200 OK');
+    },
+  );
+
   it('still reads a body within the limit, declared or chunked', async () => {
     const declared = await exchange(
       'POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello',
