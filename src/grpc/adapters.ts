@@ -10,6 +10,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
+import { BinaryReader } from '@bufbuild/protobuf/wire';
 import { InvalidArgumentError } from '../domain/errors.js';
 import { ORDER_ID_PATTERN, PAYMENT_ID_PATTERN } from '../domain/ids.js';
 import { defaultErrorLogger, toGrpcStatus, type ErrorLogger, type GrpcStatus } from './status.js';
@@ -80,6 +81,7 @@ export function refuseUndecodable<Service extends grpc.ServiceDefinition>(
     const decode = method.requestDeserialize;
     const requestDeserialize = (bytes: Buffer): unknown => {
       try {
+        assertWellFormedFields(bytes);
         return decode(bytes);
       } catch (error) {
         return new UndecodableRequest(error instanceof Error ? error.message : String(error));
@@ -88,6 +90,21 @@ export function refuseUndecodable<Service extends grpc.ServiceDefinition>(
     return [name, { ...method, requestDeserialize }];
   });
   return Object.fromEntries(methods) as Service;
+}
+
+/**
+ * Throws unless `bytes` is a sequence of well-formed top-level fields. ts-proto's decoders stop
+ * at a tag of 0 or an end-group tag and ignore the rest, so bytes with one of those in the middle
+ * decoded as a request with its later fields missing (a ListPayments without its buyer filter),
+ * and as an empty request when it came first. The protobuf runtime's reader refuses field number
+ * 0 and wire types 6 and 7, and cannot skip a lone end-group tag; a group must end with its own.
+ */
+function assertWellFormedFields(bytes: Uint8Array): void {
+  const reader = new BinaryReader(bytes);
+  while (reader.pos < reader.len) {
+    const [fieldNo, wireType] = reader.tag();
+    reader.skip(wireType, fieldNo);
+  }
 }
 
 /**

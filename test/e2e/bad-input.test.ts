@@ -256,6 +256,42 @@ describe('bad input', () => {
   });
 });
 
+describe('request bytes that end early', () => {
+  // ts-proto's decoders stop at a tag of 0 or a lone end-group tag and drop what follows.
+  const buyer = Buffer.concat([Buffer.from([0x22, 0x07]), Buffer.from('nobody1')]);
+  it.each([
+    ['a tag of 0 before the buyer filter', Buffer.concat([Buffer.from([0x00]), buyer])],
+    ['a lone end-group tag before it', Buffer.concat([Buffer.from([0x0c]), buyer])],
+    ['the filter, then a tag of 0', Buffer.concat([buyer, Buffer.from([0x00, 0x08, 0x01])])],
+  ])(
+    'ListPayments refuses %s as INVALID_ARGUMENT, not as a list of every buyer',
+    async (_name, bytes) => {
+      const raw = new grpc.Client(
+        `127.0.0.1:${stack.settle.grpcPort}`,
+        grpc.credentials.createInsecure(),
+      );
+      const path = '/settle.v1.PaymentService/ListPayments';
+      try {
+        const error = await new Promise<grpc.ServiceError>((resolve, reject) => {
+          raw.makeUnaryRequest(
+            path,
+            (request: Buffer) => request,
+            (response: Buffer) => response,
+            bytes,
+            new grpc.Metadata(),
+            { deadline: new Date(Date.now() + 5_000) },
+            (failure) => (failure ? resolve(failure) : reject(new Error(`${path} answered OK`))),
+          );
+        });
+        expect(grpc.status[error.code]).toBe('INVALID_ARGUMENT');
+        expect(error.details).toContain(`${path}'s request type`);
+      } finally {
+        raw.close();
+      }
+    },
+  );
+});
+
 describe('MySQL unavailable', () => {
   it('answers UNAVAILABLE while the database is unreachable, and works again after', async () => {
     const mysql = new URL(inject('mysqlUrl'));
