@@ -10,9 +10,9 @@
  */
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { BinaryReader } from '@bufbuild/protobuf/wire';
 import { InvalidArgumentError } from '../domain/errors.js';
 import { ORDER_ID_PATTERN, PAYMENT_ID_PATTERN } from '../domain/ids.js';
+import { assertDecodes, requestTypeOf } from './contract.js';
 import { defaultErrorLogger, toGrpcStatus, type ErrorLogger, type GrpcStatus } from './status.js';
 
 /** Metadata key of the request id, read from the request and echoed in the response. */
@@ -69,8 +69,10 @@ class UndecodableRequest {
 }
 
 /**
- * `service` with every request deserializer made total: bytes that do not decode become an
- * UndecodableRequest, refused by `unary` and `serverStream`. Only for services whose handlers are
+ * `service` with every request deserializer made total: bytes that are not a well-formed message
+ * of the method's request type in the contract (checked strictly at every depth, see contract.ts)
+ * become an UndecodableRequest, refused by `unary` and `serverStream`; the service must be defined
+ * in src/grpc/descriptors.binpb, else this throws. Only for services whose handlers are
  * all built with those adapters, or check `undecodableRefusal` before anything else (the PSP
  * mock's adapter does): another handler would receive the marker as its request.
  */
@@ -79,9 +81,10 @@ export function refuseUndecodable<Service extends grpc.ServiceDefinition>(
 ): Service {
   const methods = Object.entries(service).map(([name, method]) => {
     const decode = method.requestDeserialize;
+    const type = requestTypeOf(method.path);
     const requestDeserialize = (bytes: Buffer): unknown => {
       try {
-        assertWellFormedFields(bytes);
+        assertDecodes(type, bytes);
         return decode(bytes);
       } catch (error) {
         return new UndecodableRequest(error instanceof Error ? error.message : String(error));
@@ -90,21 +93,6 @@ export function refuseUndecodable<Service extends grpc.ServiceDefinition>(
     return [name, { ...method, requestDeserialize }];
   });
   return Object.fromEntries(methods) as Service;
-}
-
-/**
- * Throws unless `bytes` is a sequence of well-formed top-level fields. ts-proto's decoders stop
- * at a tag of 0 or an end-group tag and ignore the rest, so bytes with one of those in the middle
- * decoded as a request with its later fields missing (a ListPayments without its buyer filter),
- * and as an empty request when it came first. The protobuf runtime's reader refuses field number
- * 0 and wire types 6 and 7, and cannot skip a lone end-group tag; a group must end with its own.
- */
-function assertWellFormedFields(bytes: Uint8Array): void {
-  const reader = new BinaryReader(bytes);
-  while (reader.pos < reader.len) {
-    const [fieldNo, wireType] = reader.tag();
-    reader.skip(wireType, fieldNo);
-  }
 }
 
 /**

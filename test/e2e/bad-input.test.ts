@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
-import type { CreatePaymentRequest } from '../../src/grpc/generated/settle/v1/payment.js';
+import { CreatePaymentRequest, OrderRequest } from '../../src/grpc/generated/settle/v1/payment.js';
 import { ReconciliationServiceClient } from '../../src/grpc/generated/settle/v1/reconciliation.js';
 import { inject } from 'vitest';
 import {
@@ -290,6 +290,50 @@ describe('request bytes that end early', () => {
       }
     },
   );
+});
+
+describe('a malformed order inside CreatePayment', () => {
+  it('is refused as INVALID_ARGUMENT, not read as one order more, and writes nothing', async () => {
+    const head = CreatePaymentRequest.encode(
+      CreatePaymentRequest.fromPartial({
+        requestId: randomUUID(),
+        buyerId: 'buyer-nested',
+        currencyCode: 'USD',
+      }),
+    ).finish();
+    const order = OrderRequest.encode({ sellerId: 'seller-a', amountMinor: 100n }).finish();
+    const smuggled = CreatePaymentRequest.encode(
+      CreatePaymentRequest.fromPartial({ orders: [{ sellerId: 'seller-b', amountMinor: 999n }] }),
+    ).finish();
+    // One orders entry whose length covers its fields, a tag of 0, then what ts-proto's decoder
+    // read as another top-level order.
+    const entry = Buffer.concat([order, Buffer.from([0x00]), smuggled]);
+    const bytes = Buffer.concat([head, Buffer.from([0x22, entry.length]), entry]);
+    const before = await rowCounts(stack.settle.db);
+    const raw = new grpc.Client(
+      `127.0.0.1:${stack.settle.grpcPort}`,
+      grpc.credentials.createInsecure(),
+    );
+    const path = '/settle.v1.PaymentService/CreatePayment';
+    try {
+      const error = await new Promise<grpc.ServiceError>((resolve, reject) => {
+        raw.makeUnaryRequest(
+          path,
+          (request: Buffer) => request,
+          (response: Buffer) => response,
+          bytes,
+          new grpc.Metadata(),
+          { deadline: new Date(Date.now() + 5_000) },
+          (failure) => (failure ? resolve(failure) : reject(new Error(`${path} answered OK`))),
+        );
+      });
+      expect(grpc.status[error.code]).toBe('INVALID_ARGUMENT');
+      expect(error.details).toContain(`${path}'s request type`);
+    } finally {
+      raw.close();
+    }
+    expect(await rowCounts(stack.settle.db)).toEqual(before);
+  });
 });
 
 describe('MySQL unavailable', () => {
