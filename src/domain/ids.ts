@@ -20,6 +20,8 @@ export const PAYMENT_ID_PATTERN = new RegExp(`^${ID_PREFIX.payment}${ULID_CHARS}
 /** A payment id to show in a message about a malformed one. */
 export const PAYMENT_ID_EXAMPLE = 'pay_01JD2Q7Z8X9Y0A1B2C3D4E5F6G';
 export const ORDER_ID_PATTERN = new RegExp(`^${ID_PREFIX.order}${ULID_CHARS}$`);
+/** An order id to show in a message about a malformed one. */
+export const ORDER_ID_EXAMPLE = 'ord_01JD2Q7Z8X9Y0A1B2C3D4E5F6G';
 /** The length of every order id, and the size of the columns that hold one (CHAR(30)). */
 export const ORDER_ID_LENGTH = ID_PREFIX.order.length + 26;
 /** Buyer and seller ids: chosen by the caller, so only a safe shape is asked for. */

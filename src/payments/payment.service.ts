@@ -13,7 +13,7 @@ import {
   ResourceExhaustedError,
   UnavailableError,
 } from '../domain/errors.js';
-import { newId, PAYMENT_ID_EXAMPLE, PAYMENT_ID_PATTERN } from '../domain/ids.js';
+import { newId, PARTY_ID_PATTERN, PAYMENT_ID_EXAMPLE, PAYMENT_ID_PATTERN } from '../domain/ids.js';
 import { executeOrderMessage } from '../messaging/commands.js';
 import type { Names } from '../messaging/subjects.js';
 import type { Db } from '../storage/db.js';
@@ -413,6 +413,13 @@ export class PaymentService {
     buyerId?: string;
   }): Promise<{ payments: Payment[]; nextPageToken: string }> {
     if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
+    // A buyer id CreatePayment would refuse can match no payment: say so rather than list none.
+    if (request.buyerId !== undefined && !PARTY_ID_PATTERN.test(request.buyerId)) {
+      throw new InvalidArgumentError(
+        'buyer_id',
+        'must be 1-64 characters of letters, digits and _.:@- (no spaces), or empty for every buyer',
+      );
+    }
     const limit = Math.min(request.pageSize === 0 ? 20 : request.pageSize, 100);
     const filter = { state: request.state, buyerId: request.buyerId };
     const beforeId = decodePageToken('ListPayments', request.pageToken, filter, PAYMENT_ID_PATTERN);

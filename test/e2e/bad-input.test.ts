@@ -19,10 +19,12 @@ import {
   type Stack,
 } from '../support/harness.js';
 import { startTcpProxy } from '../../src/chaos/tcp-proxy.js';
+import { AdminServiceClient } from '../../src/grpc/generated/settle/v1/admin.js';
+import { ADMIN_TOKEN } from '../admin/admin-support.js';
 
 let stack: Stack;
 beforeAll(async () => {
-  stack = await startStack({ env: { GRPC_MESSAGE_BYTES_MAX: String(64 * 1024) } });
+  stack = await startStack({ env: { GRPC_MESSAGE_BYTES_MAX: String(64 * 1024), ADMIN_TOKEN } });
 });
 afterAll(async () => stack?.stop());
 
@@ -200,6 +202,53 @@ describe('bad input', () => {
     const empty = await callError(stack.wallets.getWallet.bind(stack.wallets), { sellerId: '' });
     expect(empty.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(empty.details).toMatch(/seller_id/);
+  });
+
+  it('refuses a list filter no row can match: a buyer_id CreatePayment refuses, a malformed order_id', async () => {
+    // These listed nothing with OK, as if the filter had been right and simply matched nothing.
+    const buyer = await callError(stack.payments.listPayments.bind(stack.payments), {
+      pageSize: 0,
+      pageToken: '',
+      state: 0,
+      buyerId: "buyer' OR '1'='1",
+    });
+    expect(grpc.status[buyer.code]).toBe('INVALID_ARGUMENT');
+    expect(buyer.details).toBe(
+      'buyer_id: must be 1-64 characters of letters, digits and _.:@- (no spaces), or empty for ' +
+        'every buyer',
+    );
+    const entries = await callError(stack.ledger.listEntries.bind(stack.ledger), {
+      pageSize: 0,
+      pageToken: '',
+      account: '',
+      orderId: 'x'.repeat(10_240),
+    });
+    expect(grpc.status[entries.code]).toBe('INVALID_ARGUMENT');
+    expect(entries.details).toBe(
+      `order_id: '${'x'.repeat(80)}' is not a valid order_id ` +
+        '(expected e.g. ord_01JD2Q7Z8X9Y0A1B2C3D4E5F6G)',
+    );
+    const admin = new AdminServiceClient(
+      `127.0.0.1:${stack.settle.grpcPort}`,
+      grpc.credentials.createInsecure(),
+    );
+    try {
+      const metadata = new grpc.Metadata();
+      metadata.set('authorization', `Bearer ${ADMIN_TOKEN}`);
+      const deadLetters = await call(
+        admin.listDeadLetters.bind(admin),
+        { pageSize: 0, pageToken: '', state: 0, orderId: 'ord_%' },
+        10_000,
+        metadata,
+      ).then(
+        () => undefined,
+        (error: grpc.ServiceError) => error,
+      );
+      expect(deadLetters && grpc.status[deadLetters.code]).toBe('INVALID_ARGUMENT');
+      expect(deadLetters?.details).toMatch(/^order_id: 'ord_%' is not a valid order_id/);
+    } finally {
+      admin.close();
+    }
   });
 
   it('rejects a bad page token and a negative page size', async () => {

@@ -42,7 +42,12 @@ import { deadLetterAuditTarget } from '../../admin/dead-letter-source.js';
 import { listTransitions } from '../../storage/repositories/payment-order.repository.js';
 import { findPaymentVersion } from '../../storage/repositories/payment.repository.js';
 import { toUnavailable } from '../../storage/transaction.js';
-import { PAYMENT_ID_EXAMPLE, PAYMENT_ID_PATTERN } from '../../domain/ids.js';
+import {
+  ORDER_ID_EXAMPLE,
+  ORDER_ID_PATTERN,
+  PAYMENT_ID_EXAMPLE,
+  PAYMENT_ID_PATTERN,
+} from '../../domain/ids.js';
 import { decodePageToken, encodePageToken } from '../../domain/page-token.js';
 import { requireId } from '../../payments/validation.js';
 import {
@@ -200,6 +205,9 @@ export function adminHandlers(
     listDeadLetters: unary(async (request, call) => {
       requireAdmin(call, deps.access, deps.wrongTokens, 'read');
       if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
+      if (request.orderId !== '') {
+        requireId('order_id', request.orderId, ORDER_ID_PATTERN, ORDER_ID_EXAMPLE);
+      }
       const limit = Math.min(request.pageSize === 0 ? 20 : request.pageSize, 100);
       const state = stateFromProto(request.state);
       const filter = { state, orderId: request.orderId };

@@ -2,7 +2,8 @@
  * settle.v1.WalletService and settle.v1.LedgerService: read-only views of wallets and the ledger.
  */
 import { InvalidArgumentError, NotFoundError } from '../../domain/errors.js';
-import { PARTY_ID_PATTERN } from '../../domain/ids.js';
+import { ORDER_ID_EXAMPLE, ORDER_ID_PATTERN, PARTY_ID_PATTERN } from '../../domain/ids.js';
+import { requireId } from '../../payments/validation.js';
 import { decodePageToken, encodePageToken } from '../../domain/page-token.js';
 import type { Db } from '../../storage/db.js';
 import {
@@ -55,6 +56,9 @@ export function ledgerHandlers(db: Db, options: AdapterOptions): LedgerServiceSe
   return {
     listEntries: unary(async (request) => {
       if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
+      if (request.orderId !== '') {
+        requireId('order_id', request.orderId, ORDER_ID_PATTERN, ORDER_ID_EXAMPLE);
+      }
       const limit = Math.min(request.pageSize === 0 ? 100 : request.pageSize, 500);
       const filter = { account: request.account, orderId: request.orderId };
       const cursor = decodePageToken('ListEntries', request.pageToken, filter, /^\d{1,19}$/);
