@@ -22,7 +22,7 @@ import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodePageToken, type PagedList } from '../../src/domain/page-token.js';
-import { newId } from '../../src/domain/ids.js';
+import { newId, ORDER_ID_PATTERN, PARTY_ID_PATTERN } from '../../src/domain/ids.js';
 import { addUtcDays, utcDayOf } from '../../src/domain/utc-day.js';
 import { SETTLEMENT_HEADER } from '../../src/reconciliation/settlement-file.js';
 import { openDatabase, type Db } from '../../src/storage/db.js';
@@ -267,6 +267,8 @@ type Spec = Readonly<{
   writes?: boolean;
   /** Tables a refused call may still write by design (the admin audit trail records attempts). */
   mayWriteWhenRefused?: readonly string[];
+  /** True for a request that must be refused (whatever the code), never answered OK. */
+  refuses?: (request: never) => boolean;
   /** Called after each request (restores state a valid draw may have changed). */
   after?: () => void;
   admin?: boolean;
@@ -530,13 +532,24 @@ async function fuzzRequest(
   const metadata = spec.admin ? adminMetadata(ADMIN_TOKEN) : new grpc.Metadata();
   const requestId = rng?.chance(0.15) ? rng.pick(HOSTILE_REQUEST_IDS) : undefined;
   if (requestId !== undefined) metadata.set('x-request-id', requestId);
-  return expectCleanAnswer(
+  const outcome = await expectCleanAnswer(
     spec,
     `${label} ${describeRequest(request)}${requestId !== undefined ? ` x-request-id ${describeRequest(requestId)}` : ''}`,
     bytes,
     metadata,
   );
+  if (spec.refuses?.(request as never)) {
+    expect(
+      grpc.status[outcome.code],
+      `${definition.path} ${label} ${describeRequest(request)} must be refused (FUZZ_SEED=${SEED})`,
+    ).not.toBe('OK');
+  }
+  return outcome;
 }
+
+/** Whether `value` is set and not of `pattern`'s shape: a filter or id no row can have. */
+const malformed = (value: string | undefined, pattern: RegExp) =>
+  value !== undefined && value !== '' && !pattern.test(value);
 
 const string = (rng: Rng, plausible: string) => either(rng, () => hostileString(rng), plausible);
 const int64 = (rng: Rng, plausible: bigint) =>
@@ -621,6 +634,7 @@ function specs(): Spec[] {
       service: PaymentServiceService,
       method: 'getPayment',
       codec: GetPaymentRequest,
+      refuses: () => true,
       draw: (rng) => ({ paymentId: hostileString(rng) }),
       fixed: () => [
         { paymentId: existingPaymentId.toLowerCase() },
@@ -632,6 +646,10 @@ function specs(): Spec[] {
       service: PaymentServiceService,
       method: 'listPayments',
       codec: ListPaymentsRequest,
+      refuses: (request: { buyerId?: string; pageSize?: number; state?: number }) =>
+        malformed(request.buyerId, PARTY_ID_PATTERN) ||
+        (request.pageSize ?? 0) < 0 ||
+        ![0, 1, 2, 3, 4, 5].includes(request.state ?? 0),
       draw: (rng) => ({
         pageSize: int32(rng),
         pageToken: pageToken(rng),
@@ -650,12 +668,15 @@ function specs(): Spec[] {
       service: WalletServiceService,
       method: 'getWallet',
       codec: GetWalletRequest,
+      refuses: () => true,
       draw: (rng) => ({ sellerId: hostileString(rng) }),
     },
     {
       service: LedgerServiceService,
       method: 'listEntries',
       codec: ListEntriesRequest,
+      refuses: (request: { orderId?: string; pageSize?: number }) =>
+        malformed(request.orderId, ORDER_ID_PATTERN) || (request.pageSize ?? 0) < 0,
       draw: (rng) => ({
         pageSize: int32(rng),
         pageToken: pageToken(rng),
@@ -726,6 +747,10 @@ function specs(): Spec[] {
       method: 'listDeadLetters',
       codec: ListDeadLettersRequest,
       admin: true,
+      refuses: (request: { orderId?: string; pageSize?: number; state?: number }) =>
+        malformed(request.orderId, ORDER_ID_PATTERN) ||
+        (request.pageSize ?? 0) < 0 ||
+        ![0, 1, 2, 3, 4].includes(request.state ?? 0),
       draw: (rng) => ({
         pageSize: int32(rng),
         pageToken: pageToken(rng),
