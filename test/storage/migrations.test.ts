@@ -31,6 +31,7 @@ const STEPS_PER_MIGRATION: ReadonlyArray<readonly [string, number]> = [
   ['0005-outbox-hold', 2],
   ['0006-one-trip-guard', 1],
   ['0007-dead-letter-resolved', 2],
+  ['0008-dead-letter-retention', 1],
 ];
 const MIGRATIONS = STEPS_PER_MIGRATION.map(([name]) => name);
 
