@@ -13,6 +13,7 @@ import { TERMINAL_STATES } from '../domain/payment-order.js';
 import { deadLetterKey, type DeadLetter } from '../messaging/command-consumer.js';
 import type { Db } from '../storage/db.js';
 import { isDuplicateKey } from '../storage/errors.js';
+import { deleteInBatches, type PurgeBounds } from '../storage/sql.js';
 import { enqueueOutbox } from '../storage/repositories/outbox.repository.js';
 import { executeOrderPayload, parseCommand } from '../messaging/commands.js';
 import { inTransaction } from '../storage/transaction.js';
@@ -404,22 +405,25 @@ export const DEAD_LETTER_PURGE = { rowsPerStatement: 500, statementsMax: 10 } as
 export async function purgeClosedDeadLetters(
   db: Db,
   cutoff: Date,
-  bounds: Readonly<{ rowsPerStatement: number; statementsMax: number }> = DEAD_LETTER_PURGE,
+  bounds: PurgeBounds = DEAD_LETTER_PURGE,
 ): Promise<number> {
   let purged = 0;
   let statements = 0;
   for (const state of CLOSED_STATES) {
-    while (statements < bounds.statementsMax) {
-      statements += 1;
-      const result = await sql`
-        DELETE FROM dead_letter
-        WHERE state = ${state} AND updated_at < ${cutoff}
-        ORDER BY updated_at
-        LIMIT ${bounds.rowsPerStatement}`.execute(db);
-      const deleted = Number(result.numAffectedRows ?? 0n);
-      purged += deleted;
-      if (deleted < bounds.rowsPerStatement) break;
-    }
+    if (statements >= bounds.statementsMax) break;
+    const done = await deleteInBatches(
+      { ...bounds, statementsMax: bounds.statementsMax - statements },
+      async (limit) => {
+        const result = await sql`
+          DELETE FROM dead_letter
+          WHERE state = ${state} AND updated_at < ${cutoff}
+          ORDER BY updated_at
+          LIMIT ${limit}`.execute(db);
+        return Number(result.numAffectedRows ?? 0n);
+      },
+    );
+    purged += done.deleted;
+    statements += done.statements;
   }
   return purged;
 }

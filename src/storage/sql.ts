@@ -24,3 +24,27 @@ export function caseOfId<T, V>(
   if (items.length === 0) return sql<V>`(CASE id END)`;
   return sql<V>(Object.assign(fragments, { raw: fragments }), ...parameters);
 }
+
+/** How much one retention purge may delete in a housekeeping pass. */
+export type PurgeBounds = Readonly<{ rowsPerStatement: number; statementsMax: number }>;
+
+/**
+ * Runs `deleteBatch(rowsPerStatement)` (one `DELETE … LIMIT`, answering how many rows went) until
+ * one deletes fewer than asked or `statementsMax` statements have run; answers the rows deleted
+ * and the statements run. Every retention purge is this loop, so none runs unbounded, and none
+ * stops early while a full batch says more is waiting.
+ */
+export async function deleteInBatches(
+  bounds: PurgeBounds,
+  deleteBatch: (limit: number) => Promise<number>,
+): Promise<{ deleted: number; statements: number }> {
+  let deleted = 0;
+  let statements = 0;
+  while (statements < bounds.statementsMax) {
+    statements += 1;
+    const batch = await deleteBatch(bounds.rowsPerStatement);
+    deleted += batch;
+    if (batch < bounds.rowsPerStatement) break;
+  }
+  return { deleted, statements };
+}

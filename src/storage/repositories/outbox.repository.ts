@@ -6,6 +6,7 @@ import { sql, type CompiledQuery } from 'kysely';
 import { TERMINAL_STATES } from '../../domain/payment-order.js';
 import type { Db } from '../db.js';
 import { isDuplicateKey } from '../errors.js';
+import { deleteInBatches, type PurgeBounds } from '../sql.js';
 import type { Trx } from '../transaction.js';
 
 export type OutboxMessage = Readonly<{
@@ -201,10 +202,9 @@ export const INBOX_PURGE = { rowsPerStatement: 5_000, statementsMax: 40 } as con
 export async function purgeWebhookInbox(
   db: Db,
   cutoff: Date,
-  bounds: Readonly<{ rowsPerStatement: number; statementsMax: number }> = INBOX_PURGE,
+  bounds: PurgeBounds = INBOX_PURGE,
 ): Promise<number> {
-  let purged = 0;
-  for (let statement = 0; statement < bounds.statementsMax; statement += 1) {
+  const { deleted } = await deleteInBatches(bounds, async (limit) => {
     const result = await sql`
       DELETE FROM inbox
       WHERE received_at < ${cutoff}
@@ -213,12 +213,10 @@ export async function purgeWebhookInbox(
           WHERE o.id = inbox.order_id AND o.state IN (${sql.join([...TERMINAL_STATES])}))
         AND NOT EXISTS (SELECT 1 FROM dead_letter d WHERE d.order_id = inbox.order_id)
       ORDER BY received_at
-      LIMIT ${bounds.rowsPerStatement}`.execute(db);
-    const deleted = Number(result.numAffectedRows ?? 0n);
-    purged += deleted;
-    if (deleted < bounds.rowsPerStatement) break;
-  }
-  return purged;
+      LIMIT ${limit}`.execute(db);
+    return Number(result.numAffectedRows ?? 0n);
+  });
+  return deleted;
 }
 
 /**

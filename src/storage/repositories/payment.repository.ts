@@ -5,6 +5,7 @@
 import { sql, type CompiledQuery } from 'kysely';
 import type { Db } from '../db.js';
 import type { PaymentRow } from '../schema.js';
+import { deleteInBatches, type PurgeBounds } from '../sql.js';
 import type { Trx } from '../transaction.js';
 import type { PaymentOrder } from '../../domain/payment-order.js';
 import { findPaymentOrders, toPaymentOrder } from './payment-order.repository.js';
@@ -327,10 +328,9 @@ export const IDEMPOTENCY_PURGE = { rowsPerStatement: 5_000, statementsMax: 40 } 
 export async function purgeIdempotencyKeys(
   db: Db,
   cutoff: Date,
-  bounds: Readonly<{ rowsPerStatement: number; statementsMax: number }> = IDEMPOTENCY_PURGE,
+  bounds: PurgeBounds = IDEMPOTENCY_PURGE,
 ): Promise<number> {
-  let purged = 0;
-  for (let statement = 0; statement < bounds.statementsMax; statement += 1) {
+  const { deleted } = await deleteInBatches(bounds, async (limit) => {
     const result = await sql`
       DELETE FROM idempotency_key
       WHERE created_at < ${cutoff}
@@ -339,10 +339,8 @@ export async function purgeIdempotencyKeys(
           WHERE p.id = idempotency_key.payment_id
             AND p.state NOT IN (${sql.join([...TERMINAL_PAYMENT_STATES])}))
       ORDER BY created_at
-      LIMIT ${bounds.rowsPerStatement}`.execute(db);
-    const deleted = Number(result.numAffectedRows ?? 0n);
-    purged += deleted;
-    if (deleted < bounds.rowsPerStatement) break;
-  }
-  return purged;
+      LIMIT ${limit}`.execute(db);
+    return Number(result.numAffectedRows ?? 0n);
+  });
+  return deleted;
 }
