@@ -1,9 +1,10 @@
 /**
  * Moves committed outbox rows to JetStream. Each batch is claimed with SELECT ... FOR UPDATE SKIP
  * LOCKED (so several nodes relay without overlapping), published with Nats-Msg-Id = the row's
- * msg_id (so a batch published twice after a crash is deduplicated by the stream), and deleted in
- * the same transaction only after every publish was acknowledged; the transaction takes two
- * round trips (storage/one-trip.ts). Woken right after local
+ * msg_id (so a batch published twice after a crash is deduplicated by the stream), and each row
+ * is deleted in the same transaction only once its publish was acknowledged (a row JetStream
+ * refuses stays, and does not hold back the rows behind it); the transaction takes two round
+ * trips (storage/one-trip.ts). Woken right after local
  * commits; polls as a safety net for commits whose wake-up was lost (another node, a crash).
  */
 import type { JetStreamClient } from '@nats-io/jetstream';
@@ -58,13 +59,26 @@ export class OutboxRelay {
     await this.loop;
   }
 
-  /** Relays until the outbox is empty or `passesMax` batches were sent; returns rows relayed. */
+  /**
+   * Relays until the outbox is empty or `passesMax` batches were sent; returns rows relayed. Rows
+   * JetStream did not take are kept for the next call and named in one RefusedRowsError: thrown
+   * when no row went at all (NATS down: the loop backs off), else passed to `onError`.
+   */
   async relayOnce(passesMax = 100): Promise<number> {
     let total = 0;
+    const refused = new Map<string, Error>();
     for (let pass = 0; pass < passesMax; pass += 1) {
-      const count = await this.relayBatch();
-      total += count;
-      if (count < this.options.batchMax) break;
+      const { relayed, failed } = await this.relayBatch();
+      total += relayed.length;
+      for (const msgId of relayed) refused.delete(msgId);
+      for (const failure of failed) refused.set(failure.msgId, failure.error);
+      // A full batch, refused rows included, may have more rows behind it.
+      if (relayed.length === 0 || relayed.length + failed.length < this.options.batchMax) break;
+    }
+    if (refused.size > 0) {
+      const error = new RefusedRowsError(refused);
+      if (total === 0) throw error;
+      this.options.onError?.(error);
     }
     return total;
   }
@@ -88,15 +102,21 @@ export class OutboxRelay {
     }
   }
 
-  private async relayBatch(): Promise<number> {
+  /**
+   * One batch: publishes every claimed row, then deletes those JetStream acknowledged in the same
+   * transaction. The rows it refused (or whose acknowledgement did not come in time) stay, with
+   * their lock released at the commit, so a row JetStream never takes (too big for the stream, a
+   * subject no stream covers) does not hold back the rows behind it.
+   */
+  private async relayBatch(): Promise<{ relayed: string[]; failed: RefusedRow[] }> {
+    let failed: RefusedRow[] = [];
     // Two round trips: the lock (with START TRANSACTION), then the delete with the COMMIT.
-    const outcome = await transactionInOneTrip(
+    const outcome = await transactionInOneTrip<string[]>(
       this.db,
       [outboxBatchLock(this.db, this.options.batchMax, new Date())],
       async (results) => {
         const batch = toPendingOutbox(resultRows<OutboxRow>(results[0]));
-        if (batch.length === 0) return { commit: 0 };
-        await Promise.all(
+        const published = await Promise.allSettled(
           batch.map((row) =>
             this.js.publish(row.subject, row.payload, {
               msgID: row.msgId,
@@ -104,22 +124,54 @@ export class OutboxRelay {
             }),
           ),
         );
+        const acked = batch.filter((_, index) => published[index]?.status === 'fulfilled');
+        failed = batch.flatMap((row, index) => {
+          const result = published[index];
+          return result?.status === 'rejected'
+            ? [{ msgId: row.msgId, error: asError(result.reason) }]
+            : [];
+        });
+        if (acked.length === 0) return { rollback: 'no row was published' };
         return {
-          commit: batch.length,
+          commit: acked.map((row) => row.msgId),
           then: [
             outboxDelete(
               this.db,
-              batch.map((row) => row.id),
+              acked.map((row) => row.id),
             ),
           ],
         };
       },
     );
-    const count = outcome.committed ? outcome.value : 0;
-    if (count > 0) {
-      this.relayedTotal += count;
-      this.options.onRelayed?.(count);
+    const relayed = outcome.committed ? outcome.value : [];
+    if (relayed.length > 0) {
+      this.relayedTotal += relayed.length;
+      this.options.onRelayed?.(relayed.length);
     }
-    return count;
+    return { relayed, failed };
   }
+}
+
+type RefusedRow = Readonly<{ msgId: string; error: Error }>;
+
+/** Outbox rows JetStream did not take while others went: they stay, and are tried again. */
+export class RefusedRowsError extends Error {
+  constructor(readonly refused: ReadonlyMap<string, Error>) {
+    const shown = [...refused]
+      .slice(0, 5)
+      .map(([msgId, error]) => `${msgId} (${error.name}: ${error.message})`);
+    const more = refused.size > shown.length ? ` and ${refused.size - shown.length} more` : '';
+    super(
+      `JetStream did not take ${refused.size} outbox row(s), kept for the next pass: ` +
+        `${shown.join(', ')}${more}. A row refused on every pass while others go (too big for ` +
+        "the command stream's max_msg_size, a subject no stream covers: JetStreamNotEnabled) " +
+        'will never go: fix or delete it by hand',
+      { cause: [...refused.values()][0] },
+    );
+    this.name = 'RefusedRowsError';
+  }
+}
+
+function asError(reason: unknown): Error {
+  return reason instanceof Error ? reason : new Error(String(reason));
 }
