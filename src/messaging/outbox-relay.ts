@@ -62,12 +62,14 @@ export class OutboxRelay {
   /**
    * Relays until the outbox is empty or `passesMax` batches were sent; returns rows relayed. Rows
    * JetStream did not take are kept for the next call and named in one RefusedRowsError: thrown
-   * when no row went at all (NATS down: the loop backs off), else passed to `onError`.
+   * when no row went at all (NATS down: the loop backs off), else passed to `onError`. Stops
+   * between batches once `keepGoing` says so (the relay is stopping: a backlog of `passesMax`
+   * batches, each waiting up to `publishTimeoutMs` on a slow NATS, must not hold up shutdown).
    */
-  async relayOnce(passesMax = 100): Promise<number> {
+  async relayOnce(passesMax = 100, keepGoing: () => boolean = () => true): Promise<number> {
     let total = 0;
     const refused = new Map<string, Error>();
-    for (let pass = 0; pass < passesMax; pass += 1) {
+    for (let pass = 0; pass < passesMax && (pass === 0 || keepGoing()); pass += 1) {
       const { relayed, failed } = await this.relayBatch();
       total += relayed.length;
       for (const msgId of relayed) refused.delete(msgId);
@@ -87,7 +89,7 @@ export class OutboxRelay {
     let failures = 0;
     while (this.running) {
       try {
-        await this.relayOnce();
+        await this.relayOnce(undefined, () => this.running);
         failures = 0;
       } catch (error) {
         failures += 1;

@@ -2,12 +2,13 @@
  * Goal: a row JetStream will never take (a payload over the command stream's max_msg_size, a
  * subject no stream covers) does not hold back the rows behind it: they are published and
  * deleted, the refused row stays in the outbox (counted as lag) and its failure is reported on
- * every pass (the pass fails when nothing else went, so the loop backs off). Method: real MariaDB (migrated, the relay's one-packet pool) and NATS JetStream
+ * every pass (the pass fails when nothing else went, so the loop backs off); a stopping relay
+ * ends after the batch in flight rather than after a whole backlog. Method: real MariaDB (migrated, the relay's one-packet pool) and NATS JetStream
  * with the runtime's own topology under a namespace of this file.
  */
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, type JetStreamManager } from '@nats-io/jetstream';
-import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, inject, vi } from 'vitest';
 import { deleteTopology, ensureTopology } from '../../src/messaging/nats.js';
 import { OutboxRelay } from '../../src/messaging/outbox-relay.js';
 import { names as namesOf, type Names } from '../../src/messaging/subjects.js';
@@ -83,6 +84,30 @@ describe('outbox relay', () => {
     expect(String(errors[0])).toMatch(/nowhere-1/);
     // Only refused rows left: the pass fails, naming them, and the loop backs off.
     await expect(relay.relayOnce()).rejects.toThrow(/big-1.*nowhere-1/s);
+    await db.deleteFrom('outbox').execute();
+  });
+
+  it('stops after the batch in flight, leaving the rest of a backlog to the next start', async () => {
+    const backlog = Array.from({ length: 300 }, () => executeOrderMessage(names, newId('order')));
+    await db.executeQuery(outboxInsert(db, backlog, new Date(Date.now() - 1_000)));
+    let stopping: Promise<void> | undefined;
+    const relay: OutboxRelay = new OutboxRelay(db, jetstream(nc), {
+      batchMax: 10,
+      pollMs: 50,
+      publishTimeoutMs: 2_000,
+      onRelayed: () => {
+        stopping ??= relay.stop();
+      },
+    });
+    relay.start();
+    await vi.waitFor(() => expect(stopping).toBeDefined(), { timeout: 10_000 });
+    await stopping;
+    expect(relay.relayed).toBe(10);
+    const left = await db
+      .selectFrom('outbox')
+      .select(({ fn }) => fn.countAll().as('n'))
+      .execute();
+    expect(Number(left[0]?.n)).toBe(290);
     await db.deleteFrom('outbox').execute();
   });
 });
