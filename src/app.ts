@@ -21,7 +21,7 @@ import {
   type HandleOutcome,
 } from './messaging/command-consumer.js';
 import type { Command } from './messaging/commands.js';
-import { connectNats, ensureTopology } from './messaging/nats.js';
+import { connectNats, ensureTopology, purgeConsumedCommands } from './messaging/nats.js';
 import { OutboxRelay } from './messaging/outbox-relay.js';
 import { names as topologyNames, type Names } from './messaging/subjects.js';
 import { PaymentEvents } from './payments/payment-events.js';
@@ -700,6 +700,11 @@ export async function startSettle(
         {
           name: 'dead_letter',
           run: (at) => purgeClosedDeadLetters(db, daysBefore(at, config.DEAD_LETTER_KEEP_DAYS)),
+        },
+        {
+          // Consumed commands, before they fill the stream and it refuses the relay's publishes.
+          name: 'command_stream',
+          run: () => purgeConsumedCommands(jsm, names),
         },
       ],
       {

@@ -1,8 +1,8 @@
 /**
  * Housekeeping: the node's bounded deletes of rows whose time has passed (idempotency keys past
  * IDEMPOTENCY_TTL_MS, settlement staging rows past RECONCILIATION_KEEP_DAYS, webhook inbox rows of
- * final orders past WEBHOOK_INBOX_KEEP_DAYS, closed dead letters past DEAD_LETTER_KEEP_DAYS;
- * order transitions and reconciliation mismatches are audit history, never purged). They run on
+ * final orders past WEBHOOK_INBOX_KEEP_DAYS, closed dead letters past DEAD_LETTER_KEEP_DAYS,
+ * acknowledged commands of a half-full JetStream command stream; order transitions and reconciliation mismatches are audit history, never purged). They run on
  * their own timer, so they go on whatever else the node runs: the nightly reconciliation may be
  * off while RunReconciliation still loads files.
  *

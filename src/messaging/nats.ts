@@ -67,6 +67,8 @@ export type TopologyOptions = Readonly<{
   /** Deliveries at most: the first one plus the retries. */
   maxDeliver: number;
   maxAckPending: number;
+  /** The command stream's max_bytes (1 GiB); tests fill a small one. */
+  commandStreamBytesMax?: number;
 }>;
 
 const DAY_MS = 24 * 3_600_000;
@@ -97,8 +99,10 @@ export async function ensureTopology(
     retention: RetentionPolicy.Limits,
     storage: StorageType.File,
     // A full stream refuses new commands (the outbox keeps them) rather than dropping old ones.
+    // Under limits retention acknowledged commands stay too: housekeeping purges them
+    // (`purgeConsumedCommands`) before they fill it.
     discard: DiscardPolicy.New,
-    max_bytes: 1024 * 1024 * 1024,
+    max_bytes: options.commandStreamBytesMax ?? 1024 * 1024 * 1024,
     max_age: nanos(7 * DAY_MS),
     max_msg_size: 64 * 1024,
     duplicate_window: nanos(2 * 60_000),
@@ -157,6 +161,34 @@ async function upsertStream(
 function isNotFound(error: unknown): boolean {
   const message = error instanceof Error ? error.message : String(error);
   return /not found/i.test(message);
+}
+
+/** The command stream is purged of consumed commands once it holds this share of its max_bytes. */
+export const COMMAND_STREAM_PURGE_AT = 0.5;
+
+/**
+ * Purges the commands the runtime consumer is done with (those up to its ack floor: acknowledged,
+ * or dead-lettered) once the command stream holds `purgeAt` of its max_bytes or more, and
+ * answers how many went. The stream keeps messages by limits (7 days, max_bytes) whatever their
+ * acks, and a full stream refuses every publish (discard new): with no purge, a steady dozen
+ * commands a second filled 1 GiB within the 7 days and stopped the relay. What is not yet
+ * acknowledged is above the floor and stays. nats-server 2.9 cannot change an existing stream's
+ * retention to work-queue or interest, hence the purge.
+ */
+export async function purgeConsumedCommands(
+  jsm: JetStreamManager,
+  names: Names,
+  purgeAt = COMMAND_STREAM_PURGE_AT,
+): Promise<number> {
+  const stream = await jsm.streams.info(names.commandStream);
+  const bytesMax = stream.config.max_bytes;
+  if (bytesMax <= 0 || stream.state.bytes < bytesMax * purgeAt) return 0;
+  const consumer = await jsm.consumers.info(names.commandStream, names.runtimeConsumer);
+  const floor = consumer.ack_floor.stream_seq;
+  if (floor < stream.state.first_seq) return 0;
+  // `seq`: every message below it goes.
+  const { purged } = await jsm.streams.purge(names.commandStream, { seq: floor + 1 });
+  return purged;
 }
 
 /** Deletes a namespace's streams (tests and the chaos demo clean up with it). */

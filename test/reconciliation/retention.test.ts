@@ -212,6 +212,7 @@ describe('a node with the nightly job off (RECONCILIATION_AT=off)', () => {
       settlement_staging: 3,
       webhook_inbox: 0,
       dead_letter: 0,
+      command_stream: 0,
     });
     expect(await staged()).toBe(0);
     expect((await stack.settle.reconciliation.getReport(run.id)).counts.MISSING_IN_LEDGER).toBe(3n);
@@ -229,6 +230,7 @@ describe('a node with the nightly job off (RECONCILIATION_AT=off)', () => {
         settlement_staging: -1,
         webhook_inbox: 0,
         dead_letter: 0,
+        command_stream: 0,
       });
     } finally {
       await sql`RENAME TABLE recon_file_row_away TO recon_file_row`.execute(db);
