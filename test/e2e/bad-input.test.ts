@@ -251,6 +251,33 @@ describe('bad input', () => {
     }
   });
 
+  it('refuses a ListEntries account the ledger cannot hold, and lists one it can', async () => {
+    // These listed nothing with OK, as if the account had been right and simply had no entries.
+    const listEntries = stack.ledger.listEntries.bind(stack.ledger);
+    const request = (account: string) => ({ pageSize: 0, pageToken: '', account, orderId: '' });
+    const shape =
+      'psp_receivable, fee_expense or seller_payable:<seller_id> (a seller_id is 1-64 ' +
+      'characters of letters, digits and _.:@-), or empty for every account';
+    for (const account of [
+      'a'.repeat(10_240),
+      "psp_receivable' OR '1'='1",
+      'seller_payable:',
+      'seller_payable:a b',
+      'Seller_Payable:seller-1',
+      `seller_payable:${'s'.repeat(65)}`,
+    ]) {
+      const error = await callError(listEntries, request(account));
+      expect(grpc.status[error.code]).toBe('INVALID_ARGUMENT');
+      expect(error.details).toBe(
+        `account: '${account.slice(0, 80)}' is not a ledger account (expected ${shape})`,
+      );
+    }
+    for (const account of ['psp_receivable', 'fee_expense', 'seller_payable:seller-1']) {
+      const page = await call(listEntries, request(account));
+      expect(page.entries.every((entry) => entry.account === account)).toBe(true);
+    }
+  });
+
   it('rejects a bad page token and a negative page size', async () => {
     const token = await callError(stack.payments.listPayments.bind(stack.payments), {
       pageSize: 1,

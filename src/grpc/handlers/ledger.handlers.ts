@@ -8,6 +8,8 @@ import { decodePageToken, encodePageToken } from '../../domain/page-token.js';
 import type { Db } from '../../storage/db.js';
 import {
   findWallet,
+  isLedgerAccount,
+  LEDGER_ACCOUNT_SHAPE,
   listLedgerEntries,
   trialBalanceByCurrency,
   trialBalancePage,
@@ -58,6 +60,13 @@ export function ledgerHandlers(db: Db, options: AdapterOptions): LedgerServiceSe
       if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
       if (request.orderId !== '') {
         requireId('order_id', request.orderId, ORDER_ID_PATTERN, ORDER_ID_EXAMPLE);
+      }
+      if (request.account !== '' && !isLedgerAccount(request.account)) {
+        throw new InvalidArgumentError(
+          'account',
+          `'${request.account.slice(0, 80)}' is not a ledger account (expected ` +
+            `${LEDGER_ACCOUNT_SHAPE}, or empty for every account)`,
+        );
       }
       const limit = Math.min(request.pageSize === 0 ? 100 : request.pageSize, 500);
       const filter = { account: request.account, orderId: request.orderId };

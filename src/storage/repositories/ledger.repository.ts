@@ -4,6 +4,7 @@
  * database transaction, so an unbalanced transaction can never commit.
  */
 import { sql, type CompiledQuery } from 'kysely';
+import { PARTY_ID_PATTERN } from '../../domain/ids.js';
 import type { CurrencyCode } from '../../domain/money.js';
 import { decodePageToken, encodePageToken } from '../../domain/page-token.js';
 import type { Db } from '../db.js';
@@ -17,6 +18,24 @@ export const ACCOUNT = {
 } as const;
 
 export const SELLER_PAYABLE_PREFIX = 'seller_payable:';
+
+/** The shape of every account the ledger can hold, for a message about one it cannot. */
+export const LEDGER_ACCOUNT_SHAPE =
+  'psp_receivable, fee_expense or seller_payable:<seller_id> (a seller_id is 1-64 characters ' +
+  'of letters, digits and _.:@-)';
+
+/**
+ * Whether the ledger can hold an entry of `account`: one of the fixed accounts, or a seller's
+ * payable account with a seller id CreatePayment accepts. A filter on any other name can match
+ * no row.
+ */
+export function isLedgerAccount(account: string): boolean {
+  if (account === ACCOUNT.pspReceivable || account === ACCOUNT.feeExpense) return true;
+  return (
+    account.startsWith(SELLER_PAYABLE_PREFIX) &&
+    PARTY_ID_PATTERN.test(account.slice(SELLER_PAYABLE_PREFIX.length))
+  );
+}
 
 export type NewLedgerEntry = Readonly<{
   account: string;

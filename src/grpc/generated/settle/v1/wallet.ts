@@ -59,7 +59,11 @@ export interface ListEntriesRequest {
   /** At most 500; 0 means 100. */
   pageSize: number;
   pageToken: string;
-  /** Only this account's entries, if set. */
+  /**
+   * Only this account's entries, if set: "psp_receivable", "fee_expense" or
+   * "seller_payable:<seller_id>" (a seller_id as CreatePayment accepts it); any other name is
+   * INVALID_ARGUMENT.
+   */
   account: string;
   /** Only this payment order's entries, if set. */
   orderId: string;
