@@ -75,6 +75,8 @@ Commands:
   dlq replay <id> --reason "<why>"              put a dead letter back on its normal path
   dlq discard <id> --reason "<why>"             record that nobody will replay it
   reconcile run (--date YYYY-MM-DD | --file F)  reconcile a settlement file; waits for the report
+                                                (6 hours, or --timeout-ms; then exits 1 while the
+                                                run goes on: see it with reconcile report <id>)
   reconcile report <report_id>                  one report: counts per class, fees, internal check
   reconcile list [--date D] [--page-size N] [--page-token T]
   reconcile mismatches <report_id> [--class C] [--page-size N] [--page-token T]
@@ -86,7 +88,8 @@ Options:
   --token TOKEN       admin token for dlq and timeline (env ADMIN_TOKEN; prefer the env variable)
   --actor NAME        your name in the audit trail (env SETTLE_ACTOR, else USER)
   --json              print JSON instead of tables
-  --timeout-ms N      deadline of each call in ms (default 10000; of a watch, 3600000)
+  --timeout-ms N      deadline of each call in ms (default 10000; of a watch, 3600000);
+                      bounds the whole wait of reconcile run too
   -h, --help          this text
 `;
 
@@ -466,7 +469,7 @@ async function dispatch(
       return deadLetterCommand(verb, rest, values, settings, client, print);
     case 'reconcile':
     case 'reconciliation':
-      return reconcileCommand(verb, rest, values, client, print);
+      return reconcileCommand(verb, rest, values, settings, client, print);
     default:
       throw new UsageError(`unknown command '${noun ?? ''}'`);
   }
@@ -596,7 +599,10 @@ async function deadLetterCommand(
   }
 }
 
-/** How long `reconcile run` polls a RUNNING report before it gives up (the run goes on). */
+/**
+ * How long `reconcile run` polls a RUNNING report, unless --timeout-ms says otherwise, before it
+ * gives up (the run goes on).
+ */
 const RECONCILE_WAIT_MS_MAX = 6 * 3_600_000;
 const RECONCILE_POLL_MS = 1_000;
 
@@ -604,6 +610,7 @@ async function reconcileCommand(
   verb: string | undefined,
   rest: readonly string[],
   values: Values,
+  settings: Settings,
   client: SettleClient,
   print: (value: unknown, table: () => string) => void,
 ): Promise<void> {
@@ -649,15 +656,39 @@ async function reconcileCommand(
           'reconcile run needs --date YYYY-MM-DD or --file <path in the folder>',
         );
       }
+      // A --timeout-ms the operator gave bounds the whole wait, not only each call.
+      const waitMs =
+        values['timeout-ms'] === undefined ? RECONCILE_WAIT_MS_MAX : settings.timeoutMs;
+      const deadline = Date.now() + waitMs;
       const started = await client.reconciliation.runReconciliation({
         settlementDate: values.date ?? '',
         filePath: values.file ?? '',
       });
+      const stillRunning = (reportId: string) =>
+        new ServerError(
+          `report ${reportId} is still RUNNING after ${waitMs} ms; the run goes on without ` +
+            `this command: see it later with settle reconcile report ${reportId}`,
+        );
       let report = started.report;
-      const deadline = Date.now() + RECONCILE_WAIT_MS_MAX;
-      while (report?.state === ReportState.REPORT_STATE_RUNNING && Date.now() < deadline) {
-        await new Promise((resolve) => setTimeout(resolve, RECONCILE_POLL_MS));
-        report = (await client.reconciliation.getReport({ reportId: report.reportId })).report;
+      while (report?.state === ReportState.REPORT_STATE_RUNNING) {
+        const { reportId } = report;
+        const leftMs = deadline - Date.now();
+        if (leftMs <= 0) throw stillRunning(reportId);
+        await new Promise((resolve) => setTimeout(resolve, Math.min(RECONCILE_POLL_MS, leftMs)));
+        // The last read is cut at the deadline too: one it cuts finds the run still going.
+        const response = await client.reconciliation
+          .getReport(
+            { reportId },
+            { timeoutMs: Math.max(1, Math.min(settings.timeoutMs, deadline - Date.now())) },
+          )
+          .catch((error: unknown) => {
+            const cut =
+              isServiceError(error) &&
+              error.code === grpcStatus.DEADLINE_EXCEEDED &&
+              Date.now() >= deadline;
+            throw cut ? stillRunning(reportId) : error;
+          });
+        report = response.report;
       }
       return print(report && ReconciliationReport.toJSON(report), () =>
         report === undefined ? 'no report\n' : reports([report]),

@@ -11,7 +11,9 @@ import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { createConnection } from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseMysqlUrl, serverAddress } from '../../src/storage/db.js';
 import {
   CARD,
   freePort,
@@ -233,6 +235,49 @@ describe('settle CLI', () => {
     );
     const badClass = await settle(['reconcile', 'mismatches', reportId, '--class', 'bogus']);
     expect(badClass.code).toBe(2);
+  });
+
+  it('gives up a reconcile run still RUNNING at --timeout-ms with exit 1, saying how to see it later', async () => {
+    await writeFile(
+      path.join(settlementDir, 'settlement-2024-05-02.csv'),
+      'psp_reference,merchant_reference,type,currency,gross,fee,net,batch_id,created_utc\n' +
+        'psp_cli_2,ord_NOT_SETTLES_ORDER_0000000001,payment,USD,12.00,0.65,11.35,b,2024-05-02T09:00:00.000Z\n',
+    );
+    // Another run holds the classification lock: this one loads its file and stays RUNNING.
+    // RunReconciliation itself answers after RECONCILIATION_WAIT_MS (2 s), within the 4 s.
+    const target = parseMysqlUrl(stack.env.MYSQL_URL ?? '');
+    const holder = await createConnection({ ...serverAddress(target), database: target.database });
+    let reportId = '';
+    try {
+      await holder.query("SELECT GET_LOCK(CONCAT('settle.recon.', MD5(DATABASE())), 0)");
+      const startedMs = Date.now();
+      const run = await settle([
+        'reconcile',
+        'run',
+        '--date',
+        '2024-05-02',
+        '--timeout-ms',
+        '4000',
+      ]);
+      expect(Date.now() - startedMs).toBeLessThan(10_000);
+      expect(run.code, run.stderr).toBe(1);
+      reportId = /rcn_[0-9A-Z]{26}/.exec(run.stderr)?.[0] ?? '';
+      expect(run.stderr).toBe(
+        `settle: report ${reportId} is still RUNNING after 4000 ms; the run goes on without ` +
+          `this command: see it later with settle reconcile report ${reportId}\n`,
+      );
+    } finally {
+      await holder.query("SELECT RELEASE_LOCK(CONCAT('settle.recon.', MD5(DATABASE())))");
+      await holder.end();
+    }
+    // It did go on: once the lock is free, the report the message names finishes.
+    await waitFor(
+      async () => {
+        const report = await settle(['reconcile', 'report', reportId, '--json']);
+        return report.stdout.includes('REPORT_STATE_SUCCEEDED') ? true : undefined;
+      },
+      { what: 'the report to succeed', timeoutMs: 20_000 },
+    );
   });
 
   it('exits 2 on usage errors and 1 with the gRPC code on server errors', async () => {
