@@ -104,6 +104,8 @@ export type SettleOverrides = Partial<{
     WrongTokenLimitOptions,
     'max' | 'nodeMax' | 'clientsMax' | 'windowMs' | 'nowMs'
   >;
+  /** How long the server lets one WatchPayment run, in ms (an hour; tests end watches sooner). */
+  watchDurationMsMax: number;
 }>;
 
 export type SettleNode = Readonly<{
@@ -421,6 +423,9 @@ export async function startSettle(
       createWaitMs: config.CREATE_WAIT_MS,
       now,
       groupCommit: { creations: groupCommit('creations', 'writers') },
+      ...(overrides.watchDurationMsMax !== undefined
+        ? { watchDurationMsMax: overrides.watchDurationMsMax }
+        : {}),
     });
     cleanups.push(() => payments.stop(graceLeft()));
 

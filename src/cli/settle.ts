@@ -65,6 +65,7 @@ Commands:
   payment get <payment_id>                      one payment with its orders
   payment list [--state S] [--buyer B] [--page-size N] [--page-token T]
   payment watch <payment_id>                    print every change until the payment is terminal
+                                                (exits 1 if the server or --timeout-ms ends it first)
   payment timeline <payment_id>                 every transition of its orders (needs the admin token)
   wallet <seller_id>                            a seller's wallet balance
   ledger [--account A] [--order O] [--page-size N] [--page-token T]
@@ -357,13 +358,23 @@ async function dispatch(
           const paymentId = one(rest, 'payment_id');
           // The 10 s default of other calls would cut a watch short; one the operator gave holds.
           const timeoutMs = values['timeout-ms'] === undefined ? 60 * 60_000 : settings.timeoutMs;
+          let last: Payment | undefined;
           for await (const { payment } of client.payments.watchPayment(paymentId, { timeoutMs })) {
             if (payment === undefined) continue;
+            last = payment;
             io.out(
               settings.json
                 ? `${JSON.stringify(Payment.toJSON(payment))}\n`
                 : `${time(payment.updateTime)}  ${shortPaymentState(payment.state)}  ` +
                     `${payment.orders.map((o) => `${o.sellerId}=${shortOrderState(o.state)}`).join(' ')}\n`,
+            );
+          }
+          // The server caps a watch (an hour) and then ends it with OK, terminal or not.
+          if (last === undefined || !TERMINAL_PAYMENT_STATES.has(last.state)) {
+            const state = last === undefined ? 'unknown' : shortPaymentState(last.state);
+            throw new ServerError(
+              `the server ended the watch of ${paymentId} while it was ${state}, not terminal; ` +
+                `watch it again: settle payment watch ${paymentId}`,
             );
           }
           return;
@@ -820,6 +831,12 @@ function paymentStateOption(text: string): PaymentState {
 function shortPaymentState(state: PaymentState): string {
   return paymentStateToJSON(state).replace(/^PAYMENT_STATE_/, '');
 }
+
+const TERMINAL_PAYMENT_STATES: ReadonlySet<PaymentState> = new Set([
+  PaymentState.PAYMENT_STATE_SUCCEEDED,
+  PaymentState.PAYMENT_STATE_PARTIALLY_SUCCEEDED,
+  PaymentState.PAYMENT_STATE_FAILED,
+]);
 
 const ENDED_ORDER_STATES: ReadonlySet<PaymentOrderState> = new Set([
   PaymentOrderState.PAYMENT_ORDER_STATE_SUCCEEDED,

@@ -91,6 +91,11 @@ export type PaymentServiceDeps = Readonly<{
    * `watches.max`, or watchers could leave none to CreatePayment's short wait.
    */
   watches?: Readonly<{ max: number; perPaymentMax: number }>;
+  /**
+   * How long one watch runs at most before the server ends it, in ms (WATCH_DURATION_MS_MAX, an
+   * hour, by default; tests shorten it).
+   */
+  watchDurationMsMax?: number;
 }>;
 
 type GroupCommitSettings = Readonly<{
@@ -442,7 +447,7 @@ export class PaymentService {
 
   /**
    * Calls `send` with the payment now and after every change, until the payment is terminal, the
-   * signal aborts or the watch has run for an hour. Refuses with RESOURCE_EXHAUSTED when this
+   * signal aborts or the watch has run for `watchDurationMsMax` (an hour by default). Refuses with RESOURCE_EXHAUSTED when this
    * node already has `watches.max` open watches, or `watches.perPaymentMax` on this payment;
    * ends, or refuses, with UNAVAILABLE once endWatches is called (the node is stopping).
    */
@@ -461,7 +466,7 @@ export class PaymentService {
       if (this.watchesEnded) throw watchesEndedError();
       let fingerprint = fingerprintOf(payment);
       send(payment);
-      const deadline = Date.now() + WATCH_DURATION_MS_MAX;
+      const deadline = Date.now() + (this.deps.watchDurationMsMax ?? WATCH_DURATION_MS_MAX);
       while (
         !TERMINAL_PAYMENT_STATES.has(payment.state) &&
         !stop.signal.aborted &&

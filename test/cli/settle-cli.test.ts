@@ -401,6 +401,32 @@ describe('settle CLI', () => {
     expect(watched.stderr).toMatch(/^settle: DEADLINE_EXCEEDED: /);
   });
 
+  it('exits 1 with the last state when the server ends a watch before the payment is terminal', async () => {
+    // A node whose watches end after 1.5 s instead of an hour; nobody pays, so the payment stays
+    // EXECUTING and the server ends the stream with OK.
+    const capped = await startStack({ overrides: { watchDurationMsMax: 1_500 } });
+    try {
+      const addr = { SETTLE_ADDR: `127.0.0.1:${capped.settle.grpcPort}` };
+      const created = await settle(
+        ['payment', 'create', '--buyer', 'buyer-cli-cap', '--order', 'seller-cli-c=300', '--json'],
+        addr,
+      );
+      expect(created.code, created.stderr).toBe(0);
+      const { paymentId: id } = JSON.parse(created.stdout) as { paymentId: string };
+      const started = Date.now();
+      const watched = await settle(['payment', 'watch', id], addr);
+      expect(Date.now() - started).toBeLessThan(15_000);
+      expect(watched.code).toBe(1);
+      expect(watched.stdout).toMatch(/EXECUTING {2}seller-cli-c=EXECUTING\n$/);
+      expect(watched.stderr).toBe(
+        `settle: the server ended the watch of ${id} while it was EXECUTING, not terminal; ` +
+          `watch it again: settle payment watch ${id}\n`,
+      );
+    } finally {
+      await capped.stop();
+    }
+  });
+
   it('refuses an address it cannot call as a usage error, without a stack trace', async () => {
     const port = stack.settle.grpcPort;
     const cases: Array<[string, string]> = [
