@@ -671,10 +671,19 @@ async function reconcileCommand(
       const waitMs =
         values['timeout-ms'] === undefined ? RECONCILE_WAIT_MS_MAX : settings.timeoutMs;
       const deadline = Date.now() + waitMs;
-      const started = await client.reconciliation.runReconciliation({
-        settlementDate: values.date ?? '',
-        filePath: values.file ?? '',
-      });
+      // The server answers after its own wait (RECONCILIATION_WAIT_MS, 2 s by default): a shorter
+      // deadline cuts the call, not the run, which goes on without a report id to show.
+      const started = await client.reconciliation
+        .runReconciliation({ settlementDate: values.date ?? '', filePath: values.file ?? '' })
+        .catch((error: unknown) => {
+          if (!isServiceError(error) || error.code !== grpcStatus.DEADLINE_EXCEEDED) throw error;
+          const list = `settle reconcile list${values.date === undefined ? '' : ` --date ${values.date}`}`;
+          throw new ServerError(
+            `RunReconciliation did not answer within ${settings.timeoutMs} ms; the run may go on ` +
+              `without this command: see it with ${list} (the same file run again gets the same ` +
+              'report)',
+          );
+        });
       const stillRunning = (reportId: string) =>
         new ServerError(
           `report ${reportId} is still RUNNING after ${waitMs} ms; the run goes on without ` +

@@ -266,6 +266,14 @@ describe('settle CLI', () => {
         `settle: report ${reportId} is still RUNNING after 4000 ms; the run goes on without ` +
           `this command: see it later with settle reconcile report ${reportId}\n`,
       );
+      // A deadline shorter than the server's own wait cuts the first call: no report id yet.
+      const cut = await settle(['reconcile', 'run', '--date', '2024-05-02', '--timeout-ms', '500']);
+      expect(cut.code, cut.stderr).toBe(1);
+      expect(cut.stderr).toBe(
+        'settle: RunReconciliation did not answer within 500 ms; the run may go on without ' +
+          'this command: see it with settle reconcile list --date 2024-05-02 (the same file ' +
+          'run again gets the same report)\n',
+      );
     } finally {
       await holder.query("SELECT RELEASE_LOCK(CONCAT('settle.recon.', MD5(DATABASE())))");
       await holder.end();
