@@ -585,6 +585,14 @@ export async function startSettle(
           } else if (logger.isLevelEnabled('info')) logger.info(event, 'webhook accepted');
         },
       }),
+      // Liveness: answered by the event loop alone, never by MySQL or NATS, so a probe that
+      // restarts dead nodes does not restart every node during a dependency outage.
+      {
+        method: 'GET',
+        path: '/livez',
+        handle: async () => json(200, { status: 'ok', node: nodeName }),
+      },
+      // Readiness: 503 while MySQL or NATS is down (HealthMonitor).
       {
         method: 'GET',
         path: '/healthz',

@@ -1,7 +1,9 @@
 /**
- * Watches the node's dependencies and drives gRPC health and /healthz: NOT_SERVING while MySQL
- * or NATS is unreachable, SERVING again once both answer. Each probe has a deadline; the loop
- * never overlaps itself.
+ * Watches the node's dependencies and drives gRPC health and /healthz (readiness): NOT_SERVING
+ * while MySQL or NATS is unreachable, SERVING again once both answer. Each probe has a deadline;
+ * the loop never overlaps itself. A dependency is taken for down only after `failuresMax` probes
+ * in a row failed, so one late answer (a pause of the event loop past the deadline, a long GC)
+ * does not take the node out of its load balancer; one answer in time brings it back.
  */
 import { sql } from 'kysely';
 import type { NatsConnection } from '@nats-io/transport-node';
@@ -15,9 +17,20 @@ export type DependencyStatus = Readonly<{
   checkedAt: Date;
 }>;
 
+/** Failed probes in a row before a dependency is reported down, unless told otherwise. */
+export const HEALTH_FAILURES_MAX = 3;
+
+export type HealthMonitorOptions = Readonly<{
+  intervalMs: number;
+  probeTimeoutMs: number;
+  /** Failed probes in a row before a dependency is reported down (HEALTH_FAILURES_MAX). */
+  failuresMax?: number;
+}>;
+
 export class HealthMonitor {
   private timer: NodeJS.Timeout | undefined;
   private checking = false;
+  private failures = { mysql: 0, nats: 0 };
   private current: DependencyStatus = {
     mysql: true,
     nats: true,
@@ -28,7 +41,7 @@ export class HealthMonitor {
   constructor(
     private readonly db: Db,
     private readonly nc: NatsConnection,
-    private readonly options: { intervalMs: number; probeTimeoutMs: number },
+    private readonly options: HealthMonitorOptions,
     private readonly onChange: (status: DependencyStatus) => void,
   ) {}
 
@@ -61,7 +74,19 @@ export class HealthMonitor {
               () => false,
             ),
       ]);
-      const next = { mysql, nats, serving: mysql && nats, checkedAt: new Date() };
+      const failuresMax = Math.max(1, this.options.failuresMax ?? HEALTH_FAILURES_MAX);
+      this.failures = {
+        mysql: mysql ? 0 : this.failures.mysql + 1,
+        nats: nats ? 0 : this.failures.nats + 1,
+      };
+      const mysqlUp = this.failures.mysql < failuresMax;
+      const natsUp = this.failures.nats < failuresMax;
+      const next = {
+        mysql: mysqlUp,
+        nats: natsUp,
+        serving: mysqlUp && natsUp,
+        checkedAt: new Date(),
+      };
       const changed = next.mysql !== this.current.mysql || next.nats !== this.current.nats;
       this.current = next;
       if (changed) this.onChange(next);
