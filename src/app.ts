@@ -569,7 +569,17 @@ export async function startSettle(
         toleranceS: config.PSP_WEBHOOK_TOLERANCE_S,
         wakeRelay: () => relay.wake(),
         now,
-        onRejected: (reason) => logger.warn({ reason }, 'webhook rejected'),
+        onRejected: (rejected) => {
+          metrics.webhookRejected(rejected);
+          logger.warn(
+            {
+              reason: rejected.message,
+              rejection: rejected.rejection,
+              requestId: rejected.requestId,
+            },
+            'webhook rejected',
+          );
+        },
         onIgnored: (event) =>
           logger.warn(event, 'webhook of a type Settle does not handle: acknowledged, ignored'),
         onAccepted: (event) => {

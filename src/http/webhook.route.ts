@@ -33,6 +33,16 @@ import { recordWebhookEvent, type Recorded, type WebhookEvent } from './webhook-
 import { errorResponse, HttpInputError, json, type Route } from './router.js';
 
 export const WEBHOOK_PATH = '/webhooks/psp';
+
+/** Why a webhook was refused: a closed set, so it can label a metric. */
+export const WEBHOOK_REJECTION = {
+  signatureRejected: 'SIGNATURE_REJECTED',
+  notUtf8: 'NOT_UTF8',
+  malformedJson: 'MALFORMED_JSON',
+  notAPspEvent: 'NOT_A_PSP_EVENT',
+  unknownOrderId: 'UNKNOWN_ORDER_ID',
+} as const;
+export type WebhookRejection = (typeof WEBHOOK_REJECTION)[keyof typeof WEBHOOK_REJECTION];
 const WEBHOOK_BODY_BYTES_MAX = 64 * 1024;
 /** Refuses bytes that are not UTF-8 rather than replacing them, so the text is what was signed. */
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
@@ -55,7 +65,12 @@ export type WebhookRouteDeps = Readonly<{
   toleranceS: number;
   wakeRelay: () => void;
   now: () => Date;
-  onRejected?: (reason: string) => void;
+  /** A webhook answered 4xx: `rejection` names why, `message` says it as the answer does. */
+  onRejected?: (rejected: {
+    rejection: WebhookRejection;
+    message: string;
+    requestId: string;
+  }) => void;
   /** A signed event of a type Settle does not handle: answered 200, nothing written. */
   onIgnored?: (event: { type: string }) => void;
   /**
@@ -85,8 +100,12 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
     method: 'POST',
     path: WEBHOOK_PATH,
     handle: async (request) => {
-      const reject = (error: SettleError) => {
-        deps.onRejected?.(`${error.code}: ${error.message}`);
+      const reject = (rejection: WebhookRejection, error: SettleError) => {
+        deps.onRejected?.({
+          rejection,
+          message: `${error.code}: ${error.message}`,
+          requestId: request.requestId,
+        });
         return errorResponse(error, request.requestId);
       };
       const started = performance.now();
@@ -101,19 +120,28 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
         toleranceS: deps.toleranceS,
       });
       if (!verdict.ok) {
-        return reject(new SignatureRejectedError(`webhook signature rejected: ${verdict.reason}`));
+        return reject(
+          WEBHOOK_REJECTION.signatureRejected,
+          new SignatureRejectedError(`webhook signature rejected: ${verdict.reason}`),
+        );
       }
       let text: string;
       try {
         text = UTF8.decode(raw);
       } catch {
-        return reject(new HttpInputError('body', 'is not UTF-8', 'NOT_UTF8'));
+        return reject(
+          WEBHOOK_REJECTION.notUtf8,
+          new HttpInputError('body', 'is not UTF-8', 'NOT_UTF8'),
+        );
       }
       let body: unknown;
       try {
         body = JSON.parse(text);
       } catch {
-        return reject(new HttpInputError('body', 'is not JSON', 'MALFORMED_JSON'));
+        return reject(
+          WEBHOOK_REJECTION.malformedJson,
+          new HttpInputError('body', 'is not JSON', 'MALFORMED_JSON'),
+        );
       }
       // A signed event of a type Settle does not handle is the PSP's to send, not a fault: any
       // answer but a 2xx has the PSP retry it for days (and a real PSP disables an endpoint that
@@ -129,6 +157,7 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
         const where =
           issue === undefined || issue.path.length === 0 ? '' : `${issue.path.join('.')}: `;
         return reject(
+          WEBHOOK_REJECTION.notAPspEvent,
           new HttpInputError(
             'body',
             `is not a PSP event: ${where}${issue?.message ?? ''}`,
@@ -140,7 +169,10 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
       const orderId = event.data.nonce;
       try {
         if (!ORDER_ID_PATTERN.test(orderId)) {
-          return reject(new NotFoundError('payment order', orderId.slice(0, 64)));
+          return reject(
+            WEBHOOK_REJECTION.unknownOrderId,
+            new NotFoundError('payment order', orderId.slice(0, 64)),
+          );
         }
         const webhookEvent: WebhookEvent = {
           eventId: event.id,

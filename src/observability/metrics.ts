@@ -7,6 +7,7 @@
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { LOCKOUT_SCOPE, type LockoutScope } from '../admin/auth.js';
+import { WEBHOOK_REJECTION, type WebhookRejection } from '../http/webhook.route.js';
 import { BREAKER_STATE } from '../psp/client.js';
 import type { Run } from '../reconciliation/reconciliation.repository.js';
 import { UNSETTLED_COUNT_MAX, type OperationsSnapshot } from './operations.js';
@@ -36,6 +37,8 @@ export type Metrics = Readonly<{
   orderCompleted: (order: { state: string; seconds: number }) => void;
   /** A PSP webhook was answered 200, after its commit: applied at once, queued, or a duplicate. */
   webhookAccepted: (webhook: { way: 'applied' | 'queued' | 'duplicate'; ms: number }) => void;
+  /** A PSP webhook was answered 4xx, nothing written (a wrong secret rejects every one). */
+  webhookRejected: (webhook: { rejection: WebhookRejection }) => void;
   /** One group-commit batch ended (creations, transitions, loads or webhooks). */
   groupCommitBatch: (batch: { kind: string; size: number; ms: number; ok: boolean }) => void;
   /** `notSent`: refused by the circuit breaker, so no PSP latency to observe. */
@@ -124,6 +127,17 @@ export function createMetrics(): Metrics {
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers: [registry],
   });
+  const webhooksRejected = new Counter({
+    name: 'settle_webhooks_rejected_total',
+    help:
+      'PSP webhooks this node answered 4xx without writing anything, by why (SIGNATURE_REJECTED: ' +
+      'missing, malformed, stale or wrong signature; NOT_UTF8, MALFORMED_JSON, NOT_A_PSP_EVENT, ' +
+      'UNKNOWN_ORDER_ID: not an order id Settle issues).',
+    labelNames: ['rejection'] as const,
+    registers: [registry],
+  });
+  // Every series exists from the start at 0, so increase() sees the first rejection.
+  for (const rejection of Object.values(WEBHOOK_REJECTION)) webhooksRejected.inc({ rejection }, 0);
   const batchUnits = new Histogram({
     name: 'settle_group_commit_batch_units',
     help: 'Units written per group-commit batch (1 = alone), by kind.',
@@ -387,6 +401,7 @@ export function createMetrics(): Metrics {
     orderCompleted: (order) =>
       completionSeconds.observe({ state: order.state }, Math.max(0, order.seconds)),
     webhookAccepted: (webhook) => webhookSeconds.observe({ way: webhook.way }, webhook.ms / 1000),
+    webhookRejected: (webhook) => webhooksRejected.inc({ rejection: webhook.rejection }),
     groupCommitBatch: (batch) => {
       batchSeconds.observe(
         { kind: batch.kind, outcome: batch.ok ? 'ok' : 'error' },

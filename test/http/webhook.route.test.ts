@@ -11,8 +11,10 @@ import type { HttpErrorBody } from '../../src/grpc/http-status.js';
 import { signWebhook } from '../../src/psp/webhook.js';
 import {
   call,
+  metricSample,
   postWebhook,
   rowCounts,
+  scrapeMetrics,
   startStack,
   waitFor,
   type Stack,
@@ -213,6 +215,29 @@ describe('POST /webhooks/psp rejects', () => {
     };
     const response = await post(body, signature);
     expect(response.body.error).toMatchObject({ code, reason });
+  });
+
+  // A wrong PSP_WEBHOOK_SECRET rejects every webhook: the counter is what an alert can see.
+  it.each<[string, string]>([
+    ['an unsigned webhook', 'SIGNATURE_REJECTED'],
+    ['a forged signature', 'SIGNATURE_REJECTED'],
+    ['a signed non-JSON body', 'MALFORMED_JSON'],
+    ['a signed body that is not an event', 'NOT_A_PSP_EVENT'],
+    ['a signed body that is not UTF-8', 'NOT_UTF8'],
+    ['an event whose nonce is not a Settle order id', 'UNKNOWN_ORDER_ID'],
+  ])('%s counts once in settle_webhooks_rejected_total{rejection=%s}', async (name, rejection) => {
+    const rejections = async () =>
+      metricSample(await scrapeMetrics(stack.settleHttp), 'settle_webhooks_rejected_total', {
+        rejection,
+      });
+    const before = await rejections();
+    expect(before).toBeTypeOf('number');
+    const { body, signature } = (rejected.find(([n]) => n === name) ?? [])[1]?.() ?? {
+      body: '',
+      signature: undefined,
+    };
+    await post(body, signature);
+    expect(await rejections()).toBe((before ?? 0) + 1);
   });
 
   it('an oversized body with 413, RESOURCE_EXHAUSTED and BODY_TOO_LARGE', async () => {
