@@ -1,6 +1,8 @@
 /**
  * Structured JSON logs (pino). Secrets and card data are redacted by key wherever they appear,
- * and card-like digit runs are masked in messages, so a log line can be shared safely.
+ * and card-like digit runs are masked in messages, in string fields and in logged errors (an
+ * error message or a rejected input can quote what a buyer typed), so a log line can be shared
+ * safely.
  */
 import {
   pino,
@@ -35,6 +37,40 @@ export function maskCardNumbers(text: string): string {
   return text.replace(/\b(\d[ -]?){8,15}(\d{4})\b/g, (_match, _d, last4: string) => `****${last4}`);
 }
 
+/** Plain objects and arrays are walked this deep for strings to mask; deeper ones are left. */
+const MASK_DEPTH_MAX = 6;
+
+/** `value` with card-like digit runs masked in every string; the same object when none is. */
+function maskDeep(value: unknown, depth: number): unknown {
+  if (typeof value === 'string') return maskCardNumbers(value);
+  if (depth >= MASK_DEPTH_MAX || typeof value !== 'object' || value === null) return value;
+  if (Array.isArray(value)) {
+    const masked = value.map((item) => maskDeep(item, depth + 1));
+    return masked.some((item, i) => item !== value[i]) ? masked : value;
+  }
+  const prototype = Object.getPrototypeOf(value) as unknown;
+  if (prototype !== Object.prototype && prototype !== null) return value;
+  let masked: Record<string, unknown> | undefined;
+  for (const [key, item] of Object.entries(value)) {
+    const next = maskDeep(item, depth + 1);
+    if (next !== item) {
+      masked ??= { ...(value as Record<string, unknown>) };
+      masked[key] = next;
+    }
+  }
+  return masked ?? value;
+}
+
+/** pino's error serializer, with card-like digit runs masked in the message and stack. */
+function serializeError(error: Error): unknown {
+  // A fresh object of pino's (not a plain one, so maskDeep would leave it): masked in place.
+  const serialized = stdSerializers.err(error) as unknown as Record<string, unknown>;
+  for (const [key, value] of Object.entries(serialized)) {
+    serialized[key] = maskDeep(value, 1);
+  }
+  return serialized;
+}
+
 export function createLogger(
   options: { level: LevelWithSilent; name: string },
   destination?: DestinationStream,
@@ -46,7 +82,10 @@ export function createLogger(
       redact: { paths: REDACT_PATHS, censor: '[redacted]' },
       base: { service: options.name },
       timestamp: pino.stdTimeFunctions.isoTime,
-      formatters: { level: (label) => ({ level: label }) },
+      formatters: {
+        level: (label) => ({ level: label }),
+        log: (object) => maskDeep(object, 0) as Record<string, unknown>,
+      },
       hooks: {
         logMethod(args, method) {
           const masked = args.map((arg) => (typeof arg === 'string' ? maskCardNumbers(arg) : arg));
@@ -54,7 +93,7 @@ export function createLogger(
         },
       },
       serializers: {
-        err: stdSerializers.err,
+        err: serializeError,
       },
     },
     destination,

@@ -59,3 +59,34 @@ describe('log redaction', () => {
     expect(maskCardNumbers('order 12345 of 3 items')).toBe('order 12345 of 3 items');
   });
 });
+
+describe('card numbers outside the message', () => {
+  it('masks them in string fields and in a logged error, at any depth', () => {
+    const { logger, lines, text } = capture();
+    logger.warn(
+      {
+        err: new Error(`PSP refused card ${CARD}`),
+        reason: `INVALID_ARGUMENT: description: 4000-0000-0000-0002 is not allowed`,
+        request: { body: { note: `pay with ${CARD}`, tags: [`card ${CARD}`] } },
+      },
+      'a rejected request',
+    );
+    expect(lines).toHaveLength(1);
+    expect(text()).not.toContain(CARD);
+    expect(text()).not.toContain('4000-0000-0000-0002');
+    const parsed = JSON.parse(lines[0] ?? '{}');
+    expect(parsed.err.message).toBe('PSP refused card ****4242');
+    expect(parsed.reason).toContain('****0002');
+    expect(parsed.request.body.note).toBe('pay with ****4242');
+  });
+
+  it('keeps ids, numbers and booleans as they are', () => {
+    const { logger, lines } = capture();
+    logger.info({ orderId: 'ord_abc', amountMinor: 4242424242424242, ok: true }, 'fine');
+    expect(JSON.parse(lines[0] ?? '{}')).toMatchObject({
+      orderId: 'ord_abc',
+      amountMinor: 4242424242424242,
+      ok: true,
+    });
+  });
+});
