@@ -10,6 +10,7 @@ import { LOCKOUT_SCOPE, type LockoutScope } from '../admin/auth.js';
 import { WEBHOOK_REJECTION, type WebhookRejection } from '../http/webhook.route.js';
 import { BREAKER_STATE } from '../psp/client.js';
 import type { Run } from '../reconciliation/reconciliation.repository.js';
+import { PAYMENT_STATE } from '../storage/repositories/payment.repository.js';
 import { UNSETTLED_COUNT_MAX, type OperationsSnapshot } from './operations.js';
 
 export type GrpcObservation = Readonly<{
@@ -233,7 +234,11 @@ export function createMetrics(): Metrics {
     'Payments by state, from MySQL; final states are recounted at most once a minute per node.',
     ['state'],
     (g, s) => {
-      if (s.payments.ok) for (const row of s.payments.value) g.set({ state: row.state }, row.count);
+      if (!s.payments.ok) return;
+      // A state no payment is in reads 0: MySQL's GROUP BY has no row for it, and a series that
+      // vanished would read "no data" to a graph or an alert rather than "none".
+      for (const state of Object.values(PAYMENT_STATE)) g.set({ state }, 0);
+      for (const row of s.payments.value) g.set({ state: row.state }, row.count);
     },
   );
   gauge(

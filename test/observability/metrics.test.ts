@@ -287,6 +287,36 @@ describe('metrics and request logs', () => {
     expect(metricSample(during, 'settle_payments', { state: 'EXECUTING' })).toBeUndefined();
   });
 
+  it('reports 0 for a payment state no payment is in, not a missing series', async () => {
+    const metrics = createMetrics();
+    const snapshotWith = (payments: ReadonlyArray<{ state: string; count: number }>) =>
+      ({
+        takenAt: new Date(),
+        breaker: undefined,
+        consumer: { ok: false, error: 'not asked' },
+        commandStream: undefined,
+        deadLetters: { ok: false, error: 'not asked' },
+        outbox: { ok: false, error: 'not asked' },
+        actors: { live: 0, mailboxDepth: 0, passivated: 0 },
+        payments: { ok: true, value: payments },
+        reconciliation: { ok: false, error: 'not asked' },
+      }) as unknown as OperationsSnapshot;
+    const read = async () => (await metrics.render()).body;
+    metrics.setSnapshotSource(() =>
+      Promise.resolve(snapshotWith([{ state: 'EXECUTING', count: 4 }])),
+    );
+    expect(metricSample(await read(), 'settle_payments', { state: 'EXECUTING' })).toBe(4);
+    // The last payment in flight finished: the series drops to 0, so a graph or an alert on it
+    // reads "none", not "no data".
+    metrics.setSnapshotSource(() =>
+      Promise.resolve(snapshotWith([{ state: 'SUCCEEDED', count: 4 }])),
+    );
+    const after = await read();
+    expect(metricSample(after, 'settle_payments', { state: 'EXECUTING' })).toBe(0);
+    expect(metricSample(after, 'settle_payments', { state: 'NOT_STARTED' })).toBe(0);
+    expect(metricSample(after, 'settle_payments', { state: 'SUCCEEDED' })).toBe(4);
+  });
+
   it('counts a call the circuit breaker refused as breaker_open, not as a PSP error', async () => {
     const metrics = createMetrics();
     metrics.pspCall({ op: 'register', ok: false, ms: 0, notSent: true });
