@@ -72,13 +72,15 @@ export type WebhookRouteDeps = Readonly<{
     requestId: string;
   }) => void;
   /** A signed event of a type Settle does not handle: answered 200, nothing written. */
-  onIgnored?: (event: { type: string }) => void;
+  onIgnored?: (event: { type: string; requestId: string }) => void;
   /**
    * `applied`: taken the fast way (applied at once) rather than queued as a command. `ms`: from
    * the request's arrival to its answer, the commit included.
    */
   onAccepted?: (event: {
     eventId: string;
+    /** The exchange's x-request-id (or the one the router made), as every request line has. */
+    requestId: string;
     orderId: string;
     duplicate: boolean;
     applied: boolean;
@@ -148,7 +150,7 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
       // keeps failing), so it is acknowledged and nothing is written.
       const unhandled = unhandledEventType(body);
       if (unhandled !== undefined) {
-        deps.onIgnored?.({ type: unhandled.slice(0, 64) });
+        deps.onIgnored?.({ type: unhandled.slice(0, 64), requestId: request.requestId });
         return json(200, { received: true, duplicate: false, ignored: true });
       }
       const parsed = pspWebhookEventSchema.safeParse(body);
@@ -188,6 +190,7 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
         if (deps.apply !== undefined && (await deps.apply(webhookEvent))) {
           deps.onAccepted?.({
             eventId: event.id,
+            requestId: request.requestId,
             orderId,
             duplicate: false,
             applied: true,
@@ -202,6 +205,7 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
         if (fresh) deps.wakeRelay();
         deps.onAccepted?.({
           eventId: event.id,
+          requestId: request.requestId,
           orderId,
           duplicate: !fresh,
           applied: false,

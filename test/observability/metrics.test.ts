@@ -223,6 +223,12 @@ describe('metrics and request logs', () => {
       (metricSample(text, 'settle_webhook_seconds_sum', { way: 'queued' }) ?? 0);
     expect(webhookSeconds).toBeGreaterThan(0);
     expect(webhookSeconds).toBeLessThan(seconds ?? 0);
+    // And logged once, with the request id of the exchange, like every other request.
+    const accepted = lines
+      .map((line) => JSON.parse(line) as { msg?: string; orderId?: string; requestId?: unknown })
+      .filter((line) => line.msg === 'webhook accepted' && line.orderId === order?.orderId);
+    expect(accepted).toHaveLength(1);
+    expect(accepted[0]?.requestId).toEqual(expect.any(String));
 
     // Two payments were created alone; the paid order's transitions went through the batcher.
     expect(metricSample(text, 'settle_group_commit_batch_units_count', { kind: 'creations' })).toBe(
