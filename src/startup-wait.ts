@@ -12,7 +12,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from './config.js';
 import { FailedPreconditionError, SettleError, UnavailableError } from './domain/errors.js';
-import { connectNats } from './messaging/nats.js';
+import { connectNats, describeServers } from './messaging/nats.js';
 import { describeAddress, ensureDatabase, parseMysqlUrl } from './storage/db.js';
 
 /** The first pause between two tries, in milliseconds; each one after doubles, up to the max. */
@@ -251,7 +251,8 @@ export function startupDependencies(
     mysql(config.MYSQL_URL, 'MYSQL_URL'),
     {
       name: 'NATS',
-      address: config.NATS_URL,
+      // Never the URL itself: it may carry a user and password, or a token.
+      address: describeServers(config.NATS_URL),
       probe: async () => {
         const nc = await connectNats(config.NATS_URL, `${options.nodeName}-startup-probe`);
         await nc.close();

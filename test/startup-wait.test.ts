@@ -248,6 +248,21 @@ describe('startupDependencies', () => {
     }
   });
 
+  it('names NATS by its servers, never with the user, password or token in NATS_URL', async () => {
+    const [, nats] = startupDependencies(
+      {
+        MYSQL_URL: 'mysql://settle:mysql-s3cret@127.0.0.1:1/settle_unreachable',
+        PSP_MYSQL_URL: 'mysql://root@127.0.0.1:1/settle_psp_unreachable',
+        NATS_URL: 'nats://alice:nats-s3cret@127.0.0.1:1,nats://nats-t0ken@127.0.0.1:2',
+      },
+      { pspMock: false, nodeName: 'test' },
+    );
+    // The address is what the start-up wait logs ("waiting for NATS at …", "… answered").
+    expect(nats?.address).toBe('nats://127.0.0.1:1,nats://127.0.0.1:2');
+    const error = (await nats?.probe().catch((e: unknown) => e)) as Error;
+    expect(error.message).not.toMatch(/s3cret|t0ken|alice/);
+  });
+
   it('gives the PSP mock run alone its own MySQL only, naming PSP_MYSQL_URL', async () => {
     const dependencies = pspMockDependencies({
       PSP_MYSQL_URL: 'mysql://root@127.0.0.1:1/settle_psp_unreachable',

@@ -54,8 +54,8 @@ export async function connectNats(
   }
 }
 
-/** NATS_URL without its credentials, for messages. */
-function describeServers(url: string): string {
+/** NATS_URL without its credentials, for messages and logs. */
+export function describeServers(url: string): string {
   return url
     .split(',')
     .map((server) => server.trim().replace(/\/\/[^@/]*@/, '//'))
