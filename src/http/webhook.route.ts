@@ -41,6 +41,8 @@ export const WEBHOOK_REJECTION = {
   malformedJson: 'MALFORMED_JSON',
   notAPspEvent: 'NOT_A_PSP_EVENT',
   unknownOrderId: 'UNKNOWN_ORDER_ID',
+  /** Answered 503, for the PSP to retry: MySQL unreachable, or too many webhooks being recorded. */
+  unavailable: 'UNAVAILABLE',
 } as const;
 export type WebhookRejection = (typeof WEBHOOK_REJECTION)[keyof typeof WEBHOOK_REJECTION];
 const WEBHOOK_BODY_BYTES_MAX = 64 * 1024;
@@ -65,7 +67,10 @@ export type WebhookRouteDeps = Readonly<{
   toleranceS: number;
   wakeRelay: () => void;
   now: () => Date;
-  /** A webhook answered 4xx: `rejection` names why, `message` says it as the answer does. */
+  /**
+   * A webhook refused, nothing written (4xx, or 503 for the PSP to retry): `rejection` names why,
+   * `message` says it as the answer does.
+   */
   onRejected?: (rejected: {
     rejection: WebhookRejection;
     message: string;
@@ -215,12 +220,13 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
         return json(200, { received: true, duplicate: !fresh });
       } catch (error) {
         const mapped = toUnavailable(error);
-        if (mapped instanceof UnavailableError) return errorResponse(mapped, request.requestId);
+        if (mapped instanceof UnavailableError)
+          return reject(WEBHOOK_REJECTION.unavailable, mapped);
         // A full group-commit queue is back-pressure: the PSP retries, as for a database outage.
         if (mapped instanceof ResourceExhaustedError) {
-          return errorResponse(
+          return reject(
+            WEBHOOK_REJECTION.unavailable,
             new UnavailableError('too many webhooks being recorded; retry later', { cause: error }),
-            request.requestId,
           );
         }
         throw mapped;

@@ -38,7 +38,7 @@ export type Metrics = Readonly<{
   orderCompleted: (order: { state: string; seconds: number }) => void;
   /** A PSP webhook was answered 200, after its commit: applied at once, queued, or a duplicate. */
   webhookAccepted: (webhook: { way: 'applied' | 'queued' | 'duplicate'; ms: number }) => void;
-  /** A PSP webhook was answered 4xx, nothing written (a wrong secret rejects every one). */
+  /** A PSP webhook was refused, nothing written (a wrong secret rejects every one). */
   webhookRejected: (webhook: { rejection: WebhookRejection }) => void;
   /** One group-commit batch ended (creations, transitions, loads or webhooks). */
   groupCommitBatch: (batch: { kind: string; size: number; ms: number; ok: boolean }) => void;
@@ -131,9 +131,10 @@ export function createMetrics(): Metrics {
   const webhooksRejected = new Counter({
     name: 'settle_webhooks_rejected_total',
     help:
-      'PSP webhooks this node answered 4xx without writing anything, by why (SIGNATURE_REJECTED: ' +
+      'PSP webhooks this node refused without writing anything, by why (SIGNATURE_REJECTED: ' +
       'missing, malformed, stale or wrong signature; NOT_UTF8, MALFORMED_JSON, NOT_A_PSP_EVENT, ' +
-      'UNKNOWN_ORDER_ID: not an order id Settle issues).',
+      'UNKNOWN_ORDER_ID: not an order id Settle issues; all 4xx. UNAVAILABLE: 503 for the PSP ' +
+      'to retry, MySQL unreachable or too many webhooks being recorded).',
     labelNames: ['rejection'] as const,
     registers: [registry],
   });

@@ -10,7 +10,17 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { fileURLToPath } from 'node:url';
-import { startStack, testDatabaseUrl, waitFor, type Stack } from '../support/harness.js';
+import {
+  metricSample,
+  postWebhook,
+  pspEvent,
+  scrapeMetrics,
+  startStack,
+  testDatabaseUrl,
+  waitFor,
+  type Stack,
+} from '../support/harness.js';
+import { newId } from '../../src/domain/ids.js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { startTcpProxy, type TcpProxy } from '../../src/chaos/tcp-proxy.js';
 import { HealthMonitor, type DependencyStatus } from '../../src/observability/health-monitor.js';
@@ -110,6 +120,24 @@ describe('health monitor', () => {
       timeoutMs: 10_000,
       what: '/healthz 200 again',
     });
+  });
+
+  it('counts a webhook answered 503 while MySQL is down, for the PSP to retry', async () => {
+    const unavailable = async () =>
+      metricSample(await scrapeMetrics(stack.settleHttp), 'settle_webhooks_rejected_total', {
+        rejection: 'UNAVAILABLE',
+      });
+    const before = await unavailable();
+    expect(before).toBe(0);
+    proxy.down();
+    try {
+      const event = pspEvent(newId('order'), { amountMinor: 100n, token: 'tok_unavailable' });
+      const response = await postWebhook(stack, event);
+      expect(response.status).toBe(503);
+    } finally {
+      proxy.up();
+    }
+    expect(await unavailable()).toBe(1);
   });
 
   it('reports MySQL down only after three failed probes in a row, and up at the first answer', async () => {
