@@ -32,9 +32,33 @@ const REDACTED_KEYS = [
 
 export const REDACT_PATHS = REDACTED_KEYS.flatMap((key) => [key, `*.${key}`, `*.*.${key}`]);
 
-/** Masks runs of 12-19 digits (card numbers) in free text, keeping the last four. */
+/**
+ * Masks card numbers in free text, keeping the last four: runs of 12-19 digits, optionally
+ * grouped by spaces or hyphens, that pass the Luhn check (every card number does, and 9 in 10
+ * other digit runs do not: amounts, timestamps) and are not the last group of a UUID (all digits
+ * now and then: a request id is no card number).
+ */
 export function maskCardNumbers(text: string): string {
-  return text.replace(/\b(\d[ -]?){8,15}(\d{4})\b/g, (_match, _d, last4: string) => `****${last4}`);
+  return text.replace(
+    /(?<!\b[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-)\b(?:\d[ -]?){11,18}\d\b/g,
+    (match) => {
+      const digits = match.replace(/[ -]/g, '');
+      return passesLuhn(digits) ? `****${digits.slice(-4)}` : match;
+    },
+  );
+}
+
+function passesLuhn(digits: string): boolean {
+  let sum = 0;
+  for (let i = 0; i < digits.length; i += 1) {
+    let digit = digits.charCodeAt(digits.length - 1 - i) - 48;
+    if (i % 2 === 1) {
+      digit *= 2;
+      if (digit > 9) digit -= 9;
+    }
+    sum += digit;
+  }
+  return sum % 10 === 0;
 }
 
 /** Plain objects and arrays are walked this deep for strings to mask; deeper ones are left. */

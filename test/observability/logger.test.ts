@@ -80,6 +80,23 @@ describe('card numbers outside the message', () => {
     expect(parsed.request.body.note).toBe('pay with ****4242');
   });
 
+  it('leaves request ids and amounts that only look like card numbers', () => {
+    // A UUID whose last group is all digits (about 1 in 280 random ones), and digit runs of card
+    // length that fail the Luhn check: an amount in minor units, a timestamp in ms.
+    const requestId = '5a85b48a-7a4f-41b3-a39e-123456789015'; // its last group passes Luhn
+    expect(maskCardNumbers(`request ${requestId}`)).toBe(`request ${requestId}`);
+    expect(maskCardNumbers('amount 100000000001 minor units')).toBe(
+      'amount 100000000001 minor units',
+    );
+    expect(maskCardNumbers('at 1764214541233')).toBe('at 1764214541233');
+    // A card number is masked wherever it stands, hyphenated or not.
+    expect(maskCardNumbers(`card-${CARD}`)).toBe('card-****4242');
+    expect(maskCardNumbers(`face-${CARD}`)).toBe('face-****4242');
+    const { logger, lines } = capture();
+    logger.info({ requestId, amountMinor: '100000000001' }, 'fine');
+    expect(JSON.parse(lines[0] ?? '{}')).toMatchObject({ requestId, amountMinor: '100000000001' });
+  });
+
   it('keeps ids, numbers and booleans as they are', () => {
     const { logger, lines } = capture();
     logger.info({ orderId: 'ord_abc', amountMinor: 4242424242424242, ok: true }, 'fine');
