@@ -15,6 +15,9 @@
  *   DEADLINE_EXCEEDED and connection failures are UnavailableError (retryable); ALREADY_EXISTS is
  *   AlreadyExistsError; INVALID_ARGUMENT and FAILED_PRECONDITION are FailedPreconditionError (not
  *   retryable).
+ * - An answer with a value longer than Settle can store (value-limits.ts) is a PspProtocolError
+ *   (not retryable): the PSP broke its contract, the same question would get the same answer, and
+ *   an operator has to look, since the PSP may hold a registration or a charge Settle cannot book.
  */
 import {
   credentials,
@@ -33,6 +36,7 @@ import {
   UnavailableError,
 } from '../domain/errors.js';
 import type { CurrencyCode } from '../domain/money.js';
+import { fitsColumn, PSP_VALUE_LENGTH_MAX, type PspValueField } from './value-limits.js';
 import {
   PaymentStatus,
   PspServiceClient,
@@ -117,6 +121,27 @@ export interface PspClient {
   onStateChange(listener: (state: BreakerState, previous: BreakerState) => void): () => void;
   /** Closes the channel and the breaker; later calls fail with UnavailableError. */
   close(): void;
+}
+
+/**
+ * The PSP answered with a value Settle cannot store (longer than its column): a protocol error of
+ * the PSP, not retryable. The message names the call, the field, its length and the limit, never
+ * the value (a token opens its payment's checkout page).
+ */
+export class PspProtocolError extends FailedPreconditionError {}
+
+export function isPspProtocolError(error: unknown): error is PspProtocolError {
+  return error instanceof PspProtocolError;
+}
+
+/** Throws PspProtocolError when `value` is longer than `field`'s column. */
+function assertStorable(rpc: string, field: PspValueField, value: string | undefined): void {
+  if (value === undefined || fitsColumn(field, value)) return;
+  throw new PspProtocolError(
+    `the PSP answered ${rpc} with a ${field} of ${Array.from(value).length} characters, ` +
+      `longer than the ${PSP_VALUE_LENGTH_MAX[field]} Settle stores: refused as a PSP protocol ` +
+      'error; check the payment at the PSP (it may be registered or charged)',
+  );
 }
 
 /** Reconnection backoff of the channel. grpc-js' default grows to 120 s, which would keep the
@@ -265,14 +290,20 @@ export function createPspClient(options: PspClientOptions): PspClient {
           grpcClient.getPaymentStatus({ nonce }, metadata, callOptions, callback),
         ),
       );
+      const pspReference = response.pspReference === '' ? undefined : response.pspReference;
+      const declineCode = response.declineCode === '' ? undefined : response.declineCode;
+      assertStorable('GetPaymentStatus', 'token', response.token);
+      assertStorable('GetPaymentStatus', 'pspReference', pspReference);
+      // A decline code is not checked: the machine cuts a longer one to fit the failure reason
+      // (failureReasonOf) and keeps it whole in the timeline, so it writes and the order fails.
       return {
         nonce: response.nonce,
         token: response.token,
         status: fromProtoStatus(response.status),
         amountMinor: response.amountMinor,
         currency: response.currencyCode,
-        pspReference: response.pspReference === '' ? undefined : response.pspReference,
-        declineCode: response.declineCode === '' ? undefined : response.declineCode,
+        pspReference,
+        declineCode,
         updateTime: response.updateTime,
       };
     } catch (error) {
@@ -299,6 +330,8 @@ export function createPspClient(options: PspClientOptions): PspClient {
             ),
           ),
         );
+        assertStorable('RegisterPayment', 'token', response.token);
+        assertStorable('RegisterPayment', 'checkoutUrl', response.checkoutUrl);
         return { token: response.token, checkoutUrl: response.checkoutUrl };
       } catch (error) {
         throw toDomainError(error, input.nonce);

@@ -11,6 +11,7 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
 import { ORDER_AMOUNT_MINOR_MAX } from '../domain/money.js';
+import { PSP_VALUE_LENGTH_MAX, type PspValueField } from './value-limits.js';
 
 /** The HTTP header that carries the signature. */
 export const PSP_SIGNATURE_HEADER = 'Psp-Signature';
@@ -149,6 +150,8 @@ export function unhandledEventType(body: unknown): string | undefined {
 }
 
 const shortText = z.string().min(1).max(64);
+/** A value Settle stores: at most its column's length (value-limits.ts), as the client checks. */
+const storedText = (field: PspValueField) => z.string().min(1).max(PSP_VALUE_LENGTH_MAX[field]);
 
 /** Minor units as a decimal string ("1999"), 1..10^12, parsed to bigint. */
 const amountMinorString = z
@@ -177,10 +180,10 @@ export const pspWebhookEventSchema = z
     data: z.object({
       nonce: shortText,
       token: shortText,
-      psp_reference: shortText.nullable(),
+      psp_reference: storedText('pspReference').nullable(),
       amount_minor: amountMinorString,
       currency: currencyCode,
-      decline_code: shortText.nullable(),
+      decline_code: storedText('declineCode').nullable(),
     }),
   })
   .superRefine((event, context) => {

@@ -6,7 +6,7 @@
  * back as further events in the same turn. A stale version means another writer got there first:
  * the actor reloads and decides again.
  */
-import { isBreakerOpen } from '../../psp/client.js';
+import { isBreakerOpen, isPspProtocolError } from '../../psp/client.js';
 import type { Db } from '../../storage/db.js';
 import { findPaymentOrder } from '../../storage/repositories/payment-order.repository.js';
 import type { HandleOutcome } from '../../messaging/command-consumer.js';
@@ -242,6 +242,12 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
             error: describeError(error),
             ...(isBreakerOpen(error) && { notSent: true }),
           });
+          // The PSP registered the payment but answered with a token or checkout URL Settle
+          // cannot store. Not a refusal: failing the order would leave a registration nobody
+          // links to. Thrown, so the command is dead-lettered at once for an operator; the order
+          // stays EXECUTING, and its expiry cancels the registration at the PSP (or learns of a
+          // charge) as for any unpaid order.
+          if (isPspProtocolError(error)) throw error;
           return {
             type: 'PspRegistrationFailed',
             retryable: isRetryable(error),
@@ -279,7 +285,9 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
   /**
    * Runs one PSP question; a retryable failure asks for a redelivery, NOT_FOUND is an answer
    * (`notFound`, PspNotFound unless the question says otherwise). Any other failure is thrown:
-   * the consumer dead-letters a non-retryable one (`retryable: false`) at once.
+   * the consumer dead-letters a non-retryable one (`retryable: false`) at once. So is an answer
+   * Settle cannot store (PspProtocolError): the order stays as it is, never dropped, for an
+   * operator to compare with the PSP (a charge it reports is money moved but not booked).
    */
   private async askPsp(
     orderId: string,
