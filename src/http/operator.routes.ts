@@ -59,7 +59,7 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
       probeTimeoutMs: PROBE_TIMEOUT_MS,
       paymentCounts,
     });
-  deps.metrics.setSnapshotSource(() => snapshot(false));
+  deps.metrics.setSnapshotSource(() => snapshot(true));
   return [
     ...paymentRoutes(deps.payments, { log, observe: restCallObserver(logger, deps.metrics) }),
     {

@@ -287,6 +287,19 @@ export function createMetrics(): Metrics {
     'Commands redelivered and not yet acknowledged (num_redelivered).',
     (s) => (s.consumer.ok ? s.consumer.value.redelivered : undefined),
   );
+  // The command stream refuses every publish once full (discard new): housekeeping purges what
+  // the consumer is done with from half full, so a stream that keeps filling past that means the
+  // purge fails or the consumer is stuck below its ack floor.
+  consumerGauge(
+    'settle_command_stream_bytes',
+    'Bytes stored in the JetStream command stream (acknowledged commands included until purged).',
+    (s) => (s.commandStream?.ok === true ? s.commandStream.value.bytes : undefined),
+  );
+  consumerGauge(
+    'settle_command_stream_max_bytes',
+    "The JetStream command stream's max_bytes: full, it refuses every publish (-1: no limit).",
+    (s) => (s.commandStream?.ok === true ? s.commandStream.value.bytesMax : undefined),
+  );
   gauge(
     'settle_dead_letters_open',
     'Dead letters no operator has replayed or discarded yet.',
@@ -379,6 +392,9 @@ export function createMetrics(): Metrics {
     ['probe'],
     (g, s) => {
       g.set({ probe: 'jetstream_consumer' }, s.consumer.ok ? 1 : 0);
+      if (s.commandStream !== undefined) {
+        g.set({ probe: 'command_stream' }, s.commandStream.ok ? 1 : 0);
+      }
       g.set({ probe: 'dead_letters' }, s.deadLetters.ok ? 1 : 0);
       g.set({ probe: 'outbox' }, s.outbox.ok ? 1 : 0);
       g.set({ probe: 'payments' }, s.payments.ok ? 1 : 0);

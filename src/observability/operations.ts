@@ -40,6 +40,8 @@ export type ConsumerLag = Readonly<{
 export type StreamState = Readonly<{
   messages: number;
   bytes: number;
+  /** The stream's max_bytes: full, it refuses every publish (discard new); -1 for no limit. */
+  bytesMax: number;
   firstSeq: number;
   lastSeq: number;
 }>;
@@ -78,7 +80,7 @@ export type OperationsDeps = Readonly<{
   registry: { size: number; passivated: number; mailboxDepth(): number };
   psp: object;
   deadLetters: { counts(): Promise<DeadLetterCounts> };
-  /** Ask JetStream for the command stream's size: the operations page shows it, no gauge does. */
+  /** Ask JetStream for the command stream's size (the operations page and the gauges do). */
   withCommandStream: boolean;
   /** Deadline of each probe, in milliseconds. */
   probeTimeoutMs: number;
@@ -181,6 +183,7 @@ export async function operationsSnapshot(deps: OperationsDeps): Promise<Operatio
             return {
               messages: info.state.messages,
               bytes: info.state.bytes,
+              bytesMax: info.config.max_bytes,
               firstSeq: info.state.first_seq,
               lastSeq: info.state.last_seq,
             };

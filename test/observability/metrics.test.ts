@@ -1,16 +1,19 @@
 /**
- * Goal: /metrics exposes what an operator alerts on, with the usual names: gRPC calls by method
- * and code with latency histograms, payments by state, PSP call latency and breaker state,
- * retries and dead letters, outbox lag, JetStream consumer pending, actors and mailbox depth, how
- * long orders take to a final state, and group-commit batch sizes and durations; each node has its
- * own registry; every gRPC call writes one log line with method, code, ms and request
+ * Goal: /metrics exposes what an operator alerts on, with the usual names: gRPC calls by method and
+ * code with latency histograms, payments by state, PSP call latency and breaker state, retries and
+ * dead letters, outbox lag, JetStream consumer pending and command stream size, actors and mailbox
+ * depth, how long orders take to a final state, and group-commit batch sizes and durations; each
+ * node has its own registry; every gRPC call writes one log line with method, code, ms and request
  * id, keyed by payment id. Method: a real stack with a capturing logger and short retry backoff;
  * the PSP mock fails registrations on purpose to produce retries and a dead letter; /metrics is
  * scraped over HTTP and parsed line by line.
  */
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
+import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
+import { names as namesOf } from '../../src/messaging/subjects.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
 import type { OperationsSnapshot } from '../../src/observability/operations.js';
@@ -177,6 +180,28 @@ describe('metrics and request logs', () => {
     expect(
       metricSample(text, 'settle_psp_call_seconds_count', { op: 'register', outcome: 'error' }),
     ).toBe(3);
+  });
+
+  it('exports the command stream’s bytes and max_bytes, as JetStream reports them', async () => {
+    const nc = await connect({ servers: inject('natsUrl') });
+    try {
+      const jsm = await jetstreamManager(nc);
+      const stream = namesOf(stack.config.SETTLE_NAMESPACE, stack.config.CMD_PARTITIONS);
+      // The dead-lettered command above went through the stream (its retries were naks), and no
+      // command is in flight now: the size the node reports is the one JetStream has.
+      const info = await jsm.streams.info(stream.commandStream);
+      expect(info.state.bytes).toBeGreaterThan(0);
+      const text = await waitFor(async () => {
+        const scraped = await scrape();
+        return metricSample(scraped, 'settle_command_stream_bytes') === info.state.bytes
+          ? scraped
+          : undefined;
+      });
+      expect(metricSample(text, 'settle_command_stream_max_bytes')).toBe(1024 * 1024 * 1024);
+      expect(metricSample(text, 'settle_probe_up', { probe: 'command_stream' })).toBe(1);
+    } finally {
+      await nc.close();
+    }
   });
 
   it('observes create→final time per final state, webhooks, and group-commit batches by kind', async () => {
