@@ -52,7 +52,7 @@ import { repeatingFailureLog } from './observability/repeating-failure.js';
 import { operatorRoutes } from './http/operator.routes.js';
 import { WrongTokenLimit, type WrongTokenLimitOptions } from './admin/auth.js';
 import { purgeClosedDeadLetters, recordDeadLetter } from './admin/dead-letters.js';
-import { Housekeeping } from './jobs/housekeeping.js';
+import { Housekeeping, HOUSEKEEPING_TASK } from './jobs/housekeeping.js';
 import { Janitor } from './jobs/janitor.js';
 import { HealthMonitor } from './observability/health-monitor.js';
 import {
@@ -709,24 +709,24 @@ export async function startSettle(
     const housekeeping = new Housekeeping(
       [
         {
-          name: 'idempotency_key',
+          name: HOUSEKEEPING_TASK.idempotencyKey,
           run: (at) => purgeIdempotencyKeys(db, new Date(at.getTime() - config.IDEMPOTENCY_TTL_MS)),
         },
         {
-          name: 'settlement_staging',
+          name: HOUSEKEEPING_TASK.settlementStaging,
           run: (at) => purgeExpiredStaging(db, at, config.RECONCILIATION_KEEP_DAYS),
         },
         {
-          name: 'webhook_inbox',
+          name: HOUSEKEEPING_TASK.webhookInbox,
           run: (at) => purgeWebhookInbox(db, daysBefore(at, config.WEBHOOK_INBOX_KEEP_DAYS)),
         },
         {
-          name: 'dead_letter',
+          name: HOUSEKEEPING_TASK.deadLetter,
           run: (at) => purgeClosedDeadLetters(db, daysBefore(at, config.DEAD_LETTER_KEEP_DAYS)),
         },
         {
           // Consumed commands, before they fill the stream and it refuses the relay's publishes.
-          name: 'command_stream',
+          name: HOUSEKEEPING_TASK.commandStream,
           run: () => purgeConsumedCommands(jsm, names),
         },
       ],

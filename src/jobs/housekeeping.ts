@@ -13,6 +13,15 @@
  * take turns on the same rows.
  */
 
+/** The node's housekeeping tasks (their names label logs and metrics). */
+export const HOUSEKEEPING_TASK = {
+  idempotencyKey: 'idempotency_key',
+  settlementStaging: 'settlement_staging',
+  webhookInbox: 'webhook_inbox',
+  deadLetter: 'dead_letter',
+  commandStream: 'command_stream',
+} as const;
+
 export type HousekeepingTask = Readonly<{
   /** A label for logs and metrics, e.g. `idempotency_key`. */
   name: string;

@@ -65,6 +65,18 @@ export type ConsumerOptions = Readonly<{
   onRetry?: (entry: { orderId: string; attempt: number; delayMs: number; reason: string }) => void;
 }>;
 
+/**
+ * Why a command was dead-lettered: its handler kept asking for a retry, or refused it for good;
+ * its payload is not a command; or JetStream delivered it max_deliver times without an answer.
+ */
+export const DEAD_LETTER_REASON = {
+  retriesExhausted: 'RETRIES_EXHAUSTED',
+  nonRetryable: 'NON_RETRYABLE',
+  malformedCommand: 'MALFORMED_COMMAND',
+  maxDeliveries: 'MAX_DELIVERIES',
+} as const;
+export type DeadLetterReason = (typeof DEAD_LETTER_REASON)[keyof typeof DEAD_LETTER_REASON];
+
 export type DeadLetter = Readonly<{
   orderId: string | null;
   subject: string;
@@ -182,7 +194,7 @@ export class CommandConsumer {
             streamCreatedAt: await this.readStreamCreatedAt(),
             streamSequence: body.stream_seq,
             attempts: body.deliveries,
-            reason: 'MAX_DELIVERIES',
+            reason: DEAD_LETTER_REASON.maxDeliveries,
             lastError: `delivered ${body.deliveries} times without an answer (a node crashed or hung)`,
             payload,
             deadLetteredAt: new Date().toISOString(),
@@ -340,7 +352,12 @@ export class CommandConsumer {
   private async process(message: JsMsg): Promise<void> {
     const command = parseCommand(message.data);
     if (command === undefined) {
-      await this.deadLetter(message, null, 'MALFORMED_COMMAND', 'payload is not a known command');
+      await this.deadLetter(
+        message,
+        null,
+        DEAD_LETTER_REASON.malformedCommand,
+        'payload is not a known command',
+      );
       message.term();
       return;
     }
@@ -365,7 +382,7 @@ export class CommandConsumer {
           await this.deadLetter(
             message,
             command.orderId,
-            'RETRIES_EXHAUSTED',
+            DEAD_LETTER_REASON.retriesExhausted,
             outcome.reason,
             attempt,
           );
@@ -383,7 +400,13 @@ export class CommandConsumer {
         return;
       }
       case 'reject':
-        await this.deadLetter(message, command.orderId, 'NON_RETRYABLE', outcome.reason, attempt);
+        await this.deadLetter(
+          message,
+          command.orderId,
+          DEAD_LETTER_REASON.nonRetryable,
+          outcome.reason,
+          attempt,
+        );
         message.term();
         return;
     }
@@ -423,7 +446,7 @@ export class CommandConsumer {
   private async deadLetter(
     message: JsMsg,
     orderId: string | null,
-    reason: string,
+    reason: DeadLetterReason,
     lastError: string,
     attempts = message.info.deliveryCount,
   ): Promise<void> {

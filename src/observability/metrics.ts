@@ -8,6 +8,8 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { LOCKOUT_SCOPE, type LockoutScope } from '../admin/auth.js';
 import { WEBHOOK_REJECTION, type WebhookRejection } from '../http/webhook.route.js';
+import { HOUSEKEEPING_TASK } from '../jobs/housekeeping.js';
+import { DEAD_LETTER_REASON } from '../messaging/command-consumer.js';
 import { BREAKER_STATE } from '../psp/client.js';
 import type { Run } from '../reconciliation/reconciliation.repository.js';
 import { PAYMENT_STATE } from '../storage/repositories/payment.repository.js';
@@ -167,6 +169,8 @@ export function createMetrics(): Metrics {
     labelNames: ['reason'] as const,
     registers: [registry],
   });
+  // Every series exists from the start at 0, so increase() sees the first dead letter.
+  for (const reason of Object.values(DEAD_LETTER_REASON)) deadLetters.inc({ reason }, 0);
   const rowsPurged = new Counter({
     name: 'settle_rows_purged_total',
     help:
@@ -184,6 +188,11 @@ export function createMetrics(): Metrics {
     labelNames: ['task'] as const,
     registers: [registry],
   });
+  // Every series exists from the start at 0, so increase() sees the first failure (and purge).
+  for (const task of Object.values(HOUSEKEEPING_TASK)) {
+    housekeepingFailures.inc({ task }, 0);
+    rowsPurged.inc({ task }, 0);
+  }
 
   const adminCredentialsRefused = new Counter({
     name: 'settle_admin_credentials_refused_total',

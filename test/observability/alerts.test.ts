@@ -19,6 +19,8 @@ import { createMetrics } from '../../src/observability/metrics.js';
 import { RECONCILIATION_CLASS } from '../../src/reconciliation/compare.js';
 import { BREAKER_STATE } from '../../src/psp/client.js';
 import { LOCKOUT_SCOPE } from '../../src/admin/auth.js';
+import { HOUSEKEEPING_TASK } from '../../src/jobs/housekeeping.js';
+import { DEAD_LETTER_REASON } from '../../src/messaging/command-consumer.js';
 
 type Rule = {
   alert?: string;
@@ -69,6 +71,8 @@ const LABEL_VALUES: Record<string, readonly string[]> = {
   'settle_psp_breaker_state/state': Object.values(BREAKER_STATE),
   'settle_reconciliation_last_run_mismatches/class': Object.values(RECONCILIATION_CLASS),
   'settle_admin_lockouts_total/scope': Object.values(LOCKOUT_SCOPE),
+  'settle_dead_letters_total/reason': Object.values(DEAD_LETTER_REASON),
+  'settle_housekeeping_failures_total/task': Object.values(HOUSEKEEPING_TASK),
   'grpc_server_handled_total/grpc_code': [
     'OK',
     'CANCELLED',

@@ -13,6 +13,8 @@ import * as grpc from '@grpc/grpc-js';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
+import { HOUSEKEEPING_TASK } from '../../src/jobs/housekeeping.js';
+import { DEAD_LETTER_REASON } from '../../src/messaging/command-consumer.js';
 import { names as namesOf } from '../../src/messaging/subjects.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
@@ -51,6 +53,17 @@ const PAYMENTS = 'settle.v1.PaymentService';
 
 describe('metrics and request logs', () => {
   let paymentId = '';
+
+  it('creates every dead-letter reason and housekeeping task at 0, so increase() sees the first', async () => {
+    const text = await scrape();
+    for (const reason of Object.values(DEAD_LETTER_REASON)) {
+      expect(metricSample(text, 'settle_dead_letters_total', { reason }), reason).toBe(0);
+    }
+    for (const task of Object.values(HOUSEKEEPING_TASK)) {
+      expect(metricSample(text, 'settle_housekeeping_failures_total', { task }), task).toBe(0);
+      expect(metricSample(text, 'settle_rows_purged_total', { task }), task).toBe(0);
+    }
+  });
 
   it('counts gRPC calls by method and code, with a latency histogram', async () => {
     const created = await call(stack.payments.createPayment.bind(stack.payments), {
