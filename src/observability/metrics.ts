@@ -342,14 +342,17 @@ export function createMetrics(): Metrics {
       const run = s.reconciliation.ok ? s.reconciliation.value.lastRun : undefined;
       if (run !== undefined) read(g, run);
     });
-  lastRunGauge(
+  gauge(
     'settle_reconciliation_last_success_timestamp_seconds',
-    'When the latest settlement day reconciled (its newest succeeded run) completed, in Unix ' +
-      'seconds; no sample before the first run.',
-    [],
-    (g, run) => {
-      if (run.completedAt !== undefined) {
-        g.set({ settlement_day: run.day }, run.completedAt.getTime() / 1000);
+    'When the latest settlement day reconciled was first reconciled (its earliest succeeded run ' +
+      'completed), in Unix seconds: another file for that day, run later, does not move it; no ' +
+      'sample before the first run.',
+    ['settlement_day'],
+    (g, s) => {
+      if (!s.reconciliation.ok) return;
+      const { lastRun, lastDayReconciledAt } = s.reconciliation.value;
+      if (lastRun !== undefined && lastDayReconciledAt !== undefined) {
+        g.set({ settlement_day: lastRun.day }, lastDayReconciledAt.getTime() / 1000);
       }
     },
   );

@@ -14,6 +14,7 @@ import type { Db } from '../storage/db.js';
 import { outboxLag } from '../storage/repositories/outbox.repository.js';
 import {
   countUnsettledOrders,
+  firstSucceededAt,
   latestSucceededRun,
   type Run,
 } from '../reconciliation/reconciliation.repository.js';
@@ -50,6 +51,11 @@ export type StreamState = Readonly<{
 export type ReconciliationStatus = Readonly<{
   /** The latest settlement day's newest succeeded run; undefined before the first. */
   lastRun: Run | undefined;
+  /**
+   * When the latest settlement day was first reconciled (its earliest succeeded run): another
+   * file for that day, run later, does not make it recent.
+   */
+  lastDayReconciledAt: Date | undefined;
   /** Orders booked as paid that no file has settled yet (of UNSETTLED_COUNT_MAX mismatches). */
   unsettledOrders: number;
 }>;
@@ -197,7 +203,9 @@ export async function operationsSnapshot(deps: OperationsDeps): Promise<Operatio
           latestSucceededRun(deps.db),
           countUnsettledOrders(deps.db, UNSETTLED_COUNT_MAX),
         ]);
-        return { lastRun, unsettledOrders };
+        const lastDayReconciledAt =
+          lastRun === undefined ? undefined : await firstSucceededAt(deps.db, lastRun.day);
+        return { lastRun, lastDayReconciledAt, unsettledOrders };
       }),
     ]);
   return {

@@ -192,6 +192,22 @@ export async function latestSucceededRun(db: Db): Promise<Run | undefined> {
 }
 
 /**
+ * When `day` was first reconciled: its earliest succeeded run's completion. A later file for the
+ * same day (a corrected one, loaded by hand) succeeds later but reconciles no newer day, so it
+ * must not make the latest day look recent while the nights after it keep failing.
+ */
+export async function firstSucceededAt(db: Db, day: UtcDay): Promise<Date | undefined> {
+  const row = await reconDb(db)
+    .selectFrom('recon_run')
+    .select((eb) => eb.fn.min('completed_at').as('first'))
+    .where(sql<boolean>`settlement_date = ${day}`)
+    .where('state', '=', RUN_STATE.succeeded)
+    .executeTakeFirst()
+    .catch(rethrow);
+  return row?.first ?? undefined;
+}
+
+/**
  * Orders booked as paid that no settlement file has settled yet: their MISSING_IN_SETTLEMENT
  * mismatches that no later file resolved, found through the recon_mismatch_open index. Counted up
  * to `max` mismatches, so a scrape stays cheap after a day whose file lacked most rows (a day of
