@@ -11,6 +11,7 @@ import {
   type Logger,
   type LevelWithSilent,
 } from 'pino';
+import { passesLuhn } from '../domain/luhn.js';
 
 export type { Logger };
 
@@ -46,19 +47,6 @@ export function maskCardNumbers(text: string): string {
       return passesLuhn(digits) ? `****${digits.slice(-4)}` : match;
     },
   );
-}
-
-function passesLuhn(digits: string): boolean {
-  let sum = 0;
-  for (let i = 0; i < digits.length; i += 1) {
-    let digit = digits.charCodeAt(digits.length - 1 - i) - 48;
-    if (i % 2 === 1) {
-      digit *= 2;
-      if (digit > 9) digit -= 9;
-    }
-    sum += digit;
-  }
-  return sum % 10 === 0;
 }
 
 /** Plain objects and arrays are walked this deep for strings to mask; deeper ones are left. */

@@ -3,6 +3,7 @@
  * outcome is fixed. Everything here is pure.
  */
 import { InvalidArgumentError } from '../../domain/errors.js';
+import { passesLuhn } from '../../domain/luhn.js';
 
 /** Test cards with a fixed outcome, as PSPs document them. */
 export const TEST_CARD = {
@@ -30,19 +31,6 @@ export function parseCardNumber(input: string): string {
     throw new InvalidArgumentError('card_number', 'is not a valid card number (Luhn check failed)');
   }
   return digits;
-}
-
-export function passesLuhn(digits: string): boolean {
-  let total = 0;
-  for (let i = 0; i < digits.length; i += 1) {
-    let digit = digits.charCodeAt(digits.length - 1 - i) - 48;
-    if (i % 2 === 1) {
-      digit *= 2;
-      if (digit > 9) digit -= 9;
-    }
-    total += digit;
-  }
-  return total % 10 === 0;
 }
 
 export type CardDecision = { approved: true } | { approved: false; declineCode: string };

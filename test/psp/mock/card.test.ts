@@ -5,7 +5,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../../../src/domain/errors.js';
-import { decideCard, parseCardNumber, passesLuhn, TEST_CARD } from '../../../src/psp/mock/card.js';
+import { passesLuhn } from '../../../src/domain/luhn.js';
+import { decideCard, parseCardNumber, TEST_CARD } from '../../../src/psp/mock/card.js';
 
 describe('parseCardNumber', () => {
   it('accepts valid numbers and drops spaces and dashes', () => {
