@@ -20,6 +20,7 @@ import {
 import { paymentStateFromProto, paymentToProto } from '../grpc/handlers/mappers.js';
 import type { ErrorLogger } from '../grpc/status.js';
 import type { PaymentService } from '../payments/payment.service.js';
+import { firstDuplicateKey } from './strict-json.js';
 import {
   CLIENT_CLOSED_REQUEST_STATUS,
   ClientAbortedError,
@@ -163,6 +164,14 @@ export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOp
       }
       if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
         throw new HttpInputError('body', 'must be a JSON object', 'MALFORMED_JSON');
+      }
+      const duplicate = firstDuplicateKey(raw);
+      if (duplicate !== undefined) {
+        throw new HttpInputError(
+          duplicate.field,
+          'is sent twice in one object; send each field once',
+          'DUPLICATE_FIELD',
+        );
       }
       const body = createBodySchema.parse(snakeCaseKeys(parsed));
       const header = request.headers['idempotency-key'];

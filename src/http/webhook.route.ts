@@ -29,6 +29,7 @@ import type { Names } from '../messaging/subjects.js';
 import { pspWebhookEventSchema, unhandledEventType, verifyWebhook } from '../psp/webhook.js';
 import type { Db } from '../storage/db.js';
 import { toUnavailable } from '../storage/transaction.js';
+import { firstDuplicateKey } from './strict-json.js';
 import { recordWebhookEvent, type Recorded, type WebhookEvent } from './webhook-inbox.js';
 import { errorResponse, HttpInputError, json, type Route } from './router.js';
 
@@ -148,6 +149,18 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
         return reject(
           WEBHOOK_REJECTION.malformedJson,
           new HttpInputError('body', 'is not JSON', 'MALFORMED_JSON'),
+        );
+      }
+      // Signed, yet ambiguous: which of two values the PSP meant is not ours to guess.
+      const duplicate = firstDuplicateKey(text);
+      if (duplicate !== undefined) {
+        return reject(
+          WEBHOOK_REJECTION.malformedJson,
+          new HttpInputError(
+            duplicate.field,
+            'appears twice in one object; the event is ambiguous and was not applied',
+            'MALFORMED_JSON',
+          ),
         );
       }
       // A signed event of a type Settle does not handle is the PSP's to send, not a fault: any

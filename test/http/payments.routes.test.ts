@@ -324,6 +324,18 @@ describe('REST twin of PaymentService', () => {
       },
       'orders[0].seller_id: sent twice, as sellerId and seller_id; send it once',
     ],
+    [
+      'an order amount sent twice under one name (JSON.parse would keep the last)',
+      '{"buyer_id":"b","currency_code":"USD",' +
+        '"orders":[{"seller_id":"s","amount_minor":"1","amount_minor":"100000"}]}',
+      'orders[0].amount_minor: is sent twice in one object; send each field once',
+    ],
+    [
+      'a key sent twice, once escaped',
+      '{"buyer_id":"a","\\u0062uyer_id":"b","currency_code":"USD",' +
+        '"orders":[{"seller_id":"s","amount_minor":"1"}]}',
+      'buyer_id: is sent twice in one object; send each field once',
+    ],
   ])('refuses a body with %s, saying what to send', async (_name, body, message) => {
     const before = await rowCounts(stack.settle.db);
     const rest = await post(body, randomUUID());

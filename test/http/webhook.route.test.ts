@@ -164,6 +164,16 @@ describe('POST /webhooks/psp rejects', () => {
       /not JSON/,
     ],
     [
+      // JSON.parse keeps the last "type"; another reader could take the first.
+      'a signed event with a key sent twice',
+      () => {
+        const body = event().replace(/^\{/, '{"type":"payment.succeeded",');
+        return { body, signature: sign(body) };
+      },
+      400,
+      /^type: appears twice in one object; the event is ambiguous and was not applied$/,
+    ],
+    [
       'a signed body that is not an event',
       () => {
         const body = JSON.stringify({ hello: 'world' });
@@ -205,6 +215,7 @@ describe('POST /webhooks/psp rejects', () => {
   it.each<[string, string, string]>([
     ['an unsigned webhook', 'UNAUTHENTICATED', 'SIGNATURE_REJECTED'],
     ['a signed non-JSON body', 'INVALID_ARGUMENT', 'MALFORMED_JSON'],
+    ['a signed event with a key sent twice', 'INVALID_ARGUMENT', 'MALFORMED_JSON'],
     ['a signed body that is not an event', 'INVALID_ARGUMENT', 'NOT_A_PSP_EVENT'],
     ['a signed body that is not UTF-8', 'INVALID_ARGUMENT', 'NOT_UTF8'],
     ['an event whose nonce is not a Settle order id', 'NOT_FOUND', 'NOT_FOUND'],
@@ -222,6 +233,7 @@ describe('POST /webhooks/psp rejects', () => {
     ['an unsigned webhook', 'SIGNATURE_REJECTED'],
     ['a forged signature', 'SIGNATURE_REJECTED'],
     ['a signed non-JSON body', 'MALFORMED_JSON'],
+    ['a signed event with a key sent twice', 'MALFORMED_JSON'],
     ['a signed body that is not an event', 'NOT_A_PSP_EVENT'],
     ['a signed body that is not UTF-8', 'NOT_UTF8'],
     ['an event whose nonce is not a Settle order id', 'UNKNOWN_ORDER_ID'],
