@@ -358,26 +358,45 @@ async function dispatch(
           const paymentId = one(rest, 'payment_id');
           // The 10 s default of other calls would cut a watch short; one the operator gave holds.
           const timeoutMs = values['timeout-ms'] === undefined ? 60 * 60_000 : settings.timeoutMs;
+          const deadline = Date.now() + timeoutMs;
           let last: Payment | undefined;
-          for await (const { payment } of client.payments.watchPayment(paymentId, { timeoutMs })) {
-            if (payment === undefined) continue;
-            last = payment;
-            io.out(
-              settings.json
+          let printed = '';
+          // The server caps a watch (an hour) and then ends it with OK, terminal or not: watch
+          // again, within the operator's deadline, a bounded number of times (a server that
+          // ended every watch at once must not make this loop spin).
+          for (let watch = 1; ; watch += 1) {
+            const remainingMs = deadline - Date.now();
+            const stream = client.payments.watchPayment(paymentId, { timeoutMs: remainingMs });
+            for await (const { payment } of stream) {
+              if (payment === undefined) continue;
+              last = payment;
+              const line = settings.json
                 ? `${JSON.stringify(Payment.toJSON(payment))}\n`
                 : `${time(payment.updateTime)}  ${shortPaymentState(payment.state)}  ` +
-                    `${payment.orders.map((o) => `${o.sellerId}=${shortOrderState(o.state)}`).join(' ')}\n`,
-            );
-          }
-          // The server caps a watch (an hour) and then ends it with OK, terminal or not.
-          if (last === undefined || !TERMINAL_PAYMENT_STATES.has(last.state)) {
+                  `${payment.orders.map((o) => `${o.sellerId}=${shortOrderState(o.state)}`).join(' ')}\n`;
+              // A new watch starts with the state the last one ended on: printed once.
+              if (line !== printed) io.out(line);
+              printed = line;
+            }
+            if (last !== undefined && TERMINAL_PAYMENT_STATES.has(last.state)) return;
             const state = last === undefined ? 'unknown' : shortPaymentState(last.state);
-            throw new ServerError(
-              `the server ended the watch of ${paymentId} while it was ${state}, not terminal; ` +
-                `watch it again: settle payment watch ${paymentId}`,
-            );
+            const again = `watch it again: settle payment watch ${paymentId}`;
+            if (watch >= WATCHES_MAX) {
+              throw new ServerError(
+                `the server ended ${watch} watches of ${paymentId} before it was terminal ` +
+                  `(last ${state}); ${again}`,
+              );
+            }
+            const pauseMs = Math.min(WATCH_AGAIN_PAUSE_MS, deadline - Date.now());
+            if (pauseMs > 0) await new Promise((resolve) => setTimeout(resolve, pauseMs));
+            if (Date.now() >= deadline) {
+              // What the call itself answers when the deadline falls during a watch.
+              throw new ServerError(
+                `DEADLINE_EXCEEDED: ${paymentId} was still ${state} at the deadline ` +
+                  `(--timeout-ms); ${again}`,
+              );
+            }
           }
-          return;
         }
         case 'timeline': {
           const response = await client.admin.getPaymentTimeline(
@@ -609,6 +628,11 @@ async function deadLetterCommand(
       throw new UsageError(`unknown dlq command '${verb ?? ''}' (list, replay, discard)`);
   }
 }
+
+/** Watches of one payment the server may end early before `payment watch` gives up. */
+const WATCHES_MAX = 1_000;
+/** The pause before watching again, so a server that ends every watch at once is not hammered. */
+const WATCH_AGAIN_PAUSE_MS = 1_000;
 
 /**
  * How long `reconcile run` polls a RUNNING report, unless --timeout-ms says otherwise, before it

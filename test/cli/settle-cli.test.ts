@@ -409,30 +409,53 @@ describe('settle CLI', () => {
     expect(watched.stderr).toMatch(/^settle: DEADLINE_EXCEEDED: /);
   });
 
-  it('exits 1 with the last state when the server ends a watch before the payment is terminal', async () => {
-    // A node whose watches end after 1.5 s instead of an hour; nobody pays, so the payment stays
-    // EXECUTING and the server ends the stream with OK.
-    const capped = await startStack({ overrides: { watchDurationMsMax: 1_500 } });
-    try {
-      const addr = { SETTLE_ADDR: `127.0.0.1:${capped.settle.grpcPort}` };
+  describe('when the server ends a watch before the payment is terminal', () => {
+    // A node whose watches end after 1.5 s instead of an hour, with OK, terminal or not.
+    let capped: Stack;
+    let addr: Record<string, string>;
+    beforeAll(async () => {
+      capped = await startStack({ overrides: { watchDurationMsMax: 1_500 } });
+      addr = { SETTLE_ADDR: `127.0.0.1:${capped.settle.grpcPort}` };
+    });
+    afterAll(async () => capped?.stop());
+
+    async function create(buyer: string, seller: string) {
       const created = await settle(
-        ['payment', 'create', '--buyer', 'buyer-cli-cap', '--order', 'seller-cli-c=300', '--json'],
+        ['payment', 'create', '--buyer', buyer, '--order', `${seller}=300`, '--json'],
         addr,
       );
       expect(created.code, created.stderr).toBe(0);
-      const { paymentId: id } = JSON.parse(created.stdout) as { paymentId: string };
+      return JSON.parse(created.stdout) as {
+        paymentId: string;
+        orders: Array<{ checkoutUrl: string }>;
+      };
+    }
+
+    it('watches again, printing each state once, until the buyer pays', async () => {
+      const { paymentId: id, orders } = await create('buyer-cli-rewatch', 'seller-cli-r');
+      const watching = settle(['payment', 'watch', id], addr);
+      // Past the first watch's end: the payment is paid during the second.
+      await new Promise((resolve) => setTimeout(resolve, 2_500));
+      expect((await payOnHostedPage(orders[0]?.checkoutUrl ?? '', CARD.success)).status).toBe(200);
+      const watched = await watching;
+      expect(watched.code, watched.stderr).toBe(0);
+      const lines = watched.stdout.trim().split('\n');
+      expect(lines[0]).toMatch(/ EXECUTING {2}seller-cli-r=EXECUTING$/);
+      // The second watch starts with the state the first ended on; it is not printed again.
+      expect(lines.filter((line, i) => i > 0 && line === lines[i - 1])).toEqual([]);
+      expect(lines[lines.length - 1]).toMatch(/SUCCEEDED {2}seller-cli-r=SUCCEEDED$/);
+    });
+
+    it('exits 1 with the last state at --timeout-ms, having printed it once', async () => {
+      const { paymentId: id } = await create('buyer-cli-cap', 'seller-cli-c');
       const started = Date.now();
-      const watched = await settle(['payment', 'watch', id], addr);
+      // Nobody pays; the server ends the first watch at 1.5 s, the deadline falls at 3 s.
+      const watched = await settle(['payment', 'watch', id, '--timeout-ms', '3000'], addr);
       expect(Date.now() - started).toBeLessThan(15_000);
       expect(watched.code).toBe(1);
-      expect(watched.stdout).toMatch(/EXECUTING {2}seller-cli-c=EXECUTING\n$/);
-      expect(watched.stderr).toBe(
-        `settle: the server ended the watch of ${id} while it was EXECUTING, not terminal; ` +
-          `watch it again: settle payment watch ${id}\n`,
-      );
-    } finally {
-      await capped.stop();
-    }
+      expect(watched.stdout).toMatch(/^\S+ \S+ {2}EXECUTING {2}seller-cli-c=EXECUTING\n$/);
+      expect(watched.stderr).toMatch(/^settle: DEADLINE_EXCEEDED: /);
+    });
   });
 
   it('refuses an address it cannot call as a usage error, without a stack trace', async () => {
