@@ -8,6 +8,14 @@
 /** A key sent twice in one object, and its path from the top (`orders[1].amount`). */
 export type DuplicateKey = Readonly<{ key: string; field: string }>;
 
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+const OPEN_BRACE = 0x7b;
+const CLOSE_BRACE = 0x7d;
+const OPEN_BRACKET = 0x5b;
+const CLOSE_BRACKET = 0x5d;
+const COMMA = 0x2c;
+
 type Frame =
   | { kind: 'object'; path: string; keys: Set<string>; expectingKey: boolean; lastKey: string }
   | { kind: 'array'; path: string; index: number };
@@ -25,19 +33,21 @@ export function firstDuplicateKey(text: string): DuplicateKey | undefined {
     return top.kind === 'object' ? fieldPath(top.path, top.lastKey) : `${top.path}[${top.index}]`;
   };
   for (let i = 0; i < text.length; i += 1) {
-    const char = text[i];
-    if (char === '"') {
+    const code = text.charCodeAt(i);
+    if (code === QUOTE) {
       const end = endOfString(text, i);
       const top = stack[stack.length - 1];
       if (top?.kind === 'object' && top.expectingKey) {
-        const key = JSON.parse(text.slice(i, end + 1)) as string;
+        // Decoded only when escaped: most keys are plain text between their quotes.
+        const raw = text.slice(i + 1, end);
+        const key = raw.includes('\\') ? (JSON.parse(`"${raw}"`) as string) : raw;
         if (top.keys.has(key)) return { key, field: fieldPath(top.path, key) };
         top.keys.add(key);
         top.lastKey = key;
         top.expectingKey = false;
       }
       i = end;
-    } else if (char === '{') {
+    } else if (code === OPEN_BRACE) {
       stack.push({
         kind: 'object',
         path: childPath(),
@@ -45,11 +55,11 @@ export function firstDuplicateKey(text: string): DuplicateKey | undefined {
         expectingKey: true,
         lastKey: '',
       });
-    } else if (char === '[') {
+    } else if (code === OPEN_BRACKET) {
       stack.push({ kind: 'array', path: childPath(), index: 0 });
-    } else if (char === '}' || char === ']') {
+    } else if (code === CLOSE_BRACE || code === CLOSE_BRACKET) {
       stack.pop();
-    } else if (char === ',') {
+    } else if (code === COMMA) {
       const top = stack[stack.length - 1];
       if (top?.kind === 'object') top.expectingKey = true;
       else if (top?.kind === 'array') top.index += 1;
@@ -65,9 +75,9 @@ function fieldPath(path: string, key: string): string {
 /** The index of the quote that closes the string opened at `start`. */
 function endOfString(text: string, start: number): number {
   for (let i = start + 1; i < text.length; i += 1) {
-    const char = text[i];
-    if (char === '\\') i += 1;
-    else if (char === '"') return i;
+    const code = text.charCodeAt(i);
+    if (code === BACKSLASH) i += 1;
+    else if (code === QUOTE) return i;
   }
   return text.length - 1;
 }

@@ -21,6 +21,7 @@ describe('firstDuplicateKey', () => {
     ['the same key in sibling objects of a top-level array', '[{"a":1},{"a":2}]', undefined],
     ['an object inside nested arrays', '[[1,{"z":1}],[{"z":1,"y":[],"z":2}]]', '[1][0].z'],
     ['an empty key twice', '{"":1,"":2}', ''],
+    ['a key with an escaped quote, twice', '{"a\\"b":1,"a\\u0022b":2}', 'a"b'],
     ['whitespace around the structure', ' { "a" : 1 ,\n "a" : 2 } ', 'a'],
   ])('%s', (_name, text, field) => {
     JSON.parse(text); // every case is valid JSON: the scan trusts its structure
