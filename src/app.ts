@@ -32,7 +32,8 @@ import { assertGuardsTrip } from './storage/one-trip.js';
 import type { GroupCommitBatch } from './storage/group-commit.js';
 import { purgeIdempotencyKeys } from './storage/repositories/payment.repository.js';
 import { purgeWebhookInbox } from './storage/repositories/outbox.repository.js';
-import { refuseUndecodable } from './grpc/adapters.js';
+import { refuseUndecodable, type AdapterOptions } from './grpc/adapters.js';
+import { ApiTokens } from './grpc/api-auth.js';
 import { createGrpcServer, listen } from './grpc/server.js';
 import { createHealth, HEALTH_SERVICE_NAME, type Health } from './grpc/health.js';
 import { addReflection } from './grpc/reflection/index.js';
@@ -495,17 +496,28 @@ export async function startSettle(
         logger.error({ err: error, ...context }, 'internal error in gRPC handler'),
       observe: grpcCallObserver(logger, metrics),
     };
+    // The non-admin services ask for one of API_TOKENS when it is set; AdminService has its own
+    // token, and health and reflection stay open to probes and tools.
+    const apiTokens = new ApiTokens(config.API_TOKENS);
+    const apiOptions = (service: string): AdapterOptions =>
+      apiTokens.enabled
+        ? {
+            ...adapterOptions,
+            authenticate: (metadata) =>
+              apiTokens.require(metadata.get('authorization')[0], { name: service, kind: 'grpc' }),
+          }
+        : adapterOptions;
     grpcServer.addService(
       refuseUndecodable(PaymentServiceService),
-      paymentHandlers(payments, adapterOptions),
+      paymentHandlers(payments, apiOptions('PaymentService')),
     );
     grpcServer.addService(
       refuseUndecodable(WalletServiceService),
-      walletHandlers(db, adapterOptions),
+      walletHandlers(db, apiOptions('WalletService')),
     );
     grpcServer.addService(
       refuseUndecodable(LedgerServiceService),
-      ledgerHandlers(db, adapterOptions),
+      ledgerHandlers(db, apiOptions('LedgerService')),
     );
     grpcServer.addService(
       refuseUndecodable(AdminServiceService),
@@ -522,7 +534,7 @@ export async function startSettle(
     );
     grpcServer.addService(
       refuseUndecodable(ReconciliationServiceService),
-      reconciliationHandlers(reconciliation, adapterOptions),
+      reconciliationHandlers(reconciliation, apiOptions('ReconciliationService')),
     );
     health.addToServer(grpcServer);
     addReflection(grpcServer, { services: [...SETTLE_SERVICES, HEALTH_SERVICE_NAME] });
@@ -631,6 +643,7 @@ export async function startSettle(
         wakeRelay: () => relay.wake(),
         now,
         adminWrongTokens,
+        apiTokens,
       }),
     ];
     if (timings !== undefined) {
@@ -782,6 +795,11 @@ export async function startSettle(
     ) {
       logger.warn(
         `LOCAL_EXECUTE_HOLD_MS (${config.LOCAL_EXECUTE_HOLD_MS}) is not above PSP_CALL_TIMEOUT_MS (${config.PSP_CALL_TIMEOUT_MS}): a slow PSP call can outlast the hold, and the order is then also run through JetStream (harmless, but wasted work); raise the hold`,
+      );
+    }
+    if (!apiTokens.enabled) {
+      logger.warn(
+        'API_TOKENS is not set: PaymentService, WalletService, LedgerService, ReconciliationService and the REST twin (/v1/payments) answer anyone who reaches the ports; set API_TOKENS (tokens of 16 characters or more, separated by commas) to require "authorization: Bearer <token>"',
       );
     }
     if (config.ADMIN_TOKEN === undefined) {

@@ -63,6 +63,9 @@ const csv = z.string().transform((value) =>
     .filter((item) => item.length > 0),
 );
 
+/** Tokens API_TOKENS may list at once: the current ones and those being rotated out. */
+const API_TOKENS_MAX = 16;
+
 /** A time of day "HH:MM" in UTC, or "off"; kept as text so a parsed config can be re-parsed. */
 const utcTimeOrOff = z
   .string()
@@ -193,6 +196,26 @@ export const configSchema = z.object({
    * (bearer or login form) and refuses everyone while it is unset.
    */
   ADMIN_TOKEN: z.string().min(16).optional(),
+  /**
+   * Bearer tokens of the non-admin API (PaymentService, WalletService, LedgerService,
+   * ReconciliationService, the REST twin), separated by commas; several while one is rotated
+   * out. Unset: that API is open to anyone who reaches the ports (the node warns at start).
+   */
+  API_TOKENS: csv
+    .pipe(
+      z
+        .array(
+          z
+            .string()
+            .min(16, 'each token must have 16 characters or more')
+            .regex(
+              /^[\x21-\x7E]+$/,
+              'each token must be printable ASCII without spaces (it travels in a header)',
+            ),
+        )
+        .max(API_TOKENS_MAX, `at most ${API_TOKENS_MAX} tokens`),
+    )
+    .prefault(''),
   /**
    * Marks the admin panel's session cookie `Secure`, so browsers send it over HTTPS only. Off by
    * default because the panel is served over plain HTTP (127.0.0.1:8080), and browsers keep a

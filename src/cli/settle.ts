@@ -3,10 +3,12 @@
  * generated ts-proto stubs): payments, wallets and the ledger, and dead letters through
  * AdminService (with `authorization: Bearer <ADMIN_TOKEN>`; replay and discard are audited with
  * the caller's name, sent as `x-admin-actor` metadata, and the request's reason), and
- * settlement-file reconciliation through ReconciliationService. Output is a human-readable table
- * by default and JSON with --json (proto3 JSON mapping: the response message, except that
- * `payment create`, `get` and `watch` print the Payment itself; amounts are strings). Exit codes:
- * 0 done, 1 the server refused or failed or no node answered, 2 bad usage (nothing was sent).
+ * settlement-file reconciliation through ReconciliationService. Against a node with API_TOKENS,
+ * every call but AdminService's carries `authorization: Bearer <SETTLE_API_TOKEN>`. Output is a
+ * human-readable table by default and JSON with --json (proto3 JSON mapping: the response
+ * message, except that `payment create`, `get` and `watch` print the Payment itself; amounts are
+ * strings). Exit codes: 0 done, 1 the server refused or failed or no node answered, 2 bad usage
+ * (nothing was sent).
  *
  *   npm run settle -- payment create --buyer buyer-1 --order seller-a=1999 --order seller-b=500
  *   npm run settle -- payment watch pay_…
@@ -86,6 +88,8 @@ Commands:
 
 Options:
   --addr host:port    Settle gRPC address (env SETTLE_ADDR; default 127.0.0.1:50051)
+  --api-token TOKEN   API token for every other command, when the node has API_TOKENS
+                      (env SETTLE_API_TOKEN; prefer the env variable)
   --token TOKEN       admin token for dlq and timeline (env ADMIN_TOKEN; prefer the env variable)
   --actor NAME        your name in the audit trail (env SETTLE_ACTOR, else USER)
   --json              print JSON instead of tables
@@ -97,6 +101,7 @@ Options:
 const OPTIONS = {
   addr: { type: 'string' },
   token: { type: 'string' },
+  'api-token': { type: 'string' },
   actor: { type: 'string' },
   json: { type: 'boolean', default: false },
   'timeout-ms': { type: 'string' },
@@ -121,6 +126,7 @@ type OptionName = keyof typeof OPTIONS;
 const GLOBAL_OPTIONS: readonly OptionName[] = [
   'addr',
   'token',
+  'api-token',
   'actor',
   'json',
   'timeout-ms',
@@ -243,7 +249,21 @@ export async function runCli(
     json: values.json,
     timeoutMs,
   };
-  const client = createSettleClient(settings.addr, { defaultTimeoutMs: timeoutMs });
+  let client: SettleClient;
+  try {
+    client = createSettleClient(settings.addr, {
+      defaultTimeoutMs: timeoutMs,
+      // An empty SETTLE_API_TOKEN counts as unset too.
+      apiToken: values['api-token'] ?? (env.SETTLE_API_TOKEN || undefined),
+    });
+  } catch {
+    // The timeout and the address were checked above: only the token is left to refuse.
+    io.err(
+      'settle: the API token (--api-token or SETTLE_API_TOKEN) must be printable ASCII without ' +
+        'spaces, as API_TOKENS are\n',
+    );
+    return 2;
+  }
   try {
     checkArguments(positionals, values);
     await dispatch(positionals, values, settings, client, io);

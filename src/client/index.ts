@@ -10,6 +10,10 @@
  * as a bigint, a decimal string or a safe-integer number. A request that cannot be encoded is
  * refused here with a TypeError, before anything is sent. Errors from the server are grpc-js
  * ServiceErrors with `code` and `details`.
+ *
+ * A node with API_TOKENS wants one of them on every call but AdminService's: give it once as
+ * `createSettleClient(address, { apiToken })` and it goes out as `authorization: Bearer <token>`.
+ * AdminService calls carry the admin token in their own `metadata` instead.
  */
 import * as grpc from '@grpc/grpc-js';
 import {
@@ -199,6 +203,8 @@ function unary<Req, Res>(
   name: string,
   method: UnaryMethod<Req, Res>,
   defaultTimeoutMs: number,
+  /** Sent with every call unless the call's own `metadata` has the same key (the API token). */
+  defaultMetadata: Readonly<Record<string, string>> = {},
 ) {
   return (request: PartialRequest<Req>, options: CallOptions = {}): Promise<Res> =>
     new Promise((resolve, reject) => {
@@ -209,7 +215,8 @@ function unary<Req, Res>(
         `${name}: timeoutMs`,
       );
       const metadata = new grpc.Metadata();
-      for (const [key, value] of Object.entries(options.metadata ?? {})) metadata.set(key, value);
+      const sent = { ...defaultMetadata, ...options.metadata };
+      for (const [key, value] of Object.entries(sent)) metadata.set(key, value);
       method(message, metadata, { deadline: Date.now() + timeoutMs }, (error, response) =>
         error ? reject(error) : resolve(response),
       );
@@ -218,21 +225,43 @@ function unary<Req, Res>(
 
 export type SettleClient = ReturnType<typeof createSettleClient>;
 
+export type SettleClientOptions = Readonly<{
+  /** Deadline of a call that gives no `timeoutMs`, in ms (10 s). */
+  defaultTimeoutMs?: number;
+  /** Plaintext unless given (e.g. grpc.credentials.createSsl()). */
+  credentials?: grpc.ChannelCredentials;
+  /**
+   * One of the node's API_TOKENS, sent as `authorization: Bearer <apiToken>` on every call but
+   * AdminService's; left out (or ''), none is sent, as a node without API_TOKENS needs.
+   */
+  apiToken?: string | undefined;
+}>;
+
+/** The metadata that carries `apiToken`, or a TypeError that does not quote it. */
+function apiTokenMetadata(apiToken: string | undefined): Record<string, string> {
+  if (apiToken === undefined || apiToken === '') return {};
+  // grpc-js would refuse such a value deep in the call, quoting it in its error.
+  if (!/^[\x21-\x7E]+$/.test(apiToken)) {
+    throw new TypeError(
+      'createSettleClient: apiToken must be printable ASCII without spaces, as API_TOKENS are',
+    );
+  }
+  return { authorization: `Bearer ${apiToken}` };
+}
+
 /**
  * Connects to a Settle node (plaintext unless `credentials` say otherwise, e.g.
  * "127.0.0.1:50051"). Every call has a deadline: `defaultTimeoutMs` (10 s) unless the call gives
  * its own `timeoutMs`; a watch's is 60 minutes. A timeout that is no deadline (0, negative, not an
- * integer, past 2147483647 ms) is a TypeError.
+ * integer, past 2147483647 ms) is a TypeError, and so is an `apiToken` no header can carry.
  */
-export function createSettleClient(
-  address: string,
-  options: { defaultTimeoutMs?: number; credentials?: grpc.ChannelCredentials } = {},
-) {
+export function createSettleClient(address: string, options: SettleClientOptions = {}) {
   const credentials = options.credentials ?? grpc.credentials.createInsecure();
   const timeoutMs = checkedTimeoutMs(
     options.defaultTimeoutMs ?? 10_000,
     'createSettleClient: defaultTimeoutMs',
   );
+  const api = apiTokenMetadata(options.apiToken);
   const payments = new PaymentServiceClient(address, credentials);
   const wallets = new WalletServiceClient(address, credentials);
   const ledger = new LedgerServiceClient(address, credentials);
@@ -245,18 +274,21 @@ export function createSettleClient(
         'CreatePaymentRequest',
         payments.createPayment.bind(payments),
         timeoutMs,
+        api,
       ),
       getPayment: unary<GetPaymentRequest, GetPaymentResponse>(
         GetPaymentRequest,
         'GetPaymentRequest',
         payments.getPayment.bind(payments),
         timeoutMs,
+        api,
       ),
       listPayments: unary<ListPaymentsRequest, ListPaymentsResponse>(
         ListPaymentsRequest,
         'ListPaymentsRequest',
         payments.listPayments.bind(payments),
         timeoutMs,
+        api,
       ),
       /**
        * Yields the payment now and after each change until it is terminal. The server ends a
@@ -270,7 +302,9 @@ export function createSettleClient(
           options.timeoutMs ?? 60 * 60_000,
           'WatchPayment: timeoutMs',
         );
-        const stream = payments.watchPayment({ paymentId }, new grpc.Metadata(), {
+        const metadata = new grpc.Metadata();
+        for (const [key, value] of Object.entries(api)) metadata.set(key, value);
+        const stream = payments.watchPayment({ paymentId }, metadata, {
           deadline: Date.now() + timeoutMs,
         });
         try {
@@ -286,6 +320,7 @@ export function createSettleClient(
         'GetWalletRequest',
         wallets.getWallet.bind(wallets),
         timeoutMs,
+        api,
       ),
     },
     ledger: {
@@ -294,12 +329,14 @@ export function createSettleClient(
         'ListEntriesRequest',
         ledger.listEntries.bind(ledger),
         timeoutMs,
+        api,
       ),
       getTrialBalance: unary<GetTrialBalanceRequest, GetTrialBalanceResponse>(
         GetTrialBalanceRequest,
         'GetTrialBalanceRequest',
         ledger.getTrialBalance.bind(ledger),
         timeoutMs,
+        api,
       ),
     },
     /**
@@ -339,24 +376,28 @@ export function createSettleClient(
         'RunReconciliationRequest',
         reconciliation.runReconciliation.bind(reconciliation),
         timeoutMs,
+        api,
       ),
       getReport: unary<GetReportRequest, GetReportResponse>(
         GetReportRequest,
         'GetReportRequest',
         reconciliation.getReport.bind(reconciliation),
         timeoutMs,
+        api,
       ),
       listReports: unary<ListReportsRequest, ListReportsResponse>(
         ListReportsRequest,
         'ListReportsRequest',
         reconciliation.listReports.bind(reconciliation),
         timeoutMs,
+        api,
       ),
       listMismatches: unary<ListMismatchesRequest, ListMismatchesResponse>(
         ListMismatchesRequest,
         'ListMismatchesRequest',
         reconciliation.listMismatches.bind(reconciliation),
         timeoutMs,
+        api,
       ),
     },
     close(): void {

@@ -33,6 +33,11 @@ export type AdapterOptions = Readonly<{
   log?: ErrorLogger;
   /** Called once per call after its status is sent (one log line, metrics). */
   observe?: (call: CallObservation) => void;
+  /**
+   * Runs first on every call, before the request is looked at, and throws to refuse it (the
+   * API's bearer token, api-auth.ts); the refusal is answered and observed as any error is.
+   */
+  authenticate?: (metadata: grpc.Metadata) => void;
 }>;
 
 /** What one finished call looked like, for logs and metrics. */
@@ -151,6 +156,7 @@ export function unary<Request, Response>(
     void (async () => {
       let response: Response;
       try {
+        options.authenticate?.(call.metadata);
         const refusal = undecodableRefusal(call.request, call.getPath());
         if (refusal !== undefined) throw refusal;
         response = await handler(call.request, call, context);
@@ -192,6 +198,7 @@ export function serverStream<Request, Response>(
     void (async () => {
       let failure: { error: unknown } | undefined;
       try {
+        options.authenticate?.(call.metadata);
         const refusal = undecodableRefusal(call.request, call.getPath());
         if (refusal !== undefined) throw refusal;
         await handler(call.request, call, signal, { requestId, signal });

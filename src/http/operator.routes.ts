@@ -6,6 +6,7 @@
 import type { JetStreamManager } from '@nats-io/jetstream';
 import type { Config } from '../config.js';
 import type { WrongTokenLimit } from '../admin/auth.js';
+import type { ApiTokens } from '../grpc/api-auth.js';
 import { adminRoutes } from '../admin/routes.js';
 import { tableDeadLetters } from '../admin/dead-letter-source.js';
 import type { Names } from '../messaging/subjects.js';
@@ -39,6 +40,8 @@ export type OperatorDeps = Readonly<{
   now: () => Date;
   /** The node's bound on wrong admin tokens, shared with AdminService. */
   adminWrongTokens: WrongTokenLimit;
+  /** API_TOKENS: the REST twin asks for one, as the gRPC API does. */
+  apiTokens: ApiTokens;
 }>;
 
 export function operatorRoutes(deps: OperatorDeps): Route[] {
@@ -61,7 +64,11 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
     });
   deps.metrics.setSnapshotSource(() => snapshot(true));
   return [
-    ...paymentRoutes(deps.payments, { log, observe: restCallObserver(logger, deps.metrics) }),
+    ...paymentRoutes(deps.payments, {
+      log,
+      observe: restCallObserver(logger, deps.metrics),
+      apiTokens: deps.apiTokens,
+    }),
     {
       method: 'GET',
       path: '/metrics',

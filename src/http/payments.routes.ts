@@ -5,7 +5,9 @@
  * src/grpc/http-status.ts for the HTTP status). Bodies follow the proto3 JSON mapping, as
  * grpc-gateway does: responses use lowerCamelCase names, int64 amounts are decimal strings and
  * enums are their names; requests may use either lowerCamelCase or the proto's snake_case names.
- * The `Idempotency-Key` header is the request's `request_id`.
+ * The `Idempotency-Key` header is the request's `request_id`. With API_TOKENS set, every request
+ * needs `Authorization: Bearer <token>`, checked before anything else and answered 401 otherwise,
+ * exactly as the gRPC API asks for it (src/grpc/api-auth.ts).
  */
 import { z } from 'zod';
 import { InvalidArgumentError } from '../domain/errors.js';
@@ -18,6 +20,7 @@ import {
   paymentStateFromJSON,
 } from '../grpc/generated/settle/v1/payment.js';
 import { paymentStateFromProto, paymentToProto } from '../grpc/handlers/mappers.js';
+import type { ApiTokens } from '../grpc/api-auth.js';
 import type { ErrorLogger } from '../grpc/status.js';
 import type { PaymentService } from '../payments/payment.service.js';
 import { firstDuplicateKey } from './strict-json.js';
@@ -49,6 +52,8 @@ export type PaymentRoutesOptions = Readonly<{
   log?: ErrorLogger;
   /** Called once per request, after the answer is built (logs). */
   observe?: (observation: RestObservation) => void;
+  /** When enabled (API_TOKENS), every request needs `Authorization: Bearer <one of them>`. */
+  apiTokens?: ApiTokens;
 }>;
 
 const AMOUNT_EXAMPLE = 'e.g. "1999" for $19.99';
@@ -135,6 +140,11 @@ export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOp
         });
       let response: HttpResponse;
       try {
+        // First: an unauthenticated caller learns nothing of its request, not even a bad body.
+        options.apiTokens?.require(request.headers.authorization, {
+          name: '/v1/payments',
+          kind: 'http',
+        });
         response = await handle(request);
       } catch (error) {
         if (error instanceof ClientAbortedError) {

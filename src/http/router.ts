@@ -19,6 +19,7 @@ import {
   UnimplementedError,
 } from '../domain/errors.js';
 import { requestIdOrNew } from '../grpc/adapters.js';
+import { ApiTokenError } from '../grpc/api-auth.js';
 import { toHttpError } from '../grpc/http-status.js';
 import type { StatusOptions } from '../grpc/status.js';
 
@@ -162,6 +163,7 @@ export function errorResponse(
   return json(status, answer.body, {
     ...answer.headers,
     ...(error instanceof MethodNotAllowedError && { allow: error.allowed }),
+    ...(error instanceof ApiTokenError && error.httpHeaders),
     'x-request-id': requestId,
   });
 }

@@ -25,6 +25,7 @@ const REDACTED_KEYS = [
   'PSP_WEBHOOK_SECRET',
   'PSP_WEBHOOK_SECRET_PREVIOUS',
   'ADMIN_TOKEN',
+  'API_TOKENS',
   'psp-signature',
   // The admin panel's session cookie is as good as the token for 12 hours.
   'cookie',

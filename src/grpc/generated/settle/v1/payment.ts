@@ -1668,6 +1668,11 @@ export const WatchPaymentResponse: MessageFns<WatchPaymentResponse> = {
 /**
  * A payment is one buyer checkout. It holds one payment order per seller; each order is executed
  * through the PSP on its own and ends SUCCEEDED, FAILED or EXPIRED.
+ *
+ * On a server started with API_TOKENS, every call needs the metadata
+ * `authorization: Bearer <token>`, the token one of API_TOKENS; without it, or with another
+ * token, the call fails with UNAUTHENTICATED before the request is read. A server without
+ * API_TOKENS asks for nothing.
  */
 export type PaymentServiceService = typeof PaymentServiceService;
 export const PaymentServiceService = {

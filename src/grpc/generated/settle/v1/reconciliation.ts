@@ -2520,6 +2520,11 @@ export const ListMismatchesResponse: MessageFns<ListMismatchesResponse> = {
  * RECONCILIATION_WAIT_MS (2 s by default), whichever comes first. A report still in state
  * REPORT_STATE_RUNNING shows its progress (rows_loaded of rows_total); poll GetReport until it is
  * SUCCEEDED or FAILED. The run goes on when the caller goes away.
+ *
+ * On a server started with API_TOKENS, every call needs the metadata
+ * `authorization: Bearer <token>`, the token one of API_TOKENS; without it, or with another
+ * token, the call fails with UNAUTHENTICATED before the request is read. A server without
+ * API_TOKENS asks for nothing.
  */
 export type ReconciliationServiceService = typeof ReconciliationServiceService;
 export const ReconciliationServiceService = {

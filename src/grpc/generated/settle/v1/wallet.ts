@@ -1234,6 +1234,11 @@ export const GetTrialBalanceResponse: MessageFns<GetTrialBalanceResponse> = {
 /**
  * Sellers' wallets. A wallet's balance always equals the sum of the seller's payable ledger
  * entries (credits minus debits).
+ *
+ * On a server started with API_TOKENS, every call needs the metadata
+ * `authorization: Bearer <token>`, the token one of API_TOKENS; without it, or with another
+ * token, the call fails with UNAUTHENTICATED before the request is read. A server without
+ * API_TOKENS asks for nothing.
  */
 export type WalletServiceService = typeof WalletServiceService;
 export const WalletServiceService = {
@@ -1282,7 +1287,14 @@ export const WalletServiceClient = makeGenericClientConstructor(
   serviceName: string;
 };
 
-/** The double-entry ledger. Every ledger transaction's entries balance (debits equal credits). */
+/**
+ * The double-entry ledger. Every ledger transaction's entries balance (debits equal credits).
+ *
+ * On a server started with API_TOKENS, every call needs the metadata
+ * `authorization: Bearer <token>`, the token one of API_TOKENS; without it, or with another
+ * token, the call fails with UNAUTHENTICATED before the request is read. A server without
+ * API_TOKENS asks for nothing.
+ */
 export type LedgerServiceService = typeof LedgerServiceService;
 export const LedgerServiceService = {
   /**
