@@ -8,7 +8,9 @@
  * ignored both fields. Method: the real LedgerService handlers on a server on 127.0.0.1:0, called
  * through the generated client, over a fresh MariaDB database whose ledger rows are written
  * directly (balanced pairs in two currencies, unless a test says otherwise); what a walk gives is
- * compared with one plain GROUP BY over the same table.
+ * compared with one plain GROUP BY over the same table. A sum that does not fit the response's
+ * int64 fields (an account's, or a currency's over every account) is FAILED_PRECONDITION naming
+ * the account and currency; before, grpc-js failed to serialize it and answered INTERNAL.
  */
 import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
@@ -53,18 +55,19 @@ let fixtureSeq = 0;
 
 /**
  * Writes one balanced transaction per [account, currency, amount]: a debit of `account` and a
- * credit of the contra account `zz:contra` (it sorts last), or a lone debit with `unbalanced`.
+ * credit of the contra account (`zz:contra` unless given; it sorts last), or a lone debit with
+ * `unbalanced`.
  */
 async function post(
   rows: ReadonlyArray<readonly [string, string, bigint]>,
-  options: { unbalanced?: boolean } = {},
+  options: { unbalanced?: boolean; contra?: string } = {},
 ): Promise<void> {
   const values = rows.flatMap(([account, currency, amount]) => {
     fixtureSeq += 1;
     const transactionId = `ltx_TB${String(fixtureSeq).padStart(24, '0')}`;
     const orderId = `ord_TB${String(fixtureSeq).padStart(24, '0')}`;
     const debit = sql`(${transactionId}, ${account}, ${orderId}, 'FIXTURE_DEBIT', ${currency}, ${amount}, 0, NOW(3))`;
-    const credit = sql`(${transactionId}, 'zz:contra', ${orderId}, 'FIXTURE_CREDIT', ${currency}, 0, ${amount}, NOW(3))`;
+    const credit = sql`(${transactionId}, ${options.contra ?? 'zz:contra'}, ${orderId}, 'FIXTURE_CREDIT', ${currency}, 0, ${amount}, NOW(3))`;
     return options.unbalanced === true ? [debit] : [debit, credit];
   });
   await sql`INSERT INTO ledger_entry
@@ -217,3 +220,52 @@ describe('GetTrialBalance paging', () => {
     );
   });
 });
+
+describe('GetTrialBalance with sums that do not fit int64', () => {
+  // 2^62 + 1: two balanced transactions of it sum to more than 2^63 - 1 in one account.
+  const HUGE = 2n ** 62n + 1n;
+
+  it('names the account and currency whose sum does not fit, and says to read its entries', async () => {
+    await post(sellers(2));
+    await post([
+      ['seller_payable:whale', 'EUR', HUGE],
+      ['seller_payable:whale', 'EUR', HUGE],
+    ]);
+    const sums = await sql<{ debits: string }>`
+      SELECT SUM(debit_minor) AS debits FROM ledger_entry
+      WHERE account = 'seller_payable:whale'`.execute(db);
+    expect(BigInt(sums.rows[0]?.debits ?? '0')).toBe(2n * HUGE);
+    expect(await unbalancedTransactions(), 'every fixture transaction balances').toEqual([]);
+    expect(statusOf(await trialBalance(0))).toBe(
+      `FAILED_PRECONDITION the debits of account seller_payable:whale in EUR sum to ${2n * HUGE}, ` +
+        "which does not fit int64 (the API answers sums as int64); read that account's entries " +
+        'with ListEntries (account seller_payable:whale) instead',
+    );
+    // The advice holds: ListEntries answers that account's entries.
+    const entries = await callUnary(client.listEntries.bind(client), {
+      pageSize: 10,
+      pageToken: '',
+      account: 'seller_payable:whale',
+      orderId: '',
+    });
+    expect(entries.ok && entries.response.entries.map((e) => e.debitMinor)).toEqual([HUGE, HUGE]);
+  });
+
+  it('names the currency whose total over every account does not fit, though no account overflows', async () => {
+    await post([['seller_payable:whale-1', 'USD', HUGE]], { contra: 'zz:contra-1' });
+    await post([['seller_payable:whale-2', 'USD', HUGE]], { contra: 'zz:contra-2' });
+    expect(await unbalancedTransactions()).toEqual([]);
+    // Each account fits and so does a page of them; the per-currency totals do not.
+    expect(statusOf(await trialBalance(0))).toBe(
+      `FAILED_PRECONDITION the debits of every account in USD sum to ${2n * HUGE}, which does ` +
+        'not fit int64 (the API answers sums as int64); read the entries with ListEntries instead',
+    );
+  });
+});
+
+async function unbalancedTransactions(): Promise<string[]> {
+  const result = await sql<{ transaction_id: string }>`
+    SELECT transaction_id FROM ledger_entry GROUP BY transaction_id
+    HAVING SUM(debit_minor) <> SUM(credit_minor) OR MIN(currency) <> MAX(currency)`.execute(db);
+  return result.rows.map((row) => row.transaction_id);
+}

@@ -1,7 +1,11 @@
 /**
  * settle.v1.WalletService and settle.v1.LedgerService: read-only views of wallets and the ledger.
  */
-import { InvalidArgumentError, NotFoundError } from '../../domain/errors.js';
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+} from '../../domain/errors.js';
 import { ORDER_ID_EXAMPLE, ORDER_ID_PATTERN, PARTY_ID_PATTERN } from '../../domain/ids.js';
 import { requireId } from '../../payments/validation.js';
 import { decodePageToken, encodePageToken } from '../../domain/page-token.js';
@@ -111,6 +115,8 @@ export function ledgerHandlers(db: Db, options: AdapterOptions): LedgerServiceSe
         trialBalancePage(db, { after, limit }),
         trialBalanceByCurrency(db),
       ]).catch(rethrow);
+      for (const account of page.accounts) assertFitsInt64(account);
+      for (const total of totals) assertFitsInt64({ account: undefined, ...total });
       return {
         accounts: page.accounts.map(balanceMessage),
         totals: totals.map((total) => balanceMessage({ account: '*', ...total })),
@@ -129,6 +135,39 @@ function balanceMessage(balance: AccountBalance): AccountBalanceMessage {
     creditMinor: balance.creditMinor,
     balanceMinor: balance.balanceMinor,
   };
+}
+
+const INT64_MAX = 2n ** 63n - 1n;
+
+/**
+ * Throws FAILED_PRECONDITION when the debits or the credits of `sums` (one account's, or every
+ * account's with `account` undefined) do not fit the response's int64 fields. The sums are
+ * exact (MySQL sums BIGINT as DECIMAL), but grpc-js cannot serialize them, and its
+ * "Error serializing response" is an INTERNAL no one can act on. Both sums are at least 0, so
+ * their difference fits when they do. The entries themselves always fit (BIGINT columns).
+ */
+function assertFitsInt64(
+  sums: Readonly<{
+    account: string | undefined;
+    currency: string;
+    debitMinor: bigint;
+    creditMinor: bigint;
+  }>,
+): void {
+  for (const [side, sum] of [
+    ['debits', sums.debitMinor],
+    ['credits', sums.creditMinor],
+  ] as const) {
+    if (sum <= INT64_MAX) continue;
+    throw new FailedPreconditionError(
+      sums.account === undefined
+        ? `the ${side} of every account in ${sums.currency} sum to ${sum}, which does not fit ` +
+            'int64 (the API answers sums as int64); read the entries with ListEntries instead'
+        : `the ${side} of account ${sums.account} in ${sums.currency} sum to ${sum}, which does ` +
+            "not fit int64 (the API answers sums as int64); read that account's entries with " +
+            `ListEntries (account ${sums.account}) instead`,
+    );
+  }
 }
 
 function rethrow(error: unknown): never {

@@ -1315,7 +1315,9 @@ export const LedgerServiceService = {
   },
   /**
    * Sums debits minus credits per account and currency, a page of accounts at a time (AIP-158),
-   * and over the whole ledger per currency on every page. The totals are always zero.
+   * and over the whole ledger per currency on every page. The totals are always zero. A debit or
+   * credit sum that does not fit int64 (an account's, or a currency's over every account) is
+   * FAILED_PRECONDITION naming the account and currency; read those entries with ListEntries.
    */
   getTrialBalance: {
     path: "/settle.v1.LedgerService/GetTrialBalance" as const,
@@ -1341,7 +1343,9 @@ export interface LedgerServiceServer extends UntypedServiceImplementation {
   listEntries: handleUnaryCall<ListEntriesRequest, ListEntriesResponse>;
   /**
    * Sums debits minus credits per account and currency, a page of accounts at a time (AIP-158),
-   * and over the whole ledger per currency on every page. The totals are always zero.
+   * and over the whole ledger per currency on every page. The totals are always zero. A debit or
+   * credit sum that does not fit int64 (an account's, or a currency's over every account) is
+   * FAILED_PRECONDITION naming the account and currency; read those entries with ListEntries.
    */
   getTrialBalance: handleUnaryCall<GetTrialBalanceRequest, GetTrialBalanceResponse>;
 }
@@ -1371,7 +1375,9 @@ export interface LedgerServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Sums debits minus credits per account and currency, a page of accounts at a time (AIP-158),
-   * and over the whole ledger per currency on every page. The totals are always zero.
+   * and over the whole ledger per currency on every page. The totals are always zero. A debit or
+   * credit sum that does not fit int64 (an account's, or a currency's over every account) is
+   * FAILED_PRECONDITION naming the account and currency; read those entries with ListEntries.
    */
   getTrialBalance(
     request: GetTrialBalanceRequest,
