@@ -35,11 +35,17 @@ export type PspPayment = Readonly<{
   updatedAt: Date;
 }>;
 
+/**
+ * A stored charge. Its currency is the row's as stored, not narrowed to CurrencyCode: the mock
+ * only charges in a currency it knows, but the table may hold a row written otherwise (a newer
+ * mock sharing the database, a hand-written row), and ListCharges, a test driver that shows what
+ * is stored, would otherwise fail on it with INTERNAL.
+ */
 export type PspCharge = Readonly<{
   pspReference: string;
   nonce: string;
   amountMinor: bigint;
-  currency: CurrencyCode;
+  currency: string;
   createdAt: Date;
 }>;
 
@@ -201,7 +207,9 @@ export async function cancelRegisteredPayment(db: PspDb, id: string, now: Date):
   return result.numUpdatedRows === 1n;
 }
 
-export type NewPspCharge = Readonly<Omit<PspCharge, 'createdAt'> & { now: Date }>;
+export type NewPspCharge = Readonly<
+  Omit<PspCharge, 'createdAt' | 'currency'> & { currency: CurrencyCode; now: Date }
+>;
 
 function chargeRow(charge: NewPspCharge) {
   return {
@@ -250,7 +258,7 @@ function toCharge(row: Selectable<PspChargeTable>): PspCharge {
     pspReference: row.psp_reference,
     nonce: row.nonce,
     amountMinor: BigInt(row.amount_minor),
-    currency: currencyOf(row.currency),
+    currency: row.currency,
     createdAt: row.created_at,
   });
 }

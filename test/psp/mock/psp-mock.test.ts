@@ -597,6 +597,30 @@ describe('PayWithCard', () => {
   });
 });
 
+describe('ListCharges', () => {
+  it('lists a stored charge in a currency other than USD as it is stored', async () => {
+    // The mock only charges in USD, but its table holds whatever was written to it (a newer mock
+    // sharing the database, a hand-written row for a settlement case); ListCharges is how a
+    // tester looks at it. Before, the read asserted USD and the call answered INTERNAL.
+    const nonce = uniqueNonce();
+    const pspReference = `psp_eur_${nonce}`.slice(0, 64);
+    const createdAt = new Date('2026-01-02T03:04:05.678Z');
+    await db
+      .insertInto('psp_charge')
+      .values({
+        psp_reference: pspReference,
+        nonce,
+        amount_minor: 2500n,
+        currency: 'EUR',
+        created_at: createdAt,
+      })
+      .execute();
+    expect(await chargesOf(nonce)).toEqual([
+      { pspReference, nonce, amountMinor: 2500n, currencyCode: 'EUR', createTime: createdAt },
+    ]);
+  });
+});
+
 describe('webhook delivery', () => {
   it('retries after a 500 and delivers the same event', async () => {
     const nonce = uniqueNonce();
