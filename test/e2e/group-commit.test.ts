@@ -20,6 +20,7 @@ import {
 } from '../../src/actors/payment-order/persistence.js';
 import type { PaymentOrder } from '../../src/actors/payment-order/machine.js';
 import { findPaymentOrder } from '../../src/storage/repositories/payment-order.repository.js';
+import { WalletCurrencyMismatchError } from '../../src/storage/repositories/ledger.repository.js';
 import { openDatabase } from '../../src/storage/db.js';
 import { connectionPlan } from '../../src/app.js';
 import { WebhookInbox, type WebhookEvent } from '../../src/http/webhook-inbox.js';
@@ -309,6 +310,55 @@ describe('group commit of transitions', () => {
       await sql`DELETE FROM ledger_transaction WHERE order_id = ${culprit.id}`.execute(
         stack.settle.db,
       );
+    }
+  });
+
+  it('fails a credit in another currency than its wallet alone, naming the wallet and both currencies', async () => {
+    const orderIds = await registeredOrders(
+      Array.from({ length: 3 }, (_, i) => `seller-gx-${i}-${randomUUID()}`),
+    );
+    const orders = (await Promise.all(
+      orderIds.map((id) => findPaymentOrder(stack.settle.db, id)),
+    )) as PaymentOrder[];
+    // The second order's seller already has a wallet in EUR; its order is in USD.
+    const culprit = orders[1] as PaymentOrder;
+    await sql`INSERT INTO wallet (seller_id, currency, balance_minor, version, updated_at)
+      VALUES (${culprit.sellerId}, 'EUR', 0, 1, NOW(3))`.execute(stack.settle.db);
+    const sizes: number[] = [];
+    const batcher = new TransitionBatcher(stack.settle.oneTripDb, {
+      batchMax: 100,
+      inFlightMax: 1,
+      queueMax: 1_000,
+      onBatch: (batch) => sizes.push(batch.size),
+    });
+    try {
+      const now = new Date();
+      const settled = await Promise.allSettled(
+        orders.map((order) => batcher.persist(successWrite(order, now))),
+      );
+      // Failed as a batch of 3, then replayed unit by unit: the culprit alone carries the error.
+      expect(sizes[0]).toBe(3);
+      expect(settled.map((result) => result.status)).toEqual([
+        'fulfilled',
+        'rejected',
+        'fulfilled',
+      ]);
+      const refused = (settled[1] as PromiseRejectedResult).reason as unknown;
+      expect(refused).toBeInstanceOf(WalletCurrencyMismatchError);
+      expect(refused).toMatchObject({
+        retryable: false,
+        message:
+          `the wallet of seller ${culprit.sellerId} holds EUR, and a credit of ` +
+          `${culprit.amountMinor} minor units is in USD: a wallet holds one currency, so the ` +
+          'credit was refused and nothing of its transition was written',
+      });
+      const after = await Promise.all(orderIds.map((id) => findPaymentOrder(stack.settle.db, id)));
+      expect(after.map((order) => order?.state)).toEqual(['SUCCEEDED', 'EXECUTING', 'SUCCEEDED']);
+      expect(await rowsOfOrder('ledger_entry', culprit.id)).toBe(0);
+    } finally {
+      await batcher.stop(1_000);
+      // Undo the planted wallet so the money invariants of afterEach judge the real writes only.
+      await sql`DELETE FROM wallet WHERE seller_id = ${culprit.sellerId}`.execute(stack.settle.db);
     }
   });
 });

@@ -379,15 +379,26 @@ describe('creditWallets', () => {
     expect((await findWallet(db, 'cw-a'))?.balanceMinor).toBe(big + 3n);
   });
 
-  it('refuses a credit in another currency than its wallet, and changes nothing', async () => {
+  it('refuses a credit in another currency than its wallet, naming both, and changes nothing', async () => {
     const at = new Date('2026-01-02T03:04:05.000Z');
     await sql`INSERT INTO wallet (seller_id, currency, balance_minor, version, updated_at)
       VALUES ('cw-eur', 'EUR', 100, 1, ${at})`.execute(db);
-    await expect(
-      inTransaction(db, (trx) =>
-        creditWallets(trx, [credit('cw-fresh', 1n, at), credit('cw-eur', 50n, at)]),
-      ),
-    ).rejects.toThrow(/out of range/);
+    const refused = await inTransaction(db, (trx) =>
+      creditWallets(trx, [credit('cw-fresh', 1n, at), credit('cw-eur', 50n, at)]),
+    ).catch((error: unknown) => error);
+    // The SQL guard refused it (MySQL's "BIGINT UNSIGNED value is out of range", kept as the
+    // cause); the error says what it means.
+    expect(refused).toBeInstanceOf(WalletCurrencyMismatchError);
+    expect(refused).toMatchObject({
+      code: 'FAILED_PRECONDITION',
+      retryable: false,
+      sellerId: 'cw-eur',
+      message:
+        'the wallet of seller cw-eur holds EUR, and a credit of 50 minor units is in USD: a ' +
+        'wallet holds one currency, so the credit was refused and nothing of its transition was ' +
+        'written',
+      cause: expect.objectContaining({ errno: 1690 }),
+    });
     expect(await walletRow('cw-eur')).toEqual({ balance_minor: '100', version: '1' });
     // The whole statement failed: the other seller's new wallet was not written either.
     expect(await walletRow('cw-fresh')).toBeUndefined();

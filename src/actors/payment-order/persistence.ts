@@ -24,7 +24,9 @@ import { commitInOneTrip, rowCountGuard } from '../../storage/one-trip.js';
 import {
   ledgerPosting,
   walletCredits,
+  walletCurrencyMismatch,
   type StoredSum,
+  type WalletCredit,
 } from '../../storage/repositories/ledger.repository.js';
 import {
   inboxAppliedStatement,
@@ -89,6 +91,10 @@ function alongside(
   storedSumsAt: number;
   /** Throws unless the stored sums balance (the transaction must then not commit). */
   checkStored: (rows: readonly StoredSum[]) => void;
+  /** Where the wallets are credited, -1 if not. */
+  walletsAt: number;
+  /** The wallet credits, to explain a failure of their statement. */
+  credits: readonly WalletCredit[];
 } {
   const receipts = receiptRows(writes);
   const done = outboxDone(writes);
@@ -108,13 +114,31 @@ function alongside(
     statements,
     storedSumsAt: storedSums === undefined ? -1 : statements.indexOf(storedSums),
     checkStored: (rows: readonly StoredSum[]) => posting?.checkStored(rows),
+    walletsAt: wallets === undefined ? -1 : statements.indexOf(wallets),
+    credits,
   };
 }
 
+/**
+ * The statement-by-statement way. A failed wallet credit that was its currency guard becomes a
+ * WalletCurrencyMismatchError naming the wallet (not retryable), instead of MySQL's "BIGINT
+ * UNSIGNED value is out of range": a batch that fails so is replayed unit by unit, and the unit
+ * that fails alone carries that error to its command's dead letter.
+ */
 async function writeAlongside(trx: Trx, writes: readonly TransitionWrite[]): Promise<void> {
-  const { statements, storedSumsAt, checkStored } = alongside(trx, writes, 'statements');
+  const { statements, storedSumsAt, checkStored, walletsAt, credits } = alongside(
+    trx,
+    writes,
+    'statements',
+  );
   for (const [i, statement] of statements.entries()) {
-    const result = await trx.executeQuery(statement);
+    let result;
+    try {
+      result = await trx.executeQuery(statement);
+    } catch (error) {
+      if (i !== walletsAt) throw error;
+      throw (await walletCurrencyMismatch(trx, credits, error)) ?? error;
+    }
     if (i === storedSumsAt) checkStored(result.rows as StoredSum[]);
   }
 }

@@ -4,6 +4,7 @@
  * database transaction, so an unbalanced transaction can never commit.
  */
 import { sql, type CompiledQuery } from 'kysely';
+import { ERROR_CODE, SettleError, type SettleErrorOptions } from '../../domain/errors.js';
 import { PARTY_ID_PATTERN } from '../../domain/ids.js';
 import type { CurrencyCode } from '../../domain/money.js';
 import { decodePageToken, encodePageToken } from '../../domain/page-token.js';
@@ -195,11 +196,75 @@ export function ledgerPosting(
 
 /**
  * A credit in another currency than its seller's wallet, or than another credit of the same seller
- * in its batch. A wallet holds one currency, so such a credit is refused, never added.
+ * in its batch. A wallet holds one currency, so such a credit is refused, never added. Not
+ * retryable: the wallet's currency never changes, so the same credit would fail again (its command
+ * is dead-lettered at once, with this message as the reason, for an operator).
  */
-export class WalletCurrencyMismatchError extends Error {
+export class WalletCurrencyMismatchError extends SettleError {
   override readonly name = 'WalletCurrencyMismatchError';
+  readonly code = ERROR_CODE.failedPrecondition;
+  constructor(
+    readonly sellerId: string,
+    message: string,
+    options: SettleErrorOptions = {},
+  ) {
+    super(message, { ...options, retryable: false });
+  }
 }
+
+/** Mismatching credits named at most by one WalletCurrencyMismatchError. */
+const CURRENCY_MISMATCHES_NAMED_MAX = 5;
+
+/**
+ * The WalletCurrencyMismatchError that `error`, thrown by the statement of `walletCredits` for
+ * `credits`, stands for; undefined when it cannot be shown to be one (rethrow `error` then). The
+ * statement's currency guard overflows BIGINT UNSIGNED (errno 1690), and MySQL says only "BIGINT
+ * UNSIGNED value is out of range"; nothing else in the statement is unsigned (a balance that
+ * outgrows BIGINT says "BIGINT value"), and the wallets are read back (by `db`, the failed
+ * statement's transaction, which a statement error leaves open) to name each credited wallet
+ * whose currency is not its credit's. A wallet's currency never changes once written, so what is
+ * read is what the statement saw. Called by whoever ran the statement; a batch names every
+ * mismatch, up to CURRENCY_MISMATCHES_NAMED_MAX, and a unit replayed alone (group commit) its own.
+ */
+export async function walletCurrencyMismatch(
+  db: Db | Trx,
+  credits: readonly WalletCredit[],
+  error: unknown,
+): Promise<WalletCurrencyMismatchError | undefined> {
+  if ((error as { errno?: unknown } | null)?.errno !== ERRNO_OUT_OF_RANGE) return undefined;
+  if (!(error instanceof Error && error.message.includes('BIGINT UNSIGNED'))) return undefined;
+  if (credits.length === 0) return undefined;
+  const sellerIds = [...new Set(credits.map((credit) => credit.sellerId))];
+  const wallets = await db
+    .selectFrom('wallet')
+    .select(['seller_id', 'currency'])
+    .where('seller_id', 'in', sellerIds)
+    .execute();
+  const currencyOf = new Map(wallets.map((wallet) => [wallet.seller_id, wallet.currency]));
+  const mismatched = credits.filter((credit) => {
+    const currency = currencyOf.get(credit.sellerId);
+    return currency !== undefined && currency !== credit.currency;
+  });
+  const first = mismatched[0];
+  if (first === undefined) return undefined;
+  const named = mismatched
+    .slice(0, CURRENCY_MISMATCHES_NAMED_MAX)
+    .map(
+      (credit) =>
+        `the wallet of seller ${credit.sellerId} holds ${currencyOf.get(credit.sellerId) ?? ''}, ` +
+        `and a credit of ${credit.amountMinor} minor units is in ${credit.currency}`,
+    );
+  const more = mismatched.length - named.length;
+  return new WalletCurrencyMismatchError(
+    first.sellerId,
+    `${named.join('; ')}${more > 0 ? `; and ${more} more` : ''}: a wallet holds one currency, ` +
+      'so the credit was refused and nothing of its transition was written',
+    { cause: error },
+  );
+}
+
+/** MySQL's ER_DATA_OUT_OF_RANGE, the same on MariaDB. */
+const ERRNO_OUT_OF_RANGE = 1690;
 
 export type WalletCredit = Readonly<{
   sellerId: string;
@@ -217,12 +282,18 @@ export type WalletCredit = Readonly<{
  * (VALUES() in ON DUPLICATE KEY UPDATE is deprecated in MySQL 8.0.20+ but still supported in
  * 8.4; MariaDB has no row-alias syntax to replace it.) A credit in another currency than its
  * wallet's fails the statement, and so its transaction: ~0 plus the credit overflows BIGINT
- * UNSIGNED, an error (1690) whatever the sql_mode, where SIGNAL would need a stored program.
+ * UNSIGNED, an error (1690) whatever the sql_mode, where SIGNAL would need a stored program;
+ * `walletCurrencyMismatch` turns that error into a WalletCurrencyMismatchError naming the wallet.
  * Credits of one seller in two currencies in one batch throw WalletCurrencyMismatchError.
  */
 export async function creditWallets(trx: Trx, credits: readonly WalletCredit[]): Promise<void> {
   const statement = walletCredits(trx, credits);
-  if (statement !== undefined) await trx.executeQuery(statement);
+  if (statement === undefined) return;
+  try {
+    await trx.executeQuery(statement);
+  } catch (error) {
+    throw (await walletCurrencyMismatch(trx, credits, error)) ?? error;
+  }
 }
 
 /** The statement of `creditWallets`, built but not run; undefined when there is nothing to credit. */
@@ -241,6 +312,7 @@ export function walletCredits(
       const [first, other]: readonly string[] = [sum.credit.currency, credit.currency];
       if (other !== first) {
         throw new WalletCurrencyMismatchError(
+          credit.sellerId,
           `seller ${credit.sellerId} is credited in ${first} and ${other} in one batch; ` +
             'a wallet holds one currency',
         );
