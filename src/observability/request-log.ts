@@ -2,8 +2,8 @@
  * One structured log line and the metrics of every finished request: gRPC calls (fed by the
  * unary/serverStream adapters) and REST twin calls. Lines carry the request id and, where the call
  * names them, the payment and order ids, so `grep pay_…` finds everything about one payment.
- * Failures a caller can fix log at info, server-side trouble (INTERNAL, UNAVAILABLE, ...) at warn,
- * and a REST request its client aborted mid-body (499) at debug.
+ * Failures a caller can fix log at info, server-side trouble (INTERNAL, UNAVAILABLE, ..., and load
+ * shedding) at warn, and a REST request its client aborted mid-body (499) at debug.
  */
 import * as grpc from '@grpc/grpc-js';
 import type { CallObservation } from '../grpc/adapters.js';
@@ -12,7 +12,13 @@ import { CLIENT_CLOSED_REQUEST_STATUS } from '../http/router.js';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
 
-const SERVER_SIDE_CODES: ReadonlySet<grpc.status> = new Set([
+/**
+ * The codes of calls Settle could not serve, logged at warn: failures (alerted on by
+ * SettleGrpcErrors) and load shedding, RESOURCE_EXHAUSTED (SettleGrpcLoadShedding), which is no
+ * bug but an operator should see it. The alert rules count exactly these codes
+ * (test/observability/alerts.test.ts checks it).
+ */
+export const SERVER_SIDE_CODES: ReadonlySet<grpc.status> = new Set([
   grpc.status.UNKNOWN,
   grpc.status.INTERNAL,
   grpc.status.UNAVAILABLE,

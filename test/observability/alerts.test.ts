@@ -1,7 +1,9 @@
 /**
  * Goal: the Prometheus alerting rules shipped in deploy/prometheus/settle-alerts.yml only name
  * metrics a Settle node exports, with labels those metrics have and label values they take, so no
- * alert is silently dead from a typo; every rule has a severity and a summary.
+ * alert is silently dead from a typo; every rule has a severity and a summary. The gRPC alerts
+ * count exactly the codes the request log writes at warn, load shedding (RESOURCE_EXHAUSTED) in
+ * an alert of its own.
  * The rules behave as their unit tests (settle-alerts.test.yml) say: each alert fires on the series
  * it is about, after its `for`, with its annotations, and not before.
  * Method: the YAML parsed; every metric and label matcher of every expression looked up in a
@@ -15,7 +17,9 @@ import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
+import * as grpc from '@grpc/grpc-js';
 import { createMetrics } from '../../src/observability/metrics.js';
+import { SERVER_SIDE_CODES } from '../../src/observability/request-log.js';
 import { RECONCILIATION_CLASS } from '../../src/reconciliation/compare.js';
 import { BREAKER_STATE } from '../../src/psp/client.js';
 import { LOCKOUT_SCOPE } from '../../src/admin/auth.js';
@@ -133,6 +137,27 @@ describe('deploy/prometheus/settle-alerts.yml', () => {
       }
     }
     expect(checked).toBeGreaterThanOrEqual(rules.length);
+  });
+
+  it('counts as gRPC failures or load shedding exactly the codes the request log warns about', () => {
+    const alerted = new Set<string>();
+    for (const rule of rules) {
+      for (const { metric, matchers } of selectors(rule.expr ?? '')) {
+        if (metric !== 'grpc_server_handled_total') continue;
+        for (const [label, value] of matchers) {
+          if (label === 'grpc_code') for (const code of value.split('|')) alerted.add(code);
+        }
+      }
+    }
+    const warned = [...SERVER_SIDE_CODES].map((code) => grpc.status[code]);
+    expect([...alerted].sort()).toEqual(warned.sort());
+    // Load shedding is watched apart from the failures: it is no bug.
+    const codesOf = (alert: string) =>
+      selectors(rules.find((rule) => rule.alert === alert)?.expr ?? '').flatMap(({ matchers }) =>
+        matchers.flatMap(([label, value]) => (label === 'grpc_code' ? value.split('|') : [])),
+      );
+    expect(codesOf('SettleGrpcLoadShedding')).toEqual(['RESOURCE_EXHAUSTED']);
+    expect(codesOf('SettleGrpcErrors')).not.toContain('RESOURCE_EXHAUSTED');
   });
 
   it.skipIf(promtool === undefined)(
