@@ -100,7 +100,8 @@ export {
 
 /**
  * Per call: `timeoutMs`, the call's deadline in ms from now (a whole number from 1 to
- * 2147483647; the client's default when left out), and `metadata` to send with it.
+ * 2147483647; the client's default when left out), and `metadata` to send with it (at most
+ * CALL_METADATA_BYTES_MAX).
  */
 export type CallOptions = Readonly<{ timeoutMs?: number; metadata?: Record<string, string> }>;
 
@@ -198,6 +199,35 @@ function checkedTimeoutMs(timeoutMs: number, name: string): number {
   return timeoutMs;
 }
 
+/**
+ * The most request metadata a call may carry, in bytes counted as HTTP/2 counts a header list
+ * (each entry's name and value plus 32, RFC 7541 §4.1). gRPC's C-core servers refuse request
+ * headers past 8 KiB (some calls) and 16 KiB (all) by default, pseudo-headers included. A
+ * Node server (grpc-js, which has no metadata limit of its own) fails a single header past
+ * 64 KiB (HPACK COMPRESSION_ERROR) and, here, a list of 150 KB by closing the connection: that
+ * call and every other call of this client in flight on it get INTERNAL ("Received RST_STREAM
+ * with code 9" or "code 2"), and the server never sees the call to answer anything clearer. Settle reads only `authorization` and `x-request-id`, far below this.
+ */
+export const CALL_METADATA_BYTES_MAX = 8 * 1024;
+
+/** `metadata` as grpc.Metadata, or a TypeError naming `name` when it is over the bound. */
+function checkedMetadata(metadata: Readonly<Record<string, string>>, name: string): grpc.Metadata {
+  let bytes = 0;
+  for (const [key, value] of Object.entries(metadata)) {
+    bytes += Buffer.byteLength(key) + Buffer.byteLength(value) + 32;
+  }
+  if (bytes > CALL_METADATA_BYTES_MAX) {
+    throw new TypeError(
+      `${name}: metadata of ${bytes} bytes is over the ${CALL_METADATA_BYTES_MAX} a call may ` +
+        'carry (names and values, plus 32 per entry); gRPC servers refuse larger request ' +
+        'headers, and this one would fail as INTERNAL without reaching the server',
+    );
+  }
+  const built = new grpc.Metadata();
+  for (const [key, value] of Object.entries(metadata)) built.set(key, value);
+  return built;
+}
+
 function unary<Req, Res>(
   type: MessageFns<Req>,
   name: string,
@@ -214,9 +244,7 @@ function unary<Req, Res>(
         options.timeoutMs ?? defaultTimeoutMs,
         `${name}: timeoutMs`,
       );
-      const metadata = new grpc.Metadata();
-      const sent = { ...defaultMetadata, ...options.metadata };
-      for (const [key, value] of Object.entries(sent)) metadata.set(key, value);
+      const metadata = checkedMetadata({ ...defaultMetadata, ...options.metadata }, name);
       method(message, metadata, { deadline: Date.now() + timeoutMs }, (error, response) =>
         error ? reject(error) : resolve(response),
       );

@@ -2,13 +2,17 @@
  * Goal: the typed client (src/client) sends what the caller wrote: a field left out is its proto3
  * default (not the text "undefined" nor an encoding failure), an int64 amount may be a number
  * when it is a safe integer, and anything it cannot encode is refused before it is sent, with a
- * message naming the field. Method: createSettleClient against a real node (startStack: MariaDB,
+ * message naming the field; so is metadata too large for gRPC servers to take. Method: createSettleClient against a real node (startStack: MariaDB,
  * NATS, the PSP mock), asserting the server's status code and message for each request.
  */
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createSettleClient, type SettleClient } from '../../src/client/index.js';
+import {
+  CALL_METADATA_BYTES_MAX,
+  createSettleClient,
+  type SettleClient,
+} from '../../src/client/index.js';
 import { rowCounts, startStack, type Stack } from '../support/harness.js';
 
 let stack: Stack;
@@ -87,6 +91,27 @@ describe('typed client', () => {
     expect(error.message).toMatch(message);
     expect(await rowCounts(stack.settle.db)).toEqual(before);
   });
+  it('refuses metadata over CALL_METADATA_BYTES_MAX with a TypeError, and sends what fits', async () => {
+    // About 200 KB: sent, the server's HTTP/2 layer reset the stream before grpc-js saw the call,
+    // and the caller got INTERNAL "Received RST_STREAM with code 9".
+    const error = await failure(
+      client.ledger.getTrialBalance({}, { metadata: { 'x-note': 'a'.repeat(200_000) } }),
+    );
+    expect(error).toBeInstanceOf(TypeError);
+    expect(error.message).toBe(
+      'GetTrialBalanceRequest: metadata of 200038 bytes is over the 8192 a call may carry ' +
+        '(names and values, plus 32 per entry); gRPC servers refuse larger request headers, and ' +
+        'this one would fail as INTERNAL without reaching the server',
+    );
+    // Just at the bound: sent, and answered.
+    const fits = 'a'.repeat(CALL_METADATA_BYTES_MAX - 'x-note'.length - 32);
+    const answered = await client.ledger.getTrialBalance({}, { metadata: { 'x-note': fits } });
+    expect(answered.nextPageToken).toBeDefined();
+    await expect(
+      client.ledger.getTrialBalance({}, { metadata: { 'x-note': `${fits}a` } }),
+    ).rejects.toThrow(TypeError);
+  });
+
   it.each([
     ['NaN', Number.NaN],
     ['0', 0],
