@@ -23,7 +23,11 @@ const adminCall =
   config.ADMIN_TOKEN === undefined
     ? {}
     : { metadata: { authorization: `Bearer ${config.ADMIN_TOKEN}` } };
-const settle = createSettleClient(address, { defaultTimeoutMs: 10_000 });
+// The API's token too, when the node asks for one (API_TOKENS): the first of them.
+const settle = createSettleClient(address, {
+  defaultTimeoutMs: 10_000,
+  apiToken: config.API_TOKENS[0],
+});
 const card = process.env.DEMO_CARD ?? '4242424242424242';
 
 const paymentState = (state: PaymentState) =>
