@@ -1,10 +1,20 @@
 /**
  * Creates and binds the grpc-js server every Settle service runs on. Limits are explicit (STYLE.md
- * §7): message size both ways, keepalive, concurrent streams per connection and how long a
- * connection may stay open without a call. Requests over
- * maxMessageBytes are refused by grpc-js itself with RESOURCE_EXHAUSTED before any handler runs.
+ * §7): message size both ways, keepalive, concurrent streams per connection, how long a
+ * connection may stay open without a call, and how many connections are open at once. Requests
+ * over maxMessageBytes are refused by grpc-js itself with RESOURCE_EXHAUSTED before any handler
+ * runs.
+ *
+ * grpc-js has no bound on connections (its `bindAsync` listens with its own `http2.Server` and
+ * takes every connection), so the server listens with its own `net.Server`s instead, counts the
+ * connections it accepts, closes those past the bound at once, and hands the others to grpc-js
+ * through its `createConnectionInjector`. Everything past the accept is grpc-js's:
+ * services, reflection, health, keepalive and the idle limit behave as with `bindAsync`.
  */
 import * as grpc from '@grpc/grpc-js';
+import { lookup } from 'node:dns/promises';
+import * as net from 'node:net';
+import { withDeadline } from '../domain/deadline.js';
 
 /** Ping an idle connection after this long, to find dead peers of long WatchPayment streams. */
 const KEEPALIVE_TIME_MS_DEFAULT = 60_000;
@@ -14,10 +24,29 @@ const KEEPALIVE_TIMEOUT_MS_DEFAULT = 20_000;
 const CONCURRENT_STREAMS_MAX_DEFAULT = 1_000;
 /**
  * A connection with no call open this long is closed (GOAWAY; a client reconnects on its next
- * call): one that only answers keepalive pings would otherwise stay open for ever, and the
- * number of connections has no other bound. An open WatchPayment stream is a call.
+ * call): one that only answers keepalive pings would otherwise hold one of connectionsMax for
+ * ever. An open WatchPayment stream is a call.
  */
 const CONNECTION_IDLE_MS_MAX_DEFAULT = 5 * 60_000;
+/**
+ * Open connections a node's gRPC server takes at once; past it a new one is closed as soon as it
+ * is accepted. A gRPC client multiplexes its calls over one connection per channel (1,000 at once
+ * each), so a node needs about one per client process, and 2 cores answer some 10,000 calls a
+ * second in all: 5,000 clients is more than a node can give a call each second. At about 20 KiB
+ * each when idle, 5,000 cost some 100 MiB, and with the HTTP port's 10,000 they stay within the
+ * 20,000 file descriptors a process gets on the machines we measured.
+ */
+export const GRPC_CONNECTIONS_MAX_DEFAULT = 5_000;
+/** How long resolving the listen host may take (a name, such as localhost, not an address). */
+const LISTEN_LOOKUP_MS_MAX = 10_000;
+
+/** What the server tells of its connections, for metrics and logs. */
+export type GrpcConnectionObserver = Readonly<{
+  /** The number of open connections changed (one accepted, or one closed). */
+  open?: (open: number) => void;
+  /** A connection was closed unanswered: `connectionsMax` were open. */
+  refused?: (refused: { remoteAddress: string | undefined }) => void;
+}>;
 
 export type GrpcServerOptions = Readonly<{
   /** Largest request and response message, in bytes (grpc-js defaults: 4 MiB in, unlimited out). */
@@ -30,40 +59,153 @@ export type GrpcServerOptions = Readonly<{
   concurrentStreamsMax?: number;
   /** A connection without an open call is closed after this long, in milliseconds. Default 5 min. */
   connectionIdleMsMax?: number;
+  /** Open connections at once, all listen addresses together (GRPC_CONNECTIONS_MAX_DEFAULT). */
+  connectionsMax?: number;
+  observer?: GrpcConnectionObserver;
 }>;
 
+/**
+ * A grpc-js server whose connections come through its own listeners, at most `connectionsMax`
+ * open at once. `tryShutdown` and `forceShutdown` close the listeners too, so callers stop it as
+ * any grpc-js server.
+ */
+export class GrpcServer extends grpc.Server {
+  readonly connectionsMax: number;
+  readonly #observer: GrpcConnectionObserver;
+  readonly #listeners: net.Server[] = [];
+  readonly #injector = this.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  #open = 0;
+  #stopped = false;
+
+  constructor(serverOptions: grpc.ServerOptions, connectionsMax: number, observer = {}) {
+    super(serverOptions);
+    this.connectionsMax = connectionsMax;
+    this.#observer = observer;
+  }
+
+  /** Connections open now (accepted and not yet closed). */
+  get connectionsOpen(): number {
+    return this.#open;
+  }
+
+  /**
+   * Listens on every address of `host` (a name may have several, as localhost has) on one port,
+   * and resolves with it; port 0 picks a free one. Rejects, with nothing left listening, when an
+   * address cannot be bound.
+   */
+  async listenOn(host: string, port: number): Promise<number> {
+    if (this.#stopped) throw new Error('the gRPC server is shut down');
+    const addresses =
+      net.isIP(host) !== 0
+        ? [host]
+        : (
+            await withDeadline(lookup(host, { all: true }), LISTEN_LOOKUP_MS_MAX).catch(
+              (error: unknown) => {
+                throw new Error(`cannot resolve ${host}: ${String(error)}`, { cause: error });
+              },
+            )
+          ).map((found) => found.address);
+    const listening: net.Server[] = [];
+    let boundPort = port;
+    try {
+      // Port 0 on the first address, then the same port on the others, as grpc-js binds.
+      for (const address of [...new Set(addresses)]) {
+        const listener = net.createServer((socket) => this.#accept(socket));
+        listening.push(listener);
+        boundPort = await listenOne(listener, address, boundPort);
+      }
+    } catch (error) {
+      for (const listener of listening) listener.close();
+      throw error;
+    }
+    this.#listeners.push(...listening);
+    return boundPort;
+  }
+
+  override tryShutdown(callback: (error?: Error) => void): void {
+    this.#closeListeners();
+    super.tryShutdown(callback);
+  }
+
+  override forceShutdown(): void {
+    this.#closeListeners();
+    super.forceShutdown();
+  }
+
+  #accept(socket: net.Socket): void {
+    if (this.#open >= this.connectionsMax) {
+      // Before any HTTP/2 byte: the client sees its connection closed and tries again later
+      // (grpc-js: UNAVAILABLE, reconnecting with backoff). A refusal costs no more than an accept.
+      const remoteAddress = socket.remoteAddress;
+      socket.destroy();
+      this.#observer.refused?.({ remoteAddress });
+      return;
+    }
+    this.#open += 1;
+    this.#observer.open?.(this.#open);
+    socket.once('close', () => {
+      this.#open -= 1;
+      this.#observer.open?.(this.#open);
+    });
+    this.#injector.injectConnection(socket);
+  }
+
+  #closeListeners(): void {
+    this.#stopped = true;
+    // Stop accepting; the connections already handed over are grpc-js's to close.
+    for (const listener of this.#listeners.splice(0)) listener.close();
+  }
+}
+
 /** Creates an unbound server with Settle's limits; add services, then `listen`. */
-export function createGrpcServer(options: GrpcServerOptions): grpc.Server {
+export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
   const { maxMessageBytes } = options;
   if (!Number.isSafeInteger(maxMessageBytes) || maxMessageBytes <= 0) {
     throw new RangeError(`maxMessageBytes must be a positive integer, got ${maxMessageBytes}`);
   }
-  return new grpc.Server({
-    'grpc.max_receive_message_length': maxMessageBytes,
-    'grpc.max_send_message_length': maxMessageBytes,
-    'grpc.keepalive_time_ms': options.keepaliveTimeMs ?? KEEPALIVE_TIME_MS_DEFAULT,
-    'grpc.keepalive_timeout_ms': options.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS_DEFAULT,
-    'grpc.max_concurrent_streams': options.concurrentStreamsMax ?? CONCURRENT_STREAMS_MAX_DEFAULT,
-    'grpc.max_connection_idle_ms': options.connectionIdleMsMax ?? CONNECTION_IDLE_MS_MAX_DEFAULT,
-  });
+  const connectionsMax = options.connectionsMax ?? GRPC_CONNECTIONS_MAX_DEFAULT;
+  if (!Number.isSafeInteger(connectionsMax) || connectionsMax <= 0) {
+    throw new RangeError(`connectionsMax must be a positive integer, got ${connectionsMax}`);
+  }
+  return new GrpcServer(
+    {
+      'grpc.max_receive_message_length': maxMessageBytes,
+      'grpc.max_send_message_length': maxMessageBytes,
+      'grpc.keepalive_time_ms': options.keepaliveTimeMs ?? KEEPALIVE_TIME_MS_DEFAULT,
+      'grpc.keepalive_timeout_ms': options.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS_DEFAULT,
+      'grpc.max_concurrent_streams': options.concurrentStreamsMax ?? CONCURRENT_STREAMS_MAX_DEFAULT,
+      'grpc.max_connection_idle_ms': options.connectionIdleMsMax ?? CONNECTION_IDLE_MS_MAX_DEFAULT,
+    },
+    connectionsMax,
+    options.observer,
+  );
 }
 
 /**
  * Binds `server` to host:port without TLS and resolves with the bound port (port 0 picks a free
- * one). grpc-js starts serving once bound. Rejects with a message naming the address and
- * SETTLE_GRPC_ADDR when the port is taken.
+ * one). It serves once bound. Rejects with a message naming the address and SETTLE_GRPC_ADDR
+ * when the port is taken.
  */
-export function listen(server: grpc.Server, host: string, port: number): Promise<number> {
+export async function listen(server: GrpcServer, host: string, port: number): Promise<number> {
   const address = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+  try {
+    return await server.listenOn(host, port);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      throw new Error(`address ${address} is in use; set SETTLE_GRPC_ADDR`, { cause: error });
+    }
+    const message = error instanceof Error ? error.message : String(error);
+    throw new Error(`cannot listen on ${address}: ${message}`, { cause: error });
+  }
+}
+
+/** Listens on one address and resolves with the bound port, or rejects with the listen error. */
+function listenOne(listener: net.Server, address: string, port: number): Promise<number> {
   return new Promise((resolve, reject) => {
-    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (error, boundPort) => {
-      if (!error) {
-        resolve(boundPort);
-      } else if (/EADDRINUSE/.test(error.message)) {
-        reject(new Error(`address ${address} is in use; set SETTLE_GRPC_ADDR`, { cause: error }));
-      } else {
-        reject(new Error(`cannot listen on ${address}: ${error.message}`, { cause: error }));
-      }
+    listener.once('error', reject);
+    listener.listen(port, address, () => {
+      listener.off('error', reject);
+      resolve((listener.address() as net.AddressInfo).port);
     });
   });
 }

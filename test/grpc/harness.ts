@@ -4,20 +4,32 @@
  * a deadline instead of sleeping.
  */
 import * as grpc from '@grpc/grpc-js';
-import { createGrpcServer, listen } from '../../src/grpc/server.js';
+import {
+  createGrpcServer,
+  listen,
+  type GrpcConnectionObserver,
+  type GrpcServer,
+} from '../../src/grpc/server.js';
 
-export type RunningServer = Readonly<{ server: grpc.Server; address: string; port: number }>;
+export type RunningServer = Readonly<{ server: GrpcServer; address: string; port: number }>;
 
 /** Creates a server, lets `setup` add services, binds 127.0.0.1:0 and returns the address. */
 export async function startServer(
   setup: (server: grpc.Server) => void,
-  options: { maxMessageBytes?: number; connectionIdleMsMax?: number } = {},
+  options: {
+    maxMessageBytes?: number;
+    connectionIdleMsMax?: number;
+    connectionsMax?: number;
+    observer?: GrpcConnectionObserver;
+  } = {},
 ): Promise<RunningServer> {
   const server = createGrpcServer({
     maxMessageBytes: options.maxMessageBytes ?? 4 * 1024 * 1024,
     ...(options.connectionIdleMsMax !== undefined
       ? { connectionIdleMsMax: options.connectionIdleMsMax }
       : {}),
+    ...(options.connectionsMax !== undefined ? { connectionsMax: options.connectionsMax } : {}),
+    ...(options.observer !== undefined ? { observer: options.observer } : {}),
   });
   setup(server);
   const port = await listen(server, '127.0.0.1', 0);

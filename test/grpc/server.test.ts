@@ -1,10 +1,13 @@
 /**
- * Goal: createGrpcServer() enforces maxMessageBytes both ways through grpc-js itself, and listen()
- * binds ephemeral ports and explains a taken port.
+ * Goal: createGrpcServer() enforces maxMessageBytes both ways through grpc-js itself, closes idle
+ * connections, bounds the open connections (past the bound a new one is closed unanswered and
+ * counted, while open ones go on), and listen() binds ephemeral ports and explains a taken port.
  * Method: real servers on 127.0.0.1 with a 1 KiB limit and the ts-proto PaymentService, called
- * through the generated client; a second listen() on a bound port.
+ * through the generated client; raw HTTP/2 connections (node:http2) beyond the bound; a second
+ * listen() on a bound port.
  */
 import * as grpc from '@grpc/grpc-js';
+import * as http2 from 'node:http2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unary } from '../../src/grpc/adapters.js';
 import {
@@ -15,7 +18,14 @@ import {
   type PaymentServiceServer,
 } from '../../src/grpc/generated/settle/v1/payment.js';
 import { createGrpcServer, listen } from '../../src/grpc/server.js';
-import { callUnary, startServer, stopServer, type RunningServer } from './harness.js';
+import {
+  callUnary,
+  deadlineIn,
+  startServer,
+  stopServer,
+  waitFor,
+  type RunningServer,
+} from './harness.js';
 
 const LIMIT_BYTES = 1024;
 
@@ -121,6 +131,129 @@ describe('a connection without a call', () => {
     } finally {
       client.close();
       stopServer(running);
+    }
+  });
+});
+
+describe('open connections', () => {
+  const echo: PaymentServiceServer = {
+    createPayment: unary(async () => {
+      throw new Error('not used');
+    }),
+    listPayments: unary(async () => {
+      throw new Error('not used');
+    }),
+    watchPayment: () => {},
+    getPayment: unary<GetPaymentRequest, GetPaymentResponse>(async (request) =>
+      GetPaymentResponse.fromPartial({ payment: { paymentId: request.paymentId } }),
+    ),
+  };
+
+  /**
+   * A raw HTTP/2 connection, no gRPC client in between; `accepted` is true once the server has
+   * sent its SETTINGS (grpc-js took it), false when it is closed first, and 'no answer' when
+   * neither happens within 3 s.
+   */
+  function openRaw(port: number): {
+    session: http2.ClientHttp2Session;
+    accepted: Promise<boolean | 'no answer'>;
+  } {
+    const session = http2.connect(`http://127.0.0.1:${port}`);
+    session.on('error', () => {}); // a refused connection may end in ECONNRESET: 'close' says it
+    const accepted = new Promise<boolean | 'no answer'>((resolve) => {
+      const timer = setTimeout(() => resolve('no answer'), 3_000);
+      session.once('remoteSettings', () => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+      session.once('close', () => {
+        clearTimeout(timer);
+        resolve(false);
+      });
+    });
+    return { session, accepted };
+  }
+
+  it('past connectionsMax closes a new one unanswered and counts it; open ones go on, and a closed one frees its place', async () => {
+    let open = 0;
+    const refused: Array<string | undefined> = [];
+    const running = await startServer((server) => server.addService(PaymentServiceService, echo), {
+      connectionsMax: 3,
+      observer: {
+        open: (now) => (open = now),
+        refused: ({ remoteAddress }) => refused.push(remoteAddress),
+      },
+    });
+    const client = new PaymentServiceClient(running.address, grpc.credentials.createInsecure());
+    // Its own connection (not the one grpc-js would share with `client`), retried quickly.
+    const newcomer = new PaymentServiceClient(running.address, grpc.credentials.createInsecure(), {
+      'grpc.use_local_subchannel_pool': 1,
+      'grpc.initial_reconnect_backoff_ms': 50,
+      'grpc.max_reconnect_backoff_ms': 50,
+    });
+    const raws: http2.ClientHttp2Session[] = [];
+    const raw = () => {
+      const opened = openRaw(running.port);
+      raws.push(opened.session);
+      return opened.accepted;
+    };
+    try {
+      expect((await callUnary(client.getPayment.bind(client), { paymentId: 'pay_1' })).ok).toBe(
+        true,
+      );
+      expect(await raw()).toBe(true);
+      expect(await raw()).toBe(true);
+
+      const startedAt = Date.now();
+      expect(await Promise.all([raw(), raw(), raw()])).toEqual([false, false, false]);
+      expect(Date.now() - startedAt).toBeLessThan(1_000);
+      expect(refused).toEqual(['127.0.0.1', '127.0.0.1', '127.0.0.1']);
+      expect(open).toBe(3);
+      expect(running.server.connectionsOpen).toBe(3);
+
+      // The client already connected is served as before; a new one is told UNAVAILABLE.
+      const served = await callUnary(client.getPayment.bind(client), { paymentId: 'pay_2' });
+      if (!served.ok) throw served.error;
+      expect(served.response.payment?.paymentId).toBe('pay_2');
+      const turnedAway = await callUnary(newcomer.getPayment.bind(newcomer), {
+        paymentId: 'pay_3',
+      });
+      if (turnedAway.ok) throw new Error('expected UNAVAILABLE');
+      expect(turnedAway.error.code).toBe(grpc.status.UNAVAILABLE);
+      expect(turnedAway.error.details).toMatch(/No connection established/);
+      expect(refused.length).toBeGreaterThan(3); // newcomer's tries are counted too
+
+      // Two raw connections close: two places free, one for a raw connection, one for newcomer.
+      raws[0]!.destroy();
+      raws[1]!.destroy();
+      await waitFor(() => open === 1, 'the server to count the two closed connections');
+      expect(await raw()).toBe(true);
+      // Wait for newcomer's next try rather than fail while its last one is still refused.
+      const waitForReady = new grpc.Metadata();
+      waitForReady.setOptions({ waitForReady: true });
+      const welcomed = await new Promise<grpc.ServiceError | null>((resolve) =>
+        newcomer.getPayment(
+          { paymentId: 'pay_4' },
+          waitForReady,
+          { deadline: deadlineIn(5_000) },
+          (error) => resolve(error),
+        ),
+      );
+      expect(welcomed).toBeNull();
+      expect(open).toBe(3);
+    } finally {
+      for (const session of raws) session.destroy();
+      client.close();
+      newcomer.close();
+      stopServer(running);
+    }
+  });
+
+  it('rejects a nonsensical bound', () => {
+    for (const connectionsMax of [0, -1, 1.5, Number.NaN]) {
+      expect(() => createGrpcServer({ maxMessageBytes: LIMIT_BYTES, connectionsMax })).toThrow(
+        RangeError,
+      );
     }
   });
 });
