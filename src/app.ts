@@ -490,7 +490,20 @@ export async function startSettle(
         warn: (fields, message) => logger.warn({ adminTokens: fields }, message),
       },
     });
-    const grpcServer = createGrpcServer({ maxMessageBytes: config.GRPC_MESSAGE_BYTES_MAX });
+    const grpcConnectionsMax = config.GRPC_CONNECTIONS_MAX;
+    const warnRefused = refusedConnectionLog(logger, grpcConnectionsMax);
+    const grpcServer = createGrpcServer({
+      maxMessageBytes: config.GRPC_MESSAGE_BYTES_MAX,
+      connectionsMax: grpcConnectionsMax,
+      observer: {
+        open: (open) => metrics.grpcConnections({ open, max: grpcConnectionsMax }),
+        refused: ({ remoteAddress }) => {
+          metrics.grpcConnectionRefused();
+          warnRefused(remoteAddress);
+        },
+      },
+    });
+    metrics.grpcConnections({ open: 0, max: grpcConnectionsMax });
     const adapterOptions = {
       log: (error: unknown, context: Record<string, unknown>) =>
         logger.error({ err: error, ...context }, 'internal error in gRPC handler'),
@@ -869,6 +882,33 @@ export function commandToEvent(command: Command): OrderEvent {
           };
     }
   }
+}
+
+/** Refused gRPC connections are logged at most once a minute. */
+const REFUSED_CONNECTION_LOG_MS = 60_000;
+
+/**
+ * The warning for gRPC connections refused past GRPC_CONNECTIONS_MAX: the first at once, then at
+ * most one line a minute counting those refused since, as a client opening connections in a loop
+ * would otherwise write a line for each (the metric counts every one).
+ */
+function refusedConnectionLog(
+  logger: Logger,
+  connectionsMax: number,
+): (remoteAddress: string | undefined) => void {
+  let loggedAtMs = Number.NEGATIVE_INFINITY;
+  let refused = 0;
+  return (remoteAddress) => {
+    refused += 1;
+    const at = Date.now();
+    if (at - loggedAtMs < REFUSED_CONNECTION_LOG_MS) return;
+    logger.warn(
+      { remoteAddress, refused, connectionsMax },
+      `gRPC connections refused: ${connectionsMax} open (GRPC_CONNECTIONS_MAX)`,
+    );
+    loggedAtMs = at;
+    refused = 0;
+  };
 }
 
 function shutdownGrpc(server: grpc.Server, graceMs: number): Promise<void> {

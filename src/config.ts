@@ -226,6 +226,11 @@ export const configSchema = z.object({
     .default('false')
     .transform((value) => value === 'true'),
   GRPC_MESSAGE_BYTES_MAX: positiveInt.max(64 * 1024 * 1024).default(1024 * 1024),
+  /**
+   * Connections the gRPC port takes at once; past it a new one is closed as soon as it is
+   * accepted. The default is GRPC_CONNECTIONS_MAX_DEFAULT's (src/grpc/server.ts says why).
+   */
+  GRPC_CONNECTIONS_MAX: positiveInt.max(1_000_000).default(5_000),
   SHUTDOWN_GRACE_MS: positiveInt.max(120_000).default(10_000),
 
   /** Local development only: admin pages are readable without the token (actions still need it). */

@@ -34,6 +34,10 @@ export type Metrics = Readonly<{
   /** Where gauges read the node's state; set once the node is wired. */
   setSnapshotSource: (source: () => Promise<OperationsSnapshot>) => void;
   grpcCall: (call: GrpcObservation) => void;
+  /** The gRPC server's open connections changed (one accepted or closed), and its bound. */
+  grpcConnections: (connections: { open: number; max: number }) => void;
+  /** The gRPC server closed a new connection unanswered: its bound of open connections was reached. */
+  grpcConnectionRefused: () => void;
   httpRequest: (request: { method: string; route: string; status: number }) => void;
   orderTransition: (transition: { from: string; to: string; event: string }) => void;
   /** An order reached a final state, `seconds` after it was created. */
@@ -84,6 +88,24 @@ export function createMetrics(): Metrics {
     help: 'Time from a gRPC call arriving to its status being sent, in seconds.',
     labelNames: ['grpc_type', 'grpc_service', 'grpc_method'] as const,
     buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [registry],
+  });
+  const grpcConnectionsOpen = new Gauge({
+    name: 'settle_grpc_connections_open',
+    help: "Connections open to this node's gRPC port now.",
+    registers: [registry],
+  });
+  const grpcConnectionsMax = new Gauge({
+    name: 'settle_grpc_connections_max',
+    help: 'Connections the gRPC port takes at once (GRPC_CONNECTIONS_MAX); past it new ones are closed.',
+    registers: [registry],
+  });
+  // Without labels it exists from the start at 0, so increase() sees the first refusal.
+  const grpcConnectionsRefused = new Counter({
+    name: 'settle_grpc_connections_refused_total',
+    help:
+      'Connections to the gRPC port this node closed as soon as it accepted them, unanswered, ' +
+      'because GRPC_CONNECTIONS_MAX were open (the client sees UNAVAILABLE).',
     registers: [registry],
   });
   const httpRequests = new Counter({
@@ -425,6 +447,11 @@ export function createMetrics(): Metrics {
       grpcHandled.inc({ ...labels, grpc_code: call.code });
       grpcSeconds.observe(labels, call.ms / 1000);
     },
+    grpcConnections: (connections) => {
+      grpcConnectionsOpen.set(connections.open);
+      grpcConnectionsMax.set(connections.max);
+    },
+    grpcConnectionRefused: () => grpcConnectionsRefused.inc(),
     httpRequest: (request) =>
       httpRequests.inc({
         method: request.method,

@@ -4,6 +4,7 @@
  * a deadline instead of sleeping.
  */
 import * as grpc from '@grpc/grpc-js';
+import * as http2 from 'node:http2';
 import {
   createGrpcServer,
   listen,
@@ -85,4 +86,29 @@ export async function waitFor(
       throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
+}
+
+/**
+ * A raw HTTP/2 connection to 127.0.0.1:`port`, no gRPC client in between; `accepted` is true once
+ * the server has sent its SETTINGS (grpc-js took the connection), false when it is closed first,
+ * and 'no answer' when neither happens within 3 s. Destroy `session` when done.
+ */
+export function openRawConnection(port: number): {
+  session: http2.ClientHttp2Session;
+  accepted: Promise<boolean | 'no answer'>;
+} {
+  const session = http2.connect(`http://127.0.0.1:${port}`);
+  session.on('error', () => {}); // a refused connection may end in ECONNRESET: 'close' says it
+  const accepted = new Promise<boolean | 'no answer'>((resolve) => {
+    const timer = setTimeout(() => resolve('no answer'), 3_000);
+    session.once('remoteSettings', () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+    session.once('close', () => {
+      clearTimeout(timer);
+      resolve(false);
+    });
+  });
+  return { session, accepted };
 }

@@ -7,7 +7,7 @@
  * listen() on a bound port.
  */
 import * as grpc from '@grpc/grpc-js';
-import * as http2 from 'node:http2';
+import type * as http2 from 'node:http2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unary } from '../../src/grpc/adapters.js';
 import {
@@ -21,6 +21,7 @@ import { createGrpcServer, listen } from '../../src/grpc/server.js';
 import {
   callUnary,
   deadlineIn,
+  openRawConnection,
   startServer,
   stopServer,
   waitFor,
@@ -149,31 +150,6 @@ describe('open connections', () => {
     ),
   };
 
-  /**
-   * A raw HTTP/2 connection, no gRPC client in between; `accepted` is true once the server has
-   * sent its SETTINGS (grpc-js took it), false when it is closed first, and 'no answer' when
-   * neither happens within 3 s.
-   */
-  function openRaw(port: number): {
-    session: http2.ClientHttp2Session;
-    accepted: Promise<boolean | 'no answer'>;
-  } {
-    const session = http2.connect(`http://127.0.0.1:${port}`);
-    session.on('error', () => {}); // a refused connection may end in ECONNRESET: 'close' says it
-    const accepted = new Promise<boolean | 'no answer'>((resolve) => {
-      const timer = setTimeout(() => resolve('no answer'), 3_000);
-      session.once('remoteSettings', () => {
-        clearTimeout(timer);
-        resolve(true);
-      });
-      session.once('close', () => {
-        clearTimeout(timer);
-        resolve(false);
-      });
-    });
-    return { session, accepted };
-  }
-
   it('past connectionsMax closes a new one unanswered and counts it; open ones go on, and a closed one frees its place', async () => {
     let open = 0;
     const refused: Array<string | undefined> = [];
@@ -193,7 +169,7 @@ describe('open connections', () => {
     });
     const raws: http2.ClientHttp2Session[] = [];
     const raw = () => {
-      const opened = openRaw(running.port);
+      const opened = openRawConnection(running.port);
       raws.push(opened.session);
       return opened.accepted;
     };
