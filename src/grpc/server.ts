@@ -89,9 +89,10 @@ export class GrpcServer extends grpc.Server {
   }
 
   /**
-   * Listens on every address of `host` (a name may have several, as localhost has) on one port,
-   * and resolves with it; port 0 picks a free one. Rejects, with nothing left listening, when an
-   * address cannot be bound.
+   * Listens on the addresses of `host` (a name may have several, as localhost has) on one port,
+   * and resolves with it; port 0 picks a free one. As grpc-js's bindAsync, an address that cannot
+   * be bound is skipped (say ::1 where IPv6 is off) as long as another one is bound; rejects with
+   * the first address's error when none is.
    */
   async listenOn(host: string, port: number): Promise<number> {
     if (this.#stopped) throw new Error('the gRPC server is shut down');
@@ -105,20 +106,25 @@ export class GrpcServer extends grpc.Server {
               },
             )
           ).map((found) => found.address);
-    const listening: net.Server[] = [];
+    let firstError: Error | undefined;
+    let bound = 0;
     let boundPort = port;
-    try {
-      // Port 0 on the first address, then the same port on the others, as grpc-js binds.
-      for (const address of [...new Set(addresses)]) {
-        const listener = net.createServer((socket) => this.#accept(socket));
-        listening.push(listener);
+    // Port 0 on the first address that binds, then that port on the others, as grpc-js binds.
+    for (const address of new Set(addresses)) {
+      const listener = net.createServer((socket) => this.#accept(socket));
+      try {
         boundPort = await listenOne(listener, address, boundPort);
+      } catch (error) {
+        firstError ??= error instanceof Error ? error : new Error(String(error));
+        continue;
       }
-    } catch (error) {
-      for (const listener of listening) listener.close();
-      throw error;
+      // Shut down while this address was being bound: nothing may stay listening.
+      if (this.#stopped) listener.close();
+      else this.#listeners.push(listener);
+      bound += 1;
     }
-    this.#listeners.push(...listening);
+    if (this.#stopped) throw new Error('the gRPC server was shut down while it began to listen');
+    if (bound === 0) throw firstError ?? new Error(`${host} has no address to listen on`);
     return boundPort;
   }
 

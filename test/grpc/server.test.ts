@@ -8,6 +8,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type * as http2 from 'node:http2';
+import * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unary } from '../../src/grpc/adapters.js';
 import {
@@ -29,6 +30,20 @@ import {
 } from './harness.js';
 
 const LIMIT_BYTES = 1024;
+
+/** Answers GetPayment with the id asked for; nothing else is called. */
+const echo: PaymentServiceServer = {
+  createPayment: unary(async () => {
+    throw new Error('not used');
+  }),
+  listPayments: unary(async () => {
+    throw new Error('not used');
+  }),
+  watchPayment: () => {},
+  getPayment: unary<GetPaymentRequest, GetPaymentResponse>(async (request) =>
+    GetPaymentResponse.fromPartial({ payment: { paymentId: request.paymentId } }),
+  ),
+};
 
 describe('createGrpcServer', () => {
   let running: RunningServer | undefined;
@@ -137,19 +152,6 @@ describe('a connection without a call', () => {
 });
 
 describe('open connections', () => {
-  const echo: PaymentServiceServer = {
-    createPayment: unary(async () => {
-      throw new Error('not used');
-    }),
-    listPayments: unary(async () => {
-      throw new Error('not used');
-    }),
-    watchPayment: () => {},
-    getPayment: unary<GetPaymentRequest, GetPaymentResponse>(async (request) =>
-      GetPaymentResponse.fromPartial({ payment: { paymentId: request.paymentId } }),
-    ),
-  };
-
   it('past connectionsMax closes a new one unanswered and counts it; open ones go on, and a closed one frees its place', async () => {
     let open = 0;
     const refused: Array<string | undefined> = [];
@@ -248,5 +250,28 @@ describe('listen', () => {
       first.forceShutdown();
       second.forceShutdown();
     }
+  });
+
+  it('listens on the addresses of a name, and frees the port when shut down', async () => {
+    const server = createGrpcServer({ maxMessageBytes: LIMIT_BYTES });
+    server.addService(PaymentServiceService, echo);
+    const port = await listen(server, 'localhost', 0);
+    const client = new PaymentServiceClient(`localhost:${port}`, grpc.credentials.createInsecure());
+    try {
+      const outcome = await callUnary(client.getPayment.bind(client), { paymentId: 'pay_1' });
+      if (!outcome.ok) throw outcome.error;
+    } finally {
+      client.close();
+      server.forceShutdown();
+    }
+    const connected = await new Promise<boolean>((resolve) => {
+      const socket = net.connect(port, '127.0.0.1', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.on('error', () => resolve(false));
+    });
+    expect(connected).toBe(false);
+    await expect(listen(server, '127.0.0.1', 0)).rejects.toThrow(/shut down/);
   });
 });
