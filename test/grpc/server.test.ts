@@ -227,6 +227,26 @@ describe('open connections', () => {
     }
   });
 
+  it("keeps each call's peer address, which the admin bound on wrong tokens counts by", async () => {
+    const running = await startServer((server) =>
+      server.addService(PaymentServiceService, {
+        ...echo,
+        getPayment: unary<GetPaymentRequest, GetPaymentResponse>(async (_request, call) =>
+          GetPaymentResponse.fromPartial({ payment: { paymentId: call.getPeer() } }),
+        ),
+      }),
+    );
+    const client = new PaymentServiceClient(running.address, grpc.credentials.createInsecure());
+    try {
+      const outcome = await callUnary(client.getPayment.bind(client), { paymentId: 'pay_1' });
+      if (!outcome.ok) throw outcome.error;
+      expect(outcome.response.payment?.paymentId).toMatch(/^127\.0\.0\.1:\d+$/);
+    } finally {
+      client.close();
+      stopServer(running);
+    }
+  });
+
   it('rejects a nonsensical bound', () => {
     for (const connectionsMax of [0, -1, 1.5, Number.NaN]) {
       expect(() => createGrpcServer({ maxMessageBytes: LIMIT_BYTES, connectionsMax })).toThrow(
