@@ -31,10 +31,11 @@ const CONNECTION_IDLE_MS_MAX_DEFAULT = 5 * 60_000;
 /**
  * Open connections a node's gRPC server takes at once; past it a new one is closed as soon as it
  * is accepted. A gRPC client multiplexes its calls over one connection per channel (1,000 at once
- * each), so a node needs about one per client process, and 2 cores answer some 10,000 calls a
- * second in all: 5,000 clients is more than a node can give a call each second. At about 20 KiB
- * each when idle, 5,000 cost some 100 MiB, and with the HTTP port's 10,000 they stay within the
- * 20,000 file descriptors a process gets on the machines we measured.
+ * each), so a node needs about one per client process, and 2 cores answer at most some 10,000
+ * calls a second (an echo; payments far fewer): 5,000 clients is more than a node can give a
+ * call each second. Idle, each costs about 22 KiB (measured: 3,000 raw HTTP/2 connections from
+ * another process), so 5,000 hold some 110 MiB, and with the HTTP port's 10,000 they stay within
+ * the 20,000 file descriptors a process gets on the machines we measured.
  */
 export const GRPC_CONNECTIONS_MAX_DEFAULT = 5_000;
 /** How long resolving the listen host may take (a name, such as localhost, not an address). */
