@@ -78,7 +78,11 @@ export class GrpcServer extends grpc.Server {
   #open = 0;
   #stopped = false;
 
-  constructor(serverOptions: grpc.ServerOptions, connectionsMax: number, observer = {}) {
+  constructor(
+    serverOptions: grpc.ServerOptions,
+    connectionsMax: number,
+    observer: GrpcConnectionObserver = {},
+  ) {
     super(serverOptions);
     this.connectionsMax = connectionsMax;
     this.#observer = observer;
