@@ -8,7 +8,7 @@ import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { withDeadline } from './domain/deadline.js';
 import { isTerminal } from './domain/payment-order.js';
-import { settlePublicUrl, utcMinutesOf, type Config } from './config.js';
+import { PSP_BREAKER_WINDOW_MS, settlePublicUrl, utcMinutesOf, type Config } from './config.js';
 import { ActorRegistry } from './actors/runtime/registry.js';
 import { PaymentOrderActor, type OrderMessage } from './actors/payment-order/actor.js';
 import { OrderLoader, TransitionBatcher } from './actors/payment-order/persistence.js';
@@ -248,6 +248,8 @@ export async function startSettle(
           resetTimeoutMs: config.PSP_BREAKER_RESET_MS,
           errorThresholdPercentage: config.PSP_BREAKER_ERROR_PERCENT,
           volumeThreshold: config.PSP_BREAKER_VOLUME_THRESHOLD,
+          // loadConfig checks the volume threshold against this window.
+          rollingWindowMs: PSP_BREAKER_WINDOW_MS,
         },
         inFlightMax: config.PSP_IN_FLIGHT_MAX,
       });

@@ -87,7 +87,8 @@ export const configSchema = z.object({
    * The deadline of every MySQL statement, in ms: one whose server stops answering (a partition,
    * a frozen server) fails past it as the database being unavailable, outcome unknown, instead of
    * waiting ~15 minutes for TCP to give up. Generous, because it is not there to cut slow
-   * statements: keep it above MYSQL_LOCK_WAIT_TIMEOUT_S (storage/db.ts says what else it clears).
+   * statements: above MYSQL_LOCK_WAIT_TIMEOUT_S (loadConfig checks; storage/db.ts says what else
+   * it clears).
    */
   MYSQL_STATEMENT_TIMEOUT_MS: positiveInt.min(1_000).max(3_600_000).default(30_000),
   /** The same for migrations and reconciliation, whose statements span whole files and tables. */
@@ -306,9 +307,67 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   return Object.freeze(result.data);
 }
 
-/** Settings valid alone whose combination would break a guarantee. */
+/**
+ * The PSP breaker's rolling window, in ms: it opens on the share of calls that failed among those
+ * made in this window (app.ts passes it to the PSP client).
+ */
+export const PSP_BREAKER_WINDOW_MS = 10_000;
+
+/**
+ * The most calls a PSP that stopped answering can get in one breaker window: each of the
+ * PSP_IN_FLIGHT_MAX calls in flight waits out its PSP_CALL_TIMEOUT_MS before the next can start,
+ * and calls beyond the bound never reach the breaker.
+ */
+export function pspCallsPerWindowMax(config: {
+  PSP_IN_FLIGHT_MAX: number;
+  PSP_CALL_TIMEOUT_MS: number;
+}): number {
+  return config.PSP_IN_FLIGHT_MAX * Math.ceil(PSP_BREAKER_WINDOW_MS / config.PSP_CALL_TIMEOUT_MS);
+}
+
+/** Settings valid alone whose combination would break a guarantee or make one meaningless. */
 function settingsThatDisagree(config: Readonly<z.infer<typeof configSchema>>): string[] {
   const problems: string[] = [];
+  if (config.PSP_BREAKER_RESET_MS <= config.PSP_CALL_TIMEOUT_MS) {
+    problems.push(
+      `PSP_BREAKER_RESET_MS: ${config.PSP_BREAKER_RESET_MS} is not above PSP_CALL_TIMEOUT_MS ` +
+        `(${config.PSP_CALL_TIMEOUT_MS}): the open breaker would let its probe call through while ` +
+        'calls made before it opened still wait for their deadline, and their late answers, not ' +
+        'the probe, would decide whether it closes; raise PSP_BREAKER_RESET_MS above ' +
+        'PSP_CALL_TIMEOUT_MS',
+    );
+  }
+  const callsPerWindowMax = pspCallsPerWindowMax(config);
+  if (config.PSP_BREAKER_VOLUME_THRESHOLD > callsPerWindowMax) {
+    problems.push(
+      `PSP_BREAKER_VOLUME_THRESHOLD: ${config.PSP_BREAKER_VOLUME_THRESHOLD} is more than the ` +
+        `${callsPerWindowMax} calls a PSP that stopped answering can get in the breaker's ` +
+        `${PSP_BREAKER_WINDOW_MS} ms window with PSP_IN_FLIGHT_MAX (${config.PSP_IN_FLIGHT_MAX}) ` +
+        `calls in flight that each wait PSP_CALL_TIMEOUT_MS (${config.PSP_CALL_TIMEOUT_MS}): ` +
+        `the breaker would never open on a hung PSP; lower it to at most ${callsPerWindowMax}, ` +
+        'or raise PSP_IN_FLIGHT_MAX',
+    );
+  }
+  const lockWaitMs = config.MYSQL_LOCK_WAIT_TIMEOUT_S * 1_000;
+  for (const name of ['MYSQL_STATEMENT_TIMEOUT_MS', 'MYSQL_BULK_STATEMENT_TIMEOUT_MS'] as const) {
+    if (config[name] <= lockWaitMs) {
+      problems.push(
+        `${name}: ${config[name]} is not above MYSQL_LOCK_WAIT_TIMEOUT_S ` +
+          `(${config.MYSQL_LOCK_WAIT_TIMEOUT_S}, ${lockWaitMs} ms): a statement waiting for a row ` +
+          'lock would be cut by its deadline (connection closed, outcome unknown) before MySQL ' +
+          `answers a plain lock wait timeout; raise ${name} above ${lockWaitMs}, or lower ` +
+          'MYSQL_LOCK_WAIT_TIMEOUT_S',
+      );
+    }
+  }
+  if (config.JANITOR_LEASE_MS <= config.JANITOR_INTERVAL_MS) {
+    problems.push(
+      `JANITOR_LEASE_MS: ${config.JANITOR_LEASE_MS} is not above JANITOR_INTERVAL_MS ` +
+        `(${config.JANITOR_INTERVAL_MS}): a claim would end before the next janitor pass, so ` +
+        'every pass would act on the same quiet order again and ask the PSP about it each time; ' +
+        'raise JANITOR_LEASE_MS above JANITOR_INTERVAL_MS',
+    );
+  }
   if (config.IDEMPOTENCY_TTL_MS < config.ORDER_EXPIRY_MS) {
     problems.push(
       `IDEMPOTENCY_TTL_MS: ${config.IDEMPOTENCY_TTL_MS} is shorter than ORDER_EXPIRY_MS ` +

@@ -12,7 +12,12 @@ import { existsSync } from 'node:fs';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, inject, it } from 'vitest';
-import { loadConfig, localRunDefaults, publishedSecretProblems } from '../src/config.js';
+import {
+  ConfigError,
+  loadConfig,
+  localRunDefaults,
+  publishedSecretProblems,
+} from '../src/config.js';
 import { startTcpProxy, type TcpProxy } from '../src/chaos/tcp-proxy.js';
 import { dropDatabase, freePort, removeNamespace, testDatabaseUrl } from './support/harness.js';
 
@@ -26,6 +31,17 @@ function runMain(env: Record<string, string>) {
     timeout: 30_000,
   });
   return { status: result.status, stderr: result.stderr.trim(), stdout: result.stdout.trim() };
+}
+
+/** What loadConfig refuses `env` for; [] when it accepts it. */
+function problemsOf(env: Record<string, string>): readonly string[] {
+  try {
+    loadConfig(env);
+    return [];
+  } catch (error) {
+    if (error instanceof ConfigError) return error.problems;
+    throw error;
+  }
 }
 
 /** The node's log lines that report a wait for a dependency (pino JSON on stdout). */
@@ -249,6 +265,93 @@ describe('main', () => {
     expect(
       loadConfig({ IDEMPOTENCY_TTL_MS: '3600000', ORDER_EXPIRY_MS: '3600000' }).IDEMPOTENCY_TTL_MS,
     ).toBe(3_600_000);
+  });
+
+  it('refuses a breaker reset not above the PSP call deadline, naming both and their values', () => {
+    // An open breaker that half-opens before the calls made while it was closed have timed out is
+    // closed or reopened by their late answers, not by its probe.
+    expect(problemsOf({ PSP_CALL_TIMEOUT_MS: '3000', PSP_BREAKER_RESET_MS: '3000' })).toEqual([
+      expect.stringMatching(
+        /^PSP_BREAKER_RESET_MS: 3000 is not above PSP_CALL_TIMEOUT_MS \(3000\): .*raise PSP_BREAKER_RESET_MS above PSP_CALL_TIMEOUT_MS$/,
+      ),
+    ]);
+    expect(problemsOf({ PSP_CALL_TIMEOUT_MS: '20000' })).toEqual([
+      expect.stringMatching(
+        /^PSP_BREAKER_RESET_MS: 5000 is not above PSP_CALL_TIMEOUT_MS \(20000\)/,
+      ),
+    ]);
+    expect(problemsOf({ PSP_CALL_TIMEOUT_MS: '3000', PSP_BREAKER_RESET_MS: '3001' })).toEqual([]);
+  });
+
+  it('refuses a breaker volume threshold more calls than a hung PSP can get in one window', () => {
+    // 2 calls in flight, each waiting 5 s: at most 2 × ceil(10 s / 5 s) = 4 calls a window.
+    const hung = {
+      PSP_IN_FLIGHT_MAX: '2',
+      PSP_CALL_TIMEOUT_MS: '5000',
+      PSP_BREAKER_RESET_MS: '6000',
+    };
+    expect(problemsOf({ ...hung, PSP_BREAKER_VOLUME_THRESHOLD: '5' })).toEqual([
+      expect.stringMatching(
+        /^PSP_BREAKER_VOLUME_THRESHOLD: 5 is more than the 4 calls .* PSP_IN_FLIGHT_MAX \(2\) .* PSP_CALL_TIMEOUT_MS \(5000\): the breaker would never open on a hung PSP; lower it to at most 4/,
+      ),
+    ]);
+    expect(problemsOf({ ...hung, PSP_BREAKER_VOLUME_THRESHOLD: '4' })).toEqual([]);
+    // A deadline longer than the window: one call per slot and window.
+    expect(
+      problemsOf({
+        PSP_IN_FLIGHT_MAX: '4',
+        PSP_CALL_TIMEOUT_MS: '20000',
+        PSP_BREAKER_RESET_MS: '21000',
+        PSP_BREAKER_VOLUME_THRESHOLD: '5',
+      }),
+    ).toEqual([expect.stringMatching(/^PSP_BREAKER_VOLUME_THRESHOLD: 5 is more than the 4 calls/)]);
+  });
+
+  it('refuses statement deadlines not above the lock wait, naming both and their values', () => {
+    // A lock wait cut by the client's deadline closes the connection with the outcome unknown,
+    // where MySQL would have answered a definite lock wait timeout.
+    expect(
+      problemsOf({
+        MYSQL_LOCK_WAIT_TIMEOUT_S: '30',
+        MYSQL_STATEMENT_TIMEOUT_MS: '30000',
+        MYSQL_BULK_STATEMENT_TIMEOUT_MS: '20000',
+      }),
+    ).toEqual([
+      expect.stringMatching(
+        /^MYSQL_STATEMENT_TIMEOUT_MS: 30000 is not above MYSQL_LOCK_WAIT_TIMEOUT_S \(30, 30000 ms\): .*raise MYSQL_STATEMENT_TIMEOUT_MS above 30000/,
+      ),
+      expect.stringMatching(
+        /^MYSQL_BULK_STATEMENT_TIMEOUT_MS: 20000 is not above MYSQL_LOCK_WAIT_TIMEOUT_S \(30, 30000 ms\)/,
+      ),
+    ]);
+    expect(
+      problemsOf({ MYSQL_LOCK_WAIT_TIMEOUT_S: '30', MYSQL_STATEMENT_TIMEOUT_MS: '30001' }),
+    ).toEqual([]);
+  });
+
+  it('refuses a janitor lease not above its interval, naming both and their values', () => {
+    // A claim that ends before the next pass leaves a quiet order to be checked on every pass.
+    expect(problemsOf({ JANITOR_INTERVAL_MS: '5000', JANITOR_LEASE_MS: '5000' })).toEqual([
+      expect.stringMatching(
+        /^JANITOR_LEASE_MS: 5000 is not above JANITOR_INTERVAL_MS \(5000\): .*raise JANITOR_LEASE_MS above JANITOR_INTERVAL_MS$/,
+      ),
+    ]);
+    expect(problemsOf({ JANITOR_INTERVAL_MS: '5000', JANITOR_LEASE_MS: '5001' })).toEqual([]);
+  });
+
+  it('reports every settings pair that disagrees at once, and exits 2', () => {
+    const { status, stderr } = runMain({
+      // Were the settings accepted, the node would fail fast on this instead of starting.
+      MYSQL_URL: 'mysql://root@127.0.0.1:1/settle_unreachable',
+      STARTUP_WAIT_MS: '0',
+      PSP_CALL_TIMEOUT_MS: '8000',
+      PSP_BREAKER_RESET_MS: '2000',
+      JANITOR_INTERVAL_MS: '60000',
+      JANITOR_LEASE_MS: '30000',
+    });
+    expect(status).toBe(2);
+    expect(stderr).toMatch(/PSP_BREAKER_RESET_MS: 2000 is not above PSP_CALL_TIMEOUT_MS \(8000\)/);
+    expect(stderr).toMatch(/JANITOR_LEASE_MS: 30000 is not above JANITOR_INTERVAL_MS \(60000\)/);
   });
 
   it('refuses ports out of range, URLs that do not parse and numbers that are not, naming each', () => {

@@ -82,7 +82,10 @@ const allTerminal = (rows: { state: string }[]) =>
 
 describe('crash recovery with real processes', () => {
   it('(a) kill -9 during PSP calls: after the restart every order completes exactly once', async () => {
-    cluster = await startCluster({ nodes: 1, nodeEnv: { PSP_CALL_TIMEOUT_MS: '10000' } });
+    cluster = await startCluster({
+      nodes: 1,
+      nodeEnv: { PSP_CALL_TIMEOUT_MS: '10000', PSP_BREAKER_RESET_MS: '11000' },
+    });
     const c = cluster;
     await setPsp(c, { latencyMs: 1_500 });
     const payments = await createPayments(c, { count: 8, ordersEach: 2 });
@@ -284,6 +287,7 @@ describe('crash recovery with real processes', () => {
             LOCAL_EXECUTE_HOLD_MS: hold,
             SHUTDOWN_GRACE_MS: '1000',
             PSP_CALL_TIMEOUT_MS: '20000',
+            PSP_BREAKER_RESET_MS: '21000',
           },
         });
         const c = cluster;
@@ -322,7 +326,11 @@ describe('crash recovery with real processes', () => {
     it('a second SIGTERM forces the exit at once', async () => {
       cluster = await startCluster({
         nodes: 1,
-        nodeEnv: { SHUTDOWN_GRACE_MS: '20000', PSP_CALL_TIMEOUT_MS: '20000' },
+        nodeEnv: {
+          SHUTDOWN_GRACE_MS: '20000',
+          PSP_CALL_TIMEOUT_MS: '20000',
+          PSP_BREAKER_RESET_MS: '21000',
+        },
       });
       const c = cluster;
       await setPsp(c, { latencyMs: 10_000 });

@@ -25,6 +25,7 @@ export const TEST_NODE_ENV: Readonly<Record<string, string>> = {
   CREATE_WAIT_MS: '0',
   OUTBOX_POLL_MS: '100',
   PSP_CALL_TIMEOUT_MS: '5000',
+  PSP_BREAKER_RESET_MS: '6000',
   SHUTDOWN_GRACE_MS: '2000',
 };
 

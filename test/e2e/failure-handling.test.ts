@@ -34,6 +34,9 @@ beforeAll(async () => {
     env: {
       RETRY_BACKOFF_MS: BACKOFF_MS.join(','),
       CREATE_WAIT_MS: '0',
+      // The breaker half-opens within an order's retries once a test heals the PSP, and its reset
+      // must outlast a call's deadline (loadConfig checks): the in-process mock answers in ms.
+      PSP_CALL_TIMEOUT_MS: '250',
       PSP_BREAKER_RESET_MS: '300',
       PSP_BREAKER_VOLUME_THRESHOLD: '3',
       ADMIN_TOKEN,

@@ -150,6 +150,8 @@ beforeAll(async () => {
       // The janitor runs only when a test calls runOnce(), and then checks every unfinished order.
       JANITOR_INTERVAL_MS: '3600000',
       JANITOR_STUCK_MS: '1',
+      // A claim outlasts the interval (loadConfig checks); no test runs the janitor twice anyway.
+      JANITOR_LEASE_MS: '7200000',
     },
     overrides: { psp },
   });
