@@ -605,18 +605,13 @@ export function operationsPage(input: {
               <dd>${c.deliveredStreamSeq} / ${c.ackFloorStreamSeq}</dd>
             </dl>`,
         )}
-        ${
-          s.commandStream === undefined
-            ? ''
-            : probeOf(
-                s.commandStream,
-                (st) =>
-                  html`<p class="muted">
-                    stream: ${st.messages} messages, ${st.bytes} bytes, seq
-                    ${st.firstSeq}–${st.lastSeq}
-                  </p>`,
-              )
-        }
+        ${probeOf(
+          s.commandStream,
+          (st) =>
+            html`<p class="muted">
+              stream: ${st.messages} messages, ${st.bytes} bytes, seq ${st.firstSeq}–${st.lastSeq}
+            </p>`,
+        )}
       </section>
       <section class="card" id="outbox">
         <h2>Outbox</h2>

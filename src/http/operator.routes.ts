@@ -50,7 +50,7 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
     logger.error({ err: error, ...context }, 'internal error in operator route');
   const deadLetters = tableDeadLetters({ db: deps.db, wakeRelay: deps.wakeRelay, now: deps.now });
   const paymentCounts = new PaymentCounts(deps.db, FINAL_PAYMENT_COUNTS_REUSE_MS);
-  const snapshot = (withCommandStream: boolean) =>
+  const snapshot = () =>
     operationsSnapshot({
       db: deps.db,
       jsm: deps.jsm,
@@ -58,11 +58,10 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
       registry: deps.registry,
       psp: deps.psp,
       deadLetters,
-      withCommandStream,
       probeTimeoutMs: PROBE_TIMEOUT_MS,
       paymentCounts,
     });
-  deps.metrics.setSnapshotSource(() => snapshot(true));
+  deps.metrics.setSnapshotSource(snapshot);
   return [
     ...paymentRoutes(deps.payments, {
       log,
@@ -83,7 +82,7 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
       auth: { token: config.ADMIN_TOKEN, readonlyOpen: config.ADMIN_READONLY_OPEN },
       cookie: { secure: config.ADMIN_COOKIE_SECURE },
       deadLetters,
-      snapshot: () => snapshot(true),
+      snapshot,
       psp: deps.psp,
       nodeName: deps.nodeName,
       settings: [

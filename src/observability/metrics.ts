@@ -324,12 +324,12 @@ export function createMetrics(): Metrics {
   consumerGauge(
     'settle_command_stream_bytes',
     'Bytes stored in the JetStream command stream (acknowledged commands included until purged).',
-    (s) => (s.commandStream?.ok === true ? s.commandStream.value.bytes : undefined),
+    (s) => (s.commandStream.ok ? s.commandStream.value.bytes : undefined),
   );
   consumerGauge(
     'settle_command_stream_max_bytes',
     "The JetStream command stream's max_bytes: full, it refuses every publish (-1: no limit).",
-    (s) => (s.commandStream?.ok === true ? s.commandStream.value.bytesMax : undefined),
+    (s) => (s.commandStream.ok ? s.commandStream.value.bytesMax : undefined),
   );
   gauge(
     'settle_dead_letters_open',
@@ -426,9 +426,7 @@ export function createMetrics(): Metrics {
     ['probe'],
     (g, s) => {
       g.set({ probe: 'jetstream_consumer' }, s.consumer.ok ? 1 : 0);
-      if (s.commandStream !== undefined) {
-        g.set({ probe: 'command_stream' }, s.commandStream.ok ? 1 : 0);
-      }
+      g.set({ probe: 'command_stream' }, s.commandStream.ok ? 1 : 0);
       g.set({ probe: 'dead_letters' }, s.deadLetters.ok ? 1 : 0);
       g.set({ probe: 'outbox' }, s.outbox.ok ? 1 : 0);
       g.set({ probe: 'payments' }, s.payments.ok ? 1 : 0);

@@ -68,8 +68,7 @@ export type OperationsSnapshot = Readonly<{
   /** undefined when the node runs with a PSP port that has no breaker (tests). */
   breaker: BreakerState | undefined;
   consumer: Probe<ConsumerLag>;
-  /** undefined unless asked for (`withCommandStream`). */
-  commandStream: Probe<StreamState> | undefined;
+  commandStream: Probe<StreamState>;
   deadLetters: Probe<DeadLetterCounts>;
   outbox: Probe<{ pending: number; oldestAgeMs: number }>;
   actors: Readonly<{ live: number; mailboxDepth: number; passivated: number }>;
@@ -86,8 +85,6 @@ export type OperationsDeps = Readonly<{
   registry: { size: number; passivated: number; mailboxDepth(): number };
   psp: object;
   deadLetters: { counts(): Promise<DeadLetterCounts> };
-  /** Ask JetStream for the command stream's size (the operations page and the gauges do). */
-  withCommandStream: boolean;
   /** Deadline of each probe, in milliseconds. */
   probeTimeoutMs: number;
   /** Payments by state; one per node, so final states' counts are reused across snapshots. */
@@ -183,18 +180,16 @@ export async function operationsSnapshot(deps: OperationsDeps): Promise<Operatio
           ackFloorStreamSeq: info.ack_floor.stream_seq,
         };
       }),
-      deps.withCommandStream
-        ? probe(async (): Promise<StreamState> => {
-            const info = await deps.jsm.streams.info(deps.names.commandStream);
-            return {
-              messages: info.state.messages,
-              bytes: info.state.bytes,
-              bytesMax: info.config.max_bytes,
-              firstSeq: info.state.first_seq,
-              lastSeq: info.state.last_seq,
-            };
-          })
-        : undefined,
+      probe(async (): Promise<StreamState> => {
+        const info = await deps.jsm.streams.info(deps.names.commandStream);
+        return {
+          messages: info.state.messages,
+          bytes: info.state.bytes,
+          bytesMax: info.config.max_bytes,
+          firstSeq: info.state.first_seq,
+          lastSeq: info.state.last_seq,
+        };
+      }),
       probe(() => deps.deadLetters.counts()),
       probe(() => outboxLag(deps.db)),
       probe(() => deps.paymentCounts.read()),

@@ -1132,12 +1132,19 @@ describe('operations and reconciliation', () => {
         wakeRelay: () => {},
         now: () => new Date(),
       }),
-      withCommandStream: true,
       probeTimeoutMs: 2_000,
       paymentCounts: new PaymentCounts(stack.settle.db, 0),
     });
     expect(snapshot.breaker).toBe('CLOSED');
     expect(snapshot.consumer.ok).toBe(true);
+    // Every snapshot probes the command stream: the page and the gauges both show it.
+    expect(snapshot.commandStream).toEqual({
+      ok: true,
+      value: expect.objectContaining({
+        bytesMax: expect.any(Number),
+        messages: expect.any(Number),
+      }),
+    });
     expect(snapshot.outbox).toEqual({ ok: true, value: { pending: 0, oldestAgeMs: 0 } });
     const stored = await stack.settle.db.selectFrom('dead_letter').select(['state']).execute();
     expect(snapshot.deadLetters).toEqual({
@@ -1150,6 +1157,7 @@ describe('operations and reconciliation', () => {
     const text = html.replace(/<[^>]+>/g, ' ').replace(/\s+/g, ' ');
     expect(text).toContain('PSP circuit breaker CLOSED');
     expect(text).toMatch(/Pending \(not delivered\) \d+ Ack pending \d+ Redelivered \d+/);
+    expect(text).toMatch(/stream: \d+ messages, \d+ bytes, seq \d+–\d+/);
     expect(text).toContain(stack.settle.names.runtimeConsumer);
     expect(text).toMatch(/Outbox Rows waiting \d+ Oldest/);
     expect(text).toMatch(/Dead letters \S+ Open \d+ Kept \d+/);

@@ -301,7 +301,9 @@ describe('metrics and request logs', () => {
         consumer: ok
           ? { ok, value: { pending: 5, ackPending: 1, redelivered: 0 } }
           : { ok, error: 'NATS is down' },
-        commandStream: undefined,
+        commandStream: ok
+          ? { ok, value: { messages: 3, bytes: 1_234, bytesMax: 4_096, firstSeq: 1, lastSeq: 3 } }
+          : { ok, error: 'NATS is down' },
         deadLetters: ok ? { ok, value: { open: 2, total: 3 } } : { ok, error: 'MySQL is down' },
         outbox: ok
           ? { ok, value: { pending: 7, oldestAgeMs: 1_500 } }
@@ -320,12 +322,14 @@ describe('metrics and request logs', () => {
       ['settle_dead_letters_stored', 3],
       ['settle_outbox_pending', 7],
       ['settle_jetstream_consumer_pending', 5],
+      ['settle_command_stream_bytes', 1_234],
     ] as const) {
       expect(metricSample(before, name), name).toBe(value);
       expect(metricSample(during, name), name).toBe(value);
     }
     expect(metricSample(during, 'settle_probe_up', { probe: 'dead_letters' })).toBe(0);
     expect(metricSample(during, 'settle_probe_up', { probe: 'jetstream_consumer' })).toBe(0);
+    expect(metricSample(during, 'settle_probe_up', { probe: 'command_stream' })).toBe(0);
     // A labelled series whose probe failed has no sample rather than a stale one.
     expect(metricSample(before, 'settle_payments', { state: 'EXECUTING' })).toBe(4);
     expect(metricSample(during, 'settle_payments', { state: 'EXECUTING' })).toBeUndefined();
@@ -338,7 +342,7 @@ describe('metrics and request logs', () => {
         takenAt: new Date(),
         breaker: undefined,
         consumer: { ok: false, error: 'not asked' },
-        commandStream: undefined,
+        commandStream: { ok: false, error: 'not asked' },
         deadLetters: { ok: false, error: 'not asked' },
         outbox: { ok: false, error: 'not asked' },
         actors: { live: 0, mailboxDepth: 0, passivated: 0 },

@@ -69,7 +69,6 @@ describe('settle_reconciliation_last_success_timestamp_seconds', () => {
         registry: { size: 0, passivated: 0, mailboxDepth: () => 0 },
         psp: {},
         deadLetters: { counts: () => Promise.resolve({ open: 0, total: 0 }) },
-        withCommandStream: false,
         probeTimeoutMs: 2_000,
         paymentCounts: new PaymentCounts(database.db, 60_000),
       }),
