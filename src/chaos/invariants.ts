@@ -95,11 +95,17 @@ export type Observed = Readonly<{
   trialBalanceNonZero: readonly string[];
   walletMismatches: readonly string[];
   /**
-   * Ledger rows of no known order or transaction, or of another order or currency than their
-   * transaction's (`ordersNotMatchingLedger`'s orphans): money moved under a name that hides it
-   * from the per-order checks.
+   * Ledger rows astray, each fault under one case (`ordersNotMatchingLedger`): money moved under a
+   * name that hides it from the per-order checks, which read only the orders that exist.
    */
-  ledgerRowsAstray: readonly string[];
+  ledgerAstray: Readonly<{
+    /** Transactions, of any kind, naming an order that does not exist. */
+    transactionsOfUnknownOrders: readonly string[];
+    /** Entries naming a transaction that does not exist. */
+    entriesOfUnknownTransactions: readonly string[];
+    /** Entries of another order or currency than their transaction. */
+    entriesNotOfTheirTransaction: readonly string[];
+  }>;
   outboxLeft: number;
   /** From the PSP mock's own records (ListCharges). */
   charges: readonly ObservedCharge[];
@@ -252,7 +258,7 @@ export async function observe(sources: { db: Db; psp: PspServiceClient }): Promi
     trialBalanceNonZero: (await trialBalanceByCurrency(db))
       .filter((total) => total.balanceMinor !== 0n)
       .map((total) => `${total.currency} ${total.balanceMinor}`),
-    ledgerRowsAstray: (await ordersNotMatchingLedger(db)).orphans,
+    ledgerAstray: await ledgerAstray(db),
     walletMismatches: (await walletsNotMatchingLedger(db)).map(
       (w) =>
         `${w.sellerId}: wallet ${w.walletMinor} ${w.walletCurrency || '-'}, ` +
@@ -267,6 +273,16 @@ export async function observe(sources: { db: Db; psp: PspServiceClient }): Promi
     })),
     pspPayments,
     deadLetters,
+  };
+}
+
+/** The rows of no order `observe` reads, by case. */
+async function ledgerAstray(db: Db): Promise<Observed['ledgerAstray']> {
+  const booking = await ordersNotMatchingLedger(db);
+  return {
+    transactionsOfUnknownOrders: booking.transactionsOfUnknownOrders,
+    entriesOfUnknownTransactions: booking.entriesOfUnknownTransactions,
+    entriesNotOfTheirTransaction: booking.entriesNotOfTheirTransaction,
   };
 }
 
@@ -504,24 +520,19 @@ export function evaluate(observed: Observed, driver: DriverFacts): Evaluation {
       return `${o.id} ${o.state}: ${credits.map((c) => `${c.account} ${c.creditMinor}`).join(', ')}`;
     }),
   );
-  const orphanLedger = [
-    ...new Set([...observed.ledgerByOrder.keys(), ...observed.sellerCreditsByOrder.keys()]),
-  ].filter((id) => !orderById.has(id));
-  add(
-    'ledger transactions of unknown orders',
-    orphanLedger.length,
-    '0',
-    orphanLedger.length === 0,
-    orphanLedger,
-  );
-
-  add(
-    'ledger rows of no known order or transaction, or not of their transaction',
-    observed.ledgerRowsAstray.length,
-    '0',
-    observed.ledgerRowsAstray.length === 0,
-    observed.ledgerRowsAstray,
-  );
+  // Rows of no order the checks above read. An entry of an unknown order is one of these three:
+  // its transaction's order is unknown too, or it is not its transaction's, or that is unknown.
+  const astray = observed.ledgerAstray;
+  for (const [name, rows] of [
+    ['ledger transactions of unknown orders', astray.transactionsOfUnknownOrders],
+    ['ledger entries of no known transaction', astray.entriesOfUnknownTransactions],
+    [
+      'ledger entries of another order or currency than their transaction',
+      astray.entriesNotOfTheirTransaction,
+    ],
+  ] as const) {
+    add(name, rows.length, '0', rows.length === 0, rows);
+  }
 
   add(
     'ledger transactions unbalanced',

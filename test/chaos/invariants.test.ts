@@ -86,7 +86,11 @@ function facts(): { observed: Observed; driver: DriverFacts } {
       unbalancedTransactions: [],
       trialBalanceNonZero: [],
       walletMismatches: [],
-      ledgerRowsAstray: [],
+      ledgerAstray: {
+        transactionsOfUnknownOrders: [],
+        entriesOfUnknownTransactions: [],
+        entriesNotOfTheirTransaction: [],
+      },
       outboxLeft: 0,
       charges: [{ nonce: 'ord_ok', pspReference: 'psp_a', amountMinor: 500n, currency: 'USD' }],
       pspPayments: new Map<string, PspPaymentState>([
@@ -386,7 +390,7 @@ describe('chaos invariants', () => {
         })),
     ],
     [
-      'a seller credited by entries of an unknown order',
+      'a seller credited by a transaction of an unknown order',
       'ledger transactions of unknown orders',
       (f) =>
         withObserved(f, (o) => ({
@@ -394,6 +398,29 @@ describe('chaos invariants', () => {
             ...o.sellerCreditsByOrder,
             ['ord_ghost', [{ account: 'seller_payable:seller-1', creditMinor: 5n }]],
           ]),
+          ledgerAstray: {
+            ...o.ledgerAstray,
+            transactionsOfUnknownOrders: [
+              'transaction ltx_9 (ADJUSTMENT) of unknown order ord_ghost',
+            ],
+          },
+        })),
+    ],
+    [
+      'a seller credited by entries of no transaction and no order',
+      'ledger entries of no known transaction',
+      (f) =>
+        withObserved(f, (o) => ({
+          sellerCreditsByOrder: new Map([
+            ...o.sellerCreditsByOrder,
+            ['ord_ghost', [{ account: 'seller_payable:seller-1', creditMinor: 5n }]],
+          ]),
+          ledgerAstray: {
+            ...o.ledgerAstray,
+            entriesOfUnknownTransactions: [
+              'entry 9 (ADJUSTMENT_PAYABLE USD) of order ord_ghost, transaction ltx_9 (unknown)',
+            ],
+          },
         })),
     ],
     [
@@ -494,6 +521,10 @@ describe('chaos invariants', () => {
             ...o.ledgerByOrder,
             ['ord_ghost', { count: 1, amountMinor: 100n, currency: 'USD' }],
           ]),
+          ledgerAstray: {
+            ...o.ledgerAstray,
+            transactionsOfUnknownOrders: ['transaction ltx_9 (PAYMENT) of unknown order ord_ghost'],
+          },
         })),
     ],
     [
@@ -513,10 +544,15 @@ describe('chaos invariants', () => {
     ],
     [
       'an entry under another order than its transaction',
-      'ledger rows of no known order or transaction, or not of their transaction',
+      'ledger entries of another order or currency than their transaction',
       (f) =>
-        withObserved(f, () => ({
-          ledgerRowsAstray: ['entry 7 of ltx_1 names ord_declined, its transaction ord_ok'],
+        withObserved(f, (o) => ({
+          ledgerAstray: {
+            ...o.ledgerAstray,
+            entriesNotOfTheirTransaction: [
+              'entry 7 (PAYMENT_RECEIVABLE USD) of order ord_declined, transaction ltx_1 (of ord_ok in USD)',
+            ],
+          },
         })),
     ],
     [

@@ -415,7 +415,9 @@ export async function expectOrdersMatchLedger(db: Db): Promise<void> {
     misbooked: [],
     miscredited: [],
     sellerEntriesNotOfAPayment: [],
-    orphans: [],
+    transactionsOfUnknownOrders: [],
+    entriesOfUnknownTransactions: [],
+    entriesNotOfTheirTransaction: [],
     paymentsOff: [],
   });
 }

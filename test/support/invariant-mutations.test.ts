@@ -5,7 +5,8 @@
  * node stops and the rows are saved. Each case then restores them, corrupts them with a few direct
  * SQL writes that break exactly one invariant (by one minor unit, or so that totals still agree),
  * and runs all three checkers on the real databases. A checker that claims the invariant must
- * report it; the clean state must pass all three.
+ * report it; the clean state must pass all three. Where a case says which lines the chaos report
+ * fails, it fails exactly those: one fault is never reported twice under two names.
  */
 import { sql, type Kysely } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -157,6 +158,11 @@ type Mutation = Readonly<{
   name: string;
   /** The checkers that claim the broken invariant, so must report it. */
   claimedBy: readonly Checker[];
+  /**
+   * When set, exactly the lines the chaos report fails: one fault is one line per case it breaks,
+   * never the same case under two names.
+   */
+  chaosReports?: readonly string[];
   apply: (settle: AnyDb, psp: AnyDb, f: Fixture) => Promise<void>;
 }>;
 
@@ -419,13 +425,23 @@ const mutations: readonly Mutation[] = [
   {
     name: 'a transaction of an unknown order crediting a seller (wallet follows)',
     claimedBy: ['harness', 'chaos', 'bench'],
+    chaosReports: ['ledger transactions of unknown orders'],
     apply: async (s, _p, { a }) => {
       await adjustment(s, { ...a, id: newId('order') }, 5n);
     },
   },
   {
+    name: 'a PSP fee of an unknown order (no seller entries)',
+    claimedBy: ['harness', 'chaos', 'bench'],
+    chaosReports: ['ledger transactions of unknown orders'],
+    apply: async (s, _p, { a }) => {
+      await pspFee(s, { ...a, id: newId('order') }, 5n);
+    },
+  },
+  {
     name: 'entries of no transaction and no order crediting a seller (wallet follows)',
     claimedBy: ['harness', 'chaos', 'bench'],
+    chaosReports: ['ledger entries of no known transaction'],
     apply: async (s, _p, { a }) => {
       await adjustment(s, { ...a, id: newId('order') }, 5n);
       await sql`DELETE FROM ledger_transaction WHERE kind = 'ADJUSTMENT'`.execute(s);
@@ -452,9 +468,19 @@ const mutations: readonly Mutation[] = [
   {
     name: "an entry of a PAYMENT naming another order than its transaction's",
     claimedBy: ['harness', 'chaos', 'bench'],
+    chaosReports: ['ledger entries of another order or currency than their transaction'],
     apply: async (s, _p, { a, c }) => {
       await sql`UPDATE ledger_entry SET order_id = ${c.id}
         WHERE order_id = ${a.id} AND account = 'psp_receivable'`.execute(s);
+    },
+  },
+  {
+    name: "a PAYMENT's entries in another currency than it, balanced (wallet follows)",
+    claimedBy: ['harness', 'chaos', 'bench'],
+    chaosReports: ['ledger entries of another order or currency than their transaction'],
+    apply: async (s, _p, { a }) => {
+      await sql`UPDATE ledger_entry SET currency = 'EUR' WHERE order_id = ${a.id}`.execute(s);
+      await sql`UPDATE wallet SET currency = 'EUR' WHERE seller_id = ${a.sellerId}`.execute(s);
     },
   },
   {
@@ -554,5 +580,6 @@ describe('invariant checkers under mutation', () => {
     const failed = await runCheckers();
     const missedBy = mutation.claimedBy.filter((checker) => failed[checker].length === 0);
     expect(missedBy, JSON.stringify(failed, null, 2)).toEqual([]);
+    if (mutation.chaosReports !== undefined) expect(failed.chaos).toEqual(mutation.chaosReports);
   });
 });

@@ -643,11 +643,16 @@ export type OrdersNotMatchingLedger = Readonly<{
    * seller (a PSP_FEE moves money between fee_expense and psp_receivable).
    */
   sellerEntriesNotOfAPayment: string[];
+  /** Transactions, of any kind, naming an order that does not exist. */
+  transactionsOfUnknownOrders: string[];
+  /** Entries naming a transaction that does not exist. */
+  entriesOfUnknownTransactions: string[];
   /**
-   * Transactions naming an order that does not exist, and entries of a transaction or an order
-   * that does not exist, or of another order or currency than their transaction.
+   * Entries of another order or currency than their transaction. An entry of an order that does
+   * not exist needs no list of its own: it is here, or its transaction is unknown, or its
+   * transaction names that order too (transactionsOfUnknownOrders). So a fault is listed once.
    */
-  orphans: string[];
+  entriesNotOfTheirTransaction: string[];
   /** Payments whose orders do not number, sum to or share their total and currency. */
   paymentsOff: string[];
 }>;
@@ -706,21 +711,23 @@ export async function ordersNotMatchingLedger(db: Db): Promise<OrdersNotMatching
     FROM ledger_entry e LEFT JOIN ledger_transaction t ON t.id = e.transaction_id
     WHERE e.account LIKE ${SELLER_PAYABLE_PREFIX + '%'} AND (t.kind IS NULL OR t.kind <> 'PAYMENT')
     ORDER BY e.id LIMIT ${limit}`.execute(db);
-  const orphans = await sql<{ what: string }>`
-    (SELECT CONCAT('transaction ', t.id, ' (', t.kind, ') of unknown order ', t.order_id) AS what
+  const orphans = await sql<{ astray: 'transaction' | 'entry_unknown' | 'entry'; what: string }>`
+    (SELECT 'transaction' AS astray,
+            CONCAT('transaction ', t.id, ' (', t.kind, ') of unknown order ', t.order_id) AS what
      FROM ledger_transaction t LEFT JOIN payment_order o ON o.id = t.order_id
      WHERE o.id IS NULL ORDER BY t.id LIMIT ${limit})
     UNION ALL
-    (SELECT CONCAT('entry ', e.id, ' (', e.kind, ' ', e.currency, ') of order ', e.order_id,
-                   CASE WHEN o.id IS NULL THEN ' (unknown)' ELSE '' END, ', transaction ',
-                   e.transaction_id,
+    (SELECT CASE WHEN t.id IS NULL THEN 'entry_unknown' ELSE 'entry' END AS astray,
+            CONCAT('entry ', e.id, ' (', e.kind, ' ', e.currency, ') of order ', e.order_id,
+                   ', transaction ', e.transaction_id,
                    CASE WHEN t.id IS NULL THEN ' (unknown)'
                         ELSE CONCAT(' (of ', t.order_id, ' in ', t.currency, ')') END) AS what
      FROM ledger_entry e
      LEFT JOIN ledger_transaction t ON t.id = e.transaction_id
-     LEFT JOIN payment_order o ON o.id = e.order_id
-     WHERE t.id IS NULL OR o.id IS NULL OR t.order_id <> e.order_id OR t.currency <> e.currency
+     WHERE t.id IS NULL OR t.order_id <> e.order_id OR t.currency <> e.currency
      ORDER BY e.id LIMIT ${limit})`.execute(db);
+  const orphansOf = (astray: (typeof orphans.rows)[number]['astray']) =>
+    orphans.rows.filter((r) => r.astray === astray).map((r) => r.what);
   const paymentsOff = await sql<{
     id: string;
     amount_minor: string;
@@ -757,7 +764,9 @@ export async function ordersNotMatchingLedger(db: Db): Promise<OrdersNotMatching
       (r) =>
         `${r.account} by transaction ${r.transaction_id} (${r.kind ?? 'unknown'}) of ${r.order_id}`,
     ),
-    orphans: orphans.rows.map((r) => r.what),
+    transactionsOfUnknownOrders: orphansOf('transaction'),
+    entriesOfUnknownTransactions: orphansOf('entry_unknown'),
+    entriesNotOfTheirTransaction: orphansOf('entry'),
     paymentsOff: paymentsOff.rows.map(
       (r) =>
         `${r.id} ${r.amount_minor} ${r.currency} of ${r.orders_total} orders: ` +
