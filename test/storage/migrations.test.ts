@@ -21,6 +21,10 @@ import {
 } from '../../src/storage/db.js';
 import type { StepProgress } from '../../src/storage/migrations/index.js';
 import { testDatabaseUrl } from '../support/harness.js';
+import { describeStop, schemaOf as schemaIn, stopAt, stopsOf } from '../support/schema.js';
+
+/** The schema of the database `db` is on, as rows that compare equal across databases. */
+const schemaOf = (db: Db) => schemaIn(db, 'kysely_migration');
 
 /** The steps of each migration: a shipped migration never changes, so neither does this. */
 const STEPS_PER_MIGRATION: ReadonlyArray<readonly [string, number]> = [
@@ -36,11 +40,7 @@ const STEPS_PER_MIGRATION: ReadonlyArray<readonly [string, number]> = [
 const MIGRATIONS = STEPS_PER_MIGRATION.map(([name]) => name);
 
 /** Every point a migration can stop at: after each step ran, and after its record committed. */
-const STOPS: readonly StepProgress[] = STEPS_PER_MIGRATION.flatMap(([migration, count]) =>
-  Array.from({ length: count }, (_, step) =>
-    (['RAN', 'RECORDED'] as const).map((phase) => ({ migration, step, phase })),
-  ).flat(),
-);
+const STOPS: readonly StepProgress[] = stopsOf(STEPS_PER_MIGRATION);
 
 type FreshDatabase = Readonly<{ db: Db; url: string; close: () => Promise<void> }>;
 
@@ -56,47 +56,6 @@ async function freshDatabase(): Promise<FreshDatabase> {
       await dropDatabase(url);
     },
   };
-}
-
-/** The schema of the database `db` is on, as rows that compare equal across databases. */
-async function schemaOf(db: Db): Promise<Record<string, unknown[]>> {
-  const columns = await sql`
-    SELECT TABLE_NAME, COLUMN_NAME, ORDINAL_POSITION, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT,
-           EXTRA, COLLATION_NAME
-      FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()
-     ORDER BY TABLE_NAME, ORDINAL_POSITION`.execute(db);
-  const indexes = await sql`
-    SELECT TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX, COLUMN_NAME, NON_UNIQUE
-      FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE()
-     ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX`.execute(db);
-  const constraints = await sql`
-    SELECT TABLE_NAME, CONSTRAINT_NAME, CONSTRAINT_TYPE
-      FROM information_schema.TABLE_CONSTRAINTS WHERE TABLE_SCHEMA = DATABASE()
-     ORDER BY TABLE_NAME, CONSTRAINT_NAME`.execute(db);
-  const checks = await sql`
-    SELECT CONSTRAINT_NAME, CHECK_CLAUSE
-      FROM information_schema.CHECK_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = DATABASE()
-     ORDER BY CONSTRAINT_NAME`.execute(db);
-  const migrations = await sql`SELECT name FROM kysely_migration ORDER BY name`.execute(db);
-  return {
-    columns: columns.rows,
-    indexes: indexes.rows,
-    constraints: constraints.rows,
-    checks: checks.rows,
-    migrations: migrations.rows,
-  };
-}
-
-/** A hook that stops the migration at `at`, as a node killed there would. */
-function stopAt(at: StepProgress) {
-  return (progress: StepProgress) =>
-    progress.migration === at.migration && progress.step === at.step && progress.phase === at.phase
-      ? Promise.reject(new Error(`stopped after ${describeStop(at)}`))
-      : Promise.resolve();
-}
-
-function describeStop(at: StepProgress): string {
-  return `${at.migration} step ${at.step + 1} ${at.phase}`;
 }
 
 let clean: Record<string, unknown[]>;

@@ -4,7 +4,7 @@
  * steps run by steps.ts, which resumes one that stopped midway. Append; never edit a shipped one
  * (its steps are recorded by index).
  */
-import type { Migration, MigrationProvider } from 'kysely';
+import type { MigrationProvider } from 'kysely';
 import * as m0001 from './0001-initial.js';
 import * as m0002 from './0002-failure-handling.js';
 import * as m0003 from './0003-reconciliation.js';
@@ -13,7 +13,12 @@ import * as m0005 from './0005-outbox-hold.js';
 import * as m0006 from './0006-one-trip-guard.js';
 import * as m0007 from './0007-dead-letter-resolved.js';
 import * as m0008 from './0008-dead-letter-retention.js';
-import { forgetSteps, runSteps, type SteppedMigration, type StepHooks } from './steps.js';
+import {
+  MIGRATION_STEP_TABLE,
+  steppedMigrationProvider,
+  type SteppedMigration,
+  type StepHooks,
+} from './steps.js';
 
 export { MIGRATION_STEP_TABLE, type StepHooks, type StepProgress } from './steps.js';
 
@@ -30,15 +35,5 @@ const migrations: Readonly<Record<string, SteppedMigration>> = {
 
 /** Settle's migrations for Kysely's Migrator; `hooks` are for tests. */
 export function migrationProvider(hooks: StepHooks = {}): MigrationProvider {
-  const kyselyMigrations: Record<string, Migration> = {};
-  for (const [name, migration] of Object.entries(migrations)) {
-    kyselyMigrations[name] = {
-      up: (db) => runSteps(db, name, migration.steps, hooks),
-      down: async (db) => {
-        await migration.down(db);
-        await forgetSteps(db, name);
-      },
-    };
-  }
-  return { getMigrations: () => Promise.resolve(kyselyMigrations) };
+  return steppedMigrationProvider(migrations, { stepTable: MIGRATION_STEP_TABLE, hooks });
 }

@@ -11,8 +11,12 @@
  *
  * The records mean something only while their migration is pending: Kysely's `kysely_migration`
  * row says a migration is complete, and a migration recorded there is never run again.
+ *
+ * Settle and the PSP mock both migrate this way (`steppedMigrationProvider`), each recording its
+ * steps in its own table, as each records its migrations in its own Kysely table: their migration
+ * names overlap, and the two may share a schema.
  */
-import { sql, type Kysely } from 'kysely';
+import { sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
 
 /** The errors that say a step's effect is already there, as a closed set. */
 export const AlreadyDone = {
@@ -67,13 +71,44 @@ export type StepHooks = Readonly<{
   afterStep?: (progress: StepProgress) => Promise<void>;
 }>;
 
+/** Settle's step records. */
 export const MIGRATION_STEP_TABLE = 'schema_migration_step';
 
+/**
+ * Kysely's Migrator for `migrations`, each run by `runSteps` with its records in `stepTable`; a
+ * migration's `down` forgets them, so a new `up` runs it all.
+ */
+export function steppedMigrationProvider(
+  migrations: Readonly<Record<string, SteppedMigration>>,
+  options: Readonly<{ stepTable: string; hooks?: StepHooks }>,
+): MigrationProvider {
+  assertTableName(options.stepTable);
+  const kyselyMigrations: Record<string, Migration> = {};
+  for (const [name, migration] of Object.entries(migrations)) {
+    kyselyMigrations[name] = {
+      up: (db) => runSteps(db, name, migration.steps, options.hooks, options.stepTable),
+      down: async (db) => {
+        await migration.down(db);
+        await forgetSteps(db, name, options.stepTable);
+      },
+    };
+  }
+  return { getMigrations: () => Promise.resolve(kyselyMigrations) };
+}
+
+/** The step table's name goes into DDL as it is: a plain identifier only. */
+function assertTableName(table: string): void {
+  if (!/^[a-z_][a-z0-9_]{0,63}$/.test(table)) {
+    throw new Error(`a migration step table must be a plain lower-case name, got "${table}"`);
+  }
+}
+
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-async function ensureStepTable(db: Kysely<any>): Promise<void> {
+async function ensureStepTable(db: Kysely<any>, table: string): Promise<void> {
+  assertTableName(table);
   await sql
     .raw(
-      `CREATE TABLE IF NOT EXISTS ${MIGRATION_STEP_TABLE} (
+      `CREATE TABLE IF NOT EXISTS ${table} (
          migration    VARCHAR(255) NOT NULL,
          step         INT          NOT NULL,
          executed_at  DATETIME(3)  NOT NULL,
@@ -84,8 +119,9 @@ async function ensureStepTable(db: Kysely<any>): Promise<void> {
 }
 
 /**
- * Runs the steps of `migration` not yet recorded, recording each after it ran. `db` is the
- * migrator's connection, which holds the migration lock, so no other node runs steps meanwhile.
+ * Runs the steps of `migration` not yet recorded, recording each in `table` after it ran. `db` is
+ * the migrator's connection, which holds the migration lock, so no other node runs steps
+ * meanwhile.
  */
 export async function runSteps(
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -93,16 +129,17 @@ export async function runSteps(
   migration: string,
   steps: readonly MigrationStep[],
   hooks: StepHooks = {},
+  table: string = MIGRATION_STEP_TABLE,
 ): Promise<void> {
-  await ensureStepTable(db);
+  await ensureStepTable(db, table);
   const { rows } = await sql<{ step: number | string }>`
-    SELECT step FROM ${sql.table(MIGRATION_STEP_TABLE)}
+    SELECT step FROM ${sql.table(table)}
      WHERE migration = ${migration} ORDER BY step`.execute(db);
   const recorded = rows.map((row) => Number(row.step));
   // Steps are recorded in order, one after the other: anything else is not this code's record.
   if (recorded.some((step, index) => step !== index) || recorded.length > steps.length) {
     throw new Error(
-      `${MIGRATION_STEP_TABLE} records steps [${recorded.join(', ')}] of ${migration}, which has ` +
+      `${table} records steps [${recorded.join(', ')}] of ${migration}, which has ` +
         `${steps.length} steps numbered from 0; a shipped migration must not change`,
     );
   }
@@ -121,19 +158,21 @@ export async function runSteps(
     }
     await hooks.afterStep?.({ migration, step: index, phase: 'RAN' });
     await sql`
-      INSERT INTO ${sql.table(MIGRATION_STEP_TABLE)} (migration, step, executed_at)
+      INSERT INTO ${sql.table(table)} (migration, step, executed_at)
       VALUES (${migration}, ${index}, ${new Date()})`.execute(db);
     await hooks.afterStep?.({ migration, step: index, phase: 'RECORDED' });
   }
 }
 
 /** Forgets the step records of `migration` once it is rolled back, so a new `up` runs it all. */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-export async function forgetSteps(db: Kysely<any>, migration: string): Promise<void> {
-  await ensureStepTable(db);
-  await sql`DELETE FROM ${sql.table(MIGRATION_STEP_TABLE)} WHERE migration = ${migration}`.execute(
-    db,
-  );
+export async function forgetSteps(
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  db: Kysely<any>,
+  migration: string,
+  table: string = MIGRATION_STEP_TABLE,
+): Promise<void> {
+  await ensureStepTable(db, table);
+  await sql`DELETE FROM ${sql.table(table)} WHERE migration = ${migration}`.execute(db);
 }
 
 function isAlreadyDone(error: unknown, step: MigrationStep): boolean {

@@ -1,11 +1,12 @@
 /**
  * The PSP mock's tables, in SQL that both MySQL 8.4 and MariaDB 10.11 accept. The unique keys are
  * the mock's idempotency: one payment per nonce and per token, one charge per psp_reference, one
- * outbox row per (event, delivery).
+ * outbox row per (event, delivery). One step per table (storage/migrations/steps.ts).
  */
 import { sql, type Kysely } from 'kysely';
+import { createTable, type MigrationStep } from '../../../storage/migrations/steps.js';
 
-const statements = [
+export const steps: readonly MigrationStep[] = [
   `CREATE TABLE psp_payment (
      id                BIGINT        NOT NULL AUTO_INCREMENT PRIMARY KEY,
      nonce             VARCHAR(64)   NOT NULL,
@@ -53,11 +54,7 @@ const statements = [
      KEY psp_webhook_pending (delivered_at, given_up_at, next_attempt_at),
      KEY psp_webhook_nonce (nonce, id)
    ) ENGINE=InnoDB`,
-];
-
-export async function up(db: Kysely<unknown>): Promise<void> {
-  for (const statement of statements) await sql.raw(statement).execute(db);
-}
+].map(createTable);
 
 export async function down(db: Kysely<unknown>): Promise<void> {
   for (const table of ['psp_webhook', 'psp_charge', 'psp_payment']) {

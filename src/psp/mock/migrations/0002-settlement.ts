@@ -4,11 +4,11 @@
  * charged never changes. One adjustment per (charge, kind); asking again replaces its amount.
  */
 import { sql, type Kysely } from 'kysely';
+import { createTable, type MigrationStep } from '../../../storage/migrations/steps.js';
 
-export async function up(db: Kysely<unknown>): Promise<void> {
-  await sql
-    .raw(
-      `CREATE TABLE psp_settlement_adjustment (
+export const steps: readonly MigrationStep[] = [
+  createTable(
+    `CREATE TABLE psp_settlement_adjustment (
          id             BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
          psp_reference  VARCHAR(64)  NOT NULL,
          kind           VARCHAR(16)  NOT NULL,
@@ -18,9 +18,8 @@ export async function up(db: Kysely<unknown>): Promise<void> {
          CONSTRAINT psp_settlement_adjustment_kind CHECK (
            kind IN ('UNSETTLED', 'AMOUNT', 'DUPLICATE', 'LATE'))
        ) ENGINE=InnoDB`,
-    )
-    .execute(db);
-}
+  ),
+];
 
 export async function down(db: Kysely<unknown>): Promise<void> {
   await sql.raw('DROP TABLE IF EXISTS psp_settlement_adjustment').execute(db);

@@ -6,17 +6,16 @@
  * the two share a schema (MySQL names CHECK constraints per schema).
  */
 import { sql, type Kysely } from 'kysely';
+import { createTable, type MigrationStep } from '../../../storage/migrations/steps.js';
 
-export async function up(db: Kysely<unknown>): Promise<void> {
-  await sql
-    .raw(
-      `CREATE TABLE psp_one_trip_guard (
+export const steps: readonly MigrationStep[] = [
+  createTable(
+    `CREATE TABLE psp_one_trip_guard (
         id TINYINT NOT NULL PRIMARY KEY,
         CONSTRAINT psp_one_trip_row_count_differs CHECK (id <> 1)
       ) ENGINE=InnoDB`,
-    )
-    .execute(db);
-}
+  ),
+];
 
 export async function down(db: Kysely<unknown>): Promise<void> {
   await sql.raw('DROP TABLE IF EXISTS psp_one_trip_guard').execute(db);
