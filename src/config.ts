@@ -125,7 +125,13 @@ export const configSchema = z.object({
   PSP_ERROR_RATE: fraction.default(0),
   PSP_CALL_TIMEOUT_MS: positiveInt.max(60_000).default(3_000),
   PSP_BREAKER_RESET_MS: positiveInt.max(600_000).default(5_000),
-  PSP_BREAKER_ERROR_PERCENT: positiveInt.max(100).default(50),
+  /**
+   * The breaker opens when more than this share of the window's calls failed: at 100 no share is
+   * more, and it would never open, so 99 is the most.
+   */
+  PSP_BREAKER_ERROR_PERCENT: positiveInt
+    .max(99, 'must be at most 99: the breaker opens above it, and no failure share is above 100')
+    .default(50),
   PSP_BREAKER_VOLUME_THRESHOLD: positiveInt.max(1_000).default(5),
   PSP_IN_FLIGHT_MAX: positiveInt.max(10_000).default(256),
 

@@ -307,6 +307,14 @@ describe('main', () => {
     ).toEqual([expect.stringMatching(/^PSP_BREAKER_VOLUME_THRESHOLD: 5 is more than the 4 calls/)]);
   });
 
+  it('refuses a breaker error percent no failure share can exceed', () => {
+    // opossum opens when the failure share is above the threshold: never, at 100.
+    expect(problemsOf({ PSP_BREAKER_ERROR_PERCENT: '100' })).toEqual([
+      expect.stringMatching(/^PSP_BREAKER_ERROR_PERCENT: must be at most 99: /),
+    ]);
+    expect(loadConfig({ PSP_BREAKER_ERROR_PERCENT: '99' }).PSP_BREAKER_ERROR_PERCENT).toBe(99);
+  });
+
   it('refuses statement deadlines not above the lock wait, naming both and their values', () => {
     // A lock wait cut by the client's deadline closes the connection with the outcome unknown,
     // where MySQL would have answered a definite lock wait timeout.
