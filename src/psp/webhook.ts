@@ -179,7 +179,9 @@ export const pspWebhookEventSchema = z
     created: z.number().int().nonnegative(),
     data: z.object({
       nonce: shortText,
-      token: shortText,
+      // As long as payment_order.psp_token and the client's check (128), not shortText's 64: a
+      // PSP whose tokens Settle stores must not see its webhooks for them refused.
+      token: storedText('token'),
       psp_reference: storedText('pspReference').nullable(),
       amount_minor: amountMinorString,
       currency: currencyCode,

@@ -340,6 +340,63 @@ describe('POST /webhooks/psp accepts', () => {
   });
 });
 
+describe('POST /webhooks/psp bounds the PSP token as payment_order.psp_token does (128)', () => {
+  /** A new order, registered at the PSP, whose stored token is then made `length` long. */
+  async function orderWithTokenOf(length: number): Promise<{ id: string; token: string }> {
+    const created = await call(stack.payments.createPayment.bind(stack.payments), {
+      requestId: randomUUID(),
+      buyerId: 'buyer-wh-long-token',
+      currencyCode: 'USD',
+      orders: [{ sellerId: `seller-${randomUUID()}`, amountMinor: 1234n }],
+    });
+    const id = created.payment?.orders[0]?.orderId ?? '';
+    await waitFor(async () => {
+      const row = await stack.settle.db
+        .selectFrom('payment_order')
+        .select('psp_token')
+        .where('id', '=', id)
+        .executeTakeFirst();
+      return row?.psp_token ?? undefined;
+    });
+    // A PSP whose tokens are longer than the mock's (the column and the client take 128).
+    const token = `tok_${'t'.repeat(length - 4)}`;
+    await stack.settle.db
+      .updateTable('payment_order')
+      .set({ psp_token: token })
+      .where('id', '=', id)
+      .execute();
+    return { id, token };
+  }
+
+  it('accepts and applies a decline for an order whose token has 100 characters', async () => {
+    const order = await orderWithTokenOf(100);
+    const body = event({}, { nonce: order.id, token: order.token });
+    expect(await postWebhook(stack, body)).toMatchObject({ status: 200 });
+    const state = await waitFor(async () => {
+      const row = await stack.settle.db
+        .selectFrom('payment_order')
+        .select('state')
+        .where('id', '=', order.id)
+        .executeTakeFirst();
+      return row?.state === 'FAILED' ? row.state : undefined;
+    });
+    expect(state).toBe('FAILED');
+  });
+
+  it('refuses a token of 129 characters with 400 naming the field and the limit, writing nothing', async () => {
+    const before = await rowCounts(stack.settle.db);
+    const body = event({}, { token: `tok_${'t'.repeat(125)}` });
+    const response = await post(body, sign(body));
+    expect(response.status).toBe(400);
+    expect(response.body.error).toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      reason: 'NOT_A_PSP_EVENT',
+    });
+    expect(response.body.error?.message).toMatch(/data\.token: .*128/);
+    expect(await rowCounts(stack.settle.db)).toEqual(before);
+  });
+});
+
 describe('POST /webhooks/psp during a secret rotation (PSP_WEBHOOK_SECRET_PREVIOUS)', () => {
   const previous = 'whsec_rotating_out_0123456789';
   let rotating: Stack;
