@@ -344,6 +344,12 @@ export async function startSettle(
             if (call.ok) logger.debug(call, `PSP ${call.op} ok in ${call.ms} ms`);
             else logger.warn(call, `PSP ${call.op} failed: ${call.error ?? ''}`);
           },
+          onTurnCut: (cut) =>
+            logger.error(
+              cut,
+              `order ${cut.orderId}: a turn reached its bound of ${cut.eventsMax} events with ` +
+                `${cut.left.join(', ')} left; its command is retried`,
+            ),
         }),
       {
         mailboxCapacity: config.ACTOR_MAILBOX_CAPACITY,

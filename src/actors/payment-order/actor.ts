@@ -49,6 +49,16 @@ export type OrderActorDeps = Readonly<{
     /** Refused by the circuit breaker: the call never left this node. */
     notSent?: boolean;
   }) => void;
+  /**
+   * Events one message may cause in one turn, at most (EVENTS_PER_TURN_MAX when unset; tests
+   * lower it to reach the bound with the machine's real chains, which are 4 events at most).
+   */
+  eventsPerTurnMax?: number;
+  /**
+   * A turn reached its bound with events left: they were not applied, and the message is handed
+   * back for a retry (logged as an error: a chain that long is a bug of the machine).
+   */
+  onTurnCut?: (cut: { orderId: string; eventsMax: number; left: readonly string[] }) => void;
 }>;
 
 /**
@@ -105,7 +115,8 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
     let outcome: HandleOutcome = { kind: 'done' };
     let receiptStored = false;
     let outboxRowDeleted = false;
-    for (let step = 0; step < EVENTS_PER_TURN_MAX; step += 1) {
+    const eventsMax = this.deps.eventsPerTurnMax ?? EVENTS_PER_TURN_MAX;
+    for (let step = 0; step < eventsMax; step += 1) {
       const event = pending.shift();
       if (event === undefined) break;
       // Only the message's own event carries its receipt; the events its effects produce do not.
@@ -130,6 +141,18 @@ export class PaymentOrderActor implements ActorLogic<OrderMessage, HandleOutcome
         if (next === 'retry') outcome = { kind: 'retry', reason: retryReason(effect) };
         else if (next !== undefined) pending.push(next);
       }
+    }
+    if (pending.length > 0) {
+      // Never dropped: an event left here is an outside effect's result (a PSP registration, a
+      // charge learnt) that nothing else would apply, and acking the message would lose it. The
+      // turn's writes so far are committed; the retry starts again from there, and asks the PSP
+      // again what the left events said (a registration is deduplicated by nonce).
+      const left = pending.map((event) => event.type);
+      this.deps.onTurnCut?.({ orderId: this.orderId, eventsMax, left });
+      return {
+        kind: 'retry',
+        reason: `the turn reached its bound of ${eventsMax} events with ${left.join(', ')} left`,
+      };
     }
     if (outcome.kind !== 'done') return outcome;
     return {
