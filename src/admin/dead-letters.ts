@@ -48,7 +48,10 @@ export type DeadLetterRecord = Readonly<{
  * answers whether this call recorded it. A message is its deadLetterKey; should a different
  * message still meet a row under that key (a stream recreated while its creation time was not
  * read anew), its payload tells them apart and it is kept under a key of its own: a dead letter
- * dropped is a message terminated that no operator will see.
+ * dropped is a message terminated that no operator will see. A message whose order already has
+ * an OPEN entry with the same reason and the same payload (the same command, sent again and
+ * refused again the same way: the janitor's status check of an order whose PSP answer Settle
+ * cannot store) is not recorded again either: that entry already says all it would.
  */
 export async function recordDeadLetter(
   db: Db,
@@ -59,15 +62,29 @@ export async function recordDeadLetter(
   const entry = fittedToColumns(given);
   if (await recordedUnderSequenceKey(db, streamName, entry)) return false;
   const key = deadLetterKey(streamName, entry);
-  if (await insertDeadLetter(db, key, entry, now)) return true;
+  const inserted = await insertDeadLetter(db, key, entry, now);
+  if (inserted !== INSERTED.keyTaken) return inserted === INSERTED.yes;
   const stored = await db
     .selectFrom('dead_letter')
     .select('payload')
     .where('dedupe_key', '=', key)
     .executeTakeFirst();
   if (stored?.payload === entry.payload) return false;
-  return insertDeadLetter(db, `${key}#${payloadDigest(entry.payload)}`, entry, now);
+  return (
+    (await insertDeadLetter(db, `${key}#${payloadDigest(entry.payload)}`, entry, now)) ===
+    INSERTED.yes
+  );
 }
+
+/** What an insert of a dead letter did. */
+const INSERTED = {
+  yes: 'YES',
+  /** A row has the dedupe key already. */
+  keyTaken: 'KEY_TAKEN',
+  /** The order has an OPEN entry with the same reason and payload (dead_letter_open_once). */
+  openRepeat: 'OPEN_REPEAT',
+} as const;
+type Inserted = (typeof INSERTED)[keyof typeof INSERTED];
 
 /** `payload` and `last_error` are TEXT: 65,535 bytes. */
 const TEXT_BYTES_MAX = 65_535;
@@ -122,13 +139,13 @@ async function recordedUnderSequenceKey(
   return row !== undefined && row.payload === entry.payload;
 }
 
-/** Inserts the entry under `dedupeKey`; false when a row has that key already. */
+/** Inserts the entry under `dedupeKey`, unless a row has that key or is its OPEN repeat. */
 async function insertDeadLetter(
   db: Db,
   dedupeKey: string,
   entry: DeadLetter,
   now: Date,
-): Promise<boolean> {
+): Promise<Inserted> {
   try {
     await db
       .insertInto('dead_letter')
@@ -147,10 +164,11 @@ async function insertDeadLetter(
         updated_at: now,
       })
       .execute();
-    return true;
+    return INSERTED.yes;
   } catch (error) {
-    if (!isDuplicateKey(error, 'dead_letter_dedupe')) throw error;
-    return false;
+    if (isDuplicateKey(error, 'dead_letter_dedupe')) return INSERTED.keyTaken;
+    if (isDuplicateKey(error, 'dead_letter_open_once')) return INSERTED.openRepeat;
+    throw error;
   }
 }
 

@@ -58,7 +58,9 @@ export type ConsumerOptions = Readonly<{
   /**
    * Durably records a dead letter (MySQL); awaited before the message is terminated. Answers
    * false when this very message was already recorded (another node heard the advisory too, or
-   * a node recorded it and died before terminating it); it is then terminated, not counted again.
+   * a node recorded it and died before terminating it), or when its order has an OPEN entry for
+   * the same command and reason (a janitor's check refused again); it is then terminated, not
+   * counted again.
    */
   recordDeadLetter: (entry: DeadLetter) => Promise<boolean | void>;
   onDeadLetter?: (entry: DeadLetter) => void;

@@ -3,7 +3,7 @@
  * holding money are BIGINT and arrive as decimal strings (mysql2 bigNumberStrings); repositories
  * turn them into bigint. Times are DATETIME(3) in UTC.
  */
-import type { ColumnType, Generated, Insertable, Selectable } from 'kysely';
+import type { ColumnType, Generated, GeneratedAlways, Insertable, Selectable } from 'kysely';
 
 /** BIGINT: read as a decimal string, written as bigint or string. */
 export type BigIntColumn = ColumnType<string, bigint | string, bigint | string>;
@@ -140,6 +140,13 @@ export interface DeadLetterTable {
   resolution_note: string | null;
   created_at: Timestamp;
   updated_at: Timestamp;
+  /**
+   * Generated: the payload's SHA-256, and 1 while the entry is OPEN (NULL once closed). With
+   * order_id and reason they key `dead_letter_open_once`: one OPEN entry per order, reason and
+   * command (migration 0009).
+   */
+  payload_sha256: GeneratedAlways<Buffer>;
+  open_flag: GeneratedAlways<number | null>;
 }
 
 export interface AdminAuditTable {

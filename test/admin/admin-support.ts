@@ -71,7 +71,8 @@ export async function recordedDeadLetter(stack: Stack, orderId: string | null): 
       attempts: 3,
       reason: 'RETRIES_EXHAUSTED',
       lastError: 'fixture',
-      payload: '{}',
+      // A payload of its own: an order holds one OPEN entry per reason and payload.
+      payload: JSON.stringify({ fixture: position.streamSequence }),
       deadLetteredAt: new Date().toISOString(),
     },
     new Date(),

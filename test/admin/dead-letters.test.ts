@@ -3,7 +3,10 @@
  * same message is ignored (answered false), but a different message that meets its key (a reused
  * sequence whose stream's creation time was read stale) gets a row of its own, and a row written
  * before the key named the stream's creation time still dedupes its own message's redelivery;
- * and an entry longer than its columns is cut to fit rather than refused.
+ * an order holds one OPEN entry per reason and command (payload), so a command sent again and
+ * refused again the same way (the janitor's status checks) does not pile up, while another
+ * command, another reason or a closed entry's repeat is recorded; and an entry longer than its
+ * columns is cut to fit rather than refused.
  * Method: recordDeadLetter on a migrated database of the real MariaDB; rows read back.
  */
 import { sql } from 'kysely';
@@ -75,9 +78,14 @@ describe('recording a dead letter', () => {
   it('a message of a stream created anew at the same sequence is another message', async () => {
     const entry = entryOf(newId('order'));
     expect(await record(entry)).toBe(true);
-    expect(await record({ ...entry, streamCreatedAt: '2026-01-02T00:00:00.000000001Z' })).toBe(
-      true,
-    );
+    expect(
+      await record({
+        ...entry,
+        streamCreatedAt: '2026-01-02T00:00:00.000000001Z',
+        // Another command of the order: the same one would be an OPEN repeat (below).
+        payload: JSON.stringify({ type: 'ExpireOrder', orderId: entry.orderId }),
+      }),
+    ).toBe(true);
     expect(await ordersRecorded()).toEqual([entry.orderId, entry.orderId]);
     await sql`DELETE FROM dead_letter`.execute(database.db);
   });
@@ -132,11 +140,57 @@ describe('recording a dead letter', () => {
     // Another message at that sequence.
     const other = entryOf(newId('order'));
     expect(await record(other)).toBe(true);
-    // The same body in a stream created after the row was written: a message of its own.
-    expect(await record({ ...entry, streamCreatedAt: '2026-01-02T00:00:00.000000000Z' })).toBe(
-      true,
-    );
+    // The same body in a stream created after the row was written: a message of its own (with
+    // another reason, as the same command refused the same way is an OPEN repeat, below).
+    expect(
+      await record({
+        ...entry,
+        streamCreatedAt: '2026-01-02T00:00:00.000000000Z',
+        reason: 'RETRIES_EXHAUSTED',
+      }),
+    ).toBe(true);
     expect(await ordersRecorded()).toEqual([entry.orderId, other.orderId, entry.orderId]);
+    await sql`DELETE FROM dead_letter`.execute(database.db);
+  });
+  it('keeps one OPEN entry per order, reason and command: a repeat of it is not recorded', async () => {
+    const orderId = newId('order');
+    const check = entryOf(orderId, { streamSequence: 21 });
+    expect(await record(check)).toBe(true);
+    // The janitor's next check of the order, refused the same way: another stream message.
+    expect(await record({ ...check, streamSequence: 22, attempts: 1 })).toBe(false);
+    expect(await record({ ...check, streamSequence: 23, attempts: 1 })).toBe(false);
+    // Another reason, another command: entries of their own.
+    expect(await record({ ...check, streamSequence: 24, reason: 'RETRIES_EXHAUSTED' })).toBe(true);
+    const expire = JSON.stringify({ type: 'ExpireOrder', orderId });
+    expect(await record({ ...check, streamSequence: 25, payload: expire })).toBe(true);
+    // No order (a malformed command): never taken for a repeat.
+    const malformed = entryOf(orderId, { orderId: null, reason: 'MALFORMED_COMMAND' });
+    expect(await record({ ...malformed, streamSequence: 26 })).toBe(true);
+    expect(await record({ ...malformed, streamSequence: 27 })).toBe(true);
+    expect(await ordersRecorded()).toEqual([orderId, orderId, orderId, null, null]);
+    await sql`DELETE FROM dead_letter`.execute(database.db);
+  });
+
+  it('records the repeat anew once the OPEN entry is closed', async () => {
+    const orderId = newId('order');
+    const check = entryOf(orderId, { streamSequence: 31 });
+    expect(await record(check)).toBe(true);
+    await sql`UPDATE dead_letter SET state = 'RESOLVED' WHERE order_id = ${orderId}`.execute(
+      database.db,
+    );
+    expect(await record({ ...check, streamSequence: 32 })).toBe(true);
+    // And that one is OPEN again: its own repeat is not recorded.
+    expect(await record({ ...check, streamSequence: 33 })).toBe(false);
+    const rows = await database.db
+      .selectFrom('dead_letter')
+      .select(['stream_sequence', 'state'])
+      .where('order_id', '=', orderId)
+      .orderBy('id')
+      .execute();
+    expect(rows).toEqual([
+      { stream_sequence: '31', state: 'RESOLVED' },
+      { stream_sequence: '32', state: 'OPEN' },
+    ]);
     await sql`DELETE FROM dead_letter`.execute(database.db);
   });
 });

@@ -2,7 +2,8 @@
  * Goal: an answer of the PSP with a value longer than Settle's column (a token, a PSP reference)
  * is refused once at the client, as a PSP protocol error: the command is dead-lettered at once as
  * NON_RETRYABLE with the field, its length and the limit, the PSP is asked once (not once per
- * retry, each write failing with "Data too long"), and the order is left for an operator.
+ * retry, each write failing with "Data too long"), and the order is left for an operator; the
+ * janitor's later checks of that order, refused the same way, add no second open dead letter.
  * Method: a real Settle node whose PSP client talks to a small gRPC server in this test that
  * forwards to the real PSP mock and lengthens chosen values of its answers; it counts the calls.
  * Webhooks go nowhere (the server points them at a closed port), so a charge is only learnt by a
@@ -277,6 +278,38 @@ describe('PSP answers longer than Settle stores', () => {
     const order = await orderRow(orderId);
     expect(order?.state).toBe('EXECUTING');
     expect(order?.psp_reference).toBeNull();
+    expect(await ledgerTransactionsOf(orderId)).toBe(0);
+  });
+
+  it('keeps one open dead letter for a paid order with a PSP reference too long, however often the janitor checks it', async () => {
+    const orderId = await createOrder(2_500n);
+    const token = await waitFor(async () => (await orderRow(orderId))?.psp_token ?? undefined, {
+      what: 'the registration',
+    });
+    await call(stack.pspApi.payWithCard.bind(stack.pspApi), { token, cardNumber: CARD.success });
+    longReference.add(orderId);
+
+    const checksMax = 3;
+    for (let check = 1; check <= checksMax; check += 1) {
+      // The order is still EXECUTING and quiet: each pass (once its lease is over) checks it again.
+      await sql`UPDATE payment_order SET janitor_lease_until = NULL
+        WHERE id = ${orderId}`.execute(stack.settle.db);
+      const pass = await stack.settle.janitor.runOnce();
+      expect(pass.checked).toContain(orderId);
+      await waitFor(
+        async () => ((asked.get(`status:${orderId}`) ?? 0) >= check ? true : undefined),
+        { timeoutMs: 15_000, what: `status check ${check}` },
+      );
+    }
+
+    const dead = await settledDeadLetters(orderId);
+    // One entry for the operator, not one per check: every check asked the same question and
+    // got the same refusal.
+    expect(asked.get(`status:${orderId}`)).toBe(checksMax);
+    expect(dead).toHaveLength(1);
+    expect(dead[0]?.reason).toBe('NON_RETRYABLE');
+    expect(dead[0]?.last_error).toMatch(/pspReference of 65 characters/);
+    expect((await orderRow(orderId))?.state).toBe('EXECUTING');
     expect(await ledgerTransactionsOf(orderId)).toBe(0);
   });
 

@@ -36,6 +36,7 @@ const STEPS_PER_MIGRATION: ReadonlyArray<readonly [string, number]> = [
   ['0006-one-trip-guard', 1],
   ['0007-dead-letter-resolved', 2],
   ['0008-dead-letter-retention', 1],
+  ['0009-dead-letter-open-once', 3],
 ];
 const MIGRATIONS = STEPS_PER_MIGRATION.map(([name]) => name);
 
@@ -127,6 +128,56 @@ describe('resumable migrations', () => {
     }
   });
 
+  it('0009 closes the OPEN repeats recorded before its key, keeping the oldest of each OPEN', async () => {
+    const fresh = await freshDatabase();
+    try {
+      // The generated columns are there, the key is not: as a database upgraded from 0008.
+      const at = { migration: '0009-dead-letter-open-once', step: 0, phase: 'RECORDED' } as const;
+      await expect(migrateToLatest(fresh.db, { hooks: { afterStep: stopAt(at) } })).rejects.toThrow(
+        /stopped after/,
+      );
+      const check = JSON.stringify({ type: 'CheckOrderStatus', orderId: 'ord_repeat' });
+      const expire = JSON.stringify({ type: 'ExpireOrder', orderId: 'ord_repeat' });
+      const rows: Array<[string, string | null, string, string]> = [
+        ['k1', 'ord_repeat', check, 'OPEN'],
+        ['k2', 'ord_repeat', check, 'OPEN'],
+        ['k3', 'ord_repeat', check, 'OPEN'],
+        ['k4', 'ord_repeat', expire, 'OPEN'],
+        ['k5', 'ord_repeat', check, 'DISCARDED'],
+        ['k6', null, check, 'OPEN'],
+        ['k7', null, check, 'OPEN'],
+      ];
+      for (const [key, orderId, payload, state] of rows) {
+        await sql`INSERT INTO dead_letter (dedupe_key, stream_sequence, order_id, subject, reason,
+            attempts, last_error, payload, state, created_at, updated_at)
+          VALUES (${key}, 1, ${orderId}, 'settle.t.cmd.0', 'NON_RETRYABLE', 1, 'refused',
+            ${payload}, ${state}, NOW(3), NOW(3))`.execute(fresh.db);
+      }
+      await migrateToLatest(fresh.db);
+      expect(await schemaOf(fresh.db)).toEqual(clean);
+      const after = await sql<{
+        dedupe_key: string;
+        state: string;
+        resolution_note: string | null;
+      }>`
+        SELECT dedupe_key, state, resolution_note FROM dead_letter ORDER BY id`.execute(fresh.db);
+      const kept = await sql<{ id: string }>`SELECT id FROM dead_letter
+        WHERE dedupe_key = 'k1'`.execute(fresh.db);
+      const note = `a repeat of dead letter ${kept.rows[0]?.id ?? '?'}, which stays open`;
+      expect(after.rows).toEqual([
+        { dedupe_key: 'k1', state: 'OPEN', resolution_note: null },
+        { dedupe_key: 'k2', state: 'RESOLVED', resolution_note: note },
+        { dedupe_key: 'k3', state: 'RESOLVED', resolution_note: note },
+        { dedupe_key: 'k4', state: 'OPEN', resolution_note: null },
+        { dedupe_key: 'k5', state: 'DISCARDED', resolution_note: null },
+        { dedupe_key: 'k6', state: 'OPEN', resolution_note: null },
+        { dedupe_key: 'k7', state: 'OPEN', resolution_note: null },
+      ]);
+    } finally {
+      await fresh.close();
+    }
+  });
+
   it('resumes a migration left half-applied before steps were recorded', async () => {
     const fresh = await freshDatabase();
     try {
@@ -141,6 +192,9 @@ describe('resumable migrations', () => {
         'ALTER TABLE dead_letter DROP CONSTRAINT dead_letter_state_known',
         `ALTER TABLE dead_letter ADD CONSTRAINT dead_letter_state_known
            CHECK (state IN ('OPEN', 'REPLAYED', 'DISCARDED'))`,
+        // 0009 came after step records: a database of the code before them has none of it.
+        'DROP INDEX dead_letter_open_once ON dead_letter',
+        'ALTER TABLE dead_letter DROP COLUMN open_flag, DROP COLUMN payload_sha256',
       ]) {
         await sql.raw(statement).execute(fresh.db);
       }
