@@ -18,6 +18,7 @@ import type { PspPort } from './actors/payment-order/effects.js';
 import {
   CommandConsumer,
   maxDeliveries,
+  type DeadLetter,
   type HandleOutcome,
 } from './messaging/command-consumer.js';
 import type { Command } from './messaging/commands.js';
@@ -52,7 +53,11 @@ import { grpcCallObserver } from './observability/request-log.js';
 import { repeatingFailureLog } from './observability/repeating-failure.js';
 import { operatorRoutes } from './http/operator.routes.js';
 import { WrongTokenLimit, type WrongTokenLimitOptions } from './admin/auth.js';
-import { purgeClosedDeadLetters, recordDeadLetter } from './admin/dead-letters.js';
+import {
+  purgeClosedDeadLetters,
+  recordDeadLetter,
+  recordHeldDeadLetter,
+} from './admin/dead-letters.js';
 import { Housekeeping, HOUSEKEEPING_TASK } from './jobs/housekeeping.js';
 import { Janitor } from './jobs/janitor.js';
 import { HealthMonitor } from './observability/health-monitor.js';
@@ -366,10 +371,38 @@ export async function startSettle(
     // its retries on that refusal until orders were dead-lettered. New orders run here take half.
     const localMax =
       config.LOCAL_EXECUTE_HOLD_MS > 0 ? Math.max(1, Math.floor(config.PSP_IN_FLIGHT_MAX / 2)) : 0;
+    // A dead letter recorded by this node, the consumer's or a local run's: counted and logged.
+    const onDeadLetter = (entry: DeadLetter) => {
+      metrics.deadLetter(entry.reason);
+      logger.error(
+        { orderId: entry.orderId, reason: entry.reason, attempts: entry.attempts },
+        `dead-lettered: ${entry.lastError}`,
+      );
+    };
     const local = new LocalExecutor(
       {
         db,
         send: (orderId, message) => registry.send(orderId, message),
+        commandSubject: (orderId) => names.commandSubject(orderId),
+        deadLetter: async (entry, msgId) => {
+          const recorded = await recordHeldDeadLetter(db, msgId, entry, now());
+          // The stream copy, as the consumer makes one, is for JetStream tooling only.
+          if (recorded) {
+            await js
+              .publish(names.deadLetterSubject, JSON.stringify(entry), {
+                msgID: `dlq:outbox:${msgId}`,
+                timeout: 5_000,
+              })
+              .catch((error: unknown) =>
+                logger.error(
+                  { err: error, orderId: entry.orderId },
+                  'dead-letter stream publish failed',
+                ),
+              );
+          }
+          return recorded;
+        },
+        onDeadLetter,
         wakeRelay: () => relay.wake(),
         now,
         onError: (error, context) =>
@@ -408,13 +441,7 @@ export async function startSettle(
         metrics.retry();
         logger.warn(retry, `retrying order ${retry.orderId} in ${retry.delayMs} ms`);
       },
-      onDeadLetter: (entry) => {
-        metrics.deadLetter(entry.reason);
-        logger.error(
-          { orderId: entry.orderId, reason: entry.reason, attempts: entry.attempts },
-          `dead-lettered: ${entry.lastError}`,
-        );
-      },
+      onDeadLetter,
     });
 
     const payments = new PaymentService({

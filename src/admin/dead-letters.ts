@@ -14,9 +14,9 @@ import { deadLetterKey, type DeadLetter } from '../messaging/command-consumer.js
 import type { Db } from '../storage/db.js';
 import { isDuplicateKey } from '../storage/errors.js';
 import { deleteInBatches, type PurgeBounds } from '../storage/sql.js';
-import { enqueueOutbox } from '../storage/repositories/outbox.repository.js';
+import { enqueueOutbox, outboxDeleteByMsgId } from '../storage/repositories/outbox.repository.js';
 import { executeOrderPayload, parseCommand } from '../messaging/commands.js';
-import { inTransaction } from '../storage/transaction.js';
+import { inTransaction, type Trx } from '../storage/transaction.js';
 import { requireReason } from './audit.js';
 
 export const DEAD_LETTER_STATE = {
@@ -74,6 +74,29 @@ export async function recordDeadLetter(
     (await insertDeadLetter(db, `${key}#${payloadDigest(entry.payload)}`, entry, now)) ===
     INSERTED.yes
   );
+}
+
+/**
+ * Records the dead letter of a command refused for good by the node that wrote it, before any
+ * relay published it (a new order's ExecuteOrder run there: actors/payment-order/local-execute.ts),
+ * and deletes the command's held outbox row in the same transaction, so the relay never publishes
+ * it to be refused again. The entry is the one the consumer would record (same reason, payload
+ * and OPEN-repeat rule); it names no stream message (sequence 0) and is keyed by the row's
+ * message id instead. Answers whether this call recorded it.
+ */
+export async function recordHeldDeadLetter(
+  db: Db,
+  msgId: string,
+  given: DeadLetter,
+  now: Date,
+): Promise<boolean> {
+  const entry = fittedToColumns(given);
+  return inTransaction(db, async (trx) => {
+    // A duplicate key fails the INSERT alone, not the transaction: the row goes all the same.
+    const inserted = await insertDeadLetter(trx, `outbox:${msgId}`, entry, now);
+    await trx.executeQuery(outboxDeleteByMsgId(trx, [msgId]));
+    return inserted === INSERTED.yes;
+  });
 }
 
 /** What an insert of a dead letter did. */
@@ -141,7 +164,7 @@ async function recordedUnderSequenceKey(
 
 /** Inserts the entry under `dedupeKey`, unless a row has that key or is its OPEN repeat. */
 async function insertDeadLetter(
-  db: Db,
+  db: Db | Trx,
   dedupeKey: string,
   entry: DeadLetter,
   now: Date,

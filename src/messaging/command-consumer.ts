@@ -126,7 +126,7 @@ export function maxDeliveries(backoffMs: readonly number[]): number {
  * question again (the PSP refusing our credentials, say) and end as RETRIES_EXHAUSTED, which
  * misleads the operator. An error that says nothing (a bug, a driver's error) is retried.
  */
-function outcomeOfThrow(error: unknown): HandleOutcome {
+export function outcomeOfThrow(error: unknown): HandleOutcome {
   const reason = error instanceof Error ? error.message : String(error);
   const retryable = (error as { retryable?: unknown } | null | undefined)?.retryable;
   return retryable === false ? { kind: 'reject', reason } : { kind: 'retry', reason };

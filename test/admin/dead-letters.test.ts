@@ -11,9 +11,11 @@
  */
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { recordDeadLetter } from '../../src/admin/dead-letters.js';
+import { recordDeadLetter, recordHeldDeadLetter } from '../../src/admin/dead-letters.js';
 import { newId } from '../../src/domain/ids.js';
 import type { DeadLetter } from '../../src/messaging/command-consumer.js';
+import { executeOrderMsgId, executeOrderPayload } from '../../src/messaging/commands.js';
+import { outboxInsert } from '../../src/storage/repositories/outbox.repository.js';
 import { openTestDatabase, type TestDatabase } from '../support/harness.js';
 
 let database: TestDatabase;
@@ -191,6 +193,47 @@ describe('recording a dead letter', () => {
       { stream_sequence: '31', state: 'RESOLVED' },
       { stream_sequence: '32', state: 'OPEN' },
     ]);
+    await sql`DELETE FROM dead_letter`.execute(database.db);
+  });
+  it('records a held command refused on its node with its row deleted, and the consumer as a repeat', async () => {
+    const orderId = newId('order');
+    const msgId = executeOrderMsgId(orderId);
+    const payload = executeOrderPayload(orderId, 0);
+    const now = new Date();
+    await database.db.executeQuery(
+      outboxInsert(
+        database.db,
+        [
+          {
+            subject: 'settle.test.cmd.0',
+            msgId,
+            payload,
+            availableAt: new Date(now.getTime() + 60_000),
+          },
+        ],
+        now,
+      ),
+    );
+    const refused = entryOf(orderId, { streamSequence: 0, streamCreatedAt: '', payload });
+    expect(await recordHeldDeadLetter(database.db, msgId, refused, now)).toBe(true);
+    const held = await database.db
+      .selectFrom('outbox')
+      .select('id')
+      .where('msg_id', '=', msgId)
+      .execute();
+    expect(held).toEqual([]);
+    // Run again there (it cannot be relayed now), or relayed before the row went and refused by
+    // the consumer the same way: the same entry, not a second one.
+    expect(await recordHeldDeadLetter(database.db, msgId, refused, now)).toBe(false);
+    expect(
+      await record({ ...refused, streamSequence: 41, streamCreatedAt: STREAM_CREATED_AT }),
+    ).toBe(false);
+    const rows = await database.db
+      .selectFrom('dead_letter')
+      .select(['dedupe_key', 'stream_sequence', 'payload'])
+      .where('order_id', '=', orderId)
+      .execute();
+    expect(rows).toEqual([{ dedupe_key: `outbox:${msgId}`, stream_sequence: '0', payload }]);
     await sql`DELETE FROM dead_letter`.execute(database.db);
   });
 });

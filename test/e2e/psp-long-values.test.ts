@@ -32,6 +32,8 @@ import {
   CARD,
   expectMoneyInvariants,
   freePort,
+  metricSample,
+  scrapeMetrics,
   startStack,
   waitFor,
   type Stack,
@@ -47,6 +49,8 @@ let stack: Stack;
 let server: grpc.Server;
 let upstream: PspServiceClient | undefined;
 let psp: PspClient;
+/** The address of the lengthening PSP server. */
+let lengtheningAddress: string;
 /** Orders whose status the server answers with a PSP reference too long. */
 const longReference = new Set<string>();
 /** Orders whose status the server answers with a decline code longer than a failure reason. */
@@ -136,6 +140,7 @@ async function startLengtheningPsp(): Promise<string> {
 
 beforeAll(async () => {
   const address = await startLengtheningPsp();
+  lengtheningAddress = address;
   psp = createPspClient({
     address,
     callTimeoutMs: 3_000,
@@ -170,8 +175,8 @@ afterEach(async () => {
   await expectMoneyInvariants(stack.settle.db);
 });
 
-async function createOrder(amountMinor: bigint): Promise<string> {
-  const created = await call(stack.payments.createPayment.bind(stack.payments), {
+async function createOrder(amountMinor: bigint, on: Stack = stack): Promise<string> {
+  const created = await call(on.payments.createPayment.bind(on.payments), {
     requestId: randomUUID(),
     buyerId: 'buyer-long-values',
     currencyCode: 'USD',
@@ -182,17 +187,24 @@ async function createOrder(amountMinor: bigint): Promise<string> {
 
 type OrderRow = { state: string; psp_token: string | null; psp_reference: string | null };
 
-async function orderRow(orderId: string): Promise<OrderRow | undefined> {
+async function orderRow(orderId: string, on: Stack = stack): Promise<OrderRow | undefined> {
   const result = await sql<OrderRow>`SELECT state, psp_token, psp_reference
-    FROM payment_order WHERE id = ${orderId}`.execute(stack.settle.db);
+    FROM payment_order WHERE id = ${orderId}`.execute(on.settle.db);
   return result.rows[0];
 }
 
-type DeadLetterRow = { reason: string; attempts: number; last_error: string };
+type DeadLetterRow = {
+  reason: string;
+  attempts: number;
+  last_error: string;
+  payload: string;
+  stream_sequence: string;
+};
 
-async function deadLettersOf(orderId: string): Promise<DeadLetterRow[]> {
-  const result = await sql<DeadLetterRow>`SELECT reason, attempts, last_error
-    FROM dead_letter WHERE order_id = ${orderId} ORDER BY id`.execute(stack.settle.db);
+async function deadLettersOf(orderId: string, on: Stack = stack): Promise<DeadLetterRow[]> {
+  const result = await sql<DeadLetterRow>`SELECT reason, attempts, last_error, payload,
+      stream_sequence
+    FROM dead_letter WHERE order_id = ${orderId} ORDER BY id`.execute(on.settle.db);
   return result.rows;
 }
 
@@ -203,13 +215,13 @@ async function ledgerTransactionsOf(orderId: string): Promise<number> {
 }
 
 /** Waits for the order's first dead letter, then a while longer for any retry to show. */
-async function settledDeadLetters(orderId: string): Promise<DeadLetterRow[]> {
-  await waitFor(async () => ((await deadLettersOf(orderId)).length > 0 ? true : undefined), {
+async function settledDeadLetters(orderId: string, on: Stack = stack): Promise<DeadLetterRow[]> {
+  await waitFor(async () => ((await deadLettersOf(orderId, on)).length > 0 ? true : undefined), {
     timeoutMs: 15_000,
     what: 'the dead letter',
   });
   await sleep(1_000);
-  return deadLettersOf(orderId);
+  return deadLettersOf(orderId, on);
 }
 
 describe('PSP answers longer than Settle stores', () => {
@@ -332,5 +344,63 @@ describe('PSP answers longer than Settle stores', () => {
     expect(failed.rows[0]?.failure_reason).toBe('d'.repeat(64));
     expect(await deadLettersOf(orderId)).toEqual([]);
     expect(asked.get(`status:${orderId}`)).toBe(1);
+  });
+});
+
+describe('a registration answered with a token too long, run on the node that created the order', () => {
+  let local: Stack | undefined;
+  beforeAll(async () => {
+    local = await startStack({
+      env: {
+        RETRY_BACKOFF_MS: '100,200,400,800,1600',
+        CREATE_WAIT_MS: '0',
+        // New orders run here first; their rows are held long past this test.
+        LOCAL_EXECUTE_HOLD_MS: '30000',
+        JANITOR_INTERVAL_MS: '3600000',
+      },
+      overrides: {
+        psp: createPspClient({
+          address: lengtheningAddress,
+          callTimeoutMs: 3_000,
+          breaker: { resetTimeoutMs: 1_000, errorThresholdPercentage: 50, volumeThreshold: 5 },
+          inFlightMax: 64,
+        }),
+      },
+    });
+  });
+  afterAll(async () => {
+    await local?.stop();
+  });
+
+  it('is dead-lettered here as the consumer would, the PSP asked once, its held row gone', async () => {
+    const on = local as Stack;
+    const deadLettersCounted = async () =>
+      metricSample(await scrapeMetrics(on.settleHttp), 'settle_dead_letters_total', {
+        reason: 'NON_RETRYABLE',
+      }) ?? 0;
+    const countedBefore = await deadLettersCounted();
+    const orderId = await createOrder(LONG_TOKEN_AMOUNT_MINOR, on);
+
+    const dead = await settledDeadLetters(orderId, on);
+    // Not handed to JetStream for a second registration and the same refusal.
+    expect(asked.get(`register:${orderId}`)).toBe(1);
+    expect(dead).toHaveLength(1);
+    expect(dead[0]).toMatchObject({ reason: 'NON_RETRYABLE', attempts: 1, stream_sequence: '0' });
+    expect(dead[0]?.last_error).toMatch(
+      /RegisterPayment with a token of 129 characters, longer than the 128 Settle stores/,
+    );
+    // The payload the consumer would have had: replayable as any ExecuteOrder.
+    expect(JSON.parse(dead[0]?.payload ?? '')).toEqual({ type: 'ExecuteOrder', orderId });
+    const held = await on.settle.db
+      .selectFrom('outbox')
+      .select('msg_id')
+      .where('msg_id', '=', `exec:${orderId}`)
+      .execute();
+    expect(held).toEqual([]);
+    expect(await deadLettersCounted()).toBe(countedBefore + 1);
+    const order = await orderRow(orderId, on);
+    expect(order?.state).toBe('EXECUTING');
+    expect(order?.psp_token).toBeNull();
+    await expectMoneyInvariants(on.settle.db);
   });
 });

@@ -16,6 +16,11 @@
  * - when it rejects the command (the order vanished or refuses it: not expected for an order just
  *   created), the row is handed over at once: the consumer runs it again and, if it is refused
  *   there too, dead-letters it with the consumer's own reason;
+ * - when it throws an error that says it is not retryable (the PSP answered a registration with
+ *   a token Settle cannot store), the command is dead-lettered here, as the consumer would
+ *   (NON_RETRYABLE, the row's payload, one OPEN entry per order, reason and command), and the row
+ *   is deleted in the same transaction: handed over, it would only ask the PSP the same question
+ *   again, one hop later, for the same dead letter;
  * - if this node dies before either, the row becomes due when the hold ends and any node's relay
  *   publishes it: the order is executed there (an ExecuteOrder that finds the order further on
  *   is a no-op, and the PSP deduplicates a registration by the order's id).
@@ -23,7 +28,12 @@
  * Bounded: at most `inFlightMax` orders run here at once; a payment whose orders do not fit is
  * written with its rows due at once and goes the JetStream way.
  */
-import type { HandleOutcome } from '../../messaging/command-consumer.js';
+import {
+  DEAD_LETTER_REASON,
+  outcomeOfThrow,
+  type DeadLetter,
+  type HandleOutcome,
+} from '../../messaging/command-consumer.js';
 import { executeOrderMsgId, executeOrderPayload } from '../../messaging/commands.js';
 import type { Db } from '../../storage/db.js';
 import { retryOnDeadlock } from '../../storage/transaction.js';
@@ -48,6 +58,16 @@ export type LocalExecuteDeps = Readonly<{
   db: Db;
   /** Delivers a message to the order's actor on this node. */
   send: (orderId: string, message: OrderMessage) => Promise<HandleOutcome>;
+  /** The subject the order's commands are published on (a dead letter names it). */
+  commandSubject: (orderId: string) => string;
+  /**
+   * Records the dead letter of a run refused for good here and deletes the held row `msgId` in
+   * the same transaction (admin/dead-letters.ts recordHeldDeadLetter); false when it was recorded
+   * already (an OPEN entry for the same command and reason).
+   */
+  deadLetter: (entry: DeadLetter, msgId: string) => Promise<boolean>;
+  /** A dead letter recorded here: counted and logged as the consumer's are. */
+  onDeadLetter?: (entry: DeadLetter) => void;
   wakeRelay: () => void;
   now: () => Date;
   onError?: (error: unknown, context: Record<string, unknown>) => void;
@@ -147,9 +167,15 @@ export class LocalExecutor {
         outboxRow: msgId,
       });
     } catch (error) {
+      // Read as the consumer reads a throw: one that says it is not retryable is refused for good.
+      const thrown = outcomeOfThrow(error);
+      if (thrown.kind === 'reject') {
+        await this.deadLetter(order.id, msgId, thrown.reason);
+        return;
+      }
       // Counted as an attempt even when the actor refused before running (a full mailbox): one
       // retry too few is safe, one too many is not.
-      outcome = { kind: 'retry', reason: error instanceof Error ? error.message : String(error) };
+      outcome = thrown;
     }
     if (outcome.kind === 'done') {
       // Deleted with the turn's last transition; on its own (rare) when the turn wrote none.
@@ -179,5 +205,26 @@ export class LocalExecutor {
       });
     }
     if (delayMs === 0) this.deps.wakeRelay();
+  }
+
+  /**
+   * The consumer's NON_RETRYABLE dead letter for this order's ExecuteOrder, on its first attempt,
+   * with the payload its held row carries. Should recording fail, the row stays held and is
+   * relayed when its hold ends: JetStream then runs it, as after a crash here.
+   */
+  private async deadLetter(orderId: string, msgId: string, reason: string): Promise<void> {
+    const entry: DeadLetter = {
+      orderId,
+      subject: this.deps.commandSubject(orderId),
+      // It never reached the stream: no sequence, no stream creation time.
+      streamCreatedAt: '',
+      streamSequence: 0,
+      attempts: 1,
+      reason: DEAD_LETTER_REASON.nonRetryable,
+      lastError: reason.slice(0, 2_000),
+      payload: executeOrderPayload(orderId, 0),
+      deadLetteredAt: this.deps.now().toISOString(),
+    };
+    if (await this.deps.deadLetter(entry, msgId)) this.deps.onDeadLetter?.(entry);
   }
 }

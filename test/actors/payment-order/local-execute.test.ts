@@ -33,6 +33,11 @@ import {
 } from '../../support/harness.js';
 
 const RETRY_DELAY_MS = 60_000;
+/** For runs that are never refused for good: a dead letter would fail the test. */
+const noDeadLetters = {
+  commandSubject: () => 'settle.t.cmd.0',
+  deadLetter: () => Promise.reject(new Error('no dead letter expected')),
+};
 const HOLD_MS = 600_000;
 
 let db: Db;
@@ -86,6 +91,7 @@ describe('handing a failed local run to JetStream', () => {
         db,
         // The PSP call failed: hand it over for a retry.
         send: () => Promise.resolve({ kind: 'retry', reason: 'PSP unavailable' }),
+        ...noDeadLetters,
         wakeRelay: () => undefined,
         now: () => new Date(),
         onError: (error) => errors.push(error),
@@ -187,6 +193,7 @@ describe('a registration refused for good during a run here', () => {
       {
         db,
         send: (id, message) => registry.send(id, message),
+        ...noDeadLetters,
         wakeRelay: () => undefined,
         now: () => new Date(),
         onHandover: (handover) => handovers.push(handover),

@@ -90,10 +90,17 @@ export interface DeadLetter {
   /** Deliveries made before it was dead-lettered. */
   attempts: number;
   lastError: string;
-  /** The command as it was published (JSON). */
+  /**
+   * The command as it was published (JSON), or as its outbox row held it when it was refused
+   * before it reached the stream (stream_sequence 0).
+   */
   payload: string;
   state: DeadLetterState;
   resolutionNote: string;
+  /**
+   * The command stream's sequence of the message; 0 for a new order's ExecuteOrder refused for
+   * good on the node that created the order, before it was ever published.
+   */
   streamSequence: bigint;
   createTime?: Date | undefined;
   updateTime?: Date | undefined;
