@@ -357,6 +357,8 @@ describe('a registration answered with a token too long, run on the node that cr
         // New orders run here first; their rows are held long past this test.
         LOCAL_EXECUTE_HOLD_MS: '30000',
         JANITOR_INTERVAL_MS: '3600000',
+        // A claim outlasts the interval (loadConfig checks).
+        JANITOR_LEASE_MS: '7200000',
       },
       overrides: {
         psp: createPspClient({
