@@ -109,8 +109,15 @@ export interface OutboxTable {
   msg_id: string;
   payload: string;
   created_at: Timestamp;
-  /** The relay publishes the row from this time on (later than created_at while held). */
+  /**
+   * The relay publishes the row from this time on (later than created_at while held, and while
+   * parked after JetStream refused it).
+   */
   available_at: Timestamp;
+  /** How many times JetStream refused the row; its parking backoff doubles with each. */
+  refusals: Generated<number>;
+  /** While parked (or once parked): when the row first became due, for the outbox-age metric. */
+  due_since: Timestamp | null;
 }
 
 export interface InboxTable {

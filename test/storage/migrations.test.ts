@@ -37,6 +37,7 @@ const STEPS_PER_MIGRATION: ReadonlyArray<readonly [string, number]> = [
   ['0007-dead-letter-resolved', 2],
   ['0008-dead-letter-retention', 1],
   ['0009-dead-letter-open-once', 3],
+  ['0010-outbox-parking', 3],
 ];
 const MIGRATIONS = STEPS_PER_MIGRATION.map(([name]) => name);
 
@@ -189,6 +190,9 @@ describe('resumable migrations', () => {
         'DROP TABLE IF EXISTS schema_migration_step',
         'DROP TABLE one_trip_guard',
         'DROP INDEX outbox_due ON outbox',
+        'DROP INDEX outbox_parked ON outbox',
+        'ALTER TABLE outbox DROP COLUMN due_since',
+        'ALTER TABLE outbox DROP COLUMN refusals',
         'ALTER TABLE dead_letter DROP CONSTRAINT dead_letter_state_known',
         `ALTER TABLE dead_letter ADD CONSTRAINT dead_letter_state_known
            CHECK (state IN ('OPEN', 'REPLAYED', 'DISCARDED'))`,

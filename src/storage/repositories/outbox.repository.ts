@@ -47,20 +47,28 @@ export type PendingOutbox = Readonly<{
   subject: string;
   msgId: string;
   payload: string;
+  /** How many times JetStream refused it before (0 for a row never refused). */
+  refusals: number;
 }>;
 
-export type OutboxRow = Readonly<{ id: string; subject: string; msg_id: string; payload: string }>;
+export type OutboxRow = Readonly<{
+  id: string;
+  subject: string;
+  msg_id: string;
+  payload: string;
+  refusals: number | string;
+}>;
 
 /**
  * Locks up to `limit` due rows (available at `now` or before) that no other relay holds (SKIP
  * LOCKED), in the order they became due: the statement, built but not run (the relay sends it
  * with START TRANSACTION). It reads through the (available_at, id) index, so rows still held
- * back are neither scanned nor locked.
+ * back, and rows parked after a refusal, are neither scanned nor locked.
  */
 export function outboxBatchLock(db: Db | Trx, limit: number, now: Date): CompiledQuery<OutboxRow> {
   return db
     .selectFrom('outbox')
-    .select(['id', 'subject', 'msg_id', 'payload'])
+    .select(['id', 'subject', 'msg_id', 'payload', 'refusals'])
     .where('available_at', '<=', now)
     .orderBy('available_at')
     .orderBy('id')
@@ -76,7 +84,26 @@ export function toPendingOutbox(rows: readonly OutboxRow[]): PendingOutbox[] {
     subject: row.subject,
     msgId: row.msg_id,
     payload: row.payload,
+    refusals: Number(row.refusals),
   }));
+}
+
+/**
+ * Parks rows JetStream refused (at least one id) until `availableAt`, counting the refusal and
+ * keeping, in `due_since`, when each first became due: the statement, built but not run (the
+ * relay sends it in the transaction that locked them). Parking again keeps the first `due_since`.
+ */
+export function outboxPark(db: Db | Trx, ids: readonly string[], availableAt: Date): CompiledQuery {
+  return db
+    .updateTable('outbox')
+    .set({
+      // MySQL assigns left to right, so `due_since` reads `available_at` before it moves.
+      due_since: sql<Date>`COALESCE(due_since, available_at)`,
+      available_at: availableAt,
+      refusals: sql<number>`refusals + 1`,
+    })
+    .where('id', 'in', ids)
+    .compile();
 }
 
 /** Deletes relayed rows (at least one id): the statement, built but not run. */
@@ -85,29 +112,41 @@ export function outboxDelete(db: Db | Trx, ids: readonly string[]): CompiledQuer
 }
 
 /**
- * Due rows waiting for the relay and how long the oldest has been due, for metrics and health.
- * Rows still held back for their own node are not lag.
+ * Rows waiting for the relay (due ones, and those parked after JetStream refused them) and how
+ * long the oldest has been due, for metrics and health. A parked row counts from when it first
+ * became due, so a row JetStream keeps refusing ages like any other; rows still held back for
+ * their own node are not lag.
  */
 export async function outboxLag(
   db: Db,
   now = new Date(),
   countMax = OUTBOX_LAG_COUNT_MAX,
 ): Promise<{ pending: number; oldestAgeMs: number }> {
-  // Counted up to `countMax` rows, so a scrape of a node with a large backlog (NATS down for an
-  // hour at full load) stays a bounded index read; the oldest is the index's first entry.
-  const { rows } = await sql<{ pending: string; oldest: Date | null }>`
+  // Counted up to `countMax` rows each, so a scrape of a node with a large backlog (NATS down for
+  // an hour at full load) stays a bounded index read; the oldest is each index's first entry.
+  // Parked rows are counted through `outbox_parked` only while they are not due, so none twice.
+  const { rows } = await sql<{
+    due: string;
+    parked: string;
+    oldest_due: Date | null;
+    oldest_parked: Date | null;
+  }>`
     SELECT (SELECT COUNT(*) FROM (
-              SELECT 1 FROM outbox WHERE available_at <= ${now} LIMIT ${countMax}) due) AS pending,
-           (SELECT MIN(available_at) FROM outbox WHERE available_at <= ${now}) AS oldest`.execute(
+              SELECT 1 FROM outbox WHERE available_at <= ${now} LIMIT ${countMax}) d) AS due,
+           (SELECT COUNT(*) FROM (
+              SELECT 1 FROM outbox WHERE due_since IS NOT NULL AND available_at > ${now}
+               LIMIT ${countMax}) p) AS parked,
+           (SELECT MIN(available_at) FROM outbox WHERE available_at <= ${now}) AS oldest_due,
+           (SELECT MIN(due_since) FROM outbox WHERE due_since IS NOT NULL) AS oldest_parked`.execute(
     db,
   );
   const row = rows[0];
+  const oldest = [row?.oldest_due, row?.oldest_parked]
+    .filter((at): at is Date => at !== null && at !== undefined)
+    .map((at) => new Date(at).getTime());
   return {
-    pending: Number(row?.pending ?? 0),
-    oldestAgeMs:
-      row?.oldest === null || row?.oldest === undefined
-        ? 0
-        : now.getTime() - new Date(row.oldest).getTime(),
+    pending: Math.min(countMax, Number(row?.due ?? 0) + Number(row?.parked ?? 0)),
+    oldestAgeMs: oldest.length === 0 ? 0 : Math.max(0, now.getTime() - Math.min(...oldest)),
   };
 }
 
