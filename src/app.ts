@@ -22,7 +22,7 @@ import {
   type HandleOutcome,
 } from './messaging/command-consumer.js';
 import type { Command } from './messaging/commands.js';
-import { connectNats, ensureTopology, purgeConsumedCommands } from './messaging/nats.js';
+import { CommandStreamPurge, connectNats, ensureTopology } from './messaging/nats.js';
 import { OutboxRelay } from './messaging/outbox-relay.js';
 import { names as topologyNames, type Names } from './messaging/subjects.js';
 import { PaymentEvents } from './payments/payment-events.js';
@@ -767,6 +767,7 @@ export async function startSettle(
 
     // Bounded deletes of expired rows, whether or not the nightly reconciliation runs. The order
     // transitions and reconciliation mismatches are audit history and are kept.
+    const commandStreamPurge = new CommandStreamPurge(jsm, names);
     const housekeeping = new Housekeeping(
       [
         {
@@ -788,7 +789,7 @@ export async function startSettle(
         {
           // Consumed commands, before they fill the stream and it refuses the relay's publishes.
           name: HOUSEKEEPING_TASK.commandStream,
-          run: () => purgeConsumedCommands(jsm, names),
+          run: () => commandStreamPurge.run(),
         },
       ],
       {

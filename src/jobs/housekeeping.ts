@@ -2,9 +2,10 @@
  * Housekeeping: the node's bounded deletes of rows whose time has passed (idempotency keys past
  * IDEMPOTENCY_TTL_MS, settlement staging rows past RECONCILIATION_KEEP_DAYS, webhook inbox rows of
  * final orders past WEBHOOK_INBOX_KEEP_DAYS, closed dead letters past DEAD_LETTER_KEEP_DAYS,
- * acknowledged commands of a half-full JetStream command stream; order transitions and reconciliation mismatches are audit history, never purged). They run on
- * their own timer, so they go on whatever else the node runs: the nightly reconciliation may be
- * off while RunReconciliation still loads files.
+ * acknowledged commands of a half-full JetStream command stream, up to the ack floor seen a pass
+ * before; order transitions and reconciliation mismatches are audit history, never purged). They
+ * run on their own timer, so they go on whatever else the node runs: the nightly reconciliation
+ * may be off while RunReconciliation still loads files.
  *
  * A pass runs every task once, each bounded by its own limit, so a backlog is worked off over
  * several passes instead of in one long statement. One task failing does not stop the others;

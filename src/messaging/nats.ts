@@ -166,29 +166,90 @@ function isNotFound(error: unknown): boolean {
 /** The command stream is purged of consumed commands once it holds this share of its max_bytes. */
 export const COMMAND_STREAM_PURGE_AT = 0.5;
 
+/** The runtime consumer's ack floor as a purge pass saw it, on the stream it saw. */
+export type AckFloorSeen = Readonly<{
+  /** The command stream's creation time: a recreated stream numbers its messages from 1 again. */
+  streamCreatedAt: string;
+  streamSeq: number;
+}>;
+
 /**
- * Purges the commands the runtime consumer is done with (those up to its ack floor: acknowledged,
- * or dead-lettered) once the command stream holds `purgeAt` of its max_bytes or more, and
- * answers how many went. The stream keeps messages by limits (7 days, max_bytes) whatever their
- * acks, and a full stream refuses every publish (discard new): with no purge, a steady dozen
- * commands a second filled 1 GiB within the 7 days and stopped the relay. What is not yet
- * acknowledged is above the floor and stays. nats-server 2.9 cannot change an existing stream's
- * retention to work-queue or interest, hence the purge.
+ * Purges the commands the runtime consumer is done with (acknowledged, or dead-lettered) once the
+ * command stream holds `purgeAt` of its max_bytes or more, and answers how many went and the ack
+ * floor it saw, for the next pass. The stream keeps messages by limits (7 days, max_bytes)
+ * whatever their acks, and a full stream refuses every publish (discard new): with no purge, a
+ * steady dozen commands a second filled 1 GiB within the 7 days and stopped the relay.
+ * nats-server 2.9 cannot change an existing stream's retention to work-queue or interest, hence
+ * the purge.
+ *
+ * It purges only up to the floor the previous pass saw (`floorSeen`), never up to the current
+ * one: a command that ran out of deliveries passes the ack floor as soon as a later command is
+ * acknowledged, possibly before the max-deliveries advisory's handler has read its payload for
+ * the dead letter, and purged meanwhile that dead letter would be left without it. Up to a floor
+ * a pass earlier, every command has been past it for a whole pass (housekeeping's minute).
+ * Without a floor seen on the same stream (the first pass, a recreated stream) nothing goes.
  */
 export async function purgeConsumedCommands(
   jsm: JetStreamManager,
   names: Names,
-  purgeAt = COMMAND_STREAM_PURGE_AT,
-): Promise<number> {
-  const stream = await jsm.streams.info(names.commandStream);
-  const bytesMax = stream.config.max_bytes;
-  if (bytesMax <= 0 || stream.state.bytes < bytesMax * purgeAt) return 0;
+  options: Readonly<{ floorSeen: AckFloorSeen | undefined; purgeAt?: number }>,
+): Promise<{ purged: number; floor: AckFloorSeen }> {
   const consumer = await jsm.consumers.info(names.commandStream, names.runtimeConsumer);
-  const floor = consumer.ack_floor.stream_seq;
-  if (floor < stream.state.first_seq) return 0;
+  const stream = await jsm.streams.info(names.commandStream);
+  const floor = { streamCreatedAt: stream.created, streamSeq: consumer.ack_floor.stream_seq };
+  const seen = options.floorSeen;
+  if (seen === undefined || seen.streamCreatedAt !== floor.streamCreatedAt) {
+    return { purged: 0, floor };
+  }
+  const bytesMax = stream.config.max_bytes;
+  const purgeAt = options.purgeAt ?? COMMAND_STREAM_PURGE_AT;
+  if (bytesMax <= 0 || stream.state.bytes < bytesMax * purgeAt) return { purged: 0, floor };
+  // The consumer may have been recreated since (its floor back at 0): the lower of the two.
+  const upTo = Math.min(seen.streamSeq, floor.streamSeq);
+  if (upTo < stream.state.first_seq) return { purged: 0, floor };
   // `seq`: every message below it goes.
-  const { purged } = await jsm.streams.purge(names.commandStream, { seq: floor + 1 });
-  return purged;
+  const { purged } = await jsm.streams.purge(names.commandStream, { seq: upTo + 1 });
+  return { purged, floor };
+}
+
+/** A floor is purged up to only once seen this long ago (housekeeping passes: a minute apart). */
+export const COMMAND_STREAM_FLOOR_AGE_MS_MIN = 30_000;
+
+/**
+ * Housekeeping's command stream task: `purgeConsumedCommands` with a floor it saw at an earlier
+ * pass, at least `floorAgeMsMin` ago, so that passes run closer together (`runOnce()` from
+ * outside) do not shrink the time a command past the floor is kept. The floor is replaced once
+ * used (or when the stream was recreated); a pass that failed keeps the one seen before it.
+ */
+export class CommandStreamPurge {
+  #floorSeen: Readonly<{ floor: AckFloorSeen; atMs: number }> | undefined;
+
+  constructor(
+    private readonly jsm: JetStreamManager,
+    private readonly names: Names,
+    private readonly options: Readonly<{
+      purgeAt?: number;
+      floorAgeMsMin?: number;
+      now?: () => number;
+    }> = {},
+  ) {}
+
+  /** One pass; answers the commands purged. */
+  async run(): Promise<number> {
+    const now = this.options.now ?? Date.now;
+    const ageMsMin = this.options.floorAgeMsMin ?? COMMAND_STREAM_FLOOR_AGE_MS_MIN;
+    const seen = this.#floorSeen;
+    const usable = seen !== undefined && now() - seen.atMs >= ageMsMin;
+    const { purged, floor } = await purgeConsumedCommands(this.jsm, this.names, {
+      floorSeen: usable ? seen.floor : undefined,
+      ...(this.options.purgeAt !== undefined && { purgeAt: this.options.purgeAt }),
+    });
+    if (usable || seen === undefined || seen.floor.streamCreatedAt !== floor.streamCreatedAt) {
+      // Timed once read: the floor's age is never taken for more than it is.
+      this.#floorSeen = { floor, atMs: now() };
+    }
+    return purged;
+  }
 }
 
 /** Deletes a namespace's streams (tests and the chaos demo clean up with it). */

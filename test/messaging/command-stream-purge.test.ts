@@ -3,17 +3,23 @@
  * limits (max_bytes, 7 days) whatever their acks and, full, refuses every publish (discard new):
  * the housekeeping purge removes what the runtime consumer acknowledged once the stream is half
  * full, so the relay's publishes are taken again, and leaves every command not yet acknowledged.
+ * It purges only up to the ack floor an earlier pass saw (at least a set time before), so a
+ * command that ran out of deliveries, which passes the floor at once, is still there when the
+ * max-deliveries advisory's handler reads it for its dead letter.
  * Method: real NATS JetStream, the runtime's own topology under a namespace of this file with a
- * small max_bytes, commands acknowledged through the runtime consumer.
+ * small max_bytes, commands acknowledged through the runtime consumer; for the race, the real
+ * CommandConsumer with a handler that hangs, its read of the stored command held at a gate until
+ * the purge has run, so the purge always comes first.
  */
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
-import { deleteTopology, ensureTopology, purgeConsumedCommands } from '../../src/messaging/nats.js';
+import { CommandConsumer, type DeadLetter } from '../../src/messaging/command-consumer.js';
+import { CommandStreamPurge, deleteTopology, ensureTopology } from '../../src/messaging/nats.js';
 import { names as namesOf, type Names } from '../../src/messaging/subjects.js';
 import { executeOrderPayload } from '../../src/messaging/commands.js';
 import { newId } from '../../src/domain/ids.js';
-import { uniqueSuffix } from '../support/harness.js';
+import { uniqueSuffix, waitFor } from '../support/harness.js';
 
 let nc: NatsConnection;
 let js: JetStreamClient;
@@ -36,10 +42,10 @@ afterAll(async () => {
 });
 
 /** Publishes one ExecuteOrder as the relay does; false when the stream refused it. */
-async function publish(): Promise<boolean> {
+async function publish(on: Names = names): Promise<boolean> {
   const orderId = newId('order');
   try {
-    await js.publish(names.commandSubject(orderId), executeOrderPayload(orderId, 0), {
+    await js.publish(on.commandSubject(orderId), executeOrderPayload(orderId, 0), {
       msgID: `exec:${orderId}`,
       timeout: 2_000,
     });
@@ -51,8 +57,8 @@ async function publish(): Promise<boolean> {
 }
 
 /** Takes `count` commands through the runtime consumer and acknowledges them. */
-async function handle(count: number): Promise<void> {
-  const consumer = await js.consumers.get(names.commandStream, names.runtimeConsumer);
+async function handle(count: number, on: Names = names): Promise<void> {
+  const consumer = await js.consumers.get(on.commandStream, on.runtimeConsumer);
   for (let i = 0; i < count; i += 1) {
     const message = await consumer.next({ expires: 2_000 });
     if (message === null) throw new Error(`only ${i} of ${count} commands were delivered`);
@@ -64,10 +70,13 @@ const messages = async () => (await jsm.streams.info(names.commandStream)).state
 
 describe('command stream purge', () => {
   it('purges handled commands before the stream refuses new ones, and keeps the rest', async () => {
+    const purge = new CommandStreamPurge(jsm, names, { floorAgeMsMin: 0 });
     expect(await publish()).toBe(true);
     await handle(1);
-    // Far below half full: nothing goes (tooling may still read recent history).
-    expect(await purgeConsumedCommands(jsm, names)).toBe(0);
+    // The first pass only sees the floor; the next one is far below half full: nothing goes
+    // (tooling may still read recent history).
+    expect(await purge.run()).toBe(0);
+    expect(await purge.run()).toBe(0);
 
     let taken = 1;
     while (await publish()) {
@@ -78,7 +87,11 @@ describe('command stream purge', () => {
     // Every command handled, and still the stream refuses the next one.
     expect(await publish()).toBe(false);
 
-    expect(await purgeConsumedCommands(jsm, names)).toBe(taken);
+    // This pass purges up to the floor the previous one saw, and sees the one just reached;
+    // the next purges up to it.
+    expect(await purge.run()).toBe(1);
+    expect(await messages()).toBe(taken - 1);
+    expect(await purge.run()).toBe(taken - 1);
     expect(await messages()).toBe(0);
     expect(await publish()).toBe(true);
 
@@ -86,7 +99,139 @@ describe('command stream purge', () => {
     expect(await publish()).toBe(true);
     expect(await publish()).toBe(true);
     await handle(1);
-    expect(await purgeConsumedCommands(jsm, names, 0)).toBe(1);
+    const always = new CommandStreamPurge(jsm, names, { purgeAt: 0, floorAgeMsMin: 0 });
+    expect(await always.run()).toBe(0);
+    expect(await always.run()).toBe(1);
     expect(await messages()).toBe(2);
+  });
+
+  it('purges up to a floor only once it was seen floorAgeMsMin before', async () => {
+    const own = namesOf(`purgeage${uniqueSuffix()}`, 1);
+    const ownJsm = await ensureTopology(nc, own, {
+      ackWaitMs: 30_000,
+      maxDeliver: 5,
+      maxAckPending: 10,
+    });
+    try {
+      expect(await publish(own)).toBe(true);
+      await handle(1, own);
+      let nowMs = 0;
+      const purge = new CommandStreamPurge(ownJsm, own, {
+        purgeAt: 0,
+        floorAgeMsMin: 30_000,
+        now: () => nowMs,
+      });
+      expect(await purge.run()).toBe(0);
+      // Passes sooner than that (runOnce() from outside) purge nothing, however many.
+      nowMs = 29_999;
+      expect(await purge.run()).toBe(0);
+      expect(await purge.run()).toBe(0);
+      nowMs = 30_000;
+      expect(await purge.run()).toBe(1);
+    } finally {
+      await deleteTopology(nc, own).catch(() => undefined);
+    }
+  });
+});
+
+describe('command stream purge and the max-deliveries advisory', () => {
+  const raceNames = namesOf(`purgerace${uniqueSuffix()}`, 1);
+  let consumer: CommandConsumer | undefined;
+  afterAll(async () => {
+    await consumer?.stop(0);
+    await deleteTopology(nc, raceNames).catch(() => undefined);
+  });
+
+  it('keeps a command that ran out of deliveries until its dead letter has its payload', async () => {
+    const ackWaitMs = 300;
+    const raceJsm = await ensureTopology(nc, raceNames, {
+      ackWaitMs,
+      maxDeliver: 1,
+      maxAckPending: 10,
+    });
+    // The advisory handler's read of the stored command waits here until the purge has run:
+    // the race, always lost by the handler.
+    let advisoryHeard = false;
+    let openGate = () => undefined as void;
+    const gate = new Promise<void>((resolve) => (openGate = resolve));
+    const gatedStreams = new Proxy(raceJsm.streams, {
+      get(target, property) {
+        if (property === 'getMessage') {
+          return async (...args: Parameters<typeof target.getMessage>) => {
+            advisoryHeard = true;
+            await gate;
+            return target.getMessage(...args);
+          };
+        }
+        const value: unknown = Reflect.get(target, property, target);
+        return typeof value === 'function' ? (value as () => unknown).bind(target) : value;
+      },
+    });
+    const gatedJsm = new Proxy(raceJsm, {
+      get(target, property) {
+        if (property === 'streams') return gatedStreams;
+        const value: unknown = Reflect.get(target, property, target);
+        return typeof value === 'function' ? (value as () => unknown).bind(target) : value;
+      },
+    });
+    const deadLetters: DeadLetter[] = [];
+    const stuck = newId('order');
+    consumer = new CommandConsumer(
+      nc,
+      js,
+      gatedJsm,
+      raceNames,
+      // A node that hangs on the stuck command's only delivery, and handles the others.
+      (command) =>
+        command.orderId === stuck
+          ? new Promise(() => undefined)
+          : Promise.resolve({ kind: 'done' as const }),
+      {
+        inFlightMax: 4,
+        ackWaitMs,
+        workingMsMax: 1,
+        backoffMs: [],
+        jitter: 0,
+        recordDeadLetter: (entry) => {
+          deadLetters.push(entry);
+          return Promise.resolve(true);
+        },
+      },
+    );
+    await consumer.start();
+    const purge = new CommandStreamPurge(raceJsm, raceNames, { purgeAt: 0, floorAgeMsMin: 0 });
+    expect(await purge.run()).toBe(0);
+
+    const payload = executeOrderPayload(stuck, 0);
+    const ack = await js.publish(raceNames.commandSubject(stuck), payload, {
+      msgID: `exec:${stuck}`,
+      timeout: 2_000,
+    });
+    await waitFor(() => Promise.resolve(advisoryHeard), { what: 'the max-deliveries advisory' });
+    // The floor moves past a command out of deliveries once a later one is acknowledged.
+    const next = newId('order');
+    const nextAck = await js.publish(raceNames.commandSubject(next), executeOrderPayload(next, 0), {
+      msgID: `exec:${next}`,
+      timeout: 2_000,
+    });
+    const floor = async () =>
+      (await raceJsm.consumers.info(raceNames.commandStream, raceNames.runtimeConsumer)).ack_floor
+        .stream_seq;
+    await waitFor(async () => (await floor()) >= nextAck.seq, { what: 'the ack floor past it' });
+
+    // The pass that sees the floor past the command does not purge it.
+    expect(await purge.run()).toBe(0);
+    openGate();
+    await waitFor(() => Promise.resolve(deadLetters.length > 0), { what: 'the dead letter' });
+    expect(deadLetters).toEqual([
+      expect.objectContaining({
+        orderId: stuck,
+        streamSequence: ack.seq,
+        reason: 'MAX_DELIVERIES',
+        payload,
+      }),
+    ]);
+    // The next pass does.
+    expect(await purge.run()).toBe(2);
   });
 });
