@@ -197,7 +197,12 @@ export class CommandConsumer {
             streamSequence: body.stream_seq,
             attempts: body.deliveries,
             reason: DEAD_LETTER_REASON.maxDeliveries,
-            lastError: `delivered ${body.deliveries} times without an answer (a node crashed or hung)`,
+            lastError:
+              `delivered ${body.deliveries} times without an answer (a node crashed or hung)` +
+              (stored === null
+                ? '; the command was no longer in the stream when its dead letter was written ' +
+                  '(purged, or past max_age), so its payload and order are not known'
+                : ''),
             payload,
             deadLetteredAt: new Date().toISOString(),
           };

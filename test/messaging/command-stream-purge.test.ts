@@ -5,7 +5,8 @@
  * full, so the relay's publishes are taken again, and leaves every command not yet acknowledged.
  * It purges only up to the ack floor an earlier pass saw (at least a set time before), so a
  * command that ran out of deliveries, which passes the floor at once, is still there when the
- * max-deliveries advisory's handler reads it for its dead letter.
+ * max-deliveries advisory's handler reads it for its dead letter; a command gone all the same
+ * gets a dead letter that says its payload is not known.
  * Method: real NATS JetStream, the runtime's own topology under a namespace of this file with a
  * small max_bytes, commands acknowledged through the runtime consumer; for the race, the real
  * CommandConsumer with a handler that hangs, its read of the stored command held at a gate until
@@ -134,89 +135,101 @@ describe('command stream purge', () => {
   });
 });
 
+/**
+ * A CommandConsumer on `on` whose handler hangs on `stuck`'s only delivery and handles the rest,
+ * its dead letters kept in memory, and its max-deliveries advisory handler's read of the stored
+ * command held at a gate until `openGate()`: whatever the test does meanwhile comes first.
+ */
+async function gatedConsumer(on: Names, stuck: string) {
+  const ackWaitMs = 300;
+  const realJsm = await ensureTopology(nc, on, { ackWaitMs, maxDeliver: 1, maxAckPending: 10 });
+  let advisoryHeard = false;
+  let openGate = () => undefined as void;
+  const gate = new Promise<void>((resolve) => (openGate = resolve));
+  const gatedStreams = new Proxy(realJsm.streams, {
+    get(target, property) {
+      if (property === 'getMessage') {
+        return async (...args: Parameters<typeof target.getMessage>) => {
+          advisoryHeard = true;
+          await gate;
+          return target.getMessage(...args);
+        };
+      }
+      const value: unknown = Reflect.get(target, property, target);
+      return typeof value === 'function' ? (value as () => unknown).bind(target) : value;
+    },
+  });
+  const gatedJsm = new Proxy(realJsm, {
+    get(target, property) {
+      if (property === 'streams') return gatedStreams;
+      const value: unknown = Reflect.get(target, property, target);
+      return typeof value === 'function' ? (value as () => unknown).bind(target) : value;
+    },
+  });
+  const deadLetters: DeadLetter[] = [];
+  const consumer = new CommandConsumer(
+    nc,
+    js,
+    gatedJsm,
+    on,
+    (command) =>
+      command.orderId === stuck
+        ? new Promise(() => undefined)
+        : Promise.resolve({ kind: 'done' as const }),
+    {
+      inFlightMax: 4,
+      ackWaitMs,
+      workingMsMax: 1,
+      backoffMs: [],
+      jitter: 0,
+      recordDeadLetter: (entry) => {
+        deadLetters.push(entry);
+        return Promise.resolve(true);
+      },
+    },
+  );
+  await consumer.start();
+  const heard = () =>
+    waitFor(() => Promise.resolve(advisoryHeard), { what: 'the max-deliveries advisory' });
+  return { jsm: realJsm, consumer, deadLetters, heard, openGate };
+}
+
 describe('command stream purge and the max-deliveries advisory', () => {
-  const raceNames = namesOf(`purgerace${uniqueSuffix()}`, 1);
-  let consumer: CommandConsumer | undefined;
+  const stopping: Array<() => Promise<void>> = [];
   afterAll(async () => {
-    await consumer?.stop(0);
-    await deleteTopology(nc, raceNames).catch(() => undefined);
+    for (const stop of stopping) await stop().catch(() => undefined);
   });
 
+  async function setUp(stuck: string) {
+    const on = namesOf(`purgerace${uniqueSuffix()}`, 1);
+    const gated = await gatedConsumer(on, stuck);
+    stopping.push(async () => {
+      await gated.consumer.stop(0);
+      await deleteTopology(nc, on);
+    });
+    return { on, ...gated };
+  }
+
   it('keeps a command that ran out of deliveries until its dead letter has its payload', async () => {
-    const ackWaitMs = 300;
-    const raceJsm = await ensureTopology(nc, raceNames, {
-      ackWaitMs,
-      maxDeliver: 1,
-      maxAckPending: 10,
-    });
-    // The advisory handler's read of the stored command waits here until the purge has run:
-    // the race, always lost by the handler.
-    let advisoryHeard = false;
-    let openGate = () => undefined as void;
-    const gate = new Promise<void>((resolve) => (openGate = resolve));
-    const gatedStreams = new Proxy(raceJsm.streams, {
-      get(target, property) {
-        if (property === 'getMessage') {
-          return async (...args: Parameters<typeof target.getMessage>) => {
-            advisoryHeard = true;
-            await gate;
-            return target.getMessage(...args);
-          };
-        }
-        const value: unknown = Reflect.get(target, property, target);
-        return typeof value === 'function' ? (value as () => unknown).bind(target) : value;
-      },
-    });
-    const gatedJsm = new Proxy(raceJsm, {
-      get(target, property) {
-        if (property === 'streams') return gatedStreams;
-        const value: unknown = Reflect.get(target, property, target);
-        return typeof value === 'function' ? (value as () => unknown).bind(target) : value;
-      },
-    });
-    const deadLetters: DeadLetter[] = [];
     const stuck = newId('order');
-    consumer = new CommandConsumer(
-      nc,
-      js,
-      gatedJsm,
-      raceNames,
-      // A node that hangs on the stuck command's only delivery, and handles the others.
-      (command) =>
-        command.orderId === stuck
-          ? new Promise(() => undefined)
-          : Promise.resolve({ kind: 'done' as const }),
-      {
-        inFlightMax: 4,
-        ackWaitMs,
-        workingMsMax: 1,
-        backoffMs: [],
-        jitter: 0,
-        recordDeadLetter: (entry) => {
-          deadLetters.push(entry);
-          return Promise.resolve(true);
-        },
-      },
-    );
-    await consumer.start();
-    const purge = new CommandStreamPurge(raceJsm, raceNames, { purgeAt: 0, floorAgeMsMin: 0 });
+    const { on, jsm: raceJsm, deadLetters, heard, openGate } = await setUp(stuck);
+    const purge = new CommandStreamPurge(raceJsm, on, { purgeAt: 0, floorAgeMsMin: 0 });
     expect(await purge.run()).toBe(0);
 
     const payload = executeOrderPayload(stuck, 0);
-    const ack = await js.publish(raceNames.commandSubject(stuck), payload, {
+    const ack = await js.publish(on.commandSubject(stuck), payload, {
       msgID: `exec:${stuck}`,
       timeout: 2_000,
     });
-    await waitFor(() => Promise.resolve(advisoryHeard), { what: 'the max-deliveries advisory' });
+    await heard();
     // The floor moves past a command out of deliveries once a later one is acknowledged.
     const next = newId('order');
-    const nextAck = await js.publish(raceNames.commandSubject(next), executeOrderPayload(next, 0), {
+    const nextAck = await js.publish(on.commandSubject(next), executeOrderPayload(next, 0), {
       msgID: `exec:${next}`,
       timeout: 2_000,
     });
     const floor = async () =>
-      (await raceJsm.consumers.info(raceNames.commandStream, raceNames.runtimeConsumer)).ack_floor
-        .stream_seq;
+      (await raceJsm.consumers.info(on.commandStream, on.runtimeConsumer)).ack_floor.stream_seq;
     await waitFor(async () => (await floor()) >= nextAck.seq, { what: 'the ack floor past it' });
 
     // The pass that sees the floor past the command does not purge it.
@@ -233,5 +246,25 @@ describe('command stream purge and the max-deliveries advisory', () => {
     ]);
     // The next pass does.
     expect(await purge.run()).toBe(2);
+  });
+
+  it('says so in the dead letter when the command was gone from the stream', async () => {
+    const stuck = newId('order');
+    const { on, jsm: raceJsm, deadLetters, heard, openGate } = await setUp(stuck);
+    const ack = await js.publish(on.commandSubject(stuck), executeOrderPayload(stuck, 0), {
+      msgID: `exec:${stuck}`,
+      timeout: 2_000,
+    });
+    await heard();
+    // Gone before the handler reads it (past max_age, say).
+    await raceJsm.streams.deleteMessage(on.commandStream, ack.seq);
+    openGate();
+    await waitFor(() => Promise.resolve(deadLetters.length > 0), { what: 'the dead letter' });
+    expect(deadLetters).toEqual([
+      expect.objectContaining({ orderId: null, streamSequence: ack.seq, payload: '' }),
+    ]);
+    expect(deadLetters[0]?.lastError).toMatch(
+      /no longer in the stream .*, so its payload and order are not known$/,
+    );
   });
 });
