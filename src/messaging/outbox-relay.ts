@@ -82,7 +82,7 @@ export class OutboxRelay {
    * Relays until no due row is left or `passesMax` batches were sent; returns rows relayed. Rows
    * JetStream refused are parked and named in one ParkedRowsError, passed to `onError`: the pass
    * itself went well, so the loop does not back off and new rows go at once. Rows that got no
-   * answer stay due and are named in one RefusedRowsError: thrown when no row went at all (NATS
+   * answer stay due and are named in one UnansweredRowsError: thrown when no row went at all (NATS
    * down: the loop backs off), else passed to `onError`. Stops between batches once `keepGoing`
    * says so (the relay is stopping: a backlog of `passesMax` batches, each waiting up to
    * `publishTimeoutMs` on a slow NATS, must not hold up shutdown).
@@ -107,7 +107,7 @@ export class OutboxRelay {
     }
     if (parked.size > 0) this.options.onError?.(new ParkedRowsError(parked));
     if (kept.size > 0) {
-      const error = new RefusedRowsError(kept);
+      const error = new UnansweredRowsError(kept);
       if (total === 0 && parked.size === 0) throw error;
       this.options.onError?.(error);
     }
@@ -141,10 +141,10 @@ export class OutboxRelay {
   private async relayBatch(): Promise<{
     relayed: string[];
     parked: ParkedRow[];
-    kept: RefusedRow[];
+    kept: UnansweredRow[];
   }> {
     let parked: ParkedRow[] = [];
-    let kept: RefusedRow[] = [];
+    let kept: UnansweredRow[] = [];
     // Two round trips: the lock (with START TRANSACTION), then the delete and parking with the
     // COMMIT.
     const outcome = await transactionInOneTrip<string[]>(
@@ -227,7 +227,7 @@ export class OutboxRelay {
   }
 }
 
-type RefusedRow = Readonly<{ msgId: string; error: Error }>;
+type UnansweredRow = Readonly<{ msgId: string; error: Error }>;
 type ParkedRow = Readonly<{ msgId: string; error: Error; until: Date }>;
 
 /**
@@ -240,15 +240,17 @@ function isRefusal(error: Error): boolean {
   return error.name === 'JetStreamApiError' || error.name === 'JetStreamNotEnabled';
 }
 
-/** Outbox rows whose publish got no answer while others went: they stay due, tried again. */
-export class RefusedRowsError extends Error {
-  constructor(readonly refused: ReadonlyMap<string, Error>) {
+/** Outbox rows whose publish got no answer (a timeout, NATS down): they stay due, tried again. */
+export class UnansweredRowsError extends Error {
+  constructor(readonly unanswered: ReadonlyMap<string, Error>) {
     super(
-      `JetStream did not answer for ${refused.size} outbox row(s), kept for the next pass: ` +
-        listed([...refused].map(([msgId, error]) => `${msgId} (${error.name}: ${error.message})`)),
-      { cause: [...refused.values()][0] },
+      `JetStream did not answer for ${unanswered.size} outbox row(s), kept for the next pass: ` +
+        listed(
+          [...unanswered].map(([msgId, error]) => `${msgId} (${error.name}: ${error.message})`),
+        ),
+      { cause: [...unanswered.values()][0] },
     );
-    this.name = 'RefusedRowsError';
+    this.name = 'UnansweredRowsError';
   }
 }
 

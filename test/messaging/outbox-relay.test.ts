@@ -4,10 +4,11 @@
  * batch: they are parked, the rows behind them are published and deleted, the parked rows stay in
  * the outbox (counted as lag from when they became due), are reported, and are tried again after
  * a bounded, doubling backoff, and go once JetStream takes them; while only refused rows are left
- * the loop does not back off, so a new row goes within its poll interval; a stopping relay ends
+ * the loop does not back off, so a new row goes within its poll interval; a row whose publish got
+ * no answer (an outage) is not parked but stays due, and the pass fails; a stopping relay ends
  * after the batch in flight rather than after a whole backlog. Method: real MariaDB (migrated,
  * the relay's one-packet pool) and NATS JetStream with the runtime's own topology under a
- * namespace of this file.
+ * namespace of this file; a publish nobody answers comes from a core subscriber on its subject.
  */
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, type JetStreamManager } from '@nats-io/jetstream';
@@ -176,6 +177,31 @@ describe('outbox relay', () => {
       expect(await outboxLag(db)).toEqual({ pending: 0, oldestAgeMs: 0 });
     } finally {
       await jsm.streams.delete(extra);
+    }
+  });
+
+  it('keeps a row whose publish got no answer due, and fails the pass so the loop backs off', async () => {
+    // Something takes the subject and never answers: the publish times out, as with NATS down.
+    const subject = `settle.${names.namespace}.silent`;
+    const silent = nc.subscribe(subject);
+    try {
+      await db.executeQuery(
+        outboxInsert(db, [{ subject, msgId: 'silent-1', payload: '{}' }], new Date()),
+      );
+      const relay = new OutboxRelay(db, jetstream(nc), {
+        batchMax: 10,
+        pollMs: 50,
+        publishTimeoutMs: 200,
+      });
+      await expect(relay.relayOnce()).rejects.toThrow(
+        /JetStream did not answer for 1 outbox row\(s\), kept for the next pass: silent-1/,
+      );
+      expect(await db.selectFrom('outbox').select(['refusals', 'due_since']).execute()).toEqual([
+        { refusals: 0, due_since: null },
+      ]);
+      expect(await dueRows()).toBe(1);
+    } finally {
+      silent.unsubscribe();
     }
   });
 
