@@ -17,7 +17,12 @@ import {
   UnavailableError,
   assertNever,
 } from '../../domain/errors.js';
-import { ORDER_AMOUNT_MINOR_MAX, isCurrencyCode, type CurrencyCode } from '../../domain/money.js';
+import {
+  CURRENCIES,
+  ORDER_AMOUNT_MINOR_MAX,
+  isCurrencyCode,
+  type CurrencyCode,
+} from '../../domain/money.js';
 import { isDuplicateKey, isTransientLockError } from '../../storage/errors.js';
 import {
   GroupCommit,
@@ -334,6 +339,15 @@ export class PspPayments {
 
   async #decide(payment: PspPayment, cardNumber: string): Promise<PayResult> {
     if (payment.status !== PSP_PAYMENT_STATE.registered) return settled(payment);
+    // A stored row keeps whatever currency it was written with; a charge is a new write, so it is
+    // made only in a currency the mock registers payments in.
+    const currency = payment.currency;
+    if (!isCurrencyCode(currency)) {
+      throw new FailedPreconditionError(
+        `payment '${payment.nonce}' is in ${currency}, which this mock does not charge ` +
+          `(it charges in ${CURRENCIES.join(', ')}); cancel it instead`,
+      );
+    }
     const decision = decideCard(cardNumber, this.#behavior.get().successRate, this.#random());
     const now = new Date();
     const status = decision.approved ? PSP_PAYMENT_STATE.succeeded : PSP_PAYMENT_STATE.declined;
@@ -375,7 +389,7 @@ export class PspPayments {
                 pspReference: decided.pspReference,
                 nonce: payment.nonce,
                 amountMinor: payment.amountMinor,
-                currency: payment.currency,
+                currency,
                 now,
               },
         webhook: {

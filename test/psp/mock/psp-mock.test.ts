@@ -361,6 +361,43 @@ describe('GetPaymentStatus', () => {
     const error = await grpcError(getStatus(uniqueNonce('unknown')));
     expect(error.code).toBe(status.NOT_FOUND);
   });
+
+  it('reads a stored payment in a currency other than USD as stored, and refuses to charge it', async () => {
+    // The mock registers only in USD, but its table holds whatever was written to it (a newer
+    // mock sharing the database, a hand-written row). Before, the read asserted USD and every
+    // call that read the row answered INTERNAL.
+    const nonce = uniqueNonce();
+    const { token } = await register(nonce, 2500n);
+    await db
+      .updateTable('psp_payment')
+      .set({ currency: 'EUR' })
+      .where('nonce', '=', nonce)
+      .execute();
+
+    expect(await getStatus(nonce)).toMatchObject({
+      nonce,
+      token,
+      status: PaymentStatus.PAYMENT_STATUS_REGISTERED,
+      amountMinor: 2500n,
+      currencyCode: 'EUR',
+    });
+    const repeat = await grpcError(register(nonce, 2500n));
+    expect(repeat.code).toBe(status.ALREADY_EXISTS);
+    expect(repeat.details).toContain('2500 EUR, not 2500 USD');
+    const paid = await grpcError(
+      unary(api.payWithCard.bind(api), { token, cardNumber: SUCCESS_CARD }),
+    );
+    expect(paid.code).toBe(status.FAILED_PRECONDITION);
+    expect(paid.details).toBe(
+      `payment '${nonce}' is in EUR, which this mock does not charge (it charges in USD); ` +
+        'cancel it instead',
+    );
+    expect(await chargesOf(nonce)).toEqual([]);
+    expect((await getStatus(nonce)).status).toBe(PaymentStatus.PAYMENT_STATUS_REGISTERED);
+    expect(await unary(api.cancelPayment.bind(api), { nonce })).toEqual({
+      status: PaymentStatus.PAYMENT_STATUS_CANCELLED,
+    });
+  });
 });
 
 describe('the hosted page', () => {

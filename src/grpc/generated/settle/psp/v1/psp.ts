@@ -2202,7 +2202,10 @@ export const PspServiceService = {
       Buffer.from(CancelPaymentResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CancelPaymentResponse => CancelPaymentResponse.decode(value),
   },
-  /** Test driver: pays a registered payment with a card, exactly as the hosted page's form does. */
+  /**
+   * Test driver: pays a registered payment with a card, exactly as the hosted page's form does.
+   * A stored payment in a currency the mock does not charge in fails with FAILED_PRECONDITION.
+   */
   payWithCard: {
     path: "/settle.psp.v1.PspService/PayWithCard" as const,
     requestStream: false as const,
@@ -2293,7 +2296,10 @@ export interface PspServiceServer extends UntypedServiceImplementation {
    * (FAILED_PRECONDITION); cancelling twice is a no-op.
    */
   cancelPayment: handleUnaryCall<CancelPaymentRequest, CancelPaymentResponse>;
-  /** Test driver: pays a registered payment with a card, exactly as the hosted page's form does. */
+  /**
+   * Test driver: pays a registered payment with a card, exactly as the hosted page's form does.
+   * A stored payment in a currency the mock does not charge in fails with FAILED_PRECONDITION.
+   */
   payWithCard: handleUnaryCall<PayWithCardRequest, PayWithCardResponse>;
   /** Test driver: sets the mock's behaviour (success rate, latency, faults). */
   setBehavior: handleUnaryCall<SetBehaviorRequest, SetBehaviorResponse>;
@@ -2370,7 +2376,10 @@ export interface PspServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CancelPaymentResponse) => void,
   ): ClientUnaryCall;
-  /** Test driver: pays a registered payment with a card, exactly as the hosted page's form does. */
+  /**
+   * Test driver: pays a registered payment with a card, exactly as the hosted page's form does.
+   * A stored payment in a currency the mock does not charge in fails with FAILED_PRECONDITION.
+   */
   payWithCard(
     request: PayWithCardRequest,
     callback: (error: ServiceError | null, response: PayWithCardResponse) => void,
