@@ -546,7 +546,9 @@ export async function startSettle(
     };
     // The non-admin services ask for one of API_TOKENS when it is set; AdminService has its own
     // token, and health and reflection stay open to probes and tools.
-    const apiTokens = new ApiTokens(config.API_TOKENS);
+    const apiTokens = new ApiTokens(config.API_TOKENS, {
+      onRefused: (reason) => metrics.apiCredentialRefused({ reason }),
+    });
     const apiOptions = (service: string): AdapterOptions =>
       apiTokens.enabled
         ? {

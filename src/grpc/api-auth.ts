@@ -47,12 +47,22 @@ function digest(text: string): Buffer {
   return createHash('sha256').update(text, 'utf8').digest();
 }
 
-/** The tokens of API_TOKENS, kept only as digests; `enabled` is false for an empty list. */
+/**
+ * The tokens of API_TOKENS, kept only as digests; `enabled` is false for an empty list.
+ * `onRefused` hears of every refusal (gRPC and REST alike), before it is thrown: the node counts
+ * them in `settle_api_credentials_refused_total`, since the general call metrics show only
+ * UNAUTHENTICATED.
+ */
 export class ApiTokens {
   readonly #digests: readonly Buffer[];
+  readonly #onRefused: (refusal: ApiTokenRefusal) => void;
 
-  constructor(tokens: readonly string[]) {
+  constructor(
+    tokens: readonly string[],
+    options: { onRefused?: (refusal: ApiTokenRefusal) => void } = {},
+  ) {
     this.#digests = tokens.map(digest);
+    this.#onRefused = options.onRefused ?? (() => {});
   }
 
   /** Whether callers must present a token (API_TOKENS is set). */
@@ -84,6 +94,7 @@ export class ApiTokens {
         ? `the metadata "authorization: Bearer <token>"`
         : `the header "Authorization: Bearer <token>"`;
     if (presented === undefined || presented === '') {
+      this.#onRefused(API_TOKEN_REFUSAL.missing);
       throw new ApiTokenError(
         API_TOKEN_REFUSAL.missing,
         `${surface.name} needs ${expected}, the token one of this node's API_TOKENS ` +
@@ -91,6 +102,7 @@ export class ApiTokens {
       );
     }
     if (!this.matches(presented)) {
+      this.#onRefused(API_TOKEN_REFUSAL.wrong);
       throw new ApiTokenError(
         API_TOKEN_REFUSAL.wrong,
         `${surface.name} refused the bearer token: it is none of this node's API_TOKENS; send ` +

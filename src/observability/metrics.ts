@@ -7,6 +7,7 @@
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { LOCKOUT_SCOPE, type LockoutScope } from '../admin/auth.js';
+import { API_TOKEN_REFUSAL, type ApiTokenRefusal } from '../grpc/api-auth.js';
 import { WEBHOOK_REJECTION, type WebhookRejection } from '../http/webhook.route.js';
 import { HOUSEKEEPING_TASK } from '../jobs/housekeeping.js';
 import { DEAD_LETTER_REASON } from '../messaging/command-consumer.js';
@@ -60,6 +61,8 @@ export type Metrics = Readonly<{
   adminCredentialRefused: (refused: { path: string; reason: string }) => void;
   /** A bound on wrong admin tokens was reached: a client's, or the node's (everyone refused). */
   adminLockout: (lockout: { scope: LockoutScope }) => void;
+  /** A call to the non-admin API was refused for its credential (API_TOKENS; gRPC or REST). */
+  apiCredentialRefused: (refused: { reason: ApiTokenRefusal }) => void;
   /** The exposition text and its content type. */
   render: () => Promise<{ contentType: string; body: string }>;
 }>;
@@ -237,6 +240,18 @@ export function createMetrics(): Metrics {
   });
   // Both series exist from the start at 0, so increase() sees the first lockout.
   for (const scope of Object.values(LOCKOUT_SCOPE)) adminLockouts.inc({ scope }, 0);
+
+  const apiCredentialsRefused = new Counter({
+    name: 'settle_api_credentials_refused_total',
+    help:
+      'Calls to the payment, wallet, ledger and reconciliation services and the REST twin this ' +
+      'node refused for their credential while API_TOKENS is set, by why (MISSING_API_TOKEN: no ' +
+      'bearer token; WRONG_API_TOKEN: none of API_TOKENS, e.g. a client left on a rotated-out ' +
+      'token).',
+    labelNames: ['reason'] as const,
+    registers: [registry],
+  });
+  for (const reason of Object.values(API_TOKEN_REFUSAL)) apiCredentialsRefused.inc({ reason }, 0);
 
   // Gauges read at scrape time. A labelled gauge is cleared first, so a series whose probe failed
   // has no sample (absent, not 0). An unlabelled one keeps its last value instead: prom-client
@@ -481,6 +496,7 @@ export function createMetrics(): Metrics {
     housekeepingFailed: (failed) => housekeepingFailures.inc({ task: failed.task }),
     adminCredentialRefused: (refused) => adminCredentialsRefused.inc(refused),
     adminLockout: (lockout) => adminLockouts.inc(lockout),
+    apiCredentialRefused: (refused) => apiCredentialsRefused.inc(refused),
     render: async () => ({ contentType: registry.contentType, body: await registry.metrics() }),
   };
 }

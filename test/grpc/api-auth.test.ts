@@ -27,7 +27,14 @@ import {
 } from '../../src/grpc/generated/settle/v1/reconciliation.js';
 import type { HttpErrorBody } from '../../src/grpc/http-status.js';
 import { createLogger } from '../../src/observability/logger.js';
-import { call, rowCounts, startStack, type Stack } from '../support/harness.js';
+import {
+  call,
+  metricSample,
+  rowCounts,
+  scrapeMetrics,
+  startStack,
+  type Stack,
+} from '../support/harness.js';
 import { ADMIN_TOKEN } from '../admin/admin-support.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
@@ -35,6 +42,7 @@ const TOKEN = 'api-token-current-0123456789';
 /** The token being rotated out: still listed, so it still works. */
 const TOKEN_PREVIOUS = 'api-token-previous-9876543210';
 const WRONG = 'api-token-wrong-000000000000';
+const REFUSED_METRIC = 'settle_api_credentials_refused_total';
 
 function bearer(token: string): grpc.Metadata {
   const metadata = new grpc.Metadata();
@@ -447,6 +455,47 @@ describe('with API_TOKENS', () => {
     expect(wrong.stderr).not.toContain(WRONG);
   });
 
+  it('counts each refusal by reason in settle_api_credentials_refused_total, gRPC and REST alike', async () => {
+    const refused = async () => {
+      const text = await scrapeMetrics(stack.settleHttp);
+      return {
+        missing: metricSample(text, REFUSED_METRIC, { reason: 'MISSING_API_TOKEN' }),
+        wrong: metricSample(text, REFUSED_METRIC, { reason: 'WRONG_API_TOKEN' }),
+      };
+    };
+    const before = await refused();
+    expect(before.missing).toBeGreaterThanOrEqual(0);
+    expect(before.wrong).toBeGreaterThanOrEqual(0);
+
+    await refusal(
+      call(stack.ledger.getTrialBalance.bind(stack.ledger), { pageSize: 0, pageToken: '' }),
+    );
+    await refusal(
+      call(
+        stack.wallets.getWallet.bind(stack.wallets),
+        { sellerId: 'seller-auth' },
+        10_000,
+        bearer(WRONG),
+      ),
+    );
+    expect((await restGet(stack, '/v1/payments')).status).toBe(401);
+    expect(
+      (await restGet(stack, '/v1/payments', { authorization: `Bearer ${WRONG}` })).status,
+    ).toBe(401);
+    expect(
+      (await restGet(stack, '/v1/payments', { authorization: `Bearer ${WRONG}` })).status,
+    ).toBe(401);
+    // The right token is not a refusal.
+    expect(
+      (await restGet(stack, '/v1/payments', { authorization: `Bearer ${TOKEN}` })).status,
+    ).toBe(200);
+
+    expect(await refused()).toEqual({
+      missing: (before.missing ?? 0) + 2,
+      wrong: (before.wrong ?? 0) + 3,
+    });
+  });
+
   it('logs no token, and no warning that the API is open', () => {
     const log = logLines.join('');
     expect(log).toContain('settle node ready');
@@ -484,6 +533,10 @@ describe('without API_TOKENS', () => {
       bearer(WRONG),
     );
     expect((await restGet(stack, '/v1/payments')).status).toBe(200);
+    // Nothing is refused, and both series are there from the start, at 0.
+    const text = await scrapeMetrics(stack.settleHttp);
+    expect(metricSample(text, REFUSED_METRIC, { reason: 'MISSING_API_TOKEN' })).toBe(0);
+    expect(metricSample(text, REFUSED_METRIC, { reason: 'WRONG_API_TOKEN' })).toBe(0);
     const warnings = logLines.filter((line) => line.includes('API_TOKENS is not set'));
     expect(warnings).toHaveLength(1);
     expect(JSON.parse(warnings[0]!)).toMatchObject({
