@@ -87,8 +87,8 @@ export const configSchema = z.object({
    * The deadline of every MySQL statement, in ms: one whose server stops answering (a partition,
    * a frozen server) fails past it as the database being unavailable, outcome unknown, instead of
    * waiting ~15 minutes for TCP to give up. Generous, because it is not there to cut slow
-   * statements: above MYSQL_LOCK_WAIT_TIMEOUT_S (loadConfig checks; storage/db.ts says what else
-   * it clears).
+   * statements: above MYSQL_LOCK_WAIT_TIMEOUT_S and the classification lock's GET_LOCK wait
+   * (CLASSIFICATION_LOCK_STEP_S; loadConfig checks both; storage/db.ts says what else it clears).
    */
   MYSQL_STATEMENT_TIMEOUT_MS: positiveInt.min(1_000).max(3_600_000).default(30_000),
   /** The same for migrations and reconciliation, whose statements span whole files and tables. */
@@ -331,6 +331,13 @@ export function pspCallsPerWindowMax(config: {
   return config.PSP_IN_FLIGHT_MAX * Math.ceil(PSP_BREAKER_WINDOW_MS / config.PSP_CALL_TIMEOUT_MS);
 }
 
+/**
+ * Seconds of one GET_LOCK wait of reconciliation's classification lock (reconciliation.repository.ts
+ * waits for the lock in such steps). It is a statement on a pool with MYSQL_STATEMENT_TIMEOUT_MS as
+ * its deadline, which loadConfig therefore keeps above it.
+ */
+export const CLASSIFICATION_LOCK_STEP_S = 2;
+
 /** Settings valid alone whose combination would break a guarantee or make one meaningless. */
 function settingsThatDisagree(config: Readonly<z.infer<typeof configSchema>>): string[] {
   const problems: string[] = [];
@@ -365,6 +372,16 @@ function settingsThatDisagree(config: Readonly<z.infer<typeof configSchema>>): s
           'MYSQL_LOCK_WAIT_TIMEOUT_S',
       );
     }
+  }
+  const lockStepMs = CLASSIFICATION_LOCK_STEP_S * 1_000;
+  if (config.MYSQL_STATEMENT_TIMEOUT_MS <= lockStepMs) {
+    problems.push(
+      `MYSQL_STATEMENT_TIMEOUT_MS: ${config.MYSQL_STATEMENT_TIMEOUT_MS} is not above the ` +
+        `reconciliation classification lock's GET_LOCK wait (${CLASSIFICATION_LOCK_STEP_S} s, ` +
+        `${lockStepMs} ms): while another run holds the lock, each wait would be cut by its ` +
+        'deadline (connection closed) and the run would fail instead of waiting its turn; raise ' +
+        `MYSQL_STATEMENT_TIMEOUT_MS above ${lockStepMs}`,
+    );
   }
   if (config.JANITOR_LEASE_MS <= config.JANITOR_INTERVAL_MS) {
     problems.push(

@@ -337,6 +337,22 @@ describe('main', () => {
     ).toEqual([]);
   });
 
+  it('refuses a statement deadline not above the classification lock wait, naming both', () => {
+    // Reconciliation waits for its classification lock in GET_LOCK steps of 2 s, statements on a
+    // pool with this deadline: one cut by it closes the connection, and the run fails instead of
+    // waiting for the run that holds the lock.
+    const lockWaitS = { MYSQL_LOCK_WAIT_TIMEOUT_S: '1' };
+    expect(problemsOf({ ...lockWaitS, MYSQL_STATEMENT_TIMEOUT_MS: '2000' })).toEqual([
+      expect.stringMatching(
+        /^MYSQL_STATEMENT_TIMEOUT_MS: 2000 is not above the reconciliation classification lock's GET_LOCK wait \(2 s, 2000 ms\): .*raise MYSQL_STATEMENT_TIMEOUT_MS above 2000$/,
+      ),
+    ]);
+    expect(problemsOf({ ...lockWaitS, MYSQL_STATEMENT_TIMEOUT_MS: '1500' })).toEqual([
+      expect.stringMatching(/^MYSQL_STATEMENT_TIMEOUT_MS: 1500 is not above the reconciliation/),
+    ]);
+    expect(problemsOf({ ...lockWaitS, MYSQL_STATEMENT_TIMEOUT_MS: '2001' })).toEqual([]);
+  });
+
   it('refuses a janitor lease not above its interval, naming both and their values', () => {
     // A claim that ends before the next pass leaves a quiet order to be checked on every pass.
     expect(problemsOf({ JANITOR_INTERVAL_MS: '5000', JANITOR_LEASE_MS: '5000' })).toEqual([

@@ -9,6 +9,7 @@
  * whose owner stopped renewing can be taken over by another node.
  */
 import { sql, type RawBuilder, type Selectable } from 'kysely';
+import { CLASSIFICATION_LOCK_STEP_S } from '../config.js';
 import { addUtcDays, startOfUtcDay, type UtcDay } from '../domain/utc-day.js';
 import type { Db } from '../storage/db.js';
 import { isDuplicateKey, isTransientLockError } from '../storage/errors.js';
@@ -919,8 +920,8 @@ export async function withClassificationLock<T>(
   }
 }
 
-/** Seconds of one GET_LOCK wait. */
-const LOCK_STEP_S = 2;
+/** Seconds of one GET_LOCK wait: in config.ts, which keeps MYSQL_STATEMENT_TIMEOUT_MS above it. */
+const LOCK_STEP_S = CLASSIFICATION_LOCK_STEP_S;
 
 /**
  * A row this file settles (MATCHED or TIMING) resolves a MISSING_IN_SETTLEMENT of an earlier
