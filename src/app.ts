@@ -379,13 +379,22 @@ export async function startSettle(
         `dead-lettered: ${entry.lastError}`,
       );
     };
+    // Not recorded again, but an operator must still see a command that keeps failing.
+    const onOpenRepeat = (entry: DeadLetter) => {
+      metrics.deadLetterRepeated(entry.reason);
+      logger.info(
+        { orderId: entry.orderId, reason: entry.reason, subject: entry.subject },
+        `refused again (${entry.reason}) while the order's OPEN dead letter for the same ` +
+          'command waits for an operator; not recorded again',
+      );
+    };
     const local = new LocalExecutor(
       {
         db,
         send: (orderId, message) => registry.send(orderId, message),
         commandSubject: (orderId) => names.commandSubject(orderId),
         deadLetter: async (entry, msgId) => {
-          const recorded = await recordHeldDeadLetter(db, msgId, entry, now());
+          const recorded = await recordHeldDeadLetter(db, msgId, entry, now(), { onOpenRepeat });
           // The stream copy, as the consumer makes one, is for JetStream tooling only.
           if (recorded) {
             await js
@@ -424,7 +433,8 @@ export async function startSettle(
     );
     cleanups.push(() => local.stop(graceLeft()));
     const consumer = new CommandConsumer(nc, js, jsm, names, (command) => dispatch(command), {
-      recordDeadLetter: (entry) => recordDeadLetter(db, names.commandStream, entry, now()),
+      recordDeadLetter: (entry) =>
+        recordDeadLetter(db, names.commandStream, entry, now(), { onOpenRepeat }),
       inFlightMax: Math.max(
         1,
         Math.min(config.CONSUMER_MAX_ACK_PENDING, config.PSP_IN_FLIGHT_MAX - localMax, 1_024),

@@ -51,18 +51,21 @@ export type DeadLetterRecord = Readonly<{
  * dropped is a message terminated that no operator will see. A message whose order already has
  * an OPEN entry with the same reason and the same payload (the same command, sent again and
  * refused again the same way: the janitor's status check of an order whose PSP answer Settle
- * cannot store) is not recorded again either: that entry already says all it would.
+ * cannot store) is not recorded again either: that entry already says all it would, but
+ * `onOpenRepeat` hears of it, so a command that keeps failing is still seen.
  */
 export async function recordDeadLetter(
   db: Db,
   streamName: string,
   given: DeadLetter,
   now: Date,
+  options: RecordOptions = {},
 ): Promise<boolean> {
   const entry = fittedToColumns(given);
   if (await recordedUnderSequenceKey(db, streamName, entry)) return false;
   const key = deadLetterKey(streamName, entry);
   const inserted = await insertDeadLetter(db, key, entry, now);
+  if (inserted === INSERTED.openRepeat) options.onOpenRepeat?.(entry);
   if (inserted !== INSERTED.keyTaken) return inserted === INSERTED.yes;
   const stored = await db
     .selectFrom('dead_letter')
@@ -70,11 +73,25 @@ export async function recordDeadLetter(
     .where('dedupe_key', '=', key)
     .executeTakeFirst();
   if (stored?.payload === entry.payload) return false;
-  return (
-    (await insertDeadLetter(db, `${key}#${payloadDigest(entry.payload)}`, entry, now)) ===
-    INSERTED.yes
+  const insertedApart = await insertDeadLetter(
+    db,
+    `${key}#${payloadDigest(entry.payload)}`,
+    entry,
+    now,
   );
+  if (insertedApart === INSERTED.openRepeat) options.onOpenRepeat?.(entry);
+  return insertedApart === INSERTED.yes;
 }
+
+export type RecordOptions = Readonly<{
+  /**
+   * Called, after the fact, for a dead letter not recorded because its order has an OPEN entry
+   * with the same reason and command: another message, refused again the same way (not a
+   * redelivery of a message already recorded, which is no news at all). The node counts it in
+   * settle_dead_letter_repeats_total and logs it at info.
+   */
+  onOpenRepeat?: (entry: DeadLetter) => void;
+}>;
 
 /**
  * Records the dead letter of a command refused for good by the node that wrote it, before any
@@ -89,14 +106,17 @@ export async function recordHeldDeadLetter(
   msgId: string,
   given: DeadLetter,
   now: Date,
+  options: RecordOptions = {},
 ): Promise<boolean> {
   const entry = fittedToColumns(given);
-  return inTransaction(db, async (trx) => {
+  const inserted = await inTransaction(db, async (trx) => {
     // A duplicate key fails the INSERT alone, not the transaction: the row goes all the same.
-    const inserted = await insertDeadLetter(trx, `outbox:${msgId}`, entry, now);
+    const result = await insertDeadLetter(trx, `outbox:${msgId}`, entry, now);
     await trx.executeQuery(outboxDeleteByMsgId(trx, [msgId]));
-    return inserted === INSERTED.yes;
+    return result;
   });
+  if (inserted === INSERTED.openRepeat) options.onOpenRepeat?.(entry);
+  return inserted === INSERTED.yes;
 }
 
 /** What an insert of a dead letter did. */

@@ -53,6 +53,8 @@ export type Metrics = Readonly<{
   pspCall: (call: { op: string; ok: boolean; ms: number; notSent?: boolean }) => void;
   retry: () => void;
   deadLetter: (reason: string) => void;
+  /** A dead letter not recorded: its order has an OPEN entry for the same command and reason. */
+  deadLetterRepeated: (reason: string) => void;
   /** Housekeeping deleted expired rows (`task`: what they were, e.g. idempotency_key). */
   rowsPurged: (purged: { task: string; rows: number }) => void;
   /** A housekeeping task failed (it is tried again at the next pass). */
@@ -196,6 +198,16 @@ export function createMetrics(): Metrics {
   });
   // Every series exists from the start at 0, so increase() sees the first dead letter.
   for (const reason of Object.values(DEAD_LETTER_REASON)) deadLetters.inc({ reason }, 0);
+  const deadLetterRepeats = new Counter({
+    name: 'settle_dead_letter_repeats_total',
+    help:
+      'Dead letters this node did not record because the order already has an OPEN entry for ' +
+      'the same command and reason (the command was sent again and refused again the same way, ' +
+      'e.g. the janitor checking an order whose PSP answer Settle cannot store), by reason.',
+    labelNames: ['reason'] as const,
+    registers: [registry],
+  });
+  for (const reason of Object.values(DEAD_LETTER_REASON)) deadLetterRepeats.inc({ reason }, 0);
   const rowsPurged = new Counter({
     name: 'settle_rows_purged_total',
     help:
@@ -492,6 +504,7 @@ export function createMetrics(): Metrics {
       ),
     retry: () => retries.inc(),
     deadLetter: (reason) => deadLetters.inc({ reason }),
+    deadLetterRepeated: (reason) => deadLetterRepeats.inc({ reason }),
     rowsPurged: (purged) => rowsPurged.inc({ task: purged.task }, purged.rows),
     housekeepingFailed: (failed) => housekeepingFailures.inc({ task: failed.task }),
     adminCredentialRefused: (refused) => adminCredentialsRefused.inc(refused),

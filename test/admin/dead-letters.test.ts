@@ -5,8 +5,9 @@
  * before the key named the stream's creation time still dedupes its own message's redelivery;
  * an order holds one OPEN entry per reason and command (payload), so a command sent again and
  * refused again the same way (the janitor's status checks) does not pile up, while another
- * command, another reason or a closed entry's repeat is recorded; and an entry longer than its
- * columns is cut to fit rather than refused.
+ * command, another reason or a closed entry's repeat is recorded, and each repeat left out is
+ * told to the caller (the node counts and logs it); and an entry longer than its columns is cut
+ * to fit rather than refused.
  * Method: recordDeadLetter on a migrated database of the real MariaDB; rows read back.
  */
 import { sql } from 'kysely';
@@ -170,6 +171,35 @@ describe('recording a dead letter', () => {
     expect(await record({ ...malformed, streamSequence: 26 })).toBe(true);
     expect(await record({ ...malformed, streamSequence: 27 })).toBe(true);
     expect(await ordersRecorded()).toEqual([orderId, orderId, orderId, null, null]);
+    await sql`DELETE FROM dead_letter`.execute(database.db);
+  });
+
+  it('tells of each OPEN repeat it does not record, and of nothing else', async () => {
+    // A command that keeps failing must still be visible: the node counts and logs these.
+    const orderId = newId('order');
+    const repeats: DeadLetter[] = [];
+    const options = { onOpenRepeat: (entry: DeadLetter) => repeats.push(entry) };
+    const recordTelling = (entry: DeadLetter) =>
+      recordDeadLetter(database.db, STREAM, entry, new Date(), options);
+    const check = entryOf(orderId, { streamSequence: 51 });
+    expect(await recordTelling(check)).toBe(true);
+    // The same message again (a redelivery, another node's advisory): no news, not a repeat.
+    expect(await recordTelling({ ...check, reason: 'MAX_DELIVERIES', attempts: 6 })).toBe(false);
+    expect(repeats).toEqual([]);
+    // The janitor's next checks, refused the same way: repeats, each told once.
+    expect(await recordTelling({ ...check, streamSequence: 52 })).toBe(false);
+    expect(await recordTelling({ ...check, streamSequence: 53 })).toBe(false);
+    expect(repeats.map((entry) => [entry.orderId, entry.reason, entry.streamSequence])).toEqual([
+      [orderId, 'NON_RETRYABLE', 52],
+      [orderId, 'NON_RETRYABLE', 53],
+    ]);
+    // Recorded by the node that wrote the command (a local run): the same rule.
+    const msgId = `held-${orderId}`;
+    const held = entryOf(orderId, { streamSequence: 0, streamCreatedAt: '' });
+    expect(await recordHeldDeadLetter(database.db, msgId, held, new Date(), options)).toBe(false);
+    expect(repeats).toHaveLength(3);
+    expect(repeats[2]?.orderId).toBe(orderId);
+    expect(await ordersRecorded()).toEqual([orderId]);
     await sql`DELETE FROM dead_letter`.execute(database.db);
   });
 

@@ -26,6 +26,7 @@ import {
   type RegisterPaymentRequest,
   type RegisterPaymentResponse,
 } from '../../src/grpc/generated/settle/psp/v1/psp.js';
+import { createLogger } from '../../src/observability/logger.js';
 import { createPspClient, type PspClient } from '../../src/psp/client.js';
 import {
   call,
@@ -138,6 +139,9 @@ async function startLengtheningPsp(): Promise<string> {
   return `127.0.0.1:${port}`;
 }
 
+/** The node's log, one JSON line each. */
+const logLines: string[] = [];
+
 beforeAll(async () => {
   const address = await startLengtheningPsp();
   lengtheningAddress = address;
@@ -159,7 +163,13 @@ beforeAll(async () => {
       // A claim outlasts the interval (loadConfig checks); no test runs the janitor twice anyway.
       JANITOR_LEASE_MS: '7200000',
     },
-    overrides: { psp },
+    overrides: {
+      psp,
+      logger: createLogger(
+        { level: 'info', name: 'settle' },
+        { write: (line) => logLines.push(line) },
+      ),
+    },
   });
   upstream = new PspServiceClient(
     `127.0.0.1:${stack.psp.grpcPort}`,
@@ -300,6 +310,12 @@ describe('PSP answers longer than Settle stores', () => {
     });
     await call(stack.pspApi.payWithCard.bind(stack.pspApi), { token, cardNumber: CARD.success });
     longReference.add(orderId);
+    const repeats = async () =>
+      metricSample(await scrapeMetrics(stack.settleHttp), 'settle_dead_letter_repeats_total', {
+        reason: 'NON_RETRYABLE',
+      });
+    const repeatsBefore = await repeats();
+    expect(repeatsBefore).toBeGreaterThanOrEqual(0);
 
     const checksMax = 3;
     for (let check = 1; check <= checksMax; check += 1) {
@@ -323,6 +339,18 @@ describe('PSP answers longer than Settle stores', () => {
     expect(dead[0]?.last_error).toMatch(/pspReference of 65 characters/);
     expect((await orderRow(orderId))?.state).toBe('EXECUTING');
     expect(await ledgerTransactionsOf(orderId)).toBe(0);
+    // Not recorded again, but not silent either: the later checks are counted and logged, so an
+    // operator sees that the command keeps failing.
+    await waitFor(
+      async () => ((await repeats()) === (repeatsBefore ?? 0) + checksMax - 1 ? true : undefined),
+      { timeoutMs: 15_000, what: 'the repeats counted' },
+    );
+    const repeatLines = logLines
+      .map((line) => JSON.parse(line) as Record<string, unknown>)
+      .filter((line) => line.orderId === orderId && line.reason === 'NON_RETRYABLE')
+      .filter((line) => String(line.msg).includes('refused again'));
+    expect(repeatLines).toHaveLength(checksMax - 1);
+    expect(repeatLines[0]).toMatchObject({ level: 'info' });
   });
 
   it('takes a status answer with a 70-character decline code, cut to fit the failure reason', async () => {
