@@ -3,7 +3,8 @@
  *
  *   GET  /healthz       200 "ok"
  *   GET  /pay/<token>   the form (REGISTERED) or the result (decided, cancelled); 404 otherwise
- *   POST /pay/<token>   pays with the form's card_number; 400 bad card, 413 body too large
+ *   POST /pay/<token>   pays with the form's card_number; 400 bad card, 409 cannot be paid (any
+ *                       more), 413 body too large
  *
  * The token's shape is checked before any database lookup. Paying goes through
  * PspPayments.pay, the same code path as the PayWithCard RPC.
@@ -19,6 +20,7 @@ import {
 } from '../../domain/errors.js';
 import { checkoutPage, messagePage, resultPage } from './pages.js';
 import { isPaymentToken, type PspPayments } from './payments.js';
+import { PSP_PAYMENT_STATE } from './schema.js';
 
 /** The largest form body accepted, in bytes. */
 export const FORM_BODY_BYTES_MAX = 4 * 1024;
@@ -150,6 +152,11 @@ async function pay(
     }
     if (error instanceof FailedPreconditionError) {
       const payment = await payments.findByToken(token);
+      // Still REGISTERED: refused for what it is (a currency the mock does not charge in), so the
+      // form again would only be refused again; say why instead.
+      if (payment?.status === PSP_PAYMENT_STATE.registered) {
+        return sendPage(response, 409, messagePage('Payment not possible', error.message));
+      }
       if (payment !== undefined) return sendPage(response, 409, resultPage(payment));
     }
     throw error;

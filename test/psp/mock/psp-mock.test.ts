@@ -367,7 +367,7 @@ describe('GetPaymentStatus', () => {
     // mock sharing the database, a hand-written row). Before, the read asserted USD and every
     // call that read the row answered INTERNAL.
     const nonce = uniqueNonce();
-    const { token } = await register(nonce, 2500n);
+    const { token, checkoutUrl } = await register(nonce, 2500n);
     await db
       .updateTable('psp_payment')
       .set({ currency: 'EUR' })
@@ -384,6 +384,14 @@ describe('GetPaymentStatus', () => {
     const repeat = await grpcError(register(nonce, 2500n));
     expect(repeat.code).toBe(status.ALREADY_EXISTS);
     expect(repeat.details).toContain('2500 EUR, not 2500 USD');
+    // The hosted page shows it, and its form says why it cannot be paid.
+    const page = await fetch(checkoutUrl, { signal: AbortSignal.timeout(5_000) });
+    expect(page.status).toBe(200);
+    expect(await page.text()).toContain('25.00 EUR');
+    const posted = await postCard(checkoutUrl, SUCCESS_CARD);
+    expect(posted.status).toBe(409);
+    expect(posted.html).toContain('is in EUR, which this mock does not charge');
+    expect(posted.html).not.toContain('<form');
     const paid = await grpcError(
       unary(api.payWithCard.bind(api), { token, cardNumber: SUCCESS_CARD }),
     );
