@@ -12,16 +12,15 @@
  */
 import { sql } from 'kysely';
 import { beforeAll, describe, expect, it } from 'vitest';
-import {
-  dropDatabase,
-  ensureDatabase,
-  migrateToLatest,
-  openDatabase,
-  type Db,
-} from '../../src/storage/db.js';
+import { migrateToLatest, openDatabase, type Db } from '../../src/storage/db.js';
 import type { StepProgress } from '../../src/storage/migrations/index.js';
-import { testDatabaseUrl } from '../support/harness.js';
-import { describeStop, schemaOf as schemaIn, stopAt, stopsOf } from '../support/schema.js';
+import {
+  describeStop,
+  freshDatabase as freshDatabaseFor,
+  schemaOf as schemaIn,
+  stopAt,
+  stopsOf,
+} from '../support/schema.js';
 
 /** The schema of the database `db` is on, as rows that compare equal across databases. */
 const schemaOf = (db: Db) => schemaIn(db, 'kysely_migration');
@@ -44,21 +43,7 @@ const MIGRATIONS = STEPS_PER_MIGRATION.map(([name]) => name);
 /** Every point a migration can stop at: after each step ran, and after its record committed. */
 const STOPS: readonly StepProgress[] = stopsOf(STEPS_PER_MIGRATION);
 
-type FreshDatabase = Readonly<{ db: Db; url: string; close: () => Promise<void> }>;
-
-async function freshDatabase(): Promise<FreshDatabase> {
-  const url = testDatabaseUrl('settle_migrate_t');
-  await ensureDatabase(url);
-  const opened = openDatabase(url, { poolSize: 2 });
-  return {
-    db: opened.db,
-    url,
-    close: async () => {
-      await opened.close();
-      await dropDatabase(url);
-    },
-  };
-}
+const freshDatabase = () => freshDatabaseFor('settle_migrate_t');
 
 let clean: Record<string, unknown[]>;
 const cleanProgress: StepProgress[] = [];

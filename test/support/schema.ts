@@ -4,7 +4,26 @@
  * node killed there would have. Settle's and the PSP mock's migration tests both use them.
  */
 import { sql, type Kysely } from 'kysely';
+import { dropDatabase, ensureDatabase, openDatabase, type Db } from '../../src/storage/db.js';
 import type { StepProgress } from '../../src/storage/migrations/steps.js';
+import { testDatabaseUrl } from './harness.js';
+
+export type FreshDatabase = Readonly<{ db: Db; url: string; close: () => Promise<void> }>;
+
+/** An empty database of its own (named after `prefix`), dropped again by `close`. */
+export async function freshDatabase(prefix: string): Promise<FreshDatabase> {
+  const url = testDatabaseUrl(prefix);
+  await ensureDatabase(url);
+  const opened = openDatabase(url, { poolSize: 2 });
+  return {
+    db: opened.db,
+    url,
+    close: async () => {
+      await opened.close();
+      await dropDatabase(url);
+    },
+  };
+}
 
 /**
  * The schema of the database `db` is on: columns, indexes, constraints, CHECK clauses, and the

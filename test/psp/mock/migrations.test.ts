@@ -10,16 +10,15 @@
 import { sql } from 'kysely';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { migratePspToLatest } from '../../../src/psp/mock/migrations/index.js';
-import {
-  dropDatabase,
-  ensureDatabase,
-  migrateToLatest,
-  openDatabase,
-  type Db,
-} from '../../../src/storage/db.js';
+import { migrateToLatest, type Db } from '../../../src/storage/db.js';
 import type { StepProgress } from '../../../src/storage/migrations/index.js';
-import { testDatabaseUrl } from '../../support/harness.js';
-import { describeStop, schemaOf as schemaIn, stopAt, stopsOf } from '../../support/schema.js';
+import {
+  describeStop,
+  freshDatabase as freshDatabaseFor,
+  schemaOf as schemaIn,
+  stopAt,
+  stopsOf,
+} from '../../support/schema.js';
 
 /** The steps of each migration: a shipped migration never changes, so neither does this. */
 const STEPS_PER_MIGRATION: ReadonlyArray<readonly [string, number]> = [
@@ -35,20 +34,7 @@ const schemaOf = (db: Db) => schemaIn(db, 'psp_migration');
 const PSP_STEP_TABLE = 'psp_migration_step';
 const SETTLE_STEP_TABLE = 'schema_migration_step';
 
-type FreshDatabase = Readonly<{ db: Db; close: () => Promise<void> }>;
-
-async function freshDatabase(): Promise<FreshDatabase> {
-  const url = testDatabaseUrl('settle_psp_migrate_t');
-  await ensureDatabase(url);
-  const opened = openDatabase(url, { poolSize: 2 });
-  return {
-    db: opened.db,
-    close: async () => {
-      await opened.close();
-      await dropDatabase(url);
-    },
-  };
-}
+const freshDatabase = () => freshDatabaseFor('settle_psp_migrate_t');
 
 async function stepsRecorded(db: Db, table: string): Promise<unknown[]> {
   const { rows } = await sql`SELECT migration, step FROM ${sql.table(table)}
