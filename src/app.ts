@@ -18,6 +18,7 @@ import type { PspPort } from './actors/payment-order/effects.js';
 import {
   CommandConsumer,
   maxDeliveries,
+  publishDeadLetterCopy,
   type DeadLetter,
   type HandleOutcome,
 } from './messaging/command-consumer.js';
@@ -395,19 +396,13 @@ export async function startSettle(
         commandSubject: (orderId) => names.commandSubject(orderId),
         deadLetter: async (entry, msgId) => {
           const recorded = await recordHeldDeadLetter(db, msgId, entry, now(), { onOpenRepeat });
-          // The stream copy, as the consumer makes one, is for JetStream tooling only.
           if (recorded) {
-            await js
-              .publish(names.deadLetterSubject, JSON.stringify(entry), {
-                msgID: `dlq:outbox:${msgId}`,
-                timeout: 5_000,
-              })
-              .catch((error: unknown) =>
-                logger.error(
-                  { err: error, orderId: entry.orderId },
-                  'dead-letter stream publish failed',
-                ),
-              );
+            await publishDeadLetterCopy(js, names, entry, `outbox:${msgId}`, (error) =>
+              logger.error(
+                { err: error, orderId: entry.orderId },
+                'dead-letter stream publish failed',
+              ),
+            );
           }
           return recorded;
         },

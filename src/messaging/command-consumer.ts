@@ -71,6 +71,9 @@ export type ConsumerOptions = Readonly<{
  * Why a command was dead-lettered: its handler kept asking for a retry, or refused it for good;
  * its payload is not a command; or JetStream delivered it max_deliver times without an answer.
  */
+/** A dead letter keeps this much of its last error. */
+export const DEAD_LETTER_ERROR_CHARS_MAX = 2_000;
+
 export const DEAD_LETTER_REASON = {
   retriesExhausted: 'RETRIES_EXHAUSTED',
   nonRetryable: 'NON_RETRYABLE',
@@ -464,7 +467,7 @@ export class CommandConsumer {
       streamSequence: message.info.streamSequence,
       attempts,
       reason,
-      lastError: lastError.slice(0, 2_000),
+      lastError: lastError.slice(0, DEAD_LETTER_ERROR_CHARS_MAX),
       payload: message.string().slice(0, 64 * 1024),
       deadLetteredAt: new Date().toISOString(),
     };
@@ -472,14 +475,35 @@ export class CommandConsumer {
     // left unacked; the max-deliveries advisory (or the janitor) picks it up. False: this message
     // is recorded already (a node recorded it and died before terminating it), counted then.
     if ((await this.options.recordDeadLetter(entry)) !== false) this.options.onDeadLetter?.(entry);
-    // The stream copy is for JetStream tooling; losing it loses nothing.
-    await this.js
-      .publish(this.names.deadLetterSubject, JSON.stringify(entry), {
-        msgID: `dlq:${deadLetterKey(this.names.commandStream, entry)}`,
-        timeout: 5_000,
-      })
-      .catch((error: unknown) =>
+    await publishDeadLetterCopy(
+      this.js,
+      this.names,
+      entry,
+      deadLetterKey(this.names.commandStream, entry),
+      (error) =>
         this.options.onError?.(error, { orderId, reason: 'dead-letter stream publish failed' }),
-      );
+    );
   }
+}
+
+/**
+ * The dead-letter stream's copy of an entry MySQL recorded, deduplicated by `key`. It is for
+ * JetStream tooling only, so losing it loses nothing: a failed publish goes to `onError`.
+ */
+export async function publishDeadLetterCopy(
+  js: JetStreamClient,
+  names: Names,
+  entry: DeadLetter,
+  key: string,
+  onError: (error: unknown) => void,
+): Promise<void> {
+  await js
+    .publish(names.deadLetterSubject, JSON.stringify(entry), {
+      msgID: `dlq:${key}`,
+      timeout: 5_000,
+    })
+    .then(
+      () => undefined,
+      (error: unknown) => onError(error),
+    );
 }

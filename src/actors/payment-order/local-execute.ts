@@ -29,6 +29,7 @@
  * written with its rows due at once and goes the JetStream way.
  */
 import {
+  DEAD_LETTER_ERROR_CHARS_MAX,
   DEAD_LETTER_REASON,
   outcomeOfThrow,
   type DeadLetter,
@@ -221,7 +222,7 @@ export class LocalExecutor {
       streamSequence: 0,
       attempts: 1,
       reason: DEAD_LETTER_REASON.nonRetryable,
-      lastError: reason.slice(0, 2_000),
+      lastError: reason.slice(0, DEAD_LETTER_ERROR_CHARS_MAX),
       payload: executeOrderPayload(orderId, 0),
       deadLetteredAt: this.deps.now().toISOString(),
     };
