@@ -369,14 +369,15 @@ export class WrongTokenLimit {
   }
 }
 
-function digest(text: string): Buffer {
+/** A token's SHA-256, so that tokens of any length compare in constant time (timingSafeEqual). */
+export function tokenDigest(text: string): Buffer {
   return createHash('sha256').update(text, 'utf8').digest();
 }
 
 /** Constant-time: both sides are hashed to the same length first. */
 export function tokenMatches(config: Pick<AdminAuthConfig, 'token'>, presented: string): boolean {
   if (config.token === undefined) return false;
-  return timingSafeEqual(digest(presented), digest(config.token));
+  return timingSafeEqual(tokenDigest(presented), tokenDigest(config.token));
 }
 
 /**

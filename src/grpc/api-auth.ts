@@ -11,8 +11,8 @@
  * as admin ones are: each token has at least 16 characters, too many to guess at any rate a
  * node answers.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
-import { bearerToken } from '../admin/auth.js';
+import { timingSafeEqual } from 'node:crypto';
+import { bearerToken, tokenDigest } from '../admin/auth.js';
 import { UnauthenticatedError } from '../domain/errors.js';
 
 /** Why a call was refused: no bearer token at all, or one that is none of API_TOKENS. */
@@ -43,10 +43,6 @@ export type ApiSurface = Readonly<{
   kind: 'grpc' | 'http';
 }>;
 
-function digest(text: string): Buffer {
-  return createHash('sha256').update(text, 'utf8').digest();
-}
-
 /**
  * The tokens of API_TOKENS, kept only as digests; `enabled` is false for an empty list.
  * `onRefused` hears of every refusal (gRPC and REST alike), before it is thrown: the node counts
@@ -61,7 +57,7 @@ export class ApiTokens {
     tokens: readonly string[],
     options: { onRefused?: (refusal: ApiTokenRefusal) => void } = {},
   ) {
-    this.#digests = tokens.map(digest);
+    this.#digests = tokens.map(tokenDigest);
     this.#onRefused = options.onRefused ?? (() => {});
   }
 
@@ -75,7 +71,7 @@ export class ApiTokens {
    * token is compared, so the time taken says neither how much matched nor which token did.
    */
   matches(presented: string): boolean {
-    const given = digest(presented);
+    const given = tokenDigest(presented);
     let found = 0;
     // `|` rather than `||` or `some`, which would stop at the first match.
     for (const expected of this.#digests) found |= Number(timingSafeEqual(given, expected));
@@ -89,7 +85,8 @@ export class ApiTokens {
   require(authorization: unknown, surface: ApiSurface): void {
     if (!this.enabled) return;
     const presented = bearerToken(authorization);
-    const expected =
+    // Built only for a refusal: the check runs on every call.
+    const expected = () =>
       surface.kind === 'grpc'
         ? `the metadata "authorization: Bearer <token>"`
         : `the header "Authorization: Bearer <token>"`;
@@ -97,7 +94,7 @@ export class ApiTokens {
       this.#onRefused(API_TOKEN_REFUSAL.missing);
       throw new ApiTokenError(
         API_TOKEN_REFUSAL.missing,
-        `${surface.name} needs ${expected}, the token one of this node's API_TOKENS ` +
+        `${surface.name} needs ${expected()}, the token one of this node's API_TOKENS ` +
           `(the settle CLI sends SETTLE_API_TOKEN, the TypeScript client its apiToken option)`,
       );
     }
@@ -106,7 +103,7 @@ export class ApiTokens {
       throw new ApiTokenError(
         API_TOKEN_REFUSAL.wrong,
         `${surface.name} refused the bearer token: it is none of this node's API_TOKENS; send ` +
-          `${expected} with a current token`,
+          `${expected()} with a current token`,
       );
     }
   }
