@@ -233,11 +233,16 @@ type ParkedRow = Readonly<{ msgId: string; error: Error; until: Date }>;
 /**
  * Whether JetStream answered a publish with a refusal (an API error such as "message size exceeds
  * maximum allowed" or "maximum bytes exceeded", or no stream covering the subject), rather than
- * not answering at all (a timeout, a closed connection), which is an outage.
+ * not answering at all (a timeout, a closed connection) or answering that it is unavailable for
+ * now (status 503: "JetStream system temporarily unavailable"), which are outages: the row stays
+ * due and the loop backs off, rather than every due row being parked for up to a minute.
  */
-function isRefusal(error: Error): boolean {
+export function isRefusal(error: Error): boolean {
   // nats.js's JetStreamNotEnabled (no responders: no stream takes the subject) is not exported.
-  return error.name === 'JetStreamApiError' || error.name === 'JetStreamNotEnabled';
+  if (error.name === 'JetStreamNotEnabled') return true;
+  if (error.name !== 'JetStreamApiError') return false;
+  const status = (error as Error & { status?: unknown }).status;
+  return !(typeof status === 'number' && status >= 500);
 }
 
 /** Outbox rows whose publish got no answer (a timeout, NATS down): they stay due, tried again. */

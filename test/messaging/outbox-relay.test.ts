@@ -11,10 +11,10 @@
  * namespace of this file; a publish nobody answers comes from a core subscriber on its subject.
  */
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { jetstream, type JetStreamManager } from '@nats-io/jetstream';
+import { jetstream, JetStreamApiError, type JetStreamManager } from '@nats-io/jetstream';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, inject, vi } from 'vitest';
 import { deleteTopology, ensureTopology } from '../../src/messaging/nats.js';
-import { OutboxRelay } from '../../src/messaging/outbox-relay.js';
+import { isRefusal, OutboxRelay } from '../../src/messaging/outbox-relay.js';
 import { names as namesOf, type Names } from '../../src/messaging/subjects.js';
 import { executeOrderMessage } from '../../src/messaging/commands.js';
 import type { Db } from '../../src/storage/db.js';
@@ -267,5 +267,24 @@ describe('outbox relay', () => {
       .execute();
     expect(Number(left[0]?.n)).toBe(290);
     await db.deleteFrom('outbox').execute();
+  });
+});
+
+describe('what the relay takes for a refusal', () => {
+  // nats.js's own error types, as a publish rejects with them.
+  it.each<[string, Error, boolean]>([
+    [
+      'a message over max_msg_size',
+      new JetStreamApiError({ code: 400, err_code: 10054, description: 'message size exceeds' }),
+      true,
+    ],
+    [
+      'JetStream temporarily unavailable (503)',
+      new JetStreamApiError({ code: 503, err_code: 10008, description: 'temporarily unavailable' }),
+      false,
+    ],
+    ['a timeout', Object.assign(new Error('TIMEOUT'), { name: 'TimeoutError' }), false],
+  ])('%s', (_name, error, refusal) => {
+    expect(isRefusal(error)).toBe(refusal);
   });
 });
