@@ -342,7 +342,10 @@ describe('POST /webhooks/psp accepts', () => {
 
 describe('POST /webhooks/psp bounds the PSP token as payment_order.psp_token does (128)', () => {
   /** A new order, registered at the PSP, whose stored token is then made `length` long. */
-  async function orderWithTokenOf(length: number): Promise<{ id: string; token: string }> {
+  async function orderWithTokenOf(
+    length: number,
+    filler = 't',
+  ): Promise<{ id: string; token: string }> {
     const created = await call(stack.payments.createPayment.bind(stack.payments), {
       requestId: randomUUID(),
       buyerId: 'buyer-wh-long-token',
@@ -359,7 +362,7 @@ describe('POST /webhooks/psp bounds the PSP token as payment_order.psp_token doe
       return row?.psp_token ?? undefined;
     });
     // A PSP whose tokens are longer than the mock's (the column and the client take 128).
-    const token = `tok_${'t'.repeat(length - 4)}`;
+    const token = `tok_${filler.repeat(length - 4)}`;
     await stack.settle.db
       .updateTable('payment_order')
       .set({ psp_token: token })
@@ -368,8 +371,12 @@ describe('POST /webhooks/psp bounds the PSP token as payment_order.psp_token doe
     return { id, token };
   }
 
-  it('accepts and applies a decline for an order whose token has 100 characters', async () => {
-    const order = await orderWithTokenOf(100);
+  it.each([
+    ['100 characters', 't'],
+    // 196 UTF-16 units: the column counts characters, and so must the webhook.
+    ['100 characters, 96 of them outside the BMP', '\u{1F600}'],
+  ])('accepts and applies a decline for an order whose token has %s', async (_name, filler) => {
+    const order = await orderWithTokenOf(100, filler);
     const body = event({}, { nonce: order.id, token: order.token });
     expect(await postWebhook(stack, body)).toMatchObject({ status: 200 });
     const state = await waitFor(async () => {
