@@ -330,8 +330,7 @@ export function createSettleClient(address: string, options: SettleClientOptions
           options.timeoutMs ?? 60 * 60_000,
           'WatchPayment: timeoutMs',
         );
-        const metadata = new grpc.Metadata();
-        for (const [key, value] of Object.entries(api)) metadata.set(key, value);
+        const metadata = checkedMetadata(api, 'WatchPayment');
         const stream = payments.watchPayment({ paymentId }, metadata, {
           deadline: Date.now() + timeoutMs,
         });
