@@ -54,6 +54,7 @@ import { grpcCallObserver } from './observability/request-log.js';
 import { repeatingFailureLog } from './observability/repeating-failure.js';
 import { operatorRoutes } from './http/operator.routes.js';
 import { WrongTokenLimit, type WrongTokenLimitOptions } from './admin/auth.js';
+import { ClientResolver } from './admin/client-address.js';
 import {
   purgeClosedDeadLetters,
   recordDeadLetter,
@@ -530,6 +531,12 @@ export async function startSettle(
         warn: (fields, message) => logger.warn({ adminTokens: fields }, message),
       },
     });
+    // Who sends an admin request, for that bound: the peer, or with TRUSTED_PROXIES the client a
+    // trusted proxy forwarded it for; the panel and AdminService resolve it the same way.
+    const adminClients = new ClientResolver({
+      trustedProxies: config.TRUSTED_PROXIES,
+      onMalformed: (surface) => metrics.forwardedForMalformed({ surface }),
+    });
     const grpcConnectionsMax = config.GRPC_CONNECTIONS_MAX;
     const warnRefused = refusedConnectionLog(logger, grpcConnectionsMax);
     const grpcServer = createGrpcServer({
@@ -583,6 +590,7 @@ export async function startSettle(
           now,
           access: { token: config.ADMIN_TOKEN, readonlyOpen: config.ADMIN_READONLY_OPEN },
           wrongTokens: adminWrongTokens,
+          clients: adminClients,
         },
         adapterOptions,
       ),
@@ -698,6 +706,7 @@ export async function startSettle(
         wakeRelay: () => relay.wake(),
         now,
         adminWrongTokens,
+        adminClients,
         apiTokens,
       }),
     ];

@@ -4,6 +4,7 @@
  * process.env. Every problem is reported at once (not just the first one).
  */
 import { z } from 'zod';
+import { TRUSTED_PROXIES_MAX, trustedProxyRange } from './admin/client-address.js';
 
 const PORT_MAX = 65_535;
 
@@ -222,6 +223,26 @@ export const configSchema = z.object({
         )
         .max(API_TOKENS_MAX, `at most ${API_TOKENS_MAX} tokens`),
     )
+    .prefault(''),
+  /**
+   * The reverse proxies and load balancers in front of the admin panel and AdminService:
+   * addresses and CIDR ranges, IPv4 or IPv6, separated by commas. A request whose TCP peer is one
+   * of them is counted against the client its `X-Forwarded-For` names (the rightmost entry that
+   * is not itself a trusted proxy; src/admin/client-address.ts). Unset: the peer is the client.
+   */
+  TRUSTED_PROXIES: csv
+    .superRefine((entries, context) => {
+      if (entries.length > TRUSTED_PROXIES_MAX) {
+        context.addIssue({
+          code: 'custom',
+          message: `at most ${TRUSTED_PROXIES_MAX} entries; list networks (CIDR) rather than hosts`,
+        });
+      }
+      for (const entry of entries) {
+        const range = trustedProxyRange(entry);
+        if (typeof range === 'string') context.addIssue({ code: 'custom', message: range });
+      }
+    })
     .prefault(''),
   /**
    * Marks the admin panel's session cookie `Secure`, so browsers send it over HTTPS only. Off by

@@ -394,6 +394,30 @@ describe('main', () => {
     expect(stderr).toMatch(/JANITOR_BATCH_MAX: must be a whole number/);
   });
 
+  it('refuses TRUSTED_PROXIES entries that are no address or range, naming each', () => {
+    const { status, stderr } = runMain({
+      // Were the setting accepted, the node would fail fast on this instead of starting.
+      MYSQL_URL: 'mysql://root@127.0.0.1:1/settle_unreachable',
+      STARTUP_WAIT_MS: '0',
+      TRUSTED_PROXIES: '10.0.0.0/8, proxy.internal, 10.0.0.0/33, ::/0, 2001:db8::/48',
+    });
+    expect(status).toBe(2);
+    expect(stderr).toMatch(/TRUSTED_PROXIES: "proxy\.internal" is not an IP address or CIDR range/);
+    expect(stderr).toMatch(/TRUSTED_PROXIES: "10\.0\.0\.0\/33": the prefix length must be 1-32/);
+    expect(stderr).toMatch(/TRUSTED_PROXIES: "::\/0" trusts every address/);
+    expect(stderr).not.toMatch(/"10\.0\.0\.0\/8"|2001:db8::\/48/);
+    expect(problemsOf({ TRUSTED_PROXIES: ' 10.0.0.0/8 ,127.0.0.1,2001:db8::/48' })).toEqual([]);
+    expect(loadConfig({ TRUSTED_PROXIES: ' 10.0.0.0/8 ,127.0.0.1,' }).TRUSTED_PROXIES).toEqual([
+      '10.0.0.0/8',
+      '127.0.0.1',
+    ]);
+    expect(loadConfig({}).TRUSTED_PROXIES).toEqual([]);
+    const many = Array.from({ length: 65 }, (_, i) => `10.0.${i}.1`).join(',');
+    expect(problemsOf({ TRUSTED_PROXIES: many })).toEqual([
+      expect.stringMatching(/^TRUSTED_PROXIES: at most 64 entries/),
+    ]);
+  });
+
   it('tells a login MySQL refuses from a server that is down, naming MYSQL_URL', () => {
     const url = new URL(testDatabaseUrl('settle_t_login'));
     url.username = 'settle_no_such_user';

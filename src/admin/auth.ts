@@ -4,14 +4,14 @@
  * HttpOnly session cookie holding the operator's name and an expiry (browsers), Secure when
  * ADMIN_COOKIE_SECURE says the panel is reached through TLS. Every comparison is constant-time,
  * and every one goes through the node's WrongTokenLimit, which bounds guessing on all paths
- * together, per client address and per node. Without ADMIN_TOKEN nobody gets in;
- * ADMIN_READONLY_OPEN=true lets anyone read (local development), while actions still need the
- * token.
+ * together, per client address (client-address.ts) and per node. Without ADMIN_TOKEN nobody gets
+ * in; ADMIN_READONLY_OPEN=true lets anyone read (local development), while actions still need
+ * the token.
  */
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
-import { isIP, isIPv4, isIPv6 } from 'node:net';
 import { assertNever } from '../domain/errors.js';
+import type { ClientKey } from './client-address.js';
 
 export const SESSION_COOKIE = 'settle_admin';
 /** A browser session lasts this long, then the operator logs in again. */
@@ -53,68 +53,6 @@ export const WRONG_TOKENS_NODE_MAX = 100;
 export const WRONG_TOKEN_WINDOW_MS = 60_000;
 /** Clients whose wrong credentials a node tracks at once (WrongTokenLimit says when it fills). */
 export const WRONG_TOKEN_CLIENTS_MAX = 10_000;
-
-/**
- * Who a wrong credential is counted against: the address the socket sees, from clientOfAddress
- * or clientOfPeer. An IPv4 address (an IPv4-mapped IPv6 one too: `::ffff:1.2.3.4` is 1.2.3.4),
- * an IPv6 /64 (`2001:db8:0:7::/64`: one host chooses freely among the 2^64 addresses of its
- * network, SLAAC privacy addresses rotate within it, so counting per address would let it rotate
- * past the bound), or `unknown` for a socket without an IP address (all such share one).
- * Forwarded headers (X-Forwarded-For, Forwarded) are never read: any client can write them.
- */
-export type ClientKey = string & { readonly clientKeyBrand: never };
-
-const UNKNOWN_CLIENT = 'unknown' as ClientKey;
-
-/** The client behind a socket's `remoteAddress` (Node writes IPv6 without brackets or port). */
-export function clientOfAddress(address: string | undefined): ClientKey {
-  // A link-local address's zone (`fe80::1%eth0`) names our interface, not the client.
-  const bare = address?.replace(/%.*$/, '') ?? '';
-  if (isIPv4(bare)) return bare as ClientKey;
-  if (!isIPv6(bare)) return UNKNOWN_CLIENT;
-  const groups = ipv6Groups(bare);
-  const [, , , , , mapped = 0, high = 0, low = 0] = groups;
-  if (groups.slice(0, 5).every((group) => group === 0) && mapped === 0xffff) {
-    return `${high >> 8}.${high & 0xff}.${low >> 8}.${low & 0xff}` as ClientKey;
-  }
-  return `${groups
-    .slice(0, 4)
-    .map((group) => group.toString(16))
-    .join(':')}::/64` as ClientKey;
-}
-
-/**
- * The client behind a gRPC call's `getPeer()`. grpc-js (1.14) answers `<remoteAddress>:<port>`,
- * IPv6 unbracketed (`::1:50412`), or `unknown`; a bracketed `[::1]:50412` is read too. The port
- * is dropped only when what remains is an address, so a peer without one is read whole.
- */
-export function clientOfPeer(peer: string): ClientKey {
-  const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(peer);
-  if (bracketed !== null) return clientOfAddress(bracketed[1]);
-  const withPort = /^(.+):\d+$/.exec(peer);
-  const address = withPort?.[1];
-  return address !== undefined && isIP(address.replace(/%.*$/, '')) !== 0
-    ? clientOfAddress(address)
-    : clientOfAddress(peer);
-}
-
-/** The eight 16-bit groups of a valid IPv6 address, `::` and a dotted IPv4 tail expanded. */
-function ipv6Groups(address: string): number[] {
-  const dotted = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(address);
-  const text =
-    dotted === null
-      ? address
-      : address.slice(0, dotted.index) +
-        [(Number(dotted[1]) << 8) | Number(dotted[2]), (Number(dotted[3]) << 8) | Number(dotted[4])]
-          .map((group) => group.toString(16))
-          .join(':');
-  const parse = (part: string) =>
-    part === '' ? [] : part.split(':').map((group) => Number.parseInt(group, 16));
-  const [head = '', tail] = text.split('::');
-  if (tail === undefined) return parse(head);
-  const [before, after] = [parse(head), parse(tail)];
-  return [...before, ...Array<number>(8 - before.length - after.length).fill(0), ...after];
-}
 
 export type CredentialCheck<T> =
   | Readonly<{ outcome: 'match'; value: T }>
@@ -188,7 +126,8 @@ type ClientWindow = { startMs: number; wrong: number };
 /**
  * A node's bound on guessing the admin token. Every comparison of a presented credential with
  * the token, by every path (CREDENTIAL_PATH), goes through `check`, counted against the client
- * that presented it (ClientKey: the socket's address) and against the node.
+ * that presented it (ClientKey: its address as ClientResolver resolves it, the socket's peer or,
+ * from a trusted proxy, the client it forwarded for) and against the node.
  *
  * A client that presented `max` wrong credentials in its window (which starts at its first) has
  * every credential refused without a comparison until that window ends, the right one included:
@@ -208,8 +147,9 @@ type ClientWindow = { startMs: number; wrong: number };
  * window, so at most 2 × `nodeMax` clients have a live window); if it does, wrong credentials
  * from clients not yet tracked count against the node's bound only, so no tracked client (a
  * guesser refused) is forgotten early. Counted per node, in memory: a restart or another node
- * starts afresh. Behind a proxy every client has the proxy's address, and the client bound acts
- * node-wide, as the only bound did before (README, "Admin panel").
+ * starts afresh. Behind a proxy not listed in TRUSTED_PROXIES every client has the proxy's
+ * address, and the client bound acts node-wide, as the only bound did before (README, "Admin
+ * panel").
  */
 export class WrongTokenLimit {
   readonly max: number;

@@ -55,7 +55,6 @@ import {
   isSameOrigin,
   sessionCookie,
   tokenMatches,
-  clientOfAddress,
   CREDENTIAL_PATH,
   lockoutMessage,
   type LockoutScope,
@@ -65,6 +64,7 @@ import {
   type Principal,
   type SessionCookieOptions,
 } from './auth.js';
+import type { ClientResolver } from './client-address.js';
 import {
   DEAD_LETTER_STATE,
   type DeadLetterEntry,
@@ -120,6 +120,8 @@ export type AdminDeps = Readonly<{
    * shared with AdminService, so guessing through one way counts against the others.
    */
   wrongTokens: WrongTokenLimit;
+  /** Who sends a request (TRUSTED_PROXIES): one per node, shared with AdminService. */
+  clients: ClientResolver;
 }>;
 
 const FORM_BYTES_MAX = 16 * 1024;
@@ -178,9 +180,14 @@ export function adminRoutes(deps: AdminDeps): Route[] {
     );
   };
 
-  /** The node's bound on wrong tokens, as it applies to the client that sent `request`. */
+  /**
+   * The node's bound on wrong tokens, as it applies to the client that sent `request`: its peer,
+   * or the client a trusted proxy forwarded it for.
+   */
   const wrongTokensOf = (request: HttpRequest) =>
-    deps.wrongTokens.forClient(clientOfAddress(request.remoteAddress));
+    deps.wrongTokens.forClient(
+      deps.clients.ofHttp(request.remoteAddress, request.headers['x-forwarded-for']).key,
+    );
   const authenticated = (request: HttpRequest): Authentication =>
     authenticate(deps.auth, wrongTokensOf(request), request.headers, nowMs());
 

@@ -6,6 +6,7 @@
 import type { JetStreamManager } from '@nats-io/jetstream';
 import type { Config } from '../config.js';
 import type { WrongTokenLimit } from '../admin/auth.js';
+import type { ClientResolver } from '../admin/client-address.js';
 import type { ApiTokens } from '../grpc/api-auth.js';
 import { adminRoutes } from '../admin/routes.js';
 import { tableDeadLetters } from '../admin/dead-letter-source.js';
@@ -40,6 +41,8 @@ export type OperatorDeps = Readonly<{
   now: () => Date;
   /** The node's bound on wrong admin tokens, shared with AdminService. */
   adminWrongTokens: WrongTokenLimit;
+  /** Who sends a request (TRUSTED_PROXIES), shared with AdminService. */
+  adminClients: ClientResolver;
   /** API_TOKENS: the REST twin asks for one, as the gRPC API does. */
   apiTokens: ApiTokens;
 }>;
@@ -105,6 +108,7 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
       ],
       now: deps.now,
       wrongTokens: deps.adminWrongTokens,
+      clients: deps.adminClients,
       log,
       onAction: (action) =>
         (action.outcome === 'OK' ? logger.info : logger.warn).call(

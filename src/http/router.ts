@@ -33,7 +33,8 @@ export type HttpRequest = Readonly<{
   /**
    * The peer address of the connection as the socket sees it (`req.socket.remoteAddress`);
    * undefined once the socket is gone. Behind a proxy, the proxy's. Forwarded headers are not
-   * read into it: any client can write them.
+   * read into it: any client can write them; the admin panel asks ClientResolver
+   * (src/admin/client-address.ts), which reads them only from TRUSTED_PROXIES.
    */
   remoteAddress: string | undefined;
   /**

@@ -8,6 +8,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { LOCKOUT_SCOPE, type LockoutScope } from '../admin/auth.js';
 import { API_TOKEN_REFUSAL, type ApiTokenRefusal } from '../grpc/api-auth.js';
+import type { ClientSurface } from '../admin/client-address.js';
 import { WEBHOOK_REJECTION, type WebhookRejection } from '../http/webhook.route.js';
 import { HOUSEKEEPING_TASK } from '../jobs/housekeeping.js';
 import { DEAD_LETTER_REASON } from '../messaging/command-consumer.js';
@@ -65,6 +66,8 @@ export type Metrics = Readonly<{
   adminLockout: (lockout: { scope: LockoutScope }) => void;
   /** A call to the non-admin API was refused for its credential (API_TOKENS; gRPC or REST). */
   apiCredentialRefused: (refused: { reason: ApiTokenRefusal }) => void;
+  /** A trusted proxy sent an X-Forwarded-For that could not be read: its own address stood in. */
+  forwardedForMalformed: (malformed: { surface: ClientSurface }) => void;
   /** The exposition text and its content type. */
   render: () => Promise<{ contentType: string; body: string }>;
 }>;
@@ -264,6 +267,17 @@ export function createMetrics(): Metrics {
     registers: [registry],
   });
   for (const reason of Object.values(API_TOKEN_REFUSAL)) apiCredentialsRefused.inc({ reason }, 0);
+
+  const forwardedForMalformed = new Counter({
+    name: 'settle_forwarded_for_malformed_total',
+    help:
+      'Admin requests (surface http: the panel; grpc: AdminService) from a trusted proxy ' +
+      '(TRUSTED_PROXIES) whose X-Forwarded-For could not be read: an entry that is no IP ' +
+      'address, or more hops than are read. The proxy itself was taken as the client.',
+    labelNames: ['surface'] as const,
+    registers: [registry],
+  });
+  for (const surface of ['http', 'grpc'] as const) forwardedForMalformed.inc({ surface }, 0);
 
   // Gauges read at scrape time. A labelled gauge is cleared first, so a series whose probe failed
   // has no sample (absent, not 0). An unlabelled one keeps its last value instead: prom-client
@@ -510,6 +524,7 @@ export function createMetrics(): Metrics {
     adminCredentialRefused: (refused) => adminCredentialsRefused.inc(refused),
     adminLockout: (lockout) => adminLockouts.inc(lockout),
     apiCredentialRefused: (refused) => apiCredentialsRefused.inc(refused),
+    forwardedForMalformed: (malformed) => forwardedForMalformed.inc(malformed),
     render: async () => ({ contentType: registry.contentType, body: await registry.metrics() }),
   };
 }

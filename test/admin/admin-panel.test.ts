@@ -21,6 +21,7 @@ import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { adminRoutes, type AdminDeps } from '../../src/admin/routes.js';
 import { WrongTokenLimit, type AdminAuthConfig } from '../../src/admin/auth.js';
+import { ClientResolver } from '../../src/admin/client-address.js';
 import { tableDeadLetters } from '../../src/admin/dead-letter-source.js';
 import type { HttpRequest, Route } from '../../src/http/router.js';
 import { operationsSnapshot, PaymentCounts } from '../../src/observability/operations.js';
@@ -123,6 +124,7 @@ function panelRoutes(overrides: Partial<AdminDeps> & Pick<AdminDeps, 'auth'>): R
     now: () => new Date(),
     cookie: { secure: false },
     wrongTokens: new WrongTokenLimit(),
+    clients: new ClientResolver(),
     ...overrides,
   });
 }
@@ -603,6 +605,7 @@ describe('access', () => {
               now: () => new Date(),
               access,
               wrongTokens: new WrongTokenLimit(),
+              clients: new ClientResolver(),
             },
             { log: () => {} },
           ),
@@ -698,6 +701,7 @@ describe('access', () => {
             now: () => new Date(),
             access: { token: undefined, readonlyOpen: true },
             wrongTokens: new WrongTokenLimit(),
+            clients: new ClientResolver(),
           },
           { log: () => {} },
         ),

@@ -13,8 +13,6 @@ import { describe, expect, it } from 'vitest';
 import {
   authenticate,
   clearedSessionCookie,
-  clientOfAddress,
-  clientOfPeer,
   isSameOrigin,
   SESSION_COOKIE,
   SESSION_TTL_MS,
@@ -24,6 +22,7 @@ import {
   verifySession,
   WrongTokenLimit,
 } from '../../src/admin/auth.js';
+import { clientOfAddress, clientOfPeer } from '../../src/admin/client-address.js';
 import { loadConfig, localRunDefaults } from '../../src/config.js';
 
 const config = { token: 'a-long-enough-admin-token', readonlyOpen: false };

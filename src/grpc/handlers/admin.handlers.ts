@@ -33,11 +33,11 @@ import {
   bearerToken,
   CREDENTIAL_PATH,
   tokenMatches,
-  clientOfPeer,
   lockoutMessage,
   type AdminAuthConfig,
   type WrongTokenLimit,
 } from '../../admin/auth.js';
+import type { ClientResolver } from '../../admin/client-address.js';
 import { deadLetterAuditTarget } from '../../admin/dead-letter-source.js';
 import { listTransitions } from '../../storage/repositories/payment-order.repository.js';
 import { findPaymentVersion } from '../../storage/repositories/payment.repository.js';
@@ -97,7 +97,10 @@ function stateFromProto(state: DeadLetterStateProto): DeadLetterState | undefine
   }
 }
 
-/** What admission reads of a call: its credential, and who sends it (`getPeer()`). */
+/**
+ * What admission reads of a call: its credential, and who sends it (`getPeer()`, and its
+ * `x-forwarded-for` metadata when the peer is a trusted proxy).
+ */
 type AdminCall = Pick<grpc.ServerUnaryCall<unknown, unknown>, 'metadata' | 'getPeer'>;
 
 type Admission =
@@ -105,20 +108,25 @@ type Admission =
   /** `wrongToken`: it presented a wrong token (counted by the bound; audited on an action). */
   | Readonly<{ ok: false; error: SettleError; wrongToken: boolean }>;
 
+/** How AdminService admits a call: the same settings and bound as the admin panel's. */
+export type AdminGuard = Readonly<{
+  access: AdminAuthConfig;
+  /** The node's bound on wrong admin tokens, shared with the admin panel. */
+  wrongTokens: WrongTokenLimit;
+  /** Who sends a call (TRUSTED_PROXIES), resolved as the panel resolves it. */
+  clients: ClientResolver;
+}>;
+
 /**
  * Whether the call may `kind` (read or act), by the admin panel's rules (admin/auth.ts): the token
  * from ADMIN_TOKEN, and without one nobody; with ADMIN_READONLY_OPEN (local development) the reads
  * are open to anyone, the actions (replay, discard) still need it. The token is compared through
- * the node's bound on wrong tokens as it applies to the calling client (its peer address): once
- * the client's bound or the node's is reached, RESOURCE_EXHAUSTED, the right token included,
- * until its window ends.
+ * the node's bound on wrong tokens as it applies to the calling client (its peer address, or the
+ * address a trusted proxy forwarded): once the client's bound or the node's is reached,
+ * RESOURCE_EXHAUSTED, the right token included, until its window ends.
  */
-function admitAdmin(
-  call: AdminCall,
-  access: AdminAuthConfig,
-  wrongTokens: WrongTokenLimit,
-  kind: 'read' | 'act',
-): Admission {
+function admitAdmin(call: AdminCall, guard: AdminGuard, kind: 'read' | 'act'): Admission {
+  const { access, wrongTokens, clients } = guard;
   if (kind === 'read' && access.readonlyOpen) return { ok: true };
   if (access.token === undefined) {
     return {
@@ -135,7 +143,9 @@ function admitAdmin(
   );
   const presented = bearerToken(call.metadata.get('authorization')[0]);
   if (presented === undefined) return { ok: false, wrongToken: false, error: missing };
-  const client = wrongTokens.forClient(clientOfPeer(call.getPeer()));
+  const client = wrongTokens.forClient(
+    clients.ofGrpc(call.getPeer(), call.metadata.get('x-forwarded-for')).key,
+  );
   const check = client.check(CREDENTIAL_PATH.grpc, () =>
     tokenMatches(access, presented) ? true : undefined,
   );
@@ -154,22 +164,13 @@ function admitAdmin(
 }
 
 /** Throws the refusal of admitAdmin, if any. */
-export function requireAdmin(
-  call: AdminCall,
-  access: AdminAuthConfig,
-  wrongTokens: WrongTokenLimit,
-  kind: 'read' | 'act',
-): void {
-  const admission = admitAdmin(call, access, wrongTokens, kind);
+export function requireAdmin(call: AdminCall, guard: AdminGuard, kind: 'read' | 'act'): void {
+  const admission = admitAdmin(call, guard, kind);
   if (!admission.ok) throw admission.error;
 }
 
 export function adminHandlers(
-  deps: DeadLetterDeps & {
-    access: AdminAuthConfig;
-    /** The node's bound on wrong admin tokens, shared with the admin panel. */
-    wrongTokens: WrongTokenLimit;
-  },
+  deps: DeadLetterDeps & AdminGuard,
   options: AdapterOptions,
 ): AdminServiceServer {
   const guard = <T>(work: () => Promise<T>) =>
@@ -184,7 +185,7 @@ export function adminHandlers(
     call: AdminCall,
     what: { action: string; id: string },
   ): Promise<void> => {
-    const admission = admitAdmin(call, deps.access, deps.wrongTokens, 'act');
+    const admission = admitAdmin(call, deps, 'act');
     if (admission.ok) return;
     if (admission.wrongToken) {
       await audited(
@@ -203,7 +204,7 @@ export function adminHandlers(
   };
   return {
     listDeadLetters: unary(async (request, call) => {
-      requireAdmin(call, deps.access, deps.wrongTokens, 'read');
+      requireAdmin(call, deps, 'read');
       if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
       if (request.orderId !== '') {
         requireId('order_id', request.orderId, ORDER_ID_PATTERN, ORDER_ID_EXAMPLE);
@@ -271,7 +272,7 @@ export function adminHandlers(
       return { deadLetter: toProto(result) };
     }, options),
     getPaymentTimeline: unary(async (request, call) => {
-      requireAdmin(call, deps.access, deps.wrongTokens, 'read');
+      requireAdmin(call, deps, 'read');
       requireId('payment_id', request.paymentId, PAYMENT_ID_PATTERN, PAYMENT_ID_EXAMPLE);
       if ((await guard(() => findPaymentVersion(deps.db, request.paymentId))) === undefined) {
         throw new NotFoundError('payment', request.paymentId);
