@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { TRUSTED_PROXIES_MAX, trustedProxyRange } from './admin/client-address.js';
+import { GRPC_CONNECTIONS_MAX_DEFAULT } from './grpc/server.js';
 
 const PORT_MAX = 65_535;
 
@@ -256,9 +257,9 @@ export const configSchema = z.object({
   GRPC_MESSAGE_BYTES_MAX: positiveInt.max(64 * 1024 * 1024).default(1024 * 1024),
   /**
    * Connections the gRPC port takes at once; past it a new one is closed as soon as it is
-   * accepted. The default is GRPC_CONNECTIONS_MAX_DEFAULT's (src/grpc/server.ts says why).
+   * accepted. The default is the server's own (src/grpc/server.ts says why).
    */
-  GRPC_CONNECTIONS_MAX: positiveInt.max(1_000_000).default(5_000),
+  GRPC_CONNECTIONS_MAX: positiveInt.max(1_000_000).default(GRPC_CONNECTIONS_MAX_DEFAULT),
   SHUTDOWN_GRACE_MS: positiveInt.max(120_000).default(10_000),
 
   /** Local development only: admin pages are readable without the token (actions still need it). */

@@ -9,7 +9,6 @@ import type * as http2 from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { newId } from '../../src/domain/ids.js';
-import { GRPC_CONNECTIONS_MAX_DEFAULT } from '../../src/grpc/server.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { openRawConnection } from '../grpc/harness.js';
 import {
@@ -17,7 +16,6 @@ import {
   metricSample,
   scrapeMetrics,
   startStack,
-  testConfig,
   type Stack,
 } from '../support/harness.js';
 
@@ -37,10 +35,6 @@ beforeAll(async () => {
 afterAll(async () => stack?.stop());
 
 describe('GRPC_CONNECTIONS_MAX', () => {
-  it('defaults to the server default', () => {
-    expect(testConfig().GRPC_CONNECTIONS_MAX).toBe(GRPC_CONNECTIONS_MAX_DEFAULT);
-  });
-
   it('closes connections past it, counts and logs them, and serves the connected client', async () => {
     const getPayment = stack.payments.getPayment.bind(stack.payments);
     const paymentId = newId('payment'); // never created: answered NOT_FOUND
