@@ -35,7 +35,10 @@ import { errorResponse, HttpInputError, json, type Route } from './router.js';
 
 export const WEBHOOK_PATH = '/webhooks/psp';
 
-/** Why a webhook was refused: a closed set, so it can label a metric. */
+/**
+ * Why the route refused a webhook: a closed set, so it can label a metric. A refused signature is
+ * one of them, whatever verifyWebhook's SIGNATURE_REJECTION was.
+ */
 export const WEBHOOK_REJECTION = {
   signatureRejected: 'SIGNATURE_REJECTED',
   notUtf8: 'NOT_UTF8',

@@ -34,16 +34,20 @@ export function signWebhook(secret: string, rawBody: Uint8Array, timestampS: num
   return `t=${timestampS},v1=${hmacHex(secret, timestampS, rawBody)}`;
 }
 
-/** Why a signature was refused. */
-export const WEBHOOK_REJECTION = {
+/**
+ * Why verifyWebhook refused a signature. The webhook route counts every one of them as its own
+ * SIGNATURE_REJECTED (WEBHOOK_REJECTION in src/http/webhook.route.ts, a metric's labels) and
+ * names this one in its answer.
+ */
+export const SIGNATURE_REJECTION = {
   missingHeader: 'missing signature header',
   malformedHeader: 'malformed signature header',
   timestampOutOfTolerance: 'timestamp outside tolerance',
   signatureMismatch: 'signature mismatch',
 } as const;
-export type WebhookRejection = (typeof WEBHOOK_REJECTION)[keyof typeof WEBHOOK_REJECTION];
+export type SignatureRejection = (typeof SIGNATURE_REJECTION)[keyof typeof SIGNATURE_REJECTION];
 
-export type WebhookVerification = { ok: true } | { ok: false; reason: WebhookRejection };
+export type WebhookVerification = { ok: true } | { ok: false; reason: SignatureRejection };
 
 export type VerifyWebhookOptions = Readonly<{
   secret: string;
@@ -70,12 +74,12 @@ export type VerifyWebhookOptions = Readonly<{
 export function verifyWebhook(options: VerifyWebhookOptions): WebhookVerification {
   const { header } = options;
   if (header === undefined || header.trim() === '') {
-    return { ok: false, reason: WEBHOOK_REJECTION.missingHeader };
+    return { ok: false, reason: SIGNATURE_REJECTION.missingHeader };
   }
   const parsed = parseSignatureHeader(header);
-  if (parsed === undefined) return { ok: false, reason: WEBHOOK_REJECTION.malformedHeader };
+  if (parsed === undefined) return { ok: false, reason: SIGNATURE_REJECTION.malformedHeader };
   if (Math.abs(options.nowS - parsed.timestampS) > options.toleranceS) {
-    return { ok: false, reason: WEBHOOK_REJECTION.timestampOutOfTolerance };
+    return { ok: false, reason: SIGNATURE_REJECTION.timestampOutOfTolerance };
   }
   const secrets =
     options.previousSecret === undefined
@@ -93,7 +97,7 @@ export function verifyWebhook(options: VerifyWebhookOptions): WebhookVerificatio
       if (timingSafeEqual(bytes, candidate)) matched = true;
     }
   }
-  return matched ? { ok: true } : { ok: false, reason: WEBHOOK_REJECTION.signatureMismatch };
+  return matched ? { ok: true } : { ok: false, reason: SIGNATURE_REJECTION.signatureMismatch };
 }
 
 type ParsedSignatureHeader = { timestampS: number; signatures: string[] };

@@ -10,9 +10,9 @@ import { describe, expect, it } from 'vitest';
 import {
   encodePspWebhookEvent,
   pspWebhookEventSchema,
+  SIGNATURE_REJECTION,
   signWebhook,
   verifyWebhook,
-  WEBHOOK_REJECTION,
 } from '../../src/psp/webhook.js';
 
 const secret = 'whsec_test_secret_0123456789';
@@ -60,18 +60,18 @@ describe('verifyWebhook during a secret rotation (previousSecret)', () => {
   it('refuses any other secret, and the previous one once the rotation is over', () => {
     expect(during(signWebhook('whsec_someone_else_000000', body, nowS))).toEqual({
       ok: false,
-      reason: WEBHOOK_REJECTION.signatureMismatch,
+      reason: SIGNATURE_REJECTION.signatureMismatch,
     });
     expect(verify(signWebhook(previousSecret, body, nowS))).toEqual({
       ok: false,
-      reason: WEBHOOK_REJECTION.signatureMismatch,
+      reason: SIGNATURE_REJECTION.signatureMismatch,
     });
   });
 
   it('still refuses a stale timestamp signed with the previous secret', () => {
     expect(during(signWebhook(previousSecret, body, nowS - toleranceS - 1))).toEqual({
       ok: false,
-      reason: WEBHOOK_REJECTION.timestampOutOfTolerance,
+      reason: SIGNATURE_REJECTION.timestampOutOfTolerance,
     });
   });
 });
@@ -88,10 +88,13 @@ describe('verifyWebhook', () => {
     const forged = Buffer.from(text.replace('"1999"', '"999999"'));
     expect(verify(header, forged)).toEqual({
       ok: false,
-      reason: WEBHOOK_REJECTION.signatureMismatch,
+      reason: SIGNATURE_REJECTION.signatureMismatch,
     });
     const wrongSecret = signWebhook('whsec_someone_else_000000', body, nowS);
-    expect(verify(wrongSecret)).toEqual({ ok: false, reason: WEBHOOK_REJECTION.signatureMismatch });
+    expect(verify(wrongSecret)).toEqual({
+      ok: false,
+      reason: SIGNATURE_REJECTION.signatureMismatch,
+    });
   });
 
   it('verifies the bytes received, not their decoding: a lone 0xFF is not the U+FFFD signed', () => {
@@ -102,7 +105,7 @@ describe('verifyWebhook', () => {
     expect(sent.toString('utf8')).toBe(signed.toString('utf8'));
     expect(verify(signWebhook(secret, signed, nowS), sent)).toEqual({
       ok: false,
-      reason: WEBHOOK_REJECTION.signatureMismatch,
+      reason: SIGNATURE_REJECTION.signatureMismatch,
     });
     expect(verify(signWebhook(secret, sent, nowS), sent)).toEqual({ ok: true });
   });
@@ -110,11 +113,11 @@ describe('verifyWebhook', () => {
   it('rejects a stale timestamp and one from the future', () => {
     expect(verify(signWebhook(secret, body, nowS - toleranceS - 1))).toEqual({
       ok: false,
-      reason: WEBHOOK_REJECTION.timestampOutOfTolerance,
+      reason: SIGNATURE_REJECTION.timestampOutOfTolerance,
     });
     expect(verify(signWebhook(secret, body, nowS + toleranceS + 1))).toEqual({
       ok: false,
-      reason: WEBHOOK_REJECTION.timestampOutOfTolerance,
+      reason: SIGNATURE_REJECTION.timestampOutOfTolerance,
     });
   });
 
@@ -124,8 +127,8 @@ describe('verifyWebhook', () => {
   });
 
   it('rejects a missing header', () => {
-    expect(verify(undefined)).toEqual({ ok: false, reason: WEBHOOK_REJECTION.missingHeader });
-    expect(verify('  ')).toEqual({ ok: false, reason: WEBHOOK_REJECTION.missingHeader });
+    expect(verify(undefined)).toEqual({ ok: false, reason: SIGNATURE_REJECTION.missingHeader });
+    expect(verify('  ')).toEqual({ ok: false, reason: SIGNATURE_REJECTION.missingHeader });
   });
 
   it.each([
@@ -139,7 +142,7 @@ describe('verifyWebhook', () => {
     ['garbage', 'hello world'],
     ['too long', `t=${nowS},${`v0=${'a'.repeat(64)},`.repeat(20)}v1=${'a'.repeat(64)}`],
   ])('rejects a malformed header (%s)', (_name, header) => {
-    expect(verify(header)).toEqual({ ok: false, reason: WEBHOOK_REJECTION.malformedHeader });
+    expect(verify(header)).toEqual({ ok: false, reason: SIGNATURE_REJECTION.malformedHeader });
   });
 
   it('accepts a header with several v1 signatures when one matches (secret rotation)', () => {
