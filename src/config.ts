@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { TRUSTED_PROXIES_MAX, trustedProxyRange } from './admin/client-address.js';
+import { API_TOKEN_CHARACTERS, API_TOKEN_LENGTH_MIN } from './domain/api-token.js';
 import { GRPC_CONNECTIONS_MAX_DEFAULT } from './grpc/server.js';
 
 const PORT_MAX = 65_535;
@@ -216,9 +217,12 @@ export const configSchema = z.object({
         .array(
           z
             .string()
-            .min(16, 'each token must have 16 characters or more')
+            .min(
+              API_TOKEN_LENGTH_MIN,
+              `each token must have ${API_TOKEN_LENGTH_MIN} characters or more`,
+            )
             .regex(
-              /^[\x21-\x7E]+$/,
+              API_TOKEN_CHARACTERS,
               'each token must be printable ASCII without spaces (it travels in a header)',
             ),
         )

@@ -16,6 +16,7 @@
  * AdminService calls carry the admin token in their own `metadata` instead.
  */
 import * as grpc from '@grpc/grpc-js';
+import { API_TOKEN_CHARACTERS } from '../domain/api-token.js';
 import {
   CreatePaymentRequest,
   GetPaymentRequest,
@@ -268,8 +269,10 @@ export type SettleClientOptions = Readonly<{
 /** The metadata that carries `apiToken`, or a TypeError that does not quote it. */
 function apiTokenMetadata(apiToken: string | undefined): Record<string, string> {
   if (apiToken === undefined || apiToken === '') return {};
-  // grpc-js would refuse such a value deep in the call, quoting it in its error.
-  if (!/^[\x21-\x7E]+$/.test(apiToken)) {
+  // grpc-js would refuse such a value deep in the call, quoting it in its error. A short token is
+  // only a wrong one, the node's to refuse (UNAUTHENTICATED); the CLI words this error as one of
+  // the characters alone.
+  if (!API_TOKEN_CHARACTERS.test(apiToken)) {
     throw new TypeError(
       'createSettleClient: apiToken must be printable ASCII without spaces, as API_TOKENS are',
     );
