@@ -65,8 +65,7 @@ export async function recordDeadLetter(
   if (await recordedUnderSequenceKey(db, streamName, entry)) return false;
   const key = deadLetterKey(streamName, entry);
   const inserted = await insertDeadLetter(db, key, entry, now);
-  if (inserted === INSERTED.openRepeat) options.onOpenRepeat?.(entry);
-  if (inserted !== INSERTED.keyTaken) return inserted === INSERTED.yes;
+  if (inserted !== INSERTED.keyTaken) return reported(inserted, entry, options);
   const stored = await db
     .selectFrom('dead_letter')
     .select('payload')
@@ -79,8 +78,7 @@ export async function recordDeadLetter(
     entry,
     now,
   );
-  if (insertedApart === INSERTED.openRepeat) options.onOpenRepeat?.(entry);
-  return insertedApart === INSERTED.yes;
+  return reported(insertedApart, entry, options);
 }
 
 export type RecordOptions = Readonly<{
@@ -115,8 +113,7 @@ export async function recordHeldDeadLetter(
     await trx.executeQuery(outboxDeleteByMsgId(trx, [msgId]));
     return result;
   });
-  if (inserted === INSERTED.openRepeat) options.onOpenRepeat?.(entry);
-  return inserted === INSERTED.yes;
+  return reported(inserted, entry, options);
 }
 
 /** What an insert of a dead letter did. */
@@ -128,6 +125,12 @@ const INSERTED = {
   openRepeat: 'OPEN_REPEAT',
 } as const;
 type Inserted = (typeof INSERTED)[keyof typeof INSERTED];
+
+/** Whether the insert recorded the entry; an OPEN repeat is told to `onOpenRepeat` on the way. */
+function reported(inserted: Inserted, entry: DeadLetter, options: RecordOptions): boolean {
+  if (inserted === INSERTED.openRepeat) options.onOpenRepeat?.(entry);
+  return inserted === INSERTED.yes;
+}
 
 /** `payload` and `last_error` are TEXT: 65,535 bytes. */
 const TEXT_BYTES_MAX = 65_535;
