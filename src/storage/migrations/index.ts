@@ -22,7 +22,7 @@ import {
   type StepHooks,
 } from './steps.js';
 
-export { MIGRATION_STEP_TABLE, type StepHooks, type StepProgress } from './steps.js';
+export type { StepHooks, StepProgress } from './steps.js';
 
 const migrations: Readonly<Record<string, SteppedMigration>> = {
   '0001-initial': m0001,

@@ -86,7 +86,7 @@ export function steppedMigrationProvider(
   const kyselyMigrations: Record<string, Migration> = {};
   for (const [name, migration] of Object.entries(migrations)) {
     kyselyMigrations[name] = {
-      up: (db) => runSteps(db, name, migration.steps, options.hooks, options.stepTable),
+      up: (db) => runSteps(db, name, migration.steps, options.stepTable, options.hooks),
       down: async (db) => {
         await migration.down(db);
         await forgetSteps(db, name, options.stepTable);
@@ -123,13 +123,13 @@ async function ensureStepTable(db: Kysely<any>, table: string): Promise<void> {
  * the migrator's connection, which holds the migration lock, so no other node runs steps
  * meanwhile.
  */
-export async function runSteps(
+async function runSteps(
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   db: Kysely<any>,
   migration: string,
   steps: readonly MigrationStep[],
+  table: string,
   hooks: StepHooks = {},
-  table: string = MIGRATION_STEP_TABLE,
 ): Promise<void> {
   await ensureStepTable(db, table);
   const { rows } = await sql<{ step: number | string }>`
@@ -165,11 +165,11 @@ export async function runSteps(
 }
 
 /** Forgets the step records of `migration` once it is rolled back, so a new `up` runs it all. */
-export async function forgetSteps(
+async function forgetSteps(
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   db: Kysely<any>,
   migration: string,
-  table: string = MIGRATION_STEP_TABLE,
+  table: string,
 ): Promise<void> {
   await ensureStepTable(db, table);
   await sql`DELETE FROM ${sql.table(table)} WHERE migration = ${migration}`.execute(db);
