@@ -37,6 +37,7 @@ const STEPS_PER_MIGRATION: ReadonlyArray<readonly [string, number]> = [
   ['0008-dead-letter-retention', 1],
   ['0009-dead-letter-open-once', 3],
   ['0010-outbox-parking', 3],
+  ['0011-dead-letter-order-dropped', 1],
 ];
 const MIGRATIONS = STEPS_PER_MIGRATION.map(([name]) => name);
 
@@ -164,6 +165,23 @@ describe('resumable migrations', () => {
     }
   });
 
+  it('keeps one index that starts with dead_letter.order_id, the unique dead_letter_open_once', () => {
+    // 0011 dropped 0002's dead_letter_order, which 0009's unique key made redundant. No foreign
+    // key is on dead_letter, so none needs an index of its own.
+    const ofDeadLetter = (rows: unknown[] = []) =>
+      (rows as Array<Record<string, unknown>>).filter((row) => row['TABLE_NAME'] === 'dead_letter');
+    const byOrderId = ofDeadLetter(clean['indexes']).filter(
+      (row) => row['COLUMN_NAME'] === 'order_id' && Number(row['SEQ_IN_INDEX']) === 1,
+    );
+    expect(byOrderId.map((row) => [row['INDEX_NAME'], Number(row['NON_UNIQUE'])])).toEqual([
+      ['dead_letter_open_once', 0],
+    ]);
+    const foreignKeys = ofDeadLetter(clean['constraints']).filter(
+      (row) => row['CONSTRAINT_TYPE'] === 'FOREIGN KEY',
+    );
+    expect(foreignKeys).toEqual([]);
+  });
+
   it('resumes a migration left half-applied before steps were recorded', async () => {
     const fresh = await freshDatabase();
     try {
@@ -184,6 +202,8 @@ describe('resumable migrations', () => {
         // 0009 came after step records: a database of the code before them has none of it.
         'DROP INDEX dead_letter_open_once ON dead_letter',
         'ALTER TABLE dead_letter DROP COLUMN open_flag, DROP COLUMN payload_sha256',
+        // So did 0011: that code's dead_letter still has 0002's index.
+        'CREATE INDEX dead_letter_order ON dead_letter (order_id)',
       ]) {
         await sql.raw(statement).execute(fresh.db);
       }

@@ -5,9 +5,9 @@
  * migration that stopped midway (a node killed, a connection lost) resumes at its first
  * unrecorded step. A step's statement and its record are still two commits: the first unrecorded
  * step may have run with its record lost, so it, and only it, takes the errors that say its effect
- * is already there (a duplicate table, column, key or constraint, a constraint already dropped)
- * as done. Every statement is one ALTER or CREATE, which InnoDB applies whole or not at all on
- * both servers, so one such error means the whole step is there.
+ * is already there (a duplicate table, column, key or constraint, a key or constraint already
+ * dropped) as done. Every statement is one ALTER or CREATE, which InnoDB applies whole or not at
+ * all on both servers, so one such error means the whole step is there.
  *
  * The records mean something only while their migration is pending: Kysely's `kysely_migration`
  * row says a migration is complete, and a migration recorded there is never run again.
@@ -23,6 +23,7 @@ export const AlreadyDone = {
   TABLE_EXISTS: 'TABLE_EXISTS',
   COLUMN_EXISTS: 'COLUMN_EXISTS',
   KEY_EXISTS: 'KEY_EXISTS',
+  KEY_MISSING: 'KEY_MISSING',
   CONSTRAINT_EXISTS: 'CONSTRAINT_EXISTS',
   CONSTRAINT_MISSING: 'CONSTRAINT_MISSING',
 } as const;
@@ -33,6 +34,7 @@ const ALREADY_DONE_ERRNOS: Readonly<Record<AlreadyDone, readonly number[]>> = {
   TABLE_EXISTS: [1050], // ER_TABLE_EXISTS_ERROR
   COLUMN_EXISTS: [1060], // ER_DUP_FIELDNAME
   KEY_EXISTS: [1061], // ER_DUP_KEYNAME
+  KEY_MISSING: [1091], // ER_CANT_DROP_FIELD_OR_KEY
   // MySQL: ER_CHECK_CONSTRAINT_DUP_NAME; MariaDB: ER_DUP_CONSTRAINT_NAME.
   CONSTRAINT_EXISTS: [3822, 1826],
   // MySQL: ER_CONSTRAINT_NOT_FOUND; MariaDB: ER_CANT_DROP_FIELD_OR_KEY.
