@@ -36,7 +36,7 @@ import { purgeIdempotencyKeys } from './storage/repositories/payment.repository.
 import { purgeWebhookInbox } from './storage/repositories/outbox.repository.js';
 import { refuseUndecodable, type AdapterOptions } from './grpc/adapters.js';
 import { ApiTokens } from './grpc/api-auth.js';
-import { createGrpcServer, listen } from './grpc/server.js';
+import { ACCEPT_FAILED_MESSAGE, createGrpcServer, listen } from './grpc/server.js';
 import { createHealth, HEALTH_SERVICE_NAME, type Health } from './grpc/health.js';
 import { addReflection } from './grpc/reflection/index.js';
 import { PaymentServiceService } from './grpc/generated/settle/v1/payment.js';
@@ -539,6 +539,8 @@ export async function startSettle(
     });
     const grpcConnectionsMax = config.GRPC_CONNECTIONS_MAX;
     const warnRefused = refusedConnectionLog(logger, grpcConnectionsMax);
+    // Reported once per failed accept, which may be thousands a second: one line a second.
+    const warnAcceptFailed = repeatingFailureLog(logger, ACCEPT_FAILED_MESSAGE, { everyMs: 1_000 });
     const grpcServer = createGrpcServer({
       maxMessageBytes: config.GRPC_MESSAGE_BYTES_MAX,
       connectionsMax: grpcConnectionsMax,
@@ -547,6 +549,10 @@ export async function startSettle(
         refused: ({ remoteAddress }) => {
           metrics.grpcConnectionRefused();
           warnRefused(remoteAddress);
+        },
+        acceptFailed: (error) => {
+          metrics.grpcAcceptFailed();
+          warnAcceptFailed(error);
         },
       },
     });

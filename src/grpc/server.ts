@@ -10,6 +10,15 @@
  * connections it accepts, closes those past the bound at once, and hands the others to grpc-js
  * through its `createConnectionInjector`. Everything past the accept is grpc-js's:
  * services, reflection, health, keepalive and the idle limit behave as with `bindAsync`.
+ *
+ * A listener that fails to accept (EMFILE or ENFILE: out of file descriptors) must go on
+ * listening. Node reports such a failure as 'error' on the `net.Server`, which kills the process
+ * when nothing listens for it, so each listener has a handler that tells the observer. On Linux,
+ * Node 20 (libuv 1.46) reports none, checked by experiment: libuv sheds the waiting connections
+ * itself (it closes a descriptor it keeps in reserve, accepts and closes them, and reopens it),
+ * and when it cannot reopen the reserve it leaves them waiting and polls again, a busy event loop
+ * until a descriptor frees that no handler here sees. libuv on Windows, and older libuv's accept
+ * loop, do report them, one 'error' per failed accept, so the observer counts each and logs few.
  */
 import * as grpc from '@grpc/grpc-js';
 import { lookup } from 'node:dns/promises';
@@ -38,6 +47,8 @@ const CONNECTION_IDLE_MS_MAX_DEFAULT = 5 * 60_000;
  * the 20,000 file descriptors a process gets on the machines we measured.
  */
 export const GRPC_CONNECTIONS_MAX_DEFAULT = 5_000;
+/** The warning a service logs for `acceptFailed` (at most once a second, with a count). */
+export const ACCEPT_FAILED_MESSAGE = 'gRPC listener failed to accept a connection';
 /** How long resolving the listen host may take (a name, such as localhost, not an address). */
 const LISTEN_LOOKUP_MS_MAX = 10_000;
 
@@ -47,6 +58,12 @@ export type GrpcConnectionObserver = Readonly<{
   open?: (open: number) => void;
   /** A connection was closed unanswered: `connectionsMax` were open. */
   refused?: (refused: { remoteAddress: string | undefined }) => void;
+  /**
+   * A listener failed to accept a connection (`error.code` EMFILE or ENFILE: out of file
+   * descriptors) and keeps listening. Called once per failure, possibly thousands of times a
+   * second: count each, log a few.
+   */
+  acceptFailed?: (error: NodeJS.ErrnoException) => void;
 }>;
 
 export type GrpcServerOptions = Readonly<{
@@ -123,6 +140,8 @@ export class GrpcServer extends grpc.Server {
         firstError ??= error instanceof Error ? error : new Error(String(error));
         continue;
       }
+      // Without a handler an accept error would be thrown out of the event loop.
+      listener.on('error', (error: NodeJS.ErrnoException) => this.#observer.acceptFailed?.(error));
       // Shut down while this address was being bound: nothing may stay listening.
       if (this.#stopped) listener.close();
       else this.#listeners.push(listener);

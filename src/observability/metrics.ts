@@ -40,6 +40,8 @@ export type Metrics = Readonly<{
   grpcConnections: (connections: { open: number; max: number }) => void;
   /** The gRPC server closed a new connection unanswered: its bound of open connections was reached. */
   grpcConnectionRefused: () => void;
+  /** A gRPC listener failed to accept a connection (out of file descriptors) and goes on. */
+  grpcAcceptFailed: () => void;
   httpRequest: (request: { method: string; route: string; status: number }) => void;
   orderTransition: (transition: { from: string; to: string; event: string }) => void;
   /** An order reached a final state, `seconds` after it was created. */
@@ -114,6 +116,13 @@ export function createMetrics(): Metrics {
     help:
       'Connections to the gRPC port this node closed as soon as it accepted them, unanswered, ' +
       'because GRPC_CONNECTIONS_MAX were open (the client sees UNAVAILABLE).',
+    registers: [registry],
+  });
+  const grpcAcceptErrors = new Counter({
+    name: 'settle_grpc_accept_errors_total',
+    help:
+      "Connections the gRPC port's listener failed to accept (EMFILE or ENFILE: the process or " +
+      'the machine is out of file descriptors); the listener goes on listening.',
     registers: [registry],
   });
   const httpRequests = new Counter({
@@ -491,6 +500,7 @@ export function createMetrics(): Metrics {
       grpcConnectionsMax.set(connections.max);
     },
     grpcConnectionRefused: () => grpcConnectionsRefused.inc(),
+    grpcAcceptFailed: () => grpcAcceptErrors.inc(),
     httpRequest: (request) =>
       httpRequests.inc({
         method: request.method,

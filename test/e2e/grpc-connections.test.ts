@@ -3,14 +3,17 @@
  * unanswered, counted on /metrics and logged (once, not once per refusal), while the clients
  * already connected are served. Method: a real stack with GRPC_CONNECTIONS_MAX=2 and a capturing
  * logger; its own client takes one connection, raw HTTP/2 connections (node:http2) the rest;
- * /metrics is scraped over HTTP.
+ * /metrics is scraped over HTTP. An accept failure (out of file descriptors) is counted on
+ * /metrics and logged at most once a second while the node serves on: the node's gRPC listener is
+ * handed 1,000 EMFILE failures where libuv reports one (harness.ts failAccepts).
  */
 import type * as http2 from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { newId } from '../../src/domain/ids.js';
+import { ACCEPT_FAILED_MESSAGE } from '../../src/grpc/server.js';
 import { createLogger } from '../../src/observability/logger.js';
-import { openRawConnection } from '../grpc/harness.js';
+import { failAccepts, openRawConnection } from '../grpc/harness.js';
 import {
   callError,
   metricSample,
@@ -75,5 +78,27 @@ describe('GRPC_CONNECTIONS_MAX', () => {
     } finally {
       for (const session of raws) session.destroy();
     }
+  });
+});
+
+describe('an accept failure of the gRPC listener', () => {
+  it('is counted, logged once a second at most, and the node serves on', async () => {
+    const getPayment = stack.payments.getPayment.bind(stack.payments);
+    const paymentId = newId('payment'); // never created: answered NOT_FOUND
+    const scrape = () => scrapeMetrics(stack.settleHttp);
+    expect(metricSample(await scrape(), 'settle_grpc_accept_errors_total', {})).toBe(0);
+
+    expect(failAccepts(stack.settle.grpcPort, 1_000)).toBe(1);
+
+    expect(metricSample(await scrape(), 'settle_grpc_accept_errors_total', {})).toBe(1_000);
+    const warnings = lines
+      .map((line) => JSON.parse(line) as { msg: string })
+      .filter((line) => line.msg === ACCEPT_FAILED_MESSAGE);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatchObject({
+      level: 'warn',
+      err: { code: 'EMFILE', syscall: 'accept' },
+    });
+    expect((await callError(getPayment, { paymentId })).code).toBe(grpc.status.NOT_FOUND);
   });
 });

@@ -5,6 +5,8 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import * as http2 from 'node:http2';
+import * as net from 'node:net';
+import { constants } from 'node:os';
 import {
   createGrpcServer,
   listen,
@@ -111,4 +113,29 @@ export function openRawConnection(port: number): {
     });
   });
   return { session, accepted };
+}
+
+/**
+ * Hands each listener on 127.0.0.1:`port` in this process `count` accept failures (EMFILE), the
+ * way libuv reports one: through the listening handle's `onconnection(status)`, which Node's C++
+ * side calls with a negative errno when accept fails and which emits 'error' (syscall accept,
+ * code EMFILE) on the net.Server. Synchronously, as libuv's old accept loop reported a lasting
+ * EMFILE. Node 20 on Linux reports no failure of its own (libuv sheds the connection; see
+ * src/grpc/server.ts), so tests of the handler have no other way to see one. Returns how many
+ * listeners it found.
+ */
+export function failAccepts(port: number, count: number): number {
+  const status = -constants.errno.EMFILE;
+  const listeners = (process as unknown as { _getActiveHandles(): unknown[] })
+    ._getActiveHandles()
+    .filter(
+      (handle): handle is net.Server =>
+        handle instanceof net.Server && (handle.address() as net.AddressInfo | null)?.port === port,
+    );
+  for (const listener of listeners) {
+    const handle = (listener as unknown as { _handle: { onconnection(status: number): void } })
+      ._handle;
+    for (let i = 0; i < count; i += 1) handle.onconnection(status);
+  }
+  return listeners.length;
 }
