@@ -545,7 +545,7 @@ export async function startSettle(
       maxMessageBytes: config.GRPC_MESSAGE_BYTES_MAX,
       connectionsMax: grpcConnectionsMax,
       observer: {
-        open: (open) => metrics.grpcConnections({ open, max: grpcConnectionsMax }),
+        open: (open) => metrics.grpcConnectionsOpen(open),
         refused: ({ remoteAddress }) => {
           metrics.grpcConnectionRefused();
           warnRefused(remoteAddress);
@@ -556,7 +556,8 @@ export async function startSettle(
         },
       },
     });
-    metrics.grpcConnections({ open: 0, max: grpcConnectionsMax });
+    metrics.grpcConnectionsMax(grpcConnectionsMax);
+    metrics.grpcConnectionsOpen(0);
     const adapterOptions = {
       log: (error: unknown, context: Record<string, unknown>) =>
         logger.error({ err: error, ...context }, 'internal error in gRPC handler'),

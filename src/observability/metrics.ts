@@ -36,8 +36,10 @@ export type Metrics = Readonly<{
   /** Where gauges read the node's state; set once the node is wired. */
   setSnapshotSource: (source: () => Promise<OperationsSnapshot>) => void;
   grpcCall: (call: GrpcObservation) => void;
-  /** The gRPC server's open connections changed (one accepted or closed), and its bound. */
-  grpcConnections: (connections: { open: number; max: number }) => void;
+  /** The gRPC server's bound of open connections (GRPC_CONNECTIONS_MAX); set once at start. */
+  grpcConnectionsMax: (max: number) => void;
+  /** The gRPC server's open connections changed (one accepted or closed). */
+  grpcConnectionsOpen: (open: number) => void;
   /** The gRPC server closed a new connection unanswered: its bound of open connections was reached. */
   grpcConnectionRefused: () => void;
   /** A gRPC listener failed to accept a connection (out of file descriptors) and goes on. */
@@ -495,10 +497,8 @@ export function createMetrics(): Metrics {
       grpcHandled.inc({ ...labels, grpc_code: call.code });
       grpcSeconds.observe(labels, call.ms / 1000);
     },
-    grpcConnections: (connections) => {
-      grpcConnectionsOpen.set(connections.open);
-      grpcConnectionsMax.set(connections.max);
-    },
+    grpcConnectionsMax: (max) => grpcConnectionsMax.set(max),
+    grpcConnectionsOpen: (open) => grpcConnectionsOpen.set(open),
     grpcConnectionRefused: () => grpcConnectionsRefused.inc(),
     grpcAcceptFailed: () => grpcAcceptErrors.inc(),
     httpRequest: (request) =>

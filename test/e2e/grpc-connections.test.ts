@@ -61,6 +61,8 @@ describe('GRPC_CONNECTIONS_MAX', () => {
       const after = await scrape();
       expect(metricSample(after, 'settle_grpc_connections_refused_total', {})).toBe(3);
       expect(metricSample(after, 'settle_grpc_connections_open', {})).toBe(2);
+      // Set once at start, not on each connection: it stays the bound.
+      expect(metricSample(after, 'settle_grpc_connections_max', {})).toBe(2);
       const warnings = lines
         .map((line) => JSON.parse(line) as { msg: string; refused?: number })
         .filter((line) => line.msg.startsWith('gRPC connections refused'));
