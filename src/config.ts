@@ -105,6 +105,12 @@ export const configSchema = z.object({
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 
   PSP_GRPC_ADDR: hostPort.prefault('127.0.0.1:50052'),
+  /**
+   * Connections the PSP mock's gRPC port takes at once; past it a new one is closed as soon as it
+   * is accepted. Its callers are Settle nodes (one channel each), test drivers and tools, so a
+   * thousand is far more than it meets; idle, they hold some 22 MiB.
+   */
+  PSP_GRPC_CONNECTIONS_MAX: positiveInt.max(1_000_000).default(1_000),
   PSP_HTTP_ADDR: hostPort.prefault('127.0.0.1:8081'),
   /** Base URL of the PSP mock's hosted pages; derived from PSP_HTTP_ADDR when unset. */
   PSP_PUBLIC_URL: z.url().optional(),

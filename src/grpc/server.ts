@@ -213,16 +213,22 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
 
 /**
  * Binds `server` to host:port without TLS and resolves with the bound port (port 0 picks a free
- * one). It serves once bound. Rejects with a message naming the address and SETTLE_GRPC_ADDR
- * when the port is taken.
+ * one). It serves once bound. Rejects with a message naming the address and the variable that
+ * sets it (`addressVariable`, default SETTLE_GRPC_ADDR) when the port is taken.
  */
-export async function listen(server: GrpcServer, host: string, port: number): Promise<number> {
+export async function listen(
+  server: GrpcServer,
+  host: string,
+  port: number,
+  options: Readonly<{ addressVariable?: string }> = {},
+): Promise<number> {
   const address = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
   try {
     return await server.listenOn(host, port);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'EADDRINUSE') {
-      throw new Error(`address ${address} is in use; set SETTLE_GRPC_ADDR`, { cause: error });
+      const variable = options.addressVariable ?? 'SETTLE_GRPC_ADDR';
+      throw new Error(`address ${address} is in use; set ${variable}`, { cause: error });
     }
     const message = error instanceof Error ? error.message : String(error);
     throw new Error(`cannot listen on ${address}: ${message}`, { cause: error });

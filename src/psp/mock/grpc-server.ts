@@ -10,10 +10,13 @@
  * always answer, or a test could not switch a fault off again. A "hang" does the work and then holds the answer until
  * the client gives up (its deadline or cancellation), at most HANG_MS_MAX: the classic
  * lost-response case in which the side effect happened but the caller never heard of it.
+ *
+ * It runs on Settle's GrpcServer (src/grpc/server.ts) with Settle's limits (message size both
+ * ways, keepalive, concurrent calls per connection, the idle limit) and its own bound on open
+ * connections, PSP_GRPC_CONNECTIONS_MAX: past it a new connection is closed as soon as it is
+ * accepted, and the calls on open ones go on.
  */
 import {
-  Server,
-  ServerCredentials,
   status as grpcStatus,
   type ServerUnaryCall,
   type handleUnaryCall,
@@ -41,6 +44,7 @@ import type { PspPayment } from './payment.repository.js';
 import { checkoutUrl, type PspPayments } from './payments.js';
 import { refuseUndecodable, undecodableRefusal } from '../../grpc/adapters.js';
 import { addReflection } from '../../grpc/reflection/index.js';
+import { ACCEPT_FAILED_MESSAGE, createGrpcServer, listen } from '../../grpc/server.js';
 import { boundedStatusMessage } from '../../grpc/status.js';
 import { PSP_PAYMENT_STATE, SETTLEMENT_ADJUSTMENT, type PspPaymentState } from './schema.js';
 
@@ -53,6 +57,10 @@ export const HANG_MS_MAX = 60_000;
 const REQUEST_BYTES_MAX = 64 * 1024;
 /** How long stop() waits for calls in progress before it cuts them off, in milliseconds. */
 const SHUTDOWN_GRACE_MS = 2_000;
+/** Refused connections are logged at most once a minute, as Settle logs them. */
+const REFUSED_CONNECTION_LOG_MS = 60_000;
+/** Accept failures (out of file descriptors) are logged at most once a second. */
+const ACCEPT_FAILED_LOG_MS = 1_000;
 
 export type PspGrpcServer = Readonly<{ port: number; stop: () => Promise<void> }>;
 
@@ -81,6 +89,8 @@ export async function startPspGrpcServer(options: {
   publicUrl: string;
   host: string;
   port: number;
+  /** Open connections at once (PSP_GRPC_CONNECTIONS_MAX); past it a new one is closed. */
+  connectionsMax: number;
   log: (line: string) => void;
   onRegistered: (payment: PspPayment) => void;
   settlement: SettlementFiles;
@@ -95,18 +105,30 @@ export async function startPspGrpcServer(options: {
     onRegistered: options.onRegistered,
     settlement: options.settlement,
   };
-  const server = new Server({ 'grpc.max_receive_message_length': REQUEST_BYTES_MAX });
+  const { connectionsMax, log } = options;
+  const logRefused = sparseLog(REFUSED_CONNECTION_LOG_MS, (refused) =>
+    log(
+      `psp mock: gRPC connections refused: ${connectionsMax} open (PSP_GRPC_CONNECTIONS_MAX); ` +
+        `${refused} refused since the last line`,
+    ),
+  );
+  const logAcceptFailed = sparseLog(ACCEPT_FAILED_LOG_MS, (failed, error?: Error) =>
+    log(`psp mock: ${ACCEPT_FAILED_MESSAGE}: ${String(error)}; ${failed} since the last line`),
+  );
+  // Settle's limits: message size both ways, keepalive, concurrent streams, the idle limit and a
+  // bound on open connections; grpc-js's own bindAsync has none of the last.
+  const server = createGrpcServer({
+    maxMessageBytes: REQUEST_BYTES_MAX,
+    connectionsMax,
+    observer: { refused: () => logRefused(), acceptFailed: (error) => logAcceptFailed(error) },
+  });
   // Bytes that are not a request message reach unary() as a marker it refuses with
   // INVALID_ARGUMENT, as Settle's services do; grpc-js alone would answer INTERNAL.
   server.addService(refuseUndecodable(PspServiceService), handlers(context));
   // grpcurl and buf curl find the PSP's methods the same way as Settle's.
   addReflection(server, { services: [PSP_SERVICE_NAME] });
-  const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(
-      `${options.host}:${options.port}`,
-      ServerCredentials.createInsecure(),
-      (error, boundPort) => (error === null ? resolve(boundPort) : reject(error)),
-    );
+  const port = await listen(server, options.host, options.port, {
+    addressVariable: 'PSP_GRPC_ADDR',
   });
   return {
     port,
@@ -123,6 +145,26 @@ export async function startPspGrpcServer(options: {
         });
       });
     },
+  };
+}
+
+/**
+ * A log for events that may come thousands a second: the first is written at once, then at most
+ * one line per `everyMs`, told how many came since the last line (the latest one included).
+ */
+function sparseLog<Event>(
+  everyMs: number,
+  write: (since: number, latest?: Event) => void,
+): (event?: Event) => void {
+  let writtenAtMs = Number.NEGATIVE_INFINITY;
+  let since = 0;
+  return (event) => {
+    since += 1;
+    const at = Date.now();
+    if (at - writtenAtMs < everyMs) return;
+    write(since, event);
+    writtenAtMs = at;
+    since = 0;
   };
 }
 

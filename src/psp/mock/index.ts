@@ -205,6 +205,7 @@ export async function startPspMock(options: StartPspMockOptions): Promise<PspMoc
       publicUrl,
       host: config.PSP_GRPC_ADDR.host,
       port: options.grpcPort ?? config.PSP_GRPC_ADDR.port,
+      connectionsMax: config.PSP_GRPC_CONNECTIONS_MAX,
       log,
       onRegistered: (payment) => {
         const card = behavior.get().autoPayCard;

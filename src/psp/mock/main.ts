@@ -102,9 +102,6 @@ function startFailure(error: unknown): string {
     const port = (error as { port?: number }).port ?? '';
     return `cannot listen on ${address}:${port}: the address is in use (set PSP_GRPC_ADDR / PSP_HTTP_ADDR)`;
   }
-  if (error instanceof Error && /No address added out of total|EADDRINUSE/.test(error.message)) {
-    return `cannot bind the gRPC port: ${error.message} (set PSP_GRPC_ADDR)`;
-  }
   return `failed to start: ${error instanceof Error ? error.message : String(error)}`;
 }
 
