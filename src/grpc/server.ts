@@ -17,8 +17,9 @@
  * Node 20 (libuv 1.46) reports none, checked by experiment: libuv sheds the waiting connections
  * itself (it closes a descriptor it keeps in reserve, accepts and closes them, and reopens it),
  * and when it cannot reopen the reserve it leaves them waiting and polls again, a busy event loop
- * until a descriptor frees that no handler here sees. libuv on Windows, and older libuv's accept
- * loop, do report them, one 'error' per failed accept, so the observer counts each and logs few.
+ * until a descriptor frees that no handler here sees. Older libuv on Unix reported each failed
+ * accept, in a loop that could report thousands a second, so the observer counts each and logs
+ * few. (libuv on Windows reports one and stops accepting on that listener: not a platform we run.)
  */
 import * as grpc from '@grpc/grpc-js';
 import { lookup } from 'node:dns/promises';

@@ -1,16 +1,19 @@
 /**
  * Goal: the PSP mock's gRPC server has Settle's bound on open connections: past
  * PSP_GRPC_CONNECTIONS_MAX a new connection is closed unanswered and logged (once, not once per
- * refusal), while the client already connected is served; a taken port names PSP_GRPC_ADDR.
+ * refusal), while the client already connected is served; an accept failure (out of file
+ * descriptors) is logged at most once a second; a taken port names PSP_GRPC_ADDR.
  * Method: a mock started in-process with PSP_GRPC_CONNECTIONS_MAX=2 on ephemeral ports and its
  * own MariaDB database (dropped afterwards); its own client takes one connection, raw HTTP/2
- * connections (node:http2) the rest; a second mock on the first one's gRPC port.
+ * connections (node:http2) the rest; the listener is handed 1,000 EMFILE failures where libuv
+ * reports one (test/grpc/harness.ts failAccepts); a second mock on the first one's gRPC port.
  */
 import type * as http2 from 'node:http2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { PspServiceClient } from '../../../src/grpc/generated/settle/psp/v1/psp.js';
+import { ACCEPT_FAILED_MESSAGE } from '../../../src/grpc/server.js';
 import { startPspMock, type PspMock } from '../../../src/psp/mock/index.js';
-import { openRawConnection } from '../../grpc/harness.js';
+import { failAccepts, openRawConnection } from '../../grpc/harness.js';
 import {
   dropDatabase,
   pspApi,
@@ -83,6 +86,14 @@ describe('PSP_GRPC_CONNECTIONS_MAX', () => {
     } finally {
       for (const session of raws) session.destroy();
     }
+  });
+
+  it('logs accept failures at most once a second, and serves on', async () => {
+    expect(failAccepts(mock.grpcPort, 1_000)).toBe(1);
+    expect(lines.filter((line) => line.includes(ACCEPT_FAILED_MESSAGE))).toEqual([
+      `psp mock: ${ACCEPT_FAILED_MESSAGE}: Error: accept EMFILE; 1 since the last line`,
+    ]);
+    expect((await register(uniqueNonce())).token).toMatch(/^tok_/);
   });
 
   it('names PSP_GRPC_ADDR when the gRPC port is taken', async () => {
