@@ -70,6 +70,8 @@ export type GrpcConnectionObserver = Readonly<{
 export type GrpcServerOptions = Readonly<{
   /** Largest request and response message, in bytes (grpc-js defaults: 4 MiB in, unlimited out). */
   maxMessageBytes: number;
+  /** Largest response message, in bytes, when it differs from the largest request's. */
+  maxSendBytes?: number;
   /** Server-initiated keepalive ping interval, in milliseconds. Default 60 s. */
   keepaliveTimeMs?: number;
   /** How long to wait for a keepalive ping's answer, in milliseconds. Default 20 s. */
@@ -194,6 +196,10 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
   if (!Number.isSafeInteger(maxMessageBytes) || maxMessageBytes <= 0) {
     throw new RangeError(`maxMessageBytes must be a positive integer, got ${maxMessageBytes}`);
   }
+  const maxSendBytes = options.maxSendBytes ?? maxMessageBytes;
+  if (!Number.isSafeInteger(maxSendBytes) || maxSendBytes <= 0) {
+    throw new RangeError(`maxSendBytes must be a positive integer, got ${maxSendBytes}`);
+  }
   const connectionsMax = options.connectionsMax ?? GRPC_CONNECTIONS_MAX_DEFAULT;
   if (!Number.isSafeInteger(connectionsMax) || connectionsMax <= 0) {
     throw new RangeError(`connectionsMax must be a positive integer, got ${connectionsMax}`);
@@ -201,7 +207,7 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
   return new GrpcServer(
     {
       'grpc.max_receive_message_length': maxMessageBytes,
-      'grpc.max_send_message_length': maxMessageBytes,
+      'grpc.max_send_message_length': maxSendBytes,
       'grpc.keepalive_time_ms': options.keepaliveTimeMs ?? KEEPALIVE_TIME_MS_DEFAULT,
       'grpc.keepalive_timeout_ms': options.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS_DEFAULT,
       'grpc.max_concurrent_streams': options.concurrentStreamsMax ?? CONCURRENT_STREAMS_MAX_DEFAULT,

@@ -55,6 +55,11 @@ const PSP_SERVICE_NAME = 'settle.psp.v1.PspService';
 export const HANG_MS_MAX = 60_000;
 /** Requests are small; anything larger is refused by grpc-js before it reaches a handler. */
 const REQUEST_BYTES_MAX = 64 * 1024;
+/**
+ * Answers can be large: ListCharges answers up to LIST_CHARGES_MAX charges (about 80 bytes each)
+ * when the chaos run checks every charge. 4 MiB is what a grpc-js client takes by default.
+ */
+const RESPONSE_BYTES_MAX = 4 * 1024 * 1024;
 /** How long stop() waits for calls in progress before it cuts them off, in milliseconds. */
 const SHUTDOWN_GRACE_MS = 2_000;
 /** Refused connections are logged at most once a minute, as Settle logs them. */
@@ -119,6 +124,7 @@ export async function startPspGrpcServer(options: {
   // bound on open connections; grpc-js's own bindAsync has none of the last.
   const server = createGrpcServer({
     maxMessageBytes: REQUEST_BYTES_MAX,
+    maxSendBytes: RESPONSE_BYTES_MAX,
     connectionsMax,
     observer: { refused: () => logRefused(), acceptFailed: (error) => logAcceptFailed(error) },
   });

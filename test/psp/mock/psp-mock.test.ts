@@ -664,6 +664,23 @@ describe('ListCharges', () => {
       { pspReference, nonce, amountMinor: 2500n, currencyCode: 'EUR', createTime: createdAt },
     ]);
   });
+
+  it('answers more charges than fit in a request message', async () => {
+    // Requests are bounded at 64 KiB; answers are not as small: the chaos run lists every
+    // charge it made (thousands) in one call. 1,500 charges are about 116 KB.
+    const nonce = uniqueNonce();
+    const rows = Array.from({ length: 1_500 }, (_, index) => ({
+      psp_reference: `psp_many_${index}_${nonce}`.slice(0, 64),
+      nonce,
+      amount_minor: BigInt(index + 1),
+      currency: 'USD',
+      created_at: new Date('2026-01-02T03:04:05.678Z'),
+    }));
+    await db.insertInto('psp_charge').values(rows).execute();
+    const charges = await chargesOf(nonce);
+    expect(charges).toHaveLength(1_500);
+    expect(charges.reduce((sum, charge) => sum + charge.amountMinor, 0n)).toBe(1_125_750n);
+  });
 });
 
 describe('webhook delivery', () => {
