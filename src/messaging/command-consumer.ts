@@ -14,6 +14,13 @@
  * this node's buffer, where ack_wait would run out and JetStream redeliver a healthy command, each
  * time spending one of its deliveries. A message that arrives with no free slot all the same (a
  * pull renewed after a reconnect) waits reported in progress, for a bounded time.
+ *
+ * It also keeps what it last saw of the consumer's progress (`progress()`), so that the lag on
+ * /metrics and the admin panel needs no consumer info from the server, which on nats-server 2.9
+ * holds back this consumer's deliveries under a backlog: each first delivery's stream sequence,
+ * and each pull heartbeat's `Nats-Last-Stream` (the consumer's delivered stream sequence,
+ * whichever node it delivered to), which the server sends every PULL_HEARTBEAT_MS while a pull
+ * waits with nothing to deliver.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type {
@@ -40,6 +47,27 @@ export type CommandHandler = (
   command: Command,
   delivery: { attempt: number; isLastAttempt: boolean },
 ) => Promise<HandleOutcome>;
+
+/**
+ * What a node knows of the runtime consumer's progress without asking the server for the
+ * consumer's info.
+ */
+export type ConsumerProgress = Readonly<{
+  /**
+   * The consumer's delivered stream sequence (for every node, not only this one) as of
+   * `seenAtMs`: the last first delivery or pull heartbeat this node saw. Undefined before the
+   * first. Other nodes' deliveries since are not in it, so it is never ahead of the server's.
+   */
+  deliveredStreamSeq: number | undefined;
+  /** When `deliveredStreamSeq` was seen (Unix ms). */
+  seenAtMs: number | undefined;
+  /** Messages this node holds unacknowledged: being handled, or waiting for a slot. */
+  held: number;
+  /** Of those, delivered more than once. */
+  heldRedelivered: number;
+  /** Whether this node has a pull open at the server. */
+  pullOpen: boolean;
+}>;
 
 export type ConsumerOptions = Readonly<{
   inFlightMax: number;
@@ -114,6 +142,12 @@ export function deadLetterKey(
 
 /** How long a pull waits at the server for messages before the next one replaces it. */
 const PULL_EXPIRES_MS = 5_000;
+/**
+ * While a pull waits with nothing to deliver, the server sends a heartbeat this often, with the
+ * consumer's delivered stream sequence; nats.js ends a pull that misses two. Half of
+ * PULL_EXPIRES_MS (nats.js's default for fetch), so that every idle pull brings one.
+ */
+export const PULL_HEARTBEAT_MS = PULL_EXPIRES_MS / 2;
 /** Pause after a failed pull, doubled per failure in a row up to the max. */
 const PULL_RETRY_MS_MIN = 100;
 const PULL_RETRY_MS_MAX = 5_000;
@@ -151,6 +185,8 @@ export class CommandConsumer {
   /** The command stream's creation time as last read, and the read in flight (shared). */
   private streamCreatedAt: string | undefined;
   private streamCreatedAtRead: Promise<string> | undefined;
+  private deliveredStreamSeq: number | undefined;
+  private deliveredSeenAtMs: number | undefined;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -165,11 +201,50 @@ export class CommandConsumer {
     return maxDeliveries(this.options.backoffMs);
   }
 
+  /** What this node last saw of the consumer's progress, and what it holds; no I/O. */
+  progress(): ConsumerProgress {
+    let heldRedelivered = 0;
+    for (const message of this.inFlightMessages.keys()) {
+      if (message.info.deliveryCount > 1) heldRedelivered += 1;
+    }
+    for (const { message } of this.waiting) {
+      if (message.info.deliveryCount > 1) heldRedelivered += 1;
+    }
+    return {
+      deliveredStreamSeq: this.deliveredStreamSeq,
+      seenAtMs: this.deliveredSeenAtMs,
+      held: this.inFlightMessages.size + this.waiting.length,
+      heldRedelivered,
+      pullOpen: this.batch !== undefined,
+    };
+  }
+
+  /**
+   * The latest sighting wins rather than the highest: a recreated stream numbers from 1 again.
+   * Within one stream the sightings only grow: the server delivers new messages in order.
+   */
+  private sawDelivered(streamSeq: number): void {
+    this.deliveredStreamSeq = streamSeq;
+    this.deliveredSeenAtMs = Date.now();
+  }
+
+  private async watchHeartbeats(batch: ConsumerMessages): Promise<void> {
+    // Ends when the pull does.
+    for await (const status of batch.status()) {
+      // 0 is a consumer that has delivered nothing yet.
+      if (status.type === 'heartbeat' && Number.isSafeInteger(status.lastStreamSequence)) {
+        this.sawDelivered(status.lastStreamSequence);
+      }
+    }
+  }
+
   async start(): Promise<void> {
     const consumer = await this.js.consumers.get(
       this.names.commandStream,
       this.names.runtimeConsumer,
     );
+    // The info `get` read (no second request): the lag has a figure before the first delivery.
+    this.sawDelivered((await consumer.info(true)).delivered.stream_seq);
     await this.readStreamCreatedAt();
     this.loop = this.run(consumer);
     this.listenForMaxDeliveries();
@@ -267,8 +342,15 @@ export class CommandConsumer {
       const startedAt = Date.now();
       let received = 0;
       try {
-        const batch = await consumer.fetch({ max_messages: free, expires: PULL_EXPIRES_MS });
+        const batch = await consumer.fetch({
+          max_messages: free,
+          expires: PULL_EXPIRES_MS,
+          idle_heartbeat: PULL_HEARTBEAT_MS,
+        });
         this.batch = batch;
+        void this.watchHeartbeats(batch).catch((error: unknown) =>
+          this.options.onError?.(error, { reason: 'pull heartbeats not read' }),
+        );
         // Stopped while the pull was being made; its close settles once the loop below reads it.
         if (this.stopping) void batch.close().catch(() => undefined);
         for await (const message of batch) {
@@ -294,6 +376,8 @@ export class CommandConsumer {
   }
 
   private take(message: JsMsg): void {
+    // A redelivery is older than what the consumer has delivered by now.
+    if (message.info.deliveryCount === 1) this.sawDelivered(message.info.streamSequence);
     if (this.stopping) {
       // Not started: hand it back at once so another node picks it up.
       message.nak();
