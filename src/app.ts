@@ -705,6 +705,7 @@ export async function startSettle(
         jsm,
         names,
         registry,
+        consumerProgress: () => consumer.progress(),
         psp,
         payments,
         metrics,

@@ -18,6 +18,7 @@ import type {
   ReceivedWebhook,
 } from '../storage/repositories/admin-search.repository.js';
 import type {
+  ConsumerInfoReading,
   OperationsSnapshot,
   Probe,
   ReconciliationStatus,
@@ -573,6 +574,8 @@ function reconciliationStatus(status: ReconciliationStatus): SafeHtml {
 
 export function operationsPage(input: {
   snapshot: OperationsSnapshot;
+  /** The consumer's info from the server, when the operator asked for it. */
+  consumerInfo: Probe<ConsumerInfoReading> | undefined;
   commandStream: string;
   consumer: string;
   deadLetterStream: string;
@@ -595,16 +598,42 @@ export function operationsPage(input: {
             html`<dl>
               <dt>Pending (not delivered)</dt>
               <dd>${c.pending}</dd>
-              <dt>Ack pending</dt>
+              <dt>Delivered (stream seq)</dt>
+              <dd>${c.deliveredStreamSeq}, seen ${(c.seenAgoMs / 1000).toFixed(1)} s ago</dd>
+              <dt>Ack pending on this node</dt>
               <dd>${c.ackPending}</dd>
-              <dt>Redelivered</dt>
+              <dt>Redelivered on this node</dt>
               <dd>${c.redelivered}</dd>
-              <dt>Waiting pulls</dt>
-              <dd>${c.waiting}</dd>
-              <dt>Delivered / ack floor (stream seq)</dt>
-              <dd>${c.deliveredStreamSeq} / ${c.ackFloorStreamSeq}</dd>
+              <dt>Pull open on this node</dt>
+              <dd>${c.pullOpen ? 'yes' : 'no'}</dd>
             </dl>`,
         )}
+        ${
+          input.consumerInfo === undefined
+            ? html`<p class="muted">
+                Derived without asking NATS.
+                <a href="/admin/operations?consumer_info=1#consumer">Read the consumer's info</a>
+                (every node's figures; slows the consumer's deliveries for seconds under a backlog;
+                read at most once a minute per node).
+              </p>`
+            : probeOf(
+                input.consumerInfo,
+                (i) =>
+                  html`<p class="muted">Consumer info read at ${i.readAt.toISOString()}:</p>
+                    <dl id="consumer-info">
+                      <dt>Pending</dt>
+                      <dd>${i.pending}</dd>
+                      <dt>Ack pending</dt>
+                      <dd>${i.ackPending}</dd>
+                      <dt>Redelivered</dt>
+                      <dd>${i.redelivered}</dd>
+                      <dt>Waiting pulls</dt>
+                      <dd>${i.waiting}</dd>
+                      <dt>Delivered / ack floor (stream seq)</dt>
+                      <dd>${i.deliveredStreamSeq} / ${i.ackFloorStreamSeq}</dd>
+                    </dl>`,
+              )
+        }
         ${probeOf(
           s.commandStream,
           (st) =>

@@ -24,7 +24,12 @@ import {
   type Route,
 } from '../http/router.js';
 import type { Names } from '../messaging/subjects.js';
-import { breakerStateOf, type OperationsSnapshot } from '../observability/operations.js';
+import {
+  breakerStateOf,
+  type ConsumerInfoReading,
+  type OperationsSnapshot,
+  type Probe,
+} from '../observability/operations.js';
 import type { Db } from '../storage/db.js';
 import { listAudit } from '../storage/repositories/admin-audit.repository.js';
 import {
@@ -105,6 +110,11 @@ export type AdminDeps = Readonly<{
   cookie: SessionCookieOptions;
   deadLetters: DeadLetterSource;
   snapshot: () => Promise<OperationsSnapshot>;
+  /**
+   * The runtime consumer's info from the server, read only when the operations page is asked
+   * for it (`?consumer_info=1`), and at most once a minute per node (ConsumerInfoReads).
+   */
+  consumerInfo: () => Promise<Probe<ConsumerInfoReading>>;
   /** Answers breakerState() when it is the real PSP client. */
   psp: object;
   nodeName: string;
@@ -648,20 +658,26 @@ export function adminRoutes(deps: AdminDeps): Route[] {
       );
     }),
 
-    view('/admin/operations', async (_request, principal) =>
-      page(
+    view('/admin/operations', async (request, principal) => {
+      const asked = request.query.get('consumer_info') === '1';
+      const [snapshot, consumerInfo] = await Promise.all([
+        deps.snapshot(),
+        asked ? deps.consumerInfo() : undefined,
+      ]);
+      return page(
         principal,
         'Operations',
         '/admin/operations',
         operationsPage({
-          snapshot: await deps.snapshot(),
+          snapshot,
+          consumerInfo,
           commandStream: deps.names.commandStream,
           consumer: deps.names.runtimeConsumer,
           deadLetterStream: deps.names.deadLetterStream,
           settings: deps.settings,
         }),
-      ),
-    ),
+      );
+    }),
 
     view('/admin/dead-letters', async (request, principal) => {
       const state = deadLetterFilter(request.query.get('state'));

@@ -10,10 +10,16 @@ import type { ClientResolver } from '../admin/client-address.js';
 import type { ApiTokens } from '../grpc/api-auth.js';
 import { adminRoutes } from '../admin/routes.js';
 import { tableDeadLetters } from '../admin/dead-letter-source.js';
+import type { ConsumerProgress } from '../messaging/command-consumer.js';
 import type { Names } from '../messaging/subjects.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
-import { operationsSnapshot, PaymentCounts } from '../observability/operations.js';
+import {
+  ConsumerInfoReads,
+  operationsSnapshot,
+  PaymentCounts,
+  probeWithin,
+} from '../observability/operations.js';
 import { restCallObserver } from '../observability/request-log.js';
 import type { PaymentService } from '../payments/payment.service.js';
 import type { Db } from '../storage/db.js';
@@ -31,6 +37,8 @@ export type OperatorDeps = Readonly<{
   jsm: JetStreamManager;
   names: Names;
   registry: { size: number; passivated: number; mailboxDepth(): number };
+  /** What the node's runtime consumer last saw, for the consumer lag (no request to NATS). */
+  consumerProgress: () => ConsumerProgress;
   psp: object;
   payments: PaymentService;
   metrics: Metrics;
@@ -58,6 +66,7 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
       db: deps.db,
       jsm: deps.jsm,
       names: deps.names,
+      consumerProgress: deps.consumerProgress,
       registry: deps.registry,
       psp: deps.psp,
       deadLetters,
@@ -65,6 +74,7 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
       paymentCounts,
     });
   deps.metrics.setSnapshotSource(snapshot);
+  const consumerInfoReads = new ConsumerInfoReads(deps.jsm, deps.names);
   return [
     ...paymentRoutes(deps.payments, {
       log,
@@ -86,6 +96,7 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
       cookie: { secure: config.ADMIN_COOKIE_SECURE },
       deadLetters,
       snapshot,
+      consumerInfo: () => probeWithin(() => consumerInfoReads.read(), PROBE_TIMEOUT_MS),
       psp: deps.psp,
       nodeName: deps.nodeName,
       settings: [

@@ -357,17 +357,19 @@ export function createMetrics(): Metrics {
     });
   consumerGauge(
     'settle_jetstream_consumer_pending',
-    'Commands in the stream not yet delivered to the runtime consumer (num_pending).',
+    'Commands in the stream not yet delivered to the runtime consumer: the stream’s last ' +
+      'sequence less the consumer’s delivered one as of the last delivery or pull heartbeat ' +
+      'this node saw (no consumer info asked of NATS).',
     (s) => (s.consumer.ok ? s.consumer.value.pending : undefined),
   );
   consumerGauge(
     'settle_jetstream_consumer_ack_pending',
-    'Commands delivered to the runtime consumer and not yet acknowledged (num_ack_pending).',
+    'Commands delivered to this node by the runtime consumer and not yet acknowledged.',
     (s) => (s.consumer.ok ? s.consumer.value.ackPending : undefined),
   );
   consumerGauge(
     'settle_jetstream_consumer_redelivered',
-    'Commands redelivered and not yet acknowledged (num_redelivered).',
+    'Commands this node holds unacknowledged that were delivered more than once.',
     (s) => (s.consumer.ok ? s.consumer.value.redelivered : undefined),
   );
   // The command stream refuses every publish once full (discard new): housekeeping purges what

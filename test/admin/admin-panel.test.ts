@@ -118,6 +118,7 @@ function panelRoutes(overrides: Partial<AdminDeps> & Pick<AdminDeps, 'auth'>): R
       now: () => new Date(),
     }),
     snapshot: () => Promise.reject(new Error('not used')),
+    consumerInfo: () => Promise.reject(new Error('not used')),
     psp: {},
     nodeName: 'n',
     settings: [],
@@ -1129,6 +1130,7 @@ describe('operations and reconciliation', () => {
       db: stack.settle.db,
       jsm: await (await import('@nats-io/jetstream')).jetstreamManager(stack.settle.nc),
       names: stack.settle.names,
+      consumerProgress: () => stack.settle.consumer.progress(),
       registry: stack.settle.registry,
       psp: stack.settle.psp,
       deadLetters: tableDeadLetters({
@@ -1160,7 +1162,11 @@ describe('operations and reconciliation', () => {
     const { html } = await adminFetch(stack, '/admin/operations');
     const text = html.replace(/<[^>]+>/g, ' ').replace(/\s+/g, ' ');
     expect(text).toContain('PSP circuit breaker CLOSED');
-    expect(text).toMatch(/Pending \(not delivered\) \d+ Ack pending \d+ Redelivered \d+/);
+    expect(text).toMatch(
+      /Pending \(not delivered\) \d+ Delivered \(stream seq\) \d+, seen [\d.]+ s ago Ack pending on this node \d+ Redelivered on this node \d+ Pull open on this node (yes|no)/,
+    );
+    // The consumer's info only on request: the page says how to ask for it.
+    expect(text).toContain("Derived without asking NATS. Read the consumer's info");
     expect(text).toMatch(/stream: \d+ messages, \d+ bytes, seq \d+–\d+/);
     expect(text).toContain(stack.settle.names.runtimeConsumer);
     expect(text).toMatch(/Outbox Rows waiting \d+ Oldest/);

@@ -66,6 +66,13 @@ describe('settle_reconciliation_last_success_timestamp_seconds', () => {
         jsm: await jetstreamManager(nc),
         // No such stream: the JetStream probes fail, the reconciliation one is what is read.
         names: namesOf(`lastsuccess${uniqueSuffix()}`, 1),
+        consumerProgress: () => ({
+          deliveredStreamSeq: undefined,
+          seenAtMs: undefined,
+          held: 0,
+          heldRedelivered: 0,
+          pullOpen: false,
+        }),
         registry: { size: 0, passivated: 0, mailboxDepth: () => 0 },
         psp: {},
         deadLetters: { counts: () => Promise.resolve({ open: 0, total: 0 }) },
