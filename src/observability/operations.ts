@@ -290,7 +290,9 @@ export async function operationsSnapshot(deps: OperationsDeps): Promise<Operatio
 /**
  * The consumer's lag from the stream's state and what this node saw. Every message past the
  * delivered sequence matches the consumer (its filter is the stream's one subject), and none of
- * them is deleted but by max_age, hence the stream's first sequence as a floor.
+ * them is deleted but by max_age, hence the stream's first sequence as a floor. A delivered
+ * sequence past the stream's last one was seen on a stream since recreated (it numbers from 1
+ * again): until this node sees one on the new stream, every message stored counts as pending.
  */
 export function consumerLag(
   progress: ConsumerProgress,
@@ -303,7 +305,8 @@ export function consumerLag(
     return { ok: false, error: 'no delivery or pull heartbeat seen yet by this node' };
   }
   const { firstSeq, lastSeq } = stream.value;
-  const pastSeq = Math.max(deliveredStreamSeq, firstSeq - 1);
+  const seenOnThisStream = deliveredStreamSeq <= lastSeq;
+  const pastSeq = Math.max(seenOnThisStream ? deliveredStreamSeq : 0, firstSeq - 1);
   return {
     ok: true,
     value: {

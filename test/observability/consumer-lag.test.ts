@@ -325,6 +325,30 @@ describe('the consumer lag derived without consumer info', () => {
     expect(after.seenAgoMs).toBeLessThan(6_000);
   }, 30_000);
 
+  it('counts every stored command after the stream was recreated under a stopped consumer', async () => {
+    const { names, jsm } = await topology(1_000);
+    let handled = 0;
+    const consumer = await startConsumer(names, jsm, 8, (command) => {
+      handled += 1;
+      return done(command, { attempt: 1, isLastAttempt: false });
+    });
+    await publish(names, 'old', 10);
+    await waitFor(async () => handled === 10, { what: 'ten handled' });
+    await waitFor(async () => consumer.progress().deliveredStreamSeq === 10, { what: 'seq 10' });
+    await consumer.stop(1_000);
+    // The stream and the consumer are made again (storage lost): sequences restart at 1, and
+    // this node, not consuming, has seen none of them.
+    await deleteTopology(nc, names);
+    const fresh = await ensureTopology(nc, names, {
+      ackWaitMs: 30_000,
+      maxDeliver: 3,
+      maxAckPending: 1_000,
+    });
+    await publish(names, 'new', 3);
+    expect((await consumerInfo(fresh, names)).num_pending).toBe(3);
+    expect((await lagOf(names, consumer)).pending).toBe(3);
+  }, 30_000);
+
   it('shows a backlog while it drains, never under the server figure', async () => {
     const { names, jsm } = await topology(1_000);
     const total = 20_000;
