@@ -71,7 +71,22 @@ export interface ListEntriesRequest {
 
 export interface ListEntriesResponse {
   entries: LedgerEntry[];
+  /**
+   * Set when committed entries follow this page (beyond page_size, or beyond the horizon); empty
+   * when none did as this page was read.
+   */
   nextPageToken: string;
+  /**
+   * True when the page ended before page_size entries at the settled horizon: a booking with a
+   * lower entry_id than entries already committed has not finished. Those entries come on a
+   * later page; wait a moment before asking for it.
+   */
+  stoppedAtHorizon: boolean;
+  /**
+   * Always set, also on the last page: where a later call reads on from, to tail the ledger (the
+   * same as next_page_token when that is set). It holds the same filters as the request.
+   */
+  resumePageToken: string;
 }
 
 export interface GetTrialBalanceRequest {
@@ -763,7 +778,7 @@ export const ListEntriesRequest: MessageFns<ListEntriesRequest> = {
 };
 
 function createBaseListEntriesResponse(): ListEntriesResponse {
-  return { entries: [], nextPageToken: "" };
+  return { entries: [], nextPageToken: "", stoppedAtHorizon: false, resumePageToken: "" };
 }
 
 export const ListEntriesResponse: MessageFns<ListEntriesResponse> = {
@@ -773,6 +788,12 @@ export const ListEntriesResponse: MessageFns<ListEntriesResponse> = {
     }
     if (message.nextPageToken !== "") {
       writer.uint32(18).string(message.nextPageToken);
+    }
+    if (message.stoppedAtHorizon !== false) {
+      writer.uint32(24).bool(message.stoppedAtHorizon);
+    }
+    if (message.resumePageToken !== "") {
+      writer.uint32(34).string(message.resumePageToken);
     }
     return writer;
   },
@@ -806,6 +827,22 @@ export const ListEntriesResponse: MessageFns<ListEntriesResponse> = {
             message.nextPageToken = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.stoppedAtHorizon = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.resumePageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -826,6 +863,16 @@ export const ListEntriesResponse: MessageFns<ListEntriesResponse> = {
         : isSet(object.next_page_token)
         ? globalThis.String(object.next_page_token)
         : "",
+      stoppedAtHorizon: isSet(object.stoppedAtHorizon)
+        ? globalThis.Boolean(object.stoppedAtHorizon)
+        : isSet(object.stopped_at_horizon)
+        ? globalThis.Boolean(object.stopped_at_horizon)
+        : false,
+      resumePageToken: isSet(object.resumePageToken)
+        ? globalThis.String(object.resumePageToken)
+        : isSet(object.resume_page_token)
+        ? globalThis.String(object.resume_page_token)
+        : "",
     };
   },
 
@@ -837,6 +884,12 @@ export const ListEntriesResponse: MessageFns<ListEntriesResponse> = {
     if (message.nextPageToken !== "") {
       obj.nextPageToken = message.nextPageToken;
     }
+    if (message.stoppedAtHorizon !== false) {
+      obj.stoppedAtHorizon = message.stoppedAtHorizon;
+    }
+    if (message.resumePageToken !== "") {
+      obj.resumePageToken = message.resumePageToken;
+    }
     return obj;
   },
 
@@ -847,6 +900,8 @@ export const ListEntriesResponse: MessageFns<ListEntriesResponse> = {
     const message = createBaseListEntriesResponse();
     message.entries = object.entries?.map((e) => LedgerEntry.fromPartial(e)) || [];
     message.nextPageToken = object.nextPageToken ?? "";
+    message.stoppedAtHorizon = object.stoppedAtHorizon ?? false;
+    message.resumePageToken = object.resumePageToken ?? "";
     return message;
   },
 };
@@ -1299,10 +1354,13 @@ export type LedgerServiceService = typeof LedgerServiceService;
 export const LedgerServiceService = {
   /**
    * Lists ledger entries, oldest first (by entry_id), optionally for one account or one payment
-   * order. Bookings commit concurrently, so an entry can become visible after entries with a
-   * higher entry_id were listed: a page token does not tail the ledger. A listing made while
-   * bookings commit can miss entries committed meanwhile; list again from the first page to see
-   * them. One payment order's entries are never missed this way: they are booked one after another.
+   * order. Bookings commit concurrently, so an entry can commit after entries with a higher
+   * entry_id did. A page therefore ends before the settled horizon: the lowest entry_id whose
+   * booking may still commit (one not yet committed or rolled back, or an id skipped less than a
+   * few seconds ago, see the README). So every entry is on exactly one page of a walk that
+   * follows next_page_token, and then resume_page_token, however long it goes on: the ledger
+   * can be tailed. A page that stops at the horizon says so (stopped_at_horizon) and can be
+   * short, even empty; call again after a moment.
    */
   listEntries: {
     path: "/settle.v1.LedgerService/ListEntries" as const,
@@ -1335,10 +1393,13 @@ export const LedgerServiceService = {
 export interface LedgerServiceServer extends UntypedServiceImplementation {
   /**
    * Lists ledger entries, oldest first (by entry_id), optionally for one account or one payment
-   * order. Bookings commit concurrently, so an entry can become visible after entries with a
-   * higher entry_id were listed: a page token does not tail the ledger. A listing made while
-   * bookings commit can miss entries committed meanwhile; list again from the first page to see
-   * them. One payment order's entries are never missed this way: they are booked one after another.
+   * order. Bookings commit concurrently, so an entry can commit after entries with a higher
+   * entry_id did. A page therefore ends before the settled horizon: the lowest entry_id whose
+   * booking may still commit (one not yet committed or rolled back, or an id skipped less than a
+   * few seconds ago, see the README). So every entry is on exactly one page of a walk that
+   * follows next_page_token, and then resume_page_token, however long it goes on: the ledger
+   * can be tailed. A page that stops at the horizon says so (stopped_at_horizon) and can be
+   * short, even empty; call again after a moment.
    */
   listEntries: handleUnaryCall<ListEntriesRequest, ListEntriesResponse>;
   /**
@@ -1353,10 +1414,13 @@ export interface LedgerServiceServer extends UntypedServiceImplementation {
 export interface LedgerServiceClient extends Client {
   /**
    * Lists ledger entries, oldest first (by entry_id), optionally for one account or one payment
-   * order. Bookings commit concurrently, so an entry can become visible after entries with a
-   * higher entry_id were listed: a page token does not tail the ledger. A listing made while
-   * bookings commit can miss entries committed meanwhile; list again from the first page to see
-   * them. One payment order's entries are never missed this way: they are booked one after another.
+   * order. Bookings commit concurrently, so an entry can commit after entries with a higher
+   * entry_id did. A page therefore ends before the settled horizon: the lowest entry_id whose
+   * booking may still commit (one not yet committed or rolled back, or an id skipped less than a
+   * few seconds ago, see the README). So every entry is on exactly one page of a walk that
+   * follows next_page_token, and then resume_page_token, however long it goes on: the ledger
+   * can be tailed. A page that stops at the horizon says so (stopped_at_horizon) and can be
+   * short, even empty; call again after a moment.
    */
   listEntries(
     request: ListEntriesRequest,
