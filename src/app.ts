@@ -34,6 +34,11 @@ import { assertGuardsTrip } from './storage/one-trip.js';
 import type { GroupCommitBatch } from './storage/group-commit.js';
 import { purgeIdempotencyKeys } from './storage/repositories/payment.repository.js';
 import { purgeWebhookInbox } from './storage/repositories/outbox.repository.js';
+import {
+  LEDGER_HORIZON_DEFAULTS,
+  LedgerMarker,
+  reservationSettleMsFor,
+} from './storage/repositories/ledger-horizon.repository.js';
 import { refuseUndecodable, type AdapterOptions } from './grpc/adapters.js';
 import { ApiTokens } from './grpc/api-auth.js';
 import { ACCEPT_FAILED_MESSAGE, createGrpcServer, listen } from './grpc/server.js';
@@ -576,6 +581,17 @@ export async function startSettle(
               apiTokens.require(metadata.get('authorization')[0], { name: service, kind: 'grpc' }),
           }
         : adapterOptions;
+    // Where ListEntries pages end for a tail (storage/repositories/ledger-horizon.repository.ts):
+    // an INSERT holds an id for MYSQL_LOCK_WAIT_TIMEOUT_S at most before its row is there.
+    const ledgerHorizon = {
+      ...LEDGER_HORIZON_DEFAULTS,
+      reservationSettleMs: reservationSettleMsFor(config.MYSQL_LOCK_WAIT_TIMEOUT_S),
+    };
+    const ledgerMarker = new LedgerMarker(db, ledgerHorizon, (error) =>
+      logger.warn({ err: error }, 'could not mark how far ledger entry ids were handed out'),
+    );
+    ledgerMarker.start();
+    cleanups.push(() => ledgerMarker.stop());
     grpcServer.addService(
       refuseUndecodable(PaymentServiceService),
       paymentHandlers(payments, apiOptions('PaymentService')),
@@ -586,7 +602,7 @@ export async function startSettle(
     );
     grpcServer.addService(
       refuseUndecodable(LedgerServiceService),
-      ledgerHandlers(db, apiOptions('LedgerService')),
+      ledgerHandlers(db, apiOptions('LedgerService'), ledgerHorizon),
     );
     grpcServer.addService(
       refuseUndecodable(AdminServiceService),

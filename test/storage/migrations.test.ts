@@ -38,6 +38,7 @@ const STEPS_PER_MIGRATION: ReadonlyArray<readonly [string, number]> = [
   ['0009-dead-letter-open-once', 3],
   ['0010-outbox-parking', 3],
   ['0011-dead-letter-order-dropped', 1],
+  ['0012-ledger-entry-mark', 1],
 ];
 const MIGRATIONS = STEPS_PER_MIGRATION.map(([name]) => name);
 

@@ -11,10 +11,14 @@ import { requireId } from '../../payments/validation.js';
 import { decodePageToken, encodePageToken } from '../../domain/page-token.js';
 import type { Db } from '../../storage/db.js';
 import {
+  LEDGER_HORIZON_DEFAULTS,
+  listSettledLedgerEntries,
+  type LedgerHorizonOptions,
+} from '../../storage/repositories/ledger-horizon.repository.js';
+import {
   findWallet,
   isLedgerAccount,
   LEDGER_ACCOUNT_SHAPE,
-  listLedgerEntries,
   trialBalanceByCurrency,
   trialBalancePage,
   trialBalancePageAfter,
@@ -58,7 +62,16 @@ export function walletHandlers(db: Db, options: AdapterOptions): WalletServiceSe
   };
 }
 
-export function ledgerHandlers(db: Db, options: AdapterOptions): LedgerServiceServer {
+/**
+ * `horizon`: how ListEntries finds where its pages must end for a caller tailing the ledger
+ * (storage/repositories/ledger-horizon.repository.ts); its settle window follows
+ * MYSQL_LOCK_WAIT_TIMEOUT_S.
+ */
+export function ledgerHandlers(
+  db: Db,
+  options: AdapterOptions,
+  horizon: LedgerHorizonOptions = LEDGER_HORIZON_DEFAULTS,
+): LedgerServiceServer {
   return {
     listEntries: unary(async (request) => {
       if (request.pageSize < 0) throw new InvalidArgumentError('page_size', 'must not be negative');
@@ -76,14 +89,25 @@ export function ledgerHandlers(db: Db, options: AdapterOptions): LedgerServiceSe
       const filter = { account: request.account, orderId: request.orderId };
       const cursor = decodePageToken('ListEntries', request.pageToken, filter, /^\d{1,19}$/);
       const afterId = cursor === undefined ? undefined : BigInt(cursor);
-      const rows = await listLedgerEntries(db, {
-        ...(request.account !== '' ? { account: request.account } : {}),
-        ...(request.orderId !== '' ? { orderId: request.orderId } : {}),
-        ...(afterId !== undefined ? { afterId } : {}),
-        limit: limit + 1,
-      }).catch(rethrow);
-      const entries = rows.slice(0, limit);
-      const last = entries[entries.length - 1];
+      const page = await listSettledLedgerEntries(
+        db,
+        {
+          ...(request.account !== '' ? { account: request.account } : {}),
+          ...(request.orderId !== '' ? { orderId: request.orderId } : {}),
+          ...(afterId !== undefined ? { afterId } : {}),
+          limit,
+        },
+        horizon,
+      ).catch(rethrow);
+      const entries = page.entries;
+      // The page ends before the settled horizon, so nothing can still commit below its last id:
+      // a token there misses nothing, whenever the caller comes back with it. With no entry, the
+      // caller reads on from where it was (0: before the first id).
+      const resumeToken = encodePageToken(
+        'ListEntries',
+        (entries[entries.length - 1]?.id ?? afterId ?? 0n).toString(),
+        filter,
+      );
       return {
         entries: entries.map((entry) => ({
           entryId: entry.id.toString(),
@@ -96,10 +120,9 @@ export function ledgerHandlers(db: Db, options: AdapterOptions): LedgerServiceSe
           creditMinor: entry.creditMinor,
           createTime: entry.createdAt,
         })),
-        nextPageToken:
-          rows.length > limit && last !== undefined
-            ? encodePageToken('ListEntries', last.id.toString(), filter)
-            : '',
+        nextPageToken: page.more ? resumeToken : '',
+        stoppedAtHorizon: page.stoppedAtHorizon,
+        resumePageToken: resumeToken,
       };
     }, options),
     getTrialBalance: unary(async (request) => {

@@ -16,6 +16,7 @@ import * as m0008 from './0008-dead-letter-retention.js';
 import * as m0009 from './0009-dead-letter-open-once.js';
 import * as m0010 from './0010-outbox-parking.js';
 import * as m0011 from './0011-dead-letter-order-dropped.js';
+import * as m0012 from './0012-ledger-entry-mark.js';
 import {
   MIGRATION_STEP_TABLE,
   steppedMigrationProvider,
@@ -37,6 +38,7 @@ const migrations: Readonly<Record<string, SteppedMigration>> = {
   '0009-dead-letter-open-once': m0009,
   '0010-outbox-parking': m0010,
   '0011-dead-letter-order-dropped': m0011,
+  '0012-ledger-entry-mark': m0012,
 };
 
 /** Settle's migrations for Kysely's Migrator; `hooks` are for tests. */

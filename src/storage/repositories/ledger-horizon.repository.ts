@@ -1,0 +1,281 @@
+/**
+ * Pages of ledger entries that can be tailed: each page ends before the settled horizon, the
+ * lowest entry id whose booking may still commit. Ids are handed out (AUTO_INCREMENT) when a
+ * booking's INSERT runs and become visible when its transaction commits, and bookings commit
+ * concurrently (group commit, one-packet transactions, reconciliation's fee bookings), so an entry
+ * can commit after entries with higher ids did. A page cut by id alone lets a caller's cursor pass
+ * such an entry before it commits, and it is then never listed. Below the horizon, nothing can
+ * appear any more: a cursor there never skips an entry, whenever the entry commits.
+ *
+ * What can still commit below the page's last id, and how each is found, without any lock:
+ * - A row inserted by a transaction still open: a READ UNCOMMITTED read of the page's id range
+ *   sees it, and the committed read that gave the page does not. That read is taken after the
+ *   committed one, so a row that commits between the two is counted as in flight (a later page
+ *   gets it); one rolled back in between is gone for good.
+ * - An id handed out to an INSERT that has not put its row in the table yet: InnoDB takes the id
+ *   first and inserts the row next, and the insert can wait for a lock in between (at most
+ *   innodb_lock_wait_timeout, after which the statement fails and the id is never used). Such an
+ *   id is a gap in the ids, which a rolled-back or failed INSERT leaves too, for good; the two
+ *   cannot be told apart when the gap is young. So a gap is passed only once it is old: ids up to
+ *   the `max_id` of a mark (table ledger_entry_mark) taken at least `reservationSettleMs` ago
+ *   were all handed out before it, and are in the table by now or never will be. Above the
+ *   newest such mark, the page ends at the first gap. Every node takes a mark each
+ *   `markIntervalMs` (LedgerMarker), and a listing takes one when the newest is older, so a gap
+ *   holds a caller at the head of the ledger for about reservationSettleMs + markIntervalMs.
+ *   A listing of one payment order skips this: an order's bookings are made one after another
+ *   (its actor's PAYMENT, then reconciliation's PSP_FEE, which needs the PAYMENT committed), so
+ *   none of them can take an id below one of the order's entries already committed.
+ *
+ * The bound assumes that only Settle's connections write ledger_entry (they wait for a lock for
+ * MYSQL_LOCK_WAIT_TIMEOUT_S at most) and that the database server's clock does not step back.
+ */
+import { sql } from 'kysely';
+import { LOCK_WAIT_TIMEOUT_S_DEFAULT, type Db } from '../db.js';
+import type { Trx } from '../transaction.js';
+import { listLedgerEntries, type LedgerEntry } from './ledger.repository.js';
+
+/**
+ * How long an id handed out to an INSERT may take to show up as a row, beyond the lock wait, in
+ * ms: the insert of one row, on a server that may be busy.
+ */
+export const RESERVATION_MARGIN_MS = 5_000;
+
+/**
+ * How long after a mark a gap below its `max_id` is known to stay a gap, in ms: the longest an
+ * INSERT can hold an id before its row is in the table (its lock wait, then RESERVATION_MARGIN_MS).
+ */
+export function reservationSettleMsFor(lockWaitTimeoutS: number): number {
+  return lockWaitTimeoutS * 1_000 + RESERVATION_MARGIN_MS;
+}
+
+export type LedgerHorizonOptions = Readonly<{
+  /** See reservationSettleMsFor; at most MARK_RING_SECONDS seconds less one interval. */
+  reservationSettleMs: number;
+  /** A new mark is taken when the newest is older than this, in ms. */
+  markIntervalMs: number;
+}>;
+
+export const LEDGER_HORIZON_DEFAULTS: LedgerHorizonOptions = {
+  reservationSettleMs: reservationSettleMsFor(LOCK_WAIT_TIMEOUT_S_DEFAULT),
+  markIntervalMs: 1_000,
+};
+
+/** Slots of the mark ring (migration 0012): one per second, so 68 minutes of marks. */
+export const MARK_RING_SECONDS = 4_096;
+
+/**
+ * Ids above the newest old mark checked for gaps by one page at most. A page whose candidates
+ * reach beyond ends there (a later page goes on), so a reader catching up after a quiet spell,
+ * when the newest old mark is far behind, reads a bounded range per call.
+ */
+export const GAP_CHECK_IDS_MAX = 20_000;
+
+export type SettledPage = Readonly<{
+  /** At most `limit` entries, oldest first, all below the horizon. */
+  entries: LedgerEntry[];
+  /** Committed entries follow the page (beyond `limit`, or beyond the horizon). */
+  more: boolean;
+  /** The page holds fewer than `limit` entries because the horizon cut it. */
+  stoppedAtHorizon: boolean;
+}>;
+
+/**
+ * Up to `limit` committed entries after `afterId` (from the start without it), oldest first, that
+ * end before the settled horizon (see the module comment): an entry with a lower id than the last
+ * one answered can no longer commit, so a cursor at that last id misses nothing. Four to six
+ * statements, none of which locks a row of ledger_entry; one more, on ledger_entry_mark, when the
+ * newest mark is older than `markIntervalMs`.
+ */
+export async function listSettledLedgerEntries(
+  db: Db,
+  page: Readonly<{ account?: string; orderId?: string; afterId?: bigint; limit: number }>,
+  options: LedgerHorizonOptions = LEDGER_HORIZON_DEFAULTS,
+): Promise<SettledPage> {
+  assertOptions(options);
+  const marks = await readMarks(db, options);
+  const candidates = await listLedgerEntries(db, { ...page, limit: page.limit + 1 });
+  const top = candidates[candidates.length - 1]?.id;
+  const horizon = await db
+    .transaction()
+    .setIsolationLevel('read uncommitted')
+    .execute(async (trx) => {
+      const inFlight =
+        top === undefined
+          ? undefined
+          : await firstInFlight(trx, {
+              ...page,
+              top,
+              committed: candidates.map((entry) => entry.id),
+            });
+      const gap =
+        top === undefined || page.orderId !== undefined
+          ? undefined
+          : await firstAfterGap(trx, page, marks, top);
+      // What a mark promises holds for every id in the table as it is now, committed or not.
+      const maxId = marks.fresh ? undefined : await maxEntryId(trx);
+      return { below: minDefined(inFlight, gap), maxId };
+    });
+  if (horizon.maxId !== undefined) await writeMark(db, horizon.maxId);
+  const below = horizon.below;
+  const settled = below === undefined ? candidates : candidates.filter((entry) => entry.id < below);
+  const entries = settled.slice(0, page.limit);
+  return {
+    entries,
+    more: candidates.length > entries.length,
+    stoppedAtHorizon: settled.length < Math.min(candidates.length, page.limit),
+  };
+}
+
+/**
+ * Takes a mark every `markIntervalMs` (unless one is fresh), so that ListEntries always finds one
+ * about reservationSettleMs old, whoever listed last: a gap then holds a tail for that long at
+ * most, and a listing checks for gaps only among the ids of that last while.
+ */
+export class LedgerMarker {
+  #timer: NodeJS.Timeout | undefined;
+  #running: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly db: Db,
+    private readonly options: LedgerHorizonOptions,
+    private readonly onError: (error: unknown) => void,
+  ) {
+    assertOptions(options);
+  }
+
+  start(): void {
+    this.#timer = setInterval(() => {
+      // One at a time: a mark still being written (a slow database) is not queued behind.
+      this.#running = this.#running.then(() => this.takeMark().catch(this.onError));
+    }, this.options.markIntervalMs);
+    this.#timer.unref();
+  }
+
+  /** Stops the timer and waits for a mark being written. */
+  async stop(): Promise<void> {
+    clearInterval(this.#timer);
+    await this.#running;
+  }
+
+  /** Writes a mark unless the newest is younger than markIntervalMs. */
+  async takeMark(): Promise<void> {
+    const marks = await readMarks(this.db, this.options);
+    if (marks.fresh) return;
+    await writeMark(this.db, await maxEntryId(this.db));
+  }
+}
+
+type Marks = Readonly<{
+  /** Ids up to it are in the table or never will be; undefined when no mark is old enough. */
+  floor: bigint | undefined;
+  /** The newest mark is younger than markIntervalMs: no new one is needed. */
+  fresh: boolean;
+}>;
+
+async function readMarks(db: Db, options: LedgerHorizonOptions): Promise<Marks> {
+  const result = await sql<{ floor_id: string | null; fresh: number | string | null }>`
+    SELECT MAX(CASE WHEN taken_at <= UTC_TIMESTAMP(6) - INTERVAL ${options.reservationSettleMs * 1_000} MICROSECOND
+                    THEN max_id END) AS floor_id,
+           MAX(taken_at) > UTC_TIMESTAMP(6) - INTERVAL ${options.markIntervalMs * 1_000} MICROSECOND
+             AS fresh
+    FROM ledger_entry_mark`.execute(db);
+  const row = result.rows[0];
+  return {
+    floor: row?.floor_id === null || row?.floor_id === undefined ? undefined : BigInt(row.floor_id),
+    fresh: Number(row?.fresh ?? 0) === 1,
+  };
+}
+
+/**
+ * Notes that every id up to `maxId` (read before this statement) was handed out by now. The slot
+ * is this second's; a mark written there earlier in the ring is replaced, one of this second kept
+ * if it is newer. `max_id` is assigned first: MySQL's later assignments see the earlier ones.
+ */
+async function writeMark(db: Db, maxId: bigint): Promise<void> {
+  await sql`
+    INSERT INTO ledger_entry_mark (slot, taken_at, max_id)
+    VALUES (UNIX_TIMESTAMP() MOD ${MARK_RING_SECONDS}, UTC_TIMESTAMP(6), ${maxId})
+    ON DUPLICATE KEY UPDATE
+      max_id = IF(VALUES(taken_at) > taken_at, VALUES(max_id), max_id),
+      taken_at = GREATEST(taken_at, VALUES(taken_at))`.execute(db);
+}
+
+/**
+ * The lowest id of an entry of the page's filter in (afterId, top] that the committed read did not
+ * give: its transaction was open when it was read (or committed just after the committed read).
+ */
+async function firstInFlight(
+  trx: Trx,
+  range: Readonly<{
+    account?: string;
+    orderId?: string;
+    afterId?: bigint;
+    top: bigint;
+    committed: readonly bigint[];
+  }>,
+): Promise<bigint | undefined> {
+  const result = await sql<{ id: string | null }>`
+    SELECT MIN(id) AS id FROM ledger_entry
+    WHERE id > ${range.afterId ?? 0n} AND id <= ${range.top}
+      AND id NOT IN (${sql.join(range.committed)})
+      ${range.account !== undefined ? sql`AND account = ${range.account}` : sql``}
+      ${range.orderId !== undefined ? sql`AND order_id = ${range.orderId}` : sql``}`.execute(trx);
+  const id = result.rows[0]?.id;
+  return id === null || id === undefined ? undefined : BigInt(id);
+}
+
+/**
+ * The first id (of any account: the id a gap hides may be anyone's) in (afterId, top] above the
+ * newest old mark that follows a gap, or the first id past GAP_CHECK_IDS_MAX of them. Every id
+ * below it is in the table (committed or not) or at most the mark's `max_id`.
+ */
+async function firstAfterGap(
+  trx: Trx,
+  page: Readonly<{ afterId?: bigint }>,
+  marks: Marks,
+  top: bigint,
+): Promise<bigint | undefined> {
+  const after = page.afterId ?? 0n;
+  const from = marks.floor !== undefined && marks.floor > after ? marks.floor : after;
+  if (from >= top) return undefined;
+  const checkedTo = from + BigInt(GAP_CHECK_IDS_MAX) < top ? from + BigInt(GAP_CHECK_IDS_MAX) : top;
+  // An id whose predecessor is missing; `from` itself is settled, so the first id checked is
+  // from + 2 (whose predecessor is from + 1).
+  const result = await sql<{ id: string | null }>`
+    SELECT MIN(a.id) AS id FROM ledger_entry a
+    WHERE a.id > ${from + 1n} AND a.id <= ${checkedTo}
+      AND NOT EXISTS (SELECT 1 FROM ledger_entry b WHERE b.id = a.id - 1)`.execute(trx);
+  const id = result.rows[0]?.id;
+  if (id !== null && id !== undefined) return BigInt(id);
+  return checkedTo < top ? checkedTo + 1n : undefined;
+}
+
+async function maxEntryId(trx: Db | Trx): Promise<bigint> {
+  const result = await sql<{ id: string | null }>`SELECT MAX(id) AS id FROM ledger_entry`.execute(
+    trx,
+  );
+  return BigInt(result.rows[0]?.id ?? 0);
+}
+
+function minDefined(a: bigint | undefined, b: bigint | undefined): bigint | undefined {
+  if (a === undefined) return b;
+  if (b === undefined) return a;
+  return a < b ? a : b;
+}
+
+function assertOptions(options: LedgerHorizonOptions): void {
+  const { reservationSettleMs, markIntervalMs } = options;
+  if (!Number.isInteger(markIntervalMs) || markIntervalMs < 1) {
+    throw new RangeError(`markIntervalMs must be a whole number ≥ 1, got ${markIntervalMs}`);
+  }
+  if (
+    !Number.isInteger(reservationSettleMs) ||
+    reservationSettleMs < 1 ||
+    reservationSettleMs + markIntervalMs >= MARK_RING_SECONDS * 1_000
+  ) {
+    throw new RangeError(
+      `reservationSettleMs must be a whole number ≥ 1 and, with markIntervalMs, under the mark ` +
+        `ring's ${MARK_RING_SECONDS} s, got ${reservationSettleMs}`,
+    );
+  }
+}
