@@ -3,12 +3,14 @@
  * once that is empty, gets every committed entry exactly once and in id order, also an entry whose
  * booking commits after bookings with higher ids did; a page ends before such a booking while it
  * is open, and says so (stopped_at_horizon); a booking rolled back holds the tail for the settle
- * window only; a listing of one account is not held by another account's booking. Before, a page
- * ended at whatever had committed, its token passed the open booking's ids, and the entries were
- * never listed; the last page had no token to tail with. Method: the real LedgerService handlers
- * on 127.0.0.1:0 over a fresh MariaDB database, with a settle window of SETTLE_MS; bookings are
- * posted by the ledger repository in real transactions, one of them held open on its own
- * connection while later ones commit; what a tail saw is compared with the table.
+ * window only, and a payment order's listing not at all; a gap is passed once a mark the node's
+ * LedgerMarker took (no listing) is a settle window old; a listing of one account is not held by
+ * another account's booking, and moves on through others' ids a bounded range per call. Before,
+ * a page ended at whatever had committed, its token passed the open booking's ids, and the
+ * entries were never listed; the last page had no token to tail with. Method: the real
+ * LedgerService handlers on 127.0.0.1:0 over a fresh MariaDB database, with a settle window of
+ * SETTLE_MS; bookings are posted by the ledger repository in real transactions, one of them held
+ * open on its own connection while later ones commit; what a tail saw is compared with the table.
  */
 import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
@@ -20,14 +22,18 @@ import {
 } from '../../src/grpc/generated/settle/v1/wallet.js';
 import { ledgerHandlers } from '../../src/grpc/handlers/ledger.handlers.js';
 import type { Db } from '../../src/storage/db.js';
+import { LedgerMarker } from '../../src/storage/repositories/ledger-horizon.repository.js';
 import { postLedgerTransaction } from '../../src/storage/repositories/ledger.repository.js';
 import { inTransaction } from '../../src/storage/transaction.js';
 import { expectLedgerBalanced, openTestDatabase } from '../support/harness.js';
 import { callUnary, startServer, stopServer, type RunningServer } from './harness.js';
 
-/** The settle window of these tests (reservationSettleMs), and how often marks are taken. */
-const SETTLE_MS = 400;
-const MARK_INTERVAL_MS = 50;
+/**
+ * The settle window of these tests (reservationSettleMs), how often marks are taken, and how
+ * many ids a page checks for gaps at most.
+ */
+const HORIZON = { reservationSettleMs: 400, markIntervalMs: 50, gapCheckIdsMax: 50 } as const;
+const SETTLE_MS = HORIZON.reservationSettleMs;
 
 let db: Db;
 let close: () => Promise<void>;
@@ -37,14 +43,7 @@ let client: LedgerServiceClient;
 beforeAll(async () => {
   ({ db, close } = await openTestDatabase('settle_ledger_tail_t', { poolSize: 12 }));
   running = await startServer((server) =>
-    server.addService(
-      LedgerServiceService,
-      ledgerHandlers(
-        db,
-        { log: () => {} },
-        { reservationSettleMs: SETTLE_MS, markIntervalMs: MARK_INTERVAL_MS },
-      ),
-    ),
+    server.addService(LedgerServiceService, ledgerHandlers(db, { log: () => {} }, HORIZON)),
   );
   client = new LedgerServiceClient(running.address, grpc.credentials.createInsecure());
 });
@@ -93,9 +92,11 @@ function booking(seller: string, amountMinor = 100n) {
   };
 }
 
-/** Posts a booking and commits it. */
-async function book(seller = 's1'): Promise<void> {
-  await inTransaction(db, (trx) => postLedgerTransaction(trx, booking(seller)));
+/** Posts a booking and commits it; answers its order id. */
+async function book(seller = 's1'): Promise<string> {
+  const posted = booking(seller);
+  await inTransaction(db, (trx) => postLedgerTransaction(trx, posted));
+  return posted.orderId;
 }
 
 class RolledBack extends Error {}
@@ -154,17 +155,19 @@ async function committedIds(): Promise<string[]> {
 class Tail {
   readonly seen: string[] = [];
   token = '';
+  calls = 0;
   constructor(
     private readonly pageSize: number,
-    private readonly account = '',
+    private readonly filter: Readonly<{ account?: string; orderId?: string }> = {},
   ) {}
 
   async read(): Promise<ListEntriesResponse> {
+    this.calls += 1;
     const outcome = await callUnary(client.listEntries.bind(client), {
       pageSize: this.pageSize,
       pageToken: this.token,
-      account: this.account,
-      orderId: '',
+      account: this.filter.account ?? '',
+      orderId: this.filter.orderId ?? '',
     });
     if (!outcome.ok) throw outcome.error;
     const response = outcome.response;
@@ -238,7 +241,7 @@ describe('ListEntries tailing', () => {
     await book('s1');
     const open = await holdOpen('s2');
     await book('s1');
-    const tail = new Tail(10, 'seller_payable:s1');
+    const tail = new Tail(10, { account: 'seller_payable:s1' });
 
     const page = await tail.read();
     expect(page.entries.map((entry) => entry.account)).toEqual([
@@ -249,6 +252,46 @@ describe('ListEntries tailing', () => {
     expect(page.nextPageToken).toBe('');
     expect(page.resumePageToken).not.toBe('');
     await open.finish('commit');
+  });
+
+  it("moves a listing of one account on through other accounts' ids, a bounded range a call", async () => {
+    await book('s1');
+    for (let i = 0; i < 60; i += 1) await book('s2');
+    await book('s1');
+    const tail = new Tail(10, { account: 'seller_payable:s1' });
+    // 124 ids, 50 checked for gaps a call: three calls, none of them waiting for a mark to age.
+    await tail.catchUp();
+    expect(tail.seen).toEqual(['2', '124']);
+    expect(tail.calls).toBe(3);
+  });
+
+  it("does not hold a payment order's listing at a gap", async () => {
+    await book();
+    const open = await holdOpen();
+    await open.finish('rollback');
+    const orderId = await book();
+    const everything = await new Tail(10).read();
+    expect(everything.stoppedAtHorizon).toBe(true);
+    const order = await new Tail(10, { orderId }).read();
+    expect(order.entries.map((entry) => entry.entryId)).toEqual(['5', '6']);
+    expect(order.stoppedAtHorizon).toBe(false);
+  });
+
+  it('passes a gap once a mark a node took by itself is a settle window old', async () => {
+    await book();
+    const open = await holdOpen();
+    await open.finish('rollback');
+    await book();
+    // No listing before this one takes a mark: the marker alone does.
+    const marker = new LedgerMarker(db, HORIZON, (error) => {
+      throw error;
+    });
+    marker.start();
+    await new Promise((resolve) => setTimeout(resolve, SETTLE_MS + 3 * HORIZON.markIntervalMs));
+    await marker.stop();
+    const page = await new Tail(10).read();
+    expect(page.entries.map((entry) => entry.entryId)).toEqual(['1', '2', '5', '6']);
+    expect(page.stoppedAtHorizon).toBe(false);
   });
 
   it('gives every entry once, in order, to a tail running beside concurrent bookings', async () => {

@@ -100,12 +100,11 @@ export function ledgerHandlers(
         horizon,
       ).catch(rethrow);
       const entries = page.entries;
-      // The page ends before the settled horizon, so nothing can still commit below its last id:
-      // a token there misses nothing, whenever the caller comes back with it. With no entry, the
-      // caller reads on from where it was (0: before the first id).
+      // Nothing can still commit at or below resumeAfter: a token there misses nothing, whenever
+      // the caller comes back with it (0: before the first id).
       const resumeToken = encodePageToken(
         'ListEntries',
-        (entries[entries.length - 1]?.id ?? afterId ?? 0n).toString(),
+        (page.resumeAfter ?? 0n).toString(),
         filter,
       );
       return {

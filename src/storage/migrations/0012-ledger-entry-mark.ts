@@ -1,9 +1,9 @@
 /**
  * `ledger_entry_mark`: what ListEntries knows of how far ledger entry ids were handed out, and
- * when (storage/repositories/ledger-horizon.ts). A row says that every ledger_entry id up to
- * `max_id` had been given to an INSERT by `taken_at` (UTC): an id at most `max_id` that is not in
- * the table some seconds later never will be, its INSERT having failed or been rolled back. The
- * rows are a ring of 4,096 slots, one per second of UNIX time modulo 4,096 (68 minutes, above
+ * when (storage/repositories/ledger-horizon.repository.ts). A row says that every ledger_entry
+ * id up to `max_id` had been given to an INSERT by `taken_at` (UTC): an id at most `max_id` that
+ * is not in the table some seconds later never will be, its INSERT having failed or been rolled
+ * back. The rows are a ring of 4,096 slots, one per mark interval (a second: 68 minutes, above
  * the longest settle window MYSQL_LOCK_WAIT_TIMEOUT_S allows), so the table never grows. Nothing
  * else reads or writes it. SQL that MySQL 8.4 and MariaDB 10.11 accept.
  */

@@ -49,26 +49,32 @@ export function reservationSettleMsFor(lockWaitTimeoutS: number): number {
 }
 
 export type LedgerHorizonOptions = Readonly<{
-  /** See reservationSettleMsFor; at most MARK_RING_SECONDS seconds less one interval. */
+  /** See reservationSettleMsFor; under MARK_RING_SLOTS - 1 mark intervals. */
   reservationSettleMs: number;
   /** A new mark is taken when the newest is older than this, in ms. */
   markIntervalMs: number;
+  /** Ids checked for gaps by one page at most (GAP_CHECK_IDS_MAX). */
+  gapCheckIdsMax: number;
 }>;
+
+/**
+ * Slots of the mark ring (migration 0012): one per markIntervalMs, the newest mark of each kept,
+ * so 68 minutes of marks at one a second.
+ */
+export const MARK_RING_SLOTS = 4_096;
+
+/**
+ * Ids above the newest old mark checked for gaps by one page at most. A page whose candidates
+ * reach beyond ends there, and the next page goes on from there, so a listing of an account with
+ * few entries among many of others' reads a bounded range per call.
+ */
+export const GAP_CHECK_IDS_MAX = 20_000;
 
 export const LEDGER_HORIZON_DEFAULTS: LedgerHorizonOptions = {
   reservationSettleMs: reservationSettleMsFor(LOCK_WAIT_TIMEOUT_S_DEFAULT),
   markIntervalMs: 1_000,
+  gapCheckIdsMax: GAP_CHECK_IDS_MAX,
 };
-
-/** Slots of the mark ring (migration 0012): one per second, so 68 minutes of marks. */
-export const MARK_RING_SECONDS = 4_096;
-
-/**
- * Ids above the newest old mark checked for gaps by one page at most. A page whose candidates
- * reach beyond ends there (a later page goes on), so a reader catching up after a quiet spell,
- * when the newest old mark is far behind, reads a bounded range per call.
- */
-export const GAP_CHECK_IDS_MAX = 20_000;
 
 export type SettledPage = Readonly<{
   /** At most `limit` entries, oldest first, all below the horizon. */
@@ -77,6 +83,13 @@ export type SettledPage = Readonly<{
   more: boolean;
   /** The page holds fewer than `limit` entries because the horizon cut it. */
   stoppedAtHorizon: boolean;
+  /**
+   * Where the next page starts after: every entry of the filter up to it has been answered or
+   * can no longer commit. The last entry's id, or up to the horizon when the page was not full
+   * (so a listing of a rare account moves on through others' ids); undefined when neither the
+   * page nor `afterId` gave one.
+   */
+  resumeAfter: bigint | undefined;
 }>;
 
 /**
@@ -110,19 +123,26 @@ export async function listSettledLedgerEntries(
       const gap =
         top === undefined || page.orderId !== undefined
           ? undefined
-          : await firstAfterGap(trx, page, marks, top);
+          : await firstAfterGap(trx, page, marks, { top, idsMax: options.gapCheckIdsMax });
       // What a mark promises holds for every id in the table as it is now, committed or not.
       const maxId = marks.fresh ? undefined : await maxEntryId(trx);
       return { below: minDefined(inFlight, gap), maxId };
     });
-  if (horizon.maxId !== undefined) await writeMark(db, horizon.maxId);
+  if (horizon.maxId !== undefined) await writeMark(db, horizon.maxId, options.markIntervalMs);
   const below = horizon.below;
   const settled = below === undefined ? candidates : candidates.filter((entry) => entry.id < below);
   const entries = settled.slice(0, page.limit);
+  const last = entries[entries.length - 1]?.id;
+  // Below the horizon every entry of the filter that will ever exist has committed, and each one
+  // after afterId was a candidate (the horizon is at most the last candidate's id): when all of
+  // them are on this page, the next page can start at the horizon.
+  const resumeAfter =
+    settled.length > page.limit || below === undefined ? (last ?? page.afterId) : below - 1n;
   return {
     entries,
     more: candidates.length > entries.length,
     stoppedAtHorizon: settled.length < Math.min(candidates.length, page.limit),
+    resumeAfter,
   };
 }
 
@@ -161,7 +181,7 @@ export class LedgerMarker {
   async takeMark(): Promise<void> {
     const marks = await readMarks(this.db, this.options);
     if (marks.fresh) return;
-    await writeMark(this.db, await maxEntryId(this.db));
+    await writeMark(this.db, await maxEntryId(this.db), this.options.markIntervalMs);
   }
 }
 
@@ -188,13 +208,16 @@ async function readMarks(db: Db, options: LedgerHorizonOptions): Promise<Marks> 
 
 /**
  * Notes that every id up to `maxId` (read before this statement) was handed out by now. The slot
- * is this second's; a mark written there earlier in the ring is replaced, one of this second kept
- * if it is newer. `max_id` is assigned first: MySQL's later assignments see the earlier ones.
+ * is this mark interval's; a mark written there a turn of the ring ago is replaced, one of this
+ * interval kept if it is newer. `max_id` is assigned first: MySQL's later assignments see the
+ * earlier ones. Any slot would be correct (each row is a true mark); the ring keeps one mark per
+ * interval, so that one about reservationSettleMs old is always there.
  */
-async function writeMark(db: Db, maxId: bigint): Promise<void> {
+async function writeMark(db: Db, maxId: bigint, markIntervalMs: number): Promise<void> {
   await sql`
     INSERT INTO ledger_entry_mark (slot, taken_at, max_id)
-    VALUES (UNIX_TIMESTAMP() MOD ${MARK_RING_SECONDS}, UTC_TIMESTAMP(6), ${maxId})
+    VALUES (FLOOR(UNIX_TIMESTAMP(NOW(6)) * 1000 / ${markIntervalMs}) MOD ${MARK_RING_SLOTS},
+            UTC_TIMESTAMP(6), ${maxId})
     ON DUPLICATE KEY UPDATE
       max_id = IF(VALUES(taken_at) > taken_at, VALUES(max_id), max_id),
       taken_at = GREATEST(taken_at, VALUES(taken_at))`.execute(db);
@@ -226,19 +249,21 @@ async function firstInFlight(
 
 /**
  * The first id (of any account: the id a gap hides may be anyone's) in (afterId, top] above the
- * newest old mark that follows a gap, or the first id past GAP_CHECK_IDS_MAX of them. Every id
- * below it is in the table (committed or not) or at most the mark's `max_id`.
+ * newest old mark that follows a gap, or the first id past `idsMax` of them. Every id below it
+ * is in the table (committed or not) or at most the mark's `max_id`.
  */
 async function firstAfterGap(
   trx: Trx,
   page: Readonly<{ afterId?: bigint }>,
   marks: Marks,
-  top: bigint,
+  range: Readonly<{ top: bigint; idsMax: number }>,
 ): Promise<bigint | undefined> {
+  const { top } = range;
   const after = page.afterId ?? 0n;
   const from = marks.floor !== undefined && marks.floor > after ? marks.floor : after;
   if (from >= top) return undefined;
-  const checkedTo = from + BigInt(GAP_CHECK_IDS_MAX) < top ? from + BigInt(GAP_CHECK_IDS_MAX) : top;
+  const idsMax = BigInt(range.idsMax);
+  const checkedTo = from + idsMax < top ? from + idsMax : top;
   // An id whose predecessor is missing; `from` itself is settled, so the first id checked is
   // from + 2 (whose predecessor is from + 1).
   const result = await sql<{ id: string | null }>`
@@ -264,18 +289,21 @@ function minDefined(a: bigint | undefined, b: bigint | undefined): bigint | unde
 }
 
 function assertOptions(options: LedgerHorizonOptions): void {
-  const { reservationSettleMs, markIntervalMs } = options;
+  const { reservationSettleMs, markIntervalMs, gapCheckIdsMax } = options;
+  if (!Number.isInteger(gapCheckIdsMax) || gapCheckIdsMax < 1) {
+    throw new RangeError(`gapCheckIdsMax must be a whole number ≥ 1, got ${gapCheckIdsMax}`);
+  }
   if (!Number.isInteger(markIntervalMs) || markIntervalMs < 1) {
     throw new RangeError(`markIntervalMs must be a whole number ≥ 1, got ${markIntervalMs}`);
   }
   if (
     !Number.isInteger(reservationSettleMs) ||
     reservationSettleMs < 1 ||
-    reservationSettleMs + markIntervalMs >= MARK_RING_SECONDS * 1_000
+    reservationSettleMs + markIntervalMs >= MARK_RING_SLOTS * markIntervalMs
   ) {
     throw new RangeError(
       `reservationSettleMs must be a whole number ≥ 1 and, with markIntervalMs, under the mark ` +
-        `ring's ${MARK_RING_SECONDS} s, got ${reservationSettleMs}`,
+        `ring's ${MARK_RING_SLOTS} intervals, got ${reservationSettleMs}`,
     );
   }
 }
