@@ -587,8 +587,10 @@ export async function startSettle(
       ...LEDGER_HORIZON_DEFAULTS,
       reservationSettleMs: reservationSettleMsFor(config.MYSQL_LOCK_WAIT_TIMEOUT_S),
     };
-    const ledgerMarker = new LedgerMarker(db, ledgerHorizon, (error) =>
-      logger.warn({ err: error }, 'could not mark how far ledger entry ids were handed out'),
+    const ledgerMarker = new LedgerMarker(
+      db,
+      ledgerHorizon,
+      repeatingFailureLog(logger, 'could not mark how far ledger entry ids were handed out'),
     );
     ledgerMarker.start();
     cleanups.push(() => ledgerMarker.stop());

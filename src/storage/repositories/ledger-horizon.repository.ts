@@ -193,12 +193,15 @@ type Marks = Readonly<{
 }>;
 
 async function readMarks(db: Db, options: LedgerHorizonOptions): Promise<Marks> {
+  const settleUs = options.reservationSettleMs * 1_000;
+  const intervalUs = options.markIntervalMs * 1_000;
+  // The newest old mark, and the newest of all: two lookups in ledger_entry_mark_taken.
   const result = await sql<{ floor_id: string | null; fresh: number | string | null }>`
-    SELECT MAX(CASE WHEN taken_at <= UTC_TIMESTAMP(6) - INTERVAL ${options.reservationSettleMs * 1_000} MICROSECOND
-                    THEN max_id END) AS floor_id,
-           MAX(taken_at) > UTC_TIMESTAMP(6) - INTERVAL ${options.markIntervalMs * 1_000} MICROSECOND
-             AS fresh
-    FROM ledger_entry_mark`.execute(db);
+    SELECT (SELECT max_id FROM ledger_entry_mark
+            WHERE taken_at <= UTC_TIMESTAMP(6) - INTERVAL ${settleUs} MICROSECOND
+            ORDER BY taken_at DESC LIMIT 1) AS floor_id,
+           (SELECT MAX(taken_at) FROM ledger_entry_mark)
+             > UTC_TIMESTAMP(6) - INTERVAL ${intervalUs} MICROSECOND AS fresh`.execute(db);
   const row = result.rows[0];
   return {
     floor: row?.floor_id === null || row?.floor_id === undefined ? undefined : BigInt(row.floor_id),
