@@ -10,7 +10,9 @@
  * entries were never listed; the last page had no token to tail with. Method: the real
  * LedgerService handlers on 127.0.0.1:0 over a fresh MariaDB database, with a settle window of
  * SETTLE_MS; bookings are posted by the ledger repository in real transactions, one of them held
- * open on its own connection while later ones commit; what a tail saw is compared with the table.
+ * open on its own connection while later ones commit, or sent as group commit's one-packet
+ * transactions, one of them waiting for a wallet row another connection holds locked; what a tail
+ * saw is compared with the table.
  */
 import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
@@ -21,9 +23,15 @@ import {
   type ListEntriesResponse,
 } from '../../src/grpc/generated/settle/v1/wallet.js';
 import { ledgerHandlers } from '../../src/grpc/handlers/ledger.handlers.js';
-import type { Db } from '../../src/storage/db.js';
+import { openDatabase, type Db } from '../../src/storage/db.js';
+import { commitInOneTrip } from '../../src/storage/one-trip.js';
 import { LedgerMarker } from '../../src/storage/repositories/ledger-horizon.repository.js';
-import { postLedgerTransaction } from '../../src/storage/repositories/ledger.repository.js';
+import {
+  creditWallets,
+  ledgerPosting,
+  postLedgerTransaction,
+  walletCredits,
+} from '../../src/storage/repositories/ledger.repository.js';
 import { inTransaction } from '../../src/storage/transaction.js';
 import { expectLedgerBalanced, openTestDatabase } from '../support/harness.js';
 import { callUnary, startServer, stopServer, type RunningServer } from './harness.js';
@@ -36,12 +44,20 @@ const HORIZON = { reservationSettleMs: 400, markIntervalMs: 50, gapCheckIdsMax: 
 const SETTLE_MS = HORIZON.reservationSettleMs;
 
 let db: Db;
+/** A pool that sends one-packet transactions, as Settle's group commits do. */
+let writers: Db;
 let close: () => Promise<void>;
+let closeWriters: () => Promise<void> = () => Promise.resolve();
 let running: RunningServer | undefined;
 let client: LedgerServiceClient;
 
 beforeAll(async () => {
-  ({ db, close } = await openTestDatabase('settle_ledger_tail_t', { poolSize: 12 }));
+  let url: string;
+  ({ db, url, close } = await openTestDatabase('settle_ledger_tail_t', { poolSize: 12 }));
+  ({ db: writers, close: closeWriters } = openDatabase(url, {
+    poolSize: 4,
+    multipleStatements: true,
+  }));
   running = await startServer((server) =>
     server.addService(LedgerServiceService, ledgerHandlers(db, { log: () => {} }, HORIZON)),
   );
@@ -50,6 +66,7 @@ beforeAll(async () => {
 afterAll(async () => {
   client?.close();
   stopServer(running);
+  await closeWriters();
   await close?.();
 });
 afterEach(async () => {
@@ -58,7 +75,7 @@ afterEach(async () => {
   await expectLedgerBalanced(db);
   // TRUNCATE: ids start again at 1, so no test begins above a hole of deleted ids (which holds
   // a listing for the settle window); the marks of where ids were go with them.
-  for (const table of ['ledger_entry', 'ledger_transaction', 'ledger_entry_mark']) {
+  for (const table of ['ledger_entry', 'ledger_transaction', 'ledger_entry_mark', 'wallet']) {
     await sql`TRUNCATE TABLE ${sql.table(table)}`.execute(db);
   }
 });
@@ -140,6 +157,27 @@ async function holdOpen(seller = 's1'): Promise<Hold> {
   };
   holds.add(hold);
   return hold;
+}
+
+/** Ids of `account`'s entries in the table, committed or not. */
+async function idsOfAccountUncommitted(account: string): Promise<string[]> {
+  return db
+    .transaction()
+    .setIsolationLevel('read uncommitted')
+    .execute(async (trx) => {
+      const result = await sql<{ id: string }>`
+        SELECT id FROM ledger_entry WHERE account = ${account} ORDER BY id`.execute(trx);
+      return result.rows.map((row) => String(row.id));
+    });
+}
+
+/** Polls `condition` every 10 ms until it holds; fails after `timeoutMs`. */
+async function waitFor(condition: () => Promise<boolean>, timeoutMs = 3_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
 }
 
 /** Entry ids in the table, committed, in order. */
@@ -292,6 +330,56 @@ describe('ListEntries tailing', () => {
     const page = await new Tail(10).read();
     expect(page.entries.map((entry) => entry.entryId)).toEqual(['1', '2', '5', '6']);
     expect(page.stoppedAtHorizon).toBe(false);
+  });
+
+  it("holds a tail at a one-packet booking waiting for a hot seller's wallet", async () => {
+    // Group commit's packets insert the ledger rows, then credit the wallets: a batch that waits
+    // for a hot seller's wallet row holds its ledger rows uncommitted meanwhile.
+    const now = new Date();
+    const credit = (sellerId: string) => ({
+      sellerId,
+      currency: 'USD' as const,
+      amountMinor: 100n,
+      now,
+    });
+    await inTransaction(db, (trx) => creditWallets(trx, [credit('hot')]));
+    const packet = (seller: string) => {
+      const posting = ledgerPosting(writers, [booking(seller)]);
+      const wallets = walletCredits(writers, [credit(seller)]);
+      if (posting === undefined || wallets === undefined) throw new Error('nothing to write');
+      return [...posting.inserts, ...posting.balancedGuard(), wallets];
+    };
+    let release: () => void = () => {};
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let locked: () => void = () => {};
+    const isLocked = new Promise<void>((resolve) => (locked = resolve));
+    const holder = db.transaction().execute(async (trx) => {
+      await sql`SELECT seller_id FROM wallet WHERE seller_id = 'hot' FOR UPDATE`.execute(trx);
+      locked();
+      await released;
+    });
+    await isLocked;
+    try {
+      await book('early');
+      const waiting = commitInOneTrip(writers, packet('hot'));
+      await waitFor(async () => (await idsOfAccountUncommitted('seller_payable:hot')).length === 1);
+      expect((await commitInOneTrip(writers, packet('cold'))).committed).toBe(true);
+      const tail = new Tail(10);
+      const page = await tail.read();
+      expect(page.entries.map((entry) => entry.account)).toEqual([
+        'psp_receivable',
+        'seller_payable:early',
+      ]);
+      expect(page.stoppedAtHorizon).toBe(true);
+      release();
+      expect((await waiting).committed).toBe(true);
+      await tail.catchUp();
+      expect(tail.seen).toEqual(await committedIds());
+      expect(tail.seen).toHaveLength(6);
+    } finally {
+      release();
+      await holder;
+    }
   });
 
   it('gives every entry once, in order, to a tail running beside concurrent bookings', async () => {
