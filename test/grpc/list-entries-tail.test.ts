@@ -1,18 +1,19 @@
 /**
  * Goal: ListEntries can be tailed. A caller that follows next_page_token, and resume_page_token
  * once that is empty, gets every committed entry exactly once and in id order, also an entry whose
- * booking commits after bookings with higher ids did; a page ends before such a booking while it
- * is open, and says so (stopped_at_horizon); a booking rolled back holds the tail for the settle
- * window only, and a payment order's listing not at all; a gap is passed once a mark the node's
- * LedgerMarker took (no listing) is a settle window old; a listing of one account is not held by
- * another account's booking, and moves on through others' ids a bounded range per call. Before,
- * a page ended at whatever had committed, its token passed the open booking's ids, and the
- * entries were never listed; the last page had no token to tail with. Method: the real
- * LedgerService handlers on 127.0.0.1:0 over a fresh MariaDB database, with a settle window of
- * SETTLE_MS; bookings are posted by the ledger repository in real transactions, one of them held
- * open on its own connection while later ones commit, or sent as group commit's one-packet
- * transactions, one of them waiting for a wallet row another connection holds locked; what a tail
- * saw is compared with the table.
+ * booking commits after bookings with higher ids did; a page ends before such a booking while it is
+ * open, and says so (stopped_at_horizon); ids an INSERT was given before a later booking committed,
+ * and whose rows come after it, are waited for too (they look like a rollback's gap); a booking
+ * rolled back holds the tail for the settle window only, and a payment order's listing not at all;
+ * a gap is passed once a mark the node's LedgerMarker took (no listing) is a settle window old; a
+ * listing of one account is not held by another account's booking, and moves on through others' ids
+ * a bounded range per call. Before, a page ended at whatever had committed, its token passed the
+ * open booking's ids, and the entries were never listed; the last page had no token to tail with.
+ * Method: the real LedgerService handlers on 127.0.0.1:0 over a fresh MariaDB database, with a
+ * settle window of SETTLE_MS; bookings are posted by the ledger repository in real transactions,
+ * one of them held open on its own connection while later ones commit, or sent as group commit's
+ * one-packet transactions, one of them waiting for a wallet row another connection holds locked;
+ * what a tail saw is compared with the table.
  */
 import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
@@ -254,6 +255,35 @@ describe('ListEntries tailing', () => {
     const ids = await committedIds();
     expect(ids).toHaveLength(10);
     expect(tail.seen).toEqual(ids);
+  });
+
+  it('lists entries whose ids were handed out before a later booking committed', async () => {
+    // InnoDB gives an INSERT its ids before its rows are in the table, and a later booking can
+    // commit meanwhile: the ids look like a rollback's gap until the rows come. Here ids 3 and 4
+    // are skipped (AUTO_INCREMENT moved past them), 5 and 6 committed, and 3 and 4 written last.
+    await book();
+    await sql`ALTER TABLE ledger_entry AUTO_INCREMENT = 5`.execute(db);
+    await book();
+    const tail = new Tail(10);
+    const first = await tail.read();
+    expect(first.entries.map((entry) => entry.entryId)).toEqual(['1', '2']);
+    expect(first.stoppedAtHorizon).toBe(true);
+    expect((await tail.read()).entries).toEqual([]);
+
+    const late = booking('late');
+    await inTransaction(db, async (trx) => {
+      await sql`INSERT INTO ledger_transaction (id, order_id, kind, currency, amount_minor,
+          created_at)
+        VALUES (${late.id}, ${late.orderId}, 'PAYMENT', 'USD', 100, NOW(3))`.execute(trx);
+      await sql`INSERT INTO ledger_entry (id, transaction_id, account, order_id, kind, currency,
+          debit_minor, credit_minor, created_at)
+        VALUES (3, ${late.id}, 'psp_receivable', ${late.orderId}, 'PAYMENT_RECEIVABLE', 'USD',
+                100, 0, NOW(3)),
+               (4, ${late.id}, 'seller_payable:late', ${late.orderId}, 'PAYMENT_PAYABLE', 'USD',
+                0, 100, NOW(3))`.execute(trx);
+    });
+    await tail.catchUp();
+    expect(tail.seen).toEqual(['1', '2', '3', '4', '5', '6']);
   });
 
   it('holds a page at a rolled-back booking only for the settle window', async () => {

@@ -120,13 +120,13 @@ export async function listSettledLedgerEntries(
               top,
               committed: candidates.map((entry) => entry.id),
             });
-      const gap =
+      const missing =
         top === undefined || page.orderId !== undefined
           ? undefined
-          : await firstAfterGap(trx, page, marks, { top, idsMax: options.gapCheckIdsMax });
+          : await firstMissing(trx, page, marks, { top, idsMax: options.gapCheckIdsMax });
       // What a mark promises holds for every id in the table as it is now, committed or not.
       const maxId = marks.fresh ? undefined : await maxEntryId(trx);
-      return { below: minDefined(inFlight, gap), maxId };
+      return { below: minDefined(inFlight, missing), maxId };
     });
   if (horizon.maxId !== undefined) await writeMark(db, horizon.maxId, options.markIntervalMs);
   const below = horizon.below;
@@ -251,11 +251,12 @@ async function firstInFlight(
 }
 
 /**
- * The first id (of any account: the id a gap hides may be anyone's) in (afterId, top] above the
- * newest old mark that follows a gap, or the first id past `idsMax` of them. Every id below it
- * is in the table (committed or not) or at most the mark's `max_id`.
+ * The first id missing from the table in (from, top], `from` being afterId or the newest old
+ * mark's `max_id`, whichever is higher; of any account (the entry an id not yet in the table will
+ * be may be anyone's); or the first id past `idsMax` of them. Every id below it is in the table
+ * (committed or not) or at most that `max_id`. Undefined when none is missing up to `top`.
  */
-async function firstAfterGap(
+async function firstMissing(
   trx: Trx,
   page: Readonly<{ afterId?: bigint }>,
   marks: Marks,
@@ -267,12 +268,16 @@ async function firstAfterGap(
   if (from >= top) return undefined;
   const idsMax = BigInt(range.idsMax);
   const checkedTo = from + idsMax < top ? from + idsMax : top;
-  // An id whose predecessor is missing; `from` itself is settled, so the first id checked is
-  // from + 2 (whose predecessor is from + 1).
-  const result = await sql<{ id: string | null }>`
-    SELECT MIN(a.id) AS id FROM ledger_entry a
-    WHERE a.id > ${from + 1n} AND a.id <= ${checkedTo}
-      AND NOT EXISTS (SELECT 1 FROM ledger_entry b WHERE b.id = a.id - 1)`.execute(trx);
+  // The range's first id when it is missing (`from` itself may be: a cursor can sit anywhere),
+  // else the successor of the first id there whose successor is.
+  const first = from + 1n;
+  const result = await sql<{ id: string | number | null }>`
+    SELECT CASE
+      WHEN NOT EXISTS (SELECT 1 FROM ledger_entry WHERE id = ${first}) THEN ${first}
+      ELSE (SELECT MIN(a.id) + 1 FROM ledger_entry a
+            WHERE a.id >= ${first} AND a.id < ${checkedTo}
+              AND NOT EXISTS (SELECT 1 FROM ledger_entry b WHERE b.id = a.id + 1))
+    END AS id`.execute(trx);
   const id = result.rows[0]?.id;
   if (id !== null && id !== undefined) return BigInt(id);
   return checkedTo < top ? checkedTo + 1n : undefined;
