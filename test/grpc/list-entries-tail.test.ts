@@ -26,7 +26,10 @@ import {
 import { ledgerHandlers } from '../../src/grpc/handlers/ledger.handlers.js';
 import { openDatabase, type Db } from '../../src/storage/db.js';
 import { commitInOneTrip } from '../../src/storage/one-trip.js';
-import { LedgerMarker } from '../../src/storage/repositories/ledger-horizon.repository.js';
+import {
+  LedgerMarker,
+  listSettledLedgerEntries,
+} from '../../src/storage/repositories/ledger-horizon.repository.js';
 import {
   creditWallets,
   ledgerPosting,
@@ -242,7 +245,10 @@ describe('ListEntries tailing', () => {
     // The page ends before the open booking: the entries after it wait for it.
     expect(first.entries).toHaveLength(2);
     expect(first.stoppedAtHorizon).toBe(true);
-    expect(first.nextPageToken).not.toBe('');
+    // Nothing more now: a caller paging until the token is empty stops here instead of spinning;
+    // a tail goes on with the resume token.
+    expect(first.nextPageToken).toBe('');
+    expect(first.resumePageToken).not.toBe('');
     const held = await tail.read();
     expect(held.entries).toEqual([]);
     expect(held.stoppedAtHorizon).toBe(true);
@@ -361,6 +367,119 @@ describe('ListEntries tailing', () => {
     expect(page.entries.map((entry) => entry.entryId)).toEqual(['1', '2', '5', '6']);
     expect(page.stoppedAtHorizon).toBe(false);
   });
+
+  it('stops at rows that land between its two uncommitted reads', async () => {
+    // Ids 3 and 4 handed out and not in the table yet, 5 and 6 committed (as above); the rows of
+    // 3 and 4 land, uncommitted, right after the first of the page's two READ UNCOMMITTED reads
+    // (the gap check, the in-flight read) answers. Reading in-flight rows first let them pass
+    // both: not in the table for the one, no gap any more for the other.
+    await book();
+    await sql`ALTER TABLE ledger_entry AUTO_INCREMENT = 5`.execute(db);
+    await book();
+    const late = booking('late');
+    let release: () => void = () => {};
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let lateDone: Promise<void> | undefined;
+    const landLateRows = async () => {
+      let inserted: () => void = () => {};
+      const isInserted = new Promise<void>((resolve) => (inserted = resolve));
+      lateDone = db.transaction().execute(async (trx) => {
+        await sql`INSERT INTO ledger_transaction (id, order_id, kind, currency, amount_minor,
+            created_at)
+          VALUES (${late.id}, ${late.orderId}, 'PAYMENT', 'USD', 100, NOW(3))`.execute(trx);
+        await sql`INSERT INTO ledger_entry (id, transaction_id, account, order_id, kind, currency,
+            debit_minor, credit_minor, created_at)
+          VALUES (3, ${late.id}, 'psp_receivable', ${late.orderId}, 'PAYMENT_RECEIVABLE', 'USD',
+                  100, 0, NOW(3)),
+                 (4, ${late.id}, 'seller_payable:late', ${late.orderId}, 'PAYMENT_PAYABLE', 'USD',
+                  0, 100, NOW(3))`.execute(trx);
+        inserted();
+        await released;
+      });
+      await isInserted;
+    };
+    const uncommittedReads = new Set<unknown>();
+    let landed = false;
+    const hooked = db.withPlugin({
+      transformQuery: (args) => {
+        const text = (args.node as { sqlFragments?: readonly string[] }).sqlFragments?.join('?');
+        if (text !== undefined && /NOT IN|NOT EXISTS/.test(text))
+          uncommittedReads.add(args.queryId);
+        return args.node;
+      },
+      transformResult: async (args) => {
+        if (uncommittedReads.has(args.queryId) && !landed) {
+          landed = true;
+          await landLateRows();
+        }
+        return args.result;
+      },
+    });
+    try {
+      const first = await listSettledLedgerEntries(hooked, { limit: 10 }, HORIZON);
+      expect(landed).toBe(true);
+      expect(first.entries.map((entry) => String(entry.id))).toEqual(['1', '2']);
+      expect(first.stoppedAtHorizon).toBe(true);
+      release();
+      await lateDone;
+      const tail = new Tail(10);
+      tail.token = '';
+      await tail.catchUp();
+      const afterFirst = tail.seen.filter((id) => BigInt(id) > (first.resumeAfter ?? 0n));
+      expect([...first.entries.map((entry) => String(entry.id)), ...afterFirst]).toEqual([
+        '1',
+        '2',
+        '3',
+        '4',
+        '5',
+        '6',
+      ]);
+    } finally {
+      release();
+      await lateDone;
+    }
+  });
+
+  it('answers a page when its mark cannot be written, and the marker skips ticks meanwhile', async () => {
+    await book();
+    // Every mark older than the interval, so the listing wants to write one; the ring's rows and
+    // gaps locked by another connection, so that write waits for the lock.
+    await sql`INSERT INTO ledger_entry_mark (slot, taken_at, max_id)
+      VALUES (0, '2000-01-01', 0), (1, '2000-01-01', 0)`.execute(db);
+    let release: () => void = () => {};
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let locked: () => void = () => {};
+    const isLocked = new Promise<void>((resolve) => (locked = resolve));
+    const holder = db.transaction().execute(async (trx) => {
+      await sql`SELECT slot FROM ledger_entry_mark FOR UPDATE`.execute(trx);
+      await sql`SET SESSION innodb_lock_wait_timeout = 1`.execute(trx);
+      locked();
+      await released;
+    });
+    await isLocked;
+    let marks = 0;
+    class Counting extends LedgerMarker {
+      override async takeMark(): Promise<void> {
+        marks += 1;
+        return super.takeMark();
+      }
+    }
+    const marker = new Counting(db, { ...HORIZON, markIntervalMs: 20 }, () => {});
+    try {
+      marker.start();
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      // One mark waiting for the lock all along: the 15 ticks meanwhile were skipped, not queued.
+      expect(marks).toBe(1);
+      // The listing's own mark waits for the lock too (MYSQL_LOCK_WAIT_TIMEOUT_S), then fails:
+      // the page is answered anyway.
+      const page = await listSettledLedgerEntries(db, { limit: 10 }, HORIZON);
+      expect(page.entries.map((entry) => String(entry.id))).toEqual(['1', '2']);
+    } finally {
+      release();
+      await holder;
+      await marker.stop();
+    }
+  }, 20_000);
 
   it("holds a tail at a one-packet booking waiting for a hot seller's wallet", async () => {
     // Group commit's packets insert the ledger rows, then credit the wallets: a batch that waits

@@ -119,7 +119,9 @@ export function ledgerHandlers(
           creditMinor: entry.creditMinor,
           createTime: entry.createdAt,
         })),
-        nextPageToken: page.more ? resumeToken : '',
+        // Only for a full page: a page cut by the horizon has nothing more to give until the
+        // booking finishes, and a caller paging until the token is empty would spin on it.
+        nextPageToken: page.more && !page.stoppedAtHorizon ? resumeToken : '',
         stoppedAtHorizon: page.stoppedAtHorizon,
         resumePageToken: resumeToken,
       };

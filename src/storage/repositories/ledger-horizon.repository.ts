@@ -112,6 +112,15 @@ export async function listSettledLedgerEntries(
     .transaction()
     .setIsolationLevel('read uncommitted')
     .execute(async (trx) => {
+      // The gap check first, then the in-flight read: a row missing at the first is a gap; a row
+      // there at the first is still there at the second (unless rolled back, then gone for good)
+      // and, not being in the committed read, counts as in flight. The other order lets a row
+      // that lands between the two reads pass both (not in the table yet for the in-flight read,
+      // no gap any more for the gap check), and the cursor would move past it.
+      const missing =
+        top === undefined || page.orderId !== undefined
+          ? undefined
+          : await firstMissing(trx, page, marks, { top, idsMax: options.gapCheckIdsMax });
       const inFlight =
         top === undefined
           ? undefined
@@ -120,15 +129,15 @@ export async function listSettledLedgerEntries(
               top,
               committed: candidates.map((entry) => entry.id),
             });
-      const missing =
-        top === undefined || page.orderId !== undefined
-          ? undefined
-          : await firstMissing(trx, page, marks, { top, idsMax: options.gapCheckIdsMax });
       // What a mark promises holds for every id in the table as it is now, committed or not.
       const maxId = marks.fresh ? undefined : await maxEntryId(trx);
       return { below: minDefined(inFlight, missing), maxId };
     });
-  if (horizon.maxId !== undefined) await writeMark(db, horizon.maxId, options.markIntervalMs);
+  // Best effort: the page stands without it, and LedgerMarker takes marks anyway. A mark that
+  // cannot be written (a lock, a slow server) must not fail a read.
+  if (horizon.maxId !== undefined) {
+    await writeMark(db, horizon.maxId, options.markIntervalMs).catch(() => undefined);
+  }
   const below = horizon.below;
   const settled = below === undefined ? candidates : candidates.filter((entry) => entry.id < below);
   const entries = settled.slice(0, page.limit);
@@ -153,7 +162,7 @@ export async function listSettledLedgerEntries(
  */
 export class LedgerMarker {
   #timer: NodeJS.Timeout | undefined;
-  #running: Promise<void> = Promise.resolve();
+  #running: Promise<void> | undefined;
 
   constructor(
     private readonly db: Db,
@@ -165,8 +174,12 @@ export class LedgerMarker {
 
   start(): void {
     this.#timer = setInterval(() => {
-      // One at a time: a mark still being written (a slow database) is not queued behind.
-      this.#running = this.#running.then(() => this.takeMark().catch(this.onError));
+      // One at a time: a tick while a mark is still being written (a slow database) is skipped,
+      // not queued behind it.
+      if (this.#running !== undefined) return;
+      this.#running = this.takeMark()
+        .catch(this.onError)
+        .finally(() => (this.#running = undefined));
     }, this.options.markIntervalMs);
     this.#timer.unref();
   }

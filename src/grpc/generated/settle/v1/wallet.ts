@@ -72,14 +72,16 @@ export interface ListEntriesRequest {
 export interface ListEntriesResponse {
   entries: LedgerEntry[];
   /**
-   * Set when committed entries follow this page (beyond page_size, or beyond the horizon); empty
-   * when none did as this page was read.
+   * Set when the page is full and more committed entries follow it; empty on a page cut by the
+   * horizon (stopped_at_horizon) and on the last page.
    */
   nextPageToken: string;
   /**
    * True when the page ended before page_size entries at the settled horizon: a booking with a
-   * lower entry_id than entries already committed has not finished. Those entries come on a
-   * later page; wait a moment before asking for it.
+   * lower entry_id than entries already committed has not finished, an id handed out is not yet
+   * in the table, or (for an account filter) the page checked as many ids of other accounts as
+   * one call may. The rest come on a later page: call again with resume_page_token a moment
+   * later.
    */
   stoppedAtHorizon: boolean;
   /**
