@@ -57,6 +57,8 @@ export type StreamState = Readonly<{
   bytesMax: number;
   firstSeq: number;
   lastSeq: number;
+  /** When the stream was created (the server's clock), ms since the epoch. */
+  createdAtMs: number;
 }>;
 
 /** What reconciliation last found, for alerts. */
@@ -254,6 +256,7 @@ export async function operationsSnapshot(deps: OperationsDeps): Promise<Operatio
         bytesMax: info.config.max_bytes,
         firstSeq: info.state.first_seq,
         lastSeq: info.state.last_seq,
+        createdAtMs: Date.parse(info.created),
       };
     }),
     probe(() => deps.deadLetters.counts()),
@@ -291,8 +294,12 @@ export async function operationsSnapshot(deps: OperationsDeps): Promise<Operatio
  * The consumer's lag from the stream's state and what this node saw. Every message past the
  * delivered sequence matches the consumer (its filter is the stream's one subject), and none of
  * them is deleted but by max_age, hence the stream's first sequence as a floor. A delivered
- * sequence past the stream's last one was seen on a stream since recreated (it numbers from 1
- * again): until this node sees one on the new stream, every message stored counts as pending.
+ * sequence seen before the stream was created, or past its last sequence, was seen on a stream
+ * since recreated (it numbers from 1 again): until this node sees one on the new stream, every
+ * message stored counts as pending. Comparing sequences alone missed a new stream that had
+ * already passed the old sequence, and read low. The creation time is the server's clock, the
+ * sighting the node's: a skew errs high just after a recreation, or low only for a sighting
+ * within the skew before it.
  */
 export function consumerLag(
   progress: ConsumerProgress,
@@ -304,8 +311,8 @@ export function consumerLag(
   if (deliveredStreamSeq === undefined || seenAtMs === undefined) {
     return { ok: false, error: 'no delivery or pull heartbeat seen yet by this node' };
   }
-  const { firstSeq, lastSeq } = stream.value;
-  const seenOnThisStream = deliveredStreamSeq <= lastSeq;
+  const { firstSeq, lastSeq, createdAtMs } = stream.value;
+  const seenOnThisStream = deliveredStreamSeq <= lastSeq && !(seenAtMs < createdAtMs);
   const pastSeq = Math.max(seenOnThisStream ? deliveredStreamSeq : 0, firstSeq - 1);
   return {
     ok: true,

@@ -347,6 +347,11 @@ describe('the consumer lag derived without consumer info', () => {
     await publish(names, 'new', 3);
     expect((await consumerInfo(fresh, names)).num_pending).toBe(3);
     expect((await lagOf(names, consumer)).pending).toBe(3);
+    // Past the old stream's last sequence (10), the sequences alone no longer tell the streams
+    // apart; the stream's creation time does (before, this read 15 - 10 = 5).
+    await publish(names, 'more', 12);
+    expect((await consumerInfo(fresh, names)).num_pending).toBe(15);
+    expect((await lagOf(names, consumer)).pending).toBe(15);
   }, 30_000);
 
   it('shows a backlog while it drains, never under the server figure', async () => {

@@ -302,7 +302,17 @@ describe('metrics and request logs', () => {
           ? { ok, value: { pending: 5, ackPending: 1, redelivered: 0 } }
           : { ok, error: 'NATS is down' },
         commandStream: ok
-          ? { ok, value: { messages: 3, bytes: 1_234, bytesMax: 4_096, firstSeq: 1, lastSeq: 3 } }
+          ? {
+              ok,
+              value: {
+                messages: 3,
+                bytes: 1_234,
+                bytesMax: 4_096,
+                firstSeq: 1,
+                lastSeq: 3,
+                createdAtMs: 0,
+              },
+            }
           : { ok, error: 'NATS is down' },
         deadLetters: ok ? { ok, value: { open: 2, total: 3 } } : { ok, error: 'MySQL is down' },
         outbox: ok
