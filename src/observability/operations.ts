@@ -197,6 +197,8 @@ export const CONSUMER_INFO_REUSE_MS = 60_000;
  */
 export class ConsumerInfoReads {
   #last: ConsumerInfoReading | undefined;
+  /** The last read's failure, answered again for reuseMs: a slow NATS is not asked on every view. */
+  #failed: Readonly<{ atMs: number; error: Error }> | undefined;
   #reading: Promise<ConsumerInfoReading> | undefined;
 
   constructor(
@@ -208,6 +210,15 @@ export class ConsumerInfoReads {
 
   read(): Promise<ConsumerInfoReading> {
     const last = this.#last;
+    const failed = this.#failed;
+    if (failed !== undefined && this.nowMs() - failed.atMs < this.reuseMs) {
+      const retryAt = new Date(failed.atMs + this.reuseMs).toISOString();
+      return Promise.reject(
+        new Error(`${failed.error.message} (not asked again before ${retryAt})`, {
+          cause: failed.error,
+        }),
+      );
+    }
     if (last !== undefined && this.nowMs() - last.readAt.getTime() < this.reuseMs) {
       return Promise.resolve(last);
     }
@@ -227,7 +238,14 @@ export class ConsumerInfoReads {
           ackFloorStreamSeq: info.ack_floor.stream_seq,
         };
         this.#last = reading;
+        this.#failed = undefined;
         return reading;
+      } catch (error) {
+        this.#failed = {
+          atMs: this.nowMs(),
+          error: error instanceof Error ? error : new Error(String(error)),
+        };
+        throw error;
       } finally {
         this.#reading = undefined;
       }

@@ -24,6 +24,7 @@ import { deleteTopology, ensureTopology } from '../../src/messaging/nats.js';
 import { names as topologyNames, type Names } from '../../src/messaging/subjects.js';
 import { createMetrics } from '../../src/observability/metrics.js';
 import {
+  ConsumerInfoReads,
   operationsSnapshot,
   PaymentCounts,
   type ConsumerLag,
@@ -324,6 +325,26 @@ describe('the consumer lag derived without consumer info', () => {
     expect(after.pending).toBeGreaterThanOrEqual(25);
     expect(after.seenAgoMs).toBeLessThan(6_000);
   }, 30_000);
+
+  it('asks for the consumer info once a period when reading it fails', async () => {
+    // A consumer that does not exist: every read fails, as while NATS is slow or the consumer
+    // is gone. The reads that follow within the period answer the failure without asking.
+    const { names, jsm } = await topology(1_000);
+    const missing = { ...names, runtimeConsumer: `${names.runtimeConsumer}_missing` };
+    let now = 1_000_000;
+    const reads = new ConsumerInfoReads(jsm, missing, 60_000, () => now);
+    const requests = countConsumerInfoRequests(nc, missing);
+    await nc.flush();
+    await expect(reads.read()).rejects.toThrow(/consumer not found/);
+    now += 59_000;
+    await expect(reads.read()).rejects.toThrow(/not asked again before/);
+    await nc.flush();
+    expect(requests.count()).toBe(1);
+    now += 1_000;
+    await expect(reads.read()).rejects.toThrow(/consumer not found/);
+    await nc.flush();
+    expect(requests.count()).toBe(2);
+  });
 
   it('counts every stored command after the stream was recreated under a stopped consumer', async () => {
     const { names, jsm } = await topology(1_000);
