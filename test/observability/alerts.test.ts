@@ -1,9 +1,9 @@
 /**
  * Goal: the Prometheus alerting rules shipped in deploy/prometheus/settle-alerts.yml only name
  * metrics a Settle node exports, with labels those metrics have and label values they take, so no
- * alert is silently dead from a typo; every rule has a severity and a summary. The gRPC alerts
- * count exactly the codes the request log writes at warn, load shedding (RESOURCE_EXHAUSTED) in
- * an alert of its own.
+ * alert is silently dead from a typo (prom-client's process metrics included); every rule has a
+ * severity and a summary. The gRPC alerts count exactly the codes the request log writes at warn,
+ * load shedding (RESOURCE_EXHAUSTED) in an alert of its own.
  * The rules behave as their unit tests (settle-alerts.test.yml) say: each alert fires on the series
  * it is about, after its `for`, with its annotations, and not before.
  * Method: the YAML parsed; every metric and label matcher of every expression looked up in a
@@ -58,10 +58,15 @@ const rules: Rule[] = (
   parse(readFileSync(file, 'utf8')) as { groups: Array<{ name: string; rules: Rule[] }> }
 ).groups.flatMap((group) => group.rules);
 
-/** Every `metric{matchers}` or bare metric of an expression, with its matchers. */
+/**
+ * Every `metric{matchers}` or bare metric of an expression, with its matchers: Settle's own, the
+ * gRPC ones, and prom-client's process metrics (`process_open_fds`, registered on Linux only).
+ */
 function selectors(expr: string): Array<{ metric: string; matchers: Array<[string, string]> }> {
   const found = [];
-  for (const match of expr.matchAll(/\b((?:settle|grpc_server)_[a-z0-9_]+)(\{([^}]*)\})?/g)) {
+  for (const match of expr.matchAll(
+    /\b((?:settle|grpc_server|process)_[a-z0-9_]+)(\{([^}]*)\})?/g,
+  )) {
     const matchers = [...(match[3] ?? '').matchAll(/([a-z_]+)\s*=~?\s*"([^"]*)"/g)].map(
       (m): [string, string] => [m[1] ?? '', m[2] ?? ''],
     );
