@@ -18,6 +18,11 @@
 import * as grpc from '@grpc/grpc-js';
 import { API_TOKEN_CHARACTERS } from '../domain/api-token.js';
 import {
+  tailLedgerEntries,
+  type LedgerTail,
+  type TailLedgerEntriesOptions,
+} from './ledger-tail.js';
+import {
   CreatePaymentRequest,
   GetPaymentRequest,
   ListPaymentsRequest,
@@ -84,6 +89,8 @@ export {
   LedgerServiceClient,
 } from '../grpc/generated/settle/v1/wallet.js';
 
+export { TAIL_POLL_MS_MIN, type LedgerTail, type TailLedgerEntriesOptions } from './ledger-tail.js';
+
 export {
   AdminServiceClient,
   DeadLetterState,
@@ -101,10 +108,14 @@ export {
 
 /**
  * Per call: `timeoutMs`, the call's deadline in ms from now (a whole number from 1 to
- * 2147483647; the client's default when left out), and `metadata` to send with it (at most
- * CALL_METADATA_BYTES_MAX).
+ * 2147483647; the client's default when left out), `metadata` to send with it (at most
+ * CALL_METADATA_BYTES_MAX), and `signal`, whose abort cancels the call (it fails CANCELLED).
  */
-export type CallOptions = Readonly<{ timeoutMs?: number; metadata?: Record<string, string> }>;
+export type CallOptions = Readonly<{
+  timeoutMs?: number;
+  metadata?: Record<string, string>;
+  signal?: AbortSignal | undefined;
+}>;
 
 type UnaryMethod<Req, Res> = (
   request: Req,
@@ -246,9 +257,20 @@ function unary<Req, Res>(
         `${name}: timeoutMs`,
       );
       const metadata = checkedMetadata({ ...defaultMetadata, ...options.metadata }, name);
-      method(message, metadata, { deadline: Date.now() + timeoutMs }, (error, response) =>
-        error ? reject(error) : resolve(response),
+      const { signal } = options;
+      const cancel = () => call.cancel();
+      const call = method(
+        message,
+        metadata,
+        { deadline: Date.now() + timeoutMs },
+        (error, response) => {
+          signal?.removeEventListener('abort', cancel);
+          if (error) reject(error);
+          else resolve(response);
+        },
       );
+      if (signal?.aborted) cancel();
+      else signal?.addEventListener('abort', cancel, { once: true });
     });
 }
 
@@ -298,6 +320,13 @@ export function createSettleClient(address: string, options: SettleClientOptions
   const ledger = new LedgerServiceClient(address, credentials);
   const admin = new AdminClient(address, credentials);
   const reconciliation = new ReconciliationServiceClient(address, credentials);
+  const listEntries = unary<ListEntriesRequest, ListEntriesResponse>(
+    ListEntriesRequest,
+    'ListEntriesRequest',
+    ledger.listEntries.bind(ledger),
+    timeoutMs,
+    api,
+  );
   return {
     payments: {
       createPayment: unary<CreatePaymentRequest, CreatePaymentResponse>(
@@ -354,13 +383,22 @@ export function createSettleClient(address: string, options: SettleClientOptions
       ),
     },
     ledger: {
-      listEntries: unary<ListEntriesRequest, ListEntriesResponse>(
-        ListEntriesRequest,
-        'ListEntriesRequest',
-        ledger.listEntries.bind(ledger),
-        timeoutMs,
-        api,
-      ),
+      listEntries,
+      /**
+       * Every entry from `resumeToken` on (the ledger's first without one), once and in id order,
+       * waiting at the head of the ledger for new ones, until `signal` aborts or the loop breaks;
+       * `resumeToken` on the result says where to pick up. Each call has a deadline; UNAVAILABLE
+       * and DEADLINE_EXCEEDED are retried with backoff up to `retriesMax` times in a row, other
+       * failures thrown. See src/client/ledger-tail.ts.
+       */
+      tailLedgerEntries(options: TailLedgerEntriesOptions = {}): LedgerTail {
+        return tailLedgerEntries(
+          (request, { timeoutMs: callTimeoutMs, signal }) =>
+            listEntries(request, { timeoutMs: callTimeoutMs, signal }),
+          timeoutMs,
+          options,
+        );
+      },
       getTrialBalance: unary<GetTrialBalanceRequest, GetTrialBalanceResponse>(
         GetTrialBalanceRequest,
         'GetTrialBalanceRequest',

@@ -1,0 +1,221 @@
+/**
+ * Tails the ledger through ListEntries: pages in entry-id order, the server's `resume_page_token`
+ * once caught up, and a pause whenever a page was the last one or stopped at the settled horizon.
+ * Every entry comes once, in order, also one whose booking commits late (the server ends each
+ * page before the horizon, see README "Tailing the ledger").
+ *
+ * A position (`resumeToken`) is exact to the entry: the server's token of the page being given
+ * out, plus the id of the last entry already given from it (`<page token>.<entry id>`). Resumed
+ * there, the tail asks for that page again and skips the ids up to that entry. That is exact
+ * because a page ends before the horizon: no entry can still appear at or below its ids, so the
+ * page read again holds the same entries up to that id. A page token alone (ListEntries'
+ * `next_page_token` or `resume_page_token`) is a position too.
+ */
+import type * as grpc from '@grpc/grpc-js';
+import { status as grpcStatus } from '@grpc/grpc-js';
+import type { LedgerEntry, ListEntriesResponse } from '../grpc/generated/settle/v1/wallet.js';
+
+/** The least pause between polls at the head of the ledger, in ms. */
+export const TAIL_POLL_MS_MIN = 100;
+const TAIL_POLL_MS_DEFAULT = 1_000;
+/** Backoff after a transient failure: doubled from the first to the last, ±20 % jitter. */
+const TAIL_BACKOFF_MS_INITIAL = 250;
+const TAIL_BACKOFF_MS_MAX = 10_000;
+const TAIL_BACKOFF_JITTER = 0.2;
+/** Failed calls in a row before the tail gives up: about 4 minutes of backoff. */
+const TAIL_RETRIES_MAX_DEFAULT = 30;
+
+/** Codes after which the same call may well succeed later: the node is down, slow or stopping. */
+const TRANSIENT_CODES: ReadonlySet<number> = new Set([
+  grpcStatus.UNAVAILABLE,
+  grpcStatus.DEADLINE_EXCEEDED,
+]);
+
+export type TailLedgerEntriesOptions = Readonly<{
+  /** Only this account's entries, as ListEntries' `account`. */
+  account?: string;
+  /** Only this payment order's entries, as ListEntries' `order_id`. */
+  orderId?: string;
+  /**
+   * Where to start: a tail's `resumeToken`, or a ListEntries page token made with the same
+   * filters. Left out (or ''), the tail starts at the ledger's first entry.
+   */
+  resumeToken?: string;
+  /** Entries asked for per call, 1 to 500 (100). */
+  pageSize?: number;
+  /**
+   * Pause in ms before asking again after a page that was the last one or stopped at the
+   * horizon (1,000; at least TAIL_POLL_MS_MIN).
+   */
+  pollMs?: number;
+  /** Deadline of each ListEntries call in ms; the client's default when left out. */
+  timeoutMs?: number;
+  /**
+   * Failed calls in a row (UNAVAILABLE, DEADLINE_EXCEEDED) retried before the last failure is
+   * thrown (30, with backoff from 250 ms doubling to 10 s: about 4 minutes).
+   */
+  retriesMax?: number;
+  /** Ends the tail: the call in flight is cancelled, a pause cut short, and the iterator ends. */
+  signal?: AbortSignal;
+  /** Told of each transient failure before its backoff, e.g. to log it. */
+  onRetry?: (error: grpc.ServiceError, delayMs: number, attempt: number) => void;
+}>;
+
+/**
+ * The entries, as an async iterable that can be read once, and the position after the entry it
+ * gave last. Breaking out of a `for await` ends it as an abort does.
+ */
+export type LedgerTail = AsyncIterable<LedgerEntry> & {
+  /**
+   * Where a new tail with the same filters picks up: after the entry given last (or where this
+   * tail started, before the first). Persist it after handling an entry to restart exactly there.
+   */
+  readonly resumeToken: string;
+};
+
+/** One ListEntries call; `signal` cancels it. */
+export type ListEntriesCall = (
+  request: Readonly<{ account: string; orderId: string; pageSize: number; pageToken: string }>,
+  options: Readonly<{ timeoutMs: number; signal: AbortSignal | undefined }>,
+) => Promise<ListEntriesResponse>;
+
+type Position = Readonly<{ pageToken: string; afterEntryId: bigint | undefined }>;
+
+const ENTRY_ID = /^\d{1,19}$/;
+
+function encodePosition(position: Position): string {
+  return position.afterEntryId === undefined
+    ? position.pageToken
+    : `${position.pageToken}.${position.afterEntryId}`;
+}
+
+/** A page token holds no '.' (base64url), so a '.' starts the entry id of a tail's position. */
+function decodePosition(token: string): Position {
+  const dot = token.lastIndexOf('.');
+  if (dot === -1) return { pageToken: token, afterEntryId: undefined };
+  const entryId = token.slice(dot + 1);
+  if (!ENTRY_ID.test(entryId)) {
+    throw new TypeError(
+      'tailLedgerEntries: resumeToken is neither a tail position nor a ListEntries page token',
+    );
+  }
+  return { pageToken: token.slice(0, dot), afterEntryId: BigInt(entryId) };
+}
+
+function checkedWhole(value: number, name: string, min: number, max: number): number {
+  if (!Number.isSafeInteger(value) || value < min || value > max) {
+    throw new TypeError(
+      `tailLedgerEntries: ${name} ${value} is not a whole number from ${min} to ${max}`,
+    );
+  }
+  return value;
+}
+
+function isServiceError(error: unknown): error is grpc.ServiceError {
+  return error instanceof Error && typeof (error as { code?: unknown }).code === 'number';
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts (never rejects). */
+function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+
+function backoffMs(attempt: number): number {
+  const base = Math.min(TAIL_BACKOFF_MS_MAX, TAIL_BACKOFF_MS_INITIAL * 2 ** (attempt - 1));
+  return Math.round(base * (1 + TAIL_BACKOFF_JITTER * (2 * Math.random() - 1)));
+}
+
+/**
+ * Tails the ledger with `listEntries` (see the module comment). Options are checked here, before
+ * any call: a bad one is a TypeError. A failure other than UNAVAILABLE or DEADLINE_EXCEEDED, or
+ * one of those past `retriesMax` in a row, is thrown from the iteration; `resumeToken` still
+ * says where to pick up.
+ */
+export function tailLedgerEntries(
+  listEntries: ListEntriesCall,
+  defaultTimeoutMs: number,
+  options: TailLedgerEntriesOptions = {},
+): LedgerTail {
+  const pageSize = checkedWhole(options.pageSize ?? 100, 'pageSize', 1, 500);
+  const pollMs = checkedWhole(
+    options.pollMs ?? TAIL_POLL_MS_DEFAULT,
+    'pollMs',
+    TAIL_POLL_MS_MIN,
+    3_600_000,
+  );
+  const timeoutMs = checkedWhole(
+    options.timeoutMs ?? defaultTimeoutMs,
+    'timeoutMs',
+    1,
+    2_147_483_647,
+  );
+  const retriesMax = checkedWhole(
+    options.retriesMax ?? TAIL_RETRIES_MAX_DEFAULT,
+    'retriesMax',
+    0,
+    1_000,
+  );
+  const { signal, onRetry } = options;
+  const filter = { account: options.account ?? '', orderId: options.orderId ?? '' };
+  let position = decodePosition(options.resumeToken ?? '');
+  let started = false;
+
+  async function* entries(): AsyncGenerator<LedgerEntry> {
+    let failures = 0;
+    while (!signal?.aborted) {
+      let page: ListEntriesResponse;
+      try {
+        page = await listEntries(
+          { ...filter, pageSize, pageToken: position.pageToken },
+          { timeoutMs, signal },
+        );
+      } catch (error) {
+        // A cancelled call is the abort's doing, not a failure to report.
+        if (signal?.aborted) return;
+        if (!isServiceError(error) || !TRANSIENT_CODES.has(error.code) || failures >= retriesMax) {
+          throw error;
+        }
+        failures += 1;
+        const delayMs = backoffMs(failures);
+        onRetry?.(error, delayMs, failures);
+        await pause(delayMs, signal);
+        continue;
+      }
+      failures = 0;
+      for (const entry of page.entries) {
+        const id = BigInt(entry.entryId);
+        // Given out before this tail was resumed here.
+        if (position.afterEntryId !== undefined && id <= position.afterEntryId) continue;
+        position = { pageToken: position.pageToken, afterEntryId: id };
+        yield entry;
+        if (signal?.aborted) return;
+      }
+      position = { pageToken: page.resumePageToken, afterEntryId: undefined };
+      // Caught up, or held at the horizon: ask again later. A page with nothing in it pauses
+      // too, so a server answering empty pages with a next token cannot make this loop spin.
+      if (page.nextPageToken === '' || page.stoppedAtHorizon || page.entries.length === 0) {
+        await pause(pollMs, signal);
+      }
+    }
+  }
+
+  return {
+    get resumeToken() {
+      return encodePosition(position);
+    },
+    [Symbol.asyncIterator]() {
+      if (started) throw new TypeError('tailLedgerEntries: a tail can be read once; start another');
+      started = true;
+      return entries();
+    },
+  };
+}

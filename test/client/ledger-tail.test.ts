@@ -1,0 +1,263 @@
+/**
+ * Goal: the client's tailLedgerEntries gives every ledger entry once and in id order: entries
+ * booked after the tail started, one whose booking commits after a later booking did, and, from a
+ * `resumeToken` taken mid-page, exactly the entries after the one given last (no duplicate, no
+ * gap). It ends on abort, retries UNAVAILABLE a bounded number of times, throws other failures,
+ * and refuses options that would make it spin. Method: createSettleClient against a real node
+ * (startStack: MariaDB, NATS, the PSP mock); bookings are posted by the ledger repository in real
+ * transactions on the node's database, one held open on its own connection while a later one
+ * commits; what the tail gave is compared with the ledger_entry table.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import {
+  createSettleClient,
+  type LedgerEntry,
+  type LedgerTail,
+  type SettleClient,
+} from '../../src/client/index.js';
+import { postLedgerTransaction } from '../../src/storage/repositories/ledger.repository.js';
+import { inTransaction } from '../../src/storage/transaction.js';
+import {
+  expectLedgerBalanced,
+  freePort,
+  startStack,
+  waitFor,
+  type Stack,
+} from '../support/harness.js';
+
+let stack: Stack;
+let client: SettleClient;
+beforeAll(async () => {
+  stack = await startStack();
+  client = createSettleClient(`127.0.0.1:${stack.settle.grpcPort}`, { defaultTimeoutMs: 5_000 });
+});
+afterAll(async () => {
+  client?.close();
+  await stack?.stop();
+});
+afterEach(async () => {
+  await expectLedgerBalanced(stack.settle.db);
+});
+
+let bookingSeq = 0;
+
+/** A balanced booking of 100 minor units from the PSP to `seller`: two entries. */
+function booking(seller: string) {
+  bookingSeq += 1;
+  const n = `${Date.now()}${String(bookingSeq).padStart(6, '0')}`.padStart(26, '0');
+  return {
+    id: `ltx_${n}`,
+    orderId: `ord_${n}`,
+    kind: 'PAYMENT',
+    currency: 'USD' as const,
+    entries: [
+      { account: 'psp_receivable', kind: 'PAYMENT_RECEIVABLE', debitMinor: 100n, creditMinor: 0n },
+      {
+        account: `seller_payable:${seller}`,
+        kind: 'PAYMENT_PAYABLE',
+        debitMinor: 0n,
+        creditMinor: 100n,
+      },
+    ],
+    now: new Date(),
+  };
+}
+
+async function book(seller: string): Promise<void> {
+  await inTransaction(stack.settle.db, (trx) => postLedgerTransaction(trx, booking(seller)));
+}
+
+/** Ids of `seller`'s payable entries in the table, in order. */
+async function tableIds(seller: string): Promise<string[]> {
+  const rows = await stack.settle.db
+    .selectFrom('ledger_entry')
+    .select('id')
+    .where('account', '=', `seller_payable:${seller}`)
+    .orderBy('id')
+    .execute();
+  return rows.map((row) => String(row.id));
+}
+
+/** Reads `tail` in the background into `seen`, until it ends; answers how it ended. */
+function drain(tail: LedgerTail, seen: LedgerEntry[]): Promise<unknown> {
+  return (async () => {
+    for await (const entry of tail) seen.push(entry);
+    return 'ended';
+  })().catch((error: unknown) => error);
+}
+
+describe('tailLedgerEntries', () => {
+  it('gives entries booked after it started, in id order, once, and ends on abort', async () => {
+    const seller = 'tail-new';
+    const abort = new AbortController();
+    const seen: LedgerEntry[] = [];
+    const tail = client.ledger.tailLedgerEntries({
+      account: `seller_payable:${seller}`,
+      pollMs: 100,
+      signal: abort.signal,
+    });
+    const ended = drain(tail, seen);
+    // Caught up first: the tail is at the head of the ledger, waiting.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(seen).toEqual([]);
+    for (let i = 0; i < 3; i += 1) await book(seller);
+    await waitFor(() => Promise.resolve(seen.length >= 3), { what: 'three entries' });
+    // No entry twice while it keeps polling the head.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    abort.abort();
+    expect(await ended).toBe('ended');
+    expect(seen.map((e) => e.entryId)).toEqual(await tableIds(seller));
+    expect(seen.every((e) => e.creditMinor === 100n && e.kind === 'PAYMENT_PAYABLE')).toBe(true);
+  });
+
+  it('waits for a booking that commits after a later one did, and gives both in id order', async () => {
+    const seller = 'tail-late';
+    let release: () => void = () => {};
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let posted: () => void = () => {};
+    const isPosted = new Promise<void>((resolve) => (posted = resolve));
+    // Takes its entry ids first, and commits last.
+    const held = stack.settle.db.transaction().execute(async (trx) => {
+      await postLedgerTransaction(trx, booking(seller));
+      posted();
+      await released;
+    });
+    await isPosted;
+    await book(seller);
+    const abort = new AbortController();
+    const seen: LedgerEntry[] = [];
+    const ended = drain(
+      client.ledger.tailLedgerEntries({
+        account: `seller_payable:${seller}`,
+        pollMs: 100,
+        signal: abort.signal,
+      }),
+      seen,
+    );
+    try {
+      // The later booking is committed, but its entry is past the open one: not given yet.
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(seen).toEqual([]);
+    } finally {
+      release();
+      await held;
+    }
+    await waitFor(() => Promise.resolve(seen.length >= 2), { what: 'both entries' });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    abort.abort();
+    expect(await ended).toBe('ended');
+    expect(seen.map((e) => e.entryId)).toEqual(await tableIds(seller));
+  });
+
+  it('resumes from a token taken mid-page with no duplicate and no gap', async () => {
+    const seller = 'tail-resume';
+    for (let i = 0; i < 5; i += 1) await book(seller);
+    const first: LedgerEntry[] = [];
+    // Pages of 2: the consumer stops after the first entry of the second page.
+    const tail = client.ledger.tailLedgerEntries({
+      account: `seller_payable:${seller}`,
+      pageSize: 2,
+      pollMs: 100,
+    });
+    for await (const entry of tail) {
+      first.push(entry);
+      if (first.length === 3) break;
+    }
+    const token = tail.resumeToken;
+    expect(token).toMatch(/\.\d+$/);
+    for (let i = 0; i < 2; i += 1) await book(seller);
+
+    const abort = new AbortController();
+    const rest: LedgerEntry[] = [];
+    const ended = drain(
+      client.ledger.tailLedgerEntries({
+        account: `seller_payable:${seller}`,
+        resumeToken: token,
+        pageSize: 2,
+        pollMs: 100,
+        signal: abort.signal,
+      }),
+      rest,
+    );
+    await waitFor(() => Promise.resolve(rest.length >= 4), { what: 'the other four entries' });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    abort.abort();
+    expect(await ended).toBe('ended');
+    const all = await tableIds(seller);
+    expect(all).toHaveLength(7);
+    expect(first.map((e) => e.entryId)).toEqual(all.slice(0, 3));
+    expect(rest.map((e) => e.entryId)).toEqual(all.slice(3));
+  });
+
+  it('retries UNAVAILABLE with backoff up to retriesMax, then throws it', async () => {
+    const nowhere = createSettleClient(`127.0.0.1:${await freePort()}`, {
+      defaultTimeoutMs: 2_000,
+    });
+    try {
+      const retries: Array<[number, number]> = [];
+      const ended = await drain(
+        nowhere.ledger.tailLedgerEntries({
+          retriesMax: 2,
+          onRetry: (error, delayMs, attempt) => {
+            expect(error.code).toBe(grpc.status.UNAVAILABLE);
+            retries.push([attempt, delayMs]);
+          },
+        }),
+        [],
+      );
+      expect((ended as grpc.ServiceError).code).toBe(grpc.status.UNAVAILABLE);
+      expect(retries.map(([attempt]) => attempt)).toEqual([1, 2]);
+      // 250 ms, then 500 ms, each ±20 %.
+      expect(retries[0]?.[1]).toBeGreaterThanOrEqual(200);
+      expect(retries[0]?.[1]).toBeLessThanOrEqual(300);
+      expect(retries[1]?.[1]).toBeGreaterThanOrEqual(400);
+      expect(retries[1]?.[1]).toBeLessThanOrEqual(600);
+    } finally {
+      nowhere.close();
+    }
+  });
+
+  it('throws a refusal such as INVALID_ARGUMENT at once, without retrying', async () => {
+    let retried = 0;
+    const ended = await drain(
+      client.ledger.tailLedgerEntries({
+        account: 'no-such-account',
+        onRetry: () => (retried += 1),
+      }),
+      [],
+    );
+    expect((ended as grpc.ServiceError).code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect((ended as grpc.ServiceError).details).toMatch(/^account: 'no-such-account' is not/);
+    expect(retried).toBe(0);
+  });
+
+  it('ends at once on an abort while it waits at the head of the ledger', async () => {
+    const abort = new AbortController();
+    const ended = drain(
+      client.ledger.tailLedgerEntries({
+        account: 'seller_payable:tail-idle',
+        pollMs: 3_600_000,
+        signal: abort.signal,
+      }),
+      [],
+    );
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const abortedAt = Date.now();
+    abort.abort();
+    expect(await ended).toBe('ended');
+    expect(Date.now() - abortedAt).toBeLessThan(200);
+  });
+
+  it.each([
+    [{ pollMs: 10 }, /pollMs 10 is not a whole number from 100 to 3600000/],
+    [{ pageSize: 0 }, /pageSize 0 is not a whole number from 1 to 500/],
+    [{ timeoutMs: 0 }, /timeoutMs 0 is not a whole number/],
+    [
+      { resumeToken: 'abc.x1' },
+      /resumeToken is neither a tail position nor a ListEntries page token/,
+    ],
+  ])('refuses %j before calling', (options, message) => {
+    expect(() => client.ledger.tailLedgerEntries(options)).toThrow(message);
+  });
+});
