@@ -71,6 +71,12 @@ export type LedgerTail = AsyncIterable<LedgerEntry> & {
    * tail started, before the first). Persist it after handling an entry to restart exactly there.
    */
   readonly resumeToken: string;
+  /**
+   * The failure of the latest call while the tail retries it (UNAVAILABLE, DEADLINE_EXCEEDED);
+   * undefined once a call succeeded. Tells a tail that an abort ended while the node was not
+   * answering from one that was up to date.
+   */
+  readonly retryingAfter: grpc.ServiceError | undefined;
 };
 
 /** One ListEntries call; `signal` cancels it. */
@@ -168,6 +174,7 @@ export function tailLedgerEntries(
   const filter = { account: options.account ?? '', orderId: options.orderId ?? '' };
   let position = decodePosition(options.resumeToken ?? '');
   let started = false;
+  let retryingAfter: grpc.ServiceError | undefined;
 
   async function* entries(): AsyncGenerator<LedgerEntry> {
     let failures = 0;
@@ -185,12 +192,14 @@ export function tailLedgerEntries(
           throw error;
         }
         failures += 1;
+        retryingAfter = error;
         const delayMs = backoffMs(failures);
         onRetry?.(error, delayMs, failures);
         await pause(delayMs, signal);
         continue;
       }
       failures = 0;
+      retryingAfter = undefined;
       for (const entry of page.entries) {
         const id = BigInt(entry.entryId);
         // Given out before this tail was resumed here.
@@ -211,6 +220,9 @@ export function tailLedgerEntries(
   return {
     get resumeToken() {
       return encodePosition(position);
+    },
+    get retryingAfter() {
+      return retryingAfter;
     },
     [Symbol.asyncIterator]() {
       if (started) throw new TypeError('tailLedgerEntries: a tail can be read once; start another');

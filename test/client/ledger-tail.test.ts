@@ -218,6 +218,27 @@ describe('tailLedgerEntries', () => {
     }
   });
 
+  it('ends on abort while it retries, and says it was retrying', async () => {
+    const nowhere = createSettleClient(`127.0.0.1:${await freePort()}`);
+    try {
+      const tail = nowhere.ledger.tailLedgerEntries({ signal: AbortSignal.timeout(800) });
+      expect(await drain(tail, [])).toBe('ended');
+      expect(tail.retryingAfter?.code).toBe(grpc.status.UNAVAILABLE);
+      expect(tail.resumeToken).toBe('');
+    } finally {
+      nowhere.close();
+    }
+    const abort = new AbortController();
+    const up = client.ledger.tailLedgerEntries({ pollMs: 100, signal: abort.signal });
+    const ended = drain(up, []);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    abort.abort();
+    expect(await ended).toBe('ended');
+    expect(up.retryingAfter).toBeUndefined();
+    // Read to the head of the ledger: a position, even with nothing given.
+    expect(up.resumeToken).not.toBe('');
+  });
+
   it('throws a refusal such as INVALID_ARGUMENT at once, without retrying', async () => {
     let retried = 0;
     const ended = await drain(
