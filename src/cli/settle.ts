@@ -6,12 +6,13 @@
  * settlement-file reconciliation through ReconciliationService. Against a node with API_TOKENS,
  * every call but AdminService's carries `authorization: Bearer <SETTLE_API_TOKEN>`. Output is a
  * human-readable table by default and JSON with --json (proto3 JSON mapping: the response
- * message, except that `payment create`, `get` and `watch` print the Payment itself; amounts are
- * strings). Exit codes: 0 done, 1 the server refused or failed or no node answered, 2 bad usage
- * (nothing was sent).
+ * message, except that `payment create`, `get` and `watch` print the Payment itself, and
+ * `ledger --follow` a LedgerEntry a line; amounts are strings). Exit codes: 0 done, 1 the server
+ * refused or failed or no node answered, 2 bad usage (nothing was sent).
  *
  *   npm run settle -- payment create --buyer buyer-1 --order seller-a=1999 --order seller-b=500
  *   npm run settle -- payment watch pay_…
+ *   npm run settle -- ledger --follow --account seller_payable:seller-a
  *   ADMIN_TOKEN=… npm run settle -- dlq list
  *   npm run settle -- reconcile run --date 2024-05-01
  *
@@ -20,7 +21,7 @@
 import { randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { status as grpcStatus, type ServiceError } from '@grpc/grpc-js';
-import { createSettleClient, type SettleClient } from '../client/index.js';
+import { createSettleClient, type LedgerTail, type SettleClient } from '../client/index.js';
 import {
   Payment,
   PaymentOrderState,
@@ -32,7 +33,9 @@ import {
 import {
   GetTrialBalanceResponse,
   GetWalletResponse,
+  LedgerEntry as LedgerEntryMessage,
   ListEntriesResponse,
+  type LedgerEntry,
 } from '../grpc/generated/settle/v1/wallet.js';
 import { formatMajor } from '../domain/money.js';
 import { grpcCodeName } from '../grpc/http-status.js';
@@ -71,6 +74,10 @@ Commands:
   payment timeline <payment_id>                 every transition of its orders (needs the admin token)
   wallet <seller_id>                            a seller's wallet balance
   ledger [--account A] [--order O] [--page-size N] [--page-token T]
+  ledger --follow [--account A] [--order O] [--resume-token T] [--max-entries N]
+                                                print entries as they settle, from the ledger's
+                                                first (or T) on, until Ctrl-C, --timeout-ms or N
+                                                entries; then the token to go on from (stderr)
   trial-balance [--page-size N] [--page-token T]
                                                 debits and credits per account, a page at a time,
                                                 and the whole ledger's totals; balanced or not
@@ -94,7 +101,7 @@ Options:
   --actor NAME        your name in the audit trail (env SETTLE_ACTOR, else USER)
   --json              print JSON instead of tables
   --timeout-ms N      deadline of each call in ms (default 10000; of a watch, 3600000);
-                      bounds the whole wait of reconcile run too
+                      bounds the whole wait of reconcile run and of ledger --follow too
   -h, --help          this text
 `;
 
@@ -118,6 +125,10 @@ const OPTIONS = {
   date: { type: 'string' },
   file: { type: 'string' },
   class: { type: 'string' },
+  // No default: checkArguments refuses any option given to a command that does not take it.
+  follow: { type: 'boolean' },
+  'resume-token': { type: 'string' },
+  'max-entries': { type: 'string' },
 } as const;
 
 type OptionName = keyof typeof OPTIONS;
@@ -147,7 +158,18 @@ const COMMANDS: Readonly<
   'payment watch': { options: [], args: ['payment_id'] },
   'payment timeline': { options: [], args: ['payment_id'] },
   wallet: { options: [], args: ['seller_id'] },
-  ledger: { options: ['account', 'order', 'page-size', 'page-token'], args: [] },
+  ledger: {
+    options: [
+      'account',
+      'order',
+      'page-size',
+      'page-token',
+      'follow',
+      'resume-token',
+      'max-entries',
+    ],
+    args: [],
+  },
   'trial-balance': { options: ['page-size', 'page-token'], args: [] },
   'dlq list': { options: ['state', 'order', 'page-size', 'page-token'], args: [] },
   'dlq replay': { options: ['reason'], args: ['id'] },
@@ -463,6 +485,10 @@ async function dispatch(
       );
     }
     case 'ledger': {
+      if (values.follow === true) return followLedger(values, settings, client, io);
+      for (const option of ['resume-token', 'max-entries'] as const) {
+        if (values[option] !== undefined) throw new UsageError(`--${option} needs --follow`);
+      }
       const response = await client.ledger.listEntries({
         account: values.account ?? '',
         orderId: values.order?.[0] ?? '',
@@ -472,18 +498,7 @@ async function dispatch(
       return print(
         ListEntriesResponse.toJSON(response),
         () =>
-          table(
-            ['ENTRY', 'TIME (UTC)', 'ACCOUNT', 'ORDER', 'KIND', 'DEBIT', 'CREDIT'],
-            response.entries.map((e) => [
-              e.entryId,
-              time(e.createTime),
-              e.account,
-              e.orderId,
-              e.kind,
-              e.debitMinor > 0n ? money(e.debitMinor, e.currencyCode) : '',
-              e.creditMinor > 0n ? money(e.creditMinor, e.currencyCode) : '',
-            ]),
-          ) +
+          table(ENTRY_HEADERS, response.entries.map(entryCells)) +
           (response.nextPageToken !== ''
             ? `next page: --page-token ${response.nextPageToken}\n`
             : ''),
@@ -647,6 +662,144 @@ async function deadLetterCommand(
     default:
       throw new UsageError(`unknown dlq command '${verb ?? ''}' (list, replay, discard)`);
   }
+}
+
+const ENTRY_HEADERS = ['ENTRY', 'TIME (UTC)', 'ACCOUNT', 'ORDER', 'KIND', 'DEBIT', 'CREDIT'];
+/**
+ * Column widths of `ledger --follow`, which prints rows before it knows the widest: ids up to 8
+ * digits, a seller id of 13 characters and Settle's order ids line up; a longer cell shifts its
+ * row only.
+ */
+const FOLLOW_WIDTHS = [8, 20, 28, 30, 18, 14, 14];
+
+function entryCells(e: LedgerEntry): string[] {
+  return [
+    e.entryId,
+    time(e.createTime),
+    e.account,
+    e.orderId,
+    e.kind,
+    e.debitMinor > 0n ? money(e.debitMinor, e.currencyCode) : '',
+    e.creditMinor > 0n ? money(e.creditMinor, e.currencyCode) : '',
+  ];
+}
+
+function followRow(cells: readonly string[]): string {
+  return (
+    cells
+      .map((cell, i) => cell.padEnd(FOLLOW_WIDTHS[i] ?? 0))
+      .join('  ')
+      .trimEnd() + '\n'
+  );
+}
+
+/** Deadline of each ListEntries call of `ledger --follow`, whose --timeout-ms bounds the whole. */
+const FOLLOW_CALL_TIMEOUT_MS = 10_000;
+/** Pause of `ledger --follow` at the head of the ledger before asking again. */
+const FOLLOW_POLL_MS = 1_000;
+
+/**
+ * `ledger --follow`: prints every entry from --resume-token (or the ledger's first) on as it
+ * settles, in the listing's columns (a JSON line each with --json), until Ctrl-C, --timeout-ms
+ * (exit 0: the follow did what was asked) or --max-entries. On every way out, the token to go on
+ * from goes to stderr, after the entry printed last; on Ctrl-C through the interrupt note.
+ */
+async function followLedger(
+  values: Values,
+  settings: Settings,
+  client: SettleClient,
+  io: Io,
+): Promise<void> {
+  if (values['page-token'] !== undefined) {
+    throw new UsageError(
+      'ledger --follow starts at --resume-token, which also takes a --page-token value',
+    );
+  }
+  const entriesMax =
+    values['max-entries'] === undefined
+      ? undefined
+      : intOption(values['max-entries'], 'max-entries', 0, 1, 1_000_000_000);
+  const pageSize = intOption(values['page-size'], 'page-size', 100, 1, 500);
+  const abort = new AbortController();
+  // The tail ends only when aborted: by the timer below, or by Ctrl-C, which ends the process.
+  let ended = 'an abort';
+  // Without --timeout-ms, a follow runs until Ctrl-C or --max-entries, as `tail -f` does.
+  const timer =
+    values['timeout-ms'] === undefined
+      ? undefined
+      : setTimeout(() => {
+          ended = `--timeout-ms ${settings.timeoutMs}`;
+          abort.abort();
+        }, settings.timeoutMs);
+  let tail: LedgerTail;
+  try {
+    tail = client.ledger.tailLedgerEntries({
+      account: values.account ?? '',
+      orderId: values.order?.[0] ?? '',
+      resumeToken: values['resume-token'] ?? '',
+      pageSize,
+      pollMs: FOLLOW_POLL_MS,
+      timeoutMs: Math.min(settings.timeoutMs, FOLLOW_CALL_TIMEOUT_MS),
+      signal: abort.signal,
+      // The hint on where to find a node once, not on every retry.
+      onRetry: (error, delayMs, attempt) =>
+        io.err(
+          `settle: ${grpcCodeName(error.code)}: ${error.details}; asking again in ` +
+            `${Math.ceil(delayMs / 100) / 10} s\n` +
+            (attempt === 1 ? unreachableHint(error, settings.addr) : ''),
+        ),
+    });
+  } catch (error) {
+    clearTimeout(timer);
+    // Every other option was checked above: only the token is left to refuse.
+    throw new UsageError(
+      `--resume-token '${(values['resume-token'] ?? '').slice(0, 80)}' is no token ledger ` +
+        '--follow printed nor a ListEntries page token',
+      { cause: error },
+    );
+  }
+  const goOn = () =>
+    tail.resumeToken === ''
+      ? 'nothing was read: start again without --resume-token'
+      : `continue with --resume-token ${tail.resumeToken}`;
+  io.onInterrupt?.(`settle: interrupted; ${goOn()}\n`);
+  if (!settings.json) io.out(followRow(ENTRY_HEADERS));
+  let printed = 0;
+  try {
+    for await (const entry of tail) {
+      io.out(
+        settings.json
+          ? `${JSON.stringify(LedgerEntryMessage.toJSON(entry))}\n`
+          : followRow(entryCells(entry)),
+      );
+      printed += 1;
+      io.onInterrupt?.(`settle: interrupted; ${goOn()}\n`);
+      if (entriesMax !== undefined && printed >= entriesMax) {
+        ended = `--max-entries ${entriesMax}`;
+        break;
+      }
+    }
+  } catch (error) {
+    io.err(`settle: ledger --follow stopped after ${entries(printed)}; ${goOn()}\n`);
+    throw error;
+  } finally {
+    clearTimeout(timer);
+    io.onInterrupt?.(undefined);
+  }
+  const failure = tail.retryingAfter;
+  if (failure !== undefined) {
+    // Ended while no node answered: not a follow that was up to date.
+    throw new ServerError(
+      `${grpcCodeName(failure.code)}: ${failure.details}\n${unreachableHint(failure, settings.addr)}` +
+        `${ended} ended the follow after ${entries(printed)} while the node was not answering; ` +
+        goOn(),
+    );
+  }
+  io.err(`settle: ${ended} ended the follow after ${entries(printed)}; ${goOn()}\n`);
+}
+
+function entries(n: number): string {
+  return n === 1 ? '1 entry' : `${n} entries`;
 }
 
 /** Watches of one payment the server may end early before `payment watch` gives up. */

@@ -492,6 +492,144 @@ describe('settle CLI', () => {
       expect(code, args.join(' ')).toBe(0);
     }
   });
+  describe('ledger --follow', () => {
+    const seller = 'seller-cli-follow';
+    const account = `seller_payable:${seller}`;
+
+    /** Creates a payment to `seller` and pays it: its booking credits the seller `amountMinor`. */
+    async function pay(amountMinor: number): Promise<void> {
+      const created = await settle([
+        'payment',
+        'create',
+        '--buyer',
+        'buyer-cli-follow',
+        '--order',
+        `${seller}=${amountMinor}`,
+        '--json',
+      ]);
+      expect(created.code, created.stderr).toBe(0);
+      const { orders } = JSON.parse(created.stdout) as { orders: Array<{ checkoutUrl: string }> };
+      expect((await payOnHostedPage(orders[0]?.checkoutUrl ?? '', CARD.success)).status).toBe(200);
+    }
+
+    /** The CLI as a child process whose output can be read while it runs. */
+    function follow(args: string[]) {
+      const child = spawn(process.execPath, [path.join(ROOT, 'bin/settle.js'), ...args], {
+        cwd: ROOT,
+        env: { PATH: process.env.PATH ?? '', SETTLE_ADDR: `127.0.0.1:${stack.settle.grpcPort}` },
+      });
+      const run = { stdout: '', stderr: '' };
+      child.stdout.on('data', (chunk: Buffer) => (run.stdout += chunk.toString()));
+      child.stderr.on('data', (chunk: Buffer) => (run.stderr += chunk.toString()));
+      const closed = new Promise<[number | null, string | null]>((resolve) =>
+        child.on('close', (code, signal) => resolve([code, signal])),
+      );
+      return { child, run, closed };
+    }
+
+    const rowOf = (amount: string) =>
+      new RegExp(`^\\d+ +\\S+ \\S+ +${account} +ord_\\w+ +PAYMENT_PAYABLE +${amount} USD$`);
+    const tokenIn = (stderr: string) => /--resume-token (\S+)\n$/.exec(stderr)?.[1] ?? '';
+
+    it('prints entries as they settle, and goes on from the token it printed, none twice', async () => {
+      // Until --max-entries: started first, it sees the bookings made after it.
+      const first = follow(['ledger', '--follow', '--account', account, '--max-entries', '2']);
+      await waitFor(() => Promise.resolve(first.run.stdout.startsWith('ENTRY ')), {
+        what: 'the header',
+      });
+      await pay(101);
+      await pay(102);
+      expect(await first.closed, first.run.stderr).toEqual([0, null]);
+      const lines = first.run.stdout.trimEnd().split('\n');
+      expect(lines[0]).toMatch(/^ENTRY +TIME \(UTC\) +ACCOUNT +ORDER +KIND +DEBIT +CREDIT$/);
+      expect(lines.slice(1)).toHaveLength(2);
+      expect(lines[1]).toMatch(rowOf('1\\.01'));
+      expect(lines[2]).toMatch(rowOf('1\\.02'));
+      expect(first.run.stderr).toMatch(
+        /^settle: --max-entries 2 ended the follow after 2 entries; continue with --resume-token \S+\n$/,
+      );
+
+      // Until Ctrl-C, as JSON lines: from the token, only what settled since.
+      await pay(103);
+      const second = follow([
+        'ledger',
+        '--follow',
+        '--account',
+        account,
+        '--resume-token',
+        tokenIn(first.run.stderr),
+        '--json',
+      ]);
+      await waitFor(() => Promise.resolve(second.run.stdout.endsWith('\n')), { what: 'a line' });
+      // Polling the head once more prints nothing twice.
+      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      second.child.kill('SIGINT');
+      expect(await second.closed).toEqual([null, 'SIGINT']);
+      const printed = second.run.stdout
+        .trimEnd()
+        .split('\n')
+        .map((line) => JSON.parse(line) as { entryId: string; creditMinor: string });
+      expect(printed.map((e) => e.creditMinor)).toEqual(['103']);
+      expect(second.run.stderr).toMatch(
+        /^settle: interrupted; continue with --resume-token \S+\n$/,
+      );
+
+      // Until --timeout-ms (exit 0): nothing settled since the last one printed.
+      const third = await settle([
+        'ledger',
+        '--follow',
+        '--account',
+        account,
+        '--resume-token',
+        tokenIn(second.run.stderr),
+        '--timeout-ms',
+        '1500',
+      ]);
+      expect(third.code, third.stderr).toBe(0);
+      expect(third.stdout.trimEnd().split('\n')).toHaveLength(1);
+      expect(third.stderr).toMatch(
+        /^settle: --timeout-ms 1500 ended the follow after 0 entries; continue with --resume-token \S+\n$/,
+      );
+
+      // The follows together printed the listing, in order.
+      const listed = await settle(['ledger', '--account', account, '--json']);
+      const { entries } = JSON.parse(listed.stdout) as { entries: Array<{ entryId: string }> };
+      const followed = [
+        ...lines.slice(1).map((line) => line.split(' ')[0]),
+        ...printed.map((e) => e.entryId),
+      ];
+      expect(followed).toEqual(entries.map((e) => e.entryId));
+    });
+
+    it('exits 1 at --timeout-ms when no node answered, having said it retried', async () => {
+      const run = await settle(['ledger', '--follow', '--timeout-ms', '1500'], {
+        SETTLE_ADDR: `127.0.0.1:${await freePort()}`,
+      });
+      expect(run.code).toBe(1);
+      expect(run.stderr).toMatch(
+        /^settle: UNAVAILABLE: .*; asking again in \d+(\.\d)? s\nno Settle node answers at /,
+      );
+      expect(run.stderr).toMatch(
+        /--timeout-ms 1500 ended the follow after 0 entries while the node was not answering; nothing was read: start again without --resume-token\n$/,
+      );
+    });
+
+    it('refuses options that do not go together, and sends nothing', async () => {
+      for (const [args, message] of [
+        [['ledger', '--max-entries', '2'], '--max-entries needs --follow'],
+        [['ledger', '--resume-token', 'abc'], '--resume-token needs --follow'],
+        [['ledger', '--follow', '--page-token', 'abc'], 'ledger --follow starts at --resume-token'],
+        [['ledger', '--follow', '--resume-token', 'abc.x1'], "--resume-token 'abc.x1' is no token"],
+        [['ledger', '--follow', '--max-entries', '0'], '--max-entries must be a whole number'],
+        [['payment', 'list', '--follow'], 'payment list does not take --follow'],
+      ] as const) {
+        const run = await settle([...args]);
+        expect(run.code, args.join(' ')).toBe(2);
+        expect(run.stderr, args.join(' ')).toContain(`settle: ${message}`);
+      }
+    });
+  });
+
   it('on Ctrl-C during a create, tells the request id that gets the payment made', async () => {
     const buyer = 'buyer-cli-interrupted';
     const order = ['payment', 'create', '--buyer', buyer, '--order', 'seller-cli-a=800'];
