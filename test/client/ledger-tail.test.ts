@@ -2,11 +2,13 @@
  * Goal: the client's tailLedgerEntries gives every ledger entry once and in id order: entries
  * booked after the tail started, one whose booking commits after a later booking did, and, from a
  * `resumeToken` taken mid-page, exactly the entries after the one given last (no duplicate, no
- * gap). It ends on abort, retries UNAVAILABLE a bounded number of times, throws other failures,
- * and refuses options that would make it spin. Method: createSettleClient against a real node
- * (startStack: MariaDB, NATS, the PSP mock); bookings are posted by the ledger repository in real
- * transactions on the node's database, one held open on its own connection while a later one
- * commits; what the tail gave is compared with the ledger_entry table.
+ * gap). It ends on abort, also mid-call (the call is cancelled); it retries UNAVAILABLE and
+ * DEADLINE_EXCEEDED a bounded number of times, throws other failures, and refuses options that
+ * would make it spin. Method: createSettleClient against a real node (startStack: MariaDB, NATS,
+ * the PSP mock); bookings are posted by the ledger repository in real transactions on the node's
+ * database, one held open on its own connection while a later one commits; what the tail gave is
+ * compared with the ledger_entry table. Deadlines and cancelling are checked against a real gRPC
+ * server whose ListEntries never answers, and retries against a port nothing listens on.
  */
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -16,6 +18,7 @@ import {
   type LedgerTail,
   type SettleClient,
 } from '../../src/client/index.js';
+import { LedgerServiceService } from '../../src/grpc/generated/settle/v1/wallet.js';
 import { postLedgerTransaction } from '../../src/storage/repositories/ledger.repository.js';
 import { inTransaction } from '../../src/storage/transaction.js';
 import {
@@ -237,6 +240,58 @@ describe('tailLedgerEntries', () => {
     expect(up.retryingAfter).toBeUndefined();
     // Read to the head of the ledger: a position, even with nothing given.
     expect(up.resumeToken).not.toBe('');
+  });
+
+  describe('against a server that never answers', () => {
+    // A real gRPC server whose ListEntries never calls back: each call ends at its deadline.
+    let silent: grpc.Server;
+    let silentClient: SettleClient;
+    beforeAll(async () => {
+      silent = new grpc.Server();
+      silent.addService(LedgerServiceService, { listEntries: () => {}, getTrialBalance: () => {} });
+      const port = await new Promise<number>((resolve, reject) =>
+        silent.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) =>
+          error ? reject(error) : resolve(bound),
+        ),
+      );
+      silentClient = createSettleClient(`127.0.0.1:${port}`);
+    });
+    afterAll(() => {
+      silentClient?.close();
+      silent?.forceShutdown();
+    });
+
+    it('retries DEADLINE_EXCEEDED, each call bounded by timeoutMs', async () => {
+      const retries: number[] = [];
+      const started = Date.now();
+      const ended = await drain(
+        silentClient.ledger.tailLedgerEntries({
+          timeoutMs: 200,
+          retriesMax: 1,
+          onRetry: (error) => retries.push(error.code),
+        }),
+        [],
+      );
+      expect((ended as grpc.ServiceError).code).toBe(grpc.status.DEADLINE_EXCEEDED);
+      expect(retries).toEqual([grpc.status.DEADLINE_EXCEEDED]);
+      // Two calls of 200 ms and a backoff of 250 ms ±20 %.
+      expect(Date.now() - started).toBeLessThan(2_000);
+    });
+
+    it('cancels the call in flight on abort and ends at once', async () => {
+      const abort = new AbortController();
+      const tail = silentClient.ledger.tailLedgerEntries({
+        timeoutMs: 60_000,
+        signal: abort.signal,
+      });
+      const ended = drain(tail, []);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const abortedAt = Date.now();
+      abort.abort();
+      expect(await ended).toBe('ended');
+      expect(Date.now() - abortedAt).toBeLessThan(200);
+      expect(tail.retryingAfter).toBeUndefined();
+    });
   });
 
   it('throws a refusal such as INVALID_ARGUMENT at once, without retrying', async () => {
