@@ -89,7 +89,12 @@ export {
   LedgerServiceClient,
 } from '../grpc/generated/settle/v1/wallet.js';
 
-export { TAIL_POLL_MS_MIN, type LedgerTail, type TailLedgerEntriesOptions } from './ledger-tail.js';
+export {
+  NoResumeTokenError,
+  TAIL_POLL_MS_MIN,
+  type LedgerTail,
+  type TailLedgerEntriesOptions,
+} from './ledger-tail.js';
 
 export {
   AdminServiceClient,

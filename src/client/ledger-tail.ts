@@ -108,6 +108,17 @@ function decodePosition(token: string): Position {
   return { pageToken: token.slice(0, dot), afterEntryId: BigInt(entryId) };
 }
 
+/** ListEntries answered without resume_page_token: the node is older than tailing. */
+export class NoResumeTokenError extends Error {
+  override name = 'NoResumeTokenError';
+  constructor() {
+    super(
+      'tailLedgerEntries: the node answered ListEntries without resume_page_token (a version ' +
+        'before the ledger could be tailed); upgrade it to tail the ledger',
+    );
+  }
+}
+
 function checkedWhole(value: number, name: string, min: number, max: number): number {
   if (!Number.isSafeInteger(value) || value < min || value > max) {
     throw new TypeError(
@@ -188,11 +199,10 @@ export function tailLedgerEntries(
       } catch (error) {
         // A cancelled call is the abort's doing, not a failure to report.
         if (signal?.aborted) return;
-        if (!isServiceError(error) || !TRANSIENT_CODES.has(error.code) || failures >= retriesMax) {
-          throw error;
-        }
-        failures += 1;
+        if (!isServiceError(error) || !TRANSIENT_CODES.has(error.code)) throw error;
         retryingAfter = error;
+        if (failures >= retriesMax) throw error;
+        failures += 1;
         const delayMs = backoffMs(failures);
         onRetry?.(error, delayMs, failures);
         await pause(delayMs, signal);
@@ -208,7 +218,11 @@ export function tailLedgerEntries(
         yield entry;
         if (signal?.aborted) return;
       }
-      position = { pageToken: page.resumePageToken, afterEntryId: undefined };
+      // A node from before tailing gives no resume token: going on from '' would give the whole
+      // ledger again, so such a tail stops once it has no token left to go on from.
+      const next = page.resumePageToken || page.nextPageToken;
+      if (next === '') throw new NoResumeTokenError();
+      position = { pageToken: next, afterEntryId: undefined };
       // Caught up, or held at the horizon: ask again later. A page with nothing in it pauses
       // too, so a server answering empty pages with a next token cannot make this loop spin.
       if (page.nextPageToken === '' || page.stoppedAtHorizon || page.entries.length === 0) {

@@ -8,17 +8,22 @@
  * the PSP mock); bookings are posted by the ledger repository in real transactions on the node's
  * database, one held open on its own connection while a later one commits; what the tail gave is
  * compared with the ledger_entry table. Deadlines and cancelling are checked against a real gRPC
- * server whose ListEntries never answers, and retries against a port nothing listens on.
+ * server whose ListEntries never answers, retries against a port nothing listens on, and a node
+ * from before tailing by a gRPC server that answers ListEntries without a resume token.
  */
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   createSettleClient,
+  NoResumeTokenError,
   type LedgerEntry,
   type LedgerTail,
   type SettleClient,
 } from '../../src/client/index.js';
-import { LedgerServiceService } from '../../src/grpc/generated/settle/v1/wallet.js';
+import {
+  LedgerServiceService,
+  ListEntriesResponse,
+} from '../../src/grpc/generated/settle/v1/wallet.js';
 import { postLedgerTransaction } from '../../src/storage/repositories/ledger.repository.js';
 import { inTransaction } from '../../src/storage/transaction.js';
 import {
@@ -64,6 +69,21 @@ function booking(seller: string) {
       },
     ],
     now: new Date(),
+  };
+}
+
+/** A ledger entry as a node answers it, for the server that stands in for an old node. */
+function entryOf(entryId: string): LedgerEntry {
+  return {
+    entryId,
+    transactionId: `ltx_${entryId}`,
+    account: 'psp_receivable',
+    orderId: '',
+    kind: 'PAYMENT_RECEIVABLE',
+    currencyCode: 'USD',
+    debitMinor: 1n,
+    creditMinor: 0n,
+    createTime: new Date(),
   };
 }
 
@@ -292,6 +312,49 @@ describe('tailLedgerEntries', () => {
       expect(Date.now() - abortedAt).toBeLessThan(200);
       expect(tail.retryingAfter).toBeUndefined();
     });
+  });
+
+  it('stops with NoResumeTokenError on a node that gives no resume token, not starting over', async () => {
+    // A node from before tailing: one full page with a next token, then a last page without.
+    const pages = [
+      { entries: [entryOf('1'), entryOf('2')], nextPageToken: 'p2' },
+      { entries: [entryOf('3')], nextPageToken: '' },
+    ].map((page) => ListEntriesResponse.fromPartial(page));
+    const old = new grpc.Server();
+    const asked: string[] = [];
+    old.addService(LedgerServiceService, {
+      listEntries: (
+        call: grpc.ServerUnaryCall<{ pageToken: string }, unknown>,
+        callback: grpc.sendUnaryData<unknown>,
+      ) => {
+        asked.push(call.request.pageToken);
+        callback(null, pages[asked.length - 1] ?? ListEntriesResponse.fromPartial({}));
+      },
+      getTrialBalance: () => {},
+    });
+    const port = await new Promise<number>((resolve, reject) =>
+      old.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) =>
+        error ? reject(error) : resolve(bound),
+      ),
+    );
+    const oldClient = createSettleClient(`127.0.0.1:${port}`);
+    try {
+      const seen: LedgerEntry[] = [];
+      // Bounded, so a tail that starts over fails on what it gave rather than on the timeout.
+      const tail = oldClient.ledger.tailLedgerEntries({
+        pageSize: 2,
+        pollMs: 100,
+        signal: AbortSignal.timeout(5_000),
+      });
+      const ended = await drain(tail, seen);
+      expect(ended).toBeInstanceOf(NoResumeTokenError);
+      expect(seen.map((e) => e.entryId)).toEqual(['1', '2', '3']);
+      expect(asked).toEqual(['', 'p2']);
+      expect(tail.resumeToken).toBe('p2.3');
+    } finally {
+      oldClient.close();
+      old.forceShutdown();
+    }
   });
 
   it('throws a refusal such as INVALID_ARGUMENT at once, without retrying', async () => {
