@@ -667,10 +667,10 @@ async function deadLetterCommand(
 const ENTRY_HEADERS = ['ENTRY', 'TIME (UTC)', 'ACCOUNT', 'ORDER', 'KIND', 'DEBIT', 'CREDIT'];
 /**
  * Column widths of `ledger --follow`, which prints rows before it knows the widest: ids up to 8
- * digits, a seller id of 13 characters and Settle's order ids line up; a longer cell shifts its
- * row only.
+ * digits, seller ids up to 25 characters (the demo's are 17) and Settle's order ids line up; a
+ * longer cell shifts its row only.
  */
-const FOLLOW_WIDTHS = [8, 20, 28, 30, 18, 14, 14];
+const FOLLOW_WIDTHS = [8, 20, 40, 30, 18, 14, 14];
 
 function entryCells(e: LedgerEntry): string[] {
   return [
