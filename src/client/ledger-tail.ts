@@ -14,6 +14,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import { status as grpcStatus } from '@grpc/grpc-js';
 import type { LedgerEntry, ListEntriesResponse } from '../grpc/generated/settle/v1/wallet.js';
+import { sleepUnlessAborted } from '../domain/deadline.js';
 
 /** The least pause between polls at the head of the ledger, in ms. */
 export const TAIL_POLL_MS_MIN = 100;
@@ -132,20 +133,6 @@ function isServiceError(error: unknown): error is grpc.ServiceError {
   return error instanceof Error && typeof (error as { code?: unknown }).code === 'number';
 }
 
-/** Resolves after `ms`, or at once when `signal` aborts (never rejects). */
-function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted) return resolve();
-    const done = () => {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener('abort', done, { once: true });
-  });
-}
-
 function backoffMs(attempt: number): number {
   const base = Math.min(TAIL_BACKOFF_MS_MAX, TAIL_BACKOFF_MS_INITIAL * 2 ** (attempt - 1));
   return Math.round(base * (1 + TAIL_BACKOFF_JITTER * (2 * Math.random() - 1)));
@@ -205,7 +192,7 @@ export function tailLedgerEntries(
         failures += 1;
         const delayMs = backoffMs(failures);
         onRetry?.(error, delayMs, failures);
-        await pause(delayMs, signal);
+        await sleepUnlessAborted(delayMs, signal);
         continue;
       }
       failures = 0;
@@ -226,7 +213,7 @@ export function tailLedgerEntries(
       // Caught up, or held at the horizon: ask again later. A page with nothing in it pauses
       // too, so a server answering empty pages with a next token cannot make this loop spin.
       if (page.nextPageToken === '' || page.stoppedAtHorizon || page.entries.length === 0) {
-        await pause(pollMs, signal);
+        await sleepUnlessAborted(pollMs, signal);
       }
     }
   }

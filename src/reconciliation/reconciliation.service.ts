@@ -19,6 +19,7 @@ import {
   SettleError,
   UnavailableError,
 } from '../domain/errors.js';
+import { sleepUnlessAborted } from '../domain/deadline.js';
 import { newId } from '../domain/ids.js';
 import { decodePageToken, encodePageToken } from '../domain/page-token.js';
 import { addUtcDays, isUtcDay, utcDayOf, type UtcDay } from '../domain/utc-day.js';
@@ -367,7 +368,7 @@ export class ReconciliationService {
   async stop(): Promise<void> {
     this.#stop.abort(new UnavailableError('the node is stopping'));
     const waited = new AbortController();
-    const deadline = sleep(STOP_WAIT_MS, waited.signal);
+    const deadline = sleepUnlessAborted(STOP_WAIT_MS, waited.signal);
     try {
       await Promise.race([Promise.allSettled([...this.#admissions.values()]), deadline]);
       await Promise.race([Promise.allSettled([...this.#inFlight.values()]), deadline]);
@@ -473,12 +474,13 @@ export class ReconciliationService {
     const { db } = this.#options;
     const deadline = Date.now() + waitMs;
     const local = this.#inFlight.get(runId);
-    if (local !== undefined && waitMs > 0) await Promise.race([local, sleep(waitMs, signal)]);
+    if (local !== undefined && waitMs > 0)
+      await Promise.race([local, sleepUnlessAborted(waitMs, signal)]);
     for (;;) {
       const run = await findRun(db, runId);
       if (run === undefined) throw new NotFoundError('report', runId);
       if (run.state !== RUN_STATE.running || Date.now() >= deadline || signal?.aborted) return run;
-      await sleep(Math.min(POLL_MS, deadline - Date.now()), signal);
+      await sleepUnlessAborted(Math.min(POLL_MS, deadline - Date.now()), signal);
     }
   }
 
@@ -812,20 +814,6 @@ export async function resolveSettlementFile(
     );
   }
   return { path: real, name, day };
-}
-
-/** Resolves after `ms`, or at once when `signal` aborts; never rejects. */
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted) return resolve();
-    const done = () => {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener('abort', done, { once: true });
-  });
 }
 
 function pageSizeOf(pageSize: number): number {
