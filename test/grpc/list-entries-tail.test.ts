@@ -36,7 +36,7 @@ import {
   postLedgerTransaction,
   walletCredits,
 } from '../../src/storage/repositories/ledger.repository.js';
-import { inTransaction } from '../../src/storage/transaction.js';
+import { inTransaction, type Trx } from '../../src/storage/transaction.js';
 import { expectLedgerBalanced, openTestDatabase } from '../support/harness.js';
 import { callUnary, startServer, stopServer, type RunningServer } from './harness.js';
 
@@ -163,6 +163,22 @@ async function holdOpen(seller = 's1'): Promise<Hold> {
   return hold;
 }
 
+/**
+ * Writes a booking's entries at ids 3 and 4, as an INSERT given those ids before a later booking
+ * committed would once its rows come.
+ */
+async function insertLateBooking(trx: Trx): Promise<void> {
+  const late = booking('late');
+  await sql`INSERT INTO ledger_transaction (id, order_id, kind, currency, amount_minor, created_at)
+    VALUES (${late.id}, ${late.orderId}, 'PAYMENT', 'USD', 100, NOW(3))`.execute(trx);
+  await sql`INSERT INTO ledger_entry (id, transaction_id, account, order_id, kind, currency,
+      debit_minor, credit_minor, created_at)
+    VALUES (3, ${late.id}, 'psp_receivable', ${late.orderId}, 'PAYMENT_RECEIVABLE', 'USD',
+            100, 0, NOW(3)),
+           (4, ${late.id}, 'seller_payable:late', ${late.orderId}, 'PAYMENT_PAYABLE', 'USD',
+            0, 100, NOW(3))`.execute(trx);
+}
+
 /** Ids of `account`'s entries in the table, committed or not. */
 async function idsOfAccountUncommitted(account: string): Promise<string[]> {
   return db
@@ -276,18 +292,7 @@ describe('ListEntries tailing', () => {
     expect(first.stoppedAtHorizon).toBe(true);
     expect((await tail.read()).entries).toEqual([]);
 
-    const late = booking('late');
-    await inTransaction(db, async (trx) => {
-      await sql`INSERT INTO ledger_transaction (id, order_id, kind, currency, amount_minor,
-          created_at)
-        VALUES (${late.id}, ${late.orderId}, 'PAYMENT', 'USD', 100, NOW(3))`.execute(trx);
-      await sql`INSERT INTO ledger_entry (id, transaction_id, account, order_id, kind, currency,
-          debit_minor, credit_minor, created_at)
-        VALUES (3, ${late.id}, 'psp_receivable', ${late.orderId}, 'PAYMENT_RECEIVABLE', 'USD',
-                100, 0, NOW(3)),
-               (4, ${late.id}, 'seller_payable:late', ${late.orderId}, 'PAYMENT_PAYABLE', 'USD',
-                0, 100, NOW(3))`.execute(trx);
-    });
+    await inTransaction(db, (trx) => insertLateBooking(trx));
     await tail.catchUp();
     expect(tail.seen).toEqual(['1', '2', '3', '4', '5', '6']);
   });
@@ -376,7 +381,6 @@ describe('ListEntries tailing', () => {
     await book();
     await sql`ALTER TABLE ledger_entry AUTO_INCREMENT = 5`.execute(db);
     await book();
-    const late = booking('late');
     let release: () => void = () => {};
     const released = new Promise<void>((resolve) => (release = resolve));
     let lateDone: Promise<void> | undefined;
@@ -384,15 +388,7 @@ describe('ListEntries tailing', () => {
       let inserted: () => void = () => {};
       const isInserted = new Promise<void>((resolve) => (inserted = resolve));
       lateDone = db.transaction().execute(async (trx) => {
-        await sql`INSERT INTO ledger_transaction (id, order_id, kind, currency, amount_minor,
-            created_at)
-          VALUES (${late.id}, ${late.orderId}, 'PAYMENT', 'USD', 100, NOW(3))`.execute(trx);
-        await sql`INSERT INTO ledger_entry (id, transaction_id, account, order_id, kind, currency,
-            debit_minor, credit_minor, created_at)
-          VALUES (3, ${late.id}, 'psp_receivable', ${late.orderId}, 'PAYMENT_RECEIVABLE', 'USD',
-                  100, 0, NOW(3)),
-                 (4, ${late.id}, 'seller_payable:late', ${late.orderId}, 'PAYMENT_PAYABLE', 'USD',
-                  0, 100, NOW(3))`.execute(trx);
+        await insertLateBooking(trx);
         inserted();
         await released;
       });
