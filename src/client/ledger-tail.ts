@@ -8,8 +8,12 @@
  * out, plus the id of the last entry already given from it (`<page token>.<entry id>`). Resumed
  * there, the tail asks for that page again and skips the ids up to that entry. That is exact
  * because a page ends before the horizon: no entry can still appear at or below its ids, so the
- * page read again holds the same entries up to that id. A page token alone (ListEntries'
- * `next_page_token` or `resume_page_token`) is a position too.
+ * page read again holds the same entries up to that id. The id is the highest given so far, kept
+ * across pages, so a page read again shorter (another pageSize, a node with a longer settle
+ * window) skips nothing twice. Before the first page there is no server token, which is what
+ * binds a position to its filters (the server refuses a token under other filters); such a
+ * position carries the filters itself (`@<filters>.<entry id>`), checked on resume. A page token
+ * alone (ListEntries' `next_page_token` or `resume_page_token`) is a position too.
  */
 import type * as grpc from '@grpc/grpc-js';
 import { status as grpcStatus } from '@grpc/grpc-js';
@@ -26,11 +30,17 @@ const TAIL_BACKOFF_JITTER = 0.2;
 /** Failed calls in a row before the tail gives up: about 4 minutes of backoff. */
 const TAIL_RETRIES_MAX_DEFAULT = 30;
 
-/** Codes after which the same call may well succeed later: the node is down, slow or stopping. */
+/**
+ * Codes after which the same call may well succeed later: the node is down, slow, stopping or
+ * shedding load (RESOURCE_EXHAUSTED: its database queue full; `settle-retry-delay-ms` says when).
+ */
 const TRANSIENT_CODES: ReadonlySet<number> = new Set([
   grpcStatus.UNAVAILABLE,
   grpcStatus.DEADLINE_EXCEEDED,
+  grpcStatus.RESOURCE_EXHAUSTED,
 ]);
+/** The trailer in which Settle says how long to wait before trying again, in ms. */
+const RETRY_DELAY_KEY = 'settle-retry-delay-ms';
 
 export type TailLedgerEntriesOptions = Readonly<{
   /** Only this account's entries, as ListEntries' `account`. */
@@ -52,8 +62,9 @@ export type TailLedgerEntriesOptions = Readonly<{
   /** Deadline of each ListEntries call in ms; the client's default when left out. */
   timeoutMs?: number;
   /**
-   * Failed calls in a row (UNAVAILABLE, DEADLINE_EXCEEDED) retried before the last failure is
-   * thrown (30, with backoff from 250 ms doubling to 10 s: about 4 minutes).
+   * Failed calls in a row (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) retried before the
+   * last failure is thrown (30, with backoff from 250 ms doubling to 10 s: about 4 minutes of
+   * pauses, plus each call's deadline when calls time out).
    */
   retriesMax?: number;
   /** Ends the tail: the call in flight is cancelled, a pause cut short, and the iterator ends. */
@@ -73,7 +84,8 @@ export type LedgerTail = AsyncIterable<LedgerEntry> & {
    */
   readonly resumeToken: string;
   /**
-   * The failure of the latest call while the tail retries it (UNAVAILABLE, DEADLINE_EXCEEDED);
+   * The failure of the latest call while the tail retries it (UNAVAILABLE, DEADLINE_EXCEEDED,
+   * RESOURCE_EXHAUSTED);
    * undefined once a call succeeded. Tells a tail that an abort ended while the node was not
    * answering from one that was up to date.
    */
@@ -87,17 +99,24 @@ export type ListEntriesCall = (
 ) => Promise<ListEntriesResponse>;
 
 type Position = Readonly<{ pageToken: string; afterEntryId: bigint | undefined }>;
+type Filter = Readonly<{ account: string; orderId: string }>;
 
 const ENTRY_ID = /^\d{1,19}$/;
+/** Starts the filters of a position taken before the first server token ('@' is not base64url). */
+const FILTER_MARK = '@';
 
-function encodePosition(position: Position): string {
-  return position.afterEntryId === undefined
-    ? position.pageToken
-    : `${position.pageToken}.${position.afterEntryId}`;
+function filterTag(filter: Filter): string {
+  return Buffer.from(JSON.stringify([filter.account, filter.orderId])).toString('base64url');
+}
+
+function encodePosition(position: Position, filter: Filter): string {
+  if (position.afterEntryId === undefined) return position.pageToken;
+  const page = position.pageToken === '' ? FILTER_MARK + filterTag(filter) : position.pageToken;
+  return `${page}.${position.afterEntryId}`;
 }
 
 /** A page token holds no '.' (base64url), so a '.' starts the entry id of a tail's position. */
-function decodePosition(token: string): Position {
+function decodePosition(token: string, filter: Filter): Position {
   const dot = token.lastIndexOf('.');
   if (dot === -1) return { pageToken: token, afterEntryId: undefined };
   const entryId = token.slice(dot + 1);
@@ -106,7 +125,17 @@ function decodePosition(token: string): Position {
       'tailLedgerEntries: resumeToken is neither a tail position nor a ListEntries page token',
     );
   }
-  return { pageToken: token.slice(0, dot), afterEntryId: BigInt(entryId) };
+  let pageToken = token.slice(0, dot);
+  if (pageToken.startsWith(FILTER_MARK)) {
+    if (pageToken.slice(FILTER_MARK.length) !== filterTag(filter)) {
+      throw new TypeError(
+        'tailLedgerEntries: resumeToken was taken with other filters (account, orderId); ' +
+          'resume with the filters it was taken with, or start again without it',
+      );
+    }
+    pageToken = '';
+  }
+  return { pageToken, afterEntryId: BigInt(entryId) };
 }
 
 /** ListEntries answered without resume_page_token: the node is older than tailing. */
@@ -133,16 +162,21 @@ function isServiceError(error: unknown): error is grpc.ServiceError {
   return error instanceof Error && typeof (error as { code?: unknown }).code === 'number';
 }
 
-function backoffMs(attempt: number): number {
+/** The backoff after `attempt` failures, or the node's own retry delay when it is longer. */
+function backoffMs(attempt: number, error: grpc.ServiceError): number {
   const base = Math.min(TAIL_BACKOFF_MS_MAX, TAIL_BACKOFF_MS_INITIAL * 2 ** (attempt - 1));
-  return Math.round(base * (1 + TAIL_BACKOFF_JITTER * (2 * Math.random() - 1)));
+  const jittered = Math.round(base * (1 + TAIL_BACKOFF_JITTER * (2 * Math.random() - 1)));
+  const asked = Number(error.metadata?.get(RETRY_DELAY_KEY)[0]);
+  return Number.isSafeInteger(asked) && asked > jittered
+    ? Math.min(asked, TAIL_BACKOFF_MS_MAX)
+    : jittered;
 }
 
 /**
  * Tails the ledger with `listEntries` (see the module comment). Options are checked here, before
- * any call: a bad one is a TypeError. A failure other than UNAVAILABLE or DEADLINE_EXCEEDED, or
- * one of those past `retriesMax` in a row, is thrown from the iteration; `resumeToken` still
- * says where to pick up.
+ * any call: a bad one is a TypeError. A failure other than UNAVAILABLE, DEADLINE_EXCEEDED or
+ * RESOURCE_EXHAUSTED, or one of those past `retriesMax` in a row, is thrown from the iteration;
+ * `resumeToken` still says where to pick up.
  */
 export function tailLedgerEntries(
   listEntries: ListEntriesCall,
@@ -170,7 +204,7 @@ export function tailLedgerEntries(
   );
   const { signal, onRetry } = options;
   const filter = { account: options.account ?? '', orderId: options.orderId ?? '' };
-  let position = decodePosition(options.resumeToken ?? '');
+  let position = decodePosition(options.resumeToken ?? '', filter);
   let started = false;
   let retryingAfter: grpc.ServiceError | undefined;
 
@@ -190,7 +224,7 @@ export function tailLedgerEntries(
         retryingAfter = error;
         if (failures >= retriesMax) throw error;
         failures += 1;
-        const delayMs = backoffMs(failures);
+        const delayMs = backoffMs(failures, error);
         onRetry?.(error, delayMs, failures);
         await sleepUnlessAborted(delayMs, signal);
         continue;
@@ -209,7 +243,8 @@ export function tailLedgerEntries(
       // ledger again, so such a tail stops once it has no token left to go on from.
       const next = page.resumePageToken || page.nextPageToken;
       if (next === '') throw new NoResumeTokenError();
-      position = { pageToken: next, afterEntryId: undefined };
+      // The highest id given stays: a resume that reads this page shorter skips nothing twice.
+      position = { pageToken: next, afterEntryId: position.afterEntryId };
       // Caught up, or held at the horizon: ask again later. A page with nothing in it pauses
       // too, so a server answering empty pages with a next token cannot make this loop spin.
       if (page.nextPageToken === '' || page.stoppedAtHorizon || page.entries.length === 0) {
@@ -220,7 +255,7 @@ export function tailLedgerEntries(
 
   return {
     get resumeToken() {
-      return encodePosition(position);
+      return encodePosition(position, filter);
     },
     get retryingAfter() {
       return retryingAfter;

@@ -2,9 +2,10 @@
  * Goal: the client's tailLedgerEntries gives every ledger entry once and in id order: entries
  * booked after the tail started, one whose booking commits after a later booking did, and, from a
  * `resumeToken` taken mid-page, exactly the entries after the one given last (no duplicate, no
- * gap). It ends on abort, also mid-call (the call is cancelled); it retries UNAVAILABLE and
- * DEADLINE_EXCEEDED a bounded number of times, throws other failures, and refuses options that
- * would make it spin. Method: createSettleClient against a real node (startStack: MariaDB, NATS,
+ * gap), also resumed with another page size; a position of its first page is refused under other
+ * filters. It ends on abort, also mid-call (the call is cancelled); it retries UNAVAILABLE,
+ * DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED (after the node's retry delay) a bounded number of
+ * times, throws other failures, and refuses options that would make it spin. Method: createSettleClient against a real node (startStack: MariaDB, NATS,
  * the PSP mock); bookings are posted by the ledger repository in real transactions on the node's
  * database, one held open on its own connection while a later one commits; what the tail gave is
  * compared with the ledger_entry table. Deadlines and cancelling are checked against a real gRPC
@@ -211,6 +212,111 @@ describe('tailLedgerEntries', () => {
     expect(all).toHaveLength(7);
     expect(first.map((e) => e.entryId)).toEqual(all.slice(0, 3));
     expect(rest.map((e) => e.entryId)).toEqual(all.slice(3));
+  });
+
+  it('resumes with another page size without giving an entry twice', async () => {
+    // Stopped mid-way through a page of 5, resumed with pages of 2: the page read again is
+    // shorter, so the highest id given must carry over to later pages (before, entry 3's id was
+    // forgotten after the first short page and it came again).
+    const seller = 'tail-resize';
+    for (let i = 0; i < 5; i += 1) await book(seller);
+    const account = `seller_payable:${seller}`;
+    const first: LedgerEntry[] = [];
+    const tail = client.ledger.tailLedgerEntries({ account, pageSize: 5, pollMs: 100 });
+    for await (const entry of tail) {
+      first.push(entry);
+      if (first.length === 3) break;
+    }
+    const rest: LedgerEntry[] = [];
+    const abort = new AbortController();
+    const ended = drain(
+      client.ledger.tailLedgerEntries({
+        account,
+        resumeToken: tail.resumeToken,
+        pageSize: 2,
+        pollMs: 100,
+        signal: abort.signal,
+      }),
+      rest,
+    );
+    await waitFor(() => Promise.resolve(rest.length >= 2), { what: 'the other two entries' });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    abort.abort();
+    expect(await ended).toBe('ended');
+    const all = await tableIds(seller);
+    expect([...first, ...rest].map((e) => e.entryId)).toEqual(all);
+  });
+
+  it('refuses a position of its first page under other filters', async () => {
+    // Before the first page there is no server token to bind a position to its filters.
+    const seller = 'tail-filter';
+    await book(seller);
+    const tail = client.ledger.tailLedgerEntries({
+      account: `seller_payable:${seller}`,
+      pollMs: 100,
+    });
+    for await (const entry of tail) {
+      expect(entry.account).toBe(`seller_payable:${seller}`);
+      break;
+    }
+    expect(tail.resumeToken).toMatch(/^@[\w-]+\.\d+$/);
+    expect(() =>
+      client.ledger.tailLedgerEntries({ account: 'psp_receivable', resumeToken: tail.resumeToken }),
+    ).toThrow(/taken with other filters/);
+    expect(() =>
+      client.ledger.tailLedgerEntries({
+        account: `seller_payable:${seller}`,
+        resumeToken: tail.resumeToken,
+      }),
+    ).not.toThrow();
+  });
+
+  it("retries RESOURCE_EXHAUSTED after the node's retry delay", async () => {
+    // A node whose database queue is full sheds ListEntries with RESOURCE_EXHAUSTED and says
+    // when to come back; a tail must outlast that, not end.
+    const busy = new grpc.Server();
+    let calls = 0;
+    busy.addService(LedgerServiceService, {
+      listEntries: (_call: unknown, callback: grpc.sendUnaryData<unknown>) => {
+        calls += 1;
+        if (calls === 1) {
+          const metadata = new grpc.Metadata();
+          metadata.set('settle-retry-delay-ms', '700');
+          callback({ code: grpc.status.RESOURCE_EXHAUSTED, details: 'busy', metadata });
+          return;
+        }
+        callback(
+          null,
+          ListEntriesResponse.fromPartial({ entries: [entryOf('1')], resumePageToken: 'r1' }),
+        );
+      },
+      getTrialBalance: () => {},
+    });
+    const port = await new Promise<number>((resolve, reject) =>
+      busy.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) =>
+        error ? reject(error) : resolve(bound),
+      ),
+    );
+    const busyClient = createSettleClient(`127.0.0.1:${port}`);
+    try {
+      const delays: number[] = [];
+      const tail = busyClient.ledger.tailLedgerEntries({
+        pollMs: 100,
+        onRetry: (error, delayMs) => {
+          expect(error.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+          delays.push(delayMs);
+        },
+      });
+      for await (const entry of tail) {
+        expect(entry.entryId).toBe('1');
+        break;
+      }
+      // The node's 700 ms, not the first backoff of 250 ms ± 20 %.
+      expect(delays).toEqual([700]);
+    } finally {
+      busyClient.close();
+      busy.forceShutdown();
+    }
   });
 
   it('retries UNAVAILABLE with backoff up to retriesMax, then throws it', async () => {
