@@ -501,6 +501,11 @@ async function dispatch(
           table(ENTRY_HEADERS, response.entries.map(entryCells)) +
           (response.nextPageToken !== ''
             ? `next page: --page-token ${response.nextPageToken}\n`
+            : '') +
+          // A page cut by the horizon has no next page yet, but more entries may follow.
+          (response.stoppedAtHorizon
+            ? 'stopped at the settled horizon (a booking below later entries is still open); ' +
+              `later entries: --page-token ${response.resumePageToken}, or ledger --follow\n`
             : ''),
       );
     }
@@ -752,9 +757,9 @@ async function followLedger(
   } catch (error) {
     clearTimeout(timer);
     // Every other option was checked above: only the token is left to refuse.
+    const why = error instanceof Error ? error.message.replace(/^tailLedgerEntries: /, '') : '';
     throw new UsageError(
-      `--resume-token '${(values['resume-token'] ?? '').slice(0, 80)}' is no token ledger ` +
-        '--follow printed nor a ListEntries page token',
+      `--resume-token '${(values['resume-token'] ?? '').slice(0, 80)}' is refused: ${why}`,
       { cause: error },
     );
   }
@@ -780,7 +785,18 @@ async function followLedger(
       }
     }
   } catch (error) {
-    io.err(`settle: ledger --follow stopped after ${entries(printed)}; ${goOn()}\n`);
+    const given = values['resume-token'] ?? '';
+    // The node refused the token itself: going on with it would be refused again.
+    const tokenRefused =
+      given !== '' &&
+      tail.resumeToken === given &&
+      (error as Partial<ServiceError>).code === grpcStatus.INVALID_ARGUMENT;
+    io.err(
+      tokenRefused
+        ? 'settle: ledger --follow read nothing: the node refused --resume-token; start again ' +
+            'without it, or with a token printed by a follow with the same --account or --order\n'
+        : `settle: ledger --follow stopped after ${entries(printed)}; ${goOn()}\n`,
+    );
     throw error;
   } finally {
     clearTimeout(timer);

@@ -11,9 +11,12 @@ import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { sql } from 'kysely';
 import { createConnection } from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseMysqlUrl, serverAddress } from '../../src/storage/db.js';
+import { postLedgerTransaction } from '../../src/storage/repositories/ledger.repository.js';
+import { inTransaction, type Trx } from '../../src/storage/transaction.js';
 import {
   CARD,
   freePort,
@@ -591,14 +594,17 @@ describe('settle CLI', () => {
         /^settle: --timeout-ms 1500 ended the follow after 0 entries; continue with --resume-token \S+\n$/,
       );
 
-      // The follows together printed the listing, in order.
-      const listed = await settle(['ledger', '--account', account, '--json']);
-      const { entries } = JSON.parse(listed.stdout) as { entries: Array<{ entryId: string }> };
+      // The follows together printed the account's entries, in order (read from the table: a
+      // listing page can end early at the horizon, a gap another test's booking left).
+      const entries = await sql<{ id: string }>`
+        SELECT id FROM ledger_entry WHERE account = ${account} ORDER BY id`.execute(
+        stack.settle.db,
+      );
       const followed = [
         ...lines.slice(1).map((line) => line.split(' ')[0]),
         ...printed.map((e) => e.entryId),
       ];
-      expect(followed).toEqual(entries.map((e) => e.entryId));
+      expect(followed).toEqual(entries.rows.map((row) => String(row.id)));
     });
 
     it('exits 1 at --timeout-ms when no node answered, having said it retried', async () => {
@@ -614,12 +620,79 @@ describe('settle CLI', () => {
       );
     });
 
+    it('says the node refused a resume token, not to go on with it', async () => {
+      const run = await settle([
+        'ledger',
+        '--follow',
+        '--resume-token',
+        'abc',
+        '--timeout-ms',
+        '5000',
+      ]);
+      expect(run.code).toBe(1);
+      expect(run.stderr).toContain('settle: INVALID_ARGUMENT: page_token:');
+      expect(run.stderr).toContain('the node refused --resume-token; start again without it');
+      expect(run.stderr).not.toContain('continue with --resume-token abc');
+    });
+
+    it('tells where later entries are when a listing page stops at the horizon', async () => {
+      // A booking held open below a committed one: the page ends before it, with no next page.
+      const held = `seller-cli-held-${Date.now()}`;
+      const stamp = Date.now();
+      const idOf = (prefix: string, n: number) =>
+        `${prefix}_${String(stamp * 10 + n).padStart(26, '0')}`;
+      let release: () => void = () => {};
+      const released = new Promise<void>((resolve) => (release = resolve));
+      let posted: () => void = () => {};
+      const isPosted = new Promise<void>((resolve) => (posted = resolve));
+      const posting = (trx: Trx, n: number) =>
+        postLedgerTransaction(trx, {
+          id: idOf('ltx', n),
+          orderId: idOf('ord', n),
+          kind: 'PAYMENT',
+          currency: 'USD',
+          entries: [
+            {
+              account: 'psp_receivable',
+              kind: 'PAYMENT_RECEIVABLE',
+              debitMinor: 5n,
+              creditMinor: 0n,
+            },
+            {
+              account: `seller_payable:${held}`,
+              kind: 'PAYMENT_PAYABLE',
+              debitMinor: 0n,
+              creditMinor: 5n,
+            },
+          ],
+          now: new Date(),
+        });
+      const open = stack.settle.db.transaction().execute(async (trx) => {
+        await posting(trx, 1);
+        posted();
+        await released;
+      });
+      try {
+        await isPosted;
+        await inTransaction(stack.settle.db, (trx) => posting(trx, 2));
+        const run = await settle(['ledger', '--account', `seller_payable:${held}`]);
+        expect(run.code, run.stderr).toBe(0);
+        expect(run.stdout).not.toContain('next page:');
+        expect(run.stdout).toMatch(
+          /stopped at the settled horizon \(a booking below later entries is still open\); later entries: --page-token \S+, or ledger --follow\n$/,
+        );
+      } finally {
+        release();
+        await open;
+      }
+    });
+
     it('refuses options that do not go together, and sends nothing', async () => {
       for (const [args, message] of [
         [['ledger', '--max-entries', '2'], '--max-entries needs --follow'],
         [['ledger', '--resume-token', 'abc'], '--resume-token needs --follow'],
         [['ledger', '--follow', '--page-token', 'abc'], 'ledger --follow starts at --resume-token'],
-        [['ledger', '--follow', '--resume-token', 'abc.x1'], "--resume-token 'abc.x1' is no token"],
+        [['ledger', '--follow', '--resume-token', 'abc.x1'], "--resume-token 'abc.x1' is refused"],
         [['ledger', '--follow', '--max-entries', '0'], '--max-entries must be a whole number'],
         [['payment', 'list', '--follow'], 'payment list does not take --follow'],
       ] as const) {
