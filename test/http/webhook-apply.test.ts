@@ -5,9 +5,10 @@
  * not finish (an illegal event, the fast way switched off) takes the durable way (inbox + outbox
  * command + consumer, dead letters); /metrics counts each answer by the way it took. Method: a real Settle node and PSP mock (real MariaDB,
  * NATS); signed webhooks posted by the test; the relay's count of published commands tells which
- * way an event went.
+ * way an event went, and the command stream's last sequence whether one was ever published.
  */
 import { randomUUID } from 'node:crypto';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -74,6 +75,30 @@ async function inboxRows(stack: Stack, orderId: string): Promise<number> {
   return Number(result.rows[0]?.n ?? 0);
 }
 
+/**
+ * Where a command sent for an event would be: still in the outbox, or published, which moves the
+ * command stream's last sequence (a row leaves the outbox only after JetStream acknowledged it).
+ * Taken before and after an answer, it tells whether any command was written, without waiting.
+ */
+async function commandsWritten(stack: Stack): Promise<{ outbox: number; lastSeq: number }> {
+  const jsm = await jetstreamManager(stack.settle.nc);
+  const stream = await jsm.streams.info(stack.settle.names.commandStream);
+  const outbox = await sql<{ n: string }>`SELECT COUNT(*) AS n FROM outbox`.execute(
+    stack.settle.db,
+  );
+  return { outbox: Number(outbox.rows[0]?.n ?? 0), lastSeq: stream.state.last_seq };
+}
+
+/**
+ * Waits until the relay counted a command more than `before`, then answers the count. The consumer
+ * may apply a command, and the test see its effect in MySQL, before the relay's own commit (the
+ * delete of the row it published) returns and bumps its counter.
+ */
+async function relayedAfter(stack: Stack, before: number): Promise<number> {
+  await waitFor(async () => stack.settle.relay.relayed > before, { what: 'the relay to count' });
+  return stack.settle.relay.relayed;
+}
+
 async function ledgerTransactions(stack: Stack, orderId: string): Promise<number> {
   const result = await sql<{ n: string }>`
     SELECT COUNT(*) AS n FROM ledger_transaction WHERE order_id = ${orderId}`.execute(
@@ -92,6 +117,7 @@ describe('a webhook applied at once (WEBHOOK_APPLY_WAIT_MS > 0)', () => {
   it('is committed with its inbox row before the 200, with no command through JetStream', async () => {
     const { orderId, token } = await createOrder(stack, 2_500n);
     const relayedBefore = stack.settle.relay.relayed;
+    const commandsBefore = await commandsWritten(stack);
 
     const event = pspEvent(orderId, { amountMinor: 2_500n, token });
     expect(await postWebhook(stack, event)).toEqual({
@@ -108,7 +134,8 @@ describe('a webhook applied at once (WEBHOOK_APPLY_WAIT_MS > 0)', () => {
       status: 200,
       body: { received: true, duplicate: true },
     });
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    // Neither answer wrote a command: none is in the outbox, none was ever published.
+    expect(await commandsWritten(stack)).toEqual(commandsBefore);
     expect(stack.settle.relay.relayed).toBe(relayedBefore);
     expect(await inboxRows(stack, orderId)).toBe(1);
     expect(await ledgerTransactions(stack, orderId)).toBe(1);
@@ -130,7 +157,7 @@ describe('a webhook applied at once (WEBHOOK_APPLY_WAIT_MS > 0)', () => {
     const deadLetter = await deadLetterOf(stack, orderId);
     expect(deadLetter.reason).toBe('NON_RETRYABLE');
     expect(deadLetter.last_error).toMatch(/charged 701 but the order is for 700/);
-    expect(stack.settle.relay.relayed).toBe(relayedBefore + 1);
+    expect(await relayedAfter(stack, relayedBefore)).toBe(relayedBefore + 1);
     expect(await orderState(stack, orderId)).toBe('EXECUTING');
     expect(await inboxRows(stack, orderId)).toBe(1);
     expect(await ledgerTransactions(stack, orderId)).toBe(0);
@@ -218,7 +245,7 @@ describe('with WEBHOOK_APPLY_WAIT_MS=0', () => {
     await waitFor(async () =>
       (await orderState(stack, orderId)) === 'SUCCEEDED' ? true : undefined,
     );
-    expect(stack.settle.relay.relayed).toBe(relayedBefore + 1);
+    expect(await relayedAfter(stack, relayedBefore)).toBe(relayedBefore + 1);
     expect(await inboxRows(stack, orderId)).toBe(1);
     expect(await ledgerTransactions(stack, orderId)).toBe(1);
   });
