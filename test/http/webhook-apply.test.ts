@@ -2,15 +2,18 @@
  * Goal: a PSP webhook is applied at once by its order's actor on the receiving node, its inbox row
  * committed in the same transaction as the transition, with no command through JetStream; a
  * duplicate is told apart by that inbox row and goes no further; and every case the fast way does
- * not finish (an illegal event, the fast way switched off) takes the durable way (inbox + outbox
- * command + consumer, dead letters); /metrics counts each answer by the way it took. Method: a real Settle node and PSP mock (real MariaDB,
- * NATS); signed webhooks posted by the test; the relay's count of published commands tells which
- * way an event went, and the command stream's last sequence whether one was ever published.
+ * not finish (an illegal event, an actor that does not answer within WEBHOOK_APPLY_WAIT_MS, the
+ * fast way switched off) takes the durable way (inbox + outbox command + consumer, dead letters);
+ * /metrics counts each answer by the way it took. Method: a real Settle node and PSP mock (real
+ * MariaDB, NATS); signed webhooks posted by the test; a row lock held by the test keeps an actor
+ * from committing; the relay's count of published commands tells which way an event went, and
+ * the command stream's last sequence whether one was ever published.
  */
 import { randomUUID } from 'node:crypto';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openDatabase } from '../../src/storage/db.js';
 import {
   call,
   metricSample,
@@ -22,6 +25,17 @@ import {
   waitFor,
   type Stack,
 } from '../support/harness.js';
+
+/**
+ * WEBHOOK_APPLY_WAIT_MS of the stack that checks the fast way. Which way a webhook takes is a
+ * race between the actor's commit and this wait, and the tests here assert the way: at the 2 s
+ * default, a commit stalled past 2 s on a loaded machine (CPU, a shared MariaDB) sent the event
+ * the durable way, and "SUCCEEDED before the 200" failed with a correct product. 8 s leaves the
+ * durable way 2 s to answer within postWebhook's 10 s, so a stall long enough to change the way
+ * now fails that call anyway. The wait running out is covered on its own below, with a short wait
+ * and an actor held up on purpose.
+ */
+const FAST_WAY_WAIT_MS = 8_000;
 
 /** An order registered with the PSP (its token stored) whose ExecuteOrder has been relayed. */
 async function createOrder(
@@ -110,7 +124,7 @@ async function ledgerTransactions(stack: Stack, orderId: string): Promise<number
 describe('a webhook applied at once (WEBHOOK_APPLY_WAIT_MS > 0)', () => {
   let stack: Stack;
   beforeAll(async () => {
-    stack = await startStack();
+    stack = await startStack({ env: { WEBHOOK_APPLY_WAIT_MS: String(FAST_WAY_WAIT_MS) } });
   });
   afterAll(async () => stack?.stop());
 
@@ -225,6 +239,69 @@ describe('a webhook applied at once (WEBHOOK_APPLY_WAIT_MS > 0)', () => {
     expect(await orderState(stack, orderId)).toBe('EXECUTING');
     expect(await inboxRows(stack, orderId)).toBe(1);
     expect(await ledgerTransactions(stack, orderId)).toBe(0);
+  });
+});
+
+describe('an actor that does not answer within WEBHOOK_APPLY_WAIT_MS', () => {
+  let stack: Stack;
+  beforeAll(async () => {
+    stack = await startStack({ env: { WEBHOOK_APPLY_WAIT_MS: '200' } });
+  });
+  afterAll(async () => stack?.stop());
+
+  it('lets the webhook go the durable way, and the order is booked once when the actor is free', async () => {
+    const { orderId, token } = await createOrder(stack, 1_200n);
+    const relayedBefore = stack.settle.relay.relayed;
+    // Another transaction holds the order's row, so the actor's commit waits on it (as it would
+    // behind a slow disk or a busy server) until the webhook has been answered.
+    const other = openDatabase(stack.config.MYSQL_URL, { poolSize: 1 });
+    let release: () => void = () => undefined;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let holding: () => void = () => undefined;
+    const held = new Promise<void>((resolve) => (holding = resolve));
+    const lock = other.db.transaction().execute(async (trx) => {
+      await sql`SELECT id FROM payment_order WHERE id = ${orderId} FOR UPDATE`.execute(trx);
+      holding();
+      await released;
+    });
+    try {
+      await held;
+      expect(await postWebhook(stack, pspEvent(orderId, { amountMinor: 1_200n, token }))).toEqual({
+        status: 200,
+        body: { received: true, duplicate: false },
+      });
+      // Answered the durable way while the actor still waits: recorded, not yet applied.
+      expect(await orderState(stack, orderId)).toBe('EXECUTING');
+      expect(await inboxRows(stack, orderId)).toBe(1);
+    } finally {
+      release();
+      await lock;
+      await other.close();
+    }
+    await waitFor(async () =>
+      (await orderState(stack, orderId)) === 'SUCCEEDED' ? true : undefined,
+    );
+    expect(await relayedAfter(stack, relayedBefore)).toBe(relayedBefore + 1);
+    // The late transition and the command both reached the order: once every published command
+    // is acknowledged, it is booked once, and the second arrival was a no-op, not a dead letter.
+    await waitFor(async () => {
+      const jsm = await jetstreamManager(stack.settle.nc);
+      const { names } = stack.settle;
+      const [stream, consumer] = await Promise.all([
+        jsm.streams.info(names.commandStream),
+        jsm.consumers.info(names.commandStream, names.runtimeConsumer),
+      ]);
+      return consumer.ack_floor.stream_seq >= stream.state.last_seq;
+    });
+    const deadLetters = await sql<{ n: string }>`
+      SELECT COUNT(*) AS n FROM dead_letter WHERE order_id = ${orderId}`.execute(stack.settle.db);
+    expect(Number(deadLetters.rows[0]?.n)).toBe(0);
+    expect(await inboxRows(stack, orderId)).toBe(1);
+    expect(await ledgerTransactions(stack, orderId)).toBe(1);
+    const metrics = await scrapeMetrics(stack.settleHttp);
+    const answered = (way: string) =>
+      metricSample(metrics, 'settle_webhook_seconds_count', { way }) ?? 0;
+    expect([answered('applied'), answered('duplicate'), answered('queued')]).toEqual([0, 0, 1]);
   });
 });
 
