@@ -28,8 +28,20 @@ let stack: Stack;
 let nodeB: SettleNode;
 let clientB: PaymentServiceClient;
 
+/**
+ * WEBHOOK_APPLY_WAIT_MS of both nodes. The test asserts that every webhook took the fast way, and
+ * which way one takes is a race between its actor's commit and this wait: at the 2 s default, a
+ * commit held up past 2 s on a loaded machine (or behind the other node's lock on the shared
+ * seller's wallet) sent webhooks through JetStream, and `relayed` was no longer 0. 4 s stays below
+ * the PSP mock's 5 s deadline per POST, so the mock still hears the answer of a slow fast way
+ * rather than timing out and sending the event again.
+ */
+const APPLY_WAIT_MS = 4_000;
+
 beforeAll(async () => {
-  stack = await startStack({ env: { CREATE_WAIT_MS: '0' } });
+  stack = await startStack({
+    env: { CREATE_WAIT_MS: '0', WEBHOOK_APPLY_WAIT_MS: String(APPLY_WAIT_MS) },
+  });
   const [grpcPort, httpPort] = await Promise.all([freePort(), freePort()]);
   const config = testConfig({
     ...stack.env,
