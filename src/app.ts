@@ -583,15 +583,16 @@ export async function startSettle(
         : adapterOptions;
     // Where ListEntries pages end for a tail (storage/repositories/ledger-horizon.repository.ts):
     // an INSERT holds an id for MYSQL_LOCK_WAIT_TIMEOUT_S at most before its row is there.
+    const onMarkError = repeatingFailureLog(
+      logger,
+      'could not mark how far ledger entry ids were handed out',
+    );
     const ledgerHorizon = {
       ...LEDGER_HORIZON_DEFAULTS,
       reservationSettleMs: reservationSettleMsFor(config.MYSQL_LOCK_WAIT_TIMEOUT_S),
+      onMarkError,
     };
-    const ledgerMarker = new LedgerMarker(
-      db,
-      ledgerHorizon,
-      repeatingFailureLog(logger, 'could not mark how far ledger entry ids were handed out'),
-    );
+    const ledgerMarker = new LedgerMarker(db, ledgerHorizon, onMarkError);
     ledgerMarker.start();
     cleanups.push(() => ledgerMarker.stop());
     grpcServer.addService(

@@ -55,6 +55,8 @@ export type LedgerHorizonOptions = Readonly<{
   markIntervalMs: number;
   /** Ids checked for gaps by one page at most (GAP_CHECK_IDS_MAX). */
   gapCheckIdsMax: number;
+  /** Told when a listing's own mark cannot be written (the page is answered anyway). */
+  onMarkError?: (error: unknown) => void;
 }>;
 
 /**
@@ -133,11 +135,9 @@ export async function listSettledLedgerEntries(
       const maxId = marks.fresh ? undefined : await maxEntryId(trx);
       return { below: minDefined(inFlight, missing), maxId };
     });
-  // Best effort: the page stands without it, and LedgerMarker takes marks anyway. A mark that
-  // cannot be written (a lock, a slow server) must not fail a read.
-  if (horizon.maxId !== undefined) {
-    await writeMark(db, horizon.maxId, options.markIntervalMs).catch(() => undefined);
-  }
+  // Best effort, not waited for: the page stands without it, and LedgerMarker takes marks anyway.
+  // A mark that cannot be written soon (a lock, a slow server) must neither fail nor slow a read.
+  if (horizon.maxId !== undefined) markWithoutWaiting(db, horizon.maxId, options);
   const below = horizon.below;
   const settled = below === undefined ? candidates : candidates.filter((entry) => entry.id < below);
   const entries = settled.slice(0, page.limit);
@@ -153,6 +153,19 @@ export async function listSettledLedgerEntries(
     stoppedAtHorizon: settled.length < Math.min(candidates.length, page.limit),
     resumeAfter,
   };
+}
+
+/** A listing's mark being written, per database: one at a time, the others skipped. */
+const listingMarks = new WeakMap<Db, Promise<void>>();
+
+function markWithoutWaiting(db: Db, maxId: bigint, options: LedgerHorizonOptions): void {
+  if (listingMarks.has(db)) return;
+  listingMarks.set(
+    db,
+    writeMark(db, maxId, options.markIntervalMs)
+      .catch((error: unknown) => options.onMarkError?.(error))
+      .finally(() => listingMarks.delete(db)),
+  );
 }
 
 /**
