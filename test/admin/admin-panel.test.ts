@@ -13,7 +13,6 @@
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -54,6 +53,7 @@ import {
   createPayment,
   deadLetteredPayment,
   recordedDeadLetter,
+  relayFrom,
 } from './admin-support.js';
 
 let stack: Stack;
@@ -523,22 +523,8 @@ describe('access', () => {
         request.on('error', reject);
         request.on('timeout', () => request.destroy(new Error('timed out')));
       });
-    const relay = net.createServer((downstream) => {
-      const upstream = net.connect({
-        host: '127.0.0.1',
-        port: stack.settle.grpcPort,
-        localAddress: guesser,
-      });
-      downstream.pipe(upstream).pipe(downstream);
-      const close = () => {
-        downstream.destroy();
-        upstream.destroy();
-      };
-      downstream.on('error', close).on('close', close);
-      upstream.on('error', close).on('close', close);
-    });
-    await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
-    const relayPort = (relay.address() as net.AddressInfo).port;
+    const relay = await relayFrom(guesser, stack.settle.grpcPort);
+    const relayPort = relay.port;
     const viaRelay = new AdminServiceClient(
       `127.0.0.1:${relayPort}`,
       grpc.credentials.createInsecure(),
@@ -588,7 +574,7 @@ describe('access', () => {
     } finally {
       viaRelay.close();
       direct.close();
-      await new Promise((resolve) => relay.close(resolve));
+      await relay.close();
       freshWrongTokenWindow();
     }
   });

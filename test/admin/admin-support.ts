@@ -4,6 +4,7 @@
  * HTTP calls to the panel with the admin token.
  */
 import { randomUUID } from 'node:crypto';
+import net from 'node:net';
 import { recordDeadLetter } from '../../src/admin/dead-letters.js';
 import type { Payment } from '../../src/grpc/generated/settle/v1/payment.js';
 import { deadLetterKey } from '../../src/messaging/command-consumer.js';
@@ -122,4 +123,30 @@ export async function auditRows(stack: Stack, target: string) {
     .where('target', '=', target)
     .orderBy('id')
     .execute();
+}
+
+/**
+ * A TCP relay to `port` on 127.0.0.1 whose upstream sockets are bound to `localAddress`: grpc-js
+ * cannot bind a client socket, so calls from another peer address go through it. Answers the
+ * relay's port and how to close it.
+ */
+export async function relayFrom(
+  localAddress: string,
+  port: number,
+): Promise<{ port: number; close: () => Promise<void> }> {
+  const relay = net.createServer((downstream) => {
+    const upstream = net.connect({ host: '127.0.0.1', port, localAddress });
+    downstream.pipe(upstream).pipe(downstream);
+    const close = () => {
+      downstream.destroy();
+      upstream.destroy();
+    };
+    downstream.on('error', close).on('close', close);
+    upstream.on('error', close).on('close', close);
+  });
+  await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (relay.address() as net.AddressInfo).port,
+    close: () => new Promise<void>((resolve) => relay.close(() => resolve())),
+  };
 }

@@ -13,14 +13,13 @@
  * TCP relay whose upstream socket is bound there) from an untrusted peer.
  */
 import http from 'node:http';
-import net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/observability/logger.js';
 import { AdminServiceClient } from '../../src/grpc/generated/settle/v1/admin.js';
 import { callUnary } from '../grpc/harness.js';
 import { metricSample, scrapeMetrics, startStack, type Stack } from '../support/harness.js';
-import { ADMIN_TOKEN } from './admin-support.js';
+import { ADMIN_TOKEN, relayFrom } from './admin-support.js';
 
 const PROXY = '127.0.0.1';
 const UNTRUSTED_PEER = '127.0.0.2';
@@ -50,27 +49,10 @@ async function startNode(env: Record<string, string>): Promise<Node> {
     env: { ADMIN_TOKEN, ...env },
   });
   // grpc-js cannot bind a client socket, so the untrusted peer's calls go through a relay.
-  const relay = net.createServer((downstream) => {
-    const upstream = net.connect({
-      host: '127.0.0.1',
-      port: stack.settle.grpcPort,
-      localAddress: UNTRUSTED_PEER,
-    });
-    downstream.pipe(upstream).pipe(downstream);
-    const close = () => {
-      downstream.destroy();
-      upstream.destroy();
-    };
-    downstream.on('error', close).on('close', close);
-    upstream.on('error', close).on('close', close);
-  });
-  await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+  const relay = await relayFrom(UNTRUSTED_PEER, stack.settle.grpcPort);
   const credentials = grpc.credentials.createInsecure();
   const direct = new AdminServiceClient(`127.0.0.1:${stack.settle.grpcPort}`, credentials);
-  const untrusted = new AdminServiceClient(
-    `127.0.0.1:${(relay.address() as net.AddressInfo).port}`,
-    credentials,
-  );
+  const untrusted = new AdminServiceClient(`127.0.0.1:${relay.port}`, credentials);
   return {
     stack,
     logLines,
@@ -83,7 +65,7 @@ async function startNode(env: Record<string, string>): Promise<Node> {
     stop: async () => {
       direct.close();
       untrusted.close();
-      await new Promise((resolve) => relay.close(resolve));
+      await relay.close();
       await stack.stop();
     },
   };

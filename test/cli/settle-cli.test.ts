@@ -26,6 +26,7 @@ import {
   type Stack,
 } from '../support/harness.js';
 import { ADMIN_TOKEN, auditRows, deadLetteredPayment } from '../admin/admin-support.js';
+import { paymentBooking } from '../support/ledger.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 let stack: Stack;
@@ -638,43 +639,19 @@ describe('settle CLI', () => {
     it('tells where later entries are when a listing page stops at the horizon', async () => {
       // A booking held open below a committed one: the page ends before it, with no next page.
       const held = `seller-cli-held-${Date.now()}`;
-      const stamp = Date.now();
-      const idOf = (prefix: string, n: number) =>
-        `${prefix}_${String(stamp * 10 + n).padStart(26, '0')}`;
       let release: () => void = () => {};
       const released = new Promise<void>((resolve) => (release = resolve));
       let posted: () => void = () => {};
       const isPosted = new Promise<void>((resolve) => (posted = resolve));
-      const posting = (trx: Trx, n: number) =>
-        postLedgerTransaction(trx, {
-          id: idOf('ltx', n),
-          orderId: idOf('ord', n),
-          kind: 'PAYMENT',
-          currency: 'USD',
-          entries: [
-            {
-              account: 'psp_receivable',
-              kind: 'PAYMENT_RECEIVABLE',
-              debitMinor: 5n,
-              creditMinor: 0n,
-            },
-            {
-              account: `seller_payable:${held}`,
-              kind: 'PAYMENT_PAYABLE',
-              debitMinor: 0n,
-              creditMinor: 5n,
-            },
-          ],
-          now: new Date(),
-        });
+      const posting = (trx: Trx) => postLedgerTransaction(trx, paymentBooking(held, 5n));
       const open = stack.settle.db.transaction().execute(async (trx) => {
-        await posting(trx, 1);
+        await posting(trx);
         posted();
         await released;
       });
       try {
         await isPosted;
-        await inTransaction(stack.settle.db, (trx) => posting(trx, 2));
+        await inTransaction(stack.settle.db, (trx) => posting(trx));
         const run = await settle(['ledger', '--account', `seller_payable:${held}`]);
         expect(run.code, run.stderr).toBe(0);
         expect(run.stdout).not.toContain('next page:');

@@ -34,6 +34,7 @@ import {
   waitFor,
   type Stack,
 } from '../support/harness.js';
+import { paymentBooking } from '../support/ledger.js';
 
 let stack: Stack;
 let client: SettleClient;
@@ -48,30 +49,6 @@ afterAll(async () => {
 afterEach(async () => {
   await expectLedgerBalanced(stack.settle.db);
 });
-
-let bookingSeq = 0;
-
-/** A balanced booking of 100 minor units from the PSP to `seller`: two entries. */
-function booking(seller: string) {
-  bookingSeq += 1;
-  const n = `${Date.now()}${String(bookingSeq).padStart(6, '0')}`.padStart(26, '0');
-  return {
-    id: `ltx_${n}`,
-    orderId: `ord_${n}`,
-    kind: 'PAYMENT',
-    currency: 'USD' as const,
-    entries: [
-      { account: 'psp_receivable', kind: 'PAYMENT_RECEIVABLE', debitMinor: 100n, creditMinor: 0n },
-      {
-        account: `seller_payable:${seller}`,
-        kind: 'PAYMENT_PAYABLE',
-        debitMinor: 0n,
-        creditMinor: 100n,
-      },
-    ],
-    now: new Date(),
-  };
-}
 
 /** A ledger entry as a node answers it, for the server that stands in for an old node. */
 function entryOf(entryId: string): LedgerEntry {
@@ -89,7 +66,7 @@ function entryOf(entryId: string): LedgerEntry {
 }
 
 async function book(seller: string): Promise<void> {
-  await inTransaction(stack.settle.db, (trx) => postLedgerTransaction(trx, booking(seller)));
+  await inTransaction(stack.settle.db, (trx) => postLedgerTransaction(trx, paymentBooking(seller)));
 }
 
 /** Ids of `seller`'s payable entries in the table, in order. */
@@ -143,7 +120,7 @@ describe('tailLedgerEntries', () => {
     const isPosted = new Promise<void>((resolve) => (posted = resolve));
     // Takes its entry ids first, and commits last.
     const held = stack.settle.db.transaction().execute(async (trx) => {
-      await postLedgerTransaction(trx, booking(seller));
+      await postLedgerTransaction(trx, paymentBooking(seller));
       posted();
       await released;
     });

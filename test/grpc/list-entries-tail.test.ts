@@ -38,6 +38,7 @@ import {
 } from '../../src/storage/repositories/ledger.repository.js';
 import { inTransaction, type Trx } from '../../src/storage/transaction.js';
 import { expectLedgerBalanced, openTestDatabase } from '../support/harness.js';
+import { paymentBooking } from '../support/ledger.js';
 import { callUnary, startServer, stopServer, type RunningServer } from './harness.js';
 
 /**
@@ -84,38 +85,9 @@ afterEach(async () => {
   }
 });
 
-let bookingSeq = 0;
-
-/** A balanced booking of `amountMinor` from the PSP to `seller`: two entries. */
-function booking(seller: string, amountMinor = 100n) {
-  bookingSeq += 1;
-  const n = String(bookingSeq).padStart(26, '0');
-  return {
-    id: `ltx_${n}`,
-    orderId: `ord_${n}`,
-    kind: 'PAYMENT',
-    currency: 'USD' as const,
-    entries: [
-      {
-        account: 'psp_receivable',
-        kind: 'PAYMENT_RECEIVABLE',
-        debitMinor: amountMinor,
-        creditMinor: 0n,
-      },
-      {
-        account: `seller_payable:${seller}`,
-        kind: 'PAYMENT_PAYABLE',
-        debitMinor: 0n,
-        creditMinor: amountMinor,
-      },
-    ],
-    now: new Date(),
-  };
-}
-
 /** Posts a booking and commits it; answers its order id. */
 async function book(seller = 's1'): Promise<string> {
-  const posted = booking(seller);
+  const posted = paymentBooking(seller);
   await inTransaction(db, (trx) => postLedgerTransaction(trx, posted));
   return posted.orderId;
 }
@@ -139,7 +111,7 @@ async function holdOpen(seller = 's1'): Promise<Hold> {
   const done = db
     .transaction()
     .execute(async (trx) => {
-      await postLedgerTransaction(trx, booking(seller));
+      await postLedgerTransaction(trx, paymentBooking(seller));
       posted();
       if (!(await released)) throw new RolledBack();
     })
@@ -168,7 +140,7 @@ async function holdOpen(seller = 's1'): Promise<Hold> {
  * committed would once its rows come.
  */
 async function insertLateBooking(trx: Trx): Promise<void> {
-  const late = booking('late');
+  const late = paymentBooking('late');
   await sql`INSERT INTO ledger_transaction (id, order_id, kind, currency, amount_minor, created_at)
     VALUES (${late.id}, ${late.orderId}, 'PAYMENT', 'USD', 100, NOW(3))`.execute(trx);
   await sql`INSERT INTO ledger_entry (id, transaction_id, account, order_id, kind, currency,
@@ -505,7 +477,7 @@ describe('ListEntries tailing', () => {
     });
     await inTransaction(db, (trx) => creditWallets(trx, [credit('hot')]));
     const packet = (seller: string) => {
-      const posting = ledgerPosting(writers, [booking(seller)]);
+      const posting = ledgerPosting(writers, [paymentBooking(seller)]);
       const wallets = walletCredits(writers, [credit(seller)]);
       if (posting === undefined || wallets === undefined) throw new Error('nothing to write');
       return [...posting.inserts, ...posting.balancedGuard(), wallets];
