@@ -95,13 +95,13 @@ export type ConsumerOptions = Readonly<{
   onRetry?: (entry: { orderId: string; attempt: number; delayMs: number; reason: string }) => void;
 }>;
 
+/** A dead letter keeps this much of its last error. */
+export const DEAD_LETTER_ERROR_CHARS_MAX = 2_000;
+
 /**
  * Why a command was dead-lettered: its handler kept asking for a retry, or refused it for good;
  * its payload is not a command; or JetStream delivered it max_deliver times without an answer.
  */
-/** A dead letter keeps this much of its last error. */
-export const DEAD_LETTER_ERROR_CHARS_MAX = 2_000;
-
 export const DEAD_LETTER_REASON = {
   retriesExhausted: 'RETRIES_EXHAUSTED',
   nonRetryable: 'NON_RETRYABLE',
