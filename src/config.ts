@@ -6,7 +6,7 @@
 import { z } from 'zod';
 import { TRUSTED_PROXIES_MAX, trustedProxyRange } from './admin/client-address.js';
 import { API_TOKEN_CHARACTERS, API_TOKEN_LENGTH_MIN } from './domain/api-token.js';
-import { GRPC_CONNECTIONS_MAX_DEFAULT } from './grpc/server.js';
+import { GRPC_CONNECTIONS_MAX_DEFAULT } from './grpc/limits.js';
 
 const PORT_MAX = 65_535;
 
@@ -267,7 +267,7 @@ export const configSchema = z.object({
   GRPC_MESSAGE_BYTES_MAX: positiveInt.max(64 * 1024 * 1024).default(1024 * 1024),
   /**
    * Connections the gRPC port takes at once; past it a new one is closed as soon as it is
-   * accepted. The default is the server's own (src/grpc/server.ts says why).
+   * accepted. The default is the server's own (src/grpc/limits.ts says why).
    */
   GRPC_CONNECTIONS_MAX: positiveInt.max(1_000_000).default(GRPC_CONNECTIONS_MAX_DEFAULT),
   SHUTDOWN_GRACE_MS: positiveInt.max(120_000).default(10_000),

@@ -25,6 +25,7 @@ import * as grpc from '@grpc/grpc-js';
 import { lookup } from 'node:dns/promises';
 import * as net from 'node:net';
 import { withDeadline } from '../domain/deadline.js';
+import { GRPC_CONNECTIONS_MAX_DEFAULT } from './limits.js';
 
 /** Ping an idle connection after this long, to find dead peers of long WatchPayment streams. */
 const KEEPALIVE_TIME_MS_DEFAULT = 60_000;
@@ -38,16 +39,6 @@ const CONCURRENT_STREAMS_MAX_DEFAULT = 1_000;
  * ever. An open WatchPayment stream is a call.
  */
 const CONNECTION_IDLE_MS_MAX_DEFAULT = 5 * 60_000;
-/**
- * Open connections a node's gRPC server takes at once; past it a new one is closed as soon as it
- * is accepted. A gRPC client multiplexes its calls over one connection per channel (1,000 at once
- * each), so a node needs about one per client process, and 2 cores answer at most some 10,000
- * calls a second (an echo; payments far fewer): 5,000 clients is more than a node can give a
- * call each second. Idle, each costs about 22 KiB (measured: 3,000 raw HTTP/2 connections from
- * another process), so 5,000 hold some 110 MiB, and with the HTTP port's 10,000 they stay within
- * the 20,000 file descriptors a process gets on the machines we measured.
- */
-export const GRPC_CONNECTIONS_MAX_DEFAULT = 5_000;
 /** The warning a service logs for `acceptFailed` (at most once a second, with a count). */
 export const ACCEPT_FAILED_MESSAGE = 'gRPC listener failed to accept a connection';
 /** How long resolving the listen host may take (a name, such as localhost, not an address). */
