@@ -39,6 +39,10 @@ import {
   LedgerMarker,
   reservationSettleMsFor,
 } from './storage/repositories/ledger-horizon.repository.js';
+import {
+  LEDGER_SUMS_DEFAULTS,
+  LedgerSummer,
+} from './storage/repositories/ledger-sums.repository.js';
 import { refuseUndecodable, type AdapterOptions } from './grpc/adapters.js';
 import { ApiTokens } from './grpc/api-auth.js';
 import { ACCEPT_FAILED_MESSAGE, createGrpcServer, listen } from './grpc/server.js';
@@ -595,6 +599,15 @@ export async function startSettle(
     const ledgerMarker = new LedgerMarker(db, ledgerHorizon, onMarkError);
     ledgerMarker.start();
     cleanups.push(() => ledgerMarker.stop());
+    // The trial balance's running sums (storage/repositories/ledger-sums.repository.ts), moved up
+    // to the settled horizon every few seconds by whichever node gets there first.
+    const ledgerSummer = new LedgerSummer(
+      db,
+      { ...LEDGER_SUMS_DEFAULTS, horizon: ledgerHorizon },
+      repeatingFailureLog(logger, 'could not add new ledger entries to the running sums'),
+    );
+    ledgerSummer.start();
+    cleanups.push(() => ledgerSummer.stop());
     grpcServer.addService(
       refuseUndecodable(PaymentServiceService),
       paymentHandlers(payments, apiOptions('PaymentService')),

@@ -37,11 +37,13 @@ import {
   webhooksOfOrders,
 } from '../storage/repositories/admin-search.repository.js';
 import {
+  trialBalancePage,
+  trialBalanceTotals,
+} from '../storage/repositories/ledger-sums.repository.js';
+import {
   ACCOUNT,
   findWallet,
   listLedgerEntries,
-  trialBalanceByCurrency,
-  trialBalancePage,
   trialBalancePageAfter,
   trialBalancePageToken,
 } from '../storage/repositories/ledger.repository.js';
@@ -642,7 +644,7 @@ export function adminRoutes(deps: AdminDeps): Route[] {
       const after = trialBalancePageAfter(pageToken);
       const [trial, totals] = await Promise.all([
         trialBalancePage(deps.db, { after, limit: size }),
-        trialBalanceByCurrency(deps.db),
+        trialBalanceTotals(deps.db),
       ]);
       return page(
         principal,

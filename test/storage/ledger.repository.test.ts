@@ -15,7 +15,6 @@ import {
   WalletCurrencyMismatchError,
   postLedgerTransaction,
   trialBalanceByCurrency,
-  trialBalancePage,
   trialBalancePageAfter,
   trialBalancePageToken,
   type AccountKey,
@@ -23,6 +22,7 @@ import {
   unbalancedLedgerTransactions,
   walletsNotMatchingLedger,
 } from '../../src/storage/repositories/ledger.repository.js';
+import { trialBalancePage } from '../../src/storage/repositories/ledger-sums.repository.js';
 import { isCheckViolation, isDuplicateKey } from '../../src/storage/errors.js';
 import { encodePageToken } from '../../src/domain/page-token.js';
 import type { CurrencyCode } from '../../src/domain/money.js';

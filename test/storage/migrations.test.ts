@@ -39,6 +39,7 @@ const STEPS_PER_MIGRATION: ReadonlyArray<readonly [string, number]> = [
   ['0010-outbox-parking', 3],
   ['0011-dead-letter-order-dropped', 1],
   ['0012-ledger-entry-mark', 1],
+  ['0013-ledger-sums', 4],
 ];
 const MIGRATIONS = STEPS_PER_MIGRATION.map(([name]) => name);
 
@@ -205,6 +206,11 @@ describe('resumable migrations', () => {
         'ALTER TABLE dead_letter DROP COLUMN open_flag, DROP COLUMN payload_sha256',
         // So did 0011: that code's dead_letter still has 0002's index.
         'CREATE INDEX dead_letter_order ON dead_letter (order_id)',
+        // Nor the tables of 0012 and 0013.
+        'DROP TABLE ledger_entry_mark',
+        'DROP TABLE ledger_sum_checkpoint',
+        'DROP TABLE ledger_account_sum',
+        'DROP TABLE ledger_currency_sum',
       ]) {
         await sql.raw(statement).execute(fresh.db);
       }

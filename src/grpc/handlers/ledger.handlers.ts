@@ -16,11 +16,13 @@ import {
   type LedgerHorizonOptions,
 } from '../../storage/repositories/ledger-horizon.repository.js';
 import {
+  trialBalancePage,
+  trialBalanceTotals,
+} from '../../storage/repositories/ledger-sums.repository.js';
+import {
   findWallet,
   isLedgerAccount,
   LEDGER_ACCOUNT_SHAPE,
-  trialBalanceByCurrency,
-  trialBalancePage,
   trialBalancePageAfter,
   trialBalancePageToken,
   type AccountBalance,
@@ -133,11 +135,12 @@ export function ledgerHandlers(
         TRIAL_BALANCE_PAGE_SIZE_MAX,
       );
       const after = trialBalancePageAfter(request.pageToken);
-      // The totals are summed per currency over the whole ledger (one row per currency), so every
-      // page tells whether the ledger balances, whichever accounts it shows.
+      // The totals are per currency over the whole ledger (one row per currency), so every page
+      // tells whether the ledger balances, whichever accounts it shows. Both are read from the
+      // running sums and the entries after them (ledger-sums.repository.ts), not the whole ledger.
       const [page, totals] = await Promise.all([
         trialBalancePage(db, { after, limit }),
-        trialBalanceByCurrency(db),
+        trialBalanceTotals(db),
       ]).catch(rethrow);
       for (const account of page.accounts) assertFitsInt64(account);
       for (const total of totals) assertFitsInt64({ account: undefined, ...total });

@@ -17,6 +17,7 @@ import * as m0009 from './0009-dead-letter-open-once.js';
 import * as m0010 from './0010-outbox-parking.js';
 import * as m0011 from './0011-dead-letter-order-dropped.js';
 import * as m0012 from './0012-ledger-entry-mark.js';
+import * as m0013 from './0013-ledger-sums.js';
 import {
   MIGRATION_STEP_TABLE,
   steppedMigrationProvider,
@@ -39,6 +40,7 @@ const migrations: Readonly<Record<string, SteppedMigration>> = {
   '0010-outbox-parking': m0010,
   '0011-dead-letter-order-dropped': m0011,
   '0012-ledger-entry-mark': m0012,
+  '0013-ledger-sums': m0013,
 };
 
 /** Settle's migrations for Kysely's Migrator; `hooks` are for tests. */

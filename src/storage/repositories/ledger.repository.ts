@@ -455,64 +455,6 @@ export function trialBalancePageAfter(pageToken: string): AccountKey | undefined
     : { account: cursor.slice(0, -4), currency: cursor.slice(-3) };
 }
 
-/** Rows answered at most by one `trialBalancePage`. */
-export const TRIAL_BALANCE_PAGE_ROWS_MAX = 1_000;
-
-export type TrialBalancePage = Readonly<{
-  accounts: AccountBalance[];
-  /** The key to read the next page after; undefined on the last page. */
-  next: AccountKey | undefined;
-}>;
-
-/**
- * Debits minus credits per (account, currency), in that order: at most `limit` rows from just
- * after `after` (keyset paging; from the start without it), in one query. The page's accounts
- * are picked first from the (account, id) index and only their entries are summed, so a page
- * reads the entries of its own accounts, not those of every account after it. One row more than
- * `limit` is read to know whether a next page exists; since the cursor's own account may have no
- * currency left after it, one account more than that is picked.
- */
-export async function trialBalancePage(
-  db: Db,
-  page: Readonly<{ after?: AccountKey | undefined; limit: number }>,
-): Promise<TrialBalancePage> {
-  if (!Number.isInteger(page.limit) || page.limit < 1 || page.limit > TRIAL_BALANCE_PAGE_ROWS_MAX) {
-    throw new RangeError(`limit must be 1-${TRIAL_BALANCE_PAGE_ROWS_MAX}, got ${page.limit}`);
-  }
-  const after = page.after;
-  const result = await sql<{ account: string; currency: string; debits: string; credits: string }>`
-    SELECT e.account, e.currency,
-           SUM(e.debit_minor) AS debits, SUM(e.credit_minor) AS credits
-    FROM (
-      SELECT DISTINCT account FROM ledger_entry
-      ${after !== undefined ? sql`WHERE account >= ${after.account}` : sql``}
-      ORDER BY account LIMIT ${page.limit + 2}) AS page_account
-    JOIN ledger_entry e ON e.account = page_account.account
-    ${after !== undefined ? sql`WHERE e.account > ${after.account} OR e.currency > ${after.currency}` : sql``}
-    GROUP BY e.account, e.currency
-    ORDER BY e.account, e.currency
-    LIMIT ${page.limit + 1}`.execute(db);
-  const accounts = result.rows.slice(0, page.limit).map((row) => {
-    const debitMinor = BigInt(row.debits);
-    const creditMinor = BigInt(row.credits);
-    return {
-      account: row.account,
-      currency: row.currency,
-      debitMinor,
-      creditMinor,
-      balanceMinor: debitMinor - creditMinor,
-    };
-  });
-  const last = accounts[accounts.length - 1];
-  return {
-    accounts,
-    next:
-      result.rows.length > page.limit && last !== undefined
-        ? { account: last.account, currency: last.currency }
-        : undefined,
-  };
-}
-
 /** Unbalanced transactions listed at most by `unbalancedLedgerTransactions`. */
 const UNBALANCED_LISTED_MAX = 1_000;
 
@@ -541,6 +483,9 @@ export type CurrencyBalance = Readonly<{
 /**
  * Debits minus credits over every account, per currency (one query). A balanced ledger has
  * `balanceMinor` 0 in each currency; amounts in different currencies are never added together.
+ * Sums every entry, a scan of the whole ledger: for the checks (invariants, reconciliation's
+ * internal check), which must not trust the running sums; GetTrialBalance and the admin panel
+ * read ledger-sums.repository.ts's trialBalanceTotals.
  */
 export async function trialBalanceByCurrency(db: Db): Promise<CurrencyBalance[]> {
   const rows = await db

@@ -1,0 +1,337 @@
+/**
+ * The trial balance without reading the whole ledger. Running sums of debits and credits, per
+ * (account, currency) and per currency (migration 0013), count every entry up to a checkpoint id;
+ * a balance is the sums plus the entries after the checkpoint, read in one statement (one
+ * consistent snapshot, so sums and checkpoint always match). What a page or the totals read thus
+ * grows with the entries of the last seconds, not with the ledger: the totals read a row per
+ * currency and a range of the primary key; a page reads a row per account and, per account, a
+ * range of its (account, id) index.
+ *
+ * The checkpoint moves only below the ledger's settled horizon (ledger-horizon.repository.ts):
+ * every entry at most the checkpoint has committed or never will, so an entry is never counted
+ * twice (it is in the sums or after the checkpoint, never both) nor missed (one committing late,
+ * below entries already counted, holds the checkpoint below it until it commits). Each node runs
+ * a LedgerSummer: one pass reads the settled entries after the checkpoint through the same pages
+ * ListEntries answers, adds them up in memory, and writes the new sums and checkpoint in one
+ * transaction, conditional on the checkpoint not having moved meanwhile (another node's pass):
+ * the loser's pass is dropped, so no entry is added twice. No row of ledger_entry is locked.
+ *
+ * The sums are as correct as the assumption the ledger rests on: entries are appended, never
+ * updated or deleted. An entry changed by hand below the checkpoint is not seen by the trial
+ * balance; `trialBalanceByCurrency` (ledger.repository.ts), which the invariant checks and
+ * reconciliation use, still sums every entry, and `ledgerSumsDrift` compares the two.
+ */
+import { sql } from 'kysely';
+import type { Db } from '../db.js';
+import { inTransaction } from '../transaction.js';
+import {
+  listSettledLedgerEntries,
+  type LedgerHorizonOptions,
+} from './ledger-horizon.repository.js';
+import type { AccountBalance, AccountKey, CurrencyBalance } from './ledger.repository.js';
+
+/** Entries read per ListEntries-sized page by a pass. */
+const PASS_PAGE_ENTRIES = 1_000;
+
+/** (account, currency) pairs listed at most by ledgerSumsDrift. */
+const DRIFT_LISTED_MAX = 1_000;
+
+/** Rows written per upsert statement by a pass. */
+const UPSERT_ROWS_MAX = 500;
+
+export type LedgerSumsOptions = Readonly<{
+  /** Where the settled horizon is (as for ListEntries). */
+  horizon: LedgerHorizonOptions;
+  /** Entries one pass adds at most; the next pass goes on from there. */
+  entriesPerPassMax: number;
+}>;
+
+/**
+ * A pass every 5 s, of 50,000 entries at most: far above the ledger's rate at full load (two
+ * entries per order), so the sums stay within a pass and the settle window of the head.
+ */
+export const LEDGER_SUMS_DEFAULTS = { intervalMs: 5_000, entriesPerPassMax: 50_000 } as const;
+
+export type LedgerSumsPass = Readonly<{
+  /** The checkpoint before the pass. */
+  from: bigint;
+  /** The checkpoint after it: `from` when nothing was settled, or another node's pass won. */
+  to: bigint;
+  /** Entries added to the sums. */
+  entries: number;
+  /** Another node's pass moved the checkpoint meanwhile; this one was dropped. */
+  lost: boolean;
+}>;
+
+/** The checkpoint: entries up to this id are in the sums, and no other can appear below it. */
+export async function ledgerSumsCheckpoint(
+  db: Db,
+): Promise<Readonly<{ uptoId: bigint; advancedAt: Date }>> {
+  const result = await sql<{ upto_id: string; advanced_at: Date }>`
+    SELECT upto_id, advanced_at FROM ledger_sum_checkpoint WHERE id = 1`.execute(db);
+  const row = result.rows[0];
+  if (row === undefined)
+    throw new Error('ledger_sum_checkpoint has no row: migration 0013 not run');
+  return { uptoId: BigInt(row.upto_id), advancedAt: row.advanced_at };
+}
+
+/**
+ * Adds the settled entries after the checkpoint to the sums (at most `entriesPerPassMax`), and
+ * moves the checkpoint past them, in one transaction that first checks the checkpoint is where
+ * the pass started from.
+ */
+export async function advanceLedgerSums(
+  db: Db,
+  options: LedgerSumsOptions,
+): Promise<LedgerSumsPass> {
+  if (!Number.isInteger(options.entriesPerPassMax) || options.entriesPerPassMax < 1) {
+    throw new RangeError(
+      `entriesPerPassMax must be a whole number ≥ 1, got ${options.entriesPerPassMax}`,
+    );
+  }
+  const from = (await ledgerSumsCheckpoint(db)).uptoId;
+  const byAccount = new Map<string, Sums>();
+  const byCurrency = new Map<string, Sums>();
+  let to = from;
+  let entries = 0;
+  while (entries < options.entriesPerPassMax) {
+    const page = await listSettledLedgerEntries(
+      db,
+      { afterId: to, limit: Math.min(PASS_PAGE_ENTRIES, options.entriesPerPassMax - entries) },
+      options.horizon,
+    );
+    for (const entry of page.entries) {
+      // Currency codes are three letters (ledger_entry.currency is CHAR(3)): the key splits back.
+      add(byAccount, `${entry.currency}${entry.account}`, entry);
+      add(byCurrency, entry.currency, entry);
+    }
+    entries += page.entries.length;
+    if (page.resumeAfter !== undefined && page.resumeAfter > to) to = page.resumeAfter;
+    if (!page.more || page.stoppedAtHorizon || page.entries.length === 0) break;
+  }
+  if (to === from) return { from, to, entries: 0, lost: false };
+  const moved = await inTransaction(db, async (trx) => {
+    // The row lock this takes makes a concurrent pass wait here, then find the checkpoint moved.
+    const result = await sql`
+      UPDATE ledger_sum_checkpoint SET upto_id = ${to}, advanced_at = UTC_TIMESTAMP(3)
+      WHERE id = 1 AND upto_id = ${from}`.execute(trx);
+    if (Number(result.numAffectedRows ?? 0n) !== 1) return false;
+    for (const chunk of chunks([...byAccount.entries()])) {
+      await sql`
+        INSERT INTO ledger_account_sum (account, currency, debit_minor, credit_minor)
+        VALUES ${sql.join(
+          chunk.map(
+            ([key, sums]) =>
+              sql`(${key.slice(3)}, ${key.slice(0, 3)}, ${sums.debit}, ${sums.credit})`,
+          ),
+        )}
+        ON DUPLICATE KEY UPDATE debit_minor = debit_minor + VALUES(debit_minor),
+                                credit_minor = credit_minor + VALUES(credit_minor)`.execute(trx);
+    }
+    for (const chunk of chunks([...byCurrency.entries()])) {
+      await sql`
+        INSERT INTO ledger_currency_sum (currency, debit_minor, credit_minor)
+        VALUES ${sql.join(chunk.map(([currency, sums]) => sql`(${currency}, ${sums.debit}, ${sums.credit})`))}
+        ON DUPLICATE KEY UPDATE debit_minor = debit_minor + VALUES(debit_minor),
+                                credit_minor = credit_minor + VALUES(credit_minor)`.execute(trx);
+    }
+    return true;
+  });
+  return moved ? { from, to, entries, lost: false } : { from, to: from, entries: 0, lost: true };
+}
+
+/**
+ * Debits minus credits over every account, per currency: the sums plus the entries after the
+ * checkpoint, in one statement. Equal to trialBalanceByCurrency's full scan at the same instant.
+ */
+export async function trialBalanceTotals(db: Db): Promise<CurrencyBalance[]> {
+  const result = await sql<{ currency: string; debits: string; credits: string }>`
+    SELECT currency, SUM(debit_minor) AS debits, SUM(credit_minor) AS credits
+    FROM (
+      SELECT currency, debit_minor, credit_minor FROM ledger_currency_sum
+      UNION ALL
+      SELECT currency, debit_minor, credit_minor FROM ledger_entry
+      WHERE id > (SELECT upto_id FROM ledger_sum_checkpoint WHERE id = 1)
+    ) AS counted
+    GROUP BY currency
+    ORDER BY currency`.execute(db);
+  return result.rows.map((row) => balance(row.currency, row));
+}
+
+/** Rows answered at most by one `trialBalancePage`. */
+export const TRIAL_BALANCE_PAGE_ROWS_MAX = 1_000;
+
+export type TrialBalancePage = Readonly<{
+  accounts: AccountBalance[];
+  /** The key to read the next page after; undefined on the last page. */
+  next: AccountKey | undefined;
+}>;
+
+/**
+ * Debits minus credits per (account, currency), in that order: at most `limit` rows from just
+ * after `after` (keyset paging; from the start without it), in one statement. The page's accounts
+ * are picked first from the (account, id) index; each one's balance is its sums plus its entries
+ * after the checkpoint. One row more than `limit` is read to know whether a next page exists;
+ * since the cursor's own account may have no currency left after it, one account more than that
+ * is picked.
+ */
+export async function trialBalancePage(
+  db: Db,
+  page: Readonly<{ after?: AccountKey | undefined; limit: number }>,
+): Promise<TrialBalancePage> {
+  if (!Number.isInteger(page.limit) || page.limit < 1 || page.limit > TRIAL_BALANCE_PAGE_ROWS_MAX) {
+    throw new RangeError(`limit must be 1-${TRIAL_BALANCE_PAGE_ROWS_MAX}, got ${page.limit}`);
+  }
+  const after = page.after;
+  // An account is in ledger_account_sum only once it has entries, and entries are never deleted:
+  // the accounts of ledger_entry are all of them.
+  const result = await sql<{ account: string; currency: string; debits: string; credits: string }>`
+    WITH page_account AS (
+      SELECT DISTINCT account FROM ledger_entry
+      ${after !== undefined ? sql`WHERE account >= ${after.account}` : sql``}
+      ORDER BY account LIMIT ${page.limit + 2})
+    SELECT account, currency, SUM(debit_minor) AS debits, SUM(credit_minor) AS credits
+    FROM (
+      SELECT s.account, s.currency, s.debit_minor, s.credit_minor
+      FROM page_account JOIN ledger_account_sum s ON s.account = page_account.account
+      UNION ALL
+      SELECT e.account, e.currency, e.debit_minor, e.credit_minor
+      FROM page_account JOIN ledger_entry e ON e.account = page_account.account
+      WHERE e.id > (SELECT upto_id FROM ledger_sum_checkpoint WHERE id = 1)
+    ) AS counted
+    ${after !== undefined ? sql`WHERE account > ${after.account} OR currency > ${after.currency}` : sql``}
+    GROUP BY account, currency
+    ORDER BY account, currency
+    LIMIT ${page.limit + 1}`.execute(db);
+  const accounts = result.rows
+    .slice(0, page.limit)
+    .map((row) => ({ account: row.account, ...balance(row.currency, row) }));
+  const last = accounts[accounts.length - 1];
+  return {
+    accounts,
+    next:
+      result.rows.length > page.limit && last !== undefined
+        ? { account: last.account, currency: last.currency }
+        : undefined,
+  };
+}
+
+export type LedgerSumsDrift = Readonly<{
+  /** The (account, currency) pairs whose sums differ from their entries up to the checkpoint. */
+  accounts: AccountKey[];
+  /** The currencies whose sums differ from their entries up to the checkpoint. */
+  currencies: string[];
+}>;
+
+/**
+ * Where the sums differ from the entries they count (every entry up to the checkpoint, summed
+ * again): nothing, unless an entry below the checkpoint was changed by hand or a bug added one
+ * twice. A full scan, like trialBalanceByCurrency: for checks, not for serving.
+ */
+export async function ledgerSumsDrift(db: Db): Promise<LedgerSumsDrift> {
+  return inTransaction(db, async (trx) => {
+    // One snapshot for the three reads (REPEATABLE READ: the first read fixes it).
+    const upto = await sql<{ upto_id: string }>`
+      SELECT upto_id FROM ledger_sum_checkpoint WHERE id = 1`.execute(trx);
+    const uptoId = upto.rows[0]?.upto_id ?? '0';
+    const accounts = await sql<{ account: string; currency: string }>`
+      SELECT account, currency FROM (
+        SELECT account, currency, debit_minor, credit_minor FROM ledger_account_sum
+        UNION ALL
+        SELECT account, currency, -debit_minor, -credit_minor FROM ledger_entry
+        WHERE id <= ${uptoId}
+      ) AS both_sides
+      GROUP BY account, currency
+      HAVING SUM(debit_minor) <> 0 OR SUM(credit_minor) <> 0
+      ORDER BY account, currency
+      LIMIT ${DRIFT_LISTED_MAX}`.execute(trx);
+    const currencies = await sql<{ currency: string }>`
+      SELECT currency FROM (
+        SELECT currency, debit_minor, credit_minor FROM ledger_currency_sum
+        UNION ALL
+        SELECT currency, -debit_minor, -credit_minor FROM ledger_entry WHERE id <= ${uptoId}
+      ) AS both_sides
+      GROUP BY currency
+      HAVING SUM(debit_minor) <> 0 OR SUM(credit_minor) <> 0
+      ORDER BY currency`.execute(trx);
+    return {
+      accounts: accounts.rows.map((row) => ({ account: row.account, currency: row.currency })),
+      currencies: currencies.rows.map((row) => row.currency),
+    };
+  });
+}
+
+/**
+ * Runs a pass every `intervalMs`, unless another node's pass moved the checkpoint within the
+ * interval, so several nodes share the work rather than repeat it. One pass at a time: a tick while
+ * one runs is skipped.
+ */
+export class LedgerSummer {
+  #timer: NodeJS.Timeout | undefined;
+  #running: Promise<void> | undefined;
+
+  constructor(
+    private readonly db: Db,
+    private readonly options: LedgerSumsOptions & Readonly<{ intervalMs: number }>,
+    private readonly onError: (error: unknown) => void,
+  ) {
+    if (!Number.isInteger(options.intervalMs) || options.intervalMs < 1) {
+      throw new RangeError(`intervalMs must be a whole number ≥ 1, got ${options.intervalMs}`);
+    }
+  }
+
+  start(): void {
+    this.#timer = setInterval(() => {
+      if (this.#running !== undefined) return;
+      this.#running = this.pass()
+        .then(() => undefined)
+        .catch(this.onError)
+        .finally(() => (this.#running = undefined));
+    }, this.options.intervalMs);
+    this.#timer.unref();
+  }
+
+  /** Stops the timer and waits for a pass under way. */
+  async stop(): Promise<void> {
+    clearInterval(this.#timer);
+    await this.#running;
+  }
+
+  /** One pass, unless the checkpoint moved less than half an interval ago. */
+  async pass(): Promise<LedgerSumsPass | undefined> {
+    const fresh = await sql<{ fresh: number | string }>`
+      SELECT advanced_at > UTC_TIMESTAMP(3) - INTERVAL ${this.options.intervalMs * 500} MICROSECOND
+        AS fresh
+      FROM ledger_sum_checkpoint WHERE id = 1`.execute(this.db);
+    if (Number(fresh.rows[0]?.fresh ?? 0) === 1) return undefined;
+    return advanceLedgerSums(this.db, this.options);
+  }
+}
+
+type Sums = { debit: bigint; credit: bigint };
+
+function add(
+  sums: Map<string, Sums>,
+  key: string,
+  entry: Readonly<{ debitMinor: bigint; creditMinor: bigint }>,
+): void {
+  const found = sums.get(key);
+  if (found === undefined) sums.set(key, { debit: entry.debitMinor, credit: entry.creditMinor });
+  else {
+    found.debit += entry.debitMinor;
+    found.credit += entry.creditMinor;
+  }
+}
+
+function* chunks<T>(items: readonly T[]): Generator<T[]> {
+  for (let i = 0; i < items.length; i += UPSERT_ROWS_MAX) yield items.slice(i, i + UPSERT_ROWS_MAX);
+}
+
+function balance(
+  currency: string,
+  sums: Readonly<{ debits: string; credits: string }>,
+): CurrencyBalance {
+  const debitMinor = BigInt(sums.debits);
+  const creditMinor = BigInt(sums.credits);
+  return { currency, debitMinor, creditMinor, balanceMinor: debitMinor - creditMinor };
+}

@@ -1,0 +1,337 @@
+/**
+ * Goal: the trial balance (GetTrialBalance, the admin panel's ledger page) no longer reads the
+ * whole ledger. Its totals and pages read running sums plus the entries after their checkpoint,
+ * and give what summing every entry gives, at any moment: with entries before and after the
+ * checkpoint, in several currencies; while a booking is held open below later ones (the checkpoint
+ * stops before it, and it is counted once it commits); with passes of several nodes racing (each
+ * entry added once); and under concurrent bookings, some rolled back, with passes running all
+ * along. A page holding an account of 6,000 entries reads a few hundred rows, where summing its
+ * entries read them all. A hand edit below the checkpoint is found by ledgerSumsDrift. Before,
+ * every page summed every entry of the ledger for its totals, and every entry of its accounts.
+ * Method: ledger-sums.repository.ts over a fresh MariaDB database, bookings posted by the ledger
+ * repository in real transactions (one held open on its own connection); "what summing every
+ * entry gives" is one plain GROUP BY over ledger_entry; rows read are the session's InnoDB handler
+ * counters around one statement on a pinned connection.
+ */
+import { sql } from 'kysely';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Db } from '../../src/storage/db.js';
+import {
+  advanceLedgerSums,
+  ledgerSumsCheckpoint,
+  ledgerSumsDrift,
+  LedgerSummer,
+  trialBalancePage,
+  trialBalanceTotals,
+  type LedgerSumsOptions,
+} from '../../src/storage/repositories/ledger-sums.repository.js';
+import {
+  postLedgerTransaction,
+  trialBalanceByCurrency,
+  type AccountKey,
+  type NewLedgerTransaction,
+} from '../../src/storage/repositories/ledger.repository.js';
+import { inTransaction } from '../../src/storage/transaction.js';
+import { openTestDatabase } from '../support/harness.js';
+import { paymentBooking } from '../support/ledger.js';
+
+/** A settle window short enough for a test; gaps (rolled-back bookings) hold a pass that long. */
+const OPTIONS: LedgerSumsOptions = {
+  horizon: { reservationSettleMs: 300, markIntervalMs: 50, gapCheckIdsMax: 20_000 },
+  entriesPerPassMax: 50_000,
+};
+
+let db: Db;
+let close: () => Promise<void>;
+
+beforeAll(async () => {
+  ({ db, close } = await openTestDatabase('settle_ledger_sums_t', { poolSize: 12 }));
+});
+afterAll(async () => {
+  await close?.();
+});
+afterEach(async () => {
+  await Promise.all([...holds].map((finish) => finish(false)));
+  for (const table of [
+    'ledger_entry',
+    'ledger_transaction',
+    'ledger_entry_mark',
+    'ledger_account_sum',
+    'ledger_currency_sum',
+  ]) {
+    await sql`TRUNCATE TABLE ${sql.table(table)}`.execute(db);
+  }
+  await sql`UPDATE ledger_sum_checkpoint SET upto_id = 0, advanced_at = '1970-01-01 00:00:01'`.execute(
+    db,
+  );
+});
+
+function booking(seller: string, amountMinor: bigint, currency = 'USD'): NewLedgerTransaction {
+  // Money is USD only (domain/money.ts), but the ledger's tables and sums take any code, and the
+  // trial balance keeps currencies apart: the sums are checked with several.
+  return { ...paymentBooking(seller, amountMinor), currency: currency as 'USD' };
+}
+
+async function book(seller: string, amountMinor: bigint, currency = 'USD'): Promise<void> {
+  await inTransaction(db, (trx) =>
+    postLedgerTransaction(trx, booking(seller, amountMinor, currency)),
+  );
+}
+
+/** `count` bookings, one transaction each, over 50 sellers at most, amounts 1..count. */
+async function bookMany(count: number, currency = 'USD', prefix = 's'): Promise<void> {
+  for (let i = 0; i < count; i += 1) await book(`${prefix}${i % 50}`, BigInt(i + 1), currency);
+}
+
+/** What summing every entry gives: the rows of every account, and the totals. */
+async function recount(): Promise<{ rows: string[]; totals: string[] }> {
+  const rows = await sql<{ account: string; currency: string; d: string; c: string }>`
+    SELECT account, currency, SUM(debit_minor) AS d, SUM(credit_minor) AS c
+    FROM ledger_entry GROUP BY account, currency ORDER BY account, currency`.execute(db);
+  return {
+    rows: rows.rows.map((r) => `${r.account}/${r.currency}/${r.d}/${r.c}`),
+    totals: (await trialBalanceByCurrency(db)).map(
+      (t) => `${t.currency}/${t.debitMinor}/${t.creditMinor}`,
+    ),
+  };
+}
+
+/** What the trial balance answers: every page walked, and the totals. */
+async function served(limit = 7): Promise<{ rows: string[]; totals: string[] }> {
+  const rows: string[] = [];
+  let after: AccountKey | undefined;
+  for (let pages = 0; pages < 1_000; pages += 1) {
+    const page = await trialBalancePage(db, { after, limit });
+    rows.push(
+      ...page.accounts.map((a) => `${a.account}/${a.currency}/${a.debitMinor}/${a.creditMinor}`),
+    );
+    if (page.next === undefined) break;
+    after = page.next;
+  }
+  return {
+    rows,
+    totals: (await trialBalanceTotals(db)).map(
+      (t) => `${t.currency}/${t.debitMinor}/${t.creditMinor}`,
+    ),
+  };
+}
+
+/** Passes until the checkpoint stops moving (a gap waits out the settle window). */
+async function catchUp(): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  let last = -1n;
+  for (;;) {
+    const pass = await advanceLedgerSums(db, OPTIONS);
+    const max = await maxId();
+    if (pass.to >= max) return;
+    if (Date.now() > deadline) throw new Error(`checkpoint stuck at ${pass.to} below ${max}`);
+    if (pass.to === last) await new Promise((resolve) => setTimeout(resolve, 50));
+    last = pass.to;
+  }
+}
+
+async function maxId(): Promise<bigint> {
+  const result = await sql<{ id: string | null }>`SELECT MAX(id) AS id FROM ledger_entry`.execute(
+    db,
+  );
+  return BigInt(result.rows[0]?.id ?? 0);
+}
+
+const holds = new Set<(commit: boolean) => Promise<void>>();
+
+/** A booking posted in a transaction left open until the answered function commits or rolls it back. */
+async function holdOpen(
+  seller: string,
+  amountMinor: bigint,
+): Promise<(commit: boolean) => Promise<void>> {
+  let release: (commit: boolean) => void = () => {};
+  const released = new Promise<boolean>((resolve) => (release = resolve));
+  let posted: () => void = () => {};
+  const isPosted = new Promise<void>((resolve) => (posted = resolve));
+  const done = db
+    .transaction()
+    .execute(async (trx) => {
+      await postLedgerTransaction(trx, booking(seller, amountMinor));
+      posted();
+      if (!(await released)) throw new Error('rolled back');
+    })
+    .catch((error: unknown) => {
+      if (!(error instanceof Error && error.message === 'rolled back')) throw error;
+    });
+  await isPosted;
+  const finish = async (commit: boolean) => {
+    holds.delete(finish);
+    release(commit);
+    await done;
+  };
+  holds.add(finish);
+  return finish;
+}
+
+describe('the running sums', () => {
+  it('give what summing every entry gives, with entries before and after the checkpoint', async () => {
+    await bookMany(40, 'USD');
+    await bookMany(10, 'EUR', 'e');
+    await catchUp();
+    const checkpoint = await ledgerSumsCheckpoint(db);
+    expect(checkpoint.uptoId).toBe(await maxId());
+    // Entries after the checkpoint, some of accounts already in the sums, one new one.
+    await bookMany(15, 'USD');
+    await book('newcomer', 999n, 'GBP');
+    expect((await ledgerSumsCheckpoint(db)).uptoId).toBe(checkpoint.uptoId);
+    const whole = await recount();
+    expect(whole.totals).toHaveLength(3);
+    for (const limit of [1, 2, 7, 1_000]) expect(await served(limit)).toEqual(whole);
+    // The sums alone, once the rest is in them, give the same.
+    await catchUp();
+    expect(await served()).toEqual(whole);
+    expect(await ledgerSumsDrift(db)).toEqual({ accounts: [], currencies: [] });
+  });
+
+  it('stop before a booking held open, and count it once it commits', async () => {
+    await bookMany(5);
+    const belowHeld = await maxId();
+    const finish = await holdOpen('held', 7_000n);
+    await bookMany(5);
+    const pass = await advanceLedgerSums(db, OPTIONS);
+    // The held booking's entries come right after belowHeld: the checkpoint stops there.
+    expect(pass.to).toBe(belowHeld);
+    expect(await maxId()).toBeGreaterThan(belowHeld + 2n);
+    expect(await served()).toEqual(await recount());
+    await finish(true);
+    expect((await recount()).totals).toEqual(['USD/7030/7030']);
+    expect(await served()).toEqual(await recount());
+    await catchUp();
+    expect(await served()).toEqual(await recount());
+    expect(await ledgerSumsDrift(db)).toEqual({ accounts: [], currencies: [] });
+  });
+
+  it('add each entry once when several nodes pass at the same time', async () => {
+    await bookMany(600);
+    const passes = await Promise.all(
+      Array.from({ length: 6 }, () => advanceLedgerSums(db, OPTIONS)),
+    );
+    const moved = passes.filter((pass) => pass.to > pass.from);
+    expect(moved.length).toBeGreaterThanOrEqual(1);
+    expect(passes.some((pass) => pass.lost)).toBe(true);
+    await catchUp();
+    expect(await ledgerSumsDrift(db)).toEqual({ accounts: [], currencies: [] });
+    expect(await served()).toEqual(await recount());
+  });
+
+  it('stay equal to the entries under concurrent bookings, some rolled back, with passes all along', async () => {
+    let stop = false;
+    const passes = (async () => {
+      let count = 0;
+      while (!stop && count < 10_000) {
+        await advanceLedgerSums(db, OPTIONS);
+        count += 1;
+      }
+      return count;
+    })();
+    const lanes = Array.from({ length: 8 }, async (_, lane) => {
+      for (let i = 0; i < 40; i += 1) {
+        const rollBack = (lane + i) % 5 === 0;
+        await db
+          .transaction()
+          .execute(async (trx) => {
+            await postLedgerTransaction(
+              trx,
+              booking(`lane${lane}`, BigInt(lane * 1_000 + i + 1), lane % 3 === 0 ? 'EUR' : 'USD'),
+            );
+            if (rollBack) throw new Error('rolled back');
+          })
+          .catch((error: unknown) => {
+            if (!(error instanceof Error && error.message === 'rolled back')) throw error;
+          });
+      }
+    });
+    await Promise.all(lanes);
+    stop = true;
+    expect(await passes).toBeGreaterThan(1);
+    expect(await served()).toEqual(await recount());
+    await catchUp();
+    expect(await served()).toEqual(await recount());
+    expect(await ledgerSumsDrift(db)).toEqual({ accounts: [], currencies: [] });
+  });
+
+  it('read a few hundred rows for a page and the totals, not every entry of the account', async () => {
+    // 6,000 entries on psp_receivable (and as many on 50 sellers' accounts), 100 bookings a commit.
+    for (let batch = 0; batch < 60; batch += 1) {
+      await inTransaction(db, async (trx) => {
+        for (let i = 0; i < 100; i += 1)
+          await postLedgerTransaction(trx, booking(`s${i % 50}`, 10n));
+      });
+    }
+    await catchUp();
+    await bookMany(20);
+    const page = await rowsRead((pinned) => trialBalancePage(pinned, { limit: 10 }));
+    expect(page.result.accounts[0]?.account).toBe('psp_receivable');
+    expect(page.result.accounts[0]?.debitMinor).toBe(60_000n + 210n);
+    const totals = await rowsRead((pinned) => trialBalanceTotals(pinned));
+    expect(totals.result).toEqual(await trialBalanceByCurrency(db));
+    // Summing the entries reads every row the sums stand for.
+    expect(page.rows).toBeLessThan(500);
+    expect(totals.rows).toBeLessThan(500);
+    const scan = await rowsRead((pinned) => trialBalanceByCurrency(pinned));
+    expect(scan.rows).toBeGreaterThan(12_000);
+  });
+
+  it('are told apart from the entries when one below the checkpoint is changed by hand', async () => {
+    await bookMany(10);
+    await book('e1', 5n, 'EUR');
+    await catchUp();
+    await sql`UPDATE ledger_entry SET credit_minor = credit_minor + 1
+              WHERE account = 'seller_payable:e1'`.execute(db);
+    expect(await ledgerSumsDrift(db)).toEqual({
+      accounts: [{ account: 'seller_payable:e1', currency: 'EUR' }],
+      currencies: ['EUR'],
+    });
+  });
+});
+
+describe('LedgerSummer', () => {
+  it('skips its pass while another moved the checkpoint within half an interval', async () => {
+    await bookMany(3);
+    const summer = new LedgerSummer(db, { ...OPTIONS, intervalMs: 60_000 }, (error) => {
+      throw error;
+    });
+    const first = await summer.pass();
+    expect(first?.to).toBe(await maxId());
+    await bookMany(3);
+    expect(await summer.pass()).toBeUndefined();
+    expect((await ledgerSumsCheckpoint(db)).uptoId).toBe(first?.to);
+  });
+
+  it('moves the checkpoint on its own once started', async () => {
+    await bookMany(3);
+    const summer = new LedgerSummer(db, { ...OPTIONS, intervalMs: 20 }, (error) => {
+      throw error;
+    });
+    summer.start();
+    try {
+      const target = await maxId();
+      const deadline = Date.now() + 5_000;
+      while ((await ledgerSumsCheckpoint(db)).uptoId < target && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      expect((await ledgerSumsCheckpoint(db)).uptoId).toBe(target);
+    } finally {
+      await summer.stop();
+    }
+  });
+});
+
+/** Rows InnoDB read for `run`'s statements, run on a connection of their own. */
+async function rowsRead<T>(run: (pinned: Db) => Promise<T>): Promise<{ result: T; rows: number }> {
+  return db.connection().execute(async (pinned) => {
+    const read = async () => {
+      const status = await sql<{ Variable_name: string; Value: string }>`
+        SHOW SESSION STATUS LIKE 'Handler_read%'`.execute(pinned);
+      return status.rows.reduce((sum, row) => sum + Number(row.Value), 0);
+    };
+    const before = await read();
+    const result = await run(pinned);
+    return { result, rows: (await read()) - before };
+  });
+}
