@@ -90,7 +90,7 @@ export async function advanceLedgerSums(
     );
   }
   const from = (await ledgerSumsCheckpoint(db)).uptoId;
-  const byAccount = new Map<string, Sums>();
+  const byAccount = new Map<string, Map<string, Sums>>();
   const byCurrency = new Map<string, Sums>();
   let to = from;
   let entries = 0;
@@ -101,8 +101,10 @@ export async function advanceLedgerSums(
       options.horizon,
     );
     for (const entry of page.entries) {
-      // Currency codes are three letters (ledger_entry.currency is CHAR(3)): the key splits back.
-      add(byAccount, `${entry.currency}${entry.account}`, entry);
+      let currencies = byAccount.get(entry.account);
+      if (currencies === undefined)
+        byAccount.set(entry.account, (currencies = new Map<string, Sums>()));
+      add(currencies, entry.currency, entry);
       add(byCurrency, entry.currency, entry);
     }
     entries += page.entries.length;
@@ -116,13 +118,16 @@ export async function advanceLedgerSums(
       UPDATE ledger_sum_checkpoint SET upto_id = ${to}, advanced_at = UTC_TIMESTAMP(3)
       WHERE id = 1 AND upto_id = ${from}`.execute(trx);
     if (Number(result.numAffectedRows ?? 0n) !== 1) return false;
-    for (const chunk of chunks([...byAccount.entries()])) {
+    const accountRows = [...byAccount].flatMap(([account, currencies]) =>
+      [...currencies].map(([currency, sums]) => ({ account, currency, sums })),
+    );
+    for (const chunk of chunks(accountRows)) {
       await sql`
         INSERT INTO ledger_account_sum (account, currency, debit_minor, credit_minor)
         VALUES ${sql.join(
           chunk.map(
-            ([key, sums]) =>
-              sql`(${key.slice(3)}, ${key.slice(0, 3)}, ${sums.debit}, ${sums.credit})`,
+            ({ account, currency, sums }) =>
+              sql`(${account}, ${currency}, ${sums.debit}, ${sums.credit})`,
           ),
         )}
         ON DUPLICATE KEY UPDATE debit_minor = debit_minor + VALUES(debit_minor),
