@@ -10,7 +10,9 @@
  * directly (balanced pairs in two currencies, unless a test says otherwise); what a walk gives is
  * compared with one plain GROUP BY over the same table. A sum that does not fit the response's
  * int64 fields (an account's, or a currency's over every account) is FAILED_PRECONDITION naming
- * the account and currency; before, grpc-js failed to serialize it and answered INTERNAL.
+ * the account and currency; before, grpc-js failed to serialize it and answered INTERNAL. The
+ * same holds once the running sums hold part of the ledger (ledger-sums.repository.ts): a walk
+ * then gives what the entries sum to, with entries both in the sums and after their checkpoint.
  */
 import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
@@ -23,6 +25,7 @@ import {
   type GetTrialBalanceResponse,
 } from '../../src/grpc/generated/settle/v1/wallet.js';
 import { ledgerHandlers } from '../../src/grpc/handlers/ledger.handlers.js';
+import { advanceLedgerSums } from '../../src/storage/repositories/ledger-sums.repository.js';
 import type { Db } from '../../src/storage/db.js';
 import { openTestDatabase } from '../support/harness.js';
 import { callUnary, startServer, stopServer, type RunningServer } from './harness.js';
@@ -53,7 +56,20 @@ afterEach(async () => {
   // still under way). The marks of where ids were go with them.
   await sql`TRUNCATE TABLE ledger_entry`.execute(db);
   await sql`TRUNCATE TABLE ledger_entry_mark`.execute(db);
+  // The running sums go too, and their checkpoint back to before the first id.
+  await sql`TRUNCATE TABLE ledger_account_sum`.execute(db);
+  await sql`TRUNCATE TABLE ledger_currency_sum`.execute(db);
+  await sql`UPDATE ledger_sum_checkpoint SET upto_id = 0`.execute(db);
 });
+
+/** Adds every committed entry to the running sums, as a node's LedgerSummer does. */
+async function sumUp(): Promise<void> {
+  const pass = await advanceLedgerSums(db, {
+    horizon: { reservationSettleMs: 300, markIntervalMs: 50, gapCheckIdsMax: 20_000 },
+    entriesPerPassMax: 50_000,
+  });
+  expect(pass.lost).toBe(false);
+}
 
 let fixtureSeq = 0;
 
@@ -222,6 +238,46 @@ describe('GetTrialBalance paging', () => {
     expect(outcome.ok ? 'OK' : `${grpc.status[outcome.error.code]} ${outcome.error.details}`).toBe(
       REFUSED,
     );
+  });
+});
+
+describe('GetTrialBalance from the running sums', () => {
+  it('gives what the entries sum to, with some in the sums and some after their checkpoint', async () => {
+    await post(sellers(13));
+    await sumUp();
+    const checkpoint = await sql<{ upto_id: string }>`
+      SELECT upto_id FROM ledger_sum_checkpoint`.execute(db);
+    expect(Number(checkpoint.rows[0]?.upto_id)).toBeGreaterThan(0);
+    // More for accounts already summed, and a new account, after the checkpoint.
+    await post(sellers(4).concat([['seller_payable:late', 'USD', 9n]]));
+    const whole = await wholeLedger();
+    const pages = await walk(5);
+    expect(pages.flatMap((p) => p.accounts.map(key))).toEqual(whole.rows);
+    for (const response of pages) expect(response.totals).toEqual(whole.totals);
+  });
+
+  it('says NOT balanced when the unbalanced entry is already in the sums', async () => {
+    await post(sellers(3));
+    await post([['zzz:orphan', 'USD', 5n]], { unbalanced: true });
+    await sumUp();
+    await post(sellers(2));
+    const first = await page(2);
+    expect(first.balanced).toBe(false);
+    expect(first.totals.find((t) => t.currencyCode === 'USD')?.balanceMinor).toBe(5n);
+  });
+
+  it('refuses a sum past int64 made of the sums and the entries after them', async () => {
+    const HUGE = 2n ** 62n + 1n;
+    await post([['seller_payable:whale', 'EUR', HUGE]]);
+    await sumUp();
+    await post([['seller_payable:whale', 'EUR', HUGE]]);
+    expect(statusOf(await trialBalance(0))).toBe(
+      `FAILED_PRECONDITION the debits of account seller_payable:whale in EUR sum to ${2n * HUGE}, ` +
+        "which does not fit int64 (the API answers sums as int64); read that account's entries " +
+        'with ListEntries (account seller_payable:whale) instead',
+    );
+    await sumUp();
+    expect(statusOf(await trialBalance(0))).toMatch(/^FAILED_PRECONDITION the debits of account/);
   });
 });
 

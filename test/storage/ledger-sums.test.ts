@@ -4,8 +4,9 @@
  * and give what summing every entry gives, at any moment: with entries before and after the
  * checkpoint, in several currencies; while a booking is held open below later ones (the checkpoint
  * stops before it, and it is counted once it commits); with passes of several nodes racing (each
- * entry added once); and under concurrent bookings, some rolled back, with passes running all
- * along. A page holding an account of 6,000 entries reads a few hundred rows, where summing its
+ * entry added once); under concurrent bookings, some rolled back, with passes running all
+ * along; and for readers reading while passes commit (each read balances and never goes down:
+ * the checkpoint and the sums are read in one snapshot). A page holding an account of 6,000 entries reads a few hundred rows, where summing its
  * entries read them all. A hand edit below the checkpoint is found by ledgerSumsDrift. Before,
  * every page summed every entry of the ledger for its totals, and every entry of its accounts.
  * Method: ledger-sums.repository.ts over a fresh MariaDB database, bookings posted by the ledger
@@ -250,6 +251,81 @@ describe('the running sums', () => {
     stop = true;
     expect(await passes).toBeGreaterThan(1);
     expect(await served()).toEqual(await recount());
+    await catchUp();
+    expect(await served()).toEqual(await recount());
+    expect(await ledgerSumsDrift(db)).toEqual({ accounts: [], currencies: [] });
+  });
+
+  it('never count an entry twice or not at all for a reader, while passes move the checkpoint', async () => {
+    // 3,000 bookings to start with (one statement), then bookings go on in lanes, a fifth of
+    // them rolled back, while two passers move the checkpoint a few entries at a time and
+    // readers read a page and the totals together. Every booking balances and none is ever
+    // taken back, so each read must balance and never go down.
+    const rows = Array.from({ length: 3_000 }, (_, k) => {
+      const id = `ltx_RACE${String(k).padStart(22, '0')}`;
+      const order = `ord_RACE${String(k).padStart(22, '0')}`;
+      return [
+        sql`(${id}, 'psp_receivable', ${order}, 'PAYMENT_RECEIVABLE', 'USD', 10, 0, NOW(3))`,
+        sql`(${id}, ${`seller_payable:s${k % 5}`}, ${order}, 'PAYMENT_PAYABLE', 'USD', 0, 10, NOW(3))`,
+      ];
+    }).flat();
+    await sql`INSERT INTO ledger_entry
+      (transaction_id, account, order_id, kind, currency, debit_minor, credit_minor, created_at)
+      VALUES ${sql.join(rows)}`.execute(db);
+    let stop = false;
+    const passer = async (entriesPerPassMax: number) => {
+      let passes = 0;
+      while (!stop && passes < 100_000) {
+        await advanceLedgerSums(db, { ...OPTIONS, entriesPerPassMax });
+        passes += 1;
+      }
+      return passes;
+    };
+    const passers = [passer(3), passer(7)];
+    const lanes = Array.from({ length: 4 }, async (_, lane) => {
+      for (let i = 0; i < 50 && !stop; i += 1) {
+        await db
+          .transaction()
+          .execute(async (trx) => {
+            await postLedgerTransaction(trx, booking(`lane${lane}`, 1n));
+            if (i % 5 === 0) throw new Error('rolled back');
+          })
+          .catch((error: unknown) => {
+            if (!(error instanceof Error && error.message === 'rolled back')) throw error;
+          });
+      }
+    });
+    const wrong: string[] = [];
+    let reads = 0;
+    const deadline = Date.now() + 4_000;
+    const readers = Array.from({ length: 4 }, async () => {
+      let lastTotal = 0n;
+      let lastReceivable = 0n;
+      while (Date.now() < deadline) {
+        const [page, totals] = await Promise.all([
+          trialBalancePage(db, { limit: 10 }),
+          trialBalanceTotals(db),
+        ]);
+        reads += 1;
+        const total = totals[0];
+        const receivable = page.accounts.find((a) => a.account === 'psp_receivable');
+        if (total === undefined || total.debitMinor !== total.creditMinor) {
+          wrong.push(`unbalanced totals ${total?.debitMinor}/${total?.creditMinor}`);
+        } else if (total.debitMinor < lastTotal) {
+          wrong.push(`totals went down ${lastTotal} -> ${total.debitMinor}`);
+        } else lastTotal = total.debitMinor;
+        if (receivable === undefined || receivable.debitMinor < lastReceivable) {
+          wrong.push(`psp_receivable went down ${lastReceivable} -> ${receivable?.debitMinor}`);
+        } else lastReceivable = receivable.debitMinor;
+      }
+    });
+    await Promise.all(readers);
+    stop = true;
+    await Promise.all(lanes);
+    const passes = await Promise.all(passers);
+    expect(wrong.slice(0, 5)).toEqual([]);
+    expect(reads).toBeGreaterThan(20);
+    expect(Math.min(...passes)).toBeGreaterThan(10);
     await catchUp();
     expect(await served()).toEqual(await recount());
     expect(await ledgerSumsDrift(db)).toEqual({ accounts: [], currencies: [] });

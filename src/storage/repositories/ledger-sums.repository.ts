@@ -1,11 +1,13 @@
 /**
  * The trial balance without reading the whole ledger. Running sums of debits and credits, per
  * (account, currency) and per currency (migration 0013), count every entry up to a checkpoint id;
- * a balance is the sums plus the entries after the checkpoint, read in one statement (one
- * consistent snapshot, so sums and checkpoint always match). What a page or the totals read thus
- * grows with the entries of the last seconds, not with the ledger: the totals read a row per
- * currency and a range of the primary key; a page reads a row per account and, per account, a
- * range of its (account, id) index.
+ * a balance is the sums plus the entries after the checkpoint, read in one consistent snapshot,
+ * so sums and checkpoint always match. What a page or the totals read thus grows with the
+ * entries after the checkpoint, not with the ledger: the totals read a row per currency and a
+ * range of the primary key; a page reads a row per account and the same range at most. The
+ * checkpoint trails the head by a few seconds, or by as long as a booking stays open (the
+ * horizon stops before it): readers then read all the entries after it, which the metrics
+ * `settle_ledger_sums_*` show.
  *
  * The checkpoint moves only below the ledger's settled horizon (ledger-horizon.repository.ts):
  * every entry at most the checkpoint has committed or never will, so an entry is never counted
@@ -22,6 +24,7 @@
  * reconciliation use, still sums every entry, and `ledgerSumsDrift` compares the two.
  */
 import { sql } from 'kysely';
+import { FailedPreconditionError } from '../../domain/errors.js';
 import type { Db } from '../db.js';
 import { inTransaction, type Trx } from '../transaction.js';
 import {
@@ -70,8 +73,7 @@ export async function ledgerSumsCheckpoint(
   const result = await sql<{ upto_id: string; advanced_at: Date }>`
     SELECT upto_id, advanced_at FROM ledger_sum_checkpoint WHERE id = 1`.execute(db);
   const row = result.rows[0];
-  if (row === undefined)
-    throw new Error('ledger_sum_checkpoint has no row: migration 0013 not run');
+  if (row === undefined) throw missingCheckpoint();
   return { uptoId: BigInt(row.upto_id), advancedAt: row.advanced_at };
 }
 
@@ -112,6 +114,9 @@ export async function advanceLedgerSums(
     if (!page.more || page.stoppedAtHorizon || page.entries.length === 0) break;
   }
   if (to === from) return { from, to, entries: 0, lost: false };
+  // Another node's pass may have moved the checkpoint while this one read: then drop this one
+  // now, rather than wait below for that pass's row lock to learn it.
+  if ((await checkpointIn(db)) !== from) return { from, to: from, entries: 0, lost: true };
   const moved = await inTransaction(db, async (trx) => {
     // The row lock this takes makes a concurrent pass wait here, then find the checkpoint moved.
     const result = await sql`
@@ -147,20 +152,26 @@ export async function advanceLedgerSums(
 
 /**
  * Debits minus credits over every account, per currency: the sums plus the entries after the
- * checkpoint, in one statement. Equal to trialBalanceByCurrency's full scan at the same instant.
+ * checkpoint. Equal to trialBalanceByCurrency's full scan at the same instant. Two statements in
+ * one REPEATABLE READ transaction, the checkpoint read first and given to the second as a
+ * literal (see trialBalancePage), so that the range over the ids after it does not rest on how
+ * the server plans a subquery.
  */
 export async function trialBalanceTotals(db: Db): Promise<CurrencyBalance[]> {
-  const result = await sql<{ currency: string; debits: string; credits: string }>`
-    SELECT currency, SUM(debit_minor) AS debits, SUM(credit_minor) AS credits
-    FROM (
-      SELECT currency, debit_minor, credit_minor FROM ledger_currency_sum
-      UNION ALL
-      SELECT currency, debit_minor, credit_minor FROM ledger_entry
-      WHERE id > (SELECT upto_id FROM ledger_sum_checkpoint WHERE id = 1)
-    ) AS counted
-    GROUP BY currency
-    ORDER BY currency`.execute(db);
-  return result.rows.map((row) => balance(row.currency, row));
+  const rows = await inSnapshot(db, async (trx) => {
+    const uptoId = await checkpointIn(trx);
+    const result = await sql<{ currency: string; debits: string; credits: string }>`
+      SELECT currency, SUM(debit_minor) AS debits, SUM(credit_minor) AS credits
+      FROM (
+        SELECT currency, debit_minor, credit_minor FROM ledger_currency_sum
+        UNION ALL
+        SELECT currency, debit_minor, credit_minor FROM ledger_entry WHERE id > ${uptoId}
+      ) AS counted
+      GROUP BY currency
+      ORDER BY currency`.execute(trx);
+    return result.rows;
+  });
+  return rows.map((row) => balance(row.currency, row));
 }
 
 /** Rows answered at most by one `trialBalancePage`. */
@@ -193,25 +204,22 @@ export async function trialBalancePage(
     throw new RangeError(`limit must be 1-${TRIAL_BALANCE_PAGE_ROWS_MAX}, got ${page.limit}`);
   }
   const after = page.after;
-  const result = await db
-    .transaction()
-    .setIsolationLevel('repeatable read')
-    .execute(async (trx) => {
-      const uptoId = await checkpointIn(trx);
-      // An account is in ledger_account_sum only once it has entries, and entries are never
-      // deleted: the accounts of ledger_entry are all of them.
-      const picked = await sql<{ account: string }>`
+  const result = await inSnapshot(db, async (trx) => {
+    const uptoId = await checkpointIn(trx);
+    // An account is in ledger_account_sum only once it has entries, and entries are never
+    // deleted: the accounts of ledger_entry are all of them.
+    const picked = await sql<{ account: string }>`
         SELECT DISTINCT account FROM ledger_entry
         ${after !== undefined ? sql`WHERE account >= ${after.account}` : sql``}
         ORDER BY account LIMIT ${page.limit + 2}`.execute(trx);
-      if (picked.rows.length === 0) return [];
-      const accounts = sql.join(picked.rows.map((row) => row.account));
-      const balances = await sql<{
-        account: string;
-        currency: string;
-        debits: string;
-        credits: string;
-      }>`
+    if (picked.rows.length === 0) return [];
+    const accounts = sql.join(picked.rows.map((row) => row.account));
+    const balances = await sql<{
+      account: string;
+      currency: string;
+      debits: string;
+      credits: string;
+    }>`
         SELECT account, currency, SUM(debit_minor) AS debits, SUM(credit_minor) AS credits
         FROM (
           SELECT account, currency, debit_minor, credit_minor FROM ledger_account_sum
@@ -224,8 +232,8 @@ export async function trialBalancePage(
         GROUP BY account, currency
         ORDER BY account, currency
         LIMIT ${page.limit + 1}`.execute(trx);
-      return balances.rows;
-    });
+    return balances.rows;
+  });
   const accounts = result
     .slice(0, page.limit)
     .map((row) => ({ account: row.account, ...balance(row.currency, row) }));
@@ -252,13 +260,9 @@ export type LedgerSumsDrift = Readonly<{
  * twice. A full scan, like trialBalanceByCurrency: for checks, not for serving.
  */
 export async function ledgerSumsDrift(db: Db): Promise<LedgerSumsDrift> {
-  return db
-    .transaction()
-    .setIsolationLevel('repeatable read')
-    .execute(async (trx) => {
-      // One snapshot for the three reads (REPEATABLE READ: the first read fixes it).
-      const uptoId = await checkpointIn(trx);
-      const accounts = await sql<{ account: string; currency: string }>`
+  return inSnapshot(db, async (trx) => {
+    const uptoId = await checkpointIn(trx);
+    const accounts = await sql<{ account: string; currency: string }>`
       SELECT account, currency FROM (
         SELECT account, currency, debit_minor, credit_minor FROM ledger_account_sum
         UNION ALL
@@ -269,7 +273,7 @@ export async function ledgerSumsDrift(db: Db): Promise<LedgerSumsDrift> {
       HAVING SUM(debit_minor) <> 0 OR SUM(credit_minor) <> 0
       ORDER BY account, currency
       LIMIT ${DRIFT_LISTED_MAX}`.execute(trx);
-      const currencies = await sql<{ currency: string }>`
+    const currencies = await sql<{ currency: string }>`
       SELECT currency FROM (
         SELECT currency, debit_minor, credit_minor FROM ledger_currency_sum
         UNION ALL
@@ -278,11 +282,11 @@ export async function ledgerSumsDrift(db: Db): Promise<LedgerSumsDrift> {
       GROUP BY currency
       HAVING SUM(debit_minor) <> 0 OR SUM(credit_minor) <> 0
       ORDER BY currency`.execute(trx);
-      return {
-        accounts: accounts.rows.map((row) => ({ account: row.account, currency: row.currency })),
-        currencies: currencies.rows.map((row) => row.currency),
-      };
-    });
+    return {
+      accounts: accounts.rows.map((row) => ({ account: row.account, currency: row.currency })),
+      currencies: currencies.rows.map((row) => row.currency),
+    };
+  });
 }
 
 /**
@@ -332,13 +336,28 @@ export class LedgerSummer {
   }
 }
 
-async function checkpointIn(trx: Trx): Promise<bigint> {
+/**
+ * Runs `read` in a REPEATABLE READ transaction: its first read fixes the snapshot every later one
+ * sees, so the checkpoint read first and the sums and entries read after it agree.
+ */
+function inSnapshot<T>(db: Db, read: (trx: Trx) => Promise<T>): Promise<T> {
+  return db.transaction().setIsolationLevel('repeatable read').execute(read);
+}
+
+async function checkpointIn(db: Db | Trx): Promise<bigint> {
   const result = await sql<{ upto_id: string }>`
-    SELECT upto_id FROM ledger_sum_checkpoint WHERE id = 1`.execute(trx);
+    SELECT upto_id FROM ledger_sum_checkpoint WHERE id = 1`.execute(db);
   const row = result.rows[0];
-  if (row === undefined)
-    throw new Error('ledger_sum_checkpoint has no row: migration 0013 not run');
+  if (row === undefined) throw missingCheckpoint();
   return BigInt(row.upto_id);
+}
+
+/** The checkpoint row is written by migration 0013: without it, the schema is not this Settle's. */
+function missingCheckpoint(): FailedPreconditionError {
+  return new FailedPreconditionError(
+    'ledger_sum_checkpoint has no row: the database was not migrated by this version of Settle ' +
+      '(migration 0013-ledger-sums); start a node on it to migrate, then retry',
+  );
 }
 
 type Sums = { debit: bigint; credit: bigint };
