@@ -346,6 +346,24 @@ export function createMetrics(): Metrics {
       if (s.outbox.ok) g.set(s.outbox.value.oldestAgeMs / 1000);
     },
   );
+  gauge(
+    'settle_ledger_sums_unsummed_entries',
+    'Ledger entries after the running sums’ checkpoint, which every trial balance read adds up ' +
+      'itself (counted up to 100,000).',
+    [],
+    (g, s) => {
+      if (s.ledgerSums.ok) g.set(s.ledgerSums.value.unsummed);
+    },
+  );
+  gauge(
+    'settle_ledger_sums_oldest_unsummed_age_seconds',
+    'Age of the oldest ledger entry not yet in the running sums, in seconds (0 when none): a few ' +
+      'seconds normally; it grows while a ledger transaction stays open or every pass fails.',
+    [],
+    (g, s) => {
+      if (s.ledgerSums.ok) g.set(s.ledgerSums.value.oldestUnsummedAgeMs / 1000);
+    },
+  );
   const consumerGauge = (
     name: string,
     help: string,
@@ -483,6 +501,7 @@ export function createMetrics(): Metrics {
       g.set({ probe: 'command_stream' }, s.commandStream.ok ? 1 : 0);
       g.set({ probe: 'dead_letters' }, s.deadLetters.ok ? 1 : 0);
       g.set({ probe: 'outbox' }, s.outbox.ok ? 1 : 0);
+      g.set({ probe: 'ledger_sums' }, s.ledgerSums.ok ? 1 : 0);
       g.set({ probe: 'payments' }, s.payments.ok ? 1 : 0);
       g.set({ probe: 'reconciliation' }, s.reconciliation.ok ? 1 : 0);
     },

@@ -14,6 +14,10 @@ import type { BreakerState } from '../psp/client.js';
 import type { Db } from '../storage/db.js';
 import { outboxLag } from '../storage/repositories/outbox.repository.js';
 import {
+  ledgerSumsLag,
+  type LedgerSumsLag,
+} from '../storage/repositories/ledger-sums.repository.js';
+import {
   countUnsettledOrders,
   firstSucceededAt,
   latestSucceededRun,
@@ -85,6 +89,8 @@ export type OperationsSnapshot = Readonly<{
   commandStream: Probe<StreamState>;
   deadLetters: Probe<DeadLetterCounts>;
   outbox: Probe<{ pending: number; oldestAgeMs: number }>;
+  /** How far the trial balance's running sums trail the ledger. */
+  ledgerSums: Probe<LedgerSumsLag>;
   actors: Readonly<{ live: number; mailboxDepth: number; passivated: number }>;
   payments: Probe<ReadonlyArray<StateCount>>;
   reconciliation: Probe<ReconciliationStatus>;
@@ -265,31 +271,33 @@ export async function operationsSnapshot(deps: OperationsDeps): Promise<Operatio
   const probe = <T>(work: () => Promise<T>) => probeWithin(work, deps.probeTimeoutMs);
   // Read before the stream, so that a delivery in between can only make `pending` larger.
   const progress = deps.consumerProgress();
-  const [commandStream, deadLetters, outbox, payments, reconciliation] = await Promise.all([
-    probe(async (): Promise<StreamState> => {
-      const info = await deps.jsm.streams.info(deps.names.commandStream);
-      return {
-        messages: info.state.messages,
-        bytes: info.state.bytes,
-        bytesMax: info.config.max_bytes,
-        firstSeq: info.state.first_seq,
-        lastSeq: info.state.last_seq,
-        createdAtMs: Date.parse(info.created),
-      };
-    }),
-    probe(() => deps.deadLetters.counts()),
-    probe(() => outboxLag(deps.db)),
-    probe(() => deps.paymentCounts.read()),
-    probe(async (): Promise<ReconciliationStatus> => {
-      const [lastRun, unsettledOrders] = await Promise.all([
-        latestSucceededRun(deps.db),
-        countUnsettledOrders(deps.db, UNSETTLED_COUNT_MAX),
-      ]);
-      const lastDayReconciledAt =
-        lastRun === undefined ? undefined : await firstSucceededAt(deps.db, lastRun.day);
-      return { lastRun, lastDayReconciledAt, unsettledOrders };
-    }),
-  ]);
+  const [commandStream, deadLetters, outbox, ledgerSums, payments, reconciliation] =
+    await Promise.all([
+      probe(async (): Promise<StreamState> => {
+        const info = await deps.jsm.streams.info(deps.names.commandStream);
+        return {
+          messages: info.state.messages,
+          bytes: info.state.bytes,
+          bytesMax: info.config.max_bytes,
+          firstSeq: info.state.first_seq,
+          lastSeq: info.state.last_seq,
+          createdAtMs: Date.parse(info.created),
+        };
+      }),
+      probe(() => deps.deadLetters.counts()),
+      probe(() => outboxLag(deps.db)),
+      probe(() => ledgerSumsLag(deps.db)),
+      probe(() => deps.paymentCounts.read()),
+      probe(async (): Promise<ReconciliationStatus> => {
+        const [lastRun, unsettledOrders] = await Promise.all([
+          latestSucceededRun(deps.db),
+          countUnsettledOrders(deps.db, UNSETTLED_COUNT_MAX),
+        ]);
+        const lastDayReconciledAt =
+          lastRun === undefined ? undefined : await firstSucceededAt(deps.db, lastRun.day);
+        return { lastRun, lastDayReconciledAt, unsettledOrders };
+      }),
+    ]);
   const takenAt = new Date();
   return {
     takenAt,
@@ -298,6 +306,7 @@ export async function operationsSnapshot(deps: OperationsDeps): Promise<Operatio
     commandStream,
     deadLetters,
     outbox,
+    ledgerSums,
     actors: {
       live: deps.registry.size,
       mailboxDepth: deps.registry.mailboxDepth(),

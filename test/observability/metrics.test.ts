@@ -156,6 +156,9 @@ describe('metrics and request logs', () => {
     expect(metricSample(text, 'settle_actors')).toBe(stack.settle.registry.size);
     expect(metricSample(text, 'settle_actor_mailbox_depth')).toBe(0);
     expect(metricSample(text, 'settle_probe_up', { probe: 'jetstream_consumer' })).toBe(1);
+    expect(metricSample(text, 'settle_ledger_sums_unsummed_entries')).toBeGreaterThanOrEqual(0);
+    expect(metricSample(text, 'settle_ledger_sums_oldest_unsummed_age_seconds')).toBeLessThan(60);
+    expect(metricSample(text, 'settle_probe_up', { probe: 'ledger_sums' })).toBe(1);
     expect(metricSample(text, 'process_cpu_seconds_total')).toBeGreaterThan(0);
     // Before the first reconciliation: nothing unsettled, and no sample of the last run's gauges.
     expect(metricSample(text, 'settle_reconciliation_unsettled_orders')).toBe(0);
@@ -318,6 +321,9 @@ describe('metrics and request logs', () => {
         outbox: ok
           ? { ok, value: { pending: 7, oldestAgeMs: 1_500 } }
           : { ok, error: 'MySQL is down' },
+        ledgerSums: ok
+          ? { ok, value: { unsummed: 9, oldestUnsummedAgeMs: 2_500 } }
+          : { ok, error: 'MySQL is down' },
         actors: { live: 0, mailboxDepth: 0, passivated: 0 },
         payments: ok ? { ok, value: [{ state: 'EXECUTING', count: 4 }] } : { ok, error: 'down' },
         reconciliation: { ok: false, error: 'not asked' },
@@ -333,6 +339,8 @@ describe('metrics and request logs', () => {
       ['settle_outbox_pending', 7],
       ['settle_jetstream_consumer_pending', 5],
       ['settle_command_stream_bytes', 1_234],
+      ['settle_ledger_sums_unsummed_entries', 9],
+      ['settle_ledger_sums_oldest_unsummed_age_seconds', 2.5],
     ] as const) {
       expect(metricSample(before, name), name).toBe(value);
       expect(metricSample(during, name), name).toBe(value);
@@ -340,6 +348,7 @@ describe('metrics and request logs', () => {
     expect(metricSample(during, 'settle_probe_up', { probe: 'dead_letters' })).toBe(0);
     expect(metricSample(during, 'settle_probe_up', { probe: 'jetstream_consumer' })).toBe(0);
     expect(metricSample(during, 'settle_probe_up', { probe: 'command_stream' })).toBe(0);
+    expect(metricSample(during, 'settle_probe_up', { probe: 'ledger_sums' })).toBe(0);
     // A labelled series whose probe failed has no sample rather than a stale one.
     expect(metricSample(before, 'settle_payments', { state: 'EXECUTING' })).toBe(4);
     expect(metricSample(during, 'settle_payments', { state: 'EXECUTING' })).toBeUndefined();
@@ -355,6 +364,7 @@ describe('metrics and request logs', () => {
         commandStream: { ok: false, error: 'not asked' },
         deadLetters: { ok: false, error: 'not asked' },
         outbox: { ok: false, error: 'not asked' },
+        ledgerSums: { ok: false, error: 'not asked' },
         actors: { live: 0, mailboxDepth: 0, passivated: 0 },
         payments: { ok: true, value: payments },
         reconciliation: { ok: false, error: 'not asked' },

@@ -21,6 +21,7 @@ import {
   advanceLedgerSums,
   ledgerSumsCheckpoint,
   ledgerSumsDrift,
+  ledgerSumsLag,
   LedgerSummer,
   trialBalancePage,
   trialBalanceTotals,
@@ -363,6 +364,26 @@ describe('the running sums', () => {
       accounts: [{ account: 'seller_payable:e1', currency: 'EUR' }],
       currencies: ['EUR'],
     });
+  });
+});
+
+describe('ledgerSumsLag', () => {
+  it('says how many entries, and how old the oldest, the sums trail by while a booking stays open', async () => {
+    await bookMany(3);
+    await catchUp();
+    expect(await ledgerSumsLag(db)).toEqual({ unsummed: 0, oldestUnsummedAgeMs: 0 });
+    const finish = await holdOpen('held', 1n);
+    await bookMany(2);
+    await advanceLedgerSums(db, OPTIONS);
+    // The checkpoint stays below the open booking: the two committed after it wait too.
+    const inAMinute = new Date(Date.now() + 60_000);
+    const lag = await ledgerSumsLag(db, inAMinute);
+    expect(lag.unsummed).toBe(4);
+    expect(lag.oldestUnsummedAgeMs).toBeGreaterThanOrEqual(59_000);
+    expect(await ledgerSumsLag(db, new Date(), 3)).toMatchObject({ unsummed: 3 });
+    await finish(true);
+    await catchUp();
+    expect(await ledgerSumsLag(db)).toEqual({ unsummed: 0, oldestUnsummedAgeMs: 0 });
   });
 });
 

@@ -247,6 +247,41 @@ export async function trialBalancePage(
   };
 }
 
+/** Entries after the checkpoint counted at most by ledgerSumsLag (a bounded index range). */
+export const LEDGER_SUMS_LAG_COUNT_MAX = 100_000;
+
+export type LedgerSumsLag = Readonly<{
+  /** Entries after the checkpoint, not yet in the sums (at most LEDGER_SUMS_LAG_COUNT_MAX). */
+  unsummed: number;
+  /** Age of the oldest of them (its created_at), 0 when there is none. */
+  oldestUnsummedAgeMs: number;
+}>;
+
+/**
+ * How far the sums trail the ledger: what every trial balance read has to add up on its own.
+ * A few seconds' worth normally; it grows while a booking stays open (the horizon stops before
+ * it) or while every node's pass fails.
+ */
+export async function ledgerSumsLag(
+  db: Db,
+  now = new Date(),
+  countMax = LEDGER_SUMS_LAG_COUNT_MAX,
+): Promise<LedgerSumsLag> {
+  const uptoId = await checkpointIn(db);
+  const { rows } = await sql<{ unsummed: string; oldest: Date | null }>`
+    SELECT (SELECT COUNT(*) FROM (
+              SELECT 1 FROM ledger_entry WHERE id > ${uptoId} LIMIT ${countMax}) AS unsummed_ids) AS unsummed,
+           (SELECT created_at FROM ledger_entry WHERE id > ${uptoId}
+            ORDER BY id LIMIT 1) AS oldest`.execute(db);
+  const row = rows[0];
+  const oldest = row?.oldest ?? null;
+  return {
+    unsummed: Number(row?.unsummed ?? 0),
+    oldestUnsummedAgeMs:
+      oldest === null ? 0 : Math.max(0, now.getTime() - new Date(oldest).getTime()),
+  };
+}
+
 export type LedgerSumsDrift = Readonly<{
   /** The (account, currency) pairs whose sums differ from their entries up to the checkpoint. */
   accounts: AccountKey[];
