@@ -33,6 +33,8 @@ const DELETE_CHUNK_ROWS = 20_000;
 const TRANSACTION_ATTEMPTS_MAX = 4;
 /** At most this many wallet differences are kept in a report. */
 export const WALLET_DIFFERENCES_MAX = 100;
+/** At most this many (account, currency) pairs whose running sums differ are kept in a report. */
+export const SUM_DIFFERENCES_MAX = 100;
 
 export const FEE_LEDGER_KIND = {
   transaction: 'PSP_FEE',
@@ -55,6 +57,17 @@ export type InternalCheck = Readonly<{
   walletDifferences: ReadonlyArray<
     Readonly<{ sellerId: string; walletMinor: bigint; ledgerMinor: bigint }>
   >;
+  /**
+   * The trial balance's running sums (ledger-sums.repository.ts) equal the entries they count.
+   * Undefined in a run stored before this check existed: not checked, which is not a failure.
+   */
+  ledgerSumsMatch: boolean | undefined;
+  /** (account, currency) pairs whose sums differ: ledgerSumsDrift lists 1,000 at most. */
+  ledgerSumsNotMatching: bigint;
+  /** The first SUM_DIFFERENCES_MAX of them. */
+  ledgerSumDifferences: ReadonlyArray<Readonly<{ account: string; currency: string }>>;
+  /** The currencies whose sums differ. */
+  currencySumDifferences: readonly string[];
 }>;
 
 export type Run = Readonly<{
@@ -1145,6 +1158,11 @@ function parseInternalCheck(text: string): InternalCheck {
     walletsMatchLedger: boolean;
     walletsNotMatching: string;
     walletDifferences: Array<{ sellerId: string; walletMinor: string; ledgerMinor: string }>;
+    // Absent from runs stored before the running sums were checked.
+    ledgerSumsMatch?: boolean;
+    ledgerSumsNotMatching?: string;
+    ledgerSumDifferences?: Array<{ account: string; currency: string }>;
+    currencySumDifferences?: string[];
   };
   return {
     ledgerBalanced: raw.ledgerBalanced,
@@ -1162,6 +1180,13 @@ function parseInternalCheck(text: string): InternalCheck {
       walletMinor: BigInt(difference.walletMinor),
       ledgerMinor: BigInt(difference.ledgerMinor),
     })),
+    ledgerSumsMatch: raw.ledgerSumsMatch,
+    ledgerSumsNotMatching: BigInt(raw.ledgerSumsNotMatching ?? '0'),
+    ledgerSumDifferences: (raw.ledgerSumDifferences ?? []).map(({ account, currency }) => ({
+      account,
+      currency,
+    })),
+    currencySumDifferences: raw.currencySumDifferences ?? [],
   };
 }
 

@@ -25,6 +25,7 @@ import { decodePageToken, encodePageToken } from '../domain/page-token.js';
 import { addUtcDays, isUtcDay, utcDayOf, type UtcDay } from '../domain/utc-day.js';
 import type { Db } from '../storage/db.js';
 import { isDuplicateKey } from '../storage/errors.js';
+import { ledgerSumsDrift } from '../storage/repositories/ledger-sums.repository.js';
 import {
   trialBalanceByCurrency,
   walletsNotMatchingLedger,
@@ -54,6 +55,7 @@ import {
   resolveEarlierMismatches,
   type Run,
   settleLateBookings,
+  SUM_DIFFERENCES_MAX,
   summarizeRun,
   WALLET_DIFFERENCES_MAX,
   withClassificationLock,
@@ -673,11 +675,18 @@ export class ReconciliationService {
     }
   }
 
-  /** The seed's internal check: the trial balance is zero and every wallet equals its ledger. */
+  /**
+   * The seed's internal check: the trial balance is zero, every wallet equals its ledger, and
+   * the running sums GetTrialBalance reads equal the entries they count. The first two sum every
+   * entry and never read the sums, so without the third, sums gone wrong (an entry changed by
+   * hand below their checkpoint, a pass that added an entry twice) would have GetTrialBalance
+   * answer wrong totals while every check passed.
+   */
   async #internalCheck(): Promise<InternalCheck> {
     const { db } = this.#options;
     const totalList = await trialBalanceByCurrency(db);
     const differences = await walletsNotMatchingLedger(db);
+    const drift = await ledgerSumsDrift(db);
     return {
       ledgerBalanced: totalList.every((total) => total.balanceMinor === 0n),
       totals: totalList,
@@ -689,6 +698,10 @@ export class ReconciliationService {
       walletDifferences: differences
         .slice(0, WALLET_DIFFERENCES_MAX)
         .map(({ sellerId, walletMinor, ledgerMinor }) => ({ sellerId, walletMinor, ledgerMinor })),
+      ledgerSumsMatch: drift.accounts.length === 0 && drift.currencies.length === 0,
+      ledgerSumsNotMatching: BigInt(drift.accounts.length),
+      ledgerSumDifferences: drift.accounts.slice(0, SUM_DIFFERENCES_MAX),
+      currencySumDifferences: drift.currencies,
     };
   }
 }

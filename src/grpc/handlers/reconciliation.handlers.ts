@@ -116,6 +116,13 @@ export function reportToProto(run: Run): Report {
               walletMinor: difference.walletMinor,
               ledgerMinor: difference.ledgerMinor,
             })),
+            ledgerSumsMatch: check.ledgerSumsMatch,
+            ledgerSumsNotMatching: check.ledgerSumsNotMatching,
+            ledgerSumDifferences: check.ledgerSumDifferences.map((difference) => ({
+              account: difference.account,
+              currencyCode: difference.currency,
+            })),
+            currencySumDifferences: [...check.currencySumDifferences],
           },
     error: run.error ?? '',
     createTime: run.createdAt,

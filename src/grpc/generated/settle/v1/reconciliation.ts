@@ -166,9 +166,16 @@ export interface WalletDifference {
   ledgerMinor: bigint;
 }
 
+/** An (account, currency) pair whose running sums differ from its ledger entries. */
+export interface SumDifference {
+  account: string;
+  currencyCode: string;
+}
+
 /**
  * Settle's own invariants, checked at the end of the run: every wallet equals the sum of its
- * ledger entries and the ledger's trial balance is zero.
+ * ledger entries, the ledger's trial balance is zero, and the running sums GetTrialBalance reads
+ * equal the ledger entries they count.
  */
 export interface InternalCheck {
   ledgerBalanced: boolean;
@@ -178,6 +185,16 @@ export interface InternalCheck {
   walletsNotMatching: bigint;
   /** The first 100 wallets that differ. */
   walletDifferences: WalletDifference[];
+  /** Unset in a report completed before the running sums were checked: not checked, not failed. */
+  ledgerSumsMatch?:
+    | boolean
+    | undefined;
+  /** The (account, currency) pairs whose sums differ, counted up to 1,000. */
+  ledgerSumsNotMatching: bigint;
+  /** The first 100 of them. */
+  ledgerSumDifferences: SumDifference[];
+  /** The currencies whose sums differ. */
+  currencySumDifferences: string[];
 }
 
 export interface Report {
@@ -756,6 +773,95 @@ export const WalletDifference: MessageFns<WalletDifference> = {
   },
 };
 
+function createBaseSumDifference(): SumDifference {
+  return { account: "", currencyCode: "" };
+}
+
+export const SumDifference: MessageFns<SumDifference> = {
+  encode(message: SumDifference, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.account !== "") {
+      writer.uint32(10).string(message.account);
+    }
+    if (message.currencyCode !== "") {
+      writer.uint32(18).string(message.currencyCode);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SumDifference {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSumDifference();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.account = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.currencyCode = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SumDifference {
+    return {
+      account: isSet(object.account) ? globalThis.String(object.account) : "",
+      currencyCode: isSet(object.currencyCode)
+        ? globalThis.String(object.currencyCode)
+        : isSet(object.currency_code)
+        ? globalThis.String(object.currency_code)
+        : "",
+    };
+  },
+
+  toJSON(message: SumDifference): unknown {
+    const obj: any = {};
+    if (message.account !== "") {
+      obj.account = message.account;
+    }
+    if (message.currencyCode !== "") {
+      obj.currencyCode = message.currencyCode;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SumDifference>, I>>(base?: I): SumDifference {
+    return SumDifference.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SumDifference>, I>>(object: I): SumDifference {
+    const message = createBaseSumDifference();
+    message.account = object.account ?? "";
+    message.currencyCode = object.currencyCode ?? "";
+    return message;
+  },
+};
+
 function createBaseInternalCheck(): InternalCheck {
   return {
     ledgerBalanced: false,
@@ -764,6 +870,10 @@ function createBaseInternalCheck(): InternalCheck {
     walletsMatchLedger: false,
     walletsNotMatching: 0n,
     walletDifferences: [],
+    ledgerSumsMatch: undefined,
+    ledgerSumsNotMatching: 0n,
+    ledgerSumDifferences: [],
+    currencySumDifferences: [],
   };
 }
 
@@ -792,6 +902,21 @@ export const InternalCheck: MessageFns<InternalCheck> = {
     }
     for (const v of message.walletDifferences) {
       WalletDifference.encode(v!, writer.uint32(50).fork()).join();
+    }
+    if (message.ledgerSumsMatch !== undefined) {
+      writer.uint32(56).bool(message.ledgerSumsMatch);
+    }
+    if (message.ledgerSumsNotMatching !== 0n) {
+      if (BigInt.asIntN(64, message.ledgerSumsNotMatching) !== message.ledgerSumsNotMatching) {
+        throw new globalThis.Error("value provided for field message.ledgerSumsNotMatching of type int64 too large");
+      }
+      writer.uint32(64).int64(message.ledgerSumsNotMatching);
+    }
+    for (const v of message.ledgerSumDifferences) {
+      SumDifference.encode(v!, writer.uint32(74).fork()).join();
+    }
+    for (const v of message.currencySumDifferences) {
+      writer.uint32(82).string(v!);
     }
     return writer;
   },
@@ -857,6 +982,38 @@ export const InternalCheck: MessageFns<InternalCheck> = {
             message.walletDifferences.push(WalletDifference.decode(reader, reader.uint32()));
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.ledgerSumsMatch = reader.bool();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.ledgerSumsNotMatching = reader.int64() as bigint;
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.ledgerSumDifferences.push(SumDifference.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.currencySumDifferences.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -897,6 +1054,26 @@ export const InternalCheck: MessageFns<InternalCheck> = {
         : globalThis.Array.isArray(object?.wallet_differences)
         ? object.wallet_differences.map((e: any) => WalletDifference.fromJSON(e))
         : [],
+      ledgerSumsMatch: isSet(object.ledgerSumsMatch)
+        ? globalThis.Boolean(object.ledgerSumsMatch)
+        : isSet(object.ledger_sums_match)
+        ? globalThis.Boolean(object.ledger_sums_match)
+        : undefined,
+      ledgerSumsNotMatching: isSet(object.ledgerSumsNotMatching)
+        ? BigInt(object.ledgerSumsNotMatching)
+        : isSet(object.ledger_sums_not_matching)
+        ? BigInt(object.ledger_sums_not_matching)
+        : 0n,
+      ledgerSumDifferences: globalThis.Array.isArray(object?.ledgerSumDifferences)
+        ? object.ledgerSumDifferences.map((e: any) => SumDifference.fromJSON(e))
+        : globalThis.Array.isArray(object?.ledger_sum_differences)
+        ? object.ledger_sum_differences.map((e: any) => SumDifference.fromJSON(e))
+        : [],
+      currencySumDifferences: globalThis.Array.isArray(object?.currencySumDifferences)
+        ? object.currencySumDifferences.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.currency_sum_differences)
+        ? object.currency_sum_differences.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -920,6 +1097,18 @@ export const InternalCheck: MessageFns<InternalCheck> = {
     if (message.walletDifferences?.length) {
       obj.walletDifferences = message.walletDifferences.map((e) => WalletDifference.toJSON(e));
     }
+    if (message.ledgerSumsMatch !== undefined) {
+      obj.ledgerSumsMatch = message.ledgerSumsMatch;
+    }
+    if (message.ledgerSumsNotMatching !== 0n) {
+      obj.ledgerSumsNotMatching = message.ledgerSumsNotMatching.toString();
+    }
+    if (message.ledgerSumDifferences?.length) {
+      obj.ledgerSumDifferences = message.ledgerSumDifferences.map((e) => SumDifference.toJSON(e));
+    }
+    if (message.currencySumDifferences?.length) {
+      obj.currencySumDifferences = message.currencySumDifferences;
+    }
     return obj;
   },
 
@@ -938,6 +1127,13 @@ export const InternalCheck: MessageFns<InternalCheck> = {
       ? BigInt(object.walletsNotMatching)
       : 0n;
     message.walletDifferences = object.walletDifferences?.map((e) => WalletDifference.fromPartial(e)) || [];
+    message.ledgerSumsMatch = object.ledgerSumsMatch ?? undefined;
+    message.ledgerSumsNotMatching =
+      (object.ledgerSumsNotMatching !== undefined && object.ledgerSumsNotMatching !== null)
+        ? BigInt(object.ledgerSumsNotMatching)
+        : 0n;
+    message.ledgerSumDifferences = object.ledgerSumDifferences?.map((e) => SumDifference.fromPartial(e)) || [];
+    message.currencySumDifferences = object.currencySumDifferences?.map((e) => e) || [];
     return message;
   },
 };
