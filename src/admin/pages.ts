@@ -25,6 +25,7 @@ import type {
 } from '../observability/operations.js';
 import {
   RECONCILIATION_CLASS,
+  type InternalCheck,
   type Mismatch,
   type Run,
   type ScheduledDay,
@@ -42,6 +43,9 @@ export type LayoutContext = Readonly<{
   namespace: string;
   now: Date;
 }>;
+
+/** Currencies and pairs named on the operations page when the running sums differ. */
+const SUM_DIFFERENCES_SHOWN_MAX = 5;
 
 const NAV: ReadonlyArray<readonly [href: string, label: string]> = [
   ['/admin/payments', 'Payments'],
@@ -556,20 +560,40 @@ function reconciliationStatus(status: ReconciliationStatus): SafeHtml {
       ${mismatches.length === 0 ? 'none' : html`<span class="bad">${mismatches.join(', ')}</span>`}
     </dd>
     <dt>Internal checks</dt>
-    <dd>
-      ${
-        check === undefined
-          ? ''
-          : check.ledgerBalanced && check.walletsMatchLedger
-            ? 'ledger balanced, wallets equal to it'
-            : html`<span class="bad"
-                >${check.ledgerBalanced ? '' : 'ledger NOT balanced; '}${check.walletsNotMatching}
-                wallets differ from the ledger</span
-              >`
-      }
-    </dd>
+    <dd>${check === undefined ? '' : internalCheckStatus(check)}</dd>
     ${unsettled}
   </dl>`;
+}
+
+/** What a run's internal check found, failures first. */
+function internalCheckStatus(check: InternalCheck): SafeHtml {
+  const failures = [
+    check.ledgerBalanced ? undefined : 'ledger NOT balanced',
+    check.walletsMatchLedger
+      ? undefined
+      : `${check.walletsNotMatching} wallets differ from the ledger`,
+    check.ledgerSumsMatch === false ? runningSumsDiffer(check) : undefined,
+  ].filter((failure) => failure !== undefined);
+  if (failures.length > 0) return html`<span class="bad">${failures.join('; ')}</span>`;
+  const holding = ['ledger balanced', 'wallets equal to it'];
+  // Undefined: a run from before the running sums were checked, which says nothing of them.
+  if (check.ledgerSumsMatch === true) holding.push('running sums equal to its entries');
+  return html`${holding.join(', ')}`;
+}
+
+/**
+ * Where the running sums differ: the currencies, then the first (account, currency) pairs, so a
+ * card stays a card however many differ (the report over gRPC has the first 100 pairs).
+ */
+function runningSumsDiffer(check: InternalCheck): string {
+  const named = [
+    ...check.currencySumDifferences,
+    ...check.ledgerSumDifferences.map(({ account, currency }) => `${account}/${currency}`),
+  ];
+  const shown = named.slice(0, SUM_DIFFERENCES_SHOWN_MAX).join(', ');
+  const unnamed = check.ledgerSumsNotMatching - BigInt(check.ledgerSumDifferences.length);
+  const rest = named.length > SUM_DIFFERENCES_SHOWN_MAX || unnamed > 0n ? ' and more' : '';
+  return `running sums differ from the ledger entries: ${shown}${rest}`;
 }
 
 export function operationsPage(input: {

@@ -58,6 +58,7 @@ import {
   Report as ReconciliationReport,
   ReportState,
   reportStateToJSON,
+  type InternalCheck,
   type Mismatch,
   type Report,
 } from '../grpc/generated/settle/v1/reconciliation.js';
@@ -866,11 +867,7 @@ async function reconcileCommand(
         String(r.counts?.duplicate ?? ''),
         String(r.counts?.timing ?? ''),
         money(r.settledFeeMinor, r.currencyCode),
-        r.internalCheck === undefined
-          ? r.error
-          : r.internalCheck.ledgerBalanced && r.internalCheck.walletsMatchLedger
-            ? 'ok'
-            : 'LEDGER/WALLETS DIFFER',
+        r.internalCheck === undefined ? r.error : internalCheckSummary(r.internalCheck),
       ]),
     );
   switch (verb) {
@@ -997,6 +994,16 @@ async function reconcileCommand(
 
 // ---------------------------------------------------------------------------------------------
 // Formatting and argument helpers
+
+/** The CHECK column: ok, or which checks failed (the report's --json has the details). */
+function internalCheckSummary(check: InternalCheck): string {
+  const failures = [
+    check.ledgerBalanced && check.walletsMatchLedger ? undefined : 'LEDGER/WALLETS DIFFER',
+    // Unset: a report from before the running sums were checked, which is not a failure.
+    check.ledgerSumsMatch === false ? 'SUMS DIFFER' : undefined,
+  ].filter(isString);
+  return failures.length === 0 ? 'ok' : failures.join(', ');
+}
 
 function isString(value: string | undefined): value is string {
   return value !== undefined;

@@ -472,14 +472,18 @@ export function createMetrics(): Metrics {
   lastRunGauge(
     'settle_reconciliation_last_run_internal_check_failures',
     'Internal checks the latest reconciliation found failing: the ledger not balanced, wallets ' +
-      'not equal to the ledger (0 when both hold).',
+      'not equal to the ledger, the trial balance’s running sums not equal to the ledger entries ' +
+      '(0 when all hold; a run from before the sums were checked did not fail that check).',
     [],
     (g, run) => {
       const check = run.internalCheck;
       if (check === undefined) return;
       g.set(
         { settlement_day: run.day },
-        (check.ledgerBalanced ? 0 : 1) + (check.walletsMatchLedger ? 0 : 1),
+        (check.ledgerBalanced ? 0 : 1) +
+          (check.walletsMatchLedger ? 0 : 1) +
+          // Undefined: the run predates the check, which is not a failure.
+          (check.ledgerSumsMatch === false ? 1 : 0),
       );
     },
   );

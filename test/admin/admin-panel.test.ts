@@ -1210,7 +1210,7 @@ describe('operations and reconciliation', () => {
         .replace(/<[^>]+>/g, ' ')
         .replace(/\s+/g, ' ');
       expect(card).toMatch(
-        /^ Reconciliation Latest day 2024-06-03 Completed \S+Z Mismatches MISSING_IN_LEDGER 1 Internal checks ledger balanced, wallets equal to it Orders not settled yet 0 /,
+        /^ Reconciliation Latest day 2024-06-03 Completed \S+Z Mismatches MISSING_IN_LEDGER 1 Internal checks ledger balanced, wallets equal to it, running sums equal to its entries Orders not settled yet 0 /,
       );
     } finally {
       recon.close();
