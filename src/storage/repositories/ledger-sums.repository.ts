@@ -21,7 +21,8 @@
  * The sums are as correct as the assumption the ledger rests on: entries are appended, never
  * updated or deleted. An entry changed by hand below the checkpoint is not seen by the trial
  * balance; `trialBalanceByCurrency` (ledger.repository.ts), which the invariant checks and
- * reconciliation use, still sums every entry, and `ledgerSumsDrift` compares the two.
+ * reconciliation use, still sums every entry, and `ledgerSumsDrift` compares the two (at the end
+ * of every reconciliation run, in its internal check).
  */
 import { sql } from 'kysely';
 import { FailedPreconditionError } from '../../domain/errors.js';
