@@ -38,7 +38,7 @@ import {
 } from '../../src/storage/repositories/ledger.repository.js';
 import { inTransaction, type Trx } from '../../src/storage/transaction.js';
 import { expectLedgerBalanced, openTestDatabase } from '../support/harness.js';
-import { paymentBooking } from '../support/ledger.js';
+import { holdOpenBooking, paymentBooking, type HeldBooking } from '../support/ledger.js';
 import { callUnary, startServer, stopServer, type RunningServer } from './harness.js';
 
 /**
@@ -92,47 +92,12 @@ async function book(seller = 's1'): Promise<string> {
   return posted.orderId;
 }
 
-class RolledBack extends Error {}
-
-type Hold = Readonly<{ finish: (outcome: 'commit' | 'rollback') => Promise<void> }>;
-
 /** Bookings held open and not yet finished. */
-const holds = new Set<Hold>();
+const holds = new Set<HeldBooking>();
 
-/**
- * Posts a booking in a transaction that stays open (its entries inserted, uncommitted) until
- * `finish` commits or rolls it back.
- */
-async function holdOpen(seller = 's1'): Promise<Hold> {
-  let release: (commit: boolean) => void = () => {};
-  const released = new Promise<boolean>((resolve) => (release = resolve));
-  let posted: () => void = () => {};
-  const isPosted = new Promise<void>((resolve) => (posted = resolve));
-  const done = db
-    .transaction()
-    .execute(async (trx) => {
-      await postLedgerTransaction(trx, paymentBooking(seller));
-      posted();
-      if (!(await released)) throw new RolledBack();
-    })
-    .catch((error: unknown) => {
-      if (!(error instanceof RolledBack)) throw error;
-    });
-  await Promise.race([
-    isPosted,
-    done.then(() => {
-      throw new Error('the held booking finished before it was released');
-    }),
-  ]);
-  const hold: Hold = {
-    finish: async (outcome) => {
-      holds.delete(hold);
-      release(outcome === 'commit');
-      await done;
-    },
-  };
-  holds.add(hold);
-  return hold;
+/** A booking to `seller` left open until `finish` (holdOpenBooking). */
+function holdOpen(seller = 's1'): Promise<HeldBooking> {
+  return holdOpenBooking(db, paymentBooking(seller), holds);
 }
 
 /**

@@ -35,7 +35,7 @@ import {
 } from '../../src/storage/repositories/ledger.repository.js';
 import { inTransaction } from '../../src/storage/transaction.js';
 import { openTestDatabase } from '../support/harness.js';
-import { paymentBooking } from '../support/ledger.js';
+import { holdOpenBooking, paymentBooking, type HeldBooking } from '../support/ledger.js';
 
 /** A settle window short enough for a test; gaps (rolled-back bookings) hold a pass that long. */
 const OPTIONS: LedgerSumsOptions = {
@@ -53,7 +53,7 @@ afterAll(async () => {
   await close?.();
 });
 afterEach(async () => {
-  await Promise.all([...holds].map((finish) => finish(false)));
+  await Promise.all([...holds].map((hold) => hold.finish('rollback')));
   for (const table of [
     'ledger_entry',
     'ledger_transaction',
@@ -139,35 +139,12 @@ async function maxId(): Promise<bigint> {
   return BigInt(result.rows[0]?.id ?? 0);
 }
 
-const holds = new Set<(commit: boolean) => Promise<void>>();
+/** Bookings held open and not yet finished. */
+const holds = new Set<HeldBooking>();
 
-/** A booking posted in a transaction left open until the answered function commits or rolls it back. */
-async function holdOpen(
-  seller: string,
-  amountMinor: bigint,
-): Promise<(commit: boolean) => Promise<void>> {
-  let release: (commit: boolean) => void = () => {};
-  const released = new Promise<boolean>((resolve) => (release = resolve));
-  let posted: () => void = () => {};
-  const isPosted = new Promise<void>((resolve) => (posted = resolve));
-  const done = db
-    .transaction()
-    .execute(async (trx) => {
-      await postLedgerTransaction(trx, booking(seller, amountMinor));
-      posted();
-      if (!(await released)) throw new Error('rolled back');
-    })
-    .catch((error: unknown) => {
-      if (!(error instanceof Error && error.message === 'rolled back')) throw error;
-    });
-  await isPosted;
-  const finish = async (commit: boolean) => {
-    holds.delete(finish);
-    release(commit);
-    await done;
-  };
-  holds.add(finish);
-  return finish;
+/** A booking to `seller` left open until `finish` (holdOpenBooking). */
+function holdOpen(seller: string, amountMinor: bigint): Promise<HeldBooking> {
+  return holdOpenBooking(db, booking(seller, amountMinor), holds);
 }
 
 describe('the running sums', () => {
@@ -193,14 +170,14 @@ describe('the running sums', () => {
   it('stop before a booking held open, and count it once it commits', async () => {
     await bookMany(5);
     const belowHeld = await maxId();
-    const finish = await holdOpen('held', 7_000n);
+    const held = await holdOpen('held', 7_000n);
     await bookMany(5);
     const pass = await advanceLedgerSums(db, OPTIONS);
     // The held booking's entries come right after belowHeld: the checkpoint stops there.
     expect(pass.to).toBe(belowHeld);
     expect(await maxId()).toBeGreaterThan(belowHeld + 2n);
     expect(await served()).toEqual(await recount());
-    await finish(true);
+    await held.finish('commit');
     expect((await recount()).totals).toEqual(['USD/7030/7030']);
     expect(await served()).toEqual(await recount());
     await catchUp();
@@ -372,7 +349,7 @@ describe('ledgerSumsLag', () => {
     await bookMany(3);
     await catchUp();
     expect(await ledgerSumsLag(db)).toEqual({ unsummed: 0, oldestUnsummedAgeMs: 0 });
-    const finish = await holdOpen('held', 1n);
+    const held = await holdOpen('held', 1n);
     await bookMany(2);
     await advanceLedgerSums(db, OPTIONS);
     // The checkpoint stays below the open booking: the two committed after it wait too.
@@ -381,7 +358,7 @@ describe('ledgerSumsLag', () => {
     expect(lag.unsummed).toBe(4);
     expect(lag.oldestUnsummedAgeMs).toBeGreaterThanOrEqual(59_000);
     expect(await ledgerSumsLag(db, new Date(), 3)).toMatchObject({ unsummed: 3 });
-    await finish(true);
+    await held.finish('commit');
     await catchUp();
     expect(await ledgerSumsLag(db)).toEqual({ unsummed: 0, oldestUnsummedAgeMs: 0 });
   });

@@ -2,7 +2,11 @@
  * Ledger bookings for tests that write the ledger directly (postLedgerTransaction), not through a
  * payment: ids unique across files and runs, two balanced entries each.
  */
-import type { NewLedgerTransaction } from '../../src/storage/repositories/ledger.repository.js';
+import type { Db } from '../../src/storage/db.js';
+import {
+  postLedgerTransaction,
+  type NewLedgerTransaction,
+} from '../../src/storage/repositories/ledger.repository.js';
 
 let bookingSeq = 0;
 
@@ -31,4 +35,49 @@ export function paymentBooking(seller: string, amountMinor = 100n): NewLedgerTra
     ],
     now: new Date(),
   };
+}
+
+export type HeldBooking = Readonly<{ finish: (outcome: 'commit' | 'rollback') => Promise<void> }>;
+
+class RolledBack extends Error {}
+
+/**
+ * Posts `posting` in a transaction that stays open (its entries inserted, uncommitted) until
+ * `finish` commits or rolls it back. The booking is in `open` until then, so that a test's
+ * cleanup can end those a failure left open.
+ */
+export async function holdOpenBooking(
+  db: Db,
+  posting: NewLedgerTransaction,
+  open: Set<HeldBooking>,
+): Promise<HeldBooking> {
+  let release: (commit: boolean) => void = () => {};
+  const released = new Promise<boolean>((resolve) => (release = resolve));
+  let posted: () => void = () => {};
+  const isPosted = new Promise<void>((resolve) => (posted = resolve));
+  const done = db
+    .transaction()
+    .execute(async (trx) => {
+      await postLedgerTransaction(trx, posting);
+      posted();
+      if (!(await released)) throw new RolledBack();
+    })
+    .catch((error: unknown) => {
+      if (!(error instanceof RolledBack)) throw error;
+    });
+  await Promise.race([
+    isPosted,
+    done.then(() => {
+      throw new Error('the held booking finished before it was released');
+    }),
+  ]);
+  const hold: HeldBooking = {
+    finish: async (outcome) => {
+      open.delete(hold);
+      release(outcome === 'commit');
+      await done;
+    },
+  };
+  open.add(hold);
+  return hold;
 }
