@@ -508,10 +508,16 @@ export async function startSettle(
               { err: event.error, runId: event.runId },
               `reconciliation of ${event.day} failed`,
             )
-          : logger.info(
-              event,
-              `reconciliation ${event.type}${event.type === 'phase' ? ` ${event.phase}` : ''}`,
-            ),
+          : event.type === 'sums-check-skipped'
+            ? logger.warn(
+                { err: event.error, runId: event.runId },
+                'reconciliation could not compare the running sums with the ledger entries; ' +
+                  'the run completes with them unchecked',
+              )
+            : logger.info(
+                event,
+                `reconciliation ${event.type}${event.type === 'phase' ? ` ${event.phase}` : ''}`,
+              ),
     });
     cleanups.push(() => reconciliation.stop());
 

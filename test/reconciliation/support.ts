@@ -21,6 +21,7 @@ import {
   PaymentStatus,
 } from '../../src/grpc/generated/settle/psp/v1/psp.js';
 import { utcDayOf } from '../../src/domain/utc-day.js';
+import type { SettleOverrides } from '../../src/app.js';
 import type { Db } from '../../src/storage/db.js';
 import { CARD, call, rowCounts, startStack, waitFor, type Stack } from '../support/harness.js';
 
@@ -28,9 +29,12 @@ export type ReconStack = Stack &
   Readonly<{ dir: string; recon: ReconciliationServiceClient; close: () => Promise<void> }>;
 
 /** A stack with its own settlement folder; `close()` stops it and removes the folder. */
-export async function startReconStack(env: Record<string, string> = {}): Promise<ReconStack> {
+export async function startReconStack(
+  env: Record<string, string> = {},
+  overrides: SettleOverrides = {},
+): Promise<ReconStack> {
   const dir = await mkdtemp(path.join(tmpdir(), 'settle-recon-'));
-  const stack = await startStack({ env: { SETTLEMENT_DIR: dir, ...env } });
+  const stack = await startStack({ env: { SETTLEMENT_DIR: dir, ...env }, overrides });
   const recon = new ReconciliationServiceClient(
     `127.0.0.1:${stack.settle.grpcPort}`,
     grpc.credentials.createInsecure(),

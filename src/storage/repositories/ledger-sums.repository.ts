@@ -302,8 +302,8 @@ export async function ledgerSumsDrift(db: Db): Promise<LedgerSumsDrift> {
       SELECT account, currency FROM (
         SELECT account, currency, debit_minor, credit_minor FROM ledger_account_sum
         UNION ALL
-        SELECT account, currency, -debit_minor, -credit_minor FROM ledger_entry
-        WHERE id <= ${uptoId}
+        SELECT account, currency, -SUM(debit_minor), -SUM(credit_minor) FROM ledger_entry
+        WHERE id <= ${uptoId} GROUP BY account, currency
       ) AS both_sides
       GROUP BY account, currency
       HAVING SUM(debit_minor) <> 0 OR SUM(credit_minor) <> 0
@@ -313,7 +313,8 @@ export async function ledgerSumsDrift(db: Db): Promise<LedgerSumsDrift> {
       SELECT currency FROM (
         SELECT currency, debit_minor, credit_minor FROM ledger_currency_sum
         UNION ALL
-        SELECT currency, -debit_minor, -credit_minor FROM ledger_entry WHERE id <= ${uptoId}
+        SELECT currency, -SUM(debit_minor), -SUM(credit_minor) FROM ledger_entry
+        WHERE id <= ${uptoId} GROUP BY currency
       ) AS both_sides
       GROUP BY currency
       HAVING SUM(debit_minor) <> 0 OR SUM(credit_minor) <> 0
