@@ -356,12 +356,13 @@ export function createMetrics(): Metrics {
     },
   );
   gauge(
-    'settle_ledger_sums_oldest_unsummed_age_seconds',
-    'Age of the oldest ledger entry not yet in the running sums, in seconds (0 when none): a few ' +
-      'seconds normally; it grows while a ledger transaction stays open or every pass fails.',
+    'settle_ledger_sums_lag_seconds',
+    'How long the running sums have trailed the ledger (0 when no entry waits): the age of the ' +
+      'oldest entry not in them, or the time since they last moved if shorter. A few seconds ' +
+      'normally; it grows while a ledger transaction stays open or every pass fails.',
     [],
     (g, s) => {
-      if (s.ledgerSums.ok) g.set(s.ledgerSums.value.oldestUnsummedAgeMs / 1000);
+      if (s.ledgerSums.ok) g.set(s.ledgerSums.value.lagMs / 1000);
     },
   );
   const consumerGauge = (

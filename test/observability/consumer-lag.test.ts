@@ -307,8 +307,14 @@ describe('the consumer lag derived without consumer info', () => {
 
     await publish(names, 'more', 20);
     lag = await lagOf(names, consumer);
-    info = await consumerInfo(jsm, names);
     expect(lag.pending).toBe(26);
+    info = await waitFor(
+      async () => {
+        const read = await consumerInfo(jsm, names);
+        return read.num_pending === 26 ? read : undefined;
+      },
+      { timeoutMs: 5_000, what: "the server's num_pending at 26" },
+    );
     expect(info.num_pending).toBe(26);
   }, 30_000);
 

@@ -157,7 +157,7 @@ describe('metrics and request logs', () => {
     expect(metricSample(text, 'settle_actor_mailbox_depth')).toBe(0);
     expect(metricSample(text, 'settle_probe_up', { probe: 'jetstream_consumer' })).toBe(1);
     expect(metricSample(text, 'settle_ledger_sums_unsummed_entries')).toBeGreaterThanOrEqual(0);
-    expect(metricSample(text, 'settle_ledger_sums_oldest_unsummed_age_seconds')).toBeLessThan(60);
+    expect(metricSample(text, 'settle_ledger_sums_lag_seconds')).toBeLessThan(60);
     expect(metricSample(text, 'settle_probe_up', { probe: 'ledger_sums' })).toBe(1);
     expect(metricSample(text, 'process_cpu_seconds_total')).toBeGreaterThan(0);
     // Before the first reconciliation: nothing unsettled, and no sample of the last run's gauges.
@@ -322,7 +322,7 @@ describe('metrics and request logs', () => {
           ? { ok, value: { pending: 7, oldestAgeMs: 1_500 } }
           : { ok, error: 'MySQL is down' },
         ledgerSums: ok
-          ? { ok, value: { unsummed: 9, oldestUnsummedAgeMs: 2_500 } }
+          ? { ok, value: { unsummed: 9, lagMs: 2_500 } }
           : { ok, error: 'MySQL is down' },
         actors: { live: 0, mailboxDepth: 0, passivated: 0 },
         payments: ok ? { ok, value: [{ state: 'EXECUTING', count: 4 }] } : { ok, error: 'down' },
@@ -340,7 +340,7 @@ describe('metrics and request logs', () => {
       ['settle_jetstream_consumer_pending', 5],
       ['settle_command_stream_bytes', 1_234],
       ['settle_ledger_sums_unsummed_entries', 9],
-      ['settle_ledger_sums_oldest_unsummed_age_seconds', 2.5],
+      ['settle_ledger_sums_lag_seconds', 2.5],
     ] as const) {
       expect(metricSample(before, name), name).toBe(value);
       expect(metricSample(during, name), name).toBe(value);

@@ -254,8 +254,13 @@ export const LEDGER_SUMS_LAG_COUNT_MAX = 100_000;
 export type LedgerSumsLag = Readonly<{
   /** Entries after the checkpoint, not yet in the sums (at most LEDGER_SUMS_LAG_COUNT_MAX). */
   unsummed: number;
-  /** Age of the oldest of them (its created_at), 0 when there is none. */
-  oldestUnsummedAgeMs: number;
+  /**
+   * How long the sums have trailed the ledger, 0 when no entry waits: the age of the oldest
+   * entry not yet in them, or the time since the checkpoint last moved if that is shorter. A
+   * checkpoint moving through a backlog (a node upgraded onto a large ledger) is not behind; one
+   * that waits for an open booking, or for passes that keep failing, is, for as long as it waits.
+   */
+  lagMs: number;
 }>;
 
 /**
@@ -268,19 +273,18 @@ export async function ledgerSumsLag(
   now = new Date(),
   countMax = LEDGER_SUMS_LAG_COUNT_MAX,
 ): Promise<LedgerSumsLag> {
-  const uptoId = await checkpointIn(db);
+  const checkpoint = await ledgerSumsCheckpoint(db);
   const { rows } = await sql<{ unsummed: string; oldest: Date | null }>`
     SELECT (SELECT COUNT(*) FROM (
-              SELECT 1 FROM ledger_entry WHERE id > ${uptoId} LIMIT ${countMax}) AS unsummed_ids) AS unsummed,
-           (SELECT created_at FROM ledger_entry WHERE id > ${uptoId}
+              SELECT 1 FROM ledger_entry WHERE id > ${checkpoint.uptoId} LIMIT ${countMax}
+            ) AS unsummed_ids) AS unsummed,
+           (SELECT created_at FROM ledger_entry WHERE id > ${checkpoint.uptoId}
             ORDER BY id LIMIT 1) AS oldest`.execute(db);
   const row = rows[0];
   const oldest = row?.oldest ?? null;
-  return {
-    unsummed: Number(row?.unsummed ?? 0),
-    oldestUnsummedAgeMs:
-      oldest === null ? 0 : Math.max(0, now.getTime() - new Date(oldest).getTime()),
-  };
+  if (oldest === null) return { unsummed: 0, lagMs: 0 };
+  const since = Math.max(new Date(oldest).getTime(), checkpoint.advancedAt.getTime());
+  return { unsummed: Number(row?.unsummed ?? 0), lagMs: Math.max(0, now.getTime() - since) };
 }
 
 export type LedgerSumsDrift = Readonly<{
