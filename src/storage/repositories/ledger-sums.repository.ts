@@ -32,7 +32,12 @@ import {
   listSettledLedgerEntries,
   type LedgerHorizonOptions,
 } from './ledger-horizon.repository.js';
-import type { AccountBalance, AccountKey, CurrencyBalance } from './ledger.repository.js';
+import {
+  currencyBalance,
+  type AccountBalance,
+  type AccountKey,
+  type CurrencyBalance,
+} from './ledger.repository.js';
 
 /** Entries read per ListEntries-sized page by a pass. */
 const PASS_PAGE_ENTRIES = 1_000;
@@ -69,7 +74,7 @@ export type LedgerSumsPass = Readonly<{
 
 /** The checkpoint: entries up to this id are in the sums, and no other can appear below it. */
 export async function ledgerSumsCheckpoint(
-  db: Db,
+  db: Db | Trx,
 ): Promise<Readonly<{ uptoId: bigint; advancedAt: Date }>> {
   const result = await sql<{ upto_id: string; advanced_at: Date }>`
     SELECT upto_id, advanced_at FROM ledger_sum_checkpoint WHERE id = 1`.execute(db);
@@ -172,7 +177,7 @@ export async function trialBalanceTotals(db: Db): Promise<CurrencyBalance[]> {
       ORDER BY currency`.execute(trx);
     return result.rows;
   });
-  return rows.map((row) => balance(row.currency, row));
+  return rows.map((row) => currencyBalance(row.currency, row));
 }
 
 /** Rows answered at most by one `trialBalancePage`. */
@@ -237,7 +242,7 @@ export async function trialBalancePage(
   });
   const accounts = result
     .slice(0, page.limit)
-    .map((row) => ({ account: row.account, ...balance(row.currency, row) }));
+    .map((row) => ({ account: row.account, ...currencyBalance(row.currency, row) }));
   const last = accounts[accounts.length - 1];
   return {
     accounts,
@@ -386,11 +391,7 @@ function inSnapshot<T>(db: Db, read: (trx: Trx) => Promise<T>): Promise<T> {
 }
 
 async function checkpointIn(db: Db | Trx): Promise<bigint> {
-  const result = await sql<{ upto_id: string }>`
-    SELECT upto_id FROM ledger_sum_checkpoint WHERE id = 1`.execute(db);
-  const row = result.rows[0];
-  if (row === undefined) throw missingCheckpoint();
-  return BigInt(row.upto_id);
+  return (await ledgerSumsCheckpoint(db)).uptoId;
 }
 
 /** The checkpoint row is written by migration 0013: without it, the schema is not this Settle's. */
@@ -418,13 +419,4 @@ function add(
 
 function* chunks<T>(items: readonly T[]): Generator<T[]> {
   for (let i = 0; i < items.length; i += UPSERT_ROWS_MAX) yield items.slice(i, i + UPSERT_ROWS_MAX);
-}
-
-function balance(
-  currency: string,
-  sums: Readonly<{ debits: string; credits: string }>,
-): CurrencyBalance {
-  const debitMinor = BigInt(sums.debits);
-  const creditMinor = BigInt(sums.credits);
-  return { currency, debitMinor, creditMinor, balanceMinor: debitMinor - creditMinor };
 }

@@ -498,16 +498,17 @@ export async function trialBalanceByCurrency(db: Db): Promise<CurrencyBalance[]>
     .groupBy('currency')
     .orderBy('currency')
     .execute();
-  return rows.map((row) => {
-    const debitMinor = BigInt(row.debits);
-    const creditMinor = BigInt(row.credits);
-    return {
-      currency: row.currency,
-      debitMinor,
-      creditMinor,
-      balanceMinor: debitMinor - creditMinor,
-    };
-  });
+  return rows.map((row) => currencyBalance(row.currency, row));
+}
+
+/** A currency's balance from the `debits` and `credits` sums MySQL answers (DECIMAL, as text). */
+export function currencyBalance(
+  currency: string,
+  sums: Readonly<{ debits: string; credits: string }>,
+): CurrencyBalance {
+  const debitMinor = BigInt(sums.debits);
+  const creditMinor = BigInt(sums.credits);
+  return { currency, debitMinor, creditMinor, balanceMinor: debitMinor - creditMinor };
 }
 
 /**
