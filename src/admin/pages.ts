@@ -24,6 +24,7 @@ import type {
   ReconciliationStatus,
 } from '../observability/operations.js';
 import {
+  failedInternalChecks,
   RECONCILIATION_CLASS,
   type InternalCheck,
   type Mismatch,
@@ -567,13 +568,13 @@ function reconciliationStatus(status: ReconciliationStatus): SafeHtml {
 
 /** What a run's internal check found, failures first. */
 function internalCheckStatus(check: InternalCheck): SafeHtml {
-  const failures = [
-    check.ledgerBalanced ? undefined : 'ledger NOT balanced',
-    check.walletsMatchLedger
-      ? undefined
-      : `${check.walletsNotMatching} wallets differ from the ledger`,
-    check.ledgerSumsMatch === false ? runningSumsDiffer(check) : undefined,
-  ].filter((failure) => failure !== undefined);
+  const failures = failedInternalChecks(check).map((failure) =>
+    failure === 'LEDGER_NOT_BALANCED'
+      ? 'ledger NOT balanced'
+      : failure === 'WALLETS_DIFFER'
+        ? `${check.walletsNotMatching} wallets differ from the ledger`
+        : runningSumsDiffer(check),
+  );
   if (failures.length > 0) return html`<span class="bad">${failures.join('; ')}</span>`;
   const holding = ['ledger balanced', 'wallets equal to it'];
   // Undefined: a run from before the running sums were checked, which says nothing of them.

@@ -13,7 +13,7 @@ import { WEBHOOK_REJECTION, type WebhookRejection } from '../http/webhook.route.
 import { HOUSEKEEPING_TASK } from '../jobs/housekeeping.js';
 import { DEAD_LETTER_REASON } from '../messaging/command-consumer.js';
 import { BREAKER_STATE } from '../psp/client.js';
-import type { Run } from '../reconciliation/reconciliation.repository.js';
+import { failedInternalChecks, type Run } from '../reconciliation/reconciliation.repository.js';
 import { PAYMENT_STATE } from '../storage/repositories/payment.repository.js';
 import { UNSETTLED_COUNT_MAX, type OperationsSnapshot } from './operations.js';
 
@@ -479,13 +479,7 @@ export function createMetrics(): Metrics {
     (g, run) => {
       const check = run.internalCheck;
       if (check === undefined) return;
-      g.set(
-        { settlement_day: run.day },
-        (check.ledgerBalanced ? 0 : 1) +
-          (check.walletsMatchLedger ? 0 : 1) +
-          // Undefined: the run predates the check, which is not a failure.
-          (check.ledgerSumsMatch === false ? 1 : 0),
-      );
+      g.set({ settlement_day: run.day }, failedInternalChecks(check).length);
     },
   );
   gauge(

@@ -10,6 +10,7 @@ export {
   type RunSource,
 } from './reconciliation.service.js';
 export {
+  failedInternalChecks,
   listMismatches,
   listRuns,
   type InternalCheck,

@@ -70,6 +70,21 @@ export type InternalCheck = Readonly<{
   currencySumDifferences: readonly string[];
 }>;
 
+/** An internal check that failed: the ledger unbalanced, wallets off it, or the running sums. */
+export type InternalCheckFailure = 'LEDGER_NOT_BALANCED' | 'WALLETS_DIFFER' | 'SUMS_DIFFER';
+
+/**
+ * The checks `check` failed, in that order. A run stored before the running sums were checked has
+ * `ledgerSumsMatch` unset: not checked, which is not a failure.
+ */
+export function failedInternalChecks(check: InternalCheck): InternalCheckFailure[] {
+  const failed: InternalCheckFailure[] = [];
+  if (!check.ledgerBalanced) failed.push('LEDGER_NOT_BALANCED');
+  if (!check.walletsMatchLedger) failed.push('WALLETS_DIFFER');
+  if (check.ledgerSumsMatch === false) failed.push('SUMS_DIFFER');
+  return failed;
+}
+
 export type Run = Readonly<{
   id: string;
   day: UtcDay;
