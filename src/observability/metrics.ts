@@ -13,7 +13,11 @@ import { WEBHOOK_REJECTION, type WebhookRejection } from '../http/webhook.route.
 import { HOUSEKEEPING_TASK } from '../jobs/housekeeping.js';
 import { DEAD_LETTER_REASON } from '../messaging/command-consumer.js';
 import { BREAKER_STATE } from '../psp/client.js';
-import { failedInternalChecks, type Run } from '../reconciliation/reconciliation.repository.js';
+import {
+  failedInternalChecks,
+  internalCheckOutcomes,
+  type Run,
+} from '../reconciliation/reconciliation.repository.js';
 import { PAYMENT_STATE } from '../storage/repositories/payment.repository.js';
 import { UNSETTLED_COUNT_MAX, type OperationsSnapshot } from './operations.js';
 
@@ -480,6 +484,20 @@ export function createMetrics(): Metrics {
       const check = run.internalCheck;
       if (check === undefined) return;
       g.set({ settlement_day: run.day }, failedInternalChecks(check).length);
+    },
+  );
+  lastRunGauge(
+    'settle_reconciliation_last_run_internal_check_failed',
+    'Each internal check of the latest reconciliation: 1 failed, 0 passed. LEDGER_NOT_BALANCED ' +
+      'and WALLETS_DIFFER mean money invented or lost in the books; SUMS_DIFFER means only the ' +
+      'trial balance’s running sums differ from the ledger entries (no sample for a run from ' +
+      'before the sums were checked).',
+    ['check'],
+    (g, run) => {
+      if (run.internalCheck === undefined) return;
+      for (const { check, failed } of internalCheckOutcomes(run.internalCheck)) {
+        g.set({ settlement_day: run.day, check }, failed ? 1 : 0);
+      }
     },
   );
   gauge(

@@ -70,19 +70,39 @@ export type InternalCheck = Readonly<{
   currencySumDifferences: readonly string[];
 }>;
 
+/** The internal checks, by the name a failure of each is reported under. */
+export const INTERNAL_CHECK_FAILURE = {
+  ledgerNotBalanced: 'LEDGER_NOT_BALANCED',
+  walletsDiffer: 'WALLETS_DIFFER',
+  sumsDiffer: 'SUMS_DIFFER',
+} as const;
+
 /** An internal check that failed: the ledger unbalanced, wallets off it, or the running sums. */
-export type InternalCheckFailure = 'LEDGER_NOT_BALANCED' | 'WALLETS_DIFFER' | 'SUMS_DIFFER';
+export type InternalCheckFailure =
+  (typeof INTERNAL_CHECK_FAILURE)[keyof typeof INTERNAL_CHECK_FAILURE];
 
 /**
- * The checks `check` failed, in that order. A run stored before the running sums were checked has
- * `ledgerSumsMatch` unset: not checked, which is not a failure.
+ * Each check `check` ran, in that order, and whether it failed. A run stored before the running
+ * sums were checked has `ledgerSumsMatch` unset: that check was not run, which is not a failure.
  */
+export function internalCheckOutcomes(
+  check: InternalCheck,
+): Array<Readonly<{ check: InternalCheckFailure; failed: boolean }>> {
+  const outcomes: Array<Readonly<{ check: InternalCheckFailure; failed: boolean }>> = [
+    { check: INTERNAL_CHECK_FAILURE.ledgerNotBalanced, failed: !check.ledgerBalanced },
+    { check: INTERNAL_CHECK_FAILURE.walletsDiffer, failed: !check.walletsMatchLedger },
+  ];
+  if (check.ledgerSumsMatch !== undefined) {
+    outcomes.push({ check: INTERNAL_CHECK_FAILURE.sumsDiffer, failed: !check.ledgerSumsMatch });
+  }
+  return outcomes;
+}
+
+/** The checks `check` failed, in that order (a check not run did not fail). */
 export function failedInternalChecks(check: InternalCheck): InternalCheckFailure[] {
-  const failed: InternalCheckFailure[] = [];
-  if (!check.ledgerBalanced) failed.push('LEDGER_NOT_BALANCED');
-  if (!check.walletsMatchLedger) failed.push('WALLETS_DIFFER');
-  if (check.ledgerSumsMatch === false) failed.push('SUMS_DIFFER');
-  return failed;
+  return internalCheckOutcomes(check)
+    .filter(({ failed }) => failed)
+    .map(({ check: failure }) => failure);
 }
 
 export type Run = Readonly<{

@@ -21,6 +21,7 @@ import * as grpc from '@grpc/grpc-js';
 import { createMetrics } from '../../src/observability/metrics.js';
 import { SERVER_SIDE_CODES } from '../../src/observability/request-log.js';
 import { RECONCILIATION_CLASS } from '../../src/reconciliation/compare.js';
+import { INTERNAL_CHECK_FAILURE } from '../../src/reconciliation/reconciliation.repository.js';
 import { BREAKER_STATE } from '../../src/psp/client.js';
 import { LOCKOUT_SCOPE } from '../../src/admin/auth.js';
 import { HOUSEKEEPING_TASK } from '../../src/jobs/housekeeping.js';
@@ -79,6 +80,8 @@ function selectors(expr: string): Array<{ metric: string; matchers: Array<[strin
 const LABEL_VALUES: Record<string, readonly string[]> = {
   'settle_psp_breaker_state/state': Object.values(BREAKER_STATE),
   'settle_reconciliation_last_run_mismatches/class': Object.values(RECONCILIATION_CLASS),
+  'settle_reconciliation_last_run_internal_check_failed/check':
+    Object.values(INTERNAL_CHECK_FAILURE),
   'settle_admin_lockouts_total/scope': Object.values(LOCKOUT_SCOPE),
   'settle_dead_letters_total/reason': Object.values(DEAD_LETTER_REASON),
   'settle_housekeeping_failures_total/task': Object.values(HOUSEKEEPING_TASK),

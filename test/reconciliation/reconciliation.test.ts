@@ -15,6 +15,7 @@
  */
 import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -28,6 +29,10 @@ import { addUtcDays, utcDayOf } from '../../src/domain/utc-day.js';
 import { runCli } from '../../src/cli/settle.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { settlementFeeMinor } from '../../src/psp/mock/index.js';
+import {
+  INTERNAL_CHECK_FAILURE,
+  type InternalCheckFailure,
+} from '../../src/reconciliation/reconciliation.repository.js';
 import { ADMIN_TOKEN, adminFetch } from '../admin/admin-support.js';
 import {
   call,
@@ -712,6 +717,12 @@ describe('an internal check that fails', () => {
         { what: 'the failed internal check in /metrics' },
       );
       expect(failures).toBe(1);
+      // Money off the books pages; the running sums were checked and match.
+      await waitForInternalCheckFailures(day, 1, {
+        LEDGER_NOT_BALANCED: 0,
+        WALLETS_DIFFER: 1,
+        SUMS_DIFFER: 0,
+      });
     } finally {
       await restore.execute(stack.settle.db);
     }
@@ -749,7 +760,11 @@ describe('an internal check that fails', () => {
       ledgerSumDifferences: [],
       currencySumDifferences: [],
     });
-    await waitForInternalCheckFailures(day, 0);
+    await waitForInternalCheckFailures(day, 0, {
+      LEDGER_NOT_BALANCED: 0,
+      WALLETS_DIFFER: 0,
+      SUMS_DIFFER: 0,
+    });
 
     // Additions and subtractions commute with a node's pass (it adds to the same rows), so the
     // sums are changed and put back while passes run.
@@ -783,7 +798,11 @@ describe('an internal check that fails', () => {
       ledgerSumDifferences: [{ account, currencyCode: 'USD' }],
       currencySumDifferences: ['USD'],
     });
-    await waitForInternalCheckFailures(day, 1);
+    await waitForInternalCheckFailures(day, 1, {
+      LEDGER_NOT_BALANCED: 0,
+      WALLETS_DIFFER: 0,
+      SUMS_DIFFER: 1,
+    });
     expect(await internalChecksCard()).toBe(
       `running sums differ from the ledger entries: USD, ${account}/USD`,
     );
@@ -805,8 +824,8 @@ describe('an internal check that fails', () => {
       ledgerSumDifferences: [],
       currencySumDifferences: [],
     });
-    // Not checked is not failed.
-    await waitForInternalCheckFailures(day, 0);
+    // Not checked is not failed, and has no sample of its own.
+    await waitForInternalCheckFailures(day, 0, { LEDGER_NOT_BALANCED: 0, WALLETS_DIFFER: 0 });
     expect(await internalChecksCard()).toBe('ledger balanced, wallets equal to it');
     expect(await cliCheckColumn(drifted.reportId)).toBe('ok');
   }, 90_000);
@@ -843,25 +862,44 @@ describe('an internal check that fails', () => {
       ledgerSumsMatch: undefined,
       ledgerSumDifferences: [],
     });
-    await waitForInternalCheckFailures(day, 0);
+    await waitForInternalCheckFailures(day, 0, { LEDGER_NOT_BALANCED: 0, WALLETS_DIFFER: 0 });
     expect(logLines.slice(logged).join('\n')).toContain(
       'reconciliation could not compare the running sums with the ledger entries',
     );
   }, 90_000);
 });
 
-/** settle_reconciliation_last_run_internal_check_failures of `day`, once it is `expected`. */
-async function waitForInternalCheckFailures(day: string, expected: number): Promise<void> {
+/**
+ * Waits for /metrics to show `expected` internal check failures for `day`, and each check's own
+ * gauge as `checks` says (a check not named has no sample: it was not run).
+ */
+async function waitForInternalCheckFailures(
+  day: string,
+  expected: number,
+  checks: Partial<Record<InternalCheckFailure, 0 | 1>>,
+): Promise<void> {
+  let seen: unknown;
   await waitFor(
     async () => {
       const text = await metricsAfterRunOf(day);
       const value = metricSample(text, 'settle_reconciliation_last_run_internal_check_failures', {
         settlement_day: day,
       });
-      return value === expected;
+      const failed: Partial<Record<InternalCheckFailure, number>> = {};
+      for (const check of Object.values(INTERNAL_CHECK_FAILURE)) {
+        const sample = metricSample(text, 'settle_reconciliation_last_run_internal_check_failed', {
+          settlement_day: day,
+          check,
+        });
+        if (sample !== undefined) failed[check] = sample;
+      }
+      seen = { failures: value, failed };
+      return value === expected && isDeepStrictEqual(failed, checks);
     },
-    { what: `${expected} internal check failures of ${day} in /metrics` },
-  );
+    { what: `${expected} internal check failures of ${day} in /metrics, each as expected` },
+  ).catch((error: unknown) => {
+    throw new Error(`${String(error)}; last seen ${JSON.stringify(seen)}`);
+  });
 }
 
 /** What the operations page's reconciliation card says of the latest run's internal checks. */
