@@ -55,7 +55,7 @@ import { adminHandlers } from './grpc/handlers/admin.handlers.js';
 import { AdminServiceService } from './grpc/generated/settle/v1/admin.js';
 import { ledgerHandlers, walletHandlers } from './grpc/handlers/ledger.handlers.js';
 import { createHttpServer, json, listenHttp, type Route } from './http/router.js';
-import { WEBHOOK_PATH, webhookRoute } from './http/webhook.route.js';
+import { WEBHOOK_PATH, webhookRoute, type FastApply } from './http/webhook.route.js';
 import { INBOX_SOURCE_PSP, WebhookInbox, type WebhookEvent } from './http/webhook-inbox.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
@@ -98,6 +98,15 @@ function daysBefore(at: Date, days: number): Date {
 
 /** Reconciliations a node works on at once (each holds or waits for the classification lock). */
 const RECONCILIATION_RUNS_MAX = 2;
+
+/**
+ * How long a webhook whose fast attempt ran out of WEBHOOK_APPLY_WAIT_MS, and which the durable
+ * way then found already recorded, waits on for that attempt (FastApply.appliedLate). If the row
+ * found is the attempt's own, the attempt has committed (the row is seen only then) and answers
+ * within milliseconds; a real duplicate's attempt may be queued behind a slow message, and this
+ * bounds how much later its answer comes.
+ */
+const WEBHOOK_LATE_APPLY_WAIT_MS = 1_000;
 
 export const SETTLE_SERVICES = [
   'settle.v1.PaymentService',
@@ -661,21 +670,29 @@ export async function startSettle(
     // HTTP: webhooks in, health; other modules add routes to `routes`.
     const webhookInbox = new WebhookInbox(db, names, groupCommit('webhooks', 'main'));
     cleanups.push(() => webhookInbox.stop(graceLeft()));
-    const applyWebhook = async (event: WebhookEvent): Promise<boolean> => {
+    const applyWebhook = async (event: WebhookEvent): Promise<FastApply> => {
       const message: OrderMessage = {
         event: commandToEvent({ type: 'PspResult', ...event }),
         receipt: { source: INBOX_SOURCE_PSP, eventId: event.eventId },
       };
+      // Kept past the deadline, as the actor's transaction may still commit. A full mailbox or a
+      // database error is "not stored": the durable way tells the PSP what to do.
+      const stored = registry.send(event.orderId, message).then(
+        (outcome) => outcome.kind === 'done' && outcome.receiptStored === true,
+        (error: unknown) => {
+          logger.debug({ err: error, orderId: event.orderId }, 'webhook not applied at once');
+          return false;
+        },
+      );
       try {
-        const outcome = await withDeadline(
-          registry.send(event.orderId, message),
-          config.WEBHOOK_APPLY_WAIT_MS,
-        );
-        return outcome.kind === 'done' && outcome.receiptStored === true;
-      } catch (error) {
-        // Too slow, a full mailbox, a database error: the durable way tells the PSP what to do.
-        logger.debug({ err: error, orderId: event.orderId }, 'webhook not applied at once');
-        return false;
+        if (await withDeadline(stored, config.WEBHOOK_APPLY_WAIT_MS)) return { applied: true };
+        return { applied: false, appliedLate: () => Promise.resolve(false) };
+      } catch {
+        logger.debug({ orderId: event.orderId }, 'webhook not applied within its wait');
+        return {
+          applied: false,
+          appliedLate: () => withDeadline(stored, WEBHOOK_LATE_APPLY_WAIT_MS).catch(() => false),
+        };
       }
     };
     const routes: Route[] = [
@@ -704,7 +721,13 @@ export async function startSettle(
           logger.warn(event, 'webhook of a type Settle does not handle: acknowledged, ignored'),
         onAccepted: (event) => {
           metrics.webhookAccepted({
-            way: event.applied ? 'applied' : event.duplicate ? 'duplicate' : 'queued',
+            way: event.late
+              ? 'applied_late'
+              : event.applied
+                ? 'applied'
+                : event.duplicate
+                  ? 'duplicate'
+                  : 'queued',
             ms: event.ms,
           });
           if (event.unknownOrder) {

@@ -8,7 +8,9 @@
  * duplicate, an unknown order, an illegal event, a busy or slow actor) takes the durable way:
  * ONE transaction records the event id in the inbox (a duplicate ends there with 200) and writes
  * the PspResult command to the outbox, which JetStream carries to the order's actor with retries
- * and a dead-letter queue. An order Settle does not know ends there, dead-lettered for review:
+ * and a dead-letter queue. A fast attempt that ran out of time may still commit: the durable way
+ * then finds the inbox row it wrote, and the answer says the event was applied, not repeated
+ * (FastApply). An order Settle does not know ends there, dead-lettered for review:
  * a signed charge is never dropped, and a 404 would only have the PSP retry it for days. Both ways
  * answer 200 only after a commit. A signed event of a type Settle does not handle is answered 200
  * (`ignored`) with nothing written, so the PSP stops sending it. Answers: 200 accepted, duplicate
@@ -54,6 +56,19 @@ const WEBHOOK_BODY_BYTES_MAX = 64 * 1024;
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
 /**
+ * The fast way's attempt at one event. `applied`: the event changed its order and its inbox row
+ * committed with the transition within the wait; the durable way is skipped. Otherwise the event
+ * goes the durable way, which may find the event already recorded because this very attempt,
+ * too slow for its wait, wrote the inbox row and committed before or while the durable way
+ * looked (its INSERT waits on the row's lock until then). `appliedLate` tells that apart from a
+ * real duplicate: true once the attempt committed the transition with this event's inbox row
+ * after all. It waits a bounded time for the attempt (false past it) and never rejects.
+ */
+export type FastApply = Readonly<
+  { applied: true } | { applied: false; appliedLate: () => Promise<boolean> }
+>;
+
+/**
  * A signature refused: UNAUTHENTICATED, but answered 400 rather than 401, as the PSP's contract
  * and Stripe's receivers do (a 401 would ask for credentials this endpoint does not take).
  */
@@ -83,8 +98,9 @@ export type WebhookRouteDeps = Readonly<{
   /** A signed event of a type Settle does not handle: answered 200, nothing written. */
   onIgnored?: (event: { type: string; requestId: string }) => void;
   /**
-   * `applied`: taken the fast way (applied at once) rather than queued as a command. `ms`: from
-   * the request's arrival to its answer, the commit included.
+   * `applied`: taken the fast way (applied at once) rather than queued as a command; `late`:
+   * applied by the fast way after its wait ran out, when the durable way had found its inbox row
+   * (see FastApply). `ms`: from the request's arrival to its answer, the commit included.
    */
   onAccepted?: (event: {
     eventId: string;
@@ -93,17 +109,15 @@ export type WebhookRouteDeps = Readonly<{
     orderId: string;
     duplicate: boolean;
     applied: boolean;
+    late: boolean;
     /** Recorded for an order that does not exist: it will be dead-lettered for review. */
     unknownOrder: boolean;
     ms: number;
   }) => void;
   /** Records the event (group commit, see webhook-inbox.ts); one transaction each when unset. */
   record?: (event: WebhookEvent) => Promise<Recorded>;
-  /**
-   * The fast way: true once the event changed its order and its inbox row committed with the
-   * transition; false sends it the durable way. Unset: always the durable way.
-   */
-  apply?: (event: WebhookEvent) => Promise<boolean>;
+  /** The fast way (see FastApply); never rejects. Unset: always the durable way. */
+  apply?: (event: WebhookEvent) => Promise<FastApply>;
 }>;
 
 export function webhookRoute(deps: WebhookRouteDeps): Route {
@@ -208,13 +222,15 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
           currency: event.data.currency,
           now: deps.now(),
         };
-        if (deps.apply !== undefined && (await deps.apply(webhookEvent))) {
+        const attempt = await deps.apply?.(webhookEvent);
+        if (attempt?.applied === true) {
           deps.onAccepted?.({
             eventId: event.id,
             requestId: request.requestId,
             orderId,
             duplicate: false,
             applied: true,
+            late: false,
             unknownOrder: false,
             ms: performance.now() - started,
           });
@@ -224,16 +240,20 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
           recordWebhookEvent(deps.db, deps.names, webhookEvent));
         const fresh = recorded !== 'duplicate';
         if (fresh) deps.wakeRelay();
+        // The row the durable way found may be this delivery's own, written by its slow attempt:
+        // the first delivery of an event must not be answered (and counted) as a repeat.
+        const late = !fresh && attempt !== undefined && (await attempt.appliedLate());
         deps.onAccepted?.({
           eventId: event.id,
           requestId: request.requestId,
           orderId,
-          duplicate: !fresh,
-          applied: false,
+          duplicate: !fresh && !late,
+          applied: late,
+          late,
           unknownOrder: recorded === 'unknown-order',
           ms: performance.now() - started,
         });
-        return json(200, { received: true, duplicate: !fresh });
+        return json(200, { received: true, duplicate: !fresh && !late });
       } catch (error) {
         const mapped = toUnavailable(error);
         if (mapped instanceof UnavailableError)

@@ -52,8 +52,14 @@ export type Metrics = Readonly<{
   orderTransition: (transition: { from: string; to: string; event: string }) => void;
   /** An order reached a final state, `seconds` after it was created. */
   orderCompleted: (order: { state: string; seconds: number }) => void;
-  /** A PSP webhook was answered 200, after its commit: applied at once, queued, or a duplicate. */
-  webhookAccepted: (webhook: { way: 'applied' | 'queued' | 'duplicate'; ms: number }) => void;
+  /**
+   * A PSP webhook was answered 200, after its commit: applied at once, applied late (its fast
+   * attempt committed after its wait, found by the durable way), queued, or a duplicate.
+   */
+  webhookAccepted: (webhook: {
+    way: 'applied' | 'applied_late' | 'queued' | 'duplicate';
+    ms: number;
+  }) => void;
   /** A PSP webhook was refused, nothing written (a wrong secret rejects every one). */
   webhookRejected: (webhook: { rejection: WebhookRejection }) => void;
   /** One group-commit batch ended (creations, transitions, loads or webhooks). */
@@ -169,8 +175,8 @@ export function createMetrics(): Metrics {
     name: 'settle_webhook_seconds',
     help:
       'Time from a PSP webhook arriving to its 200, the commit included, by the way it took: ' +
-      "applied (the order's transition committed at once), queued (recorded for the durable " +
-      'way), duplicate.',
+      "applied (the order's transition committed at once), applied_late (committed after the " +
+      'wait, found by the durable way), queued (recorded for the durable way), duplicate.',
     labelNames: ['way'] as const,
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers: [registry],
