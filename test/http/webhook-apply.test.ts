@@ -4,10 +4,12 @@
  * duplicate is told apart by that inbox row and goes no further; and every case the fast way does
  * not finish (an illegal event, an actor that does not answer within WEBHOOK_APPLY_WAIT_MS, the
  * fast way switched off) takes the durable way (inbox + outbox command + consumer, dead letters);
- * /metrics counts each answer by the way it took. Method: a real Settle node and PSP mock (real
- * MariaDB, NATS); signed webhooks posted by the test; a row lock held by the test keeps an actor
- * from committing; the relay's count of published commands tells which way an event went, and
- * the command stream's last sequence whether one was ever published.
+ * an attempt that commits after its wait, its inbox row found by the durable way, answers its
+ * delivery as applied (late), not as a duplicate; /metrics counts each answer by the way it took.
+ * Method: a real Settle node and PSP mock (real MariaDB, NATS); signed webhooks posted by the
+ * test; a row lock held by the test keeps an actor from committing; the relay's count of
+ * published commands tells which way an event went, and the command stream's last sequence
+ * whether one was ever published.
  */
 import { randomUUID } from 'node:crypto';
 import { jetstreamManager } from '@nats-io/jetstream';
@@ -16,6 +18,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDatabase } from '../../src/storage/db.js';
 import {
   call,
+  count,
+  expectMoneyInvariants,
   metricSample,
   postWebhook,
   pspEvent,
@@ -24,6 +28,7 @@ import {
   startStack,
   waitFor,
   type Stack,
+  type WebhookResponse,
 } from '../support/harness.js';
 
 /**
@@ -302,6 +307,161 @@ describe('an actor that does not answer within WEBHOOK_APPLY_WAIT_MS', () => {
     const answered = (way: string) =>
       metricSample(metrics, 'settle_webhook_seconds_count', { way }) ?? 0;
     expect([answered('applied'), answered('duplicate'), answered('queued')]).toEqual([0, 0, 1]);
+  });
+});
+
+describe('an actor that commits after WEBHOOK_APPLY_WAIT_MS passed', () => {
+  let stack: Stack;
+  beforeAll(async () => {
+    // Long enough for the actor to reach the wallet row on a loaded machine before the durable
+    // way starts; the test holds the row for longer.
+    stack = await startStack({ env: { WEBHOOK_APPLY_WAIT_MS: '500' } });
+  });
+  afterAll(async () => stack?.stop());
+
+  /**
+   * Statements of the stack's database waiting for a row lock, by their text. InnoDB refreshes
+   * INNODB_TRX only when it was not read for 100 ms: poll slower than that.
+   */
+  async function waitingForLock(like: string): Promise<number> {
+    return count(
+      stack.settle.db,
+      sql<{ n: string }>`
+        SELECT COUNT(*) AS n FROM information_schema.INNODB_TRX t
+          JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id
+        WHERE t.trx_state = 'LOCK WAIT' AND p.DB = DATABASE() AND t.trx_query LIKE ${like}`,
+    );
+  }
+
+  /** /metrics' count of accepted webhooks by the way each took. */
+  async function answeredByWay(): Promise<Record<string, number>> {
+    const text = await scrapeMetrics(stack.settleHttp);
+    return Object.fromEntries(
+      ['applied', 'applied_late', 'queued', 'duplicate'].map((way) => [
+        way,
+        metricSample(text, 'settle_webhook_seconds_count', { way }) ?? 0,
+      ]),
+    );
+  }
+
+  /**
+   * An order whose seller has a wallet row (a first order of the same seller paid it), for the
+   * test to hold: the wallet is the last row the actor's transaction writes, so a held wallet
+   * keeps the actor's inbox row written but uncommitted.
+   */
+  async function orderWithWallet(amountMinor: bigint): Promise<{ orderId: string; token: string }> {
+    const first = await createOrder(stack, 300n);
+    expect(
+      await postWebhook(stack, pspEvent(first.orderId, { amountMinor: 300n, token: first.token })),
+    ).toEqual({ status: 200, body: { received: true, duplicate: false } });
+    return createOrder(stack, amountMinor);
+  }
+
+  /**
+   * Posts `event` `deliveries` times while another transaction holds the seller's wallet row, so
+   * that the first delivery's actor waits on it past WEBHOOK_APPLY_WAIT_MS (and any other
+   * delivery's attempt waits in the mailbox behind it). Each delivery then takes the durable way,
+   * whose INSERT of the event's inbox row waits on the row the actor wrote. Only once they all
+   * wait is the wallet released: the actor commits late, and every durable way finds the row.
+   * Answers the deliveries' answers, in order.
+   */
+  async function postWhileWalletHeld(
+    event: ReturnType<typeof pspEvent>,
+    deliveries: number,
+  ): Promise<WebhookResponse[]> {
+    const other = openDatabase(stack.config.MYSQL_URL, { poolSize: 1 });
+    let release: () => void = () => undefined;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let holding: () => void = () => undefined;
+    const held = new Promise<void>((resolve) => (holding = resolve));
+    const lock = other.db.transaction().execute(async (trx) => {
+      await sql`SELECT seller_id FROM wallet WHERE seller_id = 'seller-apply' FOR UPDATE`.execute(
+        trx,
+      );
+      holding();
+      await released;
+    });
+    const answers: Promise<WebhookResponse>[] = [];
+    try {
+      await held;
+      for (let delivery = 1; delivery <= deliveries; delivery += 1) {
+        const answer = postWebhook(stack, event);
+        // Awaited below; a failure before that must not surface as an unhandled rejection.
+        answer.catch(() => undefined);
+        answers.push(answer);
+        // One after another: deliveries recorded together would share one batch, whose single
+        // INSERT waits for them all and fails them all on the lock wait timeout.
+        await waitFor(
+          async () =>
+            (await waitingForLock('INSERT INTO wallet %')) === 1 &&
+            (await waitingForLock(`insert into \`inbox\` %'${event.id}'%`)) === delivery,
+          {
+            intervalMs: 250,
+            what: `the actor and ${delivery} durable way(s) to wait on row locks`,
+          },
+        );
+      }
+    } finally {
+      release();
+      await lock;
+      await other.close();
+    }
+    return Promise.all(answers);
+  }
+
+  it('answers the delivery that applied the event late as applied, and a repeat as a duplicate', async () => {
+    const { orderId, token } = await orderWithWallet(1_300n);
+    const commandsBefore = await commandsWritten(stack);
+    const before = await answeredByWay();
+    const event = pspEvent(orderId, { amountMinor: 1_300n, token });
+
+    expect(await postWhileWalletHeld(event, 1)).toEqual([
+      { status: 200, body: { received: true, duplicate: false } },
+    ]);
+    expect(await orderState(stack, orderId)).toBe('SUCCEEDED');
+    expect(await inboxRows(stack, orderId)).toBe(1);
+    expect(await ledgerTransactions(stack, orderId)).toBe(1);
+    // The durable way found the row, so it wrote no command.
+    expect(await commandsWritten(stack)).toEqual(commandsBefore);
+    expect(await answeredByWay()).toEqual({
+      ...before,
+      applied_late: (before.applied_late ?? 0) + 1,
+    });
+
+    // The same event again: its own fast attempt stores nothing, so it is a duplicate.
+    expect(await postWebhook(stack, event)).toEqual({
+      status: 200,
+      body: { received: true, duplicate: true },
+    });
+    expect(await answeredByWay()).toEqual({
+      ...before,
+      applied_late: (before.applied_late ?? 0) + 1,
+      duplicate: (before.duplicate ?? 0) + 1,
+    });
+    expect(await ledgerTransactions(stack, orderId)).toBe(1);
+    await expectMoneyInvariants(stack.settle.db);
+  });
+
+  it('answers a repeat whose own attempt was late too as a duplicate', async () => {
+    const { orderId, token } = await orderWithWallet(1_400n);
+    const before = await answeredByWay();
+    const event = pspEvent(orderId, { amountMinor: 1_400n, token });
+
+    // A second delivery while the first is held up: its attempt waits in the mailbox behind the
+    // first's, past its wait as well, and then finds the order already moved.
+    expect(await postWhileWalletHeld(event, 2)).toEqual([
+      { status: 200, body: { received: true, duplicate: false } },
+      { status: 200, body: { received: true, duplicate: true } },
+    ]);
+    expect(await answeredByWay()).toEqual({
+      ...before,
+      applied_late: (before.applied_late ?? 0) + 1,
+      duplicate: (before.duplicate ?? 0) + 1,
+    });
+    expect(await orderState(stack, orderId)).toBe('SUCCEEDED');
+    expect(await inboxRows(stack, orderId)).toBe(1);
+    expect(await ledgerTransactions(stack, orderId)).toBe(1);
+    await expectMoneyInvariants(stack.settle.db);
   });
 });
 
