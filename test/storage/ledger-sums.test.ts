@@ -30,12 +30,21 @@ import {
 import {
   postLedgerTransaction,
   trialBalanceByCurrency,
-  type AccountKey,
   type NewLedgerTransaction,
 } from '../../src/storage/repositories/ledger.repository.js';
 import { inTransaction } from '../../src/storage/transaction.js';
 import { openTestDatabase } from '../support/harness.js';
-import { holdOpenBooking, paymentBooking, type HeldBooking } from '../support/ledger.js';
+import {
+  book as bookIn,
+  catchUpLedgerSums,
+  currencyBooking,
+  holdOpenBooking,
+  maxLedgerEntryId,
+  recountTrialBalance,
+  servedTrialBalance,
+  type HeldBooking,
+  type TrialBalanceText,
+} from '../support/ledger.js';
 
 /** A settle window short enough for a test; gaps (rolled-back bookings) hold a pass that long. */
 const OPTIONS: LedgerSumsOptions = {
@@ -69,15 +78,11 @@ afterEach(async () => {
 });
 
 function booking(seller: string, amountMinor: bigint, currency = 'USD'): NewLedgerTransaction {
-  // Money is USD only (domain/money.ts), but the ledger's tables and sums take any code, and the
-  // trial balance keeps currencies apart: the sums are checked with several.
-  return { ...paymentBooking(seller, amountMinor), currency: currency as 'USD' };
+  return currencyBooking(seller, amountMinor, currency);
 }
 
 async function book(seller: string, amountMinor: bigint, currency = 'USD'): Promise<void> {
-  await inTransaction(db, (trx) =>
-    postLedgerTransaction(trx, booking(seller, amountMinor, currency)),
-  );
+  await bookIn(db, seller, amountMinor, currency);
 }
 
 /** `count` bookings, one transaction each, over 50 sellers at most, amounts 1..count. */
@@ -86,57 +91,22 @@ async function bookMany(count: number, currency = 'USD', prefix = 's'): Promise<
 }
 
 /** What summing every entry gives: the rows of every account, and the totals. */
-async function recount(): Promise<{ rows: string[]; totals: string[] }> {
-  const rows = await sql<{ account: string; currency: string; d: string; c: string }>`
-    SELECT account, currency, SUM(debit_minor) AS d, SUM(credit_minor) AS c
-    FROM ledger_entry GROUP BY account, currency ORDER BY account, currency`.execute(db);
-  return {
-    rows: rows.rows.map((r) => `${r.account}/${r.currency}/${r.d}/${r.c}`),
-    totals: (await trialBalanceByCurrency(db)).map(
-      (t) => `${t.currency}/${t.debitMinor}/${t.creditMinor}`,
-    ),
-  };
+function recount(): Promise<TrialBalanceText> {
+  return recountTrialBalance(db);
 }
 
 /** What the trial balance answers: every page walked, and the totals. */
-async function served(limit = 7): Promise<{ rows: string[]; totals: string[] }> {
-  const rows: string[] = [];
-  let after: AccountKey | undefined;
-  for (let pages = 0; pages < 1_000; pages += 1) {
-    const page = await trialBalancePage(db, { after, limit });
-    rows.push(
-      ...page.accounts.map((a) => `${a.account}/${a.currency}/${a.debitMinor}/${a.creditMinor}`),
-    );
-    if (page.next === undefined) break;
-    after = page.next;
-  }
-  return {
-    rows,
-    totals: (await trialBalanceTotals(db)).map(
-      (t) => `${t.currency}/${t.debitMinor}/${t.creditMinor}`,
-    ),
-  };
+function served(limit = 7): Promise<TrialBalanceText> {
+  return servedTrialBalance(db, limit);
 }
 
 /** Passes until the checkpoint stops moving (a gap waits out the settle window). */
-async function catchUp(): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  let last = -1n;
-  for (;;) {
-    const pass = await advanceLedgerSums(db, OPTIONS);
-    const max = await maxId();
-    if (pass.to >= max) return;
-    if (Date.now() > deadline) throw new Error(`checkpoint stuck at ${pass.to} below ${max}`);
-    if (pass.to === last) await new Promise((resolve) => setTimeout(resolve, 50));
-    last = pass.to;
-  }
+function catchUp(): Promise<void> {
+  return catchUpLedgerSums(db, OPTIONS);
 }
 
-async function maxId(): Promise<bigint> {
-  const result = await sql<{ id: string | null }>`SELECT MAX(id) AS id FROM ledger_entry`.execute(
-    db,
-  );
-  return BigInt(result.rows[0]?.id ?? 0);
+function maxId(): Promise<bigint> {
+  return maxLedgerEntryId(db);
 }
 
 /** Bookings held open and not yet finished. */

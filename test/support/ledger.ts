@@ -1,12 +1,23 @@
 /**
  * Ledger bookings for tests that write the ledger directly (postLedgerTransaction), not through a
- * payment: ids unique across files and runs, two balanced entries each.
+ * payment: ids unique across files and runs, two balanced entries each. Also what the running
+ * sums tests compare: the trial balance as served (the sums) and as summing every entry gives it.
  */
+import { sql } from 'kysely';
 import type { Db } from '../../src/storage/db.js';
 import {
+  advanceLedgerSums,
+  trialBalancePage,
+  trialBalanceTotals,
+  type LedgerSumsOptions,
+} from '../../src/storage/repositories/ledger-sums.repository.js';
+import {
   postLedgerTransaction,
+  trialBalanceByCurrency,
+  type AccountKey,
   type NewLedgerTransaction,
 } from '../../src/storage/repositories/ledger.repository.js';
+import { inTransaction } from '../../src/storage/transaction.js';
 
 let bookingSeq = 0;
 
@@ -80,4 +91,84 @@ export async function holdOpenBooking(
   };
   open.add(hold);
   return hold;
+}
+
+/** paymentBooking in `currency`. */
+export function currencyBooking(
+  seller: string,
+  amountMinor: bigint,
+  currency = 'USD',
+): NewLedgerTransaction {
+  // Money is USD only (domain/money.ts), but the ledger's tables and sums take any code, and the
+  // trial balance keeps currencies apart: the sums are checked with several.
+  return { ...paymentBooking(seller, amountMinor), currency: currency as 'USD' };
+}
+
+/** Posts a currencyBooking in a transaction of its own. */
+export async function book(
+  db: Db,
+  seller: string,
+  amountMinor: bigint,
+  currency = 'USD',
+): Promise<void> {
+  await inTransaction(db, (trx) =>
+    postLedgerTransaction(trx, currencyBooking(seller, amountMinor, currency)),
+  );
+}
+
+/** The highest entry id, 0 when the ledger is empty. */
+export async function maxLedgerEntryId(db: Db): Promise<bigint> {
+  const result = await sql<{ id: string | null }>`SELECT MAX(id) AS id FROM ledger_entry`.execute(
+    db,
+  );
+  return BigInt(result.rows[0]?.id ?? 0);
+}
+
+/** Passes until the sums' checkpoint reaches the last entry (a gap waits out the settle window). */
+export async function catchUpLedgerSums(db: Db, options: LedgerSumsOptions): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  let last = -1n;
+  for (;;) {
+    const pass = await advanceLedgerSums(db, options);
+    const max = await maxLedgerEntryId(db);
+    if (pass.to >= max) return;
+    if (Date.now() > deadline) throw new Error(`checkpoint stuck at ${pass.to} below ${max}`);
+    if (pass.to === last) await new Promise((resolve) => setTimeout(resolve, 50));
+    last = pass.to;
+  }
+}
+
+export type TrialBalanceText = { rows: string[]; totals: string[] };
+
+/** What summing every entry gives: the rows of every account, and the totals. */
+export async function recountTrialBalance(db: Db): Promise<TrialBalanceText> {
+  const rows = await sql<{ account: string; currency: string; d: string; c: string }>`
+    SELECT account, currency, SUM(debit_minor) AS d, SUM(credit_minor) AS c
+    FROM ledger_entry GROUP BY account, currency ORDER BY account, currency`.execute(db);
+  return {
+    rows: rows.rows.map((r) => `${r.account}/${r.currency}/${r.d}/${r.c}`),
+    totals: (await trialBalanceByCurrency(db)).map(
+      (t) => `${t.currency}/${t.debitMinor}/${t.creditMinor}`,
+    ),
+  };
+}
+
+/** What the trial balance answers from the running sums: every page walked, and the totals. */
+export async function servedTrialBalance(db: Db, limit = 7): Promise<TrialBalanceText> {
+  const rows: string[] = [];
+  let after: AccountKey | undefined;
+  for (let pages = 0; pages < 1_000; pages += 1) {
+    const page = await trialBalancePage(db, { after, limit });
+    rows.push(
+      ...page.accounts.map((a) => `${a.account}/${a.currency}/${a.debitMinor}/${a.creditMinor}`),
+    );
+    if (page.next === undefined) break;
+    after = page.next;
+  }
+  return {
+    rows,
+    totals: (await trialBalanceTotals(db)).map(
+      (t) => `${t.currency}/${t.debitMinor}/${t.creditMinor}`,
+    ),
+  };
 }
