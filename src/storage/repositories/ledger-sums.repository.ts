@@ -22,11 +22,14 @@
  * updated or deleted. An entry changed by hand below the checkpoint is not seen by the trial
  * balance; `trialBalanceByCurrency` (ledger.repository.ts), which the invariant checks and
  * reconciliation use, still sums every entry, and `ledgerSumsDrift` compares the two (at the end
- * of every reconciliation run, in its internal check).
+ * of every reconciliation run, in its internal check). `repairLedgerSums` mends what it finds:
+ * it sums the entries up to the checkpoint again and writes the rows that differ, holding the
+ * checkpoint row locked meanwhile so that no pass adds to the sums under it.
  */
 import { sql } from 'kysely';
-import { FailedPreconditionError } from '../../domain/errors.js';
+import { AbortedError, FailedPreconditionError, UnavailableError } from '../../domain/errors.js';
 import type { Db } from '../db.js';
+import { isLockWaitTimeout } from '../errors.js';
 import { inTransaction, type Trx } from '../transaction.js';
 import {
   listSettledLedgerEntries,
@@ -333,6 +336,310 @@ export async function ledgerSumsDrift(db: Db): Promise<LedgerSumsDrift> {
       currencies: currencies.rows.map((row) => row.currency),
     };
   });
+}
+
+/** Accounts a repair compares per page: its memory is bounded by them, not by the ledger. */
+export const REPAIR_ACCOUNTS_PER_PAGE = 1_000;
+
+/** Repaired (account, currency) pairs a repair's result lists at most; all are counted. */
+export const REPAIRS_LISTED_MAX = 100;
+
+/** Pages one repair reads at most: a billion accounts at the default page size. */
+const REPAIR_PAGES_MAX = 1_000_000;
+
+/** Debits and credits of a sums row, or of the entries it should count, in minor units. */
+export type SumAmounts = Readonly<{ debitMinor: bigint; creditMinor: bigint }>;
+
+/** A sums row that differed from its entries: what it held, and what it holds once repaired. */
+export type SumRepair = Readonly<{
+  /** The row as it was; undefined when there was none (its entries were missing from the sums). */
+  before: SumAmounts | undefined;
+  /** What its entries up to the checkpoint add up to; undefined when there are none (deleted). */
+  after: SumAmounts | undefined;
+}>;
+
+export type LedgerSumsRepair = Readonly<{
+  /** The checkpoint the sums were compared at: every entry with an id up to it. */
+  uptoId: bigint;
+  /** Nothing was written: the repairs are what a repair would have made. */
+  dryRun: boolean;
+  /** Accounts compared: every one with entries or sums. */
+  accountsChecked: number;
+  /** (account, currency) pairs whose sums differed, all of them. */
+  pairsRepaired: number;
+  /** The first REPAIRS_LISTED_MAX of those pairs, by account, then currency. */
+  pairs: ReadonlyArray<AccountKey & SumRepair>;
+  /** The currencies whose sums differed, by currency. */
+  currencies: ReadonlyArray<Readonly<{ currency: string }> & SumRepair>;
+}>;
+
+export type RepairLedgerSumsOptions = Readonly<{
+  /** Compare only, in a snapshot that locks nothing, and write nothing. */
+  dryRun: boolean;
+  /** Accounts compared per page (REPAIR_ACCOUNTS_PER_PAGE). */
+  accountsPerPage?: number;
+  /** Checked between pages and before the commit: once aborted, the repair writes nothing. */
+  signal?: AbortSignal | undefined;
+  /** For tests: awaited after each page is compared and before its repairs are written. */
+  beforePageWrite?: () => Promise<void>;
+}>;
+
+/**
+ * Sums every entry up to the checkpoint again and makes the running sums equal to it: rows that
+ * differ are set to the exact sums, missing ones inserted, and rows of pairs without entries up
+ * to the checkpoint deleted, per (account, currency) and per currency. What ledgerSumsDrift finds
+ * is gone afterwards, and a second repair finds nothing.
+ *
+ * One REPEATABLE READ transaction whose first statement locks the checkpoint row (FOR UPDATE):
+ * a pass's conditional UPDATE of that row then waits until the repair commits (still waiting
+ * after innodb_lock_wait_timeout twice, with inTransaction's retry, the pass fails and runs again
+ * at its next interval), so no pass adds to a row between the repair's read of it and its write,
+ * which would lose that pass's entries. The checkpoint is not moved. The entries are read by
+ * consistent reads, which lock no row of ledger_entry (an `INSERT … SELECT` from it would lock
+ * every row it scans, and hold the ledger's inserts for the whole repair). A full scan, a page of
+ * accounts at a time through the (account, id) index: for operators, not for serving. A dry run
+ * reads the same in a snapshot that locks nothing, as ledgerSumsDrift does, so it holds up no
+ * pass.
+ *
+ * Fails with UnavailableError when the checkpoint row stays locked past innodb_lock_wait_timeout
+ * (another repair holds it), and with AbortedError, nothing written, once `signal` aborts.
+ */
+export async function repairLedgerSums(
+  db: Db,
+  options: RepairLedgerSumsOptions,
+): Promise<LedgerSumsRepair> {
+  const accountsPerPage = options.accountsPerPage ?? REPAIR_ACCOUNTS_PER_PAGE;
+  if (!Number.isInteger(accountsPerPage) || accountsPerPage < 1) {
+    throw new RangeError(`accountsPerPage must be a whole number ≥ 1, got ${accountsPerPage}`);
+  }
+  const compareAll = async (trx: Trx, uptoId: bigint) =>
+    repairUpTo(trx, uptoId, { ...options, accountsPerPage });
+  if (options.dryRun) {
+    return inSnapshot(db, async (trx) => compareAll(trx, await checkpointIn(trx)));
+  }
+  return db
+    .transaction()
+    .setIsolationLevel('repeatable read')
+    .execute(async (trx) => compareAll(trx, await lockCheckpoint(trx)));
+}
+
+/** The checkpoint, its row locked until the transaction ends. */
+async function lockCheckpoint(trx: Trx): Promise<bigint> {
+  let rows: Array<{ upto_id: string }>;
+  try {
+    ({ rows } = await sql<{ upto_id: string }>`
+      SELECT upto_id FROM ledger_sum_checkpoint WHERE id = 1 FOR UPDATE`.execute(trx));
+  } catch (error) {
+    if (!isLockWaitTimeout(error)) throw error;
+    // A pass holds the row for the few milliseconds of its writes: one held this long is
+    // another repair's (or a pass stuck on a dead connection, until the server drops it).
+    throw new UnavailableError(
+      'the running sums are being written by someone else (another RepairLedgerSums, most ' +
+        'likely): their checkpoint row stayed locked past innodb_lock_wait_timeout; retry once ' +
+        'that repair has ended',
+      { cause: error },
+    );
+  }
+  const row = rows[0];
+  if (row === undefined) throw missingCheckpoint();
+  return BigInt(row.upto_id);
+}
+
+async function repairUpTo(
+  trx: Trx,
+  uptoId: bigint,
+  options: RepairLedgerSumsOptions & Readonly<{ accountsPerPage: number }>,
+): Promise<LedgerSumsRepair> {
+  // The entries' sums per currency, over every page: what ledger_currency_sum should hold.
+  const byCurrency = new Map<string, Sums>();
+  const pairs: Array<AccountKey & SumRepair> = [];
+  let pairsRepaired = 0;
+  let accountsChecked = 0;
+  let after: string | undefined;
+  for (let page = 0; ; page += 1) {
+    if (page >= REPAIR_PAGES_MAX) {
+      throw new Error(`a repair of the running sums read ${REPAIR_PAGES_MAX} pages of accounts`);
+    }
+    throwIfAborted(options.signal);
+    const accounts = await pageAccounts(trx, after, options.accountsPerPage);
+    const last = accounts[accounts.length - 1];
+    if (last === undefined) break;
+    const repairs = await comparePage(trx, uptoId, { after, last }, byCurrency);
+    accountsChecked += accounts.length;
+    pairsRepaired += repairs.length;
+    pairs.push(...repairs.slice(0, REPAIRS_LISTED_MAX - pairs.length));
+    await options.beforePageWrite?.();
+    if (!options.dryRun) await writeAccountSums(trx, repairs);
+    after = last;
+  }
+  const currencies = await compareCurrencies(trx, byCurrency);
+  if (!options.dryRun) await writeCurrencySums(trx, currencies);
+  // Aborted after this, the commit goes ahead: the caller is told nothing either way.
+  throwIfAborted(options.signal);
+  return { uptoId, dryRun: options.dryRun, accountsChecked, pairsRepaired, pairs, currencies };
+}
+
+function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted !== true) return;
+  throw new AbortedError(
+    'the repair of the running sums was abandoned before it committed (its call was cancelled ' +
+      'or passed its deadline); nothing was written: call again with a longer deadline',
+    { cause: signal.reason },
+  );
+}
+
+/**
+ * The next `limit` accounts after `after` (from the first without it) that have entries or sums,
+ * in the table's order. Each side is a range of an index read in order and cut at `limit`, and
+ * the server merges them, so its collation decides the order and what is one account.
+ */
+async function pageAccounts(trx: Trx, after: string | undefined, limit: number): Promise<string[]> {
+  const from = after !== undefined ? sql`WHERE account > ${after}` : sql``;
+  const { rows } = await sql<{ account: string }>`
+    SELECT account FROM (
+      (SELECT DISTINCT account FROM ledger_entry ${from} ORDER BY account LIMIT ${limit})
+      UNION
+      (SELECT DISTINCT account FROM ledger_account_sum ${from} ORDER BY account LIMIT ${limit})
+    ) AS accounts
+    ORDER BY account
+    LIMIT ${limit}`.execute(trx);
+  return rows.map((row) => row.account);
+}
+
+/**
+ * The sums rows of the accounts after `after` up to `last` that differ from their entries up to
+ * `uptoId`, with what those entries add up to; adds those up per currency into `byCurrency`.
+ * One statement puts the rows and the entries side by side, grouped by the server. The entries
+ * are read through the (account, id) index, forced: on a page whose accounts hold much of the
+ * ledger (600,000 entries, 1,000 accounts holding a third of them) MariaDB 10.11 chose a range
+ * of the primary key over every id up to the checkpoint instead, reading 1.8 times the rows, and
+ * would read that range again on every page.
+ */
+async function comparePage(
+  trx: Trx,
+  uptoId: bigint,
+  range: Readonly<{ after: string | undefined; last: string }>,
+  byCurrency: Map<string, Sums>,
+): Promise<Array<AccountKey & SumRepair>> {
+  const accounts =
+    range.after !== undefined
+      ? sql`account > ${range.after} AND account <= ${range.last}`
+      : sql`account <= ${range.last}`;
+  const { rows } = await sql<{
+    account: string;
+    currency: string;
+    in_sums: string;
+    sum_debit: string;
+    sum_credit: string;
+    in_entries: string;
+    entry_debit: string;
+    entry_credit: string;
+  }>`
+    SELECT account, currency,
+           SUM(in_sums) AS in_sums, SUM(sum_debit) AS sum_debit, SUM(sum_credit) AS sum_credit,
+           SUM(in_entries) AS in_entries, SUM(entry_debit) AS entry_debit,
+           SUM(entry_credit) AS entry_credit
+    FROM (
+      SELECT account, currency, 1 AS in_sums, debit_minor AS sum_debit,
+             credit_minor AS sum_credit, 0 AS in_entries, 0 AS entry_debit, 0 AS entry_credit
+      FROM ledger_account_sum WHERE ${accounts}
+      UNION ALL
+      SELECT account, currency, 0, 0, 0, 1, SUM(debit_minor), SUM(credit_minor)
+      FROM ledger_entry FORCE INDEX (ledger_entry_account)
+      WHERE ${accounts} AND id <= ${uptoId}
+      GROUP BY account, currency
+    ) AS both_sides
+    GROUP BY account, currency
+    ORDER BY account, currency`.execute(trx);
+  const repairs: Array<AccountKey & SumRepair> = [];
+  for (const row of rows) {
+    const before = row.in_sums !== '0' ? amounts(row.sum_debit, row.sum_credit) : undefined;
+    const entries = row.in_entries !== '0' ? amounts(row.entry_debit, row.entry_credit) : undefined;
+    if (entries !== undefined) add(byCurrency, row.currency, entries);
+    if (!sameAmounts(before, entries)) {
+      repairs.push({ account: row.account, currency: row.currency, before, after: entries });
+    }
+  }
+  return repairs;
+}
+
+/** The currencies whose sums differ from `byCurrency`, the entries' sums of every page. */
+async function compareCurrencies(
+  trx: Trx,
+  byCurrency: ReadonlyMap<string, Sums>,
+): Promise<Array<Readonly<{ currency: string }> & SumRepair>> {
+  const { rows } = await sql<{ currency: string; debit_minor: string; credit_minor: string }>`
+    SELECT currency, debit_minor, credit_minor FROM ledger_currency_sum`.execute(trx);
+  const held = new Map(
+    rows.map((row) => [row.currency, amounts(row.debit_minor, row.credit_minor)]),
+  );
+  const currencies = [...new Set([...held.keys(), ...byCurrency.keys()])].sort();
+  return currencies.flatMap((currency) => {
+    const before = held.get(currency);
+    const sums = byCurrency.get(currency);
+    const after = sums && { debitMinor: sums.debit, creditMinor: sums.credit };
+    return sameAmounts(before, after) ? [] : [{ currency, before, after }];
+  });
+}
+
+/** Sets each repaired pair's row to its entries' sums, or deletes it when they have none. */
+async function writeAccountSums(
+  trx: Trx,
+  repairs: ReadonlyArray<AccountKey & SumRepair>,
+): Promise<void> {
+  const rows = repairs.flatMap(({ account, currency, after }) =>
+    after !== undefined ? [{ account, currency, after }] : [],
+  );
+  for (const chunk of chunks(rows)) {
+    await sql`
+      INSERT INTO ledger_account_sum (account, currency, debit_minor, credit_minor)
+      VALUES ${sql.join(
+        chunk.map(
+          ({ account, currency, after }) =>
+            sql`(${account}, ${currency}, ${after.debitMinor}, ${after.creditMinor})`,
+        ),
+      )}
+      ON DUPLICATE KEY UPDATE debit_minor = VALUES(debit_minor),
+                              credit_minor = VALUES(credit_minor)`.execute(trx);
+  }
+  const gone = repairs.filter((repair) => repair.after === undefined);
+  for (const chunk of chunks(gone)) {
+    await sql`
+      DELETE FROM ledger_account_sum
+      WHERE ${sql.join(
+        chunk.map(
+          ({ account, currency }) => sql`(account = ${account} AND currency = ${currency})`,
+        ),
+        sql` OR `,
+      )}`.execute(trx);
+  }
+}
+
+/** Sets each repaired currency's row to its entries' sums, or deletes it when they have none. */
+async function writeCurrencySums(
+  trx: Trx,
+  repairs: ReadonlyArray<Readonly<{ currency: string }> & SumRepair>,
+): Promise<void> {
+  for (const { currency, after } of repairs) {
+    if (after === undefined) {
+      await sql`DELETE FROM ledger_currency_sum WHERE currency = ${currency}`.execute(trx);
+      continue;
+    }
+    await sql`
+      INSERT INTO ledger_currency_sum (currency, debit_minor, credit_minor)
+      VALUES (${currency}, ${after.debitMinor}, ${after.creditMinor})
+      ON DUPLICATE KEY UPDATE debit_minor = VALUES(debit_minor),
+                              credit_minor = VALUES(credit_minor)`.execute(trx);
+  }
+}
+
+function amounts(debits: string, credits: string): SumAmounts {
+  return { debitMinor: BigInt(debits), creditMinor: BigInt(credits) };
+}
+
+function sameAmounts(a: SumAmounts | undefined, b: SumAmounts | undefined): boolean {
+  if (a === undefined || b === undefined) return a === b;
+  return a.debitMinor === b.debitMinor && a.creditMinor === b.creditMinor;
 }
 
 /**

@@ -1,0 +1,335 @@
+/**
+ * Goal: repairLedgerSums mends running sums that differ from the entries they count (a pair's
+ * row changed, one deleted, one for an account without entries, a currency's row changed): a dry
+ * run reports exactly those and writes nothing; the repair sets them to what the entries up to the
+ * checkpoint add up to, so that ledgerSumsDrift finds nothing, the served trial balance equals
+ * the full scan, and a second repair finds nothing. The same when accounts are read a few at a
+ * time, the damaged ones on the pages' edges; and while bookings are written and passes add them
+ * to the sums. A pass that comes while the repair holds a page between its read and its write
+ * waits for the repair (the checkpoint row lock), rather than have its entries overwritten.
+ * Method: ledger-sums.repository.ts over a fresh MariaDB database, bookings posted by the ledger
+ * repository in real transactions, the sums damaged by hand with SQL after a pass; the pass that
+ * races the repair is let in through the repair's test hook, and its wait is seen in
+ * information_schema.INNODB_TRX.
+ */
+import { sql } from 'kysely';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Db } from '../../src/storage/db.js';
+import {
+  advanceLedgerSums,
+  ledgerSumsCheckpoint,
+  ledgerSumsDrift,
+  repairLedgerSums,
+  trialBalanceTotals,
+  type LedgerSumsOptions,
+  type LedgerSumsRepair,
+} from '../../src/storage/repositories/ledger-sums.repository.js';
+import {
+  postLedgerTransaction,
+  trialBalanceByCurrency,
+} from '../../src/storage/repositories/ledger.repository.js';
+import { openTestDatabase } from '../support/harness.js';
+import {
+  book,
+  catchUpLedgerSums,
+  currencyBooking,
+  recountTrialBalance,
+  servedTrialBalance,
+} from '../support/ledger.js';
+
+/** A settle window short enough for a test; gaps (rolled-back bookings) hold a pass that long. */
+const OPTIONS: LedgerSumsOptions = {
+  horizon: { reservationSettleMs: 300, markIntervalMs: 50, gapCheckIdsMax: 20_000 },
+  entriesPerPassMax: 50_000,
+};
+
+let db: Db;
+let close: () => Promise<void>;
+
+beforeAll(async () => {
+  ({ db, close } = await openTestDatabase('settle_ledger_sums_repair_t', { poolSize: 12 }));
+});
+afterAll(async () => {
+  await close?.();
+});
+afterEach(async () => {
+  for (const table of [
+    'ledger_entry',
+    'ledger_transaction',
+    'ledger_entry_mark',
+    'ledger_account_sum',
+    'ledger_currency_sum',
+  ]) {
+    await sql`TRUNCATE TABLE ${sql.table(table)}`.execute(db);
+  }
+  await sql`UPDATE ledger_sum_checkpoint SET upto_id = 0, advanced_at = '1970-01-01 00:00:01'`.execute(
+    db,
+  );
+});
+
+/** `count` bookings to `seller<i % sellers>`, one transaction each, amounts 1..count. */
+async function bookMany(count: number, seller: string, sellers: number, currency = 'USD') {
+  for (let i = 0; i < count; i += 1) {
+    await book(db, `${seller}${String(i % sellers).padStart(2, '0')}`, BigInt(i + 1), currency);
+  }
+}
+
+/** Every row of the sums' three tables, as text: equal before and after means untouched. */
+async function sumsTables(): Promise<string[]> {
+  const accounts = await sql<{ account: string; currency: string; d: string; c: string }>`
+    SELECT account, currency, debit_minor AS d, credit_minor AS c
+    FROM ledger_account_sum ORDER BY account, currency`.execute(db);
+  const currencies = await sql<{ currency: string; d: string; c: string }>`
+    SELECT currency, debit_minor AS d, credit_minor AS c
+    FROM ledger_currency_sum ORDER BY currency`.execute(db);
+  const checkpoint = await sql<{ upto_id: string; advanced_at: Date }>`
+    SELECT upto_id, advanced_at FROM ledger_sum_checkpoint`.execute(db);
+  return [
+    ...accounts.rows.map((r) => `account ${r.account}/${r.currency}/${r.d}/${r.c}`),
+    ...currencies.rows.map((r) => `currency ${r.currency}/${r.d}/${r.c}`),
+    ...checkpoint.rows.map((r) => `checkpoint ${r.upto_id}/${r.advanced_at.toISOString()}`),
+  ];
+}
+
+/** The sums agree with the entries: no drift, and the served trial balance is the full scan's. */
+async function expectSumsMended(): Promise<void> {
+  expect(await ledgerSumsDrift(db)).toEqual({ accounts: [], currencies: [] });
+  expect(await trialBalanceTotals(db)).toEqual(await trialBalanceByCurrency(db));
+  expect(await servedTrialBalance(db)).toEqual(await recountTrialBalance(db));
+}
+
+/** A repair that found nothing at checkpoint `uptoId` over `accounts` accounts. */
+function nothingToRepair(uptoId: bigint, accountsChecked: number): LedgerSumsRepair {
+  return { uptoId, dryRun: false, accountsChecked, pairsRepaired: 0, pairs: [], currencies: [] };
+}
+
+const amounts = (debitMinor: bigint, creditMinor: bigint) => ({ debitMinor, creditMinor });
+
+describe('repairLedgerSums', () => {
+  it('reports the hand edits in a dry run without writing, then mends them, and a second finds nothing', async () => {
+    await bookMany(20, 's', 5);
+    await bookMany(6, 'e', 2, 'EUR');
+    await catchUpLedgerSums(db, OPTIONS);
+    const { uptoId } = await ledgerSumsCheckpoint(db);
+    // Entries after the checkpoint are not the sums' to count: a repair leaves them out.
+    await bookMany(4, 's', 5);
+    await sql`UPDATE ledger_account_sum SET debit_minor = debit_minor + 5
+              WHERE account = 'psp_receivable' AND currency = 'USD'`.execute(db);
+    await sql`DELETE FROM ledger_account_sum
+              WHERE account = 'seller_payable:s03' AND currency = 'USD'`.execute(db);
+    await sql`INSERT INTO ledger_account_sum VALUES ('seller_payable:ghost', 'USD', 0, 7)`.execute(
+      db,
+    );
+    await sql`UPDATE ledger_currency_sum SET credit_minor = credit_minor - 3
+              WHERE currency = 'EUR'`.execute(db);
+    expect(await ledgerSumsDrift(db)).toEqual({
+      accounts: [
+        { account: 'psp_receivable', currency: 'USD' },
+        { account: 'seller_payable:ghost', currency: 'USD' },
+        { account: 'seller_payable:s03', currency: 'USD' },
+      ],
+      currencies: ['EUR'],
+    });
+    // USD: 1..20 to s00..s04 (s03 got 4 + 9 + 14 + 19); EUR: 1..6.
+    const expected: LedgerSumsRepair = {
+      uptoId,
+      dryRun: true,
+      // psp_receivable, e00, e01, ghost, s00..s04.
+      accountsChecked: 9,
+      pairsRepaired: 3,
+      pairs: [
+        {
+          account: 'psp_receivable',
+          currency: 'USD',
+          before: amounts(215n, 0n),
+          after: amounts(210n, 0n),
+        },
+        {
+          account: 'seller_payable:ghost',
+          currency: 'USD',
+          before: amounts(0n, 7n),
+          after: undefined,
+        },
+        {
+          account: 'seller_payable:s03',
+          currency: 'USD',
+          before: undefined,
+          after: amounts(0n, 46n),
+        },
+      ],
+      currencies: [{ currency: 'EUR', before: amounts(21n, 18n), after: amounts(21n, 21n) }],
+    };
+    const untouched = await sumsTables();
+    expect(await repairLedgerSums(db, { dryRun: true })).toEqual(expected);
+    expect(await sumsTables()).toEqual(untouched);
+
+    expect(await repairLedgerSums(db, { dryRun: false })).toEqual({ ...expected, dryRun: false });
+    await expectSumsMended();
+    expect((await ledgerSumsCheckpoint(db)).uptoId).toBe(uptoId);
+    expect(await repairLedgerSums(db, { dryRun: false })).toEqual(nothingToRepair(uptoId, 8));
+  });
+
+  it('gives the same outcome a few accounts at a time, with damaged pairs on the pages’ edges', async () => {
+    // 16 sellers, psp_receivable and fee_expense (sums only): 18 accounts, pages of 3.
+    await bookMany(48, 's', 16);
+    await catchUpLedgerSums(db, OPTIONS);
+    const { uptoId } = await ledgerSumsCheckpoint(db);
+    // In order: fee_expense, psp_receivable, s00 | s01 s02 s03 | s04 s05 s06 | s07 …
+    await sql`INSERT INTO ledger_account_sum VALUES ('fee_expense', 'USD', 3, 0)`.execute(db);
+    for (const seller of ['s00', 's01', 's06', 's07', 's15']) {
+      await sql`UPDATE ledger_account_sum SET credit_minor = credit_minor + 1
+                WHERE account = ${`seller_payable:${seller}`}`.execute(db);
+    }
+    await sql`DELETE FROM ledger_account_sum WHERE account = 'seller_payable:s12'`.execute(db);
+    const drift = await ledgerSumsDrift(db);
+    expect(drift.accounts).toHaveLength(7);
+    const paged = await repairLedgerSums(db, { dryRun: true, accountsPerPage: 3 });
+    const whole = await repairLedgerSums(db, { dryRun: true });
+    expect(paged).toEqual(whole);
+    expect(paged.accountsChecked).toBe(18);
+    expect(paged.pairs.map((pair) => ({ account: pair.account, currency: pair.currency }))).toEqual(
+      drift.accounts,
+    );
+    expect(paged.currencies).toEqual([]);
+
+    expect(await repairLedgerSums(db, { dryRun: false, accountsPerPage: 3 })).toEqual({
+      ...paged,
+      dryRun: false,
+    });
+    await expectSumsMended();
+    expect(await repairLedgerSums(db, { dryRun: false, accountsPerPage: 3 })).toEqual(
+      nothingToRepair(uptoId, 17),
+    );
+  });
+
+  it('leaves the sums equal to the entries when bookings and passes run during repairs', async () => {
+    await bookMany(60, 's', 12);
+    await catchUpLedgerSums(db, OPTIONS);
+    await sql`UPDATE ledger_account_sum SET debit_minor = debit_minor + 5
+              WHERE account = 'psp_receivable'`.execute(db);
+    await sql`UPDATE ledger_currency_sum SET debit_minor = debit_minor + 5`.execute(db);
+    let stop = false;
+    const passes = (async () => {
+      let count = 0;
+      while (!stop && count < 10_000) {
+        await advanceLedgerSums(db, OPTIONS);
+        count += 1;
+      }
+      return count;
+    })();
+    const lanes = Array.from({ length: 4 }, async (_, lane) => {
+      for (let i = 0; i < 40; i += 1) {
+        await db
+          .transaction()
+          .execute(async (trx) => {
+            const currency = lane % 2 === 0 ? 'EUR' : 'USD';
+            await postLedgerTransaction(trx, currencyBooking(`lane${lane}`, 1n, currency));
+            if (i % 7 === 0) throw new Error('rolled back');
+          })
+          .catch((error: unknown) => {
+            if (!(error instanceof Error && error.message === 'rolled back')) throw error;
+          });
+      }
+    });
+    let booked = false;
+    const bookings = Promise.all(lanes).finally(() => (booked = true));
+    // Repairs one after another for as long as the bookings go on.
+    const repairs: LedgerSumsRepair[] = [];
+    while (!booked && repairs.length < 100) {
+      repairs.push(await repairLedgerSums(db, { dryRun: false, accountsPerPage: 4 }));
+    }
+    await bookings;
+    stop = true;
+    expect(await passes).toBeGreaterThan(1);
+    expect(repairs.length).toBeGreaterThan(1);
+    expect(repairs[0]?.pairs.map((pair) => pair.account)).toEqual(['psp_receivable']);
+    expect(repairs[0]?.currencies.map((repair) => repair.currency)).toEqual(['USD']);
+    expect(repairs.slice(1).every((repair) => repair.pairsRepaired === 0)).toBe(true);
+    expect(repairs.slice(1).every((repair) => repair.currencies.length === 0)).toBe(true);
+    await expectSumsMended();
+    await catchUpLedgerSums(db, OPTIONS);
+    await expectSumsMended();
+  });
+
+  it('makes a pass that comes between its read and its write wait, so that none of its entries is lost', async () => {
+    await bookMany(10, 's', 3);
+    await catchUpLedgerSums(db, OPTIONS);
+    await sql`UPDATE ledger_account_sum SET debit_minor = debit_minor + 5
+              WHERE account = 'psp_receivable'`.execute(db);
+    await sql`UPDATE ledger_currency_sum SET debit_minor = debit_minor + 5`.execute(db);
+    // Settled entries after the checkpoint, to psp_receivable too: the pass adds them.
+    await bookMany(3, 's', 3);
+    let pass: ReturnType<typeof advanceLedgerSums> | undefined;
+    let passWaited = false;
+    const repair = await repairLedgerSums(db, {
+      dryRun: false,
+      beforePageWrite: async () => {
+        // The pass runs on a connection of its own while the repair holds its first page, read
+        // and not yet written; it is let finish or seen waiting for a lock before going on.
+        pass ??= advanceLedgerSums(db, OPTIONS);
+        let done = false;
+        void pass.finally(() => (done = true));
+        // Within innodb_lock_wait_timeout (5 s), past which the waiting pass would give up.
+        const deadline = Date.now() + 4_000;
+        while (!done && !passWaited && Date.now() < deadline) {
+          // InnoDB refreshes INNODB_TRX only when it was not read for 100 ms: poll slower.
+          await new Promise((resolve) => setTimeout(resolve, 250));
+          passWaited = (await passesWaitingHere()) > 0;
+        }
+      },
+    });
+    expect(repair.pairs.map((pair) => pair.account)).toEqual(['psp_receivable']);
+    const passed = await pass;
+    expect(passed?.entries).toBe(6);
+    // Had the pass committed in between, the repair's write would have dropped its entries.
+    await expectSumsMended();
+    expect(passWaited).toBe(true);
+  });
+
+  it('says so when the checkpoint row stays locked, and writes nothing once aborted', async () => {
+    await bookMany(3, 's', 3);
+    await catchUpLedgerSums(db, OPTIONS);
+    await sql`UPDATE ledger_currency_sum SET debit_minor = debit_minor + 5`.execute(db);
+    const untouched = await sumsTables();
+    const aborted = new AbortController();
+    aborted.abort();
+    await expect(
+      repairLedgerSums(db, { dryRun: false, signal: aborted.signal }),
+    ).rejects.toMatchObject({
+      code: 'ABORTED',
+      message: expect.stringContaining('nothing was written') as unknown,
+    });
+    // Another repair (or a pass) holds the row: after innodb_lock_wait_timeout, UNAVAILABLE.
+    await db.transaction().execute(async (holder) => {
+      await sql`SELECT upto_id FROM ledger_sum_checkpoint WHERE id = 1 FOR UPDATE`.execute(holder);
+      await db.connection().execute(async (waiter) => {
+        await sql`SET SESSION innodb_lock_wait_timeout = 1`.execute(waiter);
+        try {
+          await expect(repairLedgerSums(waiter, { dryRun: false })).rejects.toMatchObject({
+            code: 'UNAVAILABLE',
+            retryable: true,
+            message: expect.stringMatching(
+              /^the running sums are being written by someone else \(another RepairLedgerSums/,
+            ) as unknown,
+          });
+          // A dry run locks nothing: it answers meanwhile.
+          expect((await repairLedgerSums(waiter, { dryRun: true })).currencies).toHaveLength(1);
+        } finally {
+          // The connection goes back to the pool: with the pool's setting.
+          await sql`SET SESSION innodb_lock_wait_timeout = 5`.execute(waiter);
+        }
+      });
+    });
+    expect(await sumsTables()).toEqual(untouched);
+  });
+});
+
+/** Passes of this test's database waiting for the lock on the checkpoint row. */
+async function passesWaitingHere(): Promise<number> {
+  const result = await sql<{ n: string }>`
+    SELECT COUNT(*) AS n FROM information_schema.INNODB_TRX AS trx
+    JOIN information_schema.PROCESSLIST AS p ON p.ID = trx.trx_mysql_thread_id
+    WHERE trx.trx_state = 'LOCK WAIT' AND p.DB = DATABASE()
+      AND trx.trx_query LIKE '%UPDATE ledger_sum_checkpoint%'`.execute(db);
+  return Number(result.rows[0]?.n ?? 0);
+}
