@@ -640,6 +640,7 @@ export async function startSettle(
       adminHandlers(
         {
           db,
+          bulkDb,
           wakeRelay: () => relay.wake(),
           now,
           access: { token: config.ADMIN_TOKEN, readonlyOpen: config.ADMIN_READONLY_OPEN },

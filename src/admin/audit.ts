@@ -2,8 +2,9 @@
  * Every admin action, from the panel or from gRPC AdminService, goes through `audited`: it runs
  * the action, then records who did what to which target, why, and how it ended in admin_audit. A
  * failed action is recorded as FAILED and its error rethrown. The action and its audit row are
- * two statements (the dead-letter functions own their transaction); the dead_letter row itself
- * names the actor too, so an action whose audit insert failed still leaves a trace.
+ * two statements (the dead-letter functions and the sums' repair own their transaction); the
+ * dead_letter row itself names the actor too, so an action whose audit insert failed still leaves
+ * a trace.
  */
 import type { Metadata } from '@grpc/grpc-js';
 import { InvalidArgumentError, SettleError } from '../domain/errors.js';
@@ -16,6 +17,7 @@ export const ADMIN_ACTION = {
   logout: 'LOGOUT',
   replayDeadLetter: 'REPLAY_DEAD_LETTER',
   discardDeadLetter: 'DISCARD_DEAD_LETTER',
+  repairLedgerSums: 'REPAIR_LEDGER_SUMS',
 } as const;
 
 export type AuditedAction = Readonly<{

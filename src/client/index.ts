@@ -49,10 +49,12 @@ import {
   DiscardDeadLetterRequest,
   GetPaymentTimelineRequest,
   ListDeadLettersRequest,
+  RepairLedgerSumsRequest,
   ReplayDeadLetterRequest,
   type DiscardDeadLetterResponse,
   type GetPaymentTimelineResponse,
   type ListDeadLettersResponse,
+  type RepairLedgerSumsResponse,
   type ReplayDeadLetterResponse,
 } from '../grpc/generated/settle/v1/admin.js';
 import {
@@ -100,6 +102,8 @@ export {
   AdminServiceClient,
   DeadLetterState,
   type DeadLetter,
+  type LedgerSumRepair,
+  type RepairLedgerSumsResponse,
   type TimelineEntry,
 } from '../grpc/generated/settle/v1/admin.js';
 
@@ -439,6 +443,16 @@ export function createSettleClient(address: string, options: SettleClientOptions
         GetPaymentTimelineRequest,
         'GetPaymentTimelineRequest',
         admin.getPaymentTimeline.bind(admin),
+        timeoutMs,
+      ),
+      /**
+       * A full scan of the ledger: give it a `timeoutMs` longer than the default; a repair cut by
+       * its deadline before it commits writes nothing.
+       */
+      repairLedgerSums: unary<RepairLedgerSumsRequest, RepairLedgerSumsResponse>(
+        RepairLedgerSumsRequest,
+        'RepairLedgerSumsRequest',
+        admin.repairLedgerSums.bind(admin),
         timeoutMs,
       ),
     },

@@ -588,6 +588,7 @@ describe('access', () => {
           adminHandlers(
             {
               db: stack.settle.db,
+              bulkDb: stack.settle.db,
               wakeRelay: () => {},
               now: () => new Date(),
               access,
@@ -684,6 +685,7 @@ describe('access', () => {
         adminHandlers(
           {
             db: stack.settle.db,
+            bulkDb: stack.settle.db,
             wakeRelay: () => {},
             now: () => new Date(),
             access: { token: undefined, readonlyOpen: true },

@@ -32,6 +32,7 @@ import {
   DiscardDeadLetterRequest,
   GetPaymentTimelineRequest,
   ListDeadLettersRequest,
+  RepairLedgerSumsRequest,
   ReplayDeadLetterRequest,
 } from '../../src/grpc/generated/settle/v1/admin.js';
 import {
@@ -799,6 +800,16 @@ function specs(): Spec[] {
       codec: GetPaymentTimelineRequest,
       admin: true,
       draw: (rng) => ({ paymentId: hostileString(rng) }),
+    },
+    {
+      service: AdminServiceService,
+      method: 'repairLedgerSums',
+      codec: RepairLedgerSumsRequest,
+      admin: true,
+      // A request with a valid reason repairs: the sums are right, so it writes its audit row.
+      writes: true,
+      mayWriteWhenRefused: ['settle.admin_audit'],
+      draw: (rng) => ({ reason: string(rng, 'fuzzing the admin API'), dryRun: rng.chance(0.5) }),
     },
     {
       service: PspServiceService,

@@ -127,7 +127,7 @@ export type TestDatabase = Readonly<{ db: Db; url: string; close: () => Promise<
  */
 export async function openTestDatabase(
   prefix: string,
-  options: Readonly<{ poolSize: number; multipleStatements?: boolean }>,
+  options: Readonly<{ poolSize: number; multipleStatements?: boolean; lockWaitTimeoutS?: number }>,
 ): Promise<TestDatabase> {
   const url = testDatabaseUrl(prefix);
   await ensureDatabase(url);

@@ -1,9 +1,10 @@
 /**
- * settle.v1.AdminService: dead letters and payment timelines for operators. Guarded by
- * ADMIN_TOKEN (bearer metadata, checked exactly as the admin panel checks its header, through the
- * same bound on wrong tokens). A node without ADMIN_TOKEN refuses every call with
- * UNAUTHENTICATED, as the panel does; only ADMIN_READONLY_OPEN=true (local development) opens the
- * reads, never replay or discard.
+ * settle.v1.AdminService: dead letters, payment timelines and the repair of the trial balance's
+ * running sums, for operators. Guarded by ADMIN_TOKEN (bearer metadata, checked exactly as the
+ * admin panel checks its header, through the same bound on wrong tokens). A node without
+ * ADMIN_TOKEN refuses every call with UNAUTHENTICATED, as the panel does; only
+ * ADMIN_READONLY_OPEN=true (local development) opens the reads (a dry run of the repair among
+ * them), never replay, discard or a repair that writes.
  */
 import type * as grpc from '@grpc/grpc-js';
 import {
@@ -39,6 +40,13 @@ import {
 } from '../../admin/auth.js';
 import type { ClientResolver } from '../../admin/client-address.js';
 import { deadLetterAuditTarget } from '../../admin/dead-letter-source.js';
+import type { Db } from '../../storage/db.js';
+import {
+  repairLedgerSums,
+  type LedgerSumsRepair,
+  type SumAmounts,
+  type SumRepair,
+} from '../../storage/repositories/ledger-sums.repository.js';
 import { listTransitions } from '../../storage/repositories/payment-order.repository.js';
 import { findPaymentVersion } from '../../storage/repositories/payment.repository.js';
 import { toUnavailable } from '../../storage/transaction.js';
@@ -54,6 +62,8 @@ import {
   DeadLetterState as DeadLetterStateProto,
   type AdminServiceServer,
   type DeadLetter as DeadLetterMessage,
+  type LedgerSumAmounts,
+  type RepairLedgerSumsResponse,
 } from '../generated/settle/v1/admin.js';
 import { unary, type AdapterOptions } from '../adapters.js';
 
@@ -97,6 +107,62 @@ function stateFromProto(state: DeadLetterStateProto): DeadLetterState | undefine
   }
 }
 
+/** The admin_audit target of a repair of the running sums: their one checkpoint. */
+export const LEDGER_SUMS_AUDIT_TARGET = 'ledger-sums:checkpoint';
+
+/** Repaired pairs an audit row lists at most, under admin_audit's 16 KiB of detail. */
+const AUDITED_PAIRS_MAX = 20;
+
+const INT64_MIN = -(2n ** 63n);
+const INT64_MAX = 2n ** 63n - 1n;
+
+/** `value`, or undefined when it does not fit the response's int64 (a sum is DECIMAL(38,0)). */
+function int64OrUnset(value: bigint): bigint | undefined {
+  return value >= INT64_MIN && value <= INT64_MAX ? value : undefined;
+}
+
+function amountsToProto(amounts: SumAmounts | undefined): LedgerSumAmounts | undefined {
+  if (amounts === undefined) return undefined;
+  return {
+    debitMinor: int64OrUnset(amounts.debitMinor),
+    creditMinor: int64OrUnset(amounts.creditMinor),
+  };
+}
+
+function repairToProto(repair: LedgerSumsRepair): RepairLedgerSumsResponse {
+  return {
+    checkpointEntryId: repair.uptoId.toString(),
+    accountsChecked: BigInt(repair.accountsChecked),
+    accountSumsRepaired: BigInt(repair.pairsRepaired),
+    accountSumRepairs: repair.pairs.map((pair) => ({
+      account: pair.account,
+      currencyCode: pair.currency,
+      before: amountsToProto(pair.before),
+      after: amountsToProto(pair.after),
+    })),
+    currencySumRepairs: repair.currencies.map((sums) => ({
+      currencyCode: sums.currency,
+      before: amountsToProto(sums.before),
+      after: amountsToProto(sums.after),
+    })),
+    dryRun: repair.dryRun,
+  };
+}
+
+/** What a repair's audit row keeps: the counts, and the values it overwrote. */
+function repairAuditDetail(repair: LedgerSumsRepair): Record<string, unknown> {
+  const values = (sums: SumRepair) => ({ before: sums.before ?? null, after: sums.after ?? null });
+  return {
+    checkpointEntryId: repair.uptoId,
+    accountsChecked: repair.accountsChecked,
+    pairsRepaired: repair.pairsRepaired,
+    pairs: repair.pairs
+      .slice(0, AUDITED_PAIRS_MAX)
+      .map((pair) => ({ account: pair.account, currency: pair.currency, ...values(pair) })),
+    currencies: repair.currencies.map((sums) => ({ currency: sums.currency, ...values(sums) })),
+  };
+}
+
 /**
  * What admission reads of a call: its credential, and who sends it (`getPeer()`, and its
  * `x-forwarded-for` metadata when the peer is a trusted proxy).
@@ -120,10 +186,10 @@ export type AdminGuard = Readonly<{
 /**
  * Whether the call may `kind` (read or act), by the admin panel's rules (admin/auth.ts): the token
  * from ADMIN_TOKEN, and without one nobody; with ADMIN_READONLY_OPEN (local development) the reads
- * are open to anyone, the actions (replay, discard) still need it. The token is compared through
- * the node's bound on wrong tokens as it applies to the calling client (its peer address, or the
- * address a trusted proxy forwarded): once the client's bound or the node's is reached,
- * RESOURCE_EXHAUSTED, the right token included, until its window ends.
+ * are open to anyone, the actions (replay, discard, a repair of the running sums) still need it.
+ * The token is compared through the node's bound on wrong tokens as it applies to the calling
+ * client (its peer address, or the address a trusted proxy forwarded): once the client's bound or
+ * the node's is reached, RESOURCE_EXHAUSTED, the right token included, until its window ends.
  */
 function admitAdmin(call: AdminCall, guard: AdminGuard, kind: 'read' | 'act'): Admission {
   const { access, wrongTokens, clients } = guard;
@@ -169,10 +235,17 @@ export function requireAdmin(call: AdminCall, guard: AdminGuard, kind: 'read' | 
   if (!admission.ok) throw admission.error;
 }
 
-export function adminHandlers(
-  deps: DeadLetterDeps & AdminGuard,
-  options: AdapterOptions,
-): AdminServiceServer {
+export type AdminDeps = DeadLetterDeps &
+  AdminGuard &
+  Readonly<{
+    /**
+     * The pool with the bulk statement deadline (MYSQL_BULK_STATEMENT_TIMEOUT_MS), for the
+     * repair of the running sums: a full scan of the ledger, as reconciliation's checks are.
+     */
+    bulkDb: Db;
+  }>;
+
+export function adminHandlers(deps: AdminDeps, options: AdapterOptions): AdminServiceServer {
   const guard = <T>(work: () => Promise<T>) =>
     work().catch((error: unknown) => {
       throw toUnavailable(error);
@@ -183,7 +256,7 @@ export function adminHandlers(
    */
   const requireActor = async (
     call: AdminCall,
-    what: { action: string; id: string },
+    what: { action: string; target: string },
   ): Promise<void> => {
     const admission = admitAdmin(call, deps, 'act');
     if (admission.ok) return;
@@ -194,7 +267,7 @@ export function adminHandlers(
           actor: grpcAdminActor(call.metadata),
           reason: 'wrong token',
           action: what.action,
-          target: deadLetterAuditTarget(what.id),
+          target: what.target,
           via: 'grpc',
         },
         () => Promise.reject(admission.error),
@@ -234,7 +307,10 @@ export function adminHandlers(
       };
     }, options),
     replayDeadLetter: unary(async (request, call) => {
-      await requireActor(call, { action: ADMIN_ACTION.replayDeadLetter, id: request.id });
+      await requireActor(call, {
+        action: ADMIN_ACTION.replayDeadLetter,
+        target: deadLetterAuditTarget(request.id),
+      });
       if (request.id === '') throw new InvalidArgumentError('id', 'id is required');
       const actor = grpcAdminActor(call.metadata);
       const { result } = await audited(
@@ -253,7 +329,10 @@ export function adminHandlers(
       return { deadLetter: toProto(result) };
     }, options),
     discardDeadLetter: unary(async (request, call) => {
-      await requireActor(call, { action: ADMIN_ACTION.discardDeadLetter, id: request.id });
+      await requireActor(call, {
+        action: ADMIN_ACTION.discardDeadLetter,
+        target: deadLetterAuditTarget(request.id),
+      });
       if (request.id === '') throw new InvalidArgumentError('id', 'id is required');
       const actor = grpcAdminActor(call.metadata);
       const reason = requireReason(request.reason);
@@ -270,6 +349,33 @@ export function adminHandlers(
         (record) => ({ orderId: record.orderId, state: record.state }),
       );
       return { deadLetter: toProto(result) };
+    }, options),
+    repairLedgerSums: unary(async (request, call, { signal }) => {
+      // A dry run only reads, as the other reads do; a repair writes the sums, and is audited.
+      if (request.dryRun) requireAdmin(call, deps, 'read');
+      else {
+        await requireActor(call, {
+          action: ADMIN_ACTION.repairLedgerSums,
+          target: LEDGER_SUMS_AUDIT_TARGET,
+        });
+      }
+      const reason = requireReason(request.reason);
+      const repair = (dryRun: boolean) =>
+        guard(() => repairLedgerSums(deps.bulkDb, { dryRun, signal }));
+      if (request.dryRun) return repairToProto(await repair(true));
+      const { result } = await audited(
+        deps,
+        {
+          actor: grpcAdminActor(call.metadata),
+          reason,
+          action: ADMIN_ACTION.repairLedgerSums,
+          target: LEDGER_SUMS_AUDIT_TARGET,
+          via: 'grpc',
+        },
+        () => repair(false),
+        repairAuditDetail,
+      );
+      return repairToProto(result);
     }, options),
     getPaymentTimeline: unary(async (request, call) => {
       requireAdmin(call, deps, 'read');

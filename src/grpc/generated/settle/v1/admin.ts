@@ -162,6 +162,61 @@ export interface GetPaymentTimelineResponse {
   entries: TimelineEntry[];
 }
 
+export interface RepairLedgerSumsRequest {
+  /** Why, for the audit trail: 3-500 characters, required (a dry run too). */
+  reason: string;
+  /** Only compare, and write nothing. */
+  dryRun: boolean;
+}
+
+/** Debits and credits of a running sums row, or of the entries it counts, in minor units. */
+export interface LedgerSumAmounts {
+  /**
+   * Unset when the value does not fit int64: a sums row is DECIMAL(38,0), and only a hand edit
+   * or a ledger past 9.2 * 10^18 minor units gets there.
+   */
+  debitMinor?: bigint | undefined;
+  creditMinor?: bigint | undefined;
+}
+
+/** An (account, currency) pair whose running sums differed from its ledger entries. */
+export interface LedgerSumRepair {
+  account: string;
+  currencyCode: string;
+  /** The row before; unset when there was none (its entries were missing from the sums). */
+  before?:
+    | LedgerSumAmounts
+    | undefined;
+  /**
+   * Its entries up to the checkpoint, as the row now holds them; unset when it has no entry up to
+   * the checkpoint (the row was deleted).
+   */
+  after?: LedgerSumAmounts | undefined;
+}
+
+/** A currency whose running sums (over every account) differed from its ledger entries. */
+export interface CurrencySumRepair {
+  currencyCode: string;
+  /** As in LedgerSumRepair. */
+  before?: LedgerSumAmounts | undefined;
+  after?: LedgerSumAmounts | undefined;
+}
+
+export interface RepairLedgerSumsResponse {
+  /** The sums' checkpoint: every entry with an entry_id up to it was summed again. */
+  checkpointEntryId: string;
+  /** Accounts compared: every account with entries or sums. */
+  accountsChecked: bigint;
+  /** (account, currency) pairs whose sums differed, all of them. */
+  accountSumsRepaired: bigint;
+  /** The first 100 of them, by account, then currency. */
+  accountSumRepairs: LedgerSumRepair[];
+  /** Every currency whose sums differed. */
+  currencySumRepairs: CurrencySumRepair[];
+  /** True when nothing was written: the repairs are those a repair would make. */
+  dryRun: boolean;
+}
+
 function createBaseDeadLetter(): DeadLetter {
   return {
     id: "",
@@ -1306,6 +1361,622 @@ export const GetPaymentTimelineResponse: MessageFns<GetPaymentTimelineResponse> 
   },
 };
 
+function createBaseRepairLedgerSumsRequest(): RepairLedgerSumsRequest {
+  return { reason: "", dryRun: false };
+}
+
+export const RepairLedgerSumsRequest: MessageFns<RepairLedgerSumsRequest> = {
+  encode(message: RepairLedgerSumsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.reason !== "") {
+      writer.uint32(10).string(message.reason);
+    }
+    if (message.dryRun !== false) {
+      writer.uint32(16).bool(message.dryRun);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RepairLedgerSumsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRepairLedgerSumsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RepairLedgerSumsRequest {
+    return {
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : false,
+    };
+  },
+
+  toJSON(message: RepairLedgerSumsRequest): unknown {
+    const obj: any = {};
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.dryRun !== false) {
+      obj.dryRun = message.dryRun;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RepairLedgerSumsRequest>, I>>(base?: I): RepairLedgerSumsRequest {
+    return RepairLedgerSumsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RepairLedgerSumsRequest>, I>>(object: I): RepairLedgerSumsRequest {
+    const message = createBaseRepairLedgerSumsRequest();
+    message.reason = object.reason ?? "";
+    message.dryRun = object.dryRun ?? false;
+    return message;
+  },
+};
+
+function createBaseLedgerSumAmounts(): LedgerSumAmounts {
+  return { debitMinor: undefined, creditMinor: undefined };
+}
+
+export const LedgerSumAmounts: MessageFns<LedgerSumAmounts> = {
+  encode(message: LedgerSumAmounts, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.debitMinor !== undefined) {
+      if (BigInt.asIntN(64, message.debitMinor) !== message.debitMinor) {
+        throw new globalThis.Error("value provided for field message.debitMinor of type int64 too large");
+      }
+      writer.uint32(8).int64(message.debitMinor);
+    }
+    if (message.creditMinor !== undefined) {
+      if (BigInt.asIntN(64, message.creditMinor) !== message.creditMinor) {
+        throw new globalThis.Error("value provided for field message.creditMinor of type int64 too large");
+      }
+      writer.uint32(16).int64(message.creditMinor);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LedgerSumAmounts {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLedgerSumAmounts();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.debitMinor = reader.int64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.creditMinor = reader.int64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LedgerSumAmounts {
+    return {
+      debitMinor: isSet(object.debitMinor)
+        ? BigInt(object.debitMinor)
+        : isSet(object.debit_minor)
+        ? BigInt(object.debit_minor)
+        : undefined,
+      creditMinor: isSet(object.creditMinor)
+        ? BigInt(object.creditMinor)
+        : isSet(object.credit_minor)
+        ? BigInt(object.credit_minor)
+        : undefined,
+    };
+  },
+
+  toJSON(message: LedgerSumAmounts): unknown {
+    const obj: any = {};
+    if (message.debitMinor !== undefined) {
+      obj.debitMinor = message.debitMinor.toString();
+    }
+    if (message.creditMinor !== undefined) {
+      obj.creditMinor = message.creditMinor.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LedgerSumAmounts>, I>>(base?: I): LedgerSumAmounts {
+    return LedgerSumAmounts.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LedgerSumAmounts>, I>>(object: I): LedgerSumAmounts {
+    const message = createBaseLedgerSumAmounts();
+    message.debitMinor = (object.debitMinor !== undefined && object.debitMinor !== null)
+      ? BigInt(object.debitMinor)
+      : undefined;
+    message.creditMinor = (object.creditMinor !== undefined && object.creditMinor !== null)
+      ? BigInt(object.creditMinor)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseLedgerSumRepair(): LedgerSumRepair {
+  return { account: "", currencyCode: "", before: undefined, after: undefined };
+}
+
+export const LedgerSumRepair: MessageFns<LedgerSumRepair> = {
+  encode(message: LedgerSumRepair, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.account !== "") {
+      writer.uint32(10).string(message.account);
+    }
+    if (message.currencyCode !== "") {
+      writer.uint32(18).string(message.currencyCode);
+    }
+    if (message.before !== undefined) {
+      LedgerSumAmounts.encode(message.before, writer.uint32(26).fork()).join();
+    }
+    if (message.after !== undefined) {
+      LedgerSumAmounts.encode(message.after, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LedgerSumRepair {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLedgerSumRepair();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.account = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.currencyCode = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.before = LedgerSumAmounts.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.after = LedgerSumAmounts.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LedgerSumRepair {
+    return {
+      account: isSet(object.account) ? globalThis.String(object.account) : "",
+      currencyCode: isSet(object.currencyCode)
+        ? globalThis.String(object.currencyCode)
+        : isSet(object.currency_code)
+        ? globalThis.String(object.currency_code)
+        : "",
+      before: isSet(object.before) ? LedgerSumAmounts.fromJSON(object.before) : undefined,
+      after: isSet(object.after) ? LedgerSumAmounts.fromJSON(object.after) : undefined,
+    };
+  },
+
+  toJSON(message: LedgerSumRepair): unknown {
+    const obj: any = {};
+    if (message.account !== "") {
+      obj.account = message.account;
+    }
+    if (message.currencyCode !== "") {
+      obj.currencyCode = message.currencyCode;
+    }
+    if (message.before !== undefined) {
+      obj.before = LedgerSumAmounts.toJSON(message.before);
+    }
+    if (message.after !== undefined) {
+      obj.after = LedgerSumAmounts.toJSON(message.after);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LedgerSumRepair>, I>>(base?: I): LedgerSumRepair {
+    return LedgerSumRepair.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LedgerSumRepair>, I>>(object: I): LedgerSumRepair {
+    const message = createBaseLedgerSumRepair();
+    message.account = object.account ?? "";
+    message.currencyCode = object.currencyCode ?? "";
+    message.before = (object.before !== undefined && object.before !== null)
+      ? LedgerSumAmounts.fromPartial(object.before)
+      : undefined;
+    message.after = (object.after !== undefined && object.after !== null)
+      ? LedgerSumAmounts.fromPartial(object.after)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseCurrencySumRepair(): CurrencySumRepair {
+  return { currencyCode: "", before: undefined, after: undefined };
+}
+
+export const CurrencySumRepair: MessageFns<CurrencySumRepair> = {
+  encode(message: CurrencySumRepair, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.currencyCode !== "") {
+      writer.uint32(10).string(message.currencyCode);
+    }
+    if (message.before !== undefined) {
+      LedgerSumAmounts.encode(message.before, writer.uint32(18).fork()).join();
+    }
+    if (message.after !== undefined) {
+      LedgerSumAmounts.encode(message.after, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CurrencySumRepair {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCurrencySumRepair();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.currencyCode = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.before = LedgerSumAmounts.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.after = LedgerSumAmounts.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CurrencySumRepair {
+    return {
+      currencyCode: isSet(object.currencyCode)
+        ? globalThis.String(object.currencyCode)
+        : isSet(object.currency_code)
+        ? globalThis.String(object.currency_code)
+        : "",
+      before: isSet(object.before) ? LedgerSumAmounts.fromJSON(object.before) : undefined,
+      after: isSet(object.after) ? LedgerSumAmounts.fromJSON(object.after) : undefined,
+    };
+  },
+
+  toJSON(message: CurrencySumRepair): unknown {
+    const obj: any = {};
+    if (message.currencyCode !== "") {
+      obj.currencyCode = message.currencyCode;
+    }
+    if (message.before !== undefined) {
+      obj.before = LedgerSumAmounts.toJSON(message.before);
+    }
+    if (message.after !== undefined) {
+      obj.after = LedgerSumAmounts.toJSON(message.after);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CurrencySumRepair>, I>>(base?: I): CurrencySumRepair {
+    return CurrencySumRepair.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CurrencySumRepair>, I>>(object: I): CurrencySumRepair {
+    const message = createBaseCurrencySumRepair();
+    message.currencyCode = object.currencyCode ?? "";
+    message.before = (object.before !== undefined && object.before !== null)
+      ? LedgerSumAmounts.fromPartial(object.before)
+      : undefined;
+    message.after = (object.after !== undefined && object.after !== null)
+      ? LedgerSumAmounts.fromPartial(object.after)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseRepairLedgerSumsResponse(): RepairLedgerSumsResponse {
+  return {
+    checkpointEntryId: "",
+    accountsChecked: 0n,
+    accountSumsRepaired: 0n,
+    accountSumRepairs: [],
+    currencySumRepairs: [],
+    dryRun: false,
+  };
+}
+
+export const RepairLedgerSumsResponse: MessageFns<RepairLedgerSumsResponse> = {
+  encode(message: RepairLedgerSumsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.checkpointEntryId !== "") {
+      writer.uint32(10).string(message.checkpointEntryId);
+    }
+    if (message.accountsChecked !== 0n) {
+      if (BigInt.asIntN(64, message.accountsChecked) !== message.accountsChecked) {
+        throw new globalThis.Error("value provided for field message.accountsChecked of type int64 too large");
+      }
+      writer.uint32(16).int64(message.accountsChecked);
+    }
+    if (message.accountSumsRepaired !== 0n) {
+      if (BigInt.asIntN(64, message.accountSumsRepaired) !== message.accountSumsRepaired) {
+        throw new globalThis.Error("value provided for field message.accountSumsRepaired of type int64 too large");
+      }
+      writer.uint32(24).int64(message.accountSumsRepaired);
+    }
+    for (const v of message.accountSumRepairs) {
+      LedgerSumRepair.encode(v!, writer.uint32(34).fork()).join();
+    }
+    for (const v of message.currencySumRepairs) {
+      CurrencySumRepair.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.dryRun !== false) {
+      writer.uint32(48).bool(message.dryRun);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RepairLedgerSumsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRepairLedgerSumsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.checkpointEntryId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.accountsChecked = reader.int64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.accountSumsRepaired = reader.int64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.accountSumRepairs.push(LedgerSumRepair.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.currencySumRepairs.push(CurrencySumRepair.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RepairLedgerSumsResponse {
+    return {
+      checkpointEntryId: isSet(object.checkpointEntryId)
+        ? globalThis.String(object.checkpointEntryId)
+        : isSet(object.checkpoint_entry_id)
+        ? globalThis.String(object.checkpoint_entry_id)
+        : "",
+      accountsChecked: isSet(object.accountsChecked)
+        ? BigInt(object.accountsChecked)
+        : isSet(object.accounts_checked)
+        ? BigInt(object.accounts_checked)
+        : 0n,
+      accountSumsRepaired: isSet(object.accountSumsRepaired)
+        ? BigInt(object.accountSumsRepaired)
+        : isSet(object.account_sums_repaired)
+        ? BigInt(object.account_sums_repaired)
+        : 0n,
+      accountSumRepairs: globalThis.Array.isArray(object?.accountSumRepairs)
+        ? object.accountSumRepairs.map((e: any) => LedgerSumRepair.fromJSON(e))
+        : globalThis.Array.isArray(object?.account_sum_repairs)
+        ? object.account_sum_repairs.map((e: any) => LedgerSumRepair.fromJSON(e))
+        : [],
+      currencySumRepairs: globalThis.Array.isArray(object?.currencySumRepairs)
+        ? object.currencySumRepairs.map((e: any) => CurrencySumRepair.fromJSON(e))
+        : globalThis.Array.isArray(object?.currency_sum_repairs)
+        ? object.currency_sum_repairs.map((e: any) => CurrencySumRepair.fromJSON(e))
+        : [],
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : false,
+    };
+  },
+
+  toJSON(message: RepairLedgerSumsResponse): unknown {
+    const obj: any = {};
+    if (message.checkpointEntryId !== "") {
+      obj.checkpointEntryId = message.checkpointEntryId;
+    }
+    if (message.accountsChecked !== 0n) {
+      obj.accountsChecked = message.accountsChecked.toString();
+    }
+    if (message.accountSumsRepaired !== 0n) {
+      obj.accountSumsRepaired = message.accountSumsRepaired.toString();
+    }
+    if (message.accountSumRepairs?.length) {
+      obj.accountSumRepairs = message.accountSumRepairs.map((e) => LedgerSumRepair.toJSON(e));
+    }
+    if (message.currencySumRepairs?.length) {
+      obj.currencySumRepairs = message.currencySumRepairs.map((e) => CurrencySumRepair.toJSON(e));
+    }
+    if (message.dryRun !== false) {
+      obj.dryRun = message.dryRun;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RepairLedgerSumsResponse>, I>>(base?: I): RepairLedgerSumsResponse {
+    return RepairLedgerSumsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RepairLedgerSumsResponse>, I>>(object: I): RepairLedgerSumsResponse {
+    const message = createBaseRepairLedgerSumsResponse();
+    message.checkpointEntryId = object.checkpointEntryId ?? "";
+    message.accountsChecked = (object.accountsChecked !== undefined && object.accountsChecked !== null)
+      ? BigInt(object.accountsChecked)
+      : 0n;
+    message.accountSumsRepaired = (object.accountSumsRepaired !== undefined && object.accountSumsRepaired !== null)
+      ? BigInt(object.accountSumsRepaired)
+      : 0n;
+    message.accountSumRepairs = object.accountSumRepairs?.map((e) => LedgerSumRepair.fromPartial(e)) || [];
+    message.currencySumRepairs = object.currencySumRepairs?.map((e) => CurrencySumRepair.fromPartial(e)) || [];
+    message.dryRun = object.dryRun ?? false;
+    return message;
+  },
+};
+
 /**
  * Operations on what went wrong. Every call needs the metadata `authorization: Bearer <token>`,
  * the server's ADMIN_TOKEN (UNAUTHENTICATED otherwise; a server without ADMIN_TOKEN refuses every
@@ -1371,6 +2042,37 @@ export const AdminServiceService = {
       Buffer.from(GetPaymentTimelineResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetPaymentTimelineResponse => GetPaymentTimelineResponse.decode(value),
   },
+  /**
+   * Mends the running sums GetTrialBalance reads (what reconciliation's internal check reports as
+   * ledger_sums_match false): sums every ledger entry up to the sums' checkpoint again and sets
+   * each (account, currency) and currency row that differs to those exact sums, inserting the
+   * missing rows and deleting those without entries, in one transaction. A second call finds
+   * nothing. It locks the checkpoint row first, so the nodes' passes that add new entries to the
+   * sums wait (one still waiting after MYSQL_LOCK_WAIT_TIMEOUT_S twice fails, and runs again at its
+   * next interval) and the checkpoint does not move; no ledger row is locked, so bookings go on. A
+   * full scan of the ledger, like the internal check, under the bulk statement deadline
+   * (MYSQL_BULK_STATEMENT_TIMEOUT_MS). With dry_run it only compares, in a snapshot that locks
+   * nothing, and writes nothing: a read, open with ADMIN_READONLY_OPEN=true as the other reads are,
+   * and not audited. A repair is an action: it needs the token and is audited (outcome OK or
+   * FAILED, with the reason). The reason is required (INVALID_ARGUMENT). UNAVAILABLE when the
+   * checkpoint row stays locked past MYSQL_LOCK_WAIT_TIMEOUT_S (another repair is running: retry
+   * once it ended), or when a statement passes its deadline or the database is unreachable (nothing
+   * was written unless the commit itself was cut; call again, it repairs what is left). ABORTED,
+   * nothing written, when the call is cancelled or passes its deadline before the commit.
+   * FAILED_PRECONDITION when the checkpoint row is missing (a database this version did not
+   * migrate).
+   */
+  repairLedgerSums: {
+    path: "/settle.v1.AdminService/RepairLedgerSums" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RepairLedgerSumsRequest): Buffer =>
+      Buffer.from(RepairLedgerSumsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RepairLedgerSumsRequest => RepairLedgerSumsRequest.decode(value),
+    responseSerialize: (value: RepairLedgerSumsResponse): Buffer =>
+      Buffer.from(RepairLedgerSumsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RepairLedgerSumsResponse => RepairLedgerSumsResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
@@ -1390,6 +2092,27 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   discardDeadLetter: handleUnaryCall<DiscardDeadLetterRequest, DiscardDeadLetterResponse>;
   /** Every persisted transition of a payment's orders, oldest first: what happened, when and why. */
   getPaymentTimeline: handleUnaryCall<GetPaymentTimelineRequest, GetPaymentTimelineResponse>;
+  /**
+   * Mends the running sums GetTrialBalance reads (what reconciliation's internal check reports as
+   * ledger_sums_match false): sums every ledger entry up to the sums' checkpoint again and sets
+   * each (account, currency) and currency row that differs to those exact sums, inserting the
+   * missing rows and deleting those without entries, in one transaction. A second call finds
+   * nothing. It locks the checkpoint row first, so the nodes' passes that add new entries to the
+   * sums wait (one still waiting after MYSQL_LOCK_WAIT_TIMEOUT_S twice fails, and runs again at its
+   * next interval) and the checkpoint does not move; no ledger row is locked, so bookings go on. A
+   * full scan of the ledger, like the internal check, under the bulk statement deadline
+   * (MYSQL_BULK_STATEMENT_TIMEOUT_MS). With dry_run it only compares, in a snapshot that locks
+   * nothing, and writes nothing: a read, open with ADMIN_READONLY_OPEN=true as the other reads are,
+   * and not audited. A repair is an action: it needs the token and is audited (outcome OK or
+   * FAILED, with the reason). The reason is required (INVALID_ARGUMENT). UNAVAILABLE when the
+   * checkpoint row stays locked past MYSQL_LOCK_WAIT_TIMEOUT_S (another repair is running: retry
+   * once it ended), or when a statement passes its deadline or the database is unreachable (nothing
+   * was written unless the commit itself was cut; call again, it repairs what is left). ABORTED,
+   * nothing written, when the call is cancelled or passes its deadline before the commit.
+   * FAILED_PRECONDITION when the checkpoint row is missing (a database this version did not
+   * migrate).
+   */
+  repairLedgerSums: handleUnaryCall<RepairLedgerSumsRequest, RepairLedgerSumsResponse>;
 }
 
 export interface AdminServiceClient extends Client {
@@ -1464,6 +2187,41 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetPaymentTimelineResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Mends the running sums GetTrialBalance reads (what reconciliation's internal check reports as
+   * ledger_sums_match false): sums every ledger entry up to the sums' checkpoint again and sets
+   * each (account, currency) and currency row that differs to those exact sums, inserting the
+   * missing rows and deleting those without entries, in one transaction. A second call finds
+   * nothing. It locks the checkpoint row first, so the nodes' passes that add new entries to the
+   * sums wait (one still waiting after MYSQL_LOCK_WAIT_TIMEOUT_S twice fails, and runs again at its
+   * next interval) and the checkpoint does not move; no ledger row is locked, so bookings go on. A
+   * full scan of the ledger, like the internal check, under the bulk statement deadline
+   * (MYSQL_BULK_STATEMENT_TIMEOUT_MS). With dry_run it only compares, in a snapshot that locks
+   * nothing, and writes nothing: a read, open with ADMIN_READONLY_OPEN=true as the other reads are,
+   * and not audited. A repair is an action: it needs the token and is audited (outcome OK or
+   * FAILED, with the reason). The reason is required (INVALID_ARGUMENT). UNAVAILABLE when the
+   * checkpoint row stays locked past MYSQL_LOCK_WAIT_TIMEOUT_S (another repair is running: retry
+   * once it ended), or when a statement passes its deadline or the database is unreachable (nothing
+   * was written unless the commit itself was cut; call again, it repairs what is left). ABORTED,
+   * nothing written, when the call is cancelled or passes its deadline before the commit.
+   * FAILED_PRECONDITION when the checkpoint row is missing (a database this version did not
+   * migrate).
+   */
+  repairLedgerSums(
+    request: RepairLedgerSumsRequest,
+    callback: (error: ServiceError | null, response: RepairLedgerSumsResponse) => void,
+  ): ClientUnaryCall;
+  repairLedgerSums(
+    request: RepairLedgerSumsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RepairLedgerSumsResponse) => void,
+  ): ClientUnaryCall;
+  repairLedgerSums(
+    request: RepairLedgerSumsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RepairLedgerSumsResponse) => void,
   ): ClientUnaryCall;
 }
 
