@@ -1,8 +1,9 @@
 /**
  * `settle`: the command-line client of a Settle node, on the gRPC API through src/client (the
- * generated ts-proto stubs): payments, wallets and the ledger, and dead letters through
- * AdminService (with `authorization: Bearer <ADMIN_TOKEN>`; replay and discard are audited with
- * the caller's name, sent as `x-admin-actor` metadata, and the request's reason), and
+ * generated ts-proto stubs): payments, wallets and the ledger, and dead letters and the repair of
+ * the trial balance's running sums through AdminService (with `authorization: Bearer
+ * <ADMIN_TOKEN>`; replay, discard and a repair are audited with the caller's name, sent as
+ * `x-admin-actor` metadata, and the request's reason), and
  * settlement-file reconciliation through ReconciliationService. Against a node with API_TOKENS,
  * every call but AdminService's carries `authorization: Bearer <SETTLE_API_TOKEN>`. Output is a
  * human-readable table by default and JSON with --json (proto3 JSON mapping: the response
@@ -14,6 +15,7 @@
  *   npm run settle -- payment watch pay_…
  *   npm run settle -- ledger --follow --account seller_payable:seller-a
  *   ADMIN_TOKEN=… npm run settle -- dlq list
+ *   ADMIN_TOKEN=… npm run settle -- ledger-sums repair --reason "INC-42: entry edited" --dry-run
  *   npm run settle -- reconcile run --date 2024-05-01
  *
  * The entry point is src/cli/main.ts; this module only exports runCli, so tests can import it.
@@ -46,8 +48,10 @@ import {
   DiscardDeadLetterResponse,
   GetPaymentTimelineResponse,
   ListDeadLettersResponse,
+  RepairLedgerSumsResponse,
   ReplayDeadLetterResponse,
   type DeadLetter,
+  type LedgerSumAmounts,
 } from '../grpc/generated/settle/v1/admin.js';
 import {
   ListMismatchesResponse,
@@ -85,6 +89,11 @@ Commands:
   dlq list [--state OPEN|REPLAYED|DISCARDED|RESOLVED|ALL] [--order O] [--page-size N] [--page-token T]
   dlq replay <id> --reason "<why>"              put a dead letter back on its normal path
   dlq discard <id> --reason "<why>"             record that nobody will replay it
+  ledger-sums repair --reason "<why>" [--dry-run]
+                                                sum the ledger again and mend the trial balance's
+                                                running sums where they differ (--dry-run: only
+                                                say where); a full scan: waits an hour, or
+                                                --timeout-ms
   reconcile run (--date YYYY-MM-DD | --file F)  reconcile a settlement file; waits for the report
                                                 (6 hours, or --timeout-ms; then exits 1 while the
                                                 run goes on: see it with reconcile report <id>)
@@ -98,7 +107,8 @@ Options:
   --addr host:port    Settle gRPC address (env SETTLE_ADDR; default 127.0.0.1:50051)
   --api-token TOKEN   API token for every other command, when the node has API_TOKENS
                       (env SETTLE_API_TOKEN; prefer the env variable)
-  --token TOKEN       admin token for dlq and timeline (env ADMIN_TOKEN; prefer the env variable)
+  --token TOKEN       admin token for dlq, timeline and ledger-sums (env ADMIN_TOKEN; prefer the
+                      env variable)
   --actor NAME        your name in the audit trail (env SETTLE_ACTOR, else USER)
   --json              print JSON instead of tables
   --timeout-ms N      deadline of each call in ms (default 10000; of a watch, 3600000);
@@ -130,6 +140,7 @@ const OPTIONS = {
   follow: { type: 'boolean' },
   'resume-token': { type: 'string' },
   'max-entries': { type: 'string' },
+  'dry-run': { type: 'boolean' },
 } as const;
 
 type OptionName = keyof typeof OPTIONS;
@@ -175,6 +186,7 @@ const COMMANDS: Readonly<
   'dlq list': { options: ['state', 'order', 'page-size', 'page-token'], args: [] },
   'dlq replay': { options: ['reason'], args: ['id'] },
   'dlq discard': { options: ['reason'], args: ['id'] },
+  'ledger-sums repair': { options: ['reason', 'dry-run'], args: [] },
   'reconcile run': { options: ['date', 'file'], args: [] },
   'reconcile report': { options: [], args: ['report_id'] },
   'reconcile list': { options: ['date', 'page-size', 'page-token'], args: [] },
@@ -538,6 +550,8 @@ async function dispatch(
     }
     case 'dlq':
       return deadLetterCommand(verb, rest, values, settings, client, print);
+    case 'ledger-sums':
+      return ledgerSumsCommand(verb, values, settings, client, print);
     case 'reconcile':
     case 'reconciliation':
       return reconcileCommand(verb, rest, values, settings, client, print);
@@ -668,6 +682,96 @@ async function deadLetterCommand(
     default:
       throw new UsageError(`unknown dlq command '${verb ?? ''}' (list, replay, discard)`);
   }
+}
+
+/**
+ * The deadline of `ledger-sums repair` unless --timeout-ms says otherwise: it sums every entry of
+ * the ledger again (the node's own bound is the bulk statement deadline, per statement).
+ */
+const REPAIR_TIMEOUT_MS_DEFAULT = 3_600_000;
+
+/**
+ * `ledger-sums repair`: the (account, currency) and currency sums that differed, before and after
+ * (an amount past int64 is shown as such; '-' is a row that was missing or is deleted), and what
+ * was done.
+ */
+async function ledgerSumsCommand(
+  verb: string | undefined,
+  values: Values,
+  settings: Settings,
+  client: SettleClient,
+  print: (value: unknown, table: () => string) => void,
+): Promise<void> {
+  if (verb !== 'repair')
+    throw new UsageError(`unknown ledger-sums command '${verb ?? ''}' (repair)`);
+  if (values.reason === undefined || values.reason.trim() === '') {
+    throw new UsageError(
+      'ledger-sums repair needs --reason "<why>" (it goes into the audit trail)',
+    );
+  }
+  const dryRun = values['dry-run'] === true;
+  const response = await client.admin.repairLedgerSums(
+    { reason: values.reason, dryRun },
+    {
+      metadata: adminMetadata(settings),
+      timeoutMs:
+        values['timeout-ms'] === undefined ? REPAIR_TIMEOUT_MS_DEFAULT : settings.timeoutMs,
+    },
+  );
+  const amount = (
+    sums: LedgerSumAmounts | undefined,
+    side: 'debitMinor' | 'creditMinor',
+    currency: string,
+  ) => {
+    if (sums === undefined) return '-';
+    const value = sums[side];
+    return value === undefined ? 'past int64' : money(value, currency);
+  };
+  const row = (
+    account: string,
+    currency: string,
+    before?: LedgerSumAmounts,
+    after?: LedgerSumAmounts,
+  ) => [
+    account,
+    amount(before, 'debitMinor', currency),
+    amount(before, 'creditMinor', currency),
+    amount(after, 'debitMinor', currency),
+    amount(after, 'creditMinor', currency),
+  ];
+  return print(RepairLedgerSumsResponse.toJSON(response), () => {
+    const pairs = Number(response.accountSumsRepaired);
+    const currencies = response.currencySumRepairs.length;
+    const upTo = `the entries up to ${response.checkpointEntryId}`;
+    const accounts = `${response.accountsChecked} accounts`;
+    if (pairs === 0 && currencies === 0) {
+      return `the running sums of ${accounts} equal ${upTo}: nothing to repair\n`;
+    }
+    const what =
+      `${pairs} (account, currency) ${pairs === 1 ? 'sum' : 'sums'} of ${accounts} and ` +
+      `${currencies} currency ${currencies === 1 ? 'sum' : 'sums'}`;
+    const listed = response.accountSumRepairs.length;
+    return (
+      table(
+        ['ACCOUNT', 'DEBITS BEFORE', 'CREDITS BEFORE', 'DEBITS AFTER', 'CREDITS AFTER'],
+        [
+          ...response.accountSumRepairs.map((r) =>
+            row(r.account, r.currencyCode, r.before, r.after),
+          ),
+          ...response.currencySumRepairs.map((r) =>
+            row(`TOTAL ${r.currencyCode}`, r.currencyCode, r.before, r.after),
+          ),
+        ],
+      ) +
+      (listed < pairs
+        ? `(the first ${listed} of ${pairs} (account, currency) sums listed)\n`
+        : '') +
+      (response.dryRun
+        ? `dry run, nothing written: ${what} differ from ${upTo}; run it again without ` +
+          '--dry-run to repair them\n'
+        : `repaired ${what}: they now equal ${upTo}\n`)
+    );
+  });
 }
 
 const ENTRY_HEADERS = ['ENTRY', 'TIME (UTC)', 'ACCOUNT', 'ORDER', 'KIND', 'DEBIT', 'CREDIT'];

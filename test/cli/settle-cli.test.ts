@@ -1,8 +1,9 @@
 /**
  * Goal: the `settle` command does what an operator needs from a terminal, against a real node:
  * create/get/list/watch payments, wallet and trial balance (a page at a time), a payment's
- * timeline, list and replay dead letters (audited with the operator's name and reason), tables by
- * default and JSON with --json, and exit codes that tell usage errors (2) from server errors (1).
+ * timeline, list and replay dead letters and repair the running sums (audited with the operator's
+ * name and reason), tables by default and JSON with --json, and exit codes that tell usage errors
+ * (2) from server errors (1).
  * Method: the CLI runs as a child process (`node bin/settle.js`, the package's bin, and once
  * through `npm run settle`) against a startStack() node on MariaDB and NATS; its stdout, stderr
  * and exit code are checked, and the database is checked for the audit row.
@@ -208,6 +209,73 @@ describe('settle CLI', () => {
     });
   });
 
+  it('repairs the running sums through AdminService, a dry run first, audited with name and reason', async () => {
+    // A sums row of an account without entries: a repair deletes it, whatever the passes add.
+    await sql`INSERT INTO ledger_account_sum VALUES ('seller_payable:cli-ghost', 'USD', 0, 1234)`.execute(
+      stack.settle.db,
+    );
+    const reason = 'INC-9: a row inserted by hand';
+    const refused = await settle(['ledger-sums', 'repair', '--reason', reason]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain('UNAUTHENTICATED');
+    const noReason = await settle(['ledger-sums', 'repair', '--dry-run'], { ADMIN_TOKEN });
+    expect(noReason.code).toBe(2);
+    expect(noReason.stderr).toContain('ledger-sums repair needs --reason');
+    const wrongCommand = await settle(
+      ['ledger-sums', 'repair', '--reason', reason, '--page-size', '1'],
+      {
+        ADMIN_TOKEN,
+      },
+    );
+    expect(wrongCommand.code).toBe(2);
+    expect(wrongCommand.stderr).toContain('ledger-sums repair does not take --page-size');
+
+    const dry = await settle(['ledger-sums', 'repair', '--reason', reason, '--dry-run'], {
+      ADMIN_TOKEN,
+    });
+    expect(dry.stderr).toBe('');
+    expect(dry.code).toBe(0);
+    expect(dry.stdout).toMatch(
+      /^ACCOUNT\s+DEBITS BEFORE\s+CREDITS BEFORE\s+DEBITS AFTER\s+CREDITS AFTER\n/,
+    );
+    expect(dry.stdout).toMatch(/\nseller_payable:cli-ghost\s+0\.00 USD\s+12\.34 USD\s+-\s+-\n/);
+    expect(dry.stdout).toMatch(
+      /\ndry run, nothing written: 1 \(account, currency\) sum of \d+ accounts and 0 currency sums differ from the entries up to \d+; run it again without --dry-run to repair them\n$/,
+    );
+    expect(await auditRows(stack, 'ledger-sums:checkpoint')).toEqual([]);
+
+    const repaired = await settle(['ledger-sums', 'repair', '--reason', reason, '--json'], {
+      ADMIN_TOKEN,
+    });
+    expect(repaired.stderr).toBe('');
+    expect(repaired.code).toBe(0);
+    expect(JSON.parse(repaired.stdout)).toMatchObject({
+      accountSumsRepaired: '1',
+      accountSumRepairs: [
+        {
+          account: 'seller_payable:cli-ghost',
+          currencyCode: 'USD',
+          before: { debitMinor: '0', creditMinor: '1234' },
+        },
+      ],
+    });
+    // proto3 JSON leaves out a false dry_run, as it does every default.
+    expect(repaired.stdout).not.toContain('dryRun');
+    const [audit, ...more] = await auditRows(stack, 'ledger-sums:checkpoint');
+    expect(more).toEqual([]);
+    expect(audit).toMatchObject({
+      actor: 'grpc:cli-tester',
+      action: 'REPAIR_LEDGER_SUMS',
+      reason,
+      outcome: 'OK',
+    });
+    const again = await settle(['ledger-sums', 'repair', '--reason', reason], { ADMIN_TOKEN });
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(
+      /^the running sums of \d+ accounts equal the entries up to \d+: nothing to repair\n$/,
+    );
+  });
+
   it('reconciles a settlement file and lists the report and its mismatches', async () => {
     await writeFile(
       path.join(settlementDir, 'settlement-2024-05-01.csv'),
@@ -317,6 +385,7 @@ describe('settle CLI', () => {
     const help = await settle(['--help']);
     expect(help.code).toBe(0);
     expect(help.stdout).toContain('Usage: settle');
+    expect(help.stdout).toContain('ledger-sums repair --reason "<why>" [--dry-run]');
   });
 
   it('refuses arguments and options the command does not take, and sends nothing', async () => {
