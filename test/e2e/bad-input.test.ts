@@ -222,6 +222,7 @@ describe('bad input', () => {
       pageToken: '',
       account: '',
       orderId: 'x'.repeat(10_240),
+      fromHead: false,
     });
     expect(grpc.status[entries.code]).toBe('INVALID_ARGUMENT');
     expect(entries.details).toBe(
@@ -254,7 +255,13 @@ describe('bad input', () => {
   it('refuses a ListEntries account the ledger cannot hold, and lists one it can', async () => {
     // These listed nothing with OK, as if the account had been right and simply had no entries.
     const listEntries = stack.ledger.listEntries.bind(stack.ledger);
-    const request = (account: string) => ({ pageSize: 0, pageToken: '', account, orderId: '' });
+    const request = (account: string) => ({
+      pageSize: 0,
+      pageToken: '',
+      account,
+      orderId: '',
+      fromHead: false,
+    });
     const shape =
       'psp_receivable, fee_expense or seller_payable:<seller_id> (a seller_id is 1-64 ' +
       'characters of letters, digits and _.:@-), or empty for every account';

@@ -127,6 +127,7 @@ describe('pay-in flow', () => {
         pageSize: 0,
         pageToken: '',
         account: '',
+        fromHead: false,
       });
       expect(entries.map((e) => [e.account, e.debitMinor, e.creditMinor]).sort()).toEqual(
         [
@@ -158,6 +159,7 @@ describe('pay-in flow', () => {
       pageSize: 0,
       pageToken: '',
       account: '',
+      fromHead: false,
     });
     expect(entries).toEqual([]);
     expect(await sellerBalance(seller)).toBeUndefined();

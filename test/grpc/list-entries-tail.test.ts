@@ -34,8 +34,10 @@ import {
   creditWallets,
   ledgerPosting,
   postLedgerTransaction,
+  postLedgerTransactions,
   walletCredits,
 } from '../../src/storage/repositories/ledger.repository.js';
+import { advanceLedgerSums } from '../../src/storage/repositories/ledger-sums.repository.js';
 import { inTransaction, type Trx } from '../../src/storage/transaction.js';
 import { expectLedgerBalanced, openTestDatabase } from '../support/harness.js';
 import { holdOpenBooking, paymentBooking, type HeldBooking } from '../support/ledger.js';
@@ -80,9 +82,18 @@ afterEach(async () => {
   await expectLedgerBalanced(db);
   // TRUNCATE: ids start again at 1, so no test begins above a hole of deleted ids (which holds
   // a listing for the settle window); the marks of where ids were go with them.
-  for (const table of ['ledger_entry', 'ledger_transaction', 'ledger_entry_mark', 'wallet']) {
+  for (const table of [
+    'ledger_entry',
+    'ledger_transaction',
+    'ledger_entry_mark',
+    'wallet',
+    'ledger_account_sum',
+    'ledger_currency_sum',
+  ]) {
     await sql`TRUNCATE TABLE ${sql.table(table)}`.execute(db);
   }
+  // The ids start again at 1: a checkpoint a test moved up would claim them settled.
+  await sql`UPDATE ledger_sum_checkpoint SET upto_id = 0`.execute(db);
 });
 
 /** Posts a booking and commits it; answers its order id. */
@@ -154,15 +165,32 @@ class Tail {
   constructor(
     private readonly pageSize: number,
     private readonly filter: Readonly<{ account?: string; orderId?: string }> = {},
+    private readonly via: LedgerServiceClient = client,
   ) {}
+
+  /** Asks for the settled head (from_head) and goes on from its token; answers the response. */
+  async startAtHead(): Promise<ListEntriesResponse> {
+    this.calls += 1;
+    const outcome = await callUnary(this.via.listEntries.bind(this.via), {
+      pageSize: 0,
+      pageToken: '',
+      account: this.filter.account ?? '',
+      orderId: this.filter.orderId ?? '',
+      fromHead: true,
+    });
+    if (!outcome.ok) throw outcome.error;
+    this.token = outcome.response.resumePageToken;
+    return outcome.response;
+  }
 
   async read(): Promise<ListEntriesResponse> {
     this.calls += 1;
-    const outcome = await callUnary(client.listEntries.bind(client), {
+    const outcome = await callUnary(this.via.listEntries.bind(this.via), {
       pageSize: this.pageSize,
       pageToken: this.token,
       account: this.filter.account ?? '',
       orderId: this.filter.orderId ?? '',
+      fromHead: false,
     });
     if (!outcome.ok) throw outcome.error;
     const response = outcome.response;
@@ -508,5 +536,133 @@ describe('ListEntries tailing', () => {
     const ids = await committedIds();
     expect(ids.length).toBeGreaterThan(0);
     expect(tail.seen).toEqual(ids);
+  });
+});
+
+describe('ListEntries from_head', () => {
+  it('starts a tail after the entries booked before, and gives those booked after once', async () => {
+    await book();
+    await book();
+    const tail = new Tail(10);
+
+    const head = await tail.startAtHead();
+    expect(head.entries).toEqual([]);
+    expect(head.nextPageToken).toBe('');
+    expect(head.stoppedAtHorizon).toBe(false);
+    expect(head.resumePageToken).not.toBe('');
+    await tail.catchUp();
+    expect(tail.seen).toEqual([]);
+
+    await book();
+    await tail.catchUp();
+    await book();
+    await tail.catchUp();
+    expect(tail.seen).toEqual((await committedIds()).slice(4));
+    expect(tail.seen).toEqual(['5', '6', '7', '8']);
+  });
+
+  it('answers the token of the start on an empty ledger', async () => {
+    const head = await new Tail(10).startAtHead();
+    // The same token as the resume token of the empty ledger's one page: at 0, before the first.
+    const first = await new Tail(10).read();
+    expect(head.resumePageToken).toBe(first.resumePageToken);
+    const tail = new Tail(10);
+    tail.token = head.resumePageToken;
+    await book();
+    await tail.catchUp();
+    expect(tail.seen).toEqual(['1', '2']);
+  });
+
+  it('keeps the head below a booking still open, so its entries come when it commits', async () => {
+    await book();
+    const open = await holdOpen();
+    // Far more entries committed after the open booking than a search for the head reads a page:
+    // a head found among the newest entries alone would be past the open booking.
+    await inTransaction(db, (trx) =>
+      postLedgerTransactions(
+        trx,
+        Array.from({ length: 600 }, () => paymentBooking('after')),
+      ),
+    );
+    const tail = new Tail(500);
+    await tail.startAtHead();
+    const held = await tail.read();
+    expect(held.entries).toEqual([]);
+    expect(held.stoppedAtHorizon).toBe(true);
+
+    await open.finish('commit');
+    await tail.catchUp();
+    // The open booking's entries (ids 3 and 4) and, after them, those committed above it before
+    // the call: the head could not pass what might still commit.
+    const ids = await committedIds();
+    expect(ids).toHaveLength(1_204);
+    expect(tail.seen).toEqual(ids.slice(2));
+  });
+
+  it('keeps the filters in the token', async () => {
+    await book('s1');
+    await book('s2');
+    const tail = new Tail(10, { account: 'seller_payable:s1' });
+    const head = await tail.startAtHead();
+
+    const other = new Tail(10, { account: 'seller_payable:s2' });
+    other.token = head.resumePageToken;
+    await expect(other.read()).rejects.toMatchObject({
+      code: grpc.status.INVALID_ARGUMENT,
+      details:
+        'page_token: invalid or from a request with other filters; start again without page_token',
+    });
+
+    await book('s2');
+    await book('s1');
+    await tail.catchUp();
+    expect(tail.seen).toEqual(['8']);
+  });
+
+  it('refuses from_head with a page_token', async () => {
+    await book();
+    const first = await new Tail(1).read();
+    const outcome = await callUnary(client.listEntries.bind(client), {
+      pageSize: 0,
+      pageToken: first.nextPageToken,
+      account: '',
+      orderId: '',
+      fromHead: true,
+    });
+    expect(outcome.ok ? 'OK' : `${grpc.status[outcome.error.code]} ${outcome.error.details}`).toBe(
+      'INVALID_ARGUMENT from_head: cannot be set with page_token, which says where to read from ' +
+        'already; send one or the other',
+    );
+  });
+
+  it("searches for the head from the running sums' checkpoint, UNAVAILABLE while too far", async () => {
+    // A node whose search reads 10 entries a page, two pages at most: 30 entries are too many.
+    const small = await startServer((server) =>
+      server.addService(
+        LedgerServiceService,
+        ledgerHandlers(db, { log: () => {} }, { ...HORIZON, headSearchEntriesMax: 10 }),
+      ),
+    );
+    const smallClient = new LedgerServiceClient(small.address, grpc.credentials.createInsecure());
+    try {
+      for (let i = 0; i < 15; i += 1) await book();
+      const tail = new Tail(10, {}, smallClient);
+      await expect(tail.startAtHead()).rejects.toMatchObject({
+        code: grpc.status.UNAVAILABLE,
+        details:
+          "the settled head is too far past the ledger's running sums (entry 0, moved up a pass " +
+          'at a time) to be found in one call; try again once they have caught up',
+      });
+
+      const pass = await advanceLedgerSums(db, { horizon: HORIZON, entriesPerPassMax: 1_000 });
+      expect(pass.to).toBe(30n);
+      await tail.startAtHead();
+      await book();
+      await tail.catchUp();
+      expect(tail.seen).toEqual(['31', '32']);
+    } finally {
+      smallClient.close();
+      stopServer(small);
+    }
   });
 });

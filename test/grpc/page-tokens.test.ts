@@ -105,6 +105,7 @@ describe('page tokens are tied to the filters', () => {
         pageToken,
         account,
         orderId,
+        fromHead: false,
       });
     const a = await pageThrough(
       (token) => list(orderA, token),
@@ -142,6 +143,7 @@ describe('page tokens are tied to the filters', () => {
       pageToken: '',
       account: '',
       orderId: '',
+      fromHead: false,
     });
     const deadLetters = await unary(admin.listDeadLetters.bind(admin), {
       pageSize: 1,
@@ -166,6 +168,7 @@ describe('page tokens are tied to the filters', () => {
         pageToken: deadLetters.response.nextPageToken,
         account: '',
         orderId: '',
+        fromHead: false,
       }),
     );
   });

@@ -234,6 +234,7 @@ describe('GetTrialBalance paging', () => {
       pageToken: nextPageToken,
       account: '',
       orderId: '',
+      fromHead: false,
     });
     expect(outcome.ok ? 'OK' : `${grpc.status[outcome.error.code]} ${outcome.error.details}`).toBe(
       REFUSED,
@@ -307,6 +308,7 @@ describe('GetTrialBalance with sums that do not fit int64', () => {
       pageToken: '',
       account: 'seller_payable:whale',
       orderId: '',
+      fromHead: false,
     });
     expect(entries.ok && entries.response.entries.map((e) => e.debitMinor)).toEqual([HUGE, HUGE]);
   });

@@ -105,6 +105,7 @@ async function receivable(orderId: string): Promise<{ debit: bigint; credit: big
     account: 'psp_receivable',
     pageSize: 0,
     pageToken: '',
+    fromHead: false,
   });
   return entries.reduce(
     (total, entry) => ({

@@ -5,17 +5,21 @@ import {
   FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
+  UnavailableError,
 } from '../../domain/errors.js';
 import { ORDER_ID_EXAMPLE, ORDER_ID_PATTERN, PARTY_ID_PATTERN } from '../../domain/ids.js';
 import { requireId } from '../../payments/validation.js';
 import { decodePageToken, encodePageToken } from '../../domain/page-token.js';
 import type { Db } from '../../storage/db.js';
 import {
+  findSettledHead,
   LEDGER_HORIZON_DEFAULTS,
   listSettledLedgerEntries,
   type LedgerHorizonOptions,
 } from '../../storage/repositories/ledger-horizon.repository.js';
 import {
+  LEDGER_SUMS_DEFAULTS,
+  ledgerSumsCheckpoint,
   trialBalancePage,
   trialBalanceTotals,
 } from '../../storage/repositories/ledger-sums.repository.js';
@@ -89,6 +93,22 @@ export function ledgerHandlers(
       }
       const limit = Math.min(request.pageSize === 0 ? 100 : request.pageSize, 500);
       const filter = { account: request.account, orderId: request.orderId };
+      if (request.fromHead) {
+        if (request.pageToken !== '') {
+          throw new InvalidArgumentError(
+            'from_head',
+            'cannot be set with page_token, which says where to read from already; send one ' +
+              'or the other',
+          );
+        }
+        const head = await settledHead(db, horizon).catch(rethrow);
+        return {
+          entries: [],
+          nextPageToken: '',
+          stoppedAtHorizon: false,
+          resumePageToken: encodePageToken('ListEntries', head.toString(), filter),
+        };
+      }
       const cursor = decodePageToken('ListEntries', request.pageToken, filter, /^\d{1,19}$/);
       const afterId = cursor === undefined ? undefined : BigInt(cursor);
       const page = await listSettledLedgerEntries(
@@ -152,6 +172,23 @@ export function ledgerHandlers(
       };
     }, options),
   };
+}
+
+/**
+ * The whole ledger's settled head (findSettledHead), which holds for any filter: nothing of any
+ * account can still commit at or below it. Its search starts at the running sums' checkpoint,
+ * which is settled and trails the head by about a pass of the sums (LedgerSummer). UNAVAILABLE
+ * while it trails by more than the search reads: the sums catch up within a few passes.
+ */
+async function settledHead(db: Db, horizon: LedgerHorizonOptions): Promise<bigint> {
+  const checkpoint = await ledgerSumsCheckpoint(db);
+  const head = await findSettledHead(db, checkpoint.uptoId, horizon);
+  if (head !== undefined) return head;
+  throw new UnavailableError(
+    `the settled head is too far past the ledger's running sums (entry ${checkpoint.uptoId}, ` +
+      'moved up a pass at a time) to be found in one call; try again once they have caught up',
+    { retryDelayMs: LEDGER_SUMS_DEFAULTS.intervalMs },
+  );
 }
 
 function balanceMessage(balance: AccountBalance): AccountBalanceMessage {

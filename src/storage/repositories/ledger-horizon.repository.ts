@@ -26,6 +26,10 @@
  *   (its actor's PAYMENT, then reconciliation's PSP_FEE, which needs the PAYMENT committed), so
  *   none of them can take an id below one of the order's entries already committed.
  *
+ * The settled head (findSettledHead) is where such pages end when read on from an id already
+ * settled: a tail that starts there gets every entry that commits from then on, and none of the
+ * entries settled before.
+ *
  * The bound assumes that only Settle's connections write ledger_entry (they wait for a lock for
  * MYSQL_LOCK_WAIT_TIMEOUT_S at most) and that the database server's clock does not step back.
  */
@@ -55,6 +59,8 @@ export type LedgerHorizonOptions = Readonly<{
   markIntervalMs: number;
   /** Ids checked for gaps by one page at most (GAP_CHECK_IDS_MAX). */
   gapCheckIdsMax: number;
+  /** Entries findSettledHead reads at most (HEAD_SEARCH_ENTRIES_MAX when left out). */
+  headSearchEntriesMax?: number;
   /** Told when a listing's own mark cannot be written (the page is answered anyway). */
   onMarkError?: (error: unknown) => void;
 }>;
@@ -71,6 +77,16 @@ export const MARK_RING_SLOTS = 4_096;
  * few entries among many of others' reads a bounded range per call.
  */
 export const GAP_CHECK_IDS_MAX = 20_000;
+
+/** Entries a search for the settled head reads per page. */
+const HEAD_SEARCH_PAGE_ENTRIES = 1_000;
+
+/**
+ * Entries findSettledHead reads at most: the most one pass of the running sums adds
+ * (LEDGER_SUMS_DEFAULTS.entriesPerPassMax), so a search from their checkpoint reaches the head
+ * whenever the sums keep up with the ledger.
+ */
+export const HEAD_SEARCH_ENTRIES_MAX = 50_000;
 
 export const LEDGER_HORIZON_DEFAULTS: LedgerHorizonOptions = {
   reservationSettleMs: reservationSettleMsFor(LOCK_WAIT_TIMEOUT_S_DEFAULT),
@@ -153,6 +169,41 @@ export async function listSettledLedgerEntries(
     stoppedAtHorizon: settled.length < Math.min(candidates.length, page.limit),
     resumeAfter,
   };
+}
+
+/**
+ * The settled head: the highest id at or below which every entry has committed or never will,
+ * so that a cursor there misses no entry that commits later. Its search starts at `settledId`,
+ * an id known to be settled already (the running sums' checkpoint), and reads on through the
+ * same pages ListEntries answers until one cannot move on: it is empty at the newest committed
+ * entry, or held at the horizon where the page before it ended. That is where a listing from the
+ * head would be allowed to end now. It cannot start nearer the head: a booking still open can
+ * hold any id, however old, and only a read of the ids since a settled one finds it (a page sees
+ * its rows in flight). Pages are HEAD_SEARCH_PAGE_ENTRIES entries, or `gapCheckIdsMax`
+ * when fewer, so that a page without gaps is never cut short by its gap check; the search reads
+ * about `headSearchEntriesMax` entries at most, and one page more to find it cannot move on.
+ * Undefined when that was not enough to reach the head.
+ */
+export async function findSettledHead(
+  db: Db,
+  settledId: bigint,
+  options: LedgerHorizonOptions = LEDGER_HORIZON_DEFAULTS,
+): Promise<bigint | undefined> {
+  assertOptions(options);
+  const entriesMax = options.headSearchEntriesMax ?? HEAD_SEARCH_ENTRIES_MAX;
+  const limit = Math.min(HEAD_SEARCH_PAGE_ENTRIES, options.gapCheckIdsMax, entriesMax);
+  const pagesMax = Math.ceil(entriesMax / limit) + 1;
+  let head = settledId;
+  for (let pages = 0; pages < pagesMax; pages += 1) {
+    const page = await listSettledLedgerEntries(db, { afterId: head, limit }, options);
+    // A page starts after `head` and never ends before it.
+    const end = page.resumeAfter ?? head;
+    // Nothing committed after it, or the horizon holds it where it started: the head is there.
+    // A page cut by the horizon that did move on is followed by one that finds it cannot.
+    if (!page.more || end === head) return end;
+    head = end;
+  }
+  return undefined;
 }
 
 /** A listing's mark being written, per database: one at a time, the others skipped. */
@@ -323,9 +374,17 @@ function minDefined(a: bigint | undefined, b: bigint | undefined): bigint | unde
 }
 
 function assertOptions(options: LedgerHorizonOptions): void {
-  const { reservationSettleMs, markIntervalMs, gapCheckIdsMax } = options;
+  const { reservationSettleMs, markIntervalMs, gapCheckIdsMax, headSearchEntriesMax } = options;
   if (!Number.isInteger(gapCheckIdsMax) || gapCheckIdsMax < 1) {
     throw new RangeError(`gapCheckIdsMax must be a whole number ≥ 1, got ${gapCheckIdsMax}`);
+  }
+  if (
+    headSearchEntriesMax !== undefined &&
+    (!Number.isInteger(headSearchEntriesMax) || headSearchEntriesMax < 1)
+  ) {
+    throw new RangeError(
+      `headSearchEntriesMax must be a whole number ≥ 1, got ${headSearchEntriesMax}`,
+    );
   }
   if (!Number.isInteger(markIntervalMs) || markIntervalMs < 1) {
     throw new RangeError(`markIntervalMs must be a whole number ≥ 1, got ${markIntervalMs}`);

@@ -67,6 +67,18 @@ export interface ListEntriesRequest {
   account: string;
   /** Only this payment order's entries, if set. */
   orderId: string;
+  /**
+   * Answer no entries, only a resume_page_token at the settled head now, for a tail that starts
+   * from now: every entry at or below it has committed or never will, and every entry that
+   * commits later is after it. Entries that committed above a booking still open, or above ids
+   * skipped less than a few seconds ago, are after it too (the head cannot pass what may still
+   * commit). The head is the whole ledger's, whatever the filters; the token holds the filters,
+   * as any page's does. page_size is not used. INVALID_ARGUMENT with a page_token, which says
+   * where to read from already. UNAVAILABLE (retryable) while the ledger's running sums, where
+   * the search for the head starts, trail it by more entries than one call reads (for example
+   * just after an upgrade that added them).
+   */
+  fromHead: boolean;
 }
 
 export interface ListEntriesResponse {
@@ -651,7 +663,7 @@ export const LedgerEntry: MessageFns<LedgerEntry> = {
 };
 
 function createBaseListEntriesRequest(): ListEntriesRequest {
-  return { pageSize: 0, pageToken: "", account: "", orderId: "" };
+  return { pageSize: 0, pageToken: "", account: "", orderId: "", fromHead: false };
 }
 
 export const ListEntriesRequest: MessageFns<ListEntriesRequest> = {
@@ -667,6 +679,9 @@ export const ListEntriesRequest: MessageFns<ListEntriesRequest> = {
     }
     if (message.orderId !== "") {
       writer.uint32(34).string(message.orderId);
+    }
+    if (message.fromHead !== false) {
+      writer.uint32(40).bool(message.fromHead);
     }
     return writer;
   },
@@ -716,6 +731,14 @@ export const ListEntriesRequest: MessageFns<ListEntriesRequest> = {
             message.orderId = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.fromHead = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -746,6 +769,11 @@ export const ListEntriesRequest: MessageFns<ListEntriesRequest> = {
         : isSet(object.order_id)
         ? globalThis.String(object.order_id)
         : "",
+      fromHead: isSet(object.fromHead)
+        ? globalThis.Boolean(object.fromHead)
+        : isSet(object.from_head)
+        ? globalThis.Boolean(object.from_head)
+        : false,
     };
   },
 
@@ -763,6 +791,9 @@ export const ListEntriesRequest: MessageFns<ListEntriesRequest> = {
     if (message.orderId !== "") {
       obj.orderId = message.orderId;
     }
+    if (message.fromHead !== false) {
+      obj.fromHead = message.fromHead;
+    }
     return obj;
   },
 
@@ -775,6 +806,7 @@ export const ListEntriesRequest: MessageFns<ListEntriesRequest> = {
     message.pageToken = object.pageToken ?? "";
     message.account = object.account ?? "";
     message.orderId = object.orderId ?? "";
+    message.fromHead = object.fromHead ?? false;
     return message;
   },
 };
@@ -1362,7 +1394,9 @@ export const LedgerServiceService = {
    * few seconds ago, see the README). So every entry is on exactly one page of a walk that
    * follows next_page_token, and then resume_page_token, however long it goes on: the ledger
    * can be tailed. A page that stops at the horizon says so (stopped_at_horizon) and can be
-   * short, even empty; call again after a moment.
+   * short, even empty; call again after a moment. With from_head, the call lists nothing and
+   * answers only a resume_page_token at the settled head, to tail new entries without reading
+   * the ledger first.
    */
   listEntries: {
     path: "/settle.v1.LedgerService/ListEntries" as const,
@@ -1401,7 +1435,9 @@ export interface LedgerServiceServer extends UntypedServiceImplementation {
    * few seconds ago, see the README). So every entry is on exactly one page of a walk that
    * follows next_page_token, and then resume_page_token, however long it goes on: the ledger
    * can be tailed. A page that stops at the horizon says so (stopped_at_horizon) and can be
-   * short, even empty; call again after a moment.
+   * short, even empty; call again after a moment. With from_head, the call lists nothing and
+   * answers only a resume_page_token at the settled head, to tail new entries without reading
+   * the ledger first.
    */
   listEntries: handleUnaryCall<ListEntriesRequest, ListEntriesResponse>;
   /**
@@ -1422,7 +1458,9 @@ export interface LedgerServiceClient extends Client {
    * few seconds ago, see the README). So every entry is on exactly one page of a walk that
    * follows next_page_token, and then resume_page_token, however long it goes on: the ledger
    * can be tailed. A page that stops at the horizon says so (stopped_at_horizon) and can be
-   * short, even empty; call again after a moment.
+   * short, even empty; call again after a moment. With from_head, the call lists nothing and
+   * answers only a resume_page_token at the settled head, to tail new entries without reading
+   * the ledger first.
    */
   listEntries(
     request: ListEntriesRequest,
