@@ -92,10 +92,13 @@ export {
 } from '../grpc/generated/settle/v1/wallet.js';
 
 export {
+  NoHeadError,
   NoResumeTokenError,
   TAIL_POLL_MS_MIN,
+  TAIL_START,
   type LedgerTail,
   type TailLedgerEntriesOptions,
+  type TailStart,
 } from './ledger-tail.js';
 
 export {
@@ -394,7 +397,8 @@ export function createSettleClient(address: string, options: SettleClientOptions
     ledger: {
       listEntries,
       /**
-       * Every entry from `resumeToken` on (the ledger's first without one), once and in id order,
+       * Every entry from `resumeToken` on (without one, from the ledger's first, or from its
+       * settled head with `from: 'head'`: only what settles from then on), once and in id order,
        * waiting at the head of the ledger for new ones, until `signal` aborts or the loop breaks;
        * `resumeToken` on the result says where to pick up. Each call has a deadline; UNAVAILABLE
        * and DEADLINE_EXCEEDED are retried with backoff up to `retriesMax` times in a row, other

@@ -14,6 +14,10 @@
  * binds a position to its filters (the server refuses a token under other filters); such a
  * position carries the filters itself (`@<filters>.<entry id>`), checked on resume. A page token
  * alone (ListEntries' `next_page_token` or `resume_page_token`) is a position too.
+ *
+ * A tail `from: 'head'` asks for the settled head first (ListEntries' `from_head`), a server
+ * token like any other: entries settled before it are not given, those that commit later are,
+ * each once, also one whose booking was open when the head was read.
  */
 import type * as grpc from '@grpc/grpc-js';
 import { status as grpcStatus } from '@grpc/grpc-js';
@@ -49,9 +53,18 @@ export type TailLedgerEntriesOptions = Readonly<{
   orderId?: string;
   /**
    * Where to start: a tail's `resumeToken`, or a ListEntries page token made with the same
-   * filters. Left out (or ''), the tail starts at the ledger's first entry.
+   * filters. Left out (or ''), the tail starts where `from` says.
    */
   resumeToken?: string;
+  /**
+   * Where to start without a `resumeToken`: at the ledger's first entry ('first', the default),
+   * or at its settled head ('head': the first call asks ListEntries for `from_head`, and the
+   * entries settled before it are not given; those committed above a booking still open then
+   * come too, after that booking's own). With a `resumeToken` too it is a TypeError: the token
+   * says where to start. Until the head is read, the tail's `resumeToken` is '', and a tail
+   * resumed from it must say `from: 'head'` again.
+   */
+  from?: TailStart;
   /** Entries asked for per call, 1 to 500 (100). */
   pageSize?: number;
   /**
@@ -72,6 +85,10 @@ export type TailLedgerEntriesOptions = Readonly<{
   /** Told of each transient failure before its backoff, e.g. to log it. */
   onRetry?: (error: grpc.ServiceError, delayMs: number, attempt: number) => void;
 }>;
+
+/** Where a tail without a resume token starts: the ledger's first entry, or its settled head. */
+export const TAIL_START = { first: 'first', head: 'head' } as const;
+export type TailStart = (typeof TAIL_START)[keyof typeof TAIL_START];
 
 /**
  * The entries, as an async iterable that can be read once, and the position after the entry it
@@ -94,7 +111,13 @@ export type LedgerTail = AsyncIterable<LedgerEntry> & {
 
 /** One ListEntries call; `signal` cancels it. */
 export type ListEntriesCall = (
-  request: Readonly<{ account: string; orderId: string; pageSize: number; pageToken: string }>,
+  request: Readonly<{
+    account: string;
+    orderId: string;
+    pageSize: number;
+    pageToken: string;
+    fromHead: boolean;
+  }>,
   options: Readonly<{ timeoutMs: number; signal: AbortSignal | undefined }>,
 ) => Promise<ListEntriesResponse>;
 
@@ -145,6 +168,20 @@ export class NoResumeTokenError extends Error {
     super(
       'tailLedgerEntries: the node answered ListEntries without resume_page_token (a version ' +
         'before the ledger could be tailed); upgrade it to tail the ledger',
+    );
+  }
+}
+
+/**
+ * ListEntries answered `from_head` with entries: the node is older than `from_head`, ignored it
+ * and gave the ledger's first page. Going on would give the whole ledger instead of what is new.
+ */
+export class NoHeadError extends Error {
+  override name = 'NoHeadError';
+  constructor() {
+    super(
+      'tailLedgerEntries: the node answered from_head with entries (a version before a tail could ' +
+        "start at the head); upgrade it to start at the head, or start without from: 'head'",
     );
   }
 }
@@ -203,8 +240,19 @@ export function tailLedgerEntries(
     1_000,
   );
   const { signal, onRetry } = options;
+  const from = options.from ?? TAIL_START.first;
+  if (from !== TAIL_START.first && from !== TAIL_START.head) {
+    throw new TypeError(`tailLedgerEntries: from ${String(from)} is neither 'first' nor 'head'`);
+  }
+  if (from === TAIL_START.head && (options.resumeToken ?? '') !== '') {
+    throw new TypeError(
+      "tailLedgerEntries: from: 'head' and a resumeToken both say where to start; give one",
+    );
+  }
   const filter = { account: options.account ?? '', orderId: options.orderId ?? '' };
   let position = decodePosition(options.resumeToken ?? '', filter);
+  // Until the node has said where the head is: the next call asks for it, not for a page.
+  let headPending = from === TAIL_START.head;
   let started = false;
   let retryingAfter: grpc.ServiceError | undefined;
 
@@ -214,7 +262,7 @@ export function tailLedgerEntries(
       let page: ListEntriesResponse;
       try {
         page = await listEntries(
-          { ...filter, pageSize, pageToken: position.pageToken },
+          { ...filter, pageSize, pageToken: position.pageToken, fromHead: headPending },
           { timeoutMs, signal },
         );
       } catch (error) {
@@ -231,6 +279,14 @@ export function tailLedgerEntries(
       }
       failures = 0;
       retryingAfter = undefined;
+      if (headPending) {
+        if (page.entries.length > 0) throw new NoHeadError();
+        if (page.resumePageToken === '') throw new NoResumeTokenError();
+        headPending = false;
+        // The first page after the head is asked for at once: what committed since is due.
+        position = { pageToken: page.resumePageToken, afterEntryId: undefined };
+        continue;
+      }
       for (const entry of page.entries) {
         const id = BigInt(entry.entryId);
         // Given out before this tail was resumed here.

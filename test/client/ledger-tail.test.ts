@@ -16,10 +16,13 @@ import * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   createSettleClient,
+  NoHeadError,
   NoResumeTokenError,
   type LedgerEntry,
   type LedgerTail,
   type SettleClient,
+  type TailLedgerEntriesOptions,
+  type TailStart,
 } from '../../src/client/index.js';
 import {
   LedgerServiceService,
@@ -144,6 +147,83 @@ describe('tailLedgerEntries', () => {
       release();
       await held;
     }
+    await waitFor(() => Promise.resolve(seen.length >= 2), { what: 'both entries' });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    abort.abort();
+    expect(await ended).toBe('ended');
+    expect(seen.map((e) => e.entryId)).toEqual(await tableIds(seller));
+  });
+
+  it("starts at the head with from: 'head': not what was booked before, what is booked after once", async () => {
+    const seller = 'tail-head';
+    for (let i = 0; i < 2; i += 1) await book(seller);
+    const abort = new AbortController();
+    const seen: LedgerEntry[] = [];
+    const tail = client.ledger.tailLedgerEntries({
+      account: `seller_payable:${seller}`,
+      from: 'head',
+      pollMs: 100,
+      signal: abort.signal,
+    });
+    expect(tail.resumeToken).toBe('');
+    const ended = drain(tail, seen);
+    // The head's token is the tail's position once the node has answered from_head.
+    const atHead = await waitFor(() => Promise.resolve(tail.resumeToken || undefined), {
+      what: 'the head',
+    });
+    for (let i = 0; i < 2; i += 1) await book(seller);
+    await waitFor(() => Promise.resolve(seen.length >= 2), { what: 'two entries' });
+    // No entry twice while it keeps polling the head.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    abort.abort();
+    expect(await ended).toBe('ended');
+    const all = await tableIds(seller);
+    expect(all).toHaveLength(4);
+    expect(seen.map((e) => e.entryId)).toEqual(all.slice(2));
+
+    // The head's token is a position like any other: resumed there, the same two entries.
+    const again: LedgerEntry[] = [];
+    for await (const entry of client.ledger.tailLedgerEntries({
+      account: `seller_payable:${seller}`,
+      resumeToken: atHead,
+    })) {
+      again.push(entry);
+      if (again.length === 2) break;
+    }
+    expect(again.map((e) => e.entryId)).toEqual(all.slice(2));
+  });
+
+  it('starts at the head below a booking still open, and gives it once it commits', async () => {
+    const seller = 'tail-head-held';
+    let release: () => void = () => {};
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let posted: () => void = () => {};
+    const isPosted = new Promise<void>((resolve) => (posted = resolve));
+    const held = stack.settle.db.transaction().execute(async (trx) => {
+      await postLedgerTransaction(trx, paymentBooking(seller));
+      posted();
+      await released;
+    });
+    await isPosted;
+    await book(seller);
+    const abort = new AbortController();
+    const seen: LedgerEntry[] = [];
+    const tail = client.ledger.tailLedgerEntries({
+      account: `seller_payable:${seller}`,
+      from: 'head',
+      pollMs: 100,
+      signal: abort.signal,
+    });
+    const ended = drain(tail, seen);
+    try {
+      await waitFor(() => Promise.resolve(tail.resumeToken !== ''), { what: 'the head' });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(seen).toEqual([]);
+    } finally {
+      release();
+      await held;
+    }
+    // The open booking's entry, and the one committed above it before the head was read.
     await waitFor(() => Promise.resolve(seen.length >= 2), { what: 'both entries' });
     await new Promise((resolve) => setTimeout(resolve, 300));
     abort.abort();
@@ -440,6 +520,44 @@ describe('tailLedgerEntries', () => {
     }
   });
 
+  it("stops with NoHeadError on a node that ignores from_head, not giving the ledger's first page", async () => {
+    const old = new grpc.Server();
+    const asked: boolean[] = [];
+    old.addService(LedgerServiceService, {
+      listEntries: (
+        call: grpc.ServerUnaryCall<{ fromHead: boolean }, unknown>,
+        callback: grpc.sendUnaryData<unknown>,
+      ) => {
+        asked.push(call.request.fromHead);
+        callback(
+          null,
+          ListEntriesResponse.fromPartial({ entries: [entryOf('1')], resumePageToken: 'p1' }),
+        );
+      },
+      getTrialBalance: () => {},
+    });
+    const port = await new Promise<number>((resolve, reject) =>
+      old.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) =>
+        error ? reject(error) : resolve(bound),
+      ),
+    );
+    const oldClient = createSettleClient(`127.0.0.1:${port}`);
+    try {
+      const seen: LedgerEntry[] = [];
+      const tail = oldClient.ledger.tailLedgerEntries({
+        from: 'head',
+        signal: AbortSignal.timeout(5_000),
+      });
+      expect(await drain(tail, seen)).toBeInstanceOf(NoHeadError);
+      expect(seen).toEqual([]);
+      expect(asked).toEqual([true]);
+      expect(tail.resumeToken).toBe('');
+    } finally {
+      oldClient.close();
+      old.forceShutdown();
+    }
+  });
+
   it('throws a refusal such as INVALID_ARGUMENT at once, without retrying', async () => {
     let retried = 0;
     const ended = await drain(
@@ -471,7 +589,7 @@ describe('tailLedgerEntries', () => {
     expect(Date.now() - abortedAt).toBeLessThan(200);
   });
 
-  it.each([
+  it.each<[TailLedgerEntriesOptions, RegExp]>([
     [{ pollMs: 10 }, /pollMs 10 is not a whole number from 100 to 3600000/],
     [{ pageSize: 0 }, /pageSize 0 is not a whole number from 1 to 500/],
     [{ timeoutMs: 0 }, /timeoutMs 0 is not a whole number/],
@@ -479,6 +597,9 @@ describe('tailLedgerEntries', () => {
       { resumeToken: 'abc.x1' },
       /resumeToken is neither a tail position nor a ListEntries page token/,
     ],
+    [{ from: 'head', resumeToken: 'abc' }, /from: 'head' and a resumeToken both say where/],
+    // As a caller without the types could pass it.
+    [{ from: 'last' as TailStart }, /from last is neither 'first' nor 'head'/],
   ])('refuses %j before calling', (options, message) => {
     expect(() => client.ledger.tailLedgerEntries(options)).toThrow(message);
   });
