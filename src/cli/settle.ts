@@ -79,10 +79,11 @@ Commands:
   payment timeline <payment_id>                 every transition of its orders (needs the admin token)
   wallet <seller_id>                            a seller's wallet balance
   ledger [--account A] [--order O] [--page-size N] [--page-token T]
-  ledger --follow [--account A] [--order O] [--resume-token T] [--max-entries N]
+  ledger --follow [--account A] [--order O] [--resume-token T | --from-now] [--max-entries N]
                                                 print entries as they settle, from the ledger's
-                                                first (or T) on, until Ctrl-C, --timeout-ms or N
-                                                entries; then the token to go on from (stderr)
+                                                first (or T, or with --from-now only those that
+                                                settle from now) on, until Ctrl-C, --timeout-ms
+                                                or N entries; then the token to go on from (stderr)
   trial-balance [--page-size N] [--page-token T]
                                                 debits and credits per account, a page at a time,
                                                 and the whole ledger's totals; balanced or not
@@ -139,6 +140,7 @@ const OPTIONS = {
   // No default: checkArguments refuses any option given to a command that does not take it.
   follow: { type: 'boolean' },
   'resume-token': { type: 'string' },
+  'from-now': { type: 'boolean' },
   'max-entries': { type: 'string' },
   'dry-run': { type: 'boolean' },
 } as const;
@@ -178,6 +180,7 @@ const COMMANDS: Readonly<
       'page-token',
       'follow',
       'resume-token',
+      'from-now',
       'max-entries',
     ],
     args: [],
@@ -499,7 +502,7 @@ async function dispatch(
     }
     case 'ledger': {
       if (values.follow === true) return followLedger(values, settings, client, io);
-      for (const option of ['resume-token', 'max-entries'] as const) {
+      for (const option of ['resume-token', 'from-now', 'max-entries'] as const) {
         if (values[option] !== undefined) throw new UsageError(`--${option} needs --follow`);
       }
       const response = await client.ledger.listEntries({
@@ -809,10 +812,11 @@ const FOLLOW_CALL_TIMEOUT_MS = 10_000;
 const FOLLOW_POLL_MS = 1_000;
 
 /**
- * `ledger --follow`: prints every entry from --resume-token (or the ledger's first) on as it
- * settles, in the listing's columns (a JSON line each with --json), until Ctrl-C, --timeout-ms
- * (exit 0: the follow did what was asked) or --max-entries. On every way out, the token to go on
- * from goes to stderr, after the entry printed last; on Ctrl-C through the interrupt note.
+ * `ledger --follow`: prints every entry from --resume-token (or the ledger's first, or with
+ * --from-now its settled head) on as it settles, in the listing's columns (a JSON line each with
+ * --json), until Ctrl-C, --timeout-ms (exit 0: the follow did what was asked) or --max-entries.
+ * On every way out, the token to go on from goes to stderr, after the entry printed last; on
+ * Ctrl-C through the interrupt note.
  */
 async function followLedger(
   values: Values,
@@ -823,6 +827,12 @@ async function followLedger(
   if (values['page-token'] !== undefined) {
     throw new UsageError(
       'ledger --follow starts at --resume-token, which also takes a --page-token value',
+    );
+  }
+  const fromNow = values['from-now'] === true;
+  if (fromNow && values['resume-token'] !== undefined) {
+    throw new UsageError(
+      '--from-now and --resume-token both say where the follow starts: give one of them',
     );
   }
   const entriesMax =
@@ -847,6 +857,7 @@ async function followLedger(
       account: values.account ?? '',
       orderId: values.order?.[0] ?? '',
       resumeToken: values['resume-token'] ?? '',
+      from: fromNow ? 'head' : 'first',
       pageSize,
       pollMs: FOLLOW_POLL_MS,
       timeoutMs: Math.min(settings.timeoutMs, FOLLOW_CALL_TIMEOUT_MS),
@@ -868,10 +879,13 @@ async function followLedger(
       { cause: error },
     );
   }
+  // Before a from-now follow has its head, there is no token yet: it starts from now again.
   const goOn = () =>
-    tail.resumeToken === ''
-      ? 'nothing was read: start again without --resume-token'
-      : `continue with --resume-token ${tail.resumeToken}`;
+    tail.resumeToken !== ''
+      ? `continue with --resume-token ${tail.resumeToken}`
+      : fromNow
+        ? 'nothing was read: start again with --from-now'
+        : 'nothing was read: start again without --resume-token';
   io.onInterrupt?.(`settle: interrupted; ${goOn()}\n`);
   if (!settings.json) io.out(followRow(ENTRY_HEADERS));
   let printed = 0;
