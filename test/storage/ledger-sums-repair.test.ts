@@ -6,11 +6,14 @@
  * the full scan, and a second repair finds nothing. The same when accounts are read a few at a
  * time, the damaged ones on the pages' edges; and while bookings are written and passes add them
  * to the sums. A pass that comes while the repair holds a page between its read and its write
- * waits for the repair (the checkpoint row lock), rather than have its entries overwritten.
- * Method: ledger-sums.repository.ts over a fresh MariaDB database, bookings posted by the ledger
- * repository in real transactions, the sums damaged by hand with SQL after a pass; the pass that
- * races the repair is let in through the repair's test hook, and its wait is seen in
- * information_schema.INNODB_TRX.
+ * waits for the repair (the checkpoint row lock), rather than have its entries overwritten; a
+ * pass that holds the row when the repair comes is seen whole by it (its snapshot is fixed after
+ * the lock), and bookings are never held up by it. Aborted, even after pages wrote, it writes
+ * nothing. Method: ledger-sums.repository.ts over a fresh MariaDB database, bookings posted by
+ * the ledger repository in real transactions, the sums damaged by hand with SQL after a pass; the
+ * pass that races the repair is let in through the repair's test hook, or is written by hand to
+ * hold the row, and each wait for the row is seen in information_schema.INNODB_TRX; bookings
+ * during a repair wait 1 s at most for a lock, so that one held up fails.
  */
 import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -28,11 +31,13 @@ import {
   postLedgerTransaction,
   trialBalanceByCurrency,
 } from '../../src/storage/repositories/ledger.repository.js';
+import type { Trx } from '../../src/storage/transaction.js';
 import { openTestDatabase } from '../support/harness.js';
 import {
   book,
   catchUpLedgerSums,
   currencyBooking,
+  maxLedgerEntryId,
   recountTrialBalance,
   servedTrialBalance,
 } from '../support/ledger.js';
@@ -274,7 +279,7 @@ describe('repairLedgerSums', () => {
         while (!done && !passWaited && Date.now() < deadline) {
           // InnoDB refreshes INNODB_TRX only when it was not read for 100 ms: poll slower.
           await new Promise((resolve) => setTimeout(resolve, 250));
-          passWaited = (await passesWaitingHere()) > 0;
+          passWaited = (await lockWaitsHere(PASS_LOCKING)) > 0;
         }
       },
     });
@@ -284,6 +289,95 @@ describe('repairLedgerSums', () => {
     // Had the pass committed in between, the repair's write would have dropped its entries.
     await expectSumsMended();
     expect(passWaited).toBe(true);
+  });
+
+  it('sees a pass that committed while it waited for the checkpoint row, and loses none of its entries', async () => {
+    await bookMany(6, 's', 3);
+    await catchUpLedgerSums(db, OPTIONS);
+    const from = (await ledgerSumsCheckpoint(db)).uptoId;
+    // Entries the pass adds: three committed before the repair starts, three while it waits.
+    await bookMany(3, 's', 3);
+    let repair: Promise<LedgerSumsRepair> | undefined;
+    let to = from;
+    await db.transaction().execute(async (pass) => {
+      // A pass's statements by hand, so that it holds the checkpoint row while the repair comes.
+      await sql`SELECT upto_id FROM ledger_sum_checkpoint WHERE id = 1 FOR UPDATE`.execute(pass);
+      repair = repairLedgerSums(db, { dryRun: false });
+      repair.catch(() => undefined);
+      await untilLockWait(REPAIR_LOCKING);
+      await bookMany(3, 's', 3);
+      to = await maxLedgerEntryId(db);
+      await addToSums(pass, from, to);
+    });
+    // Had the repair's snapshot been fixed before its lock, it would compare the sums without
+    // this pass with the entries of the first three bookings only, and write the pairs those
+    // touch back without the last three.
+    expect(await repair).toEqual(nothingToRepair(to, 4));
+    expect((await ledgerSumsCheckpoint(db)).uptoId).toBe(to);
+    await expectSumsMended();
+  });
+
+  it('holds up no booking while it holds a page between its read and its write, pages before it written', async () => {
+    await bookMany(12, 's', 6);
+    await catchUpLedgerSums(db, OPTIONS);
+    await sql`UPDATE ledger_account_sum SET debit_minor = debit_minor + 5
+              WHERE account = 'psp_receivable'`.execute(db);
+    await sql`DELETE FROM ledger_account_sum WHERE account = 'seller_payable:s05'`.execute(db);
+    // Pages of two: psp_receivable s00 | s01 s02 | s03 s04 | s05.
+    const bookings: string[] = [];
+    let pages = 0;
+    const repair = await repairLedgerSums(db, {
+      dryRun: false,
+      accountsPerPage: 2,
+      beforePageWrite: async () => {
+        pages += 1;
+        if (pages !== 3) return;
+        // psp_receivable, which every booking debits, has been written: a booking to an account
+        // before this page, on it, after it, and to a new one.
+        for (const seller of ['s01', 's03', 's05', 'n00']) {
+          bookings.push(await bookImpatiently(seller));
+        }
+      },
+    });
+    expect(bookings).toEqual(['s01 committed', 's03 committed', 's05 committed', 'n00 committed']);
+    expect(repair.pairs.map((pair) => pair.account)).toEqual([
+      'psp_receivable',
+      'seller_payable:s05',
+    ]);
+    await catchUpLedgerSums(db, OPTIONS);
+    await expectSumsMended();
+  });
+
+  it('writes nothing when aborted after a page wrote, or after the last page', async () => {
+    await bookMany(6, 's', 3);
+    await catchUpLedgerSums(db, OPTIONS);
+    await sql`UPDATE ledger_account_sum SET debit_minor = debit_minor + 5`.execute(db);
+    await sql`UPDATE ledger_currency_sum SET debit_minor = debit_minor + 5`.execute(db);
+    const untouched = await sumsTables();
+    // Pages of one, each damaged: psp_receivable | s00 | s01 | s02.
+    for (const abortAtPage of [1, 4]) {
+      const aborting = new AbortController();
+      let pages = 0;
+      await expect(
+        repairLedgerSums(db, {
+          dryRun: false,
+          accountsPerPage: 1,
+          signal: aborting.signal,
+          beforePageWrite: async () => {
+            pages += 1;
+            if (pages === abortAtPage) aborting.abort();
+          },
+        }),
+      ).rejects.toMatchObject({
+        code: 'ABORTED',
+        message: expect.stringContaining('nothing was written') as unknown,
+      });
+      expect(pages).toBe(abortAtPage);
+      expect(await sumsTables()).toEqual(untouched);
+    }
+    const repair = await repairLedgerSums(db, { dryRun: false, accountsPerPage: 1 });
+    expect(repair.pairsRepaired).toBe(4);
+    await expectSumsMended();
   });
 
   it('says so when the checkpoint row stays locked, and writes nothing once aborted', async () => {
@@ -324,12 +418,75 @@ describe('repairLedgerSums', () => {
   });
 });
 
-/** Passes of this test's database waiting for the lock on the checkpoint row. */
-async function passesWaitingHere(): Promise<number> {
+/**
+ * Adds the entries after `from` up to `to` to the sums, as a pass's transaction `pass` does, and
+ * moves the checkpoint to `to`.
+ */
+async function addToSums(pass: Trx, from: bigint, to: bigint): Promise<void> {
+  await sql`UPDATE ledger_sum_checkpoint SET upto_id = ${to}, advanced_at = UTC_TIMESTAMP(3)
+            WHERE id = 1`.execute(pass);
+  await sql`
+    INSERT INTO ledger_account_sum (account, currency, debit_minor, credit_minor)
+    SELECT * FROM (
+      SELECT account, currency, SUM(debit_minor) AS d, SUM(credit_minor) AS c FROM ledger_entry
+      WHERE id > ${from} AND id <= ${to} GROUP BY account, currency
+    ) AS added
+    ON DUPLICATE KEY UPDATE debit_minor = debit_minor + VALUES(debit_minor),
+                            credit_minor = credit_minor + VALUES(credit_minor)`.execute(pass);
+  await sql`
+    INSERT INTO ledger_currency_sum (currency, debit_minor, credit_minor)
+    SELECT * FROM (
+      SELECT currency, SUM(debit_minor) AS d, SUM(credit_minor) AS c FROM ledger_entry
+      WHERE id > ${from} AND id <= ${to} GROUP BY currency
+    ) AS added
+    ON DUPLICATE KEY UPDATE debit_minor = debit_minor + VALUES(debit_minor),
+                            credit_minor = credit_minor + VALUES(credit_minor)`.execute(pass);
+}
+
+/**
+ * Books to `seller` on a connection that waits 1 s at most for a lock: "committed", or why not.
+ * A booking held up by the repair's locks fails with a lock wait timeout rather than wait.
+ */
+async function bookImpatiently(seller: string): Promise<string> {
+  return db.connection().execute(async (connection) => {
+    await sql`SET SESSION innodb_lock_wait_timeout = 1`.execute(connection);
+    try {
+      await connection
+        .transaction()
+        .execute((trx) => postLedgerTransaction(trx, currencyBooking(seller, 7n)));
+      return `${seller} committed`;
+    } catch (error) {
+      return `${seller} failed: ${error instanceof Error ? error.message : String(error)}`;
+    } finally {
+      // The connection goes back to the pool: with the pool's setting.
+      await sql`SET SESSION innodb_lock_wait_timeout = 5`.execute(connection);
+    }
+  });
+}
+
+/** Waits until a transaction of this test's database waits for a lock in `query`. */
+async function untilLockWait(query: string): Promise<void> {
+  // Within innodb_lock_wait_timeout (5 s), past which the waiting one would give up.
+  const deadline = Date.now() + 3_000;
+  for (;;) {
+    // InnoDB refreshes INNODB_TRX only when it was not read for 100 ms: poll slower.
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    if ((await lockWaitsHere(query)) > 0) return;
+    if (Date.now() > deadline) throw new Error(`nothing waited for a lock in "${query}"`);
+  }
+}
+
+/** The statement by which a pass waits for the lock on the checkpoint row. */
+const PASS_LOCKING = 'UPDATE ledger_sum_checkpoint';
+/** The statement by which a repair waits for it. */
+const REPAIR_LOCKING = 'ledger_sum_checkpoint WHERE id = 1 FOR UPDATE';
+
+/** Transactions of this test's database waiting for a lock in a statement containing `query`. */
+async function lockWaitsHere(query: string): Promise<number> {
   const result = await sql<{ n: string }>`
     SELECT COUNT(*) AS n FROM information_schema.INNODB_TRX AS trx
     JOIN information_schema.PROCESSLIST AS p ON p.ID = trx.trx_mysql_thread_id
     WHERE trx.trx_state = 'LOCK WAIT' AND p.DB = DATABASE()
-      AND trx.trx_query LIKE '%UPDATE ledger_sum_checkpoint%'`.execute(db);
+      AND INSTR(trx.trx_query, ${query}) > 0`.execute(db);
   return Number(result.rows[0]?.n ?? 0);
 }
