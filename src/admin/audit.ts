@@ -1,14 +1,17 @@
 /**
- * Every admin action, from the panel or from gRPC AdminService, goes through `audited`: it runs
- * the action, then records who did what to which target, why, and how it ended in admin_audit. A
- * failed action is recorded as FAILED and its error rethrown. The action and its audit row are
- * two statements (the dead-letter functions and the sums' repair own their transaction); the
- * dead_letter row itself names the actor too, so an action whose audit insert failed still leaves
- * a trace.
+ * Every admin action, from the panel or from gRPC AdminService, goes through `audited` or
+ * `auditedInTransaction`: it runs the action, then records who did what to which target, why, and
+ * how it ended in admin_audit. A failed action is recorded as FAILED and its error rethrown. With
+ * `audited` the action and its audit row are two statements (the dead-letter functions own their
+ * transaction); the dead_letter row itself names the actor too, so an action whose audit insert
+ * failed still leaves a trace. An action that writes what it overwrote nowhere else (the sums'
+ * repair) uses `auditedInTransaction`, whose OK row commits with the action.
  */
 import type { Metadata } from '@grpc/grpc-js';
-import { InvalidArgumentError, SettleError } from '../domain/errors.js';
+import { InvalidArgumentError, SettleError, UnavailableError } from '../domain/errors.js';
 import type { Db } from '../storage/db.js';
+import { isConnectionError, isPoolQueueFull, isTransientLockError } from '../storage/errors.js';
+import type { Trx } from '../storage/transaction.js';
 import { ACTOR_PATTERN } from './auth.js';
 import { AUDIT_OUTCOME, insertAudit } from '../storage/repositories/admin-audit.repository.js';
 
@@ -47,15 +50,7 @@ export async function audited<T>(
   try {
     result = await work();
   } catch (error) {
-    const message = error instanceof SettleError ? error.message : 'internal error';
-    // The caller must see the action's own error, even when the database is what failed.
-    await insertAudit(deps.db, {
-      ...record,
-      outcome: AUDIT_OUTCOME.failed,
-      detail: { via, error: message },
-      now: deps.now(),
-    }).catch(() => undefined);
-    deps.onAudited?.({ ...action, outcome: 'FAILED' });
+    await auditFailed(deps, action, error);
     throw error;
   }
   const auditId = await insertAudit(deps.db, {
@@ -66,6 +61,80 @@ export async function audited<T>(
   });
   deps.onAudited?.({ ...action, outcome: 'OK' });
   return { result, auditId };
+}
+
+/**
+ * Writes the OK row of an action in the action's transaction `trx`, with `result`'s detail; to be
+ * called last before the commit.
+ */
+export type AuditOk<T> = (trx: Trx, result: T) => Promise<void>;
+
+/**
+ * As `audited`, for an action that commits a transaction of its own: `work` is handed an AuditOk
+ * to call with that transaction just before the commit, so that the action and its OK row commit
+ * together or not at all. After `audited`'s separate insert failed, the action stood with no row
+ * to tell what it overwrote, and its caller got an error for a change that was made. Here a row
+ * that cannot be written rolls the action back: UnavailableError (nothing was done, so a retry is
+ * safe), and a FAILED row as for any failed action. A caller left not knowing whether the commit
+ * happened (its deadline passed during it, the connection was lost) reads it in the trail: the
+ * OK row is there exactly when the action committed (a lost connection also writes a FAILED row).
+ */
+export async function auditedInTransaction<T>(
+  deps: AuditDeps,
+  action: AuditedAction,
+  work: (auditOk: AuditOk<T>) => Promise<T>,
+  detailOf: (result: T) => Record<string, unknown> = () => ({}),
+): Promise<{ result: T; auditId: bigint }> {
+  const { via, ...record } = action;
+  // The row of the last call: a transaction run again calls auditOk again, and only one commits.
+  let auditId: bigint | undefined;
+  const auditOk: AuditOk<T> = async (trx, result) => {
+    try {
+      auditId = await insertAudit(trx, {
+        ...record,
+        outcome: AUDIT_OUTCOME.ok,
+        detail: { via, ...detailOf(result) },
+        now: deps.now(),
+      });
+    } catch (error) {
+      // The transaction's own trouble (a lock, the connection), mapped or retried as its other
+      // statements' is.
+      if (isTransientLockError(error) || isConnectionError(error) || isPoolQueueFull(error)) {
+        throw error;
+      }
+      throw new UnavailableError(
+        `the audit row of ${action.action} could not be written, so the action was rolled back ` +
+          'and nothing of it was done; retry later',
+        { cause: error },
+      );
+    }
+  };
+  let result: T;
+  try {
+    result = await work(auditOk);
+  } catch (error) {
+    await auditFailed(deps, action, error);
+    throw error;
+  }
+  if (auditId === undefined) {
+    throw new Error(`${action.action} committed without writing its audit row (auditOk)`);
+  }
+  deps.onAudited?.({ ...action, outcome: 'OK' });
+  return { result, auditId };
+}
+
+/** Records `action` as FAILED with `error`'s message, never throwing. */
+async function auditFailed(deps: AuditDeps, action: AuditedAction, error: unknown): Promise<void> {
+  const { via, ...record } = action;
+  const message = error instanceof SettleError ? error.message : 'internal error';
+  // The caller must see the action's own error, even when the database is what failed.
+  await insertAudit(deps.db, {
+    ...record,
+    outcome: AUDIT_OUTCOME.failed,
+    detail: { via, error: message },
+    now: deps.now(),
+  }).catch(() => undefined);
+  deps.onAudited?.({ ...action, outcome: 'FAILED' });
 }
 
 /** Why an operator acted: required wherever it is asked for, and short enough to read back. */

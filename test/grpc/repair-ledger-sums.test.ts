@@ -1,13 +1,15 @@
 /**
  * Goal: AdminService/RepairLedgerSums mends the running sums for an operator, as safely as the
  * dead-letter actions: a repair needs ADMIN_TOKEN even with ADMIN_READONLY_OPEN (which opens the
- * dry run, a read), a reason of 3-500 characters, and is audited (OK with what it changed, FAILED
- * with why); a dry run answers the same repairs and writes nothing, not even an audit row. Its
- * failures are statuses a person can act on: UNAVAILABLE saying another repair holds the
- * checkpoint, and a sum past int64 left unset in the answer rather than an INTERNAL after the
- * commit. Method: the real AdminService handlers on a server on 127.0.0.1:0, called through the
- * generated client, over a fresh MariaDB database whose ledger is booked through the ledger
- * repository, summed by passes, and whose sums are then damaged by hand.
+ * dry run, a read), a reason of 3-500 characters, and is audited (OK with what it changed, in
+ * the repair's own transaction; FAILED with why); a dry run answers the same repairs and writes
+ * nothing, not even an audit row. Its failures are statuses a person can act on: UNAVAILABLE
+ * saying another repair holds the checkpoint, UNAVAILABLE with the repair rolled back when its
+ * audit row cannot be written, and a sum past int64 left unset in the answer rather than an
+ * INTERNAL after the commit. Method: the real AdminService handlers on a server on 127.0.0.1:0,
+ * called through the generated client, over a fresh MariaDB database whose ledger is booked
+ * through the ledger repository, summed by passes, and whose sums are then damaged by hand; a
+ * trigger refuses the OK audit row.
  */
 import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
@@ -251,6 +253,37 @@ describe('AdminService/RepairLedgerSums', () => {
         /"accountSumsRepaired":"0","accountSumRepairs":\[\],"currencySumRepairs":\[\]/,
       );
     });
+  });
+
+  it('rolls the repair back when its audit row cannot be written, UNAVAILABLE and audited FAILED', async () => {
+    await damagedSums();
+    const damaged = await sumsRows();
+    // The OK row is written in the repair's transaction: refused, it takes the repair with it.
+    await sql`CREATE TRIGGER admin_audit_refuse_ok BEFORE INSERT ON admin_audit FOR EACH ROW
+              IF NEW.outcome = 'OK' THEN
+                SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by the test';
+              END IF`.execute(db);
+    let outcome: string;
+    try {
+      outcome = await withAdmin(WITH_TOKEN, (repair) =>
+        repair({ reason: REASON, dryRun: false }, TOKEN),
+      );
+    } finally {
+      await sql`DROP TRIGGER admin_audit_refuse_ok`.execute(db);
+    }
+    expect(await sumsRows()).toEqual(damaged);
+    const refused =
+      'the audit row of REPAIR_LEDGER_SUMS could not be written, so the action was rolled back ' +
+      'and nothing of it was done; retry later';
+    expect(outcome).toBe(`UNAVAILABLE ${refused}`);
+    const [audit, ...more] = await auditRows();
+    expect(more).toEqual([]);
+    expect(audit).toMatchObject({
+      action: 'REPAIR_LEDGER_SUMS',
+      reason: REASON,
+      outcome: 'FAILED',
+    });
+    expect(JSON.parse(audit?.detail ?? '{}')).toEqual({ via: 'grpc', error: refused });
   });
 
   it('is UNAVAILABLE, saying why, while another repair holds the checkpoint, and audited FAILED', async () => {

@@ -26,6 +26,7 @@ import {
 import {
   ADMIN_ACTION,
   audited,
+  auditedInTransaction,
   grpcAdminActor,
   grpcAdminReason,
   requireReason,
@@ -360,10 +361,14 @@ export function adminHandlers(deps: AdminDeps, options: AdapterOptions): AdminSe
         });
       }
       const reason = requireReason(request.reason);
-      const repair = (dryRun: boolean) =>
-        guard(() => repairLedgerSums(deps.bulkDb, { dryRun, signal }));
-      if (request.dryRun) return repairToProto(await repair(true));
-      const { result } = await audited(
+      if (request.dryRun) {
+        return repairToProto(
+          await guard(() => repairLedgerSums(deps.bulkDb, { dryRun: true, signal })),
+        );
+      }
+      // The OK row commits with the repair: the values it overwrote are kept exactly when it
+      // happened, even for a caller whose deadline passed during the commit.
+      const { result } = await auditedInTransaction(
         deps,
         {
           actor: grpcAdminActor(call.metadata),
@@ -372,7 +377,10 @@ export function adminHandlers(deps: AdminDeps, options: AdapterOptions): AdminSe
           target: LEDGER_SUMS_AUDIT_TARGET,
           via: 'grpc',
         },
-        () => repair(false),
+        (auditOk) =>
+          guard(() =>
+            repairLedgerSums(deps.bulkDb, { dryRun: false, signal, beforeCommit: auditOk }),
+          ),
         repairAuditDetail,
       );
       return repairToProto(result);

@@ -382,6 +382,12 @@ export type RepairLedgerSumsOptions = Readonly<{
   signal?: AbortSignal | undefined;
   /** For tests: awaited after each page is compared and before its repairs are written. */
   beforePageWrite?: () => Promise<void>;
+  /**
+   * Awaited with the repair's transaction and result once everything is written and `signal` is
+   * checked for the last time, just before the commit; not for a dry run. What it writes with
+   * `trx` commits with the repair or not at all (its audit row); a throw rolls the repair back.
+   */
+  beforeCommit?: (trx: Trx, repair: LedgerSumsRepair) => Promise<void>;
 }>;
 
 /**
@@ -402,7 +408,10 @@ export type RepairLedgerSumsOptions = Readonly<{
  * pass.
  *
  * Fails with UnavailableError when the checkpoint row stays locked past innodb_lock_wait_timeout
- * (another repair holds it), and with AbortedError, nothing written, once `signal` aborts.
+ * (another repair holds it), and with AbortedError, nothing written, when `signal` aborts before
+ * its last check; past that check, and during the COMMIT, the repair goes on to commit. What
+ * `beforeCommit` writes commits with it, so an audit row written there is there exactly when the
+ * repair committed, whatever its caller was told.
  */
 export async function repairLedgerSums(
   db: Db,
@@ -474,9 +483,19 @@ async function repairUpTo(
   }
   const currencies = await compareCurrencies(trx, byCurrency);
   if (!options.dryRun) await writeCurrencySums(trx, currencies);
-  // Aborted after this, the commit goes ahead: the caller is told nothing either way.
+  // Aborted after this, the commit goes ahead, with what beforeCommit writes (the audit row
+  // that tells the repair happened): the caller, gone, is told nothing either way.
   throwIfAborted(options.signal);
-  return { uptoId, dryRun: options.dryRun, accountsChecked, pairsRepaired, pairs, currencies };
+  const repair = {
+    uptoId,
+    dryRun: options.dryRun,
+    accountsChecked,
+    pairsRepaired,
+    pairs,
+    currencies,
+  };
+  if (!options.dryRun) await options.beforeCommit?.(trx, repair);
+  return repair;
 }
 
 function throwIfAborted(signal: AbortSignal | undefined): void {
