@@ -246,6 +246,7 @@ describe('AdminService/RepairLedgerSums', () => {
             after: { debitMinor: '55', creditMinor: '0' },
           },
         ],
+        currenciesRepaired: 0,
         currencies: [],
       });
       // Nothing left: a second repair says so.
@@ -253,6 +254,41 @@ describe('AdminService/RepairLedgerSums', () => {
         /"accountSumsRepaired":"0","accountSumRepairs":\[\],"currencySumRepairs":\[\]/,
       );
     });
+  });
+
+  it('keeps the counts and the first repairs in the audit row when it mends many currencies', async () => {
+    const checkpoint = await damagedSums();
+    // Rows without entries, their sums as long as they get: 100 currencies and 30 pairs of
+    // 100-character accounts, all deleted by the repair.
+    const longest = `-${'9'.repeat(38)}`;
+    for (let i = 0; i < 100; i += 1) {
+      await sql`INSERT INTO ledger_currency_sum VALUES (${`X${String(i).padStart(2, '0')}`},
+                ${longest}, ${longest})`.execute(db);
+    }
+    for (let i = 0; i < 30; i += 1) {
+      const account = `seller_payable:${String(i).padStart(2, '0')}`.padEnd(100, 'x');
+      await sql`INSERT INTO ledger_account_sum VALUES (${account}, 'USD', ${longest}, ${longest})`.execute(
+        db,
+      );
+    }
+    await withAdmin(WITH_TOKEN, async (repair) => {
+      expect(await repair({ reason: REASON, dryRun: false }, TOKEN)).toMatch(/^OK /);
+    });
+    expect(await ledgerSumsDrift(db)).toEqual({ accounts: [], currencies: [] });
+    const [audit] = await auditRows();
+    const detail = JSON.parse(audit?.detail ?? '{}') as Record<string, unknown>;
+    const removed = { before: { debitMinor: longest, creditMinor: longest }, after: null };
+    expect(detail).toMatchObject({
+      checkpointEntryId: checkpoint,
+      accountsChecked: 33,
+      pairsRepaired: 31,
+      currenciesRepaired: 100,
+      currencies: Array.from({ length: 20 }, (_, i) => ({
+        currency: `X${String(i).padStart(2, '0')}`,
+        ...removed,
+      })),
+    });
+    expect(detail.pairs).toHaveLength(20);
   });
 
   it('rolls the repair back when its audit row cannot be written, UNAVAILABLE and audited FAILED', async () => {

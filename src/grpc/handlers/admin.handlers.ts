@@ -111,8 +111,14 @@ function stateFromProto(state: DeadLetterStateProto): DeadLetterState | undefine
 /** The admin_audit target of a repair of the running sums: their one checkpoint. */
 export const LEDGER_SUMS_AUDIT_TARGET = 'ledger-sums:checkpoint';
 
-/** Repaired pairs an audit row lists at most, under admin_audit's 16 KiB of detail. */
+/**
+ * Repaired pairs, and currencies, an audit row lists at most: at their longest (accounts of 100
+ * characters, sums of 38 digits before and after) 20 of each take some 13,000 characters, under
+ * admin_audit's 16 KiB of detail, past which insertAudit keeps only `{truncated: true}` and the
+ * counts and checkpoint would be lost with the lists.
+ */
 const AUDITED_PAIRS_MAX = 20;
+const AUDITED_CURRENCIES_MAX = 20;
 
 const INT64_MIN = -(2n ** 63n);
 const INT64_MAX = 2n ** 63n - 1n;
@@ -150,7 +156,7 @@ function repairToProto(repair: LedgerSumsRepair): RepairLedgerSumsResponse {
   };
 }
 
-/** What a repair's audit row keeps: the counts, and the values it overwrote. */
+/** What a repair's audit row keeps: the counts, and the first values it overwrote. */
 function repairAuditDetail(repair: LedgerSumsRepair): Record<string, unknown> {
   const values = (sums: SumRepair) => ({ before: sums.before ?? null, after: sums.after ?? null });
   return {
@@ -160,7 +166,10 @@ function repairAuditDetail(repair: LedgerSumsRepair): Record<string, unknown> {
     pairs: repair.pairs
       .slice(0, AUDITED_PAIRS_MAX)
       .map((pair) => ({ account: pair.account, currency: pair.currency, ...values(pair) })),
-    currencies: repair.currencies.map((sums) => ({ currency: sums.currency, ...values(sums) })),
+    currenciesRepaired: repair.currencies.length,
+    currencies: repair.currencies
+      .slice(0, AUDITED_CURRENCIES_MAX)
+      .map((sums) => ({ currency: sums.currency, ...values(sums) })),
   };
 }
 
