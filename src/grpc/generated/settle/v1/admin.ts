@@ -2054,11 +2054,17 @@ export const AdminServiceService = {
    * (MYSQL_BULK_STATEMENT_TIMEOUT_MS). With dry_run it only compares, in a snapshot that locks
    * nothing, and writes nothing: a read, open with ADMIN_READONLY_OPEN=true as the other reads are,
    * and not audited. A repair is an action: it needs the token and is audited (outcome OK or
-   * FAILED, with the reason). The reason is required (INVALID_ARGUMENT). UNAVAILABLE when the
+   * FAILED, with the reason); its OK row, with what it overwrote, is written in the repair's own
+   * transaction, so it is in the trail (admin_audit, target ledger-sums:checkpoint) exactly when
+   * the repair committed. The reason is required (INVALID_ARGUMENT). UNAVAILABLE when the
    * checkpoint row stays locked past MYSQL_LOCK_WAIT_TIMEOUT_S (another repair is running: retry
-   * once it ended), or when a statement passes its deadline or the database is unreachable (nothing
-   * was written unless the commit itself was cut; call again, it repairs what is left). ABORTED,
-   * nothing written, when the call is cancelled or passes its deadline before the commit.
+   * once it ended), when the audit row cannot be written (the repair is rolled back with it), or
+   * when a statement passes its deadline or the database is unreachable (nothing was written
+   * unless the commit itself was cut; call again, it repairs what is left). ABORTED, nothing
+   * written, when the call is cancelled or passes its deadline before the repair's last check,
+   * made once everything is written. Past that check the repair commits anyway: a deadline that
+   * passes during the commit itself answers DEADLINE_EXCEEDED for a repair that did commit. Its
+   * OK audit row then tells; a second call, safe either way, finds only what is left.
    * FAILED_PRECONDITION when the checkpoint row is missing (a database this version did not
    * migrate).
    */
@@ -2104,11 +2110,17 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
    * (MYSQL_BULK_STATEMENT_TIMEOUT_MS). With dry_run it only compares, in a snapshot that locks
    * nothing, and writes nothing: a read, open with ADMIN_READONLY_OPEN=true as the other reads are,
    * and not audited. A repair is an action: it needs the token and is audited (outcome OK or
-   * FAILED, with the reason). The reason is required (INVALID_ARGUMENT). UNAVAILABLE when the
+   * FAILED, with the reason); its OK row, with what it overwrote, is written in the repair's own
+   * transaction, so it is in the trail (admin_audit, target ledger-sums:checkpoint) exactly when
+   * the repair committed. The reason is required (INVALID_ARGUMENT). UNAVAILABLE when the
    * checkpoint row stays locked past MYSQL_LOCK_WAIT_TIMEOUT_S (another repair is running: retry
-   * once it ended), or when a statement passes its deadline or the database is unreachable (nothing
-   * was written unless the commit itself was cut; call again, it repairs what is left). ABORTED,
-   * nothing written, when the call is cancelled or passes its deadline before the commit.
+   * once it ended), when the audit row cannot be written (the repair is rolled back with it), or
+   * when a statement passes its deadline or the database is unreachable (nothing was written
+   * unless the commit itself was cut; call again, it repairs what is left). ABORTED, nothing
+   * written, when the call is cancelled or passes its deadline before the repair's last check,
+   * made once everything is written. Past that check the repair commits anyway: a deadline that
+   * passes during the commit itself answers DEADLINE_EXCEEDED for a repair that did commit. Its
+   * OK audit row then tells; a second call, safe either way, finds only what is left.
    * FAILED_PRECONDITION when the checkpoint row is missing (a database this version did not
    * migrate).
    */
@@ -2200,11 +2212,17 @@ export interface AdminServiceClient extends Client {
    * (MYSQL_BULK_STATEMENT_TIMEOUT_MS). With dry_run it only compares, in a snapshot that locks
    * nothing, and writes nothing: a read, open with ADMIN_READONLY_OPEN=true as the other reads are,
    * and not audited. A repair is an action: it needs the token and is audited (outcome OK or
-   * FAILED, with the reason). The reason is required (INVALID_ARGUMENT). UNAVAILABLE when the
+   * FAILED, with the reason); its OK row, with what it overwrote, is written in the repair's own
+   * transaction, so it is in the trail (admin_audit, target ledger-sums:checkpoint) exactly when
+   * the repair committed. The reason is required (INVALID_ARGUMENT). UNAVAILABLE when the
    * checkpoint row stays locked past MYSQL_LOCK_WAIT_TIMEOUT_S (another repair is running: retry
-   * once it ended), or when a statement passes its deadline or the database is unreachable (nothing
-   * was written unless the commit itself was cut; call again, it repairs what is left). ABORTED,
-   * nothing written, when the call is cancelled or passes its deadline before the commit.
+   * once it ended), when the audit row cannot be written (the repair is rolled back with it), or
+   * when a statement passes its deadline or the database is unreachable (nothing was written
+   * unless the commit itself was cut; call again, it repairs what is left). ABORTED, nothing
+   * written, when the call is cancelled or passes its deadline before the repair's last check,
+   * made once everything is written. Past that check the repair commits anyway: a deadline that
+   * passes during the commit itself answers DEADLINE_EXCEEDED for a repair that did commit. Its
+   * OK audit row then tells; a second call, safe either way, finds only what is left.
    * FAILED_PRECONDITION when the checkpoint row is missing (a database this version did not
    * migrate).
    */
