@@ -10,6 +10,7 @@ export const ERROR_CODE = {
   failedPrecondition: 'FAILED_PRECONDITION',
   aborted: 'ABORTED',
   unauthenticated: 'UNAUTHENTICATED',
+  permissionDenied: 'PERMISSION_DENIED',
   resourceExhausted: 'RESOURCE_EXHAUSTED',
   unavailable: 'UNAVAILABLE',
   unimplemented: 'UNIMPLEMENTED',
@@ -77,6 +78,22 @@ export class AbortedError extends SettleError {
 export class UnauthenticatedError extends SettleError {
   override readonly name = 'UnauthenticatedError';
   readonly code = ERROR_CODE.unauthenticated;
+}
+
+/**
+ * A caller known by its credential asked for something that credential does not allow, e.g. a
+ * read-only API token calling a method that writes. `caller` is the credential's name (never the
+ * credential), so the refusal's log line can still say who it was.
+ */
+export class PermissionDeniedError extends SettleError {
+  override readonly name = 'PermissionDeniedError';
+  readonly code = ERROR_CODE.permissionDenied;
+  constructor(
+    message: string,
+    readonly caller: string,
+  ) {
+    super(message);
+  }
 }
 
 export class ResourceExhaustedError extends SettleError {
