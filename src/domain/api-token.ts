@@ -12,3 +12,13 @@ export const API_TOKEN_LENGTH_MIN = 16;
  * header (grpc-js refuses any other header value, deep in the call and quoting it in its error).
  */
 export const API_TOKEN_CHARACTERS = /^[\x21-\x7E]+$/;
+
+/**
+ * What an API token opens: `write` every method of the non-admin API (the only scope there was
+ * before scopes), `read` only the methods that read (src/grpc/api-scopes.ts lists which is which).
+ */
+export const API_SCOPE = {
+  read: 'read',
+  write: 'write',
+} as const;
+export type ApiScope = (typeof API_SCOPE)[keyof typeof API_SCOPE];
