@@ -23,10 +23,11 @@ const adminCall =
   config.ADMIN_TOKEN === undefined
     ? {}
     : { metadata: { authorization: `Bearer ${config.ADMIN_TOKEN}` } };
-// The API's token too, when the node asks for one (API_TOKENS): the first of them.
+// The API's token too, when the node asks for one (API_TOKENS): the first that may create
+// payments (scope write).
 const settle = createSettleClient(address, {
   defaultTimeoutMs: 10_000,
-  apiToken: config.API_TOKENS[0],
+  apiToken: config.API_TOKENS.find((entry) => entry.scope === 'write')?.token,
 });
 const card = process.env.DEMO_CARD ?? '4242424242424242';
 

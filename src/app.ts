@@ -45,6 +45,7 @@ import {
 } from './storage/repositories/ledger-sums.repository.js';
 import { refuseUndecodable, type AdapterOptions } from './grpc/adapters.js';
 import { ApiTokens } from './grpc/api-auth.js';
+import { apiMethodOfPath, type ApiGuardedService } from './grpc/api-scopes.js';
 import { ACCEPT_FAILED_MESSAGE, createGrpcServer, listen } from './grpc/server.js';
 import { createHealth, HEALTH_SERVICE_NAME, type Health } from './grpc/health.js';
 import { addReflection } from './grpc/reflection/index.js';
@@ -587,17 +588,22 @@ export async function startSettle(
         logger.error({ err: error, ...context }, 'internal error in gRPC handler'),
       observe: grpcCallObserver(logger, metrics),
     };
-    // The non-admin services ask for one of API_TOKENS when it is set; AdminService has its own
-    // token, and health and reflection stay open to probes and tools.
+    // The non-admin services ask for one of API_TOKENS when it is set, of a scope that covers the
+    // method (api-scopes.ts); AdminService has its own token, and health and reflection stay open
+    // to probes and tools.
     const apiTokens = new ApiTokens(config.API_TOKENS, {
       onRefused: (reason) => metrics.apiCredentialRefused({ reason }),
     });
-    const apiOptions = (service: string): AdapterOptions =>
+    const apiOptions = (service: ApiGuardedService): AdapterOptions =>
       apiTokens.enabled
         ? {
             ...adapterOptions,
-            authenticate: (metadata) =>
-              apiTokens.require(metadata.get('authorization')[0], { name: service, kind: 'grpc' }),
+            authenticate: (metadata, path) =>
+              apiTokens.require(
+                metadata.get('authorization')[0],
+                { name: service, kind: 'grpc' },
+                apiMethodOfPath(path),
+              )?.name,
           }
         : adapterOptions;
     // Where ListEntries pages end for a tail (storage/repositories/ledger-horizon.repository.ts):
@@ -935,6 +941,14 @@ export async function startSettle(
     if (!apiTokens.enabled) {
       logger.warn(
         'API_TOKENS is not set: PaymentService, WalletService, LedgerService, ReconciliationService and the REST twin (/v1/payments) answer anyone who reaches the ports; set API_TOKENS (tokens of 16 characters or more, separated by commas) to require "authorization: Bearer <token>"',
+      );
+    } else {
+      // Which callers the node knows, so an operator sees a token given the wrong scope (or an
+      // item taken for a token alone) at start, not when a caller is refused.
+      const callers = apiTokens.callers.map(({ name, scope }) => `${name} (${scope})`);
+      logger.info(
+        { apiCallers: apiTokens.callers },
+        `API_TOKENS: ${callers.length} tokens: ${callers.join(', ')}`,
       );
     }
     if (config.ADMIN_TOKEN === undefined) {

@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import { TRUSTED_PROXIES_MAX, trustedProxyRange } from './admin/client-address.js';
-import { API_TOKEN_CHARACTERS, API_TOKEN_LENGTH_MIN } from './domain/api-token.js';
+import { apiTokenListProblems, parseApiTokenItem, type ApiTokenEntry } from './domain/api-token.js';
 import { GRPC_CONNECTIONS_MAX_DEFAULT } from './grpc/limits.js';
 
 const PORT_MAX = 65_535;
@@ -215,25 +215,31 @@ export const configSchema = z.object({
   /**
    * Bearer tokens of the non-admin API (PaymentService, WalletService, LedgerService,
    * ReconciliationService, the REST twin), separated by commas; several while one is rotated
-   * out. Unset: that API is open to anyone who reaches the ports (the node warns at start).
+   * out. Each item is a token alone (named `unnamed`, scope write: every method, as before names
+   * and scopes), or `<name> <scope> <token>` separated by spaces, scope `read` (only the methods
+   * that read) or `write` (src/domain/api-token.ts says why spaces). Unset: that API is open to
+   * anyone who reaches the ports (the node warns at start).
    */
   API_TOKENS: csv
-    .pipe(
-      z
-        .array(
-          z
-            .string()
-            .min(
-              API_TOKEN_LENGTH_MIN,
-              `each token must have ${API_TOKEN_LENGTH_MIN} characters or more`,
-            )
-            .regex(
-              API_TOKEN_CHARACTERS,
-              'each token must be printable ASCII without spaces (it travels in a header)',
-            ),
-        )
-        .max(API_TOKENS_MAX, `at most ${API_TOKENS_MAX} tokens`),
-    )
+    .transform((items, context): readonly ApiTokenEntry[] => {
+      if (items.length > API_TOKENS_MAX) {
+        context.addIssue({ code: 'custom', message: `at most ${API_TOKENS_MAX} tokens` });
+      }
+      const entries: ApiTokenEntry[] = [];
+      for (const [index, item] of items.entries()) {
+        const parsed = parseApiTokenItem(item);
+        if ('problem' in parsed) {
+          context.addIssue({ code: 'custom', path: [index], message: parsed.problem });
+        } else entries.push(parsed);
+      }
+      // Names and tokens are compared once every item reads well, so positions stay right.
+      if (entries.length === items.length) {
+        for (const { index, problem } of apiTokenListProblems(entries)) {
+          context.addIssue({ code: 'custom', path: [index], message: problem });
+        }
+      }
+      return entries;
+    })
     .prefault(''),
   /**
    * The reverse proxies and load balancers in front of the admin panel and AdminService:

@@ -22,3 +22,98 @@ export const API_SCOPE = {
   write: 'write',
 } as const;
 export type ApiScope = (typeof API_SCOPE)[keyof typeof API_SCOPE];
+
+/** The name of a token listed alone, the form API_TOKENS had before names: it has scope write. */
+export const UNNAMED_API_TOKEN = 'unnamed';
+
+/** A token's name: plain and short, because it goes into every log line of its calls. */
+export const API_TOKEN_NAME = /^[a-z0-9][a-z0-9_-]{0,31}$/;
+
+/** One token of API_TOKENS, with the name logs know its caller by and what it may call. */
+export type ApiTokenEntry = Readonly<{ name: string; scope: ApiScope; token: string }>;
+
+/**
+ * Reads one item of API_TOKENS: a token alone (`unnamed`, scope `write`), or `<name> <scope>
+ * <token>` separated by spaces. Spaces, because a token cannot hold one (it travels in a header),
+ * while any other separator (`:`, `=`) may already be inside a token in use: so every item that
+ * was valid before still means what it meant. Returns what is wrong in words that never quote
+ * the item: a field in the wrong place may be the token.
+ */
+export function parseApiTokenItem(item: string): ApiTokenEntry | { problem: string } {
+  const fields = item.trim().split(/\s+/);
+  if (fields.length !== 1 && fields.length !== 3) {
+    return {
+      problem:
+        `has ${fields.length} fields separated by spaces, but a token cannot hold a space (it ` +
+        'travels in a header): write a token alone (scope write), or "<name> <scope> <token>"',
+    };
+  }
+  const [name, scope, token] =
+    fields.length === 1 ? [UNNAMED_API_TOKEN, API_SCOPE.write, fields[0]] : fields;
+  if (fields.length === 3) {
+    if (name === UNNAMED_API_TOKEN) {
+      return {
+        problem: `the name "${UNNAMED_API_TOKEN}" stands for tokens listed alone; choose another`,
+      };
+    }
+    if (name === undefined || !API_TOKEN_NAME.test(name)) {
+      return {
+        problem:
+          'the name (first field) must be 1-32 characters of a-z, 0-9, _ and -, starting with a ' +
+          'letter or digit',
+      };
+    }
+    if (scope !== API_SCOPE.read && scope !== API_SCOPE.write) {
+      return { problem: 'the scope (second field) must be read or write' };
+    }
+  }
+  if (token === undefined || token.length < API_TOKEN_LENGTH_MIN) {
+    return { problem: `each token must have ${API_TOKEN_LENGTH_MIN} characters or more` };
+  }
+  if (!API_TOKEN_CHARACTERS.test(token)) {
+    return {
+      problem: 'each token must be printable ASCII without spaces (it travels in a header)',
+    };
+  }
+  return { name: name ?? UNNAMED_API_TOKEN, scope: scope as ApiScope, token };
+}
+
+/**
+ * What is wrong with a list of well-formed items taken together, by position (from 0, as the
+ * configuration's messages count: API_TOKENS.0 is the first item): a name given
+ * twice (the logs could not tell the callers apart), or one token under two names or scopes
+ * (which would it be?). The same token listed alone twice is harmless and passes, as before.
+ */
+export function apiTokenListProblems(
+  entries: readonly ApiTokenEntry[],
+): Array<{ index: number; problem: string }> {
+  const problems: Array<{ index: number; problem: string }> = [];
+  const firstByName = new Map<string, number>();
+  const firstByToken = new Map<string, number>();
+  for (const [index, entry] of entries.entries()) {
+    const sameName = firstByName.get(entry.name);
+    if (entry.name !== UNNAMED_API_TOKEN && sameName !== undefined) {
+      problems.push({
+        index,
+        problem: `has the name of API_TOKENS.${sameName}; give each caller its own name`,
+      });
+    }
+    firstByName.set(entry.name, firstByName.get(entry.name) ?? index);
+    const sameToken = firstByToken.get(entry.token);
+    const earlier = sameToken === undefined ? undefined : entries[sameToken];
+    if (
+      sameToken !== undefined &&
+      earlier !== undefined &&
+      (earlier.name !== entry.name || earlier.scope !== entry.scope)
+    ) {
+      problems.push({
+        index,
+        problem:
+          `has the token of API_TOKENS.${sameToken} under another name or scope; give each ` +
+          'caller its own token',
+      });
+    }
+    firstByToken.set(entry.token, sameToken ?? index);
+  }
+  return problems;
+}

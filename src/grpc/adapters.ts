@@ -10,7 +10,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { InvalidArgumentError } from '../domain/errors.js';
+import { InvalidArgumentError, PermissionDeniedError } from '../domain/errors.js';
 import { ORDER_ID_PATTERN, PAYMENT_ID_PATTERN } from '../domain/ids.js';
 import { assertDecodes, requestTypeOf } from './contract.js';
 import { defaultErrorLogger, toGrpcStatus, type ErrorLogger, type GrpcStatus } from './status.js';
@@ -35,9 +35,11 @@ export type AdapterOptions = Readonly<{
   observe?: (call: CallObservation) => void;
   /**
    * Runs first on every call, before the request is looked at, and throws to refuse it (the
-   * API's bearer token, api-auth.ts); the refusal is answered and observed as any error is.
+   * API's bearer token and its scope, api-auth.ts); the refusal is answered and observed as any
+   * error is. Returns the caller's name for the call's log line (never a credential), or
+   * undefined when the call is anonymous; a PermissionDeniedError names the refused caller.
    */
-  authenticate?: (metadata: grpc.Metadata) => void;
+  authenticate?: (metadata: grpc.Metadata, path: string) => string | undefined;
 }>;
 
 /** What one finished call looked like, for logs and metrics. */
@@ -48,6 +50,8 @@ export type CallObservation = Readonly<{
   code: grpc.status;
   ms: number;
   requestId: string;
+  /** Who made the call: the name of its API token (`authenticate`), when it has one. */
+  caller?: string | undefined;
   /** The payment or order the call was about, when the request or response names one. */
   paymentId?: string | undefined;
   orderId?: string | undefined;
@@ -136,6 +140,7 @@ export function unary<Request, Response>(
     const requestId = requestIdOf(call.metadata);
     const cancel = abortOnCancel(call);
     const context = { requestId, signal: cancel.signal };
+    let caller: string | undefined;
     let answered = false;
     const answer = (error: grpc.StatusObject | null, response?: Response): void => {
       if (answered) return;
@@ -150,17 +155,19 @@ export function unary<Request, Response>(
         code: error?.code ?? grpc.status.OK,
         ms: performance.now() - started,
         requestId,
+        caller,
         ...subjectIds(call.request, response),
       });
     };
     void (async () => {
       let response: Response;
       try {
-        options.authenticate?.(call.metadata);
+        caller = options.authenticate?.(call.metadata, call.getPath());
         const refusal = undecodableRefusal(call.request, call.getPath());
         if (refusal !== undefined) throw refusal;
         response = await handler(call.request, call, context);
       } catch (error) {
+        caller ??= refusedCallerOf(error);
         answer(statusObject(error, requestId, call.getPath(), options, context.signal));
         return;
       }
@@ -197,12 +204,14 @@ export function serverStream<Request, Response>(
     call.sendMetadata(requestIdMetadata(requestId));
     void (async () => {
       let failure: { error: unknown } | undefined;
+      let caller: string | undefined;
       try {
-        options.authenticate?.(call.metadata);
+        caller = options.authenticate?.(call.metadata, call.getPath());
         const refusal = undecodableRefusal(call.request, call.getPath());
         if (refusal !== undefined) throw refusal;
         await handler(call.request, call, signal, { requestId, signal });
       } catch (error) {
+        caller ??= refusedCallerOf(error);
         failure = { error };
       }
       const status = failure
@@ -213,6 +222,7 @@ export function serverStream<Request, Response>(
         type: 'server_stream',
         ms: performance.now() - started,
         requestId,
+        caller,
         ...subjectIds(call.request, undefined),
       } as const;
       release();
@@ -244,6 +254,11 @@ function statusObject(
   const metadata = status.metadata ?? new grpc.Metadata();
   metadata.set(REQUEST_ID_METADATA_KEY, requestId);
   return { code: status.code, details: status.details, metadata };
+}
+
+/** The caller a refusal names: a known caller refused for what its credential allows. */
+export function refusedCallerOf(error: unknown): string | undefined {
+  return error instanceof PermissionDeniedError ? error.caller : undefined;
 }
 
 function observe(options: AdapterOptions, observation: CallObservation): void {

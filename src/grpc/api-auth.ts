@@ -6,6 +6,11 @@
  * API_TOKENS everything is open, as before (a local run, the demo, the bench), and the node warns
  * once at start. Health and reflection never ask: probes and tools must reach them.
  *
+ * Each token has a name, which the call's log line carries (`caller`), and a scope: `write`
+ * opens every method, `read` only those api-scopes.ts lists as reads, and any other call is
+ * refused with PERMISSION_DENIED before its request is looked at. A token listed alone is
+ * `unnamed`, scope write, as every token was before names.
+ *
  * Every comparison is constant-time, against every token (no early exit reveals which one came
  * close), and a token is never logged or quoted in an answer. Wrong tokens are not rate-bounded
  * as admin ones are: each token has at least 16 characters, too many to guess at any rate a
@@ -13,12 +18,18 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import { bearerToken, tokenDigest } from '../admin/auth.js';
-import { UnauthenticatedError } from '../domain/errors.js';
+import { API_SCOPE, type ApiScope, type ApiTokenEntry } from '../domain/api-token.js';
+import { PermissionDeniedError, UnauthenticatedError } from '../domain/errors.js';
+import type { ApiMethod } from './api-scopes.js';
 
-/** Why a call was refused: no bearer token at all, or one that is none of API_TOKENS. */
+/**
+ * Why a call was refused: no bearer token at all, one that is none of API_TOKENS, or one of
+ * scope read for a method that writes.
+ */
 export const API_TOKEN_REFUSAL = {
   missing: 'MISSING_API_TOKEN',
   wrong: 'WRONG_API_TOKEN',
+  scopeTooNarrow: 'SCOPE_TOO_NARROW',
 } as const;
 export type ApiTokenRefusal = (typeof API_TOKEN_REFUSAL)[keyof typeof API_TOKEN_REFUSAL];
 
@@ -36,6 +47,18 @@ export class ApiTokenError extends UnauthenticatedError {
   }
 }
 
+/**
+ * A call refused because its token's scope does not cover the method: PERMISSION_DENIED (403 on
+ * the REST twin), reason SCOPE_TOO_NARROW. The message names the token (never quotes it), the
+ * scope the method needs and the one the token has.
+ */
+export class ApiScopeError extends PermissionDeniedError {
+  readonly reason = API_TOKEN_REFUSAL.scopeTooNarrow;
+}
+
+/** Who made a call, as far as API_TOKENS tells: its token's name and scope. */
+export type ApiCaller = Readonly<{ name: string; scope: ApiScope }>;
+
 /** Where a credential is presented: it picks the words of the refusal. */
 export type ApiSurface = Readonly<{
   /** e.g. `PaymentService`, or `/v1/payments` */
@@ -44,46 +67,62 @@ export type ApiSurface = Readonly<{
 }>;
 
 /**
- * The tokens of API_TOKENS, kept only as digests; `enabled` is false for an empty list.
- * `onRefused` hears of every refusal (gRPC and REST alike), before it is thrown: the node counts
- * them in `settle_api_credentials_refused_total`, since the general call metrics show only
- * UNAUTHENTICATED.
+ * The tokens of API_TOKENS, kept only as digests with their names and scopes; `enabled` is false
+ * for an empty list. `onRefused` hears of every refusal (gRPC and REST alike), before it is
+ * thrown: the node counts them in `settle_api_credentials_refused_total`, since the general call
+ * metrics show only UNAUTHENTICATED and PERMISSION_DENIED.
  */
 export class ApiTokens {
-  readonly #digests: readonly Buffer[];
+  readonly #entries: ReadonlyArray<ApiCaller & { digest: Buffer }>;
   readonly #onRefused: (refusal: ApiTokenRefusal) => void;
 
   constructor(
-    tokens: readonly string[],
+    entries: readonly ApiTokenEntry[],
     options: { onRefused?: (refusal: ApiTokenRefusal) => void } = {},
   ) {
-    this.#digests = tokens.map(tokenDigest);
+    this.#entries = entries.map(({ name, scope, token }) => ({
+      name,
+      scope,
+      digest: tokenDigest(token),
+    }));
     this.#onRefused = options.onRefused ?? (() => {});
   }
 
   /** Whether callers must present a token (API_TOKENS is set). */
   get enabled(): boolean {
-    return this.#digests.length > 0;
+    return this.#entries.length > 0;
+  }
+
+  /** The names and scopes of the tokens, for the node's start log: never the tokens. */
+  get callers(): readonly ApiCaller[] {
+    return this.#entries.map(({ name, scope }) => ({ name, scope }));
   }
 
   /**
-   * Whether `presented` is one of the tokens. Both sides are hashed to the same length and every
-   * token is compared, so the time taken says neither how much matched nor which token did.
+   * The caller whose token `presented` is, or undefined for none. Both sides are hashed to the
+   * same length and every token is compared, so the time taken says neither how much matched nor
+   * which token did.
    */
-  matches(presented: string): boolean {
+  callerOf(presented: string): ApiCaller | undefined {
     const given = tokenDigest(presented);
-    let found = 0;
-    // `|` rather than `||` or `some`, which would stop at the first match.
-    for (const expected of this.#digests) found |= Number(timingSafeEqual(given, expected));
-    return found === 1;
+    let found: ApiCaller | undefined;
+    // No early exit: a match does not stop the loop. One token listed twice has one name and
+    // scope (the configuration refuses anything else), so the first match is as good as any.
+    for (const entry of this.#entries) {
+      const equal = timingSafeEqual(given, entry.digest);
+      if (equal && found === undefined) found = { name: entry.name, scope: entry.scope };
+    }
+    return found;
   }
 
   /**
-   * Throws ApiTokenError unless `authorization` (the metadata or header value) is
-   * `Bearer <one of the tokens>`; does nothing while the API is open (no API_TOKENS).
+   * The caller, when `authorization` (the metadata or header value) is `Bearer <one of the
+   * tokens>` and that token's scope covers `method`; undefined while the API is open (no
+   * API_TOKENS). Throws ApiTokenError (UNAUTHENTICATED) for no token or a wrong one, and
+   * ApiScopeError (PERMISSION_DENIED) for a read token on a method that writes.
    */
-  require(authorization: unknown, surface: ApiSurface): void {
-    if (!this.enabled) return;
+  require(authorization: unknown, surface: ApiSurface, method: ApiMethod): ApiCaller | undefined {
+    if (!this.enabled) return undefined;
     const presented = bearerToken(authorization);
     // Built only for a refusal: the check runs on every call.
     const expected = () =>
@@ -98,7 +137,8 @@ export class ApiTokens {
           `(the settle CLI sends SETTLE_API_TOKEN, the TypeScript client its apiToken option)`,
       );
     }
-    if (!this.matches(presented)) {
+    const caller = this.callerOf(presented);
+    if (caller === undefined) {
       this.#onRefused(API_TOKEN_REFUSAL.wrong);
       throw new ApiTokenError(
         API_TOKEN_REFUSAL.wrong,
@@ -106,5 +146,20 @@ export class ApiTokens {
           `${expected()} with a current token`,
       );
     }
+    if (!scopeCovers(caller.scope, method.scope)) {
+      this.#onRefused(API_TOKEN_REFUSAL.scopeTooNarrow);
+      throw new ApiScopeError(
+        `${method.name} needs an API token of scope ${method.scope}, and the token named ` +
+          `"${caller.name}" has scope ${caller.scope}; call it with a token of scope ` +
+          `${method.scope} (in API_TOKENS: "<name> ${method.scope} <token>", or a token alone)`,
+        caller.name,
+      );
+    }
+    return caller;
   }
+}
+
+/** Whether a token of scope `held` may call a method that needs `needed`: write covers read. */
+function scopeCovers(held: ApiScope, needed: ApiScope): boolean {
+  return held === API_SCOPE.write || needed === API_SCOPE.read;
 }

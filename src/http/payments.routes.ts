@@ -7,9 +7,11 @@
  * enums are their names; requests may use either lowerCamelCase or the proto's snake_case names.
  * The `Idempotency-Key` header is the request's `request_id`. With API_TOKENS set, every request
  * needs `Authorization: Bearer <token>`, checked before anything else and answered 401 otherwise,
- * exactly as the gRPC API asks for it (src/grpc/api-auth.ts).
+ * exactly as the gRPC API asks for it (src/grpc/api-auth.ts); each route needs the scope of the
+ * gRPC method it stands for (src/grpc/api-scopes.ts), else 403.
  */
 import { z } from 'zod';
+import type { ApiScope } from '../domain/api-token.js';
 import { InvalidArgumentError } from '../domain/errors.js';
 import { ID_PREFIX, PAYMENT_ID_PATTERN } from '../domain/ids.js';
 import {
@@ -20,7 +22,9 @@ import {
   paymentStateFromJSON,
 } from '../grpc/generated/settle/v1/payment.js';
 import { paymentStateFromProto, paymentToProto } from '../grpc/handlers/mappers.js';
+import { refusedCallerOf } from '../grpc/adapters.js';
 import type { ApiTokens } from '../grpc/api-auth.js';
+import { API_METHOD_SCOPES } from '../grpc/api-scopes.js';
 import type { ErrorLogger } from '../grpc/status.js';
 import type { PaymentService } from '../payments/payment.service.js';
 import { firstDuplicateKey } from './strict-json.js';
@@ -44,6 +48,8 @@ export type RestObservation = Readonly<{
   status: number;
   ms: number;
   requestId: string;
+  /** The name of the request's API token, when API_TOKENS is set and it presented one. */
+  caller?: string | undefined;
   paymentId?: string | undefined;
 }>;
 
@@ -52,9 +58,15 @@ export type PaymentRoutesOptions = Readonly<{
   log?: ErrorLogger;
   /** Called once per request, after the answer is built (logs). */
   observe?: (observation: RestObservation) => void;
-  /** When enabled (API_TOKENS), every request needs `Authorization: Bearer <one of them>`. */
+  /**
+   * When enabled (API_TOKENS), every request needs `Authorization: Bearer <one of them>`, of a
+   * scope that covers the route.
+   */
   apiTokens?: ApiTokens;
 }>;
+
+/** Each route's scope is its gRPC twin's: one list (api-scopes.ts) for both. */
+const SCOPES = API_METHOD_SCOPES.PaymentService;
 
 const AMOUNT_EXAMPLE = 'e.g. "1999" for $19.99';
 
@@ -122,6 +134,7 @@ export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOp
   const route = (
     method: Route['method'],
     path: string,
+    scope: ApiScope,
     handle: (request: HttpRequest) => Promise<HttpResponse>,
   ): Route => ({
     method,
@@ -129,6 +142,7 @@ export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOp
     handle: async (request) => {
       const started = performance.now();
       const { requestId } = request;
+      let caller: string | undefined;
       const observe = (status: number, location?: string) =>
         options.observe?.({
           method,
@@ -136,17 +150,20 @@ export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOp
           status,
           ms: Math.round((performance.now() - started) * 10) / 10,
           requestId,
+          caller,
           paymentId: paymentIdOf(request.params.id ?? location ?? ''),
         });
       let response: HttpResponse;
       try {
         // First: an unauthenticated caller learns nothing of its request, not even a bad body.
-        options.apiTokens?.require(request.headers.authorization, {
-          name: '/v1/payments',
-          kind: 'http',
-        });
+        caller = options.apiTokens?.require(
+          request.headers.authorization,
+          { name: '/v1/payments', kind: 'http' },
+          { name: `${method} ${path}`, scope },
+        )?.name;
         response = await handle(request);
       } catch (error) {
+        caller ??= refusedCallerOf(error);
         if (error instanceof ClientAbortedError) {
           // Counted apart from errors (and from 5xx): the router reports it and answers nothing.
           observe(CLIENT_CLOSED_REQUEST_STATUS);
@@ -160,7 +177,7 @@ export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOp
   });
 
   return [
-    route('POST', '/v1/payments', async (request) => {
+    route('POST', '/v1/payments', SCOPES.createPayment, async (request) => {
       const contentType = String(request.headers['content-type'] ?? '');
       if (!/^application\/json\b/i.test(contentType)) {
         throw new HttpInputError('content-type', 'send the body as application/json', 'NOT_JSON');
@@ -213,7 +230,7 @@ export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOp
         location: `/v1/payments/${payment.id}`,
       });
     }),
-    route('GET', '/v1/payments/:id', async (request) =>
+    route('GET', '/v1/payments/:id', SCOPES.getPayment, async (request) =>
       json(
         200,
         GetPaymentResponse.toJSON({
@@ -221,7 +238,7 @@ export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOp
         }),
       ),
     ),
-    route('GET', '/v1/payments', async (request) => {
+    route('GET', '/v1/payments', SCOPES.listPayments, async (request) => {
       const query = request.query;
       const pageSizeText = query.get('page_size') ?? query.get('pageSize') ?? '0';
       if (!/^\d{1,6}$/.test(pageSizeText)) {

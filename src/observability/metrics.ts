@@ -283,7 +283,8 @@ export function createMetrics(): Metrics {
       'Calls to the payment, wallet, ledger and reconciliation services and the REST twin this ' +
       'node refused for their credential while API_TOKENS is set, by why (MISSING_API_TOKEN: no ' +
       'bearer token; WRONG_API_TOKEN: none of API_TOKENS, e.g. a client left on a rotated-out ' +
-      'token).',
+      'token; SCOPE_TOO_NARROW: a token of scope read on a method that writes, the log line ' +
+      'names it).',
     labelNames: ['reason'] as const,
     registers: [registry],
   });

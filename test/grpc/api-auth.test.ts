@@ -548,24 +548,29 @@ describe('without API_TOKENS', () => {
 
 describe('API_TOKENS setting', () => {
   it('takes a comma-separated list, trimmed, and refuses short or header-unsafe tokens without quoting them', () => {
+    // Tokens alone, as before names and scopes (test/grpc/api-scopes.test.ts): full access.
     expect(loadConfig({ API_TOKENS: ` ${TOKEN} ,${TOKEN_PREVIOUS},` }).API_TOKENS).toEqual([
-      TOKEN,
-      TOKEN_PREVIOUS,
+      { name: 'unnamed', scope: 'write', token: TOKEN },
+      { name: 'unnamed', scope: 'write', token: TOKEN_PREVIOUS },
     ]);
     expect(loadConfig({}).API_TOKENS).toEqual([]);
     expect(loadConfig({ API_TOKENS: '' }).API_TOKENS).toEqual([]);
-    const unsafe = 'has spaces in it, far too';
+    const unsafe = 'tökens-are-ascii-only-0123';
+    // Spaces separate a token's name, scope and token now; a token cannot hold one either way.
+    const spaced = 'has spaces in it far too';
     let message = '';
     try {
-      loadConfig({ API_TOKENS: `short-token,${unsafe.replace(',', '')}` });
+      loadConfig({ API_TOKENS: `short-token,${unsafe},${spaced}` });
     } catch (error) {
       message = (error as Error).message;
     }
     expect(message).toBe(
       'invalid configuration:\n' +
         '  - API_TOKENS.0: each token must have 16 characters or more\n' +
-        '  - API_TOKENS.1: each token must be printable ASCII without spaces (it travels in a header)',
+        '  - API_TOKENS.1: each token must be printable ASCII without spaces (it travels in a header)\n' +
+        '  - API_TOKENS.2: has 6 fields separated by spaces, but a token cannot hold a space (it ' +
+        'travels in a header): write a token alone (scope write), or "<name> <scope> <token>"',
     );
-    expect(message).not.toContain('short-token');
+    for (const quoted of ['short-token', unsafe, 'far too']) expect(message).not.toContain(quoted);
   });
 });

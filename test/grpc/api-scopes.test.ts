@@ -1,14 +1,45 @@
 /**
- * Goal: every method of every service API_TOKENS guards needs a scope of a token, read or write,
- * from one closed list, and the reads are exactly the methods that only read.
- * Method: the list is checked against the generated service definitions.
+ * Goal: API_TOKENS items may name a token and give it a scope. A token of scope read calls the
+ * methods that read (gRPC and the REST twin's GETs) and is refused the ones that write with
+ * PERMISSION_DENIED (403 on REST), reason SCOPE_TOO_NARROW, a message naming the token and both
+ * scopes, before the request is looked at and with nothing written; a write token and a token
+ * listed alone (the old form) call everything. Each call's log line names its caller, never its
+ * token. Every method of every guarded service is classified, and a bad item stops the node with
+ * a message that names the item by position and never quotes a token.
+ * Method: the classification is checked against the generated service definitions; the items
+ * through loadConfig; the rest against a real stack (PSP mock + Settle on MariaDB and NATS) with
+ * three tokens (alone, read, write), through the generated clients, createSettleClient and fetch,
+ * with row counts before and after each refusal and the node's log captured.
  */
-import { describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createSettleClient } from '../../src/client/index.js';
+import { loadConfig } from '../../src/config.js';
 import {
   API_GUARDED_SERVICES,
   API_METHOD_SCOPES,
   apiMethodOfPath,
 } from '../../src/grpc/api-scopes.js';
+import { ReconciliationServiceClient } from '../../src/grpc/generated/settle/v1/reconciliation.js';
+import type { HttpErrorBody } from '../../src/grpc/http-status.js';
+import { createLogger } from '../../src/observability/logger.js';
+import {
+  call,
+  metricSample,
+  rowCounts,
+  scrapeMetrics,
+  startStack,
+  type Stack,
+} from '../support/harness.js';
+
+/** A token listed alone: named `unnamed`, scope write, as every token was before names. */
+const TOKEN_ALONE = 'api-token-alone-0123456789ab';
+/** `dashboard read <token>`: a support tool that only reads payments. */
+const READ_TOKEN = 'api-token-read-0123456789abcd';
+/** `checkout write <token>`: the shop's backend, which creates payments. */
+const WRITE_TOKEN = 'api-token-write-0123456789abc';
+const REFUSED_METRIC = 'settle_api_credentials_refused_total';
 
 /** The methods that only read; every other guarded method writes (or books) something. */
 const READ_METHODS = [
@@ -22,6 +53,41 @@ const READ_METHODS = [
   '/settle.v1.ReconciliationService/ListReports',
   '/settle.v1.ReconciliationService/ListMismatches',
 ];
+
+function bearer(token: string): grpc.Metadata {
+  const metadata = new grpc.Metadata();
+  metadata.set('authorization', `Bearer ${token}`);
+  return metadata;
+}
+
+async function refusal(promise: Promise<unknown>): Promise<grpc.ServiceError> {
+  try {
+    await promise;
+  } catch (error) {
+    return error as grpc.ServiceError;
+  }
+  throw new Error('expected the call to be refused');
+}
+
+const createRequest = () => ({
+  requestId: randomUUID(),
+  buyerId: `buyer-${randomUUID().slice(0, 8)}`,
+  currencyCode: 'USD',
+  orders: [{ sellerId: 'seller-scopes', amountMinor: 1999n }],
+});
+
+const SCOPE_MESSAGE = (method: string) =>
+  `${method} needs an API token of scope write, and the token named "dashboard" has scope read; ` +
+  `call it with a token of scope write (in API_TOKENS: "<name> write <token>", or a token alone)`;
+
+function configProblems(apiTokens: string): string {
+  try {
+    loadConfig({ API_TOKENS: apiTokens });
+  } catch (error) {
+    return (error as Error).message;
+  }
+  return '';
+}
 
 describe('the scope of each guarded method', () => {
   it('has every method of every guarded service, and nothing else', () => {
@@ -62,5 +128,303 @@ describe('the scope of each guarded method', () => {
       name: '/settle.v1.PaymentService/RefundPayment',
       scope: 'write',
     });
+  });
+});
+
+describe('API_TOKENS items', () => {
+  it('reads a token alone as unnamed with scope write, and "<name> <scope> <token>"', () => {
+    expect(
+      loadConfig({
+        API_TOKENS: `${TOKEN_ALONE}, dashboard read ${READ_TOKEN},checkout  write\t${WRITE_TOKEN}`,
+      }).API_TOKENS,
+    ).toEqual([
+      { name: 'unnamed', scope: 'write', token: TOKEN_ALONE },
+      { name: 'dashboard', scope: 'read', token: READ_TOKEN },
+      { name: 'checkout', scope: 'write', token: WRITE_TOKEN },
+    ]);
+    // `:` and `=` may be inside a token in use: a token alone keeps meaning what it meant.
+    const colons = 'ops:read:0123456789abcdef=';
+    expect(loadConfig({ API_TOKENS: colons }).API_TOKENS).toEqual([
+      { name: 'unnamed', scope: 'write', token: colons },
+    ]);
+  });
+
+  it('refuses a malformed item, a bad name or scope, by position, without quoting any field', () => {
+    const secret = 'secret-token-0123456789';
+    const message = configProblems(
+      [
+        `dashboard ${secret}`,
+        `dashboard reads ${secret}`,
+        `${secret}! read ${WRITE_TOKEN}`,
+        `unnamed read ${secret}`,
+        `dashboard read short`,
+        `a b c d`,
+        // The token first and the name last: the scope field then holds "read", the name the token.
+        `${secret} write dashboard`,
+      ].join(','),
+    );
+    expect(message).toBe(
+      'invalid configuration:\n' +
+        '  - API_TOKENS.0: has 2 fields separated by spaces, but a token cannot hold a space (it travels in a header): write a token alone (scope write), or "<name> <scope> <token>"\n' +
+        '  - API_TOKENS.1: the scope (second field) must be read or write\n' +
+        '  - API_TOKENS.2: the name (first field) must be 1-32 characters of a-z, 0-9, _ and -, starting with a letter or digit\n' +
+        '  - API_TOKENS.3: the name "unnamed" stands for tokens listed alone; choose another\n' +
+        '  - API_TOKENS.4: each token must have 16 characters or more\n' +
+        '  - API_TOKENS.5: has 4 fields separated by spaces, but a token cannot hold a space (it travels in a header): write a token alone (scope write), or "<name> <scope> <token>"\n' +
+        '  - API_TOKENS.6: each token must have 16 characters or more',
+    );
+    expect(message).not.toContain(secret);
+    expect(message).not.toContain('reads');
+  });
+
+  it('refuses a name given twice and a token under two names, by position', () => {
+    const message = configProblems(
+      [
+        `dashboard read ${READ_TOKEN}`,
+        `dashboard write ${WRITE_TOKEN}`,
+        `support read ${READ_TOKEN}`,
+        TOKEN_ALONE,
+        // The same token alone twice is harmless, as before.
+        TOKEN_ALONE,
+        `backend write ${TOKEN_ALONE}`,
+      ].join(','),
+    );
+    expect(message).toBe(
+      'invalid configuration:\n' +
+        '  - API_TOKENS.1: has the name of API_TOKENS.0; give each caller its own name\n' +
+        '  - API_TOKENS.2: has the token of API_TOKENS.0 under another name or scope; give each caller its own token\n' +
+        '  - API_TOKENS.5: has the token of API_TOKENS.3 under another name or scope; give each caller its own token',
+    );
+    for (const token of [READ_TOKEN, WRITE_TOKEN, TOKEN_ALONE]) {
+      expect(message).not.toContain(token);
+    }
+  });
+
+  it('still takes at most 16 items', () => {
+    const items = Array.from({ length: 17 }, (_, i) => `caller-${i} read token-${i}-0123456789ab`);
+    expect(configProblems(items.join(','))).toBe(
+      'invalid configuration:\n  - API_TOKENS: at most 16 tokens',
+    );
+  });
+});
+
+describe('with named, scoped API_TOKENS', () => {
+  let stack: Stack;
+  let reconciliation: ReconciliationServiceClient;
+  const logLines: string[] = [];
+  /** A payment made with the write token, for the reads. */
+  let paymentId = '';
+
+  beforeAll(async () => {
+    stack = await startStack({
+      env: {
+        API_TOKENS: `${TOKEN_ALONE}, dashboard read ${READ_TOKEN}, checkout write ${WRITE_TOKEN}`,
+      },
+      overrides: {
+        logger: createLogger(
+          { level: 'info', name: 'settle' },
+          { write: (line) => logLines.push(line) },
+        ),
+      },
+    });
+    reconciliation = new ReconciliationServiceClient(
+      `127.0.0.1:${stack.settle.grpcPort}`,
+      grpc.credentials.createInsecure(),
+    );
+    const created = await call(
+      stack.payments.createPayment.bind(stack.payments),
+      createRequest(),
+      10_000,
+      bearer(WRITE_TOKEN),
+    );
+    paymentId = created.payment?.paymentId ?? '';
+    expect(paymentId).toMatch(/^pay_/);
+  });
+  afterAll(async () => {
+    reconciliation?.close();
+    await stack?.stop();
+  });
+
+  it('lets a read token call every read method, gRPC and REST', async () => {
+    const client = createSettleClient(`127.0.0.1:${stack.settle.grpcPort}`, {
+      apiToken: READ_TOKEN,
+    });
+    try {
+      expect((await client.payments.getPayment({ paymentId })).payment?.paymentId).toBe(paymentId);
+      const listed = await client.payments.listPayments({});
+      expect(listed.payments.map((payment) => payment.paymentId)).toContain(paymentId);
+      for await (const { payment } of client.payments.watchPayment(paymentId, {
+        timeoutMs: 5_000,
+      })) {
+        expect(payment?.paymentId).toBe(paymentId);
+        break;
+      }
+      await client.ledger.listEntries({ pageSize: 1 });
+      await client.ledger.getTrialBalance({});
+      expect((await client.reconciliation.listReports({})).reports).toEqual([]);
+      // Past the token and its scope: nothing of that name.
+      const noWallet = await refusal(client.wallets.getWallet({ sellerId: 'seller-never-paid' }));
+      expect(noWallet.code).toBe(grpc.status.NOT_FOUND);
+      const noReport = await refusal(
+        client.reconciliation.getReport({ reportId: 'rcn_01J0000000000000000000000' }),
+      );
+      expect(noReport.code).not.toBe(grpc.status.PERMISSION_DENIED);
+      const noMismatches = await refusal(
+        client.reconciliation.listMismatches({ reportId: 'rcn_01J0000000000000000000000' }),
+      );
+      expect(noMismatches.code).not.toBe(grpc.status.PERMISSION_DENIED);
+    } finally {
+      client.close();
+    }
+    for (const route of [`/v1/payments/${paymentId}`, '/v1/payments']) {
+      const response = await fetch(`${stack.settleHttp}${route}`, {
+        headers: { authorization: `Bearer ${READ_TOKEN}` },
+        signal: AbortSignal.timeout(10_000),
+      });
+      expect(response.status, route).toBe(200);
+    }
+  });
+
+  it('refuses a read token CreatePayment with PERMISSION_DENIED before reading the request, writing nothing', async () => {
+    const before = await rowCounts(stack.settle.db);
+    const refused = await refusal(
+      call(
+        stack.payments.createPayment.bind(stack.payments),
+        createRequest(),
+        10_000,
+        bearer(READ_TOKEN),
+      ),
+    );
+    expect(refused.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect(refused.details).toBe(SCOPE_MESSAGE('PaymentService.CreatePayment'));
+    expect(refused.details).not.toContain(READ_TOKEN);
+    // A request that is bad too: the scope is refused first, as the token is.
+    const bad = await refusal(
+      call(
+        stack.payments.createPayment.bind(stack.payments),
+        { ...createRequest(), buyerId: '', orders: [] },
+        10_000,
+        bearer(READ_TOKEN),
+      ),
+    );
+    expect([bad.code, bad.details]).toEqual([
+      grpc.status.PERMISSION_DENIED,
+      SCOPE_MESSAGE('PaymentService.CreatePayment'),
+    ]);
+    const run = await refusal(
+      call(
+        reconciliation.runReconciliation.bind(reconciliation),
+        { settlementDate: '2020-01-01', filePath: '' },
+        10_000,
+        bearer(READ_TOKEN),
+      ),
+    );
+    expect([run.code, run.details]).toEqual([
+      grpc.status.PERMISSION_DENIED,
+      SCOPE_MESSAGE('ReconciliationService.RunReconciliation'),
+    ]);
+    expect(await rowCounts(stack.settle.db)).toEqual(before);
+    const reports = await call(
+      reconciliation.listReports.bind(reconciliation),
+      { settlementDate: '', pageSize: 0, pageToken: '' },
+      10_000,
+      bearer(WRITE_TOKEN),
+    );
+    expect(reports.reports).toEqual([]);
+  });
+
+  it('refuses a read token POST /v1/payments with 403, reason SCOPE_TOO_NARROW, writing nothing', async () => {
+    const before = await rowCounts(stack.settle.db);
+    const response = await fetch(`${stack.settleHttp}/v1/payments`, {
+      method: 'POST',
+      // Not even JSON: refused for the scope before the body is read.
+      headers: {
+        'content-type': 'text/plain',
+        'idempotency-key': randomUUID(),
+        authorization: `Bearer ${READ_TOKEN}`,
+      },
+      body: 'not json',
+      signal: AbortSignal.timeout(10_000),
+    });
+    expect(response.status).toBe(403);
+    const text = await response.text();
+    expect((JSON.parse(text) as HttpErrorBody).error).toMatchObject({
+      code: 'PERMISSION_DENIED',
+      reason: 'SCOPE_TOO_NARROW',
+      retryable: false,
+      message: SCOPE_MESSAGE('POST /v1/payments'),
+    });
+    expect(text).not.toContain(READ_TOKEN);
+    expect(await rowCounts(stack.settle.db)).toEqual(before);
+  });
+
+  it('lets a write token and a token alone create and read, gRPC and REST', async () => {
+    for (const token of [WRITE_TOKEN, TOKEN_ALONE]) {
+      const created = await call(
+        stack.payments.createPayment.bind(stack.payments),
+        createRequest(),
+        10_000,
+        bearer(token),
+      );
+      const id = created.payment?.paymentId ?? '';
+      const got = await call(
+        stack.payments.getPayment.bind(stack.payments),
+        { paymentId: id },
+        10_000,
+        bearer(token),
+      );
+      expect(got.payment?.paymentId).toBe(id);
+      const posted = await fetch(`${stack.settleHttp}/v1/payments`, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          'idempotency-key': randomUUID(),
+          authorization: `Bearer ${token}`,
+        },
+        body: JSON.stringify({
+          buyerId: 'buyer-rest-scopes',
+          currencyCode: 'USD',
+          orders: [{ sellerId: 'seller-scopes', amountMinor: '500' }],
+        }),
+        signal: AbortSignal.timeout(10_000),
+      });
+      expect(posted.status).toBe(200);
+      const listed = await fetch(`${stack.settleHttp}/v1/payments`, {
+        headers: { authorization: `Bearer ${token}` },
+        signal: AbortSignal.timeout(10_000),
+      });
+      expect(listed.status).toBe(200);
+    }
+  });
+
+  it('counts a read token on a write method as SCOPE_TOO_NARROW, gRPC and REST alike', async () => {
+    const scopeRefusals = async () =>
+      metricSample(await scrapeMetrics(stack.settleHttp), REFUSED_METRIC, {
+        reason: 'SCOPE_TOO_NARROW',
+      }) ?? 0;
+    const before = await scopeRefusals();
+    await refusal(
+      call(
+        stack.payments.createPayment.bind(stack.payments),
+        createRequest(),
+        10_000,
+        bearer(READ_TOKEN),
+      ),
+    );
+    const response = await fetch(`${stack.settleHttp}/v1/payments`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${READ_TOKEN}` },
+      body: '{}',
+      signal: AbortSignal.timeout(10_000),
+    });
+    expect(response.status).toBe(403);
+    // Reads are no refusal.
+    await call(
+      stack.payments.getPayment.bind(stack.payments),
+      { paymentId },
+      10_000,
+      bearer(READ_TOKEN),
+    );
+    expect(await scopeRefusals()).toBe(before + 2);
   });
 });

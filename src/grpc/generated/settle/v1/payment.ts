@@ -1671,8 +1671,9 @@ export const WatchPaymentResponse: MessageFns<WatchPaymentResponse> = {
  *
  * On a server started with API_TOKENS, every call needs the metadata
  * `authorization: Bearer <token>`, the token one of API_TOKENS; without it, or with another
- * token, the call fails with UNAUTHENTICATED before the request is read. A server without
- * API_TOKENS asks for nothing.
+ * token, the call fails with UNAUTHENTICATED before the request is read. A token of scope read
+ * may call GetPayment, ListPayments and WatchPayment; CreatePayment with one fails with
+ * PERMISSION_DENIED, before the request is read. A server without API_TOKENS asks for nothing.
  */
 export type PaymentServiceService = typeof PaymentServiceService;
 export const PaymentServiceService = {

@@ -2719,8 +2719,10 @@ export const ListMismatchesResponse: MessageFns<ListMismatchesResponse> = {
  *
  * On a server started with API_TOKENS, every call needs the metadata
  * `authorization: Bearer <token>`, the token one of API_TOKENS; without it, or with another
- * token, the call fails with UNAUTHENTICATED before the request is read. A server without
- * API_TOKENS asks for nothing.
+ * token, the call fails with UNAUTHENTICATED before the request is read. A token of scope read
+ * may call GetReport, ListReports and ListMismatches; RunReconciliation (which books fees) with
+ * one fails with PERMISSION_DENIED, before the request is read. A server without API_TOKENS asks
+ * for nothing.
  */
 export type ReconciliationServiceService = typeof ReconciliationServiceService;
 export const ReconciliationServiceService = {

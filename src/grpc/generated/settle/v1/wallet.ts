@@ -1326,8 +1326,8 @@ export const GetTrialBalanceResponse: MessageFns<GetTrialBalanceResponse> = {
  *
  * On a server started with API_TOKENS, every call needs the metadata
  * `authorization: Bearer <token>`, the token one of API_TOKENS; without it, or with another
- * token, the call fails with UNAUTHENTICATED before the request is read. A server without
- * API_TOKENS asks for nothing.
+ * token, the call fails with UNAUTHENTICATED before the request is read. Every method here only
+ * reads: a token of scope read may call them all. A server without API_TOKENS asks for nothing.
  */
 export type WalletServiceService = typeof WalletServiceService;
 export const WalletServiceService = {
@@ -1381,8 +1381,8 @@ export const WalletServiceClient = makeGenericClientConstructor(
  *
  * On a server started with API_TOKENS, every call needs the metadata
  * `authorization: Bearer <token>`, the token one of API_TOKENS; without it, or with another
- * token, the call fails with UNAUTHENTICATED before the request is read. A server without
- * API_TOKENS asks for nothing.
+ * token, the call fails with UNAUTHENTICATED before the request is read. Every method here only
+ * reads: a token of scope read may call them all. A server without API_TOKENS asks for nothing.
  */
 export type LedgerServiceService = typeof LedgerServiceService;
 export const LedgerServiceService = {
