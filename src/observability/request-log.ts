@@ -1,7 +1,9 @@
 /**
  * One structured log line and the metrics of every finished request: gRPC calls (fed by the
- * unary/serverStream adapters) and REST twin calls. Lines carry the request id and, where the call
- * names them, the payment and order ids, so `grep pay_…` finds everything about one payment.
+ * unary/serverStream adapters) and REST twin calls. Lines carry the request id, the caller (the
+ * name of the call's API token, never the token; absent on a node without API_TOKENS) and, where
+ * the call names them, the payment and order ids, so `grep pay_…` finds everything about one
+ * payment and `grep '"caller":"dashboard"'` everything one caller did.
  * Failures a caller can fix log at info, server-side trouble (INTERNAL, UNAVAILABLE, ..., and load
  * shedding) at warn, and a REST request its client aborted mid-body (499) at debug.
  */
@@ -53,6 +55,7 @@ export function grpcCallObserver(
       grpcCode: code,
       ms,
       requestId: call.requestId,
+      ...(call.caller !== undefined ? { caller: call.caller } : {}),
       ...(call.paymentId !== undefined ? { paymentId: call.paymentId } : {}),
       ...(call.orderId !== undefined ? { orderId: call.orderId } : {}),
     };
@@ -81,6 +84,7 @@ export function restCallObserver(
       status: request.status,
       ms: request.ms,
       requestId: request.requestId,
+      ...(request.caller !== undefined ? { caller: request.caller } : {}),
       ...(request.paymentId !== undefined ? { paymentId: request.paymentId } : {}),
     };
     const message = `http ${request.method} ${request.route} ${request.status} in ${request.ms} ms`;

@@ -30,6 +30,7 @@ import {
   rowCounts,
   scrapeMetrics,
   startStack,
+  waitFor,
   type Stack,
 } from '../support/harness.js';
 
@@ -214,6 +215,12 @@ describe('with named, scoped API_TOKENS', () => {
   const logLines: string[] = [];
   /** A payment made with the write token, for the reads. */
   let paymentId = '';
+
+  /** The request log lines of calls whose request id is `requestId`. */
+  const linesOf = (requestId: string) =>
+    logLines
+      .map((line) => JSON.parse(line) as Record<string, unknown>)
+      .filter((line) => line['requestId'] === requestId);
 
   beforeAll(async () => {
     stack = await startStack({
@@ -426,5 +433,98 @@ describe('with named, scoped API_TOKENS', () => {
       bearer(READ_TOKEN),
     );
     expect(await scopeRefusals()).toBe(before + 2);
+  });
+
+  it("names each call's caller in its log line, refused calls too, and never logs a token", async () => {
+    const requestId = (name: string) => `scopes-${name}-${randomUUID()}`;
+    const ids = {
+      read: requestId('read'),
+      refused: requestId('refused'),
+      write: requestId('write'),
+      alone: requestId('alone'),
+      rest: requestId('rest'),
+      restRefused: requestId('rest-refused'),
+    };
+    const withId = (token: string, id: string) => {
+      const metadata = bearer(token);
+      metadata.set('x-request-id', id);
+      return metadata;
+    };
+    await call(
+      stack.payments.getPayment.bind(stack.payments),
+      { paymentId },
+      10_000,
+      withId(READ_TOKEN, ids.read),
+    );
+    await refusal(
+      call(
+        stack.payments.createPayment.bind(stack.payments),
+        createRequest(),
+        10_000,
+        withId(READ_TOKEN, ids.refused),
+      ),
+    );
+    await call(
+      stack.payments.createPayment.bind(stack.payments),
+      createRequest(),
+      10_000,
+      withId(WRITE_TOKEN, ids.write),
+    );
+    await call(
+      stack.ledger.getTrialBalance.bind(stack.ledger),
+      { pageSize: 0, pageToken: '' },
+      10_000,
+      withId(TOKEN_ALONE, ids.alone),
+    );
+    for (const [method, id] of [
+      ['GET', ids.rest],
+      ['POST', ids.restRefused],
+    ] as const) {
+      await fetch(`${stack.settleHttp}/v1/payments`, {
+        method,
+        headers: {
+          authorization: `Bearer ${READ_TOKEN}`,
+          'x-request-id': id,
+          'content-type': 'application/json',
+        },
+        ...(method === 'POST' ? { body: '{}' } : {}),
+        signal: AbortSignal.timeout(10_000),
+      });
+    }
+    // The request log line is written after the answer: wait for the last one.
+    await waitFor(() => Promise.resolve(linesOf(ids.restRefused).length > 0), {
+      timeoutMs: 5_000,
+      what: 'the log line of the refused POST',
+    });
+    expect(linesOf(ids.read)).toEqual([
+      expect.objectContaining({ grpcMethod: 'GetPayment', grpcCode: 'OK', caller: 'dashboard' }),
+    ]);
+    expect(linesOf(ids.refused)).toEqual([
+      expect.objectContaining({
+        grpcMethod: 'CreatePayment',
+        grpcCode: 'PERMISSION_DENIED',
+        caller: 'dashboard',
+      }),
+    ]);
+    expect(linesOf(ids.write)).toEqual([
+      expect.objectContaining({ grpcMethod: 'CreatePayment', grpcCode: 'OK', caller: 'checkout' }),
+    ]);
+    expect(linesOf(ids.alone)).toEqual([
+      expect.objectContaining({ grpcMethod: 'GetTrialBalance', caller: 'unnamed' }),
+    ]);
+    expect(linesOf(ids.rest)).toEqual([
+      expect.objectContaining({ httpMethod: 'GET', status: 200, caller: 'dashboard' }),
+    ]);
+    expect(linesOf(ids.restRefused)).toEqual([
+      expect.objectContaining({ httpMethod: 'POST', status: 403, caller: 'dashboard' }),
+    ]);
+    // At start, the node says which callers it knows, by name and scope.
+    const started = logLines.find((line) => line.includes('API_TOKENS: 3 tokens'));
+    expect(JSON.parse(started ?? '{}')).toMatchObject({
+      level: 'info',
+      msg: 'API_TOKENS: 3 tokens: unnamed (write), dashboard (read), checkout (write)',
+    });
+    const log = logLines.join('');
+    for (const token of [TOKEN_ALONE, READ_TOKEN, WRITE_TOKEN]) expect(log).not.toContain(token);
   });
 });
