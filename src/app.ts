@@ -46,7 +46,12 @@ import {
 import { refuseUndecodable, type AdapterOptions } from './grpc/adapters.js';
 import { ApiTokens } from './grpc/api-auth.js';
 import { apiMethodOfPath, type ApiGuardedService } from './grpc/api-scopes.js';
-import { ACCEPT_FAILED_MESSAGE, createGrpcServer, listen } from './grpc/server.js';
+import {
+  ACCEPT_FAILED_MESSAGE,
+  createGrpcServer,
+  listen,
+  serverCredentials,
+} from './grpc/server.js';
 import { createHealth, HEALTH_SERVICE_NAME, type Health } from './grpc/health.js';
 import { addReflection } from './grpc/reflection/index.js';
 import { PaymentServiceService } from './grpc/generated/settle/v1/payment.js';
@@ -86,6 +91,7 @@ import {
 } from './reconciliation/index.js';
 import { ReconciliationServiceService } from './grpc/generated/settle/v1/reconciliation.js';
 import { reconciliationHandlers } from './grpc/handlers/reconciliation.handlers.js';
+import { readServerTls, tlsStartupLines, type ServerTls } from './tls.js';
 
 /** Housekeeping (expired rows): a pass a minute, the first one 30 s after start-up. */
 const HOUSEKEEPING_INTERVAL_MS = 60_000;
@@ -133,6 +139,11 @@ export type SettleOverrides = Partial<{
   >;
   /** How long the server lets one WatchPayment run, in ms (an hour; tests end watches sooner). */
   watchDurationMsMax: number;
+  /**
+   * The ports' TLS as already read from the files of GRPC_TLS_* and HTTP_TLS_* (main.ts reads
+   * them before it waits for MySQL and NATS); read here, first of all, when left out.
+   */
+  tls: ServerTls;
 }>;
 
 export type SettleNode = Readonly<{
@@ -193,6 +204,8 @@ export async function startSettle(
   config: Config,
   overrides: SettleOverrides = {},
 ): Promise<SettleNode> {
+  // Before anything is opened: a certificate that cannot be read is a configuration error.
+  const tls = overrides.tls ?? readServerTls(config);
   const nodeName = overrides.nodeName ?? `settle-${process.pid}`;
   const logger = overrides.logger ?? createLogger({ level: config.LOG_LEVEL, name: 'settle' });
   const metrics = createMetrics();
@@ -569,6 +582,7 @@ export async function startSettle(
     const grpcServer = createGrpcServer({
       maxMessageBytes: config.GRPC_MESSAGE_BYTES_MAX,
       connectionsMax: grpcConnectionsMax,
+      credentials: serverCredentials(tls.grpc),
       observer: {
         open: (open) => metrics.grpcConnectionsOpen(open),
         refused: ({ remoteAddress }) => {
@@ -807,6 +821,7 @@ export async function startSettle(
       {
         onClientAborted: (context) =>
           logger.debug(context, 'the client aborted the request before its body ended'),
+        tls: tls.http,
       },
     );
     const httpPort = await listenHttp(
@@ -926,10 +941,15 @@ export async function startSettle(
       {
         grpc: `${config.SETTLE_GRPC_ADDR.host}:${grpcPort}`,
         http: `${config.SETTLE_HTTP_ADDR.host}:${httpPort}`,
+        grpcTls: tlsMode(tls.grpc),
+        httpTls: tlsMode(tls.http),
         namespace: config.SETTLE_NAMESPACE,
       },
       'settle node ready',
     );
+    const tlsLines = tlsStartupLines(config, tls, { grpc: grpcPort, http: httpPort }, now());
+    for (const line of tlsLines.info) logger.info(line);
+    for (const line of tlsLines.warn) logger.warn(line);
     if (
       config.LOCAL_EXECUTE_HOLD_MS > 0 &&
       config.LOCAL_EXECUTE_HOLD_MS <= config.PSP_CALL_TIMEOUT_MS
@@ -1018,6 +1038,12 @@ export function commandToEvent(command: Command): OrderEvent {
           };
     }
   }
+}
+
+/** How a port serves, for the start-up log: plaintext, TLS, or TLS with client certificates. */
+function tlsMode(portTls: ServerTls['grpc']): 'off' | 'tls' | 'mtls' {
+  if (portTls === undefined) return 'off';
+  return portTls.clientCa === undefined ? 'tls' : 'mtls';
 }
 
 /** Refused gRPC connections are logged at most once a minute. */

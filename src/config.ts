@@ -270,6 +270,26 @@ export const configSchema = z.object({
     .enum(['true', 'false'])
     .default('false')
     .transform((value) => value === 'true'),
+  /**
+   * TLS of the gRPC port: its certificate chain (the port's own certificate first) and private
+   * key, PEM files read at start (src/tls.ts), both or neither. Unset: plaintext, as the Quick
+   * start needs; a node listening beyond loopback without TLS warns at start.
+   */
+  GRPC_TLS_CERT_FILE: z.string().optional(),
+  GRPC_TLS_KEY_FILE: z.string().optional(),
+  /**
+   * With GRPC_TLS_CERT_FILE: the CA certificates (PEM) whose client certificates the gRPC port
+   * requires (mTLS); a client without one fails its handshake. Unset: none is asked for.
+   */
+  GRPC_TLS_CLIENT_CA_FILE: z.string().optional(),
+  /**
+   * The same for the HTTP port (webhooks, REST twin, admin panel, /metrics, /healthz): it then
+   * serves HTTPS only, and the webhook URL derived for the PSP (SETTLE_PUBLIC_URL unset) is https.
+   * A client CA there shuts out every PSP and browser without a client certificate.
+   */
+  HTTP_TLS_CERT_FILE: z.string().optional(),
+  HTTP_TLS_KEY_FILE: z.string().optional(),
+  HTTP_TLS_CLIENT_CA_FILE: z.string().optional(),
   GRPC_MESSAGE_BYTES_MAX: positiveInt.max(64 * 1024 * 1024).default(1024 * 1024),
   /**
    * Connections the gRPC port takes at once; past it a new one is closed as soon as it is
@@ -429,6 +449,26 @@ function settingsThatDisagree(config: Readonly<z.infer<typeof configSchema>>): s
         'raise JANITOR_LEASE_MS above JANITOR_INTERVAL_MS',
     );
   }
+  for (const [port, prefix] of [
+    ['gRPC', 'GRPC_TLS'],
+    ['HTTP', 'HTTP_TLS'],
+  ] as const) {
+    const cert = `${prefix}_CERT_FILE` as const;
+    const key = `${prefix}_KEY_FILE` as const;
+    const clientCa = `${prefix}_CLIENT_CA_FILE` as const;
+    const [set, unset] = config[cert] === undefined ? [key, cert] : [cert, key];
+    if ((config[cert] === undefined) !== (config[key] === undefined)) {
+      problems.push(
+        `${unset}: is unset while ${set} is set: the ${port} port serves TLS with both its ` +
+          `certificate and its private key, or neither; set ${unset}, or unset ${set} for plaintext`,
+      );
+    } else if (config[clientCa] !== undefined && config[cert] === undefined) {
+      problems.push(
+        `${clientCa}: is set while ${cert} and ${key} are not: client certificates are asked ` +
+          `for only on a port that serves TLS; set them too, or unset ${clientCa}`,
+      );
+    }
+  }
   if (config.IDEMPOTENCY_TTL_MS < config.ORDER_EXPIRY_MS) {
     problems.push(
       `IDEMPOTENCY_TTL_MS: ${config.IDEMPOTENCY_TTL_MS} is shorter than ORDER_EXPIRY_MS ` +
@@ -486,10 +526,15 @@ export function publishedSecretProblems(config: Config): string[] {
   return problems;
 }
 
+/**
+ * The base URL the PSP reaches Settle's HTTP port at: SETTLE_PUBLIC_URL, else SETTLE_HTTP_ADDR,
+ * https when that port serves TLS.
+ */
 export function settlePublicUrl(config: Config): string {
+  const scheme = config.HTTP_TLS_CERT_FILE === undefined ? 'http' : 'https';
   return (
     config.SETTLE_PUBLIC_URL ??
-    `http://${config.SETTLE_HTTP_ADDR.host}:${config.SETTLE_HTTP_ADDR.port}`
+    `${scheme}://${config.SETTLE_HTTP_ADDR.host}:${config.SETTLE_HTTP_ADDR.port}`
   );
 }
 

@@ -5,7 +5,9 @@
  * reads (panel pages, AdminService's ListDeadLetters and GetPaymentTimeline, which the demo
  * shows) default to open there: ADMIN_READONLY_OPEN=true unless set. Actions still need
  * ADMIN_TOKEN, and `--settle-only` keeps everything closed without it and refuses to start with
- * a webhook secret or admin token published in this repository.
+ * a webhook secret or admin token published in this repository. The ports' TLS files
+ * (GRPC_TLS_*, HTTP_TLS_*) are read and checked with the configuration: one that cannot be read,
+ * or a key that is not its certificate's, is a configuration error (exit 2) naming the setting.
  * Before starting anything it waits for MySQL and NATS, up to STARTUP_WAIT_MS (startup-wait.ts):
  * a node started before them comes up once they answer, and a node whose dependencies stay away
  * exits 3 with one line saying which, where, and how long it waited. SIGTERM/SIGINT during that
@@ -20,6 +22,7 @@ import {
   type Config,
 } from './config.js';
 import { startSettle } from './app.js';
+import { readServerTls, type ServerTls } from './tls.js';
 import { routeGrpcLogs } from './grpc/logging.js';
 import { startPspMock } from './psp/mock/index.js';
 import { UnavailableError } from './domain/errors.js';
@@ -35,10 +38,12 @@ async function main(): Promise<void> {
   const settleOnly = process.argv.includes('--settle-only');
   const env = settleOnly ? process.env : localRunDefaults(process.env);
   let config: Config;
+  let tls: ServerTls;
   try {
     config = loadConfig(env);
     const published = settleOnly ? publishedSecretProblems(config) : [];
     if (published.length > 0) throw new ConfigError(published);
+    tls = readServerTls(config);
   } catch (error) {
     if (error instanceof ConfigError) {
       process.stderr.write(`settle: ${error.message}\n`);
@@ -65,11 +70,13 @@ async function main(): Promise<void> {
       stops.push(psp.stop);
       logger.info(`PSP mock: gRPC 127.0.0.1:${psp.grpcPort}, hosted pages ${psp.publicUrl}`);
     }
-    const node = await startSettle(config, { logger });
+    const node = await startSettle(config, { logger, tls });
     stops.push(node.stop);
+    const grpcTls = tls.grpc === undefined ? '' : ' (TLS)';
+    const httpScheme = tls.http === undefined ? 'http' : 'https';
     process.stdout.write(
-      `Settle is up: gRPC ${config.SETTLE_GRPC_ADDR.host}:${node.grpcPort}, ` +
-        `HTTP http://${config.SETTLE_HTTP_ADDR.host}:${node.httpPort} (namespace ${config.SETTLE_NAMESPACE})\n`,
+      `Settle is up: gRPC ${config.SETTLE_GRPC_ADDR.host}:${node.grpcPort}${grpcTls}, ` +
+        `HTTP ${httpScheme}://${config.SETTLE_HTTP_ADDR.host}:${node.httpPort} (namespace ${config.SETTLE_NAMESPACE})\n`,
     );
   } catch (error) {
     for (const stop of stops.reverse()) await stop().catch(() => undefined);

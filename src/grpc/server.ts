@@ -8,8 +8,9 @@
  * grpc-js has no bound on connections (its `bindAsync` listens with its own `http2.Server` and
  * takes every connection), so the server listens with its own `net.Server`s instead, counts the
  * connections it accepts, closes those past the bound at once, and hands the others to grpc-js
- * through its `createConnectionInjector`. Everything past the accept is grpc-js's:
- * services, reflection, health, keepalive and the idle limit behave as with `bindAsync`.
+ * through its `createConnectionInjector`. Everything past the accept is grpc-js's: the TLS
+ * handshake (when the server has secure credentials), services, reflection, health, keepalive and
+ * the idle limit behave as with `bindAsync`.
  *
  * A listener that fails to accept (EMFILE or ENFILE: out of file descriptors) must go on
  * listening. Node reports such a failure as 'error' on the `net.Server`, which kills the process
@@ -74,6 +75,12 @@ export type GrpcServerOptions = Readonly<{
   /** Open connections at once, all listen addresses together (GRPC_CONNECTIONS_MAX_DEFAULT). */
   connectionsMax?: number;
   observer?: GrpcConnectionObserver;
+  /**
+   * TLS of every connection (serverCredentials); plaintext when left out. A connection that fails
+   * its handshake is closed by grpc-js before any call, and counts against connectionsMax until
+   * then.
+   */
+  credentials?: grpc.ServerCredentials;
 }>;
 
 /**
@@ -85,7 +92,7 @@ export class GrpcServer extends grpc.Server {
   readonly connectionsMax: number;
   readonly #observer: GrpcConnectionObserver;
   readonly #listeners: net.Server[] = [];
-  readonly #injector = this.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  readonly #injector: grpc.ConnectionInjector;
   #open = 0;
   #stopped = false;
 
@@ -93,10 +100,13 @@ export class GrpcServer extends grpc.Server {
     serverOptions: grpc.ServerOptions,
     connectionsMax: number,
     observer: GrpcConnectionObserver = {},
+    credentials: grpc.ServerCredentials = grpc.ServerCredentials.createInsecure(),
   ) {
     super(serverOptions);
     this.connectionsMax = connectionsMax;
     this.#observer = observer;
+    // With secure credentials grpc-js runs the TLS handshake on each injected socket itself.
+    this.#injector = this.createConnectionInjector(credentials);
   }
 
   /** Connections open now (accepted and not yet closed). */
@@ -206,11 +216,28 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
     },
     connectionsMax,
     options.observer,
+    options.credentials,
   );
 }
 
 /**
- * Binds `server` to host:port without TLS and resolves with the bound port (port 0 picks a free
+ * The credentials of a gRPC port with `tls` (its certificate chain and key, and the CAs whose
+ * client certificates it requires, if any), or plaintext ones without.
+ */
+export function serverCredentials(
+  tls: Readonly<{ cert: Buffer; key: Buffer; clientCa: Buffer | undefined }> | undefined,
+): grpc.ServerCredentials {
+  if (tls === undefined) return grpc.ServerCredentials.createInsecure();
+  return grpc.ServerCredentials.createSsl(
+    tls.clientCa ?? null,
+    [{ cert_chain: tls.cert, private_key: tls.key }],
+    // requestCert, and Node's servers refuse an unauthorized peer by default: mTLS.
+    tls.clientCa !== undefined,
+  );
+}
+
+/**
+ * Binds `server` to host:port (with the TLS of its credentials, if any) and resolves with the bound port (port 0 picks a free
  * one). It serves once bound. Rejects with a message naming the address and the variable that
  * sets it (`addressVariable`, default SETTLE_GRPC_ADDR) when the port is taken.
  */

@@ -10,6 +10,7 @@
  * the REST twin's documented body.
  */
 import http from 'node:http';
+import https from 'node:https';
 import type { Duplex } from 'node:stream';
 import {
   InvalidArgumentError,
@@ -277,19 +278,33 @@ const REQUEST_TIMEOUT_MS = 30_000;
 const TIMEOUT_CHECK_MS = 1_000;
 const SERVER_OPTIONS: http.ServerOptions = { connectionsCheckingInterval: TIMEOUT_CHECK_MS };
 
+/**
+ * How long a client has to finish its TLS handshake, in ms. Node's default is 120 s, for which a
+ * client that connects and sends nothing would hold one of connectionsMax.
+ */
+const TLS_HANDSHAKE_MS_MAX = 10_000;
+
 export type HttpServerOptions = Readonly<{
   /** A request whose client went away before its body ended (at debug: not a server fault). */
   onClientAborted?: (context: { method: string; path: string }) => void;
   /** Open connections at once (HTTP_CONNECTIONS_MAX_DEFAULT). */
   connectionsMax?: number;
+  /**
+   * Serve HTTPS only, with this certificate chain and key (PEM); with `clientCa`, only to clients
+   * whose certificate it signed (the handshake of any other fails). Plaintext when left out.
+   */
+  tls?: Readonly<{ cert: Buffer; key: Buffer; clientCa: Buffer | undefined }> | undefined;
 }>;
+
+/** The HTTP port's server: plaintext, or HTTPS with `HttpServerOptions.tls`. */
+export type HttpServer = http.Server | https.Server;
 
 export function createHttpServer(
   routes: () => readonly Route[],
   onError: (error: unknown, context: Record<string, unknown>) => void,
   options: HttpServerOptions = {},
-): http.Server {
-  const server = http.createServer(SERVER_OPTIONS, (req, res) => {
+): HttpServer {
+  const handle: http.RequestListener = (req, res) => {
     const requestId = requestIdOrNew(req.headers['x-request-id']);
     const send = (response: HttpResponse) => {
       if (res.headersSent) return;
@@ -364,7 +379,27 @@ export function createHttpServer(
         }),
       );
     });
-  });
+  };
+  const { tls } = options;
+  const server =
+    tls === undefined
+      ? http.createServer(SERVER_OPTIONS, handle)
+      : https.createServer(
+          {
+            ...SERVER_OPTIONS,
+            cert: tls.cert,
+            key: tls.key,
+            minVersion: 'TLSv1.2',
+            handshakeTimeout: TLS_HANDSHAKE_MS_MAX,
+            // A client without a certificate the CA signed fails the handshake, before any route.
+            ...(tls.clientCa !== undefined && {
+              ca: tls.clientCa,
+              requestCert: true,
+              rejectUnauthorized: true,
+            }),
+          },
+          handle,
+        );
   // Requests Node's parser refuses before any handler runs (headers over maxHeaderSize, bad
   // framing, a request that does not arrive in time) were answered by Node itself: the right
   // status, but with no body, so not the documented error body nor x-request-id.
@@ -404,7 +439,7 @@ export function createHttpServer(
 
 /** Listens on host:port; `setting` is the configuration that chose them, named if in use. */
 export function listenHttp(
-  server: http.Server,
+  server: HttpServer,
   host: string,
   port: number,
   setting: string,

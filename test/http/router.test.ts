@@ -13,12 +13,11 @@
  */
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
-import type http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createHttpServer, json, type Route } from '../../src/http/router.js';
+import { createHttpServer, json, type HttpServer, type Route } from '../../src/http/router.js';
 
 const LIMIT_BYTES = 1_024;
-let server: http.Server;
+let server: HttpServer;
 let port: number;
 const errors: unknown[] = [];
 const aborted: Array<Record<string, unknown>> = [];

@@ -1,0 +1,190 @@
+/**
+ * The TLS of a node's two ports: the files GRPC_TLS_* and HTTP_TLS_* name, read once at start and
+ * checked before the node waits for MySQL and NATS, so a wrong path or a key that is not the
+ * certificate's stops it at once (exit 2) with one line per problem naming the setting and the
+ * file, never later at the first handshake. Each port is plaintext unless its certificate and key
+ * are set; with a client CA as well, it requires a client certificate signed by that CA (mTLS)
+ * and refuses the handshake of a client without one. Any certificate that CA signed is let in:
+ * TLS says who may connect, and API_TOKENS and ADMIN_TOKEN still say who may call what.
+ *
+ * The files are not read again while the node runs: a renewed certificate takes a restart.
+ */
+import { readFileSync } from 'node:fs';
+import * as net from 'node:net';
+import { createSecureContext } from 'node:tls';
+import { ConfigError, type Config } from './config.js';
+import { pemCertificates, pemKeyPair } from './domain/pem.js';
+
+/** The most bytes a certificate, key or CA file may have: a bundle of a thousand CAs fits. */
+const TLS_FILE_BYTES_MAX = 4 * 1024 * 1024;
+
+/** One port's TLS, as read from its files. */
+export type PortTls = Readonly<{
+  /** The certificate chain, PEM: the port's own certificate first. */
+  cert: Buffer;
+  key: Buffer;
+  /** The CAs whose client certificates the port requires; undefined: none is asked for. */
+  clientCa: Buffer | undefined;
+  /** The port's certificate's subject and expiry, for the start-up log. */
+  subject: string;
+  validTo: Date;
+}>;
+
+/** Each port's TLS; undefined where the port is plaintext. */
+export type ServerTls = Readonly<{ grpc: PortTls | undefined; http: PortTls | undefined }>;
+
+export const PLAINTEXT: ServerTls = Object.freeze({ grpc: undefined, http: undefined });
+
+const PORTS = {
+  grpc: {
+    cert: 'GRPC_TLS_CERT_FILE',
+    key: 'GRPC_TLS_KEY_FILE',
+    clientCa: 'GRPC_TLS_CLIENT_CA_FILE',
+  },
+  http: {
+    cert: 'HTTP_TLS_CERT_FILE',
+    key: 'HTTP_TLS_KEY_FILE',
+    clientCa: 'HTTP_TLS_CLIENT_CA_FILE',
+  },
+} as const;
+
+/**
+ * Reads and checks the files of both ports' TLS settings (loadConfig has checked that they come
+ * in pairs); throws ConfigError listing every problem, each naming its setting and file.
+ */
+export function readServerTls(config: Config): ServerTls {
+  const problems: string[] = [];
+  const read = (port: keyof typeof PORTS): PortTls | undefined => {
+    const names = PORTS[port];
+    const files = { cert: config[names.cert], key: config[names.key] };
+    if (files.cert === undefined || files.key === undefined) return undefined;
+    const clientCaFile = config[names.clientCa];
+    const cert = readPem(names.cert, files.cert, problems);
+    const key = readPem(names.key, files.key, problems);
+    const clientCa =
+      clientCaFile === undefined ? undefined : readPem(names.clientCa, clientCaFile, problems);
+    if (clientCa !== undefined) {
+      const cas = pemCertificates(clientCa.toString('latin1'));
+      if (typeof cas === 'string') problems.push(`${names.clientCa}: ${clientCaFile} ${cas}`);
+    }
+    if (cert === undefined || key === undefined) return undefined;
+    const pair = pemKeyPair(
+      { cert: cert.toString('latin1'), key: key.toString('latin1') },
+      { cert: `${names.cert} (${files.cert})`, key: `${names.key} (${files.key})` },
+    );
+    if ('problems' in pair) {
+      problems.push(...pair.problems);
+      return undefined;
+    }
+    try {
+      // What the port's handshakes will use: refused here (a key too weak for OpenSSL's security
+      // level, say), it is refused at start rather than on every connection.
+      createSecureContext({ cert, key, ...(clientCa !== undefined && { ca: clientCa }) });
+    } catch (error) {
+      problems.push(
+        `${names.cert}, ${names.key}: ${files.cert} and ${files.key} are refused by TLS ` +
+          `(${error instanceof Error ? error.message : String(error)})`,
+      );
+      return undefined;
+    }
+    return {
+      cert,
+      key,
+      clientCa,
+      subject: pair.leaf.subject.replace(/\n/g, ', '),
+      validTo: new Date(pair.leaf.validTo),
+    };
+  };
+  const tls = { grpc: read('grpc'), http: read('http') };
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze(tls);
+}
+
+/** The bytes of `file`, or undefined with a problem naming `variable` and the file. */
+function readPem(variable: string, file: string, problems: string[]): Buffer | undefined {
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(file);
+  } catch (error) {
+    problems.push(`${variable}: cannot read ${file} (${fileError(error)})`);
+    return undefined;
+  }
+  if (bytes.length > TLS_FILE_BYTES_MAX) {
+    problems.push(`${variable}: ${file} has ${bytes.length} bytes, more than a PEM file needs`);
+    return undefined;
+  }
+  return bytes;
+}
+
+function fileError(error: unknown): string {
+  const code = (error as NodeJS.ErrnoException).code;
+  switch (code) {
+    case 'ENOENT':
+      return 'no such file';
+    case 'EACCES':
+    case 'EPERM':
+      return 'permission denied';
+    case 'EISDIR':
+      return 'a folder, not a file';
+    default:
+      return error instanceof Error ? error.message : String(error);
+  }
+}
+
+/** Whether `host` (a listen address) is reachable from this machine only. */
+export function isLoopbackHost(host: string): boolean {
+  if (host === 'localhost') return true;
+  if (net.isIPv4(host)) return host.startsWith('127.');
+  if (net.isIPv6(host)) {
+    const lower = host.toLowerCase();
+    return lower === '::1' || lower.startsWith('::ffff:127.');
+  }
+  return false;
+}
+
+/**
+ * The log lines a node starts with about its ports' TLS: which serve it and whether they require
+ * client certificates (info), and which listen beyond this machine in plaintext (warn), where API
+ * tokens, ADMIN_TOKEN and payment data would cross the network readable by anyone on the path.
+ */
+export function tlsStartupLines(
+  config: Pick<Config, 'SETTLE_GRPC_ADDR' | 'SETTLE_HTTP_ADDR'>,
+  tls: ServerTls,
+  ports: Readonly<{ grpc: number; http: number }>,
+  now: Date = new Date(),
+): { info: string[]; warn: string[] } {
+  const info: string[] = [];
+  const warn: string[] = [];
+  const entries = [
+    ['gRPC', config.SETTLE_GRPC_ADDR.host, ports.grpc, tls.grpc, PORTS.grpc, 'SETTLE_GRPC_ADDR'],
+    ['HTTP', config.SETTLE_HTTP_ADDR.host, ports.http, tls.http, PORTS.http, 'SETTLE_HTTP_ADDR'],
+  ] as const;
+  for (const [label, host, port, portTls, names, addressName] of entries) {
+    const address = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+    if (portTls !== undefined) {
+      info.push(
+        `${label} port ${address} serves TLS (certificate ${portTls.subject}, valid until ` +
+          `${portTls.validTo.toISOString()}); ` +
+          (portTls.clientCa === undefined
+            ? `client certificates are not required (set ${names.clientCa} to require them)`
+            : `client certificates signed by ${names.clientCa} are required (mTLS)`),
+      );
+      if (portTls.validTo.getTime() <= now.getTime()) {
+        warn.push(
+          `${label} port ${address}: the certificate in ${names.cert} expired at ` +
+            `${portTls.validTo.toISOString()}, so every client refuses the handshake; renew it ` +
+            'and restart the node',
+        );
+      }
+      continue;
+    }
+    if (isLoopbackHost(host)) continue;
+    warn.push(
+      `${label} port ${address} (${addressName}) is reachable beyond this machine without TLS: ` +
+        'API tokens, ADMIN_TOKEN and payment data cross the network in plaintext; set ' +
+        `${names.cert} and ${names.key} (and ${names.clientCa} for mTLS), or keep the port where ` +
+        'only a gateway that serves TLS reaches it',
+    );
+  }
+  return { info, warn };
+}
