@@ -14,9 +14,14 @@
  * A node with API_TOKENS wants one of them on every call but AdminService's: give it once as
  * `createSettleClient(address, { apiToken })` and it goes out as `authorization: Bearer <token>`.
  * AdminService calls carry the admin token in their own `metadata` instead.
+ *
+ * A node whose gRPC port serves TLS (GRPC_TLS_*) is reached with `{ tls: { ca } }`, and one that
+ * requires client certificates with `{ tls: { ca, cert, key } }` (PEM text or bytes); a failed
+ * handshake rejects with a TlsHandshakeError (UNAVAILABLE) that says what failed (src/client/tls.ts).
  */
 import * as grpc from '@grpc/grpc-js';
 import { API_TOKEN_CHARACTERS } from '../domain/api-token.js';
+import { explainTlsFailure, tlsChannel, type SettleClientTls } from './tls.js';
 import {
   tailLedgerEntries,
   type LedgerTail,
@@ -90,6 +95,8 @@ export {
   WalletServiceClient,
   LedgerServiceClient,
 } from '../grpc/generated/settle/v1/wallet.js';
+
+export { TLS_FAILURE, TlsHandshakeError, type SettleClientTls, type TlsFailure } from './tls.js';
 
 export {
   NoHeadError,
@@ -291,8 +298,18 @@ export type SettleClient = ReturnType<typeof createSettleClient>;
 export type SettleClientOptions = Readonly<{
   /** Deadline of a call that gives no `timeoutMs`, in ms (10 s). */
   defaultTimeoutMs?: number;
-  /** Plaintext unless given (e.g. grpc.credentials.createSsl()). */
+  /**
+   * Plaintext unless given (e.g. grpc.credentials.createSsl()); `tls` builds them for a Settle
+   * node, and the two do not go together.
+   */
   credentials?: grpc.ChannelCredentials;
+  /**
+   * TLS to a node that serves it (GRPC_TLS_*): `ca` to trust (else the system's CAs), `cert` and
+   * `key` for a node that requires client certificates, `serverName` to check the node's
+   * certificate against when the address's host is not one of its names. PEM, text or bytes;
+   * checked here (a TypeError names the option). `{}` is TLS trusting the system's CAs.
+   */
+  tls?: SettleClientTls | undefined;
   /**
    * One of the node's API_TOKENS, sent as `authorization: Bearer <apiToken>` on every call but
    * AdminService's; left out (or ''), none is sent, as a node without API_TOKENS needs.
@@ -315,27 +332,51 @@ function apiTokenMetadata(apiToken: string | undefined): Record<string, string> 
 }
 
 /**
- * Connects to a Settle node (plaintext unless `credentials` say otherwise, e.g.
+ * Connects to a Settle node (plaintext unless `tls` or `credentials` say otherwise, e.g.
  * "127.0.0.1:50051"). Every call has a deadline: `defaultTimeoutMs` (10 s) unless the call gives
  * its own `timeoutMs`; a watch's is 60 minutes. A timeout that is no deadline (0, negative, not an
- * integer, past 2147483647 ms) is a TypeError, and so is an `apiToken` no header can carry.
+ * integer, past 2147483647 ms) is a TypeError, and so is an `apiToken` no header can carry, and
+ * a `tls` whose PEM does not parse.
  */
 export function createSettleClient(address: string, options: SettleClientOptions = {}) {
-  const credentials = options.credentials ?? grpc.credentials.createInsecure();
+  if (options.tls !== undefined && options.credentials !== undefined) {
+    throw new TypeError('createSettleClient: give tls or credentials, not both');
+  }
+  const channel =
+    options.tls === undefined
+      ? {
+          credentials: options.credentials ?? grpc.credentials.createInsecure(),
+          options: {},
+        }
+      : tlsChannel(options.tls);
+  const { credentials } = channel;
+  const tls = options.tls;
+  // Only a TLS client's failures are told as handshake failures.
+  const explain =
+    tls === undefined
+      ? (error: unknown) => error
+      : (error: unknown) => explainTlsFailure(error, address, tls.cert !== undefined);
+  const explained = <Req, Res>(method: UnaryMethod<Req, Res>): UnaryMethod<Req, Res> =>
+    tls === undefined
+      ? method
+      : (request, metadata, callOptions, callback) =>
+          method(request, metadata, callOptions, (error, response) =>
+            callback(error === null ? null : (explain(error) as grpc.ServiceError), response),
+          );
   const timeoutMs = checkedTimeoutMs(
     options.defaultTimeoutMs ?? 10_000,
     'createSettleClient: defaultTimeoutMs',
   );
   const api = apiTokenMetadata(options.apiToken);
-  const payments = new PaymentServiceClient(address, credentials);
-  const wallets = new WalletServiceClient(address, credentials);
-  const ledger = new LedgerServiceClient(address, credentials);
-  const admin = new AdminClient(address, credentials);
-  const reconciliation = new ReconciliationServiceClient(address, credentials);
+  const payments = new PaymentServiceClient(address, credentials, channel.options);
+  const wallets = new WalletServiceClient(address, credentials, channel.options);
+  const ledger = new LedgerServiceClient(address, credentials, channel.options);
+  const admin = new AdminClient(address, credentials, channel.options);
+  const reconciliation = new ReconciliationServiceClient(address, credentials, channel.options);
   const listEntries = unary<ListEntriesRequest, ListEntriesResponse>(
     ListEntriesRequest,
     'ListEntriesRequest',
-    ledger.listEntries.bind(ledger),
+    explained(ledger.listEntries.bind(ledger)),
     timeoutMs,
     api,
   );
@@ -344,21 +385,21 @@ export function createSettleClient(address: string, options: SettleClientOptions
       createPayment: unary<CreatePaymentRequest, CreatePaymentResponse>(
         CreatePaymentRequest,
         'CreatePaymentRequest',
-        payments.createPayment.bind(payments),
+        explained(payments.createPayment.bind(payments)),
         timeoutMs,
         api,
       ),
       getPayment: unary<GetPaymentRequest, GetPaymentResponse>(
         GetPaymentRequest,
         'GetPaymentRequest',
-        payments.getPayment.bind(payments),
+        explained(payments.getPayment.bind(payments)),
         timeoutMs,
         api,
       ),
       listPayments: unary<ListPaymentsRequest, ListPaymentsResponse>(
         ListPaymentsRequest,
         'ListPaymentsRequest',
-        payments.listPayments.bind(payments),
+        explained(payments.listPayments.bind(payments)),
         timeoutMs,
         api,
       ),
@@ -380,6 +421,8 @@ export function createSettleClient(address: string, options: SettleClientOptions
         });
         try {
           for await (const message of stream as AsyncIterable<WatchPaymentResponse>) yield message;
+        } catch (error) {
+          throw explain(error);
         } finally {
           stream.cancel();
         }
@@ -389,7 +432,7 @@ export function createSettleClient(address: string, options: SettleClientOptions
       getWallet: unary<GetWalletRequest, GetWalletResponse>(
         GetWalletRequest,
         'GetWalletRequest',
-        wallets.getWallet.bind(wallets),
+        explained(wallets.getWallet.bind(wallets)),
         timeoutMs,
         api,
       ),
@@ -415,7 +458,7 @@ export function createSettleClient(address: string, options: SettleClientOptions
       getTrialBalance: unary<GetTrialBalanceRequest, GetTrialBalanceResponse>(
         GetTrialBalanceRequest,
         'GetTrialBalanceRequest',
-        ledger.getTrialBalance.bind(ledger),
+        explained(ledger.getTrialBalance.bind(ledger)),
         timeoutMs,
         api,
       ),
@@ -428,25 +471,25 @@ export function createSettleClient(address: string, options: SettleClientOptions
       listDeadLetters: unary<ListDeadLettersRequest, ListDeadLettersResponse>(
         ListDeadLettersRequest,
         'ListDeadLettersRequest',
-        admin.listDeadLetters.bind(admin),
+        explained(admin.listDeadLetters.bind(admin)),
         timeoutMs,
       ),
       replayDeadLetter: unary<ReplayDeadLetterRequest, ReplayDeadLetterResponse>(
         ReplayDeadLetterRequest,
         'ReplayDeadLetterRequest',
-        admin.replayDeadLetter.bind(admin),
+        explained(admin.replayDeadLetter.bind(admin)),
         timeoutMs,
       ),
       discardDeadLetter: unary<DiscardDeadLetterRequest, DiscardDeadLetterResponse>(
         DiscardDeadLetterRequest,
         'DiscardDeadLetterRequest',
-        admin.discardDeadLetter.bind(admin),
+        explained(admin.discardDeadLetter.bind(admin)),
         timeoutMs,
       ),
       getPaymentTimeline: unary<GetPaymentTimelineRequest, GetPaymentTimelineResponse>(
         GetPaymentTimelineRequest,
         'GetPaymentTimelineRequest',
-        admin.getPaymentTimeline.bind(admin),
+        explained(admin.getPaymentTimeline.bind(admin)),
         timeoutMs,
       ),
       /**
@@ -456,7 +499,7 @@ export function createSettleClient(address: string, options: SettleClientOptions
       repairLedgerSums: unary<RepairLedgerSumsRequest, RepairLedgerSumsResponse>(
         RepairLedgerSumsRequest,
         'RepairLedgerSumsRequest',
-        admin.repairLedgerSums.bind(admin),
+        explained(admin.repairLedgerSums.bind(admin)),
         timeoutMs,
       ),
     },
@@ -465,28 +508,28 @@ export function createSettleClient(address: string, options: SettleClientOptions
       runReconciliation: unary<RunReconciliationRequest, RunReconciliationResponse>(
         RunReconciliationRequest,
         'RunReconciliationRequest',
-        reconciliation.runReconciliation.bind(reconciliation),
+        explained(reconciliation.runReconciliation.bind(reconciliation)),
         timeoutMs,
         api,
       ),
       getReport: unary<GetReportRequest, GetReportResponse>(
         GetReportRequest,
         'GetReportRequest',
-        reconciliation.getReport.bind(reconciliation),
+        explained(reconciliation.getReport.bind(reconciliation)),
         timeoutMs,
         api,
       ),
       listReports: unary<ListReportsRequest, ListReportsResponse>(
         ListReportsRequest,
         'ListReportsRequest',
-        reconciliation.listReports.bind(reconciliation),
+        explained(reconciliation.listReports.bind(reconciliation)),
         timeoutMs,
         api,
       ),
       listMismatches: unary<ListMismatchesRequest, ListMismatchesResponse>(
         ListMismatchesRequest,
         'ListMismatchesRequest',
-        reconciliation.listMismatches.bind(reconciliation),
+        explained(reconciliation.listMismatches.bind(reconciliation)),
         timeoutMs,
         api,
       ),
