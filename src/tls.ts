@@ -160,7 +160,7 @@ export function tlsStartupLines(
     ['HTTP', config.SETTLE_HTTP_ADDR.host, ports.http, tls.http, PORTS.http, 'SETTLE_HTTP_ADDR'],
   ] as const;
   for (const [label, host, port, portTls, names, addressName] of entries) {
-    const address = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+    const address = `${host}:${port}`;
     if (portTls !== undefined) {
       info.push(
         `${label} port ${address} serves TLS (certificate ${portTls.subject}, valid until ` +
