@@ -11,6 +11,16 @@ process.stdout.on('error', (error: NodeJS.ErrnoException) => {
   process.exit(process.exitCode ?? 0);
 });
 
+// Over TLS, grpc-js sends the address's host as the server name, an IP for --addr
+// 127.0.0.1:50051, and Node then warns once that RFC 6066 forbids one there (DEP0123): a line
+// on stderr about a library's choice, in the middle of the command's own output, that the
+// operator can do nothing about. The certificate is still checked against that IP.
+const emitWarning = process.emitWarning.bind(process);
+process.emitWarning = (...args: unknown[]): void => {
+  if (args.includes('DEP0123')) return;
+  Reflect.apply(emitWarning, process, args);
+};
+
 let interruptNote: string | undefined;
 /**
  * Prints the note, then dies of SIGINT as if unhandled: a shell running the command in a script

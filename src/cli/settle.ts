@@ -9,7 +9,10 @@
  * human-readable table by default and JSON with --json (proto3 JSON mapping: the response
  * message, except that `payment create`, `get` and `watch` print the Payment itself, and
  * `ledger --follow` a LedgerEntry a line; amounts are strings). Exit codes: 0 done, 1 the server
- * refused or failed or no node answered, 2 bad usage (nothing was sent).
+ * refused or failed or no node answered, 2 bad usage (nothing was sent). A node whose gRPC port
+ * serves TLS is reached with --tls-ca (and --tls-cert, --tls-key where it requires client
+ * certificates), or their SETTLE_TLS_* variables; the files are read and checked before anything
+ * is sent, and a failed handshake is told as what failed and which option to give.
  *
  *   npm run settle -- payment create --buyer buyer-1 --order seller-a=1999 --order seller-b=500
  *   npm run settle -- payment watch pay_…
@@ -21,9 +24,18 @@
  * The entry point is src/cli/main.ts; this module only exports runCli, so tests can import it.
  */
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { status as grpcStatus, type ServiceError } from '@grpc/grpc-js';
-import { createSettleClient, type LedgerTail, type SettleClient } from '../client/index.js';
+import {
+  createSettleClient,
+  TLS_FAILURE,
+  TlsHandshakeError,
+  type LedgerTail,
+  type SettleClient,
+  type SettleClientTls,
+} from '../client/index.js';
+import { pemCertificates, pemKeyPair } from '../domain/pem.js';
 import {
   Payment,
   PaymentOrderState,
@@ -111,6 +123,15 @@ Options:
   --token TOKEN       admin token for dlq, timeline and ledger-sums (env ADMIN_TOKEN; prefer the
                       env variable)
   --actor NAME        your name in the audit trail (env SETTLE_ACTOR, else USER)
+  --tls               call over TLS, trusting the system's CAs (env SETTLE_TLS=1); implied by
+                      the --tls-* options below
+  --tls-ca FILE       the CA certificate (PEM) that signed the node's (env SETTLE_TLS_CA)
+  --tls-cert FILE     this client's certificate (PEM), for a node that requires one
+                      (env SETTLE_TLS_CERT); with --tls-key
+  --tls-key FILE      its private key (PEM, unencrypted) (env SETTLE_TLS_KEY)
+  --tls-server-name NAME
+                      the name the node's certificate must have, when it is not --addr's host
+                      (env SETTLE_TLS_SERVER_NAME)
   --json              print JSON instead of tables
   --timeout-ms N      deadline of each call in ms (default 10000; of a watch, 3600000);
                       bounds the whole wait of reconcile run and of ledger --follow too
@@ -122,6 +143,11 @@ const OPTIONS = {
   token: { type: 'string' },
   'api-token': { type: 'string' },
   actor: { type: 'string' },
+  tls: { type: 'boolean' },
+  'tls-ca': { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'tls-server-name': { type: 'string' },
   json: { type: 'boolean', default: false },
   'timeout-ms': { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
@@ -153,6 +179,11 @@ const GLOBAL_OPTIONS: readonly OptionName[] = [
   'token',
   'api-token',
   'actor',
+  'tls',
+  'tls-ca',
+  'tls-cert',
+  'tls-key',
+  'tls-server-name',
   'json',
   'timeout-ms',
   'help',
@@ -267,6 +298,7 @@ export async function runCli(
   }
   let timeoutMs: number;
   let addr: string;
+  let tls: SettleClientTls | undefined;
   try {
     timeoutMs = intOption(values['timeout-ms'], 'timeout-ms', 10_000, 1, 3_600_000);
     // An empty SETTLE_ADDR counts as unset, as an empty ADMIN_TOKEN does.
@@ -274,6 +306,7 @@ export async function runCli(
       values.addr !== undefined
         ? checkedAddr(values.addr, '--addr')
         : checkedAddr(env.SETTLE_ADDR || '127.0.0.1:50051', 'SETTLE_ADDR');
+    tls = tlsSettings(values, env);
   } catch (error) {
     io.err(
       `settle: ${error instanceof Error ? error.message : String(error)}\n(settle --help lists the commands)\n`,
@@ -282,6 +315,7 @@ export async function runCli(
   }
   const settings = {
     addr,
+    tls: tls !== undefined,
     token: values.token ?? env.ADMIN_TOKEN,
     actor: values.actor ?? env.SETTLE_ACTOR ?? env.USER ?? 'cli',
     json: values.json,
@@ -293,9 +327,11 @@ export async function runCli(
       defaultTimeoutMs: timeoutMs,
       // An empty SETTLE_API_TOKEN counts as unset too.
       apiToken: values['api-token'] ?? (env.SETTLE_API_TOKEN || undefined),
+      tls,
     });
   } catch {
-    // The timeout and the address were checked above: only the token is left to refuse.
+    // The timeout, the address and the TLS files were checked above: only the token is left to
+    // refuse.
     io.err(
       'settle: the API token (--api-token or SETTLE_API_TOKEN) must be printable ASCII without ' +
         'spaces, as API_TOKENS are\n',
@@ -317,7 +353,7 @@ export async function runCli(
     }
     if (isServiceError(error)) {
       io.err(
-        `settle: ${grpcCodeName(error.code)}: ${error.details}\n${unreachableHint(error, settings.addr)}`,
+        `settle: ${grpcCodeName(error.code)}: ${error.details}\n${connectionHint(error, settings)}`,
       );
       return 1;
     }
@@ -330,6 +366,8 @@ export async function runCli(
 
 type Settings = Readonly<{
   addr: string;
+  /** Whether calls go over TLS. */
+  tls: boolean;
   token: string | undefined;
   actor: string;
   json: boolean;
@@ -594,12 +632,129 @@ function neverSent(error: ServiceError): boolean {
 }
 
 /**
- * What to do when no connection to `addr` could be made (grpc-js says so in the details of its
- * UNAVAILABLE); empty for an answer the node itself gave.
+ * What to do when no connection to the node could be made (grpc-js says so in the details of its
+ * UNAVAILABLE), or no TLS connection; empty for an answer the node itself gave.
  */
-function unreachableHint(error: ServiceError, addr: string): string {
+function connectionHint(error: ServiceError, settings: Settings): string {
+  if (error instanceof TlsHandshakeError) return tlsHint(error, settings.addr);
+  return unreachableHint(error, settings.addr, settings.tls);
+}
+
+/**
+ * What to do when no connection to `addr` could be made; empty for an answer the node itself
+ * gave. A node serving TLS closes a plaintext client's connection before HTTP/2 begins, which
+ * grpc-js words as "Failed to connect".
+ */
+function unreachableHint(error: ServiceError, addr: string, tls: boolean): string {
   if (!neverSent(error)) return '';
+  if (!tls && error.details.includes('Failed to connect')) {
+    return (
+      `the node at ${addr} closed the connection before answering: if it serves TLS, give ` +
+      'the CA that signed its certificate with --tls-ca (or SETTLE_TLS_CA), or --tls\n'
+    );
+  }
   return `no Settle node answers at ${addr}: start one, or give its address with --addr or SETTLE_ADDR\n`;
+}
+
+/** Which option to give after a failed TLS handshake; empty when none would help. */
+function tlsHint(error: TlsHandshakeError, addr: string): string {
+  switch (error.failure) {
+    case TLS_FAILURE.serverNotTrusted:
+      return "give the CA that signed the node's certificate with --tls-ca (or SETTLE_TLS_CA)\n";
+    case TLS_FAILURE.serverNameMismatch:
+      return (
+        `connect by a name the node's certificate has (--addr), or give one with ` +
+        '--tls-server-name (or SETTLE_TLS_SERVER_NAME)\n'
+      );
+    case TLS_FAILURE.clientCertificateRequired:
+    case TLS_FAILURE.clientCertificateRefused:
+      return (
+        "give a certificate the node's client CA signed, and its key, with --tls-cert and " +
+        '--tls-key (or SETTLE_TLS_CERT and SETTLE_TLS_KEY)\n'
+      );
+    case TLS_FAILURE.notTls:
+      return (
+        `the node at ${addr} does not serve TLS: leave out --tls and the --tls-* options ` +
+        '(and SETTLE_TLS*)\n'
+      );
+    case TLS_FAILURE.serverCertificateExpired:
+    case TLS_FAILURE.other:
+      return '';
+  }
+}
+
+/**
+ * The TLS of the call from the --tls* options, each over its SETTLE_TLS* variable (an empty one
+ * counts as unset), with the files read and checked: undefined for plaintext. A file that cannot
+ * be read or does not hold what it should is a UsageError naming the option and the file.
+ */
+function tlsSettings(
+  values: Values,
+  env: Readonly<Record<string, string | undefined>>,
+): SettleClientTls | undefined {
+  const setting = (option: 'tls-ca' | 'tls-cert' | 'tls-key' | 'tls-server-name', name: string) => {
+    const value = values[option];
+    if (value !== undefined) return { value, name: `--${option}` };
+    const fromEnv = env[name];
+    return fromEnv === undefined || fromEnv === '' ? undefined : { value: fromEnv, name };
+  };
+  const ca = setting('tls-ca', 'SETTLE_TLS_CA');
+  const cert = setting('tls-cert', 'SETTLE_TLS_CERT');
+  const key = setting('tls-key', 'SETTLE_TLS_KEY');
+  const serverName = setting('tls-server-name', 'SETTLE_TLS_SERVER_NAME');
+  const flag = values.tls ?? tlsFlag(env.SETTLE_TLS);
+  if (!flag && ca === undefined && cert === undefined && key === undefined) {
+    if (serverName !== undefined) {
+      throw new UsageError(`${serverName.name} applies to TLS only: give --tls or --tls-ca too`);
+    }
+    return undefined;
+  }
+  if ((cert === undefined) !== (key === undefined)) {
+    const [given, missing] = cert === undefined ? [key, '--tls-cert'] : [cert, '--tls-key'];
+    throw new UsageError(
+      `${given?.name ?? ''} needs ${missing} too: a client certificate goes with its key`,
+    );
+  }
+  const read = (file: { value: string; name: string }) => {
+    try {
+      return readFileSync(file.value, 'latin1');
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      const why =
+        code === 'ENOENT'
+          ? 'no such file'
+          : code === 'EACCES'
+            ? 'permission denied'
+            : code === 'EISDIR'
+              ? 'a folder, not a file'
+              : String(error);
+      throw new UsageError(`${file.name}: cannot read ${file.value} (${why})`);
+    }
+  };
+  const tls: { ca?: string; cert?: string; key?: string; serverName?: string } = {};
+  if (ca !== undefined) {
+    tls.ca = read(ca);
+    const cas = pemCertificates(tls.ca);
+    if (typeof cas === 'string') throw new UsageError(`${ca.name}: ${ca.value} ${cas}`);
+  }
+  if (cert !== undefined && key !== undefined) {
+    tls.cert = read(cert);
+    tls.key = read(key);
+    const pair = pemKeyPair(
+      { cert: tls.cert, key: tls.key },
+      { cert: `${cert.name} (${cert.value})`, key: `${key.name} (${key.value})` },
+    );
+    if ('problems' in pair) throw new UsageError(pair.problems.join('; '));
+  }
+  if (serverName !== undefined) tls.serverName = serverName.value;
+  return tls;
+}
+
+/** SETTLE_TLS as a switch: 1 or true turns TLS on; unset, empty, 0 or false leave it off. */
+function tlsFlag(value: string | undefined): boolean {
+  if (value === undefined || value === '' || value === '0' || value === 'false') return false;
+  if (value === '1' || value === 'true') return true;
+  throw new UsageError(`SETTLE_TLS '${value}' is not a switch: give 1 or true, 0 or false`);
 }
 
 /** Bearer token and operator name, as AdminService metadata. */
@@ -867,7 +1022,7 @@ async function followLedger(
         io.err(
           `settle: ${grpcCodeName(error.code)}: ${error.details}; asking again in ` +
             `${Math.ceil(delayMs / 100) / 10} s\n` +
-            (attempt === 1 ? unreachableHint(error, settings.addr) : ''),
+            (attempt === 1 ? connectionHint(error, settings) : ''),
         ),
     });
   } catch (error) {
@@ -925,7 +1080,7 @@ async function followLedger(
   if (failure !== undefined) {
     // Ended while no node answered: not a follow that was up to date.
     throw new ServerError(
-      `${grpcCodeName(failure.code)}: ${failure.details}\n${unreachableHint(failure, settings.addr)}` +
+      `${grpcCodeName(failure.code)}: ${failure.details}\n${connectionHint(failure, settings)}` +
         `${ended} ended the follow after ${entries(printed)} while the node was not answering; ` +
         goOn(),
     );

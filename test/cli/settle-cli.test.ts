@@ -6,13 +6,17 @@
  * (2) from server errors (1).
  * Method: the CLI runs as a child process (`node bin/settle.js`, the package's bin, and once
  * through `npm run settle`) against a startStack() node on MariaDB and NATS; its stdout, stderr
- * and exit code are checked, and the database is checked for the audit row.
+ * and exit code are checked, and the database is checked for the audit row. Over TLS, a second
+ * node on the same stack serves gRPC with TLS and requires client certificates, against
+ * throwaway certificates made with openssl.
  */
 import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { sql } from 'kysely';
+import { startSettle, type SettleNode } from '../../src/app.js';
+import { loadConfig } from '../../src/config.js';
 import { createConnection } from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseMysqlUrl, serverAddress } from '../../src/storage/db.js';
@@ -28,6 +32,7 @@ import {
 } from '../support/harness.js';
 import { ADMIN_TOKEN, auditRows, deadLetteredPayment } from '../admin/admin-support.js';
 import { paymentBooking } from '../support/ledger.js';
+import { makeTestCertificates, type TestCertificates } from '../support/certificates.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 let stack: Stack;
@@ -828,5 +833,119 @@ describe('settle CLI', () => {
     } finally {
       stack.psp.setBehavior({ latencyMs: 0 });
     }
+  });
+});
+
+describe('settle CLI over TLS', () => {
+  let certs: TestCertificates;
+  /** Serves gRPC with TLS and requires a client certificate signed by certs.caCert. */
+  let node: SettleNode;
+  let addr = '';
+
+  beforeAll(async () => {
+    certs = await makeTestCertificates();
+    const [grpcPort, httpPort] = await Promise.all([freePort(), freePort()]);
+    node = await startSettle(
+      loadConfig({
+        ...stack.env,
+        SETTLE_GRPC_ADDR: `127.0.0.1:${grpcPort}`,
+        SETTLE_HTTP_ADDR: `127.0.0.1:${httpPort}`,
+        GRPC_TLS_CERT_FILE: certs.serverCert,
+        GRPC_TLS_KEY_FILE: certs.serverKey,
+        GRPC_TLS_CLIENT_CA_FILE: certs.caCert,
+      }),
+      { nodeName: 'test-node-cli-tls' },
+    );
+    addr = `127.0.0.1:${node.grpcPort}`;
+  });
+  afterAll(async () => {
+    await node?.stop();
+    await certs?.remove();
+  });
+
+  it('calls a node that requires client certificates with --tls-ca, --tls-cert and --tls-key', async () => {
+    const run = await settle(
+      [
+        'payment',
+        'list',
+        '--tls-ca',
+        certs.caCert,
+        '--tls-cert',
+        certs.clientCert,
+        '--tls-key',
+        certs.clientKey,
+      ],
+      { SETTLE_ADDR: addr },
+    );
+    // Nothing on stderr: not even Node's warning about an IP as the TLS server name.
+    expect(run.stderr).toBe('');
+    expect(run.code).toBe(0);
+    expect(run.stdout).toMatch(/^PAYMENT\s+CREATED \(UTC\)/);
+  });
+
+  it('takes the same from SETTLE_TLS_CA, SETTLE_TLS_CERT and SETTLE_TLS_KEY', async () => {
+    const run = await settle(['wallet', 'seller-nobody'], {
+      SETTLE_ADDR: addr,
+      SETTLE_TLS_CA: certs.caCert,
+      SETTLE_TLS_CERT: certs.clientCert,
+      SETTLE_TLS_KEY: certs.clientKey,
+    });
+    // An answer from the node: the call got through.
+    expect(run.stderr).toMatch(/^settle: NOT_FOUND: /);
+    expect(run.code).toBe(1);
+  });
+
+  it('says what failed in the handshake and which option to give, without a stack trace', async () => {
+    const noCertificate = await settle(['wallet', 'seller-a'], {
+      SETTLE_ADDR: addr,
+      SETTLE_TLS_CA: certs.caCert,
+    });
+    expect(noCertificate.code).toBe(1);
+    expect(noCertificate.stderr).toBe(
+      `settle: UNAVAILABLE: No connection established: the TLS handshake with ${addr} failed: ` +
+        'the node requires a client certificate and this client gave none: give one signed by ' +
+        "the node's client CA, with its key (tlsv13 alert certificate required)\n" +
+        "give a certificate the node's client CA signed, and its key, with --tls-cert and " +
+        '--tls-key (or SETTLE_TLS_CERT and SETTLE_TLS_KEY)\n',
+    );
+    const untrusted = await settle(['wallet', 'seller-a', '--tls-ca', certs.otherCaCert], {
+      SETTLE_ADDR: addr,
+    });
+    expect(untrusted.code).toBe(1);
+    expect(untrusted.stderr).toContain(
+      "the node's certificate is not signed by a CA this client trusts",
+    );
+    expect(untrusted.stderr).toContain(
+      "give the CA that signed the node's certificate with --tls-ca (or SETTLE_TLS_CA)",
+    );
+    const plaintext = await settle(['wallet', 'seller-a'], { SETTLE_ADDR: addr });
+    expect(plaintext.code).toBe(1);
+    expect(plaintext.stderr).toMatch(/^settle: UNAVAILABLE: No connection established/);
+    expect(plaintext.stderr).toContain(
+      `the node at ${addr} closed the connection before answering: if it serves TLS, give the ` +
+        'CA that signed its certificate with --tls-ca (or SETTLE_TLS_CA), or --tls',
+    );
+    for (const run of [noCertificate, untrusted, plaintext]) {
+      expect(run.stderr).not.toContain('    at ');
+    }
+  });
+
+  it('refuses TLS files it cannot use as usage errors, naming the option and the file', async () => {
+    const missing = path.join(certs.dir, 'missing.pem');
+    const unreadable = await settle(['wallet', 'seller-a', '--tls-ca', missing]);
+    expect(unreadable.code).toBe(2);
+    expect(unreadable.stderr).toMatch(
+      new RegExp(`^settle: --tls-ca: cannot read ${missing} \\(no such file\\)\n`),
+    );
+    const notACa = await settle(['wallet', 'seller-a'], { SETTLE_TLS_CA: certs.clientKey });
+    expect(notACa.code).toBe(2);
+    expect(notACa.stderr).toContain(
+      `settle: SETTLE_TLS_CA: ${certs.clientKey} holds a private key, not a certificate`,
+    );
+    const alone = await settle(['wallet', 'seller-a', '--tls-cert', certs.clientCert]);
+    expect(alone.code).toBe(2);
+    expect(alone.stderr).toContain(
+      'settle: --tls-cert needs --tls-key too: a client certificate goes with its key',
+    );
   });
 });
