@@ -294,6 +294,8 @@ export type HttpServerOptions = Readonly<{
    * whose certificate it signed (the handshake of any other fails). Plaintext when left out.
    */
   tls?: Readonly<{ cert: Buffer; key: Buffer; clientCa: Buffer | undefined }> | undefined;
+  /** How long a client has to finish its TLS handshake, in ms (TLS_HANDSHAKE_MS_MAX; tests). */
+  tlsHandshakeMs?: number;
 }>;
 
 /** The HTTP port's server: plaintext, or HTTPS with `HttpServerOptions.tls`. */
@@ -390,7 +392,7 @@ export function createHttpServer(
             cert: tls.cert,
             key: tls.key,
             minVersion: 'TLSv1.2',
-            handshakeTimeout: TLS_HANDSHAKE_MS_MAX,
+            handshakeTimeout: options.tlsHandshakeMs ?? TLS_HANDSHAKE_MS_MAX,
             // A client without a certificate the CA signed fails the handshake, before any route.
             ...(tls.clientCa !== undefined && {
               ca: tls.clientCa,
@@ -404,7 +406,10 @@ export function createHttpServer(
   // framing, a request that does not arrive in time) were answered by Node itself: the right
   // status, but with no body, so not the documented error body nor x-request-id.
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Duplex) => {
-    if (!socket.writable) {
+    // A TLS handshake that failed or ran out of time (Node passes its timeout on as a client
+    // error) has no channel to answer on: a plaintext answer would be written into a socket that
+    // never closes, holding one of connectionsMax for good.
+    if (!socket.writable || (tls !== undefined && isTlsFailure(error))) {
       socket.destroy();
       return;
     }
@@ -457,4 +462,10 @@ export function listenHttp(
       resolve(typeof address === 'object' && address !== null ? address.port : port);
     });
   });
+}
+
+/** An error of the TLS layer (a handshake refused or not finished in time), not of HTTP. */
+function isTlsFailure(error: NodeJS.ErrnoException): boolean {
+  const code = error.code ?? '';
+  return code.startsWith('ERR_TLS_') || code.startsWith('ERR_SSL_');
 }

@@ -11,10 +11,12 @@
  * Method: the real router on a loopback port, driven with raw HTTP/1.1 over a socket, so the
  * request targets and framings are exactly what is written.
  */
+import { readFile } from 'node:fs/promises';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHttpServer, json, type HttpServer, type Route } from '../../src/http/router.js';
+import { makeTestCertificates } from '../support/certificates.js';
 
 const LIMIT_BYTES = 1_024;
 let server: HttpServer;
@@ -389,6 +391,42 @@ describe('open connections', () => {
       for (const socket of sockets) socket.destroy();
       bounded.closeAllConnections();
       await new Promise((resolve) => bounded.close(resolve));
+    }
+  });
+});
+
+describe('an HTTPS port', () => {
+  it('closes a connection that does not finish its TLS handshake in time', async () => {
+    const certificates = await makeTestCertificates();
+    const secure = createHttpServer(
+      () => routes,
+      () => undefined,
+      {
+        tls: {
+          cert: await readFile(certificates.serverCert),
+          key: await readFile(certificates.serverKey),
+          clientCa: undefined,
+        },
+        tlsHandshakeMs: 300,
+      },
+    );
+    await new Promise<void>((resolve) => secure.listen(0, '127.0.0.1', resolve));
+    const silent = net.connect((secure.address() as AddressInfo).port, '127.0.0.1');
+    try {
+      // Connected, and never a byte of a handshake: the slot must be given back.
+      const closedAfterMs = await new Promise<number | undefined>((resolve) => {
+        const started = Date.now();
+        silent.on('error', () => undefined);
+        silent.on('close', () => resolve(Date.now() - started));
+        setTimeout(() => resolve(undefined), 5_000);
+      });
+      expect(closedAfterMs).toBeDefined();
+      expect(closedAfterMs).toBeGreaterThanOrEqual(250);
+    } finally {
+      silent.destroy();
+      secure.closeAllConnections();
+      await new Promise((resolve) => secure.close(resolve));
+      await certificates.remove();
     }
   });
 });
