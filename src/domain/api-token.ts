@@ -26,8 +26,12 @@ export type ApiScope = (typeof API_SCOPE)[keyof typeof API_SCOPE];
 /** The name of a token listed alone, the form API_TOKENS had before names: it has scope write. */
 export const UNNAMED_API_TOKEN = 'unnamed';
 
-/** A token's name: plain and short, because it goes into every log line of its calls. */
-export const API_TOKEN_NAME = /^[a-z0-9][a-z0-9_-]{0,31}$/;
+/**
+ * A token's name: plain and short, because it goes into every log line of its calls; shorter than
+ * any token (API_TOKEN_LENGTH_MIN), so that a token written where the name goes ("<token> read
+ * dashboard-bot", fields swapped) is refused rather than logged as a name on every call.
+ */
+export const API_TOKEN_NAME = /^[a-z0-9][a-z0-9_-]{0,14}$/;
 
 /** One token of API_TOKENS, with the name logs know its caller by and what it may call. */
 export type ApiTokenEntry = Readonly<{ name: string; scope: ApiScope; token: string }>;
@@ -59,8 +63,8 @@ export function parseApiTokenItem(item: string): ApiTokenEntry | { problem: stri
     if (name === undefined || !API_TOKEN_NAME.test(name)) {
       return {
         problem:
-          'the name (first field) must be 1-32 characters of a-z, 0-9, _ and -, starting with a ' +
-          'letter or digit',
+          'the name (first field) must be 1-15 characters of a-z, 0-9, _ and -, starting with a ' +
+          'letter or digit (shorter than any token, so a token in its place is refused)',
       };
     }
     if (scope !== API_SCOPE.read && scope !== API_SCOPE.write) {

@@ -160,19 +160,24 @@ describe('API_TOKENS items', () => {
         `unnamed read ${secret}`,
         `dashboard read short`,
         `a b c d`,
-        // The token first and the name last: the scope field then holds "read", the name the token.
+        // The token first and the name last: refused for its name, which no token is short enough
+        // to be, rather than for the short "token".
         `${secret} write dashboard`,
+        // Swapped again, with a token of lowercase hex, the shape of `openssl rand -hex 8`: were
+        // it taken for a name, every log line of the calls would carry it.
+        `0123456789abcdef read dashboard-bot`,
       ].join(','),
     );
     expect(message).toBe(
       'invalid configuration:\n' +
         '  - API_TOKENS.0: has 2 fields separated by spaces, but a token cannot hold a space (it travels in a header): write a token alone (scope write), or "<name> <scope> <token>"\n' +
         '  - API_TOKENS.1: the scope (second field) must be read or write\n' +
-        '  - API_TOKENS.2: the name (first field) must be 1-32 characters of a-z, 0-9, _ and -, starting with a letter or digit\n' +
+        '  - API_TOKENS.2: the name (first field) must be 1-15 characters of a-z, 0-9, _ and -, starting with a letter or digit (shorter than any token, so a token in its place is refused)\n' +
         '  - API_TOKENS.3: the name "unnamed" stands for tokens listed alone; choose another\n' +
         '  - API_TOKENS.4: each token must have 16 characters or more\n' +
         '  - API_TOKENS.5: has 4 fields separated by spaces, but a token cannot hold a space (it travels in a header): write a token alone (scope write), or "<name> <scope> <token>"\n' +
-        '  - API_TOKENS.6: each token must have 16 characters or more',
+        '  - API_TOKENS.6: the name (first field) must be 1-15 characters of a-z, 0-9, _ and -, starting with a letter or digit (shorter than any token, so a token in its place is refused)\n' +
+        '  - API_TOKENS.7: the name (first field) must be 1-15 characters of a-z, 0-9, _ and -, starting with a letter or digit (shorter than any token, so a token in its place is refused)',
     );
     expect(message).not.toContain(secret);
     expect(message).not.toContain('reads');
