@@ -93,7 +93,8 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
       db: deps.db,
       names: deps.names,
       auth: { token: config.ADMIN_TOKEN, readonlyOpen: config.ADMIN_READONLY_OPEN },
-      cookie: { secure: config.ADMIN_COOKIE_SECURE },
+      // A panel this node serves over HTTPS itself is only ever reached through TLS.
+      cookie: { secure: config.ADMIN_COOKIE_SECURE || config.HTTP_TLS_CERT_FILE !== undefined },
       deadLetters,
       snapshot,
       consumerInfo: () => probeWithin(() => consumerInfoReads.read(), PROBE_TIMEOUT_MS),

@@ -37,6 +37,8 @@ const BUF = path.resolve(import.meta.dirname, '../../node_modules/.bin/buf');
 const CALL_TIMEOUT_MS = 5_000;
 
 let certs: TestCertificates;
+/** The admin panel's token, for its login over HTTPS. */
+const ADMIN_TOKEN_FOR_TLS = 'tls-admin-token-0123456789';
 let stack: Stack;
 /** The same stack's second node: TLS on both ports, and client certificates required. */
 let mtls: SettleNode;
@@ -50,6 +52,7 @@ beforeAll(async () => {
       GRPC_TLS_KEY_FILE: certs.serverKey,
       HTTP_TLS_CERT_FILE: certs.serverCert,
       HTTP_TLS_KEY_FILE: certs.serverKey,
+      ADMIN_TOKEN: ADMIN_TOKEN_FOR_TLS,
     },
   });
   const [grpcPort, httpPort] = await Promise.all([freePort(), freePort()]);
@@ -288,6 +291,40 @@ describe('the HTTP port with TLS', () => {
     const answer = await get(stack.settle.httpPort, '/healthz', { ca: ca() });
     expect(answer.status).toBe(200);
     expect(JSON.parse(answer.body)).toMatchObject({ status: 'ok', mysql: 'up', nats: 'up' });
+  });
+
+  it('marks the admin session cookie Secure, ADMIN_COOKIE_SECURE or not', async () => {
+    const form = new URLSearchParams({
+      token: ADMIN_TOKEN_FOR_TLS,
+      actor: 'tls-test',
+      next: '/admin/payments',
+    }).toString();
+    const setCookie = await new Promise<string[]>((resolve, reject) => {
+      const request = https.request(
+        {
+          host: '127.0.0.1',
+          port: stack.settle.httpPort,
+          path: '/admin/login',
+          method: 'POST',
+          headers: {
+            'content-type': 'application/x-www-form-urlencoded',
+            'content-length': String(Buffer.byteLength(form)),
+          },
+          ca: ca(),
+          servername: 'localhost',
+          timeout: CALL_TIMEOUT_MS,
+        },
+        (response) => {
+          response.resume();
+          response.on('end', () => resolve(response.headers['set-cookie'] ?? []));
+        },
+      );
+      request.on('timeout', () => request.destroy(new Error('timed out')));
+      request.on('error', reject);
+      request.end(form);
+    });
+    expect(setCookie).toHaveLength(1);
+    expect(setCookie[0]).toMatch(/; Secure(;|$)/i);
   });
 
   it('refuses plain HTTP and a client that trusts another CA', async () => {
