@@ -329,12 +329,15 @@ export async function runCli(
       apiToken: values['api-token'] ?? (env.SETTLE_API_TOKEN || undefined),
       tls,
     });
-  } catch {
-    // The timeout, the address and the TLS files were checked above: only the token is left to
-    // refuse.
+  } catch (error) {
+    // The timeout, the address and the TLS files were checked above: the TLS server name and the
+    // token are left to refuse, said in the CLI's own terms.
+    const serverName = error instanceof Error && error.message.includes('tls.serverName');
     io.err(
-      'settle: the API token (--api-token or SETTLE_API_TOKEN) must be printable ASCII without ' +
-        'spaces, as API_TOKENS are\n',
+      serverName
+        ? 'settle: --tls-server-name (or SETTLE_TLS_SERVER_NAME) must be a host name or address\n'
+        : 'settle: the API token (--api-token or SETTLE_API_TOKEN) must be printable ASCII ' +
+            'without spaces, as API_TOKENS are\n',
     );
     return 2;
   }

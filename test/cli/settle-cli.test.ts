@@ -376,6 +376,17 @@ describe('settle CLI', () => {
     expect(timeout.code).toBe(2);
     expect(timeout.stderr).toMatch(/^settle: --timeout-ms must be a whole number/);
     expect(timeout.stderr).not.toContain('    at ');
+    // A TLS server name the client refuses is named as such, not blamed on the API token.
+    const serverName = await settle([
+      '--tls',
+      '--tls-server-name',
+      'node.example/x',
+      'trial-balance',
+    ]);
+    expect(serverName.code).toBe(2);
+    expect(serverName.stderr).toBe(
+      'settle: --tls-server-name (or SETTLE_TLS_SERVER_NAME) must be a host name or address\n',
+    );
     const invalid = await settle(['payment', 'get', 'pay_nope']);
     expect(invalid.code).toBe(1);
     expect(invalid.stderr).toMatch(/^settle: INVALID_ARGUMENT: payment_id/);
