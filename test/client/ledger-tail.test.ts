@@ -349,11 +349,7 @@ describe('tailLedgerEntries', () => {
       },
       getTrialBalance: () => {},
     });
-    const port = await new Promise<number>((resolve, reject) =>
-      busy.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) =>
-        error ? reject(error) : resolve(bound),
-      ),
-    );
+    const port = await bindLocal(busy);
     const busyClient = createSettleClient(`127.0.0.1:${port}`);
     try {
       const delays: number[] = [];
@@ -432,11 +428,7 @@ describe('tailLedgerEntries', () => {
     beforeAll(async () => {
       silent = new grpc.Server();
       silent.addService(LedgerServiceService, { listEntries: () => {}, getTrialBalance: () => {} });
-      const port = await new Promise<number>((resolve, reject) =>
-        silent.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) =>
-          error ? reject(error) : resolve(bound),
-        ),
-      );
+      const port = await bindLocal(silent);
       silentClient = createSettleClient(`127.0.0.1:${port}`);
     });
     afterAll(() => {
@@ -495,11 +487,7 @@ describe('tailLedgerEntries', () => {
       },
       getTrialBalance: () => {},
     });
-    const port = await new Promise<number>((resolve, reject) =>
-      old.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) =>
-        error ? reject(error) : resolve(bound),
-      ),
-    );
+    const port = await bindLocal(old);
     const oldClient = createSettleClient(`127.0.0.1:${port}`);
     try {
       const seen: LedgerEntry[] = [];
@@ -536,11 +524,7 @@ describe('tailLedgerEntries', () => {
       },
       getTrialBalance: () => {},
     });
-    const port = await new Promise<number>((resolve, reject) =>
-      old.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) =>
-        error ? reject(error) : resolve(bound),
-      ),
-    );
+    const port = await bindLocal(old);
     const oldClient = createSettleClient(`127.0.0.1:${port}`);
     try {
       const seen: LedgerEntry[] = [];
@@ -604,3 +588,12 @@ describe('tailLedgerEntries', () => {
     expect(() => client.ledger.tailLedgerEntries(options)).toThrow(message);
   });
 });
+
+/** Binds a stand-in server to a free local port, plaintext. */
+function bindLocal(server: grpc.Server): Promise<number> {
+  return new Promise<number>((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) =>
+      error ? reject(error) : resolve(bound),
+    ),
+  );
+}

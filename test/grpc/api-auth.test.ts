@@ -36,6 +36,7 @@ import {
   type Stack,
 } from '../support/harness.js';
 import { ADMIN_TOKEN } from '../admin/admin-support.js';
+import { bearer, refusal } from '../support/grpc-calls.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const TOKEN = 'api-token-current-0123456789';
@@ -43,21 +44,6 @@ const TOKEN = 'api-token-current-0123456789';
 const TOKEN_PREVIOUS = 'api-token-previous-9876543210';
 const WRONG = 'api-token-wrong-000000000000';
 const REFUSED_METRIC = 'settle_api_credentials_refused_total';
-
-function bearer(token: string): grpc.Metadata {
-  const metadata = new grpc.Metadata();
-  metadata.set('authorization', `Bearer ${token}`);
-  return metadata;
-}
-
-async function refusal(promise: Promise<unknown>): Promise<grpc.ServiceError> {
-  try {
-    await promise;
-  } catch (error) {
-    return error as grpc.ServiceError;
-  }
-  throw new Error('expected the call to be refused');
-}
 
 const createRequest = () => ({
   requestId: randomUUID(),

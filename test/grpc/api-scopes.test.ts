@@ -33,6 +33,7 @@ import {
   waitFor,
   type Stack,
 } from '../support/harness.js';
+import { bearer, refusal } from '../support/grpc-calls.js';
 
 /** A token listed alone: named `unnamed`, scope write, as every token was before names. */
 const TOKEN_ALONE = 'api-token-alone-0123456789ab';
@@ -54,21 +55,6 @@ const READ_METHODS = [
   '/settle.v1.ReconciliationService/ListReports',
   '/settle.v1.ReconciliationService/ListMismatches',
 ];
-
-function bearer(token: string): grpc.Metadata {
-  const metadata = new grpc.Metadata();
-  metadata.set('authorization', `Bearer ${token}`);
-  return metadata;
-}
-
-async function refusal(promise: Promise<unknown>): Promise<grpc.ServiceError> {
-  try {
-    await promise;
-  } catch (error) {
-    return error as grpc.ServiceError;
-  }
-  throw new Error('expected the call to be refused');
-}
 
 const createRequest = () => ({
   requestId: randomUUID(),
