@@ -37,10 +37,12 @@ import {
   waitFor,
   type Stack,
 } from '../support/harness.js';
-import { paymentBooking } from '../support/ledger.js';
+import { holdOpenBooking, paymentBooking, type HeldBooking } from '../support/ledger.js';
 
 let stack: Stack;
 let client: SettleClient;
+/** Bookings a test holds open; committed by the test, rolled back if it failed first. */
+const holds = new Set<HeldBooking>();
 beforeAll(async () => {
   stack = await startStack();
   client = createSettleClient(`127.0.0.1:${stack.settle.grpcPort}`, { defaultTimeoutMs: 5_000 });
@@ -50,6 +52,7 @@ afterAll(async () => {
   await stack?.stop();
 });
 afterEach(async () => {
+  await Promise.all([...holds].map((hold) => hold.finish('rollback')));
   await expectLedgerBalanced(stack.settle.db);
 });
 
@@ -117,17 +120,8 @@ describe('tailLedgerEntries', () => {
 
   it('waits for a booking that commits after a later one did, and gives both in id order', async () => {
     const seller = 'tail-late';
-    let release: () => void = () => {};
-    const released = new Promise<void>((resolve) => (release = resolve));
-    let posted: () => void = () => {};
-    const isPosted = new Promise<void>((resolve) => (posted = resolve));
     // Takes its entry ids first, and commits last.
-    const held = stack.settle.db.transaction().execute(async (trx) => {
-      await postLedgerTransaction(trx, paymentBooking(seller));
-      posted();
-      await released;
-    });
-    await isPosted;
+    const held = await holdOpenBooking(stack.settle.db, paymentBooking(seller), holds);
     await book(seller);
     const abort = new AbortController();
     const seen: LedgerEntry[] = [];
@@ -144,8 +138,7 @@ describe('tailLedgerEntries', () => {
       await new Promise((resolve) => setTimeout(resolve, 500));
       expect(seen).toEqual([]);
     } finally {
-      release();
-      await held;
+      await held.finish('commit');
     }
     await waitFor(() => Promise.resolve(seen.length >= 2), { what: 'both entries' });
     await new Promise((resolve) => setTimeout(resolve, 300));
@@ -195,16 +188,7 @@ describe('tailLedgerEntries', () => {
 
   it('starts at the head below a booking still open, and gives it once it commits', async () => {
     const seller = 'tail-head-held';
-    let release: () => void = () => {};
-    const released = new Promise<void>((resolve) => (release = resolve));
-    let posted: () => void = () => {};
-    const isPosted = new Promise<void>((resolve) => (posted = resolve));
-    const held = stack.settle.db.transaction().execute(async (trx) => {
-      await postLedgerTransaction(trx, paymentBooking(seller));
-      posted();
-      await released;
-    });
-    await isPosted;
+    const held = await holdOpenBooking(stack.settle.db, paymentBooking(seller), holds);
     await book(seller);
     const abort = new AbortController();
     const seen: LedgerEntry[] = [];
@@ -220,8 +204,7 @@ describe('tailLedgerEntries', () => {
       await new Promise((resolve) => setTimeout(resolve, 300));
       expect(seen).toEqual([]);
     } finally {
-      release();
-      await held;
+      await held.finish('commit');
     }
     // The open booking's entry, and the one committed above it before the head was read.
     await waitFor(() => Promise.resolve(seen.length >= 2), { what: 'both entries' });

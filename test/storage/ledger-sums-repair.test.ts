@@ -24,7 +24,6 @@ import {
   ledgerSumsDrift,
   repairLedgerSums,
   trialBalanceTotals,
-  type LedgerSumsOptions,
   type LedgerSumsRepair,
 } from '../../src/storage/repositories/ledger-sums.repository.js';
 import {
@@ -40,13 +39,12 @@ import {
   maxLedgerEntryId,
   recountTrialBalance,
   servedTrialBalance,
+  emptyLedgerAndSums,
+  LEDGER_SUMS_TEST_OPTIONS,
 } from '../support/ledger.js';
 
 /** A settle window short enough for a test; gaps (rolled-back bookings) hold a pass that long. */
-const OPTIONS: LedgerSumsOptions = {
-  horizon: { reservationSettleMs: 300, markIntervalMs: 50, gapCheckIdsMax: 20_000 },
-  entriesPerPassMax: 50_000,
-};
+const OPTIONS = LEDGER_SUMS_TEST_OPTIONS;
 
 let db: Db;
 let close: () => Promise<void>;
@@ -58,18 +56,7 @@ afterAll(async () => {
   await close?.();
 });
 afterEach(async () => {
-  for (const table of [
-    'ledger_entry',
-    'ledger_transaction',
-    'ledger_entry_mark',
-    'ledger_account_sum',
-    'ledger_currency_sum',
-  ]) {
-    await sql`TRUNCATE TABLE ${sql.table(table)}`.execute(db);
-  }
-  await sql`UPDATE ledger_sum_checkpoint SET upto_id = 0, advanced_at = '1970-01-01 00:00:01'`.execute(
-    db,
-  );
+  await emptyLedgerAndSums(db);
 });
 
 /** `count` bookings to `seller<i % sellers>`, one transaction each, amounts 1..count. */

@@ -25,7 +25,6 @@ import {
   LedgerSummer,
   trialBalancePage,
   trialBalanceTotals,
-  type LedgerSumsOptions,
 } from '../../src/storage/repositories/ledger-sums.repository.js';
 import {
   postLedgerTransaction,
@@ -44,13 +43,12 @@ import {
   servedTrialBalance,
   type HeldBooking,
   type TrialBalanceText,
+  emptyLedgerAndSums,
+  LEDGER_SUMS_TEST_OPTIONS,
 } from '../support/ledger.js';
 
 /** A settle window short enough for a test; gaps (rolled-back bookings) hold a pass that long. */
-const OPTIONS: LedgerSumsOptions = {
-  horizon: { reservationSettleMs: 300, markIntervalMs: 50, gapCheckIdsMax: 20_000 },
-  entriesPerPassMax: 50_000,
-};
+const OPTIONS = LEDGER_SUMS_TEST_OPTIONS;
 
 let db: Db;
 let close: () => Promise<void>;
@@ -63,18 +61,7 @@ afterAll(async () => {
 });
 afterEach(async () => {
   await Promise.all([...holds].map((hold) => hold.finish('rollback')));
-  for (const table of [
-    'ledger_entry',
-    'ledger_transaction',
-    'ledger_entry_mark',
-    'ledger_account_sum',
-    'ledger_currency_sum',
-  ]) {
-    await sql`TRUNCATE TABLE ${sql.table(table)}`.execute(db);
-  }
-  await sql`UPDATE ledger_sum_checkpoint SET upto_id = 0, advanced_at = '1970-01-01 00:00:01'`.execute(
-    db,
-  );
+  await emptyLedgerAndSums(db);
 });
 
 function booking(seller: string, amountMinor: bigint, currency = 'USD'): NewLedgerTransaction {

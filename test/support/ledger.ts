@@ -172,3 +172,25 @@ export async function servedTrialBalance(db: Db, limit = 7): Promise<TrialBalanc
     ),
   };
 }
+
+/** Running-sums options for tests: a settle window short enough that a gap holds a pass briefly. */
+export const LEDGER_SUMS_TEST_OPTIONS: LedgerSumsOptions = {
+  horizon: { reservationSettleMs: 300, markIntervalMs: 50, gapCheckIdsMax: 20_000 },
+  entriesPerPassMax: 50_000,
+};
+
+/** Empties the ledger and its running sums, and puts the checkpoint back at 0, between tests. */
+export async function emptyLedgerAndSums(db: Db): Promise<void> {
+  for (const table of [
+    'ledger_entry',
+    'ledger_transaction',
+    'ledger_entry_mark',
+    'ledger_account_sum',
+    'ledger_currency_sum',
+  ]) {
+    await sql`TRUNCATE TABLE ${sql.table(table)}`.execute(db);
+  }
+  await sql`UPDATE ledger_sum_checkpoint SET upto_id = 0, advanced_at = '1970-01-01 00:00:01'`.execute(
+    db,
+  );
+}
