@@ -7,8 +7,10 @@
  * and refuses the handshake of a client without one. Any certificate that CA signed is let in:
  * TLS says who may connect, and API_TOKENS and ADMIN_TOKEN still say who may call what.
  *
- * The files are not read again while the node runs: a renewed certificate takes a restart.
+ * While the node runs, src/tls-reload.ts reads the files again (every TLS_RELOAD_INTERVAL_S, and
+ * on SIGHUP) through readPortTls, so a renewed certificate passes the same checks as at start.
  */
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { createSecureContext } from 'node:tls';
@@ -35,7 +37,8 @@ export type ServerTls = Readonly<{ grpc: PortTls | undefined; http: PortTls | un
 
 export const PLAINTEXT: ServerTls = Object.freeze({ grpc: undefined, http: undefined });
 
-const PORTS = {
+/** The settings that name each port's TLS files. */
+export const TLS_SETTINGS = {
   grpc: {
     cert: 'GRPC_TLS_CERT_FILE',
     key: 'GRPC_TLS_KEY_FILE',
@@ -47,57 +50,81 @@ const PORTS = {
     clientCa: 'HTTP_TLS_CLIENT_CA_FILE',
   },
 } as const;
+const PORTS = TLS_SETTINGS;
+
+/** A port that may serve TLS. */
+export type TlsPort = keyof typeof TLS_SETTINGS;
+
+/**
+ * One port's TLS files as read now: `tls` when they pass every check, else the problems, each
+ * naming its setting and file. `fingerprint` is a hash of what was read (bytes, or the error of a
+ * file that could not be), so a reload can tell files it has already applied or refused from new
+ * ones, whatever their mtime.
+ */
+export type PortTlsRead = Readonly<{ fingerprint: string }> &
+  ({ tls: PortTls; problems?: never } | { tls?: never; problems: readonly string[] });
+
+/**
+ * Reads and checks one port's TLS files, as at start; undefined for a plaintext port (its
+ * certificate or key setting unset).
+ */
+export function readPortTls(config: Config, port: TlsPort): PortTlsRead | undefined {
+  const names = PORTS[port];
+  const files = { cert: config[names.cert], key: config[names.key] };
+  if (files.cert === undefined || files.key === undefined) return undefined;
+  const problems: string[] = [];
+  const clientCaFile = config[names.clientCa];
+  const cert = readPem(names.cert, files.cert, problems);
+  const key = readPem(names.key, files.key, problems);
+  const clientCa =
+    clientCaFile === undefined ? undefined : readPem(names.clientCa, clientCaFile, problems);
+  const hash = createHash('sha256');
+  for (const part of [cert, key, clientCa]) hash.update(part ?? '-').update('\0');
+  for (const problem of problems) hash.update(problem).update('\0');
+  const fingerprint = hash.digest('hex');
+  if (clientCa !== undefined) {
+    const cas = pemCertificates(clientCa.toString('latin1'));
+    if (typeof cas === 'string') problems.push(`${names.clientCa}: ${clientCaFile} ${cas}`);
+  }
+  if (cert === undefined || key === undefined) return { fingerprint, problems };
+  const pair = pemKeyPair(
+    { cert: cert.toString('latin1'), key: key.toString('latin1') },
+    { cert: `${names.cert} (${files.cert})`, key: `${names.key} (${files.key})` },
+  );
+  if ('problems' in pair) return { fingerprint, problems: [...problems, ...pair.problems] };
+  try {
+    // What the port's handshakes will use: refused here (a key too weak for OpenSSL's security
+    // level, say), it is refused at start rather than on every connection.
+    createSecureContext({ cert, key, ...(clientCa !== undefined && { ca: clientCa }) });
+  } catch (error) {
+    problems.push(
+      `${names.cert}, ${names.key}: ${files.cert} and ${files.key} are refused by TLS ` +
+        `(${error instanceof Error ? error.message : String(error)})`,
+    );
+  }
+  if (problems.length > 0) return { fingerprint, problems };
+  return {
+    fingerprint,
+    tls: {
+      cert,
+      key,
+      clientCa,
+      subject: pair.leaf.subject.replace(/\n/g, ', '),
+      validTo: new Date(pair.leaf.validTo),
+    },
+  };
+}
 
 /**
  * Reads and checks the files of both ports' TLS settings (loadConfig has checked that they come
  * in pairs); throws ConfigError listing every problem, each naming its setting and file.
  */
 export function readServerTls(config: Config): ServerTls {
-  const problems: string[] = [];
-  const read = (port: keyof typeof PORTS): PortTls | undefined => {
-    const names = PORTS[port];
-    const files = { cert: config[names.cert], key: config[names.key] };
-    if (files.cert === undefined || files.key === undefined) return undefined;
-    const clientCaFile = config[names.clientCa];
-    const cert = readPem(names.cert, files.cert, problems);
-    const key = readPem(names.key, files.key, problems);
-    const clientCa =
-      clientCaFile === undefined ? undefined : readPem(names.clientCa, clientCaFile, problems);
-    if (clientCa !== undefined) {
-      const cas = pemCertificates(clientCa.toString('latin1'));
-      if (typeof cas === 'string') problems.push(`${names.clientCa}: ${clientCaFile} ${cas}`);
-    }
-    if (cert === undefined || key === undefined) return undefined;
-    const pair = pemKeyPair(
-      { cert: cert.toString('latin1'), key: key.toString('latin1') },
-      { cert: `${names.cert} (${files.cert})`, key: `${names.key} (${files.key})` },
-    );
-    if ('problems' in pair) {
-      problems.push(...pair.problems);
-      return undefined;
-    }
-    try {
-      // What the port's handshakes will use: refused here (a key too weak for OpenSSL's security
-      // level, say), it is refused at start rather than on every connection.
-      createSecureContext({ cert, key, ...(clientCa !== undefined && { ca: clientCa }) });
-    } catch (error) {
-      problems.push(
-        `${names.cert}, ${names.key}: ${files.cert} and ${files.key} are refused by TLS ` +
-          `(${error instanceof Error ? error.message : String(error)})`,
-      );
-      return undefined;
-    }
-    return {
-      cert,
-      key,
-      clientCa,
-      subject: pair.leaf.subject.replace(/\n/g, ', '),
-      validTo: new Date(pair.leaf.validTo),
-    };
-  };
-  const tls = { grpc: read('grpc'), http: read('http') };
+  const grpc = readPortTls(config, 'grpc');
+  const http = readPortTls(config, 'http');
+  const problems = [...(grpc?.problems ?? []), ...(http?.problems ?? [])];
   if (problems.length > 0) throw new ConfigError(problems);
-  return Object.freeze(tls);
+  return Object.freeze({ grpc: grpc?.tls, http: http?.tls });
 }
 
 /** The bytes of `file`, or undefined with a problem naming `variable` and the file. */
@@ -173,7 +200,7 @@ export function tlsStartupLines(
         warn.push(
           `${label} port ${address}: the certificate in ${names.cert} expired at ` +
             `${portTls.validTo.toISOString()}, so every client refuses the handshake; renew it ` +
-            'and restart the node',
+            '(the node reads it again within TLS_RELOAD_INTERVAL_S, or at once on SIGHUP)',
         );
       }
       continue;

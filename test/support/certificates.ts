@@ -34,6 +34,9 @@ export type TestCertificates = Readonly<{
   remove: () => Promise<void>;
 }>;
 
+/** A new P-256 key, unencrypted, for `openssl req`. */
+const NEW_KEY = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+
 async function openssl(args: readonly string[], cwd: string): Promise<void> {
   await run(OPENSSL, args, { cwd, timeout: OPENSSL_MS_MAX });
 }
@@ -41,14 +44,13 @@ async function openssl(args: readonly string[], cwd: string): Promise<void> {
 /** Makes the CAs, the server's and the clients' certificates in a fresh temporary folder. */
 export async function makeTestCertificates(): Promise<TestCertificates> {
   const dir = await mkdtemp(path.join(tmpdir(), 'settle-tls-'));
-  const key = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
   // -subj differs per CA so that their names differ as well as their keys.
   const makeCa = (name: string) =>
     openssl(
       [
         'req',
         '-x509',
-        ...key,
+        ...NEW_KEY,
         '-keyout',
         `${name}.key`,
         '-out',
@@ -61,35 +63,8 @@ export async function makeTestCertificates(): Promise<TestCertificates> {
       dir,
     );
   await Promise.all([makeCa('ca'), makeCa('other-ca')]);
-  const leaf = async (name: string, issuer: string, subject: string, extensions: string) => {
-    await writeFile(path.join(dir, `${name}.ext`), extensions);
-    await openssl(
-      ['req', ...key, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', subject],
-      dir,
-    );
-    await openssl(
-      [
-        'x509',
-        '-req',
-        '-in',
-        `${name}.csr`,
-        '-CA',
-        `${issuer}.pem`,
-        '-CAkey',
-        `${issuer}.key`,
-        // A serial of its own, rather than -CAcreateserial's file the two leaves would race on.
-        '-set_serial',
-        `0x${randomBytes(8).toString('hex')}`,
-        '-out',
-        `${name}.pem`,
-        '-days',
-        '2',
-        '-extfile',
-        `${name}.ext`,
-      ],
-      dir,
-    );
-  };
+  const leaf = (name: string, issuer: string, subject: string, extensions: string) =>
+    signLeaf(dir, { name, issuer, subject, extensions, days: 2 });
   await Promise.all([
     leaf(
       'server',
@@ -112,5 +87,67 @@ export async function makeTestCertificates(): Promise<TestCertificates> {
     otherClientCert: file('other-client.pem'),
     otherClientKey: file('other-client.key'),
     remove: () => rm(dir, { recursive: true, force: true }),
+  };
+}
+
+/** Makes `name`.key and a certificate `name`.pem for it in `dir`, signed by `issuer`.pem/.key. */
+async function signLeaf(
+  dir: string,
+  leaf: Readonly<{
+    name: string;
+    issuer: string;
+    subject: string;
+    extensions: string;
+    days: number;
+  }>,
+): Promise<void> {
+  const { name, issuer } = leaf;
+  await writeFile(path.join(dir, `${name}.ext`), leaf.extensions);
+  await openssl(
+    ['req', ...NEW_KEY, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', leaf.subject],
+    dir,
+  );
+  await openssl(
+    [
+      'x509',
+      '-req',
+      '-in',
+      `${name}.csr`,
+      '-CA',
+      `${issuer}.pem`,
+      '-CAkey',
+      `${issuer}.key`,
+      // A serial of its own, rather than -CAcreateserial's file the two leaves would race on.
+      '-set_serial',
+      `0x${randomBytes(8).toString('hex')}`,
+      '-out',
+      `${name}.pem`,
+      '-days',
+      String(leaf.days),
+      '-extfile',
+      `${name}.ext`,
+    ],
+    dir,
+  );
+}
+
+/**
+ * Another server certificate for 127.0.0.1 and localhost from `certs`' CA, with a key and serial
+ * of its own and `days` of validity: a renewal, for the tests of reading TLS files again.
+ */
+export async function makeRenewedServerCertificate(
+  certs: TestCertificates,
+  options: Readonly<{ name: string; days: number }>,
+): Promise<{ cert: string; key: string }> {
+  await signLeaf(certs.dir, {
+    name: options.name,
+    issuer: 'ca',
+    subject: '/CN=localhost',
+    extensions: 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n',
+    days: options.days,
+  });
+  return {
+    cert: path.join(certs.dir, `${options.name}.pem`),
+    key: path.join(certs.dir, `${options.name}.key`),
   };
 }
