@@ -3,6 +3,7 @@
  * the payment-order actor runtime fed by the command consumer, the gRPC API and the HTTP port.
  * `startSettle` is used by main.ts and by the tests; `stop()` undoes it in reverse order.
  */
+import https from 'node:https';
 import type * as grpc from '@grpc/grpc-js';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
@@ -60,7 +61,13 @@ import { paymentHandlers } from './grpc/handlers/payment.handlers.js';
 import { adminHandlers } from './grpc/handlers/admin.handlers.js';
 import { AdminServiceService } from './grpc/generated/settle/v1/admin.js';
 import { ledgerHandlers, walletHandlers } from './grpc/handlers/ledger.handlers.js';
-import { createHttpServer, json, listenHttp, type Route } from './http/router.js';
+import {
+  createHttpServer,
+  httpsContextOptions,
+  json,
+  listenHttp,
+  type Route,
+} from './http/router.js';
 import { WEBHOOK_PATH, webhookRoute, type FastApply } from './http/webhook.route.js';
 import { INBOX_SOURCE_PSP, WebhookInbox, type WebhookEvent } from './http/webhook-inbox.js';
 import { createLogger, type Logger } from './observability/logger.js';
@@ -92,6 +99,7 @@ import {
 import { ReconciliationServiceService } from './grpc/generated/settle/v1/reconciliation.js';
 import { reconciliationHandlers } from './grpc/handlers/reconciliation.handlers.js';
 import { readServerTls, tlsStartupLines, type ServerTls } from './tls.js';
+import { TlsReloader, type TlsReloadOutcome } from './tls-reload.js';
 
 /** Housekeeping (expired rows): a pass a minute, the first one 30 s after start-up. */
 const HOUSEKEEPING_INTERVAL_MS = 60_000;
@@ -175,6 +183,11 @@ export type SettleNode = Readonly<{
   routes: Route[];
   /** Delivers a command to its order's actor, as the consumer does. */
   dispatch: (command: Command) => Promise<HandleOutcome>;
+  /**
+   * Reads the TLS files of the ports that serve TLS again now (SIGHUP; the node also does every
+   * TLS_RELOAD_INTERVAL_S) and serves new ones that pass the start's checks to new connections.
+   */
+  reloadTls: () => Partial<Record<'grpc' | 'http', TlsReloadOutcome>>;
   stop: () => Promise<void>;
 }>;
 
@@ -579,10 +592,11 @@ export async function startSettle(
     const warnRefused = refusedConnectionLog(logger, grpcConnectionsMax);
     // Reported once per failed accept, which may be thousands a second: one line a second.
     const warnAcceptFailed = repeatingFailureLog(logger, ACCEPT_FAILED_MESSAGE, { everyMs: 1_000 });
+    const grpcCredentials = serverCredentials(tls.grpc);
     const grpcServer = createGrpcServer({
       maxMessageBytes: config.GRPC_MESSAGE_BYTES_MAX,
       connectionsMax: grpcConnectionsMax,
-      credentials: serverCredentials(tls.grpc),
+      credentials: grpcCredentials.credentials,
       observer: {
         open: (open) => metrics.grpcConnectionsOpen(open),
         refused: ({ remoteAddress }) => {
@@ -830,6 +844,23 @@ export async function startSettle(
       overrides.httpPort ?? config.SETTLE_HTTP_ADDR.port,
       'SETTLE_HTTP_ADDR',
     );
+    // From here on, renewed certificates reach both ports without a restart.
+    const tlsReloader = new TlsReloader({
+      config,
+      tls,
+      apply: {
+        grpc: grpcCredentials.update,
+        http:
+          httpServer instanceof https.Server
+            ? (next) => httpServer.setSecureContext(httpsContextOptions(next))
+            : undefined,
+      },
+      logger,
+      metrics,
+      now,
+    });
+    tlsReloader.start(config.TLS_RELOAD_INTERVAL_S * 1_000);
+    cleanups.push(() => tlsReloader.stop());
     cleanups.push(
       () =>
         new Promise<void>((resolve) => {
@@ -1000,6 +1031,7 @@ export async function startSettle(
       reconciliation,
       routes,
       dispatch,
+      reloadTls: () => tlsReloader.reload(),
       stop: stopAll,
     };
   } catch (error) {

@@ -290,6 +290,13 @@ export const configSchema = z.object({
   HTTP_TLS_CERT_FILE: z.string().optional(),
   HTTP_TLS_KEY_FILE: z.string().optional(),
   HTTP_TLS_CLIENT_CA_FILE: z.string().optional(),
+  /**
+   * How often a node reads its TLS files again, in seconds (src/tls-reload.ts): new files that
+   * pass the start's checks are served to new connections; others are refused with a warning and
+   * the old ones kept. SIGHUP reads them at once. A day at most, so a renewal is never missed for
+   * longer than short-lived certificates allow.
+   */
+  TLS_RELOAD_INTERVAL_S: positiveInt.max(86_400).default(60),
   GRPC_MESSAGE_BYTES_MAX: positiveInt.max(64 * 1024 * 1024).default(1024 * 1024),
   /**
    * Connections the gRPC port takes at once; past it a new one is closed as soon as it is

@@ -12,7 +12,8 @@
  * a node started before them comes up once they answer, and a node whose dependencies stay away
  * exits 3 with one line saying which, where, and how long it waited. SIGTERM/SIGINT during that
  * wait exit at once (0: nothing was started). Once the node is up, SIGTERM/SIGINT stop everything
- * in reverse order; a second signal, or the grace period running out, forces the exit.
+ * in reverse order; a second signal, or the grace period running out, forces the exit. SIGHUP
+ * makes a node that serves TLS read its certificate files again (src/tls-reload.ts).
  */
 import {
   ConfigError,
@@ -61,6 +62,7 @@ async function main(): Promise<void> {
   await waitForStartupDependencies(config, { settleOnly, logger });
 
   const stops: Array<() => Promise<void>> = [];
+  let reloadTls: (() => unknown) | undefined;
   try {
     if (!settleOnly) {
       const psp = await startPspMock({
@@ -72,6 +74,7 @@ async function main(): Promise<void> {
     }
     const node = await startSettle(config, { logger, tls });
     stops.push(node.stop);
+    reloadTls = node.reloadTls;
     const grpcTls = tls.grpc === undefined ? '' : ' (TLS)';
     const httpScheme = tls.http === undefined ? 'http' : 'https';
     process.stdout.write(
@@ -103,6 +106,14 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
+  // Only a node that serves TLS takes SIGHUP: a plaintext one keeps Node's default (exit).
+  if (reloadTls !== undefined && (tls.grpc !== undefined || tls.http !== undefined)) {
+    const reload = reloadTls;
+    process.on('SIGHUP', () => {
+      logger.info('SIGHUP received: reading the TLS files again');
+      reload();
+    });
+  }
 }
 
 /**

@@ -220,20 +220,95 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
   );
 }
 
+/** The TLS files of a gRPC port, as checked by src/tls.ts. */
+export type GrpcPortTls = Readonly<{ cert: Buffer; key: Buffer; clientCa: Buffer | undefined }>;
+
+/**
+ * A grpc-js certificate provider whose certificates are pushed to it (`update`), once checked,
+ * rather than read by it: grpc-js's FileWatcherCertificateProvider would serve whatever the files
+ * hold at its next read, a key half written or not the certificate's included. grpc-js listens
+ * while its server has a connection injector or a bound port, and sets each update as the TLS
+ * context of the handshakes that follow; connections already open keep their session.
+ */
+export class PushedCertificateProvider implements grpc.experimental.CertificateProvider {
+  #tls: GrpcPortTls;
+  readonly #identityListeners = new Set<grpc.experimental.IdentityCertificateUpdateListener>();
+  readonly #caListeners = new Set<grpc.experimental.CaCertificateUpdateListener>();
+
+  constructor(tls: GrpcPortTls) {
+    this.#tls = tls;
+  }
+
+  /** Serves `tls` to the handshakes that follow. Its client CA must be set as at construction. */
+  update(tls: GrpcPortTls): void {
+    this.#tls = tls;
+    // The CA first: between the two calls grpc-js holds the new CA with the old certificate,
+    // never a context without a CA (which it would take for "not loaded" and drop connections).
+    const ca = this.#caUpdate();
+    if (ca !== undefined) for (const listener of this.#caListeners) listener(ca);
+    const identity = this.#identityUpdate();
+    for (const listener of this.#identityListeners) listener(identity);
+  }
+
+  addCaCertificateListener(listener: grpc.experimental.CaCertificateUpdateListener): void {
+    this.#caListeners.add(listener);
+    // grpc-js adds its listeners before the watcher they feed: an answer now would be lost.
+    const ca = this.#caUpdate();
+    if (ca !== undefined) process.nextTick(listener, ca);
+  }
+
+  removeCaCertificateListener(listener: grpc.experimental.CaCertificateUpdateListener): void {
+    this.#caListeners.delete(listener);
+  }
+
+  addIdentityCertificateListener(
+    listener: grpc.experimental.IdentityCertificateUpdateListener,
+  ): void {
+    this.#identityListeners.add(listener);
+    process.nextTick(listener, this.#identityUpdate());
+  }
+
+  removeIdentityCertificateListener(
+    listener: grpc.experimental.IdentityCertificateUpdateListener,
+  ): void {
+    this.#identityListeners.delete(listener);
+  }
+
+  #caUpdate(): grpc.experimental.CaCertificateUpdate | undefined {
+    const { clientCa } = this.#tls;
+    return clientCa === undefined ? undefined : { caCertificate: clientCa };
+  }
+
+  #identityUpdate(): grpc.experimental.IdentityCertificateUpdate {
+    return { certificate: this.#tls.cert, privateKey: this.#tls.key };
+  }
+}
+
 /**
  * The credentials of a gRPC port with `tls` (its certificate chain and key, and the CAs whose
- * client certificates it requires, if any), or plaintext ones without.
+ * client certificates it requires, if any), or plaintext ones without. With TLS, `update` serves
+ * new files (checked beforehand) to the handshakes that follow.
  */
-export function serverCredentials(
-  tls: Readonly<{ cert: Buffer; key: Buffer; clientCa: Buffer | undefined }> | undefined,
-): grpc.ServerCredentials {
-  if (tls === undefined) return grpc.ServerCredentials.createInsecure();
-  return grpc.ServerCredentials.createSsl(
-    tls.clientCa ?? null,
-    [{ cert_chain: tls.cert, private_key: tls.key }],
-    // requestCert, and Node's servers refuse an unauthorized peer by default: mTLS.
-    tls.clientCa !== undefined,
-  );
+export function serverCredentials(tls: GrpcPortTls | undefined): {
+  credentials: grpc.ServerCredentials;
+  update: ((tls: GrpcPortTls) => void) | undefined;
+} {
+  if (tls === undefined) {
+    return { credentials: grpc.ServerCredentials.createInsecure(), update: undefined };
+  }
+  const provider = new PushedCertificateProvider(tls);
+  const requireClientCertificate = tls.clientCa !== undefined;
+  return {
+    // grpc-js 1.14 names these parameters the wrong way round (its .d.ts says CA first), but
+    // hands them on as identity first, CA second: the identity provider is the one never null.
+    credentials: grpc.experimental.createCertificateProviderServerCredentials(
+      provider,
+      requireClientCertificate ? provider : null,
+      // requestCert and rejectUnauthorized: a client without a certificate the CA signed fails.
+      requireClientCertificate,
+    ),
+    update: (next) => provider.update(next),
+  };
 }
 
 /**

@@ -11,6 +11,7 @@
  */
 import http from 'node:http';
 import https from 'node:https';
+import type { SecureContextOptions } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import {
   InvalidArgumentError,
@@ -298,6 +299,21 @@ export type HttpServerOptions = Readonly<{
   tlsHandshakeMs?: number;
 }>;
 
+/**
+ * The TLS context of the HTTPS port, at start and for `setSecureContext` when its files are read
+ * again: that call replaces every context option, so the minimum version must be given again.
+ */
+export function httpsContextOptions(
+  tls: Readonly<{ cert: Buffer; key: Buffer; clientCa: Buffer | undefined }>,
+): SecureContextOptions {
+  return {
+    cert: tls.cert,
+    key: tls.key,
+    minVersion: 'TLSv1.2',
+    ...(tls.clientCa !== undefined && { ca: tls.clientCa }),
+  };
+}
+
 /** The HTTP port's server: plaintext, or HTTPS with `HttpServerOptions.tls`. */
 export type HttpServer = http.Server | https.Server;
 
@@ -389,16 +405,10 @@ export function createHttpServer(
       : https.createServer(
           {
             ...SERVER_OPTIONS,
-            cert: tls.cert,
-            key: tls.key,
-            minVersion: 'TLSv1.2',
+            ...httpsContextOptions(tls),
             handshakeTimeout: options.tlsHandshakeMs ?? TLS_HANDSHAKE_MS_MAX,
             // A client without a certificate the CA signed fails the handshake, before any route.
-            ...(tls.clientCa !== undefined && {
-              ca: tls.clientCa,
-              requestCert: true,
-              rejectUnauthorized: true,
-            }),
+            ...(tls.clientCa !== undefined && { requestCert: true, rejectUnauthorized: true }),
           },
           handle,
         );

@@ -48,6 +48,13 @@ export type Metrics = Readonly<{
   grpcConnectionRefused: () => void;
   /** A gRPC listener failed to accept a connection (out of file descriptors) and goes on. */
   grpcAcceptFailed: () => void;
+  /**
+   * The certificate a TLS port serves now (at start, and each time new files are applied): its
+   * expiry is exported as a gauge, which a plaintext port never has.
+   */
+  tlsCertificate: (certificate: { port: 'grpc' | 'http'; validTo: Date }) => void;
+  /** A port's TLS files changed and were read again: served from now on, or refused. */
+  tlsReload: (reload: { port: 'grpc' | 'http'; outcome: 'applied' | 'refused' }) => void;
   httpRequest: (request: { method: string; route: string; status: number }) => void;
   orderTransition: (transition: { from: string; to: string; event: string }) => void;
   /** An order reached a final state, `seconds` after it was created. */
@@ -137,6 +144,25 @@ export function createMetrics(): Metrics {
       'the machine is out of file descriptors); the listener goes on listening.',
     registers: [registry],
   });
+  const tlsCertificateExpiry = new Gauge({
+    name: 'settle_tls_certificate_expiry_timestamp_seconds',
+    help:
+      'When the certificate a TLS port serves expires (its notAfter), in Unix seconds; no sample ' +
+      'for a plaintext port.',
+    labelNames: ['port'] as const,
+    registers: [registry],
+  });
+  const tlsReloads = new Counter({
+    name: 'settle_tls_reloads_total',
+    help:
+      "Changes to a TLS port's files the node read (TLS_RELOAD_INTERVAL_S, SIGHUP): applied to " +
+      'new connections, or refused (the old certificate is still served; a warn line says why).',
+    labelNames: ['port', 'outcome'] as const,
+    registers: [registry],
+  });
+  for (const port of ['grpc', 'http'] as const) {
+    for (const outcome of ['applied', 'refused'] as const) tlsReloads.inc({ port, outcome }, 0);
+  }
   const httpRequests = new Counter({
     name: 'settle_http_requests_total',
     help: 'REST twin requests, by route and HTTP status.',
@@ -546,6 +572,9 @@ export function createMetrics(): Metrics {
     grpcConnectionsOpen: (open) => grpcConnectionsOpen.set(open),
     grpcConnectionRefused: () => grpcConnectionsRefused.inc(),
     grpcAcceptFailed: () => grpcAcceptErrors.inc(),
+    tlsCertificate: ({ port, validTo }) =>
+      tlsCertificateExpiry.set({ port }, Math.floor(validTo.getTime() / 1000)),
+    tlsReload: (reload) => tlsReloads.inc(reload),
     httpRequest: (request) =>
       httpRequests.inc({
         method: request.method,

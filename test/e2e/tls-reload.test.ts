@@ -1,0 +1,210 @@
+/**
+ * Goal: a node that serves TLS picks up renewed certificate files without a restart: after a
+ * reload, new connections to both ports get the new certificate while an open one keeps its
+ * session; files that fail the start's checks (a key that is not the certificate's) are refused,
+ * the port goes on serving the certificate it had, one warning says why and the refused counter
+ * goes up once; `settle_tls_certificate_expiry_timestamp_seconds` follows the served certificate.
+ * Method: throwaway certificates from test/support/certificates.ts, copied to files the node is
+ * configured with and replaced as renewal tools do (write a temporary file, rename it over);
+ * `reloadTls()` stands for the timer and SIGHUP, which run the same code. The certificate a port
+ * serves is read with node:tls (ALPN h2 on the gRPC port, as gRPC clients connect), and a gRPC
+ * health check over the new certificate shows the port still answers calls.
+ */
+import { X509Certificate } from 'node:crypto';
+import { copyFileSync, readFileSync, renameSync } from 'node:fs';
+import path from 'node:path';
+import tls from 'node:tls';
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../../src/observability/logger.js';
+import {
+  makeRenewedServerCertificate,
+  makeTestCertificates,
+  type TestCertificates,
+} from '../support/certificates.js';
+import { metricSample, startStack, type Stack } from '../support/harness.js';
+
+const HANDSHAKE_MS_MAX = 5_000;
+
+let certs: TestCertificates;
+let renewed: { cert: string; key: string };
+/** The files the node is configured with; the tests replace them. */
+let live: { cert: string; key: string };
+let stack: Stack;
+const lines: string[] = [];
+
+beforeAll(async () => {
+  certs = await makeTestCertificates();
+  renewed = await makeRenewedServerCertificate(certs, { name: 'renewed', days: 30 });
+  live = { cert: path.join(certs.dir, 'live.pem'), key: path.join(certs.dir, 'live.key') };
+  copyFileSync(certs.serverCert, live.cert);
+  copyFileSync(certs.serverKey, live.key);
+  stack = await startStack({
+    env: {
+      GRPC_TLS_CERT_FILE: live.cert,
+      GRPC_TLS_KEY_FILE: live.key,
+      HTTP_TLS_CERT_FILE: live.cert,
+      HTTP_TLS_KEY_FILE: live.key,
+      // The tests read the files again themselves; the timer must not do it between two steps.
+      TLS_RELOAD_INTERVAL_S: '86400',
+    },
+    overrides: {
+      logger: createLogger(
+        { level: 'info', name: 'settle' },
+        { write: (line) => lines.push(line) },
+      ),
+    },
+  });
+});
+afterAll(async () => {
+  await stack?.stop();
+  await certs?.remove();
+});
+
+/** Replaces `target` with a copy of `source` as renewal tools do: a whole file, renamed over. */
+function replaceFile(target: string, source: string): void {
+  copyFileSync(source, `${target}.tmp`);
+  renameSync(`${target}.tmp`, target);
+}
+
+function certificate(file: string): X509Certificate {
+  return new X509Certificate(readFileSync(file));
+}
+
+/** Opens a TLS connection that trusts the test CA; resolves once the handshake is done. */
+function connectTls(port: number, alpn: string): Promise<tls.TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({
+      host: '127.0.0.1',
+      port,
+      servername: 'localhost',
+      ca: readFileSync(certs.caCert),
+      ALPNProtocols: [alpn],
+      timeout: HANDSHAKE_MS_MAX,
+    });
+    socket.once('secureConnect', () => resolve(socket));
+    socket.once('timeout', () => socket.destroy(new Error('TLS handshake timed out')));
+    socket.once('error', reject);
+  });
+}
+
+/** The serial number of the certificate a new connection to `port` is served. */
+async function servedSerial(port: 'grpc' | 'http'): Promise<string> {
+  const socket =
+    port === 'grpc'
+      ? await connectTls(stack.settle.grpcPort, 'h2')
+      : await connectTls(stack.settle.httpPort, 'http/1.1');
+  try {
+    return socket.getPeerCertificate().serialNumber;
+  } finally {
+    socket.destroy();
+  }
+}
+
+/** Waits until a gRPC client that trusts the test CA has a connection to the node's gRPC port. */
+function grpcReady(): Promise<void> {
+  const client = new grpc.Client(
+    `127.0.0.1:${stack.settle.grpcPort}`,
+    grpc.credentials.createSsl(readFileSync(certs.caCert)),
+    { 'grpc.ssl_target_name_override': 'localhost' },
+  );
+  return new Promise<void>((resolve, reject) =>
+    client.waitForReady(Date.now() + HANDSHAKE_MS_MAX, (error) => {
+      client.close();
+      if (error) reject(error);
+      else resolve();
+    }),
+  );
+}
+
+async function sample(name: string, labels: Record<string, string>): Promise<number | undefined> {
+  const { body } = await stack.settle.metrics.render();
+  return metricSample(body, name, labels);
+}
+
+const EXPIRY = 'settle_tls_certificate_expiry_timestamp_seconds';
+const RELOADS = 'settle_tls_reloads_total';
+const notAfterSeconds = (file: string) =>
+  Math.floor(new Date(certificate(file).validTo).getTime() / 1000);
+/** Serial numbers as node:tls prints them: upper-case hex. */
+const serialOf = (file: string) => certificate(file).serialNumber.toUpperCase();
+
+describe('reading the TLS files again', () => {
+  it('serves the certificate it started with, and exports its expiry per port', async () => {
+    expect(await servedSerial('grpc')).toBe(serialOf(certs.serverCert));
+    expect(await servedSerial('http')).toBe(serialOf(certs.serverCert));
+    for (const port of ['grpc', 'http']) {
+      expect(await sample(EXPIRY, { port })).toBe(notAfterSeconds(certs.serverCert));
+    }
+    // Nothing changed: nothing is applied or refused.
+    expect(stack.settle.reloadTls()).toEqual({ grpc: 'unchanged', http: 'unchanged' });
+    expect(await sample(RELOADS, { port: 'grpc', outcome: 'applied' })).toBe(0);
+  });
+
+  it('serves renewed files to new connections, while an open connection keeps its session', async () => {
+    const open = await connectTls(stack.settle.httpPort, 'http/1.1');
+    try {
+      replaceFile(live.key, renewed.key);
+      replaceFile(live.cert, renewed.cert);
+      expect(stack.settle.reloadTls()).toEqual({ grpc: 'applied', http: 'applied' });
+
+      expect(await servedSerial('grpc')).toBe(serialOf(renewed.cert));
+      expect(await servedSerial('http')).toBe(serialOf(renewed.cert));
+      await grpcReady();
+      for (const port of ['grpc', 'http']) {
+        expect(await sample(EXPIRY, { port })).toBe(notAfterSeconds(renewed.cert));
+        expect(await sample(RELOADS, { port, outcome: 'applied' })).toBe(1);
+      }
+      expect(notAfterSeconds(renewed.cert)).not.toBe(notAfterSeconds(certs.serverCert));
+
+      // The connection opened before the reload still has the old certificate and is answered.
+      expect(open.getPeerCertificate().serialNumber).toBe(serialOf(certs.serverCert));
+      const answer = await new Promise<string>((resolve, reject) => {
+        let text = '';
+        open.setEncoding('utf8');
+        open.on('data', (chunk: string) => (text += chunk));
+        open.once('end', () => resolve(text));
+        open.once('error', reject);
+        open.write('GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n');
+      });
+      expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+      expect(lines.some((line) => line.includes('gRPC port: new TLS files applied'))).toBe(true);
+    } finally {
+      open.destroy();
+    }
+  });
+
+  it("refuses a key that is not the certificate's: the old certificate stays, warned and counted once", async () => {
+    replaceFile(live.key, certs.clientKey);
+    expect(stack.settle.reloadTls()).toEqual({ grpc: 'refused', http: 'refused' });
+
+    expect(await servedSerial('grpc')).toBe(serialOf(renewed.cert));
+    expect(await servedSerial('http')).toBe(serialOf(renewed.cert));
+    await grpcReady();
+    const warnings = () =>
+      lines.filter((line) => line.includes('TLS files changed but are refused'));
+    expect(warnings()).toHaveLength(2);
+    const grpcWarning = warnings().find((line) => line.includes('gRPC port'));
+    expect(grpcWarning).toContain(
+      `GRPC_TLS_KEY_FILE (${live.key}): is not the private key of the first certificate in ` +
+        `GRPC_TLS_CERT_FILE (${live.cert})`,
+    );
+    expect(grpcWarning).toContain('"level":"warn"');
+    for (const port of ['grpc', 'http']) {
+      expect(await sample(RELOADS, { port, outcome: 'refused' })).toBe(1);
+      expect(await sample(EXPIRY, { port })).toBe(notAfterSeconds(renewed.cert));
+    }
+
+    // The same refused files, read again: no second warning, no second count.
+    expect(stack.settle.reloadTls()).toEqual({ grpc: 'unchanged', http: 'unchanged' });
+    expect(warnings()).toHaveLength(2);
+    expect(await sample(RELOADS, { port: 'grpc', outcome: 'refused' })).toBe(1);
+
+    // Fixed files are applied at the next read.
+    replaceFile(live.key, certs.serverKey);
+    replaceFile(live.cert, certs.serverCert);
+    expect(stack.settle.reloadTls()).toEqual({ grpc: 'applied', http: 'applied' });
+    expect(await servedSerial('grpc')).toBe(serialOf(certs.serverCert));
+    expect(await sample(RELOADS, { port: 'http', outcome: 'applied' })).toBe(2);
+  });
+});
