@@ -29,20 +29,27 @@ const HANDSHAKE_MS_MAX = 5_000;
 let certs: TestCertificates;
 let renewed: { cert: string; key: string };
 /** The files the node is configured with; the tests replace them. */
-let live: { cert: string; key: string };
+let live: { cert: string; key: string; clientCa: string };
 let stack: Stack;
 const lines: string[] = [];
 
 beforeAll(async () => {
   certs = await makeTestCertificates();
   renewed = await makeRenewedServerCertificate(certs, { name: 'renewed', days: 30 });
-  live = { cert: path.join(certs.dir, 'live.pem'), key: path.join(certs.dir, 'live.key') };
+  live = {
+    cert: path.join(certs.dir, 'live.pem'),
+    key: path.join(certs.dir, 'live.key'),
+    clientCa: path.join(certs.dir, 'live-clients-ca.pem'),
+  };
   copyFileSync(certs.serverCert, live.cert);
   copyFileSync(certs.serverKey, live.key);
+  copyFileSync(certs.caCert, live.clientCa);
   stack = await startStack({
     env: {
       GRPC_TLS_CERT_FILE: live.cert,
       GRPC_TLS_KEY_FILE: live.key,
+      // mTLS on the gRPC port only: node:tls and grpc-js clients present a certificate there.
+      GRPC_TLS_CLIENT_CA_FILE: live.clientCa,
       HTTP_TLS_CERT_FILE: live.cert,
       HTTP_TLS_KEY_FILE: live.key,
       // The tests read the files again themselves; the timer must not do it between two steps.
@@ -71,7 +78,10 @@ function certificate(file: string): X509Certificate {
   return new X509Certificate(readFileSync(file));
 }
 
-/** Opens a TLS connection that trusts the test CA; resolves once the handshake is done. */
+/**
+ * Opens a TLS connection that trusts the test CA, with the client certificate the test CA signed
+ * (the gRPC port requires one); resolves once the handshake is done.
+ */
 function connectTls(port: number, alpn: string): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
     const socket = tls.connect({
@@ -79,6 +89,8 @@ function connectTls(port: number, alpn: string): Promise<tls.TLSSocket> {
       port,
       servername: 'localhost',
       ca: readFileSync(certs.caCert),
+      cert: readFileSync(certs.clientCert),
+      key: readFileSync(certs.clientKey),
       ALPNProtocols: [alpn],
       timeout: HANDSHAKE_MS_MAX,
     });
@@ -101,16 +113,26 @@ async function servedSerial(port: 'grpc' | 'http'): Promise<string> {
   }
 }
 
-/** Waits until a gRPC client that trusts the test CA has a connection to the node's gRPC port. */
-function grpcReady(): Promise<void> {
-  const client = new grpc.Client(
+/**
+ * Waits until a gRPC client that trusts the test CA, with the client certificate `client` (the one
+ * the test CA signed by default), has a connection to the node's gRPC port; rejects after `ms`.
+ */
+function grpcReady(
+  client: { cert: string; key: string } = { cert: certs.clientCert, key: certs.clientKey },
+  ms = HANDSHAKE_MS_MAX,
+): Promise<void> {
+  const channel = new grpc.Client(
     `127.0.0.1:${stack.settle.grpcPort}`,
-    grpc.credentials.createSsl(readFileSync(certs.caCert)),
+    grpc.credentials.createSsl(
+      readFileSync(certs.caCert),
+      readFileSync(client.key),
+      readFileSync(client.cert),
+    ),
     { 'grpc.ssl_target_name_override': 'localhost' },
   );
   return new Promise<void>((resolve, reject) =>
-    client.waitForReady(Date.now() + HANDSHAKE_MS_MAX, (error) => {
-      client.close();
+    channel.waitForReady(Date.now() + ms, (error) => {
+      channel.close();
       if (error) reject(error);
       else resolve();
     }),
@@ -206,5 +228,20 @@ describe('reading the TLS files again', () => {
     expect(stack.settle.reloadTls()).toEqual({ grpc: 'applied', http: 'applied' });
     expect(await servedSerial('grpc')).toBe(serialOf(certs.serverCert));
     expect(await sample(RELOADS, { port: 'http', outcome: 'applied' })).toBe(2);
+  });
+
+  it('serves a replaced client CA to new handshakes: clients of the new CA in, of the old out', async () => {
+    const otherClient = { cert: certs.otherClientCert, key: certs.otherClientKey };
+    await grpcReady();
+    await expect(grpcReady(otherClient, 1_000)).rejects.toThrow();
+
+    replaceFile(live.clientCa, certs.otherCaCert);
+    expect(stack.settle.reloadTls()).toEqual({ grpc: 'applied', http: 'unchanged' });
+    await grpcReady(otherClient);
+    await expect(grpcReady(undefined, 1_000)).rejects.toThrow();
+
+    replaceFile(live.clientCa, certs.caCert);
+    expect(stack.settle.reloadTls()).toEqual({ grpc: 'applied', http: 'unchanged' });
+    await grpcReady();
   });
 });

@@ -1,0 +1,135 @@
+/**
+ * Goal: TlsReloader applies changed TLS files only when they pass every check, and refuses the
+ * rest once per change: a certificate already expired, files TLS refuses when applied, and a file
+ * that cannot be read (gone mid-renewal) keep the certificate served, with one warning each and
+ * one count; a plaintext port is never read. test/e2e/tls-reload.test.ts shows the ports
+ * themselves serving what it applies.
+ * Method: loadConfig and a TlsReloader over throwaway files made with openssl, with a clock set
+ * ahead, a logger writing to memory, and recording stand-ins for the port and the metrics.
+ */
+import { copyFileSync, renameSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/config.js';
+import { createLogger } from '../src/observability/logger.js';
+import { readServerTls, type PortTls } from '../src/tls.js';
+import { TlsReloader } from '../src/tls-reload.js';
+import {
+  makeRenewedServerCertificate,
+  makeTestCertificates,
+  type TestCertificates,
+} from './support/certificates.js';
+
+let certs: TestCertificates;
+let renewed: { cert: string; key: string };
+
+beforeAll(async () => {
+  certs = await makeTestCertificates();
+  renewed = await makeRenewedServerCertificate(certs, { name: 'renewed', days: 30 });
+});
+afterAll(async () => {
+  await certs?.remove();
+});
+
+function replaceFile(target: string, source: string): void {
+  copyFileSync(source, `${target}.tmp`);
+  renameSync(`${target}.tmp`, target);
+}
+
+/** A reloader of the HTTP port's files (`name`.pem, `name`.key), which start as `renewed`'s. */
+function reloaderOf(name: string, options: { now: Date; applyThrows?: boolean }) {
+  const live = {
+    cert: path.join(certs.dir, `${name}.pem`),
+    key: path.join(certs.dir, `${name}.key`),
+  };
+  copyFileSync(renewed.cert, live.cert);
+  copyFileSync(renewed.key, live.key);
+  const config = loadConfig({ HTTP_TLS_CERT_FILE: live.cert, HTTP_TLS_KEY_FILE: live.key });
+  const applied: PortTls[] = [];
+  const warnings: string[] = [];
+  const logger = createLogger(
+    { level: 'info', name: 'settle' },
+    {
+      write: (line) => {
+        const entry = JSON.parse(line) as { level: string; msg: string };
+        if (entry.level === 'warn') warnings.push(entry.msg);
+      },
+    },
+  );
+  const reloads: string[] = [];
+  const reloader = new TlsReloader({
+    config,
+    tls: readServerTls(config),
+    apply: {
+      grpc: undefined,
+      http: (tls) => {
+        if (options.applyThrows === true) throw new Error('no suitable signature algorithm');
+        applied.push(tls);
+      },
+    },
+    logger,
+    metrics: {
+      tlsCertificate: () => undefined,
+      tlsReload: ({ port, outcome }) => reloads.push(`${port} ${outcome}`),
+    },
+    now: () => options.now,
+  });
+  return { live, reloader, applied, warnings, reloads };
+}
+
+const DAY_MS = 86_400_000;
+
+describe('TlsReloader', () => {
+  it('refuses a certificate that has already expired, once, and keeps the one it serves', () => {
+    // Three days on, the test certificates (two days) have expired; the renewed one (30) has not.
+    const { live, reloader, applied, warnings, reloads } = reloaderOf('expired', {
+      now: new Date(Date.now() + 3 * DAY_MS),
+    });
+    replaceFile(live.cert, certs.serverCert);
+    replaceFile(live.key, certs.serverKey);
+    expect(reloader.reload()).toEqual({ http: 'refused' });
+    expect(reloader.reload()).toEqual({ http: 'unchanged' });
+    expect(applied).toEqual([]);
+    expect(reloads).toEqual(['http refused']);
+    expect(warnings).toEqual([
+      expect.stringMatching(
+        /^HTTP port: its TLS files changed but are refused, so it goes on serving the certificate CN=localhost \(valid until .+\): HTTP_TLS_CERT_FILE: the certificate expired at /,
+      ),
+    ]);
+  });
+
+  it('refuses files TLS refuses when applied, and a file gone mid-renewal, each once', () => {
+    const { live, reloader, warnings, reloads } = reloaderOf('throws', {
+      now: new Date(),
+      applyThrows: true,
+    });
+    replaceFile(live.cert, certs.serverCert);
+    replaceFile(live.key, certs.serverKey);
+    expect(reloader.reload()).toEqual({ http: 'refused' });
+    expect(warnings.at(-1)).toContain(
+      'HTTP_TLS_CERT_FILE, HTTP_TLS_KEY_FILE: refused by TLS (no suitable signature algorithm)',
+    );
+    rmSync(live.key);
+    expect(reloader.reload()).toEqual({ http: 'refused' });
+    expect(warnings.at(-1)).toContain(`HTTP_TLS_KEY_FILE: cannot read ${live.key} (no such file)`);
+    expect(reloader.reload()).toEqual({ http: 'unchanged' });
+    expect(reloads).toEqual(['http refused', 'http refused']);
+    expect(reloader.serving('http')?.cert).toEqual(
+      readServerTls(
+        loadConfig({ HTTP_TLS_CERT_FILE: renewed.cert, HTTP_TLS_KEY_FILE: renewed.key }),
+      ).http?.cert,
+    );
+    expect(reloader.serving('grpc')).toBeUndefined();
+  });
+
+  it('applies valid changed files, and nothing when they are the same', () => {
+    const { live, reloader, applied, reloads } = reloaderOf('valid', { now: new Date() });
+    expect(reloader.reload()).toEqual({ http: 'unchanged' });
+    replaceFile(live.cert, certs.serverCert);
+    replaceFile(live.key, certs.serverKey);
+    expect(reloader.reload()).toEqual({ http: 'applied' });
+    expect(reloader.reload()).toEqual({ http: 'unchanged' });
+    expect(applied.map((tls) => tls.subject)).toEqual(['CN=localhost']);
+    expect(reloads).toEqual(['http applied']);
+  });
+});
