@@ -11,7 +11,7 @@
  * on SIGHUP) through readPortTls, so a renewed certificate passes the same checks as at start.
  */
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import * as net from 'node:net';
 import { createSecureContext } from 'node:tls';
 import { ConfigError, type Config } from './config.js';
@@ -129,6 +129,26 @@ export function readServerTls(config: Config): ServerTls {
 
 /** The bytes of `file`, or undefined with a problem naming `variable` and the file. */
 function readPem(variable: string, file: string, problems: string[]): Buffer | undefined {
+  // Looked at before it is read, as it is read again every TLS_RELOAD_INTERVAL_S on the event
+  // loop: a FIFO would block it, and a huge file be read whole before being refused.
+  try {
+    const stat = statSync(file);
+    if (stat.isDirectory()) {
+      problems.push(`${variable}: cannot read ${file} (a folder, not a file)`);
+      return undefined;
+    }
+    if (!stat.isFile()) {
+      problems.push(`${variable}: ${file} is not a regular file (a pipe, socket or device)`);
+      return undefined;
+    }
+    if (stat.size > TLS_FILE_BYTES_MAX) {
+      problems.push(`${variable}: ${file} has ${stat.size} bytes, more than a PEM file needs`);
+      return undefined;
+    }
+  } catch (error) {
+    problems.push(`${variable}: cannot read ${file} (${fileError(error)})`);
+    return undefined;
+  }
   let bytes: Buffer;
   try {
     bytes = readFileSync(file);

@@ -109,6 +109,22 @@ describe('TLS settings', () => {
     ]);
   });
 
+  it('refuses a pipe and an oversized file without reading them', async () => {
+    // Read again every TLS_RELOAD_INTERVAL_S on the event loop: a pipe would block it for good.
+    const pipe = path.join(certs.dir, 'pipe.pem');
+    expect(spawnSync('mkfifo', [pipe]).status).toBe(0);
+    const huge = path.join(certs.dir, 'huge.pem');
+    await writeFile(huge, Buffer.alloc(5 * 1024 * 1024, 0x41));
+    expect(
+      problemsOf(() =>
+        readServerTls(loadConfig({ GRPC_TLS_CERT_FILE: pipe, GRPC_TLS_KEY_FILE: huge })),
+      ),
+    ).toEqual([
+      `GRPC_TLS_CERT_FILE: ${pipe} is not a regular file (a pipe, socket or device)`,
+      `GRPC_TLS_KEY_FILE: ${huge} has 5242880 bytes, more than a PEM file needs`,
+    ]);
+  }, 10_000);
+
   it('refuses a key that is not the certificate’s', () => {
     expect(
       problemsOf(() =>
