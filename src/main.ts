@@ -59,6 +59,10 @@ async function main(): Promise<void> {
       'local run with the PSP mock: admin reads are open (ADMIN_READONLY_OPEN=true unless set); actions need ADMIN_TOKEN',
     );
   }
+  // A node that serves TLS takes SIGHUP (read its TLS files again, below): one arriving while it
+  // still waits for MySQL and NATS must not end it, as Node's default would.
+  const ignoreEarlyHangup = () => logger.info('SIGHUP received while starting: ignored');
+  if (tls.grpc !== undefined || tls.http !== undefined) process.on('SIGHUP', ignoreEarlyHangup);
   await waitForStartupDependencies(config, { settleOnly, logger });
 
   const stops: Array<() => Promise<void>> = [];
@@ -109,6 +113,7 @@ async function main(): Promise<void> {
   // Only a node that serves TLS takes SIGHUP: a plaintext one keeps Node's default (exit).
   if (reloadTls !== undefined && (tls.grpc !== undefined || tls.http !== undefined)) {
     const reload = reloadTls;
+    process.off('SIGHUP', ignoreEarlyHangup);
     process.on('SIGHUP', () => {
       logger.info('SIGHUP received: reading the TLS files again');
       reload();

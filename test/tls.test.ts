@@ -7,7 +7,7 @@
  * Method: loadConfig and readServerTls on throwaway files made with openssl; src/main.ts as a
  * child process for the exit code and the one-line message; tlsStartupLines as a function.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -137,6 +137,44 @@ describe('TLS settings', () => {
         `in GRPC_TLS_CERT_FILE (${certs.serverCert}) (CN=localhost)`,
     ]);
   });
+
+  it('keeps a TLS node that is still waiting for MySQL alive through a SIGHUP', async () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', '--settle-only'], {
+      env: {
+        ...process.env,
+        LOG_LEVEL: 'info',
+        PSP_WEBHOOK_SECRET: 'whsec_tls_test_0123456789',
+        // Nothing listens there: the node waits, as it would for a database still booting.
+        MYSQL_URL: 'mysql://root@127.0.0.1:1/settle',
+        STARTUP_WAIT_MS: '60000',
+        GRPC_TLS_CERT_FILE: certs.serverCert,
+        GRPC_TLS_KEY_FILE: certs.serverKey,
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+    const exited = new Promise<NodeJS.Signals | number | null>((resolve) =>
+      child.on('exit', (code, signal) => resolve(signal ?? code)),
+    );
+    try {
+      const deadline = Date.now() + 20_000;
+      while (!/waiting for|not reachable|retry/i.test(out) && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      child.kill('SIGHUP');
+      const early = await Promise.race([
+        exited,
+        new Promise((resolve) => setTimeout(() => resolve('alive'), 1_500)),
+      ]);
+      expect(early).toBe('alive');
+      expect(out).toContain('SIGHUP received while starting: ignored');
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  }, 30_000);
 
   it('stops the node at start with exit 2 and one line per problem, never a stack trace', () => {
     const missing = path.join(certs.dir, 'missing.key');
