@@ -73,7 +73,7 @@ export type ApiSurface = Readonly<{
  * metrics show only UNAUTHENTICATED and PERMISSION_DENIED.
  */
 export class ApiTokens {
-  readonly #entries: ReadonlyArray<ApiCaller & { digest: Buffer }>;
+  readonly #entries: ReadonlyArray<Readonly<{ caller: ApiCaller; digest: Buffer }>>;
   readonly #onRefused: (refusal: ApiTokenRefusal) => void;
 
   constructor(
@@ -81,8 +81,7 @@ export class ApiTokens {
     options: { onRefused?: (refusal: ApiTokenRefusal) => void } = {},
   ) {
     this.#entries = entries.map(({ name, scope, token }) => ({
-      name,
-      scope,
+      caller: Object.freeze({ name, scope }),
       digest: tokenDigest(token),
     }));
     this.#onRefused = options.onRefused ?? (() => {});
@@ -95,7 +94,7 @@ export class ApiTokens {
 
   /** The names and scopes of the tokens, for the node's start log: never the tokens. */
   get callers(): readonly ApiCaller[] {
-    return this.#entries.map(({ name, scope }) => ({ name, scope }));
+    return this.#entries.map(({ caller }) => caller);
   }
 
   /**
@@ -110,7 +109,7 @@ export class ApiTokens {
     // scope (the configuration refuses anything else), so the first match is as good as any.
     for (const entry of this.#entries) {
       const equal = timingSafeEqual(given, entry.digest);
-      if (equal && found === undefined) found = { name: entry.name, scope: entry.scope };
+      if (equal && found === undefined) found = entry.caller;
     }
     return found;
   }

@@ -130,51 +130,61 @@ const createBodySchema = z.object({
     .transform((orders) => orders ?? []),
 });
 
+/** The REST twin, as the token check names what a caller reached. */
+const API_SURFACE = { name: '/v1/payments', kind: 'http' } as const;
+
 export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOptions): Route[] {
   const route = (
     method: Route['method'],
     path: string,
     scope: ApiScope,
     handle: (request: HttpRequest) => Promise<HttpResponse>,
-  ): Route => ({
-    method,
-    path,
-    handle: async (request) => {
-      const started = performance.now();
-      const { requestId } = request;
-      let caller: string | undefined;
-      const observe = (status: number, location?: string) =>
-        options.observe?.({
-          method,
-          route: path,
-          status,
-          ms: Math.round((performance.now() - started) * 10) / 10,
-          requestId,
-          caller,
-          paymentId: paymentIdOf(request.params.id ?? location ?? ''),
-        });
-      let response: HttpResponse;
-      try {
-        // First: an unauthenticated caller learns nothing of its request, not even a bad body.
-        caller = options.apiTokens?.require(
-          request.headers.authorization,
-          { name: '/v1/payments', kind: 'http' },
-          { name: `${method} ${path}`, scope },
-        )?.name;
-        response = await handle(request);
-      } catch (error) {
-        caller ??= refusedCallerOf(error);
-        if (error instanceof ClientAbortedError) {
-          // Counted apart from errors (and from 5xx): the router reports it and answers nothing.
-          observe(CLIENT_CLOSED_REQUEST_STATUS);
-          throw error;
+  ): Route => {
+    // What the route is to the token check, fixed with the route rather than built per request.
+    const apiMethod = { name: `${method} ${path}`, scope };
+    return {
+      method,
+      path,
+      handle: async (request) => {
+        const started = performance.now();
+        const { requestId } = request;
+        let caller: string | undefined;
+        const observe = (status: number, location?: string) =>
+          options.observe?.({
+            method,
+            route: path,
+            status,
+            ms: Math.round((performance.now() - started) * 10) / 10,
+            requestId,
+            caller,
+            paymentId: paymentIdOf(request.params.id ?? location ?? ''),
+          });
+        let response: HttpResponse;
+        try {
+          // First: an unauthenticated caller learns nothing of its request, not even a bad body.
+          caller = options.apiTokens?.require(
+            request.headers.authorization,
+            API_SURFACE,
+            apiMethod,
+          )?.name;
+          response = await handle(request);
+        } catch (error) {
+          caller ??= refusedCallerOf(error);
+          if (error instanceof ClientAbortedError) {
+            // Counted apart from errors (and from 5xx): the router reports it and answers nothing.
+            observe(CLIENT_CLOSED_REQUEST_STATUS);
+            throw error;
+          }
+          response = errorResponse(error, requestId, {
+            log: options.log,
+            path: `${method} ${path}`,
+          });
         }
-        response = errorResponse(error, requestId, { log: options.log, path: `${method} ${path}` });
-      }
-      observe(response.status, response.headers?.location);
-      return response;
-    },
-  });
+        observe(response.status, response.headers?.location);
+        return response;
+      },
+    };
+  };
 
   return [
     route('POST', '/v1/payments', SCOPES.createPayment, async (request) => {
