@@ -15,22 +15,27 @@ import { readFileSync, statSync } from 'node:fs';
 import * as net from 'node:net';
 import { createSecureContext } from 'node:tls';
 import { ConfigError, type Config } from './config.js';
-import { pemCertificates, pemKeyPair } from './domain/pem.js';
+import { fileError, pemCertificates, pemKeyPair } from './domain/pem.js';
 
 /** The most bytes a certificate, key or CA file may have: a bundle of a thousand CAs fits. */
 const TLS_FILE_BYTES_MAX = 4 * 1024 * 1024;
 
-/** One port's TLS, as read from its files. */
-export type PortTls = Readonly<{
+/** What a port's TLS context is made of: what the gRPC and HTTP servers take. */
+export type TlsFiles = Readonly<{
   /** The certificate chain, PEM: the port's own certificate first. */
   cert: Buffer;
   key: Buffer;
   /** The CAs whose client certificates the port requires; undefined: none is asked for. */
   clientCa: Buffer | undefined;
-  /** The port's certificate's subject and expiry, for the start-up log. */
-  subject: string;
-  validTo: Date;
 }>;
+
+/** One port's TLS, as read from its files. */
+export type PortTls = TlsFiles &
+  Readonly<{
+    /** The port's certificate's subject and expiry, for the start-up log. */
+    subject: string;
+    validTo: Date;
+  }>;
 
 /** Each port's TLS; undefined where the port is plaintext. */
 export type ServerTls = Readonly<{ grpc: PortTls | undefined; http: PortTls | undefined }>;
@@ -161,21 +166,6 @@ function readPem(variable: string, file: string, problems: string[]): Buffer | u
     return undefined;
   }
   return bytes;
-}
-
-function fileError(error: unknown): string {
-  const code = (error as NodeJS.ErrnoException).code;
-  switch (code) {
-    case 'ENOENT':
-      return 'no such file';
-    case 'EACCES':
-    case 'EPERM':
-      return 'permission denied';
-    case 'EISDIR':
-      return 'a folder, not a file';
-    default:
-      return error instanceof Error ? error.message : String(error);
-  }
 }
 
 /** Whether `host` (a listen address) is reachable from this machine only. */

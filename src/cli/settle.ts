@@ -35,7 +35,7 @@ import {
   type SettleClient,
   type SettleClientTls,
 } from '../client/index.js';
-import { pemCertificates, pemKeyPair } from '../domain/pem.js';
+import { fileError, pemCertificates, pemKeyPair } from '../domain/pem.js';
 import {
   Payment,
   PaymentOrderState,
@@ -722,16 +722,7 @@ function tlsSettings(
     try {
       return readFileSync(file.value, 'latin1');
     } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      const why =
-        code === 'ENOENT'
-          ? 'no such file'
-          : code === 'EACCES'
-            ? 'permission denied'
-            : code === 'EISDIR'
-              ? 'a folder, not a file'
-              : String(error);
-      throw new UsageError(`${file.name}: cannot read ${file.value} (${why})`);
+      throw new UsageError(`${file.name}: cannot read ${file.value} (${fileError(error)})`);
     }
   };
   const tls: { ca?: string; cert?: string; key?: string; serverName?: string } = {};

@@ -11,7 +11,7 @@ import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g;
 
 /** The most certificates one PEM text may hold: a chain, or a bundle of CAs, is far shorter. */
-export const PEM_CERTIFICATES_MAX = 1_000;
+const PEM_CERTIFICATES_MAX = 1_000;
 
 /**
  * The certificates of `pem` (a chain or a bundle of CAs), in order, or what is wrong with it:
@@ -39,7 +39,7 @@ export function pemCertificates(pem: string): X509Certificate[] | string {
 }
 
 /** The private key of `pem`, or what is wrong with it (none, or one encrypted with a passphrase). */
-export function pemPrivateKey(pem: string): KeyObject | string {
+function pemPrivateKey(pem: string): KeyObject | string {
   if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem)) {
     return pem.includes('-----BEGIN CERTIFICATE-----')
       ? 'holds a certificate, not a private key (-----BEGIN PRIVATE KEY-----)'
@@ -90,4 +90,20 @@ export function pemKeyPair(
 function reason(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
   return message.replace(/^error:[0-9A-F]+:/, '').replace(/^[^:]*routines::/, '');
+}
+
+/** Why a PEM file could not be read, in words (the node's start and the CLI say it alike). */
+export function fileError(error: unknown): string {
+  const code = (error as NodeJS.ErrnoException).code;
+  switch (code) {
+    case 'ENOENT':
+      return 'no such file';
+    case 'EACCES':
+    case 'EPERM':
+      return 'permission denied';
+    case 'EISDIR':
+      return 'a folder, not a file';
+    default:
+      return error instanceof Error ? error.message : String(error);
+  }
 }
