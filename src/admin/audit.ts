@@ -10,8 +10,7 @@
 import type { Metadata } from '@grpc/grpc-js';
 import { InvalidArgumentError, SettleError, UnavailableError } from '../domain/errors.js';
 import type { Db } from '../storage/db.js';
-import { isConnectionError, isPoolQueueFull, isTransientLockError } from '../storage/errors.js';
-import type { Trx } from '../storage/transaction.js';
+import { toUnavailable, type Trx } from '../storage/transaction.js';
 import { ACTOR_PATTERN } from './auth.js';
 import { AUDIT_OUTCOME, insertAudit } from '../storage/repositories/admin-audit.repository.js';
 
@@ -97,11 +96,9 @@ export async function auditedInTransaction<T>(
         now: deps.now(),
       });
     } catch (error) {
-      // The transaction's own trouble (a lock, the connection), mapped or retried as its other
-      // statements' is.
-      if (isTransientLockError(error) || isConnectionError(error) || isPoolQueueFull(error)) {
-        throw error;
-      }
+      // The transaction's own trouble (a lock, the connection, the pool), mapped or retried as
+      // its other statements' is: whatever toUnavailable maps.
+      if (toUnavailable(error) !== error) throw error;
       throw new UnavailableError(
         `the audit row of ${action.action} could not be written, so the action was rolled back ` +
           'and nothing of it was done; retry later',
