@@ -24,14 +24,14 @@ export const API_SCOPE = {
 export type ApiScope = (typeof API_SCOPE)[keyof typeof API_SCOPE];
 
 /** The name of a token listed alone, the form API_TOKENS had before names: it has scope write. */
-export const UNNAMED_API_TOKEN = 'unnamed';
+const UNNAMED_API_TOKEN = 'unnamed';
 
 /**
  * A token's name: plain and short, because it goes into every log line of its calls; shorter than
  * any token (API_TOKEN_LENGTH_MIN), so that a token written where the name goes ("<token> read
  * dashboard-bot", fields swapped) is refused rather than logged as a name on every call.
  */
-export const API_TOKEN_NAME = /^[a-z0-9][a-z0-9_-]{0,14}$/;
+const API_TOKEN_NAME = /^[a-z0-9][a-z0-9_-]{0,14}$/;
 
 /** One token of API_TOKENS, with the name logs know its caller by and what it may call. */
 export type ApiTokenEntry = Readonly<{ name: string; scope: ApiScope; token: string }>;

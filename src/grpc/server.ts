@@ -27,6 +27,7 @@ import { lookup } from 'node:dns/promises';
 import * as net from 'node:net';
 import { withDeadline } from '../domain/deadline.js';
 import { GRPC_CONNECTIONS_MAX_DEFAULT } from './limits.js';
+import type { TlsFiles } from '../tls.js';
 
 /** Ping an idle connection after this long, to find dead peers of long WatchPayment streams. */
 const KEEPALIVE_TIME_MS_DEFAULT = 60_000;
@@ -220,9 +221,6 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
   );
 }
 
-/** The TLS files of a gRPC port, as checked by src/tls.ts. */
-export type GrpcPortTls = Readonly<{ cert: Buffer; key: Buffer; clientCa: Buffer | undefined }>;
-
 /**
  * A grpc-js certificate provider whose certificates are pushed to it (`update`), once checked,
  * rather than read by it: grpc-js's FileWatcherCertificateProvider would serve whatever the files
@@ -230,17 +228,17 @@ export type GrpcPortTls = Readonly<{ cert: Buffer; key: Buffer; clientCa: Buffer
  * while its server has a connection injector or a bound port, and sets each update as the TLS
  * context of the handshakes that follow; connections already open keep their session.
  */
-export class PushedCertificateProvider implements grpc.experimental.CertificateProvider {
-  #tls: GrpcPortTls;
+class PushedCertificateProvider implements grpc.experimental.CertificateProvider {
+  #tls: TlsFiles;
   readonly #identityListeners = new Set<grpc.experimental.IdentityCertificateUpdateListener>();
   readonly #caListeners = new Set<grpc.experimental.CaCertificateUpdateListener>();
 
-  constructor(tls: GrpcPortTls) {
+  constructor(tls: TlsFiles) {
     this.#tls = tls;
   }
 
   /** Serves `tls` to the handshakes that follow. Its client CA must be set as at construction. */
-  update(tls: GrpcPortTls): void {
+  update(tls: TlsFiles): void {
     this.#tls = tls;
     // The CA first: between the two calls grpc-js holds the new CA with the old certificate,
     // never a context without a CA (which it would take for "not loaded" and drop connections).
@@ -289,9 +287,9 @@ export class PushedCertificateProvider implements grpc.experimental.CertificateP
  * client certificates it requires, if any), or plaintext ones without. With TLS, `update` serves
  * new files (checked beforehand) to the handshakes that follow.
  */
-export function serverCredentials(tls: GrpcPortTls | undefined): {
+export function serverCredentials(tls: TlsFiles | undefined): {
   credentials: grpc.ServerCredentials;
-  update: ((tls: GrpcPortTls) => void) | undefined;
+  update: ((tls: TlsFiles) => void) | undefined;
 } {
   if (tls === undefined) {
     return { credentials: grpc.ServerCredentials.createInsecure(), update: undefined };

@@ -24,6 +24,7 @@ import { requestIdOrNew } from '../grpc/adapters.js';
 import { ApiTokenError } from '../grpc/api-auth.js';
 import { toHttpError } from '../grpc/http-status.js';
 import type { StatusOptions } from '../grpc/status.js';
+import type { TlsFiles } from '../tls.js';
 
 export type HttpRequest = Readonly<{
   method: string;
@@ -294,7 +295,7 @@ export type HttpServerOptions = Readonly<{
    * Serve HTTPS only, with this certificate chain and key (PEM); with `clientCa`, only to clients
    * whose certificate it signed (the handshake of any other fails). Plaintext when left out.
    */
-  tls?: Readonly<{ cert: Buffer; key: Buffer; clientCa: Buffer | undefined }> | undefined;
+  tls?: TlsFiles | undefined;
   /** How long a client has to finish its TLS handshake, in ms (TLS_HANDSHAKE_MS_MAX; tests). */
   tlsHandshakeMs?: number;
 }>;
@@ -303,9 +304,7 @@ export type HttpServerOptions = Readonly<{
  * The TLS context of the HTTPS port, at start and for `setSecureContext` when its files are read
  * again: that call replaces every context option, so the minimum version must be given again.
  */
-export function httpsContextOptions(
-  tls: Readonly<{ cert: Buffer; key: Buffer; clientCa: Buffer | undefined }>,
-): SecureContextOptions {
+export function httpsContextOptions(tls: TlsFiles): SecureContextOptions {
   return {
     cert: tls.cert,
     key: tls.key,

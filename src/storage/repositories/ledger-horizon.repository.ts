@@ -86,7 +86,7 @@ const HEAD_SEARCH_PAGE_ENTRIES = 1_000;
  * (LEDGER_SUMS_DEFAULTS.entriesPerPassMax), so a search from their checkpoint reaches the head
  * whenever the sums keep up with the ledger.
  */
-export const HEAD_SEARCH_ENTRIES_MAX = 50_000;
+const HEAD_SEARCH_ENTRIES_MAX = 50_000;
 
 export const LEDGER_HORIZON_DEFAULTS: LedgerHorizonOptions = {
   reservationSettleMs: reservationSettleMsFor(LOCK_WAIT_TIMEOUT_S_DEFAULT),

@@ -339,10 +339,10 @@ export async function ledgerSumsDrift(db: Db): Promise<LedgerSumsDrift> {
 }
 
 /** Accounts a repair compares per page: its memory is bounded by them, not by the ledger. */
-export const REPAIR_ACCOUNTS_PER_PAGE = 1_000;
+const REPAIR_ACCOUNTS_PER_PAGE = 1_000;
 
 /** Repaired (account, currency) pairs a repair's result lists at most; all are counted. */
-export const REPAIRS_LISTED_MAX = 100;
+const REPAIRS_LISTED_MAX = 100;
 
 /** Pages one repair reads at most: a billion accounts at the default page size. */
 const REPAIR_PAGES_MAX = 1_000_000;
