@@ -20,6 +20,13 @@ import { fileError, pemCertificates, pemKeyPair } from './domain/pem.js';
 /** The most bytes a certificate, key or CA file may have: a bundle of a thousand CAs fits. */
 const TLS_FILE_BYTES_MAX = 4 * 1024 * 1024;
 
+/**
+ * How long a client has to finish its TLS handshake on either port, in ms. Node's default is
+ * 120 s, for which a client that connects and sends nothing would hold one of the port's bounded
+ * connections (GRPC_CONNECTIONS_MAX; the HTTP port's 10,000) for two minutes.
+ */
+export const TLS_HANDSHAKE_MS_MAX = 10_000;
+
 /** What a port's TLS context is made of: what the gRPC and HTTP servers take. */
 export type TlsFiles = Readonly<{
   /** The certificate chain, PEM: the port's own certificate first. */

@@ -24,7 +24,7 @@ import { requestIdOrNew } from '../grpc/adapters.js';
 import { ApiTokenError } from '../grpc/api-auth.js';
 import { toHttpError } from '../grpc/http-status.js';
 import type { StatusOptions } from '../grpc/status.js';
-import type { TlsFiles } from '../tls.js';
+import { TLS_HANDSHAKE_MS_MAX, type TlsFiles } from '../tls.js';
 
 export type HttpRequest = Readonly<{
   method: string;
@@ -279,12 +279,6 @@ const REQUEST_TIMEOUT_MS = 30_000;
  */
 const TIMEOUT_CHECK_MS = 1_000;
 const SERVER_OPTIONS: http.ServerOptions = { connectionsCheckingInterval: TIMEOUT_CHECK_MS };
-
-/**
- * How long a client has to finish its TLS handshake, in ms. Node's default is 120 s, for which a
- * client that connects and sends nothing would hold one of connectionsMax.
- */
-const TLS_HANDSHAKE_MS_MAX = 10_000;
 
 export type HttpServerOptions = Readonly<{
   /** A request whose client went away before its body ended (at debug: not a server fault). */
