@@ -1,16 +1,17 @@
 /**
  * Creates and binds the grpc-js server every Settle service runs on. Limits are explicit (STYLE.md
- * §7): message size both ways, keepalive, concurrent streams per connection, how long a
- * connection may stay open without a call, and how many connections are open at once. Requests
- * over maxMessageBytes are refused by grpc-js itself with RESOURCE_EXHAUSTED before any handler
- * runs.
+ * §7): message size both ways, keepalive, concurrent streams per connection, how long a TLS
+ * handshake may take, how long a connection may stay open without a call, and how many
+ * connections are open at once. Requests over maxMessageBytes are refused by grpc-js itself with
+ * RESOURCE_EXHAUSTED before any handler runs.
  *
  * grpc-js has no bound on connections (its `bindAsync` listens with its own `http2.Server` and
  * takes every connection), so the server listens with its own `net.Server`s instead, counts the
  * connections it accepts, closes those past the bound at once, and hands the others to grpc-js
  * through its `createConnectionInjector`. Everything past the accept is grpc-js's: the TLS
- * handshake (when the server has secure credentials), services, reflection, health, keepalive and
- * the idle limit behave as with `bindAsync`.
+ * handshake (when the server has secure credentials; its time bound is Settle's, through the
+ * credentials), services, reflection, health, keepalive and the idle limit behave as with
+ * `bindAsync`.
  *
  * A listener that fails to accept (EMFILE or ENFILE: out of file descriptors) must go on
  * listening. Node reports such a failure as 'error' on the `net.Server`, which kills the process
@@ -24,10 +25,12 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { lookup } from 'node:dns/promises';
+import type { SecureServerOptions } from 'node:http2';
 import * as net from 'node:net';
+import type { SecureContextOptions } from 'node:tls';
 import { withDeadline } from '../domain/deadline.js';
 import { GRPC_CONNECTIONS_MAX_DEFAULT } from './limits.js';
-import type { TlsFiles } from '../tls.js';
+import { TLS_HANDSHAKE_MS_MAX, type TlsFiles } from '../tls.js';
 
 /** Ping an idle connection after this long, to find dead peers of long WatchPayment streams. */
 const KEEPALIVE_TIME_MS_DEFAULT = 60_000;
@@ -78,10 +81,12 @@ export type GrpcServerOptions = Readonly<{
   observer?: GrpcConnectionObserver;
   /**
    * TLS of every connection (serverCredentials); plaintext when left out. A connection that fails
-   * its handshake is closed by grpc-js before any call, and counts against connectionsMax until
-   * then.
+   * its handshake, or has not finished it within tlsHandshakeMs, is closed before any call, and
+   * counts against connectionsMax until then.
    */
   credentials?: grpc.ServerCredentials;
+  /** How long a client has to finish its TLS handshake, in ms (TLS_HANDSHAKE_MS_MAX; tests). */
+  tlsHandshakeMs?: number;
 }>;
 
 /**
@@ -206,6 +211,12 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
   if (!Number.isSafeInteger(connectionsMax) || connectionsMax <= 0) {
     throw new RangeError(`connectionsMax must be a positive integer, got ${connectionsMax}`);
   }
+  const tlsHandshakeMs = options.tlsHandshakeMs ?? TLS_HANDSHAKE_MS_MAX;
+  // Node takes a handshakeTimeout of 0 for "unset", which is its 120 s.
+  if (!Number.isSafeInteger(tlsHandshakeMs) || tlsHandshakeMs <= 0) {
+    throw new RangeError(`tlsHandshakeMs must be a positive integer, got ${tlsHandshakeMs}`);
+  }
+  const { credentials } = options;
   return new GrpcServer(
     {
       'grpc.max_receive_message_length': maxMessageBytes,
@@ -217,8 +228,66 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
     },
     connectionsMax,
     options.observer,
-    options.credentials,
+    credentials?._isSecure() === true
+      ? new HandshakeBoundCredentials(credentials, tlsHandshakeMs)
+      : credentials,
   );
+}
+
+/**
+ * Secure credentials whose server gives each TLS handshake `handshakeMs`. grpc-js sets no
+ * handshakeTimeout and has no option for one, so its TLS server would wait Node's 120 s for a
+ * client that connects and says nothing; but it creates that server with
+ * `_getConstructorOptions()` spread into `http2.createSecureServer`'s options, and Node's TLS
+ * server takes `handshakeTimeout` from there (grpc-js 1.14's createHttp2Server; the tests of a
+ * silent TLS client in test/grpc/server.test.ts fail if an upgrade drops it). Everything else is the wrapped credentials', as in
+ * grpc-js's own InterceptorServerCredentials: the watchers go to them, so certificates pushed
+ * after start (serverCredentials' `update`) still reach the server. A timed-out handshake is a
+ * TLS client error, which Node's HTTP/2 server answers by destroying the socket, so its
+ * connection is closed, and given back to connectionsMax, without a log line or an 'error'.
+ */
+class HandshakeBoundCredentials extends grpc.ServerCredentials {
+  readonly #credentials: grpc.ServerCredentials;
+  readonly #handshakeMs: number;
+
+  constructor(credentials: grpc.ServerCredentials, handshakeMs: number) {
+    super(credentials._getConstructorOptions());
+    this.#credentials = credentials;
+    this.#handshakeMs = handshakeMs;
+  }
+
+  override _isSecure(): boolean {
+    return this.#credentials._isSecure();
+  }
+
+  override _getConstructorOptions(): SecureServerOptions | null {
+    const options = this.#credentials._getConstructorOptions();
+    return options === null ? null : { ...options, handshakeTimeout: this.#handshakeMs };
+  }
+
+  override _getSecureContextOptions(): SecureContextOptions | null {
+    return this.#credentials._getSecureContextOptions();
+  }
+
+  override _addWatcher(watcher: Parameters<grpc.ServerCredentials['_addWatcher']>[0]): void {
+    this.#credentials._addWatcher(watcher);
+  }
+
+  override _removeWatcher(watcher: Parameters<grpc.ServerCredentials['_removeWatcher']>[0]): void {
+    this.#credentials._removeWatcher(watcher);
+  }
+
+  override _getInterceptors(): grpc.ServerInterceptor[] {
+    return this.#credentials._getInterceptors();
+  }
+
+  override _equals(other: grpc.ServerCredentials): boolean {
+    return (
+      other instanceof HandshakeBoundCredentials &&
+      other.#handshakeMs === this.#handshakeMs &&
+      this.#credentials._equals(other.#credentials)
+    );
+  }
 }
 
 /**

@@ -24,6 +24,8 @@ export async function startServer(
     connectionIdleMsMax?: number;
     connectionsMax?: number;
     observer?: GrpcConnectionObserver;
+    credentials?: grpc.ServerCredentials;
+    tlsHandshakeMs?: number;
   } = {},
 ): Promise<RunningServer> {
   const server = createGrpcServer({
@@ -33,6 +35,8 @@ export async function startServer(
       : {}),
     ...(options.connectionsMax !== undefined ? { connectionsMax: options.connectionsMax } : {}),
     ...(options.observer !== undefined ? { observer: options.observer } : {}),
+    ...(options.credentials !== undefined ? { credentials: options.credentials } : {}),
+    ...(options.tlsHandshakeMs !== undefined ? { tlsHandshakeMs: options.tlsHandshakeMs } : {}),
   });
   setup(server);
   const port = await listen(server, '127.0.0.1', 0);

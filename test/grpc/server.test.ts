@@ -1,12 +1,15 @@
 /**
  * Goal: createGrpcServer() enforces maxMessageBytes both ways through grpc-js itself, closes idle
  * connections, bounds the open connections (past the bound a new one is closed unanswered and
- * counted, while open ones go on), and listen() binds ephemeral ports and explains a taken port.
+ * counted, while open ones go on), closes a TLS connection whose handshake does not end in time
+ * (and gives its place back), and listen() binds ephemeral ports and explains a taken port.
  * Method: real servers on 127.0.0.1 with a 1 KiB limit and the ts-proto PaymentService, called
- * through the generated client; raw HTTP/2 connections (node:http2) beyond the bound; a second
+ * through the generated client; raw HTTP/2 connections (node:http2) beyond the bound; raw TCP
+ * connections that never send a byte to a TLS server with a short handshake bound; a second
  * listen() on a bound port.
  */
 import * as grpc from '@grpc/grpc-js';
+import { readFile } from 'node:fs/promises';
 import type * as http2 from 'node:http2';
 import * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,7 +21,8 @@ import {
   type GetPaymentRequest,
   type PaymentServiceServer,
 } from '../../src/grpc/generated/settle/v1/payment.js';
-import { createGrpcServer, listen } from '../../src/grpc/server.js';
+import { createGrpcServer, listen, serverCredentials } from '../../src/grpc/server.js';
+import { makeTestCertificates, type TestCertificates } from '../support/certificates.js';
 import {
   callUnary,
   deadlineIn,
@@ -250,6 +254,147 @@ describe('open connections', () => {
   it('rejects a nonsensical bound', () => {
     for (const connectionsMax of [0, -1, 1.5, Number.NaN]) {
       expect(() => createGrpcServer({ maxMessageBytes: LIMIT_BYTES, connectionsMax })).toThrow(
+        RangeError,
+      );
+    }
+  });
+});
+
+describe('a TLS port', () => {
+  let certificates: TestCertificates | undefined;
+  let credentials: grpc.ServerCredentials;
+  let clientCredentials: grpc.ChannelCredentials;
+  beforeAll(async () => {
+    certificates = await makeTestCertificates();
+    credentials = serverCredentials({
+      cert: await readFile(certificates.serverCert),
+      key: await readFile(certificates.serverKey),
+      clientCa: undefined,
+    }).credentials;
+    clientCredentials = grpc.credentials.createSsl(await readFile(certificates.caCert));
+  });
+  afterAll(async () => certificates?.remove());
+
+  /** A TLS client with its own connection, retried quickly when it is refused. */
+  const tlsClient = (address: string) =>
+    new PaymentServiceClient(address, clientCredentials, {
+      'grpc.ssl_target_name_override': 'localhost',
+      'grpc.use_local_subchannel_pool': 1,
+      'grpc.initial_reconnect_backoff_ms': 50,
+      'grpc.max_reconnect_backoff_ms': 50,
+    });
+
+  /**
+   * A TCP connection to `port` that never sends a byte of a handshake; `closedAfterMs` is how long
+   * the server took to close it, or undefined when it is still open after 5 s (Node's own bound
+   * is 120 s).
+   */
+  function silentConnection(port: number): {
+    socket: net.Socket;
+    closedAfterMs: Promise<number | undefined>;
+  } {
+    const socket = net.connect(port, '127.0.0.1');
+    socket.on('error', () => undefined); // a reset is a close too: 'close' says it
+    const closedAfterMs = new Promise<number | undefined>((resolve) => {
+      const startedAt = Date.now();
+      const timer = setTimeout(() => resolve(undefined), 5_000);
+      socket.once('close', () => {
+        clearTimeout(timer);
+        resolve(Date.now() - startedAt);
+      });
+    });
+    return { socket, closedAfterMs };
+  }
+
+  it('closes a connection that does not finish its handshake within tlsHandshakeMs, and keeps one that did', async () => {
+    let accepted = 0;
+    let open = 0;
+    const running = await startServer((server) => server.addService(PaymentServiceService, echo), {
+      credentials,
+      tlsHandshakeMs: 300,
+      observer: {
+        open: (now) => {
+          if (now > open) accepted += 1;
+          open = now;
+        },
+      },
+    });
+    const client = tlsClient(running.address);
+    // What grpc-js would say of the closed connection (its logger is console.error by default).
+    const logged: unknown[][] = [];
+    grpc.setLogger({ error: (...args: unknown[]) => logged.push(args) });
+    let silent: net.Socket | undefined;
+    try {
+      expect((await callUnary(client.getPayment.bind(client), { paymentId: 'pay_1' })).ok).toBe(
+        true,
+      );
+      expect(accepted).toBe(1);
+
+      const connection = silentConnection(running.port);
+      silent = connection.socket;
+      const closedAfterMs = await connection.closedAfterMs;
+      expect(closedAfterMs).toBeDefined();
+      expect(closedAfterMs).toBeGreaterThanOrEqual(250);
+      await waitFor(() => open === 1, 'the server to count the closed connection');
+      expect(running.server.connectionsOpen).toBe(1);
+
+      // Its handshake done, the TLS client's connection outlives the bound: no new connection.
+      const again = await callUnary(client.getPayment.bind(client), { paymentId: 'pay_2' });
+      if (!again.ok) throw again.error;
+      expect(again.response.payment?.paymentId).toBe('pay_2');
+      expect(accepted).toBe(2);
+      expect(logged).toEqual([]);
+    } finally {
+      grpc.setLogger(console);
+      silent?.destroy();
+      client.close();
+      stopServer(running);
+    }
+  });
+
+  it('lets a client in once the silent connections that fill connectionsMax run out of time', async () => {
+    let open = 0;
+    let refused = 0;
+    const running = await startServer((server) => server.addService(PaymentServiceService, echo), {
+      credentials,
+      tlsHandshakeMs: 1_000,
+      connectionsMax: 2,
+      observer: {
+        open: (now) => (open = now),
+        refused: () => (refused += 1),
+      },
+    });
+    const client = tlsClient(running.address);
+    const silent = [silentConnection(running.port), silentConnection(running.port)];
+    try {
+      await waitFor(() => open === 2, 'the server to take both silent connections');
+      // Refused while they hold both places, let in once they are closed: well within 5 s.
+      const waitForReady = new grpc.Metadata();
+      waitForReady.setOptions({ waitForReady: true });
+      const welcomed = await new Promise<grpc.ServiceError | null>((resolve) =>
+        client.getPayment(
+          { paymentId: 'pay_1' },
+          waitForReady,
+          { deadline: deadlineIn(5_000) },
+          (error) => resolve(error),
+        ),
+      );
+      expect(welcomed).toBeNull();
+      expect(refused).toBeGreaterThan(0);
+      expect(await Promise.all(silent.map((connection) => connection.closedAfterMs))).not.toContain(
+        undefined,
+      );
+      expect(open).toBe(1);
+    } finally {
+      for (const connection of silent) connection.socket.destroy();
+      client.close();
+      stopServer(running);
+    }
+  });
+
+  it('rejects a nonsensical handshake bound', () => {
+    for (const tlsHandshakeMs of [0, -1, 1.5, Number.NaN]) {
+      expect(() => createGrpcServer({ maxMessageBytes: LIMIT_BYTES, tlsHandshakeMs })).toThrow(
         RangeError,
       );
     }
