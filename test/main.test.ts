@@ -20,13 +20,11 @@ import {
 } from '../src/config.js';
 import { startTcpProxy, type TcpProxy } from '../src/chaos/tcp-proxy.js';
 import { dropDatabase, freePort, removeNamespace, testDatabaseUrl } from './support/harness.js';
-
-/** Settle alone refuses the published default secret: these runs bring their own. */
-const TEST_SECRET = 'whsec_main_test_0123456789';
+import { MAIN_TEST_SECRET, startMain } from './support/main-process.js';
 
 function runMain(env: Record<string, string>) {
   const result = spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', '--settle-only'], {
-    env: { ...process.env, LOG_LEVEL: 'silent', PSP_WEBHOOK_SECRET: TEST_SECRET, ...env },
+    env: { ...process.env, LOG_LEVEL: 'silent', PSP_WEBHOOK_SECRET: MAIN_TEST_SECRET, ...env },
     encoding: 'utf8',
     timeout: 30_000,
   });
@@ -539,58 +537,6 @@ describe('main', () => {
 });
 
 const NATS_SERVER = '/usr/sbin/nats-server';
-
-/**
- * src/main.ts --settle-only as a running child: its output lines (stdout and stderr), a wait for
- * a line (which fails at once if the process exits first) and its exit.
- */
-function startMain(env: Record<string, string>) {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', '--settle-only'], {
-    env: { ...process.env, LOG_LEVEL: 'silent', PSP_WEBHOOK_SECRET: TEST_SECRET, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const lines: string[] = [];
-  const listeners = new Set<() => void>();
-  for (const stream of [child.stdout, child.stderr]) {
-    let partial = '';
-    stream.setEncoding('utf8');
-    stream.on('data', (chunk: string) => {
-      const parts = (partial + chunk).split('\n');
-      partial = parts.pop() ?? '';
-      lines.push(...parts);
-      for (const listener of listeners) listener();
-    });
-  }
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => {
-      resolve({ code, signal });
-      for (const listener of listeners) listener();
-    }),
-  );
-  const waitForLine = (pattern: RegExp, timeoutMs = 25_000) =>
-    new Promise<string>((resolve, reject) => {
-      const check = () => {
-        const found = lines.find((line) => pattern.test(line));
-        if (found !== undefined) return done(() => resolve(found));
-        if (child.exitCode !== null || child.signalCode !== null) {
-          done(() => reject(new Error(`exited before ${pattern}:\n${lines.join('\n')}`)));
-        }
-      };
-      const timer = setTimeout(
-        () =>
-          done(() => reject(new Error(`no ${pattern} in ${timeoutMs} ms:\n${lines.join('\n')}`))),
-        timeoutMs,
-      );
-      const done = (settle: () => void) => {
-        clearTimeout(timer);
-        listeners.delete(check);
-        settle();
-      };
-      listeners.add(check);
-      check();
-    });
-  return { child, exited, waitForLine, output: () => lines.join('\n') };
-}
 
 function withHostPort(url: string, host: string, port: number): string {
   const parsed = new URL(url);
