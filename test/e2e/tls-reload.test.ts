@@ -4,11 +4,15 @@
  * session; files that fail the start's checks (a key that is not the certificate's) are refused,
  * the port goes on serving the certificate it had, one warning says why and the refused counter
  * goes up once; `settle_tls_certificate_expiry_timestamp_seconds` follows the served certificate.
+ * A node reads the files by itself every TLS_RELOAD_INTERVAL_S, and a running src/main.ts on
+ * SIGHUP too, after which it goes on serving (Node's default for SIGHUP is to exit).
  * Method: throwaway certificates from test/support/certificates.ts, copied to files the node is
  * configured with and replaced as renewal tools do (write a temporary file, rename it over);
- * `reloadTls()` stands for the timer and SIGHUP, which run the same code. The certificate a port
- * serves is read with node:tls (ALPN h2 on the gRPC port, as gRPC clients connect), and a gRPC
- * health check over the new certificate shows the port still answers calls.
+ * `reloadTls()` stands for the timer and SIGHUP, which run the same code, except in the last two
+ * tests: a second node on the stack with TLS_RELOAD_INTERVAL_S=1 and no call, and src/main.ts as
+ * a child process sent SIGHUP. The certificate a port serves is read with node:tls (ALPN h2 on
+ * the gRPC port, as gRPC clients connect), and a gRPC health check over the new certificate shows
+ * the port still answers calls.
  */
 import { X509Certificate } from 'node:crypto';
 import { copyFileSync, readFileSync, renameSync } from 'node:fs';
@@ -16,13 +20,16 @@ import path from 'node:path';
 import tls from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startSettle } from '../../src/app.js';
+import { loadConfig } from '../../src/config.js';
 import { createLogger } from '../../src/observability/logger.js';
 import {
   makeRenewedServerCertificate,
   makeTestCertificates,
   type TestCertificates,
 } from '../support/certificates.js';
-import { metricSample, startStack, type Stack } from '../support/harness.js';
+import { freePort, metricSample, startStack, waitFor, type Stack } from '../support/harness.js';
+import { startMain } from '../support/main-process.js';
 
 const HANDSHAKE_MS_MAX = 5_000;
 
@@ -36,13 +43,7 @@ const lines: string[] = [];
 beforeAll(async () => {
   certs = await makeTestCertificates();
   renewed = await makeRenewedServerCertificate(certs, { name: 'renewed', days: 30 });
-  live = {
-    cert: path.join(certs.dir, 'live.pem'),
-    key: path.join(certs.dir, 'live.key'),
-    clientCa: path.join(certs.dir, 'live-clients-ca.pem'),
-  };
-  copyFileSync(certs.serverCert, live.cert);
-  copyFileSync(certs.serverKey, live.key);
+  live = { ...copyOfServerFiles('live'), clientCa: path.join(certs.dir, 'live-clients-ca.pem') };
   copyFileSync(certs.caCert, live.clientCa);
   stack = await startStack({
     env: {
@@ -74,6 +75,23 @@ function replaceFile(target: string, source: string): void {
   renameSync(`${target}.tmp`, target);
 }
 
+/** Copies of the server certificate and key, `name`.pem and `name`.key, for a node to serve. */
+function copyOfServerFiles(name: string): { cert: string; key: string } {
+  const files = {
+    cert: path.join(certs.dir, `${name}.pem`),
+    key: path.join(certs.dir, `${name}.key`),
+  };
+  copyFileSync(certs.serverCert, files.cert);
+  copyFileSync(certs.serverKey, files.key);
+  return files;
+}
+
+/** Replaces a node's certificate and key with the renewed ones, the key first as tools do. */
+function renew(files: { cert: string; key: string }): void {
+  replaceFile(files.key, renewed.key);
+  replaceFile(files.cert, renewed.cert);
+}
+
 function certificate(file: string): X509Certificate {
   return new X509Certificate(readFileSync(file));
 }
@@ -100,17 +118,34 @@ function connectTls(port: number, alpn: string): Promise<tls.TLSSocket> {
   });
 }
 
-/** The serial number of the certificate a new connection to `port` is served. */
-async function servedSerial(port: 'grpc' | 'http'): Promise<string> {
+type NodePorts = Readonly<{ grpcPort: number; httpPort: number }>;
+
+/** The serial number of the certificate a new connection to `port` of `node` is served. */
+async function servedSerial(
+  port: 'grpc' | 'http',
+  node: NodePorts = stack.settle,
+): Promise<string> {
   const socket =
     port === 'grpc'
-      ? await connectTls(stack.settle.grpcPort, 'h2')
-      : await connectTls(stack.settle.httpPort, 'http/1.1');
+      ? await connectTls(node.grpcPort, 'h2')
+      : await connectTls(node.httpPort, 'http/1.1');
   try {
     return socket.getPeerCertificate().serialNumber;
   } finally {
     socket.destroy();
   }
+}
+
+/** Sends `GET path` on an open HTTP/1.1 connection and resolves with the whole response. */
+function getOver(socket: tls.TLSSocket, requestPath: string): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    let text = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => (text += chunk));
+    socket.once('end', () => resolve(text));
+    socket.once('error', reject);
+    socket.write(`GET ${requestPath} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`);
+  });
 }
 
 /**
@@ -166,8 +201,7 @@ describe('reading the TLS files again', () => {
   it('serves renewed files to new connections, while an open connection keeps its session', async () => {
     const open = await connectTls(stack.settle.httpPort, 'http/1.1');
     try {
-      replaceFile(live.key, renewed.key);
-      replaceFile(live.cert, renewed.cert);
+      renew(live);
       expect(stack.settle.reloadTls()).toEqual({ grpc: 'applied', http: 'applied' });
 
       expect(await servedSerial('grpc')).toBe(serialOf(renewed.cert));
@@ -181,15 +215,7 @@ describe('reading the TLS files again', () => {
 
       // The connection opened before the reload still has the old certificate and is answered.
       expect(open.getPeerCertificate().serialNumber).toBe(serialOf(certs.serverCert));
-      const answer = await new Promise<string>((resolve, reject) => {
-        let text = '';
-        open.setEncoding('utf8');
-        open.on('data', (chunk: string) => (text += chunk));
-        open.once('end', () => resolve(text));
-        open.once('error', reject);
-        open.write('GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n');
-      });
-      expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+      expect(await getOver(open, '/healthz')).toMatch(/^HTTP\/1\.1 200 /);
       expect(lines.some((line) => line.includes('gRPC port: new TLS files applied'))).toBe(true);
     } finally {
       open.destroy();
@@ -243,5 +269,86 @@ describe('reading the TLS files again', () => {
     replaceFile(live.clientCa, certs.caCert);
     expect(stack.settle.reloadTls()).toEqual({ grpc: 'applied', http: 'unchanged' });
     await grpcReady();
+  });
+});
+
+/**
+ * A second node on the stack (its database and streams) serving copies of the server's files,
+ * `name`.pem and `name`.key, on ports of its own, with `env` on top.
+ */
+async function secondNode(name: string, env: Record<string, string>) {
+  const files = copyOfServerFiles(name);
+  const [grpcPort, httpPort] = await Promise.all([freePort(), freePort()]);
+  return {
+    files,
+    ports: { grpcPort, httpPort },
+    env: {
+      ...stack.env,
+      SETTLE_GRPC_ADDR: `127.0.0.1:${grpcPort}`,
+      SETTLE_HTTP_ADDR: `127.0.0.1:${httpPort}`,
+      GRPC_TLS_CERT_FILE: files.cert,
+      GRPC_TLS_KEY_FILE: files.key,
+      // The original, never replaced: the tests above replace live.clientCa.
+      GRPC_TLS_CLIENT_CA_FILE: certs.caCert,
+      HTTP_TLS_CERT_FILE: files.cert,
+      HTTP_TLS_KEY_FILE: files.key,
+      ...env,
+    },
+  };
+}
+
+describe('reading the TLS files again on its timer and on SIGHUP', () => {
+  it('applies renewed files every TLS_RELOAD_INTERVAL_S by itself', async () => {
+    const { files, env } = await secondNode('timer', { TLS_RELOAD_INTERVAL_S: '1' });
+    const node = await startSettle(loadConfig(env), { nodeName: 'test-node-timer' });
+    try {
+      expect(await servedSerial('grpc', node)).toBe(serialOf(certs.serverCert));
+      renew(files);
+      // A read between the two renames sees a pair that does not match: refused, then applied at
+      // the next read, so two intervals and some slack.
+      for (const port of ['grpc', 'http'] as const) {
+        await waitFor(async () => (await servedSerial(port, node)) === serialOf(renewed.cert), {
+          timeoutMs: 5_000,
+          intervalMs: 100,
+          what: `the renewed certificate on the ${port} port`,
+        });
+      }
+    } finally {
+      await node.stop();
+    }
+  });
+
+  it('applies renewed files on SIGHUP to src/main.ts, which goes on serving', async () => {
+    const { files, ports, env } = await secondNode('hangup', {
+      // Only the signal may read the files again here.
+      TLS_RELOAD_INTERVAL_S: '86400',
+      LOG_LEVEL: 'info',
+    });
+    const node = startMain(env);
+    try {
+      await node.waitForLine(/^Settle is up: /);
+      expect(await servedSerial('grpc', ports)).toBe(serialOf(certs.serverCert));
+      renew(files);
+      node.child.kill('SIGHUP');
+      // Each fails at once, with the node's output, should the signal end the node.
+      await node.waitForLine(/"msg":"SIGHUP received: reading the TLS files again"/, 5_000);
+      await node.waitForLine(/"msg":"HTTP port: new TLS files applied/, 5_000);
+      expect(await servedSerial('grpc', ports)).toBe(serialOf(renewed.cert));
+      expect(await servedSerial('http', ports)).toBe(serialOf(renewed.cert));
+
+      const socket = await connectTls(ports.httpPort, 'http/1.1');
+      try {
+        expect(await getOver(socket, '/healthz')).toMatch(/^HTTP\/1\.1 200 /);
+      } finally {
+        socket.destroy();
+      }
+      expect(node.child.exitCode).toBeNull();
+      node.child.kill('SIGTERM');
+      expect(await node.exited).toEqual({ code: 0, signal: null });
+    } finally {
+      node.child.kill('SIGKILL');
+      // The stack drops the database and streams the node shares once it is gone.
+      await node.exited;
+    }
   });
 });
