@@ -217,8 +217,9 @@ export const configSchema = z.object({
    * ReconciliationService, the REST twin), separated by commas; several while one is rotated
    * out. Each item is a token alone (named `unnamed`, scope write: every method, as before names
    * and scopes), or `<name> <scope> <token>` separated by spaces, scope `read` (only the methods
-   * that read) or `write` (src/domain/api-token.ts says why spaces). Unset: that API is open to
-   * anyone who reaches the ports (the node warns at start).
+   * that read) or `write` (src/domain/api-token.ts says why spaces, and why an item written
+   * `<name>:<scope>:<token>` is refused). Unset: that API is open to anyone who reaches the ports
+   * (the node warns at start).
    */
   API_TOKENS: csv
     .transform((items, context): readonly ApiTokenEntry[] => {

@@ -33,6 +33,14 @@ const UNNAMED_API_TOKEN = 'unnamed';
  */
 const API_TOKEN_NAME = /^[a-z0-9][a-z0-9_-]{0,14}$/;
 
+/**
+ * An item written `<name>:<scope>:<token>`, the form of many other tools' token lists: read as a
+ * token alone it would open every method under a token no caller sends. Neither field is held to
+ * the name's or token's rules (a swapped `<token>:read:<name>` is the same mistake), and the scope
+ * is matched in any case; no generated token (hex, base64, base64url, UUID) holds a `:` at all.
+ */
+const COLON_SEPARATED_ITEM = /^[^:]+:(?:read|write):/i;
+
 /** One token of API_TOKENS, with the name logs know its caller by and what it may call. */
 export type ApiTokenEntry = Readonly<{ name: string; scope: ApiScope; token: string }>;
 
@@ -40,8 +48,9 @@ export type ApiTokenEntry = Readonly<{ name: string; scope: ApiScope; token: str
  * Reads one item of API_TOKENS: a token alone (`unnamed`, scope `write`), or `<name> <scope>
  * <token>` separated by spaces. Spaces, because a token cannot hold one (it travels in a header),
  * while any other separator (`:`, `=`) may already be inside a token in use: so every item that
- * was valid before still means what it meant. Returns what is wrong in words that never quote
- * the item: a field in the wrong place may be the token.
+ * was valid before still means what it meant, except a token alone that reads as `<name>:<read or
+ * write>:<rest>`, refused because it is far likelier a mistaken separator than a token. Returns
+ * what is wrong in words that never quote the item: a field in the wrong place may be the token.
  */
 export function parseApiTokenItem(item: string): ApiTokenEntry | { problem: string } {
   const fields = item.trim().split(/\s+/);
@@ -50,6 +59,13 @@ export function parseApiTokenItem(item: string): ApiTokenEntry | { problem: stri
       problem:
         `has ${fields.length} fields separated by spaces, but a token cannot hold a space (it ` +
         'travels in a header): write a token alone (scope write), or "<name> <scope> <token>"',
+    };
+  }
+  if (fields.length === 1 && COLON_SEPARATED_ITEM.test(item.trim())) {
+    return {
+      problem:
+        'reads as "<name>:<scope>:<token>", which would be one token of scope write that no ' +
+        'caller sends: separate the fields by spaces, "<name> <scope> <token>"',
     };
   }
   const [name, scope, token] =

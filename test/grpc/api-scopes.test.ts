@@ -129,11 +129,35 @@ describe('API_TOKENS items', () => {
       { name: 'dashboard', scope: 'read', token: READ_TOKEN },
       { name: 'checkout', scope: 'write', token: WRITE_TOKEN },
     ]);
-    // `:` and `=` may be inside a token in use: a token alone keeps meaning what it meant.
-    const colons = 'ops:read:0123456789abcdef=';
-    expect(loadConfig({ API_TOKENS: colons }).API_TOKENS).toEqual([
-      { name: 'unnamed', scope: 'write', token: colons },
-    ]);
+    // `:` and `=` may be inside a token in use: a token alone keeps meaning what it meant, unless
+    // it reads as "<name>:<scope>:<token>" (the next test).
+    const colons = ['ops:0123456789abcdef=', 'ops:reader:0123456789abcdef', 'x::read:0123456789ab'];
+    expect(loadConfig({ API_TOKENS: colons.join(',') }).API_TOKENS).toEqual(
+      colons.map((token) => ({ name: 'unnamed', scope: 'write', token })),
+    );
+  });
+
+  it('refuses "<name>:<scope>:<token>", which a token alone would give scope write, without quoting it', () => {
+    const secret = 'secret-token-0123456789';
+    const message = configProblems(
+      [
+        `dashboard:read:${secret}`,
+        `checkout:write:${secret}x`,
+        // Any case, any name, nothing after the scope, or the fields swapped: the same mistake.
+        ` Dashboard-Readonly-Bot:READ:${secret}y `,
+        'dashboard-bot:write:',
+        `${secret}z:read:dashboard`,
+      ].join(','),
+    );
+    const refused =
+      ': reads as "<name>:<scope>:<token>", which would be one token of scope write that no ' +
+      'caller sends: separate the fields by spaces, "<name> <scope> <token>"';
+    expect(message).toBe(
+      'invalid configuration:\n' +
+        [0, 1, 2, 3, 4].map((index) => `  - API_TOKENS.${index}${refused}`).join('\n'),
+    );
+    expect(message).not.toContain(secret);
+    expect(message).not.toContain('dashboard-bot');
   });
 
   it('refuses a malformed item, a bad name or scope, by position, without quoting any field', () => {
