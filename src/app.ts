@@ -755,16 +755,7 @@ export async function startSettle(
         onIgnored: (event) =>
           logger.warn(event, 'webhook of a type Settle does not handle: acknowledged, ignored'),
         onAccepted: (event) => {
-          metrics.webhookAccepted({
-            way: event.late
-              ? 'applied_late'
-              : event.applied
-                ? 'applied'
-                : event.duplicate
-                  ? 'duplicate'
-                  : 'queued',
-            ms: event.ms,
-          });
+          metrics.webhookAccepted({ way: event.way, ms: event.ms });
           if (event.unknownOrder) {
             logger.warn(
               event,

@@ -51,6 +51,21 @@ export const WEBHOOK_REJECTION = {
   unavailable: 'UNAVAILABLE',
 } as const;
 export type WebhookRejection = (typeof WEBHOOK_REJECTION)[keyof typeof WEBHOOK_REJECTION];
+
+/**
+ * How an accepted webhook went, decided here once: it labels a metric and the log line, and the
+ * answer's `duplicate` is true for `duplicate` alone. `applied`: the fast way committed within
+ * its wait; `applied_late`: the fast way committed after it, and the durable way found the inbox
+ * row it wrote (FastApply), so a first delivery is not taken for a repeat; `queued`: recorded for
+ * the durable way; `duplicate`: the event was already recorded.
+ */
+export const WEBHOOK_WAY = {
+  applied: 'applied',
+  appliedLate: 'applied_late',
+  queued: 'queued',
+  duplicate: 'duplicate',
+} as const;
+export type WebhookWay = (typeof WEBHOOK_WAY)[keyof typeof WEBHOOK_WAY];
 const WEBHOOK_BODY_BYTES_MAX = 64 * 1024;
 /** Refuses bytes that are not UTF-8 rather than replacing them, so the text is what was signed. */
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
@@ -97,19 +112,13 @@ export type WebhookRouteDeps = Readonly<{
   }) => void;
   /** A signed event of a type Settle does not handle: answered 200, nothing written. */
   onIgnored?: (event: { type: string; requestId: string }) => void;
-  /**
-   * `applied`: taken the fast way (applied at once) rather than queued as a command; `late`:
-   * applied by the fast way after its wait ran out, when the durable way had found its inbox row
-   * (see FastApply). `ms`: from the request's arrival to its answer, the commit included.
-   */
+  /** `ms`: from the request's arrival to its answer, the commit included. */
   onAccepted?: (event: {
     eventId: string;
     /** The exchange's x-request-id (or the one the router made), as every request line has. */
     requestId: string;
     orderId: string;
-    duplicate: boolean;
-    applied: boolean;
-    late: boolean;
+    way: WebhookWay;
     /** Recorded for an order that does not exist: it will be dead-lettered for review. */
     unknownOrder: boolean;
     ms: number;
@@ -228,9 +237,7 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
             eventId: event.id,
             requestId: request.requestId,
             orderId,
-            duplicate: false,
-            applied: true,
-            late: false,
+            way: WEBHOOK_WAY.applied,
             unknownOrder: false,
             ms: performance.now() - started,
           });
@@ -243,17 +250,20 @@ export function webhookRoute(deps: WebhookRouteDeps): Route {
         // The row the durable way found may be this delivery's own, written by its slow attempt:
         // the first delivery of an event must not be answered (and counted) as a repeat.
         const late = !fresh && attempt !== undefined && (await attempt.appliedLate());
+        const way = late
+          ? WEBHOOK_WAY.appliedLate
+          : fresh
+            ? WEBHOOK_WAY.queued
+            : WEBHOOK_WAY.duplicate;
         deps.onAccepted?.({
           eventId: event.id,
           requestId: request.requestId,
           orderId,
-          duplicate: !fresh && !late,
-          applied: late,
-          late,
+          way,
           unknownOrder: recorded === 'unknown-order',
           ms: performance.now() - started,
         });
-        return json(200, { received: true, duplicate: !fresh && !late });
+        return json(200, { received: true, duplicate: way === WEBHOOK_WAY.duplicate });
       } catch (error) {
         const mapped = toUnavailable(error);
         if (mapped instanceof UnavailableError)

@@ -9,7 +9,11 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import { LOCKOUT_SCOPE, type LockoutScope } from '../admin/auth.js';
 import { API_TOKEN_REFUSAL, type ApiTokenRefusal } from '../grpc/api-auth.js';
 import type { ClientSurface } from '../admin/client-address.js';
-import { WEBHOOK_REJECTION, type WebhookRejection } from '../http/webhook.route.js';
+import {
+  WEBHOOK_REJECTION,
+  type WebhookRejection,
+  type WebhookWay,
+} from '../http/webhook.route.js';
 import { HOUSEKEEPING_TASK } from '../jobs/housekeeping.js';
 import { DEAD_LETTER_REASON } from '../messaging/command-consumer.js';
 import { BREAKER_STATE } from '../psp/client.js';
@@ -63,10 +67,7 @@ export type Metrics = Readonly<{
    * A PSP webhook was answered 200, after its commit: applied at once, applied late (its fast
    * attempt committed after its wait, found by the durable way), queued, or a duplicate.
    */
-  webhookAccepted: (webhook: {
-    way: 'applied' | 'applied_late' | 'queued' | 'duplicate';
-    ms: number;
-  }) => void;
+  webhookAccepted: (webhook: { way: WebhookWay; ms: number }) => void;
   /** A PSP webhook was refused, nothing written (a wrong secret rejects every one). */
   webhookRejected: (webhook: { rejection: WebhookRejection }) => void;
   /** One group-commit batch ended (creations, transitions, loads or webhooks). */

@@ -267,12 +267,19 @@ describe('metrics and request logs', () => {
     );
     expect(webhookSeconds).toBeGreaterThan(0);
     expect(webhookSeconds).toBeLessThan(seconds ?? 0);
-    // And logged once, with the request id of the exchange, like every other request.
+    // And logged once, with the request id of the exchange, like every other request, and the
+    // way the metric counted.
     const accepted = lines
-      .map((line) => JSON.parse(line) as { msg?: string; orderId?: string; requestId?: unknown })
+      .map(
+        (line) =>
+          JSON.parse(line) as { msg?: string; orderId?: string; requestId?: unknown; way?: string },
+      )
       .filter((line) => line.msg === 'webhook accepted' && line.orderId === order?.orderId);
     expect(accepted).toHaveLength(1);
     expect(accepted[0]?.requestId).toEqual(expect.any(String));
+    const way = accepted[0]?.way ?? '';
+    expect(firstWays).toContain(way);
+    expect(webhooks(way)).toBe(1);
 
     // Two payments were created alone; the paid order's transitions went through the batcher.
     expect(metricSample(text, 'settle_group_commit_batch_units_count', { kind: 'creations' })).toBe(
