@@ -51,7 +51,7 @@ import {
   ListEntriesResponse,
   type LedgerEntry,
 } from '../grpc/generated/settle/v1/wallet.js';
-import { formatMajor } from '../domain/money.js';
+import { formatMajor, INT64_MAX } from '../domain/money.js';
 import { grpcCodeName } from '../grpc/http-status.js';
 import {
   DeadLetterState,
@@ -1296,8 +1296,6 @@ function intOption(
   }
   return Number(value);
 }
-
-const INT64_MAX = 2n ** 63n - 1n;
 
 function parseOrder(text: string): { sellerId: string; amountMinor: bigint } {
   const match = /^([^=\s]+)=(\d{1,19})$/.exec(text);

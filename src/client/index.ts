@@ -21,6 +21,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { API_TOKEN_CHARACTERS } from '../domain/api-token.js';
+import { INT64_MAX, INT64_MIN } from '../domain/money.js';
 import { explainTlsFailure, tlsChannel, type SettleClientTls } from './tls.js';
 import {
   tailLedgerEntries,
@@ -170,7 +171,6 @@ export function buildRequest<Req>(type: MessageFns<Req>, name: string, request: 
 }
 
 const DECIMAL_INT64 = /^-?\d{1,19}$/;
-const INT64_MAX = 2n ** 63n - 1n;
 
 /**
  * An int64 given as a string must be written in decimal: BigInt() also reads '0x7D0' (2000),
@@ -181,7 +181,7 @@ function assertDecimalStrings(source: unknown, built: unknown, path: string): vo
     if (typeof source === 'string' && !DECIMAL_INT64.test(source)) {
       throw new TypeError(`${path}: '${source.slice(0, 40)}' is not a decimal integer`);
     }
-    if (built > INT64_MAX || built < -INT64_MAX - 1n) {
+    if (built > INT64_MAX || built < INT64_MIN) {
       throw new TypeError(`${path}: ${built} does not fit an int64`);
     }
   } else if (Array.isArray(source) && Array.isArray(built)) {

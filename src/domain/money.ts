@@ -5,6 +5,13 @@
 export const CURRENCIES = ['USD'] as const;
 export type CurrencyCode = (typeof CURRENCIES)[number];
 
+/**
+ * The range of a signed 64-bit integer: all an amount or a sum can be at the edges, where proto
+ * `int64` fields and MySQL `BIGINT` columns carry it (a SUM in MySQL is wider: DECIMAL).
+ */
+export const INT64_MAX = 2n ** 63n - 1n;
+export const INT64_MIN = -(2n ** 63n);
+
 /** The largest amount of one payment order, in minor units (10^12 cents = 10 billion dollars). */
 export const ORDER_AMOUNT_MINOR_MAX = 1_000_000_000_000n;
 

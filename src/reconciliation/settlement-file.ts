@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import path from 'node:path';
 import { ERROR_CODE, SettleError } from '../domain/errors.js';
-import { isCurrencyCode, type CurrencyCode } from '../domain/money.js';
+import { INT64_MAX, isCurrencyCode, type CurrencyCode } from '../domain/money.js';
 
 /** The header row, exactly. */
 export const SETTLEMENT_HEADER =
@@ -24,7 +24,7 @@ const COLUMNS = SETTLEMENT_HEADER.split(',');
  * units): what a BIGINT holds. A run stores the file's totals and every sum over a part of its
  * rows, each at most this; a file past it is refused before anything is written.
  */
-export const FILE_TOTAL_MINOR_MAX = 9_223_372_036_854_775_807n;
+export const FILE_TOTAL_MINOR_MAX = INT64_MAX;
 
 /** The longest line accepted, in bytes; real rows are under 200. */
 export const LINE_BYTES_MAX = 1_024;

@@ -57,6 +57,7 @@ import {
   PAYMENT_ID_EXAMPLE,
   PAYMENT_ID_PATTERN,
 } from '../../domain/ids.js';
+import { INT64_MAX, INT64_MIN } from '../../domain/money.js';
 import { decodePageToken, encodePageToken } from '../../domain/page-token.js';
 import { requireId } from '../../payments/validation.js';
 import {
@@ -119,9 +120,6 @@ export const LEDGER_SUMS_AUDIT_TARGET = 'ledger-sums:checkpoint';
  */
 const AUDITED_PAIRS_MAX = 20;
 const AUDITED_CURRENCIES_MAX = 20;
-
-const INT64_MIN = -(2n ** 63n);
-const INT64_MAX = 2n ** 63n - 1n;
 
 /** `value`, or undefined when it does not fit the response's int64 (a sum is DECIMAL(38,0)). */
 function int64OrUnset(value: bigint): bigint | undefined {

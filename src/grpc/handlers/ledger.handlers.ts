@@ -8,6 +8,7 @@ import {
   UnavailableError,
 } from '../../domain/errors.js';
 import { ORDER_ID_EXAMPLE, ORDER_ID_PATTERN, PARTY_ID_PATTERN } from '../../domain/ids.js';
+import { INT64_MAX } from '../../domain/money.js';
 import { requireId } from '../../payments/validation.js';
 import { decodePageToken, encodePageToken } from '../../domain/page-token.js';
 import type { Db } from '../../storage/db.js';
@@ -200,8 +201,6 @@ function balanceMessage(balance: AccountBalance): AccountBalanceMessage {
     balanceMinor: balance.balanceMinor,
   };
 }
-
-const INT64_MAX = 2n ** 63n - 1n;
 
 /**
  * Throws FAILED_PRECONDITION when the debits or the credits of `sums` (one account's, or every
