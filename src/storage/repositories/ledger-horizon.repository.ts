@@ -35,6 +35,7 @@
  */
 import { sql } from 'kysely';
 import { LOCK_WAIT_TIMEOUT_S_DEFAULT, type Db } from '../db.js';
+import { assertWholeAtLeastOne } from '../options.js';
 import type { Trx } from '../transaction.js';
 import { listLedgerEntries, type LedgerEntry } from './ledger.repository.js';
 
@@ -375,20 +376,11 @@ function minDefined(a: bigint | undefined, b: bigint | undefined): bigint | unde
 
 function assertOptions(options: LedgerHorizonOptions): void {
   const { reservationSettleMs, markIntervalMs, gapCheckIdsMax, headSearchEntriesMax } = options;
-  if (!Number.isInteger(gapCheckIdsMax) || gapCheckIdsMax < 1) {
-    throw new RangeError(`gapCheckIdsMax must be a whole number ≥ 1, got ${gapCheckIdsMax}`);
+  assertWholeAtLeastOne('gapCheckIdsMax', gapCheckIdsMax);
+  if (headSearchEntriesMax !== undefined) {
+    assertWholeAtLeastOne('headSearchEntriesMax', headSearchEntriesMax);
   }
-  if (
-    headSearchEntriesMax !== undefined &&
-    (!Number.isInteger(headSearchEntriesMax) || headSearchEntriesMax < 1)
-  ) {
-    throw new RangeError(
-      `headSearchEntriesMax must be a whole number ≥ 1, got ${headSearchEntriesMax}`,
-    );
-  }
-  if (!Number.isInteger(markIntervalMs) || markIntervalMs < 1) {
-    throw new RangeError(`markIntervalMs must be a whole number ≥ 1, got ${markIntervalMs}`);
-  }
+  assertWholeAtLeastOne('markIntervalMs', markIntervalMs);
   if (
     !Number.isInteger(reservationSettleMs) ||
     reservationSettleMs < 1 ||

@@ -30,6 +30,7 @@ import { sql } from 'kysely';
 import { AbortedError, FailedPreconditionError, UnavailableError } from '../../domain/errors.js';
 import type { Db } from '../db.js';
 import { isLockWaitTimeout } from '../errors.js';
+import { assertWholeAtLeastOne } from '../options.js';
 import { inTransaction, type Trx } from '../transaction.js';
 import {
   listSettledLedgerEntries,
@@ -95,11 +96,7 @@ export async function advanceLedgerSums(
   db: Db,
   options: LedgerSumsOptions,
 ): Promise<LedgerSumsPass> {
-  if (!Number.isInteger(options.entriesPerPassMax) || options.entriesPerPassMax < 1) {
-    throw new RangeError(
-      `entriesPerPassMax must be a whole number ≥ 1, got ${options.entriesPerPassMax}`,
-    );
-  }
+  assertWholeAtLeastOne('entriesPerPassMax', options.entriesPerPassMax);
   const from = (await ledgerSumsCheckpoint(db)).uptoId;
   const byAccount = new Map<string, Map<string, Sums>>();
   const byCurrency = new Map<string, Sums>();
@@ -418,9 +415,7 @@ export async function repairLedgerSums(
   options: RepairLedgerSumsOptions,
 ): Promise<LedgerSumsRepair> {
   const accountsPerPage = options.accountsPerPage ?? REPAIR_ACCOUNTS_PER_PAGE;
-  if (!Number.isInteger(accountsPerPage) || accountsPerPage < 1) {
-    throw new RangeError(`accountsPerPage must be a whole number ≥ 1, got ${accountsPerPage}`);
-  }
+  assertWholeAtLeastOne('accountsPerPage', accountsPerPage);
   const compareAll = async (trx: Trx, uptoId: bigint) =>
     repairUpTo(trx, uptoId, { ...options, accountsPerPage });
   if (options.dryRun) {
@@ -675,9 +670,7 @@ export class LedgerSummer {
     private readonly options: LedgerSumsOptions & Readonly<{ intervalMs: number }>,
     private readonly onError: (error: unknown) => void,
   ) {
-    if (!Number.isInteger(options.intervalMs) || options.intervalMs < 1) {
-      throw new RangeError(`intervalMs must be a whole number ≥ 1, got ${options.intervalMs}`);
-    }
+    assertWholeAtLeastOne('intervalMs', options.intervalMs);
   }
 
   start(): void {
