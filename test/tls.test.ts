@@ -152,9 +152,11 @@ describe('TLS settings', () => {
       await node.waitForLine(/waiting for MySQL at /, 20_000);
       node.child.kill('SIGHUP');
       await node.waitForLine(/SIGHUP received while starting: ignored/, 5_000);
-      // Ended by the SIGHUP, it would show that signal here rather than exit 0 of the wait's.
+      // Ended by the SIGHUP, it would show that signal here rather than exit 0 of the wait's; and
+      // the wait's own line shows that the SIGTERM, not some exit 0 of the SIGHUP's, ended it.
       node.child.kill('SIGTERM');
       expect(await node.exited).toEqual({ code: 0, signal: null });
+      expect(node.output()).toContain('SIGTERM received while waiting for MySQL and NATS: exiting');
     } finally {
       node.child.kill('SIGKILL');
     }

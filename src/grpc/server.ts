@@ -240,11 +240,12 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
  * client that connects and says nothing; but it creates that server with
  * `_getConstructorOptions()` spread into `http2.createSecureServer`'s options, and Node's TLS
  * server takes `handshakeTimeout` from there (grpc-js 1.14's createHttp2Server; the tests of a
- * silent TLS client in test/grpc/server.test.ts fail if an upgrade drops it). Everything else is the wrapped credentials', as in
- * grpc-js's own InterceptorServerCredentials: the watchers go to them, so certificates pushed
- * after start (serverCredentials' `update`) still reach the server. A timed-out handshake is a
- * TLS client error, which Node's HTTP/2 server answers by destroying the socket, so its
- * connection is closed, and given back to connectionsMax, without a log line or an 'error'.
+ * silent TLS client in test/grpc/server.test.ts fail if an upgrade drops it). Everything else
+ * is the wrapped credentials', as in grpc-js's own InterceptorServerCredentials: the watchers go
+ * to them, so certificates pushed after start (serverCredentials' `update`) still reach the
+ * server. A timed-out handshake is a TLS client error, which Node's HTTP/2 server answers by
+ * destroying the socket, so its connection is closed, and given back to connectionsMax, without
+ * a log line or an 'error'.
  */
 class HandshakeBoundCredentials extends grpc.ServerCredentials {
   readonly #credentials: grpc.ServerCredentials;

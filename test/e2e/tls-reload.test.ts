@@ -19,7 +19,7 @@ import { copyFileSync, readFileSync, renameSync } from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startSettle } from '../../src/app.js';
 import { loadConfig } from '../../src/config.js';
 import { createLogger } from '../../src/observability/logger.js';
@@ -63,6 +63,19 @@ beforeAll(async () => {
       ),
     },
   });
+});
+/**
+ * Nodes started as child processes, killed after each test: vitest runs afterEach when a test
+ * times out, before afterAll drops the database and streams they share, while the test's own
+ * `finally` runs only once what it awaits settles.
+ */
+const children = new Set<ReturnType<typeof startMain>>();
+afterEach(async () => {
+  for (const node of children) {
+    node.child.kill('SIGKILL');
+    await node.exited;
+  }
+  children.clear();
 });
 afterAll(async () => {
   await stack?.stop();
@@ -136,10 +149,14 @@ async function servedSerial(
   }
 }
 
-/** Sends `GET path` on an open HTTP/1.1 connection and resolves with the whole response. */
+/**
+ * Sends `GET path` on an open HTTP/1.1 connection and resolves with the whole response; fails
+ * after 5 s of silence.
+ */
 function getOver(socket: tls.TLSSocket, requestPath: string): Promise<string> {
   return new Promise<string>((resolve, reject) => {
     let text = '';
+    socket.setTimeout(5_000, () => socket.destroy(new Error(`no answer to GET ${requestPath}`)));
     socket.setEncoding('utf8');
     socket.on('data', (chunk: string) => (text += chunk));
     socket.once('end', () => resolve(text));
@@ -325,6 +342,7 @@ describe('reading the TLS files again on its timer and on SIGHUP', () => {
       LOG_LEVEL: 'info',
     });
     const node = startMain(env);
+    children.add(node);
     try {
       await node.waitForLine(/^Settle is up: /);
       expect(await servedSerial('grpc', ports)).toBe(serialOf(certs.serverCert));
@@ -350,5 +368,6 @@ describe('reading the TLS files again on its timer and on SIGHUP', () => {
       // The stack drops the database and streams the node shares once it is gone.
       await node.exited;
     }
-  });
+    // Its own waits: 25 s for the start, 5 s for each line and connection, the stop's grace.
+  }, 90_000);
 });

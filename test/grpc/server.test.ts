@@ -311,7 +311,8 @@ describe('a TLS port', () => {
     let open = 0;
     const running = await startServer((server) => server.addService(PaymentServiceService, echo), {
       credentials,
-      tlsHandshakeMs: 300,
+      // Long enough for the real client's own handshake on a loaded CI machine.
+      tlsHandshakeMs: 1_000,
       observer: {
         open: (now) => {
           if (now > open) accepted += 1;
@@ -334,7 +335,7 @@ describe('a TLS port', () => {
       silent = connection.socket;
       const closedAfterMs = await connection.closedAfterMs;
       expect(closedAfterMs).toBeDefined();
-      expect(closedAfterMs).toBeGreaterThanOrEqual(250);
+      expect(closedAfterMs).toBeGreaterThanOrEqual(900);
       await waitFor(() => open === 1, 'the server to count the closed connection');
       expect(running.server.connectionsOpen).toBe(1);
 

@@ -19,6 +19,11 @@ export function startMain(env: Record<string, string>) {
     env: { ...process.env, LOG_LEVEL: 'silent', PSP_WEBHOOK_SECRET: MAIN_TEST_SECRET, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  // Should the test process end first (a worker torn down), the node goes with it rather than
+  // outliving the database and streams its test made.
+  const killOnExit = () => child.kill('SIGKILL');
+  process.once('exit', killOnExit);
+  child.once('exit', () => process.off('exit', killOnExit));
   const lines: string[] = [];
   const listeners = new Set<() => void>();
   for (const stream of [child.stdout, child.stderr]) {
