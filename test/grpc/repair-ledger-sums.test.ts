@@ -223,7 +223,11 @@ describe('AdminService/RepairLedgerSums', () => {
       expect(await repair({ reason: REASON, dryRun: false }, TOKEN)).toBe(
         repairedResponse(checkpoint, false),
       );
-      expect(await ledgerSumsDrift(db)).toEqual({ accounts: [], currencies: [] });
+      expect(await ledgerSumsDrift(db)).toEqual({
+        pairsDiffering: 0,
+        accounts: [],
+        currencies: [],
+      });
       const [audit, ...more] = await auditRows();
       expect(more).toEqual([]);
       expect(audit).toMatchObject({
@@ -274,7 +278,7 @@ describe('AdminService/RepairLedgerSums', () => {
     await withAdmin(WITH_TOKEN, async (repair) => {
       expect(await repair({ reason: REASON, dryRun: false }, TOKEN)).toMatch(/^OK /);
     });
-    expect(await ledgerSumsDrift(db)).toEqual({ accounts: [], currencies: [] });
+    expect(await ledgerSumsDrift(db)).toEqual({ pairsDiffering: 0, accounts: [], currencies: [] });
     const [audit] = await auditRows();
     const detail = JSON.parse(audit?.detail ?? '{}') as Record<string, unknown>;
     const removed = { before: { debitMinor: longest, creditMinor: longest }, after: null };
@@ -352,6 +356,6 @@ describe('AdminService/RepairLedgerSums', () => {
         repairedResponse(checkpoint, false).replace('"debitMinor":"60",', ''),
       );
     });
-    expect(await ledgerSumsDrift(db)).toEqual({ accounts: [], currencies: [] });
+    expect(await ledgerSumsDrift(db)).toEqual({ pairsDiffering: 0, accounts: [], currencies: [] });
   });
 });

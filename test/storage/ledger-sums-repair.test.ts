@@ -9,11 +9,14 @@
  * waits for the repair (the checkpoint row lock), rather than have its entries overwritten; a
  * pass that holds the row when the repair comes is seen whole by it (its snapshot is fixed after
  * the lock), and bookings are never held up by it. Aborted, even after pages wrote, it writes
- * nothing. Method: ledger-sums.repository.ts over a fresh MariaDB database, bookings posted by
- * the ledger repository in real transactions, the sums damaged by hand with SQL after a pass; the
- * pass that races the repair is let in through the repair's test hook, or is written by hand to
- * hold the row, and each wait for the row is seen in information_schema.INNODB_TRX; bookings
- * during a repair wait 1 s at most for a lock, so that one held up fails.
+ * nothing. ledgerSumsDrift, reconciliation's check, lists exactly what a dry run reports, every
+ * kind of difference at once and on several pages (rows of zeros for pairs without entries too),
+ * counts every pair past the 1,000 it lists, and waits for no lock. Method:
+ * ledger-sums.repository.ts over a fresh MariaDB database, bookings posted by the ledger repository
+ * in real transactions, the sums damaged by hand with SQL after a pass; the pass that races the
+ * repair is let in through the repair's test hook, or is written by hand to hold the row, and each
+ * wait for the row is seen in information_schema.INNODB_TRX; bookings during a repair wait 1 s at
+ * most for a lock, so that one held up fails.
  */
 import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -85,7 +88,7 @@ async function sumsTables(): Promise<string[]> {
 
 /** The sums agree with the entries: no drift, and the served trial balance is the full scan's. */
 async function expectSumsMended(): Promise<void> {
-  expect(await ledgerSumsDrift(db)).toEqual({ accounts: [], currencies: [] });
+  expect(await ledgerSumsDrift(db)).toEqual({ pairsDiffering: 0, accounts: [], currencies: [] });
   expect(await trialBalanceTotals(db)).toEqual(await trialBalanceByCurrency(db));
   expect(await servedTrialBalance(db)).toEqual(await recountTrialBalance(db));
 }
@@ -115,6 +118,7 @@ describe('repairLedgerSums', () => {
     await sql`UPDATE ledger_currency_sum SET credit_minor = credit_minor - 3
               WHERE currency = 'EUR'`.execute(db);
     expect(await ledgerSumsDrift(db)).toEqual({
+      pairsDiffering: 3,
       accounts: [
         { account: 'psp_receivable', currency: 'USD' },
         { account: 'seller_payable:ghost', currency: 'USD' },
@@ -402,6 +406,91 @@ describe('repairLedgerSums', () => {
       });
     });
     expect(await sumsTables()).toEqual(untouched);
+  });
+});
+
+describe('ledgerSumsDrift', () => {
+  it('lists exactly what a dry run of the repair reports, page by page, and nothing once repaired', async () => {
+    await bookMany(48, 's', 16);
+    await bookMany(6, 'e', 2, 'EUR');
+    await catchUpLedgerSums(db, OPTIONS);
+    // In pages of 3: psp_receivable e00 e01 | ghost s00 s01 | s02 s03 s04 | s05 s06 s07 | … |
+    // s14 s15 zz. Every kind of difference at once, on the pages' edges, including rows of zeros
+    // for pairs without entries, which a comparison of amounts alone cannot tell from no row.
+    await sql`UPDATE ledger_account_sum SET debit_minor = debit_minor + 5
+              WHERE account = 'psp_receivable' AND currency = 'USD'`.execute(db);
+    await sql`INSERT INTO ledger_account_sum VALUES ('seller_payable:ghost', 'USD', 0, 7),
+              ('seller_payable:s04', 'EUR', 0, 0), ('seller_payable:zz', 'USD', 0, 0)`.execute(db);
+    await sql`UPDATE ledger_account_sum SET credit_minor = credit_minor + 1
+              WHERE account = 'seller_payable:s01'`.execute(db);
+    await sql`DELETE FROM ledger_account_sum WHERE account = 'seller_payable:s07'`.execute(db);
+    await sql`UPDATE ledger_currency_sum SET credit_minor = credit_minor - 3
+              WHERE currency = 'EUR'`.execute(db);
+    await sql`INSERT INTO ledger_currency_sum VALUES ('GBP', 0, 0)`.execute(db);
+    const differing = [
+      { account: 'psp_receivable', currency: 'USD' },
+      { account: 'seller_payable:ghost', currency: 'USD' },
+      { account: 'seller_payable:s01', currency: 'USD' },
+      { account: 'seller_payable:s04', currency: 'EUR' },
+      { account: 'seller_payable:s07', currency: 'USD' },
+      { account: 'seller_payable:zz', currency: 'USD' },
+    ];
+    const untouched = await sumsTables();
+    for (const accountsPerPage of [3, undefined]) {
+      const dryRun = await repairLedgerSums(db, { dryRun: true, accountsPerPage });
+      const drift = await ledgerSumsDrift(db, { accountsPerPage });
+      expect(drift).toEqual({
+        pairsDiffering: differing.length,
+        accounts: differing,
+        currencies: ['EUR', 'GBP'],
+      });
+      expect(drift.accounts).toEqual(
+        dryRun.pairs.map(({ account, currency }) => ({ account, currency })),
+      );
+      expect(drift.pairsDiffering).toBe(dryRun.pairsRepaired);
+      expect(drift.currencies).toEqual(dryRun.currencies.map(({ currency }) => currency));
+    }
+    // A pass (or a repair) holding the checkpoint row holds up no check, nor the reverse.
+    await db.transaction().execute(async (holder) => {
+      await sql`SELECT upto_id FROM ledger_sum_checkpoint WHERE id = 1 FOR UPDATE`.execute(holder);
+      await db.connection().execute(async (checker) => {
+        await sql`SET SESSION innodb_lock_wait_timeout = 1`.execute(checker);
+        try {
+          expect((await ledgerSumsDrift(checker)).pairsDiffering).toBe(differing.length);
+        } finally {
+          // The connection goes back to the pool: with the pool's setting.
+          await sql`SET SESSION innodb_lock_wait_timeout = 5`.execute(checker);
+        }
+      });
+    });
+    expect(await sumsTables()).toEqual(untouched);
+
+    const repair = await repairLedgerSums(db, { dryRun: false, accountsPerPage: 3 });
+    expect(repair.pairs.map(({ account, currency }) => ({ account, currency }))).toEqual(differing);
+    await expectSumsMended();
+    expect(await ledgerSumsDrift(db, { accountsPerPage: 3 })).toEqual({
+      pairsDiffering: 0,
+      accounts: [],
+      currencies: [],
+    });
+    const again = await repairLedgerSums(db, { dryRun: true, accountsPerPage: 3 });
+    expect([again.pairsRepaired, again.currencies]).toEqual([0, []]);
+  });
+
+  it('counts every pair that differs and lists the first 1,000, as a repair would mend them all', async () => {
+    await bookMany(2, 's', 2);
+    await catchUpLedgerSums(db, OPTIONS);
+    const ghosts = Array.from({ length: 1_001 }, (_, i) => `ghost:${String(i).padStart(4, '0')}`);
+    await sql`INSERT INTO ledger_account_sum VALUES ${sql.join(
+      ghosts.map((account) => sql`(${account}, 'USD', 1, 0)`),
+    )}`.execute(db);
+    const drift = await ledgerSumsDrift(db);
+    expect(drift.pairsDiffering).toBe(1_001);
+    expect(drift.accounts).toEqual(
+      ghosts.slice(0, 1_000).map((account) => ({ account, currency: 'USD' })),
+    );
+    expect((await repairLedgerSums(db, { dryRun: false })).pairsRepaired).toBe(1_001);
+    await expectSumsMended();
   });
 });
 
