@@ -62,7 +62,10 @@ export type InternalCheck = Readonly<{
    * Undefined in a run stored before this check existed: not checked, which is not a failure.
    */
   ledgerSumsMatch: boolean | undefined;
-  /** (account, currency) pairs whose sums differ: ledgerSumsDrift lists 1,000 at most. */
+  /**
+   * (account, currency) pairs whose sums differ, all of them: as many as a repair would mend. A
+   * run stored before the check was the repair's dry run counted 1,000 at most.
+   */
   ledgerSumsNotMatching: bigint;
   /** The first SUM_DIFFERENCES_MAX of them. */
   ledgerSumDifferences: ReadonlyArray<Readonly<{ account: string; currency: string }>>;

@@ -832,8 +832,9 @@ describe('an internal check that fails', () => {
   }, 90_000);
 
   it('completes a run with the sums unchecked when comparing them fails, and says why in the log', async () => {
-    // The comparison is a full scan of the ledger: on a very large one it can pass its deadline.
-    // A sums table out of the way makes it fail the same way for the run (an error from MySQL).
+    // The comparison reads the whole ledger, a page of accounts per statement: on a very large
+    // one, the page holding psp_receivable (half the entries) can pass its deadline. A sums table
+    // out of the way makes it fail the same way for the run (an error from MySQL).
     // Tomorrow's, the latest day (so /metrics shows it).
     const day = addUtcDays(today, 1);
     const header =

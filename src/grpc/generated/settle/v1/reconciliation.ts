@@ -189,7 +189,10 @@ export interface InternalCheck {
   ledgerSumsMatch?:
     | boolean
     | undefined;
-  /** The (account, currency) pairs whose sums differ, counted up to 1,000. */
+  /**
+   * The (account, currency) pairs whose sums differ, all of them: as many as RepairLedgerSums
+   * would repair. A report completed before that comparison was the repair's counted up to 1,000.
+   */
   ledgerSumsNotMatching: bigint;
   /** The first 100 of them. */
   ledgerSumDifferences: SumDifference[];
