@@ -622,10 +622,13 @@ export async function startSettle(
     const apiTokens = new ApiTokens(config.API_TOKENS, {
       onRefused: (reason) => metrics.apiCredentialRefused({ reason }),
     });
+    // Their calls are counted by caller as well (settle_api_requests_total), tokens set or not.
+    const apiObserve = grpcCallObserver(logger, metrics, apiTokens);
     const apiOptions = (service: ApiGuardedService): AdapterOptions =>
       apiTokens.enabled
         ? {
             ...adapterOptions,
+            observe: apiObserve,
             authenticate: (metadata, path) =>
               apiTokens.require(
                 metadata.get('authorization')[0],
@@ -633,7 +636,7 @@ export async function startSettle(
                 apiMethodOfPath(path),
               )?.name,
           }
-        : adapterOptions;
+        : { ...adapterOptions, observe: apiObserve };
     // Where ListEntries pages end for a tail (storage/repositories/ledger-horizon.repository.ts):
     // an INSERT holds an id for MYSQL_LOCK_WAIT_TIMEOUT_S at most before its row is there.
     const onMarkError = repeatingFailureLog(

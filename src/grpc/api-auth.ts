@@ -56,6 +56,17 @@ export class ApiScopeError extends PermissionDeniedError {
   readonly reason = API_TOKEN_REFUSAL.scopeTooNarrow;
 }
 
+/**
+ * The `caller` of settle_api_requests_total for a call no configured name covers. Upper case, as a
+ * token's name cannot be (api-token.ts), so neither is ever mistaken for a caller's name:
+ * `ANONYMOUS`, refused UNAUTHENTICATED for no token or a wrong one; `NO_API_TOKENS`, any call on a
+ * node without API_TOKENS, where nobody is asked who they are.
+ */
+export const API_CALLER_LABEL = {
+  anonymous: 'ANONYMOUS',
+  open: 'NO_API_TOKENS',
+} as const;
+
 /** Who made a call, as far as API_TOKENS tells: its token's name and scope. */
 export type ApiCaller = Readonly<{ name: string; scope: ApiScope }>;
 
@@ -75,6 +86,7 @@ export type ApiSurface = Readonly<{
 export class ApiTokens {
   readonly #entries: ReadonlyArray<Readonly<{ caller: ApiCaller; digest: Buffer }>>;
   readonly #onRefused: (refusal: ApiTokenRefusal) => void;
+  readonly #names: ReadonlySet<string>;
 
   constructor(
     entries: readonly ApiTokenEntry[],
@@ -85,6 +97,7 @@ export class ApiTokens {
       digest: tokenDigest(token),
     }));
     this.#onRefused = options.onRefused ?? (() => {});
+    this.#names = new Set(entries.map(({ name }) => name));
   }
 
   /** Whether callers must present a token (API_TOKENS is set). */
@@ -95,6 +108,16 @@ export class ApiTokens {
   /** The names and scopes of the tokens, for the node's start log: never the tokens. */
   get callers(): readonly ApiCaller[] {
     return this.#entries.map(({ caller }) => caller);
+  }
+
+  /**
+   * The `caller` label of a call whose caller is `name` (undefined: none known), from a closed
+   * set: the names of API_TOKENS and the two fixed values of API_CALLER_LABEL, never anything
+   * the request carries, so the metric's series stay bounded by the configuration.
+   */
+  callerLabel(name: string | undefined): string {
+    if (!this.enabled) return API_CALLER_LABEL.open;
+    return name !== undefined && this.#names.has(name) ? name : API_CALLER_LABEL.anonymous;
   }
 
   /**

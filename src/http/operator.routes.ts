@@ -78,7 +78,7 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
   return [
     ...paymentRoutes(deps.payments, {
       log,
-      observe: restCallObserver(logger, deps.metrics),
+      observe: restCallObserver(logger, deps.metrics, deps.apiTokens),
       apiTokens: deps.apiTokens,
     }),
     {

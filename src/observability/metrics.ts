@@ -60,6 +60,12 @@ export type Metrics = Readonly<{
   /** A port's TLS files changed and were read again: served from now on, or refused. */
   tlsReload: (reload: { port: 'grpc' | 'http'; outcome: 'applied' | 'refused' }) => void;
   httpRequest: (request: { method: string; route: string; status: number }) => void;
+  /**
+   * A call to the API that API_TOKENS guards finished (gRPC or the REST twin): `caller` from
+   * ApiTokens.callerLabel, `method` from the guarded methods and routes, `code` its gRPC code
+   * name or HTTP status. All three come from closed or configured sets.
+   */
+  apiRequest: (request: { caller: string; method: string; code: string }) => void;
   orderTransition: (transition: { from: string; to: string; event: string }) => void;
   /** An order reached a final state, `seconds` after it was created. */
   orderCompleted: (order: { state: string; seconds: number }) => void;
@@ -168,6 +174,20 @@ export function createMetrics(): Metrics {
     name: 'settle_http_requests_total',
     help: 'REST twin requests, by route and HTTP status.',
     labelNames: ['method', 'route', 'status'] as const,
+    registers: [registry],
+  });
+  // Apart from grpc_server_handled_total and settle_http_requests_total, whose labels dashboards
+  // and the alert rules know (grpc_server_handled_total's are go-grpc-prometheus's): those also
+  // count AdminService, health and reflection, where no API token is asked, and a caller label
+  // there would split every existing series by a value most of them cannot have.
+  const apiRequests = new Counter({
+    name: 'settle_api_requests_total',
+    help:
+      'Calls to the payment, wallet, ledger and reconciliation services and the REST twin, by ' +
+      "caller (the name of the call's API token; ANONYMOUS: refused for no token or a wrong " +
+      'one; NO_API_TOKENS: the node has none), method (e.g. PaymentService.CreatePayment, or ' +
+      'POST /v1/payments) and code (the gRPC code name, or the REST twin’s HTTP status).',
+    labelNames: ['caller', 'method', 'code'] as const,
     registers: [registry],
   });
   const transitions = new Counter({
@@ -582,6 +602,7 @@ export function createMetrics(): Metrics {
         route: request.route,
         status: String(request.status),
       }),
+    apiRequest: (request) => apiRequests.inc(request),
     orderTransition: (transition) => transitions.inc(transition),
     orderCompleted: (order) =>
       completionSeconds.observe({ state: order.state }, Math.max(0, order.seconds)),

@@ -9,6 +9,8 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { CallObservation } from '../grpc/adapters.js';
+import type { ApiTokens } from '../grpc/api-auth.js';
+import { apiMethodOfPath } from '../grpc/api-scopes.js';
 import type { RestObservation } from '../http/payments.routes.js';
 import { CLIENT_CLOSED_REQUEST_STATUS } from '../http/router.js';
 import type { Logger } from './logger.js';
@@ -37,15 +39,27 @@ export function splitGrpcPath(path: string): { service: string; method: string }
     : { service: match[1] ?? 'unknown', method: match[2] ?? 'unknown' };
 }
 
+/**
+ * The observer of gRPC calls. With `apiTokens`, the calls are to a service API_TOKENS guards
+ * (whether or not any is set), and each is counted by caller in settle_api_requests_total too.
+ */
 export function grpcCallObserver(
   logger: Logger,
   metrics: Metrics,
+  apiTokens?: ApiTokens,
 ): (call: CallObservation) => void {
   return (call) => {
     const { service, method } = splitGrpcPath(call.path);
     const code = grpc.status[call.code] ?? 'UNKNOWN';
     const ms = Math.round(call.ms * 10) / 10;
     metrics.grpcCall({ service, method, type: call.type, code, ms: call.ms });
+    if (apiTokens !== undefined) {
+      metrics.apiRequest({
+        caller: apiTokens.callerLabel(call.caller),
+        method: apiMethodOfPath(call.path).name,
+        code,
+      });
+    }
     const serverSide = SERVER_SIDE_CODES.has(call.code);
     // The line is built only if it is written (at LOG_LEVEL=warn most are not).
     if (!logger.isLevelEnabled(serverSide ? 'warn' : 'info')) return;
@@ -65,12 +79,22 @@ export function grpcCallObserver(
   };
 }
 
+/**
+ * The observer of the REST twin's requests, all of which API_TOKENS guards: each is counted by
+ * caller in settle_api_requests_total too.
+ */
 export function restCallObserver(
   logger: Logger,
   metrics: Metrics,
+  apiTokens: ApiTokens,
 ): (request: RestObservation) => void {
   return (request) => {
     metrics.httpRequest({ method: request.method, route: request.route, status: request.status });
+    metrics.apiRequest({
+      caller: apiTokens.callerLabel(request.caller),
+      method: `${request.method} ${request.route}`,
+      code: String(request.status),
+    });
     const level =
       request.status >= 500
         ? 'warn'

@@ -523,6 +523,13 @@ describe('without API_TOKENS', () => {
     const text = await scrapeMetrics(stack.settleHttp);
     expect(metricSample(text, REFUSED_METRIC, { reason: 'MISSING_API_TOKEN' })).toBe(0);
     expect(metricSample(text, REFUSED_METRIC, { reason: 'WRONG_API_TOKEN' })).toBe(0);
+    // Nobody is asked who they are, so every call has the one fixed caller, token sent or not.
+    const requests = (method: string, code: string) =>
+      metricSample(text, 'settle_api_requests_total', { caller: 'NO_API_TOKENS', method, code });
+    expect(requests('PaymentService.CreatePayment', 'OK')).toBe(1);
+    expect(requests('LedgerService.GetTrialBalance', 'OK')).toBe(1);
+    expect(requests('GET /v1/payments', '200')).toBe(1);
+    expect(text).not.toMatch(/^settle_api_requests_total\{[^}]*caller="(?!NO_API_TOKENS")/m);
     const warnings = logLines.filter((line) => line.includes('API_TOKENS is not set'));
     expect(warnings).toHaveLength(1);
     expect(JSON.parse(warnings[0]!)).toMatchObject({

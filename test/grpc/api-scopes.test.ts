@@ -42,6 +42,7 @@ const READ_TOKEN = 'api-token-read-0123456789abcd';
 /** `checkout write <token>`: the shop's backend, which creates payments. */
 const WRITE_TOKEN = 'api-token-write-0123456789abc';
 const REFUSED_METRIC = 'settle_api_credentials_refused_total';
+const API_REQUESTS_METRIC = 'settle_api_requests_total';
 
 /** The methods that only read; every other guarded method writes (or books) something. */
 const READ_METHODS = [
@@ -448,6 +449,66 @@ describe('with named, scoped API_TOKENS', () => {
       bearer(READ_TOKEN),
     );
     expect(await scopeRefusals()).toBe(before + 2);
+  });
+
+  it('counts calls by caller in settle_api_requests_total: each name, and ANONYMOUS for a wrong token', async () => {
+    const count = async (caller: string, method: string, code: string) =>
+      metricSample(await scrapeMetrics(stack.settleHttp), API_REQUESTS_METRIC, {
+        caller,
+        method,
+        code,
+      }) ?? 0;
+    const series = [
+      ['dashboard', 'PaymentService.GetPayment', 'OK'],
+      ['dashboard', 'PaymentService.CreatePayment', 'PERMISSION_DENIED'],
+      ['checkout', 'PaymentService.GetPayment', 'OK'],
+      ['checkout', 'PaymentService.CreatePayment', 'OK'],
+      ['ANONYMOUS', 'PaymentService.GetPayment', 'UNAUTHENTICATED'],
+      ['dashboard', 'GET /v1/payments/:id', '200'],
+      ['ANONYMOUS', 'GET /v1/payments/:id', '401'],
+    ] as const;
+    const before = await Promise.all(
+      series.map(([caller, method, code]) => count(caller, method, code)),
+    );
+    const getPayment = (token: string) =>
+      call(stack.payments.getPayment.bind(stack.payments), { paymentId }, 10_000, bearer(token));
+    await getPayment(READ_TOKEN);
+    await getPayment(READ_TOKEN);
+    await refusal(
+      call(
+        stack.payments.createPayment.bind(stack.payments),
+        createRequest(),
+        10_000,
+        bearer(READ_TOKEN),
+      ),
+    );
+    await getPayment(WRITE_TOKEN);
+    await call(
+      stack.payments.createPayment.bind(stack.payments),
+      createRequest(),
+      10_000,
+      bearer(WRITE_TOKEN),
+    );
+    const wrong = await refusal(getPayment('api-token-wrong-000000000000'));
+    expect(wrong.code).toBe(grpc.status.UNAUTHENTICATED);
+    for (const token of [READ_TOKEN, 'api-token-wrong-000000000000']) {
+      await fetch(`${stack.settleHttp}/v1/payments/${paymentId}`, {
+        headers: { authorization: `Bearer ${token}` },
+        signal: AbortSignal.timeout(10_000),
+      });
+    }
+    const after = await Promise.all(
+      series.map(([caller, method, code]) => count(caller, method, code)),
+    );
+    expect(after.map((n, i) => n - before[i]!)).toEqual([2, 1, 1, 1, 1, 1, 1]);
+    // No series is ever labelled with what a request sent.
+    const text = await scrapeMetrics(stack.settleHttp);
+    const callers = new Set(
+      [...text.matchAll(/^settle_api_requests_total\{[^}]*caller="([^"]*)"/gm)].map((m) => m[1]),
+    );
+    expect(
+      [...callers].every((c) => ['dashboard', 'checkout', 'unnamed', 'ANONYMOUS'].includes(c!)),
+    ).toBe(true);
   });
 
   it("names each call's caller in its log line, refused calls too, and never logs a token", async () => {
