@@ -893,7 +893,11 @@ async function ledgerSumsCommand(
   ];
   return print(RepairLedgerSumsResponse.toJSON(response), () => {
     const pairs = Number(response.accountSumsRepaired);
-    const currencies = response.currencySumRepairs.length;
+    // A server older than currency_sums_repaired answers 0 there and lists every currency.
+    const currencies = Math.max(
+      Number(response.currencySumsRepaired),
+      response.currencySumRepairs.length,
+    );
     const upTo = `the entries up to ${response.checkpointEntryId}`;
     const accounts = `${response.accountsChecked} accounts`;
     if (pairs === 0 && currencies === 0) {
@@ -903,6 +907,7 @@ async function ledgerSumsCommand(
       `${pairs} (account, currency) ${pairs === 1 ? 'sum' : 'sums'} of ${accounts} and ` +
       `${currencies} currency ${currencies === 1 ? 'sum' : 'sums'}`;
     const listed = response.accountSumRepairs.length;
+    const currenciesListed = response.currencySumRepairs.length;
     return (
       table(
         ['ACCOUNT', 'DEBITS BEFORE', 'CREDITS BEFORE', 'DEBITS AFTER', 'CREDITS AFTER'],
@@ -917,6 +922,9 @@ async function ledgerSumsCommand(
       ) +
       (listed < pairs
         ? `(the first ${listed} of ${pairs} (account, currency) sums listed)\n`
+        : '') +
+      (currenciesListed < currencies
+        ? `(the first ${currenciesListed} of ${currencies} currency sums listed)\n`
         : '') +
       (response.dryRun
         ? `dry run, nothing written: ${what} differ from ${upTo}; run it again without ` +

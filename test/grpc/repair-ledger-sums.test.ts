@@ -139,6 +139,7 @@ function repairedResponse(checkpoint: string, dryRun: boolean): string {
     ],
     currencySumRepairs: [],
     dryRun,
+    currencySumsRepaired: '0',
   })}`;
 }
 
@@ -260,13 +261,15 @@ describe('AdminService/RepairLedgerSums', () => {
     });
   });
 
-  it('keeps the counts and the first repairs in the audit row when it mends many currencies', async () => {
+  it('lists the first 100 currencies, counts them all, and keeps the first repairs in the audit row', async () => {
     const checkpoint = await damagedSums();
-    // Rows without entries, their sums as long as they get: 100 currencies and 30 pairs of
+    // Rows without entries, their sums as long as they get: 105 currencies and 30 pairs of
     // 100-character accounts, all deleted by the repair.
     const longest = `-${'9'.repeat(38)}`;
-    for (let i = 0; i < 100; i += 1) {
-      await sql`INSERT INTO ledger_currency_sum VALUES (${`X${String(i).padStart(2, '0')}`},
+    // Three characters each, in the order the answer lists them: X00 … X09, X0A … X2W.
+    const code = (i: number) => `X${i.toString(36).toUpperCase().padStart(2, '0')}`;
+    for (let i = 0; i < 105; i += 1) {
+      await sql`INSERT INTO ledger_currency_sum VALUES (${code(i)},
                 ${longest}, ${longest})`.execute(db);
     }
     for (let i = 0; i < 30; i += 1) {
@@ -275,8 +278,15 @@ describe('AdminService/RepairLedgerSums', () => {
         db,
       );
     }
+    const listed = Array.from({ length: 100 }, (_, i) => code(i));
     await withAdmin(WITH_TOKEN, async (repair) => {
-      expect(await repair({ reason: REASON, dryRun: false }, TOKEN)).toMatch(/^OK /);
+      for (const dryRun of [true, false]) {
+        const answer = JSON.parse(
+          (await repair({ reason: REASON, dryRun }, TOKEN)).replace(/^OK /, ''),
+        ) as { currencySumsRepaired: string; currencySumRepairs: Array<{ currencyCode: string }> };
+        expect(answer.currencySumsRepaired).toBe('105');
+        expect(answer.currencySumRepairs.map(({ currencyCode }) => currencyCode)).toEqual(listed);
+      }
     });
     expect(await ledgerSumsDrift(db)).toEqual({ pairsDiffering: 0, accounts: [], currencies: [] });
     const [audit] = await auditRows();
@@ -286,9 +296,9 @@ describe('AdminService/RepairLedgerSums', () => {
       checkpointEntryId: checkpoint,
       accountsChecked: 33,
       pairsRepaired: 31,
-      currenciesRepaired: 100,
+      currenciesRepaired: 105,
       currencies: Array.from({ length: 20 }, (_, i) => ({
-        currency: `X${String(i).padStart(2, '0')}`,
+        currency: code(i),
         ...removed,
       })),
     });

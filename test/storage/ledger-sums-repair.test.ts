@@ -23,6 +23,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Db } from '../../src/storage/db.js';
 import {
   advanceLedgerSums,
+  CURRENCY_REPAIRS_LISTED_MAX,
   ledgerSumsCheckpoint,
   ledgerSumsDrift,
   repairLedgerSums,
@@ -95,7 +96,15 @@ async function expectSumsMended(): Promise<void> {
 
 /** A repair that found nothing at checkpoint `uptoId` over `accounts` accounts. */
 function nothingToRepair(uptoId: bigint, accountsChecked: number): LedgerSumsRepair {
-  return { uptoId, dryRun: false, accountsChecked, pairsRepaired: 0, pairs: [], currencies: [] };
+  return {
+    uptoId,
+    dryRun: false,
+    accountsChecked,
+    pairsRepaired: 0,
+    pairs: [],
+    currenciesRepaired: 0,
+    currencies: [],
+  };
 }
 
 const amounts = (debitMinor: bigint, creditMinor: bigint) => ({ debitMinor, creditMinor });
@@ -153,6 +162,7 @@ describe('repairLedgerSums', () => {
           after: amounts(0n, 46n),
         },
       ],
+      currenciesRepaired: 1,
       currencies: [{ currency: 'EUR', before: amounts(21n, 18n), after: amounts(21n, 21n) }],
     };
     const untouched = await sumsTables();
@@ -490,6 +500,27 @@ describe('ledgerSumsDrift', () => {
       ghosts.slice(0, 1_000).map((account) => ({ account, currency: 'USD' })),
     );
     expect((await repairLedgerSums(db, { dryRun: false })).pairsRepaired).toBe(1_001);
+    await expectSumsMended();
+  });
+
+  it('counts every currency that differs and lists the first 100, and mends them all', async () => {
+    await bookMany(2, 's', 2);
+    await catchUpLedgerSums(db, OPTIONS);
+    // Currency codes Settle never books, in a damaged table: each one a repair (a deletion).
+    const codes = Array.from(
+      { length: CURRENCY_REPAIRS_LISTED_MAX + 5 },
+      (_, i) => `X${i.toString(36).toUpperCase().padStart(2, '0')}`,
+    );
+    await sql`INSERT INTO ledger_currency_sum VALUES ${sql.join(
+      codes.map((currency) => sql`(${currency}, 1, 0)`),
+    )}`.execute(db);
+    const listed = codes
+      .slice(0, CURRENCY_REPAIRS_LISTED_MAX)
+      .map((currency) => ({ currency, before: amounts(1n, 0n), after: undefined }));
+    const dryRun = await repairLedgerSums(db, { dryRun: true });
+    expect(dryRun).toMatchObject({ currenciesRepaired: codes.length, currencies: listed });
+    const repair = await repairLedgerSums(db, { dryRun: false });
+    expect(repair).toMatchObject({ currenciesRepaired: codes.length, currencies: listed });
     await expectSumsMended();
   });
 });

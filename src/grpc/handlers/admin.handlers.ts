@@ -151,6 +151,7 @@ function repairToProto(repair: LedgerSumsRepair): RepairLedgerSumsResponse {
       after: amountsToProto(sums.after),
     })),
     dryRun: repair.dryRun,
+    currencySumsRepaired: BigInt(repair.currenciesRepaired),
   };
 }
 
@@ -164,7 +165,7 @@ function repairAuditDetail(repair: LedgerSumsRepair): Record<string, unknown> {
     pairs: repair.pairs
       .slice(0, AUDITED_PAIRS_MAX)
       .map((pair) => ({ account: pair.account, currency: pair.currency, ...values(pair) })),
-    currenciesRepaired: repair.currencies.length,
+    currenciesRepaired: repair.currenciesRepaired,
     currencies: repair.currencies
       .slice(0, AUDITED_CURRENCIES_MAX)
       .map((sums) => ({ currency: sums.currency, ...values(sums) })),

@@ -46,7 +46,7 @@ import {
 /** Entries read per ListEntries-sized page by a pass. */
 const PASS_PAGE_ENTRIES = 1_000;
 
-/** (account, currency) pairs listed at most by ledgerSumsDrift; all are counted. */
+/** (account, currency) pairs, and currencies, listed at most by ledgerSumsDrift. */
 const DRIFT_LISTED_MAX = 1_000;
 
 /** Rows written per upsert statement by a pass. */
@@ -298,6 +298,13 @@ const REPAIR_ACCOUNTS_PER_PAGE = 1_000;
 /** Repaired (account, currency) pairs a repair's result lists at most; all are counted. */
 const REPAIRS_LISTED_MAX = 100;
 
+/**
+ * Repaired currencies a repair's result lists at most; all are counted. Settle books a closed
+ * list of currencies (domain/money.ts), but a damaged ledger_currency_sum can hold a row for any
+ * three characters, each one a repair (a deletion) the answer would otherwise have to carry.
+ */
+export const CURRENCY_REPAIRS_LISTED_MAX = 100;
+
 /** Pages one repair reads at most: a billion accounts at the default page size. */
 const REPAIR_PAGES_MAX = 1_000_000;
 
@@ -323,7 +330,9 @@ export type LedgerSumsRepair = Readonly<{
   pairsRepaired: number;
   /** The first REPAIRS_LISTED_MAX of those pairs, by account, then currency. */
   pairs: ReadonlyArray<AccountKey & SumRepair>;
-  /** The currencies whose sums differed, by currency. */
+  /** Currencies whose sums differed, all of them. */
+  currenciesRepaired: number;
+  /** The first CURRENCY_REPAIRS_LISTED_MAX of those currencies, by currency. */
   currencies: ReadonlyArray<Readonly<{ currency: string }> & SumRepair>;
 }>;
 
@@ -370,7 +379,12 @@ export async function repairLedgerSums(
   db: Db,
   options: RepairLedgerSumsOptions,
 ): Promise<LedgerSumsRepair> {
-  const compare = { ...options, ...pagingOf(options), pairsListedMax: REPAIRS_LISTED_MAX };
+  const compare = {
+    ...options,
+    ...pagingOf(options),
+    pairsListedMax: REPAIRS_LISTED_MAX,
+    currenciesListedMax: CURRENCY_REPAIRS_LISTED_MAX,
+  };
   if (options.dryRun) return compareInSnapshot(db, compare);
   return db
     .transaction()
@@ -383,7 +397,7 @@ export type LedgerSumsDrift = Readonly<{
   pairsDiffering: number;
   /** The first DRIFT_LISTED_MAX of those pairs, by account, then currency. */
   accounts: AccountKey[];
-  /** The currencies whose sums differ from their entries up to the checkpoint. */
+  /** The first DRIFT_LISTED_MAX currencies whose sums differ from their entries, by currency. */
   currencies: string[];
 }>;
 
@@ -412,6 +426,7 @@ export async function ledgerSumsDrift(
     signal: options.signal,
     ...pagingOf(options),
     pairsListedMax: DRIFT_LISTED_MAX,
+    currenciesListedMax: DRIFT_LISTED_MAX,
   });
   return {
     pairsDiffering: found.pairsRepaired,
@@ -420,9 +435,9 @@ export async function ledgerSumsDrift(
   };
 }
 
-/** What repairUpTo is given: the repair's options, checked, and how many pairs to list. */
+/** What repairUpTo is given: the repair's options, checked, and how many pairs and currencies to list. */
 type CompareOptions = RepairLedgerSumsOptions &
-  Readonly<{ accountsPerPage: number; pairsListedMax: number }>;
+  Readonly<{ accountsPerPage: number; pairsListedMax: number; currenciesListedMax: number }>;
 
 function pagingOf(options: Readonly<{ accountsPerPage?: number }>): { accountsPerPage: number } {
   const accountsPerPage = options.accountsPerPage ?? REPAIR_ACCOUNTS_PER_PAGE;
@@ -486,6 +501,7 @@ async function repairUpTo(
     if (!options.dryRun) await writeAccountSums(trx, repairs);
     after = last;
   }
+  // Every differing currency is written; only the first are listed.
   const currencies = await compareCurrencies(trx, byCurrency);
   if (!options.dryRun) await writeCurrencySums(trx, currencies);
   // Aborted after this, the commit goes ahead, with what beforeCommit writes (the audit row
@@ -497,7 +513,8 @@ async function repairUpTo(
     accountsChecked,
     pairsRepaired,
     pairs,
-    currencies,
+    currenciesRepaired: currencies.length,
+    currencies: currencies.slice(0, options.currenciesListedMax),
   };
   if (!options.dryRun) await options.beforeCommit?.(trx, repair);
   return repair;

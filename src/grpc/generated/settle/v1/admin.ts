@@ -211,10 +211,19 @@ export interface RepairLedgerSumsResponse {
   accountSumsRepaired: bigint;
   /** The first 100 of them, by account, then currency. */
   accountSumRepairs: LedgerSumRepair[];
-  /** Every currency whose sums differed. */
+  /**
+   * The first 100 currencies whose sums differed, by currency code; currency_sums_repaired
+   * counts them all (a damaged table can hold a row for any three characters, and a repair
+   * mends every one).
+   */
   currencySumRepairs: CurrencySumRepair[];
   /** True when nothing was written: the repairs are those a repair would make. */
   dryRun: boolean;
+  /**
+   * Currencies whose sums differed, all of them. A server older than this field leaves it 0 and
+   * lists every one in currency_sum_repairs.
+   */
+  currencySumsRepaired: bigint;
 }
 
 function createBaseDeadLetter(): DeadLetter {
@@ -1795,6 +1804,7 @@ function createBaseRepairLedgerSumsResponse(): RepairLedgerSumsResponse {
     accountSumRepairs: [],
     currencySumRepairs: [],
     dryRun: false,
+    currencySumsRepaired: 0n,
   };
 }
 
@@ -1823,6 +1833,12 @@ export const RepairLedgerSumsResponse: MessageFns<RepairLedgerSumsResponse> = {
     }
     if (message.dryRun !== false) {
       writer.uint32(48).bool(message.dryRun);
+    }
+    if (message.currencySumsRepaired !== 0n) {
+      if (BigInt.asIntN(64, message.currencySumsRepaired) !== message.currencySumsRepaired) {
+        throw new globalThis.Error("value provided for field message.currencySumsRepaired of type int64 too large");
+      }
+      writer.uint32(56).int64(message.currencySumsRepaired);
     }
     return writer;
   },
@@ -1888,6 +1904,14 @@ export const RepairLedgerSumsResponse: MessageFns<RepairLedgerSumsResponse> = {
             message.dryRun = reader.bool();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.currencySumsRepaired = reader.int64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1932,6 +1956,11 @@ export const RepairLedgerSumsResponse: MessageFns<RepairLedgerSumsResponse> = {
         : isSet(object.dry_run)
         ? globalThis.Boolean(object.dry_run)
         : false,
+      currencySumsRepaired: isSet(object.currencySumsRepaired)
+        ? BigInt(object.currencySumsRepaired)
+        : isSet(object.currency_sums_repaired)
+        ? BigInt(object.currency_sums_repaired)
+        : 0n,
     };
   },
 
@@ -1955,6 +1984,9 @@ export const RepairLedgerSumsResponse: MessageFns<RepairLedgerSumsResponse> = {
     if (message.dryRun !== false) {
       obj.dryRun = message.dryRun;
     }
+    if (message.currencySumsRepaired !== 0n) {
+      obj.currencySumsRepaired = message.currencySumsRepaired.toString();
+    }
     return obj;
   },
 
@@ -1973,6 +2005,9 @@ export const RepairLedgerSumsResponse: MessageFns<RepairLedgerSumsResponse> = {
     message.accountSumRepairs = object.accountSumRepairs?.map((e) => LedgerSumRepair.fromPartial(e)) || [];
     message.currencySumRepairs = object.currencySumRepairs?.map((e) => CurrencySumRepair.fromPartial(e)) || [];
     message.dryRun = object.dryRun ?? false;
+    message.currencySumsRepaired = (object.currencySumsRepaired !== undefined && object.currencySumsRepaired !== null)
+      ? BigInt(object.currencySumsRepaired)
+      : 0n;
     return message;
   },
 };
