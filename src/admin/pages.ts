@@ -570,12 +570,15 @@ function reconciliationStatus(status: ReconciliationStatus): SafeHtml {
 function internalCheckStatus(check: InternalCheck): SafeHtml {
   const failures = failedInternalChecks(check).map((failure) =>
     failure === 'LEDGER_NOT_BALANCED'
-      ? 'ledger NOT balanced'
+      ? html`ledger NOT balanced`
       : failure === 'WALLETS_DIFFER'
-        ? `${check.walletsNotMatching} wallets differ from the ledger`
+        ? html`${check.walletsNotMatching} wallets differ from the ledger`
         : runningSumsDiffer(check),
   );
-  if (failures.length > 0) return html`<span class="bad">${failures.join('; ')}</span>`;
+  if (failures.length > 0) {
+    const joined = failures.map((failure, i) => (i === 0 ? failure : html`; ${failure}`));
+    return html`<span class="bad">${joined}</span>`;
+  }
   const holding = ['ledger balanced', 'wallets equal to it'];
   // Undefined: a run from before the running sums were checked, which says nothing of them.
   if (check.ledgerSumsMatch === true) holding.push('running sums equal to its entries');
@@ -584,9 +587,11 @@ function internalCheckStatus(check: InternalCheck): SafeHtml {
 
 /**
  * Where the running sums differ: the currencies, then the first (account, currency) pairs, so a
- * card stays a card however many differ (the report over gRPC has the first 100 pairs).
+ * card stays a card however many differ (the report over gRPC has the first 100 pairs); and the
+ * command that mends them, as the alert SettleLedgerSumsDiffer names it, since the panel cannot
+ * run it (a repair is for ADMIN_TOKEN over gRPC, with a reason, dry run first).
  */
-function runningSumsDiffer(check: InternalCheck): string {
+function runningSumsDiffer(check: InternalCheck): SafeHtml {
   const named = [
     ...check.currencySumDifferences,
     ...check.ledgerSumDifferences.map(({ account, currency }) => `${account}/${currency}`),
@@ -594,7 +599,8 @@ function runningSumsDiffer(check: InternalCheck): string {
   const shown = named.slice(0, SUM_DIFFERENCES_SHOWN_MAX).join(', ');
   const unnamed = check.ledgerSumsNotMatching - BigInt(check.ledgerSumDifferences.length);
   const rest = named.length > SUM_DIFFERENCES_SHOWN_MAX || unnamed > 0n ? ' and more' : '';
-  return `running sums differ from the ledger entries: ${shown}${rest}`;
+  return html`running sums differ from the ledger entries: ${shown}${rest}; mend them with
+    <code>settle ledger-sums repair --reason …</code> (<code>--dry-run</code> first)`;
 }
 
 export function operationsPage(input: {

@@ -804,8 +804,10 @@ describe('an internal check that fails', () => {
       WALLETS_DIFFER: 0,
       SUMS_DIFFER: 1,
     });
+    // It names the command that mends them, as the alert SettleLedgerSumsDiffer does.
     expect(await internalChecksCard()).toBe(
-      `running sums differ from the ledger entries: USD, ${account}/USD`,
+      `running sums differ from the ledger entries: USD, ${account}/USD; mend them with ` +
+        'settle ledger-sums repair --reason … ( --dry-run first)',
     );
     expect(await cliCheckColumn(drifted.reportId)).toBe('SUMS DIFFER');
 
