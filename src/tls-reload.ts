@@ -8,9 +8,11 @@
  *
  * Files that fail a check are refused as a whole: the port keeps serving what it served, and a
  * warn line names the settings and the problems, once per change rather than once per read (the
- * hash of the refused files is kept). Renewal tools write each file to a temporary name and
- * rename it, so a read never sees half a file, but a read between the renames of the certificate
- * and of its key sees a pair that does not match: refused once, then applied at the next read.
+ * hash of the refused files is kept), while a gauge says they are refused for as long as they
+ * stay (an alert on the count would end with its window). Renewal tools write each file to a
+ * temporary name and rename it, so a read never sees half a file, but a read between the renames
+ * of the certificate and of its key sees a pair that does not match: refused once, then applied
+ * at the next read.
  * Whether a port serves TLS, and whether it requires client certificates, is the configuration's
  * and does not change; the client CA's contents are read again like the rest.
  */
@@ -40,7 +42,7 @@ export type TlsReloaderOptions = Readonly<{
    */
   apply: Readonly<Record<TlsPort, ((tls: PortTls) => void) | undefined>>;
   logger: Pick<Logger, 'info' | 'warn'>;
-  metrics: Pick<Metrics, 'tlsCertificate' | 'tlsReload'>;
+  metrics: Pick<Metrics, 'tlsCertificate' | 'tlsReload' | 'tlsFilesRefused'>;
   now?: () => Date;
 }>;
 
@@ -63,6 +65,8 @@ export class TlsReloader {
       if (serving === undefined) continue;
       this.#ports.set(port, { serving, fingerprint: undefined });
       options.metrics.tlsCertificate({ port, validTo: serving.validTo });
+      // At start the files were read and served, or the node did not start.
+      options.metrics.tlsFilesRefused({ port, refused: false });
     }
   }
 
@@ -99,6 +103,8 @@ export class TlsReloader {
     }
     state.fingerprint = read.fingerprint;
     if (read.tls !== undefined && sameFiles(read.tls, state.serving)) {
+      // Refused files put back as they were: the port serves what is on disk again.
+      metrics.tlsFilesRefused({ port, refused: false });
       return TLS_RELOAD_OUTCOME.UNCHANGED;
     }
     const problems = read.tls === undefined ? [...read.problems] : [];
@@ -121,6 +127,7 @@ export class TlsReloader {
     const label = PORT_LABELS[port];
     if (read.tls === undefined || problems.length > 0) {
       metrics.tlsReload({ port, outcome: TLS_RELOAD_OUTCOME.REFUSED });
+      metrics.tlsFilesRefused({ port, refused: true });
       logger.warn(
         { port, problems },
         `${label} port: its TLS files changed but are refused, so it goes on serving the ` +
@@ -131,6 +138,7 @@ export class TlsReloader {
     }
     state.serving = read.tls;
     metrics.tlsReload({ port, outcome: TLS_RELOAD_OUTCOME.APPLIED });
+    metrics.tlsFilesRefused({ port, refused: false });
     metrics.tlsCertificate({ port, validTo: read.tls.validTo });
     logger.info(
       { port },

@@ -2,8 +2,9 @@
  * Goal: TlsReloader applies changed TLS files only when they pass every check, and refuses the
  * rest once per change: a certificate already expired, files TLS refuses when applied, and a file
  * that cannot be read (gone mid-renewal) keep the certificate served, with one warning each and
- * one count; a plaintext port is never read. test/e2e/tls-reload.test.ts shows the ports
- * themselves serving what it applies.
+ * one count, and are reported refused for as long as they stay on disk (what
+ * SettleTlsReloadRefused watches); a plaintext port is never read. test/e2e/tls-reload.test.ts
+ * shows the ports themselves serving what it applies.
  * Method: loadConfig and a TlsReloader over throwaway files made with openssl, with a clock set
  * ahead, a logger writing to memory, and recording stand-ins for the port and the metrics.
  */
@@ -22,10 +23,12 @@ import {
 
 let certs: TestCertificates;
 let renewed: { cert: string; key: string };
+let renewedAgain: { cert: string; key: string };
 
 beforeAll(async () => {
   certs = await makeTestCertificates();
   renewed = await makeRenewedServerCertificate(certs, { name: 'renewed', days: 30 });
+  renewedAgain = await makeRenewedServerCertificate(certs, { name: 'renewed-again', days: 30 });
 });
 afterAll(async () => {
   await certs?.remove();
@@ -57,6 +60,8 @@ function reloaderOf(name: string, options: { now: Date; applyThrows?: boolean })
     },
   );
   const reloads: string[] = [];
+  // settle_tls_files_refused, as the metrics would export it.
+  const filesRefused: Record<string, boolean> = {};
   const reloader = new TlsReloader({
     config,
     tls: readServerTls(config),
@@ -71,10 +76,13 @@ function reloaderOf(name: string, options: { now: Date; applyThrows?: boolean })
     metrics: {
       tlsCertificate: () => undefined,
       tlsReload: ({ port, outcome }) => reloads.push(`${port} ${outcome}`),
+      tlsFilesRefused: ({ port, refused }) => {
+        filesRefused[port] = refused;
+      },
     },
     now: () => options.now,
   });
-  return { live, reloader, applied, warnings, reloads };
+  return { live, reloader, applied, warnings, reloads, filesRefused };
 }
 
 const DAY_MS = 86_400_000;
@@ -122,8 +130,40 @@ describe('TlsReloader', () => {
     expect(reloader.serving('grpc')).toBeUndefined();
   });
 
+  it('says the files are refused for as long as they stay on disk, not once per change', () => {
+    const { live, reloader, filesRefused } = reloaderOf('refused-gauge', {
+      now: new Date(Date.now() + 3 * DAY_MS),
+    });
+    expect(filesRefused).toEqual({ http: false });
+    const served = { cert: `${live.cert}.served`, key: `${live.key}.served` };
+    copyFileSync(live.cert, served.cert);
+    copyFileSync(live.key, served.key);
+    replaceFile(live.cert, certs.serverCert);
+    replaceFile(live.key, certs.serverKey);
+    expect(reloader.reload()).toEqual({ http: 'refused' });
+    // Read again unchanged: no second warning or count, but still refused.
+    expect(reloader.reload()).toEqual({ http: 'unchanged' });
+    expect(filesRefused).toEqual({ http: true });
+    // Put back as served: nothing to apply, and nothing refused any more.
+    replaceFile(live.cert, served.cert);
+    replaceFile(live.key, served.key);
+    expect(reloader.reload()).toEqual({ http: 'unchanged' });
+    expect(filesRefused).toEqual({ http: false });
+    // Refused again, then renewed properly: applied, and nothing refused.
+    replaceFile(live.cert, certs.serverCert);
+    replaceFile(live.key, certs.serverKey);
+    expect(reloader.reload()).toEqual({ http: 'refused' });
+    expect(filesRefused).toEqual({ http: true });
+    replaceFile(live.cert, renewedAgain.cert);
+    replaceFile(live.key, renewedAgain.key);
+    expect(reloader.reload()).toEqual({ http: 'applied' });
+    expect(filesRefused).toEqual({ http: false });
+  });
+
   it('applies valid changed files, and nothing when they are the same', () => {
-    const { live, reloader, applied, reloads } = reloaderOf('valid', { now: new Date() });
+    const { live, reloader, applied, reloads, filesRefused } = reloaderOf('valid', {
+      now: new Date(),
+    });
     expect(reloader.reload()).toEqual({ http: 'unchanged' });
     replaceFile(live.cert, certs.serverCert);
     replaceFile(live.key, certs.serverKey);
@@ -131,5 +171,6 @@ describe('TlsReloader', () => {
     expect(reloader.reload()).toEqual({ http: 'unchanged' });
     expect(applied.map((tls) => tls.subject)).toEqual(['CN=localhost']);
     expect(reloads).toEqual(['http applied']);
+    expect(filesRefused).toEqual({ http: false });
   });
 });

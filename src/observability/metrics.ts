@@ -59,6 +59,11 @@ export type Metrics = Readonly<{
   tlsCertificate: (certificate: { port: 'grpc' | 'http'; validTo: Date }) => void;
   /** A port's TLS files changed and were read again: served from now on, or refused. */
   tlsReload: (reload: { port: 'grpc' | 'http'; outcome: 'applied' | 'refused' }) => void;
+  /**
+   * Whether a TLS port's files, as last read, are ones the node refused (it serves an older
+   * certificate): set at start (false) and at each read that found them changed.
+   */
+  tlsFilesRefused: (files: { port: 'grpc' | 'http'; refused: boolean }) => void;
   httpRequest: (request: { method: string; route: string; status: number }) => void;
   /**
    * A call to the API that API_TOKENS guards finished (gRPC or the REST twin): `caller` from
@@ -170,6 +175,17 @@ export function createMetrics(): Metrics {
   for (const port of ['grpc', 'http'] as const) {
     for (const outcome of ['applied', 'refused'] as const) tlsReloads.inc({ port, outcome }, 0);
   }
+  // A refusal is counted once per change of the files, so the counter's increase ends with its
+  // window while the refused files stay on disk; this says whether they still are.
+  const tlsFilesRefused = new Gauge({
+    name: 'settle_tls_files_refused',
+    help:
+      "1 while a TLS port's files, as last read, are ones the node refused (it still serves " +
+      'the certificate it had; a warn line says why), 0 once it serves what they hold; no ' +
+      'sample for a plaintext port.',
+    labelNames: ['port'] as const,
+    registers: [registry],
+  });
   const httpRequests = new Counter({
     name: 'settle_http_requests_total',
     help: 'REST twin requests, by route and HTTP status.',
@@ -596,6 +612,7 @@ export function createMetrics(): Metrics {
     tlsCertificate: ({ port, validTo }) =>
       tlsCertificateExpiry.set({ port }, Math.floor(validTo.getTime() / 1000)),
     tlsReload: (reload) => tlsReloads.inc(reload),
+    tlsFilesRefused: ({ port, refused }) => tlsFilesRefused.set({ port }, refused ? 1 : 0),
     httpRequest: (request) =>
       httpRequests.inc({
         method: request.method,

@@ -2,8 +2,9 @@
  * Goal: a node that serves TLS picks up renewed certificate files without a restart: after a
  * reload, new connections to both ports get the new certificate while an open one keeps its
  * session; files that fail the start's checks (a key that is not the certificate's) are refused,
- * the port goes on serving the certificate it had, one warning says why and the refused counter
- * goes up once; `settle_tls_certificate_expiry_timestamp_seconds` follows the served certificate.
+ * the port goes on serving the certificate it had, one warning says why, the refused counter
+ * goes up once and `settle_tls_files_refused` is 1 until fixed files are applied;
+ * `settle_tls_certificate_expiry_timestamp_seconds` follows the served certificate.
  * A node reads the files by itself every TLS_RELOAD_INTERVAL_S, and a running src/main.ts on
  * SIGHUP too, after which it goes on serving (Node's default for SIGHUP is to exit).
  * Method: throwaway certificates from test/support/certificates.ts, copied to files the node is
@@ -198,6 +199,7 @@ async function sample(name: string, labels: Record<string, string>): Promise<num
 
 const EXPIRY = 'settle_tls_certificate_expiry_timestamp_seconds';
 const RELOADS = 'settle_tls_reloads_total';
+const FILES_REFUSED = 'settle_tls_files_refused';
 const notAfterSeconds = (file: string) =>
   Math.floor(new Date(certificate(file).validTo).getTime() / 1000);
 /** Serial numbers as node:tls prints them: upper-case hex. */
@@ -258,12 +260,14 @@ describe('reading the TLS files again', () => {
     for (const port of ['grpc', 'http']) {
       expect(await sample(RELOADS, { port, outcome: 'refused' })).toBe(1);
       expect(await sample(EXPIRY, { port })).toBe(notAfterSeconds(renewed.cert));
+      expect(await sample(FILES_REFUSED, { port })).toBe(1);
     }
 
-    // The same refused files, read again: no second warning, no second count.
+    // The same refused files, read again: no second warning, no second count, still refused.
     expect(stack.settle.reloadTls()).toEqual({ grpc: 'unchanged', http: 'unchanged' });
     expect(warnings()).toHaveLength(2);
     expect(await sample(RELOADS, { port: 'grpc', outcome: 'refused' })).toBe(1);
+    expect(await sample(FILES_REFUSED, { port: 'grpc' })).toBe(1);
 
     // Fixed files are applied at the next read.
     replaceFile(live.key, certs.serverKey);
@@ -271,6 +275,7 @@ describe('reading the TLS files again', () => {
     expect(stack.settle.reloadTls()).toEqual({ grpc: 'applied', http: 'applied' });
     expect(await servedSerial('grpc')).toBe(serialOf(certs.serverCert));
     expect(await sample(RELOADS, { port: 'http', outcome: 'applied' })).toBe(2);
+    for (const port of ['grpc', 'http']) expect(await sample(FILES_REFUSED, { port })).toBe(0);
   });
 
   it('serves a replaced client CA to new handshakes: clients of the new CA in, of the old out', async () => {
