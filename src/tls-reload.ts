@@ -3,8 +3,9 @@
  * few days to 90) is served without a restart. Every TLS_RELOAD_INTERVAL_S, and on SIGHUP, each
  * TLS port's files are read and hashed; files that differ from what the port serves pass the same
  * checks as at start (src/tls.ts: PEM that parses, a key that is the certificate's and is not
- * encrypted, a context OpenSSL accepts) plus one more, a certificate not already expired, and
- * only then reach the port: new handshakes use them, open connections keep their session.
+ * encrypted, a context OpenSSL accepts) plus two more, a certificate not already expired and one
+ * already valid (give or take NOT_BEFORE_AHEAD_MS_MAX), and only then reach the port: new
+ * handshakes use them, open connections keep their session.
  *
  * Files that fail a check are refused as a whole: the port keeps serving what it served, and a
  * warn line names the settings and the problems, once per change rather than once per read (the
@@ -32,6 +33,16 @@ export type TlsReloadOutcome = (typeof TLS_RELOAD_OUTCOME)[keyof typeof TLS_RELO
 
 const PORT_LABELS: Readonly<Record<TlsPort, string>> = { grpc: 'gRPC', http: 'HTTP' };
 
+/**
+ * How far ahead of the node's clock a renewed certificate's notBefore may be and still be applied.
+ * A CA stamps notBefore with its own clock as it issues (few backdate, as Let's Encrypt does), so
+ * a node whose clock is a minute or two behind the CA's sees a fresh renewal as not yet valid,
+ * though clients with the right time accept it: refusing it would warn of a normal renewal. Past
+ * 5 minutes the certificate is staged for later, or a clock is well off, and clients whose clock
+ * agrees with the node's would refuse the handshake; it waits for its time (read again then).
+ */
+const NOT_BEFORE_AHEAD_MS_MAX = 5 * 60_000;
+
 export type TlsReloaderOptions = Readonly<{
   config: Config;
   /** What each port serves now, as read at start; a plaintext port is never read. */
@@ -51,6 +62,11 @@ type PortState = {
   serving: PortTls;
   /** The hash of the files as last read; undefined until the first read after start. */
   fingerprint: string | undefined;
+  /**
+   * When the files as last read, refused as not yet valid, come within NOT_BEFORE_AHEAD_MS_MAX
+   * of their notBefore: from then on they are checked again, though unchanged.
+   */
+  recheckAt: Date | undefined;
 };
 
 export class TlsReloader {
@@ -63,7 +79,7 @@ export class TlsReloader {
     for (const port of Object.keys(TLS_SETTINGS) as TlsPort[]) {
       const serving = options.tls[port];
       if (serving === undefined) continue;
-      this.#ports.set(port, { serving, fingerprint: undefined });
+      this.#ports.set(port, { serving, fingerprint: undefined, recheckAt: undefined });
       options.metrics.tlsCertificate({ port, validTo: serving.validTo });
       // At start the files were read and served, or the node did not start.
       options.metrics.tlsFilesRefused({ port, refused: false });
@@ -97,21 +113,38 @@ export class TlsReloader {
   #reloadPort(port: TlsPort, state: PortState): TlsReloadOutcome {
     const { config, apply, logger, metrics } = this.#options;
     const read = readPortTls(config, port);
+    const now = (this.#options.now ?? (() => new Date()))();
     // The configuration names the files: a TLS port's read is never undefined.
-    if (read === undefined || read.fingerprint === state.fingerprint) {
+    if (read === undefined) return TLS_RELOAD_OUTCOME.UNCHANGED;
+    if (
+      read.fingerprint === state.fingerprint &&
+      (state.recheckAt === undefined || state.recheckAt.getTime() > now.getTime())
+    ) {
       return TLS_RELOAD_OUTCOME.UNCHANGED;
     }
     state.fingerprint = read.fingerprint;
+    state.recheckAt = undefined;
     if (read.tls !== undefined && sameFiles(read.tls, state.serving)) {
       // Refused files put back as they were: the port serves what is on disk again.
       metrics.tlsFilesRefused({ port, refused: false });
       return TLS_RELOAD_OUTCOME.UNCHANGED;
     }
     const problems = read.tls === undefined ? [...read.problems] : [];
-    const now = (this.#options.now ?? (() => new Date()))();
     if (read.tls !== undefined && read.tls.validTo.getTime() <= now.getTime()) {
       problems.push(
         `${TLS_SETTINGS[port].cert}: the certificate expired at ${read.tls.validTo.toISOString()}`,
+      );
+    }
+    if (
+      read.tls !== undefined &&
+      read.tls.validFrom.getTime() - NOT_BEFORE_AHEAD_MS_MAX > now.getTime()
+    ) {
+      // Time alone makes it valid: unlike other refused files, these are checked again then.
+      state.recheckAt = new Date(read.tls.validFrom.getTime() - NOT_BEFORE_AHEAD_MS_MAX);
+      problems.push(
+        `${TLS_SETTINGS[port].cert}: the certificate is not valid before ` +
+          `${read.tls.validFrom.toISOString()}, more than 5 minutes ahead of this node's clock ` +
+          `(${now.toISOString()}); if the clock is right, the files are checked again then`,
       );
     }
     if (read.tls !== undefined && problems.length === 0) {

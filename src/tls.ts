@@ -39,8 +39,9 @@ export type TlsFiles = Readonly<{
 /** One port's TLS, as read from its files. */
 export type PortTls = TlsFiles &
   Readonly<{
-    /** The port's certificate's subject and expiry, for the start-up log. */
+    /** The port's certificate's subject and validity, for the start-up log and reloads. */
     subject: string;
+    validFrom: Date;
     validTo: Date;
   }>;
 
@@ -122,6 +123,7 @@ export function readPortTls(config: Config, port: TlsPort): PortTlsRead | undefi
       key,
       clientCa,
       subject: pair.leaf.subject.replace(/\n/g, ', '),
+      validFrom: new Date(pair.leaf.validFrom),
       validTo: new Date(pair.leaf.validTo),
     },
   };

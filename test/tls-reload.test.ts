@@ -1,12 +1,14 @@
 /**
  * Goal: TlsReloader applies changed TLS files only when they pass every check, and refuses the
- * rest once per change: a certificate already expired, files TLS refuses when applied, and a file
- * that cannot be read (gone mid-renewal) keep the certificate served, with one warning each and
- * one count, and are reported refused for as long as they stay on disk (what
- * SettleTlsReloadRefused watches); a plaintext port is never read. test/e2e/tls-reload.test.ts
- * shows the ports themselves serving what it applies.
+ * rest once per change: a certificate already expired or not yet valid (more than 5 minutes
+ * ahead, checked again when it is), files TLS refuses when applied, and a file that cannot be
+ * read (gone mid-renewal) keep the certificate served, with one warning each and one count, and
+ * are reported refused for as long as they stay on disk (what SettleTlsReloadRefused watches); a
+ * plaintext port is never read. test/e2e/tls-reload.test.ts shows the ports themselves serving
+ * what it applies.
  * Method: loadConfig and a TlsReloader over throwaway files made with openssl, with a clock set
- * ahead, a logger writing to memory, and recording stand-ins for the port and the metrics.
+ * ahead or behind, a logger writing to memory, and recording stand-ins for the port and the
+ * metrics.
  */
 import { copyFileSync, renameSync, rmSync } from 'node:fs';
 import path from 'node:path';
@@ -104,6 +106,35 @@ describe('TlsReloader', () => {
         /^HTTP port: its TLS files changed but are refused, so it goes on serving the certificate CN=localhost \(valid until .+\): HTTP_TLS_CERT_FILE: the certificate expired at /,
       ),
     ]);
+  });
+
+  it('refuses a certificate not valid for more than 5 minutes yet, and applies it when it is', () => {
+    // Made just now, the test certificates are valid from now: an hour ahead of this clock.
+    const clock = { now: new Date(Date.now() - 3_600_000) };
+    const { live, reloader, applied, warnings, reloads, filesRefused } = reloaderOf(
+      'not-yet',
+      clock,
+    );
+    replaceFile(live.cert, certs.serverCert);
+    replaceFile(live.key, certs.serverKey);
+    expect(reloader.reload()).toEqual({ http: 'refused' });
+    expect(reloader.reload()).toEqual({ http: 'unchanged' });
+    expect(applied).toEqual([]);
+    expect(filesRefused).toEqual({ http: true });
+    expect(warnings).toEqual([
+      expect.stringMatching(
+        /: HTTP_TLS_CERT_FILE: the certificate is not valid before \S+, more than 5 minutes ahead of this node's clock \(\S+\); if the clock is right, the files are checked again then$/,
+      ),
+    ]);
+    // Within 5 minutes of its notBefore (a node's clock a little behind its CA's), unchanged
+    // files are checked again and applied.
+    clock.now = new Date(Date.now() - 120_000);
+    expect(reloader.reload()).toEqual({ http: 'applied' });
+    expect(reloader.reload()).toEqual({ http: 'unchanged' });
+    expect(applied.map((tls) => tls.subject)).toEqual(['CN=localhost']);
+    expect(reloads).toEqual(['http refused', 'http applied']);
+    expect(filesRefused).toEqual({ http: false });
+    expect(warnings).toHaveLength(1);
   });
 
   it('refuses files TLS refuses when applied, and a file gone mid-renewal, each once', () => {
