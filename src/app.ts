@@ -830,6 +830,7 @@ export async function startSettle(
         onClientAborted: (context) =>
           logger.debug(context, 'the client aborted the request before its body ended'),
         tls: tls.http,
+        onTlsHandshakeFailed: (reason) => metrics.tlsHandshakeFailed({ port: 'http', reason }),
       },
     );
     const httpPort = await listenHttp(

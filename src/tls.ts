@@ -13,7 +13,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import * as net from 'node:net';
-import { createSecureContext } from 'node:tls';
+import { createSecureContext, type TLSSocket } from 'node:tls';
 import { ConfigError, type Config } from './config.js';
 import { fileError, pemCertificates, pemKeyPair } from './domain/pem.js';
 
@@ -26,6 +26,52 @@ const TLS_FILE_BYTES_MAX = 4 * 1024 * 1024;
  * connections (GRPC_CONNECTIONS_MAX; the HTTP port's 10,000) for two minutes.
  */
 export const TLS_HANDSHAKE_MS_MAX = 10_000;
+
+/**
+ * Why a client's TLS handshake failed, as counted per port (settle_tls_handshake_failures_total):
+ * a closed set, from the codes Node gives, so a scanner's variety cannot grow the series.
+ */
+export const TLS_HANDSHAKE_FAILURE = {
+  /** Not finished within TLS_HANDSHAKE_MS_MAX: a client that connected and stalled. */
+  TIMEOUT: 'timeout',
+  /** The port requires a client certificate (mTLS) and the client sent none. */
+  NO_CLIENT_CERTIFICATE: 'no_client_certificate',
+  /** The client's certificate is not one the client CA signed, or has expired. */
+  CLIENT_CERTIFICATE_REFUSED: 'client_certificate_refused',
+  /** Not TLS the port speaks: plaintext, an old protocol version, no shared cipher, garbage. */
+  PROTOCOL: 'protocol',
+  /**
+   * The client closed the connection before the handshake ended: what Node's and OpenSSL's
+   * clients do when they do not trust the port's certificate, but also a TCP health check.
+   */
+  CLOSED: 'closed',
+  OTHER: 'other',
+} as const;
+export type TlsHandshakeFailure =
+  (typeof TLS_HANDSHAKE_FAILURE)[keyof typeof TLS_HANDSHAKE_FAILURE];
+
+/**
+ * Why the handshake of `socket` failed, from the error of a TLS server's 'tlsClientError'.
+ * A certificate the client CA did not sign fails after OpenSSL's handshake, in Node, which then
+ * closes the socket: the error is a bare ECONNRESET, and `authorizationError` says why.
+ */
+export function tlsHandshakeFailure(
+  error: NodeJS.ErrnoException,
+  socket: Pick<TLSSocket, 'authorizationError'>,
+): TlsHandshakeFailure {
+  const code = error.code ?? '';
+  if (code === 'ERR_TLS_HANDSHAKE_TIMEOUT') return TLS_HANDSHAKE_FAILURE.TIMEOUT;
+  // A string code (UNABLE_TO_VERIFY_LEAF_SIGNATURE, CERT_HAS_EXPIRED), though typed as an Error.
+  if (socket.authorizationError) return TLS_HANDSHAKE_FAILURE.CLIENT_CERTIFICATE_REFUSED;
+  if (code === 'ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE') {
+    return TLS_HANDSHAKE_FAILURE.NO_CLIENT_CERTIFICATE;
+  }
+  if (code.startsWith('ERR_SSL_')) return TLS_HANDSHAKE_FAILURE.PROTOCOL;
+  if (code === 'ECONNRESET' || code === 'EPIPE' || code === 'ECONNABORTED') {
+    return TLS_HANDSHAKE_FAILURE.CLOSED;
+  }
+  return TLS_HANDSHAKE_FAILURE.OTHER;
+}
 
 /** What a port's TLS context is made of: what the gRPC and HTTP servers take. */
 export type TlsFiles = Readonly<{

@@ -11,7 +11,7 @@
  */
 import http from 'node:http';
 import https from 'node:https';
-import type { SecureContextOptions } from 'node:tls';
+import type { SecureContextOptions, TLSSocket } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import {
   InvalidArgumentError,
@@ -24,7 +24,12 @@ import { requestIdOrNew } from '../grpc/adapters.js';
 import { ApiTokenError } from '../grpc/api-auth.js';
 import { toHttpError } from '../grpc/http-status.js';
 import type { StatusOptions } from '../grpc/status.js';
-import { TLS_HANDSHAKE_MS_MAX, type TlsFiles } from '../tls.js';
+import {
+  TLS_HANDSHAKE_MS_MAX,
+  tlsHandshakeFailure,
+  type TlsFiles,
+  type TlsHandshakeFailure,
+} from '../tls.js';
 
 export type HttpRequest = Readonly<{
   method: string;
@@ -292,6 +297,8 @@ export type HttpServerOptions = Readonly<{
   tls?: TlsFiles | undefined;
   /** How long a client has to finish its TLS handshake, in ms (TLS_HANDSHAKE_MS_MAX; tests). */
   tlsHandshakeMs?: number;
+  /** A client's TLS handshake failed (with `tls` only), and why; its connection is closed. */
+  onTlsHandshakeFailed?: (reason: TlsHandshakeFailure) => void;
 }>;
 
 /**
@@ -436,6 +443,13 @@ export function createHttpServer(
       Buffer.concat([Buffer.from(`HTTP/1.1 ${response.status} ${reason}\r\n${headers}\r\n`), body]),
     );
   });
+  // Once per failed handshake, after the 'clientError' above (Node passes the failure on as one)
+  // has closed the socket. Counted, not logged: a scanner would fill the log.
+  if (tls !== undefined) {
+    server.on('tlsClientError', (error: NodeJS.ErrnoException, socket: TLSSocket) =>
+      options.onTlsHandshakeFailed?.(tlsHandshakeFailure(error, socket)),
+    );
+  }
   server.headersTimeout = HEADERS_TIMEOUT_MS;
   server.requestTimeout = REQUEST_TIMEOUT_MS;
   server.keepAliveTimeout = 5_000;

@@ -23,6 +23,7 @@ import {
   type Run,
 } from '../reconciliation/reconciliation.repository.js';
 import { PAYMENT_STATE } from '../storage/repositories/payment.repository.js';
+import { TLS_HANDSHAKE_FAILURE, type TlsHandshakeFailure } from '../tls.js';
 import { UNSETTLED_COUNT_MAX, type OperationsSnapshot } from './operations.js';
 
 export type GrpcObservation = Readonly<{
@@ -64,6 +65,8 @@ export type Metrics = Readonly<{
    * certificate): set at start (false) and at each read that found them changed.
    */
   tlsFilesRefused: (files: { port: 'grpc' | 'http'; refused: boolean }) => void;
+  /** A client's TLS handshake failed on the HTTP port (the gRPC port's are grpc-js's, unseen). */
+  tlsHandshakeFailed: (failure: { port: 'http'; reason: TlsHandshakeFailure }) => void;
   httpRequest: (request: { method: string; route: string; status: number }) => void;
   /**
    * A call to the API that API_TOKENS guards finished (gRPC or the REST twin): `caller` from
@@ -186,6 +189,21 @@ export function createMetrics(): Metrics {
     labelNames: ['port'] as const,
     registers: [registry],
   });
+  const tlsHandshakeFailures = new Counter({
+    name: 'settle_tls_handshake_failures_total',
+    help:
+      "TLS handshakes of clients that failed on the node's HTTP port, by why: timeout, " +
+      'no_client_certificate, client_certificate_refused (mTLS), protocol (not TLS the port ' +
+      'speaks: plaintext, an old version), closed (the client left mid-handshake, as one that ' +
+      "does not trust the port's certificate does), other. The gRPC port's are not counted.",
+    labelNames: ['port', 'reason'] as const,
+    registers: [registry],
+  });
+  // grpc-js runs the gRPC port's handshakes on a server of its own, whose failures it does not
+  // tell: only the HTTP port's series exist, from 0, so increase() sees the first failure.
+  for (const reason of Object.values(TLS_HANDSHAKE_FAILURE)) {
+    tlsHandshakeFailures.inc({ port: 'http', reason }, 0);
+  }
   const httpRequests = new Counter({
     name: 'settle_http_requests_total',
     help: 'REST twin requests, by route and HTTP status.',
@@ -613,6 +631,7 @@ export function createMetrics(): Metrics {
       tlsCertificateExpiry.set({ port }, Math.floor(validTo.getTime() / 1000)),
     tlsReload: (reload) => tlsReloads.inc(reload),
     tlsFilesRefused: ({ port, refused }) => tlsFilesRefused.set({ port }, refused ? 1 : 0),
+    tlsHandshakeFailed: (failure) => tlsHandshakeFailures.inc(failure),
     httpRequest: (request) =>
       httpRequests.inc({
         method: request.method,

@@ -3,8 +3,8 @@
  * a client that trusts its CA gets answers (payments, health, reflection, /healthz), a plaintext
  * client and one that trusts another CA are refused, and with a client CA set only clients whose
  * certificate that CA signed get through (mTLS). Refusals come out as UNAVAILABLE saying what
- * failed. Every refusal here would be an answer on a plaintext node, so each test fails if TLS
- * were not on.
+ * failed, and the HTTP port counts its failed handshakes by why. Every refusal here would be an
+ * answer on a plaintext node, so each test fails if TLS were not on.
  * Method: throwaway CAs and certificates made with openssl (test/support/certificates.ts); a
  * startStack() node with TLS on both ports, and a second node on the same stack that also
  * requires client certificates; the TypeScript client, grpc-js, buf curl and node:https as
@@ -30,7 +30,7 @@ import {
   type SettleClientOptions,
 } from '../../src/client/index.js';
 import { makeTestCertificates, type TestCertificates } from '../support/certificates.js';
-import { freePort, startStack, type Stack } from '../support/harness.js';
+import { freePort, metricSample, startStack, waitFor, type Stack } from '../support/harness.js';
 
 const execFileAsync = promisify(execFile);
 const BUF = path.resolve(import.meta.dirname, '../../node_modules/.bin/buf');
@@ -284,6 +284,8 @@ describe('the gRPC port with a client CA (mTLS)', () => {
   });
 });
 
+const HANDSHAKE_FAILURES = 'settle_tls_handshake_failures_total';
+
 describe('the HTTP port with TLS', () => {
   const ca = () => pem(certs.caCert);
 
@@ -337,9 +339,18 @@ describe('the HTTP port with TLS', () => {
   });
 
   it('with a client CA, answers only a client whose certificate it signed', async () => {
+    const noCertificate = { port: 'http', reason: 'no_client_certificate' };
+    const failures = async () =>
+      metricSample((await mtls.metrics.render()).body, HANDSHAKE_FAILURES, noCertificate);
+    expect(await failures()).toBe(0);
     await expect(get(mtls.httpPort, '/livez', { ca: ca() })).rejects.toThrow(
       /certificate required|socket hang up|ECONNRESET/,
     );
+    // Counted as the node fails the handshake, which the client may learn of first.
+    await waitFor(async () => (await failures()) === 1, {
+      timeoutMs: 5_000,
+      what: 'the failed handshake to be counted',
+    });
     const answer = await get(mtls.httpPort, '/livez', {
       ca: ca(),
       cert: pem(certs.clientCert),

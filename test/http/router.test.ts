@@ -7,15 +7,19 @@
  * a handler's error, even when the route asks for the body only after the client has gone; a body
  * trickled past the request timeout gets 408 as the timeout ends, not up to 30 s later. Every
  * error the router answers itself has the REST twin's body (code, reason, message, retryable,
- * correlation_id) and echoes x-request-id.
+ * correlation_id) and echoes x-request-id. Over TLS, a handshake not finished in time is closed,
+ * and every failed handshake is reported with why (the reasons the metrics count).
  * Method: the real router on a loopback port, driven with raw HTTP/1.1 over a socket, so the
- * request targets and framings are exactly what is written.
+ * request targets and framings are exactly what is written; over TLS, node:tls clients with and
+ * without certificates from throwaway CAs, and sockets that never start a handshake.
  */
 import { readFile } from 'node:fs/promises';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
+import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHttpServer, json, type HttpServer, type Route } from '../../src/http/router.js';
+import type { TlsHandshakeFailure } from '../../src/tls.js';
 import { makeTestCertificates } from '../support/certificates.js';
 
 const LIMIT_BYTES = 1_024;
@@ -396,8 +400,9 @@ describe('open connections', () => {
 });
 
 describe('an HTTPS port', () => {
-  it('closes a connection that does not finish its TLS handshake in time', async () => {
+  it('closes a connection that does not finish its TLS handshake in time, and says so', async () => {
     const certificates = await makeTestCertificates();
+    const failures: TlsHandshakeFailure[] = [];
     const secure = createHttpServer(
       () => routes,
       () => undefined,
@@ -408,6 +413,7 @@ describe('an HTTPS port', () => {
           clientCa: undefined,
         },
         tlsHandshakeMs: 300,
+        onTlsHandshakeFailed: (reason) => failures.push(reason),
       },
     );
     await new Promise<void>((resolve) => secure.listen(0, '127.0.0.1', resolve));
@@ -422,8 +428,93 @@ describe('an HTTPS port', () => {
       });
       expect(closedAfterMs).toBeDefined();
       expect(closedAfterMs).toBeGreaterThanOrEqual(250);
+      expect(failures).toEqual(['timeout']);
     } finally {
       silent.destroy();
+      secure.closeAllConnections();
+      await new Promise((resolve) => secure.close(resolve));
+      await certificates.remove();
+    }
+  });
+
+  it('tells why a handshake failed: no client certificate, one another CA signed, distrust, not TLS', async () => {
+    const certificates = await makeTestCertificates();
+    const failures: TlsHandshakeFailure[] = [];
+    const pem = (file: string) => readFile(file);
+    const secure = createHttpServer(
+      () => routes,
+      () => undefined,
+      {
+        tls: {
+          cert: await pem(certificates.serverCert),
+          key: await pem(certificates.serverKey),
+          clientCa: await pem(certificates.caCert),
+        },
+        onTlsHandshakeFailed: (reason) => failures.push(reason),
+      },
+    );
+    await new Promise<void>((resolve) => secure.listen(0, '127.0.0.1', resolve));
+    const securePort = (secure.address() as AddressInfo).port;
+    const ca = await pem(certificates.caCert);
+    /** Whether a TLS client with `options` got /healthz answered; the port's failures since. */
+    const attempt = async (options: tls.ConnectionOptions) => {
+      const before = failures.length;
+      const answered = await new Promise<boolean>((resolve) => {
+        const socket = tls.connect({ port: securePort, host: '127.0.0.1', ...options });
+        let answer = '';
+        socket.on('secureConnect', () => socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n'));
+        socket.on('data', (chunk: Buffer) => {
+          answer += chunk.toString();
+          if (answer.includes('\r\n\r\n')) socket.destroy();
+        });
+        socket.on('error', () => undefined);
+        socket.on('close', () => resolve(answer.startsWith('HTTP/1.1 200 ')));
+        socket.setTimeout(5_000, () => socket.destroy());
+      });
+      // The server counts as it fails the handshake, which the client may learn of first.
+      const deadline = Date.now() + 2_000;
+      while (failures.length === before && !answered && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      return { answered, failed: failures.slice(before) };
+    };
+    try {
+      const client = { servername: 'localhost', ca };
+      expect(await attempt(client)).toEqual({
+        answered: false,
+        failed: ['no_client_certificate'],
+      });
+      expect(
+        await attempt({
+          ...client,
+          cert: await pem(certificates.otherClientCert),
+          key: await pem(certificates.otherClientKey),
+        }),
+      ).toEqual({ answered: false, failed: ['client_certificate_refused'] });
+      expect(
+        await attempt({
+          ...client,
+          cert: await pem(certificates.clientCert),
+          key: await pem(certificates.clientKey),
+        }),
+      ).toEqual({ answered: true, failed: [] });
+      // A client that does not trust the port's certificate hangs up mid-handshake.
+      expect(
+        await attempt({
+          servername: 'localhost',
+          ca: await pem(certificates.otherCaCert),
+          cert: await pem(certificates.clientCert),
+          key: await pem(certificates.clientKey),
+        }),
+      ).toEqual({ answered: false, failed: ['closed'] });
+      // Plain HTTP to the HTTPS port.
+      const before = failures.length;
+      const plain = net.connect(securePort, '127.0.0.1');
+      plain.on('error', () => undefined);
+      plain.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+      await new Promise((resolve) => plain.on('close', resolve));
+      expect(failures.slice(before)).toEqual(['protocol']);
+    } finally {
       secure.closeAllConnections();
       await new Promise((resolve) => secure.close(resolve));
       await certificates.remove();
