@@ -36,10 +36,11 @@ const API_TOKEN_NAME = /^[a-z0-9][a-z0-9_-]{0,14}$/;
 /**
  * An item written `<name>:<scope>:<token>`, the form of many other tools' token lists: read as a
  * token alone it would open every method under a token no caller sends. Neither field is held to
- * the name's or token's rules (a swapped `<token>:read:<name>` is the same mistake), and the scope
- * is matched in any case; no generated token (hex, base64, base64url, UUID) holds a `:` at all.
+ * the name's or token's rules (a swapped `<token>:read:<name>` is the same mistake, and so is an
+ * empty name, `:read:<token>`), and the scope is matched in any case; no generated token (hex,
+ * base64, base64url, UUID) holds a `:` at all.
  */
-const COLON_SEPARATED_ITEM = /^[^:]+:(?:read|write):/i;
+const COLON_SEPARATED_ITEM = /^[^:]*:(?:read|write):/i;
 
 /** One token of API_TOKENS, with the name logs know its caller by and what it may call. */
 export type ApiTokenEntry = Readonly<{ name: string; scope: ApiScope; token: string }>;

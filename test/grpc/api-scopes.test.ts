@@ -144,10 +144,12 @@ describe('API_TOKENS items', () => {
       [
         `dashboard:read:${secret}`,
         `checkout:write:${secret}x`,
-        // Any case, any name, nothing after the scope, or the fields swapped: the same mistake.
+        // Any case, any name or none, nothing after the scope, or the fields swapped: the same
+        // mistake.
         ` Dashboard-Readonly-Bot:READ:${secret}y `,
         'dashboard-bot:write:',
         `${secret}z:read:dashboard`,
+        `:read:${secret}w`,
       ].join(','),
     );
     const refused =
@@ -155,7 +157,7 @@ describe('API_TOKENS items', () => {
       'caller sends: separate the fields by spaces, "<name> <scope> <token>"';
     expect(message).toBe(
       'invalid configuration:\n' +
-        [0, 1, 2, 3, 4].map((index) => `  - API_TOKENS.${index}${refused}`).join('\n'),
+        [0, 1, 2, 3, 4, 5].map((index) => `  - API_TOKENS.${index}${refused}`).join('\n'),
     );
     expect(message).not.toContain(secret);
     expect(message).not.toContain('dashboard-bot');
