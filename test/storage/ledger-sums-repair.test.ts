@@ -11,7 +11,8 @@
  * the lock), and bookings are never held up by it. Aborted, even after pages wrote, it writes
  * nothing. ledgerSumsDrift, reconciliation's check, lists exactly what a dry run reports, every
  * kind of difference at once and on several pages (rows of zeros for pairs without entries too),
- * counts every pair past the 1,000 it lists, and waits for no lock. Method:
+ * counts every pair past the 1,000 it lists, waits for no lock, and stopped says it was a
+ * comparison that stopped, not a repair to call again with a longer deadline. Method:
  * ledger-sums.repository.ts over a fresh MariaDB database, bookings posted by the ledger repository
  * in real transactions, the sums damaged by hand with SQL after a pass; the pass that races the
  * repair is let in through the repair's test hook, or is written by hand to hold the row, and each
@@ -485,6 +486,22 @@ describe('ledgerSumsDrift', () => {
     });
     const again = await repairLedgerSums(db, { dryRun: true, accountsPerPage: 3 });
     expect([again.pairsRepaired, again.currencies]).toEqual([0, []]);
+  });
+
+  it("stops when aborted, in words of its own rather than a repair's advice", async () => {
+    await bookMany(2, 's', 2);
+    await catchUpLedgerSums(db, OPTIONS);
+    const aborted = new AbortController();
+    aborted.abort();
+    const stopped = await ledgerSumsDrift(db, { signal: aborted.signal }).catch(
+      (error: unknown) => error,
+    );
+    expect(stopped).toMatchObject({
+      code: 'ABORTED',
+      message:
+        'the comparison of the running sums with the ledger entries was stopped before it ' +
+        'ended (its caller stopped it); it found nothing and changed nothing',
+    });
   });
 
   it('counts every pair that differs and lists the first 1,000, as a repair would mend them all', async () => {

@@ -384,6 +384,7 @@ export async function repairLedgerSums(
     ...pagingOf(options),
     pairsListedMax: REPAIRS_LISTED_MAX,
     currenciesListedMax: CURRENCY_REPAIRS_LISTED_MAX,
+    abortedMessage: REPAIR_ABORTED,
   };
   if (options.dryRun) return compareInSnapshot(db, compare);
   return db
@@ -427,6 +428,7 @@ export async function ledgerSumsDrift(
     ...pagingOf(options),
     pairsListedMax: DRIFT_LISTED_MAX,
     currenciesListedMax: DRIFT_LISTED_MAX,
+    abortedMessage: DRIFT_ABORTED,
   });
   return {
     pairsDiffering: found.pairsRepaired,
@@ -435,9 +437,26 @@ export async function ledgerSumsDrift(
   };
 }
 
-/** What repairUpTo is given: the repair's options, checked, and how many pairs and currencies to list. */
+/**
+ * What repairUpTo is given: the repair's options, checked, how many pairs and currencies to list,
+ * and what its AbortedError says (a repair's advice is not a check's).
+ */
 type CompareOptions = RepairLedgerSumsOptions &
-  Readonly<{ accountsPerPage: number; pairsListedMax: number; currenciesListedMax: number }>;
+  Readonly<{
+    accountsPerPage: number;
+    pairsListedMax: number;
+    currenciesListedMax: number;
+    abortedMessage: string;
+  }>;
+
+const REPAIR_ABORTED =
+  'the repair of the running sums was abandoned before it committed (its call was cancelled ' +
+  'or passed its deadline); nothing was written: call again with a longer deadline';
+
+/** Its caller (a reconciliation) says what stopping means for it: the node stopped, say. */
+const DRIFT_ABORTED =
+  'the comparison of the running sums with the ledger entries was stopped before it ended ' +
+  '(its caller stopped it); it found nothing and changed nothing';
 
 function pagingOf(options: Readonly<{ accountsPerPage?: number }>): { accountsPerPage: number } {
   const accountsPerPage = options.accountsPerPage ?? REPAIR_ACCOUNTS_PER_PAGE;
@@ -489,7 +508,7 @@ async function repairUpTo(
     if (page >= REPAIR_PAGES_MAX) {
       throw new Error(`a repair of the running sums read ${REPAIR_PAGES_MAX} pages of accounts`);
     }
-    throwIfAborted(options.signal);
+    throwIfAborted(options);
     const accounts = await pageAccounts(trx, after, options.accountsPerPage);
     const last = accounts[accounts.length - 1];
     if (last === undefined) break;
@@ -506,7 +525,7 @@ async function repairUpTo(
   if (!options.dryRun) await writeCurrencySums(trx, currencies);
   // Aborted after this, the commit goes ahead, with what beforeCommit writes (the audit row
   // that tells the repair happened): the caller, gone, is told nothing either way.
-  throwIfAborted(options.signal);
+  throwIfAborted(options);
   const repair = {
     uptoId,
     dryRun: options.dryRun,
@@ -520,13 +539,9 @@ async function repairUpTo(
   return repair;
 }
 
-function throwIfAborted(signal: AbortSignal | undefined): void {
+function throwIfAborted({ signal, abortedMessage }: CompareOptions): void {
   if (signal?.aborted !== true) return;
-  throw new AbortedError(
-    'the repair of the running sums was abandoned before it committed (its call was cancelled ' +
-      'or passed its deadline); nothing was written: call again with a longer deadline',
-    { cause: signal.reason },
-  );
+  throw new AbortedError(abortedMessage, { cause: signal.reason });
 }
 
 /**
