@@ -548,7 +548,8 @@ export async function startSettle(
             ? logger.warn(
                 { err: event.error, runId: event.runId },
                 'reconciliation could not compare the running sums with the ledger entries; ' +
-                  'the run completes with them unchecked',
+                  'the run completes with them unchecked, a failed check (SUMS_UNCHECKED): run ' +
+                  'it again, or settle ledger-sums repair --dry-run',
               )
             : logger.info(
                 event,

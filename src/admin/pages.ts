@@ -2,6 +2,7 @@
  * The admin panel's pages as pure functions from data to HTML (SafeHtml). No I/O here: routes.ts
  * loads the data and checks the credential. Every value goes through the escaping `html` tag.
  */
+import { assertNever } from '../domain/errors.js';
 import { formatMajor } from '../domain/money.js';
 import type { PaymentOrder } from '../domain/payment-order.js';
 import type { Payment } from '../storage/repositories/payment.repository.js';
@@ -568,13 +569,23 @@ function reconciliationStatus(status: ReconciliationStatus): SafeHtml {
 
 /** What a run's internal check found, failures first. */
 function internalCheckStatus(check: InternalCheck): SafeHtml {
-  const failures = failedInternalChecks(check).map((failure) =>
-    failure === 'LEDGER_NOT_BALANCED'
-      ? html`ledger NOT balanced`
-      : failure === 'WALLETS_DIFFER'
-        ? html`${check.walletsNotMatching} wallets differ from the ledger`
-        : runningSumsDiffer(check),
-  );
+  const failures = failedInternalChecks(check).map((failure) => {
+    switch (failure) {
+      case 'LEDGER_NOT_BALANCED':
+        return html`ledger NOT balanced`;
+      case 'WALLETS_DIFFER':
+        return html`${check.walletsNotMatching} wallets differ from the ledger`;
+      case 'SUMS_DIFFER':
+        return runningSumsDiffer(check);
+      case 'SUMS_UNCHECKED':
+        // Not a pass: the sums may differ, and nothing else compares them on its own.
+        return html`the running sums could not be compared with the ledger entries:
+          ${check.ledgerSumsUnchecked ?? ''}; run the reconciliation again, or
+          <code>settle ledger-sums repair --reason … --dry-run</code>`;
+      default:
+        return assertNever(failure, 'internal check');
+    }
+  });
   if (failures.length > 0) {
     const joined = failures.map((failure, i) => (i === 0 ? failure : html`; ${failure}`));
     return html`<span class="bad">${joined}</span>`;

@@ -1144,7 +1144,7 @@ async function reconcileCommand(
         money(r.settledFeeMinor, r.currencyCode),
         r.internalCheck === undefined ? r.error : internalCheckSummary(r.internalCheck),
       ]),
-    );
+    ) + list.map(sumsUncheckedNote).join('');
   switch (verb) {
     case 'run': {
       if (values.date === undefined && values.file === undefined) {
@@ -1276,8 +1276,21 @@ function internalCheckSummary(check: InternalCheck): string {
     check.ledgerBalanced && check.walletsMatchLedger ? undefined : 'LEDGER/WALLETS DIFFER',
     // Unset: a report from before the running sums were checked, which is not a failure.
     check.ledgerSumsMatch === false ? 'SUMS DIFFER' : undefined,
+    // A comparison that could not run: the sums may differ, so not ok either.
+    check.ledgerSumsUnchecked === '' ? undefined : 'SUMS UNCHECKED',
   ].filter(isString);
   return failures.length === 0 ? 'ok' : failures.join(', ');
+}
+
+/** A line under the table for a report whose running sums could not be compared: why, what next. */
+function sumsUncheckedNote(report: Report): string {
+  const reason = report.internalCheck?.ledgerSumsUnchecked ?? '';
+  if (reason === '') return '';
+  return (
+    `report ${report.reportId}: the running sums could not be compared with the ledger ` +
+    `entries: ${reason}; run the reconciliation again, or ` +
+    'settle ledger-sums repair --reason "<why>" --dry-run\n'
+  );
 }
 
 function isString(value: string | undefined): value is string {

@@ -566,7 +566,8 @@ export function createMetrics(): Metrics {
     'settle_reconciliation_last_run_internal_check_failures',
     'Internal checks the latest reconciliation found failing: the ledger not balanced, wallets ' +
       'not equal to the ledger, the trial balance’s running sums not equal to the ledger entries ' +
-      '(0 when all hold; a run from before the sums were checked did not fail that check).',
+      'or not compared with them (0 when all hold; a run from before the sums were checked did ' +
+      'not fail that check).',
     [],
     (g, run) => {
       const check = run.internalCheck;
@@ -578,8 +579,10 @@ export function createMetrics(): Metrics {
     'settle_reconciliation_last_run_internal_check_failed',
     'Each internal check of the latest reconciliation: 1 failed, 0 passed. LEDGER_NOT_BALANCED ' +
       'and WALLETS_DIFFER mean money invented or lost in the books; SUMS_DIFFER means only the ' +
-      'trial balance’s running sums differ from the ledger entries (no sample for a run from ' +
-      'before the sums were checked).',
+      'trial balance’s running sums differ from the ledger entries; SUMS_UNCHECKED that they ' +
+      'could not be compared with them (a statement past its deadline, say), so they may differ ' +
+      '(then SUMS_DIFFER has no sample). Neither has a sample for a run from before the sums ' +
+      'were checked.',
     ['check'],
     (g, run) => {
       if (run.internalCheck === undefined) return;

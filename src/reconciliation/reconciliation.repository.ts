@@ -59,9 +59,18 @@ export type InternalCheck = Readonly<{
   >;
   /**
    * The trial balance's running sums (ledger-sums.repository.ts) equal the entries they count.
-   * Undefined in a run stored before this check existed: not checked, which is not a failure.
+   * Undefined when they could not be compared (then `ledgerSumsUnchecked` says why), and in a run
+   * stored before this check existed: not checked, which is not a failure.
    */
   ledgerSumsMatch: boolean | undefined;
+  /**
+   * Why the running sums could not be compared with the entries (a statement past its deadline
+   * on a very large ledger, a table gone), in a few words that hold no SQL and no values (at most
+   * SUMS_UNCHECKED_REASON_LENGTH_MAX characters): a check that could not run, which fails, unlike
+   * one never run. Undefined when they were compared, and in a run stored before this field
+   * existed (one whose comparison failed then reads as never checked).
+   */
+  ledgerSumsUnchecked: string | undefined;
   /**
    * (account, currency) pairs whose sums differ, all of them: as many as a repair would mend. A
    * run stored before the check was the repair's dry run counted 1,000 at most.
@@ -78,15 +87,25 @@ export const INTERNAL_CHECK_FAILURE = {
   ledgerNotBalanced: 'LEDGER_NOT_BALANCED',
   walletsDiffer: 'WALLETS_DIFFER',
   sumsDiffer: 'SUMS_DIFFER',
+  sumsUnchecked: 'SUMS_UNCHECKED',
 } as const;
 
-/** An internal check that failed: the ledger unbalanced, wallets off it, or the running sums. */
+/** The longest reason `ledgerSumsUnchecked` holds, in characters. */
+export const SUMS_UNCHECKED_REASON_LENGTH_MAX = 200;
+
+/**
+ * An internal check that failed: the ledger unbalanced, wallets off it, the running sums off
+ * the entries, or the running sums not compared with them.
+ */
 export type InternalCheckFailure =
   (typeof INTERNAL_CHECK_FAILURE)[keyof typeof INTERNAL_CHECK_FAILURE];
 
 /**
  * Each check `check` ran, in that order, and whether it failed. A run stored before the running
- * sums were checked has `ledgerSumsMatch` unset: that check was not run, which is not a failure.
+ * sums were checked has neither of their outcomes: that check was not run, which is not a
+ * failure. Since, SUMS_UNCHECKED says whether the comparison could run (failed when it could
+ * not), and SUMS_DIFFER, only when it ran, whether the sums differ: a comparison that could not
+ * run says nothing of them either way, and must not read as passed.
  */
 export function internalCheckOutcomes(
   check: InternalCheck,
@@ -97,6 +116,12 @@ export function internalCheckOutcomes(
   ];
   if (check.ledgerSumsMatch !== undefined) {
     outcomes.push({ check: INTERNAL_CHECK_FAILURE.sumsDiffer, failed: !check.ledgerSumsMatch });
+  }
+  if (check.ledgerSumsMatch !== undefined || check.ledgerSumsUnchecked !== undefined) {
+    outcomes.push({
+      check: INTERNAL_CHECK_FAILURE.sumsUnchecked,
+      failed: check.ledgerSumsUnchecked !== undefined,
+    });
   }
   return outcomes;
 }
@@ -1198,6 +1223,8 @@ function parseInternalCheck(text: string): InternalCheck {
     walletDifferences: Array<{ sellerId: string; walletMinor: string; ledgerMinor: string }>;
     // Absent from runs stored before the running sums were checked.
     ledgerSumsMatch?: boolean;
+    // Absent too from runs stored before a comparison that could not run was told apart.
+    ledgerSumsUnchecked?: string;
     ledgerSumsNotMatching?: string;
     ledgerSumDifferences?: Array<{ account: string; currency: string }>;
     currencySumDifferences?: string[];
@@ -1219,6 +1246,7 @@ function parseInternalCheck(text: string): InternalCheck {
       ledgerMinor: BigInt(difference.ledgerMinor),
     })),
     ledgerSumsMatch: raw.ledgerSumsMatch,
+    ledgerSumsUnchecked: raw.ledgerSumsUnchecked,
     ledgerSumsNotMatching: BigInt(raw.ledgerSumsNotMatching ?? '0'),
     ledgerSumDifferences: (raw.ledgerSumDifferences ?? []).map(({ account, currency }) => ({
       account,

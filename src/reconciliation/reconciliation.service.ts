@@ -56,6 +56,7 @@ import {
   type Run,
   settleLateBookings,
   SUM_DIFFERENCES_MAX,
+  SUMS_UNCHECKED_REASON_LENGTH_MAX,
   summarizeRun,
   WALLET_DIFFERENCES_MAX,
   withClassificationLock,
@@ -103,7 +104,8 @@ export type ReconciliationEvent =
   /**
    * The internal check could not compare the running sums with the entries (a full scan past its
    * deadline on a very large ledger, the database gone meanwhile): the run completes with the
-   * sums unchecked rather than fail, since the rest of its work stands.
+   * sums unchecked (SUMS_UNCHECKED, with sumsUncheckedReason's words) rather than fail, since the
+   * rest of its work stands. `error` itself goes only to the log.
    */
   | Readonly<{ type: 'sums-check-skipped'; runId: string; error: unknown }>;
 
@@ -695,10 +697,12 @@ export class ReconciliationService {
     const signal = this.#stop.signal;
     const totalList = await trialBalanceByCurrency(db);
     const differences = await walletsNotMatchingLedger(db);
+    let unchecked: string | undefined;
     const drift = await ledgerSumsDrift(db, { signal }).catch((error: unknown) => {
       // A node stopping fails the run as interrupted, to be run again, not as sums unchecked.
       if (signal.aborted) throw error;
       onEvent?.({ type: 'sums-check-skipped', runId, error });
+      unchecked = sumsUncheckedReason(error);
       return undefined;
     });
     return {
@@ -716,11 +720,49 @@ export class ReconciliationService {
         drift === undefined
           ? undefined
           : drift.accounts.length === 0 && drift.currencies.length === 0,
+      ledgerSumsUnchecked: unchecked,
       ledgerSumsNotMatching: BigInt(drift?.pairsDiffering ?? 0),
       ledgerSumDifferences: drift?.accounts.slice(0, SUM_DIFFERENCES_MAX) ?? [],
       currencySumDifferences: drift?.currencies ?? [],
     };
   }
+}
+
+/**
+ * Why the running sums could not be compared, as a report stores and serves it: the kind of
+ * failure (mysql2's code and errno, or the error's class), never its message, which can quote
+ * the statement and the values in it. The whole error is in the node's log (sums-check-skipped).
+ */
+export function sumsUncheckedReason(error: unknown): string {
+  // A wrapped driver error (UnavailableError's cause) says more than its wrapper.
+  const chain: unknown[] = [error];
+  for (let link = error; link instanceof Error && chain.length < 4;) {
+    link = link.cause;
+    if (link !== undefined) chain.push(link);
+  }
+  const codes = chain.map(codeOf).filter((code) => code !== undefined);
+  if (codes.includes('PROTOCOL_SEQUENCE_TIMEOUT')) {
+    return 'a statement ran past its deadline (MYSQL_BULK_STATEMENT_TIMEOUT_MS)';
+  }
+  const driver = chain.find(
+    (link) => typeof (link as { errno?: unknown } | null)?.errno === 'number',
+  );
+  const errno = (driver as { errno?: number } | undefined)?.errno;
+  const kind =
+    codeOf(driver) ?? codes[0] ?? safeWord((error as { name?: unknown } | null)?.name) ?? 'unknown';
+  const reason = `the comparison failed: ${kind}${errno === undefined ? '' : ` (errno ${errno})`}`;
+  return reason.slice(0, SUMS_UNCHECKED_REASON_LENGTH_MAX);
+}
+
+/** An error's `code`, when it is a word such as ER_NO_SUCH_TABLE (a code could be anything). */
+function codeOf(error: unknown): string | undefined {
+  return safeWord((error as { code?: unknown } | null)?.code);
+}
+
+function safeWord(value: unknown): string | undefined {
+  return typeof value === 'string' && /^[A-Za-z][A-Za-z0-9_]{0,63}$/.test(value)
+    ? value
+    : undefined;
 }
 
 /**

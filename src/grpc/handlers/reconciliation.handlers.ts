@@ -123,6 +123,7 @@ export function reportToProto(run: Run): Report {
               currencyCode: difference.currency,
             })),
             currencySumDifferences: [...check.currencySumDifferences],
+            ledgerSumsUnchecked: check.ledgerSumsUnchecked ?? '',
           },
     error: run.error ?? '',
     createTime: run.createdAt,

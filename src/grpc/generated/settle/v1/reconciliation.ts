@@ -185,7 +185,11 @@ export interface InternalCheck {
   walletsNotMatching: bigint;
   /** The first 100 wallets that differ. */
   walletDifferences: WalletDifference[];
-  /** Unset in a report completed before the running sums were checked: not checked, not failed. */
+  /**
+   * Unset when the running sums could not be compared with the entries (ledger_sums_unchecked
+   * says why), and in a report completed before the running sums were checked: not checked, not
+   * failed.
+   */
   ledgerSumsMatch?:
     | boolean
     | undefined;
@@ -198,6 +202,15 @@ export interface InternalCheck {
   ledgerSumDifferences: SumDifference[];
   /** The currencies whose sums differ. */
   currencySumDifferences: string[];
+  /**
+   * Set when the running sums could not be compared with the entries: why, in a few words (at
+   * most 200 characters, e.g. "a statement ran past its deadline
+   * (MYSQL_BULK_STATEMENT_TIMEOUT_MS)"). A check that could not run, unlike one never run, and
+   * it failed: they may differ. Run the reconciliation again, or compare them with
+   * RepairLedgerSums (dry_run). Empty when they were compared, and in a report completed before
+   * this field existed.
+   */
+  ledgerSumsUnchecked: string;
 }
 
 export interface Report {
@@ -877,6 +890,7 @@ function createBaseInternalCheck(): InternalCheck {
     ledgerSumsNotMatching: 0n,
     ledgerSumDifferences: [],
     currencySumDifferences: [],
+    ledgerSumsUnchecked: "",
   };
 }
 
@@ -920,6 +934,9 @@ export const InternalCheck: MessageFns<InternalCheck> = {
     }
     for (const v of message.currencySumDifferences) {
       writer.uint32(82).string(v!);
+    }
+    if (message.ledgerSumsUnchecked !== "") {
+      writer.uint32(90).string(message.ledgerSumsUnchecked);
     }
     return writer;
   },
@@ -1017,6 +1034,14 @@ export const InternalCheck: MessageFns<InternalCheck> = {
             message.currencySumDifferences.push(reader.string());
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.ledgerSumsUnchecked = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1077,6 +1102,11 @@ export const InternalCheck: MessageFns<InternalCheck> = {
         : globalThis.Array.isArray(object?.currency_sum_differences)
         ? object.currency_sum_differences.map((e: any) => globalThis.String(e))
         : [],
+      ledgerSumsUnchecked: isSet(object.ledgerSumsUnchecked)
+        ? globalThis.String(object.ledgerSumsUnchecked)
+        : isSet(object.ledger_sums_unchecked)
+        ? globalThis.String(object.ledger_sums_unchecked)
+        : "",
     };
   },
 
@@ -1112,6 +1142,9 @@ export const InternalCheck: MessageFns<InternalCheck> = {
     if (message.currencySumDifferences?.length) {
       obj.currencySumDifferences = message.currencySumDifferences;
     }
+    if (message.ledgerSumsUnchecked !== "") {
+      obj.ledgerSumsUnchecked = message.ledgerSumsUnchecked;
+    }
     return obj;
   },
 
@@ -1137,6 +1170,7 @@ export const InternalCheck: MessageFns<InternalCheck> = {
         : 0n;
     message.ledgerSumDifferences = object.ledgerSumDifferences?.map((e) => SumDifference.fromPartial(e)) || [];
     message.currencySumDifferences = object.currencySumDifferences?.map((e) => e) || [];
+    message.ledgerSumsUnchecked = object.ledgerSumsUnchecked ?? "";
     return message;
   },
 };
