@@ -38,17 +38,40 @@ export const TLS_HANDSHAKE_FAILURE = {
   NO_CLIENT_CERTIFICATE: 'no_client_certificate',
   /** The client's certificate is not one the client CA signed, or has expired. */
   CLIENT_CERTIFICATE_REFUSED: 'client_certificate_refused',
+  /**
+   * The client refused the port's certificate with an alert: not signed by a CA it trusts,
+   * expired or not yet valid by its clock. What OpenSSL's (curl), Go's and Java's clients send.
+   */
+  SERVER_CERTIFICATE_REFUSED: 'server_certificate_refused',
   /** Not TLS the port speaks: plaintext, an old protocol version, no shared cipher, garbage. */
   PROTOCOL: 'protocol',
   /**
-   * The client closed the connection before the handshake ended: what Node's and OpenSSL's
-   * clients do when they do not trust the port's certificate, but also a TCP health check.
+   * The client closed the connection before the handshake ended: what Node's clients do when
+   * they do not trust the port's certificate (they send no alert), but also a TCP health check.
    */
   CLOSED: 'closed',
   OTHER: 'other',
 } as const;
 export type TlsHandshakeFailure =
   (typeof TLS_HANDSHAKE_FAILURE)[keyof typeof TLS_HANDSHAKE_FAILURE];
+
+/**
+ * The alerts a client sends when it refuses the port's certificate (RFC 8446, section 6.2), as
+ * Node names them: OpenSSL 3 sends unknown_ca for a CA it does not trust, certificate_expired
+ * for an expired certificate, bad_certificate for one not yet valid (and for another name, where
+ * the client has OpenSSL check it; curl checks it after the handshake, which then succeeded);
+ * Java sends certificate_unknown. Left out: decrypt_error, which also means a Finished message or
+ * a PSK binder that did not verify, and access_denied, which is about the client's rights, not
+ * our certificate.
+ */
+const SERVER_CERTIFICATE_ALERTS: ReadonlySet<string> = new Set([
+  'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA',
+  'ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE',
+  'ERR_SSL_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE',
+  'ERR_SSL_SSLV3_ALERT_CERTIFICATE_REVOKED',
+  'ERR_SSL_SSLV3_ALERT_CERTIFICATE_EXPIRED',
+  'ERR_SSL_SSLV3_ALERT_CERTIFICATE_UNKNOWN',
+]);
 
 /**
  * Why the handshake of `socket` failed, from the error of a TLS server's 'tlsClientError'.
@@ -66,6 +89,8 @@ export function tlsHandshakeFailure(
   if (code === 'ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE') {
     return TLS_HANDSHAKE_FAILURE.NO_CLIENT_CERTIFICATE;
   }
+  // Before the catch-all below: these are OpenSSL errors too (an alert received).
+  if (SERVER_CERTIFICATE_ALERTS.has(code)) return TLS_HANDSHAKE_FAILURE.SERVER_CERTIFICATE_REFUSED;
   if (code.startsWith('ERR_SSL_')) return TLS_HANDSHAKE_FAILURE.PROTOCOL;
   if (code === 'ECONNRESET' || code === 'EPIPE' || code === 'ECONNABORTED') {
     return TLS_HANDSHAKE_FAILURE.CLOSED;

@@ -193,9 +193,11 @@ export function createMetrics(): Metrics {
     name: 'settle_tls_handshake_failures_total',
     help:
       "TLS handshakes of clients that failed on the node's HTTP port, by why: timeout, " +
-      'no_client_certificate, client_certificate_refused (mTLS), protocol (not TLS the port ' +
-      'speaks: plaintext, an old version), closed (the client left mid-handshake, as one that ' +
-      "does not trust the port's certificate does), other. The gRPC port's are not counted.",
+      'no_client_certificate, client_certificate_refused (mTLS), server_certificate_refused ' +
+      "(the client refused the port's certificate with an alert: an untrusted CA, expired, not " +
+      'yet valid), protocol (not TLS the port speaks: plaintext, an old version), ' +
+      "closed (the client left mid-handshake, as a Node client that does not trust the port's " +
+      "certificate does), other. The gRPC port's are not counted.",
     labelNames: ['port', 'reason'] as const,
     registers: [registry],
   });

@@ -11,8 +11,10 @@
  * and every failed handshake is reported with why (the reasons the metrics count).
  * Method: the real router on a loopback port, driven with raw HTTP/1.1 over a socket, so the
  * request targets and framings are exactly what is written; over TLS, node:tls clients with and
- * without certificates from throwaway CAs, and sockets that never start a handshake.
+ * without certificates from throwaway CAs, curl (an OpenSSL client, which sends alerts where Node's
+ * hang up), and sockets that never start a handshake.
  */
+import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
@@ -507,6 +509,23 @@ describe('an HTTPS port', () => {
           key: await pem(certificates.clientKey),
         }),
       ).toEqual({ answered: false, failed: ['closed'] });
+      // OpenSSL's clients (curl here) send an alert instead: unknown_ca, so ours is refused.
+      const beforeCurl = failures.length;
+      const curl = await new Promise<{ code: unknown; stdout: string }>((resolve) =>
+        execFile(
+          'curl',
+          ['-s', '--cacert', certificates.otherCaCert, `https://localhost:${securePort}/healthz`],
+          { timeout: 5_000 },
+          (error, stdout) => resolve({ code: error?.code, stdout }),
+        ),
+      );
+      // 60: curl could not verify the server's certificate.
+      expect(curl).toEqual({ code: 60, stdout: '' });
+      const curlDeadline = Date.now() + 2_000;
+      while (failures.length === beforeCurl && Date.now() < curlDeadline) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      expect(failures.slice(beforeCurl)).toEqual(['server_certificate_refused']);
       // Plain HTTP to the HTTPS port.
       const before = failures.length;
       const plain = net.connect(securePort, '127.0.0.1');
