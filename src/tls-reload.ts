@@ -20,7 +20,14 @@
 import type { Config } from './config.js';
 import type { Logger } from './observability/logger.js';
 import type { Metrics } from './observability/metrics.js';
-import { readPortTls, TLS_SETTINGS, type PortTls, type ServerTls, type TlsPort } from './tls.js';
+import {
+  NOT_BEFORE_AHEAD_MS_MAX,
+  readPortTls,
+  TLS_SETTINGS,
+  type PortTls,
+  type ServerTls,
+  type TlsPort,
+} from './tls.js';
 
 /** What one read of a port's files came to. */
 export const TLS_RELOAD_OUTCOME = {
@@ -32,16 +39,6 @@ export const TLS_RELOAD_OUTCOME = {
 export type TlsReloadOutcome = (typeof TLS_RELOAD_OUTCOME)[keyof typeof TLS_RELOAD_OUTCOME];
 
 const PORT_LABELS: Readonly<Record<TlsPort, string>> = { grpc: 'gRPC', http: 'HTTP' };
-
-/**
- * How far ahead of the node's clock a renewed certificate's notBefore may be and still be applied.
- * A CA stamps notBefore with its own clock as it issues (few backdate, as Let's Encrypt does), so
- * a node whose clock is a minute or two behind the CA's sees a fresh renewal as not yet valid,
- * though clients with the right time accept it: refusing it would warn of a normal renewal. Past
- * 5 minutes the certificate is staged for later, or a clock is well off, and clients whose clock
- * agrees with the node's would refuse the handshake; it waits for its time (read again then).
- */
-const NOT_BEFORE_AHEAD_MS_MAX = 5 * 60_000;
 
 export type TlsReloaderOptions = Readonly<{
   config: Config;
@@ -139,7 +136,8 @@ export class TlsReloader {
       read.tls !== undefined &&
       read.tls.validFrom.getTime() - NOT_BEFORE_AHEAD_MS_MAX > now.getTime()
     ) {
-      // Time alone makes it valid: unlike other refused files, these are checked again then.
+      // A later certificate waits for its time (NOT_BEFORE_AHEAD_MS_MAX): time alone makes it
+      // valid, so unlike other refused files, these are checked again then.
       state.recheckAt = new Date(read.tls.validFrom.getTime() - NOT_BEFORE_AHEAD_MS_MAX);
       problems.push(
         `${TLS_SETTINGS[port].cert}: the certificate is not valid before ` +

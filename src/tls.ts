@@ -28,6 +28,17 @@ const TLS_FILE_BYTES_MAX = 4 * 1024 * 1024;
 export const TLS_HANDSHAKE_MS_MAX = 10_000;
 
 /**
+ * How far ahead of the node's clock a certificate's notBefore may be without a word, in ms: at
+ * start (a warning) and on reload (refused). A CA stamps notBefore with its own clock as it
+ * issues (few backdate, as Let's Encrypt does), so a node whose clock is a minute or two behind
+ * the CA's sees a fresh certificate as not yet valid, though clients with the right time accept
+ * it: a warning there would be about a normal renewal. Past 5 minutes the certificate is staged
+ * for later, or a clock is well off, and clients whose clock agrees with the node's refuse the
+ * handshake.
+ */
+export const NOT_BEFORE_AHEAD_MS_MAX = 5 * 60_000;
+
+/**
  * Why a client's TLS handshake failed, as counted per port (settle_tls_handshake_failures_total):
  * a closed set, from the codes Node gives, so a scanner's variety cannot grow the series.
  */
@@ -261,8 +272,9 @@ export function isLoopbackHost(host: string): boolean {
 
 /**
  * The log lines a node starts with about its ports' TLS: which serve it and whether they require
- * client certificates (info), and which listen beyond this machine in plaintext (warn), where API
- * tokens, ADMIN_TOKEN and payment data would cross the network readable by anyone on the path.
+ * client certificates (info); which serve a certificate expired or not yet valid by `now`, and
+ * which listen beyond this machine in plaintext (warn), where API tokens, ADMIN_TOKEN and payment
+ * data would cross the network readable by anyone on the path.
  */
 export function tlsStartupLines(
   config: Pick<Config, 'SETTLE_GRPC_ADDR' | 'SETTLE_HTTP_ADDR'>,
@@ -291,6 +303,17 @@ export function tlsStartupLines(
           `${label} port ${address}: the certificate in ${names.cert} expired at ` +
             `${portTls.validTo.toISOString()}, so every client refuses the handshake; renew it ` +
             '(the node reads it again within TLS_RELOAD_INTERVAL_S, or at once on SIGHUP)',
+        );
+      }
+      // Served all the same, as refusing to start over a clock off by an hour would take the
+      // node down with the port; a reload would refuse these files, and nothing else says so.
+      if (portTls.validFrom.getTime() - NOT_BEFORE_AHEAD_MS_MAX > now.getTime()) {
+        warn.push(
+          `${label} port ${address}: the certificate in ${names.cert} is not valid before ` +
+            `${portTls.validFrom.toISOString()}, more than 5 minutes ahead of this node's clock ` +
+            `(${now.toISOString()}), so clients whose clock agrees refuse the handshake until ` +
+            'then; if the clock is right, put back a certificate valid now (the node reads it ' +
+            'again within TLS_RELOAD_INTERVAL_S, or at once on SIGHUP), else set the clock right',
         );
       }
       continue;

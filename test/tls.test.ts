@@ -3,7 +3,8 @@
  * and file is wrong: a certificate without its key (or the reverse), a client CA on a plaintext
  * port, a file that cannot be read, one that holds the wrong thing, a key that is not the
  * certificate's. A node whose port listens beyond loopback without TLS warns at start; one with
- * TLS says which ports serve it and whether they require client certificates.
+ * TLS says which ports serve it and whether they require client certificates, and warns of a
+ * certificate expired or not valid yet by its clock.
  * Method: loadConfig and readServerTls on throwaway files made with openssl; src/main.ts as a
  * child process for the exit code and the one-line message; tlsStartupLines as a function.
  */
@@ -235,6 +236,33 @@ describe('the start-up lines on TLS', () => {
         /^HTTP port 10\.0\.0\.5:8080: the certificate in HTTP_TLS_CERT_FILE expired at/,
       ),
     ]);
+  });
+
+  it('warns of a certificate not valid yet by more than 5 minutes, as a reload would refuse it', () => {
+    const tls = readServerTls(
+      loadConfig({
+        GRPC_TLS_CERT_FILE: certs.serverCert,
+        GRPC_TLS_KEY_FILE: certs.serverKey,
+        HTTP_TLS_CERT_FILE: certs.serverCert,
+        HTTP_TLS_KEY_FILE: certs.serverKey,
+      }),
+    );
+    const validFrom = tls.http?.validFrom.getTime() ?? Number.NaN;
+    // A clock an hour behind: the certificate is served, but clients that agree refuse it.
+    const behind = new Date(Date.now() - 3_600_000);
+    expect(tlsStartupLines(config('10.0.0.5', '10.0.0.5'), tls, ports, behind).warn).toEqual([
+      expect.stringMatching(
+        /^gRPC port 10\.0\.0\.5:50051: the certificate in GRPC_TLS_CERT_FILE is not valid before \S+, more than 5 minutes ahead of this node's clock .*set the clock right$/,
+      ),
+      expect.stringMatching(
+        /^HTTP port 10\.0\.0\.5:8080: the certificate in HTTP_TLS_CERT_FILE is not valid before /,
+      ),
+    ]);
+    // Within the leeway a reload allows (a CA's clock a little ahead), nothing to say.
+    const slightlyBehind = new Date(validFrom - 4 * 60_000);
+    expect(
+      tlsStartupLines(config('10.0.0.5', '10.0.0.5'), tls, ports, slightlyBehind).warn,
+    ).toEqual([]);
   });
 
   it('counts 127.0.0.0/8, ::1 and localhost as loopback, and nothing else', () => {
