@@ -30,7 +30,7 @@ import {
   type LedgerSumsOptions,
 } from '../../src/storage/repositories/ledger-sums.repository.js';
 import { openTestDatabase } from '../support/harness.js';
-import { book, catchUpLedgerSums } from '../support/ledger.js';
+import { book, catchUpLedgerSums, NO_LEDGER_SUMS_DRIFT } from '../support/ledger.js';
 import { callUnary, startServer, stopServer, type UnaryOutcome } from './harness.js';
 
 const TOKEN = 'repair-ledger-sums-admin-token';
@@ -224,11 +224,7 @@ describe('AdminService/RepairLedgerSums', () => {
       expect(await repair({ reason: REASON, dryRun: false }, TOKEN)).toBe(
         repairedResponse(checkpoint, false),
       );
-      expect(await ledgerSumsDrift(db)).toEqual({
-        pairsDiffering: 0,
-        accounts: [],
-        currencies: [],
-      });
+      expect(await ledgerSumsDrift(db)).toEqual(NO_LEDGER_SUMS_DRIFT);
       const [audit, ...more] = await auditRows();
       expect(more).toEqual([]);
       expect(audit).toMatchObject({
@@ -288,7 +284,7 @@ describe('AdminService/RepairLedgerSums', () => {
         expect(answer.currencySumRepairs.map(({ currencyCode }) => currencyCode)).toEqual(listed);
       }
     });
-    expect(await ledgerSumsDrift(db)).toEqual({ pairsDiffering: 0, accounts: [], currencies: [] });
+    expect(await ledgerSumsDrift(db)).toEqual(NO_LEDGER_SUMS_DRIFT);
     const [audit] = await auditRows();
     const detail = JSON.parse(audit?.detail ?? '{}') as Record<string, unknown>;
     const removed = { before: { debitMinor: longest, creditMinor: longest }, after: null };
@@ -366,6 +362,6 @@ describe('AdminService/RepairLedgerSums', () => {
         repairedResponse(checkpoint, false).replace('"debitMinor":"60",', ''),
       );
     });
-    expect(await ledgerSumsDrift(db)).toEqual({ pairsDiffering: 0, accounts: [], currencies: [] });
+    expect(await ledgerSumsDrift(db)).toEqual(NO_LEDGER_SUMS_DRIFT);
   });
 });

@@ -11,13 +11,13 @@
  * the lock), and bookings are never held up by it. Aborted, even after pages wrote, it writes
  * nothing. ledgerSumsDrift, reconciliation's check, lists exactly what a dry run reports, every
  * kind of difference at once and on several pages (rows of zeros for pairs without entries too),
- * counts every pair past the 1,000 it lists, waits for no lock, and stopped says it was a
- * comparison that stopped, not a repair to call again with a longer deadline. Method:
- * ledger-sums.repository.ts over a fresh MariaDB database, bookings posted by the ledger repository
- * in real transactions, the sums damaged by hand with SQL after a pass; the pass that races the
- * repair is let in through the repair's test hook, or is written by hand to hold the row, and each
- * wait for the row is seen in information_schema.INNODB_TRX; bookings during a repair wait 1 s at
- * most for a lock, so that one held up fails.
+ * counts every pair and every currency past the 1,000 of each it lists, waits for no lock, and
+ * stopped says it was a comparison that stopped, not a repair to call again with a longer
+ * deadline. Method: ledger-sums.repository.ts over a fresh MariaDB database, bookings posted by
+ * the ledger repository in real transactions, the sums damaged by hand with SQL after a pass;
+ * the pass that races the repair is let in through the repair's test hook, or is written by hand
+ * to hold the row, and each wait for the row is seen in information_schema.INNODB_TRX; bookings
+ * during a repair wait 1 s at most for a lock, so that one held up fails.
  */
 import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -46,6 +46,7 @@ import {
   servedTrialBalance,
   emptyLedgerAndSums,
   LEDGER_SUMS_TEST_OPTIONS,
+  NO_LEDGER_SUMS_DRIFT,
 } from '../support/ledger.js';
 
 /** A settle window short enough for a test; gaps (rolled-back bookings) hold a pass that long. */
@@ -90,7 +91,7 @@ async function sumsTables(): Promise<string[]> {
 
 /** The sums agree with the entries: no drift, and the served trial balance is the full scan's. */
 async function expectSumsMended(): Promise<void> {
-  expect(await ledgerSumsDrift(db)).toEqual({ pairsDiffering: 0, accounts: [], currencies: [] });
+  expect(await ledgerSumsDrift(db)).toEqual(NO_LEDGER_SUMS_DRIFT);
   expect(await trialBalanceTotals(db)).toEqual(await trialBalanceByCurrency(db));
   expect(await servedTrialBalance(db)).toEqual(await recountTrialBalance(db));
 }
@@ -134,6 +135,7 @@ describe('repairLedgerSums', () => {
         { account: 'seller_payable:ghost', currency: 'USD' },
         { account: 'seller_payable:s03', currency: 'USD' },
       ],
+      currenciesDiffering: 1,
       currencies: ['EUR'],
     });
     // USD: 1..20 to s00..s04 (s03 got 4 + 9 + 14 + 19); EUR: 1..6.
@@ -453,6 +455,7 @@ describe('ledgerSumsDrift', () => {
       expect(drift).toEqual({
         pairsDiffering: differing.length,
         accounts: differing,
+        currenciesDiffering: 2,
         currencies: ['EUR', 'GBP'],
       });
       expect(drift.accounts).toEqual(
@@ -479,11 +482,7 @@ describe('ledgerSumsDrift', () => {
     const repair = await repairLedgerSums(db, { dryRun: false, accountsPerPage: 3 });
     expect(repair.pairs.map(({ account, currency }) => ({ account, currency }))).toEqual(differing);
     await expectSumsMended();
-    expect(await ledgerSumsDrift(db, { accountsPerPage: 3 })).toEqual({
-      pairsDiffering: 0,
-      accounts: [],
-      currencies: [],
-    });
+    expect(await ledgerSumsDrift(db, { accountsPerPage: 3 })).toEqual(NO_LEDGER_SUMS_DRIFT);
     const again = await repairLedgerSums(db, { dryRun: true, accountsPerPage: 3 });
     expect([again.pairsRepaired, again.currencies]).toEqual([0, []]);
   });
@@ -517,6 +516,28 @@ describe('ledgerSumsDrift', () => {
       ghosts.slice(0, 1_000).map((account) => ({ account, currency: 'USD' })),
     );
     expect((await repairLedgerSums(db, { dryRun: false })).pairsRepaired).toBe(1_001);
+    await expectSumsMended();
+  });
+
+  it('counts every currency that differs past the 1,000 it lists, as a repair would mend them all', async () => {
+    await bookMany(2, 's', 2);
+    await catchUpLedgerSums(db, OPTIONS);
+    // Rows of currencies that have no entries: each one a currency sum a repair deletes.
+    const codes = Array.from(
+      { length: 1_005 },
+      (_, i) => `X${i.toString(36).toUpperCase().padStart(2, '0')}`,
+    );
+    await sql`INSERT INTO ledger_currency_sum VALUES ${sql.join(
+      codes.map((currency) => sql`(${currency}, 1, 0)`),
+    )}`.execute(db);
+    const drift = await ledgerSumsDrift(db);
+    expect(drift).toEqual({
+      pairsDiffering: 0,
+      accounts: [],
+      currenciesDiffering: 1_005,
+      currencies: codes.slice(0, 1_000),
+    });
+    expect((await repairLedgerSums(db, { dryRun: false })).currenciesRepaired).toBe(1_005);
     await expectSumsMended();
   });
 

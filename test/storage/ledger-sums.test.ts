@@ -45,6 +45,7 @@ import {
   type TrialBalanceText,
   emptyLedgerAndSums,
   LEDGER_SUMS_TEST_OPTIONS,
+  NO_LEDGER_SUMS_DRIFT,
 } from '../support/ledger.js';
 
 /** A settle window short enough for a test; gaps (rolled-back bookings) hold a pass that long. */
@@ -121,7 +122,7 @@ describe('the running sums', () => {
     // The sums alone, once the rest is in them, give the same.
     await catchUp();
     expect(await served()).toEqual(whole);
-    expect(await ledgerSumsDrift(db)).toEqual({ pairsDiffering: 0, accounts: [], currencies: [] });
+    expect(await ledgerSumsDrift(db)).toEqual(NO_LEDGER_SUMS_DRIFT);
   });
 
   it('stop before a booking held open, and count it once it commits', async () => {
@@ -139,7 +140,7 @@ describe('the running sums', () => {
     expect(await served()).toEqual(await recount());
     await catchUp();
     expect(await served()).toEqual(await recount());
-    expect(await ledgerSumsDrift(db)).toEqual({ pairsDiffering: 0, accounts: [], currencies: [] });
+    expect(await ledgerSumsDrift(db)).toEqual(NO_LEDGER_SUMS_DRIFT);
   });
 
   it('add each entry once when several nodes pass at the same time', async () => {
@@ -151,7 +152,7 @@ describe('the running sums', () => {
     expect(moved.length).toBeGreaterThanOrEqual(1);
     expect(passes.some((pass) => pass.lost)).toBe(true);
     await catchUp();
-    expect(await ledgerSumsDrift(db)).toEqual({ pairsDiffering: 0, accounts: [], currencies: [] });
+    expect(await ledgerSumsDrift(db)).toEqual(NO_LEDGER_SUMS_DRIFT);
     expect(await served()).toEqual(await recount());
   });
 
@@ -188,7 +189,7 @@ describe('the running sums', () => {
     expect(await served()).toEqual(await recount());
     await catchUp();
     expect(await served()).toEqual(await recount());
-    expect(await ledgerSumsDrift(db)).toEqual({ pairsDiffering: 0, accounts: [], currencies: [] });
+    expect(await ledgerSumsDrift(db)).toEqual(NO_LEDGER_SUMS_DRIFT);
   });
 
   it('never count an entry twice or not at all for a reader, while passes move the checkpoint', async () => {
@@ -263,7 +264,7 @@ describe('the running sums', () => {
     expect(Math.min(...passes)).toBeGreaterThan(10);
     await catchUp();
     expect(await served()).toEqual(await recount());
-    expect(await ledgerSumsDrift(db)).toEqual({ pairsDiffering: 0, accounts: [], currencies: [] });
+    expect(await ledgerSumsDrift(db)).toEqual(NO_LEDGER_SUMS_DRIFT);
   });
 
   it('read a few hundred rows for a page and the totals, not every entry of the account', async () => {
@@ -297,6 +298,7 @@ describe('the running sums', () => {
     expect(await ledgerSumsDrift(db)).toEqual({
       pairsDiffering: 1,
       accounts: [{ account: 'seller_payable:e1', currency: 'EUR' }],
+      currenciesDiffering: 1,
       currencies: ['EUR'],
     });
   });

@@ -9,6 +9,7 @@ import {
   advanceLedgerSums,
   trialBalancePage,
   trialBalanceTotals,
+  type LedgerSumsDrift,
   type LedgerSumsOptions,
 } from '../../src/storage/repositories/ledger-sums.repository.js';
 import {
@@ -172,6 +173,14 @@ export async function servedTrialBalance(db: Db, limit = 7): Promise<TrialBalanc
     ),
   };
 }
+
+/** What ledgerSumsDrift finds when the running sums equal the entries they count. */
+export const NO_LEDGER_SUMS_DRIFT: LedgerSumsDrift = {
+  pairsDiffering: 0,
+  accounts: [],
+  currenciesDiffering: 0,
+  currencies: [],
+};
 
 /** Running-sums options for tests: a settle window short enough that a gap holds a pass briefly. */
 export const LEDGER_SUMS_TEST_OPTIONS: LedgerSumsOptions = {

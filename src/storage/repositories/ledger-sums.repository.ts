@@ -398,7 +398,9 @@ export type LedgerSumsDrift = Readonly<{
   pairsDiffering: number;
   /** The first DRIFT_LISTED_MAX of those pairs, by account, then currency. */
   accounts: AccountKey[];
-  /** The first DRIFT_LISTED_MAX currencies whose sums differ from their entries, by currency. */
+  /** The currencies whose sums differ from their entries, all of them. */
+  currenciesDiffering: number;
+  /** The first DRIFT_LISTED_MAX of those currencies, by currency. */
   currencies: string[];
 }>;
 
@@ -433,6 +435,7 @@ export async function ledgerSumsDrift(
   return {
     pairsDiffering: found.pairsRepaired,
     accounts: found.pairs.map(({ account, currency }) => ({ account, currency })),
+    currenciesDiffering: found.currenciesRepaired,
     currencies: found.currencies.map(({ currency }) => currency),
   };
 }
