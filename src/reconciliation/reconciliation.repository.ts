@@ -33,7 +33,10 @@ const DELETE_CHUNK_ROWS = 20_000;
 const TRANSACTION_ATTEMPTS_MAX = 4;
 /** At most this many wallet differences are kept in a report. */
 export const WALLET_DIFFERENCES_MAX = 100;
-/** At most this many (account, currency) pairs whose running sums differ are kept in a report. */
+/**
+ * At most this many (account, currency) pairs whose running sums differ are kept in a report, and
+ * as many currencies: the repair's own lists are as long, and all are counted.
+ */
 export const SUM_DIFFERENCES_MAX = 100;
 
 export const FEE_LEDGER_KIND = {
@@ -78,7 +81,12 @@ export type InternalCheck = Readonly<{
   ledgerSumsNotMatching: bigint;
   /** The first SUM_DIFFERENCES_MAX of them. */
   ledgerSumDifferences: ReadonlyArray<Readonly<{ account: string; currency: string }>>;
-  /** The currencies whose sums differ. */
+  /**
+   * Currencies whose sums differ, all of them: as many as a repair would mend. A run stored before
+   * they were counted listed every one (up to 1,000), so it counts its list.
+   */
+  currencySumsNotMatching: bigint;
+  /** The first SUM_DIFFERENCES_MAX of them, by currency (a run stored before: up to 1,000). */
   currencySumDifferences: readonly string[];
 }>;
 
@@ -1227,8 +1235,11 @@ function parseInternalCheck(text: string): InternalCheck {
     ledgerSumsUnchecked?: string;
     ledgerSumsNotMatching?: string;
     ledgerSumDifferences?: Array<{ account: string; currency: string }>;
+    // Absent too from runs stored before the currencies were counted.
+    currencySumsNotMatching?: string;
     currencySumDifferences?: string[];
   };
+  const currencySumDifferences = raw.currencySumDifferences ?? [];
   return {
     ledgerBalanced: raw.ledgerBalanced,
     totals: raw.totals.map((total) => ({
@@ -1252,7 +1263,8 @@ function parseInternalCheck(text: string): InternalCheck {
       account,
       currency,
     })),
-    currencySumDifferences: raw.currencySumDifferences ?? [],
+    currencySumsNotMatching: BigInt(raw.currencySumsNotMatching ?? currencySumDifferences.length),
+    currencySumDifferences,
   };
 }
 

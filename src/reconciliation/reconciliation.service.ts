@@ -719,11 +719,13 @@ export class ReconciliationService {
       ledgerSumsMatch:
         drift === undefined
           ? undefined
-          : drift.accounts.length === 0 && drift.currencies.length === 0,
+          : drift.pairsDiffering === 0 && drift.currenciesDiffering === 0,
       ledgerSumsUnchecked: unchecked,
       ledgerSumsNotMatching: BigInt(drift?.pairsDiffering ?? 0),
       ledgerSumDifferences: drift?.accounts.slice(0, SUM_DIFFERENCES_MAX) ?? [],
-      currencySumDifferences: drift?.currencies ?? [],
+      currencySumsNotMatching: BigInt(drift?.currenciesDiffering ?? 0),
+      // As few as the pairs, and as the repair lists: the count says how many more there are.
+      currencySumDifferences: drift?.currencies.slice(0, SUM_DIFFERENCES_MAX) ?? [],
     };
   }
 }

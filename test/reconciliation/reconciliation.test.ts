@@ -801,6 +801,7 @@ describe('an internal check that fails', () => {
       ledgerSumsMatch: false,
       ledgerSumsNotMatching: 1n,
       ledgerSumDifferences: [{ account, currencyCode: 'USD' }],
+      currencySumsNotMatching: 1n,
       currencySumDifferences: ['USD'],
     });
     await waitForInternalCheckFailures(day, 1, {
@@ -820,7 +821,8 @@ describe('an internal check that fails', () => {
     await sql`
       UPDATE recon_run
       SET internal_check = JSON_REMOVE(internal_check, '$.ledgerSumsMatch',
-        '$.ledgerSumsNotMatching', '$.ledgerSumDifferences', '$.currencySumDifferences')
+        '$.ledgerSumsNotMatching', '$.ledgerSumDifferences', '$.currencySumsNotMatching',
+        '$.currencySumDifferences')
       WHERE id = ${drifted.reportId}`.execute(stack.settle.db);
     const older = await call(stack.recon.getReport.bind(stack.recon), {
       reportId: drifted.reportId,
@@ -830,6 +832,7 @@ describe('an internal check that fails', () => {
       ledgerSumsMatch: undefined,
       ledgerSumsNotMatching: 0n,
       ledgerSumDifferences: [],
+      currencySumsNotMatching: 0n,
       currencySumDifferences: [],
     });
     // Not checked is not failed, and has no sample of its own.

@@ -2,7 +2,8 @@
  * Goal: reconciliation's check of the running sums finds exactly what a repair would mend: the
  * report counts every (account, currency) pair a dry run of the repair counts, past the 1,000 a
  * check lists, names the first 100 the dry run names (rows of zeros for pairs without entries
- * too) and the same currencies, and finds nothing once the repair ran. A comparison that could
+ * too), counts every currency and names the same first 100 currencies (a run stored before they
+ * were counted counts its list), and finds nothing once the repair ran. A comparison that could
  * not run (a table gone, a statement past its deadline) is stored as unchecked, with a reason
  * that quotes no SQL, and fails (SUMS_UNCHECKED, its gauge 1) rather than read as passed while
  * the sums differ; a run stored before the sums were checked still has no sample for either.
@@ -121,6 +122,7 @@ describe("reconciliation's check of the running sums", () => {
       ledgerSumsMatch: false,
       ledgerSumsNotMatching: BigInt(dryRun.pairsRepaired),
       ledgerSumDifferences: dryRun.pairs.map(({ account, currency }) => ({ account, currency })),
+      currencySumsNotMatching: BigInt(dryRun.currenciesRepaired),
       currencySumDifferences: dryRun.currencies.map(({ currency }) => currency),
     });
     expect(dryRun.pairs).toHaveLength(100);
@@ -132,8 +134,43 @@ describe("reconciliation's check of the running sums", () => {
       ledgerSumsUnchecked: undefined,
       ledgerSumsNotMatching: 0n,
       ledgerSumDifferences: [],
+      currencySumsNotMatching: 0n,
       currencySumDifferences: [],
     });
+  });
+
+  it('counts every currency whose sums differ and keeps the first 100, as a repair lists them', async () => {
+    // Currency codes Settle never books, in a damaged table: each one a repair (a deletion).
+    const codes = Array.from(
+      { length: 1_005 },
+      (_, i) => `X${i.toString(36).toUpperCase().padStart(2, '0')}`,
+    );
+    await sql`INSERT INTO ledger_currency_sum VALUES ${sql.join(
+      codes.map((currency) => sql`(${currency}, 1, 0)`),
+    )}`.execute(db);
+    const dryRun = await repairLedgerSums(db, { dryRun: true });
+    expect(dryRun.currenciesRepaired).toBe(1_005);
+    const run = await runOf('2024-03-05');
+    const found = {
+      ledgerSumsMatch: false,
+      ledgerSumsNotMatching: 0n,
+      currencySumsNotMatching: 1_005n,
+      currencySumDifferences: codes.slice(0, 100),
+    };
+    expect(run.internalCheck).toMatchObject(found);
+    expect((await storedRun(run.id)).internalCheck).toMatchObject(found);
+    expect(dryRun.currencies.map(({ currency }) => currency)).toEqual(codes.slice(0, 100));
+
+    // A run stored before the currencies were counted listed them all: it counts its list.
+    await sql`
+      UPDATE recon_run
+      SET internal_check = JSON_REMOVE(internal_check, '$.currencySumsNotMatching')
+      WHERE id = ${run.id}`.execute(db);
+    expect((await storedRun(run.id)).internalCheck).toMatchObject({
+      ...found,
+      currencySumsNotMatching: 100n,
+    });
+    await repairLedgerSums(db, { dryRun: false });
   });
 
   it('fails as unchecked, not passed, when the comparison cannot run while the sums differ', async () => {
@@ -186,7 +223,8 @@ describe("reconciliation's check of the running sums", () => {
     await sql`
       UPDATE recon_run
       SET internal_check = JSON_REMOVE(internal_check, '$.ledgerSumsMatch',
-        '$.ledgerSumsNotMatching', '$.ledgerSumDifferences', '$.currencySumDifferences')
+        '$.ledgerSumsNotMatching', '$.ledgerSumDifferences', '$.currencySumsNotMatching',
+        '$.currencySumDifferences')
       WHERE id = ${again.id}`.execute(db);
     const older = await storedRun(again.id);
     expect(older.internalCheck).toMatchObject({

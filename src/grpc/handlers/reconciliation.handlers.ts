@@ -122,6 +122,7 @@ export function reportToProto(run: Run): Report {
               account: difference.account,
               currencyCode: difference.currency,
             })),
+            currencySumsNotMatching: check.currencySumsNotMatching,
             currencySumDifferences: [...check.currencySumDifferences],
             ledgerSumsUnchecked: check.ledgerSumsUnchecked ?? '',
           },

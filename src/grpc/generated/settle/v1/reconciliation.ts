@@ -200,7 +200,10 @@ export interface InternalCheck {
   ledgerSumsNotMatching: bigint;
   /** The first 100 of them. */
   ledgerSumDifferences: SumDifference[];
-  /** The currencies whose sums differ. */
+  /**
+   * The first 100 currencies whose sums differ, by currency (currency_sums_not_matching counts
+   * them all). A report completed before that count existed lists them all, up to 1,000.
+   */
   currencySumDifferences: string[];
   /**
    * Set when the running sums could not be compared with the entries: why, in a few words (at
@@ -211,6 +214,12 @@ export interface InternalCheck {
    * this field existed.
    */
   ledgerSumsUnchecked: string;
+  /**
+   * The currencies whose sums differ, all of them: as many as RepairLedgerSums would repair
+   * (its currency_sums_repaired). A report completed before this field existed answers the
+   * number it lists in currency_sum_differences.
+   */
+  currencySumsNotMatching: bigint;
 }
 
 export interface Report {
@@ -891,6 +900,7 @@ function createBaseInternalCheck(): InternalCheck {
     ledgerSumDifferences: [],
     currencySumDifferences: [],
     ledgerSumsUnchecked: "",
+    currencySumsNotMatching: 0n,
   };
 }
 
@@ -937,6 +947,12 @@ export const InternalCheck: MessageFns<InternalCheck> = {
     }
     if (message.ledgerSumsUnchecked !== "") {
       writer.uint32(90).string(message.ledgerSumsUnchecked);
+    }
+    if (message.currencySumsNotMatching !== 0n) {
+      if (BigInt.asIntN(64, message.currencySumsNotMatching) !== message.currencySumsNotMatching) {
+        throw new globalThis.Error("value provided for field message.currencySumsNotMatching of type int64 too large");
+      }
+      writer.uint32(96).int64(message.currencySumsNotMatching);
     }
     return writer;
   },
@@ -1042,6 +1058,14 @@ export const InternalCheck: MessageFns<InternalCheck> = {
             message.ledgerSumsUnchecked = reader.string();
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.currencySumsNotMatching = reader.int64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1107,6 +1131,11 @@ export const InternalCheck: MessageFns<InternalCheck> = {
         : isSet(object.ledger_sums_unchecked)
         ? globalThis.String(object.ledger_sums_unchecked)
         : "",
+      currencySumsNotMatching: isSet(object.currencySumsNotMatching)
+        ? BigInt(object.currencySumsNotMatching)
+        : isSet(object.currency_sums_not_matching)
+        ? BigInt(object.currency_sums_not_matching)
+        : 0n,
     };
   },
 
@@ -1145,6 +1174,9 @@ export const InternalCheck: MessageFns<InternalCheck> = {
     if (message.ledgerSumsUnchecked !== "") {
       obj.ledgerSumsUnchecked = message.ledgerSumsUnchecked;
     }
+    if (message.currencySumsNotMatching !== 0n) {
+      obj.currencySumsNotMatching = message.currencySumsNotMatching.toString();
+    }
     return obj;
   },
 
@@ -1171,6 +1203,10 @@ export const InternalCheck: MessageFns<InternalCheck> = {
     message.ledgerSumDifferences = object.ledgerSumDifferences?.map((e) => SumDifference.fromPartial(e)) || [];
     message.currencySumDifferences = object.currencySumDifferences?.map((e) => e) || [];
     message.ledgerSumsUnchecked = object.ledgerSumsUnchecked ?? "";
+    message.currencySumsNotMatching =
+      (object.currencySumsNotMatching !== undefined && object.currencySumsNotMatching !== null)
+        ? BigInt(object.currencySumsNotMatching)
+        : 0n;
     return message;
   },
 };
