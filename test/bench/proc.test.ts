@@ -2,14 +2,21 @@
  * Goal: the bench reads how a process's event-loop thread was scheduled from /proc: its time on
  * a CPU grows by the CPU it burns, the counters only grow, and every sleep counts as a wake-up.
  * The sum over a process's threads counts at least what its main thread does. Method: this test's
- * own process, before and after ~60 ms of busy work on its main thread, and around five timers
- * that each put it to sleep. Its read and write system calls count each one it makes (a file
+ * own process, before and after ~60 ms of busy work on its main thread, and around five sleeps
+ * of its main thread (Atomics.wait: a timer would not sleep at all on a machine so loaded that
+ * the thread waits for a CPU past the timer's time, as a CI run once showed). Its read and write system calls count each one it makes (a file
  * written and read byte by byte).
  */
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+
+/** Puts the main thread to sleep `times` times for 5 ms each: a sleep and a wake-up each. */
+function sleepMainThread(times: number): void {
+  const cell = new Int32Array(new SharedArrayBuffer(4));
+  for (let i = 0; i < times; i += 1) Atomics.wait(cell, 0, 0, 5);
+}
 import { sampleMainThread, sampleSwitches, sampleSyscalls } from '../../bench/proc.js';
 
 describe('sampleMainThread', () => {
@@ -31,12 +38,12 @@ describe('sampleMainThread', () => {
     expect(after.preemptions).toBeGreaterThanOrEqual(before.preemptions);
   });
 
-  it('counts the times the main thread slept and was woken', async () => {
+  it('counts the times the main thread slept and was woken', () => {
     const before = sampleMainThread(process.pid);
-    for (let i = 0; i < 5; i += 1) await new Promise((resolve) => setTimeout(resolve, 5));
+    sleepMainThread(5);
     const after = sampleMainThread(process.pid);
     if (before === undefined || after === undefined) throw new Error('no schedstat');
-    // Each 5 ms timer puts the event loop to sleep in epoll_wait until it fires.
+    // Each wait sleeps on a futex nobody wakes until its 5 ms are over.
     expect(after.wakeUps - before.wakeUps).toBeGreaterThanOrEqual(5);
   });
 
@@ -46,9 +53,9 @@ describe('sampleMainThread', () => {
 });
 
 describe('sampleSwitches', () => {
-  it('sums the sleeps of every thread of a process', async () => {
+  it('sums the sleeps of every thread of a process', () => {
     const before = sampleSwitches(process.pid);
-    for (let i = 0; i < 5; i += 1) await new Promise((resolve) => setTimeout(resolve, 5));
+    sleepMainThread(5);
     // The main thread first: its count only grows, so the sum read after it covers it.
     const main = sampleMainThread(process.pid);
     const after = sampleSwitches(process.pid);
