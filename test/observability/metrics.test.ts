@@ -30,6 +30,7 @@ import {
   waitFor,
   type Stack,
 } from '../support/harness.js';
+import { operationsSnapshot } from '../support/operations-snapshot.js';
 
 let stack: Stack;
 const lines: string[] = [];
@@ -367,18 +368,7 @@ describe('metrics and request logs', () => {
   it('reports 0 for a payment state no payment is in, not a missing series', async () => {
     const metrics = createMetrics();
     const snapshotWith = (payments: ReadonlyArray<{ state: string; count: number }>) =>
-      ({
-        takenAt: new Date(),
-        breaker: undefined,
-        consumer: { ok: false, error: 'not asked' },
-        commandStream: { ok: false, error: 'not asked' },
-        deadLetters: { ok: false, error: 'not asked' },
-        outbox: { ok: false, error: 'not asked' },
-        ledgerSums: { ok: false, error: 'not asked' },
-        actors: { live: 0, mailboxDepth: 0, passivated: 0 },
-        payments: { ok: true, value: payments },
-        reconciliation: { ok: false, error: 'not asked' },
-      }) as unknown as OperationsSnapshot;
+      operationsSnapshot({ payments: { ok: true, value: payments } });
     const read = async () => (await metrics.render()).body;
     metrics.setSnapshotSource(() =>
       Promise.resolve(snapshotWith([{ state: 'EXECUTING', count: 4 }])),

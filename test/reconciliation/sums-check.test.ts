@@ -18,7 +18,6 @@ import path from 'node:path';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMetrics } from '../../src/observability/metrics.js';
-import type { OperationsSnapshot } from '../../src/observability/operations.js';
 import {
   failedInternalChecks,
   ReconciliationService,
@@ -32,6 +31,8 @@ import {
 import type { Db } from '../../src/storage/db.js';
 import { repairLedgerSums } from '../../src/storage/repositories/ledger-sums.repository.js';
 import { metricSample, openTestDatabase } from '../support/harness.js';
+import { insertBogusCurrencySums } from '../support/ledger.js';
+import { operationsSnapshot } from '../support/operations-snapshot.js';
 
 let db: Db;
 let close: () => Promise<void>;
@@ -73,21 +74,14 @@ async function internalCheckOf(day: string) {
 async function checkGauges(run: Run): Promise<Record<string, number | undefined>> {
   const metrics = createMetrics();
   metrics.setSnapshotSource(() =>
-    Promise.resolve({
-      takenAt: new Date(),
-      breaker: undefined,
-      consumer: { ok: false, error: 'not asked' },
-      commandStream: { ok: false, error: 'not asked' },
-      deadLetters: { ok: false, error: 'not asked' },
-      outbox: { ok: false, error: 'not asked' },
-      ledgerSums: { ok: false, error: 'not asked' },
-      actors: { live: 0, mailboxDepth: 0, passivated: 0 },
-      payments: { ok: false, error: 'not asked' },
-      reconciliation: {
-        ok: true,
-        value: { lastRun: run, lastDayReconciledAt: run.completedAt, unsettledOrders: 0 },
-      },
-    } as unknown as OperationsSnapshot),
+    Promise.resolve(
+      operationsSnapshot({
+        reconciliation: {
+          ok: true,
+          value: { lastRun: run, lastDayReconciledAt: run.completedAt, unsettledOrders: 0 },
+        },
+      }),
+    ),
   );
   const text = (await metrics.render()).body;
   return Object.fromEntries(
@@ -141,13 +135,7 @@ describe("reconciliation's check of the running sums", () => {
 
   it('counts every currency whose sums differ and keeps the first 100, as a repair lists them', async () => {
     // Currency codes Settle never books, in a damaged table: each one a repair (a deletion).
-    const codes = Array.from(
-      { length: 1_005 },
-      (_, i) => `X${i.toString(36).toUpperCase().padStart(2, '0')}`,
-    );
-    await sql`INSERT INTO ledger_currency_sum VALUES ${sql.join(
-      codes.map((currency) => sql`(${currency}, 1, 0)`),
-    )}`.execute(db);
+    const codes = await insertBogusCurrencySums(db, 1_005);
     const dryRun = await repairLedgerSums(db, { dryRun: true });
     expect(dryRun.currenciesRepaired).toBe(1_005);
     const run = await runOf('2024-03-05');

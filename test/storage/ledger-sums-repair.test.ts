@@ -45,6 +45,7 @@ import {
   recountTrialBalance,
   servedTrialBalance,
   emptyLedgerAndSums,
+  insertBogusCurrencySums,
   LEDGER_SUMS_TEST_OPTIONS,
   NO_LEDGER_SUMS_DRIFT,
 } from '../support/ledger.js';
@@ -523,13 +524,7 @@ describe('ledgerSumsDrift', () => {
     await bookMany(2, 's', 2);
     await catchUpLedgerSums(db, OPTIONS);
     // Rows of currencies that have no entries: each one a currency sum a repair deletes.
-    const codes = Array.from(
-      { length: 1_005 },
-      (_, i) => `X${i.toString(36).toUpperCase().padStart(2, '0')}`,
-    );
-    await sql`INSERT INTO ledger_currency_sum VALUES ${sql.join(
-      codes.map((currency) => sql`(${currency}, 1, 0)`),
-    )}`.execute(db);
+    const codes = await insertBogusCurrencySums(db, 1_005);
     const drift = await ledgerSumsDrift(db);
     expect(drift).toEqual({
       pairsDiffering: 0,

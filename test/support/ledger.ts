@@ -203,3 +203,19 @@ export async function emptyLedgerAndSums(db: Db): Promise<void> {
     db,
   );
 }
+
+/**
+ * Writes `count` currency sums rows of codes Settle never books (X00, X01, …), as a damaged table
+ * could hold: each one a currency sum that differs from its (no) entries, which a repair deletes.
+ * Answers the codes, in order.
+ */
+export async function insertBogusCurrencySums(db: Db, count: number): Promise<string[]> {
+  const codes = Array.from(
+    { length: count },
+    (_, i) => `X${i.toString(36).toUpperCase().padStart(2, '0')}`,
+  );
+  await sql`INSERT INTO ledger_currency_sum VALUES ${sql.join(
+    codes.map((currency) => sql`(${currency}, 1, 0)`),
+  )}`.execute(db);
+  return codes;
+}
