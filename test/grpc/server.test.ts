@@ -21,7 +21,12 @@ import {
   type GetPaymentRequest,
   type PaymentServiceServer,
 } from '../../src/grpc/generated/settle/v1/payment.js';
-import { createGrpcServer, listen, serverCredentials } from '../../src/grpc/server.js';
+import {
+  createGrpcServer,
+  HandshakeBoundCredentials,
+  listen,
+  serverCredentials,
+} from '../../src/grpc/server.js';
 import { makeTestCertificates, type TestCertificates } from '../support/certificates.js';
 import {
   callUnary,
@@ -391,6 +396,18 @@ describe('a TLS port', () => {
       client.close();
       stopServer(running);
     }
+  });
+
+  it("overrides every one of grpc-js's credential methods, so none runs on the wrapper's own state", () => {
+    // grpc-js calls these `_` methods on a server's credentials; one the wrapper inherits would
+    // answer from the copy of the options it was constructed with, not from the wrapped
+    // credentials (whose watchers get pushed certificates). An upgrade that adds one fails here.
+    const called = Object.getOwnPropertyNames(grpc.ServerCredentials.prototype).filter((name) =>
+      name.startsWith('_'),
+    );
+    expect(called).toContain('_getConstructorOptions');
+    const overridden = Object.getOwnPropertyNames(HandshakeBoundCredentials.prototype);
+    expect(called.filter((name) => !overridden.includes(name))).toEqual([]);
   });
 
   it('rejects a nonsensical handshake bound', () => {
