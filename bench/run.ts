@@ -30,6 +30,14 @@ import { summarizeProfile, type ProfileSummary } from './profile.js';
 import { checkGoals, goalsTable, type GoalResult } from './goals.js';
 import { stageLatencies, type StageLatency } from './stages.js';
 import {
+  CREATE_PATH_BOUNDS_MS,
+  createPathBetween,
+  createPathFrom,
+  createPathRows,
+  withinOf,
+  type CreatePath,
+} from './create-path.js';
+import {
   findPids,
   sampleMachine,
   sampleMainThread,
@@ -226,6 +234,8 @@ type Snapshot = Readonly<{
   settleMainThread: ThreadSchedule | undefined;
   /** Settle's own completion histogram (SUCCEEDED orders), cumulative count per bucket bound. */
   settleCompletions: Completions | undefined;
+  /** Settle's histograms of a CreatePayment's parts, cumulative count per bucket bound. */
+  settleCreatePath: CreatePath | undefined;
   benchCpuMs: number;
 }>;
 
@@ -239,25 +249,28 @@ type Completions = Readonly<{ within: readonly number[]; total: number }>;
  * Settle's own view of create→terminal: the histogram a node exports for operators, read from
  * /metrics (SUCCEEDED orders; from the order's creation to its success being committed).
  */
-async function settleCompletions(stack: BenchStack): Promise<Completions | undefined> {
+async function settleMetricsText(stack: BenchStack): Promise<string | undefined> {
   try {
     const response = await fetch(`${stack.settleHttp}/metrics`, {
       signal: AbortSignal.timeout(5_000),
     });
-    if (!response.ok) return undefined;
-    const text = await response.text();
-    const bucket = (le: string) =>
-      metricSample(text, 'settle_payment_order_completion_seconds_bucket', {
-        state: 'SUCCEEDED',
-        le,
-      }) ?? 0;
-    return {
-      within: COMPLETION_BOUNDS_MS.map((ms) => bucket(String(ms / 1000))),
-      total: bucket('+Inf'),
-    };
+    return response.ok ? await response.text() : undefined;
   } catch {
     return undefined;
   }
+}
+
+function settleCompletions(text: string | undefined): Completions | undefined {
+  if (text === undefined) return undefined;
+  const bucket = (le: string) =>
+    metricSample(text, 'settle_payment_order_completion_seconds_bucket', {
+      state: 'SUCCEEDED',
+      le,
+    }) ?? 0;
+  return {
+    within: COMPLETION_BOUNDS_MS.map((ms) => bucket(String(ms / 1000))),
+    total: bucket('+Inf'),
+  };
 }
 
 type TimerStats = { count: number; totalMs: number; maxMs: number };
@@ -337,15 +350,22 @@ async function snapshot(stack: BenchStack | undefined): Promise<Snapshot> {
     switches[name] = sumSamples(pids.map(sampleSwitches));
   }
   const cpu = process.cpuUsage();
+  // In the order they were always taken: the stats, the main thread, then /metrics.
+  const at = Date.now();
+  const machine = sampleMachine();
+  const stats = stack === undefined ? undefined : await settleStats(stack);
+  const mainThread = stack === undefined ? undefined : sampleMainThread(stack.settle.pid);
+  const metricsText = stack === undefined ? undefined : await settleMetricsText(stack);
   return {
-    at: Date.now(),
+    at,
     procs,
     switches,
     syscalls,
-    machine: sampleMachine(),
-    settleStats: stack === undefined ? undefined : await settleStats(stack),
-    settleMainThread: stack === undefined ? undefined : sampleMainThread(stack.settle.pid),
-    settleCompletions: stack === undefined ? undefined : await settleCompletions(stack),
+    machine,
+    settleStats: stats,
+    settleMainThread: mainThread,
+    settleCompletions: settleCompletions(metricsText),
+    settleCreatePath: metricsText === undefined ? undefined : createPathFrom(metricsText),
     benchCpuMs: (cpu.user + cpu.system) / 1000,
   };
 }
@@ -366,6 +386,8 @@ type Usage = Readonly<{
   timers: Record<string, TimerStats>;
   /** Orders Settle's histogram saw succeed during the phase, by bucket. */
   settleCompletions: Completions | undefined;
+  /** Settle's histograms of a CreatePayment's parts over the phase. */
+  settleCreatePath: CreatePath | undefined;
 }>;
 
 function usageBetween(
@@ -427,6 +449,10 @@ function usageBetween(
     switches,
     syscalls,
     timers,
+    settleCreatePath:
+      before.settleCreatePath === undefined || after.settleCreatePath === undefined
+        ? undefined
+        : createPathBetween(before.settleCreatePath, after.settleCreatePath),
     settleCompletions:
       c0 === undefined || c1 === undefined
         ? undefined
@@ -1253,6 +1279,27 @@ function report(
           ),
           String(phase.usage.settleCompletions?.total ?? '–'),
         ]),
+      ),
+    );
+  }
+  if (measured.some((phase) => phase.usage.settleCreatePath !== undefined)) {
+    out.push(
+      "Where a CreatePayment's time goes, share of calls within a bound: the load generator's " +
+        "call, Settle's handling of it (grpc_server_handling_seconds), its creation's commit " +
+        '(settle_group_commit_seconds, creations, per batch) and the PSP call that follows ' +
+        "(settle_psp_call_seconds, register); a tail the client sees and Settle's handling " +
+        "does not is outside the handler (the transport, or waiting for Settle's event loop):",
+    );
+    out.push(
+      markdownTable(
+        ['phase', 'measure', ...CREATE_PATH_BOUNDS_MS.map((ms) => `≤ ${ms} ms`), 'count'],
+        measured.flatMap((phase) =>
+          createPathRows(
+            phase.name,
+            withinOf(phase.load.samples.map((sample) => sample.createMs)),
+            phase.usage.settleCreatePath,
+          ),
+        ),
       ),
     );
   }
