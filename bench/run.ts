@@ -29,6 +29,7 @@ import { calibrate, type Calibration } from './calibrate.js';
 import { summarizeProfile, type ProfileSummary } from './profile.js';
 import { checkGoals, goalsTable, type GoalResult } from './goals.js';
 import { stageLatencies, type StageLatency } from './stages.js';
+import { settleLoopDelay, takeBenchLoopDelay, type LoopDelay } from './loop-delay.js';
 import {
   CREATE_PATH_BOUNDS_MS,
   createPathBetween,
@@ -236,6 +237,8 @@ type Snapshot = Readonly<{
   settleCompletions: Completions | undefined;
   /** Settle's histograms of a CreatePayment's parts, cumulative count per bucket bound. */
   settleCreatePath: CreatePath | undefined;
+  /** Event-loop delay since the previous snapshot: Settle's (its /metrics resets it) and ours. */
+  eventLoopDelay: Readonly<{ settle: LoopDelay | undefined; bench: LoopDelay }>;
   benchCpuMs: number;
 }>;
 
@@ -366,6 +369,7 @@ async function snapshot(stack: BenchStack | undefined): Promise<Snapshot> {
     settleMainThread: mainThread,
     settleCompletions: settleCompletions(metricsText),
     settleCreatePath: metricsText === undefined ? undefined : createPathFrom(metricsText),
+    eventLoopDelay: { settle: settleLoopDelay(metricsText), bench: takeBenchLoopDelay() },
     benchCpuMs: (cpu.user + cpu.system) / 1000,
   };
 }
@@ -388,6 +392,8 @@ type Usage = Readonly<{
   settleCompletions: Completions | undefined;
   /** Settle's histograms of a CreatePayment's parts over the phase. */
   settleCreatePath: CreatePath | undefined;
+  /** Event-loop delay over the phase (read at its end). */
+  eventLoopDelay: Readonly<{ settle: LoopDelay | undefined; bench: LoopDelay }>;
 }>;
 
 function usageBetween(
@@ -449,6 +455,7 @@ function usageBetween(
     switches,
     syscalls,
     timers,
+    eventLoopDelay: after.eventLoopDelay,
     settleCreatePath:
       before.settleCreatePath === undefined || after.settleCreatePath === undefined
         ? undefined
@@ -1400,6 +1407,25 @@ function report(
       ),
     );
   }
+  out.push(
+    'Event-loop delay over each phase, p50 / p99 / max ms (monitorEventLoopDelay: how much later ' +
+      "than due a 10 ms timer ran; Settle's from its nodejs_eventloop_lag_* metrics, less the 10 " +
+      'ms interval they include): a callback ready in ' +
+      'that process waited this long for its event loop, so a tail here is in every latency ' +
+      'the load generator measures (its own delay included, since it times the calls):',
+  );
+  const delay = (d: LoopDelay | undefined) =>
+    d === undefined ? '–' : `${d.p50.toFixed(1)} / ${d.p99.toFixed(1)} / ${f0(d.max)}`;
+  out.push(
+    markdownTable(
+      ['phase', 'settle', 'load generator'],
+      measured.map((p) => [
+        p.name,
+        delay(p.usage.eventLoopDelay.settle),
+        delay(p.usage.eventLoopDelay.bench),
+      ]),
+    ),
+  );
   out.push(
     `peak RSS (VmHWM): settle ${f0(throughput.settlePeakRssBytes / MB)} MB, psp-mock ${f0(throughput.pspPeakRssBytes / MB)} MB; ` +
       `log lines at LOG_LEVEL=warn: settle ${throughput.childOutputLines['settle'] ?? 0}, psp-mock ${throughput.childOutputLines['psp-mock'] ?? 0}`,
