@@ -20,6 +20,12 @@ export type PagedList =
   | 'ListReports'
   | 'ListMismatches';
 
+/**
+ * What a list's cursors look like: a pattern, or a check for what a pattern cannot say (a numeric
+ * id that fits the BIGINT it pages by: isInt64Decimal).
+ */
+export type CursorShape = RegExp | ((cursor: string) => boolean);
+
 /** A token for the page of `list` after `cursor`, valid only with the same `filter`. */
 export function encodePageToken(list: PagedList, cursor: string, filter: PageFilter): string {
   return Buffer.from(JSON.stringify({ cursor, filter: filterKey(list, filter) })).toString(
@@ -30,20 +36,22 @@ export function encodePageToken(list: PagedList, cursor: string, filter: PageFil
 /**
  * The cursor in `token`, or undefined for '' (the first page). Throws INVALID_ARGUMENT naming
  * `field` (page_token, or the admin panel's `before`) when the token is not one of ours, its
- * cursor does not match `cursorPattern`, or it was made by another list or under other filters.
+ * cursor is not of `cursorShape`, or it was made by another list or under other filters.
  */
 export function decodePageToken(
   list: PagedList,
   token: string,
   filter: PageFilter,
-  cursorPattern: RegExp,
+  cursorShape: CursorShape,
   field = 'page_token',
 ): string | undefined {
   if (token === '') return undefined;
   const decoded = parse(token);
   if (
     decoded === undefined ||
-    !cursorPattern.test(decoded.cursor) ||
+    !(typeof cursorShape === 'function'
+      ? cursorShape(decoded.cursor)
+      : cursorShape.test(decoded.cursor)) ||
     decoded.filter !== filterKey(list, filter)
   ) {
     throw new InvalidArgumentError(
