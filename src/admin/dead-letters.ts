@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { sql } from 'kysely';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../domain/errors.js';
 import { ORDER_ID_LENGTH } from '../domain/ids.js';
+import { isInt64Decimal, parseInt64Decimal } from '../domain/int64.js';
 import { TERMINAL_STATES } from '../domain/payment-order.js';
 import { deadLetterKey, type DeadLetter } from '../messaging/command-consumer.js';
 import type { Db } from '../storage/db.js';
@@ -255,16 +256,15 @@ function toRecord(row: Row): DeadLetterRecord {
   };
 }
 
-const DEAD_LETTER_ID = /^\d{1,19}$/;
-
 /**
- * The id as the table holds it (`0004` is entry 4), or undefined when it is no dead-letter id.
+ * The id as the table holds it (`0004` is entry 4), or undefined when it is no dead-letter id:
+ * not decimal digits, or past the BIGINT the table keys by (isInt64Decimal), which no entry has.
  * Ids are looked up and audited in this form only: MySQL would find entry 4 under `0004`, but an
  * audit row naming `dead-letter:0004` would be missing from the payment's page, which looks its
  * entries up by their own ids.
  */
 export function canonicalDeadLetterId(id: string): string | undefined {
-  return DEAD_LETTER_ID.test(id) ? BigInt(id).toString() : undefined;
+  return parseInt64Decimal(id)?.toString();
 }
 
 /** Newest first; `beforeId` pages. */
@@ -300,7 +300,7 @@ export async function listDeadLetterPage(
   filter: { state?: DeadLetterState; orderId?: string; beforeId?: string; limit: number },
   cursorField: string,
 ): Promise<DeadLetterPage> {
-  if (filter.beforeId !== undefined && !DEAD_LETTER_ID.test(filter.beforeId)) {
+  if (filter.beforeId !== undefined && !isInt64Decimal(filter.beforeId)) {
     throw new InvalidArgumentError(cursorField, `invalid; start again without ${cursorField}`);
   }
   const rows = await listDeadLetters(db, {

@@ -13,6 +13,7 @@ import {
   UnauthenticatedError,
 } from '../domain/errors.js';
 import { ORDER_ID_PATTERN, PARTY_ID_PATTERN, PAYMENT_ID_PATTERN } from '../domain/ids.js';
+import { isInt64Decimal, parseInt64Decimal } from '../domain/int64.js';
 import { decodePageToken, encodePageToken } from '../domain/page-token.js';
 import { toHttpError } from '../grpc/http-status.js';
 import type { ErrorLogger } from '../grpc/status.js';
@@ -687,7 +688,7 @@ export function adminRoutes(deps: AdminDeps): Route[] {
       // another, it would start that list in the middle without saying so.
       const filter = { state };
       const before = request.query.get('before') ?? '';
-      const beforeId = decodePageToken('ListDeadLetters', before, filter, /^\d{1,19}$/, 'before');
+      const beforeId = decodePageToken('ListDeadLetters', before, filter, isInt64Decimal, 'before');
       const result = await deps.deadLetters.list({
         ...(state !== 'ALL' ? { state } : {}),
         ...(beforeId !== undefined ? { beforeId } : {}),
@@ -696,7 +697,7 @@ export function adminRoutes(deps: AdminDeps): Route[] {
       const done = request.query.get('done');
       const doneId = request.query.get('id') ?? '';
       const flash =
-        (done === 'replayed' || done === 'discarded') && /^\d{1,19}$/.test(doneId)
+        (done === 'replayed' || done === 'discarded') && isInt64Decimal(doneId)
           ? `Dead letter ${doneId} ${done}.`
           : undefined;
       return page(
@@ -746,9 +747,10 @@ export function adminRoutes(deps: AdminDeps): Route[] {
     }),
 
     view('/admin/audit', async (request, principal) => {
-      const before = request.query.get('before') ?? '';
+      // A `before` that is no audit id (or does not fit its BIGINT) shows the first page.
+      const beforeId = parseInt64Decimal(request.query.get('before') ?? '');
       const records = await listAudit(deps.db, {
-        ...(/^\d{1,19}$/.test(before) ? { beforeId: BigInt(before) } : {}),
+        ...(beforeId !== undefined ? { beforeId } : {}),
         limit: 101,
       });
       const shown = records.slice(0, 100);

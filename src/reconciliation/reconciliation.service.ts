@@ -21,6 +21,7 @@ import {
 } from '../domain/errors.js';
 import { sleepUnlessAborted } from '../domain/deadline.js';
 import { newId } from '../domain/ids.js';
+import { isInt64Decimal } from '../domain/int64.js';
 import { decodePageToken, encodePageToken } from '../domain/page-token.js';
 import { addUtcDays, isUtcDay, utcDayOf, type UtcDay } from '../domain/utc-day.js';
 import type { Db } from '../storage/db.js';
@@ -348,7 +349,7 @@ export class ReconciliationService {
     const limit = pageSizeOf(request.pageSize);
     await this.getReport(request.reportId);
     const filter = { reportId: request.reportId, class: request.class };
-    const afterId = decodePageToken('ListMismatches', request.pageToken, filter, /^\d{1,19}$/);
+    const afterId = decodePageToken('ListMismatches', request.pageToken, filter, isInt64Decimal);
     const mismatches = await listMismatches(this.#options.db, {
       runId: request.reportId,
       ...(request.class !== undefined ? { class: request.class } : {}),

@@ -25,6 +25,7 @@ import { tableDeadLetters } from '../../src/admin/dead-letter-source.js';
 import type { HttpRequest, Route } from '../../src/http/router.js';
 import { operationsSnapshot, PaymentCounts } from '../../src/observability/operations.js';
 import { idAt } from '../../src/domain/ids.js';
+import { encodePageToken } from '../../src/domain/page-token.js';
 import { createLogger } from '../../src/observability/logger.js';
 import {
   AdminServiceClient,
@@ -1109,6 +1110,30 @@ describe('dead letters', () => {
       `/admin/dead-letters?before=${encodeURIComponent(before)}`,
     );
     expect(defaulted.status).toBe(200);
+  });
+
+  it('refuses a cursor past int64 as one not its own, and flashes no id past int64', async () => {
+    await recordedDeadLetter(stack, null);
+    for (const id of ['9223372036854775808', '9999999999999999999']) {
+      // Of the right list and filter: only the cursor does not fit the BIGINT it pages by.
+      const before = encodePageToken('ListDeadLetters', id, { state: 'ALL' });
+      const listed = await adminFetch(
+        stack,
+        `/admin/dead-letters?state=ALL&before=${encodeURIComponent(before)}`,
+      );
+      expect(listed.status, id).toBe(400);
+      expect(listed.html).toContain('before: invalid or from a list with another filter');
+      const done = await adminFetch(stack, `/admin/dead-letters?state=ALL&done=replayed&id=${id}`);
+      expect(done.status).toBe(200);
+      expect(done.html).not.toContain(`Dead letter ${id} replayed.`);
+    }
+    const atMax = await adminFetch(
+      stack,
+      `/admin/dead-letters?state=ALL&before=${encodeURIComponent(
+        encodePageToken('ListDeadLetters', '9223372036854775807', { state: 'ALL' }),
+      )}`,
+    );
+    expect(atMax.status).toBe(200);
   });
 });
 

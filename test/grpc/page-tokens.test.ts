@@ -5,13 +5,15 @@
  * (startStack) whose tables get fixture rows under two values of each filter; each RPC pages
  * through one filter with page_size 1, then reuses its token with another filter, which must be
  * INVALID_ARGUMENT naming page_token; a token of one list is refused by another whose cursors look
- * alike.
+ * alike. A numeric cursor or dead-letter id of 19 digits past int64 (which no BIGINT holds) is
+ * malformed too: INVALID_ARGUMENT, where it was an empty page, the first page again or NOT_FOUND.
  */
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { newId } from '../../src/domain/ids.js';
+import { encodePageToken } from '../../src/domain/page-token.js';
 import { AdminServiceClient, DeadLetterState } from '../../src/grpc/generated/settle/v1/admin.js';
 import {
   MismatchClass,
@@ -226,5 +228,74 @@ describe('page tokens are tied to the filters', () => {
     expectRefused(
       await mismatches(runA, MismatchClass.MISMATCH_CLASS_UNSPECIFIED, timingA.firstToken),
     );
+  });
+});
+
+describe('numeric cursors and ids past int64 are malformed', () => {
+  // 19 digits, as the cursors' pattern allows, but past what a BIGINT column holds.
+  const PAST_INT64 = ['9223372036854775808', '9999999999999999999'];
+
+  it('ListEntries, ListDeadLetters and ListMismatches refuse a cursor past int64 as one not theirs', async () => {
+    const reportId = newId('reconciliationRun');
+    await insertRun(stack.settle.db, {
+      id: reportId,
+      day: '2024-04-01',
+      fileName: `fixture-int64-${randomUUID()}.csv`,
+      fileSha256: randomUUID(),
+      rowsTotal: 0,
+      owner: 'fixture',
+      leaseUntil: new Date(Date.now() + 3_600_000),
+      now: new Date(),
+    });
+    for (const cursor of PAST_INT64) {
+      expectRefused(
+        await unary(stack.ledger.listEntries.bind(stack.ledger), {
+          pageSize: 1,
+          pageToken: encodePageToken('ListEntries', cursor, {}),
+          account: '',
+          orderId: '',
+          fromHead: false,
+        }),
+      );
+      expectRefused(
+        await unary(admin.listDeadLetters.bind(admin), {
+          pageSize: 1,
+          pageToken: encodePageToken('ListDeadLetters', cursor, {}),
+          state: DeadLetterState.DEAD_LETTER_STATE_UNSPECIFIED,
+          orderId: '',
+        }),
+      );
+      expectRefused(
+        await unary(recon.listMismatches.bind(recon), {
+          pageSize: 1,
+          pageToken: encodePageToken('ListMismatches', cursor, { reportId }),
+          reportId,
+          mismatchClass: MismatchClass.MISMATCH_CLASS_UNSPECIFIED,
+        }),
+      );
+    }
+    // The largest cursor that fits is still a cursor: the page after it is empty.
+    const atMax = await unary(stack.ledger.listEntries.bind(stack.ledger), {
+      pageSize: 1,
+      pageToken: encodePageToken('ListEntries', '9223372036854775807', {}),
+      account: '',
+      orderId: '',
+      fromHead: false,
+    });
+    expect(atMax.ok && atMax.response.entries).toEqual([]);
+  });
+
+  it('ReplayDeadLetter and DiscardDeadLetter refuse an id past int64 as no dead-letter id', async () => {
+    for (const id of PAST_INT64) {
+      for (const outcome of [
+        await unary(admin.replayDeadLetter.bind(admin), { id, reason: 'int64 test' }),
+        await unary(admin.discardDeadLetter.bind(admin), { id, reason: 'int64 test' }),
+      ]) {
+        expect(outcome.ok, id).toBe(false);
+        if (outcome.ok) continue;
+        expect(grpc.status[outcome.error.code]).toBe('INVALID_ARGUMENT');
+        expect(outcome.error.details).toBe(`id: '${id}' is not a dead-letter id`);
+      }
+    }
   });
 });

@@ -58,6 +58,7 @@ import {
   PAYMENT_ID_PATTERN,
 } from '../../domain/ids.js';
 import { INT64_MAX, INT64_MIN } from '../../domain/money.js';
+import { isInt64Decimal } from '../../domain/int64.js';
 import { decodePageToken, encodePageToken } from '../../domain/page-token.js';
 import { requireId } from '../../payments/validation.js';
 import {
@@ -294,7 +295,12 @@ export function adminHandlers(deps: AdminDeps, options: AdapterOptions): AdminSe
       const limit = Math.min(request.pageSize === 0 ? 20 : request.pageSize, 100);
       const state = stateFromProto(request.state);
       const filter = { state, orderId: request.orderId };
-      const beforeId = decodePageToken('ListDeadLetters', request.pageToken, filter, /^\d{1,19}$/);
+      const beforeId = decodePageToken(
+        'ListDeadLetters',
+        request.pageToken,
+        filter,
+        isInt64Decimal,
+      );
       const page = await guard(() =>
         listDeadLetterPage(
           deps.db,

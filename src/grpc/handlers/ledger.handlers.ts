@@ -10,6 +10,7 @@ import {
 import { ORDER_ID_EXAMPLE, ORDER_ID_PATTERN, PARTY_ID_PATTERN } from '../../domain/ids.js';
 import { INT64_MAX } from '../../domain/money.js';
 import { requireId } from '../../payments/validation.js';
+import { isInt64Decimal } from '../../domain/int64.js';
 import { decodePageToken, encodePageToken } from '../../domain/page-token.js';
 import type { Db } from '../../storage/db.js';
 import {
@@ -110,7 +111,7 @@ export function ledgerHandlers(
           resumePageToken: encodePageToken('ListEntries', head.toString(), filter),
         };
       }
-      const cursor = decodePageToken('ListEntries', request.pageToken, filter, /^\d{1,19}$/);
+      const cursor = decodePageToken('ListEntries', request.pageToken, filter, isInt64Decimal);
       const afterId = cursor === undefined ? undefined : BigInt(cursor);
       const page = await listSettledLedgerEntries(
         db,
