@@ -5,10 +5,12 @@
  */
 import { z } from 'zod';
 import { ORDER_ID_LENGTH } from '../domain/ids.js';
+import { isInt64Decimal } from '../domain/int64.js';
 import type { OutboxMessage } from '../storage/repositories/outbox.repository.js';
 import type { Names } from './subjects.js';
 
-const amountString = z.string().regex(/^\d{1,19}$/);
+/** Decimal minor units that fit the BIGINT columns they go to; past them, a command is malformed. */
+const amountString = z.string().refine((text) => isInt64Decimal(text));
 /**
  * No longer than an order id (ORDER_ID_LENGTH), which is what the columns holding one take: a
  * command naming a longer one could never be dead-lettered ("Data too long" for

@@ -6,7 +6,8 @@
  * a handler's error that says it is not retryable is dead-lettered at once as NON_RETRYABLE, any
  * other is retried; and every message the consumer terminates has its dead letter, even at a
  * sequence an earlier dead letter had before the command stream was recreated (sequences restart
- * at 1), or whose order id or payload is longer than the table's columns take; and a node stops
+ * at 1), or whose order id or payload is longer than the table's columns take; one whose amount
+ * does not fit an int64 is malformed, as any other (not handed to the actor); and a node stops
  * within its grace period even when every slot is taken by a hung handler.
  * Method: a real Settle node and PSP mock (MariaDB, NATS) with ack_wait below the PSP's latency,
  * commands through JetStream only; and the consumer alone on a namespace of its own, with a
@@ -384,7 +385,17 @@ describe('a command that is no command of ours', () => {
     });
     // The stream's largest message (64 KiB), two bytes a character: more than TEXT's 65,535.
     const large = 'é'.repeat(32 * 1024);
-    for (const payload of [longId, large]) {
+    // An amount past int64, which no BIGINT column holds.
+    const pastInt64 = JSON.stringify({
+      type: 'PspResult',
+      orderId: 'ord_01JD2Q7Z8X9Y0A1B2C3D4E5F6G',
+      eventId: `evt_${randomUUID()}`,
+      outcome: 'SUCCEEDED',
+      pspReference: 'psp_1',
+      amountMinor: '9223372036854775808',
+      declineCode: null,
+    });
+    for (const payload of [longId, large, pastInt64]) {
       await jetstream(nc).publish(names.commandSubject('ord'), payload);
     }
     const rows = await waitFor(
@@ -394,9 +405,9 @@ describe('a command that is no command of ours', () => {
           .select(['order_id', 'reason', 'attempts', 'payload'])
           .orderBy('stream_sequence')
           .execute();
-        return found.length === 2 ? found : undefined;
+        return found.length === 3 ? found : undefined;
       },
-      { timeoutMs: 10_000, what: 'two dead letters' },
+      { timeoutMs: 10_000, what: 'three dead letters' },
     );
     expect(handled).toEqual([]);
     expect(rows).toEqual([
@@ -407,12 +418,13 @@ describe('a command that is no command of ours', () => {
         attempts: 1,
         payload: 'é'.repeat(32 * 1024 - 1),
       },
+      { order_id: null, reason: 'MALFORMED_COMMAND', attempts: 1, payload: pastInt64 },
     ]);
     await waitFor(
       async () =>
         (await jsm.consumers.info(names.commandStream, names.runtimeConsumer)).num_ack_pending ===
         0,
-      { what: 'both terminated' },
+      { what: 'all three terminated' },
     );
   }, 30_000);
 });

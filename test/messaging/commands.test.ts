@@ -99,3 +99,28 @@ describe('the order a command names', () => {
     expect(parseCommand(encode({ ...charge, orderId: `ord_${'7'.repeat(200)}` }))).toBeUndefined();
   });
 });
+
+describe('the amount of a PspResult', () => {
+  const encode = (command: object) => new TextEncoder().encode(JSON.stringify(command));
+  const charge = (amountMinor: string) =>
+    encode({
+      type: 'PspResult',
+      orderId,
+      eventId: 'evt_1',
+      outcome: 'SUCCEEDED',
+      pspReference: 'psp_1',
+      amountMinor,
+      declineCode: null,
+    });
+
+  it('fits an int64, the BIGINT it is booked in; past it the command is malformed', () => {
+    expect(parseCommand(charge('9223372036854775807'))).toMatchObject({
+      amountMinor: '9223372036854775807',
+    });
+    expect(parseCommand(charge('0500'))).toMatchObject({ amountMinor: '0500' });
+    // Malformed: the consumer dead-letters it at once (MALFORMED_COMMAND), as any other.
+    for (const amountMinor of ['9223372036854775808', '9999999999999999999', '-1', '1e3']) {
+      expect(parseCommand(charge(amountMinor)), amountMinor).toBeUndefined();
+    }
+  });
+});
