@@ -14,6 +14,7 @@ import { z } from 'zod';
 import type { ApiScope } from '../domain/api-token.js';
 import { InvalidArgumentError } from '../domain/errors.js';
 import { ID_PREFIX, PAYMENT_ID_PATTERN } from '../domain/ids.js';
+import { isInt64Decimal } from '../domain/int64.js';
 import {
   CreatePaymentResponse,
   GetPaymentResponse,
@@ -27,6 +28,7 @@ import type { ApiTokens } from '../grpc/api-auth.js';
 import { API_METHOD_SCOPES } from '../grpc/api-scopes.js';
 import type { ErrorLogger } from '../grpc/status.js';
 import type { PaymentService } from '../payments/payment.service.js';
+import { AMOUNT_NOT_POSITIVE, AMOUNT_TOO_LARGE } from '../payments/validation.js';
 import { firstDuplicateKey } from './strict-json.js';
 import {
   CLIENT_CLOSED_REQUEST_STATUS,
@@ -83,9 +85,12 @@ function amountProblem(value: unknown): string | undefined {
     );
   }
   if (typeof value === 'string') {
-    return /^-?\d{1,19}$/.test(value)
-      ? undefined
-      : `amount_minor must be a whole number of minor units as a decimal string, ${AMOUNT_EXAMPLE}`;
+    if (isInt64Decimal(value, { signed: true })) return undefined;
+    // Whole minor units, but more than an int64 holds: out of range, as the shared validation
+    // says of any amount past the largest order, rather than "not a whole number".
+    if (/^-?\d+$/.test(value))
+      return value.startsWith('-') ? AMOUNT_NOT_POSITIVE : AMOUNT_TOO_LARGE;
+    return `amount_minor must be a whole number of minor units as a decimal string, ${AMOUNT_EXAMPLE}`;
   }
   if (typeof value === 'number') {
     if (!Number.isInteger(value)) {

@@ -9,6 +9,9 @@ import { PARTY_ID_PATTERN } from '../domain/ids.js';
 import { isCurrencyCode, ORDER_AMOUNT_MINOR_MAX, type CurrencyCode } from '../domain/money.js';
 
 export const ORDERS_PER_PAYMENT_MAX = 50;
+/** What an amount out of range is told, here and by the REST twin before it parses one. */
+export const AMOUNT_NOT_POSITIVE = 'amount_minor must be greater than 0 (minor units, e.g. cents)';
+export const AMOUNT_TOO_LARGE = `amount_minor must be at most ${ORDER_AMOUNT_MINOR_MAX}`;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 const partyId = (what: string) =>
@@ -43,8 +46,8 @@ const createPaymentSchema = z
           seller_id: partyId('seller_id'),
           amount_minor: z
             .bigint()
-            .positive('amount_minor must be greater than 0 (minor units, e.g. cents)')
-            .max(ORDER_AMOUNT_MINOR_MAX, `amount_minor must be at most ${ORDER_AMOUNT_MINOR_MAX}`),
+            .positive(AMOUNT_NOT_POSITIVE)
+            .max(ORDER_AMOUNT_MINOR_MAX, AMOUNT_TOO_LARGE),
         }),
       )
       .min(1, 'at least one order is required')

@@ -227,6 +227,22 @@ describe('REST twin of PaymentService', () => {
       'orders[0].amount_minor: amount_minor must be a whole number of minor units as a decimal ' +
         'string, e.g. "1999" for $19.99',
     ],
+    // Whole minor units past int64: out of range, not "not a whole number", however long.
+    [
+      'an amount string past int64',
+      order({ amount_minor: '9223372036854775808' }),
+      'orders[0].amount_minor: amount_minor must be at most 1000000000000',
+    ],
+    [
+      'an amount string of 20 digits',
+      order({ amount_minor: '99999999999999999999' }),
+      'orders[0].amount_minor: amount_minor must be at most 1000000000000',
+    ],
+    [
+      'a negative amount string of 20 digits',
+      order({ amount_minor: '-99999999999999999999' }),
+      'orders[0].amount_minor: amount_minor must be greater than 0 (minor units, e.g. cents)',
+    ],
     [
       'a fractional amount number',
       order({ amount_minor: 19.99 }),
