@@ -51,7 +51,8 @@ import {
   ListEntriesResponse,
   type LedgerEntry,
 } from '../grpc/generated/settle/v1/wallet.js';
-import { formatMajor, INT64_MAX } from '../domain/money.js';
+import { parseInt64Decimal } from '../domain/int64.js';
+import { formatMajor } from '../domain/money.js';
 import { grpcCodeName } from '../grpc/http-status.js';
 import {
   DeadLetterState,
@@ -1323,8 +1324,8 @@ function parseOrder(text: string): { sellerId: string; amountMinor: bigint } {
   if (match === null) {
     throw new UsageError(`--order '${text}' must look like seller-id=1999 (amount in minor units)`);
   }
-  const amountMinor = BigInt(match[2] ?? '0');
-  if (amountMinor > INT64_MAX) {
+  const amountMinor = parseInt64Decimal(match[2] ?? '');
+  if (amountMinor === undefined) {
     throw new UsageError(`--order '${text}': the amount does not fit an int64 (minor units)`);
   }
   return { sellerId: match[1] ?? '', amountMinor };

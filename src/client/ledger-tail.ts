@@ -23,6 +23,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { status as grpcStatus } from '@grpc/grpc-js';
 import type { LedgerEntry, ListEntriesResponse } from '../grpc/generated/settle/v1/wallet.js';
 import { sleepUnlessAborted } from '../domain/deadline.js';
+import { parseInt64Decimal } from '../domain/int64.js';
 
 /** The least pause between polls at the head of the ledger, in ms. */
 export const TAIL_POLL_MS_MIN = 100;
@@ -124,7 +125,6 @@ export type ListEntriesCall = (
 type Position = Readonly<{ pageToken: string; afterEntryId: bigint | undefined }>;
 type Filter = Readonly<{ account: string; orderId: string }>;
 
-const ENTRY_ID = /^\d{1,19}$/;
 /** Starts the filters of a position taken before the first server token ('@' is not base64url). */
 const FILTER_MARK = '@';
 
@@ -142,8 +142,9 @@ function encodePosition(position: Position, filter: Filter): string {
 function decodePosition(token: string, filter: Filter): Position {
   const dot = token.lastIndexOf('.');
   if (dot === -1) return { pageToken: token, afterEntryId: undefined };
-  const entryId = token.slice(dot + 1);
-  if (!ENTRY_ID.test(entryId)) {
+  // An entry id is a BIGINT: one past it is no id the node gave out.
+  const afterEntryId = parseInt64Decimal(token.slice(dot + 1));
+  if (afterEntryId === undefined) {
     throw new TypeError(
       'tailLedgerEntries: resumeToken is neither a tail position nor a ListEntries page token',
     );
@@ -158,7 +159,7 @@ function decodePosition(token: string, filter: Filter): Position {
     }
     pageToken = '';
   }
-  return { pageToken, afterEntryId: BigInt(entryId) };
+  return { pageToken, afterEntryId };
 }
 
 /** ListEntries answered without resume_page_token: the node is older than tailing. */

@@ -564,6 +564,11 @@ describe('tailLedgerEntries', () => {
       { resumeToken: 'abc.x1' },
       /resumeToken is neither a tail position nor a ListEntries page token/,
     ],
+    // An entry id past int64 (a BIGINT): no entry has one, so the tail would skip them all.
+    [
+      { resumeToken: 'abc.9223372036854775808' },
+      /resumeToken is neither a tail position nor a ListEntries page token/,
+    ],
     [{ from: 'head', resumeToken: 'abc' }, /from: 'head' and a resumeToken both say where/],
     // As a caller without the types could pass it.
     [{ from: 'last' as TailStart }, /from last is neither 'first' nor 'head'/],
