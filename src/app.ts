@@ -834,6 +834,7 @@ export async function startSettle(
         onTlsHandshakeFailed: (reason) => metrics.tlsHandshakeFailed({ port: 'http', reason }),
       },
     );
+    if (tls.http !== undefined) metrics.tlsHandshakesServed('http');
     const httpPort = await listenHttp(
       httpServer,
       config.SETTLE_HTTP_ADDR.host,

@@ -65,6 +65,11 @@ export type Metrics = Readonly<{
    * certificate): set at start (false) and at each read that found them changed.
    */
   tlsFilesRefused: (files: { port: 'grpc' | 'http'; refused: boolean }) => void;
+  /**
+   * The HTTP port serves TLS: its handshake failures' series are created at 0, so increase() sees
+   * the first failure. A plaintext port has none, which a dashboard would read as "no failures".
+   */
+  tlsHandshakesServed: (port: 'http') => void;
   /** A client's TLS handshake failed on the HTTP port (the gRPC port's are grpc-js's, unseen). */
   tlsHandshakeFailed: (failure: { port: 'http'; reason: TlsHandshakeFailure }) => void;
   httpRequest: (request: { method: string; route: string; status: number }) => void;
@@ -197,15 +202,11 @@ export function createMetrics(): Metrics {
       "(the client refused the port's certificate with an alert: an untrusted CA, expired, not " +
       'yet valid), protocol (not TLS the port speaks: plaintext, an old version), ' +
       "closed (the client left mid-handshake, as a Node client that does not trust the port's " +
-      "certificate does), other. The gRPC port's are not counted.",
+      "certificate does), other. No sample while the port is plaintext; the gRPC port's are " +
+      'not counted.',
     labelNames: ['port', 'reason'] as const,
     registers: [registry],
   });
-  // grpc-js runs the gRPC port's handshakes on a server of its own, whose failures it does not
-  // tell: only the HTTP port's series exist, from 0, so increase() sees the first failure.
-  for (const reason of Object.values(TLS_HANDSHAKE_FAILURE)) {
-    tlsHandshakeFailures.inc({ port: 'http', reason }, 0);
-  }
   const httpRequests = new Counter({
     name: 'settle_http_requests_total',
     help: 'REST twin requests, by route and HTTP status.',
@@ -636,6 +637,13 @@ export function createMetrics(): Metrics {
       tlsCertificateExpiry.set({ port }, Math.floor(validTo.getTime() / 1000)),
     tlsReload: (reload) => tlsReloads.inc(reload),
     tlsFilesRefused: ({ port, refused }) => tlsFilesRefused.set({ port }, refused ? 1 : 0),
+    // grpc-js runs the gRPC port's handshakes on a server of its own, whose failures it does not
+    // tell: only the HTTP port's series exist, and only while it serves TLS.
+    tlsHandshakesServed: (port) => {
+      for (const reason of Object.values(TLS_HANDSHAKE_FAILURE)) {
+        tlsHandshakeFailures.inc({ port, reason }, 0);
+      }
+    },
     tlsHandshakeFailed: (failure) => tlsHandshakeFailures.inc(failure),
     httpRequest: (request) =>
       httpRequests.inc({

@@ -23,6 +23,7 @@ import { protoPath } from 'grpc-health-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSettle, type SettleNode } from '../../src/app.js';
 import { loadConfig } from '../../src/config.js';
+import { TLS_HANDSHAKE_FAILURE } from '../../src/tls.js';
 import {
   createSettleClient,
   TLS_FAILURE,
@@ -288,6 +289,13 @@ const HANDSHAKE_FAILURES = 'settle_tls_handshake_failures_total';
 
 describe('the HTTP port with TLS', () => {
   const ca = () => pem(certs.caCert);
+
+  it('exports every handshake-failure reason at 0 before any failure, so increase() sees the first', async () => {
+    const { body } = await stack.settle.metrics.render();
+    for (const reason of Object.values(TLS_HANDSHAKE_FAILURE)) {
+      expect(metricSample(body, HANDSHAKE_FAILURES, { port: 'http', reason }), reason).toBe(0);
+    }
+  });
 
   it('answers /healthz over HTTPS to a client that trusts its CA', async () => {
     const answer = await get(stack.settle.httpPort, '/healthz', { ca: ca() });

@@ -66,6 +66,15 @@ describe('metrics and request logs', () => {
     }
   });
 
+  it('exports no TLS handshake-failure series on a plaintext HTTP port', async () => {
+    // Series at 0 would read as "no failed handshakes" on a port that has none to fail.
+    const text = await scrape();
+    const samples = text
+      .split('\n')
+      .filter((line) => line.startsWith('settle_tls_handshake_failures_total'));
+    expect(samples).toEqual([]);
+  });
+
   it('counts gRPC calls by method and code, with a latency histogram', async () => {
     const created = await call(stack.payments.createPayment.bind(stack.payments), {
       requestId: randomUUID(),
