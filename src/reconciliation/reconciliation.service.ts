@@ -699,13 +699,15 @@ export class ReconciliationService {
     const totalList = await trialBalanceByCurrency(db);
     const differences = await walletsNotMatchingLedger(db);
     let unchecked: string | undefined;
-    const drift = await ledgerSumsDrift(db, { signal }).catch((error: unknown) => {
-      // A node stopping fails the run as interrupted, to be run again, not as sums unchecked.
-      if (signal.aborted) throw error;
-      onEvent?.({ type: 'sums-check-skipped', runId, error });
-      unchecked = sumsUncheckedReason(error);
-      return undefined;
-    });
+    const drift = await ledgerSumsDrift(db, { listedMax: SUM_DIFFERENCES_MAX, signal }).catch(
+      (error: unknown) => {
+        // A node stopping fails the run as interrupted, to be run again, not as sums unchecked.
+        if (signal.aborted) throw error;
+        onEvent?.({ type: 'sums-check-skipped', runId, error });
+        unchecked = sumsUncheckedReason(error);
+        return undefined;
+      },
+    );
     return {
       ledgerBalanced: totalList.every((total) => total.balanceMinor === 0n),
       totals: totalList,
@@ -723,10 +725,10 @@ export class ReconciliationService {
           : drift.pairsDiffering === 0 && drift.currenciesDiffering === 0,
       ledgerSumsUnchecked: unchecked,
       ledgerSumsNotMatching: BigInt(drift?.pairsDiffering ?? 0),
-      ledgerSumDifferences: drift?.accounts.slice(0, SUM_DIFFERENCES_MAX) ?? [],
+      ledgerSumDifferences: drift?.accounts ?? [],
       currencySumsNotMatching: BigInt(drift?.currenciesDiffering ?? 0),
       // As few as the pairs, and as the repair lists: the count says how many more there are.
-      currencySumDifferences: drift?.currencies.slice(0, SUM_DIFFERENCES_MAX) ?? [],
+      currencySumDifferences: drift?.currencies ?? [],
     };
   }
 }

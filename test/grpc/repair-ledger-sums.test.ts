@@ -224,7 +224,7 @@ describe('AdminService/RepairLedgerSums', () => {
       expect(await repair({ reason: REASON, dryRun: false }, TOKEN)).toBe(
         repairedResponse(checkpoint, false),
       );
-      expect(await ledgerSumsDrift(db)).toEqual(NO_LEDGER_SUMS_DRIFT);
+      expect(await ledgerSumsDrift(db, { listedMax: 100 })).toEqual(NO_LEDGER_SUMS_DRIFT);
       const [audit, ...more] = await auditRows();
       expect(more).toEqual([]);
       expect(audit).toMatchObject({
@@ -284,7 +284,7 @@ describe('AdminService/RepairLedgerSums', () => {
         expect(answer.currencySumRepairs.map(({ currencyCode }) => currencyCode)).toEqual(listed);
       }
     });
-    expect(await ledgerSumsDrift(db)).toEqual(NO_LEDGER_SUMS_DRIFT);
+    expect(await ledgerSumsDrift(db, { listedMax: 100 })).toEqual(NO_LEDGER_SUMS_DRIFT);
     const [audit] = await auditRows();
     const detail = JSON.parse(audit?.detail ?? '{}') as Record<string, unknown>;
     const removed = { before: { debitMinor: longest, creditMinor: longest }, after: null };
@@ -362,6 +362,6 @@ describe('AdminService/RepairLedgerSums', () => {
         repairedResponse(checkpoint, false).replace('"debitMinor":"60",', ''),
       );
     });
-    expect(await ledgerSumsDrift(db)).toEqual(NO_LEDGER_SUMS_DRIFT);
+    expect(await ledgerSumsDrift(db, { listedMax: 100 })).toEqual(NO_LEDGER_SUMS_DRIFT);
   });
 });

@@ -122,7 +122,7 @@ describe('the running sums', () => {
     // The sums alone, once the rest is in them, give the same.
     await catchUp();
     expect(await served()).toEqual(whole);
-    expect(await ledgerSumsDrift(db)).toEqual(NO_LEDGER_SUMS_DRIFT);
+    expect(await ledgerSumsDrift(db, { listedMax: 100 })).toEqual(NO_LEDGER_SUMS_DRIFT);
   });
 
   it('stop before a booking held open, and count it once it commits', async () => {
@@ -140,7 +140,7 @@ describe('the running sums', () => {
     expect(await served()).toEqual(await recount());
     await catchUp();
     expect(await served()).toEqual(await recount());
-    expect(await ledgerSumsDrift(db)).toEqual(NO_LEDGER_SUMS_DRIFT);
+    expect(await ledgerSumsDrift(db, { listedMax: 100 })).toEqual(NO_LEDGER_SUMS_DRIFT);
   });
 
   it('add each entry once when several nodes pass at the same time', async () => {
@@ -152,7 +152,7 @@ describe('the running sums', () => {
     expect(moved.length).toBeGreaterThanOrEqual(1);
     expect(passes.some((pass) => pass.lost)).toBe(true);
     await catchUp();
-    expect(await ledgerSumsDrift(db)).toEqual(NO_LEDGER_SUMS_DRIFT);
+    expect(await ledgerSumsDrift(db, { listedMax: 100 })).toEqual(NO_LEDGER_SUMS_DRIFT);
     expect(await served()).toEqual(await recount());
   });
 
@@ -189,7 +189,7 @@ describe('the running sums', () => {
     expect(await served()).toEqual(await recount());
     await catchUp();
     expect(await served()).toEqual(await recount());
-    expect(await ledgerSumsDrift(db)).toEqual(NO_LEDGER_SUMS_DRIFT);
+    expect(await ledgerSumsDrift(db, { listedMax: 100 })).toEqual(NO_LEDGER_SUMS_DRIFT);
   });
 
   it('never count an entry twice or not at all for a reader, while passes move the checkpoint', async () => {
@@ -264,7 +264,7 @@ describe('the running sums', () => {
     expect(Math.min(...passes)).toBeGreaterThan(10);
     await catchUp();
     expect(await served()).toEqual(await recount());
-    expect(await ledgerSumsDrift(db)).toEqual(NO_LEDGER_SUMS_DRIFT);
+    expect(await ledgerSumsDrift(db, { listedMax: 100 })).toEqual(NO_LEDGER_SUMS_DRIFT);
   });
 
   it('read a few hundred rows for a page and the totals, not every entry of the account', async () => {
@@ -295,7 +295,7 @@ describe('the running sums', () => {
     await catchUp();
     await sql`UPDATE ledger_entry SET credit_minor = credit_minor + 1
               WHERE account = 'seller_payable:e1'`.execute(db);
-    expect(await ledgerSumsDrift(db)).toEqual({
+    expect(await ledgerSumsDrift(db, { listedMax: 100 })).toEqual({
       pairsDiffering: 1,
       accounts: [{ account: 'seller_payable:e1', currency: 'EUR' }],
       currenciesDiffering: 1,

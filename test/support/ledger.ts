@@ -219,3 +219,20 @@ export async function insertBogusCurrencySums(db: Db, count: number): Promise<st
   )}`.execute(db);
   return codes;
 }
+
+/**
+ * Writes `count` account sums rows, in `currency`, of accounts without entries (ghost:0000,
+ * ghost:0001, …), as a damaged table could hold: each one a pair whose sums differ from its (no)
+ * entries, which a repair deletes. Answers the accounts, in order.
+ */
+export async function insertBogusAccountSums(
+  db: Db,
+  count: number,
+  currency = 'USD',
+): Promise<string[]> {
+  const accounts = Array.from({ length: count }, (_, i) => `ghost:${String(i).padStart(4, '0')}`);
+  await sql`INSERT INTO ledger_account_sum VALUES ${sql.join(
+    accounts.map((account) => sql`(${account}, ${currency}, 1, 0)`),
+  )}`.execute(db);
+  return accounts;
+}

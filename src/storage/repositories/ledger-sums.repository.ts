@@ -46,9 +46,6 @@ import {
 /** Entries read per ListEntries-sized page by a pass. */
 const PASS_PAGE_ENTRIES = 1_000;
 
-/** (account, currency) pairs, and currencies, listed at most by ledgerSumsDrift. */
-const DRIFT_LISTED_MAX = 1_000;
-
 /** Rows written per upsert statement by a pass. */
 const UPSERT_ROWS_MAX = 500;
 
@@ -396,11 +393,11 @@ export async function repairLedgerSums(
 export type LedgerSumsDrift = Readonly<{
   /** The (account, currency) pairs whose sums differ from their entries, all of them. */
   pairsDiffering: number;
-  /** The first DRIFT_LISTED_MAX of those pairs, by account, then currency. */
+  /** The first `listedMax` of those pairs, by account, then currency. */
   accounts: AccountKey[];
   /** The currencies whose sums differ from their entries, all of them. */
   currenciesDiffering: number;
-  /** The first DRIFT_LISTED_MAX of those currencies, by currency. */
+  /** The first `listedMax` of those currencies, by currency. */
   currencies: string[];
 }>;
 
@@ -418,18 +415,24 @@ export type LedgerSumsDrift = Readonly<{
 export async function ledgerSumsDrift(
   db: Db,
   options: Readonly<{
+    /**
+     * Pairs, and currencies, listed at most: what the caller keeps (a reconciliation, 100).
+     * Every differing one is counted; only these are kept while the pages are compared.
+     */
+    listedMax: number;
     /** Accounts compared per page (REPAIR_ACCOUNTS_PER_PAGE). */
     accountsPerPage?: number;
     /** Checked between pages: once aborted, the comparison stops with AbortedError. */
     signal?: AbortSignal | undefined;
-  }> = {},
+  }>,
 ): Promise<LedgerSumsDrift> {
+  assertWholeAtLeastOne('listedMax', options.listedMax);
   const found = await compareInSnapshot(db, {
     dryRun: true,
     signal: options.signal,
     ...pagingOf(options),
-    pairsListedMax: DRIFT_LISTED_MAX,
-    currenciesListedMax: DRIFT_LISTED_MAX,
+    pairsListedMax: options.listedMax,
+    currenciesListedMax: options.listedMax,
     abortedMessage: DRIFT_ABORTED,
   });
   return {
