@@ -50,7 +50,7 @@ export type TlsReloaderOptions = Readonly<{
    */
   apply: Readonly<Record<TlsPort, ((tls: PortTls) => void) | undefined>>;
   logger: Pick<Logger, 'info' | 'warn'>;
-  metrics: Pick<Metrics, 'tlsCertificate' | 'tlsReload' | 'tlsFilesRefused'>;
+  metrics: Pick<Metrics, 'tlsCertificate' | 'tlsFileChecks' | 'tlsReload' | 'tlsFilesRefused'>;
   now?: () => Date;
 }>;
 
@@ -80,6 +80,7 @@ export class TlsReloader {
       options.metrics.tlsCertificate({ port, validTo: serving.validTo });
       // At start the files were read and served, or the node did not start.
       options.metrics.tlsFilesRefused({ port, refused: false });
+      options.metrics.tlsFileChecks({ port, count: 0 });
     }
   }
 
@@ -110,6 +111,9 @@ export class TlsReloader {
   #reloadPort(port: TlsPort, state: PortState): TlsReloadOutcome {
     const { config, apply, logger, metrics } = this.#options;
     const read = readPortTls(config, port);
+    // Counted whatever the read finds: how often the files are read says the timer runs, and
+    // at what interval.
+    metrics.tlsFileChecks({ port, count: 1 });
     const now = (this.#options.now ?? (() => new Date()))();
     // The configuration names the files: a TLS port's read is never undefined.
     if (read === undefined) return TLS_RELOAD_OUTCOME.UNCHANGED;

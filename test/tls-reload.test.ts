@@ -4,8 +4,8 @@
  * ahead, checked again when it is), files TLS refuses when applied, and a file that cannot be
  * read (gone mid-renewal) keep the certificate served, with one warning each and one count, and
  * are reported refused for as long as they stay on disk (what SettleTlsReloadRefused watches); a
- * plaintext port is never read. test/e2e/tls-reload.test.ts shows the ports themselves serving
- * what it applies.
+ * plaintext port is never read, and every read of a TLS port's files is counted.
+ * test/e2e/tls-reload.test.ts shows the ports themselves serving what it applies.
  * Method: loadConfig and a TlsReloader over throwaway files made with openssl, with a clock set
  * ahead or behind, a logger writing to memory, and recording stand-ins for the port and the
  * metrics.
@@ -64,6 +64,8 @@ function reloaderOf(name: string, options: { now: Date; applyThrows?: boolean })
   const reloads: string[] = [];
   // settle_tls_files_refused, as the metrics would export it.
   const filesRefused: Record<string, boolean> = {};
+  // settle_tls_file_checks_total, as the metrics would export it.
+  const fileChecks: Record<string, number> = {};
   const reloader = new TlsReloader({
     config,
     tls: readServerTls(config),
@@ -77,6 +79,9 @@ function reloaderOf(name: string, options: { now: Date; applyThrows?: boolean })
     logger,
     metrics: {
       tlsCertificate: () => undefined,
+      tlsFileChecks: ({ port, count }) => {
+        fileChecks[port] = (fileChecks[port] ?? 0) + count;
+      },
       tlsReload: ({ port, outcome }) => reloads.push(`${port} ${outcome}`),
       tlsFilesRefused: ({ port, refused }) => {
         filesRefused[port] = refused;
@@ -84,7 +89,7 @@ function reloaderOf(name: string, options: { now: Date; applyThrows?: boolean })
     },
     now: () => options.now,
   });
-  return { live, reloader, applied, warnings, reloads, filesRefused };
+  return { live, reloader, applied, warnings, reloads, filesRefused, fileChecks };
 }
 
 const DAY_MS = 86_400_000;
@@ -191,10 +196,12 @@ describe('TlsReloader', () => {
     expect(filesRefused).toEqual({ http: false });
   });
 
-  it('applies valid changed files, and nothing when they are the same', () => {
-    const { live, reloader, applied, reloads, filesRefused } = reloaderOf('valid', {
+  it('applies valid changed files, and nothing when they are the same; counts every read', () => {
+    const { live, reloader, applied, reloads, filesRefused, fileChecks } = reloaderOf('valid', {
       now: new Date(),
     });
+    // From 0 at start, for the TLS port only.
+    expect(fileChecks).toEqual({ http: 0 });
     expect(reloader.reload()).toEqual({ http: 'unchanged' });
     replaceFile(live.cert, certs.serverCert);
     replaceFile(live.key, certs.serverKey);
@@ -203,5 +210,6 @@ describe('TlsReloader', () => {
     expect(applied.map((tls) => tls.subject)).toEqual(['CN=localhost']);
     expect(reloads).toEqual(['http applied']);
     expect(filesRefused).toEqual({ http: false });
+    expect(fileChecks).toEqual({ http: 3 });
   });
 });

@@ -58,6 +58,11 @@ export type Metrics = Readonly<{
    * expiry is exported as a gauge, which a plaintext port never has.
    */
   tlsCertificate: (certificate: { port: 'grpc' | 'http'; validTo: Date }) => void;
+  /**
+   * A TLS port's files were read to see whether they changed (the timer, SIGHUP), whatever they
+   * held: `count` 1 per read, and 0 once at start, so the series exists from 0.
+   */
+  tlsFileChecks: (checks: { port: 'grpc' | 'http'; count: 0 | 1 }) => void;
   /** A port's TLS files changed and were read again: served from now on, or refused. */
   tlsReload: (reload: { port: 'grpc' | 'http'; outcome: 'applied' | 'refused' }) => void;
   /**
@@ -183,6 +188,15 @@ export function createMetrics(): Metrics {
   for (const port of ['grpc', 'http'] as const) {
     for (const outcome of ['applied', 'refused'] as const) tlsReloads.inc({ port, outcome }, 0);
   }
+  const tlsFileChecks = new Counter({
+    name: 'settle_tls_file_checks_total',
+    help:
+      "Reads of a TLS port's files to see whether they changed (every TLS_RELOAD_INTERVAL_S, " +
+      'and on SIGHUP), whatever they held: it goes up by about one per interval while the ' +
+      'timer runs; no sample for a plaintext port.',
+    labelNames: ['port'] as const,
+    registers: [registry],
+  });
   // A refusal is counted once per change of the files, so the counter's increase ends with its
   // window while the refused files stay on disk; this says whether they still are.
   const tlsFilesRefused = new Gauge({
@@ -635,6 +649,7 @@ export function createMetrics(): Metrics {
     grpcAcceptFailed: () => grpcAcceptErrors.inc(),
     tlsCertificate: ({ port, validTo }) =>
       tlsCertificateExpiry.set({ port }, Math.floor(validTo.getTime() / 1000)),
+    tlsFileChecks: ({ port, count }) => tlsFileChecks.inc({ port }, count),
     tlsReload: (reload) => tlsReloads.inc(reload),
     tlsFilesRefused: ({ port, refused }) => tlsFilesRefused.set({ port }, refused ? 1 : 0),
     // grpc-js runs the gRPC port's handshakes on a server of its own, whose failures it does not

@@ -5,8 +5,9 @@
  * the port goes on serving the certificate it had, one warning says why, the refused counter
  * goes up once and `settle_tls_files_refused` is 1 until fixed files are applied;
  * `settle_tls_certificate_expiry_timestamp_seconds` follows the served certificate.
- * A node reads the files by itself every TLS_RELOAD_INTERVAL_S, and a running src/main.ts on
- * SIGHUP too, after which it goes on serving (Node's default for SIGHUP is to exit).
+ * A node reads the files by itself every TLS_RELOAD_INTERVAL_S, about that often and not much
+ * more (settle_tls_file_checks_total), and a running src/main.ts on SIGHUP too, after which it
+ * goes on serving (Node's default for SIGHUP is to exit).
  * Method: throwaway certificates from test/support/certificates.ts, copied to files the node is
  * configured with and replaced as renewal tools do (write a temporary file, rename it over);
  * `reloadTls()` stands for the timer and SIGHUP, which run the same code, except in the last two
@@ -18,6 +19,7 @@
 import { X509Certificate } from 'node:crypto';
 import { copyFileSync, readFileSync, renameSync } from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import tls from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -200,6 +202,9 @@ async function sample(name: string, labels: Record<string, string>): Promise<num
 const EXPIRY = 'settle_tls_certificate_expiry_timestamp_seconds';
 const RELOADS = 'settle_tls_reloads_total';
 const FILES_REFUSED = 'settle_tls_files_refused';
+const FILE_CHECKS = 'settle_tls_file_checks_total';
+/** How long the timer's reads are counted over, at least. */
+const CHECK_WINDOW_MS = 3_000;
 const notAfterSeconds = (file: string) =>
   Math.floor(new Date(certificate(file).validTo).getTime() / 1000);
 /** Serial numbers as node:tls prints them: upper-case hex. */
@@ -323,6 +328,15 @@ describe('reading the TLS files again on its timer and on SIGHUP', () => {
   it('applies renewed files every TLS_RELOAD_INTERVAL_S by itself', async () => {
     const { files, env } = await secondNode('timer', { TLS_RELOAD_INTERVAL_S: '1' });
     const node = await startSettle(loadConfig(env), { nodeName: 'test-node-timer' });
+    const checks = async () => {
+      const checked = metricSample((await node.metrics.render()).body, FILE_CHECKS, {
+        port: 'http',
+      });
+      if (checked === undefined) throw new Error(`no ${FILE_CHECKS} sample for the HTTP port`);
+      return checked;
+    };
+    const checksAtStart = await checks();
+    const startedMs = performance.now();
     try {
       expect(await servedSerial('grpc', node)).toBe(serialOf(certs.serverCert));
       renew(files);
@@ -335,6 +349,17 @@ describe('reading the TLS files again on its timer and on SIGHUP', () => {
           what: `the renewed certificate on the ${port} port`,
         });
       }
+      // About one read a second, not many: an interval taken in the wrong unit (ms) reads the
+      // files a thousand times a second and still serves the renewed ones above. Over at least
+      // 3 s, and a bound three times what is due, which a node under load does not pass (a late
+      // timer reads less often, never more).
+      await sleep(Math.max(0, CHECK_WINDOW_MS - (performance.now() - startedMs)));
+      const checked = (await checks()) - checksAtStart;
+      const seconds = (performance.now() - startedMs) / 1_000;
+      expect(checked).toBeGreaterThanOrEqual(1);
+      expect(checked, `${checked} reads in ${seconds.toFixed(1)} s`).toBeLessThanOrEqual(
+        3 * Math.ceil(seconds),
+      );
     } finally {
       await node.stop();
     }
