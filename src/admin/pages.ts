@@ -597,10 +597,11 @@ function internalCheckStatus(check: InternalCheck): SafeHtml {
 }
 
 /**
- * Where the running sums differ: the currencies, then the first (account, currency) pairs, so a
- * card stays a card however many differ (the report over gRPC has the first 100 pairs); and the
- * command that mends them, as the alert SettleLedgerSumsDiffer names it, since the panel cannot
- * run it (a repair is for ADMIN_TOKEN over gRPC, with a reason, dry run first).
+ * Where the running sums differ: how many currencies and (account, currency) pairs, as the report
+ * counts them all, then the first of them by name, currencies first, so a card stays a card
+ * however many differ (the report over gRPC lists the first 100 of each); and the command that
+ * mends them, as the alert SettleLedgerSumsDiffer names it, since the panel cannot run it (a
+ * repair is for ADMIN_TOKEN over gRPC, with a reason, dry run first).
  */
 function runningSumsDiffer(check: InternalCheck): SafeHtml {
   const named = [
@@ -608,10 +609,22 @@ function runningSumsDiffer(check: InternalCheck): SafeHtml {
     ...check.ledgerSumDifferences.map(({ account, currency }) => `${account}/${currency}`),
   ];
   const shown = named.slice(0, SUM_DIFFERENCES_SHOWN_MAX).join(', ');
-  const unnamed = check.ledgerSumsNotMatching - BigInt(check.ledgerSumDifferences.length);
-  const rest = named.length > SUM_DIFFERENCES_SHOWN_MAX || unnamed > 0n ? ' and more' : '';
-  return html`running sums differ from the ledger entries: ${shown}${rest}; mend them with
+  const counted = check.currencySumsNotMatching + check.ledgerSumsNotMatching;
+  const rest =
+    named.length > SUM_DIFFERENCES_SHOWN_MAX || counted > BigInt(named.length) ? ' and more' : '';
+  const counts = [
+    countOf(check.currencySumsNotMatching, 'currency', 'currencies'),
+    countOf(check.ledgerSumsNotMatching, '(account, currency) pair', '(account, currency) pairs'),
+  ].filter((count) => count !== undefined);
+  const where = counts.length === 0 ? '' : ` in ${counts.join(' and ')}`;
+  return html`running sums differ from the ledger entries${where}: ${shown}${rest}; mend them with
     <code>settle ledger-sums repair --reason …</code> (<code>--dry-run</code> first)`;
+}
+
+/** "1 currency", "105 currencies"; undefined for none. */
+function countOf(n: bigint, one: string, many: string): string | undefined {
+  if (n === 0n) return undefined;
+  return `${n} ${n === 1n ? one : many}`;
 }
 
 export function operationsPage(input: {

@@ -46,6 +46,7 @@ import {
   waitFor,
   type Stack,
 } from '../support/harness.js';
+import { insertBogusAccountSums, insertBogusCurrencySums } from '../support/ledger.js';
 import {
   ADMIN_TOKEN,
   adminFetch,
@@ -1241,6 +1242,51 @@ describe('operations and reconciliation', () => {
       );
     } finally {
       recon.close();
+    }
+  });
+
+  it('counts the currencies and pairs whose running sums differ, past the few it names', async () => {
+    // More currencies than a report lists (100), and a few pairs: the card names five.
+    const codes = await insertBogusCurrencySums(stack.settle.db, 105);
+    const ghosts = await insertBogusAccountSums(stack.settle.db, 3);
+    const recon = new ReconciliationServiceClient(
+      `127.0.0.1:${stack.settle.grpcPort}`,
+      grpc.credentials.createInsecure(),
+    );
+    try {
+      await writeFile(
+        path.join(settlementDir, 'settlement-2024-06-04.csv'),
+        `${SETTLEMENT_HEADER}\n` +
+          `psp_panel_2,ord_${'0'.repeat(20)}PANEL2,payment,USD,5.00,0.30,4.70,b,2024-06-04T09:00:00.000Z\n`,
+      );
+      const { report } = await call(recon.runReconciliation.bind(recon), {
+        settlementDate: '2024-06-04',
+        filePath: '',
+      });
+      expect(report?.internalCheck).toMatchObject({
+        currencySumsNotMatching: 105n,
+        ledgerSumsNotMatching: 3n,
+      });
+      expect(report?.internalCheck?.currencySumDifferences).toHaveLength(100);
+      const operations = await adminFetch(stack, '/admin/operations');
+      const card = operations.html
+        .slice(operations.html.indexOf('<h2>Reconciliation</h2>'))
+        .replace(/<[^>]+>/g, ' ')
+        .replace(/\s+/g, ' ');
+      expect(card).toContain('Latest day 2024-06-04');
+      expect(card).toContain(
+        'running sums differ from the ledger entries in 105 currencies and 3 (account, ' +
+          `currency) pairs: ${codes.slice(0, 5).join(', ')} and more; mend them with ` +
+          'settle ledger-sums repair --reason … ( --dry-run first)',
+      );
+    } finally {
+      recon.close();
+      await sql`DELETE FROM ledger_currency_sum WHERE currency IN (${sql.join(codes)})`.execute(
+        stack.settle.db,
+      );
+      await sql`DELETE FROM ledger_account_sum WHERE account IN (${sql.join(ghosts)})`.execute(
+        stack.settle.db,
+      );
     }
   });
 });

@@ -812,8 +812,9 @@ describe('an internal check that fails', () => {
     });
     // It names the command that mends them, as the alert SettleLedgerSumsDiffer does.
     expect(await internalChecksCard()).toBe(
-      `running sums differ from the ledger entries: USD, ${account}/USD; mend them with ` +
-        'settle ledger-sums repair --reason … ( --dry-run first)',
+      'running sums differ from the ledger entries in 1 currency and 1 (account, currency) ' +
+        `pair: USD, ${account}/USD; mend them with settle ledger-sums repair --reason … ` +
+        '( --dry-run first)',
     );
     expect(await cliCheckColumn(drifted.reportId)).toBe('SUMS DIFFER');
 
