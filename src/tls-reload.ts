@@ -81,6 +81,9 @@ export class TlsReloader {
       // At start the files were read and served, or the node did not start.
       options.metrics.tlsFilesRefused({ port, refused: false });
       options.metrics.tlsFileChecks({ port, count: 0 });
+      for (const outcome of [TLS_RELOAD_OUTCOME.APPLIED, TLS_RELOAD_OUTCOME.REFUSED]) {
+        options.metrics.tlsReload({ port, outcome, count: 0 });
+      }
     }
   }
 

@@ -82,7 +82,9 @@ function reloaderOf(name: string, options: { now: Date; applyThrows?: boolean })
       tlsFileChecks: ({ port, count }) => {
         fileChecks[port] = (fileChecks[port] ?? 0) + count;
       },
-      tlsReload: ({ port, outcome }) => reloads.push(`${port} ${outcome}`),
+      tlsReload: ({ port, outcome, count }) => {
+        if (count !== 0) reloads.push(`${port} ${outcome}`);
+      },
       tlsFilesRefused: ({ port, refused }) => {
         filesRefused[port] = refused;
       },

@@ -63,8 +63,11 @@ export type Metrics = Readonly<{
    * held: `count` 1 per read, and 0 once at start, so the series exists from 0.
    */
   tlsFileChecks: (checks: { port: 'grpc' | 'http'; count: 0 | 1 }) => void;
-  /** A port's TLS files changed and were read again: served from now on, or refused. */
-  tlsReload: (reload: { port: 'grpc' | 'http'; outcome: 'applied' | 'refused' }) => void;
+  /**
+   * A port's TLS files changed and were read again: served from now on, or refused; `count` 0
+   * once per outcome at start, for a TLS port only, so its series exist from 0.
+   */
+  tlsReload: (reload: { port: 'grpc' | 'http'; outcome: 'applied' | 'refused'; count?: 0 }) => void;
   /**
    * Whether a TLS port's files, as last read, are ones the node refused (it serves an older
    * certificate): set at start (false) and at each read that found them changed.
@@ -181,13 +184,11 @@ export function createMetrics(): Metrics {
     name: 'settle_tls_reloads_total',
     help:
       "Changes to a TLS port's files the node read (TLS_RELOAD_INTERVAL_S, SIGHUP): applied to " +
-      'new connections, or refused (the old certificate is still served; a warn line says why).',
+      'new connections, or refused (the old certificate is still served; a warn line says why); ' +
+      'no sample for a plaintext port.',
     labelNames: ['port', 'outcome'] as const,
     registers: [registry],
   });
-  for (const port of ['grpc', 'http'] as const) {
-    for (const outcome of ['applied', 'refused'] as const) tlsReloads.inc({ port, outcome }, 0);
-  }
   const tlsFileChecks = new Counter({
     name: 'settle_tls_file_checks_total',
     help:
@@ -650,7 +651,7 @@ export function createMetrics(): Metrics {
     tlsCertificate: ({ port, validTo }) =>
       tlsCertificateExpiry.set({ port }, Math.floor(validTo.getTime() / 1000)),
     tlsFileChecks: ({ port, count }) => tlsFileChecks.inc({ port }, count),
-    tlsReload: (reload) => tlsReloads.inc(reload),
+    tlsReload: ({ port, outcome, count }) => tlsReloads.inc({ port, outcome }, count ?? 1),
     tlsFilesRefused: ({ port, refused }) => tlsFilesRefused.set({ port }, refused ? 1 : 0),
     // grpc-js runs the gRPC port's handshakes on a server of its own, whose failures it does not
     // tell: only the HTTP port's series exist, and only while it serves TLS.

@@ -66,12 +66,12 @@ describe('metrics and request logs', () => {
     }
   });
 
-  it('exports no TLS handshake-failure series on a plaintext HTTP port', async () => {
-    // Series at 0 would read as "no failed handshakes" on a port that has none to fail.
+  it('exports no TLS handshake-failure, reload or file-check series on plaintext ports', async () => {
+    // Series at 0 would read as "no failed handshakes" (or reloads) on a port that has none.
     const text = await scrape();
     const samples = text
       .split('\n')
-      .filter((line) => line.startsWith('settle_tls_handshake_failures_total'));
+      .filter((line) => /^settle_tls_(handshake_failures|reloads|file_checks)_total\b/.test(line));
     expect(samples).toEqual([]);
   });
 
