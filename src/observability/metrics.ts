@@ -229,9 +229,9 @@ export function createMetrics(): Metrics {
     registers: [registry],
   });
   // Apart from grpc_server_handled_total and settle_http_requests_total, whose labels dashboards
-  // and the alert rules know (grpc_server_handled_total's are go-grpc-prometheus's): those also
-  // count AdminService, health and reflection, where no API token is asked, and a caller label
-  // there would split every existing series by a value most of them cannot have.
+  // know (grpc_server_handled_total's are go-grpc-prometheus's, and the alert rules read it): it
+  // also counts AdminService, health and reflection, where no API token is asked, and a caller
+  // label there would split every existing series by a value most of them cannot have.
   const apiRequests = new Counter({
     name: 'settle_api_requests_total',
     help:
@@ -336,7 +336,8 @@ export function createMetrics(): Metrics {
     help:
       'Expired rows this node deleted in housekeeping, by task (idempotency_key: past ' +
       'IDEMPOTENCY_TTL_MS; settlement_staging: past RECONCILIATION_KEEP_DAYS; webhook_inbox: ' +
-      'past WEBHOOK_INBOX_KEEP_DAYS, order final; dead_letter: closed, past DEAD_LETTER_KEEP_DAYS).',
+      'past WEBHOOK_INBOX_KEEP_DAYS, order final; dead_letter: closed, past DEAD_LETTER_KEEP_DAYS; ' +
+      'command_stream: acknowledged commands purged from the JetStream command stream).',
     labelNames: ['task'] as const,
     registers: [registry],
   });

@@ -2015,9 +2015,10 @@ export const RepairLedgerSumsResponse: MessageFns<RepairLedgerSumsResponse> = {
 /**
  * Operations on what went wrong. Every call needs the metadata `authorization: Bearer <token>`,
  * the server's ADMIN_TOKEN (UNAUTHENTICATED otherwise; a server without ADMIN_TOKEN refuses every
- * call, except the reads when it runs with ADMIN_READONLY_OPEN=true). A server that has had 10
- * wrong admin tokens in a minute, by any way in (this service or its admin panel), refuses every
- * token with RESOURCE_EXHAUSTED until that minute ends, the right one included.
+ * call, except the reads when it runs with ADMIN_READONLY_OPEN=true). A client that has sent 10
+ * wrong admin tokens in a minute, or a node that has had 100 from anyone, by any way in (this
+ * service or its admin panel), is refused every token with RESOURCE_EXHAUSTED until that minute
+ * ends, the right one included.
  */
 export type AdminServiceService = typeof AdminServiceService;
 export const AdminServiceService = {
