@@ -20,21 +20,29 @@ export type CreatePath = Readonly<{
   handled: Within;
   /** settle_group_commit_seconds{kind="creations",outcome="ok"}: a batch of creations' commit. */
   creationCommits: Within;
-  /** settle_psp_call_seconds{op="register"}: the PSP's RegisterPayment, every outcome. */
+  /** settle_psp_call_seconds{op="register"}: the PSP's RegisterPayment, answered or failed. */
   pspRegister: Within;
 }>;
 
-const HISTOGRAMS = {
-  handled: {
-    name: 'grpc_server_handling_seconds',
-    labels: { grpc_service: 'settle.v1.PaymentService', grpc_method: 'CreatePayment' },
-  },
-  creationCommits: {
-    name: 'settle_group_commit_seconds',
-    labels: { kind: 'creations', outcome: 'ok' },
-  },
-  pspRegister: { name: 'settle_psp_call_seconds', labels: { op: 'register' } },
-} as const;
+type Series = Readonly<{ name: string; labels: Readonly<Record<string, string>> }>;
+
+/** Each measure: the series whose buckets it sums. */
+const HISTOGRAMS: Readonly<Record<keyof CreatePath, readonly Series[]>> = {
+  handled: [
+    {
+      name: 'grpc_server_handling_seconds',
+      labels: { grpc_service: 'settle.v1.PaymentService', grpc_method: 'CreatePayment' },
+    },
+  ],
+  creationCommits: [
+    { name: 'settle_group_commit_seconds', labels: { kind: 'creations', outcome: 'ok' } },
+  ],
+  // Calls the breaker refused (outcome breaker_open) never reached the PSP: left out.
+  pspRegister: [
+    { name: 'settle_psp_call_seconds', labels: { op: 'register', outcome: 'ok' } },
+    { name: 'settle_psp_call_seconds', labels: { op: 'register', outcome: 'error' } },
+  ],
+};
 
 /**
  * The cumulative bucket counts of histogram `name` at each bound (and `+Inf`), summed over
@@ -69,13 +77,19 @@ export function histogramWithin(
 }
 
 export function createPathFrom(text: string): CreatePath {
-  const read = (key: keyof typeof HISTOGRAMS) =>
-    histogramWithin(text, HISTOGRAMS[key].name, HISTOGRAMS[key].labels, CREATE_PATH_BOUNDS_MS);
+  const read = (key: keyof CreatePath) =>
+    HISTOGRAMS[key]
+      .map((series) => histogramWithin(text, series.name, series.labels, CREATE_PATH_BOUNDS_MS))
+      .reduce(plus);
   return {
     handled: read('handled'),
     creationCommits: read('creationCommits'),
     pspRegister: read('pspRegister'),
   };
+}
+
+function plus(a: Within, b: Within): Within {
+  return { within: a.within.map((n, i) => n + (b.within[i] ?? 0)), total: a.total + b.total };
 }
 
 function minus(after: Within, before: Within): Within {

@@ -57,6 +57,8 @@ export type Sample = Readonly<{
   paymentId: string;
   orders: number;
   createMs: number;
+  /** The attempt CreatePayment answered at (1: no retry; createMs includes every attempt). */
+  attempts: number;
   /** Create start → terminal seen; undefined when it timed out. */
   terminalMs: number | undefined;
   state: string | undefined;
@@ -226,7 +228,9 @@ export class LoadDriver {
   async create(
     shape: PaymentShape,
     errors: Record<string, number>,
-  ): Promise<{ paymentId: string; createMs: number; startedAt: number } | undefined> {
+  ): Promise<
+    { paymentId: string; createMs: number; attempts: number; startedAt: number } | undefined
+  > {
     const request: CreatePaymentRequest = {
       requestId: randomUUID(),
       buyerId: `buyer-${(this.buyerSeq += 1) % 10_000}`,
@@ -243,7 +247,7 @@ export class LoadDriver {
         const response = await this.call(request);
         const paymentId = response.payment?.paymentId;
         if (paymentId === undefined) throw new Error('CreatePayment answered without a payment');
-        return { paymentId, createMs: Date.now() - startedAt, startedAt };
+        return { paymentId, createMs: Date.now() - startedAt, attempts: attempt, startedAt };
       } catch (error) {
         const code = (error as grpc.ServiceError).code;
         const name = code === undefined ? 'ERROR' : (grpc.status[code] ?? String(code));
@@ -325,6 +329,7 @@ export class LoadDriver {
       paymentId: created.paymentId,
       orders: shape.ordersPerPayment,
       createMs: created.createMs,
+      attempts: created.attempts,
       terminalMs: seen === undefined ? undefined : seen.at - created.startedAt,
       state: seen?.state,
       startedAt: created.startedAt,

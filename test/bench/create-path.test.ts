@@ -46,6 +46,7 @@ describe('createPath', () => {
     metrics.pspCall({ op: 'register', ok: true, ms: 12 });
     metrics.pspCall({ op: 'register', ok: false, ms: 600 }); // an error counts too
     metrics.pspCall({ op: 'status', ok: true, ms: 1 }); // another operation
+    metrics.pspCall({ op: 'register', ok: false, ms: 0, notSent: true }); // the breaker: left out
     const path = createPathBetween(before, createPathFrom(await metrics.registry.metrics()));
 
     expect(CREATE_PATH_BOUNDS_MS).toEqual([5, 10, 25, 50, 100, 250]);
