@@ -15,6 +15,7 @@ import type { ApiScope } from '../domain/api-token.js';
 import { InvalidArgumentError } from '../domain/errors.js';
 import { ID_PREFIX, PAYMENT_ID_PATTERN } from '../domain/ids.js';
 import { isInt64Decimal } from '../domain/int64.js';
+import { ORDER_AMOUNT_MINOR_MAX } from '../domain/money.js';
 import {
   CreatePaymentResponse,
   GetPaymentResponse,
@@ -86,10 +87,18 @@ function amountProblem(value: unknown): string | undefined {
   }
   if (typeof value === 'string') {
     if (isInt64Decimal(value, { signed: true })) return undefined;
-    // Whole minor units, but more than an int64 holds: out of range, as the shared validation
-    // says of any amount past the largest order, rather than "not a whole number".
-    if (/^-?\d+$/.test(value))
-      return value.startsWith('-') ? AMOUNT_NOT_POSITIVE : AMOUNT_TOO_LARGE;
+    // Whole minor units in more than 19 digits: said by value, as the shared validation says
+    // of any amount out of range, rather than "not a whole number". Leading zeros are dropped
+    // first (by pattern, never BigInt over a body's worth of digits).
+    const digits = /^(-?)0*(\d*)$/.exec(value);
+    if (digits !== null) {
+      const [, sign, significant = ''] = digits;
+      if (sign === '-' || significant === '') return AMOUNT_NOT_POSITIVE;
+      if (significant.length > 19 || BigInt(significant) > ORDER_AMOUNT_MINOR_MAX) {
+        return AMOUNT_TOO_LARGE;
+      }
+      return 'amount_minor has more than 19 digits: write it without leading zeros';
+    }
     return `amount_minor must be a whole number of minor units as a decimal string, ${AMOUNT_EXAMPLE}`;
   }
   if (typeof value === 'number') {

@@ -239,6 +239,16 @@ describe('REST twin of PaymentService', () => {
       'orders[0].amount_minor: amount_minor must be at most 1000000000000',
     ],
     [
+      'an amount string of 20 zeros',
+      order({ amount_minor: '00000000000000000000' }),
+      'orders[0].amount_minor: amount_minor must be greater than 0 (minor units, e.g. cents)',
+    ],
+    [
+      'an amount string of 1 with 20 leading zeros',
+      order({ amount_minor: '000000000000000000001' }),
+      'orders[0].amount_minor: amount_minor has more than 19 digits: write it without leading zeros',
+    ],
+    [
       'a negative amount string of 20 digits',
       order({ amount_minor: '-99999999999999999999' }),
       'orders[0].amount_minor: amount_minor must be greater than 0 (minor units, e.g. cents)',
