@@ -747,8 +747,13 @@ export function adminRoutes(deps: AdminDeps): Route[] {
     }),
 
     view('/admin/audit', async (request, principal) => {
-      // A `before` that is no audit id (or does not fit its BIGINT) shows the first page.
-      const beforeId = parseInt64Decimal(request.query.get('before') ?? '');
+      // A `before` that is no audit id (or does not fit its BIGINT) is refused, as the other
+      // lists' cursors are: showing the first page would look like the page asked for.
+      const before = request.query.get('before') ?? '';
+      const beforeId = parseInt64Decimal(before);
+      if (before !== '' && beforeId === undefined) {
+        throw new InvalidArgumentError('before', 'invalid paging cursor; start again');
+      }
       const records = await listAudit(deps.db, {
         ...(beforeId !== undefined ? { beforeId } : {}),
         limit: 101,

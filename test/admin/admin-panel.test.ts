@@ -1136,6 +1136,16 @@ describe('dead letters', () => {
     );
     expect(atMax.status).toBe(200);
   });
+
+  it('refuses an audit page cursor that is no audit id, rather than showing the first page', async () => {
+    for (const before of ['9223372036854775808', 'abc', '-1']) {
+      const audit = await adminFetch(stack, `/admin/audit?before=${before}`);
+      expect(audit.status, before).toBe(400);
+      expect(audit.html).toContain('before: invalid paging cursor; start again');
+    }
+    expect((await adminFetch(stack, '/admin/audit?before=9223372036854775807')).status).toBe(200);
+    expect((await adminFetch(stack, '/admin/audit')).status).toBe(200);
+  });
 });
 
 describe('operations and reconciliation', () => {
