@@ -31,7 +31,7 @@ import type {
   JetStreamManager,
 } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
-import { parseCommand, type Command } from './commands.js';
+import { orderIdOfMalformed, parseCommand, type Command } from './commands.js';
 import type { Names } from './subjects.js';
 
 export type HandleOutcome =
@@ -448,7 +448,7 @@ export class CommandConsumer {
     if (command === undefined) {
       await this.deadLetter(
         message,
-        null,
+        orderIdOfMalformed(message.data) ?? null,
         DEAD_LETTER_REASON.malformedCommand,
         'payload is not a known command',
       );

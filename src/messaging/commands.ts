@@ -4,7 +4,7 @@
  * subject partition and the actor.
  */
 import { z } from 'zod';
-import { ORDER_ID_LENGTH } from '../domain/ids.js';
+import { ORDER_ID_LENGTH, ORDER_ID_PATTERN } from '../domain/ids.js';
 import { isInt64Decimal } from '../domain/int64.js';
 import type { OutboxMessage } from '../storage/repositories/outbox.repository.js';
 import type { Names } from './subjects.js';
@@ -100,6 +100,21 @@ export function janitorMessage(
     msgId: `${type === 'ExpireOrder' ? 'expire' : 'check'}:${orderId}:${claimedAtMs}`,
     payload: JSON.stringify({ type, orderId } satisfies Command),
   };
+}
+
+/**
+ * The order a payload that is not a command names, when it names one in the shape of our ids:
+ * its dead letter then shows on that payment's page instead of nowhere. Undefined otherwise.
+ */
+export function orderIdOfMalformed(data: Uint8Array): string | undefined {
+  try {
+    const parsed: unknown = JSON.parse(new TextDecoder().decode(data));
+    if (typeof parsed !== 'object' || parsed === null || !('orderId' in parsed)) return undefined;
+    const { orderId } = parsed;
+    return typeof orderId === 'string' && ORDER_ID_PATTERN.test(orderId) ? orderId : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export function parseCommand(data: Uint8Array): Command | undefined {

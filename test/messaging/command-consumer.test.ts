@@ -418,7 +418,13 @@ describe('a command that is no command of ours', () => {
         attempts: 1,
         payload: 'é'.repeat(32 * 1024 - 1),
       },
-      { order_id: null, reason: 'MALFORMED_COMMAND', attempts: 1, payload: pastInt64 },
+      // Malformed for its amount alone: its order id, in the shape of ours, is kept.
+      {
+        order_id: 'ord_01JD2Q7Z8X9Y0A1B2C3D4E5F6G',
+        reason: 'MALFORMED_COMMAND',
+        attempts: 1,
+        payload: pastInt64,
+      },
     ]);
     await waitFor(
       async () =>
