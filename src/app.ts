@@ -9,7 +9,13 @@ import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { withDeadline } from './domain/deadline.js';
 import { isTerminal } from './domain/payment-order.js';
-import { PSP_BREAKER_WINDOW_MS, settlePublicUrl, utcMinutesOf, type Config } from './config.js';
+import {
+  apiRateLimitOf,
+  PSP_BREAKER_WINDOW_MS,
+  settlePublicUrl,
+  utcMinutesOf,
+  type Config,
+} from './config.js';
 import { ActorRegistry } from './actors/runtime/registry.js';
 import { PaymentOrderActor, type OrderMessage } from './actors/payment-order/actor.js';
 import { OrderLoader, TransitionBatcher } from './actors/payment-order/persistence.js';
@@ -46,6 +52,7 @@ import {
 } from './storage/repositories/ledger-sums.repository.js';
 import { refuseUndecodable, type AdapterOptions } from './grpc/adapters.js';
 import { ApiTokens } from './grpc/api-auth.js';
+import { ApiRateLimit } from './grpc/api-rate-limit.js';
 import { apiMethodOfPath, type ApiGuardedService } from './grpc/api-scopes.js';
 import {
   ACCEPT_FAILED_MESSAGE,
@@ -625,19 +632,36 @@ export async function startSettle(
     });
     // Their calls are counted by caller as well (settle_api_requests_total), tokens set or not.
     const apiObserve = grpcCallObserver(logger, metrics, apiTokens);
-    const apiOptions = (service: ApiGuardedService): AdapterOptions =>
-      apiTokens.enabled
-        ? {
-            ...adapterOptions,
-            observe: apiObserve,
-            authenticate: (metadata, path) =>
-              apiTokens.require(
-                metadata.get('authorization')[0],
-                { name: service, kind: 'grpc' },
-                apiMethodOfPath(path),
-              )?.name,
-          }
-        : { ...adapterOptions, observe: apiObserve };
+    // API_RATE_LIMIT_PER_S: one bucket per caller, charged after the token check and before
+    // anything else, gRPC and REST alike; none at all when the limit is off (the default).
+    const rateLimit = apiRateLimitOf(config);
+    const apiRateLimit =
+      rateLimit === undefined
+        ? undefined
+        : new ApiRateLimit(apiTokens, {
+            ...rateLimit,
+            onThrottled: (caller) => metrics.apiThrottled({ caller }),
+          });
+    const apiOptions = (service: ApiGuardedService): AdapterOptions => {
+      const require = (metadata: grpc.Metadata, path: string) =>
+        apiTokens.require(
+          metadata.get('authorization')[0],
+          { name: service, kind: 'grpc' },
+          apiMethodOfPath(path),
+        )?.name;
+      const options = { ...adapterOptions, observe: apiObserve };
+      if (apiRateLimit === undefined) {
+        return apiTokens.enabled ? { ...options, authenticate: require } : options;
+      }
+      return {
+        ...options,
+        authenticate: (metadata, path) => {
+          const caller = apiTokens.enabled ? require(metadata, path) : undefined;
+          apiRateLimit.charge(caller);
+          return caller;
+        },
+      };
+    };
     // Where ListEntries pages end for a tail (storage/repositories/ledger-horizon.repository.ts):
     // an INSERT holds an id for MYSQL_LOCK_WAIT_TIMEOUT_S at most before its row is there.
     const onMarkError = repeatingFailureLog(
@@ -807,6 +831,7 @@ export async function startSettle(
         adminWrongTokens,
         adminClients,
         apiTokens,
+        apiRateLimit,
       }),
     ];
     if (timings !== undefined) {
@@ -997,6 +1022,13 @@ export async function startSettle(
       logger.info(
         { apiCallers: apiTokens.callers },
         `API_TOKENS: ${callers.length} tokens: ${callers.join(', ')}`,
+      );
+    }
+    if (apiRateLimit !== undefined) {
+      logger.info(
+        { apiRateLimit: { perS: apiRateLimit.perS, burst: apiRateLimit.burst } },
+        `API_RATE_LIMIT_PER_S: ${apiRateLimit.perS} requests/s (bursts of ${apiRateLimit.burst}) ` +
+          `per caller on this node, for ${apiRateLimit.callers.join(', ')}`,
       );
     }
     if (config.ADMIN_TOKEN === undefined) {

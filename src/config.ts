@@ -68,6 +68,10 @@ const csv = z.string().transform((value) =>
 
 /** Tokens API_TOKENS may list at once: the current ones and those being rotated out. */
 const API_TOKENS_MAX = 16;
+/** The highest API_RATE_LIMIT_PER_S: far more than one node serves, so any real limit fits. */
+const API_RATE_LIMIT_PER_S_MAX = 1_000_000;
+/** The highest API_RATE_LIMIT_BURST: ten seconds of the highest rate. */
+const API_RATE_LIMIT_BURST_MAX = 10_000_000;
 
 /** A time of day "HH:MM" in UTC, or "off"; kept as text so a parsed config can be re-parsed. */
 const utcTimeOrOff = z
@@ -243,6 +247,19 @@ export const configSchema = z.object({
     })
     .prefault(''),
   /**
+   * Requests a second each caller of the non-admin API may make to this node (src/grpc/api-rate-limit.ts):
+   * a caller is a token's name in API_TOKENS (all its tokens share one bucket), or, on a node
+   * without API_TOKENS, everyone at once. Past it a call is refused RESOURCE_EXHAUSTED (429 on
+   * the REST twin) before anything is done for it. Per node: N nodes allow N times as much. 0, the
+   * default: no limit.
+   */
+  API_RATE_LIMIT_PER_S: nonNegativeInt.max(API_RATE_LIMIT_PER_S_MAX).default(0),
+  /**
+   * Requests a caller may make at once after a quiet spell (the bucket's size); at least
+   * API_RATE_LIMIT_PER_S. Unset: API_RATE_LIMIT_PER_S (a second's worth).
+   */
+  API_RATE_LIMIT_BURST: positiveInt.max(API_RATE_LIMIT_BURST_MAX).optional(),
+  /**
    * The reverse proxies and load balancers in front of the admin panel and AdminService:
    * addresses and CIDR ranges, IPv4 or IPv6, separated by commas. A request whose TCP peer is one
    * of them is counted against the client its `X-Forwarded-For` names (the rightmost entry that
@@ -398,6 +415,19 @@ export function pspCallsPerWindowMax(config: {
 }
 
 /**
+ * The per-caller rate limit of the non-admin API, or undefined when API_RATE_LIMIT_PER_S is 0 (no
+ * limit): its rate and its burst (API_RATE_LIMIT_BURST, else the rate).
+ */
+export function apiRateLimitOf(config: {
+  API_RATE_LIMIT_PER_S: number;
+  API_RATE_LIMIT_BURST?: number | undefined;
+}): { perS: number; burst: number } | undefined {
+  const perS = config.API_RATE_LIMIT_PER_S;
+  if (perS === 0) return undefined;
+  return { perS, burst: config.API_RATE_LIMIT_BURST ?? perS };
+}
+
+/**
  * Seconds of one GET_LOCK wait of reconciliation's classification lock (reconciliation.repository.ts
  * waits for the lock in such steps). It is a statement on a pool with MYSQL_STATEMENT_TIMEOUT_MS as
  * its deadline, which loadConfig therefore keeps above it.
@@ -476,6 +506,19 @@ function settingsThatDisagree(config: Readonly<z.infer<typeof configSchema>>): s
           `for only on a port that serves TLS; set them too, or unset ${clientCa}`,
       );
     }
+  }
+  const { API_RATE_LIMIT_PER_S: perS, API_RATE_LIMIT_BURST: burst } = config;
+  if (burst !== undefined && perS === 0) {
+    problems.push(
+      `API_RATE_LIMIT_BURST: is set (${burst}) while API_RATE_LIMIT_PER_S is 0 (no limit), so it ` +
+        'would limit nothing; set API_RATE_LIMIT_PER_S too, or unset API_RATE_LIMIT_BURST',
+    );
+  } else if (burst !== undefined && burst < perS) {
+    problems.push(
+      `API_RATE_LIMIT_BURST: ${burst} is below API_RATE_LIMIT_PER_S (${perS}): a full bucket ` +
+        `would hold less than one second of requests; raise it to at least ${perS}, or unset ` +
+        'it (it is then API_RATE_LIMIT_PER_S)',
+    );
   }
   if (config.IDEMPOTENCY_TTL_MS < config.ORDER_EXPIRY_MS) {
     problems.push(

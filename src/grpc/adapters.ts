@@ -12,6 +12,7 @@ import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { InvalidArgumentError, PermissionDeniedError } from '../domain/errors.js';
 import { ORDER_ID_PATTERN, PAYMENT_ID_PATTERN } from '../domain/ids.js';
+import { ApiRateLimitError } from './api-rate-limit.js';
 import { assertDecodes, requestTypeOf } from './contract.js';
 import { defaultErrorLogger, toGrpcStatus, type ErrorLogger, type GrpcStatus } from './status.js';
 
@@ -35,9 +36,10 @@ export type AdapterOptions = Readonly<{
   observe?: (call: CallObservation) => void;
   /**
    * Runs first on every call, before the request is looked at, and throws to refuse it (the
-   * API's bearer token and its scope, api-auth.ts); the refusal is answered and observed as any
-   * error is. Returns the caller's name for the call's log line (never a credential), or
-   * undefined when the call is anonymous; a PermissionDeniedError names the refused caller.
+   * API's bearer token and its scope, api-auth.ts, then the caller's rate limit,
+   * api-rate-limit.ts); the refusal is answered and observed as any error is. Returns the
+   * caller's name for the call's log line (never a credential), or undefined when the call is
+   * anonymous; a PermissionDeniedError or an ApiRateLimitError names the refused caller.
    */
   authenticate?: (metadata: grpc.Metadata, path: string) => string | undefined;
 }>;
@@ -256,9 +258,13 @@ function statusObject(
   return { code: status.code, details: status.details, metadata };
 }
 
-/** The caller a refusal names: a known caller refused for what its credential allows. */
+/**
+ * The caller a refusal names: a known caller refused for what its credential allows, or for
+ * being over its rate limit.
+ */
 export function refusedCallerOf(error: unknown): string | undefined {
-  return error instanceof PermissionDeniedError ? error.caller : undefined;
+  if (error instanceof PermissionDeniedError) return error.caller;
+  return error instanceof ApiRateLimitError ? error.caller : undefined;
 }
 
 function observe(options: AdapterOptions, observation: CallObservation): void {

@@ -8,6 +8,7 @@ import type { Config } from '../config.js';
 import type { WrongTokenLimit } from '../admin/auth.js';
 import type { ClientResolver } from '../admin/client-address.js';
 import type { ApiTokens } from '../grpc/api-auth.js';
+import type { ApiRateLimit } from '../grpc/api-rate-limit.js';
 import { adminRoutes } from '../admin/routes.js';
 import { tableDeadLetters } from '../admin/dead-letter-source.js';
 import type { ConsumerProgress } from '../messaging/command-consumer.js';
@@ -53,6 +54,8 @@ export type OperatorDeps = Readonly<{
   adminClients: ClientResolver;
   /** API_TOKENS: the REST twin asks for one, as the gRPC API does. */
   apiTokens: ApiTokens;
+  /** API_RATE_LIMIT_PER_S, shared with the gRPC API; undefined when off. */
+  apiRateLimit?: ApiRateLimit | undefined;
 }>;
 
 export function operatorRoutes(deps: OperatorDeps): Route[] {
@@ -80,6 +83,7 @@ export function operatorRoutes(deps: OperatorDeps): Route[] {
       log,
       observe: restCallObserver(logger, deps.metrics, deps.apiTokens),
       apiTokens: deps.apiTokens,
+      apiRateLimit: deps.apiRateLimit,
     }),
     {
       method: 'GET',

@@ -8,7 +8,8 @@
  * The `Idempotency-Key` header is the request's `request_id`. With API_TOKENS set, every request
  * needs `Authorization: Bearer <token>`, checked before anything else and answered 401 otherwise,
  * exactly as the gRPC API asks for it (src/grpc/api-auth.ts); each route needs the scope of the
- * gRPC method it stands for (src/grpc/api-scopes.ts), else 403.
+ * gRPC method it stands for (src/grpc/api-scopes.ts), else 403. With API_RATE_LIMIT_PER_S, a
+ * caller over its limit (src/grpc/api-rate-limit.ts) gets 429 with Retry-After next.
  */
 import { z } from 'zod';
 import type { ApiScope } from '../domain/api-token.js';
@@ -26,6 +27,7 @@ import {
 import { paymentStateFromProto, paymentToProto } from '../grpc/handlers/mappers.js';
 import { refusedCallerOf } from '../grpc/adapters.js';
 import type { ApiTokens } from '../grpc/api-auth.js';
+import type { ApiRateLimit } from '../grpc/api-rate-limit.js';
 import { API_METHOD_SCOPES } from '../grpc/api-scopes.js';
 import type { ErrorLogger } from '../grpc/status.js';
 import type { PaymentService } from '../payments/payment.service.js';
@@ -66,6 +68,11 @@ export type PaymentRoutesOptions = Readonly<{
    * scope that covers the route.
    */
   apiTokens?: ApiTokens;
+  /**
+   * API_RATE_LIMIT_PER_S (shared with the gRPC API): each request is charged to its caller after
+   * the token check and before anything else, and refused 429 with Retry-After past it.
+   */
+  apiRateLimit?: ApiRateLimit | undefined;
 }>;
 
 /** Each route's scope is its gRPC twin's: one list (api-scopes.ts) for both. */
@@ -181,6 +188,8 @@ export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOp
             API_SURFACE,
             apiMethod,
           )?.name;
+          // Next, before the body is read: a request over the limit does nothing.
+          options.apiRateLimit?.charge(caller);
           response = await handle(request);
         } catch (error) {
           caller ??= refusedCallerOf(error);

@@ -115,6 +115,8 @@ export type Metrics = Readonly<{
   adminLockout: (lockout: { scope: LockoutScope }) => void;
   /** A call to the non-admin API was refused for its credential (API_TOKENS; gRPC or REST). */
   apiCredentialRefused: (refused: { reason: ApiTokenRefusal }) => void;
+  /** A call to the non-admin API was refused for its caller's rate limit (API_RATE_LIMIT_PER_S). */
+  apiThrottled: (throttled: { caller: string }) => void;
   /** A trusted proxy sent an X-Forwarded-For that could not be read: its own address stood in. */
   forwardedForMalformed: (malformed: { surface: ClientSurface }) => void;
   /** The exposition text and its content type. */
@@ -389,6 +391,17 @@ export function createMetrics(): Metrics {
     registers: [registry],
   });
   for (const reason of Object.values(API_TOKEN_REFUSAL)) apiCredentialsRefused.inc({ reason }, 0);
+
+  const apiThrottled = new Counter({
+    name: 'settle_api_throttled_total',
+    help:
+      'Calls to the payment, wallet, ledger and reconciliation services and the REST twin this ' +
+      'node refused because their caller was over API_RATE_LIMIT_PER_S (RESOURCE_EXHAUSTED, ' +
+      '429 on REST), by caller (the name of its API token, or NO_API_TOKENS on a node without ' +
+      'API_TOKENS, where all callers share one limit).',
+    labelNames: ['caller'] as const,
+    registers: [registry],
+  });
 
   const forwardedForMalformed = new Counter({
     name: 'settle_forwarded_for_malformed_total',
@@ -669,6 +682,7 @@ export function createMetrics(): Metrics {
         status: String(request.status),
       }),
     apiRequest: (request) => apiRequests.inc(request),
+    apiThrottled: (throttled) => apiThrottled.inc(throttled),
     orderTransition: (transition) => transitions.inc(transition),
     orderCompleted: (order) =>
       completionSeconds.observe({ state: order.state }, Math.max(0, order.seconds)),
