@@ -7,11 +7,11 @@
  * once, at start, for exactly those names: nothing a request sends picks or adds one.
  *
  * A call is charged after its token is checked (one refused for its token, UNAUTHENTICATED or
- * PERMISSION_DENIED, is charged to nobody) and before anything else is done for it, its request
- * decoded or looked at included: a refused call writes nothing. WatchPayment is charged once, at
- * its start. Health, reflection, AdminService, the admin panel, the PSP webhook and /metrics
- * never are. Each node counts on its own: N nodes behind a balancer let a caller make N times
- * the rate.
+ * PERMISSION_DENIED, is charged to nobody) and before its handler runs (a REST body is not
+ * even read): a refused call makes no database statement and writes nothing. WatchPayment is
+ * charged once, at its start. Health, reflection, AdminService, the admin panel, the PSP webhook
+ * and /metrics never are. Each node counts on its own: N nodes behind a balancer let a caller
+ * make N times the rate.
  */
 import { ResourceExhaustedError } from '../domain/errors.js';
 import { TokenBucket } from '../domain/token-bucket.js';
