@@ -35,6 +35,7 @@ import {
   type SettleClient,
   type SettleClientTls,
 } from '../client/index.js';
+import { API_TOKEN_CHARACTERS } from '../domain/api-token.js';
 import { fileError, pemCertificates, pemKeyPair } from '../domain/pem.js';
 import {
   Payment,
@@ -752,8 +753,20 @@ function tlsFlag(value: string | undefined): boolean {
   throw new UsageError(`SETTLE_TLS '${value}' is not a switch: give 1 or true, 0 or false`);
 }
 
-/** Bearer token and operator name, as AdminService metadata. */
+/**
+ * Bearer token and operator name, as AdminService metadata. A token no header can carry is a
+ * UsageError that never quotes it (grpc-js would refuse it quoting the whole header value).
+ */
 function adminMetadata(settings: Settings): Record<string, string> {
+  if (
+    settings.token !== undefined &&
+    settings.token !== '' &&
+    !API_TOKEN_CHARACTERS.test(settings.token)
+  ) {
+    throw new UsageError(
+      'the admin token (--token or ADMIN_TOKEN) must be printable ASCII without spaces',
+    );
+  }
   return {
     ...(settings.token !== undefined && settings.token !== ''
       ? { authorization: `Bearer ${settings.token}` }

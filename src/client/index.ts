@@ -241,7 +241,13 @@ function checkedTimeoutMs(timeoutMs: number, name: string): number {
  */
 export const CALL_METADATA_BYTES_MAX = 8 * 1024;
 
-/** `metadata` as grpc.Metadata, or a TypeError naming `name` when it is over the bound. */
+/** A string metadata value gRPC can carry: printable ASCII (HTTP/2 header value rules). */
+const METADATA_VALUE = /^[\x20-\x7E]*$/;
+
+/**
+ * `metadata` as grpc.Metadata, or a TypeError naming `name` when it is over the bound or a value
+ * no header can carry (naming the key, never quoting the value: it may be a token).
+ */
 function checkedMetadata(metadata: Readonly<Record<string, string>>, name: string): grpc.Metadata {
   let bytes = 0;
   for (const [key, value] of Object.entries(metadata)) {
@@ -255,7 +261,15 @@ function checkedMetadata(metadata: Readonly<Record<string, string>>, name: strin
     );
   }
   const built = new grpc.Metadata();
-  for (const [key, value] of Object.entries(metadata)) built.set(key, value);
+  for (const [key, value] of Object.entries(metadata)) {
+    // grpc-js refuses such a value deep in the call, quoting it whole in its error: an
+    // `authorization` token with a stray newline would end up in the caller's logs. Said here
+    // by its key alone. A `-bin` key's value is bytes, which grpc-js checks itself.
+    if (!key.endsWith('-bin') && !METADATA_VALUE.test(value)) {
+      throw new TypeError(`${name}: the value of metadata '${key}' must be printable ASCII`);
+    }
+    built.set(key, value);
+  }
   return built;
 }
 

@@ -405,6 +405,22 @@ describe('settle CLI', () => {
     expect(help.stdout).toContain('[--resume-token T | --from-now]');
   });
 
+  it('refuses an admin token no header can carry as a usage error, never printing it', async () => {
+    for (const token of ['rev-admin-token-0123456789\n', 'rev-admin-tøken-0123456789']) {
+      for (const args of [
+        ['dlq', 'list', '--token', token],
+        ['dlq', 'list'],
+      ]) {
+        const run = await settle(args, { ADMIN_TOKEN: token });
+        expect(run.code, run.stderr).toBe(2);
+        expect(run.stderr).toMatch(
+          /^settle: the admin token \(--token or ADMIN_TOKEN\) must be printable ASCII without spaces\n/,
+        );
+        expect(run.stderr).not.toContain('rev-admin-t');
+      }
+    }
+  });
+
   it('refuses arguments and options the command does not take, and sends nothing', async () => {
     // Each would otherwise run as if the word were not there: a list unfiltered, a payment made.
     const cases: Array<[string[], RegExp]> = [

@@ -91,6 +91,20 @@ describe('typed client', () => {
     expect(error.message).toMatch(message);
     expect(await rowCounts(stack.settle.db)).toEqual(before);
   });
+  it('refuses a metadata value no header can carry, naming the key and never the value', async () => {
+    // grpc-js refused it deep in the call, quoting the whole "Bearer <token>" in its error.
+    for (const secret of ['s3cr3t-admin-token-0123456789\r', 's3cr3t-admin-tøken-0123456789']) {
+      const error = await failure(
+        client.admin.listDeadLetters({}, { metadata: { authorization: `Bearer ${secret}` } }),
+      );
+      expect(error).toBeInstanceOf(TypeError);
+      expect(error.message).toBe(
+        "ListDeadLettersRequest: the value of metadata 'authorization' must be printable ASCII",
+      );
+      expect(error.message).not.toContain('s3cr3t');
+    }
+  });
+
   it('refuses metadata over CALL_METADATA_BYTES_MAX with a TypeError, and sends what fits', async () => {
     // About 200 KB: sent, the server's HTTP/2 layer reset the stream before grpc-js saw the call,
     // and the caller got INTERNAL "Received RST_STREAM with code 9".
