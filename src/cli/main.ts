@@ -21,13 +21,16 @@ process.emitWarning = (...args: unknown[]): void => {
   Reflect.apply(emitWarning, process, args);
 };
 
-let interruptNote: string | undefined;
+let interruptNote: string | (() => string) | undefined;
 /**
- * Prints the note, then dies of SIGINT as if unhandled: a shell running the command in a script
- * sees the interrupt and stops there too, which an exit code would not tell it.
+ * Prints the note (as it reads when the signal comes), then dies of SIGINT as if unhandled: a
+ * shell running the command in a script sees the interrupt and stops there too, which an exit
+ * code would not tell it.
  */
 function onSigint(): void {
-  if (interruptNote !== undefined) process.stderr.write(interruptNote);
+  if (interruptNote !== undefined) {
+    process.stderr.write(typeof interruptNote === 'string' ? interruptNote : interruptNote());
+  }
   process.off('SIGINT', onSigint);
   process.kill(process.pid, 'SIGINT');
 }

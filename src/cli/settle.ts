@@ -275,10 +275,11 @@ type Io = Readonly<{
   out: (text: string) => void;
   err: (text: string) => void;
   /**
-   * Sets what to print on stderr if Ctrl-C ends the command from now on; undefined clears it.
+   * Sets what to print on stderr if Ctrl-C ends the command from now on; undefined clears it. A
+   * function is called when the interrupt comes, for a note that changes as the command runs.
    * Left out, nothing is printed.
    */
-  onInterrupt?: (note: string | undefined) => void;
+  onInterrupt?: (note: string | (() => string) | undefined) => void;
 }>;
 
 export async function runCli(
@@ -1057,7 +1058,9 @@ async function followLedger(
       : fromNow
         ? 'nothing was read: start again with --from-now'
         : 'nothing was read: start again without --resume-token';
-  io.onInterrupt?.(`settle: interrupted; ${goOn()}\n`);
+  // Read when Ctrl-C comes: a from-now follow has a token once it has read the head, printed
+  // entry or not, and a note made earlier would send the operator back to a later head.
+  io.onInterrupt?.(() => `settle: interrupted; ${goOn()}\n`);
   if (!settings.json) io.out(followRow(ENTRY_HEADERS));
   let printed = 0;
   try {
@@ -1068,7 +1071,6 @@ async function followLedger(
           : followRow(entryCells(entry)),
       );
       printed += 1;
-      io.onInterrupt?.(`settle: interrupted; ${goOn()}\n`);
       if (entriesMax !== undefined && printed >= entriesMax) {
         ended = `--max-entries ${entriesMax}`;
         break;

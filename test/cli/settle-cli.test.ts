@@ -745,6 +745,38 @@ describe('settle CLI', () => {
       );
     });
 
+    it('on Ctrl-C of an idle --from-now follow, tells the token of the head it read', async () => {
+      const idle = `seller-cli-idle-${Date.now()}`;
+      const args = ['ledger', '--follow', '--account', `seller_payable:${idle}`];
+      const run = follow([...args, '--from-now']);
+      await waitFor(() => Promise.resolve(run.run.stdout.startsWith('ENTRY ')), {
+        what: 'the header',
+      });
+      // Past the first poll, which read the head: nothing settled on the account since.
+      await new Promise((resolve) => setTimeout(resolve, 2_500));
+      run.child.kill('SIGINT');
+      expect(await run.closed).toEqual([null, 'SIGINT']);
+      // It said "nothing was read: start again with --from-now", which skips what settles
+      // between the Ctrl-C and the new start.
+      expect(run.run.stderr).toMatch(/^settle: interrupted; continue with --resume-token \S+\n$/);
+      await inTransaction(stack.settle.db, (trx) =>
+        postLedgerTransaction(trx, paymentBooking(idle, 301n)),
+      );
+      const resumed = await settle([
+        ...args,
+        '--resume-token',
+        tokenIn(run.run.stderr),
+        '--max-entries',
+        '1',
+        '--timeout-ms',
+        '10000',
+      ]);
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect(resumed.stdout.trimEnd().split('\n').slice(1)).toEqual([
+        expect.stringMatching(/ PAYMENT_PAYABLE +3\.01 USD$/),
+      ]);
+    });
+
     it('exits 1 at --timeout-ms when no node answered, having said it retried', async () => {
       const run = await settle(['ledger', '--follow', '--timeout-ms', '1500'], {
         SETTLE_ADDR: `127.0.0.1:${await freePort()}`,
