@@ -466,23 +466,40 @@ async function dispatch(
           // The server caps a watch (an hour) and then ends it with OK, terminal or not: watch
           // again, within the operator's deadline, a bounded number of times (a server that
           // ended every watch at once must not make this loop spin).
+          const again = `watch it again: settle payment watch ${paymentId}`;
+          // What the call itself answers when the deadline falls during a watch, in words that
+          // say what to do: the same whether the deadline ends a watch or falls between two.
+          const atDeadline = () =>
+            new ServerError(
+              `DEADLINE_EXCEEDED: ${paymentId} was still ` +
+                `${last === undefined ? 'unknown' : shortPaymentState(last.state)} at the ` +
+                `deadline (--timeout-ms); ${again}`,
+            );
           for (let watch = 1; ; watch += 1) {
-            const remainingMs = deadline - Date.now();
+            // At least 1 ms: the client refuses a deadline of 0 as no deadline at all.
+            const remainingMs = Math.max(1, deadline - Date.now());
             const stream = client.payments.watchPayment(paymentId, { timeoutMs: remainingMs });
-            for await (const { payment } of stream) {
-              if (payment === undefined) continue;
-              last = payment;
-              const line = settings.json
-                ? `${JSON.stringify(Payment.toJSON(payment))}\n`
-                : `${time(payment.updateTime)}  ${shortPaymentState(payment.state)}  ` +
-                  `${payment.orders.map((o) => `${o.sellerId}=${shortOrderState(o.state)}`).join(' ')}\n`;
-              // A new watch starts with the state the last one ended on: printed once.
-              if (line !== printed) io.out(line);
-              printed = line;
+            try {
+              for await (const { payment } of stream) {
+                if (payment === undefined) continue;
+                last = payment;
+                const line = settings.json
+                  ? `${JSON.stringify(Payment.toJSON(payment))}\n`
+                  : `${time(payment.updateTime)}  ${shortPaymentState(payment.state)}  ` +
+                    `${payment.orders.map((o) => `${o.sellerId}=${shortOrderState(o.state)}`).join(' ')}\n`;
+                // A new watch starts with the state the last one ended on: printed once.
+                if (line !== printed) io.out(line);
+                printed = line;
+              }
+            } catch (error) {
+              // The watch's only deadline is the operator's (the server ends its own cap with OK).
+              if (isServiceError(error) && error.code === grpcStatus.DEADLINE_EXCEEDED) {
+                throw atDeadline();
+              }
+              throw error;
             }
             if (last !== undefined && TERMINAL_PAYMENT_STATES.has(last.state)) return;
             const state = last === undefined ? 'unknown' : shortPaymentState(last.state);
-            const again = `watch it again: settle payment watch ${paymentId}`;
             if (watch >= WATCHES_MAX) {
               throw new ServerError(
                 `the server ended ${watch} watches of ${paymentId} before it was terminal ` +
@@ -491,13 +508,7 @@ async function dispatch(
             }
             const pauseMs = Math.min(WATCH_AGAIN_PAUSE_MS, deadline - Date.now());
             if (pauseMs > 0) await new Promise((resolve) => setTimeout(resolve, pauseMs));
-            if (Date.now() >= deadline) {
-              // What the call itself answers when the deadline falls during a watch.
-              throw new ServerError(
-                `DEADLINE_EXCEEDED: ${paymentId} was still ${state} at the deadline ` +
-                  `(--timeout-ms); ${again}`,
-              );
-            }
+            if (Date.now() >= deadline) throw atDeadline();
           }
         }
         case 'timeline': {

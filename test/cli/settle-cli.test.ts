@@ -512,7 +512,11 @@ describe('settle CLI', () => {
     expect(Date.now() - started).toBeLessThan(15_000);
     expect(watched.code).toBe(1);
     expect(watched.stdout).toMatch(/EXECUTING {2}seller-cli-a=EXECUTING\n$/);
-    expect(watched.stderr).toMatch(/^settle: DEADLINE_EXCEEDED: /);
+    // What to do, not grpc-js's "Deadline exceeded after 1.502s,name resolution: …".
+    expect(watched.stderr).toBe(
+      `settle: DEADLINE_EXCEEDED: ${id} was still EXECUTING at the deadline (--timeout-ms); ` +
+        `watch it again: settle payment watch ${id}\n`,
+    );
   });
 
   describe('when the server ends a watch before the payment is terminal', () => {
@@ -560,7 +564,10 @@ describe('settle CLI', () => {
       expect(Date.now() - started).toBeLessThan(15_000);
       expect(watched.code).toBe(1);
       expect(watched.stdout).toMatch(/^\S+ \S+ {2}EXECUTING {2}seller-cli-c=EXECUTING\n$/);
-      expect(watched.stderr).toMatch(/^settle: DEADLINE_EXCEEDED: /);
+      expect(watched.stderr).toBe(
+        `settle: DEADLINE_EXCEEDED: ${id} was still EXECUTING at the deadline (--timeout-ms); ` +
+          `watch it again: settle payment watch ${id}\n`,
+      );
     });
   });
 
