@@ -620,7 +620,8 @@ async function dispatch(
 
 /**
  * `addr` if grpc-js can call it as the address of a node: not empty (grpc-js throws from the
- * channel's constructor), not a URL and not a host without a port (grpc-js would call port 443).
+ * channel's constructor), not a URL, not a host without a port (grpc-js would call port 443) and
+ * neither an empty host nor a port outside 1-65535.
  * A target with one of grpc-js's schemes (`dns:///host:port`, `unix:/path`) is left to grpc-js.
  */
 function checkedAddr(addr: string, name: string): string {
@@ -631,8 +632,18 @@ function checkedAddr(addr: string, name: string): string {
   if (url !== null) {
     throw new UsageError(`${name} '${addr}' is a URL: give host:port, e.g. ${url[1] ?? ''}`);
   }
-  if (!/^(dns|unix|unix-abstract|ipv4|ipv6):/.test(addr) && !/:\d{1,5}$/.test(addr)) {
+  if (/^(dns|unix|unix-abstract|ipv4|ipv6):/.test(addr)) return addr;
+  const hostPort = /^(.*):(\d{1,5})$/.exec(addr);
+  if (hostPort === null) {
     throw new UsageError(`${name} '${addr}' has no port: e.g. ${addr}:50051`);
+  }
+  const [, host = '', port = ''] = hostPort;
+  // grpc-js would wait out the deadline on an empty host (and Node warns of its URL parsing).
+  if (host === '') {
+    throw new UsageError(`${name} '${addr}' has no host: e.g. 127.0.0.1${addr}`);
+  }
+  if (Number(port) < 1 || Number(port) > 65_535) {
+    throw new UsageError(`${name} '${addr}': the port must be from 1 to 65535`);
   }
   return addr;
 }
@@ -645,6 +656,18 @@ function neverSent(error: ServiceError): boolean {
   return (
     error.code === grpcStatus.UNAVAILABLE &&
     /No connection established|Name resolution failed|ECONNREFUSED/.test(error.details)
+  );
+}
+
+/**
+ * Whether `error` is a deadline that passed before grpc-js had a connection to send the call on
+ * (its details say it was still waiting for name resolution, metadata filters or an LB pick), so
+ * no node saw the request. Not a sign that no node answers: the deadline was only short.
+ */
+function deadlineBeforeSending(error: ServiceError): boolean {
+  return (
+    error.code === grpcStatus.DEADLINE_EXCEEDED &&
+    /waiting for (name resolution|metadata filters|LB pick)/i.test(error.details)
   );
 }
 
@@ -1457,7 +1480,12 @@ const MAYBE_DONE_CODES: ReadonlySet<number> = new Set([
 
 /** `error`, with how to retry it safely when the payment may have been created anyway. */
 function lostAnswerHint(error: unknown, requestId: string): unknown {
-  if (!isServiceError(error) || !MAYBE_DONE_CODES.has(error.code) || neverSent(error)) {
+  if (
+    !isServiceError(error) ||
+    !MAYBE_DONE_CODES.has(error.code) ||
+    neverSent(error) ||
+    deadlineBeforeSending(error)
+  ) {
     return error;
   }
   return new ServerError(

@@ -460,8 +460,17 @@ describe('settle CLI', () => {
   it('after a create whose answer was lost, tells the request id that gets the same payment', async () => {
     const buyer = 'buyer-cli-lost';
     const order = ['payment', 'create', '--buyer', buyer, '--order', 'seller-cli-a=700'];
-    // A 1 ms deadline passes before the answer: the payment may or may not have been made.
-    const lost = await settle([...order, '--timeout-ms', '1']);
+    // The payment table held locked keeps the sent create from answering: a 1 s deadline passes
+    // before the answer, and the payment may or may not be made once the lock goes.
+    const target = parseMysqlUrl(stack.env.MYSQL_URL ?? '');
+    const holder = await createConnection({ ...serverAddress(target), database: target.database });
+    let lost: Run;
+    try {
+      await holder.query('LOCK TABLES payment WRITE');
+      lost = await settle([...order, '--timeout-ms', '1000']);
+    } finally {
+      await holder.end();
+    }
     expect(lost.code).toBe(1);
     expect(lost.stderr).toMatch(/^settle: DEADLINE_EXCEEDED: /);
     const requestId = /run it again with --request-id ([0-9a-f-]{36})/.exec(lost.stderr)?.[1];
@@ -475,6 +484,22 @@ describe('settle CLI', () => {
     const refused = await settle([...order, '--currency', 'EUR']);
     expect(refused.code).toBe(1);
     expect(refused.stderr).not.toContain('--request-id');
+    // Nor does a deadline that passed before the call was sent (grpc-js "waiting for name
+    // resolution"), and no node is said to be missing: it was only short.
+    const unsent = await settle([
+      'payment',
+      'create',
+      '--buyer',
+      'buyer-cli-unsent',
+      '--order',
+      'seller-cli-a=700',
+      '--timeout-ms',
+      '1',
+    ]);
+    expect(unsent.code).toBe(1);
+    expect(unsent.stderr).toMatch(/^settle: DEADLINE_EXCEEDED: .*waiting for name resolution\n$/);
+    const none = await settle(['payment', 'list', '--buyer', 'buyer-cli-unsent', '--json']);
+    expect(JSON.parse(none.stdout)).toEqual({ payments: [], nextPageToken: '' });
   });
 
   it('names the address it could not reach and how to pick another', async () => {
@@ -582,6 +607,10 @@ describe('settle CLI', () => {
         `http://127.0.0.1:${port}`,
         `settle: --addr 'http://127.0.0.1:${port}' is a URL: give host:port, e.g. 127.0.0.1:${port}`,
       ],
+      // grpc-js waited out the deadline on it, after a Node deprecation warning.
+      [`:${port}`, `settle: --addr ':${port}' has no host: e.g. 127.0.0.1:${port}`],
+      ['127.0.0.1:99999', "settle: --addr '127.0.0.1:99999': the port must be from 1 to 65535"],
+      ['127.0.0.1:0', "settle: --addr '127.0.0.1:0': the port must be from 1 to 65535"],
     ];
     for (const [addr, message] of cases) {
       const run = await settle(['--addr', addr, 'wallet', 'seller-a']);
