@@ -6,8 +6,11 @@ import { runCli } from './settle.js';
 
 // A reader that has gone (`settle … | head -1`) wants no more output: stop quietly, as the
 // shell's own tools do, rather than die of the unhandled EPIPE with a stack trace and exit 1.
+// Quietly but for the interrupt note, which still goes to stderr: `ledger --follow | head -1`
+// must say where to go on from, as it does on every other way out.
 process.stdout.on('error', (error: NodeJS.ErrnoException) => {
   if (error.code !== 'EPIPE') throw error;
+  if (interruptNote !== undefined) process.stderr.write(noteText(interruptNote));
   process.exit(process.exitCode ?? 0);
 });
 
@@ -22,15 +25,14 @@ process.emitWarning = (...args: unknown[]): void => {
 };
 
 let interruptNote: string | (() => string) | undefined;
+const noteText = (note: string | (() => string)) => (typeof note === 'string' ? note : note());
 /**
  * Prints the note (as it reads when the signal comes), then dies of SIGINT as if unhandled: a
  * shell running the command in a script sees the interrupt and stops there too, which an exit
  * code would not tell it.
  */
 function onSigint(): void {
-  if (interruptNote !== undefined) {
-    process.stderr.write(typeof interruptNote === 'string' ? interruptNote : interruptNote());
-  }
+  if (interruptNote !== undefined) process.stderr.write(noteText(interruptNote));
   process.off('SIGINT', onSigint);
   process.kill(process.pid, 'SIGINT');
 }

@@ -813,6 +813,19 @@ describe('settle CLI', () => {
       ]);
     });
 
+    it('says where to go on from when its reader has closed the pipe (| head -1)', async () => {
+      const piped = `seller-cli-piped-${Date.now()}`;
+      await inTransaction(stack.settle.db, (trx) =>
+        postLedgerTransaction(trx, paymentBooking(piped, 401n)),
+      );
+      const run = follow(['ledger', '--follow', '--account', `seller_payable:${piped}`, '--json']);
+      // As a `head` that has read its lines and exited: the entry's write fails with EPIPE.
+      run.child.stdout.destroy();
+      expect(await run.closed, run.run.stderr).toEqual([0, null]);
+      // It ended without a word: the entries after what the reader saw were lost track of.
+      expect(run.run.stderr).toMatch(/^settle: interrupted; continue with --resume-token \S+\n$/);
+    });
+
     it('exits 1 at --timeout-ms when no node answered, having said it retried', async () => {
       const run = await settle(['ledger', '--follow', '--timeout-ms', '1500'], {
         SETTLE_ADDR: `127.0.0.1:${await freePort()}`,
