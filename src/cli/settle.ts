@@ -109,10 +109,13 @@ Commands:
                                                 running sums where they differ (--dry-run: only
                                                 say where); a full scan: waits an hour, or
                                                 --timeout-ms
-  reconcile run (--date YYYY-MM-DD | --file F)  reconcile a settlement file; waits for the report
+  reconcile run (--date YYYY-MM-DD | --file F)  reconcile a settlement file (F: a path in the
+                                                settlement folder; with --date too unless its name
+                                                starts settlement-YYYY-MM-DD); waits for the report
                                                 (6 hours, or --timeout-ms; then exits 1 while the
                                                 run goes on: see it with reconcile report <id>)
-  reconcile report <report_id>                  one report: counts per class, fees, internal check
+  reconcile report <report_id>                  one report: counts per class, fees booked,
+                                                internal check
   reconcile list [--date D] [--page-size N] [--page-token T]
   reconcile mismatches <report_id> [--class C] [--page-size N] [--page-token T]
                                                 C: MISSING_IN_LEDGER, MISSING_IN_SETTLEMENT,
@@ -833,12 +836,21 @@ async function deadLetterCommand(
     );
   switch (verb) {
     case 'list': {
+      // As payment list --state: the short name or the proto's full one. UNSPECIFIED is the
+      // proto's word for no filter, which is ALL here; taken as a state, it would list them all.
       const stateText = (values.state ?? 'OPEN').toUpperCase();
       const state =
         stateText === 'ALL'
           ? DeadLetterState.DEAD_LETTER_STATE_UNSPECIFIED
-          : deadLetterStateFromJSON(`DEAD_LETTER_STATE_${stateText}`);
-      if (state === DeadLetterState.UNRECOGNIZED) {
+          : deadLetterStateFromJSON(
+              stateText.startsWith('DEAD_LETTER_STATE_')
+                ? stateText
+                : `DEAD_LETTER_STATE_${stateText}`,
+            );
+      if (
+        state === DeadLetterState.UNRECOGNIZED ||
+        (state === DeadLetterState.DEAD_LETTER_STATE_UNSPECIFIED && stateText !== 'ALL')
+      ) {
         throw new UsageError('--state must be OPEN, REPLAYED, DISCARDED, RESOLVED or ALL');
       }
       const response = await client.admin.listDeadLetters(
@@ -1177,7 +1189,8 @@ async function reconcileCommand(
         'AMOUNT',
         'DUP',
         'TIMING',
-        'FEES',
+        // The fees of the rows the ledger agrees on, booked as PSP_FEE: not the file's total.
+        'FEES BOOKED',
         'CHECK',
       ],
       list.map((r) => [

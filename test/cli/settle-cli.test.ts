@@ -189,6 +189,20 @@ describe('settle CLI', () => {
       JSON.parse(listed.stdout) as { deadLetters: Array<{ id: string; orderId: string }> }
     ).deadLetters;
     expect(letters).toContainEqual(expect.objectContaining({ id: deadLetterId, orderId }));
+    // The proto's full name is taken as payment list --state takes it; UNSPECIFIED, which
+    // listed every state, is refused (ALL says that).
+    const full = await settle(['dlq', 'list', '--state', 'DEAD_LETTER_STATE_OPEN', '--json'], {
+      ADMIN_TOKEN,
+    });
+    expect(full.code, full.stderr).toBe(0);
+    expect(JSON.parse(full.stdout)).toEqual(JSON.parse(listed.stdout));
+    for (const state of ['UNSPECIFIED', 'DEAD_LETTER_STATE_UNSPECIFIED']) {
+      const unspecified = await settle(['dlq', 'list', '--state', state], { ADMIN_TOKEN });
+      expect(unspecified.code, state).toBe(2);
+      expect(unspecified.stderr, state).toMatch(
+        /^settle: --state must be OPEN, REPLAYED, DISCARDED, RESOLVED or ALL\n/,
+      );
+    }
 
     const noReason = await settle(['dlq', 'replay', deadLetterId], { ADMIN_TOKEN });
     expect(noReason.code).toBe(2);
@@ -290,6 +304,8 @@ describe('settle CLI', () => {
     const run = await settle(['reconcile', 'run', '--date', '2024-05-01']);
     expect(run.code, run.stderr).toBe(0);
     const reportId = /rcn_[0-9A-Z]{26}/.exec(run.stdout)?.[0] ?? '';
+    // The fees the ledger booked for the rows it agrees on (0 here), not the file's 0.65.
+    expect(run.stdout).toMatch(/ TIMING +FEES BOOKED +CHECK\n/);
     expect(run.stdout).toMatch(
       new RegExp(
         `${reportId}\\s+2024-05-01\\s+SUCCEEDED\\s+1/1\\s+0\\s+1\\s+0\\s+0\\s+0\\s+0\\s+0\\.00 USD\\s+ok`,
@@ -403,6 +419,8 @@ describe('settle CLI', () => {
     expect(help.stdout).toContain('Usage: settle');
     expect(help.stdout).toContain('ledger-sums repair --reason "<why>" [--dry-run]');
     expect(help.stdout).toContain('[--resume-token T | --from-now]');
+    // --file alone is refused unless the file's name carries its day.
+    expect(help.stdout).toContain('with --date too unless its name');
   });
 
   it('refuses an admin token no header can carry as a usage error, never printing it', async () => {
