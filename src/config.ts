@@ -5,7 +5,12 @@
  */
 import { z } from 'zod';
 import { TRUSTED_PROXIES_MAX, trustedProxyRange } from './admin/client-address.js';
-import { apiTokenListProblems, parseApiTokenItem, type ApiTokenEntry } from './domain/api-token.js';
+import {
+  API_TOKEN_CHARACTERS,
+  apiTokenListProblems,
+  parseApiTokenItem,
+  type ApiTokenEntry,
+} from './domain/api-token.js';
 import { GRPC_CONNECTIONS_MAX_DEFAULT } from './grpc/limits.js';
 
 const PORT_MAX = 65_535;
@@ -215,7 +220,13 @@ export const configSchema = z.object({
    * When set, AdminService calls need `authorization: Bearer <token>`. The admin panel needs it
    * (bearer or login form) and refuses everyone while it is unset.
    */
-  ADMIN_TOKEN: z.string().min(16).optional(),
+  // Printable ASCII without spaces, as API tokens: it travels in an `authorization` header,
+  // which can carry nothing else (the CLI refuses to send any other).
+  ADMIN_TOKEN: z
+    .string()
+    .min(16)
+    .regex(API_TOKEN_CHARACTERS, 'must be printable ASCII without spaces (it travels in a header)')
+    .optional(),
   /**
    * Bearer tokens of the non-admin API (PaymentService, WalletService, LedgerService,
    * ReconciliationService, the REST twin), separated by commas; several while one is rotated

@@ -115,6 +115,26 @@ describe('admin credential', () => {
     expect(() => loadConfig({ ADMIN_COOKIE_SECURE: 'yes' })).toThrow(/ADMIN_COOKIE_SECURE: /);
   });
 
+  it('refuses an ADMIN_TOKEN no authorization header can carry, without quoting it', () => {
+    for (const token of [
+      'secret admin token 16+',
+      'secret-admin-tøken-16+',
+      'secret-admin-token\r',
+    ]) {
+      expect(() => loadConfig({ ADMIN_TOKEN: token }), JSON.stringify(token)).toThrow(
+        /ADMIN_TOKEN: must be printable ASCII without spaces/,
+      );
+      try {
+        loadConfig({ ADMIN_TOKEN: token });
+      } catch (error) {
+        expect(String(error)).not.toContain(token);
+      }
+    }
+    expect(loadConfig({ ADMIN_TOKEN: 'secret-admin-token-16+' }).ADMIN_TOKEN).toBe(
+      'secret-admin-token-16+',
+    );
+  });
+
   it('refuses cross-site browser POSTs', () => {
     expect(isSameOrigin({ 'sec-fetch-site': 'same-origin' })).toBe(true);
     expect(isSameOrigin({ 'sec-fetch-site': 'cross-site' })).toBe(false);
