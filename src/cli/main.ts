@@ -8,10 +8,17 @@ import { runCli } from './settle.js';
 // shell's own tools do, rather than die of the unhandled EPIPE with a stack trace and exit 1.
 // Quietly but for the interrupt note, which still goes to stderr: `ledger --follow | head -1`
 // must say where to go on from, as it does on every other way out.
-process.stdout.on('error', (error: NodeJS.ErrnoException) => {
-  if (error.code !== 'EPIPE') throw error;
+// The write that meets the closed pipe marks stdout errored at once, but its 'error' comes a tick
+// later, after a loop over a page already read has written (and the tail counted) every entry
+// left on it; so each write is checked as it is made, and the note names the entry after the
+// last one written.
+function stopOnClosedPipe(): never {
   if (interruptNote !== undefined) process.stderr.write(noteText(interruptNote));
   process.exit(process.exitCode ?? 0);
+}
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code !== 'EPIPE') throw error;
+  stopOnClosedPipe();
 });
 
 // Over TLS, grpc-js sends the address's host as the server name, an IP for --addr
@@ -38,7 +45,13 @@ function onSigint(): void {
 }
 
 process.exitCode = await runCli(process.argv.slice(2), process.env, {
-  out: (text) => process.stdout.write(text),
+  out: (text) => {
+    process.stdout.write(text);
+    const errored: NodeJS.ErrnoException | null = process.stdout.errored;
+    if (errored?.code === 'EPIPE') {
+      stopOnClosedPipe();
+    }
+  },
   err: (text) => process.stderr.write(text),
   onInterrupt: (note) => {
     interruptNote = note;

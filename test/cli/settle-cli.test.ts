@@ -305,7 +305,7 @@ describe('settle CLI', () => {
     expect(run.code, run.stderr).toBe(0);
     const reportId = /rcn_[0-9A-Z]{26}/.exec(run.stdout)?.[0] ?? '';
     // The fees the ledger booked for the rows it agrees on (0 here), not the file's 0.65.
-    expect(run.stdout).toMatch(/ TIMING +FEES BOOKED +CHECK\n/);
+    expect(run.stdout).toMatch(/ TIMING +FEES_BOOKED +CHECK\n/);
     expect(run.stdout).toMatch(
       new RegExp(
         `${reportId}\\s+2024-05-01\\s+SUCCEEDED\\s+1/1\\s+0\\s+1\\s+0\\s+0\\s+0\\s+0\\s+0\\.00 USD\\s+ok`,
@@ -424,7 +424,11 @@ describe('settle CLI', () => {
   });
 
   it('refuses an admin token no header can carry as a usage error, never printing it', async () => {
-    for (const token of ['rev-admin-token-0123456789\n', 'rev-admin-tøken-0123456789']) {
+    for (const token of [
+      'rev-admin-token-0123456789\n',
+      'rev-admin-tøken-0123456789',
+      ' rev-admin-token-0123456789',
+    ]) {
       for (const args of [
         ['dlq', 'list', '--token', token],
         ['dlq', 'list'],
@@ -432,7 +436,7 @@ describe('settle CLI', () => {
         const run = await settle(args, { ADMIN_TOKEN: token });
         expect(run.code, run.stderr).toBe(2);
         expect(run.stderr).toMatch(
-          /^settle: the admin token \(--token or ADMIN_TOKEN\) must be printable ASCII without spaces\n/,
+          /^settle: the admin token \(--token or ADMIN_TOKEN\) must be printable ASCII, with no space at either end\n/,
         );
         expect(run.stderr).not.toContain('rev-admin-t');
       }
@@ -833,15 +837,36 @@ describe('settle CLI', () => {
 
     it('says where to go on from when its reader has closed the pipe (| head -1)', async () => {
       const piped = `seller-cli-piped-${Date.now()}`;
-      await inTransaction(stack.settle.db, (trx) =>
-        postLedgerTransaction(trx, paymentBooking(piped, 401n)),
-      );
-      const run = follow(['ledger', '--follow', '--account', `seller_payable:${piped}`, '--json']);
-      // As a `head` that has read its lines and exited: the entry's write fails with EPIPE.
+      // Three entries of the account, which the follow reads in one page.
+      for (const amount of [91_401n, 91_402n, 91_403n]) {
+        await inTransaction(stack.settle.db, (trx) =>
+          postLedgerTransaction(trx, paymentBooking(piped, amount)),
+        );
+      }
+      const account = `seller_payable:${piped}`;
+      const run = follow(['ledger', '--follow', '--account', account, '--json']);
+      // As a `head` that has read its lines and exited: the first entry's write fails with EPIPE.
       run.child.stdout.destroy();
       expect(await run.closed, run.run.stderr).toEqual([0, null]);
       // It ended without a word: the entries after what the reader saw were lost track of.
       expect(run.run.stderr).toMatch(/^settle: interrupted; continue with --resume-token \S+\n$/);
+      // The token is after the entry whose write failed, not after the page: the two entries
+      // the loop would have written into the closed pipe come next.
+      const token = /--resume-token (\S+)/.exec(run.run.stderr)?.[1] ?? '';
+      const resumed = await settle([
+        'ledger',
+        '--follow',
+        '--account',
+        account,
+        '--resume-token',
+        token,
+        '--max-entries',
+        '2',
+        '--json',
+      ]);
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect(resumed.stdout).toContain('"91402"');
+      expect(resumed.stdout).toContain('"91403"');
     });
 
     it('exits 1 at --timeout-ms when no node answered, having said it retried', async () => {
