@@ -6,7 +6,7 @@
 import { z } from 'zod';
 import { TRUSTED_PROXIES_MAX, trustedProxyRange } from './admin/client-address.js';
 import {
-  API_TOKEN_CHARACTERS,
+  ADMIN_TOKEN_CHARACTERS,
   apiTokenListProblems,
   parseApiTokenItem,
   type ApiTokenEntry,
@@ -220,12 +220,15 @@ export const configSchema = z.object({
    * When set, AdminService calls need `authorization: Bearer <token>`. The admin panel needs it
    * (bearer or login form) and refuses everyone while it is unset.
    */
-  // Printable ASCII without spaces, as API tokens: it travels in an `authorization` header,
-  // which can carry nothing else (the CLI refuses to send any other).
+  // It travels in an `authorization` header, which carries printable ASCII only (the CLI refuses
+  // to send any other), and the node trims spaces from its ends: ADMIN_TOKEN_CHARACTERS.
   ADMIN_TOKEN: z
     .string()
     .min(16)
-    .regex(API_TOKEN_CHARACTERS, 'must be printable ASCII without spaces (it travels in a header)')
+    .regex(
+      ADMIN_TOKEN_CHARACTERS,
+      'must be printable ASCII with no space at either end (it travels in a header)',
+    )
     .optional(),
   /**
    * Bearer tokens of the non-admin API (PaymentService, WalletService, LedgerService,

@@ -35,7 +35,7 @@ import {
   type SettleClient,
   type SettleClientTls,
 } from '../client/index.js';
-import { API_TOKEN_CHARACTERS } from '../domain/api-token.js';
+import { ADMIN_TOKEN_CHARACTERS } from '../domain/api-token.js';
 import { fileError, pemCertificates, pemKeyPair } from '../domain/pem.js';
 import {
   Payment,
@@ -497,6 +497,8 @@ async function dispatch(
             } catch (error) {
               // The watch's only deadline is the operator's (the server ends its own cap with OK).
               if (isServiceError(error) && error.code === grpcStatus.DEADLINE_EXCEEDED) {
+                // Final before the deadline, only the stream's OK came too late: nothing to watch.
+                if (last !== undefined && TERMINAL_PAYMENT_STATES.has(last.state)) return;
                 throw atDeadline();
               }
               throw error;
@@ -799,10 +801,11 @@ function adminMetadata(settings: Settings): Record<string, string> {
   if (
     settings.token !== undefined &&
     settings.token !== '' &&
-    !API_TOKEN_CHARACTERS.test(settings.token)
+    !ADMIN_TOKEN_CHARACTERS.test(settings.token)
   ) {
     throw new UsageError(
-      'the admin token (--token or ADMIN_TOKEN) must be printable ASCII without spaces',
+      'the admin token (--token or ADMIN_TOKEN) must be printable ASCII, with no space at ' +
+        'either end',
     );
   }
   return {
@@ -1190,7 +1193,7 @@ async function reconcileCommand(
         'DUP',
         'TIMING',
         // The fees of the rows the ledger agrees on, booked as PSP_FEE: not the file's total.
-        'FEES BOOKED',
+        'FEES_BOOKED',
         'CHECK',
       ],
       list.map((r) => [

@@ -12,6 +12,12 @@ export const API_TOKEN_LENGTH_MIN = 16;
  * header (grpc-js refuses any other header value, deep in the call and quoting it in its error).
  */
 export const API_TOKEN_CHARACTERS = /^[\x21-\x7E]+$/;
+/**
+ * The admin token's characters: printable ASCII, spaces inside allowed (a passphrase; an
+ * `authorization` header carries them, and the node matched such tokens before this rule), but
+ * none at either end, which the node trims from what a caller sends (admin/auth.ts bearerToken).
+ */
+export const ADMIN_TOKEN_CHARACTERS = /^[\x21-\x7E](?:[\x20-\x7E]*[\x21-\x7E])?$/;
 
 /**
  * What an API token opens: `write` every method of the non-admin API (the only scope there was
