@@ -27,8 +27,9 @@ export class TokenBucket {
     if (!Number.isSafeInteger(perS) || perS <= 0) {
       throw new RangeError(`perS must be a positive whole number, got ${perS}`);
     }
-    if (!Number.isSafeInteger(burst) || burst < perS) {
-      throw new RangeError(`burst must be a whole number of at least perS (${perS}), got ${burst}`);
+    // Any burst of 1 or more is a bucket: below perS it smooths traffic (at most `burst` at once).
+    if (!Number.isSafeInteger(burst) || burst < 1) {
+      throw new RangeError(`burst must be a positive whole number, got ${burst}`);
     }
     this.perS = perS;
     this.burst = burst;

@@ -2,7 +2,8 @@
  * Goal: the token bucket behind API_RATE_LIMIT_PER_S lets `burst` requests through at once,
  * refills at `perS` a second, says how long until the next token, never goes below 0 however
  * often a refused caller retries, caps a long quiet spell at `burst`, and ignores a clock that
- * goes back. Method: a clock the test moves by hand.
+ * goes back or is NaN; any burst of 1 or more, below the rate too. Method: a clock the test moves
+ * by hand.
  */
 import { describe, expect, it } from 'vitest';
 import { TokenBucket } from '../../src/domain/token-bucket.js';
@@ -54,6 +55,25 @@ describe('TokenBucket', () => {
     expect(allowed).toBe(3 + 30);
   });
 
+  it('takes a burst below the rate: at most burst at once, refilled at the rate', () => {
+    // 10 a second in bursts of 2: traffic smoothed, not refused for its settings.
+    const bucket = new TokenBucket({ perS: 10, burst: 2, nowMs: 0 });
+    expect(bucket.take(0)).toEqual({ allowed: true });
+    expect(bucket.take(0)).toEqual({ allowed: true });
+    expect(bucket.take(0)).toEqual({ allowed: false, waitMs: 100 });
+    expect(bucket.take(100)).toEqual({ allowed: true });
+    // A quiet second refills 2, not 10.
+    expect(bucket.tokensAt(1_100)).toBe(2);
+  });
+
+  it('ignores a NaN time: it adds nothing, and the bucket counts on from where it was', () => {
+    const bucket = new TokenBucket({ perS: 10, burst: 10, nowMs: 0 });
+    for (let i = 0; i < 10; i += 1) bucket.take(0);
+    expect(bucket.take(Number.NaN)).toEqual({ allowed: false, waitMs: 100 });
+    expect(bucket.tokensAt(Number.NaN)).toBe(0);
+    expect(bucket.take(100)).toEqual({ allowed: true });
+  });
+
   it('ignores a clock that goes back, and counts on from where it was', () => {
     const bucket = new TokenBucket({ perS: 10, burst: 10, nowMs: 5_000 });
     for (let i = 0; i < 10; i += 1) bucket.take(5_000);
@@ -62,11 +82,13 @@ describe('TokenBucket', () => {
     expect(bucket.take(5_100)).toEqual({ allowed: true });
   });
 
-  it('refuses a rate or burst that is no whole number, and a burst below the rate', () => {
+  it('refuses a rate or burst that is no positive whole number', () => {
     expect(() => new TokenBucket({ perS: 0, burst: 1, nowMs: 0 })).toThrow(RangeError);
     expect(() => new TokenBucket({ perS: 1.5, burst: 2, nowMs: 0 })).toThrow(RangeError);
-    expect(() => new TokenBucket({ perS: 10, burst: 9, nowMs: 0 })).toThrow(
-      'burst must be a whole number of at least perS (10), got 9',
+    expect(() => new TokenBucket({ perS: 10, burst: 0, nowMs: 0 })).toThrow(
+      'burst must be a positive whole number, got 0',
     );
+    expect(() => new TokenBucket({ perS: 10, burst: 2.5, nowMs: 0 })).toThrow(RangeError);
+    expect(new TokenBucket({ perS: 10, burst: 1, nowMs: 0 }).burst).toBe(1);
   });
 });
