@@ -52,7 +52,7 @@ import {
 } from './storage/repositories/ledger-sums.repository.js';
 import { refuseUndecodable, type AdapterOptions } from './grpc/adapters.js';
 import { ApiTokens } from './grpc/api-auth.js';
-import { ApiRateLimit } from './grpc/api-rate-limit.js';
+import { API_TRANSPORT, ApiRateLimit } from './grpc/api-rate-limit.js';
 import { apiMethodOfPath, type ApiGuardedService } from './grpc/api-scopes.js';
 import {
   ACCEPT_FAILED_MESSAGE,
@@ -640,7 +640,7 @@ export async function startSettle(
         ? undefined
         : new ApiRateLimit(apiTokens, {
             ...rateLimit,
-            onThrottled: (caller) => metrics.apiThrottled({ caller }),
+            onThrottled: (throttled) => metrics.apiThrottled(throttled),
           });
     const apiOptions = (service: ApiGuardedService): AdapterOptions => {
       const require = (metadata: grpc.Metadata, path: string) =>
@@ -657,7 +657,7 @@ export async function startSettle(
         ...options,
         authenticate: (metadata, path) => {
           const caller = apiTokens.enabled ? require(metadata, path) : undefined;
-          apiRateLimit.charge(caller);
+          apiRateLimit.charge(caller, API_TRANSPORT.grpc);
           return caller;
         },
       };
@@ -1029,6 +1029,12 @@ export async function startSettle(
         { apiRateLimit: { perS: apiRateLimit.perS, burst: apiRateLimit.burst } },
         `API_RATE_LIMIT_PER_S: ${apiRateLimit.perS} requests/s (bursts of ${apiRateLimit.burst}) ` +
           `per caller on this node, for ${apiRateLimit.callers.join(', ')}`,
+      );
+    } else if (config.API_RATE_LIMIT_BURST !== undefined) {
+      // Accepted, not refused: an operator who switches the limit off in an incident by setting
+      // the rate to 0 must not get a node that will not start over the burst left in its env.
+      logger.warn(
+        `API_RATE_LIMIT_BURST (${config.API_RATE_LIMIT_BURST}) is ignored while API_RATE_LIMIT_PER_S is 0 (no rate limit); set API_RATE_LIMIT_PER_S to limit callers, or unset API_RATE_LIMIT_BURST`,
       );
     }
     if (config.ADMIN_TOKEN === undefined) {

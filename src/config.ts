@@ -269,8 +269,10 @@ export const configSchema = z.object({
    */
   API_RATE_LIMIT_PER_S: nonNegativeInt.max(API_RATE_LIMIT_PER_S_MAX).default(0),
   /**
-   * Requests a caller may make at once after a quiet spell (the bucket's size); at least
-   * API_RATE_LIMIT_PER_S. Unset: API_RATE_LIMIT_PER_S (a second's worth).
+   * Requests a caller may make at once after a quiet spell (the bucket's size), 1 or more: below
+   * API_RATE_LIMIT_PER_S it smooths a caller's traffic (100/s in bursts of 10). Unset:
+   * API_RATE_LIMIT_PER_S (a second's worth). Ignored while API_RATE_LIMIT_PER_S is 0 (the node
+   * warns at start), so an operator can switch the limit off with the rate alone.
    */
   API_RATE_LIMIT_BURST: positiveInt.max(API_RATE_LIMIT_BURST_MAX).optional(),
   /**
@@ -520,19 +522,6 @@ function settingsThatDisagree(config: Readonly<z.infer<typeof configSchema>>): s
           `for only on a port that serves TLS; set them too, or unset ${clientCa}`,
       );
     }
-  }
-  const { API_RATE_LIMIT_PER_S: perS, API_RATE_LIMIT_BURST: burst } = config;
-  if (burst !== undefined && perS === 0) {
-    problems.push(
-      `API_RATE_LIMIT_BURST: is set (${burst}) while API_RATE_LIMIT_PER_S is 0 (no limit), so it ` +
-        'would limit nothing; set API_RATE_LIMIT_PER_S too, or unset API_RATE_LIMIT_BURST',
-    );
-  } else if (burst !== undefined && burst < perS) {
-    problems.push(
-      `API_RATE_LIMIT_BURST: ${burst} is below API_RATE_LIMIT_PER_S (${perS}): a full bucket ` +
-        `would hold less than one second of requests; raise it to at least ${perS}, or unset ` +
-        'it (it is then API_RATE_LIMIT_PER_S)',
-    );
   }
   if (config.IDEMPOTENCY_TTL_MS < config.ORDER_EXPIRY_MS) {
     problems.push(

@@ -54,6 +54,11 @@ export type CallObservation = Readonly<{
   requestId: string;
   /** Who made the call: the name of its API token (`authenticate`), when it has one. */
   caller?: string | undefined;
+  /**
+   * The call was refused for its caller's rate limit (an ApiRateLimitError): a RESOURCE_EXHAUSTED
+   * the client caused, not load shedding, so it is logged at info.
+   */
+  rateLimited?: boolean | undefined;
   /** The payment or order the call was about, when the request or response names one. */
   paymentId?: string | undefined;
   orderId?: string | undefined;
@@ -143,6 +148,7 @@ export function unary<Request, Response>(
     const cancel = abortOnCancel(call);
     const context = { requestId, signal: cancel.signal };
     let caller: string | undefined;
+    let rateLimited = false;
     let answered = false;
     const answer = (error: grpc.StatusObject | null, response?: Response): void => {
       if (answered) return;
@@ -158,6 +164,7 @@ export function unary<Request, Response>(
         ms: performance.now() - started,
         requestId,
         caller,
+        ...(rateLimited && { rateLimited }),
         ...subjectIds(call.request, response),
       });
     };
@@ -170,6 +177,7 @@ export function unary<Request, Response>(
         response = await handler(call.request, call, context);
       } catch (error) {
         caller ??= refusedCallerOf(error);
+        rateLimited = error instanceof ApiRateLimitError;
         answer(statusObject(error, requestId, call.getPath(), options, context.signal));
         return;
       }
@@ -207,6 +215,7 @@ export function serverStream<Request, Response>(
     void (async () => {
       let failure: { error: unknown } | undefined;
       let caller: string | undefined;
+      let rateLimited = false;
       try {
         caller = options.authenticate?.(call.metadata, call.getPath());
         const refusal = undecodableRefusal(call.request, call.getPath());
@@ -215,6 +224,7 @@ export function serverStream<Request, Response>(
       } catch (error) {
         caller ??= refusedCallerOf(error);
         failure = { error };
+        rateLimited = error instanceof ApiRateLimitError;
       }
       const status = failure
         ? statusObject(failure.error, requestId, call.getPath(), options, signal)
@@ -225,6 +235,7 @@ export function serverStream<Request, Response>(
         ms: performance.now() - started,
         requestId,
         caller,
+        ...(rateLimited && { rateLimited }),
         ...subjectIds(call.request, undefined),
       } as const;
       release();

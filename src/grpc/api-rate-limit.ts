@@ -17,6 +17,10 @@ import { ResourceExhaustedError } from '../domain/errors.js';
 import { TokenBucket } from '../domain/token-bucket.js';
 import { API_CALLER_LABEL, type ApiTokens } from './api-auth.js';
 
+/** The way a call came in: the transport label of settle_api_throttled_total. */
+export const API_TRANSPORT = { grpc: 'grpc', rest: 'rest' } as const;
+export type ApiTransport = (typeof API_TRANSPORT)[keyof typeof API_TRANSPORT];
+
 /** The REST error `reason` of a call refused by the rate limit. */
 export const API_RATE_LIMITED_REASON = 'RATE_LIMITED';
 
@@ -39,12 +43,15 @@ export class ApiRateLimitError extends ResourceExhaustedError {
 export type ApiRateLimitOptions = Readonly<{
   /** Requests a second per caller (> 0). */
   perS: number;
-  /** Requests a caller may make at once after a quiet spell (>= perS). */
+  /** Requests a caller may make at once after a quiet spell (>= 1; below perS it smooths). */
   burst: number;
   /** A monotonic clock in milliseconds; performance.now() by default. */
   nowMs?: () => number;
-  /** Told of every refusal, by caller label (the node counts them in settle_api_throttled_total). */
-  onThrottled?: (caller: string) => void;
+  /**
+   * Told of every refusal, by caller label and transport (the node counts them in
+   * settle_api_throttled_total).
+   */
+  onThrottled?: (throttled: { caller: string; transport: ApiTransport }) => void;
 }>;
 
 /** The rate limit of every caller of one node. Build it only when the limit is on. */
@@ -54,7 +61,7 @@ export class ApiRateLimit {
   readonly #apiTokens: ApiTokens;
   readonly #buckets: ReadonlyMap<string, TokenBucket>;
   readonly #nowMs: () => number;
-  readonly #onThrottled: (caller: string) => void;
+  readonly #onThrottled: NonNullable<ApiRateLimitOptions['onThrottled']>;
 
   constructor(apiTokens: ApiTokens, options: ApiRateLimitOptions) {
     this.perS = options.perS;
@@ -81,16 +88,17 @@ export class ApiRateLimit {
 
   /**
    * Charges one call of `name` (the token's name `ApiTokens.require` returned; undefined on a node
-   * without API_TOKENS), or throws ApiRateLimitError when its bucket is empty.
+   * without API_TOKENS) that came in over `transport`, or throws ApiRateLimitError when its bucket
+   * is empty. One bucket per caller, whatever the transport.
    */
-  charge(name: string | undefined): void {
+  charge(name: string | undefined, transport: ApiTransport): void {
     const caller = this.#apiTokens.callerLabel(name);
     const bucket = this.#buckets.get(caller);
     // Only a call refused for its token is ANONYMOUS, and it is never charged.
     if (bucket === undefined) throw new Error(`no rate-limit bucket for caller '${caller}'`);
     const taken = bucket.take(this.#nowMs());
     if (taken.allowed) return;
-    this.#onThrottled(caller);
+    this.#onThrottled({ caller, transport });
     const shared =
       caller === API_CALLER_LABEL.open
         ? ' (this node has no API_TOKENS, so every caller shares this one limit)'

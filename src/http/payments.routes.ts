@@ -27,7 +27,7 @@ import {
 import { paymentStateFromProto, paymentToProto } from '../grpc/handlers/mappers.js';
 import { refusedCallerOf } from '../grpc/adapters.js';
 import type { ApiTokens } from '../grpc/api-auth.js';
-import type { ApiRateLimit } from '../grpc/api-rate-limit.js';
+import { API_TRANSPORT, ApiRateLimitError, type ApiRateLimit } from '../grpc/api-rate-limit.js';
 import { API_METHOD_SCOPES } from '../grpc/api-scopes.js';
 import type { ErrorLogger } from '../grpc/status.js';
 import type { PaymentService } from '../payments/payment.service.js';
@@ -189,10 +189,13 @@ export function paymentRoutes(payments: PaymentService, options: PaymentRoutesOp
             apiMethod,
           )?.name;
           // Next, before the body is read: a request over the limit does nothing.
-          options.apiRateLimit?.charge(caller);
+          options.apiRateLimit?.charge(caller, API_TRANSPORT.rest);
           response = await handle(request);
         } catch (error) {
           caller ??= refusedCallerOf(error);
+          // Refused before its body was read: not read at all (a throttled client's large POSTs
+          // would otherwise still be received, to keep the connection alive).
+          if (error instanceof ApiRateLimitError) request.leaveBodyUnread();
           if (error instanceof ClientAbortedError) {
             // Counted apart from errors (and from 5xx): the router reports it and answers nothing.
             observe(CLIENT_CLOSED_REQUEST_STATUS);

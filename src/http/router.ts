@@ -55,6 +55,12 @@ export type HttpRequest = Readonly<{
    * ClientAbortedError when the client goes away before the body ends.
    */
   body: (limitBytes: number) => Promise<Buffer>;
+  /**
+   * The route answers without reading the body (a call refused by the rate limit): if the request
+   * has one, the answer closes the connection, as a 413's does, so Node does not go on to read
+   * and discard it to keep the connection alive.
+   */
+  leaveBodyUnread: () => void;
 }>;
 
 export type HttpResponse = Readonly<{
@@ -225,11 +231,24 @@ function match(pattern: string, path: string): Record<string, string> | undefine
 }
 
 /**
- * Requests whose body was refused as too large: the rest of the body is not read, so their
- * answer closes the connection (the client learns why from the 413 instead of a reset, and no
- * more of the body is taken in).
+ * Requests whose body was refused as too large, or left unread (leaveBodyUnread): the rest of the
+ * body is not read, so their answer closes the connection (the client learns why from the 413 or
+ * 429 instead of a reset, and no more of the body is taken in).
  */
 const closeAfterAnswer = new WeakSet<http.IncomingMessage>();
+
+/** A request that sends a body: a content-length above 0, or one with no length (chunked). */
+function hasBody(req: http.IncomingMessage): boolean {
+  if (req.headers['transfer-encoding'] !== undefined) return true;
+  const declared = Number(req.headers['content-length'] ?? '0');
+  return declared > 0;
+}
+
+function leaveBodyUnread(req: http.IncomingMessage): void {
+  if (!hasBody(req) || req.readableEnded) return;
+  closeAfterAnswer.add(req);
+  req.pause();
+}
 
 function readBody(req: http.IncomingMessage, limitBytes: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
@@ -381,6 +400,7 @@ export function createHttpServer(
       remoteAddress: req.socket.remoteAddress,
       requestId,
       body: (limitBytes) => readBody(req, limitBytes),
+      leaveBodyUnread: () => leaveBodyUnread(req),
     };
     route.handle(request).then(send, (error: unknown) => {
       if (error instanceof ClientAbortedError) {

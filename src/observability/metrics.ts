@@ -8,6 +8,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { LOCKOUT_SCOPE, type LockoutScope } from '../admin/auth.js';
 import { API_TOKEN_REFUSAL, type ApiTokenRefusal } from '../grpc/api-auth.js';
+import type { ApiTransport } from '../grpc/api-rate-limit.js';
 import type { ClientSurface } from '../admin/client-address.js';
 import {
   WEBHOOK_REJECTION,
@@ -116,7 +117,7 @@ export type Metrics = Readonly<{
   /** A call to the non-admin API was refused for its credential (API_TOKENS; gRPC or REST). */
   apiCredentialRefused: (refused: { reason: ApiTokenRefusal }) => void;
   /** A call to the non-admin API was refused for its caller's rate limit (API_RATE_LIMIT_PER_S). */
-  apiThrottled: (throttled: { caller: string }) => void;
+  apiThrottled: (throttled: { caller: string; transport: ApiTransport }) => void;
   /** A trusted proxy sent an X-Forwarded-For that could not be read: its own address stood in. */
   forwardedForMalformed: (malformed: { surface: ClientSurface }) => void;
   /** The exposition text and its content type. */
@@ -398,8 +399,8 @@ export function createMetrics(): Metrics {
       'Calls to the payment, wallet, ledger and reconciliation services and the REST twin this ' +
       'node refused because their caller was over API_RATE_LIMIT_PER_S (RESOURCE_EXHAUSTED, ' +
       '429 on REST), by caller (the name of its API token, or NO_API_TOKENS on a node without ' +
-      'API_TOKENS, where all callers share one limit).',
-    labelNames: ['caller'] as const,
+      'API_TOKENS, where all callers share one limit) and transport (grpc or rest).',
+    labelNames: ['caller', 'transport'] as const,
     registers: [registry],
   });
 

@@ -4,8 +4,8 @@
  * name of the call's API token, never the token; absent on a node without API_TOKENS) and, where
  * the call names them, the payment and order ids, so `grep pay_…` finds everything about one
  * payment and `grep '"caller":"dashboard"'` everything one caller did.
- * Failures a caller can fix log at info, server-side trouble (INTERNAL, UNAVAILABLE, ..., and load
- * shedding) at warn, and a REST request its client aborted mid-body (499) at debug.
+ * Failures a caller can fix log at info (a call over its caller's rate limit too), server-side
+ * trouble (INTERNAL, UNAVAILABLE, ..., and load shedding) at warn, and a REST request its client aborted mid-body (499) at debug.
  */
 import * as grpc from '@grpc/grpc-js';
 import type { CallObservation } from '../grpc/adapters.js';
@@ -20,7 +20,9 @@ import type { Metrics } from './metrics.js';
  * The codes of calls Settle could not serve, logged at warn: failures (alerted on by
  * SettleGrpcErrors) and load shedding, RESOURCE_EXHAUSTED (SettleGrpcLoadShedding), which is no
  * bug but an operator should see it. The alert rules count exactly these codes
- * (test/observability/alerts.test.ts checks it).
+ * (test/observability/alerts.test.ts checks it). A RESOURCE_EXHAUSTED for a caller over its rate
+ * limit is the exception: the caller's doing, logged at info, and taken off the alert's count
+ * (settle_api_throttled_total{transport="grpc"}).
  */
 export const SERVER_SIDE_CODES: ReadonlySet<grpc.status> = new Set([
   grpc.status.UNKNOWN,
@@ -60,7 +62,9 @@ export function grpcCallObserver(
         code,
       });
     }
-    const serverSide = SERVER_SIDE_CODES.has(call.code);
+    // A caller over its rate limit is RESOURCE_EXHAUSTED too, but it is the caller's doing: at
+    // warn, a runaway client would write a line per refused call even at LOG_LEVEL=warn.
+    const serverSide = SERVER_SIDE_CODES.has(call.code) && call.rateLimited !== true;
     // The line is built only if it is written (at LOG_LEVEL=warn most are not).
     if (!logger.isLevelEnabled(serverSide ? 'warn' : 'info')) return;
     const line = {

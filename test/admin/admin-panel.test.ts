@@ -258,6 +258,7 @@ describe('access', () => {
       remoteAddress: '127.0.0.1',
       requestId: 'req-admin-test',
       body: async () => Buffer.from('reason=because'),
+      leaveBodyUnread: () => {},
     });
     const route = (routes: Route[], method: string, path: string) => {
       const found = routes.find((r) => r.method === method && r.path === path);
@@ -328,6 +329,7 @@ describe('access', () => {
         params: {},
         remoteAddress: '127.0.0.1',
         body: async () => Buffer.from(new URLSearchParams({ actor, token }).toString()),
+        leaveBodyUnread: () => {},
       });
     const before = (await auditRows(stack, 'session')).length;
     for (let i = 0; i < 3; i += 1) {

@@ -4,8 +4,10 @@
  * charged after the token check and before anything else. A caller over its limit gets
  * RESOURCE_EXHAUSTED naming it, the limit and the wait (429 with Retry-After on the REST twin),
  * nothing is written, other callers are served, and the caller is served again once its bucket
- * refilled. Off by default: a burst of calls from one caller all pass. The settings refuse
- * nonsense at start.
+ * refilled. gRPC and REST share a caller's bucket; a throttled call logs at info (nothing at
+ * LOG_LEVEL=warn), and a 429 to a request with a body closes the connection. Off by default: a
+ * burst of calls from one caller all pass, and a burst left set with the rate 0 is ignored with a
+ * warning. The settings take any burst of 1 or more and refuse nonsense at start.
  * Method: the settings through loadConfig; the limiter with a clock moved by hand; the rest
  * against a real stack (PSP mock + Settle on MariaDB and NATS) with API_RATE_LIMIT_PER_S=2,
  * API_RATE_LIMIT_BURST=2 and one named token per test (each its own bucket), through the
@@ -14,6 +16,7 @@
  * is refused", "the other caller is not".
  */
 import { randomUUID } from 'node:crypto';
+import http from 'node:http';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { apiRateLimitOf, loadConfig } from '../../src/config.js';
@@ -21,6 +24,7 @@ import { ApiTokens } from '../../src/grpc/api-auth.js';
 import { ApiRateLimit, ApiRateLimitError } from '../../src/grpc/api-rate-limit.js';
 import type { HttpErrorBody } from '../../src/grpc/http-status.js';
 import { RETRY_DELAY_MS_METADATA_KEY } from '../../src/grpc/status.js';
+import { createLogger } from '../../src/observability/logger.js';
 import {
   call,
   metricSample,
@@ -39,6 +43,8 @@ const TOKENS = {
   rest: 'rate-token-rest-0123456789abcd',
   watcher: 'rate-token-watcher-0123456789',
   reader: 'rate-token-reader-01234567890',
+  shared: 'rate-token-shared-01234567890',
+  poster: 'rate-token-poster-01234567890',
 } as const;
 type Caller = keyof typeof TOKENS;
 
@@ -72,7 +78,7 @@ describe('API_RATE_LIMIT_PER_S and API_RATE_LIMIT_BURST', () => {
     expect(apiRateLimitOf(config)).toBeUndefined();
   });
 
-  it('take a whole rate up to 1,000,000 and a burst of at least the rate, the rate by default', () => {
+  it('take a whole rate up to 1,000,000 and any burst of 1 or more, the rate by default', () => {
     expect(apiRateLimitOf(loadConfig({ API_RATE_LIMIT_PER_S: '100' }))).toEqual({
       perS: 100,
       burst: 100,
@@ -85,6 +91,21 @@ describe('API_RATE_LIMIT_PER_S and API_RATE_LIMIT_BURST', () => {
         loadConfig({ API_RATE_LIMIT_PER_S: '1000000', API_RATE_LIMIT_BURST: '10000000' }),
       ),
     ).toEqual({ perS: 1_000_000, burst: 10_000_000 });
+    // A burst below the rate smooths traffic: 100 a second, at most 10 at once.
+    expect(
+      apiRateLimitOf(loadConfig({ API_RATE_LIMIT_PER_S: '100', API_RATE_LIMIT_BURST: '10' })),
+    ).toEqual({ perS: 100, burst: 10 });
+    expect(
+      apiRateLimitOf(loadConfig({ API_RATE_LIMIT_PER_S: '100', API_RATE_LIMIT_BURST: '1' })),
+    ).toEqual({ perS: 100, burst: 1 });
+  });
+
+  it('take a burst left set while the rate is 0: the limit is off, and the node starts', () => {
+    // The limit switched off in an incident by setting the rate alone.
+    const config = loadConfig({ API_RATE_LIMIT_PER_S: '0', API_RATE_LIMIT_BURST: '50' });
+    expect(config.API_RATE_LIMIT_BURST).toBe(50);
+    expect(apiRateLimitOf(config)).toBeUndefined();
+    expect(apiRateLimitOf(loadConfig({ API_RATE_LIMIT_BURST: '50' }))).toBeUndefined();
   });
 
   it('refuse nonsense at start, one line each', () => {
@@ -106,16 +127,6 @@ describe('API_RATE_LIMIT_PER_S and API_RATE_LIMIT_BURST', () => {
     expect(
       configProblems({ API_RATE_LIMIT_PER_S: '10', API_RATE_LIMIT_BURST: '10000001' }),
     ).toMatch(/^invalid configuration:\n {2}- API_RATE_LIMIT_BURST: .*10000000/);
-    expect(configProblems({ API_RATE_LIMIT_PER_S: '100', API_RATE_LIMIT_BURST: '50' })).toBe(
-      'invalid configuration:\n  - API_RATE_LIMIT_BURST: 50 is below API_RATE_LIMIT_PER_S ' +
-        '(100): a full bucket would hold less than one second of requests; raise it to at ' +
-        'least 100, or unset it (it is then API_RATE_LIMIT_PER_S)',
-    );
-    expect(configProblems({ API_RATE_LIMIT_BURST: '50' })).toBe(
-      'invalid configuration:\n  - API_RATE_LIMIT_BURST: is set (50) while API_RATE_LIMIT_PER_S ' +
-        'is 0 (no limit), so it would limit nothing; set API_RATE_LIMIT_PER_S too, or unset ' +
-        'API_RATE_LIMIT_BURST',
-    );
   });
 });
 
@@ -128,18 +139,18 @@ describe('ApiRateLimit', () => {
 
   it('has one bucket per token name, made at start, and charges each caller its own', () => {
     let nowMs = 0;
-    const throttled: string[] = [];
+    const throttled: { caller: string; transport: string }[] = [];
     const limit = new ApiRateLimit(new ApiTokens(entries), {
       perS: 20,
       burst: 20,
       nowMs: () => nowMs,
-      onThrottled: (caller) => throttled.push(caller),
+      onThrottled: (refusal) => throttled.push(refusal),
     });
     expect(limit.callers).toEqual(['checkout', 'dashboard']);
-    for (let i = 0; i < 20; i += 1) limit.charge('checkout');
+    for (let i = 0; i < 20; i += 1) limit.charge('checkout', 'grpc');
     let error: unknown;
     try {
-      limit.charge('checkout');
+      limit.charge('checkout', 'grpc');
     } catch (caught) {
       error = caught;
     }
@@ -154,13 +165,16 @@ describe('ApiRateLimit', () => {
         "caller 'checkout' is over its rate limit of 20 requests/s on this node (bursts of 20); " +
         'retry after 50 ms',
     });
-    expect(throttled).toEqual(['checkout']);
+    expect(throttled).toEqual([{ caller: 'checkout', transport: 'grpc' }]);
+    // One bucket per caller, whatever the transport: REST is refused too, and told apart.
+    expect(() => limit.charge('checkout', 'rest')).toThrow(ApiRateLimitError);
+    expect(throttled.at(-1)).toEqual({ caller: 'checkout', transport: 'rest' });
     // Another caller has its own bucket.
-    limit.charge('dashboard');
+    limit.charge('dashboard', 'grpc');
     nowMs = 50;
-    limit.charge('checkout');
+    limit.charge('checkout', 'rest');
     // No name a request could send makes a bucket: an unknown one is a bug, not a new key.
-    expect(() => limit.charge('somebody-else')).toThrow(
+    expect(() => limit.charge('somebody-else', 'grpc')).toThrow(
       "no rate-limit bucket for caller 'ANONYMOUS'",
     );
     expect(limit.callers).toEqual(['checkout', 'dashboard']);
@@ -169,17 +183,36 @@ describe('ApiRateLimit', () => {
   it('has one bucket for everyone on a node without API_TOKENS, and says so', () => {
     const limit = new ApiRateLimit(new ApiTokens([]), { perS: 1, burst: 1, nowMs: () => 0 });
     expect(limit.callers).toEqual(['NO_API_TOKENS']);
-    limit.charge(undefined);
-    expect(() => limit.charge(undefined)).toThrow(
+    limit.charge(undefined, 'grpc');
+    expect(() => limit.charge(undefined, 'grpc')).toThrow(
       "caller 'NO_API_TOKENS' is over its rate limit of 1 requests/s on this node (bursts of 1) " +
         '(this node has no API_TOKENS, so every caller shares this one limit); retry after 1000 ms',
     );
+  });
+
+  it('lets a burst other than the rate through at once: perS 1, burst 3', () => {
+    let nowMs = 0;
+    const limit = new ApiRateLimit(new ApiTokens(entries), {
+      perS: 1,
+      burst: 3,
+      nowMs: () => nowMs,
+    });
+    for (let i = 0; i < 3; i += 1) limit.charge('checkout', 'grpc');
+    expect(() => limit.charge('checkout', 'grpc')).toThrow(
+      "caller 'checkout' is over its rate limit of 1 requests/s on this node (bursts of 3); " +
+        'retry after 1000 ms',
+    );
+    nowMs = 1_000;
+    limit.charge('checkout', 'grpc');
+    expect(() => limit.charge('checkout', 'grpc')).toThrow(ApiRateLimitError);
   });
 });
 
 describe('with API_RATE_LIMIT_PER_S=2 and API_RATE_LIMIT_BURST=2', () => {
   let stack: Stack;
   let paymentId = '';
+  /** The node's log lines at LOG_LEVEL=warn. */
+  const logLines: string[] = [];
 
   const getPayment = (caller: Caller) =>
     call(
@@ -211,6 +244,12 @@ describe('with API_RATE_LIMIT_PER_S=2 and API_RATE_LIMIT_BURST=2', () => {
           .join(','),
         API_RATE_LIMIT_PER_S: '2',
         API_RATE_LIMIT_BURST: '2',
+      },
+      overrides: {
+        logger: createLogger(
+          { level: 'warn', name: 'settle' },
+          { write: (line) => logLines.push(line) },
+        ),
       },
     });
     const created = await call(
@@ -252,12 +291,81 @@ describe('with API_RATE_LIMIT_PER_S=2 and API_RATE_LIMIT_BURST=2', () => {
         code: 'RESOURCE_EXHAUSTED',
       }),
     ).toBe(refused.length);
-    expect(metricSample(metrics, 'settle_api_throttled_total', { caller: 'checkout' })).toBe(
-      refused.length,
-    );
     expect(
-      metricSample(metrics, 'settle_api_throttled_total', { caller: 'dashboard' }),
+      metricSample(metrics, 'settle_api_throttled_total', {
+        caller: 'checkout',
+        transport: 'grpc',
+      }),
+    ).toBe(refused.length);
+    expect(
+      metricSample(metrics, 'settle_api_throttled_total', {
+        caller: 'dashboard',
+        transport: 'grpc',
+      }),
     ).toBeUndefined();
+    // A caller over its limit is its own doing, not load shedding: no warn line per refused call.
+    expect(logLines.filter((line) => line.includes('RESOURCE_EXHAUSTED'))).toEqual([]);
+  });
+
+  it('shares one bucket per caller between gRPC and REST', async () => {
+    // Emptied by gRPC calls...
+    const codes = (await burst('shared', 4)).map(({ code }) => code);
+    expect(codes).toContain(grpc.status.RESOURCE_EXHAUSTED);
+    // ...so a REST call of the same caller, before the next token (500 ms), is refused.
+    const response = await fetch(`${stack.settleHttp}/v1/payments/${paymentId}`, {
+      headers: { authorization: `Bearer ${TOKENS.shared}` },
+      signal: AbortSignal.timeout(10_000),
+    });
+    await response.text();
+    expect(response.status).toBe(429);
+    const metrics = await scrapeMetrics(stack.settleHttp);
+    expect(
+      metricSample(metrics, 'settle_api_throttled_total', { caller: 'shared', transport: 'rest' }),
+    ).toBe(1);
+  });
+
+  it('closes the connection after a 429 to a request with a body, rather than read the body', async () => {
+    await burst('poster', 4);
+    const body = JSON.stringify({
+      buyerId: 'buyer-rest-rate',
+      currencyCode: 'USD',
+      orders: [{ sellerId: 'seller-rate-limit', amountMinor: '500' }],
+    });
+    const agent = new http.Agent({ keepAlive: true });
+    try {
+      const answer = await new Promise<{ status: number; connection: string | undefined }>(
+        (resolve, reject) => {
+          const request = http.request(
+            `${stack.settleHttp}/v1/payments`,
+            {
+              method: 'POST',
+              agent,
+              headers: {
+                'content-type': 'application/json',
+                'content-length': String(Buffer.byteLength(body)),
+                'idempotency-key': randomUUID(),
+                authorization: `Bearer ${TOKENS.poster}`,
+              },
+              timeout: 10_000,
+            },
+            (response) => {
+              response.resume();
+              response.on('end', () =>
+                resolve({
+                  status: response.statusCode ?? 0,
+                  connection: response.headers.connection,
+                }),
+              );
+            },
+          );
+          request.on('error', reject);
+          request.end(body);
+        },
+      );
+      expect(answer).toEqual({ status: 429, connection: 'close' });
+    } finally {
+      agent.destroy();
+    }
   });
 
   it('refuses a CreatePayment over the limit before it writes anything', async () => {
@@ -402,16 +510,29 @@ describe('with API_RATE_LIMIT_PER_S=2 and API_RATE_LIMIT_BURST=2', () => {
     expect(codes).toContain(grpc.status.RESOURCE_EXHAUSTED);
     const metrics = await scrapeMetrics(stack.settleHttp);
     expect(
-      metricSample(metrics, 'settle_api_throttled_total', { caller: 'ANONYMOUS' }),
+      metricSample(metrics, 'settle_api_throttled_total', {
+        caller: 'ANONYMOUS',
+        transport: 'grpc',
+      }),
     ).toBeUndefined();
   });
 });
 
-describe('with the default settings (no limit)', () => {
+describe('with the default rate (0: no limit) and a burst left set', () => {
   let stack: Stack;
   let paymentId = '';
+  const logLines: string[] = [];
   beforeAll(async () => {
-    stack = await startStack();
+    // As after an incident in which the limit was switched off by setting the rate alone.
+    stack = await startStack({
+      env: { API_RATE_LIMIT_BURST: '50' },
+      overrides: {
+        logger: createLogger(
+          { level: 'warn', name: 'settle' },
+          { write: (line) => logLines.push(line) },
+        ),
+      },
+    });
     const created = await call(
       stack.payments.createPayment.bind(stack.payments),
       createRequest(),
@@ -446,6 +567,17 @@ describe('with the default settings (no limit)', () => {
     );
     expect(responses).toEqual(Array.from({ length: 50 }, () => 200));
     const metrics = await scrapeMetrics(stack.settleHttp);
-    expect(metricSample(metrics, 'settle_api_throttled_total', {})).toBeUndefined();
+    expect(metrics).not.toMatch(/^settle_api_throttled_total\{/m);
+  });
+
+  it('starts, and warns once that the burst is ignored', () => {
+    const warnings = logLines.filter((line) => line.includes('API_RATE_LIMIT_BURST'));
+    expect(warnings).toHaveLength(1);
+    expect(JSON.parse(warnings[0]!)).toMatchObject({
+      level: 'warn',
+      msg:
+        'API_RATE_LIMIT_BURST (50) is ignored while API_RATE_LIMIT_PER_S is 0 (no rate limit); ' +
+        'set API_RATE_LIMIT_PER_S to limit callers, or unset API_RATE_LIMIT_BURST',
+    });
   });
 });

@@ -25,6 +25,7 @@ import { INTERNAL_CHECK_FAILURE } from '../../src/reconciliation/reconciliation.
 import { BREAKER_STATE } from '../../src/psp/client.js';
 import { LOCKOUT_SCOPE } from '../../src/admin/auth.js';
 import { HOUSEKEEPING_TASK } from '../../src/jobs/housekeeping.js';
+import { API_TRANSPORT } from '../../src/grpc/api-rate-limit.js';
 import { DEAD_LETTER_REASON } from '../../src/messaging/command-consumer.js';
 
 type Rule = {
@@ -85,6 +86,7 @@ const LABEL_VALUES: Record<string, readonly string[]> = {
   'settle_admin_lockouts_total/scope': Object.values(LOCKOUT_SCOPE),
   'settle_dead_letters_total/reason': Object.values(DEAD_LETTER_REASON),
   'settle_housekeeping_failures_total/task': Object.values(HOUSEKEEPING_TASK),
+  'settle_api_throttled_total/transport': Object.values(API_TRANSPORT),
   'grpc_server_handled_total/grpc_code': [
     'OK',
     'CANCELLED',
