@@ -36,7 +36,7 @@ import {
   type Stack,
 } from '../support/harness.js';
 import { ADMIN_TOKEN } from '../admin/admin-support.js';
-import { bearer, refusal } from '../support/grpc-calls.js';
+import { bearer, createPaymentRequest, refusal } from '../support/grpc-calls.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const TOKEN = 'api-token-current-0123456789';
@@ -45,12 +45,7 @@ const TOKEN_PREVIOUS = 'api-token-previous-9876543210';
 const WRONG = 'api-token-wrong-000000000000';
 const REFUSED_METRIC = 'settle_api_credentials_refused_total';
 
-const createRequest = () => ({
-  requestId: randomUUID(),
-  buyerId: `buyer-${randomUUID().slice(0, 8)}`,
-  currencyCode: 'USD',
-  orders: [{ sellerId: 'seller-auth', amountMinor: 1999n }],
-});
+const createRequest = () => createPaymentRequest('seller-auth');
 
 const MISSING = (service: string) =>
   `${service} needs the metadata "authorization: Bearer <token>", the token one of this ` +

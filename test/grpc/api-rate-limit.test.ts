@@ -34,7 +34,7 @@ import {
   startStack,
   type Stack,
 } from '../support/harness.js';
-import { bearer, refusal } from '../support/grpc-calls.js';
+import { bearer, createPaymentRequest, refusal } from '../support/grpc-calls.js';
 
 const TOKENS = {
   setup: 'rate-token-setup-0123456789ab',
@@ -49,12 +49,7 @@ const TOKENS = {
 } as const;
 type Caller = keyof typeof TOKENS;
 
-const createRequest = () => ({
-  requestId: randomUUID(),
-  buyerId: `buyer-${randomUUID().slice(0, 8)}`,
-  currencyCode: 'USD',
-  orders: [{ sellerId: 'seller-rate-limit', amountMinor: 1999n }],
-});
+const createRequest = () => createPaymentRequest('seller-rate-limit');
 
 const OVER_LIMIT = (caller: string) =>
   new RegExp(

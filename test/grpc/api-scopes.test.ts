@@ -33,7 +33,7 @@ import {
   waitFor,
   type Stack,
 } from '../support/harness.js';
-import { bearer, refusal } from '../support/grpc-calls.js';
+import { bearer, createPaymentRequest, refusal } from '../support/grpc-calls.js';
 
 /** A token listed alone: named `unnamed`, scope write, as every token was before names. */
 const TOKEN_ALONE = 'api-token-alone-0123456789ab';
@@ -57,12 +57,7 @@ const READ_METHODS = [
   '/settle.v1.ReconciliationService/ListMismatches',
 ];
 
-const createRequest = () => ({
-  requestId: randomUUID(),
-  buyerId: `buyer-${randomUUID().slice(0, 8)}`,
-  currencyCode: 'USD',
-  orders: [{ sellerId: 'seller-scopes', amountMinor: 1999n }],
-});
+const createRequest = () => createPaymentRequest('seller-scopes');
 
 const SCOPE_MESSAGE = (method: string) =>
   `${method} needs an API token of scope write, and the token named "dashboard" has scope read; ` +

@@ -1,5 +1,6 @@
 /** Small helpers for tests that call a node's gRPC services with and without credentials. */
 import * as grpc from '@grpc/grpc-js';
+import { randomUUID } from 'node:crypto';
 
 /** Metadata carrying `authorization: Bearer <token>`. */
 export function bearer(token: string): grpc.Metadata {
@@ -16,4 +17,14 @@ export async function refusal(promise: Promise<unknown>): Promise<grpc.ServiceEr
     return error as grpc.ServiceError;
   }
   throw new Error('expected the call to be refused');
+}
+
+/** A fresh CreatePayment request of one order of 19.99 USD to `sellerId`, by a random buyer. */
+export function createPaymentRequest(sellerId: string) {
+  return {
+    requestId: randomUUID(),
+    buyerId: `buyer-${randomUUID().slice(0, 8)}`,
+    currencyCode: 'USD',
+    orders: [{ sellerId, amountMinor: 1999n }],
+  };
 }
