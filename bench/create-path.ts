@@ -8,6 +8,8 @@
  * event loop to pick the call up, which no server-side timer sees). Pure; no I/O.
  */
 
+import { metricSamples } from '../src/observability/prometheus-text.js';
+
 /** Upper bounds (ms) read from each histogram: bucket bounds all three of them have. */
 export const CREATE_PATH_BOUNDS_MS = [5, 10, 25, 50, 100, 250] as const;
 
@@ -57,21 +59,12 @@ export function histogramWithin(
   const les = boundsMs.map((ms) => String(ms / 1000));
   const within = boundsMs.map(() => 0);
   let total = 0;
-  const bucket = `${name}_bucket`;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(`${bucket}{`)) continue;
-    const match = /^[a-zA-Z_:][a-zA-Z0-9_:]*\{(.*)\} (\S+)$/.exec(line);
-    if (match === null) continue;
-    const found: Record<string, string> = {};
-    for (const pair of (match[1] ?? '').matchAll(/([a-zA-Z_]+)="([^"]*)"/g)) {
-      found[pair[1] ?? ''] = pair[2] ?? '';
-    }
-    if (!Object.entries(labels).every(([key, value]) => found[key] === value)) continue;
-    const value = Number(match[2]);
-    if (!Number.isFinite(value)) continue;
-    if (found['le'] === '+Inf') total += value;
-    const i = les.indexOf(found['le'] ?? '');
-    if (i >= 0) within[i] = (within[i] ?? 0) + value;
+  for (const sample of metricSamples(text, `${name}_bucket`)) {
+    if (!Object.entries(labels).every(([key, value]) => sample.labels[key] === value)) continue;
+    if (!Number.isFinite(sample.value)) continue;
+    if (sample.labels['le'] === '+Inf') total += sample.value;
+    const i = les.indexOf(sample.labels['le'] ?? '');
+    if (i >= 0) within[i] = (within[i] ?? 0) + sample.value;
   }
   return { within, total };
 }
